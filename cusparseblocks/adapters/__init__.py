@@ -1,0 +1,1 @@
+"""Framework adapters (optional imports): ``cusparseblocks.adapters.torch``, ``.jax``, ``.tensorflow``."""
