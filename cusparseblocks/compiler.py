@@ -152,7 +152,7 @@ def _cache_dir() -> Path:
 
 def _options(arch: str, defines: Sequence[tuple[str, str]]) -> list[str]:
     opts = [f"--gpu-architecture={arch}", "-std=c++17", "-Xptxas=-v", "--use_fast_math", "-lineinfo"]
-    opts += [f"-I{d}" for d in cuda_include_dirs()]
+    opts += [f"-I{kernel_source_dir()}"] + [f"-I{d}" for d in cuda_include_dirs()]
     opts += [f"-D{k}={v}" for k, v in defines]
     return opts
 
