@@ -279,6 +279,8 @@ def compile_log(spec: KernelSpec, arch: str = "sm_90") -> str:
 
 _functions: dict[tuple[int, KernelSpec], object] = {}
 _modules: dict[tuple[int, bytes], object] = {}
+_smem_limits: dict[tuple[int, KernelSpec], int] = {}
+_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 
 
 def device_arch(device_id: int | None = None) -> str:
@@ -308,11 +310,13 @@ def get_function(spec: KernelSpec, dynamic_smem: int = 0):
             module.load(compiled.cubin)
             _modules[mkey] = module
         fn = module.get_function(compiled.lowered_name)
-        fn._cusparseblocks_smem = 0
         _functions[(device_id, spec)] = fn
-    if dynamic_smem > 48 * 1024 and fn._cusparseblocks_smem < dynamic_smem:
-        fn.max_dynamic_shared_size_bytes = dynamic_smem
-        fn._cusparseblocks_smem = dynamic_smem
+    # cupy's Function takes no Python attributes: the raised limit is kept here, set via the driver
+    if dynamic_smem > 48 * 1024 and _smem_limits.get((device_id, spec), 0) < dynamic_smem:
+        from cupy_backends.cuda.api import driver
+
+        driver.funcSetAttribute(fn.ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamic_smem)
+        _smem_limits[(device_id, spec)] = dynamic_smem
     return fn
 
 
