@@ -74,11 +74,18 @@ class BlockSparseMatMul:
         V.check_float(name, arr, _GPU_DTYPES if backend == "cupy" else _CPU_DTYPES)
         V.check_contiguous(name, arr)
 
-    def _out_dtype(self, dtype, out_dtype):
+    def _out_dtype(self, dtype, out_dtype, out=None):
+        """The result dtype: out_dtype, else out's dtype, else x's; only x's dtype or float32 allowed."""
+        allowed = tuple(dict.fromkeys((np.dtype(dtype), np.dtype(np.float32))))
+        names = " or ".join(dtype_name(d) for d in allowed)
+        if out is not None and out_dtype is None:  # out's dtype decides; name out in the message
+            if np.dtype(out.dtype) not in allowed:
+                raise TypeError(f"out: expected dtype {names}, got {dtype_name(out.dtype)}")
+            return np.dtype(out.dtype)
         if out_dtype is None:
             return np.dtype(dtype)
-        if np.dtype(out_dtype) not in (np.dtype(dtype), np.dtype(np.float32)):
-            raise TypeError(f"out_dtype: expected None, {dtype_name(dtype)} or float32, got {np.dtype(out_dtype)}")
+        if np.dtype(out_dtype) not in allowed:
+            raise TypeError(f"out_dtype: expected None or {names}, got {dtype_name(out_dtype)}")
         return np.dtype(out_dtype)
 
     def _io_shape(self, n, features):
@@ -112,7 +119,7 @@ class BlockSparseMatMul:
         self._check_float(name, x, backend)
         n = self._batch(name, x, f_in, detail)
         self._check_w(w, name, x)
-        odt = self._out_dtype(x.dtype, out_dtype if out is None else (out_dtype or out.dtype))
+        odt = self._out_dtype(x.dtype, out_dtype, out)
         shape = self._io_shape(n, f_out)
         V.check_out("out", out, shape, odt, backend == "cupy")
         if accumulate and out is None:
@@ -147,7 +154,7 @@ class BlockSparseMatMul:
             ndy = self._batch(dyn, dyi, self.M, self._out_detail())
             if n != ndy:
                 raise ValueError(f"{dyn}: expected batch size {n} (the batch of {xn}), got {ndy}")
-        odt = self._out_dtype(xs[0].dtype, out_dtype if out is None else (out_dtype or out.dtype))
+        odt = self._out_dtype(xs[0].dtype, out_dtype, out)
         V.check_out("out", out, self.w_shape, odt, backend == "cupy")
         if accumulate and out is None:
             raise ValueError("out: accumulate=True needs an out array to accumulate into")
@@ -163,12 +170,18 @@ class BlockSparseMatMul:
     # ---------------------------------------------------------------------------------------------
     # conversions and initialisers (host or device arrays alike)
     def to_scipy(self, w):
-        """W as ``scipy.sparse.bsr_matrix`` of shape (K, M) (a host copy for CuPy arrays)."""
+        """W as ``scipy.sparse.bsr_matrix`` of shape (K, M) (a host copy for CuPy arrays).
+
+        float16 and bfloat16 blocks come back as float32 (exact): scipy.sparse has no half types.
+        """
+        backend_of(w=w)
         V.check_shape("w", w, self.w_shape)
-        return ref.to_scipy(self.layout, _to_host(w))
+        host = _to_host(w)
+        return ref.to_scipy(self.layout, host, np.float32 if host.dtype.itemsize == 2 else None)
 
     def dense(self, w):
         """W as a dense [K, M] array of w's type and dtype, zeros outside the layout."""
+        backend_of(w=w)
         V.check_shape("w", w, self.w_shape)
         xp = _xp(w)
         lay, b = self.layout, self.block_size
@@ -178,6 +191,7 @@ class BlockSparseMatMul:
 
     def from_dense(self, W):
         """The nonzero blocks of a dense [K, M] array, as ``w`` (values outside the layout are dropped)."""
+        backend_of(W=W)
         V.check_ndim("W", W, 2)
         V.check_shape("W", W, (self.K, self.M), f"K={self.K}, M={self.M}")
         xp = _xp(W)

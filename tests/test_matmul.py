@@ -1,0 +1,420 @@
+"""BlockSparseMatMul: the contract of issue 2, section 3, on the NumPy reference path.
+
+Every op is checked element by element against scipy.sparse.bsr_matrix in float64, built here from the
+mask alone (not from BlockLayout's tables), over dtype x block size x feature axis x layout generator x
+ragged N. Then out= / accumulate / out_dtype, grouped updat, conversions, initialisers, the lookup
+tables, and every validation path. GPU tests (CuPy arrays) are appended in their own section at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import assert_close, poison, random_array
+
+from cusparseblocks import BlockLayout, BlockSparseMatMul, layouts
+from cusparseblocks._array import bfloat16
+
+DTYPES = ["float16", "bfloat16", "float32", "float64"]
+BLOCK_SIZES = [8, 16, 32, 64]
+
+LAYOUTS = {
+    "random": lambda: layouts.random(5, 7, 0.3, seed=1),
+    "random_diag": lambda: layouts.random(6, 6, 0.1, keep_diagonal=True, seed=2),
+    "watts_strogatz": lambda: layouts.watts_strogatz(8, 4, 0.2, seed=3),
+    "barabasi_albert": lambda: layouts.barabasi_albert(7, 2, seed=4),
+    "block_diagonal_shuffle": lambda: layouts.block_diagonal(6, 3, 9, shuffle=True),
+    "channel_random": lambda: layouts.channel_random(9, 4, 0.3, seed=5),
+}
+
+
+def np_dtype(dtype):
+    return np.dtype(bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+
+
+def reference_W(mask, w) -> sp.bsr_matrix:
+    """float64 bsr_matrix (K, M) from the mask's row-major nonzeros and w."""
+    rows, cols = np.nonzero(mask)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=mask.shape[0]))])
+    b = w.shape[-1]
+    return sp.bsr_matrix((np.asarray(w, np.float64), cols, indptr), shape=(mask.shape[0] * b, mask.shape[1] * b))
+
+
+def reference_updat(mask, pairs, b) -> np.ndarray:
+    """Σ xᵀ·dy (x [N, K], dy [N, M], float64) at the nonzero blocks, in row-major block order."""
+    dense = sum(np.asarray(x, np.float64).T @ np.asarray(dy, np.float64) for x, dy in pairs)
+    rows, cols = np.nonzero(mask)
+    return dense.reshape(mask.shape[0], b, mask.shape[1], b).transpose(0, 2, 1, 3)[rows, cols]
+
+
+def activations(rng, features, n, dtype, feature_axis):
+    """(array in the layout of feature_axis, the same as [N, features] float64)."""
+    a = random_array(rng, (n, features) if feature_axis == 1 else (features, n), dtype)
+    a64 = a.astype(np.float64)
+    return a, (a64 if feature_axis == 1 else a64.T)
+
+
+def as_nf(a, feature_axis):
+    a = np.asarray(a, np.float64)
+    return a if feature_axis == 1 else a.T
+
+
+# ---------------------------------------------------------------------------------------------------
+# every op against scipy.sparse, float64
+
+
+@pytest.mark.parametrize("layout_name", sorted(LAYOUTS))
+@pytest.mark.parametrize("feature_axis", [0, 1])
+@pytest.mark.parametrize("block_size", BLOCK_SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ops_against_scipy(rng, dtype, block_size, feature_axis, layout_name):
+    mask = LAYOUTS[layout_name]()
+    bsmm = BlockSparseMatMul(mask, block_size=block_size, feature_axis=feature_axis)
+    n = int(rng.choice([1, 3, 37, 100, 131]))  # ragged: not a multiple of anything
+    w = random_array(rng, bsmm.w_shape, dtype)
+    W = reference_W(mask, w.astype(np.float64))
+    x, x64 = activations(rng, bsmm.K, n, dtype, feature_axis)
+    dy, dy64 = activations(rng, bsmm.M, n, dtype, feature_axis)
+
+    y = bsmm.fprop(x, w)
+    assert y.dtype == np_dtype(dtype) and y.shape == ((n, bsmm.M) if feature_axis == 1 else (bsmm.M, n))
+    assert_close(as_nf(y, feature_axis), np.asarray((W.T @ x64.T).T), dtype, "fprop")
+    assert_close(bsmm(x, w), np.asarray(y, np.float64), dtype, "__call__")
+
+    dx = bsmm.bprop(dy, w)
+    assert dx.dtype == np_dtype(dtype) and dx.shape == x.shape
+    assert_close(as_nf(dx, feature_axis), np.asarray((W @ dy64.T).T), dtype, "bprop")
+
+    dw = bsmm.updat(x, dy)
+    assert dw.dtype == np_dtype(dtype) and dw.shape == bsmm.w_shape
+    assert_close(dw, reference_updat(mask, [(x64, dy64)], block_size), dtype, "updat")
+
+
+@pytest.mark.parametrize("feature_axis", [0, 1])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grouped_updat(rng, dtype, feature_axis):
+    mask = LAYOUTS["channel_random"]()
+    bsmm = BlockSparseMatMul(mask, block_size=16, feature_axis=feature_axis)
+    pairs, pairs64 = [], []
+    for n in (1, 29, 70):  # each pair has its own N
+        x, x64 = activations(rng, bsmm.K, n, dtype, feature_axis)
+        dy, dy64 = activations(rng, bsmm.M, n, dtype, feature_axis)
+        pairs.append((x, dy))
+        pairs64.append((x64, dy64))
+    xs, dys = [p[0] for p in pairs], [p[1] for p in pairs]
+    dw = bsmm.updat(xs, dys)
+    assert_close(dw, reference_updat(mask, pairs64, 16), dtype, "grouped updat")
+    assert_close(bsmm.updat(tuple(xs[:1]), tuple(dys[:1])), reference_updat(mask, pairs64[:1], 16), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_accumulates_in_float32(rng, dtype):
+    """With out_dtype=float32 the only error left is fp32 accumulation: half inputs never sum in half."""
+    mask = np.ones((16, 2), dtype=bool)  # K = 1024: a half-precision accumulator would be far off
+    bsmm = BlockSparseMatMul(mask, block_size=64)
+    x = random_array(rng, (33, bsmm.K), dtype)
+    w = random_array(rng, bsmm.w_shape, dtype)
+    W = reference_W(mask, w.astype(np.float64))
+    y = bsmm.fprop(x, w, out_dtype=np.float32)
+    assert y.dtype == np.float32
+    assert_close(y, np.asarray((W.T @ x.astype(np.float64).T).T), "float32", "fprop out_dtype=float32")
+    dy = random_array(rng, (33, bsmm.M), dtype)
+    assert_close(bsmm.updat(x, dy, out_dtype=np.float32),
+                 reference_updat(mask, [(x.astype(np.float64), dy.astype(np.float64))], 64), "float32")
+
+
+@pytest.mark.parametrize("op", ["fprop", "bprop", "updat"])
+@pytest.mark.parametrize("feature_axis", [0, 1])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_out_and_accumulate(rng, dtype, feature_axis, op):
+    mask = LAYOUTS["random"]()
+    bsmm = BlockSparseMatMul(mask, block_size=8, feature_axis=feature_axis)
+    n = 23
+    x, _ = activations(rng, bsmm.K, n, dtype, feature_axis)
+    dy, _ = activations(rng, bsmm.M, n, dtype, feature_axis)
+    w = random_array(rng, bsmm.w_shape, dtype)
+    run = {"fprop": lambda **kw: bsmm.fprop(x, w, **kw), "bprop": lambda **kw: bsmm.bprop(dy, w, **kw),
+           "updat": lambda **kw: bsmm.updat(x, dy, **kw)}[op]
+    expected = run().astype(np.float64)
+    out = poison(np, expected.shape, np_dtype(dtype))
+    assert run(out=out) is out
+    assert_close(out, expected, dtype, f"{op} out=")
+    start = random_array(rng, expected.shape, dtype)
+    out = start.copy()
+    assert run(out=out, accumulate=True) is out
+    assert_close(out, start.astype(np.float64) + expected, dtype, f"{op} accumulate")
+    if dtype != "float32":  # a float32 out for any input dtype
+        out32 = poison(np, expected.shape, np.float32)
+        run(out=out32)
+        assert_close(out32, expected, "float32" if dtype == "float64" else dtype, f"{op} out float32")
+        assert run(out_dtype=np.float32).dtype == np.float32
+
+
+def test_empty_rows_and_columns_give_zeros(rng):
+    mask = np.array([[1, 0, 1], [0, 0, 0], [1, 0, 0]], dtype=bool)  # input block 1 and output block 1 unused
+    bsmm = BlockSparseMatMul(mask, block_size=8)
+    w = random_array(rng, bsmm.w_shape, "float32")
+    x = random_array(rng, (5, 24), "float32")
+    y = bsmm.fprop(x, w)
+    assert np.all(y[:, 8:16] == 0)
+    dx = bsmm.bprop(random_array(rng, (5, 24), "float32"), w)
+    assert np.all(dx[:, 8:16] == 0)
+    assert_close(y, np.asarray((reference_W(mask, w).T @ x.astype(np.float64).T).T), "float32")
+
+
+def test_shapes_and_attributes():
+    mask = layouts.random(5, 7, 0.3, seed=1)
+    bsmm = BlockSparseMatMul(mask, block_size=16, feature_axis=0)
+    assert bsmm.K == 80 and bsmm.M == 112 and bsmm.w_shape == (int(mask.sum()), 16, 16)
+    assert bsmm.feature_axis == 0 and bsmm.block_size == 16
+    assert isinstance(bsmm.layout, BlockLayout) and np.array_equal(bsmm.layout.mask, mask)
+    assert "5x7" in repr(bsmm)
+
+
+@pytest.mark.parametrize("form", ["bool", "int", "float", "list", "BlockLayout"])
+def test_layout_forms(form):
+    mask = np.array([[1, 0], [1, 1]], dtype=bool)
+    value = {"bool": mask, "int": mask.astype(np.int8), "float": mask.astype(np.float32),
+             "list": mask.astype(int).tolist(), "BlockLayout": BlockLayout(mask)}[form]
+    bsmm = BlockSparseMatMul(value, block_size=8)
+    assert np.array_equal(bsmm.layout.mask, mask) and bsmm.w_shape == (3, 8, 8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# conversions, initialisers, tables
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scipy_dense_roundtrip(rng, dtype):
+    mask = LAYOUTS["barabasi_albert"]()
+    bsmm = BlockSparseMatMul(mask, block_size=8)
+    w = random_array(rng, bsmm.w_shape, dtype)
+    S = bsmm.to_scipy(w)
+    assert isinstance(S, sp.bsr_matrix) and S.shape == (bsmm.K, bsmm.M) and S.blocksize == (8, 8)
+    D = bsmm.dense(w)
+    assert D.dtype == w.dtype and D.shape == (bsmm.K, bsmm.M)
+    assert np.array_equal(S.toarray().astype(np.float64), D.astype(np.float64))
+    assert np.array_equal(D.astype(np.float64), reference_W(mask, w.astype(np.float64)).toarray())
+    noisy = D.astype(np.float64) + (~np.kron(mask, np.ones((8, 8), bool))) * 5.0  # outside the layout
+    back = bsmm.from_dense(noisy)
+    assert back.shape == bsmm.w_shape and np.array_equal(back, w.astype(np.float64))
+    assert back.flags.c_contiguous
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_init_normal(dtype):
+    mask = layouts.channel_random(16, 8, 0.25, seed=0)
+    bsmm = BlockSparseMatMul(mask, block_size=32)
+    w = bsmm.init_normal(seed=1, scale=2.0, dtype=np_dtype(dtype))
+    assert w.shape == bsmm.w_shape and w.dtype == np_dtype(dtype)
+    assert np.array_equal(w, bsmm.init_normal(seed=1, scale=2.0, dtype=np_dtype(dtype)))
+    fan_in = mask.sum(axis=0)[0] * 32
+    std = np.asarray(bsmm.dense(w), np.float64)[:, :32][mask[:, 0].repeat(32)].std()
+    assert std == pytest.approx(2.0 / np.sqrt(fan_in), rel=0.1)
+    assert np.array_equal(bsmm.fan_in(), np.repeat(mask.sum(axis=0) * 32, 32))
+
+
+def test_init_identity(rng):
+    mask = layouts.random(6, 6, 0.3, keep_diagonal=True, seed=0)
+    bsmm = BlockSparseMatMul(mask, block_size=16)
+    w = bsmm.init_identity(scale=0.5)
+    x = random_array(rng, (9, 96), "float32")
+    assert_close(bsmm.fprop(x, w), 0.5 * x.astype(np.float64), "float32")
+    with pytest.raises(ValueError, match="layout: identity init needs a square layout"):
+        BlockSparseMatMul(np.ones((2, 3)), block_size=8).init_identity()
+    with pytest.raises(ValueError, match="diagonal"):
+        BlockSparseMatMul(np.array([[0, 1], [1, 1]]), block_size=8).init_identity()
+
+
+def test_layout_tables_match_loops():
+    mask = layouts.random(13, 9, 0.3, seed=4)
+    mask[3] = False
+    mask[:, 2] = False
+    mask[0, 0] = True
+    lay = BlockLayout(mask)
+    blocks = [(i, j) for i in range(13) for j in range(9) if mask[i, j]]  # row-major = w order
+    assert list(zip(lay.rows.tolist(), lay.cols.tolist())) == blocks and lay.nnz == len(blocks)
+    assert lay.row_ptr.tolist() == [0, *np.cumsum([sum(r) for r in mask]).tolist()]
+    assert lay.col_ptr.tolist() == [0, *np.cumsum(mask.sum(axis=0)).tolist()]
+    for j in range(9):
+        in_column = [k for k, (_, c) in enumerate(blocks) if c == j]  # sorted by row
+        assert lay.col_order[lay.col_ptr[j]:lay.col_ptr[j + 1]].tolist() == in_column
+    assert np.array_equal(lay.transposed.mask, mask.T)
+    for table in (lay.mask, lay.rows, lay.cols, lay.row_ptr, lay.col_ptr, lay.col_order):
+        assert not table.flags.writeable
+    assert lay.row_ptr is lay.row_ptr  # cached
+
+
+def test_full_density_512_tables_build_fast():
+    """512x512 blocks (16384² at b=32, 262144 blocks): every host table well under a second."""
+    mask = np.ones((512, 512), dtype=bool)
+    start = time.perf_counter()
+    bsmm = BlockSparseMatMul(mask, block_size=32)
+    lay = bsmm.layout
+    _ = (lay.row_ptr, lay.col_ptr, lay.col_order, lay.transposed.row_ptr, bsmm.fan_in())
+    seconds = time.perf_counter() - start
+    assert lay.nnz == 262144 and bsmm.w_shape == (262144, 32, 32)
+    assert seconds < 0.5, f"host tables of a 512x512 full layout took {seconds:.3f} s"
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation: every path raises ValueError/TypeError naming the argument
+
+
+def _setup(dtype="float32", feature_axis=1):
+    mask = np.array([[1, 0, 1], [0, 1, 1]], dtype=bool)  # K = 16, M = 24 at b = 8
+    bsmm = BlockSparseMatMul(mask, block_size=8, feature_axis=feature_axis)
+    dt = np_dtype(dtype)
+    shape = (lambda f: (5, f)) if feature_axis == 1 else (lambda f: (f, 5))
+    return bsmm, np.ones(shape(16), dt), np.ones(bsmm.w_shape, dt), np.ones(shape(24), dt)
+
+
+def _bad(call):
+    bsmm, x, w, dy = _setup()
+    return lambda: call(bsmm, x, w, dy)
+
+
+INVALID_CALLS = {
+    # dtypes
+    "x int32": (lambda m, x, w, dy: m.fprop(x.astype(np.int32), w), TypeError, r"x: expected dtype in"),
+    "x bool": (lambda m, x, w, dy: m.fprop(x.astype(bool), w), TypeError, r"x: expected dtype in"),
+    "x complex": (lambda m, x, w, dy: m.fprop(x.astype(np.complex64), w), TypeError, r"x: expected dtype"),
+    "w int": (lambda m, x, w, dy: m.fprop(x, w.astype(np.int64)), TypeError, r"w: expected dtype float32"),
+    "w other float": (lambda m, x, w, dy: m.fprop(x, w.astype(np.float16)), TypeError,
+                      r"w: expected dtype float32 \(the dtype of x\), got float16"),
+    "bprop w dtype": (lambda m, x, w, dy: m.bprop(dy, w.astype(np.float64)), TypeError, r"w: expected dtype"),
+    "dy int": (lambda m, x, w, dy: m.bprop(dy.astype(np.int16), w), TypeError, r"dy: expected dtype in"),
+    # shapes
+    "x features": (lambda m, x, w, dy: m.fprop(x[:, :15].copy(), w), ValueError,
+                   r"x: expected 16 on axis 1 \(in_blocks=2 × block_size=8\), got 15"),
+    "x 1-D": (lambda m, x, w, dy: m.fprop(x.ravel(), w), ValueError, r"x: expected 2 dimensions"),
+    "x 3-D": (lambda m, x, w, dy: m.fprop(x[None], w), ValueError, r"x: expected 2 dimensions"),
+    "x N=0": (lambda m, x, w, dy: m.fprop(x[:0], w), ValueError, r"x: expected a positive batch size"),
+    "dy features": (lambda m, x, w, dy: m.bprop(x, w), ValueError, r"dy: expected 24 on axis 1"),
+    "w nnz": (lambda m, x, w, dy: m.fprop(x, w[:3].copy()), ValueError,
+              r"w: expected shape \(4, 8, 8\) \(nnz_blocks=4, block_size=8\), got \(3, 8, 8\)"),
+    "w block": (lambda m, x, w, dy: m.fprop(x, np.ones((4, 16, 16), np.float32)), ValueError, r"w: expected shape"),
+    "w 2-D": (lambda m, x, w, dy: m.fprop(x, w.reshape(32, 8)), ValueError, r"w: expected shape"),
+    # memory layout and types
+    "x non-contiguous": (lambda m, x, w, dy: m.fprop(np.ones((16, 5), np.float32).T, w), ValueError,
+                         r"x: expected a C-contiguous array"),
+    "w non-contiguous": (lambda m, x, w, dy: m.fprop(x, w.transpose(0, 2, 1)), ValueError,
+                         r"w: expected a C-contiguous array"),
+    "x list": (lambda m, x, w, dy: m.fprop(x.tolist(), w), TypeError, r"x: expected a numpy.ndarray or cupy"),
+    "w scalar": (lambda m, x, w, dy: m.fprop(x, 1.0), TypeError, r"w: expected a numpy.ndarray"),
+    # out, accumulate, out_dtype
+    "out shape": (lambda m, x, w, dy: m.fprop(x, w, out=np.ones((5, 23), np.float32)), ValueError,
+                  r"out: expected shape \(5, 24\)"),
+    "out dtype": (lambda m, x, w, dy: m.fprop(x, w, out=np.ones((5, 24), np.int32)), TypeError,
+                  r"out: expected dtype float32, got int32"),
+    "out vs out_dtype": (lambda m, x, w, dy: m.fprop(x.astype(np.float16), w.astype(np.float16),
+                                                     out=np.ones((5, 24), np.float16), out_dtype=np.float32),
+                         TypeError, r"out: expected dtype float32, got float16"),
+    "out non-contiguous": (lambda m, x, w, dy: m.fprop(x, w, out=np.ones((24, 5), np.float32).T), ValueError,
+                           r"out: expected a C-contiguous"),
+    "out list": (lambda m, x, w, dy: m.fprop(x, w, out=[[0.0] * 24] * 5), TypeError, r"out: expected a numpy"),
+    "accumulate no out": (lambda m, x, w, dy: m.fprop(x, w, accumulate=True), ValueError,
+                          r"out: accumulate=True needs an out array"),
+    "out_dtype half": (lambda m, x, w, dy: m.fprop(x, w, out_dtype=np.float16), TypeError,
+                       r"out_dtype: expected None or float32, got float16"),
+    "updat out shape": (lambda m, x, w, dy: m.updat(x, dy, out=np.ones((4, 8, 4), np.float32)), ValueError,
+                        r"out: expected shape \(4, 8, 8\)"),
+    "updat accumulate no out": (lambda m, x, w, dy: m.updat(x, dy, accumulate=True), ValueError, r"out: accumulate"),
+    # updat pairs
+    "updat batch": (lambda m, x, w, dy: m.updat(x, dy[:4].copy()), ValueError,
+                    r"dy: expected batch size 5 \(the batch of x\), got 4"),
+    "updat dtype": (lambda m, x, w, dy: m.updat(x, dy.astype(np.float64)), TypeError,
+                    r"dy: expected dtype float32 \(the dtype of x\)"),
+    "updat list vs array": (lambda m, x, w, dy: m.updat([x], dy), TypeError, r"x, dy: expected both lists"),
+    "updat lengths": (lambda m, x, w, dy: m.updat([x, x], [dy]), ValueError, r"dy: expected a list of 2 arrays"),
+    "updat empty": (lambda m, x, w, dy: m.updat([], []), ValueError, r"x: expected at least one"),
+    "updat pair dtypes": (lambda m, x, w, dy: m.updat([x, x.astype(np.float64)], [dy, dy.astype(np.float64)]),
+                          TypeError, r"x\[1\]: expected dtype float32 \(the dtype of x\[0\]\)"),
+    "updat pair batch": (lambda m, x, w, dy: m.updat([x, x], [dy, dy[:2].copy()]), ValueError,
+                         r"dy\[1\]: expected batch size 5"),
+    "updat pair features": (lambda m, x, w, dy: m.updat([x, dy], [dy, dy]), ValueError, r"x\[1\]: expected 16"),
+    # conversions
+    "to_scipy shape": (lambda m, x, w, dy: m.to_scipy(w[:2]), ValueError, r"w: expected shape"),
+    "dense shape": (lambda m, x, w, dy: m.dense(w[:, :4]), ValueError, r"w: expected shape"),
+    "dense list": (lambda m, x, w, dy: m.dense(w.tolist()), TypeError, r"w: expected a numpy"),
+    "from_dense shape": (lambda m, x, w, dy: m.from_dense(np.ones((16, 23))), ValueError,
+                         r"W: expected shape \(16, 24\)"),
+    "from_dense 1-D": (lambda m, x, w, dy: m.from_dense(np.ones(16 * 24)), ValueError, r"W: expected 2 dimensions"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INVALID_CALLS))
+def test_invalid_calls(name):
+    call, exc, match = INVALID_CALLS[name]
+    with pytest.raises(exc, match=match):
+        _bad(call)()
+
+
+def test_invalid_calls_axis0():
+    bsmm, x, w, dy = _setup(feature_axis=0)  # x [16, 5], dy [24, 5]
+    with pytest.raises(ValueError, match=r"x: expected 16 on axis 0 \(in_blocks=2 × block_size=8\), got 15"):
+        bsmm.fprop(np.ones((15, 5), np.float32), w)
+    with pytest.raises(ValueError, match=r"dy: expected 24 on axis 0"):
+        bsmm.bprop(np.ones((16, 5), np.float32), w)
+    with pytest.raises(ValueError, match=r"x: expected a positive batch size on axis 1, got 0"):
+        bsmm.fprop(np.ones((16, 0), np.float32), w)
+    with pytest.raises(ValueError, match=r"out: expected shape \(24, 5\)"):
+        bsmm.fprop(x, w, out=np.ones((5, 24), np.float32))
+    with pytest.raises(ValueError, match=r"x: expected a C-contiguous"):
+        bsmm.fprop(np.ones((5, 16), np.float32).T, w)
+    with pytest.raises(ValueError, match=r"dy: expected batch size 5"):
+        bsmm.updat(x, np.ones((24, 4), np.float32))
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        ({"layout": np.ones((2, 2, 2))}, ValueError, r"layout: expected a 2-D block mask"),
+        ({"layout": np.ones(4)}, ValueError, r"layout: expected a 2-D block mask"),
+        ({"layout": np.array([["a", "b"]])}, TypeError, r"layout: expected a boolean-like mask"),
+        ({"layout": np.ones((2, 2), np.complex64)}, TypeError, r"layout: expected a boolean-like mask"),
+        ({"layout": np.array([[0, 2]])}, ValueError, r"layout: expected a mask of 0/1 values"),
+        ({"layout": np.array([[np.nan, 1.0]])}, ValueError, r"layout: expected a mask of 0/1 values"),
+        ({"layout": np.zeros((0, 3), bool)}, ValueError, r"layout: expected at least one block row and column"),
+        ({"layout": np.zeros((3, 3), bool)}, ValueError, r"layout: expected at least one nonzero block"),
+        ({"block_size": 12}, ValueError, r"block_size: expected one of \(8, 16, 32, 64\), got 12"),
+        ({"block_size": 128}, ValueError, r"block_size: expected one of"),
+        ({"block_size": 32.0}, TypeError, r"block_size: expected an int"),
+        ({"block_size": True}, TypeError, r"block_size: expected an int"),
+        ({"feature_axis": 2}, ValueError, r"feature_axis: expected 0 or 1, got 2"),
+        ({"feature_axis": -1}, ValueError, r"feature_axis: expected 0 or 1"),
+        ({"feature_axis": True}, ValueError, r"feature_axis: expected 0 or 1"),
+    ],
+)
+def test_invalid_construction(kwargs, exc, match):
+    args = {"layout": np.ones((2, 2), bool), "block_size": 8, "feature_axis": 1, **kwargs}
+    with pytest.raises(exc, match=match):
+        BlockSparseMatMul(args.pop("layout"), **args)
+
+
+def test_mixed_numpy_and_cupy_arrays(monkeypatch):
+    """A CuPy array next to a NumPy one is an error, never a silent copy (a stand-in class plays cupy)."""
+    fake = types.ModuleType("cupy")
+
+    class ndarray:  # noqa: N801 - mirrors cupy.ndarray
+        dtype = np.dtype(np.float32)
+        shape = (4, 8, 8)
+        ndim = 3
+
+    fake.ndarray = ndarray
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    bsmm, x, w, dy = _setup()
+    with pytest.raises(TypeError, match=r"arrays must all be NumPy or all CuPy, got x=numpy, w=cupy"):
+        bsmm.fprop(x, ndarray())
+    with pytest.raises(TypeError, match=r"must all be NumPy or all CuPy"):
+        bsmm.fprop(x, w, out=ndarray())
+    with pytest.raises(TypeError, match=r"must all be NumPy or all CuPy"):
+        bsmm.updat([x, ndarray()], [dy, dy])
+
+
+# ---- GPU tests ----
