@@ -1,0 +1,717 @@
+"""Sparse persistent RNN (seed 003): a whole recurrent sequence in one kernel, sparse W kept on-chip.
+
+``h_t = f(h_{t-1}·W + u_t)`` with f = relu or tanh, or an LSTM cell (gate order i, f, g, o along the
+G·H axis of W, as ``torch.nn.LSTM``); W is [H, G·H] (G = 4 for the LSTM, else 1), sparse: unstructured
+(pruned weights, any scipy.sparse matrix or a dense array whose zeros are pruned) or block-sparse (a
+:class:`BlockLayout` [H/b, G·H/b] with blocks ``w`` [nnz, b, b], as :class:`BlockSparseMatMul`).
+
+On CuPy arrays the persistent kernel (``kernels/rnn.cu``) gives each thread block a slice of hidden
+units and keeps their rows of W in shared memory for all T steps; blocks exchange h_t through global
+memory and wait, with per-block flags (release/acquire at gpu scope), only for the blocks whose slice of
+h_{t-1} they read. The grid never exceeds the co-resident blocks (occupancy query), and a watchdog turns
+a stuck wait into an error. When the weights do not fit on-chip, ``path="auto"`` falls back to one
+sparse matvec kernel per step, captured in a CUDA graph (``path="persistent"`` raises instead).
+NumPy arrays run the float64 reference (:mod:`cusparseblocks.reference.rnn`).
+
+Cached per object: the weights by output row (host), each plan and its packed tables per (dtype, batch,
+device), the fallback's CSR arrays per (dtype, device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _validate as V
+from . import compiler
+from ._array import backend_of, dtype_name, is_cupy
+from .blocklayout import as_layout
+from .reference import rnn as ref
+
+__all__ = ["MODES", "SparseRNN", "RnnPlan", "max_hidden_size", "self_check", "LAUNCH"]
+
+MODES = ref.MODES
+_MODE_ID = {"relu": 0, "tanh": 1, "lstm": 2}
+_GPU_DTYPES = ("float16", "float32")
+_CPU_DTYPES = _GPU_DTYPES + ("float64",)
+_CTYPE = {"float16": "__half", "float32": "float"}
+
+# Launch table of the family (kernels/rnn.cu mirrors threads and items_per_thread as RNN_THREADS/RNN_UPT).
+LAUNCH = {
+    "threads": 512,            # threads per persistent block (one block per SM)
+    "items_per_thread": 4,     # pointwise (unit, batch) items a thread owns: units·B <= 4·512 per block
+    "hidden_align": 8,         # H padded to Hp: every h chunk of the exchange is a whole of 16-byte vectors
+    "lanes": (4, 8, 16, 32),   # threads sharing one row of W; the plan picks the cheapest that fits
+    "batch_chunks": (8, 4, 2, 1),
+    "step_threads": 256,       # fallback: one warp per unit
+    "smem_reserve": 64,        # bytes kept below the per-block opt-in limit (static shared memory)
+}
+# H100 SXM: 132 SMs, 227 KiB of shared memory per block (opt-in); used when no GPU is present
+H100 = {"sm_count": 132, "smem_per_block": 232448}
+
+
+def _specializations():
+    for dt in _GPU_DTYPES:
+        for mode in MODES:
+            for bc in LAUNCH["batch_chunks"]:
+                yield _spec("rnn_persistent", dt, mode, bc)
+                yield _spec("rnn_step", dt, mode, bc)
+
+
+def _spec(kernel, dtype, mode, bc):
+    return compiler.KernelSpec("rnn.cu", f"{kernel}<{_CTYPE[dtype]}, {_MODE_ID[mode]}, {bc}>")
+
+
+compiler.register_family("rnn", _specializations)
+
+
+@dataclasses.dataclass
+class RnnPlan:
+    """How one (dtype, batch) runs: persistent (and its launch) or the fallback, with the reason."""
+
+    persistent: bool
+    reason: str
+    dtype: str
+    batch: int
+    hidden_padded: int
+    batch_chunk: int
+    nchunks: int
+    blocks: int = 0
+    lanes: int = 0
+    smem_bytes: int = 0
+    weight_bytes: int = 0       # packed weights over all blocks (padding included)
+    tables: dict | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def path(self) -> str:
+        return "persistent" if self.persistent else "fallback"
+
+
+def _gates(mode):
+    return ref.gates(mode)
+
+
+def _itemsize(dtype):
+    return 2 if dtype == "float16" else 4
+
+
+def _per_vector(dtype):
+    return 4 if dtype == "float16" else 2   # nonzeros per 16-byte vector
+
+
+def _align(x, a):
+    return (x + a - 1) // a * a
+
+
+def _smem_bytes(dtype, wvec, Hp, bc, nchunks, rows):
+    """Mirror of RnnSmem in kernels/rnn.cu."""
+    off = 16 * wvec + _align(Hp * bc * _itemsize(dtype), 16)
+    off = _align(off + rows * nchunks * bc * 4, 16)
+    return off + rows * 8
+
+
+def _batch_chunks(batch, dtype, Hp, smem_limit):
+    """Batch chunk BC (columns of h per smem pass) and the number of chunks: the widest whose h fits in
+    a quarter of shared memory."""
+    for bc in LAUNCH["batch_chunks"]:
+        if bc > 1 and bc // 2 >= batch:
+            continue
+        if Hp * bc * _itemsize(dtype) <= smem_limit // 4 or bc == 1:
+            return bc, -(-batch // bc)
+    return 1, batch
+
+
+def _partition(unit_cost, nblk):
+    """Contiguous unit ranges of about equal cost: at most ``nblk`` starts plus the end, none empty."""
+    n = unit_cost.size
+    cum = np.cumsum(unit_cost)
+    total = float(cum[-1])
+    if total <= 0:
+        cuts = np.linspace(0, n, nblk + 1).round().astype(np.int64)
+    else:
+        targets = total * np.arange(1, nblk) / nblk
+        cuts = np.concatenate([[0], np.searchsorted(cum, targets, side="left") + 1, [n]])
+    return np.unique(np.clip(cuts, 0, n)).astype(np.int64)
+
+
+def _size_plan(rownnz, H, G, dtype, batch, sm_count, smem_limit, lanes=None):
+    """The launch shape from nonzeros per row ([G, H] ints) alone: blocks, lanes, batch chunk, smem.
+
+    Returns (RnnPlan without tables, unit_start, nvec_lane [G, Hp] for the chosen lanes).
+    """
+    threads = LAUNCH["threads"]
+    Hp = _align(H, LAUNCH["hidden_align"])
+    limit = smem_limit - LAUNCH["smem_reserve"]
+    bc, nchunks = _batch_chunks(batch, dtype, Hp, limit)
+    Vn = _per_vector(dtype)
+    nnz = np.zeros((G, Hp), dtype=np.int64)
+    nnz[:, :H] = rownnz
+    plan = RnnPlan(False, "", dtype, batch, Hp, bc, nchunks)
+    nblk = max(1, min(sm_count, H))
+    unit_cost = nnz[:, :H].sum(axis=0) + 8 * G   # a row costs its nonzeros plus a little fixed work
+    starts = _partition(unit_cost.astype(np.float64), nblk)
+    starts[-1] = Hp                              # the last block also owns the padding units (no rows)
+    nblk = starts.size - 1
+    units = np.diff(starts)
+    items = LAUNCH["items_per_thread"] * threads
+    if int(units.max()) * batch > items:
+        plan.reason = (f"batch {batch} × {int(units.max())} units per block exceeds "
+                       f"{items} pointwise items per block ({sm_count} blocks)")
+        return plan, starts, None
+    best = None
+    for L in (LAUNCH["lanes"] if lanes is None else (lanes,)):
+        nvec = -(-nnz // (L * Vn))                      # vectors per lane, per row
+        wvec_unit = (nvec * L).sum(axis=0)              # vectors per unit (all gates)
+        maxvec_unit = nvec.max(axis=0)
+        wvec_blk = np.add.reduceat(wvec_unit, starts[:-1])
+        maxvec_blk = np.maximum.reduceat(maxvec_unit, starts[:-1])
+        rounds = -(-(units * G) // (threads // L))
+        # serial work of one thread: its vectors in every round, plus the shuffle reduction
+        cost = int((rounds * (maxvec_blk + int(np.log2(L)))).max())
+        smem = _smem_bytes(dtype, int(wvec_blk.max()), Hp, bc, nchunks, int(units.max()) * G)
+        cand = (smem > limit, cost, smem, L, nvec, int(wvec_blk.sum()))
+        if best is None or cand[:3] < best[:3]:
+            best = cand
+    over, _, smem, L, nvec, total_vec = best
+    plan.blocks, plan.lanes, plan.smem_bytes = nblk, L, smem
+    plan.weight_bytes = 16 * total_vec
+    if over:
+        plan.reason = (f"weights need {smem} bytes of shared memory per block ({nblk} blocks, "
+                       f"{L} lanes per row), over the {limit} available")
+        return plan, starts, nvec
+    plan.persistent = True
+    plan.reason = "weights fit on-chip"
+    return plan, starts, nvec
+
+
+_DEVICE_INFO: dict = {}
+
+
+def _check_gpu_dtype(dtype) -> str:
+    name = dtype_name(dtype)
+    if name not in _GPU_DTYPES:
+        raise TypeError(f"dtype: expected one of {_GPU_DTYPES}, got {name}")
+    return name
+
+
+def _target(sm_count, smem_per_block):
+    """(SM count, shared memory per block) to plan for: given values, else the current GPU, else an H100."""
+    if sm_count is None or smem_per_block is None:
+        info = H100
+        try:
+            info = _device_info()
+        except Exception:  # noqa: BLE001 - no CuPy or no GPU: plan for an H100
+            pass
+        sm_count = info["sm_count"] if sm_count is None else sm_count
+        smem_per_block = info["smem_per_block"] if smem_per_block is None else smem_per_block
+    return int(sm_count), int(smem_per_block)
+
+
+def _device_info():
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    info = _DEVICE_INFO.get(dev)
+    if info is None:
+        attrs = cupy.cuda.Device(dev).attributes
+        info = _DEVICE_INFO[dev] = {"sm_count": int(attrs["MultiProcessorCount"]),
+                                    "smem_per_block": int(attrs["MaxSharedMemoryPerBlockOptin"])}
+    return info
+
+
+class SparseRNN:
+    """One sparse recurrent layer; ``forward(u, h0[, c0])`` runs a whole sequence.
+
+    Args:
+        weight: unstructured: W [H, G·H] as a scipy.sparse matrix or a dense NumPy/CuPy array (zeros
+            pruned). Block-sparse (with ``layout``): w [nnz_blocks, b, b] as :class:`BlockSparseMatMul`.
+        mode: "relu", "tanh" or "lstm" (G = 4 gates i, f, g, o; u and W carry 4·H columns).
+        layout: block mask [H/b, G·H/b] (bool-like or :class:`BlockLayout`) for block-sparse W.
+        block_size: b, with ``layout``.
+
+    Hidden size H <= 65535 (fp16 rows pack a 16-bit index beside each weight).
+    """
+
+    def __init__(self, weight, mode: str = "tanh", *, layout=None, block_size: int | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.gates = G = _gates(mode)
+        if layout is not None:
+            rows = self._from_blocks(weight, layout, block_size, G)
+            self.kind = "block"
+        else:
+            if block_size is not None:
+                raise ValueError("block_size: only meaningful with layout (block-sparse W)")
+            rows = self._from_unstructured(weight, G)
+            self.kind = "csr"
+        self.hidden_size = rows.shape[1]
+        if self.hidden_size > 65535:
+            raise ValueError(f"weight: expected hidden size <= 65535, got {self.hidden_size}")
+        self._rows = rows                      # W^T as CSR [G·H, H], float64, sorted indices
+        self._plans: dict = {}
+        self._gpu: dict = {}
+
+    # ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _from_unstructured(weight, G):
+        if is_cupy(weight):
+            weight = weight.get()
+        if sp.issparse(weight):
+            W = sp.csr_matrix(weight, dtype=np.float64)
+        else:
+            arr = np.asarray(weight)
+            if arr.dtype.kind not in "fiu":
+                raise TypeError(f"weight: expected a float array or scipy.sparse matrix, "
+                                f"got dtype {arr.dtype}")
+            V.check_ndim("weight", arr, 2)
+            W = sp.csr_matrix(arr.astype(np.float64))
+        H, GH = W.shape
+        if H == 0 or GH != G * H:
+            raise ValueError(f"weight: expected shape [H, {G}·H] (W of h_t = f(h_(t-1)·W + u_t)), "
+                             f"got {W.shape}")
+        rows = W.T.tocsr()
+        rows.sum_duplicates()
+        rows.sort_indices()
+        return rows
+
+    @staticmethod
+    def _from_blocks(w, layout, block_size, G):
+        lay = as_layout(layout)
+        b = V.check_block_size(block_size if block_size is not None else 32)
+        if block_size is None:
+            raise ValueError("block_size: expected the block size of layout, got None")
+        H, GH = lay.in_blocks * b, lay.out_blocks * b
+        if GH != G * H:
+            raise ValueError(f"layout: expected [H/b, {G}·H/b] blocks, got {lay.shape} (H={H}, G·H={GH})")
+        if is_cupy(w):
+            w = w.get()
+        w = np.asarray(w)
+        V.check_shape("weight", w, (lay.nnz, b, b), f"nnz_blocks={lay.nnz}, block_size={b}")
+        if w.dtype.kind != "f":
+            raise TypeError(f"weight: expected a float array, got dtype {w.dtype}")
+        bsr = sp.bsr_matrix((w.astype(np.float64), lay.cols.astype(np.int64), lay.row_ptr.astype(np.int64)),
+                            shape=(H, GH), blocksize=(b, b))
+        # keep explicit zeros inside blocks: a block row is dense, its gathers contiguous
+        coo = bsr.tocoo()
+        rows = sp.csr_matrix((coo.data, (coo.col, coo.row)), shape=(GH, H))
+        rows.sort_indices()
+        return rows
+
+    def __repr__(self):
+        return (f"SparseRNN(mode={self.mode!r}, hidden_size={self.hidden_size}, kind={self.kind!r}, "
+                f"nnz={self._rows.nnz}, density={self.density:.3f})")
+
+    @property
+    def density(self) -> float:
+        return self._rows.nnz / (self._rows.shape[0] * self._rows.shape[1])
+
+    def weight(self, dtype=None):
+        """W [H, G·H] as scipy.sparse CSR, float64; ``dtype``: values rounded to it first (as the kernels
+        hold them)."""
+        W = self._rows.T.tocsr()
+        if dtype is not None:
+            W.data = W.data.astype(dtype).astype(np.float64)
+        return W
+
+    # ---------------------------------------------------------------------------------------------
+    def plan(self, dtype="float16", batch: int = 4, *, sm_count=None, smem_per_block=None, lanes=None,
+             tables: bool = False) -> RnnPlan:
+        """How ``forward`` would run for ``dtype`` and ``batch`` (default device: the current GPU, or an
+        H100 without one). ``tables`` builds the packed launch tables too (cached)."""
+        dtype = _check_gpu_dtype(dtype)
+        sm_count, smem_per_block = _target(sm_count, smem_per_block)
+        key = (dtype, int(batch), int(sm_count), int(smem_per_block), lanes)
+        cached = self._plans.get(key)
+        if cached is not None and (cached.tables is not None or not tables or not cached.persistent):
+            return cached
+        H, G = self.hidden_size, self.gates
+        rownnz = np.diff(self._rows.indptr).reshape(G, H)
+        plan, starts, nvec = _size_plan(rownnz, H, G, dtype, int(batch), int(sm_count), int(smem_per_block),
+                                        lanes)
+        if plan.persistent and tables:
+            plan.tables = self._tables(plan, starts, nvec)
+        self._plans[key] = plan
+        return plan
+
+    def _tables(self, plan, starts, nvec):
+        """Packed weights and the per-block tables of kernels/rnn.cu, as NumPy arrays."""
+        H, G, L, dtype = self.hidden_size, self.gates, plan.lanes, plan.dtype
+        Vn = _per_vector(dtype)
+        rows = self._rows
+        nblk = starts.size - 1
+        # local row r of block b = g·units + (j − u0), in pack order; units j >= H (padding) have no rows
+        spans = [(int(starts[b]), int(starts[b + 1])) for b in range(nblk)]
+        g_of = np.concatenate([np.repeat(np.arange(G), b1 - b0) for b0, b1 in spans])
+        j_of = np.concatenate([np.tile(np.arange(b0, b1), G) for b0, b1 in spans])
+        units = np.diff(starts)
+        nvec_lane = nvec[g_of, j_of].astype(np.int64)
+        real = j_of < H
+        gidx = np.where(real, g_of * H + np.minimum(j_of, H - 1), 0)
+        s = np.where(real, rows.indptr[gidx], 0)
+        e = np.where(real, rows.indptr[gidx + 1], 0)
+        lens = e - s
+        padded = nvec_lane * L * Vn                       # nonzeros incl. padding
+        vec_per_row = nvec_lane * L
+        blk_of_row = np.repeat(np.arange(nblk), units * G)
+        rows_per_blk = units * G
+        row_off = np.concatenate([[0], np.cumsum(rows_per_blk)])
+        wvec_blk = np.bincount(blk_of_row, weights=vec_per_row, minlength=nblk).astype(np.int64)
+        wvec_off = np.concatenate([[0], np.cumsum(wvec_blk)])
+        # base vector of each row inside its block
+        cum = np.cumsum(vec_per_row) - vec_per_row
+        base = cum - wvec_off[blk_of_row]
+        pstart = np.cumsum(padded) - padded               # first padded nonzero of each row
+        total = int(padded.sum())
+        last_k = np.where(lens > 0, rows.indices[np.maximum(e - 1, 0)] if rows.nnz else 0, 0)
+        idx_full = np.repeat(last_k, padded).astype(np.int64)
+        val_full = np.zeros(total, dtype=np.float64)
+        nz = int(lens.sum())
+        if nz:
+            r_of = np.repeat(np.arange(lens.size), lens)
+            within = np.arange(nz) - np.repeat(np.cumsum(lens) - lens, lens)
+            src = s[r_of] + within
+            dst = pstart[r_of] + within
+            idx_full[dst] = rows.indices[src]
+            val_full[dst] = rows.data[src]
+        if dtype == "float16":
+            bits = val_full.astype(np.float16).view(np.uint16).astype(np.uint32)
+            words = bits | (idx_full.astype(np.uint32) << 16)
+        else:
+            words = np.empty(2 * total, dtype=np.uint32)
+            words[0::2] = val_full.astype(np.float32).view(np.uint32)
+            words[1::2] = idx_full.astype(np.uint32)
+        row_info = np.stack([base, nvec_lane], axis=1).astype(np.int32)
+        # dependencies: blocks whose units this block's rows read
+        block_of_unit = np.repeat(np.arange(nblk), units)
+        if rows.nnz:
+            row_of_nz = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+            dst_blk = block_of_unit[row_of_nz % H]
+            src_blk = block_of_unit[rows.indices]
+            pairs = np.unique(dst_blk.astype(np.int64) * nblk + src_blk)
+        else:
+            pairs = np.zeros(0, dtype=np.int64)
+        dep_dst, dep_src = pairs // nblk, pairs % nblk
+        dep_off = np.concatenate([[0], np.cumsum(np.bincount(dep_dst, minlength=nblk))])
+        # contiguous runs of dependency blocks -> 16-byte vector ranges of one h chunk, rounded outwards
+        # (bytes outside the run may be in flight from other blocks; no weight ever reads them)
+        unit_bytes = plan.batch_chunk * _itemsize(dtype)
+        ranges, range_off = [], [0]
+        for b in range(nblk):
+            deps = dep_src[dep_off[b]:dep_off[b + 1]]
+            if deps.size:
+                brk = np.nonzero(np.diff(deps) != 1)[0] + 1
+                for run in np.split(deps, brk):
+                    v0 = int(starts[run[0]]) * unit_bytes // 16
+                    v1 = -(-int(starts[run[-1] + 1]) * unit_bytes // 16)
+                    ranges.append((v0, v1 - v0))
+            range_off.append(len(ranges))
+        return {
+            "wpack": words,
+            "wvec_off": wvec_off.astype(np.int32),
+            "row_info": row_info,
+            "row_off": row_off.astype(np.int32),
+            "unit_start": starts.astype(np.int32),
+            "dep_off": dep_off.astype(np.int32),
+            "dep_block": dep_src.astype(np.int32),
+            "load_range": np.asarray(ranges, dtype=np.int32).reshape(-1, 2),
+            "load_off": np.asarray(range_off, dtype=np.int32),
+            "smem_wvec": int(wvec_blk.max()),
+            "smem_rows": int(rows_per_blk.max()),
+        }
+
+    # ---------------------------------------------------------------------------------------------
+    def forward(self, u, h0, c0=None, *, out=None, path: str = "auto", check: bool = True):
+        """Run the recurrence over all T steps.
+
+        u: [T, B, G·H] input projections (x_t·W_x + bias), float16|float32 (float64 on NumPy);
+        h0: [B, H], c0: [B, H] or None (zeros; LSTM only), same dtype and backend as u.
+        out: optional [T, B, H] array (u's dtype and backend) that receives y.
+        ``path``: "auto" (persistent when the weights fit on-chip, else the per-step fallback),
+        "persistent" (ValueError when they do not fit) or "fallback". ``check``: synchronize after the
+        persistent kernel and raise RuntimeError if its watchdog fired (default).
+        Returns (y [T, B, H] holding h_1..h_T, c_T [B, H] for the LSTM else None), in u's dtype.
+        """
+        backend = backend_of(u=u, h0=h0, c0=c0, out=out)
+        H, G = self.hidden_size, self.gates
+        allowed = _GPU_DTYPES if backend == "cupy" else _CPU_DTYPES
+        V.check_float("u", u, allowed)
+        V.check_ndim("u", u, 3)
+        V.check_dim("u", u, 2, G * H, f"gates={G} × hidden_size={H}")
+        T, B = int(u.shape[0]), int(u.shape[1])
+        if T == 0:
+            raise ValueError("u: expected at least one timestep on axis 0, got 0")
+        if B == 0:
+            raise ValueError("u: expected a positive batch size on axis 1, got 0")
+        V.check_float("h0", h0, allowed)
+        V.check_same_dtype(u=u, h0=h0)
+        V.check_shape("h0", h0, (B, H), f"batch={B}, hidden_size={H}")
+        if c0 is not None:
+            if self.mode != "lstm":
+                raise ValueError(f"c0: only the LSTM has a cell state, got c0 with mode={self.mode!r}")
+            V.check_float("c0", c0, allowed)
+            V.check_same_dtype(u=u, c0=c0)
+            V.check_shape("c0", c0, (B, H), f"batch={B}, hidden_size={H}")
+        for name, arr in (("u", u), ("h0", h0), ("c0", c0)):
+            if arr is not None:
+                V.check_contiguous(name, arr)
+        V.check_out("out", out, (T, B, H), u.dtype, backend == "cupy")
+        if path not in ("auto", "persistent", "fallback"):
+            raise ValueError(f"path: expected 'auto', 'persistent' or 'fallback', got {path!r}")
+        if backend == "numpy":
+            dt = np.dtype(u.dtype)
+            W = self.weight(dt)
+            y, c = ref.rnn_forward(W, u, h0, c0, self.mode)
+            if out is not None:
+                out[...] = y
+                y = out
+            return y.astype(dt, copy=False), (None if c is None else c.astype(dt))
+        import cupy
+
+        dev = cupy.cuda.runtime.getDevice()
+        for name, arr in (("u", u), ("h0", h0), ("c0", c0)):
+            if arr is not None:
+                V.check_device(name, arr, dev)
+        dtype = dtype_name(u.dtype)
+        plan = self.plan(dtype, B, tables=(path != "fallback"))
+        if path == "persistent" and not plan.persistent:
+            raise ValueError(f"path: the persistent kernel cannot run this model ({plan.reason}); "
+                             f"use path='auto' or 'fallback'")
+        if plan.persistent and path != "fallback":
+            result = self._run_persistent(plan, u, h0, c0, out, check=check)
+            if result is not None:
+                return result
+            if path == "persistent":
+                raise ValueError("path: the planned blocks are not co-resident on this GPU (occupancy); "
+                                 "use path='auto' or 'fallback'")
+        return self._run_fallback(plan, u, h0, c0, out)
+
+    __call__ = forward
+
+    # ---------------------------------------------------------------------------------------------
+    def _exchange(self, plan, T, h0):
+        import cupy
+
+        Hp, bc, nch = plan.hidden_padded, plan.batch_chunk, plan.nchunks
+        B, H = h0.shape
+        xch = cupy.zeros((T + 1, nch, Hp, bc), dtype=h0.dtype)
+        hp = cupy.zeros((nch * bc, Hp), dtype=h0.dtype)
+        hp[:B, :H] = h0
+        xch[0] = hp.reshape(nch, bc, Hp).transpose(0, 2, 1)
+        return xch
+
+    def _device_tables(self, plan):
+        import cupy
+
+        key = ("persistent", id(plan), cupy.cuda.runtime.getDevice())
+        tab = self._gpu.get(key)
+        if tab is None:
+            tab = {k: (cupy.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in plan.tables.items()}
+            self._gpu[key] = tab
+        return tab
+
+    def _run_persistent(self, plan, u, h0, c0, out=None, *, check=True, grid=None, timeout_s=None):
+        import cupy
+        from cupy_backends.cuda.api import driver
+
+        T, B, _ = u.shape
+        H = self.hidden_size
+        tab = self._device_tables(plan)
+        spec = _spec("rnn_persistent", plan.dtype, self.mode, plan.batch_chunk)
+        smem = _smem_bytes(plan.dtype, tab["smem_wvec"], plan.hidden_padded, plan.batch_chunk, plan.nchunks,
+                           tab["smem_rows"])
+        fn = compiler.get_function(spec, smem)
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, LAUNCH["threads"], smem)
+        sm_count = _device_info()["sm_count"]
+        if per_sm < 1 or plan.blocks > per_sm * sm_count:
+            return None
+        stream = cupy.cuda.get_current_stream()
+        xch = self._exchange(plan, T, h0)
+        y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
+        c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
+        flags = cupy.zeros(plan.blocks, dtype=np.int32)
+        status = cupy.zeros(1, dtype=np.int32)
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("CUSPARSEBLOCKS_RNN_TIMEOUT_S", "30"))
+        null = 0
+        args = (tab["wpack"], tab["wvec_off"], tab["row_info"], tab["row_off"], tab["unit_start"],
+                tab["dep_off"], tab["dep_block"], tab["load_range"], tab["load_off"], u,
+                c0 if c0 is not None else np.uint64(null), y, c_out if c_out is not None else np.uint64(null),
+                xch, flags, status, np.int32(H), np.int32(plan.hidden_padded), np.int32(B), np.int32(T),
+                np.int32(plan.nchunks), np.int32(plan.lanes), np.int32(tab["smem_wvec"]),
+                np.int32(tab["smem_rows"]), np.int64(int(timeout_s * 1e9)))
+        fn((plan.blocks if grid is None else grid,), (LAUNCH["threads"],), args, shared_mem=smem,
+           stream=stream)
+        if check and int(status.get()[0]) != 0:
+            raise RuntimeError(
+                "rnn_persistent: a block waited longer than the watchdog "
+                f"({timeout_s} s) for another block's h_(t-1); the result is incomplete")
+        return y, c_out
+
+    def _run_fallback(self, plan, u, h0, c0, out=None):
+        import cupy
+
+        T, B, _ = u.shape
+        H, G = self.hidden_size, self.gates
+        dtype = plan.dtype
+        key = ("fallback", dtype, cupy.cuda.runtime.getDevice())
+        csr = self._gpu.get(key)
+        if csr is None:
+            rows = self._rows
+            csr = (cupy.asarray(rows.indptr.astype(np.int64)), cupy.asarray(rows.indices.astype(np.int32)),
+                   cupy.asarray(rows.data.astype(dtype)))
+            self._gpu[key] = csr
+        fn = compiler.get_function(_spec("rnn_step", dtype, self.mode, plan.batch_chunk))
+        Hp, nch = plan.hidden_padded, plan.nchunks
+        xch = self._exchange(plan, T, h0)
+        y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
+        c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
+        c = (c0.astype(np.float32) if c0 is not None else cupy.zeros((B, H), np.float32)) \
+            if self.mode == "lstm" else cupy.zeros(1, np.float32)
+        stream = cupy.cuda.get_current_stream()
+        grid = (-(-H // (LAUNCH["step_threads"] // 32)),)
+        null = np.uint64(0)
+
+        def launch(s):
+            for t in range(T):
+                args = (csr[0], csr[1], csr[2], xch[t], xch[t + 1], u[t], c, y[t],
+                        c_out if (c_out is not None and t == T - 1) else null,
+                        np.int32(H), np.int32(Hp), np.int32(B), np.int32(nch))
+                fn(grid, (LAUNCH["step_threads"],), args, stream=s)
+
+        del G
+        side = cupy.cuda.Stream(non_blocking=True)   # captured, not run: the graph runs on `stream`
+        try:
+            side.begin_capture()
+        except Exception:  # noqa: BLE001 - no graph capture here: launch the steps directly
+            launch(stream)
+            return y, c_out
+        try:
+            launch(side)
+        finally:
+            graph = side.end_capture()
+        graph.launch(stream=stream)
+        stream.synchronize()                       # the graph is freed on return
+        return y, c_out
+
+
+# ---------------------------------------------------------------------------------------------------
+def max_hidden_size(dtype="float16", density: float = 0.3, batch: int = 4, mode: str = "tanh", *,
+                    sm_count=None, smem_per_block=None) -> int:
+    """Largest hidden size H (a multiple of 8) whose random unstructured W of ``density`` fits on-chip
+    for the persistent kernel (every row with density·H nonzeros), for ``dtype``, ``batch`` and ``mode``.
+    Default device: the current GPU, or an H100 (132 SMs, 227 KiB per block) without one."""
+    dtype = _check_gpu_dtype(dtype)
+    if not 0 < density <= 1:
+        raise ValueError(f"density: expected a value in (0, 1], got {density}")
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    sm_count, smem_per_block = _target(sm_count, smem_per_block)
+    G = _gates(mode)
+
+    def fits(H):
+        rownnz = np.full((G, H), max(1, int(round(density * H))), dtype=np.int64)
+        return _size_plan(rownnz, H, G, dtype, batch, sm_count, smem_per_block)[0].persistent
+
+    lo, hi = 0, 65528 // 8
+    while lo < hi:                       # largest multiple of 8 that fits (fit is monotone in H)
+        mid = (lo + hi + 1) // 2
+        if fits(8 * mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return 8 * lo
+
+
+def random_weights(rng, hidden_size, density, mode="tanh", *, block_size=None, scale=0.9):
+    """A random sparse W [H, G·H] (``block_size``: block-sparse, returns (layout mask, w)) with spectral
+    scale about ``scale`` (values N(0, scale²/nonzeros per column))."""
+    G = _gates(mode)
+    H = hidden_size
+    if block_size is None:
+        W = sp.random(H, G * H, density=density, format="csr", random_state=rng,
+                      data_rvs=lambda n: rng.standard_normal(n))
+        W.data *= scale / np.sqrt(max(density * H, 1))
+        return W
+    mask = rng.random((H // block_size, G * H // block_size)) < density
+    mask[np.arange(H // block_size), np.arange(H // block_size)] = True
+    nnz = int(mask.sum())
+    w = rng.standard_normal((nnz, block_size, block_size)) * scale / np.sqrt(max(density * H, 1))
+    return mask, w
+
+
+def self_check(backend: str = "numpy", seed: int = 0):
+    """Quick random check of every mode and sparsity kind against the float64 reference.
+
+    ``backend``: "numpy" (the reference path against a dense-W recurrence) or "cupy" (the GPU kernels,
+    persistent and fallback, in float32 and float16). Returns rows (name, rel_err, passed).
+    """
+    if backend not in ("numpy", "cupy"):
+        raise ValueError(f"backend: expected 'numpy' or 'cupy', got {backend!r}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    tol = {"float64": 1e-12, "float32": 1e-5, "float16": 2e-3}
+    for mode in MODES:
+        G = _gates(mode)
+        for kind in ("csr", "block"):
+            H = 96 if kind == "block" else 77
+            if kind == "block":
+                mask, w = random_weights(rng, H, 0.3, mode, block_size=16)
+                rnn = SparseRNN(w, mode, layout=mask, block_size=16)
+            else:
+                rnn = SparseRNN(random_weights(rng, H, 0.3, mode), mode)
+            T, B = 6, 3
+            u64 = rng.standard_normal((T, B, G * H)) * 0.5
+            h64 = rng.standard_normal((B, H)) * 0.5
+            c64 = rng.standard_normal((B, H)) * 0.5 if mode == "lstm" else None
+            if backend == "numpy":
+                y, c = rnn.forward(u64, h64, c64)
+                yr, cr = _dense_recurrence(rnn.weight().toarray(), u64, h64, c64, mode)
+                err = _rel(y, yr) if c is None else max(_rel(y, yr), _rel(c, cr))
+                rows.append((f"{mode}/{kind}/float64/reference", err, err <= tol["float64"]))
+                continue
+            import cupy
+
+            for dtype in ("float32", "float16"):
+                W = rnn.weight(dtype)
+                rd = np.float16 if dtype == "float16" else None
+                u, h0 = u64.astype(dtype), h64.astype(dtype)
+                c0 = None if c64 is None else c64.astype(dtype)
+                yr, cr = ref.rnn_forward(W, u, h0, c0, mode, round_dtype=rd)
+                for path in ("persistent", "fallback"):
+                    c0d = None if c0 is None else cupy.asarray(c0)
+                    y, c = rnn.forward(cupy.asarray(u), cupy.asarray(h0), c0d, path=path)
+                    y = y.get().astype(np.float64)
+                    err = _rel(y, yr) if c is None else max(_rel(y, yr), _rel(c.get().astype(np.float64), cr))
+                    ok = bool(np.isfinite(err) and err <= tol[dtype])
+                    rows.append((f"{mode}/{kind}/{dtype}/{path}", err, ok))
+    return rows
+
+
+def _rel(a, r):
+    a, r = np.asarray(a, dtype=np.float64), np.asarray(r, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        return float("inf")
+    return float(np.linalg.norm(a - r) / max(np.linalg.norm(r), 1e-30))
+
+
+def _dense_recurrence(W, u, h0, c0, mode):
+    """An independent dense loop (the reference path runs scipy.sparse): self_check's NumPy baseline."""
+    H = h0.shape[1]
+    h, c = h0.copy(), (np.zeros_like(h0) if c0 is None else c0.copy())
+    ys = []
+    for t in range(u.shape[0]):
+        z = h @ W + u[t]
+        if mode == "relu":
+            h = np.maximum(z, 0)
+        elif mode == "tanh":
+            h = np.tanh(z)
+        else:
+            sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+            c = sig(z[:, H:2 * H]) * c + sig(z[:, :H]) * np.tanh(z[:, 2 * H:3 * H])
+            h = sig(z[:, 3 * H:]) * np.tanh(c)
+        ys.append(h)
+    return np.stack(ys), (c if mode == "lstm" else None)

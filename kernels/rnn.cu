@@ -1,0 +1,349 @@
+// Sparse persistent RNN (seed 003): h_t = f(h_{t-1}·W + u_t), f = relu | tanh, or an LSTM cell.
+//
+// W is [H, G·H] (G = 1, or 4 for the LSTM, gate order i, f, g, o); the host hands it over by output
+// row ("row" = one (gate, unit) column of W): row g·H + j holds the nonzeros W[k, g·H + j] as
+// (value, k) pairs. Unstructured and block-sparse weights both arrive in this form (the host expands
+// blocks into their elements, so a block row reads h at consecutive k: conflict-free gathers).
+//
+// Packing: fp16 weights are one 32-bit word per nonzero (half bits low, k high; k < 65536), four to a
+// 16-byte vector; fp32 weights are two words (float bits, k), two to a vector. Each row is padded to
+// a multiple of lanes·V nonzeros with (0, last k of the row) so padding reads data the row reads anyway.
+//
+// The exchange buffer xch holds every h_t once: [T+1][nchunks][Hp][BC] (slot 0 = h_0 written by the
+// host, batch split in chunks of BC columns, units padded to Hp, a multiple of 8, so every block's unit
+// range starts on a 16-byte boundary). Writing each slot once means no write-after-read hazard between
+// blocks that run a step apart, so a block waits only for the blocks whose h_{t-1} slices it reads.
+#include "common.cuh"
+
+#define RNN_THREADS 512
+#define RNN_UPT 4  // pointwise items (unit, batch) per thread: the host keeps units·B <= RNN_UPT·RNN_THREADS
+
+enum { RNN_RELU = 0, RNN_TANH = 1, RNN_LSTM = 2 };
+
+__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_release_gpu(int* p, int v) {
+    asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// accurate under --use_fast_math (expm1f has no fast intrinsic); |x| > 9 is ±1 to fp32 precision
+__device__ __forceinline__ float rnn_tanh(float x) {
+    float ax = fminf(fabsf(x), 9.0f);
+    float e = expm1f(2.0f * ax);
+    return copysignf(e / (e + 2.0f), x);
+}
+
+__device__ __forceinline__ float rnn_sigmoid(float x) { return 0.5f * rnn_tanh(0.5f * x) + 0.5f; }
+
+// ---------------------------------------------------------------------------------------------------
+// packed weights: V nonzeros per 16-byte vector
+
+template <typename T> struct RnnPack;
+
+template <> struct RnnPack<__half> {
+    static constexpr int V = 4;
+    __device__ __forceinline__ static void get(const uint4& q, int e, float& w, int& k) {
+        unsigned x = e == 0 ? q.x : e == 1 ? q.y : e == 2 ? q.z : q.w;
+        w = __half2float(__ushort_as_half((unsigned short)(x & 0xffffu)));
+        k = (int)(x >> 16);
+    }
+};
+
+template <> struct RnnPack<float> {
+    static constexpr int V = 2;
+    __device__ __forceinline__ static void get(const uint4& q, int e, float& w, int& k) {
+        w = __uint_as_float(e == 0 ? q.x : q.z);
+        k = (int)(e == 0 ? q.y : q.w);
+    }
+};
+
+// BC values of h at unit k from shared memory ([Hp][BC] of T), widest aligned load
+__device__ __forceinline__ void rnn_unpack(unsigned x, float* out, __half) {
+    float2 f = __half22float2(*reinterpret_cast<const __half2*>(&x));
+    out[0] = f.x;
+    out[1] = f.y;
+}
+__device__ __forceinline__ void rnn_unpack(unsigned x, float* out, float) { out[0] = __uint_as_float(x); }
+
+template <typename T, int BC>
+__device__ __forceinline__ void rnn_gather(const T* hs, int k, float (&hv)[BC]) {
+    constexpr int BYTES = BC * (int)sizeof(T);
+    constexpr int PER_WORD = 4 / (int)sizeof(T);
+    const T* p = hs + k * BC;
+    if constexpr (BYTES == 2) {
+        hv[0] = to_float<T>(p[0]);
+    } else if constexpr (BYTES == 4) {
+        rnn_unpack(*reinterpret_cast<const unsigned*>(p), hv, T());
+    } else if constexpr (BYTES == 8) {
+        uint2 q = *reinterpret_cast<const uint2*>(p);
+        rnn_unpack(q.x, hv, T());
+        rnn_unpack(q.y, hv + PER_WORD, T());
+    } else {
+#pragma unroll
+        for (int i = 0; i < BYTES / 16; ++i) {
+            uint4 q = reinterpret_cast<const uint4*>(p)[i];
+            float* o = hv + i * 4 * PER_WORD;
+            rnn_unpack(q.x, o, T());
+            rnn_unpack(q.y, o + PER_WORD, T());
+            rnn_unpack(q.z, o + 2 * PER_WORD, T());
+            rnn_unpack(q.w, o + 3 * PER_WORD, T());
+        }
+    }
+}
+
+template <int MODE>
+__device__ __forceinline__ float rnn_cell(const float* p, float& c) {
+    if constexpr (MODE == RNN_RELU) {
+        return fmaxf(p[0], 0.0f);
+    } else if constexpr (MODE == RNN_TANH) {
+        return rnn_tanh(p[0]);
+    } else {
+        float i = rnn_sigmoid(p[0]), f = rnn_sigmoid(p[1]), g = rnn_tanh(p[2]), o = rnn_sigmoid(p[3]);
+        c = f * c + i * g;
+        return o * rnn_tanh(c);
+    }
+}
+
+// Shared-memory carve-up, mirrored by cusparseblocks/rnn.py (_smem_bytes): weights [smem_wvec] uint4,
+// h chunk [Hp·BC] T (16-byte aligned), pre-activations [smem_rows][nchunks·BC] float, rows [smem_rows] int2.
+template <typename T, int BC>
+struct RnnSmem {
+    uint4* w;
+    T* h;
+    float* pre;
+    int2* rows;
+    __device__ RnnSmem(unsigned char* base, int smem_wvec, int Hp, int smem_rows, int Bp) {
+        w = reinterpret_cast<uint4*>(base);
+        size_t off = (size_t)smem_wvec * 16;
+        h = reinterpret_cast<T*>(base + off);
+        off += (((size_t)Hp * BC * sizeof(T)) + 15) / 16 * 16;
+        pre = reinterpret_cast<float*>(base + off);
+        off += (size_t)smem_rows * Bp * sizeof(float);
+        off = (off + 15) / 16 * 16;
+        rows = reinterpret_cast<int2*>(base + off);
+    }
+};
+
+// rnn_persistent<T, MODE, BC>: the whole sequence in one launch.
+// One thread block owns the units [unit_start[b], unit_start[b+1]) (all G gate rows of each) and keeps
+// their packed rows of W in shared memory for all T steps. Grid = number of blocks the host planned, at
+// most the number that are co-resident (1 per SM), so spinning on another block's flag cannot deadlock.
+// Step t: wait until flags[d] >= t-1 for every block d whose units this block's rows read (ld.acquire
+// at gpu scope; a watchdog sets *status and leaves instead of hanging), copy those slices of h_{t-1}
+// (batch chunk by chunk, 16-byte L2 loads) into shared memory, then `lanes` consecutive threads share a
+// row: lane l reads the row's 16-byte weight vectors l, l+lanes, ... (consecutive lanes, consecutive
+// vectors: no bank conflicts), gathers BC values of h per nonzero and accumulates in fp32; a shuffle
+// reduction gives the row's dot products. The pointwise cell (u_t prefetched into registers one step
+// ahead, c kept in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t; after a block
+// barrier one thread publishes flags[b] = t with st.release.gpu.
+template <typename T, int MODE, int BC>
+__global__ void __launch_bounds__(RNN_THREADS, 1)
+rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off,
+               const int2* __restrict__ row_info, const int* __restrict__ row_off,
+               const int* __restrict__ unit_start, const int* __restrict__ dep_off,
+               const int* __restrict__ dep_block, const int2* __restrict__ load_range,
+               const int* __restrict__ load_off, const T* __restrict__ u, const T* __restrict__ c0,
+               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* flags, int* status, int H, int Hp,
+               int B, int steps, int nchunks, int lanes, int smem_wvec, int smem_rows,
+               long long timeout_ns) {
+    constexpr int G = MODE == RNN_LSTM ? 4 : 1;
+    constexpr int V = RnnPack<T>::V;
+    extern __shared__ __align__(16) unsigned char rnn_smem_raw[];
+    __shared__ int abort_s;
+    const int Bp = nchunks * BC;
+    RnnSmem<T, BC> sm(rnn_smem_raw, smem_wvec, Hp, smem_rows, Bp);
+
+    const int blk = blockIdx.x, tid = threadIdx.x;
+    const int u0 = unit_start[blk], units = unit_start[blk + 1] - u0, nrows = units * G;
+    const int nitems = units * B;
+    const i64 GH = (i64)G * H;
+
+    if (tid == 0) abort_s = 0;
+    {
+        const int wv0 = wvec_off[blk], nwv = wvec_off[blk + 1] - wv0;
+        for (int v = tid; v < nwv; v += RNN_THREADS) sm.w[v] = wpack[wv0 + v];
+        const int ro = row_off[blk];
+        for (int r = tid; r < nrows; r += RNN_THREADS) sm.rows[r] = row_info[ro + r];
+    }
+
+    float creg[RNN_UPT];
+    T upre[RNN_UPT][G];
+#pragma unroll
+    for (int q = 0; q < RNN_UPT; ++q) {
+        const int i = tid + q * RNN_THREADS;
+        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+        creg[q] = 0.0f;
+        if (i < nitems && j < H) {
+            if (MODE == RNN_LSTM && c0 != nullptr) creg[q] = to_float<T>(c0[(i64)b * H + j]);
+#pragma unroll
+            for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
+        }
+    }
+    __syncthreads();
+
+    const int slot = tid / lanes, lane = tid % lanes, nslots = RNN_THREADS / lanes;
+    const int rounds = (nrows + nslots - 1) / nslots;
+
+    for (int t = 1; t <= steps; ++t) {
+        if (t > 1) {
+            const unsigned long long start = global_ns();
+            for (int d = dep_off[blk] + tid; d < dep_off[blk + 1]; d += RNN_THREADS) {
+                const int* f = flags + dep_block[d];
+                unsigned spins = 0;
+                while (ld_acquire_gpu(f) < t - 1) {
+                    if ((++spins & 255u) == 0) {
+                        if (*(volatile int*)status != 0 || (long long)(global_ns() - start) > timeout_ns) {
+                            atomicExch(status, 1);
+                            abort_s = 1;
+                            break;
+                        }
+                    }
+                }
+            }
+            __threadfence();
+        }
+        __syncthreads();
+        if (abort_s) return;
+
+        const T* src = xch + (i64)(t - 1) * nchunks * Hp * BC;
+        for (int c = 0; c < nchunks; ++c) {
+            const uint4* s4 = reinterpret_cast<const uint4*>(src + (i64)c * Hp * BC);
+            uint4* h4 = reinterpret_cast<uint4*>(sm.h);
+            for (int r = load_off[blk]; r < load_off[blk + 1]; ++r) {
+                const int2 rg = load_range[r];  // (first 16-byte vector, count) of one contiguous slice
+                for (int v = tid; v < rg.y; v += RNN_THREADS) h4[rg.x + v] = __ldcg(s4 + rg.x + v);
+            }
+            __syncthreads();
+
+            for (int rr = 0; rr < rounds; ++rr) {
+                const int r = slot + rr * nslots;
+                const int2 info = r < nrows ? sm.rows[r] : make_int2(0, 0);
+                float acc[BC];
+#pragma unroll
+                for (int b = 0; b < BC; ++b) acc[b] = 0.0f;
+                const uint4* wp = sm.w + info.x + lane;
+#pragma unroll 2
+                for (int m = 0; m < info.y; ++m) {
+                    const uint4 q = wp[m * lanes];
+#pragma unroll
+                    for (int e = 0; e < V; ++e) {
+                        float w;
+                        int k;
+                        RnnPack<T>::get(q, e, w, k);
+                        float hv[BC];
+                        rnn_gather<T, BC>(sm.h, k, hv);
+#pragma unroll
+                        for (int b = 0; b < BC; ++b) acc[b] = fmaf(w, hv[b], acc[b]);
+                    }
+                }
+                for (int off = lanes >> 1; off > 0; off >>= 1) {
+#pragma unroll
+                    for (int b = 0; b < BC; ++b) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+                }
+                if (lane == 0 && r < nrows) {
+#pragma unroll
+                    for (int b = 0; b < BC; ++b) sm.pre[r * Bp + c * BC + b] = acc[b];
+                }
+            }
+            __syncthreads();
+        }
+
+        T* dst = xch + (i64)t * nchunks * Hp * BC;
+#pragma unroll
+        for (int q = 0; q < RNN_UPT; ++q) {
+            const int i = tid + q * RNN_THREADS;
+            const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+            if (i < nitems && j < H) {
+                float p[G];
+#pragma unroll
+                for (int g = 0; g < G; ++g) p[g] = sm.pre[(g * units + ul) * Bp + b] + to_float<T>(upre[q][g]);
+                const T hv = from_float<T>(rnn_cell<MODE>(p, creg[q]));
+                y[((i64)(t - 1) * B + b) * H + j] = hv;
+                dst[((i64)(b / BC) * Hp + j) * BC + (b % BC)] = hv;
+                if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
+            }
+        }
+        __syncthreads();
+        if (tid == 0) {
+            __threadfence();
+            st_release_gpu(flags + blk, t);
+        }
+        if (t < steps) {
+#pragma unroll
+            for (int q = 0; q < RNN_UPT; ++q) {
+                const int i = tid + q * RNN_THREADS;
+                const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+                if (i < nitems && j < H) {
+#pragma unroll
+                    for (int g = 0; g < G; ++g) upre[q][g] = u[((i64)t * B + b) * GH + (i64)g * H + j];
+                }
+            }
+        }
+    }
+}
+
+// rnn_step<T, MODE, BC>: one timestep, the non-persistent fallback (launched T times, in a CUDA graph).
+// One warp per unit j (8 per 256-thread block; grid = ceil(H / 8)): lanes stride over the nonzeros of
+// the unit's G rows (CSR by output row, from global memory), gather h_{t-1} from the exchange slot, and
+// reduce with shuffles; lane 0 applies the cell for the warp's unit and every batch column of the chunk.
+// c [B, H] is the fp32 LSTM state, updated in place.
+template <typename T, int MODE, int BC>
+__global__ void __launch_bounds__(256, 1)
+rnn_step(const i64* __restrict__ row_ptr, const int* __restrict__ col, const T* __restrict__ val,
+         const T* __restrict__ hprev, T* __restrict__ hnext, const T* __restrict__ u_t, float* __restrict__ c,
+         T* __restrict__ y_t, T* __restrict__ c_out, int H, int Hp, int B, int nchunks) {
+    constexpr int G = MODE == RNN_LSTM ? 4 : 1;
+    const int lane = threadIdx.x & 31;
+    const int j = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (j >= H) return;
+    for (int ch = 0; ch < nchunks; ++ch) {
+        const T* hs = hprev + (i64)ch * Hp * BC;
+        float p[G][BC];
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+#pragma unroll
+            for (int b = 0; b < BC; ++b) p[g][b] = 0.0f;
+            const i64 row = (i64)g * H + j;
+            for (i64 e = row_ptr[row] + lane; e < row_ptr[row + 1]; e += 32) {
+                const float w = to_float<T>(val[e]);
+                const i64 k = col[e];
+#pragma unroll
+                for (int b = 0; b < BC; ++b) p[g][b] = fmaf(w, to_float<T>(hs[k * BC + b]), p[g][b]);
+            }
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) {
+#pragma unroll
+                for (int b = 0; b < BC; ++b) p[g][b] += __shfl_xor_sync(0xffffffffu, p[g][b], off);
+            }
+        }
+        if (lane == 0) {
+#pragma unroll
+            for (int bb = 0; bb < BC; ++bb) {
+                const int b = ch * BC + bb;
+                if (b < B) {
+                    float q[G];
+#pragma unroll
+                    for (int g = 0; g < G; ++g) q[g] = p[g][bb] + to_float<T>(u_t[(i64)b * G * H + (i64)g * H + j]);
+                    float cv = MODE == RNN_LSTM ? c[(i64)b * H + j] : 0.0f;
+                    const T hv = from_float<T>(rnn_cell<MODE>(q, cv));
+                    if (MODE == RNN_LSTM) {
+                        c[(i64)b * H + j] = cv;
+                        if (c_out != nullptr) c_out[(i64)b * H + j] = from_float<T>(cv);
+                    }
+                    y_t[(i64)b * H + j] = hv;
+                    hnext[((i64)ch * Hp + j) * BC + bb] = hv;
+                }
+            }
+        }
+    }
+}
