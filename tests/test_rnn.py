@@ -420,3 +420,41 @@ def test_gpu_self_check():
     rows = rnn.self_check("cupy")
     bad = [r for r in rows if not r[2]]
     assert not bad, bad
+
+
+# ---------------------------------------------------------------------------------------------------
+# PyTorch adapter
+
+def test_torch_module_cpu(rng):
+    torch = pytest.importorskip("torch")
+    from cusparseblocks.adapters.torch_rnn import SparsePersistentRNN
+
+    W = rnn.random_weights(rng, 20, 0.3, "lstm")
+    mod = SparsePersistentRNN(W, "lstm")
+    u = torch.from_numpy(rng.standard_normal((4, 3, 80)).astype(np.float32))
+    y, hT, cT = mod(u)
+    yr, cr = ref.rnn_forward(W, u.numpy(), np.zeros((3, 20)), None, "lstm")
+    assert_close(y, yr, "float32")
+    assert_close(cT, cr, "float32")
+    assert torch.equal(hT, y[-1])
+    with pytest.raises(NotImplementedError, match="no backward"):
+        mod(u.clone().requires_grad_())
+    with pytest.raises(TypeError, match="u: expected a torch.Tensor"):
+        mod(u.numpy())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_torch_module_gpu(rng, dtype):
+    torch = pytest.importorskip("torch")
+    from cusparseblocks.adapters.torch_rnn import SparsePersistentRNN
+
+    model = make_model(rng, 300, "tanh", "csr")
+    mod = SparsePersistentRNN(model.weight(), "tanh", path="persistent")
+    u, h0, _ = make_inputs(rng, model, 9, 4, dtype)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        y, hT, _ = mod(torch.from_numpy(u).cuda(), torch.from_numpy(h0).cuda())
+    stream.synchronize()
+    assert y.is_cuda and y.dtype == getattr(torch, dtype)
+    assert_close(y.float().cpu().numpy(), reference(model, u, h0, None, dtype)[0], dtype)
