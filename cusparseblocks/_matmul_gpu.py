@@ -1,0 +1,204 @@
+"""GPU dispatch for BlockSparseMatMul: kernel choice, tile tables, device lookup tables, launches.
+
+Kernels are in ``kernels/bsmm.cu``. fp16/bf16 run the tensor-core kernels (``xw_tc``, ``updat_tc``);
+float32 runs FFMA (``xw_simt``, ``updat_simt``). The SIMT kernels take any alignment, so a pointer that
+is not 16-byte aligned (an offset view) falls back to them rather than failing.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from . import compiler
+from ._array import dtype_name
+from .compiler import KernelSpec
+
+SOURCE = "bsmm.cu"
+_CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
+
+# Tile tables. xw_tc: block_size -> {variant: (BM, WARPS_M, WARPS_N, STAGES)}; "small" serves N ≤ 64.
+XW_TC_TILES = {
+    64: {"large": (128, 2, 2, 3), "small": (32, 1, 4, 4)},
+    32: {"large": (128, 4, 1, 4), "small": (32, 1, 4, 6)},
+    16: {"large": (128, 4, 1, 6), "small": (32, 1, 2, 8)},
+    8: {"large": (128, 4, 1, 8), "small": (32, 1, 1, 8)},
+}
+# xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
+XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4)}
+# updat_tc: block_size -> (NC rows of batch per chunk, STAGES); BS = 8 uses updat_simt
+UPDAT_TC_TILES = {64: (32, 4), 32: (64, 4), 16: (64, 4)}
+UPDAT_SIMT_NC = 32
+SMALL_N = 64
+
+
+def xw_tc_spec(dtype, out_dtype, bs, variant, axis, trans, aligned):
+    bm, wm, wn, st = XW_TC_TILES[bs][variant]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec(SOURCE, f"xw_tc<{t}, {to}, {bs}, {bm}, {wm}, {wn}, {st}, {axis}, {trans}, {aligned}>")
+
+
+def xw_simt_spec(dtype, out_dtype, bs, axis, trans):
+    bm, tm, tn = XW_SIMT_TILES[bs]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec(SOURCE, f"xw_simt<{t}, {to}, {bs}, {bm}, {tm}, {tn}, {axis}, {trans}>")
+
+
+def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
+    nc, st = UPDAT_TC_TILES[bs]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec(SOURCE, f"updat_tc<{t}, {to}, {bs}, {nc}, {st}, {axis}, {aligned}>")
+
+
+def updat_simt_spec(dtype, out_dtype, bs, axis):
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec(SOURCE, f"updat_simt<{t}, {to}, {bs}, {axis}>")
+
+
+def xw_tc_smem(bs, variant, axis):
+    bm, _, _, st = XW_TC_TILES[bs][variant]
+    rows, cols = (bm, bs) if axis == 1 else (bs, bm)
+    stride = lambda n: n + 8 if (n // 8) % 2 == 0 else n  # noqa: E731 - mirrors tc_stride()
+    stage = (rows * stride(cols) + bs * stride(bs)) * 2
+    return max(st * stage, bm * (bs + 4) * 4)
+
+
+def updat_tc_smem(bs, axis):
+    nc, st = UPDAT_TC_TILES[bs]
+    rows, cols = (nc, bs) if axis == 1 else (bs, nc)
+    stride = cols + 8 if (cols // 8) % 2 == 0 else cols
+    parts = 4 if bs <= 32 else 1
+    return max(st * 2 * rows * stride * 2, parts * bs * (bs + 4) * 4)
+
+
+def _out_types(dtype):
+    return (dtype, "float32") if dtype != "float32" else ("float32",)
+
+
+def specializations():
+    """Every kernel specialization the dispatch below can launch."""
+    for dtype in ("float16", "bfloat16"):
+        for to, bs, variant, axis, trans in itertools.product(_out_types(dtype), XW_TC_TILES, ("large", "small"),
+                                                               (0, 1), (0, 1)):
+            for aligned in ((1,) if axis == 1 else (0, 1)):
+                yield xw_tc_spec(dtype, to, bs, variant, axis, trans, aligned)
+        for to, bs, axis in itertools.product(_out_types(dtype), UPDAT_TC_TILES, (0, 1)):
+            for aligned in ((1,) if axis == 1 else (0, 1)):
+                yield updat_tc_spec(dtype, to, bs, axis, aligned)
+    for dtype in ("float16", "bfloat16", "float32"):
+        for to, bs, axis in itertools.product(_out_types(dtype), XW_SIMT_TILES, (0, 1)):
+            for trans in (0, 1):
+                yield xw_simt_spec(dtype, to, bs, axis, trans)
+            yield updat_simt_spec(dtype, to, bs, axis)
+
+
+compiler.register_family("bsmm", specializations)
+
+
+# ------------------------------------------------------------------------------------------------
+# device lookup tables, cached per (object, device)
+
+def _tables(op_obj, key):
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    cache = op_obj._gpu_tables
+    if (dev, key) not in cache:
+        lay = op_obj.layout
+        if key == "fprop":
+            order = lay.col_order
+            ent = np.stack([lay.rows[order], order], axis=1)
+            cache[(dev, key)] = (cupy.asarray(lay.col_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
+        elif key == "bprop":
+            ent = np.stack([lay.cols, np.arange(lay.nnz, dtype=np.int32)], axis=1)
+            cache[(dev, key)] = (cupy.asarray(lay.row_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
+        else:
+            cache[(dev, key)] = (cupy.asarray(lay.rows), cupy.asarray(lay.cols))
+    return cache[(dev, key)]
+
+
+def _aligned(*arrays) -> bool:
+    return all(a.data.ptr % 16 == 0 for a in arrays)
+
+
+def _check_device(op, **arrays):
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    for name, a in arrays.items():
+        if a is not None and a.device.id != dev:
+            raise ValueError(f"{name}: expected an array on GPU {dev} (the current device), got GPU {a.device.id}")
+
+
+def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
+    """fprop / bprop on CuPy arrays (validated by the caller)."""
+    import cupy
+
+    _check_device(op_obj, x=x, w=w, out=out)
+    b, axis = op_obj.block_size, op_obj.feature_axis
+    n = x.shape[1 - axis]
+    f_in, f_out = (op_obj.K, op_obj.M) if op == "fprop" else (op_obj.M, op_obj.K)
+    n_cols = f_out // b
+    dtype, odt = dtype_name(x.dtype), dtype_name(out_dtype)
+    trans = 0 if op == "fprop" else 1
+    y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
+    offsets, entries = _tables(op_obj, op)
+    stream = cupy.cuda.get_current_stream()
+    if dtype != "float32" and _aligned(w) and (axis == 0 or _aligned(x)):
+        variant = "small" if n <= SMALL_N else "large"
+        bm, wm, wn, _ = XW_TC_TILES[b][variant]
+        aligned = 1 if axis == 1 else int(_aligned(x) and n % 8 == 0)
+        spec = xw_tc_spec(dtype, odt, b, variant, axis, trans, aligned)
+        smem = xw_tc_smem(b, variant, axis)
+        threads = wm * wn * 32
+    else:
+        bm, tm, tn = XW_SIMT_TILES[b]
+        spec = xw_simt_spec(dtype, odt, b, axis, trans)
+        smem = 0
+        threads = (bm // tm) * (b // tn)
+    n_tiles = -(-n // bm)
+    if n_tiles > 65535:
+        raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} for block_size {b}")
+    fn = compiler.get_function(spec, smem)
+    fn((n_cols, n_tiles), (threads,),
+       (x, w, y, offsets, entries, np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
+       shared_mem=smem, stream=stream)
+    return y
+
+
+def updat(op_obj, xs, dys, out, accumulate, out_dtype):
+    """Grouped update on CuPy arrays: one launch for all (x, dy) pairs."""
+    import cupy
+
+    for i, (x, dy) in enumerate(zip(xs, dys)):
+        _check_device(op_obj, **{f"x[{i}]": x, f"dy[{i}]": dy})
+    _check_device(op_obj, out=out)
+    b, axis = op_obj.block_size, op_obj.feature_axis
+    dtype, odt = dtype_name(xs[0].dtype), dtype_name(out_dtype)
+    ns = np.array([x.shape[1 - axis] for x in xs], dtype=np.int64)
+    dw = out if out is not None else cupy.empty(op_obj.w_shape, dtype=out_dtype)
+    rows, cols = _tables(op_obj, "updat")
+    use_tc = dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or _aligned(*xs, *dys))
+    if use_tc:
+        nc = UPDAT_TC_TILES[b][0]
+        aligned = 1 if axis == 1 else int(_aligned(*xs, *dys) and bool(np.all(ns % 8 == 0)))
+        spec = updat_tc_spec(dtype, odt, b, axis, aligned)
+        smem, threads = updat_tc_smem(b, axis), 128
+    else:
+        nc = UPDAT_SIMT_NC
+        spec = updat_simt_spec(dtype, odt, b, axis)
+        smem, threads = 0, 256
+    chunks = np.concatenate([[0], np.cumsum(-(-ns // nc))]).astype(np.int64)
+    table = cupy.asarray(np.concatenate([
+        np.array([x.data.ptr for x in xs], dtype=np.int64),
+        np.array([dy.data.ptr for dy in dys], dtype=np.int64),
+        ns, chunks]))
+    p = len(xs)
+    x_ptrs, dy_ptrs, n_arr, chunk_ptr = table[:p], table[p:2 * p], table[2 * p:3 * p], table[3 * p:]
+    fn = compiler.get_function(spec, smem)
+    fn((op_obj.layout.nnz,), (threads,),
+       (x_ptrs, dy_ptrs, n_arr, chunk_ptr, np.int32(p), rows, cols, dw, np.int64(op_obj.K), np.int64(op_obj.M),
+        np.int32(bool(accumulate))),
+       shared_mem=smem, stream=cupy.cuda.get_current_stream())
+    return dw  # `table` may be freed now: CuPy's pool reuses it only in stream order, after the kernel

@@ -1,0 +1,596 @@
+// Block-sparse matmul kernels: y = x·W (fprop), dx = dy·Wᵀ (bprop), dW = Σ xᵀ·dy (update).
+//
+// Notation. b = BS is the block size; the weights w are [nnz, b, b], block k holding
+// W[rows[k]·b : +b, cols[k]·b : +b]. Activations are [N, features] (AXIS = 1) or [features, N]
+// (AXIS = 0). fprop and bprop share one kernel family ("xw"): output block column c is
+//     Y[:, c] = Σ_{(r, k) ∈ list(c)} X[:, r] · op(w[k]),   op = identity (fprop) or transpose (bprop),
+// where list(c) is the CSC column c of the layout (fprop) or the CSR row c (bprop), given by
+// `offsets` [n_out + 1] and `entries` [nnz] of int2 (r, k). An empty list writes zeros.
+//
+// Variants: *_tc use the tensor cores (mma.sync m16n8k16 / m16n8k8, ldmatrix, cp.async multi-stage
+// pipelines, fp32 accumulation) for __half and __nv_bfloat16; *_simt run FFMA in fp32 for any input
+// type (the float32 path, and the always-correct fallback for unaligned pointers). `accumulate` = 1 adds the
+// result to the existing output (y += ...). All global indices are 64-bit.
+#include "common.cuh"
+
+// ------------------------------------------------------------------------------------------------
+// PTX wrappers
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte async copy global -> shared; src_bytes < 16 zero-fills the rest (0 = all zeros).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x2(unsigned (&r)[2], const void* p) {
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(p)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(p)));
+}
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x1(unsigned& r, const void* p) {
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r) : "r"(smem_u32(p)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r) : "r"(smem_u32(p)));
+}
+
+template <typename T> struct Mma;
+template <> struct Mma<__half> {
+    static __device__ __forceinline__ void k16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ void k8(float (&c)[4], const unsigned (&a)[2], unsigned b0) {
+        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(b0));
+    }
+};
+template <> struct Mma<__nv_bfloat16> {
+    static __device__ __forceinline__ void k16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ void k8(float (&c)[4], const unsigned (&a)[2], unsigned b0) {
+        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(b0));
+    }
+};
+
+// Shared-memory row stride in elements for rows of `n` 16-bit values: padded to an odd number of
+// 16-byte units so that the 8 row addresses of one ldmatrix fall in distinct bank groups.
+__host__ __device__ constexpr int tc_stride(int n) { return ((n / 8) % 2 == 0) ? n + 8 : n; }
+
+// Output tile epilogue: the CTA's fp32 tile `tile` [BM][BS + 4] (row = batch index m, column =
+// output feature) goes to y with optional accumulation; element order follows y's contiguous axis.
+template <typename TO, int BM, int BS, int AXIS, int THREADS>
+__device__ __forceinline__ void store_tile(const float* tile, TO* __restrict__ y, i64 n_total, i64 features,
+                                           i64 n0, i64 col0, int accumulate) {
+    constexpr int TS = BS + 4;
+    for (int idx = threadIdx.x; idx < BM * BS; idx += THREADS) {
+        int m, f;
+        if (AXIS == 1) { m = idx / BS; f = idx % BS; }
+        else { f = idx / BM; m = idx % BM; }
+        i64 n = n0 + m;
+        if (n >= n_total) continue;
+        i64 off = AXIS == 1 ? n * features + col0 + f : (col0 + f) * n_total + n;
+        float v = tile[m * TS + f];
+        if (accumulate) v += to_float<TO>(y[off]);
+        y[off] = from_float<TO>(v);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// xw_tc: tensor-core fprop/bprop.
+// One CTA computes the output tile Y[n0 : n0 + BM, c·BS : (c+1)·BS] for block column c = blockIdx.x
+// and batch tile n0 = blockIdx.y·BM, looping over the blocks of list(c) through a STAGES-deep
+// cp.async pipeline (stage = one x tile [BM × BS] and one w block [BS × BS]). Warps form a
+// WARPS_M × WARPS_N grid over the tile. ALIGNED = 0 replaces the 16-byte async copies of x by
+// element loads (x misaligned, or AXIS = 0 with N not a multiple of 8).
+template <typename T, typename TO, int BS, int BM, int WARPS_M, int WARPS_N, int STAGES, int AXIS, int TRANS_W,
+          int ALIGNED>
+__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
+xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
+      const int2* __restrict__ entries, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+    constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    constexpr int KS = BS >= 16 ? 16 : 8;                 // mma k
+    constexpr int WTM = BM / WARPS_M, WTN = BS / WARPS_N;  // warp tile
+    constexpr int MI = WTM / 16, NI = WTN / 8;
+    static_assert(MI >= 1 && NI >= 1 && WTM % 16 == 0 && WTN % 8 == 0, "bad warp tiling");
+    // A tile: AXIS 1 -> [BM][BS] (m rows), AXIS 0 -> [BS][BM] (k rows)
+    constexpr int A_ROWS = AXIS == 1 ? BM : BS, A_COLS = AXIS == 1 ? BS : BM;
+    constexpr int SA = tc_stride(A_COLS), SB = tc_stride(BS);
+    constexpr int A_ELEMS = A_ROWS * SA, B_ELEMS = BS * SB, STAGE = A_ELEMS + B_ELEMS;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* smem = reinterpret_cast<T*>(smem_raw);
+
+    const int c = blockIdx.x;
+    const i64 n0 = (i64)blockIdx.y * BM;
+    const int begin = offsets[c], count = offsets[c + 1] - begin;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NI; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
+
+    auto load_stage = [&](int e, int slot) {
+        int2 ent = entries[begin + e];
+        T* As = smem + slot * STAGE;
+        T* Bs = As + A_ELEMS;
+        const i64 col = (i64)ent.x * BS;
+        // x tile
+        constexpr int A_CHUNKS = A_ROWS * A_COLS / 8;
+        if (ALIGNED) {
+#pragma unroll 4
+            for (int ch = threadIdx.x; ch < A_CHUNKS; ch += THREADS) {
+                int row = ch / (A_COLS / 8), c8 = (ch % (A_COLS / 8)) * 8;
+                const T* src;
+                bool ok;
+                if (AXIS == 1) {
+                    i64 n = n0 + row;
+                    ok = n < n_total;
+                    src = x + (ok ? n * in_features + col + c8 : 0);
+                } else {
+                    i64 n = n0 + c8;
+                    ok = n < n_total;  // N % 8 == 0 here: a chunk is wholly in or out
+                    src = x + (ok ? (col + row) * n_total + n : 0);
+                }
+                cp_async16(As + row * SA + c8, src, ok ? 16 : 0);
+            }
+        } else {
+            for (int idx = threadIdx.x; idx < A_ROWS * A_COLS; idx += THREADS) {
+                int row = idx / A_COLS, cc = idx % A_COLS;
+                T v = from_float<T>(0.f);
+                if (AXIS == 1) {
+                    i64 n = n0 + row;
+                    if (n < n_total) v = x[n * in_features + col + cc];
+                } else {
+                    i64 n = n0 + cc;
+                    if (n < n_total) v = x[(col + row) * n_total + n];
+                }
+                As[row * SA + cc] = v;
+            }
+        }
+        // w block, stored as in memory: [BS][BS] rows of w[k]
+        const T* wb = w + (i64)ent.y * BS * BS;
+        constexpr int B_CHUNKS = BS * BS / 8;
+        for (int ch = threadIdx.x; ch < B_CHUNKS; ch += THREADS) {
+            int row = ch / (BS / 8), c8 = (ch % (BS / 8)) * 8;
+            cp_async16(Bs + row * SB + c8, wb + row * BS + c8, 16);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < count) load_stage(s, s);
+        cp_async_commit();
+    }
+
+    for (int e = 0; e < count; e++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        int next = e + STAGES - 1;
+        if (next < count) load_stage(next, next % STAGES);
+        cp_async_commit();
+
+        const T* As = smem + (e % STAGES) * STAGE;
+        const T* Bs = As + A_ELEMS;
+#pragma unroll
+        for (int kk = 0; kk < BS; kk += KS) {
+            if (KS == 16) {
+                unsigned a[MI][4];
+#pragma unroll
+                for (int i = 0; i < MI; i++) {
+                    int m = wm * WTM + i * 16;
+                    if (AXIS == 1) {
+                        ldmatrix_x4<false>(a[i], As + (m + lane % 16) * SA + kk + (lane / 16) * 8);
+                    } else {
+                        int q = lane / 8, r = lane % 8;
+                        ldmatrix_x4<true>(a[i], As + (kk + r + (q / 2) * 8) * SA + m + (q % 2) * 8);
+                    }
+                }
+                unsigned bfr[NI][2];
+#pragma unroll
+                for (int j = 0; j < NI; j += 2) {
+                    int n = wn * WTN + j * 8;
+                    int q = lane / 8, r = lane % 8;
+                    if (j + 1 < NI) {
+                        unsigned t[4];
+                        if (TRANS_W)  // B[k][n] = w[n][k]: rows of Bs are n
+                            ldmatrix_x4<false>(t, Bs + (n + r + (q / 2) * 8) * SB + kk + (q % 2) * 8);
+                        else          // B[k][n] = w[k][n]: rows of Bs are k
+                            ldmatrix_x4<true>(t, Bs + (kk + r + (q % 2) * 8) * SB + n + (q / 2) * 8);
+                        bfr[j][0] = t[0]; bfr[j][1] = t[1]; bfr[j + 1][0] = t[2]; bfr[j + 1][1] = t[3];
+                    } else {
+                        unsigned t[2];
+                        int l = lane % 16, q2 = l / 8, r2 = l % 8;
+                        if (TRANS_W) ldmatrix_x2<false>(t, Bs + (n + r2) * SB + kk + q2 * 8);
+                        else ldmatrix_x2<true>(t, Bs + (kk + r2 + q2 * 8) * SB + n);
+                        bfr[j][0] = t[0]; bfr[j][1] = t[1];
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < MI; i++)
+#pragma unroll
+                    for (int j = 0; j < NI; j++) Mma<T>::k16(acc[i][j], a[i], bfr[j][0], bfr[j][1]);
+            } else {  // BS == 8: m16n8k8
+                unsigned a[MI][2];
+#pragma unroll
+                for (int i = 0; i < MI; i++) {
+                    int m = wm * WTM + i * 16, l = lane % 16;
+                    if (AXIS == 1) ldmatrix_x2<false>(a[i], As + (m + l) * SA);
+                    else ldmatrix_x2<true>(a[i], As + (l % 8) * SA + m + (l / 8) * 8);
+                }
+                unsigned bfr[NI];
+#pragma unroll
+                for (int j = 0; j < NI; j++) {
+                    int n = wn * WTN + j * 8, l = lane % 8;
+                    if (TRANS_W) ldmatrix_x1<false>(bfr[j], Bs + (n + l) * SB);
+                    else ldmatrix_x1<true>(bfr[j], Bs + l * SB + n);
+                }
+#pragma unroll
+                for (int i = 0; i < MI; i++)
+#pragma unroll
+                    for (int j = 0; j < NI; j++) Mma<T>::k8(acc[i][j], a[i], bfr[j]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // epilogue through shared memory (fp32 tile [BM][BS + 4])
+    float* tile = reinterpret_cast<float*>(smem_raw);
+    constexpr int TS = BS + 4;
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NI; j++) {
+            int m = wm * WTM + i * 16 + lane / 4, f = wn * WTN + j * 8 + (lane % 4) * 2;
+            tile[m * TS + f] = acc[i][j][0];
+            tile[m * TS + f + 1] = acc[i][j][1];
+            tile[(m + 8) * TS + f] = acc[i][j][2];
+            tile[(m + 8) * TS + f + 1] = acc[i][j][3];
+        }
+    __syncthreads();
+    store_tile<TO, BM, BS, AXIS, THREADS>(tile, y, n_total, out_features, n0, (i64)c * BS, accumulate);
+}
+
+// ------------------------------------------------------------------------------------------------
+// xw_simt: FFMA fprop/bprop in fp32 for any input type (same grid and lists as xw_tc).
+// One CTA computes Y[n0 : n0 + BM, c·BS : (c+1)·BS]; thread (ty, tx) owns a TM × TN micro-tile with
+// rows ty + i·(BM/TM) and columns tx·TN + j. Operands are staged in shared memory as fp32, k-major
+// (As[k][m], Bs[k][n]); several CTAs per SM hide the load latency.
+template <typename T, typename TO, int BS, int BM, int TM, int TN, int AXIS, int TRANS_W>
+__global__ void __launch_bounds__((BM / TM) * (BS / TN))
+xw_simt(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
+        const int2* __restrict__ entries, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+    constexpr int TY = BM / TM, TX = BS / TN, THREADS = TY * TX;
+    constexpr int SA = BM + 1, SB = BS + 1;  // row strides (floats): odd, so transposing stores don't conflict
+    __shared__ __align__(16) float As[BS * SA];
+    __shared__ __align__(16) float Bs[BS * SB];
+
+    const int c = blockIdx.x;
+    const i64 n0 = (i64)blockIdx.y * BM;
+    const int begin = offsets[c], count = offsets[c + 1] - begin;
+    const int tx = threadIdx.x % TX, ty = threadIdx.x / TX;
+
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
+
+    for (int e = 0; e < count; e++) {
+        int2 ent = entries[begin + e];
+        const i64 col = (i64)ent.x * BS;
+        const T* wb = w + (i64)ent.y * BS * BS;
+        __syncthreads();  // the previous block's FMAs are done with As/Bs
+        for (int idx = threadIdx.x; idx < BM * BS; idx += THREADS) {
+            int m, k;
+            if (AXIS == 1) { m = idx / BS; k = idx % BS; }
+            else { k = idx / BM; m = idx % BM; }
+            i64 n = n0 + m;
+            float v = 0.f;
+            if (n < n_total) v = to_float<T>(AXIS == 1 ? x[n * in_features + col + k] : x[(col + k) * n_total + n]);
+            As[k * SA + m] = v;
+        }
+        for (int idx = threadIdx.x; idx < BS * BS; idx += THREADS) {
+            int r = idx / BS, s2 = idx % BS;  // w[r][s2]
+            float v = to_float<T>(wb[idx]);
+            if (TRANS_W) Bs[s2 * SB + r] = v;  // B[k=s2][n=r]
+            else Bs[r * SB + s2] = v;          // B[k=r][n=s2]
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int k = 0; k < BS; k++) {
+            float a[TM], bv[TN];
+#pragma unroll
+            for (int i = 0; i < TM; i++) a[i] = As[k * SA + ty + i * TY];
+#pragma unroll
+            for (int j = 0; j < TN; j++) bv[j] = Bs[k * SB + tx * TN + j];
+#pragma unroll
+            for (int i = 0; i < TM; i++)
+#pragma unroll
+                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(a[i], bv[j], acc[i][j]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < TM; i++) {
+        i64 n = n0 + ty + i * TY;
+        if (n >= n_total) continue;
+#pragma unroll
+        for (int j = 0; j < TN; j++) {
+            i64 f = (i64)c * BS + tx * TN + j;
+            i64 off = AXIS == 1 ? n * out_features + f : f * n_total + n;
+            float v = acc[i][j];
+            if (accumulate) v += to_float<TO>(y[off]);
+            y[off] = from_float<TO>(v);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Update. dw[k] = Σ_p Σ_n x_p[n, rows[k]·b + i] · dy_p[n, cols[k]·b + j] for each nonzero block k.
+// The (x, dy) pairs of a grouped update are given by device arrays of pointers and batch sizes;
+// `chunk_ptr` [P + 1] is the prefix sum of each pair's batch chunks (of NC rows), so that the
+// pipeline runs over all chunks of all pairs in one sequence. Summation order is fixed: the result
+// is bit-identical from run to run (no atomics).
+
+// updat_tc: one CTA per nonzero block (blockIdx.x = k). 4 warps. For BS = 64 the warps form a 2 × 2
+// grid over the 64 × 64 output and share each chunk; for BS ≤ 32 each warp computes the whole block
+// over its own quarter of each chunk (split-k) and the four partials are summed in a fixed order.
+template <typename T, typename TO, int BS, int NC, int STAGES, int AXIS, int ALIGNED>
+__global__ void __launch_bounds__(128)
+updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
+         const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
+         const int* __restrict__ rows, const int* __restrict__ cols, TO* __restrict__ dw, i64 in_features,
+         i64 out_features, int accumulate) {
+    constexpr int THREADS = 128;
+    constexpr bool SPLITK = BS <= 32;
+    constexpr int WTM = SPLITK ? BS : BS / 2, WTN = WTM;
+    constexpr int MI = WTM / 16, NI = WTN / 8;
+    constexpr int KW = SPLITK ? NC / 4 : NC;  // k extent per warp per chunk
+    static_assert(BS >= 16 && KW % 16 == 0, "updat_tc needs BS >= 16");
+    // stage: x chunk and dy chunk. AXIS 1 -> [NC][BS] (k rows); AXIS 0 -> [BS][NC] (feature rows)
+    constexpr int R = AXIS == 1 ? NC : BS, C = AXIS == 1 ? BS : NC;
+    constexpr int S = tc_stride(C), TILE = R * S, STAGE = 2 * TILE;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* smem = reinterpret_cast<T*>(smem_raw);
+    const int blk = blockIdx.x;
+    const i64 xcol = (i64)rows[blk] * BS, ycol = (i64)cols[blk] * BS;
+    const int total = (int)chunk_ptr[pairs];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm = SPLITK ? 0 : warp / 2, wn = SPLITK ? 0 : warp % 2;
+    const int kw0 = SPLITK ? warp * KW : 0;
+
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NI; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
+
+    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    auto load_stage = [&](int q, int slot) {
+        while (chunk_ptr[lp + 1] <= q) lp++;
+        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
+        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
+        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        T* Xs = smem + slot * STAGE;
+        T* Ys = Xs + TILE;
+#pragma unroll
+        for (int t = 0; t < 2; t++) {
+            const T* src0 = t == 0 ? xp : dyp;
+            const i64 col = t == 0 ? xcol : ycol, feats = t == 0 ? in_features : out_features;
+            T* dst = t == 0 ? Xs : Ys;
+            if (ALIGNED) {
+                for (int ch = threadIdx.x; ch < R * C / 8; ch += THREADS) {
+                    int row = ch / (C / 8), c8 = (ch % (C / 8)) * 8;
+                    bool ok;
+                    const T* src;
+                    if (AXIS == 1) {
+                        i64 n = n0 + row;
+                        ok = n < nt;
+                        src = src0 + (ok ? n * feats + col + c8 : 0);
+                    } else {
+                        i64 n = n0 + c8;
+                        ok = n < nt;
+                        src = src0 + (ok ? (col + row) * nt + n : 0);
+                    }
+                    cp_async16(dst + row * S + c8, src, ok ? 16 : 0);
+                }
+            } else {
+                for (int idx = threadIdx.x; idx < R * C; idx += THREADS) {
+                    int row = idx / C, cc = idx % C;
+                    T v = from_float<T>(0.f);
+                    if (AXIS == 1) {
+                        i64 n = n0 + row;
+                        if (n < nt) v = src0[n * feats + col + cc];
+                    } else {
+                        i64 n = n0 + cc;
+                        if (n < nt) v = src0[(col + row) * nt + n];
+                    }
+                    dst[row * S + cc] = v;
+                }
+            }
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < total) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int q = 0; q < total; q++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        int next = q + STAGES - 1;
+        if (next < total) load_stage(next, next % STAGES);
+        cp_async_commit();
+        const T* Xs = smem + (q % STAGES) * STAGE;
+        const T* Ys = Xs + TILE;
+#pragma unroll
+        for (int kk = kw0; kk < kw0 + KW; kk += 16) {
+            // A[m = x feature][k = batch]; B[k = batch][n = dy feature]
+            unsigned a[MI][4], bfr[NI][2];
+            int qd = lane / 8, r = lane % 8;
+#pragma unroll
+            for (int i = 0; i < MI; i++) {
+                int m = wm * WTM + i * 16;
+                if (AXIS == 1) ldmatrix_x4<true>(a[i], Xs + (kk + r + (qd / 2) * 8) * S + m + (qd % 2) * 8);
+                else ldmatrix_x4<false>(a[i], Xs + (m + lane % 16) * S + kk + (lane / 16) * 8);
+            }
+#pragma unroll
+            for (int j = 0; j < NI; j += 2) {
+                int n = wn * WTN + j * 8;
+                unsigned t[4];
+                if (AXIS == 1) ldmatrix_x4<true>(t, Ys + (kk + r + (qd % 2) * 8) * S + n + (qd / 2) * 8);
+                else ldmatrix_x4<false>(t, Ys + (n + r + (qd / 2) * 8) * S + kk + (qd % 2) * 8);
+                bfr[j][0] = t[0]; bfr[j][1] = t[1]; bfr[j + 1][0] = t[2]; bfr[j + 1][1] = t[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int j = 0; j < NI; j++) Mma<T>::k16(acc[i][j], a[i], bfr[j][0], bfr[j][1]);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // partials -> shared fp32 [WARPS_K][BS][BS + 4], summed in warp order
+    float* part = reinterpret_cast<float*>(smem_raw);
+    constexpr int TS = BS + 4, PARTS = SPLITK ? 4 : 1;
+    float* mine = part + (SPLITK ? warp : 0) * BS * TS;
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NI; j++) {
+            int m = wm * WTM + i * 16 + lane / 4, f = wn * WTN + j * 8 + (lane % 4) * 2;
+            mine[m * TS + f] = acc[i][j][0];
+            mine[m * TS + f + 1] = acc[i][j][1];
+            mine[(m + 8) * TS + f] = acc[i][j][2];
+            mine[(m + 8) * TS + f + 1] = acc[i][j][3];
+        }
+    __syncthreads();
+    TO* out = dw + (i64)blk * BS * BS;
+    for (int idx = threadIdx.x; idx < BS * BS; idx += THREADS) {
+        int m = idx / BS, f = idx % BS;
+        float v = 0.f;
+#pragma unroll
+        for (int p = 0; p < PARTS; p++) v += part[p * BS * TS + m * TS + f];
+        if (accumulate) v += to_float<TO>(out[idx]);
+        out[idx] = from_float<TO>(v);
+    }
+}
+
+// updat_simt: FFMA update in fp32 for any input type, one CTA of 256 threads per nonzero block.
+// Threads form G = 256 / (BS/4)² groups; each thread owns a 4 × 4 piece of the block, and group g
+// takes the rows n ≡ g (mod G) of each chunk of NC = 32 rows. The G partials are summed in group order.
+template <typename T, typename TO, int BS, int AXIS>
+__global__ void __launch_bounds__(256)
+updat_simt(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
+           const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
+           const int* __restrict__ rows, const int* __restrict__ cols, TO* __restrict__ dw, i64 in_features,
+           i64 out_features, int accumulate) {
+    constexpr int NC = 32, THREADS = 256, PER = (BS / 4) * (BS / 4), G = THREADS / PER;
+    constexpr int S = BS + 4;
+    __shared__ __align__(16) float Xs[NC * S];
+    __shared__ __align__(16) float Ys[NC * S];
+    __shared__ float red[G > 1 ? G * BS * BS : 1];  // per-group partials (16 KiB when G > 1)
+
+    const int blk = blockIdx.x;
+    const i64 xcol = (i64)rows[blk] * BS, ycol = (i64)cols[blk] * BS;
+    const int g = threadIdx.x / PER, t = threadIdx.x % PER;
+    const int ti = (t / (BS / 4)) * 4, tj = (t % (BS / 4)) * 4;
+    float acc[4][4] = {};
+
+    for (int p = 0; p < pairs; p++) {
+        const T* xp = reinterpret_cast<const T*>(x_ptrs[p]);
+        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[p]);
+        const i64 nt = ns[p];
+        for (i64 n0 = 0; n0 < nt; n0 += NC) {
+            __syncthreads();
+            for (int idx = threadIdx.x; idx < NC * BS; idx += THREADS) {
+                int r, f;
+                if (AXIS == 1) { r = idx / BS; f = idx % BS; }
+                else { f = idx / NC; r = idx % NC; }
+                i64 n = n0 + r;
+                float xv = 0.f, yv = 0.f;
+                if (n < nt) {
+                    xv = to_float<T>(AXIS == 1 ? xp[n * in_features + xcol + f] : xp[(xcol + f) * nt + n]);
+                    yv = to_float<T>(AXIS == 1 ? dyp[n * out_features + ycol + f] : dyp[(ycol + f) * nt + n]);
+                }
+                Xs[r * S + f] = xv;
+                Ys[r * S + f] = yv;
+            }
+            __syncthreads();
+            for (int r = g; r < NC; r += G) {
+                float a[4], bv[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) { a[i] = Xs[r * S + ti + i]; bv[i] = Ys[r * S + tj + i]; }
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], bv[j], acc[i][j]);
+            }
+        }
+    }
+    TO* out = dw + (i64)blk * BS * BS;
+    if (G == 1) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int idx = (ti + i) * BS + tj + j;
+                float v = acc[i][j];
+                if (accumulate) v += to_float<TO>(out[idx]);
+                out[idx] = from_float<TO>(v);
+            }
+        return;
+    }
+    // G > 1: reduce the groups' partials through shared memory in group order
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) red[g * BS * BS + (ti + i) * BS + tj + j] = acc[i][j];
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < BS * BS; idx += THREADS) {
+        float v = 0.f;
+        for (int q = 0; q < G; q++) v += red[q * BS * BS + idx];
+        if (accumulate) v += to_float<TO>(out[idx]);
+        out[idx] = from_float<TO>(v);
+    }
+}

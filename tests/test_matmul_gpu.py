@@ -1,0 +1,184 @@
+"""GPU kernels of BlockSparseMatMul against the float64 scipy.sparse reference (needs a CUDA GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cusparseblocks import BlockSparseMatMul
+from cusparseblocks.reference import matmul as ref
+
+from conftest import assert_close, poison, random_array
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = ["float16", "bfloat16", "float32"]
+BLOCKS = [8, 16, 32, 64]
+
+
+def _layout(rng, kb, mb, density=0.4):
+    mask = rng.random((kb, mb)) < density
+    mask[0, 0] = True
+    if kb > 2 and mb > 2:  # an empty block row and an empty block column
+        mask[kb - 1, :] = False
+        mask[:, mb - 2] = False
+        mask[1, 1] = True
+    return mask
+
+
+def _ref64(op, kind, xs, dys=None, w=None):
+    lay = op.layout
+    t = (lambda a: np.asarray(a, np.float64)) if op.feature_axis == 1 else (lambda a: np.asarray(a, np.float64).T)
+    if kind == "fprop":
+        y = ref.bsmm_fprop(lay, t(xs), np.asarray(w, np.float64))
+    elif kind == "bprop":
+        y = ref.bsmm_bprop(lay, t(xs), np.asarray(w, np.float64))
+    else:
+        return ref.bsmm_updat(lay, [t(a) for a in xs], [t(a) for a in dys], op.block_size)
+    return y if op.feature_axis == 1 else y.T
+
+
+def _io(op, n, features):
+    return (n, features) if op.feature_axis == 1 else (features, n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", BLOCKS)
+@pytest.mark.parametrize("feature_axis", [1, 0])
+@pytest.mark.parametrize("n", [1, 37, 64, 130, 333])
+def test_fprop_bprop_updat(rng, dtype, block_size, feature_axis, n):
+    import cupy as cp
+
+    kb, mb = rng.integers(3, 7), rng.integers(3, 7)
+    op = BlockSparseMatMul(_layout(rng, kb, mb), block_size, feature_axis)
+    x = random_array(rng, _io(op, n, op.K), dtype)
+    dy = random_array(rng, _io(op, n, op.M), dtype)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+
+    y = poison(cp, _io(op, n, op.M), dtype)
+    op.fprop(xg, wg, out=y)
+    assert_close(y, _ref64(op, "fprop", x, w=w), dtype, "fprop")
+    assert_close(op.fprop(xg, wg), _ref64(op, "fprop", x, w=w), dtype, "fprop (allocated)")
+
+    dx = poison(cp, _io(op, n, op.K), dtype)
+    op.bprop(dyg, wg, out=dx)
+    assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, "bprop")
+
+    dw = poison(cp, op.w_shape, dtype)
+    op.updat(xg, dyg, out=dw)
+    assert_close(dw, _ref64(op, "updat", [x], [dy]), dtype, "updat")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [8, 32, 64])
+@pytest.mark.parametrize("feature_axis", [1, 0])
+def test_accumulate_and_fp32_output(rng, dtype, block_size, feature_axis):
+    import cupy as cp
+
+    n = int(rng.integers(20, 200))
+    op = BlockSparseMatMul(_layout(rng, 4, 5), block_size, feature_axis)
+    x = random_array(rng, _io(op, n, op.K), dtype)
+    dy = random_array(rng, _io(op, n, op.M), dtype)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+    tol = "float32" if dtype == "float32" else dtype
+
+    y0 = random_array(rng, _io(op, n, op.M), "float32")
+    y = cp.asarray(y0)
+    op.fprop(xg, wg, out=y, accumulate=True)
+    assert_close(y, y0 + _ref64(op, "fprop", x, w=w), tol, "fprop accumulate into fp32")
+
+    dx = op.bprop(dyg, wg, out_dtype=np.float32)
+    assert dx.dtype == np.float32
+    assert_close(dx, _ref64(op, "bprop", dy, w=w), tol, "bprop fp32 out")
+
+    dw0 = random_array(rng, op.w_shape, dtype)
+    dw = cp.asarray(dw0)
+    op.updat(xg, dyg, out=dw, accumulate=True)
+    assert_close(dw, dw0.astype(np.float64) + _ref64(op, "updat", [x], [dy]), dtype, "updat accumulate")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", BLOCKS)
+@pytest.mark.parametrize("feature_axis", [1, 0])
+def test_grouped_update_is_deterministic(rng, dtype, block_size, feature_axis):
+    import cupy as cp
+
+    op = BlockSparseMatMul(_layout(rng, 5, 4), block_size, feature_axis)
+    ns = [int(v) for v in rng.integers(1, 150, size=5)]
+    xs = [random_array(rng, _io(op, n, op.K), dtype) for n in ns]
+    dys = [random_array(rng, _io(op, n, op.M), dtype) for n in ns]
+    xg, dyg = [cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys]
+    dw = poison(cp, op.w_shape, dtype)
+    op.updat(xg, dyg, out=dw)
+    assert_close(dw, _ref64(op, "updat", xs, dys), dtype, "grouped updat")
+    again = op.updat(xg, dyg)
+    assert cp.array_equal(dw.view(cp.uint8), again.view(cp.uint8)), "update is not bit-reproducible"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("feature_axis", [1, 0])
+def test_unaligned_views_fall_back(rng, dtype, feature_axis):
+    """Offset views (not 16-byte aligned) take the SIMT path and stay correct."""
+    import cupy as cp
+
+    op = BlockSparseMatMul(_layout(rng, 3, 4), 16, feature_axis)
+    n = 50
+    x = random_array(rng, _io(op, n + 1, op.K), dtype)
+    x = x[1:] if feature_axis == 1 else x  # axis 0: offset the whole buffer instead
+    flat = cp.asarray(np.concatenate([np.zeros(1, x.dtype), x.ravel()]))
+    xg = flat[1:].reshape(x.shape)
+    assert xg.data.ptr % 16 != 0
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    y = op.fprop(xg, cp.asarray(w))
+    assert_close(y, _ref64(op, "fprop", x, w=w), dtype, "fprop unaligned")
+
+
+@pytest.mark.parametrize("block_size", BLOCKS)
+def test_single_block_and_full_layout(rng, block_size):
+    import cupy as cp
+
+    for mask in (np.ones((1, 1), bool), np.ones((3, 2), bool)):
+        op = BlockSparseMatMul(mask, block_size)
+        x = random_array(rng, (77, op.K), "float16")
+        w = random_array(rng, op.w_shape, "float16", scale=0.2)
+        assert_close(op.fprop(cp.asarray(x), cp.asarray(w)), _ref64(op, "fprop", x, w=w), "float16")
+
+
+def test_gpu_validation_errors(rng):
+    import cupy as cp
+
+    op = BlockSparseMatMul(_layout(rng, 3, 3), 16)
+    x = cp.asarray(random_array(rng, (10, op.K), "float16"))
+    w = cp.asarray(random_array(rng, op.w_shape, "float16"))
+    with pytest.raises(TypeError, match="w"):
+        op.fprop(x, w.astype(cp.float32))
+    with pytest.raises(TypeError, match="x"):
+        op.fprop(x.astype(cp.float64), w.astype(cp.float64))
+    with pytest.raises(ValueError, match="contiguous"):
+        op.fprop(cp.asfortranarray(cp.asarray(random_array(rng, (10, op.K), "float16"))), w)
+    with pytest.raises(TypeError, match="numpy"):
+        op.fprop(x, w.get())
+    with pytest.raises(ValueError, match="out"):
+        op.fprop(x, w, out=cp.empty((10, op.M + 1), cp.float16))
+
+
+@pytest.mark.slow
+def test_index_past_2_31_elements(rng):
+    """x with more than 2³¹ elements: rows past that offset are computed correctly."""
+    import cupy as cp
+
+    b = 32
+    mask = np.zeros((64, 2), bool)
+    mask[::3, 0] = True
+    mask[5, 1] = True
+    op = BlockSparseMatMul(mask, b)
+    n = (1 << 31) // op.K + 300
+    x = cp.empty((n, op.K), cp.float16)
+    tail = random_array(rng, (300, op.K), "float16")
+    x[-300:] = cp.asarray(tail)
+    x[:-300] = 1.0
+    w = random_array(rng, op.w_shape, "float16", scale=0.2)
+    y = op.fprop(x, cp.asarray(w))
+    assert_close(y[-300:], _ref64(op, "fprop", tail, w=w), "float16", "rows past 2^31 elements")
