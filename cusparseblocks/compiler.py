@@ -335,7 +335,7 @@ def all_specializations() -> dict[str, list[KernelSpec]]:
     """Every registered family's specializations (imports the op modules so they register)."""
     import importlib
 
-    for module in ("matmul", "ops", "conv", "rnn"):
+    for module in ("matmul", "_matmul_gpu", "ops", "conv", "rnn"):
         try:
             importlib.import_module(f"cusparseblocks.{module}")
         except ModuleNotFoundError as exc:
