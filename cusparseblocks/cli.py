@@ -351,12 +351,13 @@ def _check_case(case: dict, dtype: str, backend: str, rng: np.random.Generator) 
             note = "" if ok else f"error above {rtol:.0e}/{etol:.0e}"
         except Exception as exc:  # noqa: BLE001 - a crash is a failed check, reported in the table
             rel = elem = math.nan
-            ok, note = False, f"{type(exc).__name__}: {exc}".splitlines()[0][:80]
+            ok, note = False, _note(exc)
         results.append((backend, op, dtype, case["layout"], shape, fa, rel, elem, rtol, ok, note))
     return results
 
 
 def _self_checks(backends) -> list[tuple]:
+    """``self_check(backend)`` of the ops, conv and rnn modules, where they exist and define it."""
     rows = []
     for name in ("ops", "conv", "rnn"):
         try:
@@ -364,83 +365,58 @@ def _self_checks(backends) -> list[tuple]:
         except ModuleNotFoundError as exc:
             if exc.name == f"cusparseblocks.{name}":
                 continue
-            rows.append(
-                (
-                    "-",
-                    f"{name}.self_check",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    math.nan,
-                    math.nan,
-                    math.nan,
-                    False,
-                    f"import failed: {exc}",
-                )
-            )
+            rows.append(_self_check_row("-", f"{name}.import", note=_note(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - a module that fails to import fails the check
+            rows.append(_self_check_row("-", f"{name}.import", note=_note(exc)))
             continue
         fn = getattr(module, "self_check", None)
         if fn is None:
             continue
-        for backend in backends:
+        for backend in _progress(backends, desc=f"{name}.self_check", unit="backend"):
             rows += _self_check_rows(name, backend, fn)
     return rows
 
 
+def _self_check_row(backend, label, err=math.nan, tol=math.nan, ok=False, note="") -> tuple:
+    return (backend, label, "-", "-", "-", "-", float(err), math.nan, float(tol), bool(ok), note)
+
+
 def _self_check_rows(name, backend, fn) -> list[tuple]:
-    """Run ``module.self_check(backend)``: it returns a bool, or rows (dicts with ``name``, ``error``,
-    ``tolerance``, ``ok``, or tuples ``(name, error, tolerance, ok)``), or None (raising on failure)."""
+    """Run ``module.self_check(backend)``. It may return None or a bool, or rows: dicts with ``name``,
+    ``error``, ``tolerance``, ``ok``, or tuples ``(name, error, tolerance, ok)``, ``(name, error, ok)``
+    or ``(name, ok)``. An exception is a failed row."""
     try:
         result = fn(backend)
-    except Exception as exc:  # noqa: BLE001
-        return [
-            (
-                backend,
-                f"{name}.self_check",
-                "-",
-                "-",
-                "-",
-                "-",
-                math.nan,
-                math.nan,
-                math.nan,
-                False,
-                f"{type(exc).__name__}: {exc}".splitlines()[0][:80],
-            )
-        ]
+    except Exception as exc:  # noqa: BLE001 - a crash is a failed check, reported in the table
+        return [_self_check_row(backend, f"{name}.self_check", note=_note(exc))]
     if result is None or isinstance(result, (bool, np.bool_)):
         ok = result is None or bool(result)
-        return [
-            (
-                backend,
-                f"{name}.self_check",
-                "-",
-                "-",
-                "-",
-                "-",
-                math.nan,
-                math.nan,
-                math.nan,
-                ok,
-                "" if ok else "returned False",
-            )
-        ]
+        return [_self_check_row(backend, f"{name}.self_check", ok=ok, note="" if ok else "returned False")]
     rows = []
     for item in result:
-        if isinstance(item, dict):
-            label, err, tol, ok = (
-                item.get("name", "?"),
-                item.get("error", math.nan),
-                item.get("tolerance", math.nan),
-                item.get("ok", False),
-            )
-        else:
-            label, err, tol, ok = item
-        rows.append(
-            (backend, f"{name}.{label}", "-", "-", "-", "-", float(err), math.nan, float(tol), bool(ok), "")
-        )
+        try:
+            if isinstance(item, dict):
+                row = (
+                    item.get("name", "?"),
+                    item.get("error", math.nan),
+                    item.get("tolerance", math.nan),
+                    item.get("ok", False),
+                )
+            elif len(item) == 4:
+                row = tuple(item)
+            elif len(item) == 3:
+                row = (item[0], item[1], math.nan, item[2])
+            else:
+                row = (item[0], math.nan, math.nan, item[1])
+            rows.append(_self_check_row(backend, f"{name}.{row[0]}", row[1], row[2], row[3]))
+        except (TypeError, ValueError, IndexError) as exc:
+            rows.append(_self_check_row(backend, f"{name}.self_check", note=f"bad row {item!r}: {exc}"[:80]))
     return rows
+
+
+def _note(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:80]
 
 
 def cmd_check(args) -> int:
