@@ -18,19 +18,25 @@ from .compiler import KernelSpec
 SOURCE = "bsmm.cu"
 _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 
-# Tile tables. xw_tc: block_size -> {variant: (BM, WARPS_M, WARPS_N, STAGES)}; "small" serves N ≤ 64.
+# Tile tables. xw_tc: block_size -> {variant: (BM, WARPS_M, WARPS_N, STAGES)}; "small" serves N ≤ 64,
+# "large" N ≥ LARGE_N (an x tile of BM rows is read once per nonzero block, so a taller tile reads w
+# fewer times), "medium" the rest.
 XW_TC_TILES = {
-    64: {"large": (128, 2, 2, 3), "small": (32, 1, 4, 4)},
-    32: {"large": (128, 4, 1, 4), "small": (32, 1, 4, 6)},
-    16: {"large": (128, 4, 1, 6), "small": (32, 1, 2, 8)},
-    8: {"large": (128, 4, 1, 8), "small": (32, 1, 1, 8)},
+    64: {"large": (256, 4, 2, 3), "medium": (128, 2, 2, 3), "small": (32, 1, 4, 4)},
+    32: {"large": (256, 8, 1, 4), "medium": (128, 4, 1, 4), "small": (32, 1, 4, 6)},
+    16: {"large": (256, 8, 1, 6), "medium": (128, 4, 1, 6), "small": (32, 1, 2, 8)},
+    8: {"large": (256, 8, 1, 8), "medium": (128, 4, 1, 8), "small": (32, 1, 1, 8)},
 }
+VARIANTS = ("large", "medium", "small")
 # xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
 XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4)}
-# updat_tc: block_size -> (NC rows of batch per chunk, STAGES); BS = 8 uses updat_simt
-UPDAT_TC_TILES = {64: (32, 4), 32: (64, 4), 16: (64, 4)}
+# updat_tc: block_size -> (G blocks of one row per CTA, WARPS, NC batch rows per chunk, STAGES);
+# BS = 8 uses updat_simt
+UPDAT_TC_TILES = {64: (4, 8, 32, 4), 32: (4, 4, 64, 3), 16: (4, 4, 64, 4)}
 UPDAT_SIMT_NC = 32
 SMALL_N = 64
+LARGE_N = 2048
+force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
 
 
 def xw_tc_spec(dtype, out_dtype, bs, variant, axis, trans, aligned):
@@ -46,9 +52,9 @@ def xw_simt_spec(dtype, out_dtype, bs, axis, trans):
 
 
 def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
-    nc, st = UPDAT_TC_TILES[bs]
+    g, warps, nc, st = UPDAT_TC_TILES[bs]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec(SOURCE, f"updat_tc<{t}, {to}, {bs}, {nc}, {st}, {axis}, {aligned}>")
+    return KernelSpec(SOURCE, f"updat_tc<{t}, {to}, {bs}, {g}, {warps}, {nc}, {st}, {axis}, {aligned}>")
 
 
 def updat_simt_spec(dtype, out_dtype, bs, axis):
@@ -65,11 +71,10 @@ def xw_tc_smem(bs, variant, axis):
 
 
 def updat_tc_smem(bs, axis):
-    nc, st = UPDAT_TC_TILES[bs]
+    g, _, nc, st = UPDAT_TC_TILES[bs]
     rows, cols = (nc, bs) if axis == 1 else (bs, nc)
     stride = cols + 8 if (cols // 8) % 2 == 0 else cols
-    parts = 4 if bs <= 32 else 1
-    return max(st * 2 * rows * stride * 2, parts * bs * (bs + 4) * 4)
+    return st * (1 + g) * rows * stride * 2
 
 
 def _out_types(dtype):
@@ -79,7 +84,7 @@ def _out_types(dtype):
 def specializations():
     """Every kernel specialization the dispatch below can launch."""
     for dtype in ("float16", "bfloat16"):
-        for to, bs, variant, axis, trans in itertools.product(_out_types(dtype), XW_TC_TILES, ("large", "small"),
+        for to, bs, variant, axis, trans in itertools.product(_out_types(dtype), XW_TC_TILES, VARIANTS,
                                                                (0, 1), (0, 1)):
             for aligned in ((1,) if axis == 1 else (0, 1)):
                 yield xw_tc_spec(dtype, to, bs, variant, axis, trans, aligned)
@@ -97,12 +102,21 @@ compiler.register_family("bsmm", specializations)
 
 
 # ------------------------------------------------------------------------------------------------
-# device lookup tables, cached per (object, device)
+# device lookup tables and launch plans, cached on the op object per device
 
-def _tables(op_obj, key):
+def update_groups(layout, g):
+    """[n_groups, g] int32: the w indices of up to g consecutive blocks of one block row, -1 padded."""
+    pos = np.arange(layout.nnz) - layout.row_ptr[layout.rows]
+    per_row = -(-np.diff(layout.row_ptr) // g)
+    first = np.concatenate([[0], np.cumsum(per_row)])
+    table = np.full((int(first[-1]), g), -1, dtype=np.int32)
+    table[first[layout.rows] + pos // g, pos % g] = np.arange(layout.nnz, dtype=np.int32)
+    return table
+
+
+def _tables(op_obj, key, dev):
     import cupy
 
-    dev = cupy.cuda.runtime.getDevice()
     cache = op_obj._gpu_tables
     if (dev, key) not in cache:
         lay = op_obj.layout
@@ -113,8 +127,10 @@ def _tables(op_obj, key):
         elif key == "bprop":
             ent = np.stack([lay.cols, np.arange(lay.nnz, dtype=np.int32)], axis=1)
             cache[(dev, key)] = (cupy.asarray(lay.row_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
-        else:
+        elif key == "updat":
             cache[(dev, key)] = (cupy.asarray(lay.rows), cupy.asarray(lay.cols))
+        else:  # ("groups", g)
+            cache[(dev, key)] = cupy.asarray(update_groups(lay, key[1]))
     return cache[(dev, key)]
 
 
@@ -122,48 +138,54 @@ def _aligned(*arrays) -> bool:
     return all(a.data.ptr % 16 == 0 for a in arrays)
 
 
-def _check_device(op, **arrays):
-    import cupy
-
-    dev = cupy.cuda.runtime.getDevice()
+def _check_device(dev, **arrays):
     for name, a in arrays.items():
         if a is not None and a.device.id != dev:
             raise ValueError(f"{name}: expected an array on GPU {dev} (the current device), got GPU {a.device.id}")
+
+
+def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
+    """(function, grid, block, smem) for fprop/bprop; cached per shape and alignment."""
+    key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, dev, force_variant)
+    plan = op_obj._gpu_tables.get(key)
+    if plan is None:
+        b, axis = op_obj.block_size, op_obj.feature_axis
+        f_out = op_obj.M if op == "fprop" else op_obj.K
+        trans = 0 if op == "fprop" else 1
+        if dtype != "float32" and aligned_w and (axis == 0 or aligned_x):
+            variant = force_variant or ("small" if n <= SMALL_N else "large" if n >= LARGE_N else "medium")
+            bm, wm, wn, _ = XW_TC_TILES[b][variant]
+            aligned = 1 if axis == 1 else int(aligned_x and n % 8 == 0)
+            spec = xw_tc_spec(dtype, odt, b, variant, axis, trans, aligned)
+            smem, threads = xw_tc_smem(b, variant, axis), wm * wn * 32
+        else:
+            bm, tm, tn = XW_SIMT_TILES[b]
+            spec = xw_simt_spec(dtype, odt, b, axis, trans)
+            smem, threads = 0, (bm // tm) * (b // tn)
+        n_tiles = -(-n // bm)
+        if n_tiles > 65535:
+            raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} for block_size {b}")
+        plan = (compiler.get_function(spec, smem), (f_out // b, n_tiles), (threads,), smem)
+        op_obj._gpu_tables[key] = plan
+    return plan
 
 
 def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     """fprop / bprop on CuPy arrays (validated by the caller)."""
     import cupy
 
-    _check_device(op_obj, x=x, w=w, out=out)
-    b, axis = op_obj.block_size, op_obj.feature_axis
+    dev = cupy.cuda.runtime.getDevice()
+    _check_device(dev, x=x, w=w, out=out)
+    axis = op_obj.feature_axis
     n = x.shape[1 - axis]
     f_in, f_out = (op_obj.K, op_obj.M) if op == "fprop" else (op_obj.M, op_obj.K)
-    n_cols = f_out // b
     dtype, odt = dtype_name(x.dtype), dtype_name(out_dtype)
-    trans = 0 if op == "fprop" else 1
+    fn, grid, block, smem = _xw_plan(op_obj, op, dtype, odt, n, x.data.ptr % 16 == 0, w.data.ptr % 16 == 0, dev)
     y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
-    offsets, entries = _tables(op_obj, op)
-    stream = cupy.cuda.get_current_stream()
-    if dtype != "float32" and _aligned(w) and (axis == 0 or _aligned(x)):
-        variant = "small" if n <= SMALL_N else "large"
-        bm, wm, wn, _ = XW_TC_TILES[b][variant]
-        aligned = 1 if axis == 1 else int(_aligned(x) and n % 8 == 0)
-        spec = xw_tc_spec(dtype, odt, b, variant, axis, trans, aligned)
-        smem = xw_tc_smem(b, variant, axis)
-        threads = wm * wn * 32
-    else:
-        bm, tm, tn = XW_SIMT_TILES[b]
-        spec = xw_simt_spec(dtype, odt, b, axis, trans)
-        smem = 0
-        threads = (bm // tm) * (b // tn)
-    n_tiles = -(-n // bm)
-    if n_tiles > 65535:
-        raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} for block_size {b}")
-    fn = compiler.get_function(spec, smem)
-    fn((n_cols, n_tiles), (threads,),
-       (x, w, y, offsets, entries, np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
-       shared_mem=smem, stream=stream)
+    offsets, entries = _tables(op_obj, op, dev)
+    fn(grid, block, (x, w, y, offsets, entries, np.int64(n), np.int64(f_in), np.int64(f_out),
+                     np.int32(bool(accumulate))),
+       shared_mem=smem, stream=cupy.cuda.get_current_stream())
     return y
 
 
@@ -171,34 +193,36 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     """Grouped update on CuPy arrays: one launch for all (x, dy) pairs."""
     import cupy
 
+    dev = cupy.cuda.runtime.getDevice()
     for i, (x, dy) in enumerate(zip(xs, dys)):
-        _check_device(op_obj, **{f"x[{i}]": x, f"dy[{i}]": dy})
-    _check_device(op_obj, out=out)
+        _check_device(dev, **{f"x[{i}]": x, f"dy[{i}]": dy})
+    _check_device(dev, out=out)
     b, axis = op_obj.block_size, op_obj.feature_axis
     dtype, odt = dtype_name(xs[0].dtype), dtype_name(out_dtype)
     ns = np.array([x.shape[1 - axis] for x in xs], dtype=np.int64)
     dw = out if out is not None else cupy.empty(op_obj.w_shape, dtype=out_dtype)
-    rows, cols = _tables(op_obj, "updat")
-    use_tc = dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or _aligned(*xs, *dys))
-    if use_tc:
-        nc = UPDAT_TC_TILES[b][0]
+    rows, cols = _tables(op_obj, "updat", dev)
+    stream = cupy.cuda.get_current_stream()
+    if dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or _aligned(*xs, *dys)):
+        g, warps, nc, _ = UPDAT_TC_TILES[b]
         aligned = 1 if axis == 1 else int(_aligned(*xs, *dys) and bool(np.all(ns % 8 == 0)))
         spec = updat_tc_spec(dtype, odt, b, axis, aligned)
-        smem, threads = updat_tc_smem(b, axis), 128
+        smem = updat_tc_smem(b, axis)
+        groups = _tables(op_obj, ("groups", g), dev)
+        grid, threads, extra = groups.shape[0], warps * 32, (groups,)
     else:
-        nc = UPDAT_SIMT_NC
+        nc, smem, threads = UPDAT_SIMT_NC, 0, 256
         spec = updat_simt_spec(dtype, odt, b, axis)
-        smem, threads = 0, 256
+        grid, extra = op_obj.layout.nnz, ()
     chunks = np.concatenate([[0], np.cumsum(-(-ns // nc))]).astype(np.int64)
+    p = len(xs)
     table = cupy.asarray(np.concatenate([
         np.array([x.data.ptr for x in xs], dtype=np.int64),
         np.array([dy.data.ptr for dy in dys], dtype=np.int64),
         ns, chunks]))
-    p = len(xs)
-    x_ptrs, dy_ptrs, n_arr, chunk_ptr = table[:p], table[p:2 * p], table[2 * p:3 * p], table[3 * p:]
     fn = compiler.get_function(spec, smem)
-    fn((op_obj.layout.nnz,), (threads,),
-       (x_ptrs, dy_ptrs, n_arr, chunk_ptr, np.int32(p), rows, cols, dw, np.int64(op_obj.K), np.int64(op_obj.M),
-        np.int32(bool(accumulate))),
-       shared_mem=smem, stream=cupy.cuda.get_current_stream())
+    fn((grid,), (threads,),
+       (table[:p], table[p:2 * p], table[2 * p:3 * p], table[3 * p:], np.int32(p), *extra, rows, cols, dw,
+        np.int64(op_obj.K), np.int64(op_obj.M), np.int32(bool(accumulate))),
+       shared_mem=smem, stream=stream)
     return dw  # `table` may be freed now: CuPy's pool reuses it only in stream order, after the kernel

@@ -13,38 +13,60 @@ import numpy as np
 __all__ = ["time_ms", "Table", "save_json", "copy_bandwidth", "gpu_name"]
 
 
-def time_ms(fn: Callable, rotate: Sequence | None = None, warmup: int = 5, reps: int = 50,
-            min_ms: float = 100.0, max_reps: int = 2000) -> dict:
-    """Median milliseconds of ``fn(arg)`` over CUDA events on the current CuPy stream.
+def time_ms(fn: Callable, rotate: Sequence | None = None, warmup: int = 3, batches: int = 7,
+            min_ms: float = 60.0, graph: bool = False, reps: int = 0) -> dict:
+    """Milliseconds per call of ``fn(*args)``, median over ``batches`` timed with CUDA events.
 
-    ``rotate``: a list of argument sets cycled per call (each a tuple), so repeated calls do not find
-    their inputs in L2; without it ``fn()`` is called bare. Repeats at least ``reps`` times and until
-    ``min_ms`` of work has been timed. Returns {"median", "p10", "p90", "reps"} in milliseconds.
+    ``rotate``: a list of argument tuples cycled call by call, so repeated calls do not find their
+    inputs in L2 (without it ``fn()`` is called bare). Calls are enqueued back to back inside each
+    batch (no synchronization between them), as a training loop issues them: host overhead is hidden
+    when the GPU work is longer, and shows when it is not. ``graph=True`` captures one call per
+    argument set into a CUDA graph and times its replays: GPU time alone, without launch overhead
+    (``fn`` must not allocate or copy from the host). ``reps``: at least this many calls in all.
+    Returns {"median", "p10", "p90", "calls"}.
     """
     import cupy
 
     args = list(rotate) if rotate else [()]
-    call = (lambda i: fn(*args[i % len(args)])) if rotate else (lambda i: fn())
-    for i in range(warmup):
-        call(i)
     stream = cupy.cuda.get_current_stream()
+    if graph:
+        cap = cupy.cuda.Stream(non_blocking=True)
+        for a in args:  # warm-up outside the capture: compile, tables, memory pool
+            fn(*a)
+        cupy.cuda.get_current_stream().synchronize()
+        with cap:
+            cap.begin_capture()
+            for a in args:
+                fn(*a)
+            g = cap.end_capture()
+        g.upload(cap)
+        step, per, stream = (lambda i: g.launch(cap)), len(args), cap
+    else:
+        step, per = (lambda i: fn(*args[i % len(args)])), 1
+    for i in range(warmup * len(args)):
+        step(i)
     stream.synchronize()
+    # calibrate the batch length so that each batch lasts about min_ms / batches
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record(stream)
+    for i in range(len(args)):
+        step(i)
+    stop.record(stream)
+    stop.synchronize()
+    est = max(cupy.cuda.get_elapsed_time(start, stop) / len(args), 1e-3)
+    calls = int(min(max(len(args), min_ms / batches / est, -(-reps // batches)), 5000))
     times = []
-    total = 0.0
-    i = 0
-    while (i < reps or total < min_ms) and i < max_reps:
+    for _ in range(batches):
         start, stop = cupy.cuda.Event(), cupy.cuda.Event()
         start.record(stream)
-        call(i)
+        for i in range(calls):
+            step(i)
         stop.record(stream)
         stop.synchronize()
-        t = cupy.cuda.get_elapsed_time(start, stop)
-        times.append(t)
-        total += t
-        i += 1
+        times.append(cupy.cuda.get_elapsed_time(start, stop) / (calls * per))
     t = np.asarray(times)
     return {"median": float(np.median(t)), "p10": float(np.percentile(t, 10)),
-            "p90": float(np.percentile(t, 90)), "reps": int(t.size)}
+            "p90": float(np.percentile(t, 90)), "calls": int(calls * per * batches)}
 
 
 def copy_bandwidth(nbytes: int = 1 << 30) -> float:
@@ -53,7 +75,7 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
 
     src = cupy.random.random(nbytes // 4, dtype=cupy.float32)
     dst = cupy.empty_like(src)
-    ms = time_ms(lambda: dst.__setitem__(Ellipsis, src), reps=20)["median"]
+    ms = time_ms(lambda: cupy.copyto(dst, src))["median"]
     return 2 * nbytes / (ms * 1e-3)
 
 

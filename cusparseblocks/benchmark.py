@@ -16,7 +16,8 @@ import numpy as np
 
 from ._timing import Table, copy_bandwidth, gpu_name, save_json, time_ms
 
-COLUMNS = ["system", "op", "dtype", "b", "density", "N", "K", "ms", "TFLOPs", "x_dense", "x_floor"]
+COLUMNS = ["system", "op", "dtype", "b", "density", "N", "K", "ms", "TFLOPs", "x_dense", "x_floor", "ms_graph",
+           "x_floor_graph"]
 
 
 def _cases(short: bool):
@@ -48,7 +49,7 @@ def _torch():
         return None
 
 
-def run(short=False, rotate_sets=3, seed=0):
+def run(short=False, rotate_sets=3, seed=0, compare_tiles=True):
     import cupy as cp
 
     from . import BlockSparseMatMul
@@ -90,6 +91,22 @@ def run(short=False, rotate_sets=3, seed=0):
         else:
             fn, args = bsmm.updat, [(x, dy) for x, dy, w in sets]
         t = time_ms(fn, rotate=args)["median"]
+        t_graph = None
+        if op != "updat":  # GPU time alone (CUDA graph replay, preallocated outputs)
+            outs = [cp.empty((n, k), dtype=np_dt) for _ in args]
+            t_graph = time_ms(lambda a, b2, o: fn(a, b2, out=o), rotate=[(*a, o) for a, o in zip(args, outs)],
+                              graph=True)["median"]
+        if compare_tiles and op == "fprop" and n >= 2048 and dtype == "float16":
+            from . import _matmul_gpu
+
+            for variant in ("medium",):
+                _matmul_gpu.force_variant = variant
+                try:
+                    tv = time_ms(fn, rotate=args)["median"]
+                finally:
+                    _matmul_gpu.force_variant = None
+                rows.append(dict(system=f"cusparseblocks[{variant}]", op=op, dtype=dtype, b=b, density=density,
+                                 N=n, K=k, ms=tv, TFLOPs=flops / (tv * 1e-3) / 1e12, x_floor=tv / floor_ms))
         # dense cuBLAS on the same shapes (per op, dtype, N, K)
         dkey = (op, dtype, n, k)
         if dkey not in dense_cache:
@@ -106,7 +123,9 @@ def run(short=False, rotate_sets=3, seed=0):
         dense_tflops = 2.0 * n * k * k / (td * 1e-3) / 1e12
         eff = flops / (t * 1e-3) / 1e12
         rows.append(dict(system="cusparseblocks", op=op, dtype=dtype, b=b, density=density, N=n, K=k, ms=t,
-                         TFLOPs=eff, x_dense=eff / dense_tflops, x_floor=t / floor_ms))
+                         TFLOPs=eff, x_dense=eff / dense_tflops, x_floor=t / floor_ms,
+                         ms_graph=t_graph if t_graph is not None else "",
+                         x_floor_graph=t_graph / floor_ms if t_graph is not None else ""))
         rows.append(dict(system="dense cuBLAS", op=op, dtype=dtype, b=b, density=density, N=n, K=k, ms=td,
                          TFLOPs=dense_tflops, x_dense=1.0, x_floor=td / floor_ms))
         if torch is not None and op != "updat":

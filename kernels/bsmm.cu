@@ -367,33 +367,41 @@ xw_simt(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
 // pipeline runs over all chunks of all pairs in one sequence. Summation order is fixed: the result
 // is bit-identical from run to run (no atomics).
 
-// updat_tc: one CTA per nonzero block (blockIdx.x = k). 4 warps. For BS = 64 the warps form a 2 × 2
-// grid over the 64 × 64 output and share each chunk; for BS ≤ 32 each warp computes the whole block
-// over its own quarter of each chunk (split-k) and the four partials are summed in a fixed order.
-template <typename T, typename TO, int BS, int NC, int STAGES, int AXIS, int ALIGNED>
-__global__ void __launch_bounds__(128)
+// updat_tc: one CTA per group of up to G nonzero blocks of one block row i (blockIdx.x = group;
+// `groups` [n_groups][G] holds their indices in w, -1 for an empty slot). The x chunk of row i is
+// loaded once per stage and shared by the G blocks; each block has its own dy chunk. Warp w owns
+// rows [(w % WPB)·WTM, +WTM) of block w / WPB over the whole chunk, so no cross-warp reduction is
+// needed and the summation order is fixed (bit-reproducible).
+template <typename T, typename TO, int BS, int G, int WARPS, int NC, int STAGES, int AXIS, int ALIGNED>
+__global__ void __launch_bounds__(WARPS * 32)
 updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
          const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
-         const int* __restrict__ rows, const int* __restrict__ cols, TO* __restrict__ dw, i64 in_features,
-         i64 out_features, int accumulate) {
-    constexpr int THREADS = 128;
-    constexpr bool SPLITK = BS <= 32;
-    constexpr int WTM = SPLITK ? BS : BS / 2, WTN = WTM;
-    constexpr int MI = WTM / 16, NI = WTN / 8;
-    constexpr int KW = SPLITK ? NC / 4 : NC;  // k extent per warp per chunk
-    static_assert(BS >= 16 && KW % 16 == 0, "updat_tc needs BS >= 16");
-    // stage: x chunk and dy chunk. AXIS 1 -> [NC][BS] (k rows); AXIS 0 -> [BS][NC] (feature rows)
+         const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
+         TO* __restrict__ dw, i64 in_features, i64 out_features, int accumulate) {
+    constexpr int THREADS = WARPS * 32;
+    constexpr int WPB = WARPS / G;            // warps per block
+    constexpr int WTM = BS / WPB;             // rows of the block per warp
+    constexpr int MI = WTM / 16, NI = BS / 8;
+    static_assert(BS >= 16 && WTM % 16 == 0 && NC % 16 == 0 && WARPS % G == 0, "bad updat_tc tiling");
+    // tiles: AXIS 1 -> [NC][BS] (batch rows); AXIS 0 -> [BS][NC] (feature rows)
     constexpr int R = AXIS == 1 ? NC : BS, C = AXIS == 1 ? BS : NC;
-    constexpr int S = tc_stride(C), TILE = R * S, STAGE = 2 * TILE;
+    constexpr int S = tc_stride(C), TILE = R * S, STAGE = (1 + G) * TILE;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* smem = reinterpret_cast<T*>(smem_raw);
-    const int blk = blockIdx.x;
-    const i64 xcol = (i64)rows[blk] * BS, ycol = (i64)cols[blk] * BS;
+    __shared__ int blk_s[G];
+    __shared__ long long ycol_s[G];
+    if (threadIdx.x < G) {
+        int k = groups[blockIdx.x * G + threadIdx.x];
+        blk_s[threadIdx.x] = k;
+        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
+    }
+    __syncthreads();
+    const i64 xcol = (i64)rows[blk_s[0]] * BS;
     const int total = (int)chunk_ptr[pairs];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wm = SPLITK ? 0 : warp / 2, wn = SPLITK ? 0 : warp % 2;
-    const int kw0 = SPLITK ? warp * KW : 0;
+    const int gw = warp / WPB, m0 = (warp % WPB) * WTM;
+    const bool active = blk_s[gw] >= 0;
 
     float acc[MI][NI][4];
 #pragma unroll
@@ -409,13 +417,14 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
         const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
         const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
         const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
-        T* Xs = smem + slot * STAGE;
-        T* Ys = Xs + TILE;
+        T* base = smem + slot * STAGE;
 #pragma unroll
-        for (int t = 0; t < 2; t++) {
+        for (int t = 0; t <= G; t++) {
+            const i64 col = t == 0 ? xcol : ycol_s[t - 1];
+            if (col < 0) continue;  // empty slot: nothing to load
             const T* src0 = t == 0 ? xp : dyp;
-            const i64 col = t == 0 ? xcol : ycol, feats = t == 0 ? in_features : out_features;
-            T* dst = t == 0 ? Xs : Ys;
+            const i64 feats = t == 0 ? in_features : out_features;
+            T* dst = base + t * TILE;
             if (ALIGNED) {
                 for (int ch = threadIdx.x; ch < R * C / 8; ch += THREADS) {
                     int row = ch / (C / 8), c8 = (ch % (C / 8)) * 8;
@@ -460,22 +469,23 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
         int next = q + STAGES - 1;
         if (next < total) load_stage(next, next % STAGES);
         cp_async_commit();
+        if (!active) continue;
         const T* Xs = smem + (q % STAGES) * STAGE;
-        const T* Ys = Xs + TILE;
+        const T* Ys = Xs + (1 + gw) * TILE;
 #pragma unroll
-        for (int kk = kw0; kk < kw0 + KW; kk += 16) {
+        for (int kk = 0; kk < NC; kk += 16) {
             // A[m = x feature][k = batch]; B[k = batch][n = dy feature]
             unsigned a[MI][4], bfr[NI][2];
             int qd = lane / 8, r = lane % 8;
 #pragma unroll
             for (int i = 0; i < MI; i++) {
-                int m = wm * WTM + i * 16;
+                int m = m0 + i * 16;
                 if (AXIS == 1) ldmatrix_x4<true>(a[i], Xs + (kk + r + (qd / 2) * 8) * S + m + (qd % 2) * 8);
                 else ldmatrix_x4<false>(a[i], Xs + (m + lane % 16) * S + kk + (lane / 16) * 8);
             }
 #pragma unroll
             for (int j = 0; j < NI; j += 2) {
-                int n = wn * WTN + j * 8;
+                int n = j * 8;
                 unsigned t[4];
                 if (AXIS == 1) ldmatrix_x4<true>(t, Ys + (kk + r + (qd % 2) * 8) * S + n + (qd / 2) * 8);
                 else ldmatrix_x4<false>(t, Ys + (n + r + (qd / 2) * 8) * S + kk + (qd % 2) * 8);
@@ -488,32 +498,21 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
         }
     }
     cp_async_wait<0>();
-    __syncthreads();
-
-    // partials -> shared fp32 [WARPS_K][BS][BS + 4], summed in warp order
-    float* part = reinterpret_cast<float*>(smem_raw);
-    constexpr int TS = BS + 4, PARTS = SPLITK ? 4 : 1;
-    float* mine = part + (SPLITK ? warp : 0) * BS * TS;
+    if (!active) return;
+    TO* out = dw + (i64)blk_s[gw] * BS * BS;
 #pragma unroll
     for (int i = 0; i < MI; i++)
 #pragma unroll
-        for (int j = 0; j < NI; j++) {
-            int m = wm * WTM + i * 16 + lane / 4, f = wn * WTN + j * 8 + (lane % 4) * 2;
-            mine[m * TS + f] = acc[i][j][0];
-            mine[m * TS + f + 1] = acc[i][j][1];
-            mine[(m + 8) * TS + f] = acc[i][j][2];
-            mine[(m + 8) * TS + f + 1] = acc[i][j][3];
-        }
-    __syncthreads();
-    TO* out = dw + (i64)blk * BS * BS;
-    for (int idx = threadIdx.x; idx < BS * BS; idx += THREADS) {
-        int m = idx / BS, f = idx % BS;
-        float v = 0.f;
+        for (int j = 0; j < NI; j++)
 #pragma unroll
-        for (int p = 0; p < PARTS; p++) v += part[p * BS * TS + m * TS + f];
-        if (accumulate) v += to_float<TO>(out[idx]);
-        out[idx] = from_float<TO>(v);
-    }
+            for (int h = 0; h < 2; h++) {
+                int m = m0 + i * 16 + lane / 4 + h * 8, f = j * 8 + (lane % 4) * 2;
+                float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                TO* o = out + m * BS + f;
+                if (accumulate) { v0 += to_float<TO>(o[0]); v1 += to_float<TO>(o[1]); }
+                o[0] = from_float<TO>(v0);
+                o[1] = from_float<TO>(v1);
+            }
 }
 
 // updat_simt: FFMA update in fp32 for any input type, one CTA of 256 threads per nonzero block.
