@@ -40,14 +40,15 @@ def random_csr(rng, H, density, G=1):
     return sp.csr_matrix((vals, (rows, cols)), shape=(H, G * H))
 
 
-def bench_ours(model, H, B, dtype, rng, reps):
+def bench_ours(model, H, B, dtype, rng, reps, lanes=None):
     import cupy
 
     sets = [(cupy.asarray((rng.standard_normal((T_STEPS, B, H)) * 0.5).astype(dtype)),
              cupy.asarray((rng.standard_normal((B, H)) * 0.5).astype(dtype))) for _ in range(3)]
-    plan = model.plan(dtype, B)
-    model.forward(*sets[0])                                  # compile, tables, watchdog check
-    res = time_ms(lambda u, h: model.forward(u, h, check=False), rotate=sets, warmup=2, reps=reps, min_ms=20)
+    plan = model.plan(dtype, B, lanes=lanes)
+    model.forward(*sets[0], lanes=lanes)                     # compile, tables, watchdog check
+    res = time_ms(lambda u, h: model.forward(u, h, check=False, lanes=lanes), rotate=sets, warmup=2,
+                  reps=reps, min_ms=20)
     return res, plan, sets[0]
 
 
@@ -190,7 +191,12 @@ def main():
                         "T": T_STEPS, "ours": ours, "ours_path": plan.path, "ours_blocks": plan.blocks,
                         "ours_lanes": plan.lanes, "ours_smem": plan.smem_bytes, "rel_err_vs_cublas": rel,
                         **{k: v for k, v in others.items()}, "speedup_vs_best": best / o})
-        print(f"# headline {dtype}: ours {o:.2f} us/step ({plan.path}), best other {best:.2f}", flush=True)
+        variants = {}
+        for lanes in rnn.LAUNCH["lanes"][1:]:                 # the launch table's other entries
+            variants[lanes] = us_per_step(bench_ours(model, H, B, dtype, rng, reps=30, lanes=lanes)[0])
+        records[-1]["ours_us_by_lanes"] = variants
+        print(f"# headline {dtype}: ours {o:.2f} us/step ({plan.path}, lanes={plan.lanes}), best other "
+              f"{best:.2f}; by lanes: " + ", ".join(f"{k}: {v:.2f}" for k, v in variants.items()), flush=True)
     sizes = {f"{dt}/d{dd}": rnn.max_hidden_size(dt, dd, 4) for dt in ("float16", "float32")
              for dd in (0.3, 0.1, 0.05)}
     records.append({"kind": "max_hidden_size", "batch": 4, **sizes})

@@ -7,10 +7,12 @@ G·H axis of W, as ``torch.nn.LSTM``); W is [H, G·H] (G = 4 for the LSTM, else 
 
 On CuPy arrays the persistent kernel (``kernels/rnn.cu``) gives each thread block a slice of hidden
 units and keeps their rows of W in shared memory for all T steps; blocks exchange h_t through global
-memory and wait, with per-block flags (release/acquire at gpu scope), only for the blocks whose slice of
-h_{t-1} they read. The grid never exceeds the co-resident blocks (occupancy query), and a watchdog turns
-a stuck wait into an error. When the weights do not fit on-chip, ``path="auto"`` falls back to one
-sparse matvec kernel per step, captured in a CUDA graph (``path="persistent"`` raises instead).
+memory, where a value doubles as its own 'written' flag (the buffer starts as a NaN pattern no step
+writes: the seed's Lamport timestamps folded into the data), so a block waits only for the h_{t-1}
+values it reads, with no flag, fence or grid barrier per step. The grid never
+exceeds the co-resident blocks (occupancy query), and a watchdog turns a stuck wait into an error.
+When the weights do not fit on-chip, ``path="auto"`` falls back to one sparse matvec kernel per step,
+captured in a CUDA graph (``path="persistent"`` raises instead).
 NumPy arrays run the float64 reference (:mod:`cusparseblocks.reference.rnn`).
 
 Cached per object: the weights by output row (host), each plan and its packed tables per (dtype, batch,
@@ -397,7 +399,7 @@ class SparseRNN:
         dep_dst, dep_src = pairs // nblk, pairs % nblk
         dep_off = np.concatenate([[0], np.cumsum(np.bincount(dep_dst, minlength=nblk))])
         # contiguous runs of dependency blocks -> 16-byte vector ranges of one h chunk, rounded outwards
-        # (bytes outside the run may be in flight from other blocks; no weight ever reads them)
+        # (values outside the run are waited for but never read: no weight points at them)
         unit_bytes = plan.batch_chunk * _itemsize(dtype)
         ranges, range_off = [], [0]
         for b in range(nblk):
@@ -424,7 +426,7 @@ class SparseRNN:
         }
 
     # ---------------------------------------------------------------------------------------------
-    def forward(self, u, h0, c0=None, *, out=None, path: str = "auto", check: bool = True):
+    def forward(self, u, h0, c0=None, *, out=None, path: str = "auto", check: bool = True, lanes=None):
         """Run the recurrence over all T steps.
 
         u: [T, B, G·H] input projections (x_t·W_x + bias), float16|float32 (float64 on NumPy);
@@ -432,7 +434,8 @@ class SparseRNN:
         out: optional [T, B, H] array (u's dtype and backend) that receives y.
         ``path``: "auto" (persistent when the weights fit on-chip, else the per-step fallback),
         "persistent" (ValueError when they do not fit) or "fallback". ``check``: synchronize after the
-        persistent kernel and raise RuntimeError if its watchdog fired (default).
+        persistent kernel and raise RuntimeError if its watchdog fired (default). ``lanes``: force the
+        threads per row (one of ``LAUNCH["lanes"]``; benchmarks), default the plan's choice.
         Returns (y [T, B, H] holding h_1..h_T, c_T [B, H] for the LSTM else None), in u's dtype.
         """
         backend = backend_of(u=u, h0=h0, c0=c0, out=out)
@@ -461,6 +464,8 @@ class SparseRNN:
         V.check_out("out", out, (T, B, H), u.dtype, backend == "cupy")
         if path not in ("auto", "persistent", "fallback"):
             raise ValueError(f"path: expected 'auto', 'persistent' or 'fallback', got {path!r}")
+        if lanes is not None and lanes not in LAUNCH["lanes"]:
+            raise ValueError(f"lanes: expected one of {LAUNCH['lanes']}, got {lanes!r}")
         if backend == "numpy":
             dt = np.dtype(u.dtype)
             W = self.weight(dt)
@@ -476,7 +481,7 @@ class SparseRNN:
             if arr is not None:
                 V.check_device(name, arr, dev)
         dtype = dtype_name(u.dtype)
-        plan = self.plan(dtype, B, tables=(path != "fallback"))
+        plan = self.plan(dtype, B, tables=(path != "fallback"), lanes=lanes)
         if path == "persistent" and not plan.persistent:
             raise ValueError(f"path: the persistent kernel cannot run this model ({plan.reason}); "
                              f"use path='auto' or 'fallback'")
@@ -492,15 +497,23 @@ class SparseRNN:
     __call__ = forward
 
     # ---------------------------------------------------------------------------------------------
-    def _exchange(self, plan, T, h0):
+    def _exchange(self, plan, T, h0, sentinel):
+        """[T+1, nchunks, Hp, BC] of h0's dtype with h0 in slot 0, the rest zeros or (``sentinel``, for
+        the persistent kernel) the NaN pattern that marks 'not written yet' (kernels/rnn.cu RnnX)."""
         import cupy
 
         Hp, bc, nch = plan.hidden_padded, plan.batch_chunk, plan.nchunks
         B, H = h0.shape
-        xch = cupy.zeros((T + 1, nch, Hp, bc), dtype=h0.dtype)
         hp = cupy.zeros((nch * bc, Hp), dtype=h0.dtype)
         hp[:B, :H] = h0
-        xch[0] = hp.reshape(nch, bc, Hp).transpose(0, 2, 1)
+        hp = hp.reshape(nch, bc, Hp).transpose(0, 2, 1)
+        if not sentinel:
+            xch = cupy.zeros((T + 1, nch, Hp, bc), dtype=h0.dtype)
+        else:
+            xch = cupy.empty((T + 1, nch, Hp, bc), dtype=h0.dtype)
+            bits = np.uint16 if np.dtype(h0.dtype) == np.float16 else np.uint32
+            xch.view(bits).fill(np.iinfo(bits).max)
+        xch[0] = hp
         return xch
 
     def _device_tables(self, plan):
@@ -529,18 +542,17 @@ class SparseRNN:
         if per_sm < 1 or plan.blocks > per_sm * sm_count:
             return None
         stream = cupy.cuda.get_current_stream()
-        xch = self._exchange(plan, T, h0)
+        xch = self._exchange(plan, T, h0, sentinel=True)
         y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
         c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
-        flags = cupy.zeros(plan.blocks, dtype=np.int32)
         status = cupy.zeros(1, dtype=np.int32)
         if timeout_s is None:
             timeout_s = float(os.environ.get("CUSPARSEBLOCKS_RNN_TIMEOUT_S", "30"))
         null = 0
         args = (tab["wpack"], tab["wvec_off"], tab["row_info"], tab["row_off"], tab["unit_start"],
-                tab["dep_off"], tab["dep_block"], tab["load_range"], tab["load_off"], u,
+                tab["load_range"], tab["load_off"], u,
                 c0 if c0 is not None else np.uint64(null), y, c_out if c_out is not None else np.uint64(null),
-                xch, flags, status, np.int32(H), np.int32(plan.hidden_padded), np.int32(B), np.int32(T),
+                xch, status, np.int32(H), np.int32(plan.hidden_padded), np.int32(B), np.int32(T),
                 np.int32(plan.nchunks), np.int32(plan.lanes), np.int32(tab["smem_wvec"]),
                 np.int32(tab["smem_rows"]), np.int64(int(timeout_s * 1e9)))
         fn((plan.blocks if grid is None else grid,), (LAUNCH["threads"],), args, shared_mem=smem,
@@ -548,7 +560,7 @@ class SparseRNN:
         if check and int(status.get()[0]) != 0:
             raise RuntimeError(
                 "rnn_persistent: a block waited longer than the watchdog "
-                f"({timeout_s} s) for another block's h_(t-1); the result is incomplete")
+                f"({timeout_s} s) for h_(t-1) from another block; the result is incomplete")
         return y, c_out
 
     def _run_fallback(self, plan, u, h0, c0, out=None):
@@ -566,7 +578,7 @@ class SparseRNN:
             self._gpu[key] = csr
         fn = compiler.get_function(_spec("rnn_step", dtype, self.mode, plan.batch_chunk))
         Hp, nch = plan.hidden_padded, plan.nchunks
-        xch = self._exchange(plan, T, h0)
+        xch = self._exchange(plan, T, h0, sentinel=False)
         y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
         c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
         c = (c0.astype(np.float32) if c0 is not None else cupy.zeros((B, H), np.float32)) \

@@ -9,26 +9,68 @@
 // 16-byte vector; fp32 weights are two words (float bits, k), two to a vector. Each row is padded to
 // a multiple of lanes·V nonzeros with (0, last k of the row) so padding reads data the row reads anyway.
 //
-// The exchange buffer xch holds every h_t once: [T+1][nchunks][Hp][BC] (slot 0 = h_0 written by the
-// host, batch split in chunks of BC columns, units padded to Hp, a multiple of 8, so every block's unit
-// range starts on a 16-byte boundary). Writing each slot once means no write-after-read hazard between
-// blocks that run a step apart, so a block waits only for the blocks whose h_{t-1} slices it reads.
+// The exchange buffer holds every h_t once: [T+1][nchunks][Hp][BC] of T (slot 0 = h_0 written by the
+// host; batch split in chunks of BC columns; units padded to Hp, a multiple of 8, so each chunk is whole
+// 16-byte vectors). For the persistent kernel it starts filled with the sentinel (RnnX) and each slot is
+// written once: a value that is not the sentinel is final, there is no write-after-read hazard between
+// blocks a step apart, and no flag to publish.
 #include "common.cuh"
 
 #define RNN_THREADS 512
 #define RNN_UPT 4  // pointwise items (unit, batch) per thread: the host keeps units·B <= RNN_UPT·RNN_THREADS
+#define RNN_LOADS 4  // exchange vectors a thread has in flight at once
 
 enum { RNN_RELU = 0, RNN_TANH = 1, RNN_LSTM = 2 };
 
-__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+// Exchange values double as their own "written" flags (the seed's Lamport timestamps, folded into the
+// data): the buffer starts filled with a NaN bit pattern that arithmetic never produces (0xFFFF for
+// fp16, 0xFFFFFFFF for fp32; the writer turns any NaN into the canonical one), so a reader that sees
+// another pattern sees the value; no flag, no fence. Each element is one single-copy-atomic store.
+
+// one 16-byte vector (16-byte aligned), relaxed at gpu scope: bypasses L1, re-read on every call
+__device__ __forceinline__ uint4 ld_relaxed_v4(const void* p) {
+    uint4 v;
+    asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
     return v;
 }
 
-__device__ __forceinline__ void st_release_gpu(int* p, int v) {
-    asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
+template <typename T> struct RnnX;
+
+template <> struct RnnX<__half> {
+    static constexpr int EPV = 8;  // values per 16-byte vector
+    __device__ __forceinline__ static uint4 load(const __half* p) { return ld_relaxed_v4(p); }
+    __device__ __forceinline__ static void store(__half* p, __half h) {
+        unsigned short v = __half_as_ushort(h);
+        if ((v & 0x7c00u) == 0x7c00u && (v & 0x03ffu)) v = 0x7fffu;  // any NaN -> canonical NaN
+        asm volatile("st.relaxed.gpu.global.u16 [%0], %1;" ::"l"(p), "h"(v) : "memory");
+    }
+    // the mask of written values in one 16-byte vector
+    __device__ __forceinline__ static unsigned written(const uint4& out) {
+        const unsigned w[4] = {out.x, out.y, out.z, out.w};
+        unsigned mask = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            mask |= ((w[i] & 0xffffu) != 0xffffu ? 1u : 0u) << (2 * i);
+            mask |= ((w[i] >> 16) != 0xffffu ? 1u : 0u) << (2 * i + 1);
+        }
+        return mask;
+    }
+};
+
+template <> struct RnnX<float> {
+    static constexpr int EPV = 4;
+    __device__ __forceinline__ static uint4 load(const float* p) { return ld_relaxed_v4(p); }
+    __device__ __forceinline__ static void store(float* p, float f) {
+        unsigned v = __float_as_uint(f);
+        if ((v & 0x7f800000u) == 0x7f800000u && (v & 0x007fffffu)) v = 0x7fffffffu;
+        asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+    }
+    __device__ __forceinline__ static unsigned written(const uint4& out) {
+        return (out.x != 0xffffffffu ? 1u : 0u) | (out.y != 0xffffffffu ? 2u : 0u) |
+               (out.z != 0xffffffffu ? 4u : 0u) | (out.w != 0xffffffffu ? 8u : 0u);
+    }
+};
 
 __device__ __forceinline__ unsigned long long global_ns() {
     unsigned long long t;
@@ -137,27 +179,28 @@ struct RnnSmem {
 // rnn_persistent<T, MODE, BC>: the whole sequence in one launch.
 // One thread block owns the units [unit_start[b], unit_start[b+1]) (all G gate rows of each) and keeps
 // their packed rows of W in shared memory for all T steps. Grid = number of blocks the host planned, at
-// most the number that are co-resident (1 per SM), so spinning on another block's flag cannot deadlock.
-// Step t: wait until flags[d] >= t-1 for every block d whose units this block's rows read (ld.acquire
-// at gpu scope; a watchdog sets *status and leaves instead of hanging), copy those slices of h_{t-1}
-// (batch chunk by chunk, 16-byte L2 loads) into shared memory, then `lanes` consecutive threads share a
-// row: lane l reads the row's 16-byte weight vectors l, l+lanes, ... (consecutive lanes, consecutive
-// vectors: no bank conflicts), gathers BC values of h per nonzero and accumulates in fp32; a shuffle
-// reduction gives the row's dot products. The pointwise cell (u_t prefetched into registers one step
-// ahead, c kept in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t; after a block
-// barrier one thread publishes flags[b] = t with st.release.gpu.
+// most the number that are co-resident (1 per SM), so spinning on another block's output cannot deadlock.
+// Step t, per batch chunk: copy the slices of h_{t-1} this block's rows read (load_range: 16-byte
+// vectors, relaxed gpu-scope loads) into shared memory, re-reading a vector until every value it needs
+// is no longer the sentinel: a block waits only for the h values it reads, no flag, no grid barrier
+// (a watchdog sets *status and leaves instead of hanging). Then `lanes` consecutive threads share a row:
+// lane l reads the row's 16-byte weight vectors l, l+lanes, ... (consecutive lanes, consecutive vectors:
+// no bank conflicts), gathers BC values of h per nonzero and accumulates in fp32; a shuffle reduction
+// gives the row's dot products. The pointwise cell (u_t prefetched into registers one step ahead, c kept
+// in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t.
 template <typename T, int MODE, int BC>
 __global__ void __launch_bounds__(RNN_THREADS, 1)
 rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off,
                const int2* __restrict__ row_info, const int* __restrict__ row_off,
-               const int* __restrict__ unit_start, const int* __restrict__ dep_off,
-               const int* __restrict__ dep_block, const int2* __restrict__ load_range,
+               const int* __restrict__ unit_start, const int2* __restrict__ load_range,
                const int* __restrict__ load_off, const T* __restrict__ u, const T* __restrict__ c0,
-               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* flags, int* status, int H, int Hp,
-               int B, int steps, int nchunks, int lanes, int smem_wvec, int smem_rows,
-               long long timeout_ns) {
+               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* status, int H, int Hp, int B,
+               int steps, int nchunks, int lanes, int smem_wvec, int smem_rows, long long timeout_ns) {
     constexpr int G = MODE == RNN_LSTM ? 4 : 1;
     constexpr int V = RnnPack<T>::V;
+    typedef RnnX<T> X;
+    constexpr int EPV = X::EPV;
+    constexpr int NACC = BC <= 4 ? 2 : 1;  // independent accumulator sets (ILP) where registers allow
     extern __shared__ __align__(16) unsigned char rnn_smem_raw[];
     __shared__ int abort_s;
     const int Bp = nchunks * BC;
@@ -189,48 +232,68 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
             for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
         }
     }
+
     __syncthreads();
 
     const int slot = tid / lanes, lane = tid % lanes, nslots = RNN_THREADS / lanes;
     const int rounds = (nrows + nslots - 1) / nslots;
+    const int r_begin = load_off[blk], r_end = load_off[blk + 1];
 
     for (int t = 1; t <= steps; ++t) {
-        if (t > 1) {
-            const unsigned long long start = global_ns();
-            for (int d = dep_off[blk] + tid; d < dep_off[blk + 1]; d += RNN_THREADS) {
-                const int* f = flags + dep_block[d];
-                unsigned spins = 0;
-                while (ld_acquire_gpu(f) < t - 1) {
-                    if ((++spins & 255u) == 0) {
-                        if (*(volatile int*)status != 0 || (long long)(global_ns() - start) > timeout_ns) {
-                            atomicExch(status, 1);
-                            abort_s = 1;
-                            break;
+        const T* src = xch + (i64)(t - 1) * nchunks * Hp * BC;
+        for (int c = 0; c < nchunks; ++c) {
+            const T* sc = src + (i64)c * Hp * BC;
+            for (int r = r_begin; r < r_end; ++r) {
+                const int2 rg = load_range[r];  // (first 16-byte vector, count) of one contiguous slice
+                // RNN_LOADS vectors in flight per thread before any is checked: one L2 round trip
+                for (int v0 = tid; v0 < rg.y; v0 += RNN_LOADS * RNN_THREADS) {
+                    uint4 vals[RNN_LOADS];
+#pragma unroll
+                    for (int q = 0; q < RNN_LOADS; ++q) {
+                        const int v = v0 + q * RNN_THREADS;
+                        vals[q] = v < rg.y ? X::load(sc + (rg.x + v) * EPV) : make_uint4(0, 0, 0, 0);
+                    }
+#pragma unroll
+                    for (int q = 0; q < RNN_LOADS; ++q) {
+                        const int v = v0 + q * RNN_THREADS;
+                        if (v >= rg.y) continue;
+                        const int e0 = (rg.x + v) * EPV;  // first value: unit e0 / BC, column e0 % BC
+                        unsigned need = 0;                // values this block waits for (slot 0: none)
+#pragma unroll
+                        for (int i = 0; i < EPV; ++i) {
+                            const int e = e0 + i;
+                            need |= (t > 1 && e / BC < H && c * BC + e % BC < B) ? (1u << i) : 0u;
                         }
+                        unsigned spins = 0;
+                        unsigned long long since = 0;
+                        while ((X::written(vals[q]) & need) != need) {
+                            if ((++spins & 63u) == 0) {
+                                const unsigned long long now = global_ns();
+                                if (since == 0) since = now;
+                                if (*(volatile int*)status != 0 || (long long)(now - since) > timeout_ns) {
+                                    atomicExch(status, 1);
+                                    abort_s = 1;
+                                    break;
+                                }
+                            }
+                            vals[q] = X::load(sc + e0);
+                        }
+                        *reinterpret_cast<uint4*>(sm.h + e0) = vals[q];
                     }
                 }
             }
-            __threadfence();
-        }
-        __syncthreads();
-        if (abort_s) return;
-
-        const T* src = xch + (i64)(t - 1) * nchunks * Hp * BC;
-        for (int c = 0; c < nchunks; ++c) {
-            const uint4* s4 = reinterpret_cast<const uint4*>(src + (i64)c * Hp * BC);
-            uint4* h4 = reinterpret_cast<uint4*>(sm.h);
-            for (int r = load_off[blk]; r < load_off[blk + 1]; ++r) {
-                const int2 rg = load_range[r];  // (first 16-byte vector, count) of one contiguous slice
-                for (int v = tid; v < rg.y; v += RNN_THREADS) h4[rg.x + v] = __ldcg(s4 + rg.x + v);
-            }
             __syncthreads();
+            if (abort_s) return;
 
             for (int rr = 0; rr < rounds; ++rr) {
                 const int r = slot + rr * nslots;
                 const int2 info = r < nrows ? sm.rows[r] : make_int2(0, 0);
-                float acc[BC];
+                float acc[NACC][BC];
 #pragma unroll
-                for (int b = 0; b < BC; ++b) acc[b] = 0.0f;
+                for (int a = 0; a < NACC; ++a) {
+#pragma unroll
+                    for (int b = 0; b < BC; ++b) acc[a][b] = 0.0f;
+                }
                 const uint4* wp = sm.w + info.x + lane;
 #pragma unroll 2
                 for (int m = 0; m < info.y; ++m) {
@@ -243,16 +306,20 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
                         float hv[BC];
                         rnn_gather<T, BC>(sm.h, k, hv);
 #pragma unroll
-                        for (int b = 0; b < BC; ++b) acc[b] = fmaf(w, hv[b], acc[b]);
+                        for (int b = 0; b < BC; ++b) acc[e % NACC][b] = fmaf(w, hv[b], acc[e % NACC][b]);
                     }
+                }
+#pragma unroll
+                for (int b = 0; b < BC; ++b) {
+                    if (NACC == 2) acc[0][b] += acc[NACC - 1][b];
                 }
                 for (int off = lanes >> 1; off > 0; off >>= 1) {
 #pragma unroll
-                    for (int b = 0; b < BC; ++b) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+                    for (int b = 0; b < BC; ++b) acc[0][b] += __shfl_xor_sync(0xffffffffu, acc[0][b], off);
                 }
                 if (lane == 0 && r < nrows) {
 #pragma unroll
-                    for (int b = 0; b < BC; ++b) sm.pre[r * Bp + c * BC + b] = acc[b];
+                    for (int b = 0; b < BC; ++b) sm.pre[r * Bp + c * BC + b] = acc[0][b];
                 }
             }
             __syncthreads();
@@ -268,15 +335,10 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
 #pragma unroll
                 for (int g = 0; g < G; ++g) p[g] = sm.pre[(g * units + ul) * Bp + b] + to_float<T>(upre[q][g]);
                 const T hv = from_float<T>(rnn_cell<MODE>(p, creg[q]));
+                X::store(dst + ((i64)(b / BC) * Hp + j) * BC + (b % BC), hv);
                 y[((i64)(t - 1) * B + b) * H + j] = hv;
-                dst[((i64)(b / BC) * Hp + j) * BC + (b % BC)] = hv;
                 if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
             }
-        }
-        __syncthreads();
-        if (tid == 0) {
-            __threadfence();
-            st_release_gpu(flags + blk, t);
         }
         if (t < steps) {
 #pragma unroll

@@ -282,6 +282,8 @@ def test_bad_inputs(rng):
         m.forward(np.asfortranarray(u), h0)
     with pytest.raises(ValueError, match="path"):
         m.forward(u, h0, path="fast")
+    with pytest.raises(ValueError, match="lanes"):
+        m.forward(u, h0, lanes=3)
     with pytest.raises(ValueError, match="out: expected shape"):
         m.forward(u, h0, out=np.empty((3, 2, 15), np.float32))
     with pytest.raises(TypeError, match="u: expected a numpy.ndarray or cupy.ndarray"):
