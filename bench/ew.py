@@ -1,0 +1,197 @@
+"""Helper-op bandwidth on the GPU: cusparseblocks.ops against PyTorch's own kernels and a device copy.
+
+Each row times one op on a tensor of >= 64 MiB (default [8192, 4096]) and reports the bytes it must
+move (inputs read once, outputs written once), the bandwidth that gives, its share of a device-to-device
+copy of the same bytes (the ceiling), and PyTorch's time for the same op in the same run.
+
+    PYTHONPATH=. python bench/ew.py [--rows 8192 --cols 4096 --dtypes bfloat16,float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+try:
+    from bench.harness import Table, save_json, time_ms
+except ImportError:  # the shared harness lives in the package until bench/harness.py exists
+    from cusparseblocks._timing import Table, save_json, time_ms
+
+
+def _torch():
+    try:
+        import torch
+
+        return torch if torch.cuda.is_available() else None
+    except ImportError:
+        return None
+
+
+def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
+    """(name, bytes moved, [ours(arg-set)...], torch fn or None, arg sets) for one dtype."""
+    from cusparseblocks._array import bfloat16
+
+    dt = bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    rs = cp.random.RandomState(rng_seed)
+
+    def arr(*shape):
+        return rs.standard_normal(shape, dtype=cp.float32).astype(dt)
+
+    T = (lambda a: torch.from_dlpack(a)) if torch else None
+    F_ = torch.nn.functional if torch else None
+    e = np.dtype(dt).itemsize
+    n = N * F
+    sets = [dict(x=arr(N, F), y=arr(N, F), dy=arr(N, F), b=arr(F), g=arr(F)) for _ in range(2)]
+    H = F // 4
+    lstm = [dict(z=arr(N, 4 * H), cp=arr(N, H), dh=arr(N, H), dc=arr(N, H)) for _ in range(2)]
+    if torch:  # PyTorch's fused cell adds input and hidden gates: the hidden ones are zeros here
+        for s in lstm:
+            s["zeros"] = torch.zeros_like(T(s["z"]))
+    out = []
+
+    def add(name, nbytes, ours, theirs, args):
+        out.append((name, nbytes, ours, theirs if torch else None, args))
+
+    add("copy", 2 * n * e, lambda s: s["y"].__setitem__(Ellipsis, s["x"]),
+        lambda s: T(s["y"]).copy_(T(s["x"])), sets)
+    for act, tfn in (("relu", lambda t: F_.relu(t)), ("gelu_tanh", lambda t: F_.gelu(t, approximate="tanh")),
+                     ("gelu_erf", lambda t: F_.gelu(t)), ("sigmoid", lambda t: torch.sigmoid(t)),
+                     ("swish", lambda t: F_.silu(t)), ("elu", lambda t: F_.elu(t))):
+        add(f"{act} fwd", 2 * n * e, lambda s, a=act: ops.activation_fprop(s["x"], a),
+            lambda s, f=tfn: f(T(s["x"])), sets)
+    add("gelu_tanh bwd", 3 * n * e, lambda s: ops.activation_bprop(s["dy"], s["x"], "gelu_tanh"),
+        lambda s: torch.ops.aten.gelu_backward(T(s["dy"]), T(s["x"]), approximate="tanh"), sets)
+    add("relu bwd", 3 * n * e, lambda s: ops.activation_bprop(s["dy"], s["x"], "relu"),
+        lambda s: torch.ops.aten.threshold_backward(T(s["dy"]), T(s["x"]), 0), sets)
+    add("bias+gelu fwd", 2 * n * e, lambda s: ops.activation_fprop(s["x"], "gelu_tanh", bias=s["b"]),
+        lambda s: F_.gelu(T(s["x"]) + T(s["b"]), approximate="tanh"), sets)
+    add("bias+relu bwd", 3 * n * e, lambda s: ops.activation_bprop(s["dy"], s["x"], "relu", bias=s["b"]),
+        lambda s: _torch_bias_relu_bwd(torch, T(s["dy"]), T(s["x"]), T(s["b"])), sets)
+    add("add", 3 * n * e, lambda s: ops.add_fprop(s["x"], s["y"]), lambda s: T(s["x"]) + T(s["y"]), sets)
+    add("mul (mlstm)", 3 * n * e, lambda s: ops.mlstm_fprop(s["x"], s["y"]), lambda s: T(s["x"]) * T(s["y"]), sets)
+    add("mlstm bwd", 5 * n * e, lambda s: ops.mlstm_bprop(s["dy"], s["x"], s["y"]),
+        lambda s: (T(s["dy"]) * T(s["y"]), T(s["dy"]) * T(s["x"])), sets)
+    add("scale", 2 * n * e, lambda s: ops.scale_fprop(s["x"], 0.5), lambda s: T(s["x"]) * 0.5, sets)
+    add("dropout fwd", 2 * n * e, lambda s: ops.dropout_fprop(s["x"], 0.1, 1234, 5),
+        lambda s: F_.dropout(T(s["x"]), 0.1, training=True), sets)
+    add("layer_norm fwd ax1", 2 * n * e, lambda s: ops.layer_norm_fprop(s["x"], s["g"], s["b"]),
+        lambda s: F_.layer_norm(T(s["x"]), (F,), T(s["g"]), T(s["b"])), sets)
+    ln = [dict(s, stats=ops.layer_norm_fprop(s["x"], s["g"], s["b"])) for s in sets]
+    if torch:
+        for s in ln:
+            s["tstats"] = torch.ops.aten.native_layer_norm(T(s["x"]), (F,), T(s["g"]), T(s["b"]), 1e-5)
+    add("layer_norm bwd ax1", 3 * n * e,
+        lambda s: ops.layer_norm_bprop(s["dy"], s["x"], s["g"], s["stats"][1], s["stats"][2]),
+        lambda s: torch.ops.aten.native_layer_norm_backward(T(s["dy"]), T(s["x"]), (F,), s["tstats"][1],
+                                                            s["tstats"][2], T(s["g"]), T(s["b"]),
+                                                            [True, True, True]), ln)
+    add("layer_norm fwd ax0", 2 * n * e,
+        lambda s: ops.layer_norm_fprop(s["x"], None, None, feature_axis=0), None, sets)
+    add("batch_norm fwd ax1", 2 * n * e, lambda s: ops.batch_norm_fprop(s["x"], s["g"], s["b"]),
+        lambda s: F_.batch_norm(T(s["x"]), None, None, T(s["g"]), T(s["b"]), training=True), sets)
+    bn = [dict(s, stats=ops.batch_norm_fprop(s["x"], s["g"], s["b"])) for s in sets]
+    if torch:
+        for s in bn:
+            s["tstats"] = torch.ops.aten.native_batch_norm(T(s["x"]), T(s["g"]), T(s["b"]), None, None, True,
+                                                           0.1, 1e-5)
+    add("batch_norm bwd ax1", 3 * n * e,
+        lambda s: ops.batch_norm_bprop(s["dy"], s["x"], s["g"], s["stats"][1], s["stats"][2]),
+        lambda s: torch.ops.aten.native_batch_norm_backward(T(s["dy"]), T(s["x"]), T(s["g"]), None, None,
+                                                            s["tstats"][1], s["tstats"][2], True, 1e-5,
+                                                            [True, True, True]), bn)
+    add("lstm_gates fwd", 7 * N * H * e, lambda s: ops.lstm_gates_fprop(s["z"], s["cp"]),
+        lambda s: torch.ops.aten._thnn_fused_lstm_cell(T(s["z"]), s["zeros"], T(s["cp"]))[:2], lstm)
+    add("lstm_gates bwd", 12 * N * H * e, lambda s: ops.lstm_gates_bprop(s["dh"], s["dc"], s["z"], s["cp"]),
+        None, lstm)
+    return out
+
+
+def _torch_bias_relu_bwd(torch, dy, x, b):
+    dx = torch.ops.aten.threshold_backward(dy, x + b, 0)
+    return dx, dx.sum(0)
+
+
+def _compile_one(spec_arch):
+    from cusparseblocks import compiler
+
+    spec, arch = spec_arch
+    compiler.compile_specs([spec], arch)
+
+
+def warm(arch: str, jobs: int = 16) -> int:
+    """Compile every ew specialization into the on-disk cache, in parallel worker processes."""
+    import concurrent.futures
+    import multiprocessing
+
+    from cusparseblocks import ops
+
+    specs = list(ops._specializations())
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as ex:
+        list(ex.map(_compile_one, [(s, arch) for s in specs]))
+    return len(specs)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=8192)
+    ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--dtypes", default="bfloat16,float32")
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--calls", type=int, default=8,
+                    help="back-to-back calls per timed region (launch overhead overlaps the GPU, as in a model)")
+    ap.add_argument("--warm-only", action="store_true", help="compile every specialization (parallel) and exit")
+    args = ap.parse_args(argv)
+    import cupy
+
+    from cusparseblocks import compiler
+
+    if args.warm_only:
+        import time
+
+        t0 = time.perf_counter()
+        n = warm(compiler.device_arch())
+        print(f"warm: {n} specializations in {time.perf_counter() - t0:.1f} s")
+        return 0
+
+    from cusparseblocks import ops
+
+    torch = _torch()
+    table = Table(["dtype", "op", "MiB", "ms", "GB/s", "%copy", "torch ms", "vs torch"])
+    rows = []
+    warm_x = cupy.ones(1 << 28, dtype=cupy.float32)  # ~0.3 s of copies so the clocks are up
+    for _ in range(100):
+        warm_x.copy()
+    cupy.cuda.get_current_stream().synchronize()
+    del warm_x
+    k = args.calls
+    for dtype in args.dtypes.split(","):
+        copy_gbs = None
+        for name, nbytes, ours, theirs, sets in cases(cupy, ops, torch, dtype, args.rows, args.cols):
+            seq = [sets[i % len(sets)] for i in range(k)]
+            t = time_ms(lambda: [ours(s) for s in seq], reps=args.reps)["median"] / k
+            tt = time_ms(lambda: [theirs(s) for s in seq], reps=args.reps)["median"] / k if theirs else None
+            if torch is not None and theirs:  # torch's work must be done before the next case's timing
+                torch.cuda.synchronize()
+            gbs = nbytes / (t * 1e-3) / 1e9
+            if name == "copy":
+                copy_gbs = gbs
+            row = dict(dtype=dtype, op=name, MiB=nbytes / 2**20, ms=t, **{"GB/s": gbs},
+                       **{"%copy": 100 * gbs / copy_gbs if copy_gbs else float("nan")},
+                       **{"torch ms": tt if tt is not None else "-"},
+                       **{"vs torch": (tt / t) if tt is not None else "-"})
+            rows.append(row)
+            table.add(**row)
+            print(f"{dtype:9s} {name:22s} {t:8.3f} ms  {gbs:7.0f} GB/s  torch {tt if tt else float('nan'):8.3f}",
+                  flush=True)
+    path = save_json("ew", {"args": vars(args), "rows": rows},
+                     command="PYTHONPATH=. python bench/ew.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    print(f"json: {path}")
+    print(table.render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

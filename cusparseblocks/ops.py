@@ -1,0 +1,981 @@
+"""Helper ops around the block-sparse matmuls, forward (``*_fprop``) and backward (``*_bprop``).
+
+Sparse networks carry wide activations, so the elementwise and normalization work is bandwidth-bound:
+each op here is one or two fused passes over memory. NumPy arrays run the reference path
+(:mod:`cusparseblocks.reference.ops`); CuPy arrays run the kernels in ``kernels/ew.cu`` on the current
+stream. GPU dtypes: float16, bfloat16, float32 (half types compute in float32); the CPU also takes float64.
+Inputs must be C-contiguous; any shape works (ragged sizes take a scalar tail path).
+
+Ops:
+  - activations ``ACTIVATIONS`` with an optional bias on the feature axis: :func:`activation_fprop`;
+    broadcast ``add``/``mul``/``scale`` fused with an activation: :func:`add_fprop`, :func:`mul_fprop`,
+    :func:`scale_fprop`;
+  - :func:`dropout_fprop` (a Philox counter RNG: the mask is a function of seed, offset and element index);
+  - :func:`layer_norm_fprop`, :func:`batch_norm_fprop` over either feature axis of a 2-D array;
+  - :func:`weight_norm_fprop`: L2 normalization of block-sparse weights per output unit or per block;
+  - :func:`lstm_gates_fprop` (gate order i, f, g, o) and :func:`mlstm_fprop` (m = (W_mx x) ⊙ (W_mh h)).
+
+Cached: compiled kernels (per device, by :mod:`cusparseblocks.compiler`) and the layout's tables on each
+GPU for the weight norm.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _validate as V
+from . import compiler
+from ._array import backend_of, dtype_name
+from .blocklayout import BlockLayout
+from .reference import ops as ref
+
+__all__ = [
+    "ACTIVATIONS",
+    "activation_fprop",
+    "activation_bprop",
+    "add_fprop",
+    "add_bprop",
+    "mul_fprop",
+    "mul_bprop",
+    "scale_fprop",
+    "scale_bprop",
+    "dropout_fprop",
+    "dropout_bprop",
+    "dropout_mask",
+    "layer_norm_fprop",
+    "layer_norm_bprop",
+    "batch_norm_fprop",
+    "batch_norm_bprop",
+    "weight_norm_fprop",
+    "weight_norm_bprop",
+    "lstm_gates_fprop",
+    "lstm_gates_bprop",
+    "mlstm_fprop",
+    "mlstm_bprop",
+    "launch_config",
+    "self_check",
+]
+
+ACTIVATIONS = ref.ACTIVATIONS
+_GPU_DTYPES = ("float16", "bfloat16", "float32")
+_CPU_DTYPES = _GPU_DTYPES + ("float64",)
+_CTYPE = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
+_OPS = {"none": 0, "add": 1, "mul": 2}
+
+# Launch parameters, one table for the family (a benchmark may call launch_config with each entry).
+LAUNCH = {
+    "elementwise": {"threads": 256},
+    "rows": {"threads": 256, "max_row_threads": 512},
+    "cols": {"block": (32, 8), "blocks_per_sm": 4},
+    "wn_unit": {"threads": 128},
+    "wn_block": {"threads": 256},
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# kernel registry
+
+_SINGLE_KERNELS = ("dropout_fwd", "lstm_fwd", "lstm_bwd", "norm_rows_fwd", "norm_rows_bwd", "norm_cols_reduce",
+                   "norm_finalize", "norm_apply_fwd", "norm_apply_bwd", "wn_reduce_unit", "wn_reduce_block",
+                   "wn_apply")
+
+def _specializations():
+    for ctype in _CTYPE.values():
+        for act in range(len(ACTIVATIONS)):
+            yield compiler.KernelSpec("ew.cu", f"ew_fwd<{ctype}, {act}>")
+            yield compiler.KernelSpec("ew.cu", f"ew_bwd<{ctype}, {act}>")
+        for name in _SINGLE_KERNELS:
+            yield compiler.KernelSpec("ew.cu", f"{name}<{ctype}>")
+
+
+compiler.register_family("ew", _specializations)
+
+
+_SPECS: dict = {}
+
+
+def _spec(name, dtype, act=None):
+    key = (name, np.dtype(dtype).str, np.dtype(dtype).name, act)
+    spec = _SPECS.get(key)
+    if spec is None:
+        ctype = _CTYPE[dtype_name(dtype)]
+        spec = compiler.KernelSpec("ew.cu", f"{name}<{ctype}, {act}>" if act is not None else f"{name}<{ctype}>")
+        _SPECS[key] = spec
+    return spec
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count() -> int:
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    if dev not in _SM_COUNT:
+        _SM_COUNT[dev] = cupy.cuda.Device(dev).attributes["MultiProcessorCount"]
+    return _SM_COUNT[dev]
+
+
+def launch_config(kind: str, dtype, **sizes):
+    """(grid, block) for a kernel kind of :data:`LAUNCH` at the given sizes (n, or R and L / R and C)."""
+    lanes = 16 // np.dtype(dtype).itemsize
+    cfg = LAUNCH[kind]
+    if kind == "elementwise":
+        t = cfg["threads"]
+        return (max(1, min(math.ceil(sizes["n"] / (lanes * t)), 2**31 - 1)),), (t,)
+    if kind == "rows":
+        need = math.ceil(sizes["L"] / lanes)
+        tx = min(max(32, 1 << max(0, need - 1).bit_length()), cfg["max_row_threads"])
+        ty = max(1, cfg["threads"] // tx)
+        return (max(1, min(math.ceil(sizes["R"] / ty), 2**31 - 1)),), (tx, ty)
+    if kind == "cols":
+        bx, by = cfg["block"]
+        tiles = math.ceil(sizes["C"] / (bx * lanes))
+        splits = max(1, min(math.ceil(cfg["blocks_per_sm"] * sizes.get("sms", 132) / tiles),
+                            math.ceil(sizes["R"] / by), 65535))
+        rows_per_split = math.ceil(sizes["R"] / splits)
+        return (tiles, math.ceil(sizes["R"] / rows_per_split)), (bx, by), rows_per_split
+    raise ValueError(f"kind: expected one of {tuple(LAUNCH)}, got {kind!r}")
+
+
+def _ptr(a):
+    """A kernel pointer argument: the array, or a null pointer for None."""
+    return np.uint64(0) if a is None else a
+
+
+def _aligned(*arrays) -> int:
+    return int(all(a is None or a.data.ptr % 16 == 0 for a in arrays))
+
+
+def _launch(spec, grid, block, args):
+    import cupy
+
+    fn = compiler.get_function(spec)
+    fn(grid, block, tuple(_ptr(a) for a in args), stream=cupy.cuda.get_current_stream())
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation
+
+def _check_input(name, arr, backend):
+    V.check_float(name, arr, _GPU_DTYPES if backend == "cupy" else _CPU_DTYPES)
+    V.check_contiguous(name, arr)
+    if backend == "cupy":
+        import cupy
+
+        V.check_device(name, arr, cupy.cuda.runtime.getDevice())
+
+
+def _check_like(name, arr, ref_name, ref_arr, backend, shape=None, detail=""):
+    """``arr`` has ``ref_arr``'s dtype, backend rules, and ``shape`` (default: ref_arr's shape)."""
+    _check_input(name, arr, backend)
+    V.check_same_dtype(**{ref_name: ref_arr, name: arr})
+    V.check_shape(name, arr, ref_arr.shape if shape is None else shape, detail)
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    return ACTIVATIONS.index(activation)
+
+
+def _check_scalar(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return float(value)
+
+
+def _check_2d(name, arr):
+    V.check_ndim(name, arr, 2)
+    if 0 in arr.shape:
+        raise ValueError(f"{name}: expected a non-empty array, got shape {tuple(arr.shape)}")
+
+
+def _check_vector(name, vec, length, x_name, x, backend, detail):
+    if vec is None:
+        return
+    _check_input(name, vec, backend)
+    V.check_same_dtype(**{x_name: x, name: vec})
+    V.check_shape(name, vec, (length,), detail)
+
+
+# ---------------------------------------------------------------------------------------------------
+# elementwise: y = act(alpha * (a op b)) with numpy broadcasting of b
+
+def _bcast_pattern(b_shape, out_shape):
+    """(inner, mid) with b's element for flat output index i at (i // inner) % mid, or None when b's
+    broadcast is not one contiguous run of the output's axes (then b is materialized)."""
+    bs = (1,) * (len(out_shape) - len(b_shape)) + tuple(b_shape)
+    live = [i for i, s in enumerate(bs) if s != 1]
+    if not live:
+        return 1, 1
+    lo, hi = live[0], live[-1]
+    if any(bs[i] != out_shape[i] for i in range(lo, hi + 1)):
+        return None
+    return math.prod(out_shape[hi + 1:]), math.prod(out_shape[lo:hi + 1])
+
+
+def _ew_prepare(op, a, b, backend, a_name="a", b_name="b"):
+    _check_input(a_name, a, backend)
+    if op == "none":
+        return a, None, tuple(a.shape), False
+    _check_input(b_name, b, backend)
+    V.check_same_dtype(**{a_name: a, b_name: b})
+    try:
+        shape = tuple(np.broadcast_shapes(tuple(a.shape), tuple(b.shape)))
+    except ValueError:
+        raise ValueError(f"{b_name}: expected a shape that broadcasts against {a_name} {tuple(a.shape)}, "
+                         f"got {tuple(b.shape)}") from None
+    swapped = False
+    if tuple(a.shape) != shape and tuple(b.shape) == shape:
+        a, b, swapped = b, a, True
+    return a, b, shape, swapped
+
+
+def _ew_gpu_fwd(op, a, b, shape, act, alpha):
+    import cupy
+
+    if tuple(a.shape) != shape:
+        a = cupy.ascontiguousarray(cupy.broadcast_to(a, shape))
+    pattern = (1, a.size) if b is None else _bcast_pattern(b.shape, shape)
+    if pattern is None:
+        b = cupy.ascontiguousarray(cupy.broadcast_to(b, shape))
+        pattern = (1, a.size)
+    y = cupy.empty(shape, dtype=a.dtype)
+    n = y.size
+    if n:
+        grid, block = launch_config("elementwise", a.dtype, n=n)
+        _launch(_spec("ew_fwd", a.dtype, act), grid, block,
+                (y, a, b, np.int64(n), np.int64(pattern[0]), np.int64(pattern[1]), np.int32(_OPS[op]),
+                 np.float32(alpha), np.int32(_aligned(y, a, b))))
+    return y
+
+
+def _sum_to(xp, g, shape, dtype):
+    """Sum a float32 array of the broadcast shape back to ``shape`` (a broadcast operand's gradient)."""
+    lead = g.ndim - len(shape)
+    if lead:
+        g = g.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return xp.ascontiguousarray(g.reshape(shape).astype(dtype))
+
+
+def _ew_gpu_bwd(op, dy, a, b, shape, act, alpha):
+    import cupy
+
+    n = math.prod(shape)
+    grid, block = launch_config("elementwise", a.dtype, n=n)
+    spec = _spec("ew_bwd", a.dtype, act)
+    if tuple(a.shape) != shape:  # neither operand has the output's shape: both go through float32 sums
+        a_in = cupy.ascontiguousarray(cupy.broadcast_to(a, shape))
+        b_in = cupy.ascontiguousarray(cupy.broadcast_to(b, shape))
+        da_f = cupy.empty(shape, dtype=cupy.float32)
+        db_f = cupy.empty(shape, dtype=cupy.float32)
+        for out, first, second in ((da_f, b_in, a_in), (db_f, a_in, b_in)):
+            if n:  # the db output of (first, second) is g·first (mul) or g (add)
+                _launch(spec, grid, block, (None, None, out, dy, first, second, np.int64(n), np.int64(1),
+                                            np.int64(n), np.int32(_OPS[op]), np.float32(alpha),
+                                            np.int32(_aligned(out, dy, first, second))))
+        return _sum_to(cupy, da_f, a.shape, a.dtype), _sum_to(cupy, db_f, b.shape, b.dtype)
+    b_shape = None if b is None else tuple(b.shape)
+    b_full = b_shape == shape
+    pattern = (1, n) if b is None else _bcast_pattern(b_shape, shape)
+    if pattern is None:
+        b = cupy.ascontiguousarray(cupy.broadcast_to(b, shape))
+        pattern = (1, n)
+    # a row vector added along the last axes: its gradient is the column sum of da (no float32 copy)
+    row_bias = op == "add" and b is not None and not b_full and pattern[0] == 1 and n > 0
+    da = cupy.empty(shape, dtype=a.dtype)
+    db = cupy.empty(shape, dtype=a.dtype) if b_full else None
+    db_f = cupy.empty(shape, dtype=cupy.float32) if b is not None and not b_full and not row_bias else None
+    if n:
+        _launch(spec, grid, block,
+                (da, db, db_f, dy, a, b, np.int64(n), np.int64(pattern[0]), np.int64(pattern[1]),
+                 np.int32(_OPS[op]), np.float32(alpha), np.int32(_aligned(da, db, db_f, dy, a, b))))
+    if row_bias:
+        mid = pattern[1]
+        db = _column_sums(da.reshape(n // mid, mid), b.dtype).reshape(b_shape)
+    elif db_f is not None:
+        db = _sum_to(cupy, db_f, b_shape, b.dtype)
+    elif b is not None and n == 0:
+        db = cupy.zeros(b_shape, dtype=b.dtype)
+    return da, db
+
+
+def _ew_fprop(op, a, b, activation, alpha, a_name="a", b_name="b"):
+    act = _check_activation(activation)
+    alpha = _check_scalar("alpha", alpha)
+    backend = backend_of(**{a_name: a, b_name: b})
+    a2, b2, shape, _ = _ew_prepare(op, a, b, backend, a_name, b_name)
+    if backend == "cupy":
+        return _ew_gpu_fwd(op, a2, b2, shape, act, alpha)
+    a_full = a2 if tuple(a2.shape) == shape else np.broadcast_to(a2, shape)
+    return ref.ew_fprop(op, a_full, b2, activation, alpha)
+
+
+def _ew_bprop(op, dy, a, b, activation, alpha, a_name="a", b_name="b"):
+    act = _check_activation(activation)
+    alpha = _check_scalar("alpha", alpha)
+    backend = backend_of(dy=dy, **{a_name: a, b_name: b})
+    a2, b2, shape, swapped = _ew_prepare(op, a, b, backend, a_name, b_name)
+    _check_input("dy", dy, backend)
+    V.check_same_dtype(**{a_name: a, "dy": dy})
+    V.check_shape("dy", dy, shape, "the broadcast output shape")
+    if backend == "cupy":
+        da, db = _ew_gpu_bwd(op, dy, a2, b2, shape, act, alpha)
+    else:
+        da, db = ref.ew_bprop(op, dy, a2, b2, activation, alpha)
+    return (db, da) if swapped else (da, db)
+
+
+def _bias_shape(x, bias, feature_axis, backend):
+    if isinstance(feature_axis, bool) or not isinstance(feature_axis, (int, np.integer)) or not (
+            -x.ndim <= feature_axis < x.ndim):
+        raise ValueError(f"feature_axis: expected an axis of x in [{-x.ndim}, {x.ndim}), got {feature_axis!r}")
+    fa = int(feature_axis) % x.ndim
+    _check_vector("bias", bias, x.shape[fa], "x", x, backend, f"x.shape[{fa}], the feature axis")
+    shape = [1] * x.ndim
+    shape[fa] = x.shape[fa]
+    return bias.reshape(shape)
+
+
+def activation_fprop(x, activation: str = "relu", *, bias=None, feature_axis: int = 1):
+    """y = act(x + bias), the bias (optional) broadcast along ``feature_axis``, in one pass.
+
+    x: [...] float16|bfloat16|float32 (float64 on NumPy); bias: [x.shape[feature_axis]], x's dtype.
+    activation: one of :data:`ACTIVATIONS` (elu with α = 1, gelu_tanh/gelu_erf the two GELU forms,
+    swish = x·sigmoid(x)). Returns y like x.
+    """
+    if bias is None:
+        return _ew_fprop("none", x, None, activation, 1.0, "x", "bias")
+    backend = backend_of(x=x, bias=bias)
+    _check_input("x", x, backend)
+    return _ew_fprop("add", x, _bias_shape(x, bias, feature_axis, backend), activation, 1.0, "x", "bias")
+
+
+def activation_bprop(dy, x, activation: str = "relu", *, bias=None, feature_axis: int = 1):
+    """(dx, dbias) of :func:`activation_fprop` from the pre-activation input x (dbias None without bias).
+
+    dx = dy · act'(x + bias); dbias = dx summed over every axis but ``feature_axis``.
+    """
+    if bias is None:
+        dx, _ = _ew_bprop("none", dy, x, None, activation, 1.0, "x", "bias")
+        return dx, None
+    backend = backend_of(dy=dy, x=x, bias=bias)
+    _check_input("x", x, backend)
+    dx, db = _ew_bprop("add", dy, x, _bias_shape(x, bias, feature_axis, backend), activation, 1.0, "x", "bias")
+    return dx, db.reshape(bias.shape)
+
+
+def add_fprop(a, b, *, activation: str = "identity", alpha: float = 1.0):
+    """y = act(alpha · (a + b)), numpy broadcasting, one pass. a, b: same dtype; y: the broadcast shape."""
+    return _ew_fprop("add", a, b, activation, alpha)
+
+
+def add_bprop(dy, a, b, *, activation: str = "identity", alpha: float = 1.0):
+    """(da, db) of :func:`add_fprop`, each summed back to its operand's shape."""
+    return _ew_bprop("add", dy, a, b, activation, alpha)
+
+
+def mul_fprop(a, b, *, activation: str = "identity", alpha: float = 1.0):
+    """y = act(alpha · a · b), numpy broadcasting, one pass."""
+    return _ew_fprop("mul", a, b, activation, alpha)
+
+
+def mul_bprop(dy, a, b, *, activation: str = "identity", alpha: float = 1.0):
+    """(da, db) of :func:`mul_fprop`: da = g·b, db = g·a with g = dy·alpha·act'(z), summed to each shape."""
+    return _ew_bprop("mul", dy, a, b, activation, alpha)
+
+
+def scale_fprop(x, alpha: float, *, activation: str = "identity"):
+    """y = act(alpha · x)."""
+    return _ew_fprop("none", x, None, activation, alpha, "x")
+
+
+def scale_bprop(dy, x, alpha: float, *, activation: str = "identity"):
+    """dx of :func:`scale_fprop`: dy · alpha · act'(alpha · x)."""
+    return _ew_bprop("none", dy, x, None, activation, alpha, "x")[0]
+
+
+def mlstm_fprop(mx, mh):
+    """The multiplicative-LSTM intermediate m = mx ⊙ mh (mx = W_mx·x_t, mh = W_mh·h_{t-1}), same shapes."""
+    backend = backend_of(mx=mx, mh=mh)
+    _check_input("mx", mx, backend)
+    _check_like("mh", mh, "mx", mx, backend)
+    return _ew_fprop("mul", mx, mh, "identity", 1.0, "mx", "mh")
+
+
+def mlstm_bprop(dm, mx, mh):
+    """(dmx, dmh) = (dm ⊙ mh, dm ⊙ mx), one pass."""
+    backend = backend_of(dm=dm, mx=mx, mh=mh)
+    _check_input("mx", mx, backend)
+    _check_like("mh", mh, "mx", mx, backend)
+    return _ew_bprop("mul", dm, mx, mh, "identity", 1.0, "mx", "mh")
+
+
+# ---------------------------------------------------------------------------------------------------
+# dropout
+
+def _check_dropout(p, seed, offset):
+    p = _check_scalar("p", p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: expected a drop probability in [0, 1), got {p}")
+    for name, value in (("seed", seed), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name}: expected an int in [0, 2**64), got {type(value).__name__}")
+        if not 0 <= int(value) < 2**64:
+            raise ValueError(f"{name}: expected an int in [0, 2**64), got {value}")
+    return p, int(seed), int(offset)
+
+
+def dropout_fprop(x, p: float, seed: int, offset: int = 0):
+    """y = x · mask / (1 - p); element e (C order) is kept when Philox4x32-10 of counter (e // 4, offset)
+    and key ``seed`` gives word e % 4 >= p·2³². No mask is stored: :func:`dropout_bprop` regenerates it.
+
+    x: any shape; p in [0, 1); seed, offset: ints in [0, 2**64). Use a new ``offset`` (a step counter)
+    or seed for each independent mask. The NumPy and CuPy paths draw the identical mask.
+    """
+    p, seed, offset = _check_dropout(p, seed, offset)
+    backend = backend_of(x=x)
+    _check_input("x", x, backend)
+    if backend == "numpy":
+        return ref.dropout(x, p, seed, offset)
+    import cupy
+
+    threshold, scale = ref.dropout_threshold(p)
+    y = cupy.empty_like(x)
+    if x.size:
+        grid, block = launch_config("elementwise", x.dtype, n=x.size)
+        _launch(_spec("dropout_fwd", x.dtype), grid, block,
+                (y, x, np.int64(x.size), np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32),
+                 np.uint32(offset & 0xFFFFFFFF), np.uint32(offset >> 32), np.uint32(threshold), scale,
+                 np.int32(_aligned(x, y))))
+    return y
+
+
+def dropout_bprop(dy, p: float, seed: int, offset: int = 0):
+    """dx = dy · mask / (1 - p) with the forward's (p, seed, offset)."""
+    return dropout_fprop(dy, p, seed, offset)
+
+
+def dropout_mask(shape, p: float, seed: int, offset: int = 0, xp=np):
+    """The boolean keep-mask :func:`dropout_fprop` applies to an array of ``shape`` (xp: numpy or cupy)."""
+    p, seed, offset = _check_dropout(p, seed, offset)
+    if xp is np:
+        return ref.dropout_mask(tuple(shape), p, seed, offset)
+    return dropout_fprop(xp.ones(tuple(shape), dtype=xp.float32), p, seed, offset) != 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# normalization (2-D): statistics per row or per column of a C-contiguous [R, L] array
+
+def _rows_fwd(x, gain, bias, eps, gain_per_row, want_var=False):
+    import cupy
+
+    R, L = x.shape
+    y = cupy.empty_like(x)
+    mean = cupy.empty(R, dtype=cupy.float32)
+    rstd = cupy.empty(R, dtype=cupy.float32)
+    var = cupy.empty(R, dtype=cupy.float32) if want_var else None
+    lanes = 16 // x.dtype.itemsize
+    aligned = _aligned(x, y, gain, bias) and L % lanes == 0
+    grid, block = launch_config("rows", x.dtype, R=R, L=L)
+    _launch(_spec("norm_rows_fwd", x.dtype), grid, block,
+            (y, x, gain, bias, mean, rstd, var, np.int64(R), np.int64(L), np.float32(eps),
+             np.int32(gain_per_row), np.int32(aligned)))
+    return y, mean, rstd, var
+
+
+def _rows_bwd(dy, x, gain, mean, rstd, stat_per_col, gain_per_row, train, want_dx=True):
+    import cupy
+
+    R, L = x.shape
+    dx = cupy.empty_like(x) if want_dx else None
+    s2 = cupy.empty(R, dtype=cupy.float32)
+    s1 = cupy.empty(R, dtype=cupy.float32)
+    lanes = 16 // x.dtype.itemsize
+    aligned = _aligned(dx, dy, x, gain) and L % lanes == 0
+    grid, block = launch_config("rows", x.dtype, R=R, L=L)
+    _launch(_spec("norm_rows_bwd", x.dtype), grid, block,
+            (dx, s2, s1, dy, x, gain, mean, rstd, np.int64(R), np.int64(L), np.int32(stat_per_col),
+             np.int32(gain_per_row), np.int32(train), np.int32(aligned)))
+    return dx, s2, s1
+
+
+def _finalize(ws, x, gain, C, scale, eps, mode, want=("a", "b"), var=False, sums_t=False):
+    """One launch that sums ws [splits, 2, C] and finishes statistics (mode 0) or gradient sums (mode 1)."""
+    import cupy
+
+    f32 = lambda k: cupy.empty(C, dtype=cupy.float32) if k else None
+    out_a, out_b, var_out = f32("a" in want), f32("b" in want), f32(var)
+    s0_t = cupy.empty(C, dtype=x.dtype) if sums_t else None
+    s1_t = cupy.empty(C, dtype=x.dtype) if sums_t else None
+    t = 256
+    _launch(_spec("norm_finalize", x.dtype), (math.ceil(C / t),), (t,),
+            (out_a, out_b, var_out, s0_t, s1_t, ws, x, gain, np.int32(ws.shape[0]), np.int64(C),
+             np.float32(scale), np.float32(eps), np.int32(mode)))
+    return out_a, out_b, var_out, s0_t, s1_t
+
+
+def _cols_ws(x, dy, gain, mean, rstd, mode):
+    """The per-split column sums ws [splits, 2, C] (float32) of norm_cols_reduce."""
+    import cupy
+
+    R, C = x.shape
+    lanes = 16 // x.dtype.itemsize
+    grid, block, rows_per_split = launch_config("cols", x.dtype, R=R, C=C, sms=_sm_count())
+    ws = cupy.empty((grid[1], 2, C), dtype=cupy.float32)
+    aligned = _aligned(x, dy) and C % lanes == 0
+    _launch(_spec("norm_cols_reduce", x.dtype), grid, block,
+            (ws, x, dy, gain, mean, rstd, np.int64(R), np.int64(C), np.int64(rows_per_split), np.int32(mode),
+             np.int32(aligned)))
+    return ws
+
+
+def _column_sums(x, dtype):
+    """Column sums of a 2-D array [R, C] in ``dtype`` (accumulated in float32)."""
+    ws = _cols_ws(x, None, None, None, None, 3)
+    return _finalize(ws, x, None, x.shape[1], 1.0, 0.0, 1, want=(), sums_t=True)[3].astype(dtype, copy=False)
+
+
+def _cols_stats(x, eps, var=False):
+    """Per-column mean, rstd (and biased var) of [R, C], float32."""
+    ws = _cols_ws(x, None, None, None, None, 0)
+    mean, rstd, v, _, _ = _finalize(ws, x, None, x.shape[1], 1.0 / x.shape[0], eps, 0, var=var)
+    return mean, rstd, v
+
+
+def _apply_fwd(x, mean, rstd, gain, bias, stat_per_col, gain_per_col):
+    import cupy
+
+    y = cupy.empty_like(x)
+    C = x.shape[1]
+    lanes = 16 // x.dtype.itemsize
+    aligned = _aligned(x, y) and C % lanes == 0
+    grid, block = launch_config("elementwise", x.dtype, n=x.size)
+    _launch(_spec("norm_apply_fwd", x.dtype), grid, block,
+            (y, x, mean, rstd, gain, bias, np.int64(x.size), np.int64(C), np.int32(stat_per_col),
+             np.int32(gain_per_col), np.int32(aligned)))
+    return y
+
+
+def _apply_bwd(dy, x, mean, rstd, gain, A, B, stat_per_col, gain_per_col):
+    import cupy
+
+    dx = cupy.empty_like(x)
+    C = x.shape[1]
+    lanes = 16 // x.dtype.itemsize
+    aligned = _aligned(x, dx, dy) and C % lanes == 0
+    grid, block = launch_config("elementwise", x.dtype, n=x.size)
+    _launch(_spec("norm_apply_bwd", x.dtype), grid, block,
+            (dx, dy, x, mean, rstd, gain, A, B, np.int64(x.size), np.int64(C), np.int32(stat_per_col),
+             np.int32(gain_per_col), np.int32(aligned)))
+    return dx
+
+
+def _check_norm(x, gain, bias, feature_axis, backend, what):
+    _check_input("x", x, backend)
+    _check_2d("x", x)
+    fa = V.check_feature_axis(feature_axis)
+    F = x.shape[fa]
+    detail = f"x.shape[{fa}], the {what} axis"
+    _check_vector("gain", gain, F, "x", x, backend, detail)
+    _check_vector("bias", bias, F, "x", x, backend, detail)
+    return fa
+
+
+def _check_eps(eps):
+    eps = _check_scalar("eps", eps)
+    if eps < 0:
+        raise ValueError(f"eps: expected eps >= 0, got {eps}")
+    return eps
+
+
+def _check_stats(name, arr, length, backend, detail):
+    if backend == "cupy":
+        import cupy
+
+        if not isinstance(arr, cupy.ndarray):
+            raise TypeError(f"{name}: expected a cupy.ndarray (from the forward pass), got {type(arr).__name__}")
+    elif not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray (from the forward pass), got {type(arr).__name__}")
+    V.check_float(name, arr, ("float32", "float64") if backend == "numpy" else ("float32",))
+    V.check_contiguous(name, arr)
+    V.check_shape(name, arr, (length,), detail)
+
+
+def layer_norm_fprop(x, gain=None, bias=None, *, feature_axis: int = 1, eps: float = 1e-5):
+    """y = (x − mean) / sqrt(var + eps) · gain + bias over the features of each sample.
+
+    x: [N, F] (feature_axis 1) or [F, N] (feature_axis 0), float16|bfloat16|float32 (float64 on NumPy);
+    gain, bias: [F] in x's dtype, or None. Returns (y like x, mean [N], rstd [N]); mean and rstd are
+    float32 (float64 for float64 x) and are what :func:`layer_norm_bprop` needs.
+    """
+    backend = backend_of(x=x, gain=gain, bias=bias)
+    fa = _check_norm(x, gain, bias, feature_axis, backend, "feature")
+    eps = _check_eps(eps)
+    if backend == "numpy":
+        return ref.layer_norm_fprop(x, gain, bias, fa, eps)
+    if fa == 1:
+        y, mean, rstd, _ = _rows_fwd(x, gain, bias, eps, gain_per_row=0)
+        return y, mean, rstd
+    mean, rstd, _ = _cols_stats(x, eps)
+    return _apply_fwd(x, mean, rstd, gain, bias, stat_per_col=1, gain_per_col=0), mean, rstd
+
+
+def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
+    """(dx, dgain, dbias) of :func:`layer_norm_fprop`; dgain is None when gain is None.
+
+    dy, x: like the forward's x; mean, rstd: the forward's. dgain, dbias: [F] (gain's and x's dtype).
+    """
+    backend = backend_of(dy=dy, x=x, gain=gain, mean=mean, rstd=rstd)
+    fa = _check_norm(x, gain, None, feature_axis, backend, "feature")
+    _check_like("dy", dy, "x", x, backend)
+    n = x.shape[1 - fa]
+    for name, arr in (("mean", mean), ("rstd", rstd)):
+        _check_stats(name, arr, n, backend, f"x.shape[{1 - fa}], one per sample")
+    if backend == "numpy":
+        return ref.layer_norm_bprop(dy, x, gain, mean, rstd, fa)
+    F = x.shape[fa]
+    if fa == 1:
+        dx, _, _ = _rows_bwd(dy, x, gain, mean, rstd, stat_per_col=0, gain_per_row=0, train=1)
+        ws = _cols_ws(x, dy, None, mean, rstd, 2)
+        *_, dbias, dgain = _finalize(ws, x, None, F, 1.0, 0.0, 1, want=(), sums_t=True)
+    else:
+        ws = _cols_ws(x, dy, gain, mean, rstd, 1)
+        A, B, *_ = _finalize(ws, x, None, x.shape[1], 1.0 / F, 0.0, 1)
+        dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, stat_per_col=1, gain_per_col=0)
+        _, dgain, dbias = _rows_bwd(dy, x, None, mean, rstd, stat_per_col=1, gain_per_row=1, train=0,
+                                    want_dx=False)
+    return dx, (None if gain is None else dgain.astype(gain.dtype, copy=False)), dbias.astype(x.dtype, copy=False)
+
+
+def _check_running(name, arr, C, backend):
+    if arr is None:
+        return
+    _check_stats(name, arr, C, backend, "one per channel")
+
+
+def batch_norm_fprop(x, gain=None, bias=None, *, feature_axis: int = 1, training: bool = True,
+                     running_mean=None, running_var=None, momentum: float = 0.1, eps: float = 1e-5):
+    """Batch normalization of x [N, C] (feature_axis 1) or [C, N] (feature_axis 0) over the batch.
+
+    gain, bias: [C] in x's dtype or None. training: normalize with this batch's statistics and update
+    running_mean/running_var ([C] float32, or float64 on NumPy; optional) in place,
+    r ← (1 − momentum)·r + momentum·stat with the unbiased variance (as PyTorch). Not training:
+    normalize with the running statistics (both required). Returns (y, mean [C], rstd [C]) (float32),
+    the statistics used, which :func:`batch_norm_bprop` takes.
+    """
+    backend = backend_of(x=x, gain=gain, bias=bias, running_mean=running_mean, running_var=running_var)
+    fa = _check_norm(x, gain, bias, feature_axis, backend, "channel")
+    eps = _check_eps(eps)
+    momentum = _check_scalar("momentum", momentum)
+    C, N = x.shape[fa], x.shape[1 - fa]
+    _check_running("running_mean", running_mean, C, backend)
+    _check_running("running_var", running_var, C, backend)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("running_mean, running_var: expected both arrays when training=False, got None")
+    if training and N < 2 and running_var is not None:
+        raise ValueError(f"x: expected at least 2 samples on axis {1 - fa} to update running_var, got {N}")
+    if backend == "numpy":
+        return ref.batch_norm_fprop(x, gain, bias, fa, training, running_mean, running_var, momentum, eps)
+    import cupy
+
+    if not training:
+        mean = running_mean.astype(cupy.float32)
+        rstd = 1 / cupy.sqrt(running_var.astype(cupy.float32) + np.float32(eps))
+        return _apply_fwd(x, mean, rstd, gain, bias, stat_per_col=fa, gain_per_col=fa), mean, rstd
+    if fa == 1:
+        mean, rstd, var = _cols_stats(x, eps, var=running_var is not None)
+        y = _apply_fwd(x, mean, rstd, gain, bias, stat_per_col=1, gain_per_col=1)
+    else:
+        y, mean, rstd, var = _rows_fwd(x, gain, bias, eps, gain_per_row=1, want_var=True)
+    if running_mean is not None:
+        running_mean *= 1 - momentum
+        running_mean += (momentum * mean).astype(running_mean.dtype)
+    if running_var is not None:
+        running_var *= 1 - momentum
+        running_var += (momentum * N / max(N - 1, 1) * var).astype(running_var.dtype)
+    return y, mean, rstd
+
+
+def batch_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1, training: bool = True):
+    """(dx, dgain, dbias) of :func:`batch_norm_fprop` (training: through the batch statistics; else the
+    statistics are constants). dgain is None when gain is None."""
+    backend = backend_of(dy=dy, x=x, gain=gain, mean=mean, rstd=rstd)
+    fa = _check_norm(x, gain, None, feature_axis, backend, "channel")
+    _check_like("dy", dy, "x", x, backend)
+    C, N = x.shape[fa], x.shape[1 - fa]
+    for name, arr in (("mean", mean), ("rstd", rstd)):
+        _check_stats(name, arr, C, backend, f"x.shape[{fa}], one per channel")
+    if backend == "numpy":
+        return ref.batch_norm_bprop(dy, x, gain, mean, rstd, fa, training)
+    if fa == 1:
+        ws = _cols_ws(x, dy, None, mean, rstd, 1)
+        A, B, _, dbias, dgain = _finalize(ws, x, gain, C, 1.0 / N, 0.0, 1, want=("a", "b") if training else (),
+                                          sums_t=True)
+        dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, stat_per_col=1, gain_per_col=1)
+    else:
+        dx, dgain, dbias = _rows_bwd(dy, x, gain, mean, rstd, stat_per_col=0, gain_per_row=1,
+                                     train=int(bool(training)))
+    return dx, (None if gain is None else dgain.astype(gain.dtype, copy=False)), dbias.astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# L2 weight normalization of block-sparse weights
+
+_WN_TABLES: dict = {}
+
+
+def _wn_layout(layout):
+    if isinstance(layout, BlockLayout):
+        return layout
+    lay = getattr(layout, "layout", None)
+    if isinstance(lay, BlockLayout):
+        return lay
+    raise TypeError(f"layout: expected a BlockSparseMatMul or BlockLayout, got {type(layout).__name__}")
+
+
+def _check_wn(layout, w, gain, per, backend):
+    lay = _wn_layout(layout)
+    if per not in ("unit", "block"):
+        raise ValueError(f"per: expected 'unit' or 'block', got {per!r}")
+    _check_input("w", w, backend)
+    V.check_ndim("w", w, 3)
+    b = w.shape[-1]
+    expected_b = getattr(layout, "block_size", b)
+    V.check_shape("w", w, (lay.nnz, expected_b, expected_b), f"nnz_blocks={lay.nnz}, block_size={expected_b}")
+    length = lay.out_blocks * b if per == "unit" else lay.nnz
+    detail = f"out_blocks={lay.out_blocks} × block_size={b}" if per == "unit" else f"nnz_blocks={lay.nnz}"
+    _check_vector("gain", gain, length, "w", w, backend, detail)
+    return lay, b, length
+
+
+def _wn_tables(lay):
+    import cupy
+
+    key = (lay, cupy.cuda.runtime.getDevice())
+    if key not in _WN_TABLES:
+        _WN_TABLES[key] = tuple(cupy.asarray(t, dtype=cupy.int32) for t in (lay.col_ptr, lay.col_order, lay.cols))
+    return _WN_TABLES[key]
+
+
+def _wn_reduce(lay, w, w2, b, per, length):
+    import cupy
+
+    out = cupy.empty(length, dtype=cupy.float32)
+    if per == "unit":
+        col_ptr, col_order, _ = _wn_tables(lay)
+        t = LAUNCH["wn_unit"]["threads"]
+        _launch(_spec("wn_reduce_unit", w.dtype), (math.ceil(length / t),), (t,),
+                (out, w, w2, col_ptr, col_order, np.int32(length), np.int32(b)))
+    else:
+        _launch(_spec("wn_reduce_block", w.dtype), (lay.nnz,), (LAUNCH["wn_block"]["threads"],),
+                (out, w, w2, np.int32(b)))
+    return out
+
+
+def _wn_apply(lay, w, dv, gain, rnorm, dot, b, per):
+    import cupy
+
+    out = cupy.empty_like(w)
+    _, _, cols = _wn_tables(lay)
+    grid, block = launch_config("elementwise", w.dtype, n=w.size)
+    _launch(_spec("wn_apply", w.dtype), grid, block,
+            (out, w, dv, gain, rnorm, dot, cols, np.int64(w.size), np.int32(b), np.int32(per == "unit"),
+             np.int32(_aligned(out, w, dv))))
+    return out
+
+
+def weight_norm_fprop(layout, w, gain=None, *, per: str = "unit", eps: float = 1e-12):
+    """v = gain · w / sqrt(‖w‖² + eps), the L2 norm per output unit or per block.
+
+    layout: the BlockSparseMatMul (or BlockLayout) that w belongs to; w: [nnz, b, b]
+    float16|bfloat16|float32 (float64 on NumPy). per="unit": the norm of each output feature's
+    column over all its nonzero blocks, gain [M = out_blocks·b]; per="block": the Frobenius norm of
+    each block, gain [nnz]. gain None: 1. Returns (v like w, rnorm = 1/sqrt(‖w‖² + eps), float32 [M] or [nnz]).
+    """
+    backend = backend_of(w=w, gain=gain)
+    lay, b, length = _check_wn(layout, w, gain, per, backend)
+    eps = _check_eps(eps)
+    if backend == "numpy":
+        return ref.weight_norm_fprop(lay, w, gain, per, eps)
+    import cupy
+
+    rnorm = 1 / cupy.sqrt(_wn_reduce(lay, w, w, b, per, length) + np.float32(eps))
+    return _wn_apply(lay, w, None, gain, rnorm, None, b, per), rnorm
+
+
+def weight_norm_bprop(layout, dv, w, gain, rnorm, *, per: str = "unit"):
+    """(dw, dgain) of :func:`weight_norm_fprop`: dw = g·r·(dv − w·r²·Σ dv·w), dgain = r·Σ dv·w
+    (sums over the unit or block); dgain is None when gain is None."""
+    backend = backend_of(dv=dv, w=w, gain=gain, rnorm=rnorm)
+    lay, b, length = _check_wn(layout, w, gain, per, backend)
+    _check_like("dv", dv, "w", w, backend)
+    _check_stats("rnorm", rnorm, length, backend, "from weight_norm_fprop")
+    if backend == "numpy":
+        return ref.weight_norm_bprop(lay, dv, w, gain, rnorm, per)
+    dot = _wn_reduce(lay, dv, w, b, per, length)
+    dw = _wn_apply(lay, w, dv, gain, rnorm, dot, b, per)
+    return dw, (None if gain is None else (dot * rnorm).astype(gain.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------
+# fused LSTM gates
+
+def _check_lstm(z, c_prev, feature_axis, backend):
+    _check_input("z", z, backend)
+    _check_2d("z", z)
+    fa = V.check_feature_axis(feature_axis)
+    if z.shape[fa] % 4:
+        raise ValueError(f"z: expected 4·H gate pre-activations (i, f, g, o) on axis {fa}, got {z.shape[fa]} "
+                         "(not a multiple of 4)")
+    shape = list(z.shape)
+    shape[fa] //= 4
+    _check_like("c_prev", c_prev, "z", z, backend, tuple(shape), f"z.shape[{fa}] / 4 = H units")
+    return fa, tuple(shape)
+
+
+def lstm_gates_fprop(z, c_prev, *, feature_axis: int = 1):
+    """One fused pass of the LSTM cell update; returns (c, h).
+
+    z: [N, 4H] (feature_axis 1) or [4H, N] (0), the gate pre-activations in the order (i, f, g, o),
+    each a block of H features; c_prev: [N, H] (or [H, N]). c = σ(f)·c_prev + σ(i)·tanh(g),
+    h = σ(o)·tanh(c). float16|bfloat16|float32 (float64 on NumPy).
+    """
+    backend = backend_of(z=z, c_prev=c_prev)
+    fa, shape = _check_lstm(z, c_prev, feature_axis, backend)
+    if backend == "numpy":
+        return ref.lstm_gates_fprop(z, c_prev, fa)
+    import cupy
+
+    c, h = cupy.empty_like(c_prev), cupy.empty_like(c_prev)
+    n, H = c.size, shape[fa]
+    lanes = 16 // z.dtype.itemsize
+    aligned = _aligned(z, c_prev, c, h) and (H if fa == 1 else n) % lanes == 0
+    grid, block = launch_config("elementwise", z.dtype, n=n)
+    _launch(_spec("lstm_fwd", z.dtype), grid, block,
+            (c, h, z, c_prev, np.int64(n), np.int64(H), np.int32(fa), np.int32(aligned)))
+    return c, h
+
+
+def lstm_gates_bprop(dh, dc, z, c_prev, *, feature_axis: int = 1):
+    """(dz, dc_prev) of :func:`lstm_gates_fprop`; c is recomputed from z and c_prev.
+
+    dh: [N, H] (or [H, N]) gradient of h; dc: the gradient reaching c from the next step, or None (0).
+    """
+    backend = backend_of(dh=dh, dc=dc, z=z, c_prev=c_prev)
+    fa, shape = _check_lstm(z, c_prev, feature_axis, backend)
+    _check_like("dh", dh, "c_prev", c_prev, backend)
+    if dc is not None:
+        _check_like("dc", dc, "c_prev", c_prev, backend)
+    if backend == "numpy":
+        return ref.lstm_gates_bprop(dh, dc, z, c_prev, fa)
+    import cupy
+
+    dz, dc_prev = cupy.empty_like(z), cupy.empty_like(c_prev)
+    n, H = c_prev.size, shape[fa]
+    lanes = 16 // z.dtype.itemsize
+    aligned = _aligned(dz, dc_prev, dh, dc, z, c_prev) and (H if fa == 1 else n) % lanes == 0
+    grid, block = launch_config("elementwise", z.dtype, n=n)
+    _launch(_spec("lstm_bwd", z.dtype), grid, block,
+            (dz, dc_prev, dh, dc, z, c_prev, np.int64(n), np.int64(H), np.int32(fa), np.int32(aligned)))
+    return dz, dc_prev
+
+
+# ---------------------------------------------------------------------------------------------------
+# self check (python -m cusparseblocks check)
+
+_CHECK_TOL = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+
+
+def _rel(a, r):
+    a = np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float64)
+    r = np.asarray(r, dtype=np.float64)
+    if a.shape != r.shape or not np.all(np.isfinite(a)):
+        return math.inf
+    return float(np.linalg.norm(a - r) / max(np.linalg.norm(r), 1e-30))
+
+
+def self_check(backend: str = "numpy", dtype: str = "float32", seed: int = 0):
+    """A quick randomized check of each op (forward and backward) against the float64 reference.
+
+    Returns rows ``(name, rel_error, tolerance, passed)``: name, ‖out − ref‖/‖ref‖ of the worst output.
+    """
+    from ._array import bfloat16
+
+    rng = np.random.default_rng(seed)
+    if backend == "cupy":
+        import cupy as xp
+    elif backend == "numpy":
+        xp = np
+    else:
+        raise ValueError(f"backend: expected 'numpy' or 'cupy', got {backend!r}")
+    dt = bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    tol = _CHECK_TOL[dtype]
+
+    def arr(*shape, scale=1.0):
+        host = (rng.standard_normal(shape) * scale).astype(dt)
+        return host, xp.asarray(host), host.astype(np.float64)
+
+    rows = []
+
+    def record(name, outs, refs):
+        err = max(_rel(o, r) for o, r in zip(outs, refs))
+        rows.append((name, err, tol, bool(err <= tol)))
+
+    N, F = 37, 203
+    _, x, x64 = arr(N, F)
+    _, bias, b64 = arr(F)
+    _, dy, dy64 = arr(N, F)
+    for act in ACTIVATIONS:
+        y = activation_fprop(x, act, bias=bias)
+        dx, db = activation_bprop(dy, x, act, bias=bias)
+        ry = ref.ew_fprop("add", x64, b64[None, :], act)
+        rdx, rdb = ref.ew_bprop("add", dy64, x64, b64[None, :], act)
+        record(f"activation.{act}", (y, dx, db), (ry, rdx, rdb.reshape(-1)))
+    _, a2, a64 = arr(N, 1)
+    record("mul.broadcast", (mul_fprop(x, a2),) + mul_bprop(dy, x, a2),
+           (ref.ew_fprop("mul", x64, a64),) + ref.ew_bprop("mul", dy64, x64, a64))
+    record("dropout.mask", (dropout_mask((N, F), 0.3, 7, 3, xp=xp).astype(xp.float32),),
+           (ref.dropout_mask((N, F), 0.3, 7, 3).astype(np.float64),))
+    for fa in (1, 0):
+        xs, dys = (x, dy) if fa == 1 else (xp.ascontiguousarray(x.T), xp.ascontiguousarray(dy.T))
+        xs64, dys64 = (x64, dy64) if fa == 1 else (x64.T.copy(), dy64.T.copy())
+        _, g, g64 = arr(F)
+        y, m, r = layer_norm_fprop(xs, g, bias, feature_axis=fa)
+        grads = layer_norm_bprop(dys, xs, g, m, r, feature_axis=fa)
+        ry, rm, rr = ref.layer_norm_fprop(xs64, g64, b64, fa)
+        rg = ref.layer_norm_bprop(dys64, xs64, g64, rm, rr, fa)
+        record(f"layer_norm.axis{fa}", (y,) + grads, (ry,) + rg)
+        y, m, r = batch_norm_fprop(xs, g, bias, feature_axis=fa)
+        grads = batch_norm_bprop(dys, xs, g, m, r, feature_axis=fa)
+        ry, rm, rr = ref.batch_norm_fprop(xs64, g64, b64, fa)
+        rg = ref.batch_norm_bprop(dys64, xs64, g64, rm, rr, fa)
+        record(f"batch_norm.axis{fa}", (y,) + grads, (ry,) + rg)
+    mask = rng.random((5, 4)) < 0.6
+    mask[0, 0] = True
+    lay = BlockLayout(mask)
+    for per in ("unit", "block"):
+        _, w, w64 = arr(lay.nnz, 8, 8)
+        _, dv, dv64 = arr(lay.nnz, 8, 8)
+        length = lay.out_blocks * 8 if per == "unit" else lay.nnz
+        _, g, g64 = arr(length)
+        v, rn = weight_norm_fprop(lay, w, g, per=per)
+        grads = weight_norm_bprop(lay, dv, w, g, rn, per=per)
+        rv, rrn = ref.weight_norm_fprop(lay, w64, g64, per)
+        record(f"weight_norm.{per}", (v,) + grads, (rv,) + ref.weight_norm_bprop(lay, dv64, w64, g64, rrn, per))
+    H = 29
+    _, z, z64 = arr(N, 4 * H)
+    _, cp, cp64 = arr(N, H)
+    _, dh, dh64 = arr(N, H)
+    _, dc, dc64 = arr(N, H)
+    record("lstm_gates", lstm_gates_fprop(z, cp) + lstm_gates_bprop(dh, dc, z, cp),
+           ref.lstm_gates_fprop(z64, cp64) + ref.lstm_gates_bprop(dh64, dc64, z64, cp64))
+    return rows

@@ -1,0 +1,692 @@
+// Helper ops (issue 5): activations with fused broadcast add/mul/scale, dropout (Philox counter RNG),
+// layer and batch normalization, L2 weight normalization of block-sparse weights, fused LSTM gates.
+//
+// Every kernel reads and writes its storage type T (float, __half, __nv_bfloat16) and computes in float.
+// Elementwise kernels give each thread V = 16 / sizeof(T) consecutive elements: one 16-byte load per
+// operand when the host says every pointer is 16-byte aligned (`aligned`) and the V elements are in
+// bounds, a scalar path otherwise (ragged tails, odd sizes, offset views). Indices are 64-bit (i64).
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------------------------------
+// 16-byte packs
+
+template <typename T> struct Lanes { static constexpr int V = 16 / sizeof(T); };
+
+template <typename T, int V> struct alignas(16) Pack { T v[V]; };
+
+// out[k] = p[i + k] for k < V; elements past n read as 0. `vec`: one 16-byte load (caller checked).
+template <typename T, int V>
+__device__ __forceinline__ void load_v(const T* __restrict__ p, i64 i, i64 n, bool vec, float (&out)[V]) {
+    if (vec) {
+        Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p + i);
+#pragma unroll
+        for (int k = 0; k < V; ++k) out[k] = to_float<T>(pk.v[k]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) out[k] = (i + k < n) ? to_float<T>(p[i + k]) : 0.f;
+    }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_v(T* __restrict__ p, i64 i, i64 n, bool vec, const float (&in)[V]) {
+    if (vec) {
+        Pack<T, V> pk;
+#pragma unroll
+        for (int k = 0; k < V; ++k) pk.v[k] = from_float<T>(in[k]);
+        *reinterpret_cast<Pack<T, V>*>(p + i) = pk;
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+            if (i + k < n) p[i + k] = from_float<T>(in[k]);
+    }
+}
+
+// float32 side outputs (partial gradients before a reduction): two or one 16-byte stores.
+template <int V>
+__device__ __forceinline__ void store_f32(float* __restrict__ p, i64 i, i64 n, bool vec, const float (&in)[V]) {
+    if (vec) {
+#pragma unroll
+        for (int k = 0; k < V; k += 4)
+            *reinterpret_cast<float4*>(p + i + k) = make_float4(in[k], in[k + 1], in[k + 2], in[k + 3]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+            if (i + k < n) p[i + k] = in[k];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Activations: act_f(z) and its derivative act_d(z), from the pre-activation z.
+
+enum { ACT_IDENTITY = 0, ACT_RELU, ACT_ELU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_SIGMOID, ACT_TANH, ACT_SOFTPLUS, ACT_SWISH };
+
+__device__ __forceinline__ float sigmoidf_(float z) { return 1.f / (1.f + __expf(-z)); }
+
+// tanh through expm1f: accurate to a few ulp (tanhf under --use_fast_math is the MUFU approximation).
+__device__ __forceinline__ float tanhf_(float z) {
+    const float e = expm1f(2.f * fminf(fabsf(z), 10.f));
+    return copysignf(e / (e + 2.f), z);
+}
+
+template <int ACT> __device__ __forceinline__ float act_f(float z) {
+    if (ACT == ACT_RELU) return fmaxf(z, 0.f);
+    if (ACT == ACT_ELU) return z > 0.f ? z : __expf(z) - 1.f;
+    if (ACT == ACT_GELU_TANH) {
+        float u = 0.7978845608028654f * (z + 0.044715f * z * z * z);
+        return 0.5f * z * (1.f + tanhf_(u));
+    }
+    if (ACT == ACT_GELU_ERF) return 0.5f * z * (1.f + erff(z * 0.7071067811865476f));
+    if (ACT == ACT_SIGMOID) return sigmoidf_(z);
+    if (ACT == ACT_TANH) return tanhf_(z);
+    if (ACT == ACT_SOFTPLUS) return z > 20.f ? z : log1pf(__expf(z));
+    if (ACT == ACT_SWISH) return z * sigmoidf_(z);
+    return z;
+}
+
+template <int ACT> __device__ __forceinline__ float act_d(float z) {
+    if (ACT == ACT_RELU) return z > 0.f ? 1.f : 0.f;
+    if (ACT == ACT_ELU) return z > 0.f ? 1.f : __expf(z);
+    if (ACT == ACT_GELU_TANH) {
+        float u = 0.7978845608028654f * (z + 0.044715f * z * z * z);
+        float t = tanhf_(u);
+        return 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * 0.7978845608028654f * (1.f + 0.134145f * z * z);
+    }
+    if (ACT == ACT_GELU_ERF)
+        return 0.5f * (1.f + erff(z * 0.7071067811865476f)) + z * 0.3989422804014327f * __expf(-0.5f * z * z);
+    if (ACT == ACT_SIGMOID) { float s = sigmoidf_(z); return s * (1.f - s); }
+    if (ACT == ACT_TANH) { float t = tanhf_(z); return 1.f - t * t; }
+    if (ACT == ACT_SOFTPLUS) return sigmoidf_(z);
+    if (ACT == ACT_SWISH) { float s = sigmoidf_(z); return s + z * s * (1.f - s); }
+    return 1.f;
+}
+
+// b broadcast against the output: b's element for output index i is b[(i / b_inner) % b_mid].
+// b_inner == 1 && b_mid == n: same shape; b_inner == 1: a row vector repeated; b_mid == 1: a scalar.
+template <typename T, int V>
+__device__ __forceinline__ void load_bcast(const T* __restrict__ b, i64 i, i64 n, i64 b_inner, i64 b_mid,
+                                           bool vec, float (&out)[V]) {
+    if (b_inner == 1) {
+        i64 j = i % b_mid;
+        if (vec && b_mid % V == 0) { load_v<T, V>(b, j, b_mid, true, out); return; }
+    } else if (vec && b_inner % V == 0) {
+        float s = to_float<T>(b[(i / b_inner) % b_mid]);
+#pragma unroll
+        for (int k = 0; k < V; ++k) out[k] = s;
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = (i + k < n) ? to_float<T>(b[((i + k) / b_inner) % b_mid]) : 0.f;
+}
+
+enum { OP_NONE = 0, OP_ADD = 1, OP_MUL = 2 };
+
+// y = act(alpha * (a OP b)), b broadcast as in load_bcast (op == OP_NONE: y = act(alpha * a)).
+// Grid: a 1-D grid-stride loop; each thread block covers blockDim.x * V consecutive outputs a step.
+template <typename T, int ACT>
+__global__ void ew_fwd(T* __restrict__ y, const T* __restrict__ a, const T* __restrict__ b, i64 n, i64 b_inner,
+                       i64 b_mid, int op, float alpha, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
+        const bool vec = aligned && i + V <= n;
+        float va[V], vb[V];
+        load_v<T, V>(a, i, n, vec, va);
+        if (op != OP_NONE) {
+            load_bcast<T, V>(b, i, n, b_inner, b_mid, vec, vb);
+#pragma unroll
+            for (int k = 0; k < V; ++k) va[k] = op == OP_ADD ? va[k] + vb[k] : va[k] * vb[k];
+        }
+#pragma unroll
+        for (int k = 0; k < V; ++k) va[k] = act_f<ACT>(alpha * va[k]);
+        store_v<T, V>(y, i, n, vec, va);
+    }
+}
+
+// Backward of ew_fwd: g = dy * act'(z) * alpha with z recomputed from a and b;
+// da = g * b (mul) or g; db = g * a (mul) or g, written as T into db (b has the output's shape) or as
+// float32 into db_f32 (b is broadcast: the host reduces it). Null outputs are skipped.
+// Grid: as ew_fwd.
+template <typename T, int ACT>
+__global__ void ew_bwd(T* __restrict__ da, T* __restrict__ db, float* __restrict__ db_f32, const T* __restrict__ dy,
+                       const T* __restrict__ a, const T* __restrict__ b, i64 n, i64 b_inner, i64 b_mid, int op,
+                       float alpha, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
+        const bool vec = aligned && i + V <= n;
+        float va[V], vb[V], g[V], out[V];
+        load_v<T, V>(a, i, n, vec, va);
+        load_v<T, V>(dy, i, n, vec, g);
+        if (op != OP_NONE) load_bcast<T, V>(b, i, n, b_inner, b_mid, vec, vb);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            float z = op == OP_ADD ? va[k] + vb[k] : (op == OP_MUL ? va[k] * vb[k] : va[k]);
+            if (ACT != ACT_IDENTITY) g[k] *= act_d<ACT>(alpha * z);
+            g[k] *= alpha;
+        }
+        if (da) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) out[k] = op == OP_MUL ? g[k] * vb[k] : g[k];
+            store_v<T, V>(da, i, n, vec, out);
+        }
+        if (db || db_f32) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) out[k] = op == OP_MUL ? g[k] * va[k] : g[k];
+            if (db) store_v<T, V>(db, i, n, vec, out);
+            else store_f32<V>(db_f32, i, n, vec, out);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Dropout: keep element e when Philox4x32-10(counter = (e / 4, offset), key = seed)[e % 4] >= threshold.
+// The mask is a pure function of (seed, offset, e): forward and backward regenerate it, and the NumPy
+// reference (cusparseblocks/reference/ops.py) computes the same bits.
+
+__device__ __forceinline__ uint4 philox4x32_10(uint4 c, uint2 key) {
+#pragma unroll
+    for (int r = 0; r < 10; ++r) {
+        unsigned hi0 = __umulhi(0xD2511F53u, c.x), lo0 = 0xD2511F53u * c.x;
+        unsigned hi1 = __umulhi(0xCD9E8D57u, c.z), lo1 = 0xCD9E8D57u * c.z;
+        c = make_uint4(hi1 ^ c.y ^ key.x, lo1, hi0 ^ c.w ^ key.y, lo0);
+        key.x += 0x9E3779B9u;
+        key.y += 0xBB67AE85u;
+    }
+    return c;
+}
+
+// y = x * keep * scale. Grid: as ew_fwd (V is a multiple of 4, so a thread's elements start a Philox group).
+template <typename T>
+__global__ void dropout_fwd(T* __restrict__ y, const T* __restrict__ x, i64 n, unsigned seed_lo, unsigned seed_hi,
+                            unsigned offset_lo, unsigned offset_hi, unsigned threshold, float scale, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    const uint2 key = make_uint2(seed_lo, seed_hi);
+    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
+        const bool vec = aligned && i + V <= n;
+        float v[V];
+        load_v<T, V>(x, i, n, vec, v);
+#pragma unroll
+        for (int q = 0; q < V / 4; ++q) {
+            unsigned long long group = (unsigned long long)(i / 4 + q);
+            uint4 r = philox4x32_10(make_uint4((unsigned)group, (unsigned)(group >> 32), offset_lo, offset_hi), key);
+            v[4 * q + 0] = r.x >= threshold ? v[4 * q + 0] * scale : 0.f;
+            v[4 * q + 1] = r.y >= threshold ? v[4 * q + 1] * scale : 0.f;
+            v[4 * q + 2] = r.z >= threshold ? v[4 * q + 2] * scale : 0.f;
+            v[4 * q + 3] = r.w >= threshold ? v[4 * q + 3] * scale : 0.f;
+        }
+        store_v<T, V>(y, i, n, vec, v);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fused LSTM gates. Pre-activations z hold the gates in the order (i, f, g, o), each H wide:
+// feature_axis 1: z [N, 4H], c_prev/c/h [N, H]; feature_axis 0: z [4H, N], c_prev/c/h [H, N].
+// c = sigmoid(f) * c_prev + sigmoid(i) * tanh(g);  h = sigmoid(o) * tanh(c).
+// Grid: as ew_fwd over the N*H outputs (each thread V consecutive outputs of one row).
+
+__device__ __forceinline__ i64 gate_base(i64 e, i64 H, int feature_axis) {
+    return feature_axis == 1 ? e + (e / H) * 3 * H : e;  // index of gate 0 for output element e
+}
+
+// The four gates of outputs e .. e+V-1 (V 16-byte loads when `vec`, else per element with bounds).
+template <typename T, int V>
+__device__ __forceinline__ void load_gates(const T* __restrict__ z, i64 e, i64 n, i64 H, int feature_axis, bool vec,
+                                           float (&zi)[V], float (&zf)[V], float (&zg)[V], float (&zo)[V]) {
+    const i64 gate = feature_axis == 1 ? H : n, nz = 4 * n;
+    if (vec) {
+        const i64 base = gate_base(e, H, feature_axis);
+        load_v<T, V>(z, base, nz, true, zi);
+        load_v<T, V>(z, base + gate, nz, true, zf);
+        load_v<T, V>(z, base + 2 * gate, nz, true, zg);
+        load_v<T, V>(z, base + 3 * gate, nz, true, zo);
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        const bool ok = e + k < n;
+        const i64 base = gate_base(ok ? e + k : e, H, feature_axis);
+        zi[k] = ok ? to_float<T>(z[base]) : 0.f;
+        zf[k] = ok ? to_float<T>(z[base + gate]) : 0.f;
+        zg[k] = ok ? to_float<T>(z[base + 2 * gate]) : 0.f;
+        zo[k] = ok ? to_float<T>(z[base + 3 * gate]) : 0.f;
+    }
+}
+
+template <typename T>
+__global__ void lstm_fwd(T* __restrict__ c, T* __restrict__ h, const T* __restrict__ z, const T* __restrict__ c_prev,
+                         i64 n, i64 H, int feature_axis, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    for (i64 e = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; e < n; e += step) {
+        const bool vec = aligned && e + V <= n;
+        float zi[V], zf[V], zg[V], zo[V], cp[V], cv[V], hv[V];
+        load_gates<T, V>(z, e, n, H, feature_axis, vec, zi, zf, zg, zo);
+        load_v<T, V>(c_prev, e, n, vec, cp);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            cv[k] = sigmoidf_(zf[k]) * cp[k] + sigmoidf_(zi[k]) * tanhf_(zg[k]);
+            hv[k] = sigmoidf_(zo[k]) * tanhf_(cv[k]);
+        }
+        store_v<T, V>(c, e, n, vec, cv);
+        store_v<T, V>(h, e, n, vec, hv);
+    }
+}
+
+// Backward of lstm_fwd: from dh, dc (the gradient reaching c from the next step; null = 0), z and
+// c_prev (c is recomputed): dz (z's layout) and dc_prev. Grid: as lstm_fwd.
+template <typename T>
+__global__ void lstm_bwd(T* __restrict__ dz, T* __restrict__ dc_prev, const T* __restrict__ dh,
+                         const T* __restrict__ dc, const T* __restrict__ z, const T* __restrict__ c_prev, i64 n,
+                         i64 H, int feature_axis, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 gate = feature_axis == 1 ? H : n;
+    const i64 nz = 4 * n;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    for (i64 e = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; e < n; e += step) {
+        const bool vec = aligned && e + V <= n;
+        float zi[V], zf[V], zg[V], zo[V], cp[V], gh[V], gc[V];
+        const i64 base = gate_base(e, H, feature_axis);
+        load_gates<T, V>(z, e, n, H, feature_axis, vec, zi, zf, zg, zo);
+        load_v<T, V>(c_prev, e, n, vec, cp);
+        load_v<T, V>(dh, e, n, vec, gh);
+        if (dc) load_v<T, V>(dc, e, n, vec, gc);
+        else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) gc[k] = 0.f;
+        }
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const float i = sigmoidf_(zi[k]), f = sigmoidf_(zf[k]), g = tanhf_(zg[k]), o = sigmoidf_(zo[k]);
+            const float cv = f * cp[k] + i * g, tc = tanhf_(cv);
+            const float dct = gc[k] + gh[k] * o * (1.f - tc * tc);
+            zo[k] = gh[k] * tc * o * (1.f - o);
+            zi[k] = dct * g * i * (1.f - i);
+            zf[k] = dct * cp[k] * f * (1.f - f);
+            zg[k] = dct * i * (1.f - g * g);
+            cp[k] = dct * f;
+        }
+        if (vec) {
+            store_v<T, V>(dz, base, nz, true, zi);
+            store_v<T, V>(dz, base + gate, nz, true, zf);
+            store_v<T, V>(dz, base + 2 * gate, nz, true, zg);
+            store_v<T, V>(dz, base + 3 * gate, nz, true, zo);
+        } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                if (e + k >= n) continue;
+                const i64 bk = gate_base(e + k, H, feature_axis);
+                dz[bk] = from_float<T>(zi[k]);
+                dz[bk + gate] = from_float<T>(zf[k]);
+                dz[bk + 2 * gate] = from_float<T>(zg[k]);
+                dz[bk + 3 * gate] = from_float<T>(zo[k]);
+            }
+        }
+        store_v<T, V>(dc_prev, e, n, vec, cp);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Normalization over a 2-D [R, L] array (C-contiguous). Layer norm and batch norm map onto "statistics
+// per row" (the row kernels: one row per group of blockDim.x threads) or "statistics per column" (a
+// column reduction, then an elementwise apply). Statistics use sums shifted by the group's first
+// element, which keeps the one-pass variance accurate when |mean| >> std.
+
+// Sum a[0..1] over the blockDim.x threads of each row group (blockDim.x a multiple of 32, at most 32
+// warps in the block). Every thread of the block must call it.
+__device__ __forceinline__ void row_group_sum2(float& a0, float& a1) {
+    __shared__ float part[32][2];
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) {
+        a0 += __shfl_xor_sync(0xffffffffu, a0, s);
+        a1 += __shfl_xor_sync(0xffffffffu, a1, s);
+    }
+    const int warps = blockDim.x / 32;
+    if (warps == 1) return;
+    const int warp = threadIdx.x / 32, first = threadIdx.y * warps;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) { part[first + warp][0] = a0; part[first + warp][1] = a1; }
+    __syncthreads();
+    a0 = 0.f; a1 = 0.f;
+    for (int w = 0; w < warps; ++w) { a0 += part[first + w][0]; a1 += part[first + w][1]; }
+}
+
+// Per row r of x [R, L]: mean, rstd = 1/sqrt(var + eps) (biased var), then
+// y = (x - mean) * rstd * gain + bias, gain/bias per column (gain_per_row 0: layer norm, features last)
+// or per row (gain_per_row 1: batch norm with features first). gain/bias may be null (1 and 0).
+// mean/rstd (and var if non-null) are float32 [R].
+// Grid: blockDim.y rows per block, grid-stride over row groups; blockDim.x threads share one row.
+template <typename T>
+__global__ void norm_rows_fwd(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain,
+                              const T* __restrict__ bias, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                              float* __restrict__ var_out, i64 R, i64 L, float eps, int gain_per_row, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    for (i64 r0 = (i64)blockIdx.x * blockDim.y; r0 < R; r0 += (i64)gridDim.x * blockDim.y) {
+        const i64 row = r0 + threadIdx.y;
+        const bool live = row < R;
+        const T* xr = x + (live ? row : 0) * L;
+        const float shift = to_float<T>(xr[0]);
+        float s1 = 0.f, s2 = 0.f;
+        if (live) {
+            for (i64 j = (i64)threadIdx.x * V; j < L; j += (i64)blockDim.x * V) {
+                float v[V];
+                load_v<T, V>(xr, j, L, aligned && j + V <= L, v);
+#pragma unroll
+                for (int k = 0; k < V; ++k)
+                    if (j + k < L) { float d = v[k] - shift; s1 += d; s2 += d * d; }
+            }
+        }
+        row_group_sum2(s1, s2);
+        if (!live) continue;
+        const float m1 = s1 / (float)L;
+        const float var = fmaxf(s2 / (float)L - m1 * m1, 0.f);
+        const float mean = shift + m1, rstd = rsqrtf(var + eps);
+        if (threadIdx.x == 0) {
+            mean_out[row] = mean;
+            rstd_out[row] = rstd;
+            if (var_out) var_out[row] = var;
+        }
+        const float g_row = gain && gain_per_row ? to_float<T>(gain[row]) : 1.f;
+        const float b_row = bias && gain_per_row ? to_float<T>(bias[row]) : 0.f;
+        T* yr = y + row * L;
+        for (i64 j = (i64)threadIdx.x * V; j < L; j += (i64)blockDim.x * V) {
+            const bool vec = aligned && j + V <= L;
+            float v[V], g[V], b[V];
+            load_v<T, V>(xr, j, L, vec, v);
+            if (gain && !gain_per_row) load_v<T, V>(gain, j, L, vec, g);
+            if (bias && !gain_per_row) load_v<T, V>(bias, j, L, vec, b);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float gk = gain && !gain_per_row ? g[k] : g_row;
+                const float bk = bias && !gain_per_row ? b[k] : b_row;
+                v[k] = (v[k] - mean) * rstd * gk + bk;
+            }
+            store_v<T, V>(yr, j, L, vec, v);
+        }
+    }
+}
+
+// Backward per row of [R, L] with xhat = (x - mean) * rstd, the statistics per row (stat_per_col 0) or
+// per column (1). gc = gain per column (1 if gain_per_row or no gain); gr = gain per row (else 1).
+//   s1 = sum_j dy*gc, s2 = sum_j dy*gc*xhat;  dgain_row[r] = s2, dbias_row[r] = s1 (float32, if non-null)
+//   dx = rstd * gr * (dy*gc - train * (s1 + xhat*s2) / L)   (written when dx is non-null)
+// Layer norm, features last: gain per column; batch norm, features first: gain per row; the layer-norm
+// dgain for features first: statistics per column, no dx. Grid: as norm_rows_fwd.
+template <typename T>
+__global__ void norm_rows_bwd(T* __restrict__ dx, float* __restrict__ dgain_row, float* __restrict__ dbias_row,
+                              const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ gain,
+                              const float* __restrict__ mean, const float* __restrict__ rstd, i64 R, i64 L,
+                              int stat_per_col, int gain_per_row, int train, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const bool gain_col = gain && !gain_per_row;
+    for (i64 r0 = (i64)blockIdx.x * blockDim.y; r0 < R; r0 += (i64)gridDim.x * blockDim.y) {
+        const i64 row = r0 + threadIdx.y;
+        const bool live = row < R;
+        const T* xr = x + (live ? row : 0) * L;
+        const T* dyr = dy + (live ? row : 0) * L;
+        const float m_row = stat_per_col ? 0.f : mean[live ? row : 0];
+        const float r_row = stat_per_col ? 0.f : rstd[live ? row : 0];
+        float s1 = 0.f, s2 = 0.f;
+        if (live) {
+            for (i64 j = (i64)threadIdx.x * V; j < L; j += (i64)blockDim.x * V) {
+                const bool vec = aligned && j + V <= L;
+                float v[V], d[V], g[V];
+                load_v<T, V>(xr, j, L, vec, v);
+                load_v<T, V>(dyr, j, L, vec, d);
+                if (gain_col) load_v<T, V>(gain, j, L, vec, g);
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    if (j + k >= L) continue;
+                    const float m = stat_per_col ? mean[j + k] : m_row;
+                    const float rs = stat_per_col ? rstd[j + k] : r_row;
+                    const float t = gain_col ? d[k] * g[k] : d[k];
+                    s1 += t;
+                    s2 += t * (v[k] - m) * rs;
+                }
+            }
+        }
+        row_group_sum2(s1, s2);
+        if (!live) continue;
+        if (threadIdx.x == 0) {
+            if (dgain_row) dgain_row[row] = s2;
+            if (dbias_row) dbias_row[row] = s1;
+        }
+        if (!dx) continue;
+        const float gr = gain && gain_per_row ? to_float<T>(gain[row]) : 1.f;
+        const float a1 = train ? s1 / (float)L : 0.f, a2 = train ? s2 / (float)L : 0.f;
+        T* dxr = dx + row * L;
+        for (i64 j = (i64)threadIdx.x * V; j < L; j += (i64)blockDim.x * V) {
+            const bool vec = aligned && j + V <= L;
+            float v[V], d[V], g[V];
+            load_v<T, V>(xr, j, L, vec, v);
+            load_v<T, V>(dyr, j, L, vec, d);
+            if (gain_col) load_v<T, V>(gain, j, L, vec, g);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float xh = (v[k] - m_row) * r_row;
+                const float t = gain_col ? d[k] * g[k] : d[k];
+                v[k] = r_row * gr * (t - a1 - xh * a2);
+            }
+            store_v<T, V>(dxr, j, L, vec, v);
+        }
+    }
+}
+
+// Column sums over a row range of [R, C], into ws [splits, 2, C] (float32) at this block's split:
+//   mode 0 (statistics):  s0 = sum (x - x[0, c]),  s1 = sum (x - x[0, c])^2
+//   mode 1 (stats per column): xhat = (x - mean[c]) * rstd[c], t = dy * (gain ? gain[r] : 1):
+//                          s0 = sum t, s1 = sum t * xhat
+//   mode 2 (stats per row): xhat = (x - mean[r]) * rstd[r]: s0 = sum dy, s1 = sum dy * xhat
+//   mode 3 (plain column sums of x, e.g. a bias gradient): s0 = sum x (s1 = sum x^2, unused)
+// Grid: x = column tiles of 32 * V columns, y = row splits of rows_per_split rows; block (32, 8): each
+// thread holds V consecutive columns and walks every 8th row of the split, then the 8 row lanes reduce
+// through shared memory.
+template <typename T>
+__global__ void norm_cols_reduce(float* __restrict__ ws, const T* __restrict__ x, const T* __restrict__ dy,
+                                 const T* __restrict__ gain, const float* __restrict__ mean,
+                                 const float* __restrict__ rstd, i64 R, i64 C, i64 rows_per_split, int mode,
+                                 int aligned) {
+    constexpr int V = Lanes<T>::V;
+    __shared__ float red[2][8][32 * V];
+    const i64 c0 = ((i64)blockIdx.x * 32 + threadIdx.x) * V;
+    const bool vec = aligned && c0 + V <= C;
+    const i64 r_begin = (i64)blockIdx.y * rows_per_split;
+    const i64 r_end = min(R, r_begin + rows_per_split);
+    float s0[V], s1[V], ref[V], sc[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) { s0[k] = 0.f; s1[k] = 0.f; ref[k] = 0.f; sc[k] = 1.f; }
+    if (c0 < C) {
+        if (mode == 0) load_v<T, V>(x, c0, C, vec, ref);
+        if (mode == 1) {
+#pragma unroll
+            for (int k = 0; k < V; ++k)
+                if (c0 + k < C) { ref[k] = mean[c0 + k]; sc[k] = rstd[c0 + k]; }
+        }
+        for (i64 r = r_begin + threadIdx.y; r < r_end; r += 8) {
+            float v[V], d[V];
+            load_v<T, V>(x + r * C, c0, C, vec, v);
+            if (mode == 0 || mode == 3) {
+#pragma unroll
+                for (int k = 0; k < V; ++k) { float t = v[k] - ref[k]; s0[k] += t; s1[k] += t * t; }
+            } else {
+                load_v<T, V>(dy + r * C, c0, C, vec, d);
+                const float gr = (mode == 1 && gain) ? to_float<T>(gain[r]) : 1.f;
+                const float mr = mode == 2 ? mean[r] : 0.f, rr = mode == 2 ? rstd[r] : 1.f;
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    const float xh = mode == 1 ? (v[k] - ref[k]) * sc[k] : (v[k] - mr) * rr;
+                    const float t = d[k] * gr;
+                    s0[k] += t;
+                    s1[k] += t * xh;
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        red[0][threadIdx.y][threadIdx.x * V + k] = s0[k];
+        red[1][threadIdx.y][threadIdx.x * V + k] = s1[k];
+    }
+    __syncthreads();
+    // 256 threads finish 2 x 32V column sums over the 8 row lanes
+    for (int t = threadIdx.y * 32 + threadIdx.x; t < 2 * 32 * V; t += 256) {
+        const int which = t / (32 * V), col = t % (32 * V);
+        const i64 c = (i64)blockIdx.x * 32 * V + col;
+        if (c >= C) continue;
+        float acc = 0.f;
+#pragma unroll
+        for (int l = 0; l < 8; ++l) acc += red[which][l][col];
+        ws[((i64)blockIdx.y * 2 + which) * C + c] = acc;
+    }
+}
+
+// Finish column sums: s0[c], s1[c] = sums over the splits of ws [splits, 2, C]; one thread per column.
+//   mode 0 (statistics, scale = 1/R): m1 = s0*scale; var = max(s1*scale - m1^2, 0); mean = x_row0[c] + m1;
+//           rstd = 1/sqrt(var + eps); out_a = mean, out_b = rstd, var_out = var (each if non-null)
+//   mode 1 (gradient sums): g = gain ? gain[c] : 1; out_a = g*s0*scale, out_b = g*s1*scale;
+//           sum0_t = s0, sum1_t = s1 in T (each if non-null)
+template <typename T>
+__global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out_b, float* __restrict__ var_out,
+                              T* __restrict__ sum0_t, T* __restrict__ sum1_t, const float* __restrict__ ws,
+                              const T* __restrict__ x_row0, const T* __restrict__ gain, int splits, i64 C,
+                              float scale, float eps, int mode) {
+    const i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s0 = 0.f, s1 = 0.f;
+    for (int s = 0; s < splits; ++s) { s0 += ws[(2 * (i64)s) * C + c]; s1 += ws[(2 * (i64)s + 1) * C + c]; }
+    if (mode == 0) {
+        const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
+        if (out_a) out_a[c] = to_float<T>(x_row0[c]) + m1;
+        if (out_b) out_b[c] = rsqrtf(var + eps);
+        if (var_out) var_out[c] = var;
+        return;
+    }
+    const float g = gain ? to_float<T>(gain[c]) : 1.f;
+    if (out_a) out_a[c] = g * s0 * scale;
+    if (out_b) out_b[c] = g * s1 * scale;
+    if (sum0_t) sum0_t[c] = from_float<T>(s0);
+    if (sum1_t) sum1_t[c] = from_float<T>(s1);
+}
+
+// Elementwise over [R, C] with statistics and gain each per row or per column (s = r or c, f = r or c):
+//   y = (x - mean[s]) * rstd[s] * gain[f] + bias[f]            (norm_apply_fwd)
+//   dx = rstd[s] * (gain[f] * dy - A[s] - xhat * B[s])          (norm_apply_bwd; A, B null -> 0)
+// gain/bias null -> 1/0. Grid: as ew_fwd; `aligned` also promises C % V == 0 (a thread's V elements
+// share a row).
+template <typename T>
+__global__ void norm_apply_fwd(T* __restrict__ y, const T* __restrict__ x, const float* __restrict__ mean,
+                               const float* __restrict__ rstd, const T* __restrict__ gain, const T* __restrict__ bias,
+                               i64 n, i64 C, int stat_per_col, int gain_per_col, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
+        const bool vec = aligned && i + V <= n;
+        float v[V];
+        load_v<T, V>(x, i, n, vec, v);
+        const i64 r0 = i / C, c0 = i - r0 * C;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            i64 r = r0, c = c0 + k;
+            if (c >= C) { r += c / C; c %= C; }
+            if (r * C + c >= n) break;
+            const i64 s = stat_per_col ? c : r, f = gain_per_col ? c : r;
+            const float g = gain ? to_float<T>(gain[f]) : 1.f, b = bias ? to_float<T>(bias[f]) : 0.f;
+            v[k] = (v[k] - mean[s]) * rstd[s] * g + b;
+        }
+        store_v<T, V>(y, i, n, vec, v);
+    }
+}
+
+template <typename T>
+__global__ void norm_apply_bwd(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
+                               const float* __restrict__ mean, const float* __restrict__ rstd,
+                               const T* __restrict__ gain, const float* __restrict__ A, const float* __restrict__ B,
+                               i64 n, i64 C, int stat_per_col, int gain_per_col, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
+        const bool vec = aligned && i + V <= n;
+        float v[V], d[V];
+        load_v<T, V>(x, i, n, vec, v);
+        load_v<T, V>(dy, i, n, vec, d);
+        const i64 r0 = i / C, c0 = i - r0 * C;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            i64 r = r0, c = c0 + k;
+            if (c >= C) { r += c / C; c %= C; }
+            if (r * C + c >= n) break;
+            const i64 s = stat_per_col ? c : r, f = gain_per_col ? c : r;
+            const float g = gain ? to_float<T>(gain[f]) : 1.f;
+            const float rs = rstd[s], xh = (v[k] - mean[s]) * rs;
+            v[k] = rs * (g * d[k] - (A ? A[s] : 0.f) - (B ? xh * B[s] : 0.f));
+        }
+        store_v<T, V>(dx, i, n, vec, v);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// L2 weight normalization of block-sparse weights w [nnz, b, b] (block k at layout position
+// (rows[k], cols[k]); column c of block k feeds output unit cols[k] * b + c).
+// Per output unit u: n_u = sum over the blocks k of block column u / b and rows r of w[k, r, u % b]^2.
+// Per block k: n_k = sum of w[k]^2. v = gain * w * rnorm, rnorm = 1 / sqrt(n + eps).
+
+// out[u] = sum_{k in block column u / b, r} w[k, r, u % b] * w2[k, r, u % b] (w2 = w for the squared norm).
+// Grid: one thread per output unit (col_order/col_ptr: the layout's CSC tables).
+template <typename T>
+__global__ void wn_reduce_unit(float* __restrict__ out, const T* __restrict__ w, const T* __restrict__ w2,
+                               const int* __restrict__ col_ptr, const int* __restrict__ col_order, int units, int b) {
+    const int u = blockIdx.x * blockDim.x + threadIdx.x;
+    if (u >= units) return;
+    const int jb = u / b, c = u % b;
+    float acc = 0.f;
+    for (int p = col_ptr[jb]; p < col_ptr[jb + 1]; ++p) {
+        const i64 base = (i64)col_order[p] * b * b + c;
+        for (int r = 0; r < b; ++r) acc += to_float<T>(w[base + (i64)r * b]) * to_float<T>(w2[base + (i64)r * b]);
+    }
+    out[u] = acc;
+}
+
+// out[k] = sum of w[k] * w2[k] over the block's b*b elements. Grid: one thread block (256) per block k.
+template <typename T>
+__global__ void wn_reduce_block(float* __restrict__ out, const T* __restrict__ w, const T* __restrict__ w2, int b) {
+    __shared__ float part[8];
+    const i64 base = (i64)blockIdx.x * b * b;
+    float acc = 0.f;
+    for (int t = threadIdx.x; t < b * b; t += blockDim.x) acc += to_float<T>(w[base + t]) * to_float<T>(w2[base + t]);
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float total = 0.f;
+        for (int p = 0; p < (int)(blockDim.x + 31) / 32; ++p) total += part[p];
+        out[blockIdx.x] = total;
+    }
+}
+
+// Forward (dv null): v = g[q] * rnorm[q] * w.  Backward: dw = g[q] * rnorm[q] * (dv - w * rnorm[q]^2 * dot[q]),
+// dot[q] = sum dv * w over the unit or block. q = cols[k] * b + c (per unit) or k (per block);
+// g null -> 1. Grid: as ew_fwd over nnz*b*b (V divides b, so a thread's elements share a block row).
+template <typename T>
+__global__ void wn_apply(T* __restrict__ out, const T* __restrict__ w, const T* __restrict__ dv,
+                         const T* __restrict__ g, const float* __restrict__ rnorm, const float* __restrict__ dot,
+                         const int* __restrict__ cols, i64 n, int b, int per_unit, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
+        const bool vec = aligned && i + V <= n;
+        float v[V], d[V];
+        load_v<T, V>(w, i, n, vec, v);
+        if (dv) load_v<T, V>(dv, i, n, vec, d);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 e = i + k;
+            if (e >= n) break;
+            const i64 blk = e / ((i64)b * b);
+            const i64 q = per_unit ? (i64)cols[blk] * b + e % b : blk;
+            const float s = (g ? to_float<T>(g[q]) : 1.f) * rnorm[q];
+            v[k] = dv ? s * (d[k] - v[k] * rnorm[q] * rnorm[q] * dot[q]) : s * v[k];
+        }
+        store_v<T, V>(out, i, n, vec, v);
+    }
+}
