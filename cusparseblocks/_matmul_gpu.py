@@ -62,6 +62,10 @@ def updat_simt_spec(dtype, out_dtype, bs, axis):
     return KernelSpec(SOURCE, f"updat_simt<{t}, {to}, {bs}, {axis}>")
 
 
+def updat_reduce_spec(out_dtype):
+    return KernelSpec(SOURCE, f"updat_reduce<{_CTYPE[out_dtype]}>")
+
+
 def xw_tc_smem(bs, variant, axis):
     bm, _, _, st = XW_TC_TILES[bs][variant]
     rows, cols = (bm, bs) if axis == 1 else (bs, bm)
@@ -96,6 +100,7 @@ def specializations():
             for trans in (0, 1):
                 yield xw_simt_spec(dtype, to, bs, axis, trans)
             yield updat_simt_spec(dtype, to, bs, axis)
+        yield updat_reduce_spec(dtype)
 
 
 compiler.register_family("bsmm", specializations)
@@ -132,6 +137,23 @@ def _tables(op_obj, key, dev):
         else:  # ("groups", g)
             cache[(dev, key)] = cupy.asarray(update_groups(lay, key[1]))
     return cache[(dev, key)]
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(dev):
+    if dev not in _SM_COUNT:
+        import cupy
+
+        _SM_COUNT[dev] = cupy.cuda.runtime.getDeviceProperties(dev)["multiProcessorCount"]
+    return _SM_COUNT[dev]
+
+
+def _update_splits(ctas, chunks, dev):
+    """Batch splits for the update: enough CTAs for ~4 per SM, each split at least 4 chunks long."""
+    want = -(-4 * _sm_count(dev) // max(ctas, 1))
+    return int(max(1, min(want, chunks // 4, 64)))
 
 
 def _aligned(*arrays) -> bool:
@@ -215,14 +237,21 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
         spec = updat_simt_spec(dtype, odt, b, axis)
         grid, extra = op_obj.layout.nnz, ()
     chunks = np.concatenate([[0], np.cumsum(-(-ns // nc))]).astype(np.int64)
+    splits = _update_splits(grid, int(chunks[-1]), dev)
+    ws = cupy.empty((splits, op_obj.layout.nnz) + op_obj.w_shape[1:], dtype=np.float32) if splits > 1 else None
     p = len(xs)
     table = cupy.asarray(np.concatenate([
         np.array([x.data.ptr for x in xs], dtype=np.int64),
         np.array([dy.data.ptr for dy in dys], dtype=np.int64),
         ns, chunks]))
     fn = compiler.get_function(spec, smem)
-    fn((grid,), (threads,),
+    fn((grid, splits), (threads,),
        (table[:p], table[p:2 * p], table[2 * p:3 * p], table[3 * p:], np.int32(p), *extra, rows, cols, dw,
-        np.int64(op_obj.K), np.int64(op_obj.M), np.int32(bool(accumulate))),
+        ws if ws is not None else np.uint64(0), np.int32(op_obj.layout.nnz), np.int64(op_obj.K), np.int64(op_obj.M), np.int32(bool(accumulate))),
        shared_mem=smem, stream=stream)
+    if splits > 1:
+        count = dw.size
+        reduce = compiler.get_function(updat_reduce_spec(odt))
+        reduce((min(-(-count // 256), 4 * _sm_count(dev)),), (256,),
+               (ws, dw, np.int32(splits), np.int64(count), np.int32(bool(accumulate))), stream=stream)
     return dw  # `table` may be freed now: CuPy's pool reuses it only in stream order, after the kernel

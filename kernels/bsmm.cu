@@ -362,6 +362,9 @@ xw_simt(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
 
 // ------------------------------------------------------------------------------------------------
 // Update. dw[k] = Σ_p Σ_n x_p[n, rows[k]·b + i] · dy_p[n, cols[k]·b + j] for each nonzero block k.
+// gridDim.y > 1 splits the chunk sequence into gridDim.y contiguous ranges (for layouts with too few
+// blocks to fill the GPU); each split writes fp32 partials to `ws` [splits][nnz][b][b] and
+// updat_reduce sums them in split order.
 // The (x, dy) pairs of a grouped update are given by device arrays of pointers and batch sizes;
 // `chunk_ptr` [P + 1] is the prefix sum of each pair's batch chunks (of NC rows), so that the
 // pipeline runs over all chunks of all pairs in one sequence. Summation order is fixed: the result
@@ -377,7 +380,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
          const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
          const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
-         TO* __restrict__ dw, i64 in_features, i64 out_features, int accumulate) {
+         TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features, int accumulate) {
     constexpr int THREADS = WARPS * 32;
     constexpr int WPB = WARPS / G;            // warps per block
     constexpr int WTM = BS / WPB;             // rows of the block per warp
@@ -398,7 +401,8 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
     }
     __syncthreads();
     const i64 xcol = (i64)rows[blk_s[0]] * BS;
-    const int total = (int)chunk_ptr[pairs];
+    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
+    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int gw = warp / WPB, m0 = (warp % WPB) * WTM;
     const bool active = blk_s[gw] >= 0;
@@ -413,6 +417,7 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 
     int lp = 0;  // loader's current pair (chunks are visited in increasing order)
     auto load_stage = [&](int q, int slot) {
+        q += q0;
         while (chunk_ptr[lp + 1] <= q) lp++;
         const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
         const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
@@ -499,7 +504,9 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
     }
     cp_async_wait<0>();
     if (!active) return;
-    TO* out = dw + (i64)blk_s[gw] * BS * BS;
+    const i64 k = blk_s[gw];
+    TO* out = dw + k * BS * BS;
+    float* part = ws + ((i64)blockIdx.y * nnz + k) * BS * BS;  // split partials (gridDim.y > 1)
 #pragma unroll
     for (int i = 0; i < MI; i++)
 #pragma unroll
@@ -508,11 +515,28 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
             for (int h = 0; h < 2; h++) {
                 int m = m0 + i * 16 + lane / 4 + h * 8, f = j * 8 + (lane % 4) * 2;
                 float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                if (gridDim.y > 1) {
+                    *reinterpret_cast<float2*>(part + m * BS + f) = make_float2(v0, v1);
+                    continue;
+                }
                 TO* o = out + m * BS + f;
                 if (accumulate) { v0 += to_float<TO>(o[0]); v1 += to_float<TO>(o[1]); }
                 o[0] = from_float<TO>(v0);
                 o[1] = from_float<TO>(v1);
             }
+}
+
+// updat_reduce: dw = (accumulate ? dw : 0) + Σ_s ws[s], s in increasing order (deterministic).
+// Grid-stride over the nnz·b² outputs; ws is [splits][nnz·b²] fp32.
+template <typename TO>
+__global__ void updat_reduce(const float* __restrict__ ws, TO* __restrict__ dw, int splits, i64 count,
+                             int accumulate) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
+        float v = accumulate ? to_float<TO>(dw[i]) : 0.f;
+        float sum = 0.f;
+        for (int s2 = 0; s2 < splits; s2++) sum += ws[s2 * count + i];
+        dw[i] = from_float<TO>(v + sum);
+    }
 }
 
 // updat_simt: FFMA update in fp32 for any input type, one CTA of 256 threads per nonzero block.
@@ -522,8 +546,8 @@ template <typename T, typename TO, int BS, int AXIS>
 __global__ void __launch_bounds__(256)
 updat_simt(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
            const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
-           const int* __restrict__ rows, const int* __restrict__ cols, TO* __restrict__ dw, i64 in_features,
-           i64 out_features, int accumulate) {
+           const int* __restrict__ rows, const int* __restrict__ cols, TO* __restrict__ dw, float* __restrict__ ws,
+           int nnz, i64 in_features, i64 out_features, int accumulate) {
     constexpr int NC = 32, THREADS = 256, PER = (BS / 4) * (BS / 4), G = THREADS / PER;
     constexpr int S = BS + 4;
     __shared__ __align__(16) float Xs[NC * S];
@@ -536,11 +560,15 @@ updat_simt(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     const int ti = (t / (BS / 4)) * 4, tj = (t % (BS / 4)) * 4;
     float acc[4][4] = {};
 
-    for (int p = 0; p < pairs; p++) {
+    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
+    const int q0 = min(all, (int)blockIdx.y * per), q1 = min(all, q0 + per);
+    int p = 0;
+    for (int q = q0; q < q1; q++) {
+        while (chunk_ptr[p + 1] <= q) p++;
         const T* xp = reinterpret_cast<const T*>(x_ptrs[p]);
         const T* dyp = reinterpret_cast<const T*>(dy_ptrs[p]);
-        const i64 nt = ns[p];
-        for (i64 n0 = 0; n0 < nt; n0 += NC) {
+        const i64 nt = ns[p], n0 = (i64)(q - chunk_ptr[p]) * NC;
+        {
             __syncthreads();
             for (int idx = threadIdx.x; idx < NC * BS; idx += THREADS) {
                 int r, f;
@@ -568,6 +596,7 @@ updat_simt(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
         }
     }
     TO* out = dw + (i64)blk * BS * BS;
+    float* part = ws + ((i64)blockIdx.y * nnz + blk) * BS * BS;  // split partials (gridDim.y > 1)
     if (G == 1) {
 #pragma unroll
         for (int i = 0; i < 4; i++)
@@ -575,6 +604,7 @@ updat_simt(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
             for (int j = 0; j < 4; j++) {
                 int idx = (ti + i) * BS + tj + j;
                 float v = acc[i][j];
+                if (gridDim.y > 1) { part[idx] = v; continue; }
                 if (accumulate) v += to_float<TO>(out[idx]);
                 out[idx] = from_float<TO>(v);
             }
@@ -589,6 +619,7 @@ updat_simt(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     for (int idx = threadIdx.x; idx < BS * BS; idx += THREADS) {
         float v = 0.f;
         for (int q = 0; q < G; q++) v += red[q * BS * BS + idx];
+        if (gridDim.y > 1) { part[idx] = v; continue; }
         if (accumulate) v += to_float<TO>(out[idx]);
         out[idx] = from_float<TO>(v);
     }

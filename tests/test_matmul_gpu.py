@@ -118,6 +118,27 @@ def test_grouped_update_is_deterministic(rng, dtype, block_size, feature_axis):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", BLOCKS)
+@pytest.mark.parametrize("feature_axis", [1, 0])
+def test_split_update_accumulates(rng, dtype, block_size, feature_axis):
+    """Few blocks and a long batch: the update splits the batch and reduces the partials in order."""
+    import cupy as cp
+
+    op = BlockSparseMatMul(_layout(rng, 3, 3, 0.3), block_size, feature_axis)
+    n = int(rng.integers(2000, 3000))
+    x = random_array(rng, _io(op, n, op.K), dtype)
+    dy = random_array(rng, _io(op, n, op.M), dtype)
+    dw0 = random_array(rng, op.w_shape, "float32")
+    dw = cp.asarray(dw0)
+    op.updat(cp.asarray(x), cp.asarray(dy), out=dw, accumulate=True)
+    assert_close(dw, dw0 + _ref64(op, "updat", [x], [dy]), "float32" if dtype == "float32" else dtype,
+                 "split updat accumulate")
+    again = cp.asarray(dw0)
+    op.updat(cp.asarray(x), cp.asarray(dy), out=again, accumulate=True)
+    assert cp.array_equal(dw, again), "split update is not bit-reproducible"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("feature_axis", [1, 0])
 def test_unaligned_views_fall_back(rng, dtype, feature_axis):
     """Offset views (not 16-byte aligned) take the SIMT path and stay correct."""
