@@ -22,7 +22,7 @@ _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 # "large" N ≥ LARGE_N (an x tile of BM rows is read once per nonzero block, so a taller tile reads w
 # fewer times), "medium" the rest.
 XW_TC_TILES = {
-    64: {"large": (256, 4, 2, 3), "medium": (128, 2, 2, 3), "small": (32, 1, 4, 4)},
+    64: {"large": (128, 4, 2, 4), "medium": (128, 2, 2, 3), "small": (32, 1, 4, 4)},
     32: {"large": (256, 8, 1, 4), "medium": (128, 4, 1, 4), "small": (32, 1, 4, 6)},
     16: {"large": (256, 8, 1, 6), "medium": (128, 4, 1, 6), "small": (32, 1, 2, 8)},
     8: {"large": (256, 8, 1, 8), "medium": (128, 4, 1, 8), "small": (32, 1, 1, 8)},
