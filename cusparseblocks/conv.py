@@ -1,0 +1,1117 @@
+"""Block-sparse convolution: sparsity over channel blocks, dense spatial filters (seeds 000 and 004).
+
+A :class:`ChannelBlockLayout` lists the nonzero blocks of the channel-connection matrix: block b links
+input channels ``in_b`` to output channels ``out_b`` with a dense spatial filter. Blocks may be uniform
+(a block mask and a block size, 1 to 64 and beyond), non-uniform (any list of channel sets, contiguous
+or not, even overlapping), block-diagonal with a merged ShuffleNet channel shuffle, or the channel-random
+"sparse random" pattern of seed 004. :class:`BlockSparseConv` runs the convolution for one layout and one
+geometry (1-D/2-D/3-D, stride, asymmetric padding, dilation, edge bias) with the contract of the matmul:
+``w_shape``, ``fprop``, ``bprop``, ``updat`` (plus ``updat_edge_bias``).
+
+NumPy arrays run the float64-capable reference (:mod:`cusparseblocks.reference.conv`, a masked dense
+convolution); CuPy arrays run ``kernels/conv.cu``:
+
+- uniform layouts with block size 16, 32 or 64, fp16/bf16, NHWC: an implicit GEMM on tensor cores
+  (``mma.sync`` m16n8k16, fp32 accumulation) over the nonzero blocks of each output block column; bprop
+  with stride 1 runs the same kernel on the transposed layout;
+- everything else (non-uniform blocks, block sizes below 16, fp32, NCHW, bprop with stride > 1, the
+  weight update): direct kernels with per-channel connection lists, FFMA in fp32.
+
+NHWC (channels last) is the fast activation layout. NCHW runs natively in the direct kernels (no
+silent conversion); convert explicitly (``x.transpose(0, 2, 3, 1)`` + copy) to get the fast path.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+
+import numpy as np
+
+from . import _validate as V
+from . import compiler
+from ._array import backend_of, dtype_name, is_cupy
+from .blocklayout import BlockLayout
+from .reference import conv as ref
+from .reference.matmul import compute_dtype
+
+__all__ = ["ChannelBlockLayout", "BlockSparseConv", "self_check", "TC_BLOCK_SIZES"]
+
+_GPU_DTYPES = ("float16", "bfloat16", "float32")
+_CPU_DTYPES = _GPU_DTYPES + ("float64",)
+_CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
+TC_BLOCK_SIZES = (16, 32, 64)
+
+# Launch parameters, one table for the family (a benchmark may call _launch_config with each entry).
+_LAUNCH = {
+    "direct": {"threads": 256, "max_blocks": 65536},
+    "updat_direct": {"threads": 256},  # 8 warps, one (weight element, tap) per warp
+    "tc": {"bm": 128, "threads": 128, "stages": 3},
+}
+_FORMATS = {
+    "NWC": (1, True),
+    "NCW": (1, False),
+    "NHWC": (2, True),
+    "NCHW": (2, False),
+    "NDHWC": (3, True),
+    "NCDHW": (3, False),
+    "channels_last": (None, True),
+    "channels_first": (None, False),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# the layout
+
+
+def _index_set(name: str, spec, limit: int | None) -> np.ndarray:
+    """Channels of one side of a block: a (start, stop) tuple, a range, or a sequence of indices."""
+    if isinstance(spec, range):
+        idx = np.arange(spec.start, spec.stop, spec.step, dtype=np.int64)
+    elif isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(v, (int, np.integer)) for v in spec):
+        idx = np.arange(int(spec[0]), int(spec[1]), dtype=np.int64)
+    else:
+        arr = np.asarray(spec)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+            raise TypeError(
+                f"{name}: expected (start, stop), a range or a 1-D integer sequence, got {spec!r}"
+            )
+        idx = arr.astype(np.int64)
+    if idx.size == 0:
+        raise ValueError(f"{name}: expected at least one channel, got an empty set {spec!r}")
+    if idx.min() < 0 or (limit is not None and idx.max() >= limit):
+        raise ValueError(f"{name}: expected channels in [0, {limit}), got range [{idx.min()}, {idx.max()}]")
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"{name}: expected distinct channels, got repeats in {idx.tolist()}")
+    idx.setflags(write=False)
+    return idx
+
+
+class ChannelBlockLayout:
+    """The nonzero blocks of a convolution's channel-connection matrix.
+
+    ``blocks[b] = (in_channels, out_channels)`` (int64 arrays); weight block b holds a dense filter
+    [*filter, len(in), len(out)] linking them. ``w`` packs the blocks in this order. Construct with
+    a list of blocks (each side ``(start, stop)``, a ``range`` or explicit channel indices), or with
+    :meth:`from_mask`, :meth:`block_diagonal`, :meth:`channel_random`.
+
+    ``uniform`` is the block size when every block is b×b on aligned input ranges and the output sets
+    partition the output channels (then the tensor-core kernels apply); ``None`` otherwise. Cached: the
+    connection lists and block-column tables the kernels use.
+    """
+
+    def __init__(self, blocks, in_channels: int | None = None, out_channels: int | None = None):
+        blocks = list(blocks)
+        if not blocks:
+            raise ValueError("blocks: expected at least one (in_channels, out_channels) block, got none")
+        parsed = []
+        for b, blk in enumerate(blocks):
+            if not isinstance(blk, (tuple, list)) or len(blk) != 2:
+                raise TypeError(f"blocks[{b}]: expected a pair (in_channels, out_channels), got {blk!r}")
+            parsed.append(
+                (
+                    _index_set(f"blocks[{b}][0]", blk[0], in_channels),
+                    _index_set(f"blocks[{b}][1]", blk[1], out_channels),
+                )
+            )
+        self.blocks = tuple(parsed)
+        self.in_channels = (
+            int(in_channels) if in_channels is not None else int(max(i.max() for i, _ in parsed)) + 1
+        )
+        self.out_channels = (
+            int(out_channels) if out_channels is not None else int(max(o.max() for _, o in parsed)) + 1
+        )
+        sizes = np.array([i.size * o.size for i, o in parsed], dtype=np.int64)
+        self.block_elements = _frozen(sizes)
+        self.offsets = _frozen(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+        self.nnz = len(parsed)
+        self._detect_uniform()
+
+    # -- constructors ----------------------------------------------------------------------------
+    @classmethod
+    def from_mask(cls, mask, block_size: int, out_perm=None) -> ChannelBlockLayout:
+        """Uniform blocks: ``mask`` [C/b, K/b]; block (i, j) links inputs i·b:(i+1)·b to outputs
+        ``out_perm[j·b:(j+1)·b]`` (default: j·b:(j+1)·b). Blocks in row-major mask order."""
+        lay = mask if isinstance(mask, BlockLayout) else BlockLayout(mask, "mask")
+        b = _positive_int("block_size", block_size)
+        K = lay.out_blocks * b
+        perm = np.arange(K) if out_perm is None else np.asarray(out_perm, dtype=np.int64)
+        if perm.shape != (K,) or not np.array_equal(np.sort(perm), np.arange(K)):
+            raise ValueError(
+                f"out_perm: expected a permutation of {K} output channels, got shape {perm.shape}"
+            )
+        blocks = [
+            (range(int(r) * b, int(r + 1) * b), perm[int(c) * b : int(c + 1) * b])
+            for r, c in zip(lay.rows, lay.cols)
+        ]
+        return cls(blocks, lay.in_blocks * b, K)
+
+    @classmethod
+    def block_diagonal(
+        cls,
+        in_channels: int,
+        groups: int,
+        out_channels: int | None = None,
+        *,
+        shuffle: bool = False,
+        block_size: int | None = None,
+    ) -> ChannelBlockLayout:
+        """A grouped convolution (``groups`` groups), optionally followed by ShuffleNet's channel shuffle.
+
+        With ``shuffle`` the output of group g's a-th channel lands at channel ``a·groups + g`` (reshape
+        [groups, K/groups] → transpose → flatten), exactly ``conv2d(groups=g)`` then the shuffle.
+        ``block_size`` splits each group into b×b blocks (the tensor-core path needs b in 16, 32, 64);
+        default: one block per group.
+        """
+        C = _positive_int("in_channels", in_channels)
+        K = C if out_channels is None else _positive_int("out_channels", out_channels)
+        g = _positive_int("groups", groups)
+        for name, v in (("in_channels", C), ("out_channels", K)):
+            if v % g:
+                raise ValueError(f"groups: expected a divisor of {name}={v}, got {g}")
+        gc, gk = C // g, K // g
+        pos = np.arange(K).reshape(g, gk)  # pos[g, a]: where output a of group g lands
+        if shuffle:
+            pos = np.arange(gk)[None, :] * g + np.arange(g)[:, None]
+        if block_size is None:
+            return cls([((gi * gc, (gi + 1) * gc), pos[gi]) for gi in range(g)], C, K)
+        b = _positive_int("block_size", block_size)
+        if gc % b or gk % b:
+            raise ValueError(f"block_size: expected a divisor of the group sizes {gc} and {gk}, got {b}")
+        blocks = [
+            ((gi * gc + r * b, gi * gc + (r + 1) * b), pos[gi, s * b : (s + 1) * b])
+            for gi in range(g)
+            for r in range(gc // b)
+            for s in range(gk // b)
+        ]
+        return cls(blocks, C, K)
+
+    @classmethod
+    def channel_random(
+        cls,
+        in_channels: int,
+        out_channels: int | None = None,
+        fraction: float = 0.25,
+        *,
+        block_size: int = 1,
+        seed=None,
+    ) -> ChannelBlockLayout:
+        """Seed 004's sparse random connections: each output (block) connects to a random ``fraction``
+        of the input (blocks); no dead input or output. Block size 1 is the paper's per-channel form."""
+        from . import layouts
+
+        b = _positive_int("block_size", block_size)
+        C = _positive_int("in_channels", in_channels)
+        K = C if out_channels is None else _positive_int("out_channels", out_channels)
+        if C % b or K % b:
+            raise ValueError(
+                f"block_size: expected a divisor of in_channels={C} and out_channels={K}, got {b}"
+            )
+        return cls.from_mask(layouts.channel_random(C // b, K // b, fraction, seed=seed), b)
+
+    # -- derived ------------------------------------------------------------------------------
+    def _detect_uniform(self):
+        """Uniform b×b blocks on aligned input ranges whose output sets partition the outputs."""
+        self.uniform = None
+        sizes = {(i.size, o.size) for i, o in self.blocks}
+        if len(sizes) != 1:
+            return
+        b, bo = sizes.pop()
+        if b != bo or self.in_channels % b or self.out_channels % b:
+            return
+        rows = np.empty(self.nnz, dtype=np.int32)
+        for n, (i, _) in enumerate(self.blocks):
+            if i[0] % b or not np.array_equal(i, np.arange(i[0], i[0] + b)):
+                return
+            rows[n] = i[0] // b
+        outs = np.stack([o for _, o in self.blocks])
+        keys, cols = np.unique(outs, axis=0, return_inverse=True)
+        cols = cols.reshape(-1).astype(np.int32)
+        # distinct output sets must be disjoint; uncovered outputs (dead columns) form empty virtual blocks
+        if np.unique(keys).size != keys.size:
+            return
+        free = np.setdiff1d(np.arange(self.out_channels), keys.reshape(-1))
+        if free.size:
+            keys = np.concatenate([keys, free.reshape(-1, b)])
+        order = np.argsort(keys.min(axis=1), kind="stable")  # virtual block j: the j-th set by first channel
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        cols = rank[cols].astype(np.int32)
+        perm = keys[order].reshape(-1).astype(np.int32)
+        if len({(int(r), int(c)) for r, c in zip(rows, cols)}) != self.nnz:
+            return  # duplicate blocks sum; the block-column kernels assume one block per (i, j)
+        self.uniform = b
+        self.block_rows = _frozen(rows)
+        self.block_cols = _frozen(cols)
+        self.out_perm = None if np.array_equal(perm, np.arange(self.out_channels)) else _frozen(perm)
+        mask = np.zeros((self.in_channels // b, self.out_channels // b), dtype=bool)
+        mask[rows, cols] = True
+        self.mask = _frozen(mask)
+
+    @functools.cached_property
+    def column_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(col_ptr, col_in, col_w) int32: for virtual output block j, its input blocks and w blocks."""
+        order = np.argsort(self.block_cols, kind="stable").astype(np.int32)
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(self.block_cols, minlength=self.mask.shape[1]))])
+        return _frozen(ptr.astype(np.int32)), _frozen(self.block_rows[order].copy()), _frozen(order)
+
+    @functools.cached_property
+    def row_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row_ptr, row_out, row_w) int32: for input block i, its virtual output blocks and w blocks."""
+        order = np.argsort(self.block_rows, kind="stable").astype(np.int32)
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(self.block_rows, minlength=self.mask.shape[0]))])
+        return _frozen(ptr.astype(np.int32)), _frozen(self.block_cols[order].copy()), _frozen(order)
+
+    def connections(self, taps: int) -> dict[str, np.ndarray]:
+        """Every (c, k) weight element: c, k (int32), off (int64, index of tap 0 in w), ts (int32 tap
+        stride), plus CSR lists by output channel (fw_*) and by input channel (bw_*). Cached per taps."""
+        cache = self.__dict__.setdefault("_connections", {})
+        if taps not in cache:
+            cache[taps] = self._build_connections(taps)
+        return cache[taps]
+
+    def _build_connections(self, taps: int) -> dict[str, np.ndarray]:
+        cs, ks, offs, tss = [], [], [], []
+        for b, (i, o) in enumerate(self.blocks):
+            ci, ko = np.meshgrid(np.arange(i.size), np.arange(o.size), indexing="ij")
+            cs.append(i[ci.ravel()])
+            ks.append(o[ko.ravel()])
+            offs.append(self.offsets[b] * taps + ci.ravel() * o.size + ko.ravel())
+            tss.append(np.full(ci.size, i.size * o.size))
+        c = np.concatenate(cs).astype(np.int32)
+        k = np.concatenate(ks).astype(np.int32)
+        off = np.concatenate(offs).astype(np.int64)
+        ts = np.concatenate(tss).astype(np.int32)
+        out = {"c": c, "k": k, "off": off, "ts": ts}
+        for tag, key, other, n in (("fw", k, c, self.out_channels), ("bw", c, k, self.in_channels)):
+            order = np.argsort(key, kind="stable")
+            out[f"{tag}_ptr"] = np.concatenate([[0], np.cumsum(np.bincount(key, minlength=n))]).astype(
+                np.int32
+            )
+            out[f"{tag}_idx"] = other[order]
+            out[f"{tag}_off"] = off[order]
+            out[f"{tag}_ts"] = ts[order]
+        for v in out.values():
+            v.setflags(write=False)
+        return out
+
+    @property
+    def density(self) -> float:
+        return float(self.offsets[-1]) / (self.in_channels * self.out_channels)
+
+    def connection_mask(self) -> np.ndarray:
+        """[C, K] int: how many blocks link input c to output k (0 = no connection)."""
+        m = np.zeros((self.in_channels, self.out_channels), dtype=np.int64)
+        for i, o in self.blocks:
+            m[np.ix_(i, o)] += 1
+        return m
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, ChannelBlockLayout)
+            and self.nnz == other.nnz
+            and (self.in_channels, self.out_channels) == (other.in_channels, other.out_channels)
+            and all(
+                np.array_equal(a, c) and np.array_equal(b, d)
+                for (a, b), (c, d) in zip(self.blocks, other.blocks)
+            )
+        )
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        kind = f"uniform b={self.uniform}" if self.uniform else "non-uniform"
+        return (
+            f"ChannelBlockLayout({self.in_channels}->{self.out_channels} channels, "
+            f"{self.nnz} blocks, {kind}, "
+            f"density={self.density:.3f})"
+        )
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def _positive_int(name, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
+
+
+def _per_axis(name: str, value, dims: int, minimum: int) -> tuple[int, ...]:
+    vals = (value,) * dims if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+    try:
+        vals = tuple(vals)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int or {dims} ints, got {value!r}") from None
+    if len(vals) != dims or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in vals):
+        raise ValueError(f"{name}: expected an int or {dims} ints (one per spatial axis), got {value!r}")
+    if any(v < minimum for v in vals):
+        raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
+    return tuple(int(v) for v in vals)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the op
+
+
+class BlockSparseConv:
+    """Block-sparse convolution for one channel layout and one filter geometry.
+
+    Args:
+        layout: a :class:`ChannelBlockLayout`, or a bool-like block mask [C/b, K/b] with ``block_size``.
+        filter_shape: spatial filter, 1 to 3 ints (the number of spatial axes): (S,), (R, S), (T, R, S).
+        stride, dilation: an int or one per axis.
+        padding: an int, one per axis, one (lo, hi) pair per axis (asymmetric), ``"valid"`` or
+            ``"same"`` (TF's rule: output = ceil(input / stride), extra padding at the high end).
+        input_spatial: the input's spatial size; required with ``edge_bias`` (the edge patterns depend
+            on it), otherwise optional (then checked).
+        edge_bias: learn a bias [E, K] for output positions whose window overlaps the padding.
+        data_format: "channels_last" (default; NHWC, the fast one) or "channels_first" (NCHW); or by name
+            "NWC"/"NCW", "NHWC"/"NCHW", "NDHWC"/"NCDHW" (checked against the filter's axes).
+
+    Shapes: x [N, *in, C] (NHWC) or [N, C, *in]; y [N, *out, K] or [N, K, *out]; ``w`` is ``w_shape``:
+    uniform layouts ``(nnz, *filter, b, b)``, others a flat array packing block b as
+    [*filter, len(in_b), len(out_b)] at ``offsets[b]·taps``. dtypes float16|bfloat16|float32 (float64
+    on NumPy). Cached: geometry per input size, connection lists, device tables per GPU.
+    """
+
+    def __init__(
+        self,
+        layout,
+        filter_shape,
+        *,
+        block_size: int | None = None,
+        stride=1,
+        padding=0,
+        dilation=1,
+        input_spatial=None,
+        edge_bias: bool = False,
+        data_format: str = "channels_last",
+    ):
+        if not isinstance(layout, ChannelBlockLayout):
+            if block_size is None:
+                raise ValueError("block_size: expected a block size with a mask layout, got None")
+            layout = ChannelBlockLayout.from_mask(layout, block_size)
+        elif block_size is not None and layout.uniform != block_size:
+            raise ValueError(
+                f"block_size: expected None or {layout.uniform} (the layout's), got {block_size}"
+            )
+        self.layout = layout
+        fs = (filter_shape,) if isinstance(filter_shape, (int, np.integer)) else tuple(filter_shape)
+        if not 1 <= len(fs) <= 3:
+            raise ValueError(f"filter_shape: expected 1 to 3 spatial sizes, got {filter_shape!r}")
+        self.dims = len(fs)
+        self.filter_shape = _per_axis("filter_shape", fs, self.dims, 1)
+        self.taps = int(np.prod(self.filter_shape))
+        self.stride = _per_axis("stride", stride, self.dims, 1)
+        self.dilation = _per_axis("dilation", dilation, self.dims, 1)
+        self.padding = self._parse_padding(padding)
+        if data_format not in _FORMATS:
+            raise ValueError(f"data_format: expected one of {tuple(_FORMATS)}, got {data_format!r}")
+        fdims, self.channels_last = _FORMATS[data_format]
+        if fdims is not None and fdims != self.dims:
+            raise ValueError(f"data_format: {data_format!r} has {fdims} spatial axes, the filter {self.dims}")
+        self.data_format = data_format
+        self.input_spatial = (
+            None if input_spatial is None else _per_axis("input_spatial", input_spatial, self.dims, 1)
+        )
+        self.edge_bias = bool(edge_bias)
+        if self.edge_bias and self.input_spatial is None:
+            raise ValueError("input_spatial: expected the input's spatial size with edge_bias=True, got None")
+        self.C, self.K = layout.in_channels, layout.out_channels
+        b = layout.uniform
+        self.w_shape = (layout.nnz, *self.filter_shape, b, b) if b else (int(layout.offsets[-1]) * self.taps,)
+        if self.input_spatial is not None:
+            geom = self.geometry(self.input_spatial)
+            self.edge_bias_shape = (ref.edge_bias_map(geom)[1], self.K) if self.edge_bias else None
+        else:
+            self.edge_bias_shape = None
+        self._device_tables: dict = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"BlockSparseConv({self.layout!r}, filter={self.filter_shape}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, {self.data_format}, "
+            f"edge_bias={self.edge_bias})"
+        )
+
+    def _parse_padding(self, padding):
+        if isinstance(padding, str):
+            if padding.lower() not in ("valid", "same"):
+                raise ValueError(f"padding: expected an int, pairs, 'valid' or 'same', got {padding!r}")
+            return padding.lower()
+        if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+            if padding < 0:
+                raise ValueError(f"padding: expected values >= 0, got {padding}")
+            return tuple((int(padding), int(padding)) for _ in range(self.dims))
+        try:
+            items = list(padding)
+        except TypeError:
+            raise TypeError(f"padding: expected an int, pairs, 'valid' or 'same', got {padding!r}") from None
+        if len(items) != self.dims:
+            raise ValueError(f"padding: expected {self.dims} entries (one per spatial axis), got {padding!r}")
+        out = []
+        for v in items:
+            pair = (v, v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else tuple(v)
+            if len(pair) != 2 or any(
+                isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0 for p in pair
+            ):
+                raise ValueError(f"padding: expected non-negative ints or (lo, hi) pairs, got {padding!r}")
+            out.append((int(pair[0]), int(pair[1])))
+        return tuple(out)
+
+    def geometry(self, input_spatial: tuple[int, ...]) -> ref.ConvGeometry:
+        """The :class:`~cusparseblocks.reference.conv.ConvGeometry` for an input spatial size (cached)."""
+        input_spatial = tuple(int(v) for v in input_spatial)
+        cache = self.__dict__.setdefault("_geometries", {})
+        if input_spatial not in cache:
+            cache[input_spatial] = self._build_geometry(input_spatial)
+        return cache[input_spatial]
+
+    def _build_geometry(self, input_spatial: tuple[int, ...]) -> ref.ConvGeometry:
+        if self.padding == "valid":
+            pads = tuple((0, 0) for _ in range(self.dims))
+        elif self.padding == "same":
+            pads = []
+            for h, f, s, d in zip(input_spatial, self.filter_shape, self.stride, self.dilation):
+                total = max((-(-h // s) - 1) * s + d * (f - 1) + 1 - h, 0)
+                pads.append((total // 2, total - total // 2))
+            pads = tuple(pads)
+        else:
+            pads = self.padding
+        geom = ref.ConvGeometry(
+            tuple(input_spatial),
+            self.filter_shape,
+            self.stride,
+            tuple(p[0] for p in pads),
+            tuple(p[1] for p in pads),
+            self.dilation,
+        )
+        if any(p < 1 for p in geom.output_spatial):
+            raise ValueError(
+                f"x: spatial size {tuple(input_spatial)} is too small for filter {self.filter_shape} "
+                f"with dilation {self.dilation} and padding {pads} (output {geom.output_spatial})"
+            )
+        return geom
+
+    def output_shape(self, x_shape) -> tuple[int, ...]:
+        n, spatial = x_shape[0], self._spatial_of(x_shape)
+        out = self.geometry(tuple(spatial)).output_spatial
+        return (n, *out, self.K) if self.channels_last else (n, self.K, *out)
+
+    def _spatial_of(self, shape):
+        return tuple(shape[1:-1]) if self.channels_last else tuple(shape[2:])
+
+    # ---------------------------------------------------------------------------------------------
+    # validation
+    def _check_act(self, name, arr, channels, backend, detail):
+        V.check_float(name, arr, _GPU_DTYPES if backend == "cupy" else _CPU_DTYPES)
+        V.check_ndim(name, arr, self.dims + 2)
+        V.check_dim(name, arr, -1 if self.channels_last else 1, channels, detail)
+        if arr.shape[0] == 0:
+            raise ValueError(f"{name}: expected a positive batch size on axis 0, got 0")
+        V.check_contiguous(name, arr)
+        if backend == "cupy":
+            import cupy
+
+            V.check_device(name, arr, cupy.cuda.runtime.getDevice())
+
+    def _check_w(self, w, xname, x, backend):
+        V.check_shape("w", w, self.w_shape, f"layout {self.layout.nnz} blocks, filter {self.filter_shape}")
+        V.check_same_dtype(**{xname: x, "w": w})
+        V.check_contiguous("w", w)
+        if backend == "cupy":
+            import cupy
+
+            V.check_device("w", w, cupy.cuda.runtime.getDevice())
+
+    def _check_input_spatial(self, name, spatial):
+        if self.input_spatial is not None and tuple(spatial) != self.input_spatial:
+            raise ValueError(
+                f"{name}: expected spatial size {self.input_spatial} (input_spatial), got {tuple(spatial)}"
+            )
+
+    def _check_edge_bias(self, edge_bias, x, backend):
+        if edge_bias is None:
+            if self.edge_bias:
+                raise ValueError(
+                    f"edge_bias: expected an array of shape {self.edge_bias_shape} (edge_bias=True), got None"
+                )
+            return
+        if not self.edge_bias:
+            raise ValueError("edge_bias: this op was built with edge_bias=False, got an array")
+        V.check_shape("edge_bias", edge_bias, self.edge_bias_shape, "E edge patterns × K")
+        V.check_same_dtype(x=x, edge_bias=edge_bias)
+        V.check_contiguous("edge_bias", edge_bias)
+
+    def _in_detail(self):
+        return f"in_channels of the layout, {'channels last' if self.channels_last else 'channels first'}"
+
+    def _out_detail(self):
+        return f"out_channels of the layout, {'channels last' if self.channels_last else 'channels first'}"
+
+    # ---------------------------------------------------------------------------------------------
+    # the contract
+    def fprop(self, x, w, edge_bias=None, *, out=None):
+        """y = conv(x, W) (+ edge bias). x: [N, *in, C] or [N, C, *in]; returns y [N, *out, K] or
+        [N, K, *out] in x's dtype. ``out``: an array of that shape and dtype to write into."""
+        backend = backend_of(x=x, w=w, edge_bias=edge_bias, out=out)
+        self._check_act("x", x, self.C, backend, self._in_detail())
+        self._check_w(w, "x", x, backend)
+        spatial = self._spatial_of(x.shape)
+        self._check_input_spatial("x", spatial)
+        self._check_edge_bias(edge_bias, x, backend)
+        geom = self.geometry(spatial)
+        shape = self.output_shape(x.shape)
+        V.check_out("out", out, shape, x.dtype, backend == "cupy")
+        if backend == "cupy":
+            return _gpu_fprop(self, geom, x, w, edge_bias, out, shape)
+        xc = x if self.channels_last else np.moveaxis(x, 1, -1)
+        y = ref.conv_fprop(geom, xc, self.dense(w).astype(compute_dtype(x.dtype)))
+        if edge_bias is not None:
+            y = ref.edge_bias_fprop(geom, y, edge_bias)
+        return _finish(y if self.channels_last else np.moveaxis(y, -1, 1), out, x.dtype)
+
+    __call__ = fprop
+
+    def bprop(self, dy, w, *, out=None, input_spatial=None):
+        """dx = the gradient of fprop w.r.t. x. dy: [N, *out, K] or [N, K, *out]; returns dx shaped like
+        x. The input size is ``input_spatial`` (default: the op's, else the smallest input giving
+        dy's size with stride 1, which is exact; pass it for stride > 1)."""
+        backend = backend_of(dy=dy, w=w, out=out)
+        self._check_act("dy", dy, self.K, backend, self._out_detail())
+        self._check_w(w, "dy", dy, backend)
+        geom = self._geometry_for_output("dy", self._spatial_of(dy.shape), input_spatial)
+        n = dy.shape[0]
+        shape = (n, *geom.input_spatial, self.C) if self.channels_last else (n, self.C, *geom.input_spatial)
+        V.check_out("out", out, shape, dy.dtype, backend == "cupy")
+        if backend == "cupy":
+            return _gpu_bprop(self, geom, dy, w, out, shape)
+        dyc = dy if self.channels_last else np.moveaxis(dy, 1, -1)
+        dx = ref.conv_bprop(geom, dyc, self.dense(w).astype(compute_dtype(dy.dtype)))
+        return _finish(dx if self.channels_last else np.moveaxis(dx, -1, 1), out, dy.dtype)
+
+    def updat(self, x, dy, *, out=None, out_dtype=None):
+        """dw = the gradient w.r.t. the nonzero weight blocks only, ``w_shape``, in x's dtype (or
+        ``out_dtype`` float32). x: as fprop's input; dy: as fprop's output."""
+        backend = backend_of(x=x, dy=dy, out=out)
+        self._check_act("x", x, self.C, backend, self._in_detail())
+        self._check_act("dy", dy, self.K, backend, self._out_detail())
+        V.check_same_dtype(x=x, dy=dy)
+        spatial = self._spatial_of(x.shape)
+        self._check_input_spatial("x", spatial)
+        geom = self.geometry(spatial)
+        expect = self.output_shape(x.shape)
+        V.check_shape("dy", dy, expect, "fprop's output shape for x")
+        odt = _out_dtype(x.dtype, out_dtype if out is None else (out_dtype or out.dtype))
+        V.check_out("out", out, self.w_shape, odt, backend == "cupy")
+        if backend == "cupy":
+            return _gpu_updat(self, geom, x, dy, out, odt)
+        xc = x if self.channels_last else np.moveaxis(x, 1, -1)
+        dyc = dy if self.channels_last else np.moveaxis(dy, 1, -1)
+        dW = ref.conv_updat(geom, xc, dyc)
+        return _finish(self.from_dense(dW), out, odt)
+
+    def updat_edge_bias(self, dy, *, out=None, out_dtype=None):
+        """d edge_bias [E, K] = Σ over the batch and each pattern's positions of dy."""
+        if not self.edge_bias:
+            raise ValueError(
+                "edge_bias: this op was built with edge_bias=False; it has no edge-bias gradient"
+            )
+        backend = backend_of(dy=dy, out=out)
+        self._check_act("dy", dy, self.K, backend, self._out_detail())
+        geom = self.geometry(self.input_spatial)
+        V.check_shape(
+            "dy", dy, self.output_shape((dy.shape[0], *self._fake_x_shape())), "fprop's output shape"
+        )
+        odt = _out_dtype(dy.dtype, out_dtype if out is None else (out_dtype or out.dtype))
+        V.check_out("out", out, self.edge_bias_shape, odt, backend == "cupy")
+        if backend == "cupy":
+            return _gpu_updat_edge_bias(self, geom, dy, out, odt)
+        dyc = dy if self.channels_last else np.moveaxis(dy, 1, -1)
+        return _finish(ref.edge_bias_updat(geom, dyc), out, odt)
+
+    def _fake_x_shape(self):
+        return (*self.input_spatial, self.C) if self.channels_last else (self.C, *self.input_spatial)
+
+    def _geometry_for_output(self, name, out_spatial, input_spatial):
+        if input_spatial is None:
+            input_spatial = self.input_spatial
+        if input_spatial is None:
+            pads = self.padding
+            if pads == "valid":
+                pads = tuple((0, 0) for _ in range(self.dims))
+            elif pads == "same" and all(s == 1 for s in self.stride):
+                pads = None
+                input_spatial = tuple(out_spatial)
+            if pads == "same" or any(s != 1 for s in self.stride):
+                raise ValueError(
+                    f"input_spatial: needed to invert {name}'s size with stride {self.stride} "
+                    f"or padding {self.padding!r}; pass bprop(..., input_spatial=...)"
+                )
+            if input_spatial is None:
+                input_spatial = tuple(
+                    p - lo - hi + d * (f - 1)
+                    for p, (lo, hi), d, f in zip(out_spatial, pads, self.dilation, self.filter_shape)
+                )
+        input_spatial = _per_axis("input_spatial", input_spatial, self.dims, 1)
+        geom = self.geometry(input_spatial)
+        if geom.output_spatial != tuple(out_spatial):
+            raise ValueError(
+                f"{name}: expected spatial size {geom.output_spatial} (output of input "
+                f"{input_spatial}), got {tuple(out_spatial)}"
+            )
+        return geom
+
+    # ---------------------------------------------------------------------------------------------
+    # conversions and initialisers
+    def dense(self, w):
+        """The dense weight [K, C, *filter] (PyTorch's OIHW) of w's type; zeros outside the blocks,
+        overlapping blocks summed."""
+        V.check_shape("w", w, self.w_shape)
+        xp = _xp(w)
+        flat = w.reshape(-1)
+        conn = self.layout.connections(self.taps)
+        taps = xp.arange(self.taps)
+        vals = flat[
+            xp.asarray(conn["off"])[:, None] + xp.asarray(conn["ts"]).astype(np.int64)[:, None] * taps
+        ]
+        acc = np.float64 if np.dtype(w.dtype) == np.float64 else np.float32
+        W = xp.zeros((self.K, self.C, self.taps), dtype=acc)
+        k, c = xp.asarray(conn["k"]), xp.asarray(conn["c"])
+        if xp is np:
+            np.add.at(W, (k, c), vals.astype(acc))
+        else:
+            import cupyx
+
+            cupyx.scatter_add(W, (k, c), vals.astype(acc))
+        return W.astype(w.dtype).reshape(self.K, self.C, *self.filter_shape)
+
+    def from_dense(self, W):
+        """The blocks of a dense [K, C, *filter] weight as ``w`` (each block reads its own entries)."""
+        V.check_shape("W", W, (self.K, self.C, *self.filter_shape), "[K, C, *filter]")
+        xp = _xp(W)
+        conn = self.layout.connections(self.taps)
+        W3 = W.reshape(self.K, self.C, self.taps)
+        vals = W3[xp.asarray(conn["k"]), xp.asarray(conn["c"])]  # [elements, taps]
+        out = xp.zeros(int(self.layout.offsets[-1]) * self.taps, dtype=W.dtype)
+        idx = xp.asarray(conn["off"])[:, None] + xp.asarray(conn["ts"]).astype(np.int64)[:, None] * xp.arange(
+            self.taps
+        )
+        out[idx] = vals
+        return out.reshape(self.w_shape)
+
+    def fan_in(self) -> np.ndarray:
+        """Inputs feeding each output channel, [K] (connections × taps)."""
+        conn = self.layout.connections(self.taps)
+        return np.bincount(conn["k"], minlength=self.K) * self.taps
+
+    def init_normal(self, seed=None, scale: float = 1.0, dtype=np.float32, xp=np):
+        """w ~ N(0, scale²/fan_in), fan_in of each output channel over its connections."""
+        rng = np.random.default_rng(seed)
+        conn = self.layout.connections(self.taps)
+        fan = np.maximum(self.fan_in(), 1)[conn["k"]]
+        flat = np.zeros(int(self.layout.offsets[-1]) * self.taps)
+        idx = conn["off"][:, None] + conn["ts"].astype(np.int64)[:, None] * np.arange(self.taps)
+        flat[idx] = rng.standard_normal(idx.shape) * (scale / np.sqrt(fan))[:, None]
+        return xp.asarray(flat.reshape(self.w_shape).astype(dtype))
+
+    # ---------------------------------------------------------------------------------------------
+    def uses_tensor_cores(self, dtype, op: str = "fprop") -> bool:
+        """Whether the GPU ``op`` ("fprop" or "bprop") runs the tensor-core kernel for ``dtype``."""
+        ok = (
+            self.layout.uniform in TC_BLOCK_SIZES
+            and self.channels_last
+            and dtype_name(dtype) in ("float16", "bfloat16")
+        )
+        if op == "bprop":
+            ok = ok and all(s == 1 for s in self.stride)
+        return ok
+
+
+def _out_dtype(dtype, out_dtype):
+    if out_dtype is None:
+        return np.dtype(dtype)
+    if np.dtype(out_dtype) not in (np.dtype(dtype), np.dtype(np.float32)):
+        raise TypeError(
+            f"out_dtype: expected None, {dtype_name(dtype)} or float32, got {np.dtype(out_dtype)}"
+        )
+    return np.dtype(out_dtype)
+
+
+def _finish(result, out, odt):
+    if out is None:
+        return np.ascontiguousarray(result.astype(odt, copy=False))
+    out[...] = result.astype(odt)
+    return out
+
+
+def _xp(a):
+    if is_cupy(a):
+        import cupy
+
+        return cupy
+    return np
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU dispatch (CuPy arrays)
+
+
+def _specs() -> Iterable[compiler.KernelSpec]:
+    S = compiler.KernelSpec
+    for t in _CTYPE.values():
+        yield S("conv.cu", f"conv_fprop_direct<{t}>")
+        yield S("conv.cu", f"conv_bprop_direct<{t}>")
+        for o in dict.fromkeys((t, "float")):
+            yield S("conv.cu", f"conv_updat_direct<{t}, {o}>")
+            yield S("conv.cu", f"edge_bias_updat<{t}, {o}>")
+    for t in ("__half", "__nv_bfloat16"):
+        for b in TC_BLOCK_SIZES:
+            yield S("conv.cu", f"conv_fprop_tc<{t}, {b}>")
+
+
+compiler.register_family("conv", _specs)
+
+
+def _tc_smem(b: int) -> int:
+    cfg = _LAUNCH["tc"]
+    return cfg["stages"] * (cfg["bm"] + b) * (b + 8) * 2
+
+
+def _dev(conv: BlockSparseConv, key, build):
+    import cupy
+
+    dkey = (cupy.cuda.runtime.getDevice(), key)
+    val = conv._device_tables.get(dkey)
+    if val is None:
+        val = build(cupy)
+        conv._device_tables[dkey] = val
+    return val
+
+
+def _geo_array(conv, geom: ref.ConvGeometry, n: int, C: int, K: int, in_spatial, out_spatial, stride, pad_lo):
+    pad3 = lambda t, v: (v,) * (3 - len(t)) + tuple(t)  # noqa: E731 - leading unit axes
+    geo = [
+        n,
+        C,
+        K,
+        *pad3(in_spatial, 1),
+        *pad3(out_spatial, 1),
+        *pad3(geom.filter_shape, 1),
+        *pad3(stride, 1),
+        *pad3(pad_lo, 0),
+        *pad3(geom.dilation, 1),
+        int(conv.channels_last),
+    ]
+    return np.asarray(geo, dtype=np.int32)
+
+
+def _upload_geo(geo):
+    import cupy
+
+    return cupy.asarray(geo)
+
+
+def _grid_1d(total: int, threads: int) -> int:
+    return int(max(1, min(-(-total // threads), _LAUNCH["direct"]["max_blocks"])))
+
+
+def _null():
+    return np.uint64(0)
+
+
+def _launch(spec, grid, block, args, smem=0):
+    import cupy
+
+    fn = compiler.get_function(spec, smem)
+    fn(grid, block, args, shared_mem=smem, stream=cupy.cuda.get_current_stream())
+
+
+def _edge_tables(conv, geom):
+    def build(cp):
+        emap, e = ref.edge_bias_map(geom)
+        flat = emap.reshape(-1)
+        order = np.argsort(flat, kind="stable")
+        order = order[flat[order] >= 0].astype(np.int32)
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(flat[flat >= 0], minlength=e))]).astype(np.int32)
+        return cp.asarray(flat.astype(np.int32)), cp.asarray(ptr), cp.asarray(order), e
+
+    return _dev(conv, ("edge", geom), build)
+
+
+def _conn_tables(conv):
+    def build(cp):
+        return {k: cp.asarray(v) for k, v in conv.layout.connections(conv.taps).items()}
+
+    return _dev(conv, ("conn",), build)
+
+
+def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
+    import cupy
+
+    dt = dtype_name(x.dtype)
+    y = out if out is not None else cupy.empty(shape, dtype=x.dtype)
+    n = x.shape[0]
+    geo = _upload_geo(
+        _geo_array(
+            conv, geom, n, conv.C, conv.K, geom.input_spatial, geom.output_spatial, geom.stride, geom.pad_lo
+        )
+    )
+    if edge_bias is not None:
+        emap = _edge_tables(conv, geom)[0]
+        eb_args = (edge_bias, emap)
+    else:
+        eb_args = (_null(), _null())
+    if conv.uses_tensor_cores(x.dtype, "fprop"):
+        lay = conv.layout
+        b = lay.uniform
+
+        def build(cp):
+            ptr, cin, cw = lay.column_tables
+            perm = cp.asarray(lay.out_perm) if lay.out_perm is not None else None
+            return cp.asarray(ptr), cp.asarray(cin), cp.asarray(cw), perm
+
+        ptr, cin, cw, perm = _dev(conv, ("cols",), build)
+        _tc_launch(
+            x,
+            w,
+            y,
+            ptr,
+            cin,
+            cw,
+            perm,
+            eb_args,
+            geo,
+            n * int(np.prod(geom.output_spatial)),
+            lay.mask.shape[1],
+            b,
+            dt,
+        )
+        return y
+    conn = _conn_tables(conv)
+    threads = _LAUNCH["direct"]["threads"]
+    total = int(np.prod(shape))
+    spec = compiler.KernelSpec("conv.cu", f"conv_fprop_direct<{_CTYPE[dt]}>")
+    _launch(
+        spec,
+        (_grid_1d(total, threads),),
+        (threads,),
+        (x, w, y, conn["fw_ptr"], conn["fw_idx"], conn["fw_off"], conn["fw_ts"], *eb_args, geo),
+    )
+    return y
+
+
+def _tc_launch(x, w, y, ptr, cin, cw, perm, eb_args, geo, m_total, out_blocks, b, dt):
+    cfg = _LAUNCH["tc"]
+    spec = compiler.KernelSpec("conv.cu", f"conv_fprop_tc<{_CTYPE[dt]}, {b}>")
+    grid = (-(-m_total // cfg["bm"]), out_blocks)
+    smem = _tc_smem(b)
+    _launch(
+        spec,
+        grid,
+        (cfg["threads"],),
+        (x, w, y, ptr, cin, cw, perm if perm is not None else _null(), *eb_args, geo),
+        smem,
+    )
+
+
+def _gpu_bprop(conv, geom, dy, w, out, shape):
+    import cupy
+
+    dt = dtype_name(dy.dtype)
+    dx = out if out is not None else cupy.empty(shape, dtype=dy.dtype)
+    n = dy.shape[0]
+    if conv.uses_tensor_cores(dy.dtype, "bprop"):
+        lay = conv.layout
+        b = lay.uniform
+
+        def build(cp):
+            ptr, rout, rw = lay.row_tables
+            perm = cp.asarray(lay.out_perm.astype(np.int64)) if lay.out_perm is not None else None
+            return cp.asarray(ptr), cp.asarray(rout), cp.asarray(rw), perm
+
+        ptr, rout, rw, perm = _dev(conv, ("rows",), build)
+        # transposed, spatially flipped blocks: wt[blk, tap', k, c] = w[blk, taps-1-tap', c, k]
+        wt = cupy.ascontiguousarray(w.reshape(lay.nnz, conv.taps, b, b)[:, ::-1].transpose(0, 1, 3, 2))
+        # gather dy into virtual output-channel order when the layout permutes its outputs
+        dyv = cupy.ascontiguousarray(dy[..., perm]) if perm is not None else dy
+        pad_lo = tuple(d * (f - 1) - lo for d, f, lo in zip(geom.dilation, geom.filter_shape, geom.pad_lo))
+        geo = _upload_geo(
+            _geo_array(
+                conv,
+                geom,
+                n,
+                conv.K,
+                conv.C,
+                geom.output_spatial,
+                geom.input_spatial,
+                (1,) * conv.dims,
+                pad_lo,
+            )
+        )
+        _tc_launch(
+            dyv,
+            wt,
+            dx,
+            ptr,
+            rout,
+            rw,
+            None,
+            (_null(), _null()),
+            geo,
+            n * int(np.prod(geom.input_spatial)),
+            lay.mask.shape[0],
+            b,
+            dt,
+        )
+        return dx
+    conn = _conn_tables(conv)
+    geo = _upload_geo(
+        _geo_array(
+            conv, geom, n, conv.C, conv.K, geom.input_spatial, geom.output_spatial, geom.stride, geom.pad_lo
+        )
+    )
+    threads = _LAUNCH["direct"]["threads"]
+    total = int(np.prod(shape))
+    spec = compiler.KernelSpec("conv.cu", f"conv_bprop_direct<{_CTYPE[dt]}>")
+    _launch(
+        spec,
+        (_grid_1d(total, threads),),
+        (threads,),
+        (dy, w, dx, conn["bw_ptr"], conn["bw_idx"], conn["bw_off"], conn["bw_ts"], geo),
+    )
+    return dx
+
+
+def _gpu_updat(conv, geom, x, dy, out, odt):
+    import cupy
+
+    dt = dtype_name(x.dtype)
+    dw = out if out is not None else cupy.empty(conv.w_shape, dtype=odt)
+    conn = _conn_tables(conv)
+    geo = _upload_geo(
+        _geo_array(
+            conv,
+            geom,
+            x.shape[0],
+            conv.C,
+            conv.K,
+            geom.input_spatial,
+            geom.output_spatial,
+            geom.stride,
+            geom.pad_lo,
+        )
+    )
+    n_elems = int(conn["c"].size)
+    threads = _LAUNCH["updat_direct"]["threads"]
+    warps = n_elems * conv.taps
+    spec = compiler.KernelSpec("conv.cu", f"conv_updat_direct<{_CTYPE[dt]}, {_CTYPE[dtype_name(odt)]}>")
+    _launch(
+        spec,
+        (-(-warps // (threads // 32)),),
+        (threads,),
+        (x, dy, dw, conn["c"], conn["k"], conn["off"], conn["ts"], np.int32(n_elems), geo),
+    )
+    return dw
+
+
+def _gpu_updat_edge_bias(conv, geom, dy, out, odt):
+    import cupy
+
+    dt = dtype_name(dy.dtype)
+    _, ptr, pix, e = _edge_tables(conv, geom)
+    deb = out if out is not None else cupy.empty((e, conv.K), dtype=odt)
+    geo = _upload_geo(
+        _geo_array(
+            conv,
+            geom,
+            dy.shape[0],
+            conv.C,
+            conv.K,
+            geom.input_spatial,
+            geom.output_spatial,
+            geom.stride,
+            geom.pad_lo,
+        )
+    )
+    threads = 256
+    spec = compiler.KernelSpec("conv.cu", f"edge_bias_updat<{_CTYPE[dt]}, {_CTYPE[dtype_name(odt)]}>")
+    _launch(spec, (-(-(e * conv.K) // threads),), (threads,), (dy, deb, ptr, pix, np.int32(e), geo))
+    return deb
+
+
+# ---------------------------------------------------------------------------------------------------
+# self check
+
+
+def self_check(backend: str = "numpy", seed: int | None = 0) -> list[tuple[str, float, bool]]:
+    """A quick random check of fprop/bprop/updat (and edge bias) against the float64 reference.
+
+    ``backend``: "numpy" (reference path at float32) or "cupy" (GPU kernels: the tensor-core path in
+    fp16 and the direct path in fp32). Returns rows (name, relative error, passed).
+    """
+    from ._array import bfloat16  # noqa: F401 - ensures ml_dtypes registered
+
+    rng = np.random.default_rng(seed)
+    if backend not in ("numpy", "cupy"):
+        raise ValueError(f"backend: expected 'numpy' or 'cupy', got {backend!r}")
+    cases = [
+        (
+            "uniform b=16 3x3 NHWC",
+            ChannelBlockLayout.from_mask(rng.random((3, 4)) < 0.6, 16),
+            "NHWC",
+            "float16" if backend == "cupy" else "float32",
+        ),
+        (
+            "non-uniform 3x3 NCHW",
+            ChannelBlockLayout([((0, 5), (0, 7)), ([1, 6, 7], (3, 11)), ((5, 9), [10, 2])]),
+            "NCHW",
+            "float32",
+        ),
+    ]
+    rows = []
+    tol = {"float16": 1e-2, "float32": 1e-4}
+    for name, lay, fmt, dt in cases:
+        conv = BlockSparseConv(
+            lay,
+            (3, 3),
+            padding=((1, 0), (2, 1)),
+            stride=1,
+            input_spatial=(7, 6),
+            edge_bias=True,
+            data_format=fmt,
+        )
+        xs = (2, 7, 6, conv.C) if fmt == "NHWC" else (2, conv.C, 7, 6)
+        x = rng.standard_normal(xs).astype(dt)
+        w = conv.init_normal(rng, dtype=dt)
+        eb = rng.standard_normal(conv.edge_bias_shape).astype(dt)
+        ref_conv = BlockSparseConv(
+            lay, (3, 3), padding=conv.padding, input_spatial=(7, 6), edge_bias=True, data_format=fmt
+        )
+        y64 = ref_conv.fprop(x.astype(np.float64), w.astype(np.float64), eb.astype(np.float64))
+        dy = rng.standard_normal(y64.shape).astype(dt)
+        dx64 = ref_conv.bprop(dy.astype(np.float64), w.astype(np.float64))
+        dw64 = ref_conv.updat(x.astype(np.float64), dy.astype(np.float64))
+        de64 = ref_conv.updat_edge_bias(dy.astype(np.float64))
+        if backend == "cupy":
+            import cupy as xp
+        else:
+            xp = np
+        X, Wt, EB, DY = (xp.asarray(a) for a in (x, w, eb, dy))
+        results = {
+            "fprop": (conv.fprop(X, Wt, EB), y64),
+            "bprop": (conv.bprop(DY, Wt), dx64),
+            "updat": (conv.updat(X, DY, out_dtype=np.float32), dw64),
+            "updat_edge_bias": (conv.updat_edge_bias(DY, out_dtype=np.float32), de64),
+        }
+        for op, (got, want) in results.items():
+            got = got.get() if hasattr(got, "get") else got
+            err = float(np.linalg.norm(got.astype(np.float64) - want) / max(np.linalg.norm(want), 1e-30))
+            rows.append((f"{name} {dt} {op}", err, bool(np.isfinite(err) and err <= tol[dt])))
+    return rows

@@ -1,0 +1,386 @@
+// Block-sparse convolution over channel blocks (dense spatial filters): fprop, bprop, update, edge bias.
+//
+// Every kernel sees 3 spatial axes (D, H, W); 1-D and 2-D convolutions pass size-1 axes. The geometry
+// comes in a small int32 array `geo` (indices G_* below) so that every kernel takes the same arguments.
+// Weights are packed block by block; block b holds [taps, cin_b, cout_b] (taps row-major over the
+// filter). Arithmetic is in float for every storage type.
+//
+// Two kernel kinds:
+//  * *_direct: one thread per output element (or one warp per weight element), through per-channel
+//    connection lists (CSR). Any layout: non-uniform, overlapping, block size 1, NCHW or NHWC.
+//  * conv_fprop_tc: implicit GEMM on tensor cores (mma.sync m16n8k16, fp32 accumulation) for
+//    uniform channel blocks of B in {16, 32, 64}, NHWC, fp16/bf16. bprop with stride 1 reuses it on
+//    the transposed layout with flipped, transposed weight blocks (the host prepares them).
+#include "common.cuh"
+
+enum {
+  G_N, G_C, G_K, G_D, G_H, G_W, G_OD, G_OH, G_OW, G_FT, G_FR, G_FS,
+  G_SD, G_SH, G_SW, G_PD, G_PH, G_PW, G_DD, G_DH, G_DW, G_CL, G_COUNT
+};
+
+// -------------------------------------------------------------------------------------------------
+// direct kernels
+
+// conv_fprop_direct: y[n, p, k] = Σ_(c, off, ts) in list(k) Σ_tap x[n, in(p, tap), c] · w[off + tap·ts]
+// (+ edge_bias[emap[p], k]). One thread computes one output element; the grid is 1-D over
+// N·OD·OH·OW·K elements in memory order of y (channels fastest when channels-last).
+template <typename T>
+__global__ void conv_fprop_direct(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                                  const int* __restrict__ fw_ptr, const int* __restrict__ fw_c,
+                                  const i64* __restrict__ fw_off, const int* __restrict__ fw_ts,
+                                  const T* __restrict__ edge_bias, const int* __restrict__ emap,
+                                  const int* __restrict__ geo) {
+  const int N = geo[G_N], C = geo[G_C], K = geo[G_K];
+  const int D = geo[G_D], H = geo[G_H], W = geo[G_W];
+  const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
+  const int FT = geo[G_FT], FR = geo[G_FR], FS = geo[G_FS];
+  const bool cl = geo[G_CL] != 0;
+  const i64 IS = (i64)D * H * W, OS = (i64)OD * OH * OW;
+  const i64 total = (i64)N * OS * K;
+  for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
+    i64 n, p;
+    int k;
+    if (cl) { k = (int)(idx % K); i64 r = idx / K; p = r % OS; n = r / OS; }
+    else { p = idx % OS; i64 r = idx / OS; k = (int)(r % K); n = r / K; }
+    const int ow = (int)(p % OW), oh = (int)((p / OW) % OH), od = (int)(p / ((i64)OW * OH));
+    float acc = 0.f;
+    for (int e = fw_ptr[k]; e < fw_ptr[k + 1]; ++e) {
+      const int c = fw_c[e];
+      const i64 off = fw_off[e];
+      const int ts = fw_ts[e];
+      const T* xc = cl ? x + n * IS * C + c : x + (n * C + c) * IS;
+      const i64 xs = cl ? C : 1;
+      int tap = 0;
+      for (int t = 0; t < FT; ++t) {
+        const int id = od * geo[G_SD] - geo[G_PD] + t * geo[G_DD];
+        for (int r = 0; r < FR; ++r) {
+          const int ih = oh * geo[G_SH] - geo[G_PH] + r * geo[G_DH];
+          for (int s = 0; s < FS; ++s, ++tap) {
+            const int iw = ow * geo[G_SW] - geo[G_PW] + s * geo[G_DW];
+            if ((unsigned)id < (unsigned)D && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+              acc += to_float(xc[(((i64)id * H + ih) * W + iw) * xs]) * to_float(w[off + (i64)tap * ts]);
+          }
+        }
+      }
+    }
+    if (emap != nullptr) {
+      const int eb = emap[p];
+      if (eb >= 0) acc += to_float(edge_bias[(i64)eb * K + k]);
+    }
+    y[idx] = from_float<T>(acc);
+  }
+}
+
+// conv_bprop_direct: dx[n, q, c] = Σ_(k, off, ts) in list(c) Σ_tap dy[n, p, k] · w[off + tap·ts] over
+// the output positions p whose tap lands on input position q. One thread per dx element, 1-D grid
+// over N·D·H·W·C in memory order of dx.
+template <typename T>
+__global__ void conv_bprop_direct(const T* __restrict__ dy, const T* __restrict__ w, T* __restrict__ dx,
+                                  const int* __restrict__ bw_ptr, const int* __restrict__ bw_k,
+                                  const i64* __restrict__ bw_off, const int* __restrict__ bw_ts,
+                                  const int* __restrict__ geo) {
+  const int N = geo[G_N], C = geo[G_C], K = geo[G_K];
+  const int D = geo[G_D], H = geo[G_H], W = geo[G_W];
+  const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
+  const int FT = geo[G_FT], FR = geo[G_FR], FS = geo[G_FS];
+  const int SD = geo[G_SD], SH = geo[G_SH], SW = geo[G_SW];
+  const bool cl = geo[G_CL] != 0;
+  const i64 IS = (i64)D * H * W, OS = (i64)OD * OH * OW;
+  const i64 total = (i64)N * IS * C;
+  for (i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
+    i64 n, q;
+    int c;
+    if (cl) { c = (int)(idx % C); i64 r = idx / C; q = r % IS; n = r / IS; }
+    else { q = idx % IS; i64 r = idx / IS; c = (int)(r % C); n = r / C; }
+    const int iw = (int)(q % W), ih = (int)((q / W) % H), id = (int)(q / ((i64)W * H));
+    float acc = 0.f;
+    for (int e = bw_ptr[c]; e < bw_ptr[c + 1]; ++e) {
+      const int k = bw_k[e];
+      const i64 off = bw_off[e];
+      const int ts = bw_ts[e];
+      const T* dyk = cl ? dy + n * OS * K + k : dy + (n * K + k) * OS;
+      const i64 ys = cl ? K : 1;
+      int tap = 0;
+      for (int t = 0; t < FT; ++t) {
+        const int nd = id + geo[G_PD] - t * geo[G_DD];
+        const int od = nd / SD;
+        const bool okd = nd >= 0 && nd % SD == 0 && od < OD;
+        for (int r = 0; r < FR; ++r) {
+          const int nh = ih + geo[G_PH] - r * geo[G_DH];
+          const int oh = nh / SH;
+          const bool okh = okd && nh >= 0 && nh % SH == 0 && oh < OH;
+          for (int s = 0; s < FS; ++s, ++tap) {
+            const int nw = iw + geo[G_PW] - s * geo[G_DW];
+            const int ow = nw / SW;
+            if (okh && nw >= 0 && nw % SW == 0 && ow < OW)
+              acc += to_float(dyk[(((i64)od * OH + oh) * OW + ow) * ys]) * to_float(w[off + (i64)tap * ts]);
+          }
+        }
+      }
+    }
+    dx[idx] = from_float<T>(acc);
+  }
+}
+
+// conv_updat_direct: dw[off + tap·ts] = Σ_n Σ_p x[n, in(p, tap), c] · dy[n, p, k] for one weight element
+// (c, k, off, ts) of the list and one tap. One warp reduces one (element, tap) pair over all N·OD·OH·OW
+// output positions in a fixed order (deterministic); the grid is 1-D over elements × taps / 8 warps.
+template <typename T, typename OUT>
+__global__ void conv_updat_direct(const T* __restrict__ x, const T* __restrict__ dy, OUT* __restrict__ dw,
+                                  const int* __restrict__ ue_c, const int* __restrict__ ue_k,
+                                  const i64* __restrict__ ue_off, const int* __restrict__ ue_ts, int n_elems,
+                                  const int* __restrict__ geo) {
+  const int N = geo[G_N], C = geo[G_C], K = geo[G_K];
+  const int D = geo[G_D], H = geo[G_H], W = geo[G_W];
+  const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
+  const int FT = geo[G_FT], FR = geo[G_FR], FS = geo[G_FS];
+  const bool cl = geo[G_CL] != 0;
+  const int taps = FT * FR * FS;
+  const i64 IS = (i64)D * H * W, OS = (i64)OD * OH * OW;
+  const int lane = threadIdx.x & 31;
+  const i64 item = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  if (item >= (i64)n_elems * taps) return;
+  const int e = (int)(item / taps), tap = (int)(item % taps);
+  const int t = tap / (FR * FS), r = (tap / FS) % FR, s = tap % FS;
+  const int c = ue_c[e], k = ue_k[e];
+  float acc = 0.f;
+  const i64 M = (i64)N * OS;
+  for (i64 m = lane; m < M; m += 32) {
+    const i64 n = m / OS, p = m % OS;
+    const int ow = (int)(p % OW), oh = (int)((p / OW) % OH), od = (int)(p / ((i64)OW * OH));
+    const int id = od * geo[G_SD] - geo[G_PD] + t * geo[G_DD];
+    const int ih = oh * geo[G_SH] - geo[G_PH] + r * geo[G_DH];
+    const int iw = ow * geo[G_SW] - geo[G_PW] + s * geo[G_DW];
+    if ((unsigned)id < (unsigned)D && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W) {
+      const i64 q = ((i64)id * H + ih) * W + iw;
+      const float xv = to_float(cl ? x[(n * IS + q) * C + c] : x[(n * C + c) * IS + q]);
+      const float gv = to_float(cl ? dy[(n * OS + p) * K + k] : dy[(n * K + k) * OS + p]);
+      acc += xv * gv;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) dw[ue_off[e] + (i64)tap * ue_ts[e]] = from_float<OUT>(acc);
+}
+
+// edge_bias_updat: d_edge_bias[e, k] = Σ_n Σ_(p in list(e)) dy[n, p, k]. One thread per (e, k); the
+// grid is 1-D over E·K (k fastest), each thread summing its positions in a fixed order.
+template <typename T, typename OUT>
+__global__ void edge_bias_updat(const T* __restrict__ dy, OUT* __restrict__ deb, const int* __restrict__ eb_ptr,
+                                const int* __restrict__ eb_pix, int E, const int* __restrict__ geo) {
+  const int N = geo[G_N], K = geo[G_K];
+  const bool cl = geo[G_CL] != 0;
+  const i64 OS = (i64)geo[G_OD] * geo[G_OH] * geo[G_OW];
+  const i64 idx = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= (i64)E * K) return;
+  const int e = (int)(idx / K), k = (int)(idx % K);
+  float acc = 0.f;
+  for (int n = 0; n < N; ++n)
+    for (int i = eb_ptr[e]; i < eb_ptr[e + 1]; ++i) {
+      const i64 p = eb_pix[i];
+      acc += to_float(cl ? dy[((i64)n * OS + p) * K + k] : dy[((i64)n * K + k) * OS + p]);
+    }
+  deb[idx] = from_float<OUT>(acc);
+}
+
+// -------------------------------------------------------------------------------------------------
+// tensor-core implicit GEMM
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+template <typename T> __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
+template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <typename T> __device__ __forceinline__ void store2(T* p, float a, float b);
+template <> __device__ __forceinline__ void store2<__half>(__half* p, float a, float b) {
+  *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+}
+template <> __device__ __forceinline__ void store2<__nv_bfloat16>(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+
+#define TC_BM 128
+#define TC_THREADS 128
+#define TC_STAGES 3
+
+// conv_fprop_tc: one thread block computes a tile of 128 output positions (flattened n, od, oh, ow) ×
+// B output channels of virtual output block j = blockIdx.y; blockIdx.x walks the 128-position tiles.
+// The reduction runs over the (input block, tap) pairs of column j (CSC lists col_ptr/col_in/col_w):
+// each stage gathers the 128 × B input tile of that tap (zero-filled outside the input) and the B × B
+// weight slice with cp.async into a 3-stage shared-memory ring; 4 warps each own 32 rows × B columns
+// and multiply with ldmatrix + mma.sync. Epilogue: + edge bias, optional output-channel permutation
+// (a merged channel shuffle), store. NHWC only; C and K multiples of B.
+template <typename T, int B>
+__global__ void __launch_bounds__(TC_THREADS)
+conv_fprop_tc(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+              const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
+              const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
+              const int* __restrict__ geo) {
+  constexpr int BM = TC_BM, LDA = B + 8, LDW = B + 8, VPR = B / 8;
+  constexpr int ROWS_PER_PASS = TC_THREADS / VPR;
+  constexpr int A_ITERS = BM / ROWS_PER_PASS;
+  constexpr int W_VECS = B * VPR;
+  constexpr int W_ITERS = (W_VECS + TC_THREADS - 1) / TC_THREADS;
+  constexpr int NT = B / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sA = reinterpret_cast<T*>(smem_raw);
+  T* sW = sA + TC_STAGES * BM * LDA;
+
+  const int N = geo[G_N], C = geo[G_C], K = geo[G_K];
+  const int D = geo[G_D], H = geo[G_H], W = geo[G_W];
+  const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
+  const int FR = geo[G_FR], FS = geo[G_FS];
+  const int taps = geo[G_FT] * FR * FS;
+  const int DD = geo[G_DD], DH = geo[G_DH], DW = geo[G_DW];
+  const i64 OS = (i64)OD * OH * OW;
+  const i64 M = (i64)N * OS;
+  const int j = blockIdx.y;
+  const i64 m0 = (i64)blockIdx.x * BM;
+  const int e0 = col_ptr[j];
+  const int niter = (col_ptr[j + 1] - e0) * taps;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int vec = tid % VPR;
+
+  int s_n[A_ITERS], s_d[A_ITERS], s_h[A_ITERS], s_w[A_ITERS];
+#pragma unroll
+  for (int q = 0; q < A_ITERS; ++q) {
+    const i64 m = m0 + tid / VPR + q * ROWS_PER_PASS;
+    s_n[q] = -1; s_d[q] = 0; s_h[q] = 0; s_w[q] = 0;
+    if (m < M) {
+      const i64 n = m / OS, p = m - n * OS;
+      const int ow = (int)(p % OW), oh = (int)((p / OW) % OH), od = (int)(p / ((i64)OW * OH));
+      s_n[q] = (int)n;
+      s_d[q] = od * geo[G_SD] - geo[G_PD];
+      s_h[q] = oh * geo[G_SH] - geo[G_PH];
+      s_w[q] = ow * geo[G_SW] - geo[G_PW];
+    }
+  }
+
+  auto load_stage = [&](int it, int buf) {
+    const int eo = it / taps, tap = it - eo * taps;
+    const int ft = tap / (FR * FS), fr = (tap / FS) % FR, fs = tap % FS;
+    const int cblk = col_in[e0 + eo];
+    const i64 wblk = col_w[e0 + eo];
+    T* dstA = sA + buf * BM * LDA;
+#pragma unroll
+    for (int q = 0; q < A_ITERS; ++q) {
+      const int row = tid / VPR + q * ROWS_PER_PASS;
+      const int id = s_d[q] + ft * DD, ih = s_h[q] + fr * DH, iw = s_w[q] + fs * DW;
+      const bool ok = s_n[q] >= 0 && (unsigned)id < (unsigned)D && (unsigned)ih < (unsigned)H &&
+                      (unsigned)iw < (unsigned)W;
+      const T* src = ok ? x + ((((i64)s_n[q] * D + id) * H + ih) * W + iw) * C + cblk * B + vec * 8 : x;
+      cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
+    }
+    const T* wsrc = w + (wblk * taps + tap) * (B * B);
+    T* dstW = sW + buf * B * LDW;
+#pragma unroll
+    for (int q = 0; q < W_ITERS; ++q) {
+      const int v = tid + q * TC_THREADS;
+      if (v < W_VECS) {
+        const int kr = v / VPR, cv = v % VPR;
+        cp_async16(smem_u32(dstW + kr * LDW + cv * 8), wsrc + kr * B + cv * 8, 16);
+      }
+    }
+  };
+
+  float acc[2][NT][4];
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < NT; ++b)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < TC_STAGES - 1; ++s) {
+    if (s < niter) load_stage(s, s);
+    cp_async_commit();
+  }
+  for (int it = 0; it < niter; ++it) {
+    cp_async_wait<TC_STAGES - 2>();
+    __syncthreads();
+    const int nx = it + TC_STAGES - 1;
+    if (nx < niter) load_stage(nx, nx % TC_STAGES);
+    cp_async_commit();
+    const int buf = it % TC_STAGES;
+    const T* bA = sA + buf * BM * LDA;
+    const T* bW = sW + buf * B * LDW;
+#pragma unroll
+    for (int kk = 0; kk < B / 16; ++kk) {
+      unsigned a[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int row = warp * 32 + mt * 16 + (lane & 15);
+        ldmatrix_x4(a[mt], smem_u32(bA + row * LDA + kk * 16 + (lane >> 4) * 8));
+      }
+#pragma unroll
+      for (int np = 0; np < B / 16; ++np) {
+        unsigned b[4];
+        const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+        ldmatrix_x4_trans(b, smem_u32(bW + krow * LDW + np * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mma16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+          mma16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const i64 m = m0 + warp * 32 + mt * 16 + (lane >> 2) + 8 * h;
+      if (m >= M) continue;
+      int eb = -1;
+      if (emap != nullptr) eb = emap[m % OS];
+      T* yrow = y + m * K;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int kv = j * B + nt * 8 + 2 * (lane & 3);
+        float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+        const int k0 = out_perm != nullptr ? out_perm[kv] : kv;
+        const int k1 = out_perm != nullptr ? out_perm[kv + 1] : kv + 1;
+        if (eb >= 0) {
+          v0 += to_float(edge_bias[(i64)eb * K + k0]);
+          v1 += to_float(edge_bias[(i64)eb * K + k1]);
+        }
+        if (out_perm == nullptr) {
+          store2<T>(yrow + k0, v0, v1);
+        } else {
+          yrow[k0] = from_float<T>(v0);
+          yrow[k1] = from_float<T>(v1);
+        }
+      }
+    }
+}

@@ -1,0 +1,676 @@
+"""BlockSparseConv: reference path vs PyTorch, layouts, kernel tables (host emulation), validation, GPU kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close, poison, random_array
+
+from cusparseblocks import layouts
+from cusparseblocks.conv import BlockSparseConv, ChannelBlockLayout, self_check
+from cusparseblocks.reference import conv as ref
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # pragma: no cover
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+
+def _mask(rng, shape, density=0.5):
+    m = rng.random(shape) < density
+    m[0, 0] = True
+    return m
+
+
+def _layouts(rng):
+    return {
+        "uniform16": ChannelBlockLayout.from_mask(_mask(rng, (3, 2)), 16),
+        "uniform32": ChannelBlockLayout.from_mask(_mask(rng, (2, 3)), 32),
+        "uniform64": ChannelBlockLayout.from_mask(_mask(rng, (1, 2), 1.0), 64),
+        "uniform8": ChannelBlockLayout.from_mask(_mask(rng, (3, 4)), 8),
+        "nonuniform": ChannelBlockLayout(
+            [((0, 5), (0, 7)), ([1, 6, 7], (3, 11)), ((5, 13), [10, 2, 12])], 13, 13
+        ),
+        "channel_random": ChannelBlockLayout.channel_random(12, 20, 0.25, seed=int(rng.integers(1 << 30))),
+        "bd_shuffle": ChannelBlockLayout.block_diagonal(64, 4, shuffle=True, block_size=16),
+    }
+
+
+def _torch_conv(x_ncx, W, geom, groups=1):
+    """PyTorch's convolution of the float64 inputs with explicit (asymmetric) zero padding."""
+    dims = geom.dims
+    pad = []
+    for lo, hi in zip(reversed(geom.pad_lo), reversed(geom.pad_hi)):
+        pad += [lo, hi]
+    xt = F.pad(torch.as_tensor(x_ncx), pad)
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    return fn(xt, torch.as_tensor(W), stride=geom.stride, dilation=geom.dilation, groups=groups)
+
+
+GEOMETRIES = [
+    # dims, filter, stride, padding, dilation, input spatial
+    (1, (3,), 1, 1, 1, (11,)),
+    (1, (4,), 2, ((2, 0),), 1, (13,)),
+    (2, (3, 3), 1, 1, 1, (7, 6)),
+    (2, (3, 2), (2, 1), ((1, 2), (0, 1)), (1, 2), (9, 8)),
+    (2, (1, 1), 1, 0, 1, (5, 3)),
+    (2, (5, 5), 1, "same", 1, (6, 7)),
+    (3, (3, 2, 3), (1, 2, 1), ((1, 0), (1, 1), (0, 2)), (2, 1, 1), (6, 5, 7)),
+]
+
+
+# ---------------------------------------------------------------------------------------------------
+# reference path
+
+
+@needs_torch
+@pytest.mark.parametrize("geo", GEOMETRIES, ids=lambda g: f"{g[0]}d-f{g[1]}-s{g[2]}-p{g[3]}-d{g[4]}")
+@pytest.mark.parametrize("fmt", ["last", "first"])
+def test_reference_matches_torch(rng, geo, fmt):
+    dims, fshape, stride, padding, dilation, spatial = geo
+    names = {1: ("NWC", "NCW"), 2: ("NHWC", "NCHW"), 3: ("NDHWC", "NCDHW")}[dims]
+    lay = ChannelBlockLayout.from_mask(_mask(rng, (3, 2)), 4)
+    conv = BlockSparseConv(
+        lay,
+        fshape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        data_format=names[0] if fmt == "last" else names[1],
+    )
+    n = 2
+    x_ncx = rng.standard_normal((n, conv.C, *spatial))
+    x = np.ascontiguousarray(np.moveaxis(x_ncx, 1, -1)) if fmt == "last" else x_ncx
+    w = conv.init_normal(rng, dtype=np.float64)
+    W = conv.dense(w)
+    geom = conv.geometry(spatial)
+    xt = torch.tensor(x_ncx, requires_grad=True)
+    Wt = torch.tensor(W, requires_grad=True)
+    yt = _torch_conv(xt, Wt, geom)
+    y = conv.fprop(x, w)
+    y_ncx = np.moveaxis(y, -1, 1) if fmt == "last" else y
+    assert_close(y_ncx, yt.detach().numpy(), "float64", "fprop")
+    dy_ncx = rng.standard_normal(yt.shape)
+    yt.backward(torch.tensor(dy_ncx))
+    dy = np.ascontiguousarray(np.moveaxis(dy_ncx, 1, -1)) if fmt == "last" else dy_ncx
+    dx = conv.bprop(dy, w, input_spatial=spatial)
+    dx_ncx = np.moveaxis(dx, -1, 1) if fmt == "last" else dx
+    assert_close(dx_ncx, xt.grad.numpy(), "float64", "bprop")
+    dw = conv.updat(x, dy)
+    assert dw.shape == conv.w_shape
+    assert_close(dw, conv.from_dense(Wt.grad.numpy()), "float64", "updat")
+
+
+@needs_torch
+@pytest.mark.parametrize("groups,block_size", [(4, None), (4, 8), (2, 16), (8, 4)])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_block_diagonal_shuffle_matches_grouped_conv(rng, groups, block_size, shuffle):
+    C, K = 32, 32
+    lay = ChannelBlockLayout.block_diagonal(C, groups, K, shuffle=shuffle, block_size=block_size)
+    conv = BlockSparseConv(lay, (3, 3), padding=1, data_format="NCHW")
+    x = rng.standard_normal((2, C, 6, 5))
+    Wg = rng.standard_normal((K, C // groups, 3, 3))  # torch's grouped weight
+    yt = F.conv2d(torch.tensor(x), torch.tensor(Wg), padding=1, groups=groups)
+    if shuffle:
+        yt = yt.reshape(2, groups, K // groups, 6, 5).transpose(1, 2).reshape(2, K, 6, 5)
+    # our dense weight: output channel pos[g, a] reads group g's a-th filter
+    W = np.zeros((K, C, 3, 3))
+    gk, gc = K // groups, C // groups
+    for g in range(groups):
+        for a in range(gk):
+            o = a * groups + g if shuffle else g * gk + a
+            W[o, g * gc : (g + 1) * gc] = Wg[g * gk + a]
+    w = conv.from_dense(W)
+    np.testing.assert_array_equal(conv.dense(w), W)
+    assert_close(conv.fprop(x, w), yt.numpy(), "float64", "grouped+shuffle")
+    if block_size in (8, 16) or (block_size is None and C // groups in (8, 16)):
+        assert lay.uniform is not None
+        assert (lay.out_perm is not None) == shuffle
+
+
+def test_channel_random_layout_runs(rng):
+    lay = ChannelBlockLayout.channel_random(24, 16, fraction=0.25, seed=3)
+    m = lay.connection_mask()
+    assert lay.uniform == 1
+    assert (m.sum(axis=0) > 0).all() and (m.sum(axis=1) > 0).all(), "no dead channels"
+    conv = BlockSparseConv(lay, (3, 3), padding=1)
+    x = rng.standard_normal((2, 5, 5, 24))
+    w = conv.init_normal(rng, dtype=np.float64)
+    y = conv.fprop(x, w)
+    W = conv.dense(w)
+    assert ((np.abs(W).sum(axis=(2, 3)) > 0) == (m.T > 0)).all()
+    y2 = ref.conv_fprop(conv.geometry((5, 5)), x, W)
+    assert_close(y, y2, "float64")
+
+
+def test_layout_kinds():
+    u = ChannelBlockLayout.from_mask(np.array([[1, 0], [1, 1]]), 16)
+    assert u.uniform == 16 and u.out_perm is None and u.nnz == 3
+    np.testing.assert_array_equal(u.mask, [[True, False], [True, True]])
+    ptr, cin, cw = u.column_tables
+    np.testing.assert_array_equal(ptr, [0, 2, 3])
+    np.testing.assert_array_equal(cin, [0, 1, 1])
+    np.testing.assert_array_equal(cw, [0, 1, 2])
+    nu = ChannelBlockLayout([((0, 3), (0, 5)), ((3, 8), [7, 1])])
+    assert nu.uniform is None and nu.in_channels == 8 and nu.out_channels == 8
+    bd = ChannelBlockLayout.block_diagonal(64, 4, shuffle=True)
+    assert bd.uniform == 16 and bd.out_perm is not None
+    np.testing.assert_array_equal(bd.out_perm[:4], [0, 4, 8, 12])
+    # blocks given in any order with aligned ranges are still uniform
+    shuffled = ChannelBlockLayout([((16, 32), (0, 16)), ((0, 16), (16, 32))])
+    assert shuffled.uniform == 16
+    # duplicate blocks sum: non-uniform path
+    dup = ChannelBlockLayout([((0, 16), (0, 16)), ((0, 16), (0, 16))])
+    assert dup.uniform is None
+    assert "uniform" in repr(u) and "non-uniform" in repr(nu)
+
+
+def test_layouts_generator_masks():
+    m = layouts.block_diagonal(8, 4, shuffle=True)
+    lay = ChannelBlockLayout.from_mask(m, 16)
+    assert lay.uniform == 16 and lay.nnz == 16
+
+
+def test_edge_bias_map_and_grad(rng):
+    conv = BlockSparseConv(
+        ChannelBlockLayout.from_mask([[1]], 3), (3, 3), padding=1, input_spatial=(5, 4), edge_bias=True
+    )
+    emap, e = ref.edge_bias_map(conv.geometry((5, 4)))
+    assert e == 8 and conv.edge_bias_shape == (8, 3)
+    assert (emap[1:-1, 1:-1] == -1).all() and (emap[0, :] >= 0).all() and (emap[:, -1] >= 0).all()
+    assert emap[0, 0] == 0  # raster order of first appearance
+    x = rng.standard_normal((2, 5, 4, 3))
+    w = conv.init_normal(rng, dtype=np.float64)
+    eb = rng.standard_normal((8, 3))
+    y0 = BlockSparseConv(conv.layout, (3, 3), padding=1).fprop(x, w)
+    y = conv.fprop(x, w, eb)
+    expect = y0.copy()
+    for p in np.ndindex(5, 4):
+        if emap[p] >= 0:
+            expect[(slice(None), *p)] += eb[emap[p]]
+    assert_close(y, expect, "float64")
+    dy = rng.standard_normal(y.shape)
+    deb = conv.updat_edge_bias(dy)
+    # gradient check: d<dy, y>/d eb
+    expect_g = np.zeros((8, 3))
+    for p in np.ndindex(5, 4):
+        if emap[p] >= 0:
+            expect_g[emap[p]] += dy[(slice(None), *p)].sum(axis=0)
+    assert_close(deb, expect_g, "float64")
+
+
+def test_edge_bias_asymmetric_3d():
+    geom = ref.ConvGeometry((4, 5, 3), (2, 3, 3), (1, 2, 1), (1, 0, 2), (0, 2, 0), (1, 1, 1))
+    emap, e = ref.edge_bias_map(geom)
+    assert emap.shape == geom.output_spatial and e == len(np.unique(emap[emap >= 0]))
+
+
+def test_dense_roundtrip_nonuniform(rng):
+    lay = ChannelBlockLayout([((0, 5), (0, 7)), ([1, 6, 7], (3, 11)), ((5, 13), [10, 2, 12])], 13, 13)
+    conv = BlockSparseConv(lay, (2, 3))
+    assert conv.w_shape == (int(lay.offsets[-1]) * 6,)
+    w = conv.init_normal(rng, dtype=np.float64)
+    W = conv.dense(w)
+    # overlapping blocks sum in the dense weight; from_dense of a non-overlapping dense gives blocks back
+    u = BlockSparseConv(ChannelBlockLayout.from_mask(_mask(rng, (3, 2)), 4), (3,))
+    wu = u.init_normal(rng, dtype=np.float64)
+    np.testing.assert_array_equal(u.from_dense(u.dense(wu)), wu)
+    assert np.isfinite(W).all()
+
+
+def test_self_check_numpy():
+    rows = self_check("numpy")
+    assert rows and all(passed for _, _, passed in rows), rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# host emulation of the GPU kernels' tables (what the kernels read, checked without a GPU)
+
+
+def _gather_column_conv(x, out_spatial, fshape, stride, pad_lo, dil, ptr, cin, cw, wblocks, perm, k_out):
+    """What conv_fprop_tc computes: for each virtual output block j, Σ over (input block, w block) of
+    column j and taps of the gathered (bounds-checked) input tile times the weight slice."""
+    n, b = x.shape[0], wblocks.shape[-1]
+    in_spatial = x.shape[1:-1]
+    y = np.zeros((n, *out_spatial, k_out))
+    for t, tap in enumerate(np.ndindex(*fshape)):
+        idx, ok = [], np.ones(out_spatial, dtype=bool)
+        grids = np.meshgrid(*[np.arange(p) for p in out_spatial], indexing="ij")
+        for a, g in enumerate(grids):
+            pos = g * stride[a] - pad_lo[a] + tap[a] * dil[a]
+            ok &= (pos >= 0) & (pos < in_spatial[a])
+            idx.append(np.clip(pos, 0, in_spatial[a] - 1))
+        patch = x[(slice(None), *idx)] * ok[None, ..., None]
+        for j in range(len(ptr) - 1):
+            for e in range(ptr[j], ptr[j + 1]):
+                i = cin[e]
+                y[..., perm[j * b : (j + 1) * b]] += patch[..., i * b : (i + 1) * b] @ wblocks[cw[e], t]
+    return y
+
+
+@pytest.mark.parametrize("kind", ["uniform16", "uniform32", "bd_shuffle"])
+@pytest.mark.parametrize("geo", [GEOMETRIES[2], GEOMETRIES[3], GEOMETRIES[6]], ids=["2d", "2d-asym", "3d"])
+def test_tc_tables_emulated(rng, kind, geo):
+    dims, fshape, stride, padding, dilation, spatial = geo
+    lay = _layouts(rng)[kind]
+    conv = BlockSparseConv(lay, fshape, stride=stride, padding=padding, dilation=dilation)
+    geom = conv.geometry(spatial)
+    b = lay.uniform
+    x = rng.standard_normal((2, *spatial, conv.C))
+    w = conv.init_normal(rng, dtype=np.float64)
+    perm = lay.out_perm if lay.out_perm is not None else np.arange(conv.K)
+    wb = w.reshape(lay.nnz, conv.taps, b, b)
+    ptr, cin, cw = lay.column_tables
+    y = _gather_column_conv(
+        x,
+        geom.output_spatial,
+        fshape,
+        geom.stride,
+        geom.pad_lo,
+        geom.dilation,
+        ptr,
+        cin,
+        cw,
+        wb,
+        perm,
+        conv.K,
+    )
+    assert_close(y, conv.fprop(x, w), "float64", "fprop tables")
+    if all(s == 1 for s in geom.stride):
+        # bprop as the GPU does it: transposed layout, flipped transposed blocks, dy gathered by perm
+        dy = rng.standard_normal(y.shape)
+        wt = wb[:, ::-1].transpose(0, 1, 3, 2)
+        rptr, rout, rw = lay.row_tables
+        pad_lo = [d * (f - 1) - lo for d, f, lo in zip(geom.dilation, fshape, geom.pad_lo)]
+        dx = _gather_column_conv(
+            dy[..., perm],
+            spatial,
+            fshape,
+            (1,) * dims,
+            pad_lo,
+            geom.dilation,
+            rptr,
+            rout,
+            rw,
+            wt,
+            np.arange(conv.C),
+            conv.C,
+        )
+        assert_close(dx, conv.bprop(dy, w, input_spatial=spatial), "float64", "bprop tables")
+
+
+@pytest.mark.parametrize("kind", ["uniform8", "nonuniform", "channel_random", "bd_shuffle"])
+def test_direct_tables_emulated(rng, kind):
+    lay = _layouts(rng)[kind]
+    conv = BlockSparseConv(lay, (2, 3), padding=((1, 0), (1, 1)))
+    geom = conv.geometry((5, 4))
+    x = rng.standard_normal((2, 5, 4, conv.C))
+    w = conv.init_normal(rng, dtype=np.float64).reshape(-1)
+    conn = lay.connections(conv.taps)
+    y = np.zeros((2, *geom.output_spatial, conv.K))
+    xp = ref._pad(x, geom, np.float64)
+    for t, tap in enumerate(np.ndindex(*conv.filter_shape)):
+        patch = xp[(slice(None), *ref._window(geom, tap))]
+        for k in range(conv.K):
+            for e in range(conn["fw_ptr"][k], conn["fw_ptr"][k + 1]):
+                y[..., k] += patch[..., conn["fw_idx"][e]] * w[conn["fw_off"][e] + t * conn["fw_ts"][e]]
+    assert_close(y, conv.fprop(x, w.reshape(conv.w_shape)), "float64")
+    # bprop lists hold the same elements, grouped by input channel
+    for c in range(conv.C):
+        s = slice(conn["bw_ptr"][c], conn["bw_ptr"][c + 1])
+        assert sorted(zip(conn["bw_idx"][s], conn["bw_off"][s])) == sorted(
+            (k, o) for cc, k, o in zip(conn["c"], conn["k"], conn["off"]) if cc == c
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# validation
+
+
+def _small():
+    return BlockSparseConv(ChannelBlockLayout.from_mask([[1, 0], [1, 1]], 8), (3, 3), padding=1)
+
+
+def test_validation_arrays(rng):
+    conv = _small()
+    x = rng.standard_normal((2, 5, 5, 16)).astype(np.float32)
+    w = conv.init_normal(0)
+    with pytest.raises(ValueError, match="x: expected 16 on axis -1"):
+        conv.fprop(x[..., :15].copy(), w)
+    with pytest.raises(ValueError, match="x: expected 4 dimensions"):
+        conv.fprop(x[0], w)
+    with pytest.raises(ValueError, match="x: expected a C-contiguous"):
+        conv.fprop(x.transpose(0, 2, 1, 3), w)
+    with pytest.raises(TypeError, match="x: expected dtype"):
+        conv.fprop(x.astype(np.int32), w)
+    with pytest.raises(ValueError, match="w: expected shape"):
+        conv.fprop(x, w[:2])
+    with pytest.raises(TypeError, match="w: expected dtype float32"):
+        conv.fprop(x, w.astype(np.float64))
+    with pytest.raises(ValueError, match="batch size"):
+        conv.fprop(x[:0], w)
+    with pytest.raises(ValueError, match="out: expected shape"):
+        conv.fprop(x, w, out=np.empty((2, 5, 5, 15), np.float32))
+    with pytest.raises(TypeError, match="x: expected a numpy.ndarray or cupy.ndarray"):
+        conv.fprop(x.tolist(), w)
+    with pytest.raises(ValueError, match="too small"):
+        conv.fprop(np.zeros((1, 1, 1, 16), np.float32), w) if False else BlockSparseConv(
+            conv.layout, (3, 3)
+        ).fprop(np.ones((1, 2, 2, 16), np.float32), w)
+    y = conv.fprop(x, w)
+    with pytest.raises(ValueError, match="dy: expected shape"):
+        conv.updat(x, y[:, :4].copy())
+    with pytest.raises(TypeError, match="dy: expected dtype"):
+        conv.updat(x, y.astype(np.float64))
+    with pytest.raises(TypeError, match="out_dtype"):
+        conv.updat(x, y, out_dtype=np.float16)
+    strided = BlockSparseConv(conv.layout, (3, 3), stride=2, padding=1)
+    with pytest.raises(ValueError, match="input_spatial: needed"):
+        strided.bprop(strided.fprop(x, w), w)
+    with pytest.raises(ValueError, match="dy: expected spatial size"):
+        conv.bprop(y, w, input_spatial=(6, 6))
+
+
+def test_validation_edge_bias(rng):
+    conv = BlockSparseConv(_small().layout, (3, 3), padding=1, input_spatial=(5, 5), edge_bias=True)
+    x = rng.standard_normal((2, 5, 5, 16)).astype(np.float32)
+    w = conv.init_normal(0)
+    with pytest.raises(ValueError, match="edge_bias: expected an array of shape"):
+        conv.fprop(x, w)
+    with pytest.raises(ValueError, match="edge_bias: expected shape"):
+        conv.fprop(x, w, np.zeros((3, 16), np.float32))
+    with pytest.raises(ValueError, match="x: expected spatial size"):
+        conv.fprop(x[:, :4].copy(), w, np.zeros(conv.edge_bias_shape, np.float32))
+    with pytest.raises(ValueError, match="edge_bias=False"):
+        _small().fprop(x, w, np.zeros((8, 16), np.float32))
+    with pytest.raises(ValueError, match="edge_bias=False"):
+        _small().updat_edge_bias(x)
+    with pytest.raises(ValueError, match="input_spatial: expected"):
+        BlockSparseConv(_small().layout, (3, 3), edge_bias=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        ({"filter_shape": (3, 3, 3, 3)}, ValueError, "filter_shape"),
+        ({"filter_shape": (3, 0)}, ValueError, "filter_shape"),
+        ({"stride": (1, 2, 3)}, ValueError, "stride"),
+        ({"dilation": 0}, ValueError, "dilation"),
+        ({"padding": -1}, ValueError, "padding"),
+        ({"padding": "full"}, ValueError, "padding"),
+        ({"padding": ((1, 2, 3), 1)}, ValueError, "padding"),
+        ({"data_format": "NHCW"}, ValueError, "data_format"),
+        ({"data_format": "NDHWC"}, ValueError, "data_format"),
+    ],
+)
+def test_validation_constructor(kwargs, err, match):
+    args = {"filter_shape": (3, 3)}
+    args.update(kwargs)
+    with pytest.raises(err, match=match):
+        BlockSparseConv(_small().layout, **args)
+
+
+def test_validation_layout():
+    with pytest.raises(ValueError, match="blocks: expected at least one"):
+        ChannelBlockLayout([])
+    with pytest.raises(ValueError, match=r"blocks\[0\]\[0\]: expected channels in \[0, 4\)"):
+        ChannelBlockLayout([((0, 5), (0, 2))], 4, 4)
+    with pytest.raises(ValueError, match="distinct"):
+        ChannelBlockLayout([([1, 1], (0, 2))])
+    with pytest.raises(ValueError, match="empty"):
+        ChannelBlockLayout([((2, 2), (0, 2))])
+    with pytest.raises(TypeError, match="pair"):
+        ChannelBlockLayout([(0, 1, 2)])
+    with pytest.raises(ValueError, match="out_perm"):
+        ChannelBlockLayout.from_mask([[1]], 4, out_perm=[0, 0, 1, 2])
+    with pytest.raises(ValueError, match="groups"):
+        ChannelBlockLayout.block_diagonal(30, 4)
+    with pytest.raises(ValueError, match="block_size"):
+        ChannelBlockLayout.block_diagonal(32, 4, block_size=3)
+    with pytest.raises(ValueError, match="block_size: expected a block size"):
+        BlockSparseConv([[1]], (3, 3))
+    with pytest.raises(ValueError, match="block_size: expected None or 8"):
+        BlockSparseConv(ChannelBlockLayout.from_mask([[1]], 8), (3, 3), block_size=16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU kernels
+
+GPU_DTYPES = ["float16", "bfloat16", "float32"]
+
+
+def _gpu_case(rng, lay, fshape, stride, padding, dilation, spatial, dtype, fmt, edge_bias=False, n=3):
+    import cupy
+
+    conv = BlockSparseConv(
+        lay,
+        fshape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        input_spatial=spatial,
+        edge_bias=edge_bias,
+        data_format=fmt,
+    )
+    last = conv.channels_last
+    xs = (n, *spatial, conv.C) if last else (n, conv.C, *spatial)
+    x = random_array(rng, xs, dtype)
+    w = conv.init_normal(rng, dtype=np.float32).astype(x.dtype)
+    eb = random_array(rng, conv.edge_bias_shape, dtype) if edge_bias else None
+    r64 = BlockSparseConv(
+        lay,
+        fshape,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        input_spatial=spatial,
+        edge_bias=edge_bias,
+        data_format=fmt,
+    )
+    f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+    y64 = r64.fprop(f64(x), f64(w), f64(eb))
+    dy = random_array(rng, y64.shape, dtype)
+    X, W, DY = cupy.asarray(x), cupy.asarray(w), cupy.asarray(dy)
+    EB = None if eb is None else cupy.asarray(eb)
+    y = poison(cupy, y64.shape, dtype)
+    conv.fprop(X, W, EB, out=y)
+    assert_close(y, y64, dtype, "fprop")
+    dx = poison(cupy, x.shape, dtype)
+    conv.bprop(DY, W, out=dx)
+    assert_close(dx, r64.bprop(f64(dy), f64(w)), dtype, "bprop")
+    dw = poison(cupy, conv.w_shape, "float32")
+    conv.updat(X, DY, out=dw)
+    assert_close(dw, r64.updat(f64(x), f64(dy)), "float32" if dtype == "float32" else dtype, "updat")
+    if edge_bias:
+        deb = conv.updat_edge_bias(DY, out_dtype=np.float32)
+        assert_close(
+            deb, r64.updat_edge_bias(f64(dy)), "float32" if dtype == "float32" else dtype, "edge bias"
+        )
+    return conv
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    "kind", ["uniform16", "uniform32", "uniform64", "uniform8", "nonuniform", "channel_random", "bd_shuffle"]
+)
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+def test_gpu_conv2d(rng, dtype, kind, fmt):
+    lay = _layouts(rng)[kind]
+    conv = _gpu_case(rng, lay, (3, 3), 1, 1, 1, (9, 7), dtype, fmt)
+    if kind in ("uniform16", "uniform32", "uniform64", "bd_shuffle") and fmt == "NHWC" and dtype != "float32":
+        assert conv.uses_tensor_cores(dtype, "fprop") and conv.uses_tensor_cores(dtype, "bprop")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("geo", GEOMETRIES, ids=lambda g: f"{g[0]}d-f{g[1]}-s{g[2]}-p{g[3]}-d{g[4]}")
+@pytest.mark.parametrize("kind", ["uniform32", "nonuniform"])
+def test_gpu_geometries(rng, dtype, geo, kind):
+    dims, fshape, stride, padding, dilation, spatial = geo
+    fmt = {1: "NWC", 2: "NHWC", 3: "NDHWC"}[dims]
+    _gpu_case(rng, _layouts(rng)[kind], fshape, stride, padding, dilation, spatial, dtype, fmt, n=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("fmt", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("kind", ["uniform32", "nonuniform"])
+def test_gpu_edge_bias(rng, dtype, fmt, kind):
+    _gpu_case(
+        rng, _layouts(rng)[kind], (3, 3), (1, 2), ((2, 1), (1, 1)), 1, (8, 9), dtype, fmt, edge_bias=True
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_gpu_large_ragged_tc(rng, dtype):
+    # ragged batch·pixels (not a multiple of the 128-row tile), several blocks per column
+    lay = ChannelBlockLayout.from_mask(_mask(rng, (4, 3), 0.6), 32)
+    _gpu_case(rng, lay, (3, 3), 1, 1, 1, (13, 11), dtype, "NHWC", n=5)
+
+
+@pytest.mark.gpu
+@needs_torch
+def test_gpu_block_diagonal_shuffle_vs_torch(rng):
+    import cupy
+
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    C = K = 128
+    g = 4
+    lay = ChannelBlockLayout.block_diagonal(C, g, shuffle=True)
+    conv = BlockSparseConv(lay, (3, 3), padding=1)
+    x = torch.randn(4, C, 10, 12, device="cuda", dtype=torch.float16)
+    Wg = torch.randn(K, C // g, 3, 3, device="cuda", dtype=torch.float16) * 0.1
+    yt = F.conv2d(x.double(), Wg.double(), padding=1, groups=g)
+    yt = yt.reshape(4, g, K // g, 10, 12).transpose(1, 2).reshape(4, K, 10, 12)
+    W = torch.zeros(K, C, 3, 3, dtype=torch.float64)
+    for gi in range(g):
+        for a in range(K // g):
+            W[a * g + gi, gi * (C // g) : (gi + 1) * (C // g)] = Wg[gi * (K // g) + a].double().cpu()
+    w = cupy.asarray(conv.from_dense(W.numpy())).astype(cupy.float16)
+    xn = cupy.ascontiguousarray(cupy.from_dlpack(x.permute(0, 2, 3, 1).contiguous()))
+    y = conv.fprop(xn, w)
+    assert_close(cupy.moveaxis(y, -1, 1), yt.cpu().numpy(), "float16", "grouped+shuffle")
+
+
+@pytest.mark.gpu
+def test_gpu_validation(rng):
+    import cupy
+
+    conv = _small()
+    x = cupy.asarray(rng.standard_normal((2, 5, 5, 16)).astype(np.float32))
+    w = conv.init_normal(0, xp=cupy)
+    with pytest.raises(TypeError, match="x: expected dtype"):
+        conv.fprop(x.astype(cupy.float64), w.astype(cupy.float64))
+    with pytest.raises(TypeError, match="arrays must all be NumPy or all CuPy"):
+        conv.fprop(x, w.get())
+    with pytest.raises(ValueError, match="C-contiguous"):
+        conv.fprop(x.transpose(0, 2, 1, 3), w)
+
+
+@pytest.mark.gpu
+def test_gpu_self_check():
+    rows = self_check("cupy")
+    assert all(passed for _, _, passed in rows), rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# PyTorch adapter
+
+
+def _adapter_case(rng, device, dtype, channels_last, edge_bias):
+    from cusparseblocks.adapters.torch_conv import BlockSparseConv2d
+
+    tdt = getattr(torch, dtype)
+    lay = ChannelBlockLayout.from_mask(_mask(rng, (2, 3)), 16)
+    mod = BlockSparseConv2d(
+        lay,
+        3,
+        stride=1,
+        padding=((1, 0), (1, 2)),
+        edge_bias=edge_bias,
+        input_size=(6, 5),
+        seed=int(rng.integers(1 << 30)),
+        device=device,
+        dtype=tdt,
+    )
+    if edge_bias:
+        with torch.no_grad():
+            mod.edge_bias.copy_(torch.from_numpy(rng.standard_normal(mod.edge_bias.shape)).to(tdt))
+    x = torch.from_numpy(np.asarray(random_array(rng, (2, 32, 6, 5), "float32"))).to(device=device, dtype=tdt)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y = mod(x)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+    dy = torch.from_numpy(rng.standard_normal(tuple(y.shape))).to(device=device, dtype=tdt)
+    y.backward(dy)
+    # float64 reference: torch's dense conv on the masked weight (+ edge bias via the reference op)
+    op = mod.op_nchw
+    w64 = mod.weight.detach().double().cpu().numpy()
+    x64 = np.ascontiguousarray(x.detach().double().cpu().numpy())
+    eb64 = mod.edge_bias.detach().double().cpu().numpy() if edge_bias else None
+    ref_op = BlockSparseConv(
+        lay, (3, 3), padding=((1, 0), (1, 2)), input_spatial=(6, 5), edge_bias=edge_bias, data_format="NCHW"
+    )
+    dy64 = np.ascontiguousarray(dy.double().cpu().numpy())
+    assert_close(y.detach().float(), ref_op.fprop(x64, w64, eb64), dtype, "module y")
+    assert_close(x.grad.float(), ref_op.bprop(dy64, w64), dtype, "module dx")
+    assert_close(mod.weight.grad.float(), ref_op.updat(x64, dy64), dtype, "module dw")
+    if edge_bias:
+        assert_close(mod.edge_bias.grad.float(), ref_op.updat_edge_bias(dy64), dtype, "module d edge_bias")
+    assert op.w_shape == tuple(mod.weight.shape)
+
+
+@needs_torch
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("edge_bias", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_module_cpu(rng, channels_last, edge_bias, dtype):
+    _adapter_case(rng, "cpu", dtype, channels_last, edge_bias)
+
+
+@needs_torch
+def test_torch_gradcheck_cpu(rng):
+    from cusparseblocks.adapters.torch_conv import block_sparse_conv
+
+    lay = ChannelBlockLayout([((0, 3), (0, 2)), ([1, 4], (1, 4))], 5, 4)
+    op = BlockSparseConv(
+        lay, (2, 3), padding=((1, 0), (0, 1)), input_spatial=(4, 3), edge_bias=True, data_format="NCHW"
+    )
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.from_numpy(op.init_normal(0, dtype=np.float64)).requires_grad_(True)
+    eb = torch.randn(op.edge_bias_shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: block_sparse_conv(a, b, op, c), (x, w, eb))
+
+
+@needs_torch
+def test_torch_validation():
+    from cusparseblocks.adapters.torch_conv import BlockSparseConv2d, block_sparse_conv
+
+    mod = BlockSparseConv2d([[1]], 3, block_size=8, padding=1)
+    with pytest.raises(ValueError, match="x: expected 4 dimensions"):
+        mod(torch.randn(8, 5, 5))
+    with pytest.raises(ValueError, match="contiguous or channels_last"):
+        mod(torch.randn(2, 5, 8, 5).transpose(1, 2))
+    with pytest.raises(TypeError, match="op: expected"):
+        block_sparse_conv(torch.randn(1, 8, 5, 5), mod.weight, None)
+    with pytest.raises(ValueError, match="x: expected 8 on axis 1"):
+        mod(torch.randn(1, 7, 5, 5))
+    dense = mod.dense_weight()
+    assert tuple(dense.shape) == (8, 8, 3, 3)
+
+
+@pytest.mark.gpu
+@needs_torch
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_torch_module_gpu(rng, channels_last, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    _adapter_case(rng, "cuda", dtype, channels_last, True)
