@@ -54,57 +54,158 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
     def add(name, nbytes, ours, theirs, args):
         out.append((name, nbytes, ours, theirs if torch else None, args))
 
-    add("copy", 2 * n * e, lambda s: s["y"].__setitem__(Ellipsis, s["x"]),
-        lambda s: T(s["y"]).copy_(T(s["x"])), sets)
-    for act, tfn in (("relu", lambda t: F_.relu(t)), ("gelu_tanh", lambda t: F_.gelu(t, approximate="tanh")),
-                     ("gelu_erf", lambda t: F_.gelu(t)), ("sigmoid", lambda t: torch.sigmoid(t)),
-                     ("swish", lambda t: F_.silu(t)), ("elu", lambda t: F_.elu(t))):
-        add(f"{act} fwd", 2 * n * e, lambda s, a=act: ops.activation_fprop(s["x"], a),
-            lambda s, f=tfn: f(T(s["x"])), sets)
-    add("gelu_tanh bwd", 3 * n * e, lambda s: ops.activation_bprop(s["dy"], s["x"], "gelu_tanh"),
-        lambda s: torch.ops.aten.gelu_backward(T(s["dy"]), T(s["x"]), approximate="tanh"), sets)
-    add("relu bwd", 3 * n * e, lambda s: ops.activation_bprop(s["dy"], s["x"], "relu"),
-        lambda s: torch.ops.aten.threshold_backward(T(s["dy"]), T(s["x"]), 0), sets)
-    add("bias+gelu fwd", 2 * n * e, lambda s: ops.activation_fprop(s["x"], "gelu_tanh", bias=s["b"]),
-        lambda s: F_.gelu(T(s["x"]) + T(s["b"]), approximate="tanh"), sets)
-    add("bias+relu bwd", 3 * n * e, lambda s: ops.activation_bprop(s["dy"], s["x"], "relu", bias=s["b"]),
-        lambda s: _torch_bias_relu_bwd(torch, T(s["dy"]), T(s["x"]), T(s["b"])), sets)
+    add(
+        "copy",
+        2 * n * e,
+        lambda s: s["y"].__setitem__(Ellipsis, s["x"]),
+        lambda s: T(s["y"]).copy_(T(s["x"])),
+        sets,
+    )
+    for act, tfn in (
+        ("relu", lambda t: F_.relu(t)),
+        ("gelu_tanh", lambda t: F_.gelu(t, approximate="tanh")),
+        ("gelu_erf", lambda t: F_.gelu(t)),
+        ("sigmoid", lambda t: torch.sigmoid(t)),
+        ("swish", lambda t: F_.silu(t)),
+        ("elu", lambda t: F_.elu(t)),
+    ):
+        add(
+            f"{act} fwd",
+            2 * n * e,
+            lambda s, a=act: ops.activation_fprop(s["x"], a),
+            lambda s, f=tfn: f(T(s["x"])),
+            sets,
+        )
+    add(
+        "gelu_tanh bwd",
+        3 * n * e,
+        lambda s: ops.activation_bprop(s["dy"], s["x"], "gelu_tanh"),
+        lambda s: torch.ops.aten.gelu_backward(T(s["dy"]), T(s["x"]), approximate="tanh"),
+        sets,
+    )
+    add(
+        "relu bwd",
+        3 * n * e,
+        lambda s: ops.activation_bprop(s["dy"], s["x"], "relu"),
+        lambda s: torch.ops.aten.threshold_backward(T(s["dy"]), T(s["x"]), 0),
+        sets,
+    )
+    add(
+        "bias+gelu fwd",
+        2 * n * e,
+        lambda s: ops.activation_fprop(s["x"], "gelu_tanh", bias=s["b"]),
+        lambda s: F_.gelu(T(s["x"]) + T(s["b"]), approximate="tanh"),
+        sets,
+    )
+    add(
+        "bias+relu bwd",
+        3 * n * e,
+        lambda s: ops.activation_bprop(s["dy"], s["x"], "relu", bias=s["b"]),
+        lambda s: _torch_bias_relu_bwd(torch, T(s["dy"]), T(s["x"]), T(s["b"])),
+        sets,
+    )
     add("add", 3 * n * e, lambda s: ops.add_fprop(s["x"], s["y"]), lambda s: T(s["x"]) + T(s["y"]), sets)
-    add("mul (mlstm)", 3 * n * e, lambda s: ops.mlstm_fprop(s["x"], s["y"]), lambda s: T(s["x"]) * T(s["y"]), sets)
-    add("mlstm bwd", 5 * n * e, lambda s: ops.mlstm_bprop(s["dy"], s["x"], s["y"]),
-        lambda s: (T(s["dy"]) * T(s["y"]), T(s["dy"]) * T(s["x"])), sets)
+    add(
+        "mul (mlstm)",
+        3 * n * e,
+        lambda s: ops.mlstm_fprop(s["x"], s["y"]),
+        lambda s: T(s["x"]) * T(s["y"]),
+        sets,
+    )
+    add(
+        "mlstm bwd",
+        5 * n * e,
+        lambda s: ops.mlstm_bprop(s["dy"], s["x"], s["y"]),
+        lambda s: (T(s["dy"]) * T(s["y"]), T(s["dy"]) * T(s["x"])),
+        sets,
+    )
     add("scale", 2 * n * e, lambda s: ops.scale_fprop(s["x"], 0.5), lambda s: T(s["x"]) * 0.5, sets)
-    add("dropout fwd", 2 * n * e, lambda s: ops.dropout_fprop(s["x"], 0.1, 1234, 5),
-        lambda s: F_.dropout(T(s["x"]), 0.1, training=True), sets)
-    add("layer_norm fwd ax1", 2 * n * e, lambda s: ops.layer_norm_fprop(s["x"], s["g"], s["b"]),
-        lambda s: F_.layer_norm(T(s["x"]), (F,), T(s["g"]), T(s["b"])), sets)
+    add(
+        "dropout fwd",
+        2 * n * e,
+        lambda s: ops.dropout_fprop(s["x"], 0.1, 1234, 5),
+        lambda s: F_.dropout(T(s["x"]), 0.1, training=True),
+        sets,
+    )
+    add(
+        "layer_norm fwd ax1",
+        2 * n * e,
+        lambda s: ops.layer_norm_fprop(s["x"], s["g"], s["b"]),
+        lambda s: F_.layer_norm(T(s["x"]), (F,), T(s["g"]), T(s["b"])),
+        sets,
+    )
     ln = [dict(s, stats=ops.layer_norm_fprop(s["x"], s["g"], s["b"])) for s in sets]
     if torch:
         for s in ln:
             s["tstats"] = torch.ops.aten.native_layer_norm(T(s["x"]), (F,), T(s["g"]), T(s["b"]), 1e-5)
-    add("layer_norm bwd ax1", 3 * n * e,
+    add(
+        "layer_norm bwd ax1",
+        3 * n * e,
         lambda s: ops.layer_norm_bprop(s["dy"], s["x"], s["g"], s["stats"][1], s["stats"][2]),
-        lambda s: torch.ops.aten.native_layer_norm_backward(T(s["dy"]), T(s["x"]), (F,), s["tstats"][1],
-                                                            s["tstats"][2], T(s["g"]), T(s["b"]),
-                                                            [True, True, True]), ln)
-    add("layer_norm fwd ax0", 2 * n * e,
-        lambda s: ops.layer_norm_fprop(s["x"], None, None, feature_axis=0), None, sets)
-    add("batch_norm fwd ax1", 2 * n * e, lambda s: ops.batch_norm_fprop(s["x"], s["g"], s["b"]),
-        lambda s: F_.batch_norm(T(s["x"]), None, None, T(s["g"]), T(s["b"]), training=True), sets)
+        lambda s: torch.ops.aten.native_layer_norm_backward(
+            T(s["dy"]),
+            T(s["x"]),
+            (F,),
+            s["tstats"][1],
+            s["tstats"][2],
+            T(s["g"]),
+            T(s["b"]),
+            [True, True, True],
+        ),
+        ln,
+    )
+    add(
+        "layer_norm fwd ax0",
+        2 * n * e,
+        lambda s: ops.layer_norm_fprop(s["x"], None, None, feature_axis=0),
+        None,
+        sets,
+    )
+    add(
+        "batch_norm fwd ax1",
+        2 * n * e,
+        lambda s: ops.batch_norm_fprop(s["x"], s["g"], s["b"]),
+        lambda s: F_.batch_norm(T(s["x"]), None, None, T(s["g"]), T(s["b"]), training=True),
+        sets,
+    )
     bn = [dict(s, stats=ops.batch_norm_fprop(s["x"], s["g"], s["b"])) for s in sets]
     if torch:
         for s in bn:
-            s["tstats"] = torch.ops.aten.native_batch_norm(T(s["x"]), T(s["g"]), T(s["b"]), None, None, True,
-                                                           0.1, 1e-5)
-    add("batch_norm bwd ax1", 3 * n * e,
+            s["tstats"] = torch.ops.aten.native_batch_norm(
+                T(s["x"]), T(s["g"]), T(s["b"]), None, None, True, 0.1, 1e-5
+            )
+    add(
+        "batch_norm bwd ax1",
+        3 * n * e,
         lambda s: ops.batch_norm_bprop(s["dy"], s["x"], s["g"], s["stats"][1], s["stats"][2]),
-        lambda s: torch.ops.aten.native_batch_norm_backward(T(s["dy"]), T(s["x"]), T(s["g"]), None, None,
-                                                            s["tstats"][1], s["tstats"][2], True, 1e-5,
-                                                            [True, True, True]), bn)
-    add("lstm_gates fwd", 7 * N * H * e, lambda s: ops.lstm_gates_fprop(s["z"], s["cp"]),
-        lambda s: torch.ops.aten._thnn_fused_lstm_cell(T(s["z"]), s["zeros"], T(s["cp"]))[:2], lstm)
-    add("lstm_gates bwd", 12 * N * H * e, lambda s: ops.lstm_gates_bprop(s["dh"], s["dc"], s["z"], s["cp"]),
-        None, lstm)
+        lambda s: torch.ops.aten.native_batch_norm_backward(
+            T(s["dy"]),
+            T(s["x"]),
+            T(s["g"]),
+            None,
+            None,
+            s["tstats"][1],
+            s["tstats"][2],
+            True,
+            1e-5,
+            [True, True, True],
+        ),
+        bn,
+    )
+    add(
+        "lstm_gates fwd",
+        7 * N * H * e,
+        lambda s: ops.lstm_gates_fprop(s["z"], s["cp"]),
+        lambda s: torch.ops.aten._thnn_fused_lstm_cell(T(s["z"]), s["zeros"], T(s["cp"]))[:2],
+        lstm,
+    )
+    add(
+        "lstm_gates bwd",
+        12 * N * H * e,
+        lambda s: ops.lstm_gates_bprop(s["dh"], s["dc"], s["z"], s["cp"]),
+        None,
+        lstm,
+    )
     return out
 
 
@@ -140,9 +241,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cols", type=int, default=4096)
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--reps", type=int, default=50)
-    ap.add_argument("--calls", type=int, default=8,
-                    help="back-to-back calls per timed region (launch overhead overlaps the GPU, as in a model)")
-    ap.add_argument("--warm-only", action="store_true", help="compile every specialization (parallel) and exit")
+    ap.add_argument(
+        "--calls",
+        type=int,
+        default=8,
+        help="back-to-back calls per timed region (launch overhead overlaps the GPU, as in a model)",
+    )
+    ap.add_argument(
+        "--warm-only", action="store_true", help="compile every specialization (parallel) and exit"
+    )
     args = ap.parse_args(argv)
     import cupy
 
@@ -171,23 +278,36 @@ def main(argv=None) -> int:
         copy_gbs = None
         for name, nbytes, ours, theirs, sets in cases(cupy, ops, torch, dtype, args.rows, args.cols):
             seq = [sets[i % len(sets)] for i in range(k)]
-            t = time_ms(lambda: [ours(s) for s in seq], reps=args.reps)["median"] / k
-            tt = time_ms(lambda: [theirs(s) for s in seq], reps=args.reps)["median"] / k if theirs else None
+            t = time_ms(lambda f=ours, q=seq: [f(s) for s in q], reps=args.reps)["median"] / k
+            tt = None
+            if theirs:
+                tt = time_ms(lambda f=theirs, q=seq: [f(s) for s in q], reps=args.reps)["median"] / k
             if torch is not None and theirs:  # torch's work must be done before the next case's timing
                 torch.cuda.synchronize()
             gbs = nbytes / (t * 1e-3) / 1e9
             if name == "copy":
                 copy_gbs = gbs
-            row = dict(dtype=dtype, op=name, MiB=nbytes / 2**20, ms=t, **{"GB/s": gbs},
-                       **{"%copy": 100 * gbs / copy_gbs if copy_gbs else float("nan")},
-                       **{"torch ms": tt if tt is not None else "-"},
-                       **{"vs torch": (tt / t) if tt is not None else "-"})
+            row = dict(
+                dtype=dtype,
+                op=name,
+                MiB=nbytes / 2**20,
+                ms=t,
+                **{"GB/s": gbs},
+                **{"%copy": 100 * gbs / copy_gbs if copy_gbs else float("nan")},
+                **{"torch ms": tt if tt is not None else "-"},
+                **{"vs torch": (tt / t) if tt is not None else "-"},
+            )
             rows.append(row)
             table.add(**row)
-            print(f"{dtype:9s} {name:22s} {t:8.3f} ms  {gbs:7.0f} GB/s  torch {tt if tt else float('nan'):8.3f}",
-                  flush=True)
-    path = save_json("ew", {"args": vars(args), "rows": rows},
-                     command="PYTHONPATH=. python bench/ew.py " + " ".join(sys.argv[1:] if argv is None else argv))
+            print(
+                f"{dtype:9s} {name:22s} {t:8.3f} ms  {gbs:7.0f} GB/s  torch {tt or float('nan'):8.3f}",
+                flush=True,
+            )
+    path = save_json(
+        "ew",
+        {"args": vars(args), "rows": rows},
+        command="PYTHONPATH=. python bench/ew.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
     print(f"json: {path}")
     print(table.render())
     return 0

@@ -77,9 +77,21 @@ LAUNCH = {
 # ---------------------------------------------------------------------------------------------------
 # kernel registry
 
-_SINGLE_KERNELS = ("dropout_fwd", "lstm_fwd", "lstm_bwd", "norm_rows_fwd", "norm_rows_bwd", "norm_cols_reduce",
-                   "norm_finalize", "norm_apply_fwd", "norm_apply_bwd", "wn_reduce_unit", "wn_reduce_block",
-                   "wn_apply")
+_SINGLE_KERNELS = (
+    "dropout_fwd",
+    "lstm_fwd",
+    "lstm_bwd",
+    "norm_rows_fwd",
+    "norm_rows_bwd",
+    "norm_cols_reduce",
+    "norm_finalize",
+    "norm_apply_fwd",
+    "norm_apply_bwd",
+    "wn_reduce_unit",
+    "wn_reduce_block",
+    "wn_apply",
+)
+
 
 def _specializations():
     for ctype in _CTYPE.values():
@@ -101,7 +113,9 @@ def _spec(name, dtype, act=None):
     spec = _SPECS.get(key)
     if spec is None:
         ctype = _CTYPE[dtype_name(dtype)]
-        spec = compiler.KernelSpec("ew.cu", f"{name}<{ctype}, {act}>" if act is not None else f"{name}<{ctype}>")
+        spec = compiler.KernelSpec(
+            "ew.cu", f"{name}<{ctype}, {act}>" if act is not None else f"{name}<{ctype}>"
+        )
         _SPECS[key] = spec
     return spec
 
@@ -133,8 +147,14 @@ def launch_config(kind: str, dtype, **sizes):
     if kind == "cols":
         bx, by = cfg["block"]
         tiles = math.ceil(sizes["C"] / (bx * lanes))
-        splits = max(1, min(math.ceil(cfg["blocks_per_sm"] * sizes.get("sms", 132) / tiles),
-                            math.ceil(sizes["R"] / by), 65535))
+        splits = max(
+            1,
+            min(
+                math.ceil(cfg["blocks_per_sm"] * sizes.get("sms", 132) / tiles),
+                math.ceil(sizes["R"] / by),
+                65535,
+            ),
+        )
         rows_per_split = math.ceil(sizes["R"] / splits)
         return (tiles, math.ceil(sizes["R"] / rows_per_split)), (bx, by), rows_per_split
     raise ValueError(f"kind: expected one of {tuple(LAUNCH)}, got {kind!r}")
@@ -158,6 +178,7 @@ def _launch(spec, grid, block, args):
 
 # ---------------------------------------------------------------------------------------------------
 # validation
+
 
 def _check_input(name, arr, backend):
     V.check_float(name, arr, _GPU_DTYPES if backend == "cupy" else _CPU_DTYPES)
@@ -206,6 +227,7 @@ def _check_vector(name, vec, length, x_name, x, backend, detail):
 # ---------------------------------------------------------------------------------------------------
 # elementwise: y = act(alpha * (a op b)) with numpy broadcasting of b
 
+
 def _bcast_pattern(b_shape, out_shape):
     """(inner, mid) with b's element for flat output index i at (i // inner) % mid, or None when b's
     broadcast is not one contiguous run of the output's axes (then b is materialized)."""
@@ -216,7 +238,7 @@ def _bcast_pattern(b_shape, out_shape):
     lo, hi = live[0], live[-1]
     if any(bs[i] != out_shape[i] for i in range(lo, hi + 1)):
         return None
-    return math.prod(out_shape[hi + 1:]), math.prod(out_shape[lo:hi + 1])
+    return math.prod(out_shape[hi + 1 :]), math.prod(out_shape[lo : hi + 1])
 
 
 def _ew_prepare(op, a, b, backend, a_name="a", b_name="b"):
@@ -228,8 +250,10 @@ def _ew_prepare(op, a, b, backend, a_name="a", b_name="b"):
     try:
         shape = tuple(np.broadcast_shapes(tuple(a.shape), tuple(b.shape)))
     except ValueError:
-        raise ValueError(f"{b_name}: expected a shape that broadcasts against {a_name} {tuple(a.shape)}, "
-                         f"got {tuple(b.shape)}") from None
+        raise ValueError(
+            f"{b_name}: expected a shape that broadcasts against {a_name} {tuple(a.shape)}, "
+            f"got {tuple(b.shape)}"
+        ) from None
     swapped = False
     if tuple(a.shape) != shape and tuple(b.shape) == shape:
         a, b, swapped = b, a, True
@@ -249,9 +273,22 @@ def _ew_gpu_fwd(op, a, b, shape, act, alpha):
     n = y.size
     if n:
         grid, block = launch_config("elementwise", a.dtype, n=n)
-        _launch(_spec("ew_fwd", a.dtype, act), grid, block,
-                (y, a, b, np.int64(n), np.int64(pattern[0]), np.int64(pattern[1]), np.int32(_OPS[op]),
-                 np.float32(alpha), np.int32(_aligned(y, a, b))))
+        _launch(
+            _spec("ew_fwd", a.dtype, act),
+            grid,
+            block,
+            (
+                y,
+                a,
+                b,
+                np.int64(n),
+                np.int64(pattern[0]),
+                np.int64(pattern[1]),
+                np.int32(_OPS[op]),
+                np.float32(alpha),
+                np.int32(_aligned(y, a, b)),
+            ),
+        )
     return y
 
 
@@ -279,25 +316,59 @@ def _ew_gpu_bwd(op, dy, a, b, shape, act, alpha):
         db_f = cupy.empty(shape, dtype=cupy.float32)
         for out, first, second in ((da_f, b_in, a_in), (db_f, a_in, b_in)):
             if n:  # the db output of (first, second) is g·first (mul) or g (add)
-                _launch(spec, grid, block, (None, None, out, dy, first, second, np.int64(n), np.int64(1),
-                                            np.int64(n), np.int32(_OPS[op]), np.float32(alpha),
-                                            np.int32(_aligned(out, dy, first, second))))
+                _launch(
+                    spec,
+                    grid,
+                    block,
+                    (
+                        None,
+                        None,
+                        out,
+                        dy,
+                        first,
+                        second,
+                        np.int64(n),
+                        np.int64(1),
+                        np.int64(n),
+                        np.int32(_OPS[op]),
+                        np.float32(alpha),
+                        np.int32(_aligned(out, dy, first, second)),
+                    ),
+                )
         return _sum_to(cupy, da_f, a.shape, a.dtype), _sum_to(cupy, db_f, b.shape, b.dtype)
     b_shape = None if b is None else tuple(b.shape)
     b_full = b_shape == shape
     pattern = (1, n) if b is None else _bcast_pattern(b_shape, shape)
+    # a row vector added along the last axes: its gradient is the column sum of da (no float32 copy)
+    row_bias = (
+        op == "add" and b is not None and not b_full and pattern is not None and pattern[0] == 1 and n > 0
+    )
     if pattern is None:
         b = cupy.ascontiguousarray(cupy.broadcast_to(b, shape))
         pattern = (1, n)
-    # a row vector added along the last axes: its gradient is the column sum of da (no float32 copy)
-    row_bias = op == "add" and b is not None and not b_full and pattern[0] == 1 and n > 0
     da = cupy.empty(shape, dtype=a.dtype)
     db = cupy.empty(shape, dtype=a.dtype) if b_full else None
     db_f = cupy.empty(shape, dtype=cupy.float32) if b is not None and not b_full and not row_bias else None
     if n:
-        _launch(spec, grid, block,
-                (da, db, db_f, dy, a, b, np.int64(n), np.int64(pattern[0]), np.int64(pattern[1]),
-                 np.int32(_OPS[op]), np.float32(alpha), np.int32(_aligned(da, db, db_f, dy, a, b))))
+        _launch(
+            spec,
+            grid,
+            block,
+            (
+                da,
+                db,
+                db_f,
+                dy,
+                a,
+                b,
+                np.int64(n),
+                np.int64(pattern[0]),
+                np.int64(pattern[1]),
+                np.int32(_OPS[op]),
+                np.float32(alpha),
+                np.int32(_aligned(da, db, db_f, dy, a, b)),
+            ),
+        )
     if row_bias:
         mid = pattern[1]
         db = _column_sums(da.reshape(n // mid, mid), b.dtype).reshape(b_shape)
@@ -335,9 +406,14 @@ def _ew_bprop(op, dy, a, b, activation, alpha, a_name="a", b_name="b"):
 
 
 def _bias_shape(x, bias, feature_axis, backend):
-    if isinstance(feature_axis, bool) or not isinstance(feature_axis, (int, np.integer)) or not (
-            -x.ndim <= feature_axis < x.ndim):
-        raise ValueError(f"feature_axis: expected an axis of x in [{-x.ndim}, {x.ndim}), got {feature_axis!r}")
+    if (
+        isinstance(feature_axis, bool)
+        or not isinstance(feature_axis, (int, np.integer))
+        or not (-x.ndim <= feature_axis < x.ndim)
+    ):
+        raise ValueError(
+            f"feature_axis: expected an axis of x in [{-x.ndim}, {x.ndim}), got {feature_axis!r}"
+        )
     fa = int(feature_axis) % x.ndim
     _check_vector("bias", bias, x.shape[fa], "x", x, backend, f"x.shape[{fa}], the feature axis")
     shape = [1] * x.ndim
@@ -369,7 +445,9 @@ def activation_bprop(dy, x, activation: str = "relu", *, bias=None, feature_axis
         return dx, None
     backend = backend_of(dy=dy, x=x, bias=bias)
     _check_input("x", x, backend)
-    dx, db = _ew_bprop("add", dy, x, _bias_shape(x, bias, feature_axis, backend), activation, 1.0, "x", "bias")
+    dx, db = _ew_bprop(
+        "add", dy, x, _bias_shape(x, bias, feature_axis, backend), activation, 1.0, "x", "bias"
+    )
     return dx, db.reshape(bias.shape)
 
 
@@ -422,6 +500,7 @@ def mlstm_bprop(dm, mx, mh):
 # ---------------------------------------------------------------------------------------------------
 # dropout
 
+
 def _check_dropout(p, seed, offset):
     p = _check_scalar("p", p)
     if not 0.0 <= p < 1.0:
@@ -452,10 +531,23 @@ def dropout_fprop(x, p: float, seed: int, offset: int = 0):
     y = cupy.empty_like(x)
     if x.size:
         grid, block = launch_config("elementwise", x.dtype, n=x.size)
-        _launch(_spec("dropout_fwd", x.dtype), grid, block,
-                (y, x, np.int64(x.size), np.uint32(seed & 0xFFFFFFFF), np.uint32(seed >> 32),
-                 np.uint32(offset & 0xFFFFFFFF), np.uint32(offset >> 32), np.uint32(threshold), scale,
-                 np.int32(_aligned(x, y))))
+        _launch(
+            _spec("dropout_fwd", x.dtype),
+            grid,
+            block,
+            (
+                y,
+                x,
+                np.int64(x.size),
+                np.uint32(seed & 0xFFFFFFFF),
+                np.uint32(seed >> 32),
+                np.uint32(offset & 0xFFFFFFFF),
+                np.uint32(offset >> 32),
+                np.uint32(threshold),
+                scale,
+                np.int32(_aligned(x, y)),
+            ),
+        )
     return y
 
 
@@ -475,6 +567,7 @@ def dropout_mask(shape, p: float, seed: int, offset: int = 0, xp=np):
 # ---------------------------------------------------------------------------------------------------
 # normalization (2-D): statistics per row or per column of a C-contiguous [R, L] array
 
+
 def _rows_fwd(x, gain, bias, eps, gain_per_row, want_var=False):
     import cupy
 
@@ -486,9 +579,25 @@ def _rows_fwd(x, gain, bias, eps, gain_per_row, want_var=False):
     lanes = 16 // x.dtype.itemsize
     aligned = _aligned(x, y, gain, bias) and L % lanes == 0
     grid, block = launch_config("rows", x.dtype, R=R, L=L)
-    _launch(_spec("norm_rows_fwd", x.dtype), grid, block,
-            (y, x, gain, bias, mean, rstd, var, np.int64(R), np.int64(L), np.float32(eps),
-             np.int32(gain_per_row), np.int32(aligned)))
+    _launch(
+        _spec("norm_rows_fwd", x.dtype),
+        grid,
+        block,
+        (
+            y,
+            x,
+            gain,
+            bias,
+            mean,
+            rstd,
+            var,
+            np.int64(R),
+            np.int64(L),
+            np.float32(eps),
+            np.int32(gain_per_row),
+            np.int32(aligned),
+        ),
+    )
     return y, mean, rstd, var
 
 
@@ -502,9 +611,27 @@ def _rows_bwd(dy, x, gain, mean, rstd, stat_per_col, gain_per_row, train, want_d
     lanes = 16 // x.dtype.itemsize
     aligned = _aligned(dx, dy, x, gain) and L % lanes == 0
     grid, block = launch_config("rows", x.dtype, R=R, L=L)
-    _launch(_spec("norm_rows_bwd", x.dtype), grid, block,
-            (dx, s2, s1, dy, x, gain, mean, rstd, np.int64(R), np.int64(L), np.int32(stat_per_col),
-             np.int32(gain_per_row), np.int32(train), np.int32(aligned)))
+    _launch(
+        _spec("norm_rows_bwd", x.dtype),
+        grid,
+        block,
+        (
+            dx,
+            s2,
+            s1,
+            dy,
+            x,
+            gain,
+            mean,
+            rstd,
+            np.int64(R),
+            np.int64(L),
+            np.int32(stat_per_col),
+            np.int32(gain_per_row),
+            np.int32(train),
+            np.int32(aligned),
+        ),
+    )
     return dx, s2, s1
 
 
@@ -517,9 +644,26 @@ def _finalize(ws, x, gain, C, scale, eps, mode, want=("a", "b"), var=False, sums
     s0_t = cupy.empty(C, dtype=x.dtype) if sums_t else None
     s1_t = cupy.empty(C, dtype=x.dtype) if sums_t else None
     t = 256
-    _launch(_spec("norm_finalize", x.dtype), (math.ceil(C / t),), (t,),
-            (out_a, out_b, var_out, s0_t, s1_t, ws, x, gain, np.int32(ws.shape[0]), np.int64(C),
-             np.float32(scale), np.float32(eps), np.int32(mode)))
+    _launch(
+        _spec("norm_finalize", x.dtype),
+        (math.ceil(C / t),),
+        (t,),
+        (
+            out_a,
+            out_b,
+            var_out,
+            s0_t,
+            s1_t,
+            ws,
+            x,
+            gain,
+            np.int32(ws.shape[0]),
+            np.int64(C),
+            np.float32(scale),
+            np.float32(eps),
+            np.int32(mode),
+        ),
+    )
     return out_a, out_b, var_out, s0_t, s1_t
 
 
@@ -532,9 +676,24 @@ def _cols_ws(x, dy, gain, mean, rstd, mode):
     grid, block, rows_per_split = launch_config("cols", x.dtype, R=R, C=C, sms=_sm_count())
     ws = cupy.empty((grid[1], 2, C), dtype=cupy.float32)
     aligned = _aligned(x, dy) and C % lanes == 0
-    _launch(_spec("norm_cols_reduce", x.dtype), grid, block,
-            (ws, x, dy, gain, mean, rstd, np.int64(R), np.int64(C), np.int64(rows_per_split), np.int32(mode),
-             np.int32(aligned)))
+    _launch(
+        _spec("norm_cols_reduce", x.dtype),
+        grid,
+        block,
+        (
+            ws,
+            x,
+            dy,
+            gain,
+            mean,
+            rstd,
+            np.int64(R),
+            np.int64(C),
+            np.int64(rows_per_split),
+            np.int32(mode),
+            np.int32(aligned),
+        ),
+    )
     return ws
 
 
@@ -559,9 +718,24 @@ def _apply_fwd(x, mean, rstd, gain, bias, stat_per_col, gain_per_col):
     lanes = 16 // x.dtype.itemsize
     aligned = _aligned(x, y) and C % lanes == 0
     grid, block = launch_config("elementwise", x.dtype, n=x.size)
-    _launch(_spec("norm_apply_fwd", x.dtype), grid, block,
-            (y, x, mean, rstd, gain, bias, np.int64(x.size), np.int64(C), np.int32(stat_per_col),
-             np.int32(gain_per_col), np.int32(aligned)))
+    _launch(
+        _spec("norm_apply_fwd", x.dtype),
+        grid,
+        block,
+        (
+            y,
+            x,
+            mean,
+            rstd,
+            gain,
+            bias,
+            np.int64(x.size),
+            np.int64(C),
+            np.int32(stat_per_col),
+            np.int32(gain_per_col),
+            np.int32(aligned),
+        ),
+    )
     return y
 
 
@@ -573,9 +747,26 @@ def _apply_bwd(dy, x, mean, rstd, gain, A, B, stat_per_col, gain_per_col):
     lanes = 16 // x.dtype.itemsize
     aligned = _aligned(x, dx, dy) and C % lanes == 0
     grid, block = launch_config("elementwise", x.dtype, n=x.size)
-    _launch(_spec("norm_apply_bwd", x.dtype), grid, block,
-            (dx, dy, x, mean, rstd, gain, A, B, np.int64(x.size), np.int64(C), np.int32(stat_per_col),
-             np.int32(gain_per_col), np.int32(aligned)))
+    _launch(
+        _spec("norm_apply_bwd", x.dtype),
+        grid,
+        block,
+        (
+            dx,
+            dy,
+            x,
+            mean,
+            rstd,
+            gain,
+            A,
+            B,
+            np.int64(x.size),
+            np.int64(C),
+            np.int32(stat_per_col),
+            np.int32(gain_per_col),
+            np.int32(aligned),
+        ),
+    )
     return dx
 
 
@@ -602,7 +793,9 @@ def _check_stats(name, arr, length, backend, detail):
         import cupy
 
         if not isinstance(arr, cupy.ndarray):
-            raise TypeError(f"{name}: expected a cupy.ndarray (from the forward pass), got {type(arr).__name__}")
+            raise TypeError(
+                f"{name}: expected a cupy.ndarray (from the forward pass), got {type(arr).__name__}"
+            )
     elif not isinstance(arr, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray (from the forward pass), got {type(arr).__name__}")
     V.check_float(name, arr, ("float32", "float64") if backend == "numpy" else ("float32",))
@@ -651,9 +844,14 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
         ws = _cols_ws(x, dy, gain, mean, rstd, 1)
         A, B, *_ = _finalize(ws, x, None, x.shape[1], 1.0 / F, 0.0, 1)
         dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, stat_per_col=1, gain_per_col=0)
-        _, dgain, dbias = _rows_bwd(dy, x, None, mean, rstd, stat_per_col=1, gain_per_row=1, train=0,
-                                    want_dx=False)
-    return dx, (None if gain is None else dgain.astype(gain.dtype, copy=False)), dbias.astype(x.dtype, copy=False)
+        _, dgain, dbias = _rows_bwd(
+            dy, x, None, mean, rstd, stat_per_col=1, gain_per_row=1, train=0, want_dx=False
+        )
+    return (
+        dx,
+        (None if gain is None else dgain.astype(gain.dtype, copy=False)),
+        dbias.astype(x.dtype, copy=False),
+    )
 
 
 def _check_running(name, arr, C, backend):
@@ -662,8 +860,18 @@ def _check_running(name, arr, C, backend):
     _check_stats(name, arr, C, backend, "one per channel")
 
 
-def batch_norm_fprop(x, gain=None, bias=None, *, feature_axis: int = 1, training: bool = True,
-                     running_mean=None, running_var=None, momentum: float = 0.1, eps: float = 1e-5):
+def batch_norm_fprop(
+    x,
+    gain=None,
+    bias=None,
+    *,
+    feature_axis: int = 1,
+    training: bool = True,
+    running_mean=None,
+    running_var=None,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+):
     """Batch normalization of x [N, C] (feature_axis 1) or [C, N] (feature_axis 0) over the batch.
 
     gain, bias: [C] in x's dtype or None. training: normalize with this batch's statistics and update
@@ -718,13 +926,19 @@ def batch_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1, training
         return ref.batch_norm_bprop(dy, x, gain, mean, rstd, fa, training)
     if fa == 1:
         ws = _cols_ws(x, dy, None, mean, rstd, 1)
-        A, B, _, dbias, dgain = _finalize(ws, x, gain, C, 1.0 / N, 0.0, 1, want=("a", "b") if training else (),
-                                          sums_t=True)
+        A, B, _, dbias, dgain = _finalize(
+            ws, x, gain, C, 1.0 / N, 0.0, 1, want=("a", "b") if training else (), sums_t=True
+        )
         dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, stat_per_col=1, gain_per_col=1)
     else:
-        dx, dgain, dbias = _rows_bwd(dy, x, gain, mean, rstd, stat_per_col=0, gain_per_row=1,
-                                     train=int(bool(training)))
-    return dx, (None if gain is None else dgain.astype(gain.dtype, copy=False)), dbias.astype(x.dtype, copy=False)
+        dx, dgain, dbias = _rows_bwd(
+            dy, x, gain, mean, rstd, stat_per_col=0, gain_per_row=1, train=int(bool(training))
+        )
+    return (
+        dx,
+        (None if gain is None else dgain.astype(gain.dtype, copy=False)),
+        dbias.astype(x.dtype, copy=False),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -762,7 +976,9 @@ def _wn_tables(lay):
 
     key = (lay, cupy.cuda.runtime.getDevice())
     if key not in _WN_TABLES:
-        _WN_TABLES[key] = tuple(cupy.asarray(t, dtype=cupy.int32) for t in (lay.col_ptr, lay.col_order, lay.cols))
+        _WN_TABLES[key] = tuple(
+            cupy.asarray(t, dtype=cupy.int32) for t in (lay.col_ptr, lay.col_order, lay.cols)
+        )
     return _WN_TABLES[key]
 
 
@@ -773,11 +989,19 @@ def _wn_reduce(lay, w, w2, b, per, length):
     if per == "unit":
         col_ptr, col_order, _ = _wn_tables(lay)
         t = LAUNCH["wn_unit"]["threads"]
-        _launch(_spec("wn_reduce_unit", w.dtype), (math.ceil(length / t),), (t,),
-                (out, w, w2, col_ptr, col_order, np.int32(length), np.int32(b)))
+        _launch(
+            _spec("wn_reduce_unit", w.dtype),
+            (math.ceil(length / t),),
+            (t,),
+            (out, w, w2, col_ptr, col_order, np.int32(length), np.int32(b)),
+        )
     else:
-        _launch(_spec("wn_reduce_block", w.dtype), (lay.nnz,), (LAUNCH["wn_block"]["threads"],),
-                (out, w, w2, np.int32(b)))
+        _launch(
+            _spec("wn_reduce_block", w.dtype),
+            (lay.nnz,),
+            (LAUNCH["wn_block"]["threads"],),
+            (out, w, w2, np.int32(b)),
+        )
     return out
 
 
@@ -787,9 +1011,24 @@ def _wn_apply(lay, w, dv, gain, rnorm, dot, b, per):
     out = cupy.empty_like(w)
     _, _, cols = _wn_tables(lay)
     grid, block = launch_config("elementwise", w.dtype, n=w.size)
-    _launch(_spec("wn_apply", w.dtype), grid, block,
-            (out, w, dv, gain, rnorm, dot, cols, np.int64(w.size), np.int32(b), np.int32(per == "unit"),
-             np.int32(_aligned(out, w, dv))))
+    _launch(
+        _spec("wn_apply", w.dtype),
+        grid,
+        block,
+        (
+            out,
+            w,
+            dv,
+            gain,
+            rnorm,
+            dot,
+            cols,
+            np.int64(w.size),
+            np.int32(b),
+            np.int32(per == "unit"),
+            np.int32(_aligned(out, w, dv)),
+        ),
+    )
     return out
 
 
@@ -799,7 +1038,8 @@ def weight_norm_fprop(layout, w, gain=None, *, per: str = "unit", eps: float = 1
     layout: the BlockSparseMatMul (or BlockLayout) that w belongs to; w: [nnz, b, b]
     float16|bfloat16|float32 (float64 on NumPy). per="unit": the norm of each output feature's
     column over all its nonzero blocks, gain [M = out_blocks·b]; per="block": the Frobenius norm of
-    each block, gain [nnz]. gain None: 1. Returns (v like w, rnorm = 1/sqrt(‖w‖² + eps), float32 [M] or [nnz]).
+    each block, gain [nnz]. gain None: 1.
+    Returns (v like w, rnorm = 1/sqrt(‖w‖² + eps), float32 [M] or [nnz]).
     """
     backend = backend_of(w=w, gain=gain)
     lay, b, length = _check_wn(layout, w, gain, per, backend)
@@ -829,13 +1069,16 @@ def weight_norm_bprop(layout, dv, w, gain, rnorm, *, per: str = "unit"):
 # ---------------------------------------------------------------------------------------------------
 # fused LSTM gates
 
+
 def _check_lstm(z, c_prev, feature_axis, backend):
     _check_input("z", z, backend)
     _check_2d("z", z)
     fa = V.check_feature_axis(feature_axis)
     if z.shape[fa] % 4:
-        raise ValueError(f"z: expected 4·H gate pre-activations (i, f, g, o) on axis {fa}, got {z.shape[fa]} "
-                         "(not a multiple of 4)")
+        raise ValueError(
+            f"z: expected 4·H gate pre-activations (i, f, g, o) on axis {fa}, got {z.shape[fa]} "
+            "(not a multiple of 4)"
+        )
     shape = list(z.shape)
     shape[fa] //= 4
     _check_like("c_prev", c_prev, "z", z, backend, tuple(shape), f"z.shape[{fa}] / 4 = H units")
@@ -860,8 +1103,12 @@ def lstm_gates_fprop(z, c_prev, *, feature_axis: int = 1):
     lanes = 16 // z.dtype.itemsize
     aligned = _aligned(z, c_prev, c, h) and (H if fa == 1 else n) % lanes == 0
     grid, block = launch_config("elementwise", z.dtype, n=n)
-    _launch(_spec("lstm_fwd", z.dtype), grid, block,
-            (c, h, z, c_prev, np.int64(n), np.int64(H), np.int32(fa), np.int32(aligned)))
+    _launch(
+        _spec("lstm_fwd", z.dtype),
+        grid,
+        block,
+        (c, h, z, c_prev, np.int64(n), np.int64(H), np.int32(fa), np.int32(aligned)),
+    )
     return c, h
 
 
@@ -884,8 +1131,12 @@ def lstm_gates_bprop(dh, dc, z, c_prev, *, feature_axis: int = 1):
     lanes = 16 // z.dtype.itemsize
     aligned = _aligned(dz, dc_prev, dh, dc, z, c_prev) and (H if fa == 1 else n) % lanes == 0
     grid, block = launch_config("elementwise", z.dtype, n=n)
-    _launch(_spec("lstm_bwd", z.dtype), grid, block,
-            (dz, dc_prev, dh, dc, z, c_prev, np.int64(n), np.int64(H), np.int32(fa), np.int32(aligned)))
+    _launch(
+        _spec("lstm_bwd", z.dtype),
+        grid,
+        block,
+        (dz, dc_prev, dh, dc, z, c_prev, np.int64(n), np.int64(H), np.int32(fa), np.int32(aligned)),
+    )
     return dz, dc_prev
 
 
@@ -941,10 +1192,16 @@ def self_check(backend: str = "numpy", dtype: str = "float32", seed: int = 0):
         rdx, rdb = ref.ew_bprop("add", dy64, x64, b64[None, :], act)
         record(f"activation.{act}", (y, dx, db), (ry, rdx, rdb.reshape(-1)))
     _, a2, a64 = arr(N, 1)
-    record("mul.broadcast", (mul_fprop(x, a2),) + mul_bprop(dy, x, a2),
-           (ref.ew_fprop("mul", x64, a64),) + ref.ew_bprop("mul", dy64, x64, a64))
-    record("dropout.mask", (dropout_mask((N, F), 0.3, 7, 3, xp=xp).astype(xp.float32),),
-           (ref.dropout_mask((N, F), 0.3, 7, 3).astype(np.float64),))
+    record(
+        "mul.broadcast",
+        (mul_fprop(x, a2),) + mul_bprop(dy, x, a2),
+        (ref.ew_fprop("mul", x64, a64),) + ref.ew_bprop("mul", dy64, x64, a64),
+    )
+    record(
+        "dropout.mask",
+        (dropout_mask((N, F), 0.3, 7, 3, xp=xp).astype(xp.float32),),
+        (ref.dropout_mask((N, F), 0.3, 7, 3).astype(np.float64),),
+    )
     for fa in (1, 0):
         xs, dys = (x, dy) if fa == 1 else (xp.ascontiguousarray(x.T), xp.ascontiguousarray(dy.T))
         xs64, dys64 = (x64, dy64) if fa == 1 else (x64.T.copy(), dy64.T.copy())
@@ -970,12 +1227,17 @@ def self_check(backend: str = "numpy", dtype: str = "float32", seed: int = 0):
         v, rn = weight_norm_fprop(lay, w, g, per=per)
         grads = weight_norm_bprop(lay, dv, w, g, rn, per=per)
         rv, rrn = ref.weight_norm_fprop(lay, w64, g64, per)
-        record(f"weight_norm.{per}", (v,) + grads, (rv,) + ref.weight_norm_bprop(lay, dv64, w64, g64, rrn, per))
+        record(
+            f"weight_norm.{per}", (v,) + grads, (rv,) + ref.weight_norm_bprop(lay, dv64, w64, g64, rrn, per)
+        )
     H = 29
     _, z, z64 = arr(N, 4 * H)
     _, cp, cp64 = arr(N, H)
     _, dh, dh64 = arr(N, H)
     _, dc, dc64 = arr(N, H)
-    record("lstm_gates", lstm_gates_fprop(z, cp) + lstm_gates_bprop(dh, dc, z, cp),
-           ref.lstm_gates_fprop(z64, cp64) + ref.lstm_gates_bprop(dh64, dc64, z64, cp64))
+    record(
+        "lstm_gates",
+        lstm_gates_fprop(z, cp) + lstm_gates_bprop(dh, dc, z, cp),
+        ref.lstm_gates_fprop(z64, cp64) + ref.lstm_gates_bprop(dh64, dc64, z64, cp64),
+    )
     return rows

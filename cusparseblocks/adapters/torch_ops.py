@@ -71,14 +71,19 @@ class _Activation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, bias = ctx.saved_tensors
-        dx, db = _call(lambda d, x, b: ops.activation_bprop(d, x, ctx.act, bias=b, feature_axis=ctx.feature_axis),
-                       _contiguous(dy), x, bias)
+        dx, db = _call(
+            lambda d, x, b: ops.activation_bprop(d, x, ctx.act, bias=b, feature_axis=ctx.feature_axis),
+            _contiguous(dy),
+            x,
+            bias,
+        )
         return dx, db, None, None
 
 
-def activation(x: torch.Tensor, activation: str = "relu", bias: torch.Tensor | None = None,
-               feature_axis: int = 1) -> torch.Tensor:
-    """act(x + bias) in one pass; bias [x.shape[feature_axis]] (see :func:`cusparseblocks.ops.activation_fprop`)."""
+def activation(
+    x: torch.Tensor, activation: str = "relu", bias: torch.Tensor | None = None, feature_axis: int = 1
+) -> torch.Tensor:
+    """act(x + bias) in one pass, bias [x.shape[feature_axis]] (see ops.activation_fprop)."""
     return _Activation.apply(x, bias, activation, feature_axis)
 
 
@@ -94,7 +99,9 @@ class _Binary(torch.autograd.Function):
     def backward(ctx, dy):
         a, b = ctx.saved_tensors
         bwd = ops.add_bprop if ctx.op == "add" else ops.mul_bprop
-        da, db = _call(lambda d, a, b: bwd(d, a, b, activation=ctx.act, alpha=ctx.alpha), _contiguous(dy), a, b)
+        da, db = _call(
+            lambda d, a, b: bwd(d, a, b, activation=ctx.act, alpha=ctx.alpha), _contiguous(dy), a, b
+        )
         return da, db, None, None, None
 
 
@@ -125,7 +132,11 @@ class _Scale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         (x,) = ctx.saved_tensors
-        return _call(lambda d, x: ops.scale_bprop(d, x, ctx.alpha, activation=ctx.act), _contiguous(dy), x), None, None
+        return (
+            _call(lambda d, x: ops.scale_bprop(d, x, ctx.alpha, activation=ctx.act), _contiguous(dy), x),
+            None,
+            None,
+        )
 
 
 def scale_activation(x, alpha: float, activation: str = "identity"):
@@ -141,7 +152,12 @@ class _Dropout(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        return _call(lambda d: ops.dropout_bprop(d, ctx.p, ctx.seed, ctx.offset), _contiguous(dy)), None, None, None
+        return (
+            _call(lambda d: ops.dropout_bprop(d, ctx.p, ctx.seed, ctx.offset), _contiguous(dy)),
+            None,
+            None,
+            None,
+        )
 
 
 def dropout(x, p: float, seed: int, offset: int = 0, training: bool = True):
@@ -154,8 +170,9 @@ def dropout(x, p: float, seed: int, offset: int = 0, training: bool = True):
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gain, bias, feature_axis, eps):
-        y, mean, rstd = _call(lambda x, g, b: ops.layer_norm_fprop(x, g, b, feature_axis=feature_axis, eps=eps),
-                              x, gain, bias)
+        y, mean, rstd = _call(
+            lambda x, g, b: ops.layer_norm_fprop(x, g, b, feature_axis=feature_axis, eps=eps), x, gain, bias
+        )
         ctx.save_for_backward(x, gain, mean, rstd)
         ctx.feature_axis, ctx.has_bias = feature_axis, bias is not None
         return y
@@ -163,8 +180,14 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, gain, mean, rstd = ctx.saved_tensors
-        dx, dg, db = _call(lambda d, x, g, m, r: ops.layer_norm_bprop(d, x, g, m, r, feature_axis=ctx.feature_axis),
-                           _contiguous(dy), x, gain, mean, rstd)
+        dx, dg, db = _call(
+            lambda d, x, g, m, r: ops.layer_norm_bprop(d, x, g, m, r, feature_axis=ctx.feature_axis),
+            _contiguous(dy),
+            x,
+            gain,
+            mean,
+            rstd,
+        )
         return dx, dg, (db if ctx.has_bias else None), None, None
 
 
@@ -176,9 +199,24 @@ def layer_norm(x, gain=None, bias=None, feature_axis: int = 1, eps: float = 1e-5
 class _BatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gain, bias, running_mean, running_var, feature_axis, training, momentum, eps):
-        y, mean, rstd = _call(lambda x, g, b, rm, rv: ops.batch_norm_fprop(
-            x, g, b, feature_axis=feature_axis, training=training, running_mean=rm, running_var=rv,
-            momentum=momentum, eps=eps), x, gain, bias, running_mean, running_var)
+        y, mean, rstd = _call(
+            lambda x, g, b, rm, rv: ops.batch_norm_fprop(
+                x,
+                g,
+                b,
+                feature_axis=feature_axis,
+                training=training,
+                running_mean=rm,
+                running_var=rv,
+                momentum=momentum,
+                eps=eps,
+            ),
+            x,
+            gain,
+            bias,
+            running_mean,
+            running_var,
+        )
         ctx.save_for_backward(x, gain, mean, rstd)
         ctx.feature_axis, ctx.training, ctx.has_bias = feature_axis, training, bias is not None
         return y
@@ -186,13 +224,30 @@ class _BatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, gain, mean, rstd = ctx.saved_tensors
-        dx, dg, db = _call(lambda d, x, g, m, r: ops.batch_norm_bprop(
-            d, x, g, m, r, feature_axis=ctx.feature_axis, training=ctx.training), _contiguous(dy), x, gain, mean, rstd)
+        dx, dg, db = _call(
+            lambda d, x, g, m, r: ops.batch_norm_bprop(
+                d, x, g, m, r, feature_axis=ctx.feature_axis, training=ctx.training
+            ),
+            _contiguous(dy),
+            x,
+            gain,
+            mean,
+            rstd,
+        )
         return dx, dg, (db if ctx.has_bias else None), None, None, None, None, None, None
 
 
-def batch_norm(x, gain=None, bias=None, running_mean=None, running_var=None, feature_axis: int = 1,
-               training: bool = True, momentum: float = 0.1, eps: float = 1e-5):
+def batch_norm(
+    x,
+    gain=None,
+    bias=None,
+    running_mean=None,
+    running_var=None,
+    feature_axis: int = 1,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+):
     """Batch norm of x [N, C] (feature_axis 1) or [C, N] (0); running stats (float32 [C]) updated in place."""
     return _BatchNorm.apply(x, gain, bias, running_mean, running_var, feature_axis, training, momentum, eps)
 
@@ -208,8 +263,13 @@ class _WeightNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dv):
         w, gain, rnorm = ctx.saved_tensors
-        dw, dg = _call(lambda d, w, g, r: ops.weight_norm_bprop(ctx.layout, d, w, g, r, per=ctx.per),
-                       _contiguous(dv), w, gain, rnorm)
+        dw, dg = _call(
+            lambda d, w, g, r: ops.weight_norm_bprop(ctx.layout, d, w, g, r, per=ctx.per),
+            _contiguous(dv),
+            w,
+            gain,
+            rnorm,
+        )
         return dw, dg, None, None, None
 
 
@@ -230,8 +290,13 @@ class _LSTMGates(torch.autograd.Function):
         z, c_prev = ctx.saved_tensors
         if dh is None:
             dh = torch.zeros_like(c_prev)
-        dz, dcp = _call(lambda h, c, z, cp: ops.lstm_gates_bprop(h, c, z, cp, feature_axis=ctx.feature_axis),
-                        _contiguous(dh), _contiguous(dc), z, c_prev)
+        dz, dcp = _call(
+            lambda h, c, z, cp: ops.lstm_gates_bprop(h, c, z, cp, feature_axis=ctx.feature_axis),
+            _contiguous(dh),
+            _contiguous(dc),
+            z,
+            c_prev,
+        )
         return dz, dcp, None
 
 

@@ -83,6 +83,7 @@ def act_d(z: np.ndarray, activation: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 # elementwise: y = act(alpha * (a OP b)), b broadcast against a (numpy rules)
 
+
 def _combine(op, a, b):
     if op == "none":
         return a
@@ -150,11 +151,18 @@ def dropout_threshold(p: float) -> tuple[int, np.float32]:
 
 
 def dropout_mask(shape, p: float, seed: int, offset: int = 0) -> np.ndarray:
-    """Boolean keep-mask of ``shape`` (C order): element e keeps when Philox(e // 4, offset; seed)[e % 4] >= p·2³²."""
+    """Boolean keep-mask of ``shape`` (C order): element e is kept when
+    Philox(e // 4, offset; seed)[e % 4] >= p·2³²."""
     n = int(np.prod(shape, dtype=np.int64))
     groups = np.arange((n + 3) // 4, dtype=np.uint64)
-    words = philox4x32_10(groups & _MASK32, groups >> np.uint64(32), offset & 0xFFFFFFFF, offset >> 32,
-                          seed & 0xFFFFFFFF, seed >> 32)
+    words = philox4x32_10(
+        groups & _MASK32,
+        groups >> np.uint64(32),
+        offset & 0xFFFFFFFF,
+        offset >> 32,
+        seed & 0xFFFFFFFF,
+        seed >> 32,
+    )
     r = np.stack(words, axis=1).reshape(-1)[:n]
     threshold, _ = dropout_threshold(p)
     return (r >= np.uint32(threshold)).reshape(shape)
@@ -171,6 +179,7 @@ def dropout(x, p: float, seed: int, offset: int = 0):
 
 # ---------------------------------------------------------------------------------------------------
 # normalization over 2-D arrays: statistics along ``stat_axis``, gain/bias along ``feature_axis``
+
 
 def _along(v, axis, ct):
     """A 1-D per-feature vector shaped to broadcast along ``axis`` of a 2-D array."""
@@ -202,7 +211,11 @@ def _norm_bprop(dy, x, gain, mean, rstd, stat_axis, feature_axis, train):
     d = dy.astype(ct)
     gd = d * _along(gain, feature_axis, ct) if gain is not None else d
     if train:
-        dx = r * (gd - gd.mean(axis=stat_axis, keepdims=True) - xhat * (gd * xhat).mean(axis=stat_axis, keepdims=True))
+        dx = r * (
+            gd
+            - gd.mean(axis=stat_axis, keepdims=True)
+            - xhat * (gd * xhat).mean(axis=stat_axis, keepdims=True)
+        )
     else:
         dx = r * gd
     batch_axis = 1 - feature_axis
@@ -226,8 +239,17 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, feature_axis: int = 1):
     return dx, dgain, dbias.astype(x.dtype)
 
 
-def batch_norm_fprop(x, gain=None, bias=None, feature_axis: int = 1, training: bool = True, running_mean=None,
-                     running_var=None, momentum: float = 0.1, eps: float = 1e-5):
+def batch_norm_fprop(
+    x,
+    gain=None,
+    bias=None,
+    feature_axis: int = 1,
+    training: bool = True,
+    running_mean=None,
+    running_var=None,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+):
     """Batch norm over the batch axis. x: [N, C] (feature_axis 1) or [C, N] (0); gain, bias: [C].
 
     training: statistics of this batch; running_mean/var (float32 or float64 [C], optional) are updated
@@ -264,6 +286,7 @@ def batch_norm_bprop(dy, x, gain, mean, rstd, feature_axis: int = 1, training: b
 
 # ---------------------------------------------------------------------------------------------------
 # L2 weight normalization of block-sparse weights w [nnz, b, b]
+
 
 def _per_q(layout, values, b, per):
     """A per-unit [M] or per-block [nnz] vector broadcast to [nnz, b, b]."""
@@ -314,12 +337,13 @@ def weight_norm_bprop(layout, dv, w, gain, rnorm, per: str = "unit"):
 # ---------------------------------------------------------------------------------------------------
 # fused LSTM gates, gate order (i, f, g, o)
 
+
 def _gates(z, feature_axis):
     if feature_axis == 1:
         n, h4 = z.shape
-        return [z[:, k * (h4 // 4):(k + 1) * (h4 // 4)] for k in range(4)]
+        return [z[:, k * (h4 // 4) : (k + 1) * (h4 // 4)] for k in range(4)]
     h4 = z.shape[0]
-    return [z[k * (h4 // 4):(k + 1) * (h4 // 4)] for k in range(4)]
+    return [z[k * (h4 // 4) : (k + 1) * (h4 // 4)] for k in range(4)]
 
 
 def lstm_gates_fprop(z, c_prev, feature_axis: int = 1):
