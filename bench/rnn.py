@@ -142,9 +142,10 @@ def us_per_step(res):
 
 
 def sanitize():
-    """One small case per mode and path (run under compute-sanitizer); prints the errors."""
-    for row in rnn.self_check("cupy"):
-        print(f"{row[0]:36s} rel_err={row[1]:.2e} {'ok' if row[2] else 'FAIL'}")
+    """One small case per mode, path and exchange (run under compute-sanitizer); prints the errors."""
+    for exchange in rnn.LAUNCH["exchange"]:
+        for row in rnn.self_check("cupy", exchange=exchange):
+            print(f"{exchange:9s} {row[0]:36s} rel_err={row[1]:.2e} {'ok' if row[2] else 'FAIL'}")
 
 
 def main():
@@ -191,12 +192,25 @@ def main():
                         "T": T_STEPS, "ours": ours, "ours_path": plan.path, "ours_blocks": plan.blocks,
                         "ours_lanes": plan.lanes, "ours_smem": plan.smem_bytes, "rel_err_vs_cublas": rel,
                         **{k: v for k, v in others.items()}, "speedup_vs_best": best / o})
+        plan_t = model.plan(dtype, B, tables=True)
         variants = {}
         for lanes in rnn.LAUNCH["lanes"][1:]:                 # the launch table's other entries
             variants[lanes] = us_per_step(bench_ours(model, H, B, dtype, rng, reps=30, lanes=lanes)[0])
         records[-1]["ours_us_by_lanes"] = variants
+        flags = us_per_step(time_ms(lambda u, h: model.forward(u, h, check=False, exchange="flags"),
+                                    rotate=[(u0, h00)], warmup=2, reps=30, min_ms=20))
+        records[-1]["ours_us_flags_exchange"] = flags
+        nowait = float("nan")
+        if plan.persistent:
+            def no_wait(p=plan_t, u=u0, h=h00):
+                return model._run_persistent(p, u, h, None, check=False, wait=False)
+
+            nowait = us_per_step(time_ms(no_wait, warmup=2, reps=30, min_ms=20))
+        records[-1]["ours_us_without_exchange_wait"] = nowait
         print(f"# headline {dtype}: ours {o:.2f} us/step ({plan.path}, lanes={plan.lanes}), best other "
-              f"{best:.2f}; by lanes: " + ", ".join(f"{k}: {v:.2f}" for k, v in variants.items()), flush=True)
+              f"{best:.2f}; by lanes: " + ", ".join(f"{k}: {v:.2f}" for k, v in variants.items())
+              + f"; flags exchange: {flags:.2f}; without waiting for the exchange (diagnostic): {nowait:.2f}",
+              flush=True)
     sizes = {f"{dt}/d{dd}": rnn.max_hidden_size(dt, dd, 4) for dt in ("float16", "float32")
              for dd in (0.3, 0.1, 0.05)}
     records.append({"kind": "max_hidden_size", "batch": 4, **sizes})
@@ -223,6 +237,8 @@ def main():
                     o, c1, c2 = us_per_step(ours), us_per_step(cub), us_per_step(cud)
                     sweep.add(H=H, density=d, B=B, path=plan.path, ours_us=o, cublas_graph_us=c1, cudnn_us=c2,
                               speedup=min(c1, c2) / o)
+                    print(f"# sweep H={H} d={d} B={B}: ours {o:.2f} us/step ({plan.path}), cuBLAS-graph "
+                          f"{c1:.2f}, cuDNN {c2:.2f}", flush=True)
                     records.append({"kind": "sweep", "dtype": "float16", "hidden": H, "density": d,
                                     "batch": B, "ours": ours, "ours_path": plan.path, "cublas_graph": cub,
                                     "cudnn": cud})

@@ -50,6 +50,7 @@ LAUNCH = {
     "batch_chunks": (8, 4, 2, 1),
     "step_threads": 256,       # fallback: one warp per unit
     "smem_reserve": 64,        # bytes kept below the per-block opt-in limit (static shared memory)
+    "exchange": ("sentinel", "flags"),  # how blocks learn h_(t-1) is written; the first is the default
 }
 # H100 SXM: 132 SMs, 227 KiB of shared memory per block (opt-in); used when no GPU is present
 H100 = {"sm_count": 132, "smem_per_block": 232448}
@@ -115,15 +116,10 @@ def _smem_bytes(dtype, wvec, Hp, bc, nchunks, rows):
     return off + rows * 8
 
 
-def _batch_chunks(batch, dtype, Hp, smem_limit):
-    """Batch chunk BC (columns of h per smem pass) and the number of chunks: the widest whose h fits in
-    a quarter of shared memory."""
-    for bc in LAUNCH["batch_chunks"]:
-        if bc > 1 and bc // 2 >= batch:
-            continue
-        if Hp * bc * _itemsize(dtype) <= smem_limit // 4 or bc == 1:
-            return bc, -(-batch // bc)
-    return 1, batch
+def _batch_chunks(batch):
+    """Candidate batch chunks BC (columns of h per shared-memory pass), widest first: none wider than
+    the batch needs."""
+    return [bc for bc in LAUNCH["batch_chunks"] if bc == 1 or bc // 2 < batch]
 
 
 def _partition(unit_cost, nblk):
@@ -147,7 +143,8 @@ def _size_plan(rownnz, H, G, dtype, batch, sm_count, smem_limit, lanes=None):
     threads = LAUNCH["threads"]
     Hp = _align(H, LAUNCH["hidden_align"])
     limit = smem_limit - LAUNCH["smem_reserve"]
-    bc, nchunks = _batch_chunks(batch, dtype, Hp, limit)
+    chunks = _batch_chunks(batch)
+    bc, nchunks = chunks[0], -(-batch // chunks[0])
     Vn = _per_vector(dtype)
     nnz = np.zeros((G, Hp), dtype=np.int64)
     nnz[:, :H] = rownnz
@@ -171,13 +168,17 @@ def _size_plan(rownnz, H, G, dtype, batch, sm_count, smem_limit, lanes=None):
         wvec_blk = np.add.reduceat(wvec_unit, starts[:-1])
         maxvec_blk = np.maximum.reduceat(maxvec_unit, starts[:-1])
         rounds = -(-(units * G) // (threads // L))
-        # serial work of one thread: its vectors in every round, plus the shuffle reduction
+        # serial work of one thread per pass over the weights: its vectors in every round, plus the
+        # shuffle reduction; one pass per batch chunk
         cost = int((rounds * (maxvec_blk + int(np.log2(L)))).max())
-        smem = _smem_bytes(dtype, int(wvec_blk.max()), Hp, bc, nchunks, int(units.max()) * G)
-        cand = (smem > limit, cost, smem, L, nvec, int(wvec_blk.sum()))
-        if best is None or cand[:3] < best[:3]:
-            best = cand
-    over, _, smem, L, nvec, total_vec = best
+        for bc in chunks:
+            nch = -(-batch // bc)
+            smem = _smem_bytes(dtype, int(wvec_blk.max()), Hp, bc, nch, int(units.max()) * G)
+            cand = (smem > limit, cost * nch, smem, L, bc, nch, nvec, int(wvec_blk.sum()))
+            if best is None or cand[:3] < best[:3]:
+                best = cand
+    over, _, smem, L, bc, nchunks, nvec, total_vec = best
+    plan.batch_chunk, plan.nchunks = bc, nchunks
     plan.blocks, plan.lanes, plan.smem_bytes = nblk, L, smem
     plan.weight_bytes = 16 * total_vec
     if over:
@@ -187,6 +188,33 @@ def _size_plan(rownnz, H, G, dtype, batch, sm_count, smem_limit, lanes=None):
     plan.persistent = True
     plan.reason = "weights fit on-chip"
     return plan, starts, nvec
+
+
+def _bank_order(row_of, k, access_bytes, lane0):
+    """Order of each row's nonzeros (``row_of`` sorted, ``k`` their h indices) that deals them round-robin
+    over shared-memory bank classes, so the lanes that gather h[k] in the same instruction (consecutive
+    nonzeros of the order) hit different banks: the seed's bank-aware weight layout. A gather of
+    ``access_bytes`` at k·access_bytes is served per phase of 128 / max(access_bytes, 4) lanes; its class
+    is the 4-byte bank group it starts in (for 2-byte accesses, two k that share a word broadcast).
+    ``lane0``: the first lane of the nonzero's row in its warp; rows sharing a phase deal from different
+    classes."""
+    phase = 32 if access_bytes <= 4 else 128 // access_bytes
+    if access_bytes >= 4:
+        nclass = 32 // (access_bytes // 4)           # 8 bytes: 16 lanes a phase, k % 16 picks the bank pair
+        cls = k % nclass
+    else:
+        nclass = 32
+        cls = (k // 2) % 32
+    cls = (cls - lane0 % phase) % nclass
+    n = row_of.size
+    by_class = np.lexsort((np.arange(n), cls, row_of))             # grouped by (row, class)
+    r, c = row_of[by_class], cls[by_class]
+    first = np.ones(n, dtype=bool)
+    first[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
+    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[by_class] = np.arange(n) - group_start                     # occurrence of the nonzero in its class
+    return np.lexsort((cls, rank, row_of))                           # per row: rank-major, then class
 
 
 _DEVICE_INFO: dict = {}
@@ -376,7 +404,13 @@ class SparseRNN:
             r_of = np.repeat(np.arange(lens.size), lens)
             within = np.arange(nz) - np.repeat(np.cumsum(lens) - lens, lens)
             src = s[r_of] + within
-            dst = pstart[r_of] + within
+            # rows that share a warp start their class deal where the previous row's lanes end
+            local = np.arange(padded.size) - row_off[blk_of_row]
+            lane0 = (local % (LAUNCH["threads"] // L)) % max(32 // L, 1) * L
+            src = src[_bank_order(r_of, rows.indices[src], plan.batch_chunk * _itemsize(dtype), lane0[r_of])]
+            i = within                                   # i-th nonzero of its row in bank order goes to
+            step, lane = i // L, i % L                   # lane i % L at step i // L: vector step // V of
+            dst = pstart[r_of] + ((step // Vn) * L + lane) * Vn + step % Vn   # that lane, element step % V
             idx_full[dst] = rows.indices[src]
             val_full[dst] = rows.data[src]
         if dtype == "float16":
@@ -426,7 +460,8 @@ class SparseRNN:
         }
 
     # ---------------------------------------------------------------------------------------------
-    def forward(self, u, h0, c0=None, *, out=None, path: str = "auto", check: bool = True, lanes=None):
+    def forward(self, u, h0, c0=None, *, out=None, path: str = "auto", check: bool = True, lanes=None,
+                exchange=None):
         """Run the recurrence over all T steps.
 
         u: [T, B, G·H] input projections (x_t·W_x + bias), float16|float32 (float64 on NumPy);
@@ -436,6 +471,8 @@ class SparseRNN:
         "persistent" (ValueError when they do not fit) or "fallback". ``check``: synchronize after the
         persistent kernel and raise RuntimeError if its watchdog fired (default). ``lanes``: force the
         threads per row (one of ``LAUNCH["lanes"]``; benchmarks), default the plan's choice.
+        ``exchange``: "sentinel" (default: h values double as their written flags) or "flags" (per-block
+        step counters with release/acquire).
         Returns (y [T, B, H] holding h_1..h_T, c_T [B, H] for the LSTM else None), in u's dtype.
         """
         backend = backend_of(u=u, h0=h0, c0=c0, out=out)
@@ -466,6 +503,8 @@ class SparseRNN:
             raise ValueError(f"path: expected 'auto', 'persistent' or 'fallback', got {path!r}")
         if lanes is not None and lanes not in LAUNCH["lanes"]:
             raise ValueError(f"lanes: expected one of {LAUNCH['lanes']}, got {lanes!r}")
+        if exchange is not None and exchange not in LAUNCH["exchange"]:
+            raise ValueError(f"exchange: expected one of {LAUNCH['exchange']}, got {exchange!r}")
         if backend == "numpy":
             dt = np.dtype(u.dtype)
             W = self.weight(dt)
@@ -486,7 +525,7 @@ class SparseRNN:
             raise ValueError(f"path: the persistent kernel cannot run this model ({plan.reason}); "
                              f"use path='auto' or 'fallback'")
         if plan.persistent and path != "fallback":
-            result = self._run_persistent(plan, u, h0, c0, out, check=check)
+            result = self._run_persistent(plan, u, h0, c0, out, check=check, exchange=exchange)
             if result is not None:
                 return result
             if path == "persistent":
@@ -497,16 +536,24 @@ class SparseRNN:
     __call__ = forward
 
     # ---------------------------------------------------------------------------------------------
-    def _exchange(self, plan, T, h0, sentinel):
-        """[T+1, nchunks, Hp, BC] of h0's dtype with h0 in slot 0, the rest zeros or (``sentinel``, for
-        the persistent kernel) the NaN pattern that marks 'not written yet' (kernels/rnn.cu RnnX)."""
+    @staticmethod
+    def _pack_h0(plan, h0):
+        """h0 [B, H] in the exchange slot layout [nchunks, Hp, BC], zeros in the padding."""
         import cupy
 
         Hp, bc, nch = plan.hidden_padded, plan.batch_chunk, plan.nchunks
         B, H = h0.shape
         hp = cupy.zeros((nch * bc, Hp), dtype=h0.dtype)
         hp[:B, :H] = h0
-        hp = hp.reshape(nch, bc, Hp).transpose(0, 2, 1)
+        return hp.reshape(nch, bc, Hp).transpose(0, 2, 1)
+
+    def _exchange(self, plan, T, h0, sentinel):
+        """[T+1, nchunks, Hp, BC] of h0's dtype with h0 in slot 0, the rest zeros or (``sentinel``, for
+        the persistent kernel) the NaN pattern that marks 'not written yet' (kernels/rnn.cu RnnX)."""
+        import cupy
+
+        Hp, bc, nch = plan.hidden_padded, plan.batch_chunk, plan.nchunks
+        hp = self._pack_h0(plan, h0)
         if not sentinel:
             xch = cupy.zeros((T + 1, nch, Hp, bc), dtype=h0.dtype)
         else:
@@ -526,7 +573,10 @@ class SparseRNN:
             self._gpu[key] = tab
         return tab
 
-    def _run_persistent(self, plan, u, h0, c0, out=None, *, check=True, grid=None, timeout_s=None):
+    def _run_persistent(self, plan, u, h0, c0, out=None, *, check=True, grid=None, timeout_s=None, wait=True,
+                        exchange=None):
+        """Launch the persistent kernel (None when the planned blocks are not co-resident). ``grid`` and
+        ``wait=False`` are for tests and benchmark diagnostics only (a wrong result)."""
         import cupy
         from cupy_backends.cuda.api import driver
 
@@ -546,15 +596,18 @@ class SparseRNN:
         y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
         c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
         status = cupy.zeros(1, dtype=np.int32)
+        exchange = LAUNCH["exchange"][0] if exchange is None else exchange
+        flags = cupy.zeros(plan.blocks, dtype=np.int32)
         if timeout_s is None:
             timeout_s = float(os.environ.get("CUSPARSEBLOCKS_RNN_TIMEOUT_S", "30"))
         null = 0
         args = (tab["wpack"], tab["wvec_off"], tab["row_info"], tab["row_off"], tab["unit_start"],
-                tab["load_range"], tab["load_off"], u,
+                tab["load_range"], tab["load_off"], tab["dep_off"], tab["dep_block"], u,
                 c0 if c0 is not None else np.uint64(null), y, c_out if c_out is not None else np.uint64(null),
-                xch, status, np.int32(H), np.int32(plan.hidden_padded), np.int32(B), np.int32(T),
+                xch, flags, status, np.int32(H), np.int32(plan.hidden_padded), np.int32(B), np.int32(T),
                 np.int32(plan.nchunks), np.int32(plan.lanes), np.int32(tab["smem_wvec"]),
-                np.int32(tab["smem_rows"]), np.int64(int(timeout_s * 1e9)))
+                np.int32(tab["smem_rows"]), np.int64(int(timeout_s * 1e9)),
+                np.int32(exchange == "flags"), np.int32(bool(wait)))
         fn((plan.blocks if grid is None else grid,), (LAUNCH["threads"],), args, shared_mem=smem,
            stream=stream)
         if check and int(status.get()[0]) != 0:
@@ -564,50 +617,65 @@ class SparseRNN:
         return y, c_out
 
     def _run_fallback(self, plan, u, h0, c0, out=None):
+        """One ``rnn_step`` launch per step, captured once per (dtype, T, B) in a CUDA graph over cached
+        buffers: a call copies u, h0 (and c0) in, replays the graph and copies y (and c_T) out. Calls on
+        one stream are ordered; concurrent calls from several streams on one object are not supported."""
         import cupy
 
         T, B, _ = u.shape
-        H, G = self.hidden_size, self.gates
+        H = self.hidden_size
         dtype = plan.dtype
-        key = ("fallback", dtype, cupy.cuda.runtime.getDevice())
-        csr = self._gpu.get(key)
+        dev = cupy.cuda.runtime.getDevice()
+        csr = self._gpu.get(("fallback", dtype, dev))
         if csr is None:
             rows = self._rows
             csr = (cupy.asarray(rows.indptr.astype(np.int64)), cupy.asarray(rows.indices.astype(np.int32)),
                    cupy.asarray(rows.data.astype(dtype)))
-            self._gpu[key] = csr
-        fn = compiler.get_function(_spec("rnn_step", dtype, self.mode, plan.batch_chunk))
-        Hp, nch = plan.hidden_padded, plan.nchunks
-        xch = self._exchange(plan, T, h0, sentinel=False)
-        y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
-        c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
-        c = (c0.astype(np.float32) if c0 is not None else cupy.zeros((B, H), np.float32)) \
-            if self.mode == "lstm" else cupy.zeros(1, np.float32)
+            self._gpu[("fallback", dtype, dev)] = csr
         stream = cupy.cuda.get_current_stream()
-        grid = (-(-H // (LAUNCH["step_threads"] // 32)),)
-        null = np.uint64(0)
+        key = ("graph", dtype, T, B, dev)
+        g = self._gpu.get(key)
+        if g is None:
+            g = {"xch": self._exchange(plan, T, h0, sentinel=False), "u": cupy.empty_like(u),
+                 "y": cupy.empty((T, B, H), dtype=u.dtype),
+                 "c": cupy.zeros((B, H) if self.mode == "lstm" else (1,), np.float32),
+                 "c_out": cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None}
+            fn = compiler.get_function(_spec("rnn_step", dtype, self.mode, plan.batch_chunk))
+            grid = (-(-H // (LAUNCH["step_threads"] // 32)),)
+            null = np.uint64(0)
 
-        def launch(s):
-            for t in range(T):
-                args = (csr[0], csr[1], csr[2], xch[t], xch[t + 1], u[t], c, y[t],
-                        c_out if (c_out is not None and t == T - 1) else null,
-                        np.int32(H), np.int32(Hp), np.int32(B), np.int32(nch))
-                fn(grid, (LAUNCH["step_threads"],), args, stream=s)
+            def launch(s):
+                for t in range(T):
+                    last = g["c_out"] is not None and t == T - 1
+                    args = (csr[0], csr[1], csr[2], g["xch"][t], g["xch"][t + 1], g["u"][t], g["c"],
+                            g["y"][t], g["c_out"] if last else null,
+                            np.int32(H), np.int32(plan.hidden_padded), np.int32(B), np.int32(plan.nchunks))
+                    fn(grid, (LAUNCH["step_threads"],), args, stream=s)
 
-        del G
-        side = cupy.cuda.Stream(non_blocking=True)   # captured, not run: the graph runs on `stream`
-        try:
-            side.begin_capture()
-        except Exception:  # noqa: BLE001 - no graph capture here: launch the steps directly
-            launch(stream)
-            return y, c_out
-        try:
-            launch(side)
-        finally:
-            graph = side.end_capture()
-        graph.launch(stream=stream)
-        stream.synchronize()                       # the graph is freed on return
-        return y, c_out
+            g["launch"] = launch
+            side = cupy.cuda.Stream(non_blocking=True)   # captured, not run: the graph runs on `stream`
+            try:
+                side.begin_capture()
+            except Exception:  # noqa: BLE001 - no graph capture here: launch the steps directly
+                g["graph"] = None
+            else:
+                try:
+                    launch(side)
+                finally:
+                    g["graph"] = side.end_capture()
+            self._gpu[key] = g
+        else:
+            g["xch"][0] = self._pack_h0(plan, h0)
+        g["u"][...] = u
+        if self.mode == "lstm":
+            g["c"][...] = 0 if c0 is None else c0.astype(np.float32)
+        if g["graph"] is not None:
+            g["graph"].launch(stream=stream)
+        else:
+            g["launch"](stream)
+        y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
+        y[...] = g["y"]
+        return y, (None if g["c_out"] is None else g["c_out"].copy())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -655,11 +723,12 @@ def random_weights(rng, hidden_size, density, mode="tanh", *, block_size=None, s
     return mask, w
 
 
-def self_check(backend: str = "numpy", seed: int = 0):
+def self_check(backend: str = "numpy", seed: int = 0, exchange=None):
     """Quick random check of every mode and sparsity kind against the float64 reference.
 
     ``backend``: "numpy" (the reference path against a dense-W recurrence) or "cupy" (the GPU kernels,
-    persistent and fallback, in float32 and float16). Returns rows (name, rel_err, passed).
+    persistent and fallback, in float32 and float16; ``exchange`` as in ``forward``). Returns rows
+    (name, rel_err, passed).
     """
     if backend not in ("numpy", "cupy"):
         raise ValueError(f"backend: expected 'numpy' or 'cupy', got {backend!r}")
@@ -695,7 +764,7 @@ def self_check(backend: str = "numpy", seed: int = 0):
                 yr, cr = ref.rnn_forward(W, u, h0, c0, mode, round_dtype=rd)
                 for path in ("persistent", "fallback"):
                     c0d = None if c0 is None else cupy.asarray(c0)
-                    y, c = rnn.forward(cupy.asarray(u), cupy.asarray(h0), c0d, path=path)
+                    y, c = rnn.forward(cupy.asarray(u), cupy.asarray(h0), c0d, path=path, exchange=exchange)
                     y = y.get().astype(np.float64)
                     err = _rel(y, yr) if c is None else max(_rel(y, yr), _rel(c.get().astype(np.float64), cr))
                     ok = bool(np.isfinite(err) and err <= tol[dtype])

@@ -27,6 +27,18 @@ enum { RNN_RELU = 0, RNN_TANH = 1, RNN_LSTM = 2 };
 // fp16, 0xFFFFFFFF for fp32; the writer turns any NaN into the canonical one), so a reader that sees
 // another pattern sees the value; no flag, no fence. Each element is one single-copy-atomic store.
 
+// The alternative protocol (exchange="flags"): per-block step counters, st.release / ld.acquire at gpu
+// scope; a block waits for the counters of the blocks whose slices it reads.
+__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void st_release_gpu(int* p, int v) {
+    asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
 // one 16-byte vector (16-byte aligned), relaxed at gpu scope: bypasses L1, re-read on every call
 __device__ __forceinline__ uint4 ld_relaxed_v4(const void* p) {
     uint4 v;
@@ -187,15 +199,20 @@ struct RnnSmem {
 // lane l reads the row's 16-byte weight vectors l, l+lanes, ... (consecutive lanes, consecutive vectors:
 // no bank conflicts), gathers BC values of h per nonzero and accumulates in fp32; a shuffle reduction
 // gives the row's dot products. The pointwise cell (u_t prefetched into registers one step ahead, c kept
-// in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t.
+// in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t. use_flags = 1 selects the
+// flag protocol instead (wait for flags[d] >= t-1 of every block d read, publish flags[b] = t after a
+// block barrier). wait = 0 is a benchmark diagnostic only (no block waits: the cost of everything but
+// the exchange; the result is wrong).
 template <typename T, int MODE, int BC>
 __global__ void __launch_bounds__(RNN_THREADS, 1)
 rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off,
                const int2* __restrict__ row_info, const int* __restrict__ row_off,
                const int* __restrict__ unit_start, const int2* __restrict__ load_range,
-               const int* __restrict__ load_off, const T* __restrict__ u, const T* __restrict__ c0,
-               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* status, int H, int Hp, int B,
-               int steps, int nchunks, int lanes, int smem_wvec, int smem_rows, long long timeout_ns) {
+               const int* __restrict__ load_off, const int* __restrict__ dep_off,
+               const int* __restrict__ dep_block, const T* __restrict__ u, const T* __restrict__ c0,
+               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* flags, int* status, int H, int Hp,
+               int B, int steps, int nchunks, int lanes, int smem_wvec, int smem_rows, long long timeout_ns,
+               int use_flags, int wait) {
     constexpr int G = MODE == RNN_LSTM ? 4 : 1;
     constexpr int V = RnnPack<T>::V;
     typedef RnnX<T> X;
@@ -240,6 +257,28 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
     const int r_begin = load_off[blk], r_end = load_off[blk + 1];
 
     for (int t = 1; t <= steps; ++t) {
+        if (use_flags) {
+            if (wait && t > 1) {
+                for (int d = dep_off[blk] + tid; d < dep_off[blk + 1]; d += RNN_THREADS) {
+                    const int* f = flags + dep_block[d];
+                    unsigned spins = 0;
+                    unsigned long long since = 0;
+                    while (ld_acquire_gpu(f) < t - 1) {
+                        if ((++spins & 63u) == 0) {
+                            const unsigned long long now = global_ns();
+                            if (since == 0) since = now;
+                            if (*(volatile int*)status != 0 || (long long)(now - since) > timeout_ns) {
+                                atomicExch(status, 1);
+                                abort_s = 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+                __threadfence();
+            }
+            __syncthreads();
+        }
         const T* src = xch + (i64)(t - 1) * nchunks * Hp * BC;
         for (int c = 0; c < nchunks; ++c) {
             const T* sc = src + (i64)c * Hp * BC;
@@ -262,7 +301,8 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
 #pragma unroll
                         for (int i = 0; i < EPV; ++i) {
                             const int e = e0 + i;
-                            need |= (t > 1 && e / BC < H && c * BC + e % BC < B) ? (1u << i) : 0u;
+                            need |= (!use_flags && wait && t > 1 && e / BC < H && c * BC + e % BC < B)
+                                        ? (1u << i) : 0u;
                         }
                         unsigned spins = 0;
                         unsigned long long since = 0;
@@ -338,6 +378,13 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
                 X::store(dst + ((i64)(b / BC) * Hp + j) * BC + (b % BC), hv);
                 y[((i64)(t - 1) * B + b) * H + j] = hv;
                 if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
+            }
+        }
+        if (use_flags) {
+            __syncthreads();
+            if (tid == 0) {
+                __threadfence();
+                st_release_gpu(flags + blk, t);
             }
         }
         if (t < steps) {

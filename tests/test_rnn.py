@@ -207,6 +207,22 @@ def test_empty_rows_and_units(rng):
     assert_close(emulate(model, plan, u, h0, None)[0], reference(model, u, h0, None, "float32")[0], "float32")
 
 
+@pytest.mark.parametrize("access,lanes", [(8, 16), (16, 8), (4, 32), (2, 16), (8, 4)])
+def test_bank_order_deals_distinct_classes(rng, access, lanes):
+    """Consecutive nonzeros of a row (gathered by one phase of lanes) start in different bank classes."""
+    H = 2000
+    k = np.sort(rng.choice(H, 600, replace=False))
+    row_of = np.zeros(k.size, dtype=np.int64)
+    order = rnn._bank_order(row_of, k, access, np.zeros(k.size, dtype=np.int64))
+    assert np.array_equal(np.sort(order), np.arange(k.size))
+    phase = min(lanes, 32 if access <= 4 else 128 // access)
+    cls = k % (32 // (access // 4)) if access >= 4 else (k // 2) % 32
+    dealt = cls[order][: k.size // 2]                 # the first half: every class still has nonzeros
+    for start in range(0, dealt.size - phase, phase):
+        group = dealt[start:start + phase]
+        assert np.unique(group).size == group.size
+
+
 def test_plan_too_large_is_not_persistent(rng):
     model = make_model(rng, 1024, "tanh", "csr", density=0.5)
     plan = model.plan("float32", 4, sm_count=8, smem_per_block=232448)
@@ -284,6 +300,8 @@ def test_bad_inputs(rng):
         m.forward(u, h0, path="fast")
     with pytest.raises(ValueError, match="lanes"):
         m.forward(u, h0, lanes=3)
+    with pytest.raises(ValueError, match="exchange"):
+        m.forward(u, h0, exchange="mpi")
     with pytest.raises(ValueError, match="out: expected shape"):
         m.forward(u, h0, out=np.empty((3, 2, 15), np.float32))
     with pytest.raises(TypeError, match="u: expected a numpy.ndarray or cupy.ndarray"):
@@ -332,11 +350,12 @@ def test_registered_specializations():
 # GPU
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("exchange", ["sentinel", "flags"])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["csr", "block"])
 @pytest.mark.parametrize("H,B", [(77, 1), (256, 4), (1000, 9), (520, 32)])
-def test_gpu_persistent(rng, dtype, mode, kind, H, B):
+def test_gpu_persistent(rng, exchange, dtype, mode, kind, H, B):
     import cupy
 
     if kind == "block":
@@ -345,7 +364,7 @@ def test_gpu_persistent(rng, dtype, mode, kind, H, B):
     u, h0, c0 = make_inputs(rng, model, 12, B, dtype)
     out = poison(cupy, (12, B, H), dtype)
     y, c = model.forward(cupy.asarray(u), cupy.asarray(h0), None if c0 is None else cupy.asarray(c0),
-                         out=out, path="persistent")
+                         out=out, path="persistent", exchange=exchange)
     yr, cr = reference(model, u, h0, c0, dtype)
     assert y is out
     assert_close(y, yr, dtype, "y")
@@ -372,15 +391,33 @@ def test_gpu_fallback(rng, dtype, mode, H, B):
 
 
 @pytest.mark.gpu
-def test_gpu_long_sequence_stable(rng):
+@pytest.mark.parametrize("mode", ["tanh", "lstm"])
+def test_gpu_fallback_graph_reused(rng, mode):
+    """The captured graph and its buffers serve later calls: fresh inputs give fresh, right results."""
+    import cupy
+
+    model = make_model(rng, 150, mode, "csr", density=0.2)
+    for dtype in ("float32", "float32", "float16", "float32"):
+        u, h0, c0 = make_inputs(rng, model, 5, 3, dtype)
+        y, c = model.forward(cupy.asarray(u), cupy.asarray(h0), None if c0 is None else cupy.asarray(c0),
+                             path="fallback")
+        yr, cr = reference(model, u, h0, c0, dtype)
+        assert_close(y, yr, dtype, "y")
+        if mode == "lstm":
+            assert_close(c, cr, dtype, "c_T")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("exchange", ["sentinel", "flags"])
+def test_gpu_long_sequence_stable(rng, exchange):
     """T = 256 at the headline shape: a race between steps would show up as a wrong or moving result."""
     import cupy
 
     model = make_model(rng, 2304, "tanh", "csr", density=0.3)
     u, h0, _ = make_inputs(rng, model, 256, 4, "float32")
     ud, hd = cupy.asarray(u), cupy.asarray(h0)
-    y1, _ = model.forward(ud, hd, path="persistent")
-    y2, _ = model.forward(ud, hd, path="persistent")
+    y1, _ = model.forward(ud, hd, path="persistent", exchange=exchange)
+    y2, _ = model.forward(ud, hd, path="persistent", exchange=exchange)
     assert_close(y1, reference(model, u, h0, None, "float32")[0], "float32")
     assert bool((y1 == y2).all())
 
@@ -404,7 +441,8 @@ def test_gpu_too_large_takes_fallback_or_raises(rng):
 
 
 @pytest.mark.gpu
-def test_gpu_watchdog_never_hangs(rng):
+@pytest.mark.parametrize("exchange", ["sentinel", "flags"])
+def test_gpu_watchdog_never_hangs(rng, exchange):
     """Launch fewer blocks than planned: the others never publish h_t, and the waiters give up with an error."""
     import cupy
 
@@ -413,7 +451,8 @@ def test_gpu_watchdog_never_hangs(rng):
     u, h0, _ = make_inputs(rng, model, 4, 2, "float32")
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="watchdog"):
-        model._run_persistent(plan, cupy.asarray(u), cupy.asarray(h0), None, grid=plan.blocks // 2, timeout_s=0.2)
+        model._run_persistent(plan, cupy.asarray(u), cupy.asarray(h0), None, grid=plan.blocks // 2, timeout_s=0.2,
+                              exchange=exchange)
     assert time.perf_counter() - start < 30
 
 
