@@ -90,6 +90,22 @@ __device__ __forceinline__ unsigned long long global_ns() {
     return t;
 }
 
+// Spin-wait guard: every 64 spins, give up when *status is set (another block gave up) or the wait has
+// lasted timeout_ns; giving up sets *status and the block's abort flag, so a wait can never hang.
+struct RnnWatchdog {
+    unsigned spins = 0;
+    unsigned long long since = 0;
+    __device__ __forceinline__ bool expired(int* status, long long timeout_ns, int* abort_flag) {
+        if ((++spins & 63u) != 0) return false;
+        const unsigned long long now = global_ns();
+        if (since == 0) since = now;
+        if (*(volatile int*)status == 0 && (long long)(now - since) <= timeout_ns) return false;
+        atomicExch(status, 1);
+        *abort_flag = 1;
+        return true;
+    }
+};
+
 // accurate under --use_fast_math (expm1f has no fast intrinsic); |x| > 9 is ±1 to fp32 precision
 __device__ __forceinline__ float rnn_tanh(float x) {
     float ax = fminf(fabsf(x), 9.0f);
@@ -261,18 +277,9 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
             if (wait && t > 1) {
                 for (int d = dep_off[blk] + tid; d < dep_off[blk + 1]; d += RNN_THREADS) {
                     const int* f = flags + dep_block[d];
-                    unsigned spins = 0;
-                    unsigned long long since = 0;
+                    RnnWatchdog dog;
                     while (ld_acquire_gpu(f) < t - 1) {
-                        if ((++spins & 63u) == 0) {
-                            const unsigned long long now = global_ns();
-                            if (since == 0) since = now;
-                            if (*(volatile int*)status != 0 || (long long)(now - since) > timeout_ns) {
-                                atomicExch(status, 1);
-                                abort_s = 1;
-                                break;
-                            }
-                        }
+                        if (dog.expired(status, timeout_ns, &abort_s)) break;
                     }
                 }
                 __threadfence();
@@ -304,18 +311,9 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
                             need |= (!use_flags && wait && t > 1 && e / BC < H && c * BC + e % BC < B)
                                         ? (1u << i) : 0u;
                         }
-                        unsigned spins = 0;
-                        unsigned long long since = 0;
+                        RnnWatchdog dog;
                         while ((X::written(vals[q]) & need) != need) {
-                            if ((++spins & 63u) == 0) {
-                                const unsigned long long now = global_ns();
-                                if (since == 0) since = now;
-                                if (*(volatile int*)status != 0 || (long long)(now - since) > timeout_ns) {
-                                    atomicExch(status, 1);
-                                    abort_s = 1;
-                                    break;
-                                }
-                            }
+                            if (dog.expired(status, timeout_ns, &abort_s)) break;
                             vals[q] = X::load(sc + e0);
                         }
                         *reinterpret_cast<uint4*>(sm.h + e0) = vals[q];

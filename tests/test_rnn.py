@@ -349,6 +349,18 @@ def test_registered_specializations():
 # ---------------------------------------------------------------------------------------------------
 # GPU
 
+def check_gpu(model, u, h0, c0, dtype, **kwargs):
+    """forward on the GPU against the float64 reference, every element of y (and c_T); returns y."""
+    import cupy
+
+    y, c = model.forward(cupy.asarray(u), cupy.asarray(h0), None if c0 is None else cupy.asarray(c0), **kwargs)
+    yr, cr = reference(model, u, h0, c0, dtype)
+    assert_close(y, yr, dtype, "y")
+    if model.mode == "lstm":
+        assert_close(c, cr, dtype, "c_T")
+    return y
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("exchange", ["sentinel", "flags"])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
@@ -363,13 +375,8 @@ def test_gpu_persistent(rng, exchange, dtype, mode, kind, H, B):
     model = make_model(rng, H, mode, kind, density=0.2)
     u, h0, c0 = make_inputs(rng, model, 12, B, dtype)
     out = poison(cupy, (12, B, H), dtype)
-    y, c = model.forward(cupy.asarray(u), cupy.asarray(h0), None if c0 is None else cupy.asarray(c0),
-                         out=out, path="persistent", exchange=exchange)
-    yr, cr = reference(model, u, h0, c0, dtype)
+    y = check_gpu(model, u, h0, c0, dtype, out=out, path="persistent", exchange=exchange)
     assert y is out
-    assert_close(y, yr, dtype, "y")
-    if mode == "lstm":
-        assert_close(c, cr, dtype, "c_T")
 
 
 @pytest.mark.gpu
@@ -381,30 +388,18 @@ def test_gpu_fallback(rng, dtype, mode, H, B):
 
     model = make_model(rng, H, mode, "csr", density=0.2)
     u, h0, c0 = make_inputs(rng, model, 7, B, dtype)
-    out = poison(cupy, (7, B, H), dtype)
-    y, c = model.forward(cupy.asarray(u), cupy.asarray(h0), None if c0 is None else cupy.asarray(c0),
-                         out=out, path="fallback")
-    yr, cr = reference(model, u, h0, c0, dtype)
-    assert_close(y, yr, dtype, "y")
-    if mode == "lstm":
-        assert_close(c, cr, dtype, "c_T")
+    check_gpu(model, u, h0, c0, dtype, out=poison(cupy, (7, B, H), dtype), path="fallback")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["tanh", "lstm"])
 def test_gpu_fallback_graph_reused(rng, mode):
     """The captured graph and its buffers serve later calls: fresh inputs give fresh, right results."""
-    import cupy
 
     model = make_model(rng, 150, mode, "csr", density=0.2)
     for dtype in ("float32", "float32", "float16", "float32"):
         u, h0, c0 = make_inputs(rng, model, 5, 3, dtype)
-        y, c = model.forward(cupy.asarray(u), cupy.asarray(h0), None if c0 is None else cupy.asarray(c0),
-                             path="fallback")
-        yr, cr = reference(model, u, h0, c0, dtype)
-        assert_close(y, yr, dtype, "y")
-        if mode == "lstm":
-            assert_close(c, cr, dtype, "c_T")
+        check_gpu(model, u, h0, c0, dtype, path="fallback")
 
 
 @pytest.mark.gpu
