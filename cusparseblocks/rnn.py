@@ -633,7 +633,7 @@ class SparseRNN:
                    cupy.asarray(rows.data.astype(dtype)))
             self._gpu[("fallback", dtype, dev)] = csr
         stream = cupy.cuda.get_current_stream()
-        key = ("graph", dtype, T, B, dev)
+        key = ("graph", dtype, T, B, plan.batch_chunk, dev)
         g = self._gpu.get(key)
         if g is None:
             g = {"xch": self._exchange(plan, T, h0, sentinel=False), "u": cupy.empty_like(u),
