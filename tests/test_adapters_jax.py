@@ -3,9 +3,12 @@ masked weight, check_grads in float64, zero-copy buffers, validation; on the GPU
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave the GPU to CuPy and torch too
 jax = pytest.importorskip("jax")
 
 import jax.numpy as jnp  # noqa: E402
@@ -76,8 +79,9 @@ def _check(rng, dtype, block_size, feature_axis, n, blocks, mechanism, device, j
     assert_close(dw, dw_ref, dtype, "dw")
     dense_loss = _dense_loss(op, _masked_dense(op))
     wide = jnp.float64 if dtype == "float64" else jnp.float32
-    (_, y_jnp), (dx_jnp, dw_jnp) = jax.value_and_grad(dense_loss, argnums=(0, 1), has_aux=True)(
-        x.astype(wide), w.astype(wide), dy.astype(wide))
+    with jax.default_matmul_precision("highest"):  # not TF32, JAX's default for float32 on a GPU
+        (_, y_jnp), (dx_jnp, dw_jnp) = jax.value_and_grad(dense_loss, argnums=(0, 1), has_aux=True)(
+            x.astype(wide), w.astype(wide), dy.astype(wide))
     assert_close(y, np.asarray(y_jnp, np.float64), dtype, "y vs jnp")
     assert_close(dw, np.asarray(dw_jnp, np.float64), dtype, "dw vs jnp")
     return op, x, w

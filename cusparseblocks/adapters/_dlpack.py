@@ -26,6 +26,7 @@ __all__ = [
     "numpy_view_bf16",
     "register_op",
     "lookup_op",
+    "external_stream",
 ]
 
 #: the three products of the BlockSparseMatMul contract, by the names of their two operands
@@ -56,13 +57,31 @@ def _check_dtype(name: str, spec: ArraySpec, allowed) -> None:
         raise TypeError(f"{name}: expected dtype in {allowed}, got {label}")
 
 
+_CHECKED: dict[tuple, tuple] = {}  # signatures that passed, with their output shape (host cost per call)
+
+
 def check_matmul(op: BlockSparseMatMul, kind: str, a: ArraySpec, b: ArraySpec, on_gpu: bool) -> tuple:
     """Validate the operands of ``op.<kind>`` and return the output shape.
 
     ``kind``: "fprop" (a=x, b=w), "bprop" (a=dy, b=w) or "updat" (a=x, b=dy). The checks and messages
     are those of :class:`BlockSparseMatMul`; the adapters call this before any launch and inside
     tracing (torch.compile's fake tensors, jax.jit's abstract values), where the core never runs.
+    Signatures that passed are remembered, so a training loop pays a dict lookup per call.
     """
+    key = getattr(op, "_adapter_key", None)  # a configuration's key (register_op); no id() reuse
+    if key is None:
+        return _check_matmul(op, kind, a, b, on_gpu)
+    signature = (key, kind, a, b, on_gpu)
+    shape = _CHECKED.get(signature)
+    if shape is None:
+        shape = _check_matmul(op, kind, a, b, on_gpu)
+        if len(_CHECKED) > 4096:
+            _CHECKED.clear()
+        _CHECKED[signature] = shape
+    return shape
+
+
+def _check_matmul(op, kind, a, b, on_gpu):
     an, bn = KINDS[kind]
     allowed = GPU_DTYPES if on_gpu else CPU_DTYPES
     _check_dtype(an, a, allowed)
@@ -125,6 +144,9 @@ def _config(op: BlockSparseMatMul) -> tuple:
 
 def register_op(op: BlockSparseMatMul) -> int:
     """The int key of ``op``'s configuration (registered once per process, kept for its lifetime)."""
+    key = getattr(op, "_adapter_key", None)
+    if key is not None:
+        return key
     if not isinstance(op, BlockSparseMatMul):
         raise TypeError(f"op: expected a cusparseblocks.BlockSparseMatMul, got {type(op).__name__}")
     config = _config(op)
@@ -134,8 +156,36 @@ def register_op(op: BlockSparseMatMul) -> int:
             key = len(_OPS)
             _OPS.append(op)
             _KEYS[config] = key
+        op._adapter_key = key  # the next calls (and torch.compile's tracing) read it back directly
         return key
 
 
 def lookup_op(key: int) -> BlockSparseMatMul:
     return _OPS[key]
+
+
+class _StreamRef:
+    """A raw CUDA stream pointer that speaks the CUDA stream protocol (``__cuda_stream__``)."""
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
+_STREAMS: dict[tuple[int, int], object] = {}
+
+
+def external_stream(ptr: int, device_id: int):
+    """A CuPy stream object for a framework's stream ``ptr`` on ``device_id`` (made once, then reused)."""
+    stream = _STREAMS.get((ptr, device_id))
+    if stream is None:
+        cp = cupy()
+        try:
+            with cp.cuda.Device(device_id):
+                stream = cp.cuda.Stream.from_external(_StreamRef(ptr))
+        except (AttributeError, TypeError):  # CuPy < 14
+            stream = cp.cuda.ExternalStream(ptr, device_id)
+        _STREAMS[(ptr, device_id)] = stream
+    return stream

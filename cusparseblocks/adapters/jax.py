@@ -29,7 +29,7 @@ import numpy as np
 
 from .._array import cupy
 from ..matmul import BlockSparseMatMul
-from ._dlpack import ArraySpec, check_matmul, cupy_view, lookup_op, register_op
+from ._dlpack import ArraySpec, check_matmul, cupy_view, external_stream, lookup_op, register_op
 
 try:  # JAX >= 0.7
     from jax.experimental.buffer_callback import buffer_callback as _buffer_callback
@@ -69,7 +69,7 @@ def _buffer_kernel(kind, key, ctx, out, a, b):
     cp = cupy()
     ptrs = [buf.__cuda_array_interface__["data"][0] for buf in (a, b, out)]
     device = a.__dlpack_device__()[1]
-    with cp.cuda.Device(device), cp.cuda.ExternalStream(int(ctx.stream), device):
+    with cp.cuda.Device(device), external_stream(int(ctx.stream), device):
         va, vb, vo = (cupy_view(p, buf.shape, buf.dtype, device, buf) for p, buf in zip(ptrs, (a, b, out)))
         fn(va, vb, out=vo)
 

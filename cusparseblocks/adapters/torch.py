@@ -26,7 +26,15 @@ from torch import nn
 from .._array import cupy
 from ..blocklayout import BlockLayout, as_layout
 from ..matmul import BlockSparseMatMul
-from ._dlpack import ArraySpec, check_matmul, cupy_view, lookup_op, numpy_view_bf16, register_op
+from ._dlpack import (
+    ArraySpec,
+    check_matmul,
+    cupy_view,
+    external_stream,
+    lookup_op,
+    numpy_view_bf16,
+    register_op,
+)
 
 __all__ = [
     "block_sparse_matmul",
@@ -93,7 +101,10 @@ def _torch_allocator():
                 return torch.cuda.caching_allocator_alloc(size, device_id, stream)
 
             def free(ptr: int, device_id: int) -> None:
-                torch.cuda.caching_allocator_delete(ptr)
+                try:
+                    torch.cuda.caching_allocator_delete(ptr)
+                except Exception:  # noqa: BLE001 - at interpreter exit torch may be gone before CuPy
+                    pass
 
             _allocator = cp.cuda.memory.PythonFunctionAllocator(malloc, free)
         return _allocator
@@ -110,9 +121,8 @@ def cupy_on_torch(device: torch.device | int | None = None):
     cp = cupy()
     device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    stream = torch.cuda.current_stream(index)
-    with cp.cuda.Device(index), cp.cuda.ExternalStream(stream.cuda_stream, index), \
-            cp.cuda.using_allocator(_torch_allocator().malloc):
+    stream = external_stream(torch.cuda.current_stream(index).cuda_stream, index)
+    with cp.cuda.Device(index), stream, cp.cuda.using_allocator(_torch_allocator().malloc):
         yield
 
 
@@ -174,12 +184,22 @@ def _(x, dy, key):
     return _fake("updat", x, dy, key)
 
 
+_CUSTOM_OPS = {"fprop": bsmm_fprop, "bprop": bsmm_bprop, "updat": bsmm_updat}
+
+
+def _product(kind: str, a: torch.Tensor, b: torch.Tensor, key: int) -> torch.Tensor:
+    # torch.compile traces the custom op (its fake gives the shape); eager calls skip its dispatcher
+    if torch.compiler.is_compiling():
+        return _CUSTOM_OPS[kind](a, b, key)
+    return _run(kind, a, b, key)
+
+
 class _BlockSparseMatMulFn(torch.autograd.Function):
     """forward: y = fprop(x, w); backward: dx = bprop(dy, w), dw = updat(x, dy). Saves x and w only."""
 
     @staticmethod
     def forward(x, w, key):
-        return bsmm_fprop(x, w, key)
+        return _product("fprop", x, w, key)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -193,8 +213,8 @@ class _BlockSparseMatMulFn(torch.autograd.Function):
         dy = dy.contiguous()
         if dy.dtype != x.dtype:  # a consumer may hand back another dtype; the kernels want x's
             dy = dy.to(x.dtype)
-        dx = bsmm_bprop(dy, w, ctx.key) if ctx.needs_input_grad[0] else None
-        dw = bsmm_updat(x, dy, ctx.key) if ctx.needs_input_grad[1] else None
+        dx = _product("bprop", dy, w, ctx.key) if ctx.needs_input_grad[0] else None
+        dw = _product("updat", x, dy, ctx.key) if ctx.needs_input_grad[1] else None
         return dx, dw, None
 
 
@@ -223,13 +243,20 @@ def block_sparse_matmul(x: torch.Tensor, w: torch.Tensor, op: BlockSparseMatMul)
     with the kernels. Under ``torch.autocast`` both are cast to the autocast dtype first.
     """
     _check_devices(x, w)
-    key = _key(op)
+    key = getattr(op, "_adapter_key", None)  # set by register_op: a plain attribute read when tracing
+    if key is None:
+        key = _key(op)
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         x, w = x.to(dtype), w.to(dtype)
-    check_matmul(op, "fprop", _spec(x), _spec(w), x.is_cuda)
-    return _BlockSparseMatMulFn.apply(x.contiguous(), w.contiguous(), key)
+    if not torch.compiler.is_compiling():  # when tracing, the custom op's fake checks the same
+        check_matmul(op, "fprop", _spec(x), _spec(w), x.is_cuda)
+    x, w = x.contiguous(), w.contiguous()
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+    if not needs_grad and not torch.compiler.is_compiling():
+        return _run("fprop", x, w, key)  # nothing to differentiate: no autograd node
+    return _BlockSparseMatMulFn.apply(x, w, key)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,6 +278,7 @@ class BlockSparseLinear(nn.Module):
                  device=None, dtype=None, **op_options):
         super().__init__()
         self.op = BlockSparseMatMul(layout, block_size, feature_axis, **op_options)
+        register_op(self.op)  # its key is then a plain attribute, which torch.compile reads as a constant
         self.layout: BlockLayout = self.op.layout
         self.block_size = self.op.block_size
         self.feature_axis = self.op.feature_axis
