@@ -601,7 +601,8 @@ def cmd_bench(args) -> int:
     if not gpu["available"]:
         print(f"bench: benchmarks time the CUDA kernels and need a GPU; none here ({gpu['reason']})")
         return 0
-    argv = list(args.argv) if args.argv else list(getattr(benchmark, "DEFAULT_ARGV", []))
+    # with no arguments: the benchmark's short run (three cases)
+    argv = list(args.argv) if args.argv else list(getattr(benchmark, "DEFAULT_ARGV", ["--short"]))
     result = benchmark.main(argv)
     return int(result or 0)
 
@@ -666,7 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # only bench passes arguments through (to cusparseblocks.benchmark)
+        if args.command != "bench":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.argv = extra + list(args.argv)
     if args.command is None:
         parser.print_help()
         return 0

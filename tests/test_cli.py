@@ -169,3 +169,23 @@ def test_bench_subprocess():
     result = run_module("bench")
     assert result.returncode == 0, result.stderr
     assert "bench:" in result.stdout or result.stdout  # on a GPU machine the benchmark prints its table
+
+
+def test_bench_passes_arguments_through(monkeypatch):
+    """With a GPU, bench calls cusparseblocks.benchmark.main: ['--short'] by default, else the user's argv."""
+    import types
+
+    calls = []
+    fake = types.ModuleType("cusparseblocks.benchmark")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "cusparseblocks.benchmark", fake)
+    monkeypatch.setattr(cli, "gpu_status", lambda: {"available": True, "reason": ""})
+    assert cli.main(["bench"]) == 0
+    assert cli.main(["bench", "--out", "somewhere", "--no-save"]) == 0
+    assert calls == [["--short"], ["--out", "somewhere", "--no-save"]]
+
+
+def test_unknown_arguments_rejected():
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(["check", "--bogus"])
+    assert excinfo.value.code == 2
