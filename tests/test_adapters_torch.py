@@ -190,6 +190,24 @@ def test_compile_fullgraph_cpu(rng):
         assert_close(p.grad, _f64(g), "float32")
 
 
+def test_compile_functional_and_validation(rng):
+    op = BlockSparseMatMul(_mask(rng, (2, 3)), 8)  # never called eagerly: registered while tracing
+    x = torch.randn(5, op.K, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(op.w_shape, dtype=torch.float64, requires_grad=True)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda x, w: ct.block_sparse_matmul(x, w, op).sin(), fullgraph=True, backend="aot_eager")
+    y = fn(x, w)
+    y.sum().backward()
+    dense = op.dense(_f64(w))
+    assert_close(y, np.sin(_f64(x) @ dense), "float64")
+    assert_close(x.grad, (np.cos(_f64(x) @ dense)) @ dense.T, "float64")
+    x7 = torch.randn(7, op.K, dtype=torch.float64)  # another batch: recompiled with a symbolic N
+    assert_close(fn(x7, w), np.sin(_f64(x7) @ dense), "float64")
+    assert_close(fn(x7[:3], w), np.sin(_f64(x7[:3]) @ dense), "float64")
+    with pytest.raises(Exception, match=r"x: expected 16 on axis 1 \(in_blocks=2 × block_size=8\), got"):
+        fn(torch.randn(5, 15, dtype=torch.float64), w)  # the fake's check, at trace time (size may be symbolic)
+
+
 def test_custom_ops_registered():
     for name in ("bsmm_fprop", "bsmm_bprop", "bsmm_updat"):
         assert hasattr(torch.ops.cusparseblocks, name)

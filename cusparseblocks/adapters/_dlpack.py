@@ -72,7 +72,10 @@ def check_matmul(op: BlockSparseMatMul, kind: str, a: ArraySpec, b: ArraySpec, o
     if key is None:
         return _check_matmul(op, kind, a, b, on_gpu)
     signature = (key, kind, a, b, on_gpu)
-    shape = _CHECKED.get(signature)
+    try:
+        shape = _CHECKED.get(signature)
+    except TypeError:  # symbolic sizes (torch.compile's dynamic shapes) don't hash: check each time
+        return _check_matmul(op, kind, a, b, on_gpu)
     if shape is None:
         shape = _check_matmul(op, kind, a, b, on_gpu)
         if len(_CHECKED) > 4096:
