@@ -186,6 +186,9 @@ __global__ void edge_bias_updat(const T* __restrict__ dy, OUT* __restrict__ deb,
 // -------------------------------------------------------------------------------------------------
 // tensor-core implicit GEMM
 
+#ifdef CSB_HOST_EMULATION  // tests/cuda_emulation: the same helpers on the CPU
+#include "conv_ptx_emulated.h"
+#else
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
@@ -218,6 +221,7 @@ template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
 template <typename T> __device__ __forceinline__ void store2(T* p, float a, float b);
 template <> __device__ __forceinline__ void store2<__half>(__half* p, float a, float b) {
