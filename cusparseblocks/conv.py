@@ -47,6 +47,8 @@ _LAUNCH = {
     "direct": {"threads": 256, "max_blocks": 65536},
     "updat_direct": {"threads": 256},  # 8 warps, one (weight element, tap) per warp
     "tc": {"bm": 128, "threads": 128, "stages": 3},
+    # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
+    "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
 }
 _FORMATS = {
     "NWC": (1, True),
@@ -723,7 +725,7 @@ class BlockSparseConv:
 
     # ---------------------------------------------------------------------------------------------
     def uses_tensor_cores(self, dtype, op: str = "fprop") -> bool:
-        """Whether the GPU ``op`` ("fprop" or "bprop") runs the tensor-core kernel for ``dtype``."""
+        """Whether the GPU ``op`` ("fprop", "bprop" or "updat") runs a tensor-core kernel for ``dtype``."""
         ok = (
             self.layout.uniform in TC_BLOCK_SIZES
             and self.channels_last
@@ -731,6 +733,8 @@ class BlockSparseConv:
         )
         if op == "bprop":
             ok = ok and all(s == 1 for s in self.stride)
+        elif op not in ("fprop", "updat"):
+            raise ValueError(f"op: expected 'fprop', 'bprop' or 'updat', got {op!r}")
         return ok
 
 
@@ -774,6 +778,9 @@ def _specs() -> Iterable[compiler.KernelSpec]:
     for t in ("__half", "__nv_bfloat16"):
         for b in TC_BLOCK_SIZES:
             yield S("conv.cu", f"conv_fprop_tc<{t}, {b}>")
+            yield S("conv.cu", f"conv_updat_tc<{t}, {b}>")
+    for o in _CTYPE.values():
+        yield S("conv.cu", f"conv_updat_reduce<{o}>")
 
 
 compiler.register_family("conv", _specs)
@@ -989,11 +996,45 @@ def _gpu_bprop(conv, geom, dy, w, out, shape):
     return dx
 
 
+def _updat_splits(m_total: int, blocks: int) -> tuple[int, int]:
+    """(splits, tiles per split) for conv_updat_tc: enough CTAs to fill the GPU, whole tiles each."""
+    cfg = _LAUNCH["updat_tc"]
+    tiles = -(-m_total // cfg["bk"])
+    splits = max(1, min(tiles, -(-cfg["target_ctas"] // max(1, blocks))))
+    per = -(-tiles // splits)
+    return -(-tiles // per), per
+
+
 def _gpu_updat(conv, geom, x, dy, out, odt):
     import cupy
 
     dt = dtype_name(x.dtype)
     dw = out if out is not None else cupy.empty(conv.w_shape, dtype=odt)
+    lay = conv.layout
+    if conv.uses_tensor_cores(x.dtype, "updat") and lay.nnz <= 65535:
+        b = lay.uniform
+        cfg = _LAUNCH["updat_tc"]
+
+        def build(cp):
+            perm = cp.asarray(lay.out_perm.astype(np.int64)) if lay.out_perm is not None else None
+            return cp.asarray(lay.block_rows), cp.asarray(lay.block_cols), perm
+
+        rows, cols, perm = _dev(conv, ("blocks",), build)
+        dyv = cupy.ascontiguousarray(dy[..., perm]) if perm is not None else dy
+        m_total = x.shape[0] * int(np.prod(geom.output_spatial))
+        splits, per = _updat_splits(m_total, lay.nnz * conv.taps)
+        count = lay.nnz * conv.taps * b * b
+        ws = cupy.empty((splits, count), dtype=np.float32)
+        geo = _upload_geo(_geo_array(conv, geom, x.shape[0], conv.C, conv.K, geom.input_spatial,
+                                     geom.output_spatial, geom.stride, geom.pad_lo))
+        smem = cfg["stages"] * 2 * cfg["bk"] * (b + 8) * 2
+        spec = compiler.KernelSpec("conv.cu", f"conv_updat_tc<{_CTYPE[dt]}, {b}>")
+        _launch(spec, (splits, conv.taps, lay.nnz), (cfg["threads"],),
+                (x, dyv, ws, rows, cols, np.int32(lay.nnz), np.int32(per), geo), smem)
+        spec = compiler.KernelSpec("conv.cu", f"conv_updat_reduce<{_CTYPE[dtype_name(odt)]}>")
+        threads = cfg["reduce_threads"]
+        _launch(spec, (_grid_1d(count, threads),), (threads,), (ws, dw, np.int32(splits), np.int64(count)))
+        return dw
     conn = _conn_tables(conv)
     geo = _upload_geo(
         _geo_array(

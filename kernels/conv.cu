@@ -388,3 +388,134 @@ conv_fprop_tc(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ 
       }
     }
 }
+
+#define UPD_BK 128
+
+// conv_updat_tc: partial weight gradient of one nonzero block and one tap over a range of output rows:
+// ws[split, blk, tap, c, k] = Σ_m x[in(m, tap), rows(blk)·B + c] · dy[m, cols(blk)·B + k], over the
+// 128-row tiles tile0 .. tile0 + tiles_per_split of the N·OD·OH·OW output positions. Grid (splits, taps,
+// nnz); 4 warps each reduce their 32 rows of every tile into a full B × B tile on tensor cores (A = the
+// gathered input tile read transposed with ldmatrix.trans, B = the dy tile), then the 4 partials are
+// summed in a fixed order through shared memory. 3-stage cp.async ring as conv_fprop_tc. NHWC only.
+template <typename T, int B>
+__global__ void __launch_bounds__(TC_THREADS)
+conv_updat_tc(const T* __restrict__ x, const T* __restrict__ dy, float* __restrict__ ws,
+              const int* __restrict__ blk_row, const int* __restrict__ blk_col, int nnz, int tiles_per_split,
+              const int* __restrict__ geo) {
+  constexpr int BK = UPD_BK, LD = B + 8, VPR = B / 8;
+  constexpr int ROWS_PER_PASS = TC_THREADS / VPR;
+  constexpr int L_ITERS = BK / ROWS_PER_PASS;
+  constexpr int MT = B / 16, NT = B / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sX = reinterpret_cast<T*>(smem_raw);
+  T* sY = sX + TC_STAGES * BK * LD;
+
+  const int N = geo[G_N], C = geo[G_C], K = geo[G_K];
+  const int D = geo[G_D], H = geo[G_H], W = geo[G_W];
+  const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
+  const int FR = geo[G_FR], FS = geo[G_FS];
+  const int taps = geo[G_FT] * FR * FS;
+  const i64 OS = (i64)OD * OH * OW;
+  const i64 M = (i64)N * OS;
+  const int split = blockIdx.x, tap = blockIdx.y, blk = blockIdx.z;
+  const int cblk = blk_row[blk], kblk = blk_col[blk];
+  const int ft = tap / (FR * FS), fr = (tap / FS) % FR, fs = tap % FS;
+  const int dd = ft * geo[G_DD] - geo[G_PD], dh = fr * geo[G_DH] - geo[G_PH], dw = fs * geo[G_DW] - geo[G_PW];
+  const i64 tiles = (M + BK - 1) / BK;
+  const i64 tile0 = (i64)split * tiles_per_split;
+  const i64 left = tiles - tile0;
+  const int niter = left <= 0 ? 0 : (left < tiles_per_split ? (int)left : tiles_per_split);
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int vec = tid % VPR;
+
+  auto load_stage = [&](int it, int buf) {
+    const i64 mbase = (tile0 + it) * BK;
+    T* dX = sX + buf * BK * LD;
+    T* dY = sY + buf * BK * LD;
+#pragma unroll 2  // full unrolling spills 12 bytes on sm_90 (B=32)
+    for (int q = 0; q < L_ITERS; ++q) {
+      const int row = tid / VPR + q * ROWS_PER_PASS;
+      const i64 m = mbase + row;
+      const bool in = m < M;
+      const i64 mm = in ? m : 0;  // branch-free: the branchy form spills on sm_80
+      const i64 n = mm / OS, p = mm - n * OS;
+      const int ow = (int)(p % OW), oh = (int)((p / OW) % OH), od = (int)(p / ((i64)OW * OH));
+      const int id = od * geo[G_SD] + dd, ih = oh * geo[G_SH] + dh, iw = ow * geo[G_SW] + dw;
+      const bool ok = in && (unsigned)id < (unsigned)D && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+      const i64 xoff = (((n * D + id) * H + ih) * W + iw) * C + cblk * B + vec * 8;
+      cp_async16(smem_u32(dX + row * LD + vec * 8), ok ? x + xoff : x, ok ? 16 : 0);
+      cp_async16(smem_u32(dY + row * LD + vec * 8), in ? dy + m * K + kblk * B + vec * 8 : dy, in ? 16 : 0);
+    }
+  };
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int a = 0; a < MT; ++a)
+#pragma unroll
+    for (int b = 0; b < NT; ++b)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < TC_STAGES - 1; ++s) {
+    if (s < niter) load_stage(s, s);
+    cp_async_commit();
+  }
+  for (int it = 0; it < niter; ++it) {
+    cp_async_wait<TC_STAGES - 2>();
+    __syncthreads();
+    const int nx = it + TC_STAGES - 1;
+    if (nx < niter) load_stage(nx, nx % TC_STAGES);
+    cp_async_commit();
+    const int buf = it % TC_STAGES;
+    const T* bX = sX + buf * BK * LD;
+    const T* bY = sY + buf * BK * LD;
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {
+      const int m0 = warp * 32 + ks * 16;
+      unsigned a[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+        ldmatrix_x4_trans(a[mt], smem_u32(bX + (m0 + (lane >> 4) * 8 + (lane & 7)) * LD + mt * 16 +
+                                          ((lane >> 3) & 1) * 8));
+#pragma unroll
+      for (int np = 0; np < B / 16; ++np) {
+        unsigned b[4];
+        ldmatrix_x4_trans(b, smem_u32(bY + (m0 + ((lane >> 3) & 1) * 8 + (lane & 7)) * LD + np * 16 +
+                                      (lane >> 4) * 8));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+          mma16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  float* red = reinterpret_cast<float*>(smem_raw);  // [4 warps][B][B], over the drained ring
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int c = mt * 16 + (lane >> 2) + 8 * (i >> 1), k = nt * 8 + 2 * (lane & 3) + (i & 1);
+        red[(warp * B + c) * B + k] = acc[mt][nt][i];
+      }
+  __syncthreads();
+  float* out = ws + (((i64)split * nnz + blk) * taps + tap) * (B * B);
+  for (int idx = tid; idx < B * B; idx += TC_THREADS)
+    out[idx] = ((red[idx] + red[B * B + idx]) + red[2 * B * B + idx]) + red[3 * B * B + idx];
+}
+
+// conv_updat_reduce: dw[i] = Σ_s ws[s, i] in split order (deterministic), cast to OUT. 1-D grid-stride.
+template <typename OUT>
+__global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict__ dw, int splits, i64 count) {
+  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
+    float s = 0.f;
+    for (int sp = 0; sp < splits; ++sp) s += ws[sp * count + i];
+    dw[i] = from_float<OUT>(s);
+  }
+}

@@ -715,29 +715,13 @@ def emulated(monkeypatch, emulator):
 
 EMULATED = [
     # kind, dtype, data format, geometry index, edge bias, batch, ops, kernels that must have run
-    ("uniform16", "float16", "NHWC", 2, False, 2, "fbu", ("conv_fprop_tc<__half, 16>", "conv_updat_direct")),
-    (
-        "uniform32",
-        "bfloat16",
-        "NHWC",
-        3,
-        True,
-        2,
-        "fb",
-        ("conv_fprop_tc<__nv_bfloat16, 32>", "conv_bprop_direct"),
-    ),
-    ("uniform64", "float16", "NDHWC", 6, False, 1, "fb", ("conv_fprop_tc<__half, 64>",)),
-    ("bd_shuffle", "float16", "NHWC", 2, True, 2, "fb", ("conv_fprop_tc<__half, 16>", "edge_bias_updat")),
-    (
-        "nonuniform",
-        "float32",
-        "NCHW",
-        3,
-        True,
-        2,
-        "fbu",
-        ("conv_fprop_direct<float>", "conv_bprop_direct<float>"),
-    ),
+    ("uniform16", "float16", "NHWC", 2, False, 2, "fbu", ("conv_fprop_tc<__half, 16>", "conv_updat_tc<__half, 16>")),
+    ("uniform32", "bfloat16", "NHWC", 3, True, 2, "fbu",
+     ("conv_fprop_tc<__nv_bfloat16, 32>", "conv_bprop_direct", "conv_updat_tc<__nv_bfloat16, 32>")),
+    ("uniform64", "float16", "NDHWC", 6, False, 1, "fbu", ("conv_fprop_tc<__half, 64>", "conv_updat_tc<__half, 64>")),
+    ("bd_shuffle", "float16", "NHWC", 2, True, 2, "fbu", ("conv_fprop_tc<__half, 16>", "edge_bias_updat",
+                                                          "conv_updat_reduce")),
+    ("nonuniform", "float32", "NCHW", 3, True, 2, "fbu", ("conv_fprop_direct<float>", "conv_bprop_direct<float>")),
     ("channel_random", "bfloat16", "NCW", 1, False, 2, "fbu", ("conv_fprop_direct<__nv_bfloat16>",)),
     ("uniform8", "float16", "NHWC", 2, False, 2, "fb", ("conv_fprop_direct<__half>",)),
 ]

@@ -71,6 +71,9 @@ static void launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, const std
 #define EDGE_UPDAT(T, O) {"edge_bias_updat<" #T ", " #O ">", [] { return [] { edge_bias_updat<T, O>(P<T>(0), P<O>(1), P<int>(2), P<int>(3), I(4), P<int>(5)); }; }}
 #define FPROP_TC(T, B) {"conv_fprop_tc<" #T ", " #B ">", [] { return [] { conv_fprop_tc<T, B>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9)); }; }}
 
+#define UPDAT_TC(T, B) {"conv_updat_tc<" #T ", " #B ">", [] { return [] { conv_updat_tc<T, B>(P<T>(0), P<T>(1), P<float>(2), P<int>(3), P<int>(4), I(5), I(6), P<int>(7)); }; }}
+#define UPDAT_REDUCE(O) {"conv_updat_reduce<" #O ">", [] { return [] { conv_updat_reduce<O>(P<float>(0), P<O>(1), I(2), args[3].i); }; }}
+
 static const std::map<std::string, std::function<std::function<void()>()>> kernels = {
   FPROP_DIRECT(float), FPROP_DIRECT(__half), FPROP_DIRECT(__nv_bfloat16),
   BPROP_DIRECT(float), BPROP_DIRECT(__half), BPROP_DIRECT(__nv_bfloat16),
@@ -80,6 +83,9 @@ static const std::map<std::string, std::function<std::function<void()>()>> kerne
   EDGE_UPDAT(__nv_bfloat16, __nv_bfloat16), EDGE_UPDAT(__nv_bfloat16, float),
   FPROP_TC(__half, 16), FPROP_TC(__half, 32), FPROP_TC(__half, 64),
   FPROP_TC(__nv_bfloat16, 16), FPROP_TC(__nv_bfloat16, 32), FPROP_TC(__nv_bfloat16, 64),
+  UPDAT_TC(__half, 16), UPDAT_TC(__half, 32), UPDAT_TC(__half, 64),
+  UPDAT_TC(__nv_bfloat16, 16), UPDAT_TC(__nv_bfloat16, 32), UPDAT_TC(__nv_bfloat16, 64),
+  UPDAT_REDUCE(float), UPDAT_REDUCE(__half), UPDAT_REDUCE(__nv_bfloat16),
 };
 
 int main(int argc, char** argv) {
