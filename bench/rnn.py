@@ -197,19 +197,20 @@ def main():
         for lanes in rnn.LAUNCH["lanes"][1:]:                 # the launch table's other entries
             variants[lanes] = us_per_step(bench_ours(model, H, B, dtype, rng, reps=30, lanes=lanes)[0])
         records[-1]["ours_us_by_lanes"] = variants
-        flags = us_per_step(time_ms(lambda u, h: model.forward(u, h, check=False, exchange="flags"),
-                                    rotate=[(u0, h00)], warmup=2, reps=30, min_ms=20))
-        records[-1]["ours_us_flags_exchange"] = flags
+        sentinel = us_per_step(time_ms(lambda u, h: model.forward(u, h, check=False, exchange="sentinel"),
+                                       rotate=[(u0, h00)], warmup=2, reps=30, min_ms=20))
+        records[-1]["ours_us_sentinel_exchange_experimental"] = sentinel
         nowait = float("nan")
         if plan.persistent:
             def no_wait(p=plan_t, u=u0, h=h00):
-                return model._run_persistent(p, u, h, None, check=False, wait=False)
+                return model._run_persistent(p, u, h, None, check=False, wait=False, exchange="sentinel")
 
             nowait = us_per_step(time_ms(no_wait, warmup=2, reps=30, min_ms=20))
-        records[-1]["ours_us_without_exchange_wait"] = nowait
+        records[-1]["ours_us_sentinel_without_waiting_diagnostic"] = nowait
         print(f"# headline {dtype}: ours {o:.2f} us/step ({plan.path}, lanes={plan.lanes}), best other "
               f"{best:.2f}; by lanes: " + ", ".join(f"{k}: {v:.2f}" for k, v in variants.items())
-              + f"; flags exchange: {flags:.2f}; without waiting for the exchange (diagnostic): {nowait:.2f}",
+              + f"; sentinel exchange (experimental): {sentinel:.2f}; sentinel kernel without waiting "
+              f"(diagnostic): {nowait:.2f}",
               flush=True)
     sizes = {f"{dt}/d{dd}": rnn.max_hidden_size(dt, dd, 4) for dt in ("float16", "float32")
              for dd in (0.3, 0.1, 0.05)}

@@ -7,13 +7,17 @@ G·H axis of W, as ``torch.nn.LSTM``); W is [H, G·H] (G = 4 for the LSTM, else 
 
 On CuPy arrays the persistent kernel (``kernels/rnn.cu``) gives each thread block a slice of hidden
 units and keeps their rows of W in shared memory for all T steps; blocks exchange h_t through global
-memory, where a value doubles as its own 'written' flag (the buffer starts as a NaN pattern no step
-writes: the seed's Lamport timestamps folded into the data), so a block waits only for the h_{t-1}
-values it reads, with no flag, fence or grid barrier per step. The grid never
-exceeds the co-resident blocks (occupancy query), and a watchdog turns a stuck wait into an error.
-When the weights do not fit on-chip, ``path="auto"`` falls back to one sparse matvec kernel per step,
-captured in a CUDA graph (``path="persistent"`` raises instead).
+memory, each step's h in its own slot, and a block waits, with per-block step flags (st.release /
+ld.acquire at gpu scope), only for the blocks whose slice of h_{t-1} it reads: no grid barrier per step.
+An experimental variant (``exchange="sentinel"``, not yet run on a GPU) drops the flags: the buffer
+starts as a NaN pattern no step writes, so a value doubles as its own 'written' flag (the seed's Lamport
+timestamps folded into the data). The grid never exceeds the co-resident blocks (occupancy query), and
+a watchdog turns a stuck wait into an error. When the weights do not fit on-chip, ``path="auto"`` falls
+back to one sparse matvec kernel per step, captured in a CUDA graph (``path="persistent"`` raises).
 NumPy arrays run the float64 reference (:mod:`cusparseblocks.reference.rnn`).
+
+Weights are packed per row in a bank-aware order (the seed's third optimisation: the lanes that gather
+h in one instruction hit different shared-memory banks) and read as 16-byte vectors.
 
 Cached per object: the weights by output row (host), each plan and its packed tables per (dtype, batch,
 device), the fallback's CSR arrays per (dtype, device).
@@ -50,7 +54,9 @@ LAUNCH = {
     "batch_chunks": (8, 4, 2, 1),
     "step_threads": 256,       # fallback: one warp per unit
     "smem_reserve": 64,        # bytes kept below the per-block opt-in limit (static shared memory)
-    "exchange": ("sentinel", "flags"),  # how blocks learn h_(t-1) is written; the first is the default
+    # how blocks learn h_(t-1) is written; the first is the default. "flags": per-block step counters
+    # (validated on an H100); "sentinel": values double as flags (experimental, not yet run on a GPU)
+    "exchange": ("flags", "sentinel"),
 }
 # H100 SXM: 132 SMs, 227 KiB of shared memory per block (opt-in); used when no GPU is present
 H100 = {"sm_count": 132, "smem_per_block": 232448}
@@ -61,6 +67,7 @@ def _specializations():
         for mode in MODES:
             for bc in LAUNCH["batch_chunks"]:
                 yield _spec("rnn_persistent", dt, mode, bc)
+                yield _spec("rnn_persistent_sentinel", dt, mode, bc)
                 yield _spec("rnn_step", dt, mode, bc)
 
 
@@ -433,7 +440,7 @@ class SparseRNN:
         dep_dst, dep_src = pairs // nblk, pairs % nblk
         dep_off = np.concatenate([[0], np.cumsum(np.bincount(dep_dst, minlength=nblk))])
         # contiguous runs of dependency blocks -> 16-byte vector ranges of one h chunk, rounded outwards
-        # (values outside the run are waited for but never read: no weight points at them)
+        # (values outside a run may be in flight, or waited for by the sentinel kernel; no weight reads them)
         unit_bytes = plan.batch_chunk * _itemsize(dtype)
         ranges, range_off = [], [0]
         for b in range(nblk):
@@ -471,8 +478,8 @@ class SparseRNN:
         "persistent" (ValueError when they do not fit) or "fallback". ``check``: synchronize after the
         persistent kernel and raise RuntimeError if its watchdog fired (default). ``lanes``: force the
         threads per row (one of ``LAUNCH["lanes"]``; benchmarks), default the plan's choice.
-        ``exchange``: "sentinel" (default: h values double as their written flags) or "flags" (per-block
-        step counters with release/acquire).
+        ``exchange``: "flags" (default: per-block step counters with release/acquire) or "sentinel"
+        (EXPERIMENTAL, not yet run on a GPU: h values double as their written flags).
         Returns (y [T, B, H] holding h_1..h_T, c_T [B, H] for the LSTM else None), in u's dtype.
         """
         backend = backend_of(u=u, h0=h0, c0=c0, out=out)
@@ -576,14 +583,17 @@ class SparseRNN:
     def _run_persistent(self, plan, u, h0, c0, out=None, *, check=True, grid=None, timeout_s=None, wait=True,
                         exchange=None):
         """Launch the persistent kernel (None when the planned blocks are not co-resident). ``grid`` and
-        ``wait=False`` are for tests and benchmark diagnostics only (a wrong result)."""
+        ``wait=False`` (sentinel kernel only) are for tests and benchmark diagnostics (a wrong result)."""
         import cupy
         from cupy_backends.cuda.api import driver
 
         T, B, _ = u.shape
         H = self.hidden_size
+        exchange = LAUNCH["exchange"][0] if exchange is None else exchange
+        sentinel = exchange == "sentinel"
         tab = self._device_tables(plan)
-        spec = _spec("rnn_persistent", plan.dtype, self.mode, plan.batch_chunk)
+        kernel = "rnn_persistent_sentinel" if sentinel else "rnn_persistent"
+        spec = _spec(kernel, plan.dtype, self.mode, plan.batch_chunk)
         smem = _smem_bytes(plan.dtype, tab["smem_wvec"], plan.hidden_padded, plan.batch_chunk, plan.nchunks,
                            tab["smem_rows"])
         fn = compiler.get_function(spec, smem)
@@ -592,90 +602,79 @@ class SparseRNN:
         if per_sm < 1 or plan.blocks > per_sm * sm_count:
             return None
         stream = cupy.cuda.get_current_stream()
-        xch = self._exchange(plan, T, h0, sentinel=True)
+        xch = self._exchange(plan, T, h0, sentinel=sentinel)
         y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
         c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
         status = cupy.zeros(1, dtype=np.int32)
-        exchange = LAUNCH["exchange"][0] if exchange is None else exchange
-        flags = cupy.zeros(plan.blocks, dtype=np.int32)
         if timeout_s is None:
             timeout_s = float(os.environ.get("CUSPARSEBLOCKS_RNN_TIMEOUT_S", "30"))
-        null = 0
-        args = (tab["wpack"], tab["wvec_off"], tab["row_info"], tab["row_off"], tab["unit_start"],
-                tab["load_range"], tab["load_off"], tab["dep_off"], tab["dep_block"], u,
-                c0 if c0 is not None else np.uint64(null), y, c_out if c_out is not None else np.uint64(null),
-                xch, flags, status, np.int32(H), np.int32(plan.hidden_padded), np.int32(B), np.int32(T),
-                np.int32(plan.nchunks), np.int32(plan.lanes), np.int32(tab["smem_wvec"]),
-                np.int32(tab["smem_rows"]), np.int64(int(timeout_s * 1e9)),
-                np.int32(exchange == "flags"), np.int32(bool(wait)))
+        null = np.uint64(0)
+        c0_arg = c0 if c0 is not None else null
+        c_out_arg = c_out if c_out is not None else null
+        sizes = (np.int32(H), np.int32(plan.hidden_padded), np.int32(B), np.int32(T), np.int32(plan.nchunks),
+                 np.int32(plan.lanes), np.int32(tab["smem_wvec"]), np.int32(tab["smem_rows"]),
+                 np.int64(int(timeout_s * 1e9)))
+        head = (tab["wpack"], tab["wvec_off"], tab["row_info"], tab["row_off"], tab["unit_start"])
+        if sentinel:
+            args = (*head, tab["load_range"], tab["load_off"], u, c0_arg, y, c_out_arg, xch, status, *sizes,
+                    np.int32(bool(wait)))
+        else:
+            flags = cupy.zeros(plan.blocks, dtype=np.int32)
+            args = (*head, tab["dep_off"], tab["dep_block"], tab["load_range"], tab["load_off"], u, c0_arg, y,
+                    c_out_arg, xch, flags, status, *sizes)
         fn((plan.blocks if grid is None else grid,), (LAUNCH["threads"],), args, shared_mem=smem,
            stream=stream)
         if check and int(status.get()[0]) != 0:
             raise RuntimeError(
-                "rnn_persistent: a block waited longer than the watchdog "
-                f"({timeout_s} s) for h_(t-1) from another block; the result is incomplete")
+                f"{kernel}: a block waited longer than the watchdog ({timeout_s} s) for h_(t-1) from "
+                "another block; the result is incomplete")
         return y, c_out
 
     def _run_fallback(self, plan, u, h0, c0, out=None):
-        """One ``rnn_step`` launch per step, captured once per (dtype, T, B) in a CUDA graph over cached
-        buffers: a call copies u, h0 (and c0) in, replays the graph and copies y (and c_T) out. Calls on
-        one stream are ordered; concurrent calls from several streams on one object are not supported."""
         import cupy
 
         T, B, _ = u.shape
-        H = self.hidden_size
+        H, G = self.hidden_size, self.gates
         dtype = plan.dtype
-        dev = cupy.cuda.runtime.getDevice()
-        csr = self._gpu.get(("fallback", dtype, dev))
+        key = ("fallback", dtype, cupy.cuda.runtime.getDevice())
+        csr = self._gpu.get(key)
         if csr is None:
             rows = self._rows
             csr = (cupy.asarray(rows.indptr.astype(np.int64)), cupy.asarray(rows.indices.astype(np.int32)),
                    cupy.asarray(rows.data.astype(dtype)))
-            self._gpu[("fallback", dtype, dev)] = csr
-        stream = cupy.cuda.get_current_stream()
-        key = ("graph", dtype, T, B, plan.batch_chunk, dev)
-        g = self._gpu.get(key)
-        if g is None:
-            g = {"xch": self._exchange(plan, T, h0, sentinel=False), "u": cupy.empty_like(u),
-                 "y": cupy.empty((T, B, H), dtype=u.dtype),
-                 "c": cupy.zeros((B, H) if self.mode == "lstm" else (1,), np.float32),
-                 "c_out": cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None}
-            fn = compiler.get_function(_spec("rnn_step", dtype, self.mode, plan.batch_chunk))
-            grid = (-(-H // (LAUNCH["step_threads"] // 32)),)
-            null = np.uint64(0)
-
-            def launch(s):
-                for t in range(T):
-                    last = g["c_out"] is not None and t == T - 1
-                    args = (csr[0], csr[1], csr[2], g["xch"][t], g["xch"][t + 1], g["u"][t], g["c"],
-                            g["y"][t], g["c_out"] if last else null,
-                            np.int32(H), np.int32(plan.hidden_padded), np.int32(B), np.int32(plan.nchunks))
-                    fn(grid, (LAUNCH["step_threads"],), args, stream=s)
-
-            g["launch"] = launch
-            side = cupy.cuda.Stream(non_blocking=True)   # captured, not run: the graph runs on `stream`
-            try:
-                side.begin_capture()
-            except Exception:  # noqa: BLE001 - no graph capture here: launch the steps directly
-                g["graph"] = None
-            else:
-                try:
-                    launch(side)
-                finally:
-                    g["graph"] = side.end_capture()
-            self._gpu[key] = g
-        else:
-            g["xch"][0] = self._pack_h0(plan, h0)
-        g["u"][...] = u
-        if self.mode == "lstm":
-            g["c"][...] = 0 if c0 is None else c0.astype(np.float32)
-        if g["graph"] is not None:
-            g["graph"].launch(stream=stream)
-        else:
-            g["launch"](stream)
+            self._gpu[key] = csr
+        fn = compiler.get_function(_spec("rnn_step", dtype, self.mode, plan.batch_chunk))
+        Hp, nch = plan.hidden_padded, plan.nchunks
+        xch = self._exchange(plan, T, h0, sentinel=False)
         y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
-        y[...] = g["y"]
-        return y, (None if g["c_out"] is None else g["c_out"].copy())
+        c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
+        c = (c0.astype(np.float32) if c0 is not None else cupy.zeros((B, H), np.float32)) \
+            if self.mode == "lstm" else cupy.zeros(1, np.float32)
+        stream = cupy.cuda.get_current_stream()
+        grid = (-(-H // (LAUNCH["step_threads"] // 32)),)
+        null = np.uint64(0)
+
+        def launch(s):
+            for t in range(T):
+                args = (csr[0], csr[1], csr[2], xch[t], xch[t + 1], u[t], c, y[t],
+                        c_out if (c_out is not None and t == T - 1) else null,
+                        np.int32(H), np.int32(Hp), np.int32(B), np.int32(nch))
+                fn(grid, (LAUNCH["step_threads"],), args, stream=s)
+
+        del G
+        side = cupy.cuda.Stream(non_blocking=True)   # captured, not run: the graph runs on `stream`
+        try:
+            side.begin_capture()
+        except Exception:  # noqa: BLE001 - no graph capture here: launch the steps directly
+            launch(stream)
+            return y, c_out
+        try:
+            launch(side)
+        finally:
+            graph = side.end_capture()
+        graph.launch(stream=stream)
+        stream.synchronize()                       # the graph is freed on return
+        return y, c_out
 
 
 # ---------------------------------------------------------------------------------------------------

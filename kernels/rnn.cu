@@ -11,9 +11,10 @@
 //
 // The exchange buffer holds every h_t once: [T+1][nchunks][Hp][BC] of T (slot 0 = h_0 written by the
 // host; batch split in chunks of BC columns; units padded to Hp, a multiple of 8, so each chunk is whole
-// 16-byte vectors). For the persistent kernel it starts filled with the sentinel (RnnX) and each slot is
-// written once: a value that is not the sentinel is final, there is no write-after-read hazard between
-// blocks a step apart, and no flag to publish.
+// 16-byte vectors). Each slot is written once, so there is no write-after-read hazard between blocks a
+// step apart and a block waits only for the h_{t-1} slices it reads. Two protocols tell a reader a slice
+// is written: per-block step flags (rnn_persistent, the default, validated on an H100) or a sentinel
+// value (rnn_persistent_sentinel, experimental: the buffer starts as a NaN pattern no step writes).
 #include "common.cuh"
 
 #define RNN_THREADS 512
@@ -22,13 +23,8 @@
 
 enum { RNN_RELU = 0, RNN_TANH = 1, RNN_LSTM = 2 };
 
-// Exchange values double as their own "written" flags (the seed's Lamport timestamps, folded into the
-// data): the buffer starts filled with a NaN bit pattern that arithmetic never produces (0xFFFF for
-// fp16, 0xFFFFFFFF for fp32; the writer turns any NaN into the canonical one), so a reader that sees
-// another pattern sees the value; no flag, no fence. Each element is one single-copy-atomic store.
-
-// The alternative protocol (exchange="flags"): per-block step counters, st.release / ld.acquire at gpu
-// scope; a block waits for the counters of the blocks whose slices it reads.
+// exchange="flags": per-block step counters, st.release / ld.acquire at gpu scope; a block waits for the
+// counters of the blocks whose slices it reads.
 __device__ __forceinline__ int ld_acquire_gpu(const int* p) {
     int v;
     asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -38,6 +34,11 @@ __device__ __forceinline__ int ld_acquire_gpu(const int* p) {
 __device__ __forceinline__ void st_release_gpu(int* p, int v) {
     asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+
+// exchange="sentinel": values double as their own "written" flags (the seed's Lamport timestamps, folded
+// into the data): the buffer starts filled with a NaN bit pattern that arithmetic never produces (0xFFFF
+// for fp16, 0xFFFFFFFF for fp32; the writer turns any NaN into the canonical one), so a reader that sees
+// another pattern sees the value; no flag, no fence. Each element is one single-copy-atomic store.
 
 // one 16-byte vector (16-byte aligned), relaxed at gpu scope: bypasses L1, re-read on every call
 __device__ __forceinline__ uint4 ld_relaxed_v4(const void* p) {
@@ -207,6 +208,165 @@ struct RnnSmem {
 // rnn_persistent<T, MODE, BC>: the whole sequence in one launch.
 // One thread block owns the units [unit_start[b], unit_start[b+1]) (all G gate rows of each) and keeps
 // their packed rows of W in shared memory for all T steps. Grid = number of blocks the host planned, at
+// most the number that are co-resident (1 per SM), so spinning on another block's flag cannot deadlock.
+// Step t: wait until flags[d] >= t-1 for every block d whose units this block's rows read (ld.acquire
+// at gpu scope; a watchdog sets *status and leaves instead of hanging), copy those slices of h_{t-1}
+// (batch chunk by chunk, 16-byte L2 loads) into shared memory, then `lanes` consecutive threads share a
+// row: lane l reads the row's 16-byte weight vectors l, l+lanes, ... (consecutive lanes, consecutive
+// vectors: no bank conflicts), gathers BC values of h per nonzero and accumulates in fp32; a shuffle
+// reduction gives the row's dot products. The pointwise cell (u_t prefetched into registers one step
+// ahead, c kept in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t; after a block
+// barrier one thread publishes flags[b] = t with st.release.gpu.
+template <typename T, int MODE, int BC>
+__global__ void __launch_bounds__(RNN_THREADS, 1)
+rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off,
+               const int2* __restrict__ row_info, const int* __restrict__ row_off,
+               const int* __restrict__ unit_start, const int* __restrict__ dep_off,
+               const int* __restrict__ dep_block, const int2* __restrict__ load_range,
+               const int* __restrict__ load_off, const T* __restrict__ u, const T* __restrict__ c0,
+               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* flags, int* status, int H, int Hp,
+               int B, int steps, int nchunks, int lanes, int smem_wvec, int smem_rows,
+               long long timeout_ns) {
+    constexpr int G = MODE == RNN_LSTM ? 4 : 1;
+    constexpr int V = RnnPack<T>::V;
+    extern __shared__ __align__(16) unsigned char rnn_smem_raw[];
+    __shared__ int abort_s;
+    const int Bp = nchunks * BC;
+    RnnSmem<T, BC> sm(rnn_smem_raw, smem_wvec, Hp, smem_rows, Bp);
+
+    const int blk = blockIdx.x, tid = threadIdx.x;
+    const int u0 = unit_start[blk], units = unit_start[blk + 1] - u0, nrows = units * G;
+    const int nitems = units * B;
+    const i64 GH = (i64)G * H;
+
+    if (tid == 0) abort_s = 0;
+    {
+        const int wv0 = wvec_off[blk], nwv = wvec_off[blk + 1] - wv0;
+        for (int v = tid; v < nwv; v += RNN_THREADS) sm.w[v] = wpack[wv0 + v];
+        const int ro = row_off[blk];
+        for (int r = tid; r < nrows; r += RNN_THREADS) sm.rows[r] = row_info[ro + r];
+    }
+
+    float creg[RNN_UPT];
+    T upre[RNN_UPT][G];
+#pragma unroll
+    for (int q = 0; q < RNN_UPT; ++q) {
+        const int i = tid + q * RNN_THREADS;
+        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+        creg[q] = 0.0f;
+        if (i < nitems && j < H) {
+            if (MODE == RNN_LSTM && c0 != nullptr) creg[q] = to_float<T>(c0[(i64)b * H + j]);
+#pragma unroll
+            for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
+        }
+    }
+    __syncthreads();
+
+    const int slot = tid / lanes, lane = tid % lanes, nslots = RNN_THREADS / lanes;
+    const int rounds = (nrows + nslots - 1) / nslots;
+
+    for (int t = 1; t <= steps; ++t) {
+        if (t > 1) {
+            const unsigned long long start = global_ns();
+            for (int d = dep_off[blk] + tid; d < dep_off[blk + 1]; d += RNN_THREADS) {
+                const int* f = flags + dep_block[d];
+                unsigned spins = 0;
+                while (ld_acquire_gpu(f) < t - 1) {
+                    if ((++spins & 255u) == 0) {
+                        if (*(volatile int*)status != 0 || (long long)(global_ns() - start) > timeout_ns) {
+                            atomicExch(status, 1);
+                            abort_s = 1;
+                            break;
+                        }
+                    }
+                }
+            }
+            __threadfence();
+        }
+        __syncthreads();
+        if (abort_s) return;
+
+        const T* src = xch + (i64)(t - 1) * nchunks * Hp * BC;
+        for (int c = 0; c < nchunks; ++c) {
+            const uint4* s4 = reinterpret_cast<const uint4*>(src + (i64)c * Hp * BC);
+            uint4* h4 = reinterpret_cast<uint4*>(sm.h);
+            for (int r = load_off[blk]; r < load_off[blk + 1]; ++r) {
+                const int2 rg = load_range[r];  // (first 16-byte vector, count) of one contiguous slice
+                for (int v = tid; v < rg.y; v += RNN_THREADS) h4[rg.x + v] = __ldcg(s4 + rg.x + v);
+            }
+            __syncthreads();
+
+            for (int rr = 0; rr < rounds; ++rr) {
+                const int r = slot + rr * nslots;
+                const int2 info = r < nrows ? sm.rows[r] : make_int2(0, 0);
+                float acc[BC];
+#pragma unroll
+                for (int b = 0; b < BC; ++b) acc[b] = 0.0f;
+                const uint4* wp = sm.w + info.x + lane;
+#pragma unroll 2
+                for (int m = 0; m < info.y; ++m) {
+                    const uint4 q = wp[m * lanes];
+#pragma unroll
+                    for (int e = 0; e < V; ++e) {
+                        float w;
+                        int k;
+                        RnnPack<T>::get(q, e, w, k);
+                        float hv[BC];
+                        rnn_gather<T, BC>(sm.h, k, hv);
+#pragma unroll
+                        for (int b = 0; b < BC; ++b) acc[b] = fmaf(w, hv[b], acc[b]);
+                    }
+                }
+                for (int off = lanes >> 1; off > 0; off >>= 1) {
+#pragma unroll
+                    for (int b = 0; b < BC; ++b) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+                }
+                if (lane == 0 && r < nrows) {
+#pragma unroll
+                    for (int b = 0; b < BC; ++b) sm.pre[r * Bp + c * BC + b] = acc[b];
+                }
+            }
+            __syncthreads();
+        }
+
+        T* dst = xch + (i64)t * nchunks * Hp * BC;
+#pragma unroll
+        for (int q = 0; q < RNN_UPT; ++q) {
+            const int i = tid + q * RNN_THREADS;
+            const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+            if (i < nitems && j < H) {
+                float p[G];
+#pragma unroll
+                for (int g = 0; g < G; ++g) p[g] = sm.pre[(g * units + ul) * Bp + b] + to_float<T>(upre[q][g]);
+                const T hv = from_float<T>(rnn_cell<MODE>(p, creg[q]));
+                y[((i64)(t - 1) * B + b) * H + j] = hv;
+                dst[((i64)(b / BC) * Hp + j) * BC + (b % BC)] = hv;
+                if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
+            }
+        }
+        __syncthreads();
+        if (tid == 0) {
+            __threadfence();
+            st_release_gpu(flags + blk, t);
+        }
+        if (t < steps) {
+#pragma unroll
+            for (int q = 0; q < RNN_UPT; ++q) {
+                const int i = tid + q * RNN_THREADS;
+                const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+                if (i < nitems && j < H) {
+#pragma unroll
+                    for (int g = 0; g < G; ++g) upre[q][g] = u[((i64)t * B + b) * GH + (i64)g * H + j];
+                }
+            }
+        }
+    }
+}
+
+// rnn_persistent_sentinel<T, MODE, BC>: rnn_persistent with the sentinel exchange (EXPERIMENTAL: compiled
+// and checked on the CPU by emulation of its tables, not yet run on a GPU; opt in with exchange="sentinel").
+// One thread block owns the units [unit_start[b], unit_start[b+1]) (all G gate rows of each) and keeps
+// their packed rows of W in shared memory for all T steps. Grid = number of blocks the host planned, at
 // most the number that are co-resident (1 per SM), so spinning on another block's output cannot deadlock.
 // Step t, per batch chunk: copy the slices of h_{t-1} this block's rows read (load_range: 16-byte
 // vectors, relaxed gpu-scope loads) into shared memory, re-reading a vector until every value it needs
@@ -215,20 +375,18 @@ struct RnnSmem {
 // lane l reads the row's 16-byte weight vectors l, l+lanes, ... (consecutive lanes, consecutive vectors:
 // no bank conflicts), gathers BC values of h per nonzero and accumulates in fp32; a shuffle reduction
 // gives the row's dot products. The pointwise cell (u_t prefetched into registers one step ahead, c kept
-// in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t. use_flags = 1 selects the
-// flag protocol instead (wait for flags[d] >= t-1 of every block d read, publish flags[b] = t after a
-// block barrier). wait = 0 is a benchmark diagnostic only (no block waits: the cost of everything but
+// in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t. Also: RNN_LOADS exchange
+// loads in flight per thread, two accumulator sets (ILP) where BC <= 4. wait = 0 is a benchmark
+// diagnostic only (no block waits: the cost of everything but
 // the exchange; the result is wrong).
 template <typename T, int MODE, int BC>
 __global__ void __launch_bounds__(RNN_THREADS, 1)
-rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off,
+rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off,
                const int2* __restrict__ row_info, const int* __restrict__ row_off,
                const int* __restrict__ unit_start, const int2* __restrict__ load_range,
-               const int* __restrict__ load_off, const int* __restrict__ dep_off,
-               const int* __restrict__ dep_block, const T* __restrict__ u, const T* __restrict__ c0,
-               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* flags, int* status, int H, int Hp,
-               int B, int steps, int nchunks, int lanes, int smem_wvec, int smem_rows, long long timeout_ns,
-               int use_flags, int wait) {
+               const int* __restrict__ load_off, const T* __restrict__ u, const T* __restrict__ c0,
+               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* status, int H, int Hp, int B, int steps,
+               int nchunks, int lanes, int smem_wvec, int smem_rows, long long timeout_ns, int wait) {
     constexpr int G = MODE == RNN_LSTM ? 4 : 1;
     constexpr int V = RnnPack<T>::V;
     typedef RnnX<T> X;
@@ -273,19 +431,6 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
     const int r_begin = load_off[blk], r_end = load_off[blk + 1];
 
     for (int t = 1; t <= steps; ++t) {
-        if (use_flags) {
-            if (wait && t > 1) {
-                for (int d = dep_off[blk] + tid; d < dep_off[blk + 1]; d += RNN_THREADS) {
-                    const int* f = flags + dep_block[d];
-                    RnnWatchdog dog;
-                    while (ld_acquire_gpu(f) < t - 1) {
-                        if (dog.expired(status, timeout_ns, &abort_s)) break;
-                    }
-                }
-                __threadfence();
-            }
-            __syncthreads();
-        }
         const T* src = xch + (i64)(t - 1) * nchunks * Hp * BC;
         for (int c = 0; c < nchunks; ++c) {
             const T* sc = src + (i64)c * Hp * BC;
@@ -308,7 +453,7 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
 #pragma unroll
                         for (int i = 0; i < EPV; ++i) {
                             const int e = e0 + i;
-                            need |= (!use_flags && wait && t > 1 && e / BC < H && c * BC + e % BC < B)
+                            need |= (wait && t > 1 && e / BC < H && c * BC + e % BC < B)
                                         ? (1u << i) : 0u;
                         }
                         RnnWatchdog dog;
@@ -376,13 +521,6 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
                 X::store(dst + ((i64)(b / BC) * Hp + j) * BC + (b % BC), hv);
                 y[((i64)(t - 1) * B + b) * H + j] = hv;
                 if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
-            }
-        }
-        if (use_flags) {
-            __syncthreads();
-            if (tid == 0) {
-                __threadfence();
-                st_release_gpu(flags + blk, t);
             }
         }
         if (t < steps) {
