@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import warnings
 
 import numpy as np
 
@@ -185,10 +186,14 @@ def external_stream(ptr: int, device_id: int):
     stream = _STREAMS.get((ptr, device_id))
     if stream is None:
         cp = cupy()
+        if ptr == 0:  # the legacy default stream (torch's default): CuPy's null stream is the same one
+            return cp.cuda.Stream.null
         try:
             with cp.cuda.Device(device_id):
                 stream = cp.cuda.Stream.from_external(_StreamRef(ptr))
-        except (AttributeError, TypeError):  # CuPy < 14
-            stream = cp.cuda.ExternalStream(ptr, device_id)
+        except Exception:  # noqa: BLE001 - CuPy < 14 has only ExternalStream (deprecated in 14)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                stream = cp.cuda.ExternalStream(ptr, device_id)
         _STREAMS[(ptr, device_id)] = stream
     return stream
