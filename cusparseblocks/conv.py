@@ -47,6 +47,8 @@ _LAUNCH = {
     "direct": {"threads": 256, "max_blocks": 65536},
     "updat_direct": {"threads": 256},  # 8 warps, one (weight element, tap) per warp
     "tc": {"bm": 128, "threads": 128, "stages": 3},
+    # fprop with the input halo of a 2-D output tile loaded once per (input block, filter depth)
+    "halo": {"block_sizes": (16, 32), "tile_widths": (32, 16, 8), "stages": 2, "max_smem": 160 * 1024},
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
 }
@@ -779,6 +781,9 @@ def _specs() -> Iterable[compiler.KernelSpec]:
         for b in TC_BLOCK_SIZES:
             yield S("conv.cu", f"conv_fprop_tc<{t}, {b}>")
             yield S("conv.cu", f"conv_updat_tc<{t}, {b}>")
+        for b in _LAUNCH["halo"]["block_sizes"]:
+            for tw in _LAUNCH["halo"]["tile_widths"]:
+                yield S("conv.cu", f"conv_fprop_halo<{t}, {b}, {tw}>")
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
 
@@ -865,19 +870,15 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
     dt = dtype_name(x.dtype)
     y = out if out is not None else cupy.empty(shape, dtype=x.dtype)
     n = x.shape[0]
-    geo = _upload_geo(
-        _geo_array(
-            conv, geom, n, conv.C, conv.K, geom.input_spatial, geom.output_spatial, geom.stride, geom.pad_lo
-        )
+    geo_host = _geo_array(
+        conv, geom, n, conv.C, conv.K, geom.input_spatial, geom.output_spatial, geom.stride, geom.pad_lo
     )
     if edge_bias is not None:
-        emap = _edge_tables(conv, geom)[0]
-        eb_args = (edge_bias, emap)
+        eb_args = (edge_bias, _edge_tables(conv, geom)[0])
     else:
         eb_args = (_null(), _null())
     if conv.uses_tensor_cores(x.dtype, "fprop"):
         lay = conv.layout
-        b = lay.uniform
 
         def build(cp):
             ptr, cin, cw = lay.column_tables
@@ -885,47 +886,68 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
             return cp.asarray(ptr), cp.asarray(cin), cp.asarray(cw), perm
 
         ptr, cin, cw, perm = _dev(conv, ("cols",), build)
-        _tc_launch(
-            x,
-            w,
-            y,
-            ptr,
-            cin,
-            cw,
-            perm,
-            eb_args,
-            geo,
-            n * int(np.prod(geom.output_spatial)),
-            lay.mask.shape[1],
-            b,
-            dt,
-        )
+        _tc_launch(x, w, y, (ptr, cin, cw), perm, eb_args, geo_host, lay.mask.shape[1], lay.uniform, dt)
         return y
     conn = _conn_tables(conv)
     threads = _LAUNCH["direct"]["threads"]
-    total = int(np.prod(shape))
     spec = compiler.KernelSpec("conv.cu", f"conv_fprop_direct<{_CTYPE[dt]}>")
-    _launch(
-        spec,
-        (_grid_1d(total, threads),),
-        (threads,),
-        (x, w, y, conn["fw_ptr"], conn["fw_idx"], conn["fw_off"], conn["fw_ts"], *eb_args, geo),
+    args = (
+        x,
+        w,
+        y,
+        conn["fw_ptr"],
+        conn["fw_idx"],
+        conn["fw_off"],
+        conn["fw_ts"],
+        *eb_args,
+        _upload_geo(geo_host),
     )
+    _launch(spec, (_grid_1d(int(np.prod(shape)), threads),), (threads,), args)
     return y
 
 
-def _tc_launch(x, w, y, ptr, cin, cw, perm, eb_args, geo, m_total, out_blocks, b, dt):
+# indices into the geometry array (enum G_* in kernels/conv.cu)
+_G = {k: i for i, k in enumerate("N C K D H W OD OH OW FT FR FS SD SH SW PD PH PW DD DH DW CL".split())}
+
+#: "tap", "halo" or None (automatic): which tensor-core fprop kernel runs; the benchmark times both
+FPROP_VARIANT: str | None = None
+
+
+def _fprop_variant(geo_host, b: int):
+    """("halo", (tile width, tile height, shared bytes)) when the halo kernel applies, else ("tap", None)."""
+    g = {k: int(geo_host[i]) for k, i in _G.items()}
+    cfg = _LAUNCH["halo"]
+    if (
+        FPROP_VARIANT == "tap"
+        or b not in cfg["block_sizes"]
+        or (g["FR"] * g["FS"] == 1 and FPROP_VARIANT is None)
+    ):
+        return "tap", None
+    tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
+    th = _LAUNCH["tc"]["bm"] // tw
+    hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
+    hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
+    smem = cfg["stages"] * (hr * hc + g["FR"] * g["FS"] * b) * (b + 8) * 2
+    if smem > cfg["max_smem"]:
+        return "tap", None
+    return "halo", (tw, th, smem)
+
+
+def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt):
+    """conv_fprop_halo or conv_fprop_tc over the column tables (used by fprop and stride-1 bprop)."""
     cfg = _LAUNCH["tc"]
+    g = {k: int(geo_host[i]) for k, i in _G.items()}
+    variant, halo = _fprop_variant(geo_host, b)
+    args = (x, w, y, *tables, perm if perm is not None else _null(), *eb_args, _upload_geo(geo_host))
+    if variant == "halo":
+        tw, th, smem = halo
+        tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
+        spec = compiler.KernelSpec("conv.cu", f"conv_fprop_halo<{_CTYPE[dt]}, {b}, {tw}>")
+        _launch(spec, (tiles, out_blocks), (cfg["threads"],), args, smem)
+        return
+    m_total = g["N"] * g["OD"] * g["OH"] * g["OW"]
     spec = compiler.KernelSpec("conv.cu", f"conv_fprop_tc<{_CTYPE[dt]}, {b}>")
-    grid = (-(-m_total // cfg["bm"]), out_blocks)
-    smem = _tc_smem(b)
-    _launch(
-        spec,
-        grid,
-        (cfg["threads"],),
-        (x, w, y, ptr, cin, cw, perm if perm is not None else _null(), *eb_args, geo),
-        smem,
-    )
+    _launch(spec, (-(-m_total // cfg["bm"]), out_blocks), (cfg["threads"],), args, _tc_smem(b))
 
 
 def _gpu_bprop(conv, geom, dy, w, out, shape):
@@ -949,34 +971,10 @@ def _gpu_bprop(conv, geom, dy, w, out, shape):
         # gather dy into virtual output-channel order when the layout permutes its outputs
         dyv = cupy.ascontiguousarray(dy[..., perm]) if perm is not None else dy
         pad_lo = tuple(d * (f - 1) - lo for d, f, lo in zip(geom.dilation, geom.filter_shape, geom.pad_lo))
-        geo = _upload_geo(
-            _geo_array(
-                conv,
-                geom,
-                n,
-                conv.K,
-                conv.C,
-                geom.output_spatial,
-                geom.input_spatial,
-                (1,) * conv.dims,
-                pad_lo,
-            )
+        geo_host = _geo_array(
+            conv, geom, n, conv.K, conv.C, geom.output_spatial, geom.input_spatial, (1,) * conv.dims, pad_lo
         )
-        _tc_launch(
-            dyv,
-            wt,
-            dx,
-            ptr,
-            rout,
-            rw,
-            None,
-            (_null(), _null()),
-            geo,
-            n * int(np.prod(geom.input_spatial)),
-            lay.mask.shape[0],
-            b,
-            dt,
-        )
+        _tc_launch(dyv, wt, dx, (ptr, rout, rw), None, (_null(), _null()), geo_host, lay.mask.shape[0], b, dt)
         return dx
     conn = _conn_tables(conv)
     geo = _upload_geo(
@@ -1025,12 +1023,28 @@ def _gpu_updat(conv, geom, x, dy, out, odt):
         splits, per = _updat_splits(m_total, lay.nnz * conv.taps)
         count = lay.nnz * conv.taps * b * b
         ws = cupy.empty((splits, count), dtype=np.float32)
-        geo = _upload_geo(_geo_array(conv, geom, x.shape[0], conv.C, conv.K, geom.input_spatial,
-                                     geom.output_spatial, geom.stride, geom.pad_lo))
+        geo = _upload_geo(
+            _geo_array(
+                conv,
+                geom,
+                x.shape[0],
+                conv.C,
+                conv.K,
+                geom.input_spatial,
+                geom.output_spatial,
+                geom.stride,
+                geom.pad_lo,
+            )
+        )
         smem = cfg["stages"] * 2 * cfg["bk"] * (b + 8) * 2
         spec = compiler.KernelSpec("conv.cu", f"conv_updat_tc<{_CTYPE[dt]}, {b}>")
-        _launch(spec, (splits, conv.taps, lay.nnz), (cfg["threads"],),
-                (x, dyv, ws, rows, cols, np.int32(lay.nnz), np.int32(per), geo), smem)
+        _launch(
+            spec,
+            (splits, conv.taps, lay.nnz),
+            (cfg["threads"],),
+            (x, dyv, ws, rows, cols, np.int32(lay.nnz), np.int32(per), geo),
+            smem,
+        )
         spec = compiler.KernelSpec("conv.cu", f"conv_updat_reduce<{_CTYPE[dtype_name(odt)]}>")
         threads = cfg["reduce_threads"]
         _launch(spec, (_grid_1d(count, threads),), (threads,), (ws, dw, np.int32(splits), np.int64(count)))

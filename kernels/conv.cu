@@ -519,3 +519,151 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
     dw[i] = from_float<OUT>(s);
   }
 }
+
+#define HALO_STAGES 2
+
+// conv_fprop_halo: the output tile is a TH × TW rectangle (TH·TW = 128) of one image n and one output
+// depth od; blockIdx.x walks (n, od, tile row, tile column), blockIdx.y the virtual output block j. Each
+// stage is one (input block of column j, filter depth ft) pair: it loads the input halo that the
+// rectangle's FR × FS taps read (zero-filled outside the input) once, plus the FR·FS weight slices,
+// then runs all taps from shared memory (ldmatrix takes per-lane row addresses, so a tap is a shifted
+// window of the halo). 2-stage cp.async ring; 4 warps of 32 rows × B columns; epilogue as
+// conv_fprop_tc. Shared memory: 2 · (HR·HC·(B+8) + FR·FS·B·(B+8)) elements, from the host.
+template <typename T, int B, int TW>
+__global__ void __launch_bounds__(TC_THREADS, 2)
+conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
+                const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
+                const int* __restrict__ geo) {
+  constexpr int TH = TC_BM / TW, LDA = B + 8, VPR = B / 8, NT = B / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+
+  const int C = geo[G_C], K = geo[G_K];
+  const int D = geo[G_D], H = geo[G_H], W = geo[G_W];
+  const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
+  const int FR = geo[G_FR], FS = geo[G_FS];
+  const int SH = geo[G_SH], SW = geo[G_SW], DH = geo[G_DH], DW = geo[G_DW];
+  const int taps = geo[G_FT] * FR * FS;
+  const int HR = (TH - 1) * SH + (FR - 1) * DH + 1, HC = (TW - 1) * SW + (FS - 1) * DW + 1;
+  const int halo = HR * HC, wtaps = FR * FS;
+  T* sA = reinterpret_cast<T*>(smem_raw);             // [stages][halo][LDA]
+  T* sW = sA + HALO_STAGES * halo * LDA;              // [stages][FR·FS][B][LDA]
+
+  const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + TH - 1) / TH;
+  i64 t = blockIdx.x;
+  const int tw0 = (int)(t % tiles_w) * TW; t /= tiles_w;
+  const int th0 = (int)(t % tiles_h) * TH; t /= tiles_h;
+  const int od = (int)(t % OD);
+  const i64 n = t / OD;
+  const int ih0 = th0 * SH - geo[G_PH], iw0 = tw0 * SW - geo[G_PW];
+  const int j = blockIdx.y;
+  const int e0 = col_ptr[j];
+  const int niter = (col_ptr[j + 1] - e0) * geo[G_FT];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+  auto load_stage = [&](int it, int buf) {
+    const int eo = it / geo[G_FT], ft = it - eo * geo[G_FT];
+    const int cblk = col_in[e0 + eo];
+    const i64 wblk = col_w[e0 + eo];
+    const int id = od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
+    const bool dok = (unsigned)id < (unsigned)D;
+    T* dstA = sA + buf * halo * LDA;
+    for (int v = tid; v < halo * VPR; v += TC_THREADS) {
+      const int row = v / VPR, vec = v - row * VPR;
+      const int hr = row / HC, hc = row - hr * HC;
+      const int ih = ih0 + hr, iw = iw0 + hc;
+      const bool ok = dok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+      const T* src = ok ? x + (((n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
+      cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
+    }
+    const T* wsrc = w + (wblk * taps + (i64)ft * wtaps) * (B * B);
+    T* dstW = sW + buf * wtaps * B * LDA;
+    for (int v = tid; v < wtaps * B * VPR; v += TC_THREADS) {
+      const int kr = v / VPR, cv = v - kr * VPR;  // kr = tap·B + input channel
+      cp_async16(smem_u32(dstW + kr * LDA + cv * 8), wsrc + (i64)kr * B + cv * 8, 16);
+    }
+  };
+
+  float acc[2][NT][4];
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < NT; ++b)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+
+  // this lane's A row in each m16 tile: output (th, tw) → halo position before the tap offset
+  int hbase[2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+    const int r = warp * 32 + mt * 16 + (lane & 15);
+    hbase[mt] = (r / TW) * SH * HC + (r % TW) * SW;
+  }
+
+  if (niter > 0) load_stage(0, 0);
+  cp_async_commit();
+  for (int it = 0; it < niter; ++it) {
+    cp_async_wait<0>();
+    __syncthreads();
+    if (it + 1 < niter) load_stage(it + 1, (it + 1) % HALO_STAGES);
+    cp_async_commit();
+    const int buf = it % HALO_STAGES;
+    const T* bA = sA + buf * halo * LDA;
+    const T* bWs = sW + buf * wtaps * B * LDA;
+    for (int fr = 0; fr < FR; ++fr)
+      for (int fs = 0; fs < FS; ++fs) {
+        const int toff = fr * DH * HC + fs * DW;
+        const T* bW = bWs + (fr * FS + fs) * B * LDA;
+#pragma unroll
+        for (int kk = 0; kk < B / 16; ++kk) {
+          unsigned a[2][4];
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt)
+            ldmatrix_x4(a[mt], smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+          for (int np = 0; np < B / 16; ++np) {
+            unsigned b[4];
+            const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+            ldmatrix_x4_trans(b, smem_u32(bW + krow * LDA + np * 16 + (lane >> 4) * 8));
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+              mma16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+              mma16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+            }
+          }
+        }
+      }
+  }
+  cp_async_wait<0>();
+
+  const i64 OS = (i64)OD * OH * OW;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = warp * 32 + mt * 16 + (lane >> 2) + 8 * h;
+      const int oh = th0 + r / TW, ow = tw0 + r % TW;
+      if (oh >= OH || ow >= OW) continue;
+      const i64 p = ((i64)od * OH + oh) * OW + ow;
+      const i64 m = n * OS + p;
+      const int eb = emap != nullptr ? emap[p] : -1;
+      T* yrow = y + m * K;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int kv = j * B + nt * 8 + 2 * (lane & 3);
+        float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+        const int k0 = out_perm != nullptr ? out_perm[kv] : kv;
+        const int k1 = out_perm != nullptr ? out_perm[kv + 1] : kv + 1;
+        if (eb >= 0) {
+          v0 += to_float(edge_bias[(i64)eb * K + k0]);
+          v1 += to_float(edge_bias[(i64)eb * K + k1]);
+        }
+        if (out_perm == nullptr) {
+          store2<T>(yrow + k0, v0, v1);
+        } else {
+          yrow[k0] = from_float<T>(v0);
+          yrow[k1] = from_float<T>(v1);
+        }
+      }
+    }
+}

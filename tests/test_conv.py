@@ -714,24 +714,34 @@ def emulated(monkeypatch, emulator):
 
 
 EMULATED = [
-    # kind, dtype, data format, geometry index, edge bias, batch, ops, kernels that must have run
-    ("uniform16", "float16", "NHWC", 2, False, 2, "fbu", ("conv_fprop_tc<__half, 16>", "conv_updat_tc<__half, 16>")),
-    ("uniform32", "bfloat16", "NHWC", 3, True, 2, "fbu",
-     ("conv_fprop_tc<__nv_bfloat16, 32>", "conv_bprop_direct", "conv_updat_tc<__nv_bfloat16, 32>")),
-    ("uniform64", "float16", "NDHWC", 6, False, 1, "fbu", ("conv_fprop_tc<__half, 64>", "conv_updat_tc<__half, 64>")),
-    ("bd_shuffle", "float16", "NHWC", 2, True, 2, "fbu", ("conv_fprop_tc<__half, 16>", "edge_bias_updat",
-                                                          "conv_updat_reduce")),
-    ("nonuniform", "float32", "NCHW", 3, True, 2, "fbu", ("conv_fprop_direct<float>", "conv_bprop_direct<float>")),
-    ("channel_random", "bfloat16", "NCW", 1, False, 2, "fbu", ("conv_fprop_direct<__nv_bfloat16>",)),
-    ("uniform8", "float16", "NHWC", 2, False, 2, "fb", ("conv_fprop_direct<__half>",)),
+    # kind, dtype, data format, geometry index, edge bias, batch, ops, fprop variant, kernels that must run
+    ("uniform16", "float16", "NHWC", 2, False, 2, "fbu", None,
+     ("conv_fprop_halo<__half, 16, 8>", "conv_updat_tc<__half, 16>")),
+    ("uniform16", "float16", "NHWC", 2, False, 2, "fb", "tap", ("conv_fprop_tc<__half, 16>",)),
+    ("uniform32", "bfloat16", "NHWC", 3, True, 2, "fbu", None,
+     ("conv_fprop_halo<__nv_bfloat16, 32, 8>", "conv_bprop_direct", "conv_updat_tc<__nv_bfloat16, 32>")),
+    ("uniform32", "bfloat16", "NHWC", 3, True, 2, "f", "tap", ("conv_fprop_tc<__nv_bfloat16, 32>",)),
+    ("uniform32", "float16", "NDHWC", 6, False, 1, "fb", None, ("conv_fprop_halo<__half, 32, 8>",)),
+    ("uniform64", "float16", "NDHWC", 6, False, 1, "fbu", None,
+     ("conv_fprop_tc<__half, 64>", "conv_updat_tc<__half, 64>")),
+    ("bd_shuffle", "float16", "NHWC", 2, True, 2, "fbu", None,
+     ("conv_fprop_halo<__half, 16, 8>", "edge_bias_updat", "conv_updat_reduce")),
+    ("bd_shuffle", "float16", "NHWC", 2, True, 2, "fb", "tap", ("conv_fprop_tc<__half, 16>",)),
+    ("nonuniform", "float32", "NCHW", 3, True, 2, "fbu", None,
+     ("conv_fprop_direct<float>", "conv_bprop_direct<float>")),
+    ("channel_random", "bfloat16", "NCW", 1, False, 2, "fbu", None, ("conv_fprop_direct<__nv_bfloat16>",)),
+    ("uniform8", "float16", "NHWC", 2, False, 2, "fb", None, ("conv_fprop_direct<__half>",)),
 ]
 
 
 @pytest.mark.parametrize(
-    "case", EMULATED, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-g{c[3]}{'-eb' if c[4] else ''}"
+    "case", EMULATED, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-g{c[3]}{'-eb' if c[4] else ''}-{c[7] or 'auto'}"
 )
-def test_gpu_path_emulated(rng, emulated, case):
-    kind, dtype, fmt, gi, eb, n, ops, expect = case
+def test_gpu_path_emulated(rng, emulated, monkeypatch, case):
+    kind, dtype, fmt, gi, eb, n, ops, variant, expect = case
+    import cusparseblocks.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "FPROP_VARIANT", variant)
     dims, fshape, stride, padding, dilation, spatial = GEOMETRIES[gi]
     lay = _layouts(rng)[kind]
     if kind == "uniform16":
@@ -744,17 +754,18 @@ def test_gpu_path_emulated(rng, emulated, case):
         assert any(k.startswith(name) for k in emulated), (name, emulated)
 
 
-def test_gpu_path_emulated_ragged_tiles(rng, emulated):
-    # 2·11·10 = 220 output rows: two 128-row tiles, the second ragged; 3 blocks in one column
+@pytest.mark.parametrize("spatial,tw", [((11, 10), 8), ((13, 20), 16), ((5, 33), 32)])
+def test_gpu_path_emulated_ragged_tiles(rng, emulated, spatial, tw):
+    # partial tiles at the right and bottom edges, 3 blocks in one column, every tile width of the halo kernel
     lay = ChannelBlockLayout.from_mask([[1, 0], [1, 1], [1, 0]], 16)
     conv = BlockSparseConv(lay, (3, 3), padding=((2, 0), (1, 1)), data_format="NHWC")
     import cupy
 
-    x = random_array(rng, (2, 11, 10, 48), "float16")
+    x = random_array(rng, (2, *spatial, 48), "float16")
     w = conv.init_normal(rng, dtype=np.float32).astype(np.float16)
     y = conv.fprop(cupy.asarray(x), cupy.asarray(w))
     assert_close(y, conv.fprop(x.astype(np.float64), w.astype(np.float64)), "float16")
-    assert emulated == ["conv_fprop_tc<__half, 16>"]
+    assert emulated == [f"conv_fprop_halo<__half, 16, {tw}>"]
 
 
 def test_self_check_emulated(emulated):

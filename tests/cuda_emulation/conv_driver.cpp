@@ -74,6 +74,8 @@ static void launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, const std
 #define UPDAT_TC(T, B) {"conv_updat_tc<" #T ", " #B ">", [] { return [] { conv_updat_tc<T, B>(P<T>(0), P<T>(1), P<float>(2), P<int>(3), P<int>(4), I(5), I(6), P<int>(7)); }; }}
 #define UPDAT_REDUCE(O) {"conv_updat_reduce<" #O ">", [] { return [] { conv_updat_reduce<O>(P<float>(0), P<O>(1), I(2), args[3].i); }; }}
 
+#define FPROP_HALO(T, B, TW) {"conv_fprop_halo<" #T ", " #B ", " #TW ">", [] { return [] { conv_fprop_halo<T, B, TW>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9)); }; }}
+
 static const std::map<std::string, std::function<std::function<void()>()>> kernels = {
   FPROP_DIRECT(float), FPROP_DIRECT(__half), FPROP_DIRECT(__nv_bfloat16),
   BPROP_DIRECT(float), BPROP_DIRECT(__half), BPROP_DIRECT(__nv_bfloat16),
@@ -85,6 +87,10 @@ static const std::map<std::string, std::function<std::function<void()>()>> kerne
   FPROP_TC(__nv_bfloat16, 16), FPROP_TC(__nv_bfloat16, 32), FPROP_TC(__nv_bfloat16, 64),
   UPDAT_TC(__half, 16), UPDAT_TC(__half, 32), UPDAT_TC(__half, 64),
   UPDAT_TC(__nv_bfloat16, 16), UPDAT_TC(__nv_bfloat16, 32), UPDAT_TC(__nv_bfloat16, 64),
+  FPROP_HALO(__half, 16, 8), FPROP_HALO(__half, 16, 16), FPROP_HALO(__half, 16, 32),
+  FPROP_HALO(__half, 32, 8), FPROP_HALO(__half, 32, 16), FPROP_HALO(__half, 32, 32),
+  FPROP_HALO(__nv_bfloat16, 16, 8), FPROP_HALO(__nv_bfloat16, 16, 16), FPROP_HALO(__nv_bfloat16, 16, 32),
+  FPROP_HALO(__nv_bfloat16, 32, 8), FPROP_HALO(__nv_bfloat16, 32, 16), FPROP_HALO(__nv_bfloat16, 32, 32),
   UPDAT_REDUCE(float), UPDAT_REDUCE(__half), UPDAT_REDUCE(__nv_bfloat16),
 };
 
