@@ -259,3 +259,63 @@ def test_specializations_compile_without_spills(arch):
     bad = {s.name: (k.registers, k.spill_stores, k.spill_loads) for s, k in compiled.items()
            if k.registers is None or (k.spill_stores or 0) + (k.spill_loads or 0) > 0}
     assert not bad, f"{arch}: spills or no ptxas report: {bad}"
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU: the kernels themselves, compiled for the host with the CUDA execution model emulated
+
+def _emulation_cases() -> list[str]:
+    """C++ calls for tests/cuda_emulation/bsmm_tf32_driver.cpp: every tile of both tables, each
+    (feature axis, transpose, aligned) combination several times, ragged batches, grouped and split updates."""
+    combos = [(axis, trans) for axis in (1, 0) for trans in (0, 1)]
+    calls, i = [], 0
+    for bs, tiles in T.XW_TF32_TILES.items():
+        for variant, (bm, wm, wn, st) in tiles.items():
+            picks = [(*combos[i % 4], 1), (*combos[(i + 1) % 4], 1)]
+            if variant == T.UNALIGNED_VARIANT:
+                picks += [(*combos[(i + 2) % 4], 0), (*combos[(i + 3) % 4], 0)]
+            for j, (axis, trans, aligned) in enumerate(picks):
+                n = bm + 3 + 2 * j if variant != "small" else 37
+                n -= n % 4 if axis == 0 and aligned else 0
+                kb, mb = 3 + (i + j) % 3, 3 + (i + 2 * j) % 4
+                calls.append(f"test_xw<{bs}, {bm}, {wm}, {wn}, {st}, {axis}, {trans}, {aligned}>"
+                             f"({kb}, {mb}, {n}, {(i + j) % 2});")
+            i += 1
+    ragged = ["{70}", "{33, 5}", "{61, 1, 100}"]  # batch sizes of the (x, dy) pairs
+    for bs, (g, warps, nc, st) in T.UPDAT_TF32_TILES.items():
+        for j, (axis, aligned) in enumerate([(1, 1), (0, 1), (1, 0), (0, 0)]):
+            ns = "{64, 200}" if axis == 0 and aligned else ragged[(j + bs // 16) % 3]
+            calls.append(f"test_updat<{bs}, {g}, {warps}, {nc}, {st}, {axis}, {aligned}>"
+                         f"(3, {3 + j + g}, {ns}, {1 + j % 3}, {j % 2});")
+    return calls
+
+
+def _emulation_source() -> str:
+    """kernels/bsmm_tf32.cu with its PTX wrappers and header cut (the driver defines host versions)."""
+    text = (compiler.kernel_source_dir() / T.SOURCE).read_text()
+    start, end = text.index("// PTX wrappers"), text.index("// Shared row strides")
+    text = text[:start] + text[end:]
+    text = text.replace('#include "common.cuh"', "")
+    return text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", "")
+
+
+def test_kernels_on_emulated_gpu(tmp_path):
+    """Every tile of xw_tf32 and updat_tf32 against float64 on the CPU (threads, barriers, deferred cp.async,
+    mma.sync m16n8k8.tf32 emulated): fragment layouts, strides, pipelines and epilogues, without a GPU."""
+    import shutil
+
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("g++ is not installed")
+    (tmp_path / "bsmm_tf32_emu.cu").write_text(_emulation_source())
+    (tmp_path / "cases.inc").write_text("\n".join(_emulation_cases()) + "\n")
+    exe = tmp_path / "driver"
+    build = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", f"-I{tmp_path}", "-o", str(exe),
+                            str(ROOT / "tests" / "cuda_emulation" / "bsmm_tf32_driver.cpp")],
+                           capture_output=True, text=True)
+    if build.returncode and "barrier" in build.stderr and "No such file" in build.stderr:
+        pytest.skip("the C++ compiler has no <barrier> (C++20)")
+    assert build.returncode == 0, build.stderr[-4000:]
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.rstrip().endswith("0 failures"), run.stdout[-6000:] + run.stderr[-2000:]
+    assert run.stdout.count(" ok ") == len(_emulation_cases())
