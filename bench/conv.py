@@ -5,7 +5,8 @@
   dense weight (cuDNN, channels_last); target ≤ 1.5·d × dense;
 - block-diagonal, 8 groups: ours vs torch conv2d(groups=8) (target: no slower), and with the merged
   channel shuffle vs grouped conv + shuffle.
-Also times bprop (tensor cores for stride 1) and, once, the weight update. Every case is checked
+Times both tensor-core fprop kernels (per-tap and halo; "ours" is the op's automatic choice), bprop
+(tensor cores for stride 1) and the weight update (tensor cores, split over rows). Every case is checked
 against torch's result first. Table last; JSON in bench/results/.
 
     PYTHONPATH=. python bench/conv.py [--quick]
@@ -22,9 +23,6 @@ import numpy as np
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="batch 8, fewer repeats")
-    parser.add_argument(
-        "--updat", action="store_true", help="also time the weight update (direct kernel, slow)"
-    )
     args = parser.parse_args(argv)
 
     import cupy
@@ -32,6 +30,7 @@ def main(argv=None):
     import torch.nn.functional as F
 
     from bench.harness import Table, gpu_name, save_json, time_ms
+    from cusparseblocks import conv as conv_module
     from cusparseblocks import layouts
     from cusparseblocks.adapters.torch import cupy_on_torch, to_cupy
     from cusparseblocks.conv import BlockSparseConv, ChannelBlockLayout
@@ -54,7 +53,21 @@ def main(argv=None):
         for _ in range(rotate)
     ]
     table = Table(
-        ["case", "d", "ours_ms", "cudnn_ms", "ratio", "target", "ok", "rel_err", "bprop_ms", "tflops"]
+        [
+            "case",
+            "d",
+            "ours_ms",
+            "cudnn_ms",
+            "ratio",
+            "target",
+            "ok",
+            "rel_err",
+            "tap_ms",
+            "halo_ms",
+            "bprop_ms",
+            "updat_ms",
+            "tflops",
+        ]
     )
     rows = []
 
@@ -77,10 +90,24 @@ def main(argv=None):
             yt = baseline(xs[0], Wd, dense_w_fn)
             ytn = cupy.asarray(yt.permute(0, 2, 3, 1).contiguous().float())
             rel = float(cupy.linalg.norm(y.astype(cupy.float32) - ytn) / cupy.linalg.norm(ytn))
-            ours = time_ms(lambda i: op.fprop(xcs[i], w, out=outs[i]), rotate=[(i,) for i in range(rotate)])
-            ref = time_ms(lambda i: baseline(xs[i], Wd, dense_w_fn), rotate=[(i,) for i in range(rotate)])
+            rot = [(i,) for i in range(rotate)]
+            variants = {}
+            for variant in ("tap", "halo"):  # both tensor-core fprop kernels; the op picks one by itself
+                conv_module.FPROP_VARIANT = variant
+                y = op.fprop(xcs[0], w, out=outs[0])
+                err = float(cupy.linalg.norm(y.astype(cupy.float32) - ytn) / cupy.linalg.norm(ytn))
+                variants[variant] = dict(
+                    time_ms(lambda i: op.fprop(xcs[i], w, out=outs[i]), rotate=rot), rel_err=err
+                )
+            conv_module.FPROP_VARIANT = None
+            ours = time_ms(lambda i: op.fprop(xcs[i], w, out=outs[i]), rotate=rot)
+            ref = time_ms(lambda i: baseline(xs[i], Wd, dense_w_fn), rotate=rot)
             dxs = [cupy.empty((N, H, W, C), dtype=cupy.float16) for _ in range(rotate)]
-            bp = time_ms(lambda i: op.bprop(dycs[i], w, out=dxs[i]), rotate=[(i,) for i in range(rotate)])
+            bp = time_ms(lambda i: op.bprop(dycs[i], w, out=dxs[i]), rotate=rot)
+            dws = [cupy.empty(op.w_shape, dtype=cupy.float16) for _ in range(rotate)]
+            up = time_ms(
+                lambda i: op.updat(xcs[i], dycs[i], out=dws[i]), rotate=rot, warmup=2, reps=10, min_ms=0
+            )
             flops = dense_flops * lay.density
             ratio = ours["median"] / ref["median"]
             target = 1.5 * d if d is not None else 1.0
@@ -92,19 +119,19 @@ def main(argv=None):
                 ratio=ratio,
                 target=target,
                 ok="yes" if ratio <= target else "NO",
-                rel_err=rel,
+                rel_err=max(rel, *(v["rel_err"] for v in variants.values())),
+                tap_ms=variants["tap"]["median"],
+                halo_ms=variants["halo"]["median"],
                 bprop_ms=bp["median"],
+                updat_ms=up["median"],
                 tflops=flops / ours["median"] * 1e-9,
                 tensor_cores=op.uses_tensor_cores(np.float16),
                 ours=ours,
                 cudnn=ref,
                 bprop=bp,
+                updat=up,
+                variants=variants,
             )
-            if args.updat:
-                up = time_ms(
-                    lambda: op.updat(xcs[0], dycs[0], out_dtype=np.float32), warmup=1, reps=3, min_ms=0
-                )
-                row["updat_ms"] = up["median"]
             table.add(**{k: v for k, v in row.items() if k in table.columns})
             rows.append(row)
             print(name, {k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
