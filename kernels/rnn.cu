@@ -17,6 +17,16 @@
 // value (rnn_persistent_sentinel, experimental: the buffer starts as a NaN pattern no step writes).
 #include "common.cuh"
 
+// Tests run this file on the CPU (tests/test_rnn.py, RNN_HOST_EMULATION: every CUDA thread a std::thread,
+// all blocks at once); these hooks are the only host-specific lines, and compile to nothing on the GPU.
+#ifdef RNN_HOST_EMULATION
+#define RNN_BLOCK_SMEM(name) unsigned char* name = emu_block_smem()
+#define RNN_BLOCK_INT(name) int& name = *emu_block_int()
+#else
+#define RNN_BLOCK_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#define RNN_BLOCK_INT(name) __shared__ int name
+#endif
+
 #define RNN_THREADS 512
 #define RNN_UPT 4  // pointwise items (unit, batch) per thread: the host keeps units·B <= RNN_UPT·RNN_THREADS
 #define RNN_LOADS 4  // exchange vectors a thread has in flight at once
@@ -25,6 +35,7 @@ enum { RNN_RELU = 0, RNN_TANH = 1, RNN_LSTM = 2 };
 
 // exchange="flags": per-block step counters, st.release / ld.acquire at gpu scope; a block waits for the
 // counters of the blocks whose slices it reads.
+#ifndef RNN_HOST_EMULATION
 __device__ __forceinline__ int ld_acquire_gpu(const int* p) {
     int v;
     asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -34,12 +45,14 @@ __device__ __forceinline__ int ld_acquire_gpu(const int* p) {
 __device__ __forceinline__ void st_release_gpu(int* p, int v) {
     asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+#endif
 
 // exchange="sentinel": values double as their own "written" flags (the seed's Lamport timestamps, folded
 // into the data): the buffer starts filled with a NaN bit pattern that arithmetic never produces (0xFFFF
 // for fp16, 0xFFFFFFFF for fp32; the writer turns any NaN into the canonical one), so a reader that sees
 // another pattern sees the value; no flag, no fence. Each element is one single-copy-atomic store.
 
+#ifndef RNN_HOST_EMULATION
 // one 16-byte vector (16-byte aligned), relaxed at gpu scope: bypasses L1, re-read on every call
 __device__ __forceinline__ uint4 ld_relaxed_v4(const void* p) {
     uint4 v;
@@ -47,6 +60,21 @@ __device__ __forceinline__ uint4 ld_relaxed_v4(const void* p) {
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
     return v;
 }
+
+__device__ __forceinline__ void st_relaxed_u16(unsigned short* p, unsigned short v) {
+    asm volatile("st.relaxed.gpu.global.u16 [%0], %1;" ::"l"(p), "h"(v) : "memory");
+}
+
+__device__ __forceinline__ void st_relaxed_u32(unsigned* p, unsigned v) {
+    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#endif
 
 template <typename T> struct RnnX;
 
@@ -56,7 +84,7 @@ template <> struct RnnX<__half> {
     __device__ __forceinline__ static void store(__half* p, __half h) {
         unsigned short v = __half_as_ushort(h);
         if ((v & 0x7c00u) == 0x7c00u && (v & 0x03ffu)) v = 0x7fffu;  // any NaN -> canonical NaN
-        asm volatile("st.relaxed.gpu.global.u16 [%0], %1;" ::"l"(p), "h"(v) : "memory");
+        st_relaxed_u16(reinterpret_cast<unsigned short*>(p), v);
     }
     // the mask of written values in one 16-byte vector
     __device__ __forceinline__ static unsigned written(const uint4& out) {
@@ -77,19 +105,13 @@ template <> struct RnnX<float> {
     __device__ __forceinline__ static void store(float* p, float f) {
         unsigned v = __float_as_uint(f);
         if ((v & 0x7f800000u) == 0x7f800000u && (v & 0x007fffffu)) v = 0x7fffffffu;
-        asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+        st_relaxed_u32(reinterpret_cast<unsigned*>(p), v);
     }
     __device__ __forceinline__ static unsigned written(const uint4& out) {
         return (out.x != 0xffffffffu ? 1u : 0u) | (out.y != 0xffffffffu ? 2u : 0u) |
                (out.z != 0xffffffffu ? 4u : 0u) | (out.w != 0xffffffffu ? 8u : 0u);
     }
 };
-
-__device__ __forceinline__ unsigned long long global_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
 
 // Spin-wait guard: every 64 spins, give up when *status is set (another block gave up) or the wait has
 // lasted timeout_ns; giving up sets *status and the block's abort flag, so a wait can never hang.
@@ -229,8 +251,8 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
                long long timeout_ns) {
     constexpr int G = MODE == RNN_LSTM ? 4 : 1;
     constexpr int V = RnnPack<T>::V;
-    extern __shared__ __align__(16) unsigned char rnn_smem_raw[];
-    __shared__ int abort_s;
+    RNN_BLOCK_SMEM(rnn_smem_raw);
+    RNN_BLOCK_INT(abort_s);
     const int Bp = nchunks * BC;
     RnnSmem<T, BC> sm(rnn_smem_raw, smem_wvec, Hp, smem_rows, Bp);
 
@@ -392,8 +414,8 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
     typedef RnnX<T> X;
     constexpr int EPV = X::EPV;
     constexpr int NACC = BC <= 4 ? 2 : 1;  // independent accumulator sets (ILP) where registers allow
-    extern __shared__ __align__(16) unsigned char rnn_smem_raw[];
-    __shared__ int abort_s;
+    RNN_BLOCK_SMEM(rnn_smem_raw);
+    RNN_BLOCK_INT(abort_s);
     const int Bp = nchunks * BC;
     RnnSmem<T, BC> sm(rnn_smem_raw, smem_wvec, Hp, smem_rows, Bp);
 

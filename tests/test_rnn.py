@@ -216,8 +216,10 @@ def test_bank_order_deals_distinct_classes(rng, access, lanes):
     order = rnn._bank_order(row_of, k, access, np.zeros(k.size, dtype=np.int64))
     assert np.array_equal(np.sort(order), np.arange(k.size))
     phase = min(lanes, 32 if access <= 4 else 128 // access)
-    cls = k % (32 // (access // 4)) if access >= 4 else (k // 2) % 32
-    dealt = cls[order][: k.size // 2]                 # the first half: every class still has nonzeros
+    nclass = 32 // (access // 4) if access >= 4 else 32
+    cls = k % nclass if access >= 4 else (k // 2) % 32
+    full = np.bincount(cls, minlength=nclass).min() * nclass
+    dealt = cls[order][:full]                         # while every class still has nonzeros
     for start in range(0, dealt.size - phase, phase):
         group = dealt[start:start + phase]
         assert np.unique(group).size == group.size
@@ -494,3 +496,316 @@ def test_torch_module_gpu(rng, dtype):
     stream.synchronize()
     assert y.is_cuda and y.dtype == getattr(torch, dtype)
     assert_close(y.float().cpu().numpy(), reference(model, u, h0, None, dtype)[0], dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real kernels/rnn.cu on the CPU: every CUDA thread a pthread, all blocks at once (so blocks really
+# wait for each other), __syncthreads and shuffles as barriers, the PTX helpers as C++ atomics. Checks
+# the kernels' indexing, barriers and exchange protocols without a GPU (not the GPU memory model).
+
+_EMU_SHIM = r"""
+#pragma once
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <math.h>
+#include <memory>
+#include <thread>
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__
+#define __align__(n) __attribute__((aligned(n)))
+struct emu_dim3 { unsigned x = 0, y = 0, z = 0; };
+extern thread_local emu_dim3 threadIdx, blockIdx;
+struct int2 { int x, y; };
+struct uint2 { unsigned x, y; };
+struct __attribute__((aligned(16))) uint4 { unsigned x, y, z, w; };
+struct float2 { float x, y; };
+inline int2 make_int2(int x, int y) { return {x, y}; }
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+inline int max(int a, int b) { return a > b ? a : b; }
+unsigned char* emu_block_smem();
+int* emu_block_int();
+void __syncthreads();
+float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint4 ld_relaxed_v4(const void* p) {
+  std::this_thread::yield();
+  const unsigned* q = (const unsigned*)p;
+  return {__atomic_load_n(q, __ATOMIC_RELAXED), __atomic_load_n(q + 1, __ATOMIC_RELAXED),
+          __atomic_load_n(q + 2, __ATOMIC_RELAXED), __atomic_load_n(q + 3, __ATOMIC_RELAXED)};
+}
+inline uint4 __ldcg(const uint4* p) {
+  const unsigned* q = (const unsigned*)p;
+  return {__atomic_load_n(q, __ATOMIC_RELAXED), __atomic_load_n(q + 1, __ATOMIC_RELAXED),
+          __atomic_load_n(q + 2, __ATOMIC_RELAXED), __atomic_load_n(q + 3, __ATOMIC_RELAXED)};
+}
+inline int ld_acquire_gpu(const int* p) { std::this_thread::yield(); return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+inline void st_release_gpu(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+inline void st_relaxed_u16(unsigned short* p, unsigned short v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+inline void st_relaxed_u32(unsigned* p, unsigned v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+inline unsigned long long global_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+"""
+
+_EMU_FP16 = r"""
+#pragma once
+#include "rnn_host_emulation.h"
+struct __half { unsigned short x; };
+struct __half2 { __half a, b; };
+inline float __half2float(__half h) { _Float16 f; std::memcpy(&f, &h.x, 2); return (float)f; }
+inline __half __float2half_rn(float v) { _Float16 f = (_Float16)v; __half h; std::memcpy(&h.x, &f, 2); return h; }
+inline float2 __half22float2(__half2 h) { return {__half2float(h.a), __half2float(h.b)}; }
+inline __half __ushort_as_half(unsigned short v) { return {v}; }
+inline unsigned short __half_as_ushort(__half h) { return h.x; }
+"""
+
+_EMU_BF16 = r"""
+#pragma once
+#include "rnn_host_emulation.h"
+struct __nv_bfloat16 { unsigned short x; };
+inline float __bfloat162float(__nv_bfloat16 h) { unsigned u = (unsigned)h.x << 16; float f; std::memcpy(&f, &u, 4); return f; }
+inline __nv_bfloat16 __float2bfloat16_rn(float v) { unsigned u; std::memcpy(&u, &v, 4); return {(unsigned short)(u >> 16)}; }
+"""
+
+_EMU_DRIVER = r"""
+#include "rnn_host_emulation.h"
+#include "rnn.cu"
+#include <fstream>
+#include <functional>
+#include <map>
+#include <pthread.h>
+#include <string>
+#include <vector>
+
+thread_local emu_dim3 threadIdx, blockIdx;
+struct Block {
+  std::unique_ptr<std::barrier<>> bar;
+  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  std::vector<uint4> smem;
+  int shared_int = 0;
+  float scratch[RNN_THREADS / 32][32];
+};
+thread_local Block* emu_blk;
+unsigned char* emu_block_smem() { return reinterpret_cast<unsigned char*>(emu_blk->smem.data()); }
+int* emu_block_int() { return &emu_blk->shared_int; }
+void __syncthreads() { emu_blk->bar->arrive_and_wait(); }
+float __shfl_xor_sync(unsigned, float v, int o) {
+  const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
+  emu_blk->scratch[w][l] = v;
+  emu_blk->warps[w]->arrive_and_wait();
+  const float r = emu_blk->scratch[w][l ^ o];
+  emu_blk->warps[w]->arrive_and_wait();
+  return r;
+}
+
+static std::string dir;
+static std::map<std::string, long long> S;
+static std::map<std::string, std::vector<uint4>> A;  // 16-byte aligned storage
+template <typename P> P* arr(const char* name) {
+  auto it = A.find(name);
+  if (it == A.end()) {
+    std::ifstream f(dir + "/" + name + ".bin", std::ios::binary | std::ios::ate);
+    if (!f) return nullptr;
+    const size_t n = f.tellg();
+    std::vector<uint4> v(n / 16 + 1);
+    f.seekg(0);
+    f.read(reinterpret_cast<char*>(v.data()), n);
+    it = A.emplace(name, std::move(v)).first;
+    S[std::string(name) + "#bytes"] = n;
+  }
+  return reinterpret_cast<P*>(it->second.data());
+}
+static void save(const char* name) {
+  std::ofstream f(dir + "/" + name + ".out", std::ios::binary);
+  f.write(reinterpret_cast<const char*>(A[name].data()), S[std::string(name) + "#bytes"]);
+}
+
+struct Job { std::function<void()> fn; };
+static void* trampoline(void* p) { static_cast<Job*>(p)->fn(); return nullptr; }
+
+template <typename T, int MODE, int BC> void run() {
+  const int nblk = S["grid"];
+  std::vector<Block> blocks(nblk);
+  for (auto& b : blocks) {
+    b.bar = std::make_unique<std::barrier<>>(RNN_THREADS);
+    for (int w = 0; w < RNN_THREADS / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
+    b.smem.assign(S["smem"] / 16 + 1, uint4{0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu});
+  }
+  const uint4* wpack = arr<uint4>("wpack");
+  const int *wvec_off = arr<int>("wvec_off"), *row_off = arr<int>("row_off"), *unit_start = arr<int>("unit_start");
+  const int *dep_off = arr<int>("dep_off"), *dep_block = arr<int>("dep_block"), *load_off = arr<int>("load_off");
+  const int2 *row_info = arr<int2>("row_info"), *load_range = arr<int2>("load_range");
+  const T *u = arr<T>("u"), *c0 = arr<T>("c0");
+  T *y = arr<T>("y"), *c_out = arr<T>("c_out"), *xch = arr<T>("xch");
+  int *flags = arr<int>("flags"), *status = arr<int>("status");
+  const int H = S["H"], Hp = S["Hp"], B = S["B"], steps = S["steps"], nch = S["nchunks"], lanes = S["lanes"];
+  const int sw = S["smem_wvec"], sr = S["smem_rows"];
+  const long long timeout = S["timeout_ns"];
+  std::vector<Job> jobs(nblk * RNN_THREADS);
+  std::vector<pthread_t> th(jobs.size());
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  for (int b = 0; b < nblk; ++b)
+    for (int t = 0; t < RNN_THREADS; ++t) {
+      jobs[b * RNN_THREADS + t].fn = [&, b, t] {
+        blockIdx.x = b;
+        threadIdx.x = t;
+        emu_blk = &blocks[b];
+        if (S["sentinel"])
+          rnn_persistent_sentinel<T, MODE, BC>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
+                                               load_off, u, c0, y, c_out, xch, status, H, Hp, B, steps, nch,
+                                               lanes, sw, sr, timeout, 1);
+        else
+          rnn_persistent<T, MODE, BC>(wpack, wvec_off, row_info, row_off, unit_start, dep_off, dep_block,
+                                      load_range, load_off, u, c0, y, c_out, xch, flags, status, H, Hp, B,
+                                      steps, nch, lanes, sw, sr, timeout);
+      };
+      if (pthread_create(&th[b * RNN_THREADS + t], &attr, trampoline, &jobs[b * RNN_THREADS + t])) return;
+    }
+  for (auto& x : th) pthread_join(x, nullptr);
+  save("y");
+  save("status");
+  if (c_out) save("c_out");
+}
+
+int main(int argc, char** argv) {
+  dir = argv[1];
+  std::ifstream f(dir + "/scalars.txt");
+  std::string k;
+  long long v;
+  while (f >> k >> v) S[k] = v;
+  const long long key = S["dtype"] * 100 + S["mode"] * 10 + S["bc"];
+#define RNN_EMU_CASE(D, T, M, C) \
+  case D * 100 + M * 10 + C: run<T, M, C>(); return 0;
+  switch (key) {
+    RNN_EMU_CASE(0, __half, 1, 4)
+    RNN_EMU_CASE(1, float, 2, 8)
+    RNN_EMU_CASE(0, __half, 0, 2)
+    RNN_EMU_CASE(1, float, 1, 1)
+    RNN_EMU_CASE(0, __half, 2, 4)
+  }
+  return 3;
+}
+"""
+
+_EMU_CASES = {("float16", "tanh", 4), ("float32", "lstm", 8), ("float16", "relu", 2), ("float32", "tanh", 1),
+              ("float16", "lstm", 4)}
+
+
+def _emu_driver():
+    """Build (once per source hash) the host driver around kernels/rnn.cu; skip without g++ -std=c++20."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from cusparseblocks.compiler import kernel_source_dir
+
+    if shutil.which("g++") is None:
+        pytest.skip("host emulation needs g++")
+    kdir = kernel_source_dir()
+    text = "".join([_EMU_SHIM, _EMU_FP16, _EMU_BF16, _EMU_DRIVER, (kdir / "rnn.cu").read_text(),
+                    (kdir / "common.cuh").read_text()])
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    root = Path(os.environ.get("CUSPARSEBLOCKS_CACHE_DIR", Path.home() / ".cache" / "cusparseblocks"))
+    build = root / f"rnn_emulation_{digest}"
+    exe = build / "driver"
+    if not exe.exists():
+        build.mkdir(parents=True, exist_ok=True)
+        for name, src in (("rnn_host_emulation.h", _EMU_SHIM), ("cuda_fp16.h", _EMU_FP16),
+                          ("cuda_bf16.h", _EMU_BF16), ("driver.cpp", _EMU_DRIVER)):
+            (build / name).write_text(src)
+        res = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-DRNN_HOST_EMULATION",
+                              f"-I{build}", f"-I{kdir}", str(build / "driver.cpp"), "-o", str(exe) + ".tmp"],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.fail(f"host emulation driver failed to compile:\n{res.stderr[-4000:]}")
+        os.replace(str(exe) + ".tmp", exe)
+    return exe
+
+
+def emulate_kernel(model, plan, u, h0, c0, *, exchange, grid=None, timeout_s=30.0):
+    """Run rnn_persistent(_sentinel) from kernels/rnn.cu on the CPU; returns (y, c_T, status)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    exe = _emu_driver()
+    tab = plan.tables
+    T, B, _ = u.shape
+    H, Hp, bc, nch = model.hidden_size, plan.hidden_padded, plan.batch_chunk, plan.nchunks
+    dt = np.dtype(plan.dtype)
+    hp = np.zeros((nch * bc, Hp), dtype=dt)
+    hp[:B, :H] = h0
+    xch = np.zeros((T + 1, nch, Hp, bc), dtype=dt)
+    if exchange == "sentinel":
+        xch.view(np.uint16 if dt == np.float16 else np.uint32)[...] = np.iinfo(
+            np.uint16 if dt == np.float16 else np.uint32).max
+    xch[0] = hp.reshape(nch, bc, Hp).transpose(0, 2, 1)
+    smem = rnn._smem_bytes(plan.dtype, tab["smem_wvec"], Hp, bc, nch, tab["smem_rows"])
+    scalars = {"dtype": int(dt == np.float32), "mode": rnn._MODE_ID[model.mode], "bc": bc,
+               "sentinel": int(exchange == "sentinel"), "grid": plan.blocks if grid is None else grid,
+               "smem": smem, "H": H, "Hp": Hp, "B": B, "steps": T, "nchunks": nch, "lanes": plan.lanes,
+               "smem_wvec": tab["smem_wvec"], "smem_rows": tab["smem_rows"], "timeout_ns": int(timeout_s * 1e9)}
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "scalars.txt").write_text("".join(f"{k} {v}\n" for k, v in scalars.items()))
+        arrays = {k: tab[k] for k in ("wpack", "wvec_off", "row_info", "row_off", "unit_start", "dep_off",
+                                      "dep_block", "load_range", "load_off")}
+        arrays.update(u=u, xch=xch, y=np.full((T, B, H), np.nan, dt), flags=np.zeros(plan.blocks, np.int32),
+                      status=np.zeros(1, np.int32))
+        if c0 is not None:
+            arrays.update(c0=c0, c_out=np.full((B, H), np.nan, dt))
+        for k, v in arrays.items():
+            Path(d, f"{k}.bin").write_bytes(np.ascontiguousarray(v).tobytes())
+        res = subprocess.run([str(exe), d], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"emulation driver exit {res.returncode}: {res.stderr[-2000:]}"
+        y = np.frombuffer(Path(d, "y.out").read_bytes(), dtype=dt).reshape(T, B, H)
+        status = int(np.frombuffer(Path(d, "status.out").read_bytes(), dtype=np.int32)[0])
+        c = None
+        if c0 is not None:
+            c = np.frombuffer(Path(d, "c_out.out").read_bytes(), dtype=dt).reshape(B, H)
+    return y, c, status
+
+
+@pytest.mark.parametrize("exchange", ["flags", "sentinel"])
+@pytest.mark.parametrize("dtype,mode,B,kind", [("float16", "tanh", 3, "csr"), ("float32", "lstm", 9, "block"),
+                                                ("float16", "relu", 2, "csr"), ("float32", "tanh", 1, "block"),
+                                                ("float16", "lstm", 4, "block")])
+def test_kernel_on_cpu(rng, exchange, dtype, mode, B, kind):
+    """kernels/rnn.cu itself, emulated on the CPU with 3 concurrent blocks, against the float64 reference."""
+    model = make_model(rng, 40, mode, kind)
+    plan = model.plan(dtype, B, sm_count=3, smem_per_block=232448, tables=True)
+    assert (dtype, mode, plan.batch_chunk) in _EMU_CASES and plan.blocks == 3
+    u, h0, c0 = make_inputs(rng, model, 3, B, dtype)
+    y, c, status = emulate_kernel(model, plan, u, h0, c0, exchange=exchange)
+    assert status == 0
+    yr, cr = reference(model, u, h0, c0, dtype)
+    assert_close(y, yr, dtype, "y")
+    if mode == "lstm":
+        assert_close(c, cr, dtype, "c_T")
+
+
+@pytest.mark.parametrize("exchange", ["flags", "sentinel"])
+def test_kernel_on_cpu_watchdog(rng, exchange):
+    """Fewer blocks than planned: the missing block never writes h_t; the others give up, never hang."""
+    model = make_model(rng, 40, "tanh", "csr")
+    plan = model.plan("float16", 3, sm_count=3, smem_per_block=232448, tables=True)
+    u, h0, _ = make_inputs(rng, model, 3, 3, "float16")
+    start = time.perf_counter()
+    _, _, status = emulate_kernel(model, plan, u, h0, None, exchange=exchange, grid=2, timeout_s=0.3)
+    assert status == 1
+    assert time.perf_counter() - start < 60
