@@ -385,8 +385,9 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
     }
 }
 
-// rnn_persistent_sentinel<T, MODE, BC>: rnn_persistent with the sentinel exchange (EXPERIMENTAL: compiled
-// and checked on the CPU by emulation of its tables, not yet run on a GPU; opt in with exchange="sentinel").
+// rnn_persistent_sentinel<T, MODE, BC>: rnn_persistent with the sentinel exchange (EXPERIMENTAL: this source
+// passes tests/test_rnn.py's host emulation, all blocks concurrent, but has not run on a GPU yet; opt in
+// with exchange="sentinel").
 // One thread block owns the units [unit_start[b], unit_start[b+1]) (all G gate rows of each) and keeps
 // their packed rows of W in shared memory for all T steps. Grid = number of blocks the host planned, at
 // most the number that are co-resident (1 per SM), so spinning on another block's output cannot deadlock.
