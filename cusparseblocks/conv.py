@@ -824,6 +824,13 @@ def _geo_array(conv, geom: ref.ConvGeometry, n: int, C: int, K: int, in_spatial,
     return np.asarray(geo, dtype=np.int32)
 
 
+def _forward_geo(conv, geom: ref.ConvGeometry, n: int) -> np.ndarray:
+    """The geometry array of the forward convolution (x → y) for batch n."""
+    return _geo_array(
+        conv, geom, n, conv.C, conv.K, geom.input_spatial, geom.output_spatial, geom.stride, geom.pad_lo
+    )
+
+
 def _upload_geo(geo):
     import cupy
 
@@ -870,9 +877,7 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
     dt = dtype_name(x.dtype)
     y = out if out is not None else cupy.empty(shape, dtype=x.dtype)
     n = x.shape[0]
-    geo_host = _geo_array(
-        conv, geom, n, conv.C, conv.K, geom.input_spatial, geom.output_spatial, geom.stride, geom.pad_lo
-    )
+    geo_host = _forward_geo(conv, geom, n)
     if edge_bias is not None:
         eb_args = (edge_bias, _edge_tables(conv, geom)[0])
     else:
@@ -977,11 +982,7 @@ def _gpu_bprop(conv, geom, dy, w, out, shape):
         _tc_launch(dyv, wt, dx, (ptr, rout, rw), None, (_null(), _null()), geo_host, lay.mask.shape[0], b, dt)
         return dx
     conn = _conn_tables(conv)
-    geo = _upload_geo(
-        _geo_array(
-            conv, geom, n, conv.C, conv.K, geom.input_spatial, geom.output_spatial, geom.stride, geom.pad_lo
-        )
-    )
+    geo = _upload_geo(_forward_geo(conv, geom, n))
     threads = _LAUNCH["direct"]["threads"]
     total = int(np.prod(shape))
     spec = compiler.KernelSpec("conv.cu", f"conv_bprop_direct<{_CTYPE[dt]}>")
@@ -1023,19 +1024,7 @@ def _gpu_updat(conv, geom, x, dy, out, odt):
         splits, per = _updat_splits(m_total, lay.nnz * conv.taps)
         count = lay.nnz * conv.taps * b * b
         ws = cupy.empty((splits, count), dtype=np.float32)
-        geo = _upload_geo(
-            _geo_array(
-                conv,
-                geom,
-                x.shape[0],
-                conv.C,
-                conv.K,
-                geom.input_spatial,
-                geom.output_spatial,
-                geom.stride,
-                geom.pad_lo,
-            )
-        )
+        geo = _upload_geo(_forward_geo(conv, geom, x.shape[0]))
         smem = cfg["stages"] * 2 * cfg["bk"] * (b + 8) * 2
         spec = compiler.KernelSpec("conv.cu", f"conv_updat_tc<{_CTYPE[dt]}, {b}>")
         _launch(
@@ -1050,19 +1039,7 @@ def _gpu_updat(conv, geom, x, dy, out, odt):
         _launch(spec, (_grid_1d(count, threads),), (threads,), (ws, dw, np.int32(splits), np.int64(count)))
         return dw
     conn = _conn_tables(conv)
-    geo = _upload_geo(
-        _geo_array(
-            conv,
-            geom,
-            x.shape[0],
-            conv.C,
-            conv.K,
-            geom.input_spatial,
-            geom.output_spatial,
-            geom.stride,
-            geom.pad_lo,
-        )
-    )
+    geo = _upload_geo(_forward_geo(conv, geom, x.shape[0]))
     n_elems = int(conn["c"].size)
     threads = _LAUNCH["updat_direct"]["threads"]
     warps = n_elems * conv.taps
@@ -1082,19 +1059,7 @@ def _gpu_updat_edge_bias(conv, geom, dy, out, odt):
     dt = dtype_name(dy.dtype)
     _, ptr, pix, e = _edge_tables(conv, geom)
     deb = out if out is not None else cupy.empty((e, conv.K), dtype=odt)
-    geo = _upload_geo(
-        _geo_array(
-            conv,
-            geom,
-            dy.shape[0],
-            conv.C,
-            conv.K,
-            geom.input_spatial,
-            geom.output_spatial,
-            geom.stride,
-            geom.pad_lo,
-        )
-    )
+    geo = _upload_geo(_forward_geo(conv, geom, dy.shape[0]))
     threads = 256
     spec = compiler.KernelSpec("conv.cu", f"edge_bias_updat<{_CTYPE[dt]}, {_CTYPE[dtype_name(odt)]}>")
     _launch(spec, (-(-(e * conv.K) // threads),), (threads,), (dy, deb, ptr, pix, np.int32(e), geo))
