@@ -93,13 +93,13 @@ def main(argv=None):
             rot = [(i,) for i in range(rotate)]
             variants = {}
             for variant in ("tap", "halo"):  # both tensor-core fprop kernels; the op picks one by itself
-                conv_module.FPROP_VARIANT = variant
+                conv_module.force_variant = variant
                 y = op.fprop(xcs[0], w, out=outs[0])
                 err = float(cupy.linalg.norm(y.astype(cupy.float32) - ytn) / cupy.linalg.norm(ytn))
                 variants[variant] = dict(
                     time_ms(lambda i: op.fprop(xcs[i], w, out=outs[i]), rotate=rot), rel_err=err
                 )
-            conv_module.FPROP_VARIANT = None
+            conv_module.force_variant = None
             ours = time_ms(lambda i: op.fprop(xcs[i], w, out=outs[i]), rotate=rot)
             ref = time_ms(lambda i: baseline(xs[i], Wd, dense_w_fn), rotate=rot)
             dxs = [cupy.empty((N, H, W, C), dtype=cupy.float16) for _ in range(rotate)]

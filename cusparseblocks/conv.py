@@ -914,8 +914,8 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
 # indices into the geometry array (enum G_* in kernels/conv.cu)
 _G = {k: i for i, k in enumerate("N C K D H W OD OH OW FT FR FS SD SH SW PD PH PW DD DH DW CL".split())}
 
-#: "tap", "halo" or None (automatic): which tensor-core fprop kernel runs; the benchmark times both
-FPROP_VARIANT: str | None = None
+# "tap", "halo" or None (automatic): which tensor-core fprop kernel runs; the benchmark times both
+force_variant: str | None = None  # as _matmul_gpu.force_variant
 
 
 def _fprop_variant(geo_host, b: int):
@@ -923,9 +923,9 @@ def _fprop_variant(geo_host, b: int):
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     cfg = _LAUNCH["halo"]
     if (
-        FPROP_VARIANT == "tap"
+        force_variant == "tap"
         or b not in cfg["block_sizes"]
-        or (g["FR"] * g["FS"] == 1 and FPROP_VARIANT is None)
+        or (g["FR"] * g["FS"] == 1 and force_variant is None)
     ):
         return "tap", None
     tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])

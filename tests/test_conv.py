@@ -741,7 +741,7 @@ def test_gpu_path_emulated(rng, emulated, monkeypatch, case):
     kind, dtype, fmt, gi, eb, n, ops, variant, expect = case
     import cusparseblocks.conv as conv_module
 
-    monkeypatch.setattr(conv_module, "FPROP_VARIANT", variant)
+    monkeypatch.setattr(conv_module, "force_variant", variant)
     dims, fshape, stride, padding, dilation, spatial = GEOMETRIES[gi]
     lay = _layouts(rng)[kind]
     if kind == "uniform16":
