@@ -11,23 +11,27 @@ import itertools
 
 import numpy as np
 
-from . import compiler
+from . import _matmul_tf32, compiler
 from ._array import dtype_name
 from .compiler import KernelSpec
 
 SOURCE = "bsmm.cu"
 _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 
-# Tile tables. xw_tc: block_size -> {variant: (BM, WARPS_M, WARPS_N, STAGES)}; "small" serves N ≤ 64,
+# Tile tables. xw_tc: block_size -> {variant: (BM, WARPS_M, WARPS_N, STAGES, EPS)}, EPS = nonzero blocks
+# per pipeline stage (one barrier per EPS·b of k); "small" serves N ≤ 64,
 # "large" N ≥ LARGE_N (an x tile of BM rows is read once per nonzero block, so a taller tile reads w
 # fewer times), "medium" the rest.
 XW_TC_TILES = {
-    64: {"large": (128, 4, 2, 4), "medium": (128, 2, 2, 3), "small": (32, 1, 4, 4)},
-    32: {"large": (256, 8, 1, 4), "medium": (128, 4, 1, 4), "small": (32, 1, 4, 6)},
-    16: {"large": (256, 8, 1, 6), "medium": (128, 4, 1, 6), "small": (32, 1, 2, 8)},
-    8: {"large": (256, 8, 1, 8), "medium": (128, 4, 1, 8), "small": (32, 1, 1, 8)},
+    64: {"large": (128, 4, 2, 4, 1), "medium": (128, 2, 2, 3, 1), "small": (32, 1, 4, 4, 1),
+         "large_multi": (128, 4, 2, 3, 2), "medium_multi": (128, 2, 2, 3, 2)},
+    32: {"large": (256, 8, 1, 4, 1), "medium": (128, 4, 1, 4, 1), "small": (32, 1, 4, 6, 1),
+         "large_multi": (256, 8, 1, 3, 2), "medium_multi": (128, 4, 1, 3, 4)},
+    16: {"large": (256, 8, 1, 6, 1), "medium": (128, 4, 1, 6, 1), "small": (32, 1, 2, 8, 1),
+         "large_multi": (256, 8, 1, 4, 4), "medium_multi": (128, 4, 1, 4, 4)},
+    8: {"large": (256, 8, 1, 8, 1), "medium": (128, 4, 1, 8, 1), "small": (32, 1, 1, 8, 1),
+        "large_multi": (256, 8, 1, 4, 8), "medium_multi": (128, 4, 1, 4, 8)},
 }
-VARIANTS = ("large", "medium", "small")
 # xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
 XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4)}
 # updat_tc: block_size -> (G blocks of one row per CTA, WARPS, NC batch rows per chunk, STAGES);
@@ -40,9 +44,9 @@ force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles
 
 
 def xw_tc_spec(dtype, out_dtype, bs, variant, axis, trans, aligned):
-    bm, wm, wn, st = XW_TC_TILES[bs][variant]
+    bm, wm, wn, st, eps = XW_TC_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec(SOURCE, f"xw_tc<{t}, {to}, {bs}, {bm}, {wm}, {wn}, {st}, {axis}, {trans}, {aligned}>")
+    return KernelSpec(SOURCE, f"xw_tc<{t}, {to}, {bs}, {bm}, {wm}, {wn}, {st}, {eps}, {axis}, {trans}, {aligned}>")
 
 
 def xw_simt_spec(dtype, out_dtype, bs, axis, trans):
@@ -67,10 +71,10 @@ def updat_reduce_spec(out_dtype):
 
 
 def xw_tc_smem(bs, variant, axis):
-    bm, _, _, st = XW_TC_TILES[bs][variant]
+    bm, _, _, st, eps = XW_TC_TILES[bs][variant]
     rows, cols = (bm, bs) if axis == 1 else (bs, bm)
     stride = lambda n: n + 8 if (n // 8) % 2 == 0 else n  # noqa: E731 - mirrors tc_stride()
-    stage = (rows * stride(cols) + bs * stride(bs)) * 2
+    stage = eps * (rows * stride(cols) + bs * stride(bs)) * 2
     return max(st * stage, bm * (bs + 4) * 4)
 
 
@@ -88,9 +92,8 @@ def _out_types(dtype):
 def specializations():
     """Every kernel specialization the dispatch below can launch."""
     for dtype in ("float16", "bfloat16"):
-        for to, bs, variant, axis, trans in itertools.product(_out_types(dtype), XW_TC_TILES, VARIANTS,
-                                                               (0, 1), (0, 1)):
-            for aligned in ((1,) if axis == 1 else (0, 1)):
+        for to, bs, axis, trans in itertools.product(_out_types(dtype), XW_TC_TILES, (0, 1), (0, 1)):
+            for variant, aligned in itertools.product(XW_TC_TILES[bs], (1,) if axis == 1 else (0, 1)):
                 yield xw_tc_spec(dtype, to, bs, variant, axis, trans, aligned)
         for to, bs, axis in itertools.product(_out_types(dtype), UPDAT_TC_TILES, (0, 1)):
             for aligned in ((1,) if axis == 1 else (0, 1)):
@@ -167,16 +170,18 @@ def _check_device(dev, **arrays):
 
 
 def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
-    """(function, grid, block, smem) for fprop/bprop; cached per shape and alignment."""
+    """(function, grid, block, smem, table key) for fprop/bprop; cached per shape and alignment."""
+    if dtype == "float32" and op_obj.allow_tf32:  # TF32 tensor cores (plans cached by _matmul_tf32)
+        return (*_matmul_tf32.xw_plan(op_obj, op, n, aligned_x, aligned_w, dev), op)
     key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, dev, force_variant)
     plan = op_obj._gpu_tables.get(key)
     if plan is None:
         b, axis = op_obj.block_size, op_obj.feature_axis
         f_out = op_obj.M if op == "fprop" else op_obj.K
         trans = 0 if op == "fprop" else 1
+        variant = force_variant or ("small" if n <= SMALL_N else "large" if n >= LARGE_N else "medium")
         if dtype != "float32" and aligned_w and (axis == 0 or aligned_x):
-            variant = force_variant or ("small" if n <= SMALL_N else "large" if n >= LARGE_N else "medium")
-            bm, wm, wn, _ = XW_TC_TILES[b][variant]
+            bm, wm, wn, _, _ = XW_TC_TILES[b][variant]
             aligned = 1 if axis == 1 else int(aligned_x and n % 8 == 0)
             spec = xw_tc_spec(dtype, odt, b, variant, axis, trans, aligned)
             smem, threads = xw_tc_smem(b, variant, axis), wm * wn * 32
@@ -187,7 +192,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
         n_tiles = -(-n // bm)
         if n_tiles > 65535:
             raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} for block_size {b}")
-        plan = (compiler.get_function(spec, smem), (f_out // b, n_tiles), (threads,), smem)
+        plan = (compiler.get_function(spec, smem), (f_out // b, n_tiles), (threads,), smem, op)
         op_obj._gpu_tables[key] = plan
     return plan
 
@@ -202,9 +207,10 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     n = x.shape[1 - axis]
     f_in, f_out = (op_obj.K, op_obj.M) if op == "fprop" else (op_obj.M, op_obj.K)
     dtype, odt = dtype_name(x.dtype), dtype_name(out_dtype)
-    fn, grid, block, smem = _xw_plan(op_obj, op, dtype, odt, n, x.data.ptr % 16 == 0, w.data.ptr % 16 == 0, dev)
+    fn, grid, block, smem, tables = _xw_plan(op_obj, op, dtype, odt, n, x.data.ptr % 16 == 0,
+                                             w.data.ptr % 16 == 0, dev)
     y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
-    offsets, entries = _tables(op_obj, op, dev)
+    offsets, entries = _tables(op_obj, tables, dev)
     fn(grid, block, (x, w, y, offsets, entries, np.int64(n), np.int64(f_in), np.int64(f_out),
                      np.int32(bool(accumulate))),
        shared_mem=smem, stream=cupy.cuda.get_current_stream())
@@ -225,7 +231,15 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     dw = out if out is not None else cupy.empty(op_obj.w_shape, dtype=out_dtype)
     rows, cols = _tables(op_obj, "updat", dev)
     stream = cupy.cuda.get_current_stream()
-    if dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or _aligned(*xs, *dys)):
+    tf32 = None
+    if dtype == "float32" and op_obj.allow_tf32:  # None for block_size 8: updat_simt below
+        tf32 = _matmul_tf32.updat_launch_config(
+            op_obj, axis, _aligned(*xs, *dys) and (axis == 1 or bool(np.all(ns % 4 == 0))))
+    if tf32 is not None:
+        spec, smem, threads, g, nc = tf32
+        groups = _tables(op_obj, ("groups", g), dev)
+        grid, extra = groups.shape[0], (groups,)
+    elif dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or _aligned(*xs, *dys)):
         g, warps, nc, _ = UPDAT_TC_TILES[b]
         aligned = 1 if axis == 1 else int(_aligned(*xs, *dys) and bool(np.all(ns % 8 == 0)))
         spec = updat_tc_spec(dtype, odt, b, axis, aligned)

@@ -96,10 +96,10 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True):
             outs = [cp.empty((n, k), dtype=np_dt) for _ in args]
             t_graph = time_ms(lambda a, b2, o: fn(a, b2, out=o), rotate=[(*a, o) for a, o in zip(args, outs)],
                               graph=True)["median"]
-        if compare_tiles and op == "fprop" and n >= 2048 and dtype == "float16":
+        if compare_tiles and op != "updat" and n >= 2048 and dtype == "float16":
             from . import _matmul_gpu
 
-            for variant in ("medium",):
+            for variant in ("medium", "large", "medium_multi", "large_multi"):
                 _matmul_gpu.force_variant = variant
                 try:
                     tv = time_ms(fn, rotate=args)["median"]

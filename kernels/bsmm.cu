@@ -112,9 +112,9 @@ __device__ __forceinline__ void store_tile(const float* tile, TO* __restrict__ y
 // cp.async pipeline (stage = one x tile [BM × BS] and one w block [BS × BS]). Warps form a
 // WARPS_M × WARPS_N grid over the tile. ALIGNED = 0 replaces the 16-byte async copies of x by
 // element loads (x misaligned, or AXIS = 0 with N not a multiple of 8).
-template <typename T, typename TO, int BS, int BM, int WARPS_M, int WARPS_N, int STAGES, int AXIS, int TRANS_W,
-          int ALIGNED>
-__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
+template <typename T, typename TO, int BS, int BM, int WARPS_M, int WARPS_N, int STAGES, int EPS, int AXIS,
+          int TRANS_W, int ALIGNED>
+__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, 1)
 xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
       const int2* __restrict__ entries, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
@@ -125,7 +125,7 @@ xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, cons
     // A tile: AXIS 1 -> [BM][BS] (m rows), AXIS 0 -> [BS][BM] (k rows)
     constexpr int A_ROWS = AXIS == 1 ? BM : BS, A_COLS = AXIS == 1 ? BS : BM;
     constexpr int SA = tc_stride(A_COLS), SB = tc_stride(BS);
-    constexpr int A_ELEMS = A_ROWS * SA, B_ELEMS = BS * SB, STAGE = A_ELEMS + B_ELEMS;
+    constexpr int A_ELEMS = A_ROWS * SA, B_ELEMS = BS * SB, PAIR = A_ELEMS + B_ELEMS, STAGE = EPS * PAIR;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* smem = reinterpret_cast<T*>(smem_raw);
@@ -144,9 +144,8 @@ xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, cons
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
 
-    auto load_stage = [&](int e, int slot) {
+    auto load_pair = [&](int e, T* As) {
         int2 ent = entries[begin + e];
-        T* As = smem + slot * STAGE;
         T* Bs = As + A_ELEMS;
         const i64 col = (i64)ent.x * BS;
         // x tile
@@ -191,20 +190,30 @@ xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, cons
         }
     };
 
+    // a stage holds EPS consecutive (x tile, w block) pairs, so each barrier covers EPS·BS of k
+    auto load_stage = [&](int st, int slot) {
+#pragma unroll
+        for (int u = 0; u < EPS; u++)
+            if (st * EPS + u < count) load_pair(st * EPS + u, smem + slot * STAGE + u * PAIR);
+    };
+    const int steps = (count + EPS - 1) / EPS;
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < count) load_stage(s, s);
+        if (s < steps) load_stage(s, s);
         cp_async_commit();
     }
 
-    for (int e = 0; e < count; e++) {
+    for (int st = 0; st < steps; st++) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
-        int next = e + STAGES - 1;
-        if (next < count) load_stage(next, next % STAGES);
+        int next = st + STAGES - 1;
+        if (next < steps) load_stage(next, next % STAGES);
         cp_async_commit();
 
-        const T* As = smem + (e % STAGES) * STAGE;
+#pragma unroll
+      for (int u = 0; u < EPS; u++) {
+        if (st * EPS + u >= count) break;
+        const T* As = smem + (st % STAGES) * STAGE + u * PAIR;
         const T* Bs = As + A_ELEMS;
 #pragma unroll
         for (int kk = 0; kk < BS; kk += KS) {
@@ -265,6 +274,7 @@ xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, cons
                     for (int j = 0; j < NI; j++) Mma<T>::k8(acc[i][j], a[i], bfr[j]);
             }
         }
+      }
     }
     cp_async_wait<0>();
     __syncthreads();

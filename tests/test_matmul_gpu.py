@@ -203,3 +203,34 @@ def test_index_past_2_31_elements(rng):
     w = random_array(rng, op.w_shape, "float16", scale=0.2)
     y = op.fprop(x, cp.asarray(w))
     assert_close(y[-300:], _ref64(op, "fprop", tail, w=w), "float16", "rows past 2^31 elements")
+
+
+@pytest.mark.parametrize("variant", ["large", "medium", "small", "large_multi", "medium_multi"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("block_size", BLOCKS)
+@pytest.mark.parametrize("feature_axis", [1, 0])
+def test_every_tile_variant(rng, variant, dtype, block_size, feature_axis):
+    """Each tensor-core tile (forced) on a ragged N and a layout with empty rows and columns."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    op = BlockSparseMatMul(_layout(rng, 7, 5, 0.5), block_size, feature_axis)
+    n = int(rng.integers(100, 300))
+    x = random_array(rng, _io(op, n, op.K), dtype)
+    dy = random_array(rng, _io(op, n, op.M), dtype)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    _matmul_gpu.force_variant = variant
+    try:
+        y = poison(cp, _io(op, n, op.M), dtype)
+        op.fprop(cp.asarray(x), cp.asarray(w), out=y)
+        dx = poison(cp, _io(op, n, op.K), dtype)
+        op.bprop(cp.asarray(dy), cp.asarray(w), out=dx)
+        y_acc = cp.asarray(random_array(rng, _io(op, n, op.M), "float32"))
+        y0 = y_acc.get()
+        op.fprop(cp.asarray(x), cp.asarray(w), out=y_acc, accumulate=True)
+    finally:
+        _matmul_gpu.force_variant = None
+    assert_close(y, _ref64(op, "fprop", x, w=w), dtype, f"fprop [{variant}]")
+    assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
+    assert_close(y_acc, y0 + _ref64(op, "fprop", x, w=w), dtype, f"fprop accumulate [{variant}]")
