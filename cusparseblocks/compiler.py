@@ -332,13 +332,15 @@ def register_family(name: str, specializations: Callable[[], Iterable[KernelSpec
 
 
 def all_specializations() -> dict[str, list[KernelSpec]]:
-    """Every registered family's specializations (imports the op modules so they register)."""
-    import importlib
+    """Every registered family's specializations.
 
-    for module in ("matmul", "_matmul_gpu", "ops", "conv", "rnn"):
-        try:
-            importlib.import_module(f"cusparseblocks.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cusparseblocks.{module}":
-                raise
+    Imports every module of the package (not the CLI, not subpackages such as adapters) so that each
+    kernel family registers, wherever its ``register_family`` call lives.
+    """
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules([str(_ROOT)]):
+        if not info.ispkg and info.name not in ("cli", "__main__"):
+            importlib.import_module(f"cusparseblocks.{info.name}")
     return {name: list(dict.fromkeys(fn())) for name, fn in sorted(_families.items())}

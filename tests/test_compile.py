@@ -29,6 +29,10 @@ from cusparseblocks import compiler  # noqa: E402
 ARCHS = ("sm_80", "sm_90")
 MAX_BISECT = 8  # on a family failure, compile specs one by one to name up to this many culprits
 
+# Spills accepted on purpose: {(arch, str(spec)): "why it is not hot / why it cannot be avoided"}.
+# Empty by default; an entry that no longer spills fails the test, so the list cannot go stale.
+KNOWN_SPILLS: dict[tuple[str, str], str] = {}
+
 
 def _families() -> dict[str, list]:
     return compiler.all_specializations()
@@ -118,16 +122,19 @@ def test_family_compiles_without_spills(compiled, family, arch, record_property)
     specs = FAMILIES[family]
     assert len(kernels) == len(set(specs)), f"{family} {arch}: compiled {len(kernels)} of {len(set(specs))}"
     unknown = [name for name, k in kernels.items() if k["registers"] is None]
-    spilled = {
+    spilling = {
         name: (k["spill_stores"], k["spill_loads"])
         for name, k in kernels.items()
         if (k["spill_stores"] or 0) + (k["spill_loads"] or 0) > 0
     }
+    spilled = {name: v for name, v in spilling.items() if (arch, name) not in KNOWN_SPILLS}
+    stale = [name for (a, name) in KNOWN_SPILLS if a == arch and name in kernels and name not in spilling]
     registers = {name: k["registers"] for name, k in kernels.items()}
     record_property("max_registers", max((r for r in registers.values() if r is not None), default=None))
     record_property("kernels", {name: (k["registers"], k["stack_frame"]) for name, k in kernels.items()})
     print(f"{family} {arch}: {len(kernels)} specializations, max {max(registers.values(), default=0)} registers")
     assert not unknown, f"{family} {arch}: ptxas -v reported no resource usage for {unknown[:5]}"
+    assert not stale, f"{family} {arch}: KNOWN_SPILLS lists kernels that no longer spill: {stale}"
     assert not spilled, f"{family} {arch}: local-memory spills (stores, loads bytes) in " + "; ".join(
         f"{name}: {st}/{ld}" for name, (st, ld) in sorted(spilled.items())
     )
