@@ -14,8 +14,10 @@ convolution); CuPy arrays run ``kernels/conv.cu``:
 - uniform layouts with block size 16, 32 or 64, fp16/bf16, NHWC: an implicit GEMM on tensor cores
   (``mma.sync`` m16n8k16, fp32 accumulation) over the nonzero blocks of each output block column; bprop
   with stride 1 runs the same kernel on the transposed layout;
-- everything else (non-uniform blocks, block sizes below 16, fp32, NCHW, bprop with stride > 1, the
-  weight update): direct kernels with per-channel connection lists, FFMA in fp32.
+- fp32 with uniform blocks of 8 to 64, NHWC: the same implicit GEMM with tiled FFMA (fprop, and bprop
+  with stride 1);
+- everything else (non-uniform blocks, other block sizes, NCHW, bprop with stride > 1, the fp32 weight
+  update): direct kernels with per-channel connection lists, FFMA in fp32.
 
 NHWC (channels last) is the fast activation layout. NCHW runs natively in the direct kernels (no
 silent conversion); convert explicitly (``x.transpose(0, 2, 3, 1)`` + copy) to get the fast path.
@@ -35,18 +37,21 @@ from .blocklayout import BlockLayout
 from .reference import conv as ref
 from .reference.matmul import compute_dtype
 
-__all__ = ["ChannelBlockLayout", "BlockSparseConv", "self_check", "TC_BLOCK_SIZES"]
+__all__ = ["ChannelBlockLayout", "BlockSparseConv", "self_check", "TC_BLOCK_SIZES", "FFMA_BLOCK_SIZES"]
 
 _GPU_DTYPES = ("float16", "bfloat16", "float32")
 _CPU_DTYPES = _GPU_DTYPES + ("float64",)
 _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 TC_BLOCK_SIZES = (16, 32, 64)
+FFMA_BLOCK_SIZES = (8, 16, 32, 64)
 
 # Launch parameters, one table for the family (a benchmark may call _launch_config with each entry).
 _LAUNCH = {
     "direct": {"threads": 256, "max_blocks": 65536},
     "updat_direct": {"threads": 256},  # 8 warps, one (weight element, tap) per warp
     "tc": {"bm": 128, "threads": 128, "stages": 3},
+    # fp32 fprop: 64 rows × B columns per CTA, FFMA from the same 3-stage ring
+    "ffma": {"bm": 64, "threads": 128, "stages": 3},
     # fprop with the input halo of a 2-D output tile loaded once per (input block, filter depth)
     "halo": {"block_sizes": (16, 32), "tile_widths": (32, 16, 8), "stages": 2, "max_smem": 160 * 1024},
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
@@ -726,18 +731,25 @@ class BlockSparseConv:
         return xp.asarray(flat.reshape(self.w_shape).astype(dtype))
 
     # ---------------------------------------------------------------------------------------------
+    def gpu_kernel(self, dtype, op: str = "fprop") -> str:
+        """Which kind of GPU kernel runs ``op`` ("fprop", "bprop" or "updat") for ``dtype``:
+        "tensor_cores" (uniform blocks of 16/32/64, fp16/bf16, channels last), "ffma_tiled" (fp32
+        fprop/bprop, uniform blocks of 8 to 64, channels last) or "direct" (everything else; bprop with
+        stride > 1 always)."""
+        if op not in ("fprop", "bprop", "updat"):
+            raise ValueError(f"op: expected 'fprop', 'bprop' or 'updat', got {op!r}")
+        b, name = self.layout.uniform, dtype_name(dtype)
+        if not self.channels_last or (op == "bprop" and any(s != 1 for s in self.stride)):
+            return "direct"
+        if b in TC_BLOCK_SIZES and name in ("float16", "bfloat16"):
+            return "tensor_cores"
+        if b in FFMA_BLOCK_SIZES and name == "float32" and op != "updat":
+            return "ffma_tiled"
+        return "direct"
+
     def uses_tensor_cores(self, dtype, op: str = "fprop") -> bool:
         """Whether the GPU ``op`` ("fprop", "bprop" or "updat") runs a tensor-core kernel for ``dtype``."""
-        ok = (
-            self.layout.uniform in TC_BLOCK_SIZES
-            and self.channels_last
-            and dtype_name(dtype) in ("float16", "bfloat16")
-        )
-        if op == "bprop":
-            ok = ok and all(s == 1 for s in self.stride)
-        elif op not in ("fprop", "updat"):
-            raise ValueError(f"op: expected 'fprop', 'bprop' or 'updat', got {op!r}")
-        return ok
+        return self.gpu_kernel(dtype, op) == "tensor_cores"
 
 
 def _out_dtype(dtype, out_dtype):
@@ -786,6 +798,8 @@ def _specs() -> Iterable[compiler.KernelSpec]:
                 yield S("conv.cu", f"conv_fprop_halo<{t}, {b}, {tw}>")
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
+    for b in FFMA_BLOCK_SIZES:
+        yield S("conv.cu", f"conv_fprop_ffma<{b}>")
 
 
 compiler.register_family("conv", _specs)
@@ -882,7 +896,7 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
         eb_args = (edge_bias, _edge_tables(conv, geom)[0])
     else:
         eb_args = (_null(), _null())
-    if conv.uses_tensor_cores(x.dtype, "fprop"):
+    if conv.gpu_kernel(x.dtype, "fprop") != "direct":
         lay = conv.layout
 
         def build(cp):
@@ -942,8 +956,15 @@ def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt):
     """conv_fprop_halo or conv_fprop_tc over the column tables (used by fprop and stride-1 bprop)."""
     cfg = _LAUNCH["tc"]
     g = {k: int(geo_host[i]) for k, i in _G.items()}
-    variant, halo = _fprop_variant(geo_host, b)
     args = (x, w, y, *tables, perm if perm is not None else _null(), *eb_args, _upload_geo(geo_host))
+    if dt == "float32":
+        ff = _LAUNCH["ffma"]
+        m_total = g["N"] * g["OD"] * g["OH"] * g["OW"]
+        smem = ff["stages"] * (ff["bm"] + b) * (b + 4) * 4
+        spec = compiler.KernelSpec("conv.cu", f"conv_fprop_ffma<{b}>")
+        _launch(spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), args, smem)
+        return
+    variant, halo = _fprop_variant(geo_host, b)
     if variant == "halo":
         tw, th, smem = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
@@ -961,7 +982,7 @@ def _gpu_bprop(conv, geom, dy, w, out, shape):
     dt = dtype_name(dy.dtype)
     dx = out if out is not None else cupy.empty(shape, dtype=dy.dtype)
     n = dy.shape[0]
-    if conv.uses_tensor_cores(dy.dtype, "bprop"):
+    if conv.gpu_kernel(dy.dtype, "bprop") != "direct":
         lay = conv.layout
         b = lay.uniform
 

@@ -667,3 +667,137 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       }
     }
 }
+
+#define FF_BM 64
+
+// conv_fprop_ffma: fp32 version of conv_fprop_tc with FFMA. One thread block computes 64 output
+// positions × B output channels of virtual output block j = blockIdx.y (blockIdx.x walks the 64-row
+// tiles), reducing over the (input block, tap) pairs of column j with the 3-stage cp.async ring.
+// 128 threads = 16 row groups × 8 column groups: thread (g, q) owns rows 4g..4g+3 and columns
+// q, q+8, ... (B/8 of them), so a warp reads 8 consecutive weight columns (no bank conflict) and 4
+// broadcast input rows. NHWC only; C and K multiples of B.
+template <int B>
+__global__ void __launch_bounds__(TC_THREADS)
+conv_fprop_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
+                const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
+                const int* __restrict__ out_perm, const float* __restrict__ edge_bias,
+                const int* __restrict__ emap, const int* __restrict__ geo) {
+  constexpr int BM = FF_BM, LDA = B + 4, VPR = B / 4, CPT = B / 8;
+  constexpr int ROWS_PER_PASS = TC_THREADS / VPR;
+  constexpr int A_ITERS = (BM + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
+  constexpr int W_VECS = B * VPR;
+  constexpr int W_ITERS = (W_VECS + TC_THREADS - 1) / TC_THREADS;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* sA = reinterpret_cast<float*>(smem_raw);
+  float* sW = sA + TC_STAGES * BM * LDA;
+
+  const int N = geo[G_N], C = geo[G_C], K = geo[G_K];
+  const int D = geo[G_D], H = geo[G_H], W = geo[G_W];
+  const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
+  const int FR = geo[G_FR], FS = geo[G_FS];
+  const int taps = geo[G_FT] * FR * FS;
+  const i64 OS = (i64)OD * OH * OW;
+  const i64 M = (i64)N * OS;
+  const int j = blockIdx.y;
+  const i64 m0 = (i64)blockIdx.x * BM;
+  const int e0 = col_ptr[j];
+  const int niter = (col_ptr[j + 1] - e0) * taps;
+  const int tid = threadIdx.x, vec = tid % VPR;
+  const int rg = tid / 8, cg = tid % 8;
+
+  int s_n[A_ITERS], s_d[A_ITERS], s_h[A_ITERS], s_w[A_ITERS];
+#pragma unroll
+  for (int q = 0; q < A_ITERS; ++q) {
+    const int row = tid / VPR + q * ROWS_PER_PASS;
+    const i64 m = m0 + row;
+    s_n[q] = -1; s_d[q] = 0; s_h[q] = 0; s_w[q] = 0;
+    if (row < BM && m < M) {
+      const i64 n = m / OS, p = m - n * OS;
+      const int ow = (int)(p % OW), oh = (int)((p / OW) % OH), od = (int)(p / ((i64)OW * OH));
+      s_n[q] = (int)n;
+      s_d[q] = od * geo[G_SD] - geo[G_PD];
+      s_h[q] = oh * geo[G_SH] - geo[G_PH];
+      s_w[q] = ow * geo[G_SW] - geo[G_PW];
+    }
+  }
+
+  auto load_stage = [&](int it, int buf) {
+    const int eo = it / taps, tap = it - eo * taps;
+    const int ft = tap / (FR * FS), fr = (tap / FS) % FR, fs = tap % FS;
+    const int cblk = col_in[e0 + eo];
+    const i64 wblk = col_w[e0 + eo];
+    float* dstA = sA + buf * BM * LDA;
+#pragma unroll
+    for (int q = 0; q < A_ITERS; ++q) {
+      const int row = tid / VPR + q * ROWS_PER_PASS;
+      if (row < BM) {
+        const int id = s_d[q] + ft * geo[G_DD], ih = s_h[q] + fr * geo[G_DH], iw = s_w[q] + fs * geo[G_DW];
+        const bool ok = s_n[q] >= 0 && (unsigned)id < (unsigned)D && (unsigned)ih < (unsigned)H &&
+                        (unsigned)iw < (unsigned)W;
+        const float* src = ok ? x + ((((i64)s_n[q] * D + id) * H + ih) * W + iw) * C + cblk * B + vec * 4 : x;
+        cp_async16(smem_u32(dstA + row * LDA + vec * 4), src, ok ? 16 : 0);
+      }
+    }
+    const float* wsrc = w + (wblk * taps + tap) * (B * B);
+    float* dstW = sW + buf * B * LDA;
+#pragma unroll
+    for (int q = 0; q < W_ITERS; ++q) {
+      const int v = tid + q * TC_THREADS;
+      if (v < W_VECS) {
+        const int kr = v / VPR, cv = v % VPR;
+        cp_async16(smem_u32(dstW + kr * LDA + cv * 4), wsrc + kr * B + cv * 4, 16);
+      }
+    }
+  };
+
+  float acc[4][CPT];
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) acc[r][c] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < TC_STAGES - 1; ++s) {
+    if (s < niter) load_stage(s, s);
+    cp_async_commit();
+  }
+  for (int it = 0; it < niter; ++it) {
+    cp_async_wait<TC_STAGES - 2>();
+    __syncthreads();
+    const int nx = it + TC_STAGES - 1;
+    if (nx < niter) load_stage(nx, nx % TC_STAGES);
+    cp_async_commit();
+    const int buf = it % TC_STAGES;
+    const float* bA = sA + buf * BM * LDA + rg * 4 * LDA;
+    const float* bW = sW + buf * B * LDA + cg;
+#pragma unroll 8
+    for (int c = 0; c < B; ++c) {
+      float a[4], b[CPT];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) a[r] = bA[r * LDA + c];
+#pragma unroll
+      for (int q = 0; q < CPT; ++q) b[q] = bW[c * LDA + q * 8];
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int q = 0; q < CPT; ++q) acc[r][q] = fmaf(a[r], b[q], acc[r][q]);
+    }
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const i64 m = m0 + rg * 4 + r;
+    if (m >= M) continue;
+    const int eb = emap != nullptr ? emap[m % OS] : -1;
+    float* yrow = y + m * K;
+#pragma unroll
+    for (int q = 0; q < CPT; ++q) {
+      const int kv = j * B + cg + 8 * q;
+      const int k = out_perm != nullptr ? out_perm[kv] : kv;
+      float v = acc[r][q];
+      if (eb >= 0) v += edge_bias[(i64)eb * K + k];
+      yrow[k] = v;
+    }
+  }
+}

@@ -731,6 +731,11 @@ EMULATED = [
      ("conv_fprop_direct<float>", "conv_bprop_direct<float>")),
     ("channel_random", "bfloat16", "NCW", 1, False, 2, "fbu", None, ("conv_fprop_direct<__nv_bfloat16>",)),
     ("uniform8", "float16", "NHWC", 2, False, 2, "fb", None, ("conv_fprop_direct<__half>",)),
+    ("uniform16", "float32", "NHWC", 2, True, 2, "fb", None, ("conv_fprop_ffma<16>",)),
+    ("uniform8", "float32", "NHWC", 3, False, 2, "fb", None, ("conv_fprop_ffma<8>", "conv_bprop_direct<float>")),
+    ("uniform32", "float32", "NHWC", 2, False, 2, "fb", None, ("conv_fprop_ffma<32>",)),
+    ("uniform64", "float32", "NDHWC", 6, False, 1, "f", None, ("conv_fprop_ffma<64>",)),
+    ("bd_shuffle", "float32", "NHWC", 2, True, 2, "fb", None, ("conv_fprop_ffma<16>",)),
 ]
 
 

@@ -76,6 +76,8 @@ static void launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, const std
 
 #define FPROP_HALO(T, B, TW) {"conv_fprop_halo<" #T ", " #B ", " #TW ">", [] { return [] { conv_fprop_halo<T, B, TW>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9)); }; }}
 
+#define FPROP_FFMA(B) {"conv_fprop_ffma<" #B ">", [] { return [] { conv_fprop_ffma<B>(P<float>(0), P<float>(1), P<float>(2), P<int>(3), P<int>(4), P<int>(5), P<int>(6), P<float>(7), P<int>(8), P<int>(9)); }; }}
+
 static const std::map<std::string, std::function<std::function<void()>()>> kernels = {
   FPROP_DIRECT(float), FPROP_DIRECT(__half), FPROP_DIRECT(__nv_bfloat16),
   BPROP_DIRECT(float), BPROP_DIRECT(__half), BPROP_DIRECT(__nv_bfloat16),
@@ -91,6 +93,7 @@ static const std::map<std::string, std::function<std::function<void()>()>> kerne
   FPROP_HALO(__half, 32, 8), FPROP_HALO(__half, 32, 16), FPROP_HALO(__half, 32, 32),
   FPROP_HALO(__nv_bfloat16, 16, 8), FPROP_HALO(__nv_bfloat16, 16, 16), FPROP_HALO(__nv_bfloat16, 16, 32),
   FPROP_HALO(__nv_bfloat16, 32, 8), FPROP_HALO(__nv_bfloat16, 32, 16), FPROP_HALO(__nv_bfloat16, 32, 32),
+  FPROP_FFMA(8), FPROP_FFMA(16), FPROP_FFMA(32), FPROP_FFMA(64),
   UPDAT_REDUCE(float), UPDAT_REDUCE(__half), UPDAT_REDUCE(__nv_bfloat16),
 };
 
