@@ -12,8 +12,12 @@ NumPy arrays run the float64-capable reference (:mod:`cusparseblocks.reference.c
 convolution); CuPy arrays run ``kernels/conv.cu``:
 
 - uniform layouts with block size 16, 32 or 64, fp16/bf16, NHWC: an implicit GEMM on tensor cores
-  (``mma.sync`` m16n8k16, fp32 accumulation) over the nonzero blocks of each output block column; bprop
-  with stride 1 runs the same kernel on the transposed layout;
+  (``mma.sync`` m16n8k16, fp32 accumulation) over the nonzero blocks of each output block column. Two
+  fprop kernels: ``conv_fprop_halo`` (b = 16/32: a 2-D output tile's input halo is loaded once per
+  block and every tap reads it from shared memory) and ``conv_fprop_tc`` (one gathered tile per tap;
+  b = 64, 1×1 filters, or when the halo does not fit); :data:`force_variant` overrides the choice.
+  bprop with stride 1 runs the same kernels on the transposed layout; the weight update runs
+  ``conv_updat_tc`` (rows split over CTAs, partials summed in a fixed order: deterministic);
 - fp32 with uniform blocks of 8 to 64, NHWC: the same implicit GEMM with tiled FFMA (fprop, and bprop
   with stride 1);
 - everything else (non-uniform blocks, other block sizes, NCHW, bprop with stride > 1, the fp32 weight
