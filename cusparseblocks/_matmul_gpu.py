@@ -31,6 +31,8 @@ XW_TC_TILES = {
 }
 # xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
 XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4)}
+# N ≤ SMALL_N: 32-row tiles, 256 threads (the weights stream through more CTAs, no idle rows)
+XW_SIMT_SMALL = {64: (32, 2, 4), 32: (32, 2, 2), 16: (32, 2, 1), 8: (32, 1, 1)}
 # updat_tc: block_size -> (G blocks of one row per CTA, WARPS, NC batch rows per chunk, STAGES);
 # BS = 8 uses updat_simt
 UPDAT_TC_TILES = {64: (4, 8, 32, 4), 32: (4, 4, 64, 3), 16: (4, 4, 64, 4)}
@@ -46,8 +48,8 @@ def xw_tc_spec(dtype, out_dtype, bs, variant, axis, trans, aligned):
     return KernelSpec(SOURCE, f"xw_tc<{t}, {to}, {bs}, {bm}, {wm}, {wn}, {st}, {eps}, {axis}, {trans}, {aligned}>")
 
 
-def xw_simt_spec(dtype, out_dtype, bs, axis, trans):
-    bm, tm, tn = XW_SIMT_TILES[bs]
+def xw_simt_spec(dtype, out_dtype, bs, axis, trans, small=False):
+    bm, tm, tn = (XW_SIMT_SMALL if small else XW_SIMT_TILES)[bs]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec(SOURCE, f"xw_simt<{t}, {to}, {bs}, {bm}, {tm}, {tn}, {axis}, {trans}>")
 
@@ -97,8 +99,8 @@ def specializations():
                 yield updat_tc_spec(dtype, to, bs, axis, aligned)
     for dtype in ("float16", "bfloat16", "float32"):
         for to, bs, axis in itertools.product(_out_types(dtype), XW_SIMT_TILES, (0, 1)):
-            for trans in (0, 1):
-                yield xw_simt_spec(dtype, to, bs, axis, trans)
+            for trans, small in itertools.product((0, 1), (False, True)):
+                yield xw_simt_spec(dtype, to, bs, axis, trans, small)
             yield updat_simt_spec(dtype, to, bs, axis)
         yield updat_reduce_spec(dtype)
 
@@ -183,8 +185,9 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
             spec = xw_tc_spec(dtype, odt, b, variant, axis, trans, aligned)
             smem, threads = xw_tc_smem(b, variant, axis), wm * wn * 32
         else:
-            bm, tm, tn = XW_SIMT_TILES[b]
-            spec = xw_simt_spec(dtype, odt, b, axis, trans)
+            small = n <= SMALL_N
+            bm, tm, tn = (XW_SIMT_SMALL if small else XW_SIMT_TILES)[b]
+            spec = xw_simt_spec(dtype, odt, b, axis, trans, small)
             smem, threads = 0, (bm // tm) * (b // tn)
         n_tiles = -(-n // bm)
         if n_tiles > 65535:

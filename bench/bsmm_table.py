@@ -1,0 +1,43 @@
+"""Markdown ratio tables from a bench/bsmm.py JSON: `python bench/bsmm_table.py bench/results/bsmm-*.json`."""
+
+import json
+import sys
+
+TARGETS = {64: 0.6, 32: 0.6, 16: 0.4, 8: 0.25}
+
+
+def _find(rows, system, r, n):
+    for q in rows:
+        if (q["system"], q["op"], q["dtype"], q["b"], q["density"], q["N"]) == (system, r["op"], r["dtype"], r["b"],
+                                                                               r["density"], n):
+            return q
+    return None
+
+
+def tables(path):
+    rows = json.load(open(path))["rows"]
+    out = ["| op | dtype | b | density | ours ms | TFLOP/s | × dense | target | met | torch BSR × dense | speed-up over torch BSR |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["system"] != "cusparseblocks" or r["N"] != 4096:
+            continue
+        peer = _find(rows, "torch BSR (triton)" if r["dtype"] != "float32" else "torch BSR (cuSPARSE)", r, 4096)
+        target = 0.8 if r["dtype"] == "float32" else TARGETS[r["b"]]
+        peer_cols = f"{peer['x_dense']:.3f} | {peer['ms'] / r['ms']:.1f}×" if peer else "– | –"
+        out.append(f"| {r['op']} | {r['dtype']} | {r['b']} | {r['density']} | {r['ms']:.3f} | {r['TFLOPs']:.0f} | "
+                   f"{r['x_dense']:.3f} | {target} | {'yes' if r['x_dense'] >= target else 'no'} | {peer_cols} |")
+    out += ["", "| small batch N=32, K=M=12288, b=32 | dtype | density | ours ms | ours ms (graph) | × floor | "
+                "× floor (graph) | dense cuBLAS × floor | torch BSR × floor |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["system"] != "cusparseblocks" or r["N"] != 32:
+            continue
+        dense = _find(rows, "dense cuBLAS", r, 32)
+        peer = _find(rows, "torch BSR (triton)" if r["dtype"] != "float32" else "torch BSR (cuSPARSE)", r, 32)
+        out.append(f"| fprop | {r['dtype']} | {r['density']} | {r['ms']:.4f} | {r['ms_graph']:.4f} | "
+                   f"{r['x_floor']:.2f} | {r['x_floor_graph']:.2f} | {dense['x_floor']:.2f} | "
+                   f"{peer['x_floor']:.1f} |" if peer else "– |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(tables(sys.argv[1]))
