@@ -1,8 +1,9 @@
 """A small representative run of every bsmm kernel family for compute-sanitizer (memcheck, racecheck).
 
 Run: PYTHONPATH=. compute-sanitizer --tool memcheck python bench/sanitize_bsmm.py
-Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element paths), xw_simt,
-updat_tc (one split and several), updat_simt and updat_reduce, on ragged shapes; checks every result.
+Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element paths), xw_simt (both
+tiles), xw_tf32, updat_tc and updat_tf32 (one split and several), updat_simt and updat_reduce, on ragged
+shapes; checks every result.
 """
 
 import numpy as np
@@ -16,13 +17,13 @@ from cusparseblocks.reference import matmul as ref
 def main():
     rng = np.random.default_rng(1)
     worst = 0.0
-    for dtype in (np.float16, bfloat16, np.float32):
+    for dtype, tf32 in ((np.float16, False), (bfloat16, False), (np.float32, False), (np.float32, True)):
         for b in (8, 32, 64):
             for axis in (1, 0):
                 for n in (37, 150, 700):
                     mask = rng.random((3, 4)) < 0.5
                     mask[0, 0] = True
-                    op = BlockSparseMatMul(mask, b, axis)
+                    op = BlockSparseMatMul(mask, b, axis, allow_tf32=tf32)
                     shp = (lambda f: (n, f)) if axis == 1 else (lambda f: (f, n))
                     x = rng.standard_normal(shp(op.K)).astype(dtype)
                     dy = rng.standard_normal(shp(op.M)).astype(dtype)
