@@ -849,10 +849,21 @@ def _forward_geo(conv, geom: ref.ConvGeometry, n: int) -> np.ndarray:
     )
 
 
+_GEO_CACHE: dict = {}
+
+
 def _upload_geo(geo):
+    """The geometry array on the current device, uploaded once per distinct geometry: a host→device copy
+    from pageable memory on every call would make the host wait for the stream before each launch."""
     import cupy
 
-    return cupy.asarray(geo)
+    key = (cupy.cuda.runtime.getDevice(), geo.tobytes())
+    arr = _GEO_CACHE.get(key)
+    if arr is None:
+        if len(_GEO_CACHE) >= 4096:
+            _GEO_CACHE.clear()
+        arr = _GEO_CACHE[key] = cupy.asarray(geo)
+    return arr
 
 
 def _grid_1d(total: int, threads: int) -> int:

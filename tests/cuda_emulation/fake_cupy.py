@@ -156,6 +156,7 @@ def install(monkeypatch, exe: Path):
         return kinds.pop() if kinds else "numpy"
 
     monkeypatch.setattr(conv, "backend_of", backend_of)
+    monkeypatch.setattr(conv, "_GEO_CACHE", {})  # never mix emulated arrays into the real device cache
     log: list = []
     monkeypatch.setattr(conv, "_launch", make_launcher(exe, log))
     assert _array.is_cupy(mod.zeros(1))
