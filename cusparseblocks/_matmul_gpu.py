@@ -22,12 +22,16 @@ _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 # per pipeline stage (one barrier per EPS·b of k; EPS > 1 measured slower, bench/NOTES.md); "small"
 # serves N ≤ 64,
 # "large" N ≥ LARGE_N (an x tile of BM rows is read once per nonzero block, so a taller tile reads w
-# fewer times), "medium" the rest.
+# fewer times), "medium" the rest; "medium_lean" (fewer stages, more CTAs per SM) is timed against them.
 XW_TC_TILES = {
-    64: {"large": (128, 4, 2, 4, 1), "medium": (128, 2, 2, 3, 1), "small": (32, 1, 4, 4, 1)},
-    32: {"large": (256, 8, 1, 4, 1), "medium": (128, 4, 1, 4, 1), "small": (32, 1, 4, 6, 1)},
-    16: {"large": (256, 8, 1, 6, 1), "medium": (128, 4, 1, 6, 1), "small": (32, 1, 2, 8, 1)},
-    8: {"large": (256, 8, 1, 8, 1), "medium": (128, 4, 1, 8, 1), "small": (32, 1, 1, 8, 1)},
+    64: {"large": (128, 4, 2, 4, 1), "medium": (128, 2, 2, 3, 1), "small": (32, 1, 4, 4, 1),
+         "medium_lean": (128, 2, 2, 2, 1)},
+    32: {"large": (256, 8, 1, 4, 1), "medium": (128, 4, 1, 4, 1), "small": (32, 1, 4, 6, 1),
+         "medium_lean": (128, 4, 1, 3, 1)},
+    16: {"large": (256, 8, 1, 6, 1), "medium": (128, 4, 1, 6, 1), "small": (32, 1, 2, 8, 1),
+         "medium_lean": (128, 4, 1, 4, 1)},
+    8: {"large": (256, 8, 1, 8, 1), "medium": (128, 4, 1, 8, 1), "small": (32, 1, 1, 8, 1),
+        "medium_lean": (128, 4, 1, 6, 1)},
 }
 # xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
 XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4)}

@@ -205,7 +205,7 @@ def test_index_past_2_31_elements(rng):
     assert_close(y[-300:], _ref64(op, "fprop", tail, w=w), "float16", "rows past 2^31 elements")
 
 
-@pytest.mark.parametrize("variant", ["large", "medium", "small"])
+@pytest.mark.parametrize("variant", ["large", "medium", "small", "medium_lean"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("block_size", BLOCKS)
 @pytest.mark.parametrize("feature_axis", [1, 0])
