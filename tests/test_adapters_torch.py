@@ -366,3 +366,32 @@ def test_compile_inductor_gpu(rng):
     assert_close(y, _f64(y_eager), "float32")
     for p, g in zip(model.parameters(), grads):
         assert_close(p.grad, _f64(g), "float32")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_second_gpu(rng, poisoned_outputs, dtype):
+    """Tensors on cuda:1 while cuda:0 is current: kernels run on the tensors' GPU, on its current stream."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"needs 2 GPUs, found {torch.cuda.device_count()}")
+    torch.cuda.set_device(0)
+    op, x, w, y = _check_fprop_bprop(rng, dtype, 32, 1, 45, (3, 4), "cuda:1")
+    assert y.device == torch.device("cuda", 1) and x.grad.device == y.device and w.grad.device == y.device
+    assert torch.cuda.current_device() == 0
+
+
+@pytest.mark.gpu
+def test_cupy_array_on_other_gpu(rng):
+    import cupy
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs 2 GPUs")
+    op = BlockSparseMatMul(_mask(rng, (2, 3)), 16)
+    with cupy.cuda.Device(1):
+        x = cupy.asarray(random_array(rng, (7, op.K), "float32"))
+        w = cupy.asarray(random_array(rng, op.w_shape, "float32"))
+        y = op.fprop(x, w)  # the current device is the arrays' device: runs there
+        assert y.device.id == 1
+    assert_close(y, np.asarray(x.get(), np.float64) @ op.dense(np.asarray(w.get(), np.float64)), "float32")
+    with cupy.cuda.Device(0), pytest.raises(ValueError, match=r"x: expected an array on GPU 0"):
+        op.fprop(x, w)

@@ -15,6 +15,7 @@ their gradients like any other module's.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import threading
@@ -96,16 +97,25 @@ def _torch_allocator():
         if _allocator is None:
             cp = cupy()
 
+            alloc, delete = torch.cuda.caching_allocator_alloc, torch.cuda.caching_allocator_delete
+            exiting = []  # set by atexit: frees after that are skipped (the process is going away)
+
             def malloc(size: int, device_id: int) -> int:
                 stream = cp.cuda.get_current_stream().ptr
-                return torch.cuda.caching_allocator_alloc(size, device_id, stream)
+                return alloc(size, device_id, stream)
 
             def free(ptr: int, device_id: int) -> None:
+                # CuPy arrays cached in long-lived objects (lookup tables, plans) are freed during
+                # interpreter teardown, after torch's modules are gone; calling into torch then raises
+                # where no exception can be printed ("Error in sys.excepthook"). Skip those frees.
+                if exiting:
+                    return
                 try:
-                    torch.cuda.caching_allocator_delete(ptr)
-                except Exception:  # noqa: BLE001 - at interpreter exit torch may be gone before CuPy
+                    delete(ptr)
+                except Exception:  # noqa: BLE001
                     pass
 
+            atexit.register(exiting.append, True)
             _allocator = cp.cuda.memory.PythonFunctionAllocator(malloc, free)
         return _allocator
 

@@ -1,0 +1,1 @@
+NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 PYTHONPATH=. python tests/test_ddp.py --backend nccl; PYTHONPATH=. python -m pytest -m gpu -v -rs tests/test_ddp.py tests/test_adapters_torch.py   # nvidia-h100-x2 (2x H100 80GB HBM3), torch 2.11.0+cu130, NCCL 2.28.9
