@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import numpy as np
 
@@ -66,6 +67,8 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
         ("gelu_tanh", lambda t: F_.gelu(t, approximate="tanh")),
         ("gelu_erf", lambda t: F_.gelu(t)),
         ("sigmoid", lambda t: torch.sigmoid(t)),
+        ("tanh", lambda t: torch.tanh(t)),
+        ("softplus", lambda t: F_.softplus(t)),
         ("swish", lambda t: F_.silu(t)),
         ("elu", lambda t: F_.elu(t)),
     ):
@@ -88,6 +91,13 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
         3 * n * e,
         lambda s: ops.activation_bprop(s["dy"], s["x"], "relu"),
         lambda s: torch.ops.aten.threshold_backward(T(s["dy"]), T(s["x"]), 0),
+        sets,
+    )
+    add(
+        "elu bwd",
+        3 * n * e,
+        lambda s: ops.activation_bprop(s["dy"], s["x"], "elu"),
+        lambda s: torch.ops.aten.elu_backward(T(s["dy"]), 1.0, 1.0, 1.0, False, T(s["x"])),
         sets,
     )
     add(
@@ -125,6 +135,16 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
         2 * n * e,
         lambda s: ops.dropout_fprop(s["x"], 0.1, 1234, 5),
         lambda s: F_.dropout(T(s["x"]), 0.1, training=True),
+        sets,
+    )
+    if torch:
+        for s in sets:
+            s["mask"] = T(ops.dropout_mask(s["x"].shape, 0.1, 1234, 5, xp=cp))
+    add(
+        "dropout bwd",
+        2 * n * e,
+        lambda s: ops.dropout_bprop(s["dy"], 0.1, 1234, 5),
+        lambda s: torch.ops.aten.native_dropout_backward(T(s["dy"]), s["mask"], 1 / 0.9),
         sets,
     )
     add(
@@ -192,6 +212,18 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
         ),
         bn,
     )
+    for s in sets:
+        s["rm"] = rs.standard_normal(F, dtype=cp.float32)
+        s["rv"] = rs.random_sample(F, dtype=cp.float32) + 0.5
+    add(
+        "batch_norm inf ax1",
+        2 * n * e,
+        lambda s: ops.batch_norm_fprop(
+            s["x"], s["g"], s["b"], training=False, running_mean=s["rm"], running_var=s["rv"]
+        ),
+        lambda s: F_.batch_norm(T(s["x"]), T(s["rm"]), T(s["rv"]), T(s["g"]), T(s["b"]), training=False),
+        sets,
+    )
     add(
         "lstm_gates fwd",
         7 * N * H * e,
@@ -206,7 +238,74 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
         None,
         lstm,
     )
+    # block-sparse weights w [nnz, b, b] of the same bytes as x: b = 32, half of a square layout
+    from cusparseblocks.blocklayout import BlockLayout
+
+    b = 32
+    nnz = n // (b * b)
+    side = int(np.ceil(np.sqrt(2 * nnz)))
+    flat = np.zeros(side * side, bool)
+    flat[np.random.default_rng(rng_seed).permutation(side * side)[:nnz]] = True
+    layout = BlockLayout(flat.reshape(side, side))
+    wn = []
+    for _ in range(2):
+        s = dict(w=arr(nnz, b, b), dv=arr(nnz, b, b), gu=arr(layout.out_blocks * b), gb=arr(nnz))
+        s["ru"] = ops.weight_norm_fprop(layout, s["w"], s["gu"], per="unit")[1]
+        s["rb"] = ops.weight_norm_fprop(layout, s["w"], s["gb"], per="block")[1]
+        wn.append(s)
+    add(
+        "weight_norm unit fwd",
+        2 * n * e,
+        lambda s: ops.weight_norm_fprop(layout, s["w"], s["gu"], per="unit"),
+        None,
+        wn,
+    )
+    add(
+        "weight_norm unit bwd",
+        3 * n * e,
+        lambda s: ops.weight_norm_bprop(layout, s["dv"], s["w"], s["gu"], s["ru"], per="unit"),
+        None,
+        wn,
+    )
+    add(
+        "weight_norm block fwd",
+        2 * n * e,
+        lambda s: ops.weight_norm_fprop(layout, s["w"], s["gb"], per="block"),
+        lambda s: torch._weight_norm(T(s["w"]), T(s["gb"]).view(-1, 1, 1), 0),
+        wn,
+    )
+    add(
+        "weight_norm block bwd",
+        3 * n * e,
+        lambda s: ops.weight_norm_bprop(layout, s["dv"], s["w"], s["gb"], s["rb"], per="block"),
+        None,
+        wn,
+    )
     return out
+
+
+_ELEMENTWISE = (
+    "relu fwd",
+    "gelu_tanh fwd",
+    "gelu_erf fwd",
+    "add",
+    "relu bwd",
+    "gelu_tanh bwd",
+    "bias+gelu fwd",
+    "mlstm bwd",
+)
+_COLS = ("layer_norm fwd ax0", "batch_norm fwd ax1", "batch_norm bwd ax1")
+# (label, ops.LAUNCH kind, field, value, the ops it changes): timed against the defaults with --variants
+VARIANTS = [
+    ("elementwise unroll=4", "elementwise", "unroll", 4, _ELEMENTWISE),
+    ("rows_fwd vecs=1", "rows_fwd", "vecs", 1, ("layer_norm fwd ax1",)),
+    ("rows_fwd vecs=4", "rows_fwd", "vecs", 4, ("layer_norm fwd ax1",)),
+    ("rows_bwd vecs=1", "rows_bwd", "vecs", 1, ("layer_norm bwd ax1",)),
+    ("rows_bwd vecs=4", "rows_bwd", "vecs", 4, ("layer_norm bwd ax1",)),
+    ("rows_bwd threads=512", "rows_bwd", "threads", 512, ("layer_norm bwd ax1",)),
+    ("cols reverse=True", "cols", "reverse", True, _COLS),
+    ("cols blocks_per_sm=8", "cols", "blocks_per_sm", 8, _COLS),
+]
 
 
 def _torch_bias_relu_bwd(torch, dy, x, b):
@@ -239,13 +338,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=8192)
     ap.add_argument("--cols", type=int, default=4096)
-    ap.add_argument("--dtypes", default="bfloat16,float32")
+    ap.add_argument("--dtypes", default="bfloat16,float16,float32")
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument(
         "--calls",
         type=int,
         default=8,
         help="back-to-back calls per timed region (launch overhead overlaps the GPU, as in a model)",
+    )
+    ap.add_argument(
+        "--variants", action="store_true", help="also time the LAUNCH table entries of VARIANTS on their ops"
     )
     ap.add_argument(
         "--warm-only", action="store_true", help="compile every specialization (parallel) and exit"
@@ -256,8 +358,6 @@ def main(argv=None) -> int:
     from cusparseblocks import compiler
 
     if args.warm_only:
-        import time
-
         t0 = time.perf_counter()
         n = warm(compiler.device_arch())
         print(f"warm: {n} specializations in {time.perf_counter() - t0:.1f} s")
@@ -266,7 +366,7 @@ def main(argv=None) -> int:
     from cusparseblocks import ops
 
     torch = _torch()
-    table = Table(["dtype", "op", "MiB", "ms", "GB/s", "%copy", "torch ms", "vs torch"])
+    table = Table(["dtype", "op", "MiB", "ms", "GB/s", "%copy", "torch ms", "vs torch", "host us"])
     rows = []
     warm_x = cupy.ones(1 << 28, dtype=cupy.float32)  # ~0.3 s of copies so the clocks are up
     for _ in range(100):
@@ -274,14 +374,32 @@ def main(argv=None) -> int:
     cupy.cuda.get_current_stream().synchronize()
     del warm_x
     k = args.calls
+
+    def timed(fn, sets):
+        seq = [sets[i % len(sets)] for i in range(k)]
+        return time_ms(lambda f=fn, q=seq: [f(s) for s in q], reps=args.reps)["median"] / k
+
+    vrows = []
+    vtable = Table(["dtype", "variant", "op", "ms", "default ms", "default/variant"])
     for dtype in args.dtypes.split(","):
         copy_gbs = None
-        for name, nbytes, ours, theirs, sets in cases(cupy, ops, torch, dtype, args.rows, args.cols):
-            seq = [sets[i % len(sets)] for i in range(k)]
-            t = time_ms(lambda f=ours, q=seq: [f(s) for s in q], reps=args.reps)["median"] / k
+        ours_ms = {}
+        case_list = cases(cupy, ops, torch, dtype, args.rows, args.cols)
+        for name, nbytes, ours, theirs, sets in case_list:
+            t = timed(ours, sets)
+            ours_ms[name] = t
+            cupy.cuda.get_current_stream().synchronize()
+            t0 = time.perf_counter()
+            for s in [sets[i % len(sets)] for i in range(4 * k)]:
+                ours(s)
+            host_us = (time.perf_counter() - t0) / (4 * k) * 1e6  # enqueue time: host-bound if >= ms
+            cupy.cuda.get_current_stream().synchronize()
             tt = None
             if theirs:
-                tt = time_ms(lambda f=theirs, q=seq: [f(s) for s in q], reps=args.reps)["median"] / k
+                try:
+                    tt = timed(theirs, sets)
+                except Exception as exc:  # noqa: BLE001 - a PyTorch build without the op: no column
+                    print(f"torch {name}: {type(exc).__name__}: {exc}", flush=True)
             if torch is not None and theirs:  # torch's work must be done before the next case's timing
                 torch.cuda.synchronize()
             gbs = nbytes / (t * 1e-3) / 1e9
@@ -296,6 +414,7 @@ def main(argv=None) -> int:
                 **{"%copy": 100 * gbs / copy_gbs if copy_gbs else float("nan")},
                 **{"torch ms": tt if tt is not None else "-"},
                 **{"vs torch": (tt / t) if tt is not None else "-"},
+                **{"host us": host_us},
             )
             rows.append(row)
             table.add(**row)
@@ -303,12 +422,31 @@ def main(argv=None) -> int:
                 f"{dtype:9s} {name:22s} {t:8.3f} ms  {gbs:7.0f} GB/s  torch {tt or float('nan'):8.3f}",
                 flush=True,
             )
+        if not args.variants:
+            continue
+        for label, kind, field, value, names in VARIANTS:
+            saved = ops.LAUNCH[kind][field]
+            ops.LAUNCH[kind][field] = value
+            try:
+                for name, _nbytes, ours, _theirs, sets in case_list:
+                    if name not in names:
+                        continue
+                    t = timed(ours, sets)
+                    vrow = dict(dtype=dtype, variant=label, op=name, ms=t, **{"default ms": ours_ms[name]})
+                    vrow["default/variant"] = ours_ms[name] / t
+                    vrows.append(vrow)
+                    vtable.add(**vrow)
+            finally:
+                ops.LAUNCH[kind][field] = saved
+        del case_list
     path = save_json(
         "ew",
-        {"args": vars(args), "rows": rows},
+        {"args": vars(args), "rows": rows, "variants": vrows},
         command="PYTHONPATH=. python bench/ew.py " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     print(f"json: {path}")
+    if vrows:
+        print(vtable.render())
     print(table.render())
     return 0
 

@@ -57,7 +57,17 @@ _LAUNCH = {
     # fp32 fprop: 64 rows × B columns per CTA, FFMA from the same 3-stage ring
     "ffma": {"bm": 64, "threads": 128, "stages": 3},
     # fprop with the input halo of a 2-D output tile loaded once per (input block, filter depth)
-    "halo": {"block_sizes": (16, 32), "tile_widths": (32, 16, 8), "stages": 2, "max_smem": 160 * 1024},
+    # tiles: (output positions, warps) per CTA, the height is positions / tile width; "default" is the
+    # automatic choice (the smallest, 128, when the default is taller than the output); max_smem fits
+    # sm_80's 163 KiB per block
+    "halo": {
+        "block_sizes": (16, 32),
+        "tile_widths": (32, 16, 8),
+        "tiles": ((128, 4), (256, 4), (256, 8), (512, 4), (512, 8)),
+        "default": (256, 4),
+        "stages": 2,
+        "max_smem": 160 * 1024,
+    },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
 }
@@ -799,7 +809,9 @@ def _specs() -> Iterable[compiler.KernelSpec]:
             yield S("conv.cu", f"conv_updat_tc<{t}, {b}>")
         for b in _LAUNCH["halo"]["block_sizes"]:
             for tw in _LAUNCH["halo"]["tile_widths"]:
-                yield S("conv.cu", f"conv_fprop_halo<{t}, {b}, {tw}>")
+                for pixels, warps in _LAUNCH["halo"]["tiles"]:
+                    for flip in (False, True):
+                        yield _halo_spec(t, b, tw, pixels // tw, warps, flip)
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
     for b in FFMA_BLOCK_SIZES:
@@ -903,15 +915,25 @@ def _conn_tables(conv):
 def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
     import cupy
 
-    dt = dtype_name(x.dtype)
     y = out if out is not None else cupy.empty(shape, dtype=x.dtype)
     n = x.shape[0]
+    has_eb = edge_bias is not None
+    # the launch (kernel, grid, tables, geometry on the device) once per batch size, dtype and variant:
+    # a call then costs one dict lookup on top of validation
+    key = ("fprop_plan", geom, n, np.dtype(x.dtype).str, force_variant, has_eb)
+    spec, grid, block, smem, pre, post = _dev(
+        conv, key, lambda cp: _fprop_plan(conv, geom, n, x.dtype, has_eb)
+    )
+    _launch(spec, grid, block, (x, w, y, *pre, edge_bias if has_eb else _null(), *post), smem)
+    return y
+
+
+def _fprop_plan(conv, geom, n: int, dtype, has_eb: bool):
+    """(spec, grid, block, shared bytes, tables before the edge bias, tables after it) for fprop."""
+    dt = dtype_name(dtype)
     geo_host = _forward_geo(conv, geom, n)
-    if edge_bias is not None:
-        eb_args = (edge_bias, _edge_tables(conv, geom)[0])
-    else:
-        eb_args = (_null(), _null())
-    if conv.gpu_kernel(x.dtype, "fprop") != "direct":
+    post = (_edge_tables(conv, geom)[0] if has_eb else _null(), _upload_geo(geo_host))
+    if conv.gpu_kernel(dtype, "fprop") != "direct":
         lay = conv.layout
 
         def build(cp):
@@ -920,75 +942,95 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
             return cp.asarray(ptr), cp.asarray(cin), cp.asarray(cw), perm
 
         ptr, cin, cw, perm = _dev(conv, ("cols",), build)
-        _tc_launch(x, w, y, (ptr, cin, cw), perm, eb_args, geo_host, lay.mask.shape[1], lay.uniform, dt)
-        return y
+        spec, grid, block, smem, _ = _tc_plan(geo_host, lay.mask.shape[1], lay.uniform, dt, False)
+        return spec, grid, block, smem, (ptr, cin, cw, perm if perm is not None else _null()), post
     conn = _conn_tables(conv)
     threads = _LAUNCH["direct"]["threads"]
     spec = compiler.KernelSpec("conv.cu", f"conv_fprop_direct<{_CTYPE[dt]}>")
-    args = (
-        x,
-        w,
-        y,
-        conn["fw_ptr"],
-        conn["fw_idx"],
-        conn["fw_off"],
-        conn["fw_ts"],
-        *eb_args,
-        _upload_geo(geo_host),
-    )
-    _launch(spec, (_grid_1d(int(np.prod(shape)), threads),), (threads,), args)
-    return y
+    total = n * int(np.prod(geom.output_spatial)) * conv.K
+    pre = (conn["fw_ptr"], conn["fw_idx"], conn["fw_off"], conn["fw_ts"])
+    return spec, (_grid_1d(total, threads),), (threads,), 0, pre, post
 
 
 # indices into the geometry array (enum G_* in kernels/conv.cu)
 _G = {k: i for i, k in enumerate("N C K D H W OD OH OW FT FR FS SD SH SW PD PH PW DD DH DW CL".split())}
 
-# "tap", "halo" or None (automatic): which tensor-core fprop kernel runs; the benchmark times both
+# None (automatic), "tap", "halo" (automatic tile) or "halo:PIXELSxWARPS" (e.g. "halo:512x4"): which
+# tensor-core fprop kernel runs (fprop and stride-1 bprop); the benchmark times each
 force_variant: str | None = None  # as _matmul_gpu.force_variant
 
 
-def _fprop_variant(geo_host, b: int):
-    """("halo", (tile width, tile height, shared bytes)) when the halo kernel applies, else ("tap", None)."""
-    g = {k: int(geo_host[i]) for k, i in _G.items()}
-    cfg = _LAUNCH["halo"]
-    if (
-        force_variant == "tap"
-        or b not in cfg["block_sizes"]
-        or (g["FR"] * g["FS"] == 1 and force_variant is None)
-    ):
-        return "tap", None
-    tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
-    th = _LAUNCH["tc"]["bm"] // tw
+def _halo_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> compiler.KernelSpec:
+    """conv_fprop_halo's spec; the 128-position, 4-warp forward tile keeps the short name (the
+    template's defaults), as the host emulator's kernel table names it."""
+    if th * tw == _LAUNCH["tc"]["bm"] and warps == 4 and not flip:
+        return compiler.KernelSpec("conv.cu", f"conv_fprop_halo<{ctype}, {b}, {tw}>")
+    f = "true" if flip else "false"
+    return compiler.KernelSpec("conv.cu", f"conv_fprop_halo<{ctype}, {b}, {tw}, {th}, {warps}, {f}>")
+
+
+def _halo_smem(g: dict, b: int, tw: int, th: int) -> int:
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
-    smem = cfg["stages"] * (hr * hc + g["FR"] * g["FS"] * b) * (b + 8) * 2
-    if smem > cfg["max_smem"]:
+    return _LAUNCH["halo"]["stages"] * (hr * hc + g["FR"] * g["FS"] * b) * (b + 8) * 2
+
+
+def _fprop_variant(geo_host, b: int):
+    """("halo", (tile width, tile height, warps, shared bytes)) when the halo kernel applies, else
+    ("tap", None)."""
+    g = {k: int(geo_host[i]) for k, i in _G.items()}
+    cfg = _LAUNCH["halo"]
+    fv = force_variant
+    if fv == "tap" or b not in cfg["block_sizes"] or (g["FR"] * g["FS"] == 1 and fv is None):
         return "tap", None
-    return "halo", (tw, th, smem)
+    tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
+    if fv is not None and fv.startswith("halo:"):
+        pixels, warps = (int(v) for v in fv[5:].split("x"))
+        if (pixels, warps) not in cfg["tiles"]:
+            raise ValueError(f"force_variant: expected a halo tile in {cfg['tiles']}, got {fv!r}")
+        shapes = [(pixels, warps)]
+    else:
+        pixels, warps = cfg["default"]
+        shapes = [(pixels, warps)] if pixels // tw <= g["OH"] else []
+        shapes.append(cfg["tiles"][0])
+    for pixels, warps in shapes:
+        th = pixels // tw
+        smem = _halo_smem(g, b, tw, th)
+        if smem <= cfg["max_smem"]:
+            return "halo", (tw, th, warps, smem)
+    return "tap", None
 
 
-def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt):
-    """conv_fprop_halo or conv_fprop_tc over the column tables (used by fprop and stride-1 bprop)."""
+def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool):
+    """(spec, grid, block, shared bytes, needs the flipped weight copy) of the implicit-GEMM kernel
+    for fprop or (``flip``) stride-1 bprop: conv_fprop_ffma (fp32), conv_fprop_halo or conv_fprop_tc."""
     cfg = _LAUNCH["tc"]
     g = {k: int(geo_host[i]) for k, i in _G.items()}
-    args = (x, w, y, *tables, perm if perm is not None else _null(), *eb_args, _upload_geo(geo_host))
+    m_total = g["N"] * g["OD"] * g["OH"] * g["OW"]
     if dt == "float32":
         ff = _LAUNCH["ffma"]
-        m_total = g["N"] * g["OD"] * g["OH"] * g["OW"]
         smem = ff["stages"] * (ff["bm"] + b) * (b + 4) * 4
         spec = compiler.KernelSpec("conv.cu", f"conv_fprop_ffma<{b}>")
-        _launch(spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), args, smem)
-        return
+        return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip
     variant, halo = _fprop_variant(geo_host, b)
     if variant == "halo":
-        tw, th, smem = halo
+        tw, th, warps, smem = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
-        spec = compiler.KernelSpec("conv.cu", f"conv_fprop_halo<{_CTYPE[dt]}, {b}, {tw}>")
-        _launch(spec, (tiles, out_blocks), (cfg["threads"],), args, smem)
-        return
-    m_total = g["N"] * g["OD"] * g["OH"] * g["OW"]
+        assert out_blocks * b == g["K"], "the halo kernel's grid has K/B output blocks"
+        spec = _halo_spec(_CTYPE[dt], b, tw, th, warps, flip)
+        return spec, (tiles * out_blocks,), (32 * warps,), smem, False
     spec = compiler.KernelSpec("conv.cu", f"conv_fprop_tc<{_CTYPE[dt]}, {b}>")
-    _launch(spec, (-(-m_total // cfg["bm"]), out_blocks), (cfg["threads"],), args, _tc_smem(b))
+    return spec, (-(-m_total // cfg["bm"]), out_blocks), (cfg["threads"],), _tc_smem(b), flip
+
+
+def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt, flip_w=None):
+    """The implicit-GEMM kernel over the column tables (stride-1 bprop: the layout's row tables).
+
+    ``flip_w`` (bprop): a callable giving the flipped, transposed weight copy that conv_fprop_tc and
+    conv_fprop_ffma need; the halo kernel reads ``w`` itself (FLIP)."""
+    spec, grid, block, smem, needs_copy = _tc_plan(geo_host, out_blocks, b, dt, flip_w is not None)
+    tail = (*tables, perm if perm is not None else _null(), *eb_args, _upload_geo(geo_host))
+    _launch(spec, grid, block, (x, flip_w() if needs_copy else w, y, *tail), smem)
 
 
 def _gpu_bprop(conv, geom, dy, w, out, shape):
@@ -1007,15 +1049,19 @@ def _gpu_bprop(conv, geom, dy, w, out, shape):
             return cp.asarray(ptr), cp.asarray(rout), cp.asarray(rw), perm
 
         ptr, rout, rw, perm = _dev(conv, ("rows",), build)
-        # transposed, spatially flipped blocks: wt[blk, tap', k, c] = w[blk, taps-1-tap', c, k]
-        wt = cupy.ascontiguousarray(w.reshape(lay.nnz, conv.taps, b, b)[:, ::-1].transpose(0, 1, 3, 2))
+
+        def flip_w():  # transposed, spatially flipped blocks: wt[blk, tap', k, c] = w[blk, taps-1-tap', c, k]
+            return cupy.ascontiguousarray(w.reshape(lay.nnz, conv.taps, b, b)[:, ::-1].transpose(0, 1, 3, 2))
+
         # gather dy into virtual output-channel order when the layout permutes its outputs
         dyv = cupy.ascontiguousarray(dy[..., perm]) if perm is not None else dy
         pad_lo = tuple(d * (f - 1) - lo for d, f, lo in zip(geom.dilation, geom.filter_shape, geom.pad_lo))
         geo_host = _geo_array(
             conv, geom, n, conv.K, conv.C, geom.output_spatial, geom.input_spatial, (1,) * conv.dims, pad_lo
         )
-        _tc_launch(dyv, wt, dx, (ptr, rout, rw), None, (_null(), _null()), geo_host, lay.mask.shape[0], b, dt)
+        _tc_launch(
+            dyv, w, dx, (ptr, rout, rw), None, (_null(), _null()), geo_host, lay.mask.shape[0], b, dt, flip_w
+        )
         return dx
     conn = _conn_tables(conv)
     geo = _upload_geo(_forward_geo(conv, geom, n))

@@ -65,13 +65,26 @@ _CTYPE = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
 _OPS = {"none": 0, "add": 1, "mul": 2}
 
 # Launch parameters, one table for the family (a benchmark may call launch_config with each entry).
+#   elementwise: threads per block, vectors (16 bytes) per thread in flight (a compiled UNROLLS value);
+#   rows_fwd / rows_bwd: row in registers, `vecs` vectors per thread (a compiled ROW_VECS value, raised
+#     when a row needs more than 1024 threads), `threads` per block; rows_bwd's persistent grid holds
+#     `blocks_per_sm` blocks per SM (fewer if the registers don't allow it: the host asks the driver);
+#   rows: the fallback for rows longer than 1024 * 8 vectors (two reads of each row);
+#   cols: column reductions and column-statistics applies, (32, 8) threads per block, about
+#     blocks_per_sm blocks per SM over (column tiles × row splits); reverse: the apply walks each
+#     split's rows backwards with streaming loads and stores (reuses what L2 holds from the reduction).
 LAUNCH = {
-    "elementwise": {"threads": 256},
+    "elementwise": {"threads": 256, "unroll": 1},
+    "rows_fwd": {"threads": 256, "vecs": 2},
+    "rows_bwd": {"threads": 256, "vecs": 2, "blocks_per_sm": 2},
     "rows": {"threads": 256, "max_row_threads": 512},
-    "cols": {"block": (32, 8), "blocks_per_sm": 4},
-    "wn_unit": {"threads": 128},
+    "cols": {"block": (32, 8), "blocks_per_sm": 4, "reverse": False},
+    "wn_unit": {"threads": 256},
     "wn_block": {"threads": 256},
 }
+UNROLLS = (1, 4)
+ROW_VECS = (1, 2, 4, 8)
+COLS_MAX_VECS = 4  # norm_rows_bwd_reg with column sums: 8 vectors of x, dy and 2 sums each spill
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -86,9 +99,8 @@ _SINGLE_KERNELS = (
     "norm_cols_reduce",
     "norm_finalize",
     "norm_apply_fwd",
-    "norm_apply_bwd",
     "wn_reduce_unit",
-    "wn_reduce_block",
+    "wn_block",
     "wn_apply",
 )
 
@@ -96,8 +108,17 @@ _SINGLE_KERNELS = (
 def _specializations():
     for ctype in _CTYPE.values():
         for act in range(len(ACTIVATIONS)):
-            yield compiler.KernelSpec("ew.cu", f"ew_fwd<{ctype}, {act}>")
-            yield compiler.KernelSpec("ew.cu", f"ew_bwd<{ctype}, {act}>")
+            for unroll in UNROLLS:
+                yield compiler.KernelSpec("ew.cu", f"ew_fwd<{ctype}, {act}, {unroll}>")
+                yield compiler.KernelSpec("ew.cu", f"ew_bwd<{ctype}, {act}, {unroll}>")
+            yield compiler.KernelSpec("ew.cu", f"ew_bias_cols_bwd<{ctype}, {act}>")
+        for nv in ROW_VECS:
+            yield compiler.KernelSpec("ew.cu", f"norm_rows_fwd_reg<{ctype}, {nv}>")
+            yield compiler.KernelSpec("ew.cu", f"norm_rows_bwd_reg<{ctype}, {nv}, false>")
+            if nv <= COLS_MAX_VECS:
+                yield compiler.KernelSpec("ew.cu", f"norm_rows_bwd_reg<{ctype}, {nv}, true>")
+        for rev in ("false", "true"):
+            yield compiler.KernelSpec("ew.cu", f"norm_cols_apply<{ctype}, {rev}>")
         for name in _SINGLE_KERNELS:
             yield compiler.KernelSpec("ew.cu", f"{name}<{ctype}>")
 
@@ -108,14 +129,13 @@ compiler.register_family("ew", _specializations)
 _SPECS: dict = {}
 
 
-def _spec(name, dtype, act=None):
-    key = (name, np.dtype(dtype).str, np.dtype(dtype).name, act)
+def _spec(name, dtype, *params):
+    """The KernelSpec of ``name<ctype, *params>`` (params: template arguments after the type)."""
+    key = (name, np.dtype(dtype).str, np.dtype(dtype).name, params)
     spec = _SPECS.get(key)
     if spec is None:
-        ctype = _CTYPE[dtype_name(dtype)]
-        spec = compiler.KernelSpec(
-            "ew.cu", f"{name}<{ctype}, {act}>" if act is not None else f"{name}<{ctype}>"
-        )
+        args = ", ".join([_CTYPE[dtype_name(dtype)], *(str(p) for p in params)])
+        spec = compiler.KernelSpec("ew.cu", f"{name}<{args}>")
         _SPECS[key] = spec
     return spec
 
@@ -132,13 +152,82 @@ def _sm_count() -> int:
     return _SM_COUNT[dev]
 
 
+_RESIDENT: dict = {}
+
+
+def _resident_blocks(spec, threads, smem, fallback):
+    """Blocks of ``spec`` one SM holds at once (the driver's occupancy answer; ``fallback`` without it)."""
+    import cupy
+
+    key = (cupy.cuda.runtime.getDevice(), spec, threads, smem)
+    if key not in _RESIDENT:
+        try:
+            from cupy_backends.cuda.api import driver
+
+            fn = compiler.get_function(spec, smem)
+            _RESIDENT[key] = max(1, driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, threads, smem))
+        except Exception:  # noqa: BLE001 - an older CuPy without the call: the table's value
+            _RESIDENT[key] = fallback
+    return _RESIDENT[key]
+
+
+_MAX_THREADS: dict = {}
+
+
+def _max_threads(spec) -> int:
+    """The most threads a block of ``spec`` may have (its registers decide; the driver's answer)."""
+    import cupy
+
+    key = (cupy.cuda.runtime.getDevice(), spec)
+    if key not in _MAX_THREADS:
+        try:
+            from cupy_backends.cuda.api import driver
+
+            fn = compiler.get_function(spec)
+            _MAX_THREADS[key] = int(
+                driver.funcGetAttribute(0, fn.ptr)
+            )  # CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK
+        except Exception:  # noqa: BLE001 - without the call: assume the hardware limit
+            _MAX_THREADS[key] = 1024
+    return _MAX_THREADS[key]
+
+
+def _rows_plan(kind, name, dtype, R, L, *params, max_vecs=ROW_VECS[-1]):
+    """(spec, grid, block) of a row-in-registers kernel (name<ctype, nv, *params>), or None when the row
+    is too long for it (more than max_vecs vectors a thread) or its registers allow fewer threads per
+    block than one row needs."""
+    grid, block, nv = launch_config(kind, dtype, R=R, L=L)
+    if nv is None or nv > max_vecs:
+        return None
+    spec = _spec(name, dtype, nv, *params)
+    limit = _max_threads(spec)
+    tx, ty = block
+    if tx > limit:
+        return None
+    ty = max(1, min(ty, limit // tx))
+    return spec, (max(1, min(math.ceil(R / ty), 2**31 - 1)),), (tx, ty)
+
+
 def launch_config(kind: str, dtype, **sizes):
-    """(grid, block) for a kernel kind of :data:`LAUNCH` at the given sizes (n, or R and L / R and C)."""
+    """(grid, block) for a kernel kind of :data:`LAUNCH` at the given sizes (n, or R and L / R and C).
+
+    rows_fwd / rows_bwd also return the vectors per thread (None: the row is too long to keep in
+    registers, use "rows"); cols also returns the rows per split.
+    """
     lanes = 16 // np.dtype(dtype).itemsize
     cfg = LAUNCH[kind]
     if kind == "elementwise":
-        t = cfg["threads"]
-        return (max(1, min(math.ceil(sizes["n"] / (lanes * t)), 2**31 - 1)),), (t,)
+        t, u = cfg["threads"], sizes.get("unroll", cfg["unroll"])
+        return (max(1, min(math.ceil(sizes["n"] / (lanes * t * u)), 2**31 - 1)),), (t,)
+    if kind in ("rows_fwd", "rows_bwd"):
+        vecs = math.ceil(sizes["L"] / lanes)
+        nv = next((v for v in ROW_VECS if v >= cfg["vecs"] and vecs <= 1024 * v), None)
+        if nv is None:
+            return None, None, None
+        tx = 32 * math.ceil(vecs / (32 * nv))
+        nv = next(v for v in ROW_VECS if tx * v >= vecs)  # short rows: fewer vectors, one warp
+        ty = max(1, cfg["threads"] // tx)
+        return (max(1, min(math.ceil(sizes["R"] / ty), 2**31 - 1)),), (tx, ty), nv
     if kind == "rows":
         need = math.ceil(sizes["L"] / lanes)
         tx = min(max(32, 1 << max(0, need - 1).bit_length()), cfg["max_row_threads"])
@@ -274,7 +363,7 @@ def _ew_gpu_fwd(op, a, b, shape, act, alpha):
     if n:
         grid, block = launch_config("elementwise", a.dtype, n=n)
         _launch(
-            _spec("ew_fwd", a.dtype, act),
+            _spec("ew_fwd", a.dtype, act, LAUNCH["elementwise"]["unroll"]),
             grid,
             block,
             (
@@ -308,7 +397,7 @@ def _ew_gpu_bwd(op, dy, a, b, shape, act, alpha):
 
     n = math.prod(shape)
     grid, block = launch_config("elementwise", a.dtype, n=n)
-    spec = _spec("ew_bwd", a.dtype, act)
+    spec = _spec("ew_bwd", a.dtype, act, LAUNCH["elementwise"]["unroll"])
     if tuple(a.shape) != shape:  # neither operand has the output's shape: both go through float32 sums
         a_in = cupy.ascontiguousarray(cupy.broadcast_to(a, shape))
         b_in = cupy.ascontiguousarray(cupy.broadcast_to(b, shape))
@@ -343,6 +432,10 @@ def _ew_gpu_bwd(op, dy, a, b, shape, act, alpha):
     row_bias = (
         op == "add" and b is not None and not b_full and pattern is not None and pattern[0] == 1 and n > 0
     )
+    if row_bias and alpha == 1.0:  # one pass: dx and the bias gradient's column partials together
+        mid = pattern[1]
+        da, db = _bias_cols_bwd(dy.reshape(n // mid, mid), a.reshape(n // mid, mid), b.reshape(mid), act)
+        return da.reshape(shape), db.reshape(b_shape)
     if pattern is None:
         b = cupy.ascontiguousarray(cupy.broadcast_to(b, shape))
         pattern = (1, n)
@@ -377,6 +470,34 @@ def _ew_gpu_bwd(op, dy, a, b, shape, act, alpha):
     elif b is not None and n == 0:
         db = cupy.zeros(b_shape, dtype=b.dtype)
     return da, db
+
+
+def _bias_cols_bwd(dy, x, bias, act):
+    """dx = dy·act'(x + bias) and dbias = Σ_rows dx for x [R, C], bias [C]: one pass and a finalize."""
+    import cupy
+
+    R, C = x.shape
+    lanes = 16 // x.dtype.itemsize
+    grid, block, rows_per_split = launch_config("cols", x.dtype, R=R, C=C, sms=_sm_count())
+    dx = cupy.empty_like(x)
+    ws = cupy.empty((grid[1], 1, C), dtype=cupy.float32)
+    _launch(
+        _spec("ew_bias_cols_bwd", x.dtype, act),
+        grid,
+        block,
+        (
+            dx,
+            ws,
+            dy,
+            x,
+            bias,
+            np.int64(R),
+            np.int64(C),
+            np.int64(rows_per_split),
+            np.int32(_aligned(dx, dy, x, bias) and C % lanes == 0),
+        ),
+    )
+    return dx, _finalize(ws, x, None, C, 1.0, 0.0, 1, want=(), sums_t=True)[3]
 
 
 def _ew_fprop(op, a, b, activation, alpha, a_name="a", b_name="b"):
@@ -530,7 +651,7 @@ def dropout_fprop(x, p: float, seed: int, offset: int = 0):
     threshold, scale = ref.dropout_threshold(p)
     y = cupy.empty_like(x)
     if x.size:
-        grid, block = launch_config("elementwise", x.dtype, n=x.size)
+        grid, block = launch_config("elementwise", x.dtype, n=x.size, unroll=1)
         _launch(
             _spec("dropout_fwd", x.dtype),
             grid,
@@ -568,6 +689,9 @@ def dropout_mask(shape, p: float, seed: int, offset: int = 0, xp=np):
 # normalization (2-D): statistics per row or per column of a C-contiguous [R, L] array
 
 
+_COLS_SMEM_MAX = 160 * 1024  # shared memory for the fused column sums of norm_rows_bwd_reg (8·L bytes)
+
+
 def _rows_fwd(x, gain, bias, eps, gain_per_row, want_var=False):
     import cupy
 
@@ -578,9 +702,14 @@ def _rows_fwd(x, gain, bias, eps, gain_per_row, want_var=False):
     var = cupy.empty(R, dtype=cupy.float32) if want_var else None
     lanes = 16 // x.dtype.itemsize
     aligned = _aligned(x, y, gain, bias) and L % lanes == 0
-    grid, block = launch_config("rows", x.dtype, R=R, L=L)
+    plan = _rows_plan("rows_fwd", "norm_rows_fwd_reg", x.dtype, R, L)
+    if plan is None:  # too long for registers: two reads of each row
+        grid, block = launch_config("rows", x.dtype, R=R, L=L)
+        spec = _spec("norm_rows_fwd", x.dtype)
+    else:
+        spec, grid, block = plan
     _launch(
-        _spec("norm_rows_fwd", x.dtype),
+        spec,
         grid,
         block,
         (
@@ -601,7 +730,12 @@ def _rows_fwd(x, gain, bias, eps, gain_per_row, want_var=False):
     return y, mean, rstd, var
 
 
-def _rows_bwd(dy, x, gain, mean, rstd, stat_per_col, gain_per_row, train, want_dx=True):
+def _rows_bwd(dy, x, gain, mean, rstd, stat_per_col, gain_per_row, train, want_dx=True, cols=False):
+    """Row reductions of the normalization backward (see norm_rows_bwd_reg): (dx, s2, s1, ws).
+
+    cols: also the per-block column sums ws [blocks, 2, L] of dy and dy·xhat (statistics per row), or
+    None when the row is too long for that (the caller then runs the column pass itself).
+    """
     import cupy
 
     R, L = x.shape
@@ -610,44 +744,87 @@ def _rows_bwd(dy, x, gain, mean, rstd, stat_per_col, gain_per_row, train, want_d
     s1 = cupy.empty(R, dtype=cupy.float32)
     lanes = 16 // x.dtype.itemsize
     aligned = _aligned(dx, dy, x, gain) and L % lanes == 0
-    grid, block = launch_config("rows", x.dtype, R=R, L=L)
-    _launch(
-        _spec("norm_rows_bwd", x.dtype),
+    cols = cols and 8 * L <= _COLS_SMEM_MAX
+    plan = None
+    if not stat_per_col:
+        plan = cols and _rows_plan(
+            "rows_bwd", "norm_rows_bwd_reg", x.dtype, R, L, "true", max_vecs=COLS_MAX_VECS
+        )
+        if not plan:  # no column sums here (the row needs more vectors than COLS_MAX_VECS, or too long)
+            cols = False
+            plan = _rows_plan("rows_bwd", "norm_rows_bwd_reg", x.dtype, R, L, "false")
+    if plan is None:
+        grid, block = launch_config("rows", x.dtype, R=R, L=L)
+        _launch(
+            _spec("norm_rows_bwd", x.dtype),
+            grid,
+            block,
+            (
+                dx,
+                s2,
+                s1,
+                dy,
+                x,
+                gain,
+                mean,
+                rstd,
+                np.int64(R),
+                np.int64(L),
+                np.int32(stat_per_col),
+                np.int32(gain_per_row),
+                np.int32(train),
+                np.int32(aligned),
+            ),
+        )
+        return dx, s2, s1, None
+    spec, grid, block = plan
+    smem = 8 * L if cols else 0
+    threads = block[0] * block[1]
+    resident = _resident_blocks(spec, threads, smem, LAUNCH["rows_bwd"]["blocks_per_sm"])
+    per_sm = min(resident, LAUNCH["rows_bwd"]["blocks_per_sm"]) if cols else resident
+    grid = (max(1, min(grid[0], per_sm * _sm_count())),)
+    ws = cupy.empty((grid[0], 2, L), dtype=cupy.float32) if cols else None
+    fn = compiler.get_function(spec, smem)
+    fn(
         grid,
         block,
-        (
-            dx,
-            s2,
-            s1,
-            dy,
-            x,
-            gain,
-            mean,
-            rstd,
-            np.int64(R),
-            np.int64(L),
-            np.int32(stat_per_col),
-            np.int32(gain_per_row),
-            np.int32(train),
-            np.int32(aligned),
+        tuple(
+            _ptr(a)
+            for a in (
+                dx,
+                s2,
+                s1,
+                ws,
+                dy,
+                x,
+                gain,
+                mean,
+                rstd,
+                np.int64(R),
+                np.int64(L),
+                np.int32(gain_per_row),
+                np.int32(train),
+                np.int32(aligned),
+            )
         ),
+        stream=cupy.cuda.get_current_stream(),
+        shared_mem=smem,
     )
-    return dx, s2, s1
+    return dx, s2, s1, ws
 
 
 def _finalize(ws, x, gain, C, scale, eps, mode, want=("a", "b"), var=False, sums_t=False):
-    """One launch that sums ws [splits, 2, C] and finishes statistics (mode 0) or gradient sums (mode 1)."""
+    """One launch: sums ws [splits, 1 or 2, C], finishes statistics (mode 0) or gradient sums (mode 1)."""
     import cupy
 
     f32 = lambda k: cupy.empty(C, dtype=cupy.float32) if k else None
     out_a, out_b, var_out = f32("a" in want), f32("b" in want), f32(var)
     s0_t = cupy.empty(C, dtype=x.dtype) if sums_t else None
     s1_t = cupy.empty(C, dtype=x.dtype) if sums_t else None
-    t = 256
     _launch(
         _spec("norm_finalize", x.dtype),
-        (math.ceil(C / t),),
-        (t,),
+        (math.ceil(C / 32),),
+        (32, 8),
         (
             out_a,
             out_b,
@@ -658,6 +835,7 @@ def _finalize(ws, x, gain, C, scale, eps, mode, want=("a", "b"), var=False, sums
             x,
             gain,
             np.int32(ws.shape[0]),
+            np.int32(ws.shape[1]),
             np.int64(C),
             np.float32(scale),
             np.float32(eps),
@@ -711,13 +889,16 @@ def _cols_stats(x, eps, var=False):
 
 
 def _apply_fwd(x, mean, rstd, gain, bias, stat_per_col, gain_per_col):
+    """y = (x − mean)·rstd·gain + bias; statistics per column go through norm_cols_apply."""
     import cupy
 
     y = cupy.empty_like(x)
-    C = x.shape[1]
+    R, C = x.shape
     lanes = 16 // x.dtype.itemsize
-    aligned = _aligned(x, y) and C % lanes == 0
-    grid, block = launch_config("elementwise", x.dtype, n=x.size)
+    aligned = _aligned(x, y, gain, bias) and C % lanes == 0
+    if stat_per_col:
+        return _cols_apply(y, x, None, mean, rstd, gain, bias, None, None, gain_per_col, aligned)
+    grid, block = launch_config("elementwise", x.dtype, n=x.size, unroll=1)
     _launch(
         _spec("norm_apply_fwd", x.dtype),
         grid,
@@ -739,35 +920,43 @@ def _apply_fwd(x, mean, rstd, gain, bias, stat_per_col, gain_per_col):
     return y
 
 
-def _apply_bwd(dy, x, mean, rstd, gain, A, B, stat_per_col, gain_per_col):
+def _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col):
+    """dx = rstd·(gain·dy − A − xhat·B) with statistics (and A, B) per column."""
     import cupy
 
     dx = cupy.empty_like(x)
-    C = x.shape[1]
     lanes = 16 // x.dtype.itemsize
-    aligned = _aligned(x, dx, dy) and C % lanes == 0
-    grid, block = launch_config("elementwise", x.dtype, n=x.size)
+    aligned = _aligned(x, dx, dy, gain) and x.shape[1] % lanes == 0
+    return _cols_apply(dx, x, dy, mean, rstd, gain, None, A, B, gain_per_col, aligned)
+
+
+def _cols_apply(out, x, dy, mean, rstd, gain, bias, A, B, gain_per_col, aligned):
+    """norm_cols_apply on the row splits of the column reduction that made the statistics."""
+    R, C = x.shape
+    grid, block, rows_per_split = launch_config("cols", x.dtype, R=R, C=C, sms=_sm_count())
+    rev = "true" if LAUNCH["cols"]["reverse"] else "false"
     _launch(
-        _spec("norm_apply_bwd", x.dtype),
+        _spec("norm_cols_apply", x.dtype, rev),
         grid,
         block,
         (
-            dx,
-            dy,
+            out,
             x,
+            dy,
             mean,
             rstd,
             gain,
+            bias,
             A,
             B,
-            np.int64(x.size),
+            np.int64(R),
             np.int64(C),
-            np.int32(stat_per_col),
+            np.int64(rows_per_split),
             np.int32(gain_per_col),
             np.int32(aligned),
         ),
     )
-    return dx
+    return out
 
 
 def _check_norm(x, gain, bias, feature_axis, backend, what):
@@ -836,15 +1025,16 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
     if backend == "numpy":
         return ref.layer_norm_bprop(dy, x, gain, mean, rstd, fa)
     F = x.shape[fa]
-    if fa == 1:
-        dx, _, _ = _rows_bwd(dy, x, gain, mean, rstd, stat_per_col=0, gain_per_row=0, train=1)
-        ws = _cols_ws(x, dy, None, mean, rstd, 2)
+    if fa == 1:  # one pass: dx per row, the gain and bias gradients as per-block column partials
+        dx, _, _, ws = _rows_bwd(dy, x, gain, mean, rstd, stat_per_col=0, gain_per_row=0, train=1, cols=True)
+        if ws is None:
+            ws = _cols_ws(x, dy, None, mean, rstd, 2)
         *_, dbias, dgain = _finalize(ws, x, None, F, 1.0, 0.0, 1, want=(), sums_t=True)
     else:
         ws = _cols_ws(x, dy, gain, mean, rstd, 1)
         A, B, *_ = _finalize(ws, x, None, x.shape[1], 1.0 / F, 0.0, 1)
-        dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, stat_per_col=1, gain_per_col=0)
-        _, dgain, dbias = _rows_bwd(
+        dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col=0)
+        _, dgain, dbias, _ = _rows_bwd(
             dy, x, None, mean, rstd, stat_per_col=1, gain_per_row=1, train=0, want_dx=False
         )
     return (
@@ -929,9 +1119,9 @@ def batch_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1, training
         A, B, _, dbias, dgain = _finalize(
             ws, x, gain, C, 1.0 / N, 0.0, 1, want=("a", "b") if training else (), sums_t=True
         )
-        dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, stat_per_col=1, gain_per_col=1)
+        dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col=1)
     else:
-        dx, dgain, dbias = _rows_bwd(
+        dx, dgain, dbias, _ = _rows_bwd(
             dy, x, gain, mean, rstd, stat_per_col=0, gain_per_row=1, train=int(bool(training))
         )
     return (
@@ -982,35 +1172,61 @@ def _wn_tables(lay):
     return _WN_TABLES[key]
 
 
-def _wn_reduce(lay, w, w2, b, per, length):
+def _wn_aligned(b, dtype, *arrays) -> int:
+    """16-byte vectors in the weight-norm kernels: aligned pointers and b a multiple of the lanes."""
+    return int(_aligned(*arrays) and b % (16 // np.dtype(dtype).itemsize) == 0)
+
+
+def _wn_unit_sums(lay, w, w2, b):
+    """Σ w·w2 over each output unit's column of nonzero blocks, float32 [out_blocks·b]."""
     import cupy
 
-    out = cupy.empty(length, dtype=cupy.float32)
-    if per == "unit":
-        col_ptr, col_order, _ = _wn_tables(lay)
-        t = LAUNCH["wn_unit"]["threads"]
-        _launch(
-            _spec("wn_reduce_unit", w.dtype),
-            (math.ceil(length / t),),
-            (t,),
-            (out, w, w2, col_ptr, col_order, np.int32(length), np.int32(b)),
-        )
-    else:
-        _launch(
-            _spec("wn_reduce_block", w.dtype),
-            (lay.nnz,),
-            (LAUNCH["wn_block"]["threads"],),
-            (out, w, w2, np.int32(b)),
-        )
+    out = cupy.empty(lay.out_blocks * b, dtype=cupy.float32)
+    col_ptr, col_order, _ = _wn_tables(lay)
+    _launch(
+        _spec("wn_reduce_unit", w.dtype),
+        (lay.out_blocks,),
+        (LAUNCH["wn_unit"]["threads"],),
+        (out, w, w2, col_ptr, col_order, np.int32(b), np.int32(_wn_aligned(b, w.dtype, w, w2))),
+    )
     return out
 
 
-def _wn_apply(lay, w, dv, gain, rnorm, dot, b, per):
+def _wn_block(w, dv, gain, rnorm, b, eps):
+    """wn_block: forward (dv None) returns (v, rnorm); backward returns (dw, dot)."""
+    import cupy
+
+    out = cupy.empty_like(w)
+    nnz = w.shape[0]
+    red = cupy.empty(nnz, dtype=cupy.float32)
+    t = LAUNCH["wn_block"]["threads"]
+    aligned = int(_aligned(out, w, dv) and (b * b) % (16 // w.dtype.itemsize) == 0)
+    _launch(
+        _spec("wn_block", w.dtype),
+        (math.ceil(nnz / (t // 32)),),
+        (t,),
+        (
+            out,
+            red if dv is None else rnorm,
+            None if dv is None else red,
+            w,
+            dv,
+            gain,
+            np.int64(nnz),
+            np.int32(b),
+            np.float32(eps),
+            np.int32(aligned),
+        ),
+    )
+    return out, red
+
+
+def _wn_apply(lay, w, dv, gain, rnorm, dot, b):
     import cupy
 
     out = cupy.empty_like(w)
     _, _, cols = _wn_tables(lay)
-    grid, block = launch_config("elementwise", w.dtype, n=w.size)
+    grid, block = launch_config("elementwise", w.dtype, n=w.size, unroll=1)
     _launch(
         _spec("wn_apply", w.dtype),
         grid,
@@ -1025,8 +1241,7 @@ def _wn_apply(lay, w, dv, gain, rnorm, dot, b, per):
             cols,
             np.int64(w.size),
             np.int32(b),
-            np.int32(per == "unit"),
-            np.int32(_aligned(out, w, dv)),
+            np.int32(_wn_aligned(b, w.dtype, out, w, dv)),
         ),
     )
     return out
@@ -1048,8 +1263,10 @@ def weight_norm_fprop(layout, w, gain=None, *, per: str = "unit", eps: float = 1
         return ref.weight_norm_fprop(lay, w, gain, per, eps)
     import cupy
 
-    rnorm = 1 / cupy.sqrt(_wn_reduce(lay, w, w, b, per, length) + np.float32(eps))
-    return _wn_apply(lay, w, None, gain, rnorm, None, b, per), rnorm
+    if per == "block":  # one warp per block: the norm and the scaling in one kernel
+        return _wn_block(w, None, gain, None, b, eps)
+    rnorm = 1 / cupy.sqrt(_wn_unit_sums(lay, w, w, b) + np.float32(eps))
+    return _wn_apply(lay, w, None, gain, rnorm, None, b), rnorm
 
 
 def weight_norm_bprop(layout, dv, w, gain, rnorm, *, per: str = "unit"):
@@ -1061,8 +1278,11 @@ def weight_norm_bprop(layout, dv, w, gain, rnorm, *, per: str = "unit"):
     _check_stats("rnorm", rnorm, length, backend, "from weight_norm_fprop")
     if backend == "numpy":
         return ref.weight_norm_bprop(lay, dv, w, gain, rnorm, per)
-    dot = _wn_reduce(lay, dv, w, b, per, length)
-    dw = _wn_apply(lay, w, dv, gain, rnorm, dot, b, per)
+    if per == "block":
+        dw, dot = _wn_block(w, dv, gain, rnorm, b, 0.0)
+    else:
+        dot = _wn_unit_sums(lay, dv, w, b)
+        dw = _wn_apply(lay, w, dv, gain, rnorm, dot, b)
     return dw, (None if gain is None else (dot * rnorm).astype(gain.dtype))
 
 
@@ -1102,7 +1322,7 @@ def lstm_gates_fprop(z, c_prev, *, feature_axis: int = 1):
     n, H = c.size, shape[fa]
     lanes = 16 // z.dtype.itemsize
     aligned = _aligned(z, c_prev, c, h) and (H if fa == 1 else n) % lanes == 0
-    grid, block = launch_config("elementwise", z.dtype, n=n)
+    grid, block = launch_config("elementwise", z.dtype, n=n, unroll=1)
     _launch(
         _spec("lstm_fwd", z.dtype),
         grid,
@@ -1130,7 +1350,7 @@ def lstm_gates_bprop(dh, dc, z, c_prev, *, feature_axis: int = 1):
     n, H = c_prev.size, shape[fa]
     lanes = 16 // z.dtype.itemsize
     aligned = _aligned(dz, dc_prev, dh, dc, z, c_prev) and (H if fa == 1 else n) % lanes == 0
-    grid, block = launch_config("elementwise", z.dtype, n=n)
+    grid, block = launch_config("elementwise", z.dtype, n=n, unroll=1)
     _launch(
         _spec("lstm_bwd", z.dtype),
         grid,

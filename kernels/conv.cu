@@ -522,53 +522,65 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 
 #define HALO_STAGES 2
 
-// conv_fprop_halo: the output tile is a TH × TW rectangle (TH·TW = 128) of one image n and one output
-// depth od; blockIdx.x walks (n, od, tile row, tile column), blockIdx.y the virtual output block j. Each
-// stage is one (input block of column j, filter depth ft) pair: it loads the input halo that the
-// rectangle's FR × FS taps read (zero-filled outside the input) once, plus the FR·FS weight slices,
-// then runs all taps from shared memory (ldmatrix takes per-lane row addresses, so a tap is a shifted
-// window of the halo). 2-stage cp.async ring; 4 warps of 32 rows × B columns; epilogue as
-// conv_fprop_tc. Shared memory: 2 · (HR·HC·(B+8) + FR·FS·B·(B+8)) elements, from the host.
-template <typename T, int B, int TW>
-__global__ void __launch_bounds__(TC_THREADS, 2)
+// conv_fprop_halo: the output tile is a TH × TW rectangle of one image n and one output depth od;
+// blockIdx.x walks (n, od, tile row, tile column, virtual output block j), j fastest. Each stage is
+// one (input block of column j, filter depth ft) pair: it loads the input halo that the rectangle's
+// FR × FS taps read (zero-filled outside the input) once, plus the FR·FS weight slices, then runs all
+// taps from shared memory (ldmatrix takes per-lane row addresses, so a tap is a shifted window of the
+// halo). 2-stage cp.async ring. WARPS warps each own TH·TW/WARPS consecutive rows (tile row-major) × B
+// columns: a taller tile reads each weight slice from L2 for more output positions, and more rows per
+// warp read each B fragment from shared memory for more mma. Epilogue: + edge bias, optional
+// output-channel permutation (a merged channel shuffle), store. Shared memory:
+// 2 · (HR·HC·(B+8) + FR·FS·B·(B+8)) elements, from the host.
+// FLIP (stride-1 bprop without a transposed copy of w): the column tables are the layout's row tables,
+// the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
+// the B fragments come from ldmatrix without .trans; the math is dx = conv(dy, flip(w)ᵀ).
+template <typename T, int B, int TW, int TH = TC_BM / TW, int WARPS = 4, bool FLIP = false>
+__global__ void __launch_bounds__(WARPS * 32, (TH * TW / WARPS) * B / 32 <= 64 ? 2 : 1)  // 2 CTAs/SM up to 64 accumulators
 conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
                 const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
                 const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
                 const int* __restrict__ geo) {
-  constexpr int TH = TC_BM / TW, LDA = B + 8, VPR = B / 8, NT = B / 8;
+  constexpr int THREADS = WARPS * 32, RPW = TH * TW / WARPS, MT = RPW / 16;
+  constexpr int LDA = B + 8, VPR = B / 8, NT = B / 8;
+  static_assert(RPW % 16 == 0 && TW % 8 == 0, "16-row mma tiles; 8 lanes of an ldmatrix in one tile row");
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
   const int C = geo[G_C], K = geo[G_K];
   const int D = geo[G_D], H = geo[G_H], W = geo[G_W];
   const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
-  const int FR = geo[G_FR], FS = geo[G_FS];
+  const int FR = geo[G_FR], FS = geo[G_FS], FT = geo[G_FT];
   const int SH = geo[G_SH], SW = geo[G_SW], DH = geo[G_DH], DW = geo[G_DW];
-  const int taps = geo[G_FT] * FR * FS;
+  const int taps = FT * FR * FS;
   const int HR = (TH - 1) * SH + (FR - 1) * DH + 1, HC = (TW - 1) * SW + (FS - 1) * DW + 1;
   const int halo = HR * HC, wtaps = FR * FS;
   T* sA = reinterpret_cast<T*>(smem_raw);             // [stages][halo][LDA]
   T* sW = sA + HALO_STAGES * halo * LDA;              // [stages][FR·FS][B][LDA]
 
+  // 1-D grid, output block fastest: the K/B CTAs of one tile run together, so the tile's input halo
+  // is read from DRAM once (later columns find it in L2) and a permuted (shuffled) output's scattered
+  // stores to the same rows merge in L2 before they reach DRAM
   const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + TH - 1) / TH;
+  const int ncol = K / B;
   i64 t = blockIdx.x;
+  const int j = (int)(t % ncol); t /= ncol;
   const int tw0 = (int)(t % tiles_w) * TW; t /= tiles_w;
   const int th0 = (int)(t % tiles_h) * TH; t /= tiles_h;
   const int od = (int)(t % OD);
   const i64 n = t / OD;
   const int ih0 = th0 * SH - geo[G_PH], iw0 = tw0 * SW - geo[G_PW];
-  const int j = blockIdx.y;
   const int e0 = col_ptr[j];
-  const int niter = (col_ptr[j + 1] - e0) * geo[G_FT];
+  const int niter = (col_ptr[j + 1] - e0) * FT;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
   auto load_stage = [&](int it, int buf) {
-    const int eo = it / geo[G_FT], ft = it - eo * geo[G_FT];
+    const int eo = it / FT, ft = it - eo * FT;
     const int cblk = col_in[e0 + eo];
     const i64 wblk = col_w[e0 + eo];
     const int id = od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
     const bool dok = (unsigned)id < (unsigned)D;
     T* dstA = sA + buf * halo * LDA;
-    for (int v = tid; v < halo * VPR; v += TC_THREADS) {
+    for (int v = tid; v < halo * VPR; v += THREADS) {
       const int row = v / VPR, vec = v - row * VPR;
       const int hr = row / HC, hc = row - hr * HC;
       const int ih = ih0 + hr, iw = iw0 + hc;
@@ -576,27 +588,30 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       const T* src = ok ? x + (((n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
       cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
     }
-    const T* wsrc = w + (wblk * taps + (i64)ft * wtaps) * (B * B);
+    const int wdepth = FLIP ? FT - 1 - ft : ft;
+    const T* wsrc = w + (wblk * taps + (i64)wdepth * wtaps) * (B * B);
     T* dstW = sW + buf * wtaps * B * LDA;
-    for (int v = tid; v < wtaps * B * VPR; v += TC_THREADS) {
-      const int kr = v / VPR, cv = v - kr * VPR;  // kr = tap·B + input channel
-      cp_async16(smem_u32(dstW + kr * LDA + cv * 8), wsrc + (i64)kr * B + cv * 8, 16);
+    for (int v = tid; v < wtaps * B * VPR; v += THREADS) {
+      const int kr = v / VPR, cv = v - kr * VPR;  // kr = tap·B + weight row (input channel of w)
+      const int tap = kr / B, wr = kr - tap * B;
+      const int stap = FLIP ? wtaps - 1 - tap : tap;
+      cp_async16(smem_u32(dstW + kr * LDA + cv * 8), wsrc + ((i64)stap * B + wr) * B + cv * 8, 16);
     }
   };
 
-  float acc[2][NT][4];
+  float acc[MT][NT][4];
 #pragma unroll
-  for (int a = 0; a < 2; ++a)
+  for (int a = 0; a < MT; ++a)
 #pragma unroll
     for (int b = 0; b < NT; ++b)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
 
   // this lane's A row in each m16 tile: output (th, tw) → halo position before the tap offset
-  int hbase[2];
+  int hbase[MT];
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt) {
-    const int r = warp * 32 + mt * 16 + (lane & 15);
+  for (int mt = 0; mt < MT; ++mt) {
+    const int r = warp * RPW + mt * 16 + (lane & 15);
     hbase[mt] = (r / TW) * SH * HC + (r % TW) * SW;
   }
 
@@ -616,19 +631,25 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
         const T* bW = bWs + (fr * FS + fs) * B * LDA;
 #pragma unroll
         for (int kk = 0; kk < B / 16; ++kk) {
-          unsigned a[2][4];
-#pragma unroll
-          for (int mt = 0; mt < 2; ++mt)
-            ldmatrix_x4(a[mt], smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
+          unsigned b[B / 16][4];
 #pragma unroll
           for (int np = 0; np < B / 16; ++np) {
-            unsigned b[4];
-            const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-            ldmatrix_x4_trans(b, smem_u32(bW + krow * LDA + np * 16 + (lane >> 4) * 8));
+            if (FLIP) {  // smem [n = c][k]: B fragments without transposition
+              const int nrow = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
+              ldmatrix_x4(b[np], smem_u32(bW + nrow * LDA + kk * 16 + ((lane >> 3) & 1) * 8));
+            } else {     // smem [k = c][n = k]
+              const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+              ldmatrix_x4_trans(b[np], smem_u32(bW + krow * LDA + np * 16 + (lane >> 4) * 8));
+            }
+          }
 #pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
-              mma16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
-              mma16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+          for (int mt = 0; mt < MT; ++mt) {
+            unsigned a[4];
+            ldmatrix_x4(a, smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+            for (int np = 0; np < B / 16; ++np) {
+              mma16816<T>(acc[mt][2 * np], a, b[np][0], b[np][1]);
+              mma16816<T>(acc[mt][2 * np + 1], a, b[np][2], b[np][3]);
             }
           }
         }
@@ -638,10 +659,10 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
 
   const i64 OS = (i64)OD * OH * OW;
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int r = warp * 32 + mt * 16 + (lane >> 2) + 8 * h;
+      const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h;
       const int oh = th0 + r / TW, ow = tw0 + r % TW;
       if (oh >= OH || ow >= OW) continue;
       const i64 p = ((i64)od * OH + oh) * OW + ow;

@@ -4,7 +4,9 @@
 // Every kernel reads and writes its storage type T (float, __half, __nv_bfloat16) and computes in float.
 // Elementwise kernels give each thread V = 16 / sizeof(T) consecutive elements: one 16-byte load per
 // operand when the host says every pointer is 16-byte aligned (`aligned`) and the V elements are in
-// bounds, a scalar path otherwise (ragged tails, odd sizes, offset views). Indices are 64-bit (i64).
+// bounds, a scalar path otherwise (ragged tails, odd sizes, offset views). Indices are 64-bit (i64);
+// index divisions use 32-bit arithmetic when the sizes allow (a 64-bit division costs ~100 instructions,
+// more than the arithmetic of most ops per 16 bytes).
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------------
@@ -12,33 +14,89 @@
 
 template <typename T> struct Lanes { static constexpr int V = 16 / sizeof(T); };
 
-template <typename T, int V> struct alignas(16) Pack { T v[V]; };
+// Bits of 16-byte packs: every vector load and store goes through uint4 (a struct copy of __half or
+// __nv_bfloat16 elements, whose assignment operators are user-defined, compiles to 2-byte accesses).
+template <typename T> __device__ __forceinline__ float lo_half(unsigned w);
+template <> __device__ __forceinline__ float lo_half<__half>(unsigned w) {
+    return __half2float(__ushort_as_half((unsigned short)(w & 0xffffu)));
+}
+template <> __device__ __forceinline__ float lo_half<__nv_bfloat16>(unsigned w) { return __uint_as_float(w << 16); }
+template <typename T> __device__ __forceinline__ unsigned half_bits(float v);
+template <> __device__ __forceinline__ unsigned half_bits<__half>(float v) { return __half_as_ushort(__float2half_rn(v)); }
+template <> __device__ __forceinline__ unsigned half_bits<__nv_bfloat16>(float v) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void unpack16(const uint4& raw, float (&out)[V]) {
+    const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) out[k] = __uint_as_float(w[k]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            out[2 * k] = lo_half<T>(w[k]);
+            out[2 * k + 1] = lo_half<T>(w[k] >> 16);
+        }
+    }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ uint4 pack16(const float (&in)[V]) {
+    unsigned w[4];
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = __float_as_uint(in[k]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = half_bits<T>(in[2 * k]) | (half_bits<T>(in[2 * k + 1]) << 16);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
 
 // out[k] = p[i + k] for k < V; elements past n read as 0. `vec`: one 16-byte load (caller checked).
-template <typename T, int V>
+// CS: a last use of the data (ld.global.cs, evict-first), so that it does not push out lines that a
+// later read in the same op still wants from L2.
+template <typename T, int V, bool CS = false>
 __device__ __forceinline__ void load_v(const T* __restrict__ p, i64 i, i64 n, bool vec, float (&out)[V]) {
     if (vec) {
-        Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(p + i);
-#pragma unroll
-        for (int k = 0; k < V; ++k) out[k] = to_float<T>(pk.v[k]);
+        const uint4* q = reinterpret_cast<const uint4*>(p + i);
+        uint4 raw;
+        if constexpr (CS) raw = __ldcs(q);
+        else raw = __ldg(q);
+        unpack16<T, V>(raw, out);
     } else {
 #pragma unroll
         for (int k = 0; k < V; ++k) out[k] = (i + k < n) ? to_float<T>(p[i + k]) : 0.f;
     }
 }
 
-template <typename T, int V>
+// CS: streaming store (st.global.cs): the output is not read again by this op.
+template <typename T, int V, bool CS = false>
 __device__ __forceinline__ void store_v(T* __restrict__ p, i64 i, i64 n, bool vec, const float (&in)[V]) {
     if (vec) {
-        Pack<T, V> pk;
-#pragma unroll
-        for (int k = 0; k < V; ++k) pk.v[k] = from_float<T>(in[k]);
-        *reinterpret_cast<Pack<T, V>*>(p + i) = pk;
+        // inline PTX: NVVM splits a plain uint4 store into four 4-byte stores in some kernels
+        const uint4 raw = pack16<T, V>(in);
+        if constexpr (CS)
+            asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p + i), "r"(raw.x), "r"(raw.y),
+                         "r"(raw.z), "r"(raw.w));
+        else
+            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p + i), "r"(raw.x), "r"(raw.y),
+                         "r"(raw.z), "r"(raw.w));
     } else {
 #pragma unroll
         for (int k = 0; k < V; ++k)
             if (i + k < n) p[i + k] = from_float<T>(in[k]);
     }
+}
+
+// i / d and i % d for non-negative i, d; 32-bit arithmetic when `narrow` (both below 2^32).
+__device__ __forceinline__ i64 div_(i64 i, i64 d, bool narrow) {
+    return narrow ? (i64)((unsigned)i / (unsigned)d) : i / d;
+}
+__device__ __forceinline__ i64 mod_(i64 i, i64 d, bool narrow) {
+    return narrow ? (i64)((unsigned)i % (unsigned)d) : i % d;
 }
 
 // float32 side outputs (partial gradients before a reduction): two or one 16-byte stores.
@@ -62,39 +120,46 @@ enum { ACT_IDENTITY = 0, ACT_RELU, ACT_ELU, ACT_GELU_TANH, ACT_GELU_ERF, ACT_SIG
 
 __device__ __forceinline__ float sigmoidf_(float z) { return 1.f / (1.f + __expf(-z)); }
 
-// tanh through expm1f: accurate to a few ulp (tanhf under --use_fast_math is the MUFU approximation).
-__device__ __forceinline__ float tanhf_(float z) {
+// tanh. FAST (half types): the MUFU approximation tanh.approx.f32 (relative error ~2^-11, below the
+// rounding of a half-type result); else through expm1f, accurate to a few ulp for float32 results.
+template <bool FAST> __device__ __forceinline__ float tanhf_(float z) {
+    if (FAST) {
+        float t;
+        asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(z));
+        return t;
+    }
     const float e = expm1f(2.f * fminf(fabsf(z), 10.f));
     return copysignf(e / (e + 2.f), z);
 }
 
-template <int ACT> __device__ __forceinline__ float act_f(float z) {
+// GELU (tanh form) as z * sigmoid(2u), u = sqrt(2/pi) (z + 0.044715 z^3): 0.5 (1 + tanh u) = sigmoid(2u)
+// exactly, and one exp + one reciprocal is cheaper than an accurate tanh and has no cancellation in the
+// negative tail.
+__device__ __forceinline__ float gelu_u2(float z) { return 1.5957691216057308f * (z + 0.044715f * z * z * z); }
+
+template <int ACT, bool FAST = false> __device__ __forceinline__ float act_f(float z) {
     if (ACT == ACT_RELU) return fmaxf(z, 0.f);
     if (ACT == ACT_ELU) return z > 0.f ? z : __expf(z) - 1.f;
-    if (ACT == ACT_GELU_TANH) {
-        float u = 0.7978845608028654f * (z + 0.044715f * z * z * z);
-        return 0.5f * z * (1.f + tanhf_(u));
-    }
+    if (ACT == ACT_GELU_TANH) return z * sigmoidf_(gelu_u2(z));
     if (ACT == ACT_GELU_ERF) return 0.5f * z * (1.f + erff(z * 0.7071067811865476f));
     if (ACT == ACT_SIGMOID) return sigmoidf_(z);
-    if (ACT == ACT_TANH) return tanhf_(z);
+    if (ACT == ACT_TANH) return tanhf_<FAST>(z);
     if (ACT == ACT_SOFTPLUS) return z > 20.f ? z : log1pf(__expf(z));
     if (ACT == ACT_SWISH) return z * sigmoidf_(z);
     return z;
 }
 
-template <int ACT> __device__ __forceinline__ float act_d(float z) {
+template <int ACT, bool FAST = false> __device__ __forceinline__ float act_d(float z) {
     if (ACT == ACT_RELU) return z > 0.f ? 1.f : 0.f;
     if (ACT == ACT_ELU) return z > 0.f ? 1.f : __expf(z);
-    if (ACT == ACT_GELU_TANH) {
-        float u = 0.7978845608028654f * (z + 0.044715f * z * z * z);
-        float t = tanhf_(u);
-        return 0.5f * (1.f + t) + 0.5f * z * (1.f - t * t) * 0.7978845608028654f * (1.f + 0.134145f * z * z);
+    if (ACT == ACT_GELU_TANH) {  // s + z * 2 s (1 - s) * u', s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 * 0.044715 z^2)
+        const float s = sigmoidf_(gelu_u2(z));
+        return s + z * s * (1.f - s) * 1.5957691216057308f * (1.f + 0.134145f * z * z);
     }
     if (ACT == ACT_GELU_ERF)
         return 0.5f * (1.f + erff(z * 0.7071067811865476f)) + z * 0.3989422804014327f * __expf(-0.5f * z * z);
     if (ACT == ACT_SIGMOID) { float s = sigmoidf_(z); return s * (1.f - s); }
-    if (ACT == ACT_TANH) { float t = tanhf_(z); return 1.f - t * t; }
+    if (ACT == ACT_TANH) { float t = tanhf_<FAST>(z); return 1.f - t * t; }
     if (ACT == ACT_SOFTPLUS) return sigmoidf_(z);
     if (ACT == ACT_SWISH) { float s = sigmoidf_(z); return s + z * s * (1.f - s); }
     return 1.f;
@@ -104,12 +169,14 @@ template <int ACT> __device__ __forceinline__ float act_d(float z) {
 // b_inner == 1 && b_mid == n: same shape; b_inner == 1: a row vector repeated; b_mid == 1: a scalar.
 template <typename T, int V>
 __device__ __forceinline__ void load_bcast(const T* __restrict__ b, i64 i, i64 n, i64 b_inner, i64 b_mid,
-                                           bool vec, float (&out)[V]) {
+                                           bool vec, bool narrow, float (&out)[V]) {
     if (b_inner == 1) {
-        i64 j = i % b_mid;
-        if (vec && b_mid % V == 0) { load_v<T, V>(b, j, b_mid, true, out); return; }
+        if (vec && (b_mid == n || b_mid % V == 0)) {
+            load_v<T, V>(b, b_mid == n ? i : mod_(i, b_mid, narrow), b_mid, true, out);
+            return;
+        }
     } else if (vec && b_inner % V == 0) {
-        float s = to_float<T>(b[(i / b_inner) % b_mid]);
+        float s = to_float<T>(b[mod_(div_(i, b_inner, narrow), b_mid, narrow)]);
 #pragma unroll
         for (int k = 0; k < V; ++k) out[k] = s;
         return;
@@ -121,24 +188,36 @@ __device__ __forceinline__ void load_bcast(const T* __restrict__ b, i64 i, i64 n
 enum { OP_NONE = 0, OP_ADD = 1, OP_MUL = 2 };
 
 // y = act(alpha * (a OP b)), b broadcast as in load_bcast (op == OP_NONE: y = act(alpha * a)).
-// Grid: a 1-D grid-stride loop; each thread block covers blockDim.x * V consecutive outputs a step.
-template <typename T, int ACT>
+// Grid: a 1-D grid-stride loop; each thread block covers U * blockDim.x * V consecutive outputs a step,
+// each thread U vectors blockDim.x * V apart, all U loaded before any is used (U 16-byte loads in flight).
+template <typename T, int ACT, int U>
 __global__ void ew_fwd(T* __restrict__ y, const T* __restrict__ a, const T* __restrict__ b, i64 n, i64 b_inner,
                        i64 b_mid, int op, float alpha, int aligned) {
     constexpr int V = Lanes<T>::V;
-    const i64 step = (i64)gridDim.x * blockDim.x * V;
-    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
-        const bool vec = aligned && i + V <= n;
-        float va[V], vb[V];
-        load_v<T, V>(a, i, n, vec, va);
-        if (op != OP_NONE) {
-            load_bcast<T, V>(b, i, n, b_inner, b_mid, vec, vb);
+    constexpr bool FAST = sizeof(T) < 4;
+    const bool narrow = n < (1ll << 32);
+    const i64 tile = (i64)blockDim.x * V;
+    const i64 step = (i64)gridDim.x * tile * U;
+    for (i64 i0 = (i64)blockIdx.x * tile * U + (i64)threadIdx.x * V; i0 < n; i0 += step) {
+        float va[U][V], vb[U][V];
 #pragma unroll
-            for (int k = 0; k < V; ++k) va[k] = op == OP_ADD ? va[k] + vb[k] : va[k] * vb[k];
+        for (int u = 0; u < U; ++u) {
+            const i64 i = i0 + u * tile;
+            const bool vec = aligned && i + V <= n;
+            load_v<T, V>(a, i, n, vec, va[u]);
+            if (op != OP_NONE) load_bcast<T, V>(b, i, n, b_inner, b_mid, vec, narrow, vb[u]);
         }
 #pragma unroll
-        for (int k = 0; k < V; ++k) va[k] = act_f<ACT>(alpha * va[k]);
-        store_v<T, V>(y, i, n, vec, va);
+        for (int u = 0; u < U; ++u) {
+            const i64 i = i0 + u * tile;
+            if (i >= n) break;
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float z = op == OP_ADD ? va[u][k] + vb[u][k] : (op == OP_MUL ? va[u][k] * vb[u][k] : va[u][k]);
+                va[u][k] = act_f<ACT, FAST>(alpha * z);
+            }
+            store_v<T, V>(y, i, n, aligned && i + V <= n, va[u]);
+        }
     }
 }
 
@@ -146,35 +225,97 @@ __global__ void ew_fwd(T* __restrict__ y, const T* __restrict__ a, const T* __re
 // da = g * b (mul) or g; db = g * a (mul) or g, written as T into db (b has the output's shape) or as
 // float32 into db_f32 (b is broadcast: the host reduces it). Null outputs are skipped.
 // Grid: as ew_fwd.
-template <typename T, int ACT>
+template <typename T, int ACT, int U>
 __global__ void ew_bwd(T* __restrict__ da, T* __restrict__ db, float* __restrict__ db_f32, const T* __restrict__ dy,
                        const T* __restrict__ a, const T* __restrict__ b, i64 n, i64 b_inner, i64 b_mid, int op,
                        float alpha, int aligned) {
     constexpr int V = Lanes<T>::V;
-    const i64 step = (i64)gridDim.x * blockDim.x * V;
-    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
-        const bool vec = aligned && i + V <= n;
-        float va[V], vb[V], g[V], out[V];
-        load_v<T, V>(a, i, n, vec, va);
-        load_v<T, V>(dy, i, n, vec, g);
-        if (op != OP_NONE) load_bcast<T, V>(b, i, n, b_inner, b_mid, vec, vb);
+    constexpr bool FAST = sizeof(T) < 4;
+    const bool narrow = n < (1ll << 32);
+    const i64 tile = (i64)blockDim.x * V;
+    const i64 step = (i64)gridDim.x * tile * U;
+    for (i64 i0 = (i64)blockIdx.x * tile * U + (i64)threadIdx.x * V; i0 < n; i0 += step) {
+        float va[U][V], vb[U][V], g[U][V];
 #pragma unroll
-        for (int k = 0; k < V; ++k) {
-            float z = op == OP_ADD ? va[k] + vb[k] : (op == OP_MUL ? va[k] * vb[k] : va[k]);
-            if (ACT != ACT_IDENTITY) g[k] *= act_d<ACT>(alpha * z);
-            g[k] *= alpha;
+        for (int u = 0; u < U; ++u) {
+            const i64 i = i0 + u * tile;
+            const bool vec = aligned && i + V <= n;
+            load_v<T, V>(a, i, n, vec, va[u]);
+            load_v<T, V>(dy, i, n, vec, g[u]);
+            if (op != OP_NONE) load_bcast<T, V>(b, i, n, b_inner, b_mid, vec, narrow, vb[u]);
         }
-        if (da) {
 #pragma unroll
-            for (int k = 0; k < V; ++k) out[k] = op == OP_MUL ? g[k] * vb[k] : g[k];
-            store_v<T, V>(da, i, n, vec, out);
-        }
-        if (db || db_f32) {
+        for (int u = 0; u < U; ++u) {
+            const i64 i = i0 + u * tile;
+            if (i >= n) break;
+            const bool vec = aligned && i + V <= n;
+            float out[V];
 #pragma unroll
-            for (int k = 0; k < V; ++k) out[k] = op == OP_MUL ? g[k] * va[k] : g[k];
-            if (db) store_v<T, V>(db, i, n, vec, out);
-            else store_f32<V>(db_f32, i, n, vec, out);
+            for (int k = 0; k < V; ++k) {
+                float z = op == OP_ADD ? va[u][k] + vb[u][k] : (op == OP_MUL ? va[u][k] * vb[u][k] : va[u][k]);
+                if (ACT != ACT_IDENTITY) g[u][k] *= act_d<ACT, FAST>(alpha * z);
+                g[u][k] *= alpha;
+            }
+            if (da) {
+#pragma unroll
+                for (int k = 0; k < V; ++k) out[k] = op == OP_MUL ? g[u][k] * vb[u][k] : g[u][k];
+                store_v<T, V>(da, i, n, vec, out);
+            }
+            if (db || db_f32) {
+#pragma unroll
+                for (int k = 0; k < V; ++k) out[k] = op == OP_MUL ? g[u][k] * va[u][k] : g[u][k];
+                if (db) store_v<T, V>(db, i, n, vec, out);
+                else store_f32<V>(db_f32, i, n, vec, out);
+            }
         }
+    }
+}
+
+// Activation with a bias per column of x [R, C] (features last), backward: dx = dy * act'(x + bias[c]),
+// and the bias gradient's partial column sums (of dx as rounded to T, as the caller's dx sums) over this
+// block's rows into ws [splits, 1, C] (float32), finished by cols_finalize.
+// Grid: x = column tiles of 32 * V columns, y = row splits of rows_per_split rows; block (32, 8): each
+// thread holds V consecutive columns (and their bias) and walks every 8th row of the split, 4 rows in
+// flight; the 8 row lanes reduce through shared memory. No index division.
+template <typename T, int ACT>
+__global__ void ew_bias_cols_bwd(T* __restrict__ dx, float* __restrict__ ws, const T* __restrict__ dy,
+                                 const T* __restrict__ x, const T* __restrict__ bias, i64 R, i64 C,
+                                 i64 rows_per_split, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    constexpr bool FAST = sizeof(T) < 4;
+    __shared__ float red[8][32 * V];
+    const i64 c0 = ((i64)blockIdx.x * 32 + threadIdx.x) * V;
+    const bool vec = aligned && c0 + V <= C;
+    const i64 r_begin = (i64)blockIdx.y * rows_per_split;
+    const i64 r_end = min(R, r_begin + rows_per_split);
+    float acc[V], bv[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc[k] = 0.f;
+    if (c0 < C) {
+        load_v<T, V>(bias, c0, C, vec, bv);
+#pragma unroll 4
+        for (i64 r = r_begin + threadIdx.y; r < r_end; r += 8) {
+            float v[V], d[V];
+            load_v<T, V>(x + r * C, c0, C, vec, v);
+            load_v<T, V>(dy + r * C, c0, C, vec, d);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                d[k] = to_float<T>(from_float<T>(d[k] * act_d<ACT, FAST>(v[k] + bv[k])));
+                acc[k] += d[k];
+            }
+            store_v<T, V>(dx + r * C, c0, C, vec, d);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) red[threadIdx.y][threadIdx.x * V + k] = acc[k];
+    __syncthreads();
+    for (int t = threadIdx.y * 32 + threadIdx.x; t < 32 * V; t += 256) {
+        const i64 c = (i64)blockIdx.x * 32 * V + t;
+        if (c >= C) continue;
+        float s = 0.f;
+#pragma unroll
+        for (int l = 0; l < 8; ++l) s += red[l][t];
+        ws[(i64)blockIdx.y * C + c] = s;
     }
 }
 
@@ -226,7 +367,8 @@ __global__ void dropout_fwd(T* __restrict__ y, const T* __restrict__ x, i64 n, u
 // Grid: as ew_fwd over the N*H outputs (each thread V consecutive outputs of one row).
 
 __device__ __forceinline__ i64 gate_base(i64 e, i64 H, int feature_axis) {
-    return feature_axis == 1 ? e + (e / H) * 3 * H : e;  // index of gate 0 for output element e
+    // index of gate 0 for output element e (the callers' n = N * H: 32-bit division when it fits)
+    return feature_axis == 1 ? e + div_(e, H, (e | H) < (1ll << 32)) * 3 * H : e;
 }
 
 // The four gates of outputs e .. e+V-1 (V 16-byte loads when `vec`, else per element with bounds).
@@ -257,6 +399,7 @@ template <typename T>
 __global__ void lstm_fwd(T* __restrict__ c, T* __restrict__ h, const T* __restrict__ z, const T* __restrict__ c_prev,
                          i64 n, i64 H, int feature_axis, int aligned) {
     constexpr int V = Lanes<T>::V;
+    constexpr bool FAST = sizeof(T) < 4;
     const i64 step = (i64)gridDim.x * blockDim.x * V;
     for (i64 e = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; e < n; e += step) {
         const bool vec = aligned && e + V <= n;
@@ -265,8 +408,8 @@ __global__ void lstm_fwd(T* __restrict__ c, T* __restrict__ h, const T* __restri
         load_v<T, V>(c_prev, e, n, vec, cp);
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            cv[k] = sigmoidf_(zf[k]) * cp[k] + sigmoidf_(zi[k]) * tanhf_(zg[k]);
-            hv[k] = sigmoidf_(zo[k]) * tanhf_(cv[k]);
+            cv[k] = sigmoidf_(zf[k]) * cp[k] + sigmoidf_(zi[k]) * tanhf_<FAST>(zg[k]);
+            hv[k] = sigmoidf_(zo[k]) * tanhf_<FAST>(cv[k]);
         }
         store_v<T, V>(c, e, n, vec, cv);
         store_v<T, V>(h, e, n, vec, hv);
@@ -280,6 +423,7 @@ __global__ void lstm_bwd(T* __restrict__ dz, T* __restrict__ dc_prev, const T* _
                          const T* __restrict__ dc, const T* __restrict__ z, const T* __restrict__ c_prev, i64 n,
                          i64 H, int feature_axis, int aligned) {
     constexpr int V = Lanes<T>::V;
+    constexpr bool FAST = sizeof(T) < 4;
     const i64 gate = feature_axis == 1 ? H : n;
     const i64 nz = 4 * n;
     const i64 step = (i64)gridDim.x * blockDim.x * V;
@@ -297,8 +441,8 @@ __global__ void lstm_bwd(T* __restrict__ dz, T* __restrict__ dc_prev, const T* _
         }
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            const float i = sigmoidf_(zi[k]), f = sigmoidf_(zf[k]), g = tanhf_(zg[k]), o = sigmoidf_(zo[k]);
-            const float cv = f * cp[k] + i * g, tc = tanhf_(cv);
+            const float i = sigmoidf_(zi[k]), f = sigmoidf_(zf[k]), g = tanhf_<FAST>(zg[k]), o = sigmoidf_(zo[k]);
+            const float cv = f * cp[k] + i * g, tc = tanhf_<FAST>(cv);
             const float dct = gc[k] + gh[k] * o * (1.f - tc * tc);
             zo[k] = gh[k] * tc * o * (1.f - o);
             zi[k] = dct * g * i * (1.f - i);
@@ -406,6 +550,163 @@ __global__ void norm_rows_fwd(T* __restrict__ y, const T* __restrict__ x, const 
     }
 }
 
+// The same with the row in registers (one read of x, one write of y): blockDim.x threads per row (a
+// multiple of 32), thread t holding the vectors j = (k * blockDim.x + t) * V for k < NV; the host picks
+// NV and blockDim.x with L <= NV * blockDim.x * V. Statistics as norm_rows_fwd (sums shifted by the row's
+// first element: one block reduction). Grid: blockDim.y rows per block, grid-stride over row groups.
+template <typename T, int NV>
+__global__ void norm_rows_fwd_reg(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain,
+                                  const T* __restrict__ bias, float* __restrict__ mean_out,
+                                  float* __restrict__ rstd_out, float* __restrict__ var_out, i64 R, i64 L,
+                                  float eps, int gain_per_row, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    for (i64 r0 = (i64)blockIdx.x * blockDim.y; r0 < R; r0 += (i64)gridDim.x * blockDim.y) {
+        const i64 row = r0 + threadIdx.y;
+        const bool live = row < R;
+        const T* xr = x + (live ? row : 0) * L;
+        const float shift = to_float<T>(xr[0]);
+        float v[NV][V];
+        float s = 0.f, ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+            const i64 j = ((i64)k * blockDim.x + threadIdx.x) * V;
+            if (live && j < L) load_v<T, V>(xr, j, L, aligned && j + V <= L, v[k]);
+            else {
+#pragma unroll
+                for (int q = 0; q < V; ++q) v[k][q] = 0.f;
+            }
+#pragma unroll
+            for (int q = 0; q < V; ++q)
+                if (j + q < L) { const float d = v[k][q] - shift; s += d; ss += d * d; }
+        }
+        row_group_sum2(s, ss);
+        if (!live) continue;
+        const float m1 = s / (float)L;
+        const float mean = shift + m1;
+        const float var = fmaxf(ss / (float)L - m1 * m1, 0.f), rstd = rsqrtf(var + eps);
+        if (threadIdx.x == 0) {
+            mean_out[row] = mean;
+            rstd_out[row] = rstd;
+            if (var_out) var_out[row] = var;
+        }
+        const float g_row = gain && gain_per_row ? to_float<T>(gain[row]) : 1.f;
+        const float b_row = bias && gain_per_row ? to_float<T>(bias[row]) : 0.f;
+        T* yr = y + row * L;
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+            const i64 j = ((i64)k * blockDim.x + threadIdx.x) * V;
+            if (j >= L) break;
+            const bool vec = aligned && j + V <= L;
+            float g[V], b[V];
+            if (gain && !gain_per_row) load_v<T, V>(gain, j, L, vec, g);
+            if (bias && !gain_per_row) load_v<T, V>(bias, j, L, vec, b);
+#pragma unroll
+            for (int q = 0; q < V; ++q) {
+                const float gk = gain && !gain_per_row ? g[q] : g_row;
+                const float bk = bias && !gain_per_row ? b[q] : b_row;
+                v[k][q] = (v[k][q] - mean) * rstd * gk + bk;
+            }
+            store_v<T, V>(yr, j, L, vec, v[k]);
+        }
+    }
+}
+
+// Backward per row with the row of x and dy in registers (statistics per row; layout as
+// norm_rows_fwd_reg): xhat = (x - mean[r]) * rstd[r], t = dy * gc (gc = gain per column, or 1),
+//   s1 = sum_j t, s2 = sum_j t * xhat;  dgain_row[r] = s2, dbias_row[r] = s1 (if non-null);
+//   dx = rstd * gr * (t - train * (s1 + xhat * s2) / L)   (gr = gain per row, or 1).
+// COLS (layer norm, features last): also the column sums sum_r dy (dbias) and sum_r dy * xhat (dgain)
+// over this block's rows, reduced over blockDim.y in shared memory (8 * L bytes, dynamic) and written to
+// ws [gridDim.x, 2, L] (float32) for cols_finalize: the parameter gradients cost no extra pass over x, dy.
+// Grid: persistent blocks (the host sizes it to the resident capacity), grid-stride over row groups.
+template <typename T, int NV, bool COLS>
+__global__ void norm_rows_bwd_reg(T* __restrict__ dx, float* __restrict__ dgain_row, float* __restrict__ dbias_row,
+                                  float* __restrict__ ws, const T* __restrict__ dy, const T* __restrict__ x,
+                                  const T* __restrict__ gain, const float* __restrict__ mean,
+                                  const float* __restrict__ rstd, i64 R, i64 L, int gain_per_row, int train,
+                                  int aligned) {
+    constexpr int V = Lanes<T>::V;
+    extern __shared__ float red_cols[];
+    const bool gain_col = gain && !gain_per_row;
+    float acc0[COLS ? NV : 1][V], acc1[COLS ? NV : 1][V];
+#pragma unroll
+    for (int k = 0; k < (COLS ? NV : 1); ++k)
+#pragma unroll
+        for (int q = 0; q < V; ++q) { acc0[k][q] = 0.f; acc1[k][q] = 0.f; }
+    for (i64 r0 = (i64)blockIdx.x * blockDim.y; r0 < R; r0 += (i64)gridDim.x * blockDim.y) {
+        const i64 row = r0 + threadIdx.y;
+        const bool live = row < R;
+        const i64 off = (live ? row : 0) * L;
+        const float m = mean[live ? row : 0], rs = rstd[live ? row : 0];
+        float xh[NV][V], t[NV][V];
+        float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+            const i64 j = ((i64)k * blockDim.x + threadIdx.x) * V;
+            const bool in = live && j < L, vec = aligned && j + V <= L;
+            if (in) {
+                load_v<T, V>(x + off, j, L, vec, xh[k]);
+                load_v<T, V>(dy + off, j, L, vec, t[k]);
+            } else {
+#pragma unroll
+                for (int q = 0; q < V; ++q) { xh[k][q] = 0.f; t[k][q] = 0.f; }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+            const i64 j = ((i64)k * blockDim.x + threadIdx.x) * V;
+            float g[V];
+            if (gain_col && live && j < L) load_v<T, V>(gain, j, L, aligned && j + V <= L, g);
+#pragma unroll
+            for (int q = 0; q < V; ++q) {
+                const bool ok = live && j + q < L;
+                xh[k][q] = ok ? (xh[k][q] - m) * rs : 0.f;
+                if (COLS) { acc0[k][q] += t[k][q]; acc1[k][q] += t[k][q] * xh[k][q]; }
+                if (gain_col && ok) t[k][q] *= g[q];
+                s1 += t[k][q];
+                s2 += t[k][q] * xh[k][q];
+            }
+        }
+        row_group_sum2(s1, s2);
+        if (!live) continue;
+        if (threadIdx.x == 0) {
+            if (dgain_row) dgain_row[row] = s2;
+            if (dbias_row) dbias_row[row] = s1;
+        }
+        if (!dx) continue;
+        const float gr = gain && gain_per_row ? to_float<T>(gain[row]) : 1.f;
+        const float a1 = train ? s1 / (float)L : 0.f, a2 = train ? s2 / (float)L : 0.f;
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+            const i64 j = ((i64)k * blockDim.x + threadIdx.x) * V;
+            if (j >= L) break;
+#pragma unroll
+            for (int q = 0; q < V; ++q) t[k][q] = rs * gr * (t[k][q] - a1 - xh[k][q] * a2);
+            store_v<T, V>(dx + off, j, L, aligned && j + V <= L, t[k]);
+        }
+    }
+    if (!COLS) return;
+    // fold the blockDim.y row groups' column sums, one group at a time (a fixed order: deterministic)
+    for (int grp = 0; grp < (int)blockDim.y; ++grp) {
+        if (threadIdx.y == grp) {
+#pragma unroll
+            for (int k = 0; k < NV; ++k) {
+                const i64 j = ((i64)k * blockDim.x + threadIdx.x) * V;
+#pragma unroll
+                for (int q = 0; q < V; ++q)
+                    if (j + q < L) {
+                        red_cols[j + q] = grp ? red_cols[j + q] + acc0[k][q] : acc0[k][q];
+                        red_cols[L + j + q] = grp ? red_cols[L + j + q] + acc1[k][q] : acc1[k][q];
+                    }
+            }
+        }
+        __syncthreads();
+    }
+    float* out = ws + (i64)blockIdx.x * 2 * L;
+    for (i64 c = (i64)threadIdx.y * blockDim.x + threadIdx.x; c < 2 * L; c += (i64)blockDim.x * blockDim.y)
+        out[c] = red_cols[c];
+}
+
 // Backward per row of [R, L] with xhat = (x - mean) * rstd, the statistics per row (stat_per_col 0) or
 // per column (1). gc = gain per column (1 if gain_per_row or no gain); gr = gain per row (else 1).
 //   s1 = sum_j dy*gc, s2 = sum_j dy*gc*xhat;  dgain_row[r] = s2, dbias_row[r] = s1 (float32, if non-null)
@@ -502,6 +803,7 @@ __global__ void norm_cols_reduce(float* __restrict__ ws, const T* __restrict__ x
             for (int k = 0; k < V; ++k)
                 if (c0 + k < C) { ref[k] = mean[c0 + k]; sc[k] = rstd[c0 + k]; }
         }
+#pragma unroll 4
         for (i64 r = r_begin + threadIdx.y; r < r_end; r += 8) {
             float v[V], d[V];
             load_v<T, V>(x + r * C, c0, C, vec, v);
@@ -540,20 +842,35 @@ __global__ void norm_cols_reduce(float* __restrict__ ws, const T* __restrict__ x
     }
 }
 
-// Finish column sums: s0[c], s1[c] = sums over the splits of ws [splits, 2, C]; one thread per column.
+// Finish column sums: s0[c], s1[c] = sums over the splits of ws [splits, nsums, C] (s1 = 0 when nsums is 1):
 //   mode 0 (statistics, scale = 1/R): m1 = s0*scale; var = max(s1*scale - m1^2, 0); mean = x_row0[c] + m1;
 //           rstd = 1/sqrt(var + eps); out_a = mean, out_b = rstd, var_out = var (each if non-null)
 //   mode 1 (gradient sums): g = gain ? gain[c] : 1; out_a = g*s0*scale, out_b = g*s1*scale;
 //           sum0_t = s0, sum1_t = s1 in T (each if non-null)
+// Grid: blocks of (32, 8) over 32-column tiles: the 8 row lanes each sum every 8th split, then lane 0
+// adds the 8 in order (a fixed order: deterministic), so a few hundred splits cost a few microseconds.
 template <typename T>
 __global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out_b, float* __restrict__ var_out,
                               T* __restrict__ sum0_t, T* __restrict__ sum1_t, const float* __restrict__ ws,
-                              const T* __restrict__ x_row0, const T* __restrict__ gain, int splits, i64 C,
-                              float scale, float eps, int mode) {
-    const i64 c = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
+                              const T* __restrict__ x_row0, const T* __restrict__ gain, int splits, int nsums,
+                              i64 C, float scale, float eps, int mode) {
+    __shared__ float part[2][8][33];
+    const i64 c = (i64)blockIdx.x * 32 + threadIdx.x;
     float s0 = 0.f, s1 = 0.f;
-    for (int s = 0; s < splits; ++s) { s0 += ws[(2 * (i64)s) * C + c]; s1 += ws[(2 * (i64)s + 1) * C + c]; }
+    if (c < C) {
+        for (int s = threadIdx.y; s < splits; s += 8) {
+            s0 += ws[((i64)s * nsums) * C + c];
+            if (nsums == 2) s1 += ws[((i64)s * 2 + 1) * C + c];
+        }
+    }
+    part[0][threadIdx.y][threadIdx.x] = s0;
+    part[1][threadIdx.y][threadIdx.x] = s1;
+    __syncthreads();
+    if (threadIdx.y != 0 || c >= C) return;
+    s0 = 0.f;
+    s1 = 0.f;
+#pragma unroll
+    for (int l = 0; l < 8; ++l) { s0 += part[0][l][threadIdx.x]; s1 += part[1][l][threadIdx.x]; }
     if (mode == 0) {
         const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
         if (out_a) out_a[c] = to_float<T>(x_row0[c]) + m1;
@@ -568,9 +885,65 @@ __global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out
     if (sum1_t) sum1_t[c] = from_float<T>(s1);
 }
 
+// Statistics per column of [R, C], applied (grid and block as norm_cols_reduce, whose per-split row
+// ranges it shares):
+//   forward (dy null): out = (x - mean[c]) * rstd[c] * g + b
+//   backward:          out = rstd[c] * (g * dy - A[c] - xhat * B[c])   (A, B null -> 0)
+// with g, b = gain, bias per column (gain_per_col) or per row; null -> 1, 0. Each thread keeps its V
+// columns' statistics (and per-column gain, bias) in registers: no index division.
+// REV: each split walks its rows last to first, so that the first rows it reads are those that
+// norm_cols_reduce read last and that L2 may still hold; loads and stores stream (evict-first), so
+// they do not push those lines out.
+template <typename T, bool REV>
+__global__ void norm_cols_apply(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ dy,
+                                const float* __restrict__ mean, const float* __restrict__ rstd,
+                                const T* __restrict__ gain, const T* __restrict__ bias, const float* __restrict__ A,
+                                const float* __restrict__ B, i64 R, i64 C, i64 rows_per_split, int gain_per_col,
+                                int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 c0 = ((i64)blockIdx.x * 32 + threadIdx.x) * V;
+    if (c0 >= C) return;
+    const bool vec = aligned && c0 + V <= C;
+    const i64 r_begin = (i64)blockIdx.y * rows_per_split;
+    const i64 r_end = min(R, r_begin + rows_per_split);
+    float m[V], rs[V], a[V], bb[V], gc[V], bc[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        const bool ok = c0 + k < C;
+        m[k] = ok ? mean[c0 + k] : 0.f;
+        rs[k] = ok ? rstd[c0 + k] : 0.f;
+        a[k] = ok && A ? A[c0 + k] : 0.f;
+        bb[k] = ok && B ? B[c0 + k] : 0.f;
+        gc[k] = 1.f;
+        bc[k] = 0.f;
+    }
+    if (gain && gain_per_col) load_v<T, V>(gain, c0, C, vec, gc);
+    if (bias && gain_per_col) load_v<T, V>(bias, c0, C, vec, bc);
+    const i64 count = r_end - r_begin;
+#pragma unroll 4
+    for (i64 it = threadIdx.y; it < count; it += 8) {
+        const i64 r = REV ? r_end - 1 - it : r_begin + it;
+        const float gr = gain && !gain_per_col ? to_float<T>(gain[r]) : 1.f;
+        const float br = bias && !gain_per_col ? to_float<T>(bias[r]) : 0.f;
+        float v[V], d[V];
+        load_v<T, V, REV>(x + r * C, c0, C, vec, v);
+        if (dy) {
+            load_v<T, V, REV>(dy + r * C, c0, C, vec, d);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float xh = (v[k] - m[k]) * rs[k];
+                v[k] = rs[k] * (gc[k] * gr * d[k] - a[k] - xh * bb[k]);
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) v[k] = (v[k] - m[k]) * rs[k] * (gc[k] * gr) + (bc[k] + br);
+        }
+        store_v<T, V, REV>(out + r * C, c0, C, vec, v);
+    }
+}
+
 // Elementwise over [R, C] with statistics and gain each per row or per column (s = r or c, f = r or c):
-//   y = (x - mean[s]) * rstd[s] * gain[f] + bias[f]            (norm_apply_fwd)
-//   dx = rstd[s] * (gain[f] * dy - A[s] - xhat * B[s])          (norm_apply_bwd; A, B null -> 0)
+//   y = (x - mean[s]) * rstd[s] * gain[f] + bias[f]
 // gain/bias null -> 1/0. Grid: as ew_fwd; `aligned` also promises C % V == 0 (a thread's V elements
 // share a row).
 template <typename T>
@@ -597,33 +970,6 @@ __global__ void norm_apply_fwd(T* __restrict__ y, const T* __restrict__ x, const
     }
 }
 
-template <typename T>
-__global__ void norm_apply_bwd(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
-                               const float* __restrict__ mean, const float* __restrict__ rstd,
-                               const T* __restrict__ gain, const float* __restrict__ A, const float* __restrict__ B,
-                               i64 n, i64 C, int stat_per_col, int gain_per_col, int aligned) {
-    constexpr int V = Lanes<T>::V;
-    const i64 step = (i64)gridDim.x * blockDim.x * V;
-    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
-        const bool vec = aligned && i + V <= n;
-        float v[V], d[V];
-        load_v<T, V>(x, i, n, vec, v);
-        load_v<T, V>(dy, i, n, vec, d);
-        const i64 r0 = i / C, c0 = i - r0 * C;
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-            i64 r = r0, c = c0 + k;
-            if (c >= C) { r += c / C; c %= C; }
-            if (r * C + c >= n) break;
-            const i64 s = stat_per_col ? c : r, f = gain_per_col ? c : r;
-            const float g = gain ? to_float<T>(gain[f]) : 1.f;
-            const float rs = rstd[s], xh = (v[k] - mean[s]) * rs;
-            v[k] = rs * (g * d[k] - (A ? A[s] : 0.f) - (B ? xh * B[s] : 0.f));
-        }
-        store_v<T, V>(dx, i, n, vec, v);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------
 // L2 weight normalization of block-sparse weights w [nnz, b, b] (block k at layout position
 // (rows[k], cols[k]); column c of block k feeds output unit cols[k] * b + c).
@@ -631,59 +977,115 @@ __global__ void norm_apply_bwd(T* __restrict__ dx, const T* __restrict__ dy, con
 // Per block k: n_k = sum of w[k]^2. v = gain * w * rnorm, rnorm = 1 / sqrt(n + eps).
 
 // out[u] = sum_{k in block column u / b, r} w[k, r, u % b] * w2[k, r, u % b] (w2 = w for the squared norm).
-// Grid: one thread per output unit (col_order/col_ptr: the layout's CSC tables).
+// Grid: one block of 256 threads per block column (col_order/col_ptr: the layout's CSC tables). Thread t
+// holds V consecutive columns (group t % groups, groups = ceil(b / V)) and walks every lanes-th row of the
+// column's stacked blocks (lane t / groups), so each load is 16 bytes when `aligned` (b % V == 0); the
+// lanes reduce through shared memory in a fixed order.
 template <typename T>
 __global__ void wn_reduce_unit(float* __restrict__ out, const T* __restrict__ w, const T* __restrict__ w2,
-                               const int* __restrict__ col_ptr, const int* __restrict__ col_order, int units, int b) {
-    const int u = blockIdx.x * blockDim.x + threadIdx.x;
-    if (u >= units) return;
-    const int jb = u / b, c = u % b;
-    float acc = 0.f;
-    for (int p = col_ptr[jb]; p < col_ptr[jb + 1]; ++p) {
-        const i64 base = (i64)col_order[p] * b * b + c;
-        for (int r = 0; r < b; ++r) acc += to_float<T>(w[base + (i64)r * b]) * to_float<T>(w2[base + (i64)r * b]);
+                               const int* __restrict__ col_ptr, const int* __restrict__ col_order, int b,
+                               int aligned) {
+    constexpr int V = Lanes<T>::V;
+    __shared__ float part[256 * V];
+    const int jb = blockIdx.x;
+    const int groups = (b + V - 1) / V, lanes = 256 / groups;
+    const int grp = threadIdx.x % groups, lane = threadIdx.x / groups;
+    const int c0 = grp * V;
+    const int p0 = col_ptr[jb], rows = (col_ptr[jb + 1] - p0) * b;
+    float acc[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc[k] = 0.f;
+    if (lane < lanes) {
+#pragma unroll 4
+        for (int f = lane; f < rows; f += lanes) {
+            const int p = f / b, r = f - p * b;
+            const i64 base = (i64)col_order[p0 + p] * b * b + (i64)r * b;
+            float v[V], v2[V];
+            load_v<T, V>(w + base, c0, b, aligned, v);
+            load_v<T, V>(w2 + base, c0, b, aligned, v2);
+#pragma unroll
+            for (int k = 0; k < V; ++k) acc[k] += v[k] * v2[k];
+        }
     }
-    out[u] = acc;
+#pragma unroll
+    for (int k = 0; k < V; ++k) part[threadIdx.x * V + k] = acc[k];
+    __syncthreads();
+    for (int c = threadIdx.x; c < b; c += blockDim.x) {
+        const int g = c / V, k = c % V;
+        float s = 0.f;
+        for (int l = 0; l < lanes; ++l) s += part[(l * groups + g) * V + k];
+        out[(i64)jb * b + c] = s;
+    }
 }
 
-// out[k] = sum of w[k] * w2[k] over the block's b*b elements. Grid: one thread block (256) per block k.
+// Per block k of w [nnz, b, b], one warp each (8 per thread block of 256):
+//   forward (dv null):  rnorm[k] = 1 / sqrt(sum w^2 + eps);  out = g[k] * rnorm[k] * w
+//   backward:           dot[k] = sum dv * w;  out = g[k] * r * (dv - w * r^2 * dot[k]), r = rnorm[k] (given)
+// g null -> 1. The second read of the block (2 to 16 KB) comes from L1/L2: the op costs one pass over
+// DRAM per operand. `aligned`: 16-byte loads (b * b % V == 0 and aligned pointers).
 template <typename T>
-__global__ void wn_reduce_block(float* __restrict__ out, const T* __restrict__ w, const T* __restrict__ w2, int b) {
-    __shared__ float part[8];
-    const i64 base = (i64)blockIdx.x * b * b;
+__global__ void wn_block(T* __restrict__ out, float* __restrict__ rnorm, float* __restrict__ dot,
+                         const T* __restrict__ w, const T* __restrict__ dv, const T* __restrict__ g, i64 nnz, int b,
+                         float eps, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 blk = (i64)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (blk >= nnz) return;
+    const int lane = threadIdx.x & 31, bb = b * b;
+    const T* wb = w + blk * bb;
+    const T* db = dv ? dv + blk * bb : nullptr;
     float acc = 0.f;
-    for (int t = threadIdx.x; t < b * b; t += blockDim.x) acc += to_float<T>(w[base + t]) * to_float<T>(w2[base + t]);
+#pragma unroll 4
+    for (int j = lane * V; j < bb; j += 32 * V) {
+        float v[V], d[V];
+        load_v<T, V>(wb, j, bb, aligned && j + V <= bb, v);
+        if (db) load_v<T, V>(db, j, bb, aligned && j + V <= bb, d);
+#pragma unroll
+        for (int k = 0; k < V; ++k) acc += v[k] * (db ? d[k] : v[k]);
+    }
 #pragma unroll
     for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = acc;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float total = 0.f;
-        for (int p = 0; p < (int)(blockDim.x + 31) / 32; ++p) total += part[p];
-        out[blockIdx.x] = total;
+    const float r = db ? rnorm[blk] : rsqrtf(acc + eps);
+    if (lane == 0) {
+        if (db) dot[blk] = acc;
+        else rnorm[blk] = r;
+    }
+    const float sc = (g ? to_float<T>(g[blk]) : 1.f) * r, wsc = r * r * acc;
+    T* ob = out + blk * bb;
+#pragma unroll 4
+    for (int j = lane * V; j < bb; j += 32 * V) {
+        const bool vec = aligned && j + V <= bb;
+        float v[V], d[V];
+        load_v<T, V>(wb, j, bb, vec, v);
+        if (db) load_v<T, V>(db, j, bb, vec, d);
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[k] = db ? sc * (d[k] - v[k] * wsc) : sc * v[k];
+        store_v<T, V>(ob, j, bb, vec, v);
     }
 }
 
-// Forward (dv null): v = g[q] * rnorm[q] * w.  Backward: dw = g[q] * rnorm[q] * (dv - w * rnorm[q]^2 * dot[q]),
-// dot[q] = sum dv * w over the unit or block. q = cols[k] * b + c (per unit) or k (per block);
-// g null -> 1. Grid: as ew_fwd over nnz*b*b (V divides b, so a thread's elements share a block row).
+// Per output unit: forward (dv null): v = g[q] * rnorm[q] * w.  Backward:
+// dw = g[q] * rnorm[q] * (dv - w * rnorm[q]^2 * dot[q]), dot[q] = sum dv * w over the unit, q = cols[k] * b + c.
+// g null -> 1. Grid: as ew_fwd over nnz*b*b; `aligned` also promises b % V == 0, so a thread's V elements
+// share a block row (one block and column lookup per vector, 32-bit when the sizes allow).
 template <typename T>
 __global__ void wn_apply(T* __restrict__ out, const T* __restrict__ w, const T* __restrict__ dv,
                          const T* __restrict__ g, const float* __restrict__ rnorm, const float* __restrict__ dot,
-                         const int* __restrict__ cols, i64 n, int b, int per_unit, int aligned) {
+                         const int* __restrict__ cols, i64 n, int b, int aligned) {
     constexpr int V = Lanes<T>::V;
+    const bool narrow = n < (1ll << 32);
+    const i64 bb = (i64)b * b;
     const i64 step = (i64)gridDim.x * blockDim.x * V;
     for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
         const bool vec = aligned && i + V <= n;
         float v[V], d[V];
         load_v<T, V>(w, i, n, vec, v);
         if (dv) load_v<T, V>(dv, i, n, vec, d);
+        const i64 q0 = vec ? (i64)cols[div_(i, bb, narrow)] * b + mod_(i, b, narrow) : 0;
 #pragma unroll
         for (int k = 0; k < V; ++k) {
             const i64 e = i + k;
             if (e >= n) break;
-            const i64 blk = e / ((i64)b * b);
-            const i64 q = per_unit ? (i64)cols[blk] * b + e % b : blk;
+            const i64 q = vec ? q0 + k : (i64)cols[e / bb] * b + e % b;
             const float s = (g ? to_float<T>(g[q]) : 1.f) * rnorm[q];
             v[k] = dv ? s * (d[k] - v[k] * rnorm[q] * rnorm[q] * dot[q]) : s * v[k];
         }

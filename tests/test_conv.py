@@ -549,6 +549,24 @@ def test_gpu_large_ragged_tc(rng, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "variant", ["tap", "halo:128x4", "halo:256x4", "halo:256x8", "halo:512x4", "halo:512x8"]
+)
+def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
+    # every tensor-core fprop kernel (and the FLIP bprop of each halo tile) on ragged tiles, an empty
+    # output column and uneven column lengths
+    import cusparseblocks.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "force_variant", variant)
+    mask = _mask(rng, (5, 4), 0.5)
+    mask[:, 1] = False
+    mask[:, 2] = True
+    lay = ChannelBlockLayout.from_mask(mask, 32)
+    _gpu_case(rng, lay, (3, 3), 1, ((1, 2), (2, 0)), 1, (19, 37), dtype, "NHWC", n=3, ops=("fprop", "bprop"))
+
+
+@pytest.mark.gpu
 @needs_torch
 def test_gpu_block_diagonal_shuffle_vs_torch(rng):
     import cupy
@@ -696,6 +714,63 @@ def test_torch_module_gpu(rng, channels_last, dtype):
 # for the host with the CUDA execution model emulated (threads, barriers, cp.async, ldmatrix, mma.sync).
 
 
+# conv_driver.cpp's kernel table lists the halo kernel's default tile only; this driver adds every
+# other conv_fprop_halo specialization the library registers (taller tiles, 8 warps, FLIP for bprop)
+_HALO_DRIVER = r"""
+#define main conv_driver_main
+#include "conv_driver.cpp"
+#undef main
+#define HALO_X(T, B, TW, TH, WP, F) {"conv_fprop_halo<" #T ", " #B ", " #TW ", " #TH ", " #WP ", " #F ">", \
+  [] { return [] { conv_fprop_halo<T, B, TW, TH, WP, F>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), \
+  P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9)); }; }}
+static const int halo_registered = [] {
+  using Table = std::map<std::string, std::function<std::function<void()>()>>;
+  const_cast<Table&>(kernels).insert({ %s });
+  return 0;
+}();
+int main(int argc, char** argv) { return conv_driver_main(argc, argv); }
+"""
+
+
+def _build_halo_driver(fake_cupy, directory):
+    import hashlib
+    import re
+    import subprocess
+
+    from cusparseblocks import compiler
+
+    names = [s.name for s in compiler.all_specializations()["conv"] if s.name.count(",") == 5]
+    entries = ", ".join(
+        "HALO_X({})".format(re.match(r"conv_fprop_halo<(.*)>", n).group(1)) for n in names if "halo" in n
+    )
+    src = _HALO_DRIVER % entries
+    here = fake_cupy.HERE
+    inputs = [here / n for n in sorted(p.name for p in here.iterdir()) if n.endswith((".h", ".cpp"))]
+    inputs += [fake_cupy.KERNELS / "conv.cu", fake_cupy.KERNELS / "common.cuh"]
+    digest = hashlib.sha256(src.encode() + b"".join(p.read_bytes() for p in inputs)).hexdigest()[:16]
+    exe = directory / f"conv_halo_driver-{digest}"
+    if not exe.exists():
+        cpp = directory / "conv_halo_driver.cpp"
+        cpp.write_text(src)
+        subprocess.run(
+            [
+                "g++",
+                "-std=c++20",
+                "-O1",
+                "-pthread",
+                "-DCSB_HOST_EMULATION",
+                f"-I{here}",
+                f"-I{fake_cupy.KERNELS}",
+                str(cpp),
+                "-o",
+                str(exe),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    return exe
+
+
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     import shutil
@@ -704,7 +779,7 @@ def emulator(tmp_path_factory):
         pytest.skip("g++ is not installed")
     from cuda_emulation import fake_cupy
 
-    return fake_cupy, fake_cupy.build_driver(tmp_path_factory.mktemp("emu"))
+    return fake_cupy, _build_halo_driver(fake_cupy, tmp_path_factory.mktemp("emu"))
 
 
 @pytest.fixture
@@ -715,24 +790,79 @@ def emulated(monkeypatch, emulator):
 
 EMULATED = [
     # kind, dtype, data format, geometry index, edge bias, batch, ops, fprop variant, kernels that must run
-    ("uniform16", "float16", "NHWC", 2, False, 2, "fbu", None,
-     ("conv_fprop_halo<__half, 16, 8>", "conv_updat_tc<__half, 16>")),
+    (
+        "uniform16",
+        "float16",
+        "NHWC",
+        2,
+        False,
+        2,
+        "fbu",
+        None,
+        ("conv_fprop_halo<__half, 16, 8>", "conv_updat_tc<__half, 16>"),
+    ),
     ("uniform16", "float16", "NHWC", 2, False, 2, "fb", "tap", ("conv_fprop_tc<__half, 16>",)),
-    ("uniform32", "bfloat16", "NHWC", 3, True, 2, "fbu", None,
-     ("conv_fprop_halo<__nv_bfloat16, 32, 8>", "conv_bprop_direct", "conv_updat_tc<__nv_bfloat16, 32>")),
+    (
+        "uniform32",
+        "bfloat16",
+        "NHWC",
+        3,
+        True,
+        2,
+        "fbu",
+        None,
+        ("conv_fprop_halo<__nv_bfloat16, 32, 8>", "conv_bprop_direct", "conv_updat_tc<__nv_bfloat16, 32>"),
+    ),
     ("uniform32", "bfloat16", "NHWC", 3, True, 2, "f", "tap", ("conv_fprop_tc<__nv_bfloat16, 32>",)),
     ("uniform32", "float16", "NDHWC", 6, False, 1, "fb", None, ("conv_fprop_halo<__half, 32, 8>",)),
-    ("uniform64", "float16", "NDHWC", 6, False, 1, "fbu", None,
-     ("conv_fprop_tc<__half, 64>", "conv_updat_tc<__half, 64>")),
-    ("bd_shuffle", "float16", "NHWC", 2, True, 2, "fbu", None,
-     ("conv_fprop_halo<__half, 16, 8>", "edge_bias_updat", "conv_updat_reduce")),
+    (
+        "uniform64",
+        "float16",
+        "NDHWC",
+        6,
+        False,
+        1,
+        "fbu",
+        None,
+        ("conv_fprop_tc<__half, 64>", "conv_updat_tc<__half, 64>"),
+    ),
+    (
+        "bd_shuffle",
+        "float16",
+        "NHWC",
+        2,
+        True,
+        2,
+        "fbu",
+        None,
+        ("conv_fprop_halo<__half, 16, 8>", "edge_bias_updat", "conv_updat_reduce"),
+    ),
     ("bd_shuffle", "float16", "NHWC", 2, True, 2, "fb", "tap", ("conv_fprop_tc<__half, 16>",)),
-    ("nonuniform", "float32", "NCHW", 3, True, 2, "fbu", None,
-     ("conv_fprop_direct<float>", "conv_bprop_direct<float>")),
+    (
+        "nonuniform",
+        "float32",
+        "NCHW",
+        3,
+        True,
+        2,
+        "fbu",
+        None,
+        ("conv_fprop_direct<float>", "conv_bprop_direct<float>"),
+    ),
     ("channel_random", "bfloat16", "NCW", 1, False, 2, "fbu", None, ("conv_fprop_direct<__nv_bfloat16>",)),
     ("uniform8", "float16", "NHWC", 2, False, 2, "fb", None, ("conv_fprop_direct<__half>",)),
     ("uniform16", "float32", "NHWC", 2, True, 2, "fb", None, ("conv_fprop_ffma<16>",)),
-    ("uniform8", "float32", "NHWC", 3, False, 2, "fb", None, ("conv_fprop_ffma<8>", "conv_bprop_direct<float>")),
+    (
+        "uniform8",
+        "float32",
+        "NHWC",
+        3,
+        False,
+        2,
+        "fb",
+        None,
+        ("conv_fprop_ffma<8>", "conv_bprop_direct<float>"),
+    ),
     ("uniform32", "float32", "NHWC", 2, False, 2, "fb", None, ("conv_fprop_ffma<32>",)),
     ("uniform64", "float32", "NDHWC", 6, False, 1, "f", None, ("conv_fprop_ffma<64>",)),
     ("bd_shuffle", "float32", "NHWC", 2, True, 2, "fb", None, ("conv_fprop_ffma<16>",)),
@@ -771,6 +901,38 @@ def test_gpu_path_emulated_ragged_tiles(rng, emulated, spatial, tw):
     y = conv.fprop(cupy.asarray(x), cupy.asarray(w))
     assert_close(y, conv.fprop(x.astype(np.float64), w.astype(np.float64)), "float16")
     assert emulated == [f"conv_fprop_halo<__half, 16, {tw}>"]
+
+
+HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
+
+
+@pytest.mark.parametrize("tile", HALO_TILES, ids=lambda t: f"{t[0]}x{t[1]}")
+@pytest.mark.parametrize("b,dtype", [(16, "float16"), (32, "bfloat16")])
+def test_gpu_path_emulated_halo_tiles(rng, emulated, monkeypatch, tile, b, dtype):
+    # every halo tile, fprop and the FLIP bprop (w read flipped and untransposed in the kernel): ragged
+    # tiles at the right and bottom edges, asymmetric padding, 3 blocks in one column, an empty column
+    import cupy
+
+    import cusparseblocks.conv as conv_module
+
+    assert tile in conv_module._LAUNCH["halo"]["tiles"]
+    monkeypatch.setattr(conv_module, "force_variant", f"halo:{tile[0]}x{tile[1]}")
+    lay = ChannelBlockLayout.from_mask([[1, 0, 1], [1, 1, 0], [1, 0, 0]], b)
+    conv = BlockSparseConv(lay, (3, 3), padding=((2, 0), (1, 1)), data_format="NHWC")
+    x = random_array(rng, (2, 9, 11, 3 * b), dtype)
+    w = conv.init_normal(rng, dtype=np.float32).astype(x.dtype)
+    y = poison(cupy, (2, 9, 11, 3 * b), dtype)
+    conv.fprop(cupy.asarray(x), cupy.asarray(w), out=y)
+    f64 = lambda a: a.astype(np.float64)  # noqa: E731
+    assert_close(y, conv.fprop(f64(x), f64(w)), dtype, "fprop")
+    dy = random_array(rng, y.shape, dtype)
+    dx = poison(cupy, x.shape, dtype)
+    conv.bprop(cupy.asarray(dy), cupy.asarray(w), out=dx)
+    assert_close(dx, conv.bprop(f64(dy), f64(w)), dtype, "bprop")
+    tw, th = 8, tile[0] // 8
+    ct = "__half" if dtype == "float16" else "__nv_bfloat16"
+    fwd = conv_module._halo_spec(ct, b, tw, th, tile[1], False).name
+    assert emulated == [fwd, f"conv_fprop_halo<{ct}, {b}, {tw}, {th}, {tile[1]}, true>"], emulated
 
 
 def test_self_check_emulated(emulated):

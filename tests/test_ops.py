@@ -319,7 +319,14 @@ def test_specializations_registered():
     from cusparseblocks import compiler
 
     specs = compiler.all_specializations()["ew"]
-    assert len(specs) == 3 * (2 * len(ops.ACTIVATIONS) + len(ops._SINGLE_KERNELS))
+    per_type = (
+        len(ops.ACTIVATIONS) * (2 * len(ops.UNROLLS) + 1)  # ew_fwd, ew_bwd per unroll; ew_bias_cols_bwd
+        + 2 * len(ops.ROW_VECS)  # norm_rows_fwd_reg, norm_rows_bwd_reg without column sums
+        + sum(nv <= ops.COLS_MAX_VECS for nv in ops.ROW_VECS)  # norm_rows_bwd_reg with column sums
+        + 2  # norm_cols_apply forward and reverse
+        + len(ops._SINGLE_KERNELS)
+    )
+    assert len(specs) == 3 * per_type
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -348,7 +355,9 @@ def _poison_pool(nbytes=64 << 20):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("shape,misalign", [((37, 203), True), ((64, 256), False), ((5, 1), False)])
+@pytest.mark.parametrize(
+    "shape,misalign", [((37, 203), True), ((64, 256), False), ((5, 1), False), ((3001, 72), False)]
+)
 @pytest.mark.parametrize("activation", ops.ACTIVATIONS)
 def test_gpu_activation(dtype, shape, misalign, activation, rng):
     x, b, dy = (random_array(rng, s, dtype) for s in (shape, shape[1:], shape))
@@ -418,7 +427,9 @@ def test_gpu_dropout_identical_mask(dtype, size, rng):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("shape", [(37, 203), (64, 256), (3, 4096 + 5), (3, 5), (1000, 24)])
+@pytest.mark.parametrize(
+    "shape", [(37, 203), (64, 256), (3, 4096 + 5), (3, 5), (1000, 24), (4099, 72), (40, 2048 + 64)]
+)
 @pytest.mark.parametrize("feature_axis", [0, 1])
 @pytest.mark.parametrize("kind", ["layer", "batch", "batch_eval"])
 def test_gpu_norms(dtype, shape, feature_axis, kind, rng):
