@@ -1,8 +1,8 @@
 """A small representative run of every bsmm kernel family for compute-sanitizer (memcheck, racecheck).
 
 Run: PYTHONPATH=. compute-sanitizer --tool memcheck python bench/sanitize_bsmm.py
-Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element paths), xw_simt (both
-tiles), xw_tf32, updat_tc and updat_tf32 (one split and several), updat_simt and updat_reduce, on ragged
+Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element paths), xw_wide_tc
+(b = 8), xw_simt (both tiles), xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and several), updat_simt and updat_reduce, on ragged
 shapes; checks every result.
 """
 
@@ -20,7 +20,7 @@ def main():
     for dtype, tf32 in ((np.float16, False), (bfloat16, False), (np.float32, False), (np.float32, True)):
         for b in (8, 32, 64):
             for axis in (1, 0):
-                for n in (37, 150, 700):
+                for n in (37, 152, 700):  # 152: N % 8 == 0 (AXIS 0 wide tiles)
                     mask = rng.random((3, 4)) < 0.5
                     mask[0, 0] = True
                     op = BlockSparseMatMul(mask, b, axis, allow_tf32=tf32)

@@ -33,23 +33,53 @@ XW_TC_TILES = {
     8: {"large": (256, 8, 1, 8, 1), "medium": (128, 4, 1, 8, 1), "small": (32, 1, 1, 8, 1),
         "medium_lean": (128, 4, 1, 6, 1)},
 }
+# xw_wide_tc (small blocks, N > SMALL_N, aligned): block_size -> {variant: (C block columns per CTA, BM,
+# WARPS_M, WARPS_N, STAGES, EPS entries per stage)}; the first entry is the default
+XW_WIDE_TILES = {
+    16: {"wide": (8, 128, 4, 2, 4, 1), "wide2": (16, 64, 2, 4, 3, 1)},
+    8: {"wide": (16, 128, 4, 2, 4, 2), "wide2": (32, 64, 2, 4, 4, 2)},
+}
+# block sizes whose default (N > SMALL_N, aligned) is xw_wide_tc; b = 16 measured slower wide than xw_tc
+XW_WIDE_DEFAULT = (8,)
 # xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
 XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4)}
 # N ≤ SMALL_N: 32-row tiles, 256 threads (the weights stream through more CTAs, no idle rows)
 XW_SIMT_SMALL = {64: (32, 2, 4), 32: (32, 2, 2), 16: (32, 2, 1), 8: (32, 1, 1)}
 # updat_tc: block_size -> (G blocks of one row per CTA, WARPS, NC batch rows per chunk, STAGES);
-# BS = 8 uses updat_simt
-UPDAT_TC_TILES = {64: (4, 8, 32, 4), 32: (4, 4, 64, 3), 16: (4, 4, 64, 4)}
+# BS = 8: each warp computes a pair of blocks (G = 2·WARPS)
+UPDAT_TC_TILES = {64: (4, 8, 32, 4), 32: (4, 4, 64, 3), 16: (4, 4, 64, 4), 8: (8, 4, 128, 4)}
 UPDAT_SIMT_NC = 32
 SMALL_N = 64
 LARGE_N = 2048
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
 
 
+def xw_tc_variant(bs, n, density):
+    """Default xw_tc tile. Measured on the H100 (bench/NOTES.md, 2021 run): at N ≥ LARGE_N the 256-row
+    tile wins for b = 32 only at high density (fewer w re-reads pay when lists are long; below d ≈ 0.35
+    the 128-row tile is 5-12 % faster), and for b = 64 the 4-warp, 2-stage tile (two CTAs per SM) beats
+    both others by 6-10 % at every density."""
+    if n <= SMALL_N:
+        return "small"
+    if n < LARGE_N:
+        return "medium"
+    if bs == 64:
+        return "medium_lean"
+    if bs == 32 and density < 0.35:
+        return "medium"
+    return "large"
+
+
 def xw_tc_spec(dtype, out_dtype, bs, variant, axis, trans, aligned):
     bm, wm, wn, st, eps = XW_TC_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec(SOURCE, f"xw_tc<{t}, {to}, {bs}, {bm}, {wm}, {wn}, {st}, {eps}, {axis}, {trans}, {aligned}>")
+
+
+def xw_wide_spec(dtype, out_dtype, bs, variant, axis, trans):
+    c, bm, wm, wn, st, eps = XW_WIDE_TILES[bs][variant]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec(SOURCE, f"xw_wide_tc<{t}, {to}, {bs}, {c}, {bm}, {wm}, {wn}, {st}, {eps}, {axis}, {trans}>")
 
 
 def xw_simt_spec(dtype, out_dtype, bs, axis, trans, small=False):
@@ -81,6 +111,14 @@ def xw_tc_smem(bs, variant, axis):
     return max(st * stage, bm * (bs + 4) * 4)
 
 
+def xw_wide_smem(bs, variant, axis):
+    c, bm, _, _, st, eps = XW_WIDE_TILES[bs][variant]
+    rows, cols = (bm, bs) if axis == 1 else (bs, bm)
+    stride = lambda n: n + 8 if (n // 8) % 2 == 0 else n  # noqa: E731 - mirrors tc_stride()
+    stage = eps * (rows * stride(cols) + c * bs * stride(bs)) * 2
+    return max(st * stage, bm * (c * bs + 4) * 4)
+
+
 def updat_tc_smem(bs, axis):
     g, _, nc, st = UPDAT_TC_TILES[bs]
     rows, cols = (nc, bs) if axis == 1 else (bs, nc)
@@ -98,6 +136,9 @@ def specializations():
         for to, bs, axis, trans in itertools.product(_out_types(dtype), XW_TC_TILES, (0, 1), (0, 1)):
             for variant, aligned in itertools.product(XW_TC_TILES[bs], (1,) if axis == 1 else (0, 1)):
                 yield xw_tc_spec(dtype, to, bs, variant, axis, trans, aligned)
+        for to, bs, axis, trans in itertools.product(_out_types(dtype), XW_WIDE_TILES, (0, 1), (0, 1)):
+            for variant in XW_WIDE_TILES[bs]:
+                yield xw_wide_spec(dtype, to, bs, variant, axis, trans)
         for to, bs, axis in itertools.product(_out_types(dtype), UPDAT_TC_TILES, (0, 1)):
             for aligned in ((1,) if axis == 1 else (0, 1)):
                 yield updat_tc_spec(dtype, to, bs, axis, aligned)
@@ -125,6 +166,32 @@ def update_groups(layout, g):
     return table
 
 
+def wide_tables(layout, op, c):
+    """Lists of xw_wide_tc for groups of ``c`` output block columns (fprop: columns of W; bprop: rows).
+
+    Returns offsets int32 [n_groups + 1], entries int32 [n_entries, 2] = (reduction block r, mask of the
+    present slots), slots int32 [n_entries, c] (w index of block j of the group at r, -1 if absent);
+    entries of a group are sorted by r.
+    """
+    fprop = op == "fprop"
+    out_b = (layout.cols if fprop else layout.rows).astype(np.int64)
+    red_b = (layout.rows if fprop else layout.cols).astype(np.int64)
+    n_out = layout.out_blocks if fprop else layout.in_blocks
+    n_red = layout.in_blocks if fprop else layout.out_blocks
+    n_groups = -(-n_out // c)
+    group, j = out_b // c, out_b % c
+    keys, inv = np.unique(group * n_red + red_b, return_inverse=True)
+    inv = inv.reshape(-1)
+    mask = np.zeros(keys.size, dtype=np.int64)
+    np.bitwise_or.at(mask, inv, np.left_shift(1, j))
+    slots = np.full((keys.size, c), -1, dtype=np.int32)
+    slots[inv, j] = np.arange(layout.nnz, dtype=np.int32)
+    offsets = np.zeros(n_groups + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum(np.bincount(keys // n_red, minlength=n_groups))
+    entries = np.stack([keys % n_red, mask.astype(np.uint32).view(np.int32)], axis=1).astype(np.int32)
+    return offsets, np.ascontiguousarray(entries), slots
+
+
 def _tables(op_obj, key, dev):
     import cupy
 
@@ -138,6 +205,8 @@ def _tables(op_obj, key, dev):
         elif key == "bprop":
             ent = np.stack([lay.cols, np.arange(lay.nnz, dtype=np.int32)], axis=1)
             cache[(dev, key)] = (cupy.asarray(lay.row_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
+        elif key[0] == "wide":  # ("wide", op, c)
+            cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2]))
         elif key == "updat":
             cache[(dev, key)] = (cupy.asarray(lay.rows), cupy.asarray(lay.cols))
         else:  # ("groups", g)
@@ -182,7 +251,21 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
         b, axis = op_obj.block_size, op_obj.feature_axis
         f_out = op_obj.M if op == "fprop" else op_obj.K
         trans = 0 if op == "fprop" else 1
-        variant = force_variant or ("small" if n <= SMALL_N else "large" if n >= LARGE_N else "medium")
+        wide = force_variant in XW_WIDE_TILES.get(b, {}) or (
+            force_variant is None and b in XW_WIDE_DEFAULT and n > SMALL_N)
+        if wide and dtype != "float32" and aligned_w and aligned_x and (axis == 1 or n % 8 == 0):
+            variant = force_variant or next(iter(XW_WIDE_TILES[b]))
+            c, bm, wm, wn, _, _ = XW_WIDE_TILES[b][variant]
+            spec = xw_wide_spec(dtype, odt, b, variant, axis, trans)
+            smem, threads = xw_wide_smem(b, variant, axis), wm * wn * 32
+            n_tiles = -(-n // bm)
+            if n_tiles > 65535:
+                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} for block_size {b}")
+            plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (threads,), smem,
+                    ("wide", op, c))
+            op_obj._gpu_tables[key] = plan
+            return plan
+        variant = force_variant if force_variant in XW_TC_TILES[b] else xw_tc_variant(b, n, op_obj.layout.density)
         if dtype != "float32" and aligned_w and (axis == 0 or aligned_x):
             bm, wm, wn, _, _ = XW_TC_TILES[b][variant]
             aligned = 1 if axis == 1 else int(aligned_x and n % 8 == 0)
@@ -214,9 +297,8 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     fn, grid, block, smem, tables = _xw_plan(op_obj, op, dtype, odt, n, x.data.ptr % 16 == 0,
                                              w.data.ptr % 16 == 0, dev)
     y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
-    offsets, entries = _tables(op_obj, tables, dev)
-    fn(grid, block, (x, w, y, offsets, entries, np.int64(n), np.int64(f_in), np.int64(f_out),
-                     np.int32(bool(accumulate))),
+    lists = _tables(op_obj, tables, dev)  # (offsets, entries) or, for xw_wide_tc, (offsets, entries, slots)
+    fn(grid, block, (x, w, y, *lists, np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
        shared_mem=smem, stream=cupy.cuda.get_current_stream())
     return y
 

@@ -297,6 +297,179 @@ xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, cons
 }
 
 // ------------------------------------------------------------------------------------------------
+// xw_wide_tc: tensor-core fprop/bprop for small blocks (BS = 8, 16), where one block column per CTA
+// (xw_tc) reads an x tile of BM × BS for every 2·BM·BS² flops and starves on loads and barriers.
+// One CTA computes Y[n0 : n0 + BM, g·C·BS : +C·BS] for the group g = blockIdx.x of C consecutive output
+// block columns. It walks the group's reduction blocks r (the union of the C lists, sorted by r):
+// entry e = (r, mask) with `slots` [e][C] the w indices of the blocks (r, g·C + j), -1 where absent
+// (mask bit j clear). A pipeline stage holds EPS entries, each one x tile [BM × BS] (loaded once,
+// shared by every present block) and the C weight slots (absent ones not loaded, not read). Warps form
+// WARPS_M × WARPS_N: warp (wm, wn) owns rows wm·WTM.. and slots wn·CPW.., skipping absent slots with a
+// warp-uniform test of the mask. Requires 16-byte aligned x and w (and N % 8 == 0 for AXIS = 0).
+template <typename T, typename TO, int BS, int C, int BM, int WARPS_M, int WARPS_N, int STAGES, int EPS, int AXIS,
+          int TRANS_W>
+__global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
+xw_wide_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
+           const int2* __restrict__ entries, const int* __restrict__ slots, i64 n_total, i64 in_features,
+           i64 out_features, int accumulate) {
+    constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    constexpr int KS = BS >= 16 ? 16 : 8;
+    constexpr int WTM = BM / WARPS_M, MI = WTM / 16, CPW = C / WARPS_N, NB = BS / 8;
+    static_assert(WTM % 16 == 0 && C % WARPS_N == 0 && C <= 32 && (BS == 8 || BS == 16), "bad wide tiling");
+    constexpr int A_ROWS = AXIS == 1 ? BM : BS, A_COLS = AXIS == 1 ? BS : BM;
+    constexpr int SA = tc_stride(A_COLS), SB = tc_stride(BS);
+    constexpr int A_ELEMS = A_ROWS * SA, B_ELEMS = BS * SB, ENTRY = A_ELEMS + C * B_ELEMS, STAGE = EPS * ENTRY;
+    constexpr int WIDTH = C * BS;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* smem = reinterpret_cast<T*>(smem_raw);
+
+    const int g = blockIdx.x;
+    const i64 n0 = (i64)blockIdx.y * BM;
+    const int begin = offsets[g], count = offsets[g + 1] - begin;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+
+    float acc[MI][CPW][NB][4];
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < CPW; j++)
+#pragma unroll
+            for (int h = 0; h < NB; h++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) acc[i][j][h][q] = 0.f;
+
+    auto load_entry = [&](int e, T* As) {
+        const i64 col = (i64)entries[begin + e].x * BS;
+        constexpr int A_CHUNKS = A_ROWS * A_COLS / 8;
+#pragma unroll 2
+        for (int ch = threadIdx.x; ch < A_CHUNKS; ch += THREADS) {
+            int row = ch / (A_COLS / 8), c8 = (ch % (A_COLS / 8)) * 8;
+            bool ok;
+            const T* src;
+            if (AXIS == 1) {
+                i64 n = n0 + row;
+                ok = n < n_total;
+                src = x + (ok ? n * in_features + col + c8 : 0);
+            } else {
+                i64 n = n0 + c8;
+                ok = n < n_total;  // N % 8 == 0 here: a chunk is wholly in or out
+                src = x + (ok ? (col + row) * n_total + n : 0);
+            }
+            cp_async16(As + row * SA + c8, src, ok ? 16 : 0);
+        }
+        constexpr int PER_BLOCK = BS * BS / 8;  // 16-byte chunks of one w block
+        const int* sl = slots + (i64)(begin + e) * C;
+        for (int ch = threadIdx.x; ch < C * PER_BLOCK; ch += THREADS) {
+            int j = ch / PER_BLOCK, cc = ch % PER_BLOCK;
+            int k = sl[j];
+            if (k < 0) continue;  // absent block: its slot is never read
+            int row = cc / (BS / 8), c8 = (cc % (BS / 8)) * 8;
+            cp_async16(As + A_ELEMS + j * B_ELEMS + row * SB + c8, w + (i64)k * BS * BS + row * BS + c8, 16);
+        }
+    };
+    auto load_stage = [&](int st, int slot) {
+#pragma unroll
+        for (int u = 0; u < EPS; u++)
+            if (st * EPS + u < count) load_entry(st * EPS + u, smem + slot * STAGE + u * ENTRY);
+    };
+    const int steps = (count + EPS - 1) / EPS;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < steps) load_stage(s, s);
+        cp_async_commit();
+    }
+
+    for (int st = 0; st < steps; st++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        int next = st + STAGES - 1;
+        if (next < steps) load_stage(next, next % STAGES);
+        cp_async_commit();
+
+#pragma unroll
+        for (int u = 0; u < EPS; u++) {
+            if (st * EPS + u >= count) break;
+            const unsigned mask = (unsigned)entries[begin + st * EPS + u].y >> (wn * CPW);
+            const T* As = smem + (st % STAGES) * STAGE + u * ENTRY;
+#pragma unroll
+            for (int kk = 0; kk < BS; kk += KS) {
+                unsigned a[MI][KS / 4];
+#pragma unroll
+                for (int i = 0; i < MI; i++) {
+                    int m = wm * WTM + i * 16;
+                    if constexpr (KS == 16) {
+                        int q = lane / 8, r = lane % 8;
+                        if (AXIS == 1) ldmatrix_x4<false>(a[i], As + (m + lane % 16) * SA + kk + (lane / 16) * 8);
+                        else ldmatrix_x4<true>(a[i], As + (kk + r + (q / 2) * 8) * SA + m + (q % 2) * 8);
+                    } else {
+                        int l = lane % 16;
+                        if (AXIS == 1) ldmatrix_x2<false>(a[i], As + (m + l) * SA);
+                        else ldmatrix_x2<true>(a[i], As + (l % 8) * SA + m + (l / 8) * 8);
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < CPW; j++) {
+                    if (!((mask >> j) & 1u)) continue;
+                    const T* Bs = As + A_ELEMS + (wn * CPW + j) * B_ELEMS;
+                    if constexpr (KS == 16) {  // BS = 16: both n8 halves of the block with one ldmatrix
+                        int q = lane / 8, r = lane % 8;
+                        unsigned t[4];
+                        if (TRANS_W) ldmatrix_x4<false>(t, Bs + (r + (q / 2) * 8) * SB + kk + (q % 2) * 8);
+                        else ldmatrix_x4<true>(t, Bs + (kk + r + (q % 2) * 8) * SB + (q / 2) * 8);
+#pragma unroll
+                        for (int i = 0; i < MI; i++) {
+                            Mma<T>::k16(acc[i][j][0], a[i], t[0], t[1]);
+                            Mma<T>::k16(acc[i][j][NB - 1], a[i], t[2], t[3]);
+                        }
+                    } else {
+                        unsigned bf;
+                        int l = lane % 8;
+                        if (TRANS_W) ldmatrix_x1<false>(bf, Bs + l * SB);
+                        else ldmatrix_x1<true>(bf, Bs + l * SB);
+#pragma unroll
+                        for (int i = 0; i < MI; i++) Mma<T>::k8(acc[i][j][0], a[i], bf);
+                    }
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    // epilogue through shared memory (fp32 tile [BM][WIDTH + 4]); columns past out_features are dropped
+    float* tile = reinterpret_cast<float*>(smem_raw);
+    constexpr int TS = WIDTH + 4;
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < CPW; j++)
+#pragma unroll
+            for (int h = 0; h < NB; h++) {
+                int m = wm * WTM + i * 16 + lane / 4, f = (wn * CPW + j) * BS + h * 8 + (lane % 4) * 2;
+                tile[m * TS + f] = acc[i][j][h][0];
+                tile[m * TS + f + 1] = acc[i][j][h][1];
+                tile[(m + 8) * TS + f] = acc[i][j][h][2];
+                tile[(m + 8) * TS + f + 1] = acc[i][j][h][3];
+            }
+    __syncthreads();
+    const i64 col0 = (i64)g * WIDTH;
+    const int width = (int)min((i64)WIDTH, out_features - col0);
+    for (int idx = threadIdx.x; idx < BM * WIDTH; idx += THREADS) {
+        int m, f;
+        if (AXIS == 1) { m = idx / WIDTH; f = idx % WIDTH; }
+        else { f = idx / BM; m = idx % BM; }
+        i64 n = n0 + m;
+        if (n >= n_total || f >= width) continue;
+        i64 off = AXIS == 1 ? n * out_features + col0 + f : (col0 + f) * n_total + n;
+        float v = tile[m * TS + f];
+        if (accumulate) v += to_float<TO>(y[off]);
+        y[off] = from_float<TO>(v);
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // xw_simt: FFMA fprop/bprop in fp32 for any input type (same grid and lists as xw_tc).
 // One CTA computes Y[n0 : n0 + BM, c·BS : (c+1)·BS]; thread (ty, tx) owns a TM × TN micro-tile with
 // rows ty + i·(BM/TM) and columns tx·TN + j. Operands are staged in shared memory as fp32, k-major
@@ -385,6 +558,10 @@ xw_simt(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
 // loaded once per stage and shared by the G blocks; each block has its own dy chunk. Warp w owns
 // rows [(w % WPB)·WTM, +WTM) of block w / WPB over the whole chunk, so no cross-warp reduction is
 // needed and the summation order is fixed (bit-reproducible).
+// BS = 8 (PAIRS): an 8-row block is too short for the m16 of mma, so warp w owns the pair of blocks in
+// slots 2w, 2w+1 (G = 2·WARPS) and computes their transposes stacked: D[16 × 8] = [dy_2w | dy_2w+1]ᵀ · x,
+// rows 0-7 giving dW(2w)ᵀ and rows 8-15 dW(2w+1)ᵀ (rows of D do not mix, so an empty second slot is
+// simply not stored).
 template <typename T, typename TO, int BS, int G, int WARPS, int NC, int STAGES, int AXIS, int ALIGNED>
 __global__ void __launch_bounds__(WARPS * 32)
 updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
@@ -392,10 +569,12 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
          const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
          TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features, int accumulate) {
     constexpr int THREADS = WARPS * 32;
-    constexpr int WPB = WARPS / G;            // warps per block
-    constexpr int WTM = BS / WPB;             // rows of the block per warp
-    constexpr int MI = WTM / 16, NI = BS / 8;
-    static_assert(BS >= 16 && WTM % 16 == 0 && NC % 16 == 0 && WARPS % G == 0, "bad updat_tc tiling");
+    constexpr bool PAIRS = BS == 8;
+    constexpr int WPB = PAIRS ? 1 : WARPS / G;  // warps per block
+    constexpr int WTM = PAIRS ? 16 : BS / WPB;  // rows of the block per warp
+    constexpr int MI = PAIRS ? 1 : WTM / 16, NI = PAIRS ? 1 : BS / 8;
+    static_assert(PAIRS ? (G == 2 * WARPS && NC % 16 == 0)
+                        : (BS >= 16 && WTM % 16 == 0 && NC % 16 == 0 && WARPS % G == 0), "bad updat_tc tiling");
     // tiles: AXIS 1 -> [NC][BS] (batch rows); AXIS 0 -> [BS][NC] (feature rows)
     constexpr int R = AXIS == 1 ? NC : BS, C = AXIS == 1 ? BS : NC;
     constexpr int S = tc_stride(C), TILE = R * S, STAGE = (1 + G) * TILE;
@@ -414,7 +593,7 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
     const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
     const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int gw = warp / WPB, m0 = (warp % WPB) * WTM;
+    const int gw = PAIRS ? 2 * warp : warp / WPB, m0 = PAIRS ? 0 : (warp % WPB) * WTM;
     const bool active = blk_s[gw] >= 0;
 
     float acc[MI][NI][4];
@@ -487,6 +666,23 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
         if (!active) continue;
         const T* Xs = smem + (q % STAGES) * STAGE;
         const T* Ys = Xs + (1 + gw) * TILE;
+        if constexpr (PAIRS) {
+            // A[m = dy feature of the pair (16)][k = batch], B[k = batch][n = x feature (8)]
+            const int qd = lane / 8, r = lane % 8, l16 = lane % 16;
+            const T* Ya = Ys + (qd % 2) * TILE;  // matrices 0, 2: first block; 1, 3: second
+#pragma unroll
+            for (int kk = 0; kk < NC; kk += 16) {
+                unsigned a[4], bx[2];
+                if (AXIS == 1) {
+                    ldmatrix_x4<true>(a, Ya + (kk + r + (qd / 2) * 8) * S);
+                    ldmatrix_x2<true>(bx, Xs + (kk + l16) * S);
+                } else {
+                    ldmatrix_x4<false>(a, Ya + r * S + kk + (qd / 2) * 8);
+                    ldmatrix_x2<false>(bx, Xs + (l16 % 8) * S + kk + (l16 / 8) * 8);
+                }
+                Mma<T>::k16(acc[0][0], a, bx[0], bx[1]);
+            }
+        } else {
 #pragma unroll
         for (int kk = 0; kk < NC; kk += 16) {
             // A[m = x feature][k = batch]; B[k = batch][n = dy feature]
@@ -511,9 +707,31 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 #pragma unroll
                 for (int j = 0; j < NI; j++) Mma<T>::k16(acc[i][j], a[i], bfr[j][0], bfr[j][1]);
         }
+        }
     }
     cp_async_wait<0>();
     if (!active) return;
+    if constexpr (PAIRS) {
+        // c0, c1: D[m = lane/4][n = 2(lane%4) + {0, 1}] -> dW(slot 2w)[n][m]; c2, c3 the same for slot 2w+1
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int kb = blk_s[gw + h];
+            if (kb < 0) continue;
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int idx = (2 * (lane % 4) + e) * BS + lane / 4;
+                float v = acc[0][0][2 * h + e];
+                if (gridDim.y > 1) {
+                    ws[((i64)blockIdx.y * nnz + kb) * BS * BS + idx] = v;
+                    continue;
+                }
+                TO* o = dw + (i64)kb * BS * BS + idx;
+                if (accumulate) v += to_float<TO>(*o);
+                *o = from_float<TO>(v);
+            }
+        }
+        return;
+    }
     const i64 k = blk_s[gw];
     TO* out = dw + k * BS * BS;
     float* part = ws + ((i64)blockIdx.y * nnz + k) * BS * BS;  // split partials (gridDim.y > 1)

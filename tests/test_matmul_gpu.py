@@ -234,3 +234,45 @@ def test_every_tile_variant(rng, variant, dtype, block_size, feature_axis):
     assert_close(y, _ref64(op, "fprop", x, w=w), dtype, f"fprop [{variant}]")
     assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
     assert_close(y_acc, y0 + _ref64(op, "fprop", x, w=w), dtype, f"fprop accumulate [{variant}]")
+
+
+@pytest.mark.parametrize("variant", ["wide", "wide2"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("block_size", [8, 16])
+@pytest.mark.parametrize("feature_axis", [1, 0])
+def test_wide_small_block_tiles(rng, variant, dtype, block_size, feature_axis):
+    """xw_wide_tc (forced): several column groups with a partial last one, all 32 mask bits in use,
+    N a multiple of 8 but ragged against the tile, out=, accumulate and fp32 output; asserts that the
+    wide kernel is the one that ran."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    mask = _layout(rng, 19, 37, 0.3)
+    mask[2, 31] = mask[31 % 19, 3] = True
+    op = BlockSparseMatMul(mask, block_size, feature_axis)
+    n = 8 * int(rng.integers(9, 45))
+    x = random_array(rng, _io(op, n, op.K), dtype)
+    dy = random_array(rng, _io(op, n, op.M), dtype)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+    _matmul_gpu.force_variant = variant
+    try:
+        y = poison(cp, _io(op, n, op.M), dtype)
+        op.fprop(xg, wg, out=y)
+        dx = poison(cp, _io(op, n, op.K), dtype)
+        op.bprop(dyg, wg, out=dx)
+        y32 = op.fprop(xg, wg, out_dtype="float32")
+        y_acc = cp.asarray(random_array(rng, _io(op, n, op.M), "float32"))
+        y0 = y_acc.get()
+        op.fprop(xg, wg, out=y_acc, accumulate=True)
+    finally:
+        _matmul_gpu.force_variant = None
+    plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
+    assert plans and all(p[4][0] == "wide" for p in plans), "xw_wide_tc did not run"
+    y_ref = _ref64(op, "fprop", x, w=w)
+    assert_close(y, y_ref, dtype, f"fprop [{variant}]")
+    assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
+    assert_close(y32, y_ref, dtype, f"fprop fp32 out [{variant}]")
+    assert_close(y_acc, y0 + y_ref, dtype, f"fprop accumulate [{variant}]")
+
