@@ -258,11 +258,11 @@ def _aligned(*arrays) -> int:
     return int(all(a is None or a.data.ptr % 16 == 0 for a in arrays))
 
 
-def _launch(spec, grid, block, args):
+def _launch(spec, grid, block, args, smem=0):
     import cupy
 
-    fn = compiler.get_function(spec)
-    fn(grid, block, tuple(_ptr(a) for a in args), stream=cupy.cuda.get_current_stream())
+    fn = compiler.get_function(spec, smem)
+    fn(grid, block, tuple(_ptr(a) for a in args), stream=cupy.cuda.get_current_stream(), shared_mem=smem)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -784,31 +784,13 @@ def _rows_bwd(dy, x, gain, mean, rstd, stat_per_col, gain_per_row, train, want_d
     per_sm = min(resident, LAUNCH["rows_bwd"]["blocks_per_sm"]) if cols else resident
     grid = (max(1, min(grid[0], per_sm * _sm_count())),)
     ws = cupy.empty((grid[0], 2, L), dtype=cupy.float32) if cols else None
-    fn = compiler.get_function(spec, smem)
-    fn(
+    _launch(
+        spec,
         grid,
         block,
-        tuple(
-            _ptr(a)
-            for a in (
-                dx,
-                s2,
-                s1,
-                ws,
-                dy,
-                x,
-                gain,
-                mean,
-                rstd,
-                np.int64(R),
-                np.int64(L),
-                np.int32(gain_per_row),
-                np.int32(train),
-                np.int32(aligned),
-            )
-        ),
-        stream=cupy.cuda.get_current_stream(),
-        shared_mem=smem,
+        (dx, s2, s1, ws, dy, x, gain, mean, rstd, np.int64(R), np.int64(L))
+        + (np.int32(gain_per_row), np.int32(train), np.int32(aligned)),
+        smem,
     )
     return dx, s2, s1, ws
 
