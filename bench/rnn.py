@@ -8,10 +8,12 @@ Per-step time = median time of a whole T = 256 sequence / T. Systems, every one 
   ``torch.cuda.CUDAGraph`` and replayed;
 - cuSPARSE: ``torch.sparse`` CSR Wᵀ times hᵀ per step (graph-captured when capture works, else eager).
 
-Headline: H = 2304, B = 4, density 0.3, fp16 and fp32. Sweep (fp16): H 1152/2304/4608/8192 × density
-0.3/0.1/0.05 × batch 1/4/16/32 against cuBLAS-graph and cuDNN. Usage:
-``PYTHONPATH=. python bench/rnn.py [--budget SECONDS] [--quick]``; ``--sanitize`` runs one small case
-of each mode (for compute-sanitizer) and exits.
+Headline: H = 2304, B = 4, density 0.3, fp16 and fp32, with every variant of ours timed in the same run
+(exchange sentinel/flags, h in shared memory fp32/fp16, lanes per row, the sentinel kernel without waiting
+as a diagnostic) and a per-step breakdown from the kernel's clock64 stamps (``prof``). Sweep (fp16,
+``--sweep``): H 1152/2304/4608/8192 × density 0.3/0.1/0.05 × batch 1/4/16/32 against cuBLAS-graph and
+cuDNN. Usage: ``PYTHONPATH=. python bench/rnn.py [--sweep] [--budget SECONDS]``; ``--sanitize`` runs one
+small case of each mode (for compute-sanitizer) and exits.
 """
 
 from __future__ import annotations
@@ -40,16 +42,55 @@ def random_csr(rng, H, density, G=1):
     return sp.csr_matrix((vals, (rows, cols)), shape=(H, G * H))
 
 
-def bench_ours(model, H, B, dtype, rng, reps, lanes=None):
+def input_sets(rng, H, B, dtype, n=3):
     import cupy
 
-    sets = [(cupy.asarray((rng.standard_normal((T_STEPS, B, H)) * 0.5).astype(dtype)),
-             cupy.asarray((rng.standard_normal((B, H)) * 0.5).astype(dtype))) for _ in range(3)]
+    return [(cupy.asarray((rng.standard_normal((T_STEPS, B, H)) * 0.5).astype(dtype)),
+             cupy.asarray((rng.standard_normal((B, H)) * 0.5).astype(dtype))) for _ in range(n)]
+
+
+def bench_ours(model, H, B, dtype, rng, reps, lanes=None, min_ms=20, sets=None):
+    sets = sets or input_sets(rng, H, B, dtype)
     plan = model.plan(dtype, B, lanes=lanes)
     model.forward(*sets[0], lanes=lanes)                     # compile, tables, watchdog check
     res = time_ms(lambda u, h: model.forward(u, h, check=False, lanes=lanes), rotate=sets, warmup=2,
-                  reps=reps, min_ms=20)
+                  reps=reps, min_ms=min_ms)
     return res, plan, sets[0]
+
+
+def bench_variant(model, B, dtype, sets, exchange, h_float=None, lanes=None, wait=True, poll_all=None):
+    """One launch-table entry of the persistent kernel, timed directly (us/step)."""
+    plan = model.plan(dtype, B, lanes=lanes, h_float=h_float, tables=True)
+    run = lambda u, h: model._run_persistent(plan, u, h, None, check=False, exchange=exchange,  # noqa: E731
+                                             wait=wait, poll_all=poll_all)
+    model._run_persistent(plan, *sets[0], None, exchange=exchange, timeout_s=2.0, wait=wait,
+                          poll_all=poll_all)
+    return us_per_step(time_ms(run, rotate=sets, warmup=2, reps=30, min_ms=20)), plan
+
+
+def step_profile(model, B, dtype, u, h, h_float=None, wait=True):
+    """Median per-step phases of the sentinel kernel from its clock64 stamps (kernels/rnn.cu ``prof``), in
+    ns: h_(t-1) waited for and loaded, dot products, pointwise and stores, the rest of the loop; and the
+    step time (start to start), over every block and step but the first 8."""
+    import cupy
+
+    plan = model.plan(dtype, B, h_float=h_float, tables=True)
+    prof = cupy.zeros((plan.blocks, T_STEPS + 1, 4), dtype=cupy.int64)
+    model._run_persistent(plan, u, h, None, exchange="sentinel", prof=prof, wait=wait, timeout_s=2.0)
+    p = prof.get().astype(np.float64)
+    cyc_per_ns = np.median((p[:, 0, 2] - p[:, 0, 0]) / p[:, 0, 3])
+    st = p[:, 1:, :] / cyc_per_ns                            # [blocks, T, 4] ns
+    lo = 8
+    out = {"clock_ghz": float(cyc_per_ns),
+           "wait_and_load_h_ns": float(np.median(st[:, lo:, 1] - st[:, lo:, 0])),
+           "dot_products_ns": float(np.median(st[:, lo:, 2] - st[:, lo:, 1])),
+           "pointwise_store_ns": float(np.median(st[:, lo:, 3] - st[:, lo:, 2])),
+           "loop_rest_ns": float(np.median(st[:, lo + 1:, 0] - st[:, lo:-1, 3])),
+           "step_ns": float(np.median(st[:, lo + 1:, 0] - st[:, lo:-1, 0])),
+           "dot_products_max_block_ns": float(np.max(np.median(st[:, lo:, 2] - st[:, lo:, 1], axis=1))),
+           "setup_ns": float(np.median((p[:, 0, 1] - p[:, 0, 0]) / cyc_per_ns)),
+           "kernel_ns": float(np.median(p[:, 0, 3]))}
+    return out
 
 
 def torch_dtype(dtype):
@@ -141,25 +182,6 @@ def us_per_step(res):
     return 1000.0 * res["median"] / T_STEPS
 
 
-def experimental_sentinel(model, plan, u, h, y_default):
-    """The opt-in sentinel exchange at the headline point: us/step, its error against the default
-    kernel's result, and (diagnostic) the same kernel with no waiting at all. Failures are reported."""
-    import cupy
-
-    try:
-        y, _ = model._run_persistent(plan, u, h, None, timeout_s=2.0, exchange="sentinel")  # a hang: 2 s
-        yd = y_default.astype(cupy.float64)
-        rel = float(cupy.linalg.norm(y.astype(cupy.float64) - yd) / cupy.linalg.norm(yd))
-        us = us_per_step(time_ms(lambda: model.forward(u, h, check=False, exchange="sentinel"), warmup=2,
-                                 reps=30, min_ms=20))
-        no_wait = us_per_step(time_ms(lambda: model._run_persistent(plan, u, h, None, check=False, wait=False,
-                                                                     exchange="sentinel"),
-                                      warmup=2, reps=30, min_ms=20))
-        return {"us_per_step": us, "rel_err_vs_default": rel, "us_per_step_without_waiting": no_wait}
-    except Exception as exc:  # noqa: BLE001 - experimental: report, do not stop the benchmark
-        return {"error": f"{type(exc).__name__}: {exc}"}
-
-
 def sanitize():
     """One small case per mode, path and exchange (run under compute-sanitizer); prints the errors."""
     for exchange in rnn.LAUNCH["exchange"]:
@@ -167,27 +189,17 @@ def sanitize():
             print(f"{exchange:9s} {row[0]:36s} rel_err={row[1]:.2e} {'ok' if row[2] else 'FAIL'}")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--budget", type=float, default=200.0, help="seconds; the sweep stops when spent")
-    ap.add_argument("--quick", action="store_true", help="headline only")
-    ap.add_argument("--sanitize", action="store_true")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    args = ap.parse_args()
-    if args.sanitize:
-        return sanitize()
+def headline(rng, records, head):
+    """H 2304, B 4, d 0.3, fp16 and fp32: ours (default plan) against every other system, then every variant
+    of ours and the per-step profile."""
     import cupy
-    import torch
 
-    start = time.perf_counter()
-    rng = np.random.default_rng(0)
-    records = []
-    head = Table(["dtype", "system", "path", "us_per_step", "speedup_vs_best_other", "rel_err_vs_cublas"])
     H, B, d = 2304, 4, 0.3
     W = random_csr(rng, H, d)
     model = rnn.SparseRNN(W, "tanh")
     for dtype in ("float16", "float32"):
-        ours, plan, (u0, h00) = bench_ours(model, H, B, dtype, rng, reps=50)
+        sets = input_sets(rng, H, B, dtype)
+        ours, plan, (u0, h00) = bench_ours(model, H, B, dtype, rng, reps=50, sets=sets)
         cub, ycub = bench_cublas_graph(W, B, dtype, rng, reps=50, u_h=(u0, h00))
         y_ours, _ = model.forward(u0, h00)
         yc = cupy.from_dlpack(ycub).astype(cupy.float64)
@@ -207,60 +219,119 @@ def main():
                  rel_err_vs_cublas=f"{rel:.1e}")
         for name, r in others.items():
             head.add(dtype=dtype, system=name, us_per_step=us_per_step(r))
-        records.append({"kind": "headline", "dtype": dtype, "hidden": H, "batch": B, "density": d,
-                        "T": T_STEPS, "ours": ours, "ours_path": plan.path, "ours_blocks": plan.blocks,
-                        "ours_lanes": plan.lanes, "ours_smem": plan.smem_bytes, "rel_err_vs_cublas": rel,
-                        **{k: v for k, v in others.items()}, "speedup_vs_best": best / o})
-        plan_t = model.plan(dtype, B, tables=True)
-        variants = {}
-        for lanes in rnn.LAUNCH["lanes"][1:]:                 # the launch table's other entries
-            variants[lanes] = us_per_step(bench_ours(model, H, B, dtype, rng, reps=30, lanes=lanes)[0])
-        records[-1]["ours_us_by_lanes"] = variants
-        exp = experimental_sentinel(model, plan_t, u0, h00, y_ours) if plan.persistent else {}
-        records[-1]["sentinel_exchange_experimental"] = exp
-        print(f"# headline {dtype}: ours {o:.2f} us/step ({plan.path}, lanes={plan.lanes}), best other "
-              f"{best:.2f}; by lanes: " + ", ".join(f"{k}: {v:.2f}" for k, v in variants.items())
-              + f"; sentinel exchange (experimental): {exp}", flush=True)
+        rec = {"kind": "headline", "dtype": dtype, "hidden": H, "batch": B, "density": d, "T": T_STEPS,
+               "ours": ours, "ours_path": plan.path, "ours_exchange": rnn.LAUNCH["exchange"][0],
+               "ours_blocks": plan.blocks, "ours_lanes": plan.lanes, "ours_batch_chunk": plan.batch_chunk,
+               "ours_h_float": plan.h_float, "ours_smem": plan.smem_bytes, "rel_err_vs_cublas": rel,
+               **{k: v for k, v in others.items()}, "speedup_vs_best": best / o}
+        records.append(rec)
+        if not plan.persistent:
+            continue
+        # every variant of the persistent kernel, timed directly (us/step), with its error vs cuBLAS
+        variants, profiles = {}, {}
+        h_floats = (True, False) if dtype == "float16" else (True,)
+        for exchange in rnn.LAUNCH["exchange"]:
+            for hf in h_floats if exchange == "sentinel" else (None,):
+                name = exchange + ("" if hf is None else ("/h32" if hf else "/h16"))
+                try:
+                    us, p = bench_variant(model, B, dtype, sets, exchange, h_float=hf)
+                    y, _ = model._run_persistent(p, u0, h00, None, exchange=exchange)
+                    err = float(cupy.linalg.norm(y.astype(cupy.float64) - yc) / cupy.linalg.norm(yc))
+                    variants[name] = {"us_per_step": us, "rel_err_vs_cublas": err, "lanes": p.lanes}
+                    if exchange == "sentinel":
+                        us_nw = bench_variant(model, B, dtype, sets, exchange, h_float=hf, wait=False)[0]
+                        variants[name + "/no-wait"] = {"us_per_step": us_nw}
+                        profiles[name] = step_profile(model, B, dtype, u0, h00, h_float=hf)
+                        profiles[name + "/no-wait"] = step_profile(model, B, dtype, u0, h00, h_float=hf,
+                                                                   wait=False)
+                except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
+                    variants[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        default = rnn.LAUNCH["exchange"][0]
+        other_poll = not rnn.LAUNCH["poll_all"][dtype]
+        us_p = bench_variant(model, B, dtype, sets, "sentinel", poll_all=other_poll)[0]
+        variants["sentinel/poll-" + ("all" if other_poll else "one")] = {"us_per_step": us_p}
+        for lanes in rnn.LAUNCH["lanes"]:
+            if lanes != plan.lanes:
+                us_l = bench_variant(model, B, dtype, sets, default, lanes=lanes)[0]
+                variants[f"{default}/lanes{lanes}"] = {"us_per_step": us_l}
+        rec["variants"], rec["step_profile"] = variants, profiles
+        print(f"# headline {dtype}: ours {o:.2f} us/step ({plan.path}, lanes={plan.lanes}, "
+              f"bc={plan.batch_chunk}, h_float={plan.h_float}), best other {best:.2f}", flush=True)
+        for k, v in variants.items():
+            print(f"#   variant {k}: {v}", flush=True)
+        for k, v in profiles.items():
+            print(f"#   profile {k}: " + ", ".join(f"{a}={b:.0f}" if b > 10 else f"{a}={b:.2f}"
+                                                    for a, b in v.items()), flush=True)
+
+
+def sweep(rng, records, table, start, budget):
+    """fp16, T = 256: H 1152/2304/4608/8192 × density 0.3/0.1/0.05 × batch 1/4/16/32 against cuBLAS-graph
+    and cuDNN (dense: once per (H, B))."""
+    import cupy
+    import torch
+
+    dense_cache = {}
+    for H in (1152, 2304, 4608, 8192):
+        for d in (0.3, 0.1, 0.05):
+            if time.perf_counter() - start > budget:
+                print(f"# budget spent: sweep stops before H={H} d={d}", flush=True)
+                return
+            W = random_csr(rng, H, d)
+            model = rnn.SparseRNN(W, "tanh")
+            for B in (1, 4, 16, 32):
+                ours, plan, _ = bench_ours(model, H, B, "float16", rng, reps=5, min_ms=8,
+                                           sets=input_sets(rng, H, B, "float16", n=2))
+                if (H, B) not in dense_cache:
+                    cub, _ = bench_cublas_graph(W, B, "float16", rng, reps=5)
+                    dense_cache[(H, B)] = (cub, bench_cudnn(H, B, "float16", reps=5))
+                    torch.cuda.empty_cache()
+                cub, cud = dense_cache[(H, B)]
+                o, c1, c2 = us_per_step(ours), us_per_step(cub), us_per_step(cud)
+                table.add(H=H, density=d, B=B, path=plan.path, lanes=plan.lanes, bc=plan.batch_chunk,
+                          h32=int(plan.h_float), ours_us=o, cublas_graph_us=c1, cudnn_us=c2,
+                          speedup=min(c1, c2) / o)
+                print(f"# sweep H={H} d={d} B={B}: ours {o:.2f} us/step ({plan.path}, lanes {plan.lanes}, "
+                      f"bc {plan.batch_chunk}, h32 {plan.h_float}), cuBLAS-graph {c1:.2f}, cuDNN {c2:.2f} "
+                      f"[{time.perf_counter() - start:.0f} s]", flush=True)
+                records.append({"kind": "sweep", "dtype": "float16", "hidden": H, "density": d, "batch": B,
+                                "ours": ours, "ours_path": plan.path, "ours_lanes": plan.lanes,
+                                "ours_batch_chunk": plan.batch_chunk, "ours_h_float": plan.h_float,
+                                "cublas_graph": cub, "cudnn": cud})
+            del model
+            cupy.get_default_memory_pool().free_all_blocks()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=240.0, help="seconds; the sweep stops when spent")
+    ap.add_argument("--sweep", action="store_true", help="also the H × density × batch sweep (fp16)")
+    ap.add_argument("--no-headline", action="store_true", help="skip the headline and its variants")
+    ap.add_argument("--sanitize", action="store_true")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args()
+    if args.sanitize:
+        return sanitize()
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    records = []
+    head = Table(["dtype", "system", "path", "us_per_step", "speedup_vs_best_other", "rel_err_vs_cublas"])
+    if not args.no_headline:
+        headline(rng, records, head)
     sizes = {f"{dt}/d{dd}": rnn.max_hidden_size(dt, dd, 4) for dt in ("float16", "float32")
              for dd in (0.3, 0.1, 0.05)}
     records.append({"kind": "max_hidden_size", "batch": 4, **sizes})
-
-    sweep = Table(["H", "density", "B", "path", "ours_us", "cublas_graph_us", "cudnn_us", "speedup"])
-    if not args.quick:
-        dense_cache = {}
-        for H in (1152, 2304, 4608, 8192):
-            for d in (0.3, 0.1, 0.05):
-                if time.perf_counter() - start > args.budget:
-                    break
-                W = random_csr(rng, H, d)
-                model = rnn.SparseRNN(W, "tanh")
-                for B in (1, 4, 16, 32):
-                    if time.perf_counter() - start > args.budget:
-                        print(f"# budget spent: sweep stops before H={H} d={d} B={B}", flush=True)
-                        break
-                    ours, plan, _ = bench_ours(model, H, B, "float16", rng, reps=10)
-                    if (H, B) not in dense_cache:
-                        cub, _ = bench_cublas_graph(W, B, "float16", rng, reps=10)
-                        dense_cache[(H, B)] = (cub, bench_cudnn(H, B, "float16", reps=10))
-                        torch.cuda.empty_cache()
-                    cub, cud = dense_cache[(H, B)]
-                    o, c1, c2 = us_per_step(ours), us_per_step(cub), us_per_step(cud)
-                    sweep.add(H=H, density=d, B=B, path=plan.path, ours_us=o, cublas_graph_us=c1, cudnn_us=c2,
-                              speedup=min(c1, c2) / o)
-                    print(f"# sweep H={H} d={d} B={B}: ours {o:.2f} us/step ({plan.path}), cuBLAS-graph "
-                          f"{c1:.2f}, cuDNN {c2:.2f}", flush=True)
-                    records.append({"kind": "sweep", "dtype": "float16", "hidden": H, "density": d,
-                                    "batch": B, "ours": ours, "ours_path": plan.path, "cublas_graph": cub,
-                                    "cudnn": cud})
-                del model
-                cupy.get_default_memory_pool().free_all_blocks()
+    table = Table(["H", "density", "B", "path", "lanes", "bc", "h32", "ours_us", "cublas_graph_us",
+                   "cudnn_us", "speedup"])
+    if args.sweep:
+        sweep(rng, records, table, start, args.budget)
     path = save_json("rnn", {"T": T_STEPS, "records": records}, directory=args.out,
                      command="PYTHONPATH=. python bench/rnn.py " + " ".join(sys.argv[1:]))
     print(f"# max hidden size on-chip (batch 4): {sizes}")
     print(f"# {gpu_name()}, T={T_STEPS}, {time.perf_counter() - start:.0f} s; JSON: {path}")
-    if not args.quick:
-        print(sweep.render())
-    print(head.render())
+    if args.sweep:
+        print(table.render())
+    if not args.no_headline:
+        print(head.render())
 
 
 if __name__ == "__main__":

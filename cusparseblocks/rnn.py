@@ -7,12 +7,13 @@ G·H axis of W, as ``torch.nn.LSTM``); W is [H, G·H] (G = 4 for the LSTM, else 
 
 On CuPy arrays the persistent kernel (``kernels/rnn.cu``) gives each thread block a slice of hidden
 units and keeps their rows of W in shared memory for all T steps; blocks exchange h_t through global
-memory, each step's h in its own slot, and a block waits, with per-block step flags (st.release /
-ld.acquire at gpu scope), only for the blocks whose slice of h_{t-1} it reads: no grid barrier per step.
-An experimental variant (``exchange="sentinel"``, not yet run on a GPU) drops the flags: the buffer
-starts as a NaN pattern no step writes, so a value doubles as its own 'written' flag (the seed's Lamport
-timestamps folded into the data). The grid never exceeds the co-resident blocks (occupancy query), and
-a watchdog turns a stuck wait into an error. When the weights do not fit on-chip, ``path="auto"`` falls
+memory, each step's h in its own slot, and a block waits only for the values of h_{t-1} it reads: no
+grid barrier per step. Default (``exchange="sentinel"``): the buffer starts as a NaN pattern no step
+writes, so a value doubles as its own 'written' flag (the seed's Lamport timestamps folded into the
+data: one load both waits and reads, no fence). ``exchange="flags"``: per-block step counters
+(st.release / ld.acquire at gpu scope), a block waits for the blocks whose slice of h_{t-1} it reads.
+The grid never exceeds the co-resident blocks (occupancy query), and a watchdog turns a stuck wait into
+an error. When the weights do not fit on-chip, ``path="auto"`` falls
 back to one sparse matvec kernel per step, captured in a CUDA graph (``path="persistent"`` raises).
 NumPy arrays run the float64 reference (:mod:`cusparseblocks.reference.rnn`).
 
@@ -54,9 +55,17 @@ LAUNCH = {
     "batch_chunks": (8, 4, 2, 1),
     "step_threads": 256,       # fallback: one warp per unit
     "smem_reserve": 64,        # bytes kept below the per-block opt-in limit (static shared memory)
-    # how blocks learn h_(t-1) is written; the first is the default. "flags": per-block step counters
-    # (validated on an H100); "sentinel": values double as flags (experimental, not yet run on a GPU)
-    "exchange": ("flags", "sentinel"),
+    # how blocks learn h_(t-1) is written; the first is the default. "sentinel": values double as their
+    # own flags (no fence); "flags": per-block step counters (release/acquire at gpu scope)
+    "exchange": ("sentinel", "flags"),
+    # h_(t-1) in shared memory as fp32 when it fits (sentinel kernel; fp16 weights: no conversion per
+    # gathered value), else in the storage dtype
+    "h_float": (True, False),
+    # sentinel kernel: re-read every unwritten exchange vector of a thread together (True) or one at a
+    # time (False). H100, H 2304, B 4, T 256 (bench/results/rnn-20261125-2059, -2105): fp16 3.98 µs/step
+    # one at a time vs 5.07 together (more polling traffic in L2), fp32 6.90 vs 4.93 (twice the vectors
+    # per thread: serial polls cost more than the traffic)
+    "poll_all": {"float16": False, "float32": True},
 }
 # H100 SXM: 132 SMs, 227 KiB of shared memory per block (opt-in); used when no GPU is present
 H100 = {"sm_count": 132, "smem_per_block": 232448}
@@ -67,12 +76,17 @@ def _specializations():
         for mode in MODES:
             for bc in LAUNCH["batch_chunks"]:
                 yield _spec("rnn_persistent", dt, mode, bc)
-                yield _spec("rnn_persistent_sentinel", dt, mode, bc)
+                for h_float in ((True, False) if dt == "float16" else (True,)):
+                    yield _spec("rnn_persistent_sentinel", dt, mode, bc, h_float)
                 yield _spec("rnn_step", dt, mode, bc)
 
 
-def _spec(kernel, dtype, mode, bc):
-    return compiler.KernelSpec("rnn.cu", f"{kernel}<{_CTYPE[dtype]}, {_MODE_ID[mode]}, {bc}>")
+def _spec(kernel, dtype, mode, bc, h_float=None):
+    """``h_float`` (sentinel kernel only): its shared-memory h type HS is float, else the storage type."""
+    args = f"{_CTYPE[dtype]}, {_MODE_ID[mode]}, {bc}"
+    if h_float is not None:
+        args += ", " + ("float" if h_float else _CTYPE[dtype])
+    return compiler.KernelSpec("rnn.cu", f"{kernel}<{args}>")
 
 
 compiler.register_family("rnn", _specializations)
@@ -91,6 +105,7 @@ class RnnPlan:
     nchunks: int
     blocks: int = 0
     lanes: int = 0
+    h_float: bool = True        # sentinel kernel: h in shared memory as fp32 (else the storage dtype)
     smem_bytes: int = 0
     weight_bytes: int = 0       # packed weights over all blocks (padding included)
     tables: dict | None = dataclasses.field(default=None, repr=False)
@@ -116,9 +131,9 @@ def _align(x, a):
     return (x + a - 1) // a * a
 
 
-def _smem_bytes(dtype, wvec, Hp, bc, nchunks, rows):
-    """Mirror of RnnSmem in kernels/rnn.cu."""
-    off = 16 * wvec + _align(Hp * bc * _itemsize(dtype), 16)
+def _smem_bytes(dtype, wvec, Hp, bc, nchunks, rows, h_float=False):
+    """Mirror of RnnSmem in kernels/rnn.cu (``h_float``: the h chunk is fp32, else ``dtype``)."""
+    off = 16 * wvec + _align(Hp * bc * (4 if h_float else _itemsize(dtype)), 16)
     off = _align(off + rows * nchunks * bc * 4, 16)
     return off + rows * 8
 
@@ -142,7 +157,7 @@ def _partition(unit_cost, nblk):
     return np.unique(np.clip(cuts, 0, n)).astype(np.int64)
 
 
-def _size_plan(rownnz, H, G, dtype, batch, sm_count, smem_limit, lanes=None):
+def _size_plan(rownnz, H, G, dtype, batch, sm_count, smem_limit, lanes=None, h_float=None):
     """The launch shape from nonzeros per row ([G, H] ints) alone: blocks, lanes, batch chunk, smem.
 
     Returns (RnnPlan without tables, unit_start, nvec_lane [G, Hp] for the chosen lanes).
@@ -175,18 +190,23 @@ def _size_plan(rownnz, H, G, dtype, batch, sm_count, smem_limit, lanes=None):
         wvec_blk = np.add.reduceat(wvec_unit, starts[:-1])
         maxvec_blk = np.maximum.reduceat(maxvec_unit, starts[:-1])
         rounds = -(-(units * G) // (threads // L))
-        # serial work of one thread per pass over the weights: its vectors in every round, plus the
-        # shuffle reduction; one pass per batch chunk
-        cost = int((rounds * (maxvec_blk + int(np.log2(L)))).max())
         for bc in chunks:
             nch = -(-batch // bc)
-            smem = _smem_bytes(dtype, int(wvec_blk.max()), Hp, bc, nch, int(units.max()) * G)
-            cand = (smem > limit, cost * nch, smem, L, bc, nch, nvec, int(wvec_blk.sum()))
-            if best is None or cand[:3] < best[:3]:
-                best = cand
-    over, _, smem, L, bc, nchunks, nvec, total_vec = best
+            for hf in ((True, False) if h_float is None else (bool(h_float),)):
+                hf = hf or dtype == "float32"
+                # serial instructions of one thread per pass over the weights (SASS, sm_90): per nonzero
+                # 3 + BC FFMA + one 16-byte gather per 4 fp32 values of h (fp16 h: half the gathers, BC
+                # conversions); per row a shuffle reduction; per pass (batch chunk) a wait for h in L2
+                per_nz = 3 + bc + (-(-bc // 4) if hf else -(-bc // 8) + bc)
+                work = rounds * (maxvec_blk * Vn * per_nz + int(np.log2(L)) * 2 * bc)
+                cost = nch * (int(work.max()) + 1000)
+                smem = _smem_bytes(dtype, int(wvec_blk.max()), Hp, bc, nch, int(units.max()) * G, hf)
+                cand = (smem > limit, cost, smem, L, bc, nch, nvec, int(wvec_blk.sum()), hf)
+                if best is None or cand[:3] < best[:3]:
+                    best = cand
+    over, _, smem, L, bc, nchunks, nvec, total_vec, hf = best
     plan.batch_chunk, plan.nchunks = bc, nchunks
-    plan.blocks, plan.lanes, plan.smem_bytes = nblk, L, smem
+    plan.blocks, plan.lanes, plan.smem_bytes, plan.h_float = nblk, L, smem, hf
     plan.weight_bytes = 16 * total_vec
     if over:
         plan.reason = (f"weights need {smem} bytes of shared memory per block ({nblk} blocks, "
@@ -214,14 +234,17 @@ def _bank_order(row_of, k, access_bytes, lane0):
         cls = (k // 2) % 32
     cls = (cls - lane0 % phase) % nclass
     n = row_of.size
-    by_class = np.lexsort((np.arange(n), cls, row_of))             # grouped by (row, class)
-    r, c = row_of[by_class], cls[by_class]
+    # one stable argsort of a composite int64 key instead of multi-key lexsorts (several times faster)
+    row_of = np.asarray(row_of, dtype=np.int64)
+    cls = np.asarray(cls, dtype=np.int64)
+    by_class = np.argsort(row_of * nclass + cls, kind="stable")    # grouped by (row, class), stable
+    key = (row_of * nclass + cls)[by_class]
     first = np.ones(n, dtype=bool)
-    first[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
+    first[1:] = key[1:] != key[:-1]
     group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     rank = np.empty(n, dtype=np.int64)
     rank[by_class] = np.arange(n) - group_start                     # occurrence of the nonzero in its class
-    return np.lexsort((cls, rank, row_of))                           # per row: rank-major, then class
+    return np.argsort((row_of * (n + 1) + rank) * nclass + cls, kind="stable")  # per row: rank, then class
 
 
 _DEVICE_INFO: dict = {}
@@ -356,21 +379,26 @@ class SparseRNN:
 
     # ---------------------------------------------------------------------------------------------
     def plan(self, dtype="float16", batch: int = 4, *, sm_count=None, smem_per_block=None, lanes=None,
-             tables: bool = False) -> RnnPlan:
+             h_float=None, tables: bool = False) -> RnnPlan:
         """How ``forward`` would run for ``dtype`` and ``batch`` (default device: the current GPU, or an
-        H100 without one). ``tables`` builds the packed launch tables too (cached)."""
+        H100 without one). ``tables`` builds the packed launch tables too (cached). ``lanes`` and
+        ``h_float`` (h in shared memory as fp32; fp16 only) force a launch-table entry (benchmarks)."""
         dtype = _check_gpu_dtype(dtype)
         sm_count, smem_per_block = _target(sm_count, smem_per_block)
-        key = (dtype, int(batch), int(sm_count), int(smem_per_block), lanes)
+        key = (dtype, int(batch), int(sm_count), int(smem_per_block), lanes, h_float)
         cached = self._plans.get(key)
         if cached is not None and (cached.tables is not None or not tables or not cached.persistent):
             return cached
         H, G = self.hidden_size, self.gates
         rownnz = np.diff(self._rows.indptr).reshape(G, H)
         plan, starts, nvec = _size_plan(rownnz, H, G, dtype, int(batch), int(sm_count), int(smem_per_block),
-                                        lanes)
+                                        lanes, h_float)
         if plan.persistent and tables:
-            plan.tables = self._tables(plan, starts, nvec)
+            # the tables depend on the batch only through (lanes, batch chunk, h type): shared by batches
+            tkey = ("tables", dtype, int(sm_count), plan.lanes, plan.batch_chunk, plan.h_float)
+            if tkey not in self._plans:
+                self._plans[tkey] = self._tables(plan, starts, nvec)
+            plan.tables = self._plans[tkey]
         self._plans[key] = plan
         return plan
 
@@ -414,7 +442,8 @@ class SparseRNN:
             # rows that share a warp start their class deal where the previous row's lanes end
             local = np.arange(padded.size) - row_off[blk_of_row]
             lane0 = (local % (LAUNCH["threads"] // L)) % max(32 // L, 1) * L
-            src = src[_bank_order(r_of, rows.indices[src], plan.batch_chunk * _itemsize(dtype), lane0[r_of])]
+            h_bytes = 4 if plan.h_float else _itemsize(dtype)   # one h value as the gathers read it
+            src = src[_bank_order(r_of, rows.indices[src], plan.batch_chunk * h_bytes, lane0[r_of])]
             i = within                                   # i-th nonzero of its row in bank order goes to
             step, lane = i // L, i % L                   # lane i % L at step i // L: vector step // V of
             dst = pstart[r_of] + ((step // Vn) * L + lane) * Vn + step % Vn   # that lane, element step % V
@@ -478,8 +507,8 @@ class SparseRNN:
         "persistent" (ValueError when they do not fit) or "fallback". ``check``: synchronize after the
         persistent kernel and raise RuntimeError if its watchdog fired (default). ``lanes``: force the
         threads per row (one of ``LAUNCH["lanes"]``; benchmarks), default the plan's choice.
-        ``exchange``: "flags" (default: per-block step counters with release/acquire) or "sentinel"
-        (EXPERIMENTAL, not yet run on a GPU: h values double as their written flags).
+        ``exchange``: "sentinel" (default: h values double as their written flags) or "flags"
+        (per-block step counters with release/acquire).
         Returns (y [T, B, H] holding h_1..h_T, c_T [B, H] for the LSTM else None), in u's dtype.
         """
         backend = backend_of(u=u, h0=h0, c0=c0, out=out)
@@ -581,9 +610,11 @@ class SparseRNN:
         return tab
 
     def _run_persistent(self, plan, u, h0, c0, out=None, *, check=True, grid=None, timeout_s=None, wait=True,
-                        exchange=None):
-        """Launch the persistent kernel (None when the planned blocks are not co-resident). ``grid`` and
-        ``wait=False`` (sentinel kernel only) are for tests and benchmark diagnostics (a wrong result)."""
+                        exchange=None, prof=None, poll_all=None):
+        """Launch the persistent kernel (None when the planned blocks are not co-resident). ``grid``,
+        ``wait=False`` (a wrong result), ``prof`` (int64 [blocks, T + 1, 4]: per-step clock64 stamps,
+        kernels/rnn.cu) and ``poll_all`` (default ``LAUNCH["poll_all"][dtype]``) are sentinel-kernel
+        diagnostics for tests and benchmarks."""
         import cupy
         from cupy_backends.cuda.api import driver
 
@@ -593,9 +624,10 @@ class SparseRNN:
         sentinel = exchange == "sentinel"
         tab = self._device_tables(plan)
         kernel = "rnn_persistent_sentinel" if sentinel else "rnn_persistent"
-        spec = _spec(kernel, plan.dtype, self.mode, plan.batch_chunk)
+        h_float = (plan.h_float or plan.dtype == "float32") if sentinel else None
+        spec = _spec(kernel, plan.dtype, self.mode, plan.batch_chunk, h_float)
         smem = _smem_bytes(plan.dtype, tab["smem_wvec"], plan.hidden_padded, plan.batch_chunk, plan.nchunks,
-                           tab["smem_rows"])
+                           tab["smem_rows"], bool(h_float))
         fn = compiler.get_function(spec, smem)
         per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, LAUNCH["threads"], smem)
         sm_count = _device_info()["sm_count"]
@@ -616,8 +648,9 @@ class SparseRNN:
                  np.int64(int(timeout_s * 1e9)))
         head = (tab["wpack"], tab["wvec_off"], tab["row_info"], tab["row_off"], tab["unit_start"])
         if sentinel:
-            args = (*head, tab["load_range"], tab["load_off"], u, c0_arg, y, c_out_arg, xch, status, *sizes,
-                    np.int32(bool(wait)))
+            args = (*head, tab["load_range"], tab["load_off"], u, c0_arg, y, c_out_arg, xch, status,
+                    null if prof is None else prof, *sizes, np.int32(bool(wait)),
+                    np.int32(LAUNCH["poll_all"][plan.dtype] if poll_all is None else bool(poll_all)))
         else:
             flags = cupy.zeros(plan.blocks, dtype=np.int32)
             args = (*head, tab["dep_off"], tab["dep_block"], tab["load_range"], tab["load_off"], u, c0_arg, y,

@@ -13,8 +13,9 @@
 // host; batch split in chunks of BC columns; units padded to Hp, a multiple of 8, so each chunk is whole
 // 16-byte vectors). Each slot is written once, so there is no write-after-read hazard between blocks a
 // step apart and a block waits only for the h_{t-1} slices it reads. Two protocols tell a reader a slice
-// is written: per-block step flags (rnn_persistent, the default, validated on an H100) or a sentinel
-// value (rnn_persistent_sentinel, experimental: the buffer starts as a NaN pattern no step writes).
+// is written: a sentinel value (rnn_persistent_sentinel, the default: the buffer starts as a NaN pattern
+// no step writes, one load both waits and reads) or per-block step flags (rnn_persistent: acquire loads
+// of the producers' counters, then the data; two fences per step).
 #include "common.cuh"
 
 // Tests run this file on the CPU (tests/test_rnn.py, RNN_HOST_EMULATION: every CUDA thread a std::thread,
@@ -192,6 +193,21 @@ __device__ __forceinline__ void rnn_gather(const T* hs, int k, float (&hv)[BC]) 
             rnn_unpack(q.w, o + 3 * PER_WORD, T());
         }
     }
+}
+
+// one exchange vector (16 bytes of T) into shared memory as HS at dst (16-byte aligned): a copy
+// (HS = T), or fp16 -> fp32 (two 16-byte stores); the last argument is a T tag
+__device__ __forceinline__ void rnn_put_h(__half* dst, const uint4& v, __half) { *reinterpret_cast<uint4*>(dst) = v; }
+__device__ __forceinline__ void rnn_put_h(float* dst, const uint4& v, float) { *reinterpret_cast<uint4*>(dst) = v; }
+__device__ __forceinline__ void rnn_put_h(float* dst, const uint4& v, __half) {
+    float f[8];
+    rnn_unpack(v.x, f, __half());
+    rnn_unpack(v.y, f + 2, __half());
+    rnn_unpack(v.z, f + 4, __half());
+    rnn_unpack(v.w, f + 6, __half());
+    uint4* d = reinterpret_cast<uint4*>(dst);
+    d[0] = make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+    d[1] = make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7]));
 }
 
 template <int MODE>
@@ -385,31 +401,35 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
     }
 }
 
-// rnn_persistent_sentinel<T, MODE, BC>: rnn_persistent with the sentinel exchange (EXPERIMENTAL: this source
-// passes tests/test_rnn.py's host emulation, all blocks concurrent, but has not run on a GPU yet; opt in
-// with exchange="sentinel").
+// rnn_persistent_sentinel<T, MODE, BC, HS>: rnn_persistent with the sentinel exchange (the default).
 // One thread block owns the units [unit_start[b], unit_start[b+1]) (all G gate rows of each) and keeps
 // their packed rows of W in shared memory for all T steps. Grid = number of blocks the host planned, at
 // most the number that are co-resident (1 per SM), so spinning on another block's output cannot deadlock.
 // Step t, per batch chunk: copy the slices of h_{t-1} this block's rows read (load_range: 16-byte
-// vectors, relaxed gpu-scope loads) into shared memory, re-reading a vector until every value it needs
-// is no longer the sentinel: a block waits only for the h values it reads, no flag, no grid barrier
-// (a watchdog sets *status and leaves instead of hanging). Then `lanes` consecutive threads share a row:
-// lane l reads the row's 16-byte weight vectors l, l+lanes, ... (consecutive lanes, consecutive vectors:
-// no bank conflicts), gathers BC values of h per nonzero and accumulates in fp32; a shuffle reduction
-// gives the row's dot products. The pointwise cell (u_t prefetched into registers one step ahead, c kept
-// in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t. Also: RNN_LOADS exchange
-// loads in flight per thread, two accumulator sets (ILP) where BC <= 4. wait = 0 is a benchmark
-// diagnostic only (no block waits: the cost of everything but
-// the exchange; the result is wrong).
-template <typename T, int MODE, int BC>
+// vectors, relaxed gpu-scope loads) into shared memory as HS (fp32 when it fits: the gathers then need no
+// conversion, 4 instructions fewer per nonzero at BC = 4 than fp16), re-reading a vector until every value
+// it needs is no longer the sentinel: a block waits only for the h values it reads, no flag, no fence, no
+// grid barrier (a watchdog sets *status and leaves instead of hanging). Then `lanes` consecutive threads
+// share a row: lane l reads the row's 16-byte weight vectors l, l+lanes, ... (consecutive lanes,
+// consecutive vectors: no bank conflicts), gathers BC values of h per nonzero and accumulates in fp32; a
+// shuffle reduction gives the row's dot products. The pointwise cell (u_t prefetched into registers one
+// step ahead, c kept in fp32 registers) writes h_t to y [T, B, H] and to the exchange slot t. Also:
+// RNN_LOADS exchange loads in flight per thread, two accumulator sets (ILP) where BC <= 4.
+// prof (benchmarks; null otherwise): [blocks][steps + 1][4] of long long. Thread 0 of each block writes
+// clock64() at 4 points of step t (start, first chunk of h_{t-1} in shared memory, dot products done, its
+// h_t stored) to row t, and to row 0: clock64() at entry, after the weights are loaded, at exit, and the
+// globaltimer nanoseconds from entry to exit (so cycles convert to time).
+// wait = 0 is a benchmark diagnostic only (no block waits: the cost of everything but the exchange; the
+// result is wrong).
+template <typename T, int MODE, int BC, typename HS>
 __global__ void __launch_bounds__(RNN_THREADS, 1)
 rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off,
                const int2* __restrict__ row_info, const int* __restrict__ row_off,
                const int* __restrict__ unit_start, const int2* __restrict__ load_range,
                const int* __restrict__ load_off, const T* __restrict__ u, const T* __restrict__ c0,
-               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* status, int H, int Hp, int B, int steps,
-               int nchunks, int lanes, int smem_wvec, int smem_rows, long long timeout_ns, int wait) {
+               T* __restrict__ y, T* __restrict__ c_out, T* xch, int* status, long long* prof, int H, int Hp,
+               int B, int steps, int nchunks, int lanes, int smem_wvec, int smem_rows, long long timeout_ns,
+               int wait, int poll_all) {
     constexpr int G = MODE == RNN_LSTM ? 4 : 1;
     constexpr int V = RnnPack<T>::V;
     typedef RnnX<T> X;
@@ -418,13 +438,19 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
     RNN_BLOCK_SMEM(rnn_smem_raw);
     RNN_BLOCK_INT(abort_s);
     const int Bp = nchunks * BC;
-    RnnSmem<T, BC> sm(rnn_smem_raw, smem_wvec, Hp, smem_rows, Bp);
+    RnnSmem<HS, BC> sm(rnn_smem_raw, smem_wvec, Hp, smem_rows, Bp);
 
     const int blk = blockIdx.x, tid = threadIdx.x;
     const int u0 = unit_start[blk], units = unit_start[blk + 1] - u0, nrows = units * G;
     const int nitems = units * B;
     const i64 GH = (i64)G * H;
 
+    long long* prow = prof != nullptr && tid == 0 ? prof + (i64)blk * (steps + 1) * 4 : nullptr;
+    unsigned long long ns0 = 0;
+    if (prow) {
+        prow[0] = clock64();
+        ns0 = global_ns();
+    }
     if (tid == 0) abort_s = 0;
     {
         const int wv0 = wvec_off[blk], nwv = wvec_off[blk + 1] - wv0;
@@ -452,16 +478,24 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
     const int slot = tid / lanes, lane = tid % lanes, nslots = RNN_THREADS / lanes;
     const int rounds = (nrows + nslots - 1) / nslots;
     const int r_begin = load_off[blk], r_end = load_off[blk + 1];
+    if (prow) prow[1] = clock64();
 
     for (int t = 1; t <= steps; ++t) {
+        if (prow) prow[t * 4] = clock64();
         const T* src = xch + (i64)(t - 1) * nchunks * Hp * BC;
         for (int c = 0; c < nchunks; ++c) {
             const T* sc = src + (i64)c * Hp * BC;
             for (int r = r_begin; r < r_end; ++r) {
                 const int2 rg = load_range[r];  // (first 16-byte vector, count) of one contiguous slice
-                // RNN_LOADS vectors in flight per thread before any is checked: one L2 round trip
+                // RNN_LOADS vectors in flight per thread before any is checked. A vector still unwritten
+                // is re-read alone until written, then the next (poll_all = 0), or every unwritten one is
+                // re-read together (poll_all = 1: one round trip per poll, but more L2 traffic while
+                // blocks wait; H100, T 256, H 2304, B 4: fp16 3.98 µs/step alone vs 5.07 together,
+                // fp32 6.90 alone vs 4.93 together; cusparseblocks/rnn.py picks per dtype)
                 for (int v0 = tid; v0 < rg.y; v0 += RNN_LOADS * RNN_THREADS) {
                     uint4 vals[RNN_LOADS];
+                    unsigned need[RNN_LOADS];  // values of each vector this block waits for (slot 0: none)
+                    unsigned pending = 0;
 #pragma unroll
                     for (int q = 0; q < RNN_LOADS; ++q) {
                         const int v = v0 + q * RNN_THREADS;
@@ -469,27 +503,51 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
                     }
 #pragma unroll
                     for (int q = 0; q < RNN_LOADS; ++q) {
-                        const int v = v0 + q * RNN_THREADS;
-                        if (v >= rg.y) continue;
-                        const int e0 = (rg.x + v) * EPV;  // first value: unit e0 / BC, column e0 % BC
-                        unsigned need = 0;                // values this block waits for (slot 0: none)
+                        const int e0 = (rg.x + v0 + q * RNN_THREADS) * EPV;  // unit e0 / BC, column e0 % BC
+                        need[q] = 0;
 #pragma unroll
                         for (int i = 0; i < EPV; ++i) {
                             const int e = e0 + i;
-                            need |= (wait && t > 1 && e / BC < H && c * BC + e % BC < B)
-                                        ? (1u << i) : 0u;
+                            need[q] |= (wait && t > 1 && v0 + q * RNN_THREADS < rg.y && e / BC < H &&
+                                        c * BC + e % BC < B) ? (1u << i) : 0u;
                         }
-                        RnnWatchdog dog;
-                        while ((X::written(vals[q]) & need) != need) {
+                        pending |= (X::written(vals[q]) & need[q]) != need[q] ? 1u << q : 0u;
+                    }
+                    RnnWatchdog dog;
+                    if (poll_all) {
+                        while (pending != 0) {
                             if (dog.expired(status, timeout_ns, &abort_s)) break;
-                            vals[q] = X::load(sc + e0);
+#pragma unroll
+                            for (int q = 0; q < RNN_LOADS; ++q) {
+                                if (pending & (1u << q)) vals[q] = X::load(sc + (rg.x + v0 + q * RNN_THREADS) * EPV);
+                            }
+#pragma unroll
+                            for (int q = 0; q < RNN_LOADS; ++q) {
+                                if ((X::written(vals[q]) & need[q]) == need[q]) pending &= ~(1u << q);
+                            }
                         }
-                        *reinterpret_cast<uint4*>(sm.h + e0) = vals[q];
+                    } else {
+#pragma unroll
+                        for (int q = 0; q < RNN_LOADS; ++q) {
+                            while ((pending & (1u << q)) && (X::written(vals[q]) & need[q]) != need[q]) {
+                                if (dog.expired(status, timeout_ns, &abort_s)) {
+                                    pending = 0;
+                                    break;
+                                }
+                                vals[q] = X::load(sc + (rg.x + v0 + q * RNN_THREADS) * EPV);
+                            }
+                        }
+                    }
+#pragma unroll
+                    for (int q = 0; q < RNN_LOADS; ++q) {
+                        const int v = v0 + q * RNN_THREADS;
+                        if (v < rg.y) rnn_put_h(sm.h + (rg.x + v) * EPV, vals[q], T());
                     }
                 }
             }
             __syncthreads();
             if (abort_s) return;
+            if (prow && c == 0) prow[t * 4 + 1] = clock64();
 
             for (int rr = 0; rr < rounds; ++rr) {
                 const int r = slot + rr * nslots;
@@ -510,7 +568,7 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
                         int k;
                         RnnPack<T>::get(q, e, w, k);
                         float hv[BC];
-                        rnn_gather<T, BC>(sm.h, k, hv);
+                        rnn_gather<HS, BC>(sm.h, k, hv);
 #pragma unroll
                         for (int b = 0; b < BC; ++b) acc[e % NACC][b] = fmaf(w, hv[b], acc[e % NACC][b]);
                     }
@@ -531,6 +589,7 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
             __syncthreads();
         }
 
+        if (prow) prow[t * 4 + 2] = clock64();
         T* dst = xch + (i64)t * nchunks * Hp * BC;
 #pragma unroll
         for (int q = 0; q < RNN_UPT; ++q) {
@@ -546,6 +605,7 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
                 if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
             }
         }
+        if (prow) prow[t * 4 + 3] = clock64();
         if (t < steps) {
 #pragma unroll
             for (int q = 0; q < RNN_UPT; ++q) {
@@ -557,6 +617,10 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
                 }
             }
         }
+    }
+    if (prow) {
+        prow[2] = clock64();
+        prow[3] = (long long)(global_ns() - ns0);
     }
 }
 

@@ -345,7 +345,7 @@ def test_registered_specializations():
     from cusparseblocks import compiler
 
     specs = compiler.all_specializations()["rnn"]
-    assert len(specs) == 72
+    assert len(specs) == 84   # 2 dtypes × 3 modes × 4 batch chunks × (flags + step + sentinel HS float/T)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,17 +405,72 @@ def test_gpu_fallback_repeated_calls(rng, mode):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("H,B", [(256, 4), (1000, 9), (520, 32)])
+def test_gpu_sentinel_h_in_storage_dtype(rng, mode, H, B):
+    """The sentinel kernel with fp16 h in shared memory (the plan's choice when fp32 h does not fit)."""
+    import cupy
+
+    model = make_model(rng, H, mode, "csr", density=0.2)
+    plan = model.plan("float16", B, h_float=False, tables=True)
+    assert plan.persistent and not plan.h_float
+    u, h0, c0 = make_inputs(rng, model, 12, B, "float16")
+    out = poison(cupy, (12, B, H), "float16")
+    y, c = model._run_persistent(plan, cupy.asarray(u), cupy.asarray(h0), None if c0 is None else cupy.asarray(c0),
+                                 out, exchange="sentinel")
+    yr, cr = reference(model, u, h0, c0, "float16")
+    assert y is out
+    assert_close(y, yr, "float16", "y")
+    if mode == "lstm":
+        assert_close(c, cr, "float16", "c_T")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("poll_all", [False, True])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_gpu_sentinel_poll_modes(rng, poll_all, dtype):
+    """Both ways of re-reading unwritten exchange vectors (one at a time, all together), either dtype."""
+    import cupy
+
+    model = make_model(rng, 1000, "tanh", "csr", density=0.2)
+    plan = model.plan(dtype, 9, tables=True)
+    u, h0, _ = make_inputs(rng, model, 20, 9, dtype)
+    out = poison(cupy, (20, 9, 1000), dtype)
+    y, _ = model._run_persistent(plan, cupy.asarray(u), cupy.asarray(h0), None, out, exchange="sentinel",
+                                 poll_all=poll_all)
+    assert_close(y, reference(model, u, h0, None, dtype)[0], dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_step_profile(rng):
+    """prof (benchmark stamps): every block writes increasing clock64 stamps for every step; y stays right."""
+    import cupy
+
+    model = make_model(rng, 600, "tanh", "csr", density=0.2)
+    plan = model.plan("float16", 4, tables=True)
+    u, h0, _ = make_inputs(rng, model, 9, 4, "float16")
+    prof = cupy.zeros((plan.blocks, 10, 4), dtype=cupy.int64)
+    y, _ = model._run_persistent(plan, cupy.asarray(u), cupy.asarray(h0), None, exchange="sentinel", prof=prof)
+    assert_close(y, reference(model, u, h0, None, "float16")[0], "float16")
+    p = prof.get()
+    assert (p[:, 0, 3] > 0).all() and (p[:, 0, 2] > p[:, 0, 1]).all() and (p[:, 0, 1] >= p[:, 0, 0]).all()
+    stamps = p[:, 1:, :].reshape(plan.blocks, -1)
+    assert (np.diff(stamps, axis=1) >= 0).all() and (stamps[:, 0] >= p[:, 0, 1]).all()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("exchange", ["flags", "sentinel"])
-def test_gpu_long_sequence_stable(rng, exchange):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_gpu_long_sequence_stable(rng, exchange, dtype):
     """T = 256 at the headline shape: a race between steps would show up as a wrong or moving result."""
     import cupy
 
     model = make_model(rng, 2304, "tanh", "csr", density=0.3)
-    u, h0, _ = make_inputs(rng, model, 256, 4, "float32")
+    u, h0, _ = make_inputs(rng, model, 256, 4, dtype)
     ud, hd = cupy.asarray(u), cupy.asarray(h0)
     y1, _ = model.forward(ud, hd, path="persistent", exchange=exchange)
     y2, _ = model.forward(ud, hd, path="persistent", exchange=exchange)
-    assert_close(y1, reference(model, u, h0, None, "float32")[0], "float32")
+    assert_close(y1, reference(model, u, h0, None, dtype)[0], dtype)
     assert bool((y1 == y2).all())
 
 
@@ -553,6 +608,7 @@ inline int ld_acquire_gpu(const int* p) { std::this_thread::yield(); return __at
 inline void st_release_gpu(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 inline void st_relaxed_u16(unsigned short* p, unsigned short v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline void st_relaxed_u32(unsigned* p, unsigned v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+inline long long clock64() { return 0; }
 inline unsigned long long global_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -664,10 +720,14 @@ template <typename T, int MODE, int BC> void run() {
         blockIdx.x = b;
         threadIdx.x = t;
         emu_blk = &blocks[b];
-        if (S["sentinel"])
-          rnn_persistent_sentinel<T, MODE, BC>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
-                                               load_off, u, c0, y, c_out, xch, status, H, Hp, B, steps, nch,
-                                               lanes, sw, sr, timeout, 1);
+        if (S["sentinel"] && S["h_float"])
+          rnn_persistent_sentinel<T, MODE, BC, float>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
+                                                      load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B,
+                                                      steps, nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
+        else if (S["sentinel"])
+          rnn_persistent_sentinel<T, MODE, BC, T>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
+                                                  load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B, steps,
+                                                  nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
         else
           rnn_persistent<T, MODE, BC>(wpack, wvec_off, row_info, row_off, unit_start, dep_off, dep_block,
                                       load_range, load_off, u, c0, y, c_out, xch, flags, status, H, Hp, B,
@@ -738,7 +798,7 @@ def _emu_driver():
     return exe
 
 
-def emulate_kernel(model, plan, u, h0, c0, *, exchange, grid=None, timeout_s=30.0):
+def emulate_kernel(model, plan, u, h0, c0, *, exchange, grid=None, timeout_s=30.0, poll_all=None):
     """Run rnn_persistent(_sentinel) from kernels/rnn.cu on the CPU; returns (y, c_T, status)."""
     import subprocess
     import tempfile
@@ -756,9 +816,12 @@ def emulate_kernel(model, plan, u, h0, c0, *, exchange, grid=None, timeout_s=30.
         xch.view(np.uint16 if dt == np.float16 else np.uint32)[...] = np.iinfo(
             np.uint16 if dt == np.float16 else np.uint32).max
     xch[0] = hp.reshape(nch, bc, Hp).transpose(0, 2, 1)
-    smem = rnn._smem_bytes(plan.dtype, tab["smem_wvec"], Hp, bc, nch, tab["smem_rows"])
+    h_float = exchange == "sentinel" and (plan.h_float or plan.dtype == "float32")
+    smem = rnn._smem_bytes(plan.dtype, tab["smem_wvec"], Hp, bc, nch, tab["smem_rows"], h_float)
     scalars = {"dtype": int(dt == np.float32), "mode": rnn._MODE_ID[model.mode], "bc": bc,
-               "sentinel": int(exchange == "sentinel"), "grid": plan.blocks if grid is None else grid,
+               "sentinel": int(exchange == "sentinel"), "h_float": int(h_float),
+               "poll_all": int(rnn.LAUNCH["poll_all"][plan.dtype] if poll_all is None else poll_all),
+               "grid": plan.blocks if grid is None else grid,
                "smem": smem, "H": H, "Hp": Hp, "B": B, "steps": T, "nchunks": nch, "lanes": plan.lanes,
                "smem_wvec": tab["smem_wvec"], "smem_rows": tab["smem_rows"], "timeout_ns": int(timeout_s * 1e9)}
     with tempfile.TemporaryDirectory() as d:
@@ -781,18 +844,25 @@ def emulate_kernel(model, plan, u, h0, c0, *, exchange, grid=None, timeout_s=30.
     return y, c, status
 
 
-@pytest.mark.parametrize("exchange", ["flags", "sentinel"])
+@pytest.mark.parametrize("exchange,h_float,poll_all", [("flags", None, None), ("sentinel", None, None),
+                                                       ("sentinel", False, None), ("sentinel", None, True),
+                                                       ("sentinel", None, False)])
 @pytest.mark.parametrize("dtype,mode,B,kind", [("float16", "tanh", 3, "csr"), ("float32", "lstm", 9, "block"),
                                                 ("float16", "relu", 2, "csr"), ("float32", "tanh", 1, "block"),
                                                 ("float16", "lstm", 4, "block")])
-def test_kernel_on_cpu(rng, exchange, dtype, mode, B, kind):
+def test_kernel_on_cpu(rng, exchange, h_float, poll_all, dtype, mode, B, kind):
     """kernels/rnn.cu itself, emulated on the CPU with 3 concurrent blocks, against the float64 reference
-    (ragged H = 37 for csr: padding units; batches below the chunk width: padding columns)."""
+    (ragged H = 37 for csr: padding units; batches below the chunk width: padding columns). The sentinel
+    kernel with h in shared memory as fp32 (the plan's choice here) and in the storage dtype, polling the
+    exchange vector by vector and all together."""
+    if h_float is False and dtype == "float32":
+        pytest.skip("fp32 weights always keep h in fp32")
     model = make_model(rng, 37 if kind == "csr" else 40, mode, kind)
-    plan = model.plan(dtype, B, sm_count=3, smem_per_block=232448, tables=True)
+    plan = model.plan(dtype, B, sm_count=3, smem_per_block=232448, h_float=h_float, tables=True)
+    assert plan.h_float == (h_float is not False)
     assert (dtype, mode, plan.batch_chunk) in _EMU_CASES and plan.blocks == 3
     u, h0, c0 = make_inputs(rng, model, 3, B, dtype)
-    y, c, status = emulate_kernel(model, plan, u, h0, c0, exchange=exchange)
+    y, c, status = emulate_kernel(model, plan, u, h0, c0, exchange=exchange, poll_all=poll_all)
     assert status == 0
     yr, cr = reference(model, u, h0, c0, dtype)
     assert_close(y, yr, dtype, "y")
@@ -800,13 +870,14 @@ def test_kernel_on_cpu(rng, exchange, dtype, mode, B, kind):
         assert_close(c, cr, dtype, "c_T")
 
 
-@pytest.mark.parametrize("exchange", ["flags", "sentinel"])
-def test_kernel_on_cpu_watchdog(rng, exchange):
+@pytest.mark.parametrize("exchange,poll_all", [("flags", None), ("sentinel", False), ("sentinel", True)])
+def test_kernel_on_cpu_watchdog(rng, exchange, poll_all):
     """Fewer blocks than planned: the missing block never writes h_t; the others give up, never hang."""
     model = make_model(rng, 40, "tanh", "csr")
     plan = model.plan("float16", 3, sm_count=3, smem_per_block=232448, tables=True)
     u, h0, _ = make_inputs(rng, model, 3, 3, "float16")
     start = time.perf_counter()
-    _, _, status = emulate_kernel(model, plan, u, h0, None, exchange=exchange, grid=2, timeout_s=0.3)
+    _, _, status = emulate_kernel(model, plan, u, h0, None, exchange=exchange, grid=2, timeout_s=0.3,
+                                  poll_all=poll_all)
     assert status == 1
     assert time.perf_counter() - start < 60

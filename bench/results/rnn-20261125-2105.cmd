@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/rnn.py --sweep --budget 160 --out /tmp/r2
