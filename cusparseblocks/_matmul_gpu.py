@@ -33,14 +33,16 @@ XW_TC_TILES = {
     8: {"large": (256, 8, 1, 8, 1), "medium": (128, 4, 1, 8, 1), "small": (32, 1, 1, 8, 1),
         "medium_lean": (128, 4, 1, 6, 1)},
 }
-# xw_wide_tc (small blocks, N > SMALL_N, aligned): block_size -> {variant: (C block columns per CTA, BM,
-# WARPS_M, WARPS_N, STAGES, EPS entries per stage)}; the first entry is the default
+# xw_wide_tc (small blocks, N > SMALL_N, aligned): block_size -> {variant: (R reduction blocks per entry,
+# C block columns per CTA, BM, WARPS_M, WARPS_N, STAGES, EPS entries per stage)}; the first entry is the
+# default. R·b = 64 features make each x row a full 128-byte line (R = 1, the first version, measured
+# 8 % faster than xw_tc at b = 8 and slower at b = 16: bench/NOTES.md).
 XW_WIDE_TILES = {
-    16: {"wide": (8, 128, 4, 2, 4, 1), "wide2": (16, 64, 2, 4, 3, 1)},
-    8: {"wide": (16, 128, 4, 2, 4, 2), "wide2": (32, 64, 2, 4, 4, 2)},
+    16: {"wide": (4, 8, 128, 4, 2, 2, 1)},  # tiles with 2 columns per warp spill (stack frame): not kept
+    8: {"wide": (8, 16, 128, 4, 2, 3, 1), "wide_c8": (8, 8, 128, 4, 2, 3, 1)},
 }
-# block sizes whose default (N > SMALL_N, aligned) is xw_wide_tc; b = 16 measured slower wide than xw_tc
-XW_WIDE_DEFAULT = (8,)
+# block sizes whose default (N > SMALL_N, aligned) is xw_wide_tc
+XW_WIDE_DEFAULT = (8, 16)
 # xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
 XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4)}
 # N ≤ SMALL_N: 32-row tiles, 256 threads (the weights stream through more CTAs, no idle rows)
@@ -77,9 +79,10 @@ def xw_tc_spec(dtype, out_dtype, bs, variant, axis, trans, aligned):
 
 
 def xw_wide_spec(dtype, out_dtype, bs, variant, axis, trans):
-    c, bm, wm, wn, st, eps = XW_WIDE_TILES[bs][variant]
+    r, c, bm, wm, wn, st, eps = XW_WIDE_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec(SOURCE, f"xw_wide_tc<{t}, {to}, {bs}, {c}, {bm}, {wm}, {wn}, {st}, {eps}, {axis}, {trans}>")
+    return KernelSpec(SOURCE, f"xw_wide_tc<{t}, {to}, {bs}, {r}, {c}, {bm}, {wm}, {wn}, {st}, {eps}, {axis}, "
+                              f"{trans}>")
 
 
 def xw_simt_spec(dtype, out_dtype, bs, axis, trans, small=False):
@@ -112,10 +115,10 @@ def xw_tc_smem(bs, variant, axis):
 
 
 def xw_wide_smem(bs, variant, axis):
-    c, bm, _, _, st, eps = XW_WIDE_TILES[bs][variant]
-    rows, cols = (bm, bs) if axis == 1 else (bs, bm)
+    r, c, bm, _, _, st, eps = XW_WIDE_TILES[bs][variant]
+    rows, cols = (bm, r * bs) if axis == 1 else (r * bs, bm)
     stride = lambda n: n + 8 if (n // 8) % 2 == 0 else n  # noqa: E731 - mirrors tc_stride()
-    stage = eps * (rows * stride(cols) + c * bs * stride(bs)) * 2
+    stage = eps * (rows * stride(cols) + r * c * bs * stride(bs)) * 2
     return max(st * stage, bm * (c * bs + 4) * 4)
 
 
@@ -166,30 +169,31 @@ def update_groups(layout, g):
     return table
 
 
-def wide_tables(layout, op, c):
-    """Lists of xw_wide_tc for groups of ``c`` output block columns (fprop: columns of W; bprop: rows).
+def wide_tables(layout, op, c, r=1):
+    """Lists of xw_wide_tc for groups of ``c`` output block columns (fprop: columns of W; bprop: rows)
+    over super-rows of ``r`` consecutive reduction blocks.
 
-    Returns offsets int32 [n_groups + 1], entries int32 [n_entries, 2] = (reduction block r, mask of the
-    present slots), slots int32 [n_entries, c] (w index of block j of the group at r, -1 if absent);
-    entries of a group are sorted by r.
+    Returns offsets int32 [n_groups + 1]; entries int32 [n_entries] (the super-row s; a group's entries
+    are sorted by s); masks uint32 [n_entries, ceil(r·c / 32)] with bit rr·c + j set when block
+    (s·r + rr, group·c + j) is present; slots int32 [n_entries, r·c], its index in w or -1.
     """
     fprop = op == "fprop"
     out_b = (layout.cols if fprop else layout.rows).astype(np.int64)
     red_b = (layout.rows if fprop else layout.cols).astype(np.int64)
     n_out = layout.out_blocks if fprop else layout.in_blocks
-    n_red = layout.in_blocks if fprop else layout.out_blocks
+    n_super = -(-(layout.in_blocks if fprop else layout.out_blocks) // r)
     n_groups = -(-n_out // c)
-    group, j = out_b // c, out_b % c
-    keys, inv = np.unique(group * n_red + red_b, return_inverse=True)
+    group, slot = out_b // c, (red_b % r) * c + out_b % c
+    keys, inv = np.unique(group * n_super + red_b // r, return_inverse=True)
     inv = inv.reshape(-1)
-    mask = np.zeros(keys.size, dtype=np.int64)
-    np.bitwise_or.at(mask, inv, np.left_shift(1, j))
-    slots = np.full((keys.size, c), -1, dtype=np.int32)
-    slots[inv, j] = np.arange(layout.nnz, dtype=np.int32)
+    words = -(-(r * c) // 32)
+    masks = np.zeros((keys.size, words), dtype=np.uint32)
+    np.bitwise_or.at(masks, (inv, slot // 32), np.left_shift(np.uint32(1), (slot % 32).astype(np.uint32)))
+    slots = np.full((keys.size, r * c), -1, dtype=np.int32)
+    slots[inv, slot] = np.arange(layout.nnz, dtype=np.int32)
     offsets = np.zeros(n_groups + 1, dtype=np.int32)
-    offsets[1:] = np.cumsum(np.bincount(keys // n_red, minlength=n_groups))
-    entries = np.stack([keys % n_red, mask.astype(np.uint32).view(np.int32)], axis=1).astype(np.int32)
-    return offsets, np.ascontiguousarray(entries), slots
+    offsets[1:] = np.cumsum(np.bincount(keys // n_super, minlength=n_groups))
+    return offsets, (keys % n_super).astype(np.int32), masks, slots
 
 
 def _tables(op_obj, key, dev):
@@ -205,8 +209,8 @@ def _tables(op_obj, key, dev):
         elif key == "bprop":
             ent = np.stack([lay.cols, np.arange(lay.nnz, dtype=np.int32)], axis=1)
             cache[(dev, key)] = (cupy.asarray(lay.row_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
-        elif key[0] == "wide":  # ("wide", op, c)
-            cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2]))
+        elif key[0] == "wide":  # ("wide", op, c, r)
+            cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key == "updat":
             cache[(dev, key)] = (cupy.asarray(lay.rows), cupy.asarray(lay.cols))
         else:  # ("groups", g)
@@ -255,14 +259,14 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
             force_variant is None and b in XW_WIDE_DEFAULT and n > SMALL_N)
         if wide and dtype != "float32" and aligned_w and aligned_x and (axis == 1 or n % 8 == 0):
             variant = force_variant or next(iter(XW_WIDE_TILES[b]))
-            c, bm, wm, wn, _, _ = XW_WIDE_TILES[b][variant]
+            r, c, bm, wm, wn, _, _ = XW_WIDE_TILES[b][variant]
             spec = xw_wide_spec(dtype, odt, b, variant, axis, trans)
             smem, threads = xw_wide_smem(b, variant, axis), wm * wn * 32
             n_tiles = -(-n // bm)
             if n_tiles > 65535:
                 raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} for block_size {b}")
             plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (threads,), smem,
-                    ("wide", op, c))
+                    ("wide", op, c, r))
             op_obj._gpu_tables[key] = plan
             return plan
         variant = force_variant if force_variant in XW_TC_TILES[b] else xw_tc_variant(b, n, op_obj.layout.density)
@@ -297,7 +301,7 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     fn, grid, block, smem, tables = _xw_plan(op_obj, op, dtype, odt, n, x.data.ptr % 16 == 0,
                                              w.data.ptr % 16 == 0, dev)
     y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
-    lists = _tables(op_obj, tables, dev)  # (offsets, entries) or, for xw_wide_tc, (offsets, entries, slots)
+    lists = _tables(op_obj, tables, dev)  # (offsets, entries), for xw_wide_tc (offsets, entries, masks, slots)
     fn(grid, block, (x, w, y, *lists, np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
        shared_mem=smem, stream=cupy.cuda.get_current_stream())
     return y

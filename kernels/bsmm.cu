@@ -297,28 +297,34 @@ xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, cons
 }
 
 // ------------------------------------------------------------------------------------------------
-// xw_wide_tc: tensor-core fprop/bprop for small blocks (BS = 8, 16), where one block column per CTA
-// (xw_tc) reads an x tile of BM × BS for every 2·BM·BS² flops and starves on loads and barriers.
-// One CTA computes Y[n0 : n0 + BM, g·C·BS : +C·BS] for the group g = blockIdx.x of C consecutive output
-// block columns. It walks the group's reduction blocks r (the union of the C lists, sorted by r):
-// entry e = (r, mask) with `slots` [e][C] the w indices of the blocks (r, g·C + j), -1 where absent
-// (mask bit j clear). A pipeline stage holds EPS entries, each one x tile [BM × BS] (loaded once,
-// shared by every present block) and the C weight slots (absent ones not loaded, not read). Warps form
-// WARPS_M × WARPS_N: warp (wm, wn) owns rows wm·WTM.. and slots wn·CPW.., skipping absent slots with a
-// warp-uniform test of the mask. Requires 16-byte aligned x and w (and N % 8 == 0 for AXIS = 0).
-template <typename T, typename TO, int BS, int C, int BM, int WARPS_M, int WARPS_N, int STAGES, int EPS, int AXIS,
-          int TRANS_W>
+// xw_wide_tc: tensor-core fprop/bprop for small blocks (BS = 8, 16). With one block column per CTA
+// (xw_tc) each x row segment is BS·2 bytes, so the loads are 16- or 32-byte pieces of distinct cache
+// lines and the request rate, not the bytes, limits the kernel. Here one CTA computes
+// Y[n0 : n0 + BM, g·C·BS : +C·BS] for the group g = blockIdx.x of C consecutive output block columns, and
+// walks the reduction dimension in super-rows of R consecutive blocks (R·BS features: 128-byte rows for
+// R·BS = 64), visiting only the super-rows s where the group has a nonzero block (`entries` [e] = s,
+// sorted). `masks` [e][R·C/32] has bit rr·C + j set when block (s·R + rr, g·C + j) is present and
+// `slots` [e][R·C] gives its index in w (-1 if absent). A pipeline stage holds EPS entries, each one x
+// tile [BM × R·BS] and R·C weight slots (absent ones neither loaded nor read). Warps form
+// WARPS_M × WARPS_N: warp (wm, wn) owns rows wm·WTM.. and block columns wn·CPW.., and skips absent blocks
+// with a warp-uniform test of the mask. Requires 16-byte aligned x and w (and N % 8 == 0 for AXIS = 0);
+// R·BS features past in_features (a ragged last super-row) are zero-filled and never multiplied.
+template <typename T, typename TO, int BS, int R, int C, int BM, int WARPS_M, int WARPS_N, int STAGES, int EPS,
+          int AXIS, int TRANS_W>
 __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32)
 xw_wide_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
-           const int2* __restrict__ entries, const int* __restrict__ slots, i64 n_total, i64 in_features,
-           i64 out_features, int accumulate) {
+           const int* __restrict__ entries, const unsigned* __restrict__ masks, const int* __restrict__ slots,
+           i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     constexpr int THREADS = WARPS_M * WARPS_N * 32;
     constexpr int KS = BS >= 16 ? 16 : 8;
     constexpr int WTM = BM / WARPS_M, MI = WTM / 16, CPW = C / WARPS_N, NB = BS / 8;
-    static_assert(WTM % 16 == 0 && C % WARPS_N == 0 && C <= 32 && (BS == 8 || BS == 16), "bad wide tiling");
-    constexpr int A_ROWS = AXIS == 1 ? BM : BS, A_COLS = AXIS == 1 ? BS : BM;
+    constexpr int RC = R * C, MW = (RC + 31) / 32, KF = R * BS;  // slots, mask words, features per entry
+    static_assert(WTM % 16 == 0 && C % WARPS_N == 0 && (BS == 8 || BS == 16), "bad wide tiling");
+    static_assert((C & (C - 1)) == 0 && C <= 32 && CPW <= 32 && (RC <= 32 || RC % 32 == 0),
+                  "a warp's mask bits must not straddle a 32-bit word");
+    constexpr int A_ROWS = AXIS == 1 ? BM : KF, A_COLS = AXIS == 1 ? KF : BM;
     constexpr int SA = tc_stride(A_COLS), SB = tc_stride(BS);
-    constexpr int A_ELEMS = A_ROWS * SA, B_ELEMS = BS * SB, ENTRY = A_ELEMS + C * B_ELEMS, STAGE = EPS * ENTRY;
+    constexpr int A_ELEMS = A_ROWS * SA, B_ELEMS = BS * SB, ENTRY = A_ELEMS + RC * B_ELEMS, STAGE = EPS * ENTRY;
     constexpr int WIDTH = C * BS;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -341,27 +347,27 @@ xw_wide_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
                 for (int q = 0; q < 4; q++) acc[i][j][h][q] = 0.f;
 
     auto load_entry = [&](int e, T* As) {
-        const i64 col = (i64)entries[begin + e].x * BS;
+        const i64 col = (i64)entries[begin + e] * KF;
         constexpr int A_CHUNKS = A_ROWS * A_COLS / 8;
-#pragma unroll 2
+#pragma unroll 4
         for (int ch = threadIdx.x; ch < A_CHUNKS; ch += THREADS) {
             int row = ch / (A_COLS / 8), c8 = (ch % (A_COLS / 8)) * 8;
             bool ok;
             const T* src;
             if (AXIS == 1) {
                 i64 n = n0 + row;
-                ok = n < n_total;
+                ok = n < n_total && col + c8 < in_features;
                 src = x + (ok ? n * in_features + col + c8 : 0);
             } else {
                 i64 n = n0 + c8;
-                ok = n < n_total;  // N % 8 == 0 here: a chunk is wholly in or out
+                ok = n < n_total && col + row < in_features;  // N % 8 == 0 here: a chunk is wholly in or out
                 src = x + (ok ? (col + row) * n_total + n : 0);
             }
             cp_async16(As + row * SA + c8, src, ok ? 16 : 0);
         }
         constexpr int PER_BLOCK = BS * BS / 8;  // 16-byte chunks of one w block
-        const int* sl = slots + (i64)(begin + e) * C;
-        for (int ch = threadIdx.x; ch < C * PER_BLOCK; ch += THREADS) {
+        const int* sl = slots + (i64)(begin + e) * RC;
+        for (int ch = threadIdx.x; ch < RC * PER_BLOCK; ch += THREADS) {
             int j = ch / PER_BLOCK, cc = ch % PER_BLOCK;
             int k = sl[j];
             if (k < 0) continue;  // absent block: its slot is never read
@@ -391,45 +397,52 @@ xw_wide_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
 #pragma unroll
         for (int u = 0; u < EPS; u++) {
             if (st * EPS + u >= count) break;
-            const unsigned mask = (unsigned)entries[begin + st * EPS + u].y >> (wn * CPW);
+            const unsigned* mk = masks + (i64)(begin + st * EPS + u) * MW;
             const T* As = smem + (st % STAGES) * STAGE + u * ENTRY;
 #pragma unroll
-            for (int kk = 0; kk < BS; kk += KS) {
-                unsigned a[MI][KS / 4];
+            for (int rr = 0; rr < R; rr++) {
+                const int bit0 = rr * C + wn * CPW;  // this warp's CPW bits of reduction block rr
+                const unsigned mask = mk[bit0 / 32] >> (bit0 % 32);
+                if ((CPW < 32 ? (mask & ((1u << CPW) - 1u)) : mask) == 0u) continue;
 #pragma unroll
-                for (int i = 0; i < MI; i++) {
-                    int m = wm * WTM + i * 16;
-                    if constexpr (KS == 16) {
-                        int q = lane / 8, r = lane % 8;
-                        if (AXIS == 1) ldmatrix_x4<false>(a[i], As + (m + lane % 16) * SA + kk + (lane / 16) * 8);
-                        else ldmatrix_x4<true>(a[i], As + (kk + r + (q / 2) * 8) * SA + m + (q % 2) * 8);
-                    } else {
-                        int l = lane % 16;
-                        if (AXIS == 1) ldmatrix_x2<false>(a[i], As + (m + l) * SA);
-                        else ldmatrix_x2<true>(a[i], As + (l % 8) * SA + m + (l / 8) * 8);
-                    }
-                }
+                for (int kk = 0; kk < BS; kk += KS) {
+                    const int kf = rr * BS + kk;  // feature offset inside the x tile
+                    unsigned a[MI][KS / 4];
 #pragma unroll
-                for (int j = 0; j < CPW; j++) {
-                    if (!((mask >> j) & 1u)) continue;
-                    const T* Bs = As + A_ELEMS + (wn * CPW + j) * B_ELEMS;
-                    if constexpr (KS == 16) {  // BS = 16: both n8 halves of the block with one ldmatrix
-                        int q = lane / 8, r = lane % 8;
-                        unsigned t[4];
-                        if (TRANS_W) ldmatrix_x4<false>(t, Bs + (r + (q / 2) * 8) * SB + kk + (q % 2) * 8);
-                        else ldmatrix_x4<true>(t, Bs + (kk + r + (q % 2) * 8) * SB + (q / 2) * 8);
-#pragma unroll
-                        for (int i = 0; i < MI; i++) {
-                            Mma<T>::k16(acc[i][j][0], a[i], t[0], t[1]);
-                            Mma<T>::k16(acc[i][j][NB - 1], a[i], t[2], t[3]);
+                    for (int i = 0; i < MI; i++) {
+                        int m = wm * WTM + i * 16;
+                        if constexpr (KS == 16) {
+                            int q = lane / 8, r = lane % 8;
+                            if (AXIS == 1) ldmatrix_x4<false>(a[i], As + (m + lane % 16) * SA + kf + (lane / 16) * 8);
+                            else ldmatrix_x4<true>(a[i], As + (kf + r + (q / 2) * 8) * SA + m + (q % 2) * 8);
+                        } else {
+                            int l = lane % 16;
+                            if (AXIS == 1) ldmatrix_x2<false>(a[i], As + (m + l) * SA + kf);
+                            else ldmatrix_x2<true>(a[i], As + (kf + l % 8) * SA + m + (l / 8) * 8);
                         }
-                    } else {
-                        unsigned bf;
-                        int l = lane % 8;
-                        if (TRANS_W) ldmatrix_x1<false>(bf, Bs + l * SB);
-                        else ldmatrix_x1<true>(bf, Bs + l * SB);
+                    }
 #pragma unroll
-                        for (int i = 0; i < MI; i++) Mma<T>::k8(acc[i][j][0], a[i], bf);
+                    for (int j = 0; j < CPW; j++) {
+                        if (!((mask >> j) & 1u)) continue;
+                        const T* Bs = As + A_ELEMS + (bit0 + j) * B_ELEMS;
+                        if constexpr (KS == 16) {  // BS = 16: both n8 halves of the block with one ldmatrix
+                            int q = lane / 8, r = lane % 8;
+                            unsigned t[4];
+                            if (TRANS_W) ldmatrix_x4<false>(t, Bs + (r + (q / 2) * 8) * SB + kk + (q % 2) * 8);
+                            else ldmatrix_x4<true>(t, Bs + (kk + r + (q % 2) * 8) * SB + (q / 2) * 8);
+#pragma unroll
+                            for (int i = 0; i < MI; i++) {
+                                Mma<T>::k16(acc[i][j][0], a[i], t[0], t[1]);
+                                Mma<T>::k16(acc[i][j][NB - 1], a[i], t[2], t[3]);
+                            }
+                        } else {
+                            unsigned bf;
+                            int l = lane % 8;
+                            if (TRANS_W) ldmatrix_x1<false>(bf, Bs + l * SB);
+                            else ldmatrix_x1<true>(bf, Bs + l * SB);
+#pragma unroll
+                            for (int i = 0; i < MI; i++) Mma<T>::k8(acc[i][j][0], a[i], bf);
+                        }
                     }
                 }
             }

@@ -421,28 +421,27 @@ def test_mixed_numpy_and_cupy_arrays(monkeypatch):
 
 
 def test_wide_tables_match_layout(rng):
-    """The wide lists cover every block once, sorted by reduction block, masks matching the slots."""
+    """The wide lists cover every block once, super-rows sorted, masks matching the slots."""
     from cusparseblocks import _matmul_gpu
     from cusparseblocks.blocklayout import BlockLayout
 
     mask = rng.random((11, 45)) < 0.3
-    mask[0, 0] = mask[3, 31] = True
+    mask[0, 0] = mask[3, 31] = mask[10, 44] = True
     mask[:, 40] = False  # an empty output column
     lay = BlockLayout(mask)
-    for op, c in (("fprop", 16), ("bprop", 8), ("fprop", 32)):
-        offsets, entries, slots = _matmul_gpu.wide_tables(lay, op, c)
+    for op, c, r in (("fprop", 16, 1), ("bprop", 8, 1), ("fprop", 32, 1), ("fprop", 16, 8), ("bprop", 8, 4),
+                     ("bprop", 4, 4), ("fprop", 8, 3)):
+        offsets, entries, masks, slots = _matmul_gpu.wide_tables(lay, op, c, r)
         n_out = lay.out_blocks if op == "fprop" else lay.in_blocks
         assert offsets.size == -(-n_out // c) + 1 and offsets[-1] == entries.shape[0]
-        seen = np.sort(slots[slots >= 0])
-        np.testing.assert_array_equal(seen, np.arange(lay.nnz))
+        assert masks.dtype == np.uint32 and masks.shape == (entries.size, -(-(r * c) // 32))
+        np.testing.assert_array_equal(np.sort(slots[slots >= 0]), np.arange(lay.nnz))
         for g in range(offsets.size - 1):
-            rs = entries[offsets[g]:offsets[g + 1], 0]
-            assert np.all(np.diff(rs) > 0)
+            assert np.all(np.diff(entries[offsets[g]:offsets[g + 1]]) > 0)
             for e in range(offsets[g], offsets[g + 1]):
-                bits = entries[e, 1].astype(np.int64) & 0xFFFFFFFF
-                for j in range(c):
-                    k = slots[e, j]
-                    assert (k >= 0) == bool((bits >> j) & 1)
+                for sl in range(r * c):
+                    k = slots[e, sl]
+                    assert (k >= 0) == bool((int(masks[e, sl // 32]) >> (sl % 32)) & 1)
                     if k >= 0:
-                        r, col = (lay.rows[k], lay.cols[k]) if op == "fprop" else (lay.cols[k], lay.rows[k])
-                        assert r == entries[e, 0] and col == g * c + j
+                        red, col = (lay.rows[k], lay.cols[k]) if op == "fprop" else (lay.cols[k], lay.rows[k])
+                        assert red == entries[e] * r + sl // c and col == g * c + sl % c

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cusparseblocks import BlockSparseMatMul
+from cusparseblocks._matmul_gpu import XW_WIDE_TILES
 from cusparseblocks.reference import matmul as ref
 
 from conftest import assert_close, poison, random_array
@@ -236,9 +237,8 @@ def test_every_tile_variant(rng, variant, dtype, block_size, feature_axis):
     assert_close(y_acc, y0 + _ref64(op, "fprop", x, w=w), dtype, f"fprop accumulate [{variant}]")
 
 
-@pytest.mark.parametrize("variant", ["wide", "wide2"])
+@pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_WIDE_TILES.items() for v in vs])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("block_size", [8, 16])
 @pytest.mark.parametrize("feature_axis", [1, 0])
 def test_wide_small_block_tiles(rng, variant, dtype, block_size, feature_axis):
     """xw_wide_tc (forced): several column groups with a partial last one, all 32 mask bits in use,
@@ -248,7 +248,7 @@ def test_wide_small_block_tiles(rng, variant, dtype, block_size, feature_axis):
 
     from cusparseblocks import _matmul_gpu
 
-    mask = _layout(rng, 19, 37, 0.3)
+    mask = _layout(rng, 19, 37, 0.3)  # 19, 37: ragged against R and C
     mask[2, 31] = mask[31 % 19, 3] = True
     op = BlockSparseMatMul(mask, block_size, feature_axis)
     n = 8 * int(rng.integers(9, 45))
