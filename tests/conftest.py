@@ -51,11 +51,13 @@ def to_numpy(a):
     return np.asarray(a)
 
 
-def assert_close(actual, reference, dtype, what="result"):
+def assert_close(actual, reference, dtype, what="result", scale=None):
     """Every element of ``actual`` against a float64 ``reference`` with the tolerances of ``dtype``.
 
     Fails on NaN/Inf anywhere (poisoned, unwritten outputs show up as NaN), on a relative Frobenius
-    error above ``rtol``, and on any element off by more than ``atol × max|reference|``.
+    error above ``rtol``, and on any element off by more than ``atol × max|reference|``. ``scale``
+    (same shape): the magnitude of the terms the result is computed from, for results that cancel
+    (a batch-norm gradient over 3 samples): errors are then relative to it instead of the result.
     """
     name = dtype if isinstance(dtype, str) else dtype_name(dtype)
     rtol, atol = TOLERANCES[name]
@@ -64,9 +66,9 @@ def assert_close(actual, reference, dtype, what="result"):
     assert a.shape == r.shape, f"{what}: shape {a.shape} != reference {r.shape}"
     bad = ~np.isfinite(a)
     assert not bad.any(), f"{what}: {int(bad.sum())} non-finite elements (first at {np.argwhere(bad)[0]})"
-    scale = max(np.abs(r).max(), 1e-30)
-    rel = np.linalg.norm(a - r) / max(np.linalg.norm(r), 1e-30)
-    err = np.abs(a - r).max() / scale
+    basis = r if scale is None else np.asarray(scale, dtype=np.float64)
+    rel = np.linalg.norm(a - r) / max(np.linalg.norm(basis), 1e-30)
+    err = np.abs(a - r).max() / max(np.abs(basis).max(), 1e-30)
     assert rel <= rtol, f"{what} ({name}): relative error {rel:.3e} > {rtol:.1e}"
     assert err <= atol, f"{what} ({name}): max element error {err:.3e}·max|ref| > {atol:.1e} at {np.unravel_index(np.argmax(np.abs(a - r)), a.shape)}"
 
