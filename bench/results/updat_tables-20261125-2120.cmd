@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/updat_tables.py   # H100 80GB HBM3
