@@ -4,9 +4,9 @@ Run: PYTHONPATH=. ncu --kernel-name regex:xw_tc --launch-skip 3 --launch-count 1
          python bench/profile_bsmm.py
 """
 
+import cupy as cp
 import numpy as np
 
-import cupy as cp
 from cusparseblocks import BlockSparseMatMul
 
 rng = np.random.default_rng(0)

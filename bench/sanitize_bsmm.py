@@ -2,13 +2,13 @@
 
 Run: PYTHONPATH=. compute-sanitizer --tool memcheck python bench/sanitize_bsmm.py
 Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element paths), xw_wide_tc
-(b = 8), xw_simt (both tiles), xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and several), updat_simt and updat_reduce, on ragged
-shapes; checks every result.
+(b = 8), xw_simt (both tiles), xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and
+several), updat_simt and updat_reduce, on ragged shapes; checks every result.
 """
 
+import cupy as cp
 import numpy as np
 
-import cupy as cp
 from cusparseblocks import BlockSparseMatMul
 from cusparseblocks._array import bfloat16
 from cusparseblocks.reference import matmul as ref
@@ -24,7 +24,7 @@ def main():
                     mask = rng.random((3, 4)) < 0.5
                     mask[0, 0] = True
                     op = BlockSparseMatMul(mask, b, axis, allow_tf32=tf32)
-                    shp = (lambda f: (n, f)) if axis == 1 else (lambda f: (f, n))
+                    shp = (lambda f, n=n: (n, f)) if axis == 1 else (lambda f, n=n: (f, n))
                     x = rng.standard_normal(shp(op.K)).astype(dtype)
                     dy = rng.standard_normal(shp(op.M)).astype(dtype)
                     w = (rng.standard_normal(op.w_shape) * 0.2).astype(dtype)

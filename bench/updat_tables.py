@@ -17,8 +17,8 @@ def main():
         for d in (0.5, 0.2, 0.05) if b >= 32 else (0.2,):
             n = k = 4096
             op = BlockSparseMatMul(rng.random((k // b, k // b)) < d, b)
-            sets = [(cp.random.standard_normal((n, k), dtype=cp.float32).astype(cp.float16),
-                     cp.random.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)) for _ in range(3)]
+            sets = [tuple(cp.random.standard_normal((n, k), dtype=cp.float32).astype(cp.float16)
+                          for _ in "xy") for _ in range(3)]
             res = {}
             for size in (8, 0):
                 _matmul_gpu._PAIR_TABLES = size

@@ -75,7 +75,8 @@ def xw_tc_variant(bs, n, density):
 def xw_tc_spec(dtype, out_dtype, bs, variant, axis, trans, aligned):
     bm, wm, wn, st, eps = XW_TC_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec(SOURCE, f"xw_tc<{t}, {to}, {bs}, {bm}, {wm}, {wn}, {st}, {eps}, {axis}, {trans}, {aligned}>")
+    return KernelSpec(SOURCE, f"xw_tc<{t}, {to}, {bs}, {bm}, {wm}, {wn}, {st}, {eps}, {axis}, {trans}, "
+                              f"{aligned}>")
 
 
 def xw_wide_spec(dtype, out_dtype, bs, variant, axis, trans):
@@ -242,7 +243,8 @@ def _aligned(*arrays) -> bool:
 def _check_device(dev, **arrays):
     for name, a in arrays.items():
         if a is not None and a.device.id != dev:
-            raise ValueError(f"{name}: expected an array on GPU {dev} (the current device), got GPU {a.device.id}")
+            raise ValueError(f"{name}: expected an array on GPU {dev} (the current device), "
+                             f"got GPU {a.device.id}")
 
 
 def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
@@ -264,12 +266,14 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
             smem, threads = xw_wide_smem(b, variant, axis), wm * wn * 32
             n_tiles = -(-n // bm)
             if n_tiles > 65535:
-                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} for block_size {b}")
+                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
+                                 f"for block_size {b}")
             plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (threads,), smem,
                     ("wide", op, c, r))
             op_obj._gpu_tables[key] = plan
             return plan
-        variant = force_variant if force_variant in XW_TC_TILES[b] else xw_tc_variant(b, n, op_obj.layout.density)
+        variant = (force_variant if force_variant in XW_TC_TILES[b]
+                   else xw_tc_variant(b, n, op_obj.layout.density))
         if dtype != "float32" and aligned_w and (axis == 0 or aligned_x):
             bm, wm, wn, _, _ = XW_TC_TILES[b][variant]
             aligned = 1 if axis == 1 else int(aligned_x and n % 8 == 0)
@@ -282,7 +286,8 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
             smem, threads = 0, (bm // tm) * (b // tn)
         n_tiles = -(-n // bm)
         if n_tiles > 65535:
-            raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} for block_size {b}")
+            raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
+                             f"for block_size {b}")
         plan = (compiler.get_function(spec, smem), (f_out // b, n_tiles), (threads,), smem, op)
         op_obj._gpu_tables[key] = plan
     return plan
@@ -301,8 +306,9 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     fn, grid, block, smem, tables = _xw_plan(op_obj, op, dtype, odt, n, x.data.ptr % 16 == 0,
                                              w.data.ptr % 16 == 0, dev)
     y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
-    lists = _tables(op_obj, tables, dev)  # (offsets, entries), for xw_wide_tc (offsets, entries, masks, slots)
-    fn(grid, block, (x, w, y, *lists, np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
+    lists = _tables(op_obj, tables, dev)  # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots)
+    fn(grid, block, (x, w, y, *lists, np.int64(n), np.int64(f_in), np.int64(f_out),
+                     np.int32(bool(accumulate))),
        shared_mem=smem, stream=cupy.cuda.get_current_stream())
     return y
 
@@ -365,7 +371,8 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
         grid, extra = op_obj.layout.nnz, ()
     chunks = np.concatenate([[0], np.cumsum(-(-ns // nc))]).astype(np.int64)
     splits = _update_splits(grid, int(chunks[-1]), dev)
-    ws = cupy.empty((splits, op_obj.layout.nnz) + op_obj.w_shape[1:], dtype=np.float32) if splits > 1 else None
+    ws = (cupy.empty((splits, op_obj.layout.nnz) + op_obj.w_shape[1:], dtype=np.float32)
+          if splits > 1 else None)
     p = len(xs)
     table = _pair_table(op_obj, dev, np.concatenate([
         np.array([x.data.ptr for x in xs], dtype=np.int64),
@@ -374,7 +381,8 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     fn = compiler.get_function(spec, smem)
     fn((grid, splits), (threads,),
        (table[:p], table[p:2 * p], table[2 * p:3 * p], table[3 * p:], np.int32(p), *extra, rows, cols, dw,
-        ws if ws is not None else np.uint64(0), np.int32(op_obj.layout.nnz), np.int64(op_obj.K), np.int64(op_obj.M), np.int32(bool(accumulate))),
+        ws if ws is not None else np.uint64(0), np.int32(op_obj.layout.nnz), np.int64(op_obj.K),
+        np.int64(op_obj.M), np.int32(bool(accumulate))),
        shared_mem=smem, stream=stream)
     if splits > 1:
         count = dw.size

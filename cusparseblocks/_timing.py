@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -94,8 +94,8 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True):
         t_graph = None
         if op != "updat":  # GPU time alone (CUDA graph replay, preallocated outputs)
             outs = [cp.empty((n, k), dtype=np_dt) for _ in args]
-            t_graph = time_ms(lambda a, b2, o: fn(a, b2, out=o), rotate=[(*a, o) for a, o in zip(args, outs)],
-                              graph=True)["median"]
+            t_graph = time_ms(lambda a, b2, o, fn=fn: fn(a, b2, out=o),
+                              rotate=[(*a, o) for a, o in zip(args, outs)], graph=True)["median"]
         if compare_tiles and op != "updat" and n >= 2048 and dtype == "float16":
             from . import _matmul_gpu
 

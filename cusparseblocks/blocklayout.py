@@ -68,7 +68,7 @@ class BlockLayout:
         return _frozen(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
 
     @functools.cached_property
-    def transposed(self) -> "BlockLayout":
+    def transposed(self) -> BlockLayout:
         """The layout of Wᵀ (its ``w`` order differs: use ``col_order`` to map)."""
         return BlockLayout(self.mask.T)
 

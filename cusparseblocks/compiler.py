@@ -23,8 +23,8 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 __all__ = [
     "KernelSpec",

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close, poison, random_array
 
 from cusparseblocks import BlockSparseMatMul
 from cusparseblocks._matmul_gpu import XW_WIDE_TILES
 from cusparseblocks.reference import matmul as ref
-
-from conftest import assert_close, poison, random_array
 
 pytestmark = pytest.mark.gpu
 

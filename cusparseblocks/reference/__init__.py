@@ -4,4 +4,4 @@ Half-precision inputs (float16, bfloat16) are computed in float32 and returned i
 float32 and float64 compute in their own precision.
 """
 
-from .matmul import bsmm_fprop, bsmm_bprop, bsmm_updat, compute_dtype, to_scipy  # noqa: F401
+from .matmul import bsmm_bprop, bsmm_fprop, bsmm_updat, compute_dtype, to_scipy  # noqa: F401
