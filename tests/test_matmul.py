@@ -445,3 +445,193 @@ def test_wide_tables_match_layout(rng):
                     if k >= 0:
                         red, col = (lay.rows[k], lay.cols[k]) if op == "fprop" else (lay.cols[k], lay.rows[k])
                         assert red == entries[e] * r + sl // c and col == g * c + sl % c
+
+
+# ---- the tensor-core kernels on the CPU ----
+# kernels/bsmm.cu's xw_tc, xw_wide_tc and updat_tc (+ updat_reduce) compiled for the host with the CUDA
+# execution model emulated (tests/cuda_emulation/bsmm_driver.cpp: threads, barriers, deferred cp.async,
+# ldmatrix .x1/.x2/.x4, mma.sync m16n8k8/m16n8k16), launched with the specializations, grids, shared
+# memory sizes and lookup tables of cusparseblocks/_matmul_gpu.py, and checked against float64.
+
+def _emulated_xw_cases():
+    """(kernel, block size, variant, op, feature axis, aligned, dtype, out dtype): every xw_tc tile "small"
+    and "medium" of b = 8, 16, 32 and every xw_wide_tc tile, in rotating (axis, op, dtype) combinations."""
+    from cusparseblocks import _matmul_gpu as G
+
+    types = [("float16", "float16"), ("bfloat16", "bfloat16"), ("float16", "float32"), ("bfloat16", "float32")]
+    cases, i = [], 0
+    for b in (8, 16, 32):
+        for variant in ("small", "medium"):
+            combos = [(1, "fprop", 1), (1, "bprop", 1), (0, ("fprop", "bprop")[i % 2], 1),
+                      (0, ("bprop", "fprop")[i % 2], 0)]
+            for j, (axis, op, aligned) in enumerate(combos):
+                cases.append(("xw_tc", b, variant, op, axis, aligned, *types[(i + j) % 4]))
+            i += 1
+    for b, tiles in G.XW_WIDE_TILES.items():
+        for variant in tiles:
+            for j, (axis, op) in enumerate([(1, "fprop"), (1, "bprop"), (0, "fprop"), (0, "bprop")]):
+                cases.append(("xw_wide_tc", b, variant, op, axis, 1, *types[(i + j) % 4]))
+            i += 1
+    return cases
+
+
+def _emulated_updat_cases():
+    """(block size, feature axis, aligned, splits, dtype, out dtype): b = 8 (pairs of blocks per warp),
+    16 and 32, both axes, one CTA per group or a 2-way batch split through the fp32 workspace."""
+    types = [("float16", "float16"), ("bfloat16", "bfloat16"), ("float16", "float32"), ("bfloat16", "float32")]
+    combos = [(1, 1, 1), (1, 1, 2), (0, 1, 2), (0, 0, 1)]
+    return [(b, *c, *types[(i + j) % 4]) for i, b in enumerate((8, 16, 32)) for j, c in enumerate(combos)]
+
+
+def _emulated_specs():
+    from cusparseblocks import _matmul_gpu as G
+
+    specs = []
+    for kernel, b, variant, op, axis, aligned, dt, odt in _emulated_xw_cases():
+        trans = int(op == "bprop")
+        specs.append(G.xw_tc_spec(dt, odt, b, variant, axis, trans, aligned) if kernel == "xw_tc"
+                     else G.xw_wide_spec(dt, odt, b, variant, axis, trans))
+    for b, axis, aligned, _, dt, odt in _emulated_updat_cases():
+        specs += [G.updat_tc_spec(dt, odt, b, axis, aligned), G.updat_reduce_spec(odt)]
+    return list(dict.fromkeys(specs))
+
+
+def _bsmm_emulation_source() -> str:
+    """kernels/bsmm.cu with its PTX wrappers cut (tests/cuda_emulation/bsmm_ptx_emulated.h replaces them)."""
+    from cusparseblocks import _matmul_gpu as G
+    from cusparseblocks import compiler
+
+    text = (compiler.kernel_source_dir() / G.SOURCE).read_text()
+    start, end = text.index("// PTX wrappers"), text.index("// Shared-memory row stride")
+    text = text[:start] + text[end:]
+    text = text.replace('#include "common.cuh"', "")
+    return text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", "")
+
+
+@pytest.fixture(scope="module")
+def bsmm_emulator(tmp_path_factory):
+    """The compiled bsmm_driver with every specialization the emulated cases launch, and its launcher."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("g++ is not installed")
+    from cuda_emulation import fake_cupy
+
+    here = Path(__file__).resolve().parent / "cuda_emulation"
+    d = tmp_path_factory.mktemp("bsmm_emu")
+    (d / "bsmm_emu.cu").write_text(_bsmm_emulation_source())
+    macro = {"xw_tc": "XW_TC", "xw_wide_tc": "XW_WIDE_TC", "updat_tc": "UPDAT_TC", "updat_reduce": "UPDAT_REDUCE"}
+    lines = [f"{macro[m.group(1)]}({m.group(2)})," for m in (re.fullmatch(r"(\w+)<(.*)>", s.name)
+                                                              for s in _emulated_specs())]
+    (d / "bsmm_kernels.inc").write_text("\n".join(lines) + "\n")
+    exe = d / "bsmm_driver"
+    build = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", "-DCSB_HOST_EMULATION", f"-I{d}", f"-I{here}",
+                            f"-I{fake_cupy.KERNELS}", "-o", str(exe), str(here / "bsmm_driver.cpp")],
+                           capture_output=True, text=True)
+    if build.returncode and "barrier" in build.stderr and "No such file" in build.stderr:
+        pytest.skip("the C++ compiler has no <barrier> (C++20)")
+    assert build.returncode == 0, build.stderr[-4000:]
+    return fake_cupy.make_launcher(exe, [])
+
+
+def _emulated_op(monkeypatch, mask, b, axis, key):
+    """The op and its lookup tables for ``key``, built by _matmul_gpu._tables (NumPy-backed CuPy)."""
+    from cuda_emulation import fake_cupy
+
+    from cusparseblocks import _matmul_gpu as G
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy._module())
+    op = BlockSparseMatMul(mask, b, axis)
+    tables = G._tables(op, key, 0)
+    return op, tuple(np.asarray(t) for t in (tables if isinstance(tables, tuple) else (tables,)))
+
+
+def _emulated_output(rng, ref, odt):
+    """(output, expected, accumulate): a poisoned output, or for float32 outputs at random one holding
+    data that the kernel accumulates into."""
+    if odt == "float32" and rng.random() < 0.5:
+        out = random_array(rng, ref.shape, odt)
+        return out, ref + out, 1
+    return poison(np, ref.shape, odt), ref, 0
+
+
+def _emulation_mask(rng, kb, mb):
+    mask = rng.random((kb, mb)) < 0.4
+    mask[0, 0] = mask[1, 1] = True
+    mask[kb - 1, :] = False  # an empty block row and an empty block column
+    mask[:, mb - 2] = False
+    return mask
+
+
+@pytest.mark.parametrize("case", _emulated_xw_cases(), ids=lambda c: "-".join(map(str, c)))
+def test_xw_kernels_emulated(rng, monkeypatch, bsmm_emulator, case):
+    """xw_tc / xw_wide_tc fprop (TRANS_W 0) and bprop (TRANS_W 1) on ragged batches, every element
+    against float64, outputs poisoned (or accumulated into, for float32 outputs)."""
+    from test_matmul_gpu import _io, _ref64
+
+    from cusparseblocks import _matmul_gpu as G
+
+    kernel, b, variant, op_name, axis, aligned, dt, odt = case
+    trans = int(op_name == "bprop")
+    if kernel == "xw_tc":
+        bm, wm, wn, _, _ = G.XW_TC_TILES[b][variant]
+        kb, mb, c, r = 4, 5, 1, 1
+        spec, smem = G.xw_tc_spec(dt, odt, b, variant, axis, trans, aligned), G.xw_tc_smem(b, variant, axis)
+        key = op_name
+    else:
+        r, c, bm, wm, wn, _, _ = G.XW_WIDE_TILES[b][variant]
+        kb, mb = (r + 3, c + 3) if op_name == "fprop" else (c + 3, r + 3)  # 2 super-rows, 2 groups, both ragged
+        spec, smem = G.xw_wide_spec(dt, odt, b, variant, axis, trans), G.xw_wide_smem(b, variant, axis)
+        key = ("wide", op_name, c, r)
+    n = bm + 8 if axis == 0 and aligned else bm + 5 if variant != "small" else 37  # never a multiple of BM
+    op, tables = _emulated_op(monkeypatch, _emulation_mask(rng, kb, mb), b, axis, key)
+    f_in, f_out = (op.K, op.M) if op_name == "fprop" else (op.M, op.K)
+    x = random_array(rng, _io(op, n, f_in), dt)
+    w = random_array(rng, op.w_shape, dt, scale=0.2)
+    ref = _ref64(op, op_name, x, w=w)
+    y, ref, accumulate = _emulated_output(rng, ref, odt)
+    grid = (f_out // b, -(-n // bm)) if kernel == "xw_tc" else (-(-(f_out // b) // c), -(-n // bm))
+    bsmm_emulator(spec, grid, (wm * wn * 32,), (x, w, y, *tables, np.int64(n), np.int64(f_in), np.int64(f_out),
+                                                np.int32(accumulate)), smem)
+    assert_close(y, ref, dt, f"{spec.name} n={n}")
+
+
+@pytest.mark.parametrize("case", _emulated_updat_cases(), ids=lambda c: "-".join(map(str, c)))
+def test_updat_kernel_emulated(rng, monkeypatch, bsmm_emulator, case):
+    """updat_tc over a grouped update of two ragged pairs, in one pass or split in 2 over the batch
+    (fp32 workspace, then updat_reduce), every element against float64."""
+    from test_matmul_gpu import _io, _ref64
+
+    from cusparseblocks import _matmul_gpu as G
+
+    b, axis, aligned, splits, dt, odt = case
+    g, warps, nc, _ = G.UPDAT_TC_TILES[b]
+    op, (groups,) = _emulated_op(monkeypatch, _emulation_mask(rng, 4, g + 3), b, axis, ("groups", g))
+    rows, cols = (np.asarray(t) for t in G._tables(op, "updat", 0))
+    ns = [nc + 8, 40] if aligned and axis == 0 else [nc + 5, 37]  # ragged last chunks
+    xs = [random_array(rng, _io(op, n, op.K), dt) for n in ns]
+    dys = [random_array(rng, _io(op, n, op.M), dt) for n in ns]
+    ref = _ref64(op, "updat", xs, dys)
+
+    def blob(arrays):  # the pairs' bytes back to back, each at a 16-byte aligned offset
+        raw = [np.concatenate([a.reshape(-1).view(np.uint8), np.zeros(-a.nbytes % 16, np.uint8)]) for a in arrays]
+        return np.concatenate(raw), np.cumsum([0] + [len(q) for q in raw[:-1]]).astype(np.int64)
+
+    (xb, xoff), (dyb, dyoff) = blob(xs), blob(dys)
+    chunks = np.concatenate([[0], np.cumsum(-(-np.array(ns) // nc))]).astype(np.int64)
+    dw, ref, accumulate = _emulated_output(rng, ref, odt)
+    ws = np.full((splits, op.layout.nnz, b, b), np.nan, np.float32) if splits > 1 else np.uint64(0)
+    spec = G.updat_tc_spec(dt, odt, b, axis, aligned)
+    bsmm_emulator(spec, (groups.shape[0], splits), (warps * 32,),
+                  (xb, dyb, xoff, dyoff, np.array(ns, np.int64), chunks, np.int32(len(ns)), groups, rows, cols,
+                   dw, ws, np.int32(op.layout.nnz), np.int64(op.K), np.int64(op.M), np.int32(accumulate)),
+                  G.updat_tc_smem(b, axis))
+    if splits > 1:
+        count = dw.size
+        bsmm_emulator(G.updat_reduce_spec(odt), (min(-(-count // 256), 4),), (256,),
+                      (ws, dw, np.int32(splits), np.int64(count), np.int32(accumulate)))
+    assert_close(dw, ref, dt, f"{spec.name} ns={ns} splits={splits}")
