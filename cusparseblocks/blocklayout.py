@@ -76,7 +76,16 @@ class BlockLayout:
         return isinstance(other, BlockLayout) and np.array_equal(self.mask, other.mask)
 
     def __hash__(self) -> int:
-        return hash((self.mask.shape, self.mask.tobytes()))
+        # computed once: the mask is read-only, and ops key per-device caches by the layout on every call
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = self.__dict__["_hash"] = hash((self.mask.shape, self.mask.tobytes()))
+        return h
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_hash", None)  # hashes of bytes differ between processes: recompute after unpickling
+        return state
 
     def __repr__(self) -> str:
         return f"BlockLayout({self.in_blocks}x{self.out_blocks}, nnz={self.nnz}, density={self.density:.3f})"
