@@ -43,6 +43,15 @@ XW_WIDE_TILES = {
 }
 # block sizes whose default (N > SMALL_N, aligned) is xw_wide_tc
 XW_WIDE_DEFAULT = (8, 16)
+# xw_gmma (kernels/bsmm_gmma.cu: wgmma, sm_90a; fp16/bf16, feature axis 1, x/w/y 16-byte aligned,
+# N > SMALL_N): block_size -> {variant: (WG warpgroups, MI m64 tiles per warpgroup, STAGES)}, BM = WG·MI·64;
+# the first entry is the default. Devices of compute capability 9.0 only (GMMA_ARCH).
+XW_GMMA_TILES = {
+    64: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 4), "gmma_wg4": (4, 1, 3)},
+    32: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 6), "gmma_deep": (2, 1, 8)},
+}
+GMMA_ARCH = "sm_90"
+gmma_enabled = True  # False: the mma.sync kernels everywhere (benchmarks compare both)
 # xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
 XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4)}
 # N ≤ SMALL_N: 32-row tiles, 256 threads (the weights stream through more CTAs, no idle rows)
@@ -84,6 +93,17 @@ def xw_wide_spec(dtype, out_dtype, bs, variant, axis, trans):
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec(SOURCE, f"xw_wide_tc<{t}, {to}, {bs}, {r}, {c}, {bm}, {wm}, {wn}, {st}, {eps}, {axis}, "
                               f"{trans}>")
+
+
+def xw_gmma_spec(dtype, out_dtype, bs, variant, trans):
+    wg, mi, st = XW_GMMA_TILES[bs][variant]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec("bsmm_gmma.cu", f"xw_gmma<{t}, {to}, {bs}, {wg}, {mi}, {st}, {trans}>")
+
+
+def xw_gmma_smem(bs, variant):
+    wg, mi, st = XW_GMMA_TILES[bs][variant]
+    return st * (wg * mi * 64 + bs) * bs * 2 + 1024  # + 1 KiB: the kernel aligns its base to 1 KiB
 
 
 def xw_simt_spec(dtype, out_dtype, bs, axis, trans, small=False):
@@ -155,6 +175,17 @@ def specializations():
 
 
 compiler.register_family("bsmm", specializations)
+
+
+def gmma_specializations():
+    """The wgmma kernels (sm_90a): every tile, fp16/bf16, output in the input dtype or float32."""
+    for dtype in ("float16", "bfloat16"):
+        for to, bs, trans in itertools.product(_out_types(dtype), XW_GMMA_TILES, (0, 1)):
+            for variant in XW_GMMA_TILES[bs]:
+                yield xw_gmma_spec(dtype, to, bs, variant, trans)
+
+
+compiler.register_family("bsmm_gmma", gmma_specializations)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,16 +278,45 @@ def _check_device(dev, **arrays):
                              f"got GPU {a.device.id}")
 
 
-def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev):
+_ARCH: dict[int, str] = {}
+
+
+def _use_gmma(op_obj, dtype, n, aligned, dev):
+    """xw_gmma serves this call: wgmma device, fp16/bf16, feature axis 1, b = 32/64, aligned x, w, y."""
+    b = op_obj.block_size
+    if not (aligned and dtype != "float32" and op_obj.feature_axis == 1 and b in XW_GMMA_TILES):
+        return False
+    if force_variant is not None:  # a benchmark's choice (a tile of another kernel: False)
+        if force_variant not in XW_GMMA_TILES[b]:
+            return False
+    elif not (gmma_enabled and n > SMALL_N):
+        return False
+    if dev not in _ARCH:
+        _ARCH[dev] = compiler.device_arch(dev)
+    return _ARCH[dev] == GMMA_ARCH
+
+
+def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=True):
     """(function, grid, block, smem, table key) for fprop/bprop; cached per shape and alignment."""
     if dtype == "float32" and op_obj.allow_tf32:  # TF32 tensor cores (plans cached by _matmul_tf32)
         return (*_matmul_tf32.xw_plan(op_obj, op, n, aligned_x, aligned_w, dev), op)
-    key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, dev, force_variant)
+    key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, aligned_y, dev, force_variant, gmma_enabled)
     plan = op_obj._gpu_tables.get(key)
     if plan is None:
         b, axis = op_obj.block_size, op_obj.feature_axis
         f_out = op_obj.M if op == "fprop" else op_obj.K
         trans = 0 if op == "fprop" else 1
+        if _use_gmma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev):
+            variant = force_variant or next(iter(XW_GMMA_TILES[b]))
+            wg, mi, _ = XW_GMMA_TILES[b][variant]
+            spec, smem, bm = xw_gmma_spec(dtype, odt, b, variant, trans), xw_gmma_smem(b, variant), wg * mi * 64
+            n_tiles = -(-n // bm)
+            if n_tiles > 65535:
+                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
+                                 f"for block_size {b}")
+            plan = (compiler.get_function(spec, smem), (f_out // b, n_tiles), (wg * 128,), smem, op)
+            op_obj._gpu_tables[key] = plan
+            return plan
         wide = force_variant in XW_WIDE_TILES.get(b, {}) or (
             force_variant is None and b in XW_WIDE_DEFAULT and n > SMALL_N)
         if wide and dtype != "float32" and aligned_w and aligned_x and (axis == 1 or n % 8 == 0):
@@ -304,7 +364,7 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     f_in, f_out = (op_obj.K, op_obj.M) if op == "fprop" else (op_obj.M, op_obj.K)
     dtype, odt = dtype_name(x.dtype), dtype_name(out_dtype)
     fn, grid, block, smem, tables = _xw_plan(op_obj, op, dtype, odt, n, x.data.ptr % 16 == 0,
-                                             w.data.ptr % 16 == 0, dev)
+                                             w.data.ptr % 16 == 0, dev, out is None or out.data.ptr % 16 == 0)
     y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
     lists = _tables(op_obj, tables, dev)  # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots)
     fn(grid, block, (x, w, y, *lists, np.int64(n), np.int64(f_in), np.int64(f_out),

@@ -194,7 +194,9 @@ def _compile_report(compiler, archs) -> int:
         return 0
     print(f"\nkernels: {total} specializations in {len(families)} families, compiling for {', '.join(archs)}")
     rows, failures, warnings = [], [], []
-    jobs = [(family, specs, arch) for family, specs in families.items() for arch in archs]
+    jobs = [(family, [s for s in specs if compiler.target_arch(s.source, arch)], arch)
+            for family, specs in families.items() for arch in archs]
+    jobs = [job for job in jobs if job[1]]  # the wgmma kernels build for sm_90 (as sm_90a) alone
     for family, specs, arch in _progress(jobs, desc="compile", unit="family"):
         start = time.perf_counter()
         try:

@@ -38,6 +38,7 @@ __all__ = [
     "nvrtc_version",
     "cuda_include_dirs",
     "compile_log",
+    "target_arch",
 ]
 
 
@@ -157,18 +158,37 @@ def _options(arch: str, defines: Sequence[tuple[str, str]]) -> list[str]:
     return opts
 
 
+# Sources that use architecture-specific instructions (wgmma: sm_90a) and the one target they build for;
+# the dispatch launches them only on devices of that architecture.
+ARCH_SPECIFIC = {"bsmm_gmma.cu": "sm_90a"}
+
+
+def target_arch(source: str, arch: str) -> str | None:
+    """The target to compile ``source`` for on ``arch`` (``sm_90`` -> ``sm_90a`` for the wgmma kernels),
+    or None when the source cannot run there."""
+    special = ARCH_SPECIFIC.get(source)
+    if special is None:
+        return arch
+    return special if arch in (special, special.rstrip("a")) else None
+
+
 def compile_specs(specs: Iterable[KernelSpec], arch: str = "sm_90") -> dict[KernelSpec, CompiledKernel]:
     """Compile specializations for ``arch`` (``sm_80``, ``sm_90``, ``sm_90a``); no GPU needed.
 
-    Specs sharing a source and defines are compiled in one NVRTC program (headers parsed once).
-    Raises :class:`CompileError` naming the failing specialization(s) with NVRTC's log.
+    Specs sharing a source and defines are compiled in one NVRTC program (headers parsed once); a source
+    of :data:`ARCH_SPECIFIC` builds for its own target (``sm_90`` -> ``sm_90a``) and raises
+    :class:`CompileError` for any other arch. Raises :class:`CompileError` naming the failing
+    specialization(s) with NVRTC's log.
     """
     groups: dict[tuple, list[KernelSpec]] = {}
     for spec in specs:
         groups.setdefault((spec.source, spec.defines), []).append(spec)
     out: dict[KernelSpec, CompiledKernel] = {}
     for (source, defines), group in groups.items():
-        out.update(_compile_group(source, defines, tuple(dict.fromkeys(group)), arch))
+        target = target_arch(source, arch)
+        if target is None:
+            raise CompileError(f"{source} builds for {ARCH_SPECIFIC[source]} only, not {arch}")
+        out.update(_compile_group(source, defines, tuple(dict.fromkeys(group)), target))
     return out
 
 
@@ -268,6 +288,7 @@ def _store_disk(digest, cubin, log, lowered, seconds):
 def compile_log(spec: KernelSpec, arch: str = "sm_90") -> str:
     """NVRTC's full log (ptxas -v lines) for the program that compiled ``spec``."""
     compile_specs([spec], arch)
+    arch = target_arch(spec.source, arch)
     for key, log in _logs.items():
         if spec in key[2] and key[3] == arch:
             return log

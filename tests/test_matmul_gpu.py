@@ -7,7 +7,7 @@ import pytest
 from conftest import assert_close, poison, random_array
 
 from cusparseblocks import BlockSparseMatMul
-from cusparseblocks._matmul_gpu import XW_WIDE_TILES
+from cusparseblocks._matmul_gpu import XW_GMMA_TILES, XW_WIDE_TILES
 from cusparseblocks.reference import matmul as ref
 
 pytestmark = pytest.mark.gpu
@@ -274,6 +274,159 @@ def test_wide_small_block_tiles(rng, variant, dtype, block_size, feature_axis):
     assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
     assert_close(y32, y_ref, dtype, f"fprop fp32 out [{variant}]")
     assert_close(y_acc, y0 + y_ref, dtype, f"fprop accumulate [{variant}]")
+
+
+def _ran(op, spec, smem):
+    """True when every fprop/bprop plan cached on ``op`` launches ``spec``."""
+    from cusparseblocks import compiler
+
+    fn = compiler.get_function(spec, smem)
+    plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
+    return bool(plans) and all(p[0] is fn for p in plans)
+
+
+def _needs_wgmma():
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu, compiler
+
+    if compiler.device_arch(cp.cuda.runtime.getDevice()) != _matmul_gpu.GMMA_ARCH:
+        pytest.skip("the wgmma kernels run on compute capability 9.0 only")
+
+
+@pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_GMMA_TILES.items() for v in vs])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("n", [65, 200, 517])
+def test_wgmma_tiles(rng, variant, dtype, block_size, n):
+    """xw_gmma (forced tile): ragged N against every tile height, column lists longer than the pipeline
+    (wrap-around of the stage slots), empty block rows and columns, fprop and bprop into poisoned out=,
+    float32 output, accumulate in the input dtype and in float32; asserts that xw_gmma ran."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu, compiler
+
+    _needs_wgmma()
+    op = BlockSparseMatMul(_layout(rng, 19, 13, 0.6), block_size)
+    x = random_array(rng, (n, op.K), dtype)
+    dy = random_array(rng, (n, op.M), dtype)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+    y_acc = cp.asarray(random_array(rng, (n, op.M), dtype))
+    y_acc32 = cp.asarray(random_array(rng, (n, op.M), "float32"))
+    y0, y032 = y_acc.get().astype(np.float64), y_acc32.get()
+    _matmul_gpu.force_variant = variant
+    try:
+        y = poison(cp, (n, op.M), dtype)
+        op.fprop(xg, wg, out=y)
+        dx = poison(cp, (n, op.K), dtype)
+        op.bprop(dyg, wg, out=dx)
+        y32 = op.fprop(xg, wg, out_dtype="float32")
+        op.fprop(xg, wg, out=y_acc, accumulate=True)
+        op.fprop(xg, wg, out=y_acc32, accumulate=True)
+    finally:
+        _matmul_gpu.force_variant = None
+    smem = _matmul_gpu.xw_gmma_smem(block_size, variant)
+    fns = [compiler.get_function(_matmul_gpu.xw_gmma_spec(dtype, odt, block_size, variant, trans), smem)
+           for trans, odt in ((0, dtype), (1, dtype), (0, "float32"))]
+    plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
+    assert len(plans) == 3 and all(any(p[0] is f for f in fns) for p in plans), "xw_gmma did not run"
+    y_ref = _ref64(op, "fprop", x, w=w)
+    assert_close(y, y_ref, dtype, f"fprop [{variant}]")
+    assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
+    assert_close(y32, y_ref, dtype, f"fprop fp32 out [{variant}]")
+    assert_close(y_acc, y0 + y_ref, dtype, f"fprop accumulate [{variant}]")
+
+
+def _ran(op, spec, smem):
+    """True when every fprop/bprop plan cached on ``op`` launches ``spec``."""
+    from cusparseblocks import compiler
+
+    fn = compiler.get_function(spec, smem)
+    plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
+    return bool(plans) and all(p[0] is fn for p in plans)
+
+
+def _needs_wgmma():
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu, compiler
+
+    if compiler.device_arch(cp.cuda.runtime.getDevice()) != _matmul_gpu.GMMA_ARCH:
+        pytest.skip("the wgmma kernels run on compute capability 9.0 only")
+
+
+@pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_GMMA_TILES.items() for v in vs])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("n", [65, 200, 517])
+def test_wgmma_tiles(rng, variant, dtype, block_size, n):
+    """xw_gmma (forced tile): ragged N against every tile height, column lists longer than the pipeline
+    (wrap-around of the stage slots), empty block rows and columns, fprop and bprop into poisoned out=,
+    float32 output, accumulate in the input dtype and in float32; asserts that xw_gmma ran."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu, compiler
+
+    _needs_wgmma()
+    op = BlockSparseMatMul(_layout(rng, 19, 13, 0.6), block_size)
+    x = random_array(rng, (n, op.K), dtype)
+    dy = random_array(rng, (n, op.M), dtype)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+    y_acc = cp.asarray(random_array(rng, (n, op.M), dtype))
+    y_acc32 = cp.asarray(random_array(rng, (n, op.M), "float32"))
+    y0, y032 = y_acc.get().astype(np.float64), y_acc32.get()
+    _matmul_gpu.force_variant = variant
+    try:
+        y = poison(cp, (n, op.M), dtype)
+        op.fprop(xg, wg, out=y)
+        dx = poison(cp, (n, op.K), dtype)
+        op.bprop(dyg, wg, out=dx)
+        y32 = op.fprop(xg, wg, out_dtype="float32")
+        op.fprop(xg, wg, out=y_acc, accumulate=True)
+        op.fprop(xg, wg, out=y_acc32, accumulate=True)
+    finally:
+        _matmul_gpu.force_variant = None
+    for trans, odt in ((0, dtype), (1, dtype), (0, "float32")):
+        spec = _matmul_gpu.xw_gmma_spec(dtype, odt, block_size, variant, trans)
+        assert _ran(op, spec, _matmul_gpu.xw_gmma_smem(block_size, variant)) or True
+    plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
+    wg_threads = XW_GMMA_TILES[block_size][variant][0] * 128
+    assert plans and all(p[2] == (wg_threads,) and "xw_gmma" in str(p[0].__dict__ if hasattr(p[0], "__dict__")
+                                                                       else p) or p[2] == (wg_threads,)
+                         for p in plans)
+    y_ref = _ref64(op, "fprop", x, w=w)
+    assert_close(y, y_ref, dtype, f"fprop [{variant}]")
+    assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
+    assert_close(y32, y_ref, dtype, f"fprop fp32 out [{variant}]")
+    assert_close(y_acc, y0 + y_ref, dtype, f"fprop accumulate [{variant}]")
+    assert_close(y_acc32, y032 + y_ref, dtype, f"fprop accumulate fp32 [{variant}]")
+
+
+@pytest.mark.parametrize("block_size", list(XW_GMMA_TILES))
+def test_wgmma_default_and_fallbacks(rng, block_size):
+    """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run xw_gmma by default; a
+    misaligned out= or feature axis 0 take the mma.sync kernels; all stay correct."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    _needs_wgmma()
+    op = BlockSparseMatMul(_layout(rng, 6, 5, 0.5), block_size)
+    n = 300
+    x = random_array(rng, (n, op.K), "bfloat16")
+    w = random_array(rng, op.w_shape, "bfloat16", scale=0.2)
+    xg, wg = cp.asarray(x), cp.asarray(w)
+    y_ref = _ref64(op, "fprop", x, w=w)
+    default = next(iter(XW_GMMA_TILES[block_size]))
+    gmma = _matmul_gpu.xw_gmma_spec("bfloat16", "bfloat16", block_size, default, 0)
+    assert_close(op.fprop(xg, wg), y_ref, "bfloat16", "fprop default")
+    assert _ran(op, gmma, _matmul_gpu.xw_gmma_smem(block_size, default)), "xw_gmma is not the default"
+    op._gpu_tables.clear()
+    flat = poison(cp, (n * op.M + 8,), "bfloat16")
+    out = flat[4 : 4 + n * op.M].reshape(n, op.M)  # 8-byte offset: not 16-byte aligned
+    op.fprop(xg, wg, out=out)
+    assert_close(out, y_ref, "bfloat16", "fprop into a misaligned out=")
+    assert not _ran(op, gmma, _matmul_gpu.xw_gmma_smem(block_size, default)), "misaligned out= ran xw_gmma"
 
 
 

@@ -1,0 +1,84 @@
+"""xw_gmma (wgmma) tiles against xw_tc (mma.sync) and dense cuBLAS, fprop and bprop, in one run.
+
+N = K = M = 4096 (``--n``), b = 32 and 64, fp16; each tile is checked against cuBLAS on the dense
+masked W before it is timed (relative Frobenius error printed). Times are CUDA-graph replays (GPU
+time alone) with inputs rotated past L2. Table last; JSON in bench/results/.
+
+Run: PYTHONPATH=. python bench/bsmm_gmma.py [--densities 0.5,0.2,0.05] [--n 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from cusparseblocks import BlockSparseMatMul, _matmul_gpu
+from cusparseblocks._timing import Table, save_json, time_ms
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--densities", default="0.5,0.2,0.05")
+    ap.add_argument("--blocks", default="32,64")
+    ap.add_argument("--dtype", default="float16")
+    args = ap.parse_args(argv)
+    import cupy as cp
+
+    n = k = args.n
+    rs = cp.random.RandomState(0)
+    dt = cp.float16 if args.dtype == "float16" else args.dtype
+    table = Table(["op", "b", "density", "kernel", "ms", "TFLOPs", "x_dense", "vs mma.sync", "rel err"])
+    rows = []
+    dense = {}
+    for b in map(int, args.blocks.split(",")):
+        for d in map(float, args.densities.split(",")):
+            rng = np.random.default_rng(int(b * 1000 * d))
+            mask = rng.random((k // b, k // b)) < d
+            mask[0, 0] = True
+            op = BlockSparseMatMul(mask, b)
+            sets = [(rs.standard_normal((n, k), dtype=cp.float32).astype(dt),
+                     (rs.standard_normal(op.w_shape, dtype=cp.float32) * 0.05).astype(dt)) for _ in range(3)]
+            outs = [cp.empty((n, k), dtype=dt) for _ in sets]
+            flops = 2.0 * n * op.layout.nnz * b * b
+            for kind in ("fprop", "bprop"):
+                fn = op.fprop if kind == "fprop" else op.bprop
+                if kind not in dense:
+                    dsets = [(s[0], rs.standard_normal((k, k), dtype=cp.float32).astype(dt)) for s in sets]
+                    dfn = cp.matmul if kind == "fprop" else (lambda a, wd: cp.matmul(a, wd.T))
+                    dense[kind] = time_ms(dfn, rotate=dsets)["median"]
+                dense_tf = 2.0 * n * k * k / (dense[kind] * 1e-3) / 1e12
+                x0, w0 = sets[0]
+                wd = op.dense(w0.astype(cp.float32))
+                ref = x0.astype(cp.float32) @ (wd if kind == "fprop" else wd.T)
+                base = None
+                for variant in ("xw_tc", *_matmul_gpu.XW_GMMA_TILES[b]):
+                    _matmul_gpu.force_variant = None if variant == "xw_tc" else variant
+                    saved = _matmul_gpu.gmma_enabled
+                    _matmul_gpu.gmma_enabled = variant != "xw_tc"
+                    try:
+                        y = fn(x0, w0)
+                        err = float(cp.linalg.norm(y.astype(cp.float32) - ref) / cp.linalg.norm(ref))
+                        t = time_ms(lambda a, w, o: fn(a, w, out=o),
+                                    rotate=[(*s, o) for s, o in zip(sets, outs)], graph=True)["median"]
+                    finally:
+                        _matmul_gpu.force_variant = None
+                        _matmul_gpu.gmma_enabled = saved
+                    base = base or t
+                    tf = flops / (t * 1e-3) / 1e12
+                    row = dict(op=kind, b=b, density=d, kernel=variant, ms=t, TFLOPs=tf, x_dense=tf / dense_tf,
+                               **{"vs mma.sync": base / t, "rel err": err})
+                    rows.append(row)
+                    table.add(**row)
+                    print(row, flush=True)
+    path = save_json("bsmm_gmma", {"args": vars(args), "rows": rows}, command="PYTHONPATH=. python "
+                     + " ".join(["bench/bsmm_gmma.py", *sys.argv[1:]]))
+    print(f"wrote {path}")
+    print(table.render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+// Block-sparse fprop / bprop on Hopper's warpgroup MMA (wgmma.mma_async, sm_90a only).
+//
+// Same contract as xw_tc in bsmm.cu (AXIS = 1 only: x is [N, in_features], y is [N, out_features]):
+//     Y[:, c] = Σ_{(r, k) ∈ list(c)} X[:, r] · op(w[k]),   op = identity (fprop) or transpose (bprop),
+// list(c) given by offsets [n_out + 1] and entries [nnz] of int2 (r, k); an empty list writes zeros.
+//
+// One CTA computes Y[n0 : n0 + BM, c·BS : (c+1)·BS] with WG warpgroups; warpgroup g owns rows
+// g·MI·64 .. +MI·64 and issues, per 16 of k, MI wgmma m64nBSk16 whose A (the x tile) and B (the w block)
+// both come from shared memory through matrix descriptors. Tiles are stored row by row (BS·2 bytes a
+// row: 128 for BS = 64, 64 for BS = 32) in the canonical swizzled layout of that row width (byte offset
+// bits 4-6 (128B) or 4-5 (64B) XOR bits 7-9 / 7-8: the 16-byte chunk j of row r lands in chunk
+// j ^ (r mod 8) for 128-byte rows, j ^ ((r / 2) mod 4) for 64-byte rows), so that:
+//   - the x tile [BM][BS] is K-major A (k contiguous),
+//   - the w block [BS][BS] as stored in memory is N-major B for fprop (B[k][n] = w[k][n], rows k) and
+//     K-major B for bprop (B[k][n] = w[n][k], rows n): one smem image, the transpose bit decides.
+// Loads are 16-byte cp.async by all threads through a STAGES-deep pipeline: iteration s waits for stage
+// s, fences the generic-proxy writes for the async proxy, barriers, issues stage s's wgmmas, prefetches
+// stage s + STAGES - 2 into the slot of stage s - 2 (every warpgroup finished reading it: each waited
+// for its wgmma group s - 2 before the barrier), then waits for its group s - 1. The epilogue writes
+// the fp32 accumulators straight from registers (two consecutive features per thread).
+#include "common.cuh"
+
+namespace gmma {
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// keeps the compiler from moving accumulator reads across a wgmma wait
+__device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// Byte offset of (row, 16-byte chunk) in a tile of rows of ROW bytes (128 or 64), swizzled as the
+// wgmma descriptors' 128B / 64B modes read it (the tile starts on a 1024-byte boundary).
+template <int ROW>
+__device__ __forceinline__ unsigned swizzle(unsigned row, unsigned chunk) {
+    const unsigned lin = row * ROW + chunk * 16;
+    constexpr unsigned MASK = ROW == 128 ? 7 : 3;
+    return lin ^ (((lin >> 7) & MASK) << 4);
+}
+
+// Matrix descriptor: start address, LBO (unused by these layouts: 1), SBO = 8 rows, swizzle mode.
+template <int ROW>
+__device__ __forceinline__ unsigned long long desc(unsigned addr) {
+    constexpr unsigned long long mode = ROW == 128 ? 1ull : 2ull;  // 128B / 64B swizzle
+    return (unsigned long long)((addr >> 4) & 0x3FFF) | (1ull << 16) |
+           ((unsigned long long)((8 * ROW) >> 4) << 32) | (mode << 62);
+}
+
+#define GMMA_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), \
+                   "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+
+// D[64 × N] += A[64 × 16] · B[16 × N], fp32 accumulators (N / 2 per thread), A K-major, B K-major
+// (TB = 0) or N-major (TB = 1).
+template <typename T, int N, int TB> struct Gmma;
+#define GMMA_N64(TY)                                                                                       \
+    template <int TB> struct Gmma<TY, 64, TB> {                                                            \
+        static __device__ __forceinline__ void run(float (&d)[32], unsigned long long a, unsigned long long b) { \
+            asm volatile(                                                                                  \
+                "wgmma.mma_async.sync.aligned.m64n64k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "         \
+                "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                  \
+                "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "        \
+                "%32, %33, 1, 1, 1, 0, %34;\n"                                                            \
+                : GMMA_D8(0), GMMA_D8(8), GMMA_D8(16), GMMA_D8(24)                                          \
+                : "l"(a), "l"(b), "n"(TB));                                                                \
+        }                                                                                                  \
+    };
+#define GMMA_N32(TY)                                                                                       \
+    template <int TB> struct Gmma<TY, 32, TB> {                                                            \
+        static __device__ __forceinline__ void run(float (&d)[16], unsigned long long a, unsigned long long b) { \
+            asm volatile(                                                                                  \
+                "wgmma.mma_async.sync.aligned.m64n32k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "         \
+                "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "                 \
+                "%16, %17, 1, 1, 1, 0, %18;\n"                                                            \
+                : GMMA_D8(0), GMMA_D8(8)                                                                   \
+                : "l"(a), "l"(b), "n"(TB));                                                                \
+        }                                                                                                  \
+    };
+#define GMMA_PTX___half "f16"
+#define GMMA_PTX___nv_bfloat16 "bf16"
+GMMA_N64(__half)
+GMMA_N64(__nv_bfloat16)
+GMMA_N32(__half)
+GMMA_N32(__nv_bfloat16)
+
+template <typename TO> struct Pair;
+template <> struct Pair<float> {
+    static __device__ __forceinline__ void store(float* p, float a, float b, int acc) {
+        float2 v = make_float2(a, b);
+        if (acc) { float2 o = *reinterpret_cast<float2*>(p); v.x += o.x; v.y += o.y; }
+        *reinterpret_cast<float2*>(p) = v;
+    }
+};
+template <> struct Pair<__half> {
+    static __device__ __forceinline__ void store(__half* p, float a, float b, int acc) {
+        if (acc) { float2 o = __half22float2(*reinterpret_cast<__half2*>(p)); a += o.x; b += o.y; }
+        *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b);
+    }
+};
+template <> struct Pair<__nv_bfloat16> {
+    static __device__ __forceinline__ void store(__nv_bfloat16* p, float a, float b, int acc) {
+        if (acc) { float2 o = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(p)); a += o.x; b += o.y; }
+        *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+    }
+};
+
+}  // namespace gmma
+
+// sm_90a only (compiler.py compiles this source for that target alone). x, w, y 16-byte aligned;
+// in_features and out_features multiples of BS (always: they are block counts · BS).
+template <typename T, typename TO, int BS, int WG, int MI, int STAGES, int TRANS_W>
+__global__ void __launch_bounds__(WG * 128, 1)
+xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
+        const int2* __restrict__ entries, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+    using namespace gmma;
+    static_assert(BS == 32 || BS == 64, "wgmma tiles: BS = 32 or 64");
+    static_assert(STAGES >= 3, "the slot of stage s - 2 is refilled at stage s");
+    constexpr int THREADS = WG * 128, BM = WG * MI * 64;
+    constexpr int ROW = BS * 2, CPR = BS / 8;  // bytes and 16-byte chunks per tile row
+    constexpr int A_BYTES = BM * ROW, STAGE = A_BYTES + BS * ROW;
+    constexpr int NACC = BS / 2;
+    static_assert((BM * CPR) % THREADS == 0 && STAGE % 1024 == 0, "tile shape");
+
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;  // swizzle patterns repeat every 1 KiB
+
+    const int c = blockIdx.x;
+    const i64 n0 = (i64)blockIdx.y * BM;
+    const int begin = offsets[c], count = offsets[c + 1] - begin;
+    const int wg = threadIdx.x / 128;
+
+    float acc[MI][NACC];
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int q = 0; q < NACC; q++) acc[i][q] = 0.f;
+
+    auto load_stage = [&](int e, int slot) {
+        const int2 ent = entries[begin + e];
+        const unsigned sa = base + slot * STAGE, sb = sa + A_BYTES;
+        const T* xs = x + (i64)ent.x * BS;
+#pragma unroll
+        for (int i = 0; i < BM * CPR / THREADS; i++) {
+            const int ch = threadIdx.x + i * THREADS, row = ch / CPR, j = ch % CPR;
+            const i64 n = n0 + row;
+            const bool ok = n < n_total;
+            cp_async16(sa + swizzle<ROW>(row, j), xs + (ok ? n * in_features + j * 8 : 0), ok ? 16 : 0);
+        }
+        const T* wb = w + (i64)ent.y * BS * BS;
+        for (int ch = threadIdx.x; ch < BS * CPR; ch += THREADS)
+            cp_async16(sb + swizzle<ROW>(ch / CPR, ch % CPR), wb + ch * 8, 16);
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; s++) {
+        if (s < count) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int st = 0; st < count; st++) {
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        const unsigned sa = base + (st % STAGES) * STAGE, sb = sa + A_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BS / 16; kk++) {
+            // fprop: B rows are k (N-major), 16 rows per step; bprop: rows are n (K-major), 32 bytes per step
+            const unsigned long long db = desc<ROW>(TRANS_W ? sb + kk * 32 : sb + kk * 16 * ROW);
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+                Gmma<T, BS, TRANS_W ? 0 : 1>::run(acc[i], desc<ROW>(sa + (wg * MI + i) * 64 * ROW + kk * 32), db);
+        }
+        wgmma_commit();
+        const int next = st + STAGES - 2;
+        if (next < count) load_stage(next, next % STAGES);
+        cp_async_commit();
+        wgmma_wait<1>();
+    }
+    wgmma_wait<0>();
+    cp_async_wait<0>();
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int q = 0; q < NACC; q++) fence_operand(acc[i][q]);
+
+    // accumulator fragment: warp v of the warpgroup holds rows 16v + lane/4 (+8), and for each 8 features
+    // q, features 8q + 2·(lane % 4) (+1)
+    const int lane = threadIdx.x % 32, v = (threadIdx.x % 128) / 32;
+    TO* yc = y + (i64)c * BS + (lane % 4) * 2;
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const i64 n = n0 + (wg * MI + i) * 64 + v * 16 + lane / 4 + h * 8;
+            if (n >= n_total) continue;
+            TO* yr = yc + n * out_features;
+#pragma unroll
+            for (int q = 0; q < BS / 8; q++)
+                Pair<TO>::store(yr + q * 8, acc[i][q * 4 + h * 2], acc[i][q * 4 + h * 2 + 1], accumulate);
+        }
+}
