@@ -427,6 +427,7 @@ def main(argv=None) -> int:
         for label, kind, field, value, names in VARIANTS:
             saved = ops.LAUNCH[kind][field]
             ops.LAUNCH[kind][field] = value
+            ops._PLANS.clear()  # launch plans are cached from the table
             try:
                 for name, _nbytes, ours, _theirs, sets in case_list:
                     if name not in names:
@@ -438,6 +439,7 @@ def main(argv=None) -> int:
                     vtable.add(**vrow)
             finally:
                 ops.LAUNCH[kind][field] = saved
+                ops._PLANS.clear()
         del case_list
     path = save_json(
         "ew",

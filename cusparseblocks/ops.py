@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _validate as V
 from . import compiler
-from ._array import backend_of, dtype_name
+from ._array import backend_of, bfloat16, dtype_name
 from .blocklayout import BlockLayout
 from .reference import ops as ref
 
@@ -61,6 +61,7 @@ __all__ = [
 ACTIVATIONS = ref.ACTIVATIONS
 _GPU_DTYPES = ("float16", "bfloat16", "float32")
 _CPU_DTYPES = _GPU_DTYPES + ("float64",)
+_GPU_DTYPE_SET = frozenset(np.dtype(d) for d in (np.float16, np.float32) + ((bfloat16,) if bfloat16 else ()))
 _CTYPE = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
 _OPS = {"none": 0, "add": 1, "mul": 2}
 
@@ -82,6 +83,7 @@ LAUNCH = {
     "wn_unit": {"threads": 256},
     "wn_block": {"threads": 256},
 }
+# Launch plans derived from this table are cached (_PLANS): clear ops._PLANS after changing an entry.
 UNROLLS = (1, 4)
 ROW_VECS = (1, 2, 4, 8)
 COLS_MAX_VECS = 4  # norm_rows_bwd_reg with column sums: 8 vectors of x, dy and 2 sums each spill
@@ -126,12 +128,20 @@ def _specializations():
 compiler.register_family("ew", _specializations)
 
 
+# Host caches of the GPU path (small dicts; a benchmark or test may clear any of them):
+#   _SPECS: KernelSpec by (name, dtype, template parameters); _FUNCS: loaded function by (device, spec,
+#   dynamic shared memory); _PLANS: launch plans (grid, block, specs) by kernel kind, device, dtype and
+#   shape; _SM_COUNT, _RESIDENT, _MAX_THREADS: the driver's answers per device; _WN_TABLES: a layout's
+#   tables on each GPU.
+_CACHES = ("_SPECS", "_FUNCS", "_PLANS", "_SM_COUNT", "_RESIDENT", "_MAX_THREADS", "_WN_TABLES")
 _SPECS: dict = {}
+_FUNCS: dict = {}
+_PLANS: dict = {}
 
 
 def _spec(name, dtype, *params):
     """The KernelSpec of ``name<ctype, *params>`` (params: template arguments after the type)."""
-    key = (name, np.dtype(dtype).str, np.dtype(dtype).name, params)
+    key = (name, dtype, params)
     spec = _SPECS.get(key)
     if spec is None:
         args = ", ".join([_CTYPE[dtype_name(dtype)], *(str(p) for p in params)])
@@ -249,33 +259,87 @@ def launch_config(kind: str, dtype, **sizes):
     raise ValueError(f"kind: expected one of {tuple(LAUNCH)}, got {kind!r}")
 
 
-def _ptr(a):
-    """A kernel pointer argument: the array, or a null pointer for None."""
-    return np.uint64(0) if a is None else a
+_NULL = np.uint64(0)  # a null pointer argument
 
 
 def _aligned(*arrays) -> int:
-    return int(all(a is None or a.data.ptr % 16 == 0 for a in arrays))
+    for a in arrays:
+        if a is not None and a.data.ptr % 16:
+            return 0
+    return 1
 
 
 def _launch(spec, grid, block, args, smem=0):
+    """Launch on the current device and stream; None arguments are null pointers."""
     import cupy
 
-    fn = compiler.get_function(spec, smem)
-    fn(grid, block, tuple(_ptr(a) for a in args), stream=cupy.cuda.get_current_stream(), shared_mem=smem)
+    key = (cupy.cuda.runtime.getDevice(), spec, smem)
+    fn = _FUNCS.get(key)
+    if fn is None:
+        fn = _FUNCS[key] = compiler.get_function(spec, smem)
+    fn(
+        grid,
+        block,
+        tuple([_NULL if a is None else a for a in args]),
+        stream=cupy.cuda.get_current_stream(),
+        shared_mem=smem,
+    )
+
+
+def _ew_plan(name, dtype, act, n):
+    """(spec, grid, block) of ew_fwd / ew_bwd over n elements with the table's unroll (cached)."""
+    key = (name, dtype, act, n)
+    plan = _PLANS.get(key)
+    if plan is None:
+        unroll = LAUNCH["elementwise"]["unroll"]
+        grid, block = launch_config("elementwise", dtype, n=n, unroll=unroll)
+        plan = _PLANS[key] = (_spec(name, dtype, act, unroll), grid, block)
+    return plan
+
+
+def _elementwise_grid(dtype, n):
+    """(grid, block) of a one-vector-per-thread elementwise kernel over n elements (cached)."""
+    key = ("elementwise", dtype, n)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = launch_config("elementwise", dtype, n=n, unroll=1)
+    return plan
+
+
+def _cols_grid(dtype, R, C):
+    """(grid, block, rows_per_split) of the column kernels on the current device (cached)."""
+    import cupy
+
+    key = ("cols", cupy.cuda.runtime.getDevice(), dtype, R, C)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = launch_config("cols", dtype, R=R, C=C, sms=_sm_count())
+    return plan
 
 
 # ---------------------------------------------------------------------------------------------------
 # validation
 
 
-def _check_input(name, arr, backend):
-    V.check_float(name, arr, _GPU_DTYPES if backend == "cupy" else _CPU_DTYPES)
-    V.check_contiguous(name, arr)
+def _backend(**arrays) -> str:
+    """backend_of(**arrays); CuPy arrays must also be on the current device (checked here, once per call)."""
+    backend = backend_of(**arrays)
     if backend == "cupy":
         import cupy
 
-        V.check_device(name, arr, cupy.cuda.runtime.getDevice())
+        dev = cupy.cuda.runtime.getDevice()
+        for name, arr in arrays.items():
+            if arr is not None and arr.device.id != dev:
+                V.check_device(name, arr, dev)
+    return backend
+
+
+def _check_input(name, arr, backend):
+    """A float array of the backend's dtypes, C-contiguous (the device: see _backend)."""
+    if backend == "cupy" and arr.dtype in _GPU_DTYPE_SET and arr.flags.c_contiguous:
+        return  # the common case without the checks' string work
+    V.check_float(name, arr, _GPU_DTYPES if backend == "cupy" else _CPU_DTYPES)
+    V.check_contiguous(name, arr)
 
 
 def _check_like(name, arr, ref_name, ref_arr, backend, shape=None, detail=""):
@@ -361,9 +425,9 @@ def _ew_gpu_fwd(op, a, b, shape, act, alpha):
     y = cupy.empty(shape, dtype=a.dtype)
     n = y.size
     if n:
-        grid, block = launch_config("elementwise", a.dtype, n=n)
+        spec, grid, block = _ew_plan("ew_fwd", a.dtype, act, n)
         _launch(
-            _spec("ew_fwd", a.dtype, act, LAUNCH["elementwise"]["unroll"]),
+            spec,
             grid,
             block,
             (
@@ -396,8 +460,7 @@ def _ew_gpu_bwd(op, dy, a, b, shape, act, alpha):
     import cupy
 
     n = math.prod(shape)
-    grid, block = launch_config("elementwise", a.dtype, n=n)
-    spec = _spec("ew_bwd", a.dtype, act, LAUNCH["elementwise"]["unroll"])
+    spec, grid, block = _ew_plan("ew_bwd", a.dtype, act, n)
     if tuple(a.shape) != shape:  # neither operand has the output's shape: both go through float32 sums
         a_in = cupy.ascontiguousarray(cupy.broadcast_to(a, shape))
         b_in = cupy.ascontiguousarray(cupy.broadcast_to(b, shape))
@@ -464,7 +527,7 @@ def _ew_gpu_bwd(op, dy, a, b, shape, act, alpha):
         )
     if row_bias:
         mid = pattern[1]
-        db = _column_sums(da.reshape(n // mid, mid), b.dtype).reshape(b_shape)
+        db = _column_sums(da.reshape(n // mid, mid)).reshape(b_shape)
     elif db_f is not None:
         db = _sum_to(cupy, db_f, b_shape, b.dtype)
     elif b is not None and n == 0:
@@ -478,7 +541,7 @@ def _bias_cols_bwd(dy, x, bias, act):
 
     R, C = x.shape
     lanes = 16 // x.dtype.itemsize
-    grid, block, rows_per_split = launch_config("cols", x.dtype, R=R, C=C, sms=_sm_count())
+    grid, block, rows_per_split = _cols_grid(x.dtype, R, C)
     dx = cupy.empty_like(x)
     ws = cupy.empty((grid[1], 1, C), dtype=cupy.float32)
     _launch(
@@ -497,13 +560,13 @@ def _bias_cols_bwd(dy, x, bias, act):
             np.int32(_aligned(dx, dy, x, bias) and C % lanes == 0),
         ),
     )
-    return dx, _finalize(ws, x, None, C, 1.0, 0.0, 1, want=(), sums_t=True)[3]
+    return dx, _finalize(ws, x, None, C, 1.0, 0.0, 1, want=(), sums_t=True)[2]
 
 
 def _ew_fprop(op, a, b, activation, alpha, a_name="a", b_name="b"):
     act = _check_activation(activation)
     alpha = _check_scalar("alpha", alpha)
-    backend = backend_of(**{a_name: a, b_name: b})
+    backend = _backend(**{a_name: a, b_name: b})
     a2, b2, shape, _ = _ew_prepare(op, a, b, backend, a_name, b_name)
     if backend == "cupy":
         return _ew_gpu_fwd(op, a2, b2, shape, act, alpha)
@@ -514,7 +577,7 @@ def _ew_fprop(op, a, b, activation, alpha, a_name="a", b_name="b"):
 def _ew_bprop(op, dy, a, b, activation, alpha, a_name="a", b_name="b"):
     act = _check_activation(activation)
     alpha = _check_scalar("alpha", alpha)
-    backend = backend_of(dy=dy, **{a_name: a, b_name: b})
+    backend = _backend(dy=dy, **{a_name: a, b_name: b})
     a2, b2, shape, swapped = _ew_prepare(op, a, b, backend, a_name, b_name)
     _check_input("dy", dy, backend)
     V.check_same_dtype(**{a_name: a, "dy": dy})
@@ -551,7 +614,7 @@ def activation_fprop(x, activation: str = "relu", *, bias=None, feature_axis: in
     """
     if bias is None:
         return _ew_fprop("none", x, None, activation, 1.0, "x", "bias")
-    backend = backend_of(x=x, bias=bias)
+    backend = _backend(x=x, bias=bias)
     _check_input("x", x, backend)
     return _ew_fprop("add", x, _bias_shape(x, bias, feature_axis, backend), activation, 1.0, "x", "bias")
 
@@ -564,7 +627,7 @@ def activation_bprop(dy, x, activation: str = "relu", *, bias=None, feature_axis
     if bias is None:
         dx, _ = _ew_bprop("none", dy, x, None, activation, 1.0, "x", "bias")
         return dx, None
-    backend = backend_of(dy=dy, x=x, bias=bias)
+    backend = _backend(dy=dy, x=x, bias=bias)
     _check_input("x", x, backend)
     dx, db = _ew_bprop(
         "add", dy, x, _bias_shape(x, bias, feature_axis, backend), activation, 1.0, "x", "bias"
@@ -604,7 +667,7 @@ def scale_bprop(dy, x, alpha: float, *, activation: str = "identity"):
 
 def mlstm_fprop(mx, mh):
     """The multiplicative-LSTM intermediate m = mx ⊙ mh (mx = W_mx·x_t, mh = W_mh·h_{t-1}), same shapes."""
-    backend = backend_of(mx=mx, mh=mh)
+    backend = _backend(mx=mx, mh=mh)
     _check_input("mx", mx, backend)
     _check_like("mh", mh, "mx", mx, backend)
     return _ew_fprop("mul", mx, mh, "identity", 1.0, "mx", "mh")
@@ -612,7 +675,7 @@ def mlstm_fprop(mx, mh):
 
 def mlstm_bprop(dm, mx, mh):
     """(dmx, dmh) = (dm ⊙ mh, dm ⊙ mx), one pass."""
-    backend = backend_of(dm=dm, mx=mx, mh=mh)
+    backend = _backend(dm=dm, mx=mx, mh=mh)
     _check_input("mx", mx, backend)
     _check_like("mh", mh, "mx", mx, backend)
     return _ew_bprop("mul", dm, mx, mh, "identity", 1.0, "mx", "mh")
@@ -642,7 +705,7 @@ def dropout_fprop(x, p: float, seed: int, offset: int = 0):
     or seed for each independent mask. The NumPy and CuPy paths draw the identical mask.
     """
     p, seed, offset = _check_dropout(p, seed, offset)
-    backend = backend_of(x=x)
+    backend = _backend(x=x)
     _check_input("x", x, backend)
     if backend == "numpy":
         return ref.dropout(x, p, seed, offset)
@@ -651,7 +714,7 @@ def dropout_fprop(x, p: float, seed: int, offset: int = 0):
     threshold, scale = ref.dropout_threshold(p)
     y = cupy.empty_like(x)
     if x.size:
-        grid, block = launch_config("elementwise", x.dtype, n=x.size, unroll=1)
+        grid, block = _elementwise_grid(x.dtype, x.size)
         _launch(
             _spec("dropout_fwd", x.dtype),
             grid,
@@ -690,24 +753,37 @@ def dropout_mask(shape, p: float, seed: int, offset: int = 0, xp=np):
 
 
 _COLS_SMEM_MAX = 160 * 1024  # shared memory for the fused column sums of norm_rows_bwd_reg (8·L bytes)
+_NO_RUNNING = (None, None, 0.0, 0.0)
+_NO_INFERENCE = (None, np.float32(0.0), None, None)  # norm_cols_apply's (run_var, eps, mean_out, rstd_out)
 
 
-def _rows_fwd(x, gain, bias, eps, gain_per_row, want_var=False):
+def _rows_fwd_plan(dtype, R, L):
+    """(spec, grid, block) of the row forward (cached): the row in registers, else two reads of it."""
+    import cupy
+
+    key = ("rows_fwd", cupy.cuda.runtime.getDevice(), dtype, R, L)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _rows_plan("rows_fwd", "norm_rows_fwd_reg", dtype, R, L)
+        if plan is None:  # too long for registers: two reads of each row
+            grid, block = launch_config("rows", dtype, R=R, L=L)
+            plan = (_spec("norm_rows_fwd", dtype), grid, block)
+        _PLANS[key] = plan
+    return plan
+
+
+def _rows_fwd(x, gain, bias, eps, gain_per_row, running=None):
+    """Statistics per row and the normalized rows: (y, mean, rstd). running: (run_mean, run_var,
+    momentum, var_scale), the running statistics updated in place by the same launch (see norm_rows_fwd)."""
     import cupy
 
     R, L = x.shape
     y = cupy.empty_like(x)
     mean = cupy.empty(R, dtype=cupy.float32)
     rstd = cupy.empty(R, dtype=cupy.float32)
-    var = cupy.empty(R, dtype=cupy.float32) if want_var else None
-    lanes = 16 // x.dtype.itemsize
-    aligned = _aligned(x, y, gain, bias) and L % lanes == 0
-    plan = _rows_plan("rows_fwd", "norm_rows_fwd_reg", x.dtype, R, L)
-    if plan is None:  # too long for registers: two reads of each row
-        grid, block = launch_config("rows", x.dtype, R=R, L=L)
-        spec = _spec("norm_rows_fwd", x.dtype)
-    else:
-        spec, grid, block = plan
+    run_mean, run_var, momentum, var_scale = running or _NO_RUNNING
+    aligned = _aligned(x, y, gain, bias) and L % (16 // x.dtype.itemsize) == 0
+    spec, grid, block = _rows_fwd_plan(x.dtype, R, L)
     _launch(
         spec,
         grid,
@@ -719,19 +795,68 @@ def _rows_fwd(x, gain, bias, eps, gain_per_row, want_var=False):
             bias,
             mean,
             rstd,
-            var,
+            run_mean,
+            run_var,
             np.int64(R),
             np.int64(L),
             np.float32(eps),
+            np.float32(momentum),
+            np.float32(var_scale),
             np.int32(gain_per_row),
             np.int32(aligned),
         ),
     )
-    return y, mean, rstd, var
+    return y, mean, rstd
 
 
-def _rows_bwd(dy, x, gain, mean, rstd, stat_per_col, gain_per_row, train, want_dx=True, cols=False):
-    """Row reductions of the normalization backward (see norm_rows_bwd_reg): (dx, s2, s1, ws).
+def _rows_bwd_plan(dtype, R, L, stat_per_col, cols):
+    """(spec, grid, block, smem, cols, reg) of the row backward (cached). reg: the row-in-registers kernel
+    (persistent grid sized to the resident capacity), else norm_rows_bwd; cols: it also writes the column
+    sums (needs statistics per row and a row short enough)."""
+    import cupy
+
+    key = ("rows_bwd", cupy.cuda.runtime.getDevice(), dtype, R, L, stat_per_col, cols)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    cols = cols and 8 * L <= _COLS_SMEM_MAX
+    reg = None
+    if not stat_per_col:
+        reg = cols and _rows_plan(
+            "rows_bwd", "norm_rows_bwd_reg", dtype, R, L, "true", max_vecs=COLS_MAX_VECS
+        )
+        if not reg:  # no column sums here (the row needs more vectors than COLS_MAX_VECS, or too long)
+            cols = False
+            reg = _rows_plan("rows_bwd", "norm_rows_bwd_reg", dtype, R, L, "false")
+    if reg is None:
+        grid, block = launch_config("rows", dtype, R=R, L=L)
+        plan = (_spec("norm_rows_bwd", dtype), grid, block, 0, False, False)
+    else:
+        spec, grid, block = reg
+        smem = 8 * L if cols else 0
+        resident = _resident_blocks(spec, block[0] * block[1], smem, LAUNCH["rows_bwd"]["blocks_per_sm"])
+        per_sm = min(resident, LAUNCH["rows_bwd"]["blocks_per_sm"]) if cols else resident
+        plan = (spec, (max(1, min(grid[0], per_sm * _sm_count())),), block, smem, cols, True)
+    _PLANS[key] = plan
+    return plan
+
+
+def _rows_bwd(
+    dy,
+    x,
+    gain,
+    mean,
+    rstd,
+    stat_per_col,
+    gain_per_row,
+    train,
+    want_dx=True,
+    want_dgain=True,
+    want_dbias=True,
+    cols=False,
+):
+    """Row reductions of the normalization backward (see norm_rows_bwd_reg): (dx, dgain_row, dbias_row, ws),
+    the row sums in x's dtype (each None unless wanted).
 
     cols: also the per-block column sums ws [blocks, 2, L] of dy and dy·xhat (statistics per row), or
     None when the row is too long for that (the caller then runs the column pass itself).
@@ -739,70 +864,33 @@ def _rows_bwd(dy, x, gain, mean, rstd, stat_per_col, gain_per_row, train, want_d
     import cupy
 
     R, L = x.shape
+    spec, grid, block, smem, cols, reg = _rows_bwd_plan(x.dtype, R, L, stat_per_col, cols)
     dx = cupy.empty_like(x) if want_dx else None
-    s2 = cupy.empty(R, dtype=cupy.float32)
-    s1 = cupy.empty(R, dtype=cupy.float32)
-    lanes = 16 // x.dtype.itemsize
-    aligned = _aligned(dx, dy, x, gain) and L % lanes == 0
-    cols = cols and 8 * L <= _COLS_SMEM_MAX
-    plan = None
-    if not stat_per_col:
-        plan = cols and _rows_plan(
-            "rows_bwd", "norm_rows_bwd_reg", x.dtype, R, L, "true", max_vecs=COLS_MAX_VECS
-        )
-        if not plan:  # no column sums here (the row needs more vectors than COLS_MAX_VECS, or too long)
-            cols = False
-            plan = _rows_plan("rows_bwd", "norm_rows_bwd_reg", x.dtype, R, L, "false")
-    if plan is None:
-        grid, block = launch_config("rows", x.dtype, R=R, L=L)
+    s2 = cupy.empty(R, dtype=x.dtype) if want_dgain else None
+    s1 = cupy.empty(R, dtype=x.dtype) if want_dbias else None
+    aligned = _aligned(dx, dy, x, gain) and L % (16 // x.dtype.itemsize) == 0
+    sizes = (np.int64(R), np.int64(L))
+    flags = (np.int32(gain_per_row), np.int32(train), np.int32(aligned))
+    if not reg:
         _launch(
-            _spec("norm_rows_bwd", x.dtype),
-            grid,
-            block,
-            (
-                dx,
-                s2,
-                s1,
-                dy,
-                x,
-                gain,
-                mean,
-                rstd,
-                np.int64(R),
-                np.int64(L),
-                np.int32(stat_per_col),
-                np.int32(gain_per_row),
-                np.int32(train),
-                np.int32(aligned),
-            ),
+            spec, grid, block, (dx, s2, s1, dy, x, gain, mean, rstd, *sizes, np.int32(stat_per_col), *flags)
         )
         return dx, s2, s1, None
-    spec, grid, block = plan
-    smem = 8 * L if cols else 0
-    threads = block[0] * block[1]
-    resident = _resident_blocks(spec, threads, smem, LAUNCH["rows_bwd"]["blocks_per_sm"])
-    per_sm = min(resident, LAUNCH["rows_bwd"]["blocks_per_sm"]) if cols else resident
-    grid = (max(1, min(grid[0], per_sm * _sm_count())),)
     ws = cupy.empty((grid[0], 2, L), dtype=cupy.float32) if cols else None
-    _launch(
-        spec,
-        grid,
-        block,
-        (dx, s2, s1, ws, dy, x, gain, mean, rstd, np.int64(R), np.int64(L))
-        + (np.int32(gain_per_row), np.int32(train), np.int32(aligned)),
-        smem,
-    )
+    _launch(spec, grid, block, (dx, s2, s1, ws, dy, x, gain, mean, rstd, *sizes, *flags), smem)
     return dx, s2, s1, ws
 
 
-def _finalize(ws, x, gain, C, scale, eps, mode, want=("a", "b"), var=False, sums_t=False):
-    """One launch: sums ws [splits, 1 or 2, C], finishes statistics (mode 0) or gradient sums (mode 1)."""
+def _finalize(ws, x, gain, C, scale, eps, mode, want=("a", "b"), running=None, sums_t=False):
+    """One launch: sums ws [splits, 1 or 2, C], finishes statistics (mode 0, updating the running
+    statistics when given, see _rows_fwd) or gradient sums (mode 1): (out_a, out_b, sum0_t, sum1_t)."""
     import cupy
 
-    f32 = lambda k: cupy.empty(C, dtype=cupy.float32) if k else None
-    out_a, out_b, var_out = f32("a" in want), f32("b" in want), f32(var)
+    out_a = cupy.empty(C, dtype=cupy.float32) if "a" in want else None
+    out_b = cupy.empty(C, dtype=cupy.float32) if "b" in want else None
     s0_t = cupy.empty(C, dtype=x.dtype) if sums_t else None
     s1_t = cupy.empty(C, dtype=x.dtype) if sums_t else None
+    run_mean, run_var, momentum, var_scale = running or _NO_RUNNING
     _launch(
         _spec("norm_finalize", x.dtype),
         (math.ceil(C / 32),),
@@ -810,7 +898,8 @@ def _finalize(ws, x, gain, C, scale, eps, mode, want=("a", "b"), var=False, sums
         (
             out_a,
             out_b,
-            var_out,
+            run_mean,
+            run_var,
             s0_t,
             s1_t,
             ws,
@@ -821,10 +910,12 @@ def _finalize(ws, x, gain, C, scale, eps, mode, want=("a", "b"), var=False, sums
             np.int64(C),
             np.float32(scale),
             np.float32(eps),
+            np.float32(momentum),
+            np.float32(var_scale),
             np.int32(mode),
         ),
     )
-    return out_a, out_b, var_out, s0_t, s1_t
+    return out_a, out_b, s0_t, s1_t
 
 
 def _cols_ws(x, dy, gain, mean, rstd, mode):
@@ -832,10 +923,9 @@ def _cols_ws(x, dy, gain, mean, rstd, mode):
     import cupy
 
     R, C = x.shape
-    lanes = 16 // x.dtype.itemsize
-    grid, block, rows_per_split = launch_config("cols", x.dtype, R=R, C=C, sms=_sm_count())
+    grid, block, rows_per_split = _cols_grid(x.dtype, R, C)
     ws = cupy.empty((grid[1], 2, C), dtype=cupy.float32)
-    aligned = _aligned(x, dy) and C % lanes == 0
+    aligned = _aligned(x, dy) and C % (16 // x.dtype.itemsize) == 0
     _launch(
         _spec("norm_cols_reduce", x.dtype),
         grid,
@@ -857,30 +947,35 @@ def _cols_ws(x, dy, gain, mean, rstd, mode):
     return ws
 
 
-def _column_sums(x, dtype):
-    """Column sums of a 2-D array [R, C] in ``dtype`` (accumulated in float32)."""
+def _column_sums(x):
+    """Column sums of a 2-D array [R, C] in its dtype (accumulated in float32)."""
     ws = _cols_ws(x, None, None, None, None, 3)
-    return _finalize(ws, x, None, x.shape[1], 1.0, 0.0, 1, want=(), sums_t=True)[3].astype(dtype, copy=False)
+    return _finalize(ws, x, None, x.shape[1], 1.0, 0.0, 1, want=(), sums_t=True)[2]
 
 
-def _cols_stats(x, eps, var=False):
-    """Per-column mean, rstd (and biased var) of [R, C], float32."""
+def _cols_stats(x, eps, running=None):
+    """Per-column mean, rstd of [R, C], float32; running statistics updated as in _rows_fwd."""
     ws = _cols_ws(x, None, None, None, None, 0)
-    mean, rstd, v, _, _ = _finalize(ws, x, None, x.shape[1], 1.0 / x.shape[0], eps, 0, var=var)
-    return mean, rstd, v
+    mean, rstd, _, _ = _finalize(ws, x, None, x.shape[1], 1.0 / x.shape[0], eps, 0, running=running)
+    return mean, rstd
 
 
-def _apply_fwd(x, mean, rstd, gain, bias, stat_per_col, gain_per_col):
-    """y = (x − mean)·rstd·gain + bias; statistics per column go through norm_cols_apply."""
+def _apply_fwd(x, mean, rstd, gain, bias, stat_per_col, gain_per_col, run_var=None, eps=0.0, stats_out=None):
+    """y = (x − mean)·rstd·gain + bias; statistics per column go through norm_cols_apply.
+
+    run_var (batch norm inference, one launch): rstd = 1/sqrt(run_var + eps) computed in the kernel, which
+    also writes the statistics it used to stats_out = (mean_out, rstd_out).
+    """
     import cupy
 
     y = cupy.empty_like(x)
     R, C = x.shape
-    lanes = 16 // x.dtype.itemsize
-    aligned = _aligned(x, y, gain, bias) and C % lanes == 0
+    aligned = _aligned(x, y, gain, bias) and C % (16 // x.dtype.itemsize) == 0
+    mean_out, rstd_out = stats_out or (None, None)
     if stat_per_col:
-        return _cols_apply(y, x, None, mean, rstd, gain, bias, None, None, gain_per_col, aligned)
-    grid, block = launch_config("elementwise", x.dtype, n=x.size, unroll=1)
+        inference = (run_var, np.float32(eps), mean_out, rstd_out)
+        return _cols_apply(y, x, None, mean, rstd, gain, bias, None, None, gain_per_col, aligned, inference)
+    grid, block = _elementwise_grid(x.dtype, x.size)
     _launch(
         _spec("norm_apply_fwd", x.dtype),
         grid,
@@ -892,6 +987,11 @@ def _apply_fwd(x, mean, rstd, gain, bias, stat_per_col, gain_per_col):
             rstd,
             gain,
             bias,
+            run_var,
+            np.float32(eps),
+            mean_out,
+            rstd_out,
+            np.int64(R),
             np.int64(x.size),
             np.int64(C),
             np.int32(stat_per_col),
@@ -907,15 +1007,15 @@ def _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col):
     import cupy
 
     dx = cupy.empty_like(x)
-    lanes = 16 // x.dtype.itemsize
-    aligned = _aligned(x, dx, dy, gain) and x.shape[1] % lanes == 0
+    aligned = _aligned(x, dx, dy, gain) and x.shape[1] % (16 // x.dtype.itemsize) == 0
     return _cols_apply(dx, x, dy, mean, rstd, gain, None, A, B, gain_per_col, aligned)
 
 
-def _cols_apply(out, x, dy, mean, rstd, gain, bias, A, B, gain_per_col, aligned):
-    """norm_cols_apply on the row splits of the column reduction that made the statistics."""
+def _cols_apply(out, x, dy, mean, rstd, gain, bias, A, B, gain_per_col, aligned, inference=None):
+    """norm_cols_apply on the row splits of the column reduction that made the statistics. inference:
+    (run_var, eps, mean_out, rstd_out), rstd from the running variance (see _apply_fwd)."""
     R, C = x.shape
-    grid, block, rows_per_split = launch_config("cols", x.dtype, R=R, C=C, sms=_sm_count())
+    grid, block, rows_per_split = _cols_grid(x.dtype, R, C)
     rev = "true" if LAUNCH["cols"]["reverse"] else "false"
     _launch(
         _spec("norm_cols_apply", x.dtype, rev),
@@ -931,6 +1031,7 @@ def _cols_apply(out, x, dy, mean, rstd, gain, bias, A, B, gain_per_col, aligned)
             bias,
             A,
             B,
+            *(inference or _NO_INFERENCE),
             np.int64(R),
             np.int64(C),
             np.int64(rows_per_split),
@@ -981,15 +1082,14 @@ def layer_norm_fprop(x, gain=None, bias=None, *, feature_axis: int = 1, eps: flo
     gain, bias: [F] in x's dtype, or None. Returns (y like x, mean [N], rstd [N]); mean and rstd are
     float32 (float64 for float64 x) and are what :func:`layer_norm_bprop` needs.
     """
-    backend = backend_of(x=x, gain=gain, bias=bias)
+    backend = _backend(x=x, gain=gain, bias=bias)
     fa = _check_norm(x, gain, bias, feature_axis, backend, "feature")
     eps = _check_eps(eps)
     if backend == "numpy":
         return ref.layer_norm_fprop(x, gain, bias, fa, eps)
     if fa == 1:
-        y, mean, rstd, _ = _rows_fwd(x, gain, bias, eps, gain_per_row=0)
-        return y, mean, rstd
-    mean, rstd, _ = _cols_stats(x, eps)
+        return _rows_fwd(x, gain, bias, eps, gain_per_row=0)
+    mean, rstd = _cols_stats(x, eps)
     return _apply_fwd(x, mean, rstd, gain, bias, stat_per_col=1, gain_per_col=0), mean, rstd
 
 
@@ -998,7 +1098,7 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
 
     dy, x: like the forward's x; mean, rstd: the forward's. dgain, dbias: [F] (gain's and x's dtype).
     """
-    backend = backend_of(dy=dy, x=x, gain=gain, mean=mean, rstd=rstd)
+    backend = _backend(dy=dy, x=x, gain=gain, mean=mean, rstd=rstd)
     fa = _check_norm(x, gain, None, feature_axis, backend, "feature")
     _check_like("dy", dy, "x", x, backend)
     n = x.shape[1 - fa]
@@ -1008,7 +1108,9 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
         return ref.layer_norm_bprop(dy, x, gain, mean, rstd, fa)
     F = x.shape[fa]
     if fa == 1:  # one pass: dx per row, the gain and bias gradients as per-block column partials
-        dx, _, _, ws = _rows_bwd(dy, x, gain, mean, rstd, stat_per_col=0, gain_per_row=0, train=1, cols=True)
+        dx, _, _, ws = _rows_bwd(
+            dy, x, gain, mean, rstd, 0, 0, train=1, want_dgain=False, want_dbias=False, cols=True
+        )
         if ws is None:
             ws = _cols_ws(x, dy, None, mean, rstd, 2)
         *_, dbias, dgain = _finalize(ws, x, None, F, 1.0, 0.0, 1, want=(), sums_t=True)
@@ -1017,13 +1119,9 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
         A, B, *_ = _finalize(ws, x, None, x.shape[1], 1.0 / F, 0.0, 1)
         dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col=0)
         _, dgain, dbias, _ = _rows_bwd(
-            dy, x, None, mean, rstd, stat_per_col=1, gain_per_row=1, train=0, want_dx=False
+            dy, x, None, mean, rstd, 1, 1, train=0, want_dx=False, want_dgain=gain is not None
         )
-    return (
-        dx,
-        (None if gain is None else dgain.astype(gain.dtype, copy=False)),
-        dbias.astype(x.dtype, copy=False),
-    )
+    return dx, (None if gain is None else dgain), dbias
 
 
 def _check_running(name, arr, C, backend):
@@ -1052,7 +1150,7 @@ def batch_norm_fprop(
     normalize with the running statistics (both required). Returns (y, mean [C], rstd [C]) (float32),
     the statistics used, which :func:`batch_norm_bprop` takes.
     """
-    backend = backend_of(x=x, gain=gain, bias=bias, running_mean=running_mean, running_var=running_var)
+    backend = _backend(x=x, gain=gain, bias=bias, running_mean=running_mean, running_var=running_var)
     fa = _check_norm(x, gain, bias, feature_axis, backend, "channel")
     eps = _check_eps(eps)
     momentum = _check_scalar("momentum", momentum)
@@ -1067,28 +1165,26 @@ def batch_norm_fprop(
         return ref.batch_norm_fprop(x, gain, bias, fa, training, running_mean, running_var, momentum, eps)
     import cupy
 
-    if not training:
-        mean = running_mean.astype(cupy.float32)
-        rstd = 1 / cupy.sqrt(running_var.astype(cupy.float32) + np.float32(eps))
-        return _apply_fwd(x, mean, rstd, gain, bias, stat_per_col=fa, gain_per_col=fa), mean, rstd
+    if not training:  # one launch: the kernel takes the running statistics and writes mean, rstd
+        mean = cupy.empty(C, dtype=cupy.float32)
+        rstd = cupy.empty(C, dtype=cupy.float32)
+        y = _apply_fwd(
+            x, running_mean, None, gain, bias, fa, fa, run_var=running_var, eps=eps, stats_out=(mean, rstd)
+        )
+        return y, mean, rstd
+    running = None  # updated in place by the launch that finishes the statistics
+    if running_mean is not None or running_var is not None:
+        running = (running_mean, running_var, momentum, momentum * N / max(N - 1, 1))
     if fa == 1:
-        mean, rstd, var = _cols_stats(x, eps, var=running_var is not None)
-        y = _apply_fwd(x, mean, rstd, gain, bias, stat_per_col=1, gain_per_col=1)
-    else:
-        y, mean, rstd, var = _rows_fwd(x, gain, bias, eps, gain_per_row=1, want_var=True)
-    if running_mean is not None:
-        running_mean *= 1 - momentum
-        running_mean += (momentum * mean).astype(running_mean.dtype)
-    if running_var is not None:
-        running_var *= 1 - momentum
-        running_var += (momentum * N / max(N - 1, 1) * var).astype(running_var.dtype)
-    return y, mean, rstd
+        mean, rstd = _cols_stats(x, eps, running)
+        return _apply_fwd(x, mean, rstd, gain, bias, stat_per_col=1, gain_per_col=1), mean, rstd
+    return _rows_fwd(x, gain, bias, eps, gain_per_row=1, running=running)
 
 
 def batch_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1, training: bool = True):
     """(dx, dgain, dbias) of :func:`batch_norm_fprop` (training: through the batch statistics; else the
     statistics are constants). dgain is None when gain is None."""
-    backend = backend_of(dy=dy, x=x, gain=gain, mean=mean, rstd=rstd)
+    backend = _backend(dy=dy, x=x, gain=gain, mean=mean, rstd=rstd)
     fa = _check_norm(x, gain, None, feature_axis, backend, "channel")
     _check_like("dy", dy, "x", x, backend)
     C, N = x.shape[fa], x.shape[1 - fa]
@@ -1098,19 +1194,15 @@ def batch_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1, training
         return ref.batch_norm_bprop(dy, x, gain, mean, rstd, fa, training)
     if fa == 1:
         ws = _cols_ws(x, dy, None, mean, rstd, 1)
-        A, B, _, dbias, dgain = _finalize(
+        A, B, dbias, dgain = _finalize(
             ws, x, gain, C, 1.0 / N, 0.0, 1, want=("a", "b") if training else (), sums_t=True
         )
         dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col=1)
     else:
         dx, dgain, dbias, _ = _rows_bwd(
-            dy, x, gain, mean, rstd, stat_per_col=0, gain_per_row=1, train=int(bool(training))
+            dy, x, gain, mean, rstd, 0, 1, train=int(bool(training)), want_dgain=gain is not None
         )
-    return (
-        dx,
-        (None if gain is None else dgain.astype(gain.dtype, copy=False)),
-        dbias.astype(x.dtype, copy=False),
-    )
+    return dx, (None if gain is None else dgain), dbias
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1144,14 +1236,16 @@ def _check_wn(layout, w, gain, per, backend):
 
 
 def _wn_tables(lay):
+    """The layout's (col_ptr, col_order, cols) on the current GPU (the layout caches its hash)."""
     import cupy
 
     key = (lay, cupy.cuda.runtime.getDevice())
-    if key not in _WN_TABLES:
-        _WN_TABLES[key] = tuple(
+    tables = _WN_TABLES.get(key)
+    if tables is None:
+        tables = _WN_TABLES[key] = tuple(
             cupy.asarray(t, dtype=cupy.int32) for t in (lay.col_ptr, lay.col_order, lay.cols)
         )
-    return _WN_TABLES[key]
+    return tables
 
 
 def _wn_aligned(b, dtype, *arrays) -> int:
@@ -1159,8 +1253,10 @@ def _wn_aligned(b, dtype, *arrays) -> int:
     return int(_aligned(*arrays) and b % (16 // np.dtype(dtype).itemsize) == 0)
 
 
-def _wn_unit_sums(lay, w, w2, b):
-    """Σ w·w2 over each output unit's column of nonzero blocks, float32 [out_blocks·b]."""
+def _wn_unit_reduce(lay, w, w2, b, eps=0.0, rnorm=None, dgain=None):
+    """Sums of w·w2 over each output unit's column of nonzero blocks, float32 [out_blocks·b], finished in
+    the kernel: forward (rnorm None) rnorm = 1/sqrt(Σ w² + eps); backward the sums, and dgain = sums·rnorm
+    (in the gain's dtype) written when dgain is given."""
     import cupy
 
     out = cupy.empty(lay.out_blocks * b, dtype=cupy.float32)
@@ -1169,36 +1265,42 @@ def _wn_unit_sums(lay, w, w2, b):
         _spec("wn_reduce_unit", w.dtype),
         (lay.out_blocks,),
         (LAUNCH["wn_unit"]["threads"],),
-        (out, w, w2, col_ptr, col_order, np.int32(b), np.int32(_wn_aligned(b, w.dtype, w, w2))),
+        (
+            out,
+            dgain,
+            w,
+            w2,
+            rnorm,
+            col_ptr,
+            col_order,
+            np.int32(b),
+            np.float32(eps),
+            np.int32(rnorm is None),
+            np.int32(_wn_aligned(b, w.dtype, w, w2)),
+        ),
     )
     return out
 
 
 def _wn_block(w, dv, gain, rnorm, b, eps):
-    """wn_block: forward (dv None) returns (v, rnorm); backward returns (dw, dot)."""
+    """wn_block: forward (dv None) returns (v, rnorm); backward returns (dw, dgain) (dgain None without
+    a gain)."""
     import cupy
 
     out = cupy.empty_like(w)
     nnz = w.shape[0]
-    red = cupy.empty(nnz, dtype=cupy.float32)
+    if dv is None:
+        rnorm = red = cupy.empty(nnz, dtype=cupy.float32)
+    else:
+        red = None if gain is None else cupy.empty_like(gain)
     t = LAUNCH["wn_block"]["threads"]
     aligned = int(_aligned(out, w, dv) and (b * b) % (16 // w.dtype.itemsize) == 0)
     _launch(
         _spec("wn_block", w.dtype),
         (math.ceil(nnz / (t // 32)),),
         (t,),
-        (
-            out,
-            red if dv is None else rnorm,
-            None if dv is None else red,
-            w,
-            dv,
-            gain,
-            np.int64(nnz),
-            np.int32(b),
-            np.float32(eps),
-            np.int32(aligned),
-        ),
+        (out, rnorm, None if dv is None else red, w, dv, gain, np.int64(nnz), np.int32(b), np.float32(eps))
+        + (np.int32(aligned),),
     )
     return out, red
 
@@ -1208,7 +1310,7 @@ def _wn_apply(lay, w, dv, gain, rnorm, dot, b):
 
     out = cupy.empty_like(w)
     _, _, cols = _wn_tables(lay)
-    grid, block = launch_config("elementwise", w.dtype, n=w.size, unroll=1)
+    grid, block = _elementwise_grid(w.dtype, w.size)
     _launch(
         _spec("wn_apply", w.dtype),
         grid,
@@ -1238,34 +1340,33 @@ def weight_norm_fprop(layout, w, gain=None, *, per: str = "unit", eps: float = 1
     each block, gain [nnz]. gain None: 1.
     Returns (v like w, rnorm = 1/sqrt(‖w‖² + eps), float32 [M] or [nnz]).
     """
-    backend = backend_of(w=w, gain=gain)
+    backend = _backend(w=w, gain=gain)
     lay, b, length = _check_wn(layout, w, gain, per, backend)
     eps = _check_eps(eps)
     if backend == "numpy":
         return ref.weight_norm_fprop(lay, w, gain, per, eps)
-    import cupy
-
     if per == "block":  # one warp per block: the norm and the scaling in one kernel
         return _wn_block(w, None, gain, None, b, eps)
-    rnorm = 1 / cupy.sqrt(_wn_unit_sums(lay, w, w, b) + np.float32(eps))
+    rnorm = _wn_unit_reduce(lay, w, w, b, eps=eps)
     return _wn_apply(lay, w, None, gain, rnorm, None, b), rnorm
 
 
 def weight_norm_bprop(layout, dv, w, gain, rnorm, *, per: str = "unit"):
     """(dw, dgain) of :func:`weight_norm_fprop`: dw = g·r·(dv − w·r²·Σ dv·w), dgain = r·Σ dv·w
     (sums over the unit or block); dgain is None when gain is None."""
-    backend = backend_of(dv=dv, w=w, gain=gain, rnorm=rnorm)
+    backend = _backend(dv=dv, w=w, gain=gain, rnorm=rnorm)
     lay, b, length = _check_wn(layout, w, gain, per, backend)
     _check_like("dv", dv, "w", w, backend)
     _check_stats("rnorm", rnorm, length, backend, "from weight_norm_fprop")
     if backend == "numpy":
         return ref.weight_norm_bprop(lay, dv, w, gain, rnorm, per)
     if per == "block":
-        dw, dot = _wn_block(w, dv, gain, rnorm, b, 0.0)
-    else:
-        dot = _wn_unit_sums(lay, dv, w, b)
-        dw = _wn_apply(lay, w, dv, gain, rnorm, dot, b)
-    return dw, (None if gain is None else (dot * rnorm).astype(gain.dtype))
+        return _wn_block(w, dv, gain, rnorm, b, 0.0)
+    import cupy
+
+    dgain = None if gain is None else cupy.empty_like(gain)
+    dot = _wn_unit_reduce(lay, dv, w, b, rnorm=rnorm, dgain=dgain)
+    return _wn_apply(lay, w, dv, gain, rnorm, dot, b), dgain
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1294,7 +1395,7 @@ def lstm_gates_fprop(z, c_prev, *, feature_axis: int = 1):
     each a block of H features; c_prev: [N, H] (or [H, N]). c = σ(f)·c_prev + σ(i)·tanh(g),
     h = σ(o)·tanh(c). float16|bfloat16|float32 (float64 on NumPy).
     """
-    backend = backend_of(z=z, c_prev=c_prev)
+    backend = _backend(z=z, c_prev=c_prev)
     fa, shape = _check_lstm(z, c_prev, feature_axis, backend)
     if backend == "numpy":
         return ref.lstm_gates_fprop(z, c_prev, fa)
@@ -1304,7 +1405,7 @@ def lstm_gates_fprop(z, c_prev, *, feature_axis: int = 1):
     n, H = c.size, shape[fa]
     lanes = 16 // z.dtype.itemsize
     aligned = _aligned(z, c_prev, c, h) and (H if fa == 1 else n) % lanes == 0
-    grid, block = launch_config("elementwise", z.dtype, n=n, unroll=1)
+    grid, block = _elementwise_grid(z.dtype, n)
     _launch(
         _spec("lstm_fwd", z.dtype),
         grid,
@@ -1319,7 +1420,7 @@ def lstm_gates_bprop(dh, dc, z, c_prev, *, feature_axis: int = 1):
 
     dh: [N, H] (or [H, N]) gradient of h; dc: the gradient reaching c from the next step, or None (0).
     """
-    backend = backend_of(dh=dh, dc=dc, z=z, c_prev=c_prev)
+    backend = _backend(dh=dh, dc=dc, z=z, c_prev=c_prev)
     fa, shape = _check_lstm(z, c_prev, feature_axis, backend)
     _check_like("dh", dh, "c_prev", c_prev, backend)
     if dc is not None:
@@ -1332,7 +1433,7 @@ def lstm_gates_bprop(dh, dc, z, c_prev, *, feature_axis: int = 1):
     n, H = c_prev.size, shape[fa]
     lanes = 16 // z.dtype.itemsize
     aligned = _aligned(dz, dc_prev, dh, dc, z, c_prev) and (H if fa == 1 else n) % lanes == 0
-    grid, block = launch_config("elementwise", z.dtype, n=n, unroll=1)
+    grid, block = _elementwise_grid(z.dtype, n)
     _launch(
         _spec("lstm_bwd", z.dtype),
         grid,

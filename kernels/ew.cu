@@ -498,12 +498,15 @@ __device__ __forceinline__ void row_group_sum2(float& a0, float& a1) {
 // Per row r of x [R, L]: mean, rstd = 1/sqrt(var + eps) (biased var), then
 // y = (x - mean) * rstd * gain + bias, gain/bias per column (gain_per_row 0: layer norm, features last)
 // or per row (gain_per_row 1: batch norm with features first). gain/bias may be null (1 and 0).
-// mean/rstd (and var if non-null) are float32 [R].
+// mean/rstd are float32 [R]. Running statistics (batch norm training; each if non-null, float32 [R]):
+// run_mean = (1 - momentum) * run_mean + momentum * mean, run_var = (1 - momentum) * run_var + var_scale * var
+// (var_scale = momentum * N / (N - 1): the unbiased variance), updated in place by the row's thread 0.
 // Grid: blockDim.y rows per block, grid-stride over row groups; blockDim.x threads share one row.
 template <typename T>
 __global__ void norm_rows_fwd(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain,
                               const T* __restrict__ bias, float* __restrict__ mean_out, float* __restrict__ rstd_out,
-                              float* __restrict__ var_out, i64 R, i64 L, float eps, int gain_per_row, int aligned) {
+                              float* __restrict__ run_mean, float* __restrict__ run_var, i64 R, i64 L, float eps,
+                              float momentum, float var_scale, int gain_per_row, int aligned) {
     constexpr int V = Lanes<T>::V;
     for (i64 r0 = (i64)blockIdx.x * blockDim.y; r0 < R; r0 += (i64)gridDim.x * blockDim.y) {
         const i64 row = r0 + threadIdx.y;
@@ -528,7 +531,8 @@ __global__ void norm_rows_fwd(T* __restrict__ y, const T* __restrict__ x, const 
         if (threadIdx.x == 0) {
             mean_out[row] = mean;
             rstd_out[row] = rstd;
-            if (var_out) var_out[row] = var;
+            if (run_mean) run_mean[row] = (1.f - momentum) * run_mean[row] + momentum * mean;
+            if (run_var) run_var[row] = (1.f - momentum) * run_var[row] + var_scale * var;
         }
         const float g_row = gain && gain_per_row ? to_float<T>(gain[row]) : 1.f;
         const float b_row = bias && gain_per_row ? to_float<T>(bias[row]) : 0.f;
@@ -557,8 +561,9 @@ __global__ void norm_rows_fwd(T* __restrict__ y, const T* __restrict__ x, const 
 template <typename T, int NV>
 __global__ void norm_rows_fwd_reg(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain,
                                   const T* __restrict__ bias, float* __restrict__ mean_out,
-                                  float* __restrict__ rstd_out, float* __restrict__ var_out, i64 R, i64 L,
-                                  float eps, int gain_per_row, int aligned) {
+                                  float* __restrict__ rstd_out, float* __restrict__ run_mean,
+                                  float* __restrict__ run_var, i64 R, i64 L, float eps, float momentum,
+                                  float var_scale, int gain_per_row, int aligned) {
     constexpr int V = Lanes<T>::V;
     for (i64 r0 = (i64)blockIdx.x * blockDim.y; r0 < R; r0 += (i64)gridDim.x * blockDim.y) {
         const i64 row = r0 + threadIdx.y;
@@ -587,7 +592,8 @@ __global__ void norm_rows_fwd_reg(T* __restrict__ y, const T* __restrict__ x, co
         if (threadIdx.x == 0) {
             mean_out[row] = mean;
             rstd_out[row] = rstd;
-            if (var_out) var_out[row] = var;
+            if (run_mean) run_mean[row] = (1.f - momentum) * run_mean[row] + momentum * mean;
+            if (run_var) run_var[row] = (1.f - momentum) * run_var[row] + var_scale * var;
         }
         const float g_row = gain && gain_per_row ? to_float<T>(gain[row]) : 1.f;
         const float b_row = bias && gain_per_row ? to_float<T>(bias[row]) : 0.f;
@@ -613,14 +619,14 @@ __global__ void norm_rows_fwd_reg(T* __restrict__ y, const T* __restrict__ x, co
 
 // Backward per row with the row of x and dy in registers (statistics per row; layout as
 // norm_rows_fwd_reg): xhat = (x - mean[r]) * rstd[r], t = dy * gc (gc = gain per column, or 1),
-//   s1 = sum_j t, s2 = sum_j t * xhat;  dgain_row[r] = s2, dbias_row[r] = s1 (if non-null);
+//   s1 = sum_j t, s2 = sum_j t * xhat;  dgain_row[r] = s2, dbias_row[r] = s1 (in T, if non-null);
 //   dx = rstd * gr * (t - train * (s1 + xhat * s2) / L)   (gr = gain per row, or 1).
 // COLS (layer norm, features last): also the column sums sum_r dy (dbias) and sum_r dy * xhat (dgain)
 // over this block's rows, reduced over blockDim.y in shared memory (8 * L bytes, dynamic) and written to
 // ws [gridDim.x, 2, L] (float32) for cols_finalize: the parameter gradients cost no extra pass over x, dy.
 // Grid: persistent blocks (the host sizes it to the resident capacity), grid-stride over row groups.
 template <typename T, int NV, bool COLS>
-__global__ void norm_rows_bwd_reg(T* __restrict__ dx, float* __restrict__ dgain_row, float* __restrict__ dbias_row,
+__global__ void norm_rows_bwd_reg(T* __restrict__ dx, T* __restrict__ dgain_row, T* __restrict__ dbias_row,
                                   float* __restrict__ ws, const T* __restrict__ dy, const T* __restrict__ x,
                                   const T* __restrict__ gain, const float* __restrict__ mean,
                                   const float* __restrict__ rstd, i64 R, i64 L, int gain_per_row, int train,
@@ -670,8 +676,8 @@ __global__ void norm_rows_bwd_reg(T* __restrict__ dx, float* __restrict__ dgain_
         row_group_sum2(s1, s2);
         if (!live) continue;
         if (threadIdx.x == 0) {
-            if (dgain_row) dgain_row[row] = s2;
-            if (dbias_row) dbias_row[row] = s1;
+            if (dgain_row) dgain_row[row] = from_float<T>(s2);
+            if (dbias_row) dbias_row[row] = from_float<T>(s1);
         }
         if (!dx) continue;
         const float gr = gain && gain_per_row ? to_float<T>(gain[row]) : 1.f;
@@ -709,12 +715,12 @@ __global__ void norm_rows_bwd_reg(T* __restrict__ dx, float* __restrict__ dgain_
 
 // Backward per row of [R, L] with xhat = (x - mean) * rstd, the statistics per row (stat_per_col 0) or
 // per column (1). gc = gain per column (1 if gain_per_row or no gain); gr = gain per row (else 1).
-//   s1 = sum_j dy*gc, s2 = sum_j dy*gc*xhat;  dgain_row[r] = s2, dbias_row[r] = s1 (float32, if non-null)
+//   s1 = sum_j dy*gc, s2 = sum_j dy*gc*xhat;  dgain_row[r] = s2, dbias_row[r] = s1 (in T, if non-null)
 //   dx = rstd * gr * (dy*gc - train * (s1 + xhat*s2) / L)   (written when dx is non-null)
 // Layer norm, features last: gain per column; batch norm, features first: gain per row; the layer-norm
 // dgain for features first: statistics per column, no dx. Grid: as norm_rows_fwd.
 template <typename T>
-__global__ void norm_rows_bwd(T* __restrict__ dx, float* __restrict__ dgain_row, float* __restrict__ dbias_row,
+__global__ void norm_rows_bwd(T* __restrict__ dx, T* __restrict__ dgain_row, T* __restrict__ dbias_row,
                               const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ gain,
                               const float* __restrict__ mean, const float* __restrict__ rstd, i64 R, i64 L,
                               int stat_per_col, int gain_per_row, int train, int aligned) {
@@ -749,8 +755,8 @@ __global__ void norm_rows_bwd(T* __restrict__ dx, float* __restrict__ dgain_row,
         row_group_sum2(s1, s2);
         if (!live) continue;
         if (threadIdx.x == 0) {
-            if (dgain_row) dgain_row[row] = s2;
-            if (dbias_row) dbias_row[row] = s1;
+            if (dgain_row) dgain_row[row] = from_float<T>(s2);
+            if (dbias_row) dbias_row[row] = from_float<T>(s1);
         }
         if (!dx) continue;
         const float gr = gain && gain_per_row ? to_float<T>(gain[row]) : 1.f;
@@ -844,16 +850,18 @@ __global__ void norm_cols_reduce(float* __restrict__ ws, const T* __restrict__ x
 
 // Finish column sums: s0[c], s1[c] = sums over the splits of ws [splits, nsums, C] (s1 = 0 when nsums is 1):
 //   mode 0 (statistics, scale = 1/R): m1 = s0*scale; var = max(s1*scale - m1^2, 0); mean = x_row0[c] + m1;
-//           rstd = 1/sqrt(var + eps); out_a = mean, out_b = rstd, var_out = var (each if non-null)
+//           rstd = 1/sqrt(var + eps); out_a = mean, out_b = rstd (each if non-null); running statistics
+//           as norm_rows_fwd (run_mean, run_var: float32 [C], each if non-null, updated in place)
 //   mode 1 (gradient sums): g = gain ? gain[c] : 1; out_a = g*s0*scale, out_b = g*s1*scale;
 //           sum0_t = s0, sum1_t = s1 in T (each if non-null)
 // Grid: blocks of (32, 8) over 32-column tiles: the 8 row lanes each sum every 8th split, then lane 0
 // adds the 8 in order (a fixed order: deterministic), so a few hundred splits cost a few microseconds.
 template <typename T>
-__global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out_b, float* __restrict__ var_out,
-                              T* __restrict__ sum0_t, T* __restrict__ sum1_t, const float* __restrict__ ws,
-                              const T* __restrict__ x_row0, const T* __restrict__ gain, int splits, int nsums,
-                              i64 C, float scale, float eps, int mode) {
+__global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out_b, float* __restrict__ run_mean,
+                              float* __restrict__ run_var, T* __restrict__ sum0_t, T* __restrict__ sum1_t,
+                              const float* __restrict__ ws, const T* __restrict__ x_row0, const T* __restrict__ gain,
+                              int splits, int nsums, i64 C, float scale, float eps, float momentum, float var_scale,
+                              int mode) {
     __shared__ float part[2][8][33];
     const i64 c = (i64)blockIdx.x * 32 + threadIdx.x;
     float s0 = 0.f, s1 = 0.f;
@@ -873,9 +881,11 @@ __global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out
     for (int l = 0; l < 8; ++l) { s0 += part[0][l][threadIdx.x]; s1 += part[1][l][threadIdx.x]; }
     if (mode == 0) {
         const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
-        if (out_a) out_a[c] = to_float<T>(x_row0[c]) + m1;
+        const float mean = to_float<T>(x_row0[c]) + m1;
+        if (out_a) out_a[c] = mean;
         if (out_b) out_b[c] = rsqrtf(var + eps);
-        if (var_out) var_out[c] = var;
+        if (run_mean) run_mean[c] = (1.f - momentum) * run_mean[c] + momentum * mean;
+        if (run_var) run_var[c] = (1.f - momentum) * run_var[c] + var_scale * var;
         return;
     }
     const float g = gain ? to_float<T>(gain[c]) : 1.f;
@@ -891,6 +901,8 @@ __global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out
 //   backward:          out = rstd[c] * (g * dy - A[c] - xhat * B[c])   (A, B null -> 0)
 // with g, b = gain, bias per column (gain_per_col) or per row; null -> 1, 0. Each thread keeps its V
 // columns' statistics (and per-column gain, bias) in registers: no index division.
+// run_var non-null (batch norm inference, one launch): rstd[c] = 1/sqrt(run_var[c] + eps) instead of the
+// rstd argument (mean = the running mean); the first row split writes mean_out, rstd_out [C] (if non-null).
 // REV: each split walks its rows last to first, so that the first rows it reads are those that
 // norm_cols_reduce read last and that L2 may still hold; loads and stores stream (evict-first), so
 // they do not push those lines out.
@@ -898,8 +910,9 @@ template <typename T, bool REV>
 __global__ void norm_cols_apply(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ dy,
                                 const float* __restrict__ mean, const float* __restrict__ rstd,
                                 const T* __restrict__ gain, const T* __restrict__ bias, const float* __restrict__ A,
-                                const float* __restrict__ B, i64 R, i64 C, i64 rows_per_split, int gain_per_col,
-                                int aligned) {
+                                const float* __restrict__ B, const float* __restrict__ run_var, float eps,
+                                float* __restrict__ mean_out, float* __restrict__ rstd_out, i64 R, i64 C,
+                                i64 rows_per_split, int gain_per_col, int aligned) {
     constexpr int V = Lanes<T>::V;
     const i64 c0 = ((i64)blockIdx.x * 32 + threadIdx.x) * V;
     if (c0 >= C) return;
@@ -911,7 +924,8 @@ __global__ void norm_cols_apply(T* __restrict__ out, const T* __restrict__ x, co
     for (int k = 0; k < V; ++k) {
         const bool ok = c0 + k < C;
         m[k] = ok ? mean[c0 + k] : 0.f;
-        rs[k] = ok ? rstd[c0 + k] : 0.f;
+        rs[k] = ok ? (run_var ? rsqrtf(run_var[c0 + k] + eps) : rstd[c0 + k]) : 0.f;
+        if (ok && mean_out && blockIdx.y == 0 && threadIdx.y == 0) { mean_out[c0 + k] = m[k]; rstd_out[c0 + k] = rs[k]; }
         a[k] = ok && A ? A[c0 + k] : 0.f;
         bb[k] = ok && B ? B[c0 + k] : 0.f;
         gc[k] = 1.f;
@@ -944,13 +958,23 @@ __global__ void norm_cols_apply(T* __restrict__ out, const T* __restrict__ x, co
 
 // Elementwise over [R, C] with statistics and gain each per row or per column (s = r or c, f = r or c):
 //   y = (x - mean[s]) * rstd[s] * gain[f] + bias[f]
-// gain/bias null -> 1/0. Grid: as ew_fwd; `aligned` also promises C % V == 0 (a thread's V elements
-// share a row).
+// gain/bias null -> 1/0. run_var non-null (batch norm inference, one launch): rstd[s] =
+// 1/sqrt(run_var[s] + eps) instead of the rstd argument, and the grid first copies the n_stats statistics
+// it uses to mean_out, rstd_out (if non-null). Grid: as ew_fwd; `aligned` also promises C % V == 0 (a
+// thread's V elements share a row).
 template <typename T>
 __global__ void norm_apply_fwd(T* __restrict__ y, const T* __restrict__ x, const float* __restrict__ mean,
                                const float* __restrict__ rstd, const T* __restrict__ gain, const T* __restrict__ bias,
-                               i64 n, i64 C, int stat_per_col, int gain_per_col, int aligned) {
+                               const float* __restrict__ run_var, float eps, float* __restrict__ mean_out,
+                               float* __restrict__ rstd_out, i64 n_stats, i64 n, i64 C, int stat_per_col,
+                               int gain_per_col, int aligned) {
     constexpr int V = Lanes<T>::V;
+    if (mean_out) {
+        for (i64 s = (i64)blockIdx.x * blockDim.x + threadIdx.x; s < n_stats; s += (i64)gridDim.x * blockDim.x) {
+            mean_out[s] = mean[s];
+            rstd_out[s] = run_var ? rsqrtf(run_var[s] + eps) : rstd[s];
+        }
+    }
     const i64 step = (i64)gridDim.x * blockDim.x * V;
     for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
         const bool vec = aligned && i + V <= n;
@@ -964,7 +988,8 @@ __global__ void norm_apply_fwd(T* __restrict__ y, const T* __restrict__ x, const
             if (r * C + c >= n) break;
             const i64 s = stat_per_col ? c : r, f = gain_per_col ? c : r;
             const float g = gain ? to_float<T>(gain[f]) : 1.f, b = bias ? to_float<T>(bias[f]) : 0.f;
-            v[k] = (v[k] - mean[s]) * rstd[s] * g + b;
+            const float rs = run_var ? rsqrtf(run_var[s] + eps) : rstd[s];
+            v[k] = (v[k] - mean[s]) * rs * g + b;
         }
         store_v<T, V>(y, i, n, vec, v);
     }
@@ -976,15 +1001,18 @@ __global__ void norm_apply_fwd(T* __restrict__ y, const T* __restrict__ x, const
 // Per output unit u: n_u = sum over the blocks k of block column u / b and rows r of w[k, r, u % b]^2.
 // Per block k: n_k = sum of w[k]^2. v = gain * w * rnorm, rnorm = 1 / sqrt(n + eps).
 
-// out[u] = sum_{k in block column u / b, r} w[k, r, u % b] * w2[k, r, u % b] (w2 = w for the squared norm).
+// s[u] = sum_{k in block column u / b, r} w[k, r, u % b] * w2[k, r, u % b] (w2 = w for the squared norm);
+// to_rnorm (forward): out[u] = 1 / sqrt(s[u] + eps); else (backward, w2 = dv) out[u] = s[u] and, if dgain is
+// non-null, dgain[u] = s[u] * rnorm[u] in T (the gain gradient).
 // Grid: one block of 256 threads per block column (col_order/col_ptr: the layout's CSC tables). Thread t
 // holds V consecutive columns (group t % groups, groups = ceil(b / V)) and walks every lanes-th row of the
 // column's stacked blocks (lane t / groups), so each load is 16 bytes when `aligned` (b % V == 0); the
 // lanes reduce through shared memory in a fixed order.
 template <typename T>
-__global__ void wn_reduce_unit(float* __restrict__ out, const T* __restrict__ w, const T* __restrict__ w2,
-                               const int* __restrict__ col_ptr, const int* __restrict__ col_order, int b,
-                               int aligned) {
+__global__ void wn_reduce_unit(float* __restrict__ out, T* __restrict__ dgain, const T* __restrict__ w,
+                               const T* __restrict__ w2, const float* __restrict__ rnorm,
+                               const int* __restrict__ col_ptr, const int* __restrict__ col_order, int b, float eps,
+                               int to_rnorm, int aligned) {
     constexpr int V = Lanes<T>::V;
     __shared__ float part[256 * V];
     const int jb = blockIdx.x;
@@ -1014,17 +1042,24 @@ __global__ void wn_reduce_unit(float* __restrict__ out, const T* __restrict__ w,
         const int g = c / V, k = c % V;
         float s = 0.f;
         for (int l = 0; l < lanes; ++l) s += part[(l * groups + g) * V + k];
-        out[(i64)jb * b + c] = s;
+        const i64 u = (i64)jb * b + c;
+        if (to_rnorm) {
+            out[u] = rsqrtf(s + eps);
+        } else {
+            out[u] = s;
+            if (dgain) dgain[u] = from_float<T>(s * rnorm[u]);
+        }
     }
 }
 
 // Per block k of w [nnz, b, b], one warp each (8 per thread block of 256):
 //   forward (dv null):  rnorm[k] = 1 / sqrt(sum w^2 + eps);  out = g[k] * rnorm[k] * w
-//   backward:           dot[k] = sum dv * w;  out = g[k] * r * (dv - w * r^2 * dot[k]), r = rnorm[k] (given)
+//   backward:           dot[k] = sum dv * w;  out = g[k] * r * (dv - w * r^2 * dot[k]), r = rnorm[k] (given);
+//                       dgain[k] = dot[k] * r (in T) when dgain is non-null
 // g null -> 1. The second read of the block (2 to 16 KB) comes from L1/L2: the op costs one pass over
 // DRAM per operand. `aligned`: 16-byte loads (b * b % V == 0 and aligned pointers).
 template <typename T>
-__global__ void wn_block(T* __restrict__ out, float* __restrict__ rnorm, float* __restrict__ dot,
+__global__ void wn_block(T* __restrict__ out, float* __restrict__ rnorm, T* __restrict__ dgain,
                          const T* __restrict__ w, const T* __restrict__ dv, const T* __restrict__ g, i64 nnz, int b,
                          float eps, int aligned) {
     constexpr int V = Lanes<T>::V;
@@ -1046,8 +1081,8 @@ __global__ void wn_block(T* __restrict__ out, float* __restrict__ rnorm, float* 
     for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
     const float r = db ? rnorm[blk] : rsqrtf(acc + eps);
     if (lane == 0) {
-        if (db) dot[blk] = acc;
-        else rnorm[blk] = r;
+        if (!db) rnorm[blk] = r;
+        else if (dgain) dgain[blk] = from_float<T>(acc * r);
     }
     const float sc = (g ? to_float<T>(g[blk]) : 1.f) * r, wsc = r * r * acc;
     T* ob = out + blk * bb;

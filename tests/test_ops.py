@@ -478,6 +478,116 @@ def test_gpu_norms(dtype, shape, feature_axis, kind, rng):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("shape", [(37, 203), (64, 256), (3, 4096 + 5), (4099, 72)])
+@pytest.mark.parametrize("feature_axis", [0, 1])
+@pytest.mark.parametrize("misalign", [False, True])
+def test_gpu_batch_norm_inference(dtype, shape, feature_axis, misalign, rng):
+    """One launch: the kernel computes rstd from running_var and eps, returns fresh mean/rstd [C] float32
+    (not views of the running statistics, which stay unchanged) and y."""
+    import cupy
+
+    x = random_array(rng, shape, dtype, scale=2.0)
+    C = shape[feature_axis]
+    g, b = random_array(rng, (C,), dtype), random_array(rng, (C,), dtype)
+    rm0 = (rng.standard_normal(C) * 0.5).astype(np.float32)
+    rv0 = (rng.random(C) * 3 + 0.1).astype(np.float32)
+    _poison_pool()
+    grm, grv = cupy.asarray(rm0), cupy.asarray(rv0)
+    for gain, bias in ((g, b), (None, None)):
+        y, m, r = ops.batch_norm_fprop(
+            _gpu(x, misalign),
+            None if gain is None else _gpu(gain),
+            None if bias is None else _gpu(bias),
+            feature_axis=feature_axis,
+            training=False,
+            running_mean=grm,
+            running_var=grv,
+            eps=1e-3,
+        )
+        ry, rmean, rrstd = ref.batch_norm_fprop(
+            f64(x),
+            None if gain is None else f64(gain),
+            None if bias is None else f64(bias),
+            feature_axis,
+            False,
+            rm0.astype(np.float64),
+            rv0.astype(np.float64),
+            0.1,
+            1e-3,
+        )
+        assert m.dtype == r.dtype == np.float32 and m.shape == r.shape == (C,)
+        assert m.data.ptr != grm.data.ptr and r.data.ptr != grv.data.ptr
+        assert_close(m, rmean, "float32", "mean")
+        assert_close(r, rrstd, "float32", "rstd")
+        assert_close(y, ry, dtype, "y")
+        assert np.array_equal(grm.get(), rm0) and np.array_equal(grv.get(), rv0), "running stats changed"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("shape", [(37, 203), (3, 4096 + 5), (4099, 72), (40, 2048 + 64)])
+@pytest.mark.parametrize("feature_axis", [0, 1])
+@pytest.mark.parametrize("which", ["both", "mean", "var"])
+def test_gpu_batch_norm_running_update(dtype, shape, feature_axis, which, rng):
+    """Training updates the running statistics in place in the launch that finishes the statistics."""
+    import cupy
+
+    x = (random_array(rng, shape, "float32") * 2 + 1).astype(random_array(rng, (1,), dtype).dtype)
+    C = shape[feature_axis]
+    g, b = random_array(rng, (C,), dtype), random_array(rng, (C,), dtype)
+    rm0 = rng.standard_normal(C).astype(np.float32)
+    rv0 = (rng.random(C) + 0.5).astype(np.float32)
+    _poison_pool()
+    grm = cupy.asarray(rm0) if which != "var" else None
+    grv = cupy.asarray(rv0) if which != "mean" else None
+    y, m, r = ops.batch_norm_fprop(
+        _gpu(x), _gpu(g), _gpu(b), feature_axis=feature_axis, running_mean=grm, running_var=grv, momentum=0.25
+    )
+    hrm, hrv = rm0.astype(np.float64), rv0.astype(np.float64)
+    ry, rmean, rrstd = ref.batch_norm_fprop(f64(x), f64(g), f64(b), feature_axis, True, hrm, hrv, 0.25)
+    assert_close(m, rmean, "float32", "mean")
+    assert_close(r, rrstd, "float32" if dtype == "float32" else "float16", "rstd")
+    assert_close(y, ry, dtype, "y")
+    if grm is not None:
+        assert_close(grm, hrm, "float32", "running_mean")
+    if grv is not None:
+        assert_close(grv, hrv, "float32" if dtype == "float32" else "float16", "running_var")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("block_size", [8, 16, 32])
+@pytest.mark.parametrize("per", ["unit", "block"])
+def test_gpu_weight_norm_fused_outputs(dtype, block_size, per, rng):
+    """rnorm (forward) and dgain (backward, in the gain's dtype) come out of the reduction kernels; every
+    element against the reference; no gain: dgain None."""
+    mask = rng.random((6, 5)) < 0.5
+    mask[:, 0] = True  # every block column non-empty: every rnorm finite
+    mask[0, :] = True
+    bsmm = BlockSparseMatMul(mask, block_size=block_size)
+    w, dv = random_array(rng, bsmm.w_shape, dtype), random_array(rng, bsmm.w_shape, dtype)
+    n = bsmm.M if per == "unit" else bsmm.layout.nnz
+    g = random_array(rng, (n,), dtype)
+    _poison_pool()
+    v, rn = ops.weight_norm_fprop(bsmm, _gpu(w), _gpu(g), per=per, eps=1e-6)
+    assert rn.dtype == np.float32 and rn.shape == (n,)
+    rv, rrn = ref.weight_norm_fprop(bsmm.layout, f64(w), f64(g), per, 1e-6)
+    assert_close(rn, rrn, "float32" if dtype == "float32" else "float16", "rnorm")
+    assert_close(v, rv, dtype, "v")
+    dw, dg = ops.weight_norm_bprop(bsmm, _gpu(dv), _gpu(w), _gpu(g), rn, per=per)
+    rn64 = to_numpy(rn).astype(np.float64)
+    rdw, rdg = ref.weight_norm_bprop(bsmm.layout, f64(dv), f64(w), f64(g), rn64, per)
+    assert dg.dtype == _gpu(g).dtype and dg.shape == (n,)
+    assert_close(dg, rdg, dtype, "dgain")
+    assert_close(dw, rdw, dtype, "dw")
+    dw0, dg0 = ops.weight_norm_bprop(bsmm, _gpu(dv), _gpu(w), None, rn, per=per)
+    assert dg0 is None
+    rdw0, _ = ref.weight_norm_bprop(bsmm.layout, f64(dv), f64(w), None, rn64, per)
+    assert_close(dw0, rdw0, dtype, "dw (no gain)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("block_size", [8, 32, 64])
 @pytest.mark.parametrize("per", ["unit", "block"])
 def test_gpu_weight_norm(dtype, block_size, per, rng):
