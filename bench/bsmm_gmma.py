@@ -73,6 +73,42 @@ def main(argv=None) -> int:
                     rows.append(row)
                     table.add(**row)
                     print(row, flush=True)
+        # the update (b = 64): updat_gmma against updat_tc, launched back to back (splits allocate)
+        if b == 64:
+            for d in map(float, args.densities.split(",")):
+                rng = np.random.default_rng(int(b * 1000 * d))
+                mask = rng.random((k // b, k // b)) < d
+                mask[0, 0] = True
+                op = BlockSparseMatMul(mask, b)
+                sets = [(rs.standard_normal((n, k), dtype=cp.float32).astype(dt),
+                         rs.standard_normal((n, k), dtype=cp.float32).astype(dt)) for _ in range(3)]
+                if "updat" not in dense:
+                    dense["updat"] = time_ms(lambda a, g: cp.matmul(a.T, g), rotate=sets)["median"]
+                dense_tf = 2.0 * n * k * k / (dense["updat"] * 1e-3) / 1e12
+                flops = 2.0 * n * op.layout.nnz * b * b
+                x0, g0 = sets[0]
+                ref = (x0.astype(cp.float32).T @ g0.astype(cp.float32))
+                ref = ref.reshape(k // b, b, k // b, b).transpose(0, 2, 1, 3)[
+                    cp.asarray(op.layout.rows), cp.asarray(op.layout.cols)]
+                base = None
+                for variant, on in (("updat_tc", False), *((v, True) for v in _matmul_gpu.UPDAT_GMMA_TILES)):
+                    saved = _matmul_gpu.gmma_enabled
+                    _matmul_gpu.gmma_enabled = on
+                    _matmul_gpu.updat_gmma_variant = variant if on else None
+                    try:
+                        dw = op.updat(x0, g0)
+                        err = float(cp.linalg.norm(dw.astype(cp.float32) - ref) / cp.linalg.norm(ref))
+                        t = time_ms(op.updat, rotate=sets)["median"]
+                    finally:
+                        _matmul_gpu.gmma_enabled = saved
+                        _matmul_gpu.updat_gmma_variant = None
+                    base = base or t
+                    tf = flops / (t * 1e-3) / 1e12
+                    row = dict(op="updat", b=b, density=d, kernel=variant, ms=t, TFLOPs=tf, x_dense=tf / dense_tf,
+                               **{"vs mma.sync": base / t, "rel err": err})
+                    rows.append(row)
+                    table.add(**row)
+                    print(row, flush=True)
     path = save_json("bsmm_gmma", {"args": vars(args), "rows": rows}, command="PYTHONPATH=. python "
                      + " ".join(["bench/bsmm_gmma.py", *sys.argv[1:]]))
     print(f"wrote {path}")

@@ -50,6 +50,11 @@ XW_GMMA_TILES = {
     64: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 4), "gmma_wg4": (4, 1, 3)},
     32: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 6), "gmma_deep": (2, 1, 8)},
 }
+# updat_gmma (b = 64, feature axis 1, aligned pairs): {variant: (G warpgroups = blocks of one row per CTA,
+# NC batch rows per chunk, STAGES)}; the first entry is the default
+# (H100, N = K = M = 4096, d = 0.5: g2 296, g4 242, g2_deep 245, g2_nc128 183 TFLOP/s; updat_tc 130)
+UPDAT_GMMA_TILES = {"g2": (2, 64, 4), "g4": (4, 64, 4), "g2_nc128": (2, 128, 3), "g2_deep": (2, 64, 6)}
+updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
 GMMA_ARCH = "sm_90"
 gmma_enabled = True  # False: the mma.sync kernels everywhere (benchmarks compare both)
 # xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
@@ -104,6 +109,16 @@ def xw_gmma_spec(dtype, out_dtype, bs, variant, trans):
 def xw_gmma_smem(bs, variant):
     wg, mi, st = XW_GMMA_TILES[bs][variant]
     return st * (wg * mi * 64 + bs) * bs * 2 + 1024  # + 1 KiB: the kernel aligns its base to 1 KiB
+
+
+def updat_gmma_spec(dtype, out_dtype, variant):
+    g, nc, st = UPDAT_GMMA_TILES[variant]
+    return KernelSpec("bsmm_gmma.cu", f"updat_gmma<{_CTYPE[dtype]}, {_CTYPE[out_dtype]}, {g}, {nc}, {st}>")
+
+
+def updat_gmma_smem(variant):
+    g, nc, st = UPDAT_GMMA_TILES[variant]
+    return st * (1 + g) * nc * 128 + 1024
 
 
 def xw_simt_spec(dtype, out_dtype, bs, axis, trans, small=False):
@@ -183,6 +198,8 @@ def gmma_specializations():
         for to, bs, trans in itertools.product(_out_types(dtype), XW_GMMA_TILES, (0, 1)):
             for variant in XW_GMMA_TILES[bs]:
                 yield xw_gmma_spec(dtype, to, bs, variant, trans)
+        for to, variant in itertools.product(_out_types(dtype), UPDAT_GMMA_TILES):
+            yield updat_gmma_spec(dtype, to, variant)
 
 
 compiler.register_family("bsmm_gmma", gmma_specializations)
@@ -281,6 +298,12 @@ def _check_device(dev, **arrays):
 _ARCH: dict[int, str] = {}
 
 
+def _gmma_device(dev):
+    if dev not in _ARCH:
+        _ARCH[dev] = compiler.device_arch(dev)
+    return _ARCH[dev] == GMMA_ARCH
+
+
 def _use_gmma(op_obj, dtype, n, aligned, dev):
     """xw_gmma serves this call: wgmma device, fp16/bf16, feature axis 1, b = 32/64, aligned x, w, y."""
     b = op_obj.block_size
@@ -291,9 +314,7 @@ def _use_gmma(op_obj, dtype, n, aligned, dev):
             return False
     elif not (gmma_enabled and n > SMALL_N):
         return False
-    if dev not in _ARCH:
-        _ARCH[dev] = compiler.device_arch(dev)
-    return _ARCH[dev] == GMMA_ARCH
+    return _gmma_device(dev)
 
 
 def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=True):
@@ -418,6 +439,13 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
         spec, smem, threads, g, nc = tf32
         groups = _tables(op_obj, ("groups", g), dev)
         grid, extra = groups.shape[0], (groups,)
+    elif (gmma_enabled and dtype != "float32" and b == 64 and axis == 1 and _aligned(*xs, *dys)
+          and _gmma_device(dev)):
+        variant = updat_gmma_variant or next(iter(UPDAT_GMMA_TILES))
+        g, nc, _ = UPDAT_GMMA_TILES[variant]
+        spec, smem = updat_gmma_spec(dtype, odt, variant), updat_gmma_smem(variant)
+        groups = _tables(op_obj, ("groups", g), dev)
+        grid, threads, extra = groups.shape[0], g * 128, (groups,)
     elif dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or _aligned(*xs, *dys)):
         g, warps, nc, _ = UPDAT_TC_TILES[b]
         aligned = 1 if axis == 1 else int(_aligned(*xs, *dys) and bool(np.all(ns % 8 == 0)))

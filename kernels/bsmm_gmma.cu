@@ -59,30 +59,30 @@ __device__ __forceinline__ unsigned long long desc(unsigned addr) {
 #define GMMA_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), \
                    "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 
-// D[64 × N] += A[64 × 16] · B[16 × N], fp32 accumulators (N / 2 per thread), A K-major, B K-major
-// (TB = 0) or N-major (TB = 1).
-template <typename T, int N, int TB> struct Gmma;
+// D[64 × N] += A[64 × 16] · B[16 × N], fp32 accumulators (N / 2 per thread); A K-major (TA = 0) or
+// M-major (TA = 1), B K-major (TB = 0) or N-major (TB = 1).
+template <typename T, int N, int TA, int TB> struct Gmma;
 #define GMMA_N64(TY)                                                                                       \
-    template <int TB> struct Gmma<TY, 64, TB> {                                                            \
+    template <int TA, int TB> struct Gmma<TY, 64, TA, TB> {                                                            \
         static __device__ __forceinline__ void run(float (&d)[32], unsigned long long a, unsigned long long b) { \
             asm volatile(                                                                                  \
                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "         \
                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                  \
                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "        \
-                "%32, %33, 1, 1, 1, 0, %34;\n"                                                            \
+                "%32, %33, 1, 1, 1, %34, %35;\n"                                                          \
                 : GMMA_D8(0), GMMA_D8(8), GMMA_D8(16), GMMA_D8(24)                                          \
-                : "l"(a), "l"(b), "n"(TB));                                                                \
+                : "l"(a), "l"(b), "n"(TA), "n"(TB));                                                                \
         }                                                                                                  \
     };
 #define GMMA_N32(TY)                                                                                       \
-    template <int TB> struct Gmma<TY, 32, TB> {                                                            \
+    template <int TA, int TB> struct Gmma<TY, 32, TA, TB> {                                                            \
         static __device__ __forceinline__ void run(float (&d)[16], unsigned long long a, unsigned long long b) { \
             asm volatile(                                                                                  \
                 "wgmma.mma_async.sync.aligned.m64n32k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "         \
                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "                 \
-                "%16, %17, 1, 1, 1, 0, %18;\n"                                                            \
+                "%16, %17, 1, 1, 1, %18, %19;\n"                                                          \
                 : GMMA_D8(0), GMMA_D8(8)                                                                   \
-                : "l"(a), "l"(b), "n"(TB));                                                                \
+                : "l"(a), "l"(b), "n"(TA), "n"(TB));                                                                \
         }                                                                                                  \
     };
 #define GMMA_PTX___half "f16"
@@ -177,7 +177,7 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
             const unsigned long long db = desc<ROW>(TRANS_W ? sb + kk * 32 : sb + kk * 16 * ROW);
 #pragma unroll
             for (int i = 0; i < MI; i++)
-                Gmma<T, BS, TRANS_W ? 0 : 1>::run(acc[i], desc<ROW>(sa + (wg * MI + i) * 64 * ROW + kk * 32), db);
+                Gmma<T, BS, 0, TRANS_W ? 0 : 1>::run(acc[i], desc<ROW>(sa + (wg * MI + i) * 64 * ROW + kk * 32), db);
         }
         wgmma_commit();
         const int next = st + STAGES - 2;
@@ -206,5 +206,122 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
 #pragma unroll
             for (int q = 0; q < BS / 8; q++)
                 Pair<TO>::store(yr + q * 8, acc[i][q * 4 + h * 2], acc[i][q * 4 + h * 2 + 1], accumulate);
+        }
+}
+
+// updat_gmma: the update dw[k] = Σ_p Σ_n x_p[n, rows[k]·BS + i] · dy_p[n, cols[k]·BS + j] on wgmma, BS = 64,
+// feature axis 1, 16-byte aligned pairs. Same arguments, groups, chunk sequence, splits and
+// deterministic order as updat_tc (bsmm.cu): one CTA per group of up to G blocks of one block row;
+// warpgroup g computes block slot g as D[m = x feature][n = dy feature] = Σ_k A[m][k]·B[k][n] over the
+// chunks' batch rows k, with A = the x chunk (shared by the G warpgroups) and B = slot g's dy chunk, both
+// stored [NC][64] in 128-byte swizzled rows (M-major A and N-major B: 16 batch rows per wgmma).
+// Pipeline as xw_gmma's. Nothing is loaded into an empty slot, and its warpgroup stores nothing.
+template <typename T, typename TO, int G, int NC, int STAGES>
+__global__ void __launch_bounds__(G * 128, 1)
+updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
+           const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
+           const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
+           TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features,
+           int accumulate) {
+    using namespace gmma;
+    constexpr int BS = 64, ROW = 128, CPR = 8, THREADS = G * 128;
+    constexpr int TILE = NC * ROW, STAGE = (1 + G) * TILE;
+    static_assert(NC % 16 == 0 && STAGES >= 3, "updat_gmma tiling");
+
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    __shared__ int blk_s[G];
+    __shared__ long long ycol_s[G];
+    if (threadIdx.x < G) {
+        const int k = groups[blockIdx.x * G + threadIdx.x];
+        blk_s[threadIdx.x] = k;
+        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
+    }
+    __syncthreads();
+    const i64 xcol = (i64)rows[blk_s[0]] * BS;
+    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
+    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    const int wg = threadIdx.x / 128;
+    const bool active = blk_s[wg] >= 0;
+
+    float acc[32];
+#pragma unroll
+    for (int q = 0; q < 32; q++) acc[q] = 0.f;
+
+    // each thread copies the 16-byte chunk j of rows r0 + p·RPT of every tile: fixed shared-memory offsets,
+    // one address per (tile, pass) (the address arithmetic, not the bytes, limited a generic loop)
+    constexpr int RPT = THREADS / CPR, PASSES = NC / RPT;
+    static_assert(NC % RPT == 0, "rows per pass");
+    const int j = threadIdx.x % CPR, r0 = threadIdx.x / CPR;
+    unsigned soff[PASSES];
+#pragma unroll
+    for (int p = 0; p < PASSES; p++) soff[p] = swizzle<ROW>(r0 + p * RPT, j);
+    i64 tcol[1 + G];
+    tcol[0] = xcol + j * 8;
+#pragma unroll
+    for (int t = 0; t < G; t++) tcol[1 + t] = ycol_s[t] < 0 ? -1 : ycol_s[t] + j * 8;
+
+    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    auto load_stage = [&](int q, int slot) {
+        q += q0;
+        while (chunk_ptr[lp + 1] <= q) lp++;
+        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
+        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
+        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC + r0;
+        const unsigned dst = base + slot * STAGE;
+#pragma unroll
+        for (int t = 0; t <= G; t++) {
+            if (tcol[t] < 0) continue;  // empty slot: nothing to load
+            const T* src = (t == 0 ? xp : dyp) + tcol[t];
+            const i64 feats = t == 0 ? in_features : out_features;
+#pragma unroll
+            for (int p = 0; p < PASSES; p++) {
+                const i64 n = n0 + p * RPT;
+                const bool ok = n < nt;
+                cp_async16(dst + t * TILE + soff[p], src + (ok ? n * feats : 0), ok ? 16 : 0);
+            }
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; s++) {
+        if (s < total) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int q = 0; q < total; q++) {
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        // an empty slot's warpgroup multiplies whatever its slot holds and stores nothing: a branch
+        // around the wgmmas would make ptxas serialize them
+        const unsigned sx = base + (q % STAGES) * STAGE, sy = sx + (1 + wg) * TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < NC / 16; kk++)
+            Gmma<T, 64, 1, 1>::run(acc, desc<ROW>(sx + kk * 16 * ROW), desc<ROW>(sy + kk * 16 * ROW));
+        wgmma_commit();
+        const int next = q + STAGES - 2;
+        if (next < total) load_stage(next, next % STAGES);
+        cp_async_commit();
+        wgmma_wait<1>();
+    }
+    wgmma_wait<0>();
+    cp_async_wait<0>();
+    if (!active) return;
+#pragma unroll
+    for (int q = 0; q < 32; q++) fence_operand(acc[q]);
+
+    const int lane = threadIdx.x % 32, v = (threadIdx.x % 128) / 32;
+    const i64 k = blk_s[wg];
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int q = 0; q < BS / 8; q++) {
+            const int m = v * 16 + lane / 4 + h * 8, f = q * 8 + (lane % 4) * 2, idx = m * BS + f;
+            const float v0 = acc[q * 4 + h * 2], v1 = acc[q * 4 + h * 2 + 1];
+            if (gridDim.y > 1)  // split partials, summed in split order by updat_reduce
+                *reinterpret_cast<float2*>(ws + ((i64)blockIdx.y * nnz + k) * BS * BS + idx) = make_float2(v0, v1);
+            else
+                Pair<TO>::store(dw + k * BS * BS + idx, v0, v1, accumulate);
         }
 }

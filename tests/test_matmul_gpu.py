@@ -7,6 +7,7 @@ import pytest
 from conftest import assert_close, poison, random_array
 
 from cusparseblocks import BlockSparseMatMul
+from cusparseblocks import _matmul_gpu as _matmul_gpu_tiles
 from cusparseblocks._matmul_gpu import XW_GMMA_TILES, XW_WIDE_TILES
 from cusparseblocks.reference import matmul as ref
 
@@ -364,6 +365,41 @@ def test_wgmma_default_and_fallbacks(rng, block_size):
     assert_close(out, y_ref, "bfloat16", "fprop into a misaligned out=")
     assert not _ran(op, gmma, _matmul_gpu.xw_gmma_smem(block_size, default)), "misaligned out= ran xw_gmma"
 
+
+
+@pytest.mark.parametrize("variant", list(_matmul_gpu_tiles.UPDAT_GMMA_TILES))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("out_dtype", [None, "float32"])
+def test_wgmma_update(rng, monkeypatch, variant, dtype, out_dtype):
+    """updat_gmma (b = 64 on sm_90): block rows of 1 to 7 blocks (partly empty groups of 4), a grouped
+    update of pairs with ragged batch sizes, one split and several (split partials + updat_reduce),
+    accumulate; asserts that updat_gmma ran."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    _needs_wgmma()
+    calls = []
+    spec_fn = _matmul_gpu.updat_gmma_spec
+    monkeypatch.setattr(_matmul_gpu, "updat_gmma_spec", lambda *a: calls.append(a) or spec_fn(*a))
+    monkeypatch.setattr(_matmul_gpu, "updat_gmma_variant", variant)
+    mask = np.zeros((7, 9), bool)
+    for r in range(7):
+        mask[r, rng.choice(9, r + 1, replace=False)] = True
+    op = BlockSparseMatMul(mask, 64)
+    odt = out_dtype or dtype
+    for ns in ([300], [77, 130, 64, 5], [4000]):  # [4000]: enough chunks per CTA for several splits
+        xs = [random_array(rng, (n, op.K), dtype) for n in ns]
+        dys = [random_array(rng, (n, op.M), dtype) for n in ns]
+        ref64 = _ref64(op, "updat", xs, dys)
+        dw = poison(cp, op.w_shape, odt)
+        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=dw)
+        assert_close(dw, ref64, dtype, f"updat {ns}")
+        acc = cp.asarray(random_array(rng, op.w_shape, odt))
+        acc0 = acc.get().astype(np.float64)
+        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
+        assert_close(acc, acc0 + ref64, dtype, f"updat accumulate {ns}")
+    assert calls, "updat_gmma did not run"
 
 
 @pytest.mark.parametrize("block_size", [8, 32])
