@@ -73,8 +73,8 @@ def main(argv=None) -> int:
                     rows.append(row)
                     table.add(**row)
                     print(row, flush=True)
-        # the update (b = 64): updat_gmma against updat_tc, launched back to back (splits allocate)
-        if b == 64:
+        # the update: updat_gmma(32) tiles against updat_tc, launched back to back (splits allocate)
+        if b in _matmul_gpu.UPDAT_GMMA_TILES:
             for d in map(float, args.densities.split(",")):
                 rng = np.random.default_rng(int(b * 1000 * d))
                 mask = rng.random((k // b, k // b)) < d
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                 ref = ref.reshape(k // b, b, k // b, b).transpose(0, 2, 1, 3)[
                     cp.asarray(op.layout.rows), cp.asarray(op.layout.cols)]
                 base = None
-                for variant, on in (("updat_tc", False), *((v, True) for v in _matmul_gpu.UPDAT_GMMA_TILES)):
+                for variant, on in (("updat_tc", False), *((v, True) for v in _matmul_gpu.UPDAT_GMMA_TILES[b])):
                     saved = _matmul_gpu.gmma_enabled
                     _matmul_gpu.gmma_enabled = on
                     _matmul_gpu.updat_gmma_variant = variant if on else None

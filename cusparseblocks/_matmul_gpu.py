@@ -50,10 +50,14 @@ XW_GMMA_TILES = {
     64: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 4), "gmma_wg4": (4, 1, 3)},
     32: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 6), "gmma_deep": (2, 1, 8)},
 }
-# updat_gmma (b = 64, feature axis 1, aligned pairs): {variant: (G warpgroups = blocks of one row per CTA,
-# NC batch rows per chunk, STAGES)}; the first entry is the default
-# (H100, N = K = M = 4096, d = 0.5: g2 296, g4 242, g2_deep 245, g2_nc128 183 TFLOP/s; updat_tc 130)
-UPDAT_GMMA_TILES = {"g2": (2, 64, 4), "g4": (4, 64, 4), "g2_nc128": (2, 128, 3), "g2_deep": (2, 64, 6)}
+# updat_gmma (b = 64) / updat_gmma32 (b = 32; warpgroups stack pairs of blocks), feature axis 1, aligned
+# pairs: block_size -> {variant: (G warpgroups, NC batch rows per chunk, STAGES)}; a CTA takes G (b = 64) or
+# 2·G (b = 32) blocks of one row; the first entry is the default
+# (H100, N = K = M = 4096, b = 64, d = 0.5: g2 296, g4 242, g2_deep 245, g2_nc128 183 TFLOP/s; updat_tc 130)
+UPDAT_GMMA_TILES = {
+    64: {"g2": (2, 64, 4), "g4": (4, 64, 4), "g2_nc128": (2, 128, 3), "g2_deep": (2, 64, 6)},
+    32: {"p2": (2, 64, 4), "p2_deep": (2, 64, 6), "p2_nc128": (2, 128, 3)},
+}
 updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
 GMMA_ARCH = "sm_90"
 gmma_enabled = True  # False: the mma.sync kernels everywhere (benchmarks compare both)
@@ -111,14 +115,16 @@ def xw_gmma_smem(bs, variant):
     return st * (wg * mi * 64 + bs) * bs * 2 + 1024  # + 1 KiB: the kernel aligns its base to 1 KiB
 
 
-def updat_gmma_spec(dtype, out_dtype, variant):
-    g, nc, st = UPDAT_GMMA_TILES[variant]
-    return KernelSpec("bsmm_gmma.cu", f"updat_gmma<{_CTYPE[dtype]}, {_CTYPE[out_dtype]}, {g}, {nc}, {st}>")
+def updat_gmma_spec(dtype, out_dtype, bs, variant):
+    g, nc, st = UPDAT_GMMA_TILES[bs][variant]
+    name = "updat_gmma" if bs == 64 else "updat_gmma32"
+    return KernelSpec("bsmm_gmma.cu", f"{name}<{_CTYPE[dtype]}, {_CTYPE[out_dtype]}, {g}, {nc}, {st}>")
 
 
-def updat_gmma_smem(variant):
-    g, nc, st = UPDAT_GMMA_TILES[variant]
-    return st * (1 + g) * nc * 128 + 1024
+def updat_gmma_smem(bs, variant):
+    g, nc, st = UPDAT_GMMA_TILES[bs][variant]
+    stage = (1 + g) * nc * 128 if bs == 64 else g * nc * 128 + nc * 64
+    return st * stage + 1024
 
 
 def xw_simt_spec(dtype, out_dtype, bs, axis, trans, small=False):
@@ -198,8 +204,9 @@ def gmma_specializations():
         for to, bs, trans in itertools.product(_out_types(dtype), XW_GMMA_TILES, (0, 1)):
             for variant in XW_GMMA_TILES[bs]:
                 yield xw_gmma_spec(dtype, to, bs, variant, trans)
-        for to, variant in itertools.product(_out_types(dtype), UPDAT_GMMA_TILES):
-            yield updat_gmma_spec(dtype, to, variant)
+        for to, bs in itertools.product(_out_types(dtype), UPDAT_GMMA_TILES):
+            for variant in UPDAT_GMMA_TILES[bs]:
+                yield updat_gmma_spec(dtype, to, bs, variant)
 
 
 compiler.register_family("bsmm_gmma", gmma_specializations)
@@ -439,12 +446,13 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
         spec, smem, threads, g, nc = tf32
         groups = _tables(op_obj, ("groups", g), dev)
         grid, extra = groups.shape[0], (groups,)
-    elif (gmma_enabled and dtype != "float32" and b == 64 and axis == 1 and _aligned(*xs, *dys)
+    elif (gmma_enabled and dtype != "float32" and b in UPDAT_GMMA_TILES and axis == 1 and _aligned(*xs, *dys)
           and _gmma_device(dev)):
-        variant = updat_gmma_variant or next(iter(UPDAT_GMMA_TILES))
-        g, nc, _ = UPDAT_GMMA_TILES[variant]
-        spec, smem = updat_gmma_spec(dtype, odt, variant), updat_gmma_smem(variant)
-        groups = _tables(op_obj, ("groups", g), dev)
+        tiles = UPDAT_GMMA_TILES[b]
+        variant = updat_gmma_variant if updat_gmma_variant in tiles else next(iter(tiles))
+        g, nc, _ = tiles[variant]
+        spec, smem = updat_gmma_spec(dtype, odt, b, variant), updat_gmma_smem(b, variant)
+        groups = _tables(op_obj, ("groups", g if b == 64 else 2 * g), dev)
         grid, threads, extra = groups.shape[0], g * 128, (groups,)
     elif dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or _aligned(*xs, *dys)):
         g, warps, nc, _ = UPDAT_TC_TILES[b]

@@ -325,3 +325,130 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
                 Pair<TO>::store(dw + k * BS * BS + idx, v0, v1, accumulate);
         }
 }
+
+// updat_gmma32: the update for BS = 32 on wgmma (feature axis 1, aligned pairs; arguments, groups, splits
+// and order as updat_tc). A block has too few rows for wgmma's m64, so warpgroup g computes the transposes
+// of the pair of blocks in slots 2g, 2g+1 of its group (one block row, columns c1, c2) stacked:
+// D[64 × 32] = [dy_c1 | dy_c2]ᵀ · x, rows 0-31 giving dW(2g)ᵀ and rows 32-63 dW(2g+1)ᵀ (rows of D do not
+// mix: an empty second slot is neither loaded nor stored). A (M-major) is the pair's dy chunk [NC][64]
+// in 128-byte swizzled rows (dy[:, c1] in the first 64 bytes, dy[:, c2] in the second); B (N-major) is the
+// row's x chunk [NC][32] in 64-byte swizzled rows, shared by the G warpgroups.
+template <typename T, typename TO, int G, int NC, int STAGES>
+__global__ void __launch_bounds__(G * 128, 1)
+updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
+             const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
+             const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
+             TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features,
+             int accumulate) {
+    using namespace gmma;
+    constexpr int BS = 32, THREADS = G * 128, A_TILE = NC * 128, B_TILE = NC * 64, STAGE = G * A_TILE + B_TILE;
+    constexpr int RPT_A = THREADS / 8, PASSES_A = NC / RPT_A, RPT_B = THREADS / 4, PASSES_B = NC / RPT_B;
+    static_assert(NC % 16 == 0 && STAGES >= 3 && STAGE % 1024 == 0, "updat_gmma32 tiling");
+    static_assert(NC % RPT_A == 0 && NC % RPT_B == 0, "rows per pass");
+
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    __shared__ int blk_s[2 * G];
+    __shared__ long long ycol_s[2 * G];
+    if (threadIdx.x < 2 * G) {
+        const int k = groups[blockIdx.x * 2 * G + threadIdx.x];
+        blk_s[threadIdx.x] = k;
+        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
+    }
+    __syncthreads();
+    const i64 xcol = (i64)rows[blk_s[0]] * BS;
+    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
+    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    const int wg = threadIdx.x / 128;
+
+    float acc[16];
+#pragma unroll
+    for (int q = 0; q < 16; q++) acc[q] = 0.f;
+
+    // fixed per-thread copies: 16-byte chunk ja of half h of A rows ra + p·RPT_A (every warpgroup's tile),
+    // chunk jb of B rows rb + p·RPT_B
+    const int ja = threadIdx.x % 4, h = (threadIdx.x / 4) % 2, ra = threadIdx.x / 8;
+    const int jb = threadIdx.x % 4, rb = threadIdx.x / 4;
+    unsigned soff_a[PASSES_A], soff_b[PASSES_B];
+#pragma unroll
+    for (int p = 0; p < PASSES_A; p++) soff_a[p] = swizzle<128>(ra + p * RPT_A, h * 4 + ja);
+#pragma unroll
+    for (int p = 0; p < PASSES_B; p++) soff_b[p] = swizzle<64>(rb + p * RPT_B, jb);
+    i64 acol[G];
+#pragma unroll
+    for (int t = 0; t < G; t++) acol[t] = ycol_s[2 * t + h] < 0 ? -1 : ycol_s[2 * t + h] + ja * 8;
+    const i64 bcol = xcol + jb * 8;
+
+    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    auto load_stage = [&](int q, int slot) {
+        q += q0;
+        while (chunk_ptr[lp + 1] <= q) lp++;
+        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
+        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
+        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        const unsigned dst = base + slot * STAGE;
+#pragma unroll
+        for (int t = 0; t < G; t++) {
+            if (acol[t] < 0) continue;  // empty slot: its half of A is never stored
+#pragma unroll
+            for (int p = 0; p < PASSES_A; p++) {
+                const i64 n = n0 + ra + p * RPT_A;
+                const bool ok = n < nt;
+                cp_async16(dst + t * A_TILE + soff_a[p], dyp + (ok ? n * out_features + acol[t] : 0), ok ? 16 : 0);
+            }
+        }
+#pragma unroll
+        for (int p = 0; p < PASSES_B; p++) {
+            const i64 n = n0 + rb + p * RPT_B;
+            const bool ok = n < nt;
+            cp_async16(dst + G * A_TILE + soff_b[p], xp + (ok ? n * in_features + bcol : 0), ok ? 16 : 0);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; s++) {
+        if (s < total) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int q = 0; q < total; q++) {
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        const unsigned sa = base + (q % STAGES) * STAGE + wg * A_TILE, sb = base + (q % STAGES) * STAGE + G * A_TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < NC / 16; kk++)
+            Gmma<T, 32, 1, 1>::run(acc, desc<128>(sa + kk * 16 * 128), desc<64>(sb + kk * 16 * 64));
+        wgmma_commit();
+        const int next = q + STAGES - 2;
+        if (next < total) load_stage(next, next % STAGES);
+        cp_async_commit();
+        wgmma_wait<1>();
+    }
+    wgmma_wait<0>();
+    cp_async_wait<0>();
+#pragma unroll
+    for (int q = 0; q < 16; q++) fence_operand(acc[q]);
+
+    // D rows 16v + lane/4 (+8): warps 0, 1 hold slot 2g (rows 0-31), warps 2, 3 slot 2g+1; D[m][n] = dW[n][m]
+    const int lane = threadIdx.x % 32, v = (threadIdx.x % 128) / 32;
+    const int kb = blk_s[2 * wg + v / 2];
+    if (kb < 0) return;
+    const i64 k = kb;
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++)
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int m = (v % 2) * 16 + lane / 4 + hh * 8, n = q * 8 + (lane % 4) * 2 + e, idx = n * BS + m;
+                float val = acc[q * 4 + hh * 2 + e];
+                if (gridDim.y > 1) {  // split partials, summed in split order by updat_reduce
+                    ws[((i64)blockIdx.y * nnz + k) * BS * BS + idx] = val;
+                    continue;
+                }
+                TO* o = dw + k * BS * BS + idx;
+                if (accumulate) val += to_float<TO>(*o);
+                *o = from_float<TO>(val);
+            }
+}

@@ -367,11 +367,13 @@ def test_wgmma_default_and_fallbacks(rng, block_size):
 
 
 
-@pytest.mark.parametrize("variant", list(_matmul_gpu_tiles.UPDAT_GMMA_TILES))
+@pytest.mark.parametrize("block_size,variant",
+                         [(b, v) for b, vs in _matmul_gpu_tiles.UPDAT_GMMA_TILES.items() for v in vs])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("out_dtype", [None, "float32"])
-def test_wgmma_update(rng, monkeypatch, variant, dtype, out_dtype):
-    """updat_gmma (b = 64 on sm_90): block rows of 1 to 7 blocks (partly empty groups of 4), a grouped
+def test_wgmma_update(rng, monkeypatch, block_size, variant, dtype, out_dtype):
+    """updat_gmma / updat_gmma32 (b = 64 / 32 on sm_90): block rows of 1 to 7 blocks (partly empty groups, an
+    empty second block of a b = 32 pair), a grouped
     update of pairs with ragged batch sizes, one split and several (split partials + updat_reduce),
     accumulate; asserts that updat_gmma ran."""
     import cupy as cp
@@ -386,7 +388,7 @@ def test_wgmma_update(rng, monkeypatch, variant, dtype, out_dtype):
     mask = np.zeros((7, 9), bool)
     for r in range(7):
         mask[r, rng.choice(9, r + 1, replace=False)] = True
-    op = BlockSparseMatMul(mask, 64)
+    op = BlockSparseMatMul(mask, block_size)
     odt = out_dtype or dtype
     for ns in ([300], [77, 130, 64, 5], [4000]):  # [4000]: enough chunks per CTA for several splits
         xs = [random_array(rng, (n, op.K), dtype) for n in ns]
@@ -399,7 +401,7 @@ def test_wgmma_update(rng, monkeypatch, variant, dtype, out_dtype):
         acc0 = acc.get().astype(np.float64)
         op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
         assert_close(acc, acc0 + ref64, dtype, f"updat accumulate {ns}")
-    assert calls, "updat_gmma did not run"
+    assert calls and all(c[2:] == (block_size, variant) for c in calls), "updat_gmma did not run"
 
 
 @pytest.mark.parametrize("block_size", [8, 32])
