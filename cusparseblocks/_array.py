@@ -55,6 +55,19 @@ def backend_of(**arrays) -> str:
     return found.pop() if found else "numpy"
 
 
+_NAMES: dict = {}
+
+
 def dtype_name(dtype) -> str:
+    """'float16', 'bfloat16', ...: the dtype's name (cached: numpy's name lookup costs µs on every call)."""
+    try:
+        return _NAMES[dtype]
+    except (KeyError, TypeError):  # TypeError: an unhashable dtype-like
+        pass
     dt = np.dtype(dtype)
-    return "bfloat16" if bfloat16 is not None and dt == np.dtype(bfloat16) else dt.name
+    name = "bfloat16" if bfloat16 is not None and dt == np.dtype(bfloat16) else dt.name
+    try:
+        _NAMES[dtype] = name
+    except TypeError:
+        pass
+    return name

@@ -424,6 +424,58 @@ def _pair_table(op_obj, dev, host):
     return table
 
 
+def _split_counters(op_obj, dev, n_groups, stream):
+    """Zeroed uint32 arrival counters [n_groups] for the in-launch split reduction, one array per stream
+    (the kernel's last CTA of a group resets its counter, so they stay zero between launches; launches on one
+    stream are ordered, and another stream gets its own array)."""
+    import cupy
+
+    key = ("split_counters", dev, stream.ptr, n_groups)
+    counters = op_obj._gpu_tables.get(key)
+    if counters is None:
+        counters = op_obj._gpu_tables[key] = cupy.zeros(n_groups, dtype=cupy.uint32)
+    return counters
+
+
+def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
+    """(function, smem, threads, grid, extra arguments, NC, fused) of the update; cached per dtype, output
+    dtype, alignment and the batch sizes' divisibility (n4: all N % 4 == 0, n8: all N % 8 == 0)."""
+    key = ("updat", dtype, odt, aligned, n4, n8, dev, gmma_enabled, updat_gmma_variant)
+    plan = op_obj._gpu_tables.get(key)
+    if plan is not None:
+        return plan
+    b, axis = op_obj.block_size, op_obj.feature_axis
+    tf32 = None
+    if dtype == "float32" and op_obj.allow_tf32:  # None for block_size 8: updat_simt below
+        tf32 = _matmul_tf32.updat_launch_config(op_obj, axis, aligned and (axis == 1 or n4))
+    if tf32 is not None:
+        spec, smem, threads, g, nc = tf32
+        groups = _tables(op_obj, ("groups", g), dev)
+        grid, extra = groups.shape[0], (groups,)
+    elif (gmma_enabled and dtype != "float32" and b in UPDAT_GMMA_TILES and axis == 1 and aligned
+          and _gmma_device(dev)):
+        tiles = UPDAT_GMMA_TILES[b]
+        variant = updat_gmma_variant if updat_gmma_variant in tiles else next(iter(tiles))
+        g, nc, _ = tiles[variant]
+        spec, smem = updat_gmma_spec(dtype, odt, b, variant), updat_gmma_smem(b, variant)
+        groups = _tables(op_obj, ("groups", g if b == 64 else 2 * g), dev)
+        grid, threads, extra = groups.shape[0], g * 128, (groups,)
+    elif dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or aligned):
+        g, warps, nc, _ = UPDAT_TC_TILES[b]
+        spec = updat_tc_spec(dtype, odt, b, axis, 1 if axis == 1 else int(aligned and n8))
+        smem = updat_tc_smem(b, axis)
+        groups = _tables(op_obj, ("groups", g), dev)
+        grid, threads, extra = groups.shape[0], warps * 32, (groups,)
+    else:
+        nc, smem, threads = UPDAT_SIMT_NC, 0, 256
+        spec = updat_simt_spec(dtype, odt, b, axis)
+        grid, extra = op_obj.layout.nnz, ()
+    # the wgmma updates sum their split partials in the same launch (no updat_reduce)
+    plan = (compiler.get_function(spec, smem), smem, threads, grid, extra, nc, spec.source == "bsmm_gmma.cu")
+    op_obj._gpu_tables[key] = plan
+    return plan
+
+
 def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     """Grouped update on CuPy arrays: one launch for all (x, dy) pairs."""
     import cupy
@@ -432,57 +484,32 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     for i, (x, dy) in enumerate(zip(xs, dys)):
         _check_device(dev, **{f"x[{i}]": x, f"dy[{i}]": dy})
     _check_device(dev, out=out)
-    b, axis = op_obj.block_size, op_obj.feature_axis
-    dtype, odt = dtype_name(xs[0].dtype), dtype_name(out_dtype)
-    ns = np.array([x.shape[1 - axis] for x in xs], dtype=np.int64)
+    axis = op_obj.feature_axis
+    ns = [x.shape[1 - axis] for x in xs]
+    fn, smem, threads, grid, extra, nc, fused = _updat_plan(
+        op_obj, dtype_name(xs[0].dtype), dtype_name(out_dtype), _aligned(*xs, *dys),
+        all(n % 4 == 0 for n in ns), all(n % 8 == 0 for n in ns), dev)
     dw = out if out is not None else cupy.empty(op_obj.w_shape, dtype=out_dtype)
     rows, cols = _tables(op_obj, "updat", dev)
     stream = cupy.cuda.get_current_stream()
-    tf32 = None
-    if dtype == "float32" and op_obj.allow_tf32:  # None for block_size 8: updat_simt below
-        tf32 = _matmul_tf32.updat_launch_config(
-            op_obj, axis, _aligned(*xs, *dys) and (axis == 1 or bool(np.all(ns % 4 == 0))))
-    if tf32 is not None:
-        spec, smem, threads, g, nc = tf32
-        groups = _tables(op_obj, ("groups", g), dev)
-        grid, extra = groups.shape[0], (groups,)
-    elif (gmma_enabled and dtype != "float32" and b in UPDAT_GMMA_TILES and axis == 1 and _aligned(*xs, *dys)
-          and _gmma_device(dev)):
-        tiles = UPDAT_GMMA_TILES[b]
-        variant = updat_gmma_variant if updat_gmma_variant in tiles else next(iter(tiles))
-        g, nc, _ = tiles[variant]
-        spec, smem = updat_gmma_spec(dtype, odt, b, variant), updat_gmma_smem(b, variant)
-        groups = _tables(op_obj, ("groups", g if b == 64 else 2 * g), dev)
-        grid, threads, extra = groups.shape[0], g * 128, (groups,)
-    elif dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or _aligned(*xs, *dys)):
-        g, warps, nc, _ = UPDAT_TC_TILES[b]
-        aligned = 1 if axis == 1 else int(_aligned(*xs, *dys) and bool(np.all(ns % 8 == 0)))
-        spec = updat_tc_spec(dtype, odt, b, axis, aligned)
-        smem = updat_tc_smem(b, axis)
-        groups = _tables(op_obj, ("groups", g), dev)
-        grid, threads, extra = groups.shape[0], warps * 32, (groups,)
-    else:
-        nc, smem, threads = UPDAT_SIMT_NC, 0, 256
-        spec = updat_simt_spec(dtype, odt, b, axis)
-        grid, extra = op_obj.layout.nnz, ()
-    chunks = np.concatenate([[0], np.cumsum(-(-ns // nc))]).astype(np.int64)
-    splits = _update_splits(grid, int(chunks[-1]), dev)
-    ws = (cupy.empty((splits, op_obj.layout.nnz) + op_obj.w_shape[1:], dtype=np.float32)
-          if splits > 1 else None)
+    chunks = [0]
+    for n in ns:
+        chunks.append(chunks[-1] + -(-n // nc))
+    splits = _update_splits(grid, chunks[-1], dev)
+    nnz = op_obj.layout.nnz
+    ws = cupy.empty((splits, nnz) + op_obj.w_shape[1:], dtype=np.float32) if splits > 1 else None
     p = len(xs)
-    table = _pair_table(op_obj, dev, np.concatenate([
-        np.array([x.data.ptr for x in xs], dtype=np.int64),
-        np.array([dy.data.ptr for dy in dys], dtype=np.int64),
-        ns, chunks]))
-    fn = compiler.get_function(spec, smem)
-    fn((grid, splits), (threads,),
-       (table[:p], table[p:2 * p], table[2 * p:3 * p], table[3 * p:], np.int32(p), *extra, rows, cols, dw,
-        ws if ws is not None else np.uint64(0), np.int32(op_obj.layout.nnz), np.int64(op_obj.K),
-        np.int64(op_obj.M), np.int32(bool(accumulate))),
-       shared_mem=smem, stream=stream)
-    if splits > 1:
+    table = _pair_table(op_obj, dev, np.array(
+        [x.data.ptr for x in xs] + [dy.data.ptr for dy in dys] + ns + chunks, dtype=np.int64))
+    args = (table[:p], table[p:2 * p], table[2 * p:3 * p], table[3 * p:], np.int32(p), *extra, rows, cols, dw,
+            ws if ws is not None else np.uint64(0), np.int32(nnz), np.int64(op_obj.K), np.int64(op_obj.M),
+            np.int32(bool(accumulate)))
+    if fused:
+        args += (_split_counters(op_obj, dev, grid, stream) if splits > 1 else np.uint64(0),)
+    fn((grid, splits), (threads,), args, shared_mem=smem, stream=stream)
+    if splits > 1 and not fused:
         count = dw.size
-        reduce = compiler.get_function(updat_reduce_spec(odt))
+        reduce = compiler.get_function(updat_reduce_spec(dtype_name(out_dtype)))
         reduce((min(-(-count // 256), 4 * _sm_count(dev)),), (256,),
                (ws, dw, np.int32(splits), np.int64(count), np.int32(bool(accumulate))), stream=stream)
     return dw

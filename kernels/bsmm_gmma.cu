@@ -113,6 +113,32 @@ template <> struct Pair<__nv_bfloat16> {
     }
 };
 
+// Split updates (gridDim.y > 1) finish in the same launch: each CTA has written its fp32 partials to ws
+// [splits][nnz][BS][BS]; the last CTA of group blockIdx.x to arrive (counter done[group], reset to 0 for
+// the next launch) sums the partials of the group's NB blocks (blk, -1 = empty) in split order into dw,
+// the order and arithmetic of updat_reduce, so the result is the same bits on every run.
+template <typename TO, int BS, int NB, int THREADS>
+__device__ __forceinline__ void finish_splits(const int* blk, const float* ws, TO* dw, unsigned* done, int nnz,
+                                              int accumulate) {
+    __shared__ unsigned last;
+    __threadfence();  // this CTA's partials are visible to the CTA that sums them
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done + blockIdx.x, 1u) == gridDim.y - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < NB * BS * BS; i += THREADS) {
+        const int k = blk[i / (BS * BS)];
+        if (k < 0) continue;
+        const i64 off = (i64)k * BS * BS + i % (BS * BS), count = (i64)nnz * BS * BS;
+        const float v = accumulate ? to_float<TO>(dw[off]) : 0.f;
+        float sum = 0.f;
+        for (int s2 = 0; s2 < (int)gridDim.y; s2++) sum += __ldcg(ws + s2 * count + off);
+        dw[off] = from_float<TO>(v + sum);
+    }
+    if (threadIdx.x == 0) done[blockIdx.x] = 0;
+}
+
 }  // namespace gmma
 
 // sm_90a only (compiler.py compiles this source for that target alone). x, w, y 16-byte aligned;
@@ -210,8 +236,9 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
 }
 
 // updat_gmma: the update dw[k] = Σ_p Σ_n x_p[n, rows[k]·BS + i] · dy_p[n, cols[k]·BS + j] on wgmma, BS = 64,
-// feature axis 1, 16-byte aligned pairs. Same arguments, groups, chunk sequence, splits and
-// deterministic order as updat_tc (bsmm.cu): one CTA per group of up to G blocks of one block row;
+// feature axis 1, 16-byte aligned pairs. Same arguments (plus the split counters `done`), groups, chunk
+// sequence, splits and deterministic order as updat_tc (bsmm.cu), but a split update finishes in this
+// launch (finish_splits) instead of updat_reduce: one CTA per group of up to G blocks of one block row;
 // warpgroup g computes block slot g as D[m = x feature][n = dy feature] = Σ_k A[m][k]·B[k][n] over the
 // chunks' batch rows k, with A = the x chunk (shared by the G warpgroups) and B = slot g's dy chunk, both
 // stored [NC][64] in 128-byte swizzled rows (M-major A and N-major B: 16 batch rows per wgmma).
@@ -222,7 +249,7 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
            const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
            const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
            TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features,
-           int accumulate) {
+           int accumulate, unsigned* __restrict__ done) {
     using namespace gmma;
     constexpr int BS = 64, ROW = 128, CPR = 8, THREADS = G * 128;
     constexpr int TILE = NC * ROW, STAGE = (1 + G) * TILE;
@@ -307,23 +334,25 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     }
     wgmma_wait<0>();
     cp_async_wait<0>();
-    if (!active) return;
 #pragma unroll
     for (int q = 0; q < 32; q++) fence_operand(acc[q]);
 
     const int lane = threadIdx.x % 32, v = (threadIdx.x % 128) / 32;
     const i64 k = blk_s[wg];
+    if (active) {
 #pragma unroll
-    for (int h = 0; h < 2; h++)
+        for (int h = 0; h < 2; h++)
 #pragma unroll
-        for (int q = 0; q < BS / 8; q++) {
-            const int m = v * 16 + lane / 4 + h * 8, f = q * 8 + (lane % 4) * 2, idx = m * BS + f;
-            const float v0 = acc[q * 4 + h * 2], v1 = acc[q * 4 + h * 2 + 1];
-            if (gridDim.y > 1)  // split partials, summed in split order by updat_reduce
-                *reinterpret_cast<float2*>(ws + ((i64)blockIdx.y * nnz + k) * BS * BS + idx) = make_float2(v0, v1);
-            else
-                Pair<TO>::store(dw + k * BS * BS + idx, v0, v1, accumulate);
-        }
+            for (int q = 0; q < BS / 8; q++) {
+                const int m = v * 16 + lane / 4 + h * 8, f = q * 8 + (lane % 4) * 2, idx = m * BS + f;
+                const float v0 = acc[q * 4 + h * 2], v1 = acc[q * 4 + h * 2 + 1];
+                if (gridDim.y > 1)  // split partials, summed below by the group's last CTA
+                    *reinterpret_cast<float2*>(ws + ((i64)blockIdx.y * nnz + k) * BS * BS + idx) = make_float2(v0, v1);
+                else
+                    Pair<TO>::store(dw + k * BS * BS + idx, v0, v1, accumulate);
+            }
+    }
+    if (gridDim.y > 1) finish_splits<TO, BS, G, THREADS>(blk_s, ws, dw, done, nnz, accumulate);
 }
 
 // updat_gmma32: the update for BS = 32 on wgmma (feature axis 1, aligned pairs; arguments, groups, splits
@@ -339,7 +368,7 @@ updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__
              const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
              const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
              TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features,
-             int accumulate) {
+             int accumulate, unsigned* __restrict__ done) {
     using namespace gmma;
     constexpr int BS = 32, THREADS = G * 128, A_TILE = NC * 128, B_TILE = NC * 64, STAGE = G * A_TILE + B_TILE;
     constexpr int RPT_A = THREADS / 8, PASSES_A = NC / RPT_A, RPT_B = THREADS / 4, PASSES_B = NC / RPT_B;
@@ -433,22 +462,25 @@ updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__
     // D rows 16v + lane/4 (+8): warps 0, 1 hold slot 2g (rows 0-31), warps 2, 3 slot 2g+1; D[m][n] = dW[n][m]
     const int lane = threadIdx.x % 32, v = (threadIdx.x % 128) / 32;
     const int kb = blk_s[2 * wg + v / 2];
-    if (kb < 0) return;
-    const i64 k = kb;
+    if (kb >= 0) {
+        const i64 k = kb;
 #pragma unroll
-    for (int hh = 0; hh < 2; hh++)
+        for (int hh = 0; hh < 2; hh++)
 #pragma unroll
-        for (int q = 0; q < 4; q++)
+            for (int q = 0; q < 4; q++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int m = (v % 2) * 16 + lane / 4 + hh * 8, n = q * 8 + (lane % 4) * 2 + e, idx = n * BS + m;
-                float val = acc[q * 4 + hh * 2 + e];
-                if (gridDim.y > 1) {  // split partials, summed in split order by updat_reduce
-                    ws[((i64)blockIdx.y * nnz + k) * BS * BS + idx] = val;
-                    continue;
+                for (int e = 0; e < 2; e++) {
+                    const int m = (v % 2) * 16 + lane / 4 + hh * 8, n = q * 8 + (lane % 4) * 2 + e;
+                    const int idx = n * BS + m;
+                    float val = acc[q * 4 + hh * 2 + e];
+                    if (gridDim.y > 1) {  // split partials, summed below by the group's last CTA
+                        ws[((i64)blockIdx.y * nnz + k) * BS * BS + idx] = val;
+                        continue;
+                    }
+                    TO* o = dw + k * BS * BS + idx;
+                    if (accumulate) val += to_float<TO>(*o);
+                    *o = from_float<TO>(val);
                 }
-                TO* o = dw + k * BS * BS + idx;
-                if (accumulate) val += to_float<TO>(*o);
-                *o = from_float<TO>(val);
-            }
+    }
+    if (gridDim.y > 1) finish_splits<TO, BS, 2 * G, THREADS>(blk_s, ws, dw, done, nnz, accumulate);
 }
