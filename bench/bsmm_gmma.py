@@ -54,21 +54,23 @@ def main(argv=None) -> int:
                 wd = op.dense(w0.astype(cp.float32))
                 ref = x0.astype(cp.float32) @ (wd if kind == "fprop" else wd.T)
                 base = None
-                for variant in ("xw_tc", *_matmul_gpu.XW_GMMA_TILES[b]):
+                tiles = (*_matmul_gpu.XW_GMMA_TILES[b], *_matmul_gpu.XW_GMMA_WIDE_TILES.get(b, ()))
+                for variant in ("xw_tc", *tiles):
                     _matmul_gpu.force_variant = None if variant == "xw_tc" else variant
                     saved = _matmul_gpu.gmma_enabled
                     _matmul_gpu.gmma_enabled = variant != "xw_tc"
                     try:
                         y = fn(x0, w0)
                         err = float(cp.linalg.norm(y.astype(cp.float32) - ref) / cp.linalg.norm(ref))
-                        t = time_ms(lambda a, w, o: fn(a, w, out=o),
+                        t = time_ms(lambda a, w, o, fn=fn: fn(a, w, out=o),
                                     rotate=[(*s, o) for s, o in zip(sets, outs)], graph=True)["median"]
                     finally:
                         _matmul_gpu.force_variant = None
                         _matmul_gpu.gmma_enabled = saved
                     base = base or t
                     tf = flops / (t * 1e-3) / 1e12
-                    row = dict(op=kind, b=b, density=d, kernel=variant, ms=t, TFLOPs=tf, x_dense=tf / dense_tf,
+                    row = dict(op=kind, b=b, density=d, kernel=variant, ms=t, TFLOPs=tf,
+                               x_dense=tf / dense_tf,
                                **{"vs mma.sync": base / t, "rel err": err})
                     rows.append(row)
                     table.add(**row)
@@ -91,7 +93,8 @@ def main(argv=None) -> int:
                 ref = ref.reshape(k // b, b, k // b, b).transpose(0, 2, 1, 3)[
                     cp.asarray(op.layout.rows), cp.asarray(op.layout.cols)]
                 base = None
-                for variant, on in (("updat_tc", False), *((v, True) for v in _matmul_gpu.UPDAT_GMMA_TILES[b])):
+                tiles = _matmul_gpu.UPDAT_GMMA_TILES[b]
+                for variant, on in (("updat_tc", False), *((v, True) for v in tiles)):
                     saved = _matmul_gpu.gmma_enabled
                     _matmul_gpu.gmma_enabled = on
                     _matmul_gpu.updat_gmma_variant = variant if on else None
@@ -104,7 +107,8 @@ def main(argv=None) -> int:
                         _matmul_gpu.updat_gmma_variant = None
                     base = base or t
                     tf = flops / (t * 1e-3) / 1e12
-                    row = dict(op="updat", b=b, density=d, kernel=variant, ms=t, TFLOPs=tf, x_dense=tf / dense_tf,
+                    row = dict(op="updat", b=b, density=d, kernel=variant, ms=t, TFLOPs=tf,
+                               x_dense=tf / dense_tf,
                                **{"vs mma.sync": base / t, "rel err": err})
                     rows.append(row)
                     table.add(**row)

@@ -235,6 +235,121 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
         }
 }
 
+// xw_gmma_wide: xw_gmma for column groups (BS = 32, where xw_gmma reads an x tile per block and is
+// L2-bound at 25.6 flop/byte). One CTA computes Y[n0 : n0 + BM, g·C·BS : +C·BS] for the group g = blockIdx.x
+// of C consecutive output block columns and walks the reduction blocks s where the group has a nonzero
+// block (`entries` [e] = s, sorted; `slots` [e][C] = the w index of block (s, g·C + j) or -1; the tables of
+// _matmul_gpu.wide_tables with r = 1): each x tile is loaded once for all of the group's blocks in that
+// row. An absent block's slot is zero-filled and multiplied all the same (a branch around the wgmmas would
+// make ptxas serialize them), so the tensor cores do C blocks of work per entry: worth it where L2 bytes,
+// not the tensor cores, are the limit (the dispatch takes it at high density only).
+template <typename T, typename TO, int BS, int C, int WG, int MI, int STAGES, int TRANS_W>
+__global__ void __launch_bounds__(WG * 128, 1)
+xw_gmma_wide(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
+             const int* __restrict__ entries, const unsigned* __restrict__ masks, const int* __restrict__ slots,
+             i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+    using namespace gmma;
+    static_assert(BS == 32 || BS == 64, "wgmma tiles: BS = 32 or 64");
+    static_assert(STAGES >= 3, "the slot of stage s - 2 is refilled at stage s");
+    constexpr int THREADS = WG * 128, BM = WG * MI * 64;
+    constexpr int ROW = BS * 2, CPR = BS / 8, W_BYTES = BS * ROW;
+    constexpr int A_BYTES = BM * ROW, STAGE = A_BYTES + C * W_BYTES;
+    constexpr int NACC = BS / 2;
+    static_assert((BM * CPR) % THREADS == 0 && (C * BS * CPR) % THREADS == 0 && STAGE % 1024 == 0, "tile shape");
+
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+
+    const int g = blockIdx.x;
+    const i64 n0 = (i64)blockIdx.y * BM;
+    const int begin = offsets[g], count = offsets[g + 1] - begin;
+    const int wg = threadIdx.x / 128;
+
+    float acc[C][MI][NACC];
+#pragma unroll
+    for (int j = 0; j < C; j++)
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int q = 0; q < NACC; q++) acc[j][i][q] = 0.f;
+
+    auto load_stage = [&](int e, int slot) {
+        const unsigned sa = base + slot * STAGE, sb = sa + A_BYTES;
+        const T* xs = x + (i64)entries[begin + e] * BS;
+#pragma unroll
+        for (int i = 0; i < BM * CPR / THREADS; i++) {
+            const int ch = threadIdx.x + i * THREADS, row = ch / CPR, jj = ch % CPR;
+            const i64 n = n0 + row;
+            const bool ok = n < n_total;
+            cp_async16(sa + swizzle<ROW>(row, jj), xs + (ok ? n * in_features + jj * 8 : 0), ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int i = 0; i < C * BS * CPR / THREADS; i++) {
+            const int ch = threadIdx.x + i * THREADS, j = ch / (BS * CPR), r = ch % (BS * CPR);
+            const int k = slots[(i64)(begin + e) * C + j];
+            cp_async16(sb + j * W_BYTES + swizzle<ROW>(r / CPR, r % CPR),
+                       w + (k >= 0 ? (i64)k * BS * BS + r * 8 : 0), k >= 0 ? 16 : 0);  // absent: zeros
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; s++) {
+        if (s < count) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int st = 0; st < count; st++) {
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        const unsigned sa = base + (st % STAGES) * STAGE, sb = sa + A_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BS / 16; kk++)
+#pragma unroll
+            for (int j = 0; j < C; j++) {
+                const unsigned sw = sb + j * W_BYTES;
+                const unsigned long long db = desc<ROW>(TRANS_W ? sw + kk * 32 : sw + kk * 16 * ROW);
+#pragma unroll
+                for (int i = 0; i < MI; i++)
+                    Gmma<T, BS, 0, TRANS_W ? 0 : 1>::run(acc[j][i], desc<ROW>(sa + (wg * MI + i) * 64 * ROW + kk * 32),
+                                                         db);
+            }
+        wgmma_commit();
+        const int next = st + STAGES - 2;
+        if (next < count) load_stage(next, next % STAGES);
+        cp_async_commit();
+        wgmma_wait<1>();
+    }
+    wgmma_wait<0>();
+    cp_async_wait<0>();
+#pragma unroll
+    for (int j = 0; j < C; j++)
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int q = 0; q < NACC; q++) fence_operand(acc[j][i][q]);
+
+    const int lane = threadIdx.x % 32, v = (threadIdx.x % 128) / 32;
+    const i64 n_out = out_features / BS;
+#pragma unroll
+    for (int j = 0; j < C; j++) {
+        const i64 cb = (i64)g * C + j;
+        if (cb >= n_out) break;  // the last group's columns past the output (never present)
+        TO* yc = y + cb * BS + (lane % 4) * 2;
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const i64 n = n0 + (wg * MI + i) * 64 + v * 16 + lane / 4 + h * 8;
+                if (n >= n_total) continue;
+                TO* yr = yc + n * out_features;
+#pragma unroll
+                for (int q = 0; q < BS / 8; q++)
+                    Pair<TO>::store(yr + q * 8, acc[j][i][q * 4 + h * 2], acc[j][i][q * 4 + h * 2 + 1], accumulate);
+            }
+    }
+}
+
 // updat_gmma: the update dw[k] = Σ_p Σ_n x_p[n, rows[k]·BS + i] · dy_p[n, cols[k]·BS + j] on wgmma, BS = 64,
 // feature axis 1, 16-byte aligned pairs. Same arguments (plus the split counters `done`), groups, chunk
 // sequence, splits and deterministic order as updat_tc (bsmm.cu), but a split update finishes in this
