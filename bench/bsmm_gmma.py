@@ -54,8 +54,7 @@ def main(argv=None) -> int:
                 wd = op.dense(w0.astype(cp.float32))
                 ref = x0.astype(cp.float32) @ (wd if kind == "fprop" else wd.T)
                 base = None
-                tiles = (*_matmul_gpu.XW_GMMA_TILES[b], *_matmul_gpu.XW_GMMA_WIDE_TILES.get(b, ()))
-                for variant in ("xw_tc", *tiles):
+                for variant in ("xw_tc", *_matmul_gpu.XW_GMMA_TILES[b]):
                     _matmul_gpu.force_variant = None if variant == "xw_tc" else variant
                     saved = _matmul_gpu.gmma_enabled
                     _matmul_gpu.gmma_enabled = variant != "xw_tc"

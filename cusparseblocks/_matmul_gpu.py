@@ -50,13 +50,6 @@ XW_GMMA_TILES = {
     64: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 4), "gmma_wg4": (4, 1, 3)},
     32: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 6), "gmma_deep": (2, 1, 8)},
 }
-# xw_gmma_wide (column groups, b = 32): {variant: (C block columns per CTA, WG, MI, STAGES)}; the default for
-# fprop/bprop at layout density >= GMMA_WIDE_DENSITY (None: never). Measured slower than xw_gmma at every
-# density on the H100 (d = 0.5: 187 vs 195 TFLOP/s; bench/NOTES.md): A is read from shared memory once per
-# block by each wgmma, so the x tile's L2 bytes saved come back as shared-memory reads. Kept as a tile the
-# benchmarks time (force_variant) for the version with A in registers.
-XW_GMMA_WIDE_TILES = {32: {"gmma_wide4": (4, 2, 1, 4), "gmma_wide2": (2, 2, 1, 4)}}
-GMMA_WIDE_DENSITY = None
 # updat_gmma (b = 64) / updat_gmma32 (b = 32; warpgroups stack pairs of blocks), feature axis 1, aligned
 # pairs: block_size -> {variant: (G warpgroups, NC batch rows per chunk, STAGES)}; a CTA takes G (b = 64) or
 # 2·G (b = 32) blocks of one row; the first entry is the default
@@ -115,17 +108,6 @@ def xw_gmma_spec(dtype, out_dtype, bs, variant, trans):
     wg, mi, st = XW_GMMA_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec("bsmm_gmma.cu", f"xw_gmma<{t}, {to}, {bs}, {wg}, {mi}, {st}, {trans}>")
-
-
-def xw_gmma_wide_spec(dtype, out_dtype, bs, variant, trans):
-    c, wg, mi, st = XW_GMMA_WIDE_TILES[bs][variant]
-    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec("bsmm_gmma.cu", f"xw_gmma_wide<{t}, {to}, {bs}, {c}, {wg}, {mi}, {st}, {trans}>")
-
-
-def xw_gmma_wide_smem(bs, variant):
-    c, wg, mi, st = XW_GMMA_WIDE_TILES[bs][variant]
-    return st * (wg * mi * 64 + c * bs) * bs * 2 + 1024
 
 
 def xw_gmma_smem(bs, variant):
@@ -222,8 +204,6 @@ def gmma_specializations():
         for to, bs, trans in itertools.product(_out_types(dtype), XW_GMMA_TILES, (0, 1)):
             for variant in XW_GMMA_TILES[bs]:
                 yield xw_gmma_spec(dtype, to, bs, variant, trans)
-            for variant in XW_GMMA_WIDE_TILES.get(bs, ()):
-                yield xw_gmma_wide_spec(dtype, to, bs, variant, trans)
         for to, bs in itertools.product(_out_types(dtype), UPDAT_GMMA_TILES):
             for variant in UPDAT_GMMA_TILES[bs]:
                 yield updat_gmma_spec(dtype, to, bs, variant)
@@ -337,7 +317,7 @@ def _use_gmma(op_obj, dtype, n, aligned, dev):
     if not (aligned and dtype != "float32" and op_obj.feature_axis == 1 and b in XW_GMMA_TILES):
         return False
     if force_variant is not None:  # a benchmark's choice (a tile of another kernel: False)
-        if force_variant not in XW_GMMA_TILES[b] and force_variant not in XW_GMMA_WIDE_TILES.get(b, {}):
+        if force_variant not in XW_GMMA_TILES[b]:
             return False
     elif not (gmma_enabled and n > SMALL_N):
         return False
@@ -354,24 +334,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
         b, axis = op_obj.block_size, op_obj.feature_axis
         f_out = op_obj.M if op == "fprop" else op_obj.K
         trans = 0 if op == "fprop" else 1
-        use_gmma = _use_gmma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
-        wide_tiles = XW_GMMA_WIDE_TILES.get(b, {})
-        if use_gmma and (force_variant in wide_tiles or (
-                force_variant is None and wide_tiles and GMMA_WIDE_DENSITY is not None
-                and op_obj.layout.density >= GMMA_WIDE_DENSITY)):
-            variant = force_variant or next(iter(wide_tiles))
-            c, wg, mi, _ = wide_tiles[variant]
-            spec, smem = xw_gmma_wide_spec(dtype, odt, b, variant, trans), xw_gmma_wide_smem(b, variant)
-            bm = wg * mi * 64
-            n_tiles = -(-n // bm)
-            if n_tiles > 65535:
-                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
-                                 f"for block_size {b}")
-            plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (wg * 128,), smem,
-                    ("wide", op, c, 1))
-            op_obj._gpu_tables[key] = plan
-            return plan
-        if use_gmma:
+        if _use_gmma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev):
             variant = force_variant or next(iter(XW_GMMA_TILES[b]))
             wg, mi, _ = XW_GMMA_TILES[b][variant]
             spec, smem = xw_gmma_spec(dtype, odt, b, variant, trans), xw_gmma_smem(b, variant)

@@ -99,7 +99,7 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True):
         if compare_tiles and op != "updat" and n >= 2048 and dtype == "float16":
             from . import _matmul_gpu
 
-            gmma_tiles = (*_matmul_gpu.XW_GMMA_TILES.get(b, ()), *_matmul_gpu.XW_GMMA_WIDE_TILES.get(b, ()))
+            gmma_tiles = tuple(_matmul_gpu.XW_GMMA_TILES.get(b, ()))
             tc_tiles = ("medium", "large", "medium_lean", *_matmul_gpu.XW_WIDE_TILES.get(b, ()))
             for variant in (*tc_tiles, *gmma_tiles):
                 _matmul_gpu.force_variant = variant

@@ -339,46 +339,6 @@ def test_wgmma_tiles(rng, variant, dtype, block_size, n):
     assert_close(y_acc32, y032 + y_ref, dtype, f"fprop accumulate fp32 [{variant}]")
 
 
-@pytest.mark.parametrize("block_size,variant",
-                         [(b, v) for b, vs in _matmul_gpu_tiles.XW_GMMA_WIDE_TILES.items() for v in vs])
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("n", [65, 333])
-def test_wgmma_wide_tiles(rng, variant, dtype, block_size, n):
-    """xw_gmma_wide (forced): output block columns ragged against the group (13 = 3·4 + 1), empty block
-    rows and columns, lists longer than the pipeline, ragged N, fprop and bprop into poisoned out=, float32
-    output, accumulate; asserts that the column-group kernel ran."""
-    import cupy as cp
-
-    from cusparseblocks import _matmul_gpu
-
-    _needs_wgmma()
-    op = BlockSparseMatMul(_layout(rng, 19, 13, 0.4), block_size)
-    x = random_array(rng, (n, op.K), dtype)
-    dy = random_array(rng, (n, op.M), dtype)
-    w = random_array(rng, op.w_shape, dtype, scale=0.2)
-    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
-    y_acc = cp.asarray(random_array(rng, (n, op.M), "float32"))
-    y0 = y_acc.get()
-    _matmul_gpu.force_variant = variant
-    try:
-        y = poison(cp, (n, op.M), dtype)
-        op.fprop(xg, wg, out=y)
-        dx = poison(cp, (n, op.K), dtype)
-        op.bprop(dyg, wg, out=dx)
-        y32 = op.fprop(xg, wg, out_dtype="float32")
-        op.fprop(xg, wg, out=y_acc, accumulate=True)
-    finally:
-        _matmul_gpu.force_variant = None
-    plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
-    c = _matmul_gpu.XW_GMMA_WIDE_TILES[block_size][variant][0]
-    assert plans and all(p[4] in (("wide", "fprop", c, 1), ("wide", "bprop", c, 1)) for p in plans)
-    y_ref = _ref64(op, "fprop", x, w=w)
-    assert_close(y, y_ref, dtype, f"fprop [{variant}]")
-    assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
-    assert_close(y32, y_ref, dtype, f"fprop fp32 out [{variant}]")
-    assert_close(y_acc, y0 + y_ref, dtype, f"fprop accumulate [{variant}]")
-
-
 @pytest.mark.parametrize("block_size", list(XW_GMMA_TILES))
 def test_wgmma_default_and_fallbacks(rng, block_size):
     """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run xw_gmma by default; a
@@ -394,16 +354,9 @@ def test_wgmma_default_and_fallbacks(rng, block_size):
     w = random_array(rng, op.w_shape, "bfloat16", scale=0.2)
     xg, wg = cp.asarray(x), cp.asarray(w)
     y_ref = _ref64(op, "fprop", x, w=w)
-    wide = _matmul_gpu.XW_GMMA_WIDE_TILES.get(block_size)
-    threshold = _matmul_gpu.GMMA_WIDE_DENSITY
-    if wide and threshold is not None and op.layout.density >= threshold:  # column groups at high density
-        default = next(iter(wide))
-        gmma = _matmul_gpu.xw_gmma_wide_spec("bfloat16", "bfloat16", block_size, default, 0)
-        smem = _matmul_gpu.xw_gmma_wide_smem(block_size, default)
-    else:
-        default = next(iter(XW_GMMA_TILES[block_size]))
-        gmma = _matmul_gpu.xw_gmma_spec("bfloat16", "bfloat16", block_size, default, 0)
-        smem = _matmul_gpu.xw_gmma_smem(block_size, default)
+    default = next(iter(XW_GMMA_TILES[block_size]))
+    gmma = _matmul_gpu.xw_gmma_spec("bfloat16", "bfloat16", block_size, default, 0)
+    smem = _matmul_gpu.xw_gmma_smem(block_size, default)
     assert_close(op.fprop(xg, wg), y_ref, "bfloat16", "fprop default")
     assert _ran(op, gmma, smem), "the wgmma kernel is not the default"
     op._gpu_tables.clear()
