@@ -71,6 +71,12 @@ UPDAT_TC_TILES = {64: (4, 8, 32, 4), 32: (4, 4, 64, 3), 16: (4, 4, 64, 4), 8: (8
 UPDAT_SIMT_NC = 32
 SMALL_N = 64
 LARGE_N = 2048
+# xw_small (kernels/bsmm_small.cu: N ≤ SMALL_N, b = 32, feature axis 1, x and w 16-byte aligned; stream-K
+# over the column-sorted block list, see small_tables): {"tc" (fp16/bf16) | "simt" (fp32): {BM: (WARPS,
+# BPW blocks per warp per stage, STAGES)}}; BM = 32 serves N ≤ 32, 64 the rest
+XW_SMALL_TILES = {"tc": {32: (4, 2, 4), 64: (4, 2, 3)}, "simt": {32: (4, 1, 3), 64: (4, 1, 3)}}
+XW_SMALL_BS = 32
+small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
 
 
@@ -131,6 +137,60 @@ def xw_simt_spec(dtype, out_dtype, bs, axis, trans, small=False):
     bm, tm, tn = (XW_SIMT_SMALL if small else XW_SIMT_TILES)[bs]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec(SOURCE, f"xw_simt<{t}, {to}, {bs}, {bm}, {tm}, {tn}, {axis}, {trans}>")
+
+
+def _small_kind(dtype):
+    return "simt" if dtype == "float32" else "tc"
+
+
+def xw_small_spec(dtype, out_dtype, bm, trans):
+    warps, bpw, st = XW_SMALL_TILES[_small_kind(dtype)][bm]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec("bsmm_small.cu", f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {trans}>")
+
+
+def xw_small_smem(dtype, bm):
+    """STAGES · EPS · (BM + 32) rows · stride · itemsize (mirrors xw_small's layout)."""
+    warps, bpw, st = XW_SMALL_TILES[_small_kind(dtype)][bm]
+    stride, item = (36, 4) if dtype == "float32" else (40, 2)
+    return st * warps * bpw * (bm + XW_SMALL_BS) * stride * item
+
+
+def small_tables(ptr, n_ctas):
+    """xw_small's work split: ``ptr`` [n_out + 1] (CSC column pointers for fprop, CSR row pointers for
+    bprop) into ``n_ctas`` ranges of equal block count. Returns seg_ptr int32 [n_ctas + 1]; segs int32
+    [n_segs, 4] (column, first entry, end entry, part or -1), CTA g's segments at seg_ptr[g]:seg_ptr[g+1]
+    in list order; parts int32 [max(n_parts, 1), 2] (first part of the column, its number of parts), the
+    parts of a split column numbered in list order. An empty column is one segment (e0 = e1) of the CTA
+    whose range holds its position."""
+    ptr = np.asarray(ptr, dtype=np.int64)
+    n_out, nnz = ptr.size - 1, int(ptr[-1])
+    bounds = np.arange(n_ctas + 1, dtype=np.int64) * nnz // n_ctas
+    lens = np.diff(ptr)
+    first = np.minimum(np.searchsorted(bounds, ptr[:-1], side="right") - 1, n_ctas - 1)
+    last = np.where(lens > 0, np.minimum(np.searchsorted(bounds, ptr[1:] - 1, side="right") - 1, n_ctas - 1),
+                    first)
+    pieces = last - first + 1
+    col = np.repeat(np.arange(n_out, dtype=np.int64), pieces)
+    start = np.concatenate([[0], np.cumsum(pieces)[:-1]])
+    piece = np.arange(col.size, dtype=np.int64) - start[col]
+    g = first[col] + piece
+    e0 = np.maximum(ptr[col], bounds[g])
+    e1 = np.minimum(ptr[col + 1], bounds[g + 1])
+    e1 = np.maximum(e1, e0)  # empty columns
+    split = pieces > 1
+    part_first = np.concatenate([[0], np.cumsum(np.where(split, pieces, 0))[:-1]])
+    part = np.where(split[col], part_first[col] + piece, -1)
+    n_parts = int(np.sum(pieces[split]))
+    parts = np.zeros((max(n_parts, 1), 2), dtype=np.int32)
+    sel = part >= 0
+    parts[part[sel], 0] = part_first[col[sel]]
+    parts[part[sel], 1] = pieces[col[sel]]
+    order = np.lexsort((col, g))  # by CTA, then column: list order
+    segs = np.stack([col, e0, e1, part], axis=1)[order].astype(np.int32)
+    seg_ptr = np.zeros(n_ctas + 1, dtype=np.int32)
+    seg_ptr[1:] = np.cumsum(np.bincount(g, minlength=n_ctas))
+    return seg_ptr, np.ascontiguousarray(segs), parts
 
 
 def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
@@ -212,6 +272,16 @@ def gmma_specializations():
 compiler.register_family("bsmm_gmma", gmma_specializations)
 
 
+def small_specializations():
+    """xw_small: fp16/bf16/fp32, output in the input dtype or float32, both tile heights, fprop/bprop."""
+    for dtype in ("float16", "bfloat16", "float32"):
+        for to, bm, trans in itertools.product(_out_types(dtype), XW_SMALL_TILES[_small_kind(dtype)], (0, 1)):
+            yield xw_small_spec(dtype, to, bm, trans)
+
+
+compiler.register_family("bsmm_small", small_specializations)
+
+
 # ------------------------------------------------------------------------------------------------
 # device lookup tables and launch plans, cached on the op object per device
 
@@ -265,6 +335,10 @@ def _tables(op_obj, key, dev):
         elif key == "bprop":
             ent = np.stack([lay.cols, np.arange(lay.nnz, dtype=np.int32)], axis=1)
             cache[(dev, key)] = (cupy.asarray(lay.row_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
+        elif key[0] == "small":  # ("small", op, ctas, bm): entries, then the work split
+            entries = _tables(op_obj, key[1], dev)[1]
+            ptr = lay.col_ptr if key[1] == "fprop" else lay.row_ptr
+            cache[(dev, key)] = (entries, *(cupy.asarray(a) for a in small_tables(ptr, key[2])))
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key == "updat":
@@ -324,6 +398,57 @@ def _use_gmma(op_obj, dtype, n, aligned, dev):
     return _gmma_device(dev)
 
 
+_SMEM: dict[int, tuple[int, int]] = {}
+
+
+def _smem_limits(dev):
+    """(shared memory per SM, opt-in maximum per block) in bytes."""
+    if dev not in _SMEM:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(dev)
+        _SMEM[dev] = (int(props["sharedMemPerMultiprocessor"]), int(props["sharedMemPerBlockOptin"]))
+    return _SMEM[dev]
+
+
+def _use_small(op_obj, dtype, n, aligned, dev):
+    """xw_small serves this call: N ≤ SMALL_N, b = 32, feature axis 1, x and w aligned, tile fits."""
+    if force_variant is not None:  # a benchmark's choice: xw_small only when named
+        if force_variant != "xw_small":
+            return False
+    elif not small_enabled:
+        return False
+    if not (aligned and n <= SMALL_N and op_obj.block_size == XW_SMALL_BS and op_obj.feature_axis == 1):
+        return False
+    return xw_small_smem(dtype, 32 if n <= 32 else 64) <= _smem_limits(dev)[1]
+
+
+def _small_plan(op_obj, op, dtype, odt, n, dev):
+    """xw_small's plan: grid = resident CTAs (SMs × CTAs per SM by shared memory), at most one per stage of
+    blocks; the table key ("small", op, CTAs, BM) names the work split (small_tables)."""
+    bm = 32 if n <= 32 else 64
+    warps, bpw, _ = XW_SMALL_TILES[_small_kind(dtype)][bm]
+    smem = xw_small_smem(dtype, bm)
+    per_sm = max(1, _smem_limits(dev)[0] // (smem + 1024))
+    eps = warps * bpw
+    ctas = int(max(1, min(_sm_count(dev) * per_sm, -(-op_obj.layout.nnz // eps))))
+    spec = xw_small_spec(dtype, odt, bm, 0 if op == "fprop" else 1)
+    return (compiler.get_function(spec, smem), (ctas,), (warps * 32,), smem, ("small", op, ctas, bm))
+
+
+def _small_buffers(op_obj, dev, stream, n_parts, bm):
+    """(fp32 partials [n_parts, BM, 32], zeroed uint32 arrival counters [n_parts]) for xw_small, one pair
+    per stream (launches on one stream are ordered; the kernel resets the counters it used)."""
+    import cupy
+
+    key = ("small_buffers", dev, stream.ptr, n_parts, bm)
+    bufs = op_obj._gpu_tables.get(key)
+    if bufs is None:
+        bufs = op_obj._gpu_tables[key] = (cupy.empty((n_parts, bm, XW_SMALL_BS), dtype=cupy.float32),
+                                          cupy.zeros(n_parts, dtype=cupy.uint32))
+    return bufs
+
+
 def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=True):
     """(function, grid, block, smem, table key) for fprop/bprop; cached per shape and alignment."""
     if dtype == "float32" and op_obj.allow_tf32:  # TF32 tensor cores (plans cached by _matmul_tf32)
@@ -334,6 +459,10 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
         b, axis = op_obj.block_size, op_obj.feature_axis
         f_out = op_obj.M if op == "fprop" else op_obj.K
         trans = 0 if op == "fprop" else 1
+        if _use_small(op_obj, dtype, n, aligned_x and aligned_w, dev):
+            plan = _small_plan(op_obj, op, dtype, odt, n, dev)
+            op_obj._gpu_tables[key] = plan
+            return plan
         if _use_gmma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev):
             variant = force_variant or next(iter(XW_GMMA_TILES[b]))
             wg, mi, _ = XW_GMMA_TILES[b][variant]
@@ -395,6 +524,13 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     fn, grid, block, smem, tables = _xw_plan(op_obj, op, dtype, odt, n, x.data.ptr % 16 == 0,
                                              w.data.ptr % 16 == 0, dev, out is None or out.data.ptr % 16 == 0)
     y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
+    if tables[0] == "small":
+        entries, seg_ptr, segs, parts = _tables(op_obj, tables, dev)
+        stream = cupy.cuda.get_current_stream()
+        ws, counters = _small_buffers(op_obj, dev, stream, parts.shape[0], tables[3])
+        fn(grid, block, (x, w, y, entries, seg_ptr, segs, parts, ws, counters, np.int64(n), np.int64(f_in),
+                         np.int64(f_out), np.int32(bool(accumulate))), shared_mem=smem, stream=stream)
+        return y
     lists = _tables(op_obj, tables, dev)  # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots)
     fn(grid, block, (x, w, y, *lists, np.int64(n), np.int64(f_in), np.int64(f_out),
                      np.int32(bool(accumulate))),

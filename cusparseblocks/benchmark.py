@@ -20,8 +20,11 @@ COLUMNS = ["system", "op", "dtype", "b", "density", "N", "K", "ms", "TFLOPs", "x
            "x_floor_graph"]
 
 
-def _cases(short: bool):
+def _cases(short: bool, small: bool = False):
     main = []
+    if small:  # the small-batch table alone: weight streaming, fprop and bprop
+        return [(op, dtype, 32, d, 32, 12288) for dtype in ("float16", "float32") for op in ("fprop", "bprop")
+                for d in (0.5, 0.2, 0.1, 0.05, 0.02)]
     if short:
         return [("fprop", "float16", 32, 0.1, 4096, 4096), ("updat", "float16", 32, 0.1, 4096, 4096),
                 ("fprop", "float16", 32, 0.1, 32, 12288)]
@@ -49,7 +52,7 @@ def _torch():
         return None
 
 
-def run(short=False, rotate_sets=3, seed=0, compare_tiles=True):
+def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, peers=True):
     import cupy as cp
 
     from . import BlockSparseMatMul
@@ -58,9 +61,9 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True):
     rng = np.random.default_rng(seed)
     crng = cp.random.default_rng(seed)
     bw = copy_bandwidth()
-    torch = _torch()
+    torch = _torch() if peers else None
     rows, dense_cache = [], {}
-    cases = _cases(short)
+    cases = _cases(short, small)
     try:
         from tqdm import tqdm
 
@@ -109,6 +112,16 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True):
                     _matmul_gpu.force_variant = None
                 rows.append(dict(system=f"cusparseblocks[{variant}]", op=op, dtype=dtype, b=b, density=density,
                                  N=n, K=k, ms=tv, TFLOPs=flops / (tv * 1e-3) / 1e12, x_floor=tv / floor_ms))
+        if compare_tiles and op != "updat" and n <= 64:  # xw_small against the per-column kernels
+            from . import _matmul_gpu
+
+            _matmul_gpu.small_enabled = False
+            try:
+                tv = time_ms(fn, rotate=args)["median"]
+            finally:
+                _matmul_gpu.small_enabled = True
+            rows.append(dict(system="cusparseblocks[per-column]", op=op, dtype=dtype, b=b, density=density,
+                             N=n, K=k, ms=tv, TFLOPs=flops / (tv * 1e-3) / 1e12, x_floor=tv / floor_ms))
         # dense cuBLAS on the same shapes (per op, dtype, N, K)
         dkey = (op, dtype, n, k)
         if dkey not in dense_cache:
@@ -198,6 +211,9 @@ def main(argv=None):
     parser.add_argument("--short", action="store_true", help="three cases only (the CLI's default)")
     parser.add_argument("--out", default="bench/results", help="directory for JSON and PNG")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--small", action="store_true",
+                        help="the small-batch table alone (N = 32, K = M = 12288, b = 32; fprop and bprop)")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch's BSR peers (faster)")
     args = parser.parse_args(argv)
     try:
         import cupy
@@ -207,13 +223,15 @@ def main(argv=None):
     except Exception as exc:  # noqa: BLE001
         print(f"bench: needs a CUDA GPU and CuPy ({type(exc).__name__}: {exc}); nothing to time on this machine.")
         return 0
-    result = run(short=args.short)
+    result = run(short=args.short, small=args.small, peers=not args.no_torch)
     table = Table(COLUMNS)
     for r in result["rows"]:
         table.add(**r)
     if not args.no_save:
-        cmd = "PYTHONPATH=. python bench/bsmm.py" + (" --short" if args.short else "")
-        path = save_json("bsmm" + ("-short" if args.short else ""), result, args.out, command=cmd)
+        cmd = "PYTHONPATH=. python bench/bsmm.py" + (" --short" if args.short else "") + (
+            " --small" if args.small else "") + (" --no-torch" if args.no_torch else "")
+        tag = "bsmm" + ("-short" if args.short else "") + ("-small" if args.small else "")
+        path = save_json(tag, result, args.out, command=cmd)
         try:
             plot(result, path.with_suffix(".png"))
         except Exception as exc:  # noqa: BLE001

@@ -635,3 +635,121 @@ def test_updat_kernel_emulated(rng, monkeypatch, bsmm_emulator, case):
         bsmm_emulator(G.updat_reduce_spec(odt), (min(-(-count // 256), 4),), (256,),
                       (ws, dw, np.int32(splits), np.int64(count), np.int32(accumulate)))
     assert_close(dw, ref, dt, f"{spec.name} ns={ns} splits={splits}")
+
+
+# ---- xw_small (kernels/bsmm_small.cu) on the CPU ----
+# The same host emulation (tests/cuda_emulation/bsmm_small_driver.cpp) runs the small-batch kernels with the
+# work split of _matmul_gpu.small_tables, split columns (in-launch reduction of fp32 partials) included.
+
+def test_small_tables_cover_every_block_once():
+    """Each CTA's range holds nnz/CTAs blocks (±1); segments cover every entry once, in list order; each
+    column (empty ones too) appears, split columns' parts are numbered in list order."""
+    from cusparseblocks import _matmul_gpu as G
+
+    rng = np.random.default_rng(7)
+    for kb, mb, density, ctas in [(40, 6, 0.6, 5), (7, 9, 0.3, 40), (3, 4, 0.0, 3), (64, 64, 0.05, 13)]:
+        mask = rng.random((kb, mb)) < density
+        if density:
+            mask[:, mb // 2] = False  # an empty column
+        ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=0))])
+        seg_ptr, segs, parts = G.small_tables(ptr, ctas)
+        nnz = int(ptr[-1])
+        assert seg_ptr[0] == 0 and seg_ptr[-1] == len(segs) and np.all(np.diff(seg_ptr) >= 0)
+        covered = np.concatenate([np.arange(s[1], s[2]) for s in segs] + [np.zeros(0, int)])
+        assert np.array_equal(covered, np.arange(nnz))
+        per_cta = [sum(s[2] - s[1] for s in segs[seg_ptr[g]:seg_ptr[g + 1]]) for g in range(ctas)]
+        assert max(per_cta) - min(per_cta) <= 1
+        for c in range(mb):
+            mine = segs[segs[:, 0] == c]
+            assert len(mine) >= 1 and mine[0, 1] == ptr[c] and mine[-1, 2] == ptr[c + 1]
+            if len(mine) == 1:
+                assert mine[0, 3] == -1
+            else:
+                first = mine[0, 3]
+                assert np.array_equal(mine[:, 3], first + np.arange(len(mine)))
+                assert all(tuple(parts[p]) == (first, len(mine)) for p in mine[:, 3])
+
+
+def _emulated_small_cases():
+    """(dtype, out dtype, op, N, CTAs, accumulate): both tile heights (N ≤ 32, 32 < N ≤ 64), ragged N,
+    fp16/bf16 (mma) and fp32 (FFMA), fprop and bprop, one CTA (no splits) up to more CTAs than stages."""
+    return [("float16", "float16", "fprop", 19, 3, 0), ("bfloat16", "float32", "bprop", 37, 4, 1),
+            ("float32", "float32", "fprop", 32, 5, 1), ("float32", "float32", "bprop", 64, 2, 0),
+            ("float16", "float32", "bprop", 1, 1, 0), ("bfloat16", "bfloat16", "fprop", 50, 7, 0),
+            ("float32", "float32", "fprop", 5, 64, 0), ("float16", "float16", "bprop", 32, 9, 0),
+            ("float32", "float32", "bprop", 27, 11, 1)]
+
+
+@pytest.fixture(scope="module")
+def small_emulator(tmp_path_factory):
+    """The compiled bsmm_small_driver with the specializations the emulated cases launch."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from cusparseblocks import _matmul_gpu as G
+    from cusparseblocks import compiler
+
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("g++ is not installed")
+    from cuda_emulation import fake_cupy
+
+    here = Path(__file__).resolve().parent / "cuda_emulation"
+    d = tmp_path_factory.mktemp("bsmm_small_emu")
+    text = (compiler.kernel_source_dir() / "bsmm_small.cu").read_text()
+    start, end = text.index("// PTX wrappers"), text.index("// end of PTX wrappers")
+    text = (text[:start] + text[end:]).replace('#include "common.cuh"', "")
+    (d / "bsmm_small_emu.cu").write_text(text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", ""))
+    specs = dict.fromkeys(G.xw_small_spec(dt, odt, 32 if n <= 32 else 64, int(op == "bprop"))
+                          for dt, odt, op, n, _, _ in _emulated_small_cases())
+    lines = [f"XW_SMALL({re.fullmatch(r'xw_small<(.*)>', s.name).group(1)})," for s in specs]
+    (d / "bsmm_small_kernels.inc").write_text("\n".join(lines) + "\n")
+    exe = d / "bsmm_small_driver"
+    build = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", "-DCSB_HOST_EMULATION", f"-I{d}", f"-I{here}",
+                            f"-I{fake_cupy.KERNELS}", "-o", str(exe), str(here / "bsmm_small_driver.cpp")],
+                           capture_output=True, text=True)
+    if build.returncode and "barrier" in build.stderr and "No such file" in build.stderr:
+        pytest.skip("the C++ compiler has no <barrier> (C++20)")
+    assert build.returncode == 0, build.stderr[-4000:]
+    return fake_cupy.make_launcher(exe, [])
+
+
+@pytest.mark.parametrize("case", _emulated_small_cases(), ids=lambda c: "-".join(map(str, c)))
+def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
+    """xw_small fprop/bprop with the work split over ``CTAs`` (long columns cut into parts summed in the
+    launch), an empty block row and column, ragged N; every element against float64, outputs poisoned or
+    accumulated into; the arrival counters are back to zero afterwards."""
+    from test_matmul_gpu import _io, _ref64
+
+    from cusparseblocks import _matmul_gpu as G
+
+    dt, odt, op_name, n, ctas, accumulate = case
+    b, bm = 32, 32 if n <= 32 else 64
+    kb, mb = (23, 5) if op_name == "fprop" else (5, 23)  # columns of 10-20 blocks: several stages each
+    mask = rng.random((kb, mb)) < 0.6
+    mask[kb - 1, :] = False
+    mask[:, mb - 2] = False
+    op, (_, entries) = _emulated_op(monkeypatch, mask, b, 1, op_name)
+    ptr = op.layout.col_ptr if op_name == "fprop" else op.layout.row_ptr
+    seg_ptr, segs, parts = G.small_tables(ptr, ctas)
+    f_in, f_out = (op.K, op.M) if op_name == "fprop" else (op.M, op.K)
+    x = random_array(rng, _io(op, n, f_in), dt)
+    w = random_array(rng, op.w_shape, dt, scale=0.2)
+    ref = _ref64(op, op_name, x, w=w)
+    if accumulate:
+        y = random_array(rng, ref.shape, odt)
+        ref = ref + y.astype(np.float64)
+    else:
+        y = poison(np, ref.shape, odt)
+    ws = np.full((parts.shape[0], bm, b), np.nan, np.float32)
+    counters = np.zeros(parts.shape[0], np.uint32)
+    warps = G.XW_SMALL_TILES[G._small_kind(dt)][bm][0]
+    spec = G.xw_small_spec(dt, odt, bm, int(op_name == "bprop"))
+    small_emulator(spec, (ctas,), (warps * 32,),
+                   (x, w, y, entries, seg_ptr, segs, parts, ws, counters, np.int64(n), np.int64(f_in),
+                    np.int64(f_out), np.int32(accumulate)), G.xw_small_smem(dt, bm))
+    assert_close(y, ref, dt, f"{spec.name} n={n} ctas={ctas}")
+    assert not counters.any(), "split counters not reset"
+    assert (segs[:, 3] >= 0).any() == (ctas > 1), "the case should split columns iff it has several CTAs"

@@ -425,3 +425,117 @@ def test_update_pointer_table_cache(rng, block_size):
             assert_close(dw, _ref64(op, "updat", [xs[i].get()], [dys[i].get()]), "float16", f"updat set {i}")
     grouped = op.updat(xs[:3], dys[:3])
     assert_close(grouped, _ref64(op, "updat", [a.get() for a in xs[:3]], [a.get() for a in dys[:3]]), "float16")
+
+
+# ---- xw_small (kernels/bsmm_small.cu): N ≤ 64, b = 32, feature axis 1 ----
+
+def _small_ran(op, dtype, odt, n, trans):
+    from cusparseblocks import _matmul_gpu
+
+    bm = 32 if n <= 32 else 64
+    return _ran_any(op, _matmul_gpu.xw_small_spec(dtype, odt, bm, trans), _matmul_gpu.xw_small_smem(dtype, bm))
+
+
+def _ran_any(op, spec, smem):
+    """True when some fprop/bprop plan cached on ``op`` launches ``spec``."""
+    from cusparseblocks import compiler
+
+    fn = compiler.get_function(spec, smem)
+    return any(v[0] is fn for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 19, 32, 37, 64])
+@pytest.mark.parametrize("shape", [(60, 41, 0.5), (130, 97, 0.1)])
+def test_small_batch_kernel(rng, dtype, n, shape):
+    """xw_small by default at N ≤ 64: columns long enough to be split over CTAs (partials summed in the
+    launch), an empty block row and column, ragged N on both tile heights; fprop and bprop into poisoned
+    out=, float32 output, accumulate in the input dtype and in float32; every element against float64; the
+    same bits on a second run (the split reduction's order is fixed); asserts that xw_small ran."""
+    import cupy as cp
+
+    kb, mb, density = shape
+    op = BlockSparseMatMul(_layout(rng, kb, mb, density), 32)
+    x = random_array(rng, (n, op.K), dtype)
+    dy = random_array(rng, (n, op.M), dtype)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+    y_acc = cp.asarray(random_array(rng, (n, op.M), dtype))
+    dx_acc32 = cp.asarray(random_array(rng, (n, op.K), "float32"))
+    y0, dx032 = y_acc.get().astype(np.float64), dx_acc32.get()
+    y = poison(cp, (n, op.M), dtype)
+    op.fprop(xg, wg, out=y)
+    dx = poison(cp, (n, op.K), dtype)
+    op.bprop(dyg, wg, out=dx)
+    y32 = op.fprop(xg, wg, out_dtype="float32") if dtype != "float32" else None
+    op.fprop(xg, wg, out=y_acc, accumulate=True)
+    op.bprop(dyg, wg, out=dx_acc32, accumulate=True)  # float32 out: out's dtype decides
+    assert _small_ran(op, dtype, dtype, n, 0) and _small_ran(op, dtype, dtype, n, 1), "xw_small did not run"
+    y_ref, dx_ref = _ref64(op, "fprop", x, w=w), _ref64(op, "bprop", dy, w=w)
+    assert_close(y, y_ref, dtype, "fprop")
+    assert_close(dx, dx_ref, dtype, "bprop")
+    if y32 is not None:
+        assert_close(y32, y_ref, dtype, "fprop fp32 out")
+    assert_close(y_acc, y0 + y_ref, dtype, "fprop accumulate")
+    assert_close(dx_acc32, dx032 + dx_ref, dtype, "bprop accumulate fp32")
+    y2 = poison(cp, (n, op.M), dtype)
+    op.fprop(xg, wg, out=y2)
+    dx2 = op.bprop(dyg, wg)
+    assert np.array_equal(np.asarray(y.get()).view(np.uint8), np.asarray(y2.get()).view(np.uint8)), "fprop bits differ"
+    assert np.array_equal(np.asarray(dx.get()).view(np.uint8), np.asarray(dx2.get()).view(np.uint8)), "bprop bits differ"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_batch_fallbacks(rng, dtype):
+    """The per-column kernels still serve N ≤ 64 where xw_small does not apply (small_enabled off, a
+    misaligned x, block size 64) and agree with the float64 reference; a one-block layout runs xw_small."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    n = 29
+    op = BlockSparseMatMul(_layout(rng, 9, 7, 0.5), 32)
+    x = random_array(rng, (n, op.K), dtype)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    xg, wg = cp.asarray(x), cp.asarray(w)
+    y_ref = _ref64(op, "fprop", x, w=w)
+    _matmul_gpu.small_enabled = False
+    try:
+        assert_close(op.fprop(xg, wg), y_ref, dtype, "fprop, xw_small off")
+    finally:
+        _matmul_gpu.small_enabled = True
+    assert not _small_ran(op, dtype, dtype, n, 0), "xw_small ran while disabled"
+    op._gpu_tables.clear()
+    flat = cp.asarray(random_array(rng, (n * op.K + 8,), dtype))
+    xm = flat[4 : 4 + n * op.K].reshape(n, op.K)  # not 16-byte aligned
+    assert_close(op.fprop(xm, wg), _ref64(op, "fprop", xm.get(), w=w), dtype, "fprop, misaligned x")
+    assert not _small_ran(op, dtype, dtype, n, 0), "xw_small ran on a misaligned x"
+    op64 = BlockSparseMatMul(_layout(rng, 4, 3, 0.5), 64)
+    x64 = random_array(rng, (n, op64.K), dtype)
+    w64 = random_array(rng, op64.w_shape, dtype, scale=0.2)
+    assert_close(op64.fprop(cp.asarray(x64), cp.asarray(w64)), _ref64(op64, "fprop", x64, w=w64), dtype, "b=64")
+    one = BlockSparseMatMul(np.ones((1, 1), bool), 32)
+    x1 = random_array(rng, (n, 32), dtype)
+    w1 = random_array(rng, one.w_shape, dtype, scale=0.2)
+    y1 = poison(cp, (n, 32), dtype)
+    one.fprop(cp.asarray(x1), cp.asarray(w1), out=y1)
+    assert_close(y1, _ref64(one, "fprop", x1, w=w1), dtype, "one block")
+    assert _small_ran(one, dtype, dtype, n, 0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_small_batch_bench_shape(rng, dtype):
+    """The benchmark's shape class (K = M = 12288, b = 32, N = 32) at densities 0.5 and 0.02: thousands
+    of blocks per CTA and a few per CTA; fprop and bprop against float64."""
+    import cupy as cp
+
+    for density in (0.5, 0.02):
+        mask = rng.random((384, 384)) < density
+        mask[np.arange(384), np.arange(384)] = True
+        op = BlockSparseMatMul(mask, 32)
+        x = random_array(rng, (32, op.K), dtype)
+        w = random_array(rng, op.w_shape, dtype, scale=0.05)
+        xg, wg = cp.asarray(x), cp.asarray(w)
+        assert_close(op.fprop(xg, wg), _ref64(op, "fprop", x, w=w), dtype, f"fprop d={density}")
+        assert_close(op.bprop(xg, wg), _ref64(op, "bprop", x, w=w), dtype, f"bprop d={density}")
+        assert _small_ran(op, dtype, dtype, 32, 0) and _small_ran(op, dtype, dtype, 32, 1)

@@ -1,0 +1,317 @@
+// Block-sparse matmul for small batches (N ≤ 64): fprop y = x·W and bprop dx = dy·Wᵀ, b = 32, AXIS = 1.
+//
+// At small N the op is weight streaming: each nonzero block (2 KB fp16, 4 KB fp32) is read once from
+// HBM, the activations (N × features, a few MB at most) stay in L2. What limits the per-column kernels
+// of bsmm.cu there is load balance (a CTA per output block column: columns differ in length, and a few
+// hundred columns quantize badly on 132 SMs) and bytes in flight (one block per pipeline stage).
+//
+// xw_small: "stream-K" over the column-sorted block list. The host (cusparseblocks/_matmul_gpu.py,
+// small_tables) cuts the list `entries` [nnz] of int2 (r = reduction block, k = index in w) — CSC order
+// for fprop, CSR order for bprop, as the other xw kernels take it — into gridDim.x contiguous ranges of
+// equal block count, one per CTA, and each range into segments int4 (c = output block column, e0, e1,
+// part): `segs` [seg_ptr[g] : seg_ptr[g+1]) are CTA g's segments in list order. A segment covers
+// entries [e0, e1) of column c; part = -1 when that is the whole column (the CTA writes y), else the
+// index of this piece's fp32 partial tile in `ws` [n_parts][BM][32]: parts[part] = (first, count) gives
+// the column's pieces (parts first .. first + count - 1, in list order). Each piece's CTA writes its
+// partial, then counts itself in counters[first]; the last to arrive sums the column's pieces in part
+// order (the same order and bits on every run), adds y when accumulating, writes y and resets the
+// counter to 0 for the next launch. An empty column is a segment with e0 = e1 (zeros are written).
+//
+// Inside a CTA, blocks stream through a STAGES-deep cp.async pipeline of EPS = WARPS·BPW blocks per
+// stage (a stage: EPS × (x tile [BM × 32] from L2, w block [32 × 32]); one barrier per stage); a
+// segment starts a new stage. Warp q computes the blocks q, q + WARPS, ... of each stage into its own
+// full [BM × 32] fp32 tile, so no warp waits on another inside a segment; at a segment's end the warps'
+// tiles are summed in warp order through shared memory (the stage slot just consumed). fp16/bf16 use
+// mma.sync m16n8k16 (fp32 accumulation), fp32 FFMA (exact, no TF32) with a register-blocked 8 × TN
+// thread tile and 128-bit shared loads. Rows n ≥ N are zero-filled and not stored. Global indices 64-bit.
+#include "common.cuh"
+
+// ------------------------------------------------------------------------------------------------
+// PTX wrappers (the same as bsmm.cu's; tests/cuda_emulation cuts this section for the host build)
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+
+template <typename T> struct Mma;
+template <> struct Mma<__half> {
+    static __device__ __forceinline__ void k16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+template <> struct Mma<__nv_bfloat16> {
+    static __device__ __forceinline__ void k16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+// end of PTX wrappers
+// ------------------------------------------------------------------------------------------------
+
+namespace small {
+
+constexpr int BS = 32;  // block size
+
+template <typename T> struct IsF32 { static constexpr bool value = false; };
+template <> struct IsF32<float> { static constexpr bool value = true; };
+
+// Shared-memory row stride (elements) of x tiles and w blocks: fp16 rows of 32 values padded to 40
+// (80 B, an odd number of 16-byte units: the 8 rows of an ldmatrix hit distinct bank groups); fp32 rows
+// padded to 36 (144 B: adjacent rows shift by 16 B, so the 4-8 rows of one 128-bit load don't collide).
+template <typename T> __host__ __device__ constexpr int stride() { return IsF32<T>::value ? 36 : 40; }
+constexpr int RS = 36;  // fp32 row stride of the warps' tiles in the segment reduction
+
+// The thread's accumulators for one [BM × 32] tile and the multiply-add of one block into them.
+template <typename T, int BM, int TRANS_W> struct Warp;
+
+// fp16/bf16: warp tile BM × 32 of m16n8 fragments (MI × 4), k in two steps of 16.
+template <typename T, int BM, int TRANS_W> struct Warp {
+    static constexpr int MI = BM / 16, NI = 4, S = stride<T>();
+    float acc[MI][NI][4];
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int j = 0; j < NI; j++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
+    }
+    // As [BM][S]: x rows (m, k); Ws [32][S]: w block rows as in memory (fprop: k, bprop: n)
+    __device__ __forceinline__ void mac(const T* As, const T* Ws, int lane) {
+        const int q = lane / 8, r = lane % 8;
+#pragma unroll
+        for (int kk = 0; kk < BS; kk += 16) {
+            unsigned a[MI][4], b[NI][2];
+#pragma unroll
+            for (int i = 0; i < MI; i++) ldmatrix_x4<false>(a[i], As + (i * 16 + lane % 16) * S + kk + (lane / 16) * 8);
+#pragma unroll
+            for (int j = 0; j < NI; j += 2) {
+                unsigned t[4];
+                if (TRANS_W)  // B[k][n] = w[n][k]: rows of Ws are n
+                    ldmatrix_x4<false>(t, Ws + (j * 8 + r + (q / 2) * 8) * S + kk + (q % 2) * 8);
+                else          // B[k][n] = w[k][n]: rows of Ws are k
+                    ldmatrix_x4<true>(t, Ws + (kk + r + (q % 2) * 8) * S + j * 8 + (q / 2) * 8);
+                b[j][0] = t[0]; b[j][1] = t[1]; b[j + 1][0] = t[2]; b[j + 1][1] = t[3];
+            }
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int j = 0; j < NI; j++) Mma<T>::k16(acc[i][j], a[i], b[j][0], b[j][1]);
+        }
+    }
+    // the warp's tile into red [BM][RS]
+    __device__ __forceinline__ void store(float* red, int lane) const {
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int j = 0; j < NI; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int m = i * 16 + lane / 4 + h * 8, n = j * 8 + (lane % 4) * 2;
+                    *reinterpret_cast<float2*>(red + m * RS + n) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                }
+    }
+};
+
+// fp32 FFMA: lanes form MG × NG (lane = mi·NG + ni); the thread owns rows mi + MG·i (i < 8) and columns
+// ni·TN + j (fprop) or ni + NG·j (bprop), j < TN. Per 4 values of k: 8 + TN 128-bit shared loads, 32·TN FFMA.
+// Lanes of one load read distinct adjacent rows (or one row's contiguous 16-byte pieces), so with the
+// 144-byte row stride no two hit the same bank group.
+template <int BM, int TRANS_W> struct Warp<float, BM, TRANS_W> {
+    static constexpr int MG = BM == 32 ? 4 : 8, NG = 32 / MG, TM = BM / MG, TN = BS / NG, S = stride<float>();
+    static_assert(TM == 8 && TN % 4 == 0, "bad fp32 thread tile");
+    float acc[TM][TN];
+    __device__ __forceinline__ void zero() {
+#pragma unroll
+        for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
+    }
+    static __device__ __forceinline__ float part(const float4& v, int c) {
+        return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
+    }
+    __device__ __forceinline__ void mac(const float* As, const float* Ws, int lane) {
+        const int mi = lane / NG, ni = lane % NG;
+#pragma unroll 2
+        for (int k0 = 0; k0 < BS; k0 += 4) {
+            float4 a[TM], b[TRANS_W ? TN : 4 * (TN / 4)];
+#pragma unroll
+            for (int i = 0; i < TM; i++) a[i] = *reinterpret_cast<const float4*>(As + (mi + MG * i) * S + k0);
+            if (TRANS_W) {
+#pragma unroll
+                for (int j = 0; j < TN; j++) b[j] = *reinterpret_cast<const float4*>(Ws + (ni + NG * j) * S + k0);
+            } else {
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+                    for (int jj = 0; jj < TN / 4; jj++)
+                        b[kk * (TN / 4) + jj] = *reinterpret_cast<const float4*>(Ws + (k0 + kk) * S + ni * TN + 4 * jj);
+            }
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+                for (int i = 0; i < TM; i++)
+#pragma unroll
+                    for (int j = 0; j < TN; j++) {
+                        const float bv = TRANS_W ? part(b[j], kk) : part(b[kk * (TN / 4) + j / 4], j % 4);
+                        acc[i][j] = fmaf(part(a[i], kk), bv, acc[i][j]);
+                    }
+        }
+    }
+    __device__ __forceinline__ void store(float* red, int lane) const {
+        const int mi = lane / NG, ni = lane % NG;
+#pragma unroll
+        for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int j = 0; j < TN; j++) red[(mi + MG * i) * RS + (TRANS_W ? ni + NG * j : ni * TN + j)] = acc[i][j];
+    }
+};
+
+}  // namespace small
+
+// Dynamic shared memory: STAGES · EPS · (BM + 32) · stride(T) · sizeof(T) bytes (small_smem() in
+// _matmul_gpu.py). Grid: one CTA per range (gridDim.x = len(seg_ptr) - 1), WARPS·32 threads.
+template <typename T, typename TO, int BM, int WARPS, int BPW, int STAGES, int TRANS_W>
+__global__ void __launch_bounds__(WARPS * 32)
+xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int2* __restrict__ entries,
+         const int* __restrict__ seg_ptr, const int4* __restrict__ segs, const int2* __restrict__ parts,
+         float* __restrict__ ws, unsigned* __restrict__ counters, i64 n_total, i64 in_features,
+         i64 out_features, int accumulate) {
+    using namespace small;
+    constexpr int THREADS = WARPS * 32, EPS = WARPS * BPW, S = stride<T>();
+    constexpr int A_ELEMS = BM * S, PAIR = (BM + BS) * S, STAGE = EPS * PAIR;
+    constexpr int CPR = BS * (int)sizeof(T) / 16;  // 16-byte pieces per row of a tile
+    static_assert(STAGE * (int)sizeof(T) >= WARPS * BM * RS * 4, "the segment reduction needs one stage slot");
+    static_assert(STAGES >= 2 && BM % 16 == 0, "bad xw_small tiling");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* smem = reinterpret_cast<T*>(smem_raw);
+    __shared__ int last_s;
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int s_begin = seg_ptr[blockIdx.x], s_end = seg_ptr[blockIdx.x + 1];
+
+    // loader cursor: segment ls, next entry le; a segment's blocks start a fresh stage
+    int ls = s_begin, le = s_begin < s_end ? segs[s_begin].y : 0;
+    auto load_stage = [&](int slot) {
+        int e1 = 0;
+        while (ls < s_end) {
+            const int4 sg = segs[ls];
+            e1 = sg.z;
+            if (le < e1) break;
+            if (++ls < s_end) le = segs[ls].y;
+        }
+        if (ls >= s_end) return;
+        const int e0 = le, cnt = min(EPS, e1 - e0);
+        le += cnt;
+        T* base = smem + slot * STAGE;
+#pragma unroll
+        for (int u = 0; u < EPS; u++) {
+            if (u >= cnt) break;
+            const int2 ent = entries[e0 + u];
+            T* As = base + u * PAIR;
+            T* Ws = As + A_ELEMS;
+            const T* xs = x + (i64)ent.x * BS;
+            for (int ch = threadIdx.x; ch < BM * CPR; ch += THREADS) {
+                const int row = ch / CPR, c8 = (ch % CPR) * (16 / (int)sizeof(T));
+                const bool ok = row < n_total;
+                cp_async16(As + row * S + c8, ok ? xs + row * in_features + c8 : x, ok ? 16 : 0);
+            }
+            const T* wb = w + (i64)ent.y * BS * BS;
+            for (int ch = threadIdx.x; ch < BS * CPR; ch += THREADS) {
+                const int row = ch / CPR, c8 = (ch % CPR) * (16 / (int)sizeof(T));
+                cp_async16(Ws + row * S + c8, wb + row * BS + c8, 16);
+            }
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        load_stage(s);
+        cp_async_commit();
+    }
+    int t = 0;  // stages consumed
+    Warp<T, BM, TRANS_W> acc;
+    for (int si = s_begin; si < s_end; si++) {
+        const int4 sg = segs[si];
+        const int len = sg.z - sg.y, steps = (len + EPS - 1) / EPS;
+        acc.zero();
+        for (int st = 0; st < steps; st++, t++) {
+            cp_async_wait<STAGES - 2>();
+            __syncthreads();
+            load_stage((t + STAGES - 1) % STAGES);
+            cp_async_commit();
+            const T* base = smem + (t % STAGES) * STAGE;
+#pragma unroll
+            for (int v = 0; v < BPW; v++) {
+                const int u = v * WARPS + warp;
+                if (st * EPS + u < len) acc.mac(base + u * PAIR, base + u * PAIR + A_ELEMS, lane);
+            }
+        }
+        // the warps' tiles summed in warp order through the slot of the last stage consumed (the next
+        // loads into it are issued after the next stage's barrier)
+        const float* red = reinterpret_cast<const float*>(smem + ((t + STAGES - 1) % STAGES) * STAGE);
+        if (steps > 0) {
+            __syncthreads();
+            acc.store(const_cast<float*>(red) + warp * BM * RS, lane);
+            __syncthreads();
+        }
+        const int c = sg.x, p = sg.w;
+        const int rows = (int)min((i64)BM, n_total);
+        for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
+            const int m = idx / BS, f = idx % BS;
+            float v = 0.f;
+            if (steps > 0)
+#pragma unroll
+                for (int q = 0; q < WARPS; q++) v += red[q * BM * RS + m * RS + f];
+            if (p >= 0) {
+                ws[(i64)p * BM * BS + idx] = v;
+                continue;
+            }
+            const i64 off = (i64)m * out_features + (i64)c * BS + f;
+            if (accumulate) v += to_float<TO>(y[off]);
+            y[off] = from_float<TO>(v);
+        }
+        if (p >= 0) {  // a piece of a split column: the last piece to finish sums them in part order
+            __threadfence();
+            __syncthreads();
+            const int2 pi = parts[p];
+            if (threadIdx.x == 0) last_s = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
+            __syncthreads();
+            if (last_s) {
+                __threadfence();
+                for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
+                    const int m = idx / BS, f = idx % BS;
+                    float v = 0.f;
+                    for (int q = 0; q < pi.y; q++) v += __ldcg(ws + (i64)(pi.x + q) * BM * BS + idx);
+                    const i64 off = (i64)m * out_features + (i64)c * BS + f;
+                    if (accumulate) v += to_float<TO>(y[off]);
+                    y[off] = from_float<TO>(v);
+                }
+                if (threadIdx.x == 0) counters[pi.x] = 0u;
+            }
+        }
+    }
+    cp_async_wait<0>();
+}
