@@ -4,7 +4,7 @@ Each row times one op on a tensor of >= 64 MiB (default [8192, 4096]) and report
 move (inputs read once, outputs written once), the bandwidth that gives, its share of a device-to-device
 copy of the same bytes (the ceiling), and PyTorch's time for the same op in the same run.
 
-    PYTHONPATH=. python bench/ew.py [--rows 8192 --cols 4096 --dtypes bfloat16,float32]
+    PYTHONPATH=. python bench/ew.py [--rows 8192 --cols 4096 --dtypes bfloat16,float32] [--only norm,weight]
 """
 
 from __future__ import annotations
@@ -181,6 +181,14 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
         None,
         sets,
     )
+    ln0 = [dict(s, stats=ops.layer_norm_fprop(s["x"], None, None, feature_axis=0)) for s in sets]
+    add(
+        "layer_norm bwd ax0",
+        3 * n * e,
+        lambda s: ops.layer_norm_bprop(s["dy"], s["x"], None, s["stats"][1], s["stats"][2], feature_axis=0),
+        None,
+        ln0,
+    )
     add(
         "batch_norm fwd ax1",
         2 * n * e,
@@ -295,6 +303,7 @@ _ELEMENTWISE = (
     "mlstm bwd",
 )
 _COLS = ("layer_norm fwd ax0", "batch_norm fwd ax1", "batch_norm bwd ax1")
+_COLS1 = _COLS + ("layer_norm bwd ax0", "weight_norm unit fwd", "weight_norm unit bwd")
 # (label, ops.LAUNCH kind, field, value, the ops it changes): timed against the defaults with --variants
 VARIANTS = [
     ("elementwise unroll=4", "elementwise", "unroll", 4, _ELEMENTWISE),
@@ -305,6 +314,12 @@ VARIANTS = [
     ("rows_bwd threads=512", "rows_bwd", "threads", 512, ("layer_norm bwd ax1",)),
     ("cols reverse=True", "cols", "reverse", True, _COLS),
     ("cols blocks_per_sm=8", "cols", "blocks_per_sm", 8, _COLS),
+    # the one-pass column-statistics kernels (cusparseblocks/_ops_cols.py LAUNCH): off, 64-byte rows only
+    # (1 block per SM for the backward), and without the 1-block-per-SM tier
+    ("cols1 mode=fallback", "cols1", "mode", "fallback", _COLS1),
+    ("cols1 row_bytes=64", "cols1", "row_bytes", (64,), _COLS1),
+    ("cols1 row_bytes=32", "cols1", "row_bytes", (32,), _COLS1),
+    ("cols1 max_bytes=112K", "cols1", "max_bytes", 112 * 1024, _COLS1),
 ]
 
 
@@ -325,9 +340,10 @@ def warm(arch: str, jobs: int = 16) -> int:
     import concurrent.futures
     import multiprocessing
 
-    from cusparseblocks import ops
+    from cusparseblocks import _ops_cols, compiler, ops
 
     specs = list(ops._specializations())
+    specs += [s for s in _ops_cols._specializations() if compiler.target_arch(s.source, arch)]
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as ex:
         list(ex.map(_compile_one, [(s, arch) for s in specs]))
@@ -352,6 +368,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--warm-only", action="store_true", help="compile every specialization (parallel) and exit"
     )
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated substrings: time only the ops whose name contains one (copy always runs)",
+    )
     args = ap.parse_args(argv)
     import cupy
 
@@ -363,9 +384,10 @@ def main(argv=None) -> int:
         print(f"warm: {n} specializations in {time.perf_counter() - t0:.1f} s")
         return 0
 
-    from cusparseblocks import ops
+    from cusparseblocks import _ops_cols, ops
 
     torch = _torch()
+    only = [w.strip() for w in args.only.split(",") if w.strip()]
     table = Table(["dtype", "op", "MiB", "ms", "GB/s", "%copy", "torch ms", "vs torch", "host us"])
     rows = []
     warm_x = cupy.ones(1 << 28, dtype=cupy.float32)  # ~0.3 s of copies so the clocks are up
@@ -386,6 +408,8 @@ def main(argv=None) -> int:
         ours_ms = {}
         case_list = cases(cupy, ops, torch, dtype, args.rows, args.cols)
         for name, nbytes, ours, theirs, sets in case_list:
+            if only and name != "copy" and not any(w in name for w in only):
+                continue
             t = timed(ours, sets)
             ours_ms[name] = t
             cupy.cuda.get_current_stream().synchronize()
@@ -425,12 +449,14 @@ def main(argv=None) -> int:
         if not args.variants:
             continue
         for label, kind, field, value, names in VARIANTS:
-            saved = ops.LAUNCH[kind][field]
-            ops.LAUNCH[kind][field] = value
+            launch = ops.LAUNCH if kind in ops.LAUNCH else _ops_cols.LAUNCH
+            saved = launch[kind][field]
+            launch[kind][field] = value
             ops._PLANS.clear()  # launch plans are cached from the table
+            _ops_cols._PLANS.clear()
             try:
                 for name, _nbytes, ours, _theirs, sets in case_list:
-                    if name not in names:
+                    if name not in names or name not in ours_ms:
                         continue
                     t = timed(ours, sets)
                     vrow = dict(dtype=dtype, variant=label, op=name, ms=t, **{"default ms": ours_ms[name]})
@@ -438,8 +464,9 @@ def main(argv=None) -> int:
                     vrows.append(vrow)
                     vtable.add(**vrow)
             finally:
-                ops.LAUNCH[kind][field] = saved
+                launch[kind][field] = saved
                 ops._PLANS.clear()
+                _ops_cols._PLANS.clear()
         del case_list
     path = save_json(
         "ew",

@@ -158,9 +158,9 @@ def _options(arch: str, defines: Sequence[tuple[str, str]]) -> list[str]:
     return opts
 
 
-# Sources that use architecture-specific instructions (wgmma: sm_90a) and the one target they build for;
-# the dispatch launches them only on devices of that architecture.
-ARCH_SPECIFIC = {"bsmm_gmma.cu": "sm_90a"}
+# Sources that use architecture-specific instructions (wgmma: sm_90a; thread-block clusters: sm_90) and the
+# one target they build for; the dispatch launches them only on devices of that architecture.
+ARCH_SPECIFIC = {"bsmm_gmma.cu": "sm_90a", "ew_cols.cu": "sm_90"}
 
 
 def target_arch(source: str, arch: str) -> str | None:

@@ -25,8 +25,8 @@ import math
 
 import numpy as np
 
+from . import _ops_cols, compiler
 from . import _validate as V
-from . import compiler
 from ._array import backend_of, bfloat16, dtype_name
 from .blocklayout import BlockLayout
 from .reference import ops as ref
@@ -1089,6 +1089,9 @@ def layer_norm_fprop(x, gain=None, bias=None, *, feature_axis: int = 1, eps: flo
         return ref.layer_norm_fprop(x, gain, bias, fa, eps)
     if fa == 1:
         return _rows_fwd(x, gain, bias, eps, gain_per_row=0)
+    one_pass = _ops_cols.cols_fwd(x, gain, bias, eps, gain_per_col=0)  # sm_90, tile on chip; else None
+    if one_pass is not None:
+        return one_pass
     mean, rstd = _cols_stats(x, eps)
     return _apply_fwd(x, mean, rstd, gain, bias, stat_per_col=1, gain_per_col=0), mean, rstd
 
@@ -1115,9 +1118,13 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
             ws = _cols_ws(x, dy, None, mean, rstd, 2)
         *_, dbias, dgain = _finalize(ws, x, None, F, 1.0, 0.0, 1, want=(), sums_t=True)
     else:
-        ws = _cols_ws(x, dy, gain, mean, rstd, 1)
-        A, B, *_ = _finalize(ws, x, None, x.shape[1], 1.0 / F, 0.0, 1)
-        dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col=0)
+        one_pass = _ops_cols.cols_bwd(dy, x, gain, mean, rstd, gain_per_col=0, train=1, want_sums=False)
+        if one_pass is not None:
+            dx = one_pass[0]
+        else:
+            ws = _cols_ws(x, dy, gain, mean, rstd, 1)
+            A, B, *_ = _finalize(ws, x, None, x.shape[1], 1.0 / F, 0.0, 1)
+            dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col=0)
         _, dgain, dbias, _ = _rows_bwd(
             dy, x, None, mean, rstd, 1, 1, train=0, want_dx=False, want_dgain=gain is not None
         )
@@ -1176,6 +1183,9 @@ def batch_norm_fprop(
     if running_mean is not None or running_var is not None:
         running = (running_mean, running_var, momentum, momentum * N / max(N - 1, 1))
     if fa == 1:
+        one_pass = _ops_cols.cols_fwd(x, gain, bias, eps, gain_per_col=1, running=running)
+        if one_pass is not None:
+            return one_pass
         mean, rstd = _cols_stats(x, eps, running)
         return _apply_fwd(x, mean, rstd, gain, bias, stat_per_col=1, gain_per_col=1), mean, rstd
     return _rows_fwd(x, gain, bias, eps, gain_per_row=1, running=running)
@@ -1192,7 +1202,10 @@ def batch_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1, training
         _check_stats(name, arr, C, backend, f"x.shape[{fa}], one per channel")
     if backend == "numpy":
         return ref.batch_norm_bprop(dy, x, gain, mean, rstd, fa, training)
-    if fa == 1:
+    one_pass = fa == 1 and _ops_cols.cols_bwd(dy, x, gain, mean, rstd, 1, int(bool(training)), want_sums=True)
+    if one_pass:
+        dx, dbias, dgain = one_pass
+    elif fa == 1:
         ws = _cols_ws(x, dy, None, mean, rstd, 1)
         A, B, dbias, dgain = _finalize(
             ws, x, gain, C, 1.0 / N, 0.0, 1, want=("a", "b") if training else (), sums_t=True
@@ -1347,6 +1360,9 @@ def weight_norm_fprop(layout, w, gain=None, *, per: str = "unit", eps: float = 1
         return ref.weight_norm_fprop(lay, w, gain, per, eps)
     if per == "block":  # one warp per block: the norm and the scaling in one kernel
         return _wn_block(w, None, gain, None, b, eps)
+    one_pass = _ops_cols.wn_unit(lay, _wn_tables(lay)[:2], w, None, gain, None, b, eps)
+    if one_pass is not None:
+        return one_pass
     rnorm = _wn_unit_reduce(lay, w, w, b, eps=eps)
     return _wn_apply(lay, w, None, gain, rnorm, None, b), rnorm
 
@@ -1362,6 +1378,9 @@ def weight_norm_bprop(layout, dv, w, gain, rnorm, *, per: str = "unit"):
         return ref.weight_norm_bprop(lay, dv, w, gain, rnorm, per)
     if per == "block":
         return _wn_block(w, dv, gain, rnorm, b, 0.0)
+    one_pass = _ops_cols.wn_unit(lay, _wn_tables(lay)[:2], w, dv, gain, rnorm, b)
+    if one_pass is not None:
+        return one_pass
     import cupy
 
     dgain = None if gain is None else cupy.empty_like(gain)

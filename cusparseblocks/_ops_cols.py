@@ -1,0 +1,351 @@
+"""Column statistics in one pass over memory (sm_90): the host side of ``kernels/ew_cols.cu``.
+
+Layer norm with features first, batch norm with features last (training) and the weight norm per output
+unit compute statistics per column of a row-major array. The 3-pass path of :mod:`cusparseblocks.ops`
+(reduce, finalize, apply) reads the input twice; here a thread-block cluster holds a column tile of all
+rows in its shared memory, so each input byte crosses DRAM once (fwd: read x, write y; bwd: read x, dy,
+write dx). It applies when the tile fits (:func:`cols_plan`, :func:`wn_plan`), the GPU is compute
+capability 9.x, pointers are 16-byte aligned and rows are a whole number of 16-byte vectors; otherwise
+each entry point returns None and the caller runs its 3-pass path.
+
+Cached: launch plans per (device, shape, dtype) in ``_PLANS``; loaded functions in ``_FUNCS``; the
+largest block column of a layout in ``_WN_MAX``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from . import compiler
+from ._array import dtype_name
+
+_CTYPE = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
+_SOURCE = "ew_cols.cu"
+
+THREADS = 256  # kernels/ew_cols.cu THREADS
+MAX_COLS = 64  # kernels/ew_cols.cu MAXW: columns per tile
+CLUSTERS = (1, 2, 4, 8)  # compiled cluster sizes (8: the portable maximum)
+# Shared memory a block may use: 227 KiB on sm_90 (opt-in) less the kernels' ~5 KiB of static arrays.
+MAX_SMEM = 227 * 1024 - 6 * 1024
+
+# Launch table (a benchmark may set entries; clear _PLANS after a change):
+#   mode: "auto" (one pass when a tile fits max_bytes), "single" (one pass whenever a tile fits in MAX_SMEM:
+#     the tests' force flag), "fallback" (never: the 3-pass path);
+#   row_bytes: tile widths to try, in order (bytes of one row of a column tile: 64 = 4 vectors a row);
+#   cta_bytes: the preferred shared memory per block (112 KiB: 2 blocks per SM; 64 KiB tiles: 3), tried
+#     first with every width; then max_bytes (1 block per SM).
+LAUNCH = {"cols1": {"mode": "auto", "row_bytes": (64, 32), "cta_bytes": 112 * 1024, "max_bytes": MAX_SMEM}}
+
+
+@dataclasses.dataclass(frozen=True)
+class ColsPlan:
+    """One-pass launch: a cluster of ``cluster`` blocks per column tile of ``width`` columns
+    (``row_bytes`` bytes a row, ``vpr`` 16-byte vectors), ``rows_per_cta`` rows per block, ``smem`` bytes
+    of dynamic shared memory per block, ``tiles`` tiles (grid = tiles × cluster blocks)."""
+
+    cluster: int
+    row_bytes: int
+    vpr: int
+    width: int
+    rows_per_cta: int
+    tiles: int
+    smem: int
+
+    @property
+    def grid(self) -> int:
+        return self.tiles * self.cluster
+
+
+def _budgets(mode, cta_bytes, max_bytes):
+    if mode not in ("auto", "single", "fallback"):
+        raise ValueError(f"mode: expected 'auto', 'single' or 'fallback', got {mode!r}")
+    if mode == "fallback":
+        return ()
+    return (cta_bytes, MAX_SMEM if mode == "single" else min(max_bytes, MAX_SMEM))
+
+
+def cols_plan(
+    R: int,
+    C: int,
+    itemsize: int,
+    tensors: int = 1,
+    *,
+    cc_major: int = 9,
+    mode: str | None = None,
+    row_bytes=None,
+    cta_bytes: int | None = None,
+    max_bytes: int | None = None,
+) -> ColsPlan | None:
+    """The one-pass plan for statistics per column of [R, C] (``tensors`` inputs held on chip: 1 forward,
+    2 backward), or None (3-pass path). Pure: no GPU needed.
+
+    Tries each tile width of ``row_bytes`` in order and the smallest cluster whose blocks fit
+    ``cta_bytes``, then the same up to ``max_bytes`` (mode "single": MAX_SMEM). None when ``mode`` is
+    "fallback", the GPU is not compute capability 9.x, C is not a whole number of 16-byte vectors, or
+    no tile fits. Defaults: LAUNCH["cols1"].
+    """
+    cfg = LAUNCH["cols1"]
+    mode = mode or cfg["mode"]
+    row_bytes = row_bytes or cfg["row_bytes"]
+    budgets = _budgets(mode, cta_bytes or cfg["cta_bytes"], max_bytes or cfg["max_bytes"])
+    lanes = 16 // itemsize
+    if cc_major != 9 or R < 1 or C < 1 or C % lanes or R >= 2**31:
+        return None
+    for budget in budgets:
+        for rb in row_bytes:
+            vpr = rb // 16
+            if vpr < 1 or vpr & (vpr - 1) or rb // itemsize > MAX_COLS:
+                continue
+            width = rb // itemsize
+            for cs in CLUSTERS:
+                rows = math.ceil(R / cs)
+                smem = rows * rb * tensors
+                if smem <= budget:
+                    return ColsPlan(cs, rb, vpr, width, rows, math.ceil(C / width), smem)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class WnPlan:
+    """One-pass weight norm per unit: a cluster of ``cluster`` blocks per block column, ``bpc`` blocks of
+    w per block (``smem`` bytes), ``vpr`` 16-byte vectors per block row."""
+
+    cluster: int
+    bpc: int
+    vpr: int
+    smem: int
+
+
+def wn_plan(
+    max_blocks: int,
+    b: int,
+    itemsize: int,
+    tensors: int = 1,
+    *,
+    cc_major: int = 9,
+    mode: str | None = None,
+    cta_bytes: int | None = None,
+    max_bytes: int | None = None,
+) -> WnPlan | None:
+    """The one-pass plan for the weight norm per unit of w [nnz, b, b] whose largest block column holds
+    ``max_blocks`` blocks, or None (the 2-kernel path). Pure. Needs b a power of two with b·itemsize a
+    multiple of 16 bytes and b <= 64 columns; the smallest cluster whose blocks fit (budgets as
+    :func:`cols_plan`)."""
+    cfg = LAUNCH["cols1"]
+    budgets = _budgets(mode or cfg["mode"], cta_bytes or cfg["cta_bytes"], max_bytes or cfg["max_bytes"])
+    rb = b * itemsize
+    if cc_major != 9 or b < 1 or b & (b - 1) or rb % 16 or b > MAX_COLS:
+        return None
+    block_bytes = b * rb * tensors
+    for budget in budgets:
+        for cs in CLUSTERS:
+            bpc = max(1, math.ceil(max_blocks / cs))
+            if bpc * block_bytes <= budget:
+                return WnPlan(cs, bpc, rb // 16, bpc * block_bytes)
+    return None
+
+
+def _specializations():
+    for ctype in _CTYPE.values():
+        for cs in CLUSTERS:
+            for name in ("cols_fwd", "cols_bwd", "wn_unit"):
+                yield compiler.KernelSpec(_SOURCE, f"{name}<{ctype}, {cs}>")
+
+
+compiler.register_family("ew_cols", _specializations)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU dispatch
+
+_CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX")
+_PLANS: dict = {}
+_FUNCS: dict = {}
+_CC: dict = {}
+_WN_MAX: dict = {}
+_NULL = np.uint64(0)
+
+
+def _cc_major(dev) -> int:
+    major = _CC.get(dev)
+    if major is None:
+        import cupy
+
+        major = _CC[dev] = int(cupy.cuda.Device(dev).compute_capability) // 10
+    return major
+
+
+def _plan(kind, dtype, *sizes):
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    key = (kind, dev, dtype, sizes)
+    if key in _PLANS:
+        return _PLANS[key]
+    cc = _cc_major(dev)
+    itemsize = np.dtype(dtype).itemsize
+    if kind == "wn":
+        plan = wn_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc)
+    else:
+        plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc)
+    _PLANS[key] = plan
+    return plan
+
+
+def _launch(name, dtype, cluster, grid, smem, args):
+    import cupy
+
+    spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}, {cluster}>")
+    key = (cupy.cuda.runtime.getDevice(), spec, smem)
+    fn = _FUNCS.get(key)
+    if fn is None:
+        fn = _FUNCS[key] = compiler.get_function(spec, smem)
+    fn(
+        (grid,),
+        (THREADS,),
+        tuple(_NULL if a is None else a for a in args),
+        stream=cupy.cuda.get_current_stream(),
+        shared_mem=smem,
+    )
+
+
+def _aligned(*arrays) -> bool:
+    return all(a is None or a.data.ptr % 16 == 0 for a in arrays)
+
+
+def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
+    """(y, mean, rstd) with statistics per column of x [R, C] in one pass, or None (not applicable).
+    gain/bias per column (gain_per_col) or per row; running: (run_mean, run_var, momentum, var_scale),
+    updated in place (as ops._finalize)."""
+    import cupy
+
+    R, C = x.shape
+    plan = _plan("cols", x.dtype, R, C, 1)
+    if plan is None or not _aligned(x):
+        return None
+    y = cupy.empty_like(x)
+    if not _aligned(y):
+        return None
+    mean = cupy.empty(C, dtype=cupy.float32)
+    rstd = cupy.empty(C, dtype=cupy.float32)
+    run_mean, run_var, momentum, var_scale = running or (None, None, 0.0, 0.0)
+    _launch(
+        "cols_fwd",
+        x.dtype,
+        plan.cluster,
+        plan.grid,
+        plan.smem,
+        (
+            y,
+            x,
+            gain,
+            bias,
+            mean,
+            rstd,
+            run_mean,
+            run_var,
+            np.int32(R),
+            np.int64(C),
+            np.int32(plan.rows_per_cta),
+            np.int32(plan.vpr),
+            np.float32(eps),
+            np.float32(momentum),
+            np.float32(var_scale),
+            np.int32(gain_per_col),
+        ),
+    )
+    return y, mean, rstd
+
+
+def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
+    """(dx, sum0, sum1) of the column-statistics backward in one pass, or None (not applicable):
+    dx = rstd·(gc·t − train·gc·(Σt + x̂·Σt·x̂)/R), t = dy·(gain per row, else 1), gc = gain per column
+    (else 1); sum0 = Σt, sum1 = Σt·x̂ per column in x's dtype when want_sums (else None)."""
+    import cupy
+
+    R, C = x.shape
+    plan = _plan("cols", x.dtype, R, C, 2)
+    if plan is None or not _aligned(x, dy):
+        return None
+    dx = cupy.empty_like(x)
+    if not _aligned(dx):
+        return None
+    s0 = cupy.empty(C, dtype=x.dtype) if want_sums else None
+    s1 = cupy.empty(C, dtype=x.dtype) if want_sums else None
+    _launch(
+        "cols_bwd",
+        x.dtype,
+        plan.cluster,
+        plan.grid,
+        plan.smem,
+        (
+            dx,
+            s0,
+            s1,
+            dy,
+            x,
+            gain,
+            mean,
+            rstd,
+            np.int32(R),
+            np.int64(C),
+            np.int32(plan.rows_per_cta),
+            np.int32(plan.vpr),
+            np.int32(gain_per_col),
+            np.int32(train),
+        ),
+    )
+    return dx, s0, s1
+
+
+def _max_blocks(lay) -> int:
+    n = _WN_MAX.get(lay)
+    if n is None:
+        ptr = np.asarray(lay.col_ptr)
+        n = _WN_MAX[lay] = int(np.diff(ptr).max()) if ptr.size > 1 else 0
+    return n
+
+
+def wn_unit(lay, tables, w, dv, gain, rnorm, b, eps=0.0):
+    """The weight norm per unit in one pass, or None (not applicable). tables: the layout's (col_ptr,
+    col_order) on this GPU. Forward (dv None): (v, rnorm); backward: (dw, dgain), dgain None without
+    a gain."""
+    import cupy
+
+    if lay.out_blocks == 0:
+        return None
+    plan = _plan("wn", w.dtype, _max_blocks(lay), b, 1 if dv is None else 2)
+    if plan is None or not _aligned(w, dv):
+        return None
+    out = cupy.empty_like(w)
+    if dv is None:
+        rnorm = cupy.empty(lay.out_blocks * b, dtype=cupy.float32)
+        dgain = None
+    else:
+        dgain = None if gain is None else cupy.empty_like(gain)
+    col_ptr, col_order = tables
+    _launch(
+        "wn_unit",
+        w.dtype,
+        plan.cluster,
+        lay.out_blocks * plan.cluster,
+        plan.smem,
+        (
+            out,
+            rnorm,
+            dgain,
+            w,
+            dv,
+            gain,
+            col_ptr,
+            col_order,
+            np.int32(int(b).bit_length() - 1),
+            np.int32(int(plan.vpr).bit_length() - 1),
+            np.int32(plan.bpc),
+            np.float32(eps),
+        ),
+    )
+    return (out, rnorm) if dv is None else (out, dgain)

@@ -1,0 +1,447 @@
+// Column statistics in one pass over DRAM (issue 5; sm_90: thread-block clusters, distributed shared
+// memory). The 3-pass design of ew.cu (norm_cols_reduce -> norm_finalize -> norm_cols_apply) reads x
+// twice; here a cluster of CS thread blocks owns a column tile (W = 16 * vpr / sizeof(T) columns) over
+// ALL rows: each block copies its slice of rows into shared memory (cp.async, 16 bytes), sums its
+// columns, the blocks exchange their partial sums through distributed shared memory (every block adds
+// the CS partials in rank order: the same bits in every block, deterministic), and each block applies
+// the statistics to the rows it holds and streams the output out. Each input byte crosses DRAM once.
+//
+// Grid: 1-D, tiles * CS blocks; cluster k = blocks k*CS .. k*CS+CS-1 owns tile k, its rank r the rows
+// [r * rows_per_cta, (r + 1) * rows_per_cta). Block: THREADS threads; thread t holds the 16-byte column
+// chunk t % vpr of the tile (V columns: its statistics stay in registers) and rows t / vpr + k * THREADS / vpr.
+// Shared memory: the tile slice [rows_per_cta][vpr] x 16 bytes per input tensor (dynamic) + 5 KB.
+// The host (cusparseblocks/_ops_cols.py) launches only with 16-byte aligned pointers and C % V == 0 (a
+// 16-byte chunk is either inside the tile's columns or wholly past C); other cases take the 3-pass path.
+#include "common.cuh"
+
+constexpr int THREADS = 256;
+constexpr int WARPS = THREADS / 32;
+constexpr int MAXW = 64;  // columns per tile at most (vpr * V)
+
+template <typename T> struct Lanes { static constexpr int V = 16 / sizeof(T); };
+
+// 16-byte packs as in ew.cu (through uint4: a struct copy of half types compiles to 2-byte accesses)
+template <typename T> __device__ __forceinline__ float lo_half(unsigned w);
+template <> __device__ __forceinline__ float lo_half<__half>(unsigned w) {
+    return __half2float(__ushort_as_half((unsigned short)(w & 0xffffu)));
+}
+template <> __device__ __forceinline__ float lo_half<__nv_bfloat16>(unsigned w) { return __uint_as_float(w << 16); }
+template <typename T> __device__ __forceinline__ unsigned half_bits(float v);
+template <> __device__ __forceinline__ unsigned half_bits<__half>(float v) { return __half_as_ushort(__float2half_rn(v)); }
+template <> __device__ __forceinline__ unsigned half_bits<__nv_bfloat16>(float v) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void unpack16(const uint4& raw, float (&out)[V]) {
+    const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) out[k] = __uint_as_float(w[k]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            out[2 * k] = lo_half<T>(w[k]);
+            out[2 * k + 1] = lo_half<T>(w[k] >> 16);
+        }
+    }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ uint4 pack16(const float (&in)[V]) {
+    unsigned w[4];
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = __float_as_uint(in[k]);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = half_bits<T>(in[2 * k]) | (half_bits<T>(in[2 * k + 1]) << 16);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// streaming 16-byte store (the output is not read again by this op)
+__device__ __forceinline__ void st_cs16(void* p, const uint4& v) {
+    asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
+// global -> shared, 16 bytes, bypassing L1 (each byte is read once)
+__device__ __forceinline__ void cp_async16(uint4* smem, const void* gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.commit_group;\n\tcp.async.wait_group 0;" ::: "memory");
+}
+
+// Cluster barrier, split: arrive (release: this block's earlier shared-memory writes and remote reads are
+// done) and wait (acquire). Every thread of the block executes both (.aligned).
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+// relaxed: no memory ordering (no MEMBAR.GPU in SASS); for the last arrive, after which this block only
+// needs the others to stay resident (its remote reads have returned: their values were used)
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// *p in the shared memory of block `rank` of this cluster (p: the same variable in this block)
+__device__ __forceinline__ float ld_dsmem(const float* p, unsigned rank) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p), ra;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
+    return v;
+}
+
+// Per-block column sums: s[j][k] (NS sums of V columns, chunk cx = lane % vpr) summed over the lanes of
+// the same chunk (shuffles, then the warps in order through wred) into part[j][cx * V + k].
+// Every thread of the block calls it; ends with __syncthreads (part is complete).
+template <int NS, int V>
+__device__ __forceinline__ void block_col_sums(float (&s)[NS][V], int vpr, float (&wred)[WARPS][NS][MAXW],
+                                               float (&part)[NS][MAXW]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, cx = lane & (vpr - 1);
+#pragma unroll
+    for (int off = 16; off >= 1; off >>= 1) {
+        if (off < vpr) break;  // lanes off apart hold the same chunk only when off >= vpr
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int k = 0; k < V; ++k) s[j][k] += __shfl_xor_sync(0xffffffffu, s[j][k], off);
+    }
+    if (lane < vpr) {
+#pragma unroll
+        for (int j = 0; j < NS; ++j)
+#pragma unroll
+            for (int k = 0; k < V; ++k) wred[warp][j][cx * V + k] = s[j][k];
+    }
+    __syncthreads();
+    const int W = vpr * V;
+    for (int t = threadIdx.x; t < NS * W; t += THREADS) {
+        const int j = t / W, col = t - j * W;
+        float acc = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) acc += wred[w][j][col];
+        part[j][col] = acc;
+    }
+    __syncthreads();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Forward: statistics per column of x [R, C] and the normalized output, one read of x, one write of y.
+//   s0 = sum (x - x[0, c]), s1 = sum (x - x[0, c])^2 (shifted sums: accurate when |mean| >> std, as
+//   norm_cols_reduce); mean = x[0, c] + s0 / R, var = max(s1 / R - (s0 / R)^2, 0), rstd = 1/sqrt(var + eps);
+//   y = (x - mean) * rstd * g + b, g, b per column (gain_per_col: batch norm, features last) or per row
+//   (layer norm, features first); null -> 1, 0.
+// Rank 0 writes mean_out, rstd_out [C] (float32) and updates run_mean, run_var (each if non-null) as
+// norm_finalize: run = (1 - momentum) * run + momentum * mean / var_scale * var.
+template <typename T, int CS>
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
+    cols_fwd(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain, const T* __restrict__ bias,
+             float* __restrict__ mean_out, float* __restrict__ rstd_out, float* __restrict__ run_mean,
+             float* __restrict__ run_var, int R, i64 C, int rows_per_cta, int vpr, float eps, float momentum,
+             float var_scale, int gain_per_col) {
+    constexpr int V = Lanes<T>::V;
+    extern __shared__ uint4 tile[];
+    __shared__ float wred[WARPS][2][MAXW];
+    __shared__ float part[2][MAXW];
+    __shared__ float stat[2][MAXW];
+    const unsigned rank = cluster_rank();
+    const int W = vpr * V;
+    const i64 ct = (i64)(blockIdx.x / CS) * W;  // first column of the tile
+    const int r0 = (int)rank * rows_per_cta;
+    const int n = max(0, min(R - r0, rows_per_cta));
+    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr;
+    const i64 c = ct + cx * V;  // this thread's first column
+    const bool live = c < C;
+    // 1. the slice of rows into shared memory
+    if (live)
+        for (int row = threadIdx.x / vpr; row < n; row += step)
+            cp_async16(&tile[row * vpr + cx], x + (i64)(r0 + row) * C + c);
+    float ref[V];
+    if (live) unpack16<T, V>(__ldg(reinterpret_cast<const uint4*>(x + c)), ref);
+    else
+#pragma unroll
+        for (int k = 0; k < V; ++k) ref[k] = 0.f;
+    cp_async_wait_all();
+    __syncthreads();
+    // 2. this block's shifted column sums
+    float s[2][V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+    if (live) {
+#pragma unroll 4
+        for (int row = threadIdx.x / vpr; row < n; row += step) {
+            float v[V];
+            unpack16<T, V>(tile[row * vpr + cx], v);
+#pragma unroll
+            for (int k = 0; k < V; ++k) { const float t = v[k] - ref[k]; s[0][k] += t; s[1][k] += t * t; }
+        }
+    }
+    block_col_sums<2, V>(s, vpr, wred, part);
+    // 3. the cluster's sums (ranks in order), statistics
+    cluster_arrive();
+    cluster_wait();
+    if (threadIdx.x < W) {
+        const int col = threadIdx.x;
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[0][col], q); s1 += ld_dsmem(&part[1][col], q); }
+        const i64 cc = ct + col;
+        if (cc < C) {
+            const float scale = 1.f / (float)R;
+            const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
+            const float mean = to_float<T>(x[cc]) + m1, rstd = rsqrtf(var + eps);
+            stat[0][col] = mean;
+            stat[1][col] = rstd;
+            if (rank == 0) {
+                if (mean_out) mean_out[cc] = mean;
+                if (rstd_out) rstd_out[cc] = rstd;
+                if (run_mean) run_mean[cc] = (1.f - momentum) * run_mean[cc] + momentum * mean;
+                if (run_var) run_var[cc] = (1.f - momentum) * run_var[cc] + var_scale * var;
+            }
+        }
+    }
+    cluster_arrive_relaxed();  // remote reads done: the other blocks may exit after their wait
+    __syncthreads();
+    // 4. apply from shared memory, stream y out
+    if (live) {
+        float m[V], sc[V], bc[V];
+        const bool per_col = gain_per_col != 0;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            m[k] = stat[0][cx * V + k];
+            sc[k] = stat[1][cx * V + k];
+            bc[k] = 0.f;
+        }
+        float gc[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) gc[k] = 1.f;
+        if (per_col) {
+            if (gain)
+#pragma unroll
+                for (int k = 0; k < V; ++k) gc[k] = to_float<T>(gain[c + k]);
+            if (bias)
+#pragma unroll
+                for (int k = 0; k < V; ++k) bc[k] = to_float<T>(bias[c + k]);
+        }
+#pragma unroll 4
+        for (int row = threadIdx.x / vpr; row < n; row += step) {
+            const int r = r0 + row;
+            const float gr = (gain && !per_col) ? to_float<T>(gain[r]) : 1.f;
+            const float br = (bias && !per_col) ? to_float<T>(bias[r]) : 0.f;
+            float v[V];
+            unpack16<T, V>(tile[row * vpr + cx], v);
+#pragma unroll
+            for (int k = 0; k < V; ++k) v[k] = (v[k] - m[k]) * sc[k] * (gc[k] * gr) + (bc[k] + br);
+            st_cs16(y + (i64)r * C + c, pack16<T, V>(v));
+        }
+    }
+    cluster_wait();  // no block exits while another may still read its partial sums
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Backward of the column statistics, one read of x and dy, one write of dx. With xhat = (x - mean[c]) *
+// rstd[c], t = dy * gr (gr = gain per row, layer norm with features first; else 1):
+//   S0 = sum_r t, S1 = sum_r t * xhat over all rows (cluster sums, ranks in order);
+//   dx = rstd * (gc * t - train * gc * (S0 + xhat * S1) / R)   (gc = gain per column, batch norm; else 1)
+// Rank 0 writes sum0_t[c] = S0, sum1_t[c] = S1 in T (each if non-null: batch norm's dbias, dgain).
+// Shared memory: the x slice, then the dy slice.
+template <typename T, int CS>
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
+    cols_bwd(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, const T* __restrict__ dy,
+             const T* __restrict__ x, const T* __restrict__ gain, const float* __restrict__ mean,
+             const float* __restrict__ rstd, int R, i64 C, int rows_per_cta, int vpr, int gain_per_col, int train) {
+    constexpr int V = Lanes<T>::V;
+    extern __shared__ uint4 tile[];
+    __shared__ float wred[WARPS][2][MAXW];
+    __shared__ float part[2][MAXW];
+    __shared__ float stat[2][MAXW];
+    const unsigned rank = cluster_rank();
+    const int W = vpr * V;
+    const i64 ct = (i64)(blockIdx.x / CS) * W;
+    const int r0 = (int)rank * rows_per_cta;
+    const int n = max(0, min(R - r0, rows_per_cta));
+    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr;
+    const i64 c = ct + cx * V;
+    const bool live = c < C;
+    const bool per_col = gain_per_col != 0;
+    uint4* dtile = tile + rows_per_cta * vpr;
+    if (live)
+        for (int row = threadIdx.x / vpr; row < n; row += step) {
+            const i64 off = (i64)(r0 + row) * C + c;
+            cp_async16(&tile[row * vpr + cx], x + off);
+            cp_async16(&dtile[row * vpr + cx], dy + off);
+        }
+    float m[V], rs[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        m[k] = live ? mean[c + k] : 0.f;
+        rs[k] = live ? rstd[c + k] : 0.f;
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    float s[2][V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+    if (live) {
+#pragma unroll 4
+        for (int row = threadIdx.x / vpr; row < n; row += step) {
+            const float gr = (gain && !per_col) ? to_float<T>(gain[r0 + row]) : 1.f;
+            float v[V], d[V];
+            unpack16<T, V>(tile[row * vpr + cx], v);
+            unpack16<T, V>(dtile[row * vpr + cx], d);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float t = d[k] * gr;
+                s[0][k] += t;
+                s[1][k] += t * ((v[k] - m[k]) * rs[k]);
+            }
+        }
+    }
+    block_col_sums<2, V>(s, vpr, wred, part);
+    cluster_arrive();
+    cluster_wait();
+    if (threadIdx.x < W) {
+        const int col = threadIdx.x;
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[0][col], q); s1 += ld_dsmem(&part[1][col], q); }
+        const i64 cc = ct + col;
+        if (cc < C) {
+            const float g = (gain && per_col) ? to_float<T>(gain[cc]) : 1.f, scale = train ? 1.f / (float)R : 0.f;
+            stat[0][col] = g * s0 * scale;
+            stat[1][col] = g * s1 * scale;
+            if (rank == 0) {
+                if (sum0_t) sum0_t[cc] = from_float<T>(s0);
+                if (sum1_t) sum1_t[cc] = from_float<T>(s1);
+            }
+        }
+    }
+    cluster_arrive_relaxed();
+    __syncthreads();
+    if (live) {
+        float a[V], b[V], gc[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            a[k] = stat[0][cx * V + k];
+            b[k] = stat[1][cx * V + k];
+            gc[k] = (gain && per_col) ? to_float<T>(gain[c + k]) : 1.f;
+        }
+#pragma unroll 4
+        for (int row = threadIdx.x / vpr; row < n; row += step) {
+            const int r = r0 + row;
+            const float gr = (gain && !per_col) ? to_float<T>(gain[r]) : 1.f;
+            float v[V], d[V];
+            unpack16<T, V>(tile[row * vpr + cx], v);
+            unpack16<T, V>(dtile[row * vpr + cx], d);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float xh = (v[k] - m[k]) * rs[k];
+                v[k] = rs[k] * (gc[k] * gr * d[k] - a[k] - xh * b[k]);
+            }
+            st_cs16(dx + (i64)r * C + c, pack16<T, V>(v));
+        }
+    }
+    cluster_wait();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// L2 weight normalization per output unit of block-sparse w [nnz, b, b] (as ew.cu's wn_reduce_unit +
+// wn_apply, in one pass): the cluster owns block column j (tile = its b columns, vpr = b * sizeof(T) / 16),
+// its rank r the blocks col_order[col_ptr[j] + r * bpc ...] (bpc blocks per block, each b * b contiguous
+// elements). Unit u = j * b + c:
+//   forward (dv null):  s = sum w^2, r = 1/sqrt(s + eps) (rank 0 writes rnorm[u]); out = g[u] * r * w
+//   backward:           s = sum dv * w (r = rnorm[u] given; rank 0 writes dgain[u] = s * r in T if non-null);
+//                       out = g[u] * r * (dv - w * r^2 * s)
+// g null -> 1. lg_b = log2(b), lg_vpr = log2(vpr) (the host checks b, vpr powers of 2, vpr <= 16).
+template <typename T, int CS>
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
+    wn_unit(T* __restrict__ out, float* __restrict__ rnorm, T* __restrict__ dgain, const T* __restrict__ w,
+            const T* __restrict__ dv, const T* __restrict__ gain, const int* __restrict__ col_ptr,
+            const int* __restrict__ col_order, int lg_b, int lg_vpr, int bpc, float eps) {
+    constexpr int V = Lanes<T>::V;
+    extern __shared__ uint4 tile[];
+    __shared__ float wred[WARPS][1][MAXW];
+    __shared__ float part[1][MAXW];
+    __shared__ float stat[MAXW];
+    const unsigned rank = cluster_rank();
+    const int j = blockIdx.x / CS, b = 1 << lg_b, vpr = 1 << lg_vpr;
+    const int lg_vpb = lg_b + lg_vpr;  // 16-byte vectors per block: b * vpr
+    const int p0 = col_ptr[j] + (int)rank * bpc;
+    const int nblk = max(0, min(col_ptr[j + 1] - p0, bpc));
+    const int nvec = nblk << lg_vpb;
+    const int cx = threadIdx.x & (vpr - 1);
+    const i64 bb = (i64)b * b;
+    uint4* dtile = tile + ((i64)bpc << lg_vpb);
+    for (int i = threadIdx.x; i < nvec; i += THREADS) {
+        const int q = i >> lg_vpb;
+        const i64 off = (i64)col_order[p0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
+        cp_async16(&tile[i], w + off);
+        if (dv) cp_async16(&dtile[i], dv + off);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    float s[1][V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[0][k] = 0.f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nvec; i += THREADS) {  // THREADS % vpr == 0: chunk cx throughout
+        float v[V], d[V];
+        unpack16<T, V>(tile[i], v);
+        if (dv) unpack16<T, V>(dtile[i], d);
+#pragma unroll
+        for (int k = 0; k < V; ++k) s[0][k] += v[k] * (dv ? d[k] : v[k]);
+    }
+    block_col_sums<1, V>(s, vpr, wred, part);
+    cluster_arrive();
+    cluster_wait();
+    if (threadIdx.x < b) {
+        const int col = threadIdx.x;
+        float sum = 0.f;
+#pragma unroll
+        for (int q = 0; q < CS; ++q) sum += ld_dsmem(&part[0][col], q);
+        const i64 u = (i64)j * b + col;
+        if (!dv) {
+            const float r = rsqrtf(sum + eps);
+            stat[col] = r;
+            if (rank == 0) rnorm[u] = r;
+        } else {
+            const float r = rnorm[u];
+            stat[col] = sum;
+            if (rank == 0 && dgain) dgain[u] = from_float<T>(sum * r);
+        }
+    }
+    cluster_arrive_relaxed();
+    __syncthreads();
+    float sc[V], wsc[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        const i64 u = (i64)j * b + cx * V + k;
+        const float g = gain ? to_float<T>(gain[u]) : 1.f;
+        const float r = dv ? rnorm[u] : stat[cx * V + k];
+        sc[k] = g * r;
+        wsc[k] = dv ? r * r * stat[cx * V + k] : 0.f;
+    }
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nvec; i += THREADS) {
+        const int q = i >> lg_vpb;
+        const i64 off = (i64)col_order[p0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
+        float v[V], d[V];
+        unpack16<T, V>(tile[i], v);
+        if (dv) {
+            unpack16<T, V>(dtile[i], d);
+#pragma unroll
+            for (int k = 0; k < V; ++k) v[k] = sc[k] * (d[k] - v[k] * wsc[k]);
+        } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) v[k] = sc[k] * v[k];
+        }
+        st_cs16(out + off, pack16<T, V>(v));
+    }
+    cluster_wait();
+}

@@ -1,0 +1,350 @@
+"""Column statistics in one pass (cusparseblocks/_ops_cols.py, kernels/ew_cols.cu): the launch plans on the
+CPU; on the GPU (sm_90) the one-pass kernels, forced on and forced off, against the float64 reference with
+poisoned outputs, ragged shapes and shapes at the plans' limits."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import assert_close, random_array, to_numpy
+
+from cusparseblocks import BlockSparseMatMul, _ops_cols, compiler, ops
+from cusparseblocks._ops_cols import MAX_SMEM, ColsPlan, cols_plan, wn_plan
+from cusparseblocks.reference import ops as ref
+
+GPU_DTYPES = ("float32", "float16", "bfloat16")
+MODES = ("single", "single2", "single8", "fallback")
+BUDGET = _ops_cols.LAUNCH["cols1"]["cta_bytes"]
+
+
+def f64(a):
+    return to_numpy(a).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# plans (pure functions)
+
+
+def test_plan_benchmark_shapes():
+    # x [8192, 4096]: 64-byte rows, 8 blocks of 1024 rows (64 KiB) per column tile
+    assert cols_plan(8192, 4096, 2) == ColsPlan(8, 64, 4, 32, 1024, 128, 65536)
+    assert cols_plan(8192, 4096, 4) == ColsPlan(8, 64, 4, 16, 1024, 256, 65536)
+    # backward holds x and dy: 64-byte rows need 128 KiB > budget, 32-byte rows fit in 64 KiB
+    assert cols_plan(8192, 4096, 2, 2) == ColsPlan(8, 32, 2, 16, 1024, 256, 65536)
+    assert cols_plan(8192, 4096, 2, 2, cta_bytes=MAX_SMEM).row_bytes == 64
+
+
+def test_plan_fallbacks():
+    assert cols_plan(8192, 4096, 2, cc_major=8) is None  # no clusters before sm_90
+    assert cols_plan(8192, 4096, 2, cc_major=10) is None  # built for 9.x only
+    assert cols_plan(8192, 4096, 2, mode="fallback") is None
+    assert cols_plan(64, 203, 4) is None  # rows not a whole number of 16-byte vectors
+    assert cols_plan(64, 204, 4) is not None
+    assert cols_plan(64, 204, 2) is None
+    assert cols_plan(0, 16, 4) is None and cols_plan(16, 0, 4) is None
+    with pytest.raises(ValueError, match="mode"):
+        cols_plan(8, 8, 4, mode="always")
+
+
+def test_plan_limits():
+    # 64-byte rows up to the preferred budget, then 32-byte rows, then either up to MAX_SMEM, then 3 passes
+    r64 = 8 * BUDGET // 64
+    assert cols_plan(r64, 64, 2).row_bytes == 64 and cols_plan(r64, 64, 2).smem == BUDGET
+    assert cols_plan(r64 + 1, 64, 2).row_bytes == 32
+    r32 = 8 * BUDGET // 32
+    assert cols_plan(r32, 64, 2).smem == BUDGET
+    big = cols_plan(r32 + 1, 64, 2)
+    assert big.smem > BUDGET and big.row_bytes == 32 and big.cluster == 8
+    assert cols_plan(r32 + 1, 64, 2, max_bytes=BUDGET) is None
+    rmax = 8 * (MAX_SMEM // 32)
+    for mode in ("auto", "single"):
+        plan = cols_plan(rmax, 64, 2, mode=mode)
+        assert plan.smem <= MAX_SMEM and plan.cluster == 8 and plan.row_bytes == 32
+        assert cols_plan(rmax + 8, 64, 2, mode=mode) is None
+    # the smallest cluster that fits
+    assert cols_plan(100, 4096, 4).cluster == 1
+    assert cols_plan(2 * BUDGET // 64, 4096, 4).cluster == 2
+
+
+@pytest.mark.parametrize("itemsize", [2, 4])
+@pytest.mark.parametrize("tensors", [1, 2])
+def test_plan_covers_the_array(itemsize, tensors):
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        R = int(rng.integers(1, 40000))
+        C = int(rng.integers(1, 3000)) * (16 // itemsize)
+        for mode in ("auto", "single"):
+            plan = cols_plan(R, C, itemsize, tensors, mode=mode)
+            if plan is None:
+                assert cols_plan(R, C, itemsize, tensors, mode="single" if mode == "auto" else "auto") is None
+                continue
+            assert plan.smem <= MAX_SMEM
+            assert plan.smem == plan.rows_per_cta * plan.row_bytes * tensors
+            assert plan.tiles * plan.width >= C > (plan.tiles - 1) * plan.width
+            assert plan.width * itemsize == plan.row_bytes == 16 * plan.vpr
+            assert plan.cluster in _ops_cols.CLUSTERS and plan.width <= _ops_cols.MAX_COLS
+            assert plan.rows_per_cta == math.ceil(R / plan.cluster)
+
+
+def test_wn_plan():
+    # the benchmark's layout: ~128-150 blocks of 32 x 32 per block column
+    plan = wn_plan(150, 32, 2)
+    assert plan.cluster == 4 and plan.bpc == 38 and plan.vpr == 4 and plan.smem == 38 * 2048
+    assert wn_plan(150, 32, 2, 2).cluster == 8
+    assert wn_plan(150, 32, 4, 2).smem == 19 * 8192  # over the preferred budget: 1 block per SM
+    assert wn_plan(150, 32, 4, 2, max_bytes=BUDGET) is None
+    assert wn_plan(1, 8, 2).vpr == 1 and wn_plan(1, 64, 4).vpr == 16
+    assert wn_plan(0, 32, 2).bpc == 1  # empty layouts still launch a valid plan
+    assert wn_plan(10, 4, 2) is None  # a block row under 16 bytes
+    assert wn_plan(10, 48, 2) is None  # not a power of two
+    assert wn_plan(10, 128, 2) is None  # wider than a tile
+    assert wn_plan(10, 32, 2, cc_major=8) is None
+    assert wn_plan(10, 32, 2, mode="fallback") is None
+    assert wn_plan(1_000, 32, 2) is None  # a block column too large for a cluster
+    assert wn_plan(800, 32, 2, mode="single").smem == 100 * 2048
+
+
+def test_specializations_arch_specific():
+    specs = compiler.all_specializations()["ew_cols"]
+    assert len(specs) == 3 * len(_ops_cols.CLUSTERS) * 3
+    assert all(compiler.target_arch(s.source, "sm_90") == "sm_90" for s in specs)
+    assert not any(compiler.target_arch(s.source, "sm_80") for s in specs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU
+
+
+def _gpu(host, misalign=False):
+    import cupy
+
+    if not misalign:
+        return cupy.asarray(host)
+    flat = cupy.empty(host.size + 1, dtype=host.dtype)
+    view = flat[1:].reshape(host.shape)
+    view[...] = cupy.asarray(host)
+    return view
+
+
+def _poison_pool(nbytes=64 << 20):
+    import cupy
+
+    for n in (nbytes // 4, 1 << 20, 1 << 16, 1 << 12):
+        a = cupy.full(n, np.nan, dtype=cupy.float32)
+        del a
+
+
+@pytest.fixture
+def mode(request, monkeypatch):
+    """Force the one-pass path ("single"; "single2", "single8": clusters of 2 or 8 blocks whatever the
+    size, so that small arrays cover ranks with few or no rows) or the 3-pass path ("fallback"); records
+    the one-pass launches. Yields ("single" or "fallback", the launched kernel names)."""
+    import cupy
+
+    name = request.param
+    if name != "fallback" and not compiler.device_arch().startswith("sm_9"):
+        pytest.skip("the one-pass kernels need compute capability 9.x")
+    if name in ("single2", "single8"):
+        monkeypatch.setattr(_ops_cols, "CLUSTERS", (int(name[-1]),))
+        name = "single"
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "mode", name)
+    monkeypatch.setattr(_ops_cols, "_PLANS", {})
+    launched = []
+    real = _ops_cols._launch
+
+    def spy(name, *args):
+        launched.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(_ops_cols, "_launch", spy)
+    yield name, launched
+    cupy.cuda.get_current_stream().synchronize()
+
+
+def _expect(mode_launched, name, applicable=True):
+    mode, launched = mode_launched
+    if mode == "single" and applicable:
+        assert launched == [name], launched
+    else:
+        assert name not in launched, launched
+
+
+# ragged (C not a multiple of the tile, R not a multiple of the cluster), aligned, tiny, tall
+SHAPES = [(37, 208), (64, 256), (2, 16), (1000, 24), (4099, 72), (8193, 40), (5, 4096 + 64)]
+
+
+def _x(rng, shape, dtype):
+    return (random_array(rng, shape, "float32") * 3 + 5).astype(random_array(rng, (1,), dtype).dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", ["layer0", "batch1", "batch1_running"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_gpu_cols_fwd(mode, dtype, shape, kind, affine, rng):
+    import cupy
+
+    x = _x(rng, shape, dtype)
+    fa = 0 if kind == "layer0" else 1
+    F = shape[fa]
+    g = random_array(rng, (F,), dtype) if affine else None
+    b = random_array(rng, (F,), dtype) if affine else None
+    gg, gb = (None if a is None else _gpu(a) for a in (g, b))
+    hg, hb = (None if a is None else f64(a) for a in (g, b))
+    _poison_pool()
+    if kind == "layer0":
+        y, m, r = ops.layer_norm_fprop(_gpu(x), gg, gb, feature_axis=0)
+        ry, rm, rr = ref.layer_norm_fprop(f64(x), hg, hb, 0)
+    else:
+        running = kind == "batch1_running"
+        rm0 = rng.standard_normal(F).astype(np.float32)
+        rv0 = (rng.random(F) + 0.5).astype(np.float32)
+        grm, grv = (cupy.asarray(rm0), cupy.asarray(rv0)) if running else (None, None)
+        hrm, hrv = rm0.astype(np.float64), rv0.astype(np.float64)
+        y, m, r = ops.batch_norm_fprop(_gpu(x), gg, gb, running_mean=grm, running_var=grv, momentum=0.25)
+        ry, rm, rr = ref.batch_norm_fprop(f64(x), hg, hb, 1, True, hrm, hrv, 0.25)
+        if running:
+            assert_close(grm, hrm, "float32", "running_mean")
+            assert_close(grv, hrv, "float32" if dtype == "float32" else "float16", "running_var")
+    _expect(mode, "cols_fwd")
+    assert m.dtype == r.dtype == np.float32 and m.shape == r.shape == (shape[1],)
+    assert_close(m, rm, "float32", "mean")
+    assert_close(r, rr, "float32" if dtype == "float32" else "float16", "rstd")
+    assert_close(y, ry, dtype, "y")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("kind", ["layer0", "batch1", "batch1_eval"])
+@pytest.mark.parametrize("affine", [True, False])
+def test_gpu_cols_bwd(mode, dtype, shape, kind, affine, rng):
+    x = _x(rng, shape, dtype)
+    dy = random_array(rng, shape, dtype)
+    fa = 0 if kind == "layer0" else 1
+    F = shape[fa]
+    g = random_array(rng, (F,), dtype) if affine else None
+    gg, hg = (None, None) if g is None else (_gpu(g), f64(g))
+    # the forward statistics from the reference (float32, as the GPU forward returns them)
+    if kind == "layer0":
+        _, rm, rr = ref.layer_norm_fprop(f64(x), hg, None, 0)
+    else:
+        _, rm, rr = ref.batch_norm_fprop(f64(x), hg, None, 1, True, None, None)
+    m, r = _gpu(rm.astype(np.float32)), _gpu(rr.astype(np.float32))
+    _poison_pool()
+    if kind == "layer0":
+        grads = ops.layer_norm_bprop(_gpu(dy), _gpu(x), gg, m, r, feature_axis=0)
+        rgrads = ref.layer_norm_bprop(f64(dy), f64(x), hg, f64(m), f64(r), 0)
+    else:
+        training = kind == "batch1"
+        grads = ops.batch_norm_bprop(_gpu(dy), _gpu(x), gg, m, r, training=training)
+        rgrads = ref.batch_norm_bprop(f64(dy), f64(x), hg, f64(m), f64(r), 1, training)
+    _expect(mode, "cols_bwd")
+    # dx cancels when a norm spans few rows: errors relative to the terms it is computed from (test_ops)
+    gcol = f64(g).reshape(1, -1) if (g is not None and fa == 1) else 1.0
+    grow = f64(g).reshape(-1, 1) if (g is not None and fa == 0) else 1.0
+    terms = gcol * grow * f64(r).reshape(1, -1) * f64(dy)
+    for name, a, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
+        if e is None:
+            assert a is None, name
+            continue
+        assert_close(a, e, dtype, name, scale=terms if name == "dx" else None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["single"], indirect=True)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_gpu_cols_not_applicable(mode, dtype, rng):
+    """Misaligned views and rows of a partial 16-byte vector take the 3-pass path even when forced."""
+    lanes = 16 // np.dtype(random_array(rng, (1,), dtype).dtype).itemsize
+    for shape, misalign in (((40, 3 * lanes + 1), False), ((40, 4 * lanes), True)):
+        mode[1].clear()
+        x = _x(rng, shape, dtype)
+        y, m, r = ops.batch_norm_fprop(_gpu(x, misalign))
+        dx, _, _ = ops.batch_norm_bprop(_gpu(x, misalign), _gpu(x, misalign), None, m, r)
+        assert mode[1] == [], (shape, misalign, mode[1])
+        ry, _, _ = ref.batch_norm_fprop(f64(x), None, None, 1, True, None, None)
+        assert_close(y, ry, dtype, "y")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["single"], indirect=True)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("which", ["fwd", "bwd"])
+def test_gpu_cols_fit_limit(mode, dtype, which, rng):
+    """The tallest array whose tile fits a block's shared memory (cluster of 8, 32-byte rows)."""
+    itemsize = 2 if dtype == "bfloat16" else 4
+    tensors = 1 if which == "fwd" else 2
+    R = 8 * (MAX_SMEM // (32 * tensors))
+    shape = (R, 64 // itemsize)
+    plan = cols_plan(*shape, itemsize, tensors, mode="single")
+    assert plan.smem > MAX_SMEM - 32 * tensors and plan.row_bytes == 32
+    assert cols_plan(R + 8, shape[1], itemsize, tensors, mode="single") is None
+    x = _x(rng, shape, dtype)
+    g, b = random_array(rng, (shape[1],), dtype), random_array(rng, (shape[1],), dtype)
+    _poison_pool()
+    if which == "fwd":
+        y, m, r = ops.batch_norm_fprop(_gpu(x), _gpu(g), _gpu(b))
+        ry, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), f64(b), 1, True, None, None)
+        assert_close(m, rm, "float32", "mean")
+        assert_close(y, ry, dtype, "y")
+    else:
+        dy = random_array(rng, shape, dtype)
+        _, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), None, 1, True, None, None)
+        m, r = _gpu(rm.astype(np.float32)), _gpu(rr.astype(np.float32))
+        grads = ops.batch_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m, r)
+        rgrads = ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m), f64(r), 1, True)
+        for name, a, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
+            assert_close(a, e, dtype, name)
+    assert mode[1] == ["cols_fwd" if which == "fwd" else "cols_bwd"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["single8"], indirect=True)
+def test_gpu_cols_deterministic(mode, rng):
+    x = _x(rng, (4099, 72), "float32")
+    dy = random_array(rng, (4099, 72), "float32")
+    outs = []
+    for _ in range(2):
+        y, m, r = ops.batch_norm_fprop(_gpu(x))
+        dx, dg, db = ops.batch_norm_bprop(_gpu(dy), _gpu(x), None, m, r)
+        outs.append([to_numpy(a) for a in (y, m, r, dx, db)])
+    for a, b in zip(*outs):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("block_size", [8, 16, 32, 64])
+@pytest.mark.parametrize("gain", [True, False])
+def test_gpu_wn_unit(mode, dtype, block_size, gain, rng):
+    mask = rng.random((9, 6)) < 0.5
+    mask[:, 0] = True  # a full block column
+    mask[:, 2] = False  # an empty one: its units keep rnorm = 1/sqrt(eps) and no blocks to write
+    mask[0, 3] = True
+    bsmm = BlockSparseMatMul(mask, block_size=block_size)
+    w, dv = random_array(rng, bsmm.w_shape, dtype), random_array(rng, bsmm.w_shape, dtype)
+    g = random_array(rng, (bsmm.M,), dtype) if gain else None
+    gg, hg = (None, None) if g is None else (_gpu(g), f64(g))
+    _poison_pool()
+    v, rn = ops.weight_norm_fprop(bsmm, _gpu(w), gg, per="unit", eps=1e-6)
+    rv, rrn = ref.weight_norm_fprop(bsmm.layout, f64(w), hg, "unit", 1e-6)
+    assert rn.dtype == np.float32 and rn.shape == (bsmm.M,)
+    assert_close(rn, rrn, "float32" if dtype == "float32" else "float16", "rnorm")
+    assert_close(v, rv, dtype, "v")
+    dw, dg = ops.weight_norm_bprop(bsmm, _gpu(dv), _gpu(w), gg, rn, per="unit")
+    rdw, rdg = ref.weight_norm_bprop(bsmm.layout, f64(dv), f64(w), hg, f64(rn), "unit")
+    assert_close(dw, rdw, dtype, "dw")
+    if gain:
+        assert dg.dtype == gg.dtype and dg.shape == (bsmm.M,)
+        assert_close(dg, rdg, dtype, "dgain")
+    else:
+        assert dg is None
+    mode_name, launched = mode
+    assert launched == (["wn_unit", "wn_unit"] if mode_name == "single" else []), launched
