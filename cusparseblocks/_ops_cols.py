@@ -164,9 +164,11 @@ compiler.register_family("ew_cols", _specializations)
 _CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX")
 _PLANS: dict = {}
 _FUNCS: dict = {}
+_SMEM_SET: dict = {}  # (device, spec): the dynamic shared-memory limit set on the function (never cleared)
 _CC: dict = {}
 _WN_MAX: dict = {}
 _NULL = np.uint64(0)
+_MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 
 
 def _cc_major(dev) -> int:
@@ -202,7 +204,16 @@ def _launch(name, dtype, cluster, grid, smem, args):
     key = (cupy.cuda.runtime.getDevice(), spec, smem)
     fn = _FUNCS.get(key)
     if fn is None:
-        fn = _FUNCS[key] = compiler.get_function(spec, smem)
+        fn = compiler.get_function(spec)
+        # the dynamic limit is raised here (only ever raised): static + dynamic shared memory over 48 KiB
+        # needs it, also when the dynamic part alone is under 48 KiB
+        lkey = key[:2]
+        if smem > 40 * 1024 and _SMEM_SET.get(lkey, 0) < smem:
+            from cupy_backends.cuda.api import driver
+
+            driver.funcSetAttribute(fn.ptr, _MAX_DYNAMIC_SHARED, smem)
+            _SMEM_SET[lkey] = smem
+        _FUNCS[key] = fn
     fn(
         (grid,),
         (THREADS,),
