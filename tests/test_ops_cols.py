@@ -15,7 +15,7 @@ from cusparseblocks._ops_cols import MAX_SMEM, ColsPlan, cols_plan, wn_plan
 from cusparseblocks.reference import ops as ref
 
 GPU_DTYPES = ("float32", "float16", "bfloat16")
-MODES = ("single", "single2", "single8", "fallback")
+MODES = ("single", "single2", "single8", "single16", "fallback")
 BUDGET = _ops_cols.LAUNCH["cols1"]["cta_bytes"]
 
 
@@ -34,6 +34,17 @@ def test_plan_benchmark_shapes():
     # backward holds x and dy: 64-byte rows need 128 KiB > budget, 32-byte rows fit in 64 KiB
     assert cols_plan(8192, 4096, 2, 2) == ColsPlan(8, 32, 2, 16, 1024, 256, 65536)
     assert cols_plan(8192, 4096, 2, 2, cta_bytes=MAX_SMEM).row_bytes == 64
+
+
+def test_plan_wide_rows_and_clusters_of_16(monkeypatch):
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "row_bytes", (128, 64, 32))
+    assert cols_plan(8192, 4096, 2) == ColsPlan(8, 64, 4, 32, 1024, 128, 65536)  # 64-byte rows fit 112 KiB
+    assert cols_plan(8192, 4096, 2, cta_bytes=MAX_SMEM) == ColsPlan(8, 128, 8, 64, 1024, 64, 131072)
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "max_cluster", 16)
+    assert cols_plan(8192, 4096, 2) == ColsPlan(16, 128, 8, 64, 512, 64, 65536)
+    assert cols_plan(8192, 4096, 4) == ColsPlan(16, 128, 8, 32, 512, 128, 65536)
+    assert cols_plan(8192, 4096, 2, 2) == ColsPlan(16, 64, 4, 32, 512, 128, 65536)
+    assert wn_plan(150, 32, 4, 2).cluster == 16
 
 
 def test_plan_fallbacks():
@@ -138,16 +149,17 @@ def _poison_pool(nbytes=64 << 20):
 
 @pytest.fixture
 def mode(request, monkeypatch):
-    """Force the one-pass path ("single"; "single2", "single8": clusters of 2 or 8 blocks whatever the
-    size, so that small arrays cover ranks with few or no rows) or the 3-pass path ("fallback"); records
+    """Force the one-pass path ("single"; "single2", "single8", "single16": clusters of 2, 8 or 16 blocks
+    whatever the size, so that small arrays cover ranks with few or no rows) or the 3-pass path ("fallback"); records
     the one-pass launches. Yields ("single" or "fallback", the launched kernel names)."""
     import cupy
 
     name = request.param
     if name != "fallback" and not compiler.device_arch().startswith("sm_9"):
         pytest.skip("the one-pass kernels need compute capability 9.x")
-    if name in ("single2", "single8"):
-        monkeypatch.setattr(_ops_cols, "CLUSTERS", (int(name[-1]),))
+    if name in ("single2", "single8", "single16"):
+        monkeypatch.setattr(_ops_cols, "CLUSTERS", (int(name[6:]),))
+        monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "max_cluster", 16)
         name = "single"
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "mode", name)
     monkeypatch.setattr(_ops_cols, "_PLANS", {})
@@ -451,6 +463,7 @@ def emulated(monkeypatch, emulator_lib, request):
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "mode", "single")
     if getattr(request, "param", None):
         monkeypatch.setattr(_ops_cols, "CLUSTERS", (request.param,))
+        monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "max_cluster", 16)
     launched = []
     fns = {
         "cols_fwd": emulator_lib.emu_cols_fwd,
@@ -497,7 +510,7 @@ EMU_DTYPES = ("float32", "bfloat16")
 
 
 # (shape, forced cluster size): ragged tiles and rows, ranks without rows (3 rows on 8 blocks)
-EMU_CASES = [((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8)]
+EMU_CASES = [((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16)]
 
 
 @pytest.mark.parametrize("shape,emulated", EMU_CASES, indirect=["emulated"])

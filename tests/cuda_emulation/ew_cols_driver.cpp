@@ -11,6 +11,7 @@
     case 2: { constexpr int CSV = 2; CALL; break; }        \
     case 4: { constexpr int CSV = 4; CALL; break; }        \
     case 8: { constexpr int CSV = 8; CALL; break; }        \
+    case 16: { constexpr int CSV = 16; CALL; break; }      \
     default: emu_fail("cluster size");                     \
   }
 
