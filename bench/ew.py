@@ -320,6 +320,9 @@ VARIANTS = [
     ("cols1 row_bytes=64", "cols1", "row_bytes", (64,), _COLS1),
     ("cols1 row_bytes=32", "cols1", "row_bytes", (32,), _COLS1),
     ("cols1 max_bytes=112K", "cols1", "max_bytes", 112 * 1024, _COLS1),
+    ("cols1 128-B rows, 1 block/SM", "cols1", ("row_bytes", "cta_bytes"), ((128, 64), 220 * 1024), _COLS1),
+    ("cols1 max_cluster=16", "cols1", "max_cluster", 16, _COLS1),
+    ("cols1 128-B rows, clusters of 16", "cols1", ("row_bytes", "max_cluster"), ((128, 64, 32), 16), _COLS1),
 ]
 
 
@@ -450,8 +453,9 @@ def main(argv=None) -> int:
             continue
         for label, kind, field, value, names in VARIANTS:
             launch = ops.LAUNCH if kind in ops.LAUNCH else _ops_cols.LAUNCH
-            saved = launch[kind][field]
-            launch[kind][field] = value
+            fields, values = (field, value) if isinstance(field, tuple) else ((field,), (value,))
+            saved = [launch[kind][f] for f in fields]
+            launch[kind].update(zip(fields, values))
             ops._PLANS.clear()  # launch plans are cached from the table
             _ops_cols._PLANS.clear()
             try:
@@ -464,7 +468,7 @@ def main(argv=None) -> int:
                     vrows.append(vrow)
                     vtable.add(**vrow)
             finally:
-                launch[kind][field] = saved
+                launch[kind].update(zip(fields, saved))
                 ops._PLANS.clear()
                 _ops_cols._PLANS.clear()
         del case_list

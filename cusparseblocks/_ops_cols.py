@@ -27,7 +27,9 @@ _SOURCE = "ew_cols.cu"
 
 THREADS = 256  # kernels/ew_cols.cu THREADS
 MAX_COLS = 64  # kernels/ew_cols.cu MAXW: columns per tile
-CLUSTERS = (1, 2, 4, 8)  # compiled cluster sizes (8: the portable maximum)
+# compiled cluster sizes: 8 is the portable maximum; 16 (sm_90's maximum) is non-portable and needs the
+# function's attribute, used only when LAUNCH["cols1"]["max_cluster"] allows it
+CLUSTERS = (1, 2, 4, 8, 16)
 # Shared memory a block may use: 227 KiB on sm_90 (opt-in) less the kernels' ~5 KiB of static arrays.
 MAX_SMEM = 227 * 1024 - 6 * 1024
 
@@ -36,8 +38,17 @@ MAX_SMEM = 227 * 1024 - 6 * 1024
 #     the tests' force flag), "fallback" (never: the 3-pass path);
 #   row_bytes: tile widths to try, in order (bytes of one row of a column tile: 64 = 4 vectors a row);
 #   cta_bytes: the preferred shared memory per block (112 KiB: 2 blocks per SM; 64 KiB tiles: 3), tried
-#     first with every width; then max_bytes (1 block per SM).
-LAUNCH = {"cols1": {"mode": "auto", "row_bytes": (64, 32), "cta_bytes": 112 * 1024, "max_bytes": MAX_SMEM}}
+#     first with every width; then max_bytes (1 block per SM);
+#   max_cluster: the largest cluster size to use (8 portable; 16 on sm_90 with the non-portable attribute).
+LAUNCH = {
+    "cols1": {
+        "mode": "auto",
+        "row_bytes": (64, 32),
+        "cta_bytes": 112 * 1024,
+        "max_bytes": MAX_SMEM,
+        "max_cluster": 8,
+    }
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +68,10 @@ class ColsPlan:
     @property
     def grid(self) -> int:
         return self.tiles * self.cluster
+
+
+def _clusters(cfg):
+    return [cs for cs in CLUSTERS if cs <= cfg["max_cluster"]]
 
 
 def _budgets(mode, cta_bytes, max_bytes):
@@ -100,7 +115,7 @@ def cols_plan(
             if vpr < 1 or vpr & (vpr - 1) or rb // itemsize > MAX_COLS:
                 continue
             width = rb // itemsize
-            for cs in CLUSTERS:
+            for cs in _clusters(cfg):
                 rows = math.ceil(R / cs)
                 smem = rows * rb * tensors
                 if smem <= budget:
@@ -141,7 +156,7 @@ def wn_plan(
         return None
     block_bytes = b * rb * tensors
     for budget in budgets:
-        for cs in CLUSTERS:
+        for cs in _clusters(cfg):
             bpc = max(1, math.ceil(max_blocks / cs))
             if bpc * block_bytes <= budget:
                 return WnPlan(cs, bpc, rb // 16, bpc * block_bytes)
@@ -164,9 +179,13 @@ compiler.register_family("ew_cols", _specializations)
 _CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX")
 _PLANS: dict = {}
 _FUNCS: dict = {}
+_SMEM_SET: dict = {}  # (device, spec): attributes set on the function, the dynamic limit (never cleared)
 _CC: dict = {}
 _WN_MAX: dict = {}
 _NULL = np.uint64(0)
+_MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+_PREFERRED_CARVEOUT = 9  # CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT (percent of the maximum)
+_NON_PORTABLE_CLUSTER = 14  # CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED
 
 
 def _cc_major(dev) -> int:
@@ -202,7 +221,23 @@ def _launch(name, dtype, cluster, grid, smem, args):
     key = (cupy.cuda.runtime.getDevice(), spec, smem)
     fn = _FUNCS.get(key)
     if fn is None:
-        fn = _FUNCS[key] = compiler.get_function(spec, smem)
+        from cupy_backends.cuda.api import driver
+
+        fn = compiler.get_function(spec)
+        # the dynamic limit is raised here (only ever raised): static + dynamic shared memory over 48 KiB
+        # needs it, also when the dynamic part alone is under 48 KiB
+        lkey = key[:2]
+        if lkey not in _SMEM_SET:
+            # all of the unified L1/shared memory as shared memory: 3 blocks of 64 KiB per SM (the loads
+            # bypass L1), whatever carve-out the driver would prefer
+            driver.funcSetAttribute(fn.ptr, _PREFERRED_CARVEOUT, 100)
+            if cluster > 8:
+                driver.funcSetAttribute(fn.ptr, _NON_PORTABLE_CLUSTER, 1)
+            _SMEM_SET[lkey] = 0
+        if smem > 40 * 1024 and _SMEM_SET[lkey] < smem:
+            driver.funcSetAttribute(fn.ptr, _MAX_DYNAMIC_SHARED, smem)
+            _SMEM_SET[lkey] = smem
+        _FUNCS[key] = fn
     fn(
         (grid,),
         (THREADS,),

@@ -60,6 +60,7 @@ __device__ __forceinline__ uint4 pack16(const float (&in)[V]) {
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
+// --- PTX wrappers (tests/test_ops_cols.py replaces this block with a CPU emulation) ---
 // streaming 16-byte store (the output is not read again by this op)
 __device__ __forceinline__ void st_cs16(void* p, const uint4& v) {
     asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
@@ -97,6 +98,8 @@ __device__ __forceinline__ float ld_dsmem(const float* p, unsigned rank) {
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
     return v;
 }
+
+// --- end of PTX wrappers ---
 
 // Per-block column sums: s[j][k] (NS sums of V columns, chunk cx = lane % vpr) summed over the lanes of
 // the same chunk (shuffles, then the warps in order through wred) into part[j][cx * V + k].

@@ -15,7 +15,7 @@ from cusparseblocks._ops_cols import MAX_SMEM, ColsPlan, cols_plan, wn_plan
 from cusparseblocks.reference import ops as ref
 
 GPU_DTYPES = ("float32", "float16", "bfloat16")
-MODES = ("single", "single2", "single8", "fallback")
+MODES = ("single", "single2", "single8", "single16", "fallback")
 BUDGET = _ops_cols.LAUNCH["cols1"]["cta_bytes"]
 
 
@@ -34,6 +34,17 @@ def test_plan_benchmark_shapes():
     # backward holds x and dy: 64-byte rows need 128 KiB > budget, 32-byte rows fit in 64 KiB
     assert cols_plan(8192, 4096, 2, 2) == ColsPlan(8, 32, 2, 16, 1024, 256, 65536)
     assert cols_plan(8192, 4096, 2, 2, cta_bytes=MAX_SMEM).row_bytes == 64
+
+
+def test_plan_wide_rows_and_clusters_of_16(monkeypatch):
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "row_bytes", (128, 64, 32))
+    assert cols_plan(8192, 4096, 2) == ColsPlan(8, 64, 4, 32, 1024, 128, 65536)  # 64-byte rows fit 112 KiB
+    assert cols_plan(8192, 4096, 2, cta_bytes=MAX_SMEM) == ColsPlan(8, 128, 8, 64, 1024, 64, 131072)
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "max_cluster", 16)
+    assert cols_plan(8192, 4096, 2) == ColsPlan(16, 128, 8, 64, 512, 64, 65536)
+    assert cols_plan(8192, 4096, 4) == ColsPlan(16, 128, 8, 32, 512, 128, 65536)
+    assert cols_plan(8192, 4096, 2, 2) == ColsPlan(16, 64, 4, 32, 512, 128, 65536)
+    assert wn_plan(150, 32, 4, 2).cluster == 16
 
 
 def test_plan_fallbacks():
@@ -138,16 +149,17 @@ def _poison_pool(nbytes=64 << 20):
 
 @pytest.fixture
 def mode(request, monkeypatch):
-    """Force the one-pass path ("single"; "single2", "single8": clusters of 2 or 8 blocks whatever the
-    size, so that small arrays cover ranks with few or no rows) or the 3-pass path ("fallback"); records
+    """Force the one-pass path ("single"; "single2", "single8", "single16": clusters of 2, 8 or 16 blocks
+    whatever the size, so that small arrays cover ranks with few or no rows) or the 3-pass path ("fallback"); records
     the one-pass launches. Yields ("single" or "fallback", the launched kernel names)."""
     import cupy
 
     name = request.param
     if name != "fallback" and not compiler.device_arch().startswith("sm_9"):
         pytest.skip("the one-pass kernels need compute capability 9.x")
-    if name in ("single2", "single8"):
-        monkeypatch.setattr(_ops_cols, "CLUSTERS", (int(name[-1]),))
+    if name in ("single2", "single8", "single16"):
+        monkeypatch.setattr(_ops_cols, "CLUSTERS", (int(name[6:]),))
+        monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "max_cluster", 16)
         name = "single"
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "mode", name)
     monkeypatch.setattr(_ops_cols, "_PLANS", {})
@@ -163,9 +175,11 @@ def mode(request, monkeypatch):
     cupy.cuda.get_current_stream().synchronize()
 
 
-def _expect(mode_launched, name, applicable=True):
+def _expect(mode_launched, name, shape, dtype, tensors):
+    """The one-pass kernel ran (once) iff forced and its plan exists (a forced small cluster may not fit)."""
     mode, launched = mode_launched
-    if mode == "single" and applicable:
+    itemsize = np.dtype(random_array(np.random.default_rng(0), (1,), dtype).dtype).itemsize
+    if mode == "single" and cols_plan(*shape, itemsize, tensors, mode="single") is not None:
         assert launched == [name], launched
     else:
         assert name not in launched, launched
@@ -210,7 +224,7 @@ def test_gpu_cols_fwd(mode, dtype, shape, kind, affine, rng):
         if running:
             assert_close(grm, hrm, "float32", "running_mean")
             assert_close(grv, hrv, "float32" if dtype == "float32" else "float16", "running_var")
-    _expect(mode, "cols_fwd")
+    _expect(mode, "cols_fwd", shape, dtype, 1)
     assert m.dtype == r.dtype == np.float32 and m.shape == r.shape == (shape[1],)
     assert_close(m, rm, "float32", "mean")
     assert_close(r, rr, "float32" if dtype == "float32" else "float16", "rstd")
@@ -244,7 +258,7 @@ def test_gpu_cols_bwd(mode, dtype, shape, kind, affine, rng):
         training = kind == "batch1"
         grads = ops.batch_norm_bprop(_gpu(dy), _gpu(x), gg, m, r, training=training)
         rgrads = ref.batch_norm_bprop(f64(dy), f64(x), hg, f64(m), f64(r), 1, training)
-    _expect(mode, "cols_bwd")
+    _expect(mode, "cols_bwd", shape, dtype, 2)
     # dx cancels when a norm spans few rows: errors relative to the terms it is computed from (test_ops)
     gcol = f64(g).reshape(1, -1) if (g is not None and fa == 1) else 1.0
     grow = f64(g).reshape(-1, 1) if (g is not None and fa == 0) else 1.0
@@ -348,3 +362,224 @@ def test_gpu_wn_unit(mode, dtype, block_size, gain, rng):
         assert dg is None
     mode_name, launched = mode
     assert launched == (["wn_unit", "wn_unit"] if mode_name == "single" else []), launched
+
+
+# ---------------------------------------------------------------------------------------------------
+# CPU: the real kernels/ew_cols.cu, compiled for the host with the cluster emulated
+# (tests/cuda_emulation/ew_cols_emu.h: a std::thread per CUDA thread, per-block shared memory, DSMEM reads
+# by variable and offset), launched by the real host code of _ops_cols through ops with NumPy-backed
+# stand-ins for CuPy arrays. float32 and bfloat16 (V = 4 and 8 lanes).
+
+
+def _build_emulator(directory):
+    import ctypes
+    import hashlib
+    import re
+    import subprocess
+
+    from cuda_emulation import fake_cupy
+
+    here = fake_cupy.HERE
+    src = (fake_cupy.KERNELS / "ew_cols.cu").read_text()
+    a, b = src.index("// --- PTX wrappers"), src.index("// --- end of PTX wrappers ---")
+    src = src[:a] + src[b:]
+    src = src.replace('#include "common.cuh"', "")
+    src = src.replace(
+        "extern __shared__ uint4 tile[];",
+        'uint4* tile = reinterpret_cast<uint4*>(emu_smem("dyn", emu_cluster->dyn));',
+    )
+    src = re.sub(
+        r"__shared__ (\w+) (\w+)((?:\[\w+\])+);",
+        lambda m: (
+            f'auto& {m[2]} = *reinterpret_cast<{m[1]}(*){m[3]}>(emu_smem("{m[2]}", sizeof({m[1]}{m[3]})));'
+        ),
+        src,
+    )
+    assert "__shared__" not in src
+    inputs = [(here / n).read_bytes() for n in ("ew_cols_emu.h", "ew_cols_driver.cpp")]
+    digest = hashlib.sha256(src.encode() + b"".join(inputs)).hexdigest()[:16]
+    lib = directory / f"ew_cols_emu-{digest}.so"
+    if not lib.exists():
+        (directory / "ew_cols_emu.cu").write_text(src)
+        res = subprocess.run(
+            [
+                "g++",
+                "-std=c++20",
+                "-O1",
+                "-pthread",
+                "-shared",
+                "-fPIC",
+                "-Wno-unknown-pragmas",
+                f"-I{directory}",
+                f"-I{here}",
+                str(here / "ew_cols_driver.cpp"),
+                "-o",
+                str(lib),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr[-4000:]
+    return ctypes.CDLL(str(lib))
+
+
+@pytest.fixture(scope="module")
+def emulator_lib(tmp_path_factory):
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed")
+    return _build_emulator(tmp_path_factory.mktemp("ew_cols_emu"))
+
+
+@pytest.fixture
+def emulated(monkeypatch, emulator_lib, request):
+    """ops' GPU path on the CPU: fake CuPy arrays, _ops_cols launches into the emulator; clusters of
+    request.param blocks (None: the plan's choice). Yields (the fake cupy module, launched names)."""
+    import ctypes
+    import sys
+
+    from cuda_emulation import fake_cupy
+
+    from cusparseblocks import _array
+
+    mod = fake_cupy._module()
+    mod.empty_like = lambda a: fake_cupy._wrap(fake_cupy._poisoned(a.shape, a.dtype))
+    monkeypatch.setitem(sys.modules, "cupy", mod)
+    assert _array.is_cupy(mod.zeros(1))
+
+    def backend_of(**arrays):  # the stand-in arrays subclass numpy.ndarray: they are "cupy" here
+        kinds = {isinstance(a, fake_cupy.ndarray) for a in arrays.values() if a is not None}
+        assert len(kinds) <= 1, "mixed arrays"
+        return "cupy" if kinds == {True} else "numpy"
+
+    monkeypatch.setattr(ops, "backend_of", backend_of)
+    monkeypatch.setattr(_ops_cols, "_PLANS", {})
+    monkeypatch.setattr(_ops_cols, "_cc_major", lambda dev: 9)
+    monkeypatch.setattr(
+        _ops_cols, "_aligned", lambda *arrs: all(a is None or a.ctypes.data % 16 == 0 for a in arrs)
+    )
+    monkeypatch.setattr(ops, "_WN_TABLES", {})
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "mode", "single")
+    if getattr(request, "param", None):
+        monkeypatch.setattr(_ops_cols, "CLUSTERS", (request.param,))
+        monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "max_cluster", 16)
+    launched = []
+    fns = {
+        "cols_fwd": emulator_lib.emu_cols_fwd,
+        "cols_bwd": emulator_lib.emu_cols_bwd,
+        "wn_unit": emulator_lib.emu_wn_unit,
+    }
+
+    def launch(name, dtype, cluster, grid, smem, args):
+        name_t = np.dtype(dtype).name
+        assert name_t in ("float32", "bfloat16"), name_t
+        launched.append(name)
+        conv = []
+        for a in args:
+            if a is None or (isinstance(a, np.uint64) and a == 0):
+                conv.append(ctypes.c_void_p(None))
+            elif isinstance(a, np.ndarray):
+                assert a.flags.c_contiguous
+                conv.append(ctypes.c_void_p(a.ctypes.data))
+            elif isinstance(a, np.int32):
+                conv.append(ctypes.c_int(int(a)))
+            elif isinstance(a, np.int64):
+                conv.append(ctypes.c_longlong(int(a)))
+            elif isinstance(a, np.float32):
+                conv.append(ctypes.c_float(float(a)))
+            else:
+                raise TypeError(f"{name}: argument {type(a).__name__}")
+        fns[name](
+            ctypes.c_int(name_t == "bfloat16"),
+            ctypes.c_int(cluster),
+            ctypes.c_int(grid),
+            ctypes.c_size_t(smem),
+            *conv,
+        )
+
+    monkeypatch.setattr(_ops_cols, "_launch", launch)
+    yield mod, launched
+
+
+def _fake(mod, host):
+    return mod.asarray(host)
+
+
+EMU_DTYPES = ("float32", "bfloat16")
+
+
+# (shape, forced cluster size): ragged tiles and rows, ranks without rows (3 rows on 8 blocks)
+EMU_CASES = [((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16)]
+
+
+@pytest.mark.parametrize("shape,emulated", EMU_CASES, indirect=["emulated"])
+@pytest.mark.parametrize("dtype", EMU_DTYPES)
+@pytest.mark.parametrize("kind", ["layer0", "batch1"])
+def test_emulated_cols(emulated, dtype, shape, kind, rng):
+    mod, launched = emulated
+    fa = 0 if kind == "layer0" else 1
+    F = shape[fa]
+    x = _x(rng, shape, dtype)
+    g, b, dy = random_array(rng, (F,), dtype), random_array(rng, (F,), dtype), random_array(rng, shape, dtype)
+    gx, gg, gb, gdy = (_fake(mod, a) for a in (x, g, b, dy))
+    if kind == "layer0":
+        y, m, r = ops.layer_norm_fprop(gx, gg, gb, feature_axis=0)
+        ry, rm, rr = ref.layer_norm_fprop(f64(x), f64(g), f64(b), 0)
+        m32, r32 = _fake(mod, rm.astype(np.float32)), _fake(mod, rr.astype(np.float32))
+        # dx alone (the per-row dgain/dbias come from ew.cu's row kernels, not emulated here)
+        dx, s0, s1 = _ops_cols.cols_bwd(gdy, gx, gg, m32, r32, 0, 1, False)
+        assert s0 is None and s1 is None
+        rdx = ref.layer_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 0)[0]
+        terms = f64(g).reshape(-1, 1) * f64(r32).reshape(1, -1) * f64(dy)
+        assert_close(np.asarray(dx), rdx, dtype, "dx", scale=terms)
+    else:
+        rm0 = rng.standard_normal(F).astype(np.float32)
+        rv0 = (rng.random(F) + 0.5).astype(np.float32)
+        grm, grv = _fake(mod, rm0), _fake(mod, rv0)
+        y, m, r = ops.batch_norm_fprop(gx, gg, gb, running_mean=grm, running_var=grv, momentum=0.25)
+        hrm, hrv = rm0.astype(np.float64), rv0.astype(np.float64)
+        ry, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), f64(b), 1, True, hrm, hrv, 0.25)
+        assert_close(grm, hrm, "float32", "running_mean")
+        assert_close(grv, hrv, "float32" if dtype == "float32" else "float16", "running_var")
+        m32, r32 = _fake(mod, rm.astype(np.float32)), _fake(mod, rr.astype(np.float32))
+        for training in (True, False):
+            dx, dg, db = ops.batch_norm_bprop(gdy, gx, gg, m32, r32, training=training)
+            rgrads = ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 1, training)
+            terms = f64(g).reshape(1, -1) * f64(r32).reshape(1, -1) * f64(dy)
+            for name, a_, e in zip(("dx", "dgain", "dbias"), (dx, dg, db), rgrads):
+                assert_close(np.asarray(a_), e, dtype, name, scale=terms if name == "dx" else None)
+    assert_close(np.asarray(m), rm, "float32", "mean")
+    assert_close(np.asarray(r), rr, "float32" if dtype == "float32" else "float16", "rstd")
+    assert_close(np.asarray(y), ry, dtype, "y")
+    assert launched[0] == "cols_fwd"
+
+
+@pytest.mark.parametrize("emulated", [None, 8], indirect=True)
+@pytest.mark.parametrize("dtype", EMU_DTYPES)
+@pytest.mark.parametrize("block_size", [8, 32, 64])
+def test_emulated_wn_unit(emulated, dtype, block_size, rng):
+    mod, launched = emulated
+    mask = rng.random((5, 3)) < 0.6
+    mask[:, 0] = True
+    mask[:, 1] = False  # an empty block column
+    bsmm = BlockSparseMatMul(mask, block_size=block_size)
+    w, dv = random_array(rng, bsmm.w_shape, dtype), random_array(rng, bsmm.w_shape, dtype)
+    g = random_array(rng, (bsmm.M,), dtype)
+    v, rn = ops.weight_norm_fprop(bsmm, _fake(mod, w), _fake(mod, g), per="unit", eps=1e-6)
+    rv, rrn = ref.weight_norm_fprop(bsmm.layout, f64(w), f64(g), "unit", 1e-6)
+    assert_close(np.asarray(rn), rrn, "float32" if dtype == "float32" else "float16", "rnorm")
+    assert_close(np.asarray(v), rv, dtype, "v")
+    for gain in (g, None):
+        dw, dg = ops.weight_norm_bprop(
+            bsmm, _fake(mod, dv), _fake(mod, w), None if gain is None else _fake(mod, gain), rn, per="unit"
+        )
+        rdw, rdg = ref.weight_norm_bprop(
+            bsmm.layout, f64(dv), f64(w), None if gain is None else f64(gain), f64(rn), "unit"
+        )
+        assert_close(np.asarray(dw), rdw, dtype, "dw")
+        if gain is None:
+            assert dg is None
+        else:
+            assert_close(np.asarray(dg), rdg, dtype, "dgain")
+    assert launched == ["wn_unit"] * 3

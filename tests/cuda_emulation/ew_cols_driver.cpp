@@ -1,0 +1,64 @@
+// Launches kernels/ew_cols.cu on the CPU (tests only): a shared library that tests/test_ops_cols.py loads
+// with ctypes. The test writes ew_cols_emu.cu: kernels/ew_cols.cu with its PTX wrappers removed and its
+// shared variables made per-block (emu_smem), compiled here against ew_cols_emu.h. Arguments as
+// cusparseblocks/_ops_cols.py passes them; `bf16` picks __nv_bfloat16 (else float); CS: the cluster size.
+#include "ew_cols_emu.h"
+#include "ew_cols_emu.cu"
+
+#define CS_SWITCH(CALL)                                    \
+  switch (cs) {                                            \
+    case 1: { constexpr int CSV = 1; CALL; break; }        \
+    case 2: { constexpr int CSV = 2; CALL; break; }        \
+    case 4: { constexpr int CSV = 4; CALL; break; }        \
+    case 8: { constexpr int CSV = 8; CALL; break; }        \
+    case 16: { constexpr int CSV = 16; CALL; break; }      \
+    default: emu_fail("cluster size");                     \
+  }
+
+template <typename T>
+static void fwd(int cs, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias, float* mean,
+                float* rstd, float* rm, float* rv, int R, i64 C, int rows, int vpr, float eps, float mom, float vs,
+                int per_col) {
+  emu_launch(grid, cs, THREADS, smem, [=] {
+    CS_SWITCH((cols_fwd<T, CSV>((T*)y, (const T*)x, (const T*)gain, (const T*)bias, mean, rstd, rm, rv, R, C, rows,
+                                vpr, eps, mom, vs, per_col)));
+  });
+}
+template <typename T>
+static void bwd(int cs, int grid, size_t smem, void* dx, void* s0, void* s1, const void* dy, const void* x,
+                const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows, int vpr, int per_col,
+                int train) {
+  emu_launch(grid, cs, THREADS, smem, [=] {
+    CS_SWITCH((cols_bwd<T, CSV>((T*)dx, (T*)s0, (T*)s1, (const T*)dy, (const T*)x, (const T*)gain, mean, rstd, R, C,
+                                rows, vpr, per_col, train)));
+  });
+}
+template <typename T>
+static void wn(int cs, int grid, size_t smem, void* out, float* rnorm, void* dgain, const void* w, const void* dv,
+               const void* gain, const int* col_ptr, const int* col_order, int lg_b, int lg_vpr, int bpc, float eps) {
+  emu_launch(grid, cs, THREADS, smem, [=] {
+    CS_SWITCH((wn_unit<T, CSV>((T*)out, rnorm, (T*)dgain, (const T*)w, (const T*)dv, (const T*)gain, col_ptr,
+                               col_order, lg_b, lg_vpr, bpc, eps)));
+  });
+}
+
+extern "C" {
+void emu_cols_fwd(int bf16, int cs, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias,
+                  float* mean, float* rstd, float* rm, float* rv, int R, i64 C, int rows, int vpr, float eps, float mom,
+                  float vs, int per_col) {
+  (bf16 ? fwd<__nv_bfloat16> : fwd<float>)(cs, grid, smem, y, x, gain, bias, mean, rstd, rm, rv, R, C, rows, vpr, eps,
+                                           mom, vs, per_col);
+}
+void emu_cols_bwd(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, const void* dy, const void* x,
+                  const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows, int vpr, int per_col,
+                  int train) {
+  (bf16 ? bwd<__nv_bfloat16> : bwd<float>)(cs, grid, smem, dx, s0, s1, dy, x, gain, mean, rstd, R, C, rows, vpr,
+                                           per_col, train);
+}
+void emu_wn_unit(int bf16, int cs, int grid, size_t smem, void* out, float* rnorm, void* dgain, const void* w,
+                 const void* dv, const void* gain, const int* col_ptr, const int* col_order, int lg_b, int lg_vpr,
+                 int bpc, float eps) {
+  (bf16 ? wn<__nv_bfloat16> : wn<float>)(cs, grid, smem, out, rnorm, dgain, w, dv, gain, col_ptr, col_order, lg_b,
+                                         lg_vpr, bpc, eps);
+}
+}
