@@ -73,8 +73,11 @@ SMALL_N = 64
 LARGE_N = 2048
 # xw_small (kernels/bsmm_small.cu: N ≤ SMALL_N, b = 32, feature axis 1, x and w 16-byte aligned; stream-K
 # over the column-sorted block list, see small_tables): {"tc" (fp16/bf16) | "simt" (fp32): {BM: (WARPS,
-# BPW blocks per warp per stage, STAGES)}}; BM = 32 serves N ≤ 32, 64 the rest
-XW_SMALL_TILES = {"tc": {32: (4, 2, 4), 64: (4, 2, 3)}, "simt": {32: (4, 1, 3), 64: (4, 1, 3)}}
+# BPW blocks per warp per stage, STAGES, MAX_ENT entries and MAX_STG stages per CTA)}}; BM = 32 serves
+# N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory (fp32 BM = 32: two CTAs per
+# SM fit 228 KiB with 320/128); a layout with more per CTA runs more CTAs (whole waves)
+XW_SMALL_TILES = {"tc": {32: (4, 2, 4, 1024, 512), 64: (4, 2, 3, 1024, 512)},
+                  "simt": {32: (4, 1, 3, 320, 128), 64: (4, 1, 3, 1024, 512)}}
 XW_SMALL_BS = 32
 small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
@@ -144,53 +147,97 @@ def _small_kind(dtype):
 
 
 def xw_small_spec(dtype, out_dtype, bm, trans):
-    warps, bpw, st = XW_SMALL_TILES[_small_kind(dtype)][bm]
+    warps, bpw, st, me, ms = XW_SMALL_TILES[_small_kind(dtype)][bm]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec("bsmm_small.cu", f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {trans}>")
+    return KernelSpec("bsmm_small.cu",
+                      f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {trans}>")
 
 
 def xw_small_smem(dtype, bm):
-    """STAGES · EPS · (BM + 32) rows · stride · itemsize (mirrors xw_small's layout)."""
-    warps, bpw, st = XW_SMALL_TILES[_small_kind(dtype)][bm]
+    """Dynamic shared memory: STAGES · EPS · (BM + 32) rows · stride · itemsize (mirrors xw_small)."""
+    warps, bpw, st, _, _ = XW_SMALL_TILES[_small_kind(dtype)][bm]
     stride, item = (36, 4) if dtype == "float32" else (40, 2)
     return st * warps * bpw * (bm + XW_SMALL_BS) * stride * item
 
 
-def small_tables(ptr, n_ctas):
+def xw_small_static_smem(dtype, bm):
+    """Static shared memory: the CTA's entries (8 B) and stage records (16 B), + 16 B."""
+    _, _, _, me, ms = XW_SMALL_TILES[_small_kind(dtype)][bm]
+    return me * 8 + ms * 16 + 16
+
+
+def small_tables(ptr, n_ctas, eps):
     """xw_small's work split: ``ptr`` [n_out + 1] (CSC column pointers for fprop, CSR row pointers for
-    bprop) into ``n_ctas`` ranges of equal block count. Returns seg_ptr int32 [n_ctas + 1]; segs int32
-    [n_segs, 4] (column, first entry, end entry, part or -1), CTA g's segments at seg_ptr[g]:seg_ptr[g+1]
-    in list order; parts int32 [max(n_parts, 1), 2] (first part of the column, its number of parts), the
-    parts of a split column numbered in list order. An empty column is one segment (e0 = e1) of the CTA
-    whose range holds its position."""
+    bprop; the entries of column c are ptr[c]:ptr[c+1]) cut into ``n_ctas`` ranges of equal block count.
+
+    Returns ent_ptr int32 [n_ctas + 1] (CTA g's entries); stages int32 [n_stages, 4], CTA g's at
+    stage_ptr[g]:stage_ptr[g+1] in list order: (first entry relative to ent_ptr[g], count | FIRST (1 << 16,
+    a column piece starts) | LAST (1 << 17, it ends), column, part or -1); stage_ptr int32 [n_ctas + 1];
+    zero_cols int32 [max(n_zero, 1)] (the empty columns) and n_zero; parts int32 [max(n_parts, 1), 2]
+    (first part of the column, its number of parts): a column cut by range boundaries has one part per
+    piece, numbered in list order. A piece of a column is a run of stages of ``eps`` blocks (the last one
+    shorter)."""
     ptr = np.asarray(ptr, dtype=np.int64)
     n_out, nnz = ptr.size - 1, int(ptr[-1])
     bounds = np.arange(n_ctas + 1, dtype=np.int64) * nnz // n_ctas
     lens = np.diff(ptr)
-    first = np.minimum(np.searchsorted(bounds, ptr[:-1], side="right") - 1, n_ctas - 1)
-    last = np.where(lens > 0, np.minimum(np.searchsorted(bounds, ptr[1:] - 1, side="right") - 1, n_ctas - 1),
-                    first)
-    pieces = last - first + 1
-    col = np.repeat(np.arange(n_out, dtype=np.int64), pieces)
-    start = np.concatenate([[0], np.cumsum(pieces)[:-1]])
-    piece = np.arange(col.size, dtype=np.int64) - start[col]
-    g = first[col] + piece
+    zero = np.flatnonzero(lens == 0).astype(np.int32)
+    zero_cols = zero if zero.size else np.zeros(1, np.int32)
+    if nnz == 0:
+        return (bounds.astype(np.int32), np.zeros((0, 4), np.int32), np.zeros(n_ctas + 1, np.int32),
+                zero_cols, int(zero.size), np.zeros((1, 2), np.int32))
+    cols = np.flatnonzero(lens > 0)
+    first = np.searchsorted(bounds, ptr[cols], side="right") - 1
+    last = np.searchsorted(bounds, ptr[cols + 1] - 1, side="right") - 1
+    raw = last - first + 1
+    col = np.repeat(cols, raw)
+    g = np.repeat(first, raw) + np.arange(col.size, dtype=np.int64) - np.repeat(
+        np.concatenate([[0], np.cumsum(raw)[:-1]]).astype(np.int64), raw)
     e0 = np.maximum(ptr[col], bounds[g])
     e1 = np.minimum(ptr[col + 1], bounds[g + 1])
-    e1 = np.maximum(e1, e0)  # empty columns
+    keep = e1 > e0  # a CTA with an empty range inside a column holds no piece of it
+    col, g, e0, e1 = col[keep], g[keep], e0[keep], e1[keep]
+    pieces = np.bincount(col, minlength=n_out)[col]  # per segment: its column's number of pieces
+    seg_start = np.flatnonzero(np.concatenate([[True], col[1:] != col[:-1]]))
+    piece = np.arange(col.size, dtype=np.int64) - np.repeat(seg_start,
+                                                            np.diff(np.append(seg_start, col.size)))
     split = pieces > 1
-    part_first = np.concatenate([[0], np.cumsum(np.where(split, pieces, 0))[:-1]])
-    part = np.where(split[col], part_first[col] + piece, -1)
-    n_parts = int(np.sum(pieces[split]))
+    part_first = np.cumsum(np.where(split & (piece == 0), pieces, 0)) - np.where(split, pieces, 0)
+    part_first = np.where(split, part_first, 0)
+    # part_first of every piece = the running count of split pieces before its column's first piece
+    part_first = np.maximum.accumulate(np.where(piece == 0, part_first, -1))
+    part = np.where(split, part_first + piece, -1)
+    n_parts = int(np.sum(split))
     parts = np.zeros((max(n_parts, 1), 2), dtype=np.int32)
-    sel = part >= 0
-    parts[part[sel], 0] = part_first[col[sel]]
-    parts[part[sel], 1] = pieces[col[sel]]
-    order = np.lexsort((col, g))  # by CTA, then column: list order
-    segs = np.stack([col, e0, e1, part], axis=1)[order].astype(np.int32)
-    seg_ptr = np.zeros(n_ctas + 1, dtype=np.int32)
-    seg_ptr[1:] = np.cumsum(np.bincount(g, minlength=n_ctas))
-    return seg_ptr, np.ascontiguousarray(segs), parts
+    parts[part[split], 0] = part_first[split]
+    parts[part[split], 1] = pieces[split]
+    # segments are already in list order (column, then CTA = position); expand them into stages
+    n_stg = -(-(e1 - e0) // eps)
+    seg = np.repeat(np.arange(col.size), n_stg)
+    k = np.arange(seg.size, dtype=np.int64) - np.repeat(np.concatenate([[0], np.cumsum(n_stg)[:-1]]), n_stg)
+    s_e0 = e0[seg] + k * eps
+    s_cnt = np.minimum(eps, e1[seg] - s_e0)
+    flags = np.where(k == 0, 1 << 16, 0) | np.where(k == n_stg[seg] - 1, 1 << 17, 0)
+    sg = g[seg]
+    stages = np.stack([s_e0 - bounds[sg], s_cnt | flags, col[seg], part[seg]], axis=1).astype(np.int32)
+    stage_ptr = np.zeros(n_ctas + 1, dtype=np.int32)
+    stage_ptr[1:] = np.cumsum(np.bincount(sg, minlength=n_ctas))
+    return (bounds.astype(np.int32), np.ascontiguousarray(stages), stage_ptr, zero_cols, int(zero.size),
+            parts)
+
+
+def small_ctas(ptr, eps, resident, max_ent, max_stg):
+    """The CTA count for xw_small: the resident CTAs (fewer for a short list, at least one stage each),
+    times the waves needed for every CTA's entries and stages to fit its shared-memory tables."""
+    nnz = int(ptr[-1])
+    base = int(max(1, min(resident, -(-nnz // eps))))
+    waves = max(1, -(-nnz // (base * max_ent)))
+    while True:
+        ctas = base * waves
+        _, stages, stage_ptr, _, _, _ = small_tables(ptr, ctas, eps)
+        if int(np.max(np.diff(stage_ptr), initial=0)) <= max_stg and -(-nnz // ctas) <= max_ent:
+            return ctas
+        waves += 1
 
 
 def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
@@ -335,10 +382,13 @@ def _tables(op_obj, key, dev):
         elif key == "bprop":
             ent = np.stack([lay.cols, np.arange(lay.nnz, dtype=np.int32)], axis=1)
             cache[(dev, key)] = (cupy.asarray(lay.row_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
-        elif key[0] == "small":  # ("small", op, ctas, bm): entries, then the work split
+        elif key[0] == "small":  # ("small", op, ctas, eps, bm): entries, then the work split
             entries = _tables(op_obj, key[1], dev)[1]
             ptr = lay.col_ptr if key[1] == "fprop" else lay.row_ptr
-            cache[(dev, key)] = (entries, *(cupy.asarray(a) for a in small_tables(ptr, key[2])))
+            ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = small_tables(ptr, key[2], key[3])
+            cache[(dev, key)] = (entries, cupy.asarray(ent_ptr), cupy.asarray(stages),
+                                 cupy.asarray(stage_ptr), cupy.asarray(zero_cols), np.int32(n_zero),
+                                 cupy.asarray(parts))
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key == "updat":
@@ -420,20 +470,23 @@ def _use_small(op_obj, dtype, n, aligned, dev):
         return False
     if not (aligned and n <= SMALL_N and op_obj.block_size == XW_SMALL_BS and op_obj.feature_axis == 1):
         return False
-    return xw_small_smem(dtype, 32 if n <= 32 else 64) <= _smem_limits(dev)[1]
+    bm = 32 if n <= 32 else 64
+    return xw_small_smem(dtype, bm) + xw_small_static_smem(dtype, bm) <= _smem_limits(dev)[1]
 
 
 def _small_plan(op_obj, op, dtype, odt, n, dev):
-    """xw_small's plan: grid = resident CTAs (SMs × CTAs per SM by shared memory), at most one per stage of
-    blocks; the table key ("small", op, CTAs, BM) names the work split (small_tables)."""
+    """xw_small's plan: grid = resident CTAs (SMs × CTAs per SM by shared memory; whole waves more when the
+    CTAs' tables would not fit); the table key ("small", op, CTAs, EPS) names the work split."""
     bm = 32 if n <= 32 else 64
-    warps, bpw, _ = XW_SMALL_TILES[_small_kind(dtype)][bm]
+    warps, bpw, _, max_ent, max_stg = XW_SMALL_TILES[_small_kind(dtype)][bm]
     smem = xw_small_smem(dtype, bm)
-    per_sm = max(1, _smem_limits(dev)[0] // (smem + 1024))
+    per_sm = max(1, _smem_limits(dev)[0] // (smem + xw_small_static_smem(dtype, bm) + 1024))
     eps = warps * bpw
-    ctas = int(max(1, min(_sm_count(dev) * per_sm, -(-op_obj.layout.nnz // eps))))
+    lay = op_obj.layout
+    ctas = small_ctas(lay.col_ptr if op == "fprop" else lay.row_ptr, eps, _sm_count(dev) * per_sm, max_ent,
+                      max_stg)
     spec = xw_small_spec(dtype, odt, bm, 0 if op == "fprop" else 1)
-    return (compiler.get_function(spec, smem), (ctas,), (warps * 32,), smem, ("small", op, ctas, bm))
+    return (compiler.get_function(spec, smem), (ctas,), (warps * 32,), smem, ("small", op, ctas, eps, bm))
 
 
 def _small_buffers(op_obj, dev, stream, n_parts, bm):
@@ -453,7 +506,8 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
     """(function, grid, block, smem, table key) for fprop/bprop; cached per shape and alignment."""
     if dtype == "float32" and op_obj.allow_tf32:  # TF32 tensor cores (plans cached by _matmul_tf32)
         return (*_matmul_tf32.xw_plan(op_obj, op, n, aligned_x, aligned_w, dev), op)
-    key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, aligned_y, dev, force_variant, gmma_enabled)
+    key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, aligned_y, dev, force_variant, gmma_enabled,
+           small_enabled)
     plan = op_obj._gpu_tables.get(key)
     if plan is None:
         b, axis = op_obj.block_size, op_obj.feature_axis
@@ -525,11 +579,12 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
                                              w.data.ptr % 16 == 0, dev, out is None or out.data.ptr % 16 == 0)
     y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
     if tables[0] == "small":
-        entries, seg_ptr, segs, parts = _tables(op_obj, tables, dev)
+        entries, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = _tables(op_obj, tables, dev)
         stream = cupy.cuda.get_current_stream()
-        ws, counters = _small_buffers(op_obj, dev, stream, parts.shape[0], tables[3])
-        fn(grid, block, (x, w, y, entries, seg_ptr, segs, parts, ws, counters, np.int64(n), np.int64(f_in),
-                         np.int64(f_out), np.int32(bool(accumulate))), shared_mem=smem, stream=stream)
+        ws, counters = _small_buffers(op_obj, dev, stream, parts.shape[0], tables[4])
+        fn(grid, block, (x, w, y, entries, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts, ws, counters,
+                         np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
+           shared_mem=smem, stream=stream)
         return y
     lists = _tables(op_obj, tables, dev)  # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots)
     fn(grid, block, (x, w, y, *lists, np.int64(n), np.int64(f_in), np.int64(f_out),

@@ -8,14 +8,15 @@
 // xw_small: "stream-K" over the column-sorted block list. The host (cusparseblocks/_matmul_gpu.py,
 // small_tables) cuts the list `entries` [nnz] of int2 (r = reduction block, k = index in w) — CSC order
 // for fprop, CSR order for bprop, as the other xw kernels take it — into gridDim.x contiguous ranges of
-// equal block count, one per CTA, and each range into segments int4 (c = output block column, e0, e1,
-// part): `segs` [seg_ptr[g] : seg_ptr[g+1]) are CTA g's segments in list order. A segment covers
-// entries [e0, e1) of column c; part = -1 when that is the whole column (the CTA writes y), else the
-// index of this piece's fp32 partial tile in `ws` [n_parts][BM][32]: parts[part] = (first, count) gives
-// the column's pieces (parts first .. first + count - 1, in list order). Each piece's CTA writes its
-// partial, then counts itself in counters[first]; the last to arrive sums the column's pieces in part
-// order (the same order and bits on every run), adds y when accumulating, writes y and resets the
-// counter to 0 for the next launch. An empty column is a segment with e0 = e1 (zeros are written).
+// equal block count, one per CTA (ent_ptr), and each range into pieces of columns, each a run of stages
+// of at most EPS blocks: `stages` [stage_ptr[g] : stage_ptr[g+1]) of int4 (first entry relative to
+// ent_ptr[g], count | FIRST | LAST, column c, part). part = -1 when the piece is the whole column (the CTA
+// writes y), else the index of the piece's fp32 partial tile in `ws` [n_parts][BM][32]: parts[part] =
+// (first, count) gives the column's pieces (parts first .. first + count - 1, in list order). Each piece's
+// CTA writes its partial, then counts itself in counters[first]; the last to arrive sums the column's
+// pieces in part order (the same order and bits on every run), adds y when accumulating, writes y and
+// resets the counter to 0 for the next launch. Empty columns (zero_cols) are zeroed, strided over CTAs.
+// A CTA first copies its entries and stage records to shared memory: no global load in the loop.
 //
 // Inside a CTA, blocks stream through a STAGES-deep cp.async pipeline of EPS = WARPS·BPW blocks per
 // stage (a stage: EPS × (x tile [BM × 32] from L2, w block [32 × 32]); one barrier per stage); a
@@ -34,6 +35,16 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 }
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
+}
+// 16-byte async copy with an L2 cache-policy hint (createpolicy): for data read exactly once
+__device__ __forceinline__ void cp_async16_hint(void* dst, const void* src, unsigned long long policy) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "l"(policy));
+}
+__device__ __forceinline__ unsigned long long evict_first_policy() {
+    unsigned long long p;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+    return p;
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -72,6 +83,8 @@ template <> struct Mma<__nv_bfloat16> {
 namespace small {
 
 constexpr int BS = 32;  // block size
+__device__ __forceinline__ int warp_id() { return threadIdx.x / 32; }
+__device__ __forceinline__ int lane_id() { return threadIdx.x % 32; }
 
 template <typename T> struct IsF32 { static constexpr bool value = false; };
 template <> struct IsF32<float> { static constexpr bool value = true; };
@@ -190,101 +203,106 @@ template <int BM, int TRANS_W> struct Warp<float, BM, TRANS_W> {
 
 }  // namespace small
 
-// Dynamic shared memory: STAGES · EPS · (BM + 32) · stride(T) · sizeof(T) bytes (small_smem() in
-// _matmul_gpu.py). Grid: one CTA per range (gridDim.x = len(seg_ptr) - 1), WARPS·32 threads.
-template <typename T, typename TO, int BM, int WARPS, int BPW, int STAGES, int TRANS_W>
-__global__ void __launch_bounds__(WARPS * 32)
+// Dynamic shared memory: STAGES · EPS · (BM + 32) · stride(T) · sizeof(T) bytes (xw_small_smem() in
+// _matmul_gpu.py), plus MAX_ENT entries and MAX_STG stage records of static shared memory.
+// Grid: gridDim.x CTAs (a multiple of the resident CTAs), WARPS·32 threads.
+template <typename T, typename TO, int BM, int WARPS, int BPW, int STAGES, int MAX_ENT, int MAX_STG, int TRANS_W>
+__global__ void __launch_bounds__(WARPS * 32, 1)
 xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int2* __restrict__ entries,
-         const int* __restrict__ seg_ptr, const int4* __restrict__ segs, const int2* __restrict__ parts,
-         float* __restrict__ ws, unsigned* __restrict__ counters, i64 n_total, i64 in_features,
-         i64 out_features, int accumulate) {
+         const int* __restrict__ ent_ptr, const int4* __restrict__ stages, const int* __restrict__ stage_ptr,
+         const int* __restrict__ zero_cols, int n_zero, const int2* __restrict__ parts, float* __restrict__ ws,
+         unsigned* __restrict__ counters, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     using namespace small;
     constexpr int THREADS = WARPS * 32, EPS = WARPS * BPW, S = stride<T>();
     constexpr int A_ELEMS = BM * S, PAIR = (BM + BS) * S, STAGE = EPS * PAIR;
     constexpr int CPR = BS * (int)sizeof(T) / 16;  // 16-byte pieces per row of a tile
     static_assert(STAGE * (int)sizeof(T) >= WARPS * BM * RS * 4, "the segment reduction needs one stage slot");
-    static_assert(STAGES >= 2 && BM % 16 == 0, "bad xw_small tiling");
+    static_assert(STAGES >= 2 && BM % 16 == 0 && EPS < (1 << 16), "bad xw_small tiling");
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* smem = reinterpret_cast<T*>(smem_raw);
+    __shared__ int2 ent_s[MAX_ENT];  // this CTA's entries (r, k)
+    __shared__ int4 stg_s[MAX_STG];  // its stages: (first entry, count | FIRST | LAST, column, part)
     __shared__ int last_s;
+    constexpr int FIRST = 1 << 16, LAST = 1 << 17;
 
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int s_begin = seg_ptr[blockIdx.x], s_end = seg_ptr[blockIdx.x + 1];
-
-    // loader cursor: segment ls, next entry le; a segment's blocks start a fresh stage
-    int ls = s_begin, le = s_begin < s_end ? segs[s_begin].y : 0;
-    auto load_stage = [&](int slot) {
-        int e1 = 0;
-        while (ls < s_end) {
-            const int4 sg = segs[ls];
-            e1 = sg.z;
-            if (le < e1) break;
-            if (++ls < s_end) le = segs[ls].y;
+    const int rows = (int)min((i64)BM, n_total);
+    // empty columns: zeros (nothing to add when accumulating)
+    if (!accumulate)
+        for (int i = blockIdx.x; i < n_zero; i += gridDim.x) {
+            const i64 c = zero_cols[i];
+            for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS)
+                y[(i64)(idx / BS) * out_features + c * BS + idx % BS] = from_float<TO>(0.f);
         }
-        if (ls >= s_end) return;
-        const int e0 = le, cnt = min(EPS, e1 - e0);
-        le += cnt;
-        T* base = smem + slot * STAGE;
+    // every table this CTA reads in its loop goes to shared memory first: a load from global memory
+    // inside the loop waits behind the megabytes of w in flight (several µs when HBM is saturated)
+    const int e_base = ent_ptr[blockIdx.x], n_ent = ent_ptr[blockIdx.x + 1] - e_base;
+    const int s_base = stage_ptr[blockIdx.x], n_st = stage_ptr[blockIdx.x + 1] - s_base;
+    for (int i = threadIdx.x; i < n_ent; i += THREADS) ent_s[i] = entries[e_base + i];
+    for (int i = threadIdx.x; i < n_st; i += THREADS) stg_s[i] = stages[s_base + i];
+    __syncthreads();
+
+    // Loader: thread (lu = tid / TPB, sub = tid % TPB) copies block lu of a stage (its x tile and w block,
+    // A_CH + W_CH 16-byte pieces); w is read once, so it is marked evict-first in L2 (x stays).
+    constexpr int TPB = THREADS / EPS, A_CH = BM * CPR, W_CH = BS * CPR, VEC = 16 / (int)sizeof(T);
+    static_assert(THREADS % EPS == 0 && A_CH % TPB == 0 && W_CH % TPB == 0, "bad xw_small loader split");
+    const int lu = threadIdx.x / TPB, sub = threadIdx.x % TPB;
+    const unsigned long long w_policy = evict_first_policy();
+    auto load_stage = [&](int j, int slot) {
+        if (j >= n_st) return;
+        const int4 rec = stg_s[j];
+        if (lu >= (rec.y & 0xffff)) return;
+        const int2 ent = ent_s[rec.x + lu];
+        T* As = smem + slot * STAGE + lu * PAIR;
+        T* Ws = As + A_ELEMS;
+        const T* xs = x + (i64)ent.x * BS;
 #pragma unroll
-        for (int u = 0; u < EPS; u++) {
-            if (u >= cnt) break;
-            const int2 ent = entries[e0 + u];
-            T* As = base + u * PAIR;
-            T* Ws = As + A_ELEMS;
-            const T* xs = x + (i64)ent.x * BS;
-            for (int ch = threadIdx.x; ch < BM * CPR; ch += THREADS) {
-                const int row = ch / CPR, c8 = (ch % CPR) * (16 / (int)sizeof(T));
-                const bool ok = row < n_total;
-                cp_async16(As + row * S + c8, ok ? xs + row * in_features + c8 : x, ok ? 16 : 0);
-            }
-            const T* wb = w + (i64)ent.y * BS * BS;
-            for (int ch = threadIdx.x; ch < BS * CPR; ch += THREADS) {
-                const int row = ch / CPR, c8 = (ch % CPR) * (16 / (int)sizeof(T));
-                cp_async16(Ws + row * S + c8, wb + row * BS + c8, 16);
-            }
+        for (int i = 0; i < A_CH / TPB; i++) {
+            const int ch = sub + i * TPB, row = ch / CPR, c8 = (ch % CPR) * VEC;
+            const bool ok = row < n_total;
+            cp_async16(As + row * S + c8, ok ? xs + row * in_features + c8 : x, ok ? 16 : 0);
+        }
+        const T* wb = w + (i64)ent.y * BS * BS;
+#pragma unroll
+        for (int i = 0; i < W_CH / TPB; i++) {
+            const int ch = sub + i * TPB, row = ch / CPR, c8 = (ch % CPR) * VEC;
+            cp_async16_hint(Ws + row * S + c8, wb + row * BS + c8, w_policy);
         }
     };
 
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; s++) {
-        load_stage(s);
+    for (int j = 0; j < STAGES - 1; j++) {
+        load_stage(j, j);
         cp_async_commit();
     }
-    int t = 0;  // stages consumed
     Warp<T, BM, TRANS_W> acc;
-    for (int si = s_begin; si < s_end; si++) {
-        const int4 sg = segs[si];
-        const int len = sg.z - sg.y, steps = (len + EPS - 1) / EPS;
-        acc.zero();
-        for (int st = 0; st < steps; st++, t++) {
-            cp_async_wait<STAGES - 2>();
-            __syncthreads();
-            load_stage((t + STAGES - 1) % STAGES);
-            cp_async_commit();
-            const T* base = smem + (t % STAGES) * STAGE;
+    for (int j = 0; j < n_st; j++) {
+        const int4 rec = stg_s[j];
+        const int cnt = rec.y & 0xffff;
+        if (rec.y & FIRST) acc.zero();
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        load_stage(j + STAGES - 1, (j + STAGES - 1) % STAGES);
+        cp_async_commit();
+        const T* base = smem + (j % STAGES) * STAGE;
 #pragma unroll
-            for (int v = 0; v < BPW; v++) {
-                const int u = v * WARPS + warp;
-                if (st * EPS + u < len) acc.mac(base + u * PAIR, base + u * PAIR + A_ELEMS, lane);
-            }
+        for (int v = 0; v < BPW; v++) {
+            const int u = v * WARPS + warp_id();
+            if (u < cnt) acc.mac(base + u * PAIR, base + u * PAIR + A_ELEMS, lane_id());
         }
-        // the warps' tiles summed in warp order through the slot of the last stage consumed (the next
-        // loads into it are issued after the next stage's barrier)
-        const float* red = reinterpret_cast<const float*>(smem + ((t + STAGES - 1) % STAGES) * STAGE);
-        if (steps > 0) {
-            __syncthreads();
-            acc.store(const_cast<float*>(red) + warp * BM * RS, lane);
-            __syncthreads();
-        }
-        const int c = sg.x, p = sg.w;
-        const int rows = (int)min((i64)BM, n_total);
+        if (!(rec.y & LAST)) continue;
+        // segment end: the warps' tiles summed in warp order through this stage's slot (the next loads
+        // into it are issued after the next stage's barrier)
+        float* red = reinterpret_cast<float*>(smem + (j % STAGES) * STAGE);
+        __syncthreads();
+        acc.store(red + warp_id() * BM * RS, lane_id());
+        __syncthreads();
+        const int c = rec.z, p = rec.w;
         for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
             const int m = idx / BS, f = idx % BS;
             float v = 0.f;
-            if (steps > 0)
 #pragma unroll
-                for (int q = 0; q < WARPS; q++) v += red[q * BM * RS + m * RS + f];
+            for (int q = 0; q < WARPS; q++) v += red[q * BM * RS + m * RS + f];
             if (p >= 0) {
                 ws[(i64)p * BM * BS + idx] = v;
                 continue;

@@ -642,32 +642,43 @@ def test_updat_kernel_emulated(rng, monkeypatch, bsmm_emulator, case):
 # work split of _matmul_gpu.small_tables, split columns (in-launch reduction of fp32 partials) included.
 
 def test_small_tables_cover_every_block_once():
-    """Each CTA's range holds nnz/CTAs blocks (±1); segments cover every entry once, in list order; each
-    column (empty ones too) appears, split columns' parts are numbered in list order."""
+    """Each CTA's range holds nnz/CTAs blocks (±1); its stages cover every entry once, in list order, at
+    most EPS per stage, a column's pieces flagged FIRST/LAST; empty columns are listed; split columns'
+    parts are numbered in list order; small_ctas keeps every CTA within its table limits."""
     from cusparseblocks import _matmul_gpu as G
 
     rng = np.random.default_rng(7)
-    for kb, mb, density, ctas in [(40, 6, 0.6, 5), (7, 9, 0.3, 40), (3, 4, 0.0, 3), (64, 64, 0.05, 13)]:
+    for kb, mb, density, ctas, eps in [(40, 6, 0.6, 5, 8), (7, 9, 0.3, 40, 4), (3, 4, 0.0, 3, 8),
+                                       (64, 64, 0.05, 13, 4), (90, 3, 0.9, 2, 8)]:
         mask = rng.random((kb, mb)) < density
         if density:
             mask[:, mb // 2] = False  # an empty column
         ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=0))])
-        seg_ptr, segs, parts = G.small_tables(ptr, ctas)
         nnz = int(ptr[-1])
-        assert seg_ptr[0] == 0 and seg_ptr[-1] == len(segs) and np.all(np.diff(seg_ptr) >= 0)
-        covered = np.concatenate([np.arange(s[1], s[2]) for s in segs] + [np.zeros(0, int)])
-        assert np.array_equal(covered, np.arange(nnz))
-        per_cta = [sum(s[2] - s[1] for s in segs[seg_ptr[g]:seg_ptr[g + 1]]) for g in range(ctas)]
-        assert max(per_cta) - min(per_cta) <= 1
-        for c in range(mb):
-            mine = segs[segs[:, 0] == c]
-            assert len(mine) >= 1 and mine[0, 1] == ptr[c] and mine[-1, 2] == ptr[c + 1]
-            if len(mine) == 1:
-                assert mine[0, 3] == -1
+        ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_tables(ptr, ctas, eps)
+        assert ent_ptr[0] == 0 and ent_ptr[-1] == nnz and np.ptp(np.diff(ent_ptr)) <= 1
+        assert stage_ptr[0] == 0 and stage_ptr[-1] == len(stages) and np.all(np.diff(stage_ptr) >= 0)
+        assert sorted(zero_cols[:n_zero]) == list(np.flatnonzero(np.diff(ptr) == 0))
+        covered, pieces = [], {}
+        for g in range(ctas):
+            for s in stages[stage_ptr[g]:stage_ptr[g + 1]]:
+                cnt, c = s[1] & 0xFFFF, s[2]
+                assert 1 <= cnt <= eps
+                e = ent_ptr[g] + s[0] + np.arange(cnt)
+                assert np.all((e >= ptr[c]) & (e < ptr[c + 1]))
+                covered += list(e)
+                if s[1] & (1 << 16):
+                    pieces.setdefault(c, []).append(s[3])
+        assert covered == list(range(nnz))
+        for ps in pieces.values():
+            if len(ps) == 1:
+                assert ps == [-1]
             else:
-                first = mine[0, 3]
-                assert np.array_equal(mine[:, 3], first + np.arange(len(mine)))
-                assert all(tuple(parts[p]) == (first, len(mine)) for p in mine[:, 3])
+                assert ps == list(range(ps[0], ps[0] + len(ps)))
+                assert all(tuple(parts[p]) == (ps[0], len(ps)) for p in ps)
+        n = G.small_ctas(ptr, eps, ctas, 16, 5)
+        _, _, sp, _, _, _ = G.small_tables(ptr, n, eps)
+        assert n % max(1, min(ctas, -(-nnz // eps))) == 0 and np.max(np.diff(sp)) <= 5 and -(-nnz // n) <= 16
 
 
 def _emulated_small_cases():
@@ -733,7 +744,8 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
     mask[:, mb - 2] = False
     op, (_, entries) = _emulated_op(monkeypatch, mask, b, 1, op_name)
     ptr = op.layout.col_ptr if op_name == "fprop" else op.layout.row_ptr
-    seg_ptr, segs, parts = G.small_tables(ptr, ctas)
+    warps, bpw = G.XW_SMALL_TILES[G._small_kind(dt)][bm][:2]
+    ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_tables(ptr, ctas, warps * bpw)
     f_in, f_out = (op.K, op.M) if op_name == "fprop" else (op.M, op.K)
     x = random_array(rng, _io(op, n, f_in), dt)
     w = random_array(rng, op.w_shape, dt, scale=0.2)
@@ -745,11 +757,10 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
         y = poison(np, ref.shape, odt)
     ws = np.full((parts.shape[0], bm, b), np.nan, np.float32)
     counters = np.zeros(parts.shape[0], np.uint32)
-    warps = G.XW_SMALL_TILES[G._small_kind(dt)][bm][0]
     spec = G.xw_small_spec(dt, odt, bm, int(op_name == "bprop"))
     small_emulator(spec, (ctas,), (warps * 32,),
-                   (x, w, y, entries, seg_ptr, segs, parts, ws, counters, np.int64(n), np.int64(f_in),
-                    np.int64(f_out), np.int32(accumulate)), G.xw_small_smem(dt, bm))
+                   (x, w, y, entries, ent_ptr, stages, stage_ptr, zero_cols, np.int32(n_zero), parts, ws, counters,
+                    np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(accumulate)), G.xw_small_smem(dt, bm))
     assert_close(y, ref, dt, f"{spec.name} n={n} ctas={ctas}")
     assert not counters.any(), "split counters not reset"
-    assert (segs[:, 3] >= 0).any() == (ctas > 1), "the case should split columns iff it has several CTAs"
+    assert ctas > 1 or not (stages[:, 3] >= 0).any(), "one CTA splits no column"

@@ -507,7 +507,8 @@ def test_small_batch_fallbacks(rng, dtype):
     assert not _small_ran(op, dtype, dtype, n, 0), "xw_small ran while disabled"
     op._gpu_tables.clear()
     flat = cp.asarray(random_array(rng, (n * op.K + 8,), dtype))
-    xm = flat[4 : 4 + n * op.K].reshape(n, op.K)  # not 16-byte aligned
+    off = 8 // np.dtype(np.float32 if dtype == "float32" else np.float16).itemsize
+    xm = flat[off : off + n * op.K].reshape(n, op.K)  # 8-byte offset: not 16-byte aligned
     assert_close(op.fprop(xm, wg), _ref64(op, "fprop", xm.get(), w=w), dtype, "fprop, misaligned x")
     assert not _small_ran(op, dtype, dtype, n, 0), "xw_small ran on a misaligned x"
     op64 = BlockSparseMatMul(_layout(rng, 4, 3, 0.5), 64)

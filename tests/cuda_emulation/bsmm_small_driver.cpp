@@ -14,6 +14,8 @@ struct int4 { int x, y, z, w; };
 struct alignas(16) float4 { float x, y, z, w; };
 inline void __threadfence() {}
 inline float __ldcg(const float* p) { return *p; }
+inline unsigned long long evict_first_policy() { return 0; }  // L2 hints do not change results
+inline void cp_async16_hint(void* dst, const void* src, unsigned long long) { cp_async16(dst, src, 16); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) {  // one thread of a block calls it; blocks run in order
   const unsigned old = *p;
   *p = old + v;
@@ -29,8 +31,8 @@ static long long L(int k) { return args[k].i; }
 
 // argument list as cusparseblocks/_matmul_gpu.py launches it
 #define XW_SMALL(T, TO, ...) {"xw_small<" #T ", " #TO ", " #__VA_ARGS__ ">", [] { return [] { \
-  xw_small<T, TO, __VA_ARGS__>(P<T>(0), P<T>(1), P<TO>(2), P<int2>(3), P<int>(4), P<int4>(5), P<int2>(6), \
-  P<float>(7), P<unsigned>(8), L(9), L(10), L(11), I(12)); }; }}
+  xw_small<T, TO, __VA_ARGS__>(P<T>(0), P<T>(1), P<TO>(2), P<int2>(3), P<int>(4), P<int4>(5), P<int>(6), \
+  P<int>(7), I(8), P<int2>(9), P<float>(10), P<unsigned>(11), L(12), L(13), L(14), I(15)); }; }}
 
 static const int bsmm_small_registered = [] {
   using Table = std::map<std::string, std::function<std::function<void()>()>>;
