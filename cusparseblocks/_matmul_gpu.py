@@ -1,8 +1,9 @@
 """GPU dispatch for BlockSparseMatMul: kernel choice, tile tables, device lookup tables, launches.
 
 Kernels are in ``kernels/bsmm.cu``. fp16/bf16 run the tensor-core kernels (``xw_tc``, ``updat_tc``);
-float32 runs FFMA (``xw_simt``, ``updat_simt``). The SIMT kernels take any alignment, so a pointer that
-is not 16-byte aligned (an offset view) falls back to them rather than failing.
+float32 runs FFMA: the register-blocked ``xw_ffma``/``updat_ffma`` on 16-byte aligned data, else
+``xw_simt``/``updat_simt``. The SIMT kernels take any alignment, so a pointer that is not 16-byte aligned
+(an offset view) falls back to them rather than failing.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ gmma_enabled = True  # False: the mma.sync kernels everywhere (benchmarks compar
 XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4)}
 # N ≤ SMALL_N: 32-row tiles, 256 threads (the weights stream through more CTAs, no idle rows)
 XW_SIMT_SMALL = {64: (32, 2, 4), 32: (32, 2, 2), 16: (32, 2, 1), 8: (32, 1, 1)}
+# xw_ffma (float32, x and w 16-byte aligned, axis 0: N % 4 == 0, N > SMALL_N): block_size -> {variant:
+# (WARPS, STAGES, KG k per fragment load)}; BM = WARPS·2048 / b rows; the first entry is the default.
+# A thread owns 8 × 8 outputs with 16-byte fragment loads (bench/NOTES.md, fp32 FFMA session).
+XW_FFMA_TILES = {
+    32: {"ffma": (4, 2, 4), "ffma_kg2": (4, 2, 2), "ffma_s3": (4, 3, 4), "ffma_w2": (2, 2, 4)},
+    64: {"ffma": (4, 2, 4), "ffma_kg2": (4, 2, 2)},
+}
+# updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks of one row
+# per CTA, NC batch rows per chunk, STAGES, KG)}; (b/8)² threads per block; the first entry is the default.
+UPDAT_FFMA_TILES = {
+    32: {"g8": (8, 32, 2, 4), "g8_kg2": (8, 32, 2, 2), "g8_s3": (8, 32, 3, 4), "g4": (4, 32, 3, 4)},
+    64: {"g2": (2, 32, 2, 4)},
+}
+updat_ffma_variant = None  # benchmarks: another entry of UPDAT_FFMA_TILES, or "simt" for updat_simt
+ffma_enabled = True  # False: xw_simt / updat_simt for float32 everywhere (benchmarks compare both)
 # updat_tc: block_size -> (G blocks of one row per CTA, WARPS, NC batch rows per chunk, STAGES);
 # BS = 8: each warp computes a pair of blocks (G = 2·WARPS)
 UPDAT_TC_TILES = {64: (4, 8, 32, 4), 32: (4, 4, 64, 3), 16: (4, 4, 64, 4), 8: (8, 4, 128, 4)}
@@ -97,6 +113,19 @@ def xw_tc_variant(bs, n, density):
     if bs == 32 and density < 0.35:
         return "medium"
     return "large"
+
+
+def xw_ffma_variant(bs, n, dtype, aligned):
+    """The xw_ffma tile for a float32 call (None: xw_simt). Needs 16-byte aligned x and w (and N % 4 == 0 on
+    feature axis 0); N ≤ SMALL_N keeps the small-batch SIMT tile. A benchmark's force_variant picks a tile of
+    XW_FFMA_TILES, or "simt" for the old kernel."""
+    if dtype != "float32" or not aligned or bs not in XW_FFMA_TILES:
+        return None
+    if force_variant is not None:
+        return force_variant if force_variant in XW_FFMA_TILES[bs] else None  # e.g. "simt": xw_simt
+    if not ffma_enabled or n <= SMALL_N:
+        return None
+    return next(iter(XW_FFMA_TILES[bs]))
 
 
 def xw_tc_spec(dtype, out_dtype, bs, variant, axis, trans, aligned):
@@ -238,6 +267,28 @@ def small_ctas(ptr, eps, resident, max_ent, max_stg):
         if int(np.max(np.diff(stage_ptr), initial=0)) <= max_stg and -(-nnz // ctas) <= max_ent:
             return ctas
         waves += 1
+def xw_ffma_spec(bs, variant, axis, trans):
+    warps, st, kg = XW_FFMA_TILES[bs][variant]
+    return KernelSpec(SOURCE, f"xw_ffma<{bs}, {warps}, {st}, {kg}, {axis}, {trans}>")
+
+
+def xw_ffma_rows(bs, variant):
+    return XW_FFMA_TILES[bs][variant][0] * 2048 // bs  # a warp: (256 / b) × (b / 8) threads of 8 × 8
+
+
+def xw_ffma_smem(bs, variant):
+    bm, st = xw_ffma_rows(bs, variant), XW_FFMA_TILES[bs][variant][1]
+    return max(st * (bm + bs) * bs * 4, bm * (bs + 4) * 4)
+
+
+def updat_ffma_spec(bs, variant, axis):
+    g, nc, st, kg = UPDAT_FFMA_TILES[bs][variant]
+    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {axis}>")
+
+
+def updat_ffma_smem(bs, variant):
+    g, nc, st, _ = UPDAT_FFMA_TILES[bs][variant]
+    return st * (1 + g) * (nc * bs + 16) * 4
 
 
 def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
@@ -300,6 +351,12 @@ def specializations():
                 yield xw_simt_spec(dtype, to, bs, axis, trans, small)
             yield updat_simt_spec(dtype, to, bs, axis)
         yield updat_reduce_spec(dtype)
+    for bs, axis, trans in itertools.product(XW_FFMA_TILES, (0, 1), (0, 1)):
+        for variant in XW_FFMA_TILES[bs]:
+            yield xw_ffma_spec(bs, variant, axis, trans)
+    for bs, axis in itertools.product(UPDAT_FFMA_TILES, (0, 1)):
+        for variant in UPDAT_FFMA_TILES[bs]:
+            yield updat_ffma_spec(bs, variant, axis)
 
 
 compiler.register_family("bsmm", specializations)
@@ -507,7 +564,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
     if dtype == "float32" and op_obj.allow_tf32:  # TF32 tensor cores (plans cached by _matmul_tf32)
         return (*_matmul_tf32.xw_plan(op_obj, op, n, aligned_x, aligned_w, dev), op)
     key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, aligned_y, dev, force_variant, gmma_enabled,
-           small_enabled)
+           small_enabled, ffma_enabled)
     plan = op_obj._gpu_tables.get(key)
     if plan is None:
         b, axis = op_obj.block_size, op_obj.feature_axis
@@ -542,6 +599,19 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
                                  f"for block_size {b}")
             plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (threads,), smem,
                     ("wide", op, c, r))
+            op_obj._gpu_tables[key] = plan
+            return plan
+        ffma = xw_ffma_variant(b, n, dtype if odt == "float32" else None,
+                               aligned_x and aligned_w and (axis == 1 or n % 4 == 0))
+        if ffma is not None:
+            bm = xw_ffma_rows(b, ffma)
+            spec, smem = xw_ffma_spec(b, ffma, axis, trans), xw_ffma_smem(b, ffma)
+            n_tiles = -(-n // bm)
+            if n_tiles > 65535:
+                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
+                                 f"for block_size {b}")
+            threads = XW_FFMA_TILES[b][ffma][0] * 32
+            plan = (compiler.get_function(spec, smem), (f_out // b, n_tiles), (threads,), smem, op)
             op_obj._gpu_tables[key] = plan
             return plan
         variant = (force_variant if force_variant in XW_TC_TILES[b]
@@ -632,7 +702,8 @@ def _split_counters(op_obj, dev, n_groups, stream):
 def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
     """(function, smem, threads, grid, extra arguments, NC, fused) of the update; cached per dtype, output
     dtype, alignment and the batch sizes' divisibility (n4: all N % 4 == 0, n8: all N % 8 == 0)."""
-    key = ("updat", dtype, odt, aligned, n4, n8, dev, gmma_enabled, updat_gmma_variant)
+    key = ("updat", dtype, odt, aligned, n4, n8, dev, gmma_enabled, updat_gmma_variant, ffma_enabled,
+           updat_ffma_variant)
     plan = op_obj._gpu_tables.get(key)
     if plan is not None:
         return plan
@@ -644,6 +715,14 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         spec, smem, threads, g, nc = tf32
         groups = _tables(op_obj, ("groups", g), dev)
         grid, extra = groups.shape[0], (groups,)
+    elif (dtype == odt == "float32" and b in UPDAT_FFMA_TILES and aligned and (axis == 1 or n4)
+          and (updat_ffma_variant in UPDAT_FFMA_TILES[b] or (ffma_enabled and updat_ffma_variant is None))):
+        tiles = UPDAT_FFMA_TILES[b]
+        variant = updat_ffma_variant if updat_ffma_variant in tiles else next(iter(tiles))
+        g, nc, _, _ = UPDAT_FFMA_TILES[b][variant]
+        spec, smem = updat_ffma_spec(b, variant, axis), updat_ffma_smem(b, variant)
+        groups = _tables(op_obj, ("groups", g), dev)
+        grid, threads, extra = groups.shape[0], g * (b // 8) ** 2, (groups,)
     elif (gmma_enabled and dtype != "float32" and b in UPDAT_GMMA_TILES and axis == 1 and aligned
           and _gmma_device(dev)):
         tiles = UPDAT_GMMA_TILES[b]

@@ -52,7 +52,8 @@ def _torch():
         return None
 
 
-def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, peers=True):
+def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, peers=True, only=None):
+    """``only``: {"op": [...], "dtype": [...], "N": [...]} keeps the matching cases (None: all)."""
     import cupy as cp
 
     from . import BlockSparseMatMul
@@ -63,7 +64,8 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, pee
     bw = copy_bandwidth()
     torch = _torch() if peers else None
     rows, dense_cache = [], {}
-    cases = _cases(short, small)
+    cases = [c for c in _cases(short, small) if not only or all(
+        c[i] in only[key] for i, key in ((0, "op"), (1, "dtype"), (4, "N")) if only.get(key))]
     try:
         from tqdm import tqdm
 
@@ -99,12 +101,13 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, pee
             outs = [cp.empty((n, k), dtype=np_dt) for _ in args]
             t_graph = time_ms(lambda a, b2, o, fn=fn: fn(a, b2, out=o),
                               rotate=[(*a, o) for a, o in zip(args, outs)], graph=True)["median"]
-        if compare_tiles and op != "updat" and n >= 2048 and dtype == "float16":
+        if compare_tiles and op != "updat" and n >= 2048 and dtype in ("float16", "float32"):
             from . import _matmul_gpu
 
             gmma_tiles = tuple(_matmul_gpu.XW_GMMA_TILES.get(b, ()))
             tc_tiles = ("medium", "large", "medium_lean", *_matmul_gpu.XW_WIDE_TILES.get(b, ()))
-            for variant in (*tc_tiles, *gmma_tiles):
+            ffma_tiles = (*_matmul_gpu.XW_FFMA_TILES.get(b, ()), "simt")
+            for variant in ((*tc_tiles, *gmma_tiles) if dtype == "float16" else ffma_tiles):
                 _matmul_gpu.force_variant = variant
                 try:
                     tv = time_ms(fn, rotate=args)["median"]
@@ -122,6 +125,18 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, pee
                 _matmul_gpu.small_enabled = True
             rows.append(dict(system="cusparseblocks[per-column]", op=op, dtype=dtype, b=b, density=density,
                              N=n, K=k, ms=tv, TFLOPs=flops / (tv * 1e-3) / 1e12, x_floor=tv / floor_ms))
+        if compare_tiles and op == "updat" and n >= 2048 and dtype == "float32":
+            from . import _matmul_gpu
+
+            for variant in (*_matmul_gpu.UPDAT_FFMA_TILES.get(b, ()), "simt"):
+                _matmul_gpu.updat_ffma_variant = variant
+                try:
+                    tv = time_ms(fn, rotate=args)["median"]
+                finally:
+                    _matmul_gpu.updat_ffma_variant = None
+                rows.append(dict(system=f"cusparseblocks[{variant}]", op=op, dtype=dtype, b=b,
+                                 density=density, N=n, K=k, ms=tv, TFLOPs=flops / (tv * 1e-3) / 1e12,
+                                 x_floor=tv / floor_ms))
         # dense cuBLAS on the same shapes (per op, dtype, N, K)
         dkey = (op, dtype, n, k)
         if dkey not in dense_cache:
@@ -214,7 +229,12 @@ def main(argv=None):
     parser.add_argument("--small", action="store_true",
                         help="the small-batch table alone (N = 32, K = M = 12288, b = 32; fprop and bprop)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch's BSR peers (faster)")
+    parser.add_argument("--op", help="comma-separated ops to keep (fprop,bprop,updat)")
+    parser.add_argument("--dtype", help="comma-separated dtypes to keep (float16,bfloat16,float32)")
+    parser.add_argument("--n", help="comma-separated batch sizes N to keep (4096,32)")
     args = parser.parse_args(argv)
+    only = {key: [int(v) if key == "N" else v for v in val.split(",")]
+            for key, val in (("op", args.op), ("dtype", args.dtype), ("N", args.n)) if val}
     try:
         import cupy
 
@@ -223,13 +243,15 @@ def main(argv=None):
     except Exception as exc:  # noqa: BLE001
         print(f"bench: needs a CUDA GPU and CuPy ({type(exc).__name__}: {exc}); nothing to time on this machine.")
         return 0
-    result = run(short=args.short, small=args.small, peers=not args.no_torch)
+    result = run(short=args.short, small=args.small, peers=not args.no_torch, only=only)
     table = Table(COLUMNS)
     for r in result["rows"]:
         table.add(**r)
     if not args.no_save:
+        filters = (("op", args.op), ("dtype", args.dtype), ("n", args.n))
         cmd = "PYTHONPATH=. python bench/bsmm.py" + (" --short" if args.short else "") + (
-            " --small" if args.small else "") + (" --no-torch" if args.no_torch else "")
+            " --small" if args.small else "") + (" --no-torch" if args.no_torch else "") + "".join(
+            f" --{flag} {val}" for flag, val in filters if val)
         tag = "bsmm" + ("-short" if args.short else "") + ("-small" if args.small else "")
         path = save_json(tag, result, args.out, command=cmd)
         try:

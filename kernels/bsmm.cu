@@ -557,6 +557,164 @@ xw_simt(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
 }
 
 // ------------------------------------------------------------------------------------------------
+// Register-blocked FFMA (xw_ffma, updat_ffma: fp32 inputs, 16-byte aligned). A thread owns an 8 × 8
+// micro-tile of C = A·B and walks k in groups of KG; operands sit in shared memory as fp32 in one of two
+// layouts, so that every fragment load is one 16-byte (KG = 4) or 8-byte (KG = 2) LDS:
+//   k-major [k][m]: rows of consecutive m (or n); the thread's 8 indices are g·4 + 0..3 and L·4 + g·4 + 0..3
+//     (g = its lane coordinate along that axis, L = lanes along it): two float4 per k, each float4 of a
+//     warp a contiguous run of L·16 bytes (no bank conflict).
+//   swizzled [m][k]: rows of consecutive k (the layout cp.async gives for x with feature axis 1 or for wᵀ);
+//     16-byte chunk c of row r sits at chunk c ^ (r % 8); the thread's indices are g + L·t, so the rows a
+//     warp reads at one k are consecutive and their chunks fall in distinct banks. One LDS gives KG
+//     consecutive k of one row.
+// Per k a thread issues 4 LDS.128 per KG = 4 group for 4·64 FFMA (16 FFMA per LDS; xw_simt: ~3).
+
+// offset (floats) of element (r, 4·c4) of a swizzled [rows][COLS] tile
+template <int COLS>
+__device__ __forceinline__ int swz(int r, int c4) {
+    static_assert(COLS % 32 == 0, "swizzled rows hold at least 8 chunks");
+    return r * COLS + ((c4 ^ (r & 7)) << 2);
+}
+
+// index (within the warp's span of L·8) of the thread's t-th row or column
+template <bool KMAJOR, int L>
+__device__ __forceinline__ int frag_index(int g, int t) {
+    return KMAJOR ? g * 4 + (t % 4) + L * 4 * (t / 4) : g + L * t;
+}
+
+// f[t][kk] = operand (index base + frag_index(g, t), k0 + kk); `base_g` = base + (KMAJOR ? g·4 : g)
+template <int KG, bool KMAJOR, int L, int STRIDE>
+__device__ __forceinline__ void ffma_frag(float (&f)[8][KG], const float* s, int base_g, int k0) {
+    if constexpr (KMAJOR) {
+#pragma unroll
+        for (int kk = 0; kk < KG; kk++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const float4 v = *reinterpret_cast<const float4*>(s + (k0 + kk) * STRIDE + base_g + h * L * 4);
+                f[4 * h][kk] = v.x; f[4 * h + 1][kk] = v.y; f[4 * h + 2][kk] = v.z; f[4 * h + 3][kk] = v.w;
+            }
+    } else {
+        // row r = base_g + L·t has r % 8 = (base_g % 8) ^ (L·t % 8) (L % 4 == 0), so its chunk offset is a
+        // compile-time constant xor one per-thread value: the addresses need no per-row registers
+        static_assert(L % 4 == 0 && STRIDE % 32 == 0, "swizzled fragments need L % 4 == 0");
+        const float* row0 = s + base_g * STRIDE;
+        const int key = (base_g & 7) << 2;
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            const float* p = row0 + L * t * STRIDE + ((((k0 / 4) ^ ((L * t) & 7)) << 2) ^ key) + k0 % 4;
+            if constexpr (KG == 4) {
+                const float4 v = *reinterpret_cast<const float4*>(p);
+                f[t][0] = v.x; f[t][1] = v.y; f[t][2] = v.z; f[t][3] = v.w;
+            } else {
+                const float2 v = *reinterpret_cast<const float2*>(p);
+                f[t][0] = v.x; f[t][1] = v.y;
+            }
+        }
+    }
+}
+
+template <int KG>
+__device__ __forceinline__ void ffma_8x8(float (&acc)[8][8], const float (&a)[8][KG], const float (&b)[8][KG]) {
+#pragma unroll
+    for (int kk = 0; kk < KG; kk++)
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int j = 0; j < 8; j++) acc[i][j] = fmaf(a[i][kk], b[j][kk], acc[i][j]);
+}
+
+// xw_ffma: fp32 fprop/bprop (same grid and lists as xw_tc), x and w 16-byte aligned (feature axis 0:
+// N % 4 == 0). One CTA of WARPS warps computes Y[n0 : n0 + BM, c·BS : +BS]; a warp's lanes form
+// LM × LN = (32·8/BS) × (BS/8) and each owns 8 × 8 outputs, so a warp covers WM = LM·8 rows and BM =
+// WARPS·WM. The (x tile, w block) pairs of list(c) stream through a STAGES-deep cp.async pipeline:
+// x tile swizzled [m][k] (axis 1) or k-major [k][m] (axis 0); w block k-major [k][n] (fprop) or swizzled
+// [n][k] (bprop: B = wᵀ, rows of w are rows of the tile). Epilogue through shared memory (store_tile).
+template <int BS, int WARPS, int STAGES, int KG, int AXIS, int TRANS_W>
+__global__ void __launch_bounds__(WARPS * 32, 2)
+xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
+        const int* __restrict__ offsets, const int2* __restrict__ entries, i64 n_total, i64 in_features,
+        i64 out_features, int accumulate) {
+    constexpr int THREADS = WARPS * 32, LN = BS / 8, LM = 32 / LN, WM = LM * 8, BM = WARPS * WM;
+    static_assert(BS % 32 == 0 && (KG == 2 || KG == 4) && STAGES >= 2, "bad xw_ffma tiling");
+    constexpr int A_ELEMS = BM * BS, STAGE = A_ELEMS + BS * BS;
+    constexpr bool A_KMAJOR = AXIS == 0, B_KMAJOR = TRANS_W == 0;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    float* smem = reinterpret_cast<float*>(smem_raw);
+
+    const int c = blockIdx.x;
+    const i64 n0 = (i64)blockIdx.y * BM;
+    const int begin = offsets[c], count = offsets[c + 1] - begin;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, mg = lane / LN, ng = lane % LN;
+    const int a_base = warp * WM + (A_KMAJOR ? mg * 4 : mg), b_base = B_KMAJOR ? ng * 4 : ng;
+
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
+
+    auto load_pair = [&](int e, float* As) {
+        const int2 ent = entries[begin + e];
+        const i64 col = (i64)ent.x * BS;
+        constexpr int A_CHUNKS = BM * BS / 4;
+#pragma unroll 4
+        for (int ch = threadIdx.x; ch < A_CHUNKS; ch += THREADS) {
+            if (AXIS == 1) {
+                const int row = ch / (BS / 4), c4 = ch % (BS / 4);
+                const i64 n = n0 + row;
+                const bool ok = n < n_total;
+                cp_async16(As + swz<BS>(row, c4), x + (ok ? n * in_features + col + c4 * 4 : 0), ok ? 16 : 0);
+            } else {
+                const int row = ch / (BM / 4), c4 = ch % (BM / 4);
+                const i64 n = n0 + c4 * 4;
+                const bool ok = n < n_total;  // N % 4 == 0: a chunk is wholly in or out
+                cp_async16(As + row * BM + c4 * 4, x + (ok ? (col + row) * n_total + n : 0), ok ? 16 : 0);
+            }
+        }
+        const float* wb = w + (i64)ent.y * BS * BS;
+        float* Bs = As + A_ELEMS;
+#pragma unroll
+        for (int ch = threadIdx.x; ch < BS * BS / 4; ch += THREADS)
+            cp_async16(Bs + (B_KMAJOR ? ch * 4 : swz<BS>(ch / (BS / 4), ch % (BS / 4))), wb + ch * 4, 16);
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < count) load_pair(s, smem + s * STAGE);
+        cp_async_commit();
+    }
+    for (int e = 0; e < count; e++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = e + STAGES - 1;
+        if (next < count) load_pair(next, smem + (next % STAGES) * STAGE);
+        cp_async_commit();
+        const float* As = smem + (e % STAGES) * STAGE;
+        const float* Bs = As + A_ELEMS;
+#pragma unroll
+        for (int k0 = 0; k0 < BS; k0 += KG) {
+            float a[8][KG], b[8][KG];
+            ffma_frag<KG, A_KMAJOR, LM, A_KMAJOR ? BM : BS>(a, As, a_base, k0);
+            ffma_frag<KG, B_KMAJOR, LN, BS>(b, Bs, b_base, k0);
+            ffma_8x8<KG>(acc, a, b);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    float* tile = smem;  // fp32 tile [BM][BS + 4] for store_tile
+    constexpr int TS = BS + 4;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            tile[(warp * WM + frag_index<A_KMAJOR, LM>(mg, i)) * TS + frag_index<B_KMAJOR, LN>(ng, j)] = acc[i][j];
+    __syncthreads();
+    store_tile<float, BM, BS, AXIS, THREADS>(tile, y, n_total, out_features, n0, (i64)c * BS, accumulate);
+}
+
+// ------------------------------------------------------------------------------------------------
 // Update. dw[k] = Σ_p Σ_n x_p[n, rows[k]·b + i] · dy_p[n, cols[k]·b + j] for each nonzero block k.
 // gridDim.y > 1 splits the chunk sequence into gridDim.y contiguous ranges (for layouts with too few
 // blocks to fill the GPU); each split writes fp32 partials to `ws` [splits][nnz][b][b] and
@@ -765,6 +923,117 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
                 o[0] = from_float<TO>(v0);
                 o[1] = from_float<TO>(v1);
             }
+}
+
+// updat_ffma: fp32 update on FFMA (the register-blocked tiles above), 16-byte aligned pairs (feature axis 0:
+// every N % 4 == 0). One CTA per group of up to G nonzero blocks of one block row (`groups`, as updat_tc);
+// the x chunk of that row (NC batch rows) is loaded once per stage and shared by the G blocks, each with its
+// own dy chunk. (b/8)² threads own one block, 8 × 8 outputs each: dW[i][j] += Σ_n x[n][i]·dy[n][j] with
+// A = xᵀ (m = i, k = n) and B = dy (n = j). Feature axis 1 keeps the chunks as loaded ([n][i], k-major);
+// axis 0 loads [i][n] rows, swizzled. Each output is summed by one thread over the chunks in order:
+// bit-reproducible; splits (gridDim.y > 1) write fp32 partials to ws for updat_reduce.
+template <int BS, int G, int NC, int STAGES, int KG, int AXIS>
+__global__ void __launch_bounds__(G * (BS / 8) * (BS / 8), 2)
+updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
+           const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
+           const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
+           float* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features,
+           int accumulate) {
+    constexpr int L = BS / 8, TPB = L * L, THREADS = G * TPB;
+    static_assert(BS % 32 == 0 && NC % 32 == 0 && NC % KG == 0 && STAGES >= 2, "bad updat_ffma tiling");
+    constexpr bool KMAJOR = AXIS == 1;            // chunks [n][feature] (axis 1) or swizzled [feature][n]
+    constexpr int S = KMAJOR ? BS : NC;            // row length of a chunk tile
+    constexpr int TILE = NC * BS + 16;             // + 16 floats: consecutive slots start 16 banks apart
+    constexpr int STAGE = (1 + G) * TILE;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    float* smem = reinterpret_cast<float*>(smem_raw);
+    __shared__ int blk_s[G];
+    __shared__ long long ycol_s[G];
+    if (threadIdx.x < G) {
+        const int k = groups[blockIdx.x * G + threadIdx.x];
+        blk_s[threadIdx.x] = k;
+        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
+    }
+    __syncthreads();
+    const i64 xcol = (i64)rows[blk_s[0]] * BS;
+    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
+    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    const int gw = threadIdx.x / TPB, t = threadIdx.x % TPB, mg = t / L, ng = t % L;
+    const bool active = blk_s[gw] >= 0;
+    const int a_base = KMAJOR ? mg * 4 : mg, b_base = KMAJOR ? ng * 4 : ng;
+
+    float acc[8][8];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
+
+    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    auto load_stage = [&](int q, float* base) {
+        q += q0;
+        while (chunk_ptr[lp + 1] <= q) lp++;
+        const float* xp = reinterpret_cast<const float*>(x_ptrs[lp]);
+        const float* dyp = reinterpret_cast<const float*>(dy_ptrs[lp]);
+        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        for (int g = 0; g <= G; g++) {
+            const i64 col = g == 0 ? xcol : ycol_s[g - 1];
+            if (col < 0) continue;  // empty slot: nothing to load
+            const float* src0 = g == 0 ? xp : dyp;
+            const i64 feats = g == 0 ? in_features : out_features;
+            float* dst = base + g * TILE;
+#pragma unroll 4
+            for (int ch = threadIdx.x; ch < NC * BS / 4; ch += THREADS) {
+                if (KMAJOR) {
+                    const int row = ch / (BS / 4), c4 = ch % (BS / 4);
+                    const i64 n = n0 + row;
+                    const bool ok = n < nt;
+                    cp_async16(dst + row * BS + c4 * 4, src0 + (ok ? n * feats + col + c4 * 4 : 0), ok ? 16 : 0);
+                } else {
+                    const int row = ch / (NC / 4), c4 = ch % (NC / 4);
+                    const i64 n = n0 + c4 * 4;
+                    const bool ok = n < nt;  // N % 4 == 0: a chunk is wholly in or out
+                    cp_async16(dst + swz<NC>(row, c4), src0 + (ok ? (col + row) * nt + n : 0), ok ? 16 : 0);
+                }
+            }
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < total) load_stage(s, smem + s * STAGE);
+        cp_async_commit();
+    }
+    for (int q = 0; q < total; q++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = q + STAGES - 1;
+        if (next < total) load_stage(next, smem + (next % STAGES) * STAGE);
+        cp_async_commit();
+        if (!active) continue;
+        const float* Xs = smem + (q % STAGES) * STAGE;
+        const float* Ys = Xs + (1 + gw) * TILE;
+#pragma unroll
+        for (int k0 = 0; k0 < NC; k0 += KG) {
+            float a[8][KG], b[8][KG];
+            ffma_frag<KG, KMAJOR, L, S>(a, Xs, a_base, k0);
+            ffma_frag<KG, KMAJOR, L, S>(b, Ys, b_base, k0);
+            ffma_8x8<KG>(acc, a, b);
+        }
+    }
+    cp_async_wait<0>();
+    if (!active) return;
+    const i64 k = blk_s[gw];
+    float* out = gridDim.y > 1 ? ws + ((i64)blockIdx.y * nnz + k) * BS * BS : dw + k * BS * BS;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float* o = out + frag_index<KMAJOR, L>(mg, i) * BS + frag_index<KMAJOR, L>(ng, j);
+            float v = acc[i][j];
+            if (accumulate && gridDim.y == 1) v += *o;
+            *o = v;
+        }
 }
 
 // updat_reduce: dw = (accumulate ? dw : 0) + Σ_s ws[s], s in increasing order (deterministic).

@@ -483,10 +483,35 @@ def _emulated_updat_cases():
     return [(b, *c, *types[(i + j) % 4]) for i, b in enumerate((8, 16, 32)) for j, c in enumerate(combos)]
 
 
+def _emulated_ffma_cases():
+    """(block size, variant, op, feature axis): xw_ffma's default tile of each block size on both axes and
+    both ops, every other tile on two rotating (axis, op) pairs."""
+    from cusparseblocks import _matmul_gpu as G
+
+    combos = [(1, "fprop"), (1, "bprop"), (0, "fprop"), (0, "bprop")]
+    cases, i = [], 0
+    for b, tiles in G.XW_FFMA_TILES.items():
+        for v, variant in enumerate(tiles):
+            for j in range(4) if v == 0 else (i % 4, (i + 3) % 4):
+                cases.append((b, variant, *combos[j][::-1]))
+            i += 1
+    return cases
+
+
+def _emulated_updat_ffma_cases():
+    """(block size, variant, feature axis, splits): every updat_ffma tile on both axes, one pass or a
+    2-way batch split, alternating."""
+    from cusparseblocks import _matmul_gpu as G
+
+    return [(b, variant, axis, 1 + (i + axis) % 2) for b, tiles in G.UPDAT_FFMA_TILES.items()
+            for i, variant in enumerate(tiles) for axis in (1, 0)]
+
+
 def _emulated_specs():
     from cusparseblocks import _matmul_gpu as G
 
-    specs = []
+    specs = [G.xw_ffma_spec(b, variant, axis, int(op == "bprop")) for b, variant, op, axis in _emulated_ffma_cases()]
+    specs += [G.updat_ffma_spec(b, variant, axis) for b, variant, axis, _ in _emulated_updat_ffma_cases()]
     for kernel, b, variant, op, axis, aligned, dt, odt in _emulated_xw_cases():
         trans = int(op == "bprop")
         specs.append(G.xw_tc_spec(dt, odt, b, variant, axis, trans, aligned) if kernel == "xw_tc"
@@ -524,7 +549,8 @@ def bsmm_emulator(tmp_path_factory):
     here = Path(__file__).resolve().parent / "cuda_emulation"
     d = tmp_path_factory.mktemp("bsmm_emu")
     (d / "bsmm_emu.cu").write_text(_bsmm_emulation_source())
-    macro = {"xw_tc": "XW_TC", "xw_wide_tc": "XW_WIDE_TC", "updat_tc": "UPDAT_TC", "updat_reduce": "UPDAT_REDUCE"}
+    macro = {"xw_tc": "XW_TC", "xw_wide_tc": "XW_WIDE_TC", "updat_tc": "UPDAT_TC", "updat_reduce": "UPDAT_REDUCE",
+             "xw_ffma": "XW_FFMA", "updat_ffma": "UPDAT_FFMA"}
     lines = [f"{macro[m.group(1)]}({m.group(2)})," for m in (re.fullmatch(r"(\w+)<(.*)>", s.name)
                                                               for s in _emulated_specs())]
     (d / "bsmm_kernels.inc").write_text("\n".join(lines) + "\n")
@@ -598,6 +624,35 @@ def test_xw_kernels_emulated(rng, monkeypatch, bsmm_emulator, case):
     bsmm_emulator(spec, grid, (wm * wn * 32,), (x, w, y, *tables, np.int64(n), np.int64(f_in), np.int64(f_out),
                                                 np.int32(accumulate)), smem)
     assert_close(y, ref, dt, f"{spec.name} n={n}")
+
+
+@pytest.mark.parametrize("case", _emulated_ffma_cases(), ids=lambda c: "-".join(map(str, c)))
+def test_xw_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
+    """xw_ffma (float32 FFMA) fprop and bprop: ragged N (axis 0: N % 4 == 0) over two row tiles, column
+    lists longer than the pipeline, an empty block row and column, every element against float64,
+    output poisoned or accumulated into."""
+    from test_matmul_gpu import _io, _ref64
+
+    from cusparseblocks import _matmul_gpu as G
+
+    b, variant, op_name, axis = case
+    trans = int(op_name == "bprop")
+    warps = G.XW_FFMA_TILES[b][variant][0]
+    bm = G.xw_ffma_rows(b, variant)
+    n = bm + (8 if axis == 0 else 5)
+    mask = _emulation_mask(rng, 7, 5)
+    mask[:6, 0] = True  # a list of 6 blocks: the pipeline slots wrap around
+    op, tables = _emulated_op(monkeypatch, mask, b, axis, op_name)
+    f_in, f_out = (op.K, op.M) if op_name == "fprop" else (op.M, op.K)
+    x = random_array(rng, _io(op, n, f_in), "float32")
+    w = random_array(rng, op.w_shape, "float32", scale=0.2)
+    ref = _ref64(op, op_name, x, w=w)
+    y, ref, accumulate = _emulated_output(rng, ref, "float32")
+    spec = G.xw_ffma_spec(b, variant, axis, trans)
+    bsmm_emulator(spec, (f_out // b, -(-n // bm)), (warps * 32,),
+                  (x, w, y, *tables, np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(accumulate)),
+                  G.xw_ffma_smem(b, variant))
+    assert_close(y, ref, "float32", f"{spec.name} n={n} accumulate={accumulate}")
 
 
 @pytest.mark.parametrize("case", _emulated_updat_cases(), ids=lambda c: "-".join(map(str, c)))
@@ -732,6 +787,17 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
     """xw_small fprop/bprop with the work split over ``CTAs`` (long columns cut into parts summed in the
     launch), an empty block row and column, ragged N; every element against float64, outputs poisoned or
     accumulated into; the arrival counters are back to zero afterwards."""
+def _pair_blob(arrays):
+    """The pairs' bytes back to back, each at a 16-byte aligned offset, and the offsets."""
+    raw = [np.concatenate([a.reshape(-1).view(np.uint8), np.zeros(-a.nbytes % 16, np.uint8)]) for a in arrays]
+    return np.concatenate(raw), np.cumsum([0] + [len(q) for q in raw[:-1]]).astype(np.int64)
+
+
+@pytest.mark.parametrize("case", _emulated_updat_ffma_cases(), ids=lambda c: "-".join(map(str, c)))
+def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
+    """updat_ffma (float32 FFMA update) over a grouped update of two ragged pairs, a block row with more
+    blocks than a CTA's group (a full group and a partial one), empty rows and columns; one pass or split in
+    2 over the batch (fp32 workspace, then updat_reduce); every element against float64."""
     from test_matmul_gpu import _io, _ref64
 
     from cusparseblocks import _matmul_gpu as G
@@ -764,3 +830,27 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
     assert_close(y, ref, dt, f"{spec.name} n={n} ctas={ctas}")
     assert not counters.any(), "split counters not reset"
     assert ctas > 1 or not (stages[:, 3] >= 0).any(), "one CTA splits no column"
+    b, variant, axis, splits = case
+    g, nc, _, _ = G.UPDAT_FFMA_TILES[b][variant]
+    mask = _emulation_mask(rng, 4, g + 3)
+    mask[0, : g + 1] = True  # g + 1 blocks in row 0 (column g + 1 stays empty)
+    op, (groups,) = _emulated_op(monkeypatch, mask, b, axis, ("groups", g))
+    rows, cols = (np.asarray(t) for t in G._tables(op, "updat", 0))
+    ns = [nc + 8, 40] if axis == 0 else [nc + 5, 37]  # ragged last chunks
+    xs = [random_array(rng, _io(op, n, op.K), "float32") for n in ns]
+    dys = [random_array(rng, _io(op, n, op.M), "float32") for n in ns]
+    ref = _ref64(op, "updat", xs, dys)
+    (xb, xoff), (dyb, dyoff) = _pair_blob(xs), _pair_blob(dys)
+    chunks = np.concatenate([[0], np.cumsum(-(-np.array(ns) // nc))]).astype(np.int64)
+    dw, ref, accumulate = _emulated_output(rng, ref, "float32")
+    ws = np.full((splits, op.layout.nnz, b, b), np.nan, np.float32) if splits > 1 else np.uint64(0)
+    spec = G.updat_ffma_spec(b, variant, axis)
+    bsmm_emulator(spec, (groups.shape[0], splits), (g * (b // 8) ** 2,),
+                  (xb, dyb, xoff, dyoff, np.array(ns, np.int64), chunks, np.int32(len(ns)), groups, rows, cols,
+                   dw, ws, np.int32(op.layout.nnz), np.int64(op.K), np.int64(op.M), np.int32(accumulate)),
+                  G.updat_ffma_smem(b, variant))
+    if splits > 1:
+        count = dw.size
+        bsmm_emulator(G.updat_reduce_spec("float32"), (min(-(-count // 256), 4),), (256,),
+                      (ws, dw, np.int32(splits), np.int64(count), np.int32(accumulate)))
+    assert_close(dw, ref, "float32", f"{spec.name} ns={ns} splits={splits} accumulate={accumulate}")

@@ -8,7 +8,7 @@ from conftest import assert_close, poison, random_array
 
 from cusparseblocks import BlockSparseMatMul
 from cusparseblocks import _matmul_gpu as _matmul_gpu_tiles
-from cusparseblocks._matmul_gpu import XW_GMMA_TILES, XW_WIDE_TILES
+from cusparseblocks._matmul_gpu import XW_FFMA_TILES, XW_GMMA_TILES, XW_WIDE_TILES
 from cusparseblocks.reference import matmul as ref
 
 pytestmark = pytest.mark.gpu
@@ -489,6 +489,96 @@ def test_small_batch_kernel(rng, dtype, n, shape):
 def test_small_batch_fallbacks(rng, dtype):
     """The per-column kernels still serve N ≤ 64 where xw_small does not apply (small_enabled off, a
     misaligned x, block size 64) and agree with the float64 reference; a one-block layout runs xw_small."""
+# ---- float32 FFMA kernels (xw_ffma) ----
+
+def _xw_functions(op):
+    return [v[0] for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
+
+
+@pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_FFMA_TILES.items() for v in vs] +
+                         [(32, "simt"), (64, "simt")])
+@pytest.mark.parametrize("feature_axis", [1, 0])
+@pytest.mark.parametrize("n", [68, 300, 1028])
+def test_float32_ffma_tiles(rng, block_size, variant, feature_axis, n):
+    """xw_ffma (forced tile; "simt": the old xw_simt on aligned data): ragged N against every tile height,
+    column lists longer than the pipeline, empty block rows and columns, fprop and bprop into poisoned
+    out=, accumulate; asserts which kernel ran."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu, compiler
+
+    op = BlockSparseMatMul(_layout(rng, 11, 9, 0.6), block_size, feature_axis)
+    x = random_array(rng, _io(op, n, op.K), "float32")
+    dy = random_array(rng, _io(op, n, op.M), "float32")
+    w = random_array(rng, op.w_shape, "float32", scale=0.2)
+    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+    y_acc = cp.asarray(random_array(rng, _io(op, n, op.M), "float32"))
+    y0 = y_acc.get().astype(np.float64)
+    _matmul_gpu.force_variant = variant
+    try:
+        y = poison(cp, _io(op, n, op.M), "float32")
+        op.fprop(xg, wg, out=y)
+        dx = poison(cp, _io(op, n, op.K), "float32")
+        op.bprop(dyg, wg, out=dx)
+        op.fprop(xg, wg, out=y_acc, accumulate=True)
+    finally:
+        _matmul_gpu.force_variant = None
+    if variant == "simt":
+        expected = [compiler.get_function(_matmul_gpu.xw_simt_spec("float32", "float32", block_size, feature_axis, t))
+                    for t in (0, 1)]
+    else:
+        smem = _matmul_gpu.xw_ffma_smem(block_size, variant)
+        expected = [compiler.get_function(_matmul_gpu.xw_ffma_spec(block_size, variant, feature_axis, t), smem)
+                    for t in (0, 1)]
+    fns = _xw_functions(op)  # the fprop plan, then the bprop plan (accumulate reuses the first)
+    assert len(fns) == 2 and all(f is e for f, e in zip(fns, expected)), f"{variant} did not run"
+    y_ref = _ref64(op, "fprop", x, w=w)
+    assert_close(y, y_ref, "float32", f"fprop [{variant}]")
+    assert_close(dx, _ref64(op, "bprop", dy, w=w), "float32", f"bprop [{variant}]")
+    assert_close(y_acc, y0 + y_ref, "float32", f"fprop accumulate [{variant}]")
+
+
+@pytest.mark.parametrize("feature_axis", [1, 0])
+def test_float32_ffma_default_and_fallbacks(rng, feature_axis):
+    """float32 with N > 64 and aligned x, w runs xw_ffma by default (a misaligned out= too: the epilogue
+    stores elements); a misaligned x, or N % 4 != 0 on feature axis 0, takes xw_simt; all stay correct."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu, compiler
+
+    b = 32
+    op = BlockSparseMatMul(_layout(rng, 6, 5, 0.5), b, feature_axis)
+    default = next(iter(XW_FFMA_TILES[b]))
+    smem = _matmul_gpu.xw_ffma_smem(b, default)
+    ffma = compiler.get_function(_matmul_gpu.xw_ffma_spec(b, default, feature_axis, 0), smem)
+    for n, expect_ffma in ((300, True), (301, feature_axis == 1), (64, False)):
+        op._gpu_tables.clear()
+        x = random_array(rng, _io(op, n, op.K), "float32")
+        w = random_array(rng, op.w_shape, "float32", scale=0.2)
+        flat = poison(cp, (n * op.M + 1,), "float32")
+        out = flat[1:].reshape(_io(op, n, op.M))  # 4-byte offset: not 16-byte aligned
+        op.fprop(cp.asarray(x), cp.asarray(w), out=out)
+        assert_close(out, _ref64(op, "fprop", x, w=w), "float32", f"fprop n={n} misaligned out=")
+        assert (_xw_functions(op)[0] is ffma) == expect_ffma, f"n={n}: xw_ffma ran = {not expect_ffma}"
+    # misaligned x: the SIMT fallback
+    op._gpu_tables.clear()
+    n = 300
+    x = random_array(rng, _io(op, n, op.K), "float32")
+    flat = cp.asarray(np.concatenate([np.zeros(1, np.float32), x.ravel()]))
+    xg = flat[1:].reshape(x.shape)
+    w = random_array(rng, op.w_shape, "float32", scale=0.2)
+    assert_close(op.fprop(xg, cp.asarray(w)), _ref64(op, "fprop", x, w=w), "float32", "fprop misaligned x")
+    assert _xw_functions(op)[0] is not ffma
+
+
+@pytest.mark.parametrize("block_size,variant",
+                         [(b, v) for b, vs in _matmul_gpu_tiles.UPDAT_FFMA_TILES.items() for v in vs] +
+                         [(32, "simt")])
+@pytest.mark.parametrize("feature_axis", [1, 0])
+def test_float32_ffma_update(rng, monkeypatch, block_size, variant, feature_axis):
+    """updat_ffma (forced tile; "simt": updat_simt on aligned data): block rows of 1 to 10 blocks (full and
+    partial groups), an empty block row and column, grouped pairs with ragged batch sizes, one split and
+    several (fp32 partials + updat_reduce), poisoned out= and accumulate; asserts which kernel ran."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
@@ -540,3 +630,51 @@ def test_small_batch_bench_shape(rng, dtype):
         assert_close(op.fprop(xg, wg), _ref64(op, "fprop", x, w=w), dtype, f"fprop d={density}")
         assert_close(op.bprop(xg, wg), _ref64(op, "bprop", x, w=w), dtype, f"bprop d={density}")
         assert _small_ran(op, dtype, dtype, 32, 0) and _small_ran(op, dtype, dtype, 32, 1)
+    calls = []
+    for name in ("updat_ffma_spec", "updat_simt_spec"):
+        fn = getattr(_matmul_gpu, name)
+        monkeypatch.setattr(_matmul_gpu, name, lambda *a, fn=fn, name=name: calls.append(name) or fn(*a))
+    monkeypatch.setattr(_matmul_gpu, "updat_ffma_variant", variant)
+    mask = np.zeros((11, 12), bool)
+    for r in range(10):  # row 10 empty; column 11 empty
+        mask[r, rng.choice(11, r + 1, replace=False)] = True
+    op = BlockSparseMatMul(mask, block_size, feature_axis)
+    for ns in ([300], [76, 132, 64, 4], [4000]):  # [4000]: enough chunks per CTA for several splits
+        xs = [random_array(rng, _io(op, n, op.K), "float32") for n in ns]
+        dys = [random_array(rng, _io(op, n, op.M), "float32") for n in ns]
+        ref64 = _ref64(op, "updat", xs, dys)
+        dw = poison(cp, op.w_shape, "float32")
+        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=dw)
+        assert_close(dw, ref64, "float32", f"updat {ns}")
+        acc = cp.asarray(random_array(rng, op.w_shape, "float32"))
+        acc0 = acc.get().astype(np.float64)
+        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
+        assert_close(acc, acc0 + ref64, "float32", f"updat accumulate {ns}")
+    expected = "updat_simt_spec" if variant == "simt" else "updat_ffma_spec"
+    assert calls and set(calls) == {expected}, f"{variant}: ran {set(calls)}"
+
+
+def test_float32_ffma_update_fallbacks(rng):
+    """updat_ffma needs aligned pairs (and N % 4 == 0 on feature axis 0): a misaligned x or N = 301 on axis 0
+    runs updat_simt, correct either way."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    for axis, n, misalign, expect in ((1, 301, False, True), (0, 301, False, False), (0, 300, False, True),
+                                      (1, 300, True, False)):
+        op = BlockSparseMatMul(_layout(rng, 5, 6, 0.5), 32, axis)
+        x = random_array(rng, _io(op, n, op.K), "float32")
+        dy = random_array(rng, _io(op, n, op.M), "float32")
+        xg = cp.asarray(x)
+        if misalign:
+            flat = cp.asarray(np.concatenate([np.zeros(1, np.float32), x.ravel()]))
+            xg = flat[1:].reshape(x.shape)
+        dw = op.updat(xg, cp.asarray(dy))
+        assert_close(dw, _ref64(op, "updat", [x], [dy]), "float32", f"axis {axis} n {n} misaligned {misalign}")
+        plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "updat"]
+        default = next(iter(_matmul_gpu.UPDAT_FFMA_TILES[32]))
+        fn = _matmul_gpu.compiler.get_function(_matmul_gpu.updat_ffma_spec(32, default, axis),
+                                               _matmul_gpu.updat_ffma_smem(32, default))
+        ffma = any(p[0] is fn for p in plans)
+        assert ffma == expect, f"axis {axis} n {n} misaligned {misalign}: updat_ffma ran = {ffma}"

@@ -1,4 +1,4 @@
-// Runs one launch of a kernels/bsmm.cu tensor-core kernel on the CPU (tests only): bsmm_driver IN OUT.
+// Runs one launch of a kernels/bsmm.cu tensor-core or FFMA kernel on the CPU (tests only): bsmm_driver IN OUT.
 // conv_driver.cpp's emulated launch, file format and kernel table, extended with bsmm's kernels:
 // tests/test_matmul.py writes bsmm.cu without its PTX wrappers as bsmm_emu.cu (bsmm_ptx_emulated.h
 // stands in for them) and the specializations it launches as bsmm_kernels.inc (XW_TC(...) lines, ...).
@@ -31,6 +31,11 @@ static void relocate_pair_tables() {
 #define UPDAT_TC(T, TO, ...) {"updat_tc<" #T ", " #TO ", " #__VA_ARGS__ ">", [] { relocate_pair_tables(); \
   return [] { updat_tc<T, TO, __VA_ARGS__>(P<long long>(2), P<long long>(3), P<long long>(4), P<long long>(5), \
   I(6), P<int>(7), P<int>(8), P<int>(9), P<TO>(10), P<float>(11), I(12), L(13), L(14), I(15)); }; }}
+#define XW_FFMA(...) {"xw_ffma<" #__VA_ARGS__ ">", [] { return [] { xw_ffma<__VA_ARGS__>( \
+  P<float>(0), P<float>(1), P<float>(2), P<int>(3), P<int2>(4), L(5), L(6), L(7), I(8)); }; }}
+#define UPDAT_FFMA(...) {"updat_ffma<" #__VA_ARGS__ ">", [] { relocate_pair_tables(); \
+  return [] { updat_ffma<__VA_ARGS__>(P<long long>(2), P<long long>(3), P<long long>(4), P<long long>(5), \
+  I(6), P<int>(7), P<int>(8), P<int>(9), P<float>(10), P<float>(11), I(12), L(13), L(14), I(15)); }; }}
 #define UPDAT_REDUCE(TO) {"updat_reduce<" #TO ">", [] { return [] { \
   updat_reduce<TO>(P<float>(0), P<TO>(1), I(2), L(3), I(4)); }; }}
 

@@ -11,6 +11,9 @@
 struct int2 { int x, y; };
 struct float2 { float x, y; };
 inline float2 make_float2(float a, float b) { return {a, b}; }
+struct alignas(16) float4 { float x, y, z, w; };
+
+extern unsigned emu_dynamic_smem;
 
 inline void emu_require(bool ok, const char* what) {
   if (!ok) { fprintf(stderr, "%s (thread %u, block %u,%u)\n", what, threadIdx.x, blockIdx.x, blockIdx.y); std::abort(); }
@@ -18,7 +21,8 @@ inline void emu_require(bool ok, const char* what) {
 
 inline void cp_async16(void* dst, const void* src, int src_bytes) {
   const unsigned off = smem_u32(dst);
-  emu_require(off % 16 == 0 && off + 16 <= 256 * 1024, "cp.async: destination not 16-byte aligned shared memory");
+  emu_require(off % 16 == 0 && off + 16 <= emu_dynamic_smem,
+              "cp.async: destination not 16-byte aligned or past the launch's dynamic shared memory");
   emu_require(src_bytes == 0 || (src_bytes == 16 && (uintptr_t)src % 16 == 0), "cp.async: misaligned source");
   cp_async16(off, src, src_bytes);
 }

@@ -12,6 +12,7 @@
 thread_local emu_dim3 threadIdx, blockIdx;
 emu_dim3 blockDim, gridDim;
 alignas(16) unsigned char smem_raw[256 * 1024];
+unsigned emu_dynamic_smem = 256 * 1024;  // the launch's dynamic shared memory bytes (bsmm's cp.async checks it)
 EmuBlock emu_block;
 uint32_t emu_scratch[32][32][8];
 thread_local std::vector<EmuCopy> emu_open_group;
@@ -117,6 +118,7 @@ int main(int argc, char** argv) {
   auto it = kernels.find(name);
   if (it == kernels.end()) { std::cerr << "unknown kernel " << name << "\n"; return 3; }
   if (cfg[4] != 1 || cfg[5] != 1) { std::cerr << "1-D blocks only\n"; return 3; }
+  emu_dynamic_smem = cfg[6] > 0 ? (unsigned)cfg[6] : 256 * 1024;
   launch(cfg[0], cfg[1], cfg[2], cfg[3], it->second());
   std::ofstream out(argv[2], std::ios::binary);
   for (auto& a : args)
