@@ -540,3 +540,28 @@ def test_small_batch_bench_shape(rng, dtype):
         assert_close(op.fprop(xg, wg), _ref64(op, "fprop", x, w=w), dtype, f"fprop d={density}")
         assert_close(op.bprop(xg, wg), _ref64(op, "bprop", x, w=w), dtype, f"bprop d={density}")
         assert _small_ran(op, dtype, dtype, 32, 0) and _small_ran(op, dtype, dtype, 32, 1)
+
+
+@pytest.mark.parametrize("variant", list(_matmul_gpu_tiles.XW_SMALL_VARIANTS))
+def test_small_batch_tile_variants(rng, monkeypatch, variant):
+    """Each xw_small tile the benchmark times (small_variant) is correct: fprop and bprop, split columns,
+    ragged N within its tile height, every element against float64; asserts that the variant ran."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    kind, bm, _ = _matmul_gpu.XW_SMALL_VARIANTS[variant]
+    monkeypatch.setattr(_matmul_gpu, "small_variant", variant)
+    for dtype in (("float16", "bfloat16") if kind == "tc" else ("float32",)):
+        n = bm - 3
+        op = BlockSparseMatMul(_layout(rng, 60, 41, 0.5), 32)
+        x = random_array(rng, (n, op.K), dtype)
+        dy = random_array(rng, (n, op.M), dtype)
+        w = random_array(rng, op.w_shape, dtype, scale=0.2)
+        y = poison(cp, (n, op.M), dtype)
+        op.fprop(cp.asarray(x), cp.asarray(w), out=y)
+        dx = op.bprop(cp.asarray(dy), cp.asarray(w))
+        assert_close(y, _ref64(op, "fprop", x, w=w), dtype, f"fprop [{variant}]")
+        assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
+        spec = _matmul_gpu.xw_small_spec(dtype, dtype, bm, 0, variant)
+        assert _ran_any(op, spec, _matmul_gpu.xw_small_smem(dtype, bm, variant)), f"{variant} did not run"
