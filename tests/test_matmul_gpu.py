@@ -565,3 +565,32 @@ def test_small_batch_tile_variants(rng, monkeypatch, variant):
         assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
         spec = _matmul_gpu.xw_small_spec(dtype, dtype, bm, 0, variant)
         assert _ran_any(op, spec, _matmul_gpu.xw_small_smem(dtype, bm, variant)), f"{variant} did not run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_small_batch_index_past_2_31_elements(rng, dtype):
+    """xw_small with an x of more than 2³¹ elements (32 rows × 69 M features): blocks of the last block rows
+    read x past that offset; fprop against float64 computed from the blocks alone."""
+    import cupy as cp
+
+    b, n, kb = 32, 32, 2_170_000  # n · K > 2³¹
+    rows = [5, kb - 3, kb - 2, kb - 1]
+    mask = np.zeros((kb, 2), bool)
+    mask[rows[:3], 0] = True
+    mask[rows[1:], 1] = True
+    op = BlockSparseMatMul(mask, b)
+    x = cp.zeros((n, op.K), dtype)
+    assert x.size > 2**31
+    parts = {r: random_array(rng, (n, b), dtype) for r in rows}
+    for r, v in parts.items():
+        x[:, r * b:(r + 1) * b] = cp.asarray(v)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    y = op.fprop(x, cp.asarray(w))
+    ref = np.zeros((n, op.M))
+    lay = op.layout
+    for k in range(lay.nnz):
+        r, c = int(lay.rows[k]), int(lay.cols[k])
+        ref[:, c * b:(c + 1) * b] += parts[r].astype(np.float64) @ w[k].astype(np.float64)
+    assert_close(y, ref, dtype, "rows past 2^31 elements")
+    assert _small_ran(op, dtype, dtype, n, 0)
