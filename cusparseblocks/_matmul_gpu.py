@@ -95,6 +95,10 @@ LARGE_N = 2048
 XW_SMALL_TILES = {"tc": {32: (4, 2, 4, 1024, 512), 64: (4, 2, 3, 1024, 512)},
                   "simt": {32: (4, 1, 3, 320, 128), 64: (4, 1, 3, 1024, 512)}}
 XW_SMALL_BS = 32
+# tiles timed against the default by the benchmark (small_variant = name; used where kind and BM apply):
+# tc_eps4: 4 blocks per stage, 80 KiB, two CTAs per SM; tc_w8: 8 warps of one block each per stage
+XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512)), "tc_w8": ("tc", 32, (8, 1, 4, 1024, 512))}
+small_variant = None
 small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
 
@@ -175,23 +179,31 @@ def _small_kind(dtype):
     return "simt" if dtype == "float32" else "tc"
 
 
-def xw_small_spec(dtype, out_dtype, bm, trans):
-    warps, bpw, st, me, ms = XW_SMALL_TILES[_small_kind(dtype)][bm]
+def small_tile(dtype, bm, variant=None):
+    """(WARPS, BPW, STAGES, MAX_ENT, MAX_STG) of xw_small for this dtype and tile height."""
+    v = XW_SMALL_VARIANTS.get(variant)
+    if v is not None and v[0] == _small_kind(dtype) and v[1] == bm:
+        return v[2]
+    return XW_SMALL_TILES[_small_kind(dtype)][bm]
+
+
+def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
+    warps, bpw, st, me, ms = small_tile(dtype, bm, variant)
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec("bsmm_small.cu",
                       f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {trans}>")
 
 
-def xw_small_smem(dtype, bm):
+def xw_small_smem(dtype, bm, variant=None):
     """Dynamic shared memory: STAGES · EPS · (BM + 32) rows · stride · itemsize (mirrors xw_small)."""
-    warps, bpw, st, _, _ = XW_SMALL_TILES[_small_kind(dtype)][bm]
+    warps, bpw, st, _, _ = small_tile(dtype, bm, variant)
     stride, item = (36, 4) if dtype == "float32" else (40, 2)
     return st * warps * bpw * (bm + XW_SMALL_BS) * stride * item
 
 
-def xw_small_static_smem(dtype, bm):
+def xw_small_static_smem(dtype, bm, variant=None):
     """Static shared memory: the CTA's entries (8 B) and stage records (16 B), + 16 B."""
-    _, _, _, me, ms = XW_SMALL_TILES[_small_kind(dtype)][bm]
+    _, _, _, me, ms = small_tile(dtype, bm, variant)
     return me * 8 + ms * 16 + 16
 
 
@@ -381,6 +393,10 @@ def small_specializations():
     for dtype in ("float16", "bfloat16", "float32"):
         for to, bm, trans in itertools.product(_out_types(dtype), XW_SMALL_TILES[_small_kind(dtype)], (0, 1)):
             yield xw_small_spec(dtype, to, bm, trans)
+        for name, (kind, bm, _) in XW_SMALL_VARIANTS.items():
+            if kind == _small_kind(dtype):
+                for to, trans in itertools.product(_out_types(dtype), (0, 1)):
+                    yield xw_small_spec(dtype, to, bm, trans, name)
 
 
 compiler.register_family("bsmm_small", small_specializations)
@@ -528,21 +544,22 @@ def _use_small(op_obj, dtype, n, aligned, dev):
     if not (aligned and n <= SMALL_N and op_obj.block_size == XW_SMALL_BS and op_obj.feature_axis == 1):
         return False
     bm = 32 if n <= 32 else 64
-    return xw_small_smem(dtype, bm) + xw_small_static_smem(dtype, bm) <= _smem_limits(dev)[1]
+    return (xw_small_smem(dtype, bm, small_variant) + xw_small_static_smem(dtype, bm, small_variant)
+            <= _smem_limits(dev)[1])
 
 
 def _small_plan(op_obj, op, dtype, odt, n, dev):
     """xw_small's plan: grid = resident CTAs (SMs × CTAs per SM by shared memory; whole waves more when the
     CTAs' tables would not fit); the table key ("small", op, CTAs, EPS) names the work split."""
     bm = 32 if n <= 32 else 64
-    warps, bpw, _, max_ent, max_stg = XW_SMALL_TILES[_small_kind(dtype)][bm]
-    smem = xw_small_smem(dtype, bm)
-    per_sm = max(1, _smem_limits(dev)[0] // (smem + xw_small_static_smem(dtype, bm) + 1024))
+    warps, bpw, _, max_ent, max_stg = small_tile(dtype, bm, small_variant)
+    smem = xw_small_smem(dtype, bm, small_variant)
+    per_sm = max(1, _smem_limits(dev)[0] // (smem + xw_small_static_smem(dtype, bm, small_variant) + 1024))
     eps = warps * bpw
     lay = op_obj.layout
     ctas = small_ctas(lay.col_ptr if op == "fprop" else lay.row_ptr, eps, _sm_count(dev) * per_sm, max_ent,
                       max_stg)
-    spec = xw_small_spec(dtype, odt, bm, 0 if op == "fprop" else 1)
+    spec = xw_small_spec(dtype, odt, bm, 0 if op == "fprop" else 1, small_variant)
     return (compiler.get_function(spec, smem), (ctas,), (warps * 32,), smem, ("small", op, ctas, eps, bm))
 
 
@@ -564,7 +581,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
     if dtype == "float32" and op_obj.allow_tf32:  # TF32 tensor cores (plans cached by _matmul_tf32)
         return (*_matmul_tf32.xw_plan(op_obj, op, n, aligned_x, aligned_w, dev), op)
     key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, aligned_y, dev, force_variant, gmma_enabled,
-           small_enabled, ffma_enabled)
+           small_enabled, small_variant, ffma_enabled)
     plan = op_obj._gpu_tables.get(key)
     if plan is None:
         b, axis = op_obj.block_size, op_obj.feature_axis

@@ -121,10 +121,26 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, pee
             _matmul_gpu.small_enabled = False
             try:
                 tv = time_ms(fn, rotate=args)["median"]
+                outs_v = [cp.empty((n, k), dtype=np_dt) for _ in args]
+                tg = time_ms(lambda a, b2, o, fn=fn: fn(a, b2, out=o),
+                             rotate=[(*a, o) for a, o in zip(args, outs_v)], graph=True)["median"]
             finally:
                 _matmul_gpu.small_enabled = True
             rows.append(dict(system="cusparseblocks[per-column]", op=op, dtype=dtype, b=b, density=density,
-                             N=n, K=k, ms=tv, TFLOPs=flops / (tv * 1e-3) / 1e12, x_floor=tv / floor_ms))
+                             N=n, K=k, ms=tv, TFLOPs=flops / (tv * 1e-3) / 1e12, x_floor=tv / floor_ms,
+                             ms_graph=tg, x_floor_graph=tg / floor_ms))
+            for name, (kind, bm, _) in _matmul_gpu.XW_SMALL_VARIANTS.items():
+                if kind != ("simt" if dtype == "float32" else "tc") or bm != (32 if n <= 32 else 64):
+                    continue
+                _matmul_gpu.small_variant = name
+                try:
+                    outs_v = [cp.empty((n, k), dtype=np_dt) for _ in args]
+                    tv = time_ms(lambda a, b2, o, fn=fn: fn(a, b2, out=o),
+                                 rotate=[(*a, o) for a, o in zip(args, outs_v)], graph=True)["median"]
+                finally:
+                    _matmul_gpu.small_variant = None
+                rows.append(dict(system=f"cusparseblocks[{name}]", op=op, dtype=dtype, b=b, density=density,
+                                 N=n, K=k, ms_graph=tv, x_floor_graph=tv / floor_ms))
         if compare_tiles and op == "updat" and n >= 2048 and dtype == "float32":
             from . import _matmul_gpu
 

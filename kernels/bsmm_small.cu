@@ -227,19 +227,21 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
     constexpr int FIRST = 1 << 16, LAST = 1 << 17;
 
     const int rows = (int)min((i64)BM, n_total);
-    // empty columns: zeros (nothing to add when accumulating)
-    if (!accumulate)
-        for (int i = blockIdx.x; i < n_zero; i += gridDim.x) {
-            const i64 c = zero_cols[i];
-            for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS)
-                y[(i64)(idx / BS) * out_features + c * BS + idx % BS] = from_float<TO>(0.f);
-        }
     // every table this CTA reads in its loop goes to shared memory first: a load from global memory
     // inside the loop waits behind the megabytes of w in flight (several µs when HBM is saturated)
     const int e_base = ent_ptr[blockIdx.x], n_ent = ent_ptr[blockIdx.x + 1] - e_base;
     const int s_base = stage_ptr[blockIdx.x], n_st = stage_ptr[blockIdx.x + 1] - s_base;
-    for (int i = threadIdx.x; i < n_ent; i += THREADS) ent_s[i] = entries[e_base + i];
-    for (int i = threadIdx.x; i < n_st; i += THREADS) stg_s[i] = stages[s_base + i];
+    // (unrolled to the tables' capacity: all loads in flight at once, one memory latency in all)
+#pragma unroll
+    for (int i = 0; i < (MAX_ENT + THREADS - 1) / THREADS; i++) {
+        const int idx = threadIdx.x + i * THREADS;
+        if (idx < n_ent) ent_s[idx] = entries[e_base + idx];
+    }
+#pragma unroll
+    for (int i = 0; i < (MAX_STG + THREADS - 1) / THREADS; i++) {
+        const int idx = threadIdx.x + i * THREADS;
+        if (idx < n_st) stg_s[idx] = stages[s_base + idx];
+    }
     __syncthreads();
 
     // Loader: thread (lu = tid / TPB, sub = tid % TPB) copies block lu of a stage (its x tile and w block,
@@ -332,4 +334,11 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
         }
     }
     cp_async_wait<0>();
+    // empty columns: zeros (nothing to add when accumulating); last, so that its loads delay no copy
+    if (!accumulate)
+        for (int i = blockIdx.x; i < n_zero; i += gridDim.x) {
+            const i64 c = zero_cols[i];
+            for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS)
+                y[(i64)(idx / BS) * out_features + c * BS + idx % BS] = from_float<TO>(0.f);
+        }
 }

@@ -743,7 +743,8 @@ def _emulated_small_cases():
             ("float32", "float32", "fprop", 32, 5, 1), ("float32", "float32", "bprop", 64, 2, 0),
             ("float16", "float32", "bprop", 1, 1, 0), ("bfloat16", "bfloat16", "fprop", 50, 7, 0),
             ("float32", "float32", "fprop", 5, 64, 0), ("float16", "float16", "bprop", 32, 9, 0),
-            ("float32", "float32", "bprop", 27, 11, 1)]
+            ("float32", "float32", "bprop", 27, 11, 1), ("float16", "float32", "fprop", 30, 5, 1, "tc_eps4"),
+            ("bfloat16", "bfloat16", "bprop", 32, 3, 0, "tc_w8")]
 
 
 @pytest.fixture(scope="module")
@@ -768,8 +769,8 @@ def small_emulator(tmp_path_factory):
     start, end = text.index("// PTX wrappers"), text.index("// end of PTX wrappers")
     text = (text[:start] + text[end:]).replace('#include "common.cuh"', "")
     (d / "bsmm_small_emu.cu").write_text(text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", ""))
-    specs = dict.fromkeys(G.xw_small_spec(dt, odt, 32 if n <= 32 else 64, int(op == "bprop"))
-                          for dt, odt, op, n, _, _ in _emulated_small_cases())
+    specs = dict.fromkeys(G.xw_small_spec(dt, odt, 32 if n <= 32 else 64, int(op == "bprop"), *variant)
+                          for dt, odt, op, n, _, _, *variant in _emulated_small_cases())
     lines = [f"XW_SMALL({re.fullmatch(r'xw_small<(.*)>', s.name).group(1)})," for s in specs]
     (d / "bsmm_small_kernels.inc").write_text("\n".join(lines) + "\n")
     exe = d / "bsmm_small_driver"
@@ -802,7 +803,8 @@ def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
 
     from cusparseblocks import _matmul_gpu as G
 
-    dt, odt, op_name, n, ctas, accumulate = case
+    dt, odt, op_name, n, ctas, accumulate, *variant = case
+    variant = variant[0] if variant else None
     b, bm = 32, 32 if n <= 32 else 64
     kb, mb = (23, 5) if op_name == "fprop" else (5, 23)  # columns of 10-20 blocks: several stages each
     mask = rng.random((kb, mb)) < 0.6
@@ -810,7 +812,7 @@ def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
     mask[:, mb - 2] = False
     op, (_, entries) = _emulated_op(monkeypatch, mask, b, 1, op_name)
     ptr = op.layout.col_ptr if op_name == "fprop" else op.layout.row_ptr
-    warps, bpw = G.XW_SMALL_TILES[G._small_kind(dt)][bm][:2]
+    warps, bpw = G.small_tile(dt, bm, variant)[:2]
     ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_tables(ptr, ctas, warps * bpw)
     f_in, f_out = (op.K, op.M) if op_name == "fprop" else (op.M, op.K)
     x = random_array(rng, _io(op, n, f_in), dt)
@@ -823,10 +825,11 @@ def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
         y = poison(np, ref.shape, odt)
     ws = np.full((parts.shape[0], bm, b), np.nan, np.float32)
     counters = np.zeros(parts.shape[0], np.uint32)
-    spec = G.xw_small_spec(dt, odt, bm, int(op_name == "bprop"))
+    spec = G.xw_small_spec(dt, odt, bm, int(op_name == "bprop"), variant)
     small_emulator(spec, (ctas,), (warps * 32,),
                    (x, w, y, entries, ent_ptr, stages, stage_ptr, zero_cols, np.int32(n_zero), parts, ws, counters,
-                    np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(accumulate)), G.xw_small_smem(dt, bm))
+                    np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(accumulate)),
+                   G.xw_small_smem(dt, bm, variant))
     assert_close(y, ref, dt, f"{spec.name} n={n} ctas={ctas}")
     assert not counters.any(), "split counters not reset"
     assert ctas > 1 or not (stages[:, 3] >= 0).any(), "one CTA splits no column"

@@ -657,6 +657,12 @@ def test_small_batch_bench_shape(rng, dtype):
 def test_float32_ffma_update_fallbacks(rng):
     """updat_ffma needs aligned pairs (and N % 4 == 0 on feature axis 0): a misaligned x or N = 301 on axis 0
     runs updat_simt, correct either way."""
+
+
+@pytest.mark.parametrize("variant", list(_matmul_gpu_tiles.XW_SMALL_VARIANTS))
+def test_small_batch_tile_variants(rng, monkeypatch, variant):
+    """Each xw_small tile the benchmark times (small_variant) is correct: fprop and bprop, split columns,
+    ragged N within its tile height, every element against float64; asserts that the variant ran."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
@@ -678,3 +684,47 @@ def test_float32_ffma_update_fallbacks(rng):
                                                _matmul_gpu.updat_ffma_smem(32, default))
         ffma = any(p[0] is fn for p in plans)
         assert ffma == expect, f"axis {axis} n {n} misaligned {misalign}: updat_ffma ran = {ffma}"
+    kind, bm, _ = _matmul_gpu.XW_SMALL_VARIANTS[variant]
+    monkeypatch.setattr(_matmul_gpu, "small_variant", variant)
+    for dtype in (("float16", "bfloat16") if kind == "tc" else ("float32",)):
+        n = bm - 3
+        op = BlockSparseMatMul(_layout(rng, 60, 41, 0.5), 32)
+        x = random_array(rng, (n, op.K), dtype)
+        dy = random_array(rng, (n, op.M), dtype)
+        w = random_array(rng, op.w_shape, dtype, scale=0.2)
+        y = poison(cp, (n, op.M), dtype)
+        op.fprop(cp.asarray(x), cp.asarray(w), out=y)
+        dx = op.bprop(cp.asarray(dy), cp.asarray(w))
+        assert_close(y, _ref64(op, "fprop", x, w=w), dtype, f"fprop [{variant}]")
+        assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
+        spec = _matmul_gpu.xw_small_spec(dtype, dtype, bm, 0, variant)
+        assert _ran_any(op, spec, _matmul_gpu.xw_small_smem(dtype, bm, variant)), f"{variant} did not run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_small_batch_index_past_2_31_elements(rng, dtype):
+    """xw_small with an x of more than 2³¹ elements (32 rows × 69 M features): blocks of the last block rows
+    read x past that offset; fprop against float64 computed from the blocks alone."""
+    import cupy as cp
+
+    b, n, kb = 32, 32, 2_170_000  # n · K > 2³¹
+    rows = [5, kb - 3, kb - 2, kb - 1]
+    mask = np.zeros((kb, 2), bool)
+    mask[rows[:3], 0] = True
+    mask[rows[1:], 1] = True
+    op = BlockSparseMatMul(mask, b)
+    x = cp.zeros((n, op.K), dtype)
+    assert x.size > 2**31
+    parts = {r: random_array(rng, (n, b), dtype) for r in rows}
+    for r, v in parts.items():
+        x[:, r * b:(r + 1) * b] = cp.asarray(v)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    y = op.fprop(x, cp.asarray(w))
+    ref = np.zeros((n, op.M))
+    lay = op.layout
+    for k in range(lay.nnz):
+        r, c = int(lay.rows[k]), int(lay.cols[k])
+        ref[:, c * b:(c + 1) * b] += parts[r].astype(np.float64) @ w[k].astype(np.float64)
+    assert_close(y, ref, dtype, "rows past 2^31 elements")
+    assert _small_ran(op, dtype, dtype, n, 0)
