@@ -18,10 +18,10 @@
 template <typename T>
 static void fwd(int cs, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias, float* mean,
                 float* rstd, float* rm, float* rv, int R, i64 C, int rows, int vpr, float eps, float mom, float vs,
-                int per_col) {
+                int per_col, int tiles) {
   emu_launch(grid, cs, THREADS, smem, [=] {
     CS_SWITCH((cols_fwd<T, CSV>((T*)y, (const T*)x, (const T*)gain, (const T*)bias, mean, rstd, rm, rv, R, C, rows,
-                                vpr, eps, mom, vs, per_col)));
+                                vpr, eps, mom, vs, per_col, tiles)));
   });
 }
 template <typename T>
@@ -45,9 +45,9 @@ static void wn(int cs, int grid, size_t smem, void* out, float* rnorm, void* dga
 extern "C" {
 void emu_cols_fwd(int bf16, int cs, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias,
                   float* mean, float* rstd, float* rm, float* rv, int R, i64 C, int rows, int vpr, float eps, float mom,
-                  float vs, int per_col) {
+                  float vs, int per_col, int tiles) {
   (bf16 ? fwd<__nv_bfloat16> : fwd<float>)(cs, grid, smem, y, x, gain, bias, mean, rstd, rm, rv, R, C, rows, vpr, eps,
-                                           mom, vs, per_col);
+                                           mom, vs, per_col, tiles);
 }
 void emu_cols_bwd(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, const void* dy, const void* x,
                   const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows, int vpr, int per_col,
