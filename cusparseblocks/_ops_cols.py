@@ -40,7 +40,7 @@ MAX_SMEM = 227 * 1024 - 6 * 1024
 #   cta_bytes: the preferred shared memory per block (112 KiB: 2 blocks per SM; 64 KiB tiles: 3), tried
 #     first with every width; then max_bytes (1 block per SM);
 #   max_cluster: the largest cluster size to use (8 portable; 16 on sm_90 with the non-portable attribute);
-#   tiles_per_cluster (forward only): column tiles one cluster walks in turn, the next tile's loads in
+#   tiles_per_cluster: column tiles one cluster walks in turn (cols_fwd, cols_bwd), the next tile's loads in
 #     flight while the current one is reduced and stored (two shared-memory buffers when above 1).
 LAUNCH = {
     "cols1": {
@@ -106,7 +106,7 @@ def cols_plan(
     Tries each tile width of ``row_bytes`` in order and the smallest cluster whose blocks fit
     ``cta_bytes``, then the same up to ``max_bytes`` (mode "single": MAX_SMEM). None when ``mode`` is
     "fallback", the GPU is not compute capability 9.x, C is not a whole number of 16-byte vectors, or
-    no tile fits. ``per_cluster`` > 1 (the forward's tiles_per_cluster) doubles the shared memory when a
+    no tile fits. ``per_cluster`` > 1 (tiles_per_cluster) doubles the shared memory when a
     cluster gets more than one tile. Defaults: LAUNCH["cols1"].
     """
     cfg = LAUNCH["cols1"]
@@ -218,8 +218,8 @@ def _plan(kind, dtype, *sizes):
     itemsize = np.dtype(dtype).itemsize
     if kind == "wn":
         plan = wn_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc)
-    else:  # several tiles per cluster: the forward kernel only
-        k = LAUNCH["cols1"]["tiles_per_cluster"] if sizes[2] == 1 else 1
+    else:
+        k = LAUNCH["cols1"]["tiles_per_cluster"]
         plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k)
     _PLANS[key] = plan
     return plan
@@ -343,6 +343,7 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
             np.int32(plan.vpr),
             np.int32(gain_per_col),
             np.int32(train),
+            np.int32(plan.tiles),
         ),
     )
     return dx, s0, s1

@@ -272,131 +272,142 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 //   S0 = sum_r t, S1 = sum_r t * xhat over all rows (cluster sums, ranks in order);
 //   dx = rstd * (gc * t - train * gc * (S0 + xhat * S1) / R)   (gc = gain per column, batch norm; else 1)
 // Rank 0 writes sum0_t[c] = S0, sum1_t[c] = S1 in T (each if non-null: batch norm's dbias, dgain).
-// Shared memory: the x slice, then the dy slice.
+// Shared memory: the x slice, then the dy slice (two such buffers when walking several tiles, as cols_fwd).
 template <typename T, int CS>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     cols_bwd(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, const T* __restrict__ dy,
              const T* __restrict__ x, const T* __restrict__ gain, const float* __restrict__ mean,
-             const float* __restrict__ rstd, int R, i64 C, int rows_per_cta, int vpr, int gain_per_col, int train) {
+             const float* __restrict__ rstd, int R, i64 C, int rows_per_cta, int vpr, int gain_per_col, int train,
+             int tiles) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][2][MAXW];
-    __shared__ float part[2][MAXW];
+    __shared__ float part[2][2][MAXW];  // by tile parity (as cols_fwd)
     __shared__ float stat[2][MAXW];
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
-    const i64 ct = (i64)(blockIdx.x / CS) * W;
     const int r0 = (int)rank * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
-    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr;
-    const i64 c = ct + cx * V;
-    const bool live = c < C;
-    const bool per_col = gain_per_col != 0;
-    uint4* dtile = tile + rows_per_cta * vpr;
-    if (live)
-        for (int row = threadIdx.x / vpr; row < n; row += step) {
-            const i64 off = (i64)(r0 + row) * C + c;
-            cp_async16(&tile[row * vpr + cx], x + off);
-            cp_async16(&dtile[row * vpr + cx], dy + off);
-        }
-    float m[V], rs[V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-        m[k] = live ? mean[c + k] : 0.f;
-        rs[k] = live ? rstd[c + k] : 0.f;
-    }
-    cp_async_wait_all();
-    __syncthreads();
-    // sums of t and t * (x - mean), times rstd once at the end (= sum t * xhat)
-    const bool per_row = gain && !per_col;
-    const int row0 = threadIdx.x / vpr;
-    float s[2][V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
-    if (live) {
-        if (!per_row) {
-#pragma unroll 4
+    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr, row0 = threadIdx.x / vpr;
+    const bool per_col = gain_per_col != 0, per_row = gain && !per_col;
+    const int ncl = gridDim.x / CS, slice = rows_per_cta * vpr;  // a buffer: the x slice, then the dy slice
+    auto load = [&](int t, uint4* buf) {
+        const i64 c = (i64)t * W + cx * V;
+        if (t < tiles && c < C)
             for (int row = row0; row < n; row += step) {
-                float v[V], d[V];
-                unpack16<T, V>(tile[row * vpr + cx], v);
-                unpack16<T, V>(dtile[row * vpr + cx], d);
-#pragma unroll
-                for (int k = 0; k < V; ++k) { s[0][k] += d[k]; s[1][k] = fmaf(d[k], v[k] - m[k], s[1][k]); }
+                const i64 off = (i64)(r0 + row) * C + c;
+                cp_async16(&buf[row * vpr + cx], x + off);
+                cp_async16(&buf[slice + row * vpr + cx], dy + off);
             }
-        } else {
-#pragma unroll 4
-            for (int row = row0; row < n; row += step) {
-                const float gr = to_float<T>(gain[r0 + row]);
-                float v[V], d[V];
-                unpack16<T, V>(tile[row * vpr + cx], v);
-                unpack16<T, V>(dtile[row * vpr + cx], d);
+        cp_async_commit();
+    };
+    int p = 0;
+    load(blockIdx.x / CS, tile);
+    for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
+        uint4* xt = tile + p * 2 * slice;
+        uint4* dt = xt + slice;
+        load(t + ncl, tile + (p ^ 1) * 2 * slice);
+        const i64 ct = (i64)t * W;
+        const i64 c = ct + cx * V;
+        const bool live = c < C;
+        float m[V], rs[V];
 #pragma unroll
-                for (int k = 0; k < V; ++k) {
-                    const float t = d[k] * gr;
-                    s[0][k] += t;
-                    s[1][k] = fmaf(t, v[k] - m[k], s[1][k]);
+        for (int k = 0; k < V; ++k) {
+            m[k] = live ? mean[c + k] : 0.f;
+            rs[k] = live ? rstd[c + k] : 0.f;
+        }
+        cp_async_wait_prev();
+        __syncthreads();
+        // sums of t and t * (x - mean), times rstd once at the end (= sum t * xhat)
+        float s[2][V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+        if (live) {
+            if (!per_row) {
+#pragma unroll 4
+                for (int row = row0; row < n; row += step) {
+                    float v[V], d[V];
+                    unpack16<T, V>(xt[row * vpr + cx], v);
+                    unpack16<T, V>(dt[row * vpr + cx], d);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) { s[0][k] += d[k]; s[1][k] = fmaf(d[k], v[k] - m[k], s[1][k]); }
+                }
+            } else {
+#pragma unroll 4
+                for (int row = row0; row < n; row += step) {
+                    const float gr = to_float<T>(gain[r0 + row]);
+                    float v[V], d[V];
+                    unpack16<T, V>(xt[row * vpr + cx], v);
+                    unpack16<T, V>(dt[row * vpr + cx], d);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) {
+                        const float g = d[k] * gr;
+                        s[0][k] += g;
+                        s[1][k] = fmaf(g, v[k] - m[k], s[1][k]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < V; ++k) s[1][k] *= rs[k];
+        }
+        block_col_sums<2, V>(s, vpr, wred, part[p]);
+        cluster_arrive();
+        cluster_wait();
+        if (threadIdx.x < W) {
+            const int col = threadIdx.x;
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[p][0][col], q); s1 += ld_dsmem(&part[p][1][col], q); }
+            const i64 cc = ct + col;
+            if (cc < C) {
+                const float g = (gain && per_col) ? to_float<T>(gain[cc]) : 1.f, scale = train ? 1.f / (float)R : 0.f;
+                stat[0][col] = g * s0 * scale;
+                stat[1][col] = g * s1 * scale;
+                if (rank == 0) {
+                    if (sum0_t) sum0_t[cc] = from_float<T>(s0);
+                    if (sum1_t) sum1_t[cc] = from_float<T>(s1);
                 }
             }
         }
+        __syncthreads();
+        // dx = rstd * (gc * gr * dy - A - xhat * B) = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row),
+        // q = rstd^2 * B, o = rstd * A: 3 instructions an element
+        if (live) {
+            float pc[V], q[V], o[V];
 #pragma unroll
-        for (int k = 0; k < V; ++k) s[1][k] *= rs[k];
-    }
-    block_col_sums<2, V>(s, vpr, wred, part);
-    cluster_arrive();
-    cluster_wait();
-    if (threadIdx.x < W) {
-        const int col = threadIdx.x;
-        float s0 = 0.f, s1 = 0.f;
+            for (int k = 0; k < V; ++k) {
+                pc[k] = rs[k] * ((gain && per_col) ? to_float<T>(gain[c + k]) : 1.f);
+                q[k] = rs[k] * rs[k] * stat[1][cx * V + k];
+                o[k] = rs[k] * stat[0][cx * V + k];
+            }
+            T* dxp = dx + (i64)(r0 + row0) * C + c;
+            const i64 dstep = (i64)step * C;
+            if (!per_row) {
+#pragma unroll 4
+                for (int row = row0; row < n; row += step, dxp += dstep) {
+                    float v[V], d[V];
+                    unpack16<T, V>(xt[row * vpr + cx], v);
+                    unpack16<T, V>(dt[row * vpr + cx], d);
 #pragma unroll
-        for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[0][col], q); s1 += ld_dsmem(&part[1][col], q); }
-        const i64 cc = ct + col;
-        if (cc < C) {
-            const float g = (gain && per_col) ? to_float<T>(gain[cc]) : 1.f, scale = train ? 1.f / (float)R : 0.f;
-            stat[0][col] = g * s0 * scale;
-            stat[1][col] = g * s1 * scale;
-            if (rank == 0) {
-                if (sum0_t) sum0_t[cc] = from_float<T>(s0);
-                if (sum1_t) sum1_t[cc] = from_float<T>(s1);
+                    for (int k = 0; k < V; ++k) v[k] = fmaf(pc[k], d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
+                    st_cs16(dxp, pack16<T, V>(v));
+                }
+            } else {
+#pragma unroll 4
+                for (int row = row0; row < n; row += step, dxp += dstep) {
+                    const float gr = to_float<T>(gain[r0 + row]);
+                    float v[V], d[V];
+                    unpack16<T, V>(xt[row * vpr + cx], v);
+                    unpack16<T, V>(dt[row * vpr + cx], d);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) v[k] = fmaf(pc[k] * gr, d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
+                    st_cs16(dxp, pack16<T, V>(v));
+                }
             }
         }
+        __syncthreads();  // the buffers and stat are rewritten for the tile after next
     }
     cluster_arrive_relaxed();
-    __syncthreads();
-    // dx = rstd * (gc * gr * dy - A - xhat * B) = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row),
-    // q = rstd^2 * B, o = rstd * A: 3 instructions an element
-    if (live) {
-        float p[V], q[V], o[V];
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-            p[k] = rs[k] * ((gain && per_col) ? to_float<T>(gain[c + k]) : 1.f);
-            q[k] = rs[k] * rs[k] * stat[1][cx * V + k];
-            o[k] = rs[k] * stat[0][cx * V + k];
-        }
-        T* dxp = dx + (i64)(r0 + row0) * C + c;
-        const i64 dstep = (i64)step * C;
-        if (!per_row) {
-#pragma unroll 4
-            for (int row = row0; row < n; row += step, dxp += dstep) {
-                float v[V], d[V];
-                unpack16<T, V>(tile[row * vpr + cx], v);
-                unpack16<T, V>(dtile[row * vpr + cx], d);
-#pragma unroll
-                for (int k = 0; k < V; ++k) v[k] = fmaf(p[k], d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
-                st_cs16(dxp, pack16<T, V>(v));
-            }
-        } else {
-#pragma unroll 4
-            for (int row = row0; row < n; row += step, dxp += dstep) {
-                const float gr = to_float<T>(gain[r0 + row]);
-                float v[V], d[V];
-                unpack16<T, V>(tile[row * vpr + cx], v);
-                unpack16<T, V>(dtile[row * vpr + cx], d);
-#pragma unroll
-                for (int k = 0; k < V; ++k) v[k] = fmaf(p[k] * gr, d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
-                st_cs16(dxp, pack16<T, V>(v));
-            }
-        }
-    }
     cluster_wait();
 }
 

@@ -190,7 +190,8 @@ def _expect(mode_launched, name, shape, dtype, tensors):
     """The one-pass kernel ran (once) iff forced and its plan exists (a forced small cluster may not fit)."""
     mode, launched = mode_launched
     itemsize = np.dtype(random_array(np.random.default_rng(0), (1,), dtype).dtype).itemsize
-    if mode == "single" and cols_plan(*shape, itemsize, tensors, mode="single") is not None:
+    k = _ops_cols.LAUNCH["cols1"]["tiles_per_cluster"]
+    if mode == "single" and cols_plan(*shape, itemsize, tensors, mode="single", per_cluster=k) is not None:
         assert launched == [name], launched
     else:
         assert name not in launched, launched
@@ -599,8 +600,9 @@ def test_emulated_wn_unit(emulated, dtype, block_size, rng):
 @pytest.mark.parametrize("emulated", [None, 2], indirect=True)
 @pytest.mark.parametrize("dtype", EMU_DTYPES)
 @pytest.mark.parametrize("per_cluster", [2, 3])
-def test_emulated_cols_fwd_tiles_per_cluster(emulated, dtype, per_cluster, monkeypatch, rng):
-    """Clusters that walk several column tiles (double-buffered loads; uneven counts per cluster)."""
+def test_emulated_cols_tiles_per_cluster(emulated, dtype, per_cluster, monkeypatch, rng):
+    """Clusters that walk several column tiles (double-buffered loads; uneven counts per cluster), fwd and
+    bwd."""
     mod, launched = emulated
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "tiles_per_cluster", per_cluster)
     shape = (37, 200)
@@ -629,6 +631,15 @@ def test_emulated_cols_fwd_tiles_per_cluster(emulated, dtype, per_cluster, monke
         assert_close(np.asarray(m), rm, "float32", "mean")
         assert_close(np.asarray(r), rr, "float32" if dtype == "float32" else "float16", "rstd")
         assert_close(np.asarray(y), ry, dtype, "y")
+    dy = random_array(rng, shape, dtype)
+    _, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), None, 1, True, None, None)
+    m32, r32 = _fake(mod, rm.astype(np.float32)), _fake(mod, rr.astype(np.float32))
+    grads = ops.batch_norm_bprop(_fake(mod, dy), _fake(mod, x), _fake(mod, g), m32, r32)
+    rgrads = ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 1, True)
+    terms = f64(g).reshape(1, -1) * f64(r32).reshape(1, -1) * f64(dy)
+    for name, a_, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
+        assert_close(np.asarray(a_), e, dtype, name, scale=terms if name == "dx" else None)
+    assert launched[-1] == "cols_bwd"
 
 
 @pytest.mark.gpu
@@ -636,8 +647,9 @@ def test_emulated_cols_fwd_tiles_per_cluster(emulated, dtype, per_cluster, monke
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("per_cluster", [2, 3])
 @pytest.mark.parametrize("shape", [(37, 200), (4099, 72 * 8), (3, 4096 + 64)])
-def test_gpu_cols_fwd_tiles_per_cluster(mode, dtype, per_cluster, shape, monkeypatch, rng):
-    """Clusters that walk several column tiles (the next tile's loads in flight; uneven counts)."""
+def test_gpu_cols_tiles_per_cluster(mode, dtype, per_cluster, shape, monkeypatch, rng):
+    """Clusters that walk several column tiles (the next tile's loads in flight; uneven counts), fwd and
+    bwd."""
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "tiles_per_cluster", per_cluster)
     x = _x(rng, shape, dtype)
     g, b = random_array(rng, (shape[1],), dtype), random_array(rng, (shape[1],), dtype)
@@ -656,3 +668,14 @@ def test_gpu_cols_fwd_tiles_per_cluster(mode, dtype, per_cluster, shape, monkeyp
         assert_close(m, rm, "float32", "mean")
         assert_close(r, rr, "float32" if dtype == "float32" else "float16", "rstd")
         assert_close(y, ry, dtype, "y")
+    dy = random_array(rng, shape, dtype)
+    _, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), None, 1, True, None, None)
+    m32, r32 = _gpu(rm.astype(np.float32)), _gpu(rr.astype(np.float32))
+    _poison_pool()
+    mode[1].clear()
+    grads = ops.batch_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m32, r32)
+    rgrads = ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 1, True)
+    terms = f64(g).reshape(1, -1) * f64(r32).reshape(1, -1) * f64(dy)
+    for name, a_, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
+        assert_close(a_, e, dtype, name, scale=terms if name == "dx" else None)
+    _expect(mode, "cols_bwd", shape, dtype, 2)
