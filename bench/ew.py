@@ -332,6 +332,7 @@ VARIANTS = [
         (4, 220 * 1024),
         _COLS1,
     ),
+    ("cols1 cta_bytes=72K, clusters of 16", "cols1", ("cta_bytes", "max_cluster"), (72 * 1024, 16), _COLS1),
 ]
 
 
