@@ -323,6 +323,16 @@ VARIANTS = [
     ("cols1 128-B rows, 1 block/SM", "cols1", ("row_bytes", "cta_bytes"), ((128, 64), 220 * 1024), _COLS1),
     ("cols1 max_cluster=16", "cols1", "max_cluster", 16, _COLS1),
     ("cols1 128-B rows, clusters of 16", "cols1", ("row_bytes", "max_cluster"), ((128, 64, 32), 16), _COLS1),
+    ("cols1 2 tiles/cluster, clusters of 16", "cols1", ("tiles_per_cluster", "max_cluster"), (2, 16), _COLS1),
+    ("cols1 4 tiles/cluster, clusters of 16", "cols1", ("tiles_per_cluster", "max_cluster"), (4, 16), _COLS1),
+    (
+        "cols1 4 tiles/cluster, 1 block/SM",
+        "cols1",
+        ("tiles_per_cluster", "cta_bytes"),
+        (4, 220 * 1024),
+        _COLS1,
+    ),
+    ("cols1 cta_bytes=72K, clusters of 16", "cols1", ("cta_bytes", "max_cluster"), (72 * 1024, 16), _COLS1),
 ]
 
 

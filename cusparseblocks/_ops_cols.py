@@ -39,7 +39,9 @@ MAX_SMEM = 227 * 1024 - 6 * 1024
 #   row_bytes: tile widths to try, in order (bytes of one row of a column tile: 64 = 4 vectors a row);
 #   cta_bytes: the preferred shared memory per block (112 KiB: 2 blocks per SM; 64 KiB tiles: 3), tried
 #     first with every width; then max_bytes (1 block per SM);
-#   max_cluster: the largest cluster size to use (8 portable; 16 on sm_90 with the non-portable attribute).
+#   max_cluster: the largest cluster size to use (8 portable; 16 on sm_90 with the non-portable attribute);
+#   tiles_per_cluster: column tiles one cluster walks in turn (cols_fwd, cols_bwd), the next tile's loads in
+#     flight while the current one is reduced and stored (two shared-memory buffers when above 1).
 LAUNCH = {
     "cols1": {
         "mode": "auto",
@@ -47,15 +49,17 @@ LAUNCH = {
         "cta_bytes": 112 * 1024,
         "max_bytes": MAX_SMEM,
         "max_cluster": 8,
+        "tiles_per_cluster": 1,
     }
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ColsPlan:
-    """One-pass launch: a cluster of ``cluster`` blocks per column tile of ``width`` columns
+    """One-pass launch: clusters of ``cluster`` blocks over column tiles of ``width`` columns
     (``row_bytes`` bytes a row, ``vpr`` 16-byte vectors), ``rows_per_cta`` rows per block, ``smem`` bytes
-    of dynamic shared memory per block, ``tiles`` tiles (grid = tiles × cluster blocks)."""
+    of dynamic shared memory per block, ``tiles`` tiles, up to ``per_cluster`` of them per cluster
+    (grid = ceil(tiles / per_cluster) × cluster blocks)."""
 
     cluster: int
     row_bytes: int
@@ -64,10 +68,11 @@ class ColsPlan:
     rows_per_cta: int
     tiles: int
     smem: int
+    per_cluster: int = 1
 
     @property
     def grid(self) -> int:
-        return self.tiles * self.cluster
+        return math.ceil(self.tiles / self.per_cluster) * self.cluster
 
 
 def _clusters(cfg):
@@ -93,6 +98,7 @@ def cols_plan(
     row_bytes=None,
     cta_bytes: int | None = None,
     max_bytes: int | None = None,
+    per_cluster: int | None = None,
 ) -> ColsPlan | None:
     """The one-pass plan for statistics per column of [R, C] (``tensors`` inputs held on chip: 1 forward,
     2 backward), or None (3-pass path). Pure: no GPU needed.
@@ -100,11 +106,13 @@ def cols_plan(
     Tries each tile width of ``row_bytes`` in order and the smallest cluster whose blocks fit
     ``cta_bytes``, then the same up to ``max_bytes`` (mode "single": MAX_SMEM). None when ``mode`` is
     "fallback", the GPU is not compute capability 9.x, C is not a whole number of 16-byte vectors, or
-    no tile fits. Defaults: LAUNCH["cols1"].
+    no tile fits. ``per_cluster`` > 1 (tiles_per_cluster) doubles the shared memory when a
+    cluster gets more than one tile. Defaults: LAUNCH["cols1"].
     """
     cfg = LAUNCH["cols1"]
     mode = mode or cfg["mode"]
     row_bytes = row_bytes or cfg["row_bytes"]
+    per_cluster = max(1, per_cluster or 1)
     budgets = _budgets(mode, cta_bytes or cfg["cta_bytes"], max_bytes or cfg["max_bytes"])
     lanes = 16 // itemsize
     if cc_major != 9 or R < 1 or C < 1 or C % lanes or R >= 2**31:
@@ -115,11 +123,13 @@ def cols_plan(
             if vpr < 1 or vpr & (vpr - 1) or rb // itemsize > MAX_COLS:
                 continue
             width = rb // itemsize
+            tiles = math.ceil(C / width)
+            buffers = 2 if math.ceil(tiles / per_cluster) < tiles else 1
             for cs in _clusters(cfg):
                 rows = math.ceil(R / cs)
-                smem = rows * rb * tensors
+                smem = rows * rb * tensors * buffers
                 if smem <= budget:
-                    return ColsPlan(cs, rb, vpr, width, rows, math.ceil(C / width), smem)
+                    return ColsPlan(cs, rb, vpr, width, rows, tiles, smem, per_cluster if buffers == 2 else 1)
     return None
 
 
@@ -209,7 +219,8 @@ def _plan(kind, dtype, *sizes):
     if kind == "wn":
         plan = wn_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc)
     else:
-        plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc)
+        k = LAUNCH["cols1"]["tiles_per_cluster"]
+        plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k)
     _PLANS[key] = plan
     return plan
 
@@ -290,6 +301,7 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
             np.float32(momentum),
             np.float32(var_scale),
             np.int32(gain_per_col),
+            np.int32(plan.tiles),
         ),
     )
     return y, mean, rstd
@@ -331,6 +343,7 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
             np.int32(plan.vpr),
             np.int32(gain_per_col),
             np.int32(train),
+            np.int32(plan.tiles),
         ),
     )
     return dx, s0, s1

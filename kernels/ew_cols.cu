@@ -6,10 +6,12 @@
 // the CS partials in rank order: the same bits in every block, deterministic), and each block applies
 // the statistics to the rows it holds and streams the output out. Each input byte crosses DRAM once.
 //
-// Grid: 1-D, tiles * CS blocks; cluster k = blocks k*CS .. k*CS+CS-1 owns tile k, its rank r the rows
+// Grid: 1-D, clusters * CS blocks; cluster k = blocks k*CS .. k*CS+CS-1 owns tile k (cols_fwd: tiles k,
+// k + clusters, ... in turn, the next tile's loads in flight during the current one), its rank r the rows
 // [r * rows_per_cta, (r + 1) * rows_per_cta). Block: THREADS threads; thread t holds the 16-byte column
 // chunk t % vpr of the tile (V columns: its statistics stay in registers) and rows t / vpr + k * THREADS / vpr.
-// Shared memory: the tile slice [rows_per_cta][vpr] x 16 bytes per input tensor (dynamic) + 5 KB.
+// Shared memory: the tile slice [rows_per_cta][vpr] x 16 bytes per input tensor (dynamic; cols_fwd walking
+// several tiles: two slices) + 5 KB.
 // The host (cusparseblocks/_ops_cols.py) launches only with 16-byte aligned pointers and C % V == 0 (a
 // 16-byte chunk is either inside the tile's columns or wholly past C); other cases take the 3-pass path.
 #include "common.cuh"
@@ -75,6 +77,9 @@ __device__ __forceinline__ void cp_async16(uint4* smem, const void* gmem) {
 __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.commit_group;\n\tcp.async.wait_group 0;" ::: "memory");
 }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// all but the most recent commit group complete
+__device__ __forceinline__ void cp_async_wait_prev() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
 // Cluster barrier, split: arrive (release: this block's earlier shared-memory writes and remote reads are
 // done) and wait (acquire). Every thread of the block executes both (.aligned).
@@ -143,108 +148,122 @@ __device__ __forceinline__ void block_col_sums(float (&s)[NS][V], int vpr, float
 // Rank 0 writes mean_out, rstd_out [C] (float32) and updates run_mean, run_var (each if non-null) as
 // norm_finalize: run = (1 - momentum) * run + momentum * mean / var_scale * var.
 template <typename T, int CS>
-__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     cols_fwd(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain, const T* __restrict__ bias,
              float* __restrict__ mean_out, float* __restrict__ rstd_out, float* __restrict__ run_mean,
              float* __restrict__ run_var, int R, i64 C, int rows_per_cta, int vpr, float eps, float momentum,
-             float var_scale, int gain_per_col) {
+             float var_scale, int gain_per_col, int tiles) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][2][MAXW];
-    __shared__ float part[2][MAXW];
+    __shared__ float part[2][2][MAXW];  // by tile parity: a block may still read the previous tile's
     __shared__ float stat[2][MAXW];
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
-    const i64 ct = (i64)(blockIdx.x / CS) * W;  // first column of the tile
     const int r0 = (int)rank * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
-    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr;
-    const i64 c = ct + cx * V;  // this thread's first column
-    const bool live = c < C;
-    // 1. the slice of rows into shared memory
-    if (live)
-        for (int row = threadIdx.x / vpr; row < n; row += step)
-            cp_async16(&tile[row * vpr + cx], x + (i64)(r0 + row) * C + c);
-    float ref[V];
-    if (live) unpack16<T, V>(__ldg(reinterpret_cast<const uint4*>(x + c)), ref);
-    else
+    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr, row0 = threadIdx.x / vpr;
+    const int ncl = gridDim.x / CS, slice = rows_per_cta * vpr;
+    // the slice of tile t's rows into shared memory buffer buf (cp.async: one commit group per call)
+    auto load = [&](int t, uint4* buf) {
+        const i64 c = (i64)t * W + cx * V;
+        if (t < tiles && c < C)
+            for (int row = row0; row < n; row += step) cp_async16(&buf[row * vpr + cx], x + (i64)(r0 + row) * C + c);
+        cp_async_commit();
+    };
+    int p = 0;
+    load(blockIdx.x / CS, tile);
+    // cluster k: tiles k, k + ncl, ...; the next tile's loads are in flight while this one is processed
+    for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
+        uint4* buf = tile + p * slice;
+        load(t + ncl, tile + (p ^ 1) * slice);
+        const i64 ct = (i64)t * W;  // first column of the tile
+        const i64 c = ct + cx * V;  // this thread's first column
+        const bool live = c < C;
+        float ref[V];
+        if (live) unpack16<T, V>(__ldg(reinterpret_cast<const uint4*>(x + c)), ref);
+        else
 #pragma unroll
-        for (int k = 0; k < V; ++k) ref[k] = 0.f;
-    cp_async_wait_all();
-    __syncthreads();
-    // 2. this block's shifted column sums
-    float s[2][V];
+            for (int k = 0; k < V; ++k) ref[k] = 0.f;
+        cp_async_wait_prev();
+        __syncthreads();
+        // 1. this block's shifted column sums
+        float s[2][V];
 #pragma unroll
-    for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
-    if (live) {
+        for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+        if (live) {
 #pragma unroll 4
-        for (int row = threadIdx.x / vpr; row < n; row += step) {
-            float v[V];
-            unpack16<T, V>(tile[row * vpr + cx], v);
+            for (int row = row0; row < n; row += step) {
+                float v[V];
+                unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
-            for (int k = 0; k < V; ++k) { const float t = v[k] - ref[k]; s[0][k] += t; s[1][k] += t * t; }
-        }
-    }
-    block_col_sums<2, V>(s, vpr, wred, part);
-    // 3. the cluster's sums (ranks in order), statistics
-    cluster_arrive();
-    cluster_wait();
-    if (threadIdx.x < W) {
-        const int col = threadIdx.x;
-        float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-        for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[0][col], q); s1 += ld_dsmem(&part[1][col], q); }
-        const i64 cc = ct + col;
-        if (cc < C) {
-            const float scale = 1.f / (float)R;
-            const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
-            const float mean = to_float<T>(x[cc]) + m1, rstd = rsqrtf(var + eps);
-            stat[0][col] = mean;
-            stat[1][col] = rstd;
-            if (rank == 0) {
-                if (mean_out) mean_out[cc] = mean;
-                if (rstd_out) rstd_out[cc] = rstd;
-                if (run_mean) run_mean[cc] = (1.f - momentum) * run_mean[cc] + momentum * mean;
-                if (run_var) run_var[cc] = (1.f - momentum) * run_var[cc] + var_scale * var;
+                for (int k = 0; k < V; ++k) { const float d = v[k] - ref[k]; s[0][k] += d; s[1][k] += d * d; }
             }
         }
-    }
-    cluster_arrive_relaxed();  // remote reads done: the other blocks may exit after their wait
-    __syncthreads();
-    // 4. apply from shared memory, stream y out
-    if (live) {
-        float m[V], sc[V], bc[V];
-        const bool per_col = gain_per_col != 0;
+        block_col_sums<2, V>(s, vpr, wred, part[p]);
+        // 2. the cluster's sums (ranks in order), statistics
+        cluster_arrive();
+        cluster_wait();
+        if (threadIdx.x < W) {
+            const int col = threadIdx.x;
+            float s0 = 0.f, s1 = 0.f;
 #pragma unroll
-        for (int k = 0; k < V; ++k) {
-            m[k] = stat[0][cx * V + k];
-            sc[k] = stat[1][cx * V + k];
-            bc[k] = 0.f;
+            for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[p][0][col], q); s1 += ld_dsmem(&part[p][1][col], q); }
+            const i64 cc = ct + col;
+            if (cc < C) {
+                const float scale = 1.f / (float)R;
+                const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
+                const float mean = to_float<T>(x[cc]) + m1, rstd = rsqrtf(var + eps);
+                stat[0][col] = mean;
+                stat[1][col] = rstd;
+                if (rank == 0) {
+                    if (mean_out) mean_out[cc] = mean;
+                    if (rstd_out) rstd_out[cc] = rstd;
+                    if (run_mean) run_mean[cc] = (1.f - momentum) * run_mean[cc] + momentum * mean;
+                    if (run_var) run_var[cc] = (1.f - momentum) * run_var[cc] + var_scale * var;
+                }
+            }
         }
-        float gc[V];
+        __syncthreads();
+        // 3. apply from shared memory, stream y out: y = (x - mean) * sg + b (2 instructions an element)
+        // with sg = rstd * gain per column in registers; a gain or bias per row takes the second loop
+        if (live) {
+            float m[V], sg[V], bc[V];
+            const bool per_row = !gain_per_col && (gain || bias);
 #pragma unroll
-        for (int k = 0; k < V; ++k) gc[k] = 1.f;
-        if (per_col) {
-            if (gain)
-#pragma unroll
-                for (int k = 0; k < V; ++k) gc[k] = to_float<T>(gain[c + k]);
-            if (bias)
-#pragma unroll
-                for (int k = 0; k < V; ++k) bc[k] = to_float<T>(bias[c + k]);
-        }
+            for (int k = 0; k < V; ++k) {
+                m[k] = stat[0][cx * V + k];
+                sg[k] = stat[1][cx * V + k] * ((gain && gain_per_col) ? to_float<T>(gain[c + k]) : 1.f);
+                bc[k] = (bias && gain_per_col) ? to_float<T>(bias[c + k]) : 0.f;
+            }
+            T* yp = y + (i64)(r0 + row0) * C + c;
+            const i64 ystep = (i64)step * C;
+            if (!per_row) {
 #pragma unroll 4
-        for (int row = threadIdx.x / vpr; row < n; row += step) {
-            const int r = r0 + row;
-            const float gr = (gain && !per_col) ? to_float<T>(gain[r]) : 1.f;
-            const float br = (bias && !per_col) ? to_float<T>(bias[r]) : 0.f;
-            float v[V];
-            unpack16<T, V>(tile[row * vpr + cx], v);
+                for (int row = row0; row < n; row += step, yp += ystep) {
+                    float v[V];
+                    unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
-            for (int k = 0; k < V; ++k) v[k] = (v[k] - m[k]) * sc[k] * (gc[k] * gr) + (bc[k] + br);
-            st_cs16(y + (i64)r * C + c, pack16<T, V>(v));
+                    for (int k = 0; k < V; ++k) v[k] = fmaf(v[k] - m[k], sg[k], bc[k]);
+                    st_cs16(yp, pack16<T, V>(v));
+                }
+            } else {
+#pragma unroll 4
+                for (int row = row0; row < n; row += step, yp += ystep) {
+                    const int r = r0 + row;
+                    const float gr = gain ? to_float<T>(gain[r]) : 1.f, br = bias ? to_float<T>(bias[r]) : 0.f;
+                    float v[V];
+                    unpack16<T, V>(buf[row * vpr + cx], v);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) v[k] = fmaf((v[k] - m[k]) * sg[k], gr, br);
+                    st_cs16(yp, pack16<T, V>(v));
+                }
+            }
         }
+        __syncthreads();  // buf and stat are rewritten for the tile after next
     }
-    cluster_wait();  // no block exits while another may still read its partial sums
+    cluster_arrive_relaxed();  // no block exits while another may still read its partial sums
+    cluster_wait();
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -253,103 +272,142 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
 //   S0 = sum_r t, S1 = sum_r t * xhat over all rows (cluster sums, ranks in order);
 //   dx = rstd * (gc * t - train * gc * (S0 + xhat * S1) / R)   (gc = gain per column, batch norm; else 1)
 // Rank 0 writes sum0_t[c] = S0, sum1_t[c] = S1 in T (each if non-null: batch norm's dbias, dgain).
-// Shared memory: the x slice, then the dy slice.
+// Shared memory: the x slice, then the dy slice (two such buffers when walking several tiles, as cols_fwd).
 template <typename T, int CS>
-__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     cols_bwd(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, const T* __restrict__ dy,
              const T* __restrict__ x, const T* __restrict__ gain, const float* __restrict__ mean,
-             const float* __restrict__ rstd, int R, i64 C, int rows_per_cta, int vpr, int gain_per_col, int train) {
+             const float* __restrict__ rstd, int R, i64 C, int rows_per_cta, int vpr, int gain_per_col, int train,
+             int tiles) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][2][MAXW];
-    __shared__ float part[2][MAXW];
+    __shared__ float part[2][2][MAXW];  // by tile parity (as cols_fwd)
     __shared__ float stat[2][MAXW];
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
-    const i64 ct = (i64)(blockIdx.x / CS) * W;
     const int r0 = (int)rank * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
-    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr;
-    const i64 c = ct + cx * V;
-    const bool live = c < C;
-    const bool per_col = gain_per_col != 0;
-    uint4* dtile = tile + rows_per_cta * vpr;
-    if (live)
-        for (int row = threadIdx.x / vpr; row < n; row += step) {
-            const i64 off = (i64)(r0 + row) * C + c;
-            cp_async16(&tile[row * vpr + cx], x + off);
-            cp_async16(&dtile[row * vpr + cx], dy + off);
-        }
-    float m[V], rs[V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-        m[k] = live ? mean[c + k] : 0.f;
-        rs[k] = live ? rstd[c + k] : 0.f;
-    }
-    cp_async_wait_all();
-    __syncthreads();
-    float s[2][V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
-    if (live) {
-#pragma unroll 4
-        for (int row = threadIdx.x / vpr; row < n; row += step) {
-            const float gr = (gain && !per_col) ? to_float<T>(gain[r0 + row]) : 1.f;
-            float v[V], d[V];
-            unpack16<T, V>(tile[row * vpr + cx], v);
-            unpack16<T, V>(dtile[row * vpr + cx], d);
-#pragma unroll
-            for (int k = 0; k < V; ++k) {
-                const float t = d[k] * gr;
-                s[0][k] += t;
-                s[1][k] += t * ((v[k] - m[k]) * rs[k]);
+    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr, row0 = threadIdx.x / vpr;
+    const bool per_col = gain_per_col != 0, per_row = gain && !per_col;
+    const int ncl = gridDim.x / CS, slice = rows_per_cta * vpr;  // a buffer: the x slice, then the dy slice
+    auto load = [&](int t, uint4* buf) {
+        const i64 c = (i64)t * W + cx * V;
+        if (t < tiles && c < C)
+            for (int row = row0; row < n; row += step) {
+                const i64 off = (i64)(r0 + row) * C + c;
+                cp_async16(&buf[row * vpr + cx], x + off);
+                cp_async16(&buf[slice + row * vpr + cx], dy + off);
             }
-        }
-    }
-    block_col_sums<2, V>(s, vpr, wred, part);
-    cluster_arrive();
-    cluster_wait();
-    if (threadIdx.x < W) {
-        const int col = threadIdx.x;
-        float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-        for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[0][col], q); s1 += ld_dsmem(&part[1][col], q); }
-        const i64 cc = ct + col;
-        if (cc < C) {
-            const float g = (gain && per_col) ? to_float<T>(gain[cc]) : 1.f, scale = train ? 1.f / (float)R : 0.f;
-            stat[0][col] = g * s0 * scale;
-            stat[1][col] = g * s1 * scale;
-            if (rank == 0) {
-                if (sum0_t) sum0_t[cc] = from_float<T>(s0);
-                if (sum1_t) sum1_t[cc] = from_float<T>(s1);
-            }
-        }
-    }
-    cluster_arrive_relaxed();
-    __syncthreads();
-    if (live) {
-        float a[V], b[V], gc[V];
+        cp_async_commit();
+    };
+    int p = 0;
+    load(blockIdx.x / CS, tile);
+    for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
+        uint4* xt = tile + p * 2 * slice;
+        uint4* dt = xt + slice;
+        load(t + ncl, tile + (p ^ 1) * 2 * slice);
+        const i64 ct = (i64)t * W;
+        const i64 c = ct + cx * V;
+        const bool live = c < C;
+        float m[V], rs[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            a[k] = stat[0][cx * V + k];
-            b[k] = stat[1][cx * V + k];
-            gc[k] = (gain && per_col) ? to_float<T>(gain[c + k]) : 1.f;
+            m[k] = live ? mean[c + k] : 0.f;
+            rs[k] = live ? rstd[c + k] : 0.f;
         }
+        cp_async_wait_prev();
+        __syncthreads();
+        // sums of t and t * (x - mean), times rstd once at the end (= sum t * xhat)
+        float s[2][V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+        if (live) {
+            if (!per_row) {
 #pragma unroll 4
-        for (int row = threadIdx.x / vpr; row < n; row += step) {
-            const int r = r0 + row;
-            const float gr = (gain && !per_col) ? to_float<T>(gain[r]) : 1.f;
-            float v[V], d[V];
-            unpack16<T, V>(tile[row * vpr + cx], v);
-            unpack16<T, V>(dtile[row * vpr + cx], d);
+                for (int row = row0; row < n; row += step) {
+                    float v[V], d[V];
+                    unpack16<T, V>(xt[row * vpr + cx], v);
+                    unpack16<T, V>(dt[row * vpr + cx], d);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) { s[0][k] += d[k]; s[1][k] = fmaf(d[k], v[k] - m[k], s[1][k]); }
+                }
+            } else {
+#pragma unroll 4
+                for (int row = row0; row < n; row += step) {
+                    const float gr = to_float<T>(gain[r0 + row]);
+                    float v[V], d[V];
+                    unpack16<T, V>(xt[row * vpr + cx], v);
+                    unpack16<T, V>(dt[row * vpr + cx], d);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) {
+                        const float g = d[k] * gr;
+                        s[0][k] += g;
+                        s[1][k] = fmaf(g, v[k] - m[k], s[1][k]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < V; ++k) s[1][k] *= rs[k];
+        }
+        block_col_sums<2, V>(s, vpr, wred, part[p]);
+        cluster_arrive();
+        cluster_wait();
+        if (threadIdx.x < W) {
+            const int col = threadIdx.x;
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[p][0][col], q); s1 += ld_dsmem(&part[p][1][col], q); }
+            const i64 cc = ct + col;
+            if (cc < C) {
+                const float g = (gain && per_col) ? to_float<T>(gain[cc]) : 1.f, scale = train ? 1.f / (float)R : 0.f;
+                stat[0][col] = g * s0 * scale;
+                stat[1][col] = g * s1 * scale;
+                if (rank == 0) {
+                    if (sum0_t) sum0_t[cc] = from_float<T>(s0);
+                    if (sum1_t) sum1_t[cc] = from_float<T>(s1);
+                }
+            }
+        }
+        __syncthreads();
+        // dx = rstd * (gc * gr * dy - A - xhat * B) = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row),
+        // q = rstd^2 * B, o = rstd * A: 3 instructions an element
+        if (live) {
+            float pc[V], q[V], o[V];
 #pragma unroll
             for (int k = 0; k < V; ++k) {
-                const float xh = (v[k] - m[k]) * rs[k];
-                v[k] = rs[k] * (gc[k] * gr * d[k] - a[k] - xh * b[k]);
+                pc[k] = rs[k] * ((gain && per_col) ? to_float<T>(gain[c + k]) : 1.f);
+                q[k] = rs[k] * rs[k] * stat[1][cx * V + k];
+                o[k] = rs[k] * stat[0][cx * V + k];
             }
-            st_cs16(dx + (i64)r * C + c, pack16<T, V>(v));
+            T* dxp = dx + (i64)(r0 + row0) * C + c;
+            const i64 dstep = (i64)step * C;
+            if (!per_row) {
+#pragma unroll 4
+                for (int row = row0; row < n; row += step, dxp += dstep) {
+                    float v[V], d[V];
+                    unpack16<T, V>(xt[row * vpr + cx], v);
+                    unpack16<T, V>(dt[row * vpr + cx], d);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) v[k] = fmaf(pc[k], d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
+                    st_cs16(dxp, pack16<T, V>(v));
+                }
+            } else {
+#pragma unroll 4
+                for (int row = row0; row < n; row += step, dxp += dstep) {
+                    const float gr = to_float<T>(gain[r0 + row]);
+                    float v[V], d[V];
+                    unpack16<T, V>(xt[row * vpr + cx], v);
+                    unpack16<T, V>(dt[row * vpr + cx], d);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) v[k] = fmaf(pc[k] * gr, d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
+                    st_cs16(dxp, pack16<T, V>(v));
+                }
+            }
         }
+        __syncthreads();  // the buffers and stat are rewritten for the tile after next
     }
+    cluster_arrive_relaxed();
     cluster_wait();
 }
 
@@ -363,7 +421,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
 //                       out = g[u] * r * (dv - w * r^2 * s)
 // g null -> 1. lg_b = log2(b), lg_vpr = log2(vpr) (the host checks b, vpr powers of 2, vpr <= 16).
 template <typename T, int CS>
-__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     wn_unit(T* __restrict__ out, float* __restrict__ rnorm, T* __restrict__ dgain, const T* __restrict__ w,
             const T* __restrict__ dv, const T* __restrict__ gain, const int* __restrict__ col_ptr,
             const int* __restrict__ col_order, int lg_b, int lg_vpr, int bpc, float eps) {

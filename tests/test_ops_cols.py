@@ -47,6 +47,17 @@ def test_plan_wide_rows_and_clusters_of_16(monkeypatch):
     assert wn_plan(150, 32, 4, 2).cluster == 16
 
 
+def test_plan_tiles_per_cluster():
+    # two buffers when a cluster gets more than one tile: clusters of 16 keep 64 KiB per block
+    assert cols_plan(8192, 4096, 2, per_cluster=2).smem == 2 * 32 * 1024  # 32-byte rows fit 2 x 32 KiB
+    plan = cols_plan(8192, 4096, 2, per_cluster=2, row_bytes=(64,), max_bytes=BUDGET)
+    assert plan is None  # 2 x 64 KiB over the budget with clusters of 8
+    plan = cols_plan(8192, 4096, 2, per_cluster=3, cta_bytes=MAX_SMEM)
+    assert plan == ColsPlan(8, 64, 4, 32, 1024, 128, 131072, 3) and plan.grid == 43 * 8
+    assert cols_plan(8192, 64, 2, per_cluster=4).grid == 8  # 2 tiles, one cluster walks both
+    assert cols_plan(8192, 32, 2, per_cluster=4).per_cluster == 1  # one tile: one buffer
+
+
 def test_plan_fallbacks():
     assert cols_plan(8192, 4096, 2, cc_major=8) is None  # no clusters before sm_90
     assert cols_plan(8192, 4096, 2, cc_major=10) is None  # built for 9.x only
@@ -179,7 +190,8 @@ def _expect(mode_launched, name, shape, dtype, tensors):
     """The one-pass kernel ran (once) iff forced and its plan exists (a forced small cluster may not fit)."""
     mode, launched = mode_launched
     itemsize = np.dtype(random_array(np.random.default_rng(0), (1,), dtype).dtype).itemsize
-    if mode == "single" and cols_plan(*shape, itemsize, tensors, mode="single") is not None:
+    k = _ops_cols.LAUNCH["cols1"]["tiles_per_cluster"]
+    if mode == "single" and cols_plan(*shape, itemsize, tensors, mode="single", per_cluster=k) is not None:
         assert launched == [name], launched
     else:
         assert name not in launched, launched
@@ -583,3 +595,87 @@ def test_emulated_wn_unit(emulated, dtype, block_size, rng):
         else:
             assert_close(np.asarray(dg), rdg, dtype, "dgain")
     assert launched == ["wn_unit"] * 3
+
+
+@pytest.mark.parametrize("emulated", [None, 2], indirect=True)
+@pytest.mark.parametrize("dtype", EMU_DTYPES)
+@pytest.mark.parametrize("per_cluster", [2, 3])
+def test_emulated_cols_tiles_per_cluster(emulated, dtype, per_cluster, monkeypatch, rng):
+    """Clusters that walk several column tiles (double-buffered loads; uneven counts per cluster), fwd and
+    bwd."""
+    mod, launched = emulated
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "tiles_per_cluster", per_cluster)
+    shape = (37, 200)
+    plan = cols_plan(*shape, 4 if dtype == "float32" else 2, cta_bytes=MAX_SMEM, per_cluster=per_cluster)
+    assert plan.per_cluster == per_cluster and plan.grid < plan.tiles * plan.cluster
+    x = _x(rng, shape, dtype)
+    g, b = random_array(rng, (shape[1],), dtype), random_array(rng, (shape[1],), dtype)
+    for gain, bias, fa in ((g, b, 1), (None, None, 1), (None, None, 0)):
+        launched.clear()
+        gg, gb = (None if a is None else _fake(mod, a) for a in (gain, bias))
+        if fa == 1:
+            y, m, r = ops.batch_norm_fprop(_fake(mod, x), gg, gb)
+            ry, rm, rr = ref.batch_norm_fprop(
+                f64(x),
+                None if gain is None else f64(gain),
+                None if bias is None else f64(bias),
+                1,
+                True,
+                None,
+                None,
+            )
+        else:
+            y, m, r = ops.layer_norm_fprop(_fake(mod, x), feature_axis=0)
+            ry, rm, rr = ref.layer_norm_fprop(f64(x), None, None, 0)
+        assert launched == ["cols_fwd"]
+        assert_close(np.asarray(m), rm, "float32", "mean")
+        assert_close(np.asarray(r), rr, "float32" if dtype == "float32" else "float16", "rstd")
+        assert_close(np.asarray(y), ry, dtype, "y")
+    dy = random_array(rng, shape, dtype)
+    _, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), None, 1, True, None, None)
+    m32, r32 = _fake(mod, rm.astype(np.float32)), _fake(mod, rr.astype(np.float32))
+    grads = ops.batch_norm_bprop(_fake(mod, dy), _fake(mod, x), _fake(mod, g), m32, r32)
+    rgrads = ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 1, True)
+    terms = f64(g).reshape(1, -1) * f64(r32).reshape(1, -1) * f64(dy)
+    for name, a_, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
+        assert_close(np.asarray(a_), e, dtype, name, scale=terms if name == "dx" else None)
+    assert launched[-1] == "cols_bwd"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["single", "single16"], indirect=True)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("per_cluster", [2, 3])
+@pytest.mark.parametrize("shape", [(37, 200), (4099, 72 * 8), (3, 4096 + 64)])
+def test_gpu_cols_tiles_per_cluster(mode, dtype, per_cluster, shape, monkeypatch, rng):
+    """Clusters that walk several column tiles (the next tile's loads in flight; uneven counts), fwd and
+    bwd."""
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "tiles_per_cluster", per_cluster)
+    x = _x(rng, shape, dtype)
+    g, b = random_array(rng, (shape[1],), dtype), random_array(rng, (shape[1],), dtype)
+    for gain, bias, fa in ((g, b, 1), (None, None, 1), (None, None, 0)):
+        _poison_pool()
+        mode[1].clear()
+        gg, gb = (None if a is None else _gpu(a) for a in (gain, bias))
+        hg, hb = (None if a is None else f64(a) for a in (gain, bias))
+        if fa == 1:
+            y, m, r = ops.batch_norm_fprop(_gpu(x), gg, gb)
+            ry, rm, rr = ref.batch_norm_fprop(f64(x), hg, hb, 1, True, None, None)
+        else:
+            y, m, r = ops.layer_norm_fprop(_gpu(x), feature_axis=0)
+            ry, rm, rr = ref.layer_norm_fprop(f64(x), None, None, 0)
+        assert mode[1] == ["cols_fwd"]
+        assert_close(m, rm, "float32", "mean")
+        assert_close(r, rr, "float32" if dtype == "float32" else "float16", "rstd")
+        assert_close(y, ry, dtype, "y")
+    dy = random_array(rng, shape, dtype)
+    _, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), None, 1, True, None, None)
+    m32, r32 = _gpu(rm.astype(np.float32)), _gpu(rr.astype(np.float32))
+    _poison_pool()
+    mode[1].clear()
+    grads = ops.batch_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m32, r32)
+    rgrads = ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 1, True)
+    terms = f64(g).reshape(1, -1) * f64(r32).reshape(1, -1) * f64(dy)
+    for name, a_, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
+        assert_close(a_, e, dtype, name, scale=terms if name == "dx" else None)
+    _expect(mode, "cols_bwd", shape, dtype, 2)

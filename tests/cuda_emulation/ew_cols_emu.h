@@ -31,6 +31,7 @@ using std::min;
 
 struct emu_dim3 { unsigned x = 0, y = 0, z = 0; };
 inline thread_local emu_dim3 threadIdx, blockIdx;
+inline emu_dim3 gridDim;
 inline thread_local unsigned emu_rank = 0;
 
 struct uint4 { unsigned x, y, z, w; };
@@ -111,7 +112,7 @@ inline uint4 __ldg(const uint4* p) {
   return *p;
 }
 
-// the PTX wrappers of kernels/ew_cols.cu
+// the PTX wrappers of kernels/ew_cols.cu (cp.async copies at once: waits are no-ops)
 inline void st_cs16(void* p, const uint4& v) {
   if (reinterpret_cast<uintptr_t>(p) % 16) emu_fail("misaligned 16-byte store");
   std::memcpy(p, &v, 16);
@@ -121,6 +122,8 @@ inline void cp_async16(uint4* smem, const void* gmem) {
   std::memcpy(smem, gmem, 16);
 }
 inline void cp_async_wait_all() {}
+inline void cp_async_commit() {}
+inline void cp_async_wait_prev() {}
 inline void cluster_arrive() {
   if (emu_token) emu_fail("two cluster arrivals without a wait");
   emu_token.emplace(emu_cluster->cluster->arrive());
@@ -153,6 +156,7 @@ inline float ld_dsmem(const float* p, unsigned rank) {
 // Run `grid` blocks in clusters of CS: body() is the kernel call, run by every thread.
 template <typename F> void emu_launch(int grid, int CS, int threads, size_t dyn, F body) {
   if (grid % CS) emu_fail("grid not a multiple of the cluster size");
+  gridDim.x = grid;
   for (int c = 0; c < grid / CS; ++c) {
     EmuCluster cl;
     cl.dyn = dyn;
