@@ -692,6 +692,47 @@ def test_updat_kernel_emulated(rng, monkeypatch, bsmm_emulator, case):
     assert_close(dw, ref, dt, f"{spec.name} ns={ns} splits={splits}")
 
 
+def _pair_blob(arrays):
+    """The pairs' bytes back to back, each at a 16-byte aligned offset, and the offsets."""
+    raw = [np.concatenate([a.reshape(-1).view(np.uint8), np.zeros(-a.nbytes % 16, np.uint8)]) for a in arrays]
+    return np.concatenate(raw), np.cumsum([0] + [len(q) for q in raw[:-1]]).astype(np.int64)
+
+
+@pytest.mark.parametrize("case", _emulated_updat_ffma_cases(), ids=lambda c: "-".join(map(str, c)))
+def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
+    """updat_ffma (float32 FFMA update) over a grouped update of two ragged pairs, a block row with more
+    blocks than a CTA's group (a full group and a partial one), empty rows and columns; one pass or split in
+    2 over the batch (fp32 workspace, then updat_reduce); every element against float64."""
+    from test_matmul_gpu import _io, _ref64
+
+    from cusparseblocks import _matmul_gpu as G
+
+    b, variant, axis, splits = case
+    g, nc, _, _ = G.UPDAT_FFMA_TILES[b][variant]
+    mask = _emulation_mask(rng, 4, g + 3)
+    mask[0, : g + 1] = True  # g + 1 blocks in row 0 (column g + 1 stays empty)
+    op, (groups,) = _emulated_op(monkeypatch, mask, b, axis, ("groups", g))
+    rows, cols = (np.asarray(t) for t in G._tables(op, "updat", 0))
+    ns = [nc + 8, 40] if axis == 0 else [nc + 5, 37]  # ragged last chunks
+    xs = [random_array(rng, _io(op, n, op.K), "float32") for n in ns]
+    dys = [random_array(rng, _io(op, n, op.M), "float32") for n in ns]
+    ref = _ref64(op, "updat", xs, dys)
+    (xb, xoff), (dyb, dyoff) = _pair_blob(xs), _pair_blob(dys)
+    chunks = np.concatenate([[0], np.cumsum(-(-np.array(ns) // nc))]).astype(np.int64)
+    dw, ref, accumulate = _emulated_output(rng, ref, "float32")
+    ws = np.full((splits, op.layout.nnz, b, b), np.nan, np.float32) if splits > 1 else np.uint64(0)
+    spec = G.updat_ffma_spec(b, variant, axis)
+    bsmm_emulator(spec, (groups.shape[0], splits), (g * (b // 8) ** 2,),
+                  (xb, dyb, xoff, dyoff, np.array(ns, np.int64), chunks, np.int32(len(ns)), groups, rows, cols,
+                   dw, ws, np.int32(op.layout.nnz), np.int64(op.K), np.int64(op.M), np.int32(accumulate)),
+                  G.updat_ffma_smem(b, variant))
+    if splits > 1:
+        count = dw.size
+        bsmm_emulator(G.updat_reduce_spec("float32"), (min(-(-count // 256), 4),), (256,),
+                      (ws, dw, np.int32(splits), np.int64(count), np.int32(accumulate)))
+    assert_close(dw, ref, "float32", f"{spec.name} ns={ns} splits={splits} accumulate={accumulate}")
+
+
 # ---- xw_small (kernels/bsmm_small.cu) on the CPU ----
 # The same host emulation (tests/cuda_emulation/bsmm_small_driver.cpp) runs the small-batch kernels with the
 # work split of _matmul_gpu.small_tables, split columns (in-launch reduction of fp32 partials) included.
@@ -788,17 +829,6 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
     """xw_small fprop/bprop with the work split over ``CTAs`` (long columns cut into parts summed in the
     launch), an empty block row and column, ragged N; every element against float64, outputs poisoned or
     accumulated into; the arrival counters are back to zero afterwards."""
-def _pair_blob(arrays):
-    """The pairs' bytes back to back, each at a 16-byte aligned offset, and the offsets."""
-    raw = [np.concatenate([a.reshape(-1).view(np.uint8), np.zeros(-a.nbytes % 16, np.uint8)]) for a in arrays]
-    return np.concatenate(raw), np.cumsum([0] + [len(q) for q in raw[:-1]]).astype(np.int64)
-
-
-@pytest.mark.parametrize("case", _emulated_updat_ffma_cases(), ids=lambda c: "-".join(map(str, c)))
-def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
-    """updat_ffma (float32 FFMA update) over a grouped update of two ragged pairs, a block row with more
-    blocks than a CTA's group (a full group and a partial one), empty rows and columns; one pass or split in
-    2 over the batch (fp32 workspace, then updat_reduce); every element against float64."""
     from test_matmul_gpu import _io, _ref64
 
     from cusparseblocks import _matmul_gpu as G
@@ -833,27 +863,3 @@ def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
     assert_close(y, ref, dt, f"{spec.name} n={n} ctas={ctas}")
     assert not counters.any(), "split counters not reset"
     assert ctas > 1 or not (stages[:, 3] >= 0).any(), "one CTA splits no column"
-    b, variant, axis, splits = case
-    g, nc, _, _ = G.UPDAT_FFMA_TILES[b][variant]
-    mask = _emulation_mask(rng, 4, g + 3)
-    mask[0, : g + 1] = True  # g + 1 blocks in row 0 (column g + 1 stays empty)
-    op, (groups,) = _emulated_op(monkeypatch, mask, b, axis, ("groups", g))
-    rows, cols = (np.asarray(t) for t in G._tables(op, "updat", 0))
-    ns = [nc + 8, 40] if axis == 0 else [nc + 5, 37]  # ragged last chunks
-    xs = [random_array(rng, _io(op, n, op.K), "float32") for n in ns]
-    dys = [random_array(rng, _io(op, n, op.M), "float32") for n in ns]
-    ref = _ref64(op, "updat", xs, dys)
-    (xb, xoff), (dyb, dyoff) = _pair_blob(xs), _pair_blob(dys)
-    chunks = np.concatenate([[0], np.cumsum(-(-np.array(ns) // nc))]).astype(np.int64)
-    dw, ref, accumulate = _emulated_output(rng, ref, "float32")
-    ws = np.full((splits, op.layout.nnz, b, b), np.nan, np.float32) if splits > 1 else np.uint64(0)
-    spec = G.updat_ffma_spec(b, variant, axis)
-    bsmm_emulator(spec, (groups.shape[0], splits), (g * (b // 8) ** 2,),
-                  (xb, dyb, xoff, dyoff, np.array(ns, np.int64), chunks, np.int32(len(ns)), groups, rows, cols,
-                   dw, ws, np.int32(op.layout.nnz), np.int64(op.K), np.int64(op.M), np.int32(accumulate)),
-                  G.updat_ffma_smem(b, variant))
-    if splits > 1:
-        count = dw.size
-        bsmm_emulator(G.updat_reduce_spec("float32"), (min(-(-count // 256), 4),), (256,),
-                      (ws, dw, np.int32(splits), np.int64(count), np.int32(accumulate)))
-    assert_close(dw, ref, "float32", f"{spec.name} ns={ns} splits={splits} accumulate={accumulate}")

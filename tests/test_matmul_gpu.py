@@ -489,6 +489,113 @@ def test_small_batch_kernel(rng, dtype, n, shape):
 def test_small_batch_fallbacks(rng, dtype):
     """The per-column kernels still serve N ≤ 64 where xw_small does not apply (small_enabled off, a
     misaligned x, block size 64) and agree with the float64 reference; a one-block layout runs xw_small."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    n = 29
+    op = BlockSparseMatMul(_layout(rng, 9, 7, 0.5), 32)
+    x = random_array(rng, (n, op.K), dtype)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    xg, wg = cp.asarray(x), cp.asarray(w)
+    y_ref = _ref64(op, "fprop", x, w=w)
+    _matmul_gpu.small_enabled = False
+    try:
+        assert_close(op.fprop(xg, wg), y_ref, dtype, "fprop, xw_small off")
+    finally:
+        _matmul_gpu.small_enabled = True
+    assert not _small_ran(op, dtype, dtype, n, 0), "xw_small ran while disabled"
+    op._gpu_tables.clear()
+    flat = cp.asarray(random_array(rng, (n * op.K + 8,), dtype))
+    off = 8 // np.dtype(np.float32 if dtype == "float32" else np.float16).itemsize
+    xm = flat[off : off + n * op.K].reshape(n, op.K)  # 8-byte offset: not 16-byte aligned
+    assert_close(op.fprop(xm, wg), _ref64(op, "fprop", xm.get(), w=w), dtype, "fprop, misaligned x")
+    assert not _small_ran(op, dtype, dtype, n, 0), "xw_small ran on a misaligned x"
+    op64 = BlockSparseMatMul(_layout(rng, 4, 3, 0.5), 64)
+    x64 = random_array(rng, (n, op64.K), dtype)
+    w64 = random_array(rng, op64.w_shape, dtype, scale=0.2)
+    assert_close(op64.fprop(cp.asarray(x64), cp.asarray(w64)), _ref64(op64, "fprop", x64, w=w64), dtype, "b=64")
+    one = BlockSparseMatMul(np.ones((1, 1), bool), 32)
+    x1 = random_array(rng, (n, 32), dtype)
+    w1 = random_array(rng, one.w_shape, dtype, scale=0.2)
+    y1 = poison(cp, (n, 32), dtype)
+    one.fprop(cp.asarray(x1), cp.asarray(w1), out=y1)
+    assert_close(y1, _ref64(one, "fprop", x1, w=w1), dtype, "one block")
+    assert _small_ran(one, dtype, dtype, n, 0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_small_batch_bench_shape(rng, dtype):
+    """The benchmark's shape class (K = M = 12288, b = 32, N = 32) at densities 0.5 and 0.02: thousands
+    of blocks per CTA and a few per CTA; fprop and bprop against float64."""
+    import cupy as cp
+
+    for density in (0.5, 0.02):
+        mask = rng.random((384, 384)) < density
+        mask[np.arange(384), np.arange(384)] = True
+        op = BlockSparseMatMul(mask, 32)
+        x = random_array(rng, (32, op.K), dtype)
+        w = random_array(rng, op.w_shape, dtype, scale=0.05)
+        xg, wg = cp.asarray(x), cp.asarray(w)
+        assert_close(op.fprop(xg, wg), _ref64(op, "fprop", x, w=w), dtype, f"fprop d={density}")
+        assert_close(op.bprop(xg, wg), _ref64(op, "bprop", x, w=w), dtype, f"bprop d={density}")
+        assert _small_ran(op, dtype, dtype, 32, 0) and _small_ran(op, dtype, dtype, 32, 1)
+
+
+@pytest.mark.parametrize("variant", list(_matmul_gpu_tiles.XW_SMALL_VARIANTS))
+def test_small_batch_tile_variants(rng, monkeypatch, variant):
+    """Each xw_small tile the benchmark times (small_variant) is correct: fprop and bprop, split columns,
+    ragged N within its tile height, every element against float64; asserts that the variant ran."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    kind, bm, _ = _matmul_gpu.XW_SMALL_VARIANTS[variant]
+    monkeypatch.setattr(_matmul_gpu, "small_variant", variant)
+    for dtype in (("float16", "bfloat16") if kind == "tc" else ("float32",)):
+        n = bm - 3
+        op = BlockSparseMatMul(_layout(rng, 60, 41, 0.5), 32)
+        x = random_array(rng, (n, op.K), dtype)
+        dy = random_array(rng, (n, op.M), dtype)
+        w = random_array(rng, op.w_shape, dtype, scale=0.2)
+        y = poison(cp, (n, op.M), dtype)
+        op.fprop(cp.asarray(x), cp.asarray(w), out=y)
+        dx = op.bprop(cp.asarray(dy), cp.asarray(w))
+        assert_close(y, _ref64(op, "fprop", x, w=w), dtype, f"fprop [{variant}]")
+        assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
+        spec = _matmul_gpu.xw_small_spec(dtype, dtype, bm, 0, variant)
+        assert _ran_any(op, spec, _matmul_gpu.xw_small_smem(dtype, bm, variant)), f"{variant} did not run"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_small_batch_index_past_2_31_elements(rng, dtype):
+    """xw_small with an x of more than 2³¹ elements (32 rows × 69 M features): blocks of the last block rows
+    read x past that offset; fprop against float64 computed from the blocks alone."""
+    import cupy as cp
+
+    b, n, kb = 32, 32, 2_170_000  # n · K > 2³¹
+    rows = [5, kb - 3, kb - 2, kb - 1]
+    mask = np.zeros((kb, 2), bool)
+    mask[rows[:3], 0] = True
+    mask[rows[1:], 1] = True
+    op = BlockSparseMatMul(mask, b)
+    x = cp.zeros((n, op.K), dtype)
+    assert x.size > 2**31
+    parts = {r: random_array(rng, (n, b), dtype) for r in rows}
+    for r, v in parts.items():
+        x[:, r * b:(r + 1) * b] = cp.asarray(v)
+    w = random_array(rng, op.w_shape, dtype, scale=0.2)
+    y = op.fprop(x, cp.asarray(w))
+    ref = np.zeros((n, op.M))
+    lay = op.layout
+    for k in range(lay.nnz):
+        r, c = int(lay.rows[k]), int(lay.cols[k])
+        ref[:, c * b:(c + 1) * b] += parts[r].astype(np.float64) @ w[k].astype(np.float64)
+    assert_close(y, ref, dtype, "rows past 2^31 elements")
+    assert _small_ran(op, dtype, dtype, n, 0)
+
+
 # ---- float32 FFMA kernels (xw_ffma) ----
 
 def _xw_functions(op):
@@ -583,53 +690,6 @@ def test_float32_ffma_update(rng, monkeypatch, block_size, variant, feature_axis
 
     from cusparseblocks import _matmul_gpu
 
-    n = 29
-    op = BlockSparseMatMul(_layout(rng, 9, 7, 0.5), 32)
-    x = random_array(rng, (n, op.K), dtype)
-    w = random_array(rng, op.w_shape, dtype, scale=0.2)
-    xg, wg = cp.asarray(x), cp.asarray(w)
-    y_ref = _ref64(op, "fprop", x, w=w)
-    _matmul_gpu.small_enabled = False
-    try:
-        assert_close(op.fprop(xg, wg), y_ref, dtype, "fprop, xw_small off")
-    finally:
-        _matmul_gpu.small_enabled = True
-    assert not _small_ran(op, dtype, dtype, n, 0), "xw_small ran while disabled"
-    op._gpu_tables.clear()
-    flat = cp.asarray(random_array(rng, (n * op.K + 8,), dtype))
-    off = 8 // np.dtype(np.float32 if dtype == "float32" else np.float16).itemsize
-    xm = flat[off : off + n * op.K].reshape(n, op.K)  # 8-byte offset: not 16-byte aligned
-    assert_close(op.fprop(xm, wg), _ref64(op, "fprop", xm.get(), w=w), dtype, "fprop, misaligned x")
-    assert not _small_ran(op, dtype, dtype, n, 0), "xw_small ran on a misaligned x"
-    op64 = BlockSparseMatMul(_layout(rng, 4, 3, 0.5), 64)
-    x64 = random_array(rng, (n, op64.K), dtype)
-    w64 = random_array(rng, op64.w_shape, dtype, scale=0.2)
-    assert_close(op64.fprop(cp.asarray(x64), cp.asarray(w64)), _ref64(op64, "fprop", x64, w=w64), dtype, "b=64")
-    one = BlockSparseMatMul(np.ones((1, 1), bool), 32)
-    x1 = random_array(rng, (n, 32), dtype)
-    w1 = random_array(rng, one.w_shape, dtype, scale=0.2)
-    y1 = poison(cp, (n, 32), dtype)
-    one.fprop(cp.asarray(x1), cp.asarray(w1), out=y1)
-    assert_close(y1, _ref64(one, "fprop", x1, w=w1), dtype, "one block")
-    assert _small_ran(one, dtype, dtype, n, 0)
-
-
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_small_batch_bench_shape(rng, dtype):
-    """The benchmark's shape class (K = M = 12288, b = 32, N = 32) at densities 0.5 and 0.02: thousands
-    of blocks per CTA and a few per CTA; fprop and bprop against float64."""
-    import cupy as cp
-
-    for density in (0.5, 0.02):
-        mask = rng.random((384, 384)) < density
-        mask[np.arange(384), np.arange(384)] = True
-        op = BlockSparseMatMul(mask, 32)
-        x = random_array(rng, (32, op.K), dtype)
-        w = random_array(rng, op.w_shape, dtype, scale=0.05)
-        xg, wg = cp.asarray(x), cp.asarray(w)
-        assert_close(op.fprop(xg, wg), _ref64(op, "fprop", x, w=w), dtype, f"fprop d={density}")
-        assert_close(op.bprop(xg, wg), _ref64(op, "bprop", x, w=w), dtype, f"bprop d={density}")
-        assert _small_ran(op, dtype, dtype, 32, 0) and _small_ran(op, dtype, dtype, 32, 1)
     calls = []
     for name in ("updat_ffma_spec", "updat_simt_spec"):
         fn = getattr(_matmul_gpu, name)
@@ -657,12 +717,6 @@ def test_small_batch_bench_shape(rng, dtype):
 def test_float32_ffma_update_fallbacks(rng):
     """updat_ffma needs aligned pairs (and N % 4 == 0 on feature axis 0): a misaligned x or N = 301 on axis 0
     runs updat_simt, correct either way."""
-
-
-@pytest.mark.parametrize("variant", list(_matmul_gpu_tiles.XW_SMALL_VARIANTS))
-def test_small_batch_tile_variants(rng, monkeypatch, variant):
-    """Each xw_small tile the benchmark times (small_variant) is correct: fprop and bprop, split columns,
-    ragged N within its tile height, every element against float64; asserts that the variant ran."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
@@ -684,47 +738,3 @@ def test_small_batch_tile_variants(rng, monkeypatch, variant):
                                                _matmul_gpu.updat_ffma_smem(32, default))
         ffma = any(p[0] is fn for p in plans)
         assert ffma == expect, f"axis {axis} n {n} misaligned {misalign}: updat_ffma ran = {ffma}"
-    kind, bm, _ = _matmul_gpu.XW_SMALL_VARIANTS[variant]
-    monkeypatch.setattr(_matmul_gpu, "small_variant", variant)
-    for dtype in (("float16", "bfloat16") if kind == "tc" else ("float32",)):
-        n = bm - 3
-        op = BlockSparseMatMul(_layout(rng, 60, 41, 0.5), 32)
-        x = random_array(rng, (n, op.K), dtype)
-        dy = random_array(rng, (n, op.M), dtype)
-        w = random_array(rng, op.w_shape, dtype, scale=0.2)
-        y = poison(cp, (n, op.M), dtype)
-        op.fprop(cp.asarray(x), cp.asarray(w), out=y)
-        dx = op.bprop(cp.asarray(dy), cp.asarray(w))
-        assert_close(y, _ref64(op, "fprop", x, w=w), dtype, f"fprop [{variant}]")
-        assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
-        spec = _matmul_gpu.xw_small_spec(dtype, dtype, bm, 0, variant)
-        assert _ran_any(op, spec, _matmul_gpu.xw_small_smem(dtype, bm, variant)), f"{variant} did not run"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_small_batch_index_past_2_31_elements(rng, dtype):
-    """xw_small with an x of more than 2³¹ elements (32 rows × 69 M features): blocks of the last block rows
-    read x past that offset; fprop against float64 computed from the blocks alone."""
-    import cupy as cp
-
-    b, n, kb = 32, 32, 2_170_000  # n · K > 2³¹
-    rows = [5, kb - 3, kb - 2, kb - 1]
-    mask = np.zeros((kb, 2), bool)
-    mask[rows[:3], 0] = True
-    mask[rows[1:], 1] = True
-    op = BlockSparseMatMul(mask, b)
-    x = cp.zeros((n, op.K), dtype)
-    assert x.size > 2**31
-    parts = {r: random_array(rng, (n, b), dtype) for r in rows}
-    for r, v in parts.items():
-        x[:, r * b:(r + 1) * b] = cp.asarray(v)
-    w = random_array(rng, op.w_shape, dtype, scale=0.2)
-    y = op.fprop(x, cp.asarray(w))
-    ref = np.zeros((n, op.M))
-    lay = op.layout
-    for k in range(lay.nnz):
-        r, c = int(lay.rows[k]), int(lay.cols[k])
-        ref[:, c * b:(c + 1) * b] += parts[r].astype(np.float64) @ w[k].astype(np.float64)
-    assert_close(y, ref, dtype, "rows past 2^31 elements")
-    assert _small_ran(op, dtype, dtype, n, 0)
