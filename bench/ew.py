@@ -298,11 +298,13 @@ _COLS = ("layer_norm fwd ax0", "batch_norm fwd ax1", "batch_norm bwd ax1")
 # (label, ops.LAUNCH kind, field, value, the ops it changes): timed against the defaults with --variants
 VARIANTS = [
     ("elementwise unroll=4", "elementwise", "unroll", 4, _ELEMENTWISE),
-    ("rows_fwd vecs=1", "rows_fwd", "vecs", 1, ("layer_norm fwd ax1",)),
+    ("rows_fwd vecs=8", "rows_fwd", "vecs", 8, ("layer_norm fwd ax1",)),
     ("rows_fwd vecs=4", "rows_fwd", "vecs", 4, ("layer_norm fwd ax1",)),
-    ("rows_bwd vecs=1", "rows_bwd", "vecs", 1, ("layer_norm bwd ax1",)),
-    ("rows_bwd vecs=4", "rows_bwd", "vecs", 4, ("layer_norm bwd ax1",)),
-    ("rows_bwd threads=512", "rows_bwd", "threads", 512, ("layer_norm bwd ax1",)),
+    ("rows_fwd threads=256", "rows_fwd", "threads", 256, ("layer_norm fwd ax1",)),
+    ("rows_bwd_cols vecs=2", "rows_bwd_cols", "vecs", 2, ("layer_norm bwd ax1",)),
+    ("rows_bwd_cols vecs=8", "rows_bwd_cols", "vecs", 8, ("layer_norm bwd ax1",)),
+    ("rows_bwd_cols groups=2", "rows_bwd_cols", "groups", 2, ("layer_norm bwd ax1",)),
+    ("rows_bwd_cols groups=6", "rows_bwd_cols", "groups", 6, ("layer_norm bwd ax1",)),
     ("cols reverse=True", "cols", "reverse", True, _COLS),
     ("cols blocks_per_sm=8", "cols", "blocks_per_sm", 8, _COLS),
 ]
@@ -352,6 +354,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--warm-only", action="store_true", help="compile every specialization (parallel) and exit"
     )
+    ap.add_argument(
+        "--ops",
+        default="",
+        help="comma-separated substrings: time only the ops whose name contains one (copy always runs)",
+    )
     args = ap.parse_args(argv)
     import cupy
 
@@ -385,7 +392,10 @@ def main(argv=None) -> int:
         copy_gbs = None
         ours_ms = {}
         case_list = cases(cupy, ops, torch, dtype, args.rows, args.cols)
+        wanted = [w for w in args.ops.split(",") if w]
         for name, nbytes, ours, theirs, sets in case_list:
+            if wanted and name != "copy" and not any(w in name for w in wanted):
+                continue
             t = timed(ours, sets)
             ours_ms[name] = t
             cupy.cuda.get_current_stream().synchronize()
@@ -430,7 +440,7 @@ def main(argv=None) -> int:
             ops._PLANS.clear()  # launch plans are cached from the table
             try:
                 for name, _nbytes, ours, _theirs, sets in case_list:
-                    if name not in names:
+                    if name not in names or name not in ours_ms:
                         continue
                     t = timed(ours, sets)
                     vrow = dict(dtype=dtype, variant=label, op=name, ms=t, **{"default ms": ours_ms[name]})
