@@ -307,11 +307,13 @@ _COLS1 = _COLS + ("layer_norm bwd ax0", "weight_norm unit fwd", "weight_norm uni
 # (label, ops.LAUNCH kind, field, value, the ops it changes): timed against the defaults with --variants
 VARIANTS = [
     ("elementwise unroll=4", "elementwise", "unroll", 4, _ELEMENTWISE),
-    ("rows_fwd vecs=1", "rows_fwd", "vecs", 1, ("layer_norm fwd ax1",)),
+    ("rows_fwd vecs=8", "rows_fwd", "vecs", 8, ("layer_norm fwd ax1",)),
     ("rows_fwd vecs=4", "rows_fwd", "vecs", 4, ("layer_norm fwd ax1",)),
-    ("rows_bwd vecs=1", "rows_bwd", "vecs", 1, ("layer_norm bwd ax1",)),
-    ("rows_bwd vecs=4", "rows_bwd", "vecs", 4, ("layer_norm bwd ax1",)),
-    ("rows_bwd threads=512", "rows_bwd", "threads", 512, ("layer_norm bwd ax1",)),
+    ("rows_fwd threads=256", "rows_fwd", "threads", 256, ("layer_norm fwd ax1",)),
+    ("rows_bwd_cols vecs=2", "rows_bwd_cols", "vecs", 2, ("layer_norm bwd ax1",)),
+    ("rows_bwd_cols vecs=8", "rows_bwd_cols", "vecs", 8, ("layer_norm bwd ax1",)),
+    ("rows_bwd_cols groups=2", "rows_bwd_cols", "groups", 2, ("layer_norm bwd ax1",)),
+    ("rows_bwd_cols groups=6", "rows_bwd_cols", "groups", 6, ("layer_norm bwd ax1",)),
     ("cols reverse=True", "cols", "reverse", True, _COLS),
     ("cols blocks_per_sm=8", "cols", "blocks_per_sm", 8, _COLS),
     # the one-pass column-statistics kernels (cusparseblocks/_ops_cols.py LAUNCH): off, 64-byte rows only
@@ -383,6 +385,8 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--only",
+        "--ops",
+        dest="only",
         default="",
         help="comma-separated substrings: time only the ops whose name contains one (copy always runs)",
     )

@@ -70,22 +70,34 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 #   rows_fwd / rows_bwd: row in registers, `vecs` vectors per thread (a compiled ROW_VECS value, raised
 #     when a row needs more than 1024 threads), `threads` per block; rows_bwd's persistent grid holds
 #     `blocks_per_sm` blocks per SM (fewer if the registers don't allow it: the host asks the driver);
+#   rows_bwd_cols: the layer-norm backward with the column sums (norm_rows_bwd_cols): the fewest warps a
+#     row with at most `vecs` vectors a thread, `groups` rows a block (fewer if registers or shared
+#     memory, 8·L bytes a group, don't allow it), a persistent grid of the resident blocks;
 #   rows: the fallback for rows longer than 1024 * 8 vectors (two reads of each row);
 #   cols: column reductions and column-statistics applies, (32, 8) threads per block, about
 #     blocks_per_sm blocks per SM over (column tiles × row splits); reverse: the apply walks each
 #     split's rows backwards with streaming loads and stores (reuses what L2 holds from the reduction).
 LAUNCH = {
     "elementwise": {"threads": 256, "unroll": 1},
-    "rows_fwd": {"threads": 256, "vecs": 2},
+    "rows_fwd": {"threads": 128, "vecs": 16},
     "rows_bwd": {"threads": 256, "vecs": 2, "blocks_per_sm": 2},
+    "rows_bwd_cols": {"vecs": 4, "groups": 4},
     "rows": {"threads": 256, "max_row_threads": 512},
     "cols": {"block": (32, 8), "blocks_per_sm": 4, "reverse": False},
     "wn_unit": {"threads": 256},
     "wn_block": {"threads": 256},
 }
+# norm_cols_affine (batch-norm inference, features last): fixed (32, 8) blocks, each thread AFFINE_ROWS
+# rows (kernels/ew.cu's constants)
+AFFINE_BLOCK, AFFINE_ROWS = (32, 8), 4
 # Launch plans derived from this table are cached (_PLANS): clear ops._PLANS after changing an entry.
 UNROLLS = (1, 4)
-ROW_VECS = (1, 2, 4, 8)
+ROW_VECS = (1, 2, 4, 8)  # norm_rows_bwd_reg
+FWD_VECS = (1, 2, 4, 8, 16)  # norm_rows_fwd_reg<T, NV, G>: vectors a thread, with G warps a row
+FWD_WARPS = (1, 2, 4, 8, 16)
+FWD_MAX_VECS = (4, 8, 16)  # the values of LAUNCH["rows_fwd"]["vecs"] compiled for G > 1 (where NV = vecs)
+BWD_COLS_VECS = (1, 2, 4, 8)  # norm_rows_bwd_cols<T, NV, G> (G in FWD_WARPS)
+BWD_COLS_MAX_VECS = (2, 4, 8)  # the values of LAUNCH["rows_bwd_cols"]["vecs"] compiled for G > 1
 COLS_MAX_VECS = 4  # norm_rows_bwd_reg with column sums: 8 vectors of x, dy and 2 sums each spill
 
 
@@ -101,10 +113,24 @@ _SINGLE_KERNELS = (
     "norm_cols_reduce",
     "norm_finalize",
     "norm_apply_fwd",
+    "norm_cols_affine",
     "wn_reduce_unit",
     "wn_block",
     "wn_apply",
 )
+
+
+def _fwd_shapes():
+    """(NV, G) of every norm_rows_fwd_reg the plan may pick: one warp with any NV; G > 1 warps (the fewest
+    that hold the row) only with NV = LAUNCH["rows_fwd"]["vecs"], one of FWD_MAX_VECS."""
+    yield from ((nv, 1) for nv in FWD_VECS)
+    yield from ((nv, g) for g in FWD_WARPS[1:] for nv in FWD_MAX_VECS)
+
+
+def _bwd_cols_shapes():
+    """(NV, G) of every norm_rows_bwd_cols the plan may pick (as _fwd_shapes)."""
+    yield from ((nv, 1) for nv in BWD_COLS_VECS)
+    yield from ((nv, g) for g in FWD_WARPS[1:] for nv in BWD_COLS_MAX_VECS)
 
 
 def _specializations():
@@ -114,8 +140,12 @@ def _specializations():
                 yield compiler.KernelSpec("ew.cu", f"ew_fwd<{ctype}, {act}, {unroll}>")
                 yield compiler.KernelSpec("ew.cu", f"ew_bwd<{ctype}, {act}, {unroll}>")
             yield compiler.KernelSpec("ew.cu", f"ew_bias_cols_bwd<{ctype}, {act}>")
+            yield compiler.KernelSpec("ew.cu", f"ew_act_bwd<{ctype}, {act}>")
+        for nv, g in _fwd_shapes():
+            yield compiler.KernelSpec("ew.cu", f"norm_rows_fwd_reg<{ctype}, {nv}, {g}>")
+        for nv, g in _bwd_cols_shapes():
+            yield compiler.KernelSpec("ew.cu", f"norm_rows_bwd_cols<{ctype}, {nv}, {g}>")
         for nv in ROW_VECS:
-            yield compiler.KernelSpec("ew.cu", f"norm_rows_fwd_reg<{ctype}, {nv}>")
             yield compiler.KernelSpec("ew.cu", f"norm_rows_bwd_reg<{ctype}, {nv}, false>")
             if nv <= COLS_MAX_VECS:
                 yield compiler.KernelSpec("ew.cu", f"norm_rows_bwd_reg<{ctype}, {nv}, true>")
@@ -133,10 +163,22 @@ compiler.register_family("ew", _specializations)
 #   dynamic shared memory); _PLANS: launch plans (grid, block, specs) by kernel kind, device, dtype and
 #   shape; _SM_COUNT, _RESIDENT, _MAX_THREADS: the driver's answers per device; _WN_TABLES: a layout's
 #   tables on each GPU.
-_CACHES = ("_SPECS", "_FUNCS", "_PLANS", "_SM_COUNT", "_RESIDENT", "_MAX_THREADS", "_WN_TABLES")
+_CACHES = (
+    "_SPECS",
+    "_FUNCS",
+    "_PLANS",
+    "_SM_COUNT",
+    "_RESIDENT",
+    "_MAX_THREADS",
+    "_SMEM_OPTIN",
+    "_WN_TABLES",
+)
 _SPECS: dict = {}
 _FUNCS: dict = {}
 _PLANS: dict = {}
+# Kernel kinds whose plan must take its general fallback ("rows_fwd", "rows_bwd"): set by tests that check
+# both paths on shapes where the plan would pick the fast one.
+_FORCE_FALLBACK: set = set()
 
 
 def _spec(name, dtype, *params):
@@ -229,7 +271,15 @@ def launch_config(kind: str, dtype, **sizes):
     if kind == "elementwise":
         t, u = cfg["threads"], sizes.get("unroll", cfg["unroll"])
         return (max(1, min(math.ceil(sizes["n"] / (lanes * t * u)), 2**31 - 1)),), (t,)
-    if kind in ("rows_fwd", "rows_bwd"):
+    if kind == "rows_fwd":  # G warps a row (the fewest that hold it with at most `vecs` vectors a thread)
+        vecs = math.ceil(sizes["L"] / lanes)
+        g = next((g for g in FWD_WARPS if 32 * g * cfg["vecs"] >= vecs), None)
+        if g is None:
+            return None, None, None
+        nv = next(v for v in FWD_VECS if 32 * g * v >= vecs)
+        ty = max(1, cfg["threads"] // (32 * g))
+        return (max(1, min(math.ceil(sizes["R"] / ty), 2**31 - 1)),), (32 * g, ty), nv
+    if kind == "rows_bwd":
         vecs = math.ceil(sizes["L"] / lanes)
         nv = next((v for v in ROW_VECS if v >= cfg["vecs"] and vecs <= 1024 * v), None)
         if nv is None:
@@ -294,6 +344,16 @@ def _ew_plan(name, dtype, act, n):
         unroll = LAUNCH["elementwise"]["unroll"]
         grid, block = launch_config("elementwise", dtype, n=n, unroll=unroll)
         plan = _PLANS[key] = (_spec(name, dtype, act, unroll), grid, block)
+    return plan
+
+
+def _act_bwd_plan(dtype, act, n):
+    """(spec, grid, block) of ew_act_bwd over n elements (one vector a thread; cached)."""
+    key = ("ew_act_bwd", dtype, act, n)
+    plan = _PLANS.get(key)
+    if plan is None:
+        grid, block = launch_config("elementwise", dtype, n=n, unroll=1)
+        plan = _PLANS[key] = (_spec("ew_act_bwd", dtype, act), grid, block)
     return plan
 
 
@@ -460,6 +520,17 @@ def _ew_gpu_bwd(op, dy, a, b, shape, act, alpha):
     import cupy
 
     n = math.prod(shape)
+    if b is None and tuple(a.shape) == shape:  # the plain activation backward: its own kernel
+        da = cupy.empty(shape, dtype=a.dtype)
+        if n:
+            spec, grid, block = _act_bwd_plan(a.dtype, act, n)
+            _launch(
+                spec,
+                grid,
+                block,
+                (da, dy, a, np.int64(n), np.float32(alpha), np.int32(_aligned(da, dy, a))),
+            )
+        return da, None
     spec, grid, block = _ew_plan("ew_bwd", a.dtype, act, n)
     if tuple(a.shape) != shape:  # neither operand has the output's shape: both go through float32 sums
         a_in = cupy.ascontiguousarray(cupy.broadcast_to(a, shape))
@@ -758,17 +829,23 @@ _NO_INFERENCE = (None, np.float32(0.0), None, None)  # norm_cols_apply's (run_va
 
 
 def _rows_fwd_plan(dtype, R, L):
-    """(spec, grid, block) of the row forward (cached): the row in registers, else two reads of it."""
+    """((spec, grid, block) of the row in registers or None, (spec, grid, block) of the two-read fallback)
+    of the row forward (cached). The register kernel needs 16-byte vectors (checked per call)."""
     import cupy
 
     key = ("rows_fwd", cupy.cuda.runtime.getDevice(), dtype, R, L)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _rows_plan("rows_fwd", "norm_rows_fwd_reg", dtype, R, L)
-        if plan is None:  # too long for registers: two reads of each row
-            grid, block = launch_config("rows", dtype, R=R, L=L)
-            plan = (_spec("norm_rows_fwd", dtype), grid, block)
-        _PLANS[key] = plan
+        reg = None
+        grid, block, nv = launch_config("rows_fwd", dtype, R=R, L=L)
+        if nv is not None and L % (16 // np.dtype(dtype).itemsize) == 0 and L < 2**31:
+            spec = _spec("norm_rows_fwd_reg", dtype, nv, block[0] // 32)
+            limit = _max_threads(spec)  # its registers may not allow the block
+            if block[0] <= limit:
+                ty = max(1, min(block[1], limit // block[0]))
+                reg = (spec, (max(1, min(math.ceil(R / ty), 2**31 - 1)),), (block[0], ty))
+        grid, block = launch_config("rows", dtype, R=R, L=L)
+        plan = _PLANS[key] = (reg, (_spec("norm_rows_fwd", dtype), grid, block))
     return plan
 
 
@@ -783,7 +860,8 @@ def _rows_fwd(x, gain, bias, eps, gain_per_row, running=None):
     rstd = cupy.empty(R, dtype=cupy.float32)
     run_mean, run_var, momentum, var_scale = running or _NO_RUNNING
     aligned = _aligned(x, y, gain, bias) and L % (16 // x.dtype.itemsize) == 0
-    spec, grid, block = _rows_fwd_plan(x.dtype, R, L)
+    reg, fallback = _rows_fwd_plan(x.dtype, R, L)
+    spec, grid, block = reg if reg is not None and aligned and "rows_fwd" not in _FORCE_FALLBACK else fallback
     _launch(
         spec,
         grid,
@@ -837,6 +915,49 @@ def _rows_bwd_plan(dtype, R, L, stat_per_col, cols):
         resident = _resident_blocks(spec, block[0] * block[1], smem, LAUNCH["rows_bwd"]["blocks_per_sm"])
         per_sm = min(resident, LAUNCH["rows_bwd"]["blocks_per_sm"]) if cols else resident
         plan = (spec, (max(1, min(grid[0], per_sm * _sm_count())),), block, smem, cols, True)
+    _PLANS[key] = plan
+    return plan
+
+
+_SMEM_OPTIN: dict = {}
+
+
+def _smem_optin() -> int:
+    """The most dynamic + static shared memory a block may opt in to on the current device."""
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    if dev not in _SMEM_OPTIN:
+        try:
+            _SMEM_OPTIN[dev] = int(cupy.cuda.Device(dev).attributes["MaxSharedMemoryPerBlockOptin"])
+        except Exception:  # noqa: BLE001 - without the attribute: the portable 48 KiB
+            _SMEM_OPTIN[dev] = 48 * 1024
+    return _SMEM_OPTIN[dev]
+
+
+def _bwd_cols_plan(dtype, R, L):
+    """(spec, grid, block, smem) of norm_rows_bwd_cols (cached), or None when it does not apply (the row
+    is not a whole number of 16-byte vectors, is too long, or the column accumulators don't fit)."""
+    import cupy
+
+    key = ("rows_bwd_cols", cupy.cuda.runtime.getDevice(), dtype, R, L)
+    if key in _PLANS:
+        return _PLANS[key]
+    plan = None
+    lanes = 16 // np.dtype(dtype).itemsize
+    cfg = LAUNCH["rows_bwd_cols"]
+    vecs = L // lanes
+    g = next((g for g in FWD_WARPS if 32 * g * cfg["vecs"] >= vecs), None)
+    if L % lanes == 0 and 0 < L < 2**31 and g is not None and "rows_bwd" not in _FORCE_FALLBACK:
+        nv = next(v for v in BWD_COLS_VECS if 32 * g * v >= vecs)
+        spec = _spec("norm_rows_bwd_cols", dtype, nv, g)
+        static = 2 * 16 * g * 2 * 4
+        groups = min(cfg["groups"], 15, _max_threads(spec) // (32 * g), (_smem_optin() - static) // (8 * L))
+        if groups >= 1:
+            smem = groups * 8 * L
+            resident = _resident_blocks(spec, 32 * g * groups, smem, 1)
+            grid = max(1, min(math.ceil(R / groups), resident * _sm_count()))
+            plan = (spec, (grid,), (32 * g, groups), smem)
     _PLANS[key] = plan
     return plan
 
@@ -1002,6 +1123,35 @@ def _apply_fwd(x, mean, rstd, gain, bias, stat_per_col, gain_per_col, run_var=No
     return y
 
 
+def _affine_cols(x, run_mean, run_var, gain, bias, eps, mean_out, rstd_out):
+    """Batch-norm inference with features last (norm_cols_affine): y = (x − run_mean)·rsqrt(run_var + eps)
+    ·gain + bias per column, one pass; mean_out, rstd_out [C] get the statistics used."""
+    import cupy
+
+    R, C = x.shape
+    y = cupy.empty_like(x)
+    if x.size == 0:
+        if C:
+            mean_out[...] = run_mean
+            rstd_out[...] = 1.0 / cupy.sqrt(run_var + np.float32(eps))
+        return y
+    lanes = 16 // x.dtype.itemsize
+    key = ("affine", x.dtype, R, C)
+    grid = _PLANS.get(key)
+    if grid is None:
+        rows = AFFINE_BLOCK[1] * AFFINE_ROWS
+        grid = _PLANS[key] = (math.ceil(C / (32 * lanes)), min(math.ceil(R / rows), 65535))
+    aligned = _aligned(x, y, gain, bias, run_mean, run_var, mean_out, rstd_out) and C % lanes == 0
+    _launch(
+        _spec("norm_cols_affine", x.dtype),
+        grid,
+        AFFINE_BLOCK,
+        (y, x, run_mean, run_var, gain, bias, np.float32(eps), mean_out, rstd_out, np.int64(R), np.int64(C))
+        + (np.int32(aligned),),
+    )
+    return y
+
+
 def _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col):
     """dx = rstd·(gain·dy − A − xhat·B) with statistics (and A, B) per column."""
     import cupy
@@ -1111,6 +1261,17 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
         return ref.layer_norm_bprop(dy, x, gain, mean, rstd, fa)
     F = x.shape[fa]
     if fa == 1:  # one pass: dx per row, the gain and bias gradients as per-block column partials
+        import cupy
+
+        R = x.shape[0]
+        plan = _bwd_cols_plan(x.dtype, R, F) if _aligned(dy, x, gain) else None
+        if plan is not None and R > 0:
+            spec, grid, block, smem = plan
+            dx = cupy.empty_like(x)
+            ws = cupy.empty((grid[0], 2, F), dtype=cupy.float32)
+            _launch(spec, grid, block, (dx, ws, dy, x, gain, mean, rstd, np.int64(R), np.int64(F)), smem)
+            *_, dbias, dgain = _finalize(ws, x, None, F, 1.0, 0.0, 1, want=(), sums_t=True)
+            return dx, (None if gain is None else dgain), dbias
         dx, _, _, ws = _rows_bwd(
             dy, x, gain, mean, rstd, 0, 0, train=1, want_dgain=False, want_dbias=False, cols=True
         )
@@ -1175,6 +1336,8 @@ def batch_norm_fprop(
     if not training:  # one launch: the kernel takes the running statistics and writes mean, rstd
         mean = cupy.empty(C, dtype=cupy.float32)
         rstd = cupy.empty(C, dtype=cupy.float32)
+        if fa == 1:
+            return _affine_cols(x, running_mean, running_var, gain, bias, eps, mean, rstd), mean, rstd
         y = _apply_fwd(
             x, running_mean, None, gain, bias, fa, fa, run_var=running_var, eps=eps, stats_out=(mean, rstd)
         )

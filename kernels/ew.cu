@@ -271,6 +271,30 @@ __global__ void ew_bwd(T* __restrict__ da, T* __restrict__ db, float* __restrict
     }
 }
 
+// The plain activation backward (no second operand), da = dy * act'(alpha * a) * alpha: ew_bwd with its
+// operand, broadcast and output-selection paths left out. Those took the half types to 52 registers
+// (4 blocks of 256 threads per SM, half the loads in flight of ew_fwd's 40) and made the activation
+// backward ~10 % slower than an `add` that moves the same bytes; here 32-40. Grid: as ew_fwd with U = 1.
+template <typename T, int ACT>
+__global__ void ew_act_bwd(T* __restrict__ da, const T* __restrict__ dy, const T* __restrict__ a, i64 n,
+                           float alpha, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    constexpr bool FAST = sizeof(T) < 4;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
+        const bool vec = aligned && i + V <= n;
+        float va[V], g[V];
+        load_v<T, V>(a, i, n, vec, va);
+        load_v<T, V>(dy, i, n, vec, g);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            if (ACT != ACT_IDENTITY) g[k] *= act_d<ACT, FAST>(alpha * va[k]);
+            g[k] *= alpha;
+        }
+        store_v<T, V>(da, i, n, vec, g);
+    }
+}
+
 // Activation with a bias per column of x [R, C] (features last), backward: dx = dy * act'(x + bias[c]),
 // and the bias gradient's partial column sums (of dx as rounded to T, as the caller's dx sums) over this
 // block's rows into ws [splits, 1, C] (float32), finished by cols_finalize.
@@ -554,35 +578,43 @@ __global__ void norm_rows_fwd(T* __restrict__ y, const T* __restrict__ x, const 
     }
 }
 
-// The same with the row in registers (one read of x, one write of y): blockDim.x threads per row (a
-// multiple of 32), thread t holding the vectors j = (k * blockDim.x + t) * V for k < NV; the host picks
-// NV and blockDim.x with L <= NV * blockDim.x * V. Statistics as norm_rows_fwd (sums shifted by the row's
-// first element: one block reduction). Grid: blockDim.y rows per block, grid-stride over row groups.
-template <typename T, int NV>
+// The same with the row in registers (one read of x, one write of y): G warps per row (blockDim.x ==
+// 32 * G), thread t holding the vectors j = (k * 32 G + t) * V for k < NV as raw 16-byte packs (4
+// registers each, converted to float where used: half the registers of a float row for the half
+// types), all NV loads issued before the first use; G and NV are template parameters so that the
+// vectors' offsets are immediates of one base address. The host picks them with L <= NV * 32 G * V;
+// with one warp per row (G = 1) the reduction is shuffles only. Statistics as norm_rows_fwd (sums
+// shifted by the row's first element). Grid: blockDim.y rows per block, grid-stride over row groups.
+// 16-byte vectors only: the host launches it when every pointer is 16-byte aligned, L % V == 0 and
+// L < 2^31 (`aligned` is then 1 and unused), else norm_rows_fwd.
+template <typename T, int NV, int G>
 __global__ void norm_rows_fwd_reg(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain,
                                   const T* __restrict__ bias, float* __restrict__ mean_out,
                                   float* __restrict__ rstd_out, float* __restrict__ run_mean,
                                   float* __restrict__ run_var, i64 R, i64 L, float eps, float momentum,
                                   float var_scale, int gain_per_row, int aligned) {
-    constexpr int V = Lanes<T>::V;
+    constexpr int V = Lanes<T>::V, TX = 32 * G;
+    const bool gain_col = gain && !gain_per_row, bias_col = bias && !gain_per_row;
+    const int L32 = (int)L, t = threadIdx.x * V;
     for (i64 r0 = (i64)blockIdx.x * blockDim.y; r0 < R; r0 += (i64)gridDim.x * blockDim.y) {
         const i64 row = r0 + threadIdx.y;
         const bool live = row < R;
-        const T* xr = x + (live ? row : 0) * L;
-        const float shift = to_float<T>(xr[0]);
-        float v[NV][V];
+        const T* xr = x + (live ? row : 0) * L + t;
+        const float shift = to_float<T>(x[(live ? row : 0) * L]);
+        uint4 raw[NV];
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+            raw[k] = make_uint4(0u, 0u, 0u, 0u);
+            if (live && k * TX * V + t < L32) raw[k] = __ldg(reinterpret_cast<const uint4*>(xr + k * TX * V));
+        }
         float s = 0.f, ss = 0.f;
 #pragma unroll
         for (int k = 0; k < NV; ++k) {
-            const i64 j = ((i64)k * blockDim.x + threadIdx.x) * V;
-            if (live && j < L) load_v<T, V>(xr, j, L, aligned && j + V <= L, v[k]);
-            else {
+            if (k * TX * V + t >= L32) break;
+            float v[V];
+            unpack16<T, V>(raw[k], v);
 #pragma unroll
-                for (int q = 0; q < V; ++q) v[k][q] = 0.f;
-            }
-#pragma unroll
-            for (int q = 0; q < V; ++q)
-                if (j + q < L) { const float d = v[k][q] - shift; s += d; ss += d * d; }
+            for (int q = 0; q < V; ++q) { const float d = v[q] - shift; s += d; ss += d * d; }
         }
         row_group_sum2(s, ss);
         if (!live) continue;
@@ -595,24 +627,23 @@ __global__ void norm_rows_fwd_reg(T* __restrict__ y, const T* __restrict__ x, co
             if (run_mean) run_mean[row] = (1.f - momentum) * run_mean[row] + momentum * mean;
             if (run_var) run_var[row] = (1.f - momentum) * run_var[row] + var_scale * var;
         }
-        const float g_row = gain && gain_per_row ? to_float<T>(gain[row]) : 1.f;
+        const float g_row = gain && gain_per_row ? to_float<T>(gain[row]) * rstd : rstd;
         const float b_row = bias && gain_per_row ? to_float<T>(bias[row]) : 0.f;
-        T* yr = y + row * L;
+        T* yr = y + row * L + t;
 #pragma unroll
         for (int k = 0; k < NV; ++k) {
-            const i64 j = ((i64)k * blockDim.x + threadIdx.x) * V;
-            if (j >= L) break;
-            const bool vec = aligned && j + V <= L;
-            float g[V], b[V];
-            if (gain && !gain_per_row) load_v<T, V>(gain, j, L, vec, g);
-            if (bias && !gain_per_row) load_v<T, V>(bias, j, L, vec, b);
+            if (k * TX * V + t >= L32) break;
+            float v[V], g[V], b[V];
+            unpack16<T, V>(raw[k], v);
+            if (gain_col) unpack16<T, V>(__ldg(reinterpret_cast<const uint4*>(gain + t + k * TX * V)), g);
+            if (bias_col) unpack16<T, V>(__ldg(reinterpret_cast<const uint4*>(bias + t + k * TX * V)), b);
 #pragma unroll
             for (int q = 0; q < V; ++q) {
-                const float gk = gain && !gain_per_row ? g[q] : g_row;
-                const float bk = bias && !gain_per_row ? b[q] : b_row;
-                v[k][q] = (v[k][q] - mean) * rstd * gk + bk;
+                const float gk = gain_col ? g[q] * rstd : g_row;
+                const float bk = bias_col ? b[q] : b_row;
+                v[q] = (v[q] - mean) * gk + bk;
             }
-            store_v<T, V>(yr, j, L, vec, v[k]);
+            store_v<T, V>(yr, k * TX * V, L, true, v);
         }
     }
 }
@@ -711,6 +742,119 @@ __global__ void norm_rows_bwd_reg(T* __restrict__ dx, T* __restrict__ dgain_row,
     float* out = ws + (i64)blockIdx.x * 2 * L;
     for (i64 c = (i64)threadIdx.y * blockDim.x + threadIdx.x; c < 2 * L; c += (i64)blockDim.x * blockDim.y)
         out[c] = red_cols[c];
+}
+
+// Layer norm backward, features last, with the column sums (one pass over x and dy):
+//   xhat = (x - mean[r]) * rstd[r], t = dy * gain (gain null -> 1), s1 = sum_j t, s2 = sum_j t * xhat,
+//   dx = rstd * (t - (s1 + xhat * s2) / L),
+//   and per column sum_r dy (dbias), sum_r dy * xhat (dgain) over the block's rows into ws [gridDim.x, 2, L]
+//   (float32) for norm_finalize.
+// G warps a row (blockDim.x == 32 * G), thread t holding the vectors j = (k * 32 G + t) * V, k < NV, of x
+// and dy as raw 16-byte packs, all loads issued before the first use. blockDim.y row groups a block,
+// each with its own column accumulator in shared memory (dynamic, blockDim.y * 8 * L bytes: a thread owns
+// the same columns in every row its group visits, so it adds into them without atomics), folded over the
+// groups in a fixed order at the end: deterministic for a given grid. The G warps of a group meet at a
+// named barrier (id 1 + group) to sum s1, s2, so groups do not wait for each other; one-warp groups use
+// shuffles only. Grid: persistent (the host sizes it to the resident capacity); group y of block b takes
+// rows b * blockDim.y + y + i * gridDim.x * blockDim.y. 16-byte vectors only (host: aligned, L % V == 0,
+// L < 2^31; else norm_rows_bwd_reg / norm_rows_bwd and a column pass).
+template <typename T, int NV, int G>
+__global__ void norm_rows_bwd_cols(T* __restrict__ dx, float* __restrict__ ws, const T* __restrict__ dy,
+                                   const T* __restrict__ x, const T* __restrict__ gain,
+                                   const float* __restrict__ mean, const float* __restrict__ rstd, i64 R, i64 L) {
+    constexpr int V = Lanes<T>::V, TX = 32 * G, H = V / 4;  // H float4 of a sum per vector
+    extern __shared__ float4 acc4[];                        // [group][sum][H][L / V] float4
+    __shared__ float part[2][16][G][2];                     // double-buffered warp partials (G > 1)
+    const int L32 = (int)L, nvec = L32 / V, t = threadIdx.x * V, warp = threadIdx.x / 32;
+    float4* acc = acc4 + (i64)threadIdx.y * 2 * H * nvec;
+    for (int i = threadIdx.x; i < 2 * H * nvec; i += TX) acc[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    __syncthreads();
+    const float invL = 1.f / (float)L;
+    int parity = 0;
+    for (i64 row = (i64)blockIdx.x * blockDim.y + threadIdx.y; row < R; row += (i64)gridDim.x * blockDim.y) {
+        const i64 off = row * L + t;
+        uint4 rx[NV], rd[NV];
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+            rx[k] = make_uint4(0u, 0u, 0u, 0u);
+            rd[k] = rx[k];
+            if (k * TX * V + t < L32) {
+                rx[k] = __ldg(reinterpret_cast<const uint4*>(x + off + k * TX * V));
+                rd[k] = __ldg(reinterpret_cast<const uint4*>(dy + off + k * TX * V));
+            }
+        }
+        const float m = mean[row], rs = rstd[row];
+        float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+            if (k * TX * V + t >= L32) break;
+            const int vi = k * TX + threadIdx.x;
+            float xh[V], d[V], g[V];
+            unpack16<T, V>(rx[k], xh);
+            unpack16<T, V>(rd[k], d);
+            if (gain) unpack16<T, V>(__ldg(reinterpret_cast<const uint4*>(gain + t + k * TX * V)), g);
+#pragma unroll
+            for (int h = 0; h < H; ++h) {
+                float4 a0 = acc[h * nvec + vi], a1 = acc[(H + h) * nvec + vi];
+                float* p0 = &a0.x;
+                float* p1 = &a1.x;
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int q = 4 * h + e;
+                    xh[q] = (xh[q] - m) * rs;
+                    p0[e] += d[q];
+                    p1[e] += d[q] * xh[q];
+                    const float tq = gain ? d[q] * g[q] : d[q];
+                    s1 += tq;
+                    s2 += tq * xh[q];
+                }
+                acc[h * nvec + vi] = a0;
+                acc[(H + h) * nvec + vi] = a1;
+            }
+        }
+#pragma unroll
+        for (int sft = 16; sft > 0; sft >>= 1) {
+            s1 += __shfl_xor_sync(0xffffffffu, s1, sft);
+            s2 += __shfl_xor_sync(0xffffffffu, s2, sft);
+        }
+        if (G > 1) {
+            if ((threadIdx.x & 31) == 0) { part[parity][threadIdx.y][warp][0] = s1; part[parity][threadIdx.y][warp][1] = s2; }
+            asm volatile("bar.sync %0, %1;" ::"r"(1 + (int)threadIdx.y), "r"(TX) : "memory");
+            s1 = 0.f;
+            s2 = 0.f;
+#pragma unroll
+            for (int w = 0; w < G; ++w) { s1 += part[parity][threadIdx.y][w][0]; s2 += part[parity][threadIdx.y][w][1]; }
+            parity ^= 1;
+        }
+        const float a1 = s1 * invL, a2 = s2 * invL;
+#pragma unroll
+        for (int k = 0; k < NV; ++k) {
+            if (k * TX * V + t >= L32) break;
+            float xh[V], d[V], g[V];
+            unpack16<T, V>(rx[k], xh);
+            unpack16<T, V>(rd[k], d);
+            if (gain) unpack16<T, V>(__ldg(reinterpret_cast<const uint4*>(gain + t + k * TX * V)), g);
+#pragma unroll
+            for (int q = 0; q < V; ++q) {
+                const float xq = (xh[q] - m) * rs;
+                const float tq = gain ? d[q] * g[q] : d[q];
+                d[q] = rs * (tq - a1 - xq * a2);
+            }
+            store_v<T, V>(dx + off, k * TX * V, L, true, d);
+        }
+    }
+    __syncthreads();
+    // fold the groups' accumulators in group order; column c = vector c / V, float4 (c % V) / 4
+    const float* accf = reinterpret_cast<const float*>(acc4);
+    const int threads = TX * blockDim.y, tid = threadIdx.y * TX + threadIdx.x;
+    float* out = ws + (i64)blockIdx.x * 2 * L;
+    for (int i = tid; i < 2 * L32; i += threads) {
+        const int sum = i / L32, c = i - sum * L32, vi = c / V, h = (c % V) / 4, e = c % 4;
+        const int idx = (((sum * H + h) * nvec + vi) * 4) + e;
+        float a = 0.f;
+        for (int grp = 0; grp < (int)blockDim.y; ++grp) a += accf[(i64)grp * 2 * H * nvec * 4 + idx];
+        out[i] = a;
+    }
 }
 
 // Backward per row of [R, L] with xhat = (x - mean) * rstd, the statistics per row (stat_per_col 0) or
@@ -953,6 +1097,86 @@ __global__ void norm_cols_apply(T* __restrict__ out, const T* __restrict__ x, co
             for (int k = 0; k < V; ++k) v[k] = (v[k] - m[k]) * rs[k] * (gc[k] * gr) + (bc[k] + br);
         }
         store_v<T, V, REV>(out + r * C, c0, C, vec, v);
+    }
+}
+
+// Batch norm inference, features last: y[r, c] = (x[r, c] - run_mean[c]) * rs[c] * g[c] + b[c] over x [R, C],
+// rs = 1 / sqrt(run_var + eps), gain/bias null -> 1/0; the first row block writes mean_out = run_mean and
+// rstd_out = rs (each if non-null). A pure elementwise pass: each thread keeps its V columns' mean, rs * g
+// and b in registers and issues the 16-byte loads of its AFFINE_ROWS rows before it reads the
+// per-column parameters (their latency overlaps the loads).
+// Grid: x = column tiles of 32 * V columns, y = blocks of 8 * AFFINE_ROWS rows (grid-stride over them);
+// block (32, 8) (fixed): thread (tx, ty) has columns c0 = (tile * 32 + tx) * V .. + V - 1, rows ty + 8 u.
+// `aligned`: 16-byte pointers (run_mean, run_var, mean_out, rstd_out included) and C % V == 0 (else the
+// scalar path).
+constexpr int AFFINE_ROWS = 4;
+template <typename T, bool VEC>
+__device__ __forceinline__ void cols_affine_rows(T* __restrict__ y, const T* __restrict__ x,
+                                                 const float* __restrict__ run_mean,
+                                                 const float* __restrict__ run_var, const T* __restrict__ gain,
+                                                 const T* __restrict__ bias, float eps, float* __restrict__ mean_out,
+                                                 float* __restrict__ rstd_out, i64 R, i64 C, i64 c0, i64 rb) {
+    constexpr int V = Lanes<T>::V, U = AFFINE_ROWS;
+    const i64 r0 = rb * 8 * U + threadIdx.y;
+    uint4 raw[U];
+    if (VEC) {
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (r0 + 8 * u < R) raw[u] = __ldg(reinterpret_cast<const uint4*>(x + (r0 + 8 * u) * C + c0));
+    }
+    float m[V], sc[V], g[V], b[V];
+    if (VEC) {
+#pragma unroll
+        for (int k = 0; k < V; k += 4) {
+            const float4 m4 = __ldg(reinterpret_cast<const float4*>(run_mean + c0 + k));
+            const float4 v4 = __ldg(reinterpret_cast<const float4*>(run_var + c0 + k));
+            m[k] = m4.x; m[k + 1] = m4.y; m[k + 2] = m4.z; m[k + 3] = m4.w;
+            sc[k] = v4.x; sc[k + 1] = v4.y; sc[k + 2] = v4.z; sc[k + 3] = v4.w;
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            m[k] = c0 + k < C ? run_mean[c0 + k] : 0.f;
+            sc[k] = c0 + k < C ? run_var[c0 + k] : 1.f;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < V; ++k) { sc[k] = rsqrtf(sc[k] + eps); g[k] = 1.f; b[k] = 0.f; }
+    if (mean_out && rb == 0 && threadIdx.y == 0) {
+        store_f32<V>(mean_out, c0, C, VEC, m);
+        store_f32<V>(rstd_out, c0, C, VEC, sc);
+    }
+    if (gain) load_v<T, V>(gain, c0, C, VEC, g);
+    if (bias) load_v<T, V>(bias, c0, C, VEC, b);
+#pragma unroll
+    for (int k = 0; k < V; ++k) sc[k] *= g[k];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+        const i64 r = r0 + 8 * u;
+        if (r >= R) break;
+        float v[V];
+        if (VEC) unpack16<T, V>(raw[u], v);
+        else load_v<T, V>(x + r * C, c0, C, false, v);
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[k] = (v[k] - m[k]) * sc[k] + b[k];
+        store_v<T, V>(y + r * C, c0, C, VEC, v);
+    }
+}
+
+template <typename T>
+__global__ void norm_cols_affine(T* __restrict__ y, const T* __restrict__ x, const float* __restrict__ run_mean,
+                                 const float* __restrict__ run_var, const T* __restrict__ gain,
+                                 const T* __restrict__ bias, float eps, float* __restrict__ mean_out,
+                                 float* __restrict__ rstd_out, i64 R, i64 C, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    const i64 c0 = ((i64)blockIdx.x * 32 + threadIdx.x) * V;
+    if (c0 >= C) return;
+    const i64 row_blocks = (R + 8 * AFFINE_ROWS - 1) / (8 * AFFINE_ROWS);
+    for (i64 rb = blockIdx.y; rb < row_blocks; rb += gridDim.y) {
+        if (aligned && c0 + V <= C)
+            cols_affine_rows<T, true>(y, x, run_mean, run_var, gain, bias, eps, mean_out, rstd_out, R, C, c0, rb);
+        else
+            cols_affine_rows<T, false>(y, x, run_mean, run_var, gain, bias, eps, mean_out, rstd_out, R, C, c0, rb);
     }
 }
 

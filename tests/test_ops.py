@@ -320,8 +320,12 @@ def test_specializations_registered():
 
     specs = compiler.all_specializations()["ew"]
     per_type = (
-        len(ops.ACTIVATIONS) * (2 * len(ops.UNROLLS) + 1)  # ew_fwd, ew_bwd per unroll; ew_bias_cols_bwd
-        + 2 * len(ops.ROW_VECS)  # norm_rows_fwd_reg, norm_rows_bwd_reg without column sums
+        # ew_fwd, ew_bwd per unroll; ew_bias_cols_bwd, ew_act_bwd
+        len(ops.ACTIVATIONS) * (2 * len(ops.UNROLLS) + 2)
+        # norm_rows_fwd_reg<T, NV, G>, norm_rows_bwd_cols<T, NV, G>
+        + len(list(ops._fwd_shapes()))
+        + len(list(ops._bwd_cols_shapes()))
+        + len(ops.ROW_VECS)  # norm_rows_bwd_reg without column sums
         + sum(nv <= ops.COLS_MAX_VECS for nv in ops.ROW_VECS)  # norm_rows_bwd_reg with column sums
         + 2  # norm_cols_apply forward and reverse
         + len(ops._SINGLE_KERNELS)
@@ -364,6 +368,16 @@ def test_gpu_activation(dtype, shape, misalign, activation, rng):
     _poison_pool()
     gx, gb, gdy = _gpu(x, misalign), _gpu(b), _gpu(dy, misalign)
     assert_close(ops.activation_fprop(gx, activation), ref.ew_fprop("none", f64(x), None, activation), dtype)
+    # no bias: ew_act_bwd (its own kernel)
+    dx0, db0 = ops.activation_bprop(gdy, gx, activation)
+    assert db0 is None
+    assert_close(dx0, ref.ew_bprop("none", f64(dy), f64(x), None, activation)[0], dtype, "dx (no bias)")
+    assert_close(
+        ops.scale_bprop(gdy, gx, -0.75, activation=activation),
+        ref.ew_bprop("none", f64(dy), f64(x), None, activation, -0.75)[0],
+        dtype,
+        "scale dx",
+    )
     y = ops.activation_fprop(gx, activation, bias=gb)
     dx, db = ops.activation_bprop(gdy, gx, activation, bias=gb)
     rdx, rdb = ref.ew_bprop("add", f64(dy), f64(x), f64(b), activation)
@@ -478,7 +492,107 @@ def test_gpu_norms(dtype, shape, feature_axis, kind, rng):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("shape", [(37, 203), (64, 256), (3, 4096 + 5), (4099, 72)])
+@pytest.mark.parametrize(
+    "shape", [(37, 256), (5, 4096), (2, 8192 + 64), (1, 3 * 4096), (203, 24), (9, 72 * 1024), (6, 8)]
+)
+@pytest.mark.parametrize("vecs", [None, 4, 8])
+@pytest.mark.parametrize("force_fallback", [False, True])
+def test_gpu_rows_fwd_paths(dtype, shape, vecs, force_fallback, rng):
+    """Statistics per row (layer norm, features last; batch norm training, features first): the row in
+    registers with one warp or G warps a row (every NV; LAUNCH["rows_fwd"]["vecs"] 4, 8 and the default
+    16), and the forced two-read fallback, on aligned shapes (the ragged ones are in test_gpu_norms)."""
+    import cupy
+
+    x = (random_array(rng, shape, "float32") * 3 + 5).astype(random_array(rng, (1,), dtype).dtype)
+    R, L = shape
+    g, b = random_array(rng, (L,), dtype), random_array(rng, (L,), dtype)
+    gr, br = random_array(rng, (R,), dtype), random_array(rng, (R,), dtype)
+    saved = ops.LAUNCH["rows_fwd"]["vecs"]
+    try:
+        if vecs is not None:
+            ops.LAUNCH["rows_fwd"]["vecs"] = vecs
+        if force_fallback:
+            ops._FORCE_FALLBACK.add("rows_fwd")
+        ops._PLANS.clear()
+        _poison_pool()
+        for gain, bias in ((g, b), (None, None), (g, None)):
+            y, m, r = ops.layer_norm_fprop(
+                _gpu(x), None if gain is None else _gpu(gain), None if bias is None else _gpu(bias)
+            )
+            ry, rm, rr = ref.layer_norm_fprop(
+                f64(x), None if gain is None else f64(gain), None if bias is None else f64(bias), 1
+            )
+            assert_close(m, rm, "float32", "mean")
+            assert_close(r, rr, "float32" if dtype == "float32" else "float16", "rstd")
+            assert_close(y, ry, dtype, "y")
+        if L >= 2:  # batch norm over the L samples of each of the R channels (features first)
+            rm0, rv0 = rng.standard_normal(R).astype(np.float32), (rng.random(R) + 0.5).astype(np.float32)
+            grm, grv = cupy.asarray(rm0), cupy.asarray(rv0)
+            y, m, r = ops.batch_norm_fprop(
+                _gpu(x), _gpu(gr), _gpu(br), feature_axis=0, running_mean=grm, running_var=grv
+            )
+            hrm, hrv = rm0.astype(np.float64), rv0.astype(np.float64)
+            ry, rm, rr = ref.batch_norm_fprop(f64(x), f64(gr), f64(br), 0, True, hrm, hrv)
+            assert_close(y, ry, dtype, "batch norm y")
+            assert_close(m, rm, "float32", "batch norm mean")
+            assert_close(grm, hrm, "float32", "running_mean")
+            assert_close(grv, hrv, "float32" if dtype == "float32" else "float16", "running_var")
+    finally:
+        ops.LAUNCH["rows_fwd"]["vecs"] = saved
+        ops._FORCE_FALLBACK.discard("rows_fwd")
+        ops._PLANS.clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize(
+    "shape", [(37, 256), (1100, 4096), (2, 8192 + 64), (1, 3 * 4096), (20011, 24), (5, 72 * 1024), (6, 8)]
+)
+@pytest.mark.parametrize("variant", [None, ("vecs", 2), ("vecs", 8), ("groups", 1), ("groups", 7)])
+@pytest.mark.parametrize("force_fallback", [False, True])
+def test_gpu_layer_norm_bwd_paths(dtype, shape, variant, force_fallback, rng):
+    """Layer norm backward, features last: norm_rows_bwd_cols (one warp or G warps a row, 1 to 7 row groups
+    a block sharing the column sums in shared memory, rows spread over a persistent grid: several rows a
+    group) and the forced fallback (norm_rows_bwd_reg / norm_rows_bwd + a column pass), with and without
+    gain; dgain/dbias also checked for determinism (two calls, same bits)."""
+    x = (random_array(rng, shape, "float32") * 2 + 3).astype(random_array(rng, (1,), dtype).dtype)
+    R, L = shape
+    g, b, dy = random_array(rng, (L,), dtype), random_array(rng, (L,), dtype), random_array(rng, shape, dtype)
+    saved = dict(ops.LAUNCH["rows_bwd_cols"])
+    try:
+        if variant is not None:
+            ops.LAUNCH["rows_bwd_cols"][variant[0]] = variant[1]
+        if force_fallback:
+            ops._FORCE_FALLBACK.add("rows_bwd")
+        ops._PLANS.clear()
+        _poison_pool()
+        for gain in (g, None):
+            gx, gdy = _gpu(x), _gpu(dy)
+            gg = None if gain is None else _gpu(gain)
+            _, m, r = ops.layer_norm_fprop(gx, gg, _gpu(b))
+            dx, dgain, dbias = ops.layer_norm_bprop(gdy, gx, gg, m, r)
+            rm, rr = ref.layer_norm_fprop(f64(x), None, None, 1)[1:]
+            rdx, rdg, rdb = ref.layer_norm_bprop(f64(dy), f64(x), None if gain is None else f64(gain), rm, rr, 1)
+            terms = (f64(gain) if gain is not None else 1.0) * np.reshape(rr, (-1, 1)) * f64(dy)
+            assert_close(dx, rdx, dtype, "dx", scale=terms)
+            assert_close(dbias, rdb, dtype, "dbias")
+            if gain is None:
+                assert dgain is None
+            else:
+                assert_close(dgain, rdg, dtype, "dgain")
+                again = ops.layer_norm_bprop(gdy, gx, gg, m, r)
+                assert np.array_equal(to_numpy(again[1]), to_numpy(dgain)), "dgain not deterministic"
+                assert np.array_equal(to_numpy(again[2]), to_numpy(dbias)), "dbias not deterministic"
+    finally:
+        ops.LAUNCH["rows_bwd_cols"].clear()
+        ops.LAUNCH["rows_bwd_cols"].update(saved)
+        ops._FORCE_FALLBACK.discard("rows_bwd")
+        ops._PLANS.clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("shape", [(37, 203), (64, 256), (3, 4096 + 5), (4099, 72), (70, 4096), (33, 8)])
 @pytest.mark.parametrize("feature_axis", [0, 1])
 @pytest.mark.parametrize("misalign", [False, True])
 def test_gpu_batch_norm_inference(dtype, shape, feature_axis, misalign, rng):
