@@ -98,6 +98,7 @@ FWD_WARPS = (1, 2, 4, 8, 16)
 FWD_MAX_VECS = (4, 8, 16)  # the values of LAUNCH["rows_fwd"]["vecs"] compiled for G > 1 (where NV = vecs)
 BWD_COLS_VECS = (1, 2, 4, 8)  # norm_rows_bwd_cols<T, NV, G> (G in FWD_WARPS)
 BWD_COLS_MAX_VECS = (2, 4, 8)  # the values of LAUNCH["rows_bwd_cols"]["vecs"] compiled for G > 1
+WN_BLOCK_VECS = (1, 2, 4, 8)  # wn_block_reg: 16-byte vectors a lane (b = 16 and 32)
 COLS_MAX_VECS = 4  # norm_rows_bwd_reg with column sums: 8 vectors of x, dy and 2 sums each spill
 
 
@@ -141,6 +142,8 @@ def _specializations():
                 yield compiler.KernelSpec("ew.cu", f"ew_bwd<{ctype}, {act}, {unroll}>")
             yield compiler.KernelSpec("ew.cu", f"ew_bias_cols_bwd<{ctype}, {act}>")
             yield compiler.KernelSpec("ew.cu", f"ew_act_bwd<{ctype}, {act}>")
+        for nv in WN_BLOCK_VECS:
+            yield compiler.KernelSpec("ew.cu", f"wn_block_reg<{ctype}, {nv}>")
         for nv, g in _fwd_shapes():
             yield compiler.KernelSpec("ew.cu", f"norm_rows_fwd_reg<{ctype}, {nv}, {g}>")
         for nv, g in _bwd_cols_shapes():
@@ -1471,8 +1474,12 @@ def _wn_block(w, dv, gain, rnorm, b, eps):
         red = None if gain is None else cupy.empty_like(gain)
     t = LAUNCH["wn_block"]["threads"]
     aligned = int(_aligned(out, w, dv) and (b * b) % (16 // w.dtype.itemsize) == 0)
+    # the block in registers when it is a whole number (1, 2, 4, 8) of 16-byte vectors a lane
+    nv = b * b // (32 * (16 // w.dtype.itemsize))
+    reg = aligned and nv in WN_BLOCK_VECS and nv * 32 * 16 == b * b * w.dtype.itemsize
+    reg = reg and "wn_block" not in _FORCE_FALLBACK
     _launch(
-        _spec("wn_block", w.dtype),
+        _spec("wn_block_reg", w.dtype, nv) if reg else _spec("wn_block", w.dtype),
         (math.ceil(nnz / (t // 32)),),
         (t,),
         (out, rnorm, None if dv is None else red, w, dv, gain, np.int64(nnz), np.int32(b), np.float32(eps))

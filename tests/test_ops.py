@@ -325,6 +325,7 @@ def test_specializations_registered():
         # norm_rows_fwd_reg<T, NV, G>, norm_rows_bwd_cols<T, NV, G>
         + len(list(ops._fwd_shapes()))
         + len(list(ops._bwd_cols_shapes()))
+        + len(ops.WN_BLOCK_VECS)  # wn_block_reg
         + len(ops.ROW_VECS)  # norm_rows_bwd_reg without column sums
         + sum(nv <= ops.COLS_MAX_VECS for nv in ops.ROW_VECS)  # norm_rows_bwd_reg with column sums
         + 2  # norm_cols_apply forward and reverse
@@ -671,10 +672,21 @@ def test_gpu_batch_norm_running_update(dtype, shape, feature_axis, which, rng):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("block_size", [8, 16, 32])
-@pytest.mark.parametrize("per", ["unit", "block"])
+@pytest.mark.parametrize("per", ["unit", "block", "block-fallback"])
 def test_gpu_weight_norm_fused_outputs(dtype, block_size, per, rng):
     """rnorm (forward) and dgain (backward, in the gain's dtype) come out of the reduction kernels; every
-    element against the reference; no gain: dgain None."""
+    element against the reference; no gain: dgain None. Per block: wn_block_reg (b = 16, 32) and wn_block
+    (b = 8, and forced: "block-fallback")."""
+    if per == "block-fallback":
+        per = "block"
+        ops._FORCE_FALLBACK.add("wn_block")
+    try:
+        _check_weight_norm_fused_outputs(dtype, block_size, per, rng)
+    finally:
+        ops._FORCE_FALLBACK.discard("wn_block")
+
+
+def _check_weight_norm_fused_outputs(dtype, block_size, per, rng):
     mask = rng.random((6, 5)) < 0.5
     mask[:, 0] = True  # every block column non-empty: every rnorm finite
     mask[0, :] = True
