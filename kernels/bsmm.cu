@@ -25,6 +25,9 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_b
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// An empty asm that "changes" p: keeps the compiler from precomputing every p + i·step of an unrolled
+// copy loop into registers (one 64-bit add per copy instead of a register pair per copy).
+__device__ __forceinline__ void opaque_ptr(const float*& p) { asm volatile("" : "+l"(p)); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
@@ -613,6 +616,24 @@ __device__ __forceinline__ void ffma_frag(float (&f)[8][KG], const float* s, int
     }
 }
 
+// Lane coordinates (mg, ng) of thread t in an LM × LN grid. Shared memory returns 128 bytes per clock, one
+// register per lane, so an LDS.128 takes 4 passes, or 2 when lanes t and t^1 (or t and t^2) read the same
+// address. The bits of t go alternately to ng (bit 0) and mg (bit 1) while both have bits left: mg does not
+// depend on bit 0 (A fragments: t, t^1 equal) and ng not on bit 1 (B fragments: t, t^2 equal).
+template <int LM, int LN>
+__device__ __forceinline__ void lane_coords(int t, int& mg, int& ng) {
+    static_assert(LM >= 2 && LN >= 2 && (LM & (LM - 1)) == 0 && (LN & (LN - 1)) == 0, "lane grid of powers of 2");
+    mg = 0;
+    ng = 0;
+    int bm = 0, bn = 0;
+#pragma unroll
+    for (int b = 0; (1 << b) < LM * LN; b++) {
+        const bool to_n = (1 << bn) < LN && (b % 2 == 0 || (1 << bm) >= LM);
+        if (to_n) ng |= ((t >> b) & 1) << bn++;
+        else mg |= ((t >> b) & 1) << bm++;
+    }
+}
+
 template <int KG>
 __device__ __forceinline__ void ffma_8x8(float (&acc)[8][8], const float (&a)[8][KG], const float (&b)[8][KG]) {
 #pragma unroll
@@ -621,6 +642,30 @@ __device__ __forceinline__ void ffma_8x8(float (&acc)[8][8], const float (&a)[8]
         for (int i = 0; i < 8; i++)
 #pragma unroll
             for (int j = 0; j < 8; j++) acc[i][j] = fmaf(a[i][kk], b[j][kk], acc[i][j]);
+}
+
+// cp.async of an fp32 tile [ROWS][COLS] (COLS / 4 16-byte chunks per row) by THREADS threads: a thread copies
+// the same chunk column c4 of rows r0, r0 + RPP, ..., so its addresses advance by constants (no per-chunk
+// index arithmetic). Row r comes from src + r·stride; chunks of rows ≥ valid_rows or at columns ≥ valid_cols
+// are zero-filled. SWZ: destination chunks XOR-swizzled by row % 8 (swz<COLS>; RPP % 8 == 0 keeps a
+// thread's xor key fixed).
+template <int ROWS, int COLS, int THREADS, bool SWZ>
+__device__ __forceinline__ void cp_async_tile(float* dst, const float* src, i64 stride, i64 valid_rows,
+                                              i64 valid_cols) {
+    constexpr int CPR = COLS / 4, RPP = THREADS / CPR;
+    static_assert(THREADS % CPR == 0 && ROWS % RPP == 0 && (!SWZ || RPP % 8 == 0), "bad cp_async_tile shape");
+    const int r0 = threadIdx.x / CPR, c4 = threadIdx.x % CPR;
+    float* d = dst + (SWZ ? swz<COLS>(r0, c4) : r0 * COLS + c4 * 4);
+    const float* s = src + r0 * stride + c4 * 4;
+    const int rows_ok = c4 * 4 < valid_cols ? (int)min(valid_rows, (i64)ROWS) : 0;  // 32-bit compares below
+    const i64 step = RPP * stride;
+#pragma unroll
+    for (int p = 0; p < ROWS / RPP; p++) {
+        const bool ok = r0 + p * RPP < rows_ok;
+        cp_async16(d + p * RPP * COLS, ok ? s : src, ok ? 16 : 0);
+        s += step;
+        opaque_ptr(s);
+    }
 }
 
 // xw_ffma: fp32 fprop/bprop (same grid and lists as xw_tc), x and w 16-byte aligned (feature axis 0:
@@ -645,7 +690,9 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
     const int c = blockIdx.x;
     const i64 n0 = (i64)blockIdx.y * BM;
     const int begin = offsets[c], count = offsets[c + 1] - begin;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, mg = lane / LN, ng = lane % LN;
+    const int warp = threadIdx.x / 32;
+    int mg, ng;
+    lane_coords<LM, LN>(threadIdx.x % 32, mg, ng);
     const int a_base = warp * WM + (A_KMAJOR ? mg * 4 : mg), b_base = B_KMAJOR ? ng * 4 : ng;
 
     float acc[8][8];
@@ -654,29 +701,15 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
 
+    const i64 rows_left = n_total - n0;  // valid batch rows of this tile (axis 0: N % 4 == 0, whole chunks)
     auto load_pair = [&](int e, float* As) {
         const int2 ent = entries[begin + e];
         const i64 col = (i64)ent.x * BS;
-        constexpr int A_CHUNKS = BM * BS / 4;
-#pragma unroll 4
-        for (int ch = threadIdx.x; ch < A_CHUNKS; ch += THREADS) {
-            if (AXIS == 1) {
-                const int row = ch / (BS / 4), c4 = ch % (BS / 4);
-                const i64 n = n0 + row;
-                const bool ok = n < n_total;
-                cp_async16(As + swz<BS>(row, c4), x + (ok ? n * in_features + col + c4 * 4 : 0), ok ? 16 : 0);
-            } else {
-                const int row = ch / (BM / 4), c4 = ch % (BM / 4);
-                const i64 n = n0 + c4 * 4;
-                const bool ok = n < n_total;  // N % 4 == 0: a chunk is wholly in or out
-                cp_async16(As + row * BM + c4 * 4, x + (ok ? (col + row) * n_total + n : 0), ok ? 16 : 0);
-            }
-        }
-        const float* wb = w + (i64)ent.y * BS * BS;
-        float* Bs = As + A_ELEMS;
-#pragma unroll
-        for (int ch = threadIdx.x; ch < BS * BS / 4; ch += THREADS)
-            cp_async16(Bs + (B_KMAJOR ? ch * 4 : swz<BS>(ch / (BS / 4), ch % (BS / 4))), wb + ch * 4, 16);
+        if (AXIS == 1)  // [m][k] rows of x, swizzled
+            cp_async_tile<BM, BS, THREADS, true>(As, x + n0 * in_features + col, in_features, rows_left, BS);
+        else            // [k][m] rows of x (feature-major)
+            cp_async_tile<BS, BM, THREADS, false>(As, x + col * n_total + n0, n_total, BS, rows_left);
+        cp_async_tile<BS, BS, THREADS, !B_KMAJOR>(As + A_ELEMS, w + (i64)ent.y * BS * BS, BS, BS, BS);
     };
 
 #pragma unroll
@@ -959,7 +992,9 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     const i64 xcol = (i64)rows[blk_s[0]] * BS;
     const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
     const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
-    const int gw = threadIdx.x / TPB, t = threadIdx.x % TPB, mg = t / L, ng = t % L;
+    const int gw = threadIdx.x / TPB;
+    int mg, ng;
+    lane_coords<L, L>(threadIdx.x % TPB, mg, ng);
     const bool active = blk_s[gw] >= 0;
     const int a_base = KMAJOR ? mg * 4 : mg, b_base = KMAJOR ? ng * 4 : ng;
 
@@ -976,26 +1011,17 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
         const float* xp = reinterpret_cast<const float*>(x_ptrs[lp]);
         const float* dyp = reinterpret_cast<const float*>(dy_ptrs[lp]);
         const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        const i64 left = nt - n0;  // valid batch rows of this chunk (axis 0: N % 4 == 0, whole 16-byte chunks)
+#pragma unroll
         for (int g = 0; g <= G; g++) {
             const i64 col = g == 0 ? xcol : ycol_s[g - 1];
             if (col < 0) continue;  // empty slot: nothing to load
             const float* src0 = g == 0 ? xp : dyp;
             const i64 feats = g == 0 ? in_features : out_features;
-            float* dst = base + g * TILE;
-#pragma unroll 4
-            for (int ch = threadIdx.x; ch < NC * BS / 4; ch += THREADS) {
-                if (KMAJOR) {
-                    const int row = ch / (BS / 4), c4 = ch % (BS / 4);
-                    const i64 n = n0 + row;
-                    const bool ok = n < nt;
-                    cp_async16(dst + row * BS + c4 * 4, src0 + (ok ? n * feats + col + c4 * 4 : 0), ok ? 16 : 0);
-                } else {
-                    const int row = ch / (NC / 4), c4 = ch % (NC / 4);
-                    const i64 n = n0 + c4 * 4;
-                    const bool ok = n < nt;  // N % 4 == 0: a chunk is wholly in or out
-                    cp_async16(dst + swz<NC>(row, c4), src0 + (ok ? (col + row) * nt + n : 0), ok ? 16 : 0);
-                }
-            }
+            if (KMAJOR)
+                cp_async_tile<NC, BS, THREADS, false>(base + g * TILE, src0 + n0 * feats + col, feats, left, BS);
+            else
+                cp_async_tile<BS, NC, THREADS, true>(base + g * TILE, src0 + col * nt + n0, nt, BS, left);
         }
     };
 

@@ -27,6 +27,8 @@ inline void cp_async16(void* dst, const void* src, int src_bytes) {
   cp_async16(off, src, src_bytes);
 }
 
+inline void opaque_ptr(const float*&) {}
+
 // ldmatrix .xNUM (conv_ptx_emulated.h's .x4): lanes 0 .. 8·NUM-1 give the row addresses of the NUM
 // matrices; the other lanes' addresses are ignored, so each lane here reads the .x4 with lane
 // l % (8·NUM)'s address and keeps the first NUM registers.
