@@ -329,10 +329,11 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
     return (y, mean, rstd) if ok else cols_fwd(x, gain, bias, eps, gain_per_col, running)
 
 
-def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
-    """(dx, sum0, sum1) of the column-statistics backward in one pass, or None (not applicable):
+def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=False):
+    """(dx, sum0, sum1, ws_rows) of the column-statistics backward in one pass, or None (not applicable):
     dx = rstd·(gc·t − train·gc·(Σt + x̂·Σt·x̂)/R), t = dy·(gain per row, else 1), gc = gain per column
-    (else 1); sum0 = Σt, sum1 = Σt·x̂ per column in x's dtype when want_sums (else None)."""
+    (else 1); sum0 = Σt, sum1 = Σt·x̂ per column in x's dtype when want_sums (else None); row_sums: also
+    ws_rows [tiles, 2, R] float32, Σ dy and Σ dy·x̂ per row over each column tile (else None)."""
     import cupy
 
     R, C = x.shape
@@ -344,6 +345,7 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
         return None
     s0 = cupy.empty(C, dtype=x.dtype) if want_sums else None
     s1 = cupy.empty(C, dtype=x.dtype) if want_sums else None
+    ws = cupy.empty((plan.tiles, 2, R), dtype=cupy.float32) if row_sums else None
     ok = _launch_or_refused(
         "cols_bwd",
         x.dtype,
@@ -354,6 +356,7 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
             dx,
             s0,
             s1,
+            ws,
             dy,
             x,
             gain,
@@ -368,7 +371,11 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
             np.int32(plan.tiles),
         ),
     )
-    return (dx, s0, s1) if ok else cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums)
+    return (
+        (dx, s0, s1, ws)
+        if ok
+        else cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums)
+    )
 
 
 def _max_blocks(lay) -> int:

@@ -566,12 +566,21 @@ def test_emulated_cols(emulated, dtype, shape, kind, rng):
         y, m, r = ops.layer_norm_fprop(gx, gg, gb, feature_axis=0)
         ry, rm, rr = ref.layer_norm_fprop(f64(x), f64(g), f64(b), 0)
         m32, r32 = _fake(mod, rm.astype(np.float32)), _fake(mod, rr.astype(np.float32))
-        # dx alone (the per-row dgain/dbias come from ew.cu's row kernels, not emulated here)
-        dx, s0, s1 = _ops_cols.cols_bwd(gdy, gx, gg, m32, r32, 0, 1, False)
-        assert s0 is None and s1 is None
-        rdx = ref.layer_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 0)[0]
-        terms = f64(g).reshape(-1, 1) * f64(r32).reshape(1, -1) * f64(dy)
-        assert_close(np.asarray(dx), rdx, dtype, "dx", scale=terms)
+        # dx and the per-tile row sums (norm_finalize, which adds the tiles on the GPU, is not emulated:
+        # NumPy adds them here), with and without a gain
+        for gain in (gg, None):
+            dx, s0, s1, ws = _ops_cols.cols_bwd(gdy, gx, gain, m32, r32, 0, 1, False, row_sums=True)
+            assert s0 is None and s1 is None and ws.shape[1:] == (2, F)
+            hg = None if gain is None else f64(g)
+            rdx, rdg, rdb = ref.layer_norm_bprop(
+                f64(dy), f64(x), f64(g) if hg is not None else None, f64(m32), f64(r32), 0
+            )
+            terms = (1.0 if hg is None else hg.reshape(-1, 1)) * f64(r32).reshape(1, -1) * f64(dy)
+            assert_close(np.asarray(dx), rdx, dtype, "dx", scale=terms)
+            sums = np.asarray(ws).astype(np.float64).sum(axis=0)
+            assert_close(sums[0], rdb, "float32", "dbias (row sums)")
+            if hg is not None:
+                assert_close(sums[1], rdg, "float32", "dgain (row sums)")
     else:
         rm0 = rng.standard_normal(F).astype(np.float32)
         rv0 = (rng.random(F) + 0.5).astype(np.float32)
