@@ -316,25 +316,14 @@ VARIANTS = [
     ("rows_bwd_cols groups=6", "rows_bwd_cols", "groups", 6, ("layer_norm bwd ax1",)),
     ("cols reverse=True", "cols", "reverse", True, _COLS),
     ("cols blocks_per_sm=8", "cols", "blocks_per_sm", 8, _COLS),
-    # the one-pass column-statistics kernels (cusparseblocks/_ops_cols.py LAUNCH): off, 64-byte rows only
-    # (1 block per SM for the backward), and without the 1-block-per-SM tier
+    # the one-pass column-statistics kernels (cusparseblocks/_ops_cols.py LAUNCH; defaults: 128-, 64-, 32-byte
+    # rows, clusters up to 16, 72 KiB then 112 KiB blocks): the old 3-pass path, portable clusters, the
+    # first widths, one budget tier, clusters walking 2 tiles (double-buffered)
     ("cols1 mode=fallback", "cols1", "mode", "fallback", _COLS1),
-    ("cols1 row_bytes=64", "cols1", "row_bytes", (64,), _COLS1),
-    ("cols1 row_bytes=32", "cols1", "row_bytes", (32,), _COLS1),
-    ("cols1 max_bytes=112K", "cols1", "max_bytes", 112 * 1024, _COLS1),
-    ("cols1 128-B rows, 1 block/SM", "cols1", ("row_bytes", "cta_bytes"), ((128, 64), 220 * 1024), _COLS1),
-    ("cols1 max_cluster=16", "cols1", "max_cluster", 16, _COLS1),
-    ("cols1 128-B rows, clusters of 16", "cols1", ("row_bytes", "max_cluster"), ((128, 64, 32), 16), _COLS1),
-    ("cols1 2 tiles/cluster, clusters of 16", "cols1", ("tiles_per_cluster", "max_cluster"), (2, 16), _COLS1),
-    ("cols1 4 tiles/cluster, clusters of 16", "cols1", ("tiles_per_cluster", "max_cluster"), (4, 16), _COLS1),
-    (
-        "cols1 4 tiles/cluster, 1 block/SM",
-        "cols1",
-        ("tiles_per_cluster", "cta_bytes"),
-        (4, 220 * 1024),
-        _COLS1,
-    ),
-    ("cols1 cta_bytes=72K, clusters of 16", "cols1", ("cta_bytes", "max_cluster"), (72 * 1024, 16), _COLS1),
+    ("cols1 max_cluster=8", "cols1", "max_cluster", 8, _COLS1),
+    ("cols1 row_bytes=64,32", "cols1", "row_bytes", (64, 32), _COLS1),
+    ("cols1 cta_bytes=112K", "cols1", "cta_bytes", 112 * 1024, _COLS1),
+    ("cols1 2 tiles/cluster", "cols1", "tiles_per_cluster", 2, _COLS1),
 ]
 
 

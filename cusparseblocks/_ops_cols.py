@@ -36,19 +36,20 @@ MAX_SMEM = 227 * 1024 - 6 * 1024
 # Launch table (a benchmark may set entries; clear _PLANS after a change):
 #   mode: "auto" (one pass when a tile fits max_bytes), "single" (one pass whenever a tile fits in MAX_SMEM:
 #     the tests' force flag), "fallback" (never: the 3-pass path);
-#   row_bytes: tile widths to try, in order (bytes of one row of a column tile: 64 = 4 vectors a row);
-#   cta_bytes: the preferred shared memory per block (112 KiB: 2 blocks per SM; 64 KiB tiles: 3), tried
-#     first with every width; then max_bytes (1 block per SM);
-#   max_cluster: the largest cluster size to use (8 portable; 16 on sm_90 with the non-portable attribute);
+#   row_bytes: tile widths to try, in order (bytes of one row of a column tile: 128 = 8 vectors a row);
+#   cta_bytes: the preferred shared memory per block, tiers tried in order with every width and cluster
+#     size (72 KiB: 3 blocks per SM, 112 KiB: 2); then max_bytes (1 block per SM);
+#   max_cluster: the largest cluster size to use (8 portable; 16 on sm_90 with the non-portable attribute,
+#     lowered to 8 on a device that refuses it);
 #   tiles_per_cluster: column tiles one cluster walks in turn (cols_fwd, cols_bwd), the next tile's loads in
 #     flight while the current one is reduced and stored (two shared-memory buffers when above 1).
 LAUNCH = {
     "cols1": {
         "mode": "auto",
-        "row_bytes": (64, 32),
-        "cta_bytes": 112 * 1024,
+        "row_bytes": (128, 64, 32),
+        "cta_bytes": (72 * 1024, 112 * 1024),
         "max_bytes": MAX_SMEM,
-        "max_cluster": 8,
+        "max_cluster": 16,
         "tiles_per_cluster": 1,
     }
 }
@@ -75,8 +76,8 @@ class ColsPlan:
         return math.ceil(self.tiles / self.per_cluster) * self.cluster
 
 
-def _clusters(cfg):
-    return [cs for cs in CLUSTERS if cs <= cfg["max_cluster"]]
+def _clusters(cfg, cap=16):
+    return [cs for cs in CLUSTERS if cs <= min(cfg["max_cluster"], cap)]
 
 
 def _budgets(mode, cta_bytes, max_bytes):
@@ -84,7 +85,8 @@ def _budgets(mode, cta_bytes, max_bytes):
         raise ValueError(f"mode: expected 'auto', 'single' or 'fallback', got {mode!r}")
     if mode == "fallback":
         return ()
-    return (cta_bytes, MAX_SMEM if mode == "single" else min(max_bytes, MAX_SMEM))
+    tiers = tuple(cta_bytes) if isinstance(cta_bytes, (tuple, list)) else (cta_bytes,)
+    return (*tiers, MAX_SMEM if mode == "single" else min(max_bytes, MAX_SMEM))
 
 
 def cols_plan(
@@ -96,9 +98,10 @@ def cols_plan(
     cc_major: int = 9,
     mode: str | None = None,
     row_bytes=None,
-    cta_bytes: int | None = None,
+    cta_bytes=None,
     max_bytes: int | None = None,
     per_cluster: int | None = None,
+    max_cluster: int = 16,
 ) -> ColsPlan | None:
     """The one-pass plan for statistics per column of [R, C] (``tensors`` inputs held on chip: 1 forward,
     2 backward), or None (3-pass path). Pure: no GPU needed.
@@ -125,7 +128,7 @@ def cols_plan(
             width = rb // itemsize
             tiles = math.ceil(C / width)
             buffers = 2 if math.ceil(tiles / per_cluster) < tiles else 1
-            for cs in _clusters(cfg):
+            for cs in _clusters(cfg, max_cluster):
                 rows = math.ceil(R / cs)
                 smem = rows * rb * tensors * buffers
                 if smem <= budget:
@@ -152,8 +155,9 @@ def wn_plan(
     *,
     cc_major: int = 9,
     mode: str | None = None,
-    cta_bytes: int | None = None,
+    cta_bytes=None,
     max_bytes: int | None = None,
+    max_cluster: int = 16,
 ) -> WnPlan | None:
     """The one-pass plan for the weight norm per unit of w [nnz, b, b] whose largest block column holds
     ``max_blocks`` blocks, or None (the 2-kernel path). Pure. Needs b a power of two with b·itemsize a
@@ -166,7 +170,7 @@ def wn_plan(
         return None
     block_bytes = b * rb * tensors
     for budget in budgets:
-        for cs in _clusters(cfg):
+        for cs in _clusters(cfg, max_cluster):
             bpc = max(1, math.ceil(max_blocks / cs))
             if bpc * block_bytes <= budget:
                 return WnPlan(cs, bpc, rb // 16, bpc * block_bytes)
@@ -189,6 +193,7 @@ compiler.register_family("ew_cols", _specializations)
 _CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX")
 _PLANS: dict = {}
 _FUNCS: dict = {}
+_NO_CLUSTER16: set = set()  # devices that refused a cluster of 16 (smaller GPCs, MIG): 8 at most there
 _SMEM_SET: dict = {}  # (device, spec): attributes set on the function, the dynamic limit (never cleared)
 _CC: dict = {}
 _WN_MAX: dict = {}
@@ -216,13 +221,30 @@ def _plan(kind, dtype, *sizes):
         return _PLANS[key]
     cc = _cc_major(dev)
     itemsize = np.dtype(dtype).itemsize
+    cap = 8 if dev in _NO_CLUSTER16 else 16
     if kind == "wn":
-        plan = wn_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc)
+        plan = wn_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, max_cluster=cap)
     else:
         k = LAUNCH["cols1"]["tiles_per_cluster"]
-        plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k)
+        plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k, max_cluster=cap)
     _PLANS[key] = plan
     return plan
+
+
+def _launch_or_refused(name, dtype, cluster, grid, smem, args) -> bool:
+    """_launch; False when the device refused a (non-portable) cluster of 16: the caller plans again with
+    clusters of at most 8 (recorded for the device)."""
+    import cupy
+
+    try:
+        _launch(name, dtype, cluster, grid, smem, args)
+    except Exception:
+        if cluster <= 8:
+            raise
+        _NO_CLUSTER16.add(cupy.cuda.runtime.getDevice())
+        _PLANS.clear()
+        return False
+    return True
 
 
 def _launch(name, dtype, cluster, grid, smem, args):
@@ -278,7 +300,7 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
     mean = cupy.empty(C, dtype=cupy.float32)
     rstd = cupy.empty(C, dtype=cupy.float32)
     run_mean, run_var, momentum, var_scale = running or (None, None, 0.0, 0.0)
-    _launch(
+    ok = _launch_or_refused(
         "cols_fwd",
         x.dtype,
         plan.cluster,
@@ -304,13 +326,14 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
             np.int32(plan.tiles),
         ),
     )
-    return y, mean, rstd
+    return (y, mean, rstd) if ok else cols_fwd(x, gain, bias, eps, gain_per_col, running)
 
 
-def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
-    """(dx, sum0, sum1) of the column-statistics backward in one pass, or None (not applicable):
+def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=False):
+    """(dx, sum0, sum1, ws_rows) of the column-statistics backward in one pass, or None (not applicable):
     dx = rstd·(gc·t − train·gc·(Σt + x̂·Σt·x̂)/R), t = dy·(gain per row, else 1), gc = gain per column
-    (else 1); sum0 = Σt, sum1 = Σt·x̂ per column in x's dtype when want_sums (else None)."""
+    (else 1); sum0 = Σt, sum1 = Σt·x̂ per column in x's dtype when want_sums (else None); row_sums: also
+    ws_rows [tiles, 2, R] float32, Σ dy and Σ dy·x̂ per row over each column tile (else None)."""
     import cupy
 
     R, C = x.shape
@@ -322,7 +345,8 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
         return None
     s0 = cupy.empty(C, dtype=x.dtype) if want_sums else None
     s1 = cupy.empty(C, dtype=x.dtype) if want_sums else None
-    _launch(
+    ws = cupy.empty((plan.tiles, 2, R), dtype=cupy.float32) if row_sums else None
+    ok = _launch_or_refused(
         "cols_bwd",
         x.dtype,
         plan.cluster,
@@ -332,6 +356,7 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
             dx,
             s0,
             s1,
+            ws,
             dy,
             x,
             gain,
@@ -346,7 +371,11 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums):
             np.int32(plan.tiles),
         ),
     )
-    return dx, s0, s1
+    return (
+        (dx, s0, s1, ws)
+        if ok
+        else cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums)
+    )
 
 
 def _max_blocks(lay) -> int:
@@ -375,7 +404,7 @@ def wn_unit(lay, tables, w, dv, gain, rnorm, b, eps=0.0):
     else:
         dgain = None if gain is None else cupy.empty_like(gain)
     col_ptr, col_order = tables
-    _launch(
+    ok = _launch_or_refused(
         "wn_unit",
         w.dtype,
         plan.cluster,
@@ -396,4 +425,6 @@ def wn_unit(lay, tables, w, dv, gain, rnorm, b, eps=0.0):
             np.float32(eps),
         ),
     )
+    if not ok:
+        return wn_unit(lay, tables, w, dv, gain, None if dv is None else rnorm, b, eps)
     return (out, rnorm) if dv is None else (out, dgain)

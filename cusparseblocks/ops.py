@@ -1282,16 +1282,17 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
             ws = _cols_ws(x, dy, None, mean, rstd, 2)
         *_, dbias, dgain = _finalize(ws, x, None, F, 1.0, 0.0, 1, want=(), sums_t=True)
     else:
-        one_pass = _ops_cols.cols_bwd(dy, x, gain, mean, rstd, gain_per_col=0, train=1, want_sums=False)
-        if one_pass is not None:
-            dx = one_pass[0]
+        one_pass = _ops_cols.cols_bwd(dy, x, gain, mean, rstd, 0, 1, want_sums=False, row_sums=True)
+        if one_pass is not None:  # dx and per-tile row sums in one pass; the tiles summed in order
+            dx, _, _, ws = one_pass
+            *_, dbias, dgain = _finalize(ws, x, None, F, 1.0, 0.0, 1, want=(), sums_t=True)
         else:
             ws = _cols_ws(x, dy, gain, mean, rstd, 1)
             A, B, *_ = _finalize(ws, x, None, x.shape[1], 1.0 / F, 0.0, 1)
             dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col=0)
-        _, dgain, dbias, _ = _rows_bwd(
-            dy, x, None, mean, rstd, 1, 1, train=0, want_dx=False, want_dgain=gain is not None
-        )
+            _, dgain, dbias, _ = _rows_bwd(
+                dy, x, None, mean, rstd, 1, 1, train=0, want_dx=False, want_dgain=gain is not None
+            )
     return dx, (None if gain is None else dgain), dbias
 
 
@@ -1370,7 +1371,7 @@ def batch_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1, training
         return ref.batch_norm_bprop(dy, x, gain, mean, rstd, fa, training)
     one_pass = fa == 1 and _ops_cols.cols_bwd(dy, x, gain, mean, rstd, 1, int(bool(training)), want_sums=True)
     if one_pass:
-        dx, dbias, dgain = one_pass
+        dx, dbias, dgain, _ = one_pass
     elif fa == 1:
         ws = _cols_ws(x, dy, None, mean, rstd, 1)
         A, B, dbias, dgain = _finalize(

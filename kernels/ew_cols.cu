@@ -272,10 +272,13 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 //   S0 = sum_r t, S1 = sum_r t * xhat over all rows (cluster sums, ranks in order);
 //   dx = rstd * (gc * t - train * gc * (S0 + xhat * S1) / R)   (gc = gain per column, batch norm; else 1)
 // Rank 0 writes sum0_t[c] = S0, sum1_t[c] = S1 in T (each if non-null: batch norm's dbias, dgain).
+// ws_rows non-null (layer norm with features first): also sum dy and sum dy * xhat over the tile's columns for
+// each row into ws_rows [tiles, 2, R] (float32), the per-row dbias, dgain before the sum over tiles.
 // Shared memory: the x slice, then the dy slice (two such buffers when walking several tiles, as cols_fwd).
 template <typename T, int CS>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
-    cols_bwd(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, const T* __restrict__ dy,
+    cols_bwd(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, float* __restrict__ ws_rows,
+             const T* __restrict__ dy,
              const T* __restrict__ x, const T* __restrict__ gain, const float* __restrict__ mean,
              const float* __restrict__ rstd, int R, i64 C, int rows_per_cta, int vpr, int gain_per_col, int train,
              int tiles) {
@@ -372,14 +375,45 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         __syncthreads();
         // dx = rstd * (gc * gr * dy - A - xhat * B) = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row),
         // q = rstd^2 * B, o = rstd * A: 3 instructions an element
-        if (live) {
-            float pc[V], q[V], o[V];
+        float pc[V], q[V], o[V];
 #pragma unroll
-            for (int k = 0; k < V; ++k) {
-                pc[k] = rs[k] * ((gain && per_col) ? to_float<T>(gain[c + k]) : 1.f);
-                q[k] = rs[k] * rs[k] * stat[1][cx * V + k];
-                o[k] = rs[k] * stat[0][cx * V + k];
+        for (int k = 0; k < V; ++k) {
+            pc[k] = live ? rs[k] * ((gain && per_col) ? to_float<T>(gain[c + k]) : 1.f) : 0.f;
+            q[k] = live ? rs[k] * rs[k] * stat[1][cx * V + k] : 0.f;
+            o[k] = live ? rs[k] * stat[0][cx * V + k] : 0.f;
+        }
+        if (ws_rows) {
+            // layer norm with features first: dx, and the sums of dy and dy * xhat over this tile's columns per
+            // row into ws_rows [tiles, 2, R] (dbias, dgain per row; norm_finalize adds the tiles in order).
+            // Rows in warp-uniform steps: the vpr lanes of a row add their partials with shuffles.
+            const int lane = threadIdx.x & 31;
+            for (int base = (threadIdx.x >> 5) * (32 / vpr); base < n; base += step) {
+                const int row = base + lane / vpr;  // = row0 + k * step
+                float p0 = 0.f, p1 = 0.f;
+                if (live && row < n) {
+                    const float gr = gain ? to_float<T>(gain[r0 + row]) : 1.f;
+                    float v[V], d[V];
+                    unpack16<T, V>(xt[row * vpr + cx], v);
+                    unpack16<T, V>(dt[row * vpr + cx], d);
+#pragma unroll
+                    for (int k = 0; k < V; ++k) {
+                        const float xm = v[k] - m[k];
+                        p0 += d[k];
+                        p1 = fmaf(d[k] * xm, rs[k], p1);
+                        v[k] = fmaf(pc[k] * gr, d[k], fmaf(-q[k], xm, -o[k]));
+                    }
+                    st_cs16(dx + (i64)(r0 + row) * C + c, pack16<T, V>(v));
+                }
+                for (int off = 1; off < vpr; off <<= 1) {
+                    p0 += __shfl_xor_sync(0xffffffffu, p0, off);
+                    p1 += __shfl_xor_sync(0xffffffffu, p1, off);
+                }
+                if (cx == 0 && row < n) {
+                    ws_rows[(i64)t * 2 * R + r0 + row] = p0;
+                    ws_rows[((i64)t * 2 + 1) * R + r0 + row] = p1;
+                }
             }
+        } else if (live) {
             T* dxp = dx + (i64)(r0 + row0) * C + c;
             const i64 dstep = (i64)step * C;
             if (!per_row) {

@@ -25,11 +25,11 @@ static void fwd(int cs, int grid, size_t smem, void* y, const void* x, const voi
   });
 }
 template <typename T>
-static void bwd(int cs, int grid, size_t smem, void* dx, void* s0, void* s1, const void* dy, const void* x,
+static void bwd(int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy, const void* x,
                 const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows, int vpr, int per_col,
                 int train, int tiles) {
   emu_launch(grid, cs, THREADS, smem, [=] {
-    CS_SWITCH((cols_bwd<T, CSV>((T*)dx, (T*)s0, (T*)s1, (const T*)dy, (const T*)x, (const T*)gain, mean, rstd, R, C,
+    CS_SWITCH((cols_bwd<T, CSV>((T*)dx, (T*)s0, (T*)s1, ws, (const T*)dy, (const T*)x, (const T*)gain, mean, rstd, R, C,
                                 rows, vpr, per_col, train, tiles)));
   });
 }
@@ -49,10 +49,11 @@ void emu_cols_fwd(int bf16, int cs, int grid, size_t smem, void* y, const void* 
   (bf16 ? fwd<__nv_bfloat16> : fwd<float>)(cs, grid, smem, y, x, gain, bias, mean, rstd, rm, rv, R, C, rows, vpr, eps,
                                            mom, vs, per_col, tiles);
 }
-void emu_cols_bwd(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, const void* dy, const void* x,
+void emu_cols_bwd(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy,
+                  const void* x,
                   const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows, int vpr, int per_col,
                   int train, int tiles) {
-  (bf16 ? bwd<__nv_bfloat16> : bwd<float>)(cs, grid, smem, dx, s0, s1, dy, x, gain, mean, rstd, R, C, rows, vpr,
+  (bf16 ? bwd<__nv_bfloat16> : bwd<float>)(cs, grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, vpr,
                                            per_col, train, tiles);
 }
 void emu_wn_unit(int bf16, int cs, int grid, size_t smem, void* out, float* rnorm, void* dgain, const void* w,
