@@ -79,9 +79,9 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 #     split's rows backwards with streaming loads and stores (reuses what L2 holds from the reduction).
 LAUNCH = {
     "elementwise": {"threads": 256, "unroll": 1},
-    "rows_fwd": {"threads": 128, "vecs": 16},
+    "rows_fwd": {"threads": 128, "vecs": 4},
     "rows_bwd": {"threads": 256, "vecs": 2, "blocks_per_sm": 2},
-    "rows_bwd_cols": {"vecs": 4, "groups": 4},
+    "rows_bwd_cols": {"vecs": 2, "groups": 4},
     "rows": {"threads": 256, "max_row_threads": 512},
     "cols": {"block": (32, 8), "blocks_per_sm": 4, "reverse": False},
     "wn_unit": {"threads": 256},
@@ -95,9 +95,9 @@ UNROLLS = (1, 4)
 ROW_VECS = (1, 2, 4, 8)  # norm_rows_bwd_reg
 FWD_VECS = (1, 2, 4, 8, 16)  # norm_rows_fwd_reg<T, NV, G>: vectors a thread, with G warps a row
 FWD_WARPS = (1, 2, 4, 8, 16)
-FWD_MAX_VECS = (4, 8, 16)  # the values of LAUNCH["rows_fwd"]["vecs"] compiled for G > 1 (where NV = vecs)
+FWD_MAX_VECS = (2, 4, 8, 16)  # the values of LAUNCH["rows_fwd"]["vecs"] compiled for G > 1 (where NV = vecs)
 BWD_COLS_VECS = (1, 2, 4, 8)  # norm_rows_bwd_cols<T, NV, G> (G in FWD_WARPS)
-BWD_COLS_MAX_VECS = (2, 4, 8)  # the values of LAUNCH["rows_bwd_cols"]["vecs"] compiled for G > 1
+BWD_COLS_MAX_VECS = (1, 2, 4, 8)  # the values of LAUNCH["rows_bwd_cols"]["vecs"] compiled for G > 1
 WN_BLOCK_VECS = (1, 2, 4, 8)  # wn_block_reg: 16-byte vectors a lane (b = 16 and 32)
 COLS_MAX_VECS = 4  # norm_rows_bwd_reg with column sums: 8 vectors of x, dy and 2 sums each spill
 

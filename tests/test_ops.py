@@ -496,12 +496,12 @@ def test_gpu_norms(dtype, shape, feature_axis, kind, rng):
 @pytest.mark.parametrize(
     "shape", [(37, 256), (5, 4096), (2, 8192 + 64), (1, 3 * 4096), (203, 24), (9, 72 * 1024), (6, 8)]
 )
-@pytest.mark.parametrize("vecs", [None, 4, 8])
+@pytest.mark.parametrize("vecs", [None, 2, 8, 16])
 @pytest.mark.parametrize("force_fallback", [False, True])
 def test_gpu_rows_fwd_paths(dtype, shape, vecs, force_fallback, rng):
     """Statistics per row (layer norm, features last; batch norm training, features first): the row in
-    registers with one warp or G warps a row (every NV; LAUNCH["rows_fwd"]["vecs"] 4, 8 and the default
-    16), and the forced two-read fallback, on aligned shapes (the ragged ones are in test_gpu_norms)."""
+    registers with one warp or G warps a row (every NV; LAUNCH["rows_fwd"]["vecs"] 2, 8, 16 and the
+    default 4), and the forced two-read fallback, on aligned shapes (the ragged ones are in test_gpu_norms)."""
     import cupy
 
     x = (random_array(rng, shape, "float32") * 3 + 5).astype(random_array(rng, (1,), dtype).dtype)
@@ -549,7 +549,7 @@ def test_gpu_rows_fwd_paths(dtype, shape, vecs, force_fallback, rng):
 @pytest.mark.parametrize(
     "shape", [(37, 256), (1100, 4096), (2, 8192 + 64), (1, 3 * 4096), (20011, 24), (5, 72 * 1024), (6, 8)]
 )
-@pytest.mark.parametrize("variant", [None, ("vecs", 2), ("vecs", 8), ("groups", 1), ("groups", 7)])
+@pytest.mark.parametrize("variant", [None, ("vecs", 1), ("vecs", 4), ("vecs", 8), ("groups", 1), ("groups", 7)])
 @pytest.mark.parametrize("force_fallback", [False, True])
 def test_gpu_layer_norm_bwd_paths(dtype, shape, variant, force_fallback, rng):
     """Layer norm backward, features last: norm_rows_bwd_cols (one warp or G warps a row, 1 to 7 row groups
