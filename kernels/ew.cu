@@ -134,8 +134,15 @@ template <bool FAST> __device__ __forceinline__ float tanhf_(float z) {
 
 // GELU (tanh form) as z * sigmoid(2u), u = sqrt(2/pi) (z + 0.044715 z^3): 0.5 (1 + tanh u) = sigmoid(2u)
 // exactly, and one exp + one reciprocal is cheaper than an accurate tanh and has no cancellation in the
-// negative tail.
-__device__ __forceinline__ float gelu_u2(float z) { return 1.5957691216057308f * (z + 0.044715f * z * z * z); }
+// negative tail. sigmoid(2u) = 1 / (1 + 2^(-2u log2 e)) with the constants folded into one exponent,
+// -2u log2 e = z (c1 + c2 z^2): FMUL, FFMA, FMUL, ex2, add, reciprocal (u's separate products and __expf's
+// scaling were ~2 more instructions an element: GELU-tanh forward on the half types ran at 97 % of copy,
+// 0.97x PyTorch).
+__device__ __forceinline__ float gelu_tanh_sig(float z) {
+    float e;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(z * fmaf(z * z, -0.10294324f, -2.3022082f)));
+    return __fdividef(1.f, 1.f + e);
+}
 
 // The normal CDF's lower tail h = Phi(-|z|) = 0.5 erfc(|z| / sqrt 2) for the half types (FAST):
 // h = t 2^(p(t) - 1 - z^2 log2(e) / 2), t = 1 / (1 + |z| / (2 sqrt 2)), p a degree-7 least-squares fit of
@@ -170,7 +177,7 @@ __device__ __forceinline__ float gelu_erf_fast(float z) {
 template <int ACT, bool FAST = false> __device__ __forceinline__ float act_f(float z) {
     if (ACT == ACT_RELU) return fmaxf(z, 0.f);
     if (ACT == ACT_ELU) return z > 0.f ? z : __expf(z) - 1.f;
-    if (ACT == ACT_GELU_TANH) return z * sigmoidf_(gelu_u2(z));
+    if (ACT == ACT_GELU_TANH) return z * gelu_tanh_sig(z);
     if (ACT == ACT_GELU_ERF) return FAST ? gelu_erf_fast(z) : 0.5f * z * (1.f + erff(z * 0.7071067811865476f));
     if (ACT == ACT_SIGMOID) return sigmoidf_(z);
     if (ACT == ACT_TANH) return tanhf_<FAST>(z);
@@ -183,7 +190,7 @@ template <int ACT, bool FAST = false> __device__ __forceinline__ float act_d(flo
     if (ACT == ACT_RELU) return z > 0.f ? 1.f : 0.f;
     if (ACT == ACT_ELU) return z > 0.f ? 1.f : __expf(z);
     if (ACT == ACT_GELU_TANH) {  // s + z * 2 s (1 - s) * u', s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 * 0.044715 z^2)
-        const float s = sigmoidf_(gelu_u2(z));
+        const float s = gelu_tanh_sig(z);
         return s + z * s * (1.f - s) * 1.5957691216057308f * (1.f + 0.134145f * z * z);
     }
     if (ACT == ACT_GELU_ERF)
