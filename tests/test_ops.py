@@ -334,6 +334,40 @@ def test_specializations_registered():
     assert len(specs) == 3 * per_type
 
 
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("fwd_vecs", ops.FWD_MAX_VECS)
+@pytest.mark.parametrize("bwd_vecs", ops.BWD_COLS_MAX_VECS)
+def test_row_kernel_shapes(dtype, fwd_vecs, bwd_vecs):
+    """The (NV, G) the row plans pick, for every LAUNCH value compiled: a compiled specialization, enough
+    vectors for the row, the fewest warps a row; None (the fallback) only for rows too long (forward) or
+    not a whole number of 16-byte vectors (backward)."""
+    dt = random_array(np.random.default_rng(0), (1,), dtype).dtype
+    lanes = 16 // dt.itemsize
+    saved = (ops.LAUNCH["rows_fwd"]["vecs"], ops.LAUNCH["rows_bwd_cols"]["vecs"])
+    ops.LAUNCH["rows_fwd"]["vecs"], ops.LAUNCH["rows_bwd_cols"]["vecs"] = fwd_vecs, bwd_vecs
+    try:
+        fwd_specs, bwd_specs = set(ops._fwd_shapes()), set(ops._bwd_cols_shapes())
+        for L in (1, 7, 8, 24, 72, 203, 256, 4096, 4101, 8192, 12288, 65536, 73728, 1 << 20):
+            grid, block, nv = ops.launch_config("rows_fwd", dt, R=37, L=L)
+            vecs = -(-L // lanes)
+            if nv is None:
+                assert 32 * ops.FWD_WARPS[-1] * fwd_vecs < vecs
+            else:
+                g = block[0] // 32
+                assert (nv, g) in fwd_specs and 32 * g * nv >= vecs
+                assert g == 1 or 32 * (g // 2) * fwd_vecs < vecs  # fewest warps
+                assert block[0] * block[1] <= 1024 and grid[0] * block[1] >= 37
+            shape = ops._bwd_cols_shape(dt, L)
+            if shape is None:
+                assert L % lanes or 32 * ops.FWD_WARPS[-1] * bwd_vecs < L // lanes
+            else:
+                nv, g = shape
+                assert (nv, g) in bwd_specs and 32 * g * nv * lanes >= L
+                assert g == 1 or 32 * (g // 2) * bwd_vecs < L // lanes
+    finally:
+        ops.LAUNCH["rows_fwd"]["vecs"], ops.LAUNCH["rows_bwd_cols"]["vecs"] = saved
+
+
 # ---------------------------------------------------------------------------------------------------
 # GPU: kernels against the reference (fresh data, poisoned memory pool, aligned and offset views)
 
