@@ -550,9 +550,9 @@ def test_gpu_rows_fwd_paths(dtype, shape, vecs, force_fallback, rng):
             ops._FORCE_FALLBACK.add("rows_fwd")
         ops._PLANS.clear()
         _poison_pool()
-        for gain, bias in ((g, b), (None, None), (g, None)):
-            y, m, r = ops.layer_norm_fprop(
-                _gpu(x), None if gain is None else _gpu(gain), None if bias is None else _gpu(bias)
+        for gain, bias, misalign in ((g, b, False), (None, None, False), (g, None, True)):
+            y, m, r = ops.layer_norm_fprop(  # a misaligned view takes the fallback
+                _gpu(x, misalign), None if gain is None else _gpu(gain), None if bias is None else _gpu(bias)
             )
             ry, rm, rr = ref.layer_norm_fprop(
                 f64(x), None if gain is None else f64(gain), None if bias is None else f64(bias), 1
@@ -601,8 +601,8 @@ def test_gpu_layer_norm_bwd_paths(dtype, shape, variant, force_fallback, rng):
             ops._FORCE_FALLBACK.add("rows_bwd")
         ops._PLANS.clear()
         _poison_pool()
-        for gain in (g, None):
-            gx, gdy = _gpu(x), _gpu(dy)
+        for gain, misalign in ((g, False), (None, False), (g, True)):  # misaligned views: the fallback
+            gx, gdy = _gpu(x, misalign), _gpu(dy, misalign)
             gg = None if gain is None else _gpu(gain)
             _, m, r = ops.layer_norm_fprop(gx, gg, _gpu(b))
             dx, dgain, dbias = ops.layer_norm_bprop(gdy, gx, gg, m, r)
