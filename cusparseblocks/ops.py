@@ -79,9 +79,9 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 #     split's rows backwards with streaming loads and stores (reuses what L2 holds from the reduction).
 LAUNCH = {
     "elementwise": {"threads": 256, "unroll": 1},
-    "rows_fwd": {"threads": 128, "vecs": 16},
+    "rows_fwd": {"threads": 128, "vecs": 4},
     "rows_bwd": {"threads": 256, "vecs": 2, "blocks_per_sm": 2},
-    "rows_bwd_cols": {"vecs": 4, "groups": 4},
+    "rows_bwd_cols": {"vecs": 2, "groups": 4},
     "rows": {"threads": 256, "max_row_threads": 512},
     "cols": {"block": (32, 8), "blocks_per_sm": 4, "reverse": False},
     "wn_unit": {"threads": 256},
@@ -95,9 +95,9 @@ UNROLLS = (1, 4)
 ROW_VECS = (1, 2, 4, 8)  # norm_rows_bwd_reg
 FWD_VECS = (1, 2, 4, 8, 16)  # norm_rows_fwd_reg<T, NV, G>: vectors a thread, with G warps a row
 FWD_WARPS = (1, 2, 4, 8, 16)
-FWD_MAX_VECS = (4, 8, 16)  # the values of LAUNCH["rows_fwd"]["vecs"] compiled for G > 1 (where NV = vecs)
+FWD_MAX_VECS = (2, 4, 8, 16)  # the values of LAUNCH["rows_fwd"]["vecs"] compiled for G > 1 (where NV = vecs)
 BWD_COLS_VECS = (1, 2, 4, 8)  # norm_rows_bwd_cols<T, NV, G> (G in FWD_WARPS)
-BWD_COLS_MAX_VECS = (2, 4, 8)  # the values of LAUNCH["rows_bwd_cols"]["vecs"] compiled for G > 1
+BWD_COLS_MAX_VECS = (1, 2, 4, 8)  # the values of LAUNCH["rows_bwd_cols"]["vecs"] compiled for G > 1
 WN_BLOCK_VECS = (1, 2, 4, 8)  # wn_block_reg: 16-byte vectors a lane (b = 16 and 32)
 COLS_MAX_VECS = 4  # norm_rows_bwd_reg with column sums: 8 vectors of x, dy and 2 sums each spill
 
@@ -938,6 +938,18 @@ def _smem_optin() -> int:
     return _SMEM_OPTIN[dev]
 
 
+def _bwd_cols_shape(dtype, L):
+    """(NV, G) of norm_rows_bwd_cols for rows of L elements: the fewest warps G a row with at most
+    LAUNCH["rows_bwd_cols"]["vecs"] vectors a thread; None when the row is not a whole number of 16-byte
+    vectors or too long."""
+    lanes = 16 // np.dtype(dtype).itemsize
+    vecs = L // lanes
+    g = next((g for g in FWD_WARPS if 32 * g * LAUNCH["rows_bwd_cols"]["vecs"] >= vecs), None)
+    if L % lanes or not 0 < L < 2**31 or g is None:
+        return None
+    return next(v for v in BWD_COLS_VECS if 32 * g * v >= vecs), g
+
+
 def _bwd_cols_plan(dtype, R, L):
     """(spec, grid, block, smem) of norm_rows_bwd_cols (cached), or None when it does not apply (the row
     is not a whole number of 16-byte vectors, is too long, or the column accumulators don't fit)."""
@@ -947,15 +959,17 @@ def _bwd_cols_plan(dtype, R, L):
     if key in _PLANS:
         return _PLANS[key]
     plan = None
-    lanes = 16 // np.dtype(dtype).itemsize
-    cfg = LAUNCH["rows_bwd_cols"]
-    vecs = L // lanes
-    g = next((g for g in FWD_WARPS if 32 * g * cfg["vecs"] >= vecs), None)
-    if L % lanes == 0 and 0 < L < 2**31 and g is not None and "rows_bwd" not in _FORCE_FALLBACK:
-        nv = next(v for v in BWD_COLS_VECS if 32 * g * v >= vecs)
+    shape = _bwd_cols_shape(dtype, L)
+    if shape is not None and "rows_bwd" not in _FORCE_FALLBACK:
+        nv, g = shape
         spec = _spec("norm_rows_bwd_cols", dtype, nv, g)
         static = 2 * 16 * g * 2 * 4
-        groups = min(cfg["groups"], 15, _max_threads(spec) // (32 * g), (_smem_optin() - static) // (8 * L))
+        groups = min(
+            LAUNCH["rows_bwd_cols"]["groups"],
+            15,
+            _max_threads(spec) // (32 * g),
+            (_smem_optin() - static) // (8 * L),
+        )
         if groups >= 1:
             smem = groups * 8 * L
             resident = _resident_blocks(spec, 32 * g * groups, smem, 1)

@@ -334,6 +334,40 @@ def test_specializations_registered():
     assert len(specs) == 3 * per_type
 
 
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("fwd_vecs", ops.FWD_MAX_VECS)
+@pytest.mark.parametrize("bwd_vecs", ops.BWD_COLS_MAX_VECS)
+def test_row_kernel_shapes(dtype, fwd_vecs, bwd_vecs):
+    """The (NV, G) the row plans pick, for every LAUNCH value compiled: a compiled specialization, enough
+    vectors for the row, the fewest warps a row; None (the fallback) only for rows too long (forward) or
+    not a whole number of 16-byte vectors (backward)."""
+    dt = random_array(np.random.default_rng(0), (1,), dtype).dtype
+    lanes = 16 // dt.itemsize
+    saved = (ops.LAUNCH["rows_fwd"]["vecs"], ops.LAUNCH["rows_bwd_cols"]["vecs"])
+    ops.LAUNCH["rows_fwd"]["vecs"], ops.LAUNCH["rows_bwd_cols"]["vecs"] = fwd_vecs, bwd_vecs
+    try:
+        fwd_specs, bwd_specs = set(ops._fwd_shapes()), set(ops._bwd_cols_shapes())
+        for L in (1, 7, 8, 24, 72, 203, 256, 4096, 4101, 8192, 12288, 65536, 73728, 1 << 20):
+            grid, block, nv = ops.launch_config("rows_fwd", dt, R=37, L=L)
+            vecs = -(-L // lanes)
+            if nv is None:
+                assert 32 * ops.FWD_WARPS[-1] * fwd_vecs < vecs
+            else:
+                g = block[0] // 32
+                assert (nv, g) in fwd_specs and 32 * g * nv >= vecs
+                assert g == 1 or 32 * (g // 2) * fwd_vecs < vecs  # fewest warps
+                assert block[0] * block[1] <= 1024 and grid[0] * block[1] >= 37
+            shape = ops._bwd_cols_shape(dt, L)
+            if shape is None:
+                assert L % lanes or 32 * ops.FWD_WARPS[-1] * bwd_vecs < L // lanes
+            else:
+                nv, g = shape
+                assert (nv, g) in bwd_specs and 32 * g * nv * lanes >= L
+                assert g == 1 or 32 * (g // 2) * bwd_vecs < L // lanes
+    finally:
+        ops.LAUNCH["rows_fwd"]["vecs"], ops.LAUNCH["rows_bwd_cols"]["vecs"] = saved
+
+
 # ---------------------------------------------------------------------------------------------------
 # GPU: kernels against the reference (fresh data, poisoned memory pool, aligned and offset views)
 
@@ -496,12 +530,12 @@ def test_gpu_norms(dtype, shape, feature_axis, kind, rng):
 @pytest.mark.parametrize(
     "shape", [(37, 256), (5, 4096), (2, 8192 + 64), (1, 3 * 4096), (203, 24), (9, 72 * 1024), (6, 8)]
 )
-@pytest.mark.parametrize("vecs", [None, 4, 8])
+@pytest.mark.parametrize("vecs", [None, 2, 8, 16])
 @pytest.mark.parametrize("force_fallback", [False, True])
 def test_gpu_rows_fwd_paths(dtype, shape, vecs, force_fallback, rng):
     """Statistics per row (layer norm, features last; batch norm training, features first): the row in
-    registers with one warp or G warps a row (every NV; LAUNCH["rows_fwd"]["vecs"] 4, 8 and the default
-    16), and the forced two-read fallback, on aligned shapes (the ragged ones are in test_gpu_norms)."""
+    registers with one warp or G warps a row (every NV; LAUNCH["rows_fwd"]["vecs"] 2, 8, 16 and the
+    default 4), and the forced two-read fallback, on aligned shapes (the ragged ones are in test_gpu_norms)."""
     import cupy
 
     x = (random_array(rng, shape, "float32") * 3 + 5).astype(random_array(rng, (1,), dtype).dtype)
@@ -516,9 +550,9 @@ def test_gpu_rows_fwd_paths(dtype, shape, vecs, force_fallback, rng):
             ops._FORCE_FALLBACK.add("rows_fwd")
         ops._PLANS.clear()
         _poison_pool()
-        for gain, bias in ((g, b), (None, None), (g, None)):
-            y, m, r = ops.layer_norm_fprop(
-                _gpu(x), None if gain is None else _gpu(gain), None if bias is None else _gpu(bias)
+        for gain, bias, misalign in ((g, b, False), (None, None, False), (g, None, True)):
+            y, m, r = ops.layer_norm_fprop(  # a misaligned view takes the fallback
+                _gpu(x, misalign), None if gain is None else _gpu(gain), None if bias is None else _gpu(bias)
             )
             ry, rm, rr = ref.layer_norm_fprop(
                 f64(x), None if gain is None else f64(gain), None if bias is None else f64(bias), 1
@@ -549,7 +583,7 @@ def test_gpu_rows_fwd_paths(dtype, shape, vecs, force_fallback, rng):
 @pytest.mark.parametrize(
     "shape", [(37, 256), (1100, 4096), (2, 8192 + 64), (1, 3 * 4096), (20011, 24), (5, 72 * 1024), (6, 8)]
 )
-@pytest.mark.parametrize("variant", [None, ("vecs", 2), ("vecs", 8), ("groups", 1), ("groups", 7)])
+@pytest.mark.parametrize("variant", [None, ("vecs", 1), ("vecs", 4), ("vecs", 8), ("groups", 1), ("groups", 7)])
 @pytest.mark.parametrize("force_fallback", [False, True])
 def test_gpu_layer_norm_bwd_paths(dtype, shape, variant, force_fallback, rng):
     """Layer norm backward, features last: norm_rows_bwd_cols (one warp or G warps a row, 1 to 7 row groups
@@ -567,8 +601,8 @@ def test_gpu_layer_norm_bwd_paths(dtype, shape, variant, force_fallback, rng):
             ops._FORCE_FALLBACK.add("rows_bwd")
         ops._PLANS.clear()
         _poison_pool()
-        for gain in (g, None):
-            gx, gdy = _gpu(x), _gpu(dy)
+        for gain, misalign in ((g, False), (None, False), (g, True)):  # misaligned views: the fallback
+            gx, gdy = _gpu(x, misalign), _gpu(dy, misalign)
             gg = None if gain is None else _gpu(gain)
             _, m, r = ops.layer_norm_fprop(gx, gg, _gpu(b))
             dx, dgain, dbias = ops.layer_norm_bprop(gdy, gx, gg, m, r)
