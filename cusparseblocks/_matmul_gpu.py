@@ -76,12 +76,13 @@ LARGE_N = 2048
 # BPW blocks per warp per stage, STAGES, MAX_ENT entries and MAX_STG stages per CTA)}}; BM = 32 serves
 # N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory (fp32 BM = 32: two CTAs per
 # SM fit 228 KiB with 320/128); a layout with more per CTA runs more CTAs (whole waves)
-XW_SMALL_TILES = {"tc": {32: (4, 2, 4, 1024, 512), 64: (4, 2, 3, 1024, 512)},
+XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 1024, 512), 64: (4, 2, 3, 1024, 512)},
                   "simt": {32: (4, 1, 3, 320, 128), 64: (4, 1, 3, 1024, 512)}}
 XW_SMALL_BS = 32
 # tiles timed against the default by the benchmark (small_variant = name; used where kind and BM apply):
-# tc_eps4: 4 blocks per stage, 80 KiB, two CTAs per SM; tc_w8: 8 warps of one block each per stage
-XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512)), "tc_w8": ("tc", 32, (8, 1, 4, 1024, 512))}
+# tc_eps4: 4 blocks per stage, 80 KiB, two CTAs per SM; tc_w4: 4 warps of two blocks each per stage (the
+# first default; H100 run 3: the 8-warp default 4 % faster at d = 0.5, 5-10 % at d = 0.2-0.02)
+XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512)), "tc_w4": ("tc", 32, (4, 2, 4, 1024, 512))}
 small_variant = None
 small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
@@ -178,7 +179,7 @@ def xw_small_static_smem(dtype, bm, variant=None):
     return me * 8 + ms * 16 + 16
 
 
-def small_tables(ptr, n_ctas, eps):
+def small_tables(ptr, n_ctas, eps, snap=0):
     """xw_small's work split: ``ptr`` [n_out + 1] (CSC column pointers for fprop, CSR row pointers for
     bprop; the entries of column c are ptr[c]:ptr[c+1]) cut into ``n_ctas`` ranges of equal block count.
 
@@ -192,6 +193,13 @@ def small_tables(ptr, n_ctas, eps):
     ptr = np.asarray(ptr, dtype=np.int64)
     n_out, nnz = ptr.size - 1, int(ptr[-1])
     bounds = np.arange(n_ctas + 1, dtype=np.int64) * nnz // n_ctas
+    # a cut within ``snap`` blocks (small_ctas: one stage) of a column boundary moves to it: a column cut in
+    # two costs its pieces a partial write, a fence and an atomic (~3 memory latencies), more than a stage
+    i = np.clip(np.searchsorted(ptr, bounds), 1, ptr.size - 1)
+    lo, hi = ptr[i - 1], ptr[i]
+    near = np.where(bounds - lo <= hi - bounds, lo, hi)
+    bounds = np.where(np.abs(near - bounds) <= snap, near, bounds)
+    bounds[0], bounds[-1] = 0, nnz
     lens = np.diff(ptr)
     zero = np.flatnonzero(lens == 0).astype(np.int32)
     zero_cols = zero if zero.size else np.zeros(1, np.int32)
@@ -238,6 +246,12 @@ def small_tables(ptr, n_ctas, eps):
             parts)
 
 
+def small_snap(eps, max_ent, max_stg):
+    """How far small_tables may move a cut onto a column boundary: one stage, bounded so that ranges
+    shrink below the tables' capacity as CTAs are added (small_ctas ends)."""
+    return max(0, min(eps, max_ent // 4, (max_stg - 1) // 2))
+
+
 def small_ctas(ptr, eps, resident, max_ent, max_stg):
     """The CTA count for xw_small: the resident CTAs (fewer for a short list, at least one stage each),
     times the waves needed for every CTA's entries and stages to fit its shared-memory tables."""
@@ -246,8 +260,9 @@ def small_ctas(ptr, eps, resident, max_ent, max_stg):
     waves = max(1, -(-nnz // (base * max_ent)))
     while True:
         ctas = base * waves
-        _, stages, stage_ptr, _, _, _ = small_tables(ptr, ctas, eps)
-        if int(np.max(np.diff(stage_ptr), initial=0)) <= max_stg and -(-nnz // ctas) <= max_ent:
+        ent_ptr, stages, stage_ptr, _, _, _ = small_tables(ptr, ctas, eps, small_snap(eps, max_ent, max_stg))
+        if (int(np.max(np.diff(stage_ptr), initial=0)) <= max_stg
+                and int(np.max(np.diff(ent_ptr), initial=0)) <= max_ent):
             return ctas
         waves += 1
 
@@ -398,10 +413,10 @@ def _tables(op_obj, key, dev):
         elif key == "bprop":
             ent = np.stack([lay.cols, np.arange(lay.nnz, dtype=np.int32)], axis=1)
             cache[(dev, key)] = (cupy.asarray(lay.row_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
-        elif key[0] == "small":  # ("small", op, ctas, eps, bm): entries, then the work split
+        elif key[0] == "small":  # ("small", op, ctas, eps, bm, snap): entries, then the work split
             entries = _tables(op_obj, key[1], dev)[1]
             ptr = lay.col_ptr if key[1] == "fprop" else lay.row_ptr
-            ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = small_tables(ptr, key[2], key[3])
+            ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = small_tables(ptr, key[2], key[3], key[5])
             cache[(dev, key)] = (entries, cupy.asarray(ent_ptr), cupy.asarray(stages),
                                  cupy.asarray(stage_ptr), cupy.asarray(zero_cols), np.int32(n_zero),
                                  cupy.asarray(parts))
@@ -503,7 +518,8 @@ def _small_plan(op_obj, op, dtype, odt, n, dev):
     ctas = small_ctas(lay.col_ptr if op == "fprop" else lay.row_ptr, eps, _sm_count(dev) * per_sm, max_ent,
                       max_stg)
     spec = xw_small_spec(dtype, odt, bm, 0 if op == "fprop" else 1, small_variant)
-    return (compiler.get_function(spec, smem), (ctas,), (warps * 32,), smem, ("small", op, ctas, eps, bm))
+    return (compiler.get_function(spec, smem), (ctas,), (warps * 32,), smem,
+            ("small", op, ctas, eps, bm, small_snap(eps, max_ent, max_stg)))
 
 
 def _small_buffers(op_obj, dev, stream, n_parts, bm):
