@@ -693,7 +693,9 @@ def _emulated_small_cases():
             ("float16", "float32", "bprop", 1, 1, 0), ("bfloat16", "bfloat16", "fprop", 50, 7, 0),
             ("float32", "float32", "fprop", 5, 64, 0), ("float16", "float16", "bprop", 32, 9, 0),
             ("float32", "float32", "bprop", 27, 11, 1), ("float16", "float32", "fprop", 30, 5, 1, "tc_eps4"),
-            ("bfloat16", "bfloat16", "bprop", 32, 3, 0, "tc_w4")]
+            ("bfloat16", "bfloat16", "bprop", 32, 3, 0, "tc_w4"), ("float16", "float32", "fprop", 21, 4, 1, "tc_c2"),
+            ("bfloat16", "bfloat16", "bprop", 32, 5, 0, "tc_c4"), ("float32", "float32", "fprop", 32, 3, 1, "simt_c2"),
+            ("float32", "float32", "bprop", 13, 1, 0, "simt_c2")]
 
 
 @pytest.fixture(scope="module")
@@ -748,11 +750,11 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
     mask = rng.random((kb, mb)) < 0.6
     mask[kb - 1, :] = False
     mask[:, mb - 2] = False
-    op, (_, entries) = _emulated_op(monkeypatch, mask, b, 1, op_name)
-    ptr = op.layout.col_ptr if op_name == "fprop" else op.layout.row_ptr
-    warps, bpw = G.small_tile(dt, bm, variant)[:2]
+    op, _ = _emulated_op(monkeypatch, mask, b, 1, op_name)
+    warps, bpw, _, _, _, c = G.small_tile(dt, bm, variant)
     snap = (ctas % 2) * warps * bpw  # odd CTA counts: cuts moved onto column boundaries where near
-    ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_tables(ptr, ctas, warps * bpw, snap)
+    items, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_work(op.layout, op_name, ctas,
+                                                                               warps * bpw, snap, c)
     f_in, f_out = (op.K, op.M) if op_name == "fprop" else (op.M, op.K)
     x = random_array(rng, _io(op, n, f_in), dt)
     w = random_array(rng, op.w_shape, dt, scale=0.2)
@@ -762,11 +764,11 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
         ref = ref + y.astype(np.float64)
     else:
         y = poison(np, ref.shape, odt)
-    ws = np.full((parts.shape[0], bm, b), np.nan, np.float32)
+    ws = np.full((parts.shape[0], c, bm, b), np.nan, np.float32)
     counters = np.zeros(parts.shape[0], np.uint32)
     spec = G.xw_small_spec(dt, odt, bm, int(op_name == "bprop"), variant)
     small_emulator(spec, (ctas,), (warps * 32,),
-                   (x, w, y, entries, ent_ptr, stages, stage_ptr, zero_cols, np.int32(n_zero), parts, ws, counters,
+                   (x, w, y, items, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts, ws, counters,
                     np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(accumulate)),
                    G.xw_small_smem(dt, bm, variant))
     assert_close(y, ref, dt, f"{spec.name} n={n} ctas={ctas}")
