@@ -92,12 +92,17 @@ LARGE_N = 2048
 # BPW blocks per warp per stage, STAGES, MAX_ENT entries and MAX_STG stages per CTA)}}; BM = 32 serves
 # N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory (fp32 BM = 32: two CTAs per
 # SM fit 228 KiB with 320/128); a layout with more per CTA runs more CTAs (whole waves)
-XW_SMALL_TILES = {"tc": {32: (4, 2, 4, 1024, 512), 64: (4, 2, 3, 1024, 512)},
-                  "simt": {32: (4, 1, 3, 320, 128), 64: (4, 1, 3, 1024, 512)}}
+XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 1024, 512, 1), 64: (4, 2, 3, 1024, 512, 1)},
+                  "simt": {32: (4, 1, 3, 320, 128, 1), 64: (4, 1, 3, 1024, 512, 1)}}
 XW_SMALL_BS = 32
 # tiles timed against the default by the benchmark (small_variant = name; used where kind and BM apply):
-# tc_eps4: 4 blocks per stage, 80 KiB, two CTAs per SM; tc_w8: 8 warps of one block each per stage
-XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512)), "tc_w8": ("tc", 32, (8, 1, 4, 1024, 512))}
+# tc_eps4: 4 blocks per stage, 80 KiB, two CTAs per SM; tc_w4: 4 warps of two blocks each per stage (the
+# first default; H100 run 3: the 8-warp default 4 % faster at d = 0.5, 5-10 % at d = 0.2-0.02)
+# C > 1 (last entry): column groups of C columns sharing each x tile (x read once per item, not per block)
+XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
+                     "tc_w4": ("tc", 32, (4, 2, 4, 1024, 512, 1)),
+                     "tc_c2": ("tc", 32, (8, 1, 3, 512, 256, 2)), "tc_c4": ("tc", 32, (4, 1, 3, 512, 256, 4)),
+                     "simt_c2": ("simt", 32, (4, 1, 2, 256, 120, 2))}
 small_variant = None
 small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
@@ -180,7 +185,7 @@ def _small_kind(dtype):
 
 
 def small_tile(dtype, bm, variant=None):
-    """(WARPS, BPW, STAGES, MAX_ENT, MAX_STG) of xw_small for this dtype and tile height."""
+    """(WARPS, BPW, STAGES, MAX_ENT, MAX_STG, C) of xw_small for this dtype and tile height."""
     v = XW_SMALL_VARIANTS.get(variant)
     if v is not None and v[0] == _small_kind(dtype) and v[1] == bm:
         return v[2]
@@ -188,26 +193,26 @@ def small_tile(dtype, bm, variant=None):
 
 
 def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
-    warps, bpw, st, me, ms = small_tile(dtype, bm, variant)
+    warps, bpw, st, me, ms, c = small_tile(dtype, bm, variant)
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec("bsmm_small.cu",
-                      f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {trans}>")
+                      f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {c}, {trans}>")
 
 
 def xw_small_smem(dtype, bm, variant=None):
-    """Dynamic shared memory: STAGES · EPS · (BM + 32) rows · stride · itemsize (mirrors xw_small)."""
-    warps, bpw, st, _, _ = small_tile(dtype, bm, variant)
+    """Dynamic shared memory: STAGES · EPS · (BM + C·32) rows · stride · itemsize (mirrors xw_small)."""
+    warps, bpw, st, _, _, c = small_tile(dtype, bm, variant)
     stride, item = (36, 4) if dtype == "float32" else (40, 2)
-    return st * warps * bpw * (bm + XW_SMALL_BS) * stride * item
+    return st * warps * bpw * (bm + c * XW_SMALL_BS) * stride * item
 
 
 def xw_small_static_smem(dtype, bm, variant=None):
-    """Static shared memory: the CTA's entries (8 B) and stage records (16 B), + 16 B."""
-    _, _, _, me, ms = small_tile(dtype, bm, variant)
-    return me * 8 + ms * 16 + 16
+    """Static shared memory: the CTA's items ((C + 1)·4 B) and stage records (16 B), + 16 B."""
+    _, _, _, me, ms, c = small_tile(dtype, bm, variant)
+    return me * (c + 1) * 4 + ms * 16 + 16
 
 
-def small_tables(ptr, n_ctas, eps):
+def small_tables(ptr, n_ctas, eps, snap=0, weight=None):
     """xw_small's work split: ``ptr`` [n_out + 1] (CSC column pointers for fprop, CSR row pointers for
     bprop; the entries of column c are ptr[c]:ptr[c+1]) cut into ``n_ctas`` ranges of equal block count.
 
@@ -220,7 +225,19 @@ def small_tables(ptr, n_ctas, eps):
     shorter)."""
     ptr = np.asarray(ptr, dtype=np.int64)
     n_out, nnz = ptr.size - 1, int(ptr[-1])
-    bounds = np.arange(n_ctas + 1, dtype=np.int64) * nnz // n_ctas
+    if weight is None:
+        bounds = np.arange(n_ctas + 1, dtype=np.int64) * nnz // n_ctas
+    else:  # equal weight (bytes) per CTA
+        cum = np.concatenate([[0], np.cumsum(weight, dtype=np.int64)])
+        bounds = np.searchsorted(cum, np.arange(n_ctas + 1, dtype=np.int64) * int(cum[-1]) / n_ctas)
+        bounds = np.minimum(bounds, nnz).astype(np.int64)
+    # a cut within ``snap`` blocks (small_ctas: one stage) of a column boundary moves to it: a column cut in
+    # two costs its pieces a partial write, a fence and an atomic (~3 memory latencies), more than a stage
+    i = np.clip(np.searchsorted(ptr, bounds), 1, ptr.size - 1)
+    lo, hi = ptr[i - 1], ptr[i]
+    near = np.where(bounds - lo <= hi - bounds, lo, hi)
+    bounds = np.where(np.abs(near - bounds) <= snap, near, bounds)
+    bounds[0], bounds[-1] = 0, nnz
     lens = np.diff(ptr)
     zero = np.flatnonzero(lens == 0).astype(np.int32)
     zero_cols = zero if zero.size else np.zeros(1, np.int32)
@@ -267,7 +284,44 @@ def small_tables(ptr, n_ctas, eps):
             parts)
 
 
-def small_ctas(ptr, eps, resident, max_ent, max_stg):
+def small_snap(eps, max_ent, max_stg):
+    """How far small_tables may move a cut onto a column boundary: one stage, bounded so that ranges
+    shrink below the tables' capacity as CTAs are added (small_ctas ends)."""
+    return max(0, min(eps, max_ent // 4, (max_stg - 1) // 2))
+
+
+def small_items(layout, op, c):
+    """xw_small's list for column groups of ``c`` output block columns (fprop: columns of W; bprop: rows):
+    items int32 [n_items, c + 1] (reduction block r, then the w index of block (r, group·c + j) or -1),
+    sorted by (group, r); group pointers int64 [n_groups + 1]; weights int64 [n_items] (1 + blocks: the
+    tiles an item copies). c = 1: the CSC (fprop) / CSR (bprop) entries."""
+    fprop = op == "fprop"
+    out_b = (layout.cols if fprop else layout.rows).astype(np.int64)
+    red_b = (layout.rows if fprop else layout.cols).astype(np.int64)
+    n_out, n_red = (layout.out_blocks, layout.in_blocks) if fprop else (layout.in_blocks, layout.out_blocks)
+    n_groups = -(-n_out // c)
+    keys, inv = np.unique((out_b // c) * n_red + red_b, return_inverse=True)
+    items = np.full((keys.size, c + 1), -1, dtype=np.int32)
+    items[:, 0] = keys % n_red
+    items[inv.reshape(-1), 1 + out_b % c] = np.arange(layout.nnz, dtype=np.int32)
+    gptr = np.zeros(n_groups + 1, dtype=np.int64)
+    gptr[1:] = np.cumsum(np.bincount(keys // n_red, minlength=n_groups))
+    return np.ascontiguousarray(items), gptr, 1 + np.sum(items[:, 1:] >= 0, axis=1)
+
+
+def small_work(layout, op, ctas, eps, snap, c):
+    """Host arrays of one xw_small launch: items, ent_ptr, stages, stage_ptr, zero columns (at least one
+    element), their count (np.int32), parts (small_items, small_tables)."""
+    items, gptr, weight = small_items(layout, op, c)
+    ent_ptr, stages, stage_ptr, zero, n_zero, parts = small_tables(gptr, ctas, eps, snap, weight)
+    n_out = layout.out_blocks if op == "fprop" else layout.in_blocks
+    zero = (zero[:n_zero, None] * c + np.arange(c)).reshape(-1)  # the columns of empty groups
+    zero = zero[zero < n_out].astype(np.int32)
+    zero_cols = zero if zero.size else np.zeros(1, np.int32)
+    return items, ent_ptr, stages, stage_ptr, zero_cols, np.int32(zero.size), parts
+
+
+def small_ctas(ptr, eps, resident, max_ent, max_stg, weight=None):
     """The CTA count for xw_small: the resident CTAs (fewer for a short list, at least one stage each),
     times the waves needed for every CTA's entries and stages to fit its shared-memory tables."""
     nnz = int(ptr[-1])
@@ -275,8 +329,10 @@ def small_ctas(ptr, eps, resident, max_ent, max_stg):
     waves = max(1, -(-nnz // (base * max_ent)))
     while True:
         ctas = base * waves
-        _, stages, stage_ptr, _, _, _ = small_tables(ptr, ctas, eps)
-        if int(np.max(np.diff(stage_ptr), initial=0)) <= max_stg and -(-nnz // ctas) <= max_ent:
+        ent_ptr, stages, stage_ptr, _, _, _ = small_tables(ptr, ctas, eps, small_snap(eps, max_ent, max_stg),
+                                                           weight)
+        if (int(np.max(np.diff(stage_ptr), initial=0)) <= max_stg
+                and int(np.max(np.diff(ent_ptr), initial=0)) <= max_ent):
             return ctas
         waves += 1
 def xw_ffma_spec(bs, variant, axis, trans):
@@ -455,13 +511,9 @@ def _tables(op_obj, key, dev):
         elif key == "bprop":
             ent = np.stack([lay.cols, np.arange(lay.nnz, dtype=np.int32)], axis=1)
             cache[(dev, key)] = (cupy.asarray(lay.row_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
-        elif key[0] == "small":  # ("small", op, ctas, eps, bm): entries, then the work split
-            entries = _tables(op_obj, key[1], dev)[1]
-            ptr = lay.col_ptr if key[1] == "fprop" else lay.row_ptr
-            ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = small_tables(ptr, key[2], key[3])
-            cache[(dev, key)] = (entries, cupy.asarray(ent_ptr), cupy.asarray(stages),
-                                 cupy.asarray(stage_ptr), cupy.asarray(zero_cols), np.int32(n_zero),
-                                 cupy.asarray(parts))
+        elif key[0] == "small":  # ("small", op, ctas, eps, bm, snap, c)
+            work = small_work(lay, key[1], key[2], key[3], key[5], key[6])
+            cache[(dev, key)] = tuple(a if isinstance(a, np.int32) else cupy.asarray(a) for a in work)
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key == "updat":
@@ -550,28 +602,28 @@ def _use_small(op_obj, dtype, n, aligned, dev):
 
 def _small_plan(op_obj, op, dtype, odt, n, dev):
     """xw_small's plan: grid = resident CTAs (SMs × CTAs per SM by shared memory; whole waves more when the
-    CTAs' tables would not fit); the table key ("small", op, CTAs, EPS) names the work split."""
+    CTAs' tables would not fit); the table key ("small", op, CTAs, EPS, BM, snap, C) names the work split."""
     bm = 32 if n <= 32 else 64
-    warps, bpw, _, max_ent, max_stg = small_tile(dtype, bm, small_variant)
+    warps, bpw, _, max_ent, max_stg, c = small_tile(dtype, bm, small_variant)
     smem = xw_small_smem(dtype, bm, small_variant)
     per_sm = max(1, _smem_limits(dev)[0] // (smem + xw_small_static_smem(dtype, bm, small_variant) + 1024))
     eps = warps * bpw
-    lay = op_obj.layout
-    ctas = small_ctas(lay.col_ptr if op == "fprop" else lay.row_ptr, eps, _sm_count(dev) * per_sm, max_ent,
-                      max_stg)
+    _, gptr, weight = small_items(op_obj.layout, op, c)
+    ctas = small_ctas(gptr, eps, _sm_count(dev) * per_sm, max_ent, max_stg, weight)
     spec = xw_small_spec(dtype, odt, bm, 0 if op == "fprop" else 1, small_variant)
-    return (compiler.get_function(spec, smem), (ctas,), (warps * 32,), smem, ("small", op, ctas, eps, bm))
+    return (compiler.get_function(spec, smem), (ctas,), (warps * 32,), smem,
+            ("small", op, ctas, eps, bm, small_snap(eps, max_ent, max_stg), c))
 
 
-def _small_buffers(op_obj, dev, stream, n_parts, bm):
-    """(fp32 partials [n_parts, BM, 32], zeroed uint32 arrival counters [n_parts]) for xw_small, one pair
+def _small_buffers(op_obj, dev, stream, n_parts, bm, c):
+    """(fp32 partials [n_parts, C, BM, 32], zeroed uint32 arrival counters [n_parts]) for xw_small, one pair
     per stream (launches on one stream are ordered; the kernel resets the counters it used)."""
     import cupy
 
-    key = ("small_buffers", dev, stream.ptr, n_parts, bm)
+    key = ("small_buffers", dev, stream.ptr, n_parts, bm, c)
     bufs = op_obj._gpu_tables.get(key)
     if bufs is None:
-        bufs = op_obj._gpu_tables[key] = (cupy.empty((n_parts, bm, XW_SMALL_BS), dtype=cupy.float32),
+        bufs = op_obj._gpu_tables[key] = (cupy.empty((n_parts, c, bm, XW_SMALL_BS), dtype=cupy.float32),
                                           cupy.zeros(n_parts, dtype=cupy.uint32))
     return bufs
 
@@ -668,7 +720,7 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     if tables[0] == "small":
         entries, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = _tables(op_obj, tables, dev)
         stream = cupy.cuda.get_current_stream()
-        ws, counters = _small_buffers(op_obj, dev, stream, parts.shape[0], tables[4])
+        ws, counters = _small_buffers(op_obj, dev, stream, parts.shape[0], tables[4], tables[6])
         fn(grid, block, (x, w, y, entries, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts, ws, counters,
                          np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
            shared_mem=smem, stream=stream)

@@ -203,39 +203,45 @@ template <int BM, int TRANS_W> struct Warp<float, BM, TRANS_W> {
 
 }  // namespace small
 
-// Dynamic shared memory: STAGES · EPS · (BM + 32) · stride(T) · sizeof(T) bytes (xw_small_smem() in
-// _matmul_gpu.py), plus MAX_ENT entries and MAX_STG stage records of static shared memory.
+// Dynamic shared memory: STAGES · EPS · (BM + C·32) · stride(T) · sizeof(T) bytes (xw_small_smem() in
+// _matmul_gpu.py), plus MAX_ENT items and MAX_STG stage records of static shared memory.
+// Column groups (C > 1): the list holds items (r, k_0 .. k_{C-1}) of the output block columns g·C + j
+// (k_j = -1: absent), one x tile shared by the item's blocks, so x is read once per item instead of once
+// per block; a stage holds EPS items, warp q computes items q, q + WARPS, ... into C tiles. C = 1: the
+// items are the entries (r, k).
 // Grid: gridDim.x CTAs (a multiple of the resident CTAs), WARPS·32 threads.
-template <typename T, typename TO, int BM, int WARPS, int BPW, int STAGES, int MAX_ENT, int MAX_STG, int TRANS_W>
+template <typename T, typename TO, int BM, int WARPS, int BPW, int STAGES, int MAX_ENT, int MAX_STG, int C,
+          int TRANS_W>
 __global__ void __launch_bounds__(WARPS * 32, 1)
-xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int2* __restrict__ entries,
+xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ items,
          const int* __restrict__ ent_ptr, const int4* __restrict__ stages, const int* __restrict__ stage_ptr,
          const int* __restrict__ zero_cols, int n_zero, const int2* __restrict__ parts, float* __restrict__ ws,
          unsigned* __restrict__ counters, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     using namespace small;
-    constexpr int THREADS = WARPS * 32, EPS = WARPS * BPW, S = stride<T>();
-    constexpr int A_ELEMS = BM * S, PAIR = (BM + BS) * S, STAGE = EPS * PAIR;
+    constexpr int THREADS = WARPS * 32, EPS = WARPS * BPW, S = stride<T>(), IW = C + 1;
+    constexpr int A_ELEMS = BM * S, W_ELEMS = BS * S, PAIR = A_ELEMS + C * W_ELEMS, STAGE = EPS * PAIR;
     constexpr int CPR = BS * (int)sizeof(T) / 16;  // 16-byte pieces per row of a tile
     static_assert(STAGE * (int)sizeof(T) >= WARPS * BM * RS * 4, "the segment reduction needs one stage slot");
-    static_assert(STAGES >= 2 && BM % 16 == 0 && EPS < (1 << 16), "bad xw_small tiling");
+    static_assert(STAGES >= 2 && BM % 16 == 0 && EPS < (1 << 16) && C >= 1, "bad xw_small tiling");
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* smem = reinterpret_cast<T*>(smem_raw);
-    __shared__ int2 ent_s[MAX_ENT];  // this CTA's entries (r, k)
-    __shared__ int4 stg_s[MAX_STG];  // its stages: (first entry, count | FIRST | LAST, column, part)
+    __shared__ int ent_s[MAX_ENT * IW];  // this CTA's items (r, k_0 .. k_{C-1})
+    __shared__ int4 stg_s[MAX_STG];      // its stages: (first item, count | FIRST | LAST, group, part)
     __shared__ int last_s;
     constexpr int FIRST = 1 << 16, LAST = 1 << 17;
 
     const int rows = (int)min((i64)BM, n_total);
+    const int n_cols = (int)(out_features / BS);
     // every table this CTA reads in its loop goes to shared memory first: a load from global memory
     // inside the loop waits behind the megabytes of w in flight (several µs when HBM is saturated)
     const int e_base = ent_ptr[blockIdx.x], n_ent = ent_ptr[blockIdx.x + 1] - e_base;
     const int s_base = stage_ptr[blockIdx.x], n_st = stage_ptr[blockIdx.x + 1] - s_base;
     // (unrolled to the tables' capacity: all loads in flight at once, one memory latency in all)
 #pragma unroll
-    for (int i = 0; i < (MAX_ENT + THREADS - 1) / THREADS; i++) {
+    for (int i = 0; i < (MAX_ENT * IW + THREADS - 1) / THREADS; i++) {
         const int idx = threadIdx.x + i * THREADS;
-        if (idx < n_ent) ent_s[idx] = entries[e_base + idx];
+        if (idx < n_ent * IW) ent_s[idx] = items[(i64)e_base * IW + idx];
     }
 #pragma unroll
     for (int i = 0; i < (MAX_STG + THREADS - 1) / THREADS; i++) {
@@ -244,8 +250,8 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
     }
     __syncthreads();
 
-    // Loader: thread (lu = tid / TPB, sub = tid % TPB) copies block lu of a stage (its x tile and w block,
-    // A_CH + W_CH 16-byte pieces); w is read once, so it is marked evict-first in L2 (x stays).
+    // Loader: thread (lu = tid / TPB, sub = tid % TPB) copies item lu of a stage (its x tile and present w
+    // blocks, 16-byte pieces); w is read once, so it is marked evict-first in L2 (x stays).
     constexpr int TPB = THREADS / EPS, A_CH = BM * CPR, W_CH = BS * CPR, VEC = 16 / (int)sizeof(T);
     static_assert(THREADS % EPS == 0 && A_CH % TPB == 0 && W_CH % TPB == 0, "bad xw_small loader split");
     const int lu = threadIdx.x / TPB, sub = threadIdx.x % TPB;
@@ -254,21 +260,26 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
         if (j >= n_st) return;
         const int4 rec = stg_s[j];
         if (lu >= (rec.y & 0xffff)) return;
-        const int2 ent = ent_s[rec.x + lu];
+        const int* it = ent_s + (rec.x + lu) * IW;
         T* As = smem + slot * STAGE + lu * PAIR;
-        T* Ws = As + A_ELEMS;
-        const T* xs = x + (i64)ent.x * BS;
+        const T* xs = x + (i64)it[0] * BS;
 #pragma unroll
         for (int i = 0; i < A_CH / TPB; i++) {
             const int ch = sub + i * TPB, row = ch / CPR, c8 = (ch % CPR) * VEC;
             const bool ok = row < n_total;
             cp_async16(As + row * S + c8, ok ? xs + row * in_features + c8 : x, ok ? 16 : 0);
         }
-        const T* wb = w + (i64)ent.y * BS * BS;
 #pragma unroll
-        for (int i = 0; i < W_CH / TPB; i++) {
-            const int ch = sub + i * TPB, row = ch / CPR, c8 = (ch % CPR) * VEC;
-            cp_async16_hint(Ws + row * S + c8, wb + row * BS + c8, w_policy);
+        for (int jj = 0; jj < C; jj++) {
+            const int k = it[1 + jj];
+            if (k < 0) continue;
+            T* Ws = As + A_ELEMS + jj * W_ELEMS;
+            const T* wb = w + (i64)k * BS * BS;
+#pragma unroll
+            for (int i = 0; i < W_CH / TPB; i++) {
+                const int ch = sub + i * TPB, row = ch / CPR, c8 = (ch % CPR) * VEC;
+                cp_async16_hint(Ws + row * S + c8, wb + row * BS + c8, w_policy);
+            }
         }
     };
 
@@ -277,11 +288,13 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
         load_stage(j, j);
         cp_async_commit();
     }
-    Warp<T, BM, TRANS_W> acc;
+    Warp<T, BM, TRANS_W> acc[C];
     for (int j = 0; j < n_st; j++) {
         const int4 rec = stg_s[j];
         const int cnt = rec.y & 0xffff;
-        if (rec.y & FIRST) acc.zero();
+        if (rec.y & FIRST)
+#pragma unroll
+            for (int jj = 0; jj < C; jj++) acc[jj].zero();
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         load_stage(j + STAGES - 1, (j + STAGES - 1) % STAGES);
@@ -290,30 +303,40 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
 #pragma unroll
         for (int v = 0; v < BPW; v++) {
             const int u = v * WARPS + warp_id();
-            if (u < cnt) acc.mac(base + u * PAIR, base + u * PAIR + A_ELEMS, lane_id());
+            if (u >= cnt) continue;
+            const int* it = ent_s + (rec.x + u) * IW;
+#pragma unroll
+            for (int jj = 0; jj < C; jj++)
+                if (C == 1 || it[1 + jj] >= 0)
+                    acc[jj].mac(base + u * PAIR, base + u * PAIR + A_ELEMS + jj * W_ELEMS, lane_id());
         }
         if (!(rec.y & LAST)) continue;
-        // segment end: the warps' tiles summed in warp order through this stage's slot (the next loads
-        // into it are issued after the next stage's barrier)
+        // piece end: per column, the warps' tiles summed in warp order through this stage's slot (the next
+        // loads into it are issued after the next stage's barrier)
         float* red = reinterpret_cast<float*>(smem + (j % STAGES) * STAGE);
-        __syncthreads();
-        acc.store(red + warp_id() * BM * RS, lane_id());
-        __syncthreads();
-        const int c = rec.z, p = rec.w;
-        for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
-            const int m = idx / BS, f = idx % BS;
-            float v = 0.f;
+        const int p = rec.w;
 #pragma unroll
-            for (int q = 0; q < WARPS; q++) v += red[q * BM * RS + m * RS + f];
-            if (p >= 0) {
-                ws[(i64)p * BM * BS + idx] = v;
-                continue;
+        for (int jj = 0; jj < C; jj++) {
+            const int c = rec.z * C + jj;
+            if (c >= n_cols) break;
+            __syncthreads();
+            acc[jj].store(red + warp_id() * BM * RS, lane_id());
+            __syncthreads();
+            for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
+                const int m = idx / BS, f = idx % BS;
+                float v = 0.f;
+#pragma unroll
+                for (int q = 0; q < WARPS; q++) v += red[q * BM * RS + m * RS + f];
+                if (p >= 0) {
+                    ws[((i64)p * C + jj) * BM * BS + idx] = v;
+                    continue;
+                }
+                const i64 off = (i64)m * out_features + (i64)c * BS + f;
+                if (accumulate) v += to_float<TO>(y[off]);
+                y[off] = from_float<TO>(v);
             }
-            const i64 off = (i64)m * out_features + (i64)c * BS + f;
-            if (accumulate) v += to_float<TO>(y[off]);
-            y[off] = from_float<TO>(v);
         }
-        if (p >= 0) {  // a piece of a split column: the last piece to finish sums them in part order
+        if (p >= 0) {  // a piece of a split group: the last piece to finish sums them in part order
             __threadfence();
             __syncthreads();
             const int2 pi = parts[p];
@@ -321,11 +344,12 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
             __syncthreads();
             if (last_s) {
                 __threadfence();
-                for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
-                    const int m = idx / BS, f = idx % BS;
+                const int cols = min(C, n_cols - rec.z * C);
+                for (int idx = threadIdx.x; idx < cols * rows * BS; idx += THREADS) {
+                    const int jj = idx / (rows * BS), e = idx % (rows * BS), m = e / BS, f = e % BS;
                     float v = 0.f;
-                    for (int q = 0; q < pi.y; q++) v += __ldcg(ws + (i64)(pi.x + q) * BM * BS + idx);
-                    const i64 off = (i64)m * out_features + (i64)c * BS + f;
+                    for (int q = 0; q < pi.y; q++) v += __ldcg(ws + ((i64)(pi.x + q) * C + jj) * BM * BS + e);
+                    const i64 off = (i64)m * out_features + (i64)(rec.z * C + jj) * BS + f;
                     if (accumulate) v += to_float<TO>(y[off]);
                     y[off] = from_float<TO>(v);
                 }

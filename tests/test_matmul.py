@@ -751,8 +751,11 @@ def test_small_tables_cover_every_block_once():
             mask[:, mb // 2] = False  # an empty column
         ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=0))])
         nnz = int(ptr[-1])
-        ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_tables(ptr, ctas, eps)
-        assert ent_ptr[0] == 0 and ent_ptr[-1] == nnz and np.ptp(np.diff(ent_ptr)) <= 1
+        ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_tables(ptr, ctas, eps, eps)
+        assert ent_ptr[0] == 0 and ent_ptr[-1] == nnz and np.all(np.diff(ent_ptr) >= 0)
+        ideal = np.arange(ctas + 1) * nnz // ctas  # cuts move by at most one stage, onto column boundaries
+        assert np.all(np.abs(ent_ptr - ideal) <= eps)
+        assert all(e == i or e in ptr for e, i in zip(ent_ptr, ideal))
         assert stage_ptr[0] == 0 and stage_ptr[-1] == len(stages) and np.all(np.diff(stage_ptr) >= 0)
         assert sorted(zero_cols[:n_zero]) == list(np.flatnonzero(np.diff(ptr) == 0))
         covered, pieces = [], {}
@@ -773,8 +776,9 @@ def test_small_tables_cover_every_block_once():
                 assert ps == list(range(ps[0], ps[0] + len(ps)))
                 assert all(tuple(parts[p]) == (ps[0], len(ps)) for p in ps)
         n = G.small_ctas(ptr, eps, ctas, 16, 5)
-        _, _, sp, _, _, _ = G.small_tables(ptr, n, eps)
-        assert n % max(1, min(ctas, -(-nnz // eps))) == 0 and np.max(np.diff(sp)) <= 5 and -(-nnz // n) <= 16
+        ep, _, sp, _, _, _ = G.small_tables(ptr, n, eps, G.small_snap(eps, 16, 5))
+        assert n % max(1, min(ctas, -(-nnz // eps))) == 0 and np.max(np.diff(sp)) <= 5
+        assert np.max(np.diff(ep)) <= 16
 
 
 def _emulated_small_cases():
@@ -785,7 +789,9 @@ def _emulated_small_cases():
             ("float16", "float32", "bprop", 1, 1, 0), ("bfloat16", "bfloat16", "fprop", 50, 7, 0),
             ("float32", "float32", "fprop", 5, 64, 0), ("float16", "float16", "bprop", 32, 9, 0),
             ("float32", "float32", "bprop", 27, 11, 1), ("float16", "float32", "fprop", 30, 5, 1, "tc_eps4"),
-            ("bfloat16", "bfloat16", "bprop", 32, 3, 0, "tc_w8")]
+            ("bfloat16", "bfloat16", "bprop", 32, 3, 0, "tc_w4"), ("float16", "float32", "fprop", 21, 4, 1, "tc_c2"),
+            ("bfloat16", "bfloat16", "bprop", 32, 5, 0, "tc_c4"), ("float32", "float32", "fprop", 32, 3, 1, "simt_c2"),
+            ("float32", "float32", "bprop", 13, 1, 0, "simt_c2")]
 
 
 @pytest.fixture(scope="module")
@@ -840,10 +846,11 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
     mask = rng.random((kb, mb)) < 0.6
     mask[kb - 1, :] = False
     mask[:, mb - 2] = False
-    op, (_, entries) = _emulated_op(monkeypatch, mask, b, 1, op_name)
-    ptr = op.layout.col_ptr if op_name == "fprop" else op.layout.row_ptr
-    warps, bpw = G.small_tile(dt, bm, variant)[:2]
-    ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_tables(ptr, ctas, warps * bpw)
+    op, _ = _emulated_op(monkeypatch, mask, b, 1, op_name)
+    warps, bpw, _, _, _, c = G.small_tile(dt, bm, variant)
+    snap = (ctas % 2) * warps * bpw  # odd CTA counts: cuts moved onto column boundaries where near
+    items, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_work(op.layout, op_name, ctas,
+                                                                               warps * bpw, snap, c)
     f_in, f_out = (op.K, op.M) if op_name == "fprop" else (op.M, op.K)
     x = random_array(rng, _io(op, n, f_in), dt)
     w = random_array(rng, op.w_shape, dt, scale=0.2)
@@ -853,11 +860,11 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
         ref = ref + y.astype(np.float64)
     else:
         y = poison(np, ref.shape, odt)
-    ws = np.full((parts.shape[0], bm, b), np.nan, np.float32)
+    ws = np.full((parts.shape[0], c, bm, b), np.nan, np.float32)
     counters = np.zeros(parts.shape[0], np.uint32)
     spec = G.xw_small_spec(dt, odt, bm, int(op_name == "bprop"), variant)
     small_emulator(spec, (ctas,), (warps * 32,),
-                   (x, w, y, entries, ent_ptr, stages, stage_ptr, zero_cols, np.int32(n_zero), parts, ws, counters,
+                   (x, w, y, items, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts, ws, counters,
                     np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(accumulate)),
                    G.xw_small_smem(dt, bm, variant))
     assert_close(y, ref, dt, f"{spec.name} n={n} ctas={ctas}")

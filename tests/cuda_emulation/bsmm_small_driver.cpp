@@ -31,7 +31,7 @@ static long long L(int k) { return args[k].i; }
 
 // argument list as cusparseblocks/_matmul_gpu.py launches it
 #define XW_SMALL(T, TO, ...) {"xw_small<" #T ", " #TO ", " #__VA_ARGS__ ">", [] { return [] { \
-  xw_small<T, TO, __VA_ARGS__>(P<T>(0), P<T>(1), P<TO>(2), P<int2>(3), P<int>(4), P<int4>(5), P<int>(6), \
+  xw_small<T, TO, __VA_ARGS__>(P<T>(0), P<T>(1), P<TO>(2), P<int>(3), P<int>(4), P<int4>(5), P<int>(6), \
   P<int>(7), I(8), P<int2>(9), P<float>(10), P<unsigned>(11), L(12), L(13), L(14), I(15)); }; }}
 
 static const int bsmm_small_registered = [] {
