@@ -702,8 +702,9 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
         for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
 
     const i64 rows_left = n_total - n0;  // valid batch rows of this tile (axis 0: N % 4 == 0, whole chunks)
-    auto load_pair = [&](int e, float* As) {
-        const int2 ent = entries[begin + e];
+    // the entry of the pair loaded next is read one iteration ahead, so its latency hides behind the FMAs
+    int2 ent_next = STAGES - 1 < count ? entries[begin + STAGES - 1] : make_int2(0, 0);
+    auto load_pair = [&](int2 ent, float* As) {
         const i64 col = (i64)ent.x * BS;
         if (AXIS == 1)  // [m][k] rows of x, swizzled
             cp_async_tile<BM, BS, THREADS, true>(As, x + n0 * in_features + col, in_features, rows_left, BS);
@@ -714,14 +715,17 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < count) load_pair(s, smem + s * STAGE);
+        if (s < count) load_pair(entries[begin + s], smem + s * STAGE);
         cp_async_commit();
     }
     for (int e = 0; e < count; e++) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int next = e + STAGES - 1;
-        if (next < count) load_pair(next, smem + (next % STAGES) * STAGE);
+        if (next < count) {
+            load_pair(ent_next, smem + (next % STAGES) * STAGE);
+            if (next + 1 < count) ent_next = entries[begin + next + 1];
+        }
         cp_async_commit();
         const float* As = smem + (e % STAGES) * STAGE;
         const float* Bs = As + A_ELEMS;
@@ -1004,13 +1008,23 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
 
-    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    // the loader's current pair, cached in registers (chunks are visited in increasing order): no global
+    // loads in front of a stage's copies except when a new pair starts
+    int lp = -1;
+    long long lp_begin = 0, lp_end = 0, nt = 0;
+    const float* xp = nullptr;
+    const float* dyp = nullptr;
     auto load_stage = [&](int q, float* base) {
         q += q0;
-        while (chunk_ptr[lp + 1] <= q) lp++;
-        const float* xp = reinterpret_cast<const float*>(x_ptrs[lp]);
-        const float* dyp = reinterpret_cast<const float*>(dy_ptrs[lp]);
-        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        while (lp_end <= q) {
+            lp++;
+            lp_begin = lp_end;
+            lp_end = chunk_ptr[lp + 1];
+            xp = reinterpret_cast<const float*>(x_ptrs[lp]);
+            dyp = reinterpret_cast<const float*>(dy_ptrs[lp]);
+            nt = ns[lp];
+        }
+        const i64 n0 = (i64)(q - lp_begin) * NC;
         const i64 left = nt - n0;  // valid batch rows of this chunk (axis 0: N % 4 == 0, whole 16-byte chunks)
 #pragma unroll
         for (int g = 0; g <= G; g++) {
