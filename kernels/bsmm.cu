@@ -669,13 +669,13 @@ __device__ __forceinline__ void cp_async_tile(float* dst, const float* src, i64 
 }
 
 // xw_ffma: fp32 fprop/bprop (same grid and lists as xw_tc), x and w 16-byte aligned (feature axis 0:
-// N % 4 == 0). One CTA of WARPS warps computes Y[n0 : n0 + BM, c·BS : +BS]; a warp's lanes form
+// N % 4 == 0). MINB: CTAs per SM the registers must allow. One CTA of WARPS warps computes Y[n0 : n0 + BM, c·BS : +BS]; a warp's lanes form
 // LM × LN = (32·8/BS) × (BS/8) and each owns 8 × 8 outputs, so a warp covers WM = LM·8 rows and BM =
 // WARPS·WM. The (x tile, w block) pairs of list(c) stream through a STAGES-deep cp.async pipeline:
 // x tile swizzled [m][k] (axis 1) or k-major [k][m] (axis 0); w block k-major [k][n] (fprop) or swizzled
 // [n][k] (bprop: B = wᵀ, rows of w are rows of the tile). Epilogue through shared memory (store_tile).
-template <int BS, int WARPS, int STAGES, int KG, int AXIS, int TRANS_W>
-__global__ void __launch_bounds__(WARPS * 32, 2)
+template <int BS, int WARPS, int STAGES, int KG, int MINB, int AXIS, int TRANS_W>
+__global__ void __launch_bounds__(WARPS * 32, MINB)
 xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
         const int* __restrict__ offsets, const int2* __restrict__ entries, i64 n_total, i64 in_features,
         i64 out_features, int accumulate) {
@@ -969,8 +969,8 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 // A = xᵀ (m = i, k = n) and B = dy (n = j). Feature axis 1 keeps the chunks as loaded ([n][i], k-major);
 // axis 0 loads [i][n] rows, swizzled. Each output is summed by one thread over the chunks in order:
 // bit-reproducible; splits (gridDim.y > 1) write fp32 partials to ws for updat_reduce.
-template <int BS, int G, int NC, int STAGES, int KG, int AXIS>
-__global__ void __launch_bounds__(G * (BS / 8) * (BS / 8), 2)
+template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS>
+__global__ void __launch_bounds__(G * (BS / 8) * (BS / 8), MINB)
 updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
            const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
            const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,

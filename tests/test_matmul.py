@@ -708,7 +708,7 @@ def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
     from cusparseblocks import _matmul_gpu as G
 
     b, variant, axis, splits = case
-    g, nc, _, _ = G.UPDAT_FFMA_TILES[b][variant]
+    g, nc = G.UPDAT_FFMA_TILES[b][variant][:2]
     mask = _emulation_mask(rng, 4, g + 3)
     mask[0, : g + 1] = True  # g + 1 blocks in row 0 (column g + 1 stays empty)
     op, (groups,) = _emulated_op(monkeypatch, mask, b, axis, ("groups", g))
