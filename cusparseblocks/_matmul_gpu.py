@@ -67,17 +67,21 @@ XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4
 # N ≤ SMALL_N: 32-row tiles, 256 threads (the weights stream through more CTAs, no idle rows)
 XW_SIMT_SMALL = {64: (32, 2, 4), 32: (32, 2, 2), 16: (32, 2, 1), 8: (32, 1, 1)}
 # xw_ffma (float32, x and w 16-byte aligned, axis 0: N % 4 == 0, N > SMALL_N): block_size -> {variant:
-# (WARPS, STAGES, KG k per fragment load)}; BM = WARPS·2048 / b rows; the first entry is the default.
-# A thread owns 8 × 8 outputs with 16-byte fragment loads (bench/NOTES.md, fp32 FFMA session).
+# (WARPS, STAGES, KG k per fragment load, MINB CTAs per SM the registers allow)}; BM = WARPS·2048 / b rows;
+# the first entry is the default. A thread owns 8 × 8 outputs with 16-byte fragment loads (bench/NOTES.md,
+# fp32 FFMA session).
 XW_FFMA_TILES = {
-    32: {"ffma": (4, 2, 4), "ffma_kg2": (4, 2, 2), "ffma_s3": (4, 3, 4), "ffma_w2": (2, 2, 4)},
-    64: {"ffma": (4, 2, 4), "ffma_kg2": (4, 2, 2)},
+    32: {"ffma": (4, 2, 4, 2), "ffma_o3": (4, 2, 4, 3), "ffma_kg2": (4, 2, 2, 2), "ffma_s3": (4, 3, 4, 2),
+         "ffma_w2": (2, 2, 4, 2)},
+    64: {"ffma": (4, 2, 4, 2), "ffma_kg2": (4, 2, 2, 2)},
 }
 # updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks of one row
-# per CTA, NC batch rows per chunk, STAGES, KG)}; (b/8)² threads per block; the first entry is the default.
+# per CTA, NC batch rows per chunk, STAGES, KG, MINB)}; (b/8)² threads per block; the first entry is the
+# default.
 UPDAT_FFMA_TILES = {
-    32: {"g8": (8, 32, 2, 4), "g8_kg2": (8, 32, 2, 2), "g8_s3": (8, 32, 3, 4), "g4": (4, 32, 3, 4)},
-    64: {"g2": (2, 32, 2, 4)},
+    32: {"g8": (8, 32, 2, 4, 2), "g8_kg2": (8, 32, 2, 2, 2), "g8_s3": (8, 32, 3, 4, 2),
+         "g4": (4, 32, 3, 4, 2)},
+    64: {"g2": (2, 32, 2, 4, 2)},
 }
 updat_ffma_variant = None  # benchmarks: another entry of UPDAT_FFMA_TILES, or "simt" for updat_simt
 ffma_enabled = True  # False: xw_simt / updat_simt for float32 everywhere (benchmarks compare both)
@@ -336,8 +340,8 @@ def small_ctas(ptr, eps, resident, max_ent, max_stg, weight=None):
             return ctas
         waves += 1
 def xw_ffma_spec(bs, variant, axis, trans):
-    warps, st, kg = XW_FFMA_TILES[bs][variant]
-    return KernelSpec(SOURCE, f"xw_ffma<{bs}, {warps}, {st}, {kg}, {axis}, {trans}>")
+    warps, st, kg, minb = XW_FFMA_TILES[bs][variant]
+    return KernelSpec(SOURCE, f"xw_ffma<{bs}, {warps}, {st}, {kg}, {minb}, {axis}, {trans}>")
 
 
 def xw_ffma_rows(bs, variant):
@@ -350,12 +354,12 @@ def xw_ffma_smem(bs, variant):
 
 
 def updat_ffma_spec(bs, variant, axis):
-    g, nc, st, kg = UPDAT_FFMA_TILES[bs][variant]
-    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {axis}>")
+    g, nc, st, kg, minb = UPDAT_FFMA_TILES[bs][variant]
+    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {minb}, {axis}>")
 
 
 def updat_ffma_smem(bs, variant):
-    g, nc, st, _ = UPDAT_FFMA_TILES[bs][variant]
+    g, nc, st = UPDAT_FFMA_TILES[bs][variant][:3]
     return st * (1 + g) * (nc * bs + 16) * 4
 
 
@@ -788,7 +792,7 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
           and (updat_ffma_variant in UPDAT_FFMA_TILES[b] or (ffma_enabled and updat_ffma_variant is None))):
         tiles = UPDAT_FFMA_TILES[b]
         variant = updat_ffma_variant if updat_ffma_variant in tiles else next(iter(tiles))
-        g, nc, _, _ = UPDAT_FFMA_TILES[b][variant]
+        g, nc = UPDAT_FFMA_TILES[b][variant][:2]
         spec, smem = updat_ffma_spec(b, variant, axis), updat_ffma_smem(b, variant)
         groups = _tables(op_obj, ("groups", g), dev)
         grid, threads, extra = groups.shape[0], g * (b // 8) ** 2, (groups,)

@@ -669,13 +669,13 @@ __device__ __forceinline__ void cp_async_tile(float* dst, const float* src, i64 
 }
 
 // xw_ffma: fp32 fprop/bprop (same grid and lists as xw_tc), x and w 16-byte aligned (feature axis 0:
-// N % 4 == 0). One CTA of WARPS warps computes Y[n0 : n0 + BM, c·BS : +BS]; a warp's lanes form
+// N % 4 == 0). MINB: CTAs per SM the registers must allow. One CTA of WARPS warps computes Y[n0 : n0 + BM, c·BS : +BS]; a warp's lanes form
 // LM × LN = (32·8/BS) × (BS/8) and each owns 8 × 8 outputs, so a warp covers WM = LM·8 rows and BM =
 // WARPS·WM. The (x tile, w block) pairs of list(c) stream through a STAGES-deep cp.async pipeline:
 // x tile swizzled [m][k] (axis 1) or k-major [k][m] (axis 0); w block k-major [k][n] (fprop) or swizzled
 // [n][k] (bprop: B = wᵀ, rows of w are rows of the tile). Epilogue through shared memory (store_tile).
-template <int BS, int WARPS, int STAGES, int KG, int AXIS, int TRANS_W>
-__global__ void __launch_bounds__(WARPS * 32, 2)
+template <int BS, int WARPS, int STAGES, int KG, int MINB, int AXIS, int TRANS_W>
+__global__ void __launch_bounds__(WARPS * 32, MINB)
 xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
         const int* __restrict__ offsets, const int2* __restrict__ entries, i64 n_total, i64 in_features,
         i64 out_features, int accumulate) {
@@ -702,8 +702,9 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
         for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
 
     const i64 rows_left = n_total - n0;  // valid batch rows of this tile (axis 0: N % 4 == 0, whole chunks)
-    auto load_pair = [&](int e, float* As) {
-        const int2 ent = entries[begin + e];
+    // the entry of the pair loaded next is read one iteration ahead, so its latency hides behind the FMAs
+    int2 ent_next = STAGES - 1 < count ? entries[begin + STAGES - 1] : make_int2(0, 0);
+    auto load_pair = [&](int2 ent, float* As) {
         const i64 col = (i64)ent.x * BS;
         if (AXIS == 1)  // [m][k] rows of x, swizzled
             cp_async_tile<BM, BS, THREADS, true>(As, x + n0 * in_features + col, in_features, rows_left, BS);
@@ -714,14 +715,17 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < count) load_pair(s, smem + s * STAGE);
+        if (s < count) load_pair(entries[begin + s], smem + s * STAGE);
         cp_async_commit();
     }
     for (int e = 0; e < count; e++) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int next = e + STAGES - 1;
-        if (next < count) load_pair(next, smem + (next % STAGES) * STAGE);
+        if (next < count) {
+            load_pair(ent_next, smem + (next % STAGES) * STAGE);
+            if (next + 1 < count) ent_next = entries[begin + next + 1];
+        }
         cp_async_commit();
         const float* As = smem + (e % STAGES) * STAGE;
         const float* Bs = As + A_ELEMS;
@@ -965,8 +969,8 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 // A = xᵀ (m = i, k = n) and B = dy (n = j). Feature axis 1 keeps the chunks as loaded ([n][i], k-major);
 // axis 0 loads [i][n] rows, swizzled. Each output is summed by one thread over the chunks in order:
 // bit-reproducible; splits (gridDim.y > 1) write fp32 partials to ws for updat_reduce.
-template <int BS, int G, int NC, int STAGES, int KG, int AXIS>
-__global__ void __launch_bounds__(G * (BS / 8) * (BS / 8), 2)
+template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS>
+__global__ void __launch_bounds__(G * (BS / 8) * (BS / 8), MINB)
 updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
            const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
            const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
@@ -1004,13 +1008,23 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
 
-    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    // the loader's current pair, cached in registers (chunks are visited in increasing order): no global
+    // loads in front of a stage's copies except when a new pair starts
+    int lp = -1;
+    long long lp_begin = 0, lp_end = 0, nt = 0;
+    const float* xp = nullptr;
+    const float* dyp = nullptr;
     auto load_stage = [&](int q, float* base) {
         q += q0;
-        while (chunk_ptr[lp + 1] <= q) lp++;
-        const float* xp = reinterpret_cast<const float*>(x_ptrs[lp]);
-        const float* dyp = reinterpret_cast<const float*>(dy_ptrs[lp]);
-        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        while (lp_end <= q) {
+            lp++;
+            lp_begin = lp_end;
+            lp_end = chunk_ptr[lp + 1];
+            xp = reinterpret_cast<const float*>(x_ptrs[lp]);
+            dyp = reinterpret_cast<const float*>(dy_ptrs[lp]);
+            nt = ns[lp];
+        }
+        const i64 n0 = (i64)(q - lp_begin) * NC;
         const i64 left = nt - n0;  // valid batch rows of this chunk (axis 0: N % 4 == 0, whole 16-byte chunks)
 #pragma unroll
         for (int g = 0; g <= G; g++) {

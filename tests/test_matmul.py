@@ -708,12 +708,12 @@ def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
     from cusparseblocks import _matmul_gpu as G
 
     b, variant, axis, splits = case
-    g, nc, _, _ = G.UPDAT_FFMA_TILES[b][variant]
+    g, nc = G.UPDAT_FFMA_TILES[b][variant][:2]
     mask = _emulation_mask(rng, 4, g + 3)
     mask[0, : g + 1] = True  # g + 1 blocks in row 0 (column g + 1 stays empty)
     op, (groups,) = _emulated_op(monkeypatch, mask, b, axis, ("groups", g))
     rows, cols = (np.asarray(t) for t in G._tables(op, "updat", 0))
-    ns = [nc + 8, 40] if axis == 0 else [nc + 5, 37]  # ragged last chunks
+    ns = [3 * nc + 8, 40] if axis == 0 else [3 * nc + 5, 37]  # ragged last chunks; split 2 starts mid-pair
     xs = [random_array(rng, _io(op, n, op.K), "float32") for n in ns]
     dys = [random_array(rng, _io(op, n, op.M), "float32") for n in ns]
     ref = _ref64(op, "updat", xs, dys)

@@ -11,6 +11,7 @@
 struct int2 { int x, y; };
 struct float2 { float x, y; };
 inline float2 make_float2(float a, float b) { return {a, b}; }
+inline int2 make_int2(int a, int b) { return {a, b}; }
 struct alignas(16) float4 { float x, y, z, w; };
 
 extern unsigned emu_dynamic_smem;
