@@ -1,0 +1,114 @@
+"""A small run of the helper-op kernels for compute-sanitizer (memcheck, racecheck).
+
+Run: PYTHONPATH=. compute-sanitizer --tool racecheck python bench/sanitize_ops.py
+Covers the row kernels (layer norm features last, fwd/bwd incl. the gain/bias column sums; batch-norm
+inference; plain and bias activation backward; weight norm per block), the one-pass column kernels of
+kernels/ew_cols.cu on sm_90 (cols_fwd, cols_bwd, wn_unit; forced with LAUNCH["cols1"]["mode"] = "single",
+clusters of 1, 2 and 16 through max_cluster) and their 3-pass fallback, on ragged shapes, for float32 and
+bfloat16; every GPU result is checked against the NumPy path of the same function.
+"""
+
+import cupy as cp
+import numpy as np
+
+from cusparseblocks import _ops_cols, ops
+from cusparseblocks._array import bfloat16
+from cusparseblocks.blocklayout import BlockLayout
+
+
+def _cmp(name, got, want, dtype, worst):
+    got = [got] if not isinstance(got, (tuple, list)) else list(got)
+    want = [want] if not isinstance(want, (tuple, list)) else list(want)
+    tol = 1e-4 if dtype == np.float32 else 3e-2
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g is None or w is None:
+            continue
+        g = cp.asnumpy(g).astype(np.float64)
+        w = np.asarray(w).astype(np.float64)
+        err = np.abs(g - w).max() / max(np.abs(w).max(), 1e-30)
+        assert np.isfinite(g).all() and err < tol, f"{name}[{i}] ({np.dtype(dtype).name}): {err:.2e}"
+        worst = max(worst, err)
+    return worst
+
+
+def main():
+    rng = np.random.default_rng(3)
+    worst = 0.0
+    cfg = _ops_cols.LAUNCH["cols1"]
+    for dtype in (np.float32, bfloat16):
+        for R, C in ((37, 96), (301, 64), (1030, 48)):
+            x = rng.standard_normal((R, C)).astype(dtype)
+            dy = rng.standard_normal((R, C)).astype(dtype)
+            g = (rng.standard_normal(C) * 0.5 + 1).astype(dtype)
+            b = rng.standard_normal(C).astype(dtype)
+            gr = (rng.standard_normal(R) * 0.5 + 1).astype(dtype)
+            br = rng.standard_normal(R).astype(dtype)
+            X, DY = cp.asarray(x), cp.asarray(dy)
+            # rows: layer norm features last, fwd and bwd (dx, dgain, dbias)
+            got = ops.layer_norm_fprop(X, cp.asarray(g), cp.asarray(b))
+            want = ops.layer_norm_fprop(x, g, b)
+            worst = _cmp("layer_norm fwd ax1", got[0], want[0], dtype, worst)
+            gb = ops.layer_norm_bprop(DY, X, cp.asarray(g), got[1], got[2])
+            wb = ops.layer_norm_bprop(dy, x, g, want[1], want[2])
+            worst = _cmp("layer_norm bwd ax1", gb, wb, dtype, worst)
+            # batch-norm inference, activation backward (plain and with a bias)
+            rm = rng.standard_normal(C).astype(np.float32)
+            rv = (rng.random(C) + 0.5).astype(np.float32)
+            got = ops.batch_norm_fprop(X, cp.asarray(g), cp.asarray(b), training=False,
+                                       running_mean=cp.asarray(rm), running_var=cp.asarray(rv))
+            want = ops.batch_norm_fprop(x, g, b, training=False, running_mean=rm.copy(), running_var=rv.copy())
+            worst = _cmp("batch_norm inf ax1", got[0], want[0], dtype, worst)
+            worst = _cmp("relu bwd", ops.activation_bprop(DY, X, "gelu_tanh"),
+                         ops.activation_bprop(dy, x, "gelu_tanh"), dtype, worst)
+            worst = _cmp("bias+relu bwd", ops.activation_bprop(DY, X, "relu", bias=cp.asarray(b)),
+                         ops.activation_bprop(dy, x, "relu", bias=b), dtype, worst)
+            # columns: one pass (clusters of 1..16) and the 3-pass fallback
+            for mode, max_cluster in (("single", 1), ("single", 2), ("single", 16), ("fallback", 16)):
+                saved = dict(cfg)
+                cfg.update(mode=mode, max_cluster=max_cluster)
+                try:
+                    got = ops.batch_norm_fprop(X, cp.asarray(g), cp.asarray(b))
+                    want = ops.batch_norm_fprop(x, g, b)
+                    worst = _cmp(f"batch_norm fwd ax1 {mode}/{max_cluster}", got[0], want[0], dtype, worst)
+                    gb = ops.batch_norm_bprop(DY, X, cp.asarray(g), got[1], got[2])
+                    wb = ops.batch_norm_bprop(dy, x, g, want[1], want[2])
+                    worst = _cmp(f"batch_norm bwd ax1 {mode}/{max_cluster}", gb, wb, dtype, worst)
+                    got = ops.layer_norm_fprop(X, cp.asarray(gr), cp.asarray(br), feature_axis=0)
+                    want = ops.layer_norm_fprop(x, gr, br, feature_axis=0)
+                    worst = _cmp(f"layer_norm fwd ax0 {mode}/{max_cluster}", got[0], want[0], dtype, worst)
+                    gb = ops.layer_norm_bprop(DY, X, cp.asarray(gr), got[1], got[2], feature_axis=0)
+                    wb = ops.layer_norm_bprop(dy, x, gr, want[1], want[2], feature_axis=0)
+                    worst = _cmp(f"layer_norm bwd ax0 {mode}/{max_cluster}", gb, wb, dtype, worst)
+                finally:
+                    cfg.clear()
+                    cfg.update(saved)
+        # weight norm per unit (one pass and fallback) and per block, b = 32, a ragged layout
+        mask = rng.random((5, 7)) < 0.5
+        mask[0, :] = True
+        lay = BlockLayout(mask)
+        w = rng.standard_normal((lay.nnz, 32, 32)).astype(dtype)
+        dv = rng.standard_normal((lay.nnz, 32, 32)).astype(dtype)
+        gu = (rng.random(lay.out_blocks * 32) + 0.5).astype(dtype)
+        gk = (rng.random(lay.nnz) + 0.5).astype(dtype)
+        for mode in ("single", "fallback"):
+            saved = dict(cfg)
+            cfg.update(mode=mode)
+            try:
+                got = ops.weight_norm_fprop(lay, cp.asarray(w), cp.asarray(gu), per="unit")
+                want = ops.weight_norm_fprop(lay, w, gu, per="unit")
+                worst = _cmp(f"weight_norm unit fwd {mode}", got[0], want[0], dtype, worst)
+                gb = ops.weight_norm_bprop(lay, cp.asarray(dv), cp.asarray(w), cp.asarray(gu), got[1], per="unit")
+                wb = ops.weight_norm_bprop(lay, dv, w, gu, want[1], per="unit")
+                worst = _cmp(f"weight_norm unit bwd {mode}", gb, wb, dtype, worst)
+            finally:
+                cfg.clear()
+                cfg.update(saved)
+        got = ops.weight_norm_fprop(lay, cp.asarray(w), cp.asarray(gk), per="block")
+        want = ops.weight_norm_fprop(lay, w, gk, per="block")
+        worst = _cmp("weight_norm block fwd", got[0], want[0], dtype, worst)
+    cp.cuda.get_current_stream().synchronize()
+    print(f"sanitize_ops: every result checked, worst relative error {worst:.2e}")
+
+
+if __name__ == "__main__":
+    main()
