@@ -106,7 +106,8 @@ XW_SMALL_BS = 32
 XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      "tc_w4": ("tc", 32, (4, 2, 4, 1024, 512, 1)),
                      "tc_c2": ("tc", 32, (8, 1, 3, 512, 256, 2)), "tc_c4": ("tc", 32, (4, 1, 3, 512, 256, 4)),
-                     "simt_c2": ("simt", 32, (4, 1, 2, 256, 120, 2))}
+                     "simt_c2": ("simt", 32, (4, 1, 2, 256, 120, 2)),
+                     "tc_st5": ("tc", 32, (8, 1, 5, 1024, 512, 1))}  # 4 stages of w in flight, 216 KiB
 small_variant = None
 small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run

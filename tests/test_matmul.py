@@ -791,7 +791,7 @@ def _emulated_small_cases():
             ("float32", "float32", "bprop", 27, 11, 1), ("float16", "float32", "fprop", 30, 5, 1, "tc_eps4"),
             ("bfloat16", "bfloat16", "bprop", 32, 3, 0, "tc_w4"), ("float16", "float32", "fprop", 21, 4, 1, "tc_c2"),
             ("bfloat16", "bfloat16", "bprop", 32, 5, 0, "tc_c4"), ("float32", "float32", "fprop", 32, 3, 1, "simt_c2"),
-            ("float32", "float32", "bprop", 13, 1, 0, "simt_c2")]
+            ("float32", "float32", "bprop", 13, 1, 0, "simt_c2"), ("float16", "float16", "fprop", 32, 2, 0, "tc_st5")]
 
 
 @pytest.fixture(scope="module")
