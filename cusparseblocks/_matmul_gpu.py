@@ -99,6 +99,10 @@ LARGE_N = 2048
 XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 1024, 512, 1), 64: (4, 2, 3, 1024, 512, 1)},
                   "simt": {32: (4, 1, 3, 320, 128, 1), 64: (4, 1, 3, 1024, 512, 1)}}
 XW_SMALL_BS = 32
+# fp16/bf16 take xw_small only with at least this many blocks per SM: below it the per-column xw_tc "small"
+# tile was as fast or faster (H100, N = 32, K = M = 12288: xw_small 14-21 % faster at d >= 0.1 = 112+ blocks
+# per SM, 2-6 % slower at d <= 0.05 = 56 and fewer; bench/results/bsmm-small-20261126-0050.json)
+SMALL_TC_MIN_BLOCKS_PER_SM = 80
 # tiles timed against the default by the benchmark (small_variant = name; used where kind and BM apply):
 # tc_eps4: 4 blocks per stage, 80 KiB, two CTAs per SM; tc_w4: 4 warps of two blocks each per stage (the
 # first default; H100 run 3: the 8-warp default 4 % faster at d = 0.5, 5-10 % at d = 0.2-0.02)
@@ -600,6 +604,9 @@ def _use_small(op_obj, dtype, n, aligned, dev):
         return False
     if not (aligned and n <= SMALL_N and op_obj.block_size == XW_SMALL_BS and op_obj.feature_axis == 1):
         return False
+    if (force_variant is None and dtype != "float32"
+            and op_obj.layout.nnz < SMALL_TC_MIN_BLOCKS_PER_SM * _sm_count(dev)):
+        return False  # few blocks: the per-column mma.sync kernel is as fast (H100: d <= 0.05 at K = 12288)
     bm = 32 if n <= 32 else 64
     return (xw_small_smem(dtype, bm, small_variant) + xw_small_static_smem(dtype, bm, small_variant)
             <= _smem_limits(dev)[1])

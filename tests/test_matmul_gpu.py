@@ -436,6 +436,39 @@ def _small_ran(op, dtype, odt, n, trans):
     return _ran_any(op, _matmul_gpu.xw_small_spec(dtype, odt, bm, trans), _matmul_gpu.xw_small_smem(dtype, bm))
 
 
+@pytest.fixture(autouse=True)
+def _small_for_any_size(request, monkeypatch):
+    """The xw_small tests use layouts of a few blocks: let fp16/bf16 take xw_small there too (by default they
+    need SMALL_TC_MIN_BLOCKS_PER_SM blocks per SM; test_small_batch_threshold checks that rule)."""
+    if request.node.name.startswith("test_small_batch") and "threshold" not in request.node.name:
+        from cusparseblocks import _matmul_gpu
+
+        monkeypatch.setattr(_matmul_gpu, "SMALL_TC_MIN_BLOCKS_PER_SM", 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_batch_threshold(rng, dtype):
+    """Default selection at N = 32: fp16/bf16 run xw_small only with at least SMALL_TC_MIN_BLOCKS_PER_SM
+    blocks per SM (else the per-column kernel), float32 always; both paths against float64."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    sms = _matmul_gpu._sm_count(cp.cuda.runtime.getDevice())
+    n = 32
+    for many in (False, True):
+        side = int(np.ceil(np.sqrt(_matmul_gpu.SMALL_TC_MIN_BLOCKS_PER_SM * sms * 1.2))) if many else 12
+        mask = np.ones((side, side), bool) if many else _layout(rng, side, side, 0.5)
+        op = BlockSparseMatMul(mask, 32)
+        x = random_array(rng, (n, op.K), dtype)
+        w = random_array(rng, op.w_shape, dtype, scale=0.05)
+        y = poison(cp, (n, op.M), dtype)
+        op.fprop(cp.asarray(x), cp.asarray(w), out=y)
+        assert_close(y, _ref64(op, "fprop", x, w=w), dtype, f"fprop many={many}")
+        expect = many or dtype == "float32"
+        assert _small_ran(op, dtype, dtype, n, 0) == expect, f"{dtype} many={many}: xw_small ran != {expect}"
+
+
 def _ran_any(op, spec, smem):
     """True when some fprop/bprop plan cached on ``op`` launches ``spec``."""
     from cusparseblocks import compiler
