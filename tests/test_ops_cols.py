@@ -703,7 +703,10 @@ def test_gpu_cols_tiles_per_cluster(mode, dtype, per_cluster, shape, monkeypatch
         assert mode[1] == ["cols_fwd"]
         assert_close(m, rm, "float32", "mean")
         assert_close(r, rr, "float32" if dtype == "float32" else "float16", "rstd")
-        assert_close(y, ry, dtype, "y")
+        # y cancels for columns of few close values (3 rows): errors relative to |x|·rstd·|g| + |b|
+        gs = 1.0 if hg is None else np.abs(hg).reshape(1, -1)
+        bs = 0.0 if hb is None else np.abs(hb).reshape(1, -1)
+        assert_close(y, ry, dtype, "y", scale=np.abs(f64(x)) * np.asarray(rr).reshape(1, -1) * gs + bs)
     dy = random_array(rng, shape, dtype)
     _, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), None, 1, True, None, None)
     m32, r32 = _gpu(rm.astype(np.float32)), _gpu(rr.astype(np.float32))
