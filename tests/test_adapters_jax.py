@@ -139,7 +139,7 @@ def test_validation(rng):
     with pytest.raises(ValueError, match=r"x: expected 16 on axis 1 \(in_blocks=2 × block_size=8\), got 15"):
         cj.block_sparse_matmul(jnp.zeros((4, 15)), w, op)
     with pytest.raises(ValueError, match=r"w: expected shape"):
-        cj.block_sparse_matmul(x, jnp.zeros((1, 8, 8)), op)
+        cj.block_sparse_matmul(x, jnp.zeros((op.layout.nnz + 1, 8, 8)), op)  # never the right count
     with pytest.raises(TypeError, match=r"w: expected dtype float32 \(the dtype of x\), got float16"):
         cj.block_sparse_matmul(x, w.astype(jnp.float16), op)
     with pytest.raises(TypeError, match=r"x: expected dtype in .*, got int32"):

@@ -144,7 +144,7 @@ def test_validation(rng):
     with pytest.raises(ValueError, match=r"x: expected 16 on axis 1 \(in_blocks=2 × block_size=8\), got 15"):
         ctf.block_sparse_matmul(tf.zeros((4, 15)), w, op)
     with pytest.raises(ValueError, match=r"w: expected shape"):
-        ctf.block_sparse_matmul(x, tf.zeros((1, 8, 8)), op)
+        ctf.block_sparse_matmul(x, tf.zeros((op.layout.nnz + 1, 8, 8)), op)  # never the right count
     with pytest.raises(TypeError, match=r"w: expected dtype float32 \(the dtype of x\), got float64"):
         ctf.block_sparse_matmul(x, tf.cast(w, tf.float64), op)
     with pytest.raises(TypeError, match=r"x: expected dtype in .*, got int32"):
