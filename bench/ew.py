@@ -307,6 +307,7 @@ _COLS1 = _COLS + ("layer_norm bwd ax0", "weight_norm unit fwd", "weight_norm uni
 # (label, ops.LAUNCH kind, field, value, the ops it changes): timed against the defaults with --variants
 VARIANTS = [
     ("elementwise unroll=4", "elementwise", "unroll", 4, _ELEMENTWISE),
+    ("elementwise act_kernels=False", "elementwise", "act_kernels", False, _ELEMENTWISE),
     ("rows_fwd vecs=2", "rows_fwd", "vecs", 2, ("layer_norm fwd ax1",)),
     ("rows_fwd vecs=8", "rows_fwd", "vecs", 8, ("layer_norm fwd ax1",)),
     ("rows_fwd vecs=16", "rows_fwd", "vecs", 16, ("layer_norm fwd ax1",)),

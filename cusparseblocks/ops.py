@@ -67,6 +67,7 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 
 # Launch parameters, one table for the family (a benchmark may call launch_config with each entry).
 #   elementwise: threads per block, vectors (16 bytes) per thread in flight (a compiled UNROLLS value);
+#     act_kernels: the plain activation (no second operand) through ew_act_fwd / ew_act_bwd (with unroll 1);
 #   rows_fwd / rows_bwd: row in registers, `vecs` vectors per thread (a compiled ROW_VECS value, raised
 #     when a row needs more than 1024 threads), `threads` per block; rows_bwd's persistent grid holds
 #     `blocks_per_sm` blocks per SM (fewer if the registers don't allow it: the host asks the driver);
@@ -78,7 +79,7 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 #     blocks_per_sm blocks per SM over (column tiles × row splits); reverse: the apply walks each
 #     split's rows backwards with streaming loads and stores (reuses what L2 holds from the reduction).
 LAUNCH = {
-    "elementwise": {"threads": 256, "unroll": 1},
+    "elementwise": {"threads": 256, "unroll": 1, "act_kernels": True},
     "rows_fwd": {"threads": 128, "vecs": 4},
     "rows_bwd": {"threads": 256, "vecs": 2, "blocks_per_sm": 2},
     "rows_bwd_cols": {"vecs": 2, "groups": 4},
@@ -142,6 +143,7 @@ def _specializations():
                 yield compiler.KernelSpec("ew.cu", f"ew_bwd<{ctype}, {act}, {unroll}>")
             yield compiler.KernelSpec("ew.cu", f"ew_bias_cols_bwd<{ctype}, {act}>")
             yield compiler.KernelSpec("ew.cu", f"ew_act_bwd<{ctype}, {act}>")
+            yield compiler.KernelSpec("ew.cu", f"ew_act_fwd<{ctype}, {act}>")
         for nv in WN_BLOCK_VECS:
             yield compiler.KernelSpec("ew.cu", f"wn_block_reg<{ctype}, {nv}>")
         for nv, g in _fwd_shapes():
@@ -350,13 +352,13 @@ def _ew_plan(name, dtype, act, n):
     return plan
 
 
-def _act_bwd_plan(dtype, act, n):
-    """(spec, grid, block) of ew_act_bwd over n elements (one vector a thread; cached)."""
-    key = ("ew_act_bwd", dtype, act, n)
+def _act_plan(name, dtype, act, n):
+    """(spec, grid, block) of ew_act_fwd / ew_act_bwd over n elements (one vector a thread; cached)."""
+    key = (name, dtype, act, n)
     plan = _PLANS.get(key)
     if plan is None:
         grid, block = launch_config("elementwise", dtype, n=n, unroll=1)
-        plan = _PLANS[key] = (_spec("ew_act_bwd", dtype, act), grid, block)
+        plan = _PLANS[key] = (_spec(name, dtype, act), grid, block)
     return plan
 
 
@@ -481,6 +483,14 @@ def _ew_gpu_fwd(op, a, b, shape, act, alpha):
 
     if tuple(a.shape) != shape:
         a = cupy.ascontiguousarray(cupy.broadcast_to(a, shape))
+    cfg = LAUNCH["elementwise"]
+    if b is None and cfg["act_kernels"] and cfg["unroll"] == 1:  # the plain activation: its own kernel
+        y = cupy.empty(shape, dtype=a.dtype)
+        n = y.size
+        if n:
+            spec, grid, block = _act_plan("ew_act_fwd", a.dtype, act, n)
+            _launch(spec, grid, block, (y, a, np.int64(n), np.float32(alpha), np.int32(_aligned(y, a))))
+        return y
     pattern = (1, a.size) if b is None else _bcast_pattern(b.shape, shape)
     if pattern is None:
         b = cupy.ascontiguousarray(cupy.broadcast_to(b, shape))
@@ -523,10 +533,11 @@ def _ew_gpu_bwd(op, dy, a, b, shape, act, alpha):
     import cupy
 
     n = math.prod(shape)
-    if b is None and tuple(a.shape) == shape:  # the plain activation backward: its own kernel
+    cfg = LAUNCH["elementwise"]
+    if b is None and tuple(a.shape) == shape and cfg["act_kernels"] and cfg["unroll"] == 1:  # own kernel
         da = cupy.empty(shape, dtype=a.dtype)
         if n:
-            spec, grid, block = _act_bwd_plan(a.dtype, act, n)
+            spec, grid, block = _act_plan("ew_act_bwd", a.dtype, act, n)
             _launch(
                 spec,
                 grid,

@@ -309,6 +309,25 @@ __global__ void ew_bwd(T* __restrict__ da, T* __restrict__ db, float* __restrict
     }
 }
 
+// The plain activation forward (no second operand), y = act(alpha * a): ew_fwd without its operand and
+// broadcast paths, for the same reason as ew_act_bwd (ew_fwd: 40 registers, 6 blocks of 256 a SM; here
+// ~30, 8 blocks: more loads in flight and more warps to hide the activation's latency). Grid: as ew_fwd
+// with U = 1.
+template <typename T, int ACT>
+__global__ void ew_act_fwd(T* __restrict__ y, const T* __restrict__ a, i64 n, float alpha, int aligned) {
+    constexpr int V = Lanes<T>::V;
+    constexpr bool FAST = sizeof(T) < 4;
+    const i64 step = (i64)gridDim.x * blockDim.x * V;
+    for (i64 i = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * V; i < n; i += step) {
+        const bool vec = aligned && i + V <= n;
+        float va[V];
+        load_v<T, V>(a, i, n, vec, va);
+#pragma unroll
+        for (int k = 0; k < V; ++k) va[k] = act_f<ACT, FAST>(alpha * va[k]);
+        store_v<T, V>(y, i, n, vec, va);
+    }
+}
+
 // The plain activation backward (no second operand), da = dy * act'(alpha * a) * alpha: ew_bwd with its
 // operand, broadcast and output-selection paths left out. Those took the half types to 52 registers
 // (4 blocks of 256 threads per SM, half the loads in flight of ew_fwd's 40) and made the activation

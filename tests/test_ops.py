@@ -320,8 +320,8 @@ def test_specializations_registered():
 
     specs = compiler.all_specializations()["ew"]
     per_type = (
-        # ew_fwd, ew_bwd per unroll; ew_bias_cols_bwd, ew_act_bwd
-        len(ops.ACTIVATIONS) * (2 * len(ops.UNROLLS) + 2)
+        # ew_fwd, ew_bwd per unroll; ew_bias_cols_bwd, ew_act_bwd, ew_act_fwd
+        len(ops.ACTIVATIONS) * (2 * len(ops.UNROLLS) + 3)
         # norm_rows_fwd_reg<T, NV, G>, norm_rows_bwd_cols<T, NV, G>
         + len(list(ops._fwd_shapes()))
         + len(list(ops._bwd_cols_shapes()))
@@ -398,7 +398,18 @@ def _poison_pool(nbytes=64 << 20):
     "shape,misalign", [((37, 203), True), ((64, 256), False), ((5, 1), False), ((3001, 72), False)]
 )
 @pytest.mark.parametrize("activation", ops.ACTIVATIONS)
-def test_gpu_activation(dtype, shape, misalign, activation, rng):
+@pytest.mark.parametrize("act_kernels", [True, False])
+def test_gpu_activation(dtype, shape, misalign, activation, act_kernels, rng):
+    """act_kernels: the plain activation through ew_act_fwd / ew_act_bwd (default) or ew_fwd / ew_bwd."""
+    saved = ops.LAUNCH["elementwise"]["act_kernels"]
+    ops.LAUNCH["elementwise"]["act_kernels"] = act_kernels
+    try:
+        _check_activation(dtype, shape, misalign, activation, rng)
+    finally:
+        ops.LAUNCH["elementwise"]["act_kernels"] = saved
+
+
+def _check_activation(dtype, shape, misalign, activation, rng):
     x, b, dy = (random_array(rng, s, dtype) for s in (shape, shape[1:], shape))
     _poison_pool()
     gx, gb, gdy = _gpu(x, misalign), _gpu(b), _gpu(dy, misalign)
