@@ -2,7 +2,7 @@
 
 Run: PYTHONPATH=. compute-sanitizer --tool racecheck python bench/sanitize_ops.py
 Covers the row kernels (layer norm features last, fwd/bwd incl. the gain/bias column sums; batch-norm
-inference; plain and bias activation backward; weight norm per block), the one-pass column kernels of
+inference; same-shape add/mul; plain and bias activation backward; weight norm per block), the one-pass column kernels of
 kernels/ew_cols.cu on sm_90 (cols_fwd, cols_bwd, wn_unit; forced with LAUNCH["cols1"]["mode"] = "single",
 clusters of 1, 2 and 16 through max_cluster) and their 3-pass fallback, on ragged shapes, for float32 and
 bfloat16; every GPU result is checked against the NumPy path of the same function.
@@ -62,6 +62,9 @@ def main():
                          ops.activation_bprop(dy, x, "gelu_tanh"), dtype, worst)
             worst = _cmp("bias+relu bwd", ops.activation_bprop(DY, X, "relu", bias=cp.asarray(b)),
                          ops.activation_bprop(dy, x, "relu", bias=b), dtype, worst)
+            worst = _cmp("add", ops.add_fprop(X, DY, activation="tanh"), ops.add_fprop(x, dy, activation="tanh"),
+                         dtype, worst)
+            worst = _cmp("mul", ops.mul_fprop(X, DY), ops.mul_fprop(x, dy), dtype, worst)
             # columns: one pass (clusters of 1..16) and the 3-pass fallback
             for mode, max_cluster in (("single", 1), ("single", 2), ("single", 16), ("fallback", 16)):
                 saved = dict(cfg)

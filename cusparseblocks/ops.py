@@ -67,7 +67,8 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 
 # Launch parameters, one table for the family (a benchmark may call launch_config with each entry).
 #   elementwise: threads per block, vectors (16 bytes) per thread in flight (a compiled UNROLLS value);
-#     act_kernels: the plain activation (no second operand) through ew_act_fwd / ew_act_bwd (with unroll 1);
+#     act_kernels: the plain activation (no second operand) through ew_act_fwd / ew_act_bwd, and add/mul of
+#       two same-shape operands through ew_bin_fwd (with unroll 1);
 #   rows_fwd / rows_bwd: row in registers, `vecs` vectors per thread (a compiled ROW_VECS value, raised
 #     when a row needs more than 1024 threads), `threads` per block; rows_bwd's persistent grid holds
 #     `blocks_per_sm` blocks per SM (fewer if the registers don't allow it: the host asks the driver);
@@ -144,6 +145,8 @@ def _specializations():
             yield compiler.KernelSpec("ew.cu", f"ew_bias_cols_bwd<{ctype}, {act}>")
             yield compiler.KernelSpec("ew.cu", f"ew_act_bwd<{ctype}, {act}>")
             yield compiler.KernelSpec("ew.cu", f"ew_act_fwd<{ctype}, {act}>")
+            for op in (1, 2):  # _OPS["add"], _OPS["mul"]
+                yield compiler.KernelSpec("ew.cu", f"ew_bin_fwd<{ctype}, {act}, {op}>")
         for nv in WN_BLOCK_VECS:
             yield compiler.KernelSpec("ew.cu", f"wn_block_reg<{ctype}, {nv}>")
         for nv, g in _fwd_shapes():
@@ -352,13 +355,14 @@ def _ew_plan(name, dtype, act, n):
     return plan
 
 
-def _act_plan(name, dtype, act, n):
-    """(spec, grid, block) of ew_act_fwd / ew_act_bwd over n elements (one vector a thread; cached)."""
-    key = (name, dtype, act, n)
+def _act_plan(name, dtype, act, n, *params):
+    """(spec, grid, block) of ew_act_fwd / ew_act_bwd / ew_bin_fwd (``params``: its op) over n elements
+    (one vector a thread; cached)."""
+    key = (name, dtype, act, n, *params)
     plan = _PLANS.get(key)
     if plan is None:
         grid, block = launch_config("elementwise", dtype, n=n, unroll=1)
-        plan = _PLANS[key] = (_spec(name, dtype, act), grid, block)
+        plan = _PLANS[key] = (_spec(name, dtype, act, *params), grid, block)
     return plan
 
 
@@ -490,6 +494,13 @@ def _ew_gpu_fwd(op, a, b, shape, act, alpha):
         if n:
             spec, grid, block = _act_plan("ew_act_fwd", a.dtype, act, n)
             _launch(spec, grid, block, (y, a, np.int64(n), np.float32(alpha), np.int32(_aligned(y, a))))
+        return y
+    if b is not None and tuple(b.shape) == shape and cfg["act_kernels"] and cfg["unroll"] == 1:
+        y = cupy.empty(shape, dtype=a.dtype)  # two same-shape operands: their own kernel
+        n = y.size
+        if n:
+            spec, grid, block = _act_plan("ew_bin_fwd", a.dtype, act, n, _OPS[op])
+            _launch(spec, grid, block, (y, a, b, np.int64(n), np.float32(alpha), np.int32(_aligned(y, a, b))))
         return y
     pattern = (1, a.size) if b is None else _bcast_pattern(b.shape, shape)
     if pattern is None:

@@ -320,8 +320,8 @@ def test_specializations_registered():
 
     specs = compiler.all_specializations()["ew"]
     per_type = (
-        # ew_fwd, ew_bwd per unroll; ew_bias_cols_bwd, ew_act_bwd, ew_act_fwd
-        len(ops.ACTIVATIONS) * (2 * len(ops.UNROLLS) + 3)
+        # ew_fwd, ew_bwd per unroll; ew_bias_cols_bwd, ew_act_bwd, ew_act_fwd, ew_bin_fwd (add, mul)
+        len(ops.ACTIVATIONS) * (2 * len(ops.UNROLLS) + 5)
         # norm_rows_fwd_reg<T, NV, G>, norm_rows_bwd_cols<T, NV, G>
         + len(list(ops._fwd_shapes()))
         + len(list(ops._bwd_cols_shapes()))
@@ -449,9 +449,13 @@ def _check_activation(dtype, shape, misalign, activation, rng):
         ((4, 5, 6), (5, 1)),
         ((4, 5, 6), (4, 1, 6)),
         ((5, 1), (1, 7)),
+        ((3, 1001), (3, 1001)),
     ],
 )
-def test_gpu_add_mul(dtype, op, shapes, rng):
+@pytest.mark.parametrize("act_kernels", [True, False])
+def test_gpu_add_mul(dtype, op, shapes, act_kernels, rng, monkeypatch):
+    """add/mul with broadcasting; same-shape operands through ew_bin_fwd (act_kernels) or ew_fwd."""
+    monkeypatch.setitem(ops.LAUNCH["elementwise"], "act_kernels", act_kernels)
     a, b = (random_array(rng, s, dtype) for s in shapes)
     _poison_pool()
     fwd, bwd = (ops.add_fprop, ops.add_bprop) if op == "add" else (ops.mul_fprop, ops.mul_bprop)
