@@ -591,7 +591,8 @@ def test_gpu_rows_fwd_paths(dtype, shape, vecs, force_fallback, rng):
             ry, rm, rr = ref.batch_norm_fprop(f64(x), f64(gr), f64(br), 0, True, hrm, hrv)
             assert_close(y, ry, dtype, "batch norm y")
             assert_close(m, rm, "float32", "batch norm mean")
-            assert_close(grm, hrm, "float32", "running_mean")
+            # (1 - momentum)·rm0 + momentum·mean can cancel: errors relative to the terms' magnitudes
+            assert_close(grm, hrm, "float32", "running_mean", scale=np.abs(rm0) + np.abs(rm))
             assert_close(grv, hrv, "float32" if dtype == "float32" else "float16", "running_var")
     finally:
         ops.LAUNCH["rows_fwd"]["vecs"] = saved
