@@ -2,7 +2,8 @@
 
 Run: PYTHONPATH=. compute-sanitizer --tool memcheck python bench/sanitize_bsmm.py
 Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element paths), xw_wide_tc
-(b = 8), xw_simt (both tiles), xw_ffma and updat_ffma (float32, b = 32/64, N = 152 and 700), xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and
+(b = 8), xw_simt (both tiles), xw_ffma and updat_ffma (float32, b = 32/64, N = 152 and 700), xw_small
+(N = 37, b = 32, feature axis 1, every dtype), xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and
 several), updat_simt and updat_reduce, on ragged shapes; on an sm_90 device also the wgmma kernels
 (xw_gmma fprop/bprop and updat_gmma / updat_gmma32 for b = 64 / 32, feature axis 1, N = 152 and 700);
 checks every result.
@@ -17,6 +18,10 @@ from cusparseblocks.reference import matmul as ref
 
 
 def main():
+    from cusparseblocks import _matmul_gpu
+
+    # xw_small for every dtype at N = 37 (fp16/bf16 take it by default only with >= 80 blocks per SM)
+    _matmul_gpu.SMALL_TC_MIN_BLOCKS_PER_SM = 0
     rng = np.random.default_rng(1)
     worst = 0.0
     for dtype, tf32 in ((np.float16, False), (bfloat16, False), (np.float32, False), (np.float32, True)):
