@@ -93,6 +93,20 @@ def _read_source(name: str) -> str:
     return path.read_text()
 
 
+def _local_headers(text: str, seen: tuple = ()) -> list[str]:
+    """The texts of the kernels/ headers that ``text`` includes (``#include "x.cuh"``), recursively: part
+    of the cache key, so that editing common.cuh or pack16.cuh invalidates every source built on it."""
+    out = []
+    for name in re.findall(r'^\s*#include\s+"([^"]+)"', text, flags=re.M):
+        path = kernel_source_dir() / name
+        if name in seen or not path.is_file():
+            continue
+        seen = (*seen, name)
+        sub = path.read_text()
+        out += [sub, *_local_headers(sub, seen)]
+    return out
+
+
 def cuda_include_dirs() -> list[str]:
     """Directories with CUDA's headers (cuda_fp16.h, cuda_bf16.h) that NVRTC needs."""
     found = []
@@ -200,7 +214,7 @@ def _compile_group(source, defines, group, arch):
     text = _read_source(source)
     opts = _options(arch, defines)
     digest = hashlib.sha256(
-        "\0".join([text, *opts, *(s.name for s in group), str(nvrtc_version())]).encode()
+        "\0".join([text, *_local_headers(text), *opts, *(s.name for s in group), str(nvrtc_version())]).encode()
     ).hexdigest()[:32]
     cached = _load_disk(digest, group, arch)
     if cached is not None:

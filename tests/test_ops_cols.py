@@ -422,6 +422,8 @@ def _build_emulator(directory):
     src = (fake_cupy.KERNELS / "ew_cols.cu").read_text()
     a, b = src.index("// --- PTX wrappers"), src.index("// --- end of PTX wrappers ---")
     src = src[:a] + src[b:]
+    pack16 = (fake_cupy.KERNELS / "pack16.cuh").read_text().replace("#pragma once", "")
+    src = re.sub(r'#include "pack16.cuh".*', lambda m: pack16, src)
     src = src.replace('#include "common.cuh"', "")
     src = src.replace(
         "extern __shared__ uint4 tile[];",
