@@ -127,7 +127,8 @@ def main(argv=None):
     rotate = 3
     GROUPS = 8
     halo_tiles = [f"halo:{p}x{w}" for p, w in conv_module._LAUNCH["halo"]["tiles"]]
-    fprop_variants = ["tap", *halo_tiles]
+    # ":full": a CTA per item instead of the persistent grid (the default tile's old launch)
+    fprop_variants = ["tap", *halo_tiles, "halo:{}x{}:full".format(*conv_module._LAUNCH["halo"]["default"])]
     table = Table(
         [
             "N",

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _validate as V
 from . import compiler
+from . import ops as _ops
 from ._array import backend_of, dtype_name, is_cupy
 from .blocklayout import BlockLayout
 from .reference import conv as ref
@@ -67,6 +68,8 @@ _LAUNCH = {
         "default": (256, 4),
         "stages": 2,
         "max_smem": 160 * 1024,
+        # grid = co-resident CTAs, each walking items with one stage stream (False: a CTA per item)
+        "persistent": True,
     },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
@@ -955,8 +958,9 @@ def _fprop_plan(conv, geom, n: int, dtype, has_eb: bool):
 # indices into the geometry array (enum G_* in kernels/conv.cu)
 _G = {k: i for i, k in enumerate("N C K D H W OD OH OW FT FR FS SD SH SW PD PH PW DD DH DW CL".split())}
 
-# None (automatic), "tap", "halo" (automatic tile) or "halo:PIXELSxWARPS" (e.g. "halo:512x4"): which
-# tensor-core fprop kernel runs (fprop and stride-1 bprop); the benchmark times each
+# None (automatic), "tap", "halo" (automatic tile) or "halo:PIXELSxWARPS" (e.g. "halo:512x4"), with
+# ":full" appended for a CTA per item instead of the persistent grid: which tensor-core fprop kernel
+# runs (fprop and stride-1 bprop); the benchmark times each
 force_variant: str | None = None  # as _matmul_gpu.force_variant
 
 
@@ -976,18 +980,24 @@ def _halo_smem(g: dict, b: int, tw: int, th: int) -> int:
 
 
 def _fprop_variant(geo_host, b: int):
-    """("halo", (tile width, tile height, warps, shared bytes)) when the halo kernel applies, else
-    ("tap", None)."""
+    """("halo", (tile width, tile height, warps, shared bytes, persistent)) when the halo kernel
+    applies, else ("tap", None)."""
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     cfg = _LAUNCH["halo"]
     fv = force_variant
+    persistent = cfg["persistent"]
+    if fv is not None and fv.endswith(":full"):
+        fv, persistent = fv[: -len(":full")], False
     if fv == "tap" or b not in cfg["block_sizes"] or (g["FR"] * g["FS"] == 1 and fv is None):
         return "tap", None
     tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
     if fv is not None and fv.startswith("halo:"):
-        pixels, warps = (int(v) for v in fv[5:].split("x"))
+        try:
+            pixels, warps = (int(v) for v in fv[5:].split("x"))
+        except ValueError:
+            pixels = warps = None
         if (pixels, warps) not in cfg["tiles"]:
-            raise ValueError(f"force_variant: expected a halo tile in {cfg['tiles']}, got {fv!r}")
+            raise ValueError(f"force_variant: expected a halo tile in {cfg['tiles']}, got {force_variant!r}")
         shapes = [(pixels, warps)]
     else:
         pixels, warps = cfg["default"]
@@ -997,7 +1007,7 @@ def _fprop_variant(geo_host, b: int):
         th = pixels // tw
         smem = _halo_smem(g, b, tw, th)
         if smem <= cfg["max_smem"]:
-            return "halo", (tw, th, warps, smem)
+            return "halo", (tw, th, warps, smem, persistent)
     return "tap", None
 
 
@@ -1014,11 +1024,14 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool):
         return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip
     variant, halo = _fprop_variant(geo_host, b)
     if variant == "halo":
-        tw, th, warps, smem = halo
+        tw, th, warps, smem, persistent = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
         assert out_blocks * b == g["K"], "the halo kernel's grid has K/B output blocks"
         spec = _halo_spec(_CTYPE[dt], b, tw, th, warps, flip)
-        return spec, (tiles * out_blocks,), (32 * warps,), smem, False
+        items = tiles * out_blocks
+        if persistent:  # the CTAs that fit at once, each walking items with a grid stride
+            items = min(items, _ops._sm_count() * _ops._resident_blocks(spec, 32 * warps, smem, 2))
+        return spec, (items,), (32 * warps,), smem, False
     spec = compiler.KernelSpec("conv.cu", f"conv_fprop_tc<{_CTYPE[dt]}, {b}>")
     return spec, (-(-m_total // cfg["bm"]), out_blocks), (cfg["threads"],), _tc_smem(b), flip
 

@@ -523,7 +523,8 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 #define HALO_STAGES 2
 
 // conv_fprop_halo: the output tile is a TH × TW rectangle of one image n and one output depth od;
-// blockIdx.x walks (n, od, tile row, tile column, virtual output block j), j fastest. Each stage is
+// the CTAs walk the items (n, od, tile row, tile column, virtual output block j), j fastest, with a
+// grid stride (persistent when the grid is smaller than the items). Each stage is
 // one (input block of column j, filter depth ft) pair: it loads the input halo that the rectangle's
 // FR × FS taps read (zero-filled outside the input) once, plus the FR·FS weight slices, then runs all
 // taps from shared memory (ldmatrix takes per-lane row addresses, so a tap is a shifted window of the
@@ -536,7 +537,8 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
 // the B fragments come from ldmatrix without .trans; the math is dx = conv(dy, flip(w)ᵀ).
 template <typename T, int B, int TW, int TH = TC_BM / TW, int WARPS = 4, bool FLIP = false>
-__global__ void __launch_bounds__(WARPS * 32, (TH * TW / WARPS) * B / 32 <= 64 ? 2 : 1)  // 2 CTAs/SM up to 64 accumulators
+// 2 CTAs/SM up to 64 accumulators and 256 positions (a 512-position tile's ring takes ~144 KB: one CTA)
+__global__ void __launch_bounds__(WARPS * 32, (TH * TW <= 256 && (TH * TW / WARPS) * B / 32 <= 64) ? 2 : 1)
 conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
                 const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
                 const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
@@ -557,27 +559,41 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   T* sA = reinterpret_cast<T*>(smem_raw);             // [stages][halo][LDA]
   T* sW = sA + HALO_STAGES * halo * LDA;              // [stages][FR·FS][B][LDA]
 
-  // 1-D grid, output block fastest: the K/B CTAs of one tile run together, so the tile's input halo
-  // is read from DRAM once (later columns find it in L2) and a permuted (shuffled) output's scattered
-  // stores to the same rows merge in L2 before they reach DRAM
+  // Work items (n, od, tile row, tile column, virtual output block j), j fastest: the K/B items of one
+  // tile run together, so the tile's input halo is read from DRAM once (later columns find it in L2)
+  // and a permuted (shuffled) output's scattered stores to the same rows merge in L2 before they reach
+  // DRAM. The grid may be smaller than the items (persistent: about the co-resident CTAs): a CTA walks
+  // items blockIdx.x, + gridDim.x, ... and its stages form one stream over all its items, so the next
+  // item's first stage is in flight while the current item's last stage and its epilogue run (with one
+  // or two stages an item, a CTA per item would load, multiply and store in sequence).
   const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + TH - 1) / TH;
   const int ncol = K / B;
-  i64 t = blockIdx.x;
-  const int j = (int)(t % ncol); t /= ncol;
-  const int tw0 = (int)(t % tiles_w) * TW; t /= tiles_w;
-  const int th0 = (int)(t % tiles_h) * TH; t /= tiles_h;
-  const int od = (int)(t % OD);
-  const i64 n = t / OD;
-  const int ih0 = th0 * SH - geo[G_PH], iw0 = tw0 * SW - geo[G_PW];
-  const int e0 = col_ptr[j];
-  const int niter = (col_ptr[j + 1] - e0) * FT;
+  const i64 total = (i64)geo[G_N] * OD * tiles_h * tiles_w * ncol;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
-  auto load_stage = [&](int it, int buf) {
+  struct Item {
+    i64 n;
+    int j, tw0, th0, od, e0, niter;
+  };
+  auto decode = [&](i64 t) {
+    Item r;
+    r.j = (int)(t % ncol); t /= ncol;
+    r.tw0 = (int)(t % tiles_w) * TW; t /= tiles_w;
+    r.th0 = (int)(t % tiles_h) * TH; t /= tiles_h;
+    r.od = (int)(t % OD);
+    r.n = t / OD;
+    r.e0 = col_ptr[r.j];
+    r.niter = (col_ptr[r.j + 1] - r.e0) * FT;
+    return r;
+  };
+
+  auto load_stage = [&](i64 item, int it, int buf) {  // decodes the item again: fewer live registers
+    const Item q = decode(item);
     const int eo = it / FT, ft = it - eo * FT;
-    const int cblk = col_in[e0 + eo];
-    const i64 wblk = col_w[e0 + eo];
-    const int id = od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
+    const int cblk = col_in[q.e0 + eo];
+    const i64 wblk = col_w[q.e0 + eo];
+    const int id = q.od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
+    const int ih0 = q.th0 * SH - geo[G_PH], iw0 = q.tw0 * SW - geo[G_PW];
     const bool dok = (unsigned)id < (unsigned)D;
     T* dstA = sA + buf * halo * LDA;
     for (int v = tid; v < halo * VPR; v += THREADS) {
@@ -585,7 +601,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       const int hr = row / HC, hc = row - hr * HC;
       const int ih = ih0 + hr, iw = iw0 + hc;
       const bool ok = dok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
-      const T* src = ok ? x + (((n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
+      const T* src = ok ? x + (((q.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
       cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
     }
     const int wdepth = FLIP ? FT - 1 - ft : ft;
@@ -599,14 +615,6 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     }
   };
 
-  float acc[MT][NT][4];
-#pragma unroll
-  for (int a = 0; a < MT; ++a)
-#pragma unroll
-    for (int b = 0; b < NT; ++b)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
-
   // this lane's A row in each m16 tile: output (th, tw) → halo position before the tap offset
   int hbase[MT];
 #pragma unroll
@@ -615,78 +623,110 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     hbase[mt] = (r / TW) * SH * HC + (r % TW) * SW;
   }
 
-  if (niter > 0) load_stage(0, 0);
+  // the load cursor: item li, its stage lit (the next stage to load); seek() skips finished items and
+  // items without stages (an empty column: its outputs are the epilogue's zeros and edge bias)
+  auto stages_of = [&](i64 item) {
+    const int j = (int)(item % ncol);
+    return (col_ptr[j + 1] - col_ptr[j]) * FT;
+  };
+  i64 li = blockIdx.x;
+  int lit = 0, lniter = li < total ? stages_of(li) : 0;
+  auto seek = [&]() {
+    while (li < total && lit >= lniter) {
+      li += gridDim.x;
+      lit = 0;
+      if (li < total) lniter = stages_of(li);
+    }
+  };
+  seek();
+  if (li < total) load_stage(li, lit++, 0);
   cp_async_commit();
-  for (int it = 0; it < niter; ++it) {
-    cp_async_wait<0>();
-    __syncthreads();
-    if (it + 1 < niter) load_stage(it + 1, (it + 1) % HALO_STAGES);
-    cp_async_commit();
-    const int buf = it % HALO_STAGES;
-    const T* bA = sA + buf * halo * LDA;
-    const T* bWs = sW + buf * wtaps * B * LDA;
-    for (int fr = 0; fr < FR; ++fr)
-      for (int fs = 0; fs < FS; ++fs) {
-        const int toff = fr * DH * HC + fs * DW;
-        const T* bW = bWs + (fr * FS + fs) * B * LDA;
+
+  const i64 OS = (i64)OD * OH * OW;
+  int stage = 0;  // stages consumed by this CTA: the ring slot is stage % 2
+  float acc[MT][NT][4];
+  for (i64 ci = blockIdx.x; ci < total; ci += gridDim.x) {
+    const int cniter = stages_of(ci);
 #pragma unroll
-        for (int kk = 0; kk < B / 16; ++kk) {
-          unsigned b[B / 16][4];
+    for (int a = 0; a < MT; ++a)
 #pragma unroll
-          for (int np = 0; np < B / 16; ++np) {
-            if (FLIP) {  // smem [n = c][k]: B fragments without transposition
-              const int nrow = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
-              ldmatrix_x4(b[np], smem_u32(bW + nrow * LDA + kk * 16 + ((lane >> 3) & 1) * 8));
-            } else {     // smem [k = c][n = k]
-              const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-              ldmatrix_x4_trans(b[np], smem_u32(bW + krow * LDA + np * 16 + (lane >> 4) * 8));
-            }
-          }
+      for (int b = 0; b < NT; ++b)
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            unsigned a[4];
-            ldmatrix_x4(a, smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
+        for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+
+    for (int it = 0; it < cniter; ++it, ++stage) {
+      cp_async_wait<0>();
+      __syncthreads();
+      seek();
+      if (li < total) load_stage(li, lit++, (stage + 1) % HALO_STAGES);
+      cp_async_commit();
+      const int buf = stage % HALO_STAGES;
+      const T* bA = sA + buf * halo * LDA;
+      const T* bWs = sW + buf * wtaps * B * LDA;
+      for (int fr = 0; fr < FR; ++fr)
+        for (int fs = 0; fs < FS; ++fs) {
+          const int toff = fr * DH * HC + fs * DW;
+          const T* bW = bWs + (fr * FS + fs) * B * LDA;
+#pragma unroll
+          for (int kk = 0; kk < B / 16; ++kk) {
+            unsigned b[B / 16][4];
 #pragma unroll
             for (int np = 0; np < B / 16; ++np) {
-              mma16816<T>(acc[mt][2 * np], a, b[np][0], b[np][1]);
-              mma16816<T>(acc[mt][2 * np + 1], a, b[np][2], b[np][3]);
+              if (FLIP) {  // smem [n = c][k]: B fragments without transposition
+                const int nrow = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
+                ldmatrix_x4(b[np], smem_u32(bW + nrow * LDA + kk * 16 + ((lane >> 3) & 1) * 8));
+              } else {     // smem [k = c][n = k]
+                const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+                ldmatrix_x4_trans(b[np], smem_u32(bW + krow * LDA + np * 16 + (lane >> 4) * 8));
+              }
             }
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              unsigned a[4];
+              ldmatrix_x4(a, smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+              for (int np = 0; np < B / 16; ++np) {
+                mma16816<T>(acc[mt][2 * np], a, b[np][0], b[np][1]);
+                mma16816<T>(acc[mt][2 * np + 1], a, b[np][2], b[np][3]);
+              }
+            }
+          }
+        }
+    }
+
+    // epilogue from registers (the next item's first stage is in flight meanwhile)
+    const Item cur = decode(ci);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h;
+        const int oh = cur.th0 + r / TW, ow = cur.tw0 + r % TW;
+        if (oh >= OH || ow >= OW) continue;
+        const i64 p = ((i64)cur.od * OH + oh) * OW + ow;
+        const i64 m = cur.n * OS + p;
+        const int eb = emap != nullptr ? emap[p] : -1;
+        T* yrow = y + m * K;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int kv = cur.j * B + nt * 8 + 2 * (lane & 3);
+          float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+          const int k0 = out_perm != nullptr ? out_perm[kv] : kv;
+          const int k1 = out_perm != nullptr ? out_perm[kv + 1] : kv + 1;
+          if (eb >= 0) {
+            v0 += to_float(edge_bias[(i64)eb * K + k0]);
+            v1 += to_float(edge_bias[(i64)eb * K + k1]);
+          }
+          if (out_perm == nullptr) {
+            store2<T>(yrow + k0, v0, v1);
+          } else {
+            yrow[k0] = from_float<T>(v0);
+            yrow[k1] = from_float<T>(v1);
           }
         }
       }
   }
   cp_async_wait<0>();
-
-  const i64 OS = (i64)OD * OH * OW;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h;
-      const int oh = th0 + r / TW, ow = tw0 + r % TW;
-      if (oh >= OH || ow >= OW) continue;
-      const i64 p = ((i64)od * OH + oh) * OW + ow;
-      const i64 m = n * OS + p;
-      const int eb = emap != nullptr ? emap[p] : -1;
-      T* yrow = y + m * K;
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int kv = j * B + nt * 8 + 2 * (lane & 3);
-        float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
-        const int k0 = out_perm != nullptr ? out_perm[kv] : kv;
-        const int k1 = out_perm != nullptr ? out_perm[kv + 1] : kv + 1;
-        if (eb >= 0) {
-          v0 += to_float(edge_bias[(i64)eb * K + k0]);
-          v1 += to_float(edge_bias[(i64)eb * K + k1]);
-        }
-        if (out_perm == nullptr) {
-          store2<T>(yrow + k0, v0, v1);
-        } else {
-          yrow[k0] = from_float<T>(v0);
-          yrow[k1] = from_float<T>(v1);
-        }
-      }
-    }
 }
 
 #define FF_BM 64

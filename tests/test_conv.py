@@ -551,7 +551,8 @@ def test_gpu_large_ragged_tc(rng, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize(
-    "variant", ["tap", "halo:128x4", "halo:256x4", "halo:256x8", "halo:512x4", "halo:512x8"]
+    "variant",
+    ["tap", "halo:128x4", "halo:256x4", "halo:256x8", "halo:512x4", "halo:512x8", "halo:256x4:full", "halo:128x4:full"],
 )
 def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
     # every tensor-core fprop kernel (and the FLIP bprop of each halo tile) on ragged tiles, an empty
@@ -564,6 +565,24 @@ def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
     mask[:, 2] = True
     lay = ChannelBlockLayout.from_mask(mask, 32)
     _gpu_case(rng, lay, (3, 3), 1, ((1, 2), (2, 0)), 1, (19, 37), dtype, "NHWC", n=3, ops=("fprop", "bprop"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("sms", [None, 1], ids=["device", "one-sm"])
+def test_gpu_halo_persistent(rng, monkeypatch, dtype, sms):
+    # the persistent halo grid with more items than co-resident CTAs (the device's own count, and a grid
+    # of one SM's CTAs walking every item): fprop and the FLIP bprop, uneven columns, an empty column
+    import cusparseblocks.conv as conv_module
+
+    if sms is not None:
+        monkeypatch.setattr(conv_module._ops, "_sm_count", lambda: sms)
+    mask = _mask(rng, (5, 4), 0.4)
+    mask[:, 1] = False
+    mask[:, 3] = True
+    lay = ChannelBlockLayout.from_mask(mask, 32)
+    n, spatial = (24, (32, 33)) if sms is None else (3, (17, 33))
+    _gpu_case(rng, lay, (3, 3), 1, 1, 1, spatial, dtype, "NHWC", n=n, ops=("fprop", "bprop"))
 
 
 @pytest.mark.gpu
@@ -908,20 +927,23 @@ HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 @pytest.mark.parametrize("tile", HALO_TILES, ids=lambda t: f"{t[0]}x{t[1]}")
 @pytest.mark.parametrize("b,dtype", [(16, "float16"), (32, "bfloat16")])
-def test_gpu_path_emulated_halo_tiles(rng, emulated, monkeypatch, tile, b, dtype):
+@pytest.mark.parametrize("grid", ["", ":full"], ids=["persistent", "full"])
+def test_gpu_path_emulated_halo_tiles(rng, emulated, monkeypatch, tile, b, dtype, grid):
     # every halo tile, fprop and the FLIP bprop (w read flipped and untransposed in the kernel): ragged
     # tiles at the right and bottom edges, asymmetric padding, 3 blocks in one column, an empty column
+    # (zeros); the persistent grid (the fake GPU's 3 SMs × 2 CTAs walk 16 items, several stages and an
+    # empty item in one CTA's stage stream) and a CTA per item
     import cupy
 
     import cusparseblocks.conv as conv_module
 
     assert tile in conv_module._LAUNCH["halo"]["tiles"]
-    monkeypatch.setattr(conv_module, "force_variant", f"halo:{tile[0]}x{tile[1]}")
-    lay = ChannelBlockLayout.from_mask([[1, 0, 1], [1, 1, 0], [1, 0, 0]], b)
+    monkeypatch.setattr(conv_module, "force_variant", f"halo:{tile[0]}x{tile[1]}{grid}")
+    lay = ChannelBlockLayout.from_mask([[1, 0, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]], b)
     conv = BlockSparseConv(lay, (3, 3), padding=((2, 0), (1, 1)), data_format="NHWC")
     x = random_array(rng, (2, 9, 11, 3 * b), dtype)
     w = conv.init_normal(rng, dtype=np.float32).astype(x.dtype)
-    y = poison(cupy, (2, 9, 11, 3 * b), dtype)
+    y = poison(cupy, (2, 9, 11, 4 * b), dtype)
     conv.fprop(cupy.asarray(x), cupy.asarray(w), out=y)
     f64 = lambda a: a.astype(np.float64)  # noqa: E731
     assert_close(y, conv.fprop(f64(x), f64(w)), dtype, "fprop")

@@ -61,7 +61,10 @@ def _module():
     for name in ("float16", "float32", "float64", "int32", "int64"):
         setattr(mod, name, getattr(np, name))
     mod.cuda = types.SimpleNamespace(
-        runtime=types.SimpleNamespace(getDevice=lambda: 0), get_current_stream=lambda: None
+        runtime=types.SimpleNamespace(getDevice=lambda: 0),
+        get_current_stream=lambda: None,
+        # a small GPU: persistent grids (a CTA walking several items) are exercised by small problems
+        Device=lambda dev=0: types.SimpleNamespace(attributes={"MultiProcessorCount": 3}),
     )
     return mod
 
