@@ -383,16 +383,17 @@ def _launch_or_refused(name, dtype, cluster, grid, smem, args) -> bool:
 def _launch(name, dtype, cluster, grid, smem, args):
     import cupy
 
-    spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}, {cluster}>")
-    key = (cupy.cuda.runtime.getDevice(), spec, smem)
+    dev = cupy.cuda.runtime.getDevice()
+    key = (dev, name, dtype, cluster, smem)  # (no KernelSpec built per call: host time)
     fn = _FUNCS.get(key)
     if fn is None:
         from cupy_backends.cuda.api import driver
 
+        spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}, {cluster}>")
         fn = compiler.get_function(spec)
         # the dynamic limit is raised here (only ever raised): static + dynamic shared memory over 48 KiB
         # needs it, also when the dynamic part alone is under 48 KiB
-        lkey = key[:2]
+        lkey = (dev, spec)
         if lkey not in _SMEM_SET:
             # all of the unified L1/shared memory as shared memory: 3 blocks of 64 KiB per SM (the loads
             # bypass L1), whatever carve-out the driver would prefer
@@ -407,7 +408,7 @@ def _launch(name, dtype, cluster, grid, smem, args):
     fn(
         (grid,),
         (THREADS,),
-        tuple(_NULL if a is None else a for a in args),
+        tuple([_NULL if a is None else a for a in args]),
         stream=cupy.cuda.get_current_stream(),
         shared_mem=smem,
     )
