@@ -922,7 +922,7 @@ def test_gpu_cols_persistent(mode, dtype, clusters, shape, monkeypatch, rng):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["single", "single16"], indirect=True)
+@pytest.mark.parametrize("mode", ["single"], indirect=True)
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 def test_gpu_cols_persistent_benchmark_shape(mode, dtype, monkeypatch, rng):
     """The benchmark's [8192, 4096] with the default persistent plan (device-resident clusters)."""
@@ -931,7 +931,7 @@ def test_gpu_cols_persistent_benchmark_shape(mode, dtype, monkeypatch, rng):
     itemsize = 4 if dtype == "float32" else 2
     plan = cols_plan(8192, 4096, itemsize, 2, mode="single", sms=_ops_cols._sm_count(0))
     assert plan.persistent, plan
-    _check_cols_ops(_gpu, (8192, 4096), dtype, rng)
+    _check_cols_ops(_gpu, (8192, 4096), dtype, rng, repeats=1)  # (float64 references of 32 M elements)
 
 
 @pytest.mark.gpu
