@@ -128,10 +128,11 @@ def fake_cupy():
     mod.ascontiguousarray = lambda a: a
     mod.broadcast_to = lambda a, shape: FakeArray(shape, a.dtype)
     mod.sqrt = _sqrt
-    for name in ("float16", "float32", "float64", "int32", "int64"):
+    for name in ("float16", "float32", "float64", "int32", "int64", "uint32"):
         setattr(mod, name, getattr(np, name))
-    stream = object()
-    dev = types.SimpleNamespace(attributes={"MultiProcessorCount": 132})
+    stream = types.SimpleNamespace(ptr=1)
+    # an H100: the one-pass column kernels (compute capability 9.0) are the path measured
+    dev = types.SimpleNamespace(attributes={"MultiProcessorCount": 132}, compute_capability="90")
     mod.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDevice=lambda: 0),
         get_current_stream=lambda: stream,
@@ -143,13 +144,22 @@ def fake_cupy():
 def install():
     """Put the stand-in in sys.modules and route kernel lookups to a counting function."""
     sys.modules["cupy"] = fake_cupy()
-    from cusparseblocks import compiler, ops
+    # the function attributes _ops_cols sets once per kernel: no driver here
+    driver = types.ModuleType("cupy_backends.cuda.api.driver")
+    driver.funcSetAttribute = lambda *args: None
+    for name in ("cupy_backends", "cupy_backends.cuda", "cupy_backends.cuda.api"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["cupy_backends.cuda.api"].driver = driver
+    sys.modules["cupy_backends.cuda.api.driver"] = driver
+    from cusparseblocks import _ops_cols, compiler, ops
 
     fn = _Function()
     compiler.get_function = lambda spec, dynamic_smem=0: fn
     # caches of the real path that may hold driver answers: start empty (the stand-in has no driver)
     for name in getattr(ops, "_CACHES", ("_SPECS", "_SM_COUNT", "_RESIDENT", "_MAX_THREADS", "_WN_TABLES")):
         getattr(ops, name).clear()
+    for name in _ops_cols._CACHES:
+        getattr(_ops_cols, name).clear()
     return ops
 
 

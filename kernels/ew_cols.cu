@@ -6,18 +6,28 @@
 // the CS partials in rank order: the same bits in every block, deterministic), and each block applies
 // the statistics to the rows it holds and streams the output out. Each input byte crosses DRAM once.
 //
-// Grid: 1-D, clusters * CS blocks; cluster k = blocks k*CS .. k*CS+CS-1 owns tile k (cols_fwd: tiles k,
-// k + clusters, ... in turn, the next tile's loads in flight during the current one), its rank r the rows
-// [r * rows_per_cta, (r + 1) * rows_per_cta). Block: THREADS threads; thread t holds the 16-byte column
-// chunk t % vpr of the tile (V columns: its statistics stay in registers) and rows t / vpr + k * THREADS / vpr.
-// Shared memory: the tile slice [rows_per_cta][vpr] x 16 bytes per input tensor (dynamic; cols_fwd walking
-// several tiles: two slices) + 5 KB.
+// Grid: 1-D, clusters * CS blocks; cluster k = blocks k*CS .. k*CS+CS-1 owns tile k (static; with more tiles
+// than clusters: tiles k, k + clusters, ... in turn), its rank r the rows [r * rows_per_cta, (r + 1) *
+// rows_per_cta). Persistent (ctr non-null): the grid is the clusters that fit on the GPU at once and every
+// tile is drawn from the counter ctr[0] by rank 0 and published through the cluster barrier, one tile
+// ahead: the next tile's loads are in flight (second buffer) while the current one is reduced and stored.
+// The last cluster to finish (ctr[1]) sets both counters back to 0 for the next launch on the stream. No
+// cluster ever waits for another (a cluster that starts after the tiles are gone exits at once).
+// Block: THREADS threads; thread t holds the 16-byte column chunk t % vpr of the tile (V columns: its
+// statistics stay in registers) and, for t >= 32 (warp 0 handles no rows: see WORKERS), the rows
+// (t - 32) / vpr + k * WORKERS / vpr.
+// Shared memory: the tile slice [rows_per_cta][vpr] x 16 bytes per input tensor (dynamic; persistent or
+// walking several tiles: two such buffers) + 5 KB.
 // The host (cusparseblocks/_ops_cols.py) launches only with 16-byte aligned pointers and C % V == 0 (a
 // 16-byte chunk is either inside the tile's columns or wholly past C); other cases take the 3-pass path.
 #include "common.cuh"
 
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / 32;
+// Warp 0 neither loads nor stores tile data: it makes the cluster barrier's release (a MEMBAR.GPU in SASS,
+// which waits for the warp's outstanding global accesses) while the other warps, whose next-tile loads and
+// current-tile stores are in flight, arrive relaxed. WORKERS threads move and transform the tile.
+constexpr int WORKERS = THREADS - 32;
 constexpr int MAXW = 64;  // columns per tile at most (vpr * V)
 
 #include "pack16.cuh"  // Lanes, unpack16, pack16
@@ -42,12 +52,17 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_prev() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
 // Cluster barrier, split: arrive (release: this block's earlier shared-memory writes and remote reads are
-// done) and wait (acquire). Every thread of the block executes both (.aligned).
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+// done; cluster_arrive_lead below) and wait (acquire). Every thread of the block executes both (.aligned).
 // relaxed: no memory ordering (no MEMBAR.GPU in SASS); for the last arrive, after which this block only
 // needs the others to stay resident (its remote reads have returned: their values were used)
 __device__ __forceinline__ void cluster_arrive_relaxed() {
     asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+// the per-tile arrival: release by warp 0 (whose only shared-memory writes, and every other warp's before the
+// __syncthreads that precedes, are ordered by it: release is cumulative), relaxed by the others
+__device__ __forceinline__ void cluster_arrive_lead() {
+    if (threadIdx.x < 32) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    else asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 __device__ __forceinline__ unsigned cluster_rank() {
@@ -61,6 +76,12 @@ __device__ __forceinline__ float ld_dsmem(const float* p, unsigned rank) {
     float v;
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
+    return v;
+}
+__device__ __forceinline__ unsigned ld_dsmem_u32(const unsigned* p, unsigned rank) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p), ra, v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(ra) : "memory");
     return v;
 }
 
@@ -99,6 +120,39 @@ __device__ __forceinline__ void block_col_sums(float (&s)[NS][V], int vpr, float
     __syncthreads();
 }
 
+// Tile hand-out of the persistent launch (ctr non-null; every thread of every block calls these in the
+// same order). hand: rank 0's shared slots [4]: 2, 3 the first two tiles, 0, 1 the tile drawn during the
+// tile of that parity (read by the other ranks after the cluster barrier that follows; rank 0 writes the
+// slot again only two barriers later). Static launch: tiles k, k + ncl, ...
+__device__ __forceinline__ void first_tiles(unsigned* __restrict__ ctr, unsigned (&hand)[4], unsigned rank, int ncl,
+                                            int CS, int& t, int& tn) {
+    if (!ctr) {
+        t = blockIdx.x / CS;
+        tn = t + ncl;
+        return;
+    }
+    if (rank == 0 && threadIdx.x == 0) {
+        hand[2] = atomicAdd(ctr, 1u);
+        hand[3] = atomicAdd(ctr, 1u);
+    }
+    cluster_arrive_lead();
+    cluster_wait();
+    t = (int)ld_dsmem_u32(&hand[2], 0);
+    tn = (int)ld_dsmem_u32(&hand[3], 0);
+}
+// The last cluster to finish resets the counters (its draws and the others' are complete: each rank 0
+// fences before counting itself done).
+__device__ __forceinline__ void release_counter(unsigned* __restrict__ ctr, unsigned rank, int CS) {
+    if (ctr && rank == 0 && threadIdx.x == 0) {
+        __threadfence();
+        if (atomicAdd(ctr + 1, 1u) == gridDim.x / CS - 1) {
+            __threadfence();
+            ctr[0] = 0u;
+            ctr[1] = 0u;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Forward: statistics per column of x [R, C] and the normalized output, one read of x, one write of y.
 //   s0 = sum (x - x[0, c]), s1 = sum (x - x[0, c])^2 (shifted sums: accurate when |mean| >> std, as
@@ -112,31 +166,38 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     cols_fwd(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain, const T* __restrict__ bias,
              float* __restrict__ mean_out, float* __restrict__ rstd_out, float* __restrict__ run_mean,
              float* __restrict__ run_var, int R, i64 C, int rows_per_cta, int vpr, float eps, float momentum,
-             float var_scale, int gain_per_col, int tiles) {
+             float var_scale, int gain_per_col, int tiles, unsigned* __restrict__ ctr) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][2][MAXW];
     __shared__ float part[2][2][MAXW];  // by tile parity: a block may still read the previous tile's
     __shared__ float stat[2][MAXW];
+    __shared__ unsigned hand[4];  // the persistent launch's tile hand-out (first_tiles)
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
     const int r0 = (int)rank * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
-    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr, row0 = threadIdx.x / vpr;
+    const int cx = threadIdx.x & (vpr - 1), step = WORKERS / vpr;
+    const bool worker = threadIdx.x >= 32;
+    const int row0 = worker ? (int)(threadIdx.x - 32) / vpr : 0, nw = worker ? n : 0;  // warp 0: no rows
     const int ncl = gridDim.x / CS, slice = rows_per_cta * vpr;
     // the slice of tile t's rows into shared memory buffer buf (cp.async: one commit group per call)
     auto load = [&](int t, uint4* buf) {
         const i64 c = (i64)t * W + cx * V;
         if (t < tiles && c < C)
-            for (int row = row0; row < n; row += step) cp_async16(&buf[row * vpr + cx], x + (i64)(r0 + row) * C + c);
+            for (int row = row0; row < nw; row += step) cp_async16(&buf[row * vpr + cx], x + (i64)(r0 + row) * C + c);
         cp_async_commit();
     };
-    int p = 0;
-    load(blockIdx.x / CS, tile);
-    // cluster k: tiles k, k + ncl, ...; the next tile's loads are in flight while this one is processed
-    for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
+    int p = 0, t, tn;
+    bool arrived = false;
+    first_tiles(ctr, hand, rank, ncl, CS, t, tn);
+    load(t, tile);
+    // the next tile's loads are in flight while this one is processed
+    while (t < tiles) {
         uint4* buf = tile + p * slice;
-        load(t + ncl, tile + (p ^ 1) * slice);
+        load(tn, tile + (p ^ 1) * slice);
+        unsigned drawn = 0;  // the tile after next (rank 0, persistent): its latency hides behind the reduction
+        if (ctr && rank == 0 && threadIdx.x == 0) drawn = atomicAdd(ctr, 1u);
         const i64 ct = (i64)t * W;  // first column of the tile
         const i64 c = ct + cx * V;  // this thread's first column
         const bool live = c < C;
@@ -153,7 +214,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
         if (live) {
 #pragma unroll 4
-            for (int row = row0; row < n; row += step) {
+            for (int row = row0; row < nw; row += step) {
                 float v[V];
                 unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
@@ -161,16 +222,23 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         block_col_sums<2, V>(s, vpr, wred, part[p]);
+        if (ctr && rank == 0 && threadIdx.x == 0) hand[p] = drawn;
         // 2. the cluster's sums (ranks in order), statistics
-        cluster_arrive();
+        cluster_arrive_lead();
         cluster_wait();
+        // the last tile of this cluster: no draw to read; the blocks arrive at the exit barrier early
+        const bool last = tn >= tiles;
+        const int ta = (ctr && !last) ? (int)ld_dsmem_u32(&hand[p], 0) : tn + ncl;
         if (threadIdx.x < W) {
             const int col = threadIdx.x;
-            float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-            for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[p][0][col], q); s1 += ld_dsmem(&part[p][1][col], q); }
             const i64 cc = ct + col;
             if (cc < C) {
+                float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+                for (int q = 0; q < CS; ++q) {
+                    s0 += ld_dsmem(&part[p][0][col], q);
+                    s1 += ld_dsmem(&part[p][1][col], q);
+                }
                 const float scale = 1.f / (float)R;
                 const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
                 const float mean = to_float<T>(x[cc]) + m1, rstd = rsqrtf(var + eps);
@@ -185,6 +253,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();
+        if (last) cluster_arrive_relaxed();  // the partial sums of the others are read (and used)
         // 3. apply from shared memory, stream y out: y = (x - mean) * sg + b (2 instructions an element)
         // with sg = rstd * gain per column in registers; a gain or bias per row takes the second loop
         if (live) {
@@ -200,7 +269,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             const i64 ystep = (i64)step * C;
             if (!per_row) {
 #pragma unroll 4
-                for (int row = row0; row < n; row += step, yp += ystep) {
+                for (int row = row0; row < nw; row += step, yp += ystep) {
                     float v[V];
                     unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
@@ -209,7 +278,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 }
             } else {
 #pragma unroll 4
-                for (int row = row0; row < n; row += step, yp += ystep) {
+                for (int row = row0; row < nw; row += step, yp += ystep) {
                     const int r = r0 + row;
                     const float gr = gain ? to_float<T>(gain[r]) : 1.f, br = bias ? to_float<T>(bias[r]) : 0.f;
                     float v[V];
@@ -221,9 +290,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();  // buf and stat are rewritten for the tile after next
+        arrived = last;
+        t = tn;
+        tn = ta;
+        p ^= 1;
     }
-    cluster_arrive_relaxed();  // no block exits while another may still read its partial sums
+    // no block exits while another may still read its partial sums (arrived in the last tile, or no tile)
+    if (!arrived) cluster_arrive_relaxed();
     cluster_wait();
+    release_counter(ctr, rank, CS);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -241,35 +316,42 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
              const T* __restrict__ dy,
              const T* __restrict__ x, const T* __restrict__ gain, const float* __restrict__ mean,
              const float* __restrict__ rstd, int R, i64 C, int rows_per_cta, int vpr, int gain_per_col, int train,
-             int tiles) {
+             int tiles, unsigned* __restrict__ ctr) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][2][MAXW];
     __shared__ float part[2][2][MAXW];  // by tile parity (as cols_fwd)
     __shared__ float stat[2][MAXW];
+    __shared__ unsigned hand[4];
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
     const int r0 = (int)rank * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
-    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr, row0 = threadIdx.x / vpr;
+    const int cx = threadIdx.x & (vpr - 1), step = WORKERS / vpr;
+    const bool worker = threadIdx.x >= 32;
+    const int row0 = worker ? (int)(threadIdx.x - 32) / vpr : 0, nw = worker ? n : 0;  // warp 0: no rows
     const bool per_col = gain_per_col != 0, per_row = gain && !per_col;
     const int ncl = gridDim.x / CS, slice = rows_per_cta * vpr;  // a buffer: the x slice, then the dy slice
     auto load = [&](int t, uint4* buf) {
         const i64 c = (i64)t * W + cx * V;
         if (t < tiles && c < C)
-            for (int row = row0; row < n; row += step) {
+            for (int row = row0; row < nw; row += step) {
                 const i64 off = (i64)(r0 + row) * C + c;
                 cp_async16(&buf[row * vpr + cx], x + off);
                 cp_async16(&buf[slice + row * vpr + cx], dy + off);
             }
         cp_async_commit();
     };
-    int p = 0;
-    load(blockIdx.x / CS, tile);
-    for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
+    int p = 0, t, tn;
+    bool arrived = false;
+    first_tiles(ctr, hand, rank, ncl, CS, t, tn);
+    load(t, tile);
+    while (t < tiles) {
         uint4* xt = tile + p * 2 * slice;
         uint4* dt = xt + slice;
-        load(t + ncl, tile + (p ^ 1) * 2 * slice);
+        load(tn, tile + (p ^ 1) * 2 * slice);
+        unsigned drawn = 0;
+        if (ctr && rank == 0 && threadIdx.x == 0) drawn = atomicAdd(ctr, 1u);
         const i64 ct = (i64)t * W;
         const i64 c = ct + cx * V;
         const bool live = c < C;
@@ -288,7 +370,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         if (live) {
             if (!per_row) {
 #pragma unroll 4
-                for (int row = row0; row < n; row += step) {
+                for (int row = row0; row < nw; row += step) {
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
                     unpack16<T, V>(dt[row * vpr + cx], d);
@@ -297,7 +379,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 }
             } else {
 #pragma unroll 4
-                for (int row = row0; row < n; row += step) {
+                for (int row = row0; row < nw; row += step) {
                     const float gr = to_float<T>(gain[r0 + row]);
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
@@ -314,15 +396,22 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             for (int k = 0; k < V; ++k) s[1][k] *= rs[k];
         }
         block_col_sums<2, V>(s, vpr, wred, part[p]);
-        cluster_arrive();
+        if (ctr && rank == 0 && threadIdx.x == 0) hand[p] = drawn;
+        cluster_arrive_lead();
         cluster_wait();
+        // the last tile of this cluster: no draw to read; the blocks arrive at the exit barrier early
+        const bool last = tn >= tiles;
+        const int ta = (ctr && !last) ? (int)ld_dsmem_u32(&hand[p], 0) : tn + ncl;
         if (threadIdx.x < W) {
             const int col = threadIdx.x;
-            float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-            for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[p][0][col], q); s1 += ld_dsmem(&part[p][1][col], q); }
             const i64 cc = ct + col;
             if (cc < C) {
+                float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+                for (int q = 0; q < CS; ++q) {
+                    s0 += ld_dsmem(&part[p][0][col], q);
+                    s1 += ld_dsmem(&part[p][1][col], q);
+                }
                 const float g = (gain && per_col) ? to_float<T>(gain[cc]) : 1.f, scale = train ? 1.f / (float)R : 0.f;
                 stat[0][col] = g * s0 * scale;
                 stat[1][col] = g * s1 * scale;
@@ -333,6 +422,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();
+        if (last) cluster_arrive_relaxed();
         // dx = rstd * (gc * gr * dy - A - xhat * B) = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row),
         // q = rstd^2 * B, o = rstd * A: 3 instructions an element
         float pc[V], q[V], o[V];
@@ -347,7 +437,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             // row into ws_rows [tiles, 2, R] (dbias, dgain per row; norm_finalize adds the tiles in order).
             // Rows in warp-uniform steps: the vpr lanes of a row add their partials with shuffles.
             const int lane = threadIdx.x & 31;
-            for (int base = (threadIdx.x >> 5) * (32 / vpr); base < n; base += step) {
+            for (int base = ((int)(threadIdx.x >> 5) - 1) * (32 / vpr); worker && base < n; base += step) {
                 const int row = base + lane / vpr;  // = row0 + k * step
                 float p0 = 0.f, p1 = 0.f;
                 if (live && row < n) {
@@ -378,7 +468,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             const i64 dstep = (i64)step * C;
             if (!per_row) {
 #pragma unroll 4
-                for (int row = row0; row < n; row += step, dxp += dstep) {
+                for (int row = row0; row < nw; row += step, dxp += dstep) {
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
                     unpack16<T, V>(dt[row * vpr + cx], d);
@@ -388,7 +478,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 }
             } else {
 #pragma unroll 4
-                for (int row = row0; row < n; row += step, dxp += dstep) {
+                for (int row = row0; row < nw; row += step, dxp += dstep) {
                     const float gr = to_float<T>(gain[r0 + row]);
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
@@ -400,103 +490,153 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();  // the buffers and stat are rewritten for the tile after next
+        arrived = last;
+        t = tn;
+        tn = ta;
+        p ^= 1;
     }
-    cluster_arrive_relaxed();
+    if (!arrived) cluster_arrive_relaxed();
     cluster_wait();
+    release_counter(ctr, rank, CS);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // L2 weight normalization per output unit of block-sparse w [nnz, b, b] (as ew.cu's wn_reduce_unit +
 // wn_apply, in one pass): the cluster owns block column j (tile = its b columns, vpr = b * sizeof(T) / 16),
-// its rank r the blocks col_order[col_ptr[j] + r * bpc ...] (bpc blocks per block, each b * b contiguous
-// elements). Unit u = j * b + c:
+// its rank r the blocks col_order[col_ptr[j] + r * n / CS ...] of the column's n (at most bpc per block, each
+// b * b contiguous elements). Unit u = j * b + c:
 //   forward (dv null):  s = sum w^2, r = 1/sqrt(s + eps) (rank 0 writes rnorm[u]); out = g[u] * r * w
 //   backward:           s = sum dv * w (r = rnorm[u] given; rank 0 writes dgain[u] = s * r in T if non-null);
 //                       out = g[u] * r * (dv - w * r^2 * s)
 // g null -> 1. lg_b = log2(b), lg_vpr = log2(vpr) (the host checks b, vpr powers of 2, vpr <= 16).
+// Block columns as cols_fwd's tiles: static (grid = ncols clusters) or persistent (ctr non-null: drawn
+// from the counter, the next column's loads in flight in the second buffer). Shared memory per buffer:
+// bpc blocks of w (then bpc blocks of dv in the backward).
 template <typename T, int CS>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     wn_unit(T* __restrict__ out, float* __restrict__ rnorm, T* __restrict__ dgain, const T* __restrict__ w,
             const T* __restrict__ dv, const T* __restrict__ gain, const int* __restrict__ col_ptr,
-            const int* __restrict__ col_order, int lg_b, int lg_vpr, int bpc, float eps) {
+            const int* __restrict__ col_order, int lg_b, int lg_vpr, int bpc, float eps, int ncols,
+            unsigned* __restrict__ ctr) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][1][MAXW];
-    __shared__ float part[1][MAXW];
+    __shared__ float part[2][1][MAXW];  // by parity (as cols_fwd)
     __shared__ float stat[MAXW];
+    __shared__ unsigned hand[4];
     const unsigned rank = cluster_rank();
-    const int j = blockIdx.x / CS, b = 1 << lg_b, vpr = 1 << lg_vpr;
+    const int b = 1 << lg_b, vpr = 1 << lg_vpr;
     const int lg_vpb = lg_b + lg_vpr;  // 16-byte vectors per block: b * vpr
-    const int p0 = col_ptr[j] + (int)rank * bpc;
-    const int nblk = max(0, min(col_ptr[j + 1] - p0, bpc));
-    const int nvec = nblk << lg_vpb;
-    const int cx = threadIdx.x & (vpr - 1);
+    const int cx = threadIdx.x & (vpr - 1), ncl = gridDim.x / CS;
+    // the first vector of a worker thread (warp 0: none; see WORKERS), then every WORKERS-th (WORKERS % vpr == 0:
+    // chunk cx throughout)
+    const int i0 = threadIdx.x >= 32 ? (int)threadIdx.x - 32 : 0x40000000;
     const i64 bb = (i64)b * b;
-    uint4* dtile = tile + ((i64)bpc << lg_vpb);
-    for (int i = threadIdx.x; i < nvec; i += THREADS) {
-        const int q = i >> lg_vpb;
-        const i64 off = (i64)col_order[p0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
-        cp_async16(&tile[i], w + off);
-        if (dv) cp_async16(&dtile[i], dv + off);
-    }
-    cp_async_wait_all();
-    __syncthreads();
-    float s[1][V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) s[0][k] = 0.f;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < nvec; i += THREADS) {  // THREADS % vpr == 0: chunk cx throughout
-        float v[V], d[V];
-        unpack16<T, V>(tile[i], v);
-        if (dv) unpack16<T, V>(dtile[i], d);
-#pragma unroll
-        for (int k = 0; k < V; ++k) s[0][k] += v[k] * (dv ? d[k] : v[k]);
-    }
-    block_col_sums<1, V>(s, vpr, wred, part);
-    cluster_arrive();
-    cluster_wait();
-    if (threadIdx.x < b) {
-        const int col = threadIdx.x;
-        float sum = 0.f;
-#pragma unroll
-        for (int q = 0; q < CS; ++q) sum += ld_dsmem(&part[0][col], q);
-        const i64 u = (i64)j * b + col;
-        if (!dv) {
-            const float r = rsqrtf(sum + eps);
-            stat[col] = r;
-            if (rank == 0) rnorm[u] = r;
-        } else {
-            const float r = rnorm[u];
-            stat[col] = sum;
-            if (rank == 0 && dgain) dgain[u] = from_float<T>(sum * r);
+    const int slice = bpc << lg_vpb, bufv = dv ? 2 * slice : slice;  // vectors: a tensor's slice, a buffer
+    // this rank's blocks of column jj: col_order[q0 ...], nvec 16-byte vectors
+    // (the column's n blocks split evenly over the ranks: rank r the blocks [r * n / CS, (r + 1) * n / CS),
+    // at most ceil(n / CS) <= bpc of them)
+    auto blocks = [&](int jj, int& q0, int& nvec) {
+        const int c0 = col_ptr[jj], n = col_ptr[jj + 1] - c0;
+        const int lo = (int)(((unsigned)rank * (unsigned)n) / CS), hi = (int)(((rank + 1u) * (unsigned)n) / CS);
+        q0 = c0 + lo;
+        nvec = (hi - lo) << lg_vpb;
+    };
+    auto load = [&](int jj, uint4* buf) {
+        if (jj < ncols) {
+            int q0, nvec;
+            blocks(jj, q0, nvec);
+            for (int i = i0; i < nvec; i += WORKERS) {
+                const int q = i >> lg_vpb;
+                const i64 off = (i64)col_order[q0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
+                cp_async16(&buf[i], w + off);
+                if (dv) cp_async16(&buf[slice + i], dv + off);
+            }
         }
-    }
-    cluster_arrive_relaxed();
-    __syncthreads();
-    float sc[V], wsc[V];
+        cp_async_commit();
+    };
+    int p = 0, j, jn;
+    bool arrived = false;
+    first_tiles(ctr, hand, rank, ncl, CS, j, jn);
+    load(j, tile);
+    while (j < ncols) {
+        uint4* wt = tile + p * bufv;
+        uint4* dt = wt + slice;
+        load(jn, tile + (p ^ 1) * bufv);
+        unsigned drawn = 0;
+        if (ctr && rank == 0 && threadIdx.x == 0) drawn = atomicAdd(ctr, 1u);
+        int q0, nvec;
+        blocks(j, q0, nvec);
+        cp_async_wait_prev();
+        __syncthreads();
+        float s[1][V];
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-        const i64 u = (i64)j * b + cx * V + k;
-        const float g = gain ? to_float<T>(gain[u]) : 1.f;
-        const float r = dv ? rnorm[u] : stat[cx * V + k];
-        sc[k] = g * r;
-        wsc[k] = dv ? r * r * stat[cx * V + k] : 0.f;
-    }
+        for (int k = 0; k < V; ++k) s[0][k] = 0.f;
 #pragma unroll 4
-    for (int i = threadIdx.x; i < nvec; i += THREADS) {
-        const int q = i >> lg_vpb;
-        const i64 off = (i64)col_order[p0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
-        float v[V], d[V];
-        unpack16<T, V>(tile[i], v);
-        if (dv) {
-            unpack16<T, V>(dtile[i], d);
+        for (int i = i0; i < nvec; i += WORKERS) {
+            float v[V], d[V];
+            unpack16<T, V>(wt[i], v);
+            if (dv) unpack16<T, V>(dt[i], d);
 #pragma unroll
-            for (int k = 0; k < V; ++k) v[k] = sc[k] * (d[k] - v[k] * wsc[k]);
-        } else {
-#pragma unroll
-            for (int k = 0; k < V; ++k) v[k] = sc[k] * v[k];
+            for (int k = 0; k < V; ++k) s[0][k] += v[k] * (dv ? d[k] : v[k]);
         }
-        st_cs16(out + off, pack16<T, V>(v));
+        block_col_sums<1, V>(s, vpr, wred, part[p]);
+        if (ctr && rank == 0 && threadIdx.x == 0) hand[p] = drawn;
+        cluster_arrive_lead();
+        cluster_wait();
+        // the last tile of this cluster: no draw to read; the blocks arrive at the exit barrier early
+        const bool last = jn >= ncols;
+        const int ja = (ctr && !last) ? (int)ld_dsmem_u32(&hand[p], 0) : jn + ncl;
+        if (threadIdx.x < b) {
+            const int col = threadIdx.x;
+            float sum = 0.f;
+#pragma unroll
+            for (int q = 0; q < CS; ++q) sum += ld_dsmem(&part[p][0][col], q);
+            const i64 u = (i64)j * b + col;
+            if (!dv) {
+                const float r = rsqrtf(sum + eps);
+                stat[col] = r;
+                if (rank == 0) rnorm[u] = r;
+            } else {
+                const float r = rnorm[u];
+                stat[col] = sum;
+                if (rank == 0 && dgain) dgain[u] = from_float<T>(sum * r);
+            }
+        }
+        __syncthreads();
+        if (last) cluster_arrive_relaxed();
+        float sc[V], wsc[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const i64 u = (i64)j * b + cx * V + k;
+            const float g = gain ? to_float<T>(gain[u]) : 1.f;
+            const float r = dv ? rnorm[u] : stat[cx * V + k];
+            sc[k] = g * r;
+            wsc[k] = dv ? r * r * stat[cx * V + k] : 0.f;
+        }
+#pragma unroll 4
+        for (int i = i0; i < nvec; i += WORKERS) {
+            const int q = i >> lg_vpb;
+            const i64 off = (i64)col_order[q0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
+            float v[V], d[V];
+            unpack16<T, V>(wt[i], v);
+            if (dv) {
+                unpack16<T, V>(dt[i], d);
+#pragma unroll
+                for (int k = 0; k < V; ++k) v[k] = sc[k] * (d[k] - v[k] * wsc[k]);
+            } else {
+#pragma unroll
+                for (int k = 0; k < V; ++k) v[k] = sc[k] * v[k];
+            }
+            st_cs16(out + off, pack16<T, V>(v));
+        }
+        __syncthreads();  // the buffer and stat are rewritten for the column after next
+        arrived = last;
+        j = jn;
+        jn = ja;
+        p ^= 1;
     }
+    if (!arrived) cluster_arrive_relaxed();
     cluster_wait();
+    release_counter(ctr, rank, CS);
 }
