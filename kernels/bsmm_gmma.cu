@@ -242,9 +242,10 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
 // loads nothing and stores zeros), through xw_gmma's STAGES-deep cp.async pipeline: the next tile's
 // first stages are in flight while the current tile's last wgmma group drains and its epilogue stores
 // the accumulators from registers. The loader tracks its tile in registers (the following tile's record
-// is fetched one tile ahead); each stage's consumer record (column, row tile, LAST/EMPTY) travels
-// through a shared-memory ring of STAGES slots, written with the stage's loads and read after the
-// barrier that makes the stage visible. MINB: CTAs per SM (launch bounds; the host sizes the grid).
+// fetched a tile ahead, each entry a stage ahead); each stage's consumer record (column, row tile,
+// LAST/EMPTY) travels through a shared-memory ring of STAGES slots, written with the stage's loads and
+// read after the barrier that makes the stage visible. MINB: CTAs per SM (launch bounds; the host sizes
+// the grid).
 template <typename T, typename TO, int BS, int WG, int MI, int STAGES, int MINB, int TRANS_W>
 __global__ void __launch_bounds__(WG * 128, MINB)
 xw_gmma_pers(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int2* __restrict__ entries,
@@ -273,16 +274,18 @@ xw_gmma_pers(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ 
 #pragma unroll
         for (int q = 0; q < NACC; q++) acc[i][q] = 0.f;
 
-    // loader: tile lt (record cur), its entry le; nxt = tiles[lt + 1] fetched a tile ahead
+    // loader: tile lt (record cur), its entry le (ent, fetched a stage ahead); nxt = tiles[lt + 1], fetched
+    // a tile ahead: no dependent global load between the stage's turn and its cp.async
     int lt = tile_ptr[blockIdx.x], le = 0;
     int4 cur = make_int4(0, 0, 0, 0), nxt = cur;
+    int2 ent = make_int2(0, 0);
     if (lt < t_end) cur = tiles[lt];
     if (lt + 1 < t_end) nxt = tiles[lt + 1];
+    if (lt < t_end && cur.w > 0) ent = entries[cur.z];
     auto load_next = [&](int slot) {
         if (lt >= t_end) return;  // past the CTA's last stage: an empty commit group
         const int count = cur.w;
         if (count > 0) {
-            const int2 ent = entries[cur.z + le];
             const unsigned sa = base + slot * STAGE, sb = sa + A_BYTES;
             const T* xs = x + (i64)ent.x * BS;
             const i64 n0 = (i64)cur.y * BM;
@@ -307,6 +310,7 @@ xw_gmma_pers(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ 
         } else {
             le++;
         }
+        if (lt < t_end && cur.w > 0) ent = entries[cur.z + le];
     };
 
 #pragma unroll

@@ -781,10 +781,13 @@ def test_small_tables_cover_every_block_once():
         assert np.max(np.diff(ep)) <= 16
 
 
-def test_pers_tables_cover_every_tile_once():
+@pytest.mark.parametrize("order", ["greedy", "contig"])
+def test_pers_tables_cover_every_tile_once(order):
     """xw_gmma_pers's split (_matmul_gpu.pers_tables): every output tile (row tile, column) in exactly one
-    CTA's range, ranges contiguous in (row tile, column) order, each within one tile's work of its share;
-    tile records point at the column's entries; stage_ptr counts max(blocks, 1) stages per tile."""
+    CTA's list, each list in (row tile, column) order (contig: the lists are consecutive ranges), every CTA
+    within one tile's work of the average; tile records point at the column's entries; stage_ptr counts
+    max(blocks, 1) stages per tile; greedy deals the first tiles one per CTA, in CTA order, in groups of row
+    tiles, longest first."""
     from cusparseblocks import _matmul_gpu as G
 
     rng = np.random.default_rng(11)
@@ -796,12 +799,24 @@ def test_pers_tables_cover_every_tile_once():
             mask[:, mb // 2] = False  # an empty column
         ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=0))])
         lens = np.diff(ptr)
-        tiles, tile_ptr, stage_ptr = G.pers_tables(ptr, row_tiles, ctas)
+        tiles, tile_ptr, stage_ptr = G.pers_tables(ptr, row_tiles, ctas, order)
         assert tiles.dtype == tile_ptr.dtype == stage_ptr.dtype == np.int32
         assert tile_ptr.shape == stage_ptr.shape == (ctas + 1,)
         assert tile_ptr[0] == 0 and tile_ptr[-1] == row_tiles * mb and np.all(np.diff(tile_ptr) >= 0)
-        keys = [(r, c) for r, c in zip(tiles[:, 1], tiles[:, 0])]
-        assert keys == [(r, c) for r in range(row_tiles) for c in range(mb)]  # each tile once, in order
+        index = tiles[:, 1].astype(np.int64) * mb + tiles[:, 0]  # position in (row tile, column) order
+        assert sorted(index) == list(range(row_tiles * mb))  # each tile once
+        if order == "contig":
+            assert np.array_equal(index, np.arange(row_tiles * mb))
+        else:  # dealt in (group of row tiles, longest column first, column, row tile) order
+            rt = np.repeat(np.arange(row_tiles), mb)
+            group = rt // max(1, -(-2 * ctas // mb))
+            rank = np.empty(row_tiles * mb, np.int64)
+            rank[np.lexsort((rt, np.tile(np.arange(mb), row_tiles), -np.tile(lens, row_tiles), group))] = (
+                np.arange(row_tiles * mb))
+            for g in range(ctas):
+                assert np.all(np.diff(rank[index[tile_ptr[g]:tile_ptr[g + 1]]]) > 0)
+            first = [rank[index[tile_ptr[g]]] for g in range(ctas) if tile_ptr[g + 1] > tile_ptr[g]]
+            assert first == list(range(min(ctas, row_tiles * mb)))
         assert np.array_equal(tiles[:, 2], ptr[tiles[:, 0]]) and np.array_equal(tiles[:, 3], lens[tiles[:, 0]])
         stages = np.maximum(tiles[:, 3], 1)
         assert stage_ptr[0] == 0
@@ -811,6 +826,8 @@ def test_pers_tables_cover_every_tile_once():
         per_cta = np.array([work[tile_ptr[g]:tile_ptr[g + 1]].sum() for g in range(ctas)])
         assert per_cta.sum() == work.sum()
         assert per_cta.max() <= work.sum() / ctas + work.max()  # balanced to within one tile
+    with pytest.raises(ValueError, match="order"):
+        G.pers_tables(np.array([0, 1]), 1, 1, "sorted")
 
 
 def _pers_schedule(tiles, tile_ptr, stage_ptr, g, stages):
@@ -856,8 +873,9 @@ def test_pers_schedule_computes_fprop(rng):
     for k in range(lay.nnz):
         ref[:, lay.cols[k] * b:(lay.cols[k] + 1) * b] += x[:, lay.rows[k] * b:(lay.rows[k] + 1) * b] @ w[k]
     row_tiles = -(-n // bm)
-    for ctas, stages in [(1, 4), (3, 3), (5, 6), (row_tiles * 7, 4)]:
-        tiles, tile_ptr, stage_ptr = G.pers_tables(lay.col_ptr, row_tiles, ctas)
+    for ctas, stages, order in [(1, 4, "greedy"), (3, 3, "greedy"), (5, 6, "contig"), (4, 4, "contig"),
+                                (row_tiles * 7, 4, "greedy")]:
+        tiles, tile_ptr, stage_ptr = G.pers_tables(lay.col_ptr, row_tiles, ctas, order)
         y = np.full((n, 7 * b), np.nan)
         for g in range(ctas):
             acc = np.zeros((bm, b))
