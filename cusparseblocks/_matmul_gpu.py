@@ -467,6 +467,18 @@ def small_specializations():
 compiler.register_family("bsmm_small", small_specializations)
 
 
+def stream_probe_specializations():
+    """kernels/stream_probe.cu (bench/stream_probe.py's streaming probes, never launched by the library):
+    one specialization of each probe and copy mode, so that the source is compiled and checked for spills."""
+    for name in ("probe_cta<2048, 8, 4, 0, 1, 1>", "probe_cta<2048, 8, 4, 1, 0, 0>",
+                 "probe_cta<2048, 8, 6, 2, 0, 1>", "probe_warp<2048, 8, 5, 0, 1>",
+                 "probe_warp<2048, 8, 8, 1, 0>", "probe_warp<4096, 4, 5, 2, 1>", "probe_ldg<2048, 8, 0>"):
+        yield KernelSpec("stream_probe.cu", name)
+
+
+compiler.register_family("stream_probe", stream_probe_specializations)
+
+
 # ------------------------------------------------------------------------------------------------
 # device lookup tables and launch plans, cached on the op object per device
 
