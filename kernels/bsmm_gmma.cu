@@ -235,6 +235,140 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
         }
 }
 
+// xw_gmma_pers: xw_gmma on a persistent grid (one or a few CTAs per SM). CTA g computes the output tiles
+// tiles[tile_ptr[g] : tile_ptr[g+1]] (int4: block column c, row tile, first entry, entry count; host order
+// row tile then column, cut into ranges of equal work by _matmul_gpu.pers_tables) as ONE stream of
+// stage_ptr[g+1] - stage_ptr[g] stages, one per nonzero block of each tile (one per empty tile, which
+// loads nothing and stores zeros), through xw_gmma's STAGES-deep cp.async pipeline: the next tile's
+// first stages are in flight while the current tile's last wgmma group drains and its epilogue stores
+// the accumulators from registers. The loader tracks its tile in registers (the following tile's record
+// fetched a tile ahead, each entry a stage ahead); each stage's consumer record (column, row tile,
+// LAST/EMPTY) travels through a shared-memory ring of STAGES slots, written with the stage's loads and
+// read after the barrier that makes the stage visible. MINB: CTAs per SM (launch bounds; the host sizes
+// the grid).
+template <typename T, typename TO, int BS, int WG, int MI, int STAGES, int MINB, int TRANS_W>
+__global__ void __launch_bounds__(WG * 128, MINB)
+xw_gmma_pers(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int2* __restrict__ entries,
+             const int4* __restrict__ tiles, const int* __restrict__ tile_ptr, const int* __restrict__ stage_ptr,
+             i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+    using namespace gmma;
+    static_assert(BS == 32 || BS == 64, "wgmma tiles: BS = 32 or 64");
+    static_assert(STAGES >= 3, "the slot of stage s - 2 is refilled at stage s");
+    constexpr int THREADS = WG * 128, BM = WG * MI * 64;
+    constexpr int ROW = BS * 2, CPR = BS / 8;
+    constexpr int A_BYTES = BM * ROW, STAGE = A_BYTES + BS * ROW;
+    constexpr int NACC = BS / 2;
+    constexpr int LAST = 1, EMPTY = 2;  // ring flags, below the row tile (row tile · 4)
+    static_assert((BM * CPR) % THREADS == 0 && STAGE % 1024 == 0, "tile shape");
+
+    extern __shared__ unsigned char smem_raw[];
+    __shared__ int2 ring[STAGES];
+    const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    const int t_end = tile_ptr[blockIdx.x + 1];
+    const int total = stage_ptr[blockIdx.x + 1] - stage_ptr[blockIdx.x];
+    const int wg = threadIdx.x / 128;
+
+    float acc[MI][NACC];
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int q = 0; q < NACC; q++) acc[i][q] = 0.f;
+
+    // loader: tile lt (record cur), its entry le (ent, fetched a stage ahead); nxt = tiles[lt + 1], fetched
+    // a tile ahead: no dependent global load between the stage's turn and its cp.async
+    int lt = tile_ptr[blockIdx.x], le = 0;
+    int4 cur = make_int4(0, 0, 0, 0), nxt = cur;
+    int2 ent = make_int2(0, 0);
+    if (lt < t_end) cur = tiles[lt];
+    if (lt + 1 < t_end) nxt = tiles[lt + 1];
+    if (lt < t_end && cur.w > 0) ent = entries[cur.z];
+    auto load_next = [&](int slot) {
+        if (lt >= t_end) return;  // past the CTA's last stage: an empty commit group
+        const int count = cur.w;
+        if (count > 0) {
+            const unsigned sa = base + slot * STAGE, sb = sa + A_BYTES;
+            const T* xs = x + (i64)ent.x * BS;
+            const i64 n0 = (i64)cur.y * BM;
+#pragma unroll
+            for (int i = 0; i < BM * CPR / THREADS; i++) {
+                const int ch = threadIdx.x + i * THREADS, row = ch / CPR, j = ch % CPR;
+                const i64 n = n0 + row;
+                const bool ok = n < n_total;
+                cp_async16(sa + swizzle<ROW>(row, j), xs + (ok ? n * in_features + j * 8 : 0), ok ? 16 : 0);
+            }
+            const T* wb = w + (i64)ent.y * BS * BS;
+            for (int ch = threadIdx.x; ch < BS * CPR; ch += THREADS)
+                cp_async16(sb + swizzle<ROW>(ch / CPR, ch % CPR), wb + ch * 8, 16);
+        }
+        const bool last = le + 1 >= count;  // an empty tile is one stage
+        if (threadIdx.x == 0) ring[slot] = make_int2(cur.x, cur.y * 4 + (last ? LAST : 0) + (count == 0 ? EMPTY : 0));
+        if (last) {
+            lt++;
+            le = 0;
+            cur = nxt;
+            if (lt + 1 < t_end) nxt = tiles[lt + 1];
+        } else {
+            le++;
+        }
+        if (lt < t_end && cur.w > 0) ent = entries[cur.z + le];
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; s++) {
+        load_next(s);
+        cp_async_commit();
+    }
+    const int lane = threadIdx.x % 32, v = (threadIdx.x % 128) / 32;
+    for (int st = 0; st < total; st++) {
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        const int2 rec = ring[st % STAGES];
+        const unsigned sa = base + (st % STAGES) * STAGE, sb = sa + A_BYTES;
+        // an empty tile's stage multiplies whatever its slot holds (a branch around the wgmmas would make
+        // ptxas serialize them); its epilogue stores zeros instead
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BS / 16; kk++) {
+            const unsigned long long db = desc<ROW>(TRANS_W ? sb + kk * 32 : sb + kk * 16 * ROW);
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+                Gmma<T, BS, 0, TRANS_W ? 0 : 1>::run(acc[i], desc<ROW>(sa + (wg * MI + i) * 64 * ROW + kk * 32), db);
+        }
+        wgmma_commit();
+        load_next((st + STAGES - 2) % STAGES);
+        cp_async_commit();
+        wgmma_wait<1>();
+        if (rec.y & LAST) {  // the tile's last block: store it while the next tile's first stages load
+            wgmma_wait<0>();
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int q = 0; q < NACC; q++) fence_operand(acc[i][q]);
+            const bool empty = rec.y & EMPTY;
+            const i64 n0 = (i64)(rec.y >> 2) * BM;
+            TO* yc = y + (i64)rec.x * BS + (lane % 4) * 2;
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const i64 n = n0 + (wg * MI + i) * 64 + v * 16 + lane / 4 + h * 8;
+                    if (n >= n_total) continue;
+                    TO* yr = yc + n * out_features;
+#pragma unroll
+                    for (int q = 0; q < BS / 8; q++)
+                        Pair<TO>::store(yr + q * 8, empty ? 0.f : acc[i][q * 4 + h * 2],
+                                        empty ? 0.f : acc[i][q * 4 + h * 2 + 1], accumulate);
+                }
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int q = 0; q < NACC; q++) acc[i][q] = 0.f;
+        }
+    }
+    cp_async_wait<0>();
+}
+
 // updat_gmma: the update dw[k] = Σ_p Σ_n x_p[n, rows[k]·BS + i] · dy_p[n, cols[k]·BS + j] on wgmma, BS = 64,
 // feature axis 1, 16-byte aligned pairs. Same arguments (plus the split counters `done`), groups, chunk
 // sequence, splits and deterministic order as updat_tc (bsmm.cu), but a split update finishes in this

@@ -781,6 +781,117 @@ def test_small_tables_cover_every_block_once():
         assert np.max(np.diff(ep)) <= 16
 
 
+@pytest.mark.parametrize("order", ["greedy", "contig"])
+def test_pers_tables_cover_every_tile_once(order):
+    """xw_gmma_pers's split (_matmul_gpu.pers_tables): every output tile (row tile, column) in exactly one
+    CTA's list, each list in (row tile, column) order (contig: the lists are consecutive ranges), every CTA
+    within one tile's work of the average; tile records point at the column's entries; stage_ptr counts
+    max(blocks, 1) stages per tile; greedy deals the first tiles one per CTA, in CTA order, in groups of row
+    tiles, longest first."""
+    from cusparseblocks import _matmul_gpu as G
+
+    rng = np.random.default_rng(11)
+    for kb, mb, density, row_tiles, ctas in [(40, 6, 0.6, 5, 4), (7, 9, 0.3, 3, 40), (3, 4, 0.0, 2, 3),
+                                             (128, 128, 0.05, 32, 264), (90, 3, 0.9, 1, 2), (1, 1, 1.0, 1, 1),
+                                             (64, 64, 0.1, 32, 132)]:
+        mask = rng.random((kb, mb)) < density
+        if density and mb > 2:
+            mask[:, mb // 2] = False  # an empty column
+        ptr = np.concatenate([[0], np.cumsum(mask.sum(axis=0))])
+        lens = np.diff(ptr)
+        tiles, tile_ptr, stage_ptr = G.pers_tables(ptr, row_tiles, ctas, order)
+        assert tiles.dtype == tile_ptr.dtype == stage_ptr.dtype == np.int32
+        assert tile_ptr.shape == stage_ptr.shape == (ctas + 1,)
+        assert tile_ptr[0] == 0 and tile_ptr[-1] == row_tiles * mb and np.all(np.diff(tile_ptr) >= 0)
+        index = tiles[:, 1].astype(np.int64) * mb + tiles[:, 0]  # position in (row tile, column) order
+        assert sorted(index) == list(range(row_tiles * mb))  # each tile once
+        if order == "contig":
+            assert np.array_equal(index, np.arange(row_tiles * mb))
+        else:  # dealt in (group of row tiles, longest column first, column, row tile) order
+            rt = np.repeat(np.arange(row_tiles), mb)
+            group = rt // max(1, -(-2 * ctas // mb))
+            rank = np.empty(row_tiles * mb, np.int64)
+            rank[np.lexsort((rt, np.tile(np.arange(mb), row_tiles), -np.tile(lens, row_tiles), group))] = (
+                np.arange(row_tiles * mb))
+            for g in range(ctas):
+                assert np.all(np.diff(rank[index[tile_ptr[g]:tile_ptr[g + 1]]]) > 0)
+            first = [rank[index[tile_ptr[g]]] for g in range(ctas) if tile_ptr[g + 1] > tile_ptr[g]]
+            assert first == list(range(min(ctas, row_tiles * mb)))
+        assert np.array_equal(tiles[:, 2], ptr[tiles[:, 0]]) and np.array_equal(tiles[:, 3], lens[tiles[:, 0]])
+        stages = np.maximum(tiles[:, 3], 1)
+        assert stage_ptr[0] == 0
+        for g in range(ctas):
+            assert stage_ptr[g + 1] - stage_ptr[g] == stages[tile_ptr[g]:tile_ptr[g + 1]].sum()
+        work = stages + G.PERS_EPILOGUE_WEIGHT
+        per_cta = np.array([work[tile_ptr[g]:tile_ptr[g + 1]].sum() for g in range(ctas)])
+        assert per_cta.sum() == work.sum()
+        assert per_cta.max() <= work.sum() / ctas + work.max()  # balanced to within one tile
+    with pytest.raises(ValueError, match="order"):
+        G.pers_tables(np.array([0, 1]), 1, 1, "sorted")
+
+
+def _pers_schedule(tiles, tile_ptr, stage_ptr, g, stages):
+    """The stage stream of xw_gmma_pers's CTA g, as its loader and consumer walk it: per stage (column,
+    row tile, entry index or -1, LAST), loaded STAGES - 2 stages ahead through a ring of STAGES slots."""
+    lt, le, t_end = int(tile_ptr[g]), 0, int(tile_ptr[g + 1])
+    ring, out = [None] * stages, []
+
+    def load_next(slot):
+        nonlocal lt, le
+        if lt >= t_end:
+            return
+        col, rt, begin, count = (int(v) for v in tiles[lt])
+        last = le + 1 >= count
+        ring[slot] = (col, rt, begin + le if count else -1, last)
+        lt, le = (lt + 1, 0) if last else (lt, le + 1)
+
+    for s in range(stages - 2):
+        load_next(s)
+    for st in range(int(stage_ptr[g + 1] - stage_ptr[g])):
+        rec = ring[st % stages]
+        load_next((st + stages - 2) % stages)
+        assert ring[st % stages] == rec  # the refill never overwrites the slot being consumed
+        out.append(rec)
+    return out
+
+
+def test_pers_schedule_computes_fprop(rng):
+    """A NumPy model of xw_gmma_pers's loader/consumer walk (tiles, ring records, epilogue at LAST, zeros
+    for an empty tile) reproduces fprop for a layout with empty columns, ragged N, 1 to many CTAs."""
+    from cusparseblocks import _matmul_gpu as G
+
+    mask = rng.random((9, 7)) < 0.4
+    mask[:, 3] = False
+    mask[0, 0] = True
+    lay = BlockLayout(mask)
+    b, bm, n = 4, 8, 29
+    x = rng.standard_normal((n, 9 * b))
+    w = rng.standard_normal((lay.nnz, b, b))
+    order = lay.col_order
+    ent = np.stack([lay.rows[order], order], axis=1)
+    ref = np.zeros((n, 7 * b))
+    for k in range(lay.nnz):
+        ref[:, lay.cols[k] * b:(lay.cols[k] + 1) * b] += x[:, lay.rows[k] * b:(lay.rows[k] + 1) * b] @ w[k]
+    row_tiles = -(-n // bm)
+    for ctas, stages, order in [(1, 4, "greedy"), (3, 3, "greedy"), (5, 6, "contig"), (4, 4, "contig"),
+                                (row_tiles * 7, 4, "greedy")]:
+        tiles, tile_ptr, stage_ptr = G.pers_tables(lay.col_ptr, row_tiles, ctas, order)
+        y = np.full((n, 7 * b), np.nan)
+        for g in range(ctas):
+            acc = np.zeros((bm, b))
+            for col, rt, e, last in _pers_schedule(tiles, tile_ptr, stage_ptr, g, stages):
+                rows = slice(rt * bm, min(n, (rt + 1) * bm))
+                if e >= 0:
+                    r, k = ent[e]
+                    xt = np.zeros((bm, b))
+                    xt[: rows.stop - rows.start] = x[rows, r * b:(r + 1) * b]
+                    acc += xt @ w[k]
+                if last:
+                    y[rows, col * b:(col + 1) * b] = acc[: rows.stop - rows.start]
+                    acc[:] = 0
+        np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
 def _emulated_small_cases():
     """(dtype, out dtype, op, N, CTAs, accumulate): both tile heights (N ≤ 32, 32 < N ≤ 64), ragged N,
     fp16/bf16 (mma) and fp32 (FFMA), fprop and bprop, one CTA (no splits) up to more CTAs than stages."""
