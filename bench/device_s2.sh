@@ -35,7 +35,11 @@ for part in "$@"; do
   probe)
     timeout 120 python bench/stream_probe.py > $L/probe.log 2>&1; echo "probe rc=$? $(el)";;
   pers)
-    tests pers 240 tests/test_matmul_gpu.py -k "gmma or persist or fprop_bprop_updat"
+    tests pers 240 tests/test_matmul_gpu.py -k "persistent or wgmma or gmma"
+    for tool in racecheck memcheck; do
+      timeout 100 compute-sanitizer --tool $tool python bench/sanitize_bsmm.py --pers > $L/pers-$tool.log 2>&1
+      echo "pers $tool rc=$? $(el): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $L/pers-$tool.log | tr '\n' ' ')"
+    done
     timeout 200 python bench/bsmm.py --dtype float16,bfloat16 --n 4096 --op fprop,bprop --no-torch > $L/pers-bench.log 2>&1
     echo "pers bench rc=$? $(el)";;
   tests)
