@@ -927,7 +927,8 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
     spec, grid, block, smem, pre, post = _dev(
         conv, key, lambda cp: _fprop_plan(conv, geom, n, x.dtype, has_eb)
     )
-    _launch(spec, grid, block, (x, w, y, *pre, edge_bias if has_eb else _null(), *post), smem)
+    sched = (_halo_sched(),) if "halo" in spec.name else ()  # per stream: not part of the cached plan
+    _launch(spec, grid, block, (x, w, y, *pre, edge_bias if has_eb else _null(), *post, *sched), smem)
     return y
 
 
@@ -976,7 +977,7 @@ def _halo_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> 
 def _halo_smem(g: dict, b: int, tw: int, th: int) -> int:
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
-    return _LAUNCH["halo"]["stages"] * (hr * hc + g["FR"] * g["FS"] * b) * (b + 8) * 2
+    return _LAUNCH["halo"]["stages"] * (hr * hc + g["FR"] * g["FS"] * b) * (b + 8) * 2 + 16  # + the claim slot
 
 
 def _fprop_variant(geo_host, b: int):
@@ -1029,7 +1030,9 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool):
         assert out_blocks * b == g["K"], "the halo kernel's grid has K/B output blocks"
         spec = _halo_spec(_CTYPE[dt], b, tw, th, warps, flip)
         items = tiles * out_blocks
-        if persistent:  # the CTAs that fit at once, each walking items with a grid stride
+        if items >= 2**31:
+            raise ValueError(f"x: {items} output tiles × blocks exceed the halo kernel's 2^31 work items")
+        if persistent:  # the CTAs that fit at once, each claiming items until none are left
             items = min(items, _ops._sm_count() * _ops._resident_blocks(spec, 32 * warps, smem, 2))
         return spec, (items,), (32 * warps,), smem, False
     spec = compiler.KernelSpec("conv.cu", f"conv_fprop_tc<{_CTYPE[dt]}, {b}>")
@@ -1043,7 +1046,24 @@ def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt, flip
     conv_fprop_ffma need; the halo kernel reads ``w`` itself (FLIP)."""
     spec, grid, block, smem, needs_copy = _tc_plan(geo_host, out_blocks, b, dt, flip_w is not None)
     tail = (*tables, perm if perm is not None else _null(), *eb_args, _upload_geo(geo_host))
+    if "halo" in spec.name:
+        tail += (_halo_sched(),)
     _launch(spec, grid, block, (x, flip_w() if needs_copy else w, y, *tail), smem)
+
+
+_SCHED: dict = {}
+
+
+def _halo_sched():
+    """conv_fprop_halo's zeroed work counters (next item, CTAs done), one pair per device and stream:
+    launches on one stream run in order, and the kernel's last CTA resets them."""
+    import cupy
+
+    stream = cupy.cuda.get_current_stream()
+    key = (cupy.cuda.runtime.getDevice(), getattr(stream, "ptr", None))
+    if key not in _SCHED:
+        _SCHED[key] = cupy.zeros(2, dtype=np.uint32)
+    return _SCHED[key]
 
 
 def _gpu_bprop(conv, geom, dy, w, out, shape):

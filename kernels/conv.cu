@@ -532,7 +532,7 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // columns: a taller tile reads each weight slice from L2 for more output positions, and more rows per
 // warp read each B fragment from shared memory for more mma. Epilogue: + edge bias, optional
 // output-channel permutation (a merged channel shuffle), store. Shared memory:
-// 2 · (HR·HC·(B+8) + FR·FS·B·(B+8)) elements, from the host.
+// 2 · (HR·HC·(B+8) + FR·FS·B·(B+8)) elements + 16 bytes (the claimed item), from the host.
 // FLIP (stride-1 bprop without a transposed copy of w): the column tables are the layout's row tables,
 // the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
 // the B fragments come from ldmatrix without .trans; the math is dx = conv(dy, flip(w)ᵀ).
@@ -542,7 +542,7 @@ __global__ void __launch_bounds__(WARPS * 32, (TH * TW <= 256 && (TH * TW / WARP
 conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
                 const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
                 const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
-                const int* __restrict__ geo) {
+                const int* __restrict__ geo, unsigned* __restrict__ sched) {
   constexpr int THREADS = WARPS * 32, RPW = TH * TW / WARPS, MT = RPW / 16;
   constexpr int LDA = B + 8, VPR = B / 8, NT = B / 8;
   static_assert(RPW % 16 == 0 && TW % 8 == 0, "16-row mma tiles; 8 lanes of an ldmatrix in one tile row");
@@ -559,36 +559,42 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   T* sA = reinterpret_cast<T*>(smem_raw);             // [stages][halo][LDA]
   T* sW = sA + HALO_STAGES * halo * LDA;              // [stages][FR·FS][B][LDA]
 
-  // Work items (n, od, tile row, tile column, virtual output block j), j fastest: the K/B items of one
-  // tile run together, so the tile's input halo is read from DRAM once (later columns find it in L2)
-  // and a permuted (shuffled) output's scattered stores to the same rows merge in L2 before they reach
-  // DRAM. The grid may be smaller than the items (persistent: about the co-resident CTAs): a CTA walks
-  // items blockIdx.x, + gridDim.x, ... and its stages form one stream over all its items, so the next
-  // item's first stage is in flight while the current item's last stage and its epilogue run (with one
-  // or two stages an item, a CTA per item would load, multiply and store in sequence).
+  // Work items (n, od, tile row, tile column, virtual output block j), j fastest, claimed in order from
+  // the counter sched[0] (so the items in progress at any time are neighbours: the K/B items of one
+  // tile run together, its input halo is read from DRAM once and later columns find it in L2, and a
+  // permuted (shuffled) output's scattered stores to the same rows merge in L2). The grid may be
+  // smaller than the items (persistent: about the co-resident CTAs): a CTA's stages form one stream
+  // over all the items it claims, so the next item's first stage is in flight while the current
+  // item's last stage multiplies and its epilogue stores. Claiming (not a fixed stride) balances
+  // columns of different lengths. The last CTA to finish resets sched[0..1] for the next launch on
+  // the stream. The host guarantees fewer than 2^31 items.
   const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + TH - 1) / TH;
   const int ncol = K / B;
-  const i64 total = (i64)geo[G_N] * OD * tiles_h * tiles_w * ncol;
+  const int total = geo[G_N] * OD * tiles_h * tiles_w * ncol;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  int* s_claim = reinterpret_cast<int*>(sW + HALO_STAGES * wtaps * B * LDA);  // after the ring (host: + 16 B)
 
-  struct Item {
-    i64 n;
-    int j, tw0, th0, od, e0, niter;
+  struct Item {  // a claimed item, decoded once; item == total: none left
+    int item, j, tw0, th0, od, n, e0, niter;
   };
-  auto decode = [&](i64 t) {
+  auto claim = [&]() {  // all threads; one atomic by thread 0, broadcast through shared memory
+    if (tid == 0) *s_claim = (int)atomicAdd(sched, 1u);
+    __syncthreads();
+    int t = *s_claim < total ? *s_claim : total;
     Item r;
-    r.j = (int)(t % ncol); t /= ncol;
-    r.tw0 = (int)(t % tiles_w) * TW; t /= tiles_w;
-    r.th0 = (int)(t % tiles_h) * TH; t /= tiles_h;
-    r.od = (int)(t % OD);
+    r.item = t;
+    if (t == total) t = 0;
+    r.j = t % ncol; t /= ncol;
+    r.tw0 = (t % tiles_w) * TW; t /= tiles_w;
+    r.th0 = (t % tiles_h) * TH; t /= tiles_h;
+    r.od = t % OD;
     r.n = t / OD;
     r.e0 = col_ptr[r.j];
     r.niter = (col_ptr[r.j + 1] - r.e0) * FT;
     return r;
   };
 
-  auto load_stage = [&](i64 item, int it, int buf) {  // decodes the item again: fewer live registers
-    const Item q = decode(item);
+  auto load_stage = [&](const Item& q, int it, int buf) {
     const int eo = it / FT, ft = it - eo * FT;
     const int cblk = col_in[q.e0 + eo];
     const i64 wblk = col_w[q.e0 + eo];
@@ -601,7 +607,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       const int hr = row / HC, hc = row - hr * HC;
       const int ih = ih0 + hr, iw = iw0 + hc;
       const bool ok = dok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
-      const T* src = ok ? x + (((q.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
+      const T* src = ok ? x + ((((i64)q.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
       cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
     }
     const int wdepth = FLIP ? FT - 1 - ft : ft;
@@ -623,43 +629,37 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     hbase[mt] = (r / TW) * SH * HC + (r % TW) * SW;
   }
 
-  // the load cursor: item li, its stage lit (the next stage to load); seek() skips finished items and
-  // items without stages (an empty column: its outputs are the epilogue's zeros and edge bias)
-  auto stages_of = [&](i64 item) {
-    const int j = (int)(item % ncol);
-    return (col_ptr[j + 1] - col_ptr[j]) * FT;
-  };
-  i64 li = blockIdx.x;
-  int lit = 0, lniter = li < total ? stages_of(li) : 0;
-  auto seek = [&]() {
-    while (li < total && lit >= lniter) {
-      li += gridDim.x;
-      lit = 0;
-      if (li < total) lniter = stages_of(li);
-    }
-  };
-  seek();
-  if (li < total) load_stage(li, lit++, 0);
+  // the stage stream: (cur, it) is the stage multiplied in this iteration, from ring slot stage % 2;
+  // the stage after it (the same item's next stage, or the first of a newly claimed item) is loaded
+  // meanwhile. An item without stages (an empty column) takes one empty step: its epilogue writes
+  // zeros (+ edge bias).
+  Item cur = claim();
+  int it = 0;
+  if (cur.item < total && cur.niter > 0) load_stage(cur, 0, 0);
   cp_async_commit();
 
   const i64 OS = (i64)OD * OH * OW;
-  int stage = 0;  // stages consumed by this CTA: the ring slot is stage % 2
   float acc[MT][NT][4];
-  for (i64 ci = blockIdx.x; ci < total; ci += gridDim.x) {
-    const int cniter = stages_of(ci);
 #pragma unroll
-    for (int a = 0; a < MT; ++a)
+  for (int a = 0; a < MT; ++a)
 #pragma unroll
-      for (int b = 0; b < NT; ++b)
+    for (int b = 0; b < NT; ++b)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+      for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
 
-    for (int it = 0; it < cniter; ++it, ++stage) {
-      cp_async_wait<0>();
-      __syncthreads();
-      seek();
-      if (li < total) load_stage(li, lit++, (stage + 1) % HALO_STAGES);
-      cp_async_commit();
+  for (int stage = 0; cur.item < total; ++stage) {
+    cp_async_wait<0>();
+    __syncthreads();
+    const bool last = it + 1 >= cur.niter;  // the item's last (or only, empty) step
+    Item nxt = cur;
+    int nit = it + 1;
+    if (last) {
+      nxt = claim();
+      nit = 0;
+    }
+    if (nxt.item < total && nit < nxt.niter) load_stage(nxt, nit, (stage + 1) % HALO_STAGES);
+    cp_async_commit();
+    if (it < cur.niter) {
       const int buf = stage % HALO_STAGES;
       const T* bA = sA + buf * halo * LDA;
       const T* bWs = sW + buf * wtaps * B * LDA;
@@ -693,40 +693,56 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
           }
         }
     }
-
-    // epilogue from registers (the next item's first stage is in flight meanwhile)
-    const Item cur = decode(ci);
+    if (last) {  // epilogue from registers (the next item's first stage is in flight meanwhile)
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h;
-        const int oh = cur.th0 + r / TW, ow = cur.tw0 + r % TW;
-        if (oh >= OH || ow >= OW) continue;
-        const i64 p = ((i64)cur.od * OH + oh) * OW + ow;
-        const i64 m = cur.n * OS + p;
-        const int eb = emap != nullptr ? emap[p] : -1;
-        T* yrow = y + m * K;
+        for (int h = 0; h < 2; ++h) {
+          const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h;
+          const int oh = cur.th0 + r / TW, ow = cur.tw0 + r % TW;
+          if (oh >= OH || ow >= OW) continue;
+          const i64 p = ((i64)cur.od * OH + oh) * OW + ow;
+          const i64 m = cur.n * OS + p;
+          const int eb = emap != nullptr ? emap[p] : -1;
+          T* yrow = y + m * K;
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const int kv = cur.j * B + nt * 8 + 2 * (lane & 3);
-          float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
-          const int k0 = out_perm != nullptr ? out_perm[kv] : kv;
-          const int k1 = out_perm != nullptr ? out_perm[kv + 1] : kv + 1;
-          if (eb >= 0) {
-            v0 += to_float(edge_bias[(i64)eb * K + k0]);
-            v1 += to_float(edge_bias[(i64)eb * K + k1]);
-          }
-          if (out_perm == nullptr) {
-            store2<T>(yrow + k0, v0, v1);
-          } else {
-            yrow[k0] = from_float<T>(v0);
-            yrow[k1] = from_float<T>(v1);
+          for (int nt = 0; nt < NT; ++nt) {
+            const int kv = cur.j * B + nt * 8 + 2 * (lane & 3);
+            float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+            const int k0 = out_perm != nullptr ? out_perm[kv] : kv;
+            const int k1 = out_perm != nullptr ? out_perm[kv + 1] : kv + 1;
+            if (eb >= 0) {
+              v0 += to_float(edge_bias[(i64)eb * K + k0]);
+              v1 += to_float(edge_bias[(i64)eb * K + k1]);
+            }
+            if (out_perm == nullptr) {
+              store2<T>(yrow + k0, v0, v1);
+            } else {
+              yrow[k0] = from_float<T>(v0);
+              yrow[k1] = from_float<T>(v1);
+            }
           }
         }
-      }
+#pragma unroll
+      for (int a = 0; a < MT; ++a)
+#pragma unroll
+        for (int b = 0; b < NT; ++b)
+#pragma unroll
+          for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+    }
+    cur = nxt;
+    it = nit;
   }
   cp_async_wait<0>();
+  // every claim of this CTA is done: the last CTA out resets the counters for the next launch
+  if (tid == 0) {
+    __threadfence();
+    if (atomicAdd(sched + 1, 1u) == gridDim.x - 1) {
+      sched[0] = 0;
+      sched[1] = 0;
+      __threadfence();
+    }
+  }
 }
 
 #define FF_BM 64

@@ -741,7 +741,7 @@ _HALO_DRIVER = r"""
 #undef main
 #define HALO_X(T, B, TW, TH, WP, F) {"conv_fprop_halo<" #T ", " #B ", " #TW ", " #TH ", " #WP ", " #F ">", \
   [] { return [] { conv_fprop_halo<T, B, TW, TH, WP, F>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), \
-  P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9)); }; }}
+  P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10)); }; }}
 static const int halo_registered = [] {
   using Table = std::map<std::string, std::function<std::function<void()>()>>;
   const_cast<Table&>(kernels).insert({ %s });
@@ -955,6 +955,8 @@ def test_gpu_path_emulated_halo_tiles(rng, emulated, monkeypatch, tile, b, dtype
     ct = "__half" if dtype == "float16" else "__nv_bfloat16"
     fwd = conv_module._halo_spec(ct, b, tw, th, tile[1], False).name
     assert emulated == [fwd, f"conv_fprop_halo<{ct}, {b}, {tw}, {th}, {tile[1]}, true>"], emulated
+    # the last CTA reset the work counters (next item, CTAs done) for the next launch
+    assert [c.tolist() for c in conv_module._SCHED.values()] == [[0, 0]]
 
 
 def test_self_check_emulated(emulated):

@@ -2,6 +2,7 @@
 // Each CUDA thread of a block is a std::thread; __syncthreads and warp collectives are std::barriers.
 // Blocks run one after another, so "shared memory" is one global buffer.
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -33,6 +34,8 @@ extern EmuBlock emu_block;
 extern uint32_t emu_scratch[32][32][8];
 
 inline void __syncthreads() { emu_block.block->arrive_and_wait(); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void emu_warp_sync() { emu_block.warps[threadIdx.x / 32]->arrive_and_wait(); }
 
 inline float __shfl_xor_sync(unsigned, float v, int o) {
