@@ -90,13 +90,15 @@ XW_FFMA_TILES = {
          "ffma_w2": (2, 2, 4, 2)},
     64: {"ffma": (4, 2, 4, 2), "ffma_kg2": (4, 2, 2, 2)},
 }
-# updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks of one row
-# per CTA, NC batch rows per chunk, STAGES, KG, MINB)}; (b/8)² threads per block; the first entry is the
-# default.
+# updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks per CTA,
+# NC batch rows per chunk, STAGES, KG, MINB, XR rows per group)}; (b/8)² threads per block; the first entry is
+# the default. XR = 2: a group may take the first blocks of the next row (update_groups), and the batch split
+# is chosen by ffma_update_splits (whole waves of MINB CTAs per SM); XR = 1: groups within one row, splits by
+# _update_splits (the tiles of the first fp32 session, kept for timing).
 UPDAT_FFMA_TILES = {
-    32: {"g8": (8, 32, 2, 4, 2), "g8_kg2": (8, 32, 2, 2, 2), "g8_s3": (8, 32, 3, 4, 2),
-         "g4": (4, 32, 3, 4, 2)},
-    64: {"g2": (2, 32, 2, 4, 2)},
+    32: {"g8r2": (8, 32, 2, 4, 2, 2), "g8": (8, 32, 2, 4, 2, 1), "g8_kg2": (8, 32, 2, 2, 2, 1),
+         "g8_s3": (8, 32, 3, 4, 2, 1), "g4": (4, 32, 3, 4, 2, 1), "g4r2": (4, 32, 3, 4, 2, 2)},
+    64: {"g2": (2, 32, 2, 4, 2, 1), "g2r2": (2, 32, 2, 4, 2, 2)},
 }
 updat_ffma_variant = None  # benchmarks: another entry of UPDAT_FFMA_TILES, or "simt" for updat_simt
 ffma_enabled = True  # False: xw_simt / updat_simt for float32 everywhere (benchmarks compare both)
@@ -438,13 +440,13 @@ def xw_ffma_smem(bs, variant):
 
 
 def updat_ffma_spec(bs, variant, axis):
-    g, nc, st, kg, minb = UPDAT_FFMA_TILES[bs][variant]
-    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {minb}, {axis}>")
+    g, nc, st, kg, minb, xr = UPDAT_FFMA_TILES[bs][variant]
+    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {minb}, {axis}, {xr}>")
 
 
 def updat_ffma_smem(bs, variant):
-    g, nc, st = UPDAT_FFMA_TILES[bs][variant][:3]
-    return st * (1 + g) * (nc * bs + 16) * 4
+    g, nc, st, _, _, xr = UPDAT_FFMA_TILES[bs][variant]
+    return st * (xr + g) * (nc * bs + 16) * 4
 
 
 def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
@@ -563,14 +565,41 @@ compiler.register_family("stream_probe", stream_probe_specializations)
 # ------------------------------------------------------------------------------------------------
 # device lookup tables and launch plans, cached on the op object per device
 
-def update_groups(layout, g):
-    """[n_groups, g] int32: the w indices of up to g consecutive blocks of one block row, -1 padded."""
+def update_groups(layout, g, xr=1):
+    """[n_groups, g] int32: the w indices of up to g consecutive blocks of one block row, -1 padded.
+
+    xr = 2: groups of up to g consecutive blocks (w order is row-major) spanning at most two block rows: a
+    row's full groups, then its remaining blocks followed by the first blocks of the next nonempty row, so
+    that only a row that ends a run of rows too short to fill a group leaves empty slots."""
+    if xr == 2:
+        return _update_groups_packed(layout, g)
     pos = np.arange(layout.nnz) - layout.row_ptr[layout.rows]
     per_row = -(-np.diff(layout.row_ptr) // g)
     first = np.concatenate([[0], np.cumsum(per_row)])
     table = np.full((int(first[-1]), g), -1, dtype=np.int32)
     table[first[layout.rows] + pos // g, pos % g] = np.arange(layout.nnz, dtype=np.int32)
     return table
+
+
+def _update_groups_packed(layout, g):
+    counts = np.diff(layout.row_ptr)
+    nonempty = np.flatnonzero(counts)
+    starts, lengths = [], []
+    taken = 0  # blocks of the current row already taken by the previous row's last group
+    for i, r in enumerate(nonempty):  # one step per nonempty row (the full groups are ranges)
+        begin, n = int(layout.row_ptr[r]) + taken, int(counts[r]) - taken
+        full, rest = divmod(n, g)
+        starts.extend(range(begin, begin + full * g, g))
+        lengths.extend([g] * full)
+        taken = 0
+        if rest:
+            nxt = int(counts[nonempty[i + 1]]) if i + 1 < nonempty.size else 0
+            taken = min(g - rest, nxt)
+            starts.append(begin + full * g)
+            lengths.append(rest + taken)
+    starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+    slot = np.arange(g)
+    return np.where(slot < lengths[:, None], starts[:, None] + slot, -1).astype(np.int32).reshape(-1, g)
 
 
 def wide_tables(layout, op, c, r=1):
@@ -624,8 +653,8 @@ def _tables(op_obj, key, dev):
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key == "updat":
             cache[(dev, key)] = (cupy.asarray(lay.rows), cupy.asarray(lay.cols))
-        else:  # ("groups", g)
-            cache[(dev, key)] = cupy.asarray(update_groups(lay, key[1]))
+        else:  # ("groups", g) or ("groups", g, xr)
+            cache[(dev, key)] = cupy.asarray(update_groups(lay, *key[1:]))
     return cache[(dev, key)]
 
 
@@ -644,6 +673,35 @@ def _update_splits(ctas, chunks, dev):
     """Batch splits for the update: enough CTAs for ~4 per SM, each split at least 4 chunks long."""
     want = -(-4 * _sm_count(dev) // max(ctas, 1))
     return int(max(1, min(want, chunks // 4, 64)))
+
+
+# ffma_update_splits' cost model, in units u of one chunk step of one CTA on a whole SM (H100, G = 8, b = 32:
+# 8 · 32² · 32 rows · 2 flop at ~0.3 TFLOP/s per SM ≈ 1.75 µs): a CTA's fixed cost (first stage's loads,
+# epilogue), and the workspace bytes moved in one u (~2.3 TB/s)
+UPDAT_SPLIT_CTA_STEPS = 2.0
+UPDAT_SPLIT_SM_FLOPS = 0.3e12
+UPDAT_SPLIT_BYTES_PER_S = 2.3e12
+
+
+def ffma_update_splits(ctas, chunks, nnz, block_size, group, nc, per_sm, dev):
+    """Batch splits for updat_ffma (XR = 2 tiles): the count s minimizing the time of ctas·s CTAs of
+    chunks/s + UPDAT_SPLIT_CTA_STEPS steps each, plus the workspace traffic (s partials written, half
+    hidden behind other CTAs' FMAs, and read back by updat_reduce; its launch ~1 u). The CTAs' time is the
+    mean of two bounds: whole waves of per_sm CTAs on every SM (per_sm CTAs needed to fill an SM: 1.1 waves
+    cost 2) and CTAs spread evenly over the SMs (one CTA fills an SM: only the per-SM count rounds up)."""
+    sms = _sm_count(dev)
+    slots = per_sm * sms
+    unit = group * block_size * block_size * nc * 2 / UPDAT_SPLIT_SM_FLOPS  # seconds
+    ws_units = nnz * block_size * block_size * 4 / (UPDAT_SPLIT_BYTES_PER_S * unit)
+    best, best_cost = 1, None
+    for s in range(1, int(max(1, min(chunks // 4, 64))) + 1):
+        steps = -(-chunks // s) + UPDAT_SPLIT_CTA_STEPS
+        waves = -(-ctas * s // slots) * per_sm * steps
+        spread = -(-ctas * s // sms) * steps
+        cost = (waves + spread) / 2 + ((1.5 * s * ws_units + 1) if s > 1 else 0)
+        if best_cost is None or cost < best_cost - 1e-9:
+            best, best_cost = s, cost
+    return best
 
 
 def _aligned(*arrays) -> bool:
@@ -916,15 +974,16 @@ def _split_counters(op_obj, dev, n_groups, stream):
 
 
 def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
-    """(function, smem, threads, grid, extra arguments, NC, fused) of the update; cached per dtype, output
-    dtype, alignment and the batch sizes' divisibility (n4: all N % 4 == 0, n8: all N % 8 == 0)."""
+    """(function, smem, threads, grid, extra arguments, NC, fused, per_sm) of the update; cached per dtype,
+    output dtype, alignment and the batch sizes' divisibility (n4: all N % 4 == 0, n8: all N % 8 == 0).
+    per_sm > 0: splits by ffma_update_splits with per_sm CTAs per SM; 0: by _update_splits."""
     key = ("updat", dtype, odt, aligned, n4, n8, dev, gmma_enabled, updat_gmma_variant, ffma_enabled,
            updat_ffma_variant)
     plan = op_obj._gpu_tables.get(key)
     if plan is not None:
         return plan
     b, axis = op_obj.block_size, op_obj.feature_axis
-    tf32 = None
+    tf32, per_sm = None, 0
     if dtype == "float32" and op_obj.allow_tf32:  # None for block_size 8: updat_simt below
         tf32 = _matmul_tf32.updat_launch_config(op_obj, axis, aligned and (axis == 1 or n4))
     if tf32 is not None:
@@ -935,10 +994,11 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
           and (updat_ffma_variant in UPDAT_FFMA_TILES[b] or (ffma_enabled and updat_ffma_variant is None))):
         tiles = UPDAT_FFMA_TILES[b]
         variant = updat_ffma_variant if updat_ffma_variant in tiles else next(iter(tiles))
-        g, nc = UPDAT_FFMA_TILES[b][variant][:2]
+        g, nc, _, _, minb, xr = UPDAT_FFMA_TILES[b][variant]
         spec, smem = updat_ffma_spec(b, variant, axis), updat_ffma_smem(b, variant)
-        groups = _tables(op_obj, ("groups", g), dev)
+        groups = _tables(op_obj, ("groups", g) if xr == 1 else ("groups", g, xr), dev)
         grid, threads, extra = groups.shape[0], g * (b // 8) ** 2, (groups,)
+        per_sm = -1 if xr == 2 else 0  # -1: computed from the compiled kernel below
     elif (gmma_enabled and dtype != "float32" and b in UPDAT_GMMA_TILES and axis == 1 and aligned
           and _gmma_device(dev)):
         tiles = UPDAT_GMMA_TILES[b]
@@ -957,8 +1017,14 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         nc, smem, threads = UPDAT_SIMT_NC, 0, 256
         spec = updat_simt_spec(dtype, odt, b, axis)
         grid, extra = op_obj.layout.nnz, ()
+    fn = compiler.get_function(spec, smem)
+    if per_sm < 0:  # CTAs per SM: by shared memory (+ 1 KiB reserved per CTA) and registers
+        regs = getattr(fn, "num_regs", 0) or 255
+        by_regs = 65536 // (-(-regs // 8) * 8 * threads)
+        per_sm = max(1, min(by_regs, _smem_limits(dev)[0] // (smem + 1024 + 16 * (g + 2 * xr))))
     # the wgmma updates sum their split partials in the same launch (no updat_reduce)
-    plan = (compiler.get_function(spec, smem), smem, threads, grid, extra, nc, spec.source == "bsmm_gmma.cu")
+    plan = (fn, smem, threads, grid, extra, nc, spec.source == "bsmm_gmma.cu",
+            per_sm)
     op_obj._gpu_tables[key] = plan
     return plan
 
@@ -973,7 +1039,7 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     _check_device(dev, out=out)
     axis = op_obj.feature_axis
     ns = [x.shape[1 - axis] for x in xs]
-    fn, smem, threads, grid, extra, nc, fused = _updat_plan(
+    fn, smem, threads, grid, extra, nc, fused, per_sm = _updat_plan(
         op_obj, dtype_name(xs[0].dtype), dtype_name(out_dtype), _aligned(*xs, *dys),
         all(n % 4 == 0 for n in ns), all(n % 8 == 0 for n in ns), dev)
     dw = out if out is not None else cupy.empty(op_obj.w_shape, dtype=out_dtype)
@@ -982,8 +1048,10 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     chunks = [0]
     for n in ns:
         chunks.append(chunks[-1] + -(-n // nc))
-    splits = _update_splits(grid, chunks[-1], dev)
     nnz = op_obj.layout.nnz
+    splits = (ffma_update_splits(grid, chunks[-1], nnz, op_obj.block_size, extra[0].shape[1], nc, per_sm, dev)
+              if per_sm
+              else _update_splits(grid, chunks[-1], dev))
     ws = cupy.empty((splits, nnz) + op_obj.w_shape[1:], dtype=np.float32) if splits > 1 else None
     p = len(xs)
     table = _pair_table(op_obj, dev, np.array(

@@ -963,37 +963,55 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 }
 
 // updat_ffma: fp32 update on FFMA (the register-blocked tiles above), 16-byte aligned pairs (feature axis 0:
-// every N % 4 == 0). One CTA per group of up to G nonzero blocks of one block row (`groups`, as updat_tc);
-// the x chunk of that row (NC batch rows) is loaded once per stage and shared by the G blocks, each with its
-// own dy chunk. (b/8)² threads own one block, 8 × 8 outputs each: dW[i][j] += Σ_n x[n][i]·dy[n][j] with
-// A = xᵀ (m = i, k = n) and B = dy (n = j). Feature axis 1 keeps the chunks as loaded ([n][i], k-major);
-// axis 0 loads [i][n] rows, swizzled. Each output is summed by one thread over the chunks in order:
+// every N % 4 == 0). One CTA per group of up to G nonzero blocks (`groups`, as updat_tc) of one block row
+// (XR = 1) or of two consecutive nonempty block rows (XR = 2: update_groups packs a row's last partial group
+// with the next row's first blocks, so no slot idles at the end of a row); the x chunk of each of its rows
+// (NC batch rows) is loaded once per stage and shared by the blocks of that row, each block with its own dy
+// chunk. (b/8)² threads own one block, 8 × 8 outputs each: dW[i][j] += Σ_n x[n][i]·dy[n][j] with A = xᵀ
+// (m = i, k = n) and B = dy (n = j). Feature axis 1 keeps the chunks as loaded ([n][i], k-major); axis 0
+// loads [i][n] rows, swizzled. Each output is summed by one thread over the chunks in order:
 // bit-reproducible; splits (gridDim.y > 1) write fp32 partials to ws for updat_reduce.
-template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS>
+// A thread copies the same chunk column of every tile of a stage, so the XR + G source pointers are kept
+// in registers (recomputed when a new pair starts) and a stage's copies cost a 64-bit add per tile.
+template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS, int XR>
 __global__ void __launch_bounds__(G * (BS / 8) * (BS / 8), MINB)
 updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
            const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
            const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
            float* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features,
            int accumulate) {
-    constexpr int L = BS / 8, TPB = L * L, THREADS = G * TPB;
-    static_assert(BS % 32 == 0 && NC % 32 == 0 && NC % KG == 0 && STAGES >= 2, "bad updat_ffma tiling");
+    constexpr int L = BS / 8, TPB = L * L, THREADS = G * TPB, T = XR + G;  // T: tiles per stage
+    static_assert(BS % 32 == 0 && NC % 32 == 0 && NC % KG == 0 && STAGES >= 2 && (XR == 1 || XR == 2),
+                  "bad updat_ffma tiling");
     constexpr bool KMAJOR = AXIS == 1;            // chunks [n][feature] (axis 1) or swizzled [feature][n]
     constexpr int S = KMAJOR ? BS : NC;            // row length of a chunk tile
-    constexpr int TILE = NC * BS + 16;             // + 16 floats: consecutive slots start 16 banks apart
-    constexpr int STAGE = (1 + G) * TILE;
+    constexpr int TILE = NC * BS + 16;             // + 16 floats: consecutive tiles start 16 banks apart
+    constexpr int STAGE = T * TILE;
+    // copy geometry of one [R][S] tile: a thread copies chunk column c4 of rows r0 + p·RPP
+    constexpr int R = KMAJOR ? NC : BS, CPR = S / 4, RPP = THREADS / CPR, P = R / RPP;
+    static_assert(THREADS % CPR == 0 && R % RPP == 0 && (KMAJOR || RPP % 8 == 0), "bad updat_ffma copy shape");
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     float* smem = reinterpret_cast<float*>(smem_raw);
-    __shared__ int blk_s[G];
-    __shared__ long long ycol_s[G];
+    __shared__ int blk_s[G], xsel_s[G];
+    __shared__ long long col_s[T];  // tiles 0..XR-1: x columns (feature offsets); XR..: dy; -1: no tile
+    const int* grp = groups + (i64)blockIdx.x * G;  // slot 0 is never empty
     if (threadIdx.x < G) {
-        const int k = groups[blockIdx.x * G + threadIdx.x];
+        const int k = grp[threadIdx.x];
         blk_s[threadIdx.x] = k;
-        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
+        col_s[XR + threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
+        xsel_s[threadIdx.x] = XR == 2 && k >= 0 && rows[k] != rows[grp[0]];
+    } else if (threadIdx.x == G) {
+        const int r0 = rows[grp[0]];
+        col_s[0] = (long long)r0 * BS;
+        if (XR == 2) {
+            int last = G - 1;
+            while (grp[last] < 0) last--;
+            const int r1 = rows[grp[last]];
+            col_s[XR - 1] = r1 != r0 ? (long long)r1 * BS : -1;
+        }
     }
     __syncthreads();
-    const i64 xcol = (i64)rows[blk_s[0]] * BS;
     const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
     const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
     const int gw = threadIdx.x / TPB;
@@ -1001,6 +1019,10 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     lane_coords<L, L>(threadIdx.x % TPB, mg, ng);
     const bool active = blk_s[gw] >= 0;
     const int a_base = KMAJOR ? mg * 4 : mg, b_base = KMAJOR ? ng * 4 : ng;
+    const int x_tile = xsel_s[gw];  // the x tile of this block's row
+    int live_bytes[T];  // 16: tile t is loaded; 0: no tile (empty slot, or one row in an XR = 2 group)
+#pragma unroll
+    for (int t = 0; t < T; t++) live_bytes[t] = col_s[t] >= 0 ? 16 : 0;
 
     float acc[8][8];
 #pragma unroll
@@ -1008,12 +1030,16 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
 
+    const int r0 = threadIdx.x / CPR, c4 = threadIdx.x % CPR;
+    const int dst0 = KMAJOR ? r0 * S + c4 * 4 : swz<S>(r0, c4);
     // the loader's current pair, cached in registers (chunks are visited in increasing order): no global
     // loads in front of a stage's copies except when a new pair starts
     int lp = -1;
     long long lp_begin = 0, lp_end = 0, nt = 0;
     const float* xp = nullptr;
-    const float* dyp = nullptr;
+    const float* src[T];  // this thread's first chunk of tile t at batch row 0 of the current pair
+#pragma unroll
+    for (int t = 0; t < T; t++) src[t] = nullptr;
     auto load_stage = [&](int q, float* base) {
         q += q0;
         while (lp_end <= q) {
@@ -1021,21 +1047,36 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
             lp_begin = lp_end;
             lp_end = chunk_ptr[lp + 1];
             xp = reinterpret_cast<const float*>(x_ptrs[lp]);
-            dyp = reinterpret_cast<const float*>(dy_ptrs[lp]);
+            const float* dyp = reinterpret_cast<const float*>(dy_ptrs[lp]);
             nt = ns[lp];
+#pragma unroll
+            for (int t = 0; t < T; t++) {
+                const float* p0 = t < XR ? xp : dyp;
+                const i64 col = col_s[t] < 0 ? 0 : col_s[t];
+                src[t] = p0 + (KMAJOR ? r0 * (t < XR ? in_features : out_features) + col : (col + r0) * nt) + c4 * 4;
+            }
         }
         const i64 n0 = (i64)(q - lp_begin) * NC;
         const i64 left = nt - n0;  // valid batch rows of this chunk (axis 0: N % 4 == 0, whole 16-byte chunks)
+        // batch offset of this chunk and the step between a thread's copies, for x and dy tiles; the empty asm
+        // keeps the offsets in registers (computed once per stage, not once per tile)
+        i64 off_x = KMAJOR ? n0 * in_features : n0, off_y = KMAJOR ? n0 * out_features : n0;
+        asm volatile("" : "+l"(off_x), "+l"(off_y));
+        const i64 step_x = RPP * (KMAJOR ? in_features : nt), step_y = RPP * (KMAJOR ? out_features : nt);
+        bool ok[P];  // the thread's p-th copy holds data (the same rows or columns in every tile)
 #pragma unroll
-        for (int g = 0; g <= G; g++) {
-            const i64 col = g == 0 ? xcol : ycol_s[g - 1];
-            if (col < 0) continue;  // empty slot: nothing to load
-            const float* src0 = g == 0 ? xp : dyp;
-            const i64 feats = g == 0 ? in_features : out_features;
-            if (KMAJOR)
-                cp_async_tile<NC, BS, THREADS, false>(base + g * TILE, src0 + n0 * feats + col, feats, left, BS);
-            else
-                cp_async_tile<BS, NC, THREADS, true>(base + g * TILE, src0 + col * nt + n0, nt, BS, left);
+        for (int p = 0; p < P; p++) ok[p] = KMAJOR ? r0 + p * RPP < left : c4 * 4 < left;
+        // every tile is copied, an empty slot's with 0 source bytes (zero-filled, never read): no branch per tile
+#pragma unroll
+        for (int t = 0; t < T; t++) {
+            const float* s = src[t] + (t < XR ? off_x : off_y);
+            float* d = base + t * TILE + dst0;
+#pragma unroll
+            for (int p = 0; p < P; p++) {
+                cp_async16(d + p * RPP * S, ok[p] ? s : xp, (ok[p] ? 16 : 0) & live_bytes[t]);
+                s += t < XR ? step_x : step_y;
+                opaque_ptr(s);
+            }
         }
     };
 
@@ -1051,8 +1092,9 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
         if (next < total) load_stage(next, smem + (next % STAGES) * STAGE);
         cp_async_commit();
         if (!active) continue;
-        const float* Xs = smem + (q % STAGES) * STAGE;
-        const float* Ys = Xs + (1 + gw) * TILE;
+        const float* Ss = smem + (q % STAGES) * STAGE;
+        const float* Xs = Ss + x_tile * TILE;
+        const float* Ys = Ss + (XR + gw) * TILE;
 #pragma unroll
         for (int k0 = 0; k0 < NC; k0 += KG) {
             float a[8][KG], b[8][KG];

@@ -447,6 +447,50 @@ def test_wide_tables_match_layout(rng):
                         assert red == entries[e] * r + sl // c and col == g * c + sl % c
 
 
+@pytest.mark.parametrize("g", [8, 4, 2])
+def test_update_groups_packed(rng, g):
+    """update_groups(xr=2): every block once, each group a run of consecutive blocks (w order) from at most
+    two block rows, filled from slot 0; a group leaves slots empty only at the end of the layout or when the
+    next nonempty row has no blocks left for it (it starts a new group after a two-row group)."""
+    from cusparseblocks import _matmul_gpu
+    from cusparseblocks.blocklayout import BlockLayout
+
+    for density in (0.05, 0.1, 0.3, 0.9):
+        mask = rng.random((23, 40)) < density
+        mask[0, 0] = True
+        mask[5] = False  # an empty row between nonempty ones
+        mask[6, : g + 1] = True  # a row of g + 1 blocks
+        lay = BlockLayout(mask)
+        table = _matmul_gpu.update_groups(lay, g, 2)
+        assert table.dtype == np.int32 and table.shape[1] == g
+        valid = table >= 0
+        assert np.all(valid[:, 0]) and np.all(np.diff(valid.astype(int), axis=1) <= 0), "slots not filled from 0"
+        assert np.array_equal(np.sort(table[valid]), np.arange(lay.nnz)), "not every block exactly once"
+        lengths = valid.sum(axis=1)
+        for grp, n in zip(table, lengths):
+            assert np.array_equal(grp[:n], np.arange(grp[0], grp[0] + n)), "group is not a run of blocks"
+            assert len(set(lay.rows[grp[:n]])) <= 2, "group spans more than two rows"
+        # groups needed: each short group is followed by one that starts a new row, or is the last
+        counts = np.diff(lay.row_ptr)
+        assert table.shape[0] <= -(-lay.nnz // g) + np.count_nonzero(counts), "too many groups"
+        if density >= 0.3:  # rows of >= g blocks: only the last group of the layout may be short
+            assert np.count_nonzero(lengths < g) <= 1 + np.count_nonzero((counts > 0) & (counts < g))
+
+
+def test_ffma_update_splits(monkeypatch):
+    """ffma_update_splits: 1 when the groups fill whole waves, more when they leave SMs idle; bounded by
+    chunks // 4 and 64; the workspace cost keeps it from splitting short batches."""
+    from cusparseblocks import _matmul_gpu as G
+
+    monkeypatch.setitem(G._SM_COUNT, 99, 132)
+    assert G.ffma_update_splits(1044, 128, 8352, 32, 8, 32, 2, 99) == 1  # 3.95 waves of 2 per SM
+    assert G.ffma_update_splits(218, 128, 1737, 32, 8, 32, 2, 99) > 1  # 0.8 wave: SMs idle
+    for ctas in (1, 7, 50, 133, 300, 1000):
+        for chunks in (1, 3, 8, 40, 128, 10000):
+            s = G.ffma_update_splits(ctas, chunks, ctas * 8, 32, 8, 32, 2, 99)
+            assert 1 <= s <= max(1, min(chunks // 4, 64))
+
+
 # ---- the tensor-core kernels on the CPU ----
 # kernels/bsmm.cu's xw_tc, xw_wide_tc and updat_tc (+ updat_reduce) compiled for the host with the CUDA
 # execution model emulated (tests/cuda_emulation/bsmm_driver.cpp: threads, barriers, deferred cp.async,
@@ -701,17 +745,24 @@ def _pair_blob(arrays):
 @pytest.mark.parametrize("case", _emulated_updat_ffma_cases(), ids=lambda c: "-".join(map(str, c)))
 def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
     """updat_ffma (float32 FFMA update) over a grouped update of two ragged pairs, a block row with more
-    blocks than a CTA's group (a full group and a partial one), empty rows and columns; one pass or split in
-    2 over the batch (fp32 workspace, then updat_reduce); every element against float64."""
+    blocks than a CTA's group (a full group and a partial one; XR = 2: the partial one packed with the next
+    nonempty row's first blocks), empty rows and columns; one pass or split in 2 over the batch (fp32
+    workspace, then updat_reduce); every element against float64."""
     from test_matmul_gpu import _io, _ref64
 
     from cusparseblocks import _matmul_gpu as G
 
     b, variant, axis, splits = case
-    g, nc = G.UPDAT_FFMA_TILES[b][variant][:2]
-    mask = _emulation_mask(rng, 4, g + 3)
-    mask[0, : g + 1] = True  # g + 1 blocks in row 0 (column g + 1 stays empty)
-    op, (groups,) = _emulated_op(monkeypatch, mask, b, axis, ("groups", g))
+    g, nc, _, _, _, xr = G.UPDAT_FFMA_TILES[b][variant]
+    mask = _emulation_mask(rng, 5, g + 3)
+    mask[0, : g + 1] = True  # exactly g + 1 blocks in row 0 (column g + 1 stays empty)
+    mask[0, g + 2 :] = False
+    mask[1] = False  # an empty row between two nonempty ones: XR = 2 packs row 0's last block with row 2's
+    mask[2, 0] = True
+    op, (groups,) = _emulated_op(monkeypatch, mask, b, axis, ("groups", g) if xr == 1 else ("groups", g, xr))
+    if xr == 2:
+        rows_of = np.where(groups >= 0, op.layout.rows[np.maximum(groups, 0)], -1)
+        assert any(len(set(r[r >= 0])) == 2 for r in rows_of), "no group spans two rows"
     rows, cols = (np.asarray(t) for t in G._tables(op, "updat", 0))
     ns = [3 * nc + 8, 40] if axis == 0 else [3 * nc + 5, 37]  # ragged last chunks; split 2 starts mid-pair
     xs = [random_array(rng, _io(op, n, op.K), "float32") for n in ns]

@@ -830,6 +830,48 @@ def test_float32_ffma_update(rng, monkeypatch, block_size, variant, feature_axis
     assert calls and set(calls) == {expected}, f"{variant}: ran {set(calls)}"
 
 
+@pytest.mark.parametrize("variant", [v for v, t in _matmul_gpu_tiles.UPDAT_FFMA_TILES[32].items() if t[5] == 2])
+@pytest.mark.parametrize("feature_axis", [1, 0])
+def test_float32_ffma_update_packed(rng, monkeypatch, variant, feature_axis):
+    """updat_ffma with XR = 2 (groups packing a row's last blocks with the next nonempty row's first):
+    rows of 0 to 13 blocks with empty rows between, the splits chosen by ffma_update_splits and forced to
+    1 and 3, grouped pairs with ragged N, poisoned out= and accumulate; the same bits on a second run."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    monkeypatch.setattr(_matmul_gpu, "updat_ffma_variant", variant)
+    g = _matmul_gpu.UPDAT_FFMA_TILES[32][variant][0]
+    mask = np.zeros((16, 15), bool)
+    for r, n in enumerate([3, 0, 13, 7, 0, 0, 1, 9, 14, 2, 0, 5, 8, 11, 0, 6]):
+        mask[r, rng.choice(15, min(n, 15), replace=False)] = True
+    op = BlockSparseMatMul(mask, 32, feature_axis)
+    groups = _matmul_gpu.update_groups(op.layout, g, 2)
+    rows_of = np.where(groups >= 0, op.layout.rows[np.maximum(groups, 0)], -1)
+    assert any(len(set(r[r >= 0])) == 2 for r in rows_of)
+    chosen = []
+    real = _matmul_gpu.ffma_update_splits
+    monkeypatch.setattr(_matmul_gpu, "ffma_update_splits", lambda *a: chosen.append(real(*a)) or chosen[-1])
+    for ns, force in (([300], None), ([76, 132, 64, 4], None), ([4000], None), ([4000], 1), ([1000, 36], 3)):
+        if force is not None:
+            monkeypatch.setattr(_matmul_gpu, "ffma_update_splits", lambda *a, f=force: chosen.append(f) or f)
+        xs = [random_array(rng, _io(op, n, op.K), "float32") for n in ns]
+        dys = [random_array(rng, _io(op, n, op.M), "float32") for n in ns]
+        ref64 = _ref64(op, "updat", xs, dys)
+        xg, dyg = [cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys]
+        dw = poison(cp, op.w_shape, "float32")
+        op.updat(xg, dyg, out=dw)
+        assert_close(dw, ref64, "float32", f"updat {ns} splits {chosen[-1]}")
+        again = poison(cp, op.w_shape, "float32")
+        op.updat(xg, dyg, out=again)
+        assert cp.array_equal(dw.view(cp.uint32), again.view(cp.uint32)), f"{ns}: not bit-reproducible"
+        acc = cp.asarray(random_array(rng, op.w_shape, "float32"))
+        acc0 = acc.get().astype(np.float64)
+        op.updat(xg, dyg, out=acc, accumulate=True)
+        assert_close(acc, acc0 + ref64, "float32", f"updat accumulate {ns} splits {chosen[-1]}")
+    assert max(chosen) > 1, f"no split exercised: {chosen}"
+
+
 def test_float32_ffma_update_fallbacks(rng):
     """updat_ffma needs aligned pairs (and N % 4 == 0 on feature axis 0): a misaligned x or N = 301 on axis 0
     runs updat_simt, correct either way."""
