@@ -4,11 +4,11 @@ Run: PYTHONPATH=. compute-sanitizer --tool memcheck python bench/sanitize_bsmm.p
 (`--pers`: xw_gmma_pers alone).
 Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element paths), xw_wide_tc
 (b = 8), xw_simt (both tiles), xw_ffma and updat_ffma (float32, b = 32/64, N = 152 and 700), xw_small
-(N = 37, b = 32, feature axis 1, every dtype), xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and
-several), updat_simt and updat_reduce, on ragged shapes; on an sm_90 device also the wgmma kernels
-(xw_gmma fprop/bprop and updat_gmma / updat_gmma32 for b = 64 / 32, feature axis 1, N = 152 and 700;
-xw_gmma_pers, every tile, forced, on 3 CTAs);
-checks every result.
+(N = 37, b = 32, feature axis 1, every dtype; its ring variants, bulk copies on sm_90, at N = 29 and 1),
+xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and several), updat_simt and updat_reduce,
+on ragged shapes; on an sm_90 device also the wgmma kernels (xw_gmma fprop/bprop and updat_gmma /
+updat_gmma32 for b = 64 / 32, feature axis 1, N = 152 and 700; xw_gmma_pers, every tile, forced, on 3
+CTAs); checks every result.
 """
 
 import sys
@@ -89,6 +89,24 @@ def main(pers_only=False):
                         y_ref, dx_ref = y_ref.T, dx_ref.T
                     for a, r in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
                         worst = max(worst, float(np.linalg.norm(a - r) / np.linalg.norm(r)))
+    # xw_small_ring (per-warp rings; the bulk-copy variants where the device has them), split columns
+    for variant, (kind, _, tile) in _matmul_gpu.XW_SMALL_VARIANTS.items():
+        if len(tile) <= 6:
+            continue
+        _matmul_gpu.small_variant = variant
+        for dtype in ((np.float16, bfloat16) if kind == "tc" else (np.float32,)):
+            for n in (29, 1):
+                op = BlockSparseMatMul(rng.random((40, 23)) < 0.5, 32)
+                x = rng.standard_normal((n, op.K)).astype(dtype)
+                dy = rng.standard_normal((n, op.M)).astype(dtype)
+                w = (rng.standard_normal(op.w_shape) * 0.2).astype(dtype)
+                y = op.fprop(cp.asarray(x), cp.asarray(w)).get().astype(np.float64)
+                dx = op.bprop(cp.asarray(dy), cp.asarray(w)).get().astype(np.float64)
+                y_ref = ref.bsmm_fprop(op.layout, x.astype(np.float64), w.astype(np.float64))
+                dx_ref = ref.bsmm_bprop(op.layout, dy.astype(np.float64), w.astype(np.float64))
+                for a, r in ((y, y_ref), (dx, dx_ref)):
+                    worst = max(worst, float(np.linalg.norm(a - r) / np.linalg.norm(r)))
+    _matmul_gpu.small_variant = None
     worst = max(worst, persistent(rng))
     cp.cuda.runtime.deviceSynchronize()
     print(f"sanitize_bsmm: worst relative error {worst:.2e}")

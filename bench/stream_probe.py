@@ -15,6 +15,7 @@ bench/bsmm.py --small's floor column: 1.3 there needs about 1.3 here.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import numpy as np
@@ -111,27 +112,8 @@ def layout_order(kb, mb, density, seed=0):
     return csc.astype(np.int32), rows[csc].astype(np.int32)
 
 
-def main(argv=None):
-    import cupy
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--density", type=float, default=0.5)
-    p.add_argument("--blocks", type=int, default=384, help="blocks per side (K = M = 32 x this)")
-    p.add_argument("--only", default="", help="comma-separated substrings of the rows to run")
-    a = p.parse_args(argv)
-
-    dev = cupy.cuda.Device()
-    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
-    sms = int(props["multiProcessorCount"])
-    smem_sm = int(props["sharedMemPerMultiprocessor"])
-    arch = compiler.device_arch(dev.id)
-    bulk_ok = int(arch[3:]) >= 90
-    copy_bw = copy_bandwidth(1 << 28)
-    print(f"GPU: {gpu_name()}; {sms} SMs; copy bandwidth {copy_bw / 1e9:.0f} GB/s (read + write)", flush=True)
-
-    order, xrow = layout_order(a.blocks, a.blocks, a.density)
-    n = int(order.size)
-    seq = np.arange(n, dtype=np.int32)
+def probe_rows(bulk_ok, only=""):
+    """(blk, kind, args, CTAs per SM, order name) of every row to run, in order."""
     rows = []
     for blk, configs in ((2048, CONFIGS_2K), (4096, CONFIGS_4K)):
         for kind, args, per_sm in configs:
@@ -144,37 +126,121 @@ def main(argv=None):
         )
         if bulk_ok:
             rows.append((blk, "warp", (8, 8, 1, 0), 1, "seq"))
-    if a.only:
-        keys = a.only.split(",")
+    if only:
+        keys = only.split(",")
         rows = [r for r in rows if any(k in str(r) for k in keys)]
-    specs = list(dict.fromkeys(spec_of(kind, blk, args) for blk, kind, args, _, _ in rows))
-    compiled = compiler.compile_specs(specs, arch)  # one NVRTC program
-    module = cupy.cuda.function.Module()
-    module.load(next(iter(compiled.values())).cubin)
-    from cupy_backends.cuda.api import driver
+    return rows
 
+
+def main(argv=None):
+    """Parent: measures the copy bandwidth, compiles every probe (one NVRTC program, cached on disk), then
+    runs the rows in worker processes: a probe that faults (a sticky CUDA error) costs its own row only,
+    the next worker starts after it."""
+    import subprocess
+
+    import cupy
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--density", type=float, default=0.5)
+    p.add_argument("--blocks", type=int, default=384, help="blocks per side (K = M = 32 x this)")
+    p.add_argument("--only", default="", help="comma-separated substrings of the rows to run")
+    p.add_argument("--worker", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument("--copy-bw", type=float, default=0.0, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker >= 0:
+        return worker(a)
+
+    dev = cupy.cuda.Device()
+    arch = compiler.device_arch(dev.id)
+    rows = probe_rows(int(arch[3:].rstrip("a")) >= 90, a.only)
+    copy_bw = copy_bandwidth(1 << 28)
+    sms = int(cupy.cuda.runtime.getDeviceProperties(dev.id)["multiProcessorCount"])
+    print(f"GPU: {gpu_name()}; {sms} SMs; copy bandwidth {copy_bw / 1e9:.0f} GB/s (read + write)", flush=True)
+    specs = list(dict.fromkeys(spec_of(kind, blk, args) for blk, kind, args, _, _ in rows))
+    compiled = compiler.compile_specs(specs, arch)  # one NVRTC program, cached on disk for the workers
     regs = [c.registers or 0 for c in compiled.values()]
     worst = max((c.spill_stores or 0) for c in compiled.values())
     print(f"compiled {len(specs)} probes for {arch}: registers {min(regs)}-{max(regs)}, spill stores {worst}")
 
-    x_stride = a.blocks * 32  # elements per x row; bytes = this x itemsize
+    own = [x for x in (argv if argv is not None else sys.argv[1:])]
     out = Table(["probe", "blk", "args", "CTA/SM", "order", "KB/SM", "us", "TB/s w", "x floor", "+x TB/s"])
-    results, buffers = [], {}
-    for blk, kind, args, per_sm, ordname in rows:
+    results, k = [], 0
+    while k < len(rows):
+        proc = subprocess.run(
+            [sys.executable, __file__, *own, "--worker", str(k), "--copy-bw", repr(copy_bw)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        nxt = k
+        for line in proc.stdout.splitlines():
+            if line.startswith("ROW "):
+                row = json.loads(line[4:])
+                nxt = row.pop("index") + 1
+                results.append(row)
+                out.add(**{c: row[c] for c in out.columns if c in row})
+            elif line.startswith("SKIP "):
+                nxt = int(line.split()[1]) + 1
+                print(line, flush=True)
+        for line in proc.stdout.splitlines():
+            if line.startswith("ROW "):
+                print(line[4:][:160], flush=True)
+        if nxt < len(rows) and (proc.returncode != 0 or nxt == k):
+            blk, kind, args, per_sm, ordname = rows[nxt]
+            tail = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+            print(
+                f"FAILED row {nxt} {spec_of(kind, blk, args).name} x{per_sm} {ordname}: {tail[:300]}",
+                flush=True,
+            )
+            nxt += 1
+        k = max(nxt, k + 1)
+    print(out.render())
+    path = save_json(
+        "stream_probe",
+        {"copy_bw": copy_bw, "sms": sms, "rows": results},
+        command="PYTHONPATH=. python bench/stream_probe.py " + " ".join(own),
+    )
+    print(f"wrote {path}")
+
+
+def worker(a):
+    """Runs rows a.worker, a.worker + 1, ... printing one "ROW {json}" line each; exits at a CUDA error."""
+    import cupy
+    from cupy_backends.cuda.api import driver
+
+    dev = cupy.cuda.Device()
+    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+    sms = int(props["multiProcessorCount"])
+    smem_sm = int(props["sharedMemPerMultiprocessor"])
+    arch = compiler.device_arch(dev.id)
+    rows = probe_rows(int(arch[3:].rstrip("a")) >= 90, a.only)
+    specs = list(dict.fromkeys(spec_of(kind, blk, args) for blk, kind, args, _, _ in rows))
+    compiled = compiler.compile_specs(specs, arch)
+    module = cupy.cuda.function.Module()
+    module.load(next(iter(compiled.values())).cubin)
+    copy_bw = a.copy_bw
+    order, xrow = layout_order(a.blocks, a.blocks, a.density)
+    n = int(order.size)
+    seq = np.arange(n, dtype=np.int32)
+    x_stride = a.blocks * 32  # elements per x row; bytes = this x itemsize
+    buffers = {}
+    for index in range(a.worker, len(rows)):
+        blk, kind, args, per_sm, ordname = rows[index]
         spec = spec_of(kind, blk, args)
         item = blk // 1024  # fp16 2 KB blocks, fp32 4 KB
         smem = smem_of(kind, blk, args)
         static = compiled[spec].shared_static or 0
-        if per_sm * (smem + static + 1024) > smem_sm:
-            print(f"skip {spec.name}: {per_sm} x {smem + static} B of shared memory do not fit", flush=True)
+        ctas = sms * per_sm
+        if per_sm * (smem + static + 1024) > smem_sm or -(-n // ctas) > MAX_ENT:
+            print(
+                f"SKIP {index} {spec.name}: {per_sm} x {smem + static} B of shared memory or "
+                f"{-(-n // ctas)} entries per CTA do not fit",
+                flush=True,
+            )
             continue
         fn = module.get_function(compiled[spec].lowered_name)
         if smem > 48 * 1024:
             driver.funcSetAttribute(fn.ptr, 8, smem)
-        ctas = sms * per_sm
-        if -(-n // ctas) > MAX_ENT:
-            print(f"skip {spec.name}: {n} entries over {ctas} CTAs exceed {MAX_ENT}", flush=True)
-            continue
         if blk not in buffers:  # w: n blocks of blk bytes; x: [32, K] of 2 / 4-byte elements
             buffers.clear()
             buffers[blk] = (
@@ -191,37 +257,29 @@ def main(argv=None):
         def launch(fn=fn, ctas=ctas, kind=kind, args=args, smem=smem, kargs=kargs):
             fn((ctas,), (threads_of(kind, args),), kargs, shared_mem=smem)
 
-        try:
-            t = time_ms(launch, graph=True, min_ms=20.0, batches=5)["median"]
-        except Exception as e:  # noqa: BLE001 - a probe that fails to launch is reported, the rest run
-            print(f"{spec.name}: {type(e).__name__}: {e}", flush=True)
-            continue
-        wbytes = n * blk
-        tbs = wbytes / (t * 1e-3) / 1e12
-        row = dict(
-            probe=kind,
-            blk=blk,
-            args=",".join(map(str, args)),
-            **{"CTA/SM": per_sm},
-            order=ordname,
-            **{"KB/SM": in_flight(kind, blk, args, per_sm) // 1024},
-            us=t * 1e3,
-            **{"TB/s w": tbs},
-            **{"x floor": copy_bw / 1e12 / tbs},
-        )
+        launch()
+        cupy.cuda.runtime.deviceSynchronize()  # a fault shows here, named, before any timing
+        t = time_ms(launch, graph=True, min_ms=20.0, batches=5)["median"]
+        tbs = n * blk / (t * 1e-3) / 1e12
+        row = {
+            "index": index,
+            "probe": kind,
+            "blk": blk,
+            "args": ",".join(map(str, args)),
+            "CTA/SM": per_sm,
+            "order": ordname,
+            "KB/SM": in_flight(kind, blk, args, per_sm) // 1024,
+            "us": t * 1e3,
+            "TB/s w": tbs,
+            "x floor": copy_bw / 1e12 / tbs,
+            "name": spec.name,
+            "registers": compiled[spec].registers,
+        }
         if xt:
             row["+x TB/s"] = 2 * tbs
-        out.add(**row)
-        results.append(dict(row, name=spec.name, registers=compiled[spec].registers))
-        print(f"{spec.name} x{per_sm} {ordname}: {t * 1e3:.1f} us, {tbs:.2f} TB/s of w", flush=True)
-    print(out.render())
-    path = save_json(
-        "stream_probe",
-        {"copy_bw": copy_bw, "sms": sms, "rows": results},
-        command="PYTHONPATH=. python bench/stream_probe.py " + " ".join(argv or sys.argv[1:]),
-    )
-    print(f"wrote {path}")
+        print("ROW " + json.dumps(row), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

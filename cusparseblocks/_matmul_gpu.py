@@ -128,7 +128,15 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      "tc_w4": ("tc", 32, (4, 2, 4, 1024, 512, 1)),
                      "tc_c2": ("tc", 32, (8, 1, 3, 512, 256, 2)), "tc_c4": ("tc", 32, (4, 1, 3, 512, 256, 4)),
                      "simt_c2": ("simt", 32, (4, 1, 2, 256, 120, 2)),
-                     "tc_st5": ("tc", 32, (8, 1, 5, 1024, 512, 1))}  # 4 stages of w in flight, 216 KiB
+                     "tc_st5": ("tc", 32, (8, 1, 5, 1024, 512, 1)),  # 4 stages of w in flight, 216 KiB
+                     # xw_small_ring (7th entry RING: 1 cp.async, 2 bulk copies, sm_90): WARPS warps, one
+                     # block per warp per stage record, STAGES = SLOTS one-block slots per warp (NOTES.md)
+                     "tc_ring": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     "tc_ring_bulk": ("tc", 32, (8, 1, 4, 768, 256, 1, 2)),
+                     "tc_ring4": ("tc", 32, (4, 1, 9, 768, 256, 1, 1)),
+                     "tc_ring4_bulk": ("tc", 32, (4, 1, 9, 768, 256, 1, 2)),
+                     "simt_ring": ("simt", 32, (4, 1, 5, 768, 256, 1, 1)),
+                     "simt_ring_bulk": ("simt", 32, (4, 1, 5, 768, 256, 1, 2))}
 small_variant = None
 small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
@@ -274,32 +282,49 @@ def _small_kind(dtype):
     return "simt" if dtype == "float32" else "tc"
 
 
-def small_tile(dtype, bm, variant=None):
-    """(WARPS, BPW, STAGES, MAX_ENT, MAX_STG, C) of xw_small for this dtype and tile height."""
+def _small_entry(dtype, bm, variant):
     v = XW_SMALL_VARIANTS.get(variant)
     if v is not None and v[0] == _small_kind(dtype) and v[1] == bm:
         return v[2]
     return XW_SMALL_TILES[_small_kind(dtype)][bm]
 
 
+def small_tile(dtype, bm, variant=None):
+    """(WARPS, BPW, STAGES, MAX_ENT, MAX_STG, C) of xw_small for this dtype and tile height."""
+    return _small_entry(dtype, bm, variant)[:6]
+
+
+def small_ring(dtype, bm, variant=None):
+    """0: xw_small (CTA-wide stages); 1: xw_small_ring with cp.async; 2: with bulk copies (sm_90)."""
+    entry = _small_entry(dtype, bm, variant)
+    return entry[6] if len(entry) > 6 else 0
+
+
 def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
     warps, bpw, st, me, ms, c = small_tile(dtype, bm, variant)
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    ring = small_ring(dtype, bm, variant)
+    if ring:
+        return KernelSpec("bsmm_small.cu",
+                          f"xw_small_ring<{t}, {to}, {bm}, {warps}, {st}, {me}, {ms}, {trans}, {ring - 1}>")
     return KernelSpec("bsmm_small.cu",
                       f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {c}, {trans}>")
 
 
 def xw_small_smem(dtype, bm, variant=None):
-    """Dynamic shared memory: STAGES · EPS · (BM + C·32) rows · stride · itemsize (mirrors xw_small)."""
+    """Dynamic shared memory: STAGES · EPS · (BM + C·32) rows · stride · itemsize (mirrors xw_small); the
+    ring kernel: its WARPS · SLOTS slots of (BM + 32) rows, + the tile reduction's WARPS · BM · 36 floats."""
     warps, bpw, st, _, _, c = small_tile(dtype, bm, variant)
     stride, item = (36, 4) if dtype == "float32" else (40, 2)
-    return st * warps * bpw * (bm + c * XW_SMALL_BS) * stride * item
+    ring = st * warps * bpw * (bm + c * XW_SMALL_BS) * stride * item
+    return ring + (warps * bm * 36 * 4 if small_ring(dtype, bm, variant) else 0)
 
 
 def xw_small_static_smem(dtype, bm, variant=None):
-    """Static shared memory: the CTA's items ((C + 1)·4 B) and stage records (16 B), + 16 B."""
-    _, _, _, me, ms, c = small_tile(dtype, bm, variant)
-    return me * (c + 1) * 4 + ms * 16 + 16
+    """Static shared memory: the CTA's items ((C + 1)·4 B) and stage records (16 B), + 16 B (+ the ring
+    kernel's mbarriers)."""
+    warps, _, st, me, ms, c = small_tile(dtype, bm, variant)
+    return me * (c + 1) * 4 + ms * 16 + 16 + (warps * st * 8 if small_ring(dtype, bm, variant) else 0)
 
 
 def small_tables(ptr, n_ctas, eps, snap=0, weight=None):
@@ -759,10 +784,15 @@ def _use_small(op_obj, dtype, n, aligned, dev):
         return False
     if not (aligned and n <= SMALL_N and op_obj.block_size == XW_SMALL_BS and op_obj.feature_axis == 1):
         return False
-    if (force_variant is None and dtype != "float32"
+    if (force_variant is None and small_variant is None and dtype != "float32"
             and op_obj.layout.nnz < SMALL_TC_MIN_BLOCKS_PER_SM * _sm_count(dev)):
         return False  # few blocks: the per-column mma.sync kernel is as fast (H100: d <= 0.05 at K = 12288)
     bm = 32 if n <= 32 else 64
+    if small_ring(dtype, bm, small_variant) == 2:  # bulk copies: sm_90 and later
+        if dev not in _ARCH:
+            _ARCH[dev] = compiler.device_arch(dev)
+        if int(_ARCH[dev][3:].rstrip("a")) < 90:
+            return False
     return (xw_small_smem(dtype, bm, small_variant) + xw_small_static_smem(dtype, bm, small_variant)
             <= _smem_limits(dev)[1])
 

@@ -47,6 +47,46 @@ __device__ __forceinline__ unsigned long long evict_first_policy() {
     return p;
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// mbarriers and 1-D bulk copies (xw_small_ring with BULK = 1; sm_90: the dispatch launches that path only
+// there, the sm_80 build of it traps). A bulk copy lands in shared memory through the async proxy and
+// counts its bytes off the mbarrier's transaction count; the phase completes when the expected bytes
+// (arrive.expect_tx) have arrived.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar, int bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+    unsigned ok = 0;
+    while (!ok)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(ok) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, int bytes, unsigned long long* bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)) : "memory");
+}
+__device__ __forceinline__ void bulk_g2s_hint(void* dst, const void* src, int bytes, unsigned long long* bar,
+                                              unsigned long long policy) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, "
+                 "[%3], %4;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
+                 : "memory");
+}
+#else
+__device__ __forceinline__ void mbar_init(unsigned long long*, int) {}
+__device__ __forceinline__ void mbar_init_fence() {}
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long*, int) {}
+__device__ __forceinline__ void mbar_wait(unsigned long long*, unsigned) { __trap(); }
+__device__ __forceinline__ void bulk_g2s(void*, const void*, int, unsigned long long*) { __trap(); }
+__device__ __forceinline__ void bulk_g2s_hint(void*, const void*, int, unsigned long long*, unsigned long long) {
+    __trap();
+}
+#endif
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
@@ -359,6 +399,173 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
     }
     cp_async_wait<0>();
     // empty columns: zeros (nothing to add when accumulating); last, so that its loads delay no copy
+    if (!accumulate)
+        for (int i = blockIdx.x; i < n_zero; i += gridDim.x) {
+            const i64 c = zero_cols[i];
+            for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS)
+                y[(i64)(idx / BS) * out_features + c * BS + idx % BS] = from_float<TO>(0.f);
+        }
+}
+
+// xw_small_ring: xw_small's work split and tables (C = 1, EPS = WARPS: stage j's block u goes to warp u)
+// with a ring of SLOTS one-block slots per warp instead of CTA-wide stages. Warp q streams its own blocks
+// (the entries rec.x + q of the stages with more than q blocks, in list order) through its ring: it issues
+// its block i + SLOTS - 1 into the slot it consumed last, then waits for block i alone, so a slot is
+// usable when its own 4 KB (fp16) have landed, not when the slowest of a stage's 8 blocks has, and no
+// CTA-wide barrier gates the refills: SLOTS blocks of w and x are in flight per warp at all times.
+// All warps walk all stage records; at a piece's last stage (LAST) they sum their tiles in warp order
+// through `red` (its own WARPS · BM · 36 floats after the rings), as xw_small does, and a split column's
+// last piece sums the parts. BULK = 0: cp.async 16 B per thread (each lane a 16-byte piece of the slot);
+// BULK = 1 (sm_90): one cp.async.bulk per row (64 B fp16, 128 B fp32; lane m copies row m of the w block
+// and of the x tile, into the padded rows that ldmatrix wants), completion on the slot's mbarrier; rows
+// n ≥ N of the x tiles are zeroed once and never copied. Warp tile and multiply as xw_small (Warp<>).
+// Dynamic shared memory: WARPS · SLOTS · (BM + 32) · stride(T) · sizeof(T) + WARPS · BM · 36 · 4 bytes.
+template <typename T, typename TO, int BM, int WARPS, int SLOTS, int MAX_ENT, int MAX_STG, int TRANS_W, int BULK>
+__global__ void __launch_bounds__(WARPS * 32, 1)
+xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ items,
+              const int* __restrict__ ent_ptr, const int4* __restrict__ stages, const int* __restrict__ stage_ptr,
+              const int* __restrict__ zero_cols, int n_zero, const int2* __restrict__ parts, float* __restrict__ ws,
+              unsigned* __restrict__ counters, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+    using namespace small;
+    constexpr int THREADS = WARPS * 32, S = stride<T>(), A_ELEMS = BM * S, SLOT = (BM + BS) * S;
+    constexpr int CPR = BS * (int)sizeof(T) / 16, ROWB = BS * (int)sizeof(T), VEC = 16 / (int)sizeof(T);
+    static_assert(SLOTS >= 2 && BM % 16 == 0 && BM <= 64 && (BM * CPR) % 32 == 0, "bad xw_small_ring tiling");
+    constexpr int FIRST = 1 << 16, LAST = 1 << 17;
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* rings = reinterpret_cast<T*>(smem_raw);
+    float* red = reinterpret_cast<float*>(smem_raw + (size_t)WARPS * SLOTS * SLOT * sizeof(T));
+    __shared__ int ent_s[MAX_ENT * 2];  // this CTA's entries (r, k)
+    __shared__ int4 stg_s[MAX_STG];     // its stages: (first entry, count | FIRST | LAST, column, part)
+    __shared__ __align__(8) unsigned long long full[WARPS][SLOTS];  // BULK: slot s of warp q has landed
+    __shared__ int last_s;
+
+    const int rows = (int)min((i64)BM, n_total);
+    const int e_base = ent_ptr[blockIdx.x], n_ent = ent_ptr[blockIdx.x + 1] - e_base;
+    const int s_base = stage_ptr[blockIdx.x], n_st = stage_ptr[blockIdx.x + 1] - s_base;
+#pragma unroll
+    for (int i = 0; i < (MAX_ENT * 2 + THREADS - 1) / THREADS; i++) {
+        const int idx = threadIdx.x + i * THREADS;
+        if (idx < n_ent * 2) ent_s[idx] = items[(i64)e_base * 2 + idx];
+    }
+#pragma unroll
+    for (int i = 0; i < (MAX_STG + THREADS - 1) / THREADS; i++) {
+        const int idx = threadIdx.x + i * THREADS;
+        if (idx < n_st) stg_s[idx] = stages[s_base + idx];
+    }
+    const int q = warp_id(), lane = lane_id();
+    T* ring = rings + q * SLOTS * SLOT;
+    if (BULK) {
+        for (int idx = lane; idx < SLOTS * (BM - rows) * BS; idx += 32) {  // x rows n ≥ N: zeros, never copied
+            const int s = idx / ((BM - rows) * BS), e = idx % ((BM - rows) * BS);
+            ring[s * SLOT + (rows + e / BS) * S + e % BS] = from_float<T>(0.f);
+        }
+        if (lane == 0) {
+            for (int s = 0; s < SLOTS; s++) mbar_init(&full[q][s], 1);
+            mbar_init_fence();
+        }
+    }
+    __syncthreads();
+
+    const unsigned long long w_policy = evict_first_policy();
+    int pj = 0, issued = 0;  // the producer: next stage record to scan for this warp's blocks, blocks issued
+    auto issue_next = [&]() {
+        while (pj < n_st && (stg_s[pj].y & 0xffff) <= q) pj++;
+        if (pj >= n_st) return;
+        const int* it = ent_s + (stg_s[pj].x + q) * 2;
+        pj++;
+        T* As = ring + (issued % SLOTS) * SLOT;
+        T* Ws = As + A_ELEMS;
+        const T* xs = x + (i64)it[0] * BS;
+        const T* wb = w + (i64)it[1] * BS * BS;
+        if (BULK) {
+            unsigned long long* bar = &full[q][issued % SLOTS];
+            if (lane == 0) mbar_expect_tx(bar, (rows + BS) * ROWB);
+            __syncwarp();
+#pragma unroll
+            for (int m = lane; m < BM; m += 32)
+                if (m < rows) bulk_g2s(As + m * S, xs + (i64)m * in_features, ROWB, bar);
+            bulk_g2s_hint(Ws + lane * S, wb + lane * BS, ROWB, bar, w_policy);
+        } else {
+#pragma unroll
+            for (int i = 0; i < BM * CPR / 32; i++) {
+                const int ch = lane + i * 32, row = ch / CPR, c8 = (ch % CPR) * VEC;
+                const bool ok = row < n_total;
+                cp_async16(As + row * S + c8, ok ? xs + row * in_features + c8 : x, ok ? 16 : 0);
+            }
+#pragma unroll
+            for (int i = 0; i < BS * CPR / 32; i++) {
+                const int ch = lane + i * 32, row = ch / CPR, c8 = (ch % CPR) * VEC;
+                cp_async16_hint(Ws + row * S + c8, wb + row * BS + c8, w_policy);
+            }
+        }
+        issued++;
+    };
+
+#pragma unroll
+    for (int i = 0; i < SLOTS - 1; i++) {
+        issue_next();
+        if (!BULK) cp_async_commit();
+    }
+    Warp<T, BM, TRANS_W> acc;
+    int used = 0;  // this warp's blocks consumed
+    for (int j = 0; j < n_st; j++) {
+        const int4 rec = stg_s[j];
+        if (rec.y & FIRST) acc.zero();
+        if (q < (rec.y & 0xffff)) {
+            issue_next();  // block used + SLOTS - 1, into the slot consumed last
+            const T* As = ring + (used % SLOTS) * SLOT;
+            if (BULK) {
+                mbar_wait(&full[q][used % SLOTS], (used / SLOTS) & 1);
+            } else {
+                cp_async_commit();
+                cp_async_wait<SLOTS - 1>();
+            }
+            __syncwarp();
+            acc.mac(As, As + A_ELEMS, lane);
+            __syncwarp();  // every lane is done with the slot: the next issue may overwrite it
+            used++;
+        }
+        if (!(rec.y & LAST)) continue;
+        // piece end: the warps' tiles summed in warp order (as xw_small)
+        const int c = rec.z, p = rec.w;
+        __syncthreads();  // the previous piece's readers are done with red
+        acc.store(red + q * BM * RS, lane);
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
+            const int m = idx / BS, f = idx % BS;
+            float v = 0.f;
+#pragma unroll
+            for (int k = 0; k < WARPS; k++) v += red[k * BM * RS + m * RS + f];
+            if (p >= 0) {
+                ws[(i64)p * BM * BS + idx] = v;
+                continue;
+            }
+            const i64 off = (i64)m * out_features + (i64)c * BS + f;
+            if (accumulate) v += to_float<TO>(y[off]);
+            y[off] = from_float<TO>(v);
+        }
+        if (p >= 0) {  // a piece of a split column: the last piece to finish sums them in part order
+            __threadfence();
+            __syncthreads();
+            const int2 pi = parts[p];
+            if (threadIdx.x == 0) last_s = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
+            __syncthreads();
+            if (last_s) {
+                __threadfence();
+                for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
+                    const int m = idx / BS, f = idx % BS;
+                    float v = 0.f;
+                    for (int k = 0; k < pi.y; k++) v += __ldcg(ws + (i64)(pi.x + k) * BM * BS + idx);
+                    const i64 off = (i64)m * out_features + (i64)c * BS + f;
+                    if (accumulate) v += to_float<TO>(y[off]);
+                    y[off] = from_float<TO>(v);
+                }
+                if (threadIdx.x == 0) counters[pi.x] = 0u;
+            }
+        }
+    }
+    if (!BULK) cp_async_wait<0>();
     if (!accumulate)
         for (int i = blockIdx.x; i < n_zero; i += gridDim.x) {
             const i64 c = zero_cols[i];

@@ -78,7 +78,8 @@ __device__ __forceinline__ uint4 ldg_stream(const uint4* p) {
 
 // this CTA's entries (block index, x tile index) into shared memory; returns their count
 __device__ __forceinline__ int load_range(const int* order, const int* xrow, int n, int* ord_s, int* xr_s) {
-    const int lo = (int)((i64)n * blockIdx.x / gridDim.x), hi = (int)((i64)n * (blockIdx.x + 1) / gridDim.x);
+    // 32-bit: n · gridDim.x < 2^32 at the script's sizes (no 64-bit division routine in the kernel)
+    const int lo = (int)((unsigned)n * blockIdx.x / gridDim.x), hi = (int)((unsigned)n * (blockIdx.x + 1) / gridDim.x);
     for (int i = threadIdx.x; i < hi - lo; i += blockDim.x) {
         ord_s[i] = order[lo + i];
         xr_s[i] = xrow[lo + i];

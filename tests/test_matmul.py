@@ -953,7 +953,12 @@ def _emulated_small_cases():
             ("float32", "float32", "bprop", 27, 11, 1), ("float16", "float32", "fprop", 30, 5, 1, "tc_eps4"),
             ("bfloat16", "bfloat16", "bprop", 32, 3, 0, "tc_w4"), ("float16", "float32", "fprop", 21, 4, 1, "tc_c2"),
             ("bfloat16", "bfloat16", "bprop", 32, 5, 0, "tc_c4"), ("float32", "float32", "fprop", 32, 3, 1, "simt_c2"),
-            ("float32", "float32", "bprop", 13, 1, 0, "simt_c2"), ("float16", "float16", "fprop", 32, 2, 0, "tc_st5")]
+            ("float32", "float32", "bprop", 13, 1, 0, "simt_c2"), ("float16", "float16", "fprop", 32, 2, 0, "tc_st5"),
+            ("float16", "float16", "fprop", 32, 3, 0, "tc_ring"), ("bfloat16", "float32", "bprop", 19, 4, 1, "tc_ring"),
+            ("float16", "float32", "bprop", 29, 5, 1, "tc_ring_bulk"), ("bfloat16", "bfloat16", "fprop", 5, 1, 0, "tc_ring_bulk"),
+            ("float16", "float16", "fprop", 32, 7, 0, "tc_ring4_bulk"), ("bfloat16", "bfloat16", "bprop", 17, 2, 1, "tc_ring4"),
+            ("float32", "float32", "bprop", 32, 5, 1, "simt_ring"), ("float32", "float32", "fprop", 27, 2, 0, "simt_ring_bulk"),
+            ("float32", "float32", "bprop", 1, 9, 0, "simt_ring_bulk")]
 
 
 @pytest.fixture(scope="module")
@@ -980,7 +985,8 @@ def small_emulator(tmp_path_factory):
     (d / "bsmm_small_emu.cu").write_text(text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", ""))
     specs = dict.fromkeys(G.xw_small_spec(dt, odt, 32 if n <= 32 else 64, int(op == "bprop"), *variant)
                           for dt, odt, op, n, _, _, *variant in _emulated_small_cases())
-    lines = [f"XW_SMALL({re.fullmatch(r'xw_small<(.*)>', s.name).group(1)})," for s in specs]
+    lines = [f"{m.group(1).upper()}({m.group(2)})," for m in (re.fullmatch(r"(xw_small(?:_ring)?)<(.*)>", s.name)
+                                                               for s in specs)]
     (d / "bsmm_small_kernels.inc").write_text("\n".join(lines) + "\n")
     exe = d / "bsmm_small_driver"
     build = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", "-DCSB_HOST_EMULATION", f"-I{d}", f"-I{here}",

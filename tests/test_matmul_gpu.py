@@ -512,11 +512,12 @@ def test_update_pointer_table_cache(rng, block_size):
 
 # ---- xw_small (kernels/bsmm_small.cu): N ≤ 64, b = 32, feature axis 1 ----
 
-def _small_ran(op, dtype, odt, n, trans):
+def _small_ran(op, dtype, odt, n, trans, variant=None):
     from cusparseblocks import _matmul_gpu
 
     bm = 32 if n <= 32 else 64
-    return _ran_any(op, _matmul_gpu.xw_small_spec(dtype, odt, bm, trans), _matmul_gpu.xw_small_smem(dtype, bm))
+    return _ran_any(op, _matmul_gpu.xw_small_spec(dtype, odt, bm, trans, variant),
+                    _matmul_gpu.xw_small_smem(dtype, bm, variant))
 
 
 @pytest.fixture(autouse=True)
@@ -568,6 +569,28 @@ def test_small_batch_kernel(rng, dtype, n, shape):
     launch), an empty block row and column, ragged N on both tile heights; fprop and bprop into poisoned
     out=, float32 output, accumulate in the input dtype and in float32; every element against float64; the
     same bits on a second run (the split reduction's order is fixed); asserts that xw_small ran."""
+    _check_small_batch(rng, dtype, n, shape)
+
+
+_RING_VARIANTS = [v for v, (_, _, t) in _matmul_gpu_tiles.XW_SMALL_VARIANTS.items() if len(t) > 6]
+
+
+@pytest.mark.parametrize("variant", _RING_VARIANTS)
+@pytest.mark.parametrize("n", [1, 29, 32])
+@pytest.mark.parametrize("shape", [(60, 41, 0.5), (130, 97, 0.1)])
+def test_small_batch_ring(rng, monkeypatch, variant, n, shape):
+    """xw_small_ring (per-warp rings; cp.async or, on sm_90, bulk copies + mbarriers) forced through
+    small_variant: the checks of test_small_batch_kernel (poisoned out=, accumulate, every element against
+    float64, same bits on a rerun, the kernel ran), for each dtype of its kind."""
+    from cusparseblocks import _matmul_gpu
+
+    monkeypatch.setattr(_matmul_gpu, "small_variant", variant)
+    kind = _matmul_gpu.XW_SMALL_VARIANTS[variant][0]
+    for dtype in (("float16", "bfloat16") if kind == "tc" else ("float32",)):
+        _check_small_batch(rng, dtype, n, shape, variant)
+
+
+def _check_small_batch(rng, dtype, n, shape, variant=None):
     import cupy as cp
 
     kb, mb, density = shape
@@ -586,7 +609,8 @@ def test_small_batch_kernel(rng, dtype, n, shape):
     y32 = op.fprop(xg, wg, out_dtype="float32") if dtype != "float32" else None
     op.fprop(xg, wg, out=y_acc, accumulate=True)
     op.bprop(dyg, wg, out=dx_acc32, accumulate=True)  # float32 out: out's dtype decides
-    assert _small_ran(op, dtype, dtype, n, 0) and _small_ran(op, dtype, dtype, n, 1), "xw_small did not run"
+    assert _small_ran(op, dtype, dtype, n, 0, variant) and _small_ran(op, dtype, dtype, n, 1, variant), \
+        f"xw_small [{variant}] did not run"
     y_ref, dx_ref = _ref64(op, "fprop", x, w=w), _ref64(op, "bprop", dy, w=w)
     assert_close(y, y_ref, dtype, "fprop")
     assert_close(dx, dx_ref, dtype, "bprop")
