@@ -30,7 +30,7 @@ for part in "$@"; do
     echo "fp32 bench rc=$? $(el)";;
   small)
     tests small 150 tests/test_matmul_gpu.py -k small
-    timeout 150 python bench/bsmm.py --small --no-torch > $L/small-bench.log 2>&1
+    timeout 150 python bench/bsmm.py --small --no-torch --op fprop > $L/small-bench.log 2>&1
     echo "small bench rc=$? $(el)";;
   probe)
     timeout 120 python bench/stream_probe.py > $L/probe.log 2>&1; echo "probe rc=$? $(el)";;
