@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/stream_probe.py 
