@@ -318,14 +318,12 @@ VARIANTS = [
     ("rows_bwd_cols groups=6", "rows_bwd_cols", "groups", 6, ("layer_norm bwd ax1",)),
     ("cols reverse=True", "cols", "reverse", True, _COLS),
     ("cols blocks_per_sm=8", "cols", "blocks_per_sm", 8, _COLS),
-    # the one-pass column-statistics kernels (cusparseblocks/_ops_cols.py LAUNCH; defaults: persistent grid of
-    # resident clusters with two tile buffers per block, else 128-, 64-, 32-byte rows, clusters up to 16,
-    # 72 KiB then 112 KiB blocks): the old one-tile launches (persistent=False, the previous default), the
-    # persistent grid with 3 blocks per SM (2 x 32 KiB), 7 clusters (a GPC short of 16 SMs), portable
-    # clusters; the 3-pass path
-    ("cols1 persistent=False", "cols1", "persistent", False, _COLS1),
-    ("cols1 persist_bytes=72K", "cols1", "persist_bytes", 72 * 1024, _COLS1),
-    ("cols1 persist_clusters=7", "cols1", "persist_clusters", 7, _COLS + ("layer_norm bwd ax0",)),
+    # the one-pass column-statistics kernels (cusparseblocks/_ops_cols.py LAUNCH; defaults: one tile a
+    # cluster, 128-, 64-, 32-byte rows, clusters up to 16, 72 KiB then 112 KiB blocks): the persistent grid
+    # of resident clusters with two tile buffers a block (1 block per SM; 3 per SM with 2 x 32 KiB),
+    # portable clusters; the 3-pass path
+    ("cols1 persistent=True", "cols1", "persistent", True, _COLS1),
+    ("cols1 persistent 72K", "cols1", ("persistent", "persist_bytes"), (True, 72 * 1024), _COLS1),
     ("cols1 max_cluster=8", "cols1", "max_cluster", 8, _COLS1),
     ("cols1 mode=fallback", "cols1", "mode", "fallback", _COLS1),
 ]

@@ -61,7 +61,7 @@ LAUNCH = {
         "max_bytes": MAX_SMEM,
         "max_cluster": 16,
         "tiles_per_cluster": 1,
-        "persistent": True,
+        "persistent": False,  # measured slower on the H100 (bench/NOTES.md, persistent column ops)
         "persist_bytes": (MAX_SMEM,),
         "persist_clusters": 0,
     }

@@ -12,22 +12,16 @@
 // tile is drawn from the counter ctr[0] by rank 0 and published through the cluster barrier, one tile
 // ahead: the next tile's loads are in flight (second buffer) while the current one is reduced and stored.
 // The last cluster to finish (ctr[1]) sets both counters back to 0 for the next launch on the stream. No
-// cluster ever waits for another (a cluster that starts after the tiles are gone exits at once).
-// Block: THREADS threads; thread t holds the 16-byte column chunk t % vpr of the tile (V columns: its
-// statistics stay in registers) and, for t >= 32 (warp 0 handles no rows: see WORKERS), the rows
-// (t - 32) / vpr + k * WORKERS / vpr.
-// Shared memory: the tile slice [rows_per_cta][vpr] x 16 bytes per input tensor (dynamic; persistent or
-// walking several tiles: two such buffers) + 5 KB.
+// cluster ever waits for another (a cluster that starts after the tiles are gone exits at once). Block: THREADS threads; thread t holds the 16-byte column
+// chunk t % vpr of the tile (V columns: its statistics stay in registers) and rows t / vpr + k * THREADS / vpr.
+// Shared memory: the tile slice [rows_per_cta][vpr] x 16 bytes per input tensor (dynamic; cols_fwd walking
+// several tiles: two slices) + 5 KB.
 // The host (cusparseblocks/_ops_cols.py) launches only with 16-byte aligned pointers and C % V == 0 (a
 // 16-byte chunk is either inside the tile's columns or wholly past C); other cases take the 3-pass path.
 #include "common.cuh"
 
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / 32;
-// Warp 0 neither loads nor stores tile data: it makes the cluster barrier's release (a MEMBAR.GPU in SASS,
-// which waits for the warp's outstanding global accesses) while the other warps, whose next-tile loads and
-// current-tile stores are in flight, arrive relaxed. WORKERS threads move and transform the tile.
-constexpr int WORKERS = THREADS - 32;
 constexpr int MAXW = 64;  // columns per tile at most (vpr * V)
 
 #include "pack16.cuh"  // Lanes, unpack16, pack16
@@ -52,17 +46,12 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait_prev() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
 
 // Cluster barrier, split: arrive (release: this block's earlier shared-memory writes and remote reads are
-// done; cluster_arrive_lead below) and wait (acquire). Every thread of the block executes both (.aligned).
+// done) and wait (acquire). Every thread of the block executes both (.aligned).
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
 // relaxed: no memory ordering (no MEMBAR.GPU in SASS); for the last arrive, after which this block only
 // needs the others to stay resident (its remote reads have returned: their values were used)
 __device__ __forceinline__ void cluster_arrive_relaxed() {
     asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-}
-// the per-tile arrival: release by warp 0 (whose only shared-memory writes, and every other warp's before the
-// __syncthreads that precedes, are ordered by it: release is cumulative), relaxed by the others
-__device__ __forceinline__ void cluster_arrive_lead() {
-    if (threadIdx.x < 32) asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-    else asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 }
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
 __device__ __forceinline__ unsigned cluster_rank() {
@@ -135,7 +124,7 @@ __device__ __forceinline__ void first_tiles(unsigned* __restrict__ ctr, unsigned
         hand[2] = atomicAdd(ctr, 1u);
         hand[3] = atomicAdd(ctr, 1u);
     }
-    cluster_arrive_lead();
+    cluster_arrive();
     cluster_wait();
     t = (int)ld_dsmem_u32(&hand[2], 0);
     tn = (int)ld_dsmem_u32(&hand[3], 0);
@@ -177,15 +166,13 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     const int W = vpr * V;
     const int r0 = (int)rank * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
-    const int cx = threadIdx.x & (vpr - 1), step = WORKERS / vpr;
-    const bool worker = threadIdx.x >= 32;
-    const int row0 = worker ? (int)(threadIdx.x - 32) / vpr : 0, nw = worker ? n : 0;  // warp 0: no rows
+    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr, row0 = threadIdx.x / vpr;
     const int ncl = gridDim.x / CS, slice = rows_per_cta * vpr;
     // the slice of tile t's rows into shared memory buffer buf (cp.async: one commit group per call)
     auto load = [&](int t, uint4* buf) {
         const i64 c = (i64)t * W + cx * V;
         if (t < tiles && c < C)
-            for (int row = row0; row < nw; row += step) cp_async16(&buf[row * vpr + cx], x + (i64)(r0 + row) * C + c);
+            for (int row = row0; row < n; row += step) cp_async16(&buf[row * vpr + cx], x + (i64)(r0 + row) * C + c);
         cp_async_commit();
     };
     int p = 0, t, tn;
@@ -214,7 +201,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
         if (live) {
 #pragma unroll 4
-            for (int row = row0; row < nw; row += step) {
+            for (int row = row0; row < n; row += step) {
                 float v[V];
                 unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
@@ -224,7 +211,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         block_col_sums<2, V>(s, vpr, wred, part[p]);
         if (ctr && rank == 0 && threadIdx.x == 0) hand[p] = drawn;
         // 2. the cluster's sums (ranks in order), statistics
-        cluster_arrive_lead();
+        cluster_arrive();
         cluster_wait();
         // the last tile of this cluster: no draw to read; the blocks arrive at the exit barrier early
         const bool last = tn >= tiles;
@@ -269,7 +256,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             const i64 ystep = (i64)step * C;
             if (!per_row) {
 #pragma unroll 4
-                for (int row = row0; row < nw; row += step, yp += ystep) {
+                for (int row = row0; row < n; row += step, yp += ystep) {
                     float v[V];
                     unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
@@ -278,7 +265,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 }
             } else {
 #pragma unroll 4
-                for (int row = row0; row < nw; row += step, yp += ystep) {
+                for (int row = row0; row < n; row += step, yp += ystep) {
                     const int r = r0 + row;
                     const float gr = gain ? to_float<T>(gain[r]) : 1.f, br = bias ? to_float<T>(bias[r]) : 0.f;
                     float v[V];
@@ -327,15 +314,13 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     const int W = vpr * V;
     const int r0 = (int)rank * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
-    const int cx = threadIdx.x & (vpr - 1), step = WORKERS / vpr;
-    const bool worker = threadIdx.x >= 32;
-    const int row0 = worker ? (int)(threadIdx.x - 32) / vpr : 0, nw = worker ? n : 0;  // warp 0: no rows
+    const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr, row0 = threadIdx.x / vpr;
     const bool per_col = gain_per_col != 0, per_row = gain && !per_col;
     const int ncl = gridDim.x / CS, slice = rows_per_cta * vpr;  // a buffer: the x slice, then the dy slice
     auto load = [&](int t, uint4* buf) {
         const i64 c = (i64)t * W + cx * V;
         if (t < tiles && c < C)
-            for (int row = row0; row < nw; row += step) {
+            for (int row = row0; row < n; row += step) {
                 const i64 off = (i64)(r0 + row) * C + c;
                 cp_async16(&buf[row * vpr + cx], x + off);
                 cp_async16(&buf[slice + row * vpr + cx], dy + off);
@@ -370,7 +355,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         if (live) {
             if (!per_row) {
 #pragma unroll 4
-                for (int row = row0; row < nw; row += step) {
+                for (int row = row0; row < n; row += step) {
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
                     unpack16<T, V>(dt[row * vpr + cx], d);
@@ -379,7 +364,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 }
             } else {
 #pragma unroll 4
-                for (int row = row0; row < nw; row += step) {
+                for (int row = row0; row < n; row += step) {
                     const float gr = to_float<T>(gain[r0 + row]);
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
@@ -397,7 +382,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         }
         block_col_sums<2, V>(s, vpr, wred, part[p]);
         if (ctr && rank == 0 && threadIdx.x == 0) hand[p] = drawn;
-        cluster_arrive_lead();
+        cluster_arrive();
         cluster_wait();
         // the last tile of this cluster: no draw to read; the blocks arrive at the exit barrier early
         const bool last = tn >= tiles;
@@ -437,7 +422,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             // row into ws_rows [tiles, 2, R] (dbias, dgain per row; norm_finalize adds the tiles in order).
             // Rows in warp-uniform steps: the vpr lanes of a row add their partials with shuffles.
             const int lane = threadIdx.x & 31;
-            for (int base = ((int)(threadIdx.x >> 5) - 1) * (32 / vpr); worker && base < n; base += step) {
+            for (int base = (threadIdx.x >> 5) * (32 / vpr); base < n; base += step) {
                 const int row = base + lane / vpr;  // = row0 + k * step
                 float p0 = 0.f, p1 = 0.f;
                 if (live && row < n) {
@@ -468,7 +453,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             const i64 dstep = (i64)step * C;
             if (!per_row) {
 #pragma unroll 4
-                for (int row = row0; row < nw; row += step, dxp += dstep) {
+                for (int row = row0; row < n; row += step, dxp += dstep) {
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
                     unpack16<T, V>(dt[row * vpr + cx], d);
@@ -478,7 +463,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 }
             } else {
 #pragma unroll 4
-                for (int row = row0; row < nw; row += step, dxp += dstep) {
+                for (int row = row0; row < n; row += step, dxp += dstep) {
                     const float gr = to_float<T>(gain[r0 + row]);
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
@@ -528,9 +513,6 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     const int b = 1 << lg_b, vpr = 1 << lg_vpr;
     const int lg_vpb = lg_b + lg_vpr;  // 16-byte vectors per block: b * vpr
     const int cx = threadIdx.x & (vpr - 1), ncl = gridDim.x / CS;
-    // the first vector of a worker thread (warp 0: none; see WORKERS), then every WORKERS-th (WORKERS % vpr == 0:
-    // chunk cx throughout)
-    const int i0 = threadIdx.x >= 32 ? (int)threadIdx.x - 32 : 0x40000000;
     const i64 bb = (i64)b * b;
     const int slice = bpc << lg_vpb, bufv = dv ? 2 * slice : slice;  // vectors: a tensor's slice, a buffer
     // this rank's blocks of column jj: col_order[q0 ...], nvec 16-byte vectors
@@ -546,7 +528,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         if (jj < ncols) {
             int q0, nvec;
             blocks(jj, q0, nvec);
-            for (int i = i0; i < nvec; i += WORKERS) {
+            for (int i = threadIdx.x; i < nvec; i += THREADS) {
                 const int q = i >> lg_vpb;
                 const i64 off = (i64)col_order[q0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
                 cp_async16(&buf[i], w + off);
@@ -573,7 +555,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 #pragma unroll
         for (int k = 0; k < V; ++k) s[0][k] = 0.f;
 #pragma unroll 4
-        for (int i = i0; i < nvec; i += WORKERS) {
+        for (int i = threadIdx.x; i < nvec; i += THREADS) {  // THREADS % vpr == 0: chunk cx throughout
             float v[V], d[V];
             unpack16<T, V>(wt[i], v);
             if (dv) unpack16<T, V>(dt[i], d);
@@ -582,7 +564,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         }
         block_col_sums<1, V>(s, vpr, wred, part[p]);
         if (ctr && rank == 0 && threadIdx.x == 0) hand[p] = drawn;
-        cluster_arrive_lead();
+        cluster_arrive();
         cluster_wait();
         // the last tile of this cluster: no draw to read; the blocks arrive at the exit barrier early
         const bool last = jn >= ncols;
@@ -615,7 +597,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             wsc[k] = dv ? r * r * stat[cx * V + k] : 0.f;
         }
 #pragma unroll 4
-        for (int i = i0; i < nvec; i += WORKERS) {
+        for (int i = threadIdx.x; i < nvec; i += THREADS) {
             const int q = i >> lg_vpb;
             const i64 off = (i64)col_order[q0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
             float v[V], d[V];

@@ -43,31 +43,34 @@ def test_plan_defaults():
 
 
 def test_plan_persistent_defaults():
-    """H100 (132 SMs): two 64 KiB tile buffers per block (1 block per SM), clusters of 16 → 8 clusters;
-    block columns of the weight norm likewise; one-tile launches where the tiles fit the resident clusters."""
-    sms = 132
-    assert cols_plan(8192, 4096, 2, sms=sms) == ColsPlan(16, 128, 8, 64, 512, 64, 131072, 1, 8, True)
-    assert cols_plan(8192, 4096, 4, sms=sms) == ColsPlan(16, 128, 8, 32, 512, 128, 131072, 1, 8, True)
-    assert cols_plan(8192, 4096, 2, 2, sms=sms) == ColsPlan(16, 64, 4, 32, 512, 128, 131072, 1, 8, True)
-    assert cols_plan(8192, 4096, 4, 2, sms=sms) == ColsPlan(16, 64, 4, 16, 512, 256, 131072, 1, 8, True)
-    plan = cols_plan(8192, 4096, 2, sms=sms)
+    """Persistent plans (off by default): H100 (132 SMs): two 64 KiB tile buffers per block (1 block per
+    SM), clusters of 16 → 8 clusters; block columns of the weight norm likewise; one-tile launches where the
+    tiles fit the resident clusters."""
+    sms, on = 132, {"persistent": True}
+    assert not _ops_cols.LAUNCH["cols1"]["persistent"]  # off by default (slower on the H100)
+    assert cols_plan(8192, 4096, 2, sms=sms) == cols_plan(8192, 4096, 2)
+    assert cols_plan(8192, 4096, 2, sms=sms, **on) == ColsPlan(16, 128, 8, 64, 512, 64, 131072, 1, 8, True)
+    assert cols_plan(8192, 4096, 4, sms=sms, **on) == ColsPlan(16, 128, 8, 32, 512, 128, 131072, 1, 8, True)
+    assert cols_plan(8192, 4096, 2, 2, sms=sms, **on) == ColsPlan(16, 64, 4, 32, 512, 128, 131072, 1, 8, True)
+    assert cols_plan(8192, 4096, 4, 2, sms=sms, **on) == ColsPlan(16, 64, 4, 16, 512, 256, 131072, 1, 8, True)
+    plan = cols_plan(8192, 4096, 2, sms=sms, **on)
     assert plan.grid == 128 and _ops_cols.blocks_per_sm(plan.smem) == 1
-    assert cols_plan(8192, 4096, 2, sms=sms, persistent=False) == cols_plan(8192, 4096, 2)
     # 3 blocks per SM of 2 x 32 KiB: 24 clusters of 16, 64-byte rows
     plan = _ops_cols.persistent_plan(8192, 4096, 2, 1, sms, budgets=72 * 1024)
     assert plan == ColsPlan(16, 64, 4, 32, 512, 128, 65536, 1, 24, True)
     # few tiles: the one-tile launch (64 tiles of [1000, 4096] on 66 clusters of 2)
-    assert cols_plan(1000, 4096, 2, sms=sms) == cols_plan(1000, 4096, 2)
+    assert cols_plan(1000, 4096, 2, sms=sms, **on) == cols_plan(1000, 4096, 2)
     assert _ops_cols.persistent_plan(1000, 4096, 2, 1, sms) is None
     # a given grid is taken as is (over-subscription: tests)
     assert _ops_cols.persistent_plan(1000, 4096, 2, 1, sms, clusters=100).clusters == 100
-    assert cols_plan(8192, 4096, 2, sms=sms, mode="fallback") is None
+    assert cols_plan(8192, 4096, 2, sms=sms, mode="fallback", **on) is None
     # weight norm (bench layout: 256 block columns of <= ~150 blocks of 32 x 32)
-    assert wn_plan(150, 32, 2, sms=sms, ncols=256) == WnPlan(4, 38, 4, 2 * 38 * 2048, 33)
-    assert wn_plan(150, 32, 2, 2, sms=sms, ncols=256) == WnPlan(8, 19, 4, 2 * 19 * 4096, 16)
-    assert wn_plan(150, 32, 4, 2, sms=sms, ncols=256) == WnPlan(16, 10, 8, 2 * 10 * 8192, 8)
-    assert wn_plan(150, 32, 2, sms=sms, ncols=20) == wn_plan(150, 32, 2)  # 20 columns <= 33 clusters
-    assert wn_plan(150, 32, 2, sms=sms, ncols=256).grid(256) == 33 * 4
+    assert wn_plan(150, 32, 2, sms=sms, ncols=256) == wn_plan(150, 32, 2)
+    assert wn_plan(150, 32, 2, sms=sms, ncols=256, **on) == WnPlan(4, 38, 4, 2 * 38 * 2048, 33)
+    assert wn_plan(150, 32, 2, 2, sms=sms, ncols=256, **on) == WnPlan(8, 19, 4, 2 * 19 * 4096, 16)
+    assert wn_plan(150, 32, 4, 2, sms=sms, ncols=256, **on) == WnPlan(16, 10, 8, 2 * 10 * 8192, 8)
+    assert wn_plan(150, 32, 2, sms=sms, ncols=20, **on) == wn_plan(150, 32, 2)  # 20 columns <= 33 clusters
+    assert wn_plan(150, 32, 2, sms=sms, ncols=256, **on).grid(256) == 33 * 4
     assert wn_plan(150, 32, 2).grid(256) == 256 * 8
     assert [_ops_cols.blocks_per_sm(k * 1024) for k in (32, 64, 72, 100, 128, 221)] == [3, 3, 2, 2, 1, 1]
 
@@ -157,7 +160,7 @@ def test_plan_covers_the_array(itemsize, tensors):
                 continue
             assert plan.smem <= MAX_SMEM
             assert plan.smem == plan.rows_per_cta * plan.row_bytes * tensors
-            persistent = cols_plan(R, C, itemsize, tensors, mode=mode, sms=132)
+            persistent = cols_plan(R, C, itemsize, tensors, mode=mode, sms=132, persistent=True)
             if persistent.persistent:
                 assert persistent.smem == 2 * persistent.rows_per_cta * persistent.row_bytes * tensors
                 assert persistent.smem <= MAX_SMEM and persistent.tiles > persistent.clusters

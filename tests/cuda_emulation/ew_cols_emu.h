@@ -131,7 +131,6 @@ inline void cluster_arrive() {
   emu_token.emplace(emu_cluster->cluster->arrive());
 }
 inline void cluster_arrive_relaxed() { cluster_arrive(); }
-inline void cluster_arrive_lead() { cluster_arrive(); }
 inline void cluster_wait() {
   if (!emu_token) emu_fail("cluster wait without an arrival");
   emu_cluster->cluster->wait(std::move(*emu_token));
