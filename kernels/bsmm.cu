@@ -669,27 +669,32 @@ __device__ __forceinline__ void cp_async_tile(float* dst, const float* src, i64 
 }
 
 // xw_ffma: fp32 fprop/bprop (same grid and lists as xw_tc), x and w 16-byte aligned (feature axis 0:
-// N % 4 == 0). MINB: CTAs per SM the registers must allow. One CTA of WARPS warps computes Y[n0 : n0 + BM, c·BS : +BS]; a warp's lanes form
+// N % 4 == 0). MINB: CTAs per SM the registers must allow. One CTA of WARPS warps computes Y[n0 : n0 + BM, c·BS : +BS]
+// for TPC consecutive row tiles n0 (blockIdx.y·TPC + t)·BM; a warp's lanes form
 // LM × LN = (32·8/BS) × (BS/8) and each owns 8 × 8 outputs, so a warp covers WM = LM·8 rows and BM =
 // WARPS·WM. The (x tile, w block) pairs of list(c) stream through a STAGES-deep cp.async pipeline:
 // x tile swizzled [m][k] (axis 1) or k-major [k][m] (axis 0); w block k-major [k][n] (fprop) or swizzled
 // [n][k] (bprop: B = wᵀ, rows of w are rows of the tile). Epilogue through shared memory (store_tile).
-template <int BS, int WARPS, int STAGES, int KG, int MINB, int AXIS, int TRANS_W>
+// TPC > 1: the pairs of the CTA's row tiles form one stream, so the next tile's first stages load during
+// the current tile's last FMAs and its epilogue (which uses the buffer of the stage just consumed).
+template <int BS, int WARPS, int STAGES, int KG, int MINB, int AXIS, int TRANS_W, int TPC>
 __global__ void __launch_bounds__(WARPS * 32, MINB)
 xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
         const int* __restrict__ offsets, const int2* __restrict__ entries, i64 n_total, i64 in_features,
         i64 out_features, int accumulate) {
     constexpr int THREADS = WARPS * 32, LN = BS / 8, LM = 32 / LN, WM = LM * 8, BM = WARPS * WM;
-    static_assert(BS % 32 == 0 && (KG == 2 || KG == 4) && STAGES >= 2, "bad xw_ffma tiling");
-    constexpr int A_ELEMS = BM * BS, STAGE = A_ELEMS + BS * BS;
+    static_assert(BS % 32 == 0 && (KG == 2 || KG == 4) && STAGES >= 2 && TPC >= 1, "bad xw_ffma tiling");
+    constexpr int A_ELEMS = BM * BS, STAGE = A_ELEMS + BS * BS, TS = BS + 4;
+    static_assert(TPC == 1 || BM * TS <= STAGE, "the epilogue tile must fit one stage buffer");
     constexpr bool A_KMAJOR = AXIS == 0, B_KMAJOR = TRANS_W == 0;
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     float* smem = reinterpret_cast<float*>(smem_raw);
 
     const int c = blockIdx.x;
-    const i64 n0 = (i64)blockIdx.y * BM;
-    const int begin = offsets[c], count = offsets[c + 1] - begin;
+    const i64 tile0 = (i64)blockIdx.y * TPC;
+    const int tiles = (int)min((i64)TPC, (n_total + BM - 1) / BM - tile0);  // row tiles of this CTA
+    const int begin = offsets[c], count = offsets[c + 1] - begin, total = count * tiles;
     const int warp = threadIdx.x / 32;
     int mg, ng;
     lane_coords<LM, LN>(threadIdx.x % 32, mg, ng);
@@ -701,33 +706,54 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
 #pragma unroll
         for (int j = 0; j < 8; j++) acc[i][j] = 0.f;
 
-    const i64 rows_left = n_total - n0;  // valid batch rows of this tile (axis 0: N % 4 == 0, whole chunks)
+    // the loader's position in the stream: pair ld_e of row tile ld_t
+    int ld_e = 0, ld_t = 0;
     // the entry of the pair loaded next is read one iteration ahead, so its latency hides behind the FMAs
-    int2 ent_next = STAGES - 1 < count ? entries[begin + STAGES - 1] : make_int2(0, 0);
     auto load_pair = [&](int2 ent, float* As) {
+        const i64 n0 = (tile0 + (TPC > 1 ? ld_t : 0)) * BM;
+        const i64 rows_left = n_total - n0;  // valid batch rows of this tile (axis 0: N % 4 == 0, whole chunks)
         const i64 col = (i64)ent.x * BS;
         if (AXIS == 1)  // [m][k] rows of x, swizzled
             cp_async_tile<BM, BS, THREADS, true>(As, x + n0 * in_features + col, in_features, rows_left, BS);
         else            // [k][m] rows of x (feature-major)
             cp_async_tile<BS, BM, THREADS, false>(As, x + col * n_total + n0, n_total, BS, rows_left);
         cp_async_tile<BS, BS, THREADS, !B_KMAJOR>(As + A_ELEMS, w + (i64)ent.y * BS * BS, BS, BS, BS);
+        if (TPC > 1 && ++ld_e == count) {
+            ld_e = 0;
+            ld_t++;
+        }
+    };
+    auto epilogue = [&](float* tile, int t) {  // tile: fp32 [BM][TS] in shared memory, free to overwrite
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                tile[(warp * WM + frag_index<A_KMAJOR, LM>(mg, i)) * TS + frag_index<B_KMAJOR, LN>(ng, j)] =
+                    acc[i][j];
+                acc[i][j] = 0.f;
+            }
+        __syncthreads();
+        store_tile<float, BM, BS, AXIS, THREADS>(tile, y, n_total, out_features, (tile0 + t) * BM, (i64)c * BS,
+                                                 accumulate);
     };
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
-        if (s < count) load_pair(entries[begin + s], smem + s * STAGE);
+        if (s < total) load_pair(entries[begin + (TPC > 1 ? ld_e : s)], smem + s * STAGE);
         cp_async_commit();
     }
-    for (int e = 0; e < count; e++) {
+    int2 ent_next = STAGES - 1 < total ? entries[begin + (TPC > 1 ? ld_e : STAGES - 1)] : make_int2(0, 0);
+    int cm_e = 0, cm_t = 0;  // the pair being multiplied
+    for (int e = 0; e < total; e++) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
         const int next = e + STAGES - 1;
-        if (next < count) {
+        if (next < total) {
             load_pair(ent_next, smem + (next % STAGES) * STAGE);
-            if (next + 1 < count) ent_next = entries[begin + next + 1];
+            if (next + 1 < total) ent_next = entries[begin + (TPC > 1 ? ld_e : next + 1)];
         }
         cp_async_commit();
-        const float* As = smem + (e % STAGES) * STAGE;
+        float* As = smem + (e % STAGES) * STAGE;
         const float* Bs = As + A_ELEMS;
 #pragma unroll
         for (int k0 = 0; k0 < BS; k0 += KG) {
@@ -736,19 +762,23 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
             ffma_frag<KG, B_KMAJOR, LN, BS>(b, Bs, b_base, k0);
             ffma_8x8<KG>(acc, a, b);
         }
+        if (TPC > 1 && ++cm_e == count && e + 1 < total) {  // a row tile done, more follow
+            cm_e = 0;
+            __syncthreads();  // every warp is done reading this stage's buffer
+            epilogue(As, cm_t++);
+            // the next iteration's barrier keeps the loads into this buffer behind every thread's store_tile
+        }
     }
     cp_async_wait<0>();
     __syncthreads();
-
-    float* tile = smem;  // fp32 tile [BM][BS + 4] for store_tile
-    constexpr int TS = BS + 4;
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-#pragma unroll
-        for (int j = 0; j < 8; j++)
-            tile[(warp * WM + frag_index<A_KMAJOR, LM>(mg, i)) * TS + frag_index<B_KMAJOR, LN>(ng, j)] = acc[i][j];
-    __syncthreads();
-    store_tile<float, BM, BS, AXIS, THREADS>(tile, y, n_total, out_features, n0, (i64)c * BS, accumulate);
+    if (TPC > 1 && count == 0) {  // an empty list: zeros (or y unchanged with accumulate) for every row tile
+        for (int t = 0; t < tiles; t++) {
+            epilogue(smem, t);
+            __syncthreads();
+        }
+        return;
+    }
+    epilogue(smem, TPC > 1 ? tiles - 1 : 0);
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -672,18 +672,18 @@ def test_xw_kernels_emulated(rng, monkeypatch, bsmm_emulator, case):
 
 @pytest.mark.parametrize("case", _emulated_ffma_cases(), ids=lambda c: "-".join(map(str, c)))
 def test_xw_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
-    """xw_ffma (float32 FFMA) fprop and bprop: ragged N (axis 0: N % 4 == 0) over two row tiles, column
-    lists longer than the pipeline, an empty block row and column, every element against float64,
-    output poisoned or accumulated into."""
+    """xw_ffma (float32 FFMA) fprop and bprop: ragged N (axis 0: N % 4 == 0) over TPC + 1 row tiles (TPC > 1:
+    a CTA running TPC tiles in one pipeline, one CTA a partial tile), column lists longer than the pipeline,
+    an empty block row and column, every element against float64, output poisoned or accumulated into."""
     from test_matmul_gpu import _io, _ref64
 
     from cusparseblocks import _matmul_gpu as G
 
     b, variant, op_name, axis = case
     trans = int(op_name == "bprop")
-    warps = G.XW_FFMA_TILES[b][variant][0]
+    warps, tpc = G.XW_FFMA_TILES[b][variant][0], G.XW_FFMA_TILES[b][variant][4]
     bm = G.xw_ffma_rows(b, variant)
-    n = bm + (8 if axis == 0 else 5)
+    n = tpc * bm + (8 if axis == 0 else 5)  # tpc + 1 row tiles: a CTA of tpc, one of a partial tile
     mask = _emulation_mask(rng, 7, 5)
     mask[:6, 0] = True  # a list of 6 blocks: the pipeline slots wrap around
     op, tables = _emulated_op(monkeypatch, mask, b, axis, op_name)
@@ -693,7 +693,8 @@ def test_xw_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
     ref = _ref64(op, op_name, x, w=w)
     y, ref, accumulate = _emulated_output(rng, ref, "float32")
     spec = G.xw_ffma_spec(b, variant, axis, trans)
-    bsmm_emulator(spec, (f_out // b, -(-n // bm)), (warps * 32,),
+    n_tiles = -(-n // bm)
+    bsmm_emulator(spec, (f_out // b, -(-n_tiles // tpc)), (warps * 32,),
                   (x, w, y, *tables, np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(accumulate)),
                   G.xw_ffma_smem(b, variant))
     assert_close(y, ref, "float32", f"{spec.name} n={n} accumulate={accumulate}")
