@@ -62,15 +62,18 @@ UPDAT_GMMA_TILES = {
 updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
 # xw_gmma_pers (persistent xw_gmma: a grid of SMs × MINB CTAs, each walking a list of output tiles as one
 # pipeline, see pers_tables): block_size -> {variant: (WG, MI, STAGES, MINB CTAs per SM, ORDER)}; ORDER
-# "greedy": tiles dealt in (row tile, column) order to the least-loaded CTA (the hardware scheduler's order:
-# the CTAs work on neighbouring row tiles at any time), "contig": each CTA one contiguous range. Forced by
+# "greedy" / "list" / "rr" / "contig" (pers_tables: which CTA walks which tiles, in which order). Forced by
 # name (force_variant) or the default where the layout averages at most XW_GMMA_PERS_MAX_BLOCKS_PER_COLUMN
 # nonzero blocks per output block column (0: never, until measured on the H100)
 XW_GMMA_PERS_TILES = {
-    64: {"pers": (2, 1, 4, 2, "greedy"), "pers_contig": (2, 1, 4, 2, "contig")},  # MINB 3 spills (80 regs)
-    32: {"pers": (2, 1, 4, 4, "greedy"), "pers_contig": (2, 1, 4, 4, "contig"), "pers_c2": (2, 1, 4, 2, "greedy"),
-         "pers_s6": (2, 1, 6, 3, "greedy")},
+    64: {"pers": (2, 1, 4, 2, "greedy"), "pers_list": (2, 1, 4, 2, "list"), "pers_rr": (2, 1, 4, 2, "rr"),
+         "pers_one": (2, 1, 4, 2, "one")},
+    32: {"pers": (2, 1, 4, 4, "greedy"), "pers_list": (2, 1, 4, 4, "list"), "pers_rr": (2, 1, 4, 4, "rr"),
+         "pers_one": (2, 1, 4, 4, "one"), "pers_s6": (2, 1, 6, 3, "greedy")},
 }
+# "one": not persistent, one CTA per tile in xw_gmma's grid order (the kernel's code on xw_gmma's schedule)
+# (H100 bsmm-20261126-0307, v2: every tile slower than xw_gmma; "contig" ranges and 2 CTAs/SM for b = 32
+# ("pers_c2") the slowest, removed; b = 64 MINB 3 spills at 80 registers)
 XW_GMMA_PERS_MAX_BLOCKS_PER_COLUMN = {64: 0, 32: 0}
 # work units of a tile's epilogue (store of BM × b outputs) in pers_tables' balance, in blocks
 PERS_EPILOGUE_WEIGHT = 1
@@ -215,9 +218,10 @@ def pers_tables(ptr, n_row_tiles, n_ctas, order="greedy", epilogue=PERS_EPILOGUE
     column) order, but longest first within groups of consecutive row tiles holding at least 2 tiles per CTA
     (the last group's small tiles even out the CTAs' ends), each tile goes to the CTA with the least work so
     far (ties: the lower CTA), as the hardware scheduler would deal them, so the CTAs walk neighbouring row
-    tiles together (x stays in L2); "contig":
+    tiles together (x stays in L2); "list": the same dealing in plain (row tile, column) order; "rr":
+    tile t to CTA t mod n_ctas (the hardware's waves, balanced only on average); "contig":
     the list is cut into ``n_ctas`` contiguous ranges of about equal work (cuts at the nearest tile boundary).
-    Either way a CTA's work is within one tile of the average (greedy: in practice within a small one).
+    Except for "rr", a CTA's work is within one tile of the average (greedy: in practice a small one).
 
     Returns tiles int32 [T, 4] (column, row tile, first entry, entry count), grouped by CTA, each CTA's in
     the order dealt; tile_ptr int32 [n_ctas + 1] (CTA g's tiles); stage_ptr int32 [n_ctas + 1] (prefix sums of
@@ -237,13 +241,21 @@ def pers_tables(ptr, n_row_tiles, n_ctas, order="greedy", epilogue=PERS_EPILOGUE
         tile_ptr = np.where(target - cum[i - 1] <= cum[i] - target, i - 1, i)
         tile_ptr[0], tile_ptr[-1] = 0, col.size
         perm = np.arange(col.size)
-    elif order == "greedy":
+    elif order == "rr":  # tile t to CTA t mod n_ctas: the hardware's waves, unbalanced
+        owner = np.arange(col.size, dtype=np.int64) % n_ctas
+        perm = np.argsort(owner, kind="stable")
+        tile_ptr = np.zeros(n_ctas + 1, dtype=np.int64)
+        tile_ptr[1:] = np.cumsum(np.bincount(owner, minlength=n_ctas))
+    elif order in ("greedy", "list"):
         import heapq
 
-        # longest tiles first within groups of row tiles of at least 2 tiles per CTA (the last group's
-        # small tiles even out the CTAs' ends; a group's x rows stay in L2)
-        group = row_tile // max(1, -(-2 * n_ctas // max(n_out, 1)))
-        seq = np.lexsort((row_tile, col, -count, group))
+        if order == "greedy":
+            # longest tiles first within groups of row tiles of at least 2 tiles per CTA (the last group's
+            # small tiles even out the CTAs' ends; a group's x rows stay in L2)
+            group = row_tile // max(1, -(-2 * n_ctas // max(n_out, 1)))
+            seq = np.lexsort((row_tile, col, -count, group))
+        else:  # plain (row tile, column) order: list scheduling of the hardware's order
+            seq = np.arange(col.size)
         heap = [(0, g) for g in range(n_ctas)]
         owner = np.empty(col.size, dtype=np.int64)
         for t, wt in enumerate(weight[seq].tolist()):
@@ -254,7 +266,7 @@ def pers_tables(ptr, n_row_tiles, n_ctas, order="greedy", epilogue=PERS_EPILOGUE
         tile_ptr = np.zeros(n_ctas + 1, dtype=np.int64)
         tile_ptr[1:] = np.cumsum(np.bincount(owner, minlength=n_ctas))
     else:
-        raise ValueError(f"order: expected 'greedy' or 'contig', got {order!r}")
+        raise ValueError(f"order: expected 'greedy', 'list', 'rr' or 'contig', got {order!r}")
     col, row_tile, count, stages = col[perm], row_tile[perm], count[perm], stages[perm]
     stage_cum = np.concatenate([[0], np.cumsum(stages)])
     tiles = np.stack([col, row_tile, ptr[col], count], axis=1).astype(np.int32)
@@ -552,8 +564,9 @@ def gmma_specializations():
         for to, bs, trans in itertools.product(_out_types(dtype), XW_GMMA_TILES, (0, 1)):
             for variant in XW_GMMA_TILES[bs]:
                 yield xw_gmma_spec(dtype, to, bs, variant, trans)
-            for spec in dict.fromkeys(xw_gmma_pers_spec(dtype, to, bs, v, trans) for v in XW_GMMA_PERS_TILES[bs]):
-                yield spec  # variants differing only in tile order share a kernel
+            # variants differing only in tile order share a kernel
+            yield from dict.fromkeys(xw_gmma_pers_spec(dtype, to, bs, v, trans)
+                                     for v in XW_GMMA_PERS_TILES[bs])
         for to, bs in itertools.product(_out_types(dtype), UPDAT_GMMA_TILES):
             for variant in UPDAT_GMMA_TILES[bs]:
                 yield updat_gmma_spec(dtype, to, bs, variant)
@@ -674,7 +687,8 @@ def _tables(op_obj, key, dev):
         elif key[0] == "pers":  # ("pers", op, row tiles, CTAs, order)
             ptr = lay.col_ptr if key[1] == "fprop" else lay.row_ptr
             entries = _tables(op_obj, key[1], dev)[1]
-            cache[(dev, key)] = (entries, *(cupy.asarray(a) for a in pers_tables(ptr, key[2], key[3], key[4])))
+            tables = pers_tables(ptr, key[2], key[3], key[4])
+            cache[(dev, key)] = (entries, *(cupy.asarray(a) for a in tables))
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key == "updat":
@@ -825,10 +839,14 @@ def _pers_plan(op_obj, op, dtype, odt, n, variant, dev):
     row_tiles = -(-n // bm)
     n_out = op_obj.layout.out_blocks if op == "fprop" else op_obj.layout.in_blocks
     ctas = pers_ctas or _sm_count(dev) * minb
+    if order == "one" and pers_ctas is None:  # one CTA per tile, tile t to CTA t
+        ctas, order = row_tiles * n_out, "rr"
+    order = "rr" if order == "one" else order
     ctas = int(max(1, min(ctas, row_tiles * n_out)))
     trans = 0 if op == "fprop" else 1
     spec, smem = xw_gmma_pers_spec(dtype, odt, b, variant, trans), xw_gmma_pers_smem(b, variant)
-    return (compiler.get_function(spec, smem), (ctas,), (wg * 128,), smem, ("pers", op, row_tiles, ctas, order))
+    key = ("pers", op, row_tiles, ctas, order)
+    return compiler.get_function(spec, smem), (ctas,), (wg * 128,), smem, key
 
 
 def _small_plan(op_obj, op, dtype, odt, n, dev):

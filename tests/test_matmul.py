@@ -833,7 +833,7 @@ def test_small_tables_cover_every_block_once():
         assert np.max(np.diff(ep)) <= 16
 
 
-@pytest.mark.parametrize("order", ["greedy", "contig"])
+@pytest.mark.parametrize("order", ["greedy", "list", "rr", "contig"])
 def test_pers_tables_cover_every_tile_once(order):
     """xw_gmma_pers's split (_matmul_gpu.pers_tables): every output tile (row tile, column) in exactly one
     CTA's list, each list in (row tile, column) order (contig: the lists are consecutive ranges), every CTA
@@ -859,6 +859,14 @@ def test_pers_tables_cover_every_tile_once(order):
         assert sorted(index) == list(range(row_tiles * mb))  # each tile once
         if order == "contig":
             assert np.array_equal(index, np.arange(row_tiles * mb))
+        elif order == "rr":
+            for g in range(ctas):
+                assert list(index[tile_ptr[g]:tile_ptr[g + 1]]) == list(range(g, row_tiles * mb, ctas))
+        elif order == "list":
+            for g in range(ctas):
+                assert np.all(np.diff(index[tile_ptr[g]:tile_ptr[g + 1]]) > 0)
+            first = [index[tile_ptr[g]] for g in range(ctas) if tile_ptr[g + 1] > tile_ptr[g]]
+            assert first == list(range(min(ctas, row_tiles * mb)))
         else:  # dealt in (group of row tiles, longest column first, column, row tile) order
             rt = np.repeat(np.arange(row_tiles), mb)
             group = rt // max(1, -(-2 * ctas // mb))
@@ -877,7 +885,8 @@ def test_pers_tables_cover_every_tile_once(order):
         work = stages + G.PERS_EPILOGUE_WEIGHT
         per_cta = np.array([work[tile_ptr[g]:tile_ptr[g + 1]].sum() for g in range(ctas)])
         assert per_cta.sum() == work.sum()
-        assert per_cta.max() <= work.sum() / ctas + work.max()  # balanced to within one tile
+        if order != "rr":
+            assert per_cta.max() <= work.sum() / ctas + work.max()  # balanced to within one tile
     with pytest.raises(ValueError, match="order"):
         G.pers_tables(np.array([0, 1]), 1, 1, "sorted")
 
@@ -926,7 +935,7 @@ def test_pers_schedule_computes_fprop(rng):
         ref[:, lay.cols[k] * b:(lay.cols[k] + 1) * b] += x[:, lay.rows[k] * b:(lay.rows[k] + 1) * b] @ w[k]
     row_tiles = -(-n // bm)
     for ctas, stages, order in [(1, 4, "greedy"), (3, 3, "greedy"), (5, 6, "contig"), (4, 4, "contig"),
-                                (row_tiles * 7, 4, "greedy")]:
+                                (row_tiles * 7, 4, "greedy"), (3, 4, "rr"), (2, 5, "list")]:
         tiles, tile_ptr, stage_ptr = G.pers_tables(lay.col_ptr, row_tiles, ctas, order)
         y = np.full((n, 7 * b), np.nan)
         for g in range(ctas):

@@ -424,8 +424,9 @@ def test_wgmma_persistent_default_by_density(rng, monkeypatch):
 
 @pytest.mark.parametrize("block_size", list(XW_GMMA_TILES))
 def test_wgmma_default_and_fallbacks(rng, block_size):
-    """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run xw_gmma by default; a
-    misaligned out= or feature axis 0 take the mma.sync kernels; all stay correct."""
+    """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run xw_gmma by default (xw_gmma_pers
+    where the layout has few enough blocks per column); a misaligned out= or feature axis 0 take the
+    mma.sync kernels; all stay correct."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
@@ -437,9 +438,14 @@ def test_wgmma_default_and_fallbacks(rng, block_size):
     w = random_array(rng, op.w_shape, "bfloat16", scale=0.2)
     xg, wg = cp.asarray(x), cp.asarray(w)
     y_ref = _ref64(op, "fprop", x, w=w)
-    default = next(iter(XW_GMMA_TILES[block_size]))
-    gmma = _matmul_gpu.xw_gmma_spec("bfloat16", "bfloat16", block_size, default, 0)
-    smem = _matmul_gpu.xw_gmma_smem(block_size, default)
+    pers = _matmul_gpu._pers_variant(op, "fprop", n)  # the persistent tile where the layout is sparse enough
+    if pers is None:
+        default = next(iter(XW_GMMA_TILES[block_size]))
+        gmma = _matmul_gpu.xw_gmma_spec("bfloat16", "bfloat16", block_size, default, 0)
+        smem = _matmul_gpu.xw_gmma_smem(block_size, default)
+    else:
+        gmma = _matmul_gpu.xw_gmma_pers_spec("bfloat16", "bfloat16", block_size, pers, 0)
+        smem = _matmul_gpu.xw_gmma_pers_smem(block_size, pers)
     assert_close(op.fprop(xg, wg), y_ref, "bfloat16", "fprop default")
     assert _ran(op, gmma, smem), "the wgmma kernel is not the default"
     op._gpu_tables.clear()
