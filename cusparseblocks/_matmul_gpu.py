@@ -139,6 +139,7 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      "tc_ring_bulk": ("tc", 32, (8, 1, 4, 768, 256, 1, 2)),
                      "tc_ring4": ("tc", 32, (4, 1, 9, 768, 256, 1, 1)),
                      "tc_ring4_bulk": ("tc", 32, (4, 1, 9, 768, 256, 1, 2)),
+                     "tc_ring12": ("tc", 32, (12, 1, 2, 768, 256, 1, 1)),  # 12 warps: the consumer's latency
                      "simt_ring": ("simt", 32, (4, 1, 5, 768, 256, 1, 1)),
                      "simt_ring_bulk": ("simt", 32, (4, 1, 5, 768, 256, 1, 2))}
 small_variant = None
