@@ -42,6 +42,21 @@ for part in "$@"; do
     done
     timeout 200 python bench/bsmm.py --dtype float16,bfloat16 --n 4096 --op fprop,bprop --no-torch > $L/pers-bench.log 2>&1
     echo "pers bench rc=$? $(el)";;
+  pers2)
+    tests pers2 150 tests/test_matmul_gpu.py -k "persistent or default_and_fallbacks"
+    timeout 150 python bench/bsmm.py --dtype float16 --n 4096 --op fprop,bprop --no-torch > $L/pers2-bench.log 2>&1
+    echo "pers2 bench rc=$? $(el)";;
+  small2)
+    tests small2 120 tests/test_matmul_gpu.py -k "small_batch_ring or tile_variants"
+    timeout 120 python bench/bsmm.py --small --no-torch --op fprop --dtype float16 > $L/small2-bench.log 2>&1
+    echo "small2 bench rc=$? $(el)";;
+  fp32b)
+    tests fp32b 150 tests/test_matmul_gpu.py -k "simt or float32 or ffma"
+    timeout 150 python bench/bsmm.py --dtype float32 --n 4096 --op fprop,bprop --no-torch > $L/fp32b-bench.log 2>&1
+    echo "fp32b bench rc=$? $(el)"
+    for op in fprop updat; do
+      timeout 60 ncu --kernel-name regex:"xw_ffma|updat_ffma" --launch-skip 2 --launch-count 1 --metrics smsp__inst_executed_op_shared_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum,smsp__average_warp_latency_issue_stalled_long_scoreboard.ratio,smsp__average_warp_latency_issue_stalled_barrier.ratio,smsp__average_warp_latency_issue_stalled_short_scoreboard.ratio,smsp__average_warp_latency_issue_stalled_mio_throttle.ratio,sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active,lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum python bench/profile_ffma.py $op 0.5 > $L/fp32b-ncu-$op.log 2>&1
+    done; echo "fp32b ncu $(el)";;
   tests)
     python bench/ew.py --warm-only 2>&1 | tail -1
     tests all ${TEST_S:-420} tests/
