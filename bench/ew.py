@@ -318,14 +318,14 @@ VARIANTS = [
     ("rows_bwd_cols groups=6", "rows_bwd_cols", "groups", 6, ("layer_norm bwd ax1",)),
     ("cols reverse=True", "cols", "reverse", True, _COLS),
     ("cols blocks_per_sm=8", "cols", "blocks_per_sm", 8, _COLS),
-    # the one-pass column-statistics kernels (cusparseblocks/_ops_cols.py LAUNCH; defaults: one tile a
-    # cluster, 128-, 64-, 32-byte rows, clusters up to 16, 72 KiB then 112 KiB blocks): the persistent grid
-    # of resident clusters with two tile buffers a block (1 block per SM; 3 per SM with 2 x 32 KiB),
-    # portable clusters; the 3-pass path
-    ("cols1 persistent=True", "cols1", "persistent", True, _COLS1),
-    ("cols1 persistent 72K", "cols1", ("persistent", "persist_bytes"), (True, 72 * 1024), _COLS1),
-    ("cols1 max_cluster=8", "cols1", "max_cluster", 8, _COLS1),
+    # the one-pass column-statistics kernels (cusparseblocks/_ops_cols.py LAUNCH; defaults: 128-, 64-, 32-byte
+    # rows, clusters up to 16, 72 KiB then 112 KiB blocks): the old 3-pass path, portable clusters, the
+    # first widths, one budget tier, clusters walking 2 tiles (double-buffered)
     ("cols1 mode=fallback", "cols1", "mode", "fallback", _COLS1),
+    ("cols1 max_cluster=8", "cols1", "max_cluster", 8, _COLS1),
+    ("cols1 row_bytes=64,32", "cols1", "row_bytes", (64, 32), _COLS1),
+    ("cols1 cta_bytes=112K", "cols1", "cta_bytes", 112 * 1024, _COLS1),
+    ("cols1 2 tiles/cluster", "cols1", "tiles_per_cluster", 2, _COLS1),
 ]
 
 

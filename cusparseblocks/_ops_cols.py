@@ -32,9 +32,6 @@ MAX_COLS = 64  # kernels/ew_cols.cu MAXW: columns per tile
 CLUSTERS = (1, 2, 4, 8, 16)
 # Shared memory a block may use: 227 KiB on sm_90 (opt-in) less the kernels' ~5 KiB of static arrays.
 MAX_SMEM = 227 * 1024 - 6 * 1024
-SM_SMEM = 228 * 1024  # shared memory of an SM (sm_90)
-BLOCK_RESERVE = 7 * 1024  # static shared arrays + the 1 KiB the driver reserves per block
-MAX_BLOCKS_PER_SM = 3  # kernels/ew_cols.cu __launch_bounds__(THREADS, 3): registers for 3
 
 # Launch table (a benchmark may set entries; clear _PLANS after a change):
 #   mode: "auto" (one pass when a tile fits max_bytes), "single" (one pass whenever a tile fits in MAX_SMEM:
@@ -45,14 +42,7 @@ MAX_BLOCKS_PER_SM = 3  # kernels/ew_cols.cu __launch_bounds__(THREADS, 3): regis
 #   max_cluster: the largest cluster size to use (8 portable; 16 on sm_90 with the non-portable attribute,
 #     lowered to 8 on a device that refuses it);
 #   tiles_per_cluster: column tiles one cluster walks in turn (cols_fwd, cols_bwd), the next tile's loads in
-#     flight while the current one is reduced and stored (two shared-memory buffers when above 1);
-#   persistent: a grid of the clusters that fit on the GPU at once, tiles handed out by an atomic counter,
-#     the next tile's loads in flight (two buffers); used when there are more tiles than such clusters
-#     (else the one-tile launch); before tiles_per_cluster;
-#   persist_bytes: the shared-memory budget tiers per block of the persistent plan (both buffers; the largest
-#     tile width and smallest cluster that fit, as cta_bytes);
-#   persist_clusters: the persistent grid in clusters (0: SMs × blocks per SM // cluster size, from the
-#     device; more clusters than fit is harmless: a late one finds no tile left).
+#     flight while the current one is reduced and stored (two shared-memory buffers when above 1).
 LAUNCH = {
     "cols1": {
         "mode": "auto",
@@ -61,9 +51,6 @@ LAUNCH = {
         "max_bytes": MAX_SMEM,
         "max_cluster": 16,
         "tiles_per_cluster": 1,
-        "persistent": False,  # measured slower on the H100 (bench/NOTES.md, persistent column ops)
-        "persist_bytes": (MAX_SMEM,),
-        "persist_clusters": 0,
     }
 }
 
@@ -73,8 +60,7 @@ class ColsPlan:
     """One-pass launch: clusters of ``cluster`` blocks over column tiles of ``width`` columns
     (``row_bytes`` bytes a row, ``vpr`` 16-byte vectors), ``rows_per_cta`` rows per block, ``smem`` bytes
     of dynamic shared memory per block, ``tiles`` tiles, up to ``per_cluster`` of them per cluster
-    (grid = ceil(tiles / per_cluster) × cluster blocks); persistent: ``clusters`` clusters draw the tiles
-    from a counter (two buffers in ``smem``)."""
+    (grid = ceil(tiles / per_cluster) × cluster blocks)."""
 
     cluster: int
     row_bytes: int
@@ -84,13 +70,9 @@ class ColsPlan:
     tiles: int
     smem: int
     per_cluster: int = 1
-    clusters: int = 0
-    persistent: bool = False
 
     @property
     def grid(self) -> int:
-        if self.persistent:
-            return self.clusters * self.cluster
         return math.ceil(self.tiles / self.per_cluster) * self.cluster
 
 
@@ -98,27 +80,12 @@ def _clusters(cfg, cap=16):
     return [cs for cs in CLUSTERS if cs <= min(cfg["max_cluster"], cap)]
 
 
-def _tiers(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
-def blocks_per_sm(smem: int) -> int:
-    """Blocks of ``smem`` dynamic shared-memory bytes that fit on one SM (sm_90; registers allow 3)."""
-    return max(1, min(MAX_BLOCKS_PER_SM, SM_SMEM // (smem + BLOCK_RESERVE)))
-
-
-def resident_clusters(sms: int, smem: int, cluster: int) -> int:
-    """Clusters of ``cluster`` blocks of ``smem`` bytes that the GPU holds at once (an upper bound: a cluster
-    must fit in one GPC; the persistent kernels tolerate more)."""
-    return max(1, sms * blocks_per_sm(smem) // cluster)
-
-
 def _budgets(mode, cta_bytes, max_bytes):
     if mode not in ("auto", "single", "fallback"):
         raise ValueError(f"mode: expected 'auto', 'single' or 'fallback', got {mode!r}")
     if mode == "fallback":
         return ()
-    tiers = _tiers(cta_bytes)
+    tiers = tuple(cta_bytes) if isinstance(cta_bytes, (tuple, list)) else (cta_bytes,)
     return (*tiers, MAX_SMEM if mode == "single" else min(max_bytes, MAX_SMEM))
 
 
@@ -135,14 +102,9 @@ def cols_plan(
     max_bytes: int | None = None,
     per_cluster: int | None = None,
     max_cluster: int = 16,
-    sms: int | None = None,
-    persistent: bool | None = None,
 ) -> ColsPlan | None:
     """The one-pass plan for statistics per column of [R, C] (``tensors`` inputs held on chip: 1 forward,
     2 backward), or None (3-pass path). Pure: no GPU needed.
-
-    With ``sms`` (the GPU's SM count) and ``persistent`` (default LAUNCH["cols1"]["persistent"]): the
-    persistent plan (:func:`persistent_plan`) when it applies.
 
     Tries each tile width of ``row_bytes`` in order and the smallest cluster whose blocks fit
     ``cta_bytes``, then the same up to ``max_bytes`` (mode "single": MAX_SMEM). None when ``mode`` is
@@ -158,10 +120,6 @@ def cols_plan(
     lanes = 16 // itemsize
     if cc_major != 9 or R < 1 or C < 1 or C % lanes or R >= 2**31:
         return None
-    if budgets and sms and (cfg["persistent"] if persistent is None else persistent):
-        plan = persistent_plan(R, C, itemsize, tensors, sms, row_bytes=row_bytes, max_cluster=max_cluster)
-        if plan is not None:
-            return plan
     for budget in budgets:
         for rb in row_bytes:
             vpr = rb // 16
@@ -178,58 +136,15 @@ def cols_plan(
     return None
 
 
-def persistent_plan(
-    R: int,
-    C: int,
-    itemsize: int,
-    tensors: int,
-    sms: int,
-    *,
-    row_bytes=None,
-    budgets=None,
-    clusters: int | None = None,
-    max_cluster: int = 16,
-) -> ColsPlan | None:
-    """The persistent plan of [R, C]: blocks with two tile buffers within a tier of ``budgets`` (default
-    LAUNCH["cols1"]["persist_bytes"]; the widest row of ``row_bytes``, then the smallest cluster), a grid of
-    ``clusters`` clusters (default: persist_clusters, else :func:`resident_clusters` on ``sms`` SMs); None
-    when no tile fits or the tiles are no more than the resident clusters (the one-tile launch is as good;
-    a grid set by ``clusters`` or persist_clusters is taken as given: tests force over-subscription). Pure."""
-    cfg = LAUNCH["cols1"]
-    row_bytes = row_bytes or cfg["row_bytes"]
-    for budget in _tiers(budgets or cfg["persist_bytes"]):
-        for rb in row_bytes:
-            vpr = rb // 16
-            if vpr < 1 or vpr & (vpr - 1) or rb // itemsize > MAX_COLS:
-                continue
-            width = rb // itemsize
-            tiles = math.ceil(C / width)
-            for cs in _clusters(cfg, max_cluster):
-                rows = math.ceil(R / cs)
-                smem = 2 * rows * rb * tensors
-                if smem <= min(budget, MAX_SMEM):
-                    given = clusters or cfg["persist_clusters"]
-                    n = given or resident_clusters(sms, smem, cs)
-                    if tiles <= n and not given:
-                        return None
-                    return ColsPlan(cs, rb, vpr, width, rows, tiles, smem, 1, n, True)
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class WnPlan:
     """One-pass weight norm per unit: a cluster of ``cluster`` blocks per block column, ``bpc`` blocks of
-    w per block (``smem`` bytes), ``vpr`` 16-byte vectors per block row; persistent (``clusters`` > 0):
-    that many clusters draw the block columns from a counter (two buffers in ``smem``)."""
+    w per block (``smem`` bytes), ``vpr`` 16-byte vectors per block row."""
 
     cluster: int
     bpc: int
     vpr: int
     smem: int
-    clusters: int = 0
-
-    def grid(self, ncols: int) -> int:
-        return (self.clusters or ncols) * self.cluster
 
 
 def wn_plan(
@@ -243,34 +158,17 @@ def wn_plan(
     cta_bytes=None,
     max_bytes: int | None = None,
     max_cluster: int = 16,
-    ncols: int = 0,
-    sms: int | None = None,
-    persistent: bool | None = None,
 ) -> WnPlan | None:
     """The one-pass plan for the weight norm per unit of w [nnz, b, b] whose largest block column holds
     ``max_blocks`` blocks, or None (the 2-kernel path). Pure. Needs b a power of two with b·itemsize a
     multiple of 16 bytes and b <= 64 columns; the smallest cluster whose blocks fit (budgets as
-    :func:`cols_plan`). With ``sms`` and ``persistent`` (as :func:`cols_plan`): persistent over the
-    ``ncols`` block columns when they outnumber the clusters that fit (budgets: persist_bytes)."""
+    :func:`cols_plan`)."""
     cfg = LAUNCH["cols1"]
     budgets = _budgets(mode or cfg["mode"], cta_bytes or cfg["cta_bytes"], max_bytes or cfg["max_bytes"])
     rb = b * itemsize
     if cc_major != 9 or b < 1 or b & (b - 1) or rb % 16 or b > MAX_COLS:
         return None
     block_bytes = b * rb * tensors
-    if budgets and sms and (cfg["persistent"] if persistent is None else persistent):
-        for budget in _tiers(cfg["persist_bytes"]):
-            for cs in _clusters(cfg, max_cluster):
-                bpc = max(1, math.ceil(max_blocks / cs))
-                smem = 2 * bpc * block_bytes
-                if smem <= min(budget, MAX_SMEM):
-                    n = cfg["persist_clusters"] or resident_clusters(sms, smem, cs)
-                    if ncols > n or cfg["persist_clusters"]:
-                        return WnPlan(cs, bpc, rb // 16, smem, n)
-                    break  # the one-column launch
-            else:
-                continue
-            break
     for budget in budgets:
         for cs in _clusters(cfg, max_cluster):
             bpc = max(1, math.ceil(max_blocks / cs))
@@ -292,14 +190,12 @@ compiler.register_family("ew_cols", _specializations)
 # ---------------------------------------------------------------------------------------------------
 # GPU dispatch
 
-_CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX", "_SMS", "_COUNTERS")
+_CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX")
 _PLANS: dict = {}
 _FUNCS: dict = {}
 _NO_CLUSTER16: set = set()  # devices that refused a cluster of 16 (smaller GPCs, MIG): 8 at most there
 _SMEM_SET: dict = {}  # (device, spec): attributes set on the function, the dynamic limit (never cleared)
 _CC: dict = {}
-_SMS: dict = {}
-_COUNTERS: dict = {}  # (device, stream): the persistent launches' tile counters (uint32 [2], kept at 0)
 _WN_MAX: dict = {}
 _NULL = np.uint64(0)
 _MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
@@ -316,30 +212,6 @@ def _cc_major(dev) -> int:
     return major
 
 
-def _sm_count(dev) -> int:
-    n = _SMS.get(dev)
-    if n is None:
-        import cupy
-
-        n = _SMS[dev] = int(cupy.cuda.Device(dev).attributes["MultiProcessorCount"])
-    return n
-
-
-def _counter(plan_is_persistent):
-    """The tile counters of the current stream (zeroed once; each persistent launch leaves them at 0), or
-    None for a static launch. One pair per stream: launches on a stream are ordered."""
-    if not plan_is_persistent:
-        return None
-    import cupy
-
-    stream = cupy.cuda.get_current_stream()
-    key = (cupy.cuda.runtime.getDevice(), stream.ptr)
-    ctr = _COUNTERS.get(key)
-    if ctr is None:
-        ctr = _COUNTERS[key] = cupy.zeros(2, dtype=cupy.uint32)
-    return ctr
-
-
 def _plan(kind, dtype, *sizes):
     import cupy
 
@@ -350,16 +222,11 @@ def _plan(kind, dtype, *sizes):
     cc = _cc_major(dev)
     itemsize = np.dtype(dtype).itemsize
     cap = 8 if dev in _NO_CLUSTER16 else 16
-    sms = _sm_count(dev) if cc == 9 else None
     if kind == "wn":
-        plan = wn_plan(
-            sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, max_cluster=cap, ncols=sizes[3], sms=sms
-        )
+        plan = wn_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, max_cluster=cap)
     else:
         k = LAUNCH["cols1"]["tiles_per_cluster"]
-        plan = cols_plan(
-            sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k, max_cluster=cap, sms=sms
-        )
+        plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k, max_cluster=cap)
     _PLANS[key] = plan
     return plan
 
@@ -383,17 +250,16 @@ def _launch_or_refused(name, dtype, cluster, grid, smem, args) -> bool:
 def _launch(name, dtype, cluster, grid, smem, args):
     import cupy
 
-    dev = cupy.cuda.runtime.getDevice()
-    key = (dev, name, dtype, cluster, smem)  # (no KernelSpec built per call: host time)
+    spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}, {cluster}>")
+    key = (cupy.cuda.runtime.getDevice(), spec, smem)
     fn = _FUNCS.get(key)
     if fn is None:
         from cupy_backends.cuda.api import driver
 
-        spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}, {cluster}>")
         fn = compiler.get_function(spec)
         # the dynamic limit is raised here (only ever raised): static + dynamic shared memory over 48 KiB
         # needs it, also when the dynamic part alone is under 48 KiB
-        lkey = (dev, spec)
+        lkey = key[:2]
         if lkey not in _SMEM_SET:
             # all of the unified L1/shared memory as shared memory: 3 blocks of 64 KiB per SM (the loads
             # bypass L1), whatever carve-out the driver would prefer
@@ -408,7 +274,7 @@ def _launch(name, dtype, cluster, grid, smem, args):
     fn(
         (grid,),
         (THREADS,),
-        tuple([_NULL if a is None else a for a in args]),
+        tuple(_NULL if a is None else a for a in args),
         stream=cupy.cuda.get_current_stream(),
         shared_mem=smem,
     )
@@ -458,7 +324,6 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
             np.float32(var_scale),
             np.int32(gain_per_col),
             np.int32(plan.tiles),
-            _counter(plan.persistent),
         ),
     )
     return (y, mean, rstd) if ok else cols_fwd(x, gain, bias, eps, gain_per_col, running)
@@ -504,7 +369,6 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=F
             np.int32(gain_per_col),
             np.int32(train),
             np.int32(plan.tiles),
-            _counter(plan.persistent),
         ),
     )
     return (
@@ -530,7 +394,7 @@ def wn_unit(lay, tables, w, dv, gain, rnorm, b, eps=0.0):
 
     if lay.out_blocks == 0:
         return None
-    plan = _plan("wn", w.dtype, _max_blocks(lay), b, 1 if dv is None else 2, lay.out_blocks)
+    plan = _plan("wn", w.dtype, _max_blocks(lay), b, 1 if dv is None else 2)
     if plan is None or not _aligned(w, dv):
         return None
     out = cupy.empty_like(w)
@@ -544,7 +408,7 @@ def wn_unit(lay, tables, w, dv, gain, rnorm, b, eps=0.0):
         "wn_unit",
         w.dtype,
         plan.cluster,
-        plan.grid(lay.out_blocks),
+        lay.out_blocks * plan.cluster,
         plan.smem,
         (
             out,
@@ -559,8 +423,6 @@ def wn_unit(lay, tables, w, dv, gain, rnorm, b, eps=0.0):
             np.int32(int(plan.vpr).bit_length() - 1),
             np.int32(plan.bpc),
             np.float32(eps),
-            np.int32(lay.out_blocks),
-            _counter(plan.clusters > 0),
         ),
     )
     if not ok:

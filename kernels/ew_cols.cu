@@ -6,13 +6,9 @@
 // the CS partials in rank order: the same bits in every block, deterministic), and each block applies
 // the statistics to the rows it holds and streams the output out. Each input byte crosses DRAM once.
 //
-// Grid: 1-D, clusters * CS blocks; cluster k = blocks k*CS .. k*CS+CS-1 owns tile k (static; with more tiles
-// than clusters: tiles k, k + clusters, ... in turn), its rank r the rows [r * rows_per_cta, (r + 1) *
-// rows_per_cta). Persistent (ctr non-null): the grid is the clusters that fit on the GPU at once and every
-// tile is drawn from the counter ctr[0] by rank 0 and published through the cluster barrier, one tile
-// ahead: the next tile's loads are in flight (second buffer) while the current one is reduced and stored.
-// The last cluster to finish (ctr[1]) sets both counters back to 0 for the next launch on the stream. No
-// cluster ever waits for another (a cluster that starts after the tiles are gone exits at once). Block: THREADS threads; thread t holds the 16-byte column
+// Grid: 1-D, clusters * CS blocks; cluster k = blocks k*CS .. k*CS+CS-1 owns tile k (cols_fwd: tiles k,
+// k + clusters, ... in turn, the next tile's loads in flight during the current one), its rank r the rows
+// [r * rows_per_cta, (r + 1) * rows_per_cta). Block: THREADS threads; thread t holds the 16-byte column
 // chunk t % vpr of the tile (V columns: its statistics stay in registers) and rows t / vpr + k * THREADS / vpr.
 // Shared memory: the tile slice [rows_per_cta][vpr] x 16 bytes per input tensor (dynamic; cols_fwd walking
 // several tiles: two slices) + 5 KB.
@@ -67,12 +63,6 @@ __device__ __forceinline__ float ld_dsmem(const float* p, unsigned rank) {
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
     return v;
 }
-__device__ __forceinline__ unsigned ld_dsmem_u32(const unsigned* p, unsigned rank) {
-    unsigned a = (unsigned)__cvta_generic_to_shared(p), ra, v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
-    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(ra) : "memory");
-    return v;
-}
 
 // --- end of PTX wrappers ---
 
@@ -109,39 +99,6 @@ __device__ __forceinline__ void block_col_sums(float (&s)[NS][V], int vpr, float
     __syncthreads();
 }
 
-// Tile hand-out of the persistent launch (ctr non-null; every thread of every block calls these in the
-// same order). hand: rank 0's shared slots [4]: 2, 3 the first two tiles, 0, 1 the tile drawn during the
-// tile of that parity (read by the other ranks after the cluster barrier that follows; rank 0 writes the
-// slot again only two barriers later). Static launch: tiles k, k + ncl, ...
-__device__ __forceinline__ void first_tiles(unsigned* __restrict__ ctr, unsigned (&hand)[4], unsigned rank, int ncl,
-                                            int CS, int& t, int& tn) {
-    if (!ctr) {
-        t = blockIdx.x / CS;
-        tn = t + ncl;
-        return;
-    }
-    if (rank == 0 && threadIdx.x == 0) {
-        hand[2] = atomicAdd(ctr, 1u);
-        hand[3] = atomicAdd(ctr, 1u);
-    }
-    cluster_arrive();
-    cluster_wait();
-    t = (int)ld_dsmem_u32(&hand[2], 0);
-    tn = (int)ld_dsmem_u32(&hand[3], 0);
-}
-// The last cluster to finish resets the counters (its draws and the others' are complete: each rank 0
-// fences before counting itself done).
-__device__ __forceinline__ void release_counter(unsigned* __restrict__ ctr, unsigned rank, int CS) {
-    if (ctr && rank == 0 && threadIdx.x == 0) {
-        __threadfence();
-        if (atomicAdd(ctr + 1, 1u) == gridDim.x / CS - 1) {
-            __threadfence();
-            ctr[0] = 0u;
-            ctr[1] = 0u;
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------
 // Forward: statistics per column of x [R, C] and the normalized output, one read of x, one write of y.
 //   s0 = sum (x - x[0, c]), s1 = sum (x - x[0, c])^2 (shifted sums: accurate when |mean| >> std, as
@@ -155,13 +112,12 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     cols_fwd(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain, const T* __restrict__ bias,
              float* __restrict__ mean_out, float* __restrict__ rstd_out, float* __restrict__ run_mean,
              float* __restrict__ run_var, int R, i64 C, int rows_per_cta, int vpr, float eps, float momentum,
-             float var_scale, int gain_per_col, int tiles, unsigned* __restrict__ ctr) {
+             float var_scale, int gain_per_col, int tiles) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][2][MAXW];
     __shared__ float part[2][2][MAXW];  // by tile parity: a block may still read the previous tile's
     __shared__ float stat[2][MAXW];
-    __shared__ unsigned hand[4];  // the persistent launch's tile hand-out (first_tiles)
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
     const int r0 = (int)rank * rows_per_cta;
@@ -175,16 +131,12 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             for (int row = row0; row < n; row += step) cp_async16(&buf[row * vpr + cx], x + (i64)(r0 + row) * C + c);
         cp_async_commit();
     };
-    int p = 0, t, tn;
-    bool arrived = false;
-    first_tiles(ctr, hand, rank, ncl, CS, t, tn);
-    load(t, tile);
-    // the next tile's loads are in flight while this one is processed
-    while (t < tiles) {
+    int p = 0;
+    load(blockIdx.x / CS, tile);
+    // cluster k: tiles k, k + ncl, ...; the next tile's loads are in flight while this one is processed
+    for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
         uint4* buf = tile + p * slice;
-        load(tn, tile + (p ^ 1) * slice);
-        unsigned drawn = 0;  // the tile after next (rank 0, persistent): its latency hides behind the reduction
-        if (ctr && rank == 0 && threadIdx.x == 0) drawn = atomicAdd(ctr, 1u);
+        load(t + ncl, tile + (p ^ 1) * slice);
         const i64 ct = (i64)t * W;  // first column of the tile
         const i64 c = ct + cx * V;  // this thread's first column
         const bool live = c < C;
@@ -209,23 +161,16 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         block_col_sums<2, V>(s, vpr, wred, part[p]);
-        if (ctr && rank == 0 && threadIdx.x == 0) hand[p] = drawn;
         // 2. the cluster's sums (ranks in order), statistics
         cluster_arrive();
         cluster_wait();
-        // the last tile of this cluster: no draw to read; the blocks arrive at the exit barrier early
-        const bool last = tn >= tiles;
-        const int ta = (ctr && !last) ? (int)ld_dsmem_u32(&hand[p], 0) : tn + ncl;
         if (threadIdx.x < W) {
             const int col = threadIdx.x;
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[p][0][col], q); s1 += ld_dsmem(&part[p][1][col], q); }
             const i64 cc = ct + col;
             if (cc < C) {
-                float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-                for (int q = 0; q < CS; ++q) {
-                    s0 += ld_dsmem(&part[p][0][col], q);
-                    s1 += ld_dsmem(&part[p][1][col], q);
-                }
                 const float scale = 1.f / (float)R;
                 const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
                 const float mean = to_float<T>(x[cc]) + m1, rstd = rsqrtf(var + eps);
@@ -240,7 +185,6 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();
-        if (last) cluster_arrive_relaxed();  // the partial sums of the others are read (and used)
         // 3. apply from shared memory, stream y out: y = (x - mean) * sg + b (2 instructions an element)
         // with sg = rstd * gain per column in registers; a gain or bias per row takes the second loop
         if (live) {
@@ -277,15 +221,9 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();  // buf and stat are rewritten for the tile after next
-        arrived = last;
-        t = tn;
-        tn = ta;
-        p ^= 1;
     }
-    // no block exits while another may still read its partial sums (arrived in the last tile, or no tile)
-    if (!arrived) cluster_arrive_relaxed();
+    cluster_arrive_relaxed();  // no block exits while another may still read its partial sums
     cluster_wait();
-    release_counter(ctr, rank, CS);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -303,13 +241,12 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
              const T* __restrict__ dy,
              const T* __restrict__ x, const T* __restrict__ gain, const float* __restrict__ mean,
              const float* __restrict__ rstd, int R, i64 C, int rows_per_cta, int vpr, int gain_per_col, int train,
-             int tiles, unsigned* __restrict__ ctr) {
+             int tiles) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][2][MAXW];
     __shared__ float part[2][2][MAXW];  // by tile parity (as cols_fwd)
     __shared__ float stat[2][MAXW];
-    __shared__ unsigned hand[4];
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
     const int r0 = (int)rank * rows_per_cta;
@@ -327,16 +264,12 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         cp_async_commit();
     };
-    int p = 0, t, tn;
-    bool arrived = false;
-    first_tiles(ctr, hand, rank, ncl, CS, t, tn);
-    load(t, tile);
-    while (t < tiles) {
+    int p = 0;
+    load(blockIdx.x / CS, tile);
+    for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
         uint4* xt = tile + p * 2 * slice;
         uint4* dt = xt + slice;
-        load(tn, tile + (p ^ 1) * 2 * slice);
-        unsigned drawn = 0;
-        if (ctr && rank == 0 && threadIdx.x == 0) drawn = atomicAdd(ctr, 1u);
+        load(t + ncl, tile + (p ^ 1) * 2 * slice);
         const i64 ct = (i64)t * W;
         const i64 c = ct + cx * V;
         const bool live = c < C;
@@ -381,22 +314,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             for (int k = 0; k < V; ++k) s[1][k] *= rs[k];
         }
         block_col_sums<2, V>(s, vpr, wred, part[p]);
-        if (ctr && rank == 0 && threadIdx.x == 0) hand[p] = drawn;
         cluster_arrive();
         cluster_wait();
-        // the last tile of this cluster: no draw to read; the blocks arrive at the exit barrier early
-        const bool last = tn >= tiles;
-        const int ta = (ctr && !last) ? (int)ld_dsmem_u32(&hand[p], 0) : tn + ncl;
         if (threadIdx.x < W) {
             const int col = threadIdx.x;
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[p][0][col], q); s1 += ld_dsmem(&part[p][1][col], q); }
             const i64 cc = ct + col;
             if (cc < C) {
-                float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-                for (int q = 0; q < CS; ++q) {
-                    s0 += ld_dsmem(&part[p][0][col], q);
-                    s1 += ld_dsmem(&part[p][1][col], q);
-                }
                 const float g = (gain && per_col) ? to_float<T>(gain[cc]) : 1.f, scale = train ? 1.f / (float)R : 0.f;
                 stat[0][col] = g * s0 * scale;
                 stat[1][col] = g * s1 * scale;
@@ -407,7 +333,6 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();
-        if (last) cluster_arrive_relaxed();
         // dx = rstd * (gc * gr * dy - A - xhat * B) = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row),
         // q = rstd^2 * B, o = rstd * A: 3 instructions an element
         float pc[V], q[V], o[V];
@@ -475,150 +400,103 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();  // the buffers and stat are rewritten for the tile after next
-        arrived = last;
-        t = tn;
-        tn = ta;
-        p ^= 1;
     }
-    if (!arrived) cluster_arrive_relaxed();
+    cluster_arrive_relaxed();
     cluster_wait();
-    release_counter(ctr, rank, CS);
 }
 
 // ---------------------------------------------------------------------------------------------------
 // L2 weight normalization per output unit of block-sparse w [nnz, b, b] (as ew.cu's wn_reduce_unit +
 // wn_apply, in one pass): the cluster owns block column j (tile = its b columns, vpr = b * sizeof(T) / 16),
-// its rank r the blocks col_order[col_ptr[j] + r * n / CS ...] of the column's n (at most bpc per block, each
-// b * b contiguous elements). Unit u = j * b + c:
+// its rank r the blocks col_order[col_ptr[j] + r * bpc ...] (bpc blocks per block, each b * b contiguous
+// elements). Unit u = j * b + c:
 //   forward (dv null):  s = sum w^2, r = 1/sqrt(s + eps) (rank 0 writes rnorm[u]); out = g[u] * r * w
 //   backward:           s = sum dv * w (r = rnorm[u] given; rank 0 writes dgain[u] = s * r in T if non-null);
 //                       out = g[u] * r * (dv - w * r^2 * s)
 // g null -> 1. lg_b = log2(b), lg_vpr = log2(vpr) (the host checks b, vpr powers of 2, vpr <= 16).
-// Block columns as cols_fwd's tiles: static (grid = ncols clusters) or persistent (ctr non-null: drawn
-// from the counter, the next column's loads in flight in the second buffer). Shared memory per buffer:
-// bpc blocks of w (then bpc blocks of dv in the backward).
 template <typename T, int CS>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     wn_unit(T* __restrict__ out, float* __restrict__ rnorm, T* __restrict__ dgain, const T* __restrict__ w,
             const T* __restrict__ dv, const T* __restrict__ gain, const int* __restrict__ col_ptr,
-            const int* __restrict__ col_order, int lg_b, int lg_vpr, int bpc, float eps, int ncols,
-            unsigned* __restrict__ ctr) {
+            const int* __restrict__ col_order, int lg_b, int lg_vpr, int bpc, float eps) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][1][MAXW];
-    __shared__ float part[2][1][MAXW];  // by parity (as cols_fwd)
+    __shared__ float part[1][MAXW];
     __shared__ float stat[MAXW];
-    __shared__ unsigned hand[4];
     const unsigned rank = cluster_rank();
-    const int b = 1 << lg_b, vpr = 1 << lg_vpr;
+    const int j = blockIdx.x / CS, b = 1 << lg_b, vpr = 1 << lg_vpr;
     const int lg_vpb = lg_b + lg_vpr;  // 16-byte vectors per block: b * vpr
-    const int cx = threadIdx.x & (vpr - 1), ncl = gridDim.x / CS;
+    const int p0 = col_ptr[j] + (int)rank * bpc;
+    const int nblk = max(0, min(col_ptr[j + 1] - p0, bpc));
+    const int nvec = nblk << lg_vpb;
+    const int cx = threadIdx.x & (vpr - 1);
     const i64 bb = (i64)b * b;
-    const int slice = bpc << lg_vpb, bufv = dv ? 2 * slice : slice;  // vectors: a tensor's slice, a buffer
-    // this rank's blocks of column jj: col_order[q0 ...], nvec 16-byte vectors
-    // (the column's n blocks split evenly over the ranks: rank r the blocks [r * n / CS, (r + 1) * n / CS),
-    // at most ceil(n / CS) <= bpc of them)
-    auto blocks = [&](int jj, int& q0, int& nvec) {
-        const int c0 = col_ptr[jj], n = col_ptr[jj + 1] - c0;
-        const int lo = (int)(((unsigned)rank * (unsigned)n) / CS), hi = (int)(((rank + 1u) * (unsigned)n) / CS);
-        q0 = c0 + lo;
-        nvec = (hi - lo) << lg_vpb;
-    };
-    auto load = [&](int jj, uint4* buf) {
-        if (jj < ncols) {
-            int q0, nvec;
-            blocks(jj, q0, nvec);
-            for (int i = threadIdx.x; i < nvec; i += THREADS) {
-                const int q = i >> lg_vpb;
-                const i64 off = (i64)col_order[q0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
-                cp_async16(&buf[i], w + off);
-                if (dv) cp_async16(&buf[slice + i], dv + off);
-            }
-        }
-        cp_async_commit();
-    };
-    int p = 0, j, jn;
-    bool arrived = false;
-    first_tiles(ctr, hand, rank, ncl, CS, j, jn);
-    load(j, tile);
-    while (j < ncols) {
-        uint4* wt = tile + p * bufv;
-        uint4* dt = wt + slice;
-        load(jn, tile + (p ^ 1) * bufv);
-        unsigned drawn = 0;
-        if (ctr && rank == 0 && threadIdx.x == 0) drawn = atomicAdd(ctr, 1u);
-        int q0, nvec;
-        blocks(j, q0, nvec);
-        cp_async_wait_prev();
-        __syncthreads();
-        float s[1][V];
-#pragma unroll
-        for (int k = 0; k < V; ++k) s[0][k] = 0.f;
-#pragma unroll 4
-        for (int i = threadIdx.x; i < nvec; i += THREADS) {  // THREADS % vpr == 0: chunk cx throughout
-            float v[V], d[V];
-            unpack16<T, V>(wt[i], v);
-            if (dv) unpack16<T, V>(dt[i], d);
-#pragma unroll
-            for (int k = 0; k < V; ++k) s[0][k] += v[k] * (dv ? d[k] : v[k]);
-        }
-        block_col_sums<1, V>(s, vpr, wred, part[p]);
-        if (ctr && rank == 0 && threadIdx.x == 0) hand[p] = drawn;
-        cluster_arrive();
-        cluster_wait();
-        // the last tile of this cluster: no draw to read; the blocks arrive at the exit barrier early
-        const bool last = jn >= ncols;
-        const int ja = (ctr && !last) ? (int)ld_dsmem_u32(&hand[p], 0) : jn + ncl;
-        if (threadIdx.x < b) {
-            const int col = threadIdx.x;
-            float sum = 0.f;
-#pragma unroll
-            for (int q = 0; q < CS; ++q) sum += ld_dsmem(&part[p][0][col], q);
-            const i64 u = (i64)j * b + col;
-            if (!dv) {
-                const float r = rsqrtf(sum + eps);
-                stat[col] = r;
-                if (rank == 0) rnorm[u] = r;
-            } else {
-                const float r = rnorm[u];
-                stat[col] = sum;
-                if (rank == 0 && dgain) dgain[u] = from_float<T>(sum * r);
-            }
-        }
-        __syncthreads();
-        if (last) cluster_arrive_relaxed();
-        float sc[V], wsc[V];
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-            const i64 u = (i64)j * b + cx * V + k;
-            const float g = gain ? to_float<T>(gain[u]) : 1.f;
-            const float r = dv ? rnorm[u] : stat[cx * V + k];
-            sc[k] = g * r;
-            wsc[k] = dv ? r * r * stat[cx * V + k] : 0.f;
-        }
-#pragma unroll 4
-        for (int i = threadIdx.x; i < nvec; i += THREADS) {
-            const int q = i >> lg_vpb;
-            const i64 off = (i64)col_order[q0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
-            float v[V], d[V];
-            unpack16<T, V>(wt[i], v);
-            if (dv) {
-                unpack16<T, V>(dt[i], d);
-#pragma unroll
-                for (int k = 0; k < V; ++k) v[k] = sc[k] * (d[k] - v[k] * wsc[k]);
-            } else {
-#pragma unroll
-                for (int k = 0; k < V; ++k) v[k] = sc[k] * v[k];
-            }
-            st_cs16(out + off, pack16<T, V>(v));
-        }
-        __syncthreads();  // the buffer and stat are rewritten for the column after next
-        arrived = last;
-        j = jn;
-        jn = ja;
-        p ^= 1;
+    uint4* dtile = tile + ((i64)bpc << lg_vpb);
+    for (int i = threadIdx.x; i < nvec; i += THREADS) {
+        const int q = i >> lg_vpb;
+        const i64 off = (i64)col_order[p0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
+        cp_async16(&tile[i], w + off);
+        if (dv) cp_async16(&dtile[i], dv + off);
     }
-    if (!arrived) cluster_arrive_relaxed();
+    cp_async_wait_all();
+    __syncthreads();
+    float s[1][V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[0][k] = 0.f;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nvec; i += THREADS) {  // THREADS % vpr == 0: chunk cx throughout
+        float v[V], d[V];
+        unpack16<T, V>(tile[i], v);
+        if (dv) unpack16<T, V>(dtile[i], d);
+#pragma unroll
+        for (int k = 0; k < V; ++k) s[0][k] += v[k] * (dv ? d[k] : v[k]);
+    }
+    block_col_sums<1, V>(s, vpr, wred, part);
+    cluster_arrive();
     cluster_wait();
-    release_counter(ctr, rank, CS);
+    if (threadIdx.x < b) {
+        const int col = threadIdx.x;
+        float sum = 0.f;
+#pragma unroll
+        for (int q = 0; q < CS; ++q) sum += ld_dsmem(&part[0][col], q);
+        const i64 u = (i64)j * b + col;
+        if (!dv) {
+            const float r = rsqrtf(sum + eps);
+            stat[col] = r;
+            if (rank == 0) rnorm[u] = r;
+        } else {
+            const float r = rnorm[u];
+            stat[col] = sum;
+            if (rank == 0 && dgain) dgain[u] = from_float<T>(sum * r);
+        }
+    }
+    cluster_arrive_relaxed();
+    __syncthreads();
+    float sc[V], wsc[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        const i64 u = (i64)j * b + cx * V + k;
+        const float g = gain ? to_float<T>(gain[u]) : 1.f;
+        const float r = dv ? rnorm[u] : stat[cx * V + k];
+        sc[k] = g * r;
+        wsc[k] = dv ? r * r * stat[cx * V + k] : 0.f;
+    }
+#pragma unroll 4
+    for (int i = threadIdx.x; i < nvec; i += THREADS) {
+        const int q = i >> lg_vpb;
+        const i64 off = (i64)col_order[p0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
+        float v[V], d[V];
+        unpack16<T, V>(tile[i], v);
+        if (dv) {
+            unpack16<T, V>(dtile[i], d);
+#pragma unroll
+            for (int k = 0; k < V; ++k) v[k] = sc[k] * (d[k] - v[k] * wsc[k]);
+        } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) v[k] = sc[k] * v[k];
+        }
+        st_cs16(out + off, pack16<T, V>(v));
+    }
+    cluster_wait();
 }

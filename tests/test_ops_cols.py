@@ -42,39 +42,6 @@ def test_plan_defaults():
     assert wn_plan(150, 32, 4, 2, max_cluster=8).cluster == 8
 
 
-def test_plan_persistent_defaults():
-    """Persistent plans (off by default): H100 (132 SMs): two 64 KiB tile buffers per block (1 block per
-    SM), clusters of 16 → 8 clusters; block columns of the weight norm likewise; one-tile launches where the
-    tiles fit the resident clusters."""
-    sms, on = 132, {"persistent": True}
-    assert not _ops_cols.LAUNCH["cols1"]["persistent"]  # off by default (slower on the H100)
-    assert cols_plan(8192, 4096, 2, sms=sms) == cols_plan(8192, 4096, 2)
-    assert cols_plan(8192, 4096, 2, sms=sms, **on) == ColsPlan(16, 128, 8, 64, 512, 64, 131072, 1, 8, True)
-    assert cols_plan(8192, 4096, 4, sms=sms, **on) == ColsPlan(16, 128, 8, 32, 512, 128, 131072, 1, 8, True)
-    assert cols_plan(8192, 4096, 2, 2, sms=sms, **on) == ColsPlan(16, 64, 4, 32, 512, 128, 131072, 1, 8, True)
-    assert cols_plan(8192, 4096, 4, 2, sms=sms, **on) == ColsPlan(16, 64, 4, 16, 512, 256, 131072, 1, 8, True)
-    plan = cols_plan(8192, 4096, 2, sms=sms, **on)
-    assert plan.grid == 128 and _ops_cols.blocks_per_sm(plan.smem) == 1
-    # 3 blocks per SM of 2 x 32 KiB: 24 clusters of 16, 64-byte rows
-    plan = _ops_cols.persistent_plan(8192, 4096, 2, 1, sms, budgets=72 * 1024)
-    assert plan == ColsPlan(16, 64, 4, 32, 512, 128, 65536, 1, 24, True)
-    # few tiles: the one-tile launch (64 tiles of [1000, 4096] on 66 clusters of 2)
-    assert cols_plan(1000, 4096, 2, sms=sms, **on) == cols_plan(1000, 4096, 2)
-    assert _ops_cols.persistent_plan(1000, 4096, 2, 1, sms) is None
-    # a given grid is taken as is (over-subscription: tests)
-    assert _ops_cols.persistent_plan(1000, 4096, 2, 1, sms, clusters=100).clusters == 100
-    assert cols_plan(8192, 4096, 2, sms=sms, mode="fallback", **on) is None
-    # weight norm (bench layout: 256 block columns of <= ~150 blocks of 32 x 32)
-    assert wn_plan(150, 32, 2, sms=sms, ncols=256) == wn_plan(150, 32, 2)
-    assert wn_plan(150, 32, 2, sms=sms, ncols=256, **on) == WnPlan(4, 38, 4, 2 * 38 * 2048, 33)
-    assert wn_plan(150, 32, 2, 2, sms=sms, ncols=256, **on) == WnPlan(8, 19, 4, 2 * 19 * 4096, 16)
-    assert wn_plan(150, 32, 4, 2, sms=sms, ncols=256, **on) == WnPlan(16, 10, 8, 2 * 10 * 8192, 8)
-    assert wn_plan(150, 32, 2, sms=sms, ncols=20, **on) == wn_plan(150, 32, 2)  # 20 columns <= 33 clusters
-    assert wn_plan(150, 32, 2, sms=sms, ncols=256, **on).grid(256) == 33 * 4
-    assert wn_plan(150, 32, 2).grid(256) == 256 * 8
-    assert [_ops_cols.blocks_per_sm(k * 1024) for k in (32, 64, 72, 100, 128, 221)] == [3, 3, 2, 2, 1, 1]
-
-
 @pytest.fixture
 def classic(monkeypatch):
     """The first plan configuration (64- then 32-byte rows, clusters of at most 8, one 112 KiB tier)."""
@@ -160,14 +127,6 @@ def test_plan_covers_the_array(itemsize, tensors):
                 continue
             assert plan.smem <= MAX_SMEM
             assert plan.smem == plan.rows_per_cta * plan.row_bytes * tensors
-            persistent = cols_plan(R, C, itemsize, tensors, mode=mode, sms=132, persistent=True)
-            if persistent.persistent:
-                assert persistent.smem == 2 * persistent.rows_per_cta * persistent.row_bytes * tensors
-                assert persistent.smem <= MAX_SMEM and persistent.tiles > persistent.clusters
-                assert persistent.tiles * persistent.width >= C > (persistent.tiles - 1) * persistent.width
-                assert persistent.rows_per_cta == math.ceil(R / persistent.cluster)
-            else:
-                assert persistent == plan
             assert plan.tiles * plan.width >= C > (plan.tiles - 1) * plan.width
             assert plan.width * itemsize == plan.row_bytes == 16 * plan.vpr
             assert plan.cluster in _ops_cols.CLUSTERS and plan.width <= _ops_cols.MAX_COLS
@@ -520,7 +479,6 @@ def emulated(monkeypatch, emulator_lib, request):
     request.param blocks (None: the plan's choice). Yields (the fake cupy module, launched names)."""
     import ctypes
     import sys
-    import types
 
     from cuda_emulation import fake_cupy
 
@@ -528,8 +486,6 @@ def emulated(monkeypatch, emulator_lib, request):
 
     mod = fake_cupy._module()
     mod.empty_like = lambda a: fake_cupy._wrap(fake_cupy._poisoned(a.shape, a.dtype))
-    mod.uint32 = np.uint32
-    mod.cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=0)
     monkeypatch.setitem(sys.modules, "cupy", mod)
     assert _array.is_cupy(mod.zeros(1))
 
@@ -541,10 +497,6 @@ def emulated(monkeypatch, emulator_lib, request):
     monkeypatch.setattr(ops, "backend_of", backend_of)
     monkeypatch.setattr(_ops_cols, "_PLANS", {})
     monkeypatch.setattr(_ops_cols, "_cc_major", lambda dev: 9)
-    monkeypatch.setattr(_ops_cols, "_sm_count", lambda dev: 1)
-    monkeypatch.setattr(_ops_cols, "_COUNTERS", {})
-    # the one-tile launches unless a test asks for the persistent ones (persistent, persist_clusters)
-    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "persistent", False)
     monkeypatch.setattr(
         _ops_cols, "_aligned", lambda *arrs: all(a is None or a.ctypes.data % 16 == 0 for a in arrs)
     )
@@ -569,7 +521,7 @@ def emulated(monkeypatch, emulator_lib, request):
             if a is None or (isinstance(a, np.uint64) and a == 0):
                 conv.append(ctypes.c_void_p(None))
             elif isinstance(a, np.ndarray):
-                assert a.flags.c_contiguous, name
+                assert a.flags.c_contiguous
                 conv.append(ctypes.c_void_p(a.ctypes.data))
             elif isinstance(a, np.int32):
                 conv.append(ctypes.c_int(int(a)))
@@ -735,9 +687,8 @@ def test_emulated_cols_tiles_per_cluster(emulated, dtype, per_cluster, monkeypat
 @pytest.mark.parametrize("shape", [(37, 200), (4099, 72 * 8), (3, 4096 + 64)])
 def test_gpu_cols_tiles_per_cluster(mode, dtype, per_cluster, shape, monkeypatch, rng):
     """Clusters that walk several column tiles (the next tile's loads in flight; uneven counts), fwd and
-    bwd (the static launch: persistent off)."""
+    bwd."""
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "tiles_per_cluster", per_cluster)
-    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "persistent", False)
     x = _x(rng, shape, dtype)
     g, b = random_array(rng, (shape[1],), dtype), random_array(rng, (shape[1],), dtype)
     for gain, bias, fa in ((g, b, 1), (None, None, 1), (None, None, 0)):
@@ -769,204 +720,3 @@ def test_gpu_cols_tiles_per_cluster(mode, dtype, per_cluster, shape, monkeypatch
     for name, a_, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
         assert_close(a_, e, dtype, name, scale=terms if name == "dx" else None)
     _expect(mode, "cols_bwd", shape, dtype, 2)
-
-
-# ---------------------------------------------------------------------------------------------------
-# persistent launches (a grid of resident clusters, tiles drawn from a counter, next tile's loads in flight)
-
-
-def _persistent(monkeypatch, clusters):
-    cfg = _ops_cols.LAUNCH["cols1"]
-    monkeypatch.setitem(cfg, "persistent", True)
-    monkeypatch.setitem(cfg, "persist_clusters", clusters)
-    monkeypatch.setattr(_ops_cols, "_PLANS", {})
-
-
-def _all_counters_zero():
-    for ctr in _ops_cols._COUNTERS.values():
-        assert np.array_equal(to_numpy(ctr), [0, 0]), to_numpy(ctr)
-
-
-def _check_cols_ops(xp_of, shape, dtype, rng, repeats=2, emulated=False):
-    """Batch norm fwd (gain, bias, running statistics) and bwd (training), layer norm features first fwd and
-    bwd (row sums) against the float64 reference, ``repeats`` times (the counters must be back at 0 after
-    each launch), the same bits every time. xp_of: host array -> the backend's array."""
-    x = _x(rng, shape, dtype)
-    F = shape[1]
-    g, b, dy = random_array(rng, (F,), dtype), random_array(rng, (F,), dtype), random_array(rng, shape, dtype)
-    gl = random_array(rng, (shape[0],), dtype)
-    rm0 = rng.standard_normal(F).astype(np.float32)
-    rv0 = (rng.random(F) + 0.5).astype(np.float32)
-    first = None
-    for _ in range(repeats):
-        grm, grv = xp_of(rm0), xp_of(rv0)
-        y, m, r = ops.batch_norm_fprop(
-            xp_of(x), xp_of(g), xp_of(b), running_mean=grm, running_var=grv, momentum=0.25
-        )
-        hrm, hrv = rm0.astype(np.float64), rv0.astype(np.float64)
-        ry, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), f64(b), 1, True, hrm, hrv, 0.25)
-        _all_counters_zero()
-        assert_close(grm, hrm, "float32", "running_mean")
-        assert_close(m, rm, "float32", "mean")
-        assert_close(r, rr, "float32" if dtype == "float32" else "float16", "rstd")
-        assert_close(
-            y, ry, dtype, "y", scale=np.abs(f64(x)) * rr.reshape(1, -1) * np.abs(f64(g)) + np.abs(f64(b))
-        )
-        m32, r32 = xp_of(rm.astype(np.float32)), xp_of(rr.astype(np.float32))
-        grads = ops.batch_norm_bprop(xp_of(dy), xp_of(x), xp_of(g), m32, r32)
-        rgrads = ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 1, True)
-        _all_counters_zero()
-        terms = f64(g).reshape(1, -1) * f64(r32).reshape(1, -1) * f64(dy)
-        for name, a_, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
-            assert_close(a_, e, dtype, name, scale=terms if name == "dx" else None)
-        yl, ml, rl = ops.layer_norm_fprop(xp_of(x), xp_of(gl), None, feature_axis=0)
-        ryl, rml, rrl = ref.layer_norm_fprop(f64(x), f64(gl), None, 0)
-        _all_counters_zero()
-        assert_close(ml, rml, "float32", "mean (layer norm)")
-        assert_close(
-            yl,
-            ryl,
-            dtype,
-            "y (layer norm)",
-            scale=np.abs(f64(x)) * rrl.reshape(1, -1) * np.abs(f64(gl)).reshape(-1, 1),
-        )
-        ml32, rl32 = xp_of(rml.astype(np.float32)), xp_of(rrl.astype(np.float32))
-        if emulated:  # norm_finalize (ops.py, adds the tiles' row sums) is not emulated: NumPy adds them
-            ldx, _, _, ws = _ops_cols.cols_bwd(
-                xp_of(dy), xp_of(x), xp_of(gl), ml32, rl32, 0, 1, False, row_sums=True
-            )
-            sums = np.asarray(ws).astype(np.float64).sum(axis=0)
-            lgrads = (ldx, sums[1], sums[0])
-        else:
-            lgrads = ops.layer_norm_bprop(xp_of(dy), xp_of(x), xp_of(gl), ml32, rl32, feature_axis=0)
-        rlgrads = ref.layer_norm_bprop(f64(dy), f64(x), f64(gl), f64(ml32), f64(rl32), 0)
-        _all_counters_zero()
-        lterms = f64(gl).reshape(-1, 1) * f64(rl32).reshape(1, -1) * f64(dy)
-        for name, a_, e in zip(("dx", "dgain", "dbias"), lgrads, rlgrads):
-            kind = "float32" if emulated and name != "dx" else dtype  # emulated: the float32 row sums
-            assert_close(a_, e, kind, name + " (layer norm)", scale=lterms if name == "dx" else None)
-        outs = [to_numpy(a) for a in (y, m, r, *grads, yl, ml, rl, *lgrads)]
-        if first is None:
-            first = outs
-        else:
-            for a_, b_ in zip(first, outs):
-                assert np.array_equal(a_, b_, equal_nan=True)
-
-
-# (37, 200): 7 tiles float32 / 4 bfloat16 (128-byte rows); 5 clusters: more than tiles for bfloat16 (late
-# clusters find none left)
-@pytest.mark.parametrize("emulated", [None, 2], indirect=True)
-@pytest.mark.parametrize("dtype", EMU_DTYPES)
-@pytest.mark.parametrize("clusters", [1, 2, 5])
-def test_emulated_cols_persistent(emulated, dtype, clusters, monkeypatch, rng):
-    mod, launched = emulated
-    _persistent(monkeypatch, clusters)
-    shape = (37, 200)
-    itemsize = 4 if dtype == "float32" else 2
-    for tensors in (1, 2):
-        plan = cols_plan(*shape, itemsize, tensors, mode="single", sms=1)
-        assert plan.persistent and plan.clusters == clusters and plan.grid == clusters * plan.cluster
-    _check_cols_ops(lambda a: _fake(mod, a), shape, dtype, rng, emulated=True)
-    assert launched == ["cols_fwd", "cols_bwd", "cols_fwd", "cols_bwd"] * 2
-    assert list(_ops_cols._COUNTERS) == [(0, 0)]
-
-
-@pytest.mark.parametrize("emulated", [None, 2], indirect=True)
-@pytest.mark.parametrize("dtype", EMU_DTYPES)
-@pytest.mark.parametrize("clusters", [1, 2, 4])
-def test_emulated_wn_unit_persistent(emulated, dtype, clusters, monkeypatch, rng):
-    """Block columns drawn from the counter (3 columns, one of them empty), fwd and bwd, twice."""
-    mod, launched = emulated
-    _persistent(monkeypatch, clusters)
-    mask = rng.random((5, 3)) < 0.6
-    mask[:, 0] = True
-    mask[:, 1] = False
-    bsmm = BlockSparseMatMul(mask, block_size=16)
-    w, dv = random_array(rng, bsmm.w_shape, dtype), random_array(rng, bsmm.w_shape, dtype)
-    g = random_array(rng, (bsmm.M,), dtype)
-    rv, rrn = ref.weight_norm_fprop(bsmm.layout, f64(w), f64(g), "unit", 1e-6)
-    for _ in range(2):
-        v, rn = ops.weight_norm_fprop(bsmm, _fake(mod, w), _fake(mod, g), per="unit", eps=1e-6)
-        _all_counters_zero()
-        assert_close(np.asarray(rn), rrn, "float32" if dtype == "float32" else "float16", "rnorm")
-        assert_close(np.asarray(v), rv, dtype, "v")
-        dw, dg = ops.weight_norm_bprop(bsmm, _fake(mod, dv), _fake(mod, w), _fake(mod, g), rn, per="unit")
-        _all_counters_zero()
-        rdw, rdg = ref.weight_norm_bprop(bsmm.layout, f64(dv), f64(w), f64(g), f64(rn), "unit")
-        assert_close(np.asarray(dw), rdw, dtype, "dw")
-        assert_close(np.asarray(dg), rdg, dtype, "dgain")
-    assert launched == ["wn_unit"] * 4
-    plan = next(iter(_ops_cols._PLANS.values()))
-    assert plan.clusters == clusters
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["single", "single2", "single16"], indirect=True)
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("clusters", [0, 1, 3, 1000])  # 0: the device's resident count; 1000: over-subscribed
-@pytest.mark.parametrize("shape", [(37, 200), (4099, 72 * 8), (8193, 40), (3, 4096 + 64)])
-def test_gpu_cols_persistent(mode, dtype, clusters, shape, monkeypatch, rng):
-    """The persistent launches (forced on; the one-tile launches are the other tests), every op, twice:
-    same bits, counters back at 0."""
-    _persistent(monkeypatch, clusters)
-    monkeypatch.setattr(_ops_cols, "_COUNTERS", {})
-    _poison_pool()
-    _check_cols_ops(_gpu, shape, dtype, rng)
-    itemsize = 4 if dtype == "float32" else 2
-    sms = _ops_cols._sm_count(0)
-    expect = []
-    for tensors, name in ((1, "cols_fwd"), (2, "cols_bwd")) * 2:
-        plan = cols_plan(*shape, itemsize, tensors, mode="single", sms=sms)
-        if plan is not None:
-            expect.append(name)
-            if clusters and _ops_cols.persistent_plan(*shape, itemsize, tensors, sms) is not None:
-                assert plan.persistent and plan.clusters == clusters
-    assert mode[1] == expect * 2, mode[1]
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["single"], indirect=True)
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-def test_gpu_cols_persistent_benchmark_shape(mode, dtype, monkeypatch, rng):
-    """The benchmark's [8192, 4096] with the default persistent plan (device-resident clusters)."""
-    _persistent(monkeypatch, 0)
-    monkeypatch.setattr(_ops_cols, "_COUNTERS", {})
-    itemsize = 4 if dtype == "float32" else 2
-    plan = cols_plan(8192, 4096, itemsize, 2, mode="single", sms=_ops_cols._sm_count(0))
-    assert plan.persistent, plan
-    _check_cols_ops(_gpu, (8192, 4096), dtype, rng, repeats=1)  # (float64 references of 32 M elements)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["single", "single16"], indirect=True)
-@pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("block_size", [8, 32, 64])
-@pytest.mark.parametrize("clusters", [0, 2, 1000])
-def test_gpu_wn_unit_persistent(mode, dtype, block_size, clusters, monkeypatch, rng):
-    _persistent(monkeypatch, clusters)
-    monkeypatch.setattr(_ops_cols, "_COUNTERS", {})
-    mask = rng.random((40, 300)) < 0.5
-    mask[:, 2] = False  # an empty block column
-    bsmm = BlockSparseMatMul(mask, block_size=block_size)
-    w, dv = random_array(rng, bsmm.w_shape, dtype), random_array(rng, bsmm.w_shape, dtype)
-    g = random_array(rng, (bsmm.M,), dtype)
-    rv, rrn = ref.weight_norm_fprop(bsmm.layout, f64(w), f64(g), "unit", 1e-6)
-    first = None
-    for _ in range(2):
-        _poison_pool()
-        v, rn = ops.weight_norm_fprop(bsmm, _gpu(w), _gpu(g), per="unit", eps=1e-6)
-        assert_close(rn, rrn, "float32" if dtype == "float32" else "float16", "rnorm")
-        assert_close(v, rv, dtype, "v")
-        dw, dg = ops.weight_norm_bprop(bsmm, _gpu(dv), _gpu(w), _gpu(g), rn, per="unit")
-        rdw, rdg = ref.weight_norm_bprop(bsmm.layout, f64(dv), f64(w), f64(g), f64(rn), "unit")
-        assert_close(dw, rdw, dtype, "dw")
-        assert_close(dg, rdg, dtype, "dgain")
-        _all_counters_zero()
-        outs = [to_numpy(a) for a in (v, rn, dw, dg)]
-        if first is not None:
-            for a_, b_ in zip(first, outs):
-                assert np.array_equal(a_, b_)
-        first = outs
-    assert mode[1] == ["wn_unit"] * 4, mode[1]
-    if clusters:
-        assert all(p is None or p.clusters == clusters for k, p in _ops_cols._PLANS.items() if k[0] == "wn")

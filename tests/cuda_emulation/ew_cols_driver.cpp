@@ -18,49 +18,48 @@
 template <typename T>
 static void fwd(int cs, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias, float* mean,
                 float* rstd, float* rm, float* rv, int R, i64 C, int rows, int vpr, float eps, float mom, float vs,
-                int per_col, int tiles, unsigned* ctr) {
+                int per_col, int tiles) {
   emu_launch(grid, cs, THREADS, smem, [=] {
     CS_SWITCH((cols_fwd<T, CSV>((T*)y, (const T*)x, (const T*)gain, (const T*)bias, mean, rstd, rm, rv, R, C, rows,
-                                vpr, eps, mom, vs, per_col, tiles, ctr)));
-  }, ctr != nullptr);
+                                vpr, eps, mom, vs, per_col, tiles)));
+  });
 }
 template <typename T>
 static void bwd(int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy, const void* x,
                 const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows, int vpr, int per_col,
-                int train, int tiles, unsigned* ctr) {
+                int train, int tiles) {
   emu_launch(grid, cs, THREADS, smem, [=] {
     CS_SWITCH((cols_bwd<T, CSV>((T*)dx, (T*)s0, (T*)s1, ws, (const T*)dy, (const T*)x, (const T*)gain, mean, rstd, R, C,
-                                rows, vpr, per_col, train, tiles, ctr)));
-  }, ctr != nullptr);
+                                rows, vpr, per_col, train, tiles)));
+  });
 }
 template <typename T>
 static void wn(int cs, int grid, size_t smem, void* out, float* rnorm, void* dgain, const void* w, const void* dv,
-               const void* gain, const int* col_ptr, const int* col_order, int lg_b, int lg_vpr, int bpc, float eps,
-               int ncols, unsigned* ctr) {
+               const void* gain, const int* col_ptr, const int* col_order, int lg_b, int lg_vpr, int bpc, float eps) {
   emu_launch(grid, cs, THREADS, smem, [=] {
     CS_SWITCH((wn_unit<T, CSV>((T*)out, rnorm, (T*)dgain, (const T*)w, (const T*)dv, (const T*)gain, col_ptr,
-                               col_order, lg_b, lg_vpr, bpc, eps, ncols, ctr)));
-  }, ctr != nullptr);
+                               col_order, lg_b, lg_vpr, bpc, eps)));
+  });
 }
 
 extern "C" {
 void emu_cols_fwd(int bf16, int cs, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias,
                   float* mean, float* rstd, float* rm, float* rv, int R, i64 C, int rows, int vpr, float eps, float mom,
-                  float vs, int per_col, int tiles, unsigned* ctr) {
+                  float vs, int per_col, int tiles) {
   (bf16 ? fwd<__nv_bfloat16> : fwd<float>)(cs, grid, smem, y, x, gain, bias, mean, rstd, rm, rv, R, C, rows, vpr, eps,
-                                           mom, vs, per_col, tiles, ctr);
+                                           mom, vs, per_col, tiles);
 }
 void emu_cols_bwd(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy,
                   const void* x,
                   const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows, int vpr, int per_col,
-                  int train, int tiles, unsigned* ctr) {
+                  int train, int tiles) {
   (bf16 ? bwd<__nv_bfloat16> : bwd<float>)(cs, grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, vpr,
-                                           per_col, train, tiles, ctr);
+                                           per_col, train, tiles);
 }
 void emu_wn_unit(int bf16, int cs, int grid, size_t smem, void* out, float* rnorm, void* dgain, const void* w,
                  const void* dv, const void* gain, const int* col_ptr, const int* col_order, int lg_b, int lg_vpr,
-                 int bpc, float eps, int ncols, unsigned* ctr) {
+                 int bpc, float eps) {
   (bf16 ? wn<__nv_bfloat16> : wn<float>)(cs, grid, smem, out, rnorm, dgain, w, dv, gain, col_ptr, col_order, lg_b,
-                                         lg_vpr, bpc, eps, ncols, ctr);
+                                         lg_vpr, bpc, eps);
 }
 }

@@ -2,11 +2,9 @@
 // Every CUDA thread of a cluster is a std::thread (CS x 256); __syncthreads, warp shuffles and the split
 // cluster barrier are std::barriers; each block (rank) has its own shared memory, allocated per named
 // variable, so that a distributed-shared-memory read (ld_dsmem) finds the same variable and offset in the
-// rank it names. cp.async copies at once (checked for 16-byte alignment). Clusters run one after another,
-// or all at once (the persistent launches: clusters draw tiles from a shared counter with atomics).
+// rank it names. cp.async copies at once (checked for 16-byte alignment). Clusters run one after another.
 #pragma once
 #include <algorithm>
-#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -83,7 +81,7 @@ struct EmuCluster {
   size_t dyn = 0;
   std::mutex lock;
 };
-inline thread_local EmuCluster* emu_cluster = nullptr;
+inline EmuCluster* emu_cluster = nullptr;
 inline thread_local std::optional<std::barrier<>::arrival_token> emu_token;
 
 // this block's shared variable `name` (allocated on first use, NaN-filled so unwritten reads show)
@@ -137,11 +135,7 @@ inline void cluster_wait() {
   emu_token.reset();
 }
 inline unsigned cluster_rank() { return emu_rank; }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-template <typename U> inline U emu_ld_dsmem(const U* p, unsigned rank) {
-  static_assert(sizeof(U) == 4);
-  std::unique_lock<std::mutex> g(emu_cluster->lock);
+inline float ld_dsmem(const float* p, unsigned rank) {
   auto& mine = emu_cluster->ranks[emu_rank].smem;
   if (rank >= emu_cluster->ranks.size()) emu_fail("ld_dsmem: rank out of the cluster");
   for (auto& [name, v] : mine) {
@@ -151,47 +145,39 @@ template <typename U> inline U emu_ld_dsmem(const U* p, unsigned rank) {
       auto& other = emu_cluster->ranks[rank].smem[name];
       if (other.size() != v.size()) emu_fail("ld_dsmem: the other block has no such variable");
       const unsigned char* obase = other.data() + (16 - reinterpret_cast<uintptr_t>(other.data()) % 16) % 16;
-      U out;
+      float out;
       std::memcpy(&out, obase + (q - base), 4);
       return out;
     }
   }
   emu_fail("ld_dsmem: not a shared-memory address");
 }
-inline float ld_dsmem(const float* p, unsigned rank) { return emu_ld_dsmem(p, rank); }
-inline unsigned ld_dsmem_u32(const unsigned* p, unsigned rank) { return emu_ld_dsmem(p, rank); }
 
-// Run `grid` blocks in clusters of CS: body() is the kernel call, run by every thread. concurrent: every
-// cluster at once (else one after another).
-template <typename F> void emu_launch(int grid, int CS, int threads, size_t dyn, F body, bool concurrent = false) {
+// Run `grid` blocks in clusters of CS: body() is the kernel call, run by every thread.
+template <typename F> void emu_launch(int grid, int CS, int threads, size_t dyn, F body) {
   if (grid % CS) emu_fail("grid not a multiple of the cluster size");
   gridDim.x = grid;
-  const int n = grid / CS, batch = concurrent ? n : 1;
-  for (int c0 = 0; c0 < n; c0 += batch) {
-    std::vector<std::unique_ptr<EmuCluster>> cls;
-    for (int c = c0; c < c0 + batch; ++c) {
-      auto cl = std::make_unique<EmuCluster>();
-      cl->dyn = dyn;
-      cl->ranks.resize(CS);
-      for (auto& r : cl->ranks) {
-        r.block = std::make_unique<std::barrier<>>(threads);
-        for (int w = 0; w < threads / 32; ++w) r.warps.push_back(std::make_unique<std::barrier<>>(32));
-      }
-      cl->cluster = std::make_unique<std::barrier<>>(CS * threads);
-      cls.push_back(std::move(cl));
+  for (int c = 0; c < grid / CS; ++c) {
+    EmuCluster cl;
+    cl.dyn = dyn;
+    cl.ranks.resize(CS);
+    for (auto& r : cl.ranks) {
+      r.block = std::make_unique<std::barrier<>>(threads);
+      for (int w = 0; w < threads / 32; ++w) r.warps.push_back(std::make_unique<std::barrier<>>(32));
     }
+    cl.cluster = std::make_unique<std::barrier<>>(CS * threads);
+    emu_cluster = &cl;
     std::vector<std::thread> ts;
-    for (int c = c0; c < c0 + batch; ++c)
-      for (int q = 0; q < CS; ++q)
-        for (int t = 0; t < threads; ++t)
-          ts.emplace_back([&, c, q, t] {
-            emu_cluster = cls[c - c0].get();
-            threadIdx.x = t;
-            blockIdx.x = c * CS + q;
-            emu_rank = q;
-            body();
-            if (emu_token) emu_fail("exit after a cluster arrival without its wait");
-          });
+    for (int q = 0; q < CS; ++q)
+      for (int t = 0; t < threads; ++t)
+        ts.emplace_back([&, q, t] {
+          threadIdx.x = t;
+          blockIdx.x = c * CS + q;
+          emu_rank = q;
+          body();
+          if (emu_token) emu_fail("exit after a cluster arrival without its wait");
+        });
     for (auto& t : ts) t.join();
+    emu_cluster = nullptr;
   }
 }
