@@ -68,8 +68,8 @@ updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
 XW_GMMA_PERS_TILES = {
     64: {"pers": (2, 1, 4, 2, "greedy"), "pers_list": (2, 1, 4, 2, "list"), "pers_rr": (2, 1, 4, 2, "rr"),
          "pers_one": (2, 1, 4, 2, "one")},
-    32: {"pers": (2, 1, 4, 4, "greedy"), "pers_list": (2, 1, 4, 4, "list"), "pers_rr": (2, 1, 4, 4, "rr"),
-         "pers_one": (2, 1, 4, 4, "one"), "pers_s6": (2, 1, 6, 3, "greedy")},
+    32: {"pers": (2, 1, 4, 3, "greedy"), "pers_list": (2, 1, 4, 3, "list"), "pers_rr": (2, 1, 4, 3, "rr"),
+         "pers_one": (2, 1, 4, 3, "one"), "pers_s6": (2, 1, 6, 3, "greedy")},  # MINB 4: spills since v4
 }
 # "one": not persistent, one CTA per tile in xw_gmma's grid order (the kernel's code on xw_gmma's schedule)
 # (H100 bsmm-20261126-0307, v2: every tile slower than xw_gmma; "contig" ranges and 2 CTAs/SM for b = 32
