@@ -1,17 +1,13 @@
 """A small representative run of every bsmm kernel family for compute-sanitizer (memcheck, racecheck).
 
 Run: PYTHONPATH=. compute-sanitizer --tool memcheck python bench/sanitize_bsmm.py
-(`--pers`: xw_gmma_pers alone).
 Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element paths), xw_wide_tc
 (b = 8), xw_simt (both tiles), xw_ffma and updat_ffma (float32, b = 32/64, N = 152 and 700), xw_small
 (N = 37, b = 32, feature axis 1, every dtype; its ring variants, bulk copies on sm_90, at N = 29 and 1),
 xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and several), updat_simt and updat_reduce,
 on ragged shapes; on an sm_90 device also the wgmma kernels (xw_gmma fprop/bprop and updat_gmma /
-updat_gmma32 for b = 64 / 32, feature axis 1, N = 152 and 700; xw_gmma_pers, every tile, forced, on 3
-CTAs); checks every result.
+updat_gmma32 for b = 64 / 32, feature axis 1, N = 152 and 700); checks every result.
 """
-
-import sys
 
 import cupy as cp
 import numpy as np
@@ -21,52 +17,13 @@ from cusparseblocks._array import bfloat16
 from cusparseblocks.reference import matmul as ref
 
 
-def persistent(rng):
-    """xw_gmma_pers on an sm_90 device (else nothing): every tile forced, 3 CTAs walking several output tiles
-    each (an empty column's tile inside a CTA's stream), N = 152 and 700, fprop and bprop; the worst error."""
-    from cusparseblocks import _matmul_gpu, compiler
-
-    worst = 0.0
-    if compiler.device_arch(cp.cuda.runtime.getDevice()) == _matmul_gpu.GMMA_ARCH:
-        _matmul_gpu.pers_ctas = 3
-        try:
-            for b, variants in _matmul_gpu.XW_GMMA_PERS_TILES.items():
-                for variant in variants:
-                    _matmul_gpu.force_variant = variant
-                    for n in (152, 700):
-                        mask = rng.random((5, 6)) < 0.5
-                        mask[0, 0], mask[:, 2] = True, False
-                        op = BlockSparseMatMul(mask, b)
-                        x = rng.standard_normal((n, op.K)).astype(np.float16)
-                        dy = rng.standard_normal((n, op.M)).astype(np.float16)
-                        w = (rng.standard_normal(op.w_shape) * 0.2).astype(np.float16)
-                        y = op.fprop(cp.asarray(x), cp.asarray(w)).get().astype(np.float64)
-                        y_ref = ref.bsmm_fprop(op.layout, x.astype(np.float64), w.astype(np.float64))
-                        dx = op.bprop(cp.asarray(dy), cp.asarray(w)).get().astype(np.float64)
-                        dx_ref = ref.bsmm_bprop(op.layout, dy.astype(np.float64), w.astype(np.float64))
-                        plans = [v for k, v in op._gpu_tables.items()
-                                 if isinstance(k, tuple) and k[0] == "xw" and v[4][0] == "pers"]
-                        assert len(plans) == 2, "xw_gmma_pers did not run"
-                        for a, r in ((y, y_ref), (dx, dx_ref)):
-                            worst = max(worst, float(np.linalg.norm(a - r) / np.linalg.norm(r)))
-        finally:
-            _matmul_gpu.pers_ctas = None
-            _matmul_gpu.force_variant = None
-    return worst
-
-
-def main(pers_only=False):
+def main():
     from cusparseblocks import _matmul_gpu
 
     # xw_small for every dtype at N = 37 (fp16/bf16 take it by default only with >= 80 blocks per SM)
     _matmul_gpu.SMALL_TC_MIN_BLOCKS_PER_SM = 0
     rng = np.random.default_rng(1)
     worst = 0.0
-    if pers_only:  # `--pers`: the persistent kernel alone
-        worst = persistent(rng)
-        print(f"sanitize_bsmm --pers: worst relative error {worst:.2e}")
-        assert worst < 2e-2
-        return
     for dtype, tf32 in ((np.float16, False), (bfloat16, False), (np.float32, False), (np.float32, True)):
         for b in (8, 32, 64):
             for axis in (1, 0):
@@ -107,11 +64,10 @@ def main(pers_only=False):
                 for a, r in ((y, y_ref), (dx, dx_ref)):
                     worst = max(worst, float(np.linalg.norm(a - r) / np.linalg.norm(r)))
     _matmul_gpu.small_variant = None
-    worst = max(worst, persistent(rng))
     cp.cuda.runtime.deviceSynchronize()
     print(f"sanitize_bsmm: worst relative error {worst:.2e}")
     assert worst < 2e-2
 
 
 if __name__ == "__main__":
-    main(pers_only="--pers" in sys.argv[1:])
+    main()

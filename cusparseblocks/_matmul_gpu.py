@@ -60,24 +60,6 @@ UPDAT_GMMA_TILES = {
     32: {"p2": (2, 64, 4), "p2_deep": (2, 64, 6), "p2_nc128": (2, 128, 3)},
 }
 updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
-# xw_gmma_pers (persistent xw_gmma: a grid of SMs × MINB CTAs, each walking a list of output tiles as one
-# pipeline, see pers_tables): block_size -> {variant: (WG, MI, STAGES, MINB CTAs per SM, ORDER)}; ORDER
-# "greedy" / "list" / "rr" / "contig" (pers_tables: which CTA walks which tiles, in which order). Forced by
-# name (force_variant) or the default where the layout averages at most XW_GMMA_PERS_MAX_BLOCKS_PER_COLUMN
-# nonzero blocks per output block column (0: never, until measured on the H100)
-XW_GMMA_PERS_TILES = {
-    64: {"pers": (2, 1, 4, 2, "greedy"), "pers_list": (2, 1, 4, 2, "list"), "pers_rr": (2, 1, 4, 2, "rr"),
-         "pers_one": (2, 1, 4, 2, "one")},
-    32: {"pers": (2, 1, 4, 3, "greedy"), "pers_list": (2, 1, 4, 3, "list"), "pers_rr": (2, 1, 4, 3, "rr"),
-         "pers_one": (2, 1, 4, 3, "one"), "pers_s6": (2, 1, 6, 3, "greedy")},  # MINB 4: spills since v4
-}
-# "one": not persistent, one CTA per tile in xw_gmma's grid order (the kernel's code on xw_gmma's schedule)
-# (H100 bsmm-20261126-0307, v2: every tile slower than xw_gmma; "contig" ranges and 2 CTAs/SM for b = 32
-# ("pers_c2") the slowest, removed; b = 64 MINB 3 spills at 80 registers)
-XW_GMMA_PERS_MAX_BLOCKS_PER_COLUMN = {64: 0, 32: 0}
-# work units of a tile's epilogue (store of BM × b outputs) in pers_tables' balance, in blocks
-PERS_EPILOGUE_WEIGHT = 1
-pers_ctas = None  # tests: the persistent grid's CTA count (None: SMs × MINB)
 GMMA_ARCH = "sm_90"
 gmma_enabled = True  # False: the mma.sync kernels everywhere (benchmarks compare both)
 # xw_simt: block_size -> (BM, TM, TN); threads = (BM/TM)·(BS/TN)
@@ -199,79 +181,6 @@ def xw_gmma_spec(dtype, out_dtype, bs, variant, trans):
 def xw_gmma_smem(bs, variant):
     wg, mi, st = XW_GMMA_TILES[bs][variant]
     return st * (wg * mi * 64 + bs) * bs * 2 + 1024  # + 1 KiB: the kernel aligns its base to 1 KiB
-
-
-def xw_gmma_pers_spec(dtype, out_dtype, bs, variant, trans):
-    wg, mi, st, minb, _ = XW_GMMA_PERS_TILES[bs][variant]
-    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec("bsmm_gmma.cu", f"xw_gmma_pers<{t}, {to}, {bs}, {wg}, {mi}, {st}, {minb}, {trans}>")
-
-
-def xw_gmma_pers_smem(bs, variant):
-    wg, mi, st, _, _ = XW_GMMA_PERS_TILES[bs][variant]
-    return st * (wg * mi * 64 + bs) * bs * 2 + 1024
-
-
-def pers_tables(ptr, n_row_tiles, n_ctas, order="greedy", epilogue=PERS_EPILOGUE_WEIGHT):
-    """xw_gmma_pers's work split: the output tiles (row tile, block column c), c's entries at
-    ptr[c]:ptr[c+1] (CSC column pointers for fprop, CSR row pointers for bprop), a tile weighing its stages
-    (max(blocks, 1): an empty column still stores zeros) plus ``epilogue``. ``order`` "greedy": in (row tile,
-    column) order, but longest first within groups of consecutive row tiles holding at least 2 tiles per CTA
-    (the last group's small tiles even out the CTAs' ends), each tile goes to the CTA with the least work so
-    far (ties: the lower CTA), as the hardware scheduler would deal them, so the CTAs walk neighbouring row
-    tiles together (x stays in L2); "list": the same dealing in plain (row tile, column) order; "rr":
-    tile t to CTA t mod n_ctas (the hardware's waves, balanced only on average); "contig":
-    the list is cut into ``n_ctas`` contiguous ranges of about equal work (cuts at the nearest tile boundary).
-    Except for "rr", a CTA's work is within one tile of the average (greedy: in practice a small one).
-
-    Returns tiles int32 [T, 4] (column, row tile, first entry, entry count), grouped by CTA, each CTA's in
-    the order dealt; tile_ptr int32 [n_ctas + 1] (CTA g's tiles); stage_ptr int32 [n_ctas + 1] (prefix sums of
-    the CTAs' stages)."""
-    ptr = np.asarray(ptr, dtype=np.int64)
-    n_out = ptr.size - 1
-    lens = np.diff(ptr)
-    col = np.tile(np.arange(n_out, dtype=np.int64), n_row_tiles)
-    row_tile = np.repeat(np.arange(n_row_tiles, dtype=np.int64), n_out)
-    count = lens[col]
-    stages = np.maximum(count, 1)
-    weight = stages + epilogue
-    if order == "contig":
-        cum = np.concatenate([[0], np.cumsum(weight)])
-        target = np.arange(n_ctas + 1, dtype=np.float64) * cum[-1] / n_ctas
-        i = np.clip(np.searchsorted(cum, target), 1, cum.size - 1)
-        tile_ptr = np.where(target - cum[i - 1] <= cum[i] - target, i - 1, i)
-        tile_ptr[0], tile_ptr[-1] = 0, col.size
-        perm = np.arange(col.size)
-    elif order == "rr":  # tile t to CTA t mod n_ctas: the hardware's waves, unbalanced
-        owner = np.arange(col.size, dtype=np.int64) % n_ctas
-        perm = np.argsort(owner, kind="stable")
-        tile_ptr = np.zeros(n_ctas + 1, dtype=np.int64)
-        tile_ptr[1:] = np.cumsum(np.bincount(owner, minlength=n_ctas))
-    elif order in ("greedy", "list"):
-        import heapq
-
-        if order == "greedy":
-            # longest tiles first within groups of row tiles of at least 2 tiles per CTA (the last group's
-            # small tiles even out the CTAs' ends; a group's x rows stay in L2)
-            group = row_tile // max(1, -(-2 * n_ctas // max(n_out, 1)))
-            seq = np.lexsort((row_tile, col, -count, group))
-        else:  # plain (row tile, column) order: list scheduling of the hardware's order
-            seq = np.arange(col.size)
-        heap = [(0, g) for g in range(n_ctas)]
-        owner = np.empty(col.size, dtype=np.int64)
-        for t, wt in enumerate(weight[seq].tolist()):
-            load, g = heap[0]
-            owner[t] = g
-            heapq.heapreplace(heap, (load + wt, g))
-        perm = seq[np.argsort(owner, kind="stable")]
-        tile_ptr = np.zeros(n_ctas + 1, dtype=np.int64)
-        tile_ptr[1:] = np.cumsum(np.bincount(owner, minlength=n_ctas))
-    else:
-        raise ValueError(f"order: expected 'greedy', 'list', 'rr' or 'contig', got {order!r}")
-    col, row_tile, count, stages = col[perm], row_tile[perm], count[perm], stages[perm]
-    stage_cum = np.concatenate([[0], np.cumsum(stages)])
-    tiles = np.stack([col, row_tile, ptr[col], count], axis=1).astype(np.int32)
-    return np.ascontiguousarray(tiles), tile_ptr.astype(np.int32), stage_cum[tile_ptr].astype(np.int32)
 
 
 def updat_gmma_spec(dtype, out_dtype, bs, variant):
@@ -565,9 +474,6 @@ def gmma_specializations():
         for to, bs, trans in itertools.product(_out_types(dtype), XW_GMMA_TILES, (0, 1)):
             for variant in XW_GMMA_TILES[bs]:
                 yield xw_gmma_spec(dtype, to, bs, variant, trans)
-            # variants differing only in tile order share a kernel
-            yield from dict.fromkeys(xw_gmma_pers_spec(dtype, to, bs, v, trans)
-                                     for v in XW_GMMA_PERS_TILES[bs])
         for to, bs in itertools.product(_out_types(dtype), UPDAT_GMMA_TILES):
             for variant in UPDAT_GMMA_TILES[bs]:
                 yield updat_gmma_spec(dtype, to, bs, variant)
@@ -685,11 +591,6 @@ def _tables(op_obj, key, dev):
         elif key[0] == "small":  # ("small", op, ctas, eps, bm, snap, c)
             work = small_work(lay, key[1], key[2], key[3], key[5], key[6])
             cache[(dev, key)] = tuple(a if isinstance(a, np.int32) else cupy.asarray(a) for a in work)
-        elif key[0] == "pers":  # ("pers", op, row tiles, CTAs, order)
-            ptr = lay.col_ptr if key[1] == "fprop" else lay.row_ptr
-            entries = _tables(op_obj, key[1], dev)[1]
-            tables = pers_tables(ptr, key[2], key[3], key[4])
-            cache[(dev, key)] = (entries, *(cupy.asarray(a) for a in tables))
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key == "updat":
@@ -771,7 +672,7 @@ def _use_gmma(op_obj, dtype, n, aligned, dev):
     if not (aligned and dtype != "float32" and op_obj.feature_axis == 1 and b in XW_GMMA_TILES):
         return False
     if force_variant is not None:  # a benchmark's choice (a tile of another kernel: False)
-        if force_variant not in XW_GMMA_TILES[b] and force_variant not in XW_GMMA_PERS_TILES[b]:
+        if force_variant not in XW_GMMA_TILES[b]:
             return False
     elif not (gmma_enabled and n > SMALL_N):
         return False
@@ -813,43 +714,6 @@ def _use_small(op_obj, dtype, n, aligned, dev):
             <= _smem_limits(dev)[1])
 
 
-def _pers_variant(op_obj, op, n):
-    """The xw_gmma_pers tile serving a wgmma call, or None (the per-tile xw_gmma): the forced one, else the
-    first where the layout averages few enough blocks per output block column; None where the CTAs'
-    stage counts would overflow int32."""
-    b = op_obj.block_size
-    lay = op_obj.layout
-    n_out = lay.out_blocks if op == "fprop" else lay.in_blocks
-    wg, mi = next(iter(XW_GMMA_PERS_TILES[b].values()))[:2]
-    if -(-n // (wg * mi * 64)) * (lay.nnz + n_out) >= 2**31:
-        return None
-    if force_variant is not None:
-        return force_variant if force_variant in XW_GMMA_PERS_TILES[b] else None
-    limit = XW_GMMA_PERS_MAX_BLOCKS_PER_COLUMN[b]
-    if limit and lay.nnz <= limit * n_out:
-        return next(iter(XW_GMMA_PERS_TILES[b]))
-    return None
-
-
-def _pers_plan(op_obj, op, dtype, odt, n, variant, dev):
-    """xw_gmma_pers's plan: SMs × MINB CTAs (at most one per output tile, or pers_ctas); the table key
-    ("pers", op, row tiles, CTAs, order) names the work split (pers_tables)."""
-    b = op_obj.block_size
-    wg, mi, _, minb, order = XW_GMMA_PERS_TILES[b][variant]
-    bm = wg * mi * 64
-    row_tiles = -(-n // bm)
-    n_out = op_obj.layout.out_blocks if op == "fprop" else op_obj.layout.in_blocks
-    ctas = pers_ctas or _sm_count(dev) * minb
-    if order == "one" and pers_ctas is None:  # one CTA per tile, tile t to CTA t
-        ctas, order = row_tiles * n_out, "rr"
-    order = "rr" if order == "one" else order
-    ctas = int(max(1, min(ctas, row_tiles * n_out)))
-    trans = 0 if op == "fprop" else 1
-    spec, smem = xw_gmma_pers_spec(dtype, odt, b, variant, trans), xw_gmma_pers_smem(b, variant)
-    key = ("pers", op, row_tiles, ctas, order)
-    return compiler.get_function(spec, smem), (ctas,), (wg * 128,), smem, key
-
-
 def _small_plan(op_obj, op, dtype, odt, n, dev):
     """xw_small's plan: grid = resident CTAs (SMs × CTAs per SM by shared memory; whole waves more when the
     CTAs' tables would not fit); the table key ("small", op, CTAs, EPS, BM, snap, C) names the work split."""
@@ -883,7 +747,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
     if dtype == "float32" and op_obj.allow_tf32:  # TF32 tensor cores (plans cached by _matmul_tf32)
         return (*_matmul_tf32.xw_plan(op_obj, op, n, aligned_x, aligned_w, dev), op)
     key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, aligned_y, dev, force_variant, gmma_enabled,
-           small_enabled, small_variant, ffma_enabled, pers_ctas)
+           small_enabled, small_variant, ffma_enabled)
     plan = op_obj._gpu_tables.get(key)
     if plan is None:
         b, axis = op_obj.block_size, op_obj.feature_axis
@@ -894,11 +758,6 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             op_obj._gpu_tables[key] = plan
             return plan
         if _use_gmma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev):
-            pers = _pers_variant(op_obj, op, n)
-            if pers is not None:
-                plan = _pers_plan(op_obj, op, dtype, odt, n, pers, dev)
-                op_obj._gpu_tables[key] = plan
-                return plan
             variant = force_variant or next(iter(XW_GMMA_TILES[b]))
             wg, mi, _ = XW_GMMA_TILES[b][variant]
             spec, smem = xw_gmma_spec(dtype, odt, b, variant, trans), xw_gmma_smem(b, variant)

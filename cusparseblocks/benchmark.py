@@ -104,7 +104,7 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, pee
         if compare_tiles and op != "updat" and n >= 2048 and dtype in ("float16", "float32"):
             from . import _matmul_gpu
 
-            gmma_tiles = (*_matmul_gpu.XW_GMMA_TILES.get(b, ()), *_matmul_gpu.XW_GMMA_PERS_TILES.get(b, ()))
+            gmma_tiles = tuple(_matmul_gpu.XW_GMMA_TILES.get(b, ()))
             tc_tiles = ("medium", "large", "medium_lean", *_matmul_gpu.XW_WIDE_TILES.get(b, ()))
             ffma_tiles = (*_matmul_gpu.XW_FFMA_TILES.get(b, ()), "simt")
             for variant in ((*tc_tiles, *gmma_tiles) if dtype == "float16" else ffma_tiles):

@@ -339,94 +339,10 @@ def test_wgmma_tiles(rng, variant, dtype, block_size, n):
     assert_close(y_acc32, y032 + y_ref, dtype, f"fprop accumulate fp32 [{variant}]")
 
 
-@pytest.mark.parametrize("block_size,variant",
-                         [(b, v) for b, vs in _matmul_gpu_tiles.XW_GMMA_PERS_TILES.items() for v in vs])
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("n", [65, 517])
-@pytest.mark.parametrize("ctas", [None, 1, 7])
-def test_wgmma_persistent(rng, monkeypatch, variant, dtype, block_size, n, ctas):
-    """xw_gmma_pers (forced tile; ctas None = SMs × MINB, else that many CTAs walking several tiles each, one
-    CTA walking all): ragged N, empty block rows and columns (an empty tile inside a CTA's stream), a layout
-    of one block, fprop and bprop into poisoned out=, float32 output, accumulate in the input dtype and in
-    float32; feature axis 0 (forced: falls back to mma.sync) stays correct; asserts that the kernel ran."""
-    import cupy as cp
-
-    from cusparseblocks import _matmul_gpu, compiler
-
-    _needs_wgmma()
-    monkeypatch.setattr(_matmul_gpu, "force_variant", variant)
-    monkeypatch.setattr(_matmul_gpu, "pers_ctas", ctas)
-    smem = _matmul_gpu.xw_gmma_pers_smem(block_size, variant)
-    fns = [compiler.get_function(_matmul_gpu.xw_gmma_pers_spec(dtype, odt, block_size, variant, trans), smem)
-           for trans, odt in ((0, dtype), (1, dtype), (0, "float32"))]
-    one = np.ones((1, 1), bool)
-    for mask in (_layout(rng, 19, 13, 0.6), one):
-        op = BlockSparseMatMul(mask, block_size)
-        x = random_array(rng, (n, op.K), dtype)
-        dy = random_array(rng, (n, op.M), dtype)
-        w = random_array(rng, op.w_shape, dtype, scale=0.2)
-        xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
-        y_acc = cp.asarray(random_array(rng, (n, op.M), dtype))
-        y_acc32 = cp.asarray(random_array(rng, (n, op.M), "float32"))
-        y0, y032 = y_acc.get().astype(np.float64), y_acc32.get()
-        y = poison(cp, (n, op.M), dtype)
-        op.fprop(xg, wg, out=y)
-        dx = poison(cp, (n, op.K), dtype)
-        op.bprop(dyg, wg, out=dx)
-        y32 = op.fprop(xg, wg, out_dtype="float32")
-        op.fprop(xg, wg, out=y_acc, accumulate=True)
-        op.fprop(xg, wg, out=y_acc32, accumulate=True)
-        plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
-        assert len(plans) == 3 and all(any(p[0] is f for f in fns) for p in plans), "xw_gmma_pers did not run"
-        if ctas is not None:
-            assert all(p[1] == (min(ctas, p[4][2] * (op.M if p[4][1] == "fprop" else op.K) // block_size),)
-                       for p in plans)
-        y_ref = _ref64(op, "fprop", x, w=w)
-        tag = f"[{variant}, ctas={ctas}, {mask.shape}]"
-        assert_close(y, y_ref, dtype, f"fprop {tag}")
-        assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop {tag}")
-        assert_close(y32, y_ref, dtype, f"fprop fp32 out {tag}")
-        assert_close(y_acc, y0 + y_ref, dtype, f"fprop accumulate {tag}")
-        assert_close(y_acc32, y032 + y_ref, dtype, f"fprop accumulate fp32 {tag}")
-    op0 = BlockSparseMatMul(_layout(rng, 7, 5, 0.6), block_size, feature_axis=0)
-    x0 = random_array(rng, (op0.K, n), dtype)
-    w0 = random_array(rng, op0.w_shape, dtype, scale=0.2)
-    y0 = poison(cp, (op0.M, n), dtype)
-    op0.fprop(cp.asarray(x0), cp.asarray(w0), out=y0)
-    assert_close(y0, _ref64(op0, "fprop", x0, w=w0), dtype, f"fprop feature axis 0 [{variant}]")
-
-
-def test_wgmma_persistent_default_by_density(rng, monkeypatch):
-    """The persistent tile is the default exactly where the layout averages at most
-    XW_GMMA_PERS_MAX_BLOCKS_PER_COLUMN blocks per output column (threshold forced both ways here)."""
-    import cupy as cp
-
-    from cusparseblocks import _matmul_gpu
-
-    _needs_wgmma()
-    b = 32
-    op = BlockSparseMatMul(_layout(rng, 12, 10, 0.3), b)
-    n = 300
-    x = random_array(rng, (n, op.K), "float16")
-    w = random_array(rng, op.w_shape, "float16", scale=0.2)
-    y_ref = _ref64(op, "fprop", x, w=w)
-    pers = _matmul_gpu.xw_gmma_pers_spec("float16", "float16", b, next(iter(_matmul_gpu.XW_GMMA_PERS_TILES[b])), 0)
-    smem = _matmul_gpu.xw_gmma_pers_smem(b, next(iter(_matmul_gpu.XW_GMMA_PERS_TILES[b])))
-    per_col = op.layout.nnz / op.layout.out_blocks
-    for limit, expect in ((int(np.ceil(per_col)), True), (int(np.floor(per_col)) - 1, False)):
-        monkeypatch.setitem(_matmul_gpu.XW_GMMA_PERS_MAX_BLOCKS_PER_COLUMN, b, limit)
-        op._gpu_tables.clear()
-        y = poison(cp, (n, op.M), "float16")
-        op.fprop(cp.asarray(x), cp.asarray(w), out=y)
-        assert_close(y, y_ref, "float16", f"fprop (persistent {expect})")
-        assert _ran(op, pers, smem) == expect
-
-
 @pytest.mark.parametrize("block_size", list(XW_GMMA_TILES))
 def test_wgmma_default_and_fallbacks(rng, block_size):
-    """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run xw_gmma by default (xw_gmma_pers
-    where the layout has few enough blocks per column); a misaligned out= or feature axis 0 take the
-    mma.sync kernels; all stay correct."""
+    """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run xw_gmma by default; a
+    misaligned out= or feature axis 0 take the mma.sync kernels; all stay correct."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
@@ -438,14 +354,9 @@ def test_wgmma_default_and_fallbacks(rng, block_size):
     w = random_array(rng, op.w_shape, "bfloat16", scale=0.2)
     xg, wg = cp.asarray(x), cp.asarray(w)
     y_ref = _ref64(op, "fprop", x, w=w)
-    pers = _matmul_gpu._pers_variant(op, "fprop", n)  # the persistent tile where the layout is sparse enough
-    if pers is None:
-        default = next(iter(XW_GMMA_TILES[block_size]))
-        gmma = _matmul_gpu.xw_gmma_spec("bfloat16", "bfloat16", block_size, default, 0)
-        smem = _matmul_gpu.xw_gmma_smem(block_size, default)
-    else:
-        gmma = _matmul_gpu.xw_gmma_pers_spec("bfloat16", "bfloat16", block_size, pers, 0)
-        smem = _matmul_gpu.xw_gmma_pers_smem(block_size, pers)
+    default = next(iter(XW_GMMA_TILES[block_size]))
+    gmma = _matmul_gpu.xw_gmma_spec("bfloat16", "bfloat16", block_size, default, 0)
+    smem = _matmul_gpu.xw_gmma_smem(block_size, default)
     assert_close(op.fprop(xg, wg), y_ref, "bfloat16", "fprop default")
     assert _ran(op, gmma, smem), "the wgmma kernel is not the default"
     op._gpu_tables.clear()
