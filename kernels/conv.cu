@@ -231,6 +231,25 @@ template <> __device__ __forceinline__ void store2<__nv_bfloat16>(__nv_bfloat16*
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
+// the epilogue's store of output columns kv, kv + 1 of one row: + edge bias (eb >= 0), through the output
+// permutation (a merged channel shuffle: two scattered stores) or as one 4-byte pair
+template <typename T>
+__device__ __forceinline__ void store_out2(T* yrow, int kv, float v0, float v1, const int* __restrict__ out_perm,
+                                           const T* __restrict__ edge_bias, int eb, int K) {
+  const int k0 = out_perm != nullptr ? out_perm[kv] : kv;
+  const int k1 = out_perm != nullptr ? out_perm[kv + 1] : kv + 1;
+  if (eb >= 0) {
+    v0 += to_float(edge_bias[(i64)eb * K + k0]);
+    v1 += to_float(edge_bias[(i64)eb * K + k1]);
+  }
+  if (out_perm == nullptr) {
+    store2<T>(yrow + k0, v0, v1);
+  } else {
+    yrow[k0] = from_float<T>(v0);
+    yrow[k1] = from_float<T>(v1);
+  }
+}
+
 #define TC_BM 128
 #define TC_THREADS 128
 #define TC_STAGES 3
@@ -370,22 +389,9 @@ conv_fprop_tc(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ 
       if (emap != nullptr) eb = emap[m % OS];
       T* yrow = y + m * K;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int kv = j * B + nt * 8 + 2 * (lane & 3);
-        float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
-        const int k0 = out_perm != nullptr ? out_perm[kv] : kv;
-        const int k1 = out_perm != nullptr ? out_perm[kv + 1] : kv + 1;
-        if (eb >= 0) {
-          v0 += to_float(edge_bias[(i64)eb * K + k0]);
-          v1 += to_float(edge_bias[(i64)eb * K + k1]);
-        }
-        if (out_perm == nullptr) {
-          store2<T>(yrow + k0, v0, v1);
-        } else {
-          yrow[k0] = from_float<T>(v0);
-          yrow[k1] = from_float<T>(v1);
-        }
-      }
+      for (int nt = 0; nt < NT; ++nt)
+        store_out2<T>(yrow, j * B + nt * 8 + 2 * (lane & 3), acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1],
+                      out_perm, edge_bias, eb, K);
     }
 }
 
@@ -706,22 +712,9 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
           const int eb = emap != nullptr ? emap[p] : -1;
           T* yrow = y + m * K;
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            const int kv = cur.j * B + nt * 8 + 2 * (lane & 3);
-            float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
-            const int k0 = out_perm != nullptr ? out_perm[kv] : kv;
-            const int k1 = out_perm != nullptr ? out_perm[kv + 1] : kv + 1;
-            if (eb >= 0) {
-              v0 += to_float(edge_bias[(i64)eb * K + k0]);
-              v1 += to_float(edge_bias[(i64)eb * K + k1]);
-            }
-            if (out_perm == nullptr) {
-              store2<T>(yrow + k0, v0, v1);
-            } else {
-              yrow[k0] = from_float<T>(v0);
-              yrow[k1] = from_float<T>(v1);
-            }
-          }
+          for (int nt = 0; nt < NT; ++nt)
+            store_out2<T>(yrow, cur.j * B + nt * 8 + 2 * (lane & 3), acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1],
+                          out_perm, edge_bias, eb, K);
         }
 #pragma unroll
       for (int a = 0; a < MT; ++a)
