@@ -302,12 +302,16 @@ _ELEMENTWISE = (
     "bias+gelu fwd",
     "mlstm bwd",
 )
+_ACT_FWD = ("relu fwd", "gelu_tanh fwd", "gelu_erf fwd", "sigmoid fwd", "tanh fwd", "softplus fwd", "swish fwd",
+            "elu fwd", "scale")
 _COLS = ("layer_norm fwd ax0", "batch_norm fwd ax1", "batch_norm bwd ax1")
 _COLS1 = _COLS + ("layer_norm bwd ax0", "weight_norm unit fwd", "weight_norm unit bwd")
 # (label, ops.LAUNCH kind, field, value, the ops it changes): timed against the defaults with --variants
 VARIANTS = [
     ("elementwise unroll=4", "elementwise", "unroll", 4, _ELEMENTWISE),
     ("elementwise act_kernels=False", "elementwise", "act_kernels", False, _ELEMENTWISE),
+    ("elementwise act_fwd_vecs=2", "elementwise", "act_fwd_vecs", 2, _ACT_FWD),
+    ("elementwise act_fwd_vecs=4", "elementwise", "act_fwd_vecs", 4, _ACT_FWD),
     ("rows_fwd vecs=2", "rows_fwd", "vecs", 2, ("layer_norm fwd ax1",)),
     ("rows_fwd vecs=8", "rows_fwd", "vecs", 8, ("layer_norm fwd ax1",)),
     ("rows_fwd vecs=16", "rows_fwd", "vecs", 16, ("layer_norm fwd ax1",)),

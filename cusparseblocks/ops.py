@@ -68,7 +68,8 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 # Launch parameters, one table for the family (a benchmark may call launch_config with each entry).
 #   elementwise: threads per block, vectors (16 bytes) per thread in flight (a compiled UNROLLS value);
 #     act_kernels: the plain activation (no second operand) through ew_act_fwd / ew_act_bwd, and add/mul of
-#       two same-shape operands through ew_bin_fwd (with unroll 1);
+#       two same-shape operands through ew_bin_fwd (with unroll 1); act_fwd_vecs: 16-byte vectors a thread
+#       of ew_act_fwd, all loaded before the first is used (an ACT_FWD_VECS value);
 #   rows_fwd / rows_bwd: row in registers, `vecs` vectors per thread (a compiled ROW_VECS value, raised
 #     when a row needs more than 1024 threads), `threads` per block; rows_bwd's persistent grid holds
 #     `blocks_per_sm` blocks per SM (fewer if the registers don't allow it: the host asks the driver);
@@ -80,7 +81,7 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 #     blocks_per_sm blocks per SM over (column tiles × row splits); reverse: the apply walks each
 #     split's rows backwards with streaming loads and stores (reuses what L2 holds from the reduction).
 LAUNCH = {
-    "elementwise": {"threads": 256, "unroll": 1, "act_kernels": True},
+    "elementwise": {"threads": 256, "unroll": 1, "act_kernels": True, "act_fwd_vecs": 1},
     "rows_fwd": {"threads": 128, "vecs": 4},
     "rows_bwd": {"threads": 256, "vecs": 2, "blocks_per_sm": 2},
     "rows_bwd_cols": {"vecs": 2, "groups": 4},
@@ -94,6 +95,7 @@ LAUNCH = {
 AFFINE_BLOCK, AFFINE_ROWS = (32, 8), 4
 # Launch plans derived from this table are cached (_PLANS): clear ops._PLANS after changing an entry.
 UNROLLS = (1, 4)
+ACT_FWD_VECS = (1, 2, 4)  # ew_act_fwd<T, ACT, U>: the values of LAUNCH["elementwise"]["act_fwd_vecs"]
 ROW_VECS = (1, 2, 4, 8)  # norm_rows_bwd_reg
 FWD_VECS = (1, 2, 4, 8, 16)  # norm_rows_fwd_reg<T, NV, G>: vectors a thread, with G warps a row
 FWD_WARPS = (1, 2, 4, 8, 16)
@@ -144,7 +146,8 @@ def _specializations():
                 yield compiler.KernelSpec("ew.cu", f"ew_bwd<{ctype}, {act}, {unroll}>")
             yield compiler.KernelSpec("ew.cu", f"ew_bias_cols_bwd<{ctype}, {act}>")
             yield compiler.KernelSpec("ew.cu", f"ew_act_bwd<{ctype}, {act}>")
-            yield compiler.KernelSpec("ew.cu", f"ew_act_fwd<{ctype}, {act}>")
+            for u in ACT_FWD_VECS:
+                yield compiler.KernelSpec("ew.cu", f"ew_act_fwd<{ctype}, {act}, {u}>")
             for op in (1, 2):  # _OPS["add"], _OPS["mul"]
                 yield compiler.KernelSpec("ew.cu", f"ew_bin_fwd<{ctype}, {act}, {op}>")
         for nv in WN_BLOCK_VECS:
@@ -356,12 +359,13 @@ def _ew_plan(name, dtype, act, n):
 
 
 def _act_plan(name, dtype, act, n, *params):
-    """(spec, grid, block) of ew_act_fwd / ew_act_bwd / ew_bin_fwd (``params``: its op) over n elements
-    (one vector a thread; cached)."""
+    """(spec, grid, block) of ew_act_fwd / ew_act_bwd / ew_bin_fwd (``params``: its op, or ew_act_fwd's
+    vectors a thread) over n elements (one vector a thread, U for ew_act_fwd; cached)."""
     key = (name, dtype, act, n, *params)
     plan = _PLANS.get(key)
     if plan is None:
-        grid, block = launch_config("elementwise", dtype, n=n, unroll=1)
+        vecs = params[0] if name == "ew_act_fwd" else 1
+        grid, block = launch_config("elementwise", dtype, n=n, unroll=vecs)
         plan = _PLANS[key] = (_spec(name, dtype, act, *params), grid, block)
     return plan
 
@@ -492,7 +496,7 @@ def _ew_gpu_fwd(op, a, b, shape, act, alpha):
         y = cupy.empty(shape, dtype=a.dtype)
         n = y.size
         if n:
-            spec, grid, block = _act_plan("ew_act_fwd", a.dtype, act, n)
+            spec, grid, block = _act_plan("ew_act_fwd", a.dtype, act, n, cfg["act_fwd_vecs"])
             _launch(spec, grid, block, (y, a, np.int64(n), np.float32(alpha), np.int32(_aligned(y, a))))
         return y
     if b is not None and tuple(b.shape) == shape and cfg["act_kernels"] and cfg["unroll"] == 1:

@@ -320,8 +320,8 @@ def test_specializations_registered():
 
     specs = compiler.all_specializations()["ew"]
     per_type = (
-        # ew_fwd, ew_bwd per unroll; ew_bias_cols_bwd, ew_act_bwd, ew_act_fwd, ew_bin_fwd (add, mul)
-        len(ops.ACTIVATIONS) * (2 * len(ops.UNROLLS) + 5)
+        # ew_fwd, ew_bwd per unroll; ew_bias_cols_bwd, ew_act_bwd, ew_bin_fwd (add, mul); ew_act_fwd per U
+        len(ops.ACTIVATIONS) * (2 * len(ops.UNROLLS) + 4 + len(ops.ACT_FWD_VECS))
         # norm_rows_fwd_reg<T, NV, G>, norm_rows_bwd_cols<T, NV, G>
         + len(list(ops._fwd_shapes()))
         + len(list(ops._bwd_cols_shapes()))
@@ -398,15 +398,19 @@ def _poison_pool(nbytes=64 << 20):
     "shape,misalign", [((37, 203), True), ((64, 256), False), ((5, 1), False), ((3001, 72), False)]
 )
 @pytest.mark.parametrize("activation", ops.ACTIVATIONS)
-@pytest.mark.parametrize("act_kernels", [True, False])
+@pytest.mark.parametrize("act_kernels", [(True, 1), (True, 2), (True, 4), (False, 1)])
 def test_gpu_activation(dtype, shape, misalign, activation, act_kernels, rng):
-    """act_kernels: the plain activation through ew_act_fwd / ew_act_bwd (default) or ew_fwd / ew_bwd."""
-    saved = ops.LAUNCH["elementwise"]["act_kernels"]
-    ops.LAUNCH["elementwise"]["act_kernels"] = act_kernels
+    """act_kernels: the plain activation through ew_act_fwd (1, 2 or 4 vectors a thread) / ew_act_bwd
+    (default) or ew_fwd / ew_bwd."""
+    cfg = ops.LAUNCH["elementwise"]
+    saved = cfg["act_kernels"], cfg["act_fwd_vecs"]
+    cfg["act_kernels"], cfg["act_fwd_vecs"] = act_kernels
+    ops._PLANS.clear()
     try:
         _check_activation(dtype, shape, misalign, activation, rng)
     finally:
-        ops.LAUNCH["elementwise"]["act_kernels"] = saved
+        cfg["act_kernels"], cfg["act_fwd_vecs"] = saved
+        ops._PLANS.clear()
 
 
 def _check_activation(dtype, shape, misalign, activation, rng):
