@@ -69,7 +69,8 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 #   elementwise: threads per block, vectors (16 bytes) per thread in flight (a compiled UNROLLS value);
 #     act_kernels: the plain activation (no second operand) through ew_act_fwd / ew_act_bwd, and add/mul of
 #       two same-shape operands through ew_bin_fwd (with unroll 1); act_fwd_vecs: 16-byte vectors a thread
-#       of ew_act_fwd, all loaded before the first is used (an ACT_FWD_VECS value);
+#       of ew_act_fwd, all loaded before the first is used (an ACT_FWD_VECS value, or "auto": the
+#       activation's entry in ACT_FWD_AUTO, else 1);
 #   rows_fwd / rows_bwd: row in registers, `vecs` vectors per thread (a compiled ROW_VECS value, raised
 #     when a row needs more than 1024 threads), `threads` per block; rows_bwd's persistent grid holds
 #     `blocks_per_sm` blocks per SM (fewer if the registers don't allow it: the host asks the driver);
@@ -81,7 +82,7 @@ _OPS = {"none": 0, "add": 1, "mul": 2}
 #     blocks_per_sm blocks per SM over (column tiles × row splits); reverse: the apply walks each
 #     split's rows backwards with streaming loads and stores (reuses what L2 holds from the reduction).
 LAUNCH = {
-    "elementwise": {"threads": 256, "unroll": 1, "act_kernels": True, "act_fwd_vecs": 1},
+    "elementwise": {"threads": 256, "unroll": 1, "act_kernels": True, "act_fwd_vecs": "auto"},
     "rows_fwd": {"threads": 128, "vecs": 4},
     "rows_bwd": {"threads": 256, "vecs": 2, "blocks_per_sm": 2},
     "rows_bwd_cols": {"vecs": 2, "groups": 4},
@@ -96,6 +97,9 @@ AFFINE_BLOCK, AFFINE_ROWS = (32, 8), 4
 # Launch plans derived from this table are cached (_PLANS): clear ops._PLANS after changing an entry.
 UNROLLS = (1, 4)
 ACT_FWD_VECS = (1, 2, 4)  # ew_act_fwd<T, ACT, U>: the values of LAUNCH["elementwise"]["act_fwd_vecs"]
+# "auto" vectors a thread per activation (H100, bench/NOTES.md: 2 vectors made softplus, the one compute-heavy
+# forward, 6-7 % faster; the others 0.985-1.01x, so they keep 1)
+ACT_FWD_AUTO = {"softplus": 2}
 ROW_VECS = (1, 2, 4, 8)  # norm_rows_bwd_reg
 FWD_VECS = (1, 2, 4, 8, 16)  # norm_rows_fwd_reg<T, NV, G>: vectors a thread, with G warps a row
 FWD_WARPS = (1, 2, 4, 8, 16)
@@ -496,7 +500,9 @@ def _ew_gpu_fwd(op, a, b, shape, act, alpha):
         y = cupy.empty(shape, dtype=a.dtype)
         n = y.size
         if n:
-            spec, grid, block = _act_plan("ew_act_fwd", a.dtype, act, n, cfg["act_fwd_vecs"])
+            vecs = cfg["act_fwd_vecs"]
+            vecs = ACT_FWD_AUTO.get(ACTIVATIONS[act], 1) if vecs == "auto" else vecs
+            spec, grid, block = _act_plan("ew_act_fwd", a.dtype, act, n, vecs)
             _launch(spec, grid, block, (y, a, np.int64(n), np.float32(alpha), np.int32(_aligned(y, a))))
         return y
     if b is not None and tuple(b.shape) == shape and cfg["act_kernels"] and cfg["unroll"] == 1:

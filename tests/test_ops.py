@@ -398,7 +398,7 @@ def _poison_pool(nbytes=64 << 20):
     "shape,misalign", [((37, 203), True), ((64, 256), False), ((5, 1), False), ((3001, 72), False)]
 )
 @pytest.mark.parametrize("activation", ops.ACTIVATIONS)
-@pytest.mark.parametrize("act_kernels", [(True, 1), (True, 2), (True, 4), (False, 1)])
+@pytest.mark.parametrize("act_kernels", [(True, "auto"), (True, 1), (True, 2), (True, 4), (False, 1)])
 def test_gpu_activation(dtype, shape, misalign, activation, act_kernels, rng):
     """act_kernels: the plain activation through ew_act_fwd (1, 2 or 4 vectors a thread) / ew_act_bwd
     (default) or ew_fwd / ew_bwd."""
