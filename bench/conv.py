@@ -127,8 +127,11 @@ def main(argv=None):
     rotate = 3
     GROUPS = 8
     halo_tiles = [f"halo:{p}x{w}" for p, w in conv_module._LAUNCH["halo"]["tiles"]]
-    # ":full": a CTA per item instead of the persistent grid (the default tile's old launch)
-    fprop_variants = ["tap", *halo_tiles, "halo:{}x{}:full".format(*conv_module._LAUNCH["halo"]["default"])]
+    # the default tile's earlier schedules: ":full" a CTA per item, ":v1" the persistent grid of single-item
+    # claims (before runs, the weight-slice cache, the deferred claim and the paired store); ":run1" the
+    # new kernel with runs of one tile
+    dflt = "halo:{}x{}".format(*conv_module._LAUNCH["halo"]["default"])
+    fprop_variants = ["tap", *halo_tiles, f"{dflt}:full", f"{dflt}:v1", f"{dflt}:run1", "halo:128x4:v1"]
     table = Table(
         [
             "N",

@@ -231,6 +231,15 @@ template <> __device__ __forceinline__ void store2<__nv_bfloat16>(__nv_bfloat16*
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
+// the epilogue's store of output column kv of one row: + edge bias (eb >= 0), through the output permutation
+template <typename T>
+__device__ __forceinline__ void store_out1(T* yrow, int kv, float v, const int* __restrict__ out_perm,
+                                           const T* __restrict__ edge_bias, int eb, int K) {
+  const int k = out_perm[kv];
+  if (eb >= 0) v += to_float(edge_bias[(i64)eb * K + k]);
+  yrow[k] = from_float<T>(v);
+}
+
 // the epilogue's store of output columns kv, kv + 1 of one row: + edge bias (eb >= 0), through the output
 // permutation (a merged channel shuffle: two scattered stores) or as one 4-byte pair
 template <typename T>
@@ -527,10 +536,13 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 }
 
 #define HALO_STAGES 2
+#define HALO_WCACHE (1 << 16)
+#define HALO_DEFER (1 << 17)
+#define HALO_PAIR (1 << 18)
 
 // conv_fprop_halo: the output tile is a TH × TW rectangle of one image n and one output depth od;
-// the CTAs walk the items (n, od, tile row, tile column, virtual output block j), j fastest, with a
-// grid stride (persistent when the grid is smaller than the items). Each stage is
+// the CTAs claim runs of items (R consecutive tiles (n, od, tile row, tile column) of one virtual output
+// block j; runs j fastest) from a counter (persistent when the grid is smaller than the runs). Each stage is
 // one (input block of column j, filter depth ft) pair: it loads the input halo that the rectangle's
 // FR × FS taps read (zero-filled outside the input) once, plus the FR·FS weight slices, then runs all
 // taps from shared memory (ldmatrix takes per-lane row addresses, so a tap is a shifted window of the
@@ -539,6 +551,10 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // warp read each B fragment from shared memory for more mma. Epilogue: + edge bias, optional
 // output-channel permutation (a merged channel shuffle), store. Shared memory:
 // 2 · (HR·HC·(B+8) + FR·FS·B·(B+8)) elements + 16 bytes (the claimed item), from the host.
+// opts (the host's schedule; the previous kernel's behaviour is opts = 1): bits 0-15 the run length R,
+// HALO_WCACHE the weight-slice cache (a stage whose weights are already in a slot reads them there),
+// HALO_DEFER the deferred claim (thread 0 fetches the claim after next), HALO_PAIR the paired store of a
+// permuted output (lane pairs swap a value so a store writes channels kv, kv + 1 of one pair together).
 // FLIP (stride-1 bprop without a transposed copy of w): the column tables are the layout's row tables,
 // the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
 // the B fragments come from ldmatrix without .trans; the math is dx = conv(dy, flip(w)ᵀ).
@@ -548,7 +564,7 @@ __global__ void __launch_bounds__(WARPS * 32, (TH * TW <= 256 && (TH * TW / WARP
 conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
                 const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
                 const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
-                const int* __restrict__ geo, unsigned* __restrict__ sched) {
+                const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
   constexpr int THREADS = WARPS * 32, RPW = TH * TW / WARPS, MT = RPW / 16;
   constexpr int LDA = B + 8, VPR = B / 8, NT = B / 8;
   static_assert(RPW % 16 == 0 && TW % 8 == 0, "16-row mma tiles; 8 lanes of an ldmatrix in one tile row");
@@ -565,42 +581,63 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   T* sA = reinterpret_cast<T*>(smem_raw);             // [stages][halo][LDA]
   T* sW = sA + HALO_STAGES * halo * LDA;              // [stages][FR·FS][B][LDA]
 
-  // Work items (n, od, tile row, tile column, virtual output block j), j fastest, claimed in order from
-  // the counter sched[0] (so the items in progress at any time are neighbours: the K/B items of one
-  // tile run together, its input halo is read from DRAM once and later columns find it in L2, and a
-  // permuted (shuffled) output's scattered stores to the same rows merge in L2). The grid may be
-  // smaller than the items (persistent: about the co-resident CTAs): a CTA's stages form one stream
-  // over all the items it claims, so the next item's first stage is in flight while the current
-  // item's last stage multiplies and its epilogue stores. Claiming (not a fixed stride) balances
-  // columns of different lengths. The last CTA to finish resets sched[0..1] for the next launch on
-  // the stream. The host guarantees fewer than 2^31 items.
+  // Work items (tile, virtual output block j): a claim from the counter sched[0] is a run of R consecutive
+  // tiles (n, od, tile row, tile column; the last run of a column may be shorter) of one j, runs j
+  // fastest. So the runs in progress at any time are neighbours: the K/B runs of the same tiles start
+  // together, an input halo is read from DRAM once and later columns find it in L2, and a permuted
+  // (shuffled) output's scattered stores to the same rows merge in L2; and a CTA's consecutive items share
+  // j (its weight slices stay in shared memory: the cache below). The grid may be smaller than the runs
+  // (persistent: about the co-resident CTAs): a CTA's stages form one stream over all its items, so the
+  // next item's first stage is in flight while the current item's last stage multiplies and its epilogue
+  // stores. Claiming (not a fixed stride) balances columns of different lengths. The last CTA to finish
+  // resets sched[0..1] for the next launch on the stream. The host guarantees fewer than 2^31 runs.
   const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + TH - 1) / TH;
   const int ncol = K / B;
-  const int total = geo[G_N] * OD * tiles_h * tiles_w * ncol;
+  const int run = opts & 0xffff;
+  const bool wcache = (opts & HALO_WCACHE) != 0, defer = (opts & HALO_DEFER) != 0;
+  const int ntiles = geo[G_N] * OD * tiles_h * tiles_w;
+  const int total = (ntiles + run - 1) / run * ncol;  // runs
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   int* s_claim = reinterpret_cast<int*>(sW + HALO_STAGES * wtaps * B * LDA);  // after the ring (host: + 16 B)
 
-  struct Item {  // a claimed item, decoded once; item == total: none left
-    int item, j, tw0, th0, od, n, e0, niter;
+  struct Item {  // an item of a claimed run, decoded once; unit == total: none left
+    int unit, j, tile, tend, tw0, th0, od, n, e0, niter;
   };
-  auto claim = [&]() {  // all threads; one atomic by thread 0, broadcast through shared memory
-    if (tid == 0) *s_claim = (int)atomicAdd(sched, 1u);
-    __syncthreads();
-    int t = *s_claim < total ? *s_claim : total;
-    Item r;
-    r.item = t;
-    if (t == total) t = 0;
-    r.j = t % ncol; t /= ncol;
+  auto set_tile = [&](Item& r, int t) {
+    r.tile = t;
     r.tw0 = (t % tiles_w) * TW; t /= tiles_w;
     r.th0 = (t % tiles_h) * TH; t /= tiles_h;
     r.od = t % OD;
     r.n = t / OD;
+  };
+  unsigned pend = 0;  // thread 0, HALO_DEFER: the claim fetched for the next call
+  if (defer && tid == 0) pend = atomicAdd(sched, 1u);
+  auto claim = [&]() {  // all threads; one atomic by thread 0, broadcast through shared memory
+    if (tid == 0) {
+      unsigned c = pend;
+      if (defer) pend = atomicAdd(sched, 1u);  // used at the next claim: nobody waits for it now
+      else c = atomicAdd(sched, 1u);
+      *s_claim = c < (unsigned)total ? (int)c : total;
+    }
+    __syncthreads();
+    Item r;
+    r.unit = *s_claim;
+    const int u = r.unit < total ? r.unit : 0;
+    r.j = u % ncol;
+    const int t0 = u / ncol * run;
+    r.tend = t0 + run < ntiles ? t0 + run : ntiles;
+    set_tile(r, t0);
     r.e0 = col_ptr[r.j];
     r.niter = (col_ptr[r.j + 1] - r.e0) * FT;
     return r;
   };
 
-  auto load_stage = [&](const Item& q, int it, int buf) {
+  // the weight-slice cache: the tag (block · FT + depth) each weight slot holds (-1: none); ws_cur is the
+  // slot the stage being multiplied reads. Without HALO_WCACHE a stage loads its weights into the slot the
+  // current stage does not use (the ring's slot, as the previous kernel).
+  int wtag0 = -1, wtag1 = -1, ws_cur = 1;
+
+  auto load_stage = [&](const Item& q, int it, int buf) {  // returns the weight slot of the stage
     const int eo = it / FT, ft = it - eo * FT;
     const int cblk = col_in[q.e0 + eo];
     const i64 wblk = col_w[q.e0 + eo];
@@ -617,14 +654,20 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
     }
     const int wdepth = FLIP ? FT - 1 - ft : ft;
+    const int wkey = (int)wblk * FT + wdepth;
+    if (wcache && (ws_cur == 0 ? wtag0 : wtag1) == wkey) return ws_cur;  // the current stage's slot: read only
+    const int ws = ws_cur ^ 1;
+    if (wcache && (ws == 0 ? wtag0 : wtag1) == wkey) return ws;
+    if (ws == 0) wtag0 = wkey; else wtag1 = wkey;
     const T* wsrc = w + (wblk * taps + (i64)wdepth * wtaps) * (B * B);
-    T* dstW = sW + buf * wtaps * B * LDA;
+    T* dstW = sW + ws * wtaps * B * LDA;
     for (int v = tid; v < wtaps * B * VPR; v += THREADS) {
       const int kr = v / VPR, cv = v - kr * VPR;  // kr = tap·B + weight row (input channel of w)
       const int tap = kr / B, wr = kr - tap * B;
       const int stap = FLIP ? wtaps - 1 - tap : tap;
       cp_async16(smem_u32(dstW + kr * LDA + cv * 8), wsrc + ((i64)stap * B + wr) * B + cv * 8, 16);
     }
+    return ws;
   };
 
   // this lane's A row in each m16 tile: output (th, tw) → halo position before the tap offset
@@ -641,7 +684,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   // zeros (+ edge bias).
   Item cur = claim();
   int it = 0;
-  if (cur.item < total && cur.niter > 0) load_stage(cur, 0, 0);
+  if (cur.unit < total && cur.niter > 0) ws_cur = load_stage(cur, 0, 0);
   cp_async_commit();
 
   const i64 OS = (i64)OD * OH * OW;
@@ -653,22 +696,24 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
 
-  for (int stage = 0; cur.item < total; ++stage) {
+  for (int stage = 0; cur.unit < total; ++stage) {
     cp_async_wait<0>();
     __syncthreads();
     const bool last = it + 1 >= cur.niter;  // the item's last (or only, empty) step
     Item nxt = cur;
     int nit = it + 1;
     if (last) {
-      nxt = claim();
+      if (cur.tile + 1 < cur.tend) set_tile(nxt, cur.tile + 1);  // the run's next tile
+      else nxt = claim();
       nit = 0;
     }
-    if (nxt.item < total && nit < nxt.niter) load_stage(nxt, nit, (stage + 1) % HALO_STAGES);
+    const int ws_this = ws_cur;  // the weight slot this stage multiplies from
+    if (nxt.unit < total && nit < nxt.niter) ws_cur = load_stage(nxt, nit, (stage + 1) % HALO_STAGES);
     cp_async_commit();
     if (it < cur.niter) {
       const int buf = stage % HALO_STAGES;
       const T* bA = sA + buf * halo * LDA;
-      const T* bWs = sW + buf * wtaps * B * LDA;
+      const T* bWs = sW + ws_this * wtaps * B * LDA;
       for (int fr = 0; fr < FR; ++fr)
         for (int fs = 0; fs < FS; ++fs) {
           const int toff = fr * DH * HC + fs * DW;
@@ -700,21 +745,39 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
         }
     }
     if (last) {  // epilogue from registers (the next item's first stage is in flight meanwhile)
+      // HALO_PAIR with a permuted output: lanes 2q, 2q + 1 hold columns c, c + 1 and c + 2, c + 3; one
+      // shfl gives the even lane c, c + 2 and the odd lane c + 1, c + 3, so one store writes c, c + 1 (and
+      // the next c + 2, c + 3): a shuffle maps such a pair into one 32-byte sector, half the sectors a store
+      const bool pair = out_perm != nullptr && (opts & HALO_PAIR) != 0;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h;
           const int oh = cur.th0 + r / TW, ow = cur.tw0 + r % TW;
-          if (oh >= OH || ow >= OW) continue;
+          const bool inside = oh < OH && ow < OW;
           const i64 p = ((i64)cur.od * OH + oh) * OW + ow;
           const i64 m = cur.n * OS + p;
-          const int eb = emap != nullptr ? emap[p] : -1;
+          const int eb = emap != nullptr && inside ? emap[p] : -1;
           T* yrow = y + m * K;
+          if (pair) {  // every lane takes part in the shfl; lanes 2q, 2q + 1 share a row (inside or not)
+            const int odd = lane & 1;
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-            store_out2<T>(yrow, cur.j * B + nt * 8 + 2 * (lane & 3), acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1],
-                          out_perm, edge_bias, eb, K);
+            for (int nt = 0; nt < NT; ++nt) {
+              const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+              const float got = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 1);
+              const int kv = cur.j * B + nt * 8 + 2 * (lane & 3);
+              if (inside) {
+                store_out1<T>(yrow, kv - odd, odd ? got : v0, out_perm, edge_bias, eb, K);
+                store_out1<T>(yrow, kv + 2 - odd, odd ? v1 : got, out_perm, edge_bias, eb, K);
+              }
+            }
+          } else if (inside) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+              store_out2<T>(yrow, cur.j * B + nt * 8 + 2 * (lane & 3), acc[mt][nt][2 * h],
+                            acc[mt][nt][2 * h + 1], out_perm, edge_bias, eb, K);
+          }
         }
 #pragma unroll
       for (int a = 0; a < MT; ++a)
