@@ -73,10 +73,12 @@ _LAUNCH = {
         # a claim is a run of up to this many tiles of one output block (the length from _halo_run)
         "run_lengths": (1, 2, 4, 8),
         # the kernel's opts beside the run length: the weight-slice cache, the deferred claim, the paired
-        # store of a permuted output (kernels/conv.cu HALO_WCACHE, HALO_DEFER, HALO_PAIR)
+        # store of a permuted output, the stepped halo load (kernels/conv.cu HALO_WCACHE, HALO_DEFER,
+        # HALO_PAIR, HALO_STEP)
         "weight_cache": True,
         "defer_claim": True,
         "pair_store": True,
+        "step_load": True,
     },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
@@ -1088,6 +1090,7 @@ def _halo_opts(schedule, col_len, tiles: int, ctas: int) -> int:
         return 1
     run = schedule if isinstance(schedule, int) else _halo_run(col_len, tiles, ctas)
     flags = (cfg["weight_cache"] << 16) | (cfg["defer_claim"] << 17) | (cfg["pair_store"] << 18)
+    flags |= cfg["step_load"] << 19
     return run | flags
 
 

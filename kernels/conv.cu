@@ -539,6 +539,7 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 #define HALO_WCACHE (1 << 16)
 #define HALO_DEFER (1 << 17)
 #define HALO_PAIR (1 << 18)
+#define HALO_STEP (1 << 19)
 
 // conv_fprop_halo: the output tile is a TH × TW rectangle of one image n and one output depth od;
 // the CTAs claim runs of items (R consecutive tiles (n, od, tile row, tile column) of one virtual output
@@ -554,7 +555,8 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // opts (the host's schedule; the previous kernel's behaviour is opts = 1): bits 0-15 the run length R,
 // HALO_WCACHE the weight-slice cache (a stage whose weights are already in a slot reads them there),
 // HALO_DEFER the deferred claim (thread 0 fetches the claim after next), HALO_PAIR the paired store of a
-// permuted output (lane pairs swap a value so a store writes channels kv, kv + 1 of one pair together).
+// permuted output (lane pairs swap a value so a store writes channels kv, kv + 1 of one pair together),
+// HALO_STEP the halo load with stepped indices (no division or 64-bit product chain per vector).
 // FLIP (stride-1 bprop without a transposed copy of w): the column tables are the layout's row tables,
 // the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
 // the B fragments come from ldmatrix without .trans; the math is dx = conv(dy, flip(w)ᵀ).
@@ -637,6 +639,13 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   // current stage does not use (the ring's slot, as the previous kernel).
   int wtag0 = -1, wtag1 = -1, ws_cur = 1;
 
+  // HALO_STEP: this thread loads 16-byte vector hvec of halo rows hrow0, hrow0 + RPP, ... (the halo's
+  // row-major (hr, hc) stepped by (dR, dC) instead of a division by HC per vector)
+  constexpr int RPP = THREADS / VPR;
+  const int hvec = tid % VPR, hrow0 = tid / VPR;
+  const int hr0 = hrow0 / HC, hc0 = hrow0 - hr0 * HC, dR = RPP / HC, dC = RPP - dR * HC;
+  const i64 off0 = (i64)(hr0 * W + hc0) * C, step_in = (i64)(dR * W + dC) * C, wrap_in = (i64)(W - HC) * C;
+
   auto load_stage = [&](const Item& q, int it, int buf) {  // returns the weight slot of the stage
     const int eo = it / FT, ft = it - eo * FT;
     const int cblk = col_in[q.e0 + eo];
@@ -645,13 +654,32 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     const int ih0 = q.th0 * SH - geo[G_PH], iw0 = q.tw0 * SW - geo[G_PW];
     const bool dok = (unsigned)id < (unsigned)D;
     T* dstA = sA + buf * halo * LDA;
-    for (int v = tid; v < halo * VPR; v += THREADS) {
-      const int row = v / VPR, vec = v - row * VPR;
-      const int hr = row / HC, hc = row - hr * HC;
-      const int ih = ih0 + hr, iw = iw0 + hc;
-      const bool ok = dok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
-      const T* src = ok ? x + ((((i64)q.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
-      cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
+    if (opts & HALO_STEP) {  // the thread's halo rows hrow0, + RPP, ...: (hr, hc) and addresses stepped
+      const T* src = x + (((((i64)q.n * D + id) * H + ih0) * (i64)W + iw0) * C + cblk * B + hvec * 8 + off0);
+      int hr = hr0, hc = hc0;
+      unsigned dst = smem_u32(dstA + hrow0 * LDA + hvec * 8);
+      for (int row = hrow0; row < halo; row += RPP) {
+        const bool ok = dok && (unsigned)(ih0 + hr) < (unsigned)H && (unsigned)(iw0 + hc) < (unsigned)W;
+        cp_async16(dst, ok ? src : x, ok ? 16 : 0);  // src is formed outside x only where ok is false
+        dst += RPP * LDA * (int)sizeof(T);
+        hc += dC;
+        hr += dR;
+        src += step_in;
+        if (hc >= HC) {
+          hc -= HC;
+          ++hr;
+          src += wrap_in;
+        }
+      }
+    } else {
+      for (int v = tid; v < halo * VPR; v += THREADS) {
+        const int row = v / VPR, vec = v - row * VPR;
+        const int hr = row / HC, hc = row - hr * HC;
+        const int ih = ih0 + hr, iw = iw0 + hc;
+        const bool ok = dok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+        const T* src = ok ? x + ((((i64)q.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
+        cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
+      }
     }
     const int wdepth = FLIP ? FT - 1 - ft : ft;
     const int wkey = (int)wblk * FT + wdepth;
