@@ -128,10 +128,11 @@ def main(argv=None):
     GROUPS = 8
     halo_tiles = [f"halo:{p}x{w}" for p, w in conv_module._LAUNCH["halo"]["tiles"]]
     # the default tile's earlier schedules: ":full" a CTA per item, ":v1" the persistent grid of single-item
-    # claims (before runs, the weight-slice cache, the deferred claim and the paired store); ":run1" the
-    # new kernel with runs of one tile
+    # claims (before runs, the weight-slice cache, the deferred claim, the paired store and the stepped
+    # load); ":runN" the new kernel with runs of N tiles (the automatic choice may differ)
     dflt = "halo:{}x{}".format(*conv_module._LAUNCH["halo"]["default"])
-    fprop_variants = ["tap", *halo_tiles, f"{dflt}:full", f"{dflt}:v1", f"{dflt}:run1", "halo:128x4:v1"]
+    fprop_variants = ["tap", *halo_tiles, f"{dflt}:full", f"{dflt}:v1", f"{dflt}:run1", f"{dflt}:run4"]
+    fprop_variants += ["halo:512x8:v1", "halo:512x8:run1"]
     table = Table(
         [
             "N",

@@ -554,8 +554,9 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // 2 · (HR·HC·(B+8) + FR·FS·B·(B+8)) elements + 16 bytes (the claimed item), from the host.
 // opts (the host's schedule; the previous kernel's behaviour is opts = 1): bits 0-15 the run length R,
 // HALO_WCACHE the weight-slice cache (a stage whose weights are already in a slot reads them there),
-// HALO_DEFER the deferred claim (thread 0 fetches the claim after next), HALO_PAIR the paired store of a
-// permuted output (lane pairs swap a value so a store writes channels kv, kv + 1 of one pair together),
+// HALO_DEFER the deferred claim (thread 0 fetches the next run's claim when the current run's last item
+// starts), HALO_PAIR the paired store of a permuted output (lane pairs swap a value so a store writes
+// channels kv, kv + 1 of one pair together),
 // HALO_STEP the halo load with stepped indices (no division or 64-bit product chain per vector).
 // FLIP (stride-1 bprop without a transposed copy of w): the column tables are the layout's row tables,
 // the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
@@ -612,13 +613,21 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     r.od = t % OD;
     r.n = t / OD;
   };
-  unsigned pend = 0;  // thread 0, HALO_DEFER: the claim fetched for the next call
-  if (defer && tid == 0) pend = atomicAdd(sched, 1u);
+  // HALO_DEFER: thread 0 fetches the next claim when the run's last item starts (prefetch) and the
+  // claim publishes it: nobody waits for the atomic's round trip, and a CTA holds at most one claimed
+  // run it has not started (fetching at the claim itself would reserve two runs a CTA at the start)
+  unsigned pend = 0;
+  bool have_pend = false;
+  auto prefetch = [&]() {
+    if (defer && tid == 0) {
+      pend = atomicAdd(sched, 1u);
+      have_pend = true;
+    }
+  };
   auto claim = [&]() {  // all threads; one atomic by thread 0, broadcast through shared memory
     if (tid == 0) {
-      unsigned c = pend;
-      if (defer) pend = atomicAdd(sched, 1u);  // used at the next claim: nobody waits for it now
-      else c = atomicAdd(sched, 1u);
+      const unsigned c = have_pend ? pend : atomicAdd(sched, 1u);
+      have_pend = false;
       *s_claim = c < (unsigned)total ? (int)c : total;
     }
     __syncthreads();
@@ -631,6 +640,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     set_tile(r, t0);
     r.e0 = col_ptr[r.j];
     r.niter = (col_ptr[r.j + 1] - r.e0) * FT;
+    if (r.unit < total && r.tend - t0 == 1) prefetch();  // a one-tile run: its first item is its last
     return r;
   };
 
@@ -731,8 +741,12 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     Item nxt = cur;
     int nit = it + 1;
     if (last) {
-      if (cur.tile + 1 < cur.tend) set_tile(nxt, cur.tile + 1);  // the run's next tile
-      else nxt = claim();
+      if (cur.tile + 1 < cur.tend) {  // the run's next tile
+        set_tile(nxt, cur.tile + 1);
+        if (nxt.tile + 1 == nxt.tend) prefetch();
+      } else {
+        nxt = claim();
+      }
       nit = 0;
     }
     const int ws_this = ws_cur;  // the weight slot this stage multiplies from
