@@ -129,10 +129,11 @@ def main(argv=None):
     halo_tiles = [f"halo:{p}x{w}" for p, w in conv_module._LAUNCH["halo"]["tiles"]]
     # the default tile's earlier schedules: ":full" a CTA per item, ":v1" the persistent grid of single-item
     # claims (before runs, the weight-slice cache, the deferred claim, the paired store and the stepped
-    # load); ":runN" the new kernel with runs of N tiles (the automatic choice may differ)
+    # load); ":runN" the new kernel with runs of N tiles (the automatic choice may differ); ":roll" without
+    # the unrolled 3 × 3 taps
     dflt = "halo:{}x{}".format(*conv_module._LAUNCH["halo"]["default"])
     fprop_variants = ["tap", *halo_tiles, f"{dflt}:full", f"{dflt}:v1", f"{dflt}:run1", f"{dflt}:run4"]
-    fprop_variants += ["halo:512x8:v1", "halo:512x8:run1"]
+    fprop_variants += [f"{dflt}:roll", "halo:512x8:v1", "halo:512x8:run1"]
     table = Table(
         [
             "N",

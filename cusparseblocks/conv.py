@@ -73,12 +73,13 @@ _LAUNCH = {
         # a claim is a run of up to this many tiles of one output block (the length from _halo_run)
         "run_lengths": (1, 2, 4, 8),
         # the kernel's opts beside the run length: the weight-slice cache, the deferred claim, the paired
-        # store of a permuted output, the stepped halo load (kernels/conv.cu HALO_WCACHE, HALO_DEFER,
-        # HALO_PAIR, HALO_STEP)
+        # store of a permuted output, the stepped halo load, the unrolled 3 × 3 taps (kernels/conv.cu
+        # HALO_WCACHE, HALO_DEFER, HALO_PAIR, HALO_STEP, HALO_UNROLL)
         "weight_cache": True,
         "defer_claim": True,
         "pair_store": True,
         "step_load": True,
+        "unroll_taps": True,
     },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
@@ -981,7 +982,8 @@ _G = {k: i for i, k in enumerate("N C K D H W OD OH OW FT FR FS SD SH SW PD PH P
 # None (automatic), "tap", "halo" (automatic tile) or "halo:PIXELSxWARPS" (e.g. "halo:512x4"), with
 # ":full" appended for a CTA per item instead of the persistent grid (the first kernel's schedule), ":v1"
 # for the persistent grid of single-item claims without the weight cache, deferred claim or paired store
-# (the second), ":runN" for runs of N tiles: which tensor-core fprop kernel runs (fprop and stride-1
+# (the second), ":runN" for runs of N tiles, ":roll" the automatic schedule without the unrolled 3 × 3
+# taps: which tensor-core fprop kernel runs (fprop and stride-1
 # bprop) and how; the benchmark times each
 force_variant: str | None = None  # as _matmul_gpu.force_variant
 
@@ -1004,13 +1006,14 @@ def _halo_smem(g: dict, b: int, tw: int, th: int) -> int:
 
 
 def _parse_schedule(fv: str | None):
-    """force_variant without its schedule suffix, and the schedule: "auto", "full", "v1" or a run length."""
+    """force_variant without its schedule suffix, and the schedule: "auto", "full", "v1", "roll" (auto
+    without the unrolled 3 × 3 taps) or a run length."""
     if fv is None or not fv.startswith("halo"):
         return fv, "auto"
     head, _, tail = fv.partition(":")
     rest = tail.split(":") if tail else []
     sched = "auto"
-    if rest and rest[-1] in ("full", "v1"):
+    if rest and rest[-1] in ("full", "v1", "roll"):
         sched = rest.pop()
     elif rest and rest[-1].startswith("run"):
         n = rest.pop()[3:]
@@ -1090,7 +1093,7 @@ def _halo_opts(schedule, col_len, tiles: int, ctas: int) -> int:
         return 1
     run = schedule if isinstance(schedule, int) else _halo_run(col_len, tiles, ctas)
     flags = (cfg["weight_cache"] << 16) | (cfg["defer_claim"] << 17) | (cfg["pair_store"] << 18)
-    flags |= cfg["step_load"] << 19
+    flags |= (cfg["step_load"] << 19) | ((cfg["unroll_taps"] and schedule != "roll") << 20)
     return run | flags
 
 

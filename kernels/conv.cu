@@ -540,6 +540,7 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 #define HALO_DEFER (1 << 17)
 #define HALO_PAIR (1 << 18)
 #define HALO_STEP (1 << 19)
+#define HALO_UNROLL (1 << 20)
 
 // conv_fprop_halo: the output tile is a TH × TW rectangle of one image n and one output depth od;
 // the CTAs claim runs of items (R consecutive tiles (n, od, tile row, tile column) of one virtual output
@@ -557,7 +558,8 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // HALO_DEFER the deferred claim (thread 0 fetches the next run's claim when the current run's last item
 // starts), HALO_PAIR the paired store of a permuted output (lane pairs swap a value so a store writes
 // channels kv, kv + 1 of one pair together),
-// HALO_STEP the halo load with stepped indices (no division or 64-bit product chain per vector).
+// HALO_STEP the halo load with stepped indices (no division or 64-bit product chain per vector),
+// HALO_UNROLL the 3 × 3 taps unrolled (the next tap's ldmatrix can overlap this tap's mma).
 // FLIP (stride-1 bprop without a transposed copy of w): the column tables are the layout's row tables,
 // the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
 // the B fragments come from ldmatrix without .trans; the math is dx = conv(dy, flip(w)ᵀ).
@@ -570,6 +572,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
                 const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
   constexpr int THREADS = WARPS * 32, RPW = TH * TW / WARPS, MT = RPW / 16;
   constexpr int LDA = B + 8, VPR = B / 8, NT = B / 8;
+  constexpr bool UNROLL_OK = MT <= 4 && (WARPS == 4 || TH * TW > 256);
   static_assert(RPW % 16 == 0 && TW % 8 == 0, "16-row mma tiles; 8 lanes of an ldmatrix in one tile row");
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
@@ -650,11 +653,9 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   int wtag0 = -1, wtag1 = -1, ws_cur = 1;
 
   // HALO_STEP: this thread loads 16-byte vector hvec of halo rows hrow0, hrow0 + RPP, ... (the halo's
-  // row-major (hr, hc) stepped by (dR, dC) instead of a division by HC per vector)
+  // row-major (hr, hc) stepped by (dR, dC) instead of a division by HC per vector; the steps are
+  // recomputed each stage rather than held in registers across the mma loop)
   constexpr int RPP = THREADS / VPR;
-  const int hvec = tid % VPR, hrow0 = tid / VPR;
-  const int hr0 = hrow0 / HC, hc0 = hrow0 - hr0 * HC, dR = RPP / HC, dC = RPP - dR * HC;
-  const i64 off0 = (i64)(hr0 * W + hc0) * C, step_in = (i64)(dR * W + dC) * C, wrap_in = (i64)(W - HC) * C;
 
   auto load_stage = [&](const Item& q, int it, int buf) {  // returns the weight slot of the stage
     const int eo = it / FT, ft = it - eo * FT;
@@ -665,6 +666,10 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     const bool dok = (unsigned)id < (unsigned)D;
     T* dstA = sA + buf * halo * LDA;
     if (opts & HALO_STEP) {  // the thread's halo rows hrow0, + RPP, ...: (hr, hc) and addresses stepped
+      const int hvec = tid % VPR, hrow0 = tid / VPR;
+      const int hr0 = hrow0 / HC, hc0 = hrow0 - hr0 * HC, dR = RPP / HC, dC = RPP - dR * HC;
+      const i64 off0 = (i64)(hr0 * W + hc0) * C, step_in = (i64)(dR * W + dC) * C;
+      const i64 wrap_in = (i64)(W - HC) * C;
       const T* src = x + (((((i64)q.n * D + id) * H + ih0) * (i64)W + iw0) * C + cblk * B + hvec * 8 + off0);
       int hr = hr0, hc = hc0;
       unsigned dst = smem_u32(dstA + hrow0 * LDA + hvec * 8);
@@ -756,35 +761,44 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       const int buf = stage % HALO_STAGES;
       const T* bA = sA + buf * halo * LDA;
       const T* bWs = sW + ws_this * wtaps * B * LDA;
-      for (int fr = 0; fr < FR; ++fr)
-        for (int fs = 0; fs < FS; ++fs) {
-          const int toff = fr * DH * HC + fs * DW;
-          const T* bW = bWs + (fr * FS + fs) * B * LDA;
+      auto tap = [&](int fr, int fs) {
+        const int toff = fr * DH * HC + fs * DW;
+        const T* bW = bWs + (fr * FS + fs) * B * LDA;
 #pragma unroll
-          for (int kk = 0; kk < B / 16; ++kk) {
-            unsigned b[B / 16][4];
+        for (int kk = 0; kk < B / 16; ++kk) {
+          unsigned b[B / 16][4];
+#pragma unroll
+          for (int np = 0; np < B / 16; ++np) {
+            if (FLIP) {  // smem [n = c][k]: B fragments without transposition
+              const int nrow = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
+              ldmatrix_x4(b[np], smem_u32(bW + nrow * LDA + kk * 16 + ((lane >> 3) & 1) * 8));
+            } else {     // smem [k = c][n = k]
+              const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+              ldmatrix_x4_trans(b[np], smem_u32(bW + krow * LDA + np * 16 + (lane >> 4) * 8));
+            }
+          }
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            unsigned a[4];
+            ldmatrix_x4(a, smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
             for (int np = 0; np < B / 16; ++np) {
-              if (FLIP) {  // smem [n = c][k]: B fragments without transposition
-                const int nrow = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
-                ldmatrix_x4(b[np], smem_u32(bW + nrow * LDA + kk * 16 + ((lane >> 3) & 1) * 8));
-              } else {     // smem [k = c][n = k]
-                const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-                ldmatrix_x4_trans(b[np], smem_u32(bW + krow * LDA + np * 16 + (lane >> 4) * 8));
-              }
-            }
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-              unsigned a[4];
-              ldmatrix_x4(a, smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
-#pragma unroll
-              for (int np = 0; np < B / 16; ++np) {
-                mma16816<T>(acc[mt][2 * np], a, b[np][0], b[np][1]);
-                mma16816<T>(acc[mt][2 * np + 1], a, b[np][2], b[np][3]);
-              }
+              mma16816<T>(acc[mt][2 * np], a, b[np][0], b[np][1]);
+              mma16816<T>(acc[mt][2 * np + 1], a, b[np][2], b[np][3]);
             }
           }
         }
+      };
+      // HALO_UNROLL, 3 × 3 filters: the taps unrolled, so ptxas can issue the next tap's ldmatrix during
+      // this tap's mma (a tap at a time leaves the ldmatrix latency exposed); only where the registers
+      // allow it (up to 4 m16 tiles a warp, and not 8 warps × 2 CTAs: 128 registers, it spills)
+      if (UNROLL_OK && (opts & HALO_UNROLL) && FR == 3 && FS == 3) {
+#pragma unroll
+        for (int t = 0; t < 9; ++t) tap(t / 3, t % 3);
+      } else {
+        for (int fr = 0; fr < FR; ++fr)
+          for (int fs = 0; fs < FS; ++fs) tap(fr, fs);
+      }
     }
     if (last) {  // epilogue from registers (the next item's first stage is in flight meanwhile)
       // HALO_PAIR with a permuted output: lanes 2q, 2q + 1 hold columns c, c + 1 and c + 2, c + 3; one

@@ -564,6 +564,8 @@ def test_gpu_large_ragged_tc(rng, dtype):
         "halo:256x4:v1",
         "halo:128x4:run3",
         "halo:256x4:run8",
+        "halo:256x4:roll",
+        "halo:512x8:run1",
     ],
 )
 def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
@@ -957,7 +959,9 @@ def test_gpu_path_emulated_ragged_tiles(rng, emulated, spatial, tw):
 HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
-@pytest.mark.parametrize("schedule", ["", ":run2", ":run3", ":v1"], ids=["auto", "run2", "run3", "v1"])
+@pytest.mark.parametrize(
+    "schedule", ["", ":run2", ":run3", ":v1", ":roll"], ids=["auto", "run2", "run3", "v1", "roll"]
+)
 @pytest.mark.parametrize("kind", ["bd_shuffle", "columns"])
 def test_gpu_path_emulated_halo_schedules(rng, emulated, monkeypatch, schedule, kind):
     # the halo kernel's schedules (kernels/conv.cu opts): runs of R tiles of one output block (4 tiles:
