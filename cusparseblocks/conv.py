@@ -73,13 +73,14 @@ _LAUNCH = {
         # a claim is a run of up to this many tiles of one output block (the length from _halo_run)
         "run_lengths": (1, 2, 4, 8),
         # the kernel's opts beside the run length: the weight-slice cache, the deferred claim, the paired
-        # store of a permuted output, the stepped halo load, the unrolled 3 × 3 taps (kernels/conv.cu
-        # HALO_WCACHE, HALO_DEFER, HALO_PAIR, HALO_STEP, HALO_UNROLL)
+        # store of a permuted output, the stepped halo load, the unrolled 3 × 3 taps, the short epilogue
+        # (kernels/conv.cu HALO_WCACHE, HALO_DEFER, HALO_PAIR, HALO_STEP, HALO_UNROLL, HALO_PLAIN)
         "weight_cache": True,
         "defer_claim": True,
         "pair_store": True,
         "step_load": True,
         "unroll_taps": True,
+        "plain_epilogue": True,
     },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
@@ -1094,6 +1095,7 @@ def _halo_opts(schedule, col_len, tiles: int, ctas: int) -> int:
     run = schedule if isinstance(schedule, int) else _halo_run(col_len, tiles, ctas)
     flags = (cfg["weight_cache"] << 16) | (cfg["defer_claim"] << 17) | (cfg["pair_store"] << 18)
     flags |= (cfg["step_load"] << 19) | ((cfg["unroll_taps"] and schedule != "roll") << 20)
+    flags |= cfg["plain_epilogue"] << 21
     return run | flags
 
 

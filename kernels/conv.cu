@@ -541,6 +541,7 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 #define HALO_PAIR (1 << 18)
 #define HALO_STEP (1 << 19)
 #define HALO_UNROLL (1 << 20)
+#define HALO_PLAIN (1 << 21)
 
 // conv_fprop_halo: the output tile is a TH × TW rectangle of one image n and one output depth od;
 // the CTAs claim runs of items (R consecutive tiles (n, od, tile row, tile column) of one virtual output
@@ -559,7 +560,8 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // starts), HALO_PAIR the paired store of a permuted output (lane pairs swap a value so a store writes
 // channels kv, kv + 1 of one pair together),
 // HALO_STEP the halo load with stepped indices (no division or 64-bit product chain per vector),
-// HALO_UNROLL the 3 × 3 taps unrolled (the next tap's ldmatrix can overlap this tap's mma).
+// HALO_UNROLL the 3 × 3 taps unrolled (the next tap's ldmatrix can overlap this tap's mma), HALO_PLAIN the
+// short epilogue of an output without permutation or edge bias.
 // FLIP (stride-1 bprop without a transposed copy of w): the column tables are the layout's row tables,
 // the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
 // the B fragments come from ldmatrix without .trans; the math is dx = conv(dy, flip(w)ᵀ).
@@ -572,7 +574,8 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
                 const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
   constexpr int THREADS = WARPS * 32, RPW = TH * TW / WARPS, MT = RPW / 16;
   constexpr int LDA = B + 8, VPR = B / 8, NT = B / 8;
-  constexpr bool UNROLL_OK = MT <= 4 && (WARPS == 4 || TH * TW > 256);
+  // the unrolled taps and the short epilogue need registers: not with 8 warps × 2 CTAs (128 a thread)
+  constexpr bool ROOMY = WARPS == 4 || TH * TW > 256, UNROLL_OK = MT <= 4 && ROOMY;
   static_assert(RPW % 16 == 0 && TW % 8 == 0, "16-row mma tiles; 8 lanes of an ldmatrix in one tile row");
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
@@ -606,15 +609,19 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   int* s_claim = reinterpret_cast<int*>(sW + HALO_STAGES * wtaps * B * LDA);  // after the ring (host: + 16 B)
 
-  struct Item {  // an item of a claimed run, decoded once; unit == total: none left
-    int unit, j, tile, tend, tw0, th0, od, n, e0, niter;
+  struct Item {  // an item of a claimed run; unit == total: none left
+    int unit, j, tile, tend, e0, niter;
   };
-  auto set_tile = [&](Item& r, int t) {
-    r.tile = t;
-    r.tw0 = (t % tiles_w) * TW; t /= tiles_w;
-    r.th0 = (t % tiles_h) * TH; t /= tiles_h;
-    r.od = t % OD;
-    r.n = t / OD;
+  struct Tile {  // a tile's origin, decoded where needed (not held in registers across the mma loop)
+    int tw0, th0, od, n;
+  };
+  auto tile_of = [&](int t) {
+    Tile g;
+    g.tw0 = (t % tiles_w) * TW; t /= tiles_w;
+    g.th0 = (t % tiles_h) * TH; t /= tiles_h;
+    g.od = t % OD;
+    g.n = t / OD;
+    return g;
   };
   // HALO_DEFER: thread 0 fetches the next claim when the run's last item starts (prefetch) and the
   // claim publishes it: nobody waits for the atomic's round trip, and a CTA holds at most one claimed
@@ -640,7 +647,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     r.j = u % ncol;
     const int t0 = u / ncol * run;
     r.tend = t0 + run < ntiles ? t0 + run : ntiles;
-    set_tile(r, t0);
+    r.tile = t0;
     r.e0 = col_ptr[r.j];
     r.niter = (col_ptr[r.j + 1] - r.e0) * FT;
     if (r.unit < total && r.tend - t0 == 1) prefetch();  // a one-tile run: its first item is its last
@@ -661,8 +668,9 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     const int eo = it / FT, ft = it - eo * FT;
     const int cblk = col_in[q.e0 + eo];
     const i64 wblk = col_w[q.e0 + eo];
-    const int id = q.od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
-    const int ih0 = q.th0 * SH - geo[G_PH], iw0 = q.tw0 * SW - geo[G_PW];
+    const Tile g = tile_of(q.tile);
+    const int id = g.od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
+    const int ih0 = g.th0 * SH - geo[G_PH], iw0 = g.tw0 * SW - geo[G_PW];
     const bool dok = (unsigned)id < (unsigned)D;
     T* dstA = sA + buf * halo * LDA;
     if (opts & HALO_STEP) {  // the thread's halo rows hrow0, + RPP, ...: (hr, hc) and addresses stepped
@@ -670,7 +678,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       const int hr0 = hrow0 / HC, hc0 = hrow0 - hr0 * HC, dR = RPP / HC, dC = RPP - dR * HC;
       const i64 off0 = (i64)(hr0 * W + hc0) * C, step_in = (i64)(dR * W + dC) * C;
       const i64 wrap_in = (i64)(W - HC) * C;
-      const T* src = x + (((((i64)q.n * D + id) * H + ih0) * (i64)W + iw0) * C + cblk * B + hvec * 8 + off0);
+      const T* src = x + (((((i64)g.n * D + id) * H + ih0) * (i64)W + iw0) * C + cblk * B + hvec * 8 + off0);
       int hr = hr0, hc = hc0;
       unsigned dst = smem_u32(dstA + hrow0 * LDA + hvec * 8);
       for (int row = hrow0; row < halo; row += RPP) {
@@ -692,7 +700,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
         const int hr = row / HC, hc = row - hr * HC;
         const int ih = ih0 + hr, iw = iw0 + hc;
         const bool ok = dok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
-        const T* src = ok ? x + ((((i64)q.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
+        const T* src = ok ? x + ((((i64)g.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
         cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
       }
     }
@@ -747,7 +755,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     int nit = it + 1;
     if (last) {
       if (cur.tile + 1 < cur.tend) {  // the run's next tile
-        set_tile(nxt, cur.tile + 1);
+        nxt.tile = cur.tile + 1;
         if (nxt.tile + 1 == nxt.tend) prefetch();
       } else {
         nxt = claim();
@@ -805,15 +813,33 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       // shfl gives the even lane c, c + 2 and the odd lane c + 1, c + 3, so one store writes c, c + 1 (and
       // the next c + 2, c + 3): a shuffle maps such a pair into one 32-byte sector, half the sectors a store
       const bool pair = out_perm != nullptr && (opts & HALO_PAIR) != 0;
+      const Tile g = tile_of(cur.tile);
+      if (ROOMY && (opts & HALO_PLAIN) && out_perm == nullptr && emap == nullptr) {
+        // HALO_PLAIN, no permutation or edge bias: the tile's origin once, a row's offset from two
+        // shifts and a multiply (the general path below spends ~50 instructions a row)
+        T* ybase = y + (((((i64)g.n * OD + g.od) * OH + g.th0) * OW + g.tw0) * K + cur.j * B +
+                        2 * (lane & 3));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h, rq = r / TW, rr = r % TW;
+            if (g.th0 + rq < OH && g.tw0 + rr < OW) {
+              T* yrow = ybase + (i64)(rq * OW + rr) * K;
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt) store2<T>(yrow + nt * 8, acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+            }
+          }
+      } else {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h;
-          const int oh = cur.th0 + r / TW, ow = cur.tw0 + r % TW;
+          const int oh = g.th0 + r / TW, ow = g.tw0 + r % TW;
           const bool inside = oh < OH && ow < OW;
-          const i64 p = ((i64)cur.od * OH + oh) * OW + ow;
-          const i64 m = cur.n * OS + p;
+          const i64 p = ((i64)g.od * OH + oh) * OW + ow;
+          const i64 m = g.n * OS + p;
           const int eb = emap != nullptr && inside ? emap[p] : -1;
           T* yrow = y + m * K;
           if (pair) {  // every lane takes part in the shfl; lanes 2q, 2q + 1 share a row (inside or not)
@@ -835,6 +861,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
                             acc[mt][nt][2 * h + 1], out_perm, edge_bias, eb, K);
           }
         }
+      }
 #pragma unroll
       for (int a = 0; a < MT; ++a)
 #pragma unroll

@@ -962,13 +962,14 @@ HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
 @pytest.mark.parametrize(
     "schedule", ["", ":run2", ":run3", ":v1", ":roll"], ids=["auto", "run2", "run3", "v1", "roll"]
 )
-@pytest.mark.parametrize("kind", ["bd_shuffle", "columns"])
+@pytest.mark.parametrize("kind", ["bd_shuffle", "columns", "plain"])
 def test_gpu_path_emulated_halo_schedules(rng, emulated, monkeypatch, schedule, kind):
     # the halo kernel's schedules (kernels/conv.cu opts): runs of R tiles of one output block (4 tiles:
     # R = 3 leaves a ragged run of 1), the weight-slice cache (block-diagonal: one-stage columns reuse a
     # slot; columns of 2 stages: each slot keeps one block; a column of 1 between them), the deferred
     # claim, the paired store of a shuffled output with edge bias; an empty column (zeros + edge bias);
-    # ":v1" the previous schedule. fprop and the FLIP bprop against the float64 reference.
+    # "plain": the same columns without edge bias (the short epilogue); ":v1" the previous schedule,
+    # ":roll" without the unrolled taps. fprop and the FLIP bprop against the float64 reference.
     import cupy
 
     import cusparseblocks.conv as conv_module
@@ -978,15 +979,16 @@ def test_gpu_path_emulated_halo_schedules(rng, emulated, monkeypatch, schedule, 
         lay = ChannelBlockLayout.block_diagonal(48, 3, shuffle=True, block_size=16)
     else:
         lay = ChannelBlockLayout.from_mask([[1, 0, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0]], 16)
+    edge = kind != "plain"
     conv = BlockSparseConv(
-        lay, (3, 3), padding=((2, 0), (1, 1)), input_spatial=(9, 11), edge_bias=True, data_format="NHWC"
+        lay, (3, 3), padding=((2, 0), (1, 1)), input_spatial=(9, 11), edge_bias=edge, data_format="NHWC"
     )
     x = random_array(rng, (2, 9, 11, conv.C), "float16")
     w = conv.init_normal(rng, dtype=np.float32).astype(x.dtype)
-    eb = random_array(rng, conv.edge_bias_shape, "float16")
+    eb = random_array(rng, conv.edge_bias_shape, "float16") if edge else None
     y = poison(cupy, (2, 9, 11, conv.K), "float16")
-    conv.fprop(cupy.asarray(x), cupy.asarray(w), cupy.asarray(eb), out=y)
-    f64 = lambda a: a.astype(np.float64)  # noqa: E731
+    conv.fprop(cupy.asarray(x), cupy.asarray(w), None if eb is None else cupy.asarray(eb), out=y)
+    f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
     assert_close(y, conv.fprop(f64(x), f64(w), f64(eb)), "float16", "fprop")
     dy = random_array(rng, y.shape, "float16")
     dx = poison(cupy, x.shape, "float16")
