@@ -191,7 +191,8 @@ def main(argv=None):
 
         first, first_g = both(fprop)
         rel = check()
-        kernel = conv_module._fprop_variant(conv_module._forward_geo(op, op.geometry((H, W)), N), b)
+        geo = conv_module._forward_geo(op, op.geometry((H, W)), N)
+        kernel = conv_module._fprop_variant(geo, b, lay.out_perm is not None)
         variants = {}
         for variant in fprop_variants:
             conv_module.force_variant = variant

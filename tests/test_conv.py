@@ -1011,6 +1011,12 @@ def test_halo_run_choice():
     assert conv_module._halo_opts(3, (1,), 4, 6) & 0xFFFF == 3
     with pytest.raises(ValueError, match="force_variant"):
         conv_module._parse_schedule("halo:128x4:runx")
+    # the automatic tile: 256 positions, 128 for a permuted (shuffled) output
+    lay = ChannelBlockLayout.block_diagonal(64, 2, shuffle=True, block_size=32)
+    op = BlockSparseConv(lay, (3, 3), padding=1, data_format="NHWC")
+    geo = conv_module._forward_geo(op, op.geometry((32, 32)), 4)
+    assert conv_module._fprop_variant(geo, 32)[1][:3] == (32, 8, 4)
+    assert conv_module._fprop_variant(geo, 32, permuted=True)[1][:3] == (32, 4, 4)
 
 
 @pytest.mark.parametrize("tile", HALO_TILES, ids=lambda t: f"{t[0]}x{t[1]}")
