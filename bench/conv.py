@@ -127,8 +127,13 @@ def main(argv=None):
     rotate = 3
     GROUPS = 8
     halo_tiles = [f"halo:{p}x{w}" for p, w in conv_module._LAUNCH["halo"]["tiles"]]
-    # ":full": a CTA per item instead of the persistent grid (the default tile's old launch)
-    fprop_variants = ["tap", *halo_tiles, "halo:{}x{}:full".format(*conv_module._LAUNCH["halo"]["default"])]
+    # the default tile's earlier schedules: ":full" a CTA per item, ":v1" the persistent grid of single-item
+    # claims (before runs, the weight-slice cache, the deferred claim, the paired store and the stepped
+    # load); ":runN" the new kernel with runs of N tiles (the automatic choice may differ); ":roll" without
+    # the unrolled 3 × 3 taps
+    dflt = "halo:{}x{}".format(*conv_module._LAUNCH["halo"]["default"])
+    fprop_variants = ["tap", *halo_tiles, f"{dflt}:full", f"{dflt}:v1", f"{dflt}:run1", f"{dflt}:run4"]
+    fprop_variants += [f"{dflt}:roll", "halo:512x8:v1", "halo:512x8:run1"]
     table = Table(
         [
             "N",
@@ -186,7 +191,8 @@ def main(argv=None):
 
         first, first_g = both(fprop)
         rel = check()
-        kernel = conv_module._fprop_variant(conv_module._forward_geo(op, op.geometry((H, W)), N), b)
+        geo = conv_module._forward_geo(op, op.geometry((H, W)), N)
+        kernel = conv_module._fprop_variant(geo, b, lay.out_perm is not None)
         variants = {}
         for variant in fprop_variants:
             conv_module.force_variant = variant

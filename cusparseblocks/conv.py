@@ -66,10 +66,24 @@ _LAUNCH = {
         "tile_widths": (32, 16, 8),
         "tiles": ((128, 4), (256, 4), (256, 8), (512, 4), (512, 8)),
         "default": (256, 4),
+        # a permuted (shuffled) output: the 128-position tile (H100, block-diagonal + shuffle, 256 channels,
+        # batch 64: 0.119 ms against 0.139 for 256x4, whose scattered stores come in larger bursts)
+        "default_permuted": (128, 4),
         "stages": 2,
         "max_smem": 160 * 1024,
         # grid = co-resident CTAs, each walking items with one stage stream (False: a CTA per item)
         "persistent": True,
+        # a claim is a run of up to this many tiles of one output block (the length from _halo_run)
+        "run_lengths": (1, 2, 4, 8),
+        # the kernel's opts beside the run length: the weight-slice cache, the deferred claim, the paired
+        # store of a permuted output, the stepped halo load, the unrolled 3 × 3 taps, the short epilogue
+        # (kernels/conv.cu HALO_WCACHE, HALO_DEFER, HALO_PAIR, HALO_STEP, HALO_UNROLL, HALO_PLAIN)
+        "weight_cache": True,
+        "defer_claim": True,
+        "pair_store": True,
+        "step_load": True,
+        "unroll_taps": True,
+        "plain_epilogue": True,
     },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
@@ -927,8 +941,15 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
     spec, grid, block, smem, pre, post = _dev(
         conv, key, lambda cp: _fprop_plan(conv, geom, n, x.dtype, has_eb)
     )
-    sched = (_halo_sched(),) if "halo" in spec.name else ()  # per stream: not part of the cached plan
-    _launch(spec, grid, block, (x, w, y, *pre, edge_bias if has_eb else _null(), *post, *sched), smem)
+    # the halo kernel's work counters are per stream: not part of the cached plan (its opts are, in post)
+    sched = (_halo_sched(),) if "halo" in spec.name else ()
+    _launch(
+        spec,
+        grid,
+        block,
+        (x, w, y, *pre, edge_bias if has_eb else _null(), *post[:2], *sched, *post[2:]),
+        smem,
+    )
     return y
 
 
@@ -946,7 +967,16 @@ def _fprop_plan(conv, geom, n: int, dtype, has_eb: bool):
             return cp.asarray(ptr), cp.asarray(cin), cp.asarray(cw), perm
 
         ptr, cin, cw, perm = _dev(conv, ("cols",), build)
-        spec, grid, block, smem, _ = _tc_plan(geo_host, lay.mask.shape[1], lay.uniform, dt, False)
+        spec, grid, block, smem, _, opts = _tc_plan(
+            geo_host,
+            lay.mask.shape[1],
+            lay.uniform,
+            dt,
+            False,
+            lay.column_tables[0],
+            lay.out_perm is not None,
+        )
+        post = post + ((np.int32(opts),) if opts is not None else ())
         return spec, grid, block, smem, (ptr, cin, cw, perm if perm is not None else _null()), post
     conn = _conn_tables(conv)
     threads = _LAUNCH["direct"]["threads"]
@@ -960,8 +990,11 @@ def _fprop_plan(conv, geom, n: int, dtype, has_eb: bool):
 _G = {k: i for i, k in enumerate("N C K D H W OD OH OW FT FR FS SD SH SW PD PH PW DD DH DW CL".split())}
 
 # None (automatic), "tap", "halo" (automatic tile) or "halo:PIXELSxWARPS" (e.g. "halo:512x4"), with
-# ":full" appended for a CTA per item instead of the persistent grid: which tensor-core fprop kernel
-# runs (fprop and stride-1 bprop); the benchmark times each
+# ":full" appended for a CTA per item instead of the persistent grid (the first kernel's schedule), ":v1"
+# for the persistent grid of single-item claims without the weight cache, deferred claim or paired store
+# (the second), ":runN" for runs of N tiles, ":roll" the automatic schedule without the unrolled 3 × 3
+# taps: which tensor-core fprop kernel runs (fprop and stride-1
+# bprop) and how; the benchmark times each
 force_variant: str | None = None  # as _matmul_gpu.force_variant
 
 
@@ -977,18 +1010,37 @@ def _halo_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> 
 def _halo_smem(g: dict, b: int, tw: int, th: int) -> int:
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
-    return _LAUNCH["halo"]["stages"] * (hr * hc + g["FR"] * g["FS"] * b) * (b + 8) * 2 + 16  # + the claim slot
+    return (
+        _LAUNCH["halo"]["stages"] * (hr * hc + g["FR"] * g["FS"] * b) * (b + 8) * 2 + 16
+    )  # + the claim slot
 
 
-def _fprop_variant(geo_host, b: int):
-    """("halo", (tile width, tile height, warps, shared bytes, persistent)) when the halo kernel
-    applies, else ("tap", None)."""
+def _parse_schedule(fv: str | None):
+    """force_variant without its schedule suffix, and the schedule: "auto", "full", "v1", "roll" (auto
+    without the unrolled 3 × 3 taps) or a run length."""
+    if fv is None or not fv.startswith("halo"):
+        return fv, "auto"
+    head, _, tail = fv.partition(":")
+    rest = tail.split(":") if tail else []
+    sched = "auto"
+    if rest and rest[-1] in ("full", "v1", "roll"):
+        sched = rest.pop()
+    elif rest and rest[-1].startswith("run"):
+        n = rest.pop()[3:]
+        if not n.isdigit() or not 1 <= int(n) <= 0xFFFF:
+            raise ValueError(f"force_variant: expected ':runN' with 1 <= N < 65536, got {fv!r}")
+        sched = int(n)
+    return ":".join([head, *rest]), sched
+
+
+def _fprop_variant(geo_host, b: int, permuted: bool = False):
+    """("halo", (tile width, tile height, warps, shared bytes, schedule)) when the halo kernel applies,
+    else ("tap", None); the schedule is "full" (a CTA per item), "v1", "auto" or a run length."""
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     cfg = _LAUNCH["halo"]
-    fv = force_variant
-    persistent = cfg["persistent"]
-    if fv is not None and fv.endswith(":full"):
-        fv, persistent = fv[: -len(":full")], False
+    fv, schedule = _parse_schedule(force_variant)
+    if schedule == "auto" and not cfg["persistent"]:
+        schedule = "full"
     if fv == "tap" or b not in cfg["block_sizes"] or (g["FR"] * g["FS"] == 1 and fv is None):
         return "tap", None
     tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
@@ -1001,20 +1053,66 @@ def _fprop_variant(geo_host, b: int):
             raise ValueError(f"force_variant: expected a halo tile in {cfg['tiles']}, got {force_variant!r}")
         shapes = [(pixels, warps)]
     else:
-        pixels, warps = cfg["default"]
+        pixels, warps = cfg["default_permuted" if permuted else "default"]
         shapes = [(pixels, warps)] if pixels // tw <= g["OH"] else []
         shapes.append(cfg["tiles"][0])
     for pixels, warps in shapes:
         th = pixels // tw
         smem = _halo_smem(g, b, tw, th)
         if smem <= cfg["max_smem"]:
-            return "halo", (tw, th, warps, smem, persistent)
+            return "halo", (tw, th, warps, smem, schedule)
     return "tap", None
 
 
-def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool):
-    """(spec, grid, block, shared bytes, needs the flipped weight copy) of the implicit-GEMM kernel
-    for fprop or (``flip``) stride-1 bprop: conv_fprop_ffma (fp32), conv_fprop_halo or conv_fprop_tc."""
+@functools.lru_cache(maxsize=256)
+def _halo_run(col_len: tuple, tiles: int, ctas: int) -> int:
+    """The run length (tiles of one output block per claim) of conv_fprop_halo: the longest entry of
+    _LAUNCH["halo"]["run_lengths"] whose claim order ends within 2 % of the best one's (longer runs claim
+    less often and keep their weight slices for more items), simulated with an item costing its stages
+    (at least one) and every CTA taking the next run when it is free; a long claim list is estimated as
+    the mean work of a CTA plus one run of the longest column. ``col_len``: stages per item of each
+    output block."""
+    import heapq
+
+    cost = np.maximum(np.asarray(col_len, dtype=np.int64), 1)
+    ncol = len(cost)
+    spans = {}
+    for run in _LAUNCH["halo"]["run_lengths"]:
+        chunks = -(-tiles // run)
+        if chunks * ncol > 1 << 13:
+            spans[run] = tiles * int(cost.sum()) / ctas + run * int(cost.max())
+            continue
+        last = tiles - (chunks - 1) * run
+        free = [0] * min(ctas, chunks * ncol)
+        span = 0
+        for c in range(chunks):
+            r = run if c < chunks - 1 else last
+            for j in range(ncol):
+                t = heapq.heappop(free) + r * int(cost[j])
+                span = max(span, t)
+                heapq.heappush(free, t)
+        spans[run] = span
+    best = min(spans.values())
+    return max(run for run, span in spans.items() if span <= 1.02 * best)
+
+
+def _halo_opts(schedule, col_len, tiles: int, ctas: int) -> int:
+    """conv_fprop_halo's opts argument (kernels/conv.cu): the run length and the HALO_* flags."""
+    cfg = _LAUNCH["halo"]
+    if schedule in ("full", "v1"):
+        return 1
+    run = schedule if isinstance(schedule, int) else _halo_run(col_len, tiles, ctas)
+    flags = (cfg["weight_cache"] << 16) | (cfg["defer_claim"] << 17) | (cfg["pair_store"] << 18)
+    flags |= (cfg["step_load"] << 19) | ((cfg["unroll_taps"] and schedule != "roll") << 20)
+    flags |= cfg["plain_epilogue"] << 21
+    return run | flags
+
+
+def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np.ndarray, permuted=False):
+    """(spec, grid, block, shared bytes, needs the flipped weight copy, the halo kernel's opts or None) of
+    the implicit-GEMM kernel for fprop or (``flip``) stride-1 bprop: conv_fprop_ffma (fp32),
+    conv_fprop_halo or conv_fprop_tc. ``col_ptr``: the column (bprop: row) pointers on the host (the
+    halo kernel's run length weighs the columns' lengths)."""
     cfg = _LAUNCH["tc"]
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     m_total = g["N"] * g["OD"] * g["OH"] * g["OW"]
@@ -1022,32 +1120,39 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool):
         ff = _LAUNCH["ffma"]
         smem = ff["stages"] * (ff["bm"] + b) * (b + 4) * 4
         spec = compiler.KernelSpec("conv.cu", f"conv_fprop_ffma<{b}>")
-        return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip
-    variant, halo = _fprop_variant(geo_host, b)
+        return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip, None
+    variant, halo = _fprop_variant(geo_host, b, permuted)
     if variant == "halo":
-        tw, th, warps, smem, persistent = halo
+        tw, th, warps, smem, schedule = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
         assert out_blocks * b == g["K"], "the halo kernel's grid has K/B output blocks"
         spec = _halo_spec(_CTYPE[dt], b, tw, th, warps, flip)
         items = tiles * out_blocks
         if items >= 2**31:
             raise ValueError(f"x: {items} output tiles × blocks exceed the halo kernel's 2^31 work items")
-        if persistent:  # the CTAs that fit at once, each claiming items until none are left
-            items = min(items, _ops._sm_count() * _ops._resident_blocks(spec, 32 * warps, smem, 2))
-        return spec, (items,), (32 * warps,), smem, False
+        if schedule == "full":  # a CTA per item
+            return spec, (items,), (32 * warps,), smem, False, _halo_opts(schedule, None, tiles, items)
+        # the CTAs that fit at once, each claiming runs until none are left
+        ctas = _ops._sm_count() * _ops._resident_blocks(spec, 32 * warps, smem, 2)
+        col_len = tuple((np.diff(np.asarray(col_ptr, dtype=np.int64)) * g["FT"]).tolist())
+        opts = _halo_opts(schedule, col_len, tiles, ctas)
+        runs = -(-tiles // (opts & 0xFFFF)) * out_blocks
+        return spec, (min(runs, ctas),), (32 * warps,), smem, False, opts
     spec = compiler.KernelSpec("conv.cu", f"conv_fprop_tc<{_CTYPE[dt]}, {b}>")
-    return spec, (-(-m_total // cfg["bm"]), out_blocks), (cfg["threads"],), _tc_smem(b), flip
+    return spec, (-(-m_total // cfg["bm"]), out_blocks), (cfg["threads"],), _tc_smem(b), flip, None
 
 
-def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt, flip_w=None):
+def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt, ptr_host, flip_w=None):
     """The implicit-GEMM kernel over the column tables (stride-1 bprop: the layout's row tables).
 
     ``flip_w`` (bprop): a callable giving the flipped, transposed weight copy that conv_fprop_tc and
     conv_fprop_ffma need; the halo kernel reads ``w`` itself (FLIP)."""
-    spec, grid, block, smem, needs_copy = _tc_plan(geo_host, out_blocks, b, dt, flip_w is not None)
+    spec, grid, block, smem, needs_copy, opts = _tc_plan(
+        geo_host, out_blocks, b, dt, flip_w is not None, ptr_host
+    )
     tail = (*tables, perm if perm is not None else _null(), *eb_args, _upload_geo(geo_host))
     if "halo" in spec.name:
-        tail += (_halo_sched(),)
+        tail += (_halo_sched(), np.int32(opts))
     _launch(spec, grid, block, (x, flip_w() if needs_copy else w, y, *tail), smem)
 
 
@@ -1093,7 +1198,18 @@ def _gpu_bprop(conv, geom, dy, w, out, shape):
             conv, geom, n, conv.K, conv.C, geom.output_spatial, geom.input_spatial, (1,) * conv.dims, pad_lo
         )
         _tc_launch(
-            dyv, w, dx, (ptr, rout, rw), None, (_null(), _null()), geo_host, lay.mask.shape[0], b, dt, flip_w
+            dyv,
+            w,
+            dx,
+            (ptr, rout, rw),
+            None,
+            (_null(), _null()),
+            geo_host,
+            lay.mask.shape[0],
+            b,
+            dt,
+            lay.row_tables[0],
+            flip_w,
         )
         return dx
     conn = _conn_tables(conv)

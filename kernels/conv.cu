@@ -231,6 +231,15 @@ template <> __device__ __forceinline__ void store2<__nv_bfloat16>(__nv_bfloat16*
   *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
 }
 
+// the epilogue's store of output column kv of one row: + edge bias (eb >= 0), through the output permutation
+template <typename T>
+__device__ __forceinline__ void store_out1(T* yrow, int kv, float v, const int* __restrict__ out_perm,
+                                           const T* __restrict__ edge_bias, int eb, int K) {
+  const int k = out_perm[kv];
+  if (eb >= 0) v += to_float(edge_bias[(i64)eb * K + k]);
+  yrow[k] = from_float<T>(v);
+}
+
 // the epilogue's store of output columns kv, kv + 1 of one row: + edge bias (eb >= 0), through the output
 // permutation (a merged channel shuffle: two scattered stores) or as one 4-byte pair
 template <typename T>
@@ -527,10 +536,16 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 }
 
 #define HALO_STAGES 2
+#define HALO_WCACHE (1 << 16)
+#define HALO_DEFER (1 << 17)
+#define HALO_PAIR (1 << 18)
+#define HALO_STEP (1 << 19)
+#define HALO_UNROLL (1 << 20)
+#define HALO_PLAIN (1 << 21)
 
 // conv_fprop_halo: the output tile is a TH × TW rectangle of one image n and one output depth od;
-// the CTAs walk the items (n, od, tile row, tile column, virtual output block j), j fastest, with a
-// grid stride (persistent when the grid is smaller than the items). Each stage is
+// the CTAs claim runs of items (R consecutive tiles (n, od, tile row, tile column) of one virtual output
+// block j; runs j fastest) from a counter (persistent when the grid is smaller than the runs). Each stage is
 // one (input block of column j, filter depth ft) pair: it loads the input halo that the rectangle's
 // FR × FS taps read (zero-filled outside the input) once, plus the FR·FS weight slices, then runs all
 // taps from shared memory (ldmatrix takes per-lane row addresses, so a tap is a shifted window of the
@@ -539,6 +554,14 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // warp read each B fragment from shared memory for more mma. Epilogue: + edge bias, optional
 // output-channel permutation (a merged channel shuffle), store. Shared memory:
 // 2 · (HR·HC·(B+8) + FR·FS·B·(B+8)) elements + 16 bytes (the claimed item), from the host.
+// opts (the host's schedule; the previous kernel's behaviour is opts = 1): bits 0-15 the run length R,
+// HALO_WCACHE the weight-slice cache (a stage whose weights are already in a slot reads them there),
+// HALO_DEFER the deferred claim (thread 0 fetches the next run's claim when the current run's last item
+// starts), HALO_PAIR the paired store of a permuted output (lane pairs swap a value so a store writes
+// channels kv, kv + 1 of one pair together),
+// HALO_STEP the halo load with stepped indices (no division or 64-bit product chain per vector),
+// HALO_UNROLL the 3 × 3 taps unrolled (the next tap's ldmatrix can overlap this tap's mma), HALO_PLAIN the
+// short epilogue of an output without permutation or edge bias.
 // FLIP (stride-1 bprop without a transposed copy of w): the column tables are the layout's row tables,
 // the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
 // the B fragments come from ldmatrix without .trans; the math is dx = conv(dy, flip(w)ᵀ).
@@ -548,9 +571,11 @@ __global__ void __launch_bounds__(WARPS * 32, (TH * TW <= 256 && (TH * TW / WARP
 conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
                 const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
                 const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
-                const int* __restrict__ geo, unsigned* __restrict__ sched) {
+                const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
   constexpr int THREADS = WARPS * 32, RPW = TH * TW / WARPS, MT = RPW / 16;
   constexpr int LDA = B + 8, VPR = B / 8, NT = B / 8;
+  // the unrolled taps and the short epilogue need registers: not with 8 warps × 2 CTAs (128 a thread)
+  constexpr bool ROOMY = WARPS == 4 || TH * TW > 256, UNROLL_OK = MT <= 4 && ROOMY;
   static_assert(RPW % 16 == 0 && TW % 8 == 0, "16-row mma tiles; 8 lanes of an ldmatrix in one tile row");
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
@@ -565,66 +590,135 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   T* sA = reinterpret_cast<T*>(smem_raw);             // [stages][halo][LDA]
   T* sW = sA + HALO_STAGES * halo * LDA;              // [stages][FR·FS][B][LDA]
 
-  // Work items (n, od, tile row, tile column, virtual output block j), j fastest, claimed in order from
-  // the counter sched[0] (so the items in progress at any time are neighbours: the K/B items of one
-  // tile run together, its input halo is read from DRAM once and later columns find it in L2, and a
-  // permuted (shuffled) output's scattered stores to the same rows merge in L2). The grid may be
-  // smaller than the items (persistent: about the co-resident CTAs): a CTA's stages form one stream
-  // over all the items it claims, so the next item's first stage is in flight while the current
-  // item's last stage multiplies and its epilogue stores. Claiming (not a fixed stride) balances
-  // columns of different lengths. The last CTA to finish resets sched[0..1] for the next launch on
-  // the stream. The host guarantees fewer than 2^31 items.
+  // Work items (tile, virtual output block j): a claim from the counter sched[0] is a run of R consecutive
+  // tiles (n, od, tile row, tile column; the last run of a column may be shorter) of one j, runs j
+  // fastest. So the runs in progress at any time are neighbours: the K/B runs of the same tiles start
+  // together, an input halo is read from DRAM once and later columns find it in L2, and a permuted
+  // (shuffled) output's scattered stores to the same rows merge in L2; and a CTA's consecutive items share
+  // j (its weight slices stay in shared memory: the cache below). The grid may be smaller than the runs
+  // (persistent: about the co-resident CTAs): a CTA's stages form one stream over all its items, so the
+  // next item's first stage is in flight while the current item's last stage multiplies and its epilogue
+  // stores. Claiming (not a fixed stride) balances columns of different lengths. The last CTA to finish
+  // resets sched[0..1] for the next launch on the stream. The host guarantees fewer than 2^31 runs.
   const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + TH - 1) / TH;
   const int ncol = K / B;
-  const int total = geo[G_N] * OD * tiles_h * tiles_w * ncol;
+  const int run = opts & 0xffff;
+  const bool wcache = (opts & HALO_WCACHE) != 0, defer = (opts & HALO_DEFER) != 0;
+  const int ntiles = geo[G_N] * OD * tiles_h * tiles_w;
+  const int total = (ntiles + run - 1) / run * ncol;  // runs
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   int* s_claim = reinterpret_cast<int*>(sW + HALO_STAGES * wtaps * B * LDA);  // after the ring (host: + 16 B)
 
-  struct Item {  // a claimed item, decoded once; item == total: none left
-    int item, j, tw0, th0, od, n, e0, niter;
+  struct Item {  // an item of a claimed run; unit == total: none left
+    int unit, j, tile, tend, e0, niter;
+  };
+  struct Tile {  // a tile's origin, decoded where needed (not held in registers across the mma loop)
+    int tw0, th0, od, n;
+  };
+  auto tile_of = [&](int t) {
+    Tile g;
+    g.tw0 = (t % tiles_w) * TW; t /= tiles_w;
+    g.th0 = (t % tiles_h) * TH; t /= tiles_h;
+    g.od = t % OD;
+    g.n = t / OD;
+    return g;
+  };
+  // HALO_DEFER: thread 0 fetches the next claim when the run's last item starts (prefetch) and the
+  // claim publishes it: nobody waits for the atomic's round trip, and a CTA holds at most one claimed
+  // run it has not started (fetching at the claim itself would reserve two runs a CTA at the start)
+  unsigned pend = 0;
+  bool have_pend = false;
+  auto prefetch = [&]() {
+    if (defer && tid == 0) {
+      pend = atomicAdd(sched, 1u);
+      have_pend = true;
+    }
   };
   auto claim = [&]() {  // all threads; one atomic by thread 0, broadcast through shared memory
-    if (tid == 0) *s_claim = (int)atomicAdd(sched, 1u);
+    if (tid == 0) {
+      const unsigned c = have_pend ? pend : atomicAdd(sched, 1u);
+      have_pend = false;
+      *s_claim = c < (unsigned)total ? (int)c : total;
+    }
     __syncthreads();
-    int t = *s_claim < total ? *s_claim : total;
     Item r;
-    r.item = t;
-    if (t == total) t = 0;
-    r.j = t % ncol; t /= ncol;
-    r.tw0 = (t % tiles_w) * TW; t /= tiles_w;
-    r.th0 = (t % tiles_h) * TH; t /= tiles_h;
-    r.od = t % OD;
-    r.n = t / OD;
+    r.unit = *s_claim;
+    const int u = r.unit < total ? r.unit : 0;
+    r.j = u % ncol;
+    const int t0 = u / ncol * run;
+    r.tend = t0 + run < ntiles ? t0 + run : ntiles;
+    r.tile = t0;
     r.e0 = col_ptr[r.j];
     r.niter = (col_ptr[r.j + 1] - r.e0) * FT;
+    if (r.unit < total && r.tend - t0 == 1) prefetch();  // a one-tile run: its first item is its last
     return r;
   };
 
-  auto load_stage = [&](const Item& q, int it, int buf) {
+  // the weight-slice cache: the tag (block · FT + depth) each weight slot holds (-1: none); ws_cur is the
+  // slot the stage being multiplied reads. Without HALO_WCACHE a stage loads its weights into the slot the
+  // current stage does not use (the ring's slot, as the previous kernel).
+  int wtag0 = -1, wtag1 = -1, ws_cur = 1;
+
+  // HALO_STEP: this thread loads 16-byte vector hvec of halo rows hrow0, hrow0 + RPP, ... (the halo's
+  // row-major (hr, hc) stepped by (dR, dC) instead of a division by HC per vector; the steps are
+  // recomputed each stage rather than held in registers across the mma loop)
+  constexpr int RPP = THREADS / VPR;
+
+  auto load_stage = [&](const Item& q, int it, int buf) {  // returns the weight slot of the stage
     const int eo = it / FT, ft = it - eo * FT;
     const int cblk = col_in[q.e0 + eo];
     const i64 wblk = col_w[q.e0 + eo];
-    const int id = q.od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
-    const int ih0 = q.th0 * SH - geo[G_PH], iw0 = q.tw0 * SW - geo[G_PW];
+    const Tile g = tile_of(q.tile);
+    const int id = g.od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
+    const int ih0 = g.th0 * SH - geo[G_PH], iw0 = g.tw0 * SW - geo[G_PW];
     const bool dok = (unsigned)id < (unsigned)D;
     T* dstA = sA + buf * halo * LDA;
-    for (int v = tid; v < halo * VPR; v += THREADS) {
-      const int row = v / VPR, vec = v - row * VPR;
-      const int hr = row / HC, hc = row - hr * HC;
-      const int ih = ih0 + hr, iw = iw0 + hc;
-      const bool ok = dok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
-      const T* src = ok ? x + ((((i64)q.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
-      cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
+    if (opts & HALO_STEP) {  // the thread's halo rows hrow0, + RPP, ...: (hr, hc) and addresses stepped
+      const int hvec = tid % VPR, hrow0 = tid / VPR;
+      const int hr0 = hrow0 / HC, hc0 = hrow0 - hr0 * HC, dR = RPP / HC, dC = RPP - dR * HC;
+      const i64 off0 = (i64)(hr0 * W + hc0) * C, step_in = (i64)(dR * W + dC) * C;
+      const i64 wrap_in = (i64)(W - HC) * C;
+      const T* src = x + (((((i64)g.n * D + id) * H + ih0) * (i64)W + iw0) * C + cblk * B + hvec * 8 + off0);
+      int hr = hr0, hc = hc0;
+      unsigned dst = smem_u32(dstA + hrow0 * LDA + hvec * 8);
+      for (int row = hrow0; row < halo; row += RPP) {
+        const bool ok = dok && (unsigned)(ih0 + hr) < (unsigned)H && (unsigned)(iw0 + hc) < (unsigned)W;
+        cp_async16(dst, ok ? src : x, ok ? 16 : 0);  // src is formed outside x only where ok is false
+        dst += RPP * LDA * (int)sizeof(T);
+        hc += dC;
+        hr += dR;
+        src += step_in;
+        if (hc >= HC) {
+          hc -= HC;
+          ++hr;
+          src += wrap_in;
+        }
+      }
+    } else {
+      for (int v = tid; v < halo * VPR; v += THREADS) {
+        const int row = v / VPR, vec = v - row * VPR;
+        const int hr = row / HC, hc = row - hr * HC;
+        const int ih = ih0 + hr, iw = iw0 + hc;
+        const bool ok = dok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+        const T* src = ok ? x + ((((i64)g.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
+        cp_async16(smem_u32(dstA + row * LDA + vec * 8), src, ok ? 16 : 0);
+      }
     }
     const int wdepth = FLIP ? FT - 1 - ft : ft;
+    const int wkey = (int)wblk * FT + wdepth;
+    if (wcache && (ws_cur == 0 ? wtag0 : wtag1) == wkey) return ws_cur;  // the current stage's slot: read only
+    const int ws = ws_cur ^ 1;
+    if (wcache && (ws == 0 ? wtag0 : wtag1) == wkey) return ws;
+    if (ws == 0) wtag0 = wkey; else wtag1 = wkey;
     const T* wsrc = w + (wblk * taps + (i64)wdepth * wtaps) * (B * B);
-    T* dstW = sW + buf * wtaps * B * LDA;
+    T* dstW = sW + ws * wtaps * B * LDA;
     for (int v = tid; v < wtaps * B * VPR; v += THREADS) {
       const int kr = v / VPR, cv = v - kr * VPR;  // kr = tap·B + weight row (input channel of w)
       const int tap = kr / B, wr = kr - tap * B;
       const int stap = FLIP ? wtaps - 1 - tap : tap;
       cp_async16(smem_u32(dstW + kr * LDA + cv * 8), wsrc + ((i64)stap * B + wr) * B + cv * 8, 16);
     }
+    return ws;
   };
 
   // this lane's A row in each m16 tile: output (th, tw) → halo position before the tap offset
@@ -641,7 +735,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   // zeros (+ edge bias).
   Item cur = claim();
   int it = 0;
-  if (cur.item < total && cur.niter > 0) load_stage(cur, 0, 0);
+  if (cur.unit < total && cur.niter > 0) ws_cur = load_stage(cur, 0, 0);
   cp_async_commit();
 
   const i64 OS = (i64)OD * OH * OW;
@@ -653,69 +747,121 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
 
-  for (int stage = 0; cur.item < total; ++stage) {
+  for (int stage = 0; cur.unit < total; ++stage) {
     cp_async_wait<0>();
     __syncthreads();
     const bool last = it + 1 >= cur.niter;  // the item's last (or only, empty) step
     Item nxt = cur;
     int nit = it + 1;
     if (last) {
-      nxt = claim();
+      if (cur.tile + 1 < cur.tend) {  // the run's next tile
+        nxt.tile = cur.tile + 1;
+        if (nxt.tile + 1 == nxt.tend) prefetch();
+      } else {
+        nxt = claim();
+      }
       nit = 0;
     }
-    if (nxt.item < total && nit < nxt.niter) load_stage(nxt, nit, (stage + 1) % HALO_STAGES);
+    const int ws_this = ws_cur;  // the weight slot this stage multiplies from
+    if (nxt.unit < total && nit < nxt.niter) ws_cur = load_stage(nxt, nit, (stage + 1) % HALO_STAGES);
     cp_async_commit();
     if (it < cur.niter) {
       const int buf = stage % HALO_STAGES;
       const T* bA = sA + buf * halo * LDA;
-      const T* bWs = sW + buf * wtaps * B * LDA;
-      for (int fr = 0; fr < FR; ++fr)
-        for (int fs = 0; fs < FS; ++fs) {
-          const int toff = fr * DH * HC + fs * DW;
-          const T* bW = bWs + (fr * FS + fs) * B * LDA;
+      const T* bWs = sW + ws_this * wtaps * B * LDA;
+      auto tap = [&](int fr, int fs) {
+        const int toff = fr * DH * HC + fs * DW;
+        const T* bW = bWs + (fr * FS + fs) * B * LDA;
 #pragma unroll
-          for (int kk = 0; kk < B / 16; ++kk) {
-            unsigned b[B / 16][4];
+        for (int kk = 0; kk < B / 16; ++kk) {
+          unsigned b[B / 16][4];
+#pragma unroll
+          for (int np = 0; np < B / 16; ++np) {
+            if (FLIP) {  // smem [n = c][k]: B fragments without transposition
+              const int nrow = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
+              ldmatrix_x4(b[np], smem_u32(bW + nrow * LDA + kk * 16 + ((lane >> 3) & 1) * 8));
+            } else {     // smem [k = c][n = k]
+              const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+              ldmatrix_x4_trans(b[np], smem_u32(bW + krow * LDA + np * 16 + (lane >> 4) * 8));
+            }
+          }
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            unsigned a[4];
+            ldmatrix_x4(a, smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
             for (int np = 0; np < B / 16; ++np) {
-              if (FLIP) {  // smem [n = c][k]: B fragments without transposition
-                const int nrow = np * 16 + ((lane >> 4) & 1) * 8 + (lane & 7);
-                ldmatrix_x4(b[np], smem_u32(bW + nrow * LDA + kk * 16 + ((lane >> 3) & 1) * 8));
-              } else {     // smem [k = c][n = k]
-                const int krow = kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
-                ldmatrix_x4_trans(b[np], smem_u32(bW + krow * LDA + np * 16 + (lane >> 4) * 8));
-              }
-            }
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-              unsigned a[4];
-              ldmatrix_x4(a, smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
-#pragma unroll
-              for (int np = 0; np < B / 16; ++np) {
-                mma16816<T>(acc[mt][2 * np], a, b[np][0], b[np][1]);
-                mma16816<T>(acc[mt][2 * np + 1], a, b[np][2], b[np][3]);
-              }
+              mma16816<T>(acc[mt][2 * np], a, b[np][0], b[np][1]);
+              mma16816<T>(acc[mt][2 * np + 1], a, b[np][2], b[np][3]);
             }
           }
         }
+      };
+      // HALO_UNROLL, 3 × 3 filters: the taps unrolled, so ptxas can issue the next tap's ldmatrix during
+      // this tap's mma (a tap at a time leaves the ldmatrix latency exposed); only where the registers
+      // allow it (up to 4 m16 tiles a warp, and not 8 warps × 2 CTAs: 128 registers, it spills)
+      if (UNROLL_OK && (opts & HALO_UNROLL) && FR == 3 && FS == 3) {
+#pragma unroll
+        for (int t = 0; t < 9; ++t) tap(t / 3, t % 3);
+      } else {
+        for (int fr = 0; fr < FR; ++fr)
+          for (int fs = 0; fs < FS; ++fs) tap(fr, fs);
+      }
     }
     if (last) {  // epilogue from registers (the next item's first stage is in flight meanwhile)
+      // HALO_PAIR with a permuted output: lanes 2q, 2q + 1 hold columns c, c + 1 and c + 2, c + 3; one
+      // shfl gives the even lane c, c + 2 and the odd lane c + 1, c + 3, so one store writes c, c + 1 (and
+      // the next c + 2, c + 3): a shuffle maps such a pair into one 32-byte sector, half the sectors a store
+      const bool pair = out_perm != nullptr && (opts & HALO_PAIR) != 0;
+      const Tile g = tile_of(cur.tile);
+      if (ROOMY && (opts & HALO_PLAIN) && out_perm == nullptr && emap == nullptr) {
+        // HALO_PLAIN, no permutation or edge bias: the tile's origin once, a row's offset from two
+        // shifts and a multiply (the general path below spends ~50 instructions a row)
+        T* ybase = y + (((((i64)g.n * OD + g.od) * OH + g.th0) * OW + g.tw0) * K + cur.j * B +
+                        2 * (lane & 3));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h, rq = r / TW, rr = r % TW;
+            if (g.th0 + rq < OH && g.tw0 + rr < OW) {
+              T* yrow = ybase + (i64)(rq * OW + rr) * K;
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt) store2<T>(yrow + nt * 8, acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+            }
+          }
+      } else {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h;
-          const int oh = cur.th0 + r / TW, ow = cur.tw0 + r % TW;
-          if (oh >= OH || ow >= OW) continue;
-          const i64 p = ((i64)cur.od * OH + oh) * OW + ow;
-          const i64 m = cur.n * OS + p;
-          const int eb = emap != nullptr ? emap[p] : -1;
+          const int oh = g.th0 + r / TW, ow = g.tw0 + r % TW;
+          const bool inside = oh < OH && ow < OW;
+          const i64 p = ((i64)g.od * OH + oh) * OW + ow;
+          const i64 m = g.n * OS + p;
+          const int eb = emap != nullptr && inside ? emap[p] : -1;
           T* yrow = y + m * K;
+          if (pair) {  // every lane takes part in the shfl; lanes 2q, 2q + 1 share a row (inside or not)
+            const int odd = lane & 1;
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-            store_out2<T>(yrow, cur.j * B + nt * 8 + 2 * (lane & 3), acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1],
-                          out_perm, edge_bias, eb, K);
+            for (int nt = 0; nt < NT; ++nt) {
+              const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+              const float got = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 1);
+              const int kv = cur.j * B + nt * 8 + 2 * (lane & 3);
+              if (inside) {
+                store_out1<T>(yrow, kv - odd, odd ? got : v0, out_perm, edge_bias, eb, K);
+                store_out1<T>(yrow, kv + 2 - odd, odd ? v1 : got, out_perm, edge_bias, eb, K);
+              }
+            }
+          } else if (inside) {
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+              store_out2<T>(yrow, cur.j * B + nt * 8 + 2 * (lane & 3), acc[mt][nt][2 * h],
+                            acc[mt][nt][2 * h + 1], out_perm, edge_bias, eb, K);
+          }
         }
+      }
 #pragma unroll
       for (int a = 0; a < MT; ++a)
 #pragma unroll

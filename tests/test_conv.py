@@ -552,7 +552,21 @@ def test_gpu_large_ragged_tc(rng, dtype):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize(
     "variant",
-    ["tap", "halo:128x4", "halo:256x4", "halo:256x8", "halo:512x4", "halo:512x8", "halo:256x4:full", "halo:128x4:full"],
+    [
+        "tap",
+        "halo:128x4",
+        "halo:256x4",
+        "halo:256x8",
+        "halo:512x4",
+        "halo:512x8",
+        "halo:256x4:full",
+        "halo:128x4:full",
+        "halo:256x4:v1",
+        "halo:128x4:run3",
+        "halo:256x4:run8",
+        "halo:256x4:roll",
+        "halo:512x8:run1",
+    ],
 )
 def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
     # every tensor-core fprop kernel (and the FLIP bprop of each halo tile) on ragged tiles, an empty
@@ -586,12 +600,32 @@ def test_gpu_halo_persistent(rng, monkeypatch, dtype, sms):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", [None, "halo:256x4:v1", "halo:128x4:run2", "halo:256x4:run8"])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_gpu_halo_schedules(rng, monkeypatch, variant, shuffle):
+    # the halo kernel's schedules on a block-diagonal layout (one-stage columns: the weight-slice cache
+    # keeps a run's weights) with edge bias, grouped and shuffled (the paired store): runs of tiles with a
+    # ragged last run, more runs than co-resident CTAs, fprop and the FLIP bprop
+    import cusparseblocks.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "force_variant", variant)
+    lay = ChannelBlockLayout.block_diagonal(128, 4, shuffle=shuffle, block_size=32)
+    _gpu_case(
+        rng, lay, (3, 3), 1, 1, 1, (21, 35), "float16", "NHWC", edge_bias=True, n=37, ops=("fprop", "bprop")
+    )
+
+
+@pytest.mark.gpu
 @needs_torch
-def test_gpu_block_diagonal_shuffle_vs_torch(rng):
+@pytest.mark.parametrize("variant", [None, "halo:256x4:v1", "halo:128x4:run4"])
+def test_gpu_block_diagonal_shuffle_vs_torch(rng, monkeypatch, variant):
     import cupy
+
+    import cusparseblocks.conv as conv_module
 
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
+    monkeypatch.setattr(conv_module, "force_variant", variant)
     C = K = 128
     g = 4
     lay = ChannelBlockLayout.block_diagonal(C, g, shuffle=True)
@@ -741,7 +775,7 @@ _HALO_DRIVER = r"""
 #undef main
 #define HALO_X(T, B, TW, TH, WP, F) {"conv_fprop_halo<" #T ", " #B ", " #TW ", " #TH ", " #WP ", " #F ">", \
   [] { return [] { conv_fprop_halo<T, B, TW, TH, WP, F>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), \
-  P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10)); }; }}
+  P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10), I(11)); }; }}
 static const int halo_registered = [] {
   using Table = std::map<std::string, std::function<std::function<void()>()>>;
   const_cast<Table&>(kernels).insert({ %s });
@@ -923,6 +957,66 @@ def test_gpu_path_emulated_ragged_tiles(rng, emulated, spatial, tw):
 
 
 HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
+
+
+@pytest.mark.parametrize(
+    "schedule", ["", ":run2", ":run3", ":v1", ":roll"], ids=["auto", "run2", "run3", "v1", "roll"]
+)
+@pytest.mark.parametrize("kind", ["bd_shuffle", "columns", "plain"])
+def test_gpu_path_emulated_halo_schedules(rng, emulated, monkeypatch, schedule, kind):
+    # the halo kernel's schedules (kernels/conv.cu opts): runs of R tiles of one output block (4 tiles:
+    # R = 3 leaves a ragged run of 1), the weight-slice cache (block-diagonal: one-stage columns reuse a
+    # slot; columns of 2 stages: each slot keeps one block; a column of 1 between them), the deferred
+    # claim, the paired store of a shuffled output with edge bias; an empty column (zeros + edge bias);
+    # "plain": the same columns without edge bias (the short epilogue); ":v1" the previous schedule,
+    # ":roll" without the unrolled taps. fprop and the FLIP bprop against the float64 reference.
+    import cupy
+
+    import cusparseblocks.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "force_variant", f"halo:128x4{schedule}")
+    if kind == "bd_shuffle":
+        lay = ChannelBlockLayout.block_diagonal(48, 3, shuffle=True, block_size=16)
+    else:
+        lay = ChannelBlockLayout.from_mask([[1, 0, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0]], 16)
+    edge = kind != "plain"
+    conv = BlockSparseConv(
+        lay, (3, 3), padding=((2, 0), (1, 1)), input_spatial=(9, 11), edge_bias=edge, data_format="NHWC"
+    )
+    x = random_array(rng, (2, 9, 11, conv.C), "float16")
+    w = conv.init_normal(rng, dtype=np.float32).astype(x.dtype)
+    eb = random_array(rng, conv.edge_bias_shape, "float16") if edge else None
+    y = poison(cupy, (2, 9, 11, conv.K), "float16")
+    conv.fprop(cupy.asarray(x), cupy.asarray(w), None if eb is None else cupy.asarray(eb), out=y)
+    f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+    assert_close(y, conv.fprop(f64(x), f64(w), f64(eb)), "float16", "fprop")
+    dy = random_array(rng, y.shape, "float16")
+    dx = poison(cupy, x.shape, "float16")
+    conv.bprop(cupy.asarray(dy), cupy.asarray(w), out=dx)
+    assert_close(dx, conv.bprop(f64(dy), f64(w)), "float16", "bprop")
+    assert emulated[0] == "conv_fprop_halo<__half, 16, 8>", emulated
+    assert [c.tolist() for c in conv_module._SCHED.values()] == [[0, 0]]
+
+
+def test_halo_run_choice():
+    # equal one-stage columns with a multiple of the CTAs' work: the longest run; uneven columns with
+    # fewer items than a long run's tail allows: short runs; fewer items than CTAs: runs of 1
+    import cusparseblocks.conv as conv_module
+
+    assert conv_module._halo_run((1,) * 8, 256, 264) == 8
+    assert conv_module._halo_run((5, 3, 6, 2, 4, 3, 5, 4), 256, 264) == 1
+    assert conv_module._halo_run((1,) * 8, 32, 264) == 1
+    assert conv_module._halo_run((2, 2), 1 << 14, 100) == 8  # a long claim list: estimated
+    assert conv_module._halo_opts("v1", None, 4, 6) == 1 and conv_module._halo_opts("full", None, 4, 6) == 1
+    assert conv_module._halo_opts(3, (1,), 4, 6) & 0xFFFF == 3
+    with pytest.raises(ValueError, match="force_variant"):
+        conv_module._parse_schedule("halo:128x4:runx")
+    # the automatic tile: 256 positions, 128 for a permuted (shuffled) output
+    lay = ChannelBlockLayout.block_diagonal(64, 2, shuffle=True, block_size=32)
+    op = BlockSparseConv(lay, (3, 3), padding=1, data_format="NHWC")
+    geo = conv_module._forward_geo(op, op.geometry((32, 32)), 4)
+    assert conv_module._fprop_variant(geo, 32)[1][:3] == (32, 8, 4)
+    assert conv_module._fprop_variant(geo, 32, permuted=True)[1][:3] == (32, 4, 4)
 
 
 @pytest.mark.parametrize("tile", HALO_TILES, ids=lambda t: f"{t[0]}x{t[1]}")

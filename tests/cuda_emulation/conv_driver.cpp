@@ -75,7 +75,7 @@ static void launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, const std
 #define UPDAT_TC(T, B) {"conv_updat_tc<" #T ", " #B ">", [] { return [] { conv_updat_tc<T, B>(P<T>(0), P<T>(1), P<float>(2), P<int>(3), P<int>(4), I(5), I(6), P<int>(7)); }; }}
 #define UPDAT_REDUCE(O) {"conv_updat_reduce<" #O ">", [] { return [] { conv_updat_reduce<O>(P<float>(0), P<O>(1), I(2), args[3].i); }; }}
 
-#define FPROP_HALO(T, B, TW) {"conv_fprop_halo<" #T ", " #B ", " #TW ">", [] { return [] { conv_fprop_halo<T, B, TW>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10)); }; }}
+#define FPROP_HALO(T, B, TW) {"conv_fprop_halo<" #T ", " #B ", " #TW ">", [] { return [] { conv_fprop_halo<T, B, TW>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10), I(11)); }; }}
 
 #define FPROP_FFMA(B) {"conv_fprop_ffma<" #B ">", [] { return [] { conv_fprop_ffma<B>(P<float>(0), P<float>(1), P<float>(2), P<int>(3), P<int>(4), P<int>(5), P<int>(6), P<float>(7), P<int>(8), P<int>(9)); }; }}
 
