@@ -124,6 +124,15 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      "tc_ring12": ("tc", 32, (12, 1, 2, 768, 256, 1, 1)),  # 12 warps: the consumer's latency
                      "simt_ring": ("simt", 32, (4, 1, 5, 768, 256, 1, 1)),
                      "simt_ring_bulk": ("simt", 32, (4, 1, 5, 768, 256, 1, 2))}
+# Timing-only builds of xw_small_ring (fp16 "tc", fp32 "simt"; fprop; 8th entry DIAG, kernels/bsmm_small.cu):
+# each removes one piece of the work so that bench/small_diag.py can attribute the time. Their output is
+# wrong: only a benchmark names them (small_variant), the library never picks them.
+_DIAG_BITS = {"nomma": 1, "nox": 2, "notab": 4, "noepi": 8, "empty": 16, "nozfill": 32, "wonly": 3,
+              "probe": 1 | 4 | 8 | 32}
+XW_SMALL_DIAG = {**{f"diag_tc_{k}": ("tc", 32, (8, 1, 4, 768, 256, 1, 1, v))
+                    for k, v in _DIAG_BITS.items()},
+                 **{f"diag_simt_{k}": ("simt", 32, (4, 1, 5, 768, 256, 1, 1, v))
+                    for k, v in _DIAG_BITS.items() if k in ("nomma", "empty", "probe")}}
 small_variant = None
 small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
@@ -206,7 +215,7 @@ def _small_kind(dtype):
 
 
 def _small_entry(dtype, bm, variant):
-    v = XW_SMALL_VARIANTS.get(variant)
+    v = XW_SMALL_VARIANTS.get(variant) or XW_SMALL_DIAG.get(variant)
     if v is not None and v[0] == _small_kind(dtype) and v[1] == bm:
         return v[2]
     return XW_SMALL_TILES[_small_kind(dtype)][bm]
@@ -228,8 +237,10 @@ def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     ring = small_ring(dtype, bm, variant)
     if ring:
-        return KernelSpec("bsmm_small.cu",
-                          f"xw_small_ring<{t}, {to}, {bm}, {warps}, {st}, {me}, {ms}, {trans}, {ring - 1}>")
+        entry = _small_entry(dtype, bm, variant)
+        diag = f", {entry[7]}" if len(entry) > 7 else ""  # timing-only builds (XW_SMALL_DIAG)
+        name = f"xw_small_ring<{t}, {to}, {bm}, {warps}, {st}, {me}, {ms}, {trans}, {ring - 1}{diag}>"
+        return KernelSpec("bsmm_small.cu", name)
     return KernelSpec("bsmm_small.cu",
                       f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {c}, {trans}>")
 
@@ -491,6 +502,10 @@ def small_specializations():
             if kind == _small_kind(dtype):
                 for to, trans in itertools.product(_out_types(dtype), (0, 1)):
                     yield xw_small_spec(dtype, to, bm, trans, name)
+        if dtype != "bfloat16":  # the diagnostics: fprop, output in the input dtype
+            for name, (kind, bm, _) in XW_SMALL_DIAG.items():
+                if kind == _small_kind(dtype):
+                    yield xw_small_spec(dtype, dtype, bm, 0, name)
 
 
 compiler.register_family("bsmm_small", small_specializations)
