@@ -123,7 +123,13 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      "tc_ring4_bulk": ("tc", 32, (4, 1, 9, 768, 256, 1, 2)),
                      "tc_ring12": ("tc", 32, (12, 1, 2, 768, 256, 1, 1)),  # 12 warps: the consumer's latency
                      "simt_ring": ("simt", 32, (4, 1, 5, 768, 256, 1, 1)),
-                     "simt_ring_bulk": ("simt", 32, (4, 1, 5, 768, 256, 1, 2))}
+                     "simt_ring_bulk": ("simt", 32, (4, 1, 5, 768, 256, 1, 2)),
+                     # the split pieces counted where they end (fence + atomic inside the stream), as before
+                     # LATE (kernels/bsmm_small.cu): the default tiles and tc_ring, timed against LATE = 1
+                     "tc_fence": ("tc", 32, XW_SMALL_TILES["tc"][32]),
+                     "simt_fence": ("simt", 32, XW_SMALL_TILES["simt"][32]),
+                     "tc_ring_fence": ("tc", 32, (8, 1, 4, 768, 256, 1, 1))}
+SMALL_EARLY_SPLIT = ("tc_fence", "simt_fence", "tc_ring_fence")  # variants built with LATE = 0
 # Timing-only builds of xw_small_ring (fp16 "tc", fp32 "simt"; fprop; 8th entry DIAG, kernels/bsmm_small.cu):
 # each removes one piece of the work so that bench/small_diag.py can attribute the time. Their output is
 # wrong: only a benchmark names them (small_variant), the library never picks them.
@@ -236,13 +242,16 @@ def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
     warps, bpw, st, me, ms, c = small_tile(dtype, bm, variant)
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     ring = small_ring(dtype, bm, variant)
+    # LATE = 0 only for the SMALL_EARLY_SPLIT variants, where they apply (their kind and tile height)
+    early = variant in SMALL_EARLY_SPLIT and _small_entry(dtype, bm, variant) is XW_SMALL_VARIANTS[variant][2]
+    late = int(not early)
     if ring:
         entry = _small_entry(dtype, bm, variant)
         diag = f", {entry[7]}" if len(entry) > 7 else ""  # timing-only builds (XW_SMALL_DIAG)
-        name = f"xw_small_ring<{t}, {to}, {bm}, {warps}, {st}, {me}, {ms}, {trans}, {ring - 1}{diag}>"
+        name = f"xw_small_ring<{t}, {to}, {bm}, {warps}, {st}, {me}, {ms}, {trans}, {ring - 1}, {late}{diag}>"
         return KernelSpec("bsmm_small.cu", name)
     return KernelSpec("bsmm_small.cu",
-                      f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {c}, {trans}>")
+                      f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {c}, {trans}, {late}>")
 
 
 def xw_small_smem(dtype, bm, variant=None):

@@ -244,6 +244,34 @@ template <int BM, int TRANS_W> struct Warp<float, BM, TRANS_W> {
     }
 };
 
+// The end of a split group's piece, its fp32 partials [C][BM][32] already written to ws (by every thread):
+// the CTA counts itself in the group's counter; the last piece to arrive sums the `cols` columns' parts in
+// part order (the same bits on every run), adds y when accumulating, writes y and resets the counter for
+// the next launch. The fence waits for every memory operation the thread has in flight, its cp.async copies
+// included: inside the stream it drains the pipeline (several µs under load), so LATE kernels call this
+// after their last block, when nothing is in flight.
+template <typename TO, int BM, int C, int THREADS>
+__device__ __forceinline__ void finish_split(int p, int group, int cols, int rows, const int2* __restrict__ parts,
+                                             const float* ws, unsigned* __restrict__ counters, TO* __restrict__ y,
+                                             i64 out_features, int accumulate, int& last_s) {
+    __threadfence();
+    __syncthreads();
+    const int2 pi = parts[p];
+    if (threadIdx.x == 0) last_s = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    for (int idx = threadIdx.x; idx < cols * rows * BS; idx += THREADS) {
+        const int jj = idx / (rows * BS), e = idx % (rows * BS), m = e / BS, f = e % BS;
+        float v = 0.f;
+        for (int q = 0; q < pi.y; q++) v += __ldcg(ws + ((i64)(pi.x + q) * C + jj) * BM * BS + e);
+        const i64 off = (i64)m * out_features + (i64)(group * C + jj) * BS + f;
+        if (accumulate) v += to_float<TO>(y[off]);
+        y[off] = from_float<TO>(v);
+    }
+    if (threadIdx.x == 0) counters[pi.x] = 0u;
+}
+
 }  // namespace small
 
 // Dynamic shared memory: STAGES · EPS · (BM + C·32) · stride(T) · sizeof(T) bytes (xw_small_smem() in
@@ -253,8 +281,11 @@ template <int BM, int TRANS_W> struct Warp<float, BM, TRANS_W> {
 // per block; a stage holds EPS items, warp q computes items q, q + WARPS, ... into C tiles. C = 1: the
 // items are the entries (r, k).
 // Grid: gridDim.x CTAs (a multiple of the resident CTAs), WARPS·32 threads.
+// LATE = 1: a split group's piece writes its partials when it ends but counts itself (fence, atomic, the
+// last piece's sum) only after the CTA's last block (finish_split: a fence inside the stream drains it);
+// at most two pieces per CTA are split (its first and its last), more are finished on the spot.
 template <typename T, typename TO, int BM, int WARPS, int BPW, int STAGES, int MAX_ENT, int MAX_STG, int C,
-          int TRANS_W>
+          int TRANS_W, int LATE>
 __global__ void __launch_bounds__(WARPS * 32, 1)
 xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ items,
          const int* __restrict__ ent_ptr, const int4* __restrict__ stages, const int* __restrict__ stage_ptr,
@@ -332,6 +363,8 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
         cp_async_commit();
     }
     Warp<T, BM, TRANS_W> acc[C];
+    int n_late = 0;  // LATE: split pieces ended, to be counted after the stream (at most two)
+    int2 late0 = make_int2(0, 0), late1 = late0;
     for (int j = 0; j < n_st; j++) {
         const int4 rec = stg_s[j];
         const int cnt = rec.y & 0xffff;
@@ -380,27 +413,22 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
             }
         }
         if (p >= 0) {  // a piece of a split group: the last piece to finish sums them in part order
-            __threadfence();
-            __syncthreads();
-            const int2 pi = parts[p];
-            if (threadIdx.x == 0) last_s = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
-            __syncthreads();
-            if (last_s) {
-                __threadfence();
-                const int cols = min(C, n_cols - rec.z * C);
-                for (int idx = threadIdx.x; idx < cols * rows * BS; idx += THREADS) {
-                    const int jj = idx / (rows * BS), e = idx % (rows * BS), m = e / BS, f = e % BS;
-                    float v = 0.f;
-                    for (int q = 0; q < pi.y; q++) v += __ldcg(ws + ((i64)(pi.x + q) * C + jj) * BM * BS + e);
-                    const i64 off = (i64)m * out_features + (i64)(rec.z * C + jj) * BS + f;
-                    if (accumulate) v += to_float<TO>(y[off]);
-                    y[off] = from_float<TO>(v);
-                }
-                if (threadIdx.x == 0) counters[pi.x] = 0u;
+            if (LATE && n_late < 2) {
+                (n_late ? late1 : late0) = make_int2(p, rec.z);
+                n_late++;
+            } else {
+                finish_split<TO, BM, C, THREADS>(p, rec.z, min(C, n_cols - rec.z * C), rows, parts, ws, counters, y,
+                                                 out_features, accumulate, last_s);
             }
         }
     }
     cp_async_wait<0>();
+    if (LATE)
+        for (int k = 0; k < n_late; k++) {
+            const int2 lp = k ? late1 : late0;
+            finish_split<TO, BM, C, THREADS>(lp.x, lp.y, min(C, n_cols - lp.y * C), rows, parts, ws, counters, y,
+                                             out_features, accumulate, last_s);
+        }
     // empty columns: zeros (nothing to add when accumulating); last, so that its loads delay no copy
     if (!accumulate)
         for (int i = blockIdx.x; i < n_zero; i += gridDim.x) {
@@ -422,6 +450,7 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
 // BULK = 1 (sm_90): one cp.async.bulk per row (64 B fp16, 128 B fp32; lane m copies row m of the w block
 // and of the x tile, into the padded rows that ldmatrix wants), completion on the slot's mbarrier; rows
 // n ≥ N of the x tiles are zeroed once and never copied. Warp tile and multiply as xw_small (Warp<>).
+// LATE as xw_small's: a split column's piece is counted (fence, atomic, last piece's sum) after the stream.
 // Dynamic shared memory: WARPS · SLOTS · (BM + 32) · stride(T) · sizeof(T) + WARPS · BM · 36 · 4 bytes.
 // DIAG (timing-only builds for bench/small_diag.py, never dispatched by default; the output is wrong):
 // each set bit removes one piece of the work so that the benchmark can attribute the time: DIAG_NOMMA
@@ -433,7 +462,7 @@ namespace small {
 constexpr int DIAG_NOMMA = 1, DIAG_NOX = 2, DIAG_NOTAB = 4, DIAG_NOEPI = 8, DIAG_EMPTY = 16, DIAG_NOZFILL = 32;
 }
 template <typename T, typename TO, int BM, int WARPS, int SLOTS, int MAX_ENT, int MAX_STG, int TRANS_W, int BULK,
-          int DIAG = 0>
+          int LATE, int DIAG = 0>
 __global__ void __launch_bounds__(WARPS * 32, 1)
 xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ items,
               const int* __restrict__ ent_ptr, const int4* __restrict__ stages, const int* __restrict__ stage_ptr,
@@ -545,6 +574,8 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
         if (!BULK) cp_async_commit();
     }
     Warp<T, BM, TRANS_W> acc;
+    int n_late = 0;  // LATE: split pieces ended, to be counted after the stream (at most two)
+    int2 late0 = make_int2(0, 0), late1 = late0;
     float sink = 0.f;  // DIAG_NOMMA's fold
     int used = 0;  // this warp's blocks consumed
     for (int j = 0; j < n_st; j++) {
@@ -588,26 +619,22 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
             y[off] = from_float<TO>(v);
         }
         if (p >= 0) {  // a piece of a split column: the last piece to finish sums them in part order
-            __threadfence();
-            __syncthreads();
-            const int2 pi = parts[p];
-            if (threadIdx.x == 0) last_s = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
-            __syncthreads();
-            if (last_s) {
-                __threadfence();
-                for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
-                    const int m = idx / BS, f = idx % BS;
-                    float v = 0.f;
-                    for (int k = 0; k < pi.y; k++) v += __ldcg(ws + (i64)(pi.x + k) * BM * BS + idx);
-                    const i64 off = (i64)m * out_features + (i64)c * BS + f;
-                    if (accumulate) v += to_float<TO>(y[off]);
-                    y[off] = from_float<TO>(v);
-                }
-                if (threadIdx.x == 0) counters[pi.x] = 0u;
+            if (LATE && n_late < 2) {
+                (n_late ? late1 : late0) = make_int2(p, c);
+                n_late++;
+            } else {
+                finish_split<TO, BM, 1, THREADS>(p, c, 1, rows, parts, ws, counters, y, out_features, accumulate,
+                                                 last_s);
             }
         }
     }
     if (!BULK) cp_async_wait<0>();
+    if (LATE)
+        for (int k = 0; k < n_late; k++) {
+            const int2 lp = k ? late1 : late0;
+            finish_split<TO, BM, 1, THREADS>(lp.x, lp.y, 1, rows, parts, ws, counters, y, out_features, accumulate,
+                                             last_s);
+        }
     if (DIAG) {  // keep the diagnostic's work live: a store no real input triggers
         float v = sink;
         if (!(DIAG & DIAG_NOMMA)) {

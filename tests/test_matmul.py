@@ -848,7 +848,10 @@ def _emulated_small_cases():
             ("float16", "float32", "bprop", 29, 5, 1, "tc_ring_bulk"), ("bfloat16", "bfloat16", "fprop", 5, 1, 0, "tc_ring_bulk"),
             ("float16", "float16", "fprop", 32, 7, 0, "tc_ring4_bulk"), ("bfloat16", "bfloat16", "bprop", 17, 2, 1, "tc_ring4"),
             ("float32", "float32", "bprop", 32, 5, 1, "simt_ring"), ("float32", "float32", "fprop", 27, 2, 0, "simt_ring_bulk"),
-            ("float32", "float32", "bprop", 1, 9, 0, "simt_ring_bulk"), ("float16", "float16", "bprop", 30, 3, 1, "tc_ring12")]
+            ("float32", "float32", "bprop", 1, 9, 0, "simt_ring_bulk"), ("float16", "float16", "bprop", 30, 3, 1, "tc_ring12"),
+            # the split pieces counted where they end (LATE = 0; the defaults count them after the stream)
+            ("float16", "float32", "fprop", 31, 6, 1, "tc_fence"), ("float32", "float32", "bprop", 5, 7, 0, "simt_fence"),
+            ("bfloat16", "bfloat16", "fprop", 32, 5, 0, "tc_fence"), ("float16", "float16", "bprop", 31, 6, 1, "tc_ring_fence")]
 
 
 @pytest.fixture(scope="module")
