@@ -91,7 +91,7 @@ def run(densities=DENSITIES, dtypes=("float16", "float32")):
             bsmm._gpu_tables.clear()  # the plan cache does not key on the blocks-per-SM rule
             try:
                 add("xw_small", _time(bsmm, sets))
-                fence = ("tc_fence", "tc_ring_fence") if kind == "tc" else ("simt_fence",)
+                fence = ("tc_fence", "tc_ring_fence") if kind == "tc" else ("simt_fence", "simt_ring8")
                 for name in (f"{kind}_ring", *fence, *diags):
                     G.small_variant = name
                     try:

@@ -124,6 +124,9 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      "tc_ring12": ("tc", 32, (12, 1, 2, 768, 256, 1, 1)),  # 12 warps: the consumer's latency
                      "simt_ring": ("simt", 32, (4, 1, 5, 768, 256, 1, 1)),
                      "simt_ring_bulk": ("simt", 32, (4, 1, 5, 768, 256, 1, 2)),
+                     # fp32, two warps per scheduler (one warp leaves the FFMA pipe idle at every stall), one
+                     # block in flight per warp besides the one computed: 184 KiB
+                     "simt_ring8": ("simt", 32, (8, 1, 2, 768, 256, 1, 1)),
                      # the split pieces counted where they end (fence + atomic inside the stream), as before
                      # LATE (kernels/bsmm_small.cu): the default tiles and tc_ring, timed against LATE = 1
                      "tc_fence": ("tc", 32, XW_SMALL_TILES["tc"][32]),

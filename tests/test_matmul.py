@@ -851,7 +851,8 @@ def _emulated_small_cases():
             ("float32", "float32", "bprop", 1, 9, 0, "simt_ring_bulk"), ("float16", "float16", "bprop", 30, 3, 1, "tc_ring12"),
             # the split pieces counted where they end (LATE = 0; the defaults count them after the stream)
             ("float16", "float32", "fprop", 31, 6, 1, "tc_fence"), ("float32", "float32", "bprop", 5, 7, 0, "simt_fence"),
-            ("bfloat16", "bfloat16", "fprop", 32, 5, 0, "tc_fence"), ("float16", "float16", "bprop", 31, 6, 1, "tc_ring_fence")]
+            ("bfloat16", "bfloat16", "fprop", 32, 5, 0, "tc_fence"), ("float16", "float16", "bprop", 31, 6, 1, "tc_ring_fence"),
+            ("float32", "float32", "fprop", 31, 3, 1, "simt_ring8"), ("float32", "float32", "bprop", 5, 2, 0, "simt_ring8")]
 
 
 @pytest.fixture(scope="module")
