@@ -1,7 +1,7 @@
 """Where the small-batch fprop's time goes: `PYTHONPATH=. python bench/small_diag.py`.
 
 N = 32, K = M = 12288, b = 32 (bench/bsmm.py --small's case), fprop, CUDA-graph replay of 3 rotated input
-sets. Rows per density: the dispatch's default, xw_small forced (also below 80 blocks per SM), the
+sets. Rows per density: the dispatch's default, the small kernel forced (below 80 blocks per SM), the
 per-column kernel, xw_small_ring (tc_ring / simt_ring), the split pieces counted inside the stream
 (the "_fence" variants: LATE = 0, the code before 2026-11-26 (third)), the timing-only builds of
 xw_small_ring that each remove one piece of the work (_matmul_gpu.XW_SMALL_DIAG: no mma, no x copies,
@@ -90,8 +90,9 @@ def run(densities=DENSITIES, dtypes=("float16", "float32")):
             G.SMALL_TC_MIN_BLOCKS_PER_SM = 0
             bsmm._gpu_tables.clear()  # the plan cache does not key on the blocks-per-SM rule
             try:
-                add("xw_small", _time(bsmm, sets))
-                fence = ("tc_fence", "tc_ring_fence") if kind == "tc" else ("simt_fence", "simt_ring8")
+                add("small kernel forced", _time(bsmm, sets))
+                fence = (("tc_ring_pad", "tc_ring_fence", "tc_stages", "tc_fence") if kind == "tc"
+                         else ("simt_fence", "simt_ring8"))
                 for name in (f"{kind}_ring", *fence, *diags):
                     G.small_variant = name
                     try:
@@ -100,7 +101,7 @@ def run(densities=DENSITIES, dtypes=("float16", "float32")):
                         G.small_variant = None
                 if d in (0.5, 0.05):
                     const = _sets(bsmm, dtype, const=True)
-                    add("xw_small, w constant", _time(bsmm, const))
+                    add("default kernel, w constant", _time(bsmm, const))
                     G.small_variant = f"{kind}_ring"
                     try:
                         add(f"{kind}_ring, w constant", _time(bsmm, const))

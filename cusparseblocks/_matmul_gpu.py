@@ -99,7 +99,9 @@ LARGE_N = 2048
 # BPW blocks per warp per stage, STAGES, MAX_ENT entries and MAX_STG stages per CTA)}}; BM = 32 serves
 # N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory (fp32 BM = 32: two CTAs per
 # SM fit 228 KiB with 320/128); a layout with more per CTA runs more CTAs (whole waves)
-XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 1024, 512, 1), 64: (4, 2, 3, 1024, 512, 1)},
+# fp16/bf16 BM = 32: xw_small_ring (7th entry 1; swizzled tiles, bench/NOTES.md 2026-11-26 (third)); the
+# variant "tc_stages" below is the CTA-stage kernel that was the default before
+XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 768, 256, 1, 1), 64: (4, 2, 3, 1024, 512, 1)},
                   "simt": {32: (4, 1, 3, 320, 128, 1), 64: (4, 1, 3, 1024, 512, 1)}}
 XW_SMALL_BS = 32
 # fp16/bf16 take xw_small only with at least this many blocks per SM: below it the per-column xw_tc "small"
@@ -127,12 +129,17 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      # fp32, two warps per scheduler (one warp leaves the FFMA pipe idle at every stall), one
                      # block in flight per warp besides the one computed: 184 KiB
                      "simt_ring8": ("simt", 32, (8, 1, 2, 768, 256, 1, 1)),
+                     # the CTA-stage kernel xw_small, fp16/bf16 BM = 32's default before the swizzled ring
+                     "tc_stages": ("tc", 32, (8, 1, 4, 1024, 512, 1)),
                      # the split pieces counted where they end (fence + atomic inside the stream), as before
-                     # LATE (kernels/bsmm_small.cu): the default tiles and tc_ring, timed against LATE = 1
-                     "tc_fence": ("tc", 32, XW_SMALL_TILES["tc"][32]),
+                     # LATE (kernels/bsmm_small.cu): tc_stages, fp32's default and tc_ring
+                     "tc_fence": ("tc", 32, (8, 1, 4, 1024, 512, 1)),
                      "simt_fence": ("simt", 32, XW_SMALL_TILES["simt"][32]),
-                     "tc_ring_fence": ("tc", 32, (8, 1, 4, 768, 256, 1, 1))}
+                     "tc_ring_fence": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     # tc_ring with the padded 80-byte tile rows of before (SWZ = 0)
+                     "tc_ring_pad": ("tc", 32, (8, 1, 4, 768, 256, 1, 1))}
 SMALL_EARLY_SPLIT = ("tc_fence", "simt_fence", "tc_ring_fence")  # variants built with LATE = 0
+SMALL_PADDED = ("tc_ring_fence", "tc_ring_pad")  # xw_small_ring variants of fp16/bf16 built with SWZ = 0
 # Timing-only builds of xw_small_ring (fp16 "tc", fp32 "simt"; fprop; 8th entry DIAG, kernels/bsmm_small.cu):
 # each removes one piece of the work so that bench/small_diag.py can attribute the time. Their output is
 # wrong: only a benchmark names them (small_variant), the library never picks them.
@@ -251,17 +258,27 @@ def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
     if ring:
         entry = _small_entry(dtype, bm, variant)
         diag = f", {entry[7]}" if len(entry) > 7 else ""  # timing-only builds (XW_SMALL_DIAG)
-        name = f"xw_small_ring<{t}, {to}, {bm}, {warps}, {st}, {me}, {ms}, {trans}, {ring - 1}, {late}{diag}>"
+        swz = _small_swizzled(dtype, bm, variant)
+        args = f"{t}, {to}, {bm}, {warps}, {st}, {me}, {ms}, {trans}, {ring - 1}, {late}, {swz}{diag}"
+        name = f"xw_small_ring<{args}>"
         return KernelSpec("bsmm_small.cu", name)
     return KernelSpec("bsmm_small.cu",
                       f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {c}, {trans}, {late}>")
+
+
+def _small_swizzled(dtype, bm, variant):
+    """1: xw_small_ring's unpadded, permuted tile rows (SWZ, fp16/bf16 with cp.async); 0: padded rows."""
+    if dtype == "float32" or small_ring(dtype, bm, variant) != 1:
+        return 0
+    v = XW_SMALL_VARIANTS.get(variant)
+    return int(not (variant in SMALL_PADDED and v is not None and _small_entry(dtype, bm, variant) is v[2]))
 
 
 def xw_small_smem(dtype, bm, variant=None):
     """Dynamic shared memory: STAGES · EPS · (BM + C·32) rows · stride · itemsize (mirrors xw_small); the
     ring kernel: its WARPS · SLOTS slots of (BM + 32) rows, + the tile reduction's WARPS · BM · 36 floats."""
     warps, bpw, st, _, _, c = small_tile(dtype, bm, variant)
-    stride, item = (36, 4) if dtype == "float32" else (40, 2)
+    stride, item = (36, 4) if dtype == "float32" else (32 if _small_swizzled(dtype, bm, variant) else 40, 2)
     ring = st * warps * bpw * (bm + c * XW_SMALL_BS) * stride * item
     return ring + (warps * bm * 36 * 4 if small_ring(dtype, bm, variant) else 0)
 

@@ -137,13 +137,24 @@ template <> struct IsF32<float> { static constexpr bool value = true; };
 // padded to 36 (144 B: adjacent rows shift by 16 B, so the 4-8 rows of one 128-bit load don't collide).
 template <typename T> __host__ __device__ constexpr int stride() { return IsF32<T>::value ? 36 : 40; }
 constexpr int RS = 36;  // fp32 row stride of the warps' tiles in the segment reduction
+// SWZ = 1 (fp16/bf16, xw_small_ring): unpadded 64-byte rows with the 16-byte pieces of row r permuted
+// (piece c at c ^ ((r / 2) % 4)). The padded rows cost the cp.async copies dearly: ncu of xw_small (H100,
+// d = 0.5) counted 15 shared-memory wavefronts per 16-byte-per-lane LDGSTS where 4 are ideal, and 24 L2
+// sectors where 16 are (the instruction is split into passes that fetch sectors again); an unpadded
+// destination takes each warp's 512 bytes as 4 whole 128-byte lines. The permutation keeps ldmatrix
+// conflict-free: its 8 rows at one logical piece land on 8 distinct 16-byte bank groups.
+template <typename T, int SWZ> __host__ __device__ constexpr int tile_stride() { return SWZ ? 32 : stride<T>(); }
+// element offset of 16-byte piece `chunk` of row `row` in a tile of that layout
+template <typename T, int SWZ> __device__ __forceinline__ int tile_off(int row, int chunk) {
+    return SWZ ? row * 32 + ((chunk ^ ((row >> 1) & 3)) << 3) : row * stride<T>() + chunk * (16 / (int)sizeof(T));
+}
 
 // The thread's accumulators for one [BM × 32] tile and the multiply-add of one block into them.
-template <typename T, int BM, int TRANS_W> struct Warp;
+template <typename T, int BM, int TRANS_W, int SWZ = 0> struct Warp;
 
 // fp16/bf16: warp tile BM × 32 of m16n8 fragments (MI × 4), k in two steps of 16.
-template <typename T, int BM, int TRANS_W> struct Warp {
-    static constexpr int MI = BM / 16, NI = 4, S = stride<T>();
+template <typename T, int BM, int TRANS_W, int SWZ> struct Warp {
+    static constexpr int MI = BM / 16, NI = 4;
     float acc[MI][NI][4];
     __device__ __forceinline__ void zero() {
 #pragma unroll
@@ -160,14 +171,15 @@ template <typename T, int BM, int TRANS_W> struct Warp {
         for (int kk = 0; kk < BS; kk += 16) {
             unsigned a[MI][4], b[NI][2];
 #pragma unroll
-            for (int i = 0; i < MI; i++) ldmatrix_x4<false>(a[i], As + (i * 16 + lane % 16) * S + kk + (lane / 16) * 8);
+            for (int i = 0; i < MI; i++)
+                ldmatrix_x4<false>(a[i], As + tile_off<T, SWZ>(i * 16 + lane % 16, kk / 8 + lane / 16));
 #pragma unroll
             for (int j = 0; j < NI; j += 2) {
                 unsigned t[4];
                 if (TRANS_W)  // B[k][n] = w[n][k]: rows of Ws are n
-                    ldmatrix_x4<false>(t, Ws + (j * 8 + r + (q / 2) * 8) * S + kk + (q % 2) * 8);
+                    ldmatrix_x4<false>(t, Ws + tile_off<T, SWZ>(j * 8 + r + (q / 2) * 8, kk / 8 + q % 2));
                 else          // B[k][n] = w[k][n]: rows of Ws are k
-                    ldmatrix_x4<true>(t, Ws + (kk + r + (q % 2) * 8) * S + j * 8 + (q / 2) * 8);
+                    ldmatrix_x4<true>(t, Ws + tile_off<T, SWZ>(kk + r + (q % 2) * 8, j + q / 2));
                 b[j][0] = t[0]; b[j][1] = t[1]; b[j + 1][0] = t[2]; b[j + 1][1] = t[3];
             }
 #pragma unroll
@@ -194,9 +206,9 @@ template <typename T, int BM, int TRANS_W> struct Warp {
 // ni·TN + j (fprop) or ni + NG·j (bprop), j < TN. Per 4 values of k: 8 + TN 128-bit shared loads, 32·TN FFMA.
 // Lanes of one load read distinct adjacent rows (or one row's contiguous 16-byte pieces), so with the
 // 144-byte row stride no two hit the same bank group.
-template <int BM, int TRANS_W> struct Warp<float, BM, TRANS_W> {
+template <int BM, int TRANS_W, int SWZ> struct Warp<float, BM, TRANS_W, SWZ> {
     static constexpr int MG = BM == 32 ? 4 : 8, NG = 32 / MG, TM = BM / MG, TN = BS / NG, S = stride<float>();
-    static_assert(TM == 8 && TN % 4 == 0, "bad fp32 thread tile");
+    static_assert(TM == 8 && TN % 4 == 0 && SWZ == 0, "bad fp32 thread tile");
     float acc[TM][TN];
     __device__ __forceinline__ void zero() {
 #pragma unroll
@@ -462,14 +474,15 @@ namespace small {
 constexpr int DIAG_NOMMA = 1, DIAG_NOX = 2, DIAG_NOTAB = 4, DIAG_NOEPI = 8, DIAG_EMPTY = 16, DIAG_NOZFILL = 32;
 }
 template <typename T, typename TO, int BM, int WARPS, int SLOTS, int MAX_ENT, int MAX_STG, int TRANS_W, int BULK,
-          int LATE, int DIAG = 0>
+          int LATE, int SWZ, int DIAG = 0>
 __global__ void __launch_bounds__(WARPS * 32, 1)
 xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ items,
               const int* __restrict__ ent_ptr, const int4* __restrict__ stages, const int* __restrict__ stage_ptr,
               const int* __restrict__ zero_cols, int n_zero, const int2* __restrict__ parts, float* __restrict__ ws,
               unsigned* __restrict__ counters, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     using namespace small;
-    constexpr int THREADS = WARPS * 32, S = stride<T>(), A_ELEMS = BM * S, SLOT = (BM + BS) * S;
+    constexpr int THREADS = WARPS * 32, S = tile_stride<T, SWZ>(), A_ELEMS = BM * S, SLOT = (BM + BS) * S;
+    static_assert(!(SWZ && (BULK || IsF32<T>::value)), "the swizzled tiles take 16-byte cp.async of fp16/bf16");
     constexpr int CPR = BS * (int)sizeof(T) / 16, ROWB = BS * (int)sizeof(T), VEC = 16 / (int)sizeof(T);
     static_assert(SLOTS >= 2 && BM % 16 == 0 && BM <= 64 && (BM * CPR) % 32 == 0, "bad xw_small_ring tiling");
     constexpr int FIRST = 1 << 16, LAST = 1 << 17;
@@ -552,17 +565,18 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
             for (int i = 0; i < BM * CPR / 32; i++) {
                 if (DIAG & DIAG_NOX) break;
                 const int ch = lane + i * 32, row = ch / CPR, c8 = (ch % CPR) * VEC;
+                T* dst = As + tile_off<T, SWZ>(row, ch % CPR);
                 if (DIAG & DIAG_NOZFILL) {
-                    cp_async16_full(As + row * S + c8, xs + row * in_features + c8);
+                    cp_async16_full(dst, xs + row * in_features + c8);
                     continue;
                 }
                 const bool ok = row < n_total;
-                cp_async16(As + row * S + c8, ok ? xs + row * in_features + c8 : x, ok ? 16 : 0);
+                cp_async16(dst, ok ? xs + row * in_features + c8 : x, ok ? 16 : 0);
             }
 #pragma unroll
             for (int i = 0; i < BS * CPR / 32; i++) {
                 const int ch = lane + i * 32, row = ch / CPR, c8 = (ch % CPR) * VEC;
-                cp_async16_hint(Ws + row * S + c8, wb + row * BS + c8, w_policy);
+                cp_async16_hint(Ws + tile_off<T, SWZ>(row, ch % CPR), wb + row * BS + c8, w_policy);
             }
         }
         issued++;
@@ -573,7 +587,7 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
         issue_next();
         if (!BULK) cp_async_commit();
     }
-    Warp<T, BM, TRANS_W> acc;
+    Warp<T, BM, TRANS_W, SWZ> acc;
     int n_late = 0;  // LATE: split pieces ended, to be counted after the stream (at most two)
     int2 late0 = make_int2(0, 0), late1 = late0;
     float sink = 0.f;  // DIAG_NOMMA's fold

@@ -852,7 +852,8 @@ def _emulated_small_cases():
             # the split pieces counted where they end (LATE = 0; the defaults count them after the stream)
             ("float16", "float32", "fprop", 31, 6, 1, "tc_fence"), ("float32", "float32", "bprop", 5, 7, 0, "simt_fence"),
             ("bfloat16", "bfloat16", "fprop", 32, 5, 0, "tc_fence"), ("float16", "float16", "bprop", 31, 6, 1, "tc_ring_fence"),
-            ("float32", "float32", "fprop", 31, 3, 1, "simt_ring8"), ("float32", "float32", "bprop", 5, 2, 0, "simt_ring8")]
+            ("float32", "float32", "fprop", 31, 3, 1, "simt_ring8"), ("float32", "float32", "bprop", 5, 2, 0, "simt_ring8"),
+            ("bfloat16", "float32", "fprop", 31, 4, 1, "tc_ring_pad")]
 
 
 @pytest.fixture(scope="module")
