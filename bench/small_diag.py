@@ -2,13 +2,14 @@
 
 N = 32, K = M = 12288, b = 32 (bench/bsmm.py --small's case), fprop, CUDA-graph replay of 3 rotated input
 sets. Rows per density: the dispatch's default, the small kernel forced (below 80 blocks per SM), the
-per-column kernel, xw_small_ring (tc_ring / simt_ring), the split pieces counted inside the stream
-(the "_fence" variants: LATE = 0, the code before 2026-11-26 (third)), the timing-only builds of
-xw_small_ring that each remove one piece of the work (_matmul_gpu.XW_SMALL_DIAG: no mma, no x copies,
-no table walk, no piece ends, no zero-fill form, all of those = the streaming probe, an empty kernel
-after the table load), the default and tc_ring with constant weights (are the data values a factor?)
-and a kernel that does nothing on the same grid (the graph's launch-to-launch floor). "x floor" = time /
-memory floor (bytes of nonzero w + x + y over the measured copy bandwidth, as bench/bsmm.py).
+per-column kernel, the older small kernels (tc_ring_pad: the ring without swizzled tiles; tc_stages /
+simt_stages: the CTA-stage kernel; *_late: split pieces counted after the stream; simt_ring: 4 warps;
+tc_ring_async: piece ends without a CTA barrier),
+the timing-only builds of xw_small_ring that each remove one piece of the work (_matmul_gpu.XW_SMALL_DIAG:
+no mma, no x copies, no table walk, no piece ends, no zero-fill form, all of those = the streaming probe,
+an empty kernel after the table load), constant weights (are the data values a factor?) and a kernel
+that does nothing on the same grid (the graph's launch-to-launch floor). "x floor" = time / memory floor
+(bytes of nonzero w + x + y over the measured copy bandwidth, as bench/bsmm.py).
 
 `--ncu`: one launch of xw_small (fp16 fprop) at d = 0.5 and one at d = 0.05, nothing else (for
 `ncu -k regex:xw_small --launch-count 2`). `--summarize FILE`: a short table from `ncu --page details --csv`.
@@ -91,9 +92,9 @@ def run(densities=DENSITIES, dtypes=("float16", "float32")):
             bsmm._gpu_tables.clear()  # the plan cache does not key on the blocks-per-SM rule
             try:
                 add("small kernel forced", _time(bsmm, sets))
-                fence = (("tc_ring_pad", "tc_ring_fence", "tc_stages", "tc_fence") if kind == "tc"
-                         else ("simt_fence", "simt_ring8"))
-                for name in (f"{kind}_ring", *fence, *diags):
+                older = (("tc_ring_async", "tc_ring_pad", "tc_stages", "tc_ring_late") if kind == "tc"
+                         else ("simt_ring", "simt_stages", "simt_late"))
+                for name in (*older, *diags):
                     G.small_variant = name
                     try:
                         add(name, _time(bsmm, sets))
@@ -102,9 +103,9 @@ def run(densities=DENSITIES, dtypes=("float16", "float32")):
                 if d in (0.5, 0.05):
                     const = _sets(bsmm, dtype, const=True)
                     add("default kernel, w constant", _time(bsmm, const))
-                    G.small_variant = f"{kind}_ring"
+                    G.small_variant = f"{kind}_stages"
                     try:
-                        add(f"{kind}_ring, w constant", _time(bsmm, const))
+                        add(f"{kind}_stages, w constant", _time(bsmm, const))
                     finally:
                         G.small_variant = None
                     del const

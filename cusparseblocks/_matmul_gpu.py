@@ -97,12 +97,12 @@ LARGE_N = 2048
 # xw_small (kernels/bsmm_small.cu: N ≤ SMALL_N, b = 32, feature axis 1, x and w 16-byte aligned; stream-K
 # over the column-sorted block list, see small_tables): {"tc" (fp16/bf16) | "simt" (fp32): {BM: (WARPS,
 # BPW blocks per warp per stage, STAGES, MAX_ENT entries and MAX_STG stages per CTA)}}; BM = 32 serves
-# N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory (fp32 BM = 32: two CTAs per
-# SM fit 228 KiB with 320/128); a layout with more per CTA runs more CTAs (whole waves)
-# fp16/bf16 BM = 32: xw_small_ring (7th entry 1; swizzled tiles, bench/NOTES.md 2026-11-26 (third)); the
-# variant "tc_stages" below is the CTA-stage kernel that was the default before
+# N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory; a layout with more per CTA
+# runs more CTAs (whole waves). BM = 32: xw_small_ring (7th entry 1; fp16/bf16 with swizzled tiles; fp32 8
+# warps × 2 slots), bench/NOTES.md 2026-11-26 (third); the variants "tc_stages" / "simt_stages" below are
+# the CTA-stage kernels that were the defaults before
 XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 768, 256, 1, 1), 64: (4, 2, 3, 1024, 512, 1)},
-                  "simt": {32: (4, 1, 3, 320, 128, 1), 64: (4, 1, 3, 1024, 512, 1)}}
+                  "simt": {32: (8, 1, 2, 768, 256, 1, 1), 64: (4, 1, 3, 1024, 512, 1)}}
 XW_SMALL_BS = 32
 # fp16/bf16 take xw_small only with at least this many blocks per SM: below it the per-column xw_tc "small"
 # tile was as fast or faster (H100, N = 32, K = M = 12288: xw_small 14-21 % faster at d >= 0.1 = 112+ blocks
@@ -129,17 +129,21 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      # fp32, two warps per scheduler (one warp leaves the FFMA pipe idle at every stall), one
                      # block in flight per warp besides the one computed: 184 KiB
                      "simt_ring8": ("simt", 32, (8, 1, 2, 768, 256, 1, 1)),
+                     # fp32 BM = 32's default before simt_ring8 (2 CTAs of 4 warps per SM, CTA stages)
+                     "simt_stages": ("simt", 32, (4, 1, 3, 320, 128, 1)),
                      # the CTA-stage kernel xw_small, fp16/bf16 BM = 32's default before the swizzled ring
                      "tc_stages": ("tc", 32, (8, 1, 4, 1024, 512, 1)),
-                     # the split pieces counted where they end (fence + atomic inside the stream), as before
-                     # LATE (kernels/bsmm_small.cu): tc_stages, fp32's default and tc_ring
-                     "tc_fence": ("tc", 32, (8, 1, 4, 1024, 512, 1)),
-                     "simt_fence": ("simt", 32, XW_SMALL_TILES["simt"][32]),
-                     "tc_ring_fence": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      # tc_ring with the padded 80-byte tile rows of before (SWZ = 0)
-                     "tc_ring_pad": ("tc", 32, (8, 1, 4, 768, 256, 1, 1))}
-SMALL_EARLY_SPLIT = ("tc_fence", "simt_fence", "tc_ring_fence")  # variants built with LATE = 0
-SMALL_PADDED = ("tc_ring_fence", "tc_ring_pad")  # xw_small_ring variants of fp16/bf16 built with SWZ = 0
+                     "tc_ring_pad": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     # split pieces counted after the CTA's last block (LATE = 1; H100 2026-11-26 (third): no
+                     # gain for fp16, 2-12 % slower for fp32 at d <= 0.2, so not the default)
+                     "tc_ring_late": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     "simt_late": ("simt", 32, (4, 1, 3, 320, 128, 1)),
+                     # piece ends without a CTA barrier (LATE = 2: the last warp to arrive sums; two buffers)
+                     "tc_ring_async": ("tc", 32, (8, 1, 4, 768, 256, 1, 1))}
+SMALL_LATE_SPLIT = ("tc_ring_late", "simt_late")  # variants built with LATE = 1
+SMALL_ASYNC_EPI = ("tc_ring_async",)  # xw_small_ring variants built with LATE = 2
+SMALL_PADDED = ("tc_ring_pad",)  # xw_small_ring variants of fp16/bf16 built with SWZ = 0
 # Timing-only builds of xw_small_ring (fp16 "tc", fp32 "simt"; fprop; 8th entry DIAG, kernels/bsmm_small.cu):
 # each removes one piece of the work so that bench/small_diag.py can attribute the time. Their output is
 # wrong: only a benchmark names them (small_variant), the library never picks them.
@@ -252,9 +256,8 @@ def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
     warps, bpw, st, me, ms, c = small_tile(dtype, bm, variant)
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     ring = small_ring(dtype, bm, variant)
-    # LATE = 0 only for the SMALL_EARLY_SPLIT variants, where they apply (their kind and tile height)
-    early = variant in SMALL_EARLY_SPLIT and _small_entry(dtype, bm, variant) is XW_SMALL_VARIANTS[variant][2]
-    late = int(not early)
+    # LATE = 1 only for the SMALL_LATE_SPLIT variants, where they apply (their kind and tile height)
+    late = _small_late(dtype, bm, variant)
     if ring:
         entry = _small_entry(dtype, bm, variant)
         diag = f", {entry[7]}" if len(entry) > 7 else ""  # timing-only builds (XW_SMALL_DIAG)
@@ -264,6 +267,15 @@ def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
         return KernelSpec("bsmm_small.cu", name)
     return KernelSpec("bsmm_small.cu",
                       f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {c}, {trans}, {late}>")
+
+
+def _small_late(dtype, bm, variant):
+    """LATE of the variant where it applies (its kind and tile height): 1 for SMALL_LATE_SPLIT, 2 for
+    SMALL_ASYNC_EPI, else 0."""
+    v = XW_SMALL_VARIANTS.get(variant)
+    if v is None or _small_entry(dtype, bm, variant) is not v[2]:
+        return 0
+    return 1 if variant in SMALL_LATE_SPLIT else 2 if variant in SMALL_ASYNC_EPI else 0
 
 
 def _small_swizzled(dtype, bm, variant):
@@ -280,7 +292,8 @@ def xw_small_smem(dtype, bm, variant=None):
     warps, bpw, st, _, _, c = small_tile(dtype, bm, variant)
     stride, item = (36, 4) if dtype == "float32" else (32 if _small_swizzled(dtype, bm, variant) else 40, 2)
     ring = st * warps * bpw * (bm + c * XW_SMALL_BS) * stride * item
-    return ring + (warps * bm * 36 * 4 if small_ring(dtype, bm, variant) else 0)
+    red = warps * bm * 36 * 4 * (2 if _small_late(dtype, bm, variant) == 2 else 1)
+    return ring + (red if small_ring(dtype, bm, variant) else 0)
 
 
 def xw_small_static_smem(dtype, bm, variant=None):

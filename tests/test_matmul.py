@@ -849,11 +849,14 @@ def _emulated_small_cases():
             ("float16", "float16", "fprop", 32, 7, 0, "tc_ring4_bulk"), ("bfloat16", "bfloat16", "bprop", 17, 2, 1, "tc_ring4"),
             ("float32", "float32", "bprop", 32, 5, 1, "simt_ring"), ("float32", "float32", "fprop", 27, 2, 0, "simt_ring_bulk"),
             ("float32", "float32", "bprop", 1, 9, 0, "simt_ring_bulk"), ("float16", "float16", "bprop", 30, 3, 1, "tc_ring12"),
-            # the split pieces counted where they end (LATE = 0; the defaults count them after the stream)
-            ("float16", "float32", "fprop", 31, 6, 1, "tc_fence"), ("float32", "float32", "bprop", 5, 7, 0, "simt_fence"),
-            ("bfloat16", "bfloat16", "fprop", 32, 5, 0, "tc_fence"), ("float16", "float16", "bprop", 31, 6, 1, "tc_ring_fence"),
+            # the split pieces counted after the CTA's last block (LATE = 1), the CTA-stage kernels of before
+            ("float16", "float32", "fprop", 31, 6, 1, "tc_ring_late"), ("float32", "float32", "bprop", 5, 7, 0, "simt_late"),
+            ("bfloat16", "bfloat16", "fprop", 32, 5, 0, "tc_stages"), ("float16", "float16", "bprop", 31, 6, 1, "tc_ring_late"),
+            ("float32", "float32", "fprop", 29, 5, 1, "simt_stages"),
             ("float32", "float32", "fprop", 31, 3, 1, "simt_ring8"), ("float32", "float32", "bprop", 5, 2, 0, "simt_ring8"),
-            ("bfloat16", "float32", "fprop", 31, 4, 1, "tc_ring_pad")]
+            ("bfloat16", "float32", "fprop", 31, 4, 1, "tc_ring_pad"),
+            ("float16", "float16", "fprop", 32, 5, 0, "tc_ring_async"), ("bfloat16", "float32", "bprop", 19, 3, 1, "tc_ring_async"),
+            ("float16", "float32", "fprop", 7, 1, 1, "tc_ring_async")]
 
 
 @pytest.fixture(scope="module")
