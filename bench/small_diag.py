@@ -2,9 +2,9 @@
 
 N = 32, K = M = 12288, b = 32 (bench/bsmm.py --small's case), fprop, CUDA-graph replay of 3 rotated input
 sets. Rows per density: the dispatch's default, the small kernel forced (below 80 blocks per SM), the
-per-column kernel, the older small kernels (tc_ring_pad: the ring without swizzled tiles; tc_stages /
-simt_stages: the CTA-stage kernel; *_late: split pieces counted after the stream; simt_ring: 4 warps;
-tc_ring_async: piece ends without a CTA barrier),
+per-column kernel, the other small kernels (tc_ring: per-warp rings; _pairs / _swz: other tile layouts;
+_async: piece ends without a CTA barrier; *_late: split pieces counted after the stream; simt_ring: 4 warps;
+simt_stages: the CTA-stage kernel),
 the timing-only builds of xw_small_ring that each remove one piece of the work (_matmul_gpu.XW_SMALL_DIAG:
 no mma, no x copies, no table walk, no piece ends, no zero-fill form, all of those = the streaming probe,
 an empty kernel after the table load), constant weights (are the data values a factor?) and a kernel
@@ -92,7 +92,8 @@ def run(densities=DENSITIES, dtypes=("float16", "float32")):
             bsmm._gpu_tables.clear()  # the plan cache does not key on the blocks-per-SM rule
             try:
                 add("small kernel forced", _time(bsmm, sets))
-                older = (("tc_ring_async", "tc_ring_pad", "tc_stages", "tc_ring_late") if kind == "tc"
+                older = (("tc_ring", "tc_ring_pairs", "tc_ring_pairs_async", "tc_ring_swz",
+                          "tc_ring_swz_async", "tc_ring_late") if kind == "tc"
                          else ("simt_ring", "simt_stages", "simt_late"))
                 for name in (*older, *diags):
                     G.small_variant = name

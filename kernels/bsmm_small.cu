@@ -143,10 +143,20 @@ constexpr int RS = 36;  // fp32 row stride of the warps' tiles in the segment re
 // sectors where 16 are (the instruction is split into passes that fetch sectors again); an unpadded
 // destination takes each warp's 512 bytes as 4 whole 128-byte lines. The permutation keeps ldmatrix
 // conflict-free: its 8 rows at one logical piece land on 8 distinct 16-byte bank groups.
-template <typename T, int SWZ> __host__ __device__ constexpr int tile_stride() { return SWZ ? 32 : stride<T>(); }
+// Measured (H100, 2026-11-26 (third) run 3): SWZ = 1 made it worse (x copies 20 wavefronts and 32 sectors per
+// LDGSTS, w 12 and 32): an LDGSTS is cheap only when consecutive lanes write consecutive 16-byte pieces.
+// SWZ = 2 (fp16/bf16): rows in pairs, a pair = 128 contiguous bytes (rows 2p and 2p + 1 unpadded), pairs 144
+// bytes apart; 8 lanes copying one row pair write 128 contiguous bytes in lane order, and the 8 rows of an
+// ldmatrix at one piece fall on 16-byte bank groups (p + 4 (r % 2) + c) mod 8 over 4 consecutive p: distinct.
+// tile_stride is the mean row stride (BM rows take BM · tile_stride elements).
+template <typename T, int SWZ> __host__ __device__ constexpr int tile_stride() {
+    return SWZ == 1 ? 32 : SWZ == 2 ? 36 : stride<T>();
+}
 // element offset of 16-byte piece `chunk` of row `row` in a tile of that layout
 template <typename T, int SWZ> __device__ __forceinline__ int tile_off(int row, int chunk) {
-    return SWZ ? row * 32 + ((chunk ^ ((row >> 1) & 3)) << 3) : row * stride<T>() + chunk * (16 / (int)sizeof(T));
+    return SWZ == 1   ? row * 32 + ((chunk ^ ((row >> 1) & 3)) << 3)
+           : SWZ == 2 ? (row >> 1) * 72 + (row & 1) * 32 + chunk * 8
+                      : row * stride<T>() + chunk * (16 / (int)sizeof(T));
 }
 
 // The thread's accumulators for one [BM × 32] tile and the multiply-add of one block into them.
