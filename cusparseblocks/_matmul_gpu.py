@@ -98,9 +98,10 @@ LARGE_N = 2048
 # over the column-sorted block list, see small_tables): {"tc" (fp16/bf16) | "simt" (fp32): {BM: (WARPS,
 # BPW blocks per warp per stage, STAGES, MAX_ENT entries and MAX_STG stages per CTA)}}; BM = 32 serves
 # N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory; a layout with more per CTA
-# runs more CTAs (whole waves). fp32 BM = 32: xw_small_ring, 8 warps × 2 slots (bench/NOTES.md 2026-11-26
-# (third)); "simt_stages" below is the CTA-stage kernel that was its default before
-XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 1024, 512, 1), 64: (4, 2, 3, 1024, 512, 1)},
+# runs more CTAs (whole waves). BM = 32: xw_small_ring (7th entry 1), fp16/bf16 8 warps × 4 slots (padded
+# tiles), fp32 8 warps × 2 slots (H100, bench/NOTES.md 2026-11-26 (third): 1-4 % and 5-18 % faster than the
+# CTA-stage kernels "tc_stages" / "simt_stages" below, the defaults before)
+XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 768, 256, 1, 1), 64: (4, 2, 3, 1024, 512, 1)},
                   "simt": {32: (8, 1, 2, 768, 256, 1, 1), 64: (4, 1, 3, 1024, 512, 1)}}
 XW_SMALL_BS = 32
 # fp16/bf16 take xw_small only with at least this many blocks per SM: below it the per-column xw_tc "small"
@@ -135,17 +136,17 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      # tc_ring with other tile layouts (SMALL_SWIZZLE, kernels/bsmm_small.cu tile_off)
                      "tc_ring_swz": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      "tc_ring_pairs": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
-                     # + piece ends without CTA barriers (LATE = 2: the last warp to arrive sums; two buffers)
-                     "tc_ring_pairs_async": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     # tc_ring_swz + piece ends without CTA barriers (LATE = 2: the last warp sums):
+                     # H100 run 4: 1.3-1.8× slower than tc_ring (the one-warp sums), kept for the record
                      "tc_ring_swz_async": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      # split pieces counted after the CTA's last block (LATE = 1; H100 2026-11-26 (third): no
                      # gain for fp16, 2-12 % slower for fp32 at d <= 0.2, so not the default)
                      "tc_ring_late": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      "simt_late": ("simt", 32, (4, 1, 3, 320, 128, 1))}
 SMALL_LATE_SPLIT = ("tc_ring_late", "simt_late")  # variants built with LATE = 1
-SMALL_ASYNC_EPI = ("tc_ring_pairs_async", "tc_ring_swz_async")  # xw_small_ring variants built with LATE = 2
+SMALL_ASYNC_EPI = ("tc_ring_swz_async",)  # xw_small_ring variants built with LATE = 2
 # xw_small_ring's fp16/bf16 tile layout (SWZ) by variant; the others: 0, padded 80-byte rows
-SMALL_SWIZZLE = {"tc_ring_swz": 1, "tc_ring_swz_async": 1, "tc_ring_pairs": 2, "tc_ring_pairs_async": 2}
+SMALL_SWIZZLE = {"tc_ring_swz": 1, "tc_ring_swz_async": 1, "tc_ring_pairs": 2}
 # Timing-only builds of xw_small_ring (fp16 "tc", fp32 "simt"; fprop; 8th entry DIAG, kernels/bsmm_small.cu):
 # each removes one piece of the work so that bench/small_diag.py can attribute the time. Their output is
 # wrong: only a benchmark names them (small_variant), the library never picks them.
