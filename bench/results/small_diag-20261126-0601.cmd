@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/small_diag.py --densities (see bench/NOTES.md, small.ready request 3)
