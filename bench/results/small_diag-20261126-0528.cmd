@@ -1,1 +1,1 @@
-PYTHONPATH=. python bench/small_diag.py --densities (see bench/NOTES.md, small.ready request 1)
+PYTHONPATH=. python bench/small_diag.py   # commit 2cf5e17 (small.ready request 1)
