@@ -97,10 +97,12 @@ LARGE_N = 2048
 # xw_small (kernels/bsmm_small.cu: N ≤ SMALL_N, b = 32, feature axis 1, x and w 16-byte aligned; stream-K
 # over the column-sorted block list, see small_tables): {"tc" (fp16/bf16) | "simt" (fp32): {BM: (WARPS,
 # BPW blocks per warp per stage, STAGES, MAX_ENT entries and MAX_STG stages per CTA)}}; BM = 32 serves
-# N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory (fp32 BM = 32: two CTAs per
-# SM fit 228 KiB with 320/128); a layout with more per CTA runs more CTAs (whole waves)
-XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 1024, 512, 1), 64: (4, 2, 3, 1024, 512, 1)},
-                  "simt": {32: (4, 1, 3, 320, 128, 1), 64: (4, 1, 3, 1024, 512, 1)}}
+# N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory; a layout with more per CTA
+# runs more CTAs (whole waves). BM = 32: xw_small_ring (7th entry 1), fp16/bf16 8 warps × 4 slots (padded
+# tiles), fp32 8 warps × 2 slots (H100, bench/NOTES.md 2026-11-26 (third): 1-4 % and 5-18 % faster than the
+# CTA-stage kernels "tc_stages" / "simt_stages" below, the defaults before)
+XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 768, 256, 1, 1), 64: (4, 2, 3, 1024, 512, 1)},
+                  "simt": {32: (8, 1, 2, 768, 256, 1, 1), 64: (4, 1, 3, 1024, 512, 1)}}
 XW_SMALL_BS = 32
 # fp16/bf16 take xw_small only with at least this many blocks per SM: below it the per-column xw_tc "small"
 # tile was as fast or faster (H100, N = 32, K = M = 12288: xw_small 14-21 % faster at d >= 0.1 = 112+ blocks
@@ -123,7 +125,37 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      "tc_ring4_bulk": ("tc", 32, (4, 1, 9, 768, 256, 1, 2)),
                      "tc_ring12": ("tc", 32, (12, 1, 2, 768, 256, 1, 1)),  # 12 warps: the consumer's latency
                      "simt_ring": ("simt", 32, (4, 1, 5, 768, 256, 1, 1)),
-                     "simt_ring_bulk": ("simt", 32, (4, 1, 5, 768, 256, 1, 2))}
+                     "simt_ring_bulk": ("simt", 32, (4, 1, 5, 768, 256, 1, 2)),
+                     # fp32, two warps per scheduler (one warp leaves the FFMA pipe idle at every stall), one
+                     # block in flight per warp besides the one computed: 184 KiB
+                     "simt_ring8": ("simt", 32, (8, 1, 2, 768, 256, 1, 1)),
+                     # fp32 BM = 32's default before simt_ring8 (2 CTAs of 4 warps per SM, CTA stages)
+                     "simt_stages": ("simt", 32, (4, 1, 3, 320, 128, 1)),
+                     # the CTA-stage kernel xw_small, fp16/bf16 BM = 32's default before the swizzled ring
+                     "tc_stages": ("tc", 32, (8, 1, 4, 1024, 512, 1)),
+                     # tc_ring with other tile layouts (SMALL_SWIZZLE, kernels/bsmm_small.cu tile_off)
+                     "tc_ring_swz": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     "tc_ring_pairs": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     # tc_ring_swz + piece ends without CTA barriers (LATE = 2: the last warp sums):
+                     # H100 run 4: 1.3-1.8× slower than tc_ring (the one-warp sums), kept for the record
+                     "tc_ring_swz_async": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     # split pieces counted after the CTA's last block (LATE = 1; H100 2026-11-26 (third): no
+                     # gain for fp16, 2-12 % slower for fp32 at d <= 0.2, so not the default)
+                     "tc_ring_late": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     "simt_late": ("simt", 32, (4, 1, 3, 320, 128, 1))}
+SMALL_LATE_SPLIT = ("tc_ring_late", "simt_late")  # variants built with LATE = 1
+SMALL_ASYNC_EPI = ("tc_ring_swz_async",)  # xw_small_ring variants built with LATE = 2
+# xw_small_ring's fp16/bf16 tile layout (SWZ) by variant; the others: 0, padded 80-byte rows
+SMALL_SWIZZLE = {"tc_ring_swz": 1, "tc_ring_swz_async": 1, "tc_ring_pairs": 2}
+# Timing-only builds of xw_small_ring (fp16 "tc", fp32 "simt"; fprop; 8th entry DIAG, kernels/bsmm_small.cu):
+# each removes one piece of the work so that bench/small_diag.py can attribute the time. Their output is
+# wrong: only a benchmark names them (small_variant), the library never picks them.
+_DIAG_BITS = {"nomma": 1, "nox": 2, "notab": 4, "noepi": 8, "empty": 16, "nozfill": 32, "wonly": 3,
+              "probe": 1 | 4 | 8 | 32}
+XW_SMALL_DIAG = {**{f"diag_tc_{k}": ("tc", 32, (8, 1, 4, 768, 256, 1, 1, v))
+                    for k, v in _DIAG_BITS.items()},
+                 **{f"diag_simt_{k}": ("simt", 32, (4, 1, 5, 768, 256, 1, 1, v))
+                    for k, v in _DIAG_BITS.items() if k in ("nomma", "empty", "probe")}}
 small_variant = None
 small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
@@ -206,7 +238,7 @@ def _small_kind(dtype):
 
 
 def _small_entry(dtype, bm, variant):
-    v = XW_SMALL_VARIANTS.get(variant)
+    v = XW_SMALL_VARIANTS.get(variant) or XW_SMALL_DIAG.get(variant)
     if v is not None and v[0] == _small_kind(dtype) and v[1] == bm:
         return v[2]
     return XW_SMALL_TILES[_small_kind(dtype)][bm]
@@ -227,20 +259,44 @@ def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
     warps, bpw, st, me, ms, c = small_tile(dtype, bm, variant)
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     ring = small_ring(dtype, bm, variant)
+    # LATE = 1 only for the SMALL_LATE_SPLIT variants, where they apply (their kind and tile height)
+    late = _small_late(dtype, bm, variant)
     if ring:
-        return KernelSpec("bsmm_small.cu",
-                          f"xw_small_ring<{t}, {to}, {bm}, {warps}, {st}, {me}, {ms}, {trans}, {ring - 1}>")
+        entry = _small_entry(dtype, bm, variant)
+        diag = f", {entry[7]}" if len(entry) > 7 else ""  # timing-only builds (XW_SMALL_DIAG)
+        swz = _small_swizzled(dtype, bm, variant)
+        args = f"{t}, {to}, {bm}, {warps}, {st}, {me}, {ms}, {trans}, {ring - 1}, {late}, {swz}{diag}"
+        name = f"xw_small_ring<{args}>"
+        return KernelSpec("bsmm_small.cu", name)
     return KernelSpec("bsmm_small.cu",
-                      f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {c}, {trans}>")
+                      f"xw_small<{t}, {to}, {bm}, {warps}, {bpw}, {st}, {me}, {ms}, {c}, {trans}, {late}>")
+
+
+def _small_late(dtype, bm, variant):
+    """LATE of the variant where it applies (its kind and tile height): 1 for SMALL_LATE_SPLIT, 2 for
+    SMALL_ASYNC_EPI, else 0."""
+    v = XW_SMALL_VARIANTS.get(variant)
+    if v is None or _small_entry(dtype, bm, variant) is not v[2]:
+        return 0
+    return 1 if variant in SMALL_LATE_SPLIT else 2 if variant in SMALL_ASYNC_EPI else 0
+
+
+def _small_swizzled(dtype, bm, variant):
+    """xw_small_ring's tile layout SWZ (fp16/bf16 with cp.async): 1 permuted pieces, 2 row pairs, 0 padded."""
+    if dtype == "float32" or small_ring(dtype, bm, variant) != 1:
+        return 0
+    v = XW_SMALL_VARIANTS.get(variant)
+    return SMALL_SWIZZLE.get(variant, 0) if v is not None and _small_entry(dtype, bm, variant) is v[2] else 0
 
 
 def xw_small_smem(dtype, bm, variant=None):
     """Dynamic shared memory: STAGES · EPS · (BM + C·32) rows · stride · itemsize (mirrors xw_small); the
     ring kernel: its WARPS · SLOTS slots of (BM + 32) rows, + the tile reduction's WARPS · BM · 36 floats."""
     warps, bpw, st, _, _, c = small_tile(dtype, bm, variant)
-    stride, item = (36, 4) if dtype == "float32" else (40, 2)
+    stride, item = (36, 4) if dtype == "float32" else ((40, 32, 36)[_small_swizzled(dtype, bm, variant)], 2)
     ring = st * warps * bpw * (bm + c * XW_SMALL_BS) * stride * item
-    return ring + (warps * bm * 36 * 4 if small_ring(dtype, bm, variant) else 0)
+    red = warps * bm * 36 * 4 * (2 if _small_late(dtype, bm, variant) == 2 else 1)
+    return ring + (red if small_ring(dtype, bm, variant) else 0)
 
 
 def xw_small_static_smem(dtype, bm, variant=None):
@@ -491,6 +547,10 @@ def small_specializations():
             if kind == _small_kind(dtype):
                 for to, trans in itertools.product(_out_types(dtype), (0, 1)):
                     yield xw_small_spec(dtype, to, bm, trans, name)
+        if dtype != "bfloat16":  # the diagnostics: fprop, output in the input dtype
+            for name, (kind, bm, _) in XW_SMALL_DIAG.items():
+                if kind == _small_kind(dtype):
+                    yield xw_small_spec(dtype, dtype, bm, 0, name)
 
 
 compiler.register_family("bsmm_small", small_specializations)

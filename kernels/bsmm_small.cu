@@ -36,6 +36,9 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
 }
+__device__ __forceinline__ void cp_async16_full(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
+}
 // 16-byte async copy with an L2 cache-policy hint (createpolicy): for data read exactly once
 __device__ __forceinline__ void cp_async16_hint(void* dst, const void* src, unsigned long long policy) {
     asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
@@ -134,13 +137,34 @@ template <> struct IsF32<float> { static constexpr bool value = true; };
 // padded to 36 (144 B: adjacent rows shift by 16 B, so the 4-8 rows of one 128-bit load don't collide).
 template <typename T> __host__ __device__ constexpr int stride() { return IsF32<T>::value ? 36 : 40; }
 constexpr int RS = 36;  // fp32 row stride of the warps' tiles in the segment reduction
+// SWZ = 1 (fp16/bf16, xw_small_ring): unpadded 64-byte rows with the 16-byte pieces of row r permuted
+// (piece c at c ^ ((r / 2) % 4)). The padded rows cost the cp.async copies dearly: ncu of xw_small (H100,
+// d = 0.5) counted 15 shared-memory wavefronts per 16-byte-per-lane LDGSTS where 4 are ideal, and 24 L2
+// sectors where 16 are (the instruction is split into passes that fetch sectors again); an unpadded
+// destination takes each warp's 512 bytes as 4 whole 128-byte lines. The permutation keeps ldmatrix
+// conflict-free: its 8 rows at one logical piece land on 8 distinct 16-byte bank groups.
+// Measured (H100, 2026-11-26 (third) run 3): SWZ = 1 made it worse (x copies 20 wavefronts and 32 sectors per
+// LDGSTS, w 12 and 32): an LDGSTS is cheap only when consecutive lanes write consecutive 16-byte pieces.
+// SWZ = 2 (fp16/bf16): rows in pairs, a pair = 128 contiguous bytes (rows 2p and 2p + 1 unpadded), pairs 144
+// bytes apart; 8 lanes copying one row pair write 128 contiguous bytes in lane order, and the 8 rows of an
+// ldmatrix at one piece fall on 16-byte bank groups (p + 4 (r % 2) + c) mod 8 over 4 consecutive p: distinct.
+// tile_stride is the mean row stride (BM rows take BM · tile_stride elements).
+template <typename T, int SWZ> __host__ __device__ constexpr int tile_stride() {
+    return SWZ == 1 ? 32 : SWZ == 2 ? 36 : stride<T>();
+}
+// element offset of 16-byte piece `chunk` of row `row` in a tile of that layout
+template <typename T, int SWZ> __device__ __forceinline__ int tile_off(int row, int chunk) {
+    return SWZ == 1   ? row * 32 + ((chunk ^ ((row >> 1) & 3)) << 3)
+           : SWZ == 2 ? (row >> 1) * 72 + (row & 1) * 32 + chunk * 8
+                      : row * stride<T>() + chunk * (16 / (int)sizeof(T));
+}
 
 // The thread's accumulators for one [BM × 32] tile and the multiply-add of one block into them.
-template <typename T, int BM, int TRANS_W> struct Warp;
+template <typename T, int BM, int TRANS_W, int SWZ = 0> struct Warp;
 
 // fp16/bf16: warp tile BM × 32 of m16n8 fragments (MI × 4), k in two steps of 16.
-template <typename T, int BM, int TRANS_W> struct Warp {
-    static constexpr int MI = BM / 16, NI = 4, S = stride<T>();
+template <typename T, int BM, int TRANS_W, int SWZ> struct Warp {
+    static constexpr int MI = BM / 16, NI = 4;
     float acc[MI][NI][4];
     __device__ __forceinline__ void zero() {
 #pragma unroll
@@ -157,14 +181,15 @@ template <typename T, int BM, int TRANS_W> struct Warp {
         for (int kk = 0; kk < BS; kk += 16) {
             unsigned a[MI][4], b[NI][2];
 #pragma unroll
-            for (int i = 0; i < MI; i++) ldmatrix_x4<false>(a[i], As + (i * 16 + lane % 16) * S + kk + (lane / 16) * 8);
+            for (int i = 0; i < MI; i++)
+                ldmatrix_x4<false>(a[i], As + tile_off<T, SWZ>(i * 16 + lane % 16, kk / 8 + lane / 16));
 #pragma unroll
             for (int j = 0; j < NI; j += 2) {
                 unsigned t[4];
                 if (TRANS_W)  // B[k][n] = w[n][k]: rows of Ws are n
-                    ldmatrix_x4<false>(t, Ws + (j * 8 + r + (q / 2) * 8) * S + kk + (q % 2) * 8);
+                    ldmatrix_x4<false>(t, Ws + tile_off<T, SWZ>(j * 8 + r + (q / 2) * 8, kk / 8 + q % 2));
                 else          // B[k][n] = w[k][n]: rows of Ws are k
-                    ldmatrix_x4<true>(t, Ws + (kk + r + (q % 2) * 8) * S + j * 8 + (q / 2) * 8);
+                    ldmatrix_x4<true>(t, Ws + tile_off<T, SWZ>(kk + r + (q % 2) * 8, j + q / 2));
                 b[j][0] = t[0]; b[j][1] = t[1]; b[j + 1][0] = t[2]; b[j + 1][1] = t[3];
             }
 #pragma unroll
@@ -191,9 +216,9 @@ template <typename T, int BM, int TRANS_W> struct Warp {
 // ni·TN + j (fprop) or ni + NG·j (bprop), j < TN. Per 4 values of k: 8 + TN 128-bit shared loads, 32·TN FFMA.
 // Lanes of one load read distinct adjacent rows (or one row's contiguous 16-byte pieces), so with the
 // 144-byte row stride no two hit the same bank group.
-template <int BM, int TRANS_W> struct Warp<float, BM, TRANS_W> {
+template <int BM, int TRANS_W, int SWZ> struct Warp<float, BM, TRANS_W, SWZ> {
     static constexpr int MG = BM == 32 ? 4 : 8, NG = 32 / MG, TM = BM / MG, TN = BS / NG, S = stride<float>();
-    static_assert(TM == 8 && TN % 4 == 0, "bad fp32 thread tile");
+    static_assert(TM == 8 && TN % 4 == 0 && SWZ == 0, "bad fp32 thread tile");
     float acc[TM][TN];
     __device__ __forceinline__ void zero() {
 #pragma unroll
@@ -241,6 +266,60 @@ template <int BM, int TRANS_W> struct Warp<float, BM, TRANS_W> {
     }
 };
 
+// The end of a split group's piece, its fp32 partials [C][BM][32] already written to ws (by every thread):
+// the CTA counts itself in the group's counter; the last piece to arrive sums the `cols` columns' parts in
+// part order (the same bits on every run), adds y when accumulating, writes y and resets the counter for
+// the next launch. The fence waits for every memory operation the thread has in flight, its cp.async copies
+// included: inside the stream it drains the pipeline (several µs under load), so LATE kernels call this
+// after their last block, when nothing is in flight.
+template <typename TO, int BM, int C, int THREADS>
+__device__ __forceinline__ void finish_split(int p, int group, int cols, int rows, const int2* __restrict__ parts,
+                                             const float* ws, unsigned* __restrict__ counters, TO* __restrict__ y,
+                                             i64 out_features, int accumulate, int& last_s) {
+    __threadfence();
+    __syncthreads();
+    const int2 pi = parts[p];
+    if (threadIdx.x == 0) last_s = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    for (int idx = threadIdx.x; idx < cols * rows * BS; idx += THREADS) {
+        const int jj = idx / (rows * BS), e = idx % (rows * BS), m = e / BS, f = e % BS;
+        float v = 0.f;
+        for (int q = 0; q < pi.y; q++) v += __ldcg(ws + ((i64)(pi.x + q) * C + jj) * BM * BS + e);
+        const i64 off = (i64)m * out_features + (i64)(group * C + jj) * BS + f;
+        if (accumulate) v += to_float<TO>(y[off]);
+        y[off] = from_float<TO>(v);
+    }
+    if (threadIdx.x == 0) counters[pi.x] = 0u;
+}
+
+// finish_split for one warp (xw_small_ring with LATE = 2: the warp that summed a piece finishes it alone,
+// the others stream on); `flag` is the warp's word of shared memory for broadcasting lane 0's answer.
+template <typename TO, int BM>
+__device__ __forceinline__ void finish_split_warp(int p, int c, int rows, const int2* __restrict__ parts,
+                                                  const float* ws, unsigned* __restrict__ counters,
+                                                  TO* __restrict__ y, i64 out_features, int accumulate,
+                                                  volatile int* flag, int lane) {
+    __threadfence();
+    __syncwarp();
+    const int2 pi = parts[p];
+    if (lane == 0) *flag = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
+    __syncwarp();
+    if (!*flag) return;
+    __threadfence();
+    for (int idx = lane; idx < rows * BS; idx += 32) {
+        const int m = idx / BS, f = idx % BS;
+        float v = 0.f;
+        for (int k = 0; k < pi.y; k++) v += __ldcg(ws + (i64)(pi.x + k) * BM * BS + idx);
+        const i64 off = (i64)m * out_features + (i64)c * BS + f;
+        if (accumulate) v += to_float<TO>(y[off]);
+        y[off] = from_float<TO>(v);
+    }
+    __syncwarp();
+    if (lane == 0) counters[pi.x] = 0u;
+}
+
 }  // namespace small
 
 // Dynamic shared memory: STAGES · EPS · (BM + C·32) · stride(T) · sizeof(T) bytes (xw_small_smem() in
@@ -250,8 +329,11 @@ template <int BM, int TRANS_W> struct Warp<float, BM, TRANS_W> {
 // per block; a stage holds EPS items, warp q computes items q, q + WARPS, ... into C tiles. C = 1: the
 // items are the entries (r, k).
 // Grid: gridDim.x CTAs (a multiple of the resident CTAs), WARPS·32 threads.
+// LATE = 1: a split group's piece writes its partials when it ends but counts itself (fence, atomic, the
+// last piece's sum) only after the CTA's last block (finish_split: a fence inside the stream drains it);
+// at most two pieces per CTA are split (its first and its last), more are finished on the spot.
 template <typename T, typename TO, int BM, int WARPS, int BPW, int STAGES, int MAX_ENT, int MAX_STG, int C,
-          int TRANS_W>
+          int TRANS_W, int LATE>
 __global__ void __launch_bounds__(WARPS * 32, 1)
 xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ items,
          const int* __restrict__ ent_ptr, const int4* __restrict__ stages, const int* __restrict__ stage_ptr,
@@ -329,6 +411,8 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
         cp_async_commit();
     }
     Warp<T, BM, TRANS_W> acc[C];
+    int n_late = 0;  // LATE: split pieces ended, to be counted after the stream (at most two)
+    int2 late0 = make_int2(0, 0), late1 = late0;
     for (int j = 0; j < n_st; j++) {
         const int4 rec = stg_s[j];
         const int cnt = rec.y & 0xffff;
@@ -377,27 +461,22 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
             }
         }
         if (p >= 0) {  // a piece of a split group: the last piece to finish sums them in part order
-            __threadfence();
-            __syncthreads();
-            const int2 pi = parts[p];
-            if (threadIdx.x == 0) last_s = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
-            __syncthreads();
-            if (last_s) {
-                __threadfence();
-                const int cols = min(C, n_cols - rec.z * C);
-                for (int idx = threadIdx.x; idx < cols * rows * BS; idx += THREADS) {
-                    const int jj = idx / (rows * BS), e = idx % (rows * BS), m = e / BS, f = e % BS;
-                    float v = 0.f;
-                    for (int q = 0; q < pi.y; q++) v += __ldcg(ws + ((i64)(pi.x + q) * C + jj) * BM * BS + e);
-                    const i64 off = (i64)m * out_features + (i64)(rec.z * C + jj) * BS + f;
-                    if (accumulate) v += to_float<TO>(y[off]);
-                    y[off] = from_float<TO>(v);
-                }
-                if (threadIdx.x == 0) counters[pi.x] = 0u;
+            if (LATE && n_late < 2) {
+                (n_late ? late1 : late0) = make_int2(p, rec.z);
+                n_late++;
+            } else {
+                finish_split<TO, BM, C, THREADS>(p, rec.z, min(C, n_cols - rec.z * C), rows, parts, ws, counters, y,
+                                                 out_features, accumulate, last_s);
             }
         }
     }
     cp_async_wait<0>();
+    if (LATE)
+        for (int k = 0; k < n_late; k++) {
+            const int2 lp = k ? late1 : late0;
+            finish_split<TO, BM, C, THREADS>(lp.x, lp.y, min(C, n_cols - lp.y * C), rows, parts, ws, counters, y,
+                                             out_features, accumulate, last_s);
+        }
     // empty columns: zeros (nothing to add when accumulating); last, so that its loads delay no copy
     if (!accumulate)
         for (int i = blockIdx.x; i < n_zero; i += gridDim.x) {
@@ -419,15 +498,32 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
 // BULK = 1 (sm_90): one cp.async.bulk per row (64 B fp16, 128 B fp32; lane m copies row m of the w block
 // and of the x tile, into the padded rows that ldmatrix wants), completion on the slot's mbarrier; rows
 // n ≥ N of the x tiles are zeroed once and never copied. Warp tile and multiply as xw_small (Warp<>).
+// LATE = 1 as xw_small's: a split column's piece is counted (fence, atomic, last piece's sum) after the
+// stream. LATE = 2: no CTA barrier at piece ends: each warp stores its tile into one of two `red` buffers
+// (alternating by piece; it waits only if the piece two before has not been summed yet) and counts itself
+// in a shared counter; the last warp to arrive sums the tiles in warp order (the same bits as the
+// CTA-wide sum), writes y or the split partial (finish_split_warp) and frees the buffer; the other warps
+// stream on. `red` is then 2 · WARPS · BM · 36 floats.
 // Dynamic shared memory: WARPS · SLOTS · (BM + 32) · stride(T) · sizeof(T) + WARPS · BM · 36 · 4 bytes.
-template <typename T, typename TO, int BM, int WARPS, int SLOTS, int MAX_ENT, int MAX_STG, int TRANS_W, int BULK>
+// DIAG (timing-only builds for bench/small_diag.py, never dispatched by default; the output is wrong):
+// each set bit removes one piece of the work so that the benchmark can attribute the time: DIAG_NOMMA
+// (the multiply: the warp reads one word of w and x per lane instead), DIAG_NOX (the x tile copies),
+// DIAG_NOTAB (the table walk: warp q's i-th block is w block e_base + i·WARPS + q, x tile i·WARPS + q mod
+// K/32), DIAG_NOEPI (the piece ends: no tile sums, no y), DIAG_EMPTY (return after the table load),
+// DIAG_NOZFILL (x copies without the src-size operand).
+namespace small {
+constexpr int DIAG_NOMMA = 1, DIAG_NOX = 2, DIAG_NOTAB = 4, DIAG_NOEPI = 8, DIAG_EMPTY = 16, DIAG_NOZFILL = 32;
+}
+template <typename T, typename TO, int BM, int WARPS, int SLOTS, int MAX_ENT, int MAX_STG, int TRANS_W, int BULK,
+          int LATE, int SWZ, int DIAG = 0>
 __global__ void __launch_bounds__(WARPS * 32, 1)
 xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ items,
               const int* __restrict__ ent_ptr, const int4* __restrict__ stages, const int* __restrict__ stage_ptr,
               const int* __restrict__ zero_cols, int n_zero, const int2* __restrict__ parts, float* __restrict__ ws,
               unsigned* __restrict__ counters, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     using namespace small;
-    constexpr int THREADS = WARPS * 32, S = stride<T>(), A_ELEMS = BM * S, SLOT = (BM + BS) * S;
+    constexpr int THREADS = WARPS * 32, S = tile_stride<T, SWZ>(), A_ELEMS = BM * S, SLOT = (BM + BS) * S;
+    static_assert(!(SWZ && (BULK || IsF32<T>::value)), "the swizzled tiles take 16-byte cp.async of fp16/bf16");
     constexpr int CPR = BS * (int)sizeof(T) / 16, ROWB = BS * (int)sizeof(T), VEC = 16 / (int)sizeof(T);
     static_assert(SLOTS >= 2 && BM % 16 == 0 && BM <= 64 && (BM * CPR) % 32 == 0, "bad xw_small_ring tiling");
     constexpr int FIRST = 1 << 16, LAST = 1 << 17;
@@ -439,6 +535,9 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
     __shared__ int4 stg_s[MAX_STG];     // its stages: (first entry, count | FIRST | LAST, column, part)
     __shared__ __align__(8) unsigned long long full[WARPS][SLOTS];  // BULK: slot s of warp q has landed
     __shared__ int last_s;
+    // LATE = 2: per buffer of `red`, the warps arrived at its current piece and the pieces summed in it
+    __shared__ unsigned arrive_s[2], done_s[2];
+    __shared__ int flag_s[WARPS];
 
     const int rows = (int)min((i64)BM, n_total);
     const int e_base = ent_ptr[blockIdx.x], n_ent = ent_ptr[blockIdx.x + 1] - e_base;
@@ -454,6 +553,7 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
         if (idx < n_st) stg_s[idx] = stages[s_base + idx];
     }
     const int q = warp_id(), lane = lane_id();
+    if (threadIdx.x < 2) arrive_s[threadIdx.x] = done_s[threadIdx.x] = 0u;
     T* ring = rings + q * SLOTS * SLOT;
     if (BULK) {
         for (int idx = lane; idx < SLOTS * (BM - rows) * BS; idx += 32) {  // x rows n ≥ N: zeros, never copied
@@ -465,19 +565,38 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
             mbar_init_fence();
         }
     }
+    if (DIAG & DIAG_NOX)  // x slots never copied: zeros (no NaN or denormal operands)
+        for (int idx = lane; idx < SLOTS * BM * S; idx += 32)
+            ring[(idx / (BM * S)) * SLOT + idx % (BM * S)] = from_float<T>(0.f);
     __syncthreads();
+    if (DIAG & DIAG_EMPTY) {  // the launch, the table load and the tail alone (the tables kept live)
+        if (ent_s[threadIdx.x % (MAX_ENT * 2)] == -1234567 && stg_s[threadIdx.x % MAX_STG].x == -1234567)
+            y[threadIdx.x] = from_float<TO>(0.f);
+        return;
+    }
 
     const unsigned long long w_policy = evict_first_policy();
     int pj = 0, issued = 0;  // the producer: next stage record to scan for this warp's blocks, blocks issued
+    int mine = 0;  // DIAG_NOTAB: this warp's block count, counted once before the loop
+    if (DIAG & DIAG_NOTAB)
+        for (int j = 0; j < n_st; j++) mine += (stg_s[j].y & 0xffff) > q;
     auto issue_next = [&]() {
-        while (pj < n_st && (stg_s[pj].y & 0xffff) <= q) pj++;
-        if (pj >= n_st) return;
-        const int* it = ent_s + (stg_s[pj].x + q) * 2;
-        pj++;
+        const T *xs, *wb;
+        if (DIAG & DIAG_NOTAB) {
+            if (issued >= mine) return;
+            const int e = min(issued * WARPS + q, n_ent - 1);
+            xs = x + (i64)(e % (int)(in_features / BS)) * BS;
+            wb = w + (i64)(e_base + e) * BS * BS;
+        } else {
+            while (pj < n_st && (stg_s[pj].y & 0xffff) <= q) pj++;
+            if (pj >= n_st) return;
+            const int* it = ent_s + (stg_s[pj].x + q) * 2;
+            pj++;
+            xs = x + (i64)it[0] * BS;
+            wb = w + (i64)it[1] * BS * BS;
+        }
         T* As = ring + (issued % SLOTS) * SLOT;
         T* Ws = As + A_ELEMS;
-        const T* xs = x + (i64)it[0] * BS;
-        const T* wb = w + (i64)it[1] * BS * BS;
         if (BULK) {
             unsigned long long* bar = &full[q][issued % SLOTS];
             if (lane == 0) mbar_expect_tx(bar, (rows + BS) * ROWB);
@@ -489,14 +608,20 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
         } else {
 #pragma unroll
             for (int i = 0; i < BM * CPR / 32; i++) {
+                if (DIAG & DIAG_NOX) break;
                 const int ch = lane + i * 32, row = ch / CPR, c8 = (ch % CPR) * VEC;
+                T* dst = As + tile_off<T, SWZ>(row, ch % CPR);
+                if (DIAG & DIAG_NOZFILL) {
+                    cp_async16_full(dst, xs + row * in_features + c8);
+                    continue;
+                }
                 const bool ok = row < n_total;
-                cp_async16(As + row * S + c8, ok ? xs + row * in_features + c8 : x, ok ? 16 : 0);
+                cp_async16(dst, ok ? xs + row * in_features + c8 : x, ok ? 16 : 0);
             }
 #pragma unroll
             for (int i = 0; i < BS * CPR / 32; i++) {
                 const int ch = lane + i * 32, row = ch / CPR, c8 = (ch % CPR) * VEC;
-                cp_async16_hint(Ws + row * S + c8, wb + row * BS + c8, w_policy);
+                cp_async16_hint(Ws + tile_off<T, SWZ>(row, ch % CPR), wb + row * BS + c8, w_policy);
             }
         }
         issued++;
@@ -507,7 +632,11 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
         issue_next();
         if (!BULK) cp_async_commit();
     }
-    Warp<T, BM, TRANS_W> acc;
+    Warp<T, BM, TRANS_W, SWZ> acc;
+    int n_late = 0;  // LATE = 1: split pieces ended, to be counted after the stream (at most two)
+    int2 late0 = make_int2(0, 0), late1 = late0;
+    int n_piece = 0;  // LATE = 2: pieces ended so far (the same count in every warp)
+    float sink = 0.f;  // DIAG_NOMMA's fold
     int used = 0;  // this warp's blocks consumed
     for (int j = 0; j < n_st; j++) {
         const int4 rec = stg_s[j];
@@ -522,13 +651,56 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
                 cp_async_wait<SLOTS - 1>();
             }
             __syncwarp();
-            acc.mac(As, As + A_ELEMS, lane);
+            if (DIAG & DIAG_NOMMA)  // one word of x and of w per lane, so that the wait is not idle
+                sink += reinterpret_cast<const float*>(As)[lane] + reinterpret_cast<const float*>(As + A_ELEMS)[lane];
+            else
+                acc.mac(As, As + A_ELEMS, lane);
             __syncwarp();  // every lane is done with the slot: the next issue may overwrite it
             used++;
         }
+        if (DIAG & DIAG_NOEPI) continue;
         if (!(rec.y & LAST)) continue;
-        // piece end: the warps' tiles summed in warp order (as xw_small)
         const int c = rec.z, p = rec.w;
+        if (LATE == 2) {  // piece end without a CTA barrier: the last warp to arrive sums, in warp order
+            const int b = n_piece & 1;
+            float* rb = red + b * WARPS * BM * RS;
+            if (lane == 0)  // buffer b is free once the piece two before this one has been summed
+                while (atomicAdd(&done_s[b], 0u) < (unsigned)(n_piece >> 1)) __nanosleep(64);
+            __syncwarp();
+            acc.store(rb + q * BM * RS, lane);
+            __threadfence_block();
+            __syncwarp();
+            if (lane == 0) flag_s[q] = atomicAdd(&arrive_s[b], 1u) == (unsigned)(WARPS - 1);
+            __syncwarp();
+            if (flag_s[q]) {
+                __threadfence_block();
+                for (int idx = lane; idx < rows * BS; idx += 32) {
+                    const int m = idx / BS, f = idx % BS;
+                    float v = 0.f;
+#pragma unroll
+                    for (int k = 0; k < WARPS; k++) v += rb[k * BM * RS + m * RS + f];
+                    if (p >= 0) {
+                        ws[(i64)p * BM * BS + idx] = v;
+                        continue;
+                    }
+                    const i64 off = (i64)m * out_features + (i64)c * BS + f;
+                    if (accumulate) v += to_float<TO>(y[off]);
+                    y[off] = from_float<TO>(v);
+                }
+                if (p >= 0)
+                    finish_split_warp<TO, BM>(p, c, rows, parts, ws, counters, y, out_features, accumulate,
+                                              flag_s + q, lane);
+                __threadfence_block();  // this warp's reads of rb before the buffer is handed on
+                __syncwarp();
+                if (lane == 0) {
+                    arrive_s[b] = 0u;
+                    atomicAdd(&done_s[b], 1u);
+                }
+            }
+            n_piece++;
+            continue;
+        }
+        // piece end: the warps' tiles summed in warp order (as xw_small)
         __syncthreads();  // the previous piece's readers are done with red
         acc.store(red + q * BM * RS, lane);
         __syncthreads();
@@ -546,26 +718,31 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
             y[off] = from_float<TO>(v);
         }
         if (p >= 0) {  // a piece of a split column: the last piece to finish sums them in part order
-            __threadfence();
-            __syncthreads();
-            const int2 pi = parts[p];
-            if (threadIdx.x == 0) last_s = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
-            __syncthreads();
-            if (last_s) {
-                __threadfence();
-                for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS) {
-                    const int m = idx / BS, f = idx % BS;
-                    float v = 0.f;
-                    for (int k = 0; k < pi.y; k++) v += __ldcg(ws + (i64)(pi.x + k) * BM * BS + idx);
-                    const i64 off = (i64)m * out_features + (i64)c * BS + f;
-                    if (accumulate) v += to_float<TO>(y[off]);
-                    y[off] = from_float<TO>(v);
-                }
-                if (threadIdx.x == 0) counters[pi.x] = 0u;
+            if (LATE == 1 && n_late < 2) {
+                (n_late ? late1 : late0) = make_int2(p, c);
+                n_late++;
+            } else {
+                finish_split<TO, BM, 1, THREADS>(p, c, 1, rows, parts, ws, counters, y, out_features, accumulate,
+                                                 last_s);
             }
         }
     }
     if (!BULK) cp_async_wait<0>();
+    if (LATE == 1)
+        for (int k = 0; k < n_late; k++) {
+            const int2 lp = k ? late1 : late0;
+            finish_split<TO, BM, 1, THREADS>(lp.x, lp.y, 1, rows, parts, ws, counters, y, out_features, accumulate,
+                                             last_s);
+        }
+    if (DIAG) {  // keep the diagnostic's work live: a store no real input triggers
+        float v = sink;
+        if (!(DIAG & DIAG_NOMMA)) {
+            acc.store(red + q * BM * RS, lane);
+            v += red[q * BM * RS + lane];
+        }
+        if (v == 1.2345e-30f) y[threadIdx.x] = from_float<TO>(v);
+        return;
+    }
     if (!accumulate)
         for (int i = blockIdx.x; i < n_zero; i += gridDim.x) {
             const i64 c = zero_cols[i];

@@ -848,7 +848,17 @@ def _emulated_small_cases():
             ("float16", "float32", "bprop", 29, 5, 1, "tc_ring_bulk"), ("bfloat16", "bfloat16", "fprop", 5, 1, 0, "tc_ring_bulk"),
             ("float16", "float16", "fprop", 32, 7, 0, "tc_ring4_bulk"), ("bfloat16", "bfloat16", "bprop", 17, 2, 1, "tc_ring4"),
             ("float32", "float32", "bprop", 32, 5, 1, "simt_ring"), ("float32", "float32", "fprop", 27, 2, 0, "simt_ring_bulk"),
-            ("float32", "float32", "bprop", 1, 9, 0, "simt_ring_bulk"), ("float16", "float16", "bprop", 30, 3, 1, "tc_ring12")]
+            ("float32", "float32", "bprop", 1, 9, 0, "simt_ring_bulk"), ("float16", "float16", "bprop", 30, 3, 1, "tc_ring12"),
+            # the split pieces counted after the CTA's last block (LATE = 1), the CTA-stage kernels of before
+            ("float16", "float32", "fprop", 31, 6, 1, "tc_ring_late"), ("float32", "float32", "bprop", 5, 7, 0, "simt_late"),
+            ("bfloat16", "bfloat16", "fprop", 32, 5, 0, "tc_stages"), ("float16", "float16", "bprop", 31, 6, 1, "tc_ring_late"),
+            ("float32", "float32", "fprop", 29, 5, 1, "simt_stages"),
+            ("float32", "float32", "fprop", 31, 3, 1, "simt_ring8"), ("float32", "float32", "bprop", 5, 2, 0, "simt_ring8"),
+            ("bfloat16", "float32", "fprop", 31, 4, 1, "tc_ring_swz"), ("float16", "float16", "bprop", 29, 5, 1, "tc_ring_pairs"),
+            ("bfloat16", "bfloat16", "fprop", 32, 3, 0, "tc_ring_pairs"), ("float16", "float32", "fprop", 30, 4, 1, "tc_ring_swz_async"),
+            ("bfloat16", "bfloat16", "bprop", 32, 6, 0, "tc_ring_swz_async"),
+            ("float16", "float16", "fprop", 32, 5, 0, "tc_ring_swz_async"), ("bfloat16", "float32", "bprop", 19, 3, 1, "tc_ring_swz_async"),
+            ("float16", "float32", "fprop", 7, 1, 1, "tc_ring_swz_async")]
 
 
 @pytest.fixture(scope="module")

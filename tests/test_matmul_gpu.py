@@ -479,7 +479,7 @@ def _ran_any(op, spec, smem):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [1, 19, 32, 37, 64])
+@pytest.mark.parametrize("n", [1, 5, 19, 31, 32, 33, 37, 64])
 @pytest.mark.parametrize("shape", [(60, 41, 0.5), (130, 97, 0.1)])
 def test_small_batch_kernel(rng, dtype, n, shape):
     """xw_small by default at N ≤ 64: columns long enough to be split over CTAs (partials summed in the

@@ -19,6 +19,9 @@ struct int4 { int x, y, z, w; };
 inline float __ldcg(const float* p) { return *p; }
 inline unsigned long long evict_first_policy() { return 0; }  // L2 hints do not change results
 inline void cp_async16_hint(void* dst, const void* src, unsigned long long) { cp_async16(dst, src, 16); }
+inline void cp_async16_full(void* dst, const void* src) { cp_async16(dst, src, 16); }
+inline void __nanosleep(unsigned) { std::this_thread::yield(); }
+inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 
 // __syncwarp: the warp's barrier. mbarriers and 1-D bulk copies (xw_small_ring, BULK = 1): a bulk copy is
 // recorded on its mbarrier and its bytes counted; the phase completes when the expected arrivals and
