@@ -77,14 +77,17 @@ XW_FFMA_TILES = {
     64: {"ffma": (4, 2, 4, 2, 1), "ffma_kg2": (4, 2, 2, 2, 1), "ffma_t2": (4, 2, 4, 2, 2)},
 }
 # updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks per CTA,
-# NC batch rows per chunk, STAGES, KG, MINB, XR rows per group)}; (b/8)² threads per block; the first entry is
-# the default. XR = 2: a group may take the first blocks of the next row (update_groups), and the batch split
-# is chosen by ffma_update_splits (whole waves of MINB CTAs per SM); XR = 1: groups within one row, splits by
-# _update_splits (the tiles of the first fp32 session, kept for timing).
+# NC batch rows per chunk, STAGES, KG, MINB, XR rows per group, ROT)}; (b/8)² threads per block; the first
+# entry is the default. XR = 2: a group may take the first blocks of the next row (update_groups), and the
+# batch split is chosen by ffma_update_splits (whole waves of MINB CTAs per SM); XR = 1: groups within one
+# row, splits by _update_splits (the tiles of the first fp32 session, kept for timing). ROT > 1: CTA i starts
+# its chunk walk at chunk i % ROT (the CTAs running together read a chunk at ROT different moments).
 UPDAT_FFMA_TILES = {
-    32: {"g8r2": (8, 32, 2, 4, 2, 2), "g8": (8, 32, 2, 4, 2, 1), "g8_kg2": (8, 32, 2, 2, 2, 1),
-         "g8_s3": (8, 32, 3, 4, 2, 1), "g4": (4, 32, 3, 4, 2, 1), "g4r2": (4, 32, 3, 4, 2, 2)},
-    64: {"g2": (2, 32, 2, 4, 2, 1), "g2r2": (2, 32, 2, 4, 2, 2)},
+    32: {"g8r2": (8, 32, 2, 4, 2, 2, 1), "g8r2_rot8": (8, 32, 2, 4, 2, 2, 8),
+         "g8r2_rot32": (8, 32, 2, 4, 2, 2, 32), "g8": (8, 32, 2, 4, 2, 1, 1),
+         "g8_kg2": (8, 32, 2, 2, 2, 1, 1), "g8_s3": (8, 32, 3, 4, 2, 1, 1), "g4": (4, 32, 3, 4, 2, 1, 1),
+         "g4r2": (4, 32, 3, 4, 2, 2, 1)},
+    64: {"g2": (2, 32, 2, 4, 2, 1, 1), "g2r2": (2, 32, 2, 4, 2, 2, 1)},
 }
 updat_ffma_variant = None  # benchmarks: another entry of UPDAT_FFMA_TILES, or "simt" for updat_simt
 ffma_enabled = True  # False: xw_simt / updat_simt for float32 everywhere (benchmarks compare both)
@@ -388,12 +391,12 @@ def xw_ffma_smem(bs, variant):
 
 
 def updat_ffma_spec(bs, variant, axis):
-    g, nc, st, kg, minb, xr = UPDAT_FFMA_TILES[bs][variant]
-    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {minb}, {axis}, {xr}>")
+    g, nc, st, kg, minb, xr, rot = UPDAT_FFMA_TILES[bs][variant]
+    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {minb}, {axis}, {xr}, {rot}>")
 
 
 def updat_ffma_smem(bs, variant):
-    g, nc, st, _, _, xr = UPDAT_FFMA_TILES[bs][variant]
+    g, nc, st, _, _, xr, _ = UPDAT_FFMA_TILES[bs][variant]
     return st * (xr + g) * (nc * bs + 16) * 4
 
 
@@ -903,7 +906,7 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
           and (updat_ffma_variant in UPDAT_FFMA_TILES[b] or (ffma_enabled and updat_ffma_variant is None))):
         tiles = UPDAT_FFMA_TILES[b]
         variant = updat_ffma_variant if updat_ffma_variant in tiles else next(iter(tiles))
-        g, nc, _, _, minb, xr = UPDAT_FFMA_TILES[b][variant]
+        g, nc, _, _, minb, xr, _ = UPDAT_FFMA_TILES[b][variant]
         spec, smem = updat_ffma_spec(b, variant, axis), updat_ffma_smem(b, variant)
         groups = _tables(op_obj, ("groups", g) if xr == 1 else ("groups", g, xr), dev)
         grid, threads, extra = groups.shape[0], g * (b // 8) ** 2, (groups,)

@@ -1003,7 +1003,10 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 // bit-reproducible; splits (gridDim.y > 1) write fp32 partials to ws for updat_reduce.
 // A thread copies the same chunk column of every tile of a stage, so the XR + G source pointers are kept
 // in registers (recomputed when a new pair starts) and a stage's copies cost a 64-bit add per tile.
-template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS, int XR>
+// ROT > 1: CTA i walks its split's chunks starting at chunk i % ROT (wrapping around), so that the CTAs
+// running together read a chunk's x and dy rows at ROT different moments instead of all at once (the sum
+// order per output is still fixed by blockIdx: bit-reproducible).
+template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS, int XR, int ROT>
 __global__ void __launch_bounds__(G * (BS / 8) * (BS / 8), MINB)
 updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
            const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
@@ -1011,7 +1014,7 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
            float* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features,
            int accumulate) {
     constexpr int L = BS / 8, TPB = L * L, THREADS = G * TPB, T = XR + G;  // T: tiles per stage
-    static_assert(BS % 32 == 0 && NC % 32 == 0 && NC % KG == 0 && STAGES >= 2 && (XR == 1 || XR == 2),
+    static_assert(BS % 32 == 0 && NC % 32 == 0 && NC % KG == 0 && STAGES >= 2 && (XR == 1 || XR == 2) && ROT >= 1,
                   "bad updat_ffma tiling");
     constexpr bool KMAJOR = AXIS == 1;            // chunks [n][feature] (axis 1) or swizzled [feature][n]
     constexpr int S = KMAJOR ? BS : NC;            // row length of a chunk tile
@@ -1044,6 +1047,7 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     __syncthreads();
     const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
     const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    const int q_start = ROT > 1 && total > 0 ? (int)(blockIdx.x % ROT) % total : 0;  // first chunk walked
     const int gw = threadIdx.x / TPB;
     int mg, ng;
     lane_coords<L, L>(threadIdx.x % TPB, mg, ng);
@@ -1071,7 +1075,15 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
 #pragma unroll
     for (int t = 0; t < T; t++) src[t] = nullptr;
     auto load_stage = [&](int q, float* base) {
+        if (ROT > 1) {
+            q += q_start;
+            if (q >= total) q -= total;
+        }
         q += q0;
+        if (ROT > 1 && q < lp_begin) {  // wrapped around to the split's first chunk: find its pair again
+            lp = -1;
+            lp_begin = lp_end = 0;
+        }
         while (lp_end <= q) {
             lp++;
             lp_begin = lp_end;
