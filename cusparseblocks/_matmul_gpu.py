@@ -67,14 +67,18 @@ XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4
 # N ≤ SMALL_N: 32-row tiles, 256 threads (the weights stream through more CTAs, no idle rows)
 XW_SIMT_SMALL = {64: (32, 2, 4), 32: (32, 2, 2), 16: (32, 2, 1), 8: (32, 1, 1)}
 # xw_ffma (float32, x and w 16-byte aligned, axis 0: N % 4 == 0, N > SMALL_N): block_size -> {variant:
-# (WARPS, STAGES, KG k per fragment load, MINB CTAs per SM the registers allow, TPC row tiles per CTA)};
-# BM = WARPS·2048 / b rows; the first entry is the default. A thread owns 8 × 8 outputs with 16-byte fragment
-# loads (bench/NOTES.md, fp32 FFMA sessions). TPC = 2: a CTA runs two row tiles of its column in one
-# pipeline (the second tile's first loads overlap the first tile's epilogue).
+# (WARPS, STAGES, KG k per fragment load, MINB CTAs per SM the registers allow, TPC row tiles per CTA,
+# LPT)}; BM = WARPS·2048 / b rows; the first entry is the default. A thread owns 8 × 8 outputs with 16-byte
+# fragment loads (bench/NOTES.md, fp32 FFMA sessions). TPC = 2: a CTA runs two row tiles of its column in one
+# pipeline (the second tile's first loads overlap the first tile's epilogue). LPT = 1: within each row tile
+# the CTAs take the output columns longest list first (the layout's cols/rows_longest_first), so the last
+# CTAs to start are the short ones; 0: column order.
 XW_FFMA_TILES = {
-    32: {"ffma": (4, 2, 4, 2, 1), "ffma_t2": (4, 2, 4, 2, 2), "ffma_o3": (4, 2, 4, 3, 1),
-         "ffma_kg2": (4, 2, 2, 2, 1), "ffma_s3": (4, 3, 4, 2, 1), "ffma_w2": (2, 2, 4, 2, 1)},
-    64: {"ffma": (4, 2, 4, 2, 1), "ffma_kg2": (4, 2, 2, 2, 1), "ffma_t2": (4, 2, 4, 2, 2)},
+    32: {"ffma": (4, 2, 4, 2, 1, 0), "ffma_lpt": (4, 2, 4, 2, 1, 1), "ffma_t2": (4, 2, 4, 2, 2, 0),
+         "ffma_o3": (4, 2, 4, 3, 1, 0), "ffma_kg2": (4, 2, 2, 2, 1, 0), "ffma_s3": (4, 3, 4, 2, 1, 0),
+         "ffma_w2": (2, 2, 4, 2, 1, 0)},
+    64: {"ffma": (4, 2, 4, 2, 1, 0), "ffma_lpt": (4, 2, 4, 2, 1, 1), "ffma_kg2": (4, 2, 2, 2, 1, 0),
+         "ffma_t2": (4, 2, 4, 2, 2, 0)},
 }
 # updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks per CTA,
 # NC batch rows per chunk, STAGES, KG, MINB, XR rows per group, ROT)}; (b/8)² threads per block; the first
@@ -377,8 +381,13 @@ def small_ctas(ptr, eps, resident, max_ent, max_stg, weight=None):
             return ctas
         waves += 1
 def xw_ffma_spec(bs, variant, axis, trans):
-    warps, st, kg, minb, tpc = XW_FFMA_TILES[bs][variant]
+    warps, st, kg, minb, tpc, _ = XW_FFMA_TILES[bs][variant]
     return KernelSpec(SOURCE, f"xw_ffma<{bs}, {warps}, {st}, {kg}, {minb}, {axis}, {trans}, {tpc}>")
+
+
+def xw_ffma_tables(bs, variant, op):
+    """The _tables key of xw_ffma's (offsets, entries, column order) for op "fprop" / "bprop"."""
+    return ("ffma", op, XW_FFMA_TILES[bs][variant][5])
 
 
 def xw_ffma_rows(bs, variant):
@@ -596,6 +605,10 @@ def _tables(op_obj, key, dev):
             cache[(dev, key)] = tuple(a if isinstance(a, np.int32) else cupy.asarray(a) for a in work)
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
+        elif key[0] == "ffma":  # ("ffma", op, lpt): the op's lists and the CTAs' output columns
+            lpt = lay.cols_longest_first if key[1] == "fprop" else lay.rows_longest_first
+            cols = lpt if key[2] else np.arange(lay.out_blocks if key[1] == "fprop" else lay.in_blocks)
+            cache[(dev, key)] = (*_tables(op_obj, key[1], dev), cupy.asarray(cols.astype(np.int32)))
         elif key == "updat":
             cache[(dev, key)] = (cupy.asarray(lay.rows), cupy.asarray(lay.cols))
         else:  # ("groups", g) or ("groups", g, xr)
@@ -797,7 +810,8 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
                 raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
                                  f"for block_size {b}")
             threads, tpc = XW_FFMA_TILES[b][ffma][0] * 32, XW_FFMA_TILES[b][ffma][4]
-            plan = (compiler.get_function(spec, smem), (f_out // b, -(-n_tiles // tpc)), (threads,), smem, op)
+            plan = (compiler.get_function(spec, smem), (f_out // b, -(-n_tiles // tpc)), (threads,), smem,
+                    xw_ffma_tables(b, ffma, op))
             op_obj._gpu_tables[key] = plan
             return plan
         variant = (force_variant if force_variant in XW_TC_TILES[b]

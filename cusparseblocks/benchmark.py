@@ -40,6 +40,11 @@ def _cases(short: bool, small: bool = False):
     for dtype in ("float16", "float32"):
         for d in (0.5, 0.2, 0.1, 0.05, 0.02):
             main.append(("fprop", dtype, 32, d, 32, 12288))
+    # the rest of issue 3's fp32 grid (b = 32 d = 0.05, b = 64), last: the rows above keep their layouts
+    for op in ("fprop", "bprop", "updat"):
+        main.append((op, "float32", 32, 0.05, 4096, 4096))
+        for d in (0.5, 0.2, 0.1, 0.05):
+            main.append((op, "float32", 64, d, 4096, 4096))
     return main
 
 

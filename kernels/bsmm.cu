@@ -677,11 +677,13 @@ __device__ __forceinline__ void cp_async_tile(float* dst, const float* src, i64 
 // [n][k] (bprop: B = wᵀ, rows of w are rows of the tile). Epilogue through shared memory (store_tile).
 // TPC > 1: the pairs of the CTA's row tiles form one stream, so the next tile's first stages load during
 // the current tile's last FMAs and its epilogue (which uses the buffer of the stage just consumed).
+// `order` [gridDim.x]: the output column of blockIdx.x (the host lists the longest lists first, so that the
+// last CTAs of a row tile, and of the grid, are the short ones).
 template <int BS, int WARPS, int STAGES, int KG, int MINB, int AXIS, int TRANS_W, int TPC>
 __global__ void __launch_bounds__(WARPS * 32, MINB)
 xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
-        const int* __restrict__ offsets, const int2* __restrict__ entries, i64 n_total, i64 in_features,
-        i64 out_features, int accumulate) {
+        const int* __restrict__ offsets, const int2* __restrict__ entries, const int* __restrict__ order,
+        i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     constexpr int THREADS = WARPS * 32, LN = BS / 8, LM = 32 / LN, WM = LM * 8, BM = WARPS * WM;
     static_assert(BS % 32 == 0 && (KG == 2 || KG == 4) && STAGES >= 2 && TPC >= 1, "bad xw_ffma tiling");
     constexpr int A_ELEMS = BM * BS, STAGE = A_ELEMS + BS * BS, TS = BS + 4;
@@ -691,7 +693,7 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
     extern __shared__ __align__(16) unsigned char smem_raw[];
     float* smem = reinterpret_cast<float*>(smem_raw);
 
-    const int c = blockIdx.x;
+    const int c = order[blockIdx.x];
     const i64 tile0 = (i64)blockIdx.y * TPC;
     const int tiles = (int)min((i64)TPC, (n_total + BM - 1) / BM - tile0);  // row tiles of this CTA
     const int begin = offsets[c], count = offsets[c + 1] - begin, total = count * tiles;
