@@ -81,17 +81,18 @@ XW_FFMA_TILES = {
          "ffma_t2": (4, 2, 4, 2, 2, 0)},
 }
 # updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks per CTA,
-# NC batch rows per chunk, STAGES, KG, MINB, XR rows per group, ROT)}; (b/8)² threads per block; the first
+# NC batch rows per chunk, STAGES, KG, MINB, XR rows per group, TAIL)}; (b/8)² threads per block; the first
 # entry is the default. XR = 2: a group may take the first blocks of the next row (update_groups), and the
 # batch split is chosen by ffma_update_splits (whole waves of MINB CTAs per SM); XR = 1: groups within one
-# row, splits by _update_splits (the tiles of the first fp32 session, kept for timing). ROT > 1: CTA i starts
-# its chunk walk at chunk i % ROT (the CTAs running together read a chunk at ROT different moments).
+# row, splits by _update_splits (the tiles of the first fp32 session, kept for timing). TAIL = 1: the group's
+# bookkeeping after the stage buffers, which start 128-byte aligned; 0: in static shared memory, which shifts
+# the buffers by 16 bytes so that cp.async fetches every 32-byte sector twice (the "_static" variants: the
+# layout before the third fp32 session, kept for timing).
 UPDAT_FFMA_TILES = {
-    32: {"g8r2": (8, 32, 2, 4, 2, 2, 1), "g8r2_rot8": (8, 32, 2, 4, 2, 2, 8),
-         "g8r2_rot32": (8, 32, 2, 4, 2, 2, 32), "g8": (8, 32, 2, 4, 2, 1, 1),
+    32: {"g8r2": (8, 32, 2, 4, 2, 2, 1), "g8r2_static": (8, 32, 2, 4, 2, 2, 0), "g8": (8, 32, 2, 4, 2, 1, 1),
          "g8_kg2": (8, 32, 2, 2, 2, 1, 1), "g8_s3": (8, 32, 3, 4, 2, 1, 1), "g4": (4, 32, 3, 4, 2, 1, 1),
          "g4r2": (4, 32, 3, 4, 2, 2, 1)},
-    64: {"g2": (2, 32, 2, 4, 2, 1, 1), "g2r2": (2, 32, 2, 4, 2, 2, 1)},
+    64: {"g2": (2, 32, 2, 4, 2, 1, 1), "g2r2": (2, 32, 2, 4, 2, 2, 1), "g2r2_static": (2, 32, 2, 4, 2, 2, 0)},
 }
 updat_ffma_variant = None  # benchmarks: another entry of UPDAT_FFMA_TILES, or "simt" for updat_simt
 ffma_enabled = True  # False: xw_simt / updat_simt for float32 everywhere (benchmarks compare both)
@@ -400,13 +401,13 @@ def xw_ffma_smem(bs, variant):
 
 
 def updat_ffma_spec(bs, variant, axis):
-    g, nc, st, kg, minb, xr, rot = UPDAT_FFMA_TILES[bs][variant]
-    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {minb}, {axis}, {xr}, {rot}>")
+    g, nc, st, kg, minb, xr, tail = UPDAT_FFMA_TILES[bs][variant]
+    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {minb}, {axis}, {xr}, {tail}>")
 
 
 def updat_ffma_smem(bs, variant):
-    g, nc, st, _, _, xr, _ = UPDAT_FFMA_TILES[bs][variant]
-    return st * (xr + g) * (nc * bs + 16) * 4
+    g, nc, st, _, _, xr, tail = UPDAT_FFMA_TILES[bs][variant]
+    return st * (xr + g) * (nc * bs + 16) * 4 + (8 * (xr + g) + 8 * g if tail else 0)
 
 
 def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
@@ -920,7 +921,7 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
           and (updat_ffma_variant in UPDAT_FFMA_TILES[b] or (ffma_enabled and updat_ffma_variant is None))):
         tiles = UPDAT_FFMA_TILES[b]
         variant = updat_ffma_variant if updat_ffma_variant in tiles else next(iter(tiles))
-        g, nc, _, _, minb, xr, _ = UPDAT_FFMA_TILES[b][variant]
+        g, nc, _, _, minb, xr, tail = UPDAT_FFMA_TILES[b][variant]
         spec, smem = updat_ffma_spec(b, variant, axis), updat_ffma_smem(b, variant)
         groups = _tables(op_obj, ("groups", g) if xr == 1 else ("groups", g, xr), dev)
         grid, threads, extra = groups.shape[0], g * (b // 8) ** 2, (groups,)
@@ -947,7 +948,8 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
     if per_sm < 0:  # CTAs per SM: by shared memory (+ 1 KiB reserved per CTA) and registers
         regs = getattr(fn, "num_regs", 0) or 255
         by_regs = 65536 // (-(-regs // 8) * 8 * threads)
-        per_sm = max(1, min(by_regs, _smem_limits(dev)[0] // (smem + 1024 + 16 * (g + 2 * xr))))
+        static = 0 if tail else 16 * (g + 2 * xr)  # TAIL = 0: the bookkeeping in static shared memory
+        per_sm = max(1, min(by_regs, _smem_limits(dev)[0] // (smem + 1024 + static)))
     # the wgmma updates sum their split partials in the same launch (no updat_reduce)
     plan = (fn, smem, threads, grid, extra, nc, spec.source == "bsmm_gmma.cu",
             per_sm)
