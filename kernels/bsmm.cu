@@ -678,8 +678,10 @@ __device__ __forceinline__ void cp_async_tile(float* dst, const float* src, i64 
 // TPC > 1: the pairs of the CTA's row tiles form one stream, so the next tile's first stages load during
 // the current tile's last FMAs and its epilogue (which uses the buffer of the stage just consumed).
 // `order` [gridDim.x]: the output column of blockIdx.x (the host lists the longest lists first, so that the
-// last CTAs of a row tile, and of the grid, are the short ones).
-template <int BS, int WARPS, int STAGES, int KG, int MINB, int AXIS, int TRANS_W, int TPC>
+// last CTAs of a row tile, and of the grid, are the short ones). UNR: k groups of KG per iteration of a
+// block's k loop (BS / KG: unrolled whole, ~38 KB of code per stage at b = 32; fewer keeps the loop in the
+// instruction cache, at the cost of the fragment loads of the next iteration not being hoisted).
+template <int BS, int WARPS, int STAGES, int KG, int MINB, int AXIS, int TRANS_W, int TPC, int UNR>
 __global__ void __launch_bounds__(WARPS * 32, MINB)
 xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
         const int* __restrict__ offsets, const int2* __restrict__ entries, const int* __restrict__ order,
@@ -757,7 +759,7 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
         cp_async_commit();
         float* As = smem + (e % STAGES) * STAGE;
         const float* Bs = As + A_ELEMS;
-#pragma unroll
+#pragma unroll(UNR)
         for (int k0 = 0; k0 < BS; k0 += KG) {
             float a[8][KG], b[8][KG];
             ffma_frag<KG, A_KMAJOR, LM, A_KMAJOR ? BM : BS>(a, As, a_base, k0);
@@ -1009,8 +1011,8 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 // memory (TAIL = 1), so the buffers start 128-byte aligned: cp.async moves a 32-byte global sector as one unit
 // only into a 32-byte aligned shared destination; static __shared__ arrays in front of the dynamic buffers (TAIL
 // = 0, the old layout: 144 bytes) shifted every tile by 16 bytes, and each sector was fetched twice (ncu: 305 M
-// L2 sectors for the 152 M the copies need).
-template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS, int XR, int TAIL>
+// L2 sectors for the 152 M the copies need). UNR: k groups per iteration of a chunk's k loop (as xw_ffma).
+template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS, int XR, int TAIL, int UNR>
 __global__ void __launch_bounds__(G * (BS / 8) * (BS / 8), MINB)
 updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
            const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
@@ -1143,7 +1145,7 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
         const float* Ss = smem + (q % STAGES) * STAGE;
         const float* Xs = Ss + x_tile * TILE;
         const float* Ys = Ss + (XR + gw) * TILE;
-#pragma unroll
+#pragma unroll(UNR)
         for (int k0 = 0; k0 < NC; k0 += KG) {
             float a[8][KG], b[8][KG];
             ffma_frag<KG, KMAJOR, L, S>(a, Xs, a_base, k0);

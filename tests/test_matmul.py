@@ -758,7 +758,7 @@ def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
     from cusparseblocks import _matmul_gpu as G
 
     b, variant, axis, splits = case
-    g, nc, _, _, _, xr, _ = G.UPDAT_FFMA_TILES[b][variant]
+    g, nc, _, _, _, xr, _, _ = G.UPDAT_FFMA_TILES[b][variant]
     mask = _emulation_mask(rng, 5, g + 3)
     mask[0, : g + 1] = True  # exactly g + 1 blocks in row 0 (column g + 1 stays empty)
     mask[0, g + 2 :] = False
