@@ -76,12 +76,12 @@ XW_SIMT_SMALL = {64: (32, 2, 4), 32: (32, 2, 2), 16: (32, 2, 1), 8: (32, 1, 1)}
 # block's k loop (0: all b/KG, the loop unrolled whole: ~38 KB of code per stage at b = 32, more than the
 # instruction cache keeps).
 XW_FFMA_TILES = {
-    32: {"ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma_u2": (4, 2, 4, 2, 1, 0, 2),
-         "ffma_u4": (4, 2, 4, 2, 1, 0, 4), "ffma_lpt_u2": (4, 2, 4, 2, 1, 1, 2),
+    32: {"ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_u2": (4, 2, 4, 2, 1, 0, 2),
+         "ffma_u4": (4, 2, 4, 2, 1, 0, 4), "ffma_lpt_u4": (4, 2, 4, 2, 1, 1, 4),
          "ffma_t2": (4, 2, 4, 2, 2, 0, 0), "ffma_o3": (4, 2, 4, 3, 1, 0, 0),
          "ffma_kg2": (4, 2, 2, 2, 1, 0, 0), "ffma_s3": (4, 3, 4, 2, 1, 0, 0),
          "ffma_w2": (2, 2, 4, 2, 1, 0, 0)},
-    64: {"ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma_u2": (4, 2, 4, 2, 1, 0, 2),
+    64: {"ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_u2": (4, 2, 4, 2, 1, 0, 2),
          "ffma_kg2": (4, 2, 2, 2, 1, 0, 0), "ffma_t2": (4, 2, 4, 2, 2, 0, 0)},
 }
 # updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks per CTA,
@@ -93,12 +93,12 @@ XW_FFMA_TILES = {
 # the buffers by 16 bytes so that cp.async fetches every 32-byte sector twice (the "_static" variants: the
 # layout before the third fp32 session, kept for timing). UNR: as XW_FFMA_TILES (0: the chunk's k loop whole).
 UPDAT_FFMA_TILES = {
-    32: {"g8r2": (8, 32, 2, 4, 2, 2, 1, 0), "g8r2_static": (8, 32, 2, 4, 2, 2, 0, 0),
-         "g8r2_u2": (8, 32, 2, 4, 2, 2, 1, 2), "g8": (8, 32, 2, 4, 2, 1, 1, 0),
+    32: {"g8r2_u2": (8, 32, 2, 4, 2, 2, 1, 2), "g8r2": (8, 32, 2, 4, 2, 2, 1, 0),
+         "g8r2_static": (8, 32, 2, 4, 2, 2, 0, 0), "g8": (8, 32, 2, 4, 2, 1, 1, 0),
          "g8_kg2": (8, 32, 2, 2, 2, 1, 1, 0), "g8_s3": (8, 32, 3, 4, 2, 1, 1, 0),
          "g4": (4, 32, 3, 4, 2, 1, 1, 0), "g4r2": (4, 32, 3, 4, 2, 2, 1, 0)},
-    64: {"g2": (2, 32, 2, 4, 2, 1, 1, 0), "g2r2": (2, 32, 2, 4, 2, 2, 1, 0),
-         "g2r2_static": (2, 32, 2, 4, 2, 2, 0, 0)},
+    64: {"g2": (2, 32, 2, 4, 2, 1, 1, 0), "g2_u2": (2, 32, 2, 4, 2, 1, 1, 2),
+         "g2r2": (2, 32, 2, 4, 2, 2, 1, 0), "g2r2_static": (2, 32, 2, 4, 2, 2, 0, 0)},
 }
 updat_ffma_variant = None  # benchmarks: another entry of UPDAT_FFMA_TILES, or "simt" for updat_simt
 ffma_enabled = True  # False: xw_simt / updat_simt for float32 everywhere (benchmarks compare both)
