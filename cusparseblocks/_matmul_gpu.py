@@ -74,11 +74,12 @@ XW_SIMT_SMALL = {64: (32, 2, 4), 32: (32, 2, 2), 16: (32, 2, 1), 8: (32, 1, 1)}
 # each row tile the CTAs take the output columns longest list first (the layout's cols/rows_longest_first),
 # so the last CTAs to start are the short ones; 0: column order. UNR: k groups of KG per iteration of the
 # block's k loop (0: all b/KG, the loop unrolled whole: ~38 KB of code per stage at b = 32, more than the
-# instruction cache keeps).
+# instruction cache keeps). "ffma_o3" (3 CTAs per SM by its launch bounds) takes UNR = 4: whole-unrolled under
+# the 168-register cap its bprop spilled once the column order table took a register.
 XW_FFMA_TILES = {
     32: {"ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_u2": (4, 2, 4, 2, 1, 0, 2),
          "ffma_u4": (4, 2, 4, 2, 1, 0, 4), "ffma_lpt_u4": (4, 2, 4, 2, 1, 1, 4),
-         "ffma_t2": (4, 2, 4, 2, 2, 0, 0), "ffma_o3": (4, 2, 4, 3, 1, 0, 0),
+         "ffma_t2": (4, 2, 4, 2, 2, 0, 0), "ffma_o3": (4, 2, 4, 3, 1, 0, 4),
          "ffma_kg2": (4, 2, 2, 2, 1, 0, 0), "ffma_s3": (4, 3, 4, 2, 1, 0, 0),
          "ffma_w2": (2, 2, 4, 2, 1, 0, 0)},
     64: {"ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_u2": (4, 2, 4, 2, 1, 0, 2),
