@@ -82,8 +82,9 @@ XW_FFMA_TILES = {
          "ffma_t2": (4, 2, 4, 2, 2, 0, 0), "ffma_o3": (4, 2, 4, 3, 1, 0, 4),
          "ffma_kg2": (4, 2, 2, 2, 1, 0, 0), "ffma_s3": (4, 3, 4, 2, 1, 0, 0),
          "ffma_w2": (2, 2, 4, 2, 1, 0, 0)},
-    64: {"ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_u2": (4, 2, 4, 2, 1, 0, 2),
-         "ffma_kg2": (4, 2, 2, 2, 1, 0, 0), "ffma_t2": (4, 2, 4, 2, 2, 0, 0)},
+    64: {"ffma_u2": (4, 2, 4, 2, 1, 0, 2), "ffma_lpt_u2": (4, 2, 4, 2, 1, 1, 2),
+         "ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_kg2": (4, 2, 2, 2, 1, 0, 0),
+         "ffma_t2": (4, 2, 4, 2, 2, 0, 0)},
 }
 # updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks per CTA,
 # NC batch rows per chunk, STAGES, KG, MINB, XR rows per group, TAIL, UNR)}; (b/8)² threads per block; the
@@ -98,7 +99,7 @@ UPDAT_FFMA_TILES = {
          "g8r2_static": (8, 32, 2, 4, 2, 2, 0, 0), "g8": (8, 32, 2, 4, 2, 1, 1, 0),
          "g8_kg2": (8, 32, 2, 2, 2, 1, 1, 0), "g8_s3": (8, 32, 3, 4, 2, 1, 1, 0),
          "g4": (4, 32, 3, 4, 2, 1, 1, 0), "g4r2": (4, 32, 3, 4, 2, 2, 1, 0)},
-    64: {"g2": (2, 32, 2, 4, 2, 1, 1, 0), "g2_u2": (2, 32, 2, 4, 2, 1, 1, 2),
+    64: {"g2_u2": (2, 32, 2, 4, 2, 1, 1, 2), "g2": (2, 32, 2, 4, 2, 1, 1, 0),
          "g2r2": (2, 32, 2, 4, 2, 2, 1, 0), "g2r2_static": (2, 32, 2, 4, 2, 2, 0, 0)},
 }
 updat_ffma_variant = None  # benchmarks: another entry of UPDAT_FFMA_TILES, or "simt" for updat_simt
