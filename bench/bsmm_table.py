@@ -1,4 +1,7 @@
-"""Markdown ratio tables from a bench/bsmm.py JSON: `python bench/bsmm_table.py bench/results/bsmm-*.json`."""
+"""Markdown ratio tables from a bench/bsmm.py JSON: `python bench/bsmm_table.py bench/results/bsmm-*.json`.
+
+`--variants`: one line per (op, dtype, b, density) instead: the default's TFLOP/s and × dense, then every
+timed tile variant's TFLOP/s (a short table for comparing variants measured in the same run)."""
 
 import json
 import sys
@@ -39,5 +42,21 @@ def tables(path):
     return "\n".join(out)
 
 
+def variants(path):
+    rows = json.load(open(path))["rows"]
+    out = []
+    for r in rows:
+        if r["system"] != "cusparseblocks" or r["N"] != 4096:
+            continue
+        key = (r["op"], r["dtype"], r["b"], r["density"], r["N"])
+        tiles = [f"{q['system'][15:-1]} {q['TFLOPs']:.1f}" for q in rows
+                 if q["system"].startswith("cusparseblocks[") and q.get("TFLOPs") is not None
+                 and (q["op"], q["dtype"], q["b"], q["density"], q["N"]) == key]
+        out.append(f"{r['op']} {r['dtype']} b={r['b']} d={r['density']}: default {r['TFLOPs']:.1f} "
+                   f"({r['x_dense']:.3f}x dense) | " + ", ".join(tiles))
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    print(tables(sys.argv[1]))
+    args = [a for a in sys.argv[1:] if a != "--variants"]
+    print(variants(args[0]) if "--variants" in sys.argv else tables(args[0]))

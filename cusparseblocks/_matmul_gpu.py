@@ -67,24 +67,40 @@ XW_SIMT_TILES = {64: (64, 8, 4), 32: (128, 8, 4), 16: (256, 8, 4), 8: (512, 8, 4
 # N ≤ SMALL_N: 32-row tiles, 256 threads (the weights stream through more CTAs, no idle rows)
 XW_SIMT_SMALL = {64: (32, 2, 4), 32: (32, 2, 2), 16: (32, 2, 1), 8: (32, 1, 1)}
 # xw_ffma (float32, x and w 16-byte aligned, axis 0: N % 4 == 0, N > SMALL_N): block_size -> {variant:
-# (WARPS, STAGES, KG k per fragment load, MINB CTAs per SM the registers allow, TPC row tiles per CTA)};
-# BM = WARPS·2048 / b rows; the first entry is the default. A thread owns 8 × 8 outputs with 16-byte fragment
-# loads (bench/NOTES.md, fp32 FFMA sessions). TPC = 2: a CTA runs two row tiles of its column in one
-# pipeline (the second tile's first loads overlap the first tile's epilogue).
+# (WARPS, STAGES, KG k per fragment load, MINB CTAs per SM the registers allow, TPC row tiles per CTA,
+# LPT, UNR)}; BM = WARPS·2048 / b rows; the first entry is the default. A thread owns 8 × 8 outputs with
+# 16-byte fragment loads (bench/NOTES.md, fp32 FFMA sessions). TPC = 2: a CTA runs two row tiles of its
+# column in one pipeline (the second tile's first loads overlap the first tile's epilogue). LPT = 1: within
+# each row tile the CTAs take the output columns longest list first (the layout's cols/rows_longest_first),
+# so the last CTAs to start are the short ones; 0: column order. UNR: k groups of KG per iteration of the
+# block's k loop (0: all b/KG, the loop unrolled whole: ~38 KB of code per stage at b = 32, more than the
+# instruction cache keeps). "ffma_o3" (3 CTAs per SM by its launch bounds) takes UNR = 4: whole-unrolled under
+# the 168-register cap its bprop spilled once the column order table took a register.
 XW_FFMA_TILES = {
-    32: {"ffma": (4, 2, 4, 2, 1), "ffma_t2": (4, 2, 4, 2, 2), "ffma_o3": (4, 2, 4, 3, 1),
-         "ffma_kg2": (4, 2, 2, 2, 1), "ffma_s3": (4, 3, 4, 2, 1), "ffma_w2": (2, 2, 4, 2, 1)},
-    64: {"ffma": (4, 2, 4, 2, 1), "ffma_kg2": (4, 2, 2, 2, 1), "ffma_t2": (4, 2, 4, 2, 2)},
+    32: {"ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_u2": (4, 2, 4, 2, 1, 0, 2),
+         "ffma_u4": (4, 2, 4, 2, 1, 0, 4), "ffma_lpt_u4": (4, 2, 4, 2, 1, 1, 4),
+         "ffma_t2": (4, 2, 4, 2, 2, 0, 0), "ffma_o3": (4, 2, 4, 3, 1, 0, 4),
+         "ffma_kg2": (4, 2, 2, 2, 1, 0, 0), "ffma_s3": (4, 3, 4, 2, 1, 0, 0),
+         "ffma_w2": (2, 2, 4, 2, 1, 0, 0)},
+    64: {"ffma_u2": (4, 2, 4, 2, 1, 0, 2), "ffma_lpt_u2": (4, 2, 4, 2, 1, 1, 2),
+         "ffma_lpt": (4, 2, 4, 2, 1, 1, 0), "ffma": (4, 2, 4, 2, 1, 0, 0), "ffma_kg2": (4, 2, 2, 2, 1, 0, 0),
+         "ffma_t2": (4, 2, 4, 2, 2, 0, 0)},
 }
 # updat_ffma (float32, aligned pairs, axis 0: every N % 4 == 0): block_size -> {variant: (G blocks per CTA,
-# NC batch rows per chunk, STAGES, KG, MINB, XR rows per group)}; (b/8)² threads per block; the first entry is
-# the default. XR = 2: a group may take the first blocks of the next row (update_groups), and the batch split
-# is chosen by ffma_update_splits (whole waves of MINB CTAs per SM); XR = 1: groups within one row, splits by
-# _update_splits (the tiles of the first fp32 session, kept for timing).
+# NC batch rows per chunk, STAGES, KG, MINB, XR rows per group, TAIL, UNR)}; (b/8)² threads per block; the
+# first entry is the default. XR = 2: a group may take the first blocks of the next row (update_groups), and
+# the batch split is chosen by ffma_update_splits (whole waves of MINB CTAs per SM); XR = 1: groups within one
+# row, splits by _update_splits (the tiles of the first fp32 session, kept for timing). TAIL = 1: the group's
+# bookkeeping after the stage buffers, which start 128-byte aligned; 0: in static shared memory, which shifts
+# the buffers by 16 bytes so that cp.async fetches every 32-byte sector twice (the "_static" variants: the
+# layout before the third fp32 session, kept for timing). UNR: as XW_FFMA_TILES (0: the chunk's k loop whole).
 UPDAT_FFMA_TILES = {
-    32: {"g8r2": (8, 32, 2, 4, 2, 2), "g8": (8, 32, 2, 4, 2, 1), "g8_kg2": (8, 32, 2, 2, 2, 1),
-         "g8_s3": (8, 32, 3, 4, 2, 1), "g4": (4, 32, 3, 4, 2, 1), "g4r2": (4, 32, 3, 4, 2, 2)},
-    64: {"g2": (2, 32, 2, 4, 2, 1), "g2r2": (2, 32, 2, 4, 2, 2)},
+    32: {"g8r2_u2": (8, 32, 2, 4, 2, 2, 1, 2), "g8r2": (8, 32, 2, 4, 2, 2, 1, 0),
+         "g8r2_static": (8, 32, 2, 4, 2, 2, 0, 0), "g8": (8, 32, 2, 4, 2, 1, 1, 0),
+         "g8_kg2": (8, 32, 2, 2, 2, 1, 1, 0), "g8_s3": (8, 32, 3, 4, 2, 1, 1, 0),
+         "g4": (4, 32, 3, 4, 2, 1, 1, 0), "g4r2": (4, 32, 3, 4, 2, 2, 1, 0)},
+    64: {"g2_u2": (2, 32, 2, 4, 2, 1, 1, 2), "g2": (2, 32, 2, 4, 2, 1, 1, 0),
+         "g2r2": (2, 32, 2, 4, 2, 2, 1, 0), "g2r2_static": (2, 32, 2, 4, 2, 2, 0, 0)},
 }
 updat_ffma_variant = None  # benchmarks: another entry of UPDAT_FFMA_TILES, or "simt" for updat_simt
 ffma_enabled = True  # False: xw_simt / updat_simt for float32 everywhere (benchmarks compare both)
@@ -430,8 +446,14 @@ def small_ctas(ptr, eps, resident, max_ent, max_stg, weight=None):
             return ctas
         waves += 1
 def xw_ffma_spec(bs, variant, axis, trans):
-    warps, st, kg, minb, tpc = XW_FFMA_TILES[bs][variant]
-    return KernelSpec(SOURCE, f"xw_ffma<{bs}, {warps}, {st}, {kg}, {minb}, {axis}, {trans}, {tpc}>")
+    warps, st, kg, minb, tpc, _, unr = XW_FFMA_TILES[bs][variant]
+    unr = unr or bs // kg
+    return KernelSpec(SOURCE, f"xw_ffma<{bs}, {warps}, {st}, {kg}, {minb}, {axis}, {trans}, {tpc}, {unr}>")
+
+
+def xw_ffma_tables(bs, variant, op):
+    """The _tables key of xw_ffma's (offsets, entries, column order) for op "fprop" / "bprop"."""
+    return ("ffma", op, XW_FFMA_TILES[bs][variant][5])
 
 
 def xw_ffma_rows(bs, variant):
@@ -444,13 +466,14 @@ def xw_ffma_smem(bs, variant):
 
 
 def updat_ffma_spec(bs, variant, axis):
-    g, nc, st, kg, minb, xr = UPDAT_FFMA_TILES[bs][variant]
-    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {minb}, {axis}, {xr}>")
+    g, nc, st, kg, minb, xr, tail, unr = UPDAT_FFMA_TILES[bs][variant]
+    unr = unr or nc // kg
+    return KernelSpec(SOURCE, f"updat_ffma<{bs}, {g}, {nc}, {st}, {kg}, {minb}, {axis}, {xr}, {tail}, {unr}>")
 
 
 def updat_ffma_smem(bs, variant):
-    g, nc, st, _, _, xr = UPDAT_FFMA_TILES[bs][variant]
-    return st * (xr + g) * (nc * bs + 16) * 4
+    g, nc, st, _, _, xr, tail, _ = UPDAT_FFMA_TILES[bs][variant]
+    return st * (xr + g) * (nc * bs + 16) * 4 + (8 * (xr + g) + 8 * g if tail else 0)
 
 
 def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
@@ -653,6 +676,10 @@ def _tables(op_obj, key, dev):
             cache[(dev, key)] = tuple(a if isinstance(a, np.int32) else cupy.asarray(a) for a in work)
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
+        elif key[0] == "ffma":  # ("ffma", op, lpt): the op's lists and the CTAs' output columns
+            lpt = lay.cols_longest_first if key[1] == "fprop" else lay.rows_longest_first
+            cols = lpt if key[2] else np.arange(lay.out_blocks if key[1] == "fprop" else lay.in_blocks)
+            cache[(dev, key)] = (*_tables(op_obj, key[1], dev), cupy.asarray(cols.astype(np.int32)))
         elif key == "updat":
             cache[(dev, key)] = (cupy.asarray(lay.rows), cupy.asarray(lay.cols))
         else:  # ("groups", g) or ("groups", g, xr)
@@ -854,7 +881,8 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
                 raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
                                  f"for block_size {b}")
             threads, tpc = XW_FFMA_TILES[b][ffma][0] * 32, XW_FFMA_TILES[b][ffma][4]
-            plan = (compiler.get_function(spec, smem), (f_out // b, -(-n_tiles // tpc)), (threads,), smem, op)
+            plan = (compiler.get_function(spec, smem), (f_out // b, -(-n_tiles // tpc)), (threads,), smem,
+                    xw_ffma_tables(b, ffma, op))
             op_obj._gpu_tables[key] = plan
             return plan
         variant = (force_variant if force_variant in XW_TC_TILES[b]
@@ -963,7 +991,7 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
           and (updat_ffma_variant in UPDAT_FFMA_TILES[b] or (ffma_enabled and updat_ffma_variant is None))):
         tiles = UPDAT_FFMA_TILES[b]
         variant = updat_ffma_variant if updat_ffma_variant in tiles else next(iter(tiles))
-        g, nc, _, _, minb, xr = UPDAT_FFMA_TILES[b][variant]
+        g, nc, _, _, minb, xr, tail, _ = UPDAT_FFMA_TILES[b][variant]
         spec, smem = updat_ffma_spec(b, variant, axis), updat_ffma_smem(b, variant)
         groups = _tables(op_obj, ("groups", g) if xr == 1 else ("groups", g, xr), dev)
         grid, threads, extra = groups.shape[0], g * (b // 8) ** 2, (groups,)
@@ -990,7 +1018,8 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
     if per_sm < 0:  # CTAs per SM: by shared memory (+ 1 KiB reserved per CTA) and registers
         regs = getattr(fn, "num_regs", 0) or 255
         by_regs = 65536 // (-(-regs // 8) * 8 * threads)
-        per_sm = max(1, min(by_regs, _smem_limits(dev)[0] // (smem + 1024 + 16 * (g + 2 * xr))))
+        static = 0 if tail else 16 * (g + 2 * xr)  # TAIL = 0: the bookkeeping in static shared memory
+        per_sm = max(1, min(by_regs, _smem_limits(dev)[0] // (smem + 1024 + static)))
     # the wgmma updates sum their split partials in the same launch (no updat_reduce)
     plan = (fn, smem, threads, grid, extra, nc, spec.source == "bsmm_gmma.cu",
             per_sm)

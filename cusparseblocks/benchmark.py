@@ -40,6 +40,11 @@ def _cases(short: bool, small: bool = False):
     for dtype in ("float16", "float32"):
         for d in (0.5, 0.2, 0.1, 0.05, 0.02):
             main.append(("fprop", dtype, 32, d, 32, 12288))
+    # the rest of issue 3's fp32 grid (b = 32 d = 0.05, b = 64), last: the rows above keep their layouts
+    for op in ("fprop", "bprop", "updat"):
+        main.append((op, "float32", 32, 0.05, 4096, 4096))
+        for d in (0.5, 0.2, 0.1, 0.05):
+            main.append((op, "float32", 64, d, 4096, 4096))
     return main
 
 
@@ -53,7 +58,8 @@ def _torch():
 
 
 def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, peers=True, only=None):
-    """``only``: {"op": [...], "dtype": [...], "N": [...]} keeps the matching cases (None: all)."""
+    """``only``: {"op": [...], "dtype": [...], "N": [...], "b": [...]} keeps the matching cases (None:
+    all)."""
     import cupy as cp
 
     from . import BlockSparseMatMul
@@ -65,7 +71,7 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, pee
     torch = _torch() if peers else None
     rows, dense_cache = [], {}
     cases = [c for c in _cases(short, small) if not only or all(
-        c[i] in only[key] for i, key in ((0, "op"), (1, "dtype"), (4, "N")) if only.get(key))]
+        c[i] in only[key] for i, key in ((0, "op"), (1, "dtype"), (2, "b"), (4, "N")) if only.get(key))]
     try:
         from tqdm import tqdm
 
@@ -248,9 +254,10 @@ def main(argv=None):
     parser.add_argument("--op", help="comma-separated ops to keep (fprop,bprop,updat)")
     parser.add_argument("--dtype", help="comma-separated dtypes to keep (float16,bfloat16,float32)")
     parser.add_argument("--n", help="comma-separated batch sizes N to keep (4096,32)")
+    parser.add_argument("--b", help="comma-separated block sizes to keep (8,16,32,64)")
     args = parser.parse_args(argv)
-    only = {key: [int(v) if key == "N" else v for v in val.split(",")]
-            for key, val in (("op", args.op), ("dtype", args.dtype), ("N", args.n)) if val}
+    only = {key: [int(v) if key in ("N", "b") else v for v in val.split(",")]
+            for key, val in (("op", args.op), ("dtype", args.dtype), ("N", args.n), ("b", args.b)) if val}
     try:
         import cupy
 
@@ -264,7 +271,7 @@ def main(argv=None):
     for r in result["rows"]:
         table.add(**r)
     if not args.no_save:
-        filters = (("op", args.op), ("dtype", args.dtype), ("n", args.n))
+        filters = (("op", args.op), ("dtype", args.dtype), ("n", args.n), ("b", args.b))
         cmd = "PYTHONPATH=. python bench/bsmm.py" + (" --short" if args.short else "") + (
             " --small" if args.small else "") + (" --no-torch" if args.no_torch else "") + "".join(
             f" --{flag} {val}" for flag, val in filters if val)

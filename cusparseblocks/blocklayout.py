@@ -19,7 +19,8 @@ class BlockLayout:
     Attributes (NumPy, read-only): ``mask`` bool; ``rows``/``cols`` int32 [nnz] (block coordinates in
     ``w`` order); ``row_ptr`` int32 [in_blocks+1] (CSR); ``col_ptr`` int32 [out_blocks+1] and
     ``col_order`` int32 [nnz] (CSC: the ``w`` indices of column j are
-    ``col_order[col_ptr[j]:col_ptr[j+1]]``, sorted by row).
+    ``col_order[col_ptr[j]:col_ptr[j+1]]``, sorted by row); ``cols_longest_first`` int32 [out_blocks] and
+    ``rows_longest_first`` int32 [in_blocks] (by decreasing block count, ties in index order).
     """
 
     def __init__(self, mask, name: str = "layout"):
@@ -66,6 +67,16 @@ class BlockLayout:
     def col_ptr(self) -> np.ndarray:
         counts = np.bincount(self.cols, minlength=self.out_blocks)
         return _frozen(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+
+    @functools.cached_property
+    def cols_longest_first(self) -> np.ndarray:
+        """int32 [out_blocks]: the block columns by decreasing block count (ties in column order)."""
+        return _frozen(np.argsort(-np.diff(self.col_ptr), kind="stable").astype(np.int32))
+
+    @functools.cached_property
+    def rows_longest_first(self) -> np.ndarray:
+        """int32 [in_blocks]: the block rows by decreasing block count (ties in row order)."""
+        return _frozen(np.argsort(-np.diff(self.row_ptr), kind="stable").astype(np.int32))
 
     @functools.cached_property
     def transposed(self) -> BlockLayout:

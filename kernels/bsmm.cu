@@ -677,11 +677,15 @@ __device__ __forceinline__ void cp_async_tile(float* dst, const float* src, i64 
 // [n][k] (bprop: B = wᵀ, rows of w are rows of the tile). Epilogue through shared memory (store_tile).
 // TPC > 1: the pairs of the CTA's row tiles form one stream, so the next tile's first stages load during
 // the current tile's last FMAs and its epilogue (which uses the buffer of the stage just consumed).
-template <int BS, int WARPS, int STAGES, int KG, int MINB, int AXIS, int TRANS_W, int TPC>
+// `order` [gridDim.x]: the output column of blockIdx.x (the host lists the longest lists first, so that the
+// last CTAs of a row tile, and of the grid, are the short ones). UNR: k groups of KG per iteration of a
+// block's k loop (BS / KG: unrolled whole, ~38 KB of code per stage at b = 32; fewer keeps the loop in the
+// instruction cache, at the cost of the fragment loads of the next iteration not being hoisted).
+template <int BS, int WARPS, int STAGES, int KG, int MINB, int AXIS, int TRANS_W, int TPC, int UNR>
 __global__ void __launch_bounds__(WARPS * 32, MINB)
 xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
-        const int* __restrict__ offsets, const int2* __restrict__ entries, i64 n_total, i64 in_features,
-        i64 out_features, int accumulate) {
+        const int* __restrict__ offsets, const int2* __restrict__ entries, const int* __restrict__ order,
+        i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     constexpr int THREADS = WARPS * 32, LN = BS / 8, LM = 32 / LN, WM = LM * 8, BM = WARPS * WM;
     static_assert(BS % 32 == 0 && (KG == 2 || KG == 4) && STAGES >= 2 && TPC >= 1, "bad xw_ffma tiling");
     constexpr int A_ELEMS = BM * BS, STAGE = A_ELEMS + BS * BS, TS = BS + 4;
@@ -691,7 +695,7 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
     extern __shared__ __align__(16) unsigned char smem_raw[];
     float* smem = reinterpret_cast<float*>(smem_raw);
 
-    const int c = blockIdx.x;
+    const int c = order[blockIdx.x];
     const i64 tile0 = (i64)blockIdx.y * TPC;
     const int tiles = (int)min((i64)TPC, (n_total + BM - 1) / BM - tile0);  // row tiles of this CTA
     const int begin = offsets[c], count = offsets[c + 1] - begin, total = count * tiles;
@@ -755,7 +759,7 @@ xw_ffma(const float* __restrict__ x, const float* __restrict__ w, float* __restr
         cp_async_commit();
         float* As = smem + (e % STAGES) * STAGE;
         const float* Bs = As + A_ELEMS;
-#pragma unroll
+#pragma unroll(UNR)
         for (int k0 = 0; k0 < BS; k0 += KG) {
             float a[8][KG], b[8][KG];
             ffma_frag<KG, A_KMAJOR, LM, A_KMAJOR ? BM : BS>(a, As, a_base, k0);
@@ -1003,7 +1007,12 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 // bit-reproducible; splits (gridDim.y > 1) write fp32 partials to ws for updat_reduce.
 // A thread copies the same chunk column of every tile of a stage, so the XR + G source pointers are kept
 // in registers (recomputed when a new pair starts) and a stage's copies cost a 64-bit add per tile.
-template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS, int XR>
+// The group's bookkeeping (blocks, row selectors, tile columns) sits after the stage buffers in dynamic shared
+// memory (TAIL = 1), so the buffers start 128-byte aligned: cp.async moves a 32-byte global sector as one unit
+// only into a 32-byte aligned shared destination; static __shared__ arrays in front of the dynamic buffers (TAIL
+// = 0, the old layout: 144 bytes) shifted every tile by 16 bytes, and each sector was fetched twice (ncu: 305 M
+// L2 sectors for the 152 M the copies need). UNR: k groups per iteration of a chunk's k loop (as xw_ffma).
+template <int BS, int G, int NC, int STAGES, int KG, int MINB, int AXIS, int XR, int TAIL, int UNR>
 __global__ void __launch_bounds__(G * (BS / 8) * (BS / 8), MINB)
 updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
            const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
@@ -1023,8 +1032,19 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     float* smem = reinterpret_cast<float*>(smem_raw);
-    __shared__ int blk_s[G], xsel_s[G];
-    __shared__ long long col_s[T];  // tiles 0..XR-1: x columns (feature offsets); XR..: dy; -1: no tile
+    long long* col_s;  // [T] tiles 0..XR-1: x columns (feature offsets); XR..: dy; -1: no tile
+    int *blk_s, *xsel_s;  // [G] each
+    if constexpr (TAIL) {
+        col_s = reinterpret_cast<long long*>(smem + STAGES * STAGE);
+        blk_s = reinterpret_cast<int*>(col_s + T);
+        xsel_s = blk_s + G;
+    } else {
+        __shared__ int blk_st[G], xsel_st[G];
+        __shared__ long long col_st[T];
+        col_s = col_st;
+        blk_s = blk_st;
+        xsel_s = xsel_st;
+    }
     const int* grp = groups + (i64)blockIdx.x * G;  // slot 0 is never empty
     if (threadIdx.x < G) {
         const int k = grp[threadIdx.x];
@@ -1125,7 +1145,7 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
         const float* Ss = smem + (q % STAGES) * STAGE;
         const float* Xs = Ss + x_tile * TILE;
         const float* Ys = Ss + (XR + gw) * TILE;
-#pragma unroll
+#pragma unroll(UNR)
         for (int k0 = 0; k0 < NC; k0 += KG) {
             float a[8][KG], b[8][KG];
             ffma_frag<KG, KMAJOR, L, S>(a, Xs, a_base, k0);

@@ -245,7 +245,11 @@ def test_layout_tables_match_loops():
         in_column = [k for k, (_, c) in enumerate(blocks) if c == j]  # sorted by row
         assert lay.col_order[lay.col_ptr[j]:lay.col_ptr[j + 1]].tolist() == in_column
     assert np.array_equal(lay.transposed.mask, mask.T)
-    for table in (lay.mask, lay.rows, lay.cols, lay.row_ptr, lay.col_ptr, lay.col_order):
+    for counts, order in ((mask.sum(axis=0), lay.cols_longest_first), (mask.sum(axis=1), lay.rows_longest_first)):
+        expect = sorted(range(len(counts)), key=lambda j: (-counts[j], j))  # longest first, ties by index
+        assert order.tolist() == expect and order.dtype == np.int32
+    for table in (lay.mask, lay.rows, lay.cols, lay.row_ptr, lay.col_ptr, lay.col_order, lay.cols_longest_first,
+                  lay.rows_longest_first):
         assert not table.flags.writeable
     assert lay.row_ptr is lay.row_ptr  # cached
 
@@ -686,7 +690,7 @@ def test_xw_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
     n = tpc * bm + (8 if axis == 0 else 5)  # tpc + 1 row tiles: a CTA of tpc, one of a partial tile
     mask = _emulation_mask(rng, 7, 5)
     mask[:6, 0] = True  # a list of 6 blocks: the pipeline slots wrap around
-    op, tables = _emulated_op(monkeypatch, mask, b, axis, op_name)
+    op, tables = _emulated_op(monkeypatch, mask, b, axis, G.xw_ffma_tables(b, variant, op_name))
     f_in, f_out = (op.K, op.M) if op_name == "fprop" else (op.M, op.K)
     x = random_array(rng, _io(op, n, f_in), "float32")
     w = random_array(rng, op.w_shape, "float32", scale=0.2)
@@ -754,7 +758,7 @@ def test_updat_ffma_emulated(rng, monkeypatch, bsmm_emulator, case):
     from cusparseblocks import _matmul_gpu as G
 
     b, variant, axis, splits = case
-    g, nc, _, _, _, xr = G.UPDAT_FFMA_TILES[b][variant]
+    g, nc, _, _, _, xr, _, _ = G.UPDAT_FFMA_TILES[b][variant]
     mask = _emulation_mask(rng, 5, g + 3)
     mask[0, : g + 1] = True  # exactly g + 1 blocks in row 0 (column g + 1 stays empty)
     mask[0, g + 2 :] = False

@@ -696,6 +696,11 @@ def test_float32_ffma_tiles(rng, block_size, variant, feature_axis, n):
                     for t in (0, 1)]
     fns = _xw_functions(op)  # the fprop plan, then the bprop plan (accumulate reuses the first)
     assert len(fns) == 2 and all(f is e for f, e in zip(fns, expected)), f"{variant} did not run"
+    if variant != "simt":  # the CTAs' column order of this variant (LPT: longest lists first) was used
+        lpt = XW_FFMA_TILES[block_size][variant][5]
+        used = {k[1] for k in op._gpu_tables if isinstance(k, tuple) and len(k) == 2 and isinstance(k[1], tuple)
+                and k[1][0] == "ffma"}
+        assert used == {("ffma", "fprop", lpt), ("ffma", "bprop", lpt)}, f"{variant}: tables {used}"
     y_ref = _ref64(op, "fprop", x, w=w)
     assert_close(y, y_ref, "float32", f"fprop [{variant}]")
     assert_close(dx, _ref64(op, "bprop", dy, w=w), "float32", f"bprop [{variant}]")

@@ -32,7 +32,7 @@ static void relocate_pair_tables() {
   return [] { updat_tc<T, TO, __VA_ARGS__>(P<long long>(2), P<long long>(3), P<long long>(4), P<long long>(5), \
   I(6), P<int>(7), P<int>(8), P<int>(9), P<TO>(10), P<float>(11), I(12), L(13), L(14), I(15)); }; }}
 #define XW_FFMA(...) {"xw_ffma<" #__VA_ARGS__ ">", [] { return [] { xw_ffma<__VA_ARGS__>( \
-  P<float>(0), P<float>(1), P<float>(2), P<int>(3), P<int2>(4), L(5), L(6), L(7), I(8)); }; }}
+  P<float>(0), P<float>(1), P<float>(2), P<int>(3), P<int2>(4), P<int>(5), L(6), L(7), L(8), I(9)); }; }}
 #define UPDAT_FFMA(...) {"updat_ffma<" #__VA_ARGS__ ">", [] { relocate_pair_tables(); \
   return [] { updat_ffma<__VA_ARGS__>(P<long long>(2), P<long long>(3), P<long long>(4), P<long long>(5), \
   I(6), P<int>(7), P<int>(8), P<int>(9), P<float>(10), P<float>(11), I(12), L(13), L(14), I(15)); }; }}
