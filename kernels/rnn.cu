@@ -679,3 +679,260 @@ rnn_step(const i64* __restrict__ row_ptr, const int* __restrict__ col, const T* 
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core persistent kernel (fp16 weights and h, fp32 accumulation)
+
+#ifdef RNN_HOST_EMULATION
+#include "conv_ptx_emulated.h"  // mma16816 on the CPU (tests/cuda_emulation, the PTX fragment layouts)
+#else
+template <typename T> __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+// 16 bytes global -> shared, cached in L2 only (.cg): a fresh read of the exchange on every call
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ int lds_s32(const int* p) {
+    int v;
+    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(v) : "r"((unsigned)__cvta_generic_to_shared(p)));
+    return v;
+}
+__device__ __forceinline__ uint2 lds_v2u32(const void* p) {
+    uint2 v;
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"((unsigned)__cvta_generic_to_shared(p)));
+    return v;
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
+// rnn_persistent_tc<MODE, MT, KS, NT, THREADS, MINB>: the whole sequence in one launch, dot products on
+// tensor cores (mma.sync m16n8k16, fp16 in, fp32 accumulate), W's rows held densified in registers.
+// One thread block owns the units [blk·U, min((blk+1)·U, Hu)) (U = `units`, Hu = H rounded up to 16; local
+// row r = g·U + unit: all G gate rows of a unit in one block, so the LSTM cell stays local) = MT M-tiles
+// of 16 rows. Each warp holds, per M-tile, up to KS k16-steps of those rows as A fragments in registers
+// for all T steps (afrag: [blocks][warps][MT][KS][32 lanes] uint4; kstep: [blocks][warps][MT][KS] first
+// k of the step; kcount: [blocks][warps][MT] steps in use): k-steps that are all zero for a tile are not
+// held at all. Within a step the host permutes k (A'[m][2q, 2q+1, 2q+8, 2q+9] = W[m][k0+4q .. k0+4q+3]), so
+// a lane's two B registers are 4 consecutive h values: one 8-byte shared-memory load, no ldmatrix.
+// The exchange holds every h_t once, [T+1][B][Kp] fp16 (slot 0 = h_0 from the host), and shared memory
+// holds h_{t-1} in the same [NT·8][Kp] layout (Kp ≡ 16 mod 64 halves: the lanes' 8-byte loads hit distinct
+// banks; rows b >= B and never-loaded columns stay zero). Step t: copy the runs of 8-value vectors the
+// block's k-steps read (load_range: (first vector, count), the same offsets in the slot and in shared
+// memory), re-reading a vector until no value is the sentinel (as rnn_persistent_sentinel: values double
+// as flags; a watchdog instead of a hang). Then each warp runs its k-steps in groups (two accumulator
+// chains per tile for ILP), writes its partial 16×8 tiles to shared memory, and after a barrier each
+// (unit, batch) item sums the warps' partials in warp order (deterministic), adds u_t, applies the cell
+// and stores h_t to y [T, B, H] and to exchange slot t (units in [H, Hu) store 0: every value a block
+// reads is written). Grid = ceil(Hu / U) blocks, at most the co-resident ones (occupancy query, host).
+// prof and wait: as rnn_persistent_sentinel.
+template <int MODE, int MT, int KS, int NT, int THREADS, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB)
+rnn_persistent_tc(const uint4* __restrict__ afrag, const int* __restrict__ kstep, const int* __restrict__ kcount,
+                  const int2* __restrict__ load_range, const int* __restrict__ load_off,
+                  const __half* __restrict__ u, const __half* __restrict__ c0, __half* __restrict__ y,
+                  __half* __restrict__ c_out, __half* xch, int* status, long long* prof, int H, int Hu, int Kp,
+                  int units, int B, int steps, long long timeout_ns, int wait) {
+    constexpr int G = MODE == RNN_LSTM ? 4 : 1;
+    constexpr int WARPS = THREADS / 32;
+    constexpr int TC_P = NT >= 4 ? 1 : 4 / NT;  // k-steps per group of the mma loop
+    // pointwise items (unit, batch) a thread owns: units·B <= 16·MT/G · 8·NT
+    constexpr int UPT = (128 * MT * NT / G + THREADS - 1) / THREADS < RNN_UPT
+                            ? (128 * MT * NT / G + THREADS - 1) / THREADS : RNN_UPT;
+    typedef RnnX<__half> X;
+    RNN_BLOCK_SMEM(rnn_smem_raw);
+    RNN_BLOCK_INT(abort_s);
+    // shared memory, mirrored by cusparseblocks/rnn.py (_tc_smem_bytes): hs [NT·8][Kp] half,
+    // partial sums [WARPS][MT][NT][16][8] float, k-step table [WARPS][MT][KS] int
+    __half* hs = reinterpret_cast<__half*>(rnn_smem_raw);
+    float* part = reinterpret_cast<float*>(rnn_smem_raw + (size_t)NT * 8 * Kp * 2);
+    int* ktab = reinterpret_cast<int*>(part + WARPS * MT * NT * 128);
+
+    const int blk = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g4 = lane / 4, q4 = lane % 4;
+    const int u0 = blk * units, nunits = min(units, Hu - u0), nitems = nunits * B;
+    const i64 GH = (i64)G * H;
+
+    long long* prow = prof != nullptr && tid == 0 ? prof + (i64)blk * (steps + 1) * 4 : nullptr;
+    unsigned long long ns0 = 0;
+    if (prow) {
+        prow[0] = clock64();
+        ns0 = global_ns();
+    }
+    if (tid == 0) abort_s = 0;
+    {
+        uint4* hz = reinterpret_cast<uint4*>(hs);
+        for (int i = tid; i < NT * 8 * Kp / 8; i += THREADS) hz[i] = make_uint4(0, 0, 0, 0);
+        const int* kt = kstep + (i64)blk * WARPS * MT * KS;
+        for (int i = tid; i < WARPS * MT * KS; i += THREADS) ktab[i] = kt[i];
+    }
+    unsigned afr[MT][KS][4];
+    int kcnt[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        kcnt[m] = kcount[((i64)blk * WARPS + warp) * MT + m];
+#pragma unroll
+        for (int s = 0; s < KS; ++s) {
+            const uint4 a = afrag[((((i64)blk * WARPS + warp) * MT + m) * KS + s) * 32 + lane];
+            afr[m][s][0] = a.x;
+            afr[m][s][1] = a.y;
+            afr[m][s][2] = a.z;
+            afr[m][s][3] = a.w;
+        }
+    }
+
+    float creg[UPT];
+    __half upre[UPT][G];
+#pragma unroll
+    for (int q = 0; q < UPT; ++q) {
+        const int i = tid + q * THREADS;
+        const int ul = i % max(nunits, 1), b = i / max(nunits, 1), j = u0 + ul;
+        creg[q] = 0.0f;
+        if (i < nitems && j < H) {
+            if (MODE == RNN_LSTM && c0 != nullptr) creg[q] = to_float<__half>(c0[(i64)b * H + j]);
+#pragma unroll
+            for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
+        }
+    }
+    __syncthreads();
+    const int r_begin = load_off[blk], r_end = load_off[blk + 1];
+    const int* myk = ktab + warp * MT * KS;
+    const unsigned hs_u32 = smem_u32(hs);
+    if (prow) prow[1] = clock64();
+
+    for (int t = 1; t <= steps; ++t) {
+        if (prow) prow[t * 4] = clock64();
+        const __half* src = xch + (i64)(t - 1) * B * Kp;
+        // every vector of the step in flight at once without registers (cp.async, L2 only), then each
+        // thread checks its own copies and re-reads only those still holding the sentinel (relaxed loads)
+        for (int r = r_begin; r < r_end; ++r) {
+            const int2 rg = load_range[r];  // (first 8-value vector of the slot, count): same offsets in hs
+            for (int v = rg.x + tid; v < rg.x + rg.y; v += THREADS) cp_async16(hs_u32 + v * 16, src + v * 8, 16);
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+        if (wait && t > 1) {
+            for (int r = r_begin; r < r_end; ++r) {
+                const int2 rg = load_range[r];
+                for (int v = rg.x + tid; v < rg.x + rg.y; v += THREADS) {
+                    uint4 val = *reinterpret_cast<const uint4*>(hs + v * 8);
+                    if (X::written(val) == 0xffu) continue;
+                    RnnWatchdog dog;
+                    do {
+                        if (dog.expired(status, timeout_ns, &abort_s)) break;
+                        val = X::load(src + v * 8);
+                    } while (X::written(val) != 0xffu);
+                    *reinterpret_cast<uint4*>(hs + v * 8) = val;
+                }
+            }
+        }
+        __syncthreads();
+        if (abort_s) return;
+        if (prow) prow[t * 4 + 1] = clock64();
+
+        float acc[MT][NT][2][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) acc[m][n][c][i] = 0.0f;
+                }
+            }
+        }
+        // k-steps in groups of P: the group's table entries, then its B fragments, then its mma (volatile
+        // loads keep this order, so at most P·NT B fragments are live beside the A fragments)
+        const __half* hl = hs + g4 * Kp + 4 * q4;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+#pragma unroll
+            for (int s0 = 0; s0 < KS; s0 += TC_P) {
+                int k0[TC_P];
+                uint2 bf[TC_P][NT];
+#pragma unroll
+                for (int p = 0; p < TC_P; ++p) {
+                    if (s0 + p < KS && s0 + p < kcnt[m]) k0[p] = lds_s32(myk + m * KS + s0 + p);
+                }
+#pragma unroll
+                for (int p = 0; p < TC_P; ++p) {
+                    if (s0 + p < KS && s0 + p < kcnt[m]) {
+#pragma unroll
+                        for (int n = 0; n < NT; ++n) bf[p][n] = lds_v2u32(hl + n * 8 * Kp + k0[p]);
+                    }
+                }
+#pragma unroll
+                for (int p = 0; p < TC_P; ++p) {
+                    if (s0 + p < KS && s0 + p < kcnt[m]) {
+#pragma unroll
+                        for (int n = 0; n < NT; ++n)
+                            mma16816<__half>(acc[m][n][(s0 + p) & 1], afr[m][s0 + p < KS ? s0 + p : 0],
+                                             bf[p][n].x, bf[p][n].y);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                float* p = part + ((warp * MT + m) * NT + n) * 128 + g4 * 8 + 2 * q4;
+                *reinterpret_cast<float2*>(p) =
+                    make_float2(acc[m][n][0][0] + acc[m][n][1][0], acc[m][n][0][1] + acc[m][n][1][1]);
+                *reinterpret_cast<float2*>(p + 64) =
+                    make_float2(acc[m][n][0][2] + acc[m][n][1][2], acc[m][n][0][3] + acc[m][n][1][3]);
+            }
+        }
+        __syncthreads();
+
+        if (prow) prow[t * 4 + 2] = clock64();
+        __half* dst = xch + (i64)t * B * Kp;
+#pragma unroll
+        for (int q = 0; q < UPT; ++q) {
+            const int i = tid + q * THREADS;
+            const int ul = i % max(nunits, 1), b = i / max(nunits, 1), j = u0 + ul;
+            if (i < nitems) {
+                float p[G];
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    const int r = g * units + ul;
+                    const float* pp = part + ((r / 16) * NT + b / 8) * 128 + (r % 16) * 8 + b % 8;
+                    float s = 0.0f;
+#pragma unroll
+                    for (int w = 0; w < WARPS; ++w) s += pp[w * MT * NT * 128];
+                    p[g] = s + (j < H ? to_float<__half>(upre[q][g]) : 0.0f);
+                }
+                const __half hv = from_float<__half>(j < H ? rnn_cell<MODE>(p, creg[q]) : 0.0f);
+                X::store(dst + (i64)b * Kp + j, hv);
+                if (j < H) {
+                    y[((i64)(t - 1) * B + b) * H + j] = hv;
+                    if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<__half>(creg[q]);
+                }
+            }
+        }
+        if (prow) prow[t * 4 + 3] = clock64();
+        if (t < steps) {
+#pragma unroll
+            for (int q = 0; q < UPT; ++q) {
+                const int i = tid + q * THREADS;
+                const int ul = i % max(nunits, 1), b = i / max(nunits, 1), j = u0 + ul;
+                if (i < nitems && j < H) {
+#pragma unroll
+                    for (int g = 0; g < G; ++g) upre[q][g] = u[((i64)t * B + b) * GH + (i64)g * H + j];
+                }
+            }
+        }
+    }
+    if (prow) {
+        prow[2] = clock64();
+        prow[3] = (long long)(global_ns() - ns0);
+    }
+}

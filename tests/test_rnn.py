@@ -300,6 +300,8 @@ def test_bad_inputs(rng):
         m.forward(np.asfortranarray(u), h0)
     with pytest.raises(ValueError, match="path"):
         m.forward(u, h0, path="fast")
+    with pytest.raises(ValueError, match="slots: expected at least"):
+        m.plan_tc(2, slots=0, config=(64, 1, 84), sm_count=4, smem_per_block=232448)
     with pytest.raises(ValueError, match="lanes"):
         m.forward(u, h0, lanes=3)
     with pytest.raises(ValueError, match="exchange"):
@@ -345,7 +347,8 @@ def test_registered_specializations():
     from cusparseblocks import compiler
 
     specs = compiler.all_specializations()["rnn"]
-    assert len(specs) == 84   # 2 dtypes × 3 modes × 4 batch chunks × (flags + step + sentinel HS float/T)
+    # 2 dtypes × 3 modes × 4 batch chunks × (flags + step + sentinel HS float/T), + the tensor-core cases
+    assert len(specs) == 84 + sum(len(v) for v in rnn._TC_REGISTERED.values())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -379,6 +382,113 @@ def test_gpu_persistent(rng, exchange, dtype, mode, kind, H, B):
     out = poison(cupy, (12, B, H), dtype)
     y = check_gpu(model, u, h0, c0, dtype, out=out, path="persistent", exchange=exchange)
     assert y is out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["csr", "block"])
+@pytest.mark.parametrize("H,B", [(77, 1), (256, 4), (1000, 8), (520, 16), (333, 5)])
+def test_gpu_tc(rng, mode, kind, H, B):
+    """The tensor-core kernel (forced) against the float64 reference: ragged H, B 1/4/5/8/16, poisoned y."""
+    import cupy
+
+    if kind == "block":
+        H = H // 8 * 8 + (8 if H % 8 else 0)
+    model = make_model(rng, H, mode, kind, density=0.2)
+    assert model.plan_tc(B).fits
+    u, h0, c0 = make_inputs(rng, model, 12, B, "float16")
+    out = poison(cupy, (12, B, H), "float16")
+    y = check_gpu(model, u, h0, c0, "float16", out=out, path="tc")
+    assert y is out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+def test_gpu_auto_takes_tc_for_fp16(rng, mode):
+    """fp16 auto runs the tensor-core kernel where it fits (same result as forcing it); fp32 never does."""
+    import cupy
+
+    model = make_model(rng, 300, mode, "csr", density=0.3)
+    assert model.plan("float16", 4).path == "tc" and model.plan("float32", 4).path == "persistent"
+    u, h0, c0 = make_inputs(rng, model, 9, 4, "float16")
+    args = (cupy.asarray(u), cupy.asarray(h0), None if c0 is None else cupy.asarray(c0))
+    y_auto = check_gpu(model, u, h0, c0, "float16")
+    y_tc, _ = model.forward(*args, path="tc")
+    assert bool((y_auto == y_tc).all())
+    with pytest.raises(ValueError, match="float16 only"):
+        model.forward(*(a.astype(cupy.float32) if a is not None else None for a in args), path="tc")
+
+
+@pytest.mark.gpu
+def test_gpu_tc_empty_rows_and_block_skips(rng):
+    """Units with no nonzeros, and block-sparse tiles whose all-zero k-steps are skipped."""
+    import cupy
+
+    H = 200
+    W = rnn.random_weights(rng, H, 0.3, "tanh").tolil()
+    W[:, 16:48] = 0
+    W[100:180, :] = 0
+    model = rnn.SparseRNN(sp.csr_matrix(W), "tanh")
+    u, h0, _ = make_inputs(rng, model, 8, 4, "float16")
+    check_gpu(model, u, h0, None, "float16", out=poison(cupy, (8, 4, H), "float16"), path="tc")
+    mask = np.zeros((H // 8, H // 8), dtype=bool)
+    mask[np.arange(H // 8), np.arange(H // 8)] = True
+    mask[np.arange(H // 8), (np.arange(H // 8) + 5) % (H // 8)] = True
+    w = rng.standard_normal((int(mask.sum()), 8, 8)) * 0.3
+    model = rnn.SparseRNN(w, "tanh", layout=mask, block_size=8)
+    plan = model.plan_tc(4, tables=True)
+    assert int(plan.tables["kcount"].sum()) < plan.blocks * plan.tiles * -(-H // 16)
+    check_gpu(model, u, h0, None, "float16", out=poison(cupy, (8, 4, H), "float16"), path="tc")
+
+
+@pytest.mark.gpu
+def test_gpu_tc_too_large_takes_sparse(rng):
+    """An LSTM whose A fragments do not fit in registers: auto runs the sparse kernel, path='tc' raises."""
+    import cupy
+
+    W = rnn.random_weights(rng, 2304, 0.3, "lstm")
+    model = rnn.SparseRNN(W, "lstm")
+    assert not model.plan_tc(4).fits and model.plan("float16", 4).path == "persistent"
+    u, h0, c0 = make_inputs(rng, model, 4, 4, "float16")
+    with pytest.raises(ValueError, match="tensor-core kernel cannot run"):
+        model.forward(cupy.asarray(u), cupy.asarray(h0), cupy.asarray(c0), path="tc")
+    check_gpu(model, u, h0, c0, "float16")
+
+
+@pytest.mark.gpu
+def test_gpu_tc_long_sequence_stable(rng):
+    """T = 256 at the headline shape on the tensor-core kernel: right, and bit-identical run to run."""
+    import cupy
+
+    model = make_model(rng, 2304, "tanh", "csr", density=0.3)
+    assert model.plan_tc(4).fits
+    u, h0, _ = make_inputs(rng, model, 256, 4, "float16")
+    ud, hd = cupy.asarray(u), cupy.asarray(h0)
+    y1, _ = model.forward(ud, hd, path="tc")
+    y2, _ = model.forward(ud, hd, path="tc")
+    assert_close(y1, reference(model, u, h0, None, "float16")[0], "float16")
+    assert bool((y1 == y2).all())
+
+
+@pytest.mark.gpu
+def test_gpu_tc_watchdog_and_profile(rng):
+    """Half the blocks: the waiters give up with an error; prof stamps increase and y stays right."""
+    import cupy
+
+    model = make_model(rng, 600, "tanh", "csr", density=0.2)
+    plan = model.plan_tc(4, tables=True)
+    u, h0, _ = make_inputs(rng, model, 9, 4, "float16")
+    ud, hd = cupy.asarray(u), cupy.asarray(h0)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="watchdog"):
+        model._run_tc(plan, ud, hd, None, grid=plan.blocks // 2, timeout_s=0.2)
+    assert time.perf_counter() - start < 30
+    prof = cupy.zeros((plan.blocks, 10, 4), dtype=cupy.int64)
+    y, _ = model._run_tc(plan, ud, hd, None, prof=prof)
+    assert_close(y, reference(model, u, h0, None, "float16")[0], "float16")
+    p = prof.get()
+    stamps = p[:, 1:, :].reshape(plan.blocks, -1)
+    assert (p[:, 0, 3] > 0).all() and (np.diff(stamps, axis=1) >= 0).all()
 
 
 @pytest.mark.gpu
@@ -567,8 +677,10 @@ _EMU_SHIM = r"""
 #include <cstdint>
 #include <cstring>
 #include <math.h>
+#include <deque>
 #include <memory>
 #include <thread>
+#include <vector>
 #define __global__
 #define __device__
 #define __host__
@@ -585,6 +697,8 @@ struct float2 { float x, y; };
 inline int2 make_int2(int x, int y) { return {x, y}; }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 inline int max(int a, int b) { return a > b ? a : b; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
 unsigned char* emu_block_smem();
 int* emu_block_int();
 void __syncthreads();
@@ -609,6 +723,14 @@ inline void st_release_gpu(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELE
 inline void st_relaxed_u16(unsigned short* p, unsigned short v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline void st_relaxed_u32(unsigned* p, unsigned v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline long long clock64() { return 0; }
+// rnn_persistent_tc: plain shared-memory loads; mma16816, cp.async and smem_u32 come from
+// tests/cuda_emulation/conv_ptx_emulated.h on this block's shared memory and warp barriers
+inline int lds_s32(const int* p) { return *p; }
+inline uint2 lds_v2u32(const void* p) { uint2 v; std::memcpy(&v, p, 8); return v; }
+uint32_t (*emu_block_scratch())[32][8];
+void emu_warp_sync();
+#define smem_raw (emu_block_smem())
+#define emu_scratch (emu_block_scratch())
 inline unsigned long long global_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -644,6 +766,7 @@ _EMU_DRIVER = r"""
 #include <pthread.h>
 #include <string>
 #include <vector>
+#include <deque>
 
 thread_local emu_dim3 threadIdx, blockIdx;
 struct Block {
@@ -652,9 +775,14 @@ struct Block {
   std::vector<uint4> smem;
   int shared_int = 0;
   float scratch[RNN_THREADS / 32][32];
+  uint32_t scratch8[RNN_THREADS / 32][32][8];
 };
 thread_local Block* emu_blk;
+thread_local std::vector<EmuCopy> emu_open_group;
+thread_local std::deque<std::vector<EmuCopy>> emu_groups;
 unsigned char* emu_block_smem() { return reinterpret_cast<unsigned char*>(emu_blk->smem.data()); }
+uint32_t (*emu_block_scratch())[32][8] { return emu_blk->scratch8; }
+void emu_warp_sync() { emu_blk->warps[threadIdx.x / 32]->arrive_and_wait(); }
 int* emu_block_int() { return &emu_blk->shared_int; }
 void __syncthreads() { emu_blk->bar->arrive_and_wait(); }
 float __shfl_xor_sync(unsigned, float v, int o) {
@@ -741,12 +869,64 @@ template <typename T, int MODE, int BC> void run() {
   if (c_out) save("c_out");
 }
 
+template <int MODE, int MT, int KS, int NT, int THREADS> void run_tc() {
+  const int nblk = S["grid"];
+  std::vector<Block> blocks(nblk);
+  for (auto& b : blocks) {
+    b.bar = std::make_unique<std::barrier<>>(THREADS);
+    for (int w = 0; w < THREADS / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
+    b.smem.assign(S["smem"] / 16 + 1, uint4{0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu});
+  }
+  const uint4* afrag = arr<uint4>("afrag");
+  const int *kstep = arr<int>("kstep"), *kcount = arr<int>("kcount"), *load_off = arr<int>("load_off");
+  const int2* load_range = arr<int2>("load_range");
+  const __half *u = arr<__half>("u"), *c0 = arr<__half>("c0");
+  __half *y = arr<__half>("y"), *c_out = arr<__half>("c_out"), *xch = arr<__half>("xch");
+  int* status = arr<int>("status");
+  const int H = S["H"], Hu = S["Hu"], Kp = S["Kp"], units = S["units"], B = S["B"], steps = S["steps"];
+  const long long timeout = S["timeout_ns"];
+  std::vector<Job> jobs(nblk * THREADS);
+  std::vector<pthread_t> th(jobs.size());
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  for (int b = 0; b < nblk; ++b)
+    for (int t = 0; t < THREADS; ++t) {
+      jobs[b * THREADS + t].fn = [&, b, t] {
+        blockIdx.x = b;
+        threadIdx.x = t;
+        emu_blk = &blocks[b];
+        rnn_persistent_tc<MODE, MT, KS, NT, THREADS, 1>(afrag, kstep, kcount, load_range, load_off, u, c0, y, c_out,
+                                                        xch, status, nullptr, H, Hu, Kp, units, B, steps, timeout, 1);
+      };
+      if (pthread_create(&th[b * THREADS + t], &attr, trampoline, &jobs[b * THREADS + t])) return;
+    }
+  for (auto& x : th) pthread_join(x, nullptr);
+  save("y");
+  save("status");
+  if (c_out) save("c_out");
+}
+
 int main(int argc, char** argv) {
   dir = argv[1];
   std::ifstream f(dir + "/scalars.txt");
   std::string k;
   long long v;
   while (f >> k >> v) S[k] = v;
+  if (S["tc"]) {
+    const long long tkey = S["mode"] * 1000 + S["mt"] * 100 + S["ks"] * 10 + S["nt"];
+#define RNN_EMU_TC(M, MT, KS, NT) \
+  case M * 1000 + MT * 100 + KS * 10 + NT: run_tc<M, MT, KS, NT, 64>(); return 0;
+    switch (tkey) {
+      RNN_EMU_TC(1, 2, 2, 1)
+      RNN_EMU_TC(0, 1, 2, 1)
+      RNN_EMU_TC(2, 3, 2, 1)
+      RNN_EMU_TC(1, 1, 2, 2)
+      RNN_EMU_TC(2, 2, 1, 1)
+      RNN_EMU_TC(0, 2, 2, 1)
+    }
+    return 4;
+  }
   const long long key = S["dtype"] * 100 + S["mode"] * 10 + S["bc"];
 #define RNN_EMU_CASE(D, T, M, C) \
   case D * 100 + M * 10 + C: run<T, M, C>(); return 0;
@@ -778,8 +958,9 @@ def _emu_driver():
     if shutil.which("g++") is None:
         pytest.skip("host emulation needs g++")
     kdir = kernel_source_dir()
+    emu_dir = Path(__file__).resolve().parent / "cuda_emulation"
     text = "".join([_EMU_SHIM, _EMU_FP16, _EMU_BF16, _EMU_DRIVER, (kdir / "rnn.cu").read_text(),
-                    (kdir / "common.cuh").read_text()])
+                    (kdir / "common.cuh").read_text(), (emu_dir / "conv_ptx_emulated.h").read_text()])
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     root = Path(os.environ.get("CUSPARSEBLOCKS_CACHE_DIR", Path.home() / ".cache" / "cusparseblocks"))
     build = root / f"rnn_emulation_{digest}"
@@ -790,7 +971,8 @@ def _emu_driver():
                           ("cuda_bf16.h", _EMU_BF16), ("driver.cpp", _EMU_DRIVER)):
             (build / name).write_text(src)
         res = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-DRNN_HOST_EMULATION",
-                              f"-I{build}", f"-I{kdir}", str(build / "driver.cpp"), "-o", str(exe) + ".tmp"],
+                              f"-I{build}", f"-I{kdir}", f"-I{emu_dir}", str(build / "driver.cpp"), "-o",
+                              str(exe) + ".tmp"],
                              capture_output=True, text=True)
         if res.returncode != 0:
             pytest.fail(f"host emulation driver failed to compile:\n{res.stderr[-4000:]}")
@@ -882,5 +1064,90 @@ def test_kernel_on_cpu_watchdog(rng, exchange, poll_all):
     start = time.perf_counter()
     _, _, status = emulate_kernel(model, plan, u, h0, None, exchange=exchange, grid=2, timeout_s=0.3,
                                   poll_all=poll_all)
+    assert status == 1
+    assert time.perf_counter() - start < 60
+
+
+# ---------------------------------------------------------------------------------------------------
+# the tensor-core kernel (rnn_persistent_tc) on the CPU: 64 threads a block (config (64, 1, 84)), the
+# A-fragment slots forced so each case hits one of the driver's instantiations (mode, tiles, slots, n-tiles)
+
+_TC_EMU_CONFIG = (64, 1, 84)
+
+
+def emulate_tc_kernel(model, plan, u, h0, c0, *, grid=None, timeout_s=30.0):
+    """Run rnn_persistent_tc from kernels/rnn.cu on the CPU; returns (y, c_T, status)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    exe = _emu_driver()
+    tab = plan.tables
+    T, B, _ = u.shape
+    H = model.hidden_size
+    xch = np.full((T + 1, B, plan.kp), np.nan, np.float16)
+    xch.view(np.uint16)[...] = 0xFFFF
+    xch[0] = 0
+    xch[0, :, :H] = h0
+    ranges, off = rnn._tc_load_ranges(tab, plan.blocks, B, plan.kp)
+    scalars = {"tc": 1, "mode": rnn._MODE_ID[model.mode], "mt": plan.tiles, "ks": plan.slots,
+               "nt": plan.ntiles, "grid": plan.blocks if grid is None else grid, "smem": plan.smem_bytes,
+               "H": H, "Hu": plan.hidden_padded, "Kp": plan.kp, "units": plan.units, "B": B, "steps": T,
+               "timeout_ns": int(timeout_s * 1e9)}
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "scalars.txt").write_text("".join(f"{k} {v}\n" for k, v in scalars.items()))
+        arrays = {k: tab[k] for k in ("afrag", "kstep", "kcount")}
+        arrays.update(load_range=ranges, load_off=off, u=u, xch=xch, y=np.full((T, B, H), np.nan, np.float16),
+                      status=np.zeros(1, np.int32))
+        if c0 is not None:
+            arrays.update(c0=c0, c_out=np.full((B, H), np.nan, np.float16))
+        for k, v in arrays.items():
+            Path(d, f"{k}.bin").write_bytes(np.ascontiguousarray(v).tobytes())
+        res = subprocess.run([str(exe), d], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"emulation driver exit {res.returncode}: {res.stderr[-2000:]}"
+        y = np.frombuffer(Path(d, "y.out").read_bytes(), dtype=np.float16).reshape(T, B, H)
+        status = int(np.frombuffer(Path(d, "status.out").read_bytes(), dtype=np.int32)[0])
+        c = None
+        if c0 is not None:
+            c = np.frombuffer(Path(d, "c_out.out").read_bytes(), dtype=np.float16).reshape(B, H)
+    return y, c, status
+
+
+# (mode, kind, H, B, sm_count, expected (tiles, slots, n-tiles)): ragged H (not a multiple of 16), B 1, 5
+# and 9 (two n-tiles), block-sparse W with all-zero k-steps skipped, an LSTM with 3 tiles a block
+_TC_EMU_CASES = [
+    ("tanh", "csr", 37, 1, 2, (2, 2, 1)),
+    ("relu", "block", 48, 5, 3, (1, 2, 1)),
+    ("lstm", "csr", 37, 5, 4, (3, 2, 1)),
+    ("tanh", "csr", 40, 9, 3, (1, 2, 2)),
+    ("lstm", "block", 32, 1, 4, (2, 1, 1)),
+    ("relu", "csr", 45, 5, 2, (2, 2, 1)),
+]
+
+
+@pytest.mark.parametrize("mode,kind,H,B,sm_count,shape", _TC_EMU_CASES)
+def test_tc_kernel_on_cpu(rng, mode, kind, H, B, sm_count, shape):
+    """rnn_persistent_tc itself, emulated on the CPU (every block at once, mma.sync by its fragment layout),
+    against the float64 reference, every element of y and c_T."""
+    model = make_model(rng, H, mode, kind, density=0.2 if kind == "block" else 0.3)
+    plan = model.plan_tc(B, sm_count=sm_count, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=shape[1],
+                         tables=True)
+    assert plan.fits and (plan.tiles, plan.slots, plan.ntiles) == shape
+    u, h0, c0 = make_inputs(rng, model, 4, B, "float16")
+    y, c, status = emulate_tc_kernel(model, plan, u, h0, c0)
+    assert status == 0
+    yr, cr = reference(model, u, h0, c0, "float16")
+    assert_close(y, yr, "float16", "y")
+    if mode == "lstm":
+        assert_close(c, cr, "float16", "c_T")
+
+
+def test_tc_kernel_on_cpu_watchdog(rng):
+    """Fewer blocks than planned: the missing block never writes h_t; the others give up, never hang."""
+    model = make_model(rng, 40, "tanh", "csr")
+    plan = model.plan_tc(9, sm_count=3, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=2, tables=True)
+    u, h0, _ = make_inputs(rng, model, 3, 9, "float16")
+    start = time.perf_counter()
+    _, _, status = emulate_tc_kernel(model, plan, u, h0, None, grid=2, timeout_s=0.3)
     assert status == 1
     assert time.perf_counter() - start < 60
