@@ -197,10 +197,13 @@ def us_per_step(res):
     return 1000.0 * res["median"] / T_STEPS
 
 
-def sanitize():
-    """One small case per mode, path and exchange (run under compute-sanitizer); prints the errors."""
+def sanitize(paths=None):
+    """One small case per mode, path and exchange (run under compute-sanitizer); prints the errors.
+    ``paths``: only these (e.g. ["tc"])."""
     for exchange in rnn.LAUNCH["exchange"]:
-        for row in rnn.self_check("cupy", exchange=exchange):
+        if paths and exchange != "sentinel" and set(paths) <= {"tc"}:
+            continue
+        for row in rnn.self_check("cupy", exchange=exchange, paths=paths):
             print(f"{exchange:9s} {row[0]:36s} rel_err={row[1]:.2e} {'ok' if row[2] else 'FAIL'}")
 
 
@@ -333,10 +336,12 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="also the H × density × batch sweep (fp16)")
     ap.add_argument("--no-headline", action="store_true", help="skip the headline and its variants")
     ap.add_argument("--sanitize", action="store_true")
+    ap.add_argument("--sanitize-paths", nargs="*", default=None,
+                    help="with --sanitize: only these paths (tc, persistent, fallback)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     if args.sanitize:
-        return sanitize()
+        return sanitize(args.sanitize_paths)
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     records = []

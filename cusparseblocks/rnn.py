@@ -1038,12 +1038,12 @@ def random_weights(rng, hidden_size, density, mode="tanh", *, block_size=None, s
     return mask, w
 
 
-def self_check(backend: str = "numpy", seed: int = 0, exchange=None):
+def self_check(backend: str = "numpy", seed: int = 0, exchange=None, paths=None):
     """Quick random check of every mode and sparsity kind against the float64 reference.
 
     ``backend``: "numpy" (the reference path against a dense-W recurrence) or "cupy" (the GPU kernels,
     tensor-core (float16), persistent and fallback, in float32 and float16; ``exchange`` as in
-    ``forward``). Returns rows
+    ``forward``; ``paths``: only these GPU paths, e.g. ("tc",) under compute-sanitizer). Returns rows
     (name, rel_err, passed).
     """
     if backend not in ("numpy", "cupy"):
@@ -1079,7 +1079,7 @@ def self_check(backend: str = "numpy", seed: int = 0, exchange=None):
                 c0 = None if c64 is None else c64.astype(dtype)
                 yr, cr = ref.rnn_forward(W, u, h0, c0, mode, round_dtype=rd)
                 for path in (("tc",) if dtype == "float16" else ()) + ("persistent", "fallback"):
-                    if path == "tc" and exchange not in (None, "sentinel"):
+                    if (path == "tc" and exchange not in (None, "sentinel")) or (paths and path not in paths):
                         continue
                     c0d = None if c0 is None else cupy.asarray(c0)
                     y, c = rnn.forward(cupy.asarray(u), cupy.asarray(h0), c0d, path=path, exchange=exchange)
