@@ -69,24 +69,27 @@ def bench_variant(model, B, dtype, sets, exchange, h_float=None, lanes=None, wai
     return us_per_step(time_ms(run, rotate=sets, warmup=2, reps=30, min_ms=20)), plan
 
 
-def bench_tc(model, B, sets, wait=True):
-    """The tensor-core kernel (fp16), timed directly (us/step); None when it does not fit."""
-    plan = model.plan_tc(B, tables=True)
+def bench_tc(model, B, sets, wait=True, cluster=1):
+    """The tensor-core kernel (fp16; ``cluster`` > 1: the cluster exchange), timed directly (us/step);
+    None when it does not fit."""
+    plan = model.plan_tc(B, tables=True, cluster=cluster)
     if not plan.fits:
         return None, plan
     run = lambda u, h: model._run_tc(plan, u, h, None, check=False, wait=wait)  # noqa: E731
-    model._run_tc(plan, *sets[0], None, timeout_s=2.0, wait=wait)
+    if model._run_tc(plan, *sets[0], None, timeout_s=2.0, wait=wait) is None:
+        raise RuntimeError(f"tensor-core kernel (cluster {cluster}) not launchable here (co-residency, arch)")
     return us_per_step(time_ms(run, rotate=sets, warmup=2, reps=30, min_ms=20)), plan
 
 
-def step_profile(model, B, dtype, u, h, h_float=None, wait=True, tc=False):
+def step_profile(model, B, dtype, u, h, h_float=None, wait=True, tc=False, cluster=1):
     """Median per-step phases of the sentinel kernel (``tc``: the tensor-core kernel) from its clock64
     stamps (kernels/rnn.cu ``prof``), in ns: h_(t-1) waited for and loaded, dot products, pointwise and
     stores, the rest of the loop; and the step time (start to start), over every block and step but the
     first 8."""
     import cupy
 
-    plan = model.plan_tc(B, tables=True) if tc else model.plan(dtype, B, h_float=h_float, tables=True)
+    plan = (model.plan_tc(B, tables=True, cluster=cluster) if tc
+            else model.plan(dtype, B, h_float=h_float, tables=True))
     prof = cupy.zeros((plan.blocks, T_STEPS + 1, 4), dtype=cupy.int64)
     if tc:
         model._run_tc(plan, u, h, None, prof=prof, wait=wait, timeout_s=2.0)
@@ -200,8 +203,8 @@ def us_per_step(res):
 def sanitize(paths=None):
     """One small case per mode, path and exchange (run under compute-sanitizer); prints the errors.
     ``paths``: only these (e.g. ["tc"])."""
-    for exchange in rnn.LAUNCH["exchange"]:
-        if paths and exchange != "sentinel" and set(paths) <= {"tc"}:
+    for exchange in rnn.LAUNCH["exchange"] + rnn.LAUNCH["tc_exchange"][1:]:
+        if paths and exchange == "flags" and set(paths) <= {"tc"}:
             continue
         for row in rnn.self_check("cupy", exchange=exchange, paths=paths):
             print(f"{exchange:9s} {row[0]:36s} rel_err={row[1]:.2e} {'ok' if row[2] else 'FAIL'}")
@@ -248,16 +251,34 @@ def headline(rng, records, head):
         # every variant of the persistent kernel, timed directly (us/step), with its error vs cuBLAS
         variants, profiles = {}, {}
         if dtype == "float16":
-            us_tc, tplan = bench_tc(model, B, sets)
-            if us_tc is not None:
-                y, _ = model._run_tc(tplan, u0, h00, None)
-                err = float(cupy.linalg.norm(y.astype(cupy.float64) - yc) / cupy.linalg.norm(yc))
-                variants["tc"] = {"us_per_step": us_tc, "rel_err_vs_cublas": err, "blocks": tplan.blocks,
-                                  "units": tplan.units, "tiles": tplan.tiles, "slots": tplan.slots,
-                                  "threads": tplan.threads, "blocks_per_sm": tplan.blocks_per_sm}
-                variants["tc/no-wait"] = {"us_per_step": bench_tc(model, B, sets, wait=False)[0]}
-                profiles["tc"] = step_profile(model, B, dtype, u0, h00, tc=True)
-                profiles["tc/no-wait"] = step_profile(model, B, dtype, u0, h00, wait=False, tc=True)
+            try:
+                us_tc, tplan = bench_tc(model, B, sets)
+                if us_tc is not None:
+                    y, _ = model._run_tc(tplan, u0, h00, None)
+                    err = float(cupy.linalg.norm(y.astype(cupy.float64) - yc) / cupy.linalg.norm(yc))
+                    variants["tc"] = {"us_per_step": us_tc, "rel_err_vs_cublas": err, "blocks": tplan.blocks,
+                                      "units": tplan.units, "tiles": tplan.tiles, "slots": tplan.slots,
+                                      "threads": tplan.threads, "blocks_per_sm": tplan.blocks_per_sm}
+                    variants["tc/no-wait"] = {"us_per_step": bench_tc(model, B, sets, wait=False)[0]}
+                    profiles["tc"] = step_profile(model, B, dtype, u0, h00, tc=True)
+                    profiles["tc/no-wait"] = step_profile(model, B, dtype, u0, h00, wait=False, tc=True)
+            except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
+                variants["tc"] = {"error": f"{type(exc).__name__}: {exc}"}
+            for cs in (2, 4, 8):                     # the cluster exchange, each portable cluster size
+                name = f"tc/cluster{cs}"
+                try:
+                    us_c, cplan = bench_tc(model, B, sets, cluster=cs)
+                    if us_c is None:
+                        variants[name] = {"error": cplan.reason}
+                        continue
+                    y, _ = model._run_tc(cplan, u0, h00, None)
+                    err = float(cupy.linalg.norm(y.astype(cupy.float64) - yc) / cupy.linalg.norm(yc))
+                    variants[name] = {"us_per_step": us_c, "rel_err_vs_cublas": err, "blocks": cplan.blocks}
+                    variants[name + "/no-wait"] = {"us_per_step": bench_tc(model, B, sets, wait=False,
+                                                                           cluster=cs)[0]}
+                    profiles[name] = step_profile(model, B, dtype, u0, h00, tc=True, cluster=cs)
+                except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
+                    variants[name] = {"error": f"{type(exc).__name__}: {exc}"}
         h_floats = (True, False) if dtype == "float16" else (True,)
         for exchange in rnn.LAUNCH["exchange"]:
             for hf in h_floats if exchange == "sentinel" else (None,):

@@ -74,6 +74,11 @@ LAUNCH = {
     # H 2304, G 1: 144 blocks of one tile, 18 k-steps a warp, 84 (bench/NOTES.md, third session)
     "tc_configs": ((256, 2, 84), (256, 1, 200)),
     "tc_max_batch": 32,        # n8 tiles of h: NT = ceil(B / 8) <= 4
+    # tensor-core kernel's exchange; the first is the default. "sentinel": every block copies all of
+    # h_(t-1) it reads from L2; "cluster" (sm_90): thread-block clusters of tc_cluster blocks, each copies
+    # 1/C of it and stores it into its peers' shared memory (kernels/rnn.cu rnn_tc_body)
+    "tc_exchange": ("sentinel", "cluster"),
+    "tc_cluster": 4,
 }
 # H100 SXM: 132 SMs, 227 KiB of shared memory per block (opt-in); used when no GPU is present
 H100 = {"sm_count": 132, "smem_per_block": 232448}
@@ -90,6 +95,11 @@ _TC_REGISTERED = {
 }
 
 
+# the cluster exchange at the headline shape, each portable cluster size (sm_90; a trap stub on sm_80)
+_TC_CLUSTER_REGISTERED = (("tanh", (1, 18, 1, 256, 2, 2)), ("tanh", (1, 18, 1, 256, 2, 4)),
+                          ("tanh", (1, 18, 1, 256, 2, 8)), ("lstm", (1, 14, 1, 256, 2, 4)))
+
+
 def _tc_registers(tiles, slots, ntiles, G):
     """Registers the fit rule charges rnn_persistent_tc: A fragments, accumulators, the LSTM cell."""
     return 4 * tiles * slots + 12 * tiles * ntiles + (16 if G == 4 else 0)
@@ -99,6 +109,8 @@ def _specializations():
     for mode in MODES:
         for args in _TC_REGISTERED[mode]:
             yield _tc_spec(mode, *args)
+    for mode, args in _TC_CLUSTER_REGISTERED:
+        yield _tc_spec(mode, *args)
     for dt in _GPU_DTYPES:
         for mode in MODES:
             for bc in LAUNCH["batch_chunks"]:
@@ -116,8 +128,10 @@ def _spec(kernel, dtype, mode, bc, h_float=None):
     return compiler.KernelSpec("rnn.cu", f"{kernel}<{args}>")
 
 
-def _tc_spec(mode, mt, ks, nt, threads, minb):
+def _tc_spec(mode, mt, ks, nt, threads, minb, cluster=1):
     args = f"{_MODE_ID[mode]}, {mt}, {ks}, {nt}, {threads}, {minb}"
+    if cluster > 1:
+        return compiler.KernelSpec("rnn.cu", f"rnn_persistent_tc_cluster<{args}, {cluster}>")
     return compiler.KernelSpec("rnn.cu", f"rnn_persistent_tc<{args}>")
 
 
@@ -144,6 +158,7 @@ class RnnTcPlan:
     kp: int = 0
     smem_bytes: int = 0
     a_registers: int = 0
+    cluster: int = 1            # blocks per thread-block cluster (1: no clusters, exchange="sentinel")
     tables: dict | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -288,9 +303,11 @@ def _tc_kp(H):
     return k16 + (16 - k16) % 64
 
 
-def _tc_smem_bytes(kp, ntiles, warps, tiles, slots):
-    """Mirror of rnn_persistent_tc's shared memory: h [NT·8][Kp] half, partial sums, k-step table."""
-    return ntiles * 8 * kp * 2 + warps * tiles * ntiles * 512 + warps * tiles * slots * 4
+def _tc_smem_bytes(kp, ntiles, warps, tiles, slots, cluster=1):
+    """Mirror of rnn_tc_body's shared memory: h [1 or 2 (clusters)][NT·8][Kp] half, partial sums, k-step
+    table."""
+    h_bytes = (2 if cluster > 1 else 1) * ntiles * 8 * kp * 2
+    return h_bytes + warps * tiles * ntiles * 512 + warps * tiles * slots * 4
 
 
 def _tc_steps(rows, H, G, units, tiles):
@@ -306,8 +323,9 @@ def _tc_steps(rows, H, G, units, tiles):
     return ukey, inv, r % 16
 
 
-def _tc_plan(rows, H, G, batch, sm_count, smem_limit, config, slots=None):
-    """RnnTcPlan for ``config`` = (threads, blocks per SM, A-register budget) from the rows of W alone."""
+def _tc_plan(rows, H, G, batch, sm_count, smem_limit, config, slots=None, cluster=1):
+    """RnnTcPlan for ``config`` = (threads, blocks per SM, A-register budget) from the rows of W alone;
+    ``cluster`` > 1: the grid rounded up to whole clusters (the extra blocks own no units)."""
     threads, per_sm, budget = config
     Hp = _align(H, 16)                                # units up to Hp (a whole k16-step) are written
     plan = RnnTcPlan(False, "", batch, Hp, threads=threads, blocks_per_sm=per_sm)
@@ -320,6 +338,7 @@ def _tc_plan(rows, H, G, batch, sm_count, smem_limit, config, slots=None):
     groups = -(-Hp // ug)                             # unit groups of one tile's rows
     units = ug * -(-groups // cap)                    # the fewest units per block that needs <= cap blocks
     nblk = -(-Hp // units)
+    nblk = -(-nblk // cluster) * cluster
     tiles = -(-(G * units) // 16)
     ntiles = -(-batch // 8)
     ukey, _, _ = _tc_steps(rows, H, G, units, tiles)
@@ -332,12 +351,14 @@ def _tc_plan(rows, H, G, batch, sm_count, smem_limit, config, slots=None):
         need = int(slots)
     kp = _tc_kp(H)
     plan.blocks, plan.units, plan.tiles, plan.slots = nblk, units, tiles, need
-    plan.ntiles, plan.kp = ntiles, kp
+    plan.ntiles, plan.kp, plan.cluster = ntiles, kp, cluster
     plan.a_registers = _tc_registers(tiles, need, ntiles, G)
-    plan.smem_bytes = _tc_smem_bytes(kp, ntiles, warps, tiles, need)
+    plan.smem_bytes = _tc_smem_bytes(kp, ntiles, warps, tiles, need, cluster)
     if units * batch > LAUNCH["items_per_thread"] * threads:
         items = LAUNCH["items_per_thread"] * threads
         plan.reason = f"batch {batch} × {units} units per block exceeds {items} pointwise items per block"
+    elif nblk > cap:
+        plan.reason = f"{nblk} blocks in clusters of {cluster} exceed the {cap} co-resident ones"
     elif plan.a_registers > budget:
         plan.reason = (f"A fragments and accumulators need {plan.a_registers} registers per thread ({tiles} "
                        f"tiles × {need} k-steps, {ntiles} n-tiles), over the budget of {budget} at {threads} "
@@ -373,25 +394,29 @@ def _tc_tables(rows, H, G, plan):
     frag = np.zeros((nblk, warps, tiles, KS, 32, 4, 2), dtype=np.float16)
     lane, reg = (rr % 8) * 4 + kk // 4, rr // 8 + 2 * (e // 2)
     frag[b_of[inv], w[inv], m_of[inv], slot[inv], lane, reg, e % 2] = rows.data
-    # k runs each block reads: runs of consecutive k-steps any of its tiles uses, as (first step, count)
-    used = np.zeros((nblk, k16 + 1), dtype=np.int8)
+    # the k-steps each block reads (any of its tiles uses)
+    used = np.zeros((nblk, k16), dtype=np.int8)
     used[b_of, ukey % k16] = 1
-    edges = np.diff(np.concatenate([np.zeros((nblk, 1), np.int8), used], axis=1), axis=1)
-    rb, rs = np.nonzero(edges == 1)
-    _, re_ = np.nonzero(edges == -1)
     return {
         "afrag": frag.view(np.uint32).reshape(-1, 4),
         "kstep": kstep.reshape(-1),
         "kcount": kcount.reshape(-1),
-        "krun_block": rb.astype(np.int32),
-        "krun": np.stack([rs, re_ - rs], axis=1).astype(np.int32).reshape(-1, 2),
+        "kused": used,
     }
 
 
-def _tc_load_ranges(tables, nblk, batch, kp):
-    """rnn_persistent_tc's load_range/load_off for ``batch``: each block's k runs in every batch row of
-    the [B][Kp] slot, as (first 8-value vector, count), block by block."""
-    rb, run = tables["krun_block"], tables["krun"]
+def _tc_load_ranges(tables, nblk, batch, kp, cluster=1):
+    """rnn_tc_body's load_range/load_off for ``batch``: runs of consecutive k-steps a block reads (with
+    clusters: the union over its cluster, the same list for every member) in every batch row of the
+    [B][Kp] slot, as (first 8-value vector, count), block by block."""
+    used = tables["kused"]
+    if cluster > 1:
+        used = np.repeat(used.reshape(nblk // cluster, cluster, -1).max(axis=1), cluster, axis=0)
+    used = np.concatenate([np.zeros((nblk, 1), np.int8), used, np.zeros((nblk, 1), np.int8)], axis=1)
+    edges = np.diff(used, axis=1)
+    rb, rs = np.nonzero(edges == 1)
+    _, re_ = np.nonzero(edges == -1)
+    run = np.stack([rs, re_ - rs], axis=1)
     rows = np.arange(batch)
     first = (rows[None, :] * (kp // 8) + 2 * run[:, :1]).reshape(-1)     # [runs·B], runs of a block together
     count = np.repeat(2 * run[:, 1], batch)
@@ -433,6 +458,22 @@ def _bank_order(row_of, k, access_bytes, lane0):
 
 
 _DEVICE_INFO: dict = {}
+
+
+def _max_active_clusters(fn, plan):
+    """Co-resident clusters of ``plan``'s launch (cuOccupancyMaxActiveClusters through cuda-python), or None
+    when the query is not available (then only the per-SM occupancy was checked)."""
+    try:
+        from cuda.bindings import driver as cu
+
+        cfg = cu.CUlaunchConfig()
+        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = plan.blocks, 1, 1
+        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = plan.threads, 1, 1
+        cfg.sharedMemBytes = plan.smem_bytes
+        err, n = cu.cuOccupancyMaxActiveClusters(cu.CUfunction(fn.ptr), cfg)
+        return int(n) if int(err) == 0 else None
+    except Exception:  # noqa: BLE001 - no cuda-python: the per-SM check stands alone
+        return None
 
 
 def _check_gpu_dtype(dtype) -> str:
@@ -591,29 +632,33 @@ class SparseRNN:
         return plan
 
     def plan_tc(self, batch: int = 4, *, sm_count=None, smem_per_block=None, config=None, slots=None,
-                tables: bool = False) -> RnnTcPlan:
+                cluster: int = 1, tables: bool = False) -> RnnTcPlan:
         """The tensor-core kernel's plan (fp16): the first of ``LAUNCH["tc_configs"]`` that fits, else the
         last tried (``fits`` False, ``reason``). ``config`` = (threads, blocks per SM, register budget)
         forces one entry; ``slots`` forces the k-steps per warp and tile (at least what W needs; tests).
+        ``cluster``: blocks per thread-block cluster for exchange="cluster" (1: none).
         ``tables`` builds the A fragments and load tables too (cached per plan)."""
         if int(batch) < 1:
             raise ValueError(f"batch: expected a positive batch size, got {batch}")
+        if int(cluster) not in (1, 2, 4, 8):
+            raise ValueError(f"cluster: expected 1, 2, 4 or 8 blocks (portable cluster sizes), got {cluster}")
         if config is not None and (len(config) != 3 or int(config[0]) % 32 or int(config[0]) <= 0):
             raise ValueError("config: expected (threads (a multiple of 32), blocks per SM, register "
                              f"budget), got {config!r}")
         sm_count, smem_per_block = _target(sm_count, smem_per_block)
         configs = LAUNCH["tc_configs"] if config is None else (tuple(config),)
-        key = ("tc", int(batch), sm_count, smem_per_block, configs, slots)
+        key = ("tc", int(batch), sm_count, smem_per_block, configs, slots, int(cluster))
         plan = self._plans.get(key)
         if plan is None:
             H, G = self.hidden_size, self.gates
             for cfg in configs:
-                plan = _tc_plan(self._rows, H, G, int(batch), sm_count, smem_per_block, cfg, slots)
+                plan = _tc_plan(self._rows, H, G, int(batch), sm_count, smem_per_block, cfg, slots,
+                                int(cluster))
                 if plan.fits:
                     break
             self._plans[key] = plan
         if tables and plan.fits and plan.tables is None:
-            tkey = ("tc-tables", plan.units, plan.tiles, plan.slots, plan.threads)
+            tkey = ("tc-tables", plan.units, plan.tiles, plan.slots, plan.threads, plan.blocks)
             if tkey not in self._plans:
                 self._plans[tkey] = _tc_tables(self._rows, self.hidden_size, self.gates, plan)
             plan.tables = self._plans[tkey]
@@ -760,8 +805,9 @@ class SparseRNN:
             raise ValueError(f"path: expected 'auto', 'tc', 'persistent' or 'fallback', got {path!r}")
         if lanes is not None and lanes not in LAUNCH["lanes"]:
             raise ValueError(f"lanes: expected one of {LAUNCH['lanes']}, got {lanes!r}")
-        if exchange is not None and exchange not in LAUNCH["exchange"]:
-            raise ValueError(f"exchange: expected one of {LAUNCH['exchange']}, got {exchange!r}")
+        if exchange is not None and exchange not in LAUNCH["exchange"] + LAUNCH["tc_exchange"]:
+            raise ValueError(f"exchange: expected one of {LAUNCH['exchange'] + LAUNCH['tc_exchange'][1:]}, "
+                             f"got {exchange!r}")
         if backend == "numpy":
             dt = np.dtype(u.dtype)
             W = self.weight(dt)
@@ -777,21 +823,30 @@ class SparseRNN:
             if arr is not None:
                 V.check_device(name, arr, dev)
         dtype = dtype_name(u.dtype)
-        if path == "tc" or (path == "auto" and dtype == "float16" and exchange in (None, "sentinel")
+        tc_exchange = LAUNCH["tc_exchange"]
+        if exchange == "cluster" and path not in ("auto", "tc"):
+            raise ValueError(f"exchange: 'cluster' is the tensor-core kernel's (path 'auto' or 'tc'), "
+                             f"got path {path!r}")
+        if path == "tc" or (path == "auto" and dtype == "float16" and exchange in (None, *tc_exchange)
                             and lanes is None):
             if dtype != "float16":
                 raise ValueError(f"path: the tensor-core kernel runs float16 only, got {dtype}")
-            if exchange not in (None, "sentinel"):
-                raise ValueError(f"exchange: the tensor-core kernel uses 'sentinel', got {exchange!r}")
-            tc = self.plan_tc(B, tables=True)
+            if exchange not in (None, *tc_exchange):
+                raise ValueError(f"exchange: the tensor-core kernel takes one of {tc_exchange}, "
+                                 f"got {exchange!r}")
+            ex = tc_exchange[0] if exchange is None else exchange
+            tc = self.plan_tc(B, tables=True, cluster=LAUNCH["tc_cluster"] if ex == "cluster" else 1)
             if tc.fits:
                 result = self._run_tc(tc, u, h0, c0, out, check=check)
                 if result is not None:
                     return result
-            if path == "tc":
-                why = tc.reason if not tc.fits else "the planned blocks are not co-resident on this GPU"
+            if path == "tc" or exchange == "cluster":
+                why = tc.reason if not tc.fits else ("the planned blocks are not co-resident on this GPU, or "
+                                                     "clusters without sm_90")
                 raise ValueError(f"path: the tensor-core kernel cannot run this model ({why}); "
                                  "use path='auto', 'persistent' or 'fallback'")
+        if exchange == "cluster":
+            raise ValueError(f"exchange: 'cluster' runs the tensor-core kernel only (float16), got {dtype}")
         plan = self.plan(dtype, B, tables=(path != "fallback"), lanes=lanes)
         if path == "persistent" and not plan.persistent:
             raise ValueError(f"path: the persistent kernel cannot run this model ({plan.reason}); "
@@ -908,17 +963,23 @@ class SparseRNN:
 
         T, B, _ = u.shape
         H, Hp = self.hidden_size, plan.hidden_padded
-        key = ("tc", id(plan.tables), B, cupy.cuda.runtime.getDevice())
+        if plan.cluster > 1 and int(compiler.device_arch()[3:]) < 90:
+            return None                                    # thread-block clusters: sm_90 and later
+        key = ("tc", id(plan.tables), B, plan.cluster, cupy.cuda.runtime.getDevice())
         tab = self._gpu.get(key)
         if tab is None:
             tab = {k: cupy.asarray(plan.tables[k]) for k in ("afrag", "kstep", "kcount")}
-            ranges, off = _tc_load_ranges(plan.tables, plan.blocks, B, plan.kp)
+            ranges, off = _tc_load_ranges(plan.tables, plan.blocks, B, plan.kp, plan.cluster)
             tab.update(load_range=cupy.asarray(ranges), load_off=cupy.asarray(off))
             self._gpu[key] = tab
-        fn = compiler.get_function(_tc_spec(self.mode, *plan.spec_args), plan.smem_bytes)
+        fn = compiler.get_function(_tc_spec(self.mode, *plan.spec_args, plan.cluster), plan.smem_bytes)
         per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, plan.threads, plan.smem_bytes)
         if per_sm < 1 or plan.blocks > per_sm * _device_info()["sm_count"]:
             return None
+        if plan.cluster > 1:
+            clusters = _max_active_clusters(fn, plan)
+            if clusters is not None and clusters * plan.cluster < plan.blocks:
+                return None
         xch = cupy.empty((T + 1, B, plan.kp), dtype=u.dtype)
         xch.view(np.uint16).fill(0xFFFF)
         xch[0] = 0
@@ -1079,7 +1140,10 @@ def self_check(backend: str = "numpy", seed: int = 0, exchange=None, paths=None)
                 c0 = None if c64 is None else c64.astype(dtype)
                 yr, cr = ref.rnn_forward(W, u, h0, c0, mode, round_dtype=rd)
                 for path in (("tc",) if dtype == "float16" else ()) + ("persistent", "fallback"):
-                    if (path == "tc" and exchange not in (None, "sentinel")) or (paths and path not in paths):
+                    # "flags" is the sparse kernel's exchange, "cluster" the tensor-core kernel's
+                    if (exchange == "flags" and path == "tc") or (exchange == "cluster" and path != "tc"):
+                        continue
+                    if paths and path not in paths:
                         continue
                     c0d = None if c0 is None else cupy.asarray(c0)
                     y, c = rnn.forward(cupy.asarray(u), cupy.asarray(h0), c0d, path=path, exchange=exchange)

@@ -733,13 +733,50 @@ template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], cons
 // and stores h_t to y [T, B, H] and to exchange slot t (units in [H, Hu) store 0: every value a block
 // reads is written). Grid = ceil(Hu / U) blocks, at most the co-resident ones (occupancy query, host).
 // prof and wait: as rnn_persistent_sentinel.
-template <int MODE, int MT, int KS, int NT, int THREADS, int MINB>
-__global__ void __launch_bounds__(THREADS, MINB)
-rnn_persistent_tc(const uint4* __restrict__ afrag, const int* __restrict__ kstep, const int* __restrict__ kcount,
-                  const int2* __restrict__ load_range, const int* __restrict__ load_off,
-                  const __half* __restrict__ u, const __half* __restrict__ c0, __half* __restrict__ y,
-                  __half* __restrict__ c_out, __half* xch, int* status, long long* prof, int H, int Hu, int Kp,
-                  int units, int B, int steps, long long timeout_ns, int wait) {
+#define RNN_TC_PARAMS                                                                                          \
+    const uint4 *__restrict__ afrag, const int *__restrict__ kstep, const int *__restrict__ kcount,            \
+        const int2 *__restrict__ load_range, const int *__restrict__ load_off, const __half *__restrict__ u,   \
+        const __half *__restrict__ c0, __half *__restrict__ y, __half *__restrict__ c_out, __half *xch,        \
+        int *status, long long *prof, int H, int Hu, int Kp, int units, int B, int steps, long long timeout_ns, \
+        int wait
+#define RNN_TC_ARGS                                                                                            \
+    afrag, kstep, kcount, load_range, load_off, u, c0, y, c_out, xch, status, prof, H, Hu, Kp, units, B, steps, \
+        timeout_ns, wait
+
+// Thread-block clusters (exchange="cluster", sm_90): PTX helpers; tests/test_rnn.py's host emulation
+// provides the same names.
+#if !defined(RNN_HOST_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define RNN_HAS_CLUSTERS 1
+__device__ __forceinline__ unsigned cluster_ctarank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+// 16 bytes into the shared memory of cluster block `rank` at the offset `addr` has in this block's
+__device__ __forceinline__ void st_cluster_v4(unsigned addr, unsigned rank, const uint4& v) {
+    unsigned ra;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(addr), "r"(rank));
+    asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(ra), "r"(v.x), "r"(v.y), "r"(v.z),
+                 "r"(v.w) : "memory");
+}
+#elif defined(RNN_HOST_EMULATION)
+#define RNN_HAS_CLUSTERS 1
+#endif
+
+// The body of rnn_persistent_tc (CLUSTER = 1) and rnn_persistent_tc_cluster (CLUSTER = C > 1: the
+// exchange="cluster" variant). With clusters, block `rank` of a cluster of C copies only its 1/C of each
+// run of h_{t-1} from the exchange slot (load_range: the cluster's union, the same list for every member),
+// then stores it into every other member's shared memory (mapa + st.shared::cluster), and one cluster
+// barrier (arrive.release / wait.acquire) replaces the block barrier: L2 reads and polled lines per step
+// drop C×. h is double-buffered by step parity: a member writes step t's buffer while a slower peer may
+// still read step t-1's; the barrier of step t-1 (which every peer reaches only after its step t-2 dot
+// products) makes the step-t buffer free. A block whose watchdog fires keeps going through the barriers
+// (every later wait gives up at once: *status is set), so no peer waits on a barrier forever.
+template <int MODE, int MT, int KS, int NT, int THREADS, int CLUSTER>
+__device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
+    constexpr bool CL = CLUSTER > 1;
     constexpr int G = MODE == RNN_LSTM ? 4 : 1;
     constexpr int WARPS = THREADS / 32;
     constexpr int TC_P = NT >= 4 ? 1 : 4 / NT;  // k-steps per group of the mma loop
@@ -749,10 +786,11 @@ rnn_persistent_tc(const uint4* __restrict__ afrag, const int* __restrict__ kstep
     typedef RnnX<__half> X;
     RNN_BLOCK_SMEM(rnn_smem_raw);
     RNN_BLOCK_INT(abort_s);
-    // shared memory, mirrored by cusparseblocks/rnn.py (_tc_smem_bytes): hs [NT·8][Kp] half,
-    // partial sums [WARPS][MT][NT][16][8] float, k-step table [WARPS][MT][KS] int
-    __half* hs = reinterpret_cast<__half*>(rnn_smem_raw);
-    float* part = reinterpret_cast<float*>(rnn_smem_raw + (size_t)NT * 8 * Kp * 2);
+    // shared memory, mirrored by cusparseblocks/rnn.py (_tc_smem_bytes): hs [1 or 2 (clusters)][NT·8][Kp]
+    // half, partial sums [WARPS][MT][NT][16][8] float, k-step table [WARPS][MT][KS] int
+    constexpr int NBUF = CL ? 2 : 1;
+    __half* hs0 = reinterpret_cast<__half*>(rnn_smem_raw);
+    float* part = reinterpret_cast<float*>(rnn_smem_raw + (size_t)NBUF * NT * 8 * Kp * 2);
     int* ktab = reinterpret_cast<int*>(part + WARPS * MT * NT * 128);
 
     const int blk = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -768,8 +806,8 @@ rnn_persistent_tc(const uint4* __restrict__ afrag, const int* __restrict__ kstep
     }
     if (tid == 0) abort_s = 0;
     {
-        uint4* hz = reinterpret_cast<uint4*>(hs);
-        for (int i = tid; i < NT * 8 * Kp / 8; i += THREADS) hz[i] = make_uint4(0, 0, 0, 0);
+        uint4* hz = reinterpret_cast<uint4*>(hs0);
+        for (int i = tid; i < NBUF * NT * 8 * Kp / 8; i += THREADS) hz[i] = make_uint4(0, 0, 0, 0);
         const int* kt = kstep + (i64)blk * WARPS * MT * KS;
         for (int i = tid; i < WARPS * MT * KS; i += THREADS) ktab[i] = kt[i];
     }
@@ -801,40 +839,75 @@ rnn_persistent_tc(const uint4* __restrict__ afrag, const int* __restrict__ kstep
             for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
         }
     }
+    unsigned rank = 0;
+#ifdef RNN_HAS_CLUSTERS
+    if constexpr (CL) {
+        rank = cluster_ctarank();
+        cluster_arrive();  // every member's buffers are zeroed before any peer writes into them
+        cluster_wait();
+    } else {
+        __syncthreads();
+    }
+#else
     __syncthreads();
+#endif
     const int r_begin = load_off[blk], r_end = load_off[blk + 1];
     const int* myk = ktab + warp * MT * KS;
-    const unsigned hs_u32 = smem_u32(hs);
     if (prow) prow[1] = clock64();
 
     for (int t = 1; t <= steps; ++t) {
         if (prow) prow[t * 4] = clock64();
+        __half* hs = hs0 + (CL ? (t & 1) * NT * 8 * Kp : 0);
+        const unsigned hs_u32 = smem_u32(hs);
         const __half* src = xch + (i64)(t - 1) * B * Kp;
-        // every vector of the step in flight at once without registers (cp.async, L2 only), then each
-        // thread checks its own copies and re-reads only those still holding the sentinel (relaxed loads)
+        // every vector of the step (of this block's part of each run, with clusters) in flight at once
+        // without registers (cp.async, L2 only), then each thread checks its own copies and re-reads only
+        // those still holding the sentinel (relaxed loads)
         for (int r = r_begin; r < r_end; ++r) {
             const int2 rg = load_range[r];  // (first 8-value vector of the slot, count): same offsets in hs
-            for (int v = rg.x + tid; v < rg.x + rg.y; v += THREADS) cp_async16(hs_u32 + v * 16, src + v * 8, 16);
+            const int part_len = CL ? (rg.y + CLUSTER - 1) / CLUSTER : rg.y;
+            const int a = rg.x + min((int)rank * part_len, rg.y), e = rg.x + min(((int)rank + 1) * part_len, rg.y);
+            for (int v = a + tid; v < e; v += THREADS) cp_async16(hs_u32 + v * 16, src + v * 8, 16);
         }
         cp_async_commit();
         cp_async_wait<0>();
-        if (wait && t > 1) {
+        if ((wait && t > 1) || CL) {
             for (int r = r_begin; r < r_end; ++r) {
                 const int2 rg = load_range[r];
-                for (int v = rg.x + tid; v < rg.x + rg.y; v += THREADS) {
+                const int part_len = CL ? (rg.y + CLUSTER - 1) / CLUSTER : rg.y;
+                const int a = rg.x + min((int)rank * part_len, rg.y);
+                const int e = rg.x + min(((int)rank + 1) * part_len, rg.y);
+                for (int v = a + tid; v < e; v += THREADS) {
                     uint4 val = *reinterpret_cast<const uint4*>(hs + v * 8);
-                    if (X::written(val) == 0xffu) continue;
-                    RnnWatchdog dog;
-                    do {
-                        if (dog.expired(status, timeout_ns, &abort_s)) break;
-                        val = X::load(src + v * 8);
-                    } while (X::written(val) != 0xffu);
-                    *reinterpret_cast<uint4*>(hs + v * 8) = val;
+                    if (wait && t > 1 && X::written(val) != 0xffu) {
+                        RnnWatchdog dog;
+                        do {
+                            if (dog.expired(status, timeout_ns, &abort_s)) break;
+                            val = X::load(src + v * 8);
+                        } while (X::written(val) != 0xffu);
+                        *reinterpret_cast<uint4*>(hs + v * 8) = val;
+                    }
+#ifdef RNN_HAS_CLUSTERS
+                    if constexpr (CL) {
+#pragma unroll
+                        for (int p = 1; p < CLUSTER; ++p) st_cluster_v4(hs_u32 + v * 16, (rank + p) % CLUSTER, val);
+                    }
+#endif
                 }
             }
         }
+#ifdef RNN_HAS_CLUSTERS
+        if constexpr (CL) {
+            cluster_arrive();
+            cluster_wait();
+        } else {
+            __syncthreads();
+            if (abort_s) return;
+        }
+#else
         __syncthreads();
         if (abort_s) return;
+#endif
         if (prow) prow[t * 4 + 1] = clock64();
 
         float acc[MT][NT][2][4];
@@ -851,7 +924,7 @@ rnn_persistent_tc(const uint4* __restrict__ afrag, const int* __restrict__ kstep
         }
         // k-steps in groups of P: the group's table entries, then its B fragments, then its mma (volatile
         // loads keep this order, so at most P·NT B fragments are live beside the A fragments)
-        const __half* hl = hs + g4 * Kp + 4 * q4;
+        const __half* hl = hs + g4 * Kp + 4 * q4;  // this step's buffer
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
 #pragma unroll
@@ -935,4 +1008,26 @@ rnn_persistent_tc(const uint4* __restrict__ afrag, const int* __restrict__ kstep
         prow[2] = clock64();
         prow[3] = (long long)(global_ns() - ns0);
     }
+}
+
+template <int MODE, int MT, int KS, int NT, int THREADS, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB) rnn_persistent_tc(RNN_TC_PARAMS) {
+    rnn_tc_body<MODE, MT, KS, NT, THREADS, 1>(RNN_TC_ARGS);
+}
+
+// rnn_persistent_tc_cluster<..., CLUSTER>: the same kernel in thread-block clusters of CLUSTER blocks
+// (grid = a multiple of CLUSTER; blocks of a cluster are consecutive), the cluster exchange (rnn_tc_body).
+// sm_90 only: on older targets the specialization compiles to a trap and the host never launches it.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(RNN_HOST_EMULATION)
+#define RNN_CLUSTER_DIMS(c) __cluster_dims__(c, 1, 1)
+#else
+#define RNN_CLUSTER_DIMS(c)
+#endif
+template <int MODE, int MT, int KS, int NT, int THREADS, int MINB, int CLUSTER>
+__global__ void RNN_CLUSTER_DIMS(CLUSTER) __launch_bounds__(THREADS, MINB) rnn_persistent_tc_cluster(RNN_TC_PARAMS) {
+#ifdef RNN_HAS_CLUSTERS
+    rnn_tc_body<MODE, MT, KS, NT, THREADS, CLUSTER>(RNN_TC_ARGS);
+#else
+    __trap();
+#endif
 }

@@ -306,6 +306,8 @@ def test_bad_inputs(rng):
         m.forward(u, h0, lanes=3)
     with pytest.raises(ValueError, match="exchange"):
         m.forward(u, h0, exchange="mpi")
+    with pytest.raises(ValueError, match="cluster"):
+        m.plan_tc(2, cluster=3)
     with pytest.raises(ValueError, match="out: expected shape"):
         m.forward(u, h0, out=np.empty((3, 2, 15), np.float32))
     with pytest.raises(TypeError, match="u: expected a numpy.ndarray or cupy.ndarray"):
@@ -348,7 +350,7 @@ def test_registered_specializations():
 
     specs = compiler.all_specializations()["rnn"]
     # 2 dtypes × 3 modes × 4 batch chunks × (flags + step + sentinel HS float/T), + the tensor-core cases
-    assert len(specs) == 84 + sum(len(v) for v in rnn._TC_REGISTERED.values())
+    assert len(specs) == 84 + sum(len(v) for v in rnn._TC_REGISTERED.values()) + len(rnn._TC_CLUSTER_REGISTERED)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -385,11 +387,13 @@ def test_gpu_persistent(rng, exchange, dtype, mode, kind, H, B):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("exchange", ["sentinel", "cluster"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["csr", "block"])
 @pytest.mark.parametrize("H,B", [(77, 1), (256, 4), (1000, 8), (520, 16), (333, 5)])
-def test_gpu_tc(rng, mode, kind, H, B):
-    """The tensor-core kernel (forced) against the float64 reference: ragged H, B 1/4/5/8/16, poisoned y."""
+def test_gpu_tc(rng, exchange, mode, kind, H, B):
+    """The tensor-core kernel (forced; both exchanges) against the float64 reference: ragged H, B 1/4/5/8/16,
+    poisoned y."""
     import cupy
 
     if kind == "block":
@@ -398,7 +402,7 @@ def test_gpu_tc(rng, mode, kind, H, B):
     assert model.plan_tc(B).fits
     u, h0, c0 = make_inputs(rng, model, 12, B, "float16")
     out = poison(cupy, (12, B, H), "float16")
-    y = check_gpu(model, u, h0, c0, "float16", out=out, path="tc")
+    y = check_gpu(model, u, h0, c0, "float16", out=out, path="tc", exchange=exchange)
     assert y is out
 
 
@@ -468,6 +472,10 @@ def test_gpu_tc_long_sequence_stable(rng):
     y2, _ = model.forward(ud, hd, path="tc")
     assert_close(y1, reference(model, u, h0, None, "float16")[0], "float16")
     assert bool((y1 == y2).all())
+    for cluster in (2, 4, 8):                      # the cluster exchange: the same sums, bit for bit
+        plan = model.plan_tc(4, cluster=cluster, tables=True)
+        y3, _ = model._run_tc(plan, ud, hd, None)
+        assert bool((y1 == y3).all()), cluster
 
 
 @pytest.mark.gpu
@@ -731,6 +739,11 @@ uint32_t (*emu_block_scratch())[32][8];
 void emu_warp_sync();
 #define smem_raw (emu_block_smem())
 #define emu_scratch (emu_block_scratch())
+// thread-block clusters: consecutive blocks, a std::barrier per cluster, peer shared memory by pointer
+unsigned cluster_ctarank();
+void cluster_arrive();
+void cluster_wait();
+void st_cluster_v4(unsigned addr, unsigned rank, const uint4& v);
 inline unsigned long long global_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -767,6 +780,7 @@ _EMU_DRIVER = r"""
 #include <string>
 #include <vector>
 #include <deque>
+#include <optional>
 
 thread_local emu_dim3 threadIdx, blockIdx;
 struct Block {
@@ -783,6 +797,20 @@ thread_local std::deque<std::vector<EmuCopy>> emu_groups;
 unsigned char* emu_block_smem() { return reinterpret_cast<unsigned char*>(emu_blk->smem.data()); }
 uint32_t (*emu_block_scratch())[32][8] { return emu_blk->scratch8; }
 void emu_warp_sync() { emu_blk->warps[threadIdx.x / 32]->arrive_and_wait(); }
+static int emu_cluster = 1;
+static std::vector<Block>* emu_blocks = nullptr;
+static std::vector<std::unique_ptr<std::barrier<>>> emu_cluster_bars;
+thread_local std::optional<std::barrier<>::arrival_token> emu_token;
+unsigned cluster_ctarank() { return blockIdx.x % emu_cluster; }
+void cluster_arrive() { emu_token.emplace(emu_cluster_bars[blockIdx.x / emu_cluster]->arrive()); }
+void cluster_wait() {
+  emu_cluster_bars[blockIdx.x / emu_cluster]->wait(std::move(*emu_token));
+  emu_token.reset();
+}
+void st_cluster_v4(unsigned addr, unsigned rank, const uint4& v) {
+  Block& peer = (*emu_blocks)[blockIdx.x / emu_cluster * emu_cluster + rank];
+  std::memcpy(reinterpret_cast<unsigned char*>(peer.smem.data()) + addr, &v, 16);
+}
 int* emu_block_int() { return &emu_blk->shared_int; }
 void __syncthreads() { emu_blk->bar->arrive_and_wait(); }
 float __shfl_xor_sync(unsigned, float v, int o) {
@@ -869,9 +897,12 @@ template <typename T, int MODE, int BC> void run() {
   if (c_out) save("c_out");
 }
 
-template <int MODE, int MT, int KS, int NT, int THREADS> void run_tc() {
+template <int MODE, int MT, int KS, int NT, int THREADS, int CLUSTER> void run_tc() {
   const int nblk = S["grid"];
   std::vector<Block> blocks(nblk);
+  emu_blocks = &blocks;
+  emu_cluster = CLUSTER;
+  for (int c = 0; c < nblk / CLUSTER; ++c) emu_cluster_bars.push_back(std::make_unique<std::barrier<>>(CLUSTER * THREADS));
   for (auto& b : blocks) {
     b.bar = std::make_unique<std::barrier<>>(THREADS);
     for (int w = 0; w < THREADS / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
@@ -896,8 +927,14 @@ template <int MODE, int MT, int KS, int NT, int THREADS> void run_tc() {
         blockIdx.x = b;
         threadIdx.x = t;
         emu_blk = &blocks[b];
-        rnn_persistent_tc<MODE, MT, KS, NT, THREADS, 1>(afrag, kstep, kcount, load_range, load_off, u, c0, y, c_out,
-                                                        xch, status, nullptr, H, Hu, Kp, units, B, steps, timeout, 1);
+        if constexpr (CLUSTER > 1)
+          rnn_persistent_tc_cluster<MODE, MT, KS, NT, THREADS, 1, CLUSTER>(afrag, kstep, kcount, load_range, load_off,
+                                                                           u, c0, y, c_out, xch, status, nullptr, H,
+                                                                           Hu, Kp, units, B, steps, timeout, 1);
+        else
+          rnn_persistent_tc<MODE, MT, KS, NT, THREADS, 1>(afrag, kstep, kcount, load_range, load_off, u, c0, y,
+                                                          c_out, xch, status, nullptr, H, Hu, Kp, units, B, steps,
+                                                          timeout, 1);
       };
       if (pthread_create(&th[b * THREADS + t], &attr, trampoline, &jobs[b * THREADS + t])) return;
     }
@@ -914,16 +951,19 @@ int main(int argc, char** argv) {
   long long v;
   while (f >> k >> v) S[k] = v;
   if (S["tc"]) {
-    const long long tkey = S["mode"] * 1000 + S["mt"] * 100 + S["ks"] * 10 + S["nt"];
-#define RNN_EMU_TC(M, MT, KS, NT) \
-  case M * 1000 + MT * 100 + KS * 10 + NT: run_tc<M, MT, KS, NT, 64>(); return 0;
+    const long long tkey = S["cluster"] * 10000 + S["mode"] * 1000 + S["mt"] * 100 + S["ks"] * 10 + S["nt"];
+#define RNN_EMU_TC(C, M, MT, KS, NT) \
+  case C * 10000 + M * 1000 + MT * 100 + KS * 10 + NT: run_tc<M, MT, KS, NT, 64, C>(); return 0;
     switch (tkey) {
-      RNN_EMU_TC(1, 2, 2, 1)
-      RNN_EMU_TC(0, 1, 2, 1)
-      RNN_EMU_TC(2, 3, 2, 1)
-      RNN_EMU_TC(1, 1, 2, 2)
-      RNN_EMU_TC(2, 2, 1, 1)
-      RNN_EMU_TC(0, 2, 2, 1)
+      RNN_EMU_TC(1, 1, 2, 2, 1)
+      RNN_EMU_TC(1, 0, 1, 2, 1)
+      RNN_EMU_TC(1, 2, 3, 2, 1)
+      RNN_EMU_TC(1, 1, 1, 2, 2)
+      RNN_EMU_TC(1, 2, 2, 1, 1)
+      RNN_EMU_TC(1, 0, 2, 2, 1)
+      RNN_EMU_TC(2, 1, 1, 2, 1)
+      RNN_EMU_TC(4, 2, 2, 1, 1)
+      RNN_EMU_TC(2, 0, 1, 2, 2)
     }
     return 4;
   }
@@ -1089,9 +1129,9 @@ def emulate_tc_kernel(model, plan, u, h0, c0, *, grid=None, timeout_s=30.0):
     xch.view(np.uint16)[...] = 0xFFFF
     xch[0] = 0
     xch[0, :, :H] = h0
-    ranges, off = rnn._tc_load_ranges(tab, plan.blocks, B, plan.kp)
-    scalars = {"tc": 1, "mode": rnn._MODE_ID[model.mode], "mt": plan.tiles, "ks": plan.slots,
-               "nt": plan.ntiles, "grid": plan.blocks if grid is None else grid, "smem": plan.smem_bytes,
+    ranges, off = rnn._tc_load_ranges(tab, plan.blocks, B, plan.kp, plan.cluster)
+    scalars = {"tc": 1, "cluster": plan.cluster, "mode": rnn._MODE_ID[model.mode], "mt": plan.tiles,
+               "ks": plan.slots, "nt": plan.ntiles, "grid": plan.blocks if grid is None else grid, "smem": plan.smem_bytes,
                "H": H, "Hu": plan.hidden_padded, "Kp": plan.kp, "units": plan.units, "B": B, "steps": T,
                "timeout_ns": int(timeout_s * 1e9)}
     with tempfile.TemporaryDirectory() as d:
@@ -1147,6 +1187,45 @@ def test_tc_kernel_on_cpu_watchdog(rng):
     model = make_model(rng, 40, "tanh", "csr")
     plan = model.plan_tc(9, sm_count=3, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=2, tables=True)
     u, h0, _ = make_inputs(rng, model, 3, 9, "float16")
+    start = time.perf_counter()
+    _, _, status = emulate_tc_kernel(model, plan, u, h0, None, grid=2, timeout_s=0.3)
+    assert status == 1
+    assert time.perf_counter() - start < 60
+
+
+# (mode, kind, H, B, sm_count, cluster, expected (blocks, tiles, slots, n-tiles)): the cluster exchange, with
+# an empty block that rounds the grid up to whole clusters, a cluster of 4, two n-tiles
+_TC_CLUSTER_CASES = [
+    ("tanh", "csr", 37, 5, 4, 2, (4, 1, 2, 1)),
+    ("lstm", "block", 32, 5, 4, 4, (4, 2, 1, 1)),
+    ("relu", "csr", 45, 9, 4, 2, (4, 1, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("mode,kind,H,B,sm_count,cluster,shape", _TC_CLUSTER_CASES)
+def test_tc_cluster_kernel_on_cpu(rng, mode, kind, H, B, sm_count, cluster, shape):
+    """rnn_persistent_tc_cluster on the CPU: each block copies its 1/C of h_(t-1) and stores it into its
+    peers' shared memory (cluster barriers, double-buffered h), against the float64 reference."""
+    model = make_model(rng, H, mode, kind, density=0.2 if kind == "block" else 0.3)
+    plan = model.plan_tc(B, sm_count=sm_count, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=shape[2],
+                         cluster=cluster, tables=True)
+    assert plan.fits and (plan.blocks, plan.tiles, plan.slots, plan.ntiles) == shape and plan.cluster == cluster
+    u, h0, c0 = make_inputs(rng, model, 4, B, "float16")
+    y, c, status = emulate_tc_kernel(model, plan, u, h0, c0)
+    assert status == 0
+    yr, cr = reference(model, u, h0, c0, "float16")
+    assert_close(y, yr, "float16", "y")
+    if mode == "lstm":
+        assert_close(c, cr, "float16", "c_T")
+
+
+def test_tc_cluster_kernel_on_cpu_watchdog(rng):
+    """A missing cluster never writes its h_t: the other cluster's blocks give up and still pass every
+    cluster barrier together (no hang)."""
+    model = make_model(rng, 37, "tanh", "csr")
+    plan = model.plan_tc(5, sm_count=4, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=2, cluster=2,
+                         tables=True)
+    u, h0, _ = make_inputs(rng, model, 3, 5, "float16")
     start = time.perf_counter()
     _, _, status = emulate_tc_kernel(model, plan, u, h0, None, grid=2, timeout_s=0.3)
     assert status == 1
