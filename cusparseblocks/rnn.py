@@ -79,6 +79,10 @@ LAUNCH = {
     # 1/C of it and stores it into its peers' shared memory (kernels/rnn.cu rnn_tc_body)
     "tc_exchange": ("sentinel", "cluster"),
     "tc_cluster": 4,
+    # whether path="auto" takes the tensor-core kernel for float16 where it fits. Off until it measures
+    # faster than the sparse kernel at the headline (H100 run 1: 7.0 vs 4.85 µs/step: its exchange polled a
+    # thread's vectors one round trip each; bench/NOTES.md, third session)
+    "tc_default": False,
 }
 # H100 SXM: 132 SMs, 227 KiB of shared memory per block (opt-in); used when no GPU is present
 H100 = {"sm_count": 132, "smem_per_block": 232448}
@@ -625,7 +629,7 @@ class SparseRNN:
             if tkey not in self._plans:
                 self._plans[tkey] = self._tables(plan, starts, nvec)
             plan.tables = self._plans[tkey]
-        if dtype == "float16":
+        if dtype == "float16" and LAUNCH["tc_default"]:
             tc = self.plan_tc(batch, sm_count=sm_count, smem_per_block=smem_per_block)
             plan.tc = tc if tc.fits else None
         self._plans[key] = plan
@@ -765,9 +769,9 @@ class SparseRNN:
         u: [T, B, G·H] input projections (x_t·W_x + bias), float16|float32 (float64 on NumPy);
         h0: [B, H], c0: [B, H] or None (zeros; LSTM only), same dtype and backend as u.
         out: optional [T, B, H] array (u's dtype and backend) that receives y.
-        ``path``: "auto" (float16: the tensor-core persistent kernel when W's rows fit in registers as
-        mma fragments, ``plan_tc``; else the sparse persistent kernel when the weights fit in shared
-        memory, else the per-step fallback), "tc" (the tensor-core kernel, float16 only; ValueError when
+        ``path``: "auto" (float16 with ``LAUNCH["tc_default"]`` or ``exchange="cluster"``: the tensor-core
+        persistent kernel when W's rows fit in registers as mma fragments, ``plan_tc``; else the sparse
+        persistent kernel when the weights fit in shared memory, else the per-step fallback), "tc" (the tensor-core kernel, float16 only; ValueError when
         it does not fit), "persistent" (the sparse FFMA kernel; ValueError when it does not fit) or
         "fallback". ``check``: synchronize after the
         persistent kernel and raise RuntimeError if its watchdog fired (default). ``lanes``: force the
@@ -827,8 +831,8 @@ class SparseRNN:
         if exchange == "cluster" and path not in ("auto", "tc"):
             raise ValueError(f"exchange: 'cluster' is the tensor-core kernel's (path 'auto' or 'tc'), "
                              f"got path {path!r}")
-        if path == "tc" or (path == "auto" and dtype == "float16" and exchange in (None, *tc_exchange)
-                            and lanes is None):
+        if path == "tc" or (path == "auto" and dtype == "float16" and lanes is None and (
+                exchange == "cluster" or (LAUNCH["tc_default"] and exchange in (None, *tc_exchange)))):
             if dtype != "float16":
                 raise ValueError(f"path: the tensor-core kernel runs float16 only, got {dtype}")
             if exchange not in (None, *tc_exchange):

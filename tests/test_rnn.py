@@ -408,10 +408,12 @@ def test_gpu_tc(rng, exchange, mode, kind, H, B):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES)
-def test_gpu_auto_takes_tc_for_fp16(rng, mode):
-    """fp16 auto runs the tensor-core kernel where it fits (same result as forcing it); fp32 never does."""
+def test_gpu_auto_takes_tc_for_fp16(rng, mode, monkeypatch):
+    """With LAUNCH["tc_default"], fp16 auto runs the tensor-core kernel where it fits (same result as forcing
+    it); fp32 never does."""
     import cupy
 
+    monkeypatch.setitem(rnn.LAUNCH, "tc_default", True)
     model = make_model(rng, 300, mode, "csr", density=0.3)
     assert model.plan("float16", 4).path == "tc" and model.plan("float32", 4).path == "persistent"
     u, h0, c0 = make_inputs(rng, model, 9, 4, "float16")
@@ -453,6 +455,7 @@ def test_gpu_tc_too_large_takes_sparse(rng):
     W = rnn.random_weights(rng, 2304, 0.3, "lstm")
     model = rnn.SparseRNN(W, "lstm")
     assert not model.plan_tc(4).fits and model.plan("float16", 4).path == "persistent"
+    assert not model.plan_tc(4, cluster=4).fits
     u, h0, c0 = make_inputs(rng, model, 4, 4, "float16")
     with pytest.raises(ValueError, match="tensor-core kernel cannot run"):
         model.forward(cupy.asarray(u), cupy.asarray(h0), cupy.asarray(c0), path="tc")
