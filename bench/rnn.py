@@ -69,19 +69,19 @@ def bench_variant(model, B, dtype, sets, exchange, h_float=None, lanes=None, wai
     return us_per_step(time_ms(run, rotate=sets, warmup=2, reps=30, min_ms=20)), plan
 
 
-def bench_tc(model, B, sets, wait=True, cluster=1):
+def bench_tc(model, B, sets, wait=True, cluster=1, counter=False):
     """The tensor-core kernel (fp16; ``cluster`` > 1: the cluster exchange), timed directly (us/step);
     None when it does not fit."""
     plan = model.plan_tc(B, tables=True, cluster=cluster)
     if not plan.fits:
         return None, plan
-    run = lambda u, h: model._run_tc(plan, u, h, None, check=False, wait=wait)  # noqa: E731
-    if model._run_tc(plan, *sets[0], None, timeout_s=2.0, wait=wait) is None:
+    run = lambda u, h: model._run_tc(plan, u, h, None, check=False, wait=wait, counter=counter)  # noqa: E731
+    if model._run_tc(plan, *sets[0], None, timeout_s=2.0, wait=wait, counter=counter) is None:
         raise RuntimeError(f"tensor-core kernel (cluster {cluster}) not launchable here (co-residency, arch)")
     return us_per_step(time_ms(run, rotate=sets, warmup=2, reps=30, min_ms=20)), plan
 
 
-def step_profile(model, B, dtype, u, h, h_float=None, wait=True, tc=False, cluster=1):
+def step_profile(model, B, dtype, u, h, h_float=None, wait=True, tc=False, cluster=1, counter=False):
     """Median per-step phases of the sentinel kernel (``tc``: the tensor-core kernel) from its clock64
     stamps (kernels/rnn.cu ``prof``), in ns: h_(t-1) waited for and loaded, dot products, pointwise and
     stores, the rest of the loop; and the step time (start to start), over every block and step but the
@@ -92,7 +92,7 @@ def step_profile(model, B, dtype, u, h, h_float=None, wait=True, tc=False, clust
             else model.plan(dtype, B, h_float=h_float, tables=True))
     prof = cupy.zeros((plan.blocks, T_STEPS + 1, 4), dtype=cupy.int64)
     if tc:
-        model._run_tc(plan, u, h, None, prof=prof, wait=wait, timeout_s=2.0)
+        model._run_tc(plan, u, h, None, prof=prof, wait=wait, timeout_s=2.0, counter=counter)
     else:
         model._run_persistent(plan, u, h, None, exchange="sentinel", prof=prof, wait=wait, timeout_s=2.0)
     p = prof.get().astype(np.float64)
@@ -264,6 +264,14 @@ def headline(rng, records, head):
                     profiles["tc/no-wait"] = step_profile(model, B, dtype, u0, h00, wait=False, tc=True)
             except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
                 variants["tc"] = {"error": f"{type(exc).__name__}: {exc}"}
+            try:                                     # the per-step arrival counter exchange
+                us_k, kplan = bench_tc(model, B, sets, counter=True)
+                y, _ = model._run_tc(kplan, u0, h00, None, counter=True)
+                err = float(cupy.linalg.norm(y.astype(cupy.float64) - yc) / cupy.linalg.norm(yc))
+                variants["tc/counter"] = {"us_per_step": us_k, "rel_err_vs_cublas": err}
+                profiles["tc/counter"] = step_profile(model, B, dtype, u0, h00, tc=True, counter=True)
+            except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
+                variants["tc/counter"] = {"error": f"{type(exc).__name__}: {exc}"}
             for cs in (2, 4, 8):                     # the cluster exchange, each portable cluster size
                 name = f"tc/cluster{cs}"
                 try:

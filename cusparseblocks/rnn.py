@@ -68,7 +68,7 @@ LAUNCH = {
     "poll_all": {"float16": False, "float32": True},
     # tensor-core kernel (rnn_persistent_tc, fp16): (threads, blocks per SM, register budget), the first
     # that fits is the default. W's rows live in registers as mma A fragments (4 registers per (16-row
-    # tile, k16-step)); the budget counts them plus 12 per accumulator tile (and 16 for the LSTM cell), see
+    # tile, k16-step)); the budget counts them plus 12 per accumulator tile (and 24 for the LSTM cell), see
     # _tc_registers: at 84 (2 blocks of 256 threads, 128 registers) and 200 (1 block, 255) the kernel does
     # not spill on sm_80 or sm_90 (ptxas; tests/test_compile.py checks the boundary cases _TC_REGISTERED).
     # H 2304, G 1: 144 blocks of one tile, 18 k-steps a warp, 84 (bench/NOTES.md, third session)
@@ -77,7 +77,9 @@ LAUNCH = {
     # tensor-core kernel's exchange; the first is the default. "sentinel": every block copies all of
     # h_(t-1) it reads from L2; "cluster" (sm_90): thread-block clusters of tc_cluster blocks, each copies
     # 1/C of it and stores it into its peers' shared memory (kernels/rnn.cu rnn_tc_body)
-    "tc_exchange": ("sentinel", "cluster"),
+    # "counter": one arrival counter a step (release add per block, one acquiring thread per block waits
+    # for all), then one copy of h_(t-1) without sentinel checks
+    "tc_exchange": ("sentinel", "cluster", "counter"),
     "tc_cluster": 4,
     # whether path="auto" takes the tensor-core kernel for float16 where it fits. Off until it measures
     # faster than the sparse kernel at the headline (H100 run 1: 7.0 vs 4.85 µs/step: its exchange polled a
@@ -95,18 +97,18 @@ _TC_REGISTERED = {
     "relu": ((1, 18, 1, 256, 2),),
     "tanh": ((1, 18, 1, 256, 2), (1, 15, 2, 256, 2), (1, 9, 4, 256, 2), (2, 7, 1, 256, 2), (1, 47, 1, 256, 1),
              (2, 22, 1, 256, 1), (1, 38, 4, 256, 1), (2, 13, 4, 256, 1)),
-    "lstm": ((1, 14, 1, 256, 2), (2, 4, 1, 256, 2), (2, 19, 1, 256, 1), (4, 8, 1, 256, 1)),
+    "lstm": ((1, 12, 1, 256, 2), (2, 4, 1, 256, 2), (2, 19, 1, 256, 1), (4, 8, 1, 256, 1)),
 }
 
 
 # the cluster exchange at the headline shape, each portable cluster size (sm_90; a trap stub on sm_80)
 _TC_CLUSTER_REGISTERED = (("tanh", (1, 18, 1, 256, 2, 2)), ("tanh", (1, 18, 1, 256, 2, 4)),
-                          ("tanh", (1, 18, 1, 256, 2, 8)), ("lstm", (1, 14, 1, 256, 2, 4)))
+                          ("tanh", (1, 18, 1, 256, 2, 8)), ("lstm", (1, 12, 1, 256, 2, 4)))
 
 
 def _tc_registers(tiles, slots, ntiles, G):
     """Registers the fit rule charges rnn_persistent_tc: A fragments, accumulators, the LSTM cell."""
-    return 4 * tiles * slots + 12 * tiles * ntiles + (16 if G == 4 else 0)
+    return 4 * tiles * slots + 12 * tiles * ntiles + (24 if G == 4 else 0)
 
 
 def _specializations():
@@ -163,6 +165,7 @@ class RnnTcPlan:
     smem_bytes: int = 0
     a_registers: int = 0
     cluster: int = 1            # blocks per thread-block cluster (1: no clusters, exchange="sentinel")
+    max_clusters: int = 0       # co-resident clusters when a launch found too few (forward plans again)
     tables: dict | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -327,9 +330,10 @@ def _tc_steps(rows, H, G, units, tiles):
     return ukey, inv, r % 16
 
 
-def _tc_plan(rows, H, G, batch, sm_count, smem_limit, config, slots=None, cluster=1):
+def _tc_plan(rows, H, G, batch, sm_count, smem_limit, config, slots=None, cluster=1, max_blocks=None):
     """RnnTcPlan for ``config`` = (threads, blocks per SM, A-register budget) from the rows of W alone;
-    ``cluster`` > 1: the grid rounded up to whole clusters (the extra blocks own no units)."""
+    ``cluster`` > 1: the grid rounded up to whole clusters (the extra blocks own no units); ``max_blocks``:
+    fewer co-resident blocks than SMs × blocks per SM (clusters pack into GPCs)."""
     threads, per_sm, budget = config
     Hp = _align(H, 16)                                # units up to Hp (a whole k16-step) are written
     plan = RnnTcPlan(False, "", batch, Hp, threads=threads, blocks_per_sm=per_sm)
@@ -338,7 +342,7 @@ def _tc_plan(rows, H, G, batch, sm_count, smem_limit, config, slots=None, cluste
         return plan
     warps = threads // 32
     ug = 16 // G                                      # units per 16-row tile
-    cap = sm_count * per_sm
+    cap = sm_count * per_sm if max_blocks is None else min(sm_count * per_sm, int(max_blocks))
     groups = -(-Hp // ug)                             # unit groups of one tile's rows
     units = ug * -(-groups // cap)                    # the fewest units per block that needs <= cap blocks
     nblk = -(-Hp // units)
@@ -636,11 +640,12 @@ class SparseRNN:
         return plan
 
     def plan_tc(self, batch: int = 4, *, sm_count=None, smem_per_block=None, config=None, slots=None,
-                cluster: int = 1, tables: bool = False) -> RnnTcPlan:
+                cluster: int = 1, max_blocks=None, tables: bool = False) -> RnnTcPlan:
         """The tensor-core kernel's plan (fp16): the first of ``LAUNCH["tc_configs"]`` that fits, else the
         last tried (``fits`` False, ``reason``). ``config`` = (threads, blocks per SM, register budget)
         forces one entry; ``slots`` forces the k-steps per warp and tile (at least what W needs; tests).
-        ``cluster``: blocks per thread-block cluster for exchange="cluster" (1: none).
+        ``cluster``: blocks per thread-block cluster for exchange="cluster" (1: none); ``max_blocks``: a
+        lower co-residency limit (forward passes the cluster occupancy query's).
         ``tables`` builds the A fragments and load tables too (cached per plan)."""
         if int(batch) < 1:
             raise ValueError(f"batch: expected a positive batch size, got {batch}")
@@ -651,13 +656,13 @@ class SparseRNN:
                              f"budget), got {config!r}")
         sm_count, smem_per_block = _target(sm_count, smem_per_block)
         configs = LAUNCH["tc_configs"] if config is None else (tuple(config),)
-        key = ("tc", int(batch), sm_count, smem_per_block, configs, slots, int(cluster))
+        key = ("tc", int(batch), sm_count, smem_per_block, configs, slots, int(cluster), max_blocks)
         plan = self._plans.get(key)
         if plan is None:
             H, G = self.hidden_size, self.gates
             for cfg in configs:
                 plan = _tc_plan(self._rows, H, G, int(batch), sm_count, smem_per_block, cfg, slots,
-                                int(cluster))
+                                int(cluster), max_blocks)
                 if plan.fits:
                     break
             self._plans[key] = plan
@@ -769,16 +774,16 @@ class SparseRNN:
         u: [T, B, G·H] input projections (x_t·W_x + bias), float16|float32 (float64 on NumPy);
         h0: [B, H], c0: [B, H] or None (zeros; LSTM only), same dtype and backend as u.
         out: optional [T, B, H] array (u's dtype and backend) that receives y.
-        ``path``: "auto" (float16 with ``LAUNCH["tc_default"]`` or ``exchange="cluster"``: the tensor-core
-        persistent kernel when W's rows fit in registers as mma fragments, ``plan_tc``; else the sparse
-        persistent kernel when the weights fit in shared memory, else the per-step fallback), "tc" (the tensor-core kernel, float16 only; ValueError when
-        it does not fit), "persistent" (the sparse FFMA kernel; ValueError when it does not fit) or
-        "fallback". ``check``: synchronize after the
-        persistent kernel and raise RuntimeError if its watchdog fired (default). ``lanes``: force the
+        ``path``: "auto" (float16 with ``LAUNCH["tc_default"]`` or a tensor-core exchange: the
+        tensor-core persistent kernel when W's rows fit in registers as mma fragments, ``plan_tc``; else
+        the sparse persistent kernel when the weights fit in shared memory, else the per-step fallback),
+        "tc" (the tensor-core kernel, float16 only; ValueError when it does not fit), "persistent" (the
+        sparse FFMA kernel; ValueError when it does not fit) or "fallback". ``check``: synchronize after
+        the persistent kernel and raise RuntimeError if its watchdog fired (default). ``lanes``: force the
         threads per row (one of ``LAUNCH["lanes"]``; benchmarks), default the plan's choice.
-        ``exchange``: "sentinel" (default: h values double as their written flags) or "flags"
-        (per-block step counters with release/acquire; sparse kernel only, so auto skips the tensor-core
-        kernel, as it does when ``lanes`` is given).
+        ``exchange``: "sentinel" (default: h values double as their written flags); "flags" (per-block
+        step counters with release/acquire; sparse kernel only); "cluster" (sm_90: thread-block clusters
+        share the copy of h_(t-1)) and "counter" (one arrival counter a step): tensor-core kernel only.
         Returns (y [T, B, H] holding h_1..h_T, c_T [B, H] for the LSTM else None), in u's dtype.
         """
         backend = backend_of(u=u, h0=h0, c0=c0, out=out)
@@ -828,11 +833,12 @@ class SparseRNN:
                 V.check_device(name, arr, dev)
         dtype = dtype_name(u.dtype)
         tc_exchange = LAUNCH["tc_exchange"]
-        if exchange == "cluster" and path not in ("auto", "tc"):
-            raise ValueError(f"exchange: 'cluster' is the tensor-core kernel's (path 'auto' or 'tc'), "
+        if exchange in ("cluster", "counter") and path not in ("auto", "tc"):
+            raise ValueError(f"exchange: {exchange!r} is the tensor-core kernel's (path 'auto' or 'tc'), "
                              f"got path {path!r}")
         if path == "tc" or (path == "auto" and dtype == "float16" and lanes is None and (
-                exchange == "cluster" or (LAUNCH["tc_default"] and exchange in (None, *tc_exchange)))):
+                exchange in ("cluster", "counter")
+                or (LAUNCH["tc_default"] and exchange in (None, *tc_exchange)))):
             if dtype != "float16":
                 raise ValueError(f"path: the tensor-core kernel runs float16 only, got {dtype}")
             if exchange not in (None, *tc_exchange):
@@ -841,16 +847,22 @@ class SparseRNN:
             ex = tc_exchange[0] if exchange is None else exchange
             tc = self.plan_tc(B, tables=True, cluster=LAUNCH["tc_cluster"] if ex == "cluster" else 1)
             if tc.fits:
-                result = self._run_tc(tc, u, h0, c0, out, check=check)
+                result = self._run_tc(tc, u, h0, c0, out, check=check, counter=ex == "counter")
+                if result is None and tc.max_clusters:     # clusters pack per GPC: plan for what fits
+                    fit = tc.max_clusters * tc.cluster
+                    tc = self.plan_tc(B, tables=True, cluster=tc.cluster, max_blocks=fit)
+                    if tc.fits:
+                        result = self._run_tc(tc, u, h0, c0, out, check=check)
                 if result is not None:
                     return result
-            if path == "tc" or exchange == "cluster":
+            if path == "tc" or exchange in ("cluster", "counter"):
                 why = tc.reason if not tc.fits else ("the planned blocks are not co-resident on this GPU, or "
                                                      "clusters without sm_90")
                 raise ValueError(f"path: the tensor-core kernel cannot run this model ({why}); "
                                  "use path='auto', 'persistent' or 'fallback'")
-        if exchange == "cluster":
-            raise ValueError(f"exchange: 'cluster' runs the tensor-core kernel only (float16), got {dtype}")
+        if exchange in ("cluster", "counter"):
+            raise ValueError(f"exchange: {exchange!r} runs the tensor-core kernel only (float16), "
+                             f"got {dtype}")
         plan = self.plan(dtype, B, tables=(path != "fallback"), lanes=lanes)
         if path == "persistent" and not plan.persistent:
             raise ValueError(f"path: the persistent kernel cannot run this model ({plan.reason}); "
@@ -959,9 +971,10 @@ class SparseRNN:
         return y, c_out
 
     def _run_tc(self, plan, u, h0, c0, out=None, *, check=True, grid=None, timeout_s=None, wait=True,
-                prof=None):
-        """Launch rnn_persistent_tc (None when the planned blocks are not co-resident). ``grid``,
-        ``wait=False`` and ``prof`` as ``_run_persistent`` (diagnostics)."""
+                prof=None, counter=False):
+        """Launch rnn_persistent_tc (None when the planned blocks are not co-resident). ``counter``: the
+        per-step arrival counters instead of sentinel polling (exchange="counter"; not with clusters).
+        ``grid``, ``wait=False`` and ``prof`` as ``_run_persistent`` (diagnostics)."""
         import cupy
         from cupy_backends.cuda.api import driver
 
@@ -983,6 +996,7 @@ class SparseRNN:
         if plan.cluster > 1:
             clusters = _max_active_clusters(fn, plan)
             if clusters is not None and clusters * plan.cluster < plan.blocks:
+                plan.max_clusters = clusters
                 return None
         xch = cupy.empty((T + 1, B, plan.kp), dtype=u.dtype)
         xch.view(np.uint16).fill(0xFFFF)
@@ -998,7 +1012,8 @@ class SparseRNN:
                 c0 if c0 is not None else null, y, c_out if c_out is not None else null, xch, status,
                 null if prof is None else prof, np.int32(H), np.int32(Hp), np.int32(plan.kp),
                 np.int32(plan.units), np.int32(B), np.int32(T), np.int64(int(timeout_s * 1e9)),
-                np.int32(bool(wait)))
+                np.int32(bool(wait)), cupy.zeros(T + 1, dtype=np.int32) if counter else null,
+                np.int32(plan.blocks))
         fn((plan.blocks if grid is None else grid,), (plan.threads,), args, shared_mem=plan.smem_bytes,
            stream=cupy.cuda.get_current_stream())
         if check and int(status.get()[0]) != 0:
@@ -1145,7 +1160,8 @@ def self_check(backend: str = "numpy", seed: int = 0, exchange=None, paths=None)
                 yr, cr = ref.rnn_forward(W, u, h0, c0, mode, round_dtype=rd)
                 for path in (("tc",) if dtype == "float16" else ()) + ("persistent", "fallback"):
                     # "flags" is the sparse kernel's exchange, "cluster" the tensor-core kernel's
-                    if (exchange == "flags" and path == "tc") or (exchange == "cluster" and path != "tc"):
+                    tc_only = exchange in ("cluster", "counter")
+                    if (exchange == "flags" and path == "tc") or (tc_only and path != "tc"):
                         continue
                     if paths and path not in paths:
                         continue

@@ -62,6 +62,10 @@ __device__ __forceinline__ uint4 ld_relaxed_v4(const void* p) {
     return v;
 }
 
+__device__ __forceinline__ void red_release_gpu_add(int* p, int v) {
+    asm volatile("red.release.gpu.global.add.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
 __device__ __forceinline__ void st_relaxed_u16(unsigned short* p, unsigned short v) {
     asm volatile("st.relaxed.gpu.global.u16 [%0], %1;" ::"l"(p), "h"(v) : "memory");
 }
@@ -738,10 +742,10 @@ template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], cons
         const int2 *__restrict__ load_range, const int *__restrict__ load_off, const __half *__restrict__ u,   \
         const __half *__restrict__ c0, __half *__restrict__ y, __half *__restrict__ c_out, __half *xch,        \
         int *status, long long *prof, int H, int Hu, int Kp, int units, int B, int steps, long long timeout_ns, \
-        int wait
+        int wait, int *counters, int nblocks
 #define RNN_TC_ARGS                                                                                            \
     afrag, kstep, kcount, load_range, load_off, u, c0, y, c_out, xch, status, prof, H, Hu, Kp, units, B, steps, \
-        timeout_ns, wait
+        timeout_ns, wait, counters, nblocks
 
 // Thread-block clusters (exchange="cluster", sm_90): PTX helpers; tests/test_rnn.py's host emulation
 // provides the same names.
@@ -860,6 +864,17 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
         __half* hs = hs0 + (CL ? (t & 1) * NT * 8 * Kp : 0);
         const unsigned hs_u32 = smem_u32(hs);
         const __half* src = xch + (i64)(t - 1) * B * Kp;
+        if (!CL && counters != nullptr && t > 1) {
+            // exchange="counter": one hot word a step instead of every thread polling h, then one copy
+            if (tid == 0 && wait) {
+                RnnWatchdog dog;
+                while (ld_acquire_gpu(counters + t - 1) < nblocks) {
+                    if (dog.expired(status, timeout_ns, &abort_s)) break;
+                }
+            }
+            __syncthreads();
+            if (abort_s) return;
+        }
         // every vector of the step (of this block's part of each run, with clusters) in flight at once
         // without registers (cp.async, L2 only), then each thread checks its own copies and re-reads only
         // those still holding the sentinel (relaxed loads)
@@ -875,7 +890,7 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
         // it is written, re-read every other unwritten one together (cp.async again, no registers) and
         // repeat. A thread's ~4 vectors then cost the wait plus ~2 L2 round trips, where polling them one
         // after another cost one round trip each (H100, first version: 6.35 µs of wait+load a step).
-        if (wait && t > 1) {
+        if (wait && t > 1 && counters == nullptr) {
             RnnWatchdog dog;
             for (;;) {
                 int first = -1;
@@ -1038,6 +1053,12 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
                     for (int g = 0; g < G; ++g) upre[q][g] = u[((i64)t * B + b) * GH + (i64)g * H + j];
                 }
             }
+        }
+        if (!CL && counters != nullptr && t < steps) {
+            // exchange="counter": one arrival per block on counters[t] after its h_t stores (barrier, then a
+            // release add by thread 0); the next step's thread 0 waits (acquire) for all `nblocks`
+            __syncthreads();
+            if (tid == 0) red_release_gpu_add(counters + t, 1);
         }
     }
     if (prow) {

@@ -387,7 +387,7 @@ def test_gpu_persistent(rng, exchange, dtype, mode, kind, H, B):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("exchange", ["sentinel", "cluster"])
+@pytest.mark.parametrize("exchange", ["sentinel", "cluster", "counter"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["csr", "block"])
 @pytest.mark.parametrize("H,B", [(77, 1), (256, 4), (1000, 8), (520, 16), (333, 5)])
@@ -479,6 +479,8 @@ def test_gpu_tc_long_sequence_stable(rng):
         plan = model.plan_tc(4, cluster=cluster, tables=True)
         y3, _ = model._run_tc(plan, ud, hd, None)
         assert bool((y1 == y3).all()), cluster
+    y4, _ = model.forward(ud, hd, path="tc", exchange="counter")
+    assert bool((y1 == y4).all())
 
 
 @pytest.mark.gpu
@@ -731,6 +733,7 @@ inline uint4 __ldcg(const uint4* p) {
 }
 inline int ld_acquire_gpu(const int* p) { std::this_thread::yield(); return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 inline void st_release_gpu(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+inline void red_release_gpu_add(int* p, int v) { __atomic_fetch_add(p, v, __ATOMIC_RELEASE); }
 inline void st_relaxed_u16(unsigned short* p, unsigned short v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline void st_relaxed_u32(unsigned* p, unsigned v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline long long clock64() { return 0; }
@@ -916,8 +919,9 @@ template <int MODE, int MT, int KS, int NT, int THREADS, int CLUSTER> void run_t
   const int2* load_range = arr<int2>("load_range");
   const __half *u = arr<__half>("u"), *c0 = arr<__half>("c0");
   __half *y = arr<__half>("y"), *c_out = arr<__half>("c_out"), *xch = arr<__half>("xch");
-  int* status = arr<int>("status");
+  int *status = arr<int>("status"), *counters = arr<int>("counters");
   const int H = S["H"], Hu = S["Hu"], Kp = S["Kp"], units = S["units"], B = S["B"], steps = S["steps"];
+  const int nplanned = S["nblocks"];
   const long long timeout = S["timeout_ns"];
   std::vector<Job> jobs(nblk * THREADS);
   std::vector<pthread_t> th(jobs.size());
@@ -933,11 +937,12 @@ template <int MODE, int MT, int KS, int NT, int THREADS, int CLUSTER> void run_t
         if constexpr (CLUSTER > 1)
           rnn_persistent_tc_cluster<MODE, MT, KS, NT, THREADS, 1, CLUSTER>(afrag, kstep, kcount, load_range, load_off,
                                                                            u, c0, y, c_out, xch, status, nullptr, H,
-                                                                           Hu, Kp, units, B, steps, timeout, 1);
+                                                                           Hu, Kp, units, B, steps, timeout, 1,
+                                                                           counters, nplanned);
         else
           rnn_persistent_tc<MODE, MT, KS, NT, THREADS, 1>(afrag, kstep, kcount, load_range, load_off, u, c0, y,
                                                           c_out, xch, status, nullptr, H, Hu, Kp, units, B, steps,
-                                                          timeout, 1);
+                                                          timeout, 1, counters, nplanned);
       };
       if (pthread_create(&th[b * THREADS + t], &attr, trampoline, &jobs[b * THREADS + t])) return;
     }
@@ -1118,8 +1123,9 @@ def test_kernel_on_cpu_watchdog(rng, exchange, poll_all):
 _TC_EMU_CONFIG = (64, 1, 84)
 
 
-def emulate_tc_kernel(model, plan, u, h0, c0, *, grid=None, timeout_s=30.0):
-    """Run rnn_persistent_tc from kernels/rnn.cu on the CPU; returns (y, c_T, status)."""
+def emulate_tc_kernel(model, plan, u, h0, c0, *, grid=None, timeout_s=30.0, counter=False):
+    """Run rnn_persistent_tc from kernels/rnn.cu on the CPU (``counter``: exchange="counter"); returns
+    (y, c_T, status)."""
     import subprocess
     import tempfile
     from pathlib import Path
@@ -1136,12 +1142,14 @@ def emulate_tc_kernel(model, plan, u, h0, c0, *, grid=None, timeout_s=30.0):
     scalars = {"tc": 1, "cluster": plan.cluster, "mode": rnn._MODE_ID[model.mode], "mt": plan.tiles,
                "ks": plan.slots, "nt": plan.ntiles, "grid": plan.blocks if grid is None else grid, "smem": plan.smem_bytes,
                "H": H, "Hu": plan.hidden_padded, "Kp": plan.kp, "units": plan.units, "B": B, "steps": T,
-               "timeout_ns": int(timeout_s * 1e9)}
+               "timeout_ns": int(timeout_s * 1e9), "nblocks": plan.blocks}
     with tempfile.TemporaryDirectory() as d:
         Path(d, "scalars.txt").write_text("".join(f"{k} {v}\n" for k, v in scalars.items()))
         arrays = {k: tab[k] for k in ("afrag", "kstep", "kcount")}
         arrays.update(load_range=ranges, load_off=off, u=u, xch=xch, y=np.full((T, B, H), np.nan, np.float16),
                       status=np.zeros(1, np.int32))
+        if counter:
+            arrays.update(counters=np.zeros(T + 1, np.int32))
         if c0 is not None:
             arrays.update(c0=c0, c_out=np.full((B, H), np.nan, np.float16))
         for k, v in arrays.items():
@@ -1168,16 +1176,17 @@ _TC_EMU_CASES = [
 ]
 
 
+@pytest.mark.parametrize("counter", [False, True])
 @pytest.mark.parametrize("mode,kind,H,B,sm_count,shape", _TC_EMU_CASES)
-def test_tc_kernel_on_cpu(rng, mode, kind, H, B, sm_count, shape):
+def test_tc_kernel_on_cpu(rng, mode, kind, H, B, sm_count, shape, counter):
     """rnn_persistent_tc itself, emulated on the CPU (every block at once, mma.sync by its fragment layout),
-    against the float64 reference, every element of y and c_T."""
+    against the float64 reference, every element of y and c_T; sentinel polling and per-step counters."""
     model = make_model(rng, H, mode, kind, density=0.2 if kind == "block" else 0.3)
     plan = model.plan_tc(B, sm_count=sm_count, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=shape[1],
                          tables=True)
     assert plan.fits and (plan.tiles, plan.slots, plan.ntiles) == shape
     u, h0, c0 = make_inputs(rng, model, 4, B, "float16")
-    y, c, status = emulate_tc_kernel(model, plan, u, h0, c0)
+    y, c, status = emulate_tc_kernel(model, plan, u, h0, c0, counter=counter)
     assert status == 0
     yr, cr = reference(model, u, h0, c0, "float16")
     assert_close(y, yr, "float16", "y")
@@ -1185,13 +1194,14 @@ def test_tc_kernel_on_cpu(rng, mode, kind, H, B, sm_count, shape):
         assert_close(c, cr, "float16", "c_T")
 
 
-def test_tc_kernel_on_cpu_watchdog(rng):
+@pytest.mark.parametrize("counter", [False, True])
+def test_tc_kernel_on_cpu_watchdog(rng, counter):
     """Fewer blocks than planned: the missing block never writes h_t; the others give up, never hang."""
     model = make_model(rng, 40, "tanh", "csr")
     plan = model.plan_tc(9, sm_count=3, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=2, tables=True)
     u, h0, _ = make_inputs(rng, model, 3, 9, "float16")
     start = time.perf_counter()
-    _, _, status = emulate_tc_kernel(model, plan, u, h0, None, grid=2, timeout_s=0.3)
+    _, _, status = emulate_tc_kernel(model, plan, u, h0, None, grid=2, timeout_s=0.3, counter=counter)
     assert status == 1
     assert time.perf_counter() - start < 60
 
