@@ -484,6 +484,14 @@ def _max_active_clusters(fn, plan):
         return None
 
 
+def _check_watchdog(kernel, status, timeout_s):
+    """Synchronize on the persistent kernel's status word: RuntimeError when its watchdog fired."""
+    if int(status.get()[0]) != 0:
+        raise RuntimeError(
+            f"{kernel}: a block waited longer than the watchdog ({timeout_s} s) for h_(t-1) from "
+            "another block; the result is incomplete")
+
+
 def _check_gpu_dtype(dtype) -> str:
     name = dtype_name(dtype)
     if name not in _GPU_DTYPES:
@@ -942,11 +950,7 @@ class SparseRNN:
             return None
         stream = cupy.cuda.get_current_stream()
         xch = self._exchange(plan, T, h0, sentinel=sentinel)
-        y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
-        c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
-        status = cupy.zeros(1, dtype=np.int32)
-        if timeout_s is None:
-            timeout_s = float(os.environ.get("CUSPARSEBLOCKS_RNN_TIMEOUT_S", "30"))
+        y, c_out, status, timeout_s = self._persistent_outputs(u, out, timeout_s)
         null = np.uint64(0)
         c0_arg = c0 if c0 is not None else null
         c_out_arg = c_out if c_out is not None else null
@@ -964,11 +968,20 @@ class SparseRNN:
                     c_out_arg, xch, flags, status, *sizes)
         fn((plan.blocks if grid is None else grid,), (LAUNCH["threads"],), args, shared_mem=smem,
            stream=stream)
-        if check and int(status.get()[0]) != 0:
-            raise RuntimeError(
-                f"{kernel}: a block waited longer than the watchdog ({timeout_s} s) for h_(t-1) from "
-                "another block; the result is incomplete")
+        if check:
+            _check_watchdog(kernel, status, timeout_s)
         return y, c_out
+
+    def _persistent_outputs(self, u, out, timeout_s):
+        """y [T, B, H] (``out`` or new), c_T (LSTM) or None, the watchdog status word and its timeout."""
+        import cupy
+
+        T, B, _ = u.shape
+        y = cupy.empty((T, B, self.hidden_size), dtype=u.dtype) if out is None else out
+        c_out = cupy.empty((B, self.hidden_size), dtype=u.dtype) if self.mode == "lstm" else None
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("CUSPARSEBLOCKS_RNN_TIMEOUT_S", "30"))
+        return y, c_out, cupy.zeros(1, dtype=np.int32), timeout_s
 
     def _run_tc(self, plan, u, h0, c0, out=None, *, check=True, grid=None, timeout_s=None, wait=True,
                 prof=None, counter=False):
@@ -1002,11 +1015,7 @@ class SparseRNN:
         xch.view(np.uint16).fill(0xFFFF)
         xch[0] = 0
         xch[0, :, :H] = h0
-        y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
-        c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
-        status = cupy.zeros(1, dtype=np.int32)
-        if timeout_s is None:
-            timeout_s = float(os.environ.get("CUSPARSEBLOCKS_RNN_TIMEOUT_S", "30"))
+        y, c_out, status, timeout_s = self._persistent_outputs(u, out, timeout_s)
         null = np.uint64(0)
         args = (tab["afrag"], tab["kstep"], tab["kcount"], tab["load_range"], tab["load_off"], u,
                 c0 if c0 is not None else null, y, c_out if c_out is not None else null, xch, status,
@@ -1016,10 +1025,8 @@ class SparseRNN:
                 np.int32(plan.blocks))
         fn((plan.blocks if grid is None else grid,), (plan.threads,), args, shared_mem=plan.smem_bytes,
            stream=cupy.cuda.get_current_stream())
-        if check and int(status.get()[0]) != 0:
-            raise RuntimeError(
-                f"rnn_persistent_tc: a block waited longer than the watchdog ({timeout_s} s) for h_(t-1) "
-                "from another block; the result is incomplete")
+        if check:
+            _check_watchdog("rnn_persistent_tc", status, timeout_s)
         return y, c_out
 
     def _run_fallback(self, plan, u, h0, c0, out=None):

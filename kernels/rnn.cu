@@ -227,6 +227,52 @@ __device__ __forceinline__ float rnn_cell(const float* p, float& c) {
     }
 }
 
+// A thread's pointwise items: i = tid + q·THREADS is (unit u0 + i % units, batch i / units). Their c_0
+// (LSTM) into c and u_t into up (t = 0), or u_t alone (rnn_load_u), in every persistent kernel.
+template <typename T, int MODE, int UPT, int THREADS>
+__device__ __forceinline__ void rnn_load_u(T (&up)[UPT][MODE == RNN_LSTM ? 4 : 1], const T* u, int t, int tid,
+                                           int u0, int units, int nitems, int B, int H) {
+    constexpr int G = MODE == RNN_LSTM ? 4 : 1;
+#pragma unroll
+    for (int q = 0; q < UPT; ++q) {
+        const int i = tid + q * THREADS;
+        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+        if (i < nitems && j < H) {
+#pragma unroll
+            for (int g = 0; g < G; ++g) up[q][g] = u[((i64)t * B + b) * G * H + (i64)g * H + j];
+        }
+    }
+}
+
+template <typename T, int MODE, int UPT, int THREADS>
+__device__ __forceinline__ void rnn_load_state(float (&c)[UPT], T (&up)[UPT][MODE == RNN_LSTM ? 4 : 1],
+                                               const T* u, const T* c0, int tid, int u0, int units, int nitems,
+                                               int B, int H) {
+    constexpr int G = MODE == RNN_LSTM ? 4 : 1;
+#pragma unroll
+    for (int q = 0; q < UPT; ++q) {
+        const int i = tid + q * THREADS;
+        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+        c[q] = 0.0f;
+        if (i < nitems && j < H) {
+            if (MODE == RNN_LSTM && c0 != nullptr) c[q] = to_float<T>(c0[(i64)b * H + j]);
+#pragma unroll
+            for (int g = 0; g < G; ++g) up[q][g] = u[(i64)b * G * H + (i64)g * H + j];
+        }
+    }
+}
+
+// One item's output at step t: the cell on its pre-activations p, h_t into y [T, B, H] and (LSTM, last
+// step) c_T into c_out; returns h_t for the exchange.
+template <typename T, int MODE>
+__device__ __forceinline__ T rnn_output(const float* p, float& c, T* y, T* c_out, int t, int steps, int B, int H,
+                                        int b, int j) {
+    const T hv = from_float<T>(rnn_cell<MODE>(p, c));
+    y[((i64)(t - 1) * B + b) * H + j] = hv;
+    if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(c);
+    return hv;
+}
+
 // Shared-memory carve-up, mirrored by cusparseblocks/rnn.py (_smem_bytes): weights [smem_wvec] uint4,
 // h chunk [Hp·BC] T (16-byte aligned), pre-activations [smem_rows][nchunks·BC] float, rows [smem_rows] int2.
 template <typename T, int BC>
@@ -279,7 +325,6 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
     const int blk = blockIdx.x, tid = threadIdx.x;
     const int u0 = unit_start[blk], units = unit_start[blk + 1] - u0, nrows = units * G;
     const int nitems = units * B;
-    const i64 GH = (i64)G * H;
 
     if (tid == 0) abort_s = 0;
     {
@@ -291,17 +336,7 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
 
     float creg[RNN_UPT];
     T upre[RNN_UPT][G];
-#pragma unroll
-    for (int q = 0; q < RNN_UPT; ++q) {
-        const int i = tid + q * RNN_THREADS;
-        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
-        creg[q] = 0.0f;
-        if (i < nitems && j < H) {
-            if (MODE == RNN_LSTM && c0 != nullptr) creg[q] = to_float<T>(c0[(i64)b * H + j]);
-#pragma unroll
-            for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
-        }
-    }
+    rnn_load_state<T, MODE, RNN_UPT, RNN_THREADS>(creg, upre, u, c0, tid, u0, units, nitems, B, H);
     __syncthreads();
 
     const int slot = tid / lanes, lane = tid % lanes, nslots = RNN_THREADS / lanes;
@@ -380,10 +415,8 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
                 float p[G];
 #pragma unroll
                 for (int g = 0; g < G; ++g) p[g] = sm.pre[(g * units + ul) * Bp + b] + to_float<T>(upre[q][g]);
-                const T hv = from_float<T>(rnn_cell<MODE>(p, creg[q]));
-                y[((i64)(t - 1) * B + b) * H + j] = hv;
-                dst[((i64)(b / BC) * Hp + j) * BC + (b % BC)] = hv;
-                if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
+                dst[((i64)(b / BC) * Hp + j) * BC + (b % BC)] =
+                    rnn_output<T, MODE>(p, creg[q], y, c_out, t, steps, B, H, b, j);
             }
         }
         __syncthreads();
@@ -391,17 +424,7 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
             __threadfence();
             st_release_gpu(flags + blk, t);
         }
-        if (t < steps) {
-#pragma unroll
-            for (int q = 0; q < RNN_UPT; ++q) {
-                const int i = tid + q * RNN_THREADS;
-                const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
-                if (i < nitems && j < H) {
-#pragma unroll
-                    for (int g = 0; g < G; ++g) upre[q][g] = u[((i64)t * B + b) * GH + (i64)g * H + j];
-                }
-            }
-        }
+        if (t < steps) rnn_load_u<T, MODE, RNN_UPT, RNN_THREADS>(upre, u, t, tid, u0, units, nitems, B, H);
     }
 }
 
@@ -447,7 +470,6 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
     const int blk = blockIdx.x, tid = threadIdx.x;
     const int u0 = unit_start[blk], units = unit_start[blk + 1] - u0, nrows = units * G;
     const int nitems = units * B;
-    const i64 GH = (i64)G * H;
 
     long long* prow = prof != nullptr && tid == 0 ? prof + (i64)blk * (steps + 1) * 4 : nullptr;
     unsigned long long ns0 = 0;
@@ -465,17 +487,7 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
 
     float creg[RNN_UPT];
     T upre[RNN_UPT][G];
-#pragma unroll
-    for (int q = 0; q < RNN_UPT; ++q) {
-        const int i = tid + q * RNN_THREADS;
-        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
-        creg[q] = 0.0f;
-        if (i < nitems && j < H) {
-            if (MODE == RNN_LSTM && c0 != nullptr) creg[q] = to_float<T>(c0[(i64)b * H + j]);
-#pragma unroll
-            for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
-        }
-    }
+    rnn_load_state<T, MODE, RNN_UPT, RNN_THREADS>(creg, upre, u, c0, tid, u0, units, nitems, B, H);
 
     __syncthreads();
 
@@ -603,24 +615,12 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
                 float p[G];
 #pragma unroll
                 for (int g = 0; g < G; ++g) p[g] = sm.pre[(g * units + ul) * Bp + b] + to_float<T>(upre[q][g]);
-                const T hv = from_float<T>(rnn_cell<MODE>(p, creg[q]));
-                X::store(dst + ((i64)(b / BC) * Hp + j) * BC + (b % BC), hv);
-                y[((i64)(t - 1) * B + b) * H + j] = hv;
-                if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
+                X::store(dst + ((i64)(b / BC) * Hp + j) * BC + (b % BC),
+                         rnn_output<T, MODE>(p, creg[q], y, c_out, t, steps, B, H, b, j));
             }
         }
         if (prow) prow[t * 4 + 3] = clock64();
-        if (t < steps) {
-#pragma unroll
-            for (int q = 0; q < RNN_UPT; ++q) {
-                const int i = tid + q * RNN_THREADS;
-                const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
-                if (i < nitems && j < H) {
-#pragma unroll
-                    for (int g = 0; g < G; ++g) upre[q][g] = u[((i64)t * B + b) * GH + (i64)g * H + j];
-                }
-            }
-        }
+        if (t < steps) rnn_load_u<T, MODE, RNN_UPT, RNN_THREADS>(upre, u, t, tid, u0, units, nitems, B, H);
     }
     if (prow) {
         prow[2] = clock64();
@@ -800,7 +800,6 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
     const int blk = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g4 = lane / 4, q4 = lane % 4;
     const int u0 = blk * units, nunits = min(units, Hu - u0), nitems = nunits * B;
-    const i64 GH = (i64)G * H;
 
     long long* prow = prof != nullptr && tid == 0 ? prof + (i64)blk * (steps + 1) * 4 : nullptr;
     unsigned long long ns0 = 0;
@@ -832,17 +831,7 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
 
     float creg[UPT];
     __half upre[UPT][G];
-#pragma unroll
-    for (int q = 0; q < UPT; ++q) {
-        const int i = tid + q * THREADS;
-        const int ul = i % max(nunits, 1), b = i / max(nunits, 1), j = u0 + ul;
-        creg[q] = 0.0f;
-        if (i < nitems && j < H) {
-            if (MODE == RNN_LSTM && c0 != nullptr) creg[q] = to_float<__half>(c0[(i64)b * H + j]);
-#pragma unroll
-            for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
-        }
-    }
+    rnn_load_state<__half, MODE, UPT, THREADS>(creg, upre, u, c0, tid, u0, nunits, nitems, B, H);
     unsigned rank = 0;
 #ifdef RNN_HAS_CLUSTERS
     if constexpr (CL) {
@@ -1034,26 +1023,13 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
                     for (int w = 0; w < WARPS; ++w) s += pp[w * MT * NT * 128];
                     p[g] = s + (j < H ? to_float<__half>(upre[q][g]) : 0.0f);
                 }
-                const __half hv = from_float<__half>(j < H ? rnn_cell<MODE>(p, creg[q]) : 0.0f);
-                X::store(dst + (i64)b * Kp + j, hv);
-                if (j < H) {
-                    y[((i64)(t - 1) * B + b) * H + j] = hv;
-                    if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<__half>(creg[q]);
-                }
+                X::store(dst + (i64)b * Kp + j,  // units in [H, Hu): 0, so every value a block reads is written
+                         j < H ? rnn_output<__half, MODE>(p, creg[q], y, c_out, t, steps, B, H, b, j)
+                               : from_float<__half>(0.0f));
             }
         }
         if (prow) prow[t * 4 + 3] = clock64();
-        if (t < steps) {
-#pragma unroll
-            for (int q = 0; q < UPT; ++q) {
-                const int i = tid + q * THREADS;
-                const int ul = i % max(nunits, 1), b = i / max(nunits, 1), j = u0 + ul;
-                if (i < nitems && j < H) {
-#pragma unroll
-                    for (int g = 0; g < G; ++g) upre[q][g] = u[((i64)t * B + b) * GH + (i64)g * H + j];
-                }
-            }
-        }
+        if (t < steps) rnn_load_u<__half, MODE, UPT, THREADS>(upre, u, t, tid, u0, nunits, nitems, B, H);
         if (!CL && counters != nullptr && t < steps) {
             // exchange="counter": one arrival per block on counters[t] after its h_t stores (barrier, then a
             // release add by thread 0); the next step's thread 0 waits (acquire) for all `nblocks`

@@ -853,14 +853,38 @@ static void save(const char* name) {
 struct Job { std::function<void()> fn; };
 static void* trampoline(void* p) { static_cast<Job*>(p)->fn(); return nullptr; }
 
+// every block's barriers and poisoned shared memory, then one pthread per CUDA thread running
+// kernel(block, thread) with the thread's CUDA coordinates set; joins them and saves the outputs
+template <typename K> void launch(int nblk, int threads, std::vector<Block>& blocks, K kernel) {
+  for (auto& b : blocks) {
+    b.bar = std::make_unique<std::barrier<>>(threads);
+    for (int w = 0; w < threads / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
+    b.smem.assign(S["smem"] / 16 + 1, uint4{0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu});
+  }
+  std::vector<Job> jobs(nblk * threads);
+  std::vector<pthread_t> th(jobs.size());
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  for (int b = 0; b < nblk; ++b)
+    for (int t = 0; t < threads; ++t) {
+      jobs[b * threads + t].fn = [&, b, t] {
+        blockIdx.x = b;
+        threadIdx.x = t;
+        emu_blk = &blocks[b];
+        kernel();
+      };
+      if (pthread_create(&th[b * threads + t], &attr, trampoline, &jobs[b * threads + t])) std::abort();
+    }
+  for (auto& x : th) pthread_join(x, nullptr);
+  save("y");
+  save("status");
+  if (A.count("c_out")) save("c_out");
+}
+
 template <typename T, int MODE, int BC> void run() {
   const int nblk = S["grid"];
   std::vector<Block> blocks(nblk);
-  for (auto& b : blocks) {
-    b.bar = std::make_unique<std::barrier<>>(RNN_THREADS);
-    for (int w = 0; w < RNN_THREADS / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
-    b.smem.assign(S["smem"] / 16 + 1, uint4{0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu});
-  }
   const uint4* wpack = arr<uint4>("wpack");
   const int *wvec_off = arr<int>("wvec_off"), *row_off = arr<int>("row_off"), *unit_start = arr<int>("unit_start");
   const int *dep_off = arr<int>("dep_off"), *dep_block = arr<int>("dep_block"), *load_off = arr<int>("load_off");
@@ -871,36 +895,20 @@ template <typename T, int MODE, int BC> void run() {
   const int H = S["H"], Hp = S["Hp"], B = S["B"], steps = S["steps"], nch = S["nchunks"], lanes = S["lanes"];
   const int sw = S["smem_wvec"], sr = S["smem_rows"];
   const long long timeout = S["timeout_ns"];
-  std::vector<Job> jobs(nblk * RNN_THREADS);
-  std::vector<pthread_t> th(jobs.size());
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 256 * 1024);
-  for (int b = 0; b < nblk; ++b)
-    for (int t = 0; t < RNN_THREADS; ++t) {
-      jobs[b * RNN_THREADS + t].fn = [&, b, t] {
-        blockIdx.x = b;
-        threadIdx.x = t;
-        emu_blk = &blocks[b];
-        if (S["sentinel"] && S["h_float"])
-          rnn_persistent_sentinel<T, MODE, BC, float>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
-                                                      load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B,
-                                                      steps, nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
-        else if (S["sentinel"])
-          rnn_persistent_sentinel<T, MODE, BC, T>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
-                                                  load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B, steps,
-                                                  nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
-        else
-          rnn_persistent<T, MODE, BC>(wpack, wvec_off, row_info, row_off, unit_start, dep_off, dep_block,
-                                      load_range, load_off, u, c0, y, c_out, xch, flags, status, H, Hp, B,
-                                      steps, nch, lanes, sw, sr, timeout);
-      };
-      if (pthread_create(&th[b * RNN_THREADS + t], &attr, trampoline, &jobs[b * RNN_THREADS + t])) return;
-    }
-  for (auto& x : th) pthread_join(x, nullptr);
-  save("y");
-  save("status");
-  if (c_out) save("c_out");
+  launch(nblk, RNN_THREADS, blocks, [&] {
+    if (S["sentinel"] && S["h_float"])
+      rnn_persistent_sentinel<T, MODE, BC, float>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
+                                                  load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B,
+                                                  steps, nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
+    else if (S["sentinel"])
+      rnn_persistent_sentinel<T, MODE, BC, T>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
+                                              load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B, steps,
+                                              nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
+    else
+      rnn_persistent<T, MODE, BC>(wpack, wvec_off, row_info, row_off, unit_start, dep_off, dep_block,
+                                  load_range, load_off, u, c0, y, c_out, xch, flags, status, H, Hp, B,
+                                  steps, nch, lanes, sw, sr, timeout);
+  });
 }
 
 template <int MODE, int MT, int KS, int NT, int THREADS, int CLUSTER> void run_tc() {
@@ -909,11 +917,6 @@ template <int MODE, int MT, int KS, int NT, int THREADS, int CLUSTER> void run_t
   emu_blocks = &blocks;
   emu_cluster = CLUSTER;
   for (int c = 0; c < nblk / CLUSTER; ++c) emu_cluster_bars.push_back(std::make_unique<std::barrier<>>(CLUSTER * THREADS));
-  for (auto& b : blocks) {
-    b.bar = std::make_unique<std::barrier<>>(THREADS);
-    for (int w = 0; w < THREADS / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
-    b.smem.assign(S["smem"] / 16 + 1, uint4{0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu});
-  }
   const uint4* afrag = arr<uint4>("afrag");
   const int *kstep = arr<int>("kstep"), *kcount = arr<int>("kcount"), *load_off = arr<int>("load_off");
   const int2* load_range = arr<int2>("load_range");
@@ -923,33 +926,17 @@ template <int MODE, int MT, int KS, int NT, int THREADS, int CLUSTER> void run_t
   const int H = S["H"], Hu = S["Hu"], Kp = S["Kp"], units = S["units"], B = S["B"], steps = S["steps"];
   const int nplanned = S["nblocks"];
   const long long timeout = S["timeout_ns"];
-  std::vector<Job> jobs(nblk * THREADS);
-  std::vector<pthread_t> th(jobs.size());
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 256 * 1024);
-  for (int b = 0; b < nblk; ++b)
-    for (int t = 0; t < THREADS; ++t) {
-      jobs[b * THREADS + t].fn = [&, b, t] {
-        blockIdx.x = b;
-        threadIdx.x = t;
-        emu_blk = &blocks[b];
-        if constexpr (CLUSTER > 1)
-          rnn_persistent_tc_cluster<MODE, MT, KS, NT, THREADS, 1, CLUSTER>(afrag, kstep, kcount, load_range, load_off,
-                                                                           u, c0, y, c_out, xch, status, nullptr, H,
-                                                                           Hu, Kp, units, B, steps, timeout, 1,
-                                                                           counters, nplanned);
-        else
-          rnn_persistent_tc<MODE, MT, KS, NT, THREADS, 1>(afrag, kstep, kcount, load_range, load_off, u, c0, y,
-                                                          c_out, xch, status, nullptr, H, Hu, Kp, units, B, steps,
-                                                          timeout, 1, counters, nplanned);
-      };
-      if (pthread_create(&th[b * THREADS + t], &attr, trampoline, &jobs[b * THREADS + t])) return;
-    }
-  for (auto& x : th) pthread_join(x, nullptr);
-  save("y");
-  save("status");
-  if (c_out) save("c_out");
+  launch(nblk, THREADS, blocks, [&] {
+    if constexpr (CLUSTER > 1)
+      rnn_persistent_tc_cluster<MODE, MT, KS, NT, THREADS, 1, CLUSTER>(afrag, kstep, kcount, load_range, load_off, u,
+                                                                       c0, y, c_out, xch, status, nullptr, H, Hu, Kp,
+                                                                       units, B, steps, timeout, 1, counters,
+                                                                       nplanned);
+    else
+      rnn_persistent_tc<MODE, MT, KS, NT, THREADS, 1>(afrag, kstep, kcount, load_range, load_off, u, c0, y, c_out,
+                                                      xch, status, nullptr, H, Hu, Kp, units, B, steps, timeout, 1,
+                                                      counters, nplanned);
+  });
 }
 
 int main(int argc, char** argv) {
