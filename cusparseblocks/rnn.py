@@ -68,7 +68,7 @@ LAUNCH = {
     "poll_all": {"float16": False, "float32": True},
     # tensor-core kernel (rnn_persistent_tc, fp16): (threads, blocks per SM, register budget), the first
     # that fits is the default. W's rows live in registers as mma A fragments (4 registers per (16-row
-    # tile, k16-step)); the budget counts them plus 12 per accumulator tile (and 24 for the LSTM cell), see
+    # tile, k16-step)); the budget counts them plus 12 per accumulator tile (and 28 for the LSTM cell), see
     # _tc_registers: at 84 (2 blocks of 256 threads, 128 registers) and 200 (1 block, 255) the kernel does
     # not spill on sm_80 or sm_90 (ptxas; tests/test_compile.py checks the boundary cases _TC_REGISTERED).
     # H 2304, G 1: 144 blocks of one tile, 18 k-steps a warp, 84 (bench/NOTES.md, third session)
@@ -79,12 +79,13 @@ LAUNCH = {
     # 1/C of it and stores it into its peers' shared memory (kernels/rnn.cu rnn_tc_body)
     # "counter": one arrival counter a step (release add per block, one acquiring thread per block waits
     # for all), then one copy of h_(t-1) without sentinel checks
-    "tc_exchange": ("sentinel", "cluster", "counter"),
+    # "block_flags": a step flag per block (release store), warp 0 of every block polls them all.
+    # H100 run 3: counter 4.24 µs/step, sentinel 5.91, cluster4 6.24 (sparse kernel 4.64 in that run)
+    "tc_exchange": ("counter", "sentinel", "cluster", "block_flags"),
     "tc_cluster": 4,
-    # whether path="auto" takes the tensor-core kernel for float16 where it fits. Off until it measures
-    # faster than the sparse kernel at the headline (H100 run 1: 7.0 vs 4.85 µs/step: its exchange polled a
-    # thread's vectors one round trip each; bench/NOTES.md, third session)
-    "tc_default": False,
+    # whether path="auto" takes the tensor-core kernel for float16 where it fits: H100 run 3, headline,
+    # tc with exchange "counter" 4.24 µs/step vs the sparse kernel's 4.64 (bench/NOTES.md, third session)
+    "tc_default": True,
 }
 # H100 SXM: 132 SMs, 227 KiB of shared memory per block (opt-in); used when no GPU is present
 H100 = {"sm_count": 132, "smem_per_block": 232448}
@@ -97,18 +98,18 @@ _TC_REGISTERED = {
     "relu": ((1, 18, 1, 256, 2),),
     "tanh": ((1, 18, 1, 256, 2), (1, 15, 2, 256, 2), (1, 9, 4, 256, 2), (2, 7, 1, 256, 2), (1, 47, 1, 256, 1),
              (2, 22, 1, 256, 1), (1, 38, 4, 256, 1), (2, 13, 4, 256, 1)),
-    "lstm": ((1, 12, 1, 256, 2), (2, 4, 1, 256, 2), (2, 19, 1, 256, 1), (4, 8, 1, 256, 1)),
+    "lstm": ((1, 11, 1, 256, 2), (2, 4, 1, 256, 2), (2, 19, 1, 256, 1), (4, 8, 1, 256, 1)),
 }
 
 
 # the cluster exchange at the headline shape, each portable cluster size (sm_90; a trap stub on sm_80)
 _TC_CLUSTER_REGISTERED = (("tanh", (1, 18, 1, 256, 2, 2)), ("tanh", (1, 18, 1, 256, 2, 4)),
-                          ("tanh", (1, 18, 1, 256, 2, 8)), ("lstm", (1, 12, 1, 256, 2, 4)))
+                          ("tanh", (1, 18, 1, 256, 2, 8)), ("lstm", (1, 11, 1, 256, 2, 4)))
 
 
 def _tc_registers(tiles, slots, ntiles, G):
     """Registers the fit rule charges rnn_persistent_tc: A fragments, accumulators, the LSTM cell."""
-    return 4 * tiles * slots + 12 * tiles * ntiles + (24 if G == 4 else 0)
+    return 4 * tiles * slots + 12 * tiles * ntiles + (28 if G == 4 else 0)
 
 
 def _specializations():
@@ -822,9 +823,9 @@ class SparseRNN:
             raise ValueError(f"path: expected 'auto', 'tc', 'persistent' or 'fallback', got {path!r}")
         if lanes is not None and lanes not in LAUNCH["lanes"]:
             raise ValueError(f"lanes: expected one of {LAUNCH['lanes']}, got {lanes!r}")
-        if exchange is not None and exchange not in LAUNCH["exchange"] + LAUNCH["tc_exchange"]:
-            raise ValueError(f"exchange: expected one of {LAUNCH['exchange'] + LAUNCH['tc_exchange'][1:]}, "
-                             f"got {exchange!r}")
+        exchanges = tuple(dict.fromkeys(LAUNCH["exchange"] + LAUNCH["tc_exchange"]))
+        if exchange is not None and exchange not in exchanges:
+            raise ValueError(f"exchange: expected one of {exchanges}, got {exchange!r}")
         if backend == "numpy":
             dt = np.dtype(u.dtype)
             W = self.weight(dt)
@@ -841,11 +842,11 @@ class SparseRNN:
                 V.check_device(name, arr, dev)
         dtype = dtype_name(u.dtype)
         tc_exchange = LAUNCH["tc_exchange"]
-        if exchange in ("cluster", "counter") and path not in ("auto", "tc"):
+        if exchange in LAUNCH["tc_exchange"] and exchange != "sentinel" and path not in ("auto", "tc"):
             raise ValueError(f"exchange: {exchange!r} is the tensor-core kernel's (path 'auto' or 'tc'), "
                              f"got path {path!r}")
         if path == "tc" or (path == "auto" and dtype == "float16" and lanes is None and (
-                exchange in ("cluster", "counter")
+                (exchange in tc_exchange and exchange != "sentinel")
                 or (LAUNCH["tc_default"] and exchange in (None, *tc_exchange)))):
             if dtype != "float16":
                 raise ValueError(f"path: the tensor-core kernel runs float16 only, got {dtype}")
@@ -855,7 +856,8 @@ class SparseRNN:
             ex = tc_exchange[0] if exchange is None else exchange
             tc = self.plan_tc(B, tables=True, cluster=LAUNCH["tc_cluster"] if ex == "cluster" else 1)
             if tc.fits:
-                result = self._run_tc(tc, u, h0, c0, out, check=check, counter=ex == "counter")
+                arrivals = ex if ex in ("counter", "block_flags") else False
+                result = self._run_tc(tc, u, h0, c0, out, check=check, counter=arrivals)
                 if result is None and tc.max_clusters:     # clusters pack per GPC: plan for what fits
                     fit = tc.max_clusters * tc.cluster
                     tc = self.plan_tc(B, tables=True, cluster=tc.cluster, max_blocks=fit)
@@ -863,12 +865,12 @@ class SparseRNN:
                         result = self._run_tc(tc, u, h0, c0, out, check=check)
                 if result is not None:
                     return result
-            if path == "tc" or exchange in ("cluster", "counter"):
+            if path == "tc" or (exchange in tc_exchange and exchange != "sentinel"):
                 why = tc.reason if not tc.fits else ("the planned blocks are not co-resident on this GPU, or "
                                                      "clusters without sm_90")
                 raise ValueError(f"path: the tensor-core kernel cannot run this model ({why}); "
                                  "use path='auto', 'persistent' or 'fallback'")
-        if exchange in ("cluster", "counter"):
+        if exchange in tc_exchange and exchange != "sentinel":
             raise ValueError(f"exchange: {exchange!r} runs the tensor-core kernel only (float16), "
                              f"got {dtype}")
         plan = self.plan(dtype, B, tables=(path != "fallback"), lanes=lanes)
@@ -972,6 +974,18 @@ class SparseRNN:
             _check_watchdog(kernel, status, timeout_s)
         return y, c_out
 
+    @staticmethod
+    def _arrivals(plan, T, mode):
+        """exchange "counter": an arrival count per step; "block_flags": a step flag per block, padded to
+        whole 16-byte vectors with flags that never hold anyone up."""
+        import cupy
+
+        if mode != "block_flags":
+            return cupy.zeros(T + 1, dtype=np.int32)
+        flags = cupy.full(-(-plan.blocks // 4) * 4, np.iinfo(np.int32).max, dtype=np.int32)
+        flags[:plan.blocks] = 0
+        return flags
+
     def _persistent_outputs(self, u, out, timeout_s):
         """y [T, B, H] (``out`` or new), c_T (LSTM) or None, the watchdog status word and its timeout."""
         import cupy
@@ -985,8 +999,9 @@ class SparseRNN:
 
     def _run_tc(self, plan, u, h0, c0, out=None, *, check=True, grid=None, timeout_s=None, wait=True,
                 prof=None, counter=False):
-        """Launch rnn_persistent_tc (None when the planned blocks are not co-resident). ``counter``: the
-        per-step arrival counters instead of sentinel polling (exchange="counter"; not with clusters).
+        """Launch rnn_persistent_tc (None when the planned blocks are not co-resident). ``counter``: True or
+        "counter" (per-step arrival counters instead of sentinel polling), "block_flags" (a step flag per
+        block); not with clusters.
         ``grid``, ``wait=False`` and ``prof`` as ``_run_persistent`` (diagnostics)."""
         import cupy
         from cupy_backends.cuda.api import driver
@@ -1021,8 +1036,8 @@ class SparseRNN:
                 c0 if c0 is not None else null, y, c_out if c_out is not None else null, xch, status,
                 null if prof is None else prof, np.int32(H), np.int32(Hp), np.int32(plan.kp),
                 np.int32(plan.units), np.int32(B), np.int32(T), np.int64(int(timeout_s * 1e9)),
-                np.int32(bool(wait)), cupy.zeros(T + 1, dtype=np.int32) if counter else null,
-                np.int32(plan.blocks))
+                np.int32(bool(wait)), self._arrivals(plan, T, counter) if counter else null,
+                np.int32(plan.blocks), np.int32(counter == "block_flags"))
         fn((plan.blocks if grid is None else grid,), (plan.threads,), args, shared_mem=plan.smem_bytes,
            stream=cupy.cuda.get_current_stream())
         if check:
@@ -1167,7 +1182,7 @@ def self_check(backend: str = "numpy", seed: int = 0, exchange=None, paths=None)
                 yr, cr = ref.rnn_forward(W, u, h0, c0, mode, round_dtype=rd)
                 for path in (("tc",) if dtype == "float16" else ()) + ("persistent", "fallback"):
                     # "flags" is the sparse kernel's exchange, "cluster" the tensor-core kernel's
-                    tc_only = exchange in ("cluster", "counter")
+                    tc_only = exchange in LAUNCH["tc_exchange"] and exchange != "sentinel"
                     if (exchange == "flags" and path == "tc") or (tc_only and path != "tc"):
                         continue
                     if paths and path not in paths:

@@ -62,6 +62,8 @@ __device__ __forceinline__ uint4 ld_relaxed_v4(const void* p) {
     return v;
 }
 
+__device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
+
 __device__ __forceinline__ void red_release_gpu_add(int* p, int v) {
     asm volatile("red.release.gpu.global.add.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
@@ -742,10 +744,10 @@ template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], cons
         const int2 *__restrict__ load_range, const int *__restrict__ load_off, const __half *__restrict__ u,   \
         const __half *__restrict__ c0, __half *__restrict__ y, __half *__restrict__ c_out, __half *xch,        \
         int *status, long long *prof, int H, int Hu, int Kp, int units, int B, int steps, long long timeout_ns, \
-        int wait, int *counters, int nblocks
+        int wait, int *counters, int nblocks, int block_flags
 #define RNN_TC_ARGS                                                                                            \
     afrag, kstep, kcount, load_range, load_off, u, c0, y, c_out, xch, status, prof, H, Hu, Kp, units, B, steps, \
-        timeout_ns, wait, counters, nblocks
+        timeout_ns, wait, counters, nblocks, block_flags
 
 // Thread-block clusters (exchange="cluster", sm_90): PTX helpers; tests/test_rnn.py's host emulation
 // provides the same names.
@@ -854,11 +856,19 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
         const unsigned hs_u32 = smem_u32(hs);
         const __half* src = xch + (i64)(t - 1) * B * Kp;
         if (!CL && counters != nullptr && t > 1) {
-            // exchange="counter": one hot word a step instead of every thread polling h, then one copy
-            if (tid == 0 && wait) {
+            // exchange="counter": one hot word a step instead of every thread polling h, then one copy.
+            // exchange="block_flags": warp 0 polls every block's step flag (counters[b] = last step stored)
+            if (wait && !block_flags && tid == 0) {
                 RnnWatchdog dog;
                 while (ld_acquire_gpu(counters + t - 1) < nblocks) {
                     if (dog.expired(status, timeout_ns, &abort_s)) break;
+                }
+            } else if (wait && block_flags && warp == 0) {
+                RnnWatchdog dog;
+                for (int b = lane; b < nblocks; b += 32) {
+                    while (ld_acquire_gpu(counters + b) < t - 1) {
+                        if (dog.expired(status, timeout_ns, &abort_s)) break;
+                    }
                 }
             }
             __syncthreads();
@@ -1034,7 +1044,12 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
             // exchange="counter": one arrival per block on counters[t] after its h_t stores (barrier, then a
             // release add by thread 0); the next step's thread 0 waits (acquire) for all `nblocks`
             __syncthreads();
-            if (tid == 0) red_release_gpu_add(counters + t, 1);
+            if (tid == 0) {
+                if (block_flags)
+                    st_release_gpu(counters + blk, t);
+                else
+                    red_release_gpu_add(counters + t, 1);
+            }
         }
     }
     if (prow) {
