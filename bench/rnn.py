@@ -9,7 +9,8 @@ Per-step time = median time of a whole T = 256 sequence / T. Systems, every one 
 - cuSPARSE: ``torch.sparse`` CSR Wᵀ times hᵀ per step (graph-captured when capture works, else eager).
 
 Headline: H = 2304, B = 4, density 0.3, fp16 and fp32, with every variant of ours timed in the same run
-(exchange sentinel/flags, h in shared memory fp32/fp16, lanes per row, the sentinel kernel without waiting
+(fp16: the tensor-core kernel, the default, with and without waiting; the sparse FFMA kernel's variants:
+exchange sentinel/flags, h in shared memory fp32/fp16, lanes per row, the sentinel kernel without waiting
 as a diagnostic) and a per-step breakdown from the kernel's clock64 stamps (``prof``). Sweep (fp16,
 ``--sweep``): H 1152/2304/4608/8192 × density 0.3/0.1/0.05 × batch 1/4/16/32 against cuBLAS-graph and
 cuDNN. Usage: ``PYTHONPATH=. python bench/rnn.py [--sweep] [--budget SECONDS]``; ``--sanitize`` runs one
@@ -68,15 +69,32 @@ def bench_variant(model, B, dtype, sets, exchange, h_float=None, lanes=None, wai
     return us_per_step(time_ms(run, rotate=sets, warmup=2, reps=30, min_ms=20)), plan
 
 
-def step_profile(model, B, dtype, u, h, h_float=None, wait=True):
-    """Median per-step phases of the sentinel kernel from its clock64 stamps (kernels/rnn.cu ``prof``), in
-    ns: h_(t-1) waited for and loaded, dot products, pointwise and stores, the rest of the loop; and the
-    step time (start to start), over every block and step but the first 8."""
+def bench_tc(model, B, sets, wait=True, cluster=1, counter=False):
+    """The tensor-core kernel (fp16; ``cluster`` > 1: the cluster exchange), timed directly (us/step);
+    None when it does not fit."""
+    plan = model.plan_tc(B, tables=True, cluster=cluster)
+    if not plan.fits:
+        return None, plan
+    run = lambda u, h: model._run_tc(plan, u, h, None, check=False, wait=wait, counter=counter)  # noqa: E731
+    if model._run_tc(plan, *sets[0], None, timeout_s=2.0, wait=wait, counter=counter) is None:
+        raise RuntimeError(f"tensor-core kernel (cluster {cluster}) not launchable here (co-residency, arch)")
+    return us_per_step(time_ms(run, rotate=sets, warmup=2, reps=30, min_ms=20)), plan
+
+
+def step_profile(model, B, dtype, u, h, h_float=None, wait=True, tc=False, cluster=1, counter=False):
+    """Median per-step phases of the sentinel kernel (``tc``: the tensor-core kernel) from its clock64
+    stamps (kernels/rnn.cu ``prof``), in ns: h_(t-1) waited for and loaded, dot products, pointwise and
+    stores, the rest of the loop; and the step time (start to start), over every block and step but the
+    first 8."""
     import cupy
 
-    plan = model.plan(dtype, B, h_float=h_float, tables=True)
+    plan = (model.plan_tc(B, tables=True, cluster=cluster) if tc
+            else model.plan(dtype, B, h_float=h_float, tables=True))
     prof = cupy.zeros((plan.blocks, T_STEPS + 1, 4), dtype=cupy.int64)
-    model._run_persistent(plan, u, h, None, exchange="sentinel", prof=prof, wait=wait, timeout_s=2.0)
+    if tc:
+        model._run_tc(plan, u, h, None, prof=prof, wait=wait, timeout_s=2.0, counter=counter)
+    else:
+        model._run_persistent(plan, u, h, None, exchange="sentinel", prof=prof, wait=wait, timeout_s=2.0)
     p = prof.get().astype(np.float64)
     cyc_per_ns = np.median((p[:, 0, 2] - p[:, 0, 0]) / p[:, 0, 3])
     st = p[:, 1:, :] / cyc_per_ns                            # [blocks, T, 4] ns
@@ -182,10 +200,13 @@ def us_per_step(res):
     return 1000.0 * res["median"] / T_STEPS
 
 
-def sanitize():
-    """One small case per mode, path and exchange (run under compute-sanitizer); prints the errors."""
-    for exchange in rnn.LAUNCH["exchange"]:
-        for row in rnn.self_check("cupy", exchange=exchange):
+def sanitize(paths=None):
+    """One small case per mode, path and exchange (run under compute-sanitizer); prints the errors.
+    ``paths``: only these (e.g. ["tc"])."""
+    for exchange in dict.fromkeys(rnn.LAUNCH["exchange"] + rnn.LAUNCH["tc_exchange"]):
+        if paths and exchange == "flags" and set(paths) <= {"tc"}:
+            continue
+        for row in rnn.self_check("cupy", exchange=exchange, paths=paths):
             print(f"{exchange:9s} {row[0]:36s} rel_err={row[1]:.2e} {'ok' if row[2] else 'FAIL'}")
 
 
@@ -225,10 +246,49 @@ def headline(rng, records, head):
                "ours_h_float": plan.h_float, "ours_smem": plan.smem_bytes, "rel_err_vs_cublas": rel,
                **{k: v for k, v in others.items()}, "speedup_vs_best": best / o}
         records.append(rec)
-        if not plan.persistent:
+        if not plan.persistent and plan.path != "tc":
             continue
         # every variant of the persistent kernel, timed directly (us/step), with its error vs cuBLAS
         variants, profiles = {}, {}
+        if dtype == "float16":
+            try:
+                us_tc, tplan = bench_tc(model, B, sets)
+                if us_tc is not None:
+                    y, _ = model._run_tc(tplan, u0, h00, None)
+                    err = float(cupy.linalg.norm(y.astype(cupy.float64) - yc) / cupy.linalg.norm(yc))
+                    variants["tc"] = {"us_per_step": us_tc, "rel_err_vs_cublas": err, "blocks": tplan.blocks,
+                                      "units": tplan.units, "tiles": tplan.tiles, "slots": tplan.slots,
+                                      "threads": tplan.threads, "blocks_per_sm": tplan.blocks_per_sm}
+                    variants["tc/no-wait"] = {"us_per_step": bench_tc(model, B, sets, wait=False)[0]}
+                    profiles["tc"] = step_profile(model, B, dtype, u0, h00, tc=True)
+                    profiles["tc/no-wait"] = step_profile(model, B, dtype, u0, h00, wait=False, tc=True)
+            except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
+                variants["tc"] = {"error": f"{type(exc).__name__}: {exc}"}
+            for arrivals in ("counter", "block_flags"):    # arrival counter a step / a flag a block
+                name = f"tc/{arrivals}"
+                try:
+                    us_k, kplan = bench_tc(model, B, sets, counter=arrivals)
+                    y, _ = model._run_tc(kplan, u0, h00, None, counter=arrivals)
+                    err = float(cupy.linalg.norm(y.astype(cupy.float64) - yc) / cupy.linalg.norm(yc))
+                    variants[name] = {"us_per_step": us_k, "rel_err_vs_cublas": err}
+                    profiles[name] = step_profile(model, B, dtype, u0, h00, tc=True, counter=arrivals)
+                except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
+                    variants[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            for cs in (2, 4, 8):                     # the cluster exchange, each portable cluster size
+                name = f"tc/cluster{cs}"
+                try:
+                    us_c, cplan = bench_tc(model, B, sets, cluster=cs)
+                    if us_c is None:
+                        variants[name] = {"error": cplan.reason}
+                        continue
+                    y, _ = model._run_tc(cplan, u0, h00, None)
+                    err = float(cupy.linalg.norm(y.astype(cupy.float64) - yc) / cupy.linalg.norm(yc))
+                    variants[name] = {"us_per_step": us_c, "rel_err_vs_cublas": err, "blocks": cplan.blocks}
+                    variants[name + "/no-wait"] = {"us_per_step": bench_tc(model, B, sets, wait=False,
+                                                                           cluster=cs)[0]}
+                    profiles[name] = step_profile(model, B, dtype, u0, h00, tc=True, cluster=cs)
+                except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
+                    variants[name] = {"error": f"{type(exc).__name__}: {exc}"}
         h_floats = (True, False) if dtype == "float16" else (True,)
         for exchange in rnn.LAUNCH["exchange"]:
             for hf in h_floats if exchange == "sentinel" else (None,):
@@ -307,10 +367,12 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="also the H × density × batch sweep (fp16)")
     ap.add_argument("--no-headline", action="store_true", help="skip the headline and its variants")
     ap.add_argument("--sanitize", action="store_true")
+    ap.add_argument("--sanitize-paths", nargs="*", default=None,
+                    help="with --sanitize: only these paths (tc, persistent, fallback)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
     if args.sanitize:
-        return sanitize()
+        return sanitize(args.sanitize_paths)
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     records = []

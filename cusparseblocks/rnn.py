@@ -66,12 +66,58 @@ LAUNCH = {
     # one at a time vs 5.07 together (more polling traffic in L2), fp32 6.90 vs 4.93 (twice the vectors
     # per thread: serial polls cost more than the traffic)
     "poll_all": {"float16": False, "float32": True},
+    # tensor-core kernel (rnn_persistent_tc, fp16): (threads, blocks per SM, register budget), the first
+    # that fits is the default. W's rows live in registers as mma A fragments (4 registers per (16-row
+    # tile, k16-step)); the budget counts them plus 12 per accumulator tile (and 28 for the LSTM cell), see
+    # _tc_registers: at 84 (2 blocks of 256 threads, 128 registers) and 200 (1 block, 255) the kernel does
+    # not spill on sm_80 or sm_90 (ptxas; tests/test_compile.py checks the boundary cases _TC_REGISTERED).
+    # H 2304, G 1: 144 blocks of one tile, 18 k-steps a warp, 84 (bench/NOTES.md, third session)
+    "tc_configs": ((256, 2, 84), (256, 1, 200)),
+    "tc_max_batch": 32,        # n8 tiles of h: NT = ceil(B / 8) <= 4
+    # tensor-core kernel's exchange; the first is the default. "sentinel": every block copies all of
+    # h_(t-1) it reads from L2; "cluster" (sm_90): thread-block clusters of tc_cluster blocks, each copies
+    # 1/C of it and stores it into its peers' shared memory (kernels/rnn.cu rnn_tc_body)
+    # "counter": one arrival counter a step (release add per block, one acquiring thread per block waits
+    # for all), then one copy of h_(t-1) without sentinel checks
+    # "block_flags": a step flag per block (release store), warp 0 of every block polls them all.
+    # H100 run 3: counter 4.24 µs/step, sentinel 5.91, cluster4 6.24 (sparse kernel 4.64 in that run)
+    "tc_exchange": ("counter", "sentinel", "cluster", "block_flags"),
+    "tc_cluster": 4,
+    # whether path="auto" takes the tensor-core kernel for float16 where it fits: H100 run 3, headline,
+    # tc with exchange "counter" 4.24 µs/step vs the sparse kernel's 4.64 (bench/NOTES.md, third session)
+    "tc_default": True,
 }
 # H100 SXM: 132 SMs, 227 KiB of shared memory per block (opt-in); used when no GPU is present
 H100 = {"sm_count": 132, "smem_per_block": 232448}
 
 
+# tensor-core specializations compiled ahead (tests/test_compile.py, the spill check): the headline (H 2304,
+# G 1, B 4: tiles 1, k-steps 18, n-tiles 1) and the fit rule's boundary cases per config and mode
+# (registers = LAUNCH["tc_configs"] budget); any other (tiles, k-steps, n-tiles) compiles on first use
+_TC_REGISTERED = {
+    "relu": ((1, 18, 1, 256, 2),),
+    "tanh": ((1, 18, 1, 256, 2), (1, 15, 2, 256, 2), (1, 9, 4, 256, 2), (2, 7, 1, 256, 2), (1, 47, 1, 256, 1),
+             (2, 22, 1, 256, 1), (1, 38, 4, 256, 1), (2, 13, 4, 256, 1)),
+    "lstm": ((1, 11, 1, 256, 2), (2, 4, 1, 256, 2), (2, 19, 1, 256, 1), (4, 8, 1, 256, 1)),
+}
+
+
+# the cluster exchange at the headline shape, each portable cluster size (sm_90; a trap stub on sm_80)
+_TC_CLUSTER_REGISTERED = (("tanh", (1, 18, 1, 256, 2, 2)), ("tanh", (1, 18, 1, 256, 2, 4)),
+                          ("tanh", (1, 18, 1, 256, 2, 8)), ("lstm", (1, 11, 1, 256, 2, 4)))
+
+
+def _tc_registers(tiles, slots, ntiles, G):
+    """Registers the fit rule charges rnn_persistent_tc: A fragments, accumulators, the LSTM cell."""
+    return 4 * tiles * slots + 12 * tiles * ntiles + (28 if G == 4 else 0)
+
+
 def _specializations():
+    for mode in MODES:
+        for args in _TC_REGISTERED[mode]:
+            yield _tc_spec(mode, *args)
+    for mode, args in _TC_CLUSTER_REGISTERED:
+        yield _tc_spec(mode, *args)
     for dt in _GPU_DTYPES:
         for mode in MODES:
             for bc in LAUNCH["batch_chunks"]:
@@ -89,7 +135,43 @@ def _spec(kernel, dtype, mode, bc, h_float=None):
     return compiler.KernelSpec("rnn.cu", f"{kernel}<{args}>")
 
 
+def _tc_spec(mode, mt, ks, nt, threads, minb, cluster=1):
+    args = f"{_MODE_ID[mode]}, {mt}, {ks}, {nt}, {threads}, {minb}"
+    if cluster > 1:
+        return compiler.KernelSpec("rnn.cu", f"rnn_persistent_tc_cluster<{args}, {cluster}>")
+    return compiler.KernelSpec("rnn.cu", f"rnn_persistent_tc<{args}>")
+
+
 compiler.register_family("rnn", _specializations)
+
+
+@dataclasses.dataclass
+class RnnTcPlan:
+    """The tensor-core kernel's launch for one (batch, config): ``fits`` with ``reason``; blocks of
+    ``units`` hidden units (``tiles`` 16-row M-tiles each), ``slots`` k16-steps per warp and tile (A
+    fragments in registers), ``ntiles`` n8 tiles of the batch, ``kp`` the row stride of h in shared memory."""
+
+    fits: bool
+    reason: str
+    batch: int
+    hidden_padded: int
+    threads: int = 0
+    blocks_per_sm: int = 0
+    blocks: int = 0
+    units: int = 0
+    tiles: int = 0
+    slots: int = 0
+    ntiles: int = 0
+    kp: int = 0
+    smem_bytes: int = 0
+    a_registers: int = 0
+    cluster: int = 1            # blocks per thread-block cluster (1: no clusters, exchange="sentinel")
+    max_clusters: int = 0       # co-resident clusters when a launch found too few (forward plans again)
+    tables: dict | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def spec_args(self):
+        return (self.tiles, self.slots, self.ntiles, self.threads, self.blocks_per_sm)
 
 
 @dataclasses.dataclass
@@ -109,9 +191,13 @@ class RnnPlan:
     smem_bytes: int = 0
     weight_bytes: int = 0       # packed weights over all blocks (padding included)
     tables: dict | None = dataclasses.field(default=None, repr=False)
+    tc: RnnTcPlan | None = None  # the tensor-core kernel's plan (fp16), when it fits
 
     @property
     def path(self) -> str:
+        """What ``forward(path="auto")`` runs: "tc", "persistent" (sparse FFMA) or "fallback"."""
+        if self.tc is not None and self.tc.fits:
+            return "tc"
         return "persistent" if self.persistent else "fallback"
 
 
@@ -217,6 +303,139 @@ def _size_plan(rownnz, H, G, dtype, batch, sm_count, smem_limit, lanes=None, h_f
     return plan, starts, nvec
 
 
+def _tc_kp(H):
+    """Row stride (halves) of h in the tensor-core kernel's shared memory: >= the k16-padded H and
+    ≡ 16 mod 64, so a warp's 8-byte B-fragment loads (rows g = lane / 4, 8 bytes at 4·(lane % 4)) fall in
+    distinct banks."""
+    k16 = -(-H // 16) * 16
+    return k16 + (16 - k16) % 64
+
+
+def _tc_smem_bytes(kp, ntiles, warps, tiles, slots, cluster=1):
+    """Mirror of rnn_tc_body's shared memory: h [1 or 2 (clusters)][NT·8][Kp] half, partial sums, k-step
+    table."""
+    h_bytes = (2 if cluster > 1 else 1) * ntiles * 8 * kp * 2
+    return h_bytes + warps * tiles * ntiles * 512 + warps * tiles * slots * 4
+
+
+def _tc_steps(rows, H, G, units, tiles):
+    """Nonzero k16-steps of every (block, M-tile): unique keys (block·tiles + tile)·K16 + k-step, sorted,
+    and for each nonzero of ``rows`` (CSR [G·H, H]) the index of its key."""
+    k16 = -(-H // 16)
+    row_of = np.repeat(np.arange(rows.shape[0], dtype=np.int64), np.diff(rows.indptr))
+    g, j = row_of // H, row_of % H
+    blk, ul = j // units, j % units
+    r = g * units + ul
+    key = (blk * tiles + r // 16) * k16 + rows.indices.astype(np.int64) // 16
+    ukey, inv = np.unique(key, return_inverse=True)
+    return ukey, inv, r % 16
+
+
+def _tc_plan(rows, H, G, batch, sm_count, smem_limit, config, slots=None, cluster=1, max_blocks=None):
+    """RnnTcPlan for ``config`` = (threads, blocks per SM, A-register budget) from the rows of W alone;
+    ``cluster`` > 1: the grid rounded up to whole clusters (the extra blocks own no units); ``max_blocks``:
+    fewer co-resident blocks than SMs × blocks per SM (clusters pack into GPCs)."""
+    threads, per_sm, budget = config
+    Hp = _align(H, 16)                                # units up to Hp (a whole k16-step) are written
+    plan = RnnTcPlan(False, "", batch, Hp, threads=threads, blocks_per_sm=per_sm)
+    if batch > LAUNCH["tc_max_batch"]:
+        plan.reason = f"batch {batch} over {LAUNCH['tc_max_batch']} (4 n8 tiles)"
+        return plan
+    warps = threads // 32
+    ug = 16 // G                                      # units per 16-row tile
+    cap = sm_count * per_sm if max_blocks is None else min(sm_count * per_sm, int(max_blocks))
+    groups = -(-Hp // ug)                             # unit groups of one tile's rows
+    units = ug * -(-groups // cap)                    # the fewest units per block that needs <= cap blocks
+    nblk = -(-Hp // units)
+    nblk = -(-nblk // cluster) * cluster
+    tiles = -(-(G * units) // 16)
+    ntiles = -(-batch // 8)
+    ukey, _, _ = _tc_steps(rows, H, G, units, tiles)
+    k16 = -(-H // 16)
+    per_tile = np.bincount(ukey // k16, minlength=nblk * tiles) if ukey.size else np.zeros(1, np.int64)
+    need = max(1, int(-(-int(per_tile.max()) // warps)))
+    if slots is not None:
+        if slots < need:
+            raise ValueError(f"slots: expected at least {need} k-steps per warp and tile, got {slots}")
+        need = int(slots)
+    kp = _tc_kp(H)
+    plan.blocks, plan.units, plan.tiles, plan.slots = nblk, units, tiles, need
+    plan.ntiles, plan.kp, plan.cluster = ntiles, kp, cluster
+    plan.a_registers = _tc_registers(tiles, need, ntiles, G)
+    plan.smem_bytes = _tc_smem_bytes(kp, ntiles, warps, tiles, need, cluster)
+    if units * batch > LAUNCH["items_per_thread"] * threads:
+        items = LAUNCH["items_per_thread"] * threads
+        plan.reason = f"batch {batch} × {units} units per block exceeds {items} pointwise items per block"
+    elif nblk > cap:
+        plan.reason = f"{nblk} blocks in clusters of {cluster} exceed the {cap} co-resident ones"
+    elif plan.a_registers > budget:
+        plan.reason = (f"A fragments and accumulators need {plan.a_registers} registers per thread ({tiles} "
+                       f"tiles × {need} k-steps, {ntiles} n-tiles), over the budget of {budget} at {threads} "
+                       f"threads × {per_sm} blocks per SM")
+    elif plan.smem_bytes > smem_limit // per_sm - LAUNCH["smem_reserve"] - 1024:
+        plan.reason = (f"shared memory {plan.smem_bytes} bytes per block over the {smem_limit // per_sm} "
+                       "available")
+    else:
+        plan.fits, plan.reason = True, "A fragments fit in registers"
+    return plan
+
+
+def _tc_tables(rows, H, G, plan):
+    """A fragments, k-step tables and h load ranges of rnn_persistent_tc, as NumPy arrays."""
+    units, tiles, KS, warps = plan.units, plan.tiles, plan.slots, plan.threads // 32
+    nblk, k16 = plan.blocks, -(-H // 16)
+    ukey, inv, rr = _tc_steps(rows, H, G, units, tiles)
+    group = ukey // k16
+    first = np.searchsorted(group, np.arange(nblk * tiles))
+    count = np.bincount(group, minlength=nblk * tiles)
+    pos = np.arange(ukey.size) - first[group]
+    chunk = np.maximum(-(-count // warps), 1)          # k-steps per warp of each (block, tile)
+    w, slot = pos // chunk[group], pos % chunk[group]
+    b_of, m_of = group // tiles, group % tiles
+    kstep = np.zeros((nblk, warps, tiles, KS), dtype=np.int32)
+    kstep[b_of, w, m_of, slot] = (ukey % k16) * 16
+    kcount = np.zeros((nblk, warps, tiles), dtype=np.int32)
+    np.add.at(kcount, (b_of, w, m_of), 1)
+    # element (row rr, k) of a step -> lane (rr % 8)·4 + kk // 4, register rr // 8 + 2·(e // 2), half e % 2
+    # with kk = k % 16, e = kk % 4 (the in-step k permutation of kernels/rnn.cu)
+    kk = rows.indices.astype(np.int64) % 16
+    e = kk % 4
+    frag = np.zeros((nblk, warps, tiles, KS, 32, 4, 2), dtype=np.float16)
+    lane, reg = (rr % 8) * 4 + kk // 4, rr // 8 + 2 * (e // 2)
+    frag[b_of[inv], w[inv], m_of[inv], slot[inv], lane, reg, e % 2] = rows.data
+    # the k-steps each block reads (any of its tiles uses)
+    used = np.zeros((nblk, k16), dtype=np.int8)
+    used[b_of, ukey % k16] = 1
+    return {
+        "afrag": frag.view(np.uint32).reshape(-1, 4),
+        "kstep": kstep.reshape(-1),
+        "kcount": kcount.reshape(-1),
+        "kused": used,
+    }
+
+
+def _tc_load_ranges(tables, nblk, batch, kp, cluster=1):
+    """rnn_tc_body's load_range/load_off for ``batch``: runs of consecutive k-steps a block reads (with
+    clusters: the union over its cluster, the same list for every member) in every batch row of the
+    [B][Kp] slot, as (first 8-value vector, count), block by block."""
+    used = tables["kused"]
+    if cluster > 1:
+        used = np.repeat(used.reshape(nblk // cluster, cluster, -1).max(axis=1), cluster, axis=0)
+    used = np.concatenate([np.zeros((nblk, 1), np.int8), used, np.zeros((nblk, 1), np.int8)], axis=1)
+    edges = np.diff(used, axis=1)
+    rb, rs = np.nonzero(edges == 1)
+    _, re_ = np.nonzero(edges == -1)
+    run = np.stack([rs, re_ - rs], axis=1)
+    rows = np.arange(batch)
+    first = (rows[None, :] * (kp // 8) + 2 * run[:, :1]).reshape(-1)     # [runs·B], runs of a block together
+    count = np.repeat(2 * run[:, 1], batch)
+    blk = np.repeat(rb, batch)
+    order = np.argsort(blk, kind="stable")
+    off = np.concatenate([[0], np.cumsum(np.bincount(blk, minlength=nblk))])
+    return (np.stack([first[order], count[order]], axis=1).astype(np.int32).reshape(-1, 2),
+            off.astype(np.int32))
+
+
 def _bank_order(row_of, k, access_bytes, lane0):
     """Order of each row's nonzeros (``row_of`` sorted, ``k`` their h indices) that deals them round-robin
     over shared-memory bank classes, so the lanes that gather h[k] in the same instruction (consecutive
@@ -248,6 +467,30 @@ def _bank_order(row_of, k, access_bytes, lane0):
 
 
 _DEVICE_INFO: dict = {}
+
+
+def _max_active_clusters(fn, plan):
+    """Co-resident clusters of ``plan``'s launch (cuOccupancyMaxActiveClusters through cuda-python), or None
+    when the query is not available (then only the per-SM occupancy was checked)."""
+    try:
+        from cuda.bindings import driver as cu
+
+        cfg = cu.CUlaunchConfig()
+        cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = plan.blocks, 1, 1
+        cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = plan.threads, 1, 1
+        cfg.sharedMemBytes = plan.smem_bytes
+        err, n = cu.cuOccupancyMaxActiveClusters(cu.CUfunction(fn.ptr), cfg)
+        return int(n) if int(err) == 0 else None
+    except Exception:  # noqa: BLE001 - no cuda-python: the per-SM check stands alone
+        return None
+
+
+def _check_watchdog(kernel, status, timeout_s):
+    """Synchronize on the persistent kernel's status word: RuntimeError when its watchdog fired."""
+    if int(status.get()[0]) != 0:
+        raise RuntimeError(
+            f"{kernel}: a block waited longer than the watchdog ({timeout_s} s) for h_(t-1) from "
+            "another block; the result is incomplete")
 
 
 def _check_gpu_dtype(dtype) -> str:
@@ -399,7 +642,44 @@ class SparseRNN:
             if tkey not in self._plans:
                 self._plans[tkey] = self._tables(plan, starts, nvec)
             plan.tables = self._plans[tkey]
+        if dtype == "float16" and LAUNCH["tc_default"]:
+            tc = self.plan_tc(batch, sm_count=sm_count, smem_per_block=smem_per_block)
+            plan.tc = tc if tc.fits else None
         self._plans[key] = plan
+        return plan
+
+    def plan_tc(self, batch: int = 4, *, sm_count=None, smem_per_block=None, config=None, slots=None,
+                cluster: int = 1, max_blocks=None, tables: bool = False) -> RnnTcPlan:
+        """The tensor-core kernel's plan (fp16): the first of ``LAUNCH["tc_configs"]`` that fits, else the
+        last tried (``fits`` False, ``reason``). ``config`` = (threads, blocks per SM, register budget)
+        forces one entry; ``slots`` forces the k-steps per warp and tile (at least what W needs; tests).
+        ``cluster``: blocks per thread-block cluster for exchange="cluster" (1: none); ``max_blocks``: a
+        lower co-residency limit (forward passes the cluster occupancy query's).
+        ``tables`` builds the A fragments and load tables too (cached per plan)."""
+        if int(batch) < 1:
+            raise ValueError(f"batch: expected a positive batch size, got {batch}")
+        if int(cluster) not in (1, 2, 4, 8):
+            raise ValueError(f"cluster: expected 1, 2, 4 or 8 blocks (portable cluster sizes), got {cluster}")
+        if config is not None and (len(config) != 3 or int(config[0]) % 32 or int(config[0]) <= 0):
+            raise ValueError("config: expected (threads (a multiple of 32), blocks per SM, register "
+                             f"budget), got {config!r}")
+        sm_count, smem_per_block = _target(sm_count, smem_per_block)
+        configs = LAUNCH["tc_configs"] if config is None else (tuple(config),)
+        key = ("tc", int(batch), sm_count, smem_per_block, configs, slots, int(cluster), max_blocks)
+        plan = self._plans.get(key)
+        if plan is None:
+            H, G = self.hidden_size, self.gates
+            for cfg in configs:
+                plan = _tc_plan(self._rows, H, G, int(batch), sm_count, smem_per_block, cfg, slots,
+                                int(cluster), max_blocks)
+                if plan.fits:
+                    break
+            self._plans[key] = plan
+        if tables and plan.fits and plan.tables is None:
+            tkey = ("tc-tables", plan.units, plan.tiles, plan.slots, plan.threads, plan.blocks)
+            if tkey not in self._plans:
+                self._plans[tkey] = _tc_tables(self._rows, self.hidden_size, self.gates, plan)
+            plan.tables = self._plans[tkey]
         return plan
 
     def _tables(self, plan, starts, nvec):
@@ -503,12 +783,16 @@ class SparseRNN:
         u: [T, B, G·H] input projections (x_t·W_x + bias), float16|float32 (float64 on NumPy);
         h0: [B, H], c0: [B, H] or None (zeros; LSTM only), same dtype and backend as u.
         out: optional [T, B, H] array (u's dtype and backend) that receives y.
-        ``path``: "auto" (persistent when the weights fit on-chip, else the per-step fallback),
-        "persistent" (ValueError when they do not fit) or "fallback". ``check``: synchronize after the
-        persistent kernel and raise RuntimeError if its watchdog fired (default). ``lanes``: force the
+        ``path``: "auto" (float16 with ``LAUNCH["tc_default"]`` or a tensor-core exchange: the
+        tensor-core persistent kernel when W's rows fit in registers as mma fragments, ``plan_tc``; else
+        the sparse persistent kernel when the weights fit in shared memory, else the per-step fallback),
+        "tc" (the tensor-core kernel, float16 only; ValueError when it does not fit), "persistent" (the
+        sparse FFMA kernel; ValueError when it does not fit) or "fallback". ``check``: synchronize after
+        the persistent kernel and raise RuntimeError if its watchdog fired (default). ``lanes``: force the
         threads per row (one of ``LAUNCH["lanes"]``; benchmarks), default the plan's choice.
-        ``exchange``: "sentinel" (default: h values double as their written flags) or "flags"
-        (per-block step counters with release/acquire).
+        ``exchange``: "sentinel" (default: h values double as their written flags); "flags" (per-block
+        step counters with release/acquire; sparse kernel only); "cluster" (sm_90: thread-block clusters
+        share the copy of h_(t-1)) and "counter" (one arrival counter a step): tensor-core kernel only.
         Returns (y [T, B, H] holding h_1..h_T, c_T [B, H] for the LSTM else None), in u's dtype.
         """
         backend = backend_of(u=u, h0=h0, c0=c0, out=out)
@@ -535,12 +819,13 @@ class SparseRNN:
             if arr is not None:
                 V.check_contiguous(name, arr)
         V.check_out("out", out, (T, B, H), u.dtype, backend == "cupy")
-        if path not in ("auto", "persistent", "fallback"):
-            raise ValueError(f"path: expected 'auto', 'persistent' or 'fallback', got {path!r}")
+        if path not in ("auto", "tc", "persistent", "fallback"):
+            raise ValueError(f"path: expected 'auto', 'tc', 'persistent' or 'fallback', got {path!r}")
         if lanes is not None and lanes not in LAUNCH["lanes"]:
             raise ValueError(f"lanes: expected one of {LAUNCH['lanes']}, got {lanes!r}")
-        if exchange is not None and exchange not in LAUNCH["exchange"]:
-            raise ValueError(f"exchange: expected one of {LAUNCH['exchange']}, got {exchange!r}")
+        exchanges = tuple(dict.fromkeys(LAUNCH["exchange"] + LAUNCH["tc_exchange"]))
+        if exchange is not None and exchange not in exchanges:
+            raise ValueError(f"exchange: expected one of {exchanges}, got {exchange!r}")
         if backend == "numpy":
             dt = np.dtype(u.dtype)
             W = self.weight(dt)
@@ -556,6 +841,38 @@ class SparseRNN:
             if arr is not None:
                 V.check_device(name, arr, dev)
         dtype = dtype_name(u.dtype)
+        tc_exchange = LAUNCH["tc_exchange"]
+        if exchange in LAUNCH["tc_exchange"] and exchange != "sentinel" and path not in ("auto", "tc"):
+            raise ValueError(f"exchange: {exchange!r} is the tensor-core kernel's (path 'auto' or 'tc'), "
+                             f"got path {path!r}")
+        if path == "tc" or (path == "auto" and dtype == "float16" and lanes is None and (
+                (exchange in tc_exchange and exchange != "sentinel")
+                or (LAUNCH["tc_default"] and exchange in (None, *tc_exchange)))):
+            if dtype != "float16":
+                raise ValueError(f"path: the tensor-core kernel runs float16 only, got {dtype}")
+            if exchange not in (None, *tc_exchange):
+                raise ValueError(f"exchange: the tensor-core kernel takes one of {tc_exchange}, "
+                                 f"got {exchange!r}")
+            ex = tc_exchange[0] if exchange is None else exchange
+            tc = self.plan_tc(B, tables=True, cluster=LAUNCH["tc_cluster"] if ex == "cluster" else 1)
+            if tc.fits:
+                arrivals = ex if ex in ("counter", "block_flags") else False
+                result = self._run_tc(tc, u, h0, c0, out, check=check, counter=arrivals)
+                if result is None and tc.max_clusters:     # clusters pack per GPC: plan for what fits
+                    fit = tc.max_clusters * tc.cluster
+                    tc = self.plan_tc(B, tables=True, cluster=tc.cluster, max_blocks=fit)
+                    if tc.fits:
+                        result = self._run_tc(tc, u, h0, c0, out, check=check)
+                if result is not None:
+                    return result
+            if path == "tc" or (exchange in tc_exchange and exchange != "sentinel"):
+                why = tc.reason if not tc.fits else ("the planned blocks are not co-resident on this GPU, or "
+                                                     "clusters without sm_90")
+                raise ValueError(f"path: the tensor-core kernel cannot run this model ({why}); "
+                                 "use path='auto', 'persistent' or 'fallback'")
+        if exchange in tc_exchange and exchange != "sentinel":
+            raise ValueError(f"exchange: {exchange!r} runs the tensor-core kernel only (float16), "
+                             f"got {dtype}")
         plan = self.plan(dtype, B, tables=(path != "fallback"), lanes=lanes)
         if path == "persistent" and not plan.persistent:
             raise ValueError(f"path: the persistent kernel cannot run this model ({plan.reason}); "
@@ -635,11 +952,7 @@ class SparseRNN:
             return None
         stream = cupy.cuda.get_current_stream()
         xch = self._exchange(plan, T, h0, sentinel=sentinel)
-        y = cupy.empty((T, B, H), dtype=u.dtype) if out is None else out
-        c_out = cupy.empty((B, H), dtype=u.dtype) if self.mode == "lstm" else None
-        status = cupy.zeros(1, dtype=np.int32)
-        if timeout_s is None:
-            timeout_s = float(os.environ.get("CUSPARSEBLOCKS_RNN_TIMEOUT_S", "30"))
+        y, c_out, status, timeout_s = self._persistent_outputs(u, out, timeout_s)
         null = np.uint64(0)
         c0_arg = c0 if c0 is not None else null
         c_out_arg = c_out if c_out is not None else null
@@ -657,10 +970,78 @@ class SparseRNN:
                     c_out_arg, xch, flags, status, *sizes)
         fn((plan.blocks if grid is None else grid,), (LAUNCH["threads"],), args, shared_mem=smem,
            stream=stream)
-        if check and int(status.get()[0]) != 0:
-            raise RuntimeError(
-                f"{kernel}: a block waited longer than the watchdog ({timeout_s} s) for h_(t-1) from "
-                "another block; the result is incomplete")
+        if check:
+            _check_watchdog(kernel, status, timeout_s)
+        return y, c_out
+
+    @staticmethod
+    def _arrivals(plan, T, mode):
+        """exchange "counter": an arrival count per step; "block_flags": a step flag per block, padded to
+        whole 16-byte vectors with flags that never hold anyone up."""
+        import cupy
+
+        if mode != "block_flags":
+            return cupy.zeros(T + 1, dtype=np.int32)
+        flags = cupy.full(-(-plan.blocks // 4) * 4, np.iinfo(np.int32).max, dtype=np.int32)
+        flags[:plan.blocks] = 0
+        return flags
+
+    def _persistent_outputs(self, u, out, timeout_s):
+        """y [T, B, H] (``out`` or new), c_T (LSTM) or None, the watchdog status word and its timeout."""
+        import cupy
+
+        T, B, _ = u.shape
+        y = cupy.empty((T, B, self.hidden_size), dtype=u.dtype) if out is None else out
+        c_out = cupy.empty((B, self.hidden_size), dtype=u.dtype) if self.mode == "lstm" else None
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("CUSPARSEBLOCKS_RNN_TIMEOUT_S", "30"))
+        return y, c_out, cupy.zeros(1, dtype=np.int32), timeout_s
+
+    def _run_tc(self, plan, u, h0, c0, out=None, *, check=True, grid=None, timeout_s=None, wait=True,
+                prof=None, counter=False):
+        """Launch rnn_persistent_tc (None when the planned blocks are not co-resident). ``counter``: True or
+        "counter" (per-step arrival counters instead of sentinel polling), "block_flags" (a step flag per
+        block); not with clusters.
+        ``grid``, ``wait=False`` and ``prof`` as ``_run_persistent`` (diagnostics)."""
+        import cupy
+        from cupy_backends.cuda.api import driver
+
+        T, B, _ = u.shape
+        H, Hp = self.hidden_size, plan.hidden_padded
+        if plan.cluster > 1 and int(compiler.device_arch()[3:]) < 90:
+            return None                                    # thread-block clusters: sm_90 and later
+        key = ("tc", id(plan.tables), B, plan.cluster, cupy.cuda.runtime.getDevice())
+        tab = self._gpu.get(key)
+        if tab is None:
+            tab = {k: cupy.asarray(plan.tables[k]) for k in ("afrag", "kstep", "kcount")}
+            ranges, off = _tc_load_ranges(plan.tables, plan.blocks, B, plan.kp, plan.cluster)
+            tab.update(load_range=cupy.asarray(ranges), load_off=cupy.asarray(off))
+            self._gpu[key] = tab
+        fn = compiler.get_function(_tc_spec(self.mode, *plan.spec_args, plan.cluster), plan.smem_bytes)
+        per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, plan.threads, plan.smem_bytes)
+        if per_sm < 1 or plan.blocks > per_sm * _device_info()["sm_count"]:
+            return None
+        if plan.cluster > 1:
+            clusters = _max_active_clusters(fn, plan)
+            if clusters is not None and clusters * plan.cluster < plan.blocks:
+                plan.max_clusters = clusters
+                return None
+        xch = cupy.empty((T + 1, B, plan.kp), dtype=u.dtype)
+        xch.view(np.uint16).fill(0xFFFF)
+        xch[0] = 0
+        xch[0, :, :H] = h0
+        y, c_out, status, timeout_s = self._persistent_outputs(u, out, timeout_s)
+        null = np.uint64(0)
+        args = (tab["afrag"], tab["kstep"], tab["kcount"], tab["load_range"], tab["load_off"], u,
+                c0 if c0 is not None else null, y, c_out if c_out is not None else null, xch, status,
+                null if prof is None else prof, np.int32(H), np.int32(Hp), np.int32(plan.kp),
+                np.int32(plan.units), np.int32(B), np.int32(T), np.int64(int(timeout_s * 1e9)),
+                np.int32(bool(wait)), self._arrivals(plan, T, counter) if counter else null,
+                np.int32(plan.blocks), np.int32(counter == "block_flags"))
+        fn((plan.blocks if grid is None else grid,), (plan.threads,), args, shared_mem=plan.smem_bytes,
+           stream=cupy.cuda.get_current_stream())
+        if check:
+            _check_watchdog("rnn_persistent_tc", status, timeout_s)
         return y, c_out
 
     def _run_fallback(self, plan, u, h0, c0, out=None):
@@ -759,11 +1140,12 @@ def random_weights(rng, hidden_size, density, mode="tanh", *, block_size=None, s
     return mask, w
 
 
-def self_check(backend: str = "numpy", seed: int = 0, exchange=None):
+def self_check(backend: str = "numpy", seed: int = 0, exchange=None, paths=None):
     """Quick random check of every mode and sparsity kind against the float64 reference.
 
     ``backend``: "numpy" (the reference path against a dense-W recurrence) or "cupy" (the GPU kernels,
-    persistent and fallback, in float32 and float16; ``exchange`` as in ``forward``). Returns rows
+    tensor-core (float16), persistent and fallback, in float32 and float16; ``exchange`` as in
+    ``forward``; ``paths``: only these GPU paths, e.g. ("tc",) under compute-sanitizer). Returns rows
     (name, rel_err, passed).
     """
     if backend not in ("numpy", "cupy"):
@@ -798,7 +1180,13 @@ def self_check(backend: str = "numpy", seed: int = 0, exchange=None):
                 u, h0 = u64.astype(dtype), h64.astype(dtype)
                 c0 = None if c64 is None else c64.astype(dtype)
                 yr, cr = ref.rnn_forward(W, u, h0, c0, mode, round_dtype=rd)
-                for path in ("persistent", "fallback"):
+                for path in (("tc",) if dtype == "float16" else ()) + ("persistent", "fallback"):
+                    # "flags" is the sparse kernel's exchange, "cluster" the tensor-core kernel's
+                    tc_only = exchange in LAUNCH["tc_exchange"] and exchange != "sentinel"
+                    if (exchange == "flags" and path == "tc") or (tc_only and path != "tc"):
+                        continue
+                    if paths and path not in paths:
+                        continue
                     c0d = None if c0 is None else cupy.asarray(c0)
                     y, c = rnn.forward(cupy.asarray(u), cupy.asarray(h0), c0d, path=path, exchange=exchange)
                     y = y.get().astype(np.float64)

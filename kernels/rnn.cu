@@ -62,6 +62,12 @@ __device__ __forceinline__ uint4 ld_relaxed_v4(const void* p) {
     return v;
 }
 
+__device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;" ::: "memory"); }
+
+__device__ __forceinline__ void red_release_gpu_add(int* p, int v) {
+    asm volatile("red.release.gpu.global.add.s32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
 __device__ __forceinline__ void st_relaxed_u16(unsigned short* p, unsigned short v) {
     asm volatile("st.relaxed.gpu.global.u16 [%0], %1;" ::"l"(p), "h"(v) : "memory");
 }
@@ -223,6 +229,52 @@ __device__ __forceinline__ float rnn_cell(const float* p, float& c) {
     }
 }
 
+// A thread's pointwise items: i = tid + q·THREADS is (unit u0 + i % units, batch i / units). Their c_0
+// (LSTM) into c and u_t into up (t = 0), or u_t alone (rnn_load_u), in every persistent kernel.
+template <typename T, int MODE, int UPT, int THREADS>
+__device__ __forceinline__ void rnn_load_u(T (&up)[UPT][MODE == RNN_LSTM ? 4 : 1], const T* u, int t, int tid,
+                                           int u0, int units, int nitems, int B, int H) {
+    constexpr int G = MODE == RNN_LSTM ? 4 : 1;
+#pragma unroll
+    for (int q = 0; q < UPT; ++q) {
+        const int i = tid + q * THREADS;
+        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+        if (i < nitems && j < H) {
+#pragma unroll
+            for (int g = 0; g < G; ++g) up[q][g] = u[((i64)t * B + b) * G * H + (i64)g * H + j];
+        }
+    }
+}
+
+template <typename T, int MODE, int UPT, int THREADS>
+__device__ __forceinline__ void rnn_load_state(float (&c)[UPT], T (&up)[UPT][MODE == RNN_LSTM ? 4 : 1],
+                                               const T* u, const T* c0, int tid, int u0, int units, int nitems,
+                                               int B, int H) {
+    constexpr int G = MODE == RNN_LSTM ? 4 : 1;
+#pragma unroll
+    for (int q = 0; q < UPT; ++q) {
+        const int i = tid + q * THREADS;
+        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
+        c[q] = 0.0f;
+        if (i < nitems && j < H) {
+            if (MODE == RNN_LSTM && c0 != nullptr) c[q] = to_float<T>(c0[(i64)b * H + j]);
+#pragma unroll
+            for (int g = 0; g < G; ++g) up[q][g] = u[(i64)b * G * H + (i64)g * H + j];
+        }
+    }
+}
+
+// One item's output at step t: the cell on its pre-activations p, h_t into y [T, B, H] and (LSTM, last
+// step) c_T into c_out; returns h_t for the exchange.
+template <typename T, int MODE>
+__device__ __forceinline__ T rnn_output(const float* p, float& c, T* y, T* c_out, int t, int steps, int B, int H,
+                                        int b, int j) {
+    const T hv = from_float<T>(rnn_cell<MODE>(p, c));
+    y[((i64)(t - 1) * B + b) * H + j] = hv;
+    if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(c);
+    return hv;
+}
+
 // Shared-memory carve-up, mirrored by cusparseblocks/rnn.py (_smem_bytes): weights [smem_wvec] uint4,
 // h chunk [Hp·BC] T (16-byte aligned), pre-activations [smem_rows][nchunks·BC] float, rows [smem_rows] int2.
 template <typename T, int BC>
@@ -275,7 +327,6 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
     const int blk = blockIdx.x, tid = threadIdx.x;
     const int u0 = unit_start[blk], units = unit_start[blk + 1] - u0, nrows = units * G;
     const int nitems = units * B;
-    const i64 GH = (i64)G * H;
 
     if (tid == 0) abort_s = 0;
     {
@@ -287,17 +338,7 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
 
     float creg[RNN_UPT];
     T upre[RNN_UPT][G];
-#pragma unroll
-    for (int q = 0; q < RNN_UPT; ++q) {
-        const int i = tid + q * RNN_THREADS;
-        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
-        creg[q] = 0.0f;
-        if (i < nitems && j < H) {
-            if (MODE == RNN_LSTM && c0 != nullptr) creg[q] = to_float<T>(c0[(i64)b * H + j]);
-#pragma unroll
-            for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
-        }
-    }
+    rnn_load_state<T, MODE, RNN_UPT, RNN_THREADS>(creg, upre, u, c0, tid, u0, units, nitems, B, H);
     __syncthreads();
 
     const int slot = tid / lanes, lane = tid % lanes, nslots = RNN_THREADS / lanes;
@@ -376,10 +417,8 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
                 float p[G];
 #pragma unroll
                 for (int g = 0; g < G; ++g) p[g] = sm.pre[(g * units + ul) * Bp + b] + to_float<T>(upre[q][g]);
-                const T hv = from_float<T>(rnn_cell<MODE>(p, creg[q]));
-                y[((i64)(t - 1) * B + b) * H + j] = hv;
-                dst[((i64)(b / BC) * Hp + j) * BC + (b % BC)] = hv;
-                if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
+                dst[((i64)(b / BC) * Hp + j) * BC + (b % BC)] =
+                    rnn_output<T, MODE>(p, creg[q], y, c_out, t, steps, B, H, b, j);
             }
         }
         __syncthreads();
@@ -387,17 +426,7 @@ rnn_persistent(const uint4* __restrict__ wpack, const int* __restrict__ wvec_off
             __threadfence();
             st_release_gpu(flags + blk, t);
         }
-        if (t < steps) {
-#pragma unroll
-            for (int q = 0; q < RNN_UPT; ++q) {
-                const int i = tid + q * RNN_THREADS;
-                const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
-                if (i < nitems && j < H) {
-#pragma unroll
-                    for (int g = 0; g < G; ++g) upre[q][g] = u[((i64)t * B + b) * GH + (i64)g * H + j];
-                }
-            }
-        }
+        if (t < steps) rnn_load_u<T, MODE, RNN_UPT, RNN_THREADS>(upre, u, t, tid, u0, units, nitems, B, H);
     }
 }
 
@@ -443,7 +472,6 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
     const int blk = blockIdx.x, tid = threadIdx.x;
     const int u0 = unit_start[blk], units = unit_start[blk + 1] - u0, nrows = units * G;
     const int nitems = units * B;
-    const i64 GH = (i64)G * H;
 
     long long* prow = prof != nullptr && tid == 0 ? prof + (i64)blk * (steps + 1) * 4 : nullptr;
     unsigned long long ns0 = 0;
@@ -461,17 +489,7 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
 
     float creg[RNN_UPT];
     T upre[RNN_UPT][G];
-#pragma unroll
-    for (int q = 0; q < RNN_UPT; ++q) {
-        const int i = tid + q * RNN_THREADS;
-        const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
-        creg[q] = 0.0f;
-        if (i < nitems && j < H) {
-            if (MODE == RNN_LSTM && c0 != nullptr) creg[q] = to_float<T>(c0[(i64)b * H + j]);
-#pragma unroll
-            for (int g = 0; g < G; ++g) upre[q][g] = u[(i64)b * GH + (i64)g * H + j];
-        }
-    }
+    rnn_load_state<T, MODE, RNN_UPT, RNN_THREADS>(creg, upre, u, c0, tid, u0, units, nitems, B, H);
 
     __syncthreads();
 
@@ -599,24 +617,12 @@ rnn_persistent_sentinel(const uint4* __restrict__ wpack, const int* __restrict__
                 float p[G];
 #pragma unroll
                 for (int g = 0; g < G; ++g) p[g] = sm.pre[(g * units + ul) * Bp + b] + to_float<T>(upre[q][g]);
-                const T hv = from_float<T>(rnn_cell<MODE>(p, creg[q]));
-                X::store(dst + ((i64)(b / BC) * Hp + j) * BC + (b % BC), hv);
-                y[((i64)(t - 1) * B + b) * H + j] = hv;
-                if (MODE == RNN_LSTM && t == steps) c_out[(i64)b * H + j] = from_float<T>(creg[q]);
+                X::store(dst + ((i64)(b / BC) * Hp + j) * BC + (b % BC),
+                         rnn_output<T, MODE>(p, creg[q], y, c_out, t, steps, B, H, b, j));
             }
         }
         if (prow) prow[t * 4 + 3] = clock64();
-        if (t < steps) {
-#pragma unroll
-            for (int q = 0; q < RNN_UPT; ++q) {
-                const int i = tid + q * RNN_THREADS;
-                const int ul = i % max(units, 1), b = i / max(units, 1), j = u0 + ul;
-                if (i < nitems && j < H) {
-#pragma unroll
-                    for (int g = 0; g < G; ++g) upre[q][g] = u[((i64)t * B + b) * GH + (i64)g * H + j];
-                }
-            }
-        }
+        if (t < steps) rnn_load_u<T, MODE, RNN_UPT, RNN_THREADS>(upre, u, t, tid, u0, units, nitems, B, H);
     }
     if (prow) {
         prow[2] = clock64();
@@ -678,4 +684,398 @@ rnn_step(const i64* __restrict__ row_ptr, const int* __restrict__ col, const T* 
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tensor-core persistent kernel (fp16 weights and h, fp32 accumulation)
+
+#ifdef RNN_HOST_EMULATION
+#include "conv_ptx_emulated.h"  // mma16816 on the CPU (tests/cuda_emulation, the PTX fragment layouts)
+#else
+template <typename T> __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+// 16 bytes global -> shared, cached in L2 only (.cg): a fresh read of the exchange on every call
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ int lds_s32(const int* p) {
+    int v;
+    asm volatile("ld.shared.s32 %0, [%1];" : "=r"(v) : "r"((unsigned)__cvta_generic_to_shared(p)));
+    return v;
+}
+__device__ __forceinline__ uint2 lds_v2u32(const void* p) {
+    uint2 v;
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"((unsigned)__cvta_generic_to_shared(p)));
+    return v;
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
+// rnn_persistent_tc<MODE, MT, KS, NT, THREADS, MINB>: the whole sequence in one launch, dot products on
+// tensor cores (mma.sync m16n8k16, fp16 in, fp32 accumulate), W's rows held densified in registers.
+// One thread block owns the units [blk·U, min((blk+1)·U, Hu)) (U = `units`, Hu = H rounded up to 16; local
+// row r = g·U + unit: all G gate rows of a unit in one block, so the LSTM cell stays local) = MT M-tiles
+// of 16 rows. Each warp holds, per M-tile, up to KS k16-steps of those rows as A fragments in registers
+// for all T steps (afrag: [blocks][warps][MT][KS][32 lanes] uint4; kstep: [blocks][warps][MT][KS] first
+// k of the step; kcount: [blocks][warps][MT] steps in use): k-steps that are all zero for a tile are not
+// held at all. Within a step the host permutes k (A'[m][2q, 2q+1, 2q+8, 2q+9] = W[m][k0+4q .. k0+4q+3]), so
+// a lane's two B registers are 4 consecutive h values: one 8-byte shared-memory load, no ldmatrix.
+// The exchange holds every h_t once, [T+1][B][Kp] fp16 (slot 0 = h_0 from the host), and shared memory
+// holds h_{t-1} in the same [NT·8][Kp] layout (Kp ≡ 16 mod 64 halves: the lanes' 8-byte loads hit distinct
+// banks; rows b >= B and never-loaded columns stay zero). Step t: copy the runs of 8-value vectors the
+// block's k-steps read (load_range: (first vector, count), the same offsets in the slot and in shared
+// memory), re-reading a vector until no value is the sentinel (as rnn_persistent_sentinel: values double
+// as flags; a watchdog instead of a hang). Then each warp runs its k-steps in groups (two accumulator
+// chains per tile for ILP), writes its partial 16×8 tiles to shared memory, and after a barrier each
+// (unit, batch) item sums the warps' partials in warp order (deterministic), adds u_t, applies the cell
+// and stores h_t to y [T, B, H] and to exchange slot t (units in [H, Hu) store 0: every value a block
+// reads is written). Grid = ceil(Hu / U) blocks, at most the co-resident ones (occupancy query, host).
+// prof and wait: as rnn_persistent_sentinel.
+#define RNN_TC_PARAMS                                                                                          \
+    const uint4 *__restrict__ afrag, const int *__restrict__ kstep, const int *__restrict__ kcount,            \
+        const int2 *__restrict__ load_range, const int *__restrict__ load_off, const __half *__restrict__ u,   \
+        const __half *__restrict__ c0, __half *__restrict__ y, __half *__restrict__ c_out, __half *xch,        \
+        int *status, long long *prof, int H, int Hu, int Kp, int units, int B, int steps, long long timeout_ns, \
+        int wait, int *counters, int nblocks, int block_flags
+#define RNN_TC_ARGS                                                                                            \
+    afrag, kstep, kcount, load_range, load_off, u, c0, y, c_out, xch, status, prof, H, Hu, Kp, units, B, steps, \
+        timeout_ns, wait, counters, nblocks, block_flags
+
+// Thread-block clusters (exchange="cluster", sm_90): PTX helpers; tests/test_rnn.py's host emulation
+// provides the same names.
+#if !defined(RNN_HOST_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define RNN_HAS_CLUSTERS 1
+__device__ __forceinline__ unsigned cluster_ctarank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+// 16 bytes into the shared memory of cluster block `rank` at the offset `addr` has in this block's
+__device__ __forceinline__ void st_cluster_v4(unsigned addr, unsigned rank, const uint4& v) {
+    unsigned ra;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(addr), "r"(rank));
+    asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(ra), "r"(v.x), "r"(v.y), "r"(v.z),
+                 "r"(v.w) : "memory");
+}
+#elif defined(RNN_HOST_EMULATION)
+#define RNN_HAS_CLUSTERS 1
+#endif
+
+// The body of rnn_persistent_tc (CLUSTER = 1) and rnn_persistent_tc_cluster (CLUSTER = C > 1: the
+// exchange="cluster" variant). With clusters, block `rank` of a cluster of C copies only its 1/C of each
+// run of h_{t-1} from the exchange slot (load_range: the cluster's union, the same list for every member),
+// then stores it into every other member's shared memory (mapa + st.shared::cluster), and one cluster
+// barrier (arrive.release / wait.acquire) replaces the block barrier: L2 reads and polled lines per step
+// drop C×. h is double-buffered by step parity: a member writes step t's buffer while a slower peer may
+// still read step t-1's; the barrier of step t-1 (which every peer reaches only after its step t-2 dot
+// products) makes the step-t buffer free. A block whose watchdog fires keeps going through the barriers
+// (every later wait gives up at once: *status is set), so no peer waits on a barrier forever.
+template <int MODE, int MT, int KS, int NT, int THREADS, int CLUSTER>
+__device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
+    constexpr bool CL = CLUSTER > 1;
+    constexpr int G = MODE == RNN_LSTM ? 4 : 1;
+    constexpr int WARPS = THREADS / 32;
+    constexpr int TC_P = NT >= 4 ? 1 : 4 / NT;  // k-steps per group of the mma loop
+    // pointwise items (unit, batch) a thread owns: units·B <= 16·MT/G · 8·NT
+    constexpr int UPT = (128 * MT * NT / G + THREADS - 1) / THREADS < RNN_UPT
+                            ? (128 * MT * NT / G + THREADS - 1) / THREADS : RNN_UPT;
+    typedef RnnX<__half> X;
+    RNN_BLOCK_SMEM(rnn_smem_raw);
+    RNN_BLOCK_INT(abort_s);
+    // shared memory, mirrored by cusparseblocks/rnn.py (_tc_smem_bytes): hs [1 or 2 (clusters)][NT·8][Kp]
+    // half, partial sums [WARPS][MT][NT][16][8] float, k-step table [WARPS][MT][KS] int
+    constexpr int NBUF = CL ? 2 : 1;
+    __half* hs0 = reinterpret_cast<__half*>(rnn_smem_raw);
+    float* part = reinterpret_cast<float*>(rnn_smem_raw + (size_t)NBUF * NT * 8 * Kp * 2);
+    int* ktab = reinterpret_cast<int*>(part + WARPS * MT * NT * 128);
+
+    const int blk = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int g4 = lane / 4, q4 = lane % 4;
+    const int u0 = blk * units, nunits = min(units, Hu - u0), nitems = nunits * B;
+
+    long long* prow = prof != nullptr && tid == 0 ? prof + (i64)blk * (steps + 1) * 4 : nullptr;
+    unsigned long long ns0 = 0;
+    if (prow) {
+        prow[0] = clock64();
+        ns0 = global_ns();
+    }
+    if (tid == 0) abort_s = 0;
+    {
+        uint4* hz = reinterpret_cast<uint4*>(hs0);
+        for (int i = tid; i < NBUF * NT * 8 * Kp / 8; i += THREADS) hz[i] = make_uint4(0, 0, 0, 0);
+        const int* kt = kstep + (i64)blk * WARPS * MT * KS;
+        for (int i = tid; i < WARPS * MT * KS; i += THREADS) ktab[i] = kt[i];
+    }
+    unsigned afr[MT][KS][4];
+    int kcnt[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        kcnt[m] = kcount[((i64)blk * WARPS + warp) * MT + m];
+#pragma unroll
+        for (int s = 0; s < KS; ++s) {
+            const uint4 a = afrag[((((i64)blk * WARPS + warp) * MT + m) * KS + s) * 32 + lane];
+            afr[m][s][0] = a.x;
+            afr[m][s][1] = a.y;
+            afr[m][s][2] = a.z;
+            afr[m][s][3] = a.w;
+        }
+    }
+
+    float creg[UPT];
+    __half upre[UPT][G];
+    rnn_load_state<__half, MODE, UPT, THREADS>(creg, upre, u, c0, tid, u0, nunits, nitems, B, H);
+    unsigned rank = 0;
+#ifdef RNN_HAS_CLUSTERS
+    if constexpr (CL) {
+        rank = cluster_ctarank();
+        cluster_arrive();  // every member's buffers are zeroed before any peer writes into them
+        cluster_wait();
+    } else {
+        __syncthreads();
+    }
+#else
+    __syncthreads();
+#endif
+    const int r_begin = load_off[blk], r_end = load_off[blk + 1];
+    const int* myk = ktab + warp * MT * KS;
+    if (prow) prow[1] = clock64();
+
+    for (int t = 1; t <= steps; ++t) {
+        if (prow) prow[t * 4] = clock64();
+        __half* hs = hs0 + (CL ? (t & 1) * NT * 8 * Kp : 0);
+        const unsigned hs_u32 = smem_u32(hs);
+        const __half* src = xch + (i64)(t - 1) * B * Kp;
+        if (!CL && counters != nullptr && t > 1) {
+            // exchange="counter": one hot word a step instead of every thread polling h, then one copy.
+            // exchange="block_flags": warp 0 polls every block's step flag (counters[b] = last step stored)
+            if (wait && !block_flags && tid == 0) {
+                RnnWatchdog dog;
+                while (ld_acquire_gpu(counters + t - 1) < nblocks) {
+                    if (dog.expired(status, timeout_ns, &abort_s)) break;
+                }
+            } else if (wait && block_flags && warp == 0) {
+                RnnWatchdog dog;
+                for (int b = lane; b < nblocks; b += 32) {
+                    while (ld_acquire_gpu(counters + b) < t - 1) {
+                        if (dog.expired(status, timeout_ns, &abort_s)) break;
+                    }
+                }
+            }
+            __syncthreads();
+            if (abort_s) return;
+        }
+        // every vector of the step (of this block's part of each run, with clusters) in flight at once
+        // without registers (cp.async, L2 only), then each thread checks its own copies and re-reads only
+        // those still holding the sentinel (relaxed loads)
+        for (int r = r_begin; r < r_end; ++r) {
+            const int2 rg = load_range[r];  // (first 8-value vector of the slot, count): same offsets in hs
+            const int part_len = CL ? (rg.y + CLUSTER - 1) / CLUSTER : rg.y;
+            const int a = rg.x + min((int)rank * part_len, rg.y), e = rg.x + min(((int)rank + 1) * part_len, rg.y);
+            for (int v = a + tid; v < e; v += THREADS) cp_async16(hs_u32 + v * 16, src + v * 8, 16);
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+        // A thread's vectors still holding the sentinel: spin (relaxed loads) on the first one only; once
+        // it is written, re-read every other unwritten one together (cp.async again, no registers) and
+        // repeat. A thread's ~4 vectors then cost the wait plus ~2 L2 round trips, where polling them one
+        // after another cost one round trip each (H100, first version: 6.35 µs of wait+load a step).
+        if (wait && t > 1 && counters == nullptr) {
+            RnnWatchdog dog;
+            for (;;) {
+                int first = -1;
+                for (int r = r_begin; r < r_end && first < 0; ++r) {
+                    const int2 rg = load_range[r];
+                    const int part_len = CL ? (rg.y + CLUSTER - 1) / CLUSTER : rg.y;
+                    const int a = rg.x + min((int)rank * part_len, rg.y);
+                    const int e = rg.x + min(((int)rank + 1) * part_len, rg.y);
+                    for (int v = a + tid; v < e; v += THREADS) {
+                        if (X::written(*reinterpret_cast<const uint4*>(hs + v * 8)) != 0xffu) {
+                            first = v;
+                            break;
+                        }
+                    }
+                }
+                if (first < 0) break;
+                uint4 val;
+                bool gave_up = false;
+                do {
+                    if (dog.expired(status, timeout_ns, &abort_s)) {
+                        gave_up = true;
+                        break;
+                    }
+                    val = X::load(src + first * 8);
+                } while (X::written(val) != 0xffu);
+                if (gave_up) break;
+                *reinterpret_cast<uint4*>(hs + first * 8) = val;
+                for (int r = r_begin; r < r_end; ++r) {
+                    const int2 rg = load_range[r];
+                    const int part_len = CL ? (rg.y + CLUSTER - 1) / CLUSTER : rg.y;
+                    const int a = rg.x + min((int)rank * part_len, rg.y);
+                    const int e = rg.x + min(((int)rank + 1) * part_len, rg.y);
+                    for (int v = a + tid; v < e; v += THREADS) {
+                        if (X::written(*reinterpret_cast<const uint4*>(hs + v * 8)) != 0xffu)
+                            cp_async16(hs_u32 + v * 16, src + v * 8, 16);
+                    }
+                }
+                cp_async_commit();
+                cp_async_wait<0>();
+            }
+        }
+#ifdef RNN_HAS_CLUSTERS
+        if constexpr (CL) {  // this block's part of h_(t-1) into every peer's buffer
+            for (int r = r_begin; r < r_end; ++r) {
+                const int2 rg = load_range[r];
+                const int part_len = (rg.y + CLUSTER - 1) / CLUSTER;
+                const int a = rg.x + min((int)rank * part_len, rg.y);
+                const int e = rg.x + min(((int)rank + 1) * part_len, rg.y);
+                for (int v = a + tid; v < e; v += THREADS) {
+                    const uint4 val = *reinterpret_cast<const uint4*>(hs + v * 8);
+#pragma unroll
+                    for (int p = 1; p < CLUSTER; ++p) st_cluster_v4(hs_u32 + v * 16, (rank + p) % CLUSTER, val);
+                }
+            }
+        }
+#endif
+#ifdef RNN_HAS_CLUSTERS
+        if constexpr (CL) {
+            cluster_arrive();
+            cluster_wait();
+        } else {
+            __syncthreads();
+            if (abort_s) return;
+        }
+#else
+        __syncthreads();
+        if (abort_s) return;
+#endif
+        if (prow) prow[t * 4 + 1] = clock64();
+
+        float acc[MT][NT][2][4];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) acc[m][n][c][i] = 0.0f;
+                }
+            }
+        }
+        // k-steps in groups of P: the group's table entries, then its B fragments, then its mma (volatile
+        // loads keep this order, so at most P·NT B fragments are live beside the A fragments)
+        const __half* hl = hs + g4 * Kp + 4 * q4;  // this step's buffer
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+#pragma unroll
+            for (int s0 = 0; s0 < KS; s0 += TC_P) {
+                int k0[TC_P];
+                uint2 bf[TC_P][NT];
+#pragma unroll
+                for (int p = 0; p < TC_P; ++p) {
+                    if (s0 + p < KS && s0 + p < kcnt[m]) k0[p] = lds_s32(myk + m * KS + s0 + p);
+                }
+#pragma unroll
+                for (int p = 0; p < TC_P; ++p) {
+                    if (s0 + p < KS && s0 + p < kcnt[m]) {
+#pragma unroll
+                        for (int n = 0; n < NT; ++n) bf[p][n] = lds_v2u32(hl + n * 8 * Kp + k0[p]);
+                    }
+                }
+#pragma unroll
+                for (int p = 0; p < TC_P; ++p) {
+                    if (s0 + p < KS && s0 + p < kcnt[m]) {
+#pragma unroll
+                        for (int n = 0; n < NT; ++n)
+                            mma16816<__half>(acc[m][n][(s0 + p) & 1], afr[m][s0 + p < KS ? s0 + p : 0],
+                                             bf[p][n].x, bf[p][n].y);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                float* p = part + ((warp * MT + m) * NT + n) * 128 + g4 * 8 + 2 * q4;
+                *reinterpret_cast<float2*>(p) =
+                    make_float2(acc[m][n][0][0] + acc[m][n][1][0], acc[m][n][0][1] + acc[m][n][1][1]);
+                *reinterpret_cast<float2*>(p + 64) =
+                    make_float2(acc[m][n][0][2] + acc[m][n][1][2], acc[m][n][0][3] + acc[m][n][1][3]);
+            }
+        }
+        __syncthreads();
+
+        if (prow) prow[t * 4 + 2] = clock64();
+        __half* dst = xch + (i64)t * B * Kp;
+#pragma unroll
+        for (int q = 0; q < UPT; ++q) {
+            const int i = tid + q * THREADS;
+            const int ul = i % max(nunits, 1), b = i / max(nunits, 1), j = u0 + ul;
+            if (i < nitems) {
+                float p[G];
+#pragma unroll
+                for (int g = 0; g < G; ++g) {
+                    const int r = g * units + ul;
+                    const float* pp = part + ((r / 16) * NT + b / 8) * 128 + (r % 16) * 8 + b % 8;
+                    float s = 0.0f;
+#pragma unroll
+                    for (int w = 0; w < WARPS; ++w) s += pp[w * MT * NT * 128];
+                    p[g] = s + (j < H ? to_float<__half>(upre[q][g]) : 0.0f);
+                }
+                X::store(dst + (i64)b * Kp + j,  // units in [H, Hu): 0, so every value a block reads is written
+                         j < H ? rnn_output<__half, MODE>(p, creg[q], y, c_out, t, steps, B, H, b, j)
+                               : from_float<__half>(0.0f));
+            }
+        }
+        if (prow) prow[t * 4 + 3] = clock64();
+        if (t < steps) rnn_load_u<__half, MODE, UPT, THREADS>(upre, u, t, tid, u0, nunits, nitems, B, H);
+        if (!CL && counters != nullptr && t < steps) {
+            // exchange="counter": one arrival per block on counters[t] after its h_t stores (barrier, then a
+            // release add by thread 0); the next step's thread 0 waits (acquire) for all `nblocks`
+            __syncthreads();
+            if (tid == 0) {
+                if (block_flags)
+                    st_release_gpu(counters + blk, t);
+                else
+                    red_release_gpu_add(counters + t, 1);
+            }
+        }
+    }
+    if (prow) {
+        prow[2] = clock64();
+        prow[3] = (long long)(global_ns() - ns0);
+    }
+}
+
+template <int MODE, int MT, int KS, int NT, int THREADS, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB) rnn_persistent_tc(RNN_TC_PARAMS) {
+    rnn_tc_body<MODE, MT, KS, NT, THREADS, 1>(RNN_TC_ARGS);
+}
+
+// rnn_persistent_tc_cluster<..., CLUSTER>: the same kernel in thread-block clusters of CLUSTER blocks
+// (grid = a multiple of CLUSTER; blocks of a cluster are consecutive), the cluster exchange (rnn_tc_body).
+// sm_90 only: on older targets the specialization compiles to a trap and the host never launches it.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(RNN_HOST_EMULATION)
+#define RNN_CLUSTER_DIMS(c) __cluster_dims__(c, 1, 1)
+#else
+#define RNN_CLUSTER_DIMS(c)
+#endif
+template <int MODE, int MT, int KS, int NT, int THREADS, int MINB, int CLUSTER>
+__global__ void RNN_CLUSTER_DIMS(CLUSTER) __launch_bounds__(THREADS, MINB) rnn_persistent_tc_cluster(RNN_TC_PARAMS) {
+#ifdef RNN_HAS_CLUSTERS
+    rnn_tc_body<MODE, MT, KS, NT, THREADS, CLUSTER>(RNN_TC_ARGS);
+#else
+    __trap();
+#endif
 }

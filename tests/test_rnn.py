@@ -300,10 +300,14 @@ def test_bad_inputs(rng):
         m.forward(np.asfortranarray(u), h0)
     with pytest.raises(ValueError, match="path"):
         m.forward(u, h0, path="fast")
+    with pytest.raises(ValueError, match="slots: expected at least"):
+        m.plan_tc(2, slots=0, config=(64, 1, 84), sm_count=4, smem_per_block=232448)
     with pytest.raises(ValueError, match="lanes"):
         m.forward(u, h0, lanes=3)
     with pytest.raises(ValueError, match="exchange"):
         m.forward(u, h0, exchange="mpi")
+    with pytest.raises(ValueError, match="cluster"):
+        m.plan_tc(2, cluster=3)
     with pytest.raises(ValueError, match="out: expected shape"):
         m.forward(u, h0, out=np.empty((3, 2, 15), np.float32))
     with pytest.raises(TypeError, match="u: expected a numpy.ndarray or cupy.ndarray"):
@@ -345,7 +349,8 @@ def test_registered_specializations():
     from cusparseblocks import compiler
 
     specs = compiler.all_specializations()["rnn"]
-    assert len(specs) == 84   # 2 dtypes × 3 modes × 4 batch chunks × (flags + step + sentinel HS float/T)
+    # 2 dtypes × 3 modes × 4 batch chunks × (flags + step + sentinel HS float/T), + the tensor-core cases
+    assert len(specs) == 84 + sum(len(v) for v in rnn._TC_REGISTERED.values()) + len(rnn._TC_CLUSTER_REGISTERED)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -379,6 +384,129 @@ def test_gpu_persistent(rng, exchange, dtype, mode, kind, H, B):
     out = poison(cupy, (12, B, H), dtype)
     y = check_gpu(model, u, h0, c0, dtype, out=out, path="persistent", exchange=exchange)
     assert y is out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("exchange", ["sentinel", "cluster", "counter", "block_flags"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["csr", "block"])
+@pytest.mark.parametrize("H,B", [(77, 1), (256, 4), (1000, 8), (520, 16), (333, 5)])
+def test_gpu_tc(rng, exchange, mode, kind, H, B):
+    """The tensor-core kernel (forced; both exchanges) against the float64 reference: ragged H, B 1/4/5/8/16,
+    poisoned y."""
+    import cupy
+
+    if kind == "block":
+        H = H // 8 * 8 + (8 if H % 8 else 0)
+    model = make_model(rng, H, mode, kind, density=0.2)
+    assert model.plan_tc(B).fits
+    u, h0, c0 = make_inputs(rng, model, 12, B, "float16")
+    out = poison(cupy, (12, B, H), "float16")
+    try:
+        y = check_gpu(model, u, h0, c0, "float16", out=out, path="tc", exchange=exchange)
+    except ValueError as exc:     # clusters pack per GPC: a plan may not fit them all; refused, never hung
+        assert exchange == "cluster" and "co-resident" in str(exc)
+        return
+    assert y is out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+def test_gpu_auto_takes_tc_for_fp16(rng, mode, monkeypatch):
+    """With LAUNCH["tc_default"], fp16 auto runs the tensor-core kernel where it fits (same result as forcing
+    it); fp32 never does."""
+    import cupy
+
+    monkeypatch.setitem(rnn.LAUNCH, "tc_default", True)
+    model = make_model(rng, 300, mode, "csr", density=0.3)
+    assert model.plan("float16", 4).path == "tc" and model.plan("float32", 4).path == "persistent"
+    u, h0, c0 = make_inputs(rng, model, 9, 4, "float16")
+    args = (cupy.asarray(u), cupy.asarray(h0), None if c0 is None else cupy.asarray(c0))
+    y_auto = check_gpu(model, u, h0, c0, "float16")
+    y_tc, _ = model.forward(*args, path="tc")
+    assert bool((y_auto == y_tc).all())
+    with pytest.raises(ValueError, match="float16 only"):
+        model.forward(*(a.astype(cupy.float32) if a is not None else None for a in args), path="tc")
+
+
+@pytest.mark.gpu
+def test_gpu_tc_empty_rows_and_block_skips(rng):
+    """Units with no nonzeros, and block-sparse tiles whose all-zero k-steps are skipped."""
+    import cupy
+
+    H = 200
+    W = rnn.random_weights(rng, H, 0.3, "tanh").tolil()
+    W[:, 16:48] = 0
+    W[100:180, :] = 0
+    model = rnn.SparseRNN(sp.csr_matrix(W), "tanh")
+    u, h0, _ = make_inputs(rng, model, 8, 4, "float16")
+    check_gpu(model, u, h0, None, "float16", out=poison(cupy, (8, 4, H), "float16"), path="tc")
+    mask = np.zeros((H // 8, H // 8), dtype=bool)
+    mask[np.arange(H // 8), np.arange(H // 8)] = True
+    mask[np.arange(H // 8), (np.arange(H // 8) + 5) % (H // 8)] = True
+    w = rng.standard_normal((int(mask.sum()), 8, 8)) * 0.3
+    model = rnn.SparseRNN(w, "tanh", layout=mask, block_size=8)
+    plan = model.plan_tc(4, tables=True)
+    assert int(plan.tables["kcount"].sum()) < plan.blocks * plan.tiles * -(-H // 16)
+    check_gpu(model, u, h0, None, "float16", out=poison(cupy, (8, 4, H), "float16"), path="tc")
+
+
+@pytest.mark.gpu
+def test_gpu_tc_too_large_takes_sparse(rng):
+    """An LSTM whose A fragments do not fit in registers: auto runs the sparse kernel, path='tc' raises."""
+    import cupy
+
+    W = rnn.random_weights(rng, 2304, 0.3, "lstm")
+    model = rnn.SparseRNN(W, "lstm")
+    assert not model.plan_tc(4).fits and model.plan("float16", 4).path == "persistent"
+    assert not model.plan_tc(4, cluster=4).fits
+    u, h0, c0 = make_inputs(rng, model, 4, 4, "float16")
+    with pytest.raises(ValueError, match="tensor-core kernel cannot run"):
+        model.forward(cupy.asarray(u), cupy.asarray(h0), cupy.asarray(c0), path="tc")
+    check_gpu(model, u, h0, c0, "float16")
+
+
+@pytest.mark.gpu
+def test_gpu_tc_long_sequence_stable(rng):
+    """T = 256 at the headline shape on the tensor-core kernel: right, and bit-identical run to run."""
+    import cupy
+
+    model = make_model(rng, 2304, "tanh", "csr", density=0.3)
+    assert model.plan_tc(4).fits
+    u, h0, _ = make_inputs(rng, model, 256, 4, "float16")
+    ud, hd = cupy.asarray(u), cupy.asarray(h0)
+    y1, _ = model.forward(ud, hd, path="tc")
+    y2, _ = model.forward(ud, hd, path="tc")
+    assert_close(y1, reference(model, u, h0, None, "float16")[0], "float16")
+    assert bool((y1 == y2).all())
+    for cluster in (2, 4, 8):                      # the cluster exchange: the same sums, bit for bit
+        plan = model.plan_tc(4, cluster=cluster, tables=True)
+        y3, _ = model._run_tc(plan, ud, hd, None)
+        assert bool((y1 == y3).all()), cluster
+    for exchange in ("counter", "block_flags", "sentinel"):
+        y4, _ = model.forward(ud, hd, path="tc", exchange=exchange)
+        assert bool((y1 == y4).all()), exchange
+
+
+@pytest.mark.gpu
+def test_gpu_tc_watchdog_and_profile(rng):
+    """Half the blocks: the waiters give up with an error; prof stamps increase and y stays right."""
+    import cupy
+
+    model = make_model(rng, 600, "tanh", "csr", density=0.2)
+    plan = model.plan_tc(4, tables=True)
+    u, h0, _ = make_inputs(rng, model, 9, 4, "float16")
+    ud, hd = cupy.asarray(u), cupy.asarray(h0)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="watchdog"):
+        model._run_tc(plan, ud, hd, None, grid=plan.blocks // 2, timeout_s=0.2)
+    assert time.perf_counter() - start < 30
+    prof = cupy.zeros((plan.blocks, 10, 4), dtype=cupy.int64)
+    y, _ = model._run_tc(plan, ud, hd, None, prof=prof)
+    assert_close(y, reference(model, u, h0, None, "float16")[0], "float16")
+    p = prof.get()
+    stamps = p[:, 1:, :].reshape(plan.blocks, -1)
+    assert (p[:, 0, 3] > 0).all() and (np.diff(stamps, axis=1) >= 0).all()
 
 
 @pytest.mark.gpu
@@ -567,8 +695,10 @@ _EMU_SHIM = r"""
 #include <cstdint>
 #include <cstring>
 #include <math.h>
+#include <deque>
 #include <memory>
 #include <thread>
+#include <vector>
 #define __global__
 #define __device__
 #define __host__
@@ -585,6 +715,8 @@ struct float2 { float x, y; };
 inline int2 make_int2(int x, int y) { return {x, y}; }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 inline int max(int a, int b) { return a > b ? a : b; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
 unsigned char* emu_block_smem();
 int* emu_block_int();
 void __syncthreads();
@@ -606,9 +738,24 @@ inline uint4 __ldcg(const uint4* p) {
 }
 inline int ld_acquire_gpu(const int* p) { std::this_thread::yield(); return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 inline void st_release_gpu(int* p, int v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+inline void red_release_gpu_add(int* p, int v) { __atomic_fetch_add(p, v, __ATOMIC_RELEASE); }
+inline void fence_acq_rel_gpu() { std::atomic_thread_fence(std::memory_order_acq_rel); }
 inline void st_relaxed_u16(unsigned short* p, unsigned short v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline void st_relaxed_u32(unsigned* p, unsigned v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 inline long long clock64() { return 0; }
+// rnn_persistent_tc: plain shared-memory loads; mma16816, cp.async and smem_u32 come from
+// tests/cuda_emulation/conv_ptx_emulated.h on this block's shared memory and warp barriers
+inline int lds_s32(const int* p) { return *p; }
+inline uint2 lds_v2u32(const void* p) { uint2 v; std::memcpy(&v, p, 8); return v; }
+uint32_t (*emu_block_scratch())[32][8];
+void emu_warp_sync();
+#define smem_raw (emu_block_smem())
+#define emu_scratch (emu_block_scratch())
+// thread-block clusters: consecutive blocks, a std::barrier per cluster, peer shared memory by pointer
+unsigned cluster_ctarank();
+void cluster_arrive();
+void cluster_wait();
+void st_cluster_v4(unsigned addr, unsigned rank, const uint4& v);
 inline unsigned long long global_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -644,6 +791,8 @@ _EMU_DRIVER = r"""
 #include <pthread.h>
 #include <string>
 #include <vector>
+#include <deque>
+#include <optional>
 
 thread_local emu_dim3 threadIdx, blockIdx;
 struct Block {
@@ -652,9 +801,28 @@ struct Block {
   std::vector<uint4> smem;
   int shared_int = 0;
   float scratch[RNN_THREADS / 32][32];
+  uint32_t scratch8[RNN_THREADS / 32][32][8];
 };
 thread_local Block* emu_blk;
+thread_local std::vector<EmuCopy> emu_open_group;
+thread_local std::deque<std::vector<EmuCopy>> emu_groups;
 unsigned char* emu_block_smem() { return reinterpret_cast<unsigned char*>(emu_blk->smem.data()); }
+uint32_t (*emu_block_scratch())[32][8] { return emu_blk->scratch8; }
+void emu_warp_sync() { emu_blk->warps[threadIdx.x / 32]->arrive_and_wait(); }
+static int emu_cluster = 1;
+static std::vector<Block>* emu_blocks = nullptr;
+static std::vector<std::unique_ptr<std::barrier<>>> emu_cluster_bars;
+thread_local std::optional<std::barrier<>::arrival_token> emu_token;
+unsigned cluster_ctarank() { return blockIdx.x % emu_cluster; }
+void cluster_arrive() { emu_token.emplace(emu_cluster_bars[blockIdx.x / emu_cluster]->arrive()); }
+void cluster_wait() {
+  emu_cluster_bars[blockIdx.x / emu_cluster]->wait(std::move(*emu_token));
+  emu_token.reset();
+}
+void st_cluster_v4(unsigned addr, unsigned rank, const uint4& v) {
+  Block& peer = (*emu_blocks)[blockIdx.x / emu_cluster * emu_cluster + rank];
+  std::memcpy(reinterpret_cast<unsigned char*>(peer.smem.data()) + addr, &v, 16);
+}
 int* emu_block_int() { return &emu_blk->shared_int; }
 void __syncthreads() { emu_blk->bar->arrive_and_wait(); }
 float __shfl_xor_sync(unsigned, float v, int o) {
@@ -691,14 +859,38 @@ static void save(const char* name) {
 struct Job { std::function<void()> fn; };
 static void* trampoline(void* p) { static_cast<Job*>(p)->fn(); return nullptr; }
 
+// every block's barriers and poisoned shared memory, then one pthread per CUDA thread running
+// kernel(block, thread) with the thread's CUDA coordinates set; joins them and saves the outputs
+template <typename K> void launch(int nblk, int threads, std::vector<Block>& blocks, K kernel) {
+  for (auto& b : blocks) {
+    b.bar = std::make_unique<std::barrier<>>(threads);
+    for (int w = 0; w < threads / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
+    b.smem.assign(S["smem"] / 16 + 1, uint4{0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu});
+  }
+  std::vector<Job> jobs(nblk * threads);
+  std::vector<pthread_t> th(jobs.size());
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  for (int b = 0; b < nblk; ++b)
+    for (int t = 0; t < threads; ++t) {
+      jobs[b * threads + t].fn = [&, b, t] {
+        blockIdx.x = b;
+        threadIdx.x = t;
+        emu_blk = &blocks[b];
+        kernel();
+      };
+      if (pthread_create(&th[b * threads + t], &attr, trampoline, &jobs[b * threads + t])) std::abort();
+    }
+  for (auto& x : th) pthread_join(x, nullptr);
+  save("y");
+  save("status");
+  if (A.count("c_out")) save("c_out");
+}
+
 template <typename T, int MODE, int BC> void run() {
   const int nblk = S["grid"];
   std::vector<Block> blocks(nblk);
-  for (auto& b : blocks) {
-    b.bar = std::make_unique<std::barrier<>>(RNN_THREADS);
-    for (int w = 0; w < RNN_THREADS / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
-    b.smem.assign(S["smem"] / 16 + 1, uint4{0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu, 0xcdcdcdcdu});
-  }
   const uint4* wpack = arr<uint4>("wpack");
   const int *wvec_off = arr<int>("wvec_off"), *row_off = arr<int>("row_off"), *unit_start = arr<int>("unit_start");
   const int *dep_off = arr<int>("dep_off"), *dep_block = arr<int>("dep_block"), *load_off = arr<int>("load_off");
@@ -709,36 +901,48 @@ template <typename T, int MODE, int BC> void run() {
   const int H = S["H"], Hp = S["Hp"], B = S["B"], steps = S["steps"], nch = S["nchunks"], lanes = S["lanes"];
   const int sw = S["smem_wvec"], sr = S["smem_rows"];
   const long long timeout = S["timeout_ns"];
-  std::vector<Job> jobs(nblk * RNN_THREADS);
-  std::vector<pthread_t> th(jobs.size());
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 256 * 1024);
-  for (int b = 0; b < nblk; ++b)
-    for (int t = 0; t < RNN_THREADS; ++t) {
-      jobs[b * RNN_THREADS + t].fn = [&, b, t] {
-        blockIdx.x = b;
-        threadIdx.x = t;
-        emu_blk = &blocks[b];
-        if (S["sentinel"] && S["h_float"])
-          rnn_persistent_sentinel<T, MODE, BC, float>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
-                                                      load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B,
-                                                      steps, nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
-        else if (S["sentinel"])
-          rnn_persistent_sentinel<T, MODE, BC, T>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
-                                                  load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B, steps,
-                                                  nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
-        else
-          rnn_persistent<T, MODE, BC>(wpack, wvec_off, row_info, row_off, unit_start, dep_off, dep_block,
-                                      load_range, load_off, u, c0, y, c_out, xch, flags, status, H, Hp, B,
-                                      steps, nch, lanes, sw, sr, timeout);
-      };
-      if (pthread_create(&th[b * RNN_THREADS + t], &attr, trampoline, &jobs[b * RNN_THREADS + t])) return;
-    }
-  for (auto& x : th) pthread_join(x, nullptr);
-  save("y");
-  save("status");
-  if (c_out) save("c_out");
+  launch(nblk, RNN_THREADS, blocks, [&] {
+    if (S["sentinel"] && S["h_float"])
+      rnn_persistent_sentinel<T, MODE, BC, float>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
+                                                  load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B,
+                                                  steps, nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
+    else if (S["sentinel"])
+      rnn_persistent_sentinel<T, MODE, BC, T>(wpack, wvec_off, row_info, row_off, unit_start, load_range,
+                                              load_off, u, c0, y, c_out, xch, status, nullptr, H, Hp, B, steps,
+                                              nch, lanes, sw, sr, timeout, 1, S["poll_all"]);
+    else
+      rnn_persistent<T, MODE, BC>(wpack, wvec_off, row_info, row_off, unit_start, dep_off, dep_block,
+                                  load_range, load_off, u, c0, y, c_out, xch, flags, status, H, Hp, B,
+                                  steps, nch, lanes, sw, sr, timeout);
+  });
+}
+
+template <int MODE, int MT, int KS, int NT, int THREADS, int CLUSTER> void run_tc() {
+  const int nblk = S["grid"];
+  std::vector<Block> blocks(nblk);
+  emu_blocks = &blocks;
+  emu_cluster = CLUSTER;
+  for (int c = 0; c < nblk / CLUSTER; ++c) emu_cluster_bars.push_back(std::make_unique<std::barrier<>>(CLUSTER * THREADS));
+  const uint4* afrag = arr<uint4>("afrag");
+  const int *kstep = arr<int>("kstep"), *kcount = arr<int>("kcount"), *load_off = arr<int>("load_off");
+  const int2* load_range = arr<int2>("load_range");
+  const __half *u = arr<__half>("u"), *c0 = arr<__half>("c0");
+  __half *y = arr<__half>("y"), *c_out = arr<__half>("c_out"), *xch = arr<__half>("xch");
+  int *status = arr<int>("status"), *counters = arr<int>("counters");
+  const int H = S["H"], Hu = S["Hu"], Kp = S["Kp"], units = S["units"], B = S["B"], steps = S["steps"];
+  const int nplanned = S["nblocks"], block_flags = S["block_flags"];
+  const long long timeout = S["timeout_ns"];
+  launch(nblk, THREADS, blocks, [&] {
+    if constexpr (CLUSTER > 1)
+      rnn_persistent_tc_cluster<MODE, MT, KS, NT, THREADS, 1, CLUSTER>(afrag, kstep, kcount, load_range, load_off, u,
+                                                                       c0, y, c_out, xch, status, nullptr, H, Hu, Kp,
+                                                                       units, B, steps, timeout, 1, counters,
+                                                                       nplanned, block_flags);
+    else
+      rnn_persistent_tc<MODE, MT, KS, NT, THREADS, 1>(afrag, kstep, kcount, load_range, load_off, u, c0, y, c_out,
+                                                      xch, status, nullptr, H, Hu, Kp, units, B, steps, timeout, 1,
+                                                      counters, nplanned, block_flags);
+  });
 }
 
 int main(int argc, char** argv) {
@@ -747,6 +951,23 @@ int main(int argc, char** argv) {
   std::string k;
   long long v;
   while (f >> k >> v) S[k] = v;
+  if (S["tc"]) {
+    const long long tkey = S["cluster"] * 10000 + S["mode"] * 1000 + S["mt"] * 100 + S["ks"] * 10 + S["nt"];
+#define RNN_EMU_TC(C, M, MT, KS, NT) \
+  case C * 10000 + M * 1000 + MT * 100 + KS * 10 + NT: run_tc<M, MT, KS, NT, 64, C>(); return 0;
+    switch (tkey) {
+      RNN_EMU_TC(1, 1, 2, 2, 1)
+      RNN_EMU_TC(1, 0, 1, 2, 1)
+      RNN_EMU_TC(1, 2, 3, 2, 1)
+      RNN_EMU_TC(1, 1, 1, 2, 2)
+      RNN_EMU_TC(1, 2, 2, 1, 1)
+      RNN_EMU_TC(1, 0, 2, 2, 1)
+      RNN_EMU_TC(2, 1, 1, 2, 1)
+      RNN_EMU_TC(4, 2, 2, 1, 1)
+      RNN_EMU_TC(2, 0, 1, 2, 2)
+    }
+    return 4;
+  }
   const long long key = S["dtype"] * 100 + S["mode"] * 10 + S["bc"];
 #define RNN_EMU_CASE(D, T, M, C) \
   case D * 100 + M * 10 + C: run<T, M, C>(); return 0;
@@ -778,8 +999,9 @@ def _emu_driver():
     if shutil.which("g++") is None:
         pytest.skip("host emulation needs g++")
     kdir = kernel_source_dir()
+    emu_dir = Path(__file__).resolve().parent / "cuda_emulation"
     text = "".join([_EMU_SHIM, _EMU_FP16, _EMU_BF16, _EMU_DRIVER, (kdir / "rnn.cu").read_text(),
-                    (kdir / "common.cuh").read_text()])
+                    (kdir / "common.cuh").read_text(), (emu_dir / "conv_ptx_emulated.h").read_text()])
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     root = Path(os.environ.get("CUSPARSEBLOCKS_CACHE_DIR", Path.home() / ".cache" / "cusparseblocks"))
     build = root / f"rnn_emulation_{digest}"
@@ -790,7 +1012,8 @@ def _emu_driver():
                           ("cuda_bf16.h", _EMU_BF16), ("driver.cpp", _EMU_DRIVER)):
             (build / name).write_text(src)
         res = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-DRNN_HOST_EMULATION",
-                              f"-I{build}", f"-I{kdir}", str(build / "driver.cpp"), "-o", str(exe) + ".tmp"],
+                              f"-I{build}", f"-I{kdir}", f"-I{emu_dir}", str(build / "driver.cpp"), "-o",
+                              str(exe) + ".tmp"],
                              capture_output=True, text=True)
         if res.returncode != 0:
             pytest.fail(f"host emulation driver failed to compile:\n{res.stderr[-4000:]}")
@@ -882,5 +1105,139 @@ def test_kernel_on_cpu_watchdog(rng, exchange, poll_all):
     start = time.perf_counter()
     _, _, status = emulate_kernel(model, plan, u, h0, None, exchange=exchange, grid=2, timeout_s=0.3,
                                   poll_all=poll_all)
+    assert status == 1
+    assert time.perf_counter() - start < 60
+
+
+# ---------------------------------------------------------------------------------------------------
+# the tensor-core kernel (rnn_persistent_tc) on the CPU: 64 threads a block (config (64, 1, 200)), the
+# A-fragment slots forced so each case hits one of the driver's instantiations (mode, tiles, slots, n-tiles)
+
+_TC_EMU_CONFIG = (64, 1, 200)
+
+
+def emulate_tc_kernel(model, plan, u, h0, c0, *, grid=None, timeout_s=30.0, counter=False):
+    """Run rnn_persistent_tc from kernels/rnn.cu on the CPU (``counter``: exchange="counter"); returns
+    (y, c_T, status)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    exe = _emu_driver()
+    tab = plan.tables
+    T, B, _ = u.shape
+    H = model.hidden_size
+    xch = np.full((T + 1, B, plan.kp), np.nan, np.float16)
+    xch.view(np.uint16)[...] = 0xFFFF
+    xch[0] = 0
+    xch[0, :, :H] = h0
+    ranges, off = rnn._tc_load_ranges(tab, plan.blocks, B, plan.kp, plan.cluster)
+    scalars = {"tc": 1, "cluster": plan.cluster, "mode": rnn._MODE_ID[model.mode], "mt": plan.tiles,
+               "ks": plan.slots, "nt": plan.ntiles, "grid": plan.blocks if grid is None else grid, "smem": plan.smem_bytes,
+               "H": H, "Hu": plan.hidden_padded, "Kp": plan.kp, "units": plan.units, "B": B, "steps": T,
+               "timeout_ns": int(timeout_s * 1e9), "nblocks": plan.blocks,
+               "block_flags": int(counter == "block_flags")}
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "scalars.txt").write_text("".join(f"{k} {v}\n" for k, v in scalars.items()))
+        arrays = {k: tab[k] for k in ("afrag", "kstep", "kcount")}
+        arrays.update(load_range=ranges, load_off=off, u=u, xch=xch, y=np.full((T, B, H), np.nan, np.float16),
+                      status=np.zeros(1, np.int32))
+        if counter == "block_flags":
+            flags = np.full(-(-plan.blocks // 4) * 4, np.iinfo(np.int32).max, np.int32)
+            flags[:plan.blocks] = 0
+            arrays.update(counters=flags)
+        elif counter:
+            arrays.update(counters=np.zeros(T + 1, np.int32))
+        if c0 is not None:
+            arrays.update(c0=c0, c_out=np.full((B, H), np.nan, np.float16))
+        for k, v in arrays.items():
+            Path(d, f"{k}.bin").write_bytes(np.ascontiguousarray(v).tobytes())
+        res = subprocess.run([str(exe), d], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"emulation driver exit {res.returncode}: {res.stderr[-2000:]}"
+        y = np.frombuffer(Path(d, "y.out").read_bytes(), dtype=np.float16).reshape(T, B, H)
+        status = int(np.frombuffer(Path(d, "status.out").read_bytes(), dtype=np.int32)[0])
+        c = None
+        if c0 is not None:
+            c = np.frombuffer(Path(d, "c_out.out").read_bytes(), dtype=np.float16).reshape(B, H)
+    return y, c, status
+
+
+# (mode, kind, H, B, sm_count, expected (tiles, slots, n-tiles)): ragged H (not a multiple of 16), B 1, 5
+# and 9 (two n-tiles), block-sparse W with all-zero k-steps skipped, an LSTM with 3 tiles a block
+_TC_EMU_CASES = [
+    ("tanh", "csr", 37, 1, 2, (2, 2, 1)),
+    ("relu", "block", 48, 5, 3, (1, 2, 1)),
+    ("lstm", "csr", 37, 5, 4, (3, 2, 1)),
+    ("tanh", "csr", 40, 9, 3, (1, 2, 2)),
+    ("lstm", "block", 32, 1, 4, (2, 1, 1)),
+    ("relu", "csr", 45, 5, 2, (2, 2, 1)),
+]
+
+
+@pytest.mark.parametrize("counter", [False, "counter", "block_flags"])
+@pytest.mark.parametrize("mode,kind,H,B,sm_count,shape", _TC_EMU_CASES)
+def test_tc_kernel_on_cpu(rng, mode, kind, H, B, sm_count, shape, counter):
+    """rnn_persistent_tc itself, emulated on the CPU (every block at once, mma.sync by its fragment layout),
+    against the float64 reference, every element of y and c_T; sentinel polling and per-step counters."""
+    model = make_model(rng, H, mode, kind, density=0.2 if kind == "block" else 0.3)
+    plan = model.plan_tc(B, sm_count=sm_count, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=shape[1],
+                         tables=True)
+    assert plan.fits and (plan.tiles, plan.slots, plan.ntiles) == shape
+    u, h0, c0 = make_inputs(rng, model, 4, B, "float16")
+    y, c, status = emulate_tc_kernel(model, plan, u, h0, c0, counter=counter)
+    assert status == 0
+    yr, cr = reference(model, u, h0, c0, "float16")
+    assert_close(y, yr, "float16", "y")
+    if mode == "lstm":
+        assert_close(c, cr, "float16", "c_T")
+
+
+@pytest.mark.parametrize("counter", [False, "counter", "block_flags"])
+def test_tc_kernel_on_cpu_watchdog(rng, counter):
+    """Fewer blocks than planned: the missing block never writes h_t; the others give up, never hang."""
+    model = make_model(rng, 40, "tanh", "csr")
+    plan = model.plan_tc(9, sm_count=3, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=2, tables=True)
+    u, h0, _ = make_inputs(rng, model, 3, 9, "float16")
+    start = time.perf_counter()
+    _, _, status = emulate_tc_kernel(model, plan, u, h0, None, grid=2, timeout_s=0.3, counter=counter)
+    assert status == 1
+    assert time.perf_counter() - start < 60
+
+
+# (mode, kind, H, B, sm_count, cluster, expected (blocks, tiles, slots, n-tiles)): the cluster exchange, with
+# an empty block that rounds the grid up to whole clusters, a cluster of 4, two n-tiles
+_TC_CLUSTER_CASES = [
+    ("tanh", "csr", 37, 5, 4, 2, (4, 1, 2, 1)),
+    ("lstm", "block", 32, 5, 4, 4, (4, 2, 1, 1)),
+    ("relu", "csr", 45, 9, 4, 2, (4, 1, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("mode,kind,H,B,sm_count,cluster,shape", _TC_CLUSTER_CASES)
+def test_tc_cluster_kernel_on_cpu(rng, mode, kind, H, B, sm_count, cluster, shape):
+    """rnn_persistent_tc_cluster on the CPU: each block copies its 1/C of h_(t-1) and stores it into its
+    peers' shared memory (cluster barriers, double-buffered h), against the float64 reference."""
+    model = make_model(rng, H, mode, kind, density=0.2 if kind == "block" else 0.3)
+    plan = model.plan_tc(B, sm_count=sm_count, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=shape[2],
+                         cluster=cluster, tables=True)
+    assert plan.fits and (plan.blocks, plan.tiles, plan.slots, plan.ntiles) == shape and plan.cluster == cluster
+    u, h0, c0 = make_inputs(rng, model, 4, B, "float16")
+    y, c, status = emulate_tc_kernel(model, plan, u, h0, c0)
+    assert status == 0
+    yr, cr = reference(model, u, h0, c0, "float16")
+    assert_close(y, yr, "float16", "y")
+    if mode == "lstm":
+        assert_close(c, cr, "float16", "c_T")
+
+
+def test_tc_cluster_kernel_on_cpu_watchdog(rng):
+    """A missing cluster never writes its h_t: the other cluster's blocks give up and still pass every
+    cluster barrier together (no hang)."""
+    model = make_model(rng, 37, "tanh", "csr")
+    plan = model.plan_tc(5, sm_count=4, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=2, cluster=2,
+                         tables=True)
+    u, h0, _ = make_inputs(rng, model, 3, 5, "float16")
+    start = time.perf_counter()
+    _, _, status = emulate_tc_kernel(model, plan, u, h0, None, grid=2, timeout_s=0.3)
     assert status == 1
     assert time.perf_counter() - start < 60
