@@ -92,7 +92,7 @@ def run(densities=DENSITIES, dtypes=("float16", "float32")):
             bsmm._gpu_tables.clear()  # the plan cache does not key on the blocks-per-SM rule
             try:
                 add("small kernel forced", _time(bsmm, sets))
-                older = (("tc_stages", "tc_ring_pairs", "tc_ring_swz", "tc_ring_swz_async", "tc_ring_late")
+                older = (("tc_stages", "tc_ring_pairs", "tc_ring_swz", "tc_ring_late")
                          if kind == "tc"
                          else ("simt_ring", "simt_stages", "simt_late"))
                 for name in (*older, *diags):

@@ -152,17 +152,13 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      # tc_ring with other tile layouts (SMALL_SWIZZLE, kernels/bsmm_small.cu tile_off)
                      "tc_ring_swz": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      "tc_ring_pairs": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
-                     # tc_ring_swz + piece ends without CTA barriers (LATE = 2: the last warp sums):
-                     # H100 run 4: 1.3-1.8× slower than tc_ring (the one-warp sums), kept for the record
-                     "tc_ring_swz_async": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      # split pieces counted after the CTA's last block (LATE = 1; H100 2026-11-26 (third): no
                      # gain for fp16, 2-12 % slower for fp32 at d <= 0.2, so not the default)
                      "tc_ring_late": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      "simt_late": ("simt", 32, (4, 1, 3, 320, 128, 1))}
 SMALL_LATE_SPLIT = ("tc_ring_late", "simt_late")  # variants built with LATE = 1
-SMALL_ASYNC_EPI = ("tc_ring_swz_async",)  # xw_small_ring variants built with LATE = 2
 # xw_small_ring's fp16/bf16 tile layout (SWZ) by variant; the others: 0, padded 80-byte rows
-SMALL_SWIZZLE = {"tc_ring_swz": 1, "tc_ring_swz_async": 1, "tc_ring_pairs": 2}
+SMALL_SWIZZLE = {"tc_ring_swz": 1, "tc_ring_pairs": 2}
 # Timing-only builds of xw_small_ring (fp16 "tc", fp32 "simt"; fprop; 8th entry DIAG, kernels/bsmm_small.cu):
 # each removes one piece of the work so that bench/small_diag.py can attribute the time. Their output is
 # wrong: only a benchmark names them (small_variant), the library never picks them.
@@ -289,12 +285,11 @@ def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
 
 
 def _small_late(dtype, bm, variant):
-    """LATE of the variant where it applies (its kind and tile height): 1 for SMALL_LATE_SPLIT, 2 for
-    SMALL_ASYNC_EPI, else 0."""
+    """LATE of the variant where it applies (its kind and tile height): 1 for SMALL_LATE_SPLIT, else 0."""
     v = XW_SMALL_VARIANTS.get(variant)
     if v is None or _small_entry(dtype, bm, variant) is not v[2]:
         return 0
-    return 1 if variant in SMALL_LATE_SPLIT else 2 if variant in SMALL_ASYNC_EPI else 0
+    return 1 if variant in SMALL_LATE_SPLIT else 0
 
 
 def _small_swizzled(dtype, bm, variant):
@@ -311,7 +306,7 @@ def xw_small_smem(dtype, bm, variant=None):
     warps, bpw, st, _, _, c = small_tile(dtype, bm, variant)
     stride, item = (36, 4) if dtype == "float32" else ((40, 32, 36)[_small_swizzled(dtype, bm, variant)], 2)
     ring = st * warps * bpw * (bm + c * XW_SMALL_BS) * stride * item
-    red = warps * bm * 36 * 4 * (2 if _small_late(dtype, bm, variant) == 2 else 1)
+    red = warps * bm * 36 * 4
     return ring + (red if small_ring(dtype, bm, variant) else 0)
 
 

@@ -294,32 +294,6 @@ __device__ __forceinline__ void finish_split(int p, int group, int cols, int row
     if (threadIdx.x == 0) counters[pi.x] = 0u;
 }
 
-// finish_split for one warp (xw_small_ring with LATE = 2: the warp that summed a piece finishes it alone,
-// the others stream on); `flag` is the warp's word of shared memory for broadcasting lane 0's answer.
-template <typename TO, int BM>
-__device__ __forceinline__ void finish_split_warp(int p, int c, int rows, const int2* __restrict__ parts,
-                                                  const float* ws, unsigned* __restrict__ counters,
-                                                  TO* __restrict__ y, i64 out_features, int accumulate,
-                                                  volatile int* flag, int lane) {
-    __threadfence();
-    __syncwarp();
-    const int2 pi = parts[p];
-    if (lane == 0) *flag = atomicAdd(counters + pi.x, 1u) == (unsigned)(pi.y - 1);
-    __syncwarp();
-    if (!*flag) return;
-    __threadfence();
-    for (int idx = lane; idx < rows * BS; idx += 32) {
-        const int m = idx / BS, f = idx % BS;
-        float v = 0.f;
-        for (int k = 0; k < pi.y; k++) v += __ldcg(ws + (i64)(pi.x + k) * BM * BS + idx);
-        const i64 off = (i64)m * out_features + (i64)c * BS + f;
-        if (accumulate) v += to_float<TO>(y[off]);
-        y[off] = from_float<TO>(v);
-    }
-    __syncwarp();
-    if (lane == 0) counters[pi.x] = 0u;
-}
-
 }  // namespace small
 
 // Dynamic shared memory: STAGES · EPS · (BM + C·32) · stride(T) · sizeof(T) bytes (xw_small_smem() in
@@ -499,11 +473,7 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
 // and of the x tile, into the padded rows that ldmatrix wants), completion on the slot's mbarrier; rows
 // n ≥ N of the x tiles are zeroed once and never copied. Warp tile and multiply as xw_small (Warp<>).
 // LATE = 1 as xw_small's: a split column's piece is counted (fence, atomic, last piece's sum) after the
-// stream. LATE = 2: no CTA barrier at piece ends: each warp stores its tile into one of two `red` buffers
-// (alternating by piece; it waits only if the piece two before has not been summed yet) and counts itself
-// in a shared counter; the last warp to arrive sums the tiles in warp order (the same bits as the
-// CTA-wide sum), writes y or the split partial (finish_split_warp) and frees the buffer; the other warps
-// stream on. `red` is then 2 · WARPS · BM · 36 floats.
+// stream.
 // Dynamic shared memory: WARPS · SLOTS · (BM + 32) · stride(T) · sizeof(T) + WARPS · BM · 36 · 4 bytes.
 // DIAG (timing-only builds for bench/small_diag.py, never dispatched by default; the output is wrong):
 // each set bit removes one piece of the work so that the benchmark can attribute the time: DIAG_NOMMA
@@ -535,9 +505,6 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
     __shared__ int4 stg_s[MAX_STG];     // its stages: (first entry, count | FIRST | LAST, column, part)
     __shared__ __align__(8) unsigned long long full[WARPS][SLOTS];  // BULK: slot s of warp q has landed
     __shared__ int last_s;
-    // LATE = 2: per buffer of `red`, the warps arrived at its current piece and the pieces summed in it
-    __shared__ unsigned arrive_s[2], done_s[2];
-    __shared__ int flag_s[WARPS];
 
     const int rows = (int)min((i64)BM, n_total);
     const int e_base = ent_ptr[blockIdx.x], n_ent = ent_ptr[blockIdx.x + 1] - e_base;
@@ -553,7 +520,6 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
         if (idx < n_st) stg_s[idx] = stages[s_base + idx];
     }
     const int q = warp_id(), lane = lane_id();
-    if (threadIdx.x < 2) arrive_s[threadIdx.x] = done_s[threadIdx.x] = 0u;
     T* ring = rings + q * SLOTS * SLOT;
     if (BULK) {
         for (int idx = lane; idx < SLOTS * (BM - rows) * BS; idx += 32) {  // x rows n ≥ N: zeros, never copied
@@ -635,7 +601,6 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
     Warp<T, BM, TRANS_W, SWZ> acc;
     int n_late = 0;  // LATE = 1: split pieces ended, to be counted after the stream (at most two)
     int2 late0 = make_int2(0, 0), late1 = late0;
-    int n_piece = 0;  // LATE = 2: pieces ended so far (the same count in every warp)
     float sink = 0.f;  // DIAG_NOMMA's fold
     int used = 0;  // this warp's blocks consumed
     for (int j = 0; j < n_st; j++) {
@@ -661,45 +626,6 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
         if (DIAG & DIAG_NOEPI) continue;
         if (!(rec.y & LAST)) continue;
         const int c = rec.z, p = rec.w;
-        if (LATE == 2) {  // piece end without a CTA barrier: the last warp to arrive sums, in warp order
-            const int b = n_piece & 1;
-            float* rb = red + b * WARPS * BM * RS;
-            if (lane == 0)  // buffer b is free once the piece two before this one has been summed
-                while (atomicAdd(&done_s[b], 0u) < (unsigned)(n_piece >> 1)) __nanosleep(64);
-            __syncwarp();
-            acc.store(rb + q * BM * RS, lane);
-            __threadfence_block();
-            __syncwarp();
-            if (lane == 0) flag_s[q] = atomicAdd(&arrive_s[b], 1u) == (unsigned)(WARPS - 1);
-            __syncwarp();
-            if (flag_s[q]) {
-                __threadfence_block();
-                for (int idx = lane; idx < rows * BS; idx += 32) {
-                    const int m = idx / BS, f = idx % BS;
-                    float v = 0.f;
-#pragma unroll
-                    for (int k = 0; k < WARPS; k++) v += rb[k * BM * RS + m * RS + f];
-                    if (p >= 0) {
-                        ws[(i64)p * BM * BS + idx] = v;
-                        continue;
-                    }
-                    const i64 off = (i64)m * out_features + (i64)c * BS + f;
-                    if (accumulate) v += to_float<TO>(y[off]);
-                    y[off] = from_float<TO>(v);
-                }
-                if (p >= 0)
-                    finish_split_warp<TO, BM>(p, c, rows, parts, ws, counters, y, out_features, accumulate,
-                                              flag_s + q, lane);
-                __threadfence_block();  // this warp's reads of rb before the buffer is handed on
-                __syncwarp();
-                if (lane == 0) {
-                    arrive_s[b] = 0u;
-                    atomicAdd(&done_s[b], 1u);
-                }
-            }
-            n_piece++;
-            continue;
-        }
         // piece end: the warps' tiles summed in warp order (as xw_small)
         __syncthreads();  // the previous piece's readers are done with red
         acc.store(red + q * BM * RS, lane);

@@ -859,10 +859,7 @@ def _emulated_small_cases():
             ("float32", "float32", "fprop", 29, 5, 1, "simt_stages"),
             ("float32", "float32", "fprop", 31, 3, 1, "simt_ring8"), ("float32", "float32", "bprop", 5, 2, 0, "simt_ring8"),
             ("bfloat16", "float32", "fprop", 31, 4, 1, "tc_ring_swz"), ("float16", "float16", "bprop", 29, 5, 1, "tc_ring_pairs"),
-            ("bfloat16", "bfloat16", "fprop", 32, 3, 0, "tc_ring_pairs"), ("float16", "float32", "fprop", 30, 4, 1, "tc_ring_swz_async"),
-            ("bfloat16", "bfloat16", "bprop", 32, 6, 0, "tc_ring_swz_async"),
-            ("float16", "float16", "fprop", 32, 5, 0, "tc_ring_swz_async"), ("bfloat16", "float32", "bprop", 19, 3, 1, "tc_ring_swz_async"),
-            ("float16", "float32", "fprop", 7, 1, 1, "tc_ring_swz_async")]
+            ("bfloat16", "bfloat16", "fprop", 32, 3, 0, "tc_ring_pairs")]
 
 
 @pytest.fixture(scope="module")
