@@ -1,6 +1,7 @@
-"""xw_gmma (wgmma) tiles against xw_tc (mma.sync) and dense cuBLAS, fprop and bprop, in one run.
+"""xw_gmma / xw_gmma_rs (wgmma) tiles against the mma.sync kernels and dense cuBLAS, fprop and bprop, in one run.
 
-N = K = M = 4096 (``--n``), b = 32 and 64, fp16; each tile is checked against cuBLAS on the dense
+N = K = M = 4096 (``--n``), b = 16, 32 and 64 (``--blocks``), fp16 (the mma.sync row: xw_tc, or xw_wide_tc at
+b = 16); each tile is checked against cuBLAS on the dense
 masked W before it is timed (relative Frobenius error printed). Times are CUDA-graph replays (GPU
 time alone) with inputs rotated past L2. Table last; JSON in bench/results/.
 
@@ -22,8 +23,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--densities", default="0.5,0.2,0.05")
-    ap.add_argument("--blocks", default="32,64")
+    ap.add_argument("--blocks", default="16,32,64")
     ap.add_argument("--dtype", default="float16")
+    ap.add_argument("--no-update", action="store_true", help="fprop/bprop only")
     args = ap.parse_args(argv)
     import cupy as cp
 
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
                 wd = op.dense(w0.astype(cp.float32))
                 ref = x0.astype(cp.float32) @ (wd if kind == "fprop" else wd.T)
                 base = None
-                for variant in ("xw_tc", *_matmul_gpu.XW_GMMA_TILES[b]):
+                for variant in ("xw_tc", *_matmul_gpu.XW_GMMA_TILES.get(b, {}),
+                                *_matmul_gpu.XW_GMMA_RS_TILES.get(b, {})):
                     _matmul_gpu.force_variant = None if variant == "xw_tc" else variant
                     saved = _matmul_gpu.gmma_enabled
                     _matmul_gpu.gmma_enabled = variant != "xw_tc"
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
                     table.add(**row)
                     print(row, flush=True)
         # the update: updat_gmma(32) tiles against updat_tc, launched back to back (splits allocate)
-        if b in _matmul_gpu.UPDAT_GMMA_TILES:
+        if b in _matmul_gpu.UPDAT_GMMA_TILES and not args.no_update:
             for d in map(float, args.densities.split(",")):
                 rng = np.random.default_rng(int(b * 1000 * d))
                 mask = rng.random((k // b, k // b)) < d

@@ -51,6 +51,16 @@ XW_GMMA_TILES = {
     64: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 4), "gmma_wg4": (4, 1, 3)},
     32: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 6), "gmma_deep": (2, 1, 8)},
 }
+# xw_gmma_rs (kernels/bsmm_gmma_rs.cu: wgmma with the x tile in registers, sm_90a; fp16/bf16, feature axis 1,
+# x/w/y 16-byte aligned, N > SMALL_N): groups of C output block columns per CTA, 128 rows, two warpgroups;
+# block_size -> {variant: (C, STAGES, MINB CTAs per SM the registers are budgeted for)}.
+XW_GMMA_RS_TILES = {
+    64: {"rs_c2": (2, 3, 1), "rs_c4": (4, 3, 1)},
+    32: {"rs_c4": (4, 4, 2), "rs_c8": (8, 4, 1), "rs_c4_s6": (4, 6, 2)},
+    16: {"rs_c8": (8, 4, 2), "rs_c16": (16, 4, 1)},
+}
+# block_size -> the xw_gmma_rs variant that is the default there (none until the H100 says where it wins)
+XW_GMMA_RS_DEFAULT: dict[int, str] = {}
 # updat_gmma (b = 64) / updat_gmma32 (b = 32; warpgroups stack pairs of blocks), feature axis 1, aligned
 # pairs: block_size -> {variant: (G warpgroups, NC batch rows per chunk, STAGES)}; a CTA takes G (b = 64) or
 # 2·G (b = 32) blocks of one row; the first entry is the default
@@ -225,6 +235,17 @@ def xw_gmma_spec(dtype, out_dtype, bs, variant, trans):
 def xw_gmma_smem(bs, variant):
     wg, mi, st = XW_GMMA_TILES[bs][variant]
     return st * (wg * mi * 64 + bs) * bs * 2 + 1024  # + 1 KiB: the kernel aligns its base to 1 KiB
+
+
+def xw_gmma_rs_spec(dtype, out_dtype, bs, variant, trans):
+    c, st, minb = XW_GMMA_RS_TILES[bs][variant]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec("bsmm_gmma_rs.cu", f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {trans}>")
+
+
+def xw_gmma_rs_smem(bs, variant):
+    c, st, _ = XW_GMMA_RS_TILES[bs][variant]
+    return st * (128 + c * bs) * bs * 2 + 1024
 
 
 def updat_gmma_spec(dtype, out_dtype, bs, variant):
@@ -555,6 +576,16 @@ def gmma_specializations():
 
 compiler.register_family("bsmm_gmma", gmma_specializations)
 
+def gmma_rs_specializations():
+    """xw_gmma_rs (sm_90a): every tile, fp16/bf16, output in the input dtype or float32, fprop and bprop."""
+    for dtype in ("float16", "bfloat16"):
+        for to, bs, trans in itertools.product(_out_types(dtype), XW_GMMA_RS_TILES, (0, 1)):
+            for variant in XW_GMMA_RS_TILES[bs]:
+                yield xw_gmma_rs_spec(dtype, to, bs, variant, trans)
+
+
+compiler.register_family("bsmm_gmma_rs", gmma_rs_specializations)
+
 
 def small_specializations():
     """xw_small: fp16/bf16/fp32, output in the input dtype or float32, both tile heights, fprop/bprop."""
@@ -764,6 +795,20 @@ def _use_gmma(op_obj, dtype, n, aligned, dev):
 _SMEM: dict[int, tuple[int, int]] = {}
 
 
+def _use_gmma_rs(op_obj, dtype, n, aligned, dev):
+    """The xw_gmma_rs tile that serves this call, or None: wgmma device, fp16/bf16, feature axis 1, aligned
+    x, w, y; a forced variant of it, or the block size's default (N > SMALL_N)."""
+    b = op_obj.block_size
+    tiles = XW_GMMA_RS_TILES.get(b, {})
+    if not (aligned and dtype != "float32" and op_obj.feature_axis == 1 and tiles):
+        return None
+    if force_variant is not None:
+        variant = force_variant if force_variant in tiles else None
+    else:
+        variant = XW_GMMA_RS_DEFAULT.get(b) if gmma_enabled and n > SMALL_N else None
+    return variant if variant is not None and _gmma_device(dev) else None
+
+
 def _smem_limits(dev):
     """(shared memory per SM, opt-in maximum per block) in bytes."""
     if dev not in _SMEM:
@@ -837,6 +882,18 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
         trans = 0 if op == "fprop" else 1
         if _use_small(op_obj, dtype, n, aligned_x and aligned_w, dev):
             plan = _small_plan(op_obj, op, dtype, odt, n, dev)
+            op_obj._gpu_tables[key] = plan
+            return plan
+        rs = _use_gmma_rs(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
+        if rs is not None:
+            c = XW_GMMA_RS_TILES[b][rs][0]
+            spec, smem = xw_gmma_rs_spec(dtype, odt, b, rs, trans), xw_gmma_rs_smem(b, rs)
+            n_tiles = -(-n // 128)
+            if n_tiles > 65535:
+                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * 128} "
+                                 f"for block_size {b}")
+            plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (256,), smem,
+                    ("wide", op, c, 1))
             op_obj._gpu_tables[key] = plan
             return plan
         if _use_gmma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev):

@@ -1,0 +1,242 @@
+// Block-sparse fprop / bprop on wgmma with the x tile in registers (sm_90a only): column groups.
+//
+// Same contract as xw_wide_tc (bsmm.cu) with R = 1, feature axis 1 (x [N, in_features], y [N, out]):
+//     Y[:, g·C + j] = Σ_e X[:, s_e] · op(w[slot_e[j]])   over the entries e of group g whose mask has bit j,
+// op = identity (fprop) or transpose (bprop). Group g holds the output block columns g·C .. g·C + C - 1;
+// its entries (offsets[g] .. offsets[g + 1]) are the reduction blocks s_e present in at least one of
+// them, in increasing order (wide_tables in _matmul_gpu.py). A column without blocks is written as zeros.
+//
+// Why (bench/NOTES.md): xw_gmma reads its A operand (the x tile) from shared memory once per block, so at
+// b = 32 each block costs 12 KiB of shared-memory reads for 262 kflop, and b = 16 has no wgmma kernel at
+// all. Here one CTA computes Y[n0 : n0 + 128, group] with two warpgroups (64 rows each): per entry, every
+// warp loads its 16 rows of the x tile ONCE from shared memory into registers (ldmatrix: the wgmma A
+// fragment of m64 × k16 is mma.sync's m16 × k16 per warp), and issues one wgmma m64nBSk16 (A from
+// registers, B = the w block through a matrix descriptor) per present column and 16 of k, each into the
+// column's own fp32 accumulators (C · BS / 2 registers a thread). Shared-memory reads per block fall to
+// the w block plus the x tile over the present columns of the entry; the x tile is also loaded from L2
+// once per entry instead of once per block.
+//
+// Tiles in shared memory, each stored row by row in the swizzled layout of its row width (BS · 2 bytes:
+// 128 / 64 / 32 for BS = 64 / 32 / 16, see gmma::swizzle): the x tile [128][BS] (read by ldmatrix), and
+// C slots [BS][BS] for the entry's w blocks as stored in memory (N-major B for fprop, K-major for bprop:
+// one image, the transpose bit decides). Only present blocks are loaded. Stage pipeline as xw_gmma's:
+// 16-byte cp.async by all threads, STAGES deep, iteration s waits for stage s, fences the generic-proxy
+// writes for the async proxy, barriers, loads the A fragments, issues its wgmma group, refills the slot of
+// stage s - 2 with stage s + STAGES - 2 and waits for group s - 1. The A fragments are double-buffered
+// in registers (the loop is unrolled by two), since group s still reads its fragments while iteration
+// s + 1 loads the next ones. Epilogue from registers, two consecutive features per thread.
+#include "gmma.cuh"
+
+namespace gmma_rs {
+
+#define GMMA_RS_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), \
+                      "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define GMMA_RS_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB)
+
+// D[64 × N] += A[64 × 16] · B[16 × N]: A in registers (4 × b32 a thread, K-major), B through a descriptor,
+// K-major (TB = 0) or N-major (TB = 1); fp32 accumulators, N / 2 a thread.
+template <typename T, int N, int TB> struct GmmaRS;
+#define GMMA_RS_N16(TY)                                                                                     \
+    template <int TB> struct GmmaRS<TY, 16, TB> {                                                            \
+        static __device__ __forceinline__ void run(float (&d)[8], const unsigned (&a)[4], unsigned long long b) { \
+            asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "  \
+                         "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, 1, 1, 1, %13;\n"        \
+                         : GMMA_RS_D8(0)                                                                     \
+                         : GMMA_RS_IN);                                                                      \
+        }                                                                                                    \
+    };
+#define GMMA_RS_N32(TY)                                                                                     \
+    template <int TB> struct GmmaRS<TY, 32, TB> {                                                            \
+        static __device__ __forceinline__ void run(float (&d)[16], const unsigned (&a)[4], unsigned long long b) { \
+            asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "  \
+                         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "          \
+                         "{%16, %17, %18, %19}, %20, 1, 1, 1, %21;\n"                                        \
+                         : GMMA_RS_D8(0), GMMA_RS_D8(8)                                                      \
+                         : GMMA_RS_IN);                                                                      \
+        }                                                                                                    \
+    };
+#define GMMA_RS_N64(TY)                                                                                     \
+    template <int TB> struct GmmaRS<TY, 64, TB> {                                                            \
+        static __device__ __forceinline__ void run(float (&d)[32], const unsigned (&a)[4], unsigned long long b) { \
+            asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "  \
+                         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+                         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, " \
+                         "{%32, %33, %34, %35}, %36, 1, 1, 1, %37;\n"                                        \
+                         : GMMA_RS_D8(0), GMMA_RS_D8(8), GMMA_RS_D8(16), GMMA_RS_D8(24)                     \
+                         : GMMA_RS_IN);                                                                      \
+        }                                                                                                    \
+    };
+GMMA_RS_N16(__half)
+GMMA_RS_N16(__nv_bfloat16)
+GMMA_RS_N32(__half)
+GMMA_RS_N32(__nv_bfloat16)
+GMMA_RS_N64(__half)
+GMMA_RS_N64(__nv_bfloat16)
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+}  // namespace gmma_rs
+
+// sm_90a only. x, w, y 16-byte aligned; in_features and out_features multiples of BS. MINB: CTAs per SM
+// the register budget is set for.
+template <typename T, typename TO, int BS, int C, int STAGES, int MINB, int TRANS_W>
+__global__ void __launch_bounds__(256, MINB)
+xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
+           const int* __restrict__ entries, const unsigned* __restrict__ masks, const int* __restrict__ slots,
+           i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+    using namespace gmma;
+    using namespace gmma_rs;
+    static_assert(BS == 16 || BS == 32 || BS == 64, "wgmma column groups: BS = 16, 32 or 64");
+    static_assert(C >= 1 && C <= 32 && STAGES >= 3, "C columns (one mask word), the slot of stage s - 2");
+    constexpr int THREADS = 256, BM = 128;
+    constexpr int ROW = BS * 2, CPR = BS / 8;  // bytes and 16-byte chunks per tile row
+    constexpr int A_BYTES = BM * ROW, W_BYTES = BS * ROW, STAGE = A_BYTES + C * W_BYTES;
+    constexpr int NACC = BS / 2, KS = BS / 16;
+    constexpr int XCH = BM * CPR / THREADS;  // x-tile chunks a thread copies
+    constexpr int WCH = (C * BS * CPR + THREADS - 1) / THREADS;  // w chunks a thread may copy
+    static_assert(XCH >= 1 && (BM * CPR) % THREADS == 0 && STAGE % 1024 == 0, "tile shape");
+
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+
+    const int g = blockIdx.x;
+    const i64 n0 = (i64)blockIdx.y * BM;
+    const int begin = offsets[g], count = offsets[g + 1] - begin;
+    const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, v = (tid % 128) / 32;
+
+    // copy offsets, computed once: x chunk i of this thread is (row, j), its global offset without the
+    // entry's column s·BS (0 for rows past N: those copies read nothing and zero-fill)
+    unsigned xs_off[XCH];
+    i64 xg_off[XCH];
+    int xbytes[XCH];
+#pragma unroll
+    for (int i = 0; i < XCH; i++) {
+        const int ch = tid + i * THREADS, row = ch / CPR, j = ch % CPR;
+        const i64 n = n0 + row;
+        xs_off[i] = swizzle<ROW>(row, j);
+        xg_off[i] = n < n_total ? n * in_features + j * 8 : 0;
+        xbytes[i] = n < n_total ? 16 : 0;
+    }
+    // w chunk i of this thread: slot wj[i] (C: none), offset wq[i] · 8 in the block
+    int wj[WCH], wq[WCH];
+    unsigned ws_off[WCH];
+#pragma unroll
+    for (int i = 0; i < WCH; i++) {
+        const int ch = tid + i * THREADS;
+        wj[i] = ch < C * BS * CPR ? ch / (BS * CPR) : C;
+        wq[i] = ch % (BS * CPR);
+        ws_off[i] = A_BYTES + (wj[i] % C) * W_BYTES + swizzle<ROW>(wq[i] / CPR, wq[i] % CPR);
+    }
+
+    float acc[C][NACC];
+#pragma unroll
+    for (int j = 0; j < C; j++)
+#pragma unroll
+        for (int q = 0; q < NACC; q++) acc[j][q] = 0.f;
+
+    // The entry of the next stage to load (reduction block, mask, this thread's w block indices) is fetched
+    // one stage ahead, so the copies never wait for a table load; each stage's mask then waits in a queue
+    // of registers (q[0] = the stage consumed next) until its consumer runs, STAGES - 2 stages later.
+    int nx_s = 0, nx_k[WCH];
+    unsigned nx_m = 0;
+    auto fetch = [&](int e) {
+        if (e < count) {
+            nx_s = __ldg(entries + begin + e);
+            nx_m = __ldg(masks + begin + e);
+#pragma unroll
+            for (int i = 0; i < WCH; i++) nx_k[i] = __ldg(slots + (i64)(begin + e) * C + wj[i] % C);
+        }
+    };
+    unsigned q[STAGES - 2];
+    // copies of the fetched entry into slot `slot`; pushes its mask on the queue and fetches entry e + 1
+    auto load_stage = [&](int e, int slot) {
+        const unsigned sa = base + slot * STAGE;
+        if (e < count) {
+            const T* xs = x + (i64)nx_s * BS;
+#pragma unroll
+            for (int i = 0; i < XCH; i++) cp_async16(sa + xs_off[i], xs + xg_off[i], xbytes[i]);
+#pragma unroll
+            for (int i = 0; i < WCH; i++)
+                if (wj[i] < C && (nx_m >> wj[i] & 1u))
+                    cp_async16(sa + ws_off[i], w + (i64)nx_k[i] * (BS * BS) + wq[i] * 8, 16);
+        }
+        cp_async_commit();
+        q[STAGES - 3] = nx_m;
+        fetch(e + 1);
+    };
+
+    // ldmatrix source of this thread: row 16·v + lane % 16 of its warpgroup's 64, 8-feature chunk lane / 16
+    // (+ 2 per 16 of k): registers 0-3 = rows 0-7 / 8-15 at k 0-7, rows 0-7 / 8-15 at k 8-15
+    const int a_row = wg * 64 + v * 16 + lane % 16, a_chunk = lane / 16;
+    auto step = [&](int st, unsigned (&a)[KS][4]) {
+        const unsigned m = q[0];
+#pragma unroll
+        for (int i = 0; i + 1 < STAGES - 2; i++) q[i] = q[i + 1];
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        const unsigned sa = base + (st % STAGES) * STAGE;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) ldmatrix_x4(a[kk], sa + swizzle<ROW>(a_row, kk * 2 + a_chunk));
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < C; j++) {
+            if (!(m >> j & 1u)) continue;
+            const unsigned sb = sa + A_BYTES + j * W_BYTES;
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                // fprop: B rows are k (N-major), 16 rows per step; bprop: rows are n (K-major), 32 bytes a step
+                const unsigned long long db = desc<ROW>(TRANS_W ? sb + kk * 32 : sb + kk * 16 * ROW);
+                GmmaRS<T, BS, TRANS_W ? 0 : 1>::run(acc[j], a[kk], db);
+            }
+        }
+        wgmma_commit();
+        const int next = st + STAGES - 2;
+        load_stage(next, next % STAGES);
+        wgmma_wait<1>();
+    };
+
+    fetch(0);
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; s++) {
+        load_stage(s, s);
+#pragma unroll
+        for (int i = 0; i + 1 < STAGES - 2 && s + 1 < STAGES - 2; i++) q[i] = q[i + 1];
+    }
+    unsigned a0[KS][4], a1[KS][4];
+    int st = 0;
+    for (; st + 1 < count; st += 2) {
+        step(st, a0);
+        step(st + 1, a1);
+    }
+    if (st < count) step(st, a0);
+    wgmma_wait<0>();
+    cp_async_wait<0>();
+#pragma unroll
+    for (int j = 0; j < C; j++)
+#pragma unroll
+        for (int q = 0; q < NACC; q++) fence_operand(acc[j][q]);
+
+    // accumulator fragment: warp v of the warpgroup holds rows 16v + lane/4 (+8), and for each 8 features
+    // q, features 8q + 2·(lane % 4) (+1)
+    const i64 n_cols = out_features / BS;
+#pragma unroll
+    for (int j = 0; j < C; j++) {
+        const i64 c = (i64)g * C + j;
+        if (c >= n_cols) break;
+        TO* yc = y + c * BS + (lane % 4) * 2;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const i64 n = n0 + wg * 64 + v * 16 + lane / 4 + h * 8;
+            if (n >= n_total) continue;
+            TO* yr = yc + n * out_features;
+#pragma unroll
+            for (int q = 0; q < BS / 8; q++)
+                Pair<TO>::store(yr + q * 8, acc[j][q * 4 + h * 2], acc[j][q * 4 + h * 2 + 1], accumulate);
+        }
+    }
+}
