@@ -53,11 +53,12 @@ XW_GMMA_TILES = {
 }
 # xw_gmma_rs (kernels/bsmm_gmma_rs.cu: wgmma with the x tile in registers, sm_90a; fp16/bf16, feature axis 1,
 # x/w/y 16-byte aligned, N > SMALL_N): groups of C output block columns per CTA, 128 rows, two warpgroups;
-# block_size -> {variant: (C, STAGES, MINB CTAs per SM the registers are budgeted for)}.
+# block_size -> {variant: (C, STAGES, MINB CTAs per SM the registers are budgeted for, ALL: 1 = issue every
+# column's wgmmas on zero-filled absent blocks instead of branching per column)}.
 XW_GMMA_RS_TILES = {
-    64: {"rs_c2": (2, 3, 1), "rs_c4": (4, 3, 1)},
-    32: {"rs_c4": (4, 4, 2), "rs_c8": (8, 4, 1), "rs_c4_s6": (4, 6, 2)},
-    16: {"rs_c8": (8, 4, 2), "rs_c16": (16, 4, 1)},
+    64: {"rs_c2": (2, 3, 1, 0), "rs_c2_all": (2, 3, 1, 1)},
+    32: {"rs_c4": (4, 4, 2, 0), "rs_c4_all": (4, 4, 2, 1), "rs_c8": (8, 4, 1, 0), "rs_c8_all": (8, 4, 1, 1)},
+    16: {"rs_c8": (8, 4, 2, 0), "rs_c8_all": (8, 4, 2, 1), "rs_c16": (16, 4, 1, 0), "rs_c16_all": (16, 4, 1, 1)},
 }
 # block_size -> the xw_gmma_rs variant that is the default there (none until the H100 says where it wins)
 XW_GMMA_RS_DEFAULT: dict[int, str] = {}
@@ -238,13 +239,13 @@ def xw_gmma_smem(bs, variant):
 
 
 def xw_gmma_rs_spec(dtype, out_dtype, bs, variant, trans):
-    c, st, minb = XW_GMMA_RS_TILES[bs][variant]
+    c, st, minb, all_ = XW_GMMA_RS_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec("bsmm_gmma_rs.cu", f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {trans}>")
+    return KernelSpec("bsmm_gmma_rs.cu", f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {all_}, {trans}>")
 
 
 def xw_gmma_rs_smem(bs, variant):
-    c, st, _ = XW_GMMA_RS_TILES[bs][variant]
+    c, st = XW_GMMA_RS_TILES[bs][variant][:2]
     return st * (128 + c * bs) * bs * 2 + 1024
 
 
@@ -684,6 +685,19 @@ def wide_tables(layout, op, c, r=1):
     return offsets, (keys % n_super).astype(np.int32), masks, slots
 
 
+def rs_tables(layout, op, c):
+    """xw_gmma_rs's lists for groups of ``c`` output block columns: offsets int32 [n_groups + 1] and records
+    int32 [n_entries, 2 + c] = (reduction block s, mask of the present columns, the w index of each column's
+    block, 0 where absent), a group's records in increasing s (wide_tables with r = 1, packed so that the
+    kernel reads one record with one pointer)."""
+    offsets, entries, masks, slots = wide_tables(layout, op, c, 1)
+    rec = np.empty((entries.size, 2 + c), dtype=np.int32)
+    rec[:, 0] = entries
+    rec[:, 1] = masks[:, 0].view(np.int32)
+    rec[:, 2:] = np.maximum(slots, 0)
+    return offsets, rec
+
+
 def _tables(op_obj, key, dev):
     import cupy
 
@@ -700,6 +714,8 @@ def _tables(op_obj, key, dev):
         elif key[0] == "small":  # ("small", op, ctas, eps, bm, snap, c)
             work = small_work(lay, key[1], key[2], key[3], key[5], key[6])
             cache[(dev, key)] = tuple(a if isinstance(a, np.int32) else cupy.asarray(a) for a in work)
+        elif key[0] == "rs":  # ("rs", op, c)
+            cache[(dev, key)] = tuple(cupy.asarray(a) for a in rs_tables(lay, key[1], key[2]))
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key[0] == "ffma":  # ("ffma", op, lpt): the op's lists and the CTAs' output columns
@@ -893,7 +909,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
                 raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * 128} "
                                  f"for block_size {b}")
             plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (256,), smem,
-                    ("wide", op, c, 1))
+                    ("rs", op, c))
             op_obj._gpu_tables[key] = plan
             return plan
         if _use_gmma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev):
@@ -979,7 +995,8 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
                          np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
            shared_mem=smem, stream=stream)
         return y
-    lists = _tables(op_obj, tables, dev)  # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots)
+    # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots); xw_gmma_rs: (offsets, records)
+    lists = _tables(op_obj, tables, dev)
     fn(grid, block, (x, w, y, *lists, np.int64(n), np.int64(f_in), np.int64(f_out),
                      np.int32(bool(accumulate))),
        shared_mem=smem, stream=cupy.cuda.get_current_stream())

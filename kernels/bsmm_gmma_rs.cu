@@ -1,10 +1,11 @@
 // Block-sparse fprop / bprop on wgmma with the x tile in registers (sm_90a only): column groups.
 //
-// Same contract as xw_wide_tc (bsmm.cu) with R = 1, feature axis 1 (x [N, in_features], y [N, out]):
-//     Y[:, g·C + j] = Σ_e X[:, s_e] · op(w[slot_e[j]])   over the entries e of group g whose mask has bit j,
+// Feature axis 1 (x [N, in_features], y [N, out_features]):
+//     Y[:, g·C + j] = Σ_e X[:, s_e] · op(w[k_e[j]])   over the records e of group g whose mask has bit j,
 // op = identity (fprop) or transpose (bprop). Group g holds the output block columns g·C .. g·C + C - 1;
-// its entries (offsets[g] .. offsets[g + 1]) are the reduction blocks s_e present in at least one of
-// them, in increasing order (wide_tables in _matmul_gpu.py). A column without blocks is written as zeros.
+// its records (offsets[g] .. offsets[g + 1]; int32 [s, mask, k_0 .. k_{C-1}], k = 0 where absent) are the
+// reduction blocks s_e present in at least one of them, in increasing order (rs_tables in _matmul_gpu.py,
+// from wide_tables). A column without blocks is written as zeros.
 //
 // Why (bench/NOTES.md): xw_gmma reads its A operand (the x tile) from shared memory once per block, so at
 // b = 32 each block costs 12 KiB of shared-memory reads for 262 kflop, and b = 16 has no wgmma kernel at
@@ -34,13 +35,14 @@ namespace gmma_rs {
 #define GMMA_RS_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB)
 
 // D[64 × N] += A[64 × 16] · B[16 × N]: A in registers (4 × b32 a thread, K-major), B through a descriptor,
-// K-major (TB = 0) or N-major (TB = 1); fp32 accumulators, N / 2 a thread.
+// K-major (TB = 0) or N-major (TB = 1); fp32 accumulators, N / 2 a thread. (A guard predicate on the wgmma
+// compiles to a branch and a wgmma.fence per instruction: the kernel branches per column instead.)
 template <typename T, int N, int TB> struct GmmaRS;
 #define GMMA_RS_N16(TY)                                                                                     \
     template <int TB> struct GmmaRS<TY, 16, TB> {                                                            \
         static __device__ __forceinline__ void run(float (&d)[8], const unsigned (&a)[4], unsigned long long b) { \
-            asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "  \
-                         "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, 1, 1, 1, %13;\n"        \
+            asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
+                         "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, 1, 1, 1, %13;\n"     \
                          : GMMA_RS_D8(0)                                                                     \
                          : GMMA_RS_IN);                                                                      \
         }                                                                                                    \
@@ -48,9 +50,9 @@ template <typename T, int N, int TB> struct GmmaRS;
 #define GMMA_RS_N32(TY)                                                                                     \
     template <int TB> struct GmmaRS<TY, 32, TB> {                                                            \
         static __device__ __forceinline__ void run(float (&d)[16], const unsigned (&a)[4], unsigned long long b) { \
-            asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "  \
+            asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
                          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "          \
-                         "{%16, %17, %18, %19}, %20, 1, 1, 1, %21;\n"                                        \
+                         "{%16, %17, %18, %19}, %20, 1, 1, 1, %21;\n"                                    \
                          : GMMA_RS_D8(0), GMMA_RS_D8(8)                                                      \
                          : GMMA_RS_IN);                                                                      \
         }                                                                                                    \
@@ -58,10 +60,10 @@ template <typename T, int N, int TB> struct GmmaRS;
 #define GMMA_RS_N64(TY)                                                                                     \
     template <int TB> struct GmmaRS<TY, 64, TB> {                                                            \
         static __device__ __forceinline__ void run(float (&d)[32], const unsigned (&a)[4], unsigned long long b) { \
-            asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "  \
+            asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
                          "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
                          "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, " \
-                         "{%32, %33, %34, %35}, %36, 1, 1, 1, %37;\n"                                        \
+                         "{%32, %33, %34, %35}, %36, 1, 1, 1, %37;\n"                                    \
                          : GMMA_RS_D8(0), GMMA_RS_D8(8), GMMA_RS_D8(16), GMMA_RS_D8(24)                     \
                          : GMMA_RS_IN);                                                                      \
         }                                                                                                    \
@@ -82,12 +84,12 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
 }  // namespace gmma_rs
 
 // sm_90a only. x, w, y 16-byte aligned; in_features and out_features multiples of BS. MINB: CTAs per SM
-// the register budget is set for.
-template <typename T, typename TO, int BS, int C, int STAGES, int MINB, int TRANS_W>
+// the register budget is set for. ALL = 1: every column's wgmmas are issued, absent blocks multiplied as
+// the zeros their slots were filled with (no branch and no wgmma.fence per column; more tensor work).
+template <typename T, typename TO, int BS, int C, int STAGES, int MINB, int ALL, int TRANS_W>
 __global__ void __launch_bounds__(256, MINB)
 xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
-           const int* __restrict__ entries, const unsigned* __restrict__ masks, const int* __restrict__ slots,
-           i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+           const int* __restrict__ records, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     using namespace gmma;
     using namespace gmma_rs;
     static_assert(BS == 16 || BS == 32 || BS == 64, "wgmma column groups: BS = 16, 32 or 64");
@@ -97,8 +99,13 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
     constexpr int A_BYTES = BM * ROW, W_BYTES = BS * ROW, STAGE = A_BYTES + C * W_BYTES;
     constexpr int NACC = BS / 2, KS = BS / 16;
     constexpr int XCH = BM * CPR / THREADS;  // x-tile chunks a thread copies
-    constexpr int WCH = (C * BS * CPR + THREADS - 1) / THREADS;  // w chunks a thread may copy
+    constexpr int WCH = C * BS * CPR / THREADS;  // w chunks a thread copies
+    constexpr int REC = 2 + C;                   // ints a record: s, mask, the C w indices
     static_assert(XCH >= 1 && (BM * CPR) % THREADS == 0 && STAGE % 1024 == 0, "tile shape");
+    static_assert(WCH >= 1 && (C * BS * CPR) % THREADS == 0, "w chunks");
+    // chunk i of a thread lies in slot (tid + i·THREADS) / (BS·CPR) = wj0 + i·WSTEP (BS·CPR ≤ THREADS), or
+    // i / (BS·CPR / THREADS) alone (BS = 64): either way a constant step from the first
+    constexpr int SPAN = BS * CPR;
 
     extern __shared__ unsigned char smem_raw[];
     const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -108,28 +115,29 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
     const int begin = offsets[g], count = offsets[g + 1] - begin;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, v = (tid % 128) / 32;
 
-    // copy offsets, computed once: x chunk i of this thread is (row, j), its global offset without the
-    // entry's column s·BS (0 for rows past N: those copies read nothing and zero-fill)
-    unsigned xs_off[XCH];
-    i64 xg_off[XCH];
+    // copy sources (byte pointers) and destinations, computed once. x chunk i of this thread is (row, j) of
+    // the tile: its source without the entry's column s·BS (x itself for rows past N: those copies read
+    // nothing and zero-fill). w chunk i is in slot wj(i) (uniform over a warp), offset q·8 of the block.
+    auto dj = [](int i) { return SPAN <= THREADS ? i * (THREADS / SPAN) : i * THREADS / SPAN; };  // wj(i) - wj(0)
+    const int wj0 = SPAN <= THREADS ? tid / SPAN : 0;
+    auto wj = [&](int i) { return wj0 + dj(i); };
+    unsigned xs_off[XCH], ws_off[WCH];
+    const char* xp[XCH];
+    const char* wp[WCH];
     int xbytes[XCH];
 #pragma unroll
     for (int i = 0; i < XCH; i++) {
         const int ch = tid + i * THREADS, row = ch / CPR, j = ch % CPR;
         const i64 n = n0 + row;
         xs_off[i] = swizzle<ROW>(row, j);
-        xg_off[i] = n < n_total ? n * in_features + j * 8 : 0;
+        xp[i] = reinterpret_cast<const char*>(x + (n < n_total ? n * in_features + j * 8 : 0));
         xbytes[i] = n < n_total ? 16 : 0;
     }
-    // w chunk i of this thread: slot wj[i] (C: none), offset wq[i] · 8 in the block
-    int wj[WCH], wq[WCH];
-    unsigned ws_off[WCH];
 #pragma unroll
     for (int i = 0; i < WCH; i++) {
-        const int ch = tid + i * THREADS;
-        wj[i] = ch < C * BS * CPR ? ch / (BS * CPR) : C;
-        wq[i] = ch % (BS * CPR);
-        ws_off[i] = A_BYTES + (wj[i] % C) * W_BYTES + swizzle<ROW>(wq[i] / CPR, wq[i] % CPR);
+        const int q = (tid + i * THREADS) % SPAN;
+        wp[i] = reinterpret_cast<const char*>(w + q * 8);
+        ws_off[i] = A_BYTES + wj(i) * W_BYTES + swizzle<ROW>(q / CPR, q % CPR);
     }
 
     float acc[C][NACC];
@@ -138,31 +146,35 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
 #pragma unroll
         for (int q = 0; q < NACC; q++) acc[j][q] = 0.f;
 
-    // The entry of the next stage to load (reduction block, mask, this thread's w block indices) is fetched
-    // one stage ahead, so the copies never wait for a table load; each stage's mask then waits in a queue
-    // of registers (q[0] = the stage consumed next) until its consumer runs, STAGES - 2 stages later.
+    // The record of the next stage to load (reduction block, mask, the w index of each of this thread's
+    // chunks: 0 when absent) is fetched one stage ahead, so the copies never wait for a table load; each
+    // stage's mask then waits in a queue of registers (q[0] = the stage consumed next) until its consumer
+    // runs, STAGES - 2 stages later. Records are read in order: two pointers walk them.
+    const int* rp = records + (i64)begin * REC;  // s, mask of the next record
+    const int* kp = rp + 2 + wj0;               // this thread's first w index in it (the others: + dj(i))
     int nx_s = 0, nx_k[WCH];
     unsigned nx_m = 0;
     auto fetch = [&](int e) {
         if (e < count) {
-            nx_s = __ldg(entries + begin + e);
-            nx_m = __ldg(masks + begin + e);
+            nx_s = __ldg(rp);
+            nx_m = (unsigned)__ldg(rp + 1);
 #pragma unroll
-            for (int i = 0; i < WCH; i++) nx_k[i] = __ldg(slots + (i64)(begin + e) * C + wj[i] % C);
+            for (int i = 0; i < WCH; i++) nx_k[i] = __ldg(kp + dj(i));
+            rp += REC;
+            kp += REC;
         }
     };
     unsigned q[STAGES - 2];
-    // copies of the fetched entry into slot `slot`; pushes its mask on the queue and fetches entry e + 1
+    // copies of the fetched record into slot `slot` (absent blocks: zero-filled, nothing read); pushes its
+    // mask on the queue and fetches record e + 1
     auto load_stage = [&](int e, int slot) {
         const unsigned sa = base + slot * STAGE;
         if (e < count) {
-            const T* xs = x + (i64)nx_s * BS;
 #pragma unroll
-            for (int i = 0; i < XCH; i++) cp_async16(sa + xs_off[i], xs + xg_off[i], xbytes[i]);
+            for (int i = 0; i < XCH; i++) cp_async16(sa + xs_off[i], xp[i] + (i64)nx_s * (BS * 2), xbytes[i]);
 #pragma unroll
             for (int i = 0; i < WCH; i++)
-                if (wj[i] < C && (nx_m >> wj[i] & 1u))
-                    cp_async16(sa + ws_off[i], w + (i64)nx_k[i] * (BS * BS) + wq[i] * 8, 16);
+                cp_async16(sa + ws_off[i], wp[i] + (i64)nx_k[i] * (BS * BS * 2), (nx_m >> wj(i) & 1u) * 16);
         }
         cp_async_commit();
         q[STAGES - 3] = nx_m;
@@ -172,6 +184,12 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
     // ldmatrix source of this thread: row 16·v + lane % 16 of its warpgroup's 64, 8-feature chunk lane / 16
     // (+ 2 per 16 of k): registers 0-3 = rows 0-7 / 8-15 at k 0-7, rows 0-7 / 8-15 at k 8-15
     const int a_row = wg * 64 + v * 16 + lane % 16, a_chunk = lane / 16;
+    unsigned a_off[KS];
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) a_off[kk] = swizzle<ROW>(a_row, kk * 2 + a_chunk);
+    // B descriptors: the stage's first slot's, plus constants (the address field is bits 0-13, in 16 bytes;
+    // shared memory offsets stay below 2^18, so adding never carries out of it)
+    const unsigned long long d0 = desc<ROW>(base + A_BYTES);
     auto step = [&](int st, unsigned (&a)[KS][4]) {
         const unsigned m = q[0];
 #pragma unroll
@@ -179,18 +197,18 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
         cp_async_wait<STAGES - 3>();
         fence_proxy_async();
         __syncthreads();
-        const unsigned sa = base + (st % STAGES) * STAGE;
+        const unsigned so = (st % STAGES) * STAGE, sa = base + so;
 #pragma unroll
-        for (int kk = 0; kk < KS; kk++) ldmatrix_x4(a[kk], sa + swizzle<ROW>(a_row, kk * 2 + a_chunk));
+        for (int kk = 0; kk < KS; kk++) ldmatrix_x4(a[kk], sa + a_off[kk]);
         wgmma_fence();
+        const unsigned long long ds = d0 + (so >> 4);
 #pragma unroll
         for (int j = 0; j < C; j++) {
-            if (!(m >> j & 1u)) continue;
-            const unsigned sb = sa + A_BYTES + j * W_BYTES;
+            if (!ALL && !(m >> j & 1u)) continue;
 #pragma unroll
             for (int kk = 0; kk < KS; kk++) {
                 // fprop: B rows are k (N-major), 16 rows per step; bprop: rows are n (K-major), 32 bytes a step
-                const unsigned long long db = desc<ROW>(TRANS_W ? sb + kk * 32 : sb + kk * 16 * ROW);
+                const unsigned long long db = ds + ((j * W_BYTES + (TRANS_W ? kk * 32 : kk * 16 * ROW)) >> 4);
                 GmmaRS<T, BS, TRANS_W ? 0 : 1>::run(acc[j], a[kk], db);
             }
         }
