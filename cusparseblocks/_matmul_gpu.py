@@ -54,11 +54,18 @@ XW_GMMA_TILES = {
 # xw_gmma_rs (kernels/bsmm_gmma_rs.cu: wgmma with the x tile in registers, sm_90a; fp16/bf16, feature axis 1,
 # x/w/y 16-byte aligned, N > SMALL_N): groups of C output block columns per CTA, 128 rows, two warpgroups;
 # block_size -> {variant: (C, STAGES, MINB CTAs per SM the registers are budgeted for, ALL: 1 = issue every
-# column's wgmmas on zero-filled absent blocks instead of branching per column)}.
+# column's wgmmas on zero-filled absent blocks instead of branching per column, EPS records per stage)}.
 XW_GMMA_RS_TILES = {
-    64: {"rs_c2": (2, 3, 1, 0), "rs_c2_all": (2, 3, 1, 1)},
-    32: {"rs_c4": (4, 4, 2, 0), "rs_c4_all": (4, 4, 2, 1), "rs_c8": (8, 4, 1, 0), "rs_c8_all": (8, 4, 1, 1)},
-    16: {"rs_c8": (8, 4, 2, 0), "rs_c8_all": (8, 4, 2, 1), "rs_c16": (16, 4, 1, 0), "rs_c16_all": (16, 4, 1, 1)},
+    64: {"rs_c2": (2, 3, 1, 0, 1)},
+    32: {"rs_c4": (4, 4, 2, 0, 1), "rs_c4_e2": (4, 3, 2, 0, 2), "rs_c8": (8, 4, 1, 0, 1)},
+    16: {"rs_c8": (8, 4, 2, 0, 1), "rs_c8_e2": (8, 4, 2, 0, 2),
+         "rs_c16": (16, 4, 1, 0, 1), "rs_c16_e2": (16, 4, 1, 0, 2)},
+}
+# timing-only tiles (bench/bsmm_gmma.py; never a default, not tested): (C, STAGES, MINB, ALL, EPS, DIAG); DIAG
+# bit 0 = without the generic-to-async proxy fence before each stage's barrier
+XW_GMMA_RS_DIAG = {
+    32: {"rs_c4_all": (4, 4, 2, 1, 1, 0), "rs_c4_nofence": (4, 4, 2, 0, 1, 1)},
+    16: {"rs_c8_all": (8, 4, 2, 1, 1, 0), "rs_c8_all_e2": (8, 4, 2, 1, 2, 0)},
 }
 # block_size -> the xw_gmma_rs variant that is the default there (none until the H100 says where it wins)
 XW_GMMA_RS_DEFAULT: dict[int, str] = {}
@@ -239,14 +246,20 @@ def xw_gmma_smem(bs, variant):
 
 
 def xw_gmma_rs_spec(dtype, out_dtype, bs, variant, trans):
-    c, st, minb, all_ = XW_GMMA_RS_TILES[bs][variant]
+    if variant in XW_GMMA_RS_DIAG.get(bs, {}):
+        c, st, minb, all_, eps, diag = XW_GMMA_RS_DIAG[bs][variant]
+    else:
+        (c, st, minb, all_, eps), diag = XW_GMMA_RS_TILES[bs][variant], 0
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec("bsmm_gmma_rs.cu", f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {all_}, {trans}>")
+    extra = f", {diag}" if diag else ""
+    return KernelSpec("bsmm_gmma_rs.cu",
+                      f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {all_}, {eps}, {trans}{extra}>")
 
 
 def xw_gmma_rs_smem(bs, variant):
-    c, st = XW_GMMA_RS_TILES[bs][variant][:2]
-    return st * (128 + c * bs) * bs * 2 + 1024
+    tile = {**XW_GMMA_RS_TILES[bs], **XW_GMMA_RS_DIAG.get(bs, {})}[variant]
+    c, st, eps = tile[0], tile[1], tile[4]
+    return st * eps * (128 + c * bs) * bs * 2 + 1024
 
 
 def updat_gmma_spec(dtype, out_dtype, bs, variant):
@@ -815,7 +828,7 @@ def _use_gmma_rs(op_obj, dtype, n, aligned, dev):
     """The xw_gmma_rs tile that serves this call, or None: wgmma device, fp16/bf16, feature axis 1, aligned
     x, w, y; a forced variant of it, or the block size's default (N > SMALL_N)."""
     b = op_obj.block_size
-    tiles = XW_GMMA_RS_TILES.get(b, {})
+    tiles = {**XW_GMMA_RS_TILES.get(b, {}), **XW_GMMA_RS_DIAG.get(b, {})}
     if not (aligned and dtype != "float32" and op_obj.feature_axis == 1 and tiles):
         return None
     if force_variant is not None:
@@ -902,7 +915,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             return plan
         rs = _use_gmma_rs(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
         if rs is not None:
-            c = XW_GMMA_RS_TILES[b][rs][0]
+            c = {**XW_GMMA_RS_TILES[b], **XW_GMMA_RS_DIAG.get(b, {})}[rs][0]
             spec, smem = xw_gmma_rs_spec(dtype, odt, b, rs, trans), xw_gmma_rs_smem(b, rs)
             n_tiles = -(-n // 128)
             if n_tiles > 65535:

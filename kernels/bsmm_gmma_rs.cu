@@ -85,8 +85,10 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
 
 // sm_90a only. x, w, y 16-byte aligned; in_features and out_features multiples of BS. MINB: CTAs per SM
 // the register budget is set for. ALL = 1: every column's wgmmas are issued, absent blocks multiplied as
-// the zeros their slots were filled with (no branch and no wgmma.fence per column; more tensor work).
-template <typename T, typename TO, int BS, int C, int STAGES, int MINB, int ALL, int TRANS_W>
+// the zeros their slots were filled with (no branch and no wgmma.fence per column; more tensor work; a
+// non-finite x value then also reaches the columns whose block is absent, as 0·inf: timing only). EPS
+// records per pipeline stage (one barrier, wait and proxy fence per EPS records).
+template <typename T, typename TO, int BS, int C, int STAGES, int MINB, int ALL, int EPS, int TRANS_W, int DIAG = 0>
 __global__ void __launch_bounds__(256, MINB)
 xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
            const int* __restrict__ records, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
@@ -96,7 +98,8 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
     static_assert(C >= 1 && C <= 32 && STAGES >= 3, "C columns (one mask word), the slot of stage s - 2");
     constexpr int THREADS = 256, BM = 128;
     constexpr int ROW = BS * 2, CPR = BS / 8;  // bytes and 16-byte chunks per tile row
-    constexpr int A_BYTES = BM * ROW, W_BYTES = BS * ROW, STAGE = A_BYTES + C * W_BYTES;
+    constexpr int A_BYTES = BM * ROW, W_BYTES = BS * ROW, SUB = A_BYTES + C * W_BYTES, STAGE = EPS * SUB;
+    static_assert(EPS >= 1 && EPS * C <= 32, "a stage's masks share one word");
     constexpr int NACC = BS / 2, KS = BS / 16;
     constexpr int XCH = BM * CPR / THREADS;  // x-tile chunks a thread copies
     constexpr int WCH = C * BS * CPR / THREADS;  // w chunks a thread copies
@@ -112,7 +115,7 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
 
     const int g = blockIdx.x;
     const i64 n0 = (i64)blockIdx.y * BM;
-    const int begin = offsets[g], count = offsets[g + 1] - begin;
+    const int begin = offsets[g], count = offsets[g + 1] - begin, stages = (count + EPS - 1) / EPS;
     const int tid = threadIdx.x, wg = tid / 128, lane = tid % 32, v = (tid % 128) / 32;
 
     // copy sources (byte pointers) and destinations, computed once. x chunk i of this thread is (row, j) of
@@ -146,38 +149,52 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
 #pragma unroll
         for (int q = 0; q < NACC; q++) acc[j][q] = 0.f;
 
-    // The record of the next stage to load (reduction block, mask, the w index of each of this thread's
-    // chunks: 0 when absent) is fetched one stage ahead, so the copies never wait for a table load; each
-    // stage's mask then waits in a queue of registers (q[0] = the stage consumed next) until its consumer
-    // runs, STAGES - 2 stages later. Records are read in order: two pointers walk them.
+    // The records of the next stage to load (reduction block, mask, the w index of each of this thread's
+    // chunks: 0 when absent) are fetched one stage ahead, so the copies never wait for a table load; each
+    // stage's masks (record u's in bits u·C..) then wait in a queue of registers (q[0] = the stage consumed
+    // next) until its consumer runs, STAGES - 2 stages later. Records are read in order: two pointers walk
+    // them. A record past the group's end has mask 0 and loads nothing (ALL: zero-fills its x tile).
     const int* rp = records + (i64)begin * REC;  // s, mask of the next record
     const int* kp = rp + 2 + wj0;               // this thread's first w index in it (the others: + dj(i))
-    int nx_s = 0, nx_k[WCH];
-    unsigned nx_m = 0;
+    int nx_s[EPS], nx_k[EPS][WCH];
+    unsigned nx_m[EPS];
     auto fetch = [&](int e) {
-        if (e < count) {
-            nx_s = __ldg(rp);
-            nx_m = (unsigned)__ldg(rp + 1);
 #pragma unroll
-            for (int i = 0; i < WCH; i++) nx_k[i] = __ldg(kp + dj(i));
-            rp += REC;
-            kp += REC;
+        for (int u = 0; u < EPS; u++) {
+            nx_m[u] = 0;
+            if (e * EPS + u < count) {
+                nx_s[u] = __ldg(rp);
+                nx_m[u] = (unsigned)__ldg(rp + 1);
+#pragma unroll
+                for (int i = 0; i < WCH; i++) nx_k[u][i] = __ldg(kp + dj(i));
+                rp += REC;
+                kp += REC;
+            }
         }
     };
     unsigned q[STAGES - 2];
-    // copies of the fetched record into slot `slot` (absent blocks: zero-filled, nothing read); pushes its
-    // mask on the queue and fetches record e + 1
+    // copies of the fetched records into slot `slot` (absent blocks: zero-filled, nothing read); pushes their
+    // masks on the queue and fetches stage e + 1's
     auto load_stage = [&](int e, int slot) {
-        const unsigned sa = base + slot * STAGE;
-        if (e < count) {
+        unsigned mq = 0;
+        if (e < stages) {
 #pragma unroll
-            for (int i = 0; i < XCH; i++) cp_async16(sa + xs_off[i], xp[i] + (i64)nx_s * (BS * 2), xbytes[i]);
+            for (int u = 0; u < EPS; u++) {
+                const unsigned sa = base + slot * STAGE + u * SUB;
+                const bool ok = EPS == 1 || e * EPS + u < count;
+                if (ok || ALL) {
 #pragma unroll
-            for (int i = 0; i < WCH; i++)
-                cp_async16(sa + ws_off[i], wp[i] + (i64)nx_k[i] * (BS * BS * 2), (nx_m >> wj(i) & 1u) * 16);
+                    for (int i = 0; i < XCH; i++)
+                        cp_async16(sa + xs_off[i], ok ? xp[i] + (i64)nx_s[u] * (BS * 2) : xp[i], ok ? xbytes[i] : 0);
+#pragma unroll
+                    for (int i = 0; i < WCH; i++)
+                        cp_async16(sa + ws_off[i], wp[i] + (i64)nx_k[u][i] * (BS * BS * 2), (nx_m[u] >> wj(i) & 1u) * 16);
+                }
+                mq |= nx_m[u] << (u * C);
+            }
         }
         cp_async_commit();
-        q[STAGES - 3] = nx_m;
+        q[STAGES - 3] = mq;
         fetch(e + 1);
     };
 
@@ -190,28 +207,33 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
     // B descriptors: the stage's first slot's, plus constants (the address field is bits 0-13, in 16 bytes;
     // shared memory offsets stay below 2^18, so adding never carries out of it)
     const unsigned long long d0 = desc<ROW>(base + A_BYTES);
-    auto step = [&](int st, unsigned (&a)[KS][4]) {
+    auto step = [&](int st, unsigned (&a)[EPS][KS][4]) {
         const unsigned m = q[0];
 #pragma unroll
         for (int i = 0; i + 1 < STAGES - 2; i++) q[i] = q[i + 1];
         cp_async_wait<STAGES - 3>();
-        fence_proxy_async();
+        if (!(DIAG & 1)) fence_proxy_async();  // DIAG bit 0: timing only, without the proxy fence
         __syncthreads();
         const unsigned so = (st % STAGES) * STAGE, sa = base + so;
 #pragma unroll
-        for (int kk = 0; kk < KS; kk++) ldmatrix_x4(a[kk], sa + a_off[kk]);
+        for (int u = 0; u < EPS; u++)
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) ldmatrix_x4(a[u][kk], sa + u * SUB + a_off[kk]);
         wgmma_fence();
         const unsigned long long ds = d0 + (so >> 4);
 #pragma unroll
-        for (int j = 0; j < C; j++) {
-            if (!ALL && !(m >> j & 1u)) continue;
+        for (int u = 0; u < EPS; u++)
 #pragma unroll
-            for (int kk = 0; kk < KS; kk++) {
-                // fprop: B rows are k (N-major), 16 rows per step; bprop: rows are n (K-major), 32 bytes a step
-                const unsigned long long db = ds + ((j * W_BYTES + (TRANS_W ? kk * 32 : kk * 16 * ROW)) >> 4);
-                GmmaRS<T, BS, TRANS_W ? 0 : 1>::run(acc[j], a[kk], db);
+            for (int j = 0; j < C; j++) {
+                if (!ALL && !(m >> (u * C + j) & 1u)) continue;
+#pragma unroll
+                for (int kk = 0; kk < KS; kk++) {
+                    // fprop: B rows are k (N-major), 16 rows a step; bprop: rows are n (K-major), 32 bytes a step
+                    const unsigned long long db =
+                        ds + ((u * SUB + j * W_BYTES + (TRANS_W ? kk * 32 : kk * 16 * ROW)) >> 4);
+                    GmmaRS<T, BS, TRANS_W ? 0 : 1>::run(acc[j], a[u][kk], db);
+                }
             }
-        }
         wgmma_commit();
         const int next = st + STAGES - 2;
         load_stage(next, next % STAGES);
@@ -225,13 +247,13 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
 #pragma unroll
         for (int i = 0; i + 1 < STAGES - 2 && s + 1 < STAGES - 2; i++) q[i] = q[i + 1];
     }
-    unsigned a0[KS][4], a1[KS][4];
+    unsigned a0[EPS][KS][4], a1[EPS][KS][4];
     int st = 0;
-    for (; st + 1 < count; st += 2) {
+    for (; st + 1 < stages; st += 2) {
         step(st, a0);
         step(st + 1, a1);
     }
-    if (st < count) step(st, a0);
+    if (st < stages) step(st, a0);
     wgmma_wait<0>();
     cp_async_wait<0>();
 #pragma unroll
