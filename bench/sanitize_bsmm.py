@@ -6,7 +6,8 @@ Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element pa
 (N = 37, b = 32, feature axis 1, every dtype; its ring variants, bulk copies on sm_90, at N = 29 and 1),
 xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and several), updat_simt and updat_reduce,
 on ragged shapes; on an sm_90 device also the wgmma kernels (xw_gmma fprop/bprop and updat_gmma /
-updat_gmma32 for b = 64 / 32, feature axis 1, N = 152 and 700); checks every result.
+updat_gmma32 for b = 64 / 32, feature axis 1, N = 152 and 700; every xw_gmma_rs tile forced); checks
+every result.
 """
 
 import cupy as cp
@@ -64,6 +65,23 @@ def main():
                 for a, r in ((y, y_ref), (dx, dx_ref)):
                     worst = max(worst, float(np.linalg.norm(a - r) / np.linalg.norm(r)))
     _matmul_gpu.small_variant = None
+    # xw_gmma_rs (sm_90): every tile forced, fprop and bprop, a partial last column group, ragged N
+    if _matmul_gpu._gmma_device(cp.cuda.runtime.getDevice()):
+        for b, tiles in _matmul_gpu.XW_GMMA_RS_TILES.items():
+            for variant in tiles:
+                _matmul_gpu.force_variant = variant
+                for n in (152, 700):
+                    op = BlockSparseMatMul(rng.random((7, 19)) < 0.4, b)
+                    x = rng.standard_normal((n, op.K)).astype(np.float16)
+                    dy = rng.standard_normal((n, op.M)).astype(np.float16)
+                    w = (rng.standard_normal(op.w_shape) * 0.2).astype(np.float16)
+                    y = op.fprop(cp.asarray(x), cp.asarray(w)).get().astype(np.float64)
+                    dx = op.bprop(cp.asarray(dy), cp.asarray(w)).get().astype(np.float64)
+                    y_ref = ref.bsmm_fprop(op.layout, x.astype(np.float64), w.astype(np.float64))
+                    dx_ref = ref.bsmm_bprop(op.layout, dy.astype(np.float64), w.astype(np.float64))
+                    for a, r in ((y, y_ref), (dx, dx_ref)):
+                        worst = max(worst, float(np.linalg.norm(a - r) / np.linalg.norm(r)))
+        _matmul_gpu.force_variant = None
     cp.cuda.runtime.deviceSynchronize()
     print(f"sanitize_bsmm: worst relative error {worst:.2e}")
     assert worst < 2e-2

@@ -67,8 +67,23 @@ XW_GMMA_RS_DIAG = {
     32: {"rs_c4_all": (4, 4, 2, 1, 1, 0), "rs_c4_nofence": (4, 4, 2, 0, 1, 1)},
     16: {"rs_c8_all": (8, 4, 2, 1, 1, 0), "rs_c8_all_e2": (8, 4, 2, 1, 2, 0)},
 }
-# block_size -> the xw_gmma_rs variant that is the default there (none until the H100 says where it wins)
-XW_GMMA_RS_DEFAULT: dict[int, str] = {}
+# block_size -> ((minimum layout density, xw_gmma_rs variant), ...): the default is the first entry whose
+# density the layout reaches; none: xw_gmma (b = 32) / xw_wide_tc (b = 16). H100, N = K = M = 4096, fp16
+# (bench/results/bsmm_gmma-20261126-0747): b = 16 rs_c16_e2 166 / rs_c8_e2 153 TFLOP/s at d = 0.5, rs_c8_e2
+# 77 / 43 at d = 0.2 / 0.05 against xw_wide_tc's 109 / 57 / 21; b = 32 rs_c4_e2 242 against xw_gmma's 200 at
+# d = 0.5, 167 against 185 at d = 0.2; b = 64: xw_gmma everywhere.
+XW_GMMA_RS_DEFAULT: dict[int, tuple[tuple[float, str], ...]] = {
+    16: ((0.35, "rs_c16_e2"), (0.0, "rs_c8_e2")),
+    32: ((0.35, "rs_c4_e2"),),
+}
+
+
+def xw_gmma_rs_default(bs, density):
+    """The default xw_gmma_rs variant for this block size and layout density, or None."""
+    for least, variant in XW_GMMA_RS_DEFAULT.get(bs, ()):
+        if density >= least:
+            return variant
+    return None
 # updat_gmma (b = 64) / updat_gmma32 (b = 32; warpgroups stack pairs of blocks), feature axis 1, aligned
 # pairs: block_size -> {variant: (G warpgroups, NC batch rows per chunk, STAGES)}; a CTA takes G (b = 64) or
 # 2·G (b = 32) blocks of one row; the first entry is the default
@@ -834,7 +849,7 @@ def _use_gmma_rs(op_obj, dtype, n, aligned, dev):
     if force_variant is not None:
         variant = force_variant if force_variant in tiles else None
     else:
-        variant = XW_GMMA_RS_DEFAULT.get(b) if gmma_enabled and n > SMALL_N else None
+        variant = xw_gmma_rs_default(b, op_obj.layout.density) if gmma_enabled and n > SMALL_N else None
     return variant if variant is not None and _gmma_device(dev) else None
 
 

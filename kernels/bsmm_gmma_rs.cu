@@ -173,7 +173,7 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
         }
     };
     unsigned q[STAGES - 2];
-    // copies of the fetched records into slot `slot` (absent blocks: zero-filled, nothing read); pushes their
+    // copies of the fetched records into slot `slot` (absent blocks: skipped; ALL: zero-filled); pushes their
     // masks on the queue and fetches stage e + 1's
     auto load_stage = [&](int e, int slot) {
         unsigned mq = 0;
@@ -187,8 +187,13 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
                     for (int i = 0; i < XCH; i++)
                         cp_async16(sa + xs_off[i], ok ? xp[i] + (i64)nx_s[u] * (BS * 2) : xp[i], ok ? xbytes[i] : 0);
 #pragma unroll
-                    for (int i = 0; i < WCH; i++)
-                        cp_async16(sa + ws_off[i], wp[i] + (i64)nx_k[u][i] * (BS * BS * 2), (nx_m[u] >> wj(i) & 1u) * 16);
+                    for (int i = 0; i < WCH; i++) {
+                        const bool present = nx_m[u] >> wj(i) & 1u;
+                        if (ALL)  // absent slots must hold zeros
+                            cp_async16(sa + ws_off[i], wp[i] + (i64)nx_k[u][i] * (BS * BS * 2), present ? 16 : 0);
+                        else if (present)  // absent slots are never read
+                            cp_async16(sa + ws_off[i], wp[i] + (i64)nx_k[u][i] * (BS * BS * 2), 16);
+                    }
                 }
                 mq |= nx_m[u] << (u * C);
             }

@@ -339,6 +339,32 @@ def test_wgmma_tiles(rng, variant, dtype, block_size, n):
     assert_close(y_acc32, y032 + y_ref, dtype, f"fprop accumulate fp32 [{variant}]")
 
 
+@pytest.mark.parametrize("block_size,density", [(16, 0.6), (16, 0.15), (32, 0.6), (32, 0.15), (64, 0.6)])
+@pytest.mark.parametrize("op_kind", ["fprop", "bprop"])
+def test_wgmma_rs_default(rng, block_size, density, op_kind):
+    """The default fp16 plan for N > 64 on sm_90 is the column-group kernel exactly where
+    xw_gmma_rs_default names one for the layout's density (else xw_gmma or xw_wide_tc), and is correct."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    _needs_wgmma()
+    op = BlockSparseMatMul(_layout(rng, 24, 20, density), block_size)
+    n = 300
+    f_in = op.K if op_kind == "fprop" else op.M
+    x = random_array(rng, (n, f_in), "float16")
+    w = random_array(rng, op.w_shape, "float16", scale=0.2)
+    y = getattr(op, op_kind)(cp.asarray(x), cp.asarray(w))
+    assert_close(y, _ref64(op, op_kind, x, w=w), "float16", f"{op_kind} default")
+    rs = _matmul_gpu.xw_gmma_rs_default(block_size, op.layout.density)
+    if rs is None:
+        assert not any(_ran(op, _matmul_gpu.xw_gmma_rs_spec("float16", "float16", block_size, v, int(op_kind == "bprop")),
+                            _matmul_gpu.xw_gmma_rs_smem(block_size, v)) for v in XW_GMMA_RS_TILES.get(block_size, {}))
+    else:
+        spec = _matmul_gpu.xw_gmma_rs_spec("float16", "float16", block_size, rs, int(op_kind == "bprop"))
+        assert _ran(op, spec, _matmul_gpu.xw_gmma_rs_smem(block_size, rs)), f"{rs} is not the default"
+
+
 @pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_GMMA_RS_TILES.items() for v in vs])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("n", [65, 200, 517])
@@ -406,9 +432,14 @@ def test_wgmma_default_and_fallbacks(rng, block_size):
     w = random_array(rng, op.w_shape, "bfloat16", scale=0.2)
     xg, wg = cp.asarray(x), cp.asarray(w)
     y_ref = _ref64(op, "fprop", x, w=w)
-    default = next(iter(XW_GMMA_TILES[block_size]))
-    gmma = _matmul_gpu.xw_gmma_spec("bfloat16", "bfloat16", block_size, default, 0)
-    smem = _matmul_gpu.xw_gmma_smem(block_size, default)
+    rs = _matmul_gpu.xw_gmma_rs_default(block_size, op.layout.density)
+    if rs is not None:  # the column-group kernel is the default at this density
+        gmma = _matmul_gpu.xw_gmma_rs_spec("bfloat16", "bfloat16", block_size, rs, 0)
+        smem = _matmul_gpu.xw_gmma_rs_smem(block_size, rs)
+    else:
+        default = next(iter(XW_GMMA_TILES[block_size]))
+        gmma = _matmul_gpu.xw_gmma_spec("bfloat16", "bfloat16", block_size, default, 0)
+        smem = _matmul_gpu.xw_gmma_smem(block_size, default)
     assert_close(op.fprop(xg, wg), y_ref, "bfloat16", "fprop default")
     assert _ran(op, gmma, smem), "the wgmma kernel is not the default"
     op._gpu_tables.clear()
