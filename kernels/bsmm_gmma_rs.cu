@@ -285,3 +285,209 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
         }
     }
 }
+
+namespace gmma_rs {
+
+__device__ __forceinline__ void mbar_init(unsigned bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// one arrival on `bar` once every cp.async this thread issued before has landed (counted in the init count)
+__device__ __forceinline__ void mbar_arrive_cp_async(unsigned bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned ok = 0;
+    while (!ok)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(ok)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+}
+
+}  // namespace gmma_rs
+
+// xw_gmma_ws: xw_gmma_rs's dataflow (same records, tiles, fragments and epilogue) with its warps specialized:
+// warpgroup 2 (warps 8-11) produces, warpgroups 0-1 consume, and no barrier of the whole CTA is inside the
+// loop. The producers stage the group's records in shared memory RCH at a time (loaded one chunk ahead into
+// registers, stored at the chunk's start, published by a named barrier of the 128 producer threads), wait
+// until the consumers have released a stage slot (mbarrier empty[slot]: one arrival per consumer warp),
+// issue the slot's cp.async copies (the x tiles and the present w blocks, split over the 128 threads),
+// store the stage's masks and signal full[slot] (128 cp.async-completion arrivals + one release arrival
+// after the mask store). A consumer waits on full[slot], fences the copies for the async proxy, loads its A
+// fragments, issues its wgmma group, waits for its previous group and releases the previous stage's slot.
+// The copies of STAGES - 1 stages stay in flight while the consumers compute, and a consumer warp waits only
+// for data and for its own tensor-core work.
+template <typename T, typename TO, int BS, int C, int STAGES, int MINB, int EPS, int TRANS_W>
+__global__ void __launch_bounds__(384, MINB)
+xw_gmma_ws(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
+           const int* __restrict__ records, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+    using namespace gmma;
+    using namespace gmma_rs;
+    static_assert(BS == 16 || BS == 32 || BS == 64, "wgmma column groups: BS = 16, 32 or 64");
+    static_assert(C >= 1 && EPS >= 1 && EPS * C <= 32 && STAGES >= 2, "tile");
+    constexpr int BM = 128, ROW = BS * 2, CPR = BS / 8, SPAN = BS * CPR;
+    constexpr int A_BYTES = BM * ROW, W_BYTES = BS * ROW, SUB = A_BYTES + C * W_BYTES, STAGE = EPS * SUB;
+    constexpr int NACC = BS / 2, KS = BS / 16, REC = 2 + C;
+    constexpr int XCH = BM * CPR / 128, WCH = C * SPAN / 128;  // chunks a producer thread copies a record
+    constexpr int RCH = 32, RINTS = RCH * REC, RPT = (RINTS + 127) / 128;  // records a chunk; ints a thread
+    static_assert(STAGE % 1024 == 0 && XCH >= 1 && WCH >= 1 && (C * SPAN) % 128 == 0, "tile shape");
+
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    const unsigned full0 = base + STAGES * STAGE, empty0 = full0 + STAGES * 8, mask0 = empty0 + STAGES * 8;
+    int* rec_s = reinterpret_cast<int*>(smem_raw + (mask0 + STAGES * 4 - smem_addr(smem_raw)));  // [2][RINTS]
+
+    const int g = blockIdx.x;
+    const i64 n0 = (i64)blockIdx.y * BM;
+    const int begin = offsets[g], count = offsets[g + 1] - begin, stages = (count + EPS - 1) / EPS;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+    if (tid == 0) {
+        for (int i = 0; i < STAGES; i++) {
+            mbar_init(full0 + i * 8, 129);
+            mbar_init(empty0 + i * 8, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+
+    if (warp >= 8) {  // the producers
+        const int pt = tid - 256;
+        const int* gr = records + (i64)begin * REC;
+        const int total = count * REC;
+        int pre[RPT];  // the next chunk of records, staged in registers
+        auto load_chunk = [&](int c) {
+#pragma unroll
+            for (int i = 0; i < RPT; i++) {
+                const int at = c * RINTS + pt + 128 * i;
+                pre[i] = pt + 128 * i < RINTS && at < total ? __ldg(gr + at) : 0;
+            }
+        };
+        auto store_chunk = [&](int c) {
+#pragma unroll
+            for (int i = 0; i < RPT; i++)
+                if (pt + 128 * i < RINTS) rec_s[(c & 1) * RINTS + pt + 128 * i] = pre[i];
+        };
+        load_chunk(0);
+        for (int s = 0; s < stages; s++) {
+            const int slot = s % STAGES;
+            unsigned mq = 0;
+            if (s >= STAGES) mbar_wait(empty0 + slot * 8, (s / STAGES - 1) & 1);
+#pragma unroll
+            for (int u = 0; u < EPS; u++) {
+                const int e = s * EPS + u;
+                if (e < count) {
+                    if (e % RCH == 0) {  // a new chunk: publish it (every producer is done with chunk - 2)
+                        store_chunk(e / RCH);
+                        asm volatile("bar.sync 1, 128;\n" ::: "memory");
+                        load_chunk(e / RCH + 1);
+                    }
+                    const int* r = rec_s + ((e / RCH) & 1) * RINTS + (e % RCH) * REC;
+                    const int xs = r[0];
+                    const unsigned m = (unsigned)r[1];
+                    const unsigned sa = base + slot * STAGE + u * SUB;
+#pragma unroll
+                    for (int i = 0; i < XCH; i++) {
+                        const int ch = pt + 128 * i, row = ch / CPR, jx = ch % CPR;
+                        const bool ok = n0 + row < n_total;
+                        cp_async16(sa + swizzle<ROW>(row, jx),
+                                   x + (ok ? (n0 + row) * in_features + (i64)xs * BS + jx * 8 : 0), ok ? 16 : 0);
+                    }
+#pragma unroll
+                    for (int i = 0; i < WCH; i++) {
+                        const int ch = pt + 128 * i, j = ch / SPAN, q = ch % SPAN;
+                        if (m >> j & 1u)
+                            cp_async16(sa + A_BYTES + j * W_BYTES + swizzle<ROW>(q / CPR, q % CPR),
+                                       w + (i64)r[2 + j] * (BS * BS) + q * 8, 16);
+                    }
+                    mq |= m << (u * C);
+                }
+            }
+            mbar_arrive_cp_async(full0 + slot * 8);
+            if (pt == 0) {
+                asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(mask0 + slot * 4), "r"(mq) : "memory");
+                mbar_arrive(full0 + slot * 8);
+            }
+        }
+        cp_async_wait<0>();
+        return;
+    }
+
+    // the consumers
+    const int wg = warp / 4, v = warp % 4;
+    float acc[C][NACC];
+#pragma unroll
+    for (int j = 0; j < C; j++)
+#pragma unroll
+        for (int q = 0; q < NACC; q++) acc[j][q] = 0.f;
+    const int a_row = wg * 64 + v * 16 + lane % 16, a_chunk = lane / 16;
+    unsigned a_off[KS];
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) a_off[kk] = swizzle<ROW>(a_row, kk * 2 + a_chunk);
+    const unsigned long long d0 = desc<ROW>(base + A_BYTES);
+    auto step = [&](int s, unsigned (&a)[EPS][KS][4]) {
+        const int slot = s % STAGES;
+        mbar_wait(full0 + slot * 8, (s / STAGES) & 1);
+        fence_proxy_async();
+        unsigned m;
+        asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(m) : "r"(mask0 + slot * 4) : "memory");
+        const unsigned so = slot * STAGE, sa = base + so;
+#pragma unroll
+        for (int u = 0; u < EPS; u++)
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) ldmatrix_x4(a[u][kk], sa + u * SUB + a_off[kk]);
+        wgmma_fence();
+        const unsigned long long ds = d0 + (so >> 4);
+#pragma unroll
+        for (int u = 0; u < EPS; u++)
+#pragma unroll
+            for (int j = 0; j < C; j++) {
+                if (!(m >> (u * C + j) & 1u)) continue;
+#pragma unroll
+                for (int kk = 0; kk < KS; kk++) {
+                    const unsigned long long db =
+                        ds + ((u * SUB + j * W_BYTES + (TRANS_W ? kk * 32 : kk * 16 * ROW)) >> 4);
+                    GmmaRS<T, BS, TRANS_W ? 0 : 1>::run(acc[j], a[u][kk], db);
+                }
+            }
+        wgmma_commit();
+        wgmma_wait<1>();  // group s - 1 is done: its slot goes back to the producer
+        if (s >= 1) {
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty0 + ((s - 1) % STAGES) * 8);
+        }
+    };
+    unsigned a0[EPS][KS][4], a1[EPS][KS][4];
+    int s = 0;
+    for (; s + 1 < stages; s += 2) {
+        step(s, a0);
+        step(s + 1, a1);
+    }
+    if (s < stages) step(s, a0);
+    wgmma_wait<0>();
+#pragma unroll
+    for (int j = 0; j < C; j++)
+#pragma unroll
+        for (int q = 0; q < NACC; q++) fence_operand(acc[j][q]);
+
+    const i64 n_cols = out_features / BS;
+#pragma unroll
+    for (int j = 0; j < C; j++) {
+        const i64 c = (i64)g * C + j;
+        if (c >= n_cols) break;
+        TO* yc = y + c * BS + (lane % 4) * 2;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const i64 n = n0 + wg * 64 + v * 16 + lane / 4 + h * 8;
+            if (n >= n_total) continue;
+            TO* yr = yc + n * out_features;
+#pragma unroll
+            for (int q = 0; q < BS / 8; q++)
+                Pair<TO>::store(yr + q * 8, acc[j][q * 4 + h * 2], acc[j][q * 4 + h * 2 + 1], accumulate);
+        }
+    }
+}
