@@ -57,8 +57,7 @@ def main(argv=None) -> int:
                 ref = x0.astype(cp.float32) @ (wd if kind == "fprop" else wd.T)
                 base = None
                 for variant in ("xw_tc", *_matmul_gpu.XW_GMMA_TILES.get(b, {}),
-                                *_matmul_gpu.XW_GMMA_RS_TILES.get(b, {}), *_matmul_gpu.XW_GMMA_RS_DIAG.get(b, {}),
-                                *_matmul_gpu.XW_GMMA_WS_TILES.get(b, {})):
+                                *_matmul_gpu.XW_GMMA_RS_TILES.get(b, {})):
                     _matmul_gpu.force_variant = None if variant == "xw_tc" else variant
                     saved = _matmul_gpu.gmma_enabled
                     _matmul_gpu.gmma_enabled = variant != "xw_tc"

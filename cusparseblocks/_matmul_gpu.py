@@ -55,23 +55,13 @@ XW_GMMA_TILES = {
 # x/w/y 16-byte aligned, N > SMALL_N): groups of C output block columns per CTA, 128 rows, two warpgroups;
 # block_size -> {variant: (C, STAGES, MINB CTAs per SM the registers are budgeted for, ALL: 1 = issue every
 # column's wgmmas on zero-filled absent blocks instead of branching per column, EPS records per stage)}.
+# ALL tiles are never a default: a non-finite x value would reach the columns whose block is absent as 0·inf.
 XW_GMMA_RS_TILES = {
     64: {"rs_c2": (2, 3, 1, 0, 1)},
-    32: {"rs_c4": (4, 4, 2, 0, 1), "rs_c4_e2": (4, 3, 2, 0, 2), "rs_c8": (8, 4, 1, 0, 1)},
-    16: {"rs_c8": (8, 4, 2, 0, 1), "rs_c8_e2": (8, 4, 2, 0, 2),
-         "rs_c16": (16, 4, 1, 0, 1), "rs_c16_e2": (16, 4, 1, 0, 2)},
-}
-# timing-only tiles (bench/bsmm_gmma.py; never a default, not tested): (C, STAGES, MINB, ALL, EPS, DIAG); DIAG
-# bit 0 = without the generic-to-async proxy fence before each stage's barrier
-XW_GMMA_RS_DIAG = {
-    32: {"rs_c4_all": (4, 4, 2, 1, 1, 0), "rs_c4_nofence": (4, 4, 2, 0, 1, 1)},
-    16: {"rs_c8_all": (8, 4, 2, 1, 1, 0), "rs_c8_all_e2": (8, 4, 2, 1, 2, 0)},
-}
-# xw_gmma_ws (same source): xw_gmma_rs's dataflow with a producer warp and two consumer warpgroups synchronized
-# by mbarriers (a producer warpgroup, 384 threads); block_size -> {variant: (C, STAGES, MINB, EPS)}
-XW_GMMA_WS_TILES = {
-    32: {"ws_c4": (4, 8, 1, 1), "ws_c4_e2": (4, 5, 1, 2), "ws_c8": (8, 6, 1, 1)},
-    16: {"ws_c8": (8, 8, 1, 1), "ws_c8_e2": (8, 8, 1, 2), "ws_c16": (16, 8, 1, 1)},
+    32: {"rs_c4": (4, 4, 2, 0, 1), "rs_c4_e2": (4, 3, 2, 0, 2), "rs_c8": (8, 4, 1, 0, 1),
+         "rs_c4_all": (4, 4, 2, 1, 1)},
+    16: {"rs_c8": (8, 4, 2, 0, 1), "rs_c8_e2": (8, 4, 2, 0, 2), "rs_c8_e3": (8, 4, 2, 0, 3),
+         "rs_c8_e4": (8, 3, 2, 0, 4), "rs_c16_e2": (16, 4, 1, 0, 2), "rs_c8_all_e2": (8, 4, 2, 1, 2)},
 }
 # block_size -> ((minimum layout density, xw_gmma_rs variant), ...): the default is the first entry whose
 # density the layout reaches; none: xw_gmma (b = 32) / xw_wide_tc (b = 16). H100, N = K = M = 4096, fp16,
@@ -267,27 +257,13 @@ def xw_gmma_smem(bs, variant):
 
 
 def xw_gmma_rs_spec(dtype, out_dtype, bs, variant, trans):
+    c, st, minb, all_, eps = XW_GMMA_RS_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    if variant in XW_GMMA_WS_TILES.get(bs, {}):
-        c, st, minb, eps = XW_GMMA_WS_TILES[bs][variant]
-        return KernelSpec("bsmm_gmma_rs.cu", f"xw_gmma_ws<{t}, {to}, {bs}, {c}, {st}, {minb}, {eps}, {trans}>")
-    if variant in XW_GMMA_RS_DIAG.get(bs, {}):
-        c, st, minb, all_, eps, diag = XW_GMMA_RS_DIAG[bs][variant]
-    else:
-        (c, st, minb, all_, eps), diag = XW_GMMA_RS_TILES[bs][variant], 0
-    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    extra = f", {diag}" if diag else ""
-    return KernelSpec("bsmm_gmma_rs.cu",
-                      f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {all_}, {eps}, {trans}{extra}>")
+    return KernelSpec("bsmm_gmma_rs.cu", f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {all_}, {eps}, {trans}>")
 
 
 def xw_gmma_rs_smem(bs, variant):
-    if variant in XW_GMMA_WS_TILES.get(bs, {}):
-        c, st, _, eps = XW_GMMA_WS_TILES[bs][variant]
-        # + the mbarriers and masks, two chunks of 32 records
-        return st * eps * (128 + c * bs) * bs * 2 + st * 20 + 2 * 32 * (2 + c) * 4 + 1024
-    tile = {**XW_GMMA_RS_TILES[bs], **XW_GMMA_RS_DIAG.get(bs, {})}[variant]
-    c, st, eps = tile[0], tile[1], tile[4]
+    c, st, _, _, eps = XW_GMMA_RS_TILES[bs][variant]
     return st * eps * (128 + c * bs) * bs * 2 + 1024
 
 
@@ -623,7 +599,7 @@ def gmma_rs_specializations():
     """xw_gmma_rs (sm_90a): every tile, fp16/bf16, output in the input dtype or float32, fprop and bprop."""
     for dtype in ("float16", "bfloat16"):
         for to, bs, trans in itertools.product(_out_types(dtype), XW_GMMA_RS_TILES, (0, 1)):
-            for variant in (*XW_GMMA_RS_TILES[bs], *XW_GMMA_WS_TILES.get(bs, {})):
+            for variant in XW_GMMA_RS_TILES[bs]:
                 yield xw_gmma_rs_spec(dtype, to, bs, variant, trans)
 
 
@@ -857,7 +833,7 @@ def _use_gmma_rs(op_obj, dtype, n, aligned, dev):
     """The xw_gmma_rs tile that serves this call, or None: wgmma device, fp16/bf16, feature axis 1, aligned
     x, w, y; a forced variant of it, or the block size's default (N > SMALL_N)."""
     b = op_obj.block_size
-    tiles = {**XW_GMMA_RS_TILES.get(b, {}), **XW_GMMA_RS_DIAG.get(b, {}), **XW_GMMA_WS_TILES.get(b, {})}
+    tiles = XW_GMMA_RS_TILES.get(b, {})
     if not (aligned and dtype != "float32" and op_obj.feature_axis == 1 and tiles):
         return None
     if force_variant is not None:
@@ -944,14 +920,13 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             return plan
         rs = _use_gmma_rs(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
         if rs is not None:
-            c = {**XW_GMMA_RS_TILES.get(b, {}), **XW_GMMA_RS_DIAG.get(b, {}), **XW_GMMA_WS_TILES.get(b, {})}[rs][0]
-            threads = 384 if rs in XW_GMMA_WS_TILES.get(b, {}) else 256
+            c = XW_GMMA_RS_TILES[b][rs][0]
             spec, smem = xw_gmma_rs_spec(dtype, odt, b, rs, trans), xw_gmma_rs_smem(b, rs)
             n_tiles = -(-n // 128)
             if n_tiles > 65535:
                 raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * 128} "
                                  f"for block_size {b}")
-            plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (threads,), smem,
+            plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (256,), smem,
                     ("rs", op, c))
             op_obj._gpu_tables[key] = plan
             return plan
@@ -978,7 +953,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             if n_tiles > 65535:
                 raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
                                  f"for block_size {b}")
-            plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (threads,), smem,
+            plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (256,), smem,
                     ("wide", op, c, r))
             op_obj._gpu_tables[key] = plan
             return plan

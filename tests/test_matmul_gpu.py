@@ -8,11 +8,7 @@ from conftest import assert_close, poison, random_array
 
 from cusparseblocks import BlockSparseMatMul
 from cusparseblocks import _matmul_gpu as _matmul_gpu_tiles
-from cusparseblocks._matmul_gpu import XW_FFMA_TILES, XW_GMMA_RS_TILES, XW_GMMA_TILES, XW_GMMA_WS_TILES, XW_WIDE_TILES
-
-# xw_gmma_rs tiles and its warp-specialized form xw_gmma_ws: block_size -> {variant: tile, C first}
-RS_WS_TILES = {b: {**XW_GMMA_RS_TILES.get(b, {}), **XW_GMMA_WS_TILES.get(b, {})}
-               for b in sorted({*XW_GMMA_RS_TILES, *XW_GMMA_WS_TILES})}
+from cusparseblocks._matmul_gpu import XW_FFMA_TILES, XW_GMMA_RS_TILES, XW_GMMA_TILES, XW_WIDE_TILES
 from cusparseblocks.reference import matmul as ref
 
 pytestmark = pytest.mark.gpu
@@ -369,14 +365,14 @@ def test_wgmma_rs_default(rng, block_size, density, op_kind):
         assert _ran(op, spec, _matmul_gpu.xw_gmma_rs_smem(block_size, rs)), f"{rs} is not the default"
 
 
-@pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in RS_WS_TILES.items() for v in vs])
+@pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_GMMA_RS_TILES.items() for v in vs])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("n", [65, 200, 517])
 def test_wgmma_rs_tiles(rng, variant, dtype, block_size, n):
     """xw_gmma_rs (forced tile): ragged N against the 128-row tile, a last column group with fewer than C
     columns, a whole empty column group, an empty block row and column, column groups with more entries
-    than pipeline stages (slot wrap-around, both halves of the two-step loop and its odd tail; xw_gmma_ws:
-    every mbarrier phase of a slot), fprop and
+    than pipeline stages (slot wrap-around, both halves of the two-step loop and its odd tail, a last stage
+    with fewer than EPS records), fprop and
     bprop into poisoned out=, float32 output, accumulate in the input dtype and in float32; asserts that
     xw_gmma_rs ran."""
     import cupy as cp
@@ -384,7 +380,7 @@ def test_wgmma_rs_tiles(rng, variant, dtype, block_size, n):
     from cusparseblocks import _matmul_gpu, compiler
 
     _needs_wgmma()
-    c = RS_WS_TILES[block_size][variant][0]
+    c = XW_GMMA_RS_TILES[block_size][variant][0]
     kb, mb = (23, 2 * c + 3) if c <= 8 else (23, c + 5)
     mask = _layout(rng, kb, mb, 0.5)
     mask[:, c : 2 * c] = False  # fprop: the second column group is empty
