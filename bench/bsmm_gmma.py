@@ -1,4 +1,4 @@
-"""xw_gmma / xw_gmma_rs (wgmma) tiles against the mma.sync kernels and dense cuBLAS, fprop and bprop, in one run.
+"""xw_gmma / xw_gmma_rs (wgmma) tiles against the mma.sync kernels and dense cuBLAS, fprop and bprop, one run.
 
 N = K = M = 4096 (``--n``), b = 16, 32 and 64 (``--blocks``), fp16 (the mma.sync row: xw_tc, or xw_wide_tc at
 b = 16); each tile is checked against cuBLAS on the dense

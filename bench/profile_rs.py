@@ -1,4 +1,4 @@
-"""xw_gmma / xw_gmma_rs fprop launches for Nsight Compute: one launch per named variant (N = K = M = 4096, fp16).
+"""xw_gmma / xw_gmma_rs fprop launches for Nsight Compute: one launch per named variant (N = K = M = 4096).
 
 Run: PYTHONPATH=. ncu --kernel-name regex:"xw_gmma" --section SpeedOfLight --section WarpStateStats \
          --section Occupancy python bench/profile_rs.py B DENSITY VARIANT [VARIANT ...]

@@ -66,8 +66,8 @@ XW_GMMA_RS_TILES = {
 # block_size -> ((minimum layout density, xw_gmma_rs variant), ...): the default is the first entry whose
 # density the layout reaches; none: xw_gmma (b = 32) / xw_wide_tc (b = 16). H100, N = K = M = 4096, fp16,
 # TFLOP/s (bench/results/bsmm_gmma-20261126-0758): b = 16 rs_c8_e2 160 / 85 / 47 at d = 0.5 / 0.2 / 0.05
-# against xw_wide_tc's 109 / 56 / 21 (rs_c16_e2 164 / 75 / 31); b = 32 (-0747) rs_c4_e2 242 against xw_gmma's 200 at
-# d = 0.5, 167 against 185 at d = 0.2; b = 64: xw_gmma everywhere.
+# against xw_wide_tc's 109 / 56 / 21 (rs_c16_e2 164 / 75 / 31); b = 32 (-0747) rs_c4_e2 242 against xw_gmma's
+# 200 at d = 0.5, 167 against 185 at d = 0.2; b = 64: xw_gmma everywhere.
 XW_GMMA_RS_DEFAULT: dict[int, tuple[tuple[float, str], ...]] = {
     16: ((0.0, "rs_c8_e2"),),
     32: ((0.35, "rs_c4_e2"),),
@@ -259,7 +259,8 @@ def xw_gmma_smem(bs, variant):
 def xw_gmma_rs_spec(dtype, out_dtype, bs, variant, trans):
     c, st, minb, all_, eps = XW_GMMA_RS_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec("bsmm_gmma_rs.cu", f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {all_}, {eps}, {trans}>")
+    return KernelSpec("bsmm_gmma_rs.cu",
+                      f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {all_}, {eps}, {trans}>")
 
 
 def xw_gmma_rs_smem(bs, variant):

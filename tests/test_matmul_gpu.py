@@ -357,11 +357,12 @@ def test_wgmma_rs_default(rng, block_size, density, op_kind):
     y = getattr(op, op_kind)(cp.asarray(x), cp.asarray(w))
     assert_close(y, _ref64(op, op_kind, x, w=w), "float16", f"{op_kind} default")
     rs = _matmul_gpu.xw_gmma_rs_default(block_size, op.layout.density)
+    trans = int(op_kind == "bprop")
     if rs is None:
-        assert not any(_ran(op, _matmul_gpu.xw_gmma_rs_spec("float16", "float16", block_size, v, int(op_kind == "bprop")),
+        assert not any(_ran(op, _matmul_gpu.xw_gmma_rs_spec("float16", "float16", block_size, v, trans),
                             _matmul_gpu.xw_gmma_rs_smem(block_size, v)) for v in XW_GMMA_RS_TILES.get(block_size, {}))
     else:
-        spec = _matmul_gpu.xw_gmma_rs_spec("float16", "float16", block_size, rs, int(op_kind == "bprop"))
+        spec = _matmul_gpu.xw_gmma_rs_spec("float16", "float16", block_size, rs, trans)
         assert _ran(op, spec, _matmul_gpu.xw_gmma_rs_smem(block_size, rs)), f"{rs} is not the default"
 
 
