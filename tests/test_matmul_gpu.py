@@ -419,10 +419,11 @@ def test_wgmma_rs_tiles(rng, variant, dtype, block_size, n):
     assert_close(dx_acc32, dx032 + dx_ref, dtype, f"bprop accumulate fp32 [{variant}]")
 
 
-@pytest.mark.parametrize("block_size", list(XW_GMMA_TILES))
+@pytest.mark.parametrize("block_size", sorted({*XW_GMMA_TILES, *XW_GMMA_RS_TILES}))
 def test_wgmma_default_and_fallbacks(rng, block_size):
-    """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run xw_gmma by default; a
-    misaligned out= or feature axis 0 take the mma.sync kernels; all stay correct."""
+    """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run a wgmma kernel by default (xw_gmma,
+    or xw_gmma_rs where xw_gmma_rs_default names a tile); a misaligned out= or feature axis 0 take the mma.sync
+    kernels; all stay correct."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
