@@ -54,14 +54,16 @@ XW_GMMA_TILES = {
 # xw_gmma_rs (kernels/bsmm_gmma_rs.cu: wgmma with the x tile in registers, sm_90a; fp16/bf16, feature axis 1,
 # x/w/y 16-byte aligned, N > SMALL_N): groups of C output block columns per CTA, 128 rows, two warpgroups;
 # block_size -> {variant: (C, STAGES, MINB CTAs per SM the registers are budgeted for, ALL: 1 = issue every
-# column's wgmmas on zero-filled absent blocks instead of branching per column, EPS records per stage)}.
+# column's wgmmas on zero-filled absent blocks instead of branching per column, EPS records per stage, R
+# reduction blocks per record: x-tile rows of R·b features)}.
 # ALL tiles are never a default: a non-finite x value would reach the columns whose block is absent as 0·inf.
 XW_GMMA_RS_TILES = {
-    64: {"rs_c2": (2, 3, 1, 0, 1)},
-    32: {"rs_c4": (4, 4, 2, 0, 1), "rs_c4_e2": (4, 3, 2, 0, 2), "rs_c8": (8, 4, 1, 0, 1),
-         "rs_c4_all": (4, 4, 2, 1, 1)},
-    16: {"rs_c8": (8, 4, 2, 0, 1), "rs_c8_e2": (8, 4, 2, 0, 2), "rs_c8_e3": (8, 4, 2, 0, 3),
-         "rs_c8_e4": (8, 3, 2, 0, 4), "rs_c16_e2": (16, 4, 1, 0, 2), "rs_c8_all_e2": (8, 4, 2, 1, 2)},
+    64: {"rs_c2": (2, 3, 1, 0, 1, 1)},
+    32: {"rs_c4": (4, 4, 2, 0, 1, 1), "rs_c4_e2": (4, 3, 2, 0, 2, 1), "rs_c8": (8, 4, 1, 0, 1, 1),
+         "rs_c4_all": (4, 4, 2, 1, 1, 1), "rs_c4_r2": (4, 4, 1, 0, 1, 2), "rs_c2_r2": (2, 4, 2, 0, 1, 2)},
+    16: {"rs_c8": (8, 4, 2, 0, 1, 1), "rs_c8_e2": (8, 4, 2, 0, 2, 1), "rs_c8_e3": (8, 4, 2, 0, 3, 1),
+         "rs_c8_e4": (8, 3, 2, 0, 4, 1), "rs_c16_e2": (16, 4, 1, 0, 2, 1), "rs_c8_all_e2": (8, 4, 2, 1, 2, 1),
+         "rs_c8_r2": (8, 4, 2, 0, 1, 2), "rs_c8_r4": (8, 4, 1, 0, 1, 4), "rs_c4_r4": (4, 4, 2, 0, 1, 4)},
 }
 # block_size -> ((minimum layout density, xw_gmma_rs variant), ...): the default is the first entry whose
 # density the layout reaches; none: xw_gmma (b = 32) / xw_wide_tc (b = 16). H100, N = K = M = 4096, fp16,
@@ -257,15 +259,15 @@ def xw_gmma_smem(bs, variant):
 
 
 def xw_gmma_rs_spec(dtype, out_dtype, bs, variant, trans):
-    c, st, minb, all_, eps = XW_GMMA_RS_TILES[bs][variant]
+    c, st, minb, all_, eps, r = XW_GMMA_RS_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec("bsmm_gmma_rs.cu",
-                      f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {all_}, {eps}, {trans}>")
+                      f"xw_gmma_rs<{t}, {to}, {bs}, {c}, {st}, {minb}, {all_}, {eps}, {r}, {trans}>")
 
 
 def xw_gmma_rs_smem(bs, variant):
-    c, st, _, _, eps = XW_GMMA_RS_TILES[bs][variant]
-    return st * eps * (128 + c * bs) * bs * 2 + 1024
+    c, st, _, _, eps, r = XW_GMMA_RS_TILES[bs][variant]
+    return st * eps * (128 * r * bs + r * c * bs * bs) * 2 + 1024  # x tiles + w slots, + 1 KiB alignment
 
 
 def updat_gmma_spec(dtype, out_dtype, bs, variant):
@@ -704,13 +706,14 @@ def wide_tables(layout, op, c, r=1):
     return offsets, (keys % n_super).astype(np.int32), masks, slots
 
 
-def rs_tables(layout, op, c):
-    """xw_gmma_rs's lists for groups of ``c`` output block columns: offsets int32 [n_groups + 1] and records
-    int32 [n_entries, 2 + c] = (reduction block s, mask of the present columns, the w index of each column's
-    block, 0 where absent), a group's records in increasing s (wide_tables with r = 1, packed so that the
-    kernel reads one record with one pointer)."""
-    offsets, entries, masks, slots = wide_tables(layout, op, c, 1)
-    rec = np.empty((entries.size, 2 + c), dtype=np.int32)
+def rs_tables(layout, op, c, r=1):
+    """xw_gmma_rs's lists for groups of ``c`` output block columns over super-rows of ``r`` reduction blocks:
+    offsets int32 [n_groups + 1] and records int32 [n_entries, 2 + r·c] = (super-row s, mask with bit rr·c + j
+    for block (s·r + rr, column j), the w index of each slot's block, 0 where absent), a group's records in
+    increasing s (wide_tables, packed so that the kernel reads one record with one pointer)."""
+    assert r * c <= 32, "one mask word"
+    offsets, entries, masks, slots = wide_tables(layout, op, c, r)
+    rec = np.empty((entries.size, 2 + r * c), dtype=np.int32)
     rec[:, 0] = entries
     rec[:, 1] = masks[:, 0].view(np.int32)
     rec[:, 2:] = np.maximum(slots, 0)
@@ -733,8 +736,8 @@ def _tables(op_obj, key, dev):
         elif key[0] == "small":  # ("small", op, ctas, eps, bm, snap, c)
             work = small_work(lay, key[1], key[2], key[3], key[5], key[6])
             cache[(dev, key)] = tuple(a if isinstance(a, np.int32) else cupy.asarray(a) for a in work)
-        elif key[0] == "rs":  # ("rs", op, c)
-            cache[(dev, key)] = tuple(cupy.asarray(a) for a in rs_tables(lay, key[1], key[2]))
+        elif key[0] == "rs":  # ("rs", op, c, r)
+            cache[(dev, key)] = tuple(cupy.asarray(a) for a in rs_tables(lay, key[1], key[2], key[3]))
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key[0] == "ffma":  # ("ffma", op, lpt): the op's lists and the CTAs' output columns
@@ -921,14 +924,14 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             return plan
         rs = _use_gmma_rs(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
         if rs is not None:
-            c = XW_GMMA_RS_TILES[b][rs][0]
+            c, r = XW_GMMA_RS_TILES[b][rs][0], XW_GMMA_RS_TILES[b][rs][5]
             spec, smem = xw_gmma_rs_spec(dtype, odt, b, rs, trans), xw_gmma_rs_smem(b, rs)
             n_tiles = -(-n // 128)
             if n_tiles > 65535:
                 raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * 128} "
                                  f"for block_size {b}")
             plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (256,), smem,
-                    ("rs", op, c))
+                    ("rs", op, c, r))
             op_obj._gpu_tables[key] = plan
             return plan
         if _use_gmma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev):

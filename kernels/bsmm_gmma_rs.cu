@@ -87,25 +87,30 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
 // the register budget is set for. ALL = 1: every column's wgmmas are issued, absent blocks multiplied as
 // the zeros their slots were filled with (no branch and no wgmma.fence per column; more tensor work; a
 // non-finite x value then also reaches the columns whose block is absent, as 0·inf: timing only). EPS
-// records per pipeline stage (one barrier, wait and proxy fence per EPS records).
-template <typename T, typename TO, int BS, int C, int STAGES, int MINB, int ALL, int EPS, int TRANS_W>
+// records per pipeline stage (one barrier, wait and proxy fence per EPS records). R: a record covers R
+// consecutive reduction blocks (a super-row of R·BS features: the x tile's rows are R·BS·2 bytes, whole
+// 64- or 128-byte pieces of x's rows instead of BS·2-byte ones; R·C w slots, bit rr·C + j of the mask for
+// block (s·R + rr, column j)); features past in_features (a ragged last super-row) are never loaded.
+template <typename T, typename TO, int BS, int C, int STAGES, int MINB, int ALL, int EPS, int R, int TRANS_W>
 __global__ void __launch_bounds__(256, MINB)
 xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
            const int* __restrict__ records, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     using namespace gmma;
     using namespace gmma_rs;
     static_assert(BS == 16 || BS == 32 || BS == 64, "wgmma column groups: BS = 16, 32 or 64");
-    static_assert(C >= 1 && C <= 32 && STAGES >= 3, "C columns (one mask word), the slot of stage s - 2");
-    constexpr int THREADS = 256, BM = 128;
-    constexpr int ROW = BS * 2, CPR = BS / 8;  // bytes and 16-byte chunks per tile row
-    constexpr int A_BYTES = BM * ROW, W_BYTES = BS * ROW, SUB = A_BYTES + C * W_BYTES, STAGE = EPS * SUB;
-    static_assert(EPS >= 1 && EPS * C <= 32, "a stage's masks share one word");
+    static_assert(C >= 1 && STAGES >= 3 && R >= 1, "tile; the slot of stage s - 2 is refilled at stage s");
+    constexpr int THREADS = 256, BM = 128, NS = R * C;  // NS w slots a record
+    constexpr int ROW = BS * 2, CPR = BS / 8;            // bytes and 16-byte chunks per w row
+    constexpr int XF = R * BS, ROWX = XF * 2, CPRX = XF / 8;  // features, bytes, chunks per x-tile row
+    static_assert(ROWX == 32 || ROWX == 64 || ROWX == 128, "x-tile rows of 32, 64 or 128 bytes");
+    constexpr int A_BYTES = BM * ROWX, W_BYTES = BS * ROW, SUB = A_BYTES + NS * W_BYTES, STAGE = EPS * SUB;
+    static_assert(EPS >= 1 && EPS * NS <= 32, "a stage's masks share one word");
     constexpr int NACC = BS / 2, KS = BS / 16;
-    constexpr int XCH = BM * CPR / THREADS;  // x-tile chunks a thread copies
-    constexpr int WCH = C * BS * CPR / THREADS;  // w chunks a thread copies
-    constexpr int REC = 2 + C;                   // ints a record: s, mask, the C w indices
-    static_assert(XCH >= 1 && (BM * CPR) % THREADS == 0 && STAGE % 1024 == 0, "tile shape");
-    static_assert(WCH >= 1 && (C * BS * CPR) % THREADS == 0, "w chunks");
+    constexpr int XCH = BM * CPRX / THREADS;     // x-tile chunks a thread copies
+    constexpr int WCH = NS * BS * CPR / THREADS;  // w chunks a thread copies
+    constexpr int REC = 2 + NS;                   // ints a record: s, mask, the NS w indices
+    static_assert(XCH >= 1 && (BM * CPRX) % THREADS == 0 && STAGE % 1024 == 0, "tile shape");
+    static_assert(WCH >= 1 && (NS * BS * CPR) % THREADS == 0, "w chunks");
     // chunk i of a thread lies in slot (tid + i·THREADS) / (BS·CPR) = wj0 + i·WSTEP (BS·CPR ≤ THREADS), or
     // i / (BS·CPR / THREADS) alone (BS = 64): either way a constant step from the first
     constexpr int SPAN = BS * CPR;
@@ -127,14 +132,15 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
     unsigned xs_off[XCH], ws_off[WCH];
     const char* xp[XCH];
     const char* wp[WCH];
-    int xbytes[XCH];
+    int xbytes[XCH], xcol[XCH];  // xcol: the chunk's first feature in the super-row (R > 1: ragged check)
 #pragma unroll
     for (int i = 0; i < XCH; i++) {
-        const int ch = tid + i * THREADS, row = ch / CPR, j = ch % CPR;
+        const int ch = tid + i * THREADS, row = ch / CPRX, j = ch % CPRX;
         const i64 n = n0 + row;
-        xs_off[i] = swizzle<ROW>(row, j);
+        xs_off[i] = swizzle<ROWX>(row, j);
         xp[i] = reinterpret_cast<const char*>(x + (n < n_total ? n * in_features + j * 8 : 0));
         xbytes[i] = n < n_total ? 16 : 0;
+        xcol[i] = j * 8;
     }
 #pragma unroll
     for (int i = 0; i < WCH; i++) {
@@ -184,8 +190,12 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
                 const bool ok = EPS == 1 || e * EPS + u < count;
                 if (ok || ALL) {
 #pragma unroll
-                    for (int i = 0; i < XCH; i++)
-                        cp_async16(sa + xs_off[i], ok ? xp[i] + (i64)nx_s[u] * (BS * 2) : xp[i], ok ? xbytes[i] : 0);
+                    for (int i = 0; i < XCH; i++) {
+                        // R > 1: a super-row past in_features (the ragged last one) is neither read nor used
+                        const bool in = R == 1 || (i64)nx_s[u] * XF + xcol[i] < in_features;
+                        cp_async16(sa + xs_off[i], ok && in ? xp[i] + (i64)nx_s[u] * (XF * 2) : xp[i],
+                                   ok && in ? xbytes[i] : 0);
+                    }
 #pragma unroll
                     for (int i = 0; i < WCH; i++) {
                         const bool present = nx_m[u] >> wj(i) & 1u;
@@ -195,7 +205,7 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
                             cp_async16(sa + ws_off[i], wp[i] + (i64)nx_k[u][i] * (BS * BS * 2), 16);
                     }
                 }
-                mq |= nx_m[u] << (u * C);
+                mq |= nx_m[u] << (u * NS);
             }
         }
         cp_async_commit();
@@ -206,13 +216,13 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
     // ldmatrix source of this thread: row 16·v + lane % 16 of its warpgroup's 64, 8-feature chunk lane / 16
     // (+ 2 per 16 of k): registers 0-3 = rows 0-7 / 8-15 at k 0-7, rows 0-7 / 8-15 at k 8-15
     const int a_row = wg * 64 + v * 16 + lane % 16, a_chunk = lane / 16;
-    unsigned a_off[KS];
+    unsigned a_off[R * KS];  // fragment rr·KS + kk: features rr·BS + kk·16 of the super-row
 #pragma unroll
-    for (int kk = 0; kk < KS; kk++) a_off[kk] = swizzle<ROW>(a_row, kk * 2 + a_chunk);
+    for (int rk = 0; rk < R * KS; rk++) a_off[rk] = swizzle<ROWX>(a_row, rk * 2 + a_chunk);
     // B descriptors: the stage's first slot's, plus constants (the address field is bits 0-13, in 16 bytes;
     // shared memory offsets stay below 2^18, so adding never carries out of it)
     const unsigned long long d0 = desc<ROW>(base + A_BYTES);
-    auto step = [&](int st, unsigned (&a)[EPS][KS][4]) {
+    auto step = [&](int st, unsigned (&a)[EPS][R * KS][4]) {
         const unsigned m = q[0];
 #pragma unroll
         for (int i = 0; i + 1 < STAGES - 2; i++) q[i] = q[i + 1];
@@ -223,22 +233,25 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
 #pragma unroll
         for (int u = 0; u < EPS; u++)
 #pragma unroll
-            for (int kk = 0; kk < KS; kk++) ldmatrix_x4(a[u][kk], sa + u * SUB + a_off[kk]);
+            for (int rk = 0; rk < R * KS; rk++) ldmatrix_x4(a[u][rk], sa + u * SUB + a_off[rk]);
         wgmma_fence();
         const unsigned long long ds = d0 + (so >> 4);
 #pragma unroll
         for (int u = 0; u < EPS; u++)
 #pragma unroll
-            for (int j = 0; j < C; j++) {
-                if (!ALL && !(m >> (u * C + j) & 1u)) continue;
+            for (int rr = 0; rr < R; rr++)
 #pragma unroll
-                for (int kk = 0; kk < KS; kk++) {
-                    // fprop: B rows are k (N-major), 16 rows a step; bprop: rows are n (K-major), 32 bytes a step
-                    const unsigned long long db =
-                        ds + ((u * SUB + j * W_BYTES + (TRANS_W ? kk * 32 : kk * 16 * ROW)) >> 4);
-                    GmmaRS<T, BS, TRANS_W ? 0 : 1>::run(acc[j], a[u][kk], db);
+                for (int j = 0; j < C; j++) {
+                    const int sl = rr * C + j;  // the w slot of block (s·R + rr, column j)
+                    if (!ALL && !(m >> (u * NS + sl) & 1u)) continue;
+#pragma unroll
+                    for (int kk = 0; kk < KS; kk++) {
+                        // fprop: B rows are k (N-major), 16 rows a step; bprop: rows are n (K-major), 32 bytes
+                        const unsigned long long db =
+                            ds + ((u * SUB + sl * W_BYTES + (TRANS_W ? kk * 32 : kk * 16 * ROW)) >> 4);
+                        GmmaRS<T, BS, TRANS_W ? 0 : 1>::run(acc[j], a[u][rr * KS + kk], db);
+                    }
                 }
-            }
         wgmma_commit();
         const int next = st + STAGES - 2;
         load_stage(next, next % STAGES);
@@ -252,7 +265,7 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
 #pragma unroll
         for (int i = 0; i + 1 < STAGES - 2 && s + 1 < STAGES - 2; i++) q[i] = q[i + 1];
     }
-    unsigned a0[EPS][KS][4], a1[EPS][KS][4];
+    unsigned a0[EPS][R * KS][4], a1[EPS][R * KS][4];
     int st = 0;
     for (; st + 1 < stages; st += 2) {
         step(st, a0);
