@@ -60,10 +60,10 @@ XW_GMMA_TILES = {
 XW_GMMA_RS_TILES = {
     64: {"rs_c2": (2, 3, 1, 0, 1, 1)},
     32: {"rs_c4": (4, 4, 2, 0, 1, 1), "rs_c4_e2": (4, 3, 2, 0, 2, 1), "rs_c8": (8, 4, 1, 0, 1, 1),
-         "rs_c4_all": (4, 4, 2, 1, 1, 1), "rs_c4_r2": (4, 4, 1, 0, 1, 2), "rs_c2_r2": (2, 4, 2, 0, 1, 2)},
+         "rs_c4_all": (4, 4, 2, 1, 1, 1), "rs_c2_r2": (2, 4, 2, 0, 1, 2)},
     16: {"rs_c8": (8, 4, 2, 0, 1, 1), "rs_c8_e2": (8, 4, 2, 0, 2, 1), "rs_c8_e3": (8, 4, 2, 0, 3, 1),
          "rs_c8_e4": (8, 3, 2, 0, 4, 1), "rs_c16_e2": (16, 4, 1, 0, 2, 1), "rs_c8_all_e2": (8, 4, 2, 1, 2, 1),
-         "rs_c8_r2": (8, 4, 2, 0, 1, 2), "rs_c8_r4": (8, 4, 1, 0, 1, 4), "rs_c4_r4": (4, 4, 2, 0, 1, 4)},
+         "rs_c8_r2": (8, 4, 2, 0, 1, 2)},
 }
 # block_size -> ((minimum layout density, xw_gmma_rs variant), ...): the default is the first entry whose
 # density the layout reaches; none: xw_gmma (b = 32) / xw_wide_tc (b = 16). H100, N = K = M = 4096, fp16,
