@@ -18,6 +18,19 @@ from cusparseblocks._array import bfloat16
 from cusparseblocks.reference import matmul as ref
 
 
+def _fprop_bprop_error(rng, mask, b, n, dtype):
+    """The worse relative error of fprop and bprop (feature axis 1, batch n) against the float64 reference."""
+    op = BlockSparseMatMul(mask, b)
+    x = rng.standard_normal((n, op.K)).astype(dtype)
+    dy = rng.standard_normal((n, op.M)).astype(dtype)
+    w = (rng.standard_normal(op.w_shape) * 0.2).astype(dtype)
+    y = op.fprop(cp.asarray(x), cp.asarray(w)).get().astype(np.float64)
+    dx = op.bprop(cp.asarray(dy), cp.asarray(w)).get().astype(np.float64)
+    y_ref = ref.bsmm_fprop(op.layout, x.astype(np.float64), w.astype(np.float64))
+    dx_ref = ref.bsmm_bprop(op.layout, dy.astype(np.float64), w.astype(np.float64))
+    return max(float(np.linalg.norm(a - r) / np.linalg.norm(r)) for a, r in ((y, y_ref), (dx, dx_ref)))
+
+
 def main():
     from cusparseblocks import _matmul_gpu
 
@@ -54,16 +67,7 @@ def main():
         _matmul_gpu.small_variant = variant
         for dtype in ((np.float16, bfloat16) if kind == "tc" else (np.float32,)):
             for n in (29, 1):
-                op = BlockSparseMatMul(rng.random((40, 23)) < 0.5, 32)
-                x = rng.standard_normal((n, op.K)).astype(dtype)
-                dy = rng.standard_normal((n, op.M)).astype(dtype)
-                w = (rng.standard_normal(op.w_shape) * 0.2).astype(dtype)
-                y = op.fprop(cp.asarray(x), cp.asarray(w)).get().astype(np.float64)
-                dx = op.bprop(cp.asarray(dy), cp.asarray(w)).get().astype(np.float64)
-                y_ref = ref.bsmm_fprop(op.layout, x.astype(np.float64), w.astype(np.float64))
-                dx_ref = ref.bsmm_bprop(op.layout, dy.astype(np.float64), w.astype(np.float64))
-                for a, r in ((y, y_ref), (dx, dx_ref)):
-                    worst = max(worst, float(np.linalg.norm(a - r) / np.linalg.norm(r)))
+                worst = max(worst, _fprop_bprop_error(rng, rng.random((40, 23)) < 0.5, 32, n, dtype))
     _matmul_gpu.small_variant = None
     # xw_gmma_rs (sm_90): every tile forced, fprop and bprop, a partial last column group, ragged N
     if _matmul_gpu._gmma_device(cp.cuda.runtime.getDevice()):
@@ -71,16 +75,7 @@ def main():
             for variant in tiles:
                 _matmul_gpu.force_variant = variant
                 for n in (152, 700):
-                    op = BlockSparseMatMul(rng.random((7, 19)) < 0.4, b)
-                    x = rng.standard_normal((n, op.K)).astype(np.float16)
-                    dy = rng.standard_normal((n, op.M)).astype(np.float16)
-                    w = (rng.standard_normal(op.w_shape) * 0.2).astype(np.float16)
-                    y = op.fprop(cp.asarray(x), cp.asarray(w)).get().astype(np.float64)
-                    dx = op.bprop(cp.asarray(dy), cp.asarray(w)).get().astype(np.float64)
-                    y_ref = ref.bsmm_fprop(op.layout, x.astype(np.float64), w.astype(np.float64))
-                    dx_ref = ref.bsmm_bprop(op.layout, dy.astype(np.float64), w.astype(np.float64))
-                    for a, r in ((y, y_ref), (dx, dx_ref)):
-                        worst = max(worst, float(np.linalg.norm(a - r) / np.linalg.norm(r)))
+                    worst = max(worst, _fprop_bprop_error(rng, rng.random((7, 19)) < 0.4, b, n, np.float16))
         _matmul_gpu.force_variant = None
     cp.cuda.runtime.deviceSynchronize()
     print(f"sanitize_bsmm: worst relative error {worst:.2e}")

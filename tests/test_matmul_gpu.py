@@ -295,26 +295,21 @@ def _needs_wgmma():
         pytest.skip("the wgmma kernels run on compute capability 9.0 only")
 
 
-@pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_GMMA_TILES.items() for v in vs])
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("n", [65, 200, 517])
-def test_wgmma_tiles(rng, variant, dtype, block_size, n):
-    """xw_gmma (forced tile): ragged N against every tile height, column lists longer than the pipeline
-    (wrap-around of the stage slots), empty block rows and columns, fprop and bprop into poisoned out=,
-    float32 output, accumulate in the input dtype and in float32; asserts that xw_gmma ran."""
+def _check_forced_wgmma(rng, op, dtype, n, variant, spec, smem, name):
+    """Run ``variant`` (forced) for fprop and bprop into poisoned out=, fprop with float32 output, fprop
+    accumulating in the input dtype and bprop accumulating in float32; assert that every plan launched
+    ``spec(dtype, out_dtype, trans)`` and that every element matches the float64 reference."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu, compiler
 
-    _needs_wgmma()
-    op = BlockSparseMatMul(_layout(rng, 19, 13, 0.6), block_size)
     x = random_array(rng, (n, op.K), dtype)
     dy = random_array(rng, (n, op.M), dtype)
     w = random_array(rng, op.w_shape, dtype, scale=0.2)
     xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
     y_acc = cp.asarray(random_array(rng, (n, op.M), dtype))
-    y_acc32 = cp.asarray(random_array(rng, (n, op.M), "float32"))
-    y0, y032 = y_acc.get().astype(np.float64), y_acc32.get()
+    dx_acc32 = cp.asarray(random_array(rng, (n, op.K), "float32"))
+    y0, dx032 = y_acc.get().astype(np.float64), dx_acc32.get()
     _matmul_gpu.force_variant = variant
     try:
         y = poison(cp, (n, op.M), dtype)
@@ -323,20 +318,35 @@ def test_wgmma_tiles(rng, variant, dtype, block_size, n):
         op.bprop(dyg, wg, out=dx)
         y32 = op.fprop(xg, wg, out_dtype="float32")
         op.fprop(xg, wg, out=y_acc, accumulate=True)
-        op.fprop(xg, wg, out=y_acc32, accumulate=True)
+        op.bprop(dyg, wg, out=dx_acc32, accumulate=True)
     finally:
         _matmul_gpu.force_variant = None
-    smem = _matmul_gpu.xw_gmma_smem(block_size, variant)
-    fns = [compiler.get_function(_matmul_gpu.xw_gmma_spec(dtype, odt, block_size, variant, trans), smem)
-           for trans, odt in ((0, dtype), (1, dtype), (0, "float32"))]
+    fns = [compiler.get_function(spec(dtype, odt, trans), smem)
+           for trans, odt in ((0, dtype), (1, dtype), (0, "float32"), (1, "float32"))]
     plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
-    assert len(plans) == 3 and all(any(p[0] is f for f in fns) for p in plans), "xw_gmma did not run"
-    y_ref = _ref64(op, "fprop", x, w=w)
+    assert len(plans) == 4 and all(any(p[0] is f for f in fns) for p in plans), f"{name} did not run"
+    y_ref, dx_ref = _ref64(op, "fprop", x, w=w), _ref64(op, "bprop", dy, w=w)
     assert_close(y, y_ref, dtype, f"fprop [{variant}]")
-    assert_close(dx, _ref64(op, "bprop", dy, w=w), dtype, f"bprop [{variant}]")
+    assert_close(dx, dx_ref, dtype, f"bprop [{variant}]")
     assert_close(y32, y_ref, dtype, f"fprop fp32 out [{variant}]")
     assert_close(y_acc, y0 + y_ref, dtype, f"fprop accumulate [{variant}]")
-    assert_close(y_acc32, y032 + y_ref, dtype, f"fprop accumulate fp32 [{variant}]")
+    assert_close(dx_acc32, dx032 + dx_ref, dtype, f"bprop accumulate fp32 [{variant}]")
+
+
+@pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_GMMA_TILES.items() for v in vs])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("n", [65, 200, 517])
+def test_wgmma_tiles(rng, variant, dtype, block_size, n):
+    """xw_gmma (forced tile): ragged N against every tile height, column lists longer than the pipeline
+    (wrap-around of the stage slots), empty block rows and columns, fprop and bprop into poisoned out=,
+    float32 output, accumulate in the input dtype and in float32; asserts that xw_gmma ran."""
+    from cusparseblocks import _matmul_gpu
+
+    _needs_wgmma()
+    op = BlockSparseMatMul(_layout(rng, 19, 13, 0.6), block_size)
+    _check_forced_wgmma(rng, op, dtype, n, variant,
+                        lambda dt, odt, trans: _matmul_gpu.xw_gmma_spec(dt, odt, block_size, variant, trans),
+                        _matmul_gpu.xw_gmma_smem(block_size, variant), "xw_gmma")
 
 
 @pytest.mark.parametrize("block_size,density", [(16, 0.6), (16, 0.15), (32, 0.6), (32, 0.15), (64, 0.6)])
@@ -373,12 +383,9 @@ def test_wgmma_rs_tiles(rng, variant, dtype, block_size, n):
     """xw_gmma_rs (forced tile): ragged N against the 128-row tile, a last column group with fewer than C
     columns, a whole empty column group, an empty block row and column, column groups with more entries
     than pipeline stages (slot wrap-around, both halves of the two-step loop and its odd tail, a last stage
-    with fewer than EPS records), fprop and
-    bprop into poisoned out=, float32 output, accumulate in the input dtype and in float32; asserts that
-    xw_gmma_rs ran."""
-    import cupy as cp
-
-    from cusparseblocks import _matmul_gpu, compiler
+    with fewer than EPS records, a ragged last super-row), fprop and bprop into poisoned out=, float32 output,
+    accumulate in the input dtype and in float32; asserts that xw_gmma_rs ran."""
+    from cusparseblocks import _matmul_gpu
 
     _needs_wgmma()
     c = XW_GMMA_RS_TILES[block_size][variant][0]
@@ -388,35 +395,9 @@ def test_wgmma_rs_tiles(rng, variant, dtype, block_size, n):
     mask[c // 2 + 1 : c // 2 + 3, :] = False  # bprop: rows in a group emptied
     mask[2, c // 2 + 1] = True
     op = BlockSparseMatMul(mask, block_size)
-    x = random_array(rng, (n, op.K), dtype)
-    dy = random_array(rng, (n, op.M), dtype)
-    w = random_array(rng, op.w_shape, dtype, scale=0.2)
-    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
-    y_acc = cp.asarray(random_array(rng, (n, op.M), dtype))
-    dx_acc32 = cp.asarray(random_array(rng, (n, op.K), "float32"))
-    y0, dx032 = y_acc.get().astype(np.float64), dx_acc32.get()
-    _matmul_gpu.force_variant = variant
-    try:
-        y = poison(cp, (n, op.M), dtype)
-        op.fprop(xg, wg, out=y)
-        dx = poison(cp, (n, op.K), dtype)
-        op.bprop(dyg, wg, out=dx)
-        y32 = op.fprop(xg, wg, out_dtype="float32")
-        op.fprop(xg, wg, out=y_acc, accumulate=True)
-        op.bprop(dyg, wg, out=dx_acc32, accumulate=True)
-    finally:
-        _matmul_gpu.force_variant = None
-    smem = _matmul_gpu.xw_gmma_rs_smem(block_size, variant)
-    fns = [compiler.get_function(_matmul_gpu.xw_gmma_rs_spec(dtype, odt, block_size, variant, trans), smem)
-           for trans, odt in ((0, dtype), (1, dtype), (0, "float32"), (1, "float32"))]
-    plans = [v for k, v in op._gpu_tables.items() if isinstance(k, tuple) and k[0] == "xw"]
-    assert len(plans) == 4 and all(any(p[0] is f for f in fns) for p in plans), "xw_gmma_rs did not run"
-    y_ref, dx_ref = _ref64(op, "fprop", x, w=w), _ref64(op, "bprop", dy, w=w)
-    assert_close(y, y_ref, dtype, f"fprop [{variant}]")
-    assert_close(dx, dx_ref, dtype, f"bprop [{variant}]")
-    assert_close(y32, y_ref, dtype, f"fprop fp32 out [{variant}]")
-    assert_close(y_acc, y0 + y_ref, dtype, f"fprop accumulate [{variant}]")
-    assert_close(dx_acc32, dx032 + dx_ref, dtype, f"bprop accumulate fp32 [{variant}]")
+    _check_forced_wgmma(rng, op, dtype, n, variant,
+                        lambda dt, odt, trans: _matmul_gpu.xw_gmma_rs_spec(dt, odt, block_size, variant, trans),
+                        _matmul_gpu.xw_gmma_rs_smem(block_size, variant), "xw_gmma_rs")
 
 
 @pytest.mark.parametrize("block_size", sorted({*XW_GMMA_TILES, *XW_GMMA_RS_TILES}))
