@@ -51,13 +51,16 @@ XW_GMMA_TILES = {
     64: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 4), "gmma_wg4": (4, 1, 3)},
     32: {"gmma": (2, 1, 4), "gmma_tall": (2, 2, 6), "gmma_deep": (2, 1, 8)},
 }
-# updat_gmma (b = 64) / updat_gmma32 (b = 32; warpgroups stack pairs of blocks), feature axis 1, aligned
-# pairs: block_size -> {variant: (G warpgroups, NC batch rows per chunk, STAGES)}; a CTA takes G (b = 64) or
-# 2·G (b = 32) blocks of one row; the first entry is the default
+# updat_gmma (b = 64) / updat_gmma32 (b = 32; warpgroups stack pairs of blocks) / updat_gmma_stack (b = 16,
+# 8; warpgroups stack 4 or 8 blocks), feature axis 1, aligned pairs: block_size -> {variant: (G warpgroups,
+# NC batch rows per chunk, STAGES)}; a CTA takes G·max(1, 64 / b) blocks of one row; the first entry is the
+# default
 # (H100, N = K = M = 4096, b = 64, d = 0.5: g2 296, g4 242, g2_deep 245, g2_nc128 183 TFLOP/s; updat_tc 130)
 UPDAT_GMMA_TILES = {
     64: {"g2": (2, 64, 4), "g4": (4, 64, 4), "g2_nc128": (2, 128, 3), "g2_deep": (2, 64, 6)},
     32: {"p2": (2, 64, 4), "p2_deep": (2, 64, 6), "p2_nc128": (2, 128, 3)},
+    16: {"q2": (2, 64, 4), "q1": (1, 64, 4), "q2_nc128": (2, 128, 3)},
+    8: {"o2": (2, 64, 4), "o1": (1, 64, 4)},
 }
 updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
 GMMA_ARCH = "sm_90"
@@ -229,13 +232,23 @@ def xw_gmma_smem(bs, variant):
 
 def updat_gmma_spec(dtype, out_dtype, bs, variant):
     g, nc, st = UPDAT_GMMA_TILES[bs][variant]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    if bs < 32:
+        return KernelSpec("bsmm_gmma.cu", f"updat_gmma_stack<{t}, {to}, {bs}, {g}, {nc}, {st}>")
     name = "updat_gmma" if bs == 64 else "updat_gmma32"
-    return KernelSpec("bsmm_gmma.cu", f"{name}<{_CTYPE[dtype]}, {_CTYPE[out_dtype]}, {g}, {nc}, {st}>")
+    return KernelSpec("bsmm_gmma.cu", f"{name}<{t}, {to}, {g}, {nc}, {st}>")
+
+
+def updat_gmma_group(bs, variant):
+    """Blocks per CTA of the wgmma update: G warpgroups of max(1, 64 / b) stacked blocks each."""
+    return UPDAT_GMMA_TILES[bs][variant][0] * max(1, 64 // bs)
 
 
 def updat_gmma_smem(bs, variant):
     g, nc, st = UPDAT_GMMA_TILES[bs][variant]
-    stage = (1 + g) * nc * 128 if bs == 64 else g * nc * 128 + nc * 64
+    # b = 64: x chunk + G dy chunks of 128-byte rows; b <= 32: G stacked dy chunks of 128-byte rows + the x
+    # chunk of 2·b-byte rows
+    stage = (1 + g) * nc * 128 if bs == 64 else g * nc * 128 + nc * bs * 2
     return st * stage + 1024
 
 
@@ -997,7 +1010,7 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         variant = updat_gmma_variant if updat_gmma_variant in tiles else next(iter(tiles))
         g, nc, _ = tiles[variant]
         spec, smem = updat_gmma_spec(dtype, odt, b, variant), updat_gmma_smem(b, variant)
-        groups = _tables(op_obj, ("groups", g if b == 64 else 2 * g), dev)
+        groups = _tables(op_obj, ("groups", updat_gmma_group(b, variant)), dev)
         grid, threads, extra = groups.shape[0], g * 128, (groups,)
     elif dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or aligned):
         g, warps, nc, _ = UPDAT_TC_TILES[b]
