@@ -517,9 +517,8 @@ def xw_wide_smem(bs, variant, axis):
 
 def updat_tc_smem(bs, axis):
     g, _, nc, st = UPDAT_TC_TILES[bs]
-    rows, cols = (nc, bs) if axis == 1 else (bs, nc)
-    stride = cols + 8 if (cols // 8) % 2 == 0 else cols
-    return st * (1 + g) * rows * stride * 2
+    # unpadded swizzled tiles (kernels/bsmm.cu tc_swz), then the group's columns (int64) and blocks (int32)
+    return st * (1 + g) * nc * bs * 2 + 12 * g
 
 
 def _out_types(dtype):

@@ -89,6 +89,18 @@ template <> struct Mma<__nv_bfloat16> {
 // 16-byte units so that the 8 row addresses of one ldmatrix fall in distinct bank groups.
 __host__ __device__ constexpr int tc_stride(int n) { return ((n / 8) % 2 == 0) ? n + 8 : n; }
 
+// Element offset of (row, col) in a tile of unpadded rows of C 16-bit values whose 16-byte chunks are permuted
+// by an XOR, so that the 8 row addresses of one ldmatrix (8 consecutive rows, one chunk) fall in distinct bank
+// groups: chunk j of row r sits at j ^ f(r), f(r) = r mod 8 (C >= 64), (r / 2) mod 4 (C = 32), (r / 4) mod 2
+// (C = 16), 0 (C = 8: 8 rows of 16 bytes span the 32 banks already). The XOR keeps the chunk pair (2i, 2i + 1)
+// of a 32-byte global sector in one 32-byte aligned unit (given a 32-byte aligned tile), so cp.async fetches
+// the sector once; tc_stride's padded rows put every other row 16 bytes off a 32-byte boundary.
+template <int C>
+__device__ __forceinline__ int tc_swz(int row, int col) {
+    constexpr int SH = C >= 64 ? 0 : C == 32 ? 1 : C == 16 ? 2 : 0, MASK = C >= 64 ? 7 : C / 8 - 1;
+    return row * C + (col ^ (((row >> SH) & MASK) << 3));
+}
+
 // Output tile epilogue: the CTA's fp32 tile `tile` [BM][BS + 4] (row = batch index m, column =
 // output feature) goes to y with optional accumulation; element order follows y's contiguous axis.
 template <typename TO, int BM, int BS, int AXIS, int THREADS>
@@ -154,7 +166,6 @@ xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, cons
         // x tile
         constexpr int A_CHUNKS = A_ROWS * A_COLS / 8;
         if (ALIGNED) {
-#pragma unroll 4
             for (int ch = threadIdx.x; ch < A_CHUNKS; ch += THREADS) {
                 int row = ch / (A_COLS / 8), c8 = (ch % (A_COLS / 8)) * 8;
                 const T* src;
@@ -352,7 +363,6 @@ xw_wide_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
     auto load_entry = [&](int e, T* As) {
         const i64 col = (i64)entries[begin + e] * KF;
         constexpr int A_CHUNKS = A_ROWS * A_COLS / 8;
-#pragma unroll 4
         for (int ch = threadIdx.x; ch < A_CHUNKS; ch += THREADS) {
             int row = ch / (A_COLS / 8), c8 = (ch % (A_COLS / 8)) * 8;
             bool ok;
@@ -531,7 +541,6 @@ xw_simt(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
             else Bs[r * SB + s2] = v;          // B[k=r][n=s2]
         }
         __syncthreads();
-#pragma unroll 4
         for (int k = 0; k < BS; k++) {
             float a[TM], bv[TN];
 #pragma unroll
@@ -819,12 +828,14 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
                         : (BS >= 16 && WTM % 16 == 0 && NC % 16 == 0 && WARPS % G == 0), "bad updat_tc tiling");
     // tiles: AXIS 1 -> [NC][BS] (batch rows); AXIS 0 -> [BS][NC] (feature rows)
     constexpr int R = AXIS == 1 ? NC : BS, C = AXIS == 1 ? BS : NC;
-    constexpr int S = tc_stride(C), TILE = R * S, STAGE = (1 + G) * TILE;
+    constexpr int TILE = R * C, STAGE = (1 + G) * TILE;  // tiles of unpadded rows, chunks swizzled (tc_swz)
 
+    // the stage buffers start at the dynamic buffer's (aligned) base; the group's bookkeeping follows them
+    // (static __shared__ arrays would go in front and put every tile 16 bytes off a 32-byte boundary)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* smem = reinterpret_cast<T*>(smem_raw);
-    __shared__ int blk_s[G];
-    __shared__ long long ycol_s[G];
+    long long* ycol_s = reinterpret_cast<long long*>(smem_raw + STAGES * STAGE * (int)sizeof(T));
+    int* blk_s = reinterpret_cast<int*>(ycol_s + G);
     if (threadIdx.x < G) {
         int k = groups[blockIdx.x * G + threadIdx.x];
         blk_s[threadIdx.x] = k;
@@ -875,9 +886,12 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
                         ok = n < nt;
                         src = src0 + (ok ? (col + row) * nt + n : 0);
                     }
-                    cp_async16(dst + row * S + c8, src, ok ? 16 : 0);
+                    cp_async16(dst + tc_swz<C>(row, c8), src, ok ? 16 : 0);
                 }
             } else {
+                // unroll 2: whole (8 at BS = 8, AXIS = 0) or by 4, ptxas spilled a register on sm_80 with the
+                // swizzled offsets
+#pragma unroll 2
                 for (int idx = threadIdx.x; idx < R * C; idx += THREADS) {
                     int row = idx / C, cc = idx % C;
                     T v = from_float<T>(0.f);
@@ -888,7 +902,7 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
                         i64 n = n0 + cc;
                         if (n < nt) v = src0[(col + row) * nt + n];
                     }
-                    dst[row * S + cc] = v;
+                    dst[tc_swz<C>(row, cc)] = v;
                 }
             }
         }
@@ -916,11 +930,11 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
             for (int kk = 0; kk < NC; kk += 16) {
                 unsigned a[4], bx[2];
                 if (AXIS == 1) {
-                    ldmatrix_x4<true>(a, Ya + (kk + r + (qd / 2) * 8) * S);
-                    ldmatrix_x2<true>(bx, Xs + (kk + l16) * S);
+                    ldmatrix_x4<true>(a, Ya + tc_swz<C>(kk + r + (qd / 2) * 8, 0));
+                    ldmatrix_x2<true>(bx, Xs + tc_swz<C>(kk + l16, 0));
                 } else {
-                    ldmatrix_x4<false>(a, Ya + r * S + kk + (qd / 2) * 8);
-                    ldmatrix_x2<false>(bx, Xs + (l16 % 8) * S + kk + (l16 / 8) * 8);
+                    ldmatrix_x4<false>(a, Ya + tc_swz<C>(r, kk + (qd / 2) * 8));
+                    ldmatrix_x2<false>(bx, Xs + tc_swz<C>(l16 % 8, kk + (l16 / 8) * 8));
                 }
                 Mma<T>::k16(acc[0][0], a, bx[0], bx[1]);
             }
@@ -933,15 +947,15 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 #pragma unroll
             for (int i = 0; i < MI; i++) {
                 int m = m0 + i * 16;
-                if (AXIS == 1) ldmatrix_x4<true>(a[i], Xs + (kk + r + (qd / 2) * 8) * S + m + (qd % 2) * 8);
-                else ldmatrix_x4<false>(a[i], Xs + (m + lane % 16) * S + kk + (lane / 16) * 8);
+                if (AXIS == 1) ldmatrix_x4<true>(a[i], Xs + tc_swz<C>(kk + r + (qd / 2) * 8, m + (qd % 2) * 8));
+                else ldmatrix_x4<false>(a[i], Xs + tc_swz<C>(m + lane % 16, kk + (lane / 16) * 8));
             }
 #pragma unroll
             for (int j = 0; j < NI; j += 2) {
                 int n = j * 8;
                 unsigned t[4];
-                if (AXIS == 1) ldmatrix_x4<true>(t, Ys + (kk + r + (qd % 2) * 8) * S + n + (qd / 2) * 8);
-                else ldmatrix_x4<false>(t, Ys + (n + r + (qd / 2) * 8) * S + kk + (qd % 2) * 8);
+                if (AXIS == 1) ldmatrix_x4<true>(t, Ys + tc_swz<C>(kk + r + (qd % 2) * 8, n + (qd / 2) * 8));
+                else ldmatrix_x4<false>(t, Ys + tc_swz<C>(n + r + (qd / 2) * 8, kk + (qd % 2) * 8));
                 bfr[j][0] = t[0]; bfr[j][1] = t[1]; bfr[j + 1][0] = t[2]; bfr[j + 1][1] = t[3];
             }
 #pragma unroll
