@@ -92,7 +92,8 @@ def _run_dtype(cp, rs, args, ops, dtype, dt, n, k, table, rows):
                     rows.append(row)
                     table.add(**row)
                     print(row, flush=True)
-        # the update: updat_gmma(32) tiles against updat_tc, launched back to back (splits allocate)
+        # the update: the wgmma tiles (and b = 16 updat_tile_tc tiles) against updat_tc, back to back
+        # (splits allocate)
         if b in _matmul_gpu.UPDAT_GMMA_TILES and "updat" in ops:
             for d in map(float, args.densities.split(",")):
                 rng = np.random.default_rng(int(b * 1000 * d))
@@ -110,18 +111,22 @@ def _run_dtype(cp, rs, args, ops, dtype, dt, n, k, table, rows):
                 ref = ref.reshape(k // b, b, k // b, b).transpose(0, 2, 1, 3)[
                     cp.asarray(op.layout.rows), cp.asarray(op.layout.cols)]
                 base = None
-                tiles = _matmul_gpu.UPDAT_GMMA_TILES[b]
-                for variant, on in (("updat_tc", False), *((v, True) for v in tiles)):
+                # (label, gmma_enabled, updat_gmma_variant, updat_tile_variant)
+                kernels = [("updat_tc", False, None, None)]
+                kernels += [(v, True, v, None) for v in _matmul_gpu.UPDAT_GMMA_TILES[b]]
+                kernels += [(f"tile:{v}", False, None, v) for v in _matmul_gpu.UPDAT_TILE_TILES.get(b, ())]
+                for variant, on, gmma_variant, tile_variant in kernels:
                     saved = _matmul_gpu.gmma_enabled
                     _matmul_gpu.gmma_enabled = on
-                    _matmul_gpu.updat_gmma_variant = variant if on else None
+                    _matmul_gpu.updat_gmma_variant = gmma_variant
+                    _matmul_gpu.updat_tile_variant = tile_variant
                     try:
                         dw = op.updat(x0, g0)
                         err = float(cp.linalg.norm(dw.astype(cp.float32) - ref) / cp.linalg.norm(ref))
                         t = time_ms(op.updat, rotate=sets)["median"]
                     finally:
                         _matmul_gpu.gmma_enabled = saved
-                        _matmul_gpu.updat_gmma_variant = None
+                        _matmul_gpu.updat_gmma_variant = _matmul_gpu.updat_tile_variant = None
                     base = base or t
                     tf = flops / (t * 1e-3) / 1e12
                     row = dict(op="updat", dtype=dtype, b=b, density=d, kernel=variant, ms=t, TFLOPs=tf,

@@ -110,6 +110,12 @@ ffma_enabled = True  # False: xw_simt / updat_simt for float32 everywhere (bench
 # updat_tc: block_size -> (G blocks of one row per CTA, WARPS, NC batch rows per chunk, STAGES);
 # BS = 8: each warp computes a pair of blocks (G = 2·WARPS)
 UPDAT_TC_TILES = {64: (4, 8, 32, 4), 32: (4, 4, 64, 3), 16: (4, 4, 64, 4), 8: (8, 4, 128, 4)}
+# updat_tile_tc (b = 16, fp16/bf16, feature axis 1, aligned pairs; timing variants until measured: chosen
+# only by updat_tile_variant): block_size -> {variant: (TR block rows, TC block columns of a layout tile,
+# WARPS, BPW blocks per warp, NC batch rows per chunk, STAGES)}; a CTA takes up to WARPS·BPW blocks of one
+# tile and reads the tile's x [NC][TR·b] and dy [NC][TC·b] chunks once for all of them
+UPDAT_TILE_TILES = {16: {"tile16": (16, 16, 8, 8, 32, 3), "tile8": (8, 8, 4, 4, 64, 3)}}
+updat_tile_variant = None  # benchmarks: an entry of UPDAT_TILE_TILES
 UPDAT_SIMT_NC = 32
 SMALL_N = 64
 LARGE_N = 2048
@@ -490,6 +496,17 @@ def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
     return KernelSpec(SOURCE, f"updat_tc<{t}, {to}, {bs}, {g}, {warps}, {nc}, {st}, {axis}, {aligned}>")
 
 
+def updat_tile_spec(dtype, out_dtype, bs, variant):
+    tr, tc, warps, bpw, nc, st = UPDAT_TILE_TILES[bs][variant]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec(SOURCE, f"updat_tile_tc<{t}, {to}, {bs}, {tr}, {tc}, {warps}, {bpw}, {nc}, {st}>")
+
+
+def updat_tile_smem(bs, variant):
+    tr, tc, _, _, nc, st = UPDAT_TILE_TILES[bs][variant]
+    return st * nc * (tr + tc) * bs * 2
+
+
 def updat_simt_spec(dtype, out_dtype, bs, axis):
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec(SOURCE, f"updat_simt<{t}, {to}, {bs}, {axis}>")
@@ -537,6 +554,9 @@ def specializations():
         for to, bs, axis in itertools.product(_out_types(dtype), UPDAT_TC_TILES, (0, 1)):
             for aligned in ((1,) if axis == 1 else (0, 1)):
                 yield updat_tc_spec(dtype, to, bs, axis, aligned)
+        for to, bs in itertools.product(_out_types(dtype), UPDAT_TILE_TILES):
+            for variant in UPDAT_TILE_TILES[bs]:
+                yield updat_tile_spec(dtype, to, bs, variant)
     for dtype in ("float16", "bfloat16", "float32"):
         for to, bs, axis in itertools.product(_out_types(dtype), XW_SIMT_TILES, (0, 1)):
             for trans, small in itertools.product((0, 1), (False, True)):
@@ -617,6 +637,25 @@ def update_groups(layout, g, xr=1):
     return table
 
 
+def update_tiles(layout, tr, tc, max_blocks):
+    """updat_tile_tc's work items over tiles of tr block rows × tc block columns.
+
+    Returns items int32 [n_items, 4] (the tile's first block row and column, first entry, count: a tile's
+    blocks split into ceil(n / max_blocks) items of nearly equal counts) and entries int32 [nnz] (w indices
+    sorted by tile, row, column)."""
+    rows, cols = layout.rows.astype(np.int64), layout.cols.astype(np.int64)
+    tile = (rows // tr) * -(-layout.out_blocks // tc) + cols // tc
+    order = np.lexsort((cols, rows, tile))
+    tiles, start, count = np.unique(tile[order], return_index=True, return_counts=True)
+    parts = -(-count // max_blocks)
+    t = np.repeat(np.arange(tiles.size), parts)  # the tile of each item
+    i = np.arange(t.size) - np.repeat(np.cumsum(parts) - parts, parts)  # item index within its tile
+    base, extra = count[t] // parts[t], count[t] % parts[t]
+    items = np.stack([rows[order[start[t]]] // tr * tr, cols[order[start[t]]] // tc * tc,
+                      start[t] + i * base + np.minimum(i, extra), base + (i < extra)], axis=1)
+    return items.astype(np.int32), order.astype(np.int32)
+
+
 def _update_groups_packed(layout, g):
     counts = np.diff(layout.row_ptr)
     nonempty = np.flatnonzero(counts)
@@ -689,6 +728,8 @@ def _tables(op_obj, key, dev):
             cache[(dev, key)] = (*_tables(op_obj, key[1], dev), cupy.asarray(cols.astype(np.int32)))
         elif key == "updat":
             cache[(dev, key)] = (cupy.asarray(lay.rows), cupy.asarray(lay.cols))
+        elif key[0] == "tiles":  # ("tiles", tr, tc, max_blocks)
+            cache[(dev, key)] = tuple(cupy.asarray(a) for a in update_tiles(lay, *key[1:]))
         else:  # ("groups", g) or ("groups", g, xr)
             cache[(dev, key)] = cupy.asarray(update_groups(lay, *key[1:]))
     return cache[(dev, key)]
@@ -982,7 +1023,7 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
     output dtype, alignment and the batch sizes' divisibility (n4: all N % 4 == 0, n8: all N % 8 == 0).
     per_sm > 0: splits by ffma_update_splits with per_sm CTAs per SM; 0: by _update_splits."""
     key = ("updat", dtype, odt, aligned, n4, n8, dev, gmma_enabled, updat_gmma_variant, ffma_enabled,
-           updat_ffma_variant)
+           updat_ffma_variant, updat_tile_variant)
     plan = op_obj._gpu_tables.get(key)
     if plan is not None:
         return plan
@@ -1003,6 +1044,12 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         groups = _tables(op_obj, ("groups", g) if xr == 1 else ("groups", g, xr), dev)
         grid, threads, extra = groups.shape[0], g * (b // 8) ** 2, (groups,)
         per_sm = -1 if xr == 2 else 0  # -1: computed from the compiled kernel below
+    elif dtype != "float32" and updat_tile_variant in UPDAT_TILE_TILES.get(b, {}) and axis == 1 and aligned:
+        variant = updat_tile_variant
+        tr, tc, warps, bpw, nc, _ = UPDAT_TILE_TILES[b][variant]
+        spec, smem = updat_tile_spec(dtype, odt, b, variant), updat_tile_smem(b, variant)
+        extra = _tables(op_obj, ("tiles", tr, tc, warps * bpw), dev)
+        grid, threads = extra[0].shape[0], warps * 32
     elif (gmma_enabled and dtype != "float32" and b in UPDAT_GMMA_TILES and axis == 1 and aligned
           and _gmma_device(dev)):
         tiles = UPDAT_GMMA_TILES[b]

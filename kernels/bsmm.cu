@@ -1010,6 +1010,134 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
             }
 }
 
+// updat_tile_tc: the update for BS = 16 over 2-D tiles of the layout (TR block rows × TC block columns), so that
+// one x chunk [NC][TR·BS] and one dy chunk [NC][TC·BS] per stage serve every block of the tile that the CTA
+// takes: (TR + TC)·2·BS bytes a batch row for up to WARPS·BPW blocks (updat_tc and updat_gmma_stack read each
+// block's dy slice on its own: ≥ 2·BS bytes a block and batch row). One CTA per work item (`items` [n][4]:
+// first block row r0 and column c0 of its tile, first entry, count ≤ WARPS·BPW; `entries`: w indices, sorted by
+// tile, row, column; update_tiles in _matmul_gpu.py). Block j of the item is warp j % WARPS's slot j / WARPS; the
+// warp computes dW = x_rᵀ·dy_c with mma.sync m16n8k16 on ldmatrix.trans fragments (A: x tile columns of block
+// row r, B: dy tile columns of block column c), so no cross-warp reduction (fixed summation order). Tile rows are
+// unpadded with their 16-byte chunks swizzled (tc_swz: chunk j of row r at j ^ (r mod 8)); tile columns past the
+// layout's features are zero-filled. Same arguments as updat_tc with (items, entries) for groups; feature axis 1,
+// 16-byte aligned pairs; splits (gridDim.y > 1) write fp32 partials to ws for updat_reduce.
+template <typename T, typename TO, int BS, int TR, int TC, int WARPS, int BPW, int NC, int STAGES>
+__global__ void __launch_bounds__(WARPS * 32)
+updat_tile_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
+              const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
+              const int* __restrict__ items, const int* __restrict__ entries, const int* __restrict__ rows,
+              const int* __restrict__ cols, TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features,
+              i64 out_features, int accumulate) {
+    constexpr int THREADS = WARPS * 32, XW = TR * BS, YW = TC * BS;  // tile widths (elements)
+    constexpr int XC = XW / 8, YC = YW / 8, XTILE = NC * XW, STAGE = NC * (XW + YW);
+    constexpr int RPT_X = THREADS / XC, RPT_Y = THREADS / YC, PASSES_X = NC / RPT_X, PASSES_Y = NC / RPT_Y;
+    static_assert(BS == 16 && XW >= 64 && YW >= 64 && NC % 16 == 0 && STAGES >= 2, "updat_tile_tc tiling");
+    static_assert(THREADS % XC == 0 && THREADS % YC == 0 && NC % RPT_X == 0 && NC % RPT_Y == 0, "copy passes");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* smem = reinterpret_cast<T*>(smem_raw);
+    const int r0 = items[blockIdx.x * 4], c0 = items[blockIdx.x * 4 + 1];
+    const int first = items[blockIdx.x * 4 + 2], count = items[blockIdx.x * 4 + 3];
+    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
+    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qd = lane / 8, r = lane % 8;
+
+    // the warp's blocks: w index (-1: none) and its lanes' ldmatrix offsets in the x and dy tiles (kk = 0;
+    // (kk + row) mod 8 = row mod 8 for the multiples of 16 that kk takes, so step kk adds kk·XW / kk·YW)
+    int kb[BPW], aoff[BPW], boff[BPW];
+#pragma unroll
+    for (int s = 0; s < BPW; s++) {
+        const int j = s * WARPS + warp;
+        kb[s] = j < count ? entries[first + j] : -1;
+        const int rr = kb[s] >= 0 ? rows[kb[s]] - r0 : 0, cc = kb[s] >= 0 ? cols[kb[s]] - c0 : 0;
+        aoff[s] = tc_swz<XW>(r + (qd / 2) * 8, rr * BS + (qd % 2) * 8);
+        boff[s] = tc_swz<YW>(r + (qd % 2) * 8, cc * BS + (qd / 2) * 8);
+    }
+    float acc[BPW][2][4];
+#pragma unroll
+    for (int s = 0; s < BPW; s++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[s][j][q] = 0.f;
+
+    // fixed per-thread copies: chunk jx of x-tile rows rx + p·RPT_X, chunk jy of dy-tile rows ry + p·RPT_Y
+    const int jx = threadIdx.x % XC, rx = threadIdx.x / XC, jy = threadIdx.x % YC, ry = threadIdx.x / YC;
+    const i64 xcol = (i64)r0 * BS + jx * 8, ycol = (i64)c0 * BS + jy * 8;
+    const bool xin = xcol < in_features, yin = ycol < out_features;  // tile columns past the features: zeros
+    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    auto load_stage = [&](int q, int slot) {
+        q += q0;
+        while (chunk_ptr[lp + 1] <= q) lp++;
+        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
+        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
+        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        T* xs = smem + slot * STAGE;
+        T* ys = xs + XTILE;
+#pragma unroll
+        for (int p = 0; p < PASSES_X; p++) {
+            const i64 n = n0 + rx + p * RPT_X;
+            const bool ok = xin && n < nt;
+            cp_async16(xs + tc_swz<XW>(rx + p * RPT_X, jx * 8), xp + (ok ? n * in_features + xcol : 0), ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int p = 0; p < PASSES_Y; p++) {
+            const i64 n = n0 + ry + p * RPT_Y;
+            const bool ok = yin && n < nt;
+            cp_async16(ys + tc_swz<YW>(ry + p * RPT_Y, jy * 8), dyp + (ok ? n * out_features + ycol : 0), ok ? 16 : 0);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < total) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int q = 0; q < total; q++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = q + STAGES - 1;
+        if (next < total) load_stage(next, next % STAGES);
+        cp_async_commit();
+        const T* xs = smem + (q % STAGES) * STAGE;
+        const T* ys = xs + XTILE;
+#pragma unroll
+        for (int kk = 0; kk < NC; kk += 16)
+#pragma unroll
+            for (int s = 0; s < BPW; s++) {
+                if (kb[s] < 0) continue;  // warp-uniform
+                unsigned a[4], t[4];
+                ldmatrix_x4<true>(a, xs + kk * XW + aoff[s]);
+                ldmatrix_x4<true>(t, ys + kk * YW + boff[s]);
+                Mma<T>::k16(acc[s][0], a, t[0], t[1]);
+                Mma<T>::k16(acc[s][1], a, t[2], t[3]);
+            }
+    }
+    cp_async_wait<0>();
+    // D[m][n] = dW[m][n]: c0, c1 at row lane/4, columns 8j + 2·(lane % 4) (+1); c2, c3 at row lane/4 + 8
+#pragma unroll
+    for (int s = 0; s < BPW; s++) {
+        if (kb[s] < 0) continue;
+        const i64 k = kb[s];
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int m = lane / 4 + h * 8, f = j * 8 + (lane % 4) * 2;
+                float v0 = acc[s][j][2 * h], v1 = acc[s][j][2 * h + 1];
+                if (gridDim.y > 1) {
+                    *reinterpret_cast<float2*>(ws + ((i64)blockIdx.y * nnz + k) * BS * BS + m * BS + f) =
+                        make_float2(v0, v1);
+                    continue;
+                }
+                TO* o = dw + k * BS * BS + m * BS + f;
+                if (accumulate) { v0 += to_float<TO>(o[0]); v1 += to_float<TO>(o[1]); }
+                o[0] = from_float<TO>(v0);
+                o[1] = from_float<TO>(v1);
+            }
+    }
+}
+
 // updat_ffma: fp32 update on FFMA (the register-blocked tiles above), 16-byte aligned pairs (feature axis 0:
 // every N % 4 == 0). One CTA per group of up to G nonzero blocks (`groups`, as updat_tc) of one block row
 // (XR = 1) or of two consecutive nonempty block rows (XR = 2: update_groups packs a row's last partial group

@@ -406,6 +406,40 @@ def test_wgmma_update(rng, monkeypatch, block_size, variant, dtype, out_dtype):
     assert calls and all(c[2:] == (block_size, variant) for c in calls), "updat_gmma did not run"
 
 
+@pytest.mark.parametrize("variant", list(_matmul_gpu_tiles.UPDAT_TILE_TILES[16]))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("out_dtype", [None, "float32"])
+def test_tile_update(rng, monkeypatch, variant, dtype, out_dtype):
+    """updat_tile_tc (b = 16, 2-D layout tiles): partial edge tiles, tiles of more blocks than one CTA takes,
+    an empty block row, a grouped update of ragged pairs, one split and several, accumulate, every element
+    against float64; asserts that the tile kernel ran."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    calls = []
+    spec_fn = _matmul_gpu.updat_tile_spec
+    monkeypatch.setattr(_matmul_gpu, "updat_tile_spec", lambda *a: calls.append(a) or spec_fn(*a))
+    monkeypatch.setattr(_matmul_gpu, "updat_tile_variant", variant)
+    mask = rng.random((21, 26)) < 0.3
+    mask[:8, :8] = True  # a dense corner: more blocks in a tile than one CTA takes
+    mask[9] = False
+    op = BlockSparseMatMul(mask, 16)
+    odt = out_dtype or dtype
+    for ns in ([300], [77, 130, 64, 5], [4000]):
+        xs = [random_array(rng, (n, op.K), dtype) for n in ns]
+        dys = [random_array(rng, (n, op.M), dtype) for n in ns]
+        ref64 = _ref64(op, "updat", xs, dys)
+        dw = poison(cp, op.w_shape, odt)
+        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=dw)
+        assert_close(dw, ref64, dtype, f"updat {ns}")
+        acc = cp.asarray(random_array(rng, op.w_shape, odt))
+        acc0 = acc.get().astype(np.float64)
+        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
+        assert_close(acc, acc0 + ref64, dtype, f"updat accumulate {ns}")
+    assert calls and all(c[2:] == (16, variant) for c in calls), "updat_tile_tc did not run"
+
+
 @pytest.mark.parametrize("block_size", list(_matmul_gpu_tiles.UPDAT_GMMA_TILES))
 def test_wgmma_update_default_and_fallback(rng, monkeypatch, block_size):
     """On an sm_90 device the fp16/bf16 feature-axis-1 update runs the wgmma kernel by default; with
