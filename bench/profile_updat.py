@@ -1,7 +1,7 @@
 """The fp16 update at b = 16 and 8 for Nsight Compute: N = K = M = 4096, density 0.2, one call per case of
 SUITE, the suite run twice (the first pass compiles and builds the tables).
 
-Run: PYTHONPATH=. ncu -k regex:updat --launch-skip 4 --launch-count 4 --csv --page raw --metrics ... \
+Run: PYTHONPATH=. ncu -k regex:updat --launch-skip 5 --launch-count 5 --csv --page raw --metrics ... \
          python bench/profile_updat.py > RAW.csv; python bench/ncu_table.py RAW.csv  (labels: SUITE's)
 """
 
@@ -10,20 +10,24 @@ import numpy as np
 
 from cusparseblocks import BlockSparseMatMul, _matmul_gpu
 
-# (block size, density, kernel: "tc" = updat_tc (gmma_enabled False), else an UPDAT_GMMA_TILES variant)
-SUITE = [(16, 0.2, "tc"), (16, 0.2, "q2"), (8, 0.2, "tc"), (8, 0.2, "o2")]
+# (block size, density, kernel: "tc" = updat_tc (gmma_enabled False), "tile:V" = updat_tile_tc variant V, else
+# an UPDAT_GMMA_TILES variant)
+SUITE = [(16, 0.2, "tc"), (16, 0.2, "q2"), (16, 0.2, "tile:tile16"), (8, 0.2, "tc"), (8, 0.2, "o2")]
 LABELS = [f"b={b} d={d} {k}" for b, d, k in SUITE]
 
 
 def case(b, density, kernel, x, dy):
     rng = np.random.default_rng(0)
     op = BlockSparseMatMul(rng.random((4096 // b, 4096 // b)) < density, b)
-    _matmul_gpu.gmma_enabled = kernel != "tc"
-    _matmul_gpu.updat_gmma_variant = None if kernel == "tc" else kernel
+    tile = kernel.startswith("tile:")
+    _matmul_gpu.gmma_enabled = kernel != "tc" and not tile
+    _matmul_gpu.updat_gmma_variant = None if kernel == "tc" or tile else kernel
+    _matmul_gpu.updat_tile_variant = kernel[5:] if tile else None
     try:
         return op.updat(x, dy)
     finally:
-        _matmul_gpu.gmma_enabled, _matmul_gpu.updat_gmma_variant = True, None
+        _matmul_gpu.gmma_enabled = True
+        _matmul_gpu.updat_gmma_variant = _matmul_gpu.updat_tile_variant = None
 
 
 if __name__ == "__main__":
