@@ -752,6 +752,13 @@ def _update_splits(ctas, chunks, dev):
     return int(max(1, min(want, chunks // 4, 64)))
 
 
+def tile_update_splits(ctas, chunks, dev, per_sm=2):
+    """Batch splits for updat_tile_tc (per_sm CTAs fill an SM): the nearest whole number of waves, so that
+    ~one wave of items runs unsplit (a split costs an fp32 partial per block and updat_reduce)."""
+    want = round(per_sm * _sm_count(dev) / max(ctas, 1))
+    return int(max(1, min(want, chunks // 4, 64)))
+
+
 # ffma_update_splits' cost model, in units u of one chunk step of one CTA on a whole SM (H100, G = 8, b = 32:
 # 8 · 32² · 32 rows · 2 flop at ~0.3 TFLOP/s per SM ≈ 1.75 µs): a CTA's fixed cost (first stage's loads,
 # epilogue), and the workspace bytes moved in one u (~2.3 TB/s)
@@ -1019,16 +1026,17 @@ def _split_counters(op_obj, dev, n_groups, stream):
 
 
 def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
-    """(function, smem, threads, grid, extra arguments, NC, fused, per_sm) of the update; cached per dtype,
-    output dtype, alignment and the batch sizes' divisibility (n4: all N % 4 == 0, n8: all N % 8 == 0).
-    per_sm > 0: splits by ffma_update_splits with per_sm CTAs per SM; 0: by _update_splits."""
+    """(function, smem, threads, grid, extra arguments, NC, fused, per_sm, tile) of the update; cached per
+    dtype, output dtype, alignment and the batch sizes' divisibility (n4: all N % 4 == 0, n8: all N % 8 == 0).
+    per_sm > 0: splits by ffma_update_splits with per_sm CTAs per SM; tile (updat_tile_tc): by
+    tile_update_splits; else by _update_splits."""
     key = ("updat", dtype, odt, aligned, n4, n8, dev, gmma_enabled, updat_gmma_variant, ffma_enabled,
            updat_ffma_variant, updat_tile_variant)
     plan = op_obj._gpu_tables.get(key)
     if plan is not None:
         return plan
     b, axis = op_obj.block_size, op_obj.feature_axis
-    tf32, per_sm = None, 0
+    tf32, per_sm, tile = None, 0, False
     if dtype == "float32" and op_obj.allow_tf32:  # None for block_size 8: updat_simt below
         tf32 = _matmul_tf32.updat_launch_config(op_obj, axis, aligned and (axis == 1 or n4))
     if tf32 is not None:
@@ -1049,7 +1057,7 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         tr, tc, warps, bpw, nc, _ = UPDAT_TILE_TILES[b][variant]
         spec, smem = updat_tile_spec(dtype, odt, b, variant), updat_tile_smem(b, variant)
         extra = _tables(op_obj, ("tiles", tr, tc, warps * bpw), dev)
-        grid, threads = extra[0].shape[0], warps * 32
+        grid, threads, tile = extra[0].shape[0], warps * 32, True
     elif (gmma_enabled and dtype != "float32" and b in UPDAT_GMMA_TILES and axis == 1 and aligned
           and _gmma_device(dev)):
         tiles = UPDAT_GMMA_TILES[b]
@@ -1076,7 +1084,7 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         per_sm = max(1, min(by_regs, _smem_limits(dev)[0] // (smem + 1024 + static)))
     # the wgmma updates sum their split partials in the same launch (no updat_reduce)
     plan = (fn, smem, threads, grid, extra, nc, spec.source == "bsmm_gmma.cu",
-            per_sm)
+            per_sm, tile)
     op_obj._gpu_tables[key] = plan
     return plan
 
@@ -1091,7 +1099,7 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     _check_device(dev, out=out)
     axis = op_obj.feature_axis
     ns = [x.shape[1 - axis] for x in xs]
-    fn, smem, threads, grid, extra, nc, fused, per_sm = _updat_plan(
+    fn, smem, threads, grid, extra, nc, fused, per_sm, tile = _updat_plan(
         op_obj, dtype_name(xs[0].dtype), dtype_name(out_dtype), _aligned(*xs, *dys),
         all(n % 4 == 0 for n in ns), all(n % 8 == 0 for n in ns), dev)
     dw = out if out is not None else cupy.empty(op_obj.w_shape, dtype=out_dtype)
@@ -1101,9 +1109,11 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     for n in ns:
         chunks.append(chunks[-1] + -(-n // nc))
     nnz = op_obj.layout.nnz
-    splits = (ffma_update_splits(grid, chunks[-1], nnz, op_obj.block_size, extra[0].shape[1], nc, per_sm, dev)
-              if per_sm
-              else _update_splits(grid, chunks[-1], dev))
+    if per_sm:
+        g = extra[0].shape[1]
+        splits = ffma_update_splits(grid, chunks[-1], nnz, op_obj.block_size, g, nc, per_sm, dev)
+    else:
+        splits = (tile_update_splits if tile else _update_splits)(grid, chunks[-1], dev)
     ws = cupy.empty((splits, nnz) + op_obj.w_shape[1:], dtype=np.float32) if splits > 1 else None
     p = len(xs)
     table = _pair_table(op_obj, dev, np.array(

@@ -541,6 +541,9 @@ xw_simt(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
             else Bs[r * SB + s2] = v;          // B[k=r][n=s2]
         }
         __syncthreads();
+        // unroll 4 stated: NVVM's own choice for this loop changed with unrelated edits elsewhere in the file
+        // (ptxas then spilled 4 bytes at 40 registers in some specializations)
+#pragma unroll 4
         for (int k = 0; k < BS; k++) {
             float a[TM], bv[TN];
 #pragma unroll

@@ -526,6 +526,19 @@ def test_ffma_update_splits(monkeypatch):
             assert 1 <= s <= max(1, min(chunks // 4, 64))
 
 
+def test_tile_update_splits(monkeypatch):
+    """tile_update_splits: 1 from about one wave of items (2 per SM) up, several below; bounded by
+    chunks // 4 and 64."""
+    from cusparseblocks import _matmul_gpu as G
+
+    monkeypatch.setitem(G._SM_COUNT, 99, 132)
+    assert G.tile_update_splits(256, 128, 99) == 1 and G.tile_update_splits(512, 128, 99) == 1
+    assert G.tile_update_splits(100, 128, 99) == 3 and G.tile_update_splits(5, 128, 99) == 32
+    for ctas in (1, 7, 50, 133, 300, 1000):
+        for chunks in (1, 3, 8, 40, 128, 10000):
+            assert 1 <= G.tile_update_splits(ctas, chunks, 99) <= max(1, min(chunks // 4, 64))
+
+
 # ---- the tensor-core kernels on the CPU ----
 # kernels/bsmm.cu's xw_tc, xw_wide_tc and updat_tc (+ updat_reduce) compiled for the host with the CUDA
 # execution model emulated (tests/cuda_emulation/bsmm_driver.cpp: threads, barriers, deferred cp.async,

@@ -411,8 +411,8 @@ def test_wgmma_update(rng, monkeypatch, block_size, variant, dtype, out_dtype):
 @pytest.mark.parametrize("out_dtype", [None, "float32"])
 def test_tile_update(rng, monkeypatch, variant, dtype, out_dtype):
     """updat_tile_tc (b = 16, 2-D layout tiles): partial edge tiles, tiles of more blocks than one CTA takes,
-    an empty block row, a grouped update of ragged pairs, one split and several, accumulate, every element
-    against float64; asserts that the tile kernel ran."""
+    an empty block row, a grouped update of ragged pairs, one pass (forced) and several splits (updat_reduce),
+    accumulate, every element against float64; asserts that the tile kernel ran."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
@@ -426,7 +426,12 @@ def test_tile_update(rng, monkeypatch, variant, dtype, out_dtype):
     mask[9] = False
     op = BlockSparseMatMul(mask, 16)
     odt = out_dtype or dtype
-    for ns in ([300], [77, 130, 64, 5], [4000]):
+    splits = []
+    real = _matmul_gpu.tile_update_splits
+    for ns, force in (([300], None), ([77, 130, 64, 5], 1), ([4000], None), ([4000], 1)):
+        # these few items get several splits by default; force = 1: one pass
+        monkeypatch.setattr(_matmul_gpu, "tile_update_splits",
+                            lambda *a, f=force: splits.append(f or real(*a)) or splits[-1])
         xs = [random_array(rng, (n, op.K), dtype) for n in ns]
         dys = [random_array(rng, (n, op.M), dtype) for n in ns]
         ref64 = _ref64(op, "updat", xs, dys)
@@ -438,6 +443,7 @@ def test_tile_update(rng, monkeypatch, variant, dtype, out_dtype):
         op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
         assert_close(acc, acc0 + ref64, dtype, f"updat accumulate {ns}")
     assert calls and all(c[2:] == (16, variant) for c in calls), "updat_tile_tc did not run"
+    assert 1 in splits and max(splits) > 1, f"splits {splits}: both paths expected"
 
 
 @pytest.mark.parametrize("block_size", list(_matmul_gpu_tiles.UPDAT_GMMA_TILES))
