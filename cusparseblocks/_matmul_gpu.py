@@ -55,13 +55,18 @@ XW_GMMA_TILES = {
 # 8; warpgroups stack 4 or 8 blocks), feature axis 1, aligned pairs: block_size -> {variant: (G warpgroups,
 # NC batch rows per chunk, STAGES)}; a CTA takes G·max(1, 64 / b) blocks of one row; the first entry is the
 # default
-# (H100, N = K = M = 4096, b = 64, d = 0.5: g2 296, g4 242, g2_deep 245, g2_nc128 183 TFLOP/s; updat_tc 130)
+# (H100, N = K = M = 4096, b = 64, d = 0.5: g2 296, g4 242, g2_deep 245, g2_nc128 183 TFLOP/s; updat_tc 130;
+# b = 16 fp16 d = 0.5 / 0.2 / 0.05, bench/results/bsmm_gmma-20261126-0757: q2_nc128 71 / 56 / 40, q2 64 / 50 /
+# 38, q1 56 / 48 / 38; updat_tc 42 / 40 / 32, with its aligned tiles 46 / 47 / 35)
 UPDAT_GMMA_TILES = {
     64: {"g2": (2, 64, 4), "g4": (4, 64, 4), "g2_nc128": (2, 128, 3), "g2_deep": (2, 64, 6)},
     32: {"p2": (2, 64, 4), "p2_deep": (2, 64, 6), "p2_nc128": (2, 128, 3)},
-    16: {"q2": (2, 64, 4), "q1": (1, 64, 4), "q2_nc128": (2, 128, 3)},
+    16: {"q2_nc128": (2, 128, 3), "q2": (2, 64, 4), "q1": (1, 64, 4)},
     8: {"o2": (2, 64, 4), "o1": (1, 64, 4)},
 }
+# block_size -> the least layout density at which the default update takes the wgmma kernel (below: updat_tc).
+# b = 8 (same runs): o2 18 / 14 / 13 / 11 TFLOP/s at d = 0.5 / 0.2 / 0.1 / 0.05, updat_tc 14 / 13 / 13 / 12
+UPDAT_GMMA_MIN_DENSITY = {8: 0.15}
 updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
 GMMA_ARCH = "sm_90"
 gmma_enabled = True  # False: the mma.sync kernels everywhere (benchmarks compare both)
@@ -1059,7 +1064,8 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         extra = _tables(op_obj, ("tiles", tr, tc, warps * bpw), dev)
         grid, threads, tile = extra[0].shape[0], warps * 32, True
     elif (gmma_enabled and dtype != "float32" and b in UPDAT_GMMA_TILES and axis == 1 and aligned
-          and _gmma_device(dev)):
+          and _gmma_device(dev) and (updat_gmma_variant in UPDAT_GMMA_TILES[b]
+                                     or op_obj.layout.density >= UPDAT_GMMA_MIN_DENSITY.get(b, 0.0))):
         tiles = UPDAT_GMMA_TILES[b]
         variant = updat_gmma_variant if updat_gmma_variant in tiles else next(iter(tiles))
         g, nc, _ = tiles[variant]

@@ -448,8 +448,9 @@ def test_tile_update(rng, monkeypatch, variant, dtype, out_dtype):
 
 @pytest.mark.parametrize("block_size", list(_matmul_gpu_tiles.UPDAT_GMMA_TILES))
 def test_wgmma_update_default_and_fallback(rng, monkeypatch, block_size):
-    """On an sm_90 device the fp16/bf16 feature-axis-1 update runs the wgmma kernel by default; with
-    gmma_enabled = False it runs updat_tc; both against float64, split and unsplit."""
+    """On an sm_90 device the fp16/bf16 feature-axis-1 update runs the wgmma kernel by default (from
+    UPDAT_GMMA_MIN_DENSITY up; below it updat_tc); with gmma_enabled = False it runs updat_tc; all against
+    float64, split and unsplit."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
@@ -470,6 +471,19 @@ def test_wgmma_update_default_and_fallback(rng, monkeypatch, block_size):
             assert_close(dw, _ref64(op, "updat", [x], [dy]), "bfloat16", f"updat {kernel} n={n}")
         assert calls and set(calls) == {kernel}, f"gmma_enabled={enabled}: ran {calls}, not {kernel}"
         calls.clear()
+    least = _matmul_gpu.UPDAT_GMMA_MIN_DENSITY.get(block_size, 0.0)
+    if least > 0:  # a layout below the density rule: updat_tc by default
+        monkeypatch.setattr(_matmul_gpu, "gmma_enabled", True)
+        mask = np.zeros((30, 30), bool)
+        mask[np.arange(30), (np.arange(30) * 7) % 30] = True
+        op = BlockSparseMatMul(mask, block_size)
+        assert op.layout.density < least
+        x = random_array(rng, (333, op.K), "float16")
+        dy = random_array(rng, (333, op.M), "float16")
+        dw = poison(cp, op.w_shape, "float16")
+        op.updat(cp.asarray(x), cp.asarray(dy), out=dw)
+        assert_close(dw, _ref64(op, "updat", [x], [dy]), "float16", "updat below the density rule")
+        assert calls == ["tc"], f"density {op.layout.density:.3f} < {least}: ran {calls}, not updat_tc"
 
 
 @pytest.mark.parametrize("block_size", [8, 32])
