@@ -21,6 +21,8 @@ METRICS = [
     ("miss M", "lts__t_sectors_srcunit_tex_op_read_lookup_miss.sum", 1e-6),
     ("fabric sect M", "lts__t_sectors_srcunit_ltcfabric.sum", 1e-6),
     ("dram rd MB", "dram__bytes_read.sum", 1e-6),
+    ("issue%", "smsp__issue_active.avg.pct_of_peak_sustained_active", 1),
+    ("L2 sect%", "lts__t_sectors.avg.pct_of_peak_sustained_elapsed", 1),
     ("stall lsb", "smsp__average_warp_latency_issue_stalled_long_scoreboard.ratio", 1e-3),
     ("stall bar", "smsp__average_warp_latency_issue_stalled_barrier.ratio", 1e-3),
 ]
@@ -69,4 +71,7 @@ if __name__ == "__main__":
         from profile_ffma import SUITE
 
         labels = [f"{op} d={d} {v or 'default'}" for op, d, v in SUITE]
+    elif labels == ["updat"]:
+        sys.path.insert(0, "bench")
+        from profile_updat import LABELS as labels
     table(sys.argv[1], labels)

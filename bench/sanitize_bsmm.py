@@ -6,8 +6,8 @@ Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element pa
 (N = 37, b = 32, feature axis 1, every dtype; its ring variants, bulk copies on sm_90, at N = 29 and 1),
 xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and several), updat_simt and updat_reduce,
 on ragged shapes; on an sm_90 device also the wgmma kernels (xw_gmma fprop/bprop and updat_gmma /
-updat_gmma32 for b = 64 / 32, feature axis 1, N = 152 and 700; every xw_gmma_rs tile forced); checks
-every result.
+updat_gmma32 / updat_gmma_stack for b = 64 / 32 / 16 and 8, feature axis 1, N = 152 and 700; every
+xw_gmma_rs tile forced); checks every result.
 """
 
 import cupy as cp
@@ -39,7 +39,7 @@ def main():
     rng = np.random.default_rng(1)
     worst = 0.0
     for dtype, tf32 in ((np.float16, False), (bfloat16, False), (np.float32, False), (np.float32, True)):
-        for b in (8, 32, 64):
+        for b in (8, 16, 32, 64):
             for axis in (1, 0):
                 for n in (37, 152, 700):  # 152: N % 8 == 0 (AXIS 0 wide tiles)
                     mask = rng.random((3, 4)) < 0.5

@@ -82,14 +82,24 @@ def xw_gmma_rs_default(bs, density):
         if density >= least:
             return variant
     return None
-# updat_gmma (b = 64) / updat_gmma32 (b = 32; warpgroups stack pairs of blocks), feature axis 1, aligned
-# pairs: block_size -> {variant: (G warpgroups, NC batch rows per chunk, STAGES)}; a CTA takes G (b = 64) or
-# 2·G (b = 32) blocks of one row; the first entry is the default
-# (H100, N = K = M = 4096, b = 64, d = 0.5: g2 296, g4 242, g2_deep 245, g2_nc128 183 TFLOP/s; updat_tc 130)
+
+
+# updat_gmma (b = 64) / updat_gmma32 (b = 32; warpgroups stack pairs of blocks) / updat_gmma_stack (b = 16,
+# 8; warpgroups stack 4 or 8 blocks), feature axis 1, aligned pairs: block_size -> {variant: (G warpgroups,
+# NC batch rows per chunk, STAGES)}; a CTA takes G·max(1, 64 / b) blocks of one row; the first entry is the
+# default
+# (H100, N = K = M = 4096, b = 64, d = 0.5: g2 296, g4 242, g2_deep 245, g2_nc128 183 TFLOP/s; updat_tc 130;
+# b = 16 fp16 d = 0.5 / 0.2 / 0.05, bench/results/bsmm_gmma-20261126-0757: q2_nc128 71 / 56 / 40, q2 64 / 50 /
+# 38, q1 56 / 48 / 38; updat_tc 42 / 40 / 32, with its aligned tiles 46 / 47 / 35)
 UPDAT_GMMA_TILES = {
     64: {"g2": (2, 64, 4), "g4": (4, 64, 4), "g2_nc128": (2, 128, 3), "g2_deep": (2, 64, 6)},
     32: {"p2": (2, 64, 4), "p2_deep": (2, 64, 6), "p2_nc128": (2, 128, 3)},
+    16: {"q2_nc128": (2, 128, 3), "q2": (2, 64, 4), "q1": (1, 64, 4)},
+    8: {"o2": (2, 64, 4), "o1": (1, 64, 4)},
 }
+# block_size -> the least layout density at which the default update takes the wgmma kernel (below: updat_tc).
+# b = 8 (same runs): o2 18 / 14 / 13 / 11 TFLOP/s at d = 0.5 / 0.2 / 0.1 / 0.05, updat_tc 14 / 13 / 13 / 12
+UPDAT_GMMA_MIN_DENSITY = {8: 0.15}
 updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
 GMMA_ARCH = "sm_90"
 gmma_enabled = True  # False: the mma.sync kernels everywhere (benchmarks compare both)
@@ -138,6 +148,12 @@ ffma_enabled = True  # False: xw_simt / updat_simt for float32 everywhere (bench
 # updat_tc: block_size -> (G blocks of one row per CTA, WARPS, NC batch rows per chunk, STAGES);
 # BS = 8: each warp computes a pair of blocks (G = 2·WARPS)
 UPDAT_TC_TILES = {64: (4, 8, 32, 4), 32: (4, 4, 64, 3), 16: (4, 4, 64, 4), 8: (8, 4, 128, 4)}
+# updat_tile_tc (b = 16, fp16/bf16, feature axis 1, aligned pairs; timing variants until measured: chosen
+# only by updat_tile_variant): block_size -> {variant: (TR block rows, TC block columns of a layout tile,
+# WARPS, BPW blocks per warp, NC batch rows per chunk, STAGES)}; a CTA takes up to WARPS·BPW blocks of one
+# tile and reads the tile's x [NC][TR·b] and dy [NC][TC·b] chunks once for all of them
+UPDAT_TILE_TILES = {16: {"tile16": (16, 16, 8, 8, 32, 3), "tile8": (8, 8, 4, 4, 64, 3)}}
+updat_tile_variant = None  # benchmarks: an entry of UPDAT_TILE_TILES
 UPDAT_SIMT_NC = 32
 SMALL_N = 64
 LARGE_N = 2048
@@ -272,13 +288,23 @@ def xw_gmma_rs_smem(bs, variant):
 
 def updat_gmma_spec(dtype, out_dtype, bs, variant):
     g, nc, st = UPDAT_GMMA_TILES[bs][variant]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    if bs < 32:
+        return KernelSpec("bsmm_gmma.cu", f"updat_gmma_stack<{t}, {to}, {bs}, {g}, {nc}, {st}>")
     name = "updat_gmma" if bs == 64 else "updat_gmma32"
-    return KernelSpec("bsmm_gmma.cu", f"{name}<{_CTYPE[dtype]}, {_CTYPE[out_dtype]}, {g}, {nc}, {st}>")
+    return KernelSpec("bsmm_gmma.cu", f"{name}<{t}, {to}, {g}, {nc}, {st}>")
+
+
+def updat_gmma_group(bs, variant):
+    """Blocks per CTA of the wgmma update: G warpgroups of max(1, 64 / b) stacked blocks each."""
+    return UPDAT_GMMA_TILES[bs][variant][0] * max(1, 64 // bs)
 
 
 def updat_gmma_smem(bs, variant):
     g, nc, st = UPDAT_GMMA_TILES[bs][variant]
-    stage = (1 + g) * nc * 128 if bs == 64 else g * nc * 128 + nc * 64
+    # b = 64: x chunk + G dy chunks of 128-byte rows; b <= 32: G stacked dy chunks of 128-byte rows + the x
+    # chunk of 2·b-byte rows
+    stage = (1 + g) * nc * 128 if bs == 64 else g * nc * 128 + nc * bs * 2
     return st * stage + 1024
 
 
@@ -520,6 +546,17 @@ def updat_tc_spec(dtype, out_dtype, bs, axis, aligned):
     return KernelSpec(SOURCE, f"updat_tc<{t}, {to}, {bs}, {g}, {warps}, {nc}, {st}, {axis}, {aligned}>")
 
 
+def updat_tile_spec(dtype, out_dtype, bs, variant):
+    tr, tc, warps, bpw, nc, st = UPDAT_TILE_TILES[bs][variant]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec(SOURCE, f"updat_tile_tc<{t}, {to}, {bs}, {tr}, {tc}, {warps}, {bpw}, {nc}, {st}>")
+
+
+def updat_tile_smem(bs, variant):
+    tr, tc, _, _, nc, st = UPDAT_TILE_TILES[bs][variant]
+    return st * nc * (tr + tc) * bs * 2
+
+
 def updat_simt_spec(dtype, out_dtype, bs, axis):
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     return KernelSpec(SOURCE, f"updat_simt<{t}, {to}, {bs}, {axis}>")
@@ -547,9 +584,8 @@ def xw_wide_smem(bs, variant, axis):
 
 def updat_tc_smem(bs, axis):
     g, _, nc, st = UPDAT_TC_TILES[bs]
-    rows, cols = (nc, bs) if axis == 1 else (bs, nc)
-    stride = cols + 8 if (cols // 8) % 2 == 0 else cols
-    return st * (1 + g) * rows * stride * 2
+    # unpadded swizzled tiles (kernels/bsmm.cu tc_swz), then the group's columns (int64) and blocks (int32)
+    return st * (1 + g) * nc * bs * 2 + 12 * g
 
 
 def _out_types(dtype):
@@ -568,6 +604,9 @@ def specializations():
         for to, bs, axis in itertools.product(_out_types(dtype), UPDAT_TC_TILES, (0, 1)):
             for aligned in ((1,) if axis == 1 else (0, 1)):
                 yield updat_tc_spec(dtype, to, bs, axis, aligned)
+        for to, bs in itertools.product(_out_types(dtype), UPDAT_TILE_TILES):
+            for variant in UPDAT_TILE_TILES[bs]:
+                yield updat_tile_spec(dtype, to, bs, variant)
     for dtype in ("float16", "bfloat16", "float32"):
         for to, bs, axis in itertools.product(_out_types(dtype), XW_SIMT_TILES, (0, 1)):
             for trans, small in itertools.product((0, 1), (False, True)):
@@ -658,6 +697,25 @@ def update_groups(layout, g, xr=1):
     return table
 
 
+def update_tiles(layout, tr, tc, max_blocks):
+    """updat_tile_tc's work items over tiles of tr block rows × tc block columns.
+
+    Returns items int32 [n_items, 4] (the tile's first block row and column, first entry, count: a tile's
+    blocks split into ceil(n / max_blocks) items of nearly equal counts) and entries int32 [nnz] (w indices
+    sorted by tile, row, column)."""
+    rows, cols = layout.rows.astype(np.int64), layout.cols.astype(np.int64)
+    tile = (rows // tr) * -(-layout.out_blocks // tc) + cols // tc
+    order = np.lexsort((cols, rows, tile))
+    tiles, start, count = np.unique(tile[order], return_index=True, return_counts=True)
+    parts = -(-count // max_blocks)
+    t = np.repeat(np.arange(tiles.size), parts)  # the tile of each item
+    i = np.arange(t.size) - np.repeat(np.cumsum(parts) - parts, parts)  # item index within its tile
+    base, extra = count[t] // parts[t], count[t] % parts[t]
+    items = np.stack([rows[order[start[t]]] // tr * tr, cols[order[start[t]]] // tc * tc,
+                      start[t] + i * base + np.minimum(i, extra), base + (i < extra)], axis=1)
+    return items.astype(np.int32), order.astype(np.int32)
+
+
 def _update_groups_packed(layout, g):
     counts = np.diff(layout.row_ptr)
     nonempty = np.flatnonzero(counts)
@@ -746,6 +804,8 @@ def _tables(op_obj, key, dev):
             cache[(dev, key)] = (*_tables(op_obj, key[1], dev), cupy.asarray(cols.astype(np.int32)))
         elif key == "updat":
             cache[(dev, key)] = (cupy.asarray(lay.rows), cupy.asarray(lay.cols))
+        elif key[0] == "tiles":  # ("tiles", tr, tc, max_blocks)
+            cache[(dev, key)] = tuple(cupy.asarray(a) for a in update_tiles(lay, *key[1:]))
         else:  # ("groups", g) or ("groups", g, xr)
             cache[(dev, key)] = cupy.asarray(update_groups(lay, *key[1:]))
     return cache[(dev, key)]
@@ -765,6 +825,13 @@ def _sm_count(dev):
 def _update_splits(ctas, chunks, dev):
     """Batch splits for the update: enough CTAs for ~4 per SM, each split at least 4 chunks long."""
     want = -(-4 * _sm_count(dev) // max(ctas, 1))
+    return int(max(1, min(want, chunks // 4, 64)))
+
+
+def tile_update_splits(ctas, chunks, dev, per_sm=2):
+    """Batch splits for updat_tile_tc (per_sm CTAs fill an SM): the nearest whole number of waves, so that
+    ~one wave of items runs unsplit (a split costs an fp32 partial per block and updat_reduce)."""
+    want = round(per_sm * _sm_count(dev) / max(ctas, 1))
     return int(max(1, min(want, chunks // 4, 64)))
 
 
@@ -1062,16 +1129,17 @@ def _split_counters(op_obj, dev, n_groups, stream):
 
 
 def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
-    """(function, smem, threads, grid, extra arguments, NC, fused, per_sm) of the update; cached per dtype,
-    output dtype, alignment and the batch sizes' divisibility (n4: all N % 4 == 0, n8: all N % 8 == 0).
-    per_sm > 0: splits by ffma_update_splits with per_sm CTAs per SM; 0: by _update_splits."""
+    """(function, smem, threads, grid, extra arguments, NC, fused, per_sm, tile) of the update; cached per
+    dtype, output dtype, alignment and the batch sizes' divisibility (n4: all N % 4 == 0, n8: all N % 8 == 0).
+    per_sm > 0: splits by ffma_update_splits with per_sm CTAs per SM; tile (updat_tile_tc): by
+    tile_update_splits; else by _update_splits."""
     key = ("updat", dtype, odt, aligned, n4, n8, dev, gmma_enabled, updat_gmma_variant, ffma_enabled,
-           updat_ffma_variant)
+           updat_ffma_variant, updat_tile_variant)
     plan = op_obj._gpu_tables.get(key)
     if plan is not None:
         return plan
     b, axis = op_obj.block_size, op_obj.feature_axis
-    tf32, per_sm = None, 0
+    tf32, per_sm, tile = None, 0, False
     if dtype == "float32" and op_obj.allow_tf32:  # None for block_size 8: updat_simt below
         tf32 = _matmul_tf32.updat_launch_config(op_obj, axis, aligned and (axis == 1 or n4))
     if tf32 is not None:
@@ -1087,13 +1155,20 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         groups = _tables(op_obj, ("groups", g) if xr == 1 else ("groups", g, xr), dev)
         grid, threads, extra = groups.shape[0], g * (b // 8) ** 2, (groups,)
         per_sm = -1 if xr == 2 else 0  # -1: computed from the compiled kernel below
+    elif dtype != "float32" and updat_tile_variant in UPDAT_TILE_TILES.get(b, {}) and axis == 1 and aligned:
+        variant = updat_tile_variant
+        tr, tc, warps, bpw, nc, _ = UPDAT_TILE_TILES[b][variant]
+        spec, smem = updat_tile_spec(dtype, odt, b, variant), updat_tile_smem(b, variant)
+        extra = _tables(op_obj, ("tiles", tr, tc, warps * bpw), dev)
+        grid, threads, tile = extra[0].shape[0], warps * 32, True
     elif (gmma_enabled and dtype != "float32" and b in UPDAT_GMMA_TILES and axis == 1 and aligned
-          and _gmma_device(dev)):
+          and _gmma_device(dev) and (updat_gmma_variant in UPDAT_GMMA_TILES[b]
+                                     or op_obj.layout.density >= UPDAT_GMMA_MIN_DENSITY.get(b, 0.0))):
         tiles = UPDAT_GMMA_TILES[b]
         variant = updat_gmma_variant if updat_gmma_variant in tiles else next(iter(tiles))
         g, nc, _ = tiles[variant]
         spec, smem = updat_gmma_spec(dtype, odt, b, variant), updat_gmma_smem(b, variant)
-        groups = _tables(op_obj, ("groups", g if b == 64 else 2 * g), dev)
+        groups = _tables(op_obj, ("groups", updat_gmma_group(b, variant)), dev)
         grid, threads, extra = groups.shape[0], g * 128, (groups,)
     elif dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or aligned):
         g, warps, nc, _ = UPDAT_TC_TILES[b]
@@ -1113,7 +1188,7 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         per_sm = max(1, min(by_regs, _smem_limits(dev)[0] // (smem + 1024 + static)))
     # the wgmma updates sum their split partials in the same launch (no updat_reduce)
     plan = (fn, smem, threads, grid, extra, nc, spec.source == "bsmm_gmma.cu",
-            per_sm)
+            per_sm, tile)
     op_obj._gpu_tables[key] = plan
     return plan
 
@@ -1128,7 +1203,7 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     _check_device(dev, out=out)
     axis = op_obj.feature_axis
     ns = [x.shape[1 - axis] for x in xs]
-    fn, smem, threads, grid, extra, nc, fused, per_sm = _updat_plan(
+    fn, smem, threads, grid, extra, nc, fused, per_sm, tile = _updat_plan(
         op_obj, dtype_name(xs[0].dtype), dtype_name(out_dtype), _aligned(*xs, *dys),
         all(n % 4 == 0 for n in ns), all(n % 8 == 0 for n in ns), dev)
     dw = out if out is not None else cupy.empty(op_obj.w_shape, dtype=out_dtype)
@@ -1138,9 +1213,11 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     for n in ns:
         chunks.append(chunks[-1] + -(-n // nc))
     nnz = op_obj.layout.nnz
-    splits = (ffma_update_splits(grid, chunks[-1], nnz, op_obj.block_size, extra[0].shape[1], nc, per_sm, dev)
-              if per_sm
-              else _update_splits(grid, chunks[-1], dev))
+    if per_sm:
+        g = extra[0].shape[1]
+        splits = ffma_update_splits(grid, chunks[-1], nnz, op_obj.block_size, g, nc, per_sm, dev)
+    else:
+        splits = (tile_update_splits if tile else _update_splits)(grid, chunks[-1], dev)
     ws = cupy.empty((splits, nnz) + op_obj.w_shape[1:], dtype=np.float32) if splits > 1 else None
     p = len(xs)
     table = _pair_table(op_obj, dev, np.array(

@@ -89,6 +89,18 @@ template <> struct Mma<__nv_bfloat16> {
 // 16-byte units so that the 8 row addresses of one ldmatrix fall in distinct bank groups.
 __host__ __device__ constexpr int tc_stride(int n) { return ((n / 8) % 2 == 0) ? n + 8 : n; }
 
+// Element offset of (row, col) in a tile of unpadded rows of C 16-bit values whose 16-byte chunks are permuted
+// by an XOR, so that the 8 row addresses of one ldmatrix (8 consecutive rows, one chunk) fall in distinct bank
+// groups: chunk j of row r sits at j ^ f(r), f(r) = r mod 8 (C >= 64), (r / 2) mod 4 (C = 32), (r / 4) mod 2
+// (C = 16), 0 (C = 8: 8 rows of 16 bytes span the 32 banks already). The XOR keeps the chunk pair (2i, 2i + 1)
+// of a 32-byte global sector in one 32-byte aligned unit (given a 32-byte aligned tile), so cp.async fetches
+// the sector once; tc_stride's padded rows put every other row 16 bytes off a 32-byte boundary.
+template <int C>
+__device__ __forceinline__ int tc_swz(int row, int col) {
+    constexpr int SH = C >= 64 ? 0 : C == 32 ? 1 : C == 16 ? 2 : 0, MASK = C >= 64 ? 7 : C / 8 - 1;
+    return row * C + (col ^ (((row >> SH) & MASK) << 3));
+}
+
 // Output tile epilogue: the CTA's fp32 tile `tile` [BM][BS + 4] (row = batch index m, column =
 // output feature) goes to y with optional accumulation; element order follows y's contiguous axis.
 template <typename TO, int BM, int BS, int AXIS, int THREADS>
@@ -154,7 +166,6 @@ xw_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, cons
         // x tile
         constexpr int A_CHUNKS = A_ROWS * A_COLS / 8;
         if (ALIGNED) {
-#pragma unroll 4
             for (int ch = threadIdx.x; ch < A_CHUNKS; ch += THREADS) {
                 int row = ch / (A_COLS / 8), c8 = (ch % (A_COLS / 8)) * 8;
                 const T* src;
@@ -352,7 +363,6 @@ xw_wide_tc(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
     auto load_entry = [&](int e, T* As) {
         const i64 col = (i64)entries[begin + e] * KF;
         constexpr int A_CHUNKS = A_ROWS * A_COLS / 8;
-#pragma unroll 4
         for (int ch = threadIdx.x; ch < A_CHUNKS; ch += THREADS) {
             int row = ch / (A_COLS / 8), c8 = (ch % (A_COLS / 8)) * 8;
             bool ok;
@@ -531,6 +541,8 @@ xw_simt(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
             else Bs[r * SB + s2] = v;          // B[k=r][n=s2]
         }
         __syncthreads();
+        // unroll 4 stated: NVVM's own choice for this loop changed with unrelated edits elsewhere in the file
+        // (ptxas then spilled 4 bytes at 40 registers in some specializations)
 #pragma unroll 4
         for (int k = 0; k < BS; k++) {
             float a[TM], bv[TN];
@@ -819,12 +831,14 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
                         : (BS >= 16 && WTM % 16 == 0 && NC % 16 == 0 && WARPS % G == 0), "bad updat_tc tiling");
     // tiles: AXIS 1 -> [NC][BS] (batch rows); AXIS 0 -> [BS][NC] (feature rows)
     constexpr int R = AXIS == 1 ? NC : BS, C = AXIS == 1 ? BS : NC;
-    constexpr int S = tc_stride(C), TILE = R * S, STAGE = (1 + G) * TILE;
+    constexpr int TILE = R * C, STAGE = (1 + G) * TILE;  // tiles of unpadded rows, chunks swizzled (tc_swz)
 
+    // the stage buffers start at the dynamic buffer's (aligned) base; the group's bookkeeping follows them
+    // (static __shared__ arrays would go in front and put every tile 16 bytes off a 32-byte boundary)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* smem = reinterpret_cast<T*>(smem_raw);
-    __shared__ int blk_s[G];
-    __shared__ long long ycol_s[G];
+    long long* ycol_s = reinterpret_cast<long long*>(smem_raw + STAGES * STAGE * (int)sizeof(T));
+    int* blk_s = reinterpret_cast<int*>(ycol_s + G);
     if (threadIdx.x < G) {
         int k = groups[blockIdx.x * G + threadIdx.x];
         blk_s[threadIdx.x] = k;
@@ -875,9 +889,12 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
                         ok = n < nt;
                         src = src0 + (ok ? (col + row) * nt + n : 0);
                     }
-                    cp_async16(dst + row * S + c8, src, ok ? 16 : 0);
+                    cp_async16(dst + tc_swz<C>(row, c8), src, ok ? 16 : 0);
                 }
             } else {
+                // unroll 2: whole (8 at BS = 8, AXIS = 0) or by 4, ptxas spilled a register on sm_80 with the
+                // swizzled offsets
+#pragma unroll 2
                 for (int idx = threadIdx.x; idx < R * C; idx += THREADS) {
                     int row = idx / C, cc = idx % C;
                     T v = from_float<T>(0.f);
@@ -888,7 +905,7 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
                         i64 n = n0 + cc;
                         if (n < nt) v = src0[(col + row) * nt + n];
                     }
-                    dst[row * S + cc] = v;
+                    dst[tc_swz<C>(row, cc)] = v;
                 }
             }
         }
@@ -916,11 +933,11 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
             for (int kk = 0; kk < NC; kk += 16) {
                 unsigned a[4], bx[2];
                 if (AXIS == 1) {
-                    ldmatrix_x4<true>(a, Ya + (kk + r + (qd / 2) * 8) * S);
-                    ldmatrix_x2<true>(bx, Xs + (kk + l16) * S);
+                    ldmatrix_x4<true>(a, Ya + tc_swz<C>(kk + r + (qd / 2) * 8, 0));
+                    ldmatrix_x2<true>(bx, Xs + tc_swz<C>(kk + l16, 0));
                 } else {
-                    ldmatrix_x4<false>(a, Ya + r * S + kk + (qd / 2) * 8);
-                    ldmatrix_x2<false>(bx, Xs + (l16 % 8) * S + kk + (l16 / 8) * 8);
+                    ldmatrix_x4<false>(a, Ya + tc_swz<C>(r, kk + (qd / 2) * 8));
+                    ldmatrix_x2<false>(bx, Xs + tc_swz<C>(l16 % 8, kk + (l16 / 8) * 8));
                 }
                 Mma<T>::k16(acc[0][0], a, bx[0], bx[1]);
             }
@@ -933,15 +950,15 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 #pragma unroll
             for (int i = 0; i < MI; i++) {
                 int m = m0 + i * 16;
-                if (AXIS == 1) ldmatrix_x4<true>(a[i], Xs + (kk + r + (qd / 2) * 8) * S + m + (qd % 2) * 8);
-                else ldmatrix_x4<false>(a[i], Xs + (m + lane % 16) * S + kk + (lane / 16) * 8);
+                if (AXIS == 1) ldmatrix_x4<true>(a[i], Xs + tc_swz<C>(kk + r + (qd / 2) * 8, m + (qd % 2) * 8));
+                else ldmatrix_x4<false>(a[i], Xs + tc_swz<C>(m + lane % 16, kk + (lane / 16) * 8));
             }
 #pragma unroll
             for (int j = 0; j < NI; j += 2) {
                 int n = j * 8;
                 unsigned t[4];
-                if (AXIS == 1) ldmatrix_x4<true>(t, Ys + (kk + r + (qd % 2) * 8) * S + n + (qd / 2) * 8);
-                else ldmatrix_x4<false>(t, Ys + (n + r + (qd / 2) * 8) * S + kk + (qd % 2) * 8);
+                if (AXIS == 1) ldmatrix_x4<true>(t, Ys + tc_swz<C>(kk + r + (qd % 2) * 8, n + (qd / 2) * 8));
+                else ldmatrix_x4<false>(t, Ys + tc_swz<C>(n + r + (qd / 2) * 8, kk + (qd % 2) * 8));
                 bfr[j][0] = t[0]; bfr[j][1] = t[1]; bfr[j + 1][0] = t[2]; bfr[j + 1][1] = t[3];
             }
 #pragma unroll
@@ -994,6 +1011,134 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
                 o[0] = from_float<TO>(v0);
                 o[1] = from_float<TO>(v1);
             }
+}
+
+// updat_tile_tc: the update for BS = 16 over 2-D tiles of the layout (TR block rows × TC block columns), so that
+// one x chunk [NC][TR·BS] and one dy chunk [NC][TC·BS] per stage serve every block of the tile that the CTA
+// takes: (TR + TC)·2·BS bytes a batch row for up to WARPS·BPW blocks (updat_tc and updat_gmma_stack read each
+// block's dy slice on its own: ≥ 2·BS bytes a block and batch row). One CTA per work item (`items` [n][4]:
+// first block row r0 and column c0 of its tile, first entry, count ≤ WARPS·BPW; `entries`: w indices, sorted by
+// tile, row, column; update_tiles in _matmul_gpu.py). Block j of the item is warp j % WARPS's slot j / WARPS; the
+// warp computes dW = x_rᵀ·dy_c with mma.sync m16n8k16 on ldmatrix.trans fragments (A: x tile columns of block
+// row r, B: dy tile columns of block column c), so no cross-warp reduction (fixed summation order). Tile rows are
+// unpadded with their 16-byte chunks swizzled (tc_swz: chunk j of row r at j ^ (r mod 8)); tile columns past the
+// layout's features are zero-filled. Same arguments as updat_tc with (items, entries) for groups; feature axis 1,
+// 16-byte aligned pairs; splits (gridDim.y > 1) write fp32 partials to ws for updat_reduce.
+template <typename T, typename TO, int BS, int TR, int TC, int WARPS, int BPW, int NC, int STAGES>
+__global__ void __launch_bounds__(WARPS * 32)
+updat_tile_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
+              const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
+              const int* __restrict__ items, const int* __restrict__ entries, const int* __restrict__ rows,
+              const int* __restrict__ cols, TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features,
+              i64 out_features, int accumulate) {
+    constexpr int THREADS = WARPS * 32, XW = TR * BS, YW = TC * BS;  // tile widths (elements)
+    constexpr int XC = XW / 8, YC = YW / 8, XTILE = NC * XW, STAGE = NC * (XW + YW);
+    constexpr int RPT_X = THREADS / XC, RPT_Y = THREADS / YC, PASSES_X = NC / RPT_X, PASSES_Y = NC / RPT_Y;
+    static_assert(BS == 16 && XW >= 64 && YW >= 64 && NC % 16 == 0 && STAGES >= 2, "updat_tile_tc tiling");
+    static_assert(THREADS % XC == 0 && THREADS % YC == 0 && NC % RPT_X == 0 && NC % RPT_Y == 0, "copy passes");
+
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* smem = reinterpret_cast<T*>(smem_raw);
+    const int r0 = items[blockIdx.x * 4], c0 = items[blockIdx.x * 4 + 1];
+    const int first = items[blockIdx.x * 4 + 2], count = items[blockIdx.x * 4 + 3];
+    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
+    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qd = lane / 8, r = lane % 8;
+
+    // the warp's blocks: w index (-1: none) and its lanes' ldmatrix offsets in the x and dy tiles (kk = 0;
+    // (kk + row) mod 8 = row mod 8 for the multiples of 16 that kk takes, so step kk adds kk·XW / kk·YW)
+    int kb[BPW], aoff[BPW], boff[BPW];
+#pragma unroll
+    for (int s = 0; s < BPW; s++) {
+        const int j = s * WARPS + warp;
+        kb[s] = j < count ? entries[first + j] : -1;
+        const int rr = kb[s] >= 0 ? rows[kb[s]] - r0 : 0, cc = kb[s] >= 0 ? cols[kb[s]] - c0 : 0;
+        aoff[s] = tc_swz<XW>(r + (qd / 2) * 8, rr * BS + (qd % 2) * 8);
+        boff[s] = tc_swz<YW>(r + (qd % 2) * 8, cc * BS + (qd / 2) * 8);
+    }
+    float acc[BPW][2][4];
+#pragma unroll
+    for (int s = 0; s < BPW; s++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[s][j][q] = 0.f;
+
+    // fixed per-thread copies: chunk jx of x-tile rows rx + p·RPT_X, chunk jy of dy-tile rows ry + p·RPT_Y
+    const int jx = threadIdx.x % XC, rx = threadIdx.x / XC, jy = threadIdx.x % YC, ry = threadIdx.x / YC;
+    const i64 xcol = (i64)r0 * BS + jx * 8, ycol = (i64)c0 * BS + jy * 8;
+    const bool xin = xcol < in_features, yin = ycol < out_features;  // tile columns past the features: zeros
+    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    auto load_stage = [&](int q, int slot) {
+        q += q0;
+        while (chunk_ptr[lp + 1] <= q) lp++;
+        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
+        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
+        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        T* xs = smem + slot * STAGE;
+        T* ys = xs + XTILE;
+#pragma unroll
+        for (int p = 0; p < PASSES_X; p++) {
+            const i64 n = n0 + rx + p * RPT_X;
+            const bool ok = xin && n < nt;
+            cp_async16(xs + tc_swz<XW>(rx + p * RPT_X, jx * 8), xp + (ok ? n * in_features + xcol : 0), ok ? 16 : 0);
+        }
+#pragma unroll
+        for (int p = 0; p < PASSES_Y; p++) {
+            const i64 n = n0 + ry + p * RPT_Y;
+            const bool ok = yin && n < nt;
+            cp_async16(ys + tc_swz<YW>(ry + p * RPT_Y, jy * 8), dyp + (ok ? n * out_features + ycol : 0), ok ? 16 : 0);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < total) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int q = 0; q < total; q++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int next = q + STAGES - 1;
+        if (next < total) load_stage(next, next % STAGES);
+        cp_async_commit();
+        const T* xs = smem + (q % STAGES) * STAGE;
+        const T* ys = xs + XTILE;
+#pragma unroll
+        for (int kk = 0; kk < NC; kk += 16)
+#pragma unroll
+            for (int s = 0; s < BPW; s++) {
+                if (kb[s] < 0) continue;  // warp-uniform
+                unsigned a[4], t[4];
+                ldmatrix_x4<true>(a, xs + kk * XW + aoff[s]);
+                ldmatrix_x4<true>(t, ys + kk * YW + boff[s]);
+                Mma<T>::k16(acc[s][0], a, t[0], t[1]);
+                Mma<T>::k16(acc[s][1], a, t[2], t[3]);
+            }
+    }
+    cp_async_wait<0>();
+    // D[m][n] = dW[m][n]: c0, c1 at row lane/4, columns 8j + 2·(lane % 4) (+1); c2, c3 at row lane/4 + 8
+#pragma unroll
+    for (int s = 0; s < BPW; s++) {
+        if (kb[s] < 0) continue;
+        const i64 k = kb[s];
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int m = lane / 4 + h * 8, f = j * 8 + (lane % 4) * 2;
+                float v0 = acc[s][j][2 * h], v1 = acc[s][j][2 * h + 1];
+                if (gridDim.y > 1) {
+                    *reinterpret_cast<float2*>(ws + ((i64)blockIdx.y * nnz + k) * BS * BS + m * BS + f) =
+                        make_float2(v0, v1);
+                    continue;
+                }
+                TO* o = dw + k * BS * BS + m * BS + f;
+                if (accumulate) { v0 += to_float<TO>(o[0]); v1 += to_float<TO>(o[1]); }
+                o[0] = from_float<TO>(v0);
+                o[1] = from_float<TO>(v1);
+            }
+    }
 }
 
 // updat_ffma: fp32 update on FFMA (the register-blocked tiles above), 16-byte aligned pairs (feature axis 0:

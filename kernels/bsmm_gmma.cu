@@ -363,3 +363,194 @@ updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__
     }
     if (gridDim.y > 1) finish_splits<TO, BS, 2 * G, THREADS>(blk_s, ws, dw, done, nnz, accumulate);
 }
+
+// ---- the update for BS = 16 and 8: warpgroups stack 4 or 8 blocks ----
+// wgmma m64n16k16 / m64n8k16 (D[64 × BS] += A[64 × 16]·B[16 × BS], A M-major, B N-major, both from shared
+// memory), kept next to their one user so that gmma.cuh stays as the other sm_90a sources include it.
+namespace gmma_stack {
+template <typename T, int N> struct Mma;
+#define GMMA_STACK_N(TY, N, NR, REGS, OPS)                                                                  \
+    template <> struct Mma<TY, N> {                                                                        \
+        static __device__ __forceinline__ void run(float (&d)[NR], unsigned long long a, unsigned long long b) { \
+            asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
+                         REGS ", %" #NR ", %" OPS ", 1, 1, 1, 1, 1;\n"                                       \
+                         : GMMA_STACK_D##NR                                                                  \
+                         : "l"(a), "l"(b));                                                                  \
+        }                                                                                                  \
+    };
+#define GMMA_STACK_D8 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+#define GMMA_STACK_D4 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+GMMA_STACK_N(__half, 16, 8, "{%0, %1, %2, %3, %4, %5, %6, %7}", "9")
+GMMA_STACK_N(__nv_bfloat16, 16, 8, "{%0, %1, %2, %3, %4, %5, %6, %7}", "9")
+GMMA_STACK_N(__half, 8, 4, "{%0, %1, %2, %3}", "5")
+GMMA_STACK_N(__nv_bfloat16, 8, 4, "{%0, %1, %2, %3}", "5")
+
+// Descriptor of an N-major (MN-major) B tile of 16-byte rows without swizzle (interleave mode 0): the PTX
+// ISA's canonical MN-major layout ((T, 1, m), (8, k)) : ((1, T, SBO), (T, LBO)), T = 8 elements, i.e. core
+// matrices of 8 consecutive k-rows of 16 bytes (128 contiguous bytes), the next 8 k-rows LBO bytes further
+// and the next 8 n SBO bytes further. A [NC][8] tile stored row by row is exactly that with LBO = 128; with
+// N = 8 there is no second core matrix along n, so SBO is never used (128 as well).
+__device__ __forceinline__ unsigned long long desc_interleave(unsigned addr) {
+    return (unsigned long long)((addr >> 4) & 0x3FFF) | (8ull << 16) | (8ull << 32);
+}
+}  // namespace gmma_stack
+
+// updat_gmma_stack: the update for BS = 16 / 8 on wgmma (feature axis 1, aligned pairs; arguments, groups,
+// splits, order and the in-launch split finish as updat_gmma32). Warpgroup g stacks the transposes of the
+// S = 64 / BS blocks in slots S·g .. S·g + S - 1 of its group (one block row, columns c_1 .. c_S):
+// D[64 × BS] = [dy_c1 | … | dy_cS]ᵀ · x, rows s·BS .. s·BS + BS - 1 giving dW(slot S·g + s)ᵀ (rows of D never
+// mix: an empty slot's rows are neither loaded nor stored). A (M-major) is the warpgroup's stacked dy chunk
+// [NC][64] in 128-byte swizzled rows (slot s in bytes s·2·BS .. +2·BS); B (N-major) is the row's x chunk
+// [NC][BS], shared by the G warpgroups: 32-byte rows in the 32B swizzle (BS = 16) or 16-byte rows without
+// swizzle (BS = 8, desc_interleave). Every tile starts on a 1024-byte boundary; each 32-byte global sector
+// (a dy block row of BS = 16, an x row) lands in one 32-byte aligned shared-memory unit.
+template <typename T, typename TO, int BS, int G, int NC, int STAGES>
+__global__ void __launch_bounds__(G * 128, 1)
+updat_gmma_stack(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
+                 const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
+                 const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
+                 TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features,
+                 int accumulate, unsigned* __restrict__ done) {
+    using namespace gmma;
+    static_assert(BS == 16 || BS == 8, "updat_gmma_stack: BS = 16 or 8");
+    constexpr int S = 64 / BS, CPB = BS / 8;  // blocks per warpgroup, 16-byte chunks per block row
+    constexpr int THREADS = G * 128, A_TILE = NC * 128, B_ROW = BS * 2, B_TILE = NC * B_ROW;
+    constexpr int STAGE = G * A_TILE + B_TILE;
+    // A: chunk j (of 8) of rows ra + p·RPT_A of every warpgroup's tile; B: chunk jb of rows rb + p·RPT_B
+    // (B has NC·CPB chunks: with fewer than THREADS, the first NC·CPB threads copy one each)
+    constexpr int RPT_A = THREADS / 8, PASSES_A = NC / RPT_A;
+    constexpr int B_CH = NC * CPB, RPT_B = THREADS / CPB, PASSES_B = B_CH >= THREADS ? B_CH / THREADS : 1;
+    static_assert(NC % 16 == 0 && STAGES >= 3 && STAGE % 1024 == 0, "updat_gmma_stack tiling");
+    static_assert(NC % RPT_A == 0 && (B_CH < THREADS ? B_CH % 32 == 0 : B_CH % THREADS == 0), "rows per pass");
+
+    extern __shared__ unsigned char smem_raw[];
+    const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    __shared__ int blk_s[S * G];
+    __shared__ long long ycol_s[S * G];
+    if (threadIdx.x < S * G) {
+        const int k = groups[blockIdx.x * S * G + threadIdx.x];
+        blk_s[threadIdx.x] = k;
+        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
+    }
+    __syncthreads();
+    const i64 xcol = (i64)rows[blk_s[0]] * BS;
+    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
+    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    const int wg = threadIdx.x / 128;
+
+    constexpr int NACC = BS / 2;
+    float acc[NACC];
+#pragma unroll
+    for (int q = 0; q < NACC; q++) acc[q] = 0.f;
+
+    // fixed per-thread copies: the swizzled offsets, dy columns and row strides are computed once and pinned
+    // in registers (an empty asm makes them opaque, so ptxas cannot rematerialize them in the copy loop); per
+    // stage a pass costs one 64-bit row pointer, per 16-byte chunk one 64-bit add and the LDGSTS
+    const int j = threadIdx.x % 8, ra = threadIdx.x / 8;
+    const int jb = threadIdx.x % CPB, rb = threadIdx.x / CPB;
+    const bool copies_b = B_CH >= THREADS || (int)threadIdx.x < B_CH;
+    unsigned soff_a[PASSES_A], soff_b[PASSES_B];
+#pragma unroll
+    for (int p = 0; p < PASSES_A; p++) {
+        soff_a[p] = swizzle<128>(ra + p * RPT_A, j);
+        asm volatile("" : "+r"(soff_a[p]));
+    }
+#pragma unroll
+    for (int p = 0; p < PASSES_B; p++) {
+        soff_b[p] = BS == 16 ? swizzle<32>(rb + p * RPT_B, jb) : (unsigned)(rb + p * RPT_B) * 16u;
+        asm volatile("" : "+r"(soff_b[p]));
+    }
+    i64 acol[G];  // this thread's dy column in warpgroup t's tile, -1: an empty slot (nothing to load)
+#pragma unroll
+    for (int t = 0; t < G; t++) {
+        const long long c = ycol_s[t * S + j / CPB];
+        acol[t] = c < 0 ? -1 : c + (j % CPB) * 8;
+        asm volatile("" : "+l"(acol[t]));
+    }
+    i64 bcol = xcol + jb * 8, step_a = RPT_A * out_features, step_b = RPT_B * in_features;
+    asm volatile("" : "+l"(bcol), "+l"(step_a), "+l"(step_b));
+
+    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    auto load_stage = [&](int q, int slot) {
+        q += q0;
+        while (chunk_ptr[lp + 1] <= q) lp++;
+        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
+        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
+        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        const unsigned dst = base + slot * STAGE;
+        const T* dyrow = dyp + (n0 + ra) * out_features;
+#pragma unroll
+        for (int p = 0; p < PASSES_A; p++) {
+            const bool ok = n0 + ra + p * RPT_A < nt;
+            const T* src = ok ? dyrow + p * step_a : dyp;  // rows past the batch: zero-filled, from row 0
+            const unsigned d = dst + soff_a[p];
+#pragma unroll
+            for (int t = 0; t < G; t++)
+                if (acol[t] >= 0) cp_async16(d + t * A_TILE, src + acol[t], ok ? 16 : 0);
+        }
+        if (copies_b) {
+            const T* xrow = xp + (n0 + rb) * in_features + bcol;
+#pragma unroll
+            for (int p = 0; p < PASSES_B; p++) {
+                const bool ok = n0 + rb + p * RPT_B < nt;
+                cp_async16(dst + G * A_TILE + soff_b[p], ok ? xrow + p * step_b : xp + bcol, ok ? 16 : 0);
+            }
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; s++) {
+        if (s < total) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int q = 0; q < total; q++) {
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        const unsigned sa = base + (q % STAGES) * STAGE + wg * A_TILE, sb = base + (q % STAGES) * STAGE + G * A_TILE;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < NC / 16; kk++) {
+            const unsigned long long da = desc<128>(sa + kk * 16 * 128);
+            if constexpr (BS == 16)
+                gmma_stack::Mma<T, 16>::run(acc, da, desc<32>(sb + kk * 16 * B_ROW));
+            else
+                gmma_stack::Mma<T, 8>::run(acc, da, gmma_stack::desc_interleave(sb + kk * 16 * B_ROW));
+        }
+        wgmma_commit();
+        const int next = q + STAGES - 2;
+        if (next < total) load_stage(next, next % STAGES);
+        cp_async_commit();
+        wgmma_wait<1>();
+    }
+    wgmma_wait<0>();
+    cp_async_wait<0>();
+#pragma unroll
+    for (int q = 0; q < NACC; q++) fence_operand(acc[q]);
+
+    // D rows 16v + lane/4 (+8 for h = 1) of warp v, columns 8q + 2·(lane % 4) (+1); D row m is feature m % BS
+    // of slot m / BS's dy block, column n feature n of the x block: dW(slot)[n][m % BS]
+    const int lane = threadIdx.x % 32, v = (threadIdx.x % 128) / 32;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int m = v * 16 + lane / 4 + h * 8;
+        const int kb = blk_s[wg * S + m / BS];
+        if (kb < 0) continue;
+        const i64 k = kb;
+#pragma unroll
+        for (int q = 0; q < BS / 8; q++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int idx = (q * 8 + (lane % 4) * 2 + e) * BS + m % BS;
+                float val = acc[q * 4 + h * 2 + e];
+                if (gridDim.y > 1) {  // split partials, summed below by the group's last CTA
+                    ws[((i64)blockIdx.y * nnz + k) * BS * BS + idx] = val;
+                    continue;
+                }
+                TO* o = dw + k * BS * BS + idx;
+                if (accumulate) val += to_float<TO>(*o);
+                *o = from_float<TO>(val);
+            }
+    }
+    if (gridDim.y > 1) finish_splits<TO, BS, S * G, THREADS>(blk_s, ws, dw, done, nnz, accumulate);
+}

@@ -481,6 +481,37 @@ def test_update_groups_packed(rng, g):
             assert np.count_nonzero(lengths < g) <= 1 + np.count_nonzero((counts > 0) & (counts < g))
 
 
+@pytest.mark.parametrize("tr,tc,max_blocks", [(16, 16, 64), (8, 8, 16), (4, 8, 5)])
+def test_update_tiles(rng, tr, tc, max_blocks):
+    """update_tiles: every block exactly once, items of 1..max_blocks blocks, an item's blocks inside its tile
+    (first row and column: the tile's corner), a tile's items of nearly equal counts, entries sorted by tile,
+    row, column."""
+    from cusparseblocks import _matmul_gpu
+    from cusparseblocks.blocklayout import BlockLayout
+
+    for density in (0.02, 0.2, 0.6, 1.0):
+        mask = rng.random((37, 29)) < density
+        mask[0, 0] = True
+        mask[3] = False
+        lay = BlockLayout(mask)
+        items, entries = _matmul_gpu.update_tiles(lay, tr, tc, max_blocks)
+        assert items.dtype == entries.dtype == np.int32 and items.shape[1] == 4
+        assert np.array_equal(np.sort(entries), np.arange(lay.nnz)), "not every block exactly once"
+        r0, c0, first, count = items.T
+        assert np.all((count >= 1) & (count <= max_blocks)) and np.all(r0 % tr == 0) and np.all(c0 % tc == 0)
+        assert np.array_equal(first, np.concatenate([[0], np.cumsum(count)[:-1]])), "items not back to back"
+        for r, c, f, n in items:
+            k = entries[f : f + n]
+            assert np.all(lay.rows[k] // tr * tr == r) and np.all(lay.cols[k] // tc * tc == c), "block off tile"
+        tile = lay.rows[entries] // tr * 10000 + lay.cols[entries] // tc
+        key = tile.astype(np.int64) * 10**8 + lay.rows[entries] * 10**4 + lay.cols[entries]
+        assert np.all(np.diff(key) > 0), "entries not sorted by tile, row, column"
+        per_tile = {}
+        for r, c, _, n in items:
+            per_tile.setdefault((r, c), []).append(n)
+        assert all(max(v) - min(v) <= 1 for v in per_tile.values()), "a tile's items are unbalanced"
+
+
 def test_ffma_update_splits(monkeypatch):
     """ffma_update_splits: 1 when the groups fill whole waves, more when they leave SMs idle; bounded by
     chunks // 4 and 64; the workspace cost keeps it from splitting short batches."""
@@ -493,6 +524,19 @@ def test_ffma_update_splits(monkeypatch):
         for chunks in (1, 3, 8, 40, 128, 10000):
             s = G.ffma_update_splits(ctas, chunks, ctas * 8, 32, 8, 32, 2, 99)
             assert 1 <= s <= max(1, min(chunks // 4, 64))
+
+
+def test_tile_update_splits(monkeypatch):
+    """tile_update_splits: 1 from about one wave of items (2 per SM) up, several below; bounded by
+    chunks // 4 and 64."""
+    from cusparseblocks import _matmul_gpu as G
+
+    monkeypatch.setitem(G._SM_COUNT, 99, 132)
+    assert G.tile_update_splits(256, 128, 99) == 1 and G.tile_update_splits(512, 128, 99) == 1
+    assert G.tile_update_splits(100, 128, 99) == 3 and G.tile_update_splits(5, 128, 99) == 32
+    for ctas in (1, 7, 50, 133, 300, 1000):
+        for chunks in (1, 3, 8, 40, 128, 10000):
+            assert 1 <= G.tile_update_splits(ctas, chunks, 99) <= max(1, min(chunks // 4, 64))
 
 
 # ---- the tensor-core kernels on the CPU ----
@@ -531,6 +575,14 @@ def _emulated_updat_cases():
     return [(b, *c, *types[(i + j) % 4]) for i, b in enumerate((8, 16, 32)) for j, c in enumerate(combos)]
 
 
+def _emulated_tile_cases():
+    """(variant, splits, dtype, out dtype): every updat_tile_tc tile (b = 16), one pass or a 2-way split."""
+    from cusparseblocks import _matmul_gpu as G
+
+    types = [("float16", "float16"), ("bfloat16", "float32"), ("bfloat16", "bfloat16"), ("float16", "float32")]
+    return [(v, 1 + j % 2, *types[(i + j) % 4]) for i, v in enumerate(G.UPDAT_TILE_TILES[16]) for j in range(2)]
+
+
 def _emulated_ffma_cases():
     """(block size, variant, op, feature axis): xw_ffma's default tile of each block size on both axes and
     both ops, every other tile on two rotating (axis, op) pairs."""
@@ -566,6 +618,8 @@ def _emulated_specs():
                      else G.xw_wide_spec(dt, odt, b, variant, axis, trans))
     for b, axis, aligned, _, dt, odt in _emulated_updat_cases():
         specs += [G.updat_tc_spec(dt, odt, b, axis, aligned), G.updat_reduce_spec(odt)]
+    for variant, _, dt, odt in _emulated_tile_cases():
+        specs += [G.updat_tile_spec(dt, odt, 16, variant), G.updat_reduce_spec(odt)]
     return list(dict.fromkeys(specs))
 
 
@@ -598,7 +652,8 @@ def bsmm_emulator(tmp_path_factory):
     d = tmp_path_factory.mktemp("bsmm_emu")
     (d / "bsmm_emu.cu").write_text(_bsmm_emulation_source())
     macro = {"xw_tc": "XW_TC", "xw_wide_tc": "XW_WIDE_TC", "updat_tc": "UPDAT_TC", "updat_reduce": "UPDAT_REDUCE",
-             "xw_ffma": "XW_FFMA", "updat_ffma": "UPDAT_FFMA"}
+             "xw_ffma": "XW_FFMA", "updat_ffma": "UPDAT_FFMA",
+             "updat_tile_tc": "UPDAT_TILE_TC"}
     lines = [f"{macro[m.group(1)]}({m.group(2)})," for m in (re.fullmatch(r"(\w+)<(.*)>", s.name)
                                                               for s in _emulated_specs())]
     (d / "bsmm_kernels.inc").write_text("\n".join(lines) + "\n")
@@ -734,6 +789,42 @@ def test_updat_kernel_emulated(rng, monkeypatch, bsmm_emulator, case):
                   (xb, dyb, xoff, dyoff, np.array(ns, np.int64), chunks, np.int32(len(ns)), groups, rows, cols,
                    dw, ws, np.int32(op.layout.nnz), np.int64(op.K), np.int64(op.M), np.int32(accumulate)),
                   G.updat_tc_smem(b, axis))
+    if splits > 1:
+        count = dw.size
+        bsmm_emulator(G.updat_reduce_spec(odt), (min(-(-count // 256), 4),), (256,),
+                      (ws, dw, np.int32(splits), np.int64(count), np.int32(accumulate)))
+    assert_close(dw, ref, dt, f"{spec.name} ns={ns} splits={splits}")
+
+
+@pytest.mark.parametrize("case", _emulated_tile_cases(), ids=lambda c: "-".join(map(str, c)))
+def test_updat_tile_emulated(rng, monkeypatch, bsmm_emulator, case):
+    """updat_tile_tc over a grouped update of two ragged pairs: a layout of 2 × 2 tiles with partial edge tiles
+    (features past the layout zero-filled), dense tiles split into several items, an empty block row and
+    column; one pass or split in 2 (fp32 workspace, then updat_reduce); every element against float64."""
+    from test_matmul_gpu import _ref64
+
+    from cusparseblocks import _matmul_gpu as G
+
+    variant, splits, dt, odt = case
+    tr, tc, warps, bpw, nc, _ = G.UPDAT_TILE_TILES[16][variant]
+    mask = _emulation_mask(rng, tr + 3, tc + 2)
+    mask[:tr, :tc] |= rng.random((tr, tc)) < 0.5  # the first tile holds more than one item's blocks
+    op, (items, entries) = _emulated_op(monkeypatch, mask, 16, 1, ("tiles", tr, tc, warps * bpw))
+    assert (items[:, 3] <= warps * bpw).all() and np.bincount(items[:, 0] * 1000 + items[:, 1]).max() > 1
+    rows, cols = (np.asarray(t) for t in G._tables(op, "updat", 0))
+    ns = [nc + 5, 37]  # ragged last chunks
+    xs = [random_array(rng, (n, op.K), dt) for n in ns]
+    dys = [random_array(rng, (n, op.M), dt) for n in ns]
+    ref = _ref64(op, "updat", xs, dys)
+    (xb, xoff), (dyb, dyoff) = _pair_blob(xs), _pair_blob(dys)
+    chunks = np.concatenate([[0], np.cumsum(-(-np.array(ns) // nc))]).astype(np.int64)
+    dw, ref, accumulate = _emulated_output(rng, ref, odt)
+    ws = np.full((splits, op.layout.nnz, 16, 16), np.nan, np.float32) if splits > 1 else np.uint64(0)
+    spec = G.updat_tile_spec(dt, odt, 16, variant)
+    bsmm_emulator(spec, (items.shape[0], splits), (warps * 32,),
+                  (xb, dyb, xoff, dyoff, np.array(ns, np.int64), chunks, np.int32(len(ns)), items, entries, rows,
+                   cols, dw, ws, np.int32(op.layout.nnz), np.int64(op.K), np.int64(op.M), np.int32(accumulate)),
+                  G.updat_tile_smem(16, variant))
     if splits > 1:
         count = dw.size
         bsmm_emulator(G.updat_reduce_spec(odt), (min(-(-count // 256), 4),), (256,),

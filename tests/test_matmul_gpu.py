@@ -440,10 +440,10 @@ def test_wgmma_default_and_fallbacks(rng, block_size):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("out_dtype", [None, "float32"])
 def test_wgmma_update(rng, monkeypatch, block_size, variant, dtype, out_dtype):
-    """updat_gmma / updat_gmma32 (b = 64 / 32 on sm_90): block rows of 1 to 7 blocks (partly empty groups, an
-    empty second block of a b = 32 pair), a grouped
-    update of pairs with ragged batch sizes, one split and several (split partials + updat_reduce),
-    accumulate; asserts that updat_gmma ran."""
+    """updat_gmma / updat_gmma32 / updat_gmma_stack (b = 64 / 32 / 16, 8 on sm_90): an empty block row, block
+    rows of 1 to 20 blocks (partly empty groups, empty stacked slots and whole empty warpgroups of the b <= 32
+    tiles, rows of several groups), a grouped update of pairs with ragged batch sizes, one split and several
+    (in-launch split finish), accumulate, every element against float64; asserts that the variant ran."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
@@ -453,9 +453,10 @@ def test_wgmma_update(rng, monkeypatch, block_size, variant, dtype, out_dtype):
     spec_fn = _matmul_gpu.updat_gmma_spec
     monkeypatch.setattr(_matmul_gpu, "updat_gmma_spec", lambda *a: calls.append(a) or spec_fn(*a))
     monkeypatch.setattr(_matmul_gpu, "updat_gmma_variant", variant)
-    mask = np.zeros((7, 9), bool)
-    for r in range(7):
-        mask[r, rng.choice(9, r + 1, replace=False)] = True
+    counts = [1, 0, 2, 3, 5, 4, 9, 13, 20]  # blocks per block row (row 1 empty)
+    mask = np.zeros((len(counts), 20), bool)
+    for r, c in enumerate(counts):
+        mask[r, rng.choice(20, c, replace=False)] = True
     op = BlockSparseMatMul(mask, block_size)
     odt = out_dtype or dtype
     for ns in ([300], [77, 130, 64, 5], [4000]):  # [4000]: enough chunks per CTA for several splits
@@ -470,6 +471,86 @@ def test_wgmma_update(rng, monkeypatch, block_size, variant, dtype, out_dtype):
         op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
         assert_close(acc, acc0 + ref64, dtype, f"updat accumulate {ns}")
     assert calls and all(c[2:] == (block_size, variant) for c in calls), "updat_gmma did not run"
+
+
+@pytest.mark.parametrize("variant", list(_matmul_gpu_tiles.UPDAT_TILE_TILES[16]))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("out_dtype", [None, "float32"])
+def test_tile_update(rng, monkeypatch, variant, dtype, out_dtype):
+    """updat_tile_tc (b = 16, 2-D layout tiles): partial edge tiles, tiles of more blocks than one CTA takes,
+    an empty block row, a grouped update of ragged pairs, one pass (forced) and several splits (updat_reduce),
+    accumulate, every element against float64; asserts that the tile kernel ran."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    calls = []
+    spec_fn = _matmul_gpu.updat_tile_spec
+    monkeypatch.setattr(_matmul_gpu, "updat_tile_spec", lambda *a: calls.append(a) or spec_fn(*a))
+    monkeypatch.setattr(_matmul_gpu, "updat_tile_variant", variant)
+    mask = rng.random((21, 26)) < 0.3
+    mask[:8, :8] = True  # a dense corner: more blocks in a tile than one CTA takes
+    mask[9] = False
+    op = BlockSparseMatMul(mask, 16)
+    odt = out_dtype or dtype
+    splits = []
+    real = _matmul_gpu.tile_update_splits
+    for ns, force in (([300], None), ([77, 130, 64, 5], 1), ([4000], None), ([4000], 1)):
+        # these few items get several splits by default; force = 1: one pass
+        monkeypatch.setattr(_matmul_gpu, "tile_update_splits",
+                            lambda *a, f=force: splits.append(f or real(*a)) or splits[-1])
+        xs = [random_array(rng, (n, op.K), dtype) for n in ns]
+        dys = [random_array(rng, (n, op.M), dtype) for n in ns]
+        ref64 = _ref64(op, "updat", xs, dys)
+        dw = poison(cp, op.w_shape, odt)
+        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=dw)
+        assert_close(dw, ref64, dtype, f"updat {ns}")
+        acc = cp.asarray(random_array(rng, op.w_shape, odt))
+        acc0 = acc.get().astype(np.float64)
+        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
+        assert_close(acc, acc0 + ref64, dtype, f"updat accumulate {ns}")
+    assert calls and all(c[2:] == (16, variant) for c in calls), "updat_tile_tc did not run"
+    assert 1 in splits and max(splits) > 1, f"splits {splits}: both paths expected"
+
+
+@pytest.mark.parametrize("block_size", list(_matmul_gpu_tiles.UPDAT_GMMA_TILES))
+def test_wgmma_update_default_and_fallback(rng, monkeypatch, block_size):
+    """On an sm_90 device the fp16/bf16 feature-axis-1 update runs the wgmma kernel by default (from
+    UPDAT_GMMA_MIN_DENSITY up; below it updat_tc); with gmma_enabled = False it runs updat_tc; all against
+    float64, split and unsplit."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    _needs_wgmma()
+    calls = []
+    gmma_fn, tc_fn = _matmul_gpu.updat_gmma_spec, _matmul_gpu.updat_tc_spec
+    monkeypatch.setattr(_matmul_gpu, "updat_gmma_spec", lambda *a: calls.append("gmma") or gmma_fn(*a))
+    monkeypatch.setattr(_matmul_gpu, "updat_tc_spec", lambda *a: calls.append("tc") or tc_fn(*a))
+    op = BlockSparseMatMul(_layout(rng, 6, 7, 0.5), block_size)
+    for enabled, kernel in ((True, "gmma"), (False, "tc")):
+        monkeypatch.setattr(_matmul_gpu, "gmma_enabled", enabled)
+        for n in (333, 3000):
+            x = random_array(rng, (n, op.K), "bfloat16")
+            dy = random_array(rng, (n, op.M), "bfloat16")
+            dw = poison(cp, op.w_shape, "bfloat16")
+            op.updat(cp.asarray(x), cp.asarray(dy), out=dw)
+            assert_close(dw, _ref64(op, "updat", [x], [dy]), "bfloat16", f"updat {kernel} n={n}")
+        assert calls and set(calls) == {kernel}, f"gmma_enabled={enabled}: ran {calls}, not {kernel}"
+        calls.clear()
+    least = _matmul_gpu.UPDAT_GMMA_MIN_DENSITY.get(block_size, 0.0)
+    if least > 0:  # a layout below the density rule: updat_tc by default
+        monkeypatch.setattr(_matmul_gpu, "gmma_enabled", True)
+        mask = np.zeros((30, 30), bool)
+        mask[np.arange(30), (np.arange(30) * 7) % 30] = True
+        op = BlockSparseMatMul(mask, block_size)
+        assert op.layout.density < least
+        x = random_array(rng, (333, op.K), "float16")
+        dy = random_array(rng, (333, op.M), "float16")
+        dw = poison(cp, op.w_shape, "float16")
+        op.updat(cp.asarray(x), cp.asarray(dy), out=dw)
+        assert_close(dw, _ref64(op, "updat", [x], [dy]), "float16", "updat below the density rule")
+        assert calls == ["tc"], f"density {op.layout.density:.3f} < {least}: ran {calls}, not updat_tc"
 
 
 @pytest.mark.parametrize("block_size", [8, 32])

@@ -31,6 +31,10 @@ static void relocate_pair_tables() {
 #define UPDAT_TC(T, TO, ...) {"updat_tc<" #T ", " #TO ", " #__VA_ARGS__ ">", [] { relocate_pair_tables(); \
   return [] { updat_tc<T, TO, __VA_ARGS__>(P<long long>(2), P<long long>(3), P<long long>(4), P<long long>(5), \
   I(6), P<int>(7), P<int>(8), P<int>(9), P<TO>(10), P<float>(11), I(12), L(13), L(14), I(15)); }; }}
+#define UPDAT_TILE_TC(T, TO, ...) {"updat_tile_tc<" #T ", " #TO ", " #__VA_ARGS__ ">", [] { relocate_pair_tables(); \
+  return [] { updat_tile_tc<T, TO, __VA_ARGS__>(P<long long>(2), P<long long>(3), P<long long>(4), \
+  P<long long>(5), I(6), P<int>(7), P<int>(8), P<int>(9), P<int>(10), P<TO>(11), P<float>(12), I(13), L(14), \
+  L(15), I(16)); }; }}
 #define XW_FFMA(...) {"xw_ffma<" #__VA_ARGS__ ">", [] { return [] { xw_ffma<__VA_ARGS__>( \
   P<float>(0), P<float>(1), P<float>(2), P<int>(3), P<int2>(4), P<int>(5), L(6), L(7), L(8), I(9)); }; }}
 #define UPDAT_FFMA(...) {"updat_ffma<" #__VA_ARGS__ ">", [] { relocate_pair_tables(); \
