@@ -154,6 +154,11 @@ UPDAT_TC_TILES = {64: (4, 8, 32, 4), 32: (4, 4, 64, 3), 16: (4, 4, 64, 4), 8: (8
 # tile and reads the tile's x [NC][TR·b] and dy [NC][TC·b] chunks once for all of them
 UPDAT_TILE_TILES = {16: {"tile16": (16, 16, 8, 8, 32, 3), "tile8": (8, 8, 4, 4, 64, 3)}}
 updat_tile_variant = None  # benchmarks: an entry of UPDAT_TILE_TILES
+# block_size -> the least layout density from which the first UPDAT_TILE_TILES entry is the default update
+# (fp16/bf16, feature axis 1, aligned, gmma_enabled, no variant forced). H100, N = K = M = 4096, fp16, one run
+# (bench/results/bsmm_gmma-20261126-0838): tile16 104 / 70 / 41 TFLOP/s at d = 0.5 / 0.2 / 0.05 against
+# updat_gmma_stack q2_nc128 72 / 57 / 40 and updat_tc 47 / 46 / 35.
+UPDAT_TILE_MIN_DENSITY = {16: 0.1}
 UPDAT_SIMT_NC = 32
 SMALL_N = 64
 LARGE_N = 2048
@@ -1155,8 +1160,11 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
         groups = _tables(op_obj, ("groups", g) if xr == 1 else ("groups", g, xr), dev)
         grid, threads, extra = groups.shape[0], g * (b // 8) ** 2, (groups,)
         per_sm = -1 if xr == 2 else 0  # -1: computed from the compiled kernel below
-    elif dtype != "float32" and updat_tile_variant in UPDAT_TILE_TILES.get(b, {}) and axis == 1 and aligned:
-        variant = updat_tile_variant
+    elif dtype != "float32" and axis == 1 and aligned and (
+            updat_tile_variant in UPDAT_TILE_TILES.get(b, {})
+            or (updat_tile_variant is None and updat_gmma_variant is None and gmma_enabled
+                and op_obj.layout.density >= UPDAT_TILE_MIN_DENSITY.get(b, 2.0))):
+        variant = updat_tile_variant or next(iter(UPDAT_TILE_TILES[b]))
         tr, tc, warps, bpw, nc, _ = UPDAT_TILE_TILES[b][variant]
         spec, smem = updat_tile_spec(dtype, odt, b, variant), updat_tile_smem(b, variant)
         extra = _tables(op_obj, ("tiles", tr, tc, warps * bpw), dev)

@@ -516,19 +516,22 @@ def test_tile_update(rng, monkeypatch, variant, dtype, out_dtype):
 @pytest.mark.parametrize("block_size", list(_matmul_gpu_tiles.UPDAT_GMMA_TILES))
 def test_wgmma_update_default_and_fallback(rng, monkeypatch, block_size):
     """On an sm_90 device the fp16/bf16 feature-axis-1 update runs the wgmma kernel by default (from
-    UPDAT_GMMA_MIN_DENSITY up; below it updat_tc); with gmma_enabled = False it runs updat_tc; all against
-    float64, split and unsplit."""
+    UPDAT_GMMA_MIN_DENSITY up; below it updat_tc; b = 16 from UPDAT_TILE_MIN_DENSITY up: updat_tile_tc); with
+    gmma_enabled = False it runs updat_tc; all against float64, split and unsplit."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
 
     _needs_wgmma()
     calls = []
-    gmma_fn, tc_fn = _matmul_gpu.updat_gmma_spec, _matmul_gpu.updat_tc_spec
+    gmma_fn, tc_fn, tile_fn = _matmul_gpu.updat_gmma_spec, _matmul_gpu.updat_tc_spec, _matmul_gpu.updat_tile_spec
     monkeypatch.setattr(_matmul_gpu, "updat_gmma_spec", lambda *a: calls.append("gmma") or gmma_fn(*a))
     monkeypatch.setattr(_matmul_gpu, "updat_tc_spec", lambda *a: calls.append("tc") or tc_fn(*a))
+    monkeypatch.setattr(_matmul_gpu, "updat_tile_spec", lambda *a: calls.append("tile") or tile_fn(*a))
     op = BlockSparseMatMul(_layout(rng, 6, 7, 0.5), block_size)
-    for enabled, kernel in ((True, "gmma"), (False, "tc")):
+    # b = 16 from UPDAT_TILE_MIN_DENSITY up: updat_tile_tc is the default
+    tile = op.layout.density >= _matmul_gpu.UPDAT_TILE_MIN_DENSITY.get(block_size, 2.0)
+    for enabled, kernel in ((True, "tile" if tile else "gmma"), (False, "tc")):
         monkeypatch.setattr(_matmul_gpu, "gmma_enabled", enabled)
         for n in (333, 3000):
             x = random_array(rng, (n, op.K), "bfloat16")
