@@ -19,6 +19,7 @@
 // for its wgmma group s - 2 before the barrier), then waits for its group s - 1. The epilogue writes
 // the fp32 accumulators straight from registers (two consecutive features per thread).
 #include "gmma.cuh"
+#include "update.cuh"
 
 // sm_90a only (compiler.py compiles this source for that target alone). x, w, y 16-byte aligned;
 // in_features and out_features multiples of BS (always: they are block counts · BS).
@@ -145,8 +146,8 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     }
     __syncthreads();
     const i64 xcol = (i64)rows[blk_s[0]] * BS;
-    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
-    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    int q0, total;  // this split's chunks
+    update_split(chunk_ptr, pairs, q0, total);
     const int wg = threadIdx.x / 128;
     const bool active = blk_s[wg] >= 0;
 
@@ -167,13 +168,12 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
 #pragma unroll
     for (int t = 0; t < G; t++) tcol[1 + t] = ycol_s[t] < 0 ? -1 : ycol_s[t] + j * 8;
 
-    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    UpdatePairs<T> walk{x_ptrs, dy_ptrs, ns, chunk_ptr};  // the loader's pair
     auto load_stage = [&](int q, int slot) {
-        q += q0;
-        while (chunk_ptr[lp + 1] <= q) lp++;
-        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
-        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
-        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC + r0;
+        const UpdateChunk<T> ch = walk.chunk(q0 + q, NC);
+        const T* xp = ch.x;
+        const T* dyp = ch.dy;
+        const i64 nt = ch.rows, n0 = ch.n0 + r0;
         const unsigned dst = base + slot * STAGE;
 #pragma unroll
         for (int t = 0; t <= G; t++) {
@@ -265,8 +265,8 @@ updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__
     }
     __syncthreads();
     const i64 xcol = (i64)rows[blk_s[0]] * BS;
-    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
-    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    int q0, total;  // this split's chunks
+    update_split(chunk_ptr, pairs, q0, total);
     const int wg = threadIdx.x / 128;
 
     float acc[16];
@@ -287,13 +287,12 @@ updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__
     for (int t = 0; t < G; t++) acol[t] = ycol_s[2 * t + h] < 0 ? -1 : ycol_s[2 * t + h] + ja * 8;
     const i64 bcol = xcol + jb * 8;
 
-    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    UpdatePairs<T> walk{x_ptrs, dy_ptrs, ns, chunk_ptr};  // the loader's pair
     auto load_stage = [&](int q, int slot) {
-        q += q0;
-        while (chunk_ptr[lp + 1] <= q) lp++;
-        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
-        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
-        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        const UpdateChunk<T> ch = walk.chunk(q0 + q, NC);
+        const T* xp = ch.x;
+        const T* dyp = ch.dy;
+        const i64 nt = ch.rows, n0 = ch.n0;
         const unsigned dst = base + slot * STAGE;
 #pragma unroll
         for (int t = 0; t < G; t++) {
@@ -364,37 +363,6 @@ updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__
     if (gridDim.y > 1) finish_splits<TO, BS, 2 * G, THREADS>(blk_s, ws, dw, done, nnz, accumulate);
 }
 
-// ---- the update for BS = 16 and 8: warpgroups stack 4 or 8 blocks ----
-// wgmma m64n16k16 / m64n8k16 (D[64 × BS] += A[64 × 16]·B[16 × BS], A M-major, B N-major, both from shared
-// memory), kept next to their one user so that gmma.cuh stays as the other sm_90a sources include it.
-namespace gmma_stack {
-template <typename T, int N> struct Mma;
-#define GMMA_STACK_N(TY, N, NR, REGS, OPS)                                                                  \
-    template <> struct Mma<TY, N> {                                                                        \
-        static __device__ __forceinline__ void run(float (&d)[NR], unsigned long long a, unsigned long long b) { \
-            asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
-                         REGS ", %" #NR ", %" OPS ", 1, 1, 1, 1, 1;\n"                                       \
-                         : GMMA_STACK_D##NR                                                                  \
-                         : "l"(a), "l"(b));                                                                  \
-        }                                                                                                  \
-    };
-#define GMMA_STACK_D8 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-#define GMMA_STACK_D4 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-GMMA_STACK_N(__half, 16, 8, "{%0, %1, %2, %3, %4, %5, %6, %7}", "9")
-GMMA_STACK_N(__nv_bfloat16, 16, 8, "{%0, %1, %2, %3, %4, %5, %6, %7}", "9")
-GMMA_STACK_N(__half, 8, 4, "{%0, %1, %2, %3}", "5")
-GMMA_STACK_N(__nv_bfloat16, 8, 4, "{%0, %1, %2, %3}", "5")
-
-// Descriptor of an N-major (MN-major) B tile of 16-byte rows without swizzle (interleave mode 0): the PTX
-// ISA's canonical MN-major layout ((T, 1, m), (8, k)) : ((1, T, SBO), (T, LBO)), T = 8 elements, i.e. core
-// matrices of 8 consecutive k-rows of 16 bytes (128 contiguous bytes), the next 8 k-rows LBO bytes further
-// and the next 8 n SBO bytes further. A [NC][8] tile stored row by row is exactly that with LBO = 128; with
-// N = 8 there is no second core matrix along n, so SBO is never used (128 as well).
-__device__ __forceinline__ unsigned long long desc_interleave(unsigned addr) {
-    return (unsigned long long)((addr >> 4) & 0x3FFF) | (8ull << 16) | (8ull << 32);
-}
-}  // namespace gmma_stack
-
 // updat_gmma_stack: the update for BS = 16 / 8 on wgmma (feature axis 1, aligned pairs; arguments, groups,
 // splits, order and the in-launch split finish as updat_gmma32). Warpgroup g stacks the transposes of the
 // S = 64 / BS blocks in slots S·g .. S·g + S - 1 of its group (one block row, columns c_1 .. c_S):
@@ -434,8 +402,8 @@ updat_gmma_stack(const long long* __restrict__ x_ptrs, const long long* __restri
     }
     __syncthreads();
     const i64 xcol = (i64)rows[blk_s[0]] * BS;
-    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
-    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    int q0, total;  // this split's chunks
+    update_split(chunk_ptr, pairs, q0, total);
     const int wg = threadIdx.x / 128;
 
     constexpr int NACC = BS / 2;
@@ -470,13 +438,12 @@ updat_gmma_stack(const long long* __restrict__ x_ptrs, const long long* __restri
     i64 bcol = xcol + jb * 8, step_a = RPT_A * out_features, step_b = RPT_B * in_features;
     asm volatile("" : "+l"(bcol), "+l"(step_a), "+l"(step_b));
 
-    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    UpdatePairs<T> walk{x_ptrs, dy_ptrs, ns, chunk_ptr};  // the loader's pair
     auto load_stage = [&](int q, int slot) {
-        q += q0;
-        while (chunk_ptr[lp + 1] <= q) lp++;
-        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
-        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
-        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        const UpdateChunk<T> ch = walk.chunk(q0 + q, NC);
+        const T* xp = ch.x;
+        const T* dyp = ch.dy;
+        const i64 nt = ch.rows, n0 = ch.n0;
         const unsigned dst = base + slot * STAGE;
         const T* dyrow = dyp + (n0 + ra) * out_features;
 #pragma unroll
@@ -513,9 +480,9 @@ updat_gmma_stack(const long long* __restrict__ x_ptrs, const long long* __restri
         for (int kk = 0; kk < NC / 16; kk++) {
             const unsigned long long da = desc<128>(sa + kk * 16 * 128);
             if constexpr (BS == 16)
-                gmma_stack::Mma<T, 16>::run(acc, da, desc<32>(sb + kk * 16 * B_ROW));
+                Gmma<T, 16, 1, 1>::run(acc, da, desc<32>(sb + kk * 16 * B_ROW));
             else
-                gmma_stack::Mma<T, 8>::run(acc, da, gmma_stack::desc_interleave(sb + kk * 16 * B_ROW));
+                Gmma<T, 8, 1, 1>::run(acc, da, desc_interleave(sb + kk * 16 * B_ROW));
         }
         wgmma_commit();
         const int next = q + STAGES - 2;

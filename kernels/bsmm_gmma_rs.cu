@@ -28,60 +28,6 @@
 // s + 1 loads the next ones. Epilogue from registers, two consecutive features per thread.
 #include "gmma.cuh"
 
-namespace gmma_rs {
-
-#define GMMA_RS_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), \
-                      "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-#define GMMA_RS_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB)
-
-// D[64 × N] += A[64 × 16] · B[16 × N]: A in registers (4 × b32 a thread, K-major), B through a descriptor,
-// K-major (TB = 0) or N-major (TB = 1); fp32 accumulators, N / 2 a thread. (A guard predicate on the wgmma
-// compiles to a branch and a wgmma.fence per instruction: the kernel branches per column instead.)
-template <typename T, int N, int TB> struct GmmaRS;
-#define GMMA_RS_N16(TY)                                                                                     \
-    template <int TB> struct GmmaRS<TY, 16, TB> {                                                            \
-        static __device__ __forceinline__ void run(float (&d)[8], const unsigned (&a)[4], unsigned long long b) { \
-            asm volatile("wgmma.mma_async.sync.aligned.m64n16k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
-                         "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, 1, 1, 1, %13;\n"     \
-                         : GMMA_RS_D8(0)                                                                     \
-                         : GMMA_RS_IN);                                                                      \
-        }                                                                                                    \
-    };
-#define GMMA_RS_N32(TY)                                                                                     \
-    template <int TB> struct GmmaRS<TY, 32, TB> {                                                            \
-        static __device__ __forceinline__ void run(float (&d)[16], const unsigned (&a)[4], unsigned long long b) { \
-            asm volatile("wgmma.mma_async.sync.aligned.m64n32k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
-                         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "          \
-                         "{%16, %17, %18, %19}, %20, 1, 1, 1, %21;\n"                                    \
-                         : GMMA_RS_D8(0), GMMA_RS_D8(8)                                                      \
-                         : GMMA_RS_IN);                                                                      \
-        }                                                                                                    \
-    };
-#define GMMA_RS_N64(TY)                                                                                     \
-    template <int TB> struct GmmaRS<TY, 64, TB> {                                                            \
-        static __device__ __forceinline__ void run(float (&d)[32], const unsigned (&a)[4], unsigned long long b) { \
-            asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
-                         "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
-                         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, " \
-                         "{%32, %33, %34, %35}, %36, 1, 1, 1, %37;\n"                                    \
-                         : GMMA_RS_D8(0), GMMA_RS_D8(8), GMMA_RS_D8(16), GMMA_RS_D8(24)                     \
-                         : GMMA_RS_IN);                                                                      \
-        }                                                                                                    \
-    };
-GMMA_RS_N16(__half)
-GMMA_RS_N16(__nv_bfloat16)
-GMMA_RS_N32(__half)
-GMMA_RS_N32(__nv_bfloat16)
-GMMA_RS_N64(__half)
-GMMA_RS_N64(__nv_bfloat16)
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-}  // namespace gmma_rs
 
 // sm_90a only. x, w, y 16-byte aligned; in_features and out_features multiples of BS. MINB: CTAs per SM
 // the register budget is set for. ALL = 1: every column's wgmmas are issued, absent blocks multiplied as
@@ -96,7 +42,6 @@ __global__ void __launch_bounds__(256, MINB)
 xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
            const int* __restrict__ records, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
     using namespace gmma;
-    using namespace gmma_rs;
     static_assert(BS == 16 || BS == 32 || BS == 64, "wgmma column groups: BS = 16, 32 or 64");
     static_assert(C >= 1 && STAGES >= 3 && R >= 1, "tile; the slot of stage s - 2 is refilled at stage s");
     constexpr int THREADS = 256, BM = 128, NS = R * C;  // NS w slots a record

@@ -14,6 +14,7 @@
 // ALIGNED = 0 replaces every 16-byte async copy (x, dy and w) by element loads: pointers that are not
 // 16-byte aligned, or AXIS = 0 with a batch size that is not a multiple of 4. All global indices are 64-bit.
 #include "common.cuh"
+#include "update.cuh"
 
 // ------------------------------------------------------------------------------------------------
 // PTX wrappers (own names: this file is compiled on its own, but keeps clear of bsmm.cu's helpers)
@@ -294,8 +295,8 @@ updat_tf32(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     }
     __syncthreads();
     const i64 xcol = (i64)rows[blk_s[0]] * BS;
-    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
-    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    int q0, total;  // this split's chunks
+    update_split(chunk_ptr, pairs, q0, total);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int gw = warp / WPB, m0 = (warp % WPB) * WTM;
     const int g = lane / 4, t = lane % 4;
@@ -309,13 +310,12 @@ updat_tf32(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
 
-    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    UpdatePairs<float> walk{x_ptrs, dy_ptrs, ns, chunk_ptr};  // the loader's pair
     auto load_stage = [&](int q, int slot) {
-        q += q0;
-        while (chunk_ptr[lp + 1] <= q) lp++;
-        const float* xp = reinterpret_cast<const float*>(x_ptrs[lp]);
-        const float* dyp = reinterpret_cast<const float*>(dy_ptrs[lp]);
-        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        const UpdateChunk<float> ch = walk.chunk(q0 + q, NC);
+        const float* xp = ch.x;
+        const float* dyp = ch.dy;
+        const i64 nt = ch.rows, n0 = ch.n0;
         float* base = smem + slot * STAGE;
         tf32_load_act<NC, BS, S, AXIS, THREADS, ALIGNED>(base, xp, nt, in_features, n0, xcol);
 #pragma unroll

@@ -1,6 +1,7 @@
-// wgmma helpers shared by the sm_90a kernels (bsmm_gmma.cu): shared-memory addresses, cp.async,
-// proxy fences, wgmma fence/commit/wait, the swizzled tile layouts and matrix descriptors, the
-// shared-memory-operand wgmma wrappers, paired epilogue stores and the in-launch split finish.
+// wgmma helpers shared by the sm_90a kernels (bsmm_gmma.cu, bsmm_gmma_rs.cu): shared-memory addresses,
+// cp.async, proxy fences, wgmma fence/commit/wait, the swizzled and interleaved tile layouts and matrix
+// descriptors, the wgmma wrappers (both operands in shared memory, or A in registers) for N = 8 .. 64,
+// ldmatrix, paired epilogue stores and the in-launch split finish.
 #pragma once
 #include "common.cuh"
 
@@ -42,41 +43,68 @@ __device__ __forceinline__ unsigned long long desc(unsigned addr) {
            ((unsigned long long)((8 * ROW) >> 4) << 32) | (mode << 62);
 }
 
-#define GMMA_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), \
-                   "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-
-// D[64 × N] += A[64 × 16] · B[16 × N], fp32 accumulators (N / 2 per thread); A K-major (TA = 0) or
-// M-major (TA = 1), B K-major (TB = 0) or N-major (TB = 1).
-template <typename T, int N, int TA, int TB> struct Gmma;
-#define GMMA_N64(TY)                                                                                       \
-    template <int TA, int TB> struct Gmma<TY, 64, TA, TB> {                                                            \
-        static __device__ __forceinline__ void run(float (&d)[32], unsigned long long a, unsigned long long b) { \
-            asm volatile(                                                                                  \
-                "wgmma.mma_async.sync.aligned.m64n64k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "         \
-                "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                  \
-                "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "        \
-                "%32, %33, 1, 1, 1, %34, %35;\n"                                                          \
-                : GMMA_D8(0), GMMA_D8(8), GMMA_D8(16), GMMA_D8(24)                                          \
-                : "l"(a), "l"(b), "n"(TA), "n"(TB));                                                                \
-        }                                                                                                  \
-    };
-#define GMMA_N32(TY)                                                                                       \
-    template <int TA, int TB> struct Gmma<TY, 32, TA, TB> {                                                            \
-        static __device__ __forceinline__ void run(float (&d)[16], unsigned long long a, unsigned long long b) { \
-            asm volatile(                                                                                  \
-                "wgmma.mma_async.sync.aligned.m64n32k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "         \
-                "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "                 \
-                "%16, %17, 1, 1, 1, %18, %19;\n"                                                          \
-                : GMMA_D8(0), GMMA_D8(8)                                                                   \
-                : "l"(a), "l"(b), "n"(TA), "n"(TB));                                                                \
-        }                                                                                                  \
-    };
+// The accumulators of an m64nNk16 wgmma: N / 2 fp32 registers a thread, asm operands 0 .. N / 2 - 1
+#define GMMA_D4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+#define GMMA_D8(i) GMMA_D4(i), GMMA_D4(i + 4)
+#define GMMA_ACC8 GMMA_D4(0)
+#define GMMA_ACC16 GMMA_D8(0)
+#define GMMA_ACC32 GMMA_D8(0), GMMA_D8(8)
+#define GMMA_ACC64 GMMA_D8(0), GMMA_D8(8), GMMA_D8(16), GMMA_D8(24)
 #define GMMA_PTX___half "f16"
 #define GMMA_PTX___nv_bfloat16 "bf16"
-GMMA_N64(__half)
-GMMA_N64(__nv_bfloat16)
-GMMA_N32(__half)
-GMMA_N32(__nv_bfloat16)
+
+// D[64 × N] += A[64 × 16] · B[16 × N], fp32 accumulators (N / 2 per thread):
+//   Gmma:   A and B from shared memory through descriptors; A K-major (TA = 0) or M-major (TA = 1);
+//   GmmaRS: A in registers (4 × b32 a thread: mma.sync's m16k16 fragment per warp, K-major);
+// B K-major (TB = 0) or N-major (TB = 1). (A guard predicate on a wgmma compiles to a branch and a
+// wgmma.fence per instruction: callers branch around groups of them instead.)
+template <typename T, int N, int TA, int TB> struct Gmma;
+template <typename T, int N, int TB> struct GmmaRS;
+// one shape for one input type: REGS is the PTX list of the accumulators, SS / RS the operands after it
+#define GMMA_SHAPE(TY, N, REGS, SS, RS)                                                                     \
+    template <int TA, int TB> struct Gmma<TY, N, TA, TB> {                                                 \
+        static __device__ __forceinline__ void run(float (&d)[N / 2], unsigned long long a, unsigned long long b) { \
+            asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
+                         REGS ", " SS ";\n"                                                                \
+                         : GMMA_ACC##N                                                                     \
+                         : "l"(a), "l"(b), "n"(TA), "n"(TB));                                              \
+        }                                                                                                  \
+    };                                                                                                     \
+    template <int TB> struct GmmaRS<TY, N, TB> {                                                           \
+        static __device__ __forceinline__ void run(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long b) { \
+            asm volatile("wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " " \
+                         REGS ", " RS ";\n"                                                                \
+                         : GMMA_ACC##N                                                                     \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB));                   \
+        }                                                                                                  \
+    };
+#define GMMA_SHAPES(N, REGS, SS, RS) GMMA_SHAPE(__half, N, REGS, SS, RS) GMMA_SHAPE(__nv_bfloat16, N, REGS, SS, RS)
+GMMA_SHAPES(8, "{%0, %1, %2, %3}", "%4, %5, 1, 1, 1, %6, %7", "{%4, %5, %6, %7}, %8, 1, 1, 1, %9")
+GMMA_SHAPES(16, "{%0, %1, %2, %3, %4, %5, %6, %7}", "%8, %9, 1, 1, 1, %10, %11",
+            "{%8, %9, %10, %11}, %12, 1, 1, 1, %13")
+GMMA_SHAPES(32, "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}",
+            "%16, %17, 1, 1, 1, %18, %19", "{%16, %17, %18, %19}, %20, 1, 1, 1, %21")
+GMMA_SHAPES(64,
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}",
+            "%32, %33, 1, 1, 1, %34, %35", "{%32, %33, %34, %35}, %36, 1, 1, 1, %37")
+
+// Descriptor of an N-major (MN-major) B tile of 16-byte rows without swizzle (interleave mode 0): the PTX
+// ISA's canonical MN-major layout ((T, 1, m), (8, k)) : ((1, T, SBO), (T, LBO)), T = 8 elements, i.e. core
+// matrices of 8 consecutive k-rows of 16 bytes (128 contiguous bytes), the next 8 k-rows LBO bytes further
+// and the next 8 n SBO bytes further. A [NC][8] tile stored row by row is exactly that with LBO = 128; with
+// N = 8 there is no second core matrix along n, so SBO is never used (128 as well).
+__device__ __forceinline__ unsigned long long desc_interleave(unsigned addr) {
+    return (unsigned long long)((addr >> 4) & 0x3FFF) | (8ull << 16) | (8ull << 32);
+}
+
+// ldmatrix of four 8 × 8 b16 matrices at a shared-memory address (the A fragment of mma.sync m16k16, and
+// of a warp's 16 rows of a register-A wgmma)
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
 
 template <typename TO> struct Pair;
 template <> struct Pair<float> {
