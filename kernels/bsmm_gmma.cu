@@ -349,15 +349,8 @@ updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int m = (v % 2) * 16 + lane / 4 + hh * 8, n = q * 8 + (lane % 4) * 2 + e;
-                    const int idx = n * BS + m;
-                    float val = acc[q * 4 + hh * 2 + e];
-                    if (gridDim.y > 1) {  // split partials, summed below by the group's last CTA
-                        ws[((i64)blockIdx.y * nnz + k) * BS * BS + idx] = val;
-                        continue;
-                    }
-                    TO* o = dw + k * BS * BS + idx;
-                    if (accumulate) val += to_float<TO>(*o);
-                    *o = from_float<TO>(val);
+                    // split partials are summed below by the group's last CTA
+                    update_store<TO, BS>(dw, ws, nnz, k, n * BS + m, acc[q * 4 + hh * 2 + e], accumulate);
                 }
     }
     if (gridDim.y > 1) finish_splits<TO, BS, 2 * G, THREADS>(blk_s, ws, dw, done, nnz, accumulate);
@@ -509,14 +502,8 @@ updat_gmma_stack(const long long* __restrict__ x_ptrs, const long long* __restri
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int idx = (q * 8 + (lane % 4) * 2 + e) * BS + m % BS;
-                float val = acc[q * 4 + h * 2 + e];
-                if (gridDim.y > 1) {  // split partials, summed below by the group's last CTA
-                    ws[((i64)blockIdx.y * nnz + k) * BS * BS + idx] = val;
-                    continue;
-                }
-                TO* o = dw + k * BS * BS + idx;
-                if (accumulate) val += to_float<TO>(*o);
-                *o = from_float<TO>(val);
+                // split partials are summed below by the group's last CTA
+                update_store<TO, BS>(dw, ws, nnz, k, idx, acc[q * 4 + h * 2 + e], accumulate);
             }
     }
     if (gridDim.y > 1) finish_splits<TO, BS, S * G, THREADS>(blk_s, ws, dw, done, nnz, accumulate);

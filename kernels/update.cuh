@@ -32,3 +32,16 @@ template <typename T> struct UpdatePairs {
                 (i64)(q - chunk_ptr[p]) * nc};
     }
 };
+
+// Element idx of block k's dW (BS × BS): with several splits the split's fp32 partial in ws [splits][nnz]
+// [BS][BS] (summed later in split order), else dw itself, added to when accumulating.
+template <typename TO, int BS>
+__device__ __forceinline__ void update_store(TO* dw, float* ws, int nnz, i64 k, int idx, float val, int accumulate) {
+    if (gridDim.y > 1) {
+        ws[((i64)blockIdx.y * nnz + k) * BS * BS + idx] = val;
+        return;
+    }
+    TO* o = dw + k * BS * BS + idx;
+    if (accumulate) val += to_float<TO>(*o);
+    *o = from_float<TO>(val);
+}
