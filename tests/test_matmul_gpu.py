@@ -435,6 +435,23 @@ def test_wgmma_default_and_fallbacks(rng, block_size):
 
 
 
+def _check_grouped_update(rng, op, dtype, odt, ns):
+    """The grouped update of fresh pairs with batch sizes ``ns`` into a poisoned out= and accumulating into
+    random values, every element against float64."""
+    import cupy as cp
+
+    xs = [random_array(rng, (n, op.K), dtype) for n in ns]
+    dys = [random_array(rng, (n, op.M), dtype) for n in ns]
+    ref64 = _ref64(op, "updat", xs, dys)
+    dw = poison(cp, op.w_shape, odt)
+    op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=dw)
+    assert_close(dw, ref64, dtype, f"updat {ns}")
+    acc = cp.asarray(random_array(rng, op.w_shape, odt))
+    acc0 = acc.get().astype(np.float64)
+    op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
+    assert_close(acc, acc0 + ref64, dtype, f"updat accumulate {ns}")
+
+
 @pytest.mark.parametrize("block_size,variant",
                          [(b, v) for b, vs in _matmul_gpu_tiles.UPDAT_GMMA_TILES.items() for v in vs])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -444,8 +461,6 @@ def test_wgmma_update(rng, monkeypatch, block_size, variant, dtype, out_dtype):
     rows of 1 to 20 blocks (partly empty groups, empty stacked slots and whole empty warpgroups of the b <= 32
     tiles, rows of several groups), a grouped update of pairs with ragged batch sizes, one split and several
     (in-launch split finish), accumulate, every element against float64; asserts that the variant ran."""
-    import cupy as cp
-
     from cusparseblocks import _matmul_gpu
 
     _needs_wgmma()
@@ -460,16 +475,7 @@ def test_wgmma_update(rng, monkeypatch, block_size, variant, dtype, out_dtype):
     op = BlockSparseMatMul(mask, block_size)
     odt = out_dtype or dtype
     for ns in ([300], [77, 130, 64, 5], [4000]):  # [4000]: enough chunks per CTA for several splits
-        xs = [random_array(rng, (n, op.K), dtype) for n in ns]
-        dys = [random_array(rng, (n, op.M), dtype) for n in ns]
-        ref64 = _ref64(op, "updat", xs, dys)
-        dw = poison(cp, op.w_shape, odt)
-        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=dw)
-        assert_close(dw, ref64, dtype, f"updat {ns}")
-        acc = cp.asarray(random_array(rng, op.w_shape, odt))
-        acc0 = acc.get().astype(np.float64)
-        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
-        assert_close(acc, acc0 + ref64, dtype, f"updat accumulate {ns}")
+        _check_grouped_update(rng, op, dtype, odt, ns)
     assert calls and all(c[2:] == (block_size, variant) for c in calls), "updat_gmma did not run"
 
 
@@ -480,8 +486,6 @@ def test_tile_update(rng, monkeypatch, variant, dtype, out_dtype):
     """updat_tile_tc (b = 16, 2-D layout tiles): partial edge tiles, tiles of more blocks than one CTA takes,
     an empty block row, a grouped update of ragged pairs, one pass (forced) and several splits (updat_reduce),
     accumulate, every element against float64; asserts that the tile kernel ran."""
-    import cupy as cp
-
     from cusparseblocks import _matmul_gpu
 
     calls = []
@@ -499,16 +503,7 @@ def test_tile_update(rng, monkeypatch, variant, dtype, out_dtype):
         # these few items get several splits by default; force = 1: one pass
         monkeypatch.setattr(_matmul_gpu, "tile_update_splits",
                             lambda *a, f=force: splits.append(f or real(*a)) or splits[-1])
-        xs = [random_array(rng, (n, op.K), dtype) for n in ns]
-        dys = [random_array(rng, (n, op.M), dtype) for n in ns]
-        ref64 = _ref64(op, "updat", xs, dys)
-        dw = poison(cp, op.w_shape, odt)
-        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=dw)
-        assert_close(dw, ref64, dtype, f"updat {ns}")
-        acc = cp.asarray(random_array(rng, op.w_shape, odt))
-        acc0 = acc.get().astype(np.float64)
-        op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys], out=acc, accumulate=True)
-        assert_close(acc, acc0 + ref64, dtype, f"updat accumulate {ns}")
+        _check_grouped_update(rng, op, dtype, odt, ns)
     assert calls and all(c[2:] == (16, variant) for c in calls), "updat_tile_tc did not run"
     assert 1 in splits and max(splits) > 1, f"splits {splits}: both paths expected"
 
