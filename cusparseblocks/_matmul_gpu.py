@@ -979,6 +979,15 @@ def _small_buffers(op_obj, dev, stream, n_parts, bm, c):
     return bufs
 
 
+def _row_tiles(n, bm, b):
+    """Row tiles of bm rows for a batch of n (the grid's y extent): a clear error past the grid limit."""
+    n_tiles = -(-n // bm)
+    if n_tiles > 65535:
+        raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
+                         f"for block_size {b}")
+    return n_tiles
+
+
 def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=True):
     """(function, grid, block, smem, table key) for fprop/bprop; cached per shape and alignment."""
     if dtype == "float32" and op_obj.allow_tf32:  # TF32 tensor cores (plans cached by _matmul_tf32)
@@ -996,12 +1005,10 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             return plan
         rs = _use_gmma_rs(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
         if rs is not None:
-            c, r = XW_GMMA_RS_TILES[b][rs][0], XW_GMMA_RS_TILES[b][rs][5]
+            tile = XW_GMMA_RS_TILES[b][rs]
+            c, r = tile[0], tile[5]
             spec, smem = xw_gmma_rs_spec(dtype, odt, b, rs, trans), xw_gmma_rs_smem(b, rs)
-            n_tiles = -(-n // 128)
-            if n_tiles > 65535:
-                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * 128} "
-                                 f"for block_size {b}")
+            n_tiles = _row_tiles(n, 128, b)
             plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (256,), smem,
                     ("rs", op, c, r))
             op_obj._gpu_tables[key] = plan
@@ -1011,10 +1018,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             wg, mi, _ = XW_GMMA_TILES[b][variant]
             spec, smem = xw_gmma_spec(dtype, odt, b, variant, trans), xw_gmma_smem(b, variant)
             bm = wg * mi * 64
-            n_tiles = -(-n // bm)
-            if n_tiles > 65535:
-                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
-                                 f"for block_size {b}")
+            n_tiles = _row_tiles(n, bm, b)
             plan = (compiler.get_function(spec, smem), (f_out // b, n_tiles), (wg * 128,), smem, op)
             op_obj._gpu_tables[key] = plan
             return plan
@@ -1025,10 +1029,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             r, c, bm, wm, wn, _, _ = XW_WIDE_TILES[b][variant]
             spec = xw_wide_spec(dtype, odt, b, variant, axis, trans)
             smem, threads = xw_wide_smem(b, variant, axis), wm * wn * 32
-            n_tiles = -(-n // bm)
-            if n_tiles > 65535:
-                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
-                                 f"for block_size {b}")
+            n_tiles = _row_tiles(n, bm, b)
             plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (256,), smem,
                     ("wide", op, c, r))
             op_obj._gpu_tables[key] = plan
@@ -1038,10 +1039,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
         if ffma is not None:
             bm = xw_ffma_rows(b, ffma)
             spec, smem = xw_ffma_spec(b, ffma, axis, trans), xw_ffma_smem(b, ffma)
-            n_tiles = -(-n // bm)
-            if n_tiles > 65535:
-                raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
-                                 f"for block_size {b}")
+            n_tiles = _row_tiles(n, bm, b)
             threads, tpc = XW_FFMA_TILES[b][ffma][0] * 32, XW_FFMA_TILES[b][ffma][4]
             plan = (compiler.get_function(spec, smem), (f_out // b, -(-n_tiles // tpc)), (threads,), smem,
                     xw_ffma_tables(b, ffma, op))
@@ -1059,10 +1057,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             bm, tm, tn = (XW_SIMT_SMALL if small else XW_SIMT_TILES)[b]
             spec = xw_simt_spec(dtype, odt, b, axis, trans, small)
             smem, threads = 0, (bm // tm) * (b // tn)
-        n_tiles = -(-n // bm)
-        if n_tiles > 65535:
-            raise ValueError(f"x: batch of {n} exceeds the kernel's grid limit of {65535 * bm} "
-                             f"for block_size {b}")
+        n_tiles = _row_tiles(n, bm, b)
         plan = (compiler.get_function(spec, smem), (f_out // b, n_tiles), (threads,), smem, op)
         op_obj._gpu_tables[key] = plan
     return plan
