@@ -12,6 +12,7 @@
 // type (the float32 path, and the always-correct fallback for unaligned pointers). `accumulate` = 1 adds the
 // result to the existing output (y += ...). All global indices are 64-bit.
 #include "common.cuh"
+#include "update.cuh"
 
 // ------------------------------------------------------------------------------------------------
 // PTX wrappers
@@ -846,8 +847,8 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
     }
     __syncthreads();
     const i64 xcol = (i64)rows[blk_s[0]] * BS;
-    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
-    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    int q0, total;  // this split's chunks
+    update_split(chunk_ptr, pairs, q0, total);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int gw = PAIRS ? 2 * warp : warp / WPB, m0 = PAIRS ? 0 : (warp % WPB) * WTM;
     const bool active = blk_s[gw] >= 0;
@@ -860,13 +861,12 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
 
-    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    UpdatePairs<T> walk{x_ptrs, dy_ptrs, ns, chunk_ptr};  // the loader's pair
     auto load_stage = [&](int q, int slot) {
-        q += q0;
-        while (chunk_ptr[lp + 1] <= q) lp++;
-        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
-        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
-        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        const UpdateChunk<T> ch = walk.chunk(q0 + q, NC);
+        const T* xp = ch.x;
+        const T* dyp = ch.dy;
+        const i64 nt = ch.rows, n0 = ch.n0;
         T* base = smem + slot * STAGE;
 #pragma unroll
         for (int t = 0; t <= G; t++) {
@@ -1041,8 +1041,8 @@ updat_tile_tc(const long long* __restrict__ x_ptrs, const long long* __restrict_
     T* smem = reinterpret_cast<T*>(smem_raw);
     const int r0 = items[blockIdx.x * 4], c0 = items[blockIdx.x * 4 + 1];
     const int first = items[blockIdx.x * 4 + 2], count = items[blockIdx.x * 4 + 3];
-    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
-    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    int q0, total;  // this split's chunks
+    update_split(chunk_ptr, pairs, q0, total);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, qd = lane / 8, r = lane % 8;
 
     // the warp's blocks: w index (-1: none) and its lanes' ldmatrix offsets in the x and dy tiles (kk = 0;
@@ -1068,13 +1068,12 @@ updat_tile_tc(const long long* __restrict__ x_ptrs, const long long* __restrict_
     const int jx = threadIdx.x % XC, rx = threadIdx.x / XC, jy = threadIdx.x % YC, ry = threadIdx.x / YC;
     const i64 xcol = (i64)r0 * BS + jx * 8, ycol = (i64)c0 * BS + jy * 8;
     const bool xin = xcol < in_features, yin = ycol < out_features;  // tile columns past the features: zeros
-    int lp = 0;  // loader's current pair (chunks are visited in increasing order)
+    UpdatePairs<T> walk{x_ptrs, dy_ptrs, ns, chunk_ptr};  // the loader's pair
     auto load_stage = [&](int q, int slot) {
-        q += q0;
-        while (chunk_ptr[lp + 1] <= q) lp++;
-        const T* xp = reinterpret_cast<const T*>(x_ptrs[lp]);
-        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[lp]);
-        const i64 nt = ns[lp], n0 = (i64)(q - chunk_ptr[lp]) * NC;
+        const UpdateChunk<T> ch = walk.chunk(q0 + q, NC);
+        const T* xp = ch.x;
+        const T* dyp = ch.dy;
+        const i64 nt = ch.rows, n0 = ch.n0;
         T* xs = smem + slot * STAGE;
         T* ys = xs + XTILE;
 #pragma unroll
@@ -1207,8 +1206,8 @@ updat_ffma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
         }
     }
     __syncthreads();
-    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
-    const int q0 = min(all, (int)blockIdx.y * per), total = min(all, q0 + per) - q0;  // this split's chunks
+    int q0, total;  // this split's chunks
+    update_split(chunk_ptr, pairs, q0, total);
     const int gw = threadIdx.x / TPB;
     int mg, ng;
     lane_coords<L, L>(threadIdx.x % TPB, mg, ng);
@@ -1347,14 +1346,14 @@ updat_simt(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     const int ti = (t / (BS / 4)) * 4, tj = (t % (BS / 4)) * 4;
     float acc[4][4] = {};
 
-    const int all = (int)chunk_ptr[pairs], per = (all + gridDim.y - 1) / gridDim.y;
-    const int q0 = min(all, (int)blockIdx.y * per), q1 = min(all, q0 + per);
-    int p = 0;
-    for (int q = q0; q < q1; q++) {
-        while (chunk_ptr[p + 1] <= q) p++;
-        const T* xp = reinterpret_cast<const T*>(x_ptrs[p]);
-        const T* dyp = reinterpret_cast<const T*>(dy_ptrs[p]);
-        const i64 nt = ns[p], n0 = (i64)(q - chunk_ptr[p]) * NC;
+    int q0, total;  // this split's chunks
+    update_split(chunk_ptr, pairs, q0, total);
+    UpdatePairs<T> walk{x_ptrs, dy_ptrs, ns, chunk_ptr};
+    for (int q = q0; q < q0 + total; q++) {
+        const UpdateChunk<T> ch = walk.chunk(q, NC);
+        const T* xp = ch.x;
+        const T* dyp = ch.dy;
+        const i64 nt = ch.rows, n0 = ch.n0;
         {
             __syncthreads();
             for (int idx = threadIdx.x; idx < NC * BS; idx += THREADS) {
