@@ -66,17 +66,8 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
             cp_async16(sb + swizzle<ROW>(ch / CPR, ch % CPR), wb + ch * 8, 16);
     };
 
-#pragma unroll
-    for (int s = 0; s < STAGES - 2; s++) {
-        if (s < count) load_stage(s, s);
-        cp_async_commit();
-    }
-    for (int st = 0; st < count; st++) {
-        cp_async_wait<STAGES - 3>();
-        fence_proxy_async();
-        __syncthreads();
-        const unsigned sa = base + (st % STAGES) * STAGE, sb = sa + A_BYTES;
-        wgmma_fence();
+    gmma_pipeline<STAGES>(count, load_stage, [&](int slot) {
+        const unsigned sa = base + slot * STAGE, sb = sa + A_BYTES;
 #pragma unroll
         for (int kk = 0; kk < BS / 16; kk++) {
             // fprop: B rows are k (N-major), 16 rows per step; bprop: rows are n (K-major), 32 bytes per step
@@ -85,14 +76,7 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
             for (int i = 0; i < MI; i++)
                 Gmma<T, BS, 0, TRANS_W ? 0 : 1>::run(acc[i], desc<ROW>(sa + (wg * MI + i) * 64 * ROW + kk * 32), db);
         }
-        wgmma_commit();
-        const int next = st + STAGES - 2;
-        if (next < count) load_stage(next, next % STAGES);
-        cp_async_commit();
-        wgmma_wait<1>();
-    }
-    wgmma_wait<0>();
-    cp_async_wait<0>();
+    });
 #pragma unroll
     for (int i = 0; i < MI; i++)
 #pragma unroll
@@ -189,30 +173,14 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
         }
     };
 
-#pragma unroll
-    for (int s = 0; s < STAGES - 2; s++) {
-        if (s < total) load_stage(s, s);
-        cp_async_commit();
-    }
-    for (int q = 0; q < total; q++) {
-        cp_async_wait<STAGES - 3>();
-        fence_proxy_async();
-        __syncthreads();
+    gmma_pipeline<STAGES>(total, load_stage, [&](int slot) {
         // an empty slot's warpgroup multiplies whatever its slot holds and stores nothing: a branch
         // around the wgmmas would make ptxas serialize them
-        const unsigned sx = base + (q % STAGES) * STAGE, sy = sx + (1 + wg) * TILE;
-        wgmma_fence();
+        const unsigned sx = base + slot * STAGE, sy = sx + (1 + wg) * TILE;
 #pragma unroll
         for (int kk = 0; kk < NC / 16; kk++)
             Gmma<T, 64, 1, 1>::run(acc, desc<ROW>(sx + kk * 16 * ROW), desc<ROW>(sy + kk * 16 * ROW));
-        wgmma_commit();
-        const int next = q + STAGES - 2;
-        if (next < total) load_stage(next, next % STAGES);
-        cp_async_commit();
-        wgmma_wait<1>();
-    }
-    wgmma_wait<0>();
-    cp_async_wait<0>();
+    });
 #pragma unroll
     for (int q = 0; q < 32; q++) fence_operand(acc[q]);
 
@@ -312,28 +280,12 @@ updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__
         }
     };
 
-#pragma unroll
-    for (int s = 0; s < STAGES - 2; s++) {
-        if (s < total) load_stage(s, s);
-        cp_async_commit();
-    }
-    for (int q = 0; q < total; q++) {
-        cp_async_wait<STAGES - 3>();
-        fence_proxy_async();
-        __syncthreads();
-        const unsigned sa = base + (q % STAGES) * STAGE + wg * A_TILE, sb = base + (q % STAGES) * STAGE + G * A_TILE;
-        wgmma_fence();
+    gmma_pipeline<STAGES>(total, load_stage, [&](int slot) {
+        const unsigned sa = base + slot * STAGE + wg * A_TILE, sb = base + slot * STAGE + G * A_TILE;
 #pragma unroll
         for (int kk = 0; kk < NC / 16; kk++)
             Gmma<T, 32, 1, 1>::run(acc, desc<128>(sa + kk * 16 * 128), desc<64>(sb + kk * 16 * 64));
-        wgmma_commit();
-        const int next = q + STAGES - 2;
-        if (next < total) load_stage(next, next % STAGES);
-        cp_async_commit();
-        wgmma_wait<1>();
-    }
-    wgmma_wait<0>();
-    cp_async_wait<0>();
+    });
 #pragma unroll
     for (int q = 0; q < 16; q++) fence_operand(acc[q]);
 
@@ -458,17 +410,8 @@ updat_gmma_stack(const long long* __restrict__ x_ptrs, const long long* __restri
         }
     };
 
-#pragma unroll
-    for (int s = 0; s < STAGES - 2; s++) {
-        if (s < total) load_stage(s, s);
-        cp_async_commit();
-    }
-    for (int q = 0; q < total; q++) {
-        cp_async_wait<STAGES - 3>();
-        fence_proxy_async();
-        __syncthreads();
-        const unsigned sa = base + (q % STAGES) * STAGE + wg * A_TILE, sb = base + (q % STAGES) * STAGE + G * A_TILE;
-        wgmma_fence();
+    gmma_pipeline<STAGES>(total, load_stage, [&](int slot) {
+        const unsigned sa = base + slot * STAGE + wg * A_TILE, sb = base + slot * STAGE + G * A_TILE;
 #pragma unroll
         for (int kk = 0; kk < NC / 16; kk++) {
             const unsigned long long da = desc<128>(sa + kk * 16 * 128);
@@ -477,14 +420,7 @@ updat_gmma_stack(const long long* __restrict__ x_ptrs, const long long* __restri
             else
                 Gmma<T, 8, 1, 1>::run(acc, da, desc_interleave(sb + kk * 16 * B_ROW));
         }
-        wgmma_commit();
-        const int next = q + STAGES - 2;
-        if (next < total) load_stage(next, next % STAGES);
-        cp_async_commit();
-        wgmma_wait<1>();
-    }
-    wgmma_wait<0>();
-    cp_async_wait<0>();
+    });
 #pragma unroll
     for (int q = 0; q < NACC; q++) fence_operand(acc[q]);
 

@@ -106,6 +106,35 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
                  : "r"(addr));
 }
 
+// The STAGES-deep cp.async pipeline of the wgmma kernels over `total` stages: stages 0 .. STAGES - 3 are
+// loaded up front (load_stage(stage, slot)); step q waits for stage q, fences its generic-proxy copies for the
+// async proxy, barriers, issues mma(slot of q) as one wgmma group, loads stage q + STAGES - 2 into the slot of
+// stage q - 2 (every warpgroup finished reading it: each waited for its group q - 2 before the barrier) and
+// waits for its group q - 1. Returns with every group and copy complete.
+template <int STAGES, typename Load, typename Mma>
+__device__ __forceinline__ void gmma_pipeline(int total, Load& load_stage, Mma&& mma) {
+    static_assert(STAGES >= 3, "the slot of stage q - 2 is refilled at stage q");
+#pragma unroll
+    for (int s = 0; s < STAGES - 2; s++) {
+        if (s < total) load_stage(s, s);
+        cp_async_commit();
+    }
+    for (int q = 0; q < total; q++) {
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        wgmma_fence();
+        mma(q % STAGES);
+        wgmma_commit();
+        const int next = q + STAGES - 2;
+        if (next < total) load_stage(next, next % STAGES);
+        cp_async_commit();
+        wgmma_wait<1>();
+    }
+    wgmma_wait<0>();
+    cp_async_wait<0>();
+}
+
 template <typename TO> struct Pair;
 template <> struct Pair<float> {
     static __device__ __forceinline__ void store(float* p, float a, float b, int acc) {
