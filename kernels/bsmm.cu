@@ -840,13 +840,7 @@ updat_tc(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_
     T* smem = reinterpret_cast<T*>(smem_raw);
     long long* ycol_s = reinterpret_cast<long long*>(smem_raw + STAGES * STAGE * (int)sizeof(T));
     int* blk_s = reinterpret_cast<int*>(ycol_s + G);
-    if (threadIdx.x < G) {
-        int k = groups[blockIdx.x * G + threadIdx.x];
-        blk_s[threadIdx.x] = k;
-        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
-    }
-    __syncthreads();
-    const i64 xcol = (i64)rows[blk_s[0]] * BS;
+    const i64 xcol = update_group<G, BS>(groups, rows, cols, blk_s, ycol_s);
     int q0, total;  // this split's chunks
     update_split(chunk_ptr, pairs, q0, total);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

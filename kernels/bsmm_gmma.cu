@@ -123,13 +123,7 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
     __shared__ int blk_s[G];
     __shared__ long long ycol_s[G];
-    if (threadIdx.x < G) {
-        const int k = groups[blockIdx.x * G + threadIdx.x];
-        blk_s[threadIdx.x] = k;
-        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
-    }
-    __syncthreads();
-    const i64 xcol = (i64)rows[blk_s[0]] * BS;
+    const i64 xcol = update_group<G, BS>(groups, rows, cols, blk_s, ycol_s);
     int q0, total;  // this split's chunks
     update_split(chunk_ptr, pairs, q0, total);
     const int wg = threadIdx.x / 128;
@@ -226,13 +220,7 @@ updat_gmma32(const long long* __restrict__ x_ptrs, const long long* __restrict__
     const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
     __shared__ int blk_s[2 * G];
     __shared__ long long ycol_s[2 * G];
-    if (threadIdx.x < 2 * G) {
-        const int k = groups[blockIdx.x * 2 * G + threadIdx.x];
-        blk_s[threadIdx.x] = k;
-        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
-    }
-    __syncthreads();
-    const i64 xcol = (i64)rows[blk_s[0]] * BS;
+    const i64 xcol = update_group<2 * G, BS>(groups, rows, cols, blk_s, ycol_s);
     int q0, total;  // this split's chunks
     update_split(chunk_ptr, pairs, q0, total);
     const int wg = threadIdx.x / 128;
@@ -340,13 +328,7 @@ updat_gmma_stack(const long long* __restrict__ x_ptrs, const long long* __restri
     const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
     __shared__ int blk_s[S * G];
     __shared__ long long ycol_s[S * G];
-    if (threadIdx.x < S * G) {
-        const int k = groups[blockIdx.x * S * G + threadIdx.x];
-        blk_s[threadIdx.x] = k;
-        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
-    }
-    __syncthreads();
-    const i64 xcol = (i64)rows[blk_s[0]] * BS;
+    const i64 xcol = update_group<S * G, BS>(groups, rows, cols, blk_s, ycol_s);
     int q0, total;  // this split's chunks
     update_split(chunk_ptr, pairs, q0, total);
     const int wg = threadIdx.x / 128;

@@ -12,6 +12,21 @@ __device__ __forceinline__ void update_split(const long long* chunk_ptr, int pai
     total = min(all, q0 + per) - q0;
 }
 
+// The CTA's group of NB blocks of one block row (groups [n_groups][NB]: w indices, -1 for an empty slot)
+// into shared memory: blk_s[i] the block, ycol_s[i] its dy column (cols · BS; -1: empty). Returns the x
+// column of the row (rows · BS). Barriers once.
+template <int NB, int BS>
+__device__ __forceinline__ i64 update_group(const int* groups, const int* rows, const int* cols, int* blk_s,
+                                            long long* ycol_s) {
+    if (threadIdx.x < NB) {
+        const int k = groups[blockIdx.x * NB + threadIdx.x];
+        blk_s[threadIdx.x] = k;
+        ycol_s[threadIdx.x] = k >= 0 ? (long long)cols[k] * BS : -1;
+    }
+    __syncthreads();
+    return (i64)rows[blk_s[0]] * BS;
+}
+
 // One chunk: its pair's x and dy, the pair's batch rows and the chunk's first row.
 template <typename T> struct UpdateChunk {
     const T* x;
