@@ -291,11 +291,14 @@ def _emulation_cases() -> list[str]:
 
 
 def _emulation_source() -> str:
-    """kernels/bsmm_tf32.cu with its PTX wrappers and header cut (the driver defines host versions)."""
-    text = (compiler.kernel_source_dir() / T.SOURCE).read_text()
+    """kernels/bsmm_tf32.cu with its PTX wrappers and common.cuh cut (the driver defines host versions), and
+    update.cuh inlined without its includes."""
+    kernels = compiler.kernel_source_dir()
+    text = (kernels / T.SOURCE).read_text()
     start, end = text.index("// PTX wrappers"), text.index("// Shared row strides")
     text = text[:start] + text[end:]
-    text = text.replace('#include "common.cuh"', "")
+    update = (kernels / "update.cuh").read_text().replace("#pragma once", "").replace('#include "common.cuh"', "")
+    text = text.replace('#include "common.cuh"', "").replace('#include "update.cuh"', update)
     return text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", "")
 
 
