@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", default="16,32,64")
     ap.add_argument("--dtypes", default="float16", help="comma-separated: float16,bfloat16")
     ap.add_argument("--ops", default="fprop,bprop,updat", help="comma-separated: fprop,bprop,updat")
+    ap.add_argument("--only", default="", help="comma-separated fprop/bprop tiles to time (default: all)")
     args = ap.parse_args(argv)
     ops = args.ops.split(",")
     import cupy as cp
@@ -51,7 +52,8 @@ def main(argv=None) -> int:
 def _run_dtype(cp, rs, args, ops, dtype, dt, n, k, table, rows):
     dense = {}
     for b in map(int, args.blocks.split(",")):
-        xw = (b in _matmul_gpu.XW_GMMA_TILES or b in _matmul_gpu.XW_GMMA_RS_TILES) and ("fprop" in ops or "bprop" in ops)
+        tiled = (_matmul_gpu.XW_GMMA_TILES, _matmul_gpu.XW_GMMA_RS_TILES, _matmul_gpu.XW_TMA_TILES)
+        xw = any(b in t for t in tiled) and ("fprop" in ops or "bprop" in ops)
         for d in map(float, args.densities.split(",") if xw else ()):
             rng = np.random.default_rng(int(b * 1000 * d))
             mask = rng.random((k // b, k // b)) < d
@@ -73,8 +75,9 @@ def _run_dtype(cp, rs, args, ops, dtype, dt, n, k, table, rows):
                 ref = x0.astype(cp.float32) @ (wd if kind == "fprop" else wd.T)
                 base = None
                 # the mma.sync row: xw_tc, or xw_wide_tc at b = 16
-                for variant in ("xw_tc", *_matmul_gpu.XW_GMMA_TILES.get(b, {}),
-                                *_matmul_gpu.XW_GMMA_RS_TILES.get(b, {})):
+                for variant in ("xw_tc", *(v for t in tiled for v in t.get(b, {}))):
+                    if args.only and variant != "xw_tc" and variant not in args.only.split(","):
+                        continue
                     _matmul_gpu.force_variant = None if variant == "xw_tc" else variant
                     saved = _matmul_gpu.gmma_enabled
                     _matmul_gpu.gmma_enabled = variant != "xw_tc"

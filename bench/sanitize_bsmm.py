@@ -7,7 +7,7 @@ Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element pa
 xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and several), updat_simt and updat_reduce,
 on ragged shapes; on an sm_90 device also the wgmma kernels (xw_gmma fprop/bprop and updat_gmma /
 updat_gmma32 / updat_gmma_stack for b = 64 / 32 / 16 and 8, feature axis 1, N = 152 and 700; every
-xw_gmma_rs tile forced); checks every result.
+xw_gmma_rs and xw_tma tile forced); checks every result.
 """
 
 import cupy as cp
@@ -75,6 +75,12 @@ def main():
             for variant in tiles:
                 _matmul_gpu.force_variant = variant
                 for n in (152, 700):
+                    worst = max(worst, _fprop_bprop_error(rng, rng.random((7, 19)) < 0.4, b, n, np.float16))
+        # xw_tma: every tile forced (clusters, multicast, column groups, the persistent grid), twice each
+        for b, tiles in _matmul_gpu.XW_TMA_TILES.items():
+            for variant in tiles:
+                _matmul_gpu.force_variant = variant
+                for n in (152, 700, 700):
                     worst = max(worst, _fprop_bprop_error(rng, rng.random((7, 19)) < 0.4, b, n, np.float16))
         _matmul_gpu.force_variant = None
     cp.cuda.runtime.deviceSynchronize()

@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from . import _matmul_tf32, compiler
+from . import _matmul_tf32, _tma, compiler
 from ._array import dtype_name
 from .compiler import KernelSpec
 
@@ -79,6 +79,52 @@ XW_GMMA_RS_DEFAULT: dict[int, tuple[tuple[float, str], ...]] = {
 def xw_gmma_rs_default(bs, density):
     """The default xw_gmma_rs variant for this block size and layout density, or None."""
     for least, variant in XW_GMMA_RS_DEFAULT.get(bs, ()):
+        if density >= least:
+            return variant
+    return None
+
+
+# xw_tma (kernels/bsmm_tma.cu: wgmma fed by TMA from a producer warp, sm_90a; fp16/bf16, feature axis 1,
+# x/w/y 16-byte aligned, N > SMALL_N, N < 2^31): block_size -> {variant: (C output block columns a CTA (the
+# x tile shared by the group's present blocks), CL: clusters of CL CTAs of one column each that multicast
+# the x tile (C = 1), MI m64 tiles per consumer warpgroup (BM = 128·MI), STAGES, MINB CTAs per SM the
+# registers are budgeted for, RM: clusters of RM row tiles of one column that multicast the w blocks (C = CL
+# = 1), PERS: a persistent grid, tiles dealt round-robin (CL = RM = 1), RS: the x tile in registers
+# (ldmatrix once a record, one register-A wgmma per present column; each group drained before the next
+# stage's fragments load) instead of read from shared memory by every column's wgmma)}.
+# 384 threads: at MINB <= 2 the producer warpgroup's registers go to the consumers (MINB = 2: 104 a thread).
+XW_TMA_TILES = {
+    64: {"tma_g2_m2": (2, 1, 2, 4, 1, 1, 0, 0), "tma_m2_s2": (1, 1, 2, 2, 2, 1, 0, 0),
+         "tma_p": (1, 1, 1, 4, 2, 1, 1, 0), "tma": (1, 1, 1, 4, 2, 1, 0, 0),
+         "tma_m2": (1, 1, 2, 4, 1, 1, 0, 0),
+         "tma_m2_s2_p": (1, 1, 2, 2, 2, 1, 1, 0), "tma_c2": (1, 2, 1, 4, 2, 1, 0, 0),
+         "tma_r2_m2_s2": (1, 1, 2, 2, 2, 2, 0, 0), "tma_rs2": (2, 1, 1, 4, 1, 1, 0, 1)},
+    32: {"tma_m2": (1, 1, 2, 4, 2, 1, 0, 0), "tma_s4": (1, 1, 1, 4, 2, 1, 0, 0),
+         "tma_g4": (4, 1, 1, 4, 2, 1, 0, 0),
+         "tma_g4_m2": (4, 1, 2, 6, 1, 1, 0, 0), "tma_rs4": (4, 1, 1, 6, 2, 1, 0, 1),
+         "tma_rs4_m2": (4, 1, 2, 4, 1, 1, 0, 1), "tma_rs4_p": (4, 1, 1, 6, 2, 1, 1, 1),
+         "tma_c4": (1, 4, 1, 6, 2, 1, 0, 0)},
+    16: {"tma_rs8": (8, 1, 1, 8, 2, 1, 0, 1), "tma_rs8_m2": (8, 1, 2, 8, 1, 1, 0, 1),
+         "tma_rs8_p": (8, 1, 1, 8, 2, 1, 1, 1), "tma_g8": (8, 1, 1, 8, 2, 1, 0, 0),
+         "tma_c8": (1, 8, 1, 8, 2, 1, 0, 0)},
+}
+# block_size -> ((minimum layout density, xw_tma variant or None), ...): the first entry whose density the
+# layout reaches names the default (None: not xw_tma); checked before XW_GMMA_RS_DEFAULT. H100, N = K = M =
+# 4096, fp16 fprop TFLOP/s at d = 0.5 / 0.2 / 0.1 / 0.05 (bench/results/bsmm_gmma-20261126-1028): b = 64
+# tma_g2_m2 394 / 298 / 218 / 139, tma_m2_s2 381 / 311 / 243 / 167, tma_p 323 / 290 / 238 / 174 against
+# xw_gmma's 328 / 242 / 211 / 158; b = 32 tma_m2 220 / 195 / 165 / 116 against xw_gmma 200 / 185 / 160 / 115
+# and rs_c4_e2 252 at 0.5 (tma_rs4_m2 258); b = 16: the cp.async column groups stay (rs_c8_e2 162 / 86
+# against tma_rs8_m2 95 / 58).
+# Clusters (tma_c*, tma_r*) were slower everywhere (b = 64 d = 0.5 tma_c2 280 against tma 334).
+XW_TMA_DEFAULT: dict[int, tuple[tuple[float, str | None], ...]] = {
+    64: ((0.35, "tma_g2_m2"), (0.075, "tma_m2_s2"), (0.0, "tma_p")),
+    32: ((0.35, None), (0.0, "tma_m2")),
+}
+
+
+def xw_tma_default(bs, density):
+    """The default xw_tma variant for this block size and layout density, or None."""
+    for least, variant in XW_TMA_DEFAULT.get(bs, ()):
         if density >= least:
             return variant
     return None
@@ -289,6 +335,19 @@ def xw_gmma_rs_spec(dtype, out_dtype, bs, variant, trans):
 def xw_gmma_rs_smem(bs, variant):
     c, st, _, _, eps, r = XW_GMMA_RS_TILES[bs][variant]
     return st * eps * (128 * r * bs + r * c * bs * bs) * 2 + 1024  # x tiles + w slots, + 1 KiB alignment
+
+
+def xw_tma_spec(dtype, out_dtype, bs, variant, trans):
+    c, cl, mi, st, minb, rm, pers, rs = XW_TMA_TILES[bs][variant]
+    t, to = _CTYPE[dtype], _CTYPE[out_dtype]
+    return KernelSpec("bsmm_tma.cu",
+                      f"xw_tma<{t}, {to}, {bs}, {c}, {cl}, {rm}, {mi}, {st}, {minb}, {pers}, {rs}, {trans}>")
+
+
+def xw_tma_smem(bs, variant):
+    c, _, mi, st, _, _, _, _ = XW_TMA_TILES[bs][variant]
+    # slots on 1 KiB boundaries, + 1 KiB for the alignment of the base
+    return st * -(-(128 * mi * bs + c * bs * bs) * 2 // 1024) * 1024 + 1024
 
 
 def updat_gmma_spec(dtype, out_dtype, bs, variant):
@@ -653,6 +712,17 @@ def gmma_rs_specializations():
 compiler.register_family("bsmm_gmma_rs", gmma_rs_specializations)
 
 
+def tma_specializations():
+    """xw_tma (sm_90a): every tile, fp16/bf16, output in the input dtype or float32, fprop and bprop."""
+    for dtype in ("float16", "bfloat16"):
+        for to, bs, trans in itertools.product(_out_types(dtype), XW_TMA_TILES, (0, 1)):
+            for variant in XW_TMA_TILES[bs]:
+                yield xw_tma_spec(dtype, to, bs, variant, trans)
+
+
+compiler.register_family("bsmm_tma", tma_specializations)
+
+
 def small_specializations():
     """xw_small: fp16/bf16/fp32, output in the input dtype or float32, both tile heights, fprop/bprop."""
     for dtype in ("float16", "bfloat16", "float32"):
@@ -799,6 +869,8 @@ def _tables(op_obj, key, dev):
         elif key[0] == "small":  # ("small", op, ctas, eps, bm, snap, c)
             work = small_work(lay, key[1], key[2], key[3], key[5], key[6])
             cache[(dev, key)] = tuple(a if isinstance(a, np.int32) else cupy.asarray(a) for a in work)
+        elif key[0] == "tma":  # ("tma", op, c·cl): xw_gmma_rs's records for groups of c·cl columns
+            cache[(dev, key)] = _tables(op_obj, ("rs", key[1], key[2], 1), dev)
         elif key[0] == "rs":  # ("rs", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in rs_tables(lay, key[1], key[2], key[3]))
         elif key[0] == "wide":  # ("wide", op, c, r)
@@ -919,6 +991,27 @@ def _use_gmma_rs(op_obj, dtype, n, aligned, dev):
     return variant if variant is not None and _gmma_device(dev) else None
 
 
+def _use_tma(op_obj, dtype, n, aligned, dev):
+    """The xw_tma tile that serves this call, or None: wgmma device, fp16/bf16, feature axis 1, aligned x, w,
+    y, N < 2^31 (TMA coordinates are 32-bit); a forced variant of it, or the block size's default (N >
+    SMALL_N)."""
+    b = op_obj.block_size
+    tiles = XW_TMA_TILES.get(b, {})
+    if not (aligned and dtype != "float32" and op_obj.feature_axis == 1 and tiles and 0 < n < 2**31):
+        return None
+    if force_variant is not None:
+        variant = force_variant if force_variant in tiles else None
+    else:
+        variant = xw_tma_default(b, op_obj.layout.density) if gmma_enabled and n > SMALL_N else None
+    if variant is None:
+        return None
+    _, _, mi, _, _, rm, _, _ = tiles[variant]
+    row_tiles = -(-n // (128 * mi))
+    if -(-row_tiles // rm) * rm > 65535:  # past the grid's y limit: the other kernels (or their error)
+        return None
+    return variant if _gmma_device(dev) else None
+
+
 def _smem_limits(dev):
     """(shared memory per SM, opt-in maximum per block) in bytes."""
     if dev not in _SMEM:
@@ -1003,6 +1096,20 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             plan = _small_plan(op_obj, op, dtype, odt, n, dev)
             op_obj._gpu_tables[key] = plan
             return plan
+        tma = _use_tma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
+        if tma is not None:
+            c, cl, mi, _, minb, rm, pers, _ = XW_TMA_TILES[b][tma]
+            spec, smem = xw_tma_spec(dtype, odt, b, tma, trans), xw_tma_smem(b, tma)
+            n_tiles = -(-_row_tiles(n, 128 * mi, b) // rm) * rm
+            n_groups = -(-(f_out // b) // (c * cl))  # groups of c·cl columns (records of rs_tables)
+            grid = (n_groups * cl, n_tiles)
+            if pers:  # the CTAs the GPU holds at once (shared memory and registers), at most one per tile
+                per_sm = max(1, min(minb, _smem_limits(dev)[0] // (smem + 2048)))
+                grid = (min(n_groups * n_tiles, per_sm * _sm_count(dev)), 1)
+            plan = (compiler.get_function(spec, smem), grid, (384,), smem,
+                    ("tma", op, c * cl, 128 * mi, rm, n_groups, n_tiles))
+            op_obj._gpu_tables[key] = plan
+            return plan
         rs = _use_gmma_rs(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
         if rs is not None:
             tile = XW_GMMA_RS_TILES[b][rs]
@@ -1083,6 +1190,16 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
         fn(grid, block, (x, w, y, entries, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts, ws, counters,
                          np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
            shared_mem=smem, stream=stream)
+        return y
+    if tables[0] == "tma":  # x and w through tensor maps (boxes of BM rows × b and b × b)
+        b = op_obj.block_size
+        tx = _tma.tiled_2d(x.data.ptr, dtype, n, f_in, tables[3], b)
+        tw = _tma.tiled_2d(w.data.ptr, dtype, op_obj.layout.nnz * b, b, b // tables[4], b)
+        offsets, records = _tables(op_obj, tables[:3], dev)
+        n_groups, n_tiles = tables[5], tables[5] * tables[6]
+        fn(grid, block, (tx, tw, y, offsets, records, np.int64(n), np.int64(f_out), np.int32(bool(accumulate)),
+                         np.int32(n_groups), np.int32(n_tiles)),
+           shared_mem=smem, stream=cupy.cuda.get_current_stream())
         return y
     # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots); xw_gmma_rs: (offsets, records)
     lists = _tables(op_obj, tables, dev)

@@ -174,7 +174,8 @@ def _options(arch: str, defines: Sequence[tuple[str, str]]) -> list[str]:
 
 # Sources that use architecture-specific instructions (wgmma: sm_90a; thread-block clusters: sm_90) and the
 # one target they build for; the dispatch launches them only on devices of that architecture.
-ARCH_SPECIFIC = {"bsmm_gmma.cu": "sm_90a", "bsmm_gmma_rs.cu": "sm_90a", "ew_cols.cu": "sm_90"}
+ARCH_SPECIFIC = {"bsmm_gmma.cu": "sm_90a", "bsmm_gmma_rs.cu": "sm_90a", "bsmm_tma.cu": "sm_90a",
+                 "ew_cols.cu": "sm_90"}
 
 
 def target_arch(source: str, arch: str) -> str | None:
@@ -219,8 +220,8 @@ def _compile_group(source, defines, group, arch):
     cached = _load_disk(digest, group, arch)
     if cached is not None:
         with _lock:
-            _compiled[key] = cached
-        return cached
+            _compiled[key], _logs[key] = cached
+        return cached[0]
     nvrtc = _nvrtc()
     start = time.perf_counter()
     err, prog = nvrtc.nvrtcCreateProgram(text.encode(), source.encode(), 0, [], [])
@@ -283,7 +284,7 @@ def _load_disk(digest, group, arch):
             return None
     except (OSError, ValueError, IndexError):
         return None
-    return _build(group, arch, lowered, cubin, log, seconds / len(group))
+    return _build(group, arch, lowered, cubin, log, seconds / len(group)), log
 
 
 def _store_disk(digest, cubin, log, lowered, seconds):

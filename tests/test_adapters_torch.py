@@ -236,7 +236,7 @@ def test_validation(rng):
     with pytest.raises(ValueError, match=r"x: expected 16 on axis 1 \(in_blocks=2 × block_size=8\), got 15"):
         ct.block_sparse_matmul(torch.zeros(4, 15), w, op)
     with pytest.raises(ValueError, match=r"w: expected shape"):
-        ct.block_sparse_matmul(x, torch.zeros(1, 8, 8), op)
+        ct.block_sparse_matmul(x, torch.zeros(op.layout.nnz + 1, 8, 8), op)  # never the right count
     with pytest.raises(ValueError, match=r"x: expected 2 dimensions"):
         ct.block_sparse_matmul(torch.zeros(2, 4, op.K), w, op)
     with pytest.raises(TypeError, match=r"w: expected dtype float32 \(the dtype of x\), got float64"):

@@ -8,7 +8,8 @@ core. The on-disk cubin cache (``$CUSPARSEBLOCKS_CACHE_DIR``) is keyed by source
 version, so an unchanged family is not compiled twice on one machine.
 
 A failure names the kernel family, the arch and the failing specialization(s) with NVRTC's log; a
-local-memory spill (ptxas spill stores/loads > 0) in any kernel fails and names the kernel. Registers,
+local-memory spill (ptxas spill stores/loads > 0) in any kernel fails and names the kernel, and so does a
+kernel whose wgmmas ptxas serializes (its C7514-C7519 warnings). Registers,
 spills and stack frames are recorded (``record_property``, and printed with ``-rA``).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import re
 
 import pytest
 
@@ -32,6 +34,26 @@ MAX_BISECT = 8  # on a family failure, compile specs one by one to name up to th
 # Spills accepted on purpose: {(arch, str(spec)): "why it is not hot / why it cannot be avoided"}.
 # Empty by default; an entry that no longer spills fails the test, so the list cannot go stale.
 KNOWN_SPILLS: dict[tuple[str, str], str] = {}
+
+
+def _known_serialized() -> dict[tuple[str, str], str]:
+    """Kernels whose wgmmas ptxas serializes, accepted on purpose: {(arch, str(spec)): why}. An entry that no
+    longer warns fails the test."""
+    from cusparseblocks import _matmul_gpu as mg
+
+    why = ("xw_gmma_rs forced-only tile (one record a stage or super-rows): measured slower than the default "
+           "two-record tiles, whose wgmmas ptxas does not serialize (bench/NOTES.md)")
+    out = {}
+    for bs, variants in ((32, ("rs_c4", "rs_c8", "rs_c2_r2")), (16, ("rs_c8", "rs_c8_r2"))):
+        for dtype in ("float16", "bfloat16"):
+            for odt in (dtype, "float32"):
+                for variant in variants:
+                    for trans in (0, 1):
+                        out[("sm_90", str(mg.xw_gmma_rs_spec(dtype, odt, bs, variant, trans)))] = why
+    return out
+
+
+KNOWN_SERIALIZED = _known_serialized()
 
 
 def _families() -> dict[str, list]:
@@ -66,6 +88,12 @@ def _compile_job(family: str, arch: str) -> dict:
                 if len(culprits) >= MAX_BISECT:
                     break
         return {"error": str(exc)[-3000:], "culprits": culprits}
+    # ptxas's wgmma serialization warnings (C7514-C7519: a group waited for after every wgmma) name the function
+    serialized = set()
+    for spec in {s for s in specs}:
+        for line in comp.compile_log(spec, arch).splitlines():
+            if re.search(r"\(C751[4-9]\)", line):
+                serialized.update(re.findall(r"function '(\S+)'", line))
     return {
         "kernels": {
             str(spec): {
@@ -73,6 +101,7 @@ def _compile_job(family: str, arch: str) -> dict:
                 "spill_stores": ck.spill_stores,
                 "spill_loads": ck.spill_loads,
                 "stack_frame": ck.stack_frame,
+                "serialized": ck.lowered_name in serialized,
             }
             for spec, ck in compiled.items()
         }
@@ -147,3 +176,7 @@ def test_family_compiles_without_spills(compiled, family, arch, record_property)
     assert not spilled, f"{family} {arch}: local-memory spills (stores, loads bytes) in " + "; ".join(
         f"{name}: {st}/{ld}" for name, (st, ld) in sorted(spilled.items())
     )
+    serialized = sorted(name for name, k in kernels.items() if k["serialized"] and (arch, name) not in KNOWN_SERIALIZED)
+    stale_ser = [n for (a, n) in KNOWN_SERIALIZED if a == arch and n in kernels and not kernels[n]["serialized"]]
+    assert not stale_ser, f"{family} {arch}: KNOWN_SERIALIZED lists kernels ptxas no longer serializes: {stale_ser[:3]}"
+    assert not serialized, f"{family} {arch}: ptxas serializes the wgmmas (C7514-C7519) of {serialized[:5]}"

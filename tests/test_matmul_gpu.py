@@ -8,7 +8,13 @@ from conftest import assert_close, poison, random_array
 
 from cusparseblocks import BlockSparseMatMul
 from cusparseblocks import _matmul_gpu as _matmul_gpu_tiles
-from cusparseblocks._matmul_gpu import XW_FFMA_TILES, XW_GMMA_RS_TILES, XW_GMMA_TILES, XW_WIDE_TILES
+from cusparseblocks._matmul_gpu import (
+    XW_FFMA_TILES,
+    XW_GMMA_RS_TILES,
+    XW_GMMA_TILES,
+    XW_TMA_TILES,
+    XW_WIDE_TILES,
+)
 from cusparseblocks.reference import matmul as ref
 
 pytestmark = pytest.mark.gpu
@@ -349,31 +355,38 @@ def test_wgmma_tiles(rng, variant, dtype, block_size, n):
                         _matmul_gpu.xw_gmma_smem(block_size, variant), "xw_gmma")
 
 
+def _check_default(rng, op, op_kind, n, default, spec, smem, tiles):
+    """fp16 ``op_kind`` of a fresh batch of ``n``, twice (the second call reuses the cached plan), against the
+    float64 reference; the plan launched ``spec(default, trans)`` when ``default`` names a tile, else no tile of
+    ``tiles``."""
+    import cupy as cp
+
+    f_in = op.K if op_kind == "fprop" else op.M
+    x = random_array(rng, (n, f_in), "float16")
+    w = random_array(rng, op.w_shape, "float16", scale=0.2)
+    ref = _ref64(op, op_kind, x, w=w)
+    for call in ("first", "second"):
+        assert_close(getattr(op, op_kind)(cp.asarray(x), cp.asarray(w)), ref, "float16", f"{op_kind} {call}")
+    trans = int(op_kind == "bprop")
+    if default is None:
+        assert not any(_ran(op, spec(v, trans), smem(v)) for v in tiles), "a tile ran where none is the default"
+    else:
+        assert _ran(op, spec(default, trans), smem(default)), f"{default} is not the default"
+
+
 @pytest.mark.parametrize("block_size,density", [(16, 0.6), (16, 0.15), (32, 0.6), (32, 0.15), (64, 0.6)])
 @pytest.mark.parametrize("op_kind", ["fprop", "bprop"])
 def test_wgmma_rs_default(rng, block_size, density, op_kind):
     """The default fp16 plan for N > 64 on sm_90 is the column-group kernel exactly where
-    xw_gmma_rs_default names one for the layout's density (else xw_gmma or xw_wide_tc), and is correct."""
-    import cupy as cp
-
+    xw_gmma_rs_default names one for the layout's density (else xw_tma, xw_gmma or xw_wide_tc), and is
+    correct."""
     from cusparseblocks import _matmul_gpu
 
     _needs_wgmma()
     op = BlockSparseMatMul(_layout(rng, 24, 20, density), block_size)
-    n = 300
-    f_in = op.K if op_kind == "fprop" else op.M
-    x = random_array(rng, (n, f_in), "float16")
-    w = random_array(rng, op.w_shape, "float16", scale=0.2)
-    y = getattr(op, op_kind)(cp.asarray(x), cp.asarray(w))
-    assert_close(y, _ref64(op, op_kind, x, w=w), "float16", f"{op_kind} default")
-    rs = _matmul_gpu.xw_gmma_rs_default(block_size, op.layout.density)
-    trans = int(op_kind == "bprop")
-    if rs is None:
-        assert not any(_ran(op, _matmul_gpu.xw_gmma_rs_spec("float16", "float16", block_size, v, trans),
-                            _matmul_gpu.xw_gmma_rs_smem(block_size, v)) for v in XW_GMMA_RS_TILES.get(block_size, {}))
-    else:
-        spec = _matmul_gpu.xw_gmma_rs_spec("float16", "float16", block_size, rs, trans)
-        assert _ran(op, spec, _matmul_gpu.xw_gmma_rs_smem(block_size, rs)), f"{rs} is not the default"
+    _check_default(rng, op, op_kind, 300, _matmul_gpu.xw_gmma_rs_default(block_size, op.layout.density),
+                   lambda v, trans: _matmul_gpu.xw_gmma_rs_spec("float16", "float16", block_size, v, trans),
+                   lambda v: _matmul_gpu.xw_gmma_rs_smem(block_size, v), XW_GMMA_RS_TILES.get(block_size, {}))
 
 
 @pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_GMMA_RS_TILES.items() for v in vs])
@@ -400,11 +413,49 @@ def test_wgmma_rs_tiles(rng, variant, dtype, block_size, n):
                         _matmul_gpu.xw_gmma_rs_smem(block_size, variant), "xw_gmma_rs")
 
 
-@pytest.mark.parametrize("block_size", sorted({*XW_GMMA_TILES, *XW_GMMA_RS_TILES}))
+@pytest.mark.parametrize("block_size,density", [(64, 0.6), (64, 0.2), (64, 0.05), (32, 0.6), (32, 0.2), (16, 0.3)])
+@pytest.mark.parametrize("op_kind", ["fprop", "bprop"])
+def test_tma_default(rng, block_size, density, op_kind):
+    """The default fp16 plan for N > 64 on sm_90 is xw_tma exactly where xw_tma_default names a tile for the
+    layout's density (at low density the persistent grid: fewer CTAs than tiles), and is correct."""
+    from cusparseblocks import _matmul_gpu
+
+    _needs_wgmma()
+    op = BlockSparseMatMul(_layout(rng, 40, 36, density), block_size)
+    _check_default(rng, op, op_kind, 700, _matmul_gpu.xw_tma_default(block_size, op.layout.density),
+                   lambda v, trans: _matmul_gpu.xw_tma_spec("float16", "float16", block_size, v, trans),
+                   lambda v: _matmul_gpu.xw_tma_smem(block_size, v), XW_TMA_TILES.get(block_size, {}))
+
+
+@pytest.mark.parametrize("block_size,variant", [(b, v) for b, vs in XW_TMA_TILES.items() for v in vs])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("n", [65, 300, 517])
+def test_tma_tiles(rng, variant, dtype, block_size, n):
+    """xw_tma (forced tile): ragged N against the 128/256-row tile (TMA's zero fill, masked stores), a last
+    cluster with fewer than CL columns (its extra CTAs store nothing), a whole empty cluster, an empty block
+    row and column, records whose mask holds one CTA (plain copy) or several (multicast), columns with more
+    records than pipeline stages (slot wrap-around, releases of absent records), fprop and bprop into poisoned
+    out=, float32 output, accumulate in the input dtype and in float32; asserts that xw_tma ran."""
+    from cusparseblocks import _matmul_gpu
+
+    _needs_wgmma()
+    cl = XW_TMA_TILES[block_size][variant][0] * XW_TMA_TILES[block_size][variant][1]  # columns a record
+    kb, mb = 29, 2 * cl + 3
+    mask = _layout(rng, kb, mb, 0.5)
+    mask[:, cl : 2 * cl] = False  # fprop: the second cluster's columns are empty
+    mask[cl // 2 + 1 : cl // 2 + 3, :] = False  # bprop: rows in a cluster emptied
+    mask[2, cl // 2 + 1] = True
+    op = BlockSparseMatMul(mask, block_size)
+    _check_forced_wgmma(rng, op, dtype, n, variant,
+                        lambda dt, odt, trans: _matmul_gpu.xw_tma_spec(dt, odt, block_size, variant, trans),
+                        _matmul_gpu.xw_tma_smem(block_size, variant), "xw_tma")
+
+
+@pytest.mark.parametrize("block_size", sorted({*XW_GMMA_TILES, *XW_GMMA_RS_TILES, *XW_TMA_TILES}))
 def test_wgmma_default_and_fallbacks(rng, block_size):
-    """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run a wgmma kernel by default (xw_gmma,
-    or xw_gmma_rs where xw_gmma_rs_default names a tile); a misaligned out= or feature axis 0 take the mma.sync
-    kernels; all stay correct."""
+    """On an sm_90 device fp16/bf16 feature-axis-1 calls with N > 64 run a wgmma kernel by default (xw_tma where
+    xw_tma_default names a tile, else xw_gmma_rs where xw_gmma_rs_default does, else xw_gmma); a misaligned out=
+    or feature axis 0 take the mma.sync kernels; all stay correct."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu
@@ -417,7 +468,11 @@ def test_wgmma_default_and_fallbacks(rng, block_size):
     xg, wg = cp.asarray(x), cp.asarray(w)
     y_ref = _ref64(op, "fprop", x, w=w)
     rs = _matmul_gpu.xw_gmma_rs_default(block_size, op.layout.density)
-    if rs is not None:  # the column-group kernel is the default at this density
+    tma = _matmul_gpu.xw_tma_default(block_size, op.layout.density)
+    if tma is not None:  # the TMA kernel is the default at this density
+        gmma = _matmul_gpu.xw_tma_spec("bfloat16", "bfloat16", block_size, tma, 0)
+        smem = _matmul_gpu.xw_tma_smem(block_size, tma)
+    elif rs is not None:  # the column-group kernel is the default at this density
         gmma = _matmul_gpu.xw_gmma_rs_spec("bfloat16", "bfloat16", block_size, rs, 0)
         smem = _matmul_gpu.xw_gmma_rs_smem(block_size, rs)
     else:

@@ -1,0 +1,276 @@
+// Block-sparse fprop / bprop on wgmma fed by TMA from a producer warp (sm_90a only).
+//
+// Feature axis 1 (x [N, in_features], y [N, out_features]), op = identity (fprop) or transpose (bprop):
+//     Y[:, c] = Σ_{blocks (s, c)} X[:, s] · op(w[k]).
+// CTA (c, t) computes Y[t·BM : t·BM + BM, c·BS : c·BS + BS] (a column without blocks is written as zeros).
+// The CTAs of the CL consecutive columns g·CL .. g·CL + CL - 1 form one thread-block cluster and walk the
+// union of their columns' reduction blocks together (records of rs_tables with c = CL: s, a mask with bit j
+// when column g·CL + j has block s, the w index of each; in increasing s). For each record the x tile
+// X[t·BM .., s·BS ..] is copied once from L2, by the lowest CTA of the mask, into the same shared-memory slot
+// of every CTA of the mask (TMA multicast); each of those CTAs copies its own w block. So x is read from L2
+// once per record instead of once per block (at density d and CL = 4: 1 / 2.1 of the bytes at d = 0.5).
+//
+// Why (bench/NOTES.md): xw_gmma's cp.async copies cost every thread ~30 instructions a stage plus a CTA
+// barrier, and its x tile is read from L2 once per block, which kept b = 64 L2-bound near 0.44× dense.
+// Here one thread issues two copies a stage; the consumers wait on mbarriers only.
+//
+// Threads: warpgroups 0 and 1 consume (warpgroup g owns rows g·MI·64 .. +MI·64: MI wgmma m64nBSk16 per 16
+// of k, A = the x tile, B = the w block, both from shared memory through descriptors, fp32 accumulators in
+// registers); warpgroup 2 produces (warp 8, lane 0) and, at one or two CTAs an SM, hands its registers to the
+// consumers (setmaxnreg). STAGES slots of [BM][BS] x + [BS][BS] w in the swizzled layouts of
+// BS·2-byte rows (TMA's 128B / 64B / 32B swizzle = gmma::swizzle), full[s] (the producer's arrival with the
+// slot's bytes) and empty[s] (one arrival per consumer warp of every CTA of the cluster: a CTA refills a
+// slot, and multicasts into the others' same slot, only when all of them have finished reading it).
+// Consumers keep one wgmma group in flight: a slot is released once the next group is issued and the
+// previous one waited for; an entry whose block is absent in this CTA is released at once.
+#include "gmma.cuh"
+#include "tma.cuh"
+
+// sm_90a only. tx: x as [N, in_features], box [BM rows, BS features]; tw: w as [nnz·BS, BS], box [BS / RM,
+// BS]; both with the swizzle of BS·2-byte rows. RM > 1 (CL = 1): clusters of RM row tiles of one column
+// (same records) split each w block into RM pieces of BS / RM rows, each CTA multicasting its piece to all:
+// w is read from L2 once per cluster instead of once per CTA (grid.y a multiple of RM; row tiles past N load
+// zeros and store nothing). y 16-byte aligned, out_features a multiple of BS, N < 2^31.
+// PERS = 1 (CL = RM = 1): a persistent grid of the CTAs the GPU holds at once; CTA b takes the tiles
+// t = b, b + gridDim.x, ... (t = (row tile)·n_cols + column group) and streams their stages back to back, so
+// the next tile's first stages load while the consumers store the last one (no per-tile pipeline fill, no
+// waves).
+//
+// Producer and consumers walk the same stage sequence, each from the tables (a tile's records, or one stage
+// that loads nothing for an empty column group): nothing but the tiles passes between them, so every shared-
+// memory write they synchronize on an mbarrier is a copy's (records passed through shared memory were generic
+// stores that compute-sanitizer's racecheck cannot pair with the mbarrier wait, and st.async needs a cluster).
+template <typename T, typename TO, int BS, int C, int CL, int RM, int MI, int STAGES, int MINB, int PERS, int RS,
+          int TRANS_W>
+__global__ void __cluster_dims__(CL, RM, 1) __launch_bounds__(384, MINB)
+xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap tw, TO* __restrict__ y,
+       const int* __restrict__ offsets, const int* __restrict__ records, i64 n_total, i64 out_features,
+       int accumulate, int n_cols, int n_tiles) {
+    using namespace gmma;
+    static_assert(BS == 16 || BS == 32 || BS == 64, "BS = 16, 32 or 64");
+    static_assert(CL >= 1 && RM >= 1 && CL * RM <= 8 && (CL == 1 || RM == 1), "clusters of columns or of rows");
+    static_assert(STAGES >= 2 && (MI == 1 || MI == 2) && BS % (8 * RM) == 0, "tile");
+    static_assert(PERS == 0 || CL * RM == 1, "the persistent grid has no clusters");
+    static_assert(C >= 1 && C <= 16 && (C == 1 || CL * RM == 1), "column groups in a CTA or across a cluster");
+    constexpr int CS = CL * RM;  // CTAs a cluster
+    constexpr int BM = 2 * MI * 64, ROW = BS * 2, A_BYTES = BM * ROW, W_BYTES = BS * ROW;
+    constexpr int STAGE = (A_BYTES + C * W_BYTES + 1023) / 1024 * 1024;
+    constexpr int NACC = BS / 2, KS = BS / 16, GW = C * CL, REC = 2 + GW;  // GW columns a record
+    // registers a thread: the cap at entry (warps allocated in pairs: 24 a CTA), then (MINB <= 2) the producer
+    // warpgroup gives most of its share to the two consumer warpgroups
+    constexpr int ENTRY_REGS = 65536 / (MINB * 384) / 8 * 8, PRODUCER_REGS = 32;
+    constexpr int CONSUMER_REGS = (ENTRY_REGS + (ENTRY_REGS - PRODUCER_REGS) / 2) / 8 * 8 > 240
+                                      ? 240 : (ENTRY_REGS + (ENTRY_REGS - PRODUCER_REGS) / 2) / 8 * 8;
+
+    extern __shared__ unsigned char smem_raw[];
+    __shared__ __align__(8) unsigned long long bars[2 * STAGES];
+    const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;  // the same offset in every CTA
+    const unsigned full0 = smem_addr(bars), empty0 = full0 + STAGES * 8;
+
+    const unsigned crank = CS > 1 ? tma::cluster_rank() : 0u;
+    const unsigned rank = CL > 1 ? crank : 0u;  // column rank (RM > 1: the rank is the row tile's)
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int n_mine = PERS ? (n_tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x : 1;  // tiles
+    // tile k of this CTA: its column group g and row tile rt
+    auto tile = [&](int k, int& g, int& rt) {
+        if (PERS) {
+            const int t = (int)blockIdx.x + k * (int)gridDim.x;
+            g = t % n_cols;
+            rt = t / n_cols;
+        } else {
+            g = blockIdx.x / CL;
+            rt = blockIdx.y;
+        }
+    };
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            tma::bar_init(full0 + s * 8, 1);
+            tma::bar_init(empty0 + s * 8, 8 * CS);
+        }
+        tma::bar_init_fence();
+    }
+    if (CS > 1)
+        tma::cluster_sync();
+    else
+        __syncthreads();
+
+    if (warp >= 8) {  // the producer warpgroup: warp 8's lane 0 issues everything
+        if (MINB <= 2) tma::setmaxnreg_dec<PRODUCER_REGS>();
+        if (warp == 8 && lane == 0) {
+            tma::prefetch_map(tx);
+            tma::prefetch_map(tw);
+            int q = 0;  // stages issued
+            for (int k = 0; k < n_mine; k++) {
+                int g, rt;
+                tile(k, g, rt);
+                const int n0 = rt * BM;
+                const int begin = __ldg(offsets + g), count = __ldg(offsets + g + 1) - begin;
+                const int* rec = records + (i64)begin * REC;
+                for (int e = 0; e < max(count, 1); e++, q++) {  // an empty group: one stage that loads nothing
+                    const int s = q % STAGES, u = q / STAGES;
+                    const int red = e < count ? __ldg(rec + e * REC) : 0;
+                    const int mask = e < count ? __ldg(rec + e * REC + 1) : 0;
+                    const int mine = C > 1 ? mask : (mask >> rank) & 1;  // this CTA's present blocks
+                    const int kw = (mask >> rank) & 1 ? __ldg(rec + e * REC + 2 + rank) : 0;
+                    // the slot's previous use released by every consumer warp of the cluster
+                    if (u > 0) tma::wait(empty0 + s * 8, (u - 1) & 1);
+                    const unsigned sa = base + s * STAGE, full = full0 + s * 8;
+                    if (!mine) {
+                        tma::arrive(full);
+                        continue;
+                    }
+                    tma::arrive_expect(full, A_BYTES + __popc(mine) * W_BYTES);
+                    if (C > 1) {
+#pragma unroll
+                        for (int j = 0; j < C; j++)
+                            if ((mine >> j) & 1)
+                                tma::load_2d(sa + A_BYTES + j * W_BYTES, tw, 0, __ldg(rec + e * REC + 2 + j) * BS, full);
+                    } else if (RM > 1) {  // piece crank (BS / RM rows) of the w block into every CTA of the cluster
+                        constexpr int PR = BS / RM;
+                        tma::load_2d_multicast(sa + A_BYTES + crank * PR * ROW, tw, 0, kw * BS + crank * PR, full,
+                                               (unsigned short)((1 << RM) - 1));
+                    } else {
+                        tma::load_2d(sa + A_BYTES, tw, 0, kw * BS, full);
+                    }
+                    if (CL == 1 || (mask & ((1 << rank) - 1)) == 0) {  // the lowest CTA of the mask copies x
+                        if (CL > 1 && (mask & (mask - 1)))
+                            tma::load_2d_multicast(sa, tx, red * BS, n0, full, (unsigned short)mask);
+                        else
+                            tma::load_2d(sa, tx, red * BS, n0, full);
+                    }
+                }
+            }
+        }
+        __syncwarp();
+    } else {  // consumers
+        if (MINB <= 2) tma::setmaxnreg_inc<CONSUMER_REGS>();
+        const int wg = warp / 4;
+        float acc[C][MI][NACC];
+        auto zero = [&]() {
+#pragma unroll
+            for (int j = 0; j < C; j++)
+#pragma unroll
+                for (int i = 0; i < MI; i++)
+#pragma unroll
+                    for (int r = 0; r < NACC; r++) acc[j][i][r] = 0.f;
+        };
+        zero();
+        // one arrival a warp on slot s's empty barrier of every CTA of the cluster (lane r: CTA r)
+        auto release = [&](int s) {
+            __syncwarp();
+            if (CS == 1) {
+                if (lane == 0) tma::arrive(empty0 + s * 8);
+            } else if (lane < CS) {
+                tma::arrive_remote(empty0 + s * 8, lane);
+            }
+        };
+        // RS: this warp's ldmatrix source for fragment (i, kk): row (wg·MI + i)·64 + 16v + lane % 16 of the x tile,
+        // 8-feature chunk 2·kk + lane / 16 (registers 0-3: rows 0-7 / 8-15 at k 0-7, then at k 8-15). One set of
+        // fragments, loaded once the previous group has drained (with a second set, to keep a group in flight
+        // while the next stage loads, ptxas serialized the wgmmas: C7514)
+        unsigned a_off[MI][KS], a[MI][KS][4];
+#pragma unroll
+        for (int i = 0; i < MI; i++)
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++)
+                a_off[i][kk] = swizzle<ROW>((wg * MI + i) * 64 + (warp % 4) * 16 + lane % 16, kk * 2 + lane / 16);
+        int q = 0, pend = -1;  // the stage whose wgmma group may still read its slot
+        for (int k = 0; k < n_mine; k++) {
+            int g, rt;
+            tile(k, g, rt);
+            const int c0 = g * GW + rank * C;  // the CTA's first output column
+            const int begin = __ldg(offsets + g);
+            // uniform to the compiler too (a branch on a value it cannot prove warp-uniform makes ptxas serialize
+            // the wgmmas)
+            const int count = __shfl_sync(0xffffffffu, __ldg(offsets + g + 1) - begin, 0);
+            const int* mp = records + (i64)begin * REC + 1;  // the records' masks
+            for (int e = 0; e < count; e++, q++) {
+                const int s = q % STAGES;
+                const int mask = __shfl_sync(0xffffffffu, __ldg(mp + e * REC), 0);
+                const int mine = C > 1 ? mask : (mask >> rank) & 1;
+                if (pend >= 0 && (q - pend >= STAGES - 1 || RS)) {
+                    // the producer needs pend's slot next, or (RS) this stage's fragments overwrite pend's
+                    wgmma_wait<0>();
+                    release(pend % STAGES);
+                    pend = -1;
+                }
+                tma::wait(full0 + s * 8, (q / STAGES) & 1);
+                if (!mine) {
+                    release(s);
+                    continue;
+                }
+                const unsigned sa = base + s * STAGE;
+                if (RS) {
+#pragma unroll
+                    for (int i = 0; i < MI; i++)
+#pragma unroll
+                        for (int kk = 0; kk < KS; kk++) ldmatrix_x4(a[i][kk], sa + a_off[i][kk]);
+                }
+                wgmma_fence();
+#pragma unroll
+                for (int j = 0; j < C; j++) {
+                    if (C > 1 && !((mine >> j) & 1)) continue;  // the branch goes around the column's wgmmas
+                    const unsigned sb = sa + A_BYTES + j * W_BYTES;
+#pragma unroll
+                    for (int kk = 0; kk < KS; kk++) {
+                        // fprop: B rows are k (N-major), 16 rows a step; bprop: rows are n (K-major), 32 bytes a step
+                        const unsigned long long db = desc<ROW>(TRANS_W ? sb + kk * 32 : sb + kk * 16 * ROW);
+#pragma unroll
+                        for (int i = 0; i < MI; i++) {
+                            if (RS)
+                                GmmaRS<T, BS, TRANS_W ? 0 : 1>::run(acc[j][i], a[i][kk], db);
+                            else
+                                Gmma<T, BS, 0, TRANS_W ? 0 : 1>::run(acc[j][i],
+                                                                     desc<ROW>(sa + (wg * MI + i) * 64 * ROW + kk * 32), db);
+                        }
+                    }
+                }
+                wgmma_commit();
+                wgmma_wait<1>();
+                if (pend >= 0) release(pend % STAGES);
+                pend = q;
+            }
+            if (count == 0) {  // the producer's one stage for an empty group: nothing to read
+                tma::wait(full0 + (q % STAGES) * 8, (q / STAGES) & 1);
+                release(q % STAGES);
+                q++;
+            }
+            // the tile's end: drain, store, start the next tile from zero
+            wgmma_wait<0>();
+            if (pend >= 0) release(pend % STAGES);
+            pend = -1;
+#pragma unroll
+            for (int j = 0; j < C; j++)
+#pragma unroll
+                for (int i = 0; i < MI; i++)
+#pragma unroll
+                    for (int r = 0; r < NACC; r++) fence_operand(acc[j][i][r]);
+            // accumulator fragment: warp v of the warpgroup holds rows 16v + lane/4 (+8), and for each 8
+            // features r, features 8r + 2·(lane % 4) (+1)
+            const int v = warp % 4;
+#pragma unroll
+            for (int j = 0; j < C; j++) {
+                const int c = c0 + j;
+                if ((i64)(c + 1) * BS > out_features) continue;  // a last group with fewer columns
+                TO* yc = y + (i64)c * BS + (lane % 4) * 2;
+#pragma unroll
+                for (int i = 0; i < MI; i++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const i64 n = (i64)rt * BM + (wg * MI + i) * 64 + v * 16 + lane / 4 + h * 8;
+                        if (n >= n_total) continue;
+                        TO* yr = yc + n * out_features;
+#pragma unroll
+                        for (int r = 0; r < BS / 8; r++)
+                            Pair<TO>::store(yr + r * 8, acc[j][i][r * 4 + h * 2], acc[j][i][r * 4 + h * 2 + 1],
+                                            accumulate);
+                    }
+            }
+            zero();
+        }
+    }
+    // no CTA leaves while another of its cluster may still copy into its shared memory or arrive on its
+    // barriers
+    if (CS > 1) tma::cluster_sync();
+}
