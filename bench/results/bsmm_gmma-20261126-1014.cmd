@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/bsmm_gmma.py --blocks 64,32,16 --ops fprop,bprop --densities 0.5,0.2,0.1,0.05 --only gmma,rs_c4_e2,rs_c8_e2,tma_m2_s2,tma_g2_m2,tma_g2_s3,tma_p,tma_s3,tma_s4,tma_s4_p,tma_g4,tma_g4_p,tma_g4_m2,tma_g8,tma_g8_p,tma_g8_m2,tma_g16

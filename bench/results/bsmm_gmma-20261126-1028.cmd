@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/bsmm_gmma.py --blocks 64,32,16 --ops fprop --densities 0.5,0.2,0.1,0.05 --only gmma,rs_c4_e2,rs_c8_e2,tma,tma_c2,tma_c2_m2_s2,tma_c4,tma_c8,tma_g2_m2,tma_g2_s3,tma_g4,tma_g4_m2,tma_g4_p,tma_g8,tma_m2,tma_m2_s2,tma_m2_s2_p,tma_p,tma_r2_m2_s2,tma_rs16,tma_rs2,tma_rs4,tma_rs4_m2,tma_rs4_p,tma_rs8,tma_rs8_m2,tma_rs8_p,tma_s4
