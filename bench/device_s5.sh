@@ -17,7 +17,7 @@ if [ "$1" = tests ]; then
   timeout 60 python -m cusparseblocks check > $L/check-$stamp.log 2>&1
   echo "check rc=$? ($(el)): $(tail -2 $L/check-$stamp.log | tr '\n' ' ')"
   for tool in memcheck racecheck; do
-    timeout 110 compute-sanitizer --tool $tool python bench/sanitize_bsmm.py > $L/sanitize_bsmm-$tool-$stamp.log 2>&1
+    timeout 200 compute-sanitizer --tool $tool python bench/sanitize_bsmm.py > $L/sanitize_bsmm-$tool-$stamp.log 2>&1
     echo "sanitize_bsmm $tool rc=$? ($(el)): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|worst' $L/sanitize_bsmm-$tool-$stamp.log | tr '\n' ' ')"
   done
   tar czf $OUT/s5-tests-$stamp.tgz -C $L . && rm -rf $L

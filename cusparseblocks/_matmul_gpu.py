@@ -98,12 +98,14 @@ XW_TMA_TILES = {
          "tma_p": (1, 1, 1, 4, 2, 1, 1, 0), "tma": (1, 1, 1, 4, 2, 1, 0, 0),
          "tma_m2": (1, 1, 2, 4, 1, 1, 0, 0),
          "tma_m2_s2_p": (1, 1, 2, 2, 2, 1, 1, 0), "tma_c2": (1, 2, 1, 4, 2, 1, 0, 0),
-         "tma_r2_m2_s2": (1, 1, 2, 2, 2, 2, 0, 0), "tma_rs2": (2, 1, 1, 4, 1, 1, 0, 1)},
+         "tma_r2_m2_s2": (1, 1, 2, 2, 2, 2, 0, 0), "tma_rs2": (2, 1, 1, 4, 1, 1, 0, 1),
+         "tma_g2_m2_p": (2, 1, 2, 4, 1, 1, 1, 0),
+         "tma_g3_s3": (3, 1, 1, 3, 1, 1, 0, 0)},
     32: {"tma_m2": (1, 1, 2, 4, 2, 1, 0, 0), "tma_s4": (1, 1, 1, 4, 2, 1, 0, 0),
          "tma_g4": (4, 1, 1, 4, 2, 1, 0, 0),
          "tma_g4_m2": (4, 1, 2, 6, 1, 1, 0, 0), "tma_rs4": (4, 1, 1, 6, 2, 1, 0, 1),
          "tma_rs4_m2": (4, 1, 2, 4, 1, 1, 0, 1), "tma_rs4_p": (4, 1, 1, 6, 2, 1, 1, 1),
-         "tma_c4": (1, 4, 1, 6, 2, 1, 0, 0)},
+         "tma_c4": (1, 4, 1, 6, 2, 1, 0, 0), "tma_g2_m2": (2, 1, 2, 4, 2, 1, 0, 0)},
     16: {"tma_rs8": (8, 1, 1, 8, 2, 1, 0, 1), "tma_rs8_m2": (8, 1, 2, 8, 1, 1, 0, 1),
          "tma_rs8_p": (8, 1, 1, 8, 2, 1, 1, 1), "tma_g8": (8, 1, 1, 8, 2, 1, 0, 0),
          "tma_c8": (1, 8, 1, 8, 2, 1, 0, 0)},
@@ -115,9 +117,10 @@ XW_TMA_TILES = {
 # xw_gmma's 328 / 242 / 211 / 158; b = 32 tma_m2 220 / 195 / 165 / 116 against xw_gmma 200 / 185 / 160 / 115
 # and rs_c4_e2 252 at 0.5 (tma_rs4_m2 258); b = 16: the cp.async column groups stay (rs_c8_e2 162 / 86
 # against tma_rs8_m2 95 / 58).
-# Clusters (tma_c*, tma_r*) were slower everywhere (b = 64 d = 0.5 tma_c2 280 against tma 334).
+# Clusters (tma_c*, tma_r*) were slower everywhere (b = 64 d = 0.5 tma_c2 280 against tma 334). The
+# persistent two-column tile (-1114): b = 64 d = 0.5 tma_g2_m2_p 407 against tma_g2_m2 392, tma_m2_s2 386.
 XW_TMA_DEFAULT: dict[int, tuple[tuple[float, str | None], ...]] = {
-    64: ((0.35, "tma_g2_m2"), (0.075, "tma_m2_s2"), (0.0, "tma_p")),
+    64: ((0.35, "tma_g2_m2_p"), (0.075, "tma_m2_s2"), (0.0, "tma_p")),
     32: ((0.35, None), (0.0, "tma_m2")),
 }
 
@@ -1197,8 +1200,9 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
         tw = _tma.tiled_2d(w.data.ptr, dtype, op_obj.layout.nnz * b, b, b // tables[4], b)
         offsets, records = _tables(op_obj, tables[:3], dev)
         n_groups, n_tiles = tables[5], tables[5] * tables[6]
-        fn(grid, block, (tx, tw, y, offsets, records, np.int64(n), np.int64(f_out), np.int32(bool(accumulate)),
-                         np.int32(n_groups), np.int32(n_tiles)),
+        acc = np.int32(bool(accumulate))
+        fn(grid, block, (tx, tw, y, offsets, records, np.int64(n), np.int64(f_out), acc, np.int32(n_groups),
+                         np.int32(n_tiles)),
            shared_mem=smem, stream=cupy.cuda.get_current_stream())
         return y
     # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots); xw_gmma_rs: (offsets, records)
