@@ -24,7 +24,7 @@ if [ "$1" = tests ]; then
 else
   timeout 230 python bench/bsmm.py > $L/bsmm-$stamp.log 2>&1; echo "bsmm rc=$? ($(el))"
   timeout 300 python bench/bsmm_gmma.py --blocks 64,32 --ops fprop,bprop --densities 0.5,0.2,0.1,0.05 \
-    --only gmma,rs_c4_e2,tma_g2_m2,tma_m2_s2,tma_p,tma_m2,tma_rs4_m2 > $L/bsmm_gmma-$stamp.log 2>&1
+    --only gmma,rs_c4_e2,tma_g2_m2_p,tma_g2_m2,tma_m2_s2,tma_p,tma_m2,tma_rs4_m2 > $L/bsmm_gmma-$stamp.log 2>&1
   echo "bsmm_gmma rc=$? ($(el))"
   cp $(ls -t bench/results/bsmm-2026*.json bench/results/bsmm-2026*.cmd bench/results/bsmm-2026*.png 2>/dev/null | head -3) $L/
   cp $(ls -t bench/results/bsmm_gmma-2026*.json bench/results/bsmm_gmma-2026*.cmd 2>/dev/null | head -2) $L/

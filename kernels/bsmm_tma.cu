@@ -2,13 +2,15 @@
 //
 // Feature axis 1 (x [N, in_features], y [N, out_features]), op = identity (fprop) or transpose (bprop):
 //     Y[:, c] = Σ_{blocks (s, c)} X[:, s] · op(w[k]).
-// CTA (c, t) computes Y[t·BM : t·BM + BM, c·BS : c·BS + BS] (a column without blocks is written as zeros).
-// The CTAs of the CL consecutive columns g·CL .. g·CL + CL - 1 form one thread-block cluster and walk the
-// union of their columns' reduction blocks together (records of rs_tables with c = CL: s, a mask with bit j
-// when column g·CL + j has block s, the w index of each; in increasing s). For each record the x tile
-// X[t·BM .., s·BS ..] is copied once from L2, by the lowest CTA of the mask, into the same shared-memory slot
-// of every CTA of the mask (TMA multicast); each of those CTAs copies its own w block. So x is read from L2
-// once per record instead of once per block (at density d and CL = 4: 1 / 2.1 of the bytes at d = 0.5).
+// A CTA computes Y[t·BM : t·BM + BM] for a group of C·CL output block columns g·C·CL .. (a column without
+// blocks is written as zeros), walking the records of rs_tables for that group (s, a mask with bit j when
+// column j of the group has block s, the w index of each; in increasing s). Per record the x tile
+// X[t·BM .., s·BS ..] is copied once and shared by the present blocks of the CTA's C columns (C > 1: one wgmma
+// group per present column, A = the x tile from shared memory, or from registers with RS = 1), each present
+// w block copied into its own slot.
+// Forced-only (measured slower, bench/NOTES.md): clusters of CL CTAs (one column each) that walk the union of
+// their columns' records together, the x tile multicast by the lowest CTA of the mask into every CTA of the
+// mask; clusters of RM row tiles that multicast the w blocks (below).
 //
 // Why (bench/NOTES.md): xw_gmma's cp.async copies cost every thread ~30 instructions a stage plus a CTA
 // barrier, and its x tile is read from L2 once per block, which kept b = 64 L2-bound near 0.44× dense.
