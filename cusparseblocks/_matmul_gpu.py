@@ -69,10 +69,9 @@ XW_GMMA_RS_TILES = {
 # density the layout reaches; none: xw_gmma (b = 32) / xw_wide_tc (b = 16). H100, N = K = M = 4096, fp16,
 # TFLOP/s (bench/results/bsmm_gmma-20261126-0758): b = 16 rs_c8_e2 160 / 85 / 47 at d = 0.5 / 0.2 / 0.05
 # against xw_wide_tc's 109 / 56 / 21 (rs_c16_e2 164 / 75 / 31); b = 32 (-0747) rs_c4_e2 242 against xw_gmma's
-# 200 at d = 0.5, 167 against 185 at d = 0.2; b = 64: xw_gmma everywhere.
+# 200 at d = 0.5, 167 against 185 at d = 0.2 (b = 32 and 64 now default to xw_tma: XW_TMA_DEFAULT).
 XW_GMMA_RS_DEFAULT: dict[int, tuple[tuple[float, str], ...]] = {
     16: ((0.0, "rs_c8_e2"),),
-    32: ((0.35, "rs_c4_e2"),),
 }
 
 
@@ -118,10 +117,11 @@ XW_TMA_TILES = {
 # and rs_c4_e2 252 at 0.5 (tma_rs4_m2 258); b = 16: the cp.async column groups stay (rs_c8_e2 162 / 86
 # against tma_rs8_m2 95 / 58).
 # Clusters (tma_c*, tma_r*) were slower everywhere (b = 64 d = 0.5 tma_c2 280 against tma 334). The
-# persistent two-column tile (-1114): b = 64 d = 0.5 tma_g2_m2_p 407 against tma_g2_m2 392, tma_m2_s2 386.
+# persistent two-column tile (-1114): b = 64 d = 0.5 tma_g2_m2_p 407 against tma_g2_m2 392, tma_m2_s2 386;
+# b = 32 two columns at 256 rows: tma_g2_m2 255 / 259 against rs_c4_e2 250 / 246 at d = 0.5 (-1114 / -1120).
 XW_TMA_DEFAULT: dict[int, tuple[tuple[float, str | None], ...]] = {
     64: ((0.35, "tma_g2_m2_p"), (0.075, "tma_m2_s2"), (0.0, "tma_p")),
-    32: ((0.35, None), (0.0, "tma_m2")),
+    32: ((0.35, "tma_g2_m2"), (0.0, "tma_m2")),
 }
 
 
