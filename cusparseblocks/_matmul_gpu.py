@@ -75,12 +75,15 @@ XW_GMMA_RS_DEFAULT: dict[int, tuple[tuple[float, str], ...]] = {
 }
 
 
+def _by_density(table, bs, density):
+    """The variant of the first (minimum density, variant) entry of table[bs] that the density reaches, or
+    None."""
+    return next((variant for least, variant in table.get(bs, ()) if density >= least), None)
+
+
 def xw_gmma_rs_default(bs, density):
     """The default xw_gmma_rs variant for this block size and layout density, or None."""
-    for least, variant in XW_GMMA_RS_DEFAULT.get(bs, ()):
-        if density >= least:
-            return variant
-    return None
+    return _by_density(XW_GMMA_RS_DEFAULT, bs, density)
 
 
 # xw_tma (kernels/bsmm_tma.cu: wgmma fed by TMA from a producer warp, sm_90a; fp16/bf16, feature axis 1,
@@ -127,10 +130,7 @@ XW_TMA_DEFAULT: dict[int, tuple[tuple[float, str | None], ...]] = {
 
 def xw_tma_default(bs, density):
     """The default xw_tma variant for this block size and layout density, or None."""
-    for least, variant in XW_TMA_DEFAULT.get(bs, ()):
-        if density >= least:
-            return variant
-    return None
+    return _by_density(XW_TMA_DEFAULT, bs, density)
 
 
 # updat_gmma (b = 64) / updat_gmma32 (b = 32; warpgroups stack pairs of blocks) / updat_gmma_stack (b = 16,
