@@ -44,23 +44,40 @@ def _io(fa, n, features):
     return (n, features) if fa == 1 else (features, n)
 
 
+def _dense_refs(op, x, dy, w):
+    """float64 (y, dx, xᵀ·dy) through the dense W of the layout."""
+    W = to_scipy(op.layout, np.asarray(w, np.float64)).toarray()
+    x64, dy64 = (np.asarray(a, np.float64) for a in (x, dy))
+    if op.feature_axis == 0:
+        x64, dy64 = x64.T, dy64.T
+    y_ref, dx_ref, G = x64 @ W, dy64 @ W.T, x64.T @ dy64
+    if op.feature_axis == 0:
+        y_ref, dx_ref = y_ref.T, dx_ref.T
+    return y_ref, dx_ref, G
+
+
+def _inputs(rng, op, n, dtype):
+    """Fresh x, dy (batch n) and w of the op in dtype."""
+    fa = op.feature_axis
+    x = random_array(rng, _io(fa, n, op.K), dtype)
+    dy = random_array(rng, _io(fa, n, op.M), dtype)
+    return x, dy, random_array(rng, op.w_shape, dtype, scale=0.2)
+
+
+def _blocks(op, G):
+    """The nonzero blocks [nnz, b, b] of a dense [K, M] matrix, in the layout's order."""
+    lay, b = op.layout, op.block_size
+    return G.reshape(lay.in_blocks, b, lay.out_blocks, b)[lay.rows, :, lay.cols, :]
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_case_default_dispatch(seed):
     import cupy as cp
 
     rng, b, dtype, fa, mask, n = _case(seed)
     op = BlockSparseMatMul(mask, b, fa)
-    lay = op.layout
-    x = random_array(rng, _io(fa, n, op.K), dtype)
-    dy = random_array(rng, _io(fa, n, op.M), dtype)
-    w = random_array(rng, op.w_shape, dtype, scale=0.2)
-    W = to_scipy(lay, np.asarray(w, np.float64)).toarray()
-    x64, dy64 = (np.asarray(a, np.float64) for a in (x, dy))
-    if fa == 0:
-        x64, dy64 = x64.T, dy64.T
-    y_ref, dx_ref = x64 @ W, dy64 @ W.T
-    if fa == 0:
-        y_ref, dx_ref = y_ref.T, dx_ref.T
+    x, dy, w = _inputs(rng, op, n, dtype)
+    y_ref, dx_ref, _ = _dense_refs(op, x, dy, w)
     xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
     tol = dtype
 
@@ -92,7 +109,7 @@ def test_random_case_default_dispatch(seed):
     for xa, da in pairs:
         xa64, da64 = np.asarray(xa, np.float64), np.asarray(da, np.float64)
         G += (xa64.T @ da64) if fa == 1 else (xa64 @ da64.T)
-    dw_ref = G.reshape(lay.in_blocks, b, lay.out_blocks, b)[lay.rows, :, lay.cols, :]
+    dw_ref = _blocks(op, G)
     dw = poison(cp, op.w_shape, dtype)
     if len(pairs) == 1:
         op.updat(xg, dyg, out=dw)
@@ -130,17 +147,8 @@ def test_large_ragged_default_dispatch(case):
     mask[kb - 1, :] = False  # an empty block row and column
     mask[:, mb - 1] = False
     op = BlockSparseMatMul(mask, b, fa)
-    lay = op.layout
-    x = random_array(rng, _io(fa, n, op.K), dtype)
-    dy = random_array(rng, _io(fa, n, op.M), dtype)
-    w = random_array(rng, op.w_shape, dtype, scale=0.2)
-    W = to_scipy(lay, np.asarray(w, np.float64)).toarray()
-    x64, dy64 = (np.asarray(a, np.float64) for a in (x, dy))
-    if fa == 0:
-        x64, dy64 = x64.T, dy64.T
-    y_ref, dx_ref, G = x64 @ W, dy64 @ W.T, x64.T @ dy64
-    if fa == 0:
-        y_ref, dx_ref = y_ref.T, dx_ref.T
+    x, dy, w = _inputs(rng, op, n, dtype)
+    y_ref, dx_ref, G = _dense_refs(op, x, dy, w)
     xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
     y = poison(cp, _io(fa, n, op.M), dtype)
     op.fprop(xg, wg, out=y)
@@ -150,7 +158,7 @@ def test_large_ragged_default_dispatch(case):
     assert_close(dx, dx_ref, dtype, "bprop")
     dw = poison(cp, op.w_shape, dtype)
     op.updat(xg, dyg, out=dw)
-    assert_close(dw, G.reshape(lay.in_blocks, b, lay.out_blocks, b)[lay.rows, :, lay.cols, :], dtype, "updat")
+    assert_close(dw, _blocks(op, G), dtype, "updat")
     if b in (32, 64) and dtype != "float32" and fa == 1 and compiler.device_arch() == "sm_90":
         # the launch tables of xw_tma are cached under (device, ("tma", op, columns a CTA))
         tma = [k for k in op._gpu_tables if isinstance(k, tuple) and len(k) == 2 and isinstance(k[1], tuple)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import assert_close, random_array
+from test_ops_cols import _gpu  # a copy on the GPU, optionally a view 1 element off 16-byte alignment
 
 from cusparseblocks import ops
 from cusparseblocks.reference import ops as ref
@@ -23,15 +24,6 @@ SEEDS = range(40)
 
 def _f64(a):
     return np.asarray(a.get() if hasattr(a, "get") else a).astype(np.float64)
-
-
-def _gpu(cp, host, misalign):
-    if not misalign:
-        return cp.asarray(host)
-    flat = cp.empty(host.size + 1, dtype=host.dtype)
-    view = flat[1:].reshape(host.shape)
-    view[...] = cp.asarray(host)
-    return view
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -50,7 +42,7 @@ def test_random_norms_default_dispatch(seed):
     misalign = seed % 7 == 3
     x = (random_array(rng, (R, C), "float32") * 3 + 5).astype(random_array(rng, (1,), dtype).dtype)
     dy = random_array(rng, (R, C), dtype)
-    xg, dyg = _gpu(cp, x, misalign), _gpu(cp, dy, misalign)
+    xg, dyg = _gpu(x, misalign), _gpu(dy, misalign)
     pool = cp.full(1 << 24, np.nan, dtype=cp.float32)  # fresh allocations start from NaN
     del pool
     for kind in ("layer", "batch"):
