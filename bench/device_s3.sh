@@ -5,11 +5,7 @@
 #   tests  every GPU test + `python -m cusparseblocks check`
 #   sanit  compute-sanitizer memcheck/racecheck on bench/sanitize_bsmm.py and bench/sanitize_ops.py
 #   bsmm   bench/bsmm.py (full table) and the small-batch table;  ew, conv, rnn: their benchmarks
-export PYTHONPATH=. CUSPARSEBLOCKS_CACHE_DIR=/tmp/cbc XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; L=$OUT/r; mkdir -p $L
-t0=$(date +%s); el() { echo "$(($(date +%s)-t0)) s"; }
-stamp=$(date -u +%Y%m%d-%H%M)
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
+. bench/device_env.sh
 tests() {  # name, timeout, pytest args...
   local name=$1 t=$2; shift 2
   timeout $t python -m pytest -m gpu -q -n 12 -p no:cacheprovider -rfE "$@" > $L/$name-tests.log 2>&1

@@ -4,18 +4,10 @@
 #                                   racecheck on bench/sanitize_bsmm.py (every xw_gmma_rs and xw_tma tile forced)
 #   bash bench/device_s5.sh bench   bench/bsmm.py (full table) and bench/bsmm_gmma.py for b = 64 / 32 (the TMA tiles
 #                                   against xw_gmma / xw_gmma_rs, fprop and bprop)
-export PYTHONPATH=. CUSPARSEBLOCKS_CACHE_DIR=/tmp/cbc XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; L=$OUT/r; mkdir -p $L
-t0=$(date +%s); el() { echo "$(($(date +%s)-t0)) s"; }
-stamp=$(date -u +%Y%m%d-%H%M)
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
+. bench/device_env.sh
 if [ "$1" = tests ]; then
   python bench/ew.py --warm-only 2>&1 | tail -1
-  timeout ${TEST_S:-330} python -m pytest -m gpu -q -n 12 -p no:cacheprovider -rfE tests/ > $L/all-tests-$stamp.log 2>&1
-  echo "all tests rc=$? $(el): $(tail -1 $L/all-tests-$stamp.log)"; grep -E '^(FAILED|ERROR)' $L/all-tests-$stamp.log | head -8
-  grep -E "^SKIPPED" $L/all-tests-$stamp.log | head -6
-  timeout 60 python -m cusparseblocks check > $L/check-$stamp.log 2>&1
-  echo "check rc=$? ($(el)): $(tail -2 $L/check-$stamp.log | tr '\n' ' ')"
+  gpu_suite 330
   for tool in memcheck racecheck; do
     timeout 200 compute-sanitizer --tool $tool python bench/sanitize_bsmm.py > $L/sanitize_bsmm-$tool-$stamp.log 2>&1
     echo "sanitize_bsmm $tool rc=$? ($(el)): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|worst' $L/sanitize_bsmm-$tool-$stamp.log | tr '\n' ' ')"
