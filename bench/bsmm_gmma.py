@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="float16", help="comma-separated: float16,bfloat16")
     ap.add_argument("--ops", default="fprop,bprop,updat", help="comma-separated: fprop,bprop,updat")
     ap.add_argument("--only", default="", help="comma-separated fprop/bprop tiles to time (default: all)")
+    ap.add_argument("--seq", action="store_true",
+                    help="also time each tile of several columns with its columns in index order (kernel "
+                         "name + '/seq'; the default groups columns by shared blocks: column_order)")
     args = ap.parse_args(argv)
     ops = args.ops.split(",")
     import cupy as cp
@@ -75,10 +78,16 @@ def _run_dtype(cp, rs, args, ops, dtype, dt, n, k, table, rows):
                 ref = x0.astype(cp.float32) @ (wd if kind == "fprop" else wd.T)
                 base = None
                 # the mma.sync row: xw_tc, or xw_wide_tc at b = 16
-                for variant in ("xw_tc", *(v for t in tiled for v in t.get(b, {}))):
+                names = [(v, True) for v in ("xw_tc", *(v for t in tiled for v in t.get(b, {})))]
+                if args.seq:
+                    multi = {v for v, t in _matmul_gpu.XW_TMA_TILES.get(b, {}).items() if t[0] * t[1] > 1}
+                    multi |= {v for v, t in _matmul_gpu.XW_GMMA_RS_TILES.get(b, {}).items() if t[0] > 1}
+                    names = [(v, g) for v, _ in names for g in ((True, False) if v in multi else (True,))]
+                for variant, grouped in names:
                     if args.only and variant != "xw_tc" and variant not in args.only.split(","):
                         continue
                     _matmul_gpu.force_variant = None if variant == "xw_tc" else variant
+                    _matmul_gpu.group_columns = grouped
                     saved = _matmul_gpu.gmma_enabled
                     _matmul_gpu.gmma_enabled = variant != "xw_tc"
                     try:
@@ -89,9 +98,11 @@ def _run_dtype(cp, rs, args, ops, dtype, dt, n, k, table, rows):
                     finally:
                         _matmul_gpu.force_variant = None
                         _matmul_gpu.gmma_enabled = saved
+                        _matmul_gpu.group_columns = True
                     base = base or t
                     tf = flops / (t * 1e-3) / 1e12
-                    row = dict(op=kind, dtype=dtype, b=b, density=d, kernel=variant, ms=t, TFLOPs=tf,
+                    label = variant if grouped else variant + "/seq"
+                    row = dict(op=kind, dtype=dtype, b=b, density=d, kernel=label, ms=t, TFLOPs=tf,
                                x_dense=tf / dense_tf,
                                **{"vs mma.sync": base / t, "rel err": err})
                     rows.append(row)

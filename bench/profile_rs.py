@@ -2,7 +2,8 @@
 
 Run: PYTHONPATH=. ncu --kernel-name regex:"xw_gmma" --section SpeedOfLight --section WarpStateStats \
          --section Occupancy python bench/profile_rs.py B DENSITY VARIANT [VARIANT ...]
-(a variant of XW_GMMA_TILES or XW_GMMA_RS_TILES; launches in the order given).
+(a variant of XW_GMMA_TILES, XW_GMMA_RS_TILES or XW_TMA_TILES, with "/seq" appended: its columns in index
+order instead of grouped by shared blocks; launches in the order given).
 """
 
 import sys
@@ -20,8 +21,10 @@ op = BlockSparseMatMul(mask, b)
 x = cp.random.standard_normal((4096, 4096), dtype=cp.float32).astype(cp.float16)
 w = (cp.random.standard_normal(op.w_shape, dtype=cp.float32) * 0.05).astype(cp.float16)
 for variant in sys.argv[3:]:
-    _matmul_gpu.force_variant = variant
+    _matmul_gpu.force_variant = variant.removesuffix("/seq")
+    _matmul_gpu.group_columns = not variant.endswith("/seq")
     y = op.fprop(x, w)
 _matmul_gpu.force_variant = None
+_matmul_gpu.group_columns = True
 cp.cuda.runtime.deviceSynchronize()
 print("done", float(y[0, 0]))

@@ -1,6 +1,7 @@
-"""The b = 16 / 8 fp16 update kernels for compute-sanitizer: every updat_gmma_stack tile (sm_90), updat_tc
-(gmma_enabled False) and every updat_tile_tc tile (b = 16), N = 152, 700 and 3000 (a split update, finished in
-the launch), a layout with an empty block row and rows longer than a group; checks every result against float64.
+"""The b = 64 / 16 / 8 fp16 update kernels for compute-sanitizer: every updat_gmma (b = 64, PW > 1 included)
+and updat_gmma_stack tile (sm_90), updat_tc (gmma_enabled False) and every updat_tile_tc tile (b = 16),
+N = 152, 700 and 3000 (a split update, finished in the launch), a layout with an empty block row and rows
+longer than a group; checks every result against float64.
 
 Run: PYTHONPATH=. compute-sanitizer --tool memcheck python bench/sanitize_updat.py   (or --tool racecheck)
 """
@@ -15,7 +16,7 @@ from cusparseblocks.reference import matmul as ref
 def main():
     rng = np.random.default_rng(2)
     worst = 0.0
-    for b in (16, 8):
+    for b in (64, 16, 8):
         mask = rng.random((6, 40)) < 0.4
         mask[0, :20] = True
         mask[2, :] = False

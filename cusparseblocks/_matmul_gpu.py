@@ -95,6 +95,8 @@ def xw_gmma_rs_default(bs, density):
 # (ldmatrix once a record, one register-A wgmma per present column; each group drained before the next
 # stage's fragments load) instead of read from shared memory by every column's wgmma)}.
 # 384 threads: at MINB <= 2 the producer warpgroup's registers go to the consumers (MINB = 2: 104 a thread).
+# An optional 9th field TT = 1 (b = 64, C = 2, BM = 256): the transposed tile, warpgroup j computing column j
+# of the pair as D[64 × 256] = op(w)ᵀ · xᵀ with m64n256k16 wgmmas (less shared memory read per flop).
 XW_TMA_TILES = {
     64: {"tma_g2_m2": (2, 1, 2, 4, 1, 1, 0, 0), "tma_m2_s2": (1, 1, 2, 2, 2, 1, 0, 0),
          "tma_p": (1, 1, 1, 4, 2, 1, 1, 0), "tma": (1, 1, 1, 4, 2, 1, 0, 0),
@@ -102,7 +104,8 @@ XW_TMA_TILES = {
          "tma_m2_s2_p": (1, 1, 2, 2, 2, 1, 1, 0), "tma_c2": (1, 2, 1, 4, 2, 1, 0, 0),
          "tma_r2_m2_s2": (1, 1, 2, 2, 2, 2, 0, 0), "tma_rs2": (2, 1, 1, 4, 1, 1, 0, 1),
          "tma_g2_m2_p": (2, 1, 2, 4, 1, 1, 1, 0),
-         "tma_g3_s3": (3, 1, 1, 3, 1, 1, 0, 0)},
+         "tma_g3_s3": (3, 1, 1, 3, 1, 1, 0, 0),
+         "tma_t2_m2": (2, 1, 2, 4, 1, 1, 0, 0, 1), "tma_t2_m2_p": (2, 1, 2, 4, 1, 1, 1, 0, 1)},
     32: {"tma_m2": (1, 1, 2, 4, 2, 1, 0, 0), "tma_s4": (1, 1, 1, 4, 2, 1, 0, 0),
          "tma_g4": (4, 1, 1, 4, 2, 1, 0, 0),
          "tma_g4_m2": (4, 1, 2, 6, 1, 1, 0, 0), "tma_rs4": (4, 1, 1, 6, 2, 1, 0, 1),
@@ -122,9 +125,14 @@ XW_TMA_TILES = {
 # Clusters (tma_c*, tma_r*) were slower everywhere (b = 64 d = 0.5 tma_c2 280 against tma 334). The
 # persistent two-column tile (-1114): b = 64 d = 0.5 tma_g2_m2_p 407 against tma_g2_m2 392, tma_m2_s2 386;
 # b = 32 two columns at 256 rows: tma_g2_m2 255 / 259 against rs_c4_e2 250 / 246 at d = 0.5 (-1114 / -1120).
+# With the columns grouped by shared blocks (column_order; bench/results/bsmm_gmma-20261126-1358, grouped
+# against index order in the same run): b = 64 d = 0.5 tma_g2_m2 421 / 390, tma_g2_m2_p 410 / 401; b = 32
+# tma_g2_m2 264 / 218 / 177 / 123 at d = 0.5 / 0.2 / 0.1 / 0.05 against tma_m2's 215 / 191 / 159 / 111. The
+# transposed b = 64 tile (-1405, -1408): tma_t2_m2 486 / 362 / 285 / 192 fprop against tma_g2_m2's 429 / 308 /
+# 233 / 143 and tma_m2_s2's 385 / 316 / 241 / 161.
 XW_TMA_DEFAULT: dict[int, tuple[tuple[float, str | None], ...]] = {
-    64: ((0.35, "tma_g2_m2_p"), (0.075, "tma_m2_s2"), (0.0, "tma_p")),
-    32: ((0.35, "tma_g2_m2"), (0.0, "tma_m2")),
+    64: ((0.0, "tma_t2_m2"),),
+    32: ((0.0, "tma_g2_m2"),),
 }
 
 
@@ -141,7 +149,8 @@ def xw_tma_default(bs, density):
 # b = 16 fp16 d = 0.5 / 0.2 / 0.05, bench/results/bsmm_gmma-20261126-0757: q2_nc128 71 / 56 / 40, q2 64 / 50 /
 # 38, q1 56 / 48 / 38; updat_tc 42 / 40 / 32, with its aligned tiles 46 / 47 / 35)
 UPDAT_GMMA_TILES = {
-    64: {"g2": (2, 64, 4), "g4": (4, 64, 4), "g2_nc128": (2, 128, 3), "g2_deep": (2, 64, 6)},
+    64: {"g2": (2, 64, 4), "g4": (4, 64, 4), "g2_nc128": (2, 128, 3), "g2_deep": (2, 64, 6),
+         "g2p2": (2, 64, 4, 2), "g4p2": (4, 64, 4, 2), "g4p4": (4, 64, 4, 4), "g8p4": (8, 32, 4, 4)},
     32: {"p2": (2, 64, 4), "p2_deep": (2, 64, 6), "p2_nc128": (2, 128, 3)},
     16: {"q2_nc128": (2, 128, 3), "q2": (2, 64, 4), "q1": (1, 64, 4)},
     8: {"o2": (2, 64, 4), "o1": (1, 64, 4)},
@@ -149,6 +158,11 @@ UPDAT_GMMA_TILES = {
 # block_size -> the least layout density at which the default update takes the wgmma kernel (below: updat_tc).
 # b = 8 (same runs): o2 18 / 14 / 13 / 11 TFLOP/s at d = 0.5 / 0.2 / 0.1 / 0.05, updat_tc 14 / 13 / 13 / 12
 UPDAT_GMMA_MIN_DENSITY = {8: 0.15}
+# block_size -> ((minimum layout density, updat_gmma variant), ...): the default tile (else the first of
+# UPDAT_GMMA_TILES). b = 64 (H100, bench/results/bsmm_gmma-20261126-1407-updat64.log and -1412, fp16
+# TFLOP/s at d = 0.5 / 0.35 / 0.2 / 0.1 / 0.05): g2p2 334 / 302 / 129 / 112 / 69 against g2 289 / 271 / 159 /
+# 139 / 80.
+UPDAT_GMMA_DEFAULT: dict[int, tuple[tuple[float, str], ...]] = {64: ((0.35, "g2p2"),)}
 updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
 GMMA_ARCH = "sm_90"
 gmma_enabled = True  # False: the mma.sync kernels everywhere (benchmarks compare both)
@@ -341,25 +355,33 @@ def xw_gmma_rs_smem(bs, variant):
 
 
 def xw_tma_spec(dtype, out_dtype, bs, variant, trans):
-    c, cl, mi, st, minb, rm, pers, rs = XW_TMA_TILES[bs][variant]
+    c, cl, mi, st, minb, rm, pers, rs, *tt = XW_TMA_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    return KernelSpec("bsmm_tma.cu",
-                      f"xw_tma<{t}, {to}, {bs}, {c}, {cl}, {rm}, {mi}, {st}, {minb}, {pers}, {rs}, {trans}>")
+    tt = f", {tt[0]}" if tt else ""
+    args = f"{t}, {to}, {bs}, {c}, {cl}, {rm}, {mi}, {st}, {minb}, {pers}, {rs}, {trans}{tt}"
+    return KernelSpec("bsmm_tma.cu", f"xw_tma<{args}>")
 
 
 def xw_tma_smem(bs, variant):
-    c, _, mi, st, _, _, _, _ = XW_TMA_TILES[bs][variant]
+    c, _, mi, st, *_ = XW_TMA_TILES[bs][variant]
     # slots on 1 KiB boundaries, + 1 KiB for the alignment of the base
     return st * -(-(128 * mi * bs + c * bs * bs) * 2 // 1024) * 1024 + 1024
 
 
 def updat_gmma_spec(dtype, out_dtype, bs, variant):
-    g, nc, st = UPDAT_GMMA_TILES[bs][variant]
+    g, nc, st, *pw = UPDAT_GMMA_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
     if bs < 32:
         return KernelSpec("bsmm_gmma.cu", f"updat_gmma_stack<{t}, {to}, {bs}, {g}, {nc}, {st}>")
     name = "updat_gmma" if bs == 64 else "updat_gmma32"
-    return KernelSpec("bsmm_gmma.cu", f"{name}<{t}, {to}, {g}, {nc}, {st}>")
+    pw = f", {pw[0]}" if pw else ""
+    return KernelSpec("bsmm_gmma.cu", f"{name}<{t}, {to}, {g}, {nc}, {st}{pw}>")
+
+
+def updat_gmma_threads(bs, variant):
+    """Threads of an updat_gmma* CTA: a warpgroup per PW blocks (b = 64) or per pair / stack of slots."""
+    g, _, _, *pw = UPDAT_GMMA_TILES[bs][variant]
+    return g // (pw[0] if pw else 1) * 128
 
 
 def updat_gmma_group(bs, variant):
@@ -368,7 +390,7 @@ def updat_gmma_group(bs, variant):
 
 
 def updat_gmma_smem(bs, variant):
-    g, nc, st = UPDAT_GMMA_TILES[bs][variant]
+    g, nc, st, *_ = UPDAT_GMMA_TILES[bs][variant]
     # b = 64: x chunk + G dy chunks of 128-byte rows; b <= 32: G stacked dy chunks of 128-byte rows + the x
     # chunk of 2·b-byte rows
     stage = (1 + g) * nc * 128 if bs == 64 else g * nc * 128 + nc * bs * 2
@@ -815,16 +837,68 @@ def _update_groups_packed(layout, g):
     return np.where(slot < lengths[:, None], starts[:, None] + slot, -1).astype(np.int32).reshape(-1, g)
 
 
-def wide_tables(layout, op, c, r=1):
+# Column groups for xw_tma: a CTA's C·CL output block columns share each x tile, so a group's record list is
+# the union of its columns' reduction blocks. Consecutive columns of a random layout share few (at d = 0.5,
+# 1.34 blocks a record for pairs); columns paired by how many blocks they share reach 1.45 at d = 0.5 and
+# 1.11 -> 1.27 at d = 0.2 (64 × 64 random layouts), i.e. 7-18 % fewer x tiles read from L2.
+group_columns = True  # benchmarks: False keeps the columns in index order
+GROUP_WINDOW = 1024  # columns grouped together at most (the overlap matrix is window² at each level)
+
+
+def column_order(layout, op, c):
+    """The output block columns (fprop: columns of W; bprop: its rows) in the order that groups of ``c``
+    take them: group g holds columns order[g·c : g·c + c]. For ``c`` a power of two, columns are paired
+    greedily by the number of reduction blocks they share (largest first, ties by index), then pairs of pairs
+    by the overlap of their unions, and so on; the columns left over at each level (fewer than ``c`` in all)
+    fill the last group. Otherwise (and for c = 1) the index order. Deterministic; within windows of
+    GROUP_WINDOW columns."""
+    n_out = layout.out_blocks if op == "fprop" else layout.in_blocks
+    if c <= 1 or c & (c - 1):
+        return np.arange(n_out, dtype=np.int32)
+    mask = layout.mask if op == "fprop" else layout.mask.T
+    order = []
+    for w0 in range(0, n_out, GROUP_WINDOW):
+        cols = np.arange(w0, min(n_out, w0 + GROUP_WINDOW))
+        groups = [[int(j)] for j in cols]  # clusters of columns, each a list in position order
+        sets = mask[:, cols].T.astype(np.float32)  # [clusters, reduction blocks]: the union's blocks
+        leftover = []
+        while len(groups[0]) < c and len(groups) > 1:
+            n = len(groups)
+            overlap = sets @ sets.T
+            iu, ju = np.triu_indices(n, 1)
+            used = np.zeros(n, dtype=bool)
+            merged, merged_sets = [], []
+            for k in np.argsort(-overlap[iu, ju], kind="stable"):
+                a, b = iu[k], ju[k]
+                if not (used[a] or used[b]):
+                    used[a] = used[b] = True
+                    merged.append(groups[a] + groups[b])
+                    merged_sets.append(np.maximum(sets[a], sets[b]))
+                    if 2 * len(merged) >= n - 1:
+                        break
+            leftover += [groups[i] for i in np.flatnonzero(~used)]
+            groups, sets = merged, np.array(merged_sets, dtype=np.float32).reshape(len(merged), -1)
+        if len(groups[0]) < c:  # a window too small to fill one group
+            leftover, groups = groups + leftover, []
+        order += [j for g in groups for j in g] + sorted(j for g in leftover for j in g)
+    return np.asarray(order, dtype=np.int32)
+
+
+def wide_tables(layout, op, c, r=1, order=None):
     """Lists of xw_wide_tc for groups of ``c`` output block columns (fprop: columns of W; bprop: rows)
-    over super-rows of ``r`` consecutive reduction blocks.
+    over super-rows of ``r`` consecutive reduction blocks; group g holds the columns order[g·c .. g·c + c - 1]
+    (``order``: a permutation of the output block columns, default the index order).
 
     Returns offsets int32 [n_groups + 1]; entries int32 [n_entries] (the super-row s; a group's entries
     are sorted by s); masks uint32 [n_entries, ceil(r·c / 32)] with bit rr·c + j set when block
-    (s·r + rr, group·c + j) is present; slots int32 [n_entries, r·c], its index in w or -1.
+    (s·r + rr, order[group·c + j]) is present; slots int32 [n_entries, r·c], its index in w or -1.
     """
     fprop = op == "fprop"
     out_b = (layout.cols if fprop else layout.rows).astype(np.int64)
+    if order is not None:  # the column's position
+        pos = np.empty(len(order), dtype=np.int64)
+        pos[order] = np.arange(len(order))
+        out_b = pos[out_b]
     red_b = (layout.rows if fprop else layout.cols).astype(np.int64)
     n_out = layout.out_blocks if fprop else layout.in_blocks
     n_super = -(-(layout.in_blocks if fprop else layout.out_blocks) // r)
@@ -842,13 +916,13 @@ def wide_tables(layout, op, c, r=1):
     return offsets, (keys % n_super).astype(np.int32), masks, slots
 
 
-def rs_tables(layout, op, c, r=1):
+def rs_tables(layout, op, c, r=1, order=None):
     """xw_gmma_rs's lists for groups of ``c`` output block columns over super-rows of ``r`` reduction blocks:
     offsets int32 [n_groups + 1] and records int32 [n_entries, 2 + r·c] = (super-row s, mask with bit rr·c + j
-    for block (s·r + rr, column j), the w index of each slot's block, 0 where absent), a group's records in
-    increasing s (wide_tables, packed so that the kernel reads one record with one pointer)."""
+    for block (s·r + rr, column j of the group), the w index of each slot's block, 0 where absent), a group's
+    records in increasing s (wide_tables, packed so that the kernel reads one record with one pointer)."""
     assert r * c <= 32, "one mask word"
-    offsets, entries, masks, slots = wide_tables(layout, op, c, r)
+    offsets, entries, masks, slots = wide_tables(layout, op, c, r, order)
     rec = np.empty((entries.size, 2 + r * c), dtype=np.int32)
     rec[:, 0] = entries
     rec[:, 1] = masks[:, 0].view(np.int32)
@@ -872,10 +946,15 @@ def _tables(op_obj, key, dev):
         elif key[0] == "small":  # ("small", op, ctas, eps, bm, snap, c)
             work = small_work(lay, key[1], key[2], key[3], key[5], key[6])
             cache[(dev, key)] = tuple(a if isinstance(a, np.int32) else cupy.asarray(a) for a in work)
-        elif key[0] == "tma":  # ("tma", op, c·cl): xw_gmma_rs's records for groups of c·cl columns
-            cache[(dev, key)] = _tables(op_obj, ("rs", key[1], key[2], 1), dev)
-        elif key[0] == "rs":  # ("rs", op, c, r)
-            cache[(dev, key)] = tuple(cupy.asarray(a) for a in rs_tables(lay, key[1], key[2], key[3]))
+        elif key[0] in ("tma", "rs"):  # ("tma", op, c·cl, grouped) / ("rs", op, c, r, grouped)
+            op, c = key[1], key[2]
+            r, grouped = (1, key[3]) if key[0] == "tma" else key[3:5]
+            n_out = lay.out_blocks if op == "fprop" else lay.in_blocks
+            order = column_order(lay, op, c if grouped else 1)
+            colmap = np.full(-(-n_out // c) * c, -1, dtype=np.int32)  # position -> column, -1: none
+            colmap[:n_out] = order
+            cache[(dev, key)] = (*(cupy.asarray(a) for a in rs_tables(lay, op, c, r, order)),
+                                 cupy.asarray(colmap))
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))
         elif key[0] == "ffma":  # ("ffma", op, lpt): the op's lists and the CTAs' output columns
@@ -1008,7 +1087,7 @@ def _use_tma(op_obj, dtype, n, aligned, dev):
         variant = xw_tma_default(b, op_obj.layout.density) if gmma_enabled and n > SMALL_N else None
     if variant is None:
         return None
-    _, _, mi, _, _, rm, _, _ = tiles[variant]
+    _, _, mi, _, _, rm, *_ = tiles[variant]
     row_tiles = -(-n // (128 * mi))
     if -(-row_tiles // rm) * rm > 65535:  # past the grid's y limit: the other kernels (or their error)
         return None
@@ -1089,7 +1168,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
     if dtype == "float32" and op_obj.allow_tf32:  # TF32 tensor cores (plans cached by _matmul_tf32)
         return (*_matmul_tf32.xw_plan(op_obj, op, n, aligned_x, aligned_w, dev), op)
     key = ("xw", op, dtype, odt, n, aligned_x, aligned_w, aligned_y, dev, force_variant, gmma_enabled,
-           small_enabled, small_variant, ffma_enabled)
+           small_enabled, small_variant, ffma_enabled, group_columns)
     plan = op_obj._gpu_tables.get(key)
     if plan is None:
         b, axis = op_obj.block_size, op_obj.feature_axis
@@ -1101,7 +1180,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             return plan
         tma = _use_tma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
         if tma is not None:
-            c, cl, mi, _, minb, rm, pers, _ = XW_TMA_TILES[b][tma]
+            c, cl, mi, _, minb, rm, pers, *_ = XW_TMA_TILES[b][tma]
             spec, smem = xw_tma_spec(dtype, odt, b, tma, trans), xw_tma_smem(b, tma)
             n_tiles = -(-_row_tiles(n, 128 * mi, b) // rm) * rm
             n_groups = -(-(f_out // b) // (c * cl))  # groups of c·cl columns (records of rs_tables)
@@ -1110,7 +1189,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
                 per_sm = max(1, min(minb, _smem_limits(dev)[0] // (smem + 2048)))
                 grid = (min(n_groups * n_tiles, per_sm * _sm_count(dev)), 1)
             plan = (compiler.get_function(spec, smem), grid, (384,), smem,
-                    ("tma", op, c * cl, 128 * mi, rm, n_groups, n_tiles))
+                    ("tma", op, c * cl, 128 * mi, rm, n_groups, n_tiles, group_columns))
             op_obj._gpu_tables[key] = plan
             return plan
         rs = _use_gmma_rs(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev)
@@ -1120,7 +1199,7 @@ def _xw_plan(op_obj, op, dtype, odt, n, aligned_x, aligned_w, dev, aligned_y=Tru
             spec, smem = xw_gmma_rs_spec(dtype, odt, b, rs, trans), xw_gmma_rs_smem(b, rs)
             n_tiles = _row_tiles(n, 128, b)
             plan = (compiler.get_function(spec, smem), (-(-(f_out // b) // c), n_tiles), (256,), smem,
-                    ("rs", op, c, r))
+                    ("rs", op, c, r, group_columns))
             op_obj._gpu_tables[key] = plan
             return plan
         if _use_gmma(op_obj, dtype, n, aligned_x and aligned_w and aligned_y, dev):
@@ -1198,14 +1277,14 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
         b = op_obj.block_size
         tx = _tma.tiled_2d(x.data.ptr, dtype, n, f_in, tables[3], b)
         tw = _tma.tiled_2d(w.data.ptr, dtype, op_obj.layout.nnz * b, b, b // tables[4], b)
-        offsets, records = _tables(op_obj, tables[:3], dev)
+        offsets, records, colmap = _tables(op_obj, (*tables[:3], tables[7]), dev)
         n_groups, n_tiles = tables[5], tables[5] * tables[6]
         acc = np.int32(bool(accumulate))
-        fn(grid, block, (tx, tw, y, offsets, records, np.int64(n), np.int64(f_out), acc, np.int32(n_groups),
-                         np.int32(n_tiles)),
+        fn(grid, block, (tx, tw, y, offsets, records, colmap, np.int64(n), np.int64(f_out), acc,
+                         np.int32(n_groups), np.int32(n_tiles)),
            shared_mem=smem, stream=cupy.cuda.get_current_stream())
         return y
-    # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots); xw_gmma_rs: (offsets, records)
+    # (offsets, entries); xw_wide_tc: (offsets, entries, masks, slots); xw_gmma_rs: (offsets, records, colmap)
     lists = _tables(op_obj, tables, dev)
     fn(grid, block, (x, w, y, *lists, np.int64(n), np.int64(f_in), np.int64(f_out),
                      np.int32(bool(accumulate))),
@@ -1289,11 +1368,12 @@ def _updat_plan(op_obj, dtype, odt, aligned, n4, n8, dev):
           and _gmma_device(dev) and (updat_gmma_variant in UPDAT_GMMA_TILES[b]
                                      or op_obj.layout.density >= UPDAT_GMMA_MIN_DENSITY.get(b, 0.0))):
         tiles = UPDAT_GMMA_TILES[b]
-        variant = updat_gmma_variant if updat_gmma_variant in tiles else next(iter(tiles))
-        g, nc, _ = tiles[variant]
+        variant = updat_gmma_variant if updat_gmma_variant in tiles else (
+            _by_density(UPDAT_GMMA_DEFAULT, b, op_obj.layout.density) or next(iter(tiles)))
+        nc = tiles[variant][1]
         spec, smem = updat_gmma_spec(dtype, odt, b, variant), updat_gmma_smem(b, variant)
         groups = _tables(op_obj, ("groups", updat_gmma_group(b, variant)), dev)
-        grid, threads, extra = groups.shape[0], g * 128, (groups,)
+        grid, threads, extra = groups.shape[0], updat_gmma_threads(b, variant), (groups,)
     elif dtype != "float32" and b in UPDAT_TC_TILES and (axis == 0 or aligned):
         g, warps, nc, _ = UPDAT_TC_TILES[b]
         spec = updat_tc_spec(dtype, odt, b, axis, 1 if axis == 1 else int(aligned and n8))

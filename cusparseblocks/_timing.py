@@ -113,11 +113,15 @@ class Table:
 
 
 def save_json(name: str, payload: dict, directory: str | Path = "bench/results", command: str | None = None) -> Path:
-    """Write ``payload`` (plus GPU name, date, host) to ``directory/name-YYYYmmdd-HHMM.json`` and the command."""
+    """Write ``payload`` (plus GPU name, date, host) to ``directory/name-YYYYmmdd-HHMM.json`` and the
+    command; a second run in the same minute gets ``-2``, ``-3``, ... instead of overwriting the first."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
-    path = directory / f"{name}-{stamp}.json"
+    path, k = directory / f"{name}-{stamp}.json", 1
+    while path.exists():
+        k += 1
+        path = directory / f"{name}-{stamp}-{k}.json"
     meta = {"gpu": gpu_name(), "date_utc": stamp, "host": platform.node()}
     path.write_text(json.dumps({"meta": meta, **payload}, indent=1, default=float))
     if command:

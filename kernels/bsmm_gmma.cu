@@ -107,17 +107,23 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
 // chunks' batch rows k, with A = the x chunk (shared by the G warpgroups) and B = slot g's dy chunk, both
 // stored [NC][64] in 128-byte swizzled rows (M-major A and N-major B: 16 batch rows per wgmma).
 // Pipeline as xw_gmma's. Nothing is loaded into an empty slot, and its warpgroup stores nothing.
-template <typename T, typename TO, int G, int NC, int STAGES>
-__global__ void __launch_bounds__(G * 128, 1)
+// PW > 1: warpgroup g computes the PW slots g·PW .. g·PW + PW - 1 with one m64n(64·PW)k16 wgmma per 16 batch
+// rows, B = those slots' dy chunks side by side (N-major atoms of 64 features, LBO = one tile apart): the x
+// chunk is read from shared memory once per PW blocks instead of once per block (an m64n64k16 with both
+// operands in shared memory reads 4 KiB for 32 clocks of tensor work, all the shared memory delivers; with
+// PW = 4, 10 KiB for 128). An empty slot's columns of D hold whatever its tile held and are never stored.
+template <typename T, typename TO, int G, int NC, int STAGES, int PW = 1>
+__global__ void __launch_bounds__(G / PW * 128, 1)
 updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
            const long long* __restrict__ ns, const long long* __restrict__ chunk_ptr, int pairs,
            const int* __restrict__ groups, const int* __restrict__ rows, const int* __restrict__ cols,
            TO* __restrict__ dw, float* __restrict__ ws, int nnz, i64 in_features, i64 out_features,
            int accumulate, unsigned* __restrict__ done) {
     using namespace gmma;
-    constexpr int BS = 64, ROW = 128, CPR = 8, THREADS = G * 128;
+    constexpr int BS = 64, ROW = 128, CPR = 8, THREADS = G / PW * 128;
     constexpr int TILE = NC * ROW, STAGE = (1 + G) * TILE;
     static_assert(NC % 16 == 0 && STAGES >= 3, "updat_gmma tiling");
+    static_assert((PW == 1 || PW == 2 || PW == 4) && G % PW == 0, "blocks a warpgroup");
 
     extern __shared__ unsigned char smem_raw[];
     const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -127,11 +133,10 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     int q0, total;  // this split's chunks
     update_split(chunk_ptr, pairs, q0, total);
     const int wg = threadIdx.x / 128;
-    const bool active = blk_s[wg] >= 0;
 
-    float acc[32];
+    float acc[32 * PW];
 #pragma unroll
-    for (int q = 0; q < 32; q++) acc[q] = 0.f;
+    for (int q = 0; q < 32 * PW; q++) acc[q] = 0.f;
 
     // each thread copies the 16-byte chunk j of rows r0 + p·RPT of every tile: fixed shared-memory offsets,
     // one address per (tile, pass) (the address arithmetic, not the bytes, limited a generic loop)
@@ -170,23 +175,25 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     gmma_pipeline<STAGES>(total, load_stage, [&](int slot) {
         // an empty slot's warpgroup multiplies whatever its slot holds and stores nothing: a branch
         // around the wgmmas would make ptxas serialize them
-        const unsigned sx = base + slot * STAGE, sy = sx + (1 + wg) * TILE;
+        const unsigned sx = base + slot * STAGE, sy = sx + (1 + wg * PW) * TILE;
 #pragma unroll
         for (int kk = 0; kk < NC / 16; kk++)
-            Gmma<T, 64, 1, 1>::run(acc, desc<ROW>(sx + kk * 16 * ROW), desc<ROW>(sy + kk * 16 * ROW));
+            Gmma<T, 64 * PW, 1, 1>::run(acc, desc<ROW>(sx + kk * 16 * ROW), desc_lbo<ROW, TILE>(sy + kk * 16 * ROW));
     });
 #pragma unroll
-    for (int q = 0; q < 32; q++) fence_operand(acc[q]);
+    for (int q = 0; q < 32 * PW; q++) fence_operand(acc[q]);
 
     const int lane = threadIdx.x % 32, v = (threadIdx.x % 128) / 32;
-    const i64 k = blk_s[wg];
-    if (active) {
+#pragma unroll
+    for (int p = 0; p < PW; p++) {
+        const i64 k = blk_s[wg * PW + p];
+        if (k < 0) continue;
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int q = 0; q < BS / 8; q++) {
                 const int m = v * 16 + lane / 4 + h * 8, f = q * 8 + (lane % 4) * 2, idx = m * BS + f;
-                const float v0 = acc[q * 4 + h * 2], v1 = acc[q * 4 + h * 2 + 1];
+                const float v0 = acc[p * 32 + q * 4 + h * 2], v1 = acc[p * 32 + q * 4 + h * 2 + 1];
                 if (gridDim.y > 1)  // split partials, summed below by the group's last CTA
                     *reinterpret_cast<float2*>(ws + ((i64)blockIdx.y * nnz + k) * BS * BS + idx) = make_float2(v0, v1);
                 else

@@ -1,9 +1,9 @@
 // Block-sparse fprop / bprop on wgmma with the x tile in registers (sm_90a only): column groups.
 //
 // Feature axis 1 (x [N, in_features], y [N, out_features]):
-//     Y[:, g·C + j] = Σ_e X[:, s_e] · op(w[k_e[j]])   over the records e of group g whose mask has bit j,
-// op = identity (fprop) or transpose (bprop). Group g holds the output block columns g·C .. g·C + C - 1;
-// its records (offsets[g] .. offsets[g + 1]; int32 [s, mask, k_0 .. k_{C-1}], k = 0 where absent) are the
+//     Y[:, colmap[g·C + j]] = Σ_e X[:, s_e] · op(w[k_e[j]])   over the records e of group g whose mask has bit
+// j, op = identity (fprop) or transpose (bprop). Group g holds the output block columns colmap[g·C ..
+// g·C + C - 1] (grouped by the reduction blocks they share, _matmul_gpu.column_order; -1: none); its records (offsets[g] .. offsets[g + 1]; int32 [s, mask, k_0 .. k_{C-1}], k = 0 where absent) are the
 // reduction blocks s_e present in at least one of them, in increasing order (rs_tables in _matmul_gpu.py,
 // from wide_tables). A column without blocks is written as zeros.
 //
@@ -40,7 +40,8 @@
 template <typename T, typename TO, int BS, int C, int STAGES, int MINB, int ALL, int EPS, int R, int TRANS_W>
 __global__ void __launch_bounds__(256, MINB)
 xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, const int* __restrict__ offsets,
-           const int* __restrict__ records, i64 n_total, i64 in_features, i64 out_features, int accumulate) {
+           const int* __restrict__ records, const int* __restrict__ colmap, i64 n_total, i64 in_features,
+           i64 out_features, int accumulate) {
     using namespace gmma;
     static_assert(BS == 16 || BS == 32 || BS == 64, "wgmma column groups: BS = 16, 32 or 64");
     static_assert(C >= 1 && STAGES >= 3 && R >= 1, "tile; the slot of stage s - 2 is refilled at stage s");
@@ -226,11 +227,10 @@ xw_gmma_rs(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y,
 
     // accumulator fragment: warp v of the warpgroup holds rows 16v + lane/4 (+8), and for each 8 features
     // q, features 8q + 2·(lane % 4) (+1)
-    const i64 n_cols = out_features / BS;
 #pragma unroll
     for (int j = 0; j < C; j++) {
-        const i64 c = (i64)g * C + j;
-        if (c >= n_cols) break;
+        const int c = __ldg(colmap + g * C + j);  // the group's column j (-1: none, in a last group)
+        if (c < 0) continue;
         TO* yc = y + c * BS + (lane % 4) * 2;
 #pragma unroll
         for (int h = 0; h < 2; h++) {

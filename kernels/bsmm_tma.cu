@@ -2,7 +2,8 @@
 //
 // Feature axis 1 (x [N, in_features], y [N, out_features]), op = identity (fprop) or transpose (bprop):
 //     Y[:, c] = Σ_{blocks (s, c)} X[:, s] · op(w[k]).
-// A CTA computes Y[t·BM : t·BM + BM] for a group of C·CL output block columns g·C·CL .. (a column without
+// A CTA computes Y[t·BM : t·BM + BM] for a group of C·CL output block columns, colmap[g·C·CL ..] (columns
+// grouped by the reduction blocks they share, _matmul_gpu.column_order; -1: no column; a column without
 // blocks is written as zeros), walking the records of rs_tables for that group (s, a mask with bit j when
 // column j of the group has block s, the w index of each; in increasing s). Per record the x tile
 // X[t·BM .., s·BS ..] is copied once and shared by the present blocks of the CTA's C columns (C > 1: one wgmma
@@ -43,10 +44,11 @@
 // memory write they synchronize on an mbarrier is a copy's (records passed through shared memory were generic
 // stores that compute-sanitizer's racecheck cannot pair with the mbarrier wait, and st.async needs a cluster).
 template <typename T, typename TO, int BS, int C, int CL, int RM, int MI, int STAGES, int MINB, int PERS, int RS,
-          int TRANS_W>
+          int TRANS_W, int TT = 0>
 __global__ void __cluster_dims__(CL, RM, 1) __launch_bounds__(384, MINB)
 xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap tw, TO* __restrict__ y,
-       const int* __restrict__ offsets, const int* __restrict__ records, i64 n_total, i64 out_features,
+       const int* __restrict__ offsets, const int* __restrict__ records, const int* __restrict__ colmap,
+       i64 n_total, i64 out_features,
        int accumulate, int n_cols, int n_tiles) {
     using namespace gmma;
     static_assert(BS == 16 || BS == 32 || BS == 64, "BS = 16, 32 or 64");
@@ -54,6 +56,7 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
     static_assert(STAGES >= 2 && (MI == 1 || MI == 2) && BS % (8 * RM) == 0, "tile");
     static_assert(PERS == 0 || CL * RM == 1, "the persistent grid has no clusters");
     static_assert(C >= 1 && C <= 16 && (C == 1 || CL * RM == 1), "column groups in a CTA or across a cluster");
+    static_assert(!TT || (BS == 64 && C == 2 && MI == 2 && CL * RM == 1 && !RS), "the transposed tile: b = 64, 2 × 256");
     constexpr int CS = CL * RM;  // CTAs a cluster
     constexpr int BM = 2 * MI * 64, ROW = BS * 2, A_BYTES = BM * ROW, W_BYTES = BS * ROW;
     constexpr int STAGE = (A_BYTES + C * W_BYTES + 1023) / 1024 * 1024;
@@ -96,6 +99,47 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
         tma::cluster_sync();
     else
         __syncthreads();
+
+    // The consumers' pipeline steps (both consumer layouts below). One arrival a warp on slot s's empty barrier
+    // of every CTA of the cluster (lane r: CTA r).
+    auto release = [&](int s) {
+        __syncwarp();
+        if (CS == 1) {
+            if (lane == 0) tma::arrive(empty0 + s * 8);
+        } else if (lane < CS) {
+            tma::arrive_remote(empty0 + s * 8, lane);
+        }
+    };
+    // Stage q: first free the slot of the group in flight (pend) if the producer needs it next (or `drain`),
+    // then wait for the slot's copies; false (slot released) when nothing in it is this warp's.
+    auto enter = [&](int q, int& pend, bool mine, bool drain) {
+        if (pend >= 0 && (q - pend >= STAGES - 1 || drain)) {
+            wgmma_wait<0>();
+            release(pend % STAGES);
+            pend = -1;
+        }
+        tma::wait(full0 + (q % STAGES) * 8, (q / STAGES) & 1);
+        if (!mine) release(q % STAGES);
+        return mine;
+    };
+    // after stage q's wgmmas: keep this group in flight, release the previous group's slot
+    auto leave = [&](int q, int& pend) {
+        wgmma_commit();
+        wgmma_wait<1>();
+        if (pend >= 0) release(pend % STAGES);
+        pend = q;
+    };
+    // a tile's end: the producer's one stage for an empty group (nothing to read), then drain
+    auto tile_end = [&](int& q, int& pend, int count) {
+        if (count == 0) {
+            tma::wait(full0 + (q % STAGES) * 8, (q / STAGES) & 1);
+            release(q % STAGES);
+            q++;
+        }
+        wgmma_wait<0>();
+        if (pend >= 0) release(pend % STAGES);
+        pend = -1;
+    };
 
     if (warp >= 8) {  // the producer warpgroup: warp 8's lane 0 issues everything
         if (MINB <= 2) tma::setmaxnreg_dec<PRODUCER_REGS>();
@@ -145,6 +189,60 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
             }
         }
         __syncwarp();
+    } else if constexpr (TT) {  // consumers of the transposed tile: warpgroup wg owns column wg of the pair
+        if (MINB <= 2) tma::setmaxnreg_inc<CONSUMER_REGS>();
+        const int wg = warp / 4, v = warp % 4;
+        // D[64 output features × 256 rows] = op(w)ᵀ · X_tileᵀ: one m64n256k16 per 16 of k with A = the w block
+        // (fprop: M-major, its rows are k; bprop: K-major) and B = the whole x tile (K-major, 256 rows): the x
+        // tile is read once per 16 of k and column instead of once per 64 rows, and the w block once per 256
+        // rows (the other layout's m64n64 wgmmas read 4 KiB of shared memory for 32 clocks of tensor work, as
+        // much as the shared memory delivers; these read 10 KiB for 128)
+        float acc[128];
+#pragma unroll
+        for (int r = 0; r < 128; r++) acc[r] = 0.f;
+        int q = 0, pend = -1;
+        for (int k = 0; k < n_mine; k++) {
+            int g, rt;
+            tile(k, g, rt);
+            const int begin = __ldg(offsets + g);
+            const int count = __shfl_sync(0xffffffffu, __ldg(offsets + g + 1) - begin, 0);
+            const int* mp = records + (i64)begin * REC + 1;
+            for (int e = 0; e < count; e++, q++) {
+                const int mine = __shfl_sync(0xffffffffu, (__ldg(mp + e * REC) >> wg) & 1, 0);
+                if (!enter(q, pend, mine, false)) continue;
+                const unsigned sa = base + (q % STAGES) * STAGE, sb = sa + A_BYTES + wg * W_BYTES;
+                wgmma_fence();
+#pragma unroll
+                for (int kk = 0; kk < KS; kk++)
+                    Gmma<T, 256, TRANS_W ? 0 : 1, 0>::run(acc, desc<ROW>(TRANS_W ? sb + kk * 32 : sb + kk * 16 * ROW),
+                                                          desc<ROW>(sa + kk * 32));
+                leave(q, pend);
+            }
+            tile_end(q, pend, count);
+#pragma unroll
+            for (int r = 0; r < 128; r++) fence_operand(acc[r]);
+            // acc[4r + 2h + e] = D[feature 16v + lane/4 + 8h][row 8r + 2·(lane % 4) + e]. Lanes l and l ^ 4 hold
+            // features f and f ^ 1 of the same rows: the even-f lane takes the pair (f, f + 1) of row 2j, the odd
+            // one (f - 1, f) of row 2j + 1, one shuffle a pair; each store is 2 consecutive features of a row
+            const int c = __shfl_sync(0xffffffffu, __ldg(colmap + g * GW + wg), 0);
+            if (c >= 0) {
+                const bool odd = (lane >> 2) & 1;
+                TO* yc = y + (i64)c * BS + 16 * v + (lane >> 2) - odd;
+#pragma unroll
+                for (int r = 0; r < 32; r++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const float a0 = acc[4 * r + 2 * h], a1 = acc[4 * r + 2 * h + 1];
+                        const float other = __shfl_xor_sync(0xffffffffu, odd ? a0 : a1, 4);
+                        const i64 n = (i64)rt * BM + 8 * r + 2 * (lane % 4) + odd;
+                        if (n < n_total)
+                            Pair<TO>::store(yc + n * out_features + 8 * h, odd ? other : a0, odd ? a1 : other,
+                                            accumulate);
+                    }
+            }
+#pragma unroll
+            for (int r = 0; r < 128; r++) acc[r] = 0.f;
+        }
     } else {  // consumers
         if (MINB <= 2) tma::setmaxnreg_inc<CONSUMER_REGS>();
         const int wg = warp / 4;
@@ -158,15 +256,6 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
                     for (int r = 0; r < NACC; r++) acc[j][i][r] = 0.f;
         };
         zero();
-        // one arrival a warp on slot s's empty barrier of every CTA of the cluster (lane r: CTA r)
-        auto release = [&](int s) {
-            __syncwarp();
-            if (CS == 1) {
-                if (lane == 0) tma::arrive(empty0 + s * 8);
-            } else if (lane < CS) {
-                tma::arrive_remote(empty0 + s * 8, lane);
-            }
-        };
         // RS: this warp's ldmatrix source for fragment (i, kk): row (wg·MI + i)·64 + 16v + lane % 16 of the x tile,
         // 8-feature chunk 2·kk + lane / 16 (registers 0-3: rows 0-7 / 8-15 at k 0-7, then at k 8-15). One set of
         // fragments, loaded once the previous group has drained (with a second set, to keep a group in flight
@@ -181,28 +270,18 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
         for (int k = 0; k < n_mine; k++) {
             int g, rt;
             tile(k, g, rt);
-            const int c0 = g * GW + rank * C;  // the CTA's first output column
+            const int c0 = g * GW + rank * C;  // the CTA's first column position (colmap: its output column)
             const int begin = __ldg(offsets + g);
             // uniform to the compiler too (a branch on a value it cannot prove warp-uniform makes ptxas serialize
             // the wgmmas)
             const int count = __shfl_sync(0xffffffffu, __ldg(offsets + g + 1) - begin, 0);
             const int* mp = records + (i64)begin * REC + 1;  // the records' masks
             for (int e = 0; e < count; e++, q++) {
-                const int s = q % STAGES;
                 const int mask = __shfl_sync(0xffffffffu, __ldg(mp + e * REC), 0);
                 const int mine = C > 1 ? mask : (mask >> rank) & 1;
-                if (pend >= 0 && (q - pend >= STAGES - 1 || RS)) {
-                    // the producer needs pend's slot next, or (RS) this stage's fragments overwrite pend's
-                    wgmma_wait<0>();
-                    release(pend % STAGES);
-                    pend = -1;
-                }
-                tma::wait(full0 + s * 8, (q / STAGES) & 1);
-                if (!mine) {
-                    release(s);
-                    continue;
-                }
-                const unsigned sa = base + s * STAGE;
+                // (RS: this stage's fragments overwrite those of the group in flight: drain it first)
+                if (!enter(q, pend, mine != 0, RS)) continue;
+                const unsigned sa = base + (q % STAGES) * STAGE;
                 if (RS) {
 #pragma unroll
                     for (int i = 0; i < MI; i++)
@@ -228,20 +307,9 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
                         }
                     }
                 }
-                wgmma_commit();
-                wgmma_wait<1>();
-                if (pend >= 0) release(pend % STAGES);
-                pend = q;
+                leave(q, pend);
             }
-            if (count == 0) {  // the producer's one stage for an empty group: nothing to read
-                tma::wait(full0 + (q % STAGES) * 8, (q / STAGES) & 1);
-                release(q % STAGES);
-                q++;
-            }
-            // the tile's end: drain, store, start the next tile from zero
-            wgmma_wait<0>();
-            if (pend >= 0) release(pend % STAGES);
-            pend = -1;
+            tile_end(q, pend, count);  // then store, and start the next tile from zero
 #pragma unroll
             for (int j = 0; j < C; j++)
 #pragma unroll
@@ -253,8 +321,8 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
             const int v = warp % 4;
 #pragma unroll
             for (int j = 0; j < C; j++) {
-                const int c = c0 + j;
-                if ((i64)(c + 1) * BS > out_features) continue;  // a last group with fewer columns
+                const int c = __shfl_sync(0xffffffffu, __ldg(colmap + c0 + j), 0);
+                if (c < 0) continue;  // a last group with fewer columns
                 TO* yc = y + (i64)c * BS + (lane % 4) * 2;
 #pragma unroll
                 for (int i = 0; i < MI; i++)

@@ -43,6 +43,15 @@ __device__ __forceinline__ unsigned long long desc(unsigned addr) {
            ((unsigned long long)((8 * ROW) >> 4) << 32) | (mode << 62);
 }
 
+// The same with LBO = LBO_BYTES: an MN-major operand wider than one swizzle atom (64 / 32 / 16 elements for
+// 128B / 64B / 32B rows), its atoms LBO_BYTES apart (the PTX ISA's canonical MN-major layouts: LBO is the
+// stride between atoms along M or N, SBO between groups of 8 rows along K).
+template <int ROW, int LBO_BYTES>
+__device__ __forceinline__ unsigned long long desc_lbo(unsigned addr) {
+    static_assert(LBO_BYTES % 16 == 0 && (LBO_BYTES >> 4) < (1 << 14), "LBO: 14 bits of 16-byte units");
+    return desc<ROW>(addr) & ~(0x3FFFull << 16) | ((unsigned long long)(LBO_BYTES >> 4) << 16);
+}
+
 // The accumulators of an m64nNk16 wgmma: N / 2 fp32 registers a thread, asm operands 0 .. N / 2 - 1
 #define GMMA_D4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
 #define GMMA_D8(i) GMMA_D4(i), GMMA_D4(i + 4)
@@ -50,6 +59,9 @@ __device__ __forceinline__ unsigned long long desc(unsigned addr) {
 #define GMMA_ACC16 GMMA_D8(0)
 #define GMMA_ACC32 GMMA_D8(0), GMMA_D8(8)
 #define GMMA_ACC64 GMMA_D8(0), GMMA_D8(8), GMMA_D8(16), GMMA_D8(24)
+#define GMMA_D32(i) GMMA_D8(i), GMMA_D8(i + 8), GMMA_D8(i + 16), GMMA_D8(i + 24)
+#define GMMA_ACC128 GMMA_D32(0), GMMA_D32(32)
+#define GMMA_ACC256 GMMA_D32(0), GMMA_D32(32), GMMA_D32(64), GMMA_D32(96)
 #define GMMA_PTX___half "f16"
 #define GMMA_PTX___nv_bfloat16 "bf16"
 
@@ -88,6 +100,24 @@ GMMA_SHAPES(64,
             "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
             "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}",
             "%32, %33, 1, 1, 1, %34, %35", "{%32, %33, %34, %35}, %36, 1, 1, 1, %37")
+// m64n128k16 (updat_gmma with two blocks a warpgroup)
+GMMA_SHAPES(128,
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}",
+            "%64, %65, 1, 1, 1, %66, %67", "{%64, %65, %66, %67}, %68, 1, 1, 1, %69")
+// m64n256k16 (the transposed two-column tile of xw_tma: D = op(w)ᵀ · xᵀ, N = 256 rows of x): 128 registers
+GMMA_SHAPES(256,
+            "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+            "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+            "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}",
+            "%128, %129, 1, 1, 1, %130, %131", "{%128, %129, %130, %131}, %132, 1, 1, 1, %133")
 
 // Descriptor of an N-major (MN-major) B tile of 16-byte rows without swizzle (interleave mode 0): the PTX
 // ISA's canonical MN-major layout ((T, 1, m), (8, k)) : ((1, T, SBO), (T, LBO)), T = 8 elements, i.e. core

@@ -190,3 +190,18 @@ def test_unknown_arguments_rejected():
     with pytest.raises(SystemExit) as excinfo:
         cli.main(["check", "--bogus"])
     assert excinfo.value.code == 2
+
+
+def test_save_json_same_minute_keeps_both(tmp_path, monkeypatch):
+    """Two benchmark runs saved in the same minute get two files (the second with -2), never one overwritten."""
+    import json
+
+    from cusparseblocks import _timing
+
+    monkeypatch.setattr(_timing, "gpu_name", lambda: "test")
+    paths = [_timing.save_json("bench", {"run": i}, tmp_path, command=f"cmd {i}") for i in range(3)]
+    assert len(set(paths)) == 3
+    if paths[0].name == paths[2].name.replace("-3.json", ".json"):  # (unless the minute turned meanwhile)
+        assert paths[1].name.endswith("-2.json")
+    assert [json.loads(p.read_text())["run"] for p in paths] == [0, 1, 2]
+    assert paths[1].with_suffix(".cmd").read_text() == "cmd 1\n"

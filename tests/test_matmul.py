@@ -451,6 +451,65 @@ def test_wide_tables_match_layout(rng):
                         assert red == entries[e] * r + sl // c and col == g * c + sl % c
 
 
+def test_wide_tables_column_order(rng):
+    """With a column order, group g's slot j is column order[g·c + j]: every block once, in its column's slot."""
+    from cusparseblocks import _matmul_gpu
+    from cusparseblocks.blocklayout import BlockLayout
+
+    mask = rng.random((13, 37)) < 0.3
+    mask[0, 0] = True
+    mask[:, 5] = False  # an empty output column
+    lay = BlockLayout(mask)
+    for op, c in (("fprop", 2), ("bprop", 2), ("fprop", 4), ("bprop", 8), ("fprop", 1)):
+        order = _matmul_gpu.column_order(lay, op, c)
+        offsets, records = _matmul_gpu.rs_tables(lay, op, c, 1, order)
+        seen = []
+        for g in range(offsets.size - 1):
+            assert np.all(np.diff(records[offsets[g]:offsets[g + 1], 0]) > 0)
+            for e in range(offsets[g], offsets[g + 1]):
+                s, m = records[e, 0], int(records[e, 1]) & 0xFFFFFFFF
+                assert m, "a record with no block"
+                for j in range(c):
+                    if (m >> j) & 1:
+                        k = records[e, 2 + j]
+                        red, col = (lay.rows[k], lay.cols[k]) if op == "fprop" else (lay.cols[k], lay.rows[k])
+                        assert red == s and col == order[g * c + j]
+                        seen.append(k)
+        np.testing.assert_array_equal(np.sort(seen), np.arange(lay.nnz))
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 4, 8])
+def test_column_order(rng, c, monkeypatch):
+    """column_order: a permutation; groups of c (a power of two) share more reduction blocks than the index
+    order's on random layouts (fewer records, never more here); c = 1 or not a power of two: the index
+    order; windows of GROUP_WINDOW columns are grouped apart and the leftovers fill the last group."""
+    from cusparseblocks import _matmul_gpu
+    from cusparseblocks.blocklayout import BlockLayout
+
+    for shape, density in (((64, 64), 0.5), ((64, 64), 0.1), ((40, 77), 0.2), ((5, 3), 0.6), ((128, 1), 0.5)):
+        mask = rng.random(shape) < density
+        mask[0, 0] = True
+        lay = BlockLayout(mask)
+        for op in ("fprop", "bprop"):
+            order = _matmul_gpu.column_order(lay, op, c)
+            n_out = lay.out_blocks if op == "fprop" else lay.in_blocks
+            np.testing.assert_array_equal(np.sort(order), np.arange(n_out))
+            if c & (c - 1) or c == 1:
+                np.testing.assert_array_equal(order, np.arange(n_out))
+                continue
+            recs = [_matmul_gpu.rs_tables(lay, op, c, 1, o)[1].shape[0] for o in (order, None)]
+            assert recs[0] <= recs[1], (shape, density, op, recs)
+            if shape == (64, 64) and op == "fprop" and c <= 4:  # (8 columns at d = 0.5 cover ~all rows anyway)
+                assert recs[0] < 0.97 * recs[1], (density, recs)
+    monkeypatch.setattr(_matmul_gpu, "GROUP_WINDOW", 16)
+    mask = rng.random((20, 45)) < 0.3
+    mask[0, 0] = True
+    order = _matmul_gpu.column_order(BlockLayout(mask), "fprop", c)
+    np.testing.assert_array_equal(np.sort(order), np.arange(45))
+    for w0 in (0, 16, 32):  # each window's columns stay in its positions
+        assert set(order[w0:w0 + 16]) == set(range(w0, min(45, w0 + 16)))
+
+
 @pytest.mark.parametrize("g", [8, 4, 2])
 def test_update_groups_packed(rng, g):
     """update_groups(xr=2): every block once, each group a run of consecutive blocks (w order) from at most

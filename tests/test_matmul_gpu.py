@@ -417,7 +417,7 @@ def test_wgmma_rs_tiles(rng, variant, dtype, block_size, n):
 @pytest.mark.parametrize("op_kind", ["fprop", "bprop"])
 def test_tma_default(rng, block_size, density, op_kind):
     """The default fp16 plan for N > 64 on sm_90 is xw_tma exactly where xw_tma_default names a tile for the
-    layout's density (at low density the persistent grid: fewer CTAs than tiles), and is correct."""
+    layout's density, and is correct."""
     from cusparseblocks import _matmul_gpu
 
     _needs_wgmma()
@@ -449,6 +449,57 @@ def test_tma_tiles(rng, variant, dtype, block_size, n):
     _check_forced_wgmma(rng, op, dtype, n, variant,
                         lambda dt, odt, trans: _matmul_gpu.xw_tma_spec(dt, odt, block_size, variant, trans),
                         _matmul_gpu.xw_tma_smem(block_size, variant), "xw_tma")
+
+
+_GROUPED = [(b, v) for b, vs in XW_TMA_TILES.items() for v, t in vs.items() if t[0] * t[1] > 1]
+_GROUPED += [(b, v) for b, vs in XW_GMMA_RS_TILES.items() for v, t in vs.items() if t[0] > 1]
+
+
+@pytest.mark.parametrize("block_size,variant", _GROUPED)
+@pytest.mark.parametrize("density", [0.5, 0.1])
+def test_grouped_columns(rng, block_size, variant, density):
+    """xw_tma / xw_gmma_rs tiles of several columns with the columns grouped by shared blocks
+    (group_columns, the default) and in index order: fprop and bprop (accumulating into the same poisoned
+    start) give the same bits either way (each column sums its own blocks in increasing order) and match
+    the float64 reference, on a layout of 50 columns (a partial last group) with an empty column."""
+    import cupy as cp
+
+    from cusparseblocks import _matmul_gpu
+
+    _needs_wgmma()
+    mask = _layout(rng, 21, 50, density)
+    mask[:, 7] = False
+    op = BlockSparseMatMul(mask, block_size)
+    n = 300
+    x = random_array(rng, (n, op.K), "float16")
+    dy = random_array(rng, (n, op.M), "float16")
+    w = random_array(rng, op.w_shape, "float16", scale=0.2)
+    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+    y_acc = cp.asarray(random_array(rng, (n, op.M), "float16"))
+    outs = {}
+    _matmul_gpu.force_variant = variant
+    try:
+        for grouped in (True, False):
+            _matmul_gpu.group_columns = grouped
+            y = poison(cp, (n, op.M), "float16")
+            op.fprop(xg, wg, out=y)
+            dx = op.bprop(dyg, wg, out_dtype="float32")
+            ya = y_acc.copy()
+            op.fprop(xg, wg, out=ya, accumulate=True)
+            outs[grouped] = (y.get(), dx.get(), ya.get())
+    finally:
+        _matmul_gpu.force_variant = None
+        _matmul_gpu.group_columns = True
+    keys = [k[1] for k in op._gpu_tables if isinstance(k, tuple) and len(k) == 2 and isinstance(k[1], tuple)]
+    assert {k[0] for k in keys} & {"tma", "rs"} and {k[-1] for k in keys if k[0] in ("tma", "rs")} == {
+        True, False}, "both column orders ran"
+    for a, b in zip(outs[True], outs[False]):
+        np.testing.assert_array_equal(a.view(np.uint16) if a.dtype == np.float16 else a.view(np.uint32),
+                                      b.view(np.uint16) if b.dtype == np.float16 else b.view(np.uint32))
+    y_ref, dx_ref = _ref64(op, "fprop", x, w=w), _ref64(op, "bprop", dy, w=w)
+    assert_close(outs[True][0], y_ref, "float16", f"fprop [{variant}]")
+    assert_close(outs[True][1], dx_ref, "float16", f"bprop fp32 out [{variant}]")
+    assert_close(outs[True][2], y_acc.get().astype(np.float64) + y_ref, "float16", f"fprop accumulate [{variant}]")
 
 
 @pytest.mark.parametrize("block_size", sorted({*XW_GMMA_TILES, *XW_GMMA_RS_TILES, *XW_TMA_TILES}))
