@@ -981,9 +981,21 @@ def _sm_count(dev):
     return _SM_COUNT[dev]
 
 
-def _update_splits(ctas, chunks, dev):
-    """Batch splits for the update: enough CTAs for ~4 per SM, each split at least 4 chunks long."""
-    want = -(-4 * _sm_count(dev) // max(ctas, 1))
+# The CTAs per SM that _update_splits aims for: the wgmma updates (updat_gmma*) / the others (updat_tc,
+# the updat_ffma tiles of one block row). H100 (bench/update_splits.py, -20261126-1432, CUDA-graph µs,
+# fp16 N = 4096, 1 against 4): b = 64 d = 0.2 / 0.1 / 0.05 118 / 62 / 53 against 161 / 99 / 76, b = 32
+# d = 0.1 / 0.05 107 / 56 against 136 / 76, equal where neither splits: splitting a grid that already
+# fills the SMs once only adds waves and fp32 partials there. The fp32 updat_ffma update at b = 64,
+# d = 0.05 went the other way (bsmm-20261126-1436: 0.259 -> 0.391 ms with 1), so it keeps 4.
+UPDATE_CTAS_PER_SM = 1
+UPDATE_CTAS_PER_SM_OTHER = 4
+
+
+def _update_splits(ctas, chunks, dev, per_sm=None):
+    """Batch splits for the update (updat_tc, updat_gmma*, updat_ffma of one block row): enough CTAs for
+    ~per_sm per SM (default UPDATE_CTAS_PER_SM_OTHER), each split at least 4 chunks long."""
+    per_sm = UPDATE_CTAS_PER_SM_OTHER if per_sm is None else per_sm
+    want = -(-per_sm * _sm_count(dev) // max(ctas, 1))
     return int(max(1, min(want, chunks // 4, 64)))
 
 
@@ -1421,7 +1433,8 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
         g = extra[0].shape[1]
         splits = ffma_update_splits(grid, chunks[-1], nnz, op_obj.block_size, g, nc, per_sm, dev)
     else:
-        splits = (tile_update_splits if tile else _update_splits)(grid, chunks[-1], dev)
+        splits = (tile_update_splits(grid, chunks[-1], dev) if tile else
+                  _update_splits(grid, chunks[-1], dev, UPDATE_CTAS_PER_SM if fused else None))
     ws = cupy.empty((splits, nnz) + op_obj.w_shape[1:], dtype=np.float32) if splits > 1 else None
     p = len(xs)
     table = _pair_table(op_obj, dev, np.array(

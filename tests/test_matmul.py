@@ -585,6 +585,19 @@ def test_ffma_update_splits(monkeypatch):
             assert 1 <= s <= max(1, min(chunks // 4, 64))
 
 
+def test_update_splits(monkeypatch):
+    """_update_splits: 1 once the CTAs fill the SMs (per_sm each: 1 for the wgmma updates, else 4), more below;
+    each split at least 4 chunks, at most 64 splits."""
+    from cusparseblocks import _matmul_gpu as G
+
+    monkeypatch.setattr(G, "_sm_count", lambda dev: 132)
+    assert G._update_splits(132, 64, 0, 1) == 1 and G._update_splits(410, 64, 0, 1) == 1
+    assert G._update_splits(100, 64, 0, 1) == 2 and G._update_splits(30, 64, 0, 1) == 5
+    assert G._update_splits(1, 64, 0, 1) == 16 and G._update_splits(1, 1000, 0, 1) == 64
+    assert G._update_splits(5, 3, 0, 1) == 1
+    assert G._update_splits(410, 64, 0) == 2 and G._update_splits(528, 64, 0) == 1  # the others: 4 per SM
+
+
 def test_tile_update_splits(monkeypatch):
     """tile_update_splits: 1 from about one wave of items (2 per SM) up, several below; bounded by
     chunks // 4 and 64."""
