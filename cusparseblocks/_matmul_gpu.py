@@ -150,8 +150,7 @@ def xw_tma_default(bs, density):
 # 38, q1 56 / 48 / 38; updat_tc 42 / 40 / 32, with its aligned tiles 46 / 47 / 35)
 UPDAT_GMMA_TILES = {
     64: {"g2": (2, 64, 4), "g4": (4, 64, 4), "g2_nc128": (2, 128, 3), "g2_deep": (2, 64, 6),
-         "g2p2": (2, 64, 4, 2), "g4p2": (4, 64, 4, 2), "g4p4": (4, 64, 4, 4), "g8p4": (8, 32, 4, 4),
-         "g4p2_nc32": (4, 32, 4, 2), "g2p2_s6": (2, 64, 6, 2), "g2p2_nc32": (2, 32, 6, 2)},
+         "g2p2": (2, 64, 4, 2), "g4p2_nc32": (4, 32, 4, 2), "g2p2_nc32": (2, 32, 6, 2)},
     32: {"p2": (2, 64, 4), "p2_deep": (2, 64, 6), "p2_nc128": (2, 128, 3)},
     16: {"q2_nc128": (2, 128, 3), "q2": (2, 64, 4), "q1": (1, 64, 4)},
     8: {"o2": (2, 64, 4), "o1": (1, 64, 4)},
@@ -163,6 +162,8 @@ UPDAT_GMMA_MIN_DENSITY = {8: 0.15}
 # UPDAT_GMMA_TILES). b = 64 (H100, bench/results/bsmm_gmma-20261126-1450 / -1451, with the batch split only
 # below one CTA an SM; fp16 TFLOP/s at d = 0.5 / 0.35 / 0.2 / 0.15 / 0.1 / 0.05): g2p2 333 / 305 / 260 / 217 /
 # 250 / 103 against g2 288 / 268 / 218 / 220 / 224 / 130 (g4p2_nc32 280 / 305 / 269 / 227 / 158 / 82).
+# Tiles of 4 blocks at 64-row chunks (g4p2, and g4p4 with PW = 4), 8 blocks (g8p4) and g2p2 with 6 stages
+# were slower at every density in the same runs and were removed (bench/NOTES.md).
 UPDAT_GMMA_DEFAULT: dict[int, tuple[tuple[float, str], ...]] = {64: ((0.075, "g2p2"),)}
 updat_gmma_variant = None  # benchmarks: another entry of UPDAT_GMMA_TILES
 GMMA_ARCH = "sm_90"

@@ -107,11 +107,11 @@ xw_gmma(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, co
 // chunks' batch rows k, with A = the x chunk (shared by the G warpgroups) and B = slot g's dy chunk, both
 // stored [NC][64] in 128-byte swizzled rows (M-major A and N-major B: 16 batch rows per wgmma).
 // Pipeline as xw_gmma's. Nothing is loaded into an empty slot, and its warpgroup stores nothing.
-// PW > 1: warpgroup g computes the PW slots g·PW .. g·PW + PW - 1 with one m64n(64·PW)k16 wgmma per 16 batch
-// rows, B = those slots' dy chunks side by side (N-major atoms of 64 features, LBO = one tile apart): the x
-// chunk is read from shared memory once per PW blocks instead of once per block (an m64n64k16 with both
-// operands in shared memory reads 4 KiB for 32 clocks of tensor work, all the shared memory delivers; with
-// PW = 4, 10 KiB for 128). An empty slot's columns of D hold whatever its tile held and are never stored.
+// PW = 2: warpgroup g computes the slots 2g, 2g + 1 with one m64n128k16 wgmma per 16 batch rows, B = the two
+// dy chunks side by side (N-major atoms of 64 features, LBO = one tile apart): the x chunk is read from shared
+// memory once per two blocks instead of once per block (an m64n64k16 with both operands in shared memory reads
+// 4 KiB for 32 clocks of tensor work, all the shared memory delivers; this one 6 KiB for 64). An empty slot's
+// columns of D hold whatever its tile held and are never stored.
 template <typename T, typename TO, int G, int NC, int STAGES, int PW = 1>
 __global__ void __launch_bounds__(G / PW * 128, 1)
 updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ dy_ptrs,
@@ -123,7 +123,7 @@ updat_gmma(const long long* __restrict__ x_ptrs, const long long* __restrict__ d
     constexpr int BS = 64, ROW = 128, CPR = 8, THREADS = G / PW * 128;
     constexpr int TILE = NC * ROW, STAGE = (1 + G) * TILE;
     static_assert(NC % 16 == 0 && STAGES >= 3, "updat_gmma tiling");
-    static_assert((PW == 1 || PW == 2 || PW == 4) && G % PW == 0, "blocks a warpgroup");
+    static_assert((PW == 1 || PW == 2) && G % PW == 0, "blocks a warpgroup (PW = 4, m64n256k16, measured slower)");
 
     extern __shared__ unsigned char smem_raw[];
     const unsigned base = (smem_addr(smem_raw) + 1023u) & ~1023u;
