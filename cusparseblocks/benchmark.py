@@ -176,8 +176,7 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, pee
         eff = flops / (t * 1e-3) / 1e12
         rows.append(dict(system="cusparseblocks", op=op, dtype=dtype, b=b, density=density, N=n, K=k, ms=t,
                          TFLOPs=eff, x_dense=eff / dense_tflops, x_floor=t / floor_ms,
-                         ms_graph=t_graph if t_graph is not None else "",
-                         x_floor_graph=t_graph / floor_ms if t_graph is not None else ""))
+                         ms_graph=t_graph, x_floor_graph=t_graph / floor_ms))
         rows.append(dict(system="dense cuBLAS", op=op, dtype=dtype, b=b, density=density, N=n, K=k, ms=td,
                          TFLOPs=dense_tflops, x_dense=1.0, x_floor=td / floor_ms))
         if torch is not None and op != "updat":
