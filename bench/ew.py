@@ -2,7 +2,9 @@
 
 Each row times one op on a tensor of >= 64 MiB (default [8192, 4096]) and reports the bytes it must
 move (inputs read once, outputs written once), the bandwidth that gives, its share of a device-to-device
-copy of the same bytes (the ceiling), and PyTorch's time for the same op in the same run.
+copy of the same bytes (the ceiling), and PyTorch's time for the same op in the same run. "ms" enqueues the
+calls back to back as a training loop does (host-bound when "host us" reaches it); "graph ms" replays them
+from a CUDA graph, the GPU's time alone, and "%copy graph" compares it with the copy's graph time.
 
     PYTHONPATH=. python bench/ew.py [--rows 8192 --cols 4096 --dtypes bfloat16,float32] [--only norm,weight]
 """
@@ -400,7 +402,8 @@ def main(argv=None) -> int:
 
     torch = _torch()
     only = [w.strip() for w in args.only.split(",") if w.strip()]
-    table = Table(["dtype", "op", "MiB", "ms", "GB/s", "%copy", "torch ms", "vs torch", "host us"])
+    table = Table(["dtype", "op", "MiB", "ms", "GB/s", "%copy", "torch ms", "vs torch", "host us", "graph ms",
+                   "%copy graph"])
     rows = []
     warm_x = cupy.ones(1 << 28, dtype=cupy.float32)  # ~0.3 s of copies so the clocks are up
     for _ in range(100):
@@ -413,10 +416,19 @@ def main(argv=None) -> int:
         seq = [sets[i % len(sets)] for i in range(k)]
         return time_ms(lambda f=fn, q=seq: [f(s) for s in q], reps=args.reps)["median"] / k
 
+    def graphed(fn, sets):
+        """GPU time alone: the calls captured in a CUDA graph and replayed (no host time); NaN when the op
+        cannot be captured (a host synchronization inside)."""
+        try:
+            return time_ms(lambda s, f=fn: f(s), rotate=[(s,) for s in sets], graph=True)["median"]
+        except Exception as exc:  # noqa: BLE001
+            print(f"graph {fn}: {type(exc).__name__}: {exc}", flush=True)
+            return float("nan")
+
     vrows = []
     vtable = Table(["dtype", "variant", "op", "ms", "default ms", "default/variant"])
     for dtype in args.dtypes.split(","):
-        copy_gbs = None
+        copy_gbs = copy_graph_gbs = None
         ours_ms = {}
         case_list = cases(cupy, ops, torch, dtype, args.rows, args.cols)
         for name, nbytes, ours, theirs, sets in case_list:
@@ -438,9 +450,10 @@ def main(argv=None) -> int:
                     print(f"torch {name}: {type(exc).__name__}: {exc}", flush=True)
             if torch is not None and theirs:  # torch's work must be done before the next case's timing
                 torch.cuda.synchronize()
-            gbs = nbytes / (t * 1e-3) / 1e9
+            tg = graphed(ours, sets)
+            gbs, gbs_graph = nbytes / (t * 1e-3) / 1e9, nbytes / (tg * 1e-3) / 1e9
             if name == "copy":
-                copy_gbs = gbs
+                copy_gbs, copy_graph_gbs = gbs, gbs_graph
             row = dict(
                 dtype=dtype,
                 op=name,
@@ -451,6 +464,8 @@ def main(argv=None) -> int:
                 **{"torch ms": tt if tt is not None else "-"},
                 **{"vs torch": (tt / t) if tt is not None else "-"},
                 **{"host us": host_us},
+                **{"graph ms": tg},
+                **{"%copy graph": 100 * gbs_graph / copy_graph_gbs if copy_graph_gbs else float("nan")},
             )
             rows.append(row)
             table.add(**row)

@@ -2,10 +2,11 @@
 
 Run: PYTHONPATH=. compute-sanitizer --tool racecheck python bench/sanitize_ops.py
 Covers the row kernels (layer norm features last, fwd/bwd incl. the gain/bias column sums; batch-norm
-inference; same-shape add/mul; plain and bias activation backward; weight norm per block), the one-pass column kernels of
-kernels/ew_cols.cu on sm_90 (cols_fwd, cols_bwd, wn_unit; forced with LAUNCH["cols1"]["mode"] = "single",
-clusters of 1, 2 and 16 through max_cluster) and their 3-pass fallback, on ragged shapes, for float32 and
-bfloat16; every GPU result is checked against the NumPy path of the same function.
+inference; same-shape add/mul; plain and bias activation backward; weight norm per block), the one-pass
+column kernels of kernels/ew_cols.cu on sm_90 (cols_fwd, cols_bwd_rx, cols_bwd (bwd_regs off), wn_unit;
+forced with LAUNCH["cols1"]["mode"] = "single", clusters of 1, 2 and 16 through max_cluster) and their
+3-pass fallback, on ragged shapes, for float32 and bfloat16; every GPU result is checked against the NumPy
+path of the same function.
 """
 
 import cupy as cp
@@ -66,9 +67,10 @@ def main():
                          dtype, worst)
             worst = _cmp("mul", ops.mul_fprop(X, DY), ops.mul_fprop(x, dy), dtype, worst)
             # columns: one pass (clusters of 1..16) and the 3-pass fallback
-            for mode, max_cluster in (("single", 1), ("single", 2), ("single", 16), ("fallback", 16)):
+            for mode, max_cluster, regs in (("single", 1, True), ("single", 2, True), ("single", 16, True),
+                                            ("single", 16, False), ("fallback", 16, True)):
                 saved = dict(cfg)
-                cfg.update(mode=mode, max_cluster=max_cluster)
+                cfg.update(mode=mode, max_cluster=max_cluster, bwd_regs=regs)
                 _ops_cols._PLANS.clear()  # plans are cached per shape, not per LAUNCH setting
                 try:
                     got = ops.batch_norm_fprop(X, cp.asarray(g), cp.asarray(b))

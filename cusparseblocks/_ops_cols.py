@@ -43,6 +43,8 @@ MAX_SMEM = 227 * 1024 - 6 * 1024
 #     lowered to 8 on a device that refuses it);
 #   tiles_per_cluster: column tiles one cluster walks in turn (cols_fwd, cols_bwd), the next tile's loads in
 #     flight while the current one is reduced and stored (two shared-memory buffers when above 1).
+#   bwd_regs: the backward holds x in registers and dy in shared memory (cols_bwd_rx, 128-byte rows, 2 blocks
+#     an SM) where a cluster's blocks hold all rows that way (rx_plan), one tile a cluster; else cols_bwd.
 LAUNCH = {
     "cols1": {
         "mode": "auto",
@@ -51,8 +53,12 @@ LAUNCH = {
         "max_bytes": MAX_SMEM,
         "max_cluster": 16,
         "tiles_per_cluster": 1,
+        "bwd_regs": True,
     }
 }
+# cols_bwd_rx (the backward with x in registers): 128-byte rows, RX_ROWS rows of x a thread
+RX_VPR, RX_ROWS, RX_REG = 8, 16, 12  # kernels/ew_cols.cu: RX_REG of a thread's rows in registers
+RX_MAX_ROWS = RX_ROWS * THREADS // RX_VPR  # rows a block holds: 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +142,31 @@ def cols_plan(
     return None
 
 
+def rx_plan(R: int, C: int, itemsize: int, *, cc_major: int = 9, mode: str | None = None,
+            max_cluster: int = 16) -> ColsPlan | None:
+    """The plan of the backward with x in registers (cols_bwd_rx), or None (then :func:`cols_plan`): 128-byte
+    rows, the smallest cluster whose blocks hold at most RX_MAX_ROWS rows each, dy's slice in shared memory.
+    None unless LAUNCH["cols1"]["bwd_regs"], one tile a cluster and the conditions of :func:`cols_plan`.
+    Pure."""
+    cfg = LAUNCH["cols1"]
+    mode = mode or cfg["mode"]
+    if not _budgets(mode, cfg["cta_bytes"], cfg["max_bytes"]) or not cfg["bwd_regs"]:
+        return None
+    if cfg["tiles_per_cluster"] > 1 or cc_major != 9 or R < 1 or C < 1 or C % (16 // itemsize) or R >= 2**31:
+        return None
+    rb = RX_VPR * 16
+    for cs in _clusters(cfg, max_cluster):
+        rows = math.ceil(R / cs)
+        if rows <= RX_MAX_ROWS:
+            smem = (rows + max(0, rows - RX_REG * THREADS // RX_VPR)) * rb  # dy, x's rows past the registers
+            return ColsPlan(cs, rb, RX_VPR, rb // itemsize, rows, math.ceil(C * itemsize / rb), smem)
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class WnPlan:
     """One-pass weight norm per unit: a cluster of ``cluster`` blocks per block column, ``bpc`` blocks of
-    w per block (``smem`` bytes), ``vpr`` 16-byte vectors per block row."""
+    w per block (``smem`` bytes with their col_order entries), ``vpr`` 16-byte vectors per block row."""
 
     cluster: int
     bpc: int
@@ -172,9 +199,15 @@ def wn_plan(
     for budget in budgets:
         for cs in _clusters(cfg, max_cluster):
             bpc = max(1, math.ceil(max_blocks / cs))
-            if bpc * block_bytes <= budget:
-                return WnPlan(cs, bpc, rb // 16, bpc * block_bytes)
+            smem = bpc * block_bytes + _ord_bytes(bpc)
+            if smem <= budget:
+                return WnPlan(cs, bpc, rb // 16, smem)
     return None
+
+
+def _ord_bytes(bpc: int) -> int:
+    """wn_unit's copy of a block's col_order entries (after the tiles in shared memory), 16-byte aligned."""
+    return -(-4 * bpc // 16) * 16
 
 
 def _specializations():
@@ -182,9 +215,43 @@ def _specializations():
         for cs in CLUSTERS:
             for name in ("cols_fwd", "cols_bwd", "wn_unit"):
                 yield compiler.KernelSpec(_SOURCE, f"{name}<{ctype}, {cs}>")
+            for ln in ("false", "true"):  # batch norm (gain per column), layer norm (gain per row, row sums)
+                yield compiler.KernelSpec(_SOURCE, f"cols_bwd_rx<{ctype}, {cs}, {ln}>")
 
 
 compiler.register_family("ew_cols", _specializations)
+
+
+# kernels/cols_probe.cu (bench/cols_probe.py's access-pattern probes, never launched by the library): rows
+# (name, (NIN, VPR, CS, NR, MODE, MINB)); registered so that the source is compiled and checked for spills.
+PROBES = (
+    ("fwd 128B", (1, 8, 16, 0, 0, 3)),
+    ("fwd 128B bar", (1, 8, 16, 0, 1, 3)),
+    ("fwd 128B no cluster", (1, 8, 1, 0, 0, 3)),
+    ("fwd 64B bar", (1, 4, 16, 0, 1, 3)),
+    ("fwd 256B bar", (1, 16, 16, 0, 1, 1)),
+    ("fwd 128B regs bar", (1, 8, 16, 16, 1, 2)),
+    ("bwd 64B", (2, 4, 16, 0, 0, 3)),
+    ("bwd 64B bar", (2, 4, 16, 0, 1, 3)),
+    ("bwd 64B no cluster", (2, 4, 1, 0, 0, 3)),
+    ("bwd 128B bar", (2, 8, 16, 0, 1, 1)),
+    ("bwd 128B regs", (2, 8, 16, 16, 0, 2)),
+    ("bwd 128B regs bar", (2, 8, 16, 16, 1, 2)),
+    ("bwd 64B regs bar", (2, 4, 16, 8, 1, 3)),
+    ("bwd 128B regs12 bar", (2, 8, 16, 12, 1, 2)),  # cols_bwd_rx's split: 12 rows of x in registers, 4 shared
+    ("fwd 256B regs16 bar", (1, 16, 16, 16, 1, 2)),
+    ("fwd 256B regs12 bar", (1, 16, 16, 12, 1, 2)),
+    ("fwd 128B regs8 bar", (1, 8, 16, 8, 1, 3)),
+)
+
+
+def probe_name(cfg) -> str:
+    return "cols_probe<{}, {}, {}, {}, {}, {}>".format(*cfg)
+
+
+compiler.register_family(
+    "cols_probe", lambda: (compiler.KernelSpec("cols_probe.cu", probe_name(cfg)) for _, cfg in PROBES)
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -224,6 +291,8 @@ def _plan(kind, dtype, *sizes):
     cap = 8 if dev in _NO_CLUSTER16 else 16
     if kind == "wn":
         plan = wn_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, max_cluster=cap)
+    elif kind == "rx":
+        plan = rx_plan(sizes[0], sizes[1], itemsize, cc_major=cc, max_cluster=cap)
     else:
         k = LAUNCH["cols1"]["tiles_per_cluster"]
         plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k, max_cluster=cap)
@@ -231,15 +300,16 @@ def _plan(kind, dtype, *sizes):
     return plan
 
 
-def _launch_or_refused(name, dtype, cluster, grid, smem, args) -> bool:
-    """_launch; False when the device refused a (non-portable) cluster of 16: the caller plans again with
-    clusters of at most 8 (recorded for the device)."""
+def _launch_or_refused(name, dtype, cluster, grid, smem, args, extra="") -> bool:
+    """_launch; False when the device refused a (non-portable) cluster of 16 (a CUDA error naming the
+    cluster): the caller plans again with clusters of at most 8 (recorded for the device). Any other error is
+    raised: it is a bug of the plan (e.g. more shared memory than a block may have), not a smaller device."""
     import cupy
 
     try:
-        _launch(name, dtype, cluster, grid, smem, args)
-    except Exception:
-        if cluster <= 8:
+        _launch(name, dtype, cluster, grid, smem, args, extra)
+    except Exception as exc:
+        if cluster <= 8 or "CLUSTER" not in str(exc).upper():
             raise
         _NO_CLUSTER16.add(cupy.cuda.runtime.getDevice())
         _PLANS.clear()
@@ -247,10 +317,11 @@ def _launch_or_refused(name, dtype, cluster, grid, smem, args) -> bool:
     return True
 
 
-def _launch(name, dtype, cluster, grid, smem, args):
+def _launch(name, dtype, cluster, grid, smem, args, extra=""):
+    """Launch ``name<T, cluster{extra}>`` (extra: further template arguments, e.g. ", true")."""
     import cupy
 
-    spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}, {cluster}>")
+    spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}, {cluster}{extra}>")
     key = (cupy.cuda.runtime.getDevice(), spec, smem)
     fn = _FUNCS.get(key)
     if fn is None:
@@ -337,7 +408,10 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=F
     import cupy
 
     R, C = x.shape
-    plan = _plan("cols", x.dtype, R, C, 2)
+    # cols_bwd_rx is specialized for batch norm (gain per column, no row sums) and layer norm (gain per row,
+    # row sums): other combinations take cols_bwd
+    rx = _plan("rx", x.dtype, R, C, 2) if bool(row_sums) == (not gain_per_col) else None
+    plan = rx or _plan("cols", x.dtype, R, C, 2)
     if plan is None or not _aligned(x, dy):
         return None
     dx = cupy.empty_like(x)
@@ -346,31 +420,13 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=F
     s0 = cupy.empty(C, dtype=x.dtype) if want_sums else None
     s1 = cupy.empty(C, dtype=x.dtype) if want_sums else None
     ws = cupy.empty((plan.tiles, 2, R), dtype=cupy.float32) if row_sums else None
-    ok = _launch_or_refused(
-        "cols_bwd",
-        x.dtype,
-        plan.cluster,
-        plan.grid,
-        plan.smem,
-        (
-            dx,
-            s0,
-            s1,
-            ws,
-            dy,
-            x,
-            gain,
-            mean,
-            rstd,
-            np.int32(R),
-            np.int64(C),
-            np.int32(plan.rows_per_cta),
-            np.int32(plan.vpr),
-            np.int32(gain_per_col),
-            np.int32(train),
-            np.int32(plan.tiles),
-        ),
-    )
+    head = (dx, s0, s1, ws, dy, x, gain, mean, rstd, np.int32(R), np.int64(C), np.int32(plan.rows_per_cta))
+    if rx:
+        args = (*head, np.int32(gain_per_col), np.int32(train))
+    else:
+        args = (*head, np.int32(plan.vpr), np.int32(gain_per_col), np.int32(train), np.int32(plan.tiles))
+    name, extra = ("cols_bwd_rx", ", true" if row_sums else ", false") if rx else ("cols_bwd", "")
+    ok = _launch_or_refused(name, x.dtype, plan.cluster, plan.grid, plan.smem, args, extra)
     return (
         (dx, s0, s1, ws)
         if ok

@@ -40,7 +40,6 @@ __device__ __forceinline__ void cp_async_wait_all() {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // all but the most recent commit group complete
 __device__ __forceinline__ void cp_async_wait_prev() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
-
 // Cluster barrier, split: arrive (release: this block's earlier shared-memory writes and remote reads are
 // done) and wait (acquire). Every thread of the block executes both (.aligned).
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); }
@@ -118,6 +117,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     __shared__ float wred[WARPS][2][MAXW];
     __shared__ float part[2][2][MAXW];  // by tile parity: a block may still read the previous tile's
     __shared__ float stat[2][MAXW];
+    __shared__ float colp[2][MAXW];  // gain and bias of the tile's columns (params_load); 6 KiB static in all
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
     const int r0 = (int)rank * rows_per_cta;
@@ -131,12 +131,34 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             for (int row = row0; row < n; row += step) cp_async16(&buf[row * vpr + cx], x + (i64)(r0 + row) * C + c);
         cp_async_commit();
     };
+    // the per-column parameters of tile t, thread col < W for column col (issued before the tile's copies so
+    // that they return first): x's first row (the shift of the sums: kept in the register, the same thread
+    // computes the column's statistics), the gain and bias per column (to colp by `params_store` after the
+    // copies are issued). All are read after the cluster barrier, where a load would queue behind the other
+    // blocks' copies (microseconds under full DRAM load).
+    float pre[3];
+    auto params_load = [&](int t) {
+        const i64 cc = (i64)t * W + threadIdx.x;
+        const bool in = threadIdx.x < W && t < tiles && cc < C;
+        pre[0] = in ? to_float<T>(x[cc]) : 0.f;
+        pre[1] = (in && gain && gain_per_col) ? to_float<T>(gain[cc]) : 1.f;
+        pre[2] = (in && bias && gain_per_col) ? to_float<T>(bias[cc]) : 0.f;
+    };
+    auto params_store = [&]() {
+        if (threadIdx.x < W) {
+            colp[0][threadIdx.x] = pre[1];
+            colp[1][threadIdx.x] = pre[2];
+        }
+    };
     int p = 0;
+    params_load(blockIdx.x / CS);
     load(blockIdx.x / CS, tile);
     // cluster k: tiles k, k + ncl, ...; the next tile's loads are in flight while this one is processed
     for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
         uint4* buf = tile + p * slice;
+        if (t != (int)(blockIdx.x / CS)) params_load(t);  // after the previous tile's last barrier
         load(t + ncl, tile + (p ^ 1) * slice);
+        params_store();  // read after block_col_sums' barriers
         const i64 ct = (i64)t * W;  // first column of the tile
         const i64 c = ct + cx * V;  // this thread's first column
         const bool live = c < C;
@@ -145,8 +167,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         else
 #pragma unroll
             for (int k = 0; k < V; ++k) ref[k] = 0.f;
-        cp_async_wait_prev();
-        __syncthreads();
+        cp_async_wait_prev();  // this tile's copies (a thread reads only the rows it copied)
         // 1. this block's shifted column sums
         float s[2][V];
 #pragma unroll
@@ -173,7 +194,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             if (cc < C) {
                 const float scale = 1.f / (float)R;
                 const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
-                const float mean = to_float<T>(x[cc]) + m1, rstd = rsqrtf(var + eps);
+                const float mean = pre[0] + m1, rstd = rsqrtf(var + eps);
                 stat[0][col] = mean;
                 stat[1][col] = rstd;
                 if (rank == 0) {
@@ -193,8 +214,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 #pragma unroll
             for (int k = 0; k < V; ++k) {
                 m[k] = stat[0][cx * V + k];
-                sg[k] = stat[1][cx * V + k] * ((gain && gain_per_col) ? to_float<T>(gain[c + k]) : 1.f);
-                bc[k] = (bias && gain_per_col) ? to_float<T>(bias[c + k]) : 0.f;
+                sg[k] = stat[1][cx * V + k] * colp[0][cx * V + k];
+                bc[k] = colp[1][cx * V + k];
             }
             T* yp = y + (i64)(r0 + row0) * C + c;
             const i64 ystep = (i64)step * C;
@@ -227,6 +248,42 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 }
 
 // ---------------------------------------------------------------------------------------------------
+// The backward's statistics after the cluster barrier: the cluster's sums of each column (ranks in order,
+// from every block's part), times the column gain (gcol: staged in shared memory before the barrier, 1 when
+// none) and 1/R (training; 0 otherwise) into stat; rank 0 writes the raw sums in T (batch norm's dbias,
+// dgain) when asked. Threads col < W; the caller syncs after it.
+template <typename T, int CS>
+__device__ __forceinline__ void bwd_cluster_stats(const float (&part)[2][MAXW], float (&stat)[2][MAXW], i64 ct, i64 C,
+                                                  int W, int R, unsigned rank, const float (&gcol)[MAXW], int train,
+                                                  T* __restrict__ sum0_t, T* __restrict__ sum1_t) {
+    if (threadIdx.x < W) {
+        const int col = threadIdx.x;
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[0][col], q); s1 += ld_dsmem(&part[1][col], q); }
+        const i64 cc = ct + col;
+        if (cc < C) {
+            const float g = gcol[col], scale = train ? 1.f / (float)R : 0.f;
+            stat[0][col] = g * s0 * scale;
+            stat[1][col] = g * s1 * scale;
+            if (rank == 0) {
+                if (sum0_t) sum0_t[cc] = from_float<T>(s0);
+                if (sum1_t) sum1_t[cc] = from_float<T>(s1);
+            }
+        }
+    }
+}
+
+// The gain of column ct + threadIdx.x (threads < W; 1 without a gain per column or past C), loaded before a
+// tile's copies are issued and stored to gcol after them: a load after the cluster barrier would queue
+// behind the other blocks' copies (microseconds under full DRAM load).
+template <typename T>
+__device__ __forceinline__ float col_gain(const T* __restrict__ gain, bool per_col, i64 ct, i64 C, int W) {
+    const i64 cc = ct + threadIdx.x;
+    return (gain && per_col && threadIdx.x < W && cc < C) ? to_float<T>(gain[cc]) : 1.f;
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Backward of the column statistics, one read of x and dy, one write of dx. With xhat = (x - mean[c]) *
 // rstd[c], t = dy * gr (gr = gain per row, layer norm with features first; else 1):
 //   S0 = sum_r t, S1 = sum_r t * xhat over all rows (cluster sums, ranks in order);
@@ -247,6 +304,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     __shared__ float wred[WARPS][2][MAXW];
     __shared__ float part[2][2][MAXW];  // by tile parity (as cols_fwd)
     __shared__ float stat[2][MAXW];
+    __shared__ float gcol[MAXW];  // the tile's gains per column (col_gain)
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
     const int r0 = (int)rank * rows_per_cta;
@@ -265,11 +323,14 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         cp_async_commit();
     };
     int p = 0;
+    float gpre = col_gain<T>(gain, per_col, (i64)(blockIdx.x / CS) * W, C, W);
     load(blockIdx.x / CS, tile);
     for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
         uint4* xt = tile + p * 2 * slice;
         uint4* dt = xt + slice;
+        if (t != (int)(blockIdx.x / CS)) gpre = col_gain<T>(gain, per_col, (i64)t * W, C, W);
         load(t + ncl, tile + (p ^ 1) * 2 * slice);
+        if (threadIdx.x < W) gcol[threadIdx.x] = gpre;  // read after block_col_sums' barriers
         const i64 ct = (i64)t * W;
         const i64 c = ct + cx * V;
         const bool live = c < C;
@@ -316,29 +377,14 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         block_col_sums<2, V>(s, vpr, wred, part[p]);
         cluster_arrive();
         cluster_wait();
-        if (threadIdx.x < W) {
-            const int col = threadIdx.x;
-            float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-            for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[p][0][col], q); s1 += ld_dsmem(&part[p][1][col], q); }
-            const i64 cc = ct + col;
-            if (cc < C) {
-                const float g = (gain && per_col) ? to_float<T>(gain[cc]) : 1.f, scale = train ? 1.f / (float)R : 0.f;
-                stat[0][col] = g * s0 * scale;
-                stat[1][col] = g * s1 * scale;
-                if (rank == 0) {
-                    if (sum0_t) sum0_t[cc] = from_float<T>(s0);
-                    if (sum1_t) sum1_t[cc] = from_float<T>(s1);
-                }
-            }
-        }
+        bwd_cluster_stats<T, CS>(part[p], stat, ct, C, W, R, rank, gcol, train, sum0_t, sum1_t);
         __syncthreads();
         // dx = rstd * (gc * gr * dy - A - xhat * B) = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row),
         // q = rstd^2 * B, o = rstd * A: 3 instructions an element
         float pc[V], q[V], o[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            pc[k] = live ? rs[k] * ((gain && per_col) ? to_float<T>(gain[c + k]) : 1.f) : 0.f;
+            pc[k] = live ? rs[k] * gcol[cx * V + k] : 0.f;
             q[k] = live ? rs[k] * rs[k] * stat[1][cx * V + k] : 0.f;
             o[k] = live ? rs[k] * stat[0][cx * V + k] : 0.f;
         }
@@ -406,6 +452,162 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 }
 
 // ---------------------------------------------------------------------------------------------------
+// The same backward with x held in registers (the default where it fits: cusparseblocks/_ops_cols.py
+// rx_plan). Each thread keeps RX_ROWS rows of its 16-byte column chunk of x in registers and the block's dy
+// slice sits in shared memory, so a block carries 512 rows x 128 bytes of both inputs at 2 blocks an SM
+// (x: 48 registers a thread and 16 KiB, dy: 64 KiB). The H100 probe (bench/cols_probe.py, bench/NOTES.md) moved the
+// backward's bytes at 87-90 % of the copy this way, 76-77 % with both inputs in shared memory (64-byte
+// rows, 3 blocks an SM). One tile a cluster: tile blockIdx.x / CS, 128-byte rows (RX_VPR vectors),
+// rows_per_cta <= RX_ROWS * THREADS / RX_VPR. Arithmetic, outputs and order of the sums as cols_bwd.
+// RX_REG of a thread's RX_ROWS rows of x in registers (48 registers; 14 or 16 spill in the half types at the
+// 128-register cap of 2 blocks an SM), the others in shared memory after dy's slice
+constexpr int RX_VPR = 8, RX_ROWS = 16, RX_REG = 12;
+constexpr int RX_MAX_ROWS = RX_ROWS * (THREADS / RX_VPR);  // rows a block holds: 512
+
+template <typename T, int CS, bool LN>
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
+    cols_bwd_rx(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, float* __restrict__ ws_rows,
+                const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ gain,
+                const float* __restrict__ mean, const float* __restrict__ rstd, int R, i64 C, int rows_per_cta,
+                int gain_per_col, int train) {
+    constexpr int V = Lanes<T>::V, STEP = THREADS / RX_VPR, W = RX_VPR * V;
+    extern __shared__ uint4 tile[];  // the dy slice [rows_per_cta][RX_VPR], then x's rows past RX_REG * STEP
+    __shared__ float wred[WARPS][2][MAXW];
+    __shared__ float part[2][MAXW];
+    __shared__ float stat[2][MAXW];
+    __shared__ float gcol[MAXW];             // the tile's gains per column (col_gain)
+    __shared__ float mcol[2][MAXW];          // the tile's mean and rstd (loaded as gcol)
+    __shared__ float grow[RX_MAX_ROWS];      // the block's gains per row (layer norm, features first)
+    const unsigned rank = cluster_rank();
+    const int r0 = (int)rank * rows_per_cta;
+    const int n = max(0, min(R - r0, rows_per_cta));
+    const int cx = threadIdx.x & (RX_VPR - 1), row0 = threadIdx.x / RX_VPR;
+    // LN (layer norm, features first): the gain (if any) per row and the row sums into ws_rows (non-null);
+    // else (batch norm) the gain (if any) per column and no row sums. gain_per_col is !LN (the host checks).
+    const bool per_col = !LN, per_row = LN && gain;
+    const int t = blockIdx.x / CS;
+    const i64 ct = (i64)t * W, c = ct + cx * V;
+    const bool live = c < C;
+    const i64 rstep = (i64)STEP * C;  // elements between a thread's rows
+    // the gains, loaded before the copies are issued and stored to shared memory after them (col_gain)
+    const float gc = col_gain<T>(gain, per_col, ct, C, W);
+    const bool cin = threadIdx.x < W && ct + threadIdx.x < C;
+    const float mc = cin ? mean[ct + threadIdx.x] : 0.f, rc = cin ? rstd[ct + threadIdx.x] : 0.f;
+    float gr_pre[RX_MAX_ROWS / THREADS];
+#pragma unroll
+    for (int j = 0; j < RX_MAX_ROWS / THREADS; ++j) {
+        const int row = threadIdx.x + j * THREADS;
+        gr_pre[j] = (per_row && row < n) ? to_float<T>(gain[r0 + row]) : 1.f;
+    }
+    uint4 xr[RX_REG];
+    uint4* xs = tile + rows_per_cta * RX_VPR - RX_REG * STEP * RX_VPR;  // x row `row` >= RX_REG * STEP: xs[row * RX_VPR]
+    // a thread reads only the rows it copied itself (no block barrier needed for them)
+    {
+        const T* xp = x + (i64)(r0 + row0) * C + c;
+        const T* dp = dy + (i64)(r0 + row0) * C + c;
+#pragma unroll
+        for (int i = 0; i < RX_ROWS; ++i) {
+            const int row = row0 + i * STEP;
+            if (live && row < n) {
+                if (i < RX_REG) xr[i] = __ldg(reinterpret_cast<const uint4*>(xp + i * rstep));
+                else cp_async16(&xs[row * RX_VPR + cx], xp + i * rstep);
+                cp_async16(&tile[row * RX_VPR + cx], dp + i * rstep);
+            }
+        }
+    }
+    // a thread's row i (= row0 + i * STEP) of x and dy as floats; returns the row's gain (LN; else 1)
+    auto row_vals = [&](int i, int row, float (&v)[V], float (&d)[V]) -> float {
+        unpack16<T, V>(i < RX_REG ? xr[i < RX_REG ? i : 0] : xs[row * RX_VPR + cx], v);
+        unpack16<T, V>(tile[row * RX_VPR + cx], d);
+        return LN ? grow[row] : 1.f;
+    };
+    if (threadIdx.x < W) {
+        gcol[threadIdx.x] = gc;
+        mcol[0][threadIdx.x] = mc;
+        mcol[1][threadIdx.x] = rc;
+    }
+#pragma unroll
+    for (int j = 0; j < RX_MAX_ROWS / THREADS; ++j) grow[threadIdx.x + j * THREADS] = gr_pre[j];
+    cp_async_wait_all();
+    __syncthreads();  // grow, mcol
+    float m[V];  // rstd is read after the sums (registers: x takes 48 a thread)
+#pragma unroll
+    for (int k = 0; k < V; ++k) m[k] = mcol[0][cx * V + k];
+    float s[2][V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+#pragma unroll
+    for (int i = 0; i < RX_ROWS; ++i) {
+        const int row = row0 + i * STEP;
+        if (live && row < n) {
+            float v[V], d[V];
+            const float gr = row_vals(i, row, v, d);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float g = d[k] * gr;
+                s[0][k] += g;
+                s[1][k] = fmaf(g, v[k] - m[k], s[1][k]);
+            }
+        }
+    }
+    float pc[V];  // rstd first, times the column gain below
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        pc[k] = mcol[1][cx * V + k];  // 0 past C
+        s[1][k] *= pc[k];
+    }
+    block_col_sums<2, V>(s, RX_VPR, wred, part);
+    cluster_arrive();
+    cluster_wait();
+    bwd_cluster_stats<T, CS>(part, stat, ct, C, W, R, rank, gcol, train, sum0_t, sum1_t);
+    __syncthreads();
+    // dx = p * gr * dy - q * (x - mean) - o, as cols_bwd. LN: p = rstd (no gain per column), so p also weighs
+    // the row sums of dy * xhat.
+    float q[V], o[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        q[k] = pc[k] * pc[k] * stat[1][cx * V + k];
+        o[k] = pc[k] * stat[0][cx * V + k];
+        pc[k] *= gcol[cx * V + k];
+    }
+    T* dxp = dx + (i64)(r0 + row0) * C + c;
+#pragma unroll
+    for (int i = 0; i < RX_ROWS; ++i) {
+        const int row = row0 + i * STEP;
+        float p0 = 0.f, p1 = 0.f;  // the row's sums of dy and dy * xhat over this thread's columns (ws_rows)
+        if (live && row < n) {
+            float v[V], d[V];
+            const float gr = row_vals(i, row, v, d);
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+                const float xm = v[k] - m[k];
+                if constexpr (LN) {
+                    p0 += d[k];
+                    p1 = fmaf(d[k] * xm, pc[k], p1);
+                }
+                v[k] = fmaf(pc[k] * gr, d[k], fmaf(-q[k], xm, -o[k]));
+            }
+            st_cs16(dxp + i * rstep, pack16<T, V>(v));
+        }
+        if constexpr (LN) {
+            // layer norm with features first: the RX_VPR lanes of a row add their partials (all lanes
+            // take part: the loop is warp-uniform), lane cx = 0 writes ws_rows [tiles, 2, R]
+#pragma unroll
+            for (int off = 1; off < RX_VPR; off <<= 1) {
+                p0 += __shfl_xor_sync(0xffffffffu, p0, off);
+                p1 += __shfl_xor_sync(0xffffffffu, p1, off);
+            }
+            if (cx == 0 && row < n) {
+                ws_rows[(i64)t * 2 * R + r0 + row] = p0;
+                ws_rows[((i64)t * 2 + 1) * R + r0 + row] = p1;
+            }
+        }
+    }
+    cluster_arrive_relaxed();  // no block exits while another may still read its partial sums
+    cluster_wait();
+}
+
+// ---------------------------------------------------------------------------------------------------
 // L2 weight normalization per output unit of block-sparse w [nnz, b, b] (as ew.cu's wn_reduce_unit +
 // wn_apply, in one pass): the cluster owns block column j (tile = its b columns, vpr = b * sizeof(T) / 16),
 // its rank r the blocks col_order[col_ptr[j] + r * bpc ...] (bpc blocks per block, each b * b contiguous
@@ -414,6 +616,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 //   backward:           s = sum dv * w (r = rnorm[u] given; rank 0 writes dgain[u] = s * r in T if non-null);
 //                       out = g[u] * r * (dv - w * r^2 * s)
 // g null -> 1. lg_b = log2(b), lg_vpr = log2(vpr) (the host checks b, vpr powers of 2, vpr <= 16).
+// Dynamic shared memory: the w slice, the dv slice (backward), then bpc ints (the block's col_order entries).
 template <typename T, int CS>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     wn_unit(T* __restrict__ out, float* __restrict__ rnorm, T* __restrict__ dgain, const T* __restrict__ w,
@@ -424,23 +627,38 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     __shared__ float wred[WARPS][1][MAXW];
     __shared__ float part[1][MAXW];
     __shared__ float stat[MAXW];
+    __shared__ float wpar[2][MAXW];  // the units' gain (1 without) and rnorm (backward)
     const unsigned rank = cluster_rank();
     const int j = blockIdx.x / CS, b = 1 << lg_b, vpr = 1 << lg_vpr;
     const int lg_vpb = lg_b + lg_vpr;  // 16-byte vectors per block: b * vpr
-    const int p0 = col_ptr[j] + (int)rank * bpc;
-    const int nblk = max(0, min(col_ptr[j + 1] - p0, bpc));
-    const int nvec = nblk << lg_vpb;
     const int cx = threadIdx.x & (vpr - 1);
     const i64 bb = (i64)b * b;
     uint4* dtile = tile + ((i64)bpc << lg_vpb);
+    int* ord = reinterpret_cast<int*>(tile + ((i64)(dv ? 2 : 1) * bpc << lg_vpb));  // the block's col_order entries
+    // the unit's gain and rnorm (used after the cluster barrier, where a load would queue behind the other
+    // blocks' copies: see col_gain) and the block's entries of col_order, all loaded before any copy
+    float wg = 1.f, wr = 0.f;
+    if (threadIdx.x < b) {
+        const i64 u = (i64)j * b + threadIdx.x;
+        if (gain) wg = to_float<T>(gain[u]);
+        if (dv) wr = rnorm[u];
+    }
+    const int p0 = col_ptr[j] + (int)rank * bpc;
+    const int nblk = max(0, min(col_ptr[j + 1] - p0, bpc));
+    const int nvec = nblk << lg_vpb;
+    for (int q = threadIdx.x; q < nblk; q += THREADS) ord[q] = col_order[p0 + q];
+    if (threadIdx.x < b) {
+        wpar[0][threadIdx.x] = wg;
+        wpar[1][threadIdx.x] = wr;
+    }
+    __syncthreads();
     for (int i = threadIdx.x; i < nvec; i += THREADS) {
         const int q = i >> lg_vpb;
-        const i64 off = (i64)col_order[p0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
+        const i64 off = (i64)ord[q] * bb + (i64)(i - (q << lg_vpb)) * V;
         cp_async16(&tile[i], w + off);
         if (dv) cp_async16(&dtile[i], dv + off);
     }
-    cp_async_wait_all();
-    __syncthreads();
+    cp_async_wait_all();  // a thread reads only the vectors it copied (i = threadIdx.x + k * THREADS)
     float s[1][V];
 #pragma unroll
     for (int k = 0; k < V; ++k) s[0][k] = 0.f;
@@ -466,7 +684,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             stat[col] = r;
             if (rank == 0) rnorm[u] = r;
         } else {
-            const float r = rnorm[u];
+            const float r = wpar[1][col];
             stat[col] = sum;
             if (rank == 0 && dgain) dgain[u] = from_float<T>(sum * r);
         }
@@ -476,16 +694,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     float sc[V], wsc[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-        const i64 u = (i64)j * b + cx * V + k;
-        const float g = gain ? to_float<T>(gain[u]) : 1.f;
-        const float r = dv ? rnorm[u] : stat[cx * V + k];
+        const float g = wpar[0][cx * V + k];
+        const float r = dv ? wpar[1][cx * V + k] : stat[cx * V + k];
         sc[k] = g * r;
         wsc[k] = dv ? r * r * stat[cx * V + k] : 0.f;
     }
 #pragma unroll 4
     for (int i = threadIdx.x; i < nvec; i += THREADS) {
         const int q = i >> lg_vpb;
-        const i64 off = (i64)col_order[p0 + q] * bb + (i64)(i - (q << lg_vpb)) * V;
+        const i64 off = (i64)ord[q] * bb + (i64)(i - (q << lg_vpb)) * V;
         float v[V], d[V];
         unpack16<T, V>(tile[i], v);
         if (dv) {

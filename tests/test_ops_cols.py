@@ -11,11 +11,11 @@ import pytest
 from conftest import assert_close, random_array, to_numpy
 
 from cusparseblocks import BlockSparseMatMul, _ops_cols, compiler, ops
-from cusparseblocks._ops_cols import MAX_SMEM, ColsPlan, WnPlan, cols_plan, wn_plan
+from cusparseblocks._ops_cols import MAX_SMEM, ColsPlan, WnPlan, cols_plan, rx_plan, wn_plan
 from cusparseblocks.reference import ops as ref
 
 GPU_DTYPES = ("float32", "float16", "bfloat16")
-MODES = ("single", "single2", "single8", "single16", "fallback")
+MODES = ("single", "single2", "single8", "single16", "single_smem", "fallback")
 BUDGET = 112 * 1024  # the one-tier budget of the "classic" plans below
 
 
@@ -34,12 +34,35 @@ def test_plan_defaults():
     assert cols_plan(8192, 4096, 4) == ColsPlan(16, 128, 8, 32, 512, 128, 65536)
     assert cols_plan(8192, 4096, 2, 2) == ColsPlan(16, 64, 4, 32, 512, 128, 65536)  # x + dy
     assert cols_plan(8192, 4096, 4, 2) == ColsPlan(16, 64, 4, 16, 512, 256, 65536)
-    assert wn_plan(150, 32, 2) == WnPlan(8, 19, 4, 19 * 2048)
-    assert wn_plan(150, 32, 2, 2) == WnPlan(16, 10, 4, 10 * 4096)
-    assert wn_plan(150, 32, 4, 2) == WnPlan(16, 10, 8, 10 * 8192)  # the 112 KiB tier
+    assert wn_plan(150, 32, 2) == WnPlan(8, 19, 4, 19 * 2048 + 80)  # + the col_order entries
+    assert wn_plan(150, 32, 2, 2) == WnPlan(16, 10, 4, 10 * 4096 + 48)
+    assert wn_plan(150, 32, 4, 2) == WnPlan(16, 10, 8, 10 * 8192 + 48)  # the 112 KiB tier
     # a device that refused clusters of 16: at most 8
     assert cols_plan(8192, 4096, 2, max_cluster=8) == ColsPlan(8, 64, 4, 32, 1024, 128, 65536)
     assert wn_plan(150, 32, 4, 2, max_cluster=8).cluster == 8
+
+
+def test_rx_plan():
+    """The backward with x in registers: 128-byte rows, at most 512 rows a block (12 of a thread's 16 rows in
+    registers, the other 4 in shared memory after dy's slice), the smallest cluster that holds the rows."""
+    assert rx_plan(8192, 4096, 2) == ColsPlan(16, 128, 8, 64, 512, 64, 512 * 128 + 128 * 128)
+    assert rx_plan(8192, 4096, 4) == ColsPlan(16, 128, 8, 32, 512, 128, 80 * 1024)
+    assert rx_plan(384, 40, 2) == ColsPlan(1, 128, 8, 64, 384, 1, 384 * 128)  # all of x in registers
+    assert rx_plan(1000, 24, 4) == ColsPlan(2, 128, 8, 32, 500, 1, (500 + 116) * 128)
+    assert rx_plan(8193, 40, 2) is None  # 513 rows a block with clusters of 16: cols_plan's backward
+    assert rx_plan(8192, 4096, 2, max_cluster=8) is None
+    assert rx_plan(8192, 4096, 2, mode="fallback") is None
+    assert rx_plan(64, 4097, 2) is None and rx_plan(64, 4097, 4) is None  # not whole 16-byte vectors
+    assert rx_plan(64, 64, 2, cc_major=8) is None
+
+
+def test_rx_plan_switches(monkeypatch):
+    cfg = _ops_cols.LAUNCH["cols1"]
+    monkeypatch.setitem(cfg, "bwd_regs", False)
+    assert rx_plan(8192, 4096, 2) is None
+    monkeypatch.setitem(cfg, "bwd_regs", True)
+    monkeypatch.setitem(cfg, "tiles_per_cluster", 2)  # the walking clusters are cols_bwd's
+    assert rx_plan(8192, 4096, 2) is None
 
 
 @pytest.fixture
@@ -136,9 +159,9 @@ def test_plan_covers_the_array(itemsize, tensors):
 def test_wn_plan(classic):
     # the benchmark's layout: ~128-150 blocks of 32 x 32 per block column
     plan = wn_plan(150, 32, 2)
-    assert plan.cluster == 4 and plan.bpc == 38 and plan.vpr == 4 and plan.smem == 38 * 2048
+    assert plan.cluster == 4 and plan.bpc == 38 and plan.vpr == 4 and plan.smem == 38 * 2048 + 160
     assert wn_plan(150, 32, 2, 2).cluster == 8
-    assert wn_plan(150, 32, 4, 2).smem == 19 * 8192  # over the preferred budget: 1 block per SM
+    assert wn_plan(150, 32, 4, 2).smem == 19 * 8192 + 80  # over the preferred budget: 1 block per SM
     assert wn_plan(150, 32, 4, 2, max_bytes=BUDGET) is None
     assert wn_plan(1, 8, 2).vpr == 1 and wn_plan(1, 64, 4).vpr == 16
     assert wn_plan(0, 32, 2).bpc == 1  # empty layouts still launch a valid plan
@@ -148,12 +171,57 @@ def test_wn_plan(classic):
     assert wn_plan(10, 32, 2, cc_major=8) is None
     assert wn_plan(10, 32, 2, mode="fallback") is None
     assert wn_plan(1_000, 32, 2) is None  # a block column too large for a cluster
-    assert wn_plan(800, 32, 2, mode="single").smem == 100 * 2048
+    assert wn_plan(800, 32, 2, mode="single").smem == 100 * 2048 + 400
+
+
+def test_static_shared_memory_fits_the_plans():
+    """The plans give a block up to MAX_SMEM of dynamic shared memory: the kernels' static arrays must fit the
+    rest of sm_90's 227 KiB (a launch over it fails; it once did, and the failure read as a refused cluster).
+    cols_bwd_rx: two blocks of its largest plan (80 KiB) an SM."""
+    kernels = ("cols_fwd", "cols_bwd", "cols_bwd_rx", "wn_unit")
+    extra = {"cols_bwd_rx": ", true"}  # the layer-norm form: the larger of the two
+    names = [f"{k}<{t}, 16{extra.get(k, '')}>" for k in kernels for t in _ops_cols._CTYPE.values()]
+    specs = [compiler.KernelSpec("ew_cols.cu", n) for n in names]
+    compiled = compiler.compile_specs(specs, "sm_90")
+    rx_max = rx_plan(8192, 4096, 2).smem
+    for spec in specs:
+        static = compiled[spec].shared_static
+        assert static is not None, spec
+        if "cols_bwd_rx" in spec.name:
+            assert 2 * (static + rx_max + 1024) <= 228 * 1024, (spec, static)
+        else:
+            assert static <= 227 * 1024 - MAX_SMEM, (spec, static)
+
+
+def test_cluster_refusal(monkeypatch):
+    """A launch of a cluster of 16 that fails with a cluster error is a refusal (plan again with 8, recorded);
+    any other error is raised, never taken for one."""
+
+    def fail(message):
+        def launch(*args):
+            raise RuntimeError(message)
+
+        return launch
+
+    import types
+
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 7)))
+    monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
+    monkeypatch.setattr(_ops_cols, "_NO_CLUSTER16", set())
+    monkeypatch.setattr(_ops_cols, "_launch", fail("CUDA_ERROR_INVALID_VALUE: invalid argument"))
+    with pytest.raises(RuntimeError, match="INVALID_VALUE"):
+        _ops_cols._launch_or_refused("cols_fwd", np.float32, 16, 16, 0, ())
+    assert _ops_cols._NO_CLUSTER16 == set()
+    monkeypatch.setattr(_ops_cols, "_launch", fail("CUDA_ERROR_INVALID_CLUSTER_SIZE: invalid cluster size"))
+    with pytest.raises(RuntimeError):
+        _ops_cols._launch_or_refused("cols_fwd", np.float32, 8, 8, 0, ())  # 8 is portable: an error
+    assert _ops_cols._launch_or_refused("cols_fwd", np.float32, 16, 16, 0, ()) is False
+    assert _ops_cols._NO_CLUSTER16 == {7}
 
 
 def test_specializations_arch_specific():
     specs = compiler.all_specializations()["ew_cols"]
-    assert len(specs) == 3 * len(_ops_cols.CLUSTERS) * 3
+    assert len(specs) == 3 * len(_ops_cols.CLUSTERS) * 5  # cols_bwd_rx twice: batch norm, layer norm
     assert all(compiler.target_arch(s.source, "sm_90") == "sm_90" for s in specs)
     assert not any(compiler.target_arch(s.source, "sm_80") for s in specs)
 
@@ -184,25 +252,29 @@ def _poison_pool(nbytes=64 << 20):
 @pytest.fixture
 def mode(request, monkeypatch):
     """Force the one-pass path ("single"; "single2", "single8", "single16": clusters of 2, 8 or 16 blocks
-    whatever the size, so that small arrays cover ranks with few or no rows) or the 3-pass path ("fallback"); records
-    the one-pass launches. Yields ("single" or "fallback", the launched kernel names)."""
+    whatever the size, so that small arrays cover ranks with few or no rows; "single_smem": the backward without
+    x in registers) or the 3-pass path ("fallback"); records the one-pass launches. Yields ("single" or "fallback", the launched kernel names)."""
     import cupy
 
     name = request.param
     if name != "fallback" and not compiler.device_arch().startswith("sm_9"):
         pytest.skip("the one-pass kernels need compute capability 9.x")
+    if name == "single_smem":  # the backward with both inputs in shared memory (cols_bwd) wherever it fits
+        monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "bwd_regs", False)
+        name = "single"
     if name in ("single2", "single8", "single16"):
         monkeypatch.setattr(_ops_cols, "CLUSTERS", (int(name[6:]),))
         monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "max_cluster", 16)
         name = "single"
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "mode", name)
     monkeypatch.setattr(_ops_cols, "_PLANS", {})
+    monkeypatch.setattr(_ops_cols, "_NO_CLUSTER16", set())  # a refusal in one test must not change the next
     launched = []
     real = _ops_cols._launch
 
-    def spy(name, *args):
+    def spy(name, *args, **kwargs):
         launched.append(name)
-        return real(name, *args)
+        return real(name, *args, **kwargs)
 
     monkeypatch.setattr(_ops_cols, "_launch", spy)
     yield name, launched
@@ -214,10 +286,12 @@ def _expect(mode_launched, name, shape, dtype, tensors):
     mode, launched = mode_launched
     itemsize = np.dtype(random_array(np.random.default_rng(0), (1,), dtype).dtype).itemsize
     k = _ops_cols.LAUNCH["cols1"]["tiles_per_cluster"]
-    if mode == "single" and cols_plan(*shape, itemsize, tensors, mode="single", per_cluster=k) is not None:
+    if name == "cols_bwd" and mode == "single" and rx_plan(*shape, itemsize, mode="single") is not None:
+        assert launched == ["cols_bwd_rx"], launched
+    elif mode == "single" and cols_plan(*shape, itemsize, tensors, mode="single", per_cluster=k) is not None:
         assert launched == [name], launched
     else:
-        assert name not in launched, launched
+        assert name not in launched and "cols_bwd_rx" not in launched, launched
 
 
 # ragged (C not a multiple of the tile, R not a multiple of the cluster), aligned, tiny, tall
@@ -359,16 +433,52 @@ def test_gpu_cols_fit_limit(mode, dtype, which, rng):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["single8"], indirect=True)
-def test_gpu_cols_deterministic(mode, rng):
-    x = _x(rng, (4099, 72), "float32")
-    dy = random_array(rng, (4099, 72), "float32")
+@pytest.mark.parametrize("shape", [(4099, 72), (4000, 72)])  # cols_bwd (513 rows a block), cols_bwd_rx (500)
+def test_gpu_cols_deterministic(mode, shape, rng):
+    x = _x(rng, shape, "float32")
+    dy = random_array(rng, shape, "float32")
     outs = []
     for _ in range(2):
+        mode[1].clear()
         y, m, r = ops.batch_norm_fprop(_gpu(x))
         dx, dg, db = ops.batch_norm_bprop(_gpu(dy), _gpu(x), None, m, r)
         outs.append([to_numpy(a) for a in (y, m, r, dx, db)])
+    assert mode[1] == ["cols_fwd", "cols_bwd" if shape[0] > 4096 else "cols_bwd_rx"]
     for a, b in zip(*outs):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["single16"], indirect=True)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("R", [8192, 8193, 384 * 16, 384 * 16 + 1])
+@pytest.mark.parametrize("kind", ["batch1", "layer0"])
+def test_gpu_cols_rx_limit(mode, dtype, R, kind, rng):
+    """The backward at the register kernel's limits: 512 rows a block (8192 with clusters of 16; 8193 takes
+    cols_bwd) and 384 rows a block (x wholly in registers) or 385 (one row of x in shared memory); ragged
+    columns, gains per column (batch norm) and per row with the row sums (layer norm, features first)."""
+    shape = (R, 200) if kind == "batch1" else (R, 72)
+    x = _x(rng, shape, dtype)
+    dy = random_array(rng, shape, dtype)
+    fa = 0 if kind == "layer0" else 1
+    g = random_array(rng, (shape[fa],), dtype)
+    if fa == 1:
+        _, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), None, 1, True, None, None)
+    else:
+        _, rm, rr = ref.layer_norm_fprop(f64(x), f64(g), None, 0)
+    m, r = _gpu(rm.astype(np.float32)), _gpu(rr.astype(np.float32))
+    _poison_pool()
+    if fa == 1:
+        grads = ops.batch_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m, r)
+        rgrads = ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m), f64(r), 1, True)
+        terms = f64(g).reshape(1, -1) * f64(r).reshape(1, -1) * f64(dy)
+    else:
+        grads = ops.layer_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m, r, feature_axis=0)
+        rgrads = ref.layer_norm_bprop(f64(dy), f64(x), f64(g), f64(m), f64(r), 0)
+        terms = f64(g).reshape(-1, 1) * f64(r).reshape(1, -1) * f64(dy)
+    assert mode[1] == ["cols_bwd_rx" if R <= 8192 else "cols_bwd"], mode[1]
+    for name, a, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
+        assert_close(a, e, dtype, name, scale=terms if name == "dx" else None)
 
 
 @pytest.mark.gpu
@@ -509,10 +619,11 @@ def emulated(monkeypatch, emulator_lib, request):
     fns = {
         "cols_fwd": emulator_lib.emu_cols_fwd,
         "cols_bwd": emulator_lib.emu_cols_bwd,
+        "cols_bwd_rx": emulator_lib.emu_cols_bwd_rx,
         "wn_unit": emulator_lib.emu_wn_unit,
     }
 
-    def launch(name, dtype, cluster, grid, smem, args):
+    def launch(name, dtype, cluster, grid, smem, args, extra=""):
         name_t = np.dtype(dtype).name
         assert name_t in ("float32", "bfloat16"), name_t
         launched.append(name)
@@ -551,14 +662,17 @@ EMU_DTYPES = ("float32", "bfloat16")
 
 
 # (shape, forced cluster size): ragged tiles and rows, ranks without rows (3 rows on 8 blocks)
-EMU_CASES = [((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16)]
+# (800, 40) on clusters of 2: 400 rows a block, so cols_bwd_rx holds rows 384.. of x in shared memory
+EMU_CASES = [((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16), ((800, 40), 2)]
 
 
 @pytest.mark.parametrize("shape,emulated", EMU_CASES, indirect=["emulated"])
 @pytest.mark.parametrize("dtype", EMU_DTYPES)
 @pytest.mark.parametrize("kind", ["layer0", "batch1"])
-def test_emulated_cols(emulated, dtype, shape, kind, rng):
+@pytest.mark.parametrize("regs", [True, False])
+def test_emulated_cols(emulated, dtype, shape, kind, regs, monkeypatch, rng):
     mod, launched = emulated
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "bwd_regs", regs)
     fa = 0 if kind == "layer0" else 1
     F = shape[fa]
     x = _x(rng, shape, dtype)
@@ -603,6 +717,7 @@ def test_emulated_cols(emulated, dtype, shape, kind, rng):
     assert_close(np.asarray(r), rr, "float32" if dtype == "float32" else "float16", "rstd")
     assert_close(np.asarray(y), ry, dtype, "y")
     assert launched[0] == "cols_fwd"
+    assert launched[-1] == ("cols_bwd_rx" if regs else "cols_bwd")
 
 
 @pytest.mark.parametrize("emulated", [None, 8], indirect=True)
