@@ -6,7 +6,8 @@ between loads and stores, clusters at all (CS 1: the same blocks, scheduled one 
 is held (shared memory or registers). The real kernels (cols_fwd, cols_bwd) and a device copy run in the
 same process, so every row reads as % of that copy.
 
-Run from the repository root on the GPU: `PYTHONPATH=. python bench/cols_probe.py` (~30 s).
+Run from the repository root on the GPU: `PYTHONPATH=. python bench/cols_probe.py [--waves]` (~30 s; --waves
+also times the backward's pattern and kernel on 56, 64, 70 and 84 column tiles).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ R, C = 8192, 4096  # bf16 elements: 8 KiB rows, 512 vectors a row
 PITCH = C * 2 // 16
 
 
-def launch_fn(cfg, out, a, b):
+def launch_fn(cfg, out, a, b, cols=C):
     import cupy
     from cupy_backends.cuda.api import driver
 
@@ -37,8 +38,9 @@ def launch_fn(cfg, out, a, b):
         driver.funcSetAttribute(fn.ptr, 14, 1)
     if smem > 48 * 1024:
         driver.funcSetAttribute(fn.ptr, 8, smem)
-    grid = (PITCH // vpr) * 16
-    args = (out, a, b, np.int32(R), np.int64(PITCH), np.int32(rows), np.int32(16))
+    pitch = cols * 2 // 16
+    grid = -(-pitch // vpr) * 16
+    args = (out, a, b, np.int32(R), np.int64(pitch), np.int32(rows), np.int32(16))
     return lambda: fn((grid,), (256,), args, stream=cupy.cuda.get_current_stream(), shared_mem=smem)
 
 
@@ -92,8 +94,26 @@ def main() -> int:
             record("cols_bwd_rx (real)" if regs else "cols_bwd (real)", 2, None, ms, "")
         cfg["bwd_regs"] = True
         _ops_cols._PLANS.clear()
+    if "--waves" in sys.argv:
+        # wave quantization: the backward's 128-byte tiles on C / 64 tiles (bf16) when ~14 clusters of 16 fit
+        # at once (ncu's max active clusters): 56 and 84 tiles fill whole waves, 64 and 70 leave a partial one
+        probe = dict(_ops_cols.PROBES)["bwd 128B regs12 bar"]
+        for cols in (3584, 4096, 4480, 5376):
+            xw = (rng.standard_normal((R, cols), dtype=cupy.float32) * 2 + 1).astype(bfloat16)
+            dw = rng.standard_normal((R, cols), dtype=cupy.float32).astype(bfloat16)
+            ow = cupy.empty((R, cols), dtype=cupy.uint16)
+            fn = launch_fn(probe, ow, xw.view(cupy.uint16), dw.view(cupy.uint16), cols)
+            ms_p = time_ms(fn, graph=True)["median"]
+            _, mw, rw = _ops_cols.cols_fwd(xw, None, None, 1e-5, 1)
+            real = lambda d=dw, x=xw, m=mw, r=rw: _ops_cols.cols_bwd(d, x, None, m, r, 1, 1, True)  # noqa: E731
+            ms_r = time_ms(real, graph=True)["median"]
+            for name, ms in ((f"waves C={cols} probe", ms_p), (f"waves C={cols} cols_bwd_rx", ms_r)):
+                gbs = 3 * R * cols * 2 / (ms * 1e-3) / 1e9
+                row = dict(probe=name, nin=2, ms=ms, **{"GB/s": gbs}, **{"%copy": 100 * gbs * 1e9 / copy_bps})
+                table.add(**row)
+                rows.append(row)
     path = save_json("cols_probe", {"copy_GBps": copy_bps / 1e9, "gpu": gpu_name(), "rows": rows},
-                     command="PYTHONPATH=. python bench/cols_probe.py")
+                     command="PYTHONPATH=. python " + " ".join(["bench/cols_probe.py", *sys.argv[1:]]))
     print(f"copy {copy_bps / 1e9:.0f} GB/s; {path}")
     print(table.render())
     return 0
