@@ -452,15 +452,14 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The same backward with x held in registers (the default where it fits: cusparseblocks/_ops_cols.py
-// rx_plan). Each thread keeps RX_ROWS rows of its 16-byte column chunk of x in registers and the block's dy
-// slice sits in shared memory, so a block carries 512 rows x 128 bytes of both inputs at 2 blocks an SM
-// (x: 48 registers a thread and 16 KiB, dy: 64 KiB). The H100 probe (bench/cols_probe.py, bench/NOTES.md) moved the
-// backward's bytes at 87-90 % of the copy this way, 76-77 % with both inputs in shared memory (64-byte
-// rows, 3 blocks an SM). One tile a cluster: tile blockIdx.x / CS, 128-byte rows (RX_VPR vectors),
-// rows_per_cta <= RX_ROWS * THREADS / RX_VPR. Arithmetic, outputs and order of the sums as cols_bwd.
-// RX_REG of a thread's RX_ROWS rows of x in registers (48 registers; 14 or 16 spill in the half types at the
-// 128-register cap of 2 blocks an SM), the others in shared memory after dy's slice
+// The same backward with x held mostly in registers (the default where it fits: cusparseblocks/_ops_cols.py
+// rx_plan). Each thread holds RX_ROWS rows of its 16-byte column chunk of x, RX_REG of them in registers (48
+// registers; 14 or 16 rows spill in the half types at the 128-register cap of 2 blocks an SM) and the rest in
+// shared memory after the block's dy slice. So a block carries 512 rows x 128 bytes of both inputs at 2
+// blocks an SM (x: 48 registers a thread and 16 KiB, dy: 64 KiB). The H100 probe (bench/cols_probe.py,
+// bench/NOTES.md) moved the backward's bytes at 86-90 % of the copy this way, 76-77 % with both inputs in
+// shared memory (64-byte rows, 3 blocks an SM). One tile a cluster: tile blockIdx.x / CS, 128-byte rows
+// (RX_VPR vectors), rows_per_cta <= RX_MAX_ROWS. Arithmetic, outputs and order of the sums as cols_bwd.
 constexpr int RX_VPR = 8, RX_ROWS = 16, RX_REG = 12;
 constexpr int RX_MAX_ROWS = RX_ROWS * (THREADS / RX_VPR);  // rows a block holds: 512
 
@@ -500,7 +499,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
         gr_pre[j] = (per_row && row < n) ? to_float<T>(gain[r0 + row]) : 1.f;
     }
     uint4 xr[RX_REG];
-    uint4* xs = tile + rows_per_cta * RX_VPR - RX_REG * STEP * RX_VPR;  // x row `row` >= RX_REG * STEP: xs[row * RX_VPR]
+    // x's rows past RX_REG * STEP: row `row` at xs[row * RX_VPR + cx], after dy's slice
+    uint4* xs = tile + rows_per_cta * RX_VPR - RX_REG * STEP * RX_VPR;
     // a thread reads only the rows it copied itself (no block barrier needed for them)
     {
         const T* xp = x + (i64)(r0 + row0) * C + c;
