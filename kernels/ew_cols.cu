@@ -463,6 +463,17 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 constexpr int RX_VPR = 8, RX_ROWS = 16, RX_REG = 12;
 constexpr int RX_MAX_ROWS = RX_ROWS * (THREADS / RX_VPR);  // rows a block holds: 512
 
+// body(i, row) for a thread's rows i (row = row0 + i * THREADS / RX_VPR) that exist; CHECK false: all of them
+// (a full block of a live column chunk), without a test a row
+template <bool CHECK, typename F>
+__device__ __forceinline__ void rx_rows(const F& body, bool live, int row0, int n) {
+#pragma unroll
+    for (int i = 0; i < RX_ROWS; ++i) {
+        const int row = row0 + i * (THREADS / RX_VPR);
+        if (!CHECK || (live && row < n)) body(i, row);
+    }
+}
+
 template <typename T, int CS, bool LN>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
     cols_bwd_rx(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, float* __restrict__ ws_rows,
@@ -533,23 +544,24 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
     float m[V];  // rstd is read after the sums (registers: x takes 48 a thread)
 #pragma unroll
     for (int k = 0; k < V; ++k) m[k] = mcol[0][cx * V + k];
+    // batch norm on a full block (every thread's RX_ROWS rows exist, the common case): row loops without a test
+    // a row (the layer-norm form keeps the tests: with both versions it spills)
+    const bool full = !LN && live && n == RX_MAX_ROWS;
     float s[2][V];
 #pragma unroll
     for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+    auto sum_row = [&](int i, int row) {
+        float v[V], d[V];
+        const float gr = row_vals(i, row, v, d);
 #pragma unroll
-    for (int i = 0; i < RX_ROWS; ++i) {
-        const int row = row0 + i * STEP;
-        if (live && row < n) {
-            float v[V], d[V];
-            const float gr = row_vals(i, row, v, d);
-#pragma unroll
-            for (int k = 0; k < V; ++k) {
-                const float g = d[k] * gr;
-                s[0][k] += g;
-                s[1][k] = fmaf(g, v[k] - m[k], s[1][k]);
-            }
+        for (int k = 0; k < V; ++k) {
+            const float g = d[k] * gr;
+            s[0][k] += g;
+            s[1][k] = fmaf(g, v[k] - m[k], s[1][k]);
         }
-    }
+    };
+    if (full) rx_rows<LN>(sum_row, live, row0, n);  // LN: never full
+    else rx_rows<true>(sum_row, live, row0, n);
     float pc[V];  // rstd first, times the column gain below
 #pragma unroll
     for (int k = 0; k < V; ++k) {
@@ -563,35 +575,53 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
     __syncthreads();
     // dx = p * gr * dy - q * (x - mean) - o, as cols_bwd. LN: p = rstd (no gain per column), so p also weighs
     // the row sums of dy * xhat.
+    // TWO_FMA (batch norm, half types): dx = p * dy - q * x + (q * mean - o), two FMA an element. The float32
+    // rounding of q * x and q * mean is ~1e-7 |mean| / std of the q term, far under a half-type ulp of dx
+    // unless |mean| / std passes ~1e3; float32 output keeps the form with x - mean.
+    constexpr bool TWO_FMA = !LN && sizeof(T) == 2;
     float q[V], o[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) {
         q[k] = pc[k] * pc[k] * stat[1][cx * V + k];
         o[k] = pc[k] * stat[0][cx * V + k];
+        if (TWO_FMA) o[k] = fmaf(q[k], m[k], -o[k]);
         pc[k] *= gcol[cx * V + k];
     }
     T* dxp = dx + (i64)(r0 + row0) * C + c;
-#pragma unroll
-    for (int i = 0; i < RX_ROWS; ++i) {
-        const int row = row0 + i * STEP;
-        float p0 = 0.f, p1 = 0.f;  // the row's sums of dy and dy * xhat over this thread's columns (ws_rows)
-        if (live && row < n) {
+    if constexpr (!LN) {
+        auto dx_row = [&](int i, int row) {
             float v[V], d[V];
-            const float gr = row_vals(i, row, v, d);
+            row_vals(i, row, v, d);
 #pragma unroll
             for (int k = 0; k < V; ++k) {
-                const float xm = v[k] - m[k];
-                if constexpr (LN) {
-                    p0 += d[k];
-                    p1 = fmaf(d[k] * xm, pc[k], p1);
-                }
-                v[k] = fmaf(pc[k] * gr, d[k], fmaf(-q[k], xm, -o[k]));
+                if constexpr (TWO_FMA) v[k] = fmaf(pc[k], d[k], fmaf(-q[k], v[k], o[k]));
+                else v[k] = fmaf(pc[k], d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
             }
             st_cs16(dxp + i * rstep, pack16<T, V>(v));
-        }
-        if constexpr (LN) {
-            // layer norm with features first: the RX_VPR lanes of a row add their partials (all lanes
-            // take part: the loop is warp-uniform), lane cx = 0 writes ws_rows [tiles, 2, R]
+        };
+        if (full) rx_rows<false>(dx_row, live, row0, n);
+        else rx_rows<true>(dx_row, live, row0, n);
+    }
+    if constexpr (LN) {
+        // layer norm with features first: dx, and the row sums of dy and dy * xhat over the thread's columns;
+        // the RX_VPR lanes of a row add their partials (all lanes take part: the loop is warp-uniform), lane
+        // cx = 0 writes ws_rows [tiles, 2, R]
+#pragma unroll
+        for (int i = 0; i < RX_ROWS; ++i) {
+            const int row = row0 + i * STEP;
+            float p0 = 0.f, p1 = 0.f;
+            if (live && row < n) {
+                float v[V], d[V];
+                const float gr = row_vals(i, row, v, d);
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    const float xm = v[k] - m[k];
+                    p0 += d[k];
+                    p1 = fmaf(d[k] * xm, pc[k], p1);
+                    v[k] = fmaf(pc[k] * gr, d[k], fmaf(-q[k], xm, -o[k]));
+                }
+                st_cs16(dxp + i * rstep, pack16<T, V>(v));
+            }
 #pragma unroll
             for (int off = 1; off < RX_VPR; off <<= 1) {
                 p0 += __shfl_xor_sync(0xffffffffu, p0, off);

@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/cols_probe.py
