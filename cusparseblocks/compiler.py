@@ -207,6 +207,16 @@ def compile_specs(specs: Iterable[KernelSpec], arch: str = "sm_90") -> dict[Kern
     return out
 
 
+def _digest(text: str, opts: Sequence[str], group) -> str:
+    """The on-disk cache key of one NVRTC program: the source and the texts of the kernels/ headers it
+    includes, the options except the include directories (absolute paths of this checkout and environment:
+    a fresh clone or virtual environment elsewhere would miss every entry; what they hold is covered by the
+    header texts and the NVRTC version), the specializations and the NVRTC version."""
+    kept = [o for o in opts if not o.startswith("-I")]
+    parts = [text, *_local_headers(text), *kept, *(s.name for s in group), str(nvrtc_version())]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
 def _compile_group(source, defines, group, arch):
     key = (source, defines, group, arch)
     with _lock:
@@ -214,9 +224,7 @@ def _compile_group(source, defines, group, arch):
             return _compiled[key]
     text = _read_source(source)
     opts = _options(arch, defines)
-    digest = hashlib.sha256(
-        "\0".join([text, *_local_headers(text), *opts, *(s.name for s in group), str(nvrtc_version())]).encode()
-    ).hexdigest()[:32]
+    digest = _digest(text, opts, group)
     cached = _load_disk(digest, group, arch)
     if cached is not None:
         with _lock:

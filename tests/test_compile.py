@@ -4,8 +4,9 @@ No GPU is needed: NVRTC (PyPI's cuda-bindings + nvidia-cuda-nvrtc, headers from 
 compiles to cubin on any machine. Specializations come from ``compiler.all_specializations()`` (each
 kernel family registers every spec it may launch). Each family is compiled for each arch as one NVRTC
 program (the headers are parsed once); the (family, arch) jobs run in parallel worker processes, one per
-core. The on-disk cubin cache (``$CUSPARSEBLOCKS_CACHE_DIR``) is keyed by source text, options and NVRTC
-version, so an unchanged family is not compiled twice on one machine.
+core. The on-disk cubin cache (``$CUSPARSEBLOCKS_CACHE_DIR``) is keyed by source and header texts, options (not
+the include directories) and NVRTC version, so an unchanged family is not compiled twice on one machine, from
+any checkout.
 
 A failure names the kernel family, the arch and the failing specialization(s) with NVRTC's log; a
 local-memory spill (ptxas spill stores/loads > 0) in any kernel fails and names the kernel, and so does a
@@ -180,3 +181,17 @@ def test_family_compiles_without_spills(compiled, family, arch, record_property)
     stale_ser = [n for (a, n) in KNOWN_SERIALIZED if a == arch and n in kernels and not kernels[n]["serialized"]]
     assert not stale_ser, f"{family} {arch}: KNOWN_SERIALIZED lists kernels ptxas no longer serializes: {stale_ser[:3]}"
     assert not serialized, f"{family} {arch}: ptxas serializes the wgmmas (C7514-C7519) of {serialized[:5]}"
+
+
+def test_cache_key_ignores_include_paths():
+    """The on-disk cache key holds what is compiled, not where: the same source, headers, options and
+    specializations under another checkout or virtual environment (other -I directories) hit the same entry;
+    any other option, the source text or the specializations change it."""
+    text = "extern \"C\" __global__ void k(float* x) { x[0] = 1.f; }\n"
+    group = (compiler.KernelSpec("k.cu", "k"),)
+    base = ["--gpu-architecture=sm_90", "-std=c++17"]
+    here = compiler._digest(text, [*base, "-I/a/kernels", "-I/venv1/include"], group)
+    assert here == compiler._digest(text, [*base, "-I/b/kernels", "-I/venv2/include"], group)
+    assert here != compiler._digest(text, [*base, "-DX=1", "-I/a/kernels"], group)
+    assert here != compiler._digest(text + "\n", [*base, "-I/a/kernels"], group)
+    assert here != compiler._digest(text, [*base, "-I/a/kernels"], (compiler.KernelSpec("k.cu", "k2"),))
