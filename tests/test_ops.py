@@ -434,8 +434,9 @@ def _check_activation(dtype, shape, misalign, activation, rng):
     assert_close(y, ref.ew_fprop("add", f64(x), f64(b), activation), dtype, "y")
     assert_close(dx, rdx, dtype, "dx")
     # dbias is the column sum of the returned (rounded) dx, as in PyTorch: check it against that sum, and
-    # against the float64 reference with a scale of the summed magnitudes (cancellation in half types)
-    assert_close(db, f64(dx).sum(axis=0), dtype, "dbias")
+    # against the float64 reference, both with a scale of the summed magnitudes (a column of few rows can
+    # cancel to far below its terms: 5 rows once summed to 1e-3 of them, over float32's 1e-5 of the result)
+    assert_close(db, f64(dx).sum(axis=0), dtype, "dbias", scale=np.abs(f64(dx)).sum(axis=0))
     scale = np.abs(rdx).sum(axis=0).max() + 1e-30
     assert np.abs(f64(db) - rdb).max() / scale <= {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}[dtype]
 
