@@ -4,7 +4,9 @@ Each row times one op on a tensor of >= 64 MiB (default [8192, 4096]) and report
 move (inputs read once, outputs written once), the bandwidth that gives, its share of a device-to-device
 copy of the same bytes (the ceiling), and PyTorch's time for the same op in the same run. "ms" enqueues the
 calls back to back as a training loop does (host-bound when "host us" reaches it); "graph ms" replays them
-from a CUDA graph, the GPU's time alone, and "%copy graph" compares it with the copy's graph time.
+from a CUDA graph, the GPU's time alone, and "%copy graph" compares it with the copy's graph time;
+"torch graph ms" replays PyTorch's calls from a torch CUDA graph, so "vs torch graph" compares the two
+GPUs' work without either side's host time.
 
     PYTHONPATH=. python bench/ew.py [--rows 8192 --cols 4096 --dtypes bfloat16,float32] [--only norm,weight]
 """
@@ -42,7 +44,14 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
     def arr(*shape):
         return rs.standard_normal(shape, dtype=cp.float32).astype(dt)
 
-    T = (lambda a: torch.from_dlpack(a)) if torch else None
+    views = {}  # id -> (array, tensor): one DLPack view per array, made outside any graph capture
+
+    def T(a):
+        hit = views.get(id(a))
+        if hit is None:
+            hit = views[id(a)] = (a, torch.from_dlpack(a))
+        return hit[1]
+
     F_ = torch.nn.functional if torch else None
     e = np.dtype(dt).itemsize
     n = N * F
@@ -403,7 +412,7 @@ def main(argv=None) -> int:
     torch = _torch()
     only = [w.strip() for w in args.only.split(",") if w.strip()]
     table = Table(["dtype", "op", "MiB", "ms", "GB/s", "%copy", "torch ms", "vs torch", "host us", "graph ms",
-                   "%copy graph"])
+                   "%copy graph", "torch graph ms", "vs torch graph"])
     rows = []
     warm_x = cupy.ones(1 << 28, dtype=cupy.float32)  # ~0.3 s of copies so the clocks are up
     for _ in range(100):
@@ -423,6 +432,44 @@ def main(argv=None) -> int:
             return time_ms(lambda s, f=fn: f(s), rotate=[(s,) for s in sets], graph=True)["median"]
         except Exception as exc:  # noqa: BLE001
             print(f"graph {fn}: {type(exc).__name__}: {exc}", flush=True)
+            return float("nan")
+
+    def torch_graphed(fn, sets):
+        """PyTorch's GPU time alone, as graphed() for ours: the calls captured in a torch CUDA graph (warmed
+        up on a side stream first) and its replays timed with CUDA events, median of 7 batches; NaN when the
+        op cannot be captured."""
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for s in sets:
+                    fn(s)
+            torch.cuda.current_stream().wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for s in sets:
+                    fn(s)
+            g.replay()
+            torch.cuda.synchronize()
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            g.replay()
+            stop.record()
+            stop.synchronize()
+            reps = int(min(max(1, 60.0 / 7 / max(start.elapsed_time(stop), 1e-3)), 5000))
+            times = []
+            for _ in range(7):
+                start.record()
+                for _ in range(reps):
+                    g.replay()
+                stop.record()
+                stop.synchronize()
+                times.append(start.elapsed_time(stop) / (reps * len(sets)))
+            del g
+            return float(np.median(times))
+        except Exception as exc:  # noqa: BLE001
+            print(f"torch graph {fn}: {type(exc).__name__}: {exc}", flush=True)
+            torch.cuda.synchronize()
             return float("nan")
 
     vrows = []
@@ -450,6 +497,9 @@ def main(argv=None) -> int:
                     print(f"torch {name}: {type(exc).__name__}: {exc}", flush=True)
             if torch is not None and theirs:  # torch's work must be done before the next case's timing
                 torch.cuda.synchronize()
+            ttg = torch_graphed(theirs, sets) if tt is not None else None
+            if torch is not None and theirs:
+                torch.cuda.synchronize()
             tg = graphed(ours, sets)
             gbs, gbs_graph = nbytes / (t * 1e-3) / 1e9, nbytes / (tg * 1e-3) / 1e9
             if name == "copy":
@@ -466,6 +516,8 @@ def main(argv=None) -> int:
                 **{"host us": host_us},
                 **{"graph ms": tg},
                 **{"%copy graph": 100 * gbs_graph / copy_graph_gbs if copy_graph_gbs else float("nan")},
+                **{"torch graph ms": ttg if ttg is not None else "-"},
+                **{"vs torch graph": (ttg / tg) if ttg is not None else "-"},
             )
             rows.append(row)
             table.add(**row)

@@ -640,15 +640,18 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
 // ---------------------------------------------------------------------------------------------------
 // L2 weight normalization per output unit of block-sparse w [nnz, b, b] (as ew.cu's wn_reduce_unit +
 // wn_apply, in one pass): the cluster owns block column j (tile = its b columns, vpr = b * sizeof(T) / 16),
-// its rank r the blocks col_order[col_ptr[j] + r * bpc ...] (bpc blocks per block, each b * b contiguous
-// elements). Unit u = j * b + c:
+// its rank r the blocks col_order[col_ptr[j] + r + k * CS], k = 0, 1, ... (at most bpc of them, each b * b
+// contiguous elements). Unit u = j * b + c:
 //   forward (dv null):  s = sum w^2, r = 1/sqrt(s + eps) (rank 0 writes rnorm[u]); out = g[u] * r * w
 //   backward:           s = sum dv * w (r = rnorm[u] given; rank 0 writes dgain[u] = s * r in T if non-null);
 //                       out = g[u] * r * (dv - w * r^2 * s)
 // g null -> 1. lg_b = log2(b), lg_vpr = log2(vpr) (the host checks b, vpr powers of 2, vpr <= 16).
 // Dynamic shared memory: the w slice, the dv slice (backward), then bpc ints (the block's col_order entries).
+// Launch bounds of 5 blocks an SM (<= 51 registers): the half types' blocks of the bench layout take 43 KiB of
+// shared memory, room for 5 an SM, and __half at the former bound of 3 took 62 registers, so 4 an SM (bf16 and
+// float32 took 48: 5); the barrier waits of the cluster (ncu: the kernel's largest stall) hide behind more blocks.
 template <typename T, int CS>
-__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 5)
     wn_unit(T* __restrict__ out, float* __restrict__ rnorm, T* __restrict__ dgain, const T* __restrict__ w,
             const T* __restrict__ dv, const T* __restrict__ gain, const int* __restrict__ col_ptr,
             const int* __restrict__ col_order, int lg_b, int lg_vpr, int bpc, float eps) {
@@ -673,10 +676,12 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         if (gain) wg = to_float<T>(gain[u]);
         if (dv) wr = rnorm[u];
     }
-    const int p0 = col_ptr[j] + (int)rank * bpc;
-    const int nblk = max(0, min(col_ptr[j + 1] - p0, bpc));
+    // rank r holds the column's blocks r, r + CS, r + 2 CS, ... (dealt round, so no rank holds more than one
+    // block over another: the cluster waits for its fullest rank)
+    const int p0 = col_ptr[j] + (int)rank;
+    const int nblk = min(max(0, (col_ptr[j + 1] - p0 + CS - 1) / CS), bpc);
     const int nvec = nblk << lg_vpb;
-    for (int q = threadIdx.x; q < nblk; q += THREADS) ord[q] = col_order[p0 + q];
+    for (int q = threadIdx.x; q < nblk; q += THREADS) ord[q] = col_order[p0 + q * CS];
     if (threadIdx.x < b) {
         wpar[0][threadIdx.x] = wg;
         wpar[1][threadIdx.x] = wr;

@@ -662,8 +662,11 @@ EMU_DTYPES = ("float32", "bfloat16")
 
 
 # (shape, forced cluster size): ragged tiles and rows, ranks without rows (3 rows on 8 blocks)
-# (800, 40) on clusters of 2: 400 rows a block, so cols_bwd_rx holds rows 384.. of x in shared memory
-EMU_CASES = [((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16), ((800, 40), 2)]
+# (800, 40) on clusters of 2: 400 rows a block, so cols_bwd_rx holds rows 384.. of x in shared memory;
+# (1024, 24) on clusters of 2: full blocks of 512 rows (cols_bwd_rx's loops without a test a row)
+EMU_CASES = [
+    ((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16), ((800, 40), 2), ((1024, 24), 2)
+]
 
 
 @pytest.mark.parametrize("shape,emulated", EMU_CASES, indirect=["emulated"])
