@@ -55,7 +55,11 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
     F_ = torch.nn.functional if torch else None
     e = np.dtype(dt).itemsize
     n = N * F
-    sets = [dict(x=arr(N, F), y=arr(N, F), dy=arr(N, F), b=arr(F), g=arr(F)) for _ in range(2)]
+    # g0, b0: a gain and bias per row (layer norm with features first)
+    sets = [
+        dict(x=arr(N, F), y=arr(N, F), dy=arr(N, F), b=arr(F), g=arr(F), g0=arr(N), b0=arr(N))
+        for _ in range(2)
+    ]
     H = F // 4
     lstm = [dict(z=arr(N, 4 * H), cp=arr(N, H), dh=arr(N, H), dc=arr(N, H)) for _ in range(2)]
     if torch:  # PyTorch's fused cell adds input and hidden gates: the hidden ones are zeros here
@@ -200,6 +204,24 @@ def cases(cp, ops, torch, dtype, N, F, rng_seed=0):
         None,
         ln0,
     )
+    # the same with a gain and bias per feature (per row here), as the ax1 rows have
+    add(
+        "layer_norm fwd ax0 +gain",
+        2 * n * e,
+        lambda s: ops.layer_norm_fprop(s["x"], s["g0"], s["b0"], feature_axis=0),
+        None,
+        sets,
+    )
+    ln0g = [dict(s, stats=ops.layer_norm_fprop(s["x"], s["g0"], s["b0"], feature_axis=0)) for s in sets]
+    add(
+        "layer_norm bwd ax0 +gain",
+        3 * n * e,
+        lambda s: ops.layer_norm_bprop(
+            s["dy"], s["x"], s["g0"], s["stats"][1], s["stats"][2], feature_axis=0
+        ),
+        None,
+        ln0g,
+    )
     add(
         "batch_norm fwd ax1",
         2 * n * e,
@@ -316,7 +338,8 @@ _ELEMENTWISE = (
 _ACT_FWD = ("relu fwd", "gelu_tanh fwd", "gelu_erf fwd", "sigmoid fwd", "tanh fwd", "softplus fwd", "swish fwd",
             "elu fwd", "scale")
 _COLS = ("layer_norm fwd ax0", "batch_norm fwd ax1", "batch_norm bwd ax1")
-_COLS1 = _COLS + ("layer_norm bwd ax0", "weight_norm unit fwd", "weight_norm unit bwd")
+_COLS1 = _COLS + ("layer_norm bwd ax0", "layer_norm fwd ax0 +gain", "layer_norm bwd ax0 +gain",
+                  "weight_norm unit fwd", "weight_norm unit bwd")
 # (label, ops.LAUNCH kind, field, value, the ops it changes): timed against the defaults with --variants
 VARIANTS = [
     ("elementwise unroll=4", "elementwise", "unroll", 4, _ELEMENTWISE),

@@ -1,0 +1,21 @@
+#!/bin/bash
+# The closing device calls of session 2026-11-26 (ninth). Usage on the GPU machine:
+#   bash bench/device_s9.sh tests   every GPU test and `python -m cusparseblocks check`
+#   bash bench/device_s9.sh bench   bench/ew.py (every op, 3 dtypes), bench/ln0_diag.py, and compute-sanitizer
+#                                   memcheck + racecheck on bench/sanitize_ops.py (the column kernels)
+. bench/device_env.sh
+python bench/ew.py --warm-only 2>&1 | tail -1
+if [ "$1" = bench ]; then
+  python bench/ew.py > $L/ew-$stamp.log 2>&1; echo "ew rc=$? $(el)"
+  python bench/ln0_diag.py > $L/ln0_diag-$stamp.log 2>&1; echo "ln0_diag rc=$? $(el)"
+  for tool in memcheck racecheck; do
+    timeout 150 compute-sanitizer --tool $tool python bench/sanitize_ops.py > $L/sanitize_ops-$tool-$stamp.log 2>&1
+    echo "sanitize_ops $tool rc=$? $(el): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $L/sanitize_ops-$tool-$stamp.log | tail -1)"
+  done
+  cp bench/results/ew-$stamp* bench/results/ln0_diag-$stamp* $OUT/ 2>/dev/null
+  tail -3 $L/ln0_diag-$stamp.log | head -1
+else
+  gpu_suite 420
+fi
+tar czf $OUT/s9-$1-$stamp.tgz -C $L . && rm -rf $L
+echo "done $(el)"
