@@ -5,6 +5,7 @@
 #                                   memcheck + racecheck on bench/sanitize_ops.py (the column kernels)
 . bench/device_env.sh
 python bench/ew.py --warm-only 2>&1 | tail -1
+touch $L/.start
 if [ "$1" = bench ]; then
   python bench/ew.py > $L/ew-$stamp.log 2>&1; echo "ew rc=$? $(el)"
   python bench/ln0_diag.py > $L/ln0_diag-$stamp.log 2>&1; echo "ln0_diag rc=$? $(el)"
@@ -12,7 +13,7 @@ if [ "$1" = bench ]; then
     timeout 150 compute-sanitizer --tool $tool python bench/sanitize_ops.py > $L/sanitize_ops-$tool-$stamp.log 2>&1
     echo "sanitize_ops $tool rc=$? $(el): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $L/sanitize_ops-$tool-$stamp.log | tail -1)"
   done
-  cp bench/results/ew-$stamp* bench/results/ln0_diag-$stamp* $OUT/ 2>/dev/null
+  find bench/results -newer $L/.start -type f -exec cp {} $OUT/ \;
   tail -3 $L/ln0_diag-$stamp.log | head -1
 else
   gpu_suite 420
