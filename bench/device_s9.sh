@@ -3,10 +3,12 @@
 #   bash bench/device_s9.sh tests   every GPU test and `python -m cusparseblocks check`
 #   bash bench/device_s9.sh bench   bench/ew.py (every op, 3 dtypes), bench/ln0_diag.py, and compute-sanitizer
 #                                   memcheck + racecheck on bench/sanitize_ops.py (the column kernels)
+#   bash bench/device_s9.sh all     both (~8 minutes)
 . bench/device_env.sh
 python bench/ew.py --warm-only 2>&1 | tail -1
 touch $L/.start
-if [ "$1" = bench ]; then
+if [ "$1" != bench ]; then gpu_suite 420; fi
+if [ "$1" != tests ]; then
   python bench/ew.py > $L/ew-$stamp.log 2>&1; echo "ew rc=$? $(el)"
   python bench/ln0_diag.py > $L/ln0_diag-$stamp.log 2>&1; echo "ln0_diag rc=$? $(el)"
   for tool in memcheck racecheck; do
@@ -15,8 +17,6 @@ if [ "$1" = bench ]; then
   done
   find bench/results -newer $L/.start -type f -exec cp {} $OUT/ \;
   tail -3 $L/ln0_diag-$stamp.log | head -1
-else
-  gpu_suite 420
 fi
 tar czf $OUT/s9-$1-$stamp.tgz -C $L . && rm -rf $L
 echo "done $(el)"

@@ -108,9 +108,11 @@ def cols_plan(
     max_bytes: int | None = None,
     per_cluster: int | None = None,
     max_cluster: int = 16,
+    row_params: int = 0,
 ) -> ColsPlan | None:
     """The one-pass plan for statistics per column of [R, C] (``tensors`` inputs held on chip: 1 forward,
-    2 backward), or None (3-pass path). Pure: no GPU needed.
+    2 backward), or None (3-pass path). Pure: no GPU needed. ``row_params``: bytes a row of per-row
+    parameters a block also holds (cols_fwd with a gain or bias per row: 8).
 
     Tries each tile width of ``row_bytes`` in order and the smallest cluster whose blocks fit
     ``cta_bytes``, then the same up to ``max_bytes`` (mode "single": MAX_SMEM). None when ``mode`` is
@@ -136,7 +138,7 @@ def cols_plan(
             buffers = 2 if math.ceil(tiles / per_cluster) < tiles else 1
             for cs in _clusters(cfg, max_cluster):
                 rows = math.ceil(R / cs)
-                smem = rows * rb * tensors * buffers
+                smem = rows * rb * tensors * buffers + -(-rows * row_params // 16) * 16
                 if smem <= budget:
                     return ColsPlan(cs, rb, vpr, width, rows, tiles, smem, per_cluster if buffers == 2 else 1)
     return None
@@ -295,7 +297,8 @@ def _plan(kind, dtype, *sizes):
         plan = rx_plan(sizes[0], sizes[1], itemsize, cc_major=cc, max_cluster=cap)
     else:
         k = LAUNCH["cols1"]["tiles_per_cluster"]
-        plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k, max_cluster=cap)
+        plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k, max_cluster=cap,
+                         row_params=sizes[3] if len(sizes) > 3 else 0)
     _PLANS[key] = plan
     return plan
 
@@ -362,7 +365,8 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
     import cupy
 
     R, C = x.shape
-    plan = _plan("cols", x.dtype, R, C, 1)
+    per_row = not gain_per_col and (gain is not None or bias is not None)
+    plan = _plan("cols", x.dtype, R, C, 1, 8 if per_row else 0)  # per row: gain and bias as floats
     if plan is None or not _aligned(x):
         return None
     y = cupy.empty_like(x)
@@ -411,7 +415,8 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=F
     # cols_bwd_rx is specialized for batch norm (gain per column, no row sums) and layer norm (gain per row,
     # row sums): other combinations take cols_bwd
     rx = _plan("rx", x.dtype, R, C, 2) if bool(row_sums) == (not gain_per_col) else None
-    plan = rx or _plan("cols", x.dtype, R, C, 2)
+    per_row = gain is not None and not gain_per_col  # cols_bwd holds the gain per row as floats
+    plan = rx or _plan("cols", x.dtype, R, C, 2, 4 if per_row else 0)
     if plan is None or not _aligned(x, dy):
         return None
     dx = cupy.empty_like(x)

@@ -34,6 +34,11 @@ def test_plan_defaults():
     assert cols_plan(8192, 4096, 4) == ColsPlan(16, 128, 8, 32, 512, 128, 65536)
     assert cols_plan(8192, 4096, 2, 2) == ColsPlan(16, 64, 4, 32, 512, 128, 65536)  # x + dy
     assert cols_plan(8192, 4096, 4, 2) == ColsPlan(16, 64, 4, 16, 512, 256, 65536)
+    # the forward with a gain and bias per row: 8 bytes a row more (their floats after the tile)
+    assert cols_plan(8192, 4096, 2, row_params=8) == ColsPlan(16, 128, 8, 64, 512, 64, 65536 + 4096)
+    assert cols_plan(8191, 4096, 2, row_params=8).smem == 512 * 128 + 4096
+    assert cols_plan(100, 4096, 2, row_params=8).smem == 100 * 128 + 800  # 800: a multiple of 16
+    assert cols_plan(99, 4096, 2, row_params=8).smem == 99 * 128 + 800  # 792 rounded up
     assert wn_plan(150, 32, 2) == WnPlan(8, 19, 4, 19 * 2048 + 80)  # + the col_order entries
     assert wn_plan(150, 32, 2, 2) == WnPlan(16, 10, 4, 10 * 4096 + 48)
     assert wn_plan(150, 32, 4, 2) == WnPlan(16, 10, 8, 10 * 8192 + 48)  # the 112 KiB tier
