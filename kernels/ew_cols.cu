@@ -98,6 +98,27 @@ __device__ __forceinline__ void block_col_sums(float (&s)[NS][V], int vpr, float
     __syncthreads();
 }
 
+// A thread's first N rows (row = threadIdx.x + i * THREADS, i < N) of a parameter per row p [r0 + row], as
+// floats (def where p is null or the row is past n): loaded into registers before the block's copies are
+// issued, so that they do not queue behind them (the column kernels' per-row gain and bias), and stored to
+// shared memory after them by rows_store. rows_rest loads the rows past N * THREADS straight to shared memory.
+template <typename T, int N>
+__device__ __forceinline__ void rows_pre(float (&v)[N], const T* __restrict__ p, int r0, int n, float def) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        const int row = threadIdx.x + i * THREADS;
+        v[i] = (p && row < n) ? to_float<T>(p[r0 + row]) : def;
+    }
+}
+template <typename T, int N>
+__device__ __forceinline__ void rows_store(float* dst, const float (&v)[N], const T* __restrict__ p, int r0, int n,
+                                           float def) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+        if (threadIdx.x + i * THREADS < n) dst[threadIdx.x + i * THREADS] = v[i];
+    for (int row = threadIdx.x + N * THREADS; row < n; row += THREADS) dst[row] = p ? to_float<T>(p[r0 + row]) : def;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Forward: statistics per column of x [R, C] and the normalized output, one read of x, one write of y.
 //   s0 = sum (x - x[0, c]), s1 = sum (x - x[0, c])^2 (shifted sums: accurate when |mean| >> std, as
@@ -151,19 +172,24 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         }
     };
     int p = 0;
-    params_load(blockIdx.x / CS);
-    load(blockIdx.x / CS, tile);
     // a gain or bias per row (layer norm with features first): the block's rows of both, as floats, in shared
-    // memory after the tile buffers (the host adds 8 bytes a row to the plan), loaded once (every tile uses the
-    // same rows) after the first copies are issued and read in the apply (a global load there, after the
-    // cluster barrier, queued behind the other blocks' copies: 61 % of the copy against 82 % without them)
+    // memory after the tile buffers (the host adds 8 bytes a row to the plan), stored once (every tile uses the
+    // same rows) and read in the apply (a global load there, after the cluster barrier, queued behind the other
+    // blocks' copies: 61 % of the copy against 82 % without them). A thread's first 2 rows of both are loaded
+    // before the first copies are issued (staged after them, they still waited behind them: 70 %)
     const bool per_row = !gain_per_col && (gain || bias);
     float* rowp = reinterpret_cast<float*>(tile + (ncl < tiles ? 2 : 1) * slice);  // [2][rows_per_cta]
-    if (per_row)
-        for (int row = threadIdx.x; row < n; row += THREADS) {
-            rowp[row] = gain ? to_float<T>(gain[r0 + row]) : 1.f;
-            rowp[rows_per_cta + row] = bias ? to_float<T>(bias[r0 + row]) : 0.f;
-        }
+    float gpre[2], bpre[2];
+    if (per_row) {
+        rows_pre<T, 2>(gpre, gain, r0, n, 1.f);
+        rows_pre<T, 2>(bpre, bias, r0, n, 0.f);
+    }
+    params_load(blockIdx.x / CS);
+    load(blockIdx.x / CS, tile);
+    if (per_row) {
+        rows_store<T, 2>(rowp, gpre, gain, r0, n, 1.f);
+        rows_store<T, 2>(rowp + rows_per_cta, bpre, bias, r0, n, 0.f);
+    }
     // cluster k: tiles k, k + ncl, ...; the next tile's loads are in flight while this one is processed
     for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
         uint4* buf = tile + p * slice;
@@ -333,13 +359,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         cp_async_commit();
     };
     int p = 0;
+    // a gain per row (layer norm with features first): the block's rows as floats in shared memory after the
+    // buffers (the host adds 4 bytes a row to the plan); a thread's first 4 rows loaded before the first copies
+    // are issued, stored after them (as cols_fwd)
+    float* rowg = reinterpret_cast<float*>(tile + (ncl < tiles ? 2 : 1) * 2 * slice);
+    float grpre[4];
+    if (per_row) rows_pre<T, 4>(grpre, gain, r0, n, 1.f);
     float gpre = col_gain<T>(gain, per_col, (i64)(blockIdx.x / CS) * W, C, W);
     load(blockIdx.x / CS, tile);
-    // a gain per row (layer norm with features first): the block's rows as floats in shared memory after the
-    // buffers (the host adds 4 bytes a row to the plan), loaded once after the first copies (as cols_fwd)
-    float* rowg = reinterpret_cast<float*>(tile + (ncl < tiles ? 2 : 1) * 2 * slice);
-    if (per_row)
-        for (int row = threadIdx.x; row < n; row += THREADS) rowg[row] = to_float<T>(gain[r0 + row]);
+    if (per_row) rows_store<T, 4>(rowg, grpre, gain, r0, n, 1.f);
     for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
         uint4* xt = tile + p * 2 * slice;
         uint4* dt = xt + slice;

@@ -669,8 +669,11 @@ EMU_DTYPES = ("float32", "bfloat16")
 # (shape, forced cluster size): ragged tiles and rows, ranks without rows (3 rows on 8 blocks)
 # (800, 40) on clusters of 2: 400 rows a block, so cols_bwd_rx holds rows 384.. of x in shared memory;
 # (1024, 24) on clusters of 2: full blocks of 512 rows (cols_bwd_rx's loops without a test a row)
+# (1100, 8) on clusters of 1: 1100 rows a block, past the rows of per-row parameters held in registers before
+# the copies (rows_pre: 2 * 256 in cols_fwd, 4 * 256 in cols_bwd) and past cols_bwd_rx's 512 (so cols_bwd)
 EMU_CASES = [
-    ((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16), ((800, 40), 2), ((1024, 24), 2)
+    ((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16), ((800, 40), 2), ((1024, 24), 2),
+    ((1100, 8), 1),
 ]
 
 
@@ -725,7 +728,8 @@ def test_emulated_cols(emulated, dtype, shape, kind, regs, monkeypatch, rng):
     assert_close(np.asarray(r), rr, "float32" if dtype == "float32" else "float16", "rstd")
     assert_close(np.asarray(y), ry, dtype, "y")
     assert launched[0] == "cols_fwd"
-    assert launched[-1] == ("cols_bwd_rx" if regs else "cols_bwd")
+    rx = regs and _ops_cols.rx_plan(*shape, np.dtype(dtype).itemsize) is not None
+    assert launched[-1] == ("cols_bwd_rx" if rx else "cols_bwd")
 
 
 @pytest.mark.parametrize("emulated", [None, 8], indirect=True)
