@@ -101,7 +101,7 @@ __device__ __forceinline__ void block_col_sums(float (&s)[NS][V], int vpr, float
 // A thread's first N rows (row = threadIdx.x + i * THREADS, i < N) of a parameter per row p [r0 + row], as
 // floats (def where p is null or the row is past n): loaded into registers before the block's copies are
 // issued, so that they do not queue behind them (the column kernels' per-row gain and bias), and stored to
-// shared memory after them by rows_store. rows_rest loads the rows past N * THREADS straight to shared memory.
+// shared memory after them by rows_store (to dst[row * S]), which loads the rows past N * THREADS straight.
 template <typename T, int N>
 __device__ __forceinline__ void rows_pre(float (&v)[N], const T* __restrict__ p, int r0, int n, float def) {
 #pragma unroll
@@ -110,13 +110,14 @@ __device__ __forceinline__ void rows_pre(float (&v)[N], const T* __restrict__ p,
         v[i] = (p && row < n) ? to_float<T>(p[r0 + row]) : def;
     }
 }
-template <typename T, int N>
+template <typename T, int N, int S = 1>
 __device__ __forceinline__ void rows_store(float* dst, const float (&v)[N], const T* __restrict__ p, int r0, int n,
                                            float def) {
 #pragma unroll
     for (int i = 0; i < N; ++i)
-        if (threadIdx.x + i * THREADS < n) dst[threadIdx.x + i * THREADS] = v[i];
-    for (int row = threadIdx.x + N * THREADS; row < n; row += THREADS) dst[row] = p ? to_float<T>(p[r0 + row]) : def;
+        if (threadIdx.x + i * THREADS < n) dst[(threadIdx.x + i * THREADS) * S] = v[i];
+    for (int row = threadIdx.x + N * THREADS; row < n; row += THREADS)
+        dst[row * S] = p ? to_float<T>(p[r0 + row]) : def;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     // blocks' copies: 61 % of the copy against 82 % without them). A thread's first 2 rows of both are loaded
     // before the first copies are issued (staged after them, they still waited behind them: 70 %)
     const bool per_row = !gain_per_col && (gain || bias);
-    float* rowp = reinterpret_cast<float*>(tile + (ncl < tiles ? 2 : 1) * slice);  // [2][rows_per_cta]
+    float2* rowp = reinterpret_cast<float2*>(tile + (ncl < tiles ? 2 : 1) * slice);  // [rows_per_cta] (g, b)
     float gpre[2], bpre[2];
     if (per_row) {
         rows_pre<T, 2>(gpre, gain, r0, n, 1.f);
@@ -187,8 +188,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     params_load(blockIdx.x / CS);
     load(blockIdx.x / CS, tile);
     if (per_row) {
-        rows_store<T, 2>(rowp, gpre, gain, r0, n, 1.f);
-        rows_store<T, 2>(rowp + rows_per_cta, bpre, bias, r0, n, 0.f);
+        rows_store<T, 2, 2>(&rowp[0].x, gpre, gain, r0, n, 1.f);
+        rows_store<T, 2, 2>(&rowp[0].y, bpre, bias, r0, n, 0.f);
     }
     // cluster k: tiles k, k + ncl, ...; the next tile's loads are in flight while this one is processed
     for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
@@ -243,8 +244,13 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();
-        // 3. apply from shared memory, stream y out: y = (x - mean) * sg + b (2 instructions an element)
-        // with sg = rstd * gain per column in registers; a gain or bias per row takes the second loop
+        // 3. apply from shared memory, stream y out: y = (x - mean) * sg + b with sg = rstd * gain per column in
+        // registers; a gain or bias per row takes the second loop, y = (x - mean) * sg * gr + br.
+        // TWO_FMA (half types): x * sg - mean * sg with mean * sg (ms) once a column: y = fma(x, sg, b - ms), one
+        // instruction an element (a row's gain and bias: two, fma(fma(x, sg, -ms), gr, br)). The float32
+        // rounding of ms is ~1e-7 |mean| / std of y, far under a half-type ulp unless |mean| / std passes ~1e3
+        // (as cols_bwd_rx); float32 output keeps x - mean.
+        constexpr bool TWO_FMA = sizeof(T) == 2;
         if (live) {
             float m[V], sg[V], bc[V];
 #pragma unroll
@@ -252,6 +258,10 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 m[k] = stat[0][cx * V + k];
                 sg[k] = stat[1][cx * V + k] * colp[0][cx * V + k];
                 bc[k] = colp[1][cx * V + k];
+                if (TWO_FMA) {
+                    m[k] *= sg[k];           // ms
+                    bc[k] = bc[k] - m[k];    // b - ms (the loop without a gain per row)
+                }
             }
             T* yp = y + (i64)(r0 + row0) * C + c;
             const i64 ystep = (i64)step * C;
@@ -261,17 +271,19 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                     float v[V];
                     unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
-                    for (int k = 0; k < V; ++k) v[k] = fmaf(v[k] - m[k], sg[k], bc[k]);
+                    for (int k = 0; k < V; ++k)
+                        v[k] = TWO_FMA ? fmaf(v[k], sg[k], bc[k]) : fmaf(v[k] - m[k], sg[k], bc[k]);
                     st_cs16(yp, pack16<T, V>(v));
                 }
             } else {
 #pragma unroll 4
                 for (int row = row0; row < n; row += step, yp += ystep) {
-                    const float gr = rowp[row], br = rowp[rows_per_cta + row];
+                    const float2 gb = rowp[row];  // (gain, bias) of the row: one 8-byte load
                     float v[V];
                     unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
-                    for (int k = 0; k < V; ++k) v[k] = fmaf((v[k] - m[k]) * sg[k], gr, br);
+                    for (int k = 0; k < V; ++k)
+                        v[k] = fmaf(TWO_FMA ? fmaf(v[k], sg[k], -m[k]) : (v[k] - m[k]) * sg[k], gb.x, gb.y);
                     st_cs16(yp, pack16<T, V>(v));
                 }
             }
@@ -306,6 +318,38 @@ __device__ __forceinline__ void bwd_cluster_stats(const float (&part)[2][MAXW], 
                 if (sum1_t) sum1_t[cc] = from_float<T>(s1);
             }
         }
+    }
+}
+
+// Layer norm with features first, the backward of one row of a thread's V columns: dx into v (x on entry, dy in
+// d) and the row's partial sums of dy (p0) and dy * xhat (p1), xhat = (x - m) * pc (pc = rstd: a layer norm has
+// no gain per column): dx = pc * gr * dy - q * (x - m) - o, gr the row's gain (1 without one). pc * dy serves
+// both dx and p1: 6 instructions an element.
+template <int V>
+__device__ __forceinline__ void ln_bwd_row(float (&v)[V], const float (&d)[V], const float (&m)[V],
+                                           const float (&pc)[V], const float (&q)[V], const float (&o)[V], float gr,
+                                           float& p0, float& p1) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        const float xm = v[k] - m[k], pd = pc[k] * d[k];
+        p0 += d[k];
+        p1 = fmaf(pd, xm, p1);
+        v[k] = fmaf(pd, gr, fmaf(-q[k], xm, -o[k]));
+    }
+}
+
+// The row sums p0, p1 of the vpr lanes of a row (xor shuffles: every lane of the warp calls it), written by the
+// row's lane cx = 0 (if `row` exists) to ws_rows [tiles, 2, R] at tile t, row r (layer norm with features
+// first: norm_finalize adds the tiles in order)
+__device__ __forceinline__ void ws_rows_store(float* __restrict__ ws_rows, float p0, float p1, int vpr, int cx,
+                                              bool row, i64 t, int R, int r) {
+    for (int off = 1; off < vpr; off <<= 1) {
+        p0 += __shfl_xor_sync(0xffffffffu, p0, off);
+        p1 += __shfl_xor_sync(0xffffffffu, p1, off);
+    }
+    if (cx == 0 && row) {
+        ws_rows[t * 2 * R + r] = p0;
+        ws_rows[(t * 2 + 1) * R + r] = p1;
     }
 }
 
@@ -440,27 +484,13 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 const int row = base + lane / vpr;  // = row0 + k * step
                 float p0 = 0.f, p1 = 0.f;
                 if (live && row < n) {
-                    const float gr = per_row ? rowg[row] : 1.f;
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
                     unpack16<T, V>(dt[row * vpr + cx], d);
-#pragma unroll
-                    for (int k = 0; k < V; ++k) {
-                        const float xm = v[k] - m[k];
-                        p0 += d[k];
-                        p1 = fmaf(d[k] * xm, rs[k], p1);
-                        v[k] = fmaf(pc[k] * gr, d[k], fmaf(-q[k], xm, -o[k]));
-                    }
+                    ln_bwd_row<V>(v, d, m, pc, q, o, per_row ? rowg[row] : 1.f, p0, p1);  // pc = rs (no gcol)
                     st_cs16(dx + (i64)(r0 + row) * C + c, pack16<T, V>(v));
                 }
-                for (int off = 1; off < vpr; off <<= 1) {
-                    p0 += __shfl_xor_sync(0xffffffffu, p0, off);
-                    p1 += __shfl_xor_sync(0xffffffffu, p1, off);
-                }
-                if (cx == 0 && row < n) {
-                    ws_rows[(i64)t * 2 * R + r0 + row] = p0;
-                    ws_rows[((i64)t * 2 + 1) * R + r0 + row] = p1;
-                }
+                ws_rows_store(ws_rows, p0, p1, vpr, cx, row < n, t, R, r0 + row);
             }
         } else if (live) {
             T* dxp = dx + (i64)(r0 + row0) * C + c;
@@ -656,24 +686,10 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
             if (live && row < n) {
                 float v[V], d[V];
                 const float gr = row_vals(i, row, v, d);
-#pragma unroll
-                for (int k = 0; k < V; ++k) {
-                    const float xm = v[k] - m[k];
-                    p0 += d[k];
-                    p1 = fmaf(d[k] * xm, pc[k], p1);
-                    v[k] = fmaf(pc[k] * gr, d[k], fmaf(-q[k], xm, -o[k]));
-                }
+                ln_bwd_row<V>(v, d, m, pc, q, o, gr, p0, p1);
                 st_cs16(dxp + i * rstep, pack16<T, V>(v));
             }
-#pragma unroll
-            for (int off = 1; off < RX_VPR; off <<= 1) {
-                p0 += __shfl_xor_sync(0xffffffffu, p0, off);
-                p1 += __shfl_xor_sync(0xffffffffu, p1, off);
-            }
-            if (cx == 0 && row < n) {
-                ws_rows[(i64)t * 2 * R + r0 + row] = p0;
-                ws_rows[((i64)t * 2 + 1) * R + r0 + row] = p1;
-            }
+            ws_rows_store(ws_rows, p0, p1, RX_VPR, cx, row < n, t, R, r0 + row);
         }
     }
     cluster_arrive_relaxed();  // no block exits while another may still read its partial sums
