@@ -5,8 +5,9 @@ Covers the row kernels (layer norm features last, fwd/bwd incl. the gain/bias co
 inference; same-shape add/mul; plain and bias activation backward; weight norm per block), the one-pass
 column kernels of kernels/ew_cols.cu on sm_90 (cols_fwd, cols_bwd_rx, cols_bwd (bwd_regs off), wn_unit;
 forced with LAUNCH["cols1"]["mode"] = "single", clusters of 1, 2 and 16 through max_cluster) and their
-3-pass fallback, on ragged shapes, for float32 and bfloat16; every GPU result is checked against the NumPy
-path of the same function.
+3-pass fallback (with the layer norm's row sums in norm_cols_apply), on ragged shapes (tall ones for the
+narrower rows of cols_bwd_rx), for float32 and bfloat16; every GPU result is checked against the NumPy path
+of the same function.
 """
 
 import cupy as cp
@@ -37,7 +38,9 @@ def main():
     worst = 0.0
     cfg = _ops_cols.LAUNCH["cols1"]
     for dtype in (np.float32, bfloat16):
-        for R, C in ((37, 96), (301, 64), (1030, 48)):
+        # (9000, 40), (17000, 24): cols_bwd_rx's 64- and 32-byte rows on clusters of 16 (the fallback: the
+        # split path's norm_cols_apply with the layer norm's row sums)
+        for R, C in ((37, 96), (301, 64), (1030, 48), (9000, 40), (17000, 24)):
             x = rng.standard_normal((R, C)).astype(dtype)
             dy = rng.standard_normal((R, C)).astype(dtype)
             g = (rng.standard_normal(C) * 0.5 + 1).astype(dtype)

@@ -56,9 +56,17 @@ LAUNCH = {
         "bwd_regs": True,
     }
 }
-# cols_bwd_rx (the backward with x in registers): 128-byte rows, RX_ROWS rows of x a thread
-RX_VPR, RX_ROWS, RX_REG = 8, 16, 12  # kernels/ew_cols.cu: RX_REG of a thread's rows in registers
-RX_MAX_ROWS = RX_ROWS * THREADS // RX_VPR  # rows a block holds: 512
+# cols_bwd_rx (the backward with x in registers): RX_ROWS rows of x a thread (RX_REG of them in registers),
+# rows of RX_VPR 16-byte vectors (128 bytes) on clusters of any size; narrower rows (RX_NARROW: 64 and 32
+# bytes) only on clusters of 16, for arrays too tall for 128-byte rows (past 8192 rows: up to 16384, 32768)
+RX_VPR, RX_ROWS, RX_REG = 8, 16, 12  # kernels/ew_cols.cu
+RX_NARROW = (4, 2)
+RX_MAX_ROWS = RX_ROWS * THREADS // RX_VPR  # rows a block holds with 128-byte rows: 512
+
+
+def rx_max_rows(vpr: int) -> int:
+    """Rows a block of cols_bwd_rx holds with rows of ``vpr`` 16-byte vectors (kernels/ew_cols.cu)."""
+    return RX_ROWS * THREADS // vpr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +155,8 @@ def cols_plan(
 def rx_plan(R: int, C: int, itemsize: int, *, cc_major: int = 9, mode: str | None = None,
             max_cluster: int = 16) -> ColsPlan | None:
     """The plan of the backward with x in registers (cols_bwd_rx), or None (then :func:`cols_plan`): 128-byte
-    rows, the smallest cluster whose blocks hold at most RX_MAX_ROWS rows each, dy's slice in shared memory.
+    rows and the smallest cluster whose blocks hold at most RX_MAX_ROWS rows each; else (more than 16 · 512
+    rows) clusters of 16 with 64- or 32-byte rows (1024 or 2048 rows a block); dy's slice in shared memory.
     None unless LAUNCH["cols1"]["bwd_regs"], one tile a cluster and the conditions of :func:`cols_plan`.
     Pure."""
     cfg = LAUNCH["cols1"]
@@ -156,12 +165,13 @@ def rx_plan(R: int, C: int, itemsize: int, *, cc_major: int = 9, mode: str | Non
         return None
     if cfg["tiles_per_cluster"] > 1 or cc_major != 9 or R < 1 or C < 1 or C % (16 // itemsize) or R >= 2**31:
         return None
-    rb = RX_VPR * 16
-    for cs in _clusters(cfg, max_cluster):
-        rows = math.ceil(R / cs)
-        if rows <= RX_MAX_ROWS:
-            smem = (rows + max(0, rows - RX_REG * THREADS // RX_VPR)) * rb  # dy, x's rows past the registers
-            return ColsPlan(cs, rb, RX_VPR, rb // itemsize, rows, math.ceil(C * itemsize / rb), smem)
+    for vpr in (RX_VPR, *RX_NARROW):
+        rb = vpr * 16
+        for cs in _clusters(cfg, max_cluster):
+            rows = math.ceil(R / cs)
+            if (vpr == RX_VPR or cs == 16) and rows <= rx_max_rows(vpr):
+                smem = (rows + max(0, rows - RX_REG * THREADS // vpr)) * rb  # dy, x's rows past the registers
+                return ColsPlan(cs, rb, vpr, rb // itemsize, rows, math.ceil(C * itemsize / rb), smem)
     return None
 
 
@@ -218,7 +228,8 @@ def _specializations():
             for name in ("cols_fwd", "cols_bwd", "wn_unit"):
                 yield compiler.KernelSpec(_SOURCE, f"{name}<{ctype}, {cs}>")
             for ln in ("false", "true"):  # batch norm (gain per column), layer norm (gain per row, row sums)
-                yield compiler.KernelSpec(_SOURCE, f"cols_bwd_rx<{ctype}, {cs}, {ln}>")
+                for vpr in (RX_VPR, *RX_NARROW) if cs == 16 else (RX_VPR,):  # rx_plan's row widths
+                    yield compiler.KernelSpec(_SOURCE, f"cols_bwd_rx<{ctype}, {cs}, {ln}, {vpr}>")
 
 
 compiler.register_family("ew_cols", _specializations)
@@ -341,7 +352,9 @@ def _launch(name, dtype, cluster, grid, smem, args, extra=""):
             if cluster > 8:
                 driver.funcSetAttribute(fn.ptr, _NON_PORTABLE_CLUSTER, 1)
             _SMEM_SET[lkey] = 0
-        if smem > 40 * 1024 and _SMEM_SET[lkey] < smem:
+        # (whatever the dynamic part: cols_bwd_rx's static arrays reach 14 KiB with 32-byte rows, so 40 KiB of
+        # dynamic memory already passes 48 KiB; a launch over the limit fails with an invalid argument)
+        if _SMEM_SET[lkey] < smem:
             driver.funcSetAttribute(fn.ptr, _MAX_DYNAMIC_SHARED, smem)
             _SMEM_SET[lkey] = smem
         _FUNCS[key] = fn
@@ -430,7 +443,10 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=F
         args = (*head, np.int32(gain_per_col), np.int32(train))
     else:
         args = (*head, np.int32(plan.vpr), np.int32(gain_per_col), np.int32(train), np.int32(plan.tiles))
-    name, extra = ("cols_bwd_rx", ", true" if row_sums else ", false") if rx else ("cols_bwd", "")
+    if rx:
+        name, extra = "cols_bwd_rx", f", {'true' if row_sums else 'false'}, {plan.vpr}"
+    else:
+        name, extra = "cols_bwd", ""
     ok = _launch_or_refused(name, x.dtype, plan.cluster, plan.grid, plan.smem, args, extra)
     return (
         (dx, s0, s1, ws)

@@ -1064,7 +1064,7 @@ def _finalize(ws, x, gain, C, scale, eps, mode, want=("a", "b"), running=None, s
     _launch(
         _spec("norm_finalize", x.dtype),
         (math.ceil(C / 32),),
-        (32, 8),
+        (32, 32 if ws.shape[0] > 64 else 8),  # lanes over the splits (kernels/ew.cu norm_finalize)
         (
             out_a,
             out_b,
@@ -1201,18 +1201,27 @@ def _affine_cols(x, run_mean, run_var, gain, bias, eps, mean_out, rstd_out):
     return y
 
 
-def _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col):
-    """dx = rstd·(gain·dy − A − xhat·B) with statistics (and A, B) per column."""
+def _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col, row_sums=False):
+    """dx = rstd·(gain·dy − A − xhat·B) with statistics (and A, B) per column; row_sums (no gain per
+    column): (dx, ws_rows [column tiles, 2, R] float32), the sums of dy and dy·xhat over each tile's columns
+    per row."""
     import cupy
 
     dx = cupy.empty_like(x)
     aligned = _aligned(x, dx, dy, gain) and x.shape[1] % (16 // x.dtype.itemsize) == 0
-    return _cols_apply(dx, x, dy, mean, rstd, gain, None, A, B, gain_per_col, aligned)
+    if not row_sums:
+        return _cols_apply(dx, x, dy, mean, rstd, gain, None, A, B, gain_per_col, aligned)
+    grid, _, _ = _cols_grid(x.dtype, *x.shape)
+    ws = cupy.empty((grid[0], 2, x.shape[0]), dtype=cupy.float32)
+    return _cols_apply(dx, x, dy, mean, rstd, gain, None, A, B, gain_per_col, aligned, ws_rows=ws), ws
 
 
-def _cols_apply(out, x, dy, mean, rstd, gain, bias, A, B, gain_per_col, aligned, inference=None):
+def _cols_apply(
+    out, x, dy, mean, rstd, gain, bias, A, B, gain_per_col, aligned, inference=None, ws_rows=None
+):
     """norm_cols_apply on the row splits of the column reduction that made the statistics. inference:
-    (run_var, eps, mean_out, rstd_out), rstd from the running variance (see _apply_fwd)."""
+    (run_var, eps, mean_out, rstd_out), rstd from the running variance (see _apply_fwd); ws_rows: the row
+    sums of the backward (see _apply_bwd)."""
     R, C = x.shape
     grid, block, rows_per_split = _cols_grid(x.dtype, R, C)
     rev = "true" if LAUNCH["cols"]["reverse"] else "false"
@@ -1231,6 +1240,7 @@ def _cols_apply(out, x, dy, mean, rstd, gain, bias, A, B, gain_per_col, aligned,
             A,
             B,
             *(inference or _NO_INFERENCE),
+            ws_rows,
             np.int64(R),
             np.int64(C),
             np.int64(rows_per_split),
@@ -1333,12 +1343,11 @@ def layer_norm_bprop(dy, x, gain, mean, rstd, *, feature_axis: int = 1):
             dx, _, _, ws = one_pass
             *_, dbias, dgain = _finalize(ws, x, None, F, 1.0, 0.0, 1, want=(), sums_t=True)
         else:
+            # the split path: column sums, then dx with the per-tile row sums (dbias, dgain) in the same pass
             ws = _cols_ws(x, dy, gain, mean, rstd, 1)
             A, B, *_ = _finalize(ws, x, None, x.shape[1], 1.0 / F, 0.0, 1)
-            dx = _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col=0)
-            _, dgain, dbias, _ = _rows_bwd(
-                dy, x, None, mean, rstd, 1, 1, train=0, want_dx=False, want_dgain=gain is not None
-            )
+            dx, ws_rows = _apply_bwd(dy, x, mean, rstd, gain, A, B, gain_per_col=0, row_sums=True)
+            *_, dbias, dgain = _finalize(ws_rows, x, None, F, 1.0, 0.0, 1, want=(), sums_t=True)
     return dx, (None if gain is None else dgain), dbias
 
 

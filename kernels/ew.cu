@@ -1016,6 +1016,9 @@ __global__ void norm_rows_bwd(T* __restrict__ dx, T* __restrict__ dgain_row, T* 
     }
 }
 
+// Rows a thread of the split column kernels (norm_cols_reduce, norm_cols_apply) loads before it uses the first
+constexpr int COLS_ROWS = 4;
+
 // Column sums over a row range of [R, C], into ws [splits, 2, C] (float32) at this block's split:
 //   mode 0 (statistics):  s0 = sum (x - x[0, c]),  s1 = sum (x - x[0, c])^2
 //   mode 1 (stats per column): xhat = (x - mean[c]) * rstd[c], t = dy * (gain ? gain[r] : 1):
@@ -1046,23 +1049,41 @@ __global__ void norm_cols_reduce(float* __restrict__ ws, const T* __restrict__ x
             for (int k = 0; k < V; ++k)
                 if (c0 + k < C) { ref[k] = mean[c0 + k]; sc[k] = rstd[c0 + k]; }
         }
-#pragma unroll 4
-        for (i64 r = r_begin + threadIdx.y; r < r_end; r += 8) {
-            float v[V], d[V];
-            load_v<T, V>(x + r * C, c0, C, vec, v);
-            if (mode == 0 || mode == 3) {
+        // batches of COLS_ROWS rows (16-byte vectors): every load of a batch issued before the first is used
+        const bool two = mode == 1 || mode == 2;
+        constexpr int U = COLS_ROWS;
+        for (i64 r0 = r_begin + threadIdx.y; r0 < r_end; r0 += 8 * U) {
+            uint4 rx[U], rd[U];
 #pragma unroll
-                for (int k = 0; k < V; ++k) { float t = v[k] - ref[k]; s0[k] += t; s1[k] += t * t; }
-            } else {
-                load_v<T, V>(dy + r * C, c0, C, vec, d);
-                const float gr = (mode == 1 && gain) ? to_float<T>(gain[r]) : 1.f;
-                const float mr = mode == 2 ? mean[r] : 0.f, rr = mode == 2 ? rstd[r] : 1.f;
+            for (int u = 0; u < U; ++u) {
+                const i64 r = r0 + 8 * u;
+                if (vec && r < r_end) {
+                    rx[u] = __ldg(reinterpret_cast<const uint4*>(x + r * C + c0));
+                    if (two) rd[u] = __ldg(reinterpret_cast<const uint4*>(dy + r * C + c0));
+                }
+            }
 #pragma unroll
-                for (int k = 0; k < V; ++k) {
-                    const float xh = mode == 1 ? (v[k] - ref[k]) * sc[k] : (v[k] - mr) * rr;
-                    const float t = d[k] * gr;
-                    s0[k] += t;
-                    s1[k] += t * xh;
+            for (int u = 0; u < U; ++u) {
+                const i64 r = r0 + 8 * u;
+                if (r >= r_end) break;
+                float v[V], d[V];
+                if (vec) unpack16<T, V>(rx[u], v);
+                else load_v<T, V>(x + r * C, c0, C, false, v);
+                if (!two) {
+#pragma unroll
+                    for (int k = 0; k < V; ++k) { float t = v[k] - ref[k]; s0[k] += t; s1[k] += t * t; }
+                } else {
+                    if (vec) unpack16<T, V>(rd[u], d);
+                    else load_v<T, V>(dy + r * C, c0, C, false, d);
+                    const float gr = (mode == 1 && gain) ? to_float<T>(gain[r]) : 1.f;
+                    const float mr = mode == 2 ? mean[r] : 0.f, rr = mode == 2 ? rstd[r] : 1.f;
+#pragma unroll
+                    for (int k = 0; k < V; ++k) {
+                        const float xh = mode == 1 ? (v[k] - ref[k]) * sc[k] : (v[k] - mr) * rr;
+                        const float t = d[k] * gr;
+                        s0[k] += t;
+                        s1[k] += t * xh;
+                    }
                 }
             }
         }
@@ -1091,31 +1112,45 @@ __global__ void norm_cols_reduce(float* __restrict__ ws, const T* __restrict__ x
 //           as norm_rows_fwd (run_mean, run_var: float32 [C], each if non-null, updated in place)
 //   mode 1 (gradient sums): g = gain ? gain[c] : 1; out_a = g*s0*scale, out_b = g*s1*scale;
 //           sum0_t = s0, sum1_t = s1 in T (each if non-null)
-// Grid: blocks of (32, 8) over 32-column tiles: the 8 row lanes each sum every 8th split, then lane 0
-// adds the 8 in order (a fixed order: deterministic), so a few hundred splits cost a few microseconds.
+// Grid: blocks of (32, ny) over 32-column tiles (ny <= 32: the host takes 32 lanes past 64 splits, else 8): the
+// ny split lanes each sum every ny-th split, then lane 0 adds the ny in order (a fixed order for a given count
+// of splits: deterministic). With 8 lanes, 527 splits (tall arrays of few columns) took ~20 us.
 template <typename T>
 __global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out_b, float* __restrict__ run_mean,
                               float* __restrict__ run_var, T* __restrict__ sum0_t, T* __restrict__ sum1_t,
                               const float* __restrict__ ws, const T* __restrict__ x_row0, const T* __restrict__ gain,
                               int splits, int nsums, i64 C, float scale, float eps, float momentum, float var_scale,
                               int mode) {
-    __shared__ float part[2][8][33];
+    __shared__ float part[2][32][33];  // [sum][lane y][column]: blockDim.y <= 32 lanes over the splits
+    const int ly = threadIdx.y, ny = blockDim.y;
     const i64 c = (i64)blockIdx.x * 32 + threadIdx.x;
     float s0 = 0.f, s1 = 0.f;
     if (c < C) {
-        for (int s = threadIdx.y; s < splits; s += 8) {
+        // 4 splits' loads issued before they are added (in the same order: the same bits): one at a time, a
+        // few hundred splits took 28 us (bench/NOTES.md, tenth session)
+        int s = ly;
+        for (; s + 3 * ny < splits; s += 4 * ny) {
+            float a0[4], a1[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                a0[u] = ws[((i64)(s + ny * u) * nsums) * C + c];
+                a1[u] = nsums == 2 ? ws[((i64)(s + ny * u) * 2 + 1) * C + c] : 0.f;
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) { s0 += a0[u]; s1 += a1[u]; }
+        }
+        for (; s < splits; s += ny) {
             s0 += ws[((i64)s * nsums) * C + c];
             if (nsums == 2) s1 += ws[((i64)s * 2 + 1) * C + c];
         }
     }
-    part[0][threadIdx.y][threadIdx.x] = s0;
-    part[1][threadIdx.y][threadIdx.x] = s1;
+    part[0][ly][threadIdx.x] = s0;
+    part[1][ly][threadIdx.x] = s1;
     __syncthreads();
-    if (threadIdx.y != 0 || c >= C) return;
+    if (ly != 0 || c >= C) return;
     s0 = 0.f;
     s1 = 0.f;
-#pragma unroll
-    for (int l = 0; l < 8; ++l) { s0 += part[0][l][threadIdx.x]; s1 += part[1][l][threadIdx.x]; }
+    for (int l = 0; l < ny; ++l) { s0 += part[0][l][threadIdx.x]; s1 += part[1][l][threadIdx.x]; }
     if (mode == 0) {
         const float m1 = s0 * scale, var = fmaxf(s1 * scale - m1 * m1, 0.f);
         const float mean = to_float<T>(x_row0[c]) + m1;
@@ -1132,11 +1167,87 @@ __global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out
     if (sum1_t) sum1_t[c] = from_float<T>(s1);
 }
 
+// norm_cols_apply's rows of a split for one thread (rows threadIdx.y + 8 j of the split, last to first with
+// REV), with the column terms p = rstd * gain, and backward (dy) dx = p * gr * dy - q * (x - mean) - o with
+// q = rstd^2 * B, o = rstd * A, forward y = (x - mean) * p * gr + o + br with o = the bias per column: batches of COLS_ROWS rows whose loads (x, dy, a gain and bias per row) are all issued before the first
+// is used (a row at a time, the loads of the next row waited for the store of this one: 44 % of the copy on
+// tall arrays, bench/NOTES.md, tenth session). VEC: 16-byte vectors (else the scalar path, row by row).
+template <typename T, bool REV, bool VEC>
+__device__ __forceinline__ void cols_apply_rows(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ dy,
+                                                const T* __restrict__ gain, const T* __restrict__ bias,
+                                                const float (&m)[Lanes<T>::V], const float (&p)[Lanes<T>::V],
+                                                const float (&q)[Lanes<T>::V], const float (&o)[Lanes<T>::V],
+                                                float* __restrict__ ws_rows, i64 R, i64 C, i64 c0, bool live,
+                                                i64 r_begin, i64 r_end, i64 count, int gain_per_col) {
+    constexpr int V = Lanes<T>::V, U = VEC ? COLS_ROWS : 1;
+    const bool g_row = gain && !gain_per_col, b_row = bias && !gain_per_col;
+    for (i64 it0 = threadIdx.y; it0 < count; it0 += 8 * U) {
+        uint4 rx[U], rd[U];
+        float gr[U], br[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const i64 it = it0 + 8 * u;
+            if (it >= count) break;
+            const i64 r = REV ? r_end - 1 - it : r_begin + it;
+            gr[u] = g_row ? to_float<T>(gain[r]) : 1.f;
+            br[u] = b_row ? to_float<T>(bias[r]) : 0.f;
+            if (VEC && live) {
+                const uint4* px = reinterpret_cast<const uint4*>(x + r * C + c0);
+                rx[u] = REV ? __ldcs(px) : __ldg(px);
+                if (dy) {
+                    const uint4* pd = reinterpret_cast<const uint4*>(dy + r * C + c0);
+                    rd[u] = REV ? __ldcs(pd) : __ldg(pd);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const i64 it = it0 + 8 * u;
+            if (it >= count) break;
+            const i64 r = REV ? r_end - 1 - it : r_begin + it;
+            float v[V], d[V];
+#pragma unroll
+            for (int k = 0; k < V; ++k) { v[k] = 0.f; d[k] = 0.f; }
+            if (VEC && live) unpack16<T, V>(rx[u], v);
+            else if (live) load_v<T, V, REV>(x + r * C, c0, C, false, v);
+            if (dy) {
+                if (VEC && live) unpack16<T, V>(rd[u], d);
+                else if (live) load_v<T, V, REV>(dy + r * C, c0, C, false, d);
+                if (ws_rows) {
+                    // the row's sums of dy and dy * xhat over the block's columns (the lanes of the warp: one
+                    // row, 32 column chunks), xhat = (x - mean) * p (p = rstd: no gain per column with row sums)
+                    float p0 = 0.f, p1 = 0.f;
+#pragma unroll
+                    for (int k = 0; k < V; ++k) { p0 += d[k]; p1 = fmaf(d[k] * (v[k] - m[k]), p[k], p1); }
+#pragma unroll
+                    for (int off = 16; off >= 1; off >>= 1) {
+                        p0 += __shfl_xor_sync(0xffffffffu, p0, off);
+                        p1 += __shfl_xor_sync(0xffffffffu, p1, off);
+                    }
+                    if (threadIdx.x == 0) {
+                        ws_rows[(i64)blockIdx.x * 2 * R + r] = p0;
+                        ws_rows[((i64)blockIdx.x * 2 + 1) * R + r] = p1;
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < V; ++k) v[k] = fmaf(p[k] * gr[u], d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
+            } else {
+#pragma unroll
+                for (int k = 0; k < V; ++k) v[k] = fmaf((v[k] - m[k]) * p[k], gr[u], o[k] + br[u]);
+            }
+            if (live) store_v<T, V, REV>(out + r * C, c0, C, VEC, v);
+        }
+    }
+}
+
 // Statistics per column of [R, C], applied (grid and block as norm_cols_reduce, whose per-split row
 // ranges it shares):
 //   forward (dy null): out = (x - mean[c]) * rstd[c] * g + b
 //   backward:          out = rstd[c] * (g * dy - A[c] - xhat * B[c])   (A, B null -> 0)
-// with g, b = gain, bias per column (gain_per_col) or per row; null -> 1, 0. Each thread keeps its V
+// with g, b = gain, bias per column (gain_per_col) or per row; null -> 1, 0. ws_rows non-null (backward, no
+// gain per column: layer norm with features first): also the sums of dy and dy * xhat over the block's columns
+// for each row into ws_rows [gridDim.x, 2, R] (the per-row dbias, dgain before the sum over column tiles, as
+// the one-pass _ops_cols.cols_bwd's). Each thread keeps its V
 // columns' statistics (and per-column gain, bias) in registers: no index division.
 // run_var non-null (batch norm inference, one launch): rstd[c] = 1/sqrt(run_var[c] + eps) instead of the
 // rstd argument (mean = the running mean); the first row split writes mean_out, rstd_out [C] (if non-null).
@@ -1148,12 +1259,15 @@ __global__ void norm_cols_apply(T* __restrict__ out, const T* __restrict__ x, co
                                 const float* __restrict__ mean, const float* __restrict__ rstd,
                                 const T* __restrict__ gain, const T* __restrict__ bias, const float* __restrict__ A,
                                 const float* __restrict__ B, const float* __restrict__ run_var, float eps,
-                                float* __restrict__ mean_out, float* __restrict__ rstd_out, i64 R, i64 C,
-                                i64 rows_per_split, int gain_per_col, int aligned) {
+                                float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                                float* __restrict__ ws_rows, i64 R, i64 C, i64 rows_per_split, int gain_per_col,
+                                int aligned) {
     constexpr int V = Lanes<T>::V;
     const i64 c0 = ((i64)blockIdx.x * 32 + threadIdx.x) * V;
-    if (c0 >= C) return;
-    const bool vec = aligned && c0 + V <= C;
+    const bool live = c0 < C;
+    if (!live && !ws_rows) return;  // with row sums every lane of a warp takes part in their shuffles
+    bool vec = aligned && c0 + V <= C;
+    if (ws_rows) vec = __all_sync(0xffffffffu, vec || !live);  // a warp-uniform path (a ragged warp: scalar)
     const i64 r_begin = (i64)blockIdx.y * rows_per_split;
     const i64 r_end = min(R, r_begin + rows_per_split);
     float m[V], rs[V], a[V], bb[V], gc[V], bc[V];
@@ -1168,29 +1282,20 @@ __global__ void norm_cols_apply(T* __restrict__ out, const T* __restrict__ x, co
         gc[k] = 1.f;
         bc[k] = 0.f;
     }
-    if (gain && gain_per_col) load_v<T, V>(gain, c0, C, vec, gc);
-    if (bias && gain_per_col) load_v<T, V>(bias, c0, C, vec, bc);
+    if (gain && gain_per_col && live) load_v<T, V>(gain, c0, C, vec, gc);
+    if (bias && gain_per_col && live) load_v<T, V>(bias, c0, C, vec, bc);
     const i64 count = r_end - r_begin;
-#pragma unroll 4
-    for (i64 it = threadIdx.y; it < count; it += 8) {
-        const i64 r = REV ? r_end - 1 - it : r_begin + it;
-        const float gr = gain && !gain_per_col ? to_float<T>(gain[r]) : 1.f;
-        const float br = bias && !gain_per_col ? to_float<T>(bias[r]) : 0.f;
-        float v[V], d[V];
-        load_v<T, V, REV>(x + r * C, c0, C, vec, v);
-        if (dy) {
-            load_v<T, V, REV>(dy + r * C, c0, C, vec, d);
 #pragma unroll
-            for (int k = 0; k < V; ++k) {
-                const float xh = (v[k] - m[k]) * rs[k];
-                v[k] = rs[k] * (gc[k] * gr * d[k] - a[k] - xh * bb[k]);
-            }
-        } else {
-#pragma unroll
-            for (int k = 0; k < V; ++k) v[k] = (v[k] - m[k]) * rs[k] * (gc[k] * gr) + (bc[k] + br);
-        }
-        store_v<T, V, REV>(out + r * C, c0, C, vec, v);
+    for (int k = 0; k < V; ++k) {  // the column terms of cols_apply_rows (into rs, a, bb)
+        const float p = rs[k] * gc[k];
+        a[k] = dy ? rs[k] * a[k] : bc[k];  // o
+        bb[k] = rs[k] * rs[k] * bb[k];     // q
+        rs[k] = p;
     }
+    if (vec) cols_apply_rows<T, REV, true>(out, x, dy, gain, bias, m, rs, bb, a, ws_rows, R, C, c0, live, r_begin,
+                                           r_end, count, gain_per_col);
+    else cols_apply_rows<T, REV, false>(out, x, dy, gain, bias, m, rs, bb, a, ws_rows, R, C, c0, live, r_begin,
+                                        r_end, count, gain_per_col);
 }
 
 // Batch norm inference, features last: y[r, c] = (x[r, c] - run_mean[c]) * rs[c] * g[c] + b[c] over x [R, C],

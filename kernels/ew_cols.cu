@@ -98,26 +98,29 @@ __device__ __forceinline__ void block_col_sums(float (&s)[NS][V], int vpr, float
     __syncthreads();
 }
 
-// A thread's first N rows (row = threadIdx.x + i * THREADS, i < N) of a parameter per row p [r0 + row], as
-// floats (def where p is null or the row is past n): loaded into registers before the block's copies are
-// issued, so that they do not queue behind them (the column kernels' per-row gain and bias), and stored to
-// shared memory after them by rows_store (to dst[row * S]), which loads the rows past N * THREADS straight.
+// A block's n rows of a parameter per row p [r0 + row] as floats in shared memory (def where p is null): where
+// the block has at most N * THREADS rows, a thread's rows (row = threadIdx.x + i * THREADS) are loaded into
+// registers by rows_pre before the block's copies are issued, so that they do not queue behind them (the
+// column kernels' per-row gain and bias), and stored by rows_store after them; a taller block loads them all in
+// rows_store (the measured faster way there: bench/NOTES.md, tenth session).
 template <typename T, int N>
 __device__ __forceinline__ void rows_pre(float (&v)[N], const T* __restrict__ p, int r0, int n, float def) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
         const int row = threadIdx.x + i * THREADS;
-        v[i] = (p && row < n) ? to_float<T>(p[r0 + row]) : def;
+        v[i] = (p && row < n && n <= N * THREADS) ? to_float<T>(p[r0 + row]) : def;
     }
 }
-template <typename T, int N, int S = 1>
+template <typename T, int N>
 __device__ __forceinline__ void rows_store(float* dst, const float (&v)[N], const T* __restrict__ p, int r0, int n,
                                            float def) {
+    if (n <= N * THREADS) {
 #pragma unroll
-    for (int i = 0; i < N; ++i)
-        if (threadIdx.x + i * THREADS < n) dst[(threadIdx.x + i * THREADS) * S] = v[i];
-    for (int row = threadIdx.x + N * THREADS; row < n; row += THREADS)
-        dst[row * S] = p ? to_float<T>(p[r0 + row]) : def;
+        for (int i = 0; i < N; ++i)
+            if (threadIdx.x + i * THREADS < n) dst[threadIdx.x + i * THREADS] = v[i];
+    } else {
+        for (int row = threadIdx.x; row < n; row += THREADS) dst[row] = p ? to_float<T>(p[r0 + row]) : def;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -179,7 +182,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     // blocks' copies: 61 % of the copy against 82 % without them). A thread's first 2 rows of both are loaded
     // before the first copies are issued (staged after them, they still waited behind them: 70 %)
     const bool per_row = !gain_per_col && (gain || bias);
-    float2* rowp = reinterpret_cast<float2*>(tile + (ncl < tiles ? 2 : 1) * slice);  // [rows_per_cta] (g, b)
+    float* rowp = reinterpret_cast<float*>(tile + (ncl < tiles ? 2 : 1) * slice);  // [2][rows_per_cta]
     float gpre[2], bpre[2];
     if (per_row) {
         rows_pre<T, 2>(gpre, gain, r0, n, 1.f);
@@ -187,9 +190,14 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     }
     params_load(blockIdx.x / CS);
     load(blockIdx.x / CS, tile);
-    if (per_row) {
-        rows_store<T, 2, 2>(&rowp[0].x, gpre, gain, r0, n, 1.f);
-        rows_store<T, 2, 2>(&rowp[0].y, bpre, bias, r0, n, 0.f);
+    if (per_row && n <= 2 * THREADS) {
+        rows_store<T, 2>(rowp, gpre, gain, r0, n, 1.f);
+        rows_store<T, 2>(rowp + rows_per_cta, bpre, bias, r0, n, 0.f);
+    } else if (per_row) {  // taller: both parameters in one loop (two loops, one after the other: -3 points)
+        for (int row = threadIdx.x; row < n; row += THREADS) {
+            rowp[row] = gain ? to_float<T>(gain[r0 + row]) : 1.f;
+            rowp[rows_per_cta + row] = bias ? to_float<T>(bias[r0 + row]) : 0.f;
+        }
     }
     // cluster k: tiles k, k + ncl, ...; the next tile's loads are in flight while this one is processed
     for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
@@ -244,13 +252,8 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             }
         }
         __syncthreads();
-        // 3. apply from shared memory, stream y out: y = (x - mean) * sg + b with sg = rstd * gain per column in
-        // registers; a gain or bias per row takes the second loop, y = (x - mean) * sg * gr + br.
-        // TWO_FMA (half types): x * sg - mean * sg with mean * sg (ms) once a column: y = fma(x, sg, b - ms), one
-        // instruction an element (a row's gain and bias: two, fma(fma(x, sg, -ms), gr, br)). The float32
-        // rounding of ms is ~1e-7 |mean| / std of y, far under a half-type ulp unless |mean| / std passes ~1e3
-        // (as cols_bwd_rx); float32 output keeps x - mean.
-        constexpr bool TWO_FMA = sizeof(T) == 2;
+        // 3. apply from shared memory, stream y out: y = (x - mean) * sg + b (2 instructions an element)
+        // with sg = rstd * gain per column in registers; a gain or bias per row takes the second loop
         if (live) {
             float m[V], sg[V], bc[V];
 #pragma unroll
@@ -258,10 +261,6 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 m[k] = stat[0][cx * V + k];
                 sg[k] = stat[1][cx * V + k] * colp[0][cx * V + k];
                 bc[k] = colp[1][cx * V + k];
-                if (TWO_FMA) {
-                    m[k] *= sg[k];           // ms
-                    bc[k] = bc[k] - m[k];    // b - ms (the loop without a gain per row)
-                }
             }
             T* yp = y + (i64)(r0 + row0) * C + c;
             const i64 ystep = (i64)step * C;
@@ -271,19 +270,17 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                     float v[V];
                     unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
-                    for (int k = 0; k < V; ++k)
-                        v[k] = TWO_FMA ? fmaf(v[k], sg[k], bc[k]) : fmaf(v[k] - m[k], sg[k], bc[k]);
+                    for (int k = 0; k < V; ++k) v[k] = fmaf(v[k] - m[k], sg[k], bc[k]);
                     st_cs16(yp, pack16<T, V>(v));
                 }
             } else {
 #pragma unroll 4
                 for (int row = row0; row < n; row += step, yp += ystep) {
-                    const float2 gb = rowp[row];  // (gain, bias) of the row: one 8-byte load
+                    const float gr = rowp[row], br = rowp[rows_per_cta + row];
                     float v[V];
                     unpack16<T, V>(buf[row * vpr + cx], v);
 #pragma unroll
-                    for (int k = 0; k < V; ++k)
-                        v[k] = fmaf(TWO_FMA ? fmaf(v[k], sg[k], -m[k]) : (v[k] - m[k]) * sg[k], gb.x, gb.y);
+                    for (int k = 0; k < V; ++k) v[k] = fmaf((v[k] - m[k]) * sg[k], gr, br);
                     st_cs16(yp, pack16<T, V>(v));
                 }
             }
@@ -323,33 +320,41 @@ __device__ __forceinline__ void bwd_cluster_stats(const float (&part)[2][MAXW], 
 
 // Layer norm with features first, the backward of one row of a thread's V columns: dx into v (x on entry, dy in
 // d) and the row's partial sums of dy (p0) and dy * xhat (p1), xhat = (x - m) * pc (pc = rstd: a layer norm has
-// no gain per column): dx = pc * gr * dy - q * (x - m) - o, gr the row's gain (1 without one). pc * dy serves
-// both dx and p1: 6 instructions an element.
-template <int V>
+// no gain per column): dx = pc * gr * dy - q * (x - m) - o, gr the row's gain (1 without one). Half types: pc *
+// dy serves both dx and p1 (6 instructions an element, 7 before: +0.5-1 point of the copy in cols_bwd_rx);
+// float32 keeps the 7 (the 6 measured 2.5 points slower there, bench/NOTES.md, tenth session).
+template <typename T, int V>
 __device__ __forceinline__ void ln_bwd_row(float (&v)[V], const float (&d)[V], const float (&m)[V],
                                            const float (&pc)[V], const float (&q)[V], const float (&o)[V], float gr,
                                            float& p0, float& p1) {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-        const float xm = v[k] - m[k], pd = pc[k] * d[k];
+        const float xm = v[k] - m[k];
         p0 += d[k];
-        p1 = fmaf(pd, xm, p1);
-        v[k] = fmaf(pd, gr, fmaf(-q[k], xm, -o[k]));
+        if constexpr (sizeof(T) == 2) {
+            const float pd = pc[k] * d[k];
+            p1 = fmaf(pd, xm, p1);
+            v[k] = fmaf(pd, gr, fmaf(-q[k], xm, -o[k]));
+        } else {
+            p1 = fmaf(d[k] * xm, pc[k], p1);
+            v[k] = fmaf(pc[k] * gr, d[k], fmaf(-q[k], xm, -o[k]));
+        }
     }
 }
 
 // The row sums p0, p1 of the vpr lanes of a row (xor shuffles: every lane of the warp calls it), written by the
-// row's lane cx = 0 (if `row` exists) to ws_rows [tiles, 2, R] at tile t, row r (layer norm with features
-// first: norm_finalize adds the tiles in order)
-__device__ __forceinline__ void ws_rows_store(float* __restrict__ ws_rows, float p0, float p1, int vpr, int cx,
-                                              bool row, i64 t, int R, int r) {
+// row's lane cx = 0 (if the row exists) to ws[row] and ws[R + row], ws = ws_rows + (t * 2 * R + r0) for tile t
+// of ws_rows [tiles, 2, R] (computed once by the caller: per row, the 64-bit index cost 3 % more instructions
+// and 2.5 points of the copy in float32) (layer norm with features first: norm_finalize adds the tiles in order)
+__device__ __forceinline__ void ws_rows_store(float* __restrict__ ws, float p0, float p1, int vpr, int cx, bool live,
+                                              int R, int row) {
     for (int off = 1; off < vpr; off <<= 1) {
         p0 += __shfl_xor_sync(0xffffffffu, p0, off);
         p1 += __shfl_xor_sync(0xffffffffu, p1, off);
     }
-    if (cx == 0 && row) {
-        ws_rows[t * 2 * R + r] = p0;
-        ws_rows[(t * 2 + 1) * R + r] = p1;
+    if (cx == 0 && live) {
+        ws[row] = p0;
+        ws[R + row] = p1;
     }
 }
 
@@ -480,6 +485,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             // row into ws_rows [tiles, 2, R] (dbias, dgain per row; norm_finalize adds the tiles in order).
             // Rows in warp-uniform steps: the vpr lanes of a row add their partials with shuffles.
             const int lane = threadIdx.x & 31;
+            float* ws_t = ws_rows + ((i64)t * 2 * R + r0);
             for (int base = (threadIdx.x >> 5) * (32 / vpr); base < n; base += step) {
                 const int row = base + lane / vpr;  // = row0 + k * step
                 float p0 = 0.f, p1 = 0.f;
@@ -487,10 +493,10 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                     float v[V], d[V];
                     unpack16<T, V>(xt[row * vpr + cx], v);
                     unpack16<T, V>(dt[row * vpr + cx], d);
-                    ln_bwd_row<V>(v, d, m, pc, q, o, per_row ? rowg[row] : 1.f, p0, p1);  // pc = rs (no gcol)
+                    ln_bwd_row<T, V>(v, d, m, pc, q, o, per_row ? rowg[row] : 1.f, p0, p1);  // pc = rs (no gcol)
                     st_cs16(dx + (i64)(r0 + row) * C + c, pack16<T, V>(v));
                 }
-                ws_rows_store(ws_rows, p0, p1, vpr, cx, row < n, t, R, r0 + row);
+                ws_rows_store(ws_t, p0, p1, vpr, cx, row < n, R, row);
             }
         } else if (live) {
             T* dxp = dx + (i64)(r0 + row0) * C + c;
@@ -528,43 +534,44 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 // The same backward with x held mostly in registers (the default where it fits: cusparseblocks/_ops_cols.py
 // rx_plan). Each thread holds RX_ROWS rows of its 16-byte column chunk of x, RX_REG of them in registers (48
 // registers; 14 or 16 rows spill in the half types at the 128-register cap of 2 blocks an SM) and the rest in
-// shared memory after the block's dy slice. So a block carries 512 rows x 128 bytes of both inputs at 2
-// blocks an SM (x: 48 registers a thread and 16 KiB, dy: 64 KiB). The H100 probe (bench/cols_probe.py,
-// bench/NOTES.md) moved the backward's bytes at 86-90 % of the copy this way, 76-77 % with both inputs in
-// shared memory (64-byte rows, 3 blocks an SM). One tile a cluster: tile blockIdx.x / CS, 128-byte rows
-// (RX_VPR vectors), rows_per_cta <= RX_MAX_ROWS. Arithmetic, outputs and order of the sums as cols_bwd.
-constexpr int RX_VPR = 8, RX_ROWS = 16, RX_REG = 12;
-constexpr int RX_MAX_ROWS = RX_ROWS * (THREADS / RX_VPR);  // rows a block holds: 512
+// shared memory after the block's dy slice. So a block carries RX_ROWS * THREADS / VPR rows of VPR * 16 bytes of
+// both inputs at 2 blocks an SM (x: 48 registers a thread and 16 KiB, dy: 64 KiB): 512 rows of 128 bytes (VPR 8,
+// clusters of up to 16: arrays up to 8192 rows), 1024 of 64 (VPR 4) or 2048 of 32 (VPR 2) for taller arrays on
+// clusters of 16 (up to 16384 and 32768 rows). The H100 probe (bench/cols_probe.py, bench/NOTES.md) moved the
+// backward's bytes at 86-90 % of the copy this way with 128-byte rows, 76-77 % with both inputs in shared memory
+// (64-byte rows, 3 blocks an SM). One tile a cluster: tile blockIdx.x / CS, rows_per_cta <= RX_ROWS * THREADS / VPR.
+// Arithmetic, outputs and order of the sums as cols_bwd.
+constexpr int RX_ROWS = 16, RX_REG = 12;  // rows a block holds: RX_ROWS * THREADS / VPR (_ops_cols.rx_max_rows)
 
-// body(i, row) for a thread's rows i (row = row0 + i * THREADS / RX_VPR) that exist; CHECK false: all of them
+// body(i, row) for a thread's rows i (row = row0 + i * THREADS / VPR) that exist; CHECK false: all of them
 // (a full block of a live column chunk), without a test a row
-template <bool CHECK, typename F>
+template <int VPR, bool CHECK, typename F>
 __device__ __forceinline__ void rx_rows(const F& body, bool live, int row0, int n) {
 #pragma unroll
     for (int i = 0; i < RX_ROWS; ++i) {
-        const int row = row0 + i * (THREADS / RX_VPR);
+        const int row = row0 + i * (THREADS / VPR);
         if (!CHECK || (live && row < n)) body(i, row);
     }
 }
 
-template <typename T, int CS, bool LN>
+template <typename T, int CS, bool LN, int VPR>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
     cols_bwd_rx(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, float* __restrict__ ws_rows,
                 const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ gain,
                 const float* __restrict__ mean, const float* __restrict__ rstd, int R, i64 C, int rows_per_cta,
                 int gain_per_col, int train) {
-    constexpr int V = Lanes<T>::V, STEP = THREADS / RX_VPR, W = RX_VPR * V;
-    extern __shared__ uint4 tile[];  // the dy slice [rows_per_cta][RX_VPR], then x's rows past RX_REG * STEP
+    constexpr int V = Lanes<T>::V, STEP = THREADS / VPR, W = VPR * V, MAXR = RX_ROWS * STEP;
+    extern __shared__ uint4 tile[];  // the dy slice [rows_per_cta][VPR], then x's rows past RX_REG * STEP
     __shared__ float wred[WARPS][2][MAXW];
     __shared__ float part[2][MAXW];
     __shared__ float stat[2][MAXW];
     __shared__ float gcol[MAXW];             // the tile's gains per column (col_gain)
     __shared__ float mcol[2][MAXW];          // the tile's mean and rstd (loaded as gcol)
-    __shared__ float grow[RX_MAX_ROWS];      // the block's gains per row (layer norm, features first)
+    __shared__ float grow[MAXR];             // the block's gains per row (layer norm, features first)
     const unsigned rank = cluster_rank();
     const int r0 = (int)rank * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
-    const int cx = threadIdx.x & (RX_VPR - 1), row0 = threadIdx.x / RX_VPR;
+    const int cx = threadIdx.x & (VPR - 1), row0 = threadIdx.x / VPR;
     // LN (layer norm, features first): the gain (if any) per row and the row sums into ws_rows (non-null);
     // else (batch norm) the gain (if any) per column and no row sums. gain_per_col is !LN (the host checks).
     const bool per_col = !LN, per_row = LN && gain;
@@ -576,15 +583,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
     const float gc = col_gain<T>(gain, per_col, ct, C, W);
     const bool cin = threadIdx.x < W && ct + threadIdx.x < C;
     const float mc = cin ? mean[ct + threadIdx.x] : 0.f, rc = cin ? rstd[ct + threadIdx.x] : 0.f;
-    float gr_pre[RX_MAX_ROWS / THREADS];
+    float gr_pre[MAXR / THREADS];
 #pragma unroll
-    for (int j = 0; j < RX_MAX_ROWS / THREADS; ++j) {
+    for (int j = 0; j < MAXR / THREADS; ++j) {
         const int row = threadIdx.x + j * THREADS;
         gr_pre[j] = (per_row && row < n) ? to_float<T>(gain[r0 + row]) : 1.f;
     }
     uint4 xr[RX_REG];
-    // x's rows past RX_REG * STEP: row `row` at xs[row * RX_VPR + cx], after dy's slice
-    uint4* xs = tile + rows_per_cta * RX_VPR - RX_REG * STEP * RX_VPR;
+    // x's rows past RX_REG * STEP: row `row` at xs[row * VPR + cx], after dy's slice
+    uint4* xs = tile + rows_per_cta * VPR - RX_REG * STEP * VPR;
     // a thread reads only the rows it copied itself (no block barrier needed for them)
     {
         const T* xp = x + (i64)(r0 + row0) * C + c;
@@ -594,15 +601,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
             const int row = row0 + i * STEP;
             if (live && row < n) {
                 if (i < RX_REG) xr[i] = __ldg(reinterpret_cast<const uint4*>(xp + i * rstep));
-                else cp_async16(&xs[row * RX_VPR + cx], xp + i * rstep);
-                cp_async16(&tile[row * RX_VPR + cx], dp + i * rstep);
+                else cp_async16(&xs[row * VPR + cx], xp + i * rstep);
+                cp_async16(&tile[row * VPR + cx], dp + i * rstep);
             }
         }
     }
     // a thread's row i (= row0 + i * STEP) of x and dy as floats; returns the row's gain (LN; else 1)
     auto row_vals = [&](int i, int row, float (&v)[V], float (&d)[V]) -> float {
-        unpack16<T, V>(i < RX_REG ? xr[i < RX_REG ? i : 0] : xs[row * RX_VPR + cx], v);
-        unpack16<T, V>(tile[row * RX_VPR + cx], d);
+        unpack16<T, V>(i < RX_REG ? xr[i < RX_REG ? i : 0] : xs[row * VPR + cx], v);
+        unpack16<T, V>(tile[row * VPR + cx], d);
         return LN ? grow[row] : 1.f;
     };
     if (threadIdx.x < W) {
@@ -611,7 +618,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
         mcol[1][threadIdx.x] = rc;
     }
 #pragma unroll
-    for (int j = 0; j < RX_MAX_ROWS / THREADS; ++j) grow[threadIdx.x + j * THREADS] = gr_pre[j];
+    for (int j = 0; j < MAXR / THREADS; ++j) grow[threadIdx.x + j * THREADS] = gr_pre[j];
     cp_async_wait_all();
     __syncthreads();  // grow, mcol
     float m[V];  // rstd is read after the sums (registers: x takes 48 a thread)
@@ -619,7 +626,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
     for (int k = 0; k < V; ++k) m[k] = mcol[0][cx * V + k];
     // batch norm on a full block (every thread's RX_ROWS rows exist, the common case): row loops without a test
     // a row (the layer-norm form keeps the tests: with both versions it spills)
-    const bool full = !LN && live && n == RX_MAX_ROWS;
+    const bool full = !LN && live && n == MAXR;
     float s[2][V];
 #pragma unroll
     for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
@@ -633,15 +640,15 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
             s[1][k] = fmaf(g, v[k] - m[k], s[1][k]);
         }
     };
-    if (full) rx_rows<LN>(sum_row, live, row0, n);  // LN: never full
-    else rx_rows<true>(sum_row, live, row0, n);
+    if (full) rx_rows<VPR, LN>(sum_row, live, row0, n);  // LN: never full
+    else rx_rows<VPR, true>(sum_row, live, row0, n);
     float pc[V];  // rstd first, times the column gain below
 #pragma unroll
     for (int k = 0; k < V; ++k) {
         pc[k] = mcol[1][cx * V + k];  // 0 past C
         s[1][k] *= pc[k];
     }
-    block_col_sums<2, V>(s, RX_VPR, wred, part);
+    block_col_sums<2, V>(s, VPR, wred, part);
     cluster_arrive();
     cluster_wait();
     bwd_cluster_stats<T, CS>(part, stat, ct, C, W, R, rank, gcol, train, sum0_t, sum1_t);
@@ -672,13 +679,14 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
             }
             st_cs16(dxp + i * rstep, pack16<T, V>(v));
         };
-        if (full) rx_rows<false>(dx_row, live, row0, n);
-        else rx_rows<true>(dx_row, live, row0, n);
+        if (full) rx_rows<VPR, false>(dx_row, live, row0, n);
+        else rx_rows<VPR, true>(dx_row, live, row0, n);
     }
     if constexpr (LN) {
         // layer norm with features first: dx, and the row sums of dy and dy * xhat over the thread's columns;
-        // the RX_VPR lanes of a row add their partials (all lanes take part: the loop is warp-uniform), lane
+        // the VPR lanes of a row add their partials (all lanes take part: the loop is warp-uniform), lane
         // cx = 0 writes ws_rows [tiles, 2, R]
+        float* ws_t = ws_rows + ((i64)t * 2 * R + r0);
 #pragma unroll
         for (int i = 0; i < RX_ROWS; ++i) {
             const int row = row0 + i * STEP;
@@ -686,10 +694,10 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
             if (live && row < n) {
                 float v[V], d[V];
                 const float gr = row_vals(i, row, v, d);
-                ln_bwd_row<V>(v, d, m, pc, q, o, gr, p0, p1);
+                ln_bwd_row<T, V>(v, d, m, pc, q, o, gr, p0, p1);
                 st_cs16(dxp + i * rstep, pack16<T, V>(v));
             }
-            ws_rows_store(ws_rows, p0, p1, RX_VPR, cx, row < n, t, R, r0 + row);
+            ws_rows_store(ws_t, p0, p1, VPR, cx, row < n, R, row);
         }
     }
     cluster_arrive_relaxed();  // no block exits while another may still read its partial sums

@@ -11,7 +11,17 @@ import pytest
 from conftest import assert_close, random_array, to_numpy
 
 from cusparseblocks import BlockSparseMatMul, _ops_cols, compiler, ops
-from cusparseblocks._ops_cols import MAX_SMEM, ColsPlan, WnPlan, cols_plan, rx_plan, wn_plan
+from cusparseblocks._ops_cols import (
+    MAX_SMEM,
+    RX_NARROW,
+    RX_VPR,
+    ColsPlan,
+    WnPlan,
+    cols_plan,
+    rx_max_rows,
+    rx_plan,
+    wn_plan,
+)
 from cusparseblocks.reference import ops as ref
 
 GPU_DTYPES = ("float32", "float16", "bfloat16")
@@ -49,12 +59,19 @@ def test_plan_defaults():
 
 def test_rx_plan():
     """The backward with x in registers: 128-byte rows, at most 512 rows a block (12 of a thread's 16 rows in
-    registers, the other 4 in shared memory after dy's slice), the smallest cluster that holds the rows."""
+    registers, the other 4 in shared memory after dy's slice), the smallest cluster that holds the rows; taller
+    arrays on clusters of 16 with narrower rows."""
     assert rx_plan(8192, 4096, 2) == ColsPlan(16, 128, 8, 64, 512, 64, 512 * 128 + 128 * 128)
     assert rx_plan(8192, 4096, 4) == ColsPlan(16, 128, 8, 32, 512, 128, 80 * 1024)
     assert rx_plan(384, 40, 2) == ColsPlan(1, 128, 8, 64, 384, 1, 384 * 128)  # all of x in registers
     assert rx_plan(1000, 24, 4) == ColsPlan(2, 128, 8, 32, 500, 1, (500 + 116) * 128)
-    assert rx_plan(8193, 40, 2) is None  # 513 rows a block with clusters of 16: cols_plan's backward
+    # taller: clusters of 16 with 64-byte rows (up to 1024 rows a block), then 32-byte rows (2048)
+    assert rx_plan(8193, 40, 2) == ColsPlan(16, 64, 4, 32, 513, 2, 513 * 64)
+    assert rx_plan(16384, 2048, 2) == ColsPlan(16, 64, 4, 32, 1024, 64, (1024 + 256) * 64)
+    assert rx_plan(16385, 40, 4) == ColsPlan(16, 32, 2, 8, 1025, 5, 1025 * 32)
+    assert rx_plan(32768, 64, 2) == ColsPlan(16, 32, 2, 16, 2048, 4, (2048 + 512) * 32)
+    assert rx_plan(32769, 64, 2) is None  # 2049 rows a block: cols_plan's backward
+    assert rx_plan(8193, 40, 2, max_cluster=8) is None  # narrower rows only on clusters of 16
     assert rx_plan(8192, 4096, 2, max_cluster=8) is None
     assert rx_plan(8192, 4096, 2, mode="fallback") is None
     assert rx_plan(64, 4097, 2) is None and rx_plan(64, 4097, 4) is None  # not whole 16-byte vectors
@@ -182,18 +199,20 @@ def test_wn_plan(classic):
 def test_static_shared_memory_fits_the_plans():
     """The plans give a block up to MAX_SMEM of dynamic shared memory: the kernels' static arrays must fit the
     rest of sm_90's 227 KiB (a launch over it fails; it once did, and the failure read as a refused cluster).
-    cols_bwd_rx: two blocks of its largest plan (80 KiB) an SM."""
-    kernels = ("cols_fwd", "cols_bwd", "cols_bwd_rx", "wn_unit")
-    extra = {"cols_bwd_rx": ", true"}  # the layer-norm form: the larger of the two
-    names = [f"{k}<{t}, 16{extra.get(k, '')}>" for k in kernels for t in _ops_cols._CTYPE.values()]
+    cols_bwd_rx: two blocks of its largest plan of each row width (80 KiB) an SM."""
+    kernels = ("cols_fwd", "cols_bwd", "wn_unit")
+    names = [f"{k}<{t}, 16>" for k in kernels for t in _ops_cols._CTYPE.values()]
+    # cols_bwd_rx: the layer-norm form (the larger of the two), every row width
+    rx_max = {vpr: rx_plan(16 * rx_max_rows(vpr), 4096, 2).smem for vpr in (RX_VPR, *RX_NARROW)}
+    names += [f"cols_bwd_rx<{t}, 16, true, {vpr}>" for t in _ops_cols._CTYPE.values() for vpr in rx_max]
     specs = [compiler.KernelSpec("ew_cols.cu", n) for n in names]
     compiled = compiler.compile_specs(specs, "sm_90")
-    rx_max = rx_plan(8192, 4096, 2).smem
     for spec in specs:
         static = compiled[spec].shared_static
         assert static is not None, spec
         if "cols_bwd_rx" in spec.name:
-            assert 2 * (static + rx_max + 1024) <= 228 * 1024, (spec, static)
+            vpr = int(spec.name.rsplit(",", 1)[1].strip(" >"))
+            assert 2 * (static + rx_max[vpr] + 1024) <= 228 * 1024, (spec, static)
         else:
             assert static <= 227 * 1024 - MAX_SMEM, (spec, static)
 
@@ -226,7 +245,8 @@ def test_cluster_refusal(monkeypatch):
 
 def test_specializations_arch_specific():
     specs = compiler.all_specializations()["ew_cols"]
-    assert len(specs) == 3 * len(_ops_cols.CLUSTERS) * 5  # cols_bwd_rx twice: batch norm, layer norm
+    # cols_bwd_rx twice (batch norm, layer norm), on clusters of 16 also with each narrower row width
+    assert len(specs) == 3 * len(_ops_cols.CLUSTERS) * 5 + 3 * 2 * len(RX_NARROW)
     assert all(compiler.target_arch(s.source, "sm_90") == "sm_90" for s in specs)
     assert not any(compiler.target_arch(s.source, "sm_80") for s in specs)
 
@@ -300,7 +320,9 @@ def _expect(mode_launched, name, shape, dtype, tensors):
 
 
 # ragged (C not a multiple of the tile, R not a multiple of the cluster), aligned, tiny, tall
-SHAPES = [(37, 208), (64, 256), (2, 16), (1000, 24), (4099, 72), (8193, 40), (5, 4096 + 64)]
+# (8193, 40), (16500, 24): cols_bwd_rx's 64- and 32-byte rows on clusters of 16; (33000, 16): taller (cols_bwd
+# with 2063 rows a block, past the rows of its gain per row held in registers)
+SHAPES = [(37, 208), (64, 256), (2, 16), (1000, 24), (4099, 72), (8193, 40), (16500, 24), (33000, 16), (5, 4096 + 64)]
 
 
 def _x(rng, shape, dtype):
@@ -456,12 +478,17 @@ def test_gpu_cols_deterministic(mode, shape, rng):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["single16"], indirect=True)
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
-@pytest.mark.parametrize("R", [8192, 8193, 384 * 16, 384 * 16 + 1])
+@pytest.mark.parametrize(
+    "R", [8192, 8193, 384 * 16, 384 * 16 + 1, 768 * 16, 768 * 16 + 1, 16384, 16385, 20011, 32768, 32769]
+)
 @pytest.mark.parametrize("kind", ["batch1", "layer0"])
 def test_gpu_cols_rx_limit(mode, dtype, R, kind, rng):
-    """The backward at the register kernel's limits: 512 rows a block (8192 with clusters of 16; 8193 takes
-    cols_bwd) and 384 rows a block (x wholly in registers) or 385 (one row of x in shared memory); ragged
-    columns, gains per column (batch norm) and per row with the row sums (layer norm, features first)."""
+    """The backward at the register kernel's limits: 512 rows a block of 128-byte rows (8192 with clusters of
+    16; 8193 takes 64-byte rows), 1024 of 64 bytes (16384; 16385 takes 32-byte rows), 2048 of 32 bytes (32768;
+    32769 takes cols_bwd); 384 rows a block of 128 bytes (x wholly in registers) or 385 (one row of x in shared
+    memory), 768 and 769 of 64 bytes likewise; 20011: 1251 rows of 32 bytes, static and dynamic shared memory
+    together past 48 KiB with the dynamic part under 40 KiB (a launch once failed there); ragged columns, gains
+    per column (batch norm) and per row with the row sums (layer norm, features first)."""
     shape = (R, 200) if kind == "batch1" else (R, 72)
     x = _x(rng, shape, dtype)
     dy = random_array(rng, shape, dtype)
@@ -481,7 +508,7 @@ def test_gpu_cols_rx_limit(mode, dtype, R, kind, rng):
         grads = ops.layer_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m, r, feature_axis=0)
         rgrads = ref.layer_norm_bprop(f64(dy), f64(x), f64(g), f64(m), f64(r), 0)
         terms = f64(g).reshape(-1, 1) * f64(r).reshape(1, -1) * f64(dy)
-    assert mode[1] == ["cols_bwd_rx" if R <= 8192 else "cols_bwd"], mode[1]
+    assert mode[1] == ["cols_bwd_rx" if R <= 32768 else "cols_bwd"], mode[1]
     for name, a, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
         assert_close(a, e, dtype, name, scale=terms if name == "dx" else None)
 
@@ -647,6 +674,8 @@ def emulated(monkeypatch, emulator_lib, request):
                 conv.append(ctypes.c_float(float(a)))
             else:
                 raise TypeError(f"{name}: argument {type(a).__name__}")
+        if name == "cols_bwd_rx":  # the row width: the last template argument
+            conv.append(ctypes.c_int(int(extra.rsplit(",", 1)[1])))
         fns[name](
             ctypes.c_int(name_t == "bfloat16"),
             ctypes.c_int(cluster),
@@ -671,9 +700,10 @@ EMU_DTYPES = ("float32", "bfloat16")
 # (1024, 24) on clusters of 2: full blocks of 512 rows (cols_bwd_rx's loops without a test a row)
 # (1100, 8) on clusters of 1: 1100 rows a block, past the rows of per-row parameters held in registers before
 # the copies (rows_pre: 2 * 256 in cols_fwd, 4 * 256 in cols_bwd) and past cols_bwd_rx's 512 (so cols_bwd)
+# (8200, 8), (16400, 8) on clusters of 16: cols_bwd_rx with 64- and 32-byte rows (513 and 1025 rows a block)
 EMU_CASES = [
     ((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16), ((800, 40), 2), ((1024, 24), 2),
-    ((1100, 8), 1),
+    ((1100, 8), 1), ((8200, 8), 16), ((16400, 8), 16),
 ]
 
 

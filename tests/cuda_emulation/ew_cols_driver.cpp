@@ -33,14 +33,21 @@ static void bwd(int cs, int grid, size_t smem, void* dx, void* s0, void* s1, flo
                                 rows, vpr, per_col, train, tiles)));
   });
 }
-template <typename T, bool LN>
+template <typename T, bool LN, int VPR>
 static void bwd_rx(int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy,
                    const void* x, const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows,
                    int per_col, int train) {
   emu_launch(grid, cs, THREADS, smem, [=] {
-    CS_SWITCH((cols_bwd_rx<T, CSV, LN>((T*)dx, (T*)s0, (T*)s1, ws, (const T*)dy, (const T*)x, (const T*)gain, mean,
-                                       rstd, R, C, rows, per_col, train)));
+    CS_SWITCH((cols_bwd_rx<T, CSV, LN, VPR>((T*)dx, (T*)s0, (T*)s1, ws, (const T*)dy, (const T*)x, (const T*)gain,
+                                            mean, rstd, R, C, rows, per_col, train)));
   });
+}
+template <typename T, bool LN>
+static void bwd_rx_vpr(int vpr, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws,
+                       const void* dy, const void* x, const void* gain, const float* mean, const float* rstd, int R,
+                       i64 C, int rows, int per_col, int train) {
+  auto fn = vpr == 8 ? bwd_rx<T, LN, 8> : vpr == 4 ? bwd_rx<T, LN, 4> : bwd_rx<T, LN, 2>;
+  fn(cs, grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, per_col, train);
 }
 template <typename T>
 static void wn(int cs, int grid, size_t smem, void* out, float* rnorm, void* dgain, const void* w, const void* dv,
@@ -67,11 +74,12 @@ void emu_cols_bwd(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, v
 }
 void emu_cols_bwd_rx(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy,
                      const void* x, const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows,
-                     int per_col, int train) {
-  // LN (layer norm: row sums) exactly when there is no gain per column (_ops_cols.cols_bwd's rule)
-  auto fn = bf16 ? (per_col ? bwd_rx<__nv_bfloat16, false> : bwd_rx<__nv_bfloat16, true>)
-                 : (per_col ? bwd_rx<float, false> : bwd_rx<float, true>);
-  fn(cs, grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, per_col, train);
+                     int per_col, int train, int vpr) {
+  // LN (layer norm: row sums) exactly when there is no gain per column (_ops_cols.cols_bwd's rule); vpr: the
+  // template's row width (the launch's extra template argument)
+  auto fn = bf16 ? (per_col ? bwd_rx_vpr<__nv_bfloat16, false> : bwd_rx_vpr<__nv_bfloat16, true>)
+                 : (per_col ? bwd_rx_vpr<float, false> : bwd_rx_vpr<float, true>);
+  fn(vpr, cs, grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, per_col, train);
 }
 void emu_wn_unit(int bf16, int cs, int grid, size_t smem, void* out, float* rnorm, void* dgain, const void* w,
                  const void* dv, const void* gain, const int* col_ptr, const int* col_order, int lg_b, int lg_vpr,
