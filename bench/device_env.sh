@@ -14,3 +14,11 @@ gpu_suite() {
   timeout 60 python -m cusparseblocks check > $L/check-$stamp.log 2>&1
   echo "check rc=$? ($(el)): $(tail -2 $L/check-$stamp.log | tr '\n' ' ')"
 }
+
+# compute-sanitizer memcheck and racecheck on bench/sanitize_ops.py (each at most $1 seconds), logs under $L
+sanitize_ops() {
+  for tool in memcheck racecheck; do
+    timeout $1 compute-sanitizer --tool $tool python bench/sanitize_ops.py > $L/sanitize_ops-$tool-$stamp.log 2>&1
+    echo "sanitize_ops $tool rc=$? $(el): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $L/sanitize_ops-$tool-$stamp.log | tail -1)"
+  done
+}

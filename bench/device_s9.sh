@@ -11,10 +11,7 @@ if [ "$1" != bench ]; then gpu_suite 420; fi
 if [ "$1" != tests ]; then
   python bench/ew.py > $L/ew-$stamp.log 2>&1; echo "ew rc=$? $(el)"
   python bench/ln0_diag.py > $L/ln0_diag-$stamp.log 2>&1; echo "ln0_diag rc=$? $(el)"
-  for tool in memcheck racecheck; do
-    timeout 150 compute-sanitizer --tool $tool python bench/sanitize_ops.py > $L/sanitize_ops-$tool-$stamp.log 2>&1
-    echo "sanitize_ops $tool rc=$? $(el): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $L/sanitize_ops-$tool-$stamp.log | tail -1)"
-  done
+  sanitize_ops 150
   find bench/results -newer $L/.start -type f -exec cp {} $OUT/ \;
   tail -3 $L/ln0_diag-$stamp.log | head -1
 fi

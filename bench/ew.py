@@ -363,6 +363,8 @@ VARIANTS = [
     ("cols1 max_cluster=8", "cols1", "max_cluster", 8, _COLS1),
     ("cols1 row_bytes=64,32", "cols1", "row_bytes", (64, 32), _COLS1),
     ("cols1 cta_bytes=112K", "cols1", "cta_bytes", 112 * 1024, _COLS1),
+    # no plan of 1 block an SM (the 221 KiB tier): such tall arrays take the split path instead
+    ("cols1 max_bytes=112K", "cols1", "max_bytes", 112 * 1024, _COLS1),
     ("cols1 2 tiles/cluster", "cols1", "tiles_per_cluster", 2, _COLS1),
 ]
 
