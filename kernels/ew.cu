@@ -1168,10 +1168,11 @@ __global__ void norm_finalize(float* __restrict__ out_a, float* __restrict__ out
 }
 
 // norm_cols_apply's rows of a split for one thread (rows threadIdx.y + 8 j of the split, last to first with
-// REV), with the column terms p = rstd * gain, and backward (dy) dx = p * gr * dy - q * (x - mean) - o with
-// q = rstd^2 * B, o = rstd * A, forward y = (x - mean) * p * gr + o + br with o = the bias per column: batches of COLS_ROWS rows whose loads (x, dy, a gain and bias per row) are all issued before the first
-// is used (a row at a time, the loads of the next row waited for the store of this one: 44 % of the copy on
-// tall arrays, bench/NOTES.md, tenth session). VEC: 16-byte vectors (else the scalar path, row by row).
+// REV), with the column terms p = rstd * gain and, backward (dy), dx = p * gr * dy - q * (x - mean) - o with
+// q = rstd^2 * B, o = rstd * A; forward, y = (x - mean) * p * gr + o + br with o = the bias per column.
+// Batches of COLS_ROWS rows whose loads (x, dy, a gain and bias per row) are all issued before the first is
+// used (a row at a time, the loads of the next row waited for the store of this one: 44 % of the copy on tall
+// arrays, bench/NOTES.md, tenth session). VEC: 16-byte vectors (else the scalar path, row by row).
 template <typename T, bool REV, bool VEC>
 __device__ __forceinline__ void cols_apply_rows(T* __restrict__ out, const T* __restrict__ x, const T* __restrict__ dy,
                                                 const T* __restrict__ gain, const T* __restrict__ bias,

@@ -321,8 +321,9 @@ __device__ __forceinline__ void bwd_cluster_stats(const float (&part)[2][MAXW], 
 // Layer norm with features first, the backward of one row of a thread's V columns: dx into v (x on entry, dy in
 // d) and the row's partial sums of dy (p0) and dy * xhat (p1), xhat = (x - m) * pc (pc = rstd: a layer norm has
 // no gain per column): dx = pc * gr * dy - q * (x - m) - o, gr the row's gain (1 without one). Half types: pc *
-// dy serves both dx and p1 (6 instructions an element, 7 before: +0.5-1 point of the copy in cols_bwd_rx);
-// float32 keeps the 7 (the 6 measured 2.5 points slower there, bench/NOTES.md, tenth session).
+// dy serves both dx and p1 (6 instructions an element, 7 before; within run-to-run noise in cols_bwd_rx).
+// float32 keeps the 7: a float32 loss of 2.5 points first blamed on the 6 came from ws_rows_store's row index
+// (bench/NOTES.md, tenth session); the 6 alone was not measured in float32.
 template <typename T, int V>
 __device__ __forceinline__ void ln_bwd_row(float (&v)[V], const float (&d)[V], const float (&m)[V],
                                            const float (&pc)[V], const float (&q)[V], const float (&o)[V], float gr,
