@@ -344,18 +344,20 @@ __device__ __forceinline__ void ln_bwd_row(float (&v)[V], const float (&d)[V], c
 }
 
 // The row sums p0, p1 of the vpr lanes of a row (xor shuffles: every lane of the warp calls it), written by the
-// row's lane cx = 0 (if the row exists) to ws[row] and ws[R + row], ws = ws_rows + (t * 2 * R + r0) for tile t
-// of ws_rows [tiles, 2, R] (computed once by the caller: per row, the 64-bit index cost 3 % more instructions
-// and 2.5 points of the copy in float32) (layer norm with features first: norm_finalize adds the tiles in order)
-__device__ __forceinline__ void ws_rows_store(float* __restrict__ ws, float p0, float p1, int vpr, int cx, bool live,
-                                              int R, int row) {
+// row's lane cx = 0 (if the row exists) to ws_rows [tiles, 2, R] at tile t, row r0 + row (layer norm with
+// features first: norm_finalize adds the tiles in order). The index keeps the form (i64)t * 2 * R + r0 + row,
+// whose prefix ptxas hoists: a 64-bit t * 2 * R + (r0 + row) a row cost float32 2.5 points of the copy, and a
+// base pointer hoisted by hand spilled 4-8 bytes in the half types' cols_bwd_rx (bench/NOTES.md, tenth session).
+__device__ __forceinline__ void ws_rows_store(float* __restrict__ ws_rows, float p0, float p1, int vpr, int cx,
+                                              bool live, int t, int R, int r0, int row) {
     for (int off = 1; off < vpr; off <<= 1) {
         p0 += __shfl_xor_sync(0xffffffffu, p0, off);
         p1 += __shfl_xor_sync(0xffffffffu, p1, off);
     }
     if (cx == 0 && live) {
-        ws[row] = p0;
-        ws[R + row] = p1;
+        const i64 base = (i64)t * 2 * R + r0;
+        ws_rows[base + row] = p0;
+        ws_rows[base + R + row] = p1;
     }
 }
 
@@ -486,7 +488,6 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             // row into ws_rows [tiles, 2, R] (dbias, dgain per row; norm_finalize adds the tiles in order).
             // Rows in warp-uniform steps: the vpr lanes of a row add their partials with shuffles.
             const int lane = threadIdx.x & 31;
-            float* ws_t = ws_rows + ((i64)t * 2 * R + r0);
             for (int base = (threadIdx.x >> 5) * (32 / vpr); base < n; base += step) {
                 const int row = base + lane / vpr;  // = row0 + k * step
                 float p0 = 0.f, p1 = 0.f;
@@ -497,7 +498,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                     ln_bwd_row<T, V>(v, d, m, pc, q, o, per_row ? rowg[row] : 1.f, p0, p1);  // pc = rs (no gcol)
                     st_cs16(dx + (i64)(r0 + row) * C + c, pack16<T, V>(v));
                 }
-                ws_rows_store(ws_t, p0, p1, vpr, cx, row < n, R, row);
+                ws_rows_store(ws_rows, p0, p1, vpr, cx, row < n, t, R, r0, row);
             }
         } else if (live) {
             T* dxp = dx + (i64)(r0 + row0) * C + c;
@@ -687,7 +688,6 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
         // layer norm with features first: dx, and the row sums of dy and dy * xhat over the thread's columns;
         // the VPR lanes of a row add their partials (all lanes take part: the loop is warp-uniform), lane
         // cx = 0 writes ws_rows [tiles, 2, R]
-        float* ws_t = ws_rows + ((i64)t * 2 * R + r0);
 #pragma unroll
         for (int i = 0; i < RX_ROWS; ++i) {
             const int row = row0 + i * STEP;
@@ -698,7 +698,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
                 ln_bwd_row<T, V>(v, d, m, pc, q, o, gr, p0, p1);
                 st_cs16(dxp + i * rstep, pack16<T, V>(v));
             }
-            ws_rows_store(ws_t, p0, p1, VPR, cx, row < n, R, row);
+            ws_rows_store(ws_rows, p0, p1, VPR, cx, row < n, t, R, r0, row);
         }
     }
     cluster_arrive_relaxed();  // no block exits while another may still read its partial sums
