@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/ln0_diag.py 
