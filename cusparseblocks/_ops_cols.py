@@ -61,7 +61,6 @@ LAUNCH = {
 # bytes) only on clusters of 16, for arrays too tall for 128-byte rows (past 8192 rows: up to 16384, 32768)
 RX_VPR, RX_ROWS, RX_REG = 8, 16, 12  # kernels/ew_cols.cu
 RX_NARROW = (4, 2)
-RX_MAX_ROWS = RX_ROWS * THREADS // RX_VPR  # rows a block holds with 128-byte rows: 512
 
 
 def rx_max_rows(vpr: int) -> int:
@@ -155,8 +154,9 @@ def cols_plan(
 def rx_plan(R: int, C: int, itemsize: int, *, cc_major: int = 9, mode: str | None = None,
             max_cluster: int = 16) -> ColsPlan | None:
     """The plan of the backward with x in registers (cols_bwd_rx), or None (then :func:`cols_plan`): 128-byte
-    rows and the smallest cluster whose blocks hold at most RX_MAX_ROWS rows each; else (more than 16 · 512
-    rows) clusters of 16 with 64- or 32-byte rows (1024 or 2048 rows a block); dy's slice in shared memory.
+    rows and the smallest cluster whose blocks hold at most rx_max_rows(RX_VPR) = 512 rows each; else (more
+    than 16 · 512 rows) clusters of 16 with 64- or 32-byte rows (1024 or 2048 rows a block); dy's slice in
+    shared memory.
     None unless LAUNCH["cols1"]["bwd_regs"], one tile a cluster and the conditions of :func:`cols_plan`.
     Pure."""
     cfg = LAUNCH["cols1"]
