@@ -95,8 +95,9 @@ def xw_gmma_rs_default(bs, density):
 # (ldmatrix once a record, one register-A wgmma per present column; each group drained before the next
 # stage's fragments load) instead of read from shared memory by every column's wgmma)}.
 # 384 threads: at MINB <= 2 the producer warpgroup's registers go to the consumers (MINB = 2: 104 a thread).
-# An optional 9th field TT = 1 (b = 64, C = 2, BM = 256): the transposed tile, warpgroup j computing column j
-# of the pair as D[64 × 256] = op(w)ᵀ · xᵀ with m64n256k16 wgmmas (less shared memory read per flop).
+# An optional 9th field TT = 1 (BM = 256; b = 64, C = 2 or b = 32, C = 4): the transposed tile, warpgroup j
+# computing columns j (b = 64) or 2j, 2j + 1 (b = 32: its m64 is the two blocks, an absent one copied as zeros)
+# as D[64 × 256] = op(w)ᵀ · xᵀ with m64n256k16 wgmmas (less shared memory read per flop).
 XW_TMA_TILES = {
     64: {"tma_g2_m2": (2, 1, 2, 4, 1, 1, 0, 0), "tma_m2_s2": (1, 1, 2, 2, 2, 1, 0, 0),
          "tma_p": (1, 1, 1, 4, 2, 1, 1, 0), "tma": (1, 1, 1, 4, 2, 1, 0, 0),
@@ -110,7 +111,9 @@ XW_TMA_TILES = {
          "tma_g4": (4, 1, 1, 4, 2, 1, 0, 0),
          "tma_g4_m2": (4, 1, 2, 6, 1, 1, 0, 0), "tma_rs4": (4, 1, 1, 6, 2, 1, 0, 1),
          "tma_rs4_m2": (4, 1, 2, 4, 1, 1, 0, 1), "tma_rs4_p": (4, 1, 1, 6, 2, 1, 1, 1),
-         "tma_c4": (1, 4, 1, 6, 2, 1, 0, 0), "tma_g2_m2": (2, 1, 2, 4, 2, 1, 0, 0)},
+         "tma_c4": (1, 4, 1, 6, 2, 1, 0, 0), "tma_g2_m2": (2, 1, 2, 4, 2, 1, 0, 0),
+         "tma_t4_m2": (4, 1, 2, 6, 1, 1, 0, 0, 1), "tma_t4_m2_s4": (4, 1, 2, 4, 1, 1, 0, 0, 1),
+         "tma_t4_m2_s8": (4, 1, 2, 8, 1, 1, 0, 0, 1), "tma_t4_m2_p": (4, 1, 2, 6, 1, 1, 1, 0, 1)},
     16: {"tma_rs8": (8, 1, 1, 8, 2, 1, 0, 1), "tma_rs8_m2": (8, 1, 2, 8, 1, 1, 0, 1),
          "tma_rs8_p": (8, 1, 1, 8, 2, 1, 1, 1), "tma_g8": (8, 1, 1, 8, 2, 1, 0, 0),
          "tma_c8": (1, 8, 1, 8, 2, 1, 0, 0)},
@@ -918,17 +921,19 @@ def wide_tables(layout, op, c, r=1, order=None):
     return offsets, (keys % n_super).astype(np.int32), masks, slots
 
 
-def rs_tables(layout, op, c, r=1, order=None):
+def rs_tables(layout, op, c, r=1, order=None, absent=0):
     """xw_gmma_rs's lists for groups of ``c`` output block columns over super-rows of ``r`` reduction blocks:
     offsets int32 [n_groups + 1] and records int32 [n_entries, 2 + r·c] = (super-row s, mask with bit rr·c + j
-    for block (s·r + rr, column j of the group), the w index of each slot's block, 0 where absent), a group's
-    records in increasing s (wide_tables, packed so that the kernel reads one record with one pointer)."""
+    for block (s·r + rr, column j of the group), the w index of each slot's block, ``absent`` where absent), a
+    group's records in increasing s (wide_tables, packed so that the kernel reads one record with one pointer).
+    xw_tma's tables take absent = nnz: its b = 32 transposed tile copies a pair's absent block from there, past
+    the end of w's tensor map, which reads as zeros."""
     assert r * c <= 32, "one mask word"
     offsets, entries, masks, slots = wide_tables(layout, op, c, r, order)
     rec = np.empty((entries.size, 2 + r * c), dtype=np.int32)
     rec[:, 0] = entries
     rec[:, 1] = masks[:, 0].view(np.int32)
-    rec[:, 2:] = np.maximum(slots, 0)
+    rec[:, 2:] = np.where(slots >= 0, slots, absent)
     return offsets, rec
 
 
@@ -955,7 +960,8 @@ def _tables(op_obj, key, dev):
             order = column_order(lay, op, c if grouped else 1)
             colmap = np.full(-(-n_out // c) * c, -1, dtype=np.int32)  # position -> column, -1: none
             colmap[:n_out] = order
-            cache[(dev, key)] = (*(cupy.asarray(a) for a in rs_tables(lay, op, c, r, order)),
+            absent = lay.nnz if key[0] == "tma" else 0
+            cache[(dev, key)] = (*(cupy.asarray(a) for a in rs_tables(lay, op, c, r, order, absent)),
                                  cupy.asarray(colmap))
         elif key[0] == "wide":  # ("wide", op, c, r)
             cache[(dev, key)] = tuple(cupy.asarray(a) for a in wide_tables(lay, key[1], key[2], key[3]))

@@ -56,11 +56,14 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
     static_assert(STAGES >= 2 && (MI == 1 || MI == 2) && BS % (8 * RM) == 0, "tile");
     static_assert(PERS == 0 || CL * RM == 1, "the persistent grid has no clusters");
     static_assert(C >= 1 && C <= 16 && (C == 1 || CL * RM == 1), "column groups in a CTA or across a cluster");
-    static_assert(!TT || (BS == 64 && C == 2 && MI == 2 && CL * RM == 1 && !RS), "the transposed tile: b = 64, 2 × 256");
+    static_assert(!TT || (BS * C == 128 && BS >= 32 && MI == 2 && CL * RM == 1 && !RS),
+                  "the transposed tile: 2 × 256, b = 64 (2 columns) or 32 (4 columns)");
     constexpr int CS = CL * RM;  // CTAs a cluster
     constexpr int BM = 2 * MI * 64, ROW = BS * 2, A_BYTES = BM * ROW, W_BYTES = BS * ROW;
     constexpr int STAGE = (A_BYTES + C * W_BYTES + 1023) / 1024 * 1024;
     constexpr int NACC = BS / 2, KS = BS / 16, GW = C * CL, REC = 2 + GW;  // GW columns a record
+    // the transposed tile: PAIR = 64 / BS columns a consumer warpgroup (its m64), PMASK their mask bits
+    constexpr int PAIR = TT ? 64 / BS : 1, PMASK = (1 << PAIR) - 1;
     // registers a thread: the cap at entry (warps allocated in pairs: 24 a CTA), then (MINB <= 2) the producer
     // warpgroup gives most of its share to the two consumer warpgroups
     constexpr int ENTRY_REGS = 65536 / (MINB * 384) / 8 * 8, PRODUCER_REGS = 32;
@@ -157,7 +160,11 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
                     const int s = q % STAGES, u = q / STAGES;
                     const int red = e < count ? __ldg(rec + e * REC) : 0;
                     const int mask = e < count ? __ldg(rec + e * REC + 1) : 0;
-                    const int mine = C > 1 ? mask : (mask >> rank) & 1;  // this CTA's present blocks
+                    int mine = C > 1 ? mask : (mask >> rank) & 1;  // this CTA's present blocks
+                    if (TT && PAIR == 2) {  // both slots of a warpgroup's pair (an absent block: OOB zeros)
+                        const int p = (mine | (mine >> 1)) & 0x55555555;
+                        mine = p | (p << 1);
+                    }
                     const int kw = (mask >> rank) & 1 ? __ldg(rec + e * REC + 2 + rank) : 0;
                     // the slot's previous use released by every consumer warp of the cluster
                     if (u > 0) tma::wait(empty0 + s * 8, (u - 1) & 1);
@@ -171,6 +178,8 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
 #pragma unroll
                         for (int j = 0; j < C; j++)
                             if ((mine >> j) & 1)
+                                // (TT, b = 32: an absent block of a loaded pair has the index nnz in the
+                                // records (rs_tables' absent), rows past the map's end: the copy writes zeros)
                                 tma::load_2d(sa + A_BYTES + j * W_BYTES, tw, 0, __ldg(rec + e * REC + 2 + j) * BS, full);
                     } else if (RM > 1) {  // piece crank (BS / RM rows) of the w block into every CTA of the cluster
                         constexpr int PR = BS / RM;
@@ -189,14 +198,17 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
             }
         }
         __syncwarp();
-    } else if constexpr (TT) {  // consumers of the transposed tile: warpgroup wg owns column wg of the pair
+    } else if constexpr (TT) {  // consumers of the transposed tile: warpgroup wg owns columns wg·PAIR .. + PAIR
         if (MINB <= 2) tma::setmaxnreg_inc<CONSUMER_REGS>();
         const int wg = warp / 4, v = warp % 4;
         // D[64 output features × 256 rows] = op(w)ᵀ · X_tileᵀ: one m64n256k16 per 16 of k with A = the w block
         // (fprop: M-major, its rows are k; bprop: K-major) and B = the whole x tile (K-major, 256 rows): the x
         // tile is read once per 16 of k and column instead of once per 64 rows, and the w block once per 256
         // rows (the other layout's m64n64 wgmmas read 4 KiB of shared memory for 32 clocks of tensor work, as
-        // much as the shared memory delivers; these read 10 KiB for 128)
+        // much as the shared memory delivers; these read 10 KiB for 128). b = 32: A's 64 rows are the blocks of
+        // the warpgroup's two columns, in adjacent slots (K-major: rows 32.. of A are the next slot, 32 rows of
+        // 64 bytes further; M-major: the second 32-feature swizzle atom, LBO = one slot further); a block absent
+        // from a record whose partner is present was copied as zeros, so its rows of D add nothing
         float acc[128];
 #pragma unroll
         for (int r = 0; r < 128; r++) acc[r] = 0.f;
@@ -208,26 +220,28 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
             const int count = __shfl_sync(0xffffffffu, __ldg(offsets + g + 1) - begin, 0);
             const int* mp = records + (i64)begin * REC + 1;
             for (int e = 0; e < count; e++, q++) {
-                const int mine = __shfl_sync(0xffffffffu, (__ldg(mp + e * REC) >> wg) & 1, 0);
-                if (!enter(q, pend, mine, false)) continue;
-                const unsigned sa = base + (q % STAGES) * STAGE, sb = sa + A_BYTES + wg * W_BYTES;
+                const int mine = __shfl_sync(0xffffffffu, (__ldg(mp + e * REC) >> (wg * PAIR)) & PMASK, 0);
+                if (!enter(q, pend, mine != 0, false)) continue;
+                const unsigned sa = base + (q % STAGES) * STAGE, sb = sa + A_BYTES + wg * PAIR * W_BYTES;
                 wgmma_fence();
 #pragma unroll
                 for (int kk = 0; kk < KS; kk++)
-                    Gmma<T, 256, TRANS_W ? 0 : 1, 0>::run(acc, desc<ROW>(TRANS_W ? sb + kk * 32 : sb + kk * 16 * ROW),
-                                                          desc<ROW>(sa + kk * 32));
+                    Gmma<T, 256, TRANS_W ? 0 : 1, 0>::run(
+                        acc, TRANS_W ? desc<ROW>(sb + kk * 32) : desc_lbo<ROW, W_BYTES>(sb + kk * 16 * ROW),
+                        desc<ROW>(sa + kk * 32));
                 leave(q, pend);
             }
             tile_end(q, pend, count);
 #pragma unroll
             for (int r = 0; r < 128; r++) fence_operand(acc[r]);
-            // acc[4r + 2h + e] = D[feature 16v + lane/4 + 8h][row 8r + 2·(lane % 4) + e]. Lanes l and l ^ 4 hold
-            // features f and f ^ 1 of the same rows: the even-f lane takes the pair (f, f + 1) of row 2j, the odd
-            // one (f - 1, f) of row 2j + 1, one shuffle a pair; each store is 2 consecutive features of a row
-            const int c = __shfl_sync(0xffffffffu, __ldg(colmap + g * GW + wg), 0);
+            // acc[4r + 2h + e] = D[feature 16v + lane/4 + 8h][row 8r + 2·(lane % 4) + e] (feature f of the
+            // warpgroup's 64: column wg·PAIR + f / BS). Lanes l and l ^ 4 hold features f and f ^ 1 of the same
+            // rows: the even-f lane takes the pair (f, f + 1) of row 2j, the odd one (f - 1, f) of row 2j + 1, one
+            // shuffle a pair; each store is 2 consecutive features of a row
+            const int c = __shfl_sync(0xffffffffu, __ldg(colmap + g * GW + wg * PAIR + 16 * v / BS), 0);
             if (c >= 0) {
                 const bool odd = (lane >> 2) & 1;
-                TO* yc = y + (i64)c * BS + 16 * v + (lane >> 2) - odd;
+                TO* yc = y + (i64)c * BS + 16 * v % BS + (lane >> 2) - odd;
 #pragma unroll
                 for (int r = 0; r < 32; r++)
 #pragma unroll
