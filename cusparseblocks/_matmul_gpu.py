@@ -96,8 +96,8 @@ def xw_gmma_rs_default(bs, density):
 # stage's fragments load) instead of read from shared memory by every column's wgmma)}.
 # 384 threads: at MINB <= 2 the producer warpgroup's registers go to the consumers (MINB = 2: 104 a thread).
 # An optional 9th field TT = 1 (BM = 256; b = 64, C = 2 or b = 32, C = 4): the transposed tile, warpgroup j
-# computing columns j (b = 64) or 2j, 2j + 1 (b = 32: its m64 is the two blocks, an absent one copied as zeros)
-# as D[64 × 256] = op(w)ᵀ · xᵀ with m64n256k16 wgmmas (less shared memory read per flop).
+# computing columns j (b = 64) or 2j, 2j + 1 (b = 32: its m64 is the two blocks, an absent one copied as
+# zeros) as D[64 × 256] = op(w)ᵀ · xᵀ with m64n256k16 wgmmas (less shared memory read per flop).
 XW_TMA_TILES = {
     64: {"tma_g2_m2": (2, 1, 2, 4, 1, 1, 0, 0), "tma_m2_s2": (1, 1, 2, 2, 2, 1, 0, 0),
          "tma_p": (1, 1, 1, 4, 2, 1, 1, 0), "tma": (1, 1, 1, 4, 2, 1, 0, 0),
@@ -133,9 +133,12 @@ XW_TMA_TILES = {
 # tma_g2_m2 264 / 218 / 177 / 123 at d = 0.5 / 0.2 / 0.1 / 0.05 against tma_m2's 215 / 191 / 159 / 111. The
 # transposed b = 64 tile (-1405, -1408): tma_t2_m2 486 / 362 / 285 / 192 fprop against tma_g2_m2's 429 / 308 /
 # 233 / 143 and tma_m2_s2's 385 / 316 / 241 / 161.
+# The transposed b = 32 tile (bench/results/bsmm_gmma-20261126-2247, with the producer warp reading its
+# records a batch at a time): tma_t4_m2_s8 298 / 265 / 214 / 171 / 119 at d = 0.5 / 0.35 / 0.2 / 0.1 / 0.05
+# against tma_g2_m2's 273 / 250 / 218 / 175 / 118.
 XW_TMA_DEFAULT: dict[int, tuple[tuple[float, str | None], ...]] = {
     64: ((0.0, "tma_t2_m2"),),
-    32: ((0.0, "tma_g2_m2"),),
+    32: ((0.3, "tma_t4_m2_s8"), (0.0, "tma_g2_m2")),
 }
 
 
@@ -925,9 +928,9 @@ def rs_tables(layout, op, c, r=1, order=None, absent=0):
     """xw_gmma_rs's lists for groups of ``c`` output block columns over super-rows of ``r`` reduction blocks:
     offsets int32 [n_groups + 1] and records int32 [n_entries, 2 + r·c] = (super-row s, mask with bit rr·c + j
     for block (s·r + rr, column j of the group), the w index of each slot's block, ``absent`` where absent), a
-    group's records in increasing s (wide_tables, packed so that the kernel reads one record with one pointer).
-    xw_tma's tables take absent = nnz: its b = 32 transposed tile copies a pair's absent block from there, past
-    the end of w's tensor map, which reads as zeros."""
+    group's records in increasing s (wide_tables, packed so that the kernel reads one record with one
+    pointer). xw_tma's tables take absent = nnz: its b = 32 transposed tile copies a pair's absent block from
+    there, past the end of w's tensor map, which reads as zeros."""
     assert r * c <= 32, "one mask word"
     offsets, entries, masks, slots = wide_tables(layout, op, c, r, order)
     rec = np.empty((entries.size, 2 + r * c), dtype=np.int32)

@@ -15,11 +15,11 @@
 //
 // Why (bench/NOTES.md): xw_gmma's cp.async copies cost every thread ~30 instructions a stage plus a CTA
 // barrier, and its x tile is read from L2 once per block, which kept b = 64 L2-bound near 0.44× dense.
-// Here one thread issues two copies a stage; the consumers wait on mbarriers only.
+// Here one warp issues a stage's few copies; the consumers wait on mbarriers only.
 //
 // Threads: warpgroups 0 and 1 consume (warpgroup g owns rows g·MI·64 .. +MI·64: MI wgmma m64nBSk16 per 16
 // of k, A = the x tile, B = the w block, both from shared memory through descriptors, fp32 accumulators in
-// registers); warpgroup 2 produces (warp 8, lane 0) and, at one or two CTAs an SM, hands its registers to the
+// registers); warpgroup 2 produces (warp 8) and, at one or two CTAs an SM, hands its registers to the
 // consumers (setmaxnreg). STAGES slots of [BM][BS] x + [BS][BS] w in the swizzled layouts of
 // BS·2-byte rows (TMA's 128B / 64B / 32B swizzle = gmma::swizzle), full[s] (the producer's arrival with the
 // slot's bytes) and empty[s] (one arrival per consumer warp of every CTA of the cluster: a CTA refills a
@@ -78,7 +78,8 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
     const unsigned crank = CS > 1 ? tma::cluster_rank() : 0u;
     const unsigned rank = CL > 1 ? crank : 0u;  // column rank (RM > 1: the rank is the row tile's)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int n_mine = PERS ? (n_tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x : 1;  // tiles
+    // this CTA's tile count (computed after each role's setmaxnreg: held across it, ptxas spilled it)
+    auto tiles_mine = [&]() { return PERS ? (n_tiles - (int)blockIdx.x + (int)gridDim.x - 1) / (int)gridDim.x : 1; };
     // tile k of this CTA: its column group g and row tile rt
     auto tile = [&](int k, int& g, int& rt) {
         if (PERS) {
@@ -103,6 +104,14 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
     else
         __syncthreads();
 
+    // lane 0's value in every lane: warp-uniform to ptxas too (a branch on a value it cannot prove uniform, such
+    // as a shuffle from a variable lane, makes it serialize the wgmmas: C7514)
+    auto uniform = [&](int v) { return __shfl_sync(0xffffffffu, v, 0); };
+    // The consumers read the records' masks a batch of 32 at a time, the next batch loaded while this one is
+    // used: lane l holds the mask of record e + l (mp: the first record's mask), 0 past the tile's count
+    auto mask_batch = [&](const int* mp, int e, int count) {
+        return e + lane < count ? __ldg(mp + (i64)(e + lane) * REC) : 0;
+    };
     // The consumers' pipeline steps (both consumer layouts below). One arrival a warp on slot s's empty barrier
     // of every CTA of the cluster (lane r: CTA r).
     auto release = [&](int s) {
@@ -144,56 +153,72 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
         pend = -1;
     };
 
-    if (warp >= 8) {  // the producer warpgroup: warp 8's lane 0 issues everything
+    if (warp >= 8) {  // the producer warpgroup: warp 8 issues everything
         if (MINB <= 2) tma::setmaxnreg_dec<PRODUCER_REGS>();
-        if (warp == 8 && lane == 0) {
-            tma::prefetch_map(tx);
-            tma::prefetch_map(tw);
+        if (warp == 8) {
+            // The whole warp walks the records, so that no record waits on a load: lane l holds (s, mask) of
+            // record e0 + l of each batch of 32 (one load a batch, not two dependent loads a record), and lane
+            // j < GW loads the w index of column j's block. Lane 0 arrives on the full
+            // barriers and copies x; lane j copies column j's block (C > 1) or lane 0 the CTA's (C = 1).
+            if (lane == 0) {
+                tma::prefetch_map(tx);
+                tma::prefetch_map(tw);
+            }
             int q = 0;  // stages issued
-            for (int k = 0; k < n_mine; k++) {
+            for (int k = 0, n_mine = tiles_mine(); k < n_mine; k++) {
                 int g, rt;
                 tile(k, g, rt);
                 const int n0 = rt * BM;
                 const int begin = __ldg(offsets + g), count = __ldg(offsets + g + 1) - begin;
                 const int* rec = records + (i64)begin * REC;
+                int b_red = 0, b_mask = 0;
                 for (int e = 0; e < max(count, 1); e++, q++) {  // an empty group: one stage that loads nothing
                     const int s = q % STAGES, u = q / STAGES;
-                    const int red = e < count ? __ldg(rec + e * REC) : 0;
-                    const int mask = e < count ? __ldg(rec + e * REC + 1) : 0;
+                    if (e % 32 == 0) {
+                        const bool ok = e + lane < count;
+                        b_red = ok ? __ldg(rec + (i64)(e + lane) * REC) : 0;
+                        b_mask = ok ? __ldg(rec + (i64)(e + lane) * REC + 1) : 0;
+                    }
+                    // column `lane`'s w index in record e (its load's latency passes in the slot's wait)
+                    const int w_mine = lane < GW && e < count ? __ldg(rec + (i64)e * REC + 2 + lane) : 0;
+                    const int red = __shfl_sync(0xffffffffu, b_red, e % 32);
+                    const int mask = __shfl_sync(0xffffffffu, b_mask, e % 32);
+                    const int kw = __shfl_sync(0xffffffffu, w_mine, rank);  // C = 1: the CTA's column
                     int mine = C > 1 ? mask : (mask >> rank) & 1;  // this CTA's present blocks
                     if (TT && PAIR == 2) {  // both slots of a warpgroup's pair (an absent block: OOB zeros)
                         const int p = (mine | (mine >> 1)) & 0x55555555;
                         mine = p | (p << 1);
                     }
-                    const int kw = (mask >> rank) & 1 ? __ldg(rec + e * REC + 2 + rank) : 0;
                     // the slot's previous use released by every consumer warp of the cluster
                     if (u > 0) tma::wait(empty0 + s * 8, (u - 1) & 1);
                     const unsigned sa = base + s * STAGE, full = full0 + s * 8;
                     if (!mine) {
-                        tma::arrive(full);
+                        if (lane == 0) tma::arrive(full);
                         continue;
                     }
-                    tma::arrive_expect(full, A_BYTES + __popc(mine) * W_BYTES);
+                    if (lane == 0) tma::arrive_expect(full, A_BYTES + __popc(mine) * W_BYTES);
+                    __syncwarp();
                     if (C > 1) {
-#pragma unroll
-                        for (int j = 0; j < C; j++)
-                            if ((mine >> j) & 1)
-                                // (TT, b = 32: an absent block of a loaded pair has the index nnz in the
-                                // records (rs_tables' absent), rows past the map's end: the copy writes zeros)
-                                tma::load_2d(sa + A_BYTES + j * W_BYTES, tw, 0, __ldg(rec + e * REC + 2 + j) * BS, full);
-                    } else if (RM > 1) {  // piece crank (BS / RM rows) of the w block into every CTA of the cluster
-                        constexpr int PR = BS / RM;
-                        tma::load_2d_multicast(sa + A_BYTES + crank * PR * ROW, tw, 0, kw * BS + crank * PR, full,
-                                               (unsigned short)((1 << RM) - 1));
-                    } else {
-                        tma::load_2d(sa + A_BYTES, tw, 0, kw * BS, full);
+                        // (TT, b = 32: an absent block of a loaded pair has the index nnz in the records
+                        // (rs_tables' absent), rows past the map's end: the copy writes zeros)
+                        if (lane < C && ((mine >> lane) & 1))
+                            tma::load_2d(sa + A_BYTES + lane * W_BYTES, tw, 0, w_mine * BS, full);
+                    } else if (lane == 0) {
+                        if (RM > 1) {  // piece crank (BS / RM rows) of the w block into every CTA of the cluster
+                            constexpr int PR = BS / RM;
+                            tma::load_2d_multicast(sa + A_BYTES + crank * PR * ROW, tw, 0, kw * BS + crank * PR, full,
+                                                   (unsigned short)((1 << RM) - 1));
+                        } else {
+                            tma::load_2d(sa + A_BYTES, tw, 0, kw * BS, full);
+                        }
                     }
-                    if (CL == 1 || (mask & ((1 << rank) - 1)) == 0) {  // the lowest CTA of the mask copies x
+                    if (lane == 0 && (CL == 1 || (mask & ((1 << rank) - 1)) == 0)) {  // the mask's lowest CTA copies x
                         if (CL > 1 && (mask & (mask - 1)))
                             tma::load_2d_multicast(sa, tx, red * BS, n0, full, (unsigned short)mask);
                         else
                             tma::load_2d(sa, tx, red * BS, n0, full);
                     }
+                    __syncwarp();
                 }
             }
         }
@@ -213,14 +238,19 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
 #pragma unroll
         for (int r = 0; r < 128; r++) acc[r] = 0.f;
         int q = 0, pend = -1;
-        for (int k = 0; k < n_mine; k++) {
+        for (int k = 0, n_mine = tiles_mine(); k < n_mine; k++) {
             int g, rt;
             tile(k, g, rt);
             const int begin = __ldg(offsets + g);
             const int count = __shfl_sync(0xffffffffu, __ldg(offsets + g + 1) - begin, 0);
             const int* mp = records + (i64)begin * REC + 1;
+            int m_cur = mask_batch(mp, 0, count), m_next = mask_batch(mp, 32, count);
             for (int e = 0; e < count; e++, q++) {
-                const int mine = __shfl_sync(0xffffffffu, (__ldg(mp + e * REC) >> (wg * PAIR)) & PMASK, 0);
+                if (e % 32 == 0 && e > 0) {
+                    m_cur = m_next;
+                    m_next = mask_batch(mp, e + 32, count);
+                }
+                const int mine = (uniform(__shfl_sync(0xffffffffu, m_cur, e % 32)) >> (wg * PAIR)) & PMASK;
                 if (!enter(q, pend, mine != 0, false)) continue;
                 const unsigned sa = base + (q % STAGES) * STAGE, sb = sa + A_BYTES + wg * PAIR * W_BYTES;
                 wgmma_fence();
@@ -281,7 +311,7 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
             for (int kk = 0; kk < KS; kk++)
                 a_off[i][kk] = swizzle<ROW>((wg * MI + i) * 64 + (warp % 4) * 16 + lane % 16, kk * 2 + lane / 16);
         int q = 0, pend = -1;  // the stage whose wgmma group may still read its slot
-        for (int k = 0; k < n_mine; k++) {
+        for (int k = 0, n_mine = tiles_mine(); k < n_mine; k++) {
             int g, rt;
             tile(k, g, rt);
             const int c0 = g * GW + rank * C;  // the CTA's first column position (colmap: its output column)
@@ -290,8 +320,13 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
             // the wgmmas)
             const int count = __shfl_sync(0xffffffffu, __ldg(offsets + g + 1) - begin, 0);
             const int* mp = records + (i64)begin * REC + 1;  // the records' masks
+            int m_cur = mask_batch(mp, 0, count), m_next = mask_batch(mp, 32, count);
             for (int e = 0; e < count; e++, q++) {
-                const int mask = __shfl_sync(0xffffffffu, __ldg(mp + e * REC), 0);
+                if (e % 32 == 0 && e > 0) {
+                    m_cur = m_next;
+                    m_next = mask_batch(mp, e + 32, count);
+                }
+                const int mask = uniform(__shfl_sync(0xffffffffu, m_cur, e % 32));
                 const int mine = C > 1 ? mask : (mask >> rank) & 1;
                 // (RS: this stage's fragments overwrite those of the group in flight: drain it first)
                 if (!enter(q, pend, mine != 0, RS)) continue;
