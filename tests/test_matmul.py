@@ -452,7 +452,9 @@ def test_wide_tables_match_layout(rng):
 
 
 def test_wide_tables_column_order(rng):
-    """With a column order, group g's slot j is column order[g·c + j]: every block once, in its column's slot."""
+    """With a column order, group g's slot j is column order[g·c + j]: every block once, in its column's slot;
+    an absent slot holds ``absent`` (xw_tma's tables: nnz, a row past w's tensor map that its b = 32 transposed
+    tile copies as zeros)."""
     from cusparseblocks import _matmul_gpu
     from cusparseblocks.blocklayout import BlockLayout
 
@@ -462,7 +464,7 @@ def test_wide_tables_column_order(rng):
     lay = BlockLayout(mask)
     for op, c in (("fprop", 2), ("bprop", 2), ("fprop", 4), ("bprop", 8), ("fprop", 1)):
         order = _matmul_gpu.column_order(lay, op, c)
-        offsets, records = _matmul_gpu.rs_tables(lay, op, c, 1, order)
+        offsets, records = _matmul_gpu.rs_tables(lay, op, c, 1, order, absent=lay.nnz)
         seen = []
         for g in range(offsets.size - 1):
             assert np.all(np.diff(records[offsets[g]:offsets[g + 1], 0]) > 0)
@@ -475,6 +477,8 @@ def test_wide_tables_column_order(rng):
                         red, col = (lay.rows[k], lay.cols[k]) if op == "fprop" else (lay.cols[k], lay.rows[k])
                         assert red == s and col == order[g * c + j]
                         seen.append(k)
+                    else:
+                        assert records[e, 2 + j] == lay.nnz, "an absent slot's index"
         np.testing.assert_array_equal(np.sort(seen), np.arange(lay.nnz))
 
 
