@@ -158,8 +158,8 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
         if (warp == 8) {
             // The whole warp walks the records, so that no record waits on a load: lane l holds (s, mask) of
             // record e0 + l of each batch of 32 (one load a batch, not two dependent loads a record), and lane
-            // j < GW loads the w index of column j's block. Lane 0 arrives on the full
-            // barriers and copies x; lane j copies column j's block (C > 1) or lane 0 the CTA's (C = 1).
+            // j < GW loads the w index of column j's block. Lane 0 arrives on the full barriers and copies x;
+            // lane j copies column j's block (C > 1), lane 0 the CTA's (C = 1).
             if (lane == 0) {
                 tma::prefetch_map(tx);
                 tma::prefetch_map(tw);
