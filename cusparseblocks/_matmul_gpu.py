@@ -112,8 +112,7 @@ XW_TMA_TILES = {
          "tma_g4_m2": (4, 1, 2, 6, 1, 1, 0, 0), "tma_rs4": (4, 1, 1, 6, 2, 1, 0, 1),
          "tma_rs4_m2": (4, 1, 2, 4, 1, 1, 0, 1), "tma_rs4_p": (4, 1, 1, 6, 2, 1, 1, 1),
          "tma_c4": (1, 4, 1, 6, 2, 1, 0, 0), "tma_g2_m2": (2, 1, 2, 4, 2, 1, 0, 0),
-         "tma_t4_m2": (4, 1, 2, 6, 1, 1, 0, 0, 1), "tma_t4_m2_s4": (4, 1, 2, 4, 1, 1, 0, 0, 1),
-         "tma_t4_m2_s8": (4, 1, 2, 8, 1, 1, 0, 0, 1), "tma_t4_m2_p": (4, 1, 2, 6, 1, 1, 1, 0, 1)},
+         "tma_t4_m2_s8": (4, 1, 2, 8, 1, 1, 0, 0, 1)},
     16: {"tma_rs8": (8, 1, 1, 8, 2, 1, 0, 1), "tma_rs8_m2": (8, 1, 2, 8, 1, 1, 0, 1),
          "tma_rs8_p": (8, 1, 1, 8, 2, 1, 1, 1), "tma_g8": (8, 1, 1, 8, 2, 1, 0, 0),
          "tma_c8": (1, 8, 1, 8, 2, 1, 0, 0)},
@@ -135,7 +134,8 @@ XW_TMA_TILES = {
 # 233 / 143 and tma_m2_s2's 385 / 316 / 241 / 161.
 # The transposed b = 32 tile (bench/results/bsmm_gmma-20261126-2247, with the producer warp reading its
 # records a batch at a time): tma_t4_m2_s8 298 / 265 / 214 / 171 / 119 at d = 0.5 / 0.35 / 0.2 / 0.1 / 0.05
-# against tma_g2_m2's 273 / 250 / 218 / 175 / 118.
+# against tma_g2_m2's 273 / 250 / 218 / 175 / 118; with 4 or 6 stages or a persistent grid (tma_t4_m2_s4,
+# tma_t4_m2, tma_t4_m2_p: removed) it was slower at every density (-2247, -2255).
 XW_TMA_DEFAULT: dict[int, tuple[tuple[float, str | None], ...]] = {
     64: ((0.0, "tma_t2_m2"),),
     32: ((0.3, "tma_t4_m2_s8"), (0.0, "tma_g2_m2")),
