@@ -38,8 +38,9 @@ def main():
     worst = 0.0
     cfg = _ops_cols.LAUNCH["cols1"]
     for dtype in (np.float32, bfloat16):
-        # (9000, 40), (17000, 24): cols_bwd_rx's 64- and 32-byte rows on clusters of 16 (the fallback: the
-        # split path's norm_cols_apply with the layer norm's row sums)
+        # (9000, 40), (17000, 24): column groups of 2 and 3 clusters of 16 (cols_bwd_rx; cols_fwd for 17000),
+        # without them cols_bwd_rx's 64- and 32-byte rows on clusters of 16 (the fallback: the split path's
+        # norm_cols_apply with the layer norm's row sums)
         for R, C in ((37, 96), (301, 64), (1030, 48), (9000, 40), (17000, 24)):
             x = rng.standard_normal((R, C)).astype(dtype)
             dy = rng.standard_normal((R, C)).astype(dtype)
@@ -70,10 +71,12 @@ def main():
                          dtype, worst)
             worst = _cmp("mul", ops.mul_fprop(X, DY), ops.mul_fprop(x, dy), dtype, worst)
             # columns: one pass (clusters of 1..16) and the 3-pass fallback
-            for mode, max_cluster, regs in (("single", 1, True), ("single", 2, True), ("single", 16, True),
-                                            ("single", 16, False), ("fallback", 16, True)):
+            for mode, max_cluster, regs, groups in (
+                ("single", 1, True, True), ("single", 2, True, True), ("single", 16, True, True),
+                ("single", 16, True, False), ("single", 16, False, True), ("fallback", 16, True, True),
+            ):
                 saved = dict(cfg)
-                cfg.update(mode=mode, max_cluster=max_cluster, bwd_regs=regs)
+                cfg.update(mode=mode, max_cluster=max_cluster, bwd_regs=regs, group_tall=groups)
                 _ops_cols._PLANS.clear()  # plans are cached per shape, not per LAUNCH setting
                 try:
                     got = ops.batch_norm_fprop(X, cp.asarray(g), cp.asarray(b))

@@ -45,6 +45,10 @@ MAX_SMEM = 227 * 1024 - 6 * 1024
 #     flight while the current one is reduced and stored (two shared-memory buffers when above 1).
 #   bwd_regs: the backward holds x in registers and dy in shared memory (cols_bwd_rx, 128-byte rows, 2 blocks
 #     an SM) where a cluster's blocks hold all rows that way (rx_plan), one tile a cluster; else cols_bwd.
+#   group_tall: arrays too tall for a cluster of 128-byte rows (at the first cta_bytes tier; cols_bwd_rx's 512
+#     rows a block) split each column tile over several clusters ("column groups", at most max_groups), which
+#     add their sums through global memory (cols_fwd, cols_bwd_rx: persistent, at most the co-resident
+#     clusters); taken before narrower rows. False: narrower rows, then one block an SM, then the 3-pass path.
 LAUNCH = {
     "cols1": {
         "mode": "auto",
@@ -54,6 +58,8 @@ LAUNCH = {
         "max_cluster": 16,
         "tiles_per_cluster": 1,
         "bwd_regs": True,
+        "group_tall": True,
+        "max_groups": 64,
     }
 }
 # cols_bwd_rx (the backward with x in registers): RX_ROWS rows of x a thread (RX_REG of them in registers),
@@ -73,7 +79,8 @@ class ColsPlan:
     """One-pass launch: clusters of ``cluster`` blocks over column tiles of ``width`` columns
     (``row_bytes`` bytes a row, ``vpr`` 16-byte vectors), ``rows_per_cta`` rows per block, ``smem`` bytes
     of dynamic shared memory per block, ``tiles`` tiles, up to ``per_cluster`` of them per cluster
-    (grid = ceil(tiles / per_cluster) × cluster blocks)."""
+    (grid = ceil(tiles / per_cluster) × cluster blocks). ``groups`` > 1: each tile's rows split over that
+    many clusters (column groups), the grid persistent (:meth:`persistent_grid`)."""
 
     cluster: int
     row_bytes: int
@@ -83,10 +90,17 @@ class ColsPlan:
     tiles: int
     smem: int
     per_cluster: int = 1
+    groups: int = 1
 
     @property
     def grid(self) -> int:
-        return math.ceil(self.tiles / self.per_cluster) * self.cluster
+        return math.ceil(self.tiles / self.per_cluster) * self.cluster * self.groups
+
+    def persistent_grid(self, max_clusters: int) -> int:
+        """Blocks of a launch with column groups on a GPU where ``max_clusters`` clusters are co-resident
+        (0 when fewer than ``groups``): whole groups of clusters, at most one group a tile."""
+        walkers = min(self.tiles, max_clusters // self.groups)
+        return walkers * self.groups * self.cluster
 
 
 def _clusters(cfg, cap=16):
@@ -116,6 +130,7 @@ def cols_plan(
     per_cluster: int | None = None,
     max_cluster: int = 16,
     row_params: int = 0,
+    groups: bool = True,
 ) -> ColsPlan | None:
     """The one-pass plan for statistics per column of [R, C] (``tensors`` inputs held on chip: 1 forward,
     2 backward), or None (3-pass path). Pure: no GPU needed. ``row_params``: bytes a row of per-row
@@ -125,7 +140,8 @@ def cols_plan(
     ``cta_bytes``, then the same up to ``max_bytes`` (mode "single": MAX_SMEM). None when ``mode`` is
     "fallback", the GPU is not compute capability 9.x, C is not a whole number of 16-byte vectors, or
     no tile fits. ``per_cluster`` > 1 (tiles_per_cluster) doubles the shared memory when a
-    cluster gets more than one tile. Defaults: LAUNCH["cols1"].
+    cluster gets more than one tile. The forward (``tensors`` 1) takes column groups of 128-byte rows
+    (:func:`_grouped_plan`) over narrower rows or none, unless ``groups`` is False. Defaults: LAUNCH["cols1"].
     """
     cfg = LAUNCH["cols1"]
     mode = mode or cfg["mode"]
@@ -135,6 +151,7 @@ def cols_plan(
     lanes = 16 // itemsize
     if cc_major != 9 or R < 1 or C < 1 or C % lanes or R >= 2**31:
         return None
+    plan = None
     for budget in budgets:
         for rb in row_bytes:
             vpr = rb // 16
@@ -146,32 +163,74 @@ def cols_plan(
             for cs in _clusters(cfg, max_cluster):
                 rows = math.ceil(R / cs)
                 smem = rows * rb * tensors * buffers + -(-rows * row_params // 16) * 16
-                if smem <= budget:
-                    return ColsPlan(cs, rb, vpr, width, rows, tiles, smem, per_cluster if buffers == 2 else 1)
-    return None
+                if smem <= budget and plan is None:
+                    plan = ColsPlan(cs, rb, vpr, width, rows, tiles, smem, per_cluster if buffers == 2 else 1)
+    wide = plan is not None and plan.row_bytes >= 128
+    if groups and tensors == 1 and not wide and budgets and _clusters(cfg, max_cluster):
+        grouped = _grouped_plan(R, C, itemsize, budgets[0], row_params, _clusters(cfg, max_cluster)[-1])
+        if grouped is not None:
+            return grouped
+    return plan
+
+
+def _grouped_plan(R, C, itemsize, budget, row_params, cs):
+    """cols_fwd with column groups (LAUNCH["cols1"]["group_tall"]): 128-byte rows, clusters of ``cs``, blocks
+    of at most ``budget`` bytes (one buffer), the fewest groups (at least 2) that hold R rows; None when off,
+    128-byte rows are wider than MAX_COLS columns, or more than max_groups groups are needed."""
+    cfg = LAUNCH["cols1"]
+    rb = 128
+    if not cfg["group_tall"] or rb // itemsize > MAX_COLS:
+        return None
+
+    def smem(rows):
+        return rows * rb + -(-rows * row_params // 16) * 16
+
+    cap = budget // (rb + row_params)
+    while cap > 0 and smem(cap) > budget:
+        cap -= 1
+    if cap < 1:
+        return None
+    groups = max(2, math.ceil(R / (cs * cap)))
+    if groups > cfg["max_groups"] or R < groups * cs:
+        return None
+    rows = math.ceil(R / (groups * cs))
+    tiles = math.ceil(C * itemsize / rb)
+    return ColsPlan(cs, rb, rb // 16, rb // itemsize, rows, tiles, smem(rows), 1, groups)
 
 
 def rx_plan(R: int, C: int, itemsize: int, *, cc_major: int = 9, mode: str | None = None,
-            max_cluster: int = 16) -> ColsPlan | None:
+            max_cluster: int = 16, groups: bool = True) -> ColsPlan | None:
     """The plan of the backward with x in registers (cols_bwd_rx), or None (then :func:`cols_plan`): 128-byte
     rows and the smallest cluster whose blocks hold at most rx_max_rows(RX_VPR) = 512 rows each; else (more
     than 16 · 512 rows) clusters of 16 with 64- or 32-byte rows (1024 or 2048 rows a block); dy's slice in
     shared memory.
-    None unless LAUNCH["cols1"]["bwd_regs"], one tile a cluster and the conditions of :func:`cols_plan`.
-    Pure."""
+    With LAUNCH["cols1"]["group_tall"] (and ``groups``), arrays past 16 · 512 rows take column groups of
+    128-byte rows before the narrower rows. None unless LAUNCH["cols1"]["bwd_regs"], one tile a cluster and
+    the conditions of :func:`cols_plan`. Pure."""
     cfg = LAUNCH["cols1"]
     mode = mode or cfg["mode"]
     if not _budgets(mode, cfg["cta_bytes"], cfg["max_bytes"]) or not cfg["bwd_regs"]:
         return None
     if cfg["tiles_per_cluster"] > 1 or cc_major != 9 or R < 1 or C < 1 or C % (16 // itemsize) or R >= 2**31:
         return None
+
+    def smem(rows, vpr):
+        return (rows + max(0, rows - RX_REG * THREADS // vpr)) * vpr * 16  # dy, x's rows past the registers
+
     for vpr in (RX_VPR, *RX_NARROW):
         rb = vpr * 16
         for cs in _clusters(cfg, max_cluster):
             rows = math.ceil(R / cs)
             if (vpr == RX_VPR or cs == 16) and rows <= rx_max_rows(vpr):
-                smem = (rows + max(0, rows - RX_REG * THREADS // vpr)) * rb  # dy, x's rows past the registers
-                return ColsPlan(cs, rb, vpr, rb // itemsize, rows, math.ceil(C * itemsize / rb), smem)
+                tiles = math.ceil(C * itemsize / rb)
+                return ColsPlan(cs, rb, vpr, rb // itemsize, rows, tiles, smem(rows, vpr))
+        if vpr == RX_VPR and groups and cfg["group_tall"] and _clusters(cfg, max_cluster):  # before narrower
+            cs = _clusters(cfg, max_cluster)[-1]
+            groups = math.ceil(R / (cs * rx_max_rows(vpr)))
+            if groups <= cfg["max_groups"]:
+                rows = math.ceil(R / (groups * cs))
+                tiles = math.ceil(C * itemsize / rb)
+                return ColsPlan(cs, rb, vpr, rb // itemsize, rows, tiles, smem(rows, vpr), 1, groups)
     return None
 
 
@@ -225,11 +284,16 @@ def _ord_bytes(bpc: int) -> int:
 def _specializations():
     for ctype in _CTYPE.values():
         for cs in CLUSTERS:
-            for name in ("cols_fwd", "cols_bwd", "wn_unit"):
+            yield compiler.KernelSpec(_SOURCE, f"cols_fwd<{ctype}, {cs}, false>")
+            if cs >= 8:  # column groups: on the largest cluster (16, or 8 where refused or more co-resident)
+                yield compiler.KernelSpec(_SOURCE, f"cols_fwd<{ctype}, {cs}, true>")
+            for name in ("cols_bwd", "wn_unit"):
                 yield compiler.KernelSpec(_SOURCE, f"{name}<{ctype}, {cs}>")
             for ln in ("false", "true"):  # batch norm (gain per column), layer norm (gain per row, row sums)
                 for vpr in (RX_VPR, *RX_NARROW) if cs == 16 else (RX_VPR,):  # rx_plan's row widths
-                    yield compiler.KernelSpec(_SOURCE, f"cols_bwd_rx<{ctype}, {cs}, {ln}, {vpr}>")
+                    yield compiler.KernelSpec(_SOURCE, f"cols_bwd_rx<{ctype}, {cs}, {ln}, {vpr}, false>")
+                if cs >= 8:  # column groups: 128-byte rows on the largest cluster (16, or 8 where refused)
+                    yield compiler.KernelSpec(_SOURCE, f"cols_bwd_rx<{ctype}, {cs}, {ln}, {RX_VPR}, true>")
 
 
 compiler.register_family("ew_cols", _specializations)
@@ -270,10 +334,14 @@ compiler.register_family(
 # ---------------------------------------------------------------------------------------------------
 # GPU dispatch
 
-_CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX")
+_CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX", "_CLUSTERS_MAX")
 _PLANS: dict = {}
 _FUNCS: dict = {}
 _NO_CLUSTER16: set = set()  # devices that refused a cluster of 16 (smaller GPCs, MIG): 8 at most there
+_NO_COOP: set = set()  # devices whose driver refused a cooperative launch of a kernel with clusters
+_NO_GROUPS: set = set()  # plan keys whose column groups the GPU cannot hold at once: planned without them
+_CLUSTERS_MAX: dict = {}  # _max_active_clusters
+_GROUPED = ("cols_fwd", "cols_bwd_rx")  # the kernels with column groups
 _SMEM_SET: dict = {}  # (device, spec): attributes set on the function, the dynamic limit (never cleared)
 _CC: dict = {}
 _WN_MAX: dict = {}
@@ -292,36 +360,89 @@ def _cc_major(dev) -> int:
     return major
 
 
-def _plan(kind, dtype, *sizes):
+def _plan_key(kind, dtype, *sizes):
     import cupy
 
-    dev = cupy.cuda.runtime.getDevice()
-    key = (kind, dev, dtype, sizes)
+    return (kind, cupy.cuda.runtime.getDevice(), dtype, sizes)
+
+
+def _plan(kind, dtype, *sizes):
+    """The launch plan of ``kind`` ("cols": cols_fwd / cols_bwd, "rx": cols_bwd_rx, "wn") on this GPU, cached.
+    A plan with column groups is kept only where the co-resident clusters hold at least 2 groups at once (or
+    every tile: :func:`_group_choice`), else planned again without groups."""
+    key = _plan_key(kind, dtype, *sizes)
+    dev = key[1]
     if key in _PLANS:
         return _PLANS[key]
-    cc = _cc_major(dev)
-    itemsize = np.dtype(dtype).itemsize
     cap = 8 if dev in _NO_CLUSTER16 else 16
-    if kind == "wn":
-        plan = wn_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, max_cluster=cap)
-    elif kind == "rx":
-        plan = rx_plan(sizes[0], sizes[1], itemsize, cc_major=cc, max_cluster=cap)
-    else:
-        k = LAUNCH["cols1"]["tiles_per_cluster"]
-        plan = cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k, max_cluster=cap,
-                         row_params=sizes[3] if len(sizes) > 3 else 0)
+    plan = _planned(kind, dtype, sizes, cap, key not in _NO_GROUPS)
+    if getattr(plan, "groups", 1) > 1:  # (WnPlan has none)
+        plan = _group_choice(kind, dtype, sizes, plan)
     _PLANS[key] = plan
     return plan
 
 
-def _launch_or_refused(name, dtype, cluster, grid, smem, args, extra="") -> bool:
+def _planned(kind, dtype, sizes, cap, groups):
+    cc = _cc_major(_plan_key(kind, dtype)[1])
+    itemsize = np.dtype(dtype).itemsize
+    if kind == "wn":
+        return wn_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, max_cluster=cap)
+    if kind == "rx":
+        return rx_plan(sizes[0], sizes[1], itemsize, cc_major=cc, max_cluster=cap, groups=groups)
+    k = LAUNCH["cols1"]["tiles_per_cluster"]
+    return cols_plan(sizes[0], sizes[1], itemsize, sizes[2], cc_major=cc, per_cluster=k, max_cluster=cap,
+                     row_params=sizes[3] if len(sizes) > 3 else 0, groups=groups)
+
+
+def _grouped_kernel(kind):
+    """(name, extra template arguments) of the kernel a plan with column groups launches (cols_bwd_rx: the
+    batch-norm form; the layer-norm form has the same registers and shared memory)."""
+    return ("cols_fwd", ", true") if kind == "cols" else ("cols_bwd_rx", f", false, {RX_VPR}, true")
+
+
+def _group_choice(kind, dtype, sizes, plan):
+    """Of ``plan`` (column groups on the largest cluster) and the same on clusters of 8, the one that keeps
+    the most blocks busy (walkers × groups × cluster, walkers = whole groups of co-resident clusters, at most
+    one a tile; a tie keeps the larger cluster), if its walkers are at least 2 or every tile (H100: one walker
+    ran the backward of [65536, 512] at 43 % of the copy against the split path's 46 %: each tile's load,
+    wait and store in turn with half the GPU idle, bench/NOTES.md); else the plan without groups."""
+    best, best_active = None, 0
+    for cand in (plan, _planned(kind, dtype, sizes, 8, True) if plan.cluster > 8 else None):
+        if cand is None or cand.groups < 2:
+            continue
+        name, extra = _grouped_kernel(kind)
+        nc = _max_active_clusters(name, dtype, cand.cluster, cand.smem, extra)
+        walkers = cand.persistent_grid(nc) // (cand.cluster * cand.groups)
+        if walkers < min(2, cand.tiles):
+            continue
+        active = walkers * cand.groups * cand.cluster
+        if active > best_active:
+            best, best_active = cand, active
+    if best is None:
+        _NO_GROUPS.add(_plan_key(kind, dtype, *sizes))
+        return _planned(kind, dtype, sizes, plan.cluster, False)
+    return best
+
+
+def _launch_or_refused(name, dtype, cluster, grid, smem, args, extra="", plan=None, key=None) -> bool:
     """_launch; False when the device refused a (non-portable) cluster of 16 (a CUDA error naming the
-    cluster): the caller plans again with clusters of at most 8 (recorded for the device). Any other error is
-    raised: it is a bug of the plan (e.g. more shared memory than a block may have), not a smaller device."""
+    cluster), or holds too few clusters at once for ``plan``'s column groups (then ``grid`` is not used:
+    _groups_launch): the caller plans again (with clusters of at most 8, or without groups for ``key``, the
+    plan's key in _PLANS: recorded). cols_fwd and cols_bwd_rx get the groups' arguments after ``args``. Any
+    other error is raised: it is a bug of the plan (e.g. more shared memory than a block may have), not a
+    smaller device."""
     import cupy
 
     try:
-        _launch(name, dtype, cluster, grid, smem, args, extra)
+        if plan is not None and plan.groups > 1:
+            if not _groups_launch(name, dtype, plan, args, extra):
+                _NO_GROUPS.add(key)
+                _PLANS.pop(key, None)
+                return False
+        else:
+            if name in _GROUPED:  # (groups, gpart, gcnt)
+                args = (*args, np.int32(1), None, None)
+            _launch(name, dtype, cluster, grid, smem, args, extra)
     except Exception as exc:
         if cluster <= 8 or "CLUSTER" not in str(exc).upper():
             raise
@@ -331,8 +452,28 @@ def _launch_or_refused(name, dtype, cluster, grid, smem, args, extra="") -> bool
     return True
 
 
-def _launch(name, dtype, cluster, grid, smem, args, extra=""):
-    """Launch ``name<T, cluster{extra}>`` (extra: further template arguments, e.g. ", true")."""
+def _launch(name, dtype, cluster, grid, smem, args, extra="", coop=False):
+    """Launch ``name<T, cluster{extra}>`` (extra: further template arguments, e.g. ", true"). ``coop``: a
+    cooperative launch (column groups: the driver starts all blocks together or refuses), falling back to an
+    ordinary one where the driver refuses it for a kernel with clusters (recorded per device)."""
+    import cupy
+
+    fn = _function(name, dtype, cluster, smem, extra)
+    stream = cupy.cuda.get_current_stream()
+    args = tuple(_NULL if a is None else a for a in args)
+    dev = cupy.cuda.runtime.getDevice()
+    if coop and dev not in _NO_COOP:
+        try:
+            fn((grid,), (THREADS,), args, stream=stream, shared_mem=smem, enable_cooperative_groups=True)
+            return
+        except Exception:  # noqa: BLE001 - refused: the grid is within the co-resident clusters anyway
+            _NO_COOP.add(dev)
+    fn((grid,), (THREADS,), args, stream=stream, shared_mem=smem)
+
+
+def _function(name, dtype, cluster, smem, extra=""):
+    """The loaded ``name<T, cluster{extra}>`` with its attributes set for ``smem`` bytes of dynamic shared
+    memory."""
     import cupy
 
     spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}, {cluster}{extra}>")
@@ -358,13 +499,48 @@ def _launch(name, dtype, cluster, grid, smem, args, extra=""):
             driver.funcSetAttribute(fn.ptr, _MAX_DYNAMIC_SHARED, smem)
             _SMEM_SET[lkey] = smem
         _FUNCS[key] = fn
-    fn(
-        (grid,),
-        (THREADS,),
-        tuple(_NULL if a is None else a for a in args),
-        stream=cupy.cuda.get_current_stream(),
-        shared_mem=smem,
-    )
+    return fn
+
+
+def _max_active_clusters(name, dtype, cluster, smem, extra=""):
+    """Clusters of ``name`` that can be resident at once with ``smem`` bytes of dynamic shared memory a block
+    (cuOccupancyMaxActiveClusters through cuda-python; cached), or 0 when the query is not available (then no
+    column groups: a persistent grid must never exceed the co-resident clusters)."""
+    import cupy
+
+    key = (cupy.cuda.runtime.getDevice(), name, dtype_name(dtype), cluster, smem, extra)
+    n = _CLUSTERS_MAX.get(key)
+    if n is None:
+        fn = _function(name, dtype, cluster, smem, extra)
+        try:
+            from cuda.bindings import driver as cu
+
+            cfg = cu.CUlaunchConfig()
+            cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ = cluster, 1, 1
+            cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ = THREADS, 1, 1
+            cfg.sharedMemBytes = smem
+            err, got = cu.cuOccupancyMaxActiveClusters(cu.CUfunction(fn.ptr), cfg)
+            n = int(got) if int(err) == 0 else 0
+        except Exception:  # noqa: BLE001 - no cuda-python
+            n = 0
+        _CLUSTERS_MAX[key] = n
+    return n
+
+
+def _groups_launch(name, dtype, plan, args, extra=""):
+    """Launch a plan with column groups on as many whole groups of clusters as are co-resident (at most one a
+    tile), ``args`` followed by (groups, partial sums, a counter a tile: zeroed here). False when the GPU
+    holds too few clusters at once (nothing launched: the caller plans again without groups)."""
+    import cupy
+
+    grid = plan.persistent_grid(_max_active_clusters(name, dtype, plan.cluster, plan.smem, extra))
+    if grid == 0:
+        return False
+    gpart = cupy.empty(plan.tiles * plan.groups * 2 * MAX_COLS, dtype=cupy.float32)
+    gcnt = cupy.zeros(plan.tiles, dtype=cupy.int32)
+    _launch(name, dtype, plan.cluster, grid, plan.smem, (*args, np.int32(plan.groups), gpart, gcnt), extra,
+            coop=True)
+    return True
 
 
 def _aligned(*arrays) -> bool:
@@ -379,7 +555,8 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
 
     R, C = x.shape
     per_row = not gain_per_col and (gain is not None or bias is not None)
-    plan = _plan("cols", x.dtype, R, C, 1, 8 if per_row else 0)  # per row: gain and bias as floats
+    sizes = (R, C, 1, 8 if per_row else 0)  # per row: gain and bias as floats
+    plan = _plan("cols", x.dtype, *sizes)
     if plan is None or not _aligned(x):
         return None
     y = cupy.empty_like(x)
@@ -413,6 +590,9 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
             np.int32(gain_per_col),
             np.int32(plan.tiles),
         ),
+        ", true" if plan.groups > 1 else ", false",
+        plan=plan,
+        key=_plan_key("cols", x.dtype, *sizes),
     )
     return (y, mean, rstd) if ok else cols_fwd(x, gain, bias, eps, gain_per_col, running)
 
@@ -440,14 +620,16 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=F
     ws = cupy.empty((plan.tiles, 2, R), dtype=cupy.float32) if row_sums else None
     head = (dx, s0, s1, ws, dy, x, gain, mean, rstd, np.int32(R), np.int64(C), np.int32(plan.rows_per_cta))
     if rx:
-        args = (*head, np.int32(gain_per_col), np.int32(train))
+        args = (*head, np.int32(gain_per_col), np.int32(train), np.int32(plan.tiles))
     else:
         args = (*head, np.int32(plan.vpr), np.int32(gain_per_col), np.int32(train), np.int32(plan.tiles))
     if rx:
-        name, extra = "cols_bwd_rx", f", {'true' if row_sums else 'false'}, {plan.vpr}"
+        gr = "true" if plan.groups > 1 else "false"
+        name, extra = "cols_bwd_rx", f", {'true' if row_sums else 'false'}, {plan.vpr}, {gr}"
     else:
         name, extra = "cols_bwd", ""
-    ok = _launch_or_refused(name, x.dtype, plan.cluster, plan.grid, plan.smem, args, extra)
+    key = _plan_key("rx", x.dtype, R, C, 2) if rx else None
+    ok = _launch_or_refused(name, x.dtype, plan.cluster, plan.grid, plan.smem, args, extra, plan, key)
     return (
         (dx, s0, s1, ws)
         if ok

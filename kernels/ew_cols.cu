@@ -62,6 +62,21 @@ __device__ __forceinline__ float ld_dsmem(const float* p, unsigned rank) {
     asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
     return v;
 }
+// Column groups (tall arrays, kernels with groups > 1): a release of this block's earlier global stores
+// (after a block barrier: every thread's) and one arrival on a tile's counter; a spin until the counter
+// reaches n (acquire); a load from L2 (another SM's store, never a stale L1 line)
+__device__ __forceinline__ void group_arrive(int* cnt) {
+    asm volatile("fence.acq_rel.gpu;\n\tred.relaxed.gpu.global.add.s32 [%0], 1;" ::"l"(cnt) : "memory");
+}
+__device__ __forceinline__ void group_wait(const int* cnt, int n) {
+    for (;;) {
+        int v;
+        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(cnt) : "memory");
+        if (v >= n) break;
+        __nanosleep(32);
+    }
+}
+__device__ __forceinline__ float ld_l2(const float* p) { return __ldcg(p); }
 
 // --- end of PTX wrappers ---
 
@@ -98,6 +113,40 @@ __device__ __forceinline__ void block_col_sums(float (&s)[NS][V], int vpr, float
     __syncthreads();
 }
 
+// Column groups: a column tile too tall for one cluster is split over `n` clusters (group g: rows
+// [g * CS * rows_per_cta, ...)), which add their sums through global memory. Threads col < W hold the
+// cluster's sums s[j] of column col on entry; rank 0 of group g writes them to part [tiles][n][NS][MAXW] at
+// tile t and arrives on cnt[t]; every block of the n clusters waits for the n arrivals and adds the n
+// partial sums in group order (the same bits in every block). Every thread of the block calls it; n == 1:
+// nothing. The clusters of a tile are co-resident (the host launches at most the co-resident clusters,
+// cooperatively where the driver accepts it, and each cluster walks its tiles in the same order).
+struct Groups {
+    float* part;
+    int* cnt;
+    int n, g;  // groups a tile, this cluster's group
+};
+template <int NS>
+__device__ __forceinline__ void group_sums(float (&s)[NS], const Groups& gr, int t, int W, unsigned rank) {
+    if (gr.n == 1) return;
+    float* slot = gr.part + (i64)t * gr.n * NS * MAXW;
+    if (rank == 0 && (int)threadIdx.x < W)
+#pragma unroll
+        for (int j = 0; j < NS; ++j) slot[(gr.g * NS + j) * MAXW + threadIdx.x] = s[j];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        if (rank == 0) group_arrive(gr.cnt + t);
+        group_wait(gr.cnt + t, gr.n);
+    }
+    __syncthreads();
+    if ((int)threadIdx.x < W) {
+#pragma unroll
+        for (int j = 0; j < NS; ++j) s[j] = 0.f;
+        for (int q = 0; q < gr.n; ++q)
+#pragma unroll
+            for (int j = 0; j < NS; ++j) s[j] += ld_l2(slot + (q * NS + j) * MAXW + threadIdx.x);
+    }
+}
+
 // A block's n rows of a parameter per row p [r0 + row] as floats in shared memory (def where p is null): where
 // the block has at most N * THREADS rows, a thread's rows (row = threadIdx.x + i * THREADS) are loaded into
 // registers by rows_pre before the block's copies are issued, so that they do not queue behind them (the
@@ -131,12 +180,13 @@ __device__ __forceinline__ void rows_store(float* dst, const float (&v)[N], cons
 //   (layer norm, features first); null -> 1, 0.
 // Rank 0 writes mean_out, rstd_out [C] (float32) and updates run_mean, run_var (each if non-null) as
 // norm_finalize: run = (1 - momentum) * run + momentum * mean / var_scale * var.
-template <typename T, int CS>
+template <typename T, int CS, bool GR>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     cols_fwd(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain, const T* __restrict__ bias,
              float* __restrict__ mean_out, float* __restrict__ rstd_out, float* __restrict__ run_mean,
              float* __restrict__ run_var, int R, i64 C, int rows_per_cta, int vpr, float eps, float momentum,
-             float var_scale, int gain_per_col, int tiles) {
+             float var_scale, int gain_per_col, int tiles, int groups, float* __restrict__ gpart,
+             int* __restrict__ gcnt) {
     constexpr int V = Lanes<T>::V;
     extern __shared__ uint4 tile[];
     __shared__ float wred[WARPS][2][MAXW];
@@ -145,10 +195,16 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     __shared__ float colp[2][MAXW];  // gain and bias of the tile's columns (params_load); 6 KiB static in all
     const unsigned rank = cluster_rank();
     const int W = vpr * V;
-    const int r0 = (int)rank * rows_per_cta;
+    // column groups (GR, tall arrays): cluster k is group k % groups of tiles k / groups, + walk, ... (the host
+    // makes the cluster count a multiple of groups); one buffer (no loads of the next tile ahead). GR false:
+    // groups is 1, the code of the kernel before groups (with the groups as variables: -1 to -2.6 points)
+    const int cl = blockIdx.x / CS, ncl = gridDim.x / CS, walk = GR ? ncl / groups : ncl, t0 = GR ? cl / groups : cl;
+    const Groups grp{gpart, gcnt, GR ? groups : 1, GR ? cl % groups : 0};
+    const int r0 = (grp.g * CS + (int)rank) * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
     const int cx = threadIdx.x & (vpr - 1), step = THREADS / vpr, row0 = threadIdx.x / vpr;
-    const int ncl = gridDim.x / CS, slice = rows_per_cta * vpr;
+    const int slice = rows_per_cta * vpr;
+    const bool two = !GR && ncl < tiles;  // two buffers: the next tile's loads in flight
     // the slice of tile t's rows into shared memory buffer buf (cp.async: one commit group per call)
     auto load = [&](int t, uint4* buf) {
         const i64 c = (i64)t * W + cx * V;
@@ -182,14 +238,14 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     // blocks' copies: 61 % of the copy against 82 % without them). A thread's first 2 rows of both are loaded
     // before the first copies are issued (staged after them, they still waited behind them: 70 %)
     const bool per_row = !gain_per_col && (gain || bias);
-    float* rowp = reinterpret_cast<float*>(tile + (ncl < tiles ? 2 : 1) * slice);  // [2][rows_per_cta]
+    float* rowp = reinterpret_cast<float*>(tile + (two ? 2 : 1) * slice);  // [2][rows_per_cta]
     float gpre[2], bpre[2];
     if (per_row) {
         rows_pre<T, 2>(gpre, gain, r0, n, 1.f);
         rows_pre<T, 2>(bpre, bias, r0, n, 0.f);
     }
-    params_load(blockIdx.x / CS);
-    load(blockIdx.x / CS, tile);
+    params_load(t0);
+    load(t0, tile);
     if (per_row && n <= 2 * THREADS) {
         rows_store<T, 2>(rowp, gpre, gain, r0, n, 1.f);
         rows_store<T, 2>(rowp + rows_per_cta, bpre, bias, r0, n, 0.f);
@@ -199,11 +255,16 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
             rowp[rows_per_cta + row] = bias ? to_float<T>(bias[r0 + row]) : 0.f;
         }
     }
-    // cluster k: tiles k, k + ncl, ...; the next tile's loads are in flight while this one is processed
-    for (int t = blockIdx.x / CS; t < tiles; t += ncl, p ^= 1) {
-        uint4* buf = tile + p * slice;
-        if (t != (int)(blockIdx.x / CS)) params_load(t);  // after the previous tile's last barrier
-        load(t + ncl, tile + (p ^ 1) * slice);
+    // cluster k: tiles t0, t0 + walk, ... (groups == 1: k, k + ncl, ...); with two buffers the next tile's loads
+    // are in flight while this one is processed
+    for (int t = t0; t < tiles; t += walk, p ^= 1) {
+        uint4* buf = GR ? tile : tile + p * slice;
+        if (t != t0) {  // after the previous tile's last barrier
+            params_load(t);
+            if (GR) load(t, tile);
+        }
+        if (!GR) load(t + walk, tile + (p ^ 1) * slice);  // (past the last tile: an empty group)
+        else cp_async_commit();  // an empty group: cp_async_wait_prev below waits for this tile's
         params_store();  // read after block_col_sums' barriers
         const i64 ct = (i64)t * W;  // first column of the tile
         const i64 c = ct + cx * V;  // this thread's first column
@@ -231,11 +292,24 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         // 2. the cluster's sums (ranks in order), statistics
         cluster_arrive();
         cluster_wait();
+        // the cluster's sums (GR: then the groups', group_sums; GR false: in the block that uses them, as before
+        // groups: with a second block, LN fwd ax0 +gain lost 1.1 points of the copy in the half types)
+        auto cluster_sums = [&](float (&sums)[2]) {
+#pragma unroll
+            for (int q = 0; q < CS; ++q) {
+                sums[0] += ld_dsmem(&part[p][0][threadIdx.x], q);
+                sums[1] += ld_dsmem(&part[p][1][threadIdx.x], q);
+            }
+        };
+        float sums[2] = {0.f, 0.f};
+        if constexpr (GR) {
+            if (threadIdx.x < W) cluster_sums(sums);
+            group_sums<2>(sums, grp, t, W, rank);
+        }
         if (threadIdx.x < W) {
             const int col = threadIdx.x;
-            float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-            for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[p][0][col], q); s1 += ld_dsmem(&part[p][1][col], q); }
+            if constexpr (!GR) cluster_sums(sums);
+            const float s0 = sums[0], s1 = sums[1];
             const i64 cc = ct + col;
             if (cc < C) {
                 const float scale = 1.f / (float)R;
@@ -243,7 +317,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
                 const float mean = pre[0] + m1, rstd = rsqrtf(var + eps);
                 stat[0][col] = mean;
                 stat[1][col] = rstd;
-                if (rank == 0) {
+                if (rank == 0 && grp.g == 0) {
                     if (mean_out) mean_out[cc] = mean;
                     if (rstd_out) rstd_out[cc] = rstd;
                     if (run_mean) run_mean[cc] = (1.f - momentum) * run_mean[cc] + momentum * mean;
@@ -294,23 +368,31 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 // ---------------------------------------------------------------------------------------------------
 // The backward's statistics after the cluster barrier: the cluster's sums of each column (ranks in order,
 // from every block's part), times the column gain (gcol: staged in shared memory before the barrier, 1 when
-// none) and 1/R (training; 0 otherwise) into stat; rank 0 writes the raw sums in T (batch norm's dbias,
-// dgain) when asked. Threads col < W; the caller syncs after it.
+// none) and 1/R (training; 0 otherwise) into stat; rank 0 (of group 0) writes the raw sums in T (batch norm's
+// dbias, dgain) when asked. With column groups, the sums of the tile's clusters (group_sums). Every thread
+// calls it (threads col < W work); the caller syncs after it.
 template <typename T, int CS>
 __device__ __forceinline__ void bwd_cluster_stats(const float (&part)[2][MAXW], float (&stat)[2][MAXW], i64 ct, i64 C,
                                                   int W, int R, unsigned rank, const float (&gcol)[MAXW], int train,
-                                                  T* __restrict__ sum0_t, T* __restrict__ sum1_t) {
+                                                  T* __restrict__ sum0_t, T* __restrict__ sum1_t, const Groups& grp,
+                                                  int t) {
+    float s[2] = {0.f, 0.f};
+    if (threadIdx.x < W)
+#pragma unroll
+        for (int q = 0; q < CS; ++q) {
+            s[0] += ld_dsmem(&part[0][threadIdx.x], q);
+            s[1] += ld_dsmem(&part[1][threadIdx.x], q);
+        }
+    group_sums<2>(s, grp, t, W, rank);
     if (threadIdx.x < W) {
         const int col = threadIdx.x;
-        float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-        for (int q = 0; q < CS; ++q) { s0 += ld_dsmem(&part[0][col], q); s1 += ld_dsmem(&part[1][col], q); }
+        const float s0 = s[0], s1 = s[1];
         const i64 cc = ct + col;
         if (cc < C) {
             const float g = gcol[col], scale = train ? 1.f / (float)R : 0.f;
             stat[0][col] = g * s0 * scale;
             stat[1][col] = g * s1 * scale;
-            if (rank == 0) {
+            if (rank == 0 && grp.g == 0) {
                 if (sum0_t) sum0_t[cc] = from_float<T>(s0);
                 if (sum1_t) sum1_t[cc] = from_float<T>(s1);
             }
@@ -394,6 +476,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
     __shared__ float stat[2][MAXW];
     __shared__ float gcol[MAXW];  // the tile's gains per column (col_gain)
     const unsigned rank = cluster_rank();
+    const Groups no_groups{nullptr, nullptr, 1, 0};  // (column groups: cols_fwd and cols_bwd_rx only)
     const int W = vpr * V;
     const int r0 = (int)rank * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
@@ -472,7 +555,7 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
         block_col_sums<2, V>(s, vpr, wred, part[p]);
         cluster_arrive();
         cluster_wait();
-        bwd_cluster_stats<T, CS>(part[p], stat, ct, C, W, R, rank, gcol, train, sum0_t, sum1_t);
+        bwd_cluster_stats<T, CS>(part[p], stat, ct, C, W, R, rank, gcol, train, sum0_t, sum1_t, no_groups, t);
         __syncthreads();
         // dx = rstd * (gc * gr * dy - A - xhat * B) = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row),
         // q = rstd^2 * B, o = rstd * A: 3 instructions an element
@@ -541,8 +624,9 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 3)
 // clusters of up to 16: arrays up to 8192 rows), 1024 of 64 (VPR 4) or 2048 of 32 (VPR 2) for taller arrays on
 // clusters of 16 (up to 16384 and 32768 rows). The H100 probe (bench/cols_probe.py, bench/NOTES.md) moved the
 // backward's bytes at 86-90 % of the copy this way with 128-byte rows, 76-77 % with both inputs in shared memory
-// (64-byte rows, 3 blocks an SM). One tile a cluster: tile blockIdx.x / CS, rows_per_cta <= RX_ROWS * THREADS / VPR.
-// Arithmetic, outputs and order of the sums as cols_bwd.
+// (64-byte rows, 3 blocks an SM). GR false: one tile a cluster (tile blockIdx.x / CS), rows_per_cta <= RX_ROWS *
+// THREADS / VPR. GR true (column groups, taller arrays): `groups` clusters a tile, each walking its tiles as
+// cols_fwd's (group_sums). Arithmetic, outputs and order of the sums as cols_bwd.
 constexpr int RX_ROWS = 16, RX_REG = 12;  // rows a block holds: RX_ROWS * THREADS / VPR (_ops_cols.rx_max_rows)
 
 // body(i, row) for a thread's rows i (row = row0 + i * THREADS / VPR) that exist; CHECK false: all of them
@@ -556,150 +640,170 @@ __device__ __forceinline__ void rx_rows(const F& body, bool live, int row0, int 
     }
 }
 
-template <typename T, int CS, bool LN, int VPR>
+template <typename T, int CS, bool LN, int VPR, bool GR>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 2)
     cols_bwd_rx(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, float* __restrict__ ws_rows,
                 const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ gain,
                 const float* __restrict__ mean, const float* __restrict__ rstd, int R, i64 C, int rows_per_cta,
-                int gain_per_col, int train) {
+                int gain_per_col, int train, int tiles, int groups, float* __restrict__ gpart,
+                int* __restrict__ gcnt) {
     constexpr int V = Lanes<T>::V, STEP = THREADS / VPR, W = VPR * V, MAXR = RX_ROWS * STEP;
     extern __shared__ uint4 tile[];  // the dy slice [rows_per_cta][VPR], then x's rows past RX_REG * STEP
     __shared__ float wred[WARPS][2][MAXW];
-    __shared__ float part[2][MAXW];
+    __shared__ float part[2][2][MAXW];  // by tile parity, as cols_fwd (a cluster walks several tiles with groups)
     __shared__ float stat[2][MAXW];
     __shared__ float gcol[MAXW];             // the tile's gains per column (col_gain)
     __shared__ float mcol[2][MAXW];          // the tile's mean and rstd (loaded as gcol)
     __shared__ float grow[MAXR];             // the block's gains per row (layer norm, features first)
     const unsigned rank = cluster_rank();
-    const int r0 = (int)rank * rows_per_cta;
+    // column groups (groups > 1, tall arrays), as cols_fwd: cluster k is group k % groups of tiles k / groups,
+    // + walk, ... (groups == 1: the grid has a cluster a tile, one pass of the loop)
+    // GR false: groups is 1 and the grid a cluster a tile, so the loop below runs once (as a loop over tiles,
+    // the batch-norm half types spilled 32 bytes)
+    const int cl = blockIdx.x / CS, walk = GR ? (int)(gridDim.x / CS) / groups : 0, t0 = GR ? cl / groups : cl;
+    const Groups grp{gpart, gcnt, GR ? groups : 1, GR ? cl % groups : 0};
+    const int r0 = (grp.g * CS + (int)rank) * rows_per_cta;
     const int n = max(0, min(R - r0, rows_per_cta));
     const int cx = threadIdx.x & (VPR - 1), row0 = threadIdx.x / VPR;
     // LN (layer norm, features first): the gain (if any) per row and the row sums into ws_rows (non-null);
     // else (batch norm) the gain (if any) per column and no row sums. gain_per_col is !LN (the host checks).
     const bool per_col = !LN, per_row = LN && gain;
-    const int t = blockIdx.x / CS;
-    const i64 ct = (i64)t * W, c = ct + cx * V;
-    const bool live = c < C;
     const i64 rstep = (i64)STEP * C;  // elements between a thread's rows
-    // the gains, loaded before the copies are issued and stored to shared memory after them (col_gain)
-    const float gc = col_gain<T>(gain, per_col, ct, C, W);
-    const bool cin = threadIdx.x < W && ct + threadIdx.x < C;
-    const float mc = cin ? mean[ct + threadIdx.x] : 0.f, rc = cin ? rstd[ct + threadIdx.x] : 0.f;
-    float gr_pre[MAXR / THREADS];
+    // one column tile t (p: its parity); GR false: tile t0 alone (a loop of one pass here cost float32's layer
+    // norm 1.2-1.4 points of the copy: more predicates live, 40 more SASS instructions)
+    auto tile_pass = [&](int t, int p) {
+        const i64 ct = (i64)t * W, c = ct + cx * V;
+        const bool live = c < C;
+        // the gains, loaded before the copies are issued and stored to shared memory after them (col_gain)
+        const float gc = col_gain<T>(gain, per_col, ct, C, W);
+        const bool cin = threadIdx.x < W && ct + threadIdx.x < C;
+        const float mc = cin ? mean[ct + threadIdx.x] : 0.f, rc = cin ? rstd[ct + threadIdx.x] : 0.f;
+        float gr_pre[MAXR / THREADS];  // the rows' gains: the same rows in every tile of the cluster (loaded once)
+        if (t == t0)
 #pragma unroll
-    for (int j = 0; j < MAXR / THREADS; ++j) {
-        const int row = threadIdx.x + j * THREADS;
-        gr_pre[j] = (per_row && row < n) ? to_float<T>(gain[r0 + row]) : 1.f;
-    }
-    uint4 xr[RX_REG];
-    // x's rows past RX_REG * STEP: row `row` at xs[row * VPR + cx], after dy's slice
-    uint4* xs = tile + rows_per_cta * VPR - RX_REG * STEP * VPR;
-    // a thread reads only the rows it copied itself (no block barrier needed for them)
-    {
-        const T* xp = x + (i64)(r0 + row0) * C + c;
-        const T* dp = dy + (i64)(r0 + row0) * C + c;
+            for (int j = 0; j < MAXR / THREADS; ++j) {
+                const int row = threadIdx.x + j * THREADS;
+                gr_pre[j] = (per_row && row < n) ? to_float<T>(gain[r0 + row]) : 1.f;
+            }
+        uint4 xr[RX_REG];
+        // x's rows past RX_REG * STEP: row `row` at xs[row * VPR + cx], after dy's slice
+        uint4* xs = tile + rows_per_cta * VPR - RX_REG * STEP * VPR;
+        // a thread reads only the rows it copied itself (no block barrier needed for them)
+        {
+            const T* xp = x + (i64)(r0 + row0) * C + c;
+            const T* dp = dy + (i64)(r0 + row0) * C + c;
 #pragma unroll
-        for (int i = 0; i < RX_ROWS; ++i) {
-            const int row = row0 + i * STEP;
-            if (live && row < n) {
-                if (i < RX_REG) xr[i] = __ldg(reinterpret_cast<const uint4*>(xp + i * rstep));
-                else cp_async16(&xs[row * VPR + cx], xp + i * rstep);
-                cp_async16(&tile[row * VPR + cx], dp + i * rstep);
+            for (int i = 0; i < RX_ROWS; ++i) {
+                const int row = row0 + i * STEP;
+                if (live && row < n) {
+                    if (i < RX_REG) xr[i] = __ldg(reinterpret_cast<const uint4*>(xp + i * rstep));
+                    else cp_async16(&xs[row * VPR + cx], xp + i * rstep);
+                    cp_async16(&tile[row * VPR + cx], dp + i * rstep);
+                }
             }
         }
-    }
-    // a thread's row i (= row0 + i * STEP) of x and dy as floats; returns the row's gain (LN; else 1)
-    auto row_vals = [&](int i, int row, float (&v)[V], float (&d)[V]) -> float {
-        unpack16<T, V>(i < RX_REG ? xr[i < RX_REG ? i : 0] : xs[row * VPR + cx], v);
-        unpack16<T, V>(tile[row * VPR + cx], d);
-        return LN ? grow[row] : 1.f;
-    };
-    if (threadIdx.x < W) {
-        gcol[threadIdx.x] = gc;
-        mcol[0][threadIdx.x] = mc;
-        mcol[1][threadIdx.x] = rc;
-    }
-#pragma unroll
-    for (int j = 0; j < MAXR / THREADS; ++j) grow[threadIdx.x + j * THREADS] = gr_pre[j];
-    cp_async_wait_all();
-    __syncthreads();  // grow, mcol
-    float m[V];  // rstd is read after the sums (registers: x takes 48 a thread)
-#pragma unroll
-    for (int k = 0; k < V; ++k) m[k] = mcol[0][cx * V + k];
-    // batch norm on a full block (every thread's RX_ROWS rows exist, the common case): row loops without a test
-    // a row (the layer-norm form keeps the tests: with both versions it spills)
-    const bool full = !LN && live && n == MAXR;
-    float s[2][V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
-    auto sum_row = [&](int i, int row) {
-        float v[V], d[V];
-        const float gr = row_vals(i, row, v, d);
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-            const float g = d[k] * gr;
-            s[0][k] += g;
-            s[1][k] = fmaf(g, v[k] - m[k], s[1][k]);
+        // a thread's row i (= row0 + i * STEP) of x and dy as floats; returns the row's gain (LN; else 1)
+        auto row_vals = [&](int i, int row, float (&v)[V], float (&d)[V]) -> float {
+            unpack16<T, V>(i < RX_REG ? xr[i < RX_REG ? i : 0] : xs[row * VPR + cx], v);
+            unpack16<T, V>(tile[row * VPR + cx], d);
+            return LN ? grow[row] : 1.f;
+        };
+        if (threadIdx.x < W) {
+            gcol[threadIdx.x] = gc;
+            mcol[0][threadIdx.x] = mc;
+            mcol[1][threadIdx.x] = rc;
         }
-    };
-    if (full) rx_rows<VPR, LN>(sum_row, live, row0, n);  // LN: never full
-    else rx_rows<VPR, true>(sum_row, live, row0, n);
-    float pc[V];  // rstd first, times the column gain below
+        if (t == t0)
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-        pc[k] = mcol[1][cx * V + k];  // 0 past C
-        s[1][k] *= pc[k];
-    }
-    block_col_sums<2, V>(s, VPR, wred, part);
-    cluster_arrive();
-    cluster_wait();
-    bwd_cluster_stats<T, CS>(part, stat, ct, C, W, R, rank, gcol, train, sum0_t, sum1_t);
-    __syncthreads();
-    // dx = p * gr * dy - q * (x - mean) - o, as cols_bwd. LN: p = rstd (no gain per column), so p also weighs
-    // the row sums of dy * xhat.
-    // TWO_FMA (batch norm, half types): dx = p * dy - q * x + (q * mean - o), two FMA an element. The float32
-    // rounding of q * x and q * mean is ~1e-7 |mean| / std of the q term, far under a half-type ulp of dx
-    // unless |mean| / std passes ~1e3; float32 output keeps the form with x - mean.
-    constexpr bool TWO_FMA = !LN && sizeof(T) == 2;
-    float q[V], o[V];
+            for (int j = 0; j < MAXR / THREADS; ++j) grow[threadIdx.x + j * THREADS] = gr_pre[j];
+        cp_async_wait_all();
+        __syncthreads();  // grow, mcol
+        float m[V];  // rstd is read after the sums (registers: x takes 48 a thread)
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-        q[k] = pc[k] * pc[k] * stat[1][cx * V + k];
-        o[k] = pc[k] * stat[0][cx * V + k];
-        if (TWO_FMA) o[k] = fmaf(q[k], m[k], -o[k]);
-        pc[k] *= gcol[cx * V + k];
-    }
-    T* dxp = dx + (i64)(r0 + row0) * C + c;
-    if constexpr (!LN) {
-        auto dx_row = [&](int i, int row) {
+        for (int k = 0; k < V; ++k) m[k] = mcol[0][cx * V + k];
+        // batch norm on a full block (every thread's RX_ROWS rows exist, the common case): row loops without a test
+        // a row (the layer-norm form keeps the tests: with both versions it spills)
+        // (not with column groups: GR with both versions of the row loops spilled 8-32 bytes)
+        const bool full = !LN && !GR && live && n == MAXR;
+        float s[2][V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+        auto sum_row = [&](int i, int row) {
             float v[V], d[V];
-            row_vals(i, row, v, d);
+            const float gr = row_vals(i, row, v, d);
 #pragma unroll
             for (int k = 0; k < V; ++k) {
-                if constexpr (TWO_FMA) v[k] = fmaf(pc[k], d[k], fmaf(-q[k], v[k], o[k]));
-                else v[k] = fmaf(pc[k], d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
+                const float g = d[k] * gr;
+                s[0][k] += g;
+                s[1][k] = fmaf(g, v[k] - m[k], s[1][k]);
             }
-            st_cs16(dxp + i * rstep, pack16<T, V>(v));
         };
-        if (full) rx_rows<VPR, false>(dx_row, live, row0, n);
-        else rx_rows<VPR, true>(dx_row, live, row0, n);
-    }
-    if constexpr (LN) {
-        // layer norm with features first: dx, and the row sums of dy and dy * xhat over the thread's columns;
-        // the VPR lanes of a row add their partials (all lanes take part: the loop is warp-uniform), lane
-        // cx = 0 writes ws_rows [tiles, 2, R]
+        if (full) rx_rows<VPR, LN>(sum_row, live, row0, n);  // LN: never full
+        else rx_rows<VPR, true>(sum_row, live, row0, n);
+        float pc[V];  // rstd first, times the column gain below
 #pragma unroll
-        for (int i = 0; i < RX_ROWS; ++i) {
-            const int row = row0 + i * STEP;
-            float p0 = 0.f, p1 = 0.f;
-            if (live && row < n) {
-                float v[V], d[V];
-                const float gr = row_vals(i, row, v, d);
-                ln_bwd_row<T, V>(v, d, m, pc, q, o, gr, p0, p1);
-                st_cs16(dxp + i * rstep, pack16<T, V>(v));
-            }
-            ws_rows_store(ws_rows, p0, p1, VPR, cx, row < n, t, R, r0, row);
+        for (int k = 0; k < V; ++k) {
+            pc[k] = mcol[1][cx * V + k];  // 0 past C
+            s[1][k] *= pc[k];
         }
+        block_col_sums<2, V>(s, VPR, wred, part[p]);
+        cluster_arrive();
+        cluster_wait();
+        bwd_cluster_stats<T, CS>(part[p], stat, ct, C, W, R, rank, gcol, train, sum0_t, sum1_t, grp, t);
+        __syncthreads();
+        // dx = p * gr * dy - q * (x - mean) - o, as cols_bwd. LN: p = rstd (no gain per column), so p also weighs
+        // the row sums of dy * xhat.
+        // TWO_FMA (batch norm, half types): dx = p * dy - q * x + (q * mean - o), two FMA an element. The float32
+        // rounding of q * x and q * mean is ~1e-7 |mean| / std of the q term, far under a half-type ulp of dx
+        // unless |mean| / std passes ~1e3; float32 output keeps the form with x - mean.
+        constexpr bool TWO_FMA = !LN && sizeof(T) == 2;
+        float q[V], o[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            q[k] = pc[k] * pc[k] * stat[1][cx * V + k];
+            o[k] = pc[k] * stat[0][cx * V + k];
+            if (TWO_FMA) o[k] = fmaf(q[k], m[k], -o[k]);
+            pc[k] *= gcol[cx * V + k];
+        }
+        T* dxp = dx + (i64)(r0 + row0) * C + c;
+        if constexpr (!LN) {
+            auto dx_row = [&](int i, int row) {
+                float v[V], d[V];
+                row_vals(i, row, v, d);
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    if constexpr (TWO_FMA) v[k] = fmaf(pc[k], d[k], fmaf(-q[k], v[k], o[k]));
+                    else v[k] = fmaf(pc[k], d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
+                }
+                st_cs16(dxp + i * rstep, pack16<T, V>(v));
+            };
+            if (full) rx_rows<VPR, false>(dx_row, live, row0, n);
+            else rx_rows<VPR, true>(dx_row, live, row0, n);
+        }
+        if constexpr (LN) {
+            // layer norm with features first: dx, and the row sums of dy and dy * xhat over the thread's columns;
+            // the VPR lanes of a row add their partials (all lanes take part: the loop is warp-uniform), lane
+            // cx = 0 writes ws_rows [tiles, 2, R]
+#pragma unroll
+            for (int i = 0; i < RX_ROWS; ++i) {
+                const int row = row0 + i * STEP;
+                float p0 = 0.f, p1 = 0.f;
+                if (live && row < n) {
+                    float v[V], d[V];
+                    const float gr = row_vals(i, row, v, d);
+                    ln_bwd_row<T, V>(v, d, m, pc, q, o, gr, p0, p1);
+                    st_cs16(dxp + i * rstep, pack16<T, V>(v));
+                }
+                ws_rows_store(ws_rows, p0, p1, VPR, cx, row < n, t, R, r0, row);
+            }
+        }
+        if (GR) __syncthreads();  // gcol, mcol and stat are rewritten for the next tile
+    };
+    if constexpr (GR) {
+        int p = 0;
+        for (int t = t0; t < tiles; t += walk, p ^= 1) tile_pass(t, p);
+    } else {
+        tile_pass(t0, 0);
     }
     cluster_arrive_relaxed();  // no block exits while another may still read its partial sums
     cluster_wait();

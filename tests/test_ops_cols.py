@@ -52,20 +52,29 @@ def test_plan_defaults():
     assert wn_plan(150, 32, 2) == WnPlan(8, 19, 4, 19 * 2048 + 80)  # + the col_order entries
     assert wn_plan(150, 32, 2, 2) == WnPlan(16, 10, 4, 10 * 4096 + 48)
     assert wn_plan(150, 32, 4, 2) == WnPlan(16, 10, 8, 10 * 8192 + 48)  # the 112 KiB tier
-    # a device that refused clusters of 16: at most 8
-    assert cols_plan(8192, 4096, 2, max_cluster=8) == ColsPlan(8, 64, 4, 32, 1024, 128, 65536)
+    # a device that refused clusters of 16: at most 8; the forward takes column groups of 128-byte rows over
+    # 64-byte rows on one cluster
+    assert cols_plan(8192, 4096, 2, max_cluster=8) == ColsPlan(8, 128, 8, 64, 512, 64, 65536, 1, 2)
+    assert cols_plan(8192, 4096, 2, max_cluster=8, groups=False) == ColsPlan(8, 64, 4, 32, 1024, 128, 65536)
     assert wn_plan(150, 32, 4, 2, max_cluster=8).cluster == 8
 
 
-def test_rx_plan():
+def test_rx_plan(monkeypatch):
     """The backward with x in registers: 128-byte rows, at most 512 rows a block (12 of a thread's 16 rows in
     registers, the other 4 in shared memory after dy's slice), the smallest cluster that holds the rows; taller
-    arrays on clusters of 16 with narrower rows."""
+    arrays in column groups of the largest clusters (or, without groups, on clusters of 16 with narrower rows)."""
     assert rx_plan(8192, 4096, 2) == ColsPlan(16, 128, 8, 64, 512, 64, 512 * 128 + 128 * 128)
     assert rx_plan(8192, 4096, 4) == ColsPlan(16, 128, 8, 32, 512, 128, 80 * 1024)
     assert rx_plan(384, 40, 2) == ColsPlan(1, 128, 8, 64, 384, 1, 384 * 128)  # all of x in registers
     assert rx_plan(1000, 24, 4) == ColsPlan(2, 128, 8, 32, 500, 1, (500 + 116) * 128)
-    # taller: clusters of 16 with 64-byte rows (up to 1024 rows a block), then 32-byte rows (2048)
+    # taller: column groups of 128-byte rows (as many clusters a tile as hold the rows at 512 a block)
+    assert rx_plan(8193, 40, 2) == ColsPlan(16, 128, 8, 64, 257, 1, 257 * 128, 1, 2)
+    assert rx_plan(65536, 512, 2) == ColsPlan(16, 128, 8, 64, 512, 8, 80 * 1024, 1, 8)
+    assert rx_plan(65536, 512, 4, max_cluster=8) == ColsPlan(8, 128, 8, 32, 512, 16, 80 * 1024, 1, 16)
+    assert rx_plan(64 * 16 * 512, 8, 4).groups == 64 and rx_plan(64 * 16 * 512 + 1, 8, 4) is None  # max_groups
+    assert rx_plan(8193, 40, 2, groups=False).groups == 1
+    # without groups: clusters of 16 with 64-byte rows (up to 1024 rows a block), then 32-byte rows (2048)
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "group_tall", False)
     assert rx_plan(8193, 40, 2) == ColsPlan(16, 64, 4, 32, 513, 2, 513 * 64)
     assert rx_plan(16384, 2048, 2) == ColsPlan(16, 64, 4, 32, 1024, 64, (1024 + 256) * 64)
     assert rx_plan(16385, 40, 4) == ColsPlan(16, 32, 2, 8, 1025, 5, 1025 * 32)
@@ -91,7 +100,7 @@ def test_rx_plan_switches(monkeypatch):
 def classic(monkeypatch):
     """The first plan configuration (64- then 32-byte rows, clusters of at most 8, one 112 KiB tier)."""
     cfg = _ops_cols.LAUNCH["cols1"]
-    for key, value in (("row_bytes", (64, 32)), ("cta_bytes", BUDGET), ("max_cluster", 8)):
+    for key, value in (("row_bytes", (64, 32)), ("cta_bytes", BUDGET), ("max_cluster", 8), ("group_tall", False)):
         monkeypatch.setitem(cfg, key, value)
 
 
@@ -175,7 +184,10 @@ def test_plan_covers_the_array(itemsize, tensors):
             assert plan.tiles * plan.width >= C > (plan.tiles - 1) * plan.width
             assert plan.width * itemsize == plan.row_bytes == 16 * plan.vpr
             assert plan.cluster in _ops_cols.CLUSTERS and plan.width <= _ops_cols.MAX_COLS
-            assert plan.rows_per_cta == math.ceil(R / plan.cluster)
+            assert plan.rows_per_cta == math.ceil(R / (plan.cluster * plan.groups))
+            if plan.groups > 1:  # the forward's column groups: 128-byte rows, each group's blocks hold rows
+                assert tensors == 1 and plan.row_bytes == 128 and plan.per_cluster == 1
+                assert (plan.groups - 1) * plan.cluster * plan.rows_per_cta < R
 
 
 def test_wn_plan(classic):
@@ -200,18 +212,19 @@ def test_static_shared_memory_fits_the_plans():
     """The plans give a block up to MAX_SMEM of dynamic shared memory: the kernels' static arrays must fit the
     rest of sm_90's 227 KiB (a launch over it fails; it once did, and the failure read as a refused cluster).
     cols_bwd_rx: two blocks of its largest plan of each row width (80 KiB) an SM."""
-    kernels = ("cols_fwd", "cols_bwd", "wn_unit")
-    names = [f"{k}<{t}, 16>" for k in kernels for t in _ops_cols._CTYPE.values()]
+    kernels = ("cols_fwd<{}, 16, false>", "cols_fwd<{}, 16, true>", "cols_bwd<{}, 16>", "wn_unit<{}, 16>")
+    names = [k.format(t) for k in kernels for t in _ops_cols._CTYPE.values()]
     # cols_bwd_rx: the layer-norm form (the larger of the two), every row width
-    rx_max = {vpr: rx_plan(16 * rx_max_rows(vpr), 4096, 2).smem for vpr in (RX_VPR, *RX_NARROW)}
-    names += [f"cols_bwd_rx<{t}, 16, true, {vpr}>" for t in _ops_cols._CTYPE.values() for vpr in rx_max]
+    rx_max = {vpr: rx_plan(16 * rx_max_rows(vpr), 4096, 2, groups=False).smem for vpr in (RX_VPR, *RX_NARROW)}
+    names += [f"cols_bwd_rx<{t}, 16, true, {vpr}, false>" for t in _ops_cols._CTYPE.values() for vpr in rx_max]
+    names += [f"cols_bwd_rx<{t}, 16, true, {RX_VPR}, true>" for t in _ops_cols._CTYPE.values()]  # column groups
     specs = [compiler.KernelSpec("ew_cols.cu", n) for n in names]
     compiled = compiler.compile_specs(specs, "sm_90")
     for spec in specs:
         static = compiled[spec].shared_static
         assert static is not None, spec
         if "cols_bwd_rx" in spec.name:
-            vpr = int(spec.name.rsplit(",", 1)[1].strip(" >"))
+            vpr = int(spec.name.split(",")[3])
             assert 2 * (static + rx_max[vpr] + 1024) <= 228 * 1024, (spec, static)
         else:
             assert static <= 227 * 1024 - MAX_SMEM, (spec, static)
@@ -245,8 +258,9 @@ def test_cluster_refusal(monkeypatch):
 
 def test_specializations_arch_specific():
     specs = compiler.all_specializations()["ew_cols"]
-    # cols_bwd_rx twice (batch norm, layer norm), on clusters of 16 also with each narrower row width
-    assert len(specs) == 3 * len(_ops_cols.CLUSTERS) * 5 + 3 * 2 * len(RX_NARROW)
+    # cols_bwd_rx twice (batch norm, layer norm), on clusters of 16 also with each narrower row width, and on
+    # clusters of 8 and 16 with column groups (cols_fwd too)
+    assert len(specs) == 3 * len(_ops_cols.CLUSTERS) * 5 + 3 * 2 * len(RX_NARROW) + 3 * 2 * 3
     assert all(compiler.target_arch(s.source, "sm_90") == "sm_90" for s in specs)
     assert not any(compiler.target_arch(s.source, "sm_80") for s in specs)
 
@@ -294,6 +308,7 @@ def mode(request, monkeypatch):
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "mode", name)
     monkeypatch.setattr(_ops_cols, "_PLANS", {})
     monkeypatch.setattr(_ops_cols, "_NO_CLUSTER16", set())  # a refusal in one test must not change the next
+    monkeypatch.setattr(_ops_cols, "_NO_GROUPS", set())
     launched = []
     real = _ops_cols._launch
 
@@ -430,8 +445,10 @@ def test_gpu_cols_not_applicable(mode, dtype, rng):
 @pytest.mark.parametrize("mode", ["single"], indirect=True)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("which", ["fwd", "bwd"])
-def test_gpu_cols_fit_limit(mode, dtype, which, rng):
-    """The tallest array whose tile fits a block's shared memory (cluster of 16, 32-byte rows)."""
+def test_gpu_cols_fit_limit(mode, dtype, which, rng, monkeypatch):
+    """The tallest array whose tile fits a block's shared memory (cluster of 16, 32-byte rows; no column
+    groups)."""
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "group_tall", False)
     itemsize = 2 if dtype == "bfloat16" else 4
     tensors = 1 if which == "fwd" else 2
     R = 16 * (MAX_SMEM // (32 * tensors))
@@ -461,7 +478,9 @@ def test_gpu_cols_fit_limit(mode, dtype, which, rng):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["single8"], indirect=True)
 @pytest.mark.parametrize("shape", [(4099, 72), (4000, 72)])  # cols_bwd (513 rows a block), cols_bwd_rx (500)
-def test_gpu_cols_deterministic(mode, shape, rng):
+def test_gpu_cols_deterministic(mode, shape, rng, monkeypatch):
+    """(Without column groups; test_gpu_cols_groups runs them twice.)"""
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "group_tall", False)
     x = _x(rng, shape, "float32")
     dy = random_array(rng, shape, "float32")
     outs = []
@@ -482,13 +501,16 @@ def test_gpu_cols_deterministic(mode, shape, rng):
     "R", [8192, 8193, 384 * 16, 384 * 16 + 1, 768 * 16, 768 * 16 + 1, 16384, 16385, 20011, 32768, 32769]
 )
 @pytest.mark.parametrize("kind", ["batch1", "layer0"])
-def test_gpu_cols_rx_limit(mode, dtype, R, kind, rng):
+@pytest.mark.parametrize("groups", [False, True])
+def test_gpu_cols_rx_limit(mode, dtype, R, kind, groups, rng, monkeypatch):
     """The backward at the register kernel's limits: 512 rows a block of 128-byte rows (8192 with clusters of
     16; 8193 takes 64-byte rows), 1024 of 64 bytes (16384; 16385 takes 32-byte rows), 2048 of 32 bytes (32768;
     32769 takes cols_bwd); 384 rows a block of 128 bytes (x wholly in registers) or 385 (one row of x in shared
     memory), 768 and 769 of 64 bytes likewise; 20011: 1251 rows of 32 bytes, static and dynamic shared memory
     together past 48 KiB with the dynamic part under 40 KiB (a launch once failed there); ragged columns, gains
-    per column (batch norm) and per row with the row sums (layer norm, features first)."""
+    per column (batch norm) and per row with the row sums (layer norm, features first). With column groups,
+    every R past 8192 takes groups of 128-byte rows (2 to 5 clusters a tile)."""
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "group_tall", groups)
     shape = (R, 200) if kind == "batch1" else (R, 72)
     x = _x(rng, shape, dtype)
     dy = random_array(rng, shape, dtype)
@@ -508,9 +530,80 @@ def test_gpu_cols_rx_limit(mode, dtype, R, kind, rng):
         grads = ops.layer_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m, r, feature_axis=0)
         rgrads = ref.layer_norm_bprop(f64(dy), f64(x), f64(g), f64(m), f64(r), 0)
         terms = f64(g).reshape(-1, 1) * f64(r).reshape(1, -1) * f64(dy)
-    assert mode[1] == ["cols_bwd_rx" if R <= 32768 else "cols_bwd"], mode[1]
+    assert mode[1] == ["cols_bwd_rx" if R <= 32768 or groups else "cols_bwd"], mode[1]
     for name, a, e in zip(("dx", "dgain", "dbias"), grads, rgrads):
         assert_close(a, e, dtype, name, scale=terms if name == "dx" else None)
+
+
+# (9001, 200): the backward in 2 groups, the forward in one cluster; (40000, 72), (70001, 40): both in 5-9
+# groups; on clusters of 2: 3-60 groups
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "mode,shape",
+    [("single", (9001, 200)), ("single", (40000, 72)), ("single", (70001, 40)), ("single2", (9001, 200)),
+     ("single2", (40000, 72))],
+    indirect=["mode"],
+)
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("kind", ["batch1", "layer0"])
+def test_gpu_cols_groups(mode, dtype, shape, kind, rng, monkeypatch):
+    """Column groups (tall arrays: a tile's rows over several clusters that add their sums through global
+    memory), forward and backward against the reference, twice with the same bits; then with the co-resident
+    clusters too few for the groups: planned again without them (recorded), the same results."""
+    import cupy
+
+    itemsize = np.dtype(random_array(rng, (1,), dtype).dtype).itemsize
+    x = _x(rng, shape, dtype)
+    dy = random_array(rng, shape, dtype)
+    fa = 0 if kind == "layer0" else 1
+    g = random_array(rng, (shape[fa],), dtype)
+    b = random_array(rng, (shape[fa],), dtype)
+    if fa == 1:
+        ry, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), f64(b), 1, True, None, None)
+    else:
+        ry, rm, rr = ref.layer_norm_fprop(f64(x), f64(g), f64(b), 0)
+    m32, r32 = _gpu(rm.astype(np.float32)), _gpu(rr.astype(np.float32))
+    gs = np.abs(f64(g)).reshape((-1, 1) if fa == 0 else (1, -1))
+    terms = gs * f64(r32).reshape(1, -1) * f64(dy)
+
+    def run():
+        _poison_pool()
+        mode[1].clear()
+        if fa == 1:
+            fwd = ops.batch_norm_fprop(_gpu(x), _gpu(g), _gpu(b))
+            bwd = ops.batch_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m32, r32)
+        else:
+            fwd = ops.layer_norm_fprop(_gpu(x), _gpu(g), _gpu(b), feature_axis=0)
+            bwd = ops.layer_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m32, r32, feature_axis=0)
+        cupy.cuda.get_current_stream().synchronize()
+        return [to_numpy(a) for a in (*fwd, *bwd)], list(mode[1])
+
+    first, launched = run()
+    # the launch plans (column groups kept where the co-resident clusters hold 2 groups at once, or every tile)
+    plans = (_ops_cols._plan("cols", x.dtype, *shape, 1, 0 if fa else 8), _ops_cols._plan("rx", x.dtype, *shape, 2))
+    y, m, r, dx, dg, db = first
+    assert_close(m, rm, "float32", "mean")
+    assert_close(r, rr, "float32" if dtype == "float32" else "float16", "rstd")
+    assert_close(y, ry, dtype, "y", scale=np.abs(f64(x)) * rr.reshape(1, -1) * gs + np.abs(f64(b)).reshape(gs.shape))
+    rgrads = (ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 1, True) if fa == 1
+              else ref.layer_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 0))
+    for name, a, e in zip(("dx", "dgain", "dbias"), (dx, dg, db), rgrads):
+        assert_close(a, e, dtype, name, scale=terms if name == "dx" else None)
+    assert launched == ["cols_fwd"] + (["cols_bwd_rx"] if plans[1] else []), (launched, plans)
+    if shape[0] < 70000 or itemsize == 2:  # H100: 14 co-resident clusters of 16 for cols_bwd_rx
+        assert plans[1].groups > 1, plans
+    again, _ = run()
+    for a, b_ in zip(first, again):
+        assert np.array_equal(a, b_, equal_nan=True)
+    # too few co-resident clusters: planned again without groups, recorded per shape
+    monkeypatch.setattr(_ops_cols, "_max_active_clusters", lambda *a, **k: 1)
+    monkeypatch.setattr(_ops_cols, "_PLANS", {})
+    monkeypatch.setattr(_ops_cols, "_NO_GROUPS", set())
+    flat, _ = run()
+    pure = (cols_plan(*shape, itemsize, 1, row_params=0 if fa else 8), rx_plan(*shape, itemsize))
+    assert len(_ops_cols._NO_GROUPS) == sum(p.groups > 1 for p in pure if p is not None)
+    for name, a, e in zip(("y", "mean", "rstd", "dx", "dgain", "dbias"), flat, first):
+        assert_close(a, e, dtype if name not in ("mean", "rstd") else "float32", name)
 
 
 @pytest.mark.gpu
@@ -655,7 +748,7 @@ def emulated(monkeypatch, emulator_lib, request):
         "wn_unit": emulator_lib.emu_wn_unit,
     }
 
-    def launch(name, dtype, cluster, grid, smem, args, extra=""):
+    def launch(name, dtype, cluster, grid, smem, args, extra="", coop=False):
         name_t = np.dtype(dtype).name
         assert name_t in ("float32", "bfloat16"), name_t
         launched.append(name)
@@ -674,8 +767,9 @@ def emulated(monkeypatch, emulator_lib, request):
                 conv.append(ctypes.c_float(float(a)))
             else:
                 raise TypeError(f"{name}: argument {type(a).__name__}")
-        if name == "cols_bwd_rx":  # the row width: the last template argument
-            conv.append(ctypes.c_int(int(extra.rsplit(",", 1)[1])))
+        if name == "cols_bwd_rx":  # the row width and the column-groups flag: the last template arguments
+            *_, vpr, gr = extra.split(",")
+            conv += [ctypes.c_int(int(vpr)), ctypes.c_int(gr.strip() == "true")]
         fns[name](
             ctypes.c_int(name_t == "bfloat16"),
             ctypes.c_int(cluster),
@@ -685,6 +779,8 @@ def emulated(monkeypatch, emulator_lib, request):
         )
 
     monkeypatch.setattr(_ops_cols, "_launch", launch)
+    # co-resident clusters for column groups (the emulator runs a grouped launch's clusters all at once)
+    monkeypatch.setattr(_ops_cols, "_max_active_clusters", lambda name, *a, **k: EMU_MAX_CLUSTERS[name])
     yield mod, launched
 
 
@@ -693,6 +789,7 @@ def _fake(mod, host):
 
 
 EMU_DTYPES = ("float32", "bfloat16")
+EMU_MAX_CLUSTERS = {"cols_fwd": 4, "cols_bwd_rx": 6}  # an emulated GPU's co-resident clusters
 
 
 # (shape, forced cluster size): ragged tiles and rows, ranks without rows (3 rows on 8 blocks)
@@ -700,10 +797,13 @@ EMU_DTYPES = ("float32", "bfloat16")
 # (1024, 24) on clusters of 2: full blocks of 512 rows (cols_bwd_rx's loops without a test a row)
 # (1100, 8) on clusters of 1: 1100 rows a block, past the rows of per-row parameters held in registers before
 # the copies (rows_pre: 2 * 256 in cols_fwd, 4 * 256 in cols_bwd) and past cols_bwd_rx's 512 (so cols_bwd)
-# (8200, 8), (16400, 8) on clusters of 16: cols_bwd_rx with 64- and 32-byte rows (513 and 1025 rows a block)
+# (8200, 8), (16400, 8) on clusters of 16: cols_bwd_rx in column groups (2 and 3 groups of 16 blocks; without
+# groups, regs False: cols_bwd)
+# (2100, 80), (2100, 160) on clusters of 2: column groups (forward 2 groups of 525 rows a block, 2 clusters a group
+# walking 2 or 3 tiles; cols_bwd_rx 3 groups of 350 rows, 2 clusters a group walking 2, 3 or 5 tiles)
 EMU_CASES = [
     ((37, 40), None), ((3, 16), 8), ((70, 72), 2), ((19, 24), 8), ((40, 16), 16), ((800, 40), 2), ((1024, 24), 2),
-    ((1100, 8), 1), ((8200, 8), 16), ((16400, 8), 16),
+    ((1100, 8), 1), ((8200, 8), 16), ((16400, 8), 16), ((2100, 80), 2), ((2100, 160), 2),
 ]
 
 

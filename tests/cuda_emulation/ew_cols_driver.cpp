@@ -18,11 +18,15 @@
 template <typename T>
 static void fwd(int cs, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias, float* mean,
                 float* rstd, float* rm, float* rv, int R, i64 C, int rows, int vpr, float eps, float mom, float vs,
-                int per_col, int tiles) {
+                int per_col, int tiles, int groups, float* gpart, int* gcnt) {
   emu_launch(grid, cs, THREADS, smem, [=] {
-    CS_SWITCH((cols_fwd<T, CSV>((T*)y, (const T*)x, (const T*)gain, (const T*)bias, mean, rstd, rm, rv, R, C, rows,
-                                vpr, eps, mom, vs, per_col, tiles)));
-  });
+    if (groups > 1)
+      CS_SWITCH((cols_fwd<T, CSV, true>((T*)y, (const T*)x, (const T*)gain, (const T*)bias, mean, rstd, rm, rv, R, C,
+                                        rows, vpr, eps, mom, vs, per_col, tiles, groups, gpart, gcnt)))
+    else
+      CS_SWITCH((cols_fwd<T, CSV, false>((T*)y, (const T*)x, (const T*)gain, (const T*)bias, mean, rstd, rm, rv, R, C,
+                                         rows, vpr, eps, mom, vs, per_col, tiles, groups, gpart, gcnt)))
+  }, groups > 1);
 }
 template <typename T>
 static void bwd(int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy, const void* x,
@@ -33,21 +37,24 @@ static void bwd(int cs, int grid, size_t smem, void* dx, void* s0, void* s1, flo
                                 rows, vpr, per_col, train, tiles)));
   });
 }
-template <typename T, bool LN, int VPR>
+template <typename T, bool LN, int VPR, bool GR>
 static void bwd_rx(int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy,
                    const void* x, const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows,
-                   int per_col, int train) {
+                   int per_col, int train, int tiles, int groups, float* gpart, int* gcnt) {
   emu_launch(grid, cs, THREADS, smem, [=] {
-    CS_SWITCH((cols_bwd_rx<T, CSV, LN, VPR>((T*)dx, (T*)s0, (T*)s1, ws, (const T*)dy, (const T*)x, (const T*)gain,
-                                            mean, rstd, R, C, rows, per_col, train)));
-  });
+    CS_SWITCH((cols_bwd_rx<T, CSV, LN, VPR, GR>((T*)dx, (T*)s0, (T*)s1, ws, (const T*)dy, (const T*)x,
+                                                (const T*)gain, mean, rstd, R, C, rows, per_col, train, tiles,
+                                                groups, gpart, gcnt)));
+  }, groups > 1);
 }
 template <typename T, bool LN>
-static void bwd_rx_vpr(int vpr, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws,
+static void bwd_rx_vpr(int vpr, int gr, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws,
                        const void* dy, const void* x, const void* gain, const float* mean, const float* rstd, int R,
-                       i64 C, int rows, int per_col, int train) {
-  auto fn = vpr == 8 ? bwd_rx<T, LN, 8> : vpr == 4 ? bwd_rx<T, LN, 4> : bwd_rx<T, LN, 2>;
-  fn(cs, grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, per_col, train);
+                       i64 C, int rows, int per_col, int train, int tiles, int groups, float* gpart, int* gcnt) {
+  if (gr && vpr != 8) emu_fail("column groups with rows narrower than 8 vectors");
+  auto fn = gr ? bwd_rx<T, LN, 8, true>
+               : vpr == 8 ? bwd_rx<T, LN, 8, false> : vpr == 4 ? bwd_rx<T, LN, 4, false> : bwd_rx<T, LN, 2, false>;
+  fn(cs, grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, per_col, train, tiles, groups, gpart, gcnt);
 }
 template <typename T>
 static void wn(int cs, int grid, size_t smem, void* out, float* rnorm, void* dgain, const void* w, const void* dv,
@@ -61,9 +68,9 @@ static void wn(int cs, int grid, size_t smem, void* out, float* rnorm, void* dga
 extern "C" {
 void emu_cols_fwd(int bf16, int cs, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias,
                   float* mean, float* rstd, float* rm, float* rv, int R, i64 C, int rows, int vpr, float eps, float mom,
-                  float vs, int per_col, int tiles) {
+                  float vs, int per_col, int tiles, int groups, float* gpart, int* gcnt) {
   (bf16 ? fwd<__nv_bfloat16> : fwd<float>)(cs, grid, smem, y, x, gain, bias, mean, rstd, rm, rv, R, C, rows, vpr, eps,
-                                           mom, vs, per_col, tiles);
+                                           mom, vs, per_col, tiles, groups, gpart, gcnt);
 }
 void emu_cols_bwd(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy,
                   const void* x,
@@ -74,12 +81,13 @@ void emu_cols_bwd(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, v
 }
 void emu_cols_bwd_rx(int bf16, int cs, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy,
                      const void* x, const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows,
-                     int per_col, int train, int vpr) {
-  // LN (layer norm: row sums) exactly when there is no gain per column (_ops_cols.cols_bwd's rule); vpr: the
-  // template's row width (the launch's extra template argument)
+                     int per_col, int train, int tiles, int groups, float* gpart, int* gcnt, int vpr, int gr) {
+  // LN (layer norm: row sums) exactly when there is no gain per column (_ops_cols.cols_bwd's rule); vpr, gr: the
+  // template's row width and column-groups flag (the launch's extra template arguments)
   auto fn = bf16 ? (per_col ? bwd_rx_vpr<__nv_bfloat16, false> : bwd_rx_vpr<__nv_bfloat16, true>)
                  : (per_col ? bwd_rx_vpr<float, false> : bwd_rx_vpr<float, true>);
-  fn(vpr, cs, grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, per_col, train);
+  fn(vpr, gr, cs, grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, per_col, train, tiles, groups,
+     gpart, gcnt);
 }
 void emu_wn_unit(int bf16, int cs, int grid, size_t smem, void* out, float* rnorm, void* dgain, const void* w,
                  const void* dv, const void* gain, const int* col_ptr, const int* col_order, int lg_b, int lg_vpr,

@@ -2,9 +2,11 @@
 // Every CUDA thread of a cluster is a std::thread (CS x 256); __syncthreads, warp shuffles and the split
 // cluster barrier are std::barriers; each block (rank) has its own shared memory, allocated per named
 // variable, so that a distributed-shared-memory read (ld_dsmem) finds the same variable and offset in the
-// rank it names. cp.async copies at once (checked for 16-byte alignment). Clusters run one after another.
+// rank it names. cp.async copies at once (checked for 16-byte alignment). Clusters run one after another, or
+// all at once for a launch with column groups (whose clusters wait for each other: std::atomic_ref counters).
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -82,7 +84,7 @@ struct EmuCluster {
   size_t dyn = 0;
   std::mutex lock;
 };
-inline EmuCluster* emu_cluster = nullptr;
+inline thread_local EmuCluster* emu_cluster = nullptr;
 inline thread_local std::optional<std::barrier<>::arrival_token> emu_token;
 
 // this block's shared variable `name` (allocated on first use, NaN-filled so unwritten reads show)
@@ -154,31 +156,44 @@ inline float ld_dsmem(const float* p, unsigned rank) {
   emu_fail("ld_dsmem: not a shared-memory address");
 }
 
-// Run `grid` blocks in clusters of CS: body() is the kernel call, run by every thread.
-template <typename F> void emu_launch(int grid, int CS, int threads, size_t dyn, F body) {
+// column groups: release + arrival, acquire spin, a load from "L2"
+inline void group_arrive(int* cnt) { std::atomic_ref<int>(*cnt).fetch_add(1, std::memory_order_acq_rel); }
+inline void group_wait(const int* cnt, int n) {
+  while (std::atomic_ref<int>(*const_cast<int*>(cnt)).load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+inline float ld_l2(const float* p) { return std::atomic_ref<float>(*const_cast<float*>(p)).load(std::memory_order_relaxed); }
+
+// Run `grid` blocks in clusters of CS: body() is the kernel call, run by every thread. concurrent: every
+// cluster at once (column groups), else one cluster after another.
+template <typename F> void emu_launch(int grid, int CS, int threads, size_t dyn, F body, bool concurrent = false) {
   if (grid % CS) emu_fail("grid not a multiple of the cluster size");
   gridDim.x = grid;
-  for (int c = 0; c < grid / CS; ++c) {
-    EmuCluster cl;
-    cl.dyn = dyn;
-    cl.ranks.resize(CS);
-    for (auto& r : cl.ranks) {
-      r.block = std::make_unique<std::barrier<>>(threads);
-      for (int w = 0; w < threads / 32; ++w) r.warps.push_back(std::make_unique<std::barrier<>>(32));
+  const int ncl = grid / CS;
+  for (int c0 = 0; c0 < ncl; c0 += concurrent ? ncl : 1) {
+    const int c1 = concurrent ? ncl : c0 + 1;
+    std::vector<EmuCluster> cls(c1 - c0);
+    for (auto& cl : cls) {
+      cl.dyn = dyn;
+      cl.ranks.resize(CS);
+      for (auto& r : cl.ranks) {
+        r.block = std::make_unique<std::barrier<>>(threads);
+        for (int w = 0; w < threads / 32; ++w) r.warps.push_back(std::make_unique<std::barrier<>>(32));
+      }
+      cl.cluster = std::make_unique<std::barrier<>>(CS * threads);
     }
-    cl.cluster = std::make_unique<std::barrier<>>(CS * threads);
-    emu_cluster = &cl;
     std::vector<std::thread> ts;
-    for (int q = 0; q < CS; ++q)
-      for (int t = 0; t < threads; ++t)
-        ts.emplace_back([&, q, t] {
-          threadIdx.x = t;
-          blockIdx.x = c * CS + q;
-          emu_rank = q;
-          body();
-          if (emu_token) emu_fail("exit after a cluster arrival without its wait");
-        });
+    for (int c = c0; c < c1; ++c)
+      for (int q = 0; q < CS; ++q)
+        for (int t = 0; t < threads; ++t)
+          ts.emplace_back([&, c, q, t] {
+            emu_cluster = &cls[c - c0];
+            threadIdx.x = t;
+            blockIdx.x = c * CS + q;
+            emu_rank = q;
+            body();
+            if (emu_token) emu_fail("exit after a cluster arrival without its wait");
+            emu_cluster = nullptr;
+          });
     for (auto& t : ts) t.join();
-    emu_cluster = nullptr;
   }
 }
