@@ -366,6 +366,8 @@ VARIANTS = [
     # no plan of 1 block an SM (the 221 KiB tier): such tall arrays take the split path instead
     ("cols1 max_bytes=112K", "cols1", "max_bytes", 112 * 1024, _COLS1),
     ("cols1 2 tiles/cluster", "cols1", "tiles_per_cluster", 2, _COLS1),
+    # tall arrays without column groups (narrower rows, one block an SM, or the split path)
+    ("cols1 group_tall=False", "cols1", "group_tall", False, _COLS1),
 ]
 
 
@@ -410,6 +412,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--variants", action="store_true", help="also time the LAUNCH table entries of VARIANTS on their ops"
+    )
+    ap.add_argument(
+        "--variant", default="", help="comma-separated substrings: with --variants, the labels with one"
     )
     ap.add_argument(
         "--warm-only", action="store_true", help="compile every specialization (parallel) and exit"
@@ -552,7 +557,10 @@ def main(argv=None) -> int:
             )
         if not args.variants:
             continue
+        picked = [w.strip() for w in args.variant.split(",") if w.strip()]
         for label, kind, field, value, names in VARIANTS:
+            if picked and not any(w in label for w in picked):
+                continue
             launch = ops.LAUNCH if kind in ops.LAUNCH else _ops_cols.LAUNCH
             fields, values = (field, value) if isinstance(field, tuple) else ((field,), (value,))
             saved = [launch[kind][f] for f in fields]
