@@ -461,7 +461,7 @@ def _launch(name, dtype, cluster, grid, smem, args, extra="", coop=False):
     fn = _function(name, dtype, cluster, smem, extra)
     stream = cupy.cuda.get_current_stream()
     args = tuple(_NULL if a is None else a for a in args)
-    dev = cupy.cuda.runtime.getDevice()
+    dev = cupy.cuda.runtime.getDevice() if coop else None
     if coop and dev not in _NO_COOP:
         try:
             fn((grid,), (THREADS,), args, stream=stream, shared_mem=smem, enable_cooperative_groups=True)
@@ -592,7 +592,7 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
         ),
         ", true" if plan.groups > 1 else ", false",
         plan=plan,
-        key=_plan_key("cols", x.dtype, *sizes),
+        key=_plan_key("cols", x.dtype, *sizes) if plan.groups > 1 else None,
     )
     return (y, mean, rstd) if ok else cols_fwd(x, gain, bias, eps, gain_per_col, running)
 
@@ -628,7 +628,7 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=F
         name, extra = "cols_bwd_rx", f", {'true' if row_sums else 'false'}, {plan.vpr}, {gr}"
     else:
         name, extra = "cols_bwd", ""
-    key = _plan_key("rx", x.dtype, R, C, 2) if rx else None
+    key = _plan_key("rx", x.dtype, R, C, 2) if rx and plan.groups > 1 else None
     ok = _launch_or_refused(name, x.dtype, plan.cluster, plan.grid, plan.smem, args, extra, plan, key)
     return (
         (dx, s0, s1, ws)
