@@ -368,6 +368,10 @@ VARIANTS = [
     ("cols1 2 tiles/cluster", "cols1", "tiles_per_cluster", 2, _COLS1),
     # tall arrays without column groups (narrower rows, one block an SM, or the split path)
     ("cols1 group_tall=False", "cols1", "group_tall", False, _COLS1),
+    # the tall-array kernels (cols_keep_*): never (column groups, narrower rows, the split path), or wherever
+    # they have a plan (also where one cluster holds a column tile)
+    ("cols1 keep=never", "cols1", "keep", "never", _COLS1),
+    ("cols1 keep=always", "cols1", "keep", "always", _COLS1),
 ]
 
 

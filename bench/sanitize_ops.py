@@ -4,7 +4,8 @@ Run: PYTHONPATH=. compute-sanitizer --tool racecheck python bench/sanitize_ops.p
 Covers the row kernels (layer norm features last, fwd/bwd incl. the gain/bias column sums; batch-norm
 inference; same-shape add/mul; plain and bias activation backward; weight norm per block), the one-pass
 column kernels of kernels/ew_cols.cu on sm_90 (cols_fwd, cols_bwd_rx, cols_bwd (bwd_regs off), wn_unit;
-forced with LAUNCH["cols1"]["mode"] = "single", clusters of 1, 2 and 16 through max_cluster) and their
+forced with LAUNCH["cols1"]["mode"] = "single", clusters of 1, 2 and 16 through max_cluster; the tall-array
+kernels cols_keep_fwd / cols_keep_bwd with LAUNCH["cols1"]["keep"] = "always") and their
 3-pass fallback (with the layer norm's row sums in norm_cols_apply), on ragged shapes (tall ones for the
 narrower rows of cols_bwd_rx), for float32 and bfloat16; every GPU result is checked against the NumPy path
 of the same function.
@@ -71,12 +72,19 @@ def main():
                          dtype, worst)
             worst = _cmp("mul", ops.mul_fprop(X, DY), ops.mul_fprop(x, dy), dtype, worst)
             # columns: one pass (clusters of 1..16) and the 3-pass fallback
-            for mode, max_cluster, regs, groups in (
-                ("single", 1, True, True), ("single", 2, True, True), ("single", 16, True, True),
-                ("single", 16, True, False), ("single", 16, False, True), ("fallback", 16, True, True),
+            # keep "always": the tall-array kernels (cols_keep_*), with their default rows kept and with
+            # 16 KiB (128 rows forward, 64 backward: the rest streamed and read twice)
+            keep_smem = _ops_cols.KEEP_SMEM
+            for mode, max_cluster, regs, groups, keep, kb in (
+                ("single", 1, True, True, "never", 0), ("single", 2, True, True, "never", 0),
+                ("single", 16, True, True, "never", 0), ("single", 16, True, False, "never", 0),
+                ("single", 16, False, True, "never", 0), ("fallback", 16, True, True, "never", 0),
+                ("auto", 16, True, True, "always", 0), ("auto", 16, True, True, "always", 16384),
             ):
                 saved = dict(cfg)
                 cfg.update(mode=mode, max_cluster=max_cluster, bwd_regs=regs, group_tall=groups)
+                cfg.update(keep=keep)
+                _ops_cols.KEEP_SMEM = kb or keep_smem
                 _ops_cols._PLANS.clear()  # plans are cached per shape, not per LAUNCH setting
                 try:
                     got = ops.batch_norm_fprop(X, cp.asarray(g), cp.asarray(b))
@@ -94,6 +102,7 @@ def main():
                 finally:
                     cfg.clear()
                     cfg.update(saved)
+                    _ops_cols.KEEP_SMEM = keep_smem
                     _ops_cols._PLANS.clear()
         # weight norm per unit (one pass and fallback) and per block, b = 32, a ragged layout
         mask = rng.random((5, 7)) < 0.5

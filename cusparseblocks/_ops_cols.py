@@ -49,6 +49,11 @@ MAX_SMEM = 227 * 1024 - 6 * 1024
 #     rows a block) split each column tile over several clusters ("column groups", at most max_groups), which
 #     add their sums through global memory (cols_fwd, cols_bwd_rx: persistent, at most the co-resident
 #     clusters); taken before narrower rows. False: narrower rows, then one block an SM, then the 3-pass path.
+#   keep: the tall-array kernels (cols_keep_fwd / cols_keep_bwd, keep_plan): "auto" where no cluster holds a
+#     column tile of 128-byte rows (the plan would take column groups, narrower rows or the 3-pass path),
+#     "always" wherever keep_plan has a plan (the tests' force flag), "never".
+#   keep_defines: -D defines of the cols_keep kernels ((name, value) pairs: KP_U, KP_HINTS;
+#     bench/keep_diag.py).
 LAUNCH = {
     "cols1": {
         "mode": "auto",
@@ -60,6 +65,8 @@ LAUNCH = {
         "bwd_regs": True,
         "group_tall": True,
         "max_groups": 64,
+        "keep": "auto",
+        "keep_defines": (),
     }
 }
 # cols_bwd_rx (the backward with x in registers): RX_ROWS rows of x a thread (RX_REG of them in registers),
@@ -234,6 +241,79 @@ def rx_plan(R: int, C: int, itemsize: int, *, cc_major: int = 9, mode: str | Non
     return None
 
 
+# cols_keep_fwd / cols_keep_bwd (kernels/ew_cols.cu): 128-byte rows; 2 blocks an SM, each keeping at most
+# KEEP_SMEM bytes of rows in shared memory (x; x and dy backward) next to its ~6.5 KiB of static arrays.
+KP_VPR, KP_STEP = 8, THREADS // 8
+KEEP_SMEM = 104 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class KeepPlan:
+    """Tall arrays in one launch (cols_keep_*): ``tiles`` column tiles of 128-byte rows, ``bpt`` blocks a tile
+    (grid tiles × bpt, all co-resident) with ``rows_per_cta`` rows each, of which the first ``keep`` stay in
+    ``smem`` bytes of shared memory and the rest are read twice (the second time from L2 where it kept
+    them)."""
+
+    tiles: int
+    bpt: int
+    rows_per_cta: int
+    keep: int
+    smem: int
+
+    @property
+    def grid(self) -> int:
+        return self.tiles * self.bpt
+
+    @property
+    def kept(self) -> float:
+        """The fraction of the rows kept on chip (the rest are read twice)."""
+        return min(1.0, self.keep / self.rows_per_cta)
+
+
+def keep_plan(R: int, C: int, itemsize: int, tensors: int, blocks: int, *, cc_major: int = 9,
+              keep_bytes: int = KEEP_SMEM) -> KeepPlan | None:
+    """The tall-array plan of [R, C] (``tensors`` 1 forward, 2 backward) on a GPU where ``blocks`` blocks of
+    the kernel are co-resident, or None: not compute capability 9.x, C not a whole number of 16-byte vectors,
+    or more column tiles than blocks. Pure."""
+    lanes = 16 // itemsize
+    if cc_major != 9 or R < 1 or C < 1 or C % lanes or R >= 2**31 or blocks < 1:
+        return None
+    rb = KP_VPR * 16
+    tiles = math.ceil(C * itemsize / rb)
+    bpt = blocks // tiles
+    if bpt < 1:
+        return None
+    rows = math.ceil(R / bpt)
+    bpt = math.ceil(R / rows)
+    cap = keep_bytes // (rb * tensors) // KP_STEP * KP_STEP
+    keep = min(rows, cap)
+    return KeepPlan(tiles, bpt, rows, keep, keep * rb * tensors)
+
+
+# "auto" takes the tall-array kernels only where their blocks keep at least this fraction of the rows on
+# chip (H100, bench/keep_diag.py: at 0.11, float32 backwards of 128 MiB, they tied or lost to the 3-pass
+# path by 2-3 points of the copy; at 0.21 and above they won by 4-35 points)
+KEEP_MIN = 0.15
+
+
+def _keep_wanted(plan, kp=None) -> bool:
+    """LAUNCH["cols1"]["keep"]: "auto" takes the tall-array kernels (``kp``: their plan, None before it is
+    made) over ``plan`` (the cluster plan after the column-group choice; None: the 3-pass path) where that
+    is the 3-pass path, narrower rows than 128 bytes or one block an SM, and ``kp`` keeps at least KEEP_MIN
+    of the rows on chip. Column groups of 128-byte rows stay (H100: 3-14 points faster at [16384, 2048] and
+    [32768, 1024]; bench/NOTES.md, thirteenth session)."""
+    cfg = LAUNCH["cols1"]
+    mode = cfg["keep"]
+    if mode not in ("auto", "always", "never"):
+        raise ValueError(f"keep: expected 'auto', 'always' or 'never', got {mode!r}")
+    if mode != "auto":
+        return mode == "always"
+    tiers = cfg["cta_bytes"] if isinstance(cfg["cta_bytes"], (tuple, list)) else (cfg["cta_bytes"],)
+    if plan is not None and plan.row_bytes >= 128 and plan.smem <= max(tiers):
+        return False
+    return kp is None or kp.kept >= KEEP_MIN
+
+
 @dataclasses.dataclass(frozen=True)
 class WnPlan:
     """One-pass weight norm per unit: a cluster of ``cluster`` blocks per block column, ``bpc`` blocks of
@@ -294,6 +374,9 @@ def _specializations():
                     yield compiler.KernelSpec(_SOURCE, f"cols_bwd_rx<{ctype}, {cs}, {ln}, {vpr}, false>")
                 if cs >= 8:  # column groups: 128-byte rows on the largest cluster (16, or 8 where refused)
                     yield compiler.KernelSpec(_SOURCE, f"cols_bwd_rx<{ctype}, {cs}, {ln}, {RX_VPR}, true>")
+        yield compiler.KernelSpec(_SOURCE, f"cols_keep_fwd<{ctype}>")
+        for ln in ("false", "true"):
+            yield compiler.KernelSpec(_SOURCE, f"cols_keep_bwd<{ctype}, {ln}>")
 
 
 compiler.register_family("ew_cols", _specializations)
@@ -334,13 +417,14 @@ compiler.register_family(
 # ---------------------------------------------------------------------------------------------------
 # GPU dispatch
 
-_CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX", "_CLUSTERS_MAX")
+_CACHES = ("_PLANS", "_FUNCS", "_CC", "_WN_MAX", "_CLUSTERS_MAX", "_KEEP_BLOCKS")
 _PLANS: dict = {}
 _FUNCS: dict = {}
 _NO_CLUSTER16: set = set()  # devices that refused a cluster of 16 (smaller GPCs, MIG): 8 at most there
 _NO_COOP: set = set()  # devices whose driver refused a cooperative launch of a kernel with clusters
 _NO_GROUPS: set = set()  # plan keys whose column groups the GPU cannot hold at once: planned without them
 _CLUSTERS_MAX: dict = {}  # _max_active_clusters
+_KEEP_BLOCKS: dict = {}  # _keep_blocks
 _GROUPED = ("cols_fwd", "cols_bwd_rx")  # the kernels with column groups
 _SMEM_SET: dict = {}  # (device, spec): attributes set on the function, the dynamic limit (never cleared)
 _CC: dict = {}
@@ -476,7 +560,10 @@ def _function(name, dtype, cluster, smem, extra=""):
     memory."""
     import cupy
 
-    spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}, {cluster}{extra}>")
+    # (cluster None: a kernel without clusters, whose template takes the type and ``extra`` only)
+    targs = extra if cluster is None else f", {cluster}{extra}"
+    defines = tuple(LAUNCH["cols1"]["keep_defines"]) if name.startswith("cols_keep") else ()
+    spec = compiler.KernelSpec(_SOURCE, f"{name}<{_CTYPE[dtype_name(dtype)]}{targs}>", defines)
     key = (cupy.cuda.runtime.getDevice(), spec, smem)
     fn = _FUNCS.get(key)
     if fn is None:
@@ -490,7 +577,7 @@ def _function(name, dtype, cluster, smem, extra=""):
             # all of the unified L1/shared memory as shared memory: 3 blocks of 64 KiB per SM (the loads
             # bypass L1), whatever carve-out the driver would prefer
             driver.funcSetAttribute(fn.ptr, _PREFERRED_CARVEOUT, 100)
-            if cluster > 8:
+            if cluster is not None and cluster > 8:
                 driver.funcSetAttribute(fn.ptr, _NON_PORTABLE_CLUSTER, 1)
             _SMEM_SET[lkey] = 0
         # (whatever the dynamic part: cols_bwd_rx's static arrays reach 14 KiB with 32-byte rows, so 40 KiB of
@@ -543,6 +630,58 @@ def _groups_launch(name, dtype, plan, args, extra=""):
     return True
 
 
+def _keep_blocks(name, dtype, smem, extra=""):
+    """Blocks of ``name`` (a cols_keep kernel) co-resident on this GPU with ``smem`` bytes of dynamic shared
+    memory a block (cuOccupancyMaxActiveBlocksPerMultiprocessor through cuda-python × the SMs; cached), or 0
+    when the query is not available (then no tall-array kernel: its grid must never exceed them)."""
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    key = (dev, name, dtype_name(dtype), smem, extra, tuple(LAUNCH["cols1"]["keep_defines"]))
+    n = _KEEP_BLOCKS.get(key)
+    if n is None:
+        fn = _function(name, dtype, None, smem, extra)
+        try:
+            from cuda.bindings import driver as cu
+
+            err, per_sm = cu.cuOccupancyMaxActiveBlocksPerMultiprocessor(cu.CUfunction(fn.ptr), THREADS, smem)
+            sms = cupy.cuda.Device(dev).attributes["MultiProcessorCount"]
+            n = int(per_sm) * int(sms) if int(err) == 0 else 0
+        except Exception:  # noqa: BLE001 - no cuda-python
+            n = 0
+        _KEEP_BLOCKS[key] = n
+    return n
+
+
+def _keep(kind, dtype, R, C, plan):
+    """The KeepPlan of the tall-array kernel ``kind`` ("fwd", "bwd") where LAUNCH wants it over ``plan``, else
+    None; cached with the plans."""
+    if not _keep_wanted(plan):
+        return None
+    key = _plan_key("keep-" + kind, dtype, R, C)
+    if key in _PLANS:
+        return _PLANS[key]
+    tensors = 1 if kind == "fwd" else 2
+    name, extra = ("cols_keep_fwd", "") if kind == "fwd" else ("cols_keep_bwd", ", false")
+    itemsize = np.dtype(dtype).itemsize
+    cap = KEEP_SMEM // (KP_VPR * 16 * tensors) // KP_STEP * KP_STEP * KP_VPR * 16 * tensors
+    blocks = _keep_blocks(name, dtype, cap, extra)
+    cc = _cc_major(key[1])
+    kp = keep_plan(R, C, itemsize, tensors, blocks, cc_major=cc, keep_bytes=KEEP_SMEM)
+    kp = _PLANS[key] = kp if kp is not None and _keep_wanted(plan, kp) else None
+    return kp
+
+
+def _keep_launch(name, dtype, kp, args, extra=""):
+    """Launch a tall-array kernel on ``kp`` (cooperative where the driver accepts it), ``args`` followed by
+    (bpt, partial sums, a counter a tile: zeroed here)."""
+    import cupy
+
+    gpart = cupy.empty(kp.tiles * kp.bpt * 2 * MAX_COLS, dtype=cupy.float32)
+    gcnt = cupy.zeros(kp.tiles, dtype=cupy.int32)
+    _launch(name, dtype, None, kp.grid, kp.smem, (*args, np.int32(kp.bpt), gpart, gcnt), extra, coop=True)
+
+
 def _aligned(*arrays) -> bool:
     return all(a is None or a.data.ptr % 16 == 0 for a in arrays)
 
@@ -557,7 +696,8 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
     per_row = not gain_per_col and (gain is not None or bias is not None)
     sizes = (R, C, 1, 8 if per_row else 0)  # per row: gain and bias as floats
     plan = _plan("cols", x.dtype, *sizes)
-    if plan is None or not _aligned(x):
+    kp = _keep("fwd", x.dtype, R, C, plan)
+    if (plan is None and kp is None) or not _aligned(x):
         return None
     y = cupy.empty_like(x)
     if not _aligned(y):
@@ -565,6 +705,12 @@ def cols_fwd(x, gain, bias, eps, gain_per_col, running=None):
     mean = cupy.empty(C, dtype=cupy.float32)
     rstd = cupy.empty(C, dtype=cupy.float32)
     run_mean, run_var, momentum, var_scale = running or (None, None, 0.0, 0.0)
+    if kp is not None:
+        args = (y, x, gain, bias, mean, rstd, run_mean, run_var, np.int32(R), np.int64(C),
+                np.int32(kp.rows_per_cta), np.int32(kp.keep), np.float32(eps), np.float32(momentum),
+                np.float32(var_scale), np.int32(gain_per_col))
+        _keep_launch("cols_keep_fwd", x.dtype, kp, args)
+        return y, mean, rstd
     ok = _launch_or_refused(
         "cols_fwd",
         x.dtype,
@@ -607,17 +753,24 @@ def cols_bwd(dy, x, gain, mean, rstd, gain_per_col, train, want_sums, row_sums=F
     R, C = x.shape
     # cols_bwd_rx is specialized for batch norm (gain per column, no row sums) and layer norm (gain per row,
     # row sums): other combinations take cols_bwd
-    rx = _plan("rx", x.dtype, R, C, 2) if bool(row_sums) == (not gain_per_col) else None
+    forms = bool(row_sums) == (not gain_per_col)  # the rx and keep kernels' two forms (batch, layer norm)
+    rx = _plan("rx", x.dtype, R, C, 2) if forms else None
     per_row = gain is not None and not gain_per_col  # cols_bwd holds the gain per row as floats
     plan = rx or _plan("cols", x.dtype, R, C, 2, 4 if per_row else 0)
-    if plan is None or not _aligned(x, dy):
+    kp = _keep("bwd", x.dtype, R, C, plan) if forms else None
+    if (plan is None and kp is None) or not _aligned(x, dy):
         return None
     dx = cupy.empty_like(x)
     if not _aligned(dx):
         return None
     s0 = cupy.empty(C, dtype=x.dtype) if want_sums else None
     s1 = cupy.empty(C, dtype=x.dtype) if want_sums else None
-    ws = cupy.empty((plan.tiles, 2, R), dtype=cupy.float32) if row_sums else None
+    ws = cupy.empty(((kp or plan).tiles, 2, R), dtype=cupy.float32) if row_sums else None
+    if kp is not None:
+        args = (dx, s0, s1, ws, dy, x, gain, mean, rstd, np.int32(R), np.int64(C), np.int32(kp.rows_per_cta),
+                np.int32(kp.keep), np.int32(gain_per_col), np.int32(train))
+        _keep_launch("cols_keep_bwd", x.dtype, kp, args, ", true" if row_sums else ", false")
+        return dx, s0, s1, ws
     head = (dx, s0, s1, ws, dy, x, gain, mean, rstd, np.int32(R), np.int64(C), np.int32(plan.rows_per_cta))
     if rx:
         args = (*head, np.int32(gain_per_col), np.int32(train), np.int32(plan.tiles))

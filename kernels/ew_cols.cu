@@ -19,6 +19,14 @@
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / 32;
 constexpr int MAXW = 64;  // columns per tile at most (vpr * V)
+// the tall-array kernels (cols_keep_*, below): rows a thread has in flight; 0: no L2 eviction priorities
+// (evict_normal). bench/keep_diag.py times other values through -D.
+#ifndef KP_U  // rows a thread has in flight (bench/keep_diag.py times other counts through -D)
+#define KP_U 4
+#endif
+#ifndef KP_HINTS  // 0: no L2 eviction priorities (evict_normal), for bench/keep_diag.py
+#define KP_HINTS 1
+#endif
 
 #include "pack16.cuh"  // Lanes, unpack16, pack16
 
@@ -77,6 +85,39 @@ __device__ __forceinline__ void group_wait(const int* cnt, int n) {
     }
 }
 __device__ __forceinline__ float ld_l2(const float* p) { return __ldcg(p); }
+// Tall arrays (cols_keep_*): L2 eviction policies (createpolicy), a 16-byte load and a cp.async under one. The
+// streamed rows are loaded with evict_last (read again after the statistics: L2 keeps what it can of them), the
+// rows kept on chip and the second reads with evict_first.
+__device__ __forceinline__ unsigned long long l2_evict_last() {
+    unsigned long long p;
+#if KP_HINTS
+    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
+#else
+    asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(p));
+#endif
+    return p;
+}
+__device__ __forceinline__ unsigned long long l2_evict_first() {
+    unsigned long long p;
+#if KP_HINTS
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+#else
+    asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(p));
+#endif
+    return p;
+}
+__device__ __forceinline__ uint4 ld_hint16(const void* p, unsigned long long pol) {
+    uint4 v;
+    asm("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p), "l"(pol));
+    return v;
+}
+__device__ __forceinline__ void cp_async16_hint(uint4* smem, const void* gmem, unsigned long long pol) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "l"(pol)
+                 : "memory");
+}
 
 // --- end of PTX wrappers ---
 
@@ -923,4 +964,352 @@ __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(THREADS, 5)
         st_cs16(out + off, pack16<T, V>(v));
     }
     cluster_wait();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tall arrays: column statistics over more rows than the chip holds ("keep" kernels; the host's keep_plan).
+// One launch of at most the co-resident blocks (cooperative where the driver accepts it), every column tile at
+// once: block b owns tile t = b / bpt (128-byte rows: W = 8 * V columns) and rows [i * rows_per_cta, ...) of it,
+// i = b % bpt. The block's first `keep` rows are copied into shared memory (cp.async); the rest are streamed
+// through registers, KP_U rows a thread in flight, summed, and read again after the statistics, first loaded with
+// an L2 evict_last policy so that the second read finds in L2 what it can hold of them. The blocks of a tile add
+// their partial sums through global memory in block order (grid_sums: the same bits in every block and run).
+// DRAM traffic: the array once, the output once, and the streamed rows L2 did not keep; 2 blocks an SM.
+constexpr int KP_VPR = 8, KP_STEP = THREADS / KP_VPR;
+constexpr int KP_H = THREADS / (2 * MAXW);  // threads a (sum, column) in grid_sums<2>
+
+// The blocks of tile t (n of them, this one number i) add their partial sums: this block's s[j] (threads col < W)
+// go to part [tiles][n][NS][MAXW], it arrives on cnt[t] and waits for n arrivals; then the n partials in block
+// order, THREADS / (NS * MAXW) threads a (sum, column) over consecutive ranges of blocks with 8 loads in flight
+// each, the ranges added in order. On return threads col < W hold the tile's sums in s. Every thread calls it.
+template <int NS>
+__device__ __forceinline__ void grid_sums(float (&s)[NS], float* __restrict__ part, int* __restrict__ cnt, int t,
+                                          int n, int i, int W, float (&red)[THREADS / (NS * MAXW)][NS][MAXW]) {
+    constexpr int H = THREADS / (NS * MAXW);
+    static_assert(H >= 1 && H * NS * MAXW == THREADS, "grid_sums: a whole number of threads a (sum, column)");
+    float* slot = part + (i64)t * n * NS * MAXW;
+    if ((int)threadIdx.x < W)
+#pragma unroll
+        for (int j = 0; j < NS; ++j) slot[(i * NS + j) * MAXW + threadIdx.x] = s[j];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        group_arrive(cnt + t);
+        group_wait(cnt + t, n);
+    }
+    __syncthreads();
+    const int pair = threadIdx.x % (NS * MAXW), h = threadIdx.x / (NS * MAXW);
+    const int j = pair / MAXW, col = pair % MAXW, per = (n + H - 1) / H;
+    const int qa = min(n, h * per), qb = min(n, qa + per);
+    float acc = 0.f;
+    if (col < W) {
+        const float* src = slot + j * MAXW + col;
+        int q = qa;
+        for (; q + 8 <= qb; q += 8) {
+            float v[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) v[u] = ld_l2(src + (i64)(q + u) * NS * MAXW);
+#pragma unroll
+            for (int u = 0; u < 8; ++u) acc += v[u];
+        }
+        for (; q < qb; ++q) acc += ld_l2(src + (i64)q * NS * MAXW);
+    }
+    red[h][j][col] = acc;
+    __syncthreads();
+    if ((int)threadIdx.x < W)
+#pragma unroll
+        for (int jj = 0; jj < NS; ++jj) {
+            float a = 0.f;
+#pragma unroll
+            for (int hh = 0; hh < H; ++hh) a += red[hh][jj][threadIdx.x];
+            s[jj] = a;
+        }
+}
+
+// Rows lo <= row < hi of a block in batches of KP_U a thread: load(u, row) for the batch's rows that exist (ok =
+// live && row < hi), then use(u, row, ok) for every row of the batch. The batch loop is block-uniform and a row's
+// KP_VPR lanes sit in one warp, so `use` may shuffle among them. REV: the batches last to first (the second read
+// of the streamed rows: the rows read last are the likeliest still in L2; first to first re-reads the oldest
+// lines, which a least-recently-used cache has evicted first).
+template <bool REV, typename L, typename F>
+__device__ __forceinline__ void kp_rows(int lo, int hi, bool live, const L& load, const F& use) {
+    const int row0 = threadIdx.x / KP_VPR, span = KP_U * KP_STEP;
+    const int last = hi > lo ? lo + (hi - lo - 1) / span * span : lo - span;
+    for (int b = REV ? last : lo; REV ? b >= lo : b < hi; b += REV ? -span : span) {
+#pragma unroll
+        for (int u = 0; u < KP_U; ++u) {
+            const int row = b + row0 + u * KP_STEP;
+            if (live && row < hi) load(u, row);
+        }
+#pragma unroll
+        for (int u = 0; u < KP_U; ++u) {
+            const int row = b + row0 + u * KP_STEP;
+            use(u, row, live && row < hi);
+        }
+    }
+}
+
+// Forward (as cols_fwd): shifted sums, mean, rstd; y = (x - mean) * rstd * g + b, g, b per column (gain_per_col)
+// or per row (null: 1, 0). Block 0 of each tile writes mean_out, rstd_out and the running statistics.
+template <typename T>
+__global__ void __launch_bounds__(THREADS, 2)
+    cols_keep_fwd(T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ gain, const T* __restrict__ bias,
+                  float* __restrict__ mean_out, float* __restrict__ rstd_out, float* __restrict__ run_mean,
+                  float* __restrict__ run_var, int R, i64 C, int rows_per_cta, int keep, float eps, float momentum,
+                  float var_scale, int gain_per_col, int bpt, float* __restrict__ gpart, int* __restrict__ gcnt) {
+    constexpr int V = Lanes<T>::V, W = KP_VPR * V;
+    extern __shared__ uint4 tile[];  // [keep][KP_VPR]
+    __shared__ float wred[WARPS][2][MAXW];
+    __shared__ float part[2][MAXW];
+    __shared__ float red[KP_H][2][MAXW];
+    __shared__ float stat[4][MAXW];  // mean, rstd * gain, bias of the tile's columns
+    const int t = blockIdx.x / bpt, i = blockIdx.x % bpt;
+    const int r0 = i * rows_per_cta, n = max(0, min(R - r0, rows_per_cta)), nk = min(n, keep);
+    const int cx = threadIdx.x & (KP_VPR - 1), row0 = threadIdx.x / KP_VPR;
+    const i64 ct = (i64)t * W, c = ct + cx * V;
+    const bool live = c < C, per_row = !gain_per_col && (gain || bias);
+    const unsigned long long once = l2_evict_first(), again = l2_evict_last();
+    // the column's shift (x's first row), gain and bias before the copies (threads col < W)
+    const i64 cc = ct + threadIdx.x;
+    const bool colin = (int)threadIdx.x < W && cc < C;
+    const float shift = colin ? to_float<T>(x[cc]) : 0.f;
+    const float gc = (colin && gain && gain_per_col) ? to_float<T>(gain[cc]) : 1.f;
+    const float bc = (colin && bias && gain_per_col) ? to_float<T>(bias[cc]) : 0.f;
+    float ref[V];
+    if (live) unpack16<T, V>(__ldg(reinterpret_cast<const uint4*>(x + c)), ref);
+    else
+#pragma unroll
+        for (int k = 0; k < V; ++k) ref[k] = 0.f;
+    if (live)
+        for (int row = row0; row < nk; row += KP_STEP)
+            cp_async16_hint(&tile[row * KP_VPR + cx], x + (i64)(r0 + row) * C + c, once);
+    cp_async_commit();
+    // 1. sums: the streamed rows (evict_last), then the kept rows from shared memory
+    float s[2][V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+    const T* xb = x + (i64)r0 * C + c;
+    uint4 raw[KP_U];
+    auto add = [&](const uint4& r) {
+        float v[V];
+        unpack16<T, V>(r, v);
+#pragma unroll
+        for (int k = 0; k < V; ++k) { const float d = v[k] - ref[k]; s[0][k] += d; s[1][k] = fmaf(d, d, s[1][k]); }
+    };
+    kp_rows<false>(nk, n, live, [&](int u, int row) { raw[u] = ld_hint16(xb + (i64)row * C, again); },
+            [&](int u, int, bool ok) { if (ok) add(raw[u]); });
+    cp_async_wait_all();
+    if (live)
+        for (int row = row0; row < nk; row += KP_STEP) add(tile[row * KP_VPR + cx]);
+    block_col_sums<2, V>(s, KP_VPR, wred, part);
+    // 2. the tile's sums (blocks in order), statistics
+    float sums[2] = {0.f, 0.f};
+    if ((int)threadIdx.x < W) { sums[0] = part[0][threadIdx.x]; sums[1] = part[1][threadIdx.x]; }
+    grid_sums<2>(sums, gpart, gcnt, t, bpt, i, W, red);
+    if ((int)threadIdx.x < W) {
+        const int col = threadIdx.x;
+        float mean = 0.f, rstd = 0.f;
+        if (colin) {
+            const float scale = 1.f / (float)R;
+            const float m1 = sums[0] * scale, var = fmaxf(sums[1] * scale - m1 * m1, 0.f);
+            mean = shift + m1;
+            rstd = rsqrtf(var + eps);
+            if (i == 0) {
+                if (mean_out) mean_out[cc] = mean;
+                if (rstd_out) rstd_out[cc] = rstd;
+                if (run_mean) run_mean[cc] = (1.f - momentum) * run_mean[cc] + momentum * mean;
+                if (run_var) run_var[cc] = (1.f - momentum) * run_var[cc] + var_scale * var;
+            }
+        }
+        stat[0][col] = mean;
+        stat[1][col] = rstd * gc;
+        stat[2][col] = bc;
+    }
+    __syncthreads();
+    // 3. y: the streamed rows read again (evict_first), then the kept rows; per row gain gr, bias br
+    float m[V], sg[V], bb[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        m[k] = stat[0][cx * V + k];
+        sg[k] = stat[1][cx * V + k];
+        bb[k] = stat[2][cx * V + k];
+    }
+    // A gain and bias per row are loaded with the batch's rows, before its stores: a load after a store (an asm
+    // volatile with a memory clobber) waits for it, one round trip a row.
+    T* yb = y + (i64)r0 * C + c;
+    float gq[KP_U], bq[KP_U];
+    auto params = [&](int u, int row) {
+        gq[u] = (per_row && gain) ? to_float<T>(gain[r0 + row]) : 1.f;
+        bq[u] = (per_row && bias) ? to_float<T>(bias[r0 + row]) : 0.f;
+    };
+    auto out = [&](const uint4& r, int row, int u) {
+        float v[V];
+        unpack16<T, V>(r, v);
+        if (!per_row) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) v[k] = fmaf(v[k] - m[k], sg[k], bb[k]);
+        } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) v[k] = fmaf((v[k] - m[k]) * sg[k], gq[u], bq[u]);
+        }
+        st_cs16(yb + (i64)row * C, pack16<T, V>(v));
+    };
+    kp_rows<true>(nk, n, live,
+                  [&](int u, int row) {
+                      raw[u] = ld_hint16(xb + (i64)row * C, once);
+                      if (per_row) params(u, row);
+                  },
+                  [&](int u, int row, bool ok) { if (ok) out(raw[u], row, u); });
+    // the kept rows, KP_U at a time (their parameters first)
+    if (live)
+        for (int b = row0; b < nk; b += KP_U * KP_STEP) {
+            if (per_row)
+#pragma unroll
+                for (int u = 0; u < KP_U; ++u)
+                    if (b + u * KP_STEP < nk) params(u, b + u * KP_STEP);
+#pragma unroll
+            for (int u = 0; u < KP_U; ++u)
+                if (b + u * KP_STEP < nk) out(tile[(b + u * KP_STEP) * KP_VPR + cx], b + u * KP_STEP, u);
+        }
+}
+
+// Backward (as cols_bwd): with xhat = (x - mean) * rstd, t = dy * gr (gr: gain per row, LN; else 1),
+// S0 = sum t, S1 = sum t * xhat over all rows; dx = rstd * (gc * t - train * gc * (S0 + xhat * S1) / R) (gc: gain
+// per column, batch norm). Block 0 of a tile writes sum0_t = S0, sum1_t = S1 in T (each if non-null). LN: ws_rows
+// [tiles, 2, R] gets the sums of dy and dy * xhat over the tile's columns per row. Shared memory: the kept rows
+// of x, then of dy.
+template <typename T, bool LN>
+__global__ void __launch_bounds__(THREADS, 2)
+    cols_keep_bwd(T* __restrict__ dx, T* __restrict__ sum0_t, T* __restrict__ sum1_t, float* __restrict__ ws_rows,
+                  const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ gain,
+                  const float* __restrict__ mean, const float* __restrict__ rstd, int R, i64 C, int rows_per_cta,
+                  int keep, int gain_per_col, int train, int bpt, float* __restrict__ gpart, int* __restrict__ gcnt) {
+    constexpr int V = Lanes<T>::V, W = KP_VPR * V;
+    extern __shared__ uint4 tile[];  // x [keep][KP_VPR], then dy
+    __shared__ float wred[WARPS][2][MAXW];
+    __shared__ float part[2][MAXW];
+    __shared__ float red[KP_H][2][MAXW];
+    __shared__ float stat[3][MAXW];  // S0 * gc * scale, S1 * gc * scale, gc
+    const int t = blockIdx.x / bpt, i = blockIdx.x % bpt;
+    const int r0 = i * rows_per_cta, n = max(0, min(R - r0, rows_per_cta)), nk = min(n, keep);
+    const int cx = threadIdx.x & (KP_VPR - 1), row0 = threadIdx.x / KP_VPR;
+    const i64 ct = (i64)t * W, c = ct + cx * V;
+    const bool live = c < C;
+    const bool per_row = LN && gain;  // (the host launches LN exactly without a gain per column)
+    const unsigned long long once = l2_evict_first(), again = l2_evict_last();
+    const i64 cc = ct + threadIdx.x;
+    const bool colin = (int)threadIdx.x < W && cc < C;
+    const float gc = (colin && gain && gain_per_col) ? to_float<T>(gain[cc]) : 1.f;
+    float m[V], rs[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        m[k] = live ? mean[c + k] : 0.f;
+        rs[k] = live ? rstd[c + k] : 0.f;
+    }
+    uint4* dtile = tile + (i64)keep * KP_VPR;
+    if (live)
+        for (int row = row0; row < nk; row += KP_STEP) {
+            const i64 off = (i64)(r0 + row) * C + c;
+            cp_async16_hint(&tile[row * KP_VPR + cx], x + off, once);
+            cp_async16_hint(&dtile[row * KP_VPR + cx], dy + off, once);
+        }
+    cp_async_commit();
+    // 1. sums of t and t * (x - mean) (times rstd at the end)
+    float s[2][V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) { s[0][k] = 0.f; s[1][k] = 0.f; }
+    const T* xb = x + (i64)r0 * C + c;
+    const T* db = dy + (i64)r0 * C + c;
+    uint4 xr[KP_U], dr[KP_U];
+    auto add = [&](const uint4& rx, const uint4& rd, int row) {
+        float v[V], d[V];
+        unpack16<T, V>(rx, v);
+        unpack16<T, V>(rd, d);
+        const float gr = per_row ? to_float<T>(gain[r0 + row]) : 1.f;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const float g = per_row ? d[k] * gr : d[k];
+            s[0][k] += g;
+            s[1][k] = fmaf(g, v[k] - m[k], s[1][k]);
+        }
+    };
+    kp_rows<false>(nk, n, live,
+            [&](int u, int row) {
+                xr[u] = ld_hint16(xb + (i64)row * C, again);
+                dr[u] = ld_hint16(db + (i64)row * C, again);
+            },
+            [&](int u, int row, bool ok) { if (ok) add(xr[u], dr[u], row); });
+    cp_async_wait_all();
+    if (live)
+        for (int row = row0; row < nk; row += KP_STEP) add(tile[row * KP_VPR + cx], dtile[row * KP_VPR + cx], row);
+#pragma unroll
+    for (int k = 0; k < V; ++k) s[1][k] *= rs[k];
+    block_col_sums<2, V>(s, KP_VPR, wred, part);
+    // 2. the tile's sums (blocks in order)
+    float sums[2] = {0.f, 0.f};
+    if ((int)threadIdx.x < W) { sums[0] = part[0][threadIdx.x]; sums[1] = part[1][threadIdx.x]; }
+    grid_sums<2>(sums, gpart, gcnt, t, bpt, i, W, red);
+    if ((int)threadIdx.x < W) {
+        const int col = threadIdx.x;
+        const float scale = train ? 1.f / (float)R : 0.f;
+        stat[0][col] = gc * sums[0] * scale;
+        stat[1][col] = gc * sums[1] * scale;
+        stat[2][col] = gc;
+        if (i == 0 && colin) {
+            if (sum0_t) sum0_t[cc] = from_float<T>(sums[0]);
+            if (sum1_t) sum1_t[cc] = from_float<T>(sums[1]);
+        }
+    }
+    __syncthreads();
+    // 3. dx = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row), q = rstd^2 * stat1, o = rstd * stat0
+    float pc[V], q[V], o[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        pc[k] = live ? rs[k] * stat[2][cx * V + k] : 0.f;
+        q[k] = live ? rs[k] * rs[k] * stat[1][cx * V + k] : 0.f;
+        o[k] = live ? rs[k] * stat[0][cx * V + k] : 0.f;
+    }
+    T* dxb = dx + (i64)r0 * C + c;
+    // ok: the row exists and the column chunk is live; own: the row is this loop's (its row sums are written); gr:
+    // the row's gain (loaded with the batch's rows, before its stores, as the forward's)
+    float gq[KP_U];
+    auto out = [&](const uint4& rx, const uint4& rd, int row, bool ok, bool own, float gr) {
+        float v[V], d[V];
+        unpack16<T, V>(rx, v);
+        unpack16<T, V>(rd, d);
+        if constexpr (LN) {
+            float p0 = 0.f, p1 = 0.f;
+            if (ok) {
+                ln_bwd_row<T, V>(v, d, m, pc, q, o, gr, p0, p1);
+                st_cs16(dxb + (i64)row * C, pack16<T, V>(v));
+            }
+            ws_rows_store(ws_rows, p0, p1, KP_VPR, cx, own, t, R, r0, row);
+        } else if (ok) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) v[k] = fmaf(pc[k], d[k], fmaf(-q[k], v[k] - m[k], -o[k]));
+            st_cs16(dxb + (i64)row * C, pack16<T, V>(v));
+        }
+    };
+    kp_rows<true>(nk, n, live,
+            [&](int u, int row) {
+                xr[u] = ld_hint16(xb + (i64)row * C, once);
+                dr[u] = ld_hint16(db + (i64)row * C, once);
+                gq[u] = per_row ? to_float<T>(gain[r0 + row]) : 1.f;
+            },
+            [&](int u, int row, bool ok) { out(xr[u], dr[u], row, ok, row < n, gq[u]); });
+    // the kept rows, KP_U steps at a time (block-uniform: the row sums shuffle among a row's lanes)
+    for (int b = 0; b < nk; b += KP_U * KP_STEP) {
+#pragma unroll
+        for (int u = 0; u < KP_U; ++u) {
+            const int row = b + row0 + u * KP_STEP;
+            gq[u] = (per_row && live && row < nk) ? to_float<T>(gain[r0 + row]) : 1.f;
+        }
+#pragma unroll
+        for (int u = 0; u < KP_U; ++u) {
+            const int row = b + row0 + u * KP_STEP;
+            const bool ok = live && row < nk;
+            uint4 rx = make_uint4(0, 0, 0, 0), rd = rx;
+            if (ok) { rx = tile[row * KP_VPR + cx]; rd = dtile[row * KP_VPR + cx]; }
+            out(rx, rd, row, ok, row < nk, gq[u]);
+        }
+    }
 }

@@ -5,6 +5,7 @@ poisoned outputs, ragged shapes and shapes at the plans' limits."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pytest
@@ -12,12 +13,15 @@ from conftest import assert_close, random_array, to_numpy
 
 from cusparseblocks import BlockSparseMatMul, _ops_cols, compiler, ops
 from cusparseblocks._ops_cols import (
+    KEEP_SMEM,
     MAX_SMEM,
     RX_NARROW,
     RX_VPR,
     ColsPlan,
+    KeepPlan,
     WnPlan,
     cols_plan,
+    keep_plan,
     rx_max_rows,
     rx_plan,
     wn_plan,
@@ -208,6 +212,50 @@ def test_wn_plan(classic):
     assert wn_plan(800, 32, 2, mode="single").smem == 100 * 2048 + 400
 
 
+def test_keep_plan():
+    """The tall-array plan: 128-byte column tiles, the co-resident blocks shared among the tiles, the rows of a
+    tile among its blocks (the last one ragged), the first rows up to KEEP_SMEM kept."""
+    # [131072, 256] bf16 on 264 blocks (2 an SM of an H100): 4 tiles of 66 blocks, 1986 rows a block
+    assert keep_plan(131072, 256, 2, 1, 264) == KeepPlan(4, 66, 1986, 832, 832 * 128)
+    assert keep_plan(131072, 256, 2, 2, 264) == KeepPlan(4, 66, 1986, 416, 416 * 256)
+    kp = keep_plan(65536, 520, 4, 2, 264)  # 17 tiles (the last one 2 columns): 15 blocks a tile
+    assert (kp.tiles, kp.bpt, kp.rows_per_cta) == (17, 15, 4370) and kp.grid <= 264
+    kp = keep_plan(100, 64, 2, 1, 264)  # every row kept, blocks of one row
+    assert (kp.tiles, kp.bpt, kp.rows_per_cta, kp.keep) == (1, 100, 1, 1)
+    for R, C, itemsize, tensors in ((9001, 72, 2, 1), (70001, 1000, 4, 2), (3, 8, 2, 2)):
+        kp = keep_plan(R, C, itemsize, tensors, 264)
+        assert kp.grid <= 264 and kp.bpt * kp.rows_per_cta >= R > (kp.bpt - 1) * kp.rows_per_cta
+        assert kp.tiles * 128 >= C * itemsize > (kp.tiles - 1) * 128 and kp.smem <= KEEP_SMEM
+    assert keep_plan(8, 4096 * 8, 2, 1, 264) is None  # 512 tiles: more than the blocks
+    assert keep_plan(8, 7, 2, 1, 264) is None  # not a whole number of 16-byte vectors
+    assert keep_plan(8, 64, 2, 1, 264, cc_major=8) is None
+    assert keep_plan(8, 64, 2, 1, 0) is None  # no occupancy query
+
+
+def test_keep_wanted(monkeypatch):
+    cfg = _ops_cols.LAUNCH["cols1"]
+    wide = cols_plan(8192, 4096, 2)
+    narrow = cols_plan(8192, 4096, 2, row_bytes=(64,), groups=False)
+    assert cfg["keep"] == "auto" and wide.row_bytes == 128 and narrow.row_bytes == 64
+    assert not _ops_cols._keep_wanted(wide)
+    assert _ops_cols._keep_wanted(narrow) and _ops_cols._keep_wanted(None)
+    assert not _ops_cols._keep_wanted(dataclasses_replace(wide, groups=2))  # column groups stay
+    assert _ops_cols._keep_wanted(dataclasses_replace(wide, smem=200 * 1024))  # one block an SM
+    # the fraction kept on chip (H100, 264 blocks): [131072, 256] bf16 0.42 forward, 0.21 backward; float32
+    # backward 0.10 (the 3-pass path stays)
+    assert keep_plan(131072, 256, 2, 2, 264).kept > _ops_cols.KEEP_MIN
+    low = keep_plan(131072, 256, 4, 2, 264)
+    assert low.kept < _ops_cols.KEEP_MIN and not _ops_cols._keep_wanted(None, low)
+    assert _ops_cols._keep_wanted(None, keep_plan(131072, 256, 4, 1, 264))
+    monkeypatch.setitem(cfg, "keep", "never")
+    assert not _ops_cols._keep_wanted(None)
+    monkeypatch.setitem(cfg, "keep", "always")
+    assert _ops_cols._keep_wanted(wide)
+    monkeypatch.setitem(cfg, "keep", "sometimes")
+    with pytest.raises(ValueError, match="keep"):
+        _ops_cols._keep_wanted(wide)
+
+
 def test_static_shared_memory_fits_the_plans():
     """The plans give a block up to MAX_SMEM of dynamic shared memory: the kernels' static arrays must fit the
     rest of sm_90's 227 KiB (a launch over it fails; it once did, and the failure read as a refused cluster).
@@ -218,6 +266,9 @@ def test_static_shared_memory_fits_the_plans():
     rx_max = {vpr: rx_plan(16 * rx_max_rows(vpr), 4096, 2, groups=False).smem for vpr in (RX_VPR, *RX_NARROW)}
     names += [f"cols_bwd_rx<{t}, 16, true, {vpr}, false>" for t in _ops_cols._CTYPE.values() for vpr in rx_max]
     names += [f"cols_bwd_rx<{t}, 16, true, {RX_VPR}, true>" for t in _ops_cols._CTYPE.values()]  # column groups
+    # the tall-array kernels: two blocks an SM of KEEP_SMEM each
+    names += [f"cols_keep_fwd<{t}>" for t in _ops_cols._CTYPE.values()]
+    names += [f"cols_keep_bwd<{t}, {ln}>" for t in _ops_cols._CTYPE.values() for ln in ("false", "true")]
     specs = [compiler.KernelSpec("ew_cols.cu", n) for n in names]
     compiled = compiler.compile_specs(specs, "sm_90")
     for spec in specs:
@@ -226,6 +277,8 @@ def test_static_shared_memory_fits_the_plans():
         if "cols_bwd_rx" in spec.name:
             vpr = int(spec.name.split(",")[3])
             assert 2 * (static + rx_max[vpr] + 1024) <= 228 * 1024, (spec, static)
+        elif "cols_keep" in spec.name:
+            assert 2 * (static + KEEP_SMEM + 1024) <= 228 * 1024, (spec, static)
         else:
             assert static <= 227 * 1024 - MAX_SMEM, (spec, static)
 
@@ -259,8 +312,8 @@ def test_cluster_refusal(monkeypatch):
 def test_specializations_arch_specific():
     specs = compiler.all_specializations()["ew_cols"]
     # cols_bwd_rx twice (batch norm, layer norm), on clusters of 16 also with each narrower row width, and on
-    # clusters of 8 and 16 with column groups (cols_fwd too)
-    assert len(specs) == 3 * len(_ops_cols.CLUSTERS) * 5 + 3 * 2 * len(RX_NARROW) + 3 * 2 * 3
+    # clusters of 8 and 16 with column groups (cols_fwd too); the tall-array kernels (forward, two backwards)
+    assert len(specs) == 3 * len(_ops_cols.CLUSTERS) * 5 + 3 * 2 * len(RX_NARROW) + 3 * 2 * 3 + 3 * 3
     assert all(compiler.target_arch(s.source, "sm_90") == "sm_90" for s in specs)
     assert not any(compiler.target_arch(s.source, "sm_80") for s in specs)
 
@@ -305,6 +358,9 @@ def mode(request, monkeypatch):
         monkeypatch.setattr(_ops_cols, "CLUSTERS", (int(name[6:]),))
         monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "max_cluster", 16)
         name = "single"
+    # "keep": the tall-array kernels wherever keep_plan has a plan; the other modes test the cluster kernels
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "keep", "always" if name == "keep" else "never")
+    name = "auto" if name == "keep" else name
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "mode", name)
     monkeypatch.setattr(_ops_cols, "_PLANS", {})
     monkeypatch.setattr(_ops_cols, "_NO_CLUSTER16", set())  # a refusal in one test must not change the next
@@ -607,6 +663,84 @@ def test_gpu_cols_groups(mode, dtype, shape, kind, rng, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["keep"], indirect=True)
+@pytest.mark.parametrize("shape", [(70001, 72), (9001, 200), (300001, 40), (2000, 4104), (3, 16), (40, 8)])
+@pytest.mark.parametrize("keep_bytes", [None, 16384])
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("kind", ["batch1", "layer0"])
+def test_gpu_cols_keep(mode, dtype, shape, keep_bytes, kind, rng, monkeypatch):
+    """The tall-array kernels (every column tile at once on the co-resident blocks; the rows past what a block
+    keeps in shared memory read twice), forward and backward against the reference, twice with the same bits.
+    keep_bytes 16384: 128 rows kept forward, 64 backward, so most rows are streamed."""
+    import cupy
+
+    if keep_bytes:
+        monkeypatch.setattr(_ops_cols, "KEEP_SMEM", keep_bytes)
+    x = _x(rng, shape, dtype)
+    dy = random_array(rng, shape, dtype)
+    fa = 0 if kind == "layer0" else 1
+    g = random_array(rng, (shape[fa],), dtype)
+    b = random_array(rng, (shape[fa],), dtype)
+    rm0 = rng.standard_normal(shape[1]).astype(np.float32)
+    rv0 = (rng.random(shape[1]) + 0.5).astype(np.float32)
+    if fa == 1:
+        ry, rm, rr = ref.batch_norm_fprop(f64(x), f64(g), f64(b), 1, True, f64(rm0), f64(rv0), 0.25)
+    else:
+        ry, rm, rr = ref.layer_norm_fprop(f64(x), f64(g), f64(b), 0)
+    m32, r32 = _gpu(rm.astype(np.float32)), _gpu(rr.astype(np.float32))
+    gs = np.abs(f64(g)).reshape((-1, 1) if fa == 0 else (1, -1))
+    terms = gs * f64(r32).reshape(1, -1) * f64(dy)
+
+    def run():
+        _poison_pool()
+        mode[1].clear()
+        if fa == 1:
+            grm, grv = _gpu(rm0), _gpu(rv0)
+            fwd = ops.batch_norm_fprop(_gpu(x), _gpu(g), _gpu(b), running_mean=grm, running_var=grv, momentum=0.25)
+            bwd = ops.batch_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m32, r32)
+            extra = (grm, grv, *ops.batch_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m32, r32, training=False))
+        else:
+            fwd = ops.layer_norm_fprop(_gpu(x), _gpu(g), _gpu(b), feature_axis=0)
+            bwd = ops.layer_norm_bprop(_gpu(dy), _gpu(x), _gpu(g), m32, r32, feature_axis=0)
+            extra = ops.layer_norm_bprop(_gpu(dy), _gpu(x), None, m32, r32, feature_axis=0)
+        cupy.cuda.get_current_stream().synchronize()
+        return [to_numpy(a) for a in (*fwd, *bwd, *extra) if a is not None], list(mode[1])
+
+    first, launched = run()
+    itemsize = np.dtype(x.dtype).itemsize
+    blocks = [_ops_cols._keep_blocks(n, x.dtype, s_, e) for n, s_, e in
+              (("cols_keep_fwd", _ops_cols.KEEP_SMEM // 128 * 128, ""),
+               ("cols_keep_bwd", _ops_cols.KEEP_SMEM // 256 * 256, ", false"))]
+    plans = [keep_plan(*shape, itemsize, t, n, keep_bytes=_ops_cols.KEEP_SMEM) for t, n in zip((1, 2), blocks)]
+    assert blocks[0] >= 2 * 100 and blocks[1] >= 2 * 100, blocks  # 2 an SM (H100: 132 SMs)
+    want = ["cols_keep_fwd" if plans[0] else "cols_fwd", "cols_keep_bwd" if plans[1] else "cols_bwd_rx"]
+    assert launched[:2] == want, (launched, plans)
+    y, m, r, dx, dg, db, *rest = first
+    assert_close(m, rm, "float32", "mean")
+    assert_close(r, rr, "float32" if dtype == "float32" else "float16", "rstd")
+    assert_close(y, ry, dtype, "y", scale=np.abs(f64(x)) * rr.reshape(1, -1) * gs + np.abs(f64(b)).reshape(gs.shape))
+    if fa == 1:
+        rgrads = ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 1, True)
+        hrm, hrv = f64(rm0), f64(rv0)
+        ref.batch_norm_fprop(f64(x), f64(g), f64(b), 1, True, hrm, hrv, 0.25)  # the running statistics
+        assert_close(rest[0], hrm, "float32", "running_mean")
+        assert_close(rest[1], hrv, "float32" if dtype == "float32" else "float16", "running_var")
+        for name, a, e in zip(("dx", "dgain", "dbias"), rest[2:],
+                              ref.batch_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 1, False)):
+            assert_close(a, e, dtype, name + " (not training)", scale=terms if name == "dx" else None)
+    else:
+        rgrads = ref.layer_norm_bprop(f64(dy), f64(x), f64(g), f64(m32), f64(r32), 0)
+        rdx, _, rdb = ref.layer_norm_bprop(f64(dy), f64(x), None, f64(m32), f64(r32), 0)
+        assert_close(rest[0], rdx, dtype, "dx (no gain)", scale=f64(r32).reshape(1, -1) * np.abs(f64(dy)))
+        assert_close(rest[1], rdb, dtype, "dbias (no gain)")
+    for name, a, e in zip(("dx", "dgain", "dbias"), (dx, dg, db), rgrads):
+        assert_close(a, e, dtype, name, scale=terms if name == "dx" else None)
+    again, _ = run()
+    for a, b_ in zip(first, again):
+        assert np.array_equal(a, b_, equal_nan=True)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES, indirect=True)
 @pytest.mark.parametrize("dtype", GPU_DTYPES)
 @pytest.mark.parametrize("block_size", [8, 16, 32, 64])
@@ -746,6 +880,8 @@ def emulated(monkeypatch, emulator_lib, request):
         "cols_bwd": emulator_lib.emu_cols_bwd,
         "cols_bwd_rx": emulator_lib.emu_cols_bwd_rx,
         "wn_unit": emulator_lib.emu_wn_unit,
+        "cols_keep_fwd": emulator_lib.emu_cols_keep_fwd,
+        "cols_keep_bwd": emulator_lib.emu_cols_keep_bwd,
     }
 
     def launch(name, dtype, cluster, grid, smem, args, extra="", coop=False):
@@ -770,17 +906,17 @@ def emulated(monkeypatch, emulator_lib, request):
         if name == "cols_bwd_rx":  # the row width and the column-groups flag: the last template arguments
             *_, vpr, gr = extra.split(",")
             conv += [ctypes.c_int(int(vpr)), ctypes.c_int(gr.strip() == "true")]
-        fns[name](
-            ctypes.c_int(name_t == "bfloat16"),
-            ctypes.c_int(cluster),
-            ctypes.c_int(grid),
-            ctypes.c_size_t(smem),
-            *conv,
-        )
+        if name == "cols_keep_bwd":  # the layer-norm flag
+            conv.append(ctypes.c_int(extra.split(",")[-1].strip() == "true"))
+        head = () if cluster is None else (ctypes.c_int(cluster),)  # (the keep kernels have no clusters)
+        fns[name](ctypes.c_int(name_t == "bfloat16"), *head, ctypes.c_int(grid), ctypes.c_size_t(smem), *conv)
 
     monkeypatch.setattr(_ops_cols, "_launch", launch)
     # co-resident clusters for column groups (the emulator runs a grouped launch's clusters all at once)
     monkeypatch.setattr(_ops_cols, "_max_active_clusters", lambda name, *a, **k: EMU_MAX_CLUSTERS[name])
+    # the tall-array kernels only where a test asks for them ("always"), on an emulated GPU's co-resident blocks
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "keep", "never")
+    monkeypatch.setattr(_ops_cols, "_keep_blocks", lambda *a, **k: EMU_KEEP_BLOCKS)
     yield mod, launched
 
 
@@ -790,6 +926,7 @@ def _fake(mod, host):
 
 EMU_DTYPES = ("float32", "bfloat16")
 EMU_MAX_CLUSTERS = {"cols_fwd": 4, "cols_bwd_rx": 6}  # an emulated GPU's co-resident clusters
+EMU_KEEP_BLOCKS = 7  # and co-resident blocks of the tall-array kernels
 
 
 # (shape, forced cluster size): ragged tiles and rows, ranks without rows (3 rows on 8 blocks)
@@ -814,6 +951,44 @@ EMU_CASES = [
 def test_emulated_cols(emulated, dtype, shape, kind, regs, monkeypatch, rng):
     mod, launched = emulated
     monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "bwd_regs", regs)
+    _emulated_case(mod, dtype, shape, kind, rng)
+    assert launched[0] == "cols_fwd"
+    rx = regs and _ops_cols.rx_plan(*shape, np.dtype(dtype).itemsize) is not None
+    assert launched[-1] == ("cols_bwd_rx" if rx else "cols_bwd")
+
+
+# the tall-array kernels on 7 co-resident blocks (EMU_KEEP_BLOCKS): (shape, bytes of rows a block keeps). 8 KiB: 64
+# rows of x kept (forward), 32 of x and dy (backward), the rest streamed and read twice; (1000, 40): 7 or 3 blocks a
+# tile, the last one ragged; (300, 200): 1 block a tile, 4 or 7 tiles, the last one ragged; (50, 8) and (3, 16):
+# every row kept, blocks of 8 rows or one; (5, 1024): more tiles than blocks (no plan: the cluster kernels)
+KEEP_CASES = [((1000, 40), 8192), ((300, 200), 8192), ((1000, 40), None), ((50, 8), None), ((3, 16), 8192),
+              ((5, 1024), None)]
+
+
+@pytest.mark.parametrize("shape,keep_bytes", KEEP_CASES)
+@pytest.mark.parametrize("dtype", EMU_DTYPES)
+@pytest.mark.parametrize("kind", ["layer0", "batch1"])
+def test_emulated_cols_keep(emulated, dtype, shape, keep_bytes, kind, monkeypatch, rng):
+    mod, launched = emulated
+    monkeypatch.setitem(_ops_cols.LAUNCH["cols1"], "keep", "always")
+    if keep_bytes:
+        monkeypatch.setattr(_ops_cols, "KEEP_SMEM", keep_bytes)
+    itemsize = np.dtype(dtype).itemsize
+    kp = keep_plan(*shape, itemsize, 1, EMU_KEEP_BLOCKS, keep_bytes=keep_bytes or KEEP_SMEM)
+    if kp is not None and keep_bytes:
+        assert kp.keep < kp.rows_per_cta or shape[0] <= kp.bpt * kp.keep
+    _emulated_case(mod, dtype, shape, kind, rng)
+    key = _ops_cols._plan_key("keep-fwd", np.dtype(dtype), *shape)
+    assert _ops_cols._PLANS.get(key) == kp  # the plan launched
+    keep = kp is not None
+    assert launched[0] == ("cols_keep_fwd" if keep else "cols_fwd")
+    assert launched[-1] == "cols_keep_bwd" if keep else launched[-1] != "cols_keep_bwd"
+
+
+def _emulated_case(mod, dtype, shape, kind, rng):
+    """Layer norm with features first (kind "layer0": forward, the backward's dx and row sums with and without a
+    gain) or batch norm with features last ("batch1": forward with running statistics, backward in training and
+    not) through the GPU path, against the float64 reference."""
     fa = 0 if kind == "layer0" else 1
     F = shape[fa]
     x = _x(rng, shape, dtype)
@@ -857,9 +1032,6 @@ def test_emulated_cols(emulated, dtype, shape, kind, regs, monkeypatch, rng):
     assert_close(np.asarray(m), rm, "float32", "mean")
     assert_close(np.asarray(r), rr, "float32" if dtype == "float32" else "float16", "rstd")
     assert_close(np.asarray(y), ry, dtype, "y")
-    assert launched[0] == "cols_fwd"
-    rx = regs and _ops_cols.rx_plan(*shape, np.dtype(dtype).itemsize) is not None
-    assert launched[-1] == ("cols_bwd_rx" if rx else "cols_bwd")
 
 
 @pytest.mark.parametrize("emulated", [None, 8], indirect=True)

@@ -65,7 +65,41 @@ static void wn(int cs, int grid, size_t smem, void* out, float* rnorm, void* dga
   });
 }
 
+template <typename T>
+static void keep_fwd(int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias, float* mean,
+                     float* rstd, float* rm, float* rv, int R, i64 C, int rows, int keep, float eps, float mom, float vs,
+                     int per_col, int bpt, float* gpart, int* gcnt) {
+  emu_launch(grid, 1, THREADS, smem, [=] {
+    cols_keep_fwd<T>((T*)y, (const T*)x, (const T*)gain, (const T*)bias, mean, rstd, rm, rv, R, C, rows, keep, eps, mom,
+                     vs, per_col, bpt, gpart, gcnt);
+  }, true);
+}
+template <typename T, bool LN>
+static void keep_bwd(int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy, const void* x,
+                     const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows, int keep,
+                     int per_col, int train, int bpt, float* gpart, int* gcnt) {
+  emu_launch(grid, 1, THREADS, smem, [=] {
+    cols_keep_bwd<T, LN>((T*)dx, (T*)s0, (T*)s1, ws, (const T*)dy, (const T*)x, (const T*)gain, mean, rstd, R, C, rows,
+                         keep, per_col, train, bpt, gpart, gcnt);
+  }, true);
+}
+
 extern "C" {
+// the tall-array kernels: every block at once (they wait for each other); ln: the backward's template flag
+void emu_cols_keep_fwd(int bf16, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias,
+                       float* mean, float* rstd, float* rm, float* rv, int R, i64 C, int rows, int keep, float eps,
+                       float mom, float vs, int per_col, int bpt, float* gpart, int* gcnt) {
+  (bf16 ? keep_fwd<__nv_bfloat16> : keep_fwd<float>)(grid, smem, y, x, gain, bias, mean, rstd, rm, rv, R, C, rows, keep,
+                                                     eps, mom, vs, per_col, bpt, gpart, gcnt);
+}
+void emu_cols_keep_bwd(int bf16, int grid, size_t smem, void* dx, void* s0, void* s1, float* ws, const void* dy,
+                       const void* x, const void* gain, const float* mean, const float* rstd, int R, i64 C, int rows,
+                       int keep, int per_col, int train, int bpt, float* gpart, int* gcnt, int ln) {
+  auto fn = bf16 ? (ln ? keep_bwd<__nv_bfloat16, true> : keep_bwd<__nv_bfloat16, false>)
+                 : (ln ? keep_bwd<float, true> : keep_bwd<float, false>);
+  fn(grid, smem, dx, s0, s1, ws, dy, x, gain, mean, rstd, R, C, rows, keep, per_col, train, bpt, gpart, gcnt);
+}
+
 void emu_cols_fwd(int bf16, int cs, int grid, size_t smem, void* y, const void* x, const void* gain, const void* bias,
                   float* mean, float* rstd, float* rm, float* rv, int R, i64 C, int rows, int vpr, float eps, float mom,
                   float vs, int per_col, int tiles, int groups, float* gpart, int* gcnt) {

@@ -163,6 +163,12 @@ inline void group_wait(const int* cnt, int n) {
 }
 inline float ld_l2(const float* p) { return std::atomic_ref<float>(*const_cast<float*>(p)).load(std::memory_order_relaxed); }
 
+// the tall-array kernels' L2 policies (no cache here) and hinted loads / copies
+inline unsigned long long l2_evict_last() { return 0; }
+inline unsigned long long l2_evict_first() { return 0; }
+inline uint4 ld_hint16(const void* p, unsigned long long) { return __ldg(static_cast<const uint4*>(p)); }
+inline void cp_async16_hint(uint4* smem, const void* gmem, unsigned long long) { cp_async16(smem, gmem); }
+
 // Run `grid` blocks in clusters of CS: body() is the kernel call, run by every thread. concurrent: every
 // cluster at once (column groups), else one cluster after another.
 template <typename F> void emu_launch(int grid, int CS, int threads, size_t dyn, F body, bool concurrent = false) {
