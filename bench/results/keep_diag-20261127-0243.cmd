@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/keep_diag.py --settings default,keep never
