@@ -270,6 +270,11 @@ class KeepPlan:
         return min(1.0, self.keep / self.rows_per_cta)
 
 
+def _keep_cap(tensors: int, keep_bytes: int) -> int:
+    """Rows a block of the cols_keep kernels keeps in ``keep_bytes`` of shared memory (whole KP_STEPs)."""
+    return keep_bytes // (KP_VPR * 16 * tensors) // KP_STEP * KP_STEP
+
+
 def keep_plan(R: int, C: int, itemsize: int, tensors: int, blocks: int, *, cc_major: int = 9,
               keep_bytes: int = KEEP_SMEM) -> KeepPlan | None:
     """The tall-array plan of [R, C] (``tensors`` 1 forward, 2 backward) on a GPU where ``blocks`` blocks of
@@ -285,8 +290,7 @@ def keep_plan(R: int, C: int, itemsize: int, tensors: int, blocks: int, *, cc_ma
         return None
     rows = math.ceil(R / bpt)
     bpt = math.ceil(R / rows)
-    cap = keep_bytes // (rb * tensors) // KP_STEP * KP_STEP
-    keep = min(rows, cap)
+    keep = min(rows, _keep_cap(tensors, keep_bytes))
     return KeepPlan(tiles, bpt, rows, keep, keep * rb * tensors)
 
 
@@ -664,8 +668,7 @@ def _keep(kind, dtype, R, C, plan):
     tensors = 1 if kind == "fwd" else 2
     name, extra = ("cols_keep_fwd", "") if kind == "fwd" else ("cols_keep_bwd", ", false")
     itemsize = np.dtype(dtype).itemsize
-    cap = KEEP_SMEM // (KP_VPR * 16 * tensors) // KP_STEP * KP_STEP * KP_VPR * 16 * tensors
-    blocks = _keep_blocks(name, dtype, cap, extra)
+    blocks = _keep_blocks(name, dtype, _keep_cap(tensors, KEEP_SMEM) * KP_VPR * 16 * tensors, extra)
     cc = _cc_major(key[1])
     kp = keep_plan(R, C, itemsize, tensors, blocks, cc_major=cc, keep_bytes=KEEP_SMEM)
     kp = _PLANS[key] = kp if kp is not None and _keep_wanted(plan, kp) else None
