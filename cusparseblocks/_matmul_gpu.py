@@ -97,7 +97,8 @@ def xw_gmma_rs_default(bs, density):
 # 384 threads: at MINB <= 2 the producer warpgroup's registers go to the consumers (MINB = 2: 104 a thread).
 # An optional 9th field TT = 1 (BM = 256; b = 64, C = 2 or b = 32, C = 4): the transposed tile, warpgroup j
 # computing columns j (b = 64) or 2j, 2j + 1 (b = 32: its m64 is the two blocks, an absent one copied as
-# zeros) as D[64 × 256] = op(w)ᵀ · xᵀ with m64n256k16 wgmmas (less shared memory read per flop).
+# zeros) as D[64 × 256] = op(w)ᵀ · xᵀ with m64n256k16 wgmmas (less shared memory read per flop). An optional 10th
+# field NP (after TT): producer warps issuing the stages in turn (STAGES % NP == 0; default 1).
 XW_TMA_TILES = {
     64: {"tma_g2_m2": (2, 1, 2, 4, 1, 1, 0, 0), "tma_m2_s2": (1, 1, 2, 2, 2, 1, 0, 0),
          "tma_p": (1, 1, 1, 4, 2, 1, 1, 0), "tma": (1, 1, 1, 4, 2, 1, 0, 0),
@@ -112,7 +113,7 @@ XW_TMA_TILES = {
          "tma_g4_m2": (4, 1, 2, 6, 1, 1, 0, 0), "tma_rs4": (4, 1, 1, 6, 2, 1, 0, 1),
          "tma_rs4_m2": (4, 1, 2, 4, 1, 1, 0, 1), "tma_rs4_p": (4, 1, 1, 6, 2, 1, 1, 1),
          "tma_c4": (1, 4, 1, 6, 2, 1, 0, 0), "tma_g2_m2": (2, 1, 2, 4, 2, 1, 0, 0),
-         "tma_t4_m2_s8": (4, 1, 2, 8, 1, 1, 0, 0, 1)},
+         "tma_t4_m2_s8": (4, 1, 2, 8, 1, 1, 0, 0, 1), "tma_t4_m2_s8_np2": (4, 1, 2, 8, 1, 1, 0, 0, 1, 2)},
     16: {"tma_rs8": (8, 1, 1, 8, 2, 1, 0, 1), "tma_rs8_m2": (8, 1, 2, 8, 1, 1, 0, 1),
          "tma_rs8_p": (8, 1, 1, 8, 2, 1, 1, 1), "tma_g8": (8, 1, 1, 8, 2, 1, 0, 0),
          "tma_c8": (1, 8, 1, 8, 2, 1, 0, 0)},
@@ -135,10 +136,15 @@ XW_TMA_TILES = {
 # The transposed b = 32 tile (bench/results/bsmm_gmma-20261126-2247, with the producer warp reading its
 # records a batch at a time): tma_t4_m2_s8 298 / 265 / 214 / 171 / 119 at d = 0.5 / 0.35 / 0.2 / 0.1 / 0.05
 # against tma_g2_m2's 273 / 250 / 218 / 175 / 118; with 4 or 6 stages or a persistent grid (tma_t4_m2_s4,
-# tma_t4_m2, tma_t4_m2_p: removed) it was slower at every density (-2247, -2255).
+# tma_t4_m2, tma_t4_m2_p: removed) it was slower at every density (-2247, -2255). With two producer warps
+# (bench/results/bsmm_gmma-20261127-0332: one warp issuing ~190 instructions a record was what the consumers
+# waited for): tma_t4_m2_s8_np2 fprop 336 / 283 / 229 / 184 / 126 at d = 0.5 / 0.35 / 0.2 / 0.1 / 0.05 against
+# tma_t4_m2_s8's 315 / 257 / 202 / 170 / 119 and tma_g2_m2's 274 / 250 / 217 / 175 / 122 (bprop alike); four
+# producer warps equal to two, two slower for tma_g2_m2 (b = 32 and 64) and b = 64 tma_t2_m2 (500 -> 467 at
+# d = 0.5: removed).
 XW_TMA_DEFAULT: dict[int, tuple[tuple[float, str | None], ...]] = {
     64: ((0.0, "tma_t2_m2"),),
-    32: ((0.3, "tma_t4_m2_s8"), (0.0, "tma_g2_m2")),
+    32: ((0.0, "tma_t4_m2_s8_np2"),),
 }
 
 
@@ -365,7 +371,7 @@ def xw_gmma_rs_smem(bs, variant):
 def xw_tma_spec(dtype, out_dtype, bs, variant, trans):
     c, cl, mi, st, minb, rm, pers, rs, *tt = XW_TMA_TILES[bs][variant]
     t, to = _CTYPE[dtype], _CTYPE[out_dtype]
-    tt = f", {tt[0]}" if tt else ""
+    tt = "".join(f", {v}" for v in tt)  # TT, and NP where given
     args = f"{t}, {to}, {bs}, {c}, {cl}, {rm}, {mi}, {st}, {minb}, {pers}, {rs}, {trans}{tt}"
     return KernelSpec("bsmm_tma.cu", f"xw_tma<{args}>")
 

@@ -19,8 +19,8 @@
 //
 // Threads: warpgroups 0 and 1 consume (warpgroup g owns rows g·MI·64 .. +MI·64: MI wgmma m64nBSk16 per 16
 // of k, A = the x tile, B = the w block, both from shared memory through descriptors, fp32 accumulators in
-// registers); warpgroup 2 produces (warp 8) and, at one or two CTAs an SM, hands its registers to the
-// consumers (setmaxnreg). STAGES slots of [BM][BS] x + [BS][BS] w in the swizzled layouts of
+// registers); warpgroup 2 produces (warps 8 .. 8 + NP - 1) and, at one or two CTAs an SM, hands its registers
+// to the consumers (setmaxnreg). STAGES slots of [BM][BS] x + [BS][BS] w in the swizzled layouts of
 // BS·2-byte rows (TMA's 128B / 64B / 32B swizzle = gmma::swizzle), full[s] (the producer's arrival with the
 // slot's bytes) and empty[s] (one arrival per consumer warp of every CTA of the cluster: a CTA refills a
 // slot, and multicasts into the others' same slot, only when all of them have finished reading it).
@@ -44,7 +44,7 @@
 // memory write they synchronize on an mbarrier is a copy's (records passed through shared memory were generic
 // stores that compute-sanitizer's racecheck cannot pair with the mbarrier wait, and st.async needs a cluster).
 template <typename T, typename TO, int BS, int C, int CL, int RM, int MI, int STAGES, int MINB, int PERS, int RS,
-          int TRANS_W, int TT = 0>
+          int TRANS_W, int TT = 0, int NP = 1>
 __global__ void __cluster_dims__(CL, RM, 1) __launch_bounds__(384, MINB)
 xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap tw, TO* __restrict__ y,
        const int* __restrict__ offsets, const int* __restrict__ records, const int* __restrict__ colmap,
@@ -58,6 +58,9 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
     static_assert(C >= 1 && C <= 16 && (C == 1 || CL * RM == 1), "column groups in a CTA or across a cluster");
     static_assert(!TT || (BS * C == 128 && BS >= 32 && MI == 2 && CL * RM == 1 && !RS),
                   "the transposed tile: 2 × 256, b = 64 (2 columns) or 32 (4 columns)");
+    // NP producer warps take the stages in turn (stage q: warp 8 + q % NP), so each slot has one producer and
+    // its uses stay in order
+    static_assert(NP >= 1 && NP <= 4 && STAGES % NP == 0, "producer warps: 1 to 4, dividing the stages");
     constexpr int CS = CL * RM;  // CTAs a cluster
     constexpr int BM = 2 * MI * 64, ROW = BS * 2, A_BYTES = BM * ROW, W_BYTES = BS * ROW;
     constexpr int STAGE = (A_BYTES + C * W_BYTES + 1023) / 1024 * 1024;
@@ -153,14 +156,17 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
         pend = -1;
     };
 
-    if (warp >= 8) {  // the producer warpgroup: warp 8 issues everything
+    if (warp >= 8) {  // the producer warpgroup: warps 8 .. 8 + NP - 1 issue everything
         if (MINB <= 2) tma::setmaxnreg_dec<PRODUCER_REGS>();
-        if (warp == 8) {
-            // The whole warp walks the records, so that no record waits on a load: lane l holds (s, mask) of
-            // record e0 + l of each batch of 32 (one load a batch, not two dependent loads a record), and lane
-            // j < GW loads the w index of column j's block. Lane 0 arrives on the full barriers and copies x;
-            // lane j copies column j's block (C > 1), lane 0 the CTA's (C = 1).
-            if (lane == 0) {
+        if (warp < 8 + NP) {
+            // Each producer warp walks all the records and issues every NP-th stage (one warp's issue, ~190
+            // instructions a record with its dependent R2UR / shuffles, was what the consumers waited for:
+            // bench/NOTES.md). The whole warp walks the records, so that no record waits on a load: lane l holds
+            // (s, mask) of record e0 + l of each batch of 32 (one load a batch, not two dependent loads a
+            // record), and lane j < GW loads the w index of column j's block. Lane 0 arrives on the full
+            // barriers and copies x; lane j copies column j's block (C > 1), lane 0 the CTA's (C = 1).
+            const int pw = warp - 8;
+            if (lane == 0 && pw == 0) {
                 tma::prefetch_map(tx);
                 tma::prefetch_map(tw);
             }
@@ -179,6 +185,7 @@ xw_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap t
                         b_red = ok ? __ldg(rec + (i64)(e + lane) * REC) : 0;
                         b_mask = ok ? __ldg(rec + (i64)(e + lane) * REC + 1) : 0;
                     }
+                    if (NP > 1 && q % NP != pw) continue;  // another producer warp's stage
                     // column `lane`'s w index in record e (its load's latency passes in the slot's wait)
                     const int w_mine = lane < GW && e < count ? __ldg(rec + (i64)e * REC + 2 + lane) : 0;
                     const int red = __shfl_sync(0xffffffffu, b_red, e % 32);

@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/bsmm_gmma.py --blocks 32,64 --ops fprop,bprop --densities 0.5,0.35,0.2,0.1,0.05 --only tma_t4_m2_s8,tma_t4_m2_s8_np2,tma_t4_m2_s8_np4,tma_g2_m2,tma_g2_m2_np2,tma_t2_m2,tma_t2_m2_np2
