@@ -1,8 +1,12 @@
 """The tall-array kernels (cols_keep_*) against the cluster kernels, piece by piece: the plan of each op and
 its CUDA-graph time against a device copy under a few LAUNCH settings, same run. --ncu: each op of the
-selected settings three times without timing (for `ncu --kernel-name regex:cols_keep`).
+selected settings three times without timing (for `ncu --kernel-name regex:cols_keep`). --prof: each op once
+more on a build with KP_PROF (globaltimer stamps of every block's phases, kernels/ew_cols.cu), the phases'
+times across blocks printed and saved. --rw: also a read-only and a write-only pass over the array (how fast
+each phase of a keep kernel could go), in % of the copy as the ops (a pass moves one array, a copy two).
 
-    PYTHONPATH=. python bench/keep_diag.py [--shapes 65536x512,131072x256 --dtypes bfloat16] [--ncu]
+    PYTHONPATH=. python bench/keep_diag.py [--shapes 65536x512,131072x256 --dtypes bfloat16] [--ncu | --prof]
+        [--rw]
 """
 
 from __future__ import annotations
@@ -24,6 +28,90 @@ SETTINGS = [
     ("keep U=2", {"keep": "always", "keep_defines": (("KP_U", "2"),)}),
     ("keep no hints", {"keep": "always", "keep_defines": (("KP_HINTS", "0"),)}),
 ]
+# the stamps of KP_PROF (kernels/ew_cols.cu): 0 entry, 1 streamed rows summed, 2 block's sums, 3 tile's sums
+# (after grid_sums), 4 streamed rows written, 5 all written
+PHASES = ["entry", "streamed read", "block sums", "tile sums", "streamed written", "end"]
+
+
+# the read-only and write-only passes of --rw: 16-byte vectors, 4 a thread in flight, a grid of 8 blocks an SM
+_RW = r"""
+extern "C" __global__ void rd_only(const uint4* __restrict__ p, long long n, unsigned* __restrict__ out) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    unsigned a = 0;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i + 3 * step < n; i += 4 * step) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) v[u] = __ldcs(p + i + u * step);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) a ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    for (; i < n; i += step) { const uint4 v = __ldcs(p + i); a ^= v.x ^ v.y ^ v.z ^ v.w; }
+    if (a == 0x9e3779b9u) out[0] = a;  // keeps the loads
+}
+extern "C" __global__ void wr_only(uint4* __restrict__ p, long long n) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
+        __stcs(p + i, make_uint4((unsigned)i, 1u, 2u, 3u));
+}
+"""
+
+
+def _rw_passes(x):
+    """(read-only fn, write-only fn) over ``x``'s bytes."""
+    import cupy
+
+    mod = cupy.RawModule(code=_RW)
+    rd, wr = mod.get_function("rd_only"), mod.get_function("wr_only")
+    n = x.nbytes // 16
+    out = cupy.zeros(1, dtype=cupy.uint32)
+    buf = cupy.empty(x.nbytes // 4, dtype=cupy.uint32)
+    grid = (cupy.cuda.Device().attributes["MultiProcessorCount"] * 8,)
+    return (lambda: rd(grid, (256,), (x, cupy.int64(n), out)),
+            lambda: wr(grid, (256,), (buf, cupy.int64(n))))
+
+
+def _prof_array(kind, ln, dtype, defines):
+    """The kp_prof array (uint64 [4096 * 8]) of the loaded cols_keep kernel ``kind`` (``ln``: the layer-norm
+    backward) built with ``defines``."""
+    import hashlib
+
+    import cupy
+
+    from cusparseblocks import _ops_cols, compiler
+    from cusparseblocks._array import dtype_name
+
+    name, extra = ("cols_keep_fwd", "") if kind == "fwd" else ("cols_keep_bwd", ", true" if ln else ", false")
+    dev = cupy.cuda.runtime.getDevice()
+    spec = compiler.KernelSpec(_ops_cols._SOURCE, f"{name}<{_ops_cols._CTYPE[dtype_name(dtype)]}{extra}>",
+                               tuple(defines))
+    cubin = compiler.compile_specs([spec], compiler.device_arch(dev))[spec].cubin
+    module = compiler._modules[(dev, hashlib.sha1(cubin).digest())]
+    ptr = module.get_global_var("kp_prof")
+    n = 4096 * 8
+    mem = cupy.cuda.UnownedMemory(ptr, n * 8, module)
+    return cupy.ndarray((4096, 8), cupy.uint64, cupy.cuda.MemoryPointer(mem, 0))
+
+
+def _profile(fn, kind, ln, dtype, defines, blocks):
+    """Run ``fn`` once on the KP_PROF build; per phase (µs from the earliest entry) min / median / max over
+    the blocks, and the span."""
+    import cupy
+    import numpy as np
+
+    fn()  # compiles and loads the build
+    arr = _prof_array(kind, ln, dtype, defines)
+    arr.fill(0)
+    cupy.cuda.get_current_stream().synchronize()
+    fn()
+    cupy.cuda.get_current_stream().synchronize()
+    a = cupy.asnumpy(arr[:blocks, :6]).astype(np.int64)
+    a = (a - a[:, 0].min()) / 1000.0
+    out = {}
+    for k, ph in enumerate(PHASES):
+        col = a[:, k]
+        out[ph] = [float(col.min()), float(np.median(col)), float(col.max())]
+    return out
 
 
 def main(argv=None) -> int:
@@ -32,6 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--settings", default="", help="comma-separated substrings of the setting labels to run")
     ap.add_argument("--ncu", action="store_true", help="run each op 3 times, no timing (for ncu)")
+    ap.add_argument("--prof", action="store_true", help="phase stamps of each keep setting's kernels")
+    ap.add_argument("--rw", action="store_true", help="also a read-only and a write-only pass")
     args = ap.parse_args(argv)
     import cupy
 
@@ -53,6 +143,14 @@ def main(argv=None) -> int:
             y = cupy.empty_like(x)
             copy_ms = None if args.ncu else time_ms(lambda: cupy.copyto(y, x), graph=True)["median"]
             _, mean, rstd = ops.batch_norm_fprop(x)
+            if args.rw and not args.ncu:
+                for op, fn in zip(("read only", "write only"), _rw_passes(x)):
+                    ms = time_ms(fn, graph=True)["median"]
+                    row = {"dtype": dtype_name(x.dtype), "shape": shape, "setting": "-", "op": op,
+                           "plan": "-", "ms": ms, "%copy": 100 * 1 / 2 * copy_ms / ms}
+                    rows.append(row)
+                    table.add(**row)
+                    print(row, flush=True)
             cases = [
                 ("bn fwd", 2, "fwd", lambda: ops.batch_norm_fprop(x, g, g)),
                 ("bn bwd", 3, "bwd", lambda: ops.batch_norm_bprop(dy, x, g, mean, rstd)),
@@ -77,6 +175,19 @@ def main(argv=None) -> int:
                         rows.append(row)
                         table.add(**row)
                         print(row, flush=True)
+                        if args.prof and kp is not None:
+                            defines = tuple(cfg["keep_defines"]) + (("KP_PROF", "1"),)
+                            cfg["keep_defines"] = defines
+                            _ops_cols._PLANS.clear()
+                            try:
+                                ph = _profile(fn, kind, op.startswith("ln"), x.dtype, defines,
+                                              kp.tiles * kp.bpt)
+                            finally:
+                                cfg["keep_defines"] = defines[:-1]
+                                _ops_cols._PLANS.clear()
+                            row["phases_us"] = ph
+                            stamps = (f"{k}: {v[0]:.1f}/{v[1]:.1f}/{v[2]:.1f}" for k, v in ph.items())
+                            print("   " + "  ".join(stamps), flush=True)
                 finally:
                     cfg.clear()
                     cfg.update(saved)

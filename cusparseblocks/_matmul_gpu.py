@@ -97,8 +97,8 @@ def xw_gmma_rs_default(bs, density):
 # 384 threads: at MINB <= 2 the producer warpgroup's registers go to the consumers (MINB = 2: 104 a thread).
 # An optional 9th field TT = 1 (BM = 256; b = 64, C = 2 or b = 32, C = 4): the transposed tile, warpgroup j
 # computing columns j (b = 64) or 2j, 2j + 1 (b = 32: its m64 is the two blocks, an absent one copied as
-# zeros) as D[64 × 256] = op(w)ᵀ · xᵀ with m64n256k16 wgmmas (less shared memory read per flop). An optional 10th
-# field NP (after TT): producer warps issuing the stages in turn (STAGES % NP == 0; default 1).
+# zeros) as D[64 × 256] = op(w)ᵀ · xᵀ with m64n256k16 wgmmas (less shared memory read per flop). An optional
+# 10th field NP (after TT): producer warps issuing the stages in turn (STAGES % NP == 0; default 1).
 XW_TMA_TILES = {
     64: {"tma_g2_m2": (2, 1, 2, 4, 1, 1, 0, 0), "tma_m2_s2": (1, 1, 2, 2, 2, 1, 0, 0),
          "tma_p": (1, 1, 1, 4, 2, 1, 1, 0), "tma": (1, 1, 1, 4, 2, 1, 0, 0),

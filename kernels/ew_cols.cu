@@ -27,6 +27,24 @@ constexpr int MAXW = 64;  // columns per tile at most (vpr * V)
 #ifndef KP_HINTS  // 0: no L2 eviction priorities (evict_normal), for bench/keep_diag.py
 #define KP_HINTS 1
 #endif
+#ifndef KP_PROF  // 1: globaltimer stamps of each block's phases in kp_prof (bench/keep_diag.py --prof only)
+#define KP_PROF 0
+#endif
+#if KP_PROF
+__device__ unsigned long long kp_prof[4096 * 8];
+#define KP_STAMP(k)                                                \
+    do {                                                           \
+        if (threadIdx.x == 0) {                                    \
+            unsigned long long t_;                                 \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_)); \
+            kp_prof[blockIdx.x * 8 + (k)] = t_;                    \
+        }                                                          \
+    } while (0)
+#else
+#define KP_STAMP(k) \
+    do {            \
+    } while (0)
+#endif
 
 #include "pack16.cuh"  // Lanes, unpack16, pack16
 
@@ -1062,6 +1080,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     __shared__ float part[2][MAXW];
     __shared__ float red[KP_H][2][MAXW];
     __shared__ float stat[4][MAXW];  // mean, rstd * gain, bias of the tile's columns
+    KP_STAMP(0);
     const int t = blockIdx.x / bpt, i = blockIdx.x % bpt;
     const int r0 = i * rows_per_cta, n = max(0, min(R - r0, rows_per_cta)), nk = min(n, keep);
     const int cx = threadIdx.x & (KP_VPR - 1), row0 = threadIdx.x / KP_VPR;
@@ -1097,10 +1116,12 @@ __global__ void __launch_bounds__(THREADS, 2)
     };
     kp_rows<false>(nk, n, live, [&](int u, int row) { raw[u] = ld_hint16(xb + (i64)row * C, again); },
             [&](int u, int, bool ok) { if (ok) add(raw[u]); });
+    KP_STAMP(1);
     cp_async_wait_all();
     if (live)
         for (int row = row0; row < nk; row += KP_STEP) add(tile[row * KP_VPR + cx]);
     block_col_sums<2, V>(s, KP_VPR, wred, part);
+    KP_STAMP(2);
     // 2. the tile's sums (blocks in order), statistics
     float sums[2] = {0.f, 0.f};
     if ((int)threadIdx.x < W) { sums[0] = part[0][threadIdx.x]; sums[1] = part[1][threadIdx.x]; }
@@ -1125,6 +1146,7 @@ __global__ void __launch_bounds__(THREADS, 2)
         stat[2][col] = bc;
     }
     __syncthreads();
+    KP_STAMP(3);
     // 3. y: the streamed rows read again (evict_first), then the kept rows; per row gain gr, bias br
     float m[V], sg[V], bb[V];
 #pragma unroll
@@ -1159,6 +1181,7 @@ __global__ void __launch_bounds__(THREADS, 2)
                       if (per_row) params(u, row);
                   },
                   [&](int u, int row, bool ok) { if (ok) out(raw[u], row, u); });
+    KP_STAMP(4);
     // the kept rows, KP_U at a time (their parameters first)
     if (live)
         for (int b = row0; b < nk; b += KP_U * KP_STEP) {
@@ -1170,6 +1193,10 @@ __global__ void __launch_bounds__(THREADS, 2)
             for (int u = 0; u < KP_U; ++u)
                 if (b + u * KP_STEP < nk) out(tile[(b + u * KP_STEP) * KP_VPR + cx], b + u * KP_STEP, u);
         }
+#if KP_PROF
+    __syncthreads();
+    KP_STAMP(5);
+#endif
 }
 
 // Backward (as cols_bwd): with xhat = (x - mean) * rstd, t = dy * gr (gr: gain per row, LN; else 1),
@@ -1189,6 +1216,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     __shared__ float part[2][MAXW];
     __shared__ float red[KP_H][2][MAXW];
     __shared__ float stat[3][MAXW];  // S0 * gc * scale, S1 * gc * scale, gc
+    KP_STAMP(0);
     const int t = blockIdx.x / bpt, i = blockIdx.x % bpt;
     const int r0 = i * rows_per_cta, n = max(0, min(R - r0, rows_per_cta)), nk = min(n, keep);
     const int cx = threadIdx.x & (KP_VPR - 1), row0 = threadIdx.x / KP_VPR;
@@ -1238,12 +1266,14 @@ __global__ void __launch_bounds__(THREADS, 2)
                 dr[u] = ld_hint16(db + (i64)row * C, again);
             },
             [&](int u, int row, bool ok) { if (ok) add(xr[u], dr[u], row); });
+    KP_STAMP(1);
     cp_async_wait_all();
     if (live)
         for (int row = row0; row < nk; row += KP_STEP) add(tile[row * KP_VPR + cx], dtile[row * KP_VPR + cx], row);
 #pragma unroll
     for (int k = 0; k < V; ++k) s[1][k] *= rs[k];
     block_col_sums<2, V>(s, KP_VPR, wred, part);
+    KP_STAMP(2);
     // 2. the tile's sums (blocks in order)
     float sums[2] = {0.f, 0.f};
     if ((int)threadIdx.x < W) { sums[0] = part[0][threadIdx.x]; sums[1] = part[1][threadIdx.x]; }
@@ -1260,6 +1290,7 @@ __global__ void __launch_bounds__(THREADS, 2)
         }
     }
     __syncthreads();
+    KP_STAMP(3);
     // 3. dx = p * dy - q * (x - mean) - o, p = rstd * gc (* gr per row), q = rstd^2 * stat1, o = rstd * stat0
     float pc[V], q[V], o[V];
 #pragma unroll
@@ -1296,6 +1327,7 @@ __global__ void __launch_bounds__(THREADS, 2)
                 gq[u] = per_row ? to_float<T>(gain[r0 + row]) : 1.f;
             },
             [&](int u, int row, bool ok) { out(xr[u], dr[u], row, ok, row < n, gq[u]); });
+    KP_STAMP(4);
     // the kept rows, KP_U steps at a time (block-uniform: the row sums shuffle among a row's lanes)
     for (int b = 0; b < nk; b += KP_U * KP_STEP) {
 #pragma unroll
@@ -1312,4 +1344,8 @@ __global__ void __launch_bounds__(THREADS, 2)
             out(rx, rd, row, ok, row < nk, gq[u]);
         }
     }
+#if KP_PROF
+    __syncthreads();
+    KP_STAMP(5);
+#endif
 }
