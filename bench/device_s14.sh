@@ -7,6 +7,7 @@
 #                                    bench/bsmm_gmma.py against the one-producer tiles (run 0331 had the np4 and
 #                                    b = 64 np2 tiles, since removed); keep_diag --prof on 128-, 256-, 512-byte rows
 #   (runs 0346 and 0349 timed two more keep variants, KP_LD and KP_IL, since removed: bench/NOTES.md)
+#   (run 0353 timed the b = 32 transposed tile with two wgmma groups in flight, tma_t4_m2_s8_np2_dp, since removed)
 #   bash bench/device_s14.sh tests   every GPU test and `python -m cusparseblocks check`
 #   bash bench/device_s14.sh bench   bench/bsmm.py and its table, compute-sanitizer on bench/sanitize_bsmm.py,
 #                                    keep_diag --rw (read-only / write-only passes against the copy), ncu's stall
