@@ -8,6 +8,7 @@
 #                                    b = 64 np2 tiles, since removed); keep_diag --prof on 128-, 256-, 512-byte rows
 #   (runs 0346 and 0349 timed two more keep variants, KP_LD and KP_IL, since removed: bench/NOTES.md)
 #   (run 0353 timed the b = 32 transposed tile with two wgmma groups in flight, tma_t4_m2_s8_np2_dp, since removed)
+#   bash bench/device_s14.sh smem    keep_diag --prof --rw with 104 (default), 52 and 16 KiB of kept rows a block
 #   bash bench/device_s14.sh tests   every GPU test and `python -m cusparseblocks check`
 #   bash bench/device_s14.sh bench   bench/bsmm.py and its table, compute-sanitizer on bench/sanitize_bsmm.py,
 #                                    keep_diag --rw (read-only / write-only passes against the copy), ncu's stall
@@ -48,6 +49,11 @@ for l in sys.stdin:
   timeout 120 python bench/keep_diag.py --prof --shapes 524288x64,262144x128,131072x256 --dtypes bfloat16 \
     --settings "keep always,keep no hints" > $L/keep_diag-$stamp.log 2>&1; echo "keep_diag rc=$? $(el)"
   grep -E "^\{|^   " $L/keep_diag-$stamp.log | cut -c1-330
+fi
+if [ "$1" == smem ]; then  # the keep kernels' read phase with fewer rows kept (more streamed, more blocks an SM)
+  timeout 200 python bench/keep_diag.py --prof --rw --shapes 131072x256 --dtypes bfloat16,float32 \
+    --settings "keep always,keep 16K,keep 52K" > $L/keep_diag-$stamp.log 2>&1
+  echo "keep_diag rc=$? $(el)"; grep -E "^\{|^   " $L/keep_diag-$stamp.log | cut -c40-330
 fi
 if [ "$1" == tests ]; then gpu_suite 500; fi
 if [ "$1" == bench ]; then

@@ -19,7 +19,7 @@ try:
 except ImportError:
     from cusparseblocks._timing import Table, save_json, time_ms
 
-# (label, LAUNCH["cols1"] fields)
+# (label, LAUNCH["cols1"] fields; "KEEP_SMEM": _ops_cols.KEEP_SMEM, the shared memory of kept rows a block)
 SETTINGS = [
     ("default", {}),
     ("keep never", {"keep": "never"}),
@@ -27,6 +27,8 @@ SETTINGS = [
     ("keep U=8", {"keep": "always", "keep_defines": (("KP_U", "8"),)}),
     ("keep U=2", {"keep": "always", "keep_defines": (("KP_U", "2"),)}),
     ("keep no hints", {"keep": "always", "keep_defines": (("KP_HINTS", "0"),)}),
+    ("keep 16K", {"keep": "always", "KEEP_SMEM": 16 * 1024}),
+    ("keep 52K", {"keep": "always", "KEEP_SMEM": 52 * 1024}),
 ]
 # the stamps of KP_PROF (kernels/ew_cols.cu): 0 entry, 1 streamed rows summed, 2 block's sums, 3 tile's sums
 # (after grid_sums), 4 streamed rows written, 5 all written
@@ -93,9 +95,9 @@ def _prof_array(kind, ln, dtype, defines):
     return cupy.ndarray((4096, 8), cupy.uint64, cupy.cuda.MemoryPointer(mem, 0))
 
 
-def _profile(fn, kind, ln, dtype, defines, blocks):
+def _profile(fn, kind, ln, dtype, defines, plan_of):
     """Run ``fn`` once on the KP_PROF build; per phase (µs from the earliest entry) min / median / max over
-    the blocks, and the span."""
+    the blocks of that build's plan (``plan_of()``: its own occupancy may give another grid)."""
     import cupy
     import numpy as np
 
@@ -105,7 +107,8 @@ def _profile(fn, kind, ln, dtype, defines, blocks):
     cupy.cuda.get_current_stream().synchronize()
     fn()
     cupy.cuda.get_current_stream().synchronize()
-    a = cupy.asnumpy(arr[:blocks, :6]).astype(np.int64)
+    kp = plan_of()
+    a = cupy.asnumpy(arr[: kp.tiles * kp.bpt, :6]).astype(np.int64)
     a = (a - a[:, 0].min()) / 1000.0
     out = {}
     for k, ph in enumerate(PHASES):
@@ -157,8 +160,9 @@ def main(argv=None) -> int:
                 ("ln0 bwd", 3, "bwd", lambda: ops.layer_norm_bprop(dy, x, None, mean, rstd, feature_axis=0)),
             ]
             for label, fields in settings:
-                saved = dict(cfg)
-                cfg.update(fields)
+                saved, smem = dict(cfg), _ops_cols.KEEP_SMEM
+                cfg.update({k: v for k, v in fields.items() if k != "KEEP_SMEM"})
+                _ops_cols.KEEP_SMEM = fields.get("KEEP_SMEM", smem)
                 _ops_cols._PLANS.clear()
                 try:
                     for op, units, kind, fn in cases:
@@ -180,8 +184,9 @@ def main(argv=None) -> int:
                             cfg["keep_defines"] = defines
                             _ops_cols._PLANS.clear()
                             try:
+                                key = _ops_cols._plan_key("keep-" + kind, x.dtype, R, C)
                                 ph = _profile(fn, kind, op.startswith("ln"), x.dtype, defines,
-                                              kp.tiles * kp.bpt)
+                                              lambda key=key: _ops_cols._PLANS[key])
                             finally:
                                 cfg["keep_defines"] = defines[:-1]
                                 _ops_cols._PLANS.clear()
@@ -191,6 +196,7 @@ def main(argv=None) -> int:
                 finally:
                     cfg.clear()
                     cfg.update(saved)
+                    _ops_cols.KEEP_SMEM = smem
                     _ops_cols._PLANS.clear()
     if args.ncu:
         return 0
