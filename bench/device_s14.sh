@@ -9,7 +9,12 @@
 #   (runs 0346 and 0349 timed two more keep variants, KP_LD and KP_IL, since removed: bench/NOTES.md)
 #   (run 0353 timed the b = 32 transposed tile with two wgmma groups in flight, tma_t4_m2_s8_np2_dp, since removed)
 #   bash bench/device_s14.sh smem    keep_diag --prof --rw with 104 (default), 52 and 16 KiB of kept rows a block
+#   bash bench/device_s14.sh rw      keep_diag --rw: read-only passes with 2-16 blocks an SM against the keep kernels
+#   bash bench/device_s14.sh gain    the keep tests; keep_diag --prof of the keep kernels with the layer norm's gain per
+#                                    row, with and without the parameters' L2 prefetch (run 0357: before it existed)
 #   bash bench/device_s14.sh tests   every GPU test and `python -m cusparseblocks check`
+#   bash bench/device_s14.sh tall    bench/ew.py's column statistics on three tall shapes, keep_diag (default / no
+#                                    prefetch)
 #   bash bench/device_s14.sh bench   bench/bsmm.py and its table, compute-sanitizer on bench/sanitize_bsmm.py,
 #                                    keep_diag --rw (read-only / write-only passes against the copy), ncu's stall
 #                                    samples of the b = 32 default tile
@@ -17,6 +22,7 @@
 . bench/device_env.sh
 if [ "$1" == tests ]; then python bench/ew.py --warm-only 2>&1 | tail -1; echo "warm $(el)"; fi
 touch $L/.start
+OPS="layer_norm fwd ax0,layer_norm bwd ax0,batch_norm fwd,batch_norm bwd,layer_norm fwd ax0 +gain,layer_norm bwd ax0 +gain"
 cols_tests() {  # $1: pytest -k expression (empty: all)
   timeout 200 python -m pytest -m gpu -q -n 12 -p no:cacheprovider -rfE tests/test_ops_cols.py ${1:+-k "$1"} \
     > $L/cols-tests-$stamp.log 2>&1
@@ -55,7 +61,28 @@ if [ "$1" == smem ]; then  # the keep kernels' read phase with fewer rows kept (
     --settings "keep always,keep 16K,keep 52K" > $L/keep_diag-$stamp.log 2>&1
   echo "keep_diag rc=$? $(el)"; grep -E "^\{|^   " $L/keep_diag-$stamp.log | cut -c40-330
 fi
+if [ "$1" == rw ]; then  # read-only passes with 32-256 KiB in flight an SM against the keep forward
+  timeout 100 python bench/keep_diag.py --rw --shapes 131072x256 --dtypes bfloat16,float32 --settings default \
+    > $L/keep_diag-$stamp.log 2>&1
+  echo "keep_diag rc=$? $(el)"; grep -E "^\{" $L/keep_diag-$stamp.log | cut -c1-200
+fi
+if [ "$1" == gain ]; then  # the layer norm forward with a gain per row next to batch norm, phase stamps
+  cols_tests keep
+  timeout 200 python bench/keep_diag.py --prof --shapes 131072x256,262144x128 --dtypes bfloat16,float32 \
+    --settings "keep always,keep no pref" \
+    > $L/keep_diag-$stamp.log 2>&1
+  echo "keep_diag rc=$? $(el)"; grep -E "^\{|^   " $L/keep_diag-$stamp.log | cut -c40-330
+fi
 if [ "$1" == tests ]; then gpu_suite 500; fi
+if [ "$1" == tall ]; then  # bench/ew.py's column statistics on the tall shapes, the keep kernels' diagnostics
+  for shape in "131072 256" "262144 128" "65536 512"; do
+    read -r rows cols <<< "$shape"
+    timeout 120 python bench/ew.py --rows $rows --cols $cols --only "$OPS" > $L/ew-tall-$rows-$stamp.log 2>&1
+    echo "ew $rows x $cols rc=$? $(el)"
+  done
+  timeout 100 python bench/keep_diag.py --shapes 131072x256,262144x128 --settings "default,keep no pref" \
+    > $L/keep_diag-$stamp.log 2>&1; echo "keep_diag rc=$? $(el)"
+fi
 if [ "$1" == bench ]; then
   timeout 220 python bench/bsmm.py > $L/bsmm-$stamp.log 2>&1; echo "bsmm rc=$? $(el)"
   f=$(ls -t bench/results/bsmm-2026*.json | head -1); python bench/bsmm_table.py $f > $L/bsmm-table-$stamp.md 2>&1

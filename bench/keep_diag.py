@@ -27,6 +27,7 @@ SETTINGS = [
     ("keep U=8", {"keep": "always", "keep_defines": (("KP_U", "8"),)}),
     ("keep U=2", {"keep": "always", "keep_defines": (("KP_U", "2"),)}),
     ("keep no hints", {"keep": "always", "keep_defines": (("KP_HINTS", "0"),)}),
+    ("keep no pref", {"keep": "always", "keep_defines": (("KP_PREF", "0"),)}),
     ("keep 16K", {"keep": "always", "KEEP_SMEM": 16 * 1024}),
     ("keep 52K", {"keep": "always", "KEEP_SMEM": 52 * 1024}),
 ]
@@ -60,7 +61,8 @@ extern "C" __global__ void wr_only(uint4* __restrict__ p, long long n) {
 
 
 def _rw_passes(x):
-    """(read-only fn, write-only fn) over ``x``'s bytes."""
+    """[(label, fn)]: read-only passes over ``x``'s bytes with 2, 4, 8 and 16 blocks of 256 threads an SM (4
+    16-byte loads a thread in flight: 32 to 256 KiB an SM), and a write-only pass (8 blocks an SM)."""
     import cupy
 
     mod = cupy.RawModule(code=_RW)
@@ -68,9 +70,10 @@ def _rw_passes(x):
     n = x.nbytes // 16
     out = cupy.zeros(1, dtype=cupy.uint32)
     buf = cupy.empty(x.nbytes // 4, dtype=cupy.uint32)
-    grid = (cupy.cuda.Device().attributes["MultiProcessorCount"] * 8,)
-    return (lambda: rd(grid, (256,), (x, cupy.int64(n), out)),
-            lambda: wr(grid, (256,), (buf, cupy.int64(n))))
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    passes = [(f"read only {k}/SM" if k != 8 else "read only",
+               lambda k=k: rd((sms * k,), (256,), (x, cupy.int64(n), out))) for k in (2, 4, 8, 16)]
+    return passes + [("write only", lambda: wr((sms * 8,), (256,), (buf, cupy.int64(n))))]
 
 
 def _prof_array(kind, ln, dtype, defines):
@@ -147,17 +150,20 @@ def main(argv=None) -> int:
             copy_ms = None if args.ncu else time_ms(lambda: cupy.copyto(y, x), graph=True)["median"]
             _, mean, rstd = ops.batch_norm_fprop(x)
             if args.rw and not args.ncu:
-                for op, fn in zip(("read only", "write only"), _rw_passes(x)):
+                for op, fn in _rw_passes(x):
                     ms = time_ms(fn, graph=True)["median"]
                     row = {"dtype": dtype_name(x.dtype), "shape": shape, "setting": "-", "op": op,
                            "plan": "-", "ms": ms, "%copy": 100 * 1 / 2 * copy_ms / ms}
                     rows.append(row)
                     table.add(**row)
                     print(row, flush=True)
+            g0 = (rng.standard_normal(R, dtype=cupy.float32) * 0.5 + 1).astype(dt)  # a gain and bias per row
             cases = [
                 ("bn fwd", 2, "fwd", lambda: ops.batch_norm_fprop(x, g, g)),
+                ("ln0 fwd +g", 2, "fwd", lambda: ops.layer_norm_fprop(x, g0, g0, feature_axis=0)),
                 ("bn bwd", 3, "bwd", lambda: ops.batch_norm_bprop(dy, x, g, mean, rstd)),
                 ("ln0 bwd", 3, "bwd", lambda: ops.layer_norm_bprop(dy, x, None, mean, rstd, feature_axis=0)),
+                ("ln0 bwd +g", 3, "bwd", lambda: ops.layer_norm_bprop(dy, x, g0, mean, rstd, feature_axis=0)),
             ]
             for label, fields in settings:
                 saved, smem = dict(cfg), _ops_cols.KEEP_SMEM

@@ -27,6 +27,9 @@ constexpr int MAXW = 64;  // columns per tile at most (vpr * V)
 #ifndef KP_HINTS  // 0: no L2 eviction priorities (evict_normal), for bench/keep_diag.py
 #define KP_HINTS 1
 #endif
+#ifndef KP_PREF  // 0: no L2 prefetch of the per-row gain and bias before the tile's sums (bench/keep_diag.py)
+#define KP_PREF 1
+#endif
 #ifndef KP_PROF  // 1: globaltimer stamps of each block's phases in kp_prof (bench/keep_diag.py --prof only)
 #define KP_PROF 0
 #endif
@@ -135,6 +138,15 @@ __device__ __forceinline__ void cp_async16_hint(uint4* smem, const void* gmem, u
     const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "l"(pol)
                  : "memory");
+}
+// an L2 prefetch of p's 128-byte line, kept with evict_last (the keep kernels' gain and bias per row: they are
+// read again after the tile's sums, when the streamed rows' evict_last lines have pushed them out of L2)
+__device__ __forceinline__ void l2_prefetch_last(const void* p) {
+#if KP_HINTS
+    asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p));
+#else
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
 }
 
 // --- end of PTX wrappers ---
@@ -1066,6 +1078,23 @@ __device__ __forceinline__ void kp_rows(int lo, int hi, bool live, const L& load
     }
 }
 
+// The 128-byte lines of a[r0 .. r0 + n) and b[r0 .. r0 + n) (each if non-null) prefetched into L2 with evict_last,
+// by the threads of the block: the keep kernels' per-row parameters, just before the tile's sums. Without it a
+// bf16 layer norm's second read waited on the parameters' DRAM misses: a batch of rows took a DRAM round trip
+// where its data came from L2 (bench/NOTES.md, fourteenth session).
+template <typename T>
+__device__ __forceinline__ void kp_prefetch_rows(const T* __restrict__ a, const T* __restrict__ b, int r0, int n) {
+    if (n <= 0) return;
+    const int lines = (n * (int)sizeof(T) + 127) / 128 + 1;  // at most, whatever the alignment
+    for (int l = threadIdx.x; l < 2 * lines; l += THREADS) {
+        const T* p = l < lines ? a : b;
+        if (!p) continue;
+        const unsigned long long first = reinterpret_cast<unsigned long long>(p + r0) >> 7;
+        const unsigned long long last = reinterpret_cast<unsigned long long>(p + r0 + n - 1) >> 7;
+        if (first + l % lines <= last) l2_prefetch_last(reinterpret_cast<const void*>((first + l % lines) << 7));
+    }
+}
+
 // Forward (as cols_fwd): shifted sums, mean, rstd; y = (x - mean) * rstd * g + b, g, b per column (gain_per_col)
 // or per row (null: 1, 0). Block 0 of each tile writes mean_out, rstd_out and the running statistics.
 template <typename T>
@@ -1122,6 +1151,7 @@ __global__ void __launch_bounds__(THREADS, 2)
         for (int row = row0; row < nk; row += KP_STEP) add(tile[row * KP_VPR + cx]);
     block_col_sums<2, V>(s, KP_VPR, wred, part);
     KP_STAMP(2);
+    if (KP_PREF && per_row) kp_prefetch_rows(gain, bias, r0, n);
     // 2. the tile's sums (blocks in order), statistics
     float sums[2] = {0.f, 0.f};
     if ((int)threadIdx.x < W) { sums[0] = part[0][threadIdx.x]; sums[1] = part[1][threadIdx.x]; }
@@ -1274,6 +1304,7 @@ __global__ void __launch_bounds__(THREADS, 2)
     for (int k = 0; k < V; ++k) s[1][k] *= rs[k];
     block_col_sums<2, V>(s, KP_VPR, wred, part);
     KP_STAMP(2);
+    if (KP_PREF && per_row) kp_prefetch_rows<T>(gain, nullptr, r0, n);
     // 2. the tile's sums (blocks in order)
     float sums[2] = {0.f, 0.f};
     if ((int)threadIdx.x < W) { sums[0] = part[0][threadIdx.x]; sums[1] = part[1][threadIdx.x]; }

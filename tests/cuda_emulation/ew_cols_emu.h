@@ -168,6 +168,7 @@ inline unsigned long long l2_evict_last() { return 0; }
 inline unsigned long long l2_evict_first() { return 0; }
 inline uint4 ld_hint16(const void* p, unsigned long long) { return __ldg(static_cast<const uint4*>(p)); }
 inline void cp_async16_hint(uint4* smem, const void* gmem, unsigned long long) { cp_async16(smem, gmem); }
+inline void l2_prefetch_last(const void*) {}
 
 // Run `grid` blocks in clusters of CS: body() is the kernel call, run by every thread. concurrent: every
 // cluster at once (column groups), else one cluster after another.

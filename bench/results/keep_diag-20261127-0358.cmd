@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/keep_diag.py --prof --shapes 131072x256 --dtypes bfloat16,float32 --settings keep always
