@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from . import _matmul_tf32, _tma, compiler
+from . import _dense_route, _matmul_tf32, _tma, compiler
 from ._array import dtype_name
 from .compiler import KernelSpec
 
@@ -1291,6 +1291,8 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     n = x.shape[1 - axis]
     f_in, f_out = (op_obj.K, op_obj.M) if op == "fprop" else (op_obj.M, op_obj.K)
     dtype, odt = dtype_name(x.dtype), dtype_name(out_dtype)
+    if _dense_route.wanted(op_obj, op, dtype, n, w):
+        return _dense_route.matmul(op_obj, op, x, w, out, accumulate, out_dtype, dev)
     fn, grid, block, smem, tables = _xw_plan(op_obj, op, dtype, odt, n, x.data.ptr % 16 == 0,
                                              w.data.ptr % 16 == 0, dev, out is None or out.data.ptr % 16 == 0)
     y = out if out is not None else cupy.empty((n, f_out) if axis == 1 else (f_out, n), dtype=out_dtype)
@@ -1436,6 +1438,8 @@ def updat(op_obj, xs, dys, out, accumulate, out_dtype):
     _check_device(dev, out=out)
     axis = op_obj.feature_axis
     ns = [x.shape[1 - axis] for x in xs]
+    if _dense_route.wanted(op_obj, "updat", dtype_name(xs[0].dtype), sum(ns)):
+        return _dense_route.updat(op_obj, xs, dys, out, accumulate, out_dtype, dev)
     fn, smem, threads, grid, extra, nc, fused, per_sm, tile = _updat_plan(
         op_obj, dtype_name(xs[0].dtype), dtype_name(out_dtype), _aligned(*xs, *dys),
         all(n % 4 == 0 for n in ns), all(n % 8 == 0 for n in ns), dev)

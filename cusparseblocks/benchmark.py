@@ -16,8 +16,8 @@ import numpy as np
 
 from ._timing import Table, copy_bandwidth, gpu_name, save_json, time_ms
 
-COLUMNS = ["system", "op", "dtype", "b", "density", "N", "K", "ms", "TFLOPs", "x_dense", "x_floor", "ms_graph",
-           "x_floor_graph"]
+COLUMNS = ["system", "op", "dtype", "b", "density", "N", "K", "ms", "TFLOPs", "x_dense", "x_floor",
+           "ms_graph", "x_floor_graph", "path"]
 
 
 def _cases(short: bool, small: bool = False):
@@ -107,6 +107,21 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, pee
         outs = [cp.empty((n, k) if op != "updat" else bsmm.w_shape, dtype=np_dt) for _ in args]
         t_graph = time_ms(lambda a, b2, o, fn=fn: fn(a, b2, out=o),
                           rotate=[(*a, o) for a, o in zip(args, outs)], graph=True)["median"]
+        # where the default takes the dense route (cuBLAS on the zero-filled weights), the block-sparse
+        # kernels on the same case too: "cusparseblocks[kernels]"
+        from . import _dense_route
+
+        routed = _dense_route.wanted(bsmm, op, dtype, n)
+        kernels = None
+        if routed:
+            saved_mode = _dense_route.ROUTE["mode"]
+            _dense_route.ROUTE["mode"] = "never"
+            try:
+                kernels = (time_ms(fn, rotate=args)["median"],
+                           time_ms(lambda a, b2, o, fn=fn: fn(a, b2, out=o),
+                                   rotate=[(*a, o) for a, o in zip(args, outs)], graph=True)["median"])
+            finally:
+                _dense_route.ROUTE["mode"] = saved_mode
         if compare_tiles and op != "updat" and n >= 2048 and dtype in ("float16", "float32"):
             from . import _matmul_gpu
 
@@ -176,7 +191,14 @@ def run(short=False, rotate_sets=3, seed=0, compare_tiles=True, small=False, pee
         eff = flops / (t * 1e-3) / 1e12
         rows.append(dict(system="cusparseblocks", op=op, dtype=dtype, b=b, density=density, N=n, K=k, ms=t,
                          TFLOPs=eff, x_dense=eff / dense_tflops, x_floor=t / floor_ms,
-                         ms_graph=t_graph, x_floor_graph=t_graph / floor_ms))
+                         ms_graph=t_graph, x_floor_graph=t_graph / floor_ms,
+                         path="dense route" if routed else "block-sparse"))
+        if kernels is not None:
+            eff_k = flops / (kernels[0] * 1e-3) / 1e12
+            rows.append(dict(system="cusparseblocks[kernels]", op=op, dtype=dtype, b=b, density=density, N=n,
+                             K=k, ms=kernels[0], TFLOPs=eff_k, x_dense=eff_k / dense_tflops,
+                             x_floor=kernels[0] / floor_ms, ms_graph=kernels[1],
+                             x_floor_graph=kernels[1] / floor_ms, path="block-sparse"))
         rows.append(dict(system="dense cuBLAS", op=op, dtype=dtype, b=b, density=density, N=n, K=k, ms=td,
                          TFLOPs=dense_tflops, x_dense=1.0, x_floor=td / floor_ms))
         if torch is not None and op != "updat":
