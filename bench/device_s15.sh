@@ -5,6 +5,7 @@
 #                                    bench/sanitize_ops.py (the keep kernels' gain prefetch, the two-group forward)
 #   bash bench/device_s15.sh route   the dense route's GPU tests, bench/dense_route.py (fp16 and fp32 at N = 4096,
 #                                    fp16 b = 8 / 16 at N = 1024)
+#   bash bench/device_s15.sh bench   bench/bsmm.py
 #   bash bench/device_s15.sh tests   every GPU test and `python -m cusparseblocks check`
 # Everything lands in one archive under $OUT.
 . bench/device_env.sh
@@ -38,4 +39,9 @@ for l in sys.stdin:
     print(r['dtype'][:4], r['b'], r['d'], r['N'], r['op'].ljust(5), '%.3f %.3f %.3f' % (r['sparse ms'], r['route ms'], r['cuBLAS ms']), '%.3f %.3f' % (r['sparse x'], r['route x']), r['winner'], '%.1e' % r['rel err'])"
 fi
 if [ "$1" == tests ]; then gpu_suite 500; fi
+if [ "$1" == bench ]; then  # bench/bsmm.py (the dense route's rows included) and its table
+  timeout 400 python bench/bsmm.py > $L/bsmm-$stamp.log 2>&1; echo "bsmm rc=$? $(el)"
+  cp bench/results/bsmm-2026* $L/ 2>/dev/null
+  grep -E "cusparseblocks +(fprop|bprop|updat)|cusparseblocks\[kernels\]|dense cuBLAS" $L/bsmm-$stamp.log | head -120
+fi
 cd $OUT && tar czf s15-$1-$stamp.tgz r && rm -rf r
