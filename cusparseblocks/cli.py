@@ -295,7 +295,9 @@ def _random_case(rng: np.random.Generator, index: int) -> dict:
         "mask": mask,
         "block_size": b,
         "feature_axis": int(rng.integers(2)),
-        "n": int(rng.choice([1, 3, 17, 64, 100, 129, 257]) if rng.random() < 0.5 else rng.integers(1, 300)),
+        # one case in ten past the dense route's least batch (_dense_route.MIN_ROWS)
+        "n": int(rng.integers(1024, 2600) if rng.random() < 0.1 else
+                 rng.choice([1, 3, 17, 64, 100, 129, 257]) if rng.random() < 0.5 else rng.integers(1, 300)),
     }
 
 
