@@ -5,7 +5,8 @@
 #                                    bench/sanitize_ops.py (the keep kernels' gain prefetch, the two-group forward)
 #   bash bench/device_s15.sh route   the dense route's GPU tests, bench/dense_route.py (fp16 and fp32 at N = 4096,
 #                                    fp16 b = 8 / 16 at N = 1024)
-#   bash bench/device_s15.sh bench   bench/bsmm.py
+#   bash bench/device_s15.sh host    bench/host_diag.py: host time a call, hidden synchronizations, cProfile
+#   bash bench/device_s15.sh bench   bench/bsmm.py, compute-sanitizer on the dense route (sanitize_bsmm.py --route)
 #   bash bench/device_s15.sh tests   every GPU test and `python -m cusparseblocks check`
 # Everything lands in one archive under $OUT.
 . bench/device_env.sh
@@ -38,10 +39,20 @@ for l in sys.stdin:
     r = ast.literal_eval(l)
     print(r['dtype'][:4], r['b'], r['d'], r['N'], r['op'].ljust(5), '%.3f %.3f %.3f' % (r['sparse ms'], r['route ms'], r['cuBLAS ms']), '%.3f %.3f' % (r['sparse x'], r['route x']), r['winner'], '%.1e' % r['rel err'])"
 fi
+if [ "$1" == host ]; then  # hidden synchronizations and the host path of the helper ops (bench/host_diag.py)
+  timeout 200 python bench/host_diag.py --profile > $L/host_diag-$stamp.log 2>&1; echo "host_diag rc=$? $(el)"
+  timeout 100 python bench/host_diag.py --rows 131072 --cols 256 > $L/host_diag-tall-$stamp.log 2>&1
+  echo "host_diag tall rc=$? $(el)"; tail -16 $L/host_diag-$stamp.log; tail -16 $L/host_diag-tall-$stamp.log
+fi
 if [ "$1" == tests ]; then gpu_suite 500; fi
 if [ "$1" == bench ]; then  # bench/bsmm.py (the dense route's rows included) and its table
   timeout 400 python bench/bsmm.py > $L/bsmm-$stamp.log 2>&1; echo "bsmm rc=$? $(el)"
   cp bench/results/bsmm-2026* $L/ 2>/dev/null
-  grep -E "cusparseblocks +(fprop|bprop|updat)|cusparseblocks\[kernels\]|dense cuBLAS" $L/bsmm-$stamp.log | head -120
+  grep -E "^ *cusparseblocks(\[kernels\])? +(fprop|bprop|updat)" $L/bsmm-$stamp.log | head -150
+  for tool in memcheck racecheck; do  # the dense route's kernels (densify, gather_blocks)
+    timeout 100 compute-sanitizer --report-api-errors no --tool $tool python bench/sanitize_bsmm.py --route \
+      > $L/sanitize_route-$tool-$stamp.log 2>&1
+    echo "sanitize route $tool rc=$? $(el): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|worst' $L/sanitize_route-$tool-$stamp.log | tr '\n' ' ')"
+  done
 fi
 cd $OUT && tar czf s15-$1-$stamp.tgz r && rm -rf r

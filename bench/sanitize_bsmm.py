@@ -7,8 +7,11 @@ Covers xw_tc (small/medium tiles, both axes, fprop/bprop, aligned and element pa
 xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and several), updat_simt and updat_reduce,
 on ragged shapes; on an sm_90 device also the wgmma kernels (xw_gmma fprop/bprop and updat_gmma /
 updat_gmma32 / updat_gmma_stack for b = 64 / 32 / 16 and 8, feature axis 1, N = 152 and 700; every
-xw_gmma_rs and xw_tma tile forced); checks every result.
+xw_gmma_rs and xw_tma tile forced); the dense route (densify + cuBLAS, the update's gather) for every dtype,
+block size and feature axis, a grouped update. ``--route``: the dense route alone. Checks every result.
 """
+
+import sys
 
 import cupy as cp
 import numpy as np
@@ -31,8 +34,49 @@ def _fprop_bprop_error(rng, mask, b, n, dtype):
     return max(float(np.linalg.norm(a - r) / np.linalg.norm(r)) for a, r in ((y, y_ref), (dx, dx_ref)))
 
 
+def _route_errors(rng):
+    """The dense route (ROUTE "always") on ragged layouts: fprop, bprop, a grouped update; the worst error."""
+    from cusparseblocks import _dense_route
+
+    worst = 0.0
+    saved = dict(_dense_route.ROUTE)
+    _dense_route.ROUTE["mode"] = "always"
+    try:
+        for dtype in (np.float16, bfloat16, np.float32):
+            for b in (8, 16, 32, 64):
+                for axis in (1, 0):
+                    op = BlockSparseMatMul(rng.random((5, 3)) < 0.5, b, axis)
+                    ns = (37, 130)
+                    shp = (lambda f, n: (n, f)) if axis == 1 else (lambda f, n: (f, n))
+                    t = (lambda a: a.astype(np.float64)) if axis == 1 else (lambda a: a.astype(np.float64).T)
+                    xs = [rng.standard_normal(shp(op.K, n)).astype(dtype) for n in ns]
+                    dys = [rng.standard_normal(shp(op.M, n)).astype(dtype) for n in ns]
+                    w = (rng.standard_normal(op.w_shape) * 0.2).astype(dtype)
+                    y = op.fprop(cp.asarray(xs[0]), cp.asarray(w)).get().astype(np.float64)
+                    dx = op.bprop(cp.asarray(dys[0]), cp.asarray(w)).get().astype(np.float64)
+                    dw = op.updat([cp.asarray(a) for a in xs], [cp.asarray(a) for a in dys]).get()
+                    y_ref = ref.bsmm_fprop(op.layout, t(xs[0]), w.astype(np.float64))
+                    dx_ref = ref.bsmm_bprop(op.layout, t(dys[0]), w.astype(np.float64))
+                    dw_ref = ref.bsmm_updat(op.layout, [t(a) for a in xs], [t(a) for a in dys], b)
+                    if axis == 0:
+                        y_ref, dx_ref = y_ref.T, dx_ref.T
+                    for a, r in ((y, y_ref), (dx, dx_ref), (dw.astype(np.float64), dw_ref)):
+                        worst = max(worst, float(np.linalg.norm(a - r) / np.linalg.norm(r)))
+    finally:
+        _dense_route.ROUTE.clear()
+        _dense_route.ROUTE.update(saved)
+    return worst
+
+
 def main():
     from cusparseblocks import _matmul_gpu
+
+    if "--route" in sys.argv[1:]:
+        worst = _route_errors(np.random.default_rng(2))
+        cp.cuda.runtime.deviceSynchronize()
+        print(f"sanitize_bsmm --route: worst relative error {worst:.2e}")
+        assert worst < 2e-2
+        return
 
     # xw_small for every dtype at N = 37 (fp16/bf16 take it by default only with >= 80 blocks per SM)
     _matmul_gpu.SMALL_TC_MIN_BLOCKS_PER_SM = 0
@@ -83,6 +127,7 @@ def main():
                 for n in (152, 700, 700):
                     worst = max(worst, _fprop_bprop_error(rng, rng.random((7, 19)) < 0.4, b, n, np.float16))
         _matmul_gpu.force_variant = None
+    worst = max(worst, _route_errors(rng))
     cp.cuda.runtime.deviceSynchronize()
     print(f"sanitize_bsmm: worst relative error {worst:.2e}")
     assert worst < 2e-2
