@@ -33,14 +33,15 @@ ROUTE = {"mode": "auto"}
 # - half, b = 8: the route wins at every density measured (fprop 0.176 / 0.716 at d = 0.05, update 0.196 /
 #   0.563);
 # - half, b = 16: the kernels at d = 0.05 (0.142 / 0.175), the route at 0.1 (0.184 / 0.256), the update even;
-# - half, b = 32: fprop a tie at 0.5 (0.213 / 0.218), the update's route from 0.2 (0.213 / 0.220, 0.229 /
-#   0.468 at 0.5); b = 64: the kernels up to 0.5 (update 0.237 / 0.228 there);
+# - half, b = 32: fprop a tie at 0.5 (0.213 / 0.218); the update a tie at 0.2 (0.213 / 0.220 there, 0.225 /
+#   0.194 in bsmm-20261127-0529's graph replays), the route's from 0.35 (0.230 / 0.363; 0.229 / 0.468 at 0.5);
+# - half, b = 64: the kernels up to 0.5 (update 0.237 / 0.228 there);
 # - float32 (cuBLAS without TF32): b = 8 fprop from ~0.17 (the kernels reach 0.17× dense), update from 0.05;
 #   b = 16 fprop from ~0.28, update from ~0.12; b = 32 and 64: the kernels (0.6-0.9× dense) everywhere.
 DENSE_MIN = {
     ("half", 8): (0.02, 0.02),
     ("half", 16): (0.07, 0.1),
-    ("half", 32): (0.55, 0.2),
+    ("half", 32): (0.55, 0.3),
     ("half", 64): (None, None),
     ("float32", 8): (0.18, 0.05),
     ("float32", 16): (0.3, 0.13),
