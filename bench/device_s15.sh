@@ -7,6 +7,7 @@
 #                                    fp16 b = 8 / 16 at N = 1024)
 #   bash bench/device_s15.sh host    bench/host_diag.py: host time a call, hidden synchronizations, cProfile
 #   bash bench/device_s15.sh bench   bench/bsmm.py, compute-sanitizer on the dense route (sanitize_bsmm.py --route)
+#   bash bench/device_s15.sh rnn     the RNN's tensor-core GPU tests, bench/rnn.py (the group-counter exchange)
 #   bash bench/device_s15.sh tests   every GPU test and `python -m cusparseblocks check`
 # Everything lands in one archive under $OUT.
 . bench/device_env.sh
@@ -43,6 +44,14 @@ if [ "$1" == host ]; then  # hidden synchronizations and the host path of the he
   timeout 200 python bench/host_diag.py --profile > $L/host_diag-$stamp.log 2>&1; echo "host_diag rc=$? $(el)"
   timeout 100 python bench/host_diag.py --rows 131072 --cols 256 > $L/host_diag-tall-$stamp.log 2>&1
   echo "host_diag tall rc=$? $(el)"; tail -16 $L/host_diag-$stamp.log; tail -16 $L/host_diag-tall-$stamp.log
+fi
+if [ "$1" == rnn ]; then  # the RNN exchange with group counters: its GPU tests, the headline and its variants
+  timeout 200 python -m pytest -m gpu -q -n 12 -p no:cacheprovider -rfE tests/test_rnn.py -k "tc" \
+    > $L/rnn-tests-$stamp.log 2>&1
+  echo "rnn tests rc=$? $(el): $(tail -1 $L/rnn-tests-$stamp.log)"; grep -E '^(FAILED|ERROR)' $L/rnn-tests-$stamp.log | head -8
+  timeout 200 python bench/rnn.py > $L/rnn-$stamp.log 2>&1; echo "rnn bench rc=$? $(el)"
+  cp bench/results/rnn-2026112[7-9]* $L/ 2>/dev/null
+  grep -E "us_per_step|tc/|ours|cublas|cudnn" $L/rnn-$stamp.log | head -40; tail -25 $L/rnn-$stamp.log
 fi
 if [ "$1" == tests ]; then gpu_suite 500; fi
 if [ "$1" == bench ]; then  # bench/bsmm.py (the dense route's rows included) and its table

@@ -264,7 +264,7 @@ def headline(rng, records, head):
                     profiles["tc/no-wait"] = step_profile(model, B, dtype, u0, h00, wait=False, tc=True)
             except Exception as exc:  # noqa: BLE001 - report, do not stop the benchmark
                 variants["tc"] = {"error": f"{type(exc).__name__}: {exc}"}
-            for arrivals in ("counter", "block_flags"):    # arrival counter a step / a flag a block
+            for arrivals in ("counter", "block_flags", "group_counter"):  # arrival counters / flags / groups
                 name = f"tc/{arrivals}"
                 try:
                     us_k, kplan = bench_tc(model, B, sets, counter=arrivals)

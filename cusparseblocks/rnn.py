@@ -80,13 +80,30 @@ LAUNCH = {
     # "counter": one arrival counter a step (release add per block, one acquiring thread per block waits
     # for all), then one copy of h_(t-1) without sentinel checks
     # "block_flags": a step flag per block (release store), warp 0 of every block polls them all.
+    # "group_counter": an arrival counter a step for each of `groups` groups of blocks (a power of two <= 32;
+    # block b in group b mod groups); lane g of warp 0 of every block polls group g's (144 blocks, 16 groups:
+    # 9 adds a word instead of 144, 16 words polled at once).
     # H100 run 3: counter 4.24 µs/step, sentinel 5.91, cluster4 6.24 (sparse kernel 4.64 in that run)
-    "tc_exchange": ("counter", "sentinel", "cluster", "block_flags"),
+    "tc_exchange": ("counter", "sentinel", "cluster", "block_flags", "group_counter"),
+    "groups": 16,
     "tc_cluster": 4,
     # whether path="auto" takes the tensor-core kernel for float16 where it fits: H100 run 3, headline,
     # tc with exchange "counter" 4.24 µs/step vs the sparse kernel's 4.64 (bench/NOTES.md, third session)
     "tc_default": True,
 }
+
+
+def _arrival_flag(plan, mode) -> int:
+    """The kernel's block_flags argument for an arrival mode: 0 "counter", 1 "block_flags", the number of
+    groups (a power of two in [2, 32]) for "group_counter"."""
+    if mode == "group_counter":
+        groups = LAUNCH["groups"]
+        if groups not in (2, 4, 8, 16, 32):
+            raise ValueError(f"LAUNCH['groups']: expected a power of two in [2, 32], got {groups!r}")
+        return groups
+    return int(mode == "block_flags")
+
+
 # H100 SXM: 132 SMs, 227 KiB of shared memory per block (opt-in); used when no GPU is present
 H100 = {"sm_count": 132, "smem_per_block": 232448}
 
@@ -856,7 +873,7 @@ class SparseRNN:
             ex = tc_exchange[0] if exchange is None else exchange
             tc = self.plan_tc(B, tables=True, cluster=LAUNCH["tc_cluster"] if ex == "cluster" else 1)
             if tc.fits:
-                arrivals = ex if ex in ("counter", "block_flags") else False
+                arrivals = ex if ex in ("counter", "block_flags", "group_counter") else False
                 result = self._run_tc(tc, u, h0, c0, out, check=check, counter=arrivals)
                 if result is None and tc.max_clusters:     # clusters pack per GPC: plan for what fits
                     fit = tc.max_clusters * tc.cluster
@@ -975,14 +992,17 @@ class SparseRNN:
         return y, c_out
 
     @staticmethod
-    def _arrivals(plan, T, mode):
+    def _arrivals(plan, T, mode, xp=None):
         """exchange "counter": an arrival count per step; "block_flags": a step flag per block, padded to
-        whole 16-byte vectors with flags that never hold anyone up."""
-        import cupy
-
+        whole 16-byte vectors with flags that never hold anyone up; "group_counter": [T + 1][groups] counts.
+        ``xp``: the array module (CuPy by default)."""
+        if xp is None:
+            import cupy as xp
+        if mode == "group_counter":
+            return xp.zeros((T + 1) * _arrival_flag(plan, mode), dtype=np.int32)
         if mode != "block_flags":
-            return cupy.zeros(T + 1, dtype=np.int32)
-        flags = cupy.full(-(-plan.blocks // 4) * 4, np.iinfo(np.int32).max, dtype=np.int32)
+            return xp.zeros(T + 1, dtype=np.int32)
+        flags = xp.full(-(-plan.blocks // 4) * 4, np.iinfo(np.int32).max, dtype=np.int32)
         flags[:plan.blocks] = 0
         return flags
 
@@ -1001,7 +1021,7 @@ class SparseRNN:
                 prof=None, counter=False):
         """Launch rnn_persistent_tc (None when the planned blocks are not co-resident). ``counter``: True or
         "counter" (per-step arrival counters instead of sentinel polling), "block_flags" (a step flag per
-        block); not with clusters.
+        block), "group_counter" (per-step counters of groups of blocks); not with clusters.
         ``grid``, ``wait=False`` and ``prof`` as ``_run_persistent`` (diagnostics)."""
         import cupy
         from cupy_backends.cuda.api import driver
@@ -1037,7 +1057,7 @@ class SparseRNN:
                 null if prof is None else prof, np.int32(H), np.int32(Hp), np.int32(plan.kp),
                 np.int32(plan.units), np.int32(B), np.int32(T), np.int64(int(timeout_s * 1e9)),
                 np.int32(bool(wait)), self._arrivals(plan, T, counter) if counter else null,
-                np.int32(plan.blocks), np.int32(counter == "block_flags"))
+                np.int32(plan.blocks), np.int32(_arrival_flag(plan, counter)))
         fn((plan.blocks if grid is None else grid,), (plan.threads,), args, shared_mem=plan.smem_bytes,
            stream=cupy.cuda.get_current_stream())
         if check:

@@ -804,10 +804,9 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
     const int u0 = blk * units, nunits = min(units, Hu - u0), nitems = nunits * B;
 
     long long* prow = prof != nullptr && tid == 0 ? prof + (i64)blk * (steps + 1) * 4 : nullptr;
-    unsigned long long ns0 = 0;
-    if (prow) {
+    if (prow) {  // the start time waits in prow[3] (not a register held through the steps)
         prow[0] = clock64();
-        ns0 = global_ns();
+        prow[3] = (long long)global_ns();
     }
     if (tid == 0) abort_s = 0;
     {
@@ -857,13 +856,24 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
         const __half* src = xch + (i64)(t - 1) * B * Kp;
         if (!CL && counters != nullptr && t > 1) {
             // exchange="counter": one hot word a step instead of every thread polling h, then one copy.
+            // exchange="group_counter": block_flags = NG groups (a power of two <= 32; block b in group
+            // b & (NG - 1)), one arrival counter a group and step ([steps + 1][NG]); "counter" is NG = 1. Lane g
+            // of warp 0 waits for group g's count, all NG polled at once (shifts only, no divisions).
             // exchange="block_flags": warp 0 polls every block's step flag (counters[b] = last step stored)
-            if (wait && !block_flags && tid == 0) {
-                RnnWatchdog dog;
-                while (ld_acquire_gpu(counters + t - 1) < nblocks) {
-                    if (dog.expired(status, timeout_ns, &abort_s)) break;
+            // (bf: block_flags made opaque each step, so that nothing derived from it is hoisted out of the step
+            // loop and held in registers: on sm_80 at 128 registers, that spilled)
+            int bf = block_flags;
+            asm volatile("" : "+r"(bf));
+            if (wait && bf != 1 && warp == 0) {
+                const int ng = max(bf, 1), lg = __ffs(ng) - 1;
+                if (lane < ng && lane < nblocks) {
+                    const int need = ((nblocks - 1 - lane) >> lg) + 1;
+                    RnnWatchdog dog;
+                    while (ld_acquire_gpu(counters + ((i64)(t - 1) << lg) + lane) < need) {
+                        if (dog.expired(status, timeout_ns, &abort_s)) break;
+                    }
                 }
-            } else if (wait && block_flags && warp == 0) {
+            } else if (wait && bf == 1 && warp == 0) {
                 RnnWatchdog dog;
                 for (int b = lane; b < nblocks; b += 32) {
                     while (ld_acquire_gpu(counters + b) < t - 1) {
@@ -1018,11 +1028,14 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
 
         if (prow) prow[t * 4 + 2] = clock64();
         __half* dst = xch + (i64)t * B * Kp;
+        int nit = nunits;  // nitems, recomputed each step (held through the step loop, it spilled on sm_80)
+        asm volatile("" : "+r"(nit));
+        nit *= B;
 #pragma unroll
         for (int q = 0; q < UPT; ++q) {
             const int i = tid + q * THREADS;
             const int ul = i % max(nunits, 1), b = i / max(nunits, 1), j = u0 + ul;
-            if (i < nitems) {
+            if (i < nit) {
                 float p[G];
 #pragma unroll
                 for (int g = 0; g < G; ++g) {
@@ -1039,22 +1052,25 @@ __device__ __forceinline__ void rnn_tc_body(RNN_TC_PARAMS) {
             }
         }
         if (prow) prow[t * 4 + 3] = clock64();
-        if (t < steps) rnn_load_u<__half, MODE, UPT, THREADS>(upre, u, t, tid, u0, nunits, nitems, B, H);
+        if (t < steps) rnn_load_u<__half, MODE, UPT, THREADS>(upre, u, t, tid, u0, nunits, nit, B, H);
         if (!CL && counters != nullptr && t < steps) {
             // exchange="counter": one arrival per block on counters[t] after its h_t stores (barrier, then a
             // release add by thread 0); the next step's thread 0 waits (acquire) for all `nblocks`
             __syncthreads();
-            if (tid == 0) {
-                if (block_flags)
+            int me = tid, bf = block_flags;  // opaque, as in the wait (the predicate is not held either)
+            asm volatile("" : "+r"(me), "+r"(bf));
+            if (me == 0) {
+                const int ng = max(bf, 1);
+                if (bf == 1)
                     st_release_gpu(counters + blk, t);
                 else
-                    red_release_gpu_add(counters + t, 1);
+                    red_release_gpu_add(counters + ((i64)t << (__ffs(ng) - 1)) + (blk & (ng - 1)), 1);
             }
         }
     }
     if (prow) {
         prow[2] = clock64();
-        prow[3] = (long long)(global_ns() - ns0);
+        prow[3] = (long long)(global_ns() - (unsigned long long)prow[3]);
     }
 }
 

@@ -387,7 +387,7 @@ def test_gpu_persistent(rng, exchange, dtype, mode, kind, H, B):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("exchange", ["sentinel", "cluster", "counter", "block_flags"])
+@pytest.mark.parametrize("exchange", ["sentinel", "cluster", "counter", "block_flags", "group_counter"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["csr", "block"])
 @pytest.mark.parametrize("H,B", [(77, 1), (256, 4), (1000, 8), (520, 16), (333, 5)])
@@ -483,7 +483,7 @@ def test_gpu_tc_long_sequence_stable(rng):
         plan = model.plan_tc(4, cluster=cluster, tables=True)
         y3, _ = model._run_tc(plan, ud, hd, None)
         assert bool((y1 == y3).all()), cluster
-    for exchange in ("counter", "block_flags", "sentinel"):
+    for exchange in ("counter", "block_flags", "group_counter", "sentinel"):
         y4, _ = model.forward(ud, hd, path="tc", exchange=exchange)
         assert bool((y1 == y4).all()), exchange
 
@@ -723,6 +723,7 @@ void __syncthreads();
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+inline int __ffs(int v) { return __builtin_ffs(v); }
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint4 ld_relaxed_v4(const void* p) {
@@ -1010,14 +1011,16 @@ def _emu_driver():
         build.mkdir(parents=True, exist_ok=True)
         for name, src in (("rnn_host_emulation.h", _EMU_SHIM), ("cuda_fp16.h", _EMU_FP16),
                           ("cuda_bf16.h", _EMU_BF16), ("driver.cpp", _EMU_DRIVER)):
-            (build / name).write_text(src)
+            tmp = build / f"{name}.{os.getpid()}.tmp"  # never a half-written file under another worker's g++
+            tmp.write_text(src)
+            os.replace(tmp, build / name)
         res = subprocess.run(["g++", "-std=c++20", "-O1", "-pthread", "-w", "-DRNN_HOST_EMULATION",
                               f"-I{build}", f"-I{kdir}", f"-I{emu_dir}", str(build / "driver.cpp"), "-o",
-                              str(exe) + ".tmp"],
+                              f"{exe}.{os.getpid()}.tmp"],  # a name per process: xdist workers build at once
                              capture_output=True, text=True)
         if res.returncode != 0:
             pytest.fail(f"host emulation driver failed to compile:\n{res.stderr[-4000:]}")
-        os.replace(str(exe) + ".tmp", exe)
+        os.replace(f"{exe}.{os.getpid()}.tmp", exe)
     return exe
 
 
@@ -1136,18 +1139,14 @@ def emulate_tc_kernel(model, plan, u, h0, c0, *, grid=None, timeout_s=30.0, coun
                "ks": plan.slots, "nt": plan.ntiles, "grid": plan.blocks if grid is None else grid, "smem": plan.smem_bytes,
                "H": H, "Hu": plan.hidden_padded, "Kp": plan.kp, "units": plan.units, "B": B, "steps": T,
                "timeout_ns": int(timeout_s * 1e9), "nblocks": plan.blocks,
-               "block_flags": int(counter == "block_flags")}
+               "block_flags": rnn._arrival_flag(plan, counter)}
     with tempfile.TemporaryDirectory() as d:
         Path(d, "scalars.txt").write_text("".join(f"{k} {v}\n" for k, v in scalars.items()))
         arrays = {k: tab[k] for k in ("afrag", "kstep", "kcount")}
         arrays.update(load_range=ranges, load_off=off, u=u, xch=xch, y=np.full((T, B, H), np.nan, np.float16),
                       status=np.zeros(1, np.int32))
-        if counter == "block_flags":
-            flags = np.full(-(-plan.blocks // 4) * 4, np.iinfo(np.int32).max, np.int32)
-            flags[:plan.blocks] = 0
-            arrays.update(counters=flags)
-        elif counter:
-            arrays.update(counters=np.zeros(T + 1, np.int32))
+        if counter:
+            arrays.update(counters=rnn.SparseRNN._arrivals(plan, T, counter, xp=np))
         if c0 is not None:
             arrays.update(c0=c0, c_out=np.full((B, H), np.nan, np.float16))
         for k, v in arrays.items():
@@ -1174,9 +1173,15 @@ _TC_EMU_CASES = [
 ]
 
 
-@pytest.mark.parametrize("counter", [False, "counter", "block_flags"])
+@pytest.fixture
+def small_groups(monkeypatch):
+    """exchange "group_counter" with 2 groups (on the emulation's 2-4 blocks: groups of 1 and 2 blocks)."""
+    monkeypatch.setitem(rnn.LAUNCH, "groups", 2)
+
+
+@pytest.mark.parametrize("counter", [False, "counter", "block_flags", "group_counter"])
 @pytest.mark.parametrize("mode,kind,H,B,sm_count,shape", _TC_EMU_CASES)
-def test_tc_kernel_on_cpu(rng, mode, kind, H, B, sm_count, shape, counter):
+def test_tc_kernel_on_cpu(rng, small_groups, mode, kind, H, B, sm_count, shape, counter):
     """rnn_persistent_tc itself, emulated on the CPU (every block at once, mma.sync by its fragment layout),
     against the float64 reference, every element of y and c_T; sentinel polling and per-step counters."""
     model = make_model(rng, H, mode, kind, density=0.2 if kind == "block" else 0.3)
@@ -1192,8 +1197,8 @@ def test_tc_kernel_on_cpu(rng, mode, kind, H, B, sm_count, shape, counter):
         assert_close(c, cr, "float16", "c_T")
 
 
-@pytest.mark.parametrize("counter", [False, "counter", "block_flags"])
-def test_tc_kernel_on_cpu_watchdog(rng, counter):
+@pytest.mark.parametrize("counter", [False, "counter", "block_flags", "group_counter"])
+def test_tc_kernel_on_cpu_watchdog(rng, small_groups, counter):
     """Fewer blocks than planned: the missing block never writes h_t; the others give up, never hang."""
     model = make_model(rng, 40, "tanh", "csr")
     plan = model.plan_tc(9, sm_count=3, smem_per_block=232448, config=_TC_EMU_CONFIG, slots=2, tables=True)
