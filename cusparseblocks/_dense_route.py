@@ -10,11 +10,14 @@ order; cuBLAS is deterministic on one GPU. One difference: a non-finite x value 
 row (0·inf) where the sparse kernels skip the absent blocks.
 
 ``ROUTE["mode"]``: "auto" (the route where :data:`DENSE_MIN` says it wins), "never", "always" (tests and
-benchmarks). A benchmark's ``_matmul_gpu.force_variant = "dense"`` forces it; any other forced tile turns it
-off. Scratch: the dense matrix (x's dtype, or fp32 for the update) from CuPy's pool, per call.
+benchmarks); the environment variable ``CUSPARSEBLOCKS_DENSE_ROUTE`` sets it at import. A benchmark's
+``_matmul_gpu.force_variant = "dense"`` forces it; any other forced tile turns it off. Scratch: the dense
+matrix (x's dtype, or fp32 for the update) from CuPy's pool, per call.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -26,7 +29,9 @@ SOURCE = "dense_route.cu"
 _CTYPE = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
 _BLOCKS = (8, 16, 32, 64)
 
-ROUTE = {"mode": "auto"}
+ROUTE = {"mode": os.environ.get("CUSPARSEBLOCKS_DENSE_ROUTE", "auto")}
+if ROUTE["mode"] not in ("auto", "never", "always"):
+    raise ValueError(f"CUSPARSEBLOCKS_DENSE_ROUTE: expected auto, never or always, got {ROUTE['mode']!r}")
 # (dtype kind, block_size) -> (least layout density for fprop / bprop, least for the update) at which "auto"
 # takes the dense route; None: never. Crossovers measured on an H100 at N = K = M = 4096
 # (bench/results/dense_route-20261127-0518.json; route / block-sparse ms):
@@ -49,9 +54,10 @@ DENSE_MIN = {
     ("float32", 64): (None, None),
 }
 # "auto" needs at least this many batch rows (below, the sparse kernels read d·K·M weights against the route's
-# 3·K·M bytes) and a dense matrix of at most MAX_DENSE_BYTES
+# 3·K·M bytes) and a dense matrix of at most MAX_DENSE_BYTES (the scratch it takes from CuPy's pool a call:
+# K = M = 8192 in fp16, 5792 for the update's fp32 product)
 MIN_ROWS = 1024
-MAX_DENSE_BYTES = 1 << 30
+MAX_DENSE_BYTES = 256 << 20
 
 
 def _kind(dtype):

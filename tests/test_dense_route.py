@@ -191,3 +191,17 @@ def test_no_route_past_2_31_elements(route):
     op = _op(0.5, 8, 64, 64)
     assert _dense_route.wanted(op, "fprop", "float16", (1 << 31) // op.K - 1)
     assert not _dense_route.wanted(op, "fprop", "float16", (1 << 31) // op.K)
+
+
+def test_environment_sets_the_mode():
+    import os
+    import subprocess
+    import sys
+
+    code = "from cusparseblocks import _dense_route; print(_dense_route.ROUTE['mode'])"
+    env = dict(os.environ, CUSPARSEBLOCKS_DENSE_ROUTE="never")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "never"
+    env["CUSPARSEBLOCKS_DENSE_ROUTE"] = "sometimes"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0 and "CUSPARSEBLOCKS_DENSE_ROUTE" in out.stderr
