@@ -41,9 +41,8 @@ for l in sys.stdin:
     print(r['dtype'][:4], r['b'], r['d'], r['N'], r['op'].ljust(5), '%.3f %.3f %.3f' % (r['sparse ms'], r['route ms'], r['cuBLAS ms']), '%.3f %.3f' % (r['sparse x'], r['route x']), r['winner'], '%.1e' % r['rel err'])"
 fi
 if [ "$1" == host ]; then  # hidden synchronizations and the host path of the helper ops (bench/host_diag.py)
-  timeout 200 python bench/host_diag.py --profile > $L/host_diag-$stamp.log 2>&1; echo "host_diag rc=$? $(el)"
-  timeout 100 python bench/host_diag.py --rows 131072 --cols 256 > $L/host_diag-tall-$stamp.log 2>&1
-  echo "host_diag tall rc=$? $(el)"; tail -16 $L/host_diag-$stamp.log; tail -16 $L/host_diag-tall-$stamp.log
+  timeout 200 python bench/host_diag.py --rows 4096 --cols 4096 --dtype float16 --block 64 --density 0.05 \
+    --only bsmm --profile > $L/host_diag-$stamp.log 2>&1; echo "host_diag rc=$? $(el)"; cat $L/host_diag-$stamp.log
 fi
 if [ "$1" == rnn ]; then  # the RNN exchange with group counters: its GPU tests, the headline and its variants
   timeout 200 python -m pytest -m gpu -q -n 12 -p no:cacheprovider -rfE tests/test_rnn.py -k "tc" \

@@ -35,7 +35,7 @@ extern "C" __global__ void sleep_ns(long long ns) {
 """
 
 
-def _cases(cp, rows, cols, dtype):
+def _cases(cp, rows, cols, dtype, b, density):
     from cusparseblocks import BlockSparseMatMul, layouts, ops
     from cusparseblocks._array import bfloat16
 
@@ -48,9 +48,10 @@ def _cases(cp, rows, cols, dtype):
     _, m0, r0 = ops.layer_norm_fprop(x, feature_axis=0)
     _, m1, r1 = ops.layer_norm_fprop(x)
     _, mb, rb = ops.batch_norm_fprop(x)
-    bsmm = BlockSparseMatMul(layouts.random(cols // 32, cols // 32, 0.2, seed=0), 32)
+    bsmm = BlockSparseMatMul(layouts.random(cols // b, cols // b, density, seed=0), b)
     w = (rng.standard_normal(bsmm.w_shape, dtype=cp.float32) * 0.05).astype(dt)
     run_m, run_v = cp.zeros(cols, cp.float32), cp.ones(cols, cp.float32)
+    y_out = cp.empty((rows, bsmm.M), dtype=dt)
     return [
         ("layer_norm fwd ax0", lambda: ops.layer_norm_fprop(x, feature_axis=0)),
         ("layer_norm fwd ax0 +gain", lambda: ops.layer_norm_fprop(x, g_row, g_row, feature_axis=0)),
@@ -66,6 +67,8 @@ def _cases(cp, rows, cols, dtype):
         ("dropout fwd", lambda: ops.dropout_fprop(x, 0.1, 1234, 0)),
         ("add fwd", lambda: ops.add_fprop(x, dy)),
         ("bsmm fprop", lambda: bsmm.fprop(x, w)),
+        ("bsmm fprop out=", lambda: bsmm.fprop(x, w, out=y_out)),
+        ("bsmm bprop", lambda: bsmm.bprop(dy, w)),
         ("bsmm updat", lambda: bsmm.updat(x, dy)),
     ]
 
@@ -77,13 +80,19 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--sleep-ms", type=float, default=20.0)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated substrings of the op names to keep")
+    ap.add_argument("--block", type=int, default=32, help="block size of the bsmm cases")
+    ap.add_argument("--density", type=float, default=0.2, help="layout density of the bsmm cases")
     args = ap.parse_args(argv)
     import cupy as cp
 
     sleep = cp.RawKernel(_SLEEP, "sleep_ns")
     stream = cp.cuda.get_current_stream()
     table = Table(["op", "host us", "after sleep ms", "waits"])
-    for name, fn in _cases(cp, args.rows, args.cols, args.dtype):
+    only = [w for w in args.only.split(",") if w]
+    for name, fn in _cases(cp, args.rows, args.cols, args.dtype, args.block, args.density):
+        if only and not any(w in name for w in only):
+            continue
         for _ in range(3):
             fn()
         stream.synchronize()
@@ -110,8 +119,8 @@ def main(argv=None) -> int:
             prof.disable()
             stream.synchronize()
             out = io.StringIO()
-            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(14)
-            lines = out.getvalue().splitlines()[6:24]
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+            lines = out.getvalue().splitlines()[:26]
             print(f"--- {name}: cProfile of 40 calls (tottime)\n" + "\n".join(lines))
     print(table.render())
     return 0

@@ -11,7 +11,8 @@ row (0·inf) where the sparse kernels skip the absent blocks.
 
 ``ROUTE["mode"]``: "auto" (the route where :data:`DENSE_MIN` says it wins), "never", "always" (tests and
 benchmarks); the environment variable ``CUSPARSEBLOCKS_DENSE_ROUTE`` sets it at import. A benchmark's
-``_matmul_gpu.force_variant = "dense"`` forces it; any other forced tile turns it off. Scratch: the dense
+``_matmul_gpu.force_variant = "dense"`` forces it; any other forced tile or kernel switch of _matmul_gpu /
+_matmul_tf32 turns it off. Scratch: the dense
 matrix (x's dtype, or fp32 for the update) from CuPy's pool, per call.
 """
 
@@ -74,6 +75,8 @@ def wanted(op_obj, op, dtype, rows, w=None):
         return False  # (cuBLAS's 32-bit interface: operands under 2³¹ elements)
     if _matmul_gpu.force_variant is not None:
         return _matmul_gpu.force_variant == "dense"
+    if _kernel_forced():
+        return False
     mode = ROUTE["mode"]
     if mode != "auto":
         return mode == "always"
@@ -83,6 +86,17 @@ def wanted(op_obj, op, dtype, rows, w=None):
     itemsize = 4 if op == "updat" else np.dtype(dtype if dtype != "bfloat16" else "float16").itemsize
     return (least is not None and op_obj.layout.density >= least and rows >= MIN_ROWS
             and op_obj.K * op_obj.M * itemsize <= MAX_DENSE_BYTES)
+
+
+def _kernel_forced():
+    """A benchmark's or test's choice of a block-sparse kernel (a knob of _matmul_gpu / _matmul_tf32 other
+    than force_variant): the route stays out of its way."""
+    from . import _matmul_gpu as g
+    from . import _matmul_tf32
+
+    knobs = (g.updat_gmma_variant, g.updat_ffma_variant, g.updat_tile_variant, g.small_variant,
+             _matmul_tf32.force_variant)
+    return any(k is not None for k in knobs) or not g.gmma_enabled or not g.small_enabled
 
 
 def densify_spec(dtype, bs):

@@ -51,6 +51,13 @@ def test_auto_choice(route, monkeypatch):
     monkeypatch.setattr(_gpu, "force_variant", "dense")
     route["mode"] = "never"
     assert _dense_route.wanted(_op(0.01, 64), "fprop", "float32", 1)
+    monkeypatch.setattr(_gpu, "force_variant", None)
+    route["mode"] = "always"
+    for knob, value in (("updat_tile_variant", "tile8"), ("updat_gmma_variant", "g2"), ("small_variant", "x"),
+                        ("updat_ffma_variant", "simt"), ("gmma_enabled", False), ("small_enabled", False)):
+        with monkeypatch.context() as m:  # a test's or benchmark's kernel choice: never the route
+            m.setattr(_gpu, knob, value)
+            assert not _dense_route.wanted(dense_b8, "updat", "float16", 4096), knob
 
 
 def test_specializations_registered():
