@@ -8,6 +8,7 @@
 #   bash bench/device_s15.sh host    bench/host_diag.py: host time a call, hidden synchronizations, cProfile
 #   bash bench/device_s15.sh bench   bench/bsmm.py, compute-sanitizer on the dense route (sanitize_bsmm.py --route)
 #   bash bench/device_s15.sh rnn     the RNN's tensor-core GPU tests, bench/rnn.py (the group-counter exchange)
+#   bash bench/device_s15.sh final   the matmul GPU tests and bench/bsmm.py
 #   bash bench/device_s15.sh tests   every GPU test and `python -m cusparseblocks check`
 # Everything lands in one archive under $OUT.
 . bench/device_env.sh
@@ -51,6 +52,14 @@ if [ "$1" == rnn ]; then  # the RNN exchange with group counters: its GPU tests,
   timeout 200 python bench/rnn.py > $L/rnn-$stamp.log 2>&1; echo "rnn bench rc=$? $(el)"
   cp bench/results/rnn-2026112[7-9]* $L/ 2>/dev/null
   grep -E "us_per_step|tc/|ours|cublas|cudnn" $L/rnn-$stamp.log | head -40; tail -25 $L/rnn-$stamp.log
+fi
+if [ "$1" == final ]; then  # the matmul GPU tests again (after the fix of 0545's 4 failures), then bench/bsmm.py
+  timeout 250 python -m pytest -m gpu -q -n 12 -p no:cacheprovider -rfE tests/test_matmul_gpu.py \
+    tests/test_dense_route.py > $L/matmul-tests-$stamp.log 2>&1
+  echo "matmul tests rc=$? $(el): $(tail -1 $L/matmul-tests-$stamp.log)"; grep -E '^(FAILED|ERROR)' $L/matmul-tests-$stamp.log | head -8
+  timeout 300 python bench/bsmm.py > $L/bsmm-$stamp.log 2>&1; echo "bsmm rc=$? $(el)"
+  cp bench/results/bsmm-2026112[7-9]* $L/ 2>/dev/null
+  grep -E "^ *cusparseblocks(\[kernels\])? +(fprop|bprop|updat)" $L/bsmm-$stamp.log | head -150
 fi
 if [ "$1" == tests ]; then gpu_suite 500; fi
 if [ "$1" == bench ]; then  # bench/bsmm.py (the dense route's rows included) and its table
