@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import assert_close, poison, random_array
-from test_matmul_gpu import _io, _layout, _ref64
+from test_matmul_gpu import _io, _random_problem, _ref64
 
 from cusparseblocks import BlockSparseMatMul, _dense_route
 from cusparseblocks import _matmul_gpu as _gpu
@@ -78,12 +78,7 @@ def test_dense_route_ops(rng, route, dtype, block_size, feature_axis, n):
     import cupy as cp
 
     route["mode"] = "always"
-    kb, mb = rng.integers(3, 7), rng.integers(3, 7)
-    op = BlockSparseMatMul(_layout(rng, kb, mb), block_size, feature_axis)
-    x = random_array(rng, _io(op, n, op.K), dtype)
-    dy = random_array(rng, _io(op, n, op.M), dtype)
-    w = random_array(rng, op.w_shape, dtype, scale=0.2)
-    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+    op, (x, dy, w), (xg, dyg, wg) = _random_problem(rng, dtype, block_size, feature_axis, n)
 
     y = poison(cp, _io(op, n, op.M), dtype)
     op.fprop(xg, wg, out=y)

@@ -49,11 +49,9 @@ def _io(op, n, features):
     return (n, features) if op.feature_axis == 1 else (features, n)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("block_size", BLOCKS)
-@pytest.mark.parametrize("feature_axis", [1, 0])
-@pytest.mark.parametrize("n", [1, 37, 64, 130, 333])
-def test_fprop_bprop_updat(rng, dtype, block_size, feature_axis, n):
+def _random_problem(rng, dtype, block_size, feature_axis, n):
+    """A random 3-6 × 3-6 block layout (with an empty block row and column) and fresh x, dy, w: (op, host
+    arrays (x, dy, w), device copies (x, dy, w))."""
     import cupy as cp
 
     kb, mb = rng.integers(3, 7), rng.integers(3, 7)
@@ -61,7 +59,17 @@ def test_fprop_bprop_updat(rng, dtype, block_size, feature_axis, n):
     x = random_array(rng, _io(op, n, op.K), dtype)
     dy = random_array(rng, _io(op, n, op.M), dtype)
     w = random_array(rng, op.w_shape, dtype, scale=0.2)
-    xg, dyg, wg = cp.asarray(x), cp.asarray(dy), cp.asarray(w)
+    return op, (x, dy, w), (cp.asarray(x), cp.asarray(dy), cp.asarray(w))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", BLOCKS)
+@pytest.mark.parametrize("feature_axis", [1, 0])
+@pytest.mark.parametrize("n", [1, 37, 64, 130, 333])
+def test_fprop_bprop_updat(rng, dtype, block_size, feature_axis, n):
+    import cupy as cp
+
+    op, (x, dy, w), (xg, dyg, wg) = _random_problem(rng, dtype, block_size, feature_axis, n)
 
     y = poison(cp, _io(op, n, op.M), dtype)
     op.fprop(xg, wg, out=y)
