@@ -124,17 +124,13 @@ def _grid(total, dev):
 
 
 def _block_map(op_obj, dev):
-    """int32 [in_blocks · out_blocks] on the device: the w index of each block position, -1 where absent."""
+    """The layout's ``block_index`` on the device (cached per op and device)."""
     import cupy
 
     key = ("dense_map", dev)
     m = op_obj._gpu_tables.get(key)
     if m is None:
-        lay = op_obj.layout
-        host = np.full(lay.in_blocks * lay.out_blocks, -1, np.int32)
-        host[np.asarray(lay.rows, np.int64) * lay.out_blocks + np.asarray(lay.cols, np.int64)] = np.arange(
-            lay.nnz, dtype=np.int32)
-        m = op_obj._gpu_tables[key] = cupy.asarray(host)
+        m = op_obj._gpu_tables[key] = cupy.asarray(op_obj.layout.block_index)
     return m
 
 

@@ -20,7 +20,8 @@ class BlockLayout:
     ``w`` order); ``row_ptr`` int32 [in_blocks+1] (CSR); ``col_ptr`` int32 [out_blocks+1] and
     ``col_order`` int32 [nnz] (CSC: the ``w`` indices of column j are
     ``col_order[col_ptr[j]:col_ptr[j+1]]``, sorted by row); ``cols_longest_first`` int32 [out_blocks] and
-    ``rows_longest_first`` int32 [in_blocks] (by decreasing block count, ties in index order).
+    ``rows_longest_first`` int32 [in_blocks] (by decreasing block count, ties in index order);
+    ``block_index`` int32 [in_blocks, out_blocks] (the ``w`` index of each block, -1 where absent).
     """
 
     def __init__(self, mask, name: str = "layout"):
@@ -77,6 +78,13 @@ class BlockLayout:
     def rows_longest_first(self) -> np.ndarray:
         """int32 [in_blocks]: the block rows by decreasing block count (ties in row order)."""
         return _frozen(np.argsort(-np.diff(self.row_ptr), kind="stable").astype(np.int32))
+
+    @functools.cached_property
+    def block_index(self) -> np.ndarray:
+        """int32 [in_blocks, out_blocks]: the ``w`` index of the block at each position, -1 where absent."""
+        index = np.full(self.mask.shape, -1, dtype=np.int32)
+        index[self.rows, self.cols] = np.arange(self.nnz, dtype=np.int32)
+        return _frozen(index)
 
     @functools.cached_property
     def transposed(self) -> BlockLayout:

@@ -248,8 +248,12 @@ def test_layout_tables_match_loops():
     for counts, order in ((mask.sum(axis=0), lay.cols_longest_first), (mask.sum(axis=1), lay.rows_longest_first)):
         expect = sorted(range(len(counts)), key=lambda j: (-counts[j], j))  # longest first, ties by index
         assert order.tolist() == expect and order.dtype == np.int32
+    expect_index = np.full((13, 9), -1)
+    for k, (i, j) in enumerate(blocks):
+        expect_index[i, j] = k
+    assert lay.block_index.tolist() == expect_index.tolist() and lay.block_index.dtype == np.int32
     for table in (lay.mask, lay.rows, lay.cols, lay.row_ptr, lay.col_ptr, lay.col_order, lay.cols_longest_first,
-                  lay.rows_longest_first):
+                  lay.rows_longest_first, lay.block_index):
         assert not table.flags.writeable
     assert lay.row_ptr is lay.row_ptr  # cached
 
