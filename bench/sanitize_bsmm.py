@@ -8,7 +8,8 @@ xw_tf32, updat_tc (b = 8 pairs too) and updat_tf32 (one split and several), upda
 on ragged shapes; on an sm_90 device also the wgmma kernels (xw_gmma fprop/bprop and updat_gmma /
 updat_gmma32 / updat_gmma_stack for b = 64 / 32 / 16 and 8, feature axis 1, N = 152 and 700; every
 xw_gmma_rs and xw_tma tile forced); the dense route (densify + cuBLAS, the update's gather) for every dtype,
-block size and feature axis, a grouped update. ``--route``: the dense route alone. Checks every result.
+block size and feature axis, a grouped update. ``--route``: the dense route alone; ``--small V1,V2``: those
+xw_small_ring variants alone. Checks every result.
 """
 
 import sys
@@ -68,9 +69,31 @@ def _route_errors(rng):
     return worst
 
 
+def _small_errors(rng, variants):
+    """xw_small_ring's named variants, fp16 and bf16 (or fp32), N = 29, 32 and 1, split columns: the worst
+    error."""
+    from cusparseblocks import _matmul_gpu
+
+    worst = 0.0
+    for variant in variants:
+        _matmul_gpu.small_variant = variant
+        kind = _matmul_gpu.XW_SMALL_VARIANTS[variant][0]
+        for dtype in ((np.float16, bfloat16) if kind == "tc" else (np.float32,)):
+            for n in (29, 32, 1):
+                worst = max(worst, _fprop_bprop_error(rng, rng.random((40, 23)) < 0.5, 32, n, dtype))
+    _matmul_gpu.small_variant = None
+    return worst
+
+
 def main():
     from cusparseblocks import _matmul_gpu
 
+    if "--small" in sys.argv[1:]:  # --small V1,V2: those xw_small_ring variants alone
+        worst = _small_errors(np.random.default_rng(3), sys.argv[sys.argv.index("--small") + 1].split(","))
+        cp.cuda.runtime.deviceSynchronize()
+        print(f"sanitize_bsmm --small: worst relative error {worst:.2e}")
+        assert worst < 2e-2
+        return
     if "--route" in sys.argv[1:]:
         worst = _route_errors(np.random.default_rng(2))
         cp.cuda.runtime.deviceSynchronize()

@@ -50,8 +50,8 @@ def _sets(bsmm, dtype, const=False, n_sets=3):
     return sets
 
 
-def _time(bsmm, sets):
-    fn = lambda x, w, o: bsmm.fprop(x, w, out=o)  # noqa: E731
+def _time(bsmm, sets, op="fprop"):
+    fn = lambda x, w, o: getattr(bsmm, op)(x, w, out=o)  # noqa: E731  (K = M: the same arrays serve bprop)
     return time_ms(fn, rotate=sets, graph=True, min_ms=30.0, batches=5)["median"]
 
 
@@ -66,42 +66,46 @@ def _nop_ms():
     return time_ms(fn, rotate=[()] * 3, graph=True, min_ms=30.0, batches=5)["median"]
 
 
-def run(densities=DENSITIES, dtypes=("float16", "float32")):
+def run(densities=DENSITIES, dtypes=("float16", "float32"), ops=("fprop",), variants=None):
+    """``variants``: the named small kernels to time (default: the older ones and the diagnostics, fprop)."""
     import cupy as cp
 
     from cusparseblocks import _matmul_gpu as G
 
     bw = copy_bandwidth()
-    rows = [dict(dtype="-", density="-", system="nop kernel (graph floor)", us=_nop_ms() * 1e3)]
+    rows = [dict(dtype="-", op="-", density="-", system="nop kernel (graph floor)", us=_nop_ms() * 1e3)]
     min_blocks = G.SMALL_TC_MIN_BLOCKS_PER_SM
-    for dtype in dtypes:
+    for dtype, op in ((dt, o) for dt in dtypes for o in ops):
         kind = "simt" if dtype == "float32" else "tc"
-        diags = [n for n, (k, _, _) in G.XW_SMALL_DIAG.items() if k == kind]
+        diags = [n for n, (k, _, _) in G.XW_SMALL_DIAG.items() if k == kind] if op == "fprop" else []
         item = np.dtype(dtype).itemsize
         for d in densities:
             bsmm = _op(d)
             floor_us = (bsmm.layout.nnz * B * B + 2 * N * K) * item / bw * 1e6
             sets = _sets(bsmm, dtype)
 
-            def add(system, t_ms, d=d, floor_us=floor_us, dtype=dtype):
-                rows.append(dict(dtype=dtype, density=d, system=system, us=t_ms * 1e3, floor_us=floor_us,
-                                 x_floor=t_ms * 1e3 / floor_us))
+            def add(system, t_ms, d=d, floor_us=floor_us, dtype=dtype, op=op):
+                rows.append(dict(dtype=dtype, op=op, density=d, system=system, us=t_ms * 1e3,
+                                 floor_us=floor_us, x_floor=t_ms * 1e3 / floor_us))
 
-            add("default", _time(bsmm, sets))
+            add("default", _time(bsmm, sets, op))
             G.SMALL_TC_MIN_BLOCKS_PER_SM = 0
             bsmm._gpu_tables.clear()  # the plan cache does not key on the blocks-per-SM rule
             try:
-                add("small kernel forced", _time(bsmm, sets))
-                older = (("tc_stages", "tc_ring_pairs", "tc_ring_swz", "tc_ring_late")
+                add("small kernel forced", _time(bsmm, sets, op))
+                older = (("tc_stages", "tc_ring_pairs", "tc_ring_swz", "tc_ring_late", "tc_ring_kp")
                          if kind == "tc"
                          else ("simt_ring", "simt_stages", "simt_late"))
+                if variants is not None:
+                    named = {**G.XW_SMALL_VARIANTS, **G.XW_SMALL_DIAG}
+                    older, diags = [v for v in variants if named[v][0] == kind], []
                 for name in (*older, *diags):
                     G.small_variant = name
                     try:
-                        add(name, _time(bsmm, sets))
+                        add(name, _time(bsmm, sets, op))
                     finally:
                         G.small_variant = None
-                if d in (0.5, 0.05):
+                if d in (0.5, 0.05) and variants is None and op == "fprop":
                     const = _sets(bsmm, dtype, const=True)
                     add("default kernel, w constant", _time(bsmm, const))
                     G.small_variant = f"{kind}_stages"
@@ -115,7 +119,7 @@ def run(densities=DENSITIES, dtypes=("float16", "float32")):
                 bsmm._gpu_tables.clear()
             G.small_enabled = False
             try:
-                add("per-column", _time(bsmm, sets))
+                add("per-column", _time(bsmm, sets, op))
             finally:
                 G.small_enabled = True
             del sets
@@ -128,12 +132,12 @@ def fit_table(result):
     density's layout from the floor: floor_us · bandwidth / (b² · itemsize) blocks, less x and y);
     per_block against the floor's time per block (x rate)."""
     bw = result["copy_bandwidth_GBs"] * 1e9
-    table = Table(["dtype", "system", "fixed_us", "ns_per_block", "x_floor_rate", "densities"])
+    table = Table(["dtype", "op", "system", "fixed_us", "ns_per_block", "x_floor_rate", "densities"])
     groups = {}
     for r in result["rows"]:
         if r["dtype"] != "-":
-            groups.setdefault((r["dtype"], r["system"]), []).append(r)
-    for (dtype, system), rs in groups.items():
+            groups.setdefault((r["dtype"], r.get("op", "fprop"), r["system"]), []).append(r)
+    for (dtype, op, system), rs in groups.items():
         if len(rs) < 2:
             continue
         item = np.dtype(dtype).itemsize
@@ -141,7 +145,7 @@ def fit_table(result):
         t = np.array([r["us"] for r in rs])
         slope, fixed = np.polyfit(nnz, t, 1)
         floor_ns = B * B * item / bw * 1e9
-        table.add(dtype=dtype, system=system, fixed_us=float(fixed), ns_per_block=float(slope) * 1e3,
+        table.add(dtype=dtype, op=op, system=system, fixed_us=float(fixed), ns_per_block=float(slope) * 1e3,
                   x_floor_rate=float(slope) * 1e3 / floor_ns, densities=len(rs))
     return table
 
@@ -204,6 +208,8 @@ def main(argv=None):
     p.add_argument("--raw", help="with --summarize: an `ncu --page raw --csv` file (stall reasons)")
     p.add_argument("--densities", default=",".join(map(str, DENSITIES)))
     p.add_argument("--dtype", default="float16,float32")
+    p.add_argument("--ops", default="fprop", help="fprop,bprop")
+    p.add_argument("--variants", help="small kernels to time (default: the older ones, the diagnostics)")
     p.add_argument("--no-save", action="store_true")
     a = p.parse_args(argv)
     if a.summarize:
@@ -212,12 +218,13 @@ def main(argv=None):
     if a.ncu:
         ncu_launches()
         return 0
-    result = run(tuple(float(v) for v in a.densities.split(",")), tuple(a.dtype.split(",")))
+    result = run(tuple(float(v) for v in a.densities.split(",")), tuple(a.dtype.split(",")),
+                 tuple(a.ops.split(",")), a.variants.split(",") if a.variants else None)
     if not a.no_save:
         path = save_json("small_diag", result, command="PYTHONPATH=. python bench/small_diag.py " + " ".join(
             argv if argv is not None else sys.argv[1:]))
         print(f"wrote {path}")
-    table = Table(["dtype", "density", "system", "us", "floor_us", "x_floor"])
+    table = Table(["dtype", "op", "density", "system", "us", "floor_us", "x_floor"])
     for r in result["rows"]:
         table.add(**r)
     print(f"GPU: {result['gpu']}; copy bandwidth {result['copy_bandwidth_GBs']:.0f} GB/s")

@@ -245,14 +245,20 @@ LARGE_N = 2048
 # N ≤ 32, 64 the rest. MAX_ENT/MAX_STG size the CTA's tables in shared memory; a layout with more per CTA
 # runs more CTAs (whole waves). BM = 32: xw_small_ring (7th entry 1), fp16/bf16 8 warps × 4 slots (padded
 # tiles), fp32 8 warps × 2 slots (H100, bench/NOTES.md 2026-11-26 (third): 1-4 % and 5-18 % faster than the
-# CTA-stage kernels "tc_stages" / "simt_stages" below, the defaults before)
+# CTA-stage kernels "tc_stages" / "simt_stages" below, the defaults before). SMALL_DEFAULT overrides a
+# (kind, BM) with a named variant: fp16/bf16 BM = 32 runs tc_ring_kp_part (k-permuted tiles, every warp's
+# partial, a second launch sums them: H100 2026-11-27 (sixteenth), 1.32× / 1.23× / 1.15× faster than the
+# padded ring at d = 0.5 / 0.2 / 0.1, bench/NOTES.md)
 XW_SMALL_TILES = {"tc": {32: (8, 1, 4, 768, 256, 1, 1), 64: (4, 2, 3, 1024, 512, 1)},
                   "simt": {32: (8, 1, 2, 768, 256, 1, 1), 64: (4, 1, 3, 1024, 512, 1)}}
+SMALL_DEFAULT = {("tc", 32): "tc_ring_kp_part"}
 XW_SMALL_BS = 32
 # fp16/bf16 take xw_small only with at least this many blocks per SM: below it the per-column xw_tc "small"
-# tile was as fast or faster (H100, N = 32, K = M = 12288: xw_small 14-21 % faster at d >= 0.1 = 112+ blocks
-# per SM, 2-6 % slower at d <= 0.05 = 56 and fewer; bench/results/bsmm-small-20261126-0050.json)
-SMALL_TC_MIN_BLOCKS_PER_SM = 80
+# tile was as fast or faster (H100, N = 32, K = M = 12288: the padded ring 14-21 % faster at d >= 0.1 = 112+
+# blocks per SM, 2-6 % slower at d <= 0.05 = 56 and fewer, bench/results/bsmm-small-20261126-0050.json;
+# tc_ring_kp_part 8 % / 2 % faster (fprop / bprop) at 58 blocks per SM, 41 % / 36 % slower at 25,
+# small_diag-20261127-0737)
+SMALL_TC_MIN_BLOCKS_PER_SM = 55
 # tiles timed against the default by the benchmark (small_variant = name; used where kind and BM apply):
 # tc_eps4: 4 blocks per stage, 80 KiB, two CTAs per SM; tc_w4: 4 warps of two blocks each per stage (the
 # first default; H100 run 3: the 8-warp default 4 % faster at d = 0.5, 5-10 % at d = 0.2-0.02)
@@ -281,13 +287,22 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      # tc_ring with other tile layouts (SMALL_SWIZZLE, kernels/bsmm_small.cu tile_off)
                      "tc_ring_swz": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      "tc_ring_pairs": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     # k-permuted (SWZ = 3): unpadded tiles copied whole, A (and bprop's B) fragments by
+                     # 16-byte shared loads (kernels/bsmm_small.cu tile_stride)
+                     "tc_ring_kp": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     # and with the split pieces counted after the stream (LATE = 1: no fence inside it)
+                     "tc_ring_kp_late": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     # and with no piece end inside the CTA: every warp's partial, summed by a second launch
+                     "tc_ring_kp_part": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      # split pieces counted after the CTA's last block (LATE = 1; H100 2026-11-26 (third): no
                      # gain for fp16, 2-12 % slower for fp32 at d <= 0.2, so not the default)
                      "tc_ring_late": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      "simt_late": ("simt", 32, (4, 1, 3, 320, 128, 1))}
-SMALL_LATE_SPLIT = ("tc_ring_late", "simt_late")  # variants built with LATE = 1
+SMALL_LATE_SPLIT = ("tc_ring_late", "simt_late", "tc_ring_kp_late")  # variants built with LATE = 1
+SMALL_PARTS = ("tc_ring_kp_part",)  # variants built with LATE = 3 (xw_small_ring only)
 # xw_small_ring's fp16/bf16 tile layout (SWZ) by variant; the others: 0, padded 80-byte rows
-SMALL_SWIZZLE = {"tc_ring_swz": 1, "tc_ring_pairs": 2}
+SMALL_SWIZZLE = {"tc_ring_swz": 1, "tc_ring_pairs": 2, "tc_ring_kp": 3, "tc_ring_kp_late": 3,
+                 "tc_ring_kp_part": 3, "diag_tc_kp_noepi": 3}
 # Timing-only builds of xw_small_ring (fp16 "tc", fp32 "simt"; fprop; 8th entry DIAG, kernels/bsmm_small.cu):
 # each removes one piece of the work so that bench/small_diag.py can attribute the time. Their output is
 # wrong: only a benchmark names them (small_variant), the library never picks them.
@@ -296,7 +311,9 @@ _DIAG_BITS = {"nomma": 1, "nox": 2, "notab": 4, "noepi": 8, "empty": 16, "nozfil
 XW_SMALL_DIAG = {**{f"diag_tc_{k}": ("tc", 32, (8, 1, 4, 768, 256, 1, 1, v))
                     for k, v in _DIAG_BITS.items()},
                  **{f"diag_simt_{k}": ("simt", 32, (4, 1, 5, 768, 256, 1, 1, v))
-                    for k, v in _DIAG_BITS.items() if k in ("nomma", "empty", "probe")}}
+                    for k, v in _DIAG_BITS.items() if k in ("nomma", "empty", "probe")},
+                 # the k-permuted tiles (SWZ = 3) without their piece ends
+                 "diag_tc_kp_noepi": ("tc", 32, (8, 1, 4, 768, 256, 1, 1, 8))}
 small_variant = None
 small_enabled = True  # False: the per-column kernels of bsmm.cu at N ≤ SMALL_N too (benchmarks compare)
 force_variant = None  # benchmarks set "large"/"medium"/"small" to compare tiles in one run
@@ -421,10 +438,19 @@ def _small_kind(dtype):
     return "simt" if dtype == "float32" else "tc"
 
 
-def _small_entry(dtype, bm, variant):
+def _small_named(dtype, bm, variant):
+    """The named small kernel that runs: ``variant`` where it applies (its kind and tile height), else the
+    default's name for this kind and height (SMALL_DEFAULT), else None (XW_SMALL_TILES' unnamed tile)."""
     v = XW_SMALL_VARIANTS.get(variant) or XW_SMALL_DIAG.get(variant)
     if v is not None and v[0] == _small_kind(dtype) and v[1] == bm:
-        return v[2]
+        return variant
+    return SMALL_DEFAULT.get((_small_kind(dtype), bm))
+
+
+def _small_entry(dtype, bm, variant):
+    name = _small_named(dtype, bm, variant)
+    if name is not None:
+        return (XW_SMALL_VARIANTS.get(name) or XW_SMALL_DIAG[name])[2]
     return XW_SMALL_TILES[_small_kind(dtype)][bm]
 
 
@@ -457,26 +483,30 @@ def xw_small_spec(dtype, out_dtype, bm, trans, variant=None):
 
 
 def _small_late(dtype, bm, variant):
-    """LATE of the variant where it applies (its kind and tile height): 1 for SMALL_LATE_SPLIT, else 0."""
-    v = XW_SMALL_VARIANTS.get(variant)
-    if v is None or _small_entry(dtype, bm, variant) is not v[2]:
-        return 0
-    return 1 if variant in SMALL_LATE_SPLIT else 0
+    """LATE of the kernel that runs (_small_named): 1 for SMALL_LATE_SPLIT, 3 for SMALL_PARTS, else 0."""
+    name = _small_named(dtype, bm, variant)
+    return 1 if name in SMALL_LATE_SPLIT else 3 if name in SMALL_PARTS else 0
+
+
+def small_reduce_spec(out_dtype, bm, warps):
+    """xw_small_reduce (LATE = 3's second launch) for the output dtype, tile height and warps."""
+    return KernelSpec("bsmm_small.cu", f"xw_small_reduce<{_CTYPE[out_dtype]}, {bm}, {warps}>")
 
 
 def _small_swizzled(dtype, bm, variant):
-    """xw_small_ring's tile layout SWZ (fp16/bf16 with cp.async): 1 permuted pieces, 2 row pairs, 0 padded."""
+    """xw_small_ring's tile layout SWZ (fp16/bf16 with cp.async): 1 permuted pieces, 2 row pairs,
+    3 k-permuted, 0 padded."""
     if dtype == "float32" or small_ring(dtype, bm, variant) != 1:
         return 0
-    v = XW_SMALL_VARIANTS.get(variant)
-    return SMALL_SWIZZLE.get(variant, 0) if v is not None and _small_entry(dtype, bm, variant) is v[2] else 0
+    return SMALL_SWIZZLE.get(_small_named(dtype, bm, variant), 0)
 
 
 def xw_small_smem(dtype, bm, variant=None):
     """Dynamic shared memory: STAGES · EPS · (BM + C·32) rows · stride · itemsize (mirrors xw_small); the
     ring kernel: its WARPS · SLOTS slots of (BM + 32) rows, + the tile reduction's WARPS · BM · 36 floats."""
     warps, bpw, st, _, _, c = small_tile(dtype, bm, variant)
-    stride, item = (36, 4) if dtype == "float32" else ((40, 32, 36)[_small_swizzled(dtype, bm, variant)], 2)
+    swz = _small_swizzled(dtype, bm, variant)
+    stride, item = (36, 4) if dtype == "float32" else ((40, 32, 36, 40)[swz], 2)
     ring = st * warps * bpw * (bm + c * XW_SMALL_BS) * stride * item
     red = warps * bm * 36 * 4
     return ring + (red if small_ring(dtype, bm, variant) else 0)
@@ -489,7 +519,7 @@ def xw_small_static_smem(dtype, bm, variant=None):
     return me * (c + 1) * 4 + ms * 16 + 16 + (warps * st * 8 if small_ring(dtype, bm, variant) else 0)
 
 
-def small_tables(ptr, n_ctas, eps, snap=0, weight=None):
+def small_tables(ptr, n_ctas, eps, snap=0, weight=None, all_parts=False):
     """xw_small's work split: ``ptr`` [n_out + 1] (CSC column pointers for fprop, CSR row pointers for
     bprop; the entries of column c are ptr[c]:ptr[c+1]) cut into ``n_ctas`` ranges of equal block count.
 
@@ -499,7 +529,8 @@ def small_tables(ptr, n_ctas, eps, snap=0, weight=None):
     zero_cols int32 [max(n_zero, 1)] (the empty columns) and n_zero; parts int32 [max(n_parts, 1), 2]
     (first part of the column, its number of parts): a column cut by range boundaries has one part per
     piece, numbered in list order. A piece of a column is a run of stages of ``eps`` blocks (the last one
-    shorter)."""
+    shorter). ``all_parts`` (xw_small_ring LATE = 3): every piece's part is its number in list order, and
+    parts int32 [max(n_out, 1), 2] is per column (its first piece, its number of pieces; 0 if empty)."""
     ptr = np.asarray(ptr, dtype=np.int64)
     n_out, nnz = ptr.size - 1, int(ptr[-1])
     if weight is None:
@@ -520,7 +551,7 @@ def small_tables(ptr, n_ctas, eps, snap=0, weight=None):
     zero_cols = zero if zero.size else np.zeros(1, np.int32)
     if nnz == 0:
         return (bounds.astype(np.int32), np.zeros((0, 4), np.int32), np.zeros(n_ctas + 1, np.int32),
-                zero_cols, int(zero.size), np.zeros((1, 2), np.int32))
+                zero_cols, int(zero.size), np.zeros((max(n_out, 1) if all_parts else 1, 2), np.int32))
     cols = np.flatnonzero(lens > 0)
     first = np.searchsorted(bounds, ptr[cols], side="right") - 1
     last = np.searchsorted(bounds, ptr[cols + 1] - 1, side="right") - 1
@@ -546,6 +577,11 @@ def small_tables(ptr, n_ctas, eps, snap=0, weight=None):
     parts = np.zeros((max(n_parts, 1), 2), dtype=np.int32)
     parts[part[split], 0] = part_first[split]
     parts[part[split], 1] = pieces[split]
+    if all_parts:
+        part = np.arange(col.size, dtype=np.int64)
+        parts = np.zeros((max(n_out, 1), 2), dtype=np.int32)
+        parts[col[piece == 0], 0] = part[piece == 0]
+        parts[col[piece == 0], 1] = pieces[piece == 0]
     # segments are already in list order (column, then CTA = position); expand them into stages
     n_stg = -(-(e1 - e0) // eps)
     seg = np.repeat(np.arange(col.size), n_stg)
@@ -586,11 +622,11 @@ def small_items(layout, op, c):
     return np.ascontiguousarray(items), gptr, 1 + np.sum(items[:, 1:] >= 0, axis=1)
 
 
-def small_work(layout, op, ctas, eps, snap, c):
+def small_work(layout, op, ctas, eps, snap, c, all_parts=False):
     """Host arrays of one xw_small launch: items, ent_ptr, stages, stage_ptr, zero columns (at least one
     element), their count (np.int32), parts (small_items, small_tables)."""
     items, gptr, weight = small_items(layout, op, c)
-    ent_ptr, stages, stage_ptr, zero, n_zero, parts = small_tables(gptr, ctas, eps, snap, weight)
+    ent_ptr, stages, stage_ptr, zero, n_zero, parts = small_tables(gptr, ctas, eps, snap, weight, all_parts)
     n_out = layout.out_blocks if op == "fprop" else layout.in_blocks
     zero = (zero[:n_zero, None] * c + np.arange(c)).reshape(-1)  # the columns of empty groups
     zero = zero[zero < n_out].astype(np.int32)
@@ -767,10 +803,14 @@ def small_specializations():
     for dtype in ("float16", "bfloat16", "float32"):
         for to, bm, trans in itertools.product(_out_types(dtype), XW_SMALL_TILES[_small_kind(dtype)], (0, 1)):
             yield xw_small_spec(dtype, to, bm, trans)
-        for name, (kind, bm, _) in XW_SMALL_VARIANTS.items():
+        for name, (kind, bm, tile) in XW_SMALL_VARIANTS.items():
             if kind == _small_kind(dtype):
                 for to, trans in itertools.product(_out_types(dtype), (0, 1)):
                     yield xw_small_spec(dtype, to, bm, trans, name)
+                if name in SMALL_PARTS:  # the second launch, for each output dtype once
+                    for to in _out_types(dtype):
+                        if to == dtype or dtype == "float16":
+                            yield small_reduce_spec(to, bm, tile[0])
         if dtype != "bfloat16":  # the diagnostics: fprop, output in the input dtype
             for name, (kind, bm, _) in XW_SMALL_DIAG.items():
                 if kind == _small_kind(dtype):
@@ -959,8 +999,8 @@ def _tables(op_obj, key, dev):
         elif key == "bprop":
             ent = np.stack([lay.cols, np.arange(lay.nnz, dtype=np.int32)], axis=1)
             cache[(dev, key)] = (cupy.asarray(lay.row_ptr), cupy.asarray(np.ascontiguousarray(ent, np.int32)))
-        elif key[0] == "small":  # ("small", op, ctas, eps, bm, snap, c)
-            work = small_work(lay, key[1], key[2], key[3], key[5], key[6])
+        elif key[0] == "small":  # ("small", op, ctas, eps, bm, snap, c, LATE = 3: every piece's partial)
+            work = small_work(lay, key[1], key[2], key[3], key[5], key[6], key[7])
             cache[(dev, key)] = tuple(a if isinstance(a, np.int32) else cupy.asarray(a) for a in work)
         elif key[0] in ("tma", "rs"):  # ("tma", op, c·cl, grouped) / ("rs", op, c, r, grouped)
             op, c = key[1], key[2]
@@ -1157,7 +1197,8 @@ def _use_small(op_obj, dtype, n, aligned, dev):
 
 def _small_plan(op_obj, op, dtype, odt, n, dev):
     """xw_small's plan: grid = resident CTAs (SMs × CTAs per SM by shared memory; whole waves more when the
-    CTAs' tables would not fit); the table key ("small", op, CTAs, EPS, BM, snap, C) names the work split."""
+    CTAs' tables would not fit); the table key ("small", op, CTAs, EPS, BM, snap, C, all parts) names the work
+    split."""
     bm = 32 if n <= 32 else 64
     warps, bpw, _, max_ent, max_stg, c = small_tile(dtype, bm, small_variant)
     smem = xw_small_smem(dtype, bm, small_variant)
@@ -1167,7 +1208,8 @@ def _small_plan(op_obj, op, dtype, odt, n, dev):
     ctas = small_ctas(gptr, eps, _sm_count(dev) * per_sm, max_ent, max_stg, weight)
     spec = xw_small_spec(dtype, odt, bm, 0 if op == "fprop" else 1, small_variant)
     return (compiler.get_function(spec, smem), (ctas,), (warps * 32,), smem,
-            ("small", op, ctas, eps, bm, small_snap(eps, max_ent, max_stg), c))
+            ("small", op, ctas, eps, bm, small_snap(eps, max_ent, max_stg), c,
+             _small_late(dtype, bm, small_variant) == 3))
 
 
 def _small_buffers(op_obj, dev, stream, n_parts, bm, c):
@@ -1299,10 +1341,16 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
     if tables[0] == "small":
         entries, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = _tables(op_obj, tables, dev)
         stream = cupy.cuda.get_current_stream()
-        ws, counters = _small_buffers(op_obj, dev, stream, parts.shape[0], tables[4], tables[6])
+        warps = block[0] // 32
+        n_ws = stages.shape[0] * warps if tables[7] else parts.shape[0]  # LATE = 3: a partial a piece a warp
+        ws, counters = _small_buffers(op_obj, dev, stream, n_ws, tables[4], tables[6])
+        acc = np.int32(bool(accumulate))
         fn(grid, block, (x, w, y, entries, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts, ws, counters,
-                         np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(bool(accumulate))),
+                         np.int64(n), np.int64(f_in), np.int64(f_out), acc),
            shared_mem=smem, stream=stream)
+        if tables[7]:  # every column's pieces summed by a second launch (parts: per column)
+            red = compiler.get_function(small_reduce_spec(odt, tables[4], warps))
+            red((parts.shape[0],), (256,), (ws, parts, y, np.int64(n), np.int64(f_out), acc), stream=stream)
         return y
     if tables[0] == "tma":  # x and w through tensor maps (boxes of BM rows × b and b × b)
         b = op_obj.block_size

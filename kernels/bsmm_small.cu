@@ -112,8 +112,22 @@ constexpr int RS = 36;  // fp32 row stride of the warps' tiles in the segment re
 // bytes apart; 8 lanes copying one row pair write 128 contiguous bytes in lane order, and the 8 rows of an
 // ldmatrix at one piece fall on 16-byte bank groups (p + 4 (r % 2) + c) mod 8 over 4 consecutive p: distinct.
 // tile_stride is the mean row stride (BM rows take BM · tile_stride elements).
+// SWZ = 3 (fp16/bf16, xw_small_ring, "k-permuted"): the x tile and the bprop w block unpadded (64-byte rows,
+// pieces in order), the fprop w block unpadded with piece c of row r at c ^ ((r / 8) % 4); every copy lands
+// whole (consecutive lanes write consecutive 16-byte pieces, as the stream probe's 1.03× copies did). The
+// reduction index k of each block is permuted consistently in both operands: lane t (= lane % 4) of an mma
+// row group owns the physical k = 8t .. 8t + 7, i.e. logical k = 16s + 8h + 2t + e (mma step s, half h,
+// element e) at p = 8t + 4s + 2h + e. So the A fragments of both steps are one 16-byte shared load per row
+// (no ldmatrix), bprop's B fragments (rows n of w, k contiguous) one 16-byte load per n-tile, and fprop's
+// (rows k of w) ldmatrix.trans with the row addresses permuted; the row swizzle keeps those 8 rows, 8 apart
+// in pairs, on 8 distinct 16-byte bank groups. Slots keep the padded size (tile_stride 40).
 template <typename T, int SWZ> __host__ __device__ constexpr int tile_stride() {
     return SWZ == 1 ? 32 : SWZ == 2 ? 36 : stride<T>();
+}
+// SWZ = 3: element offset of the 16-byte piece at position `pos` of row `row` of an x tile or w block, and
+// the logical piece the copy puts there (the fprop w block is stored swizzled)
+template <int TRANS_W, bool IS_W> __device__ __forceinline__ int kp_chunk(int row, int pos) {
+    return (IS_W && !TRANS_W) ? pos ^ ((row >> 3) & 3) : pos;
 }
 // element offset of 16-byte piece `chunk` of row `row` in a tile of that layout
 template <typename T, int SWZ> __device__ __forceinline__ int tile_off(int row, int chunk) {
@@ -140,6 +154,51 @@ template <typename T, int BM, int TRANS_W, int SWZ> struct Warp {
     // As [BM][S]: x rows (m, k); Ws [32][S]: w block rows as in memory (fprop: k, bprop: n)
     __device__ __forceinline__ void mac(const T* As, const T* Ws, int lane) {
         const int q = lane / 8, r = lane % 8;
+        if constexpr (SWZ == 3) {  // k-permuted (see tile_stride): 16-byte loads of the thread's 8 k values
+            const int g = lane / 4, t = lane % 4;
+            uint4 av[MI][2], bv[NI];
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    av[i][h] = *reinterpret_cast<const uint4*>(As + (i * 16 + h * 8 + g) * BS + t * 8);
+            if (TRANS_W)
+#pragma unroll
+                for (int j = 0; j < NI; j++) bv[j] = *reinterpret_cast<const uint4*>(Ws + (j * 8 + g) * BS + t * 8);
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+                unsigned a[MI][4], b[NI][2];
+#pragma unroll
+                for (int i = 0; i < MI; i++) {
+                    a[i][0] = s ? av[i][0].z : av[i][0].x;
+                    a[i][1] = s ? av[i][1].z : av[i][1].x;
+                    a[i][2] = s ? av[i][0].w : av[i][0].y;
+                    a[i][3] = s ? av[i][1].w : av[i][1].y;
+                }
+                if (TRANS_W) {
+#pragma unroll
+                    for (int j = 0; j < NI; j++) {
+                        b[j][0] = s ? bv[j].z : bv[j].x;
+                        b[j][1] = s ? bv[j].w : bv[j].y;
+                    }
+                } else {
+                    // matrix q: k half h = q % 2, n piece j + q / 2; its row r is logical k 16s + 8h + r,
+                    // physical p = 8 (r / 2) + 4s + 2h + r % 2
+                    const int p = 8 * (r / 2) + 4 * s + 2 * (q % 2) + r % 2;
+#pragma unroll
+                    for (int j = 0; j < NI; j += 2) {
+                        unsigned tt[4];
+                        ldmatrix_x4<true>(tt, Ws + p * BS + (((j + q / 2) ^ ((p >> 3) & 3)) << 3));
+                        b[j][0] = tt[0]; b[j][1] = tt[1]; b[j + 1][0] = tt[2]; b[j + 1][1] = tt[3];
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < MI; i++)
+#pragma unroll
+                    for (int j = 0; j < NI; j++) Mma<T>::k16(acc[i][j], a[i], b[j][0], b[j][1]);
+            }
+            return;
+        }
 #pragma unroll
         for (int kk = 0; kk < BS; kk += 16) {
             unsigned a[MI][4], b[NI][2];
@@ -161,7 +220,8 @@ template <typename T, int BM, int TRANS_W, int SWZ> struct Warp {
                 for (int j = 0; j < NI; j++) Mma<T>::k16(acc[i][j], a[i], b[j][0], b[j][1]);
         }
     }
-    // the warp's tile into red [BM][RS]
+    // the warp's tile into red [BM][LD] (the reduction's RS, or BS for a partial in global memory)
+    template <int LD = RS>
     __device__ __forceinline__ void store(float* red, int lane) const {
 #pragma unroll
         for (int i = 0; i < MI; i++)
@@ -170,7 +230,7 @@ template <typename T, int BM, int TRANS_W, int SWZ> struct Warp {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     const int m = i * 16 + lane / 4 + h * 8, n = j * 8 + (lane % 4) * 2;
-                    *reinterpret_cast<float2*>(red + m * RS + n) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+                    *reinterpret_cast<float2*>(red + m * LD + n) = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
                 }
     }
 };
@@ -220,12 +280,13 @@ template <int BM, int TRANS_W, int SWZ> struct Warp<float, BM, TRANS_W, SWZ> {
                     }
         }
     }
+    template <int LD = RS>
     __device__ __forceinline__ void store(float* red, int lane) const {
         const int mi = lane / NG, ni = lane % NG;
 #pragma unroll
         for (int i = 0; i < TM; i++)
 #pragma unroll
-            for (int j = 0; j < TN; j++) red[(mi + MG * i) * RS + (TRANS_W ? ni + NG * j : ni * TN + j)] = acc[i][j];
+            for (int j = 0; j < TN; j++) red[(mi + MG * i) * LD + (TRANS_W ? ni + NG * j : ni * TN + j)] = acc[i][j];
     }
 };
 
@@ -436,7 +497,11 @@ xw_small(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__ y, c
 // and of the x tile, into the padded rows that ldmatrix wants), completion on the slot's mbarrier; rows
 // n ≥ N of the x tiles are zeroed once and never copied. Warp tile and multiply as xw_small (Warp<>).
 // LATE = 1 as xw_small's: a split column's piece is counted (fence, atomic, last piece's sum) after the
-// stream.
+// stream. LATE = 3: no piece end inside the CTA at all: each warp writes its tile of every piece (zeros
+// where it had no block of it) to its own fp32 partial in ws (rec.w = the piece's number in list order)
+// and goes on streaming, with no barrier, fence or atomic; a second launch, xw_small_reduce, sums each
+// column's partials into y (and writes the empty columns). Measured with SWZ = 3 (bench/NOTES.md, 2026-11-27
+// sixteenth): without piece ends the stream runs at the memory floor's rate, with the CTA-wide ones at ~1.6×.
 // Dynamic shared memory: WARPS · SLOTS · (BM + 32) · stride(T) · sizeof(T) + WARPS · BM · 36 · 4 bytes.
 // DIAG (timing-only builds for bench/small_diag.py, never dispatched by default; the output is wrong):
 // each set bit removes one piece of the work so that the benchmark can attribute the time: DIAG_NOMMA
@@ -539,7 +604,7 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
             for (int i = 0; i < BM * CPR / 32; i++) {
                 if (DIAG & DIAG_NOX) break;
                 const int ch = lane + i * 32, row = ch / CPR, c8 = (ch % CPR) * VEC;
-                T* dst = As + tile_off<T, SWZ>(row, ch % CPR);
+                T* dst = SWZ == 3 ? As + row * BS + c8 : As + tile_off<T, SWZ>(row, ch % CPR);
                 if (DIAG & DIAG_NOZFILL) {
                     cp_async16_full(dst, xs + row * in_features + c8);
                     continue;
@@ -550,7 +615,11 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
 #pragma unroll
             for (int i = 0; i < BS * CPR / 32; i++) {
                 const int ch = lane + i * 32, row = ch / CPR, c8 = (ch % CPR) * VEC;
-                cp_async16_hint(Ws + tile_off<T, SWZ>(row, ch % CPR), wb + row * BS + c8, w_policy);
+                if (SWZ == 3)  // unpadded, consecutive destinations; fprop: the source piece swizzled
+                    cp_async16_hint(Ws + row * BS + c8, wb + row * BS + kp_chunk<TRANS_W, true>(row, ch % CPR) * VEC,
+                                    w_policy);
+                else
+                    cp_async16_hint(Ws + tile_off<T, SWZ>(row, ch % CPR), wb + row * BS + c8, w_policy);
             }
         }
         issued++;
@@ -588,6 +657,10 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
         }
         if (DIAG & DIAG_NOEPI) continue;
         if (!(rec.y & LAST)) continue;
+        if (LATE == 3) {  // every warp's tile of the piece to its own partial; xw_small_reduce sums them
+            acc.template store<BS>(ws + ((i64)rec.w * WARPS + q) * BM * BS, lane);
+            continue;
+        }
         const int c = rec.z, p = rec.w;
         // piece end: the warps' tiles summed in warp order (as xw_small)
         __syncthreads();  // the previous piece's readers are done with red
@@ -632,10 +705,37 @@ xw_small_ring(const T* __restrict__ x, const T* __restrict__ w, TO* __restrict__
         if (v == 1.2345e-30f) y[threadIdx.x] = from_float<TO>(v);
         return;
     }
-    if (!accumulate)
+    if (!accumulate && LATE != 3)
         for (int i = blockIdx.x; i < n_zero; i += gridDim.x) {
             const i64 c = zero_cols[i];
             for (int idx = threadIdx.x; idx < rows * BS; idx += THREADS)
                 y[(i64)(idx / BS) * out_features + c * BS + idx % BS] = from_float<TO>(0.f);
         }
+}
+
+// LATE = 3's second launch: y's column c (one CTA each, every output column) = the sum of its pieces'
+// partials (colseg[c] = (first piece, pieces); a piece's WARPS tiles [BM][32] at ws + (piece · WARPS + q) ·
+// BM · 32), in piece then warp order (the same bits on every run), + y when accumulating; 0 for a column
+// without pieces. The partials were written by the launch before on the same stream, so they are in L2.
+template <typename TO, int BM, int WARPS>
+__global__ void __launch_bounds__(256)
+xw_small_reduce(const float* __restrict__ ws, const int2* __restrict__ colseg, TO* __restrict__ y, i64 n_total,
+                i64 out_features, int accumulate) {
+    using namespace small;
+    const int c = blockIdx.x, rows = (int)min((i64)BM, n_total);
+    const int2 cs = colseg[c];
+    for (int idx = threadIdx.x; idx < rows * BS; idx += blockDim.x) {
+        float v = 0.f;
+        for (int s = 0; s < cs.y; s++) {
+            const float* part = ws + (i64)(cs.x + s) * WARPS * BM * BS + idx;
+            float t[WARPS];
+#pragma unroll
+            for (int q = 0; q < WARPS; q++) t[q] = __ldcg(part + q * BM * BS);
+#pragma unroll
+            for (int q = 0; q < WARPS; q++) v += t[q];
+        }
+        const i64 off = (i64)(idx / BS) * out_features + (i64)c * BS + idx % BS;
+        if (accumulate) v += to_float<TO>(y[off]);
+        y[off] = from_float<TO>(v);
+    }
 }

@@ -431,7 +431,6 @@ def test_mixed_numpy_and_cupy_arrays(monkeypatch):
 def test_wide_tables_match_layout(rng):
     """The wide lists cover every block once, super-rows sorted, masks matching the slots."""
     from cusparseblocks import _matmul_gpu
-    from cusparseblocks.blocklayout import BlockLayout
 
     mask = rng.random((11, 45)) < 0.3
     mask[0, 0] = mask[3, 31] = mask[10, 44] = True
@@ -460,7 +459,6 @@ def test_wide_tables_column_order(rng):
     an absent slot holds ``absent`` (xw_tma's tables: nnz, a row past w's tensor map that its b = 32 transposed
     tile copies as zeros)."""
     from cusparseblocks import _matmul_gpu
-    from cusparseblocks.blocklayout import BlockLayout
 
     mask = rng.random((13, 37)) < 0.3
     mask[0, 0] = True
@@ -492,7 +490,6 @@ def test_column_order(rng, c, monkeypatch):
     order's on random layouts (fewer records, never more here); c = 1 or not a power of two: the index
     order; windows of GROUP_WINDOW columns are grouped apart and the leftovers fill the last group."""
     from cusparseblocks import _matmul_gpu
-    from cusparseblocks.blocklayout import BlockLayout
 
     for shape, density in (((64, 64), 0.5), ((64, 64), 0.1), ((40, 77), 0.2), ((5, 3), 0.6), ((128, 1), 0.5)):
         mask = rng.random(shape) < density
@@ -524,7 +521,6 @@ def test_update_groups_packed(rng, g):
     two block rows, filled from slot 0; a group leaves slots empty only at the end of the layout or when the
     next nonempty row has no blocks left for it (it starts a new group after a two-row group)."""
     from cusparseblocks import _matmul_gpu
-    from cusparseblocks.blocklayout import BlockLayout
 
     for density in (0.05, 0.1, 0.3, 0.9):
         mask = rng.random((23, 40)) < density
@@ -554,7 +550,6 @@ def test_update_tiles(rng, tr, tc, max_blocks):
     (first row and column: the tile's corner), a tile's items of nearly equal counts, entries sorted by tile,
     row, column."""
     from cusparseblocks import _matmul_gpu
-    from cusparseblocks.blocklayout import BlockLayout
 
     for density in (0.02, 0.2, 0.6, 1.0):
         mask = rng.random((37, 29)) < density
@@ -1002,6 +997,13 @@ def test_small_tables_cover_every_block_once():
             else:
                 assert ps == list(range(ps[0], ps[0] + len(ps)))
                 assert all(tuple(parts[p]) == (ps[0], len(ps)) for p in ps)
+        # all_parts (LATE = 3): every piece numbered in list order, parts per column (first piece, pieces)
+        _, st_a, sp_a, _, _, cols_a = G.small_tables(ptr, ctas, eps, eps, all_parts=True)
+        last = st_a[(st_a[:, 1] & (1 << 17)) != 0]
+        assert list(last[:, 3]) == list(range(len(last)))
+        for c in range(mb):
+            got = last[last[:, 2] == c, 3]
+            assert cols_a[c, 1] == len(got) and (not len(got) or cols_a[c, 0] == got[0])
         n = G.small_ctas(ptr, eps, ctas, 16, 5)
         ep, _, sp, _, _, _ = G.small_tables(ptr, n, eps, G.small_snap(eps, 16, 5))
         assert n % max(1, min(ctas, -(-nnz // eps))) == 0 and np.max(np.diff(sp)) <= 5
@@ -1030,7 +1032,12 @@ def _emulated_small_cases():
             ("float32", "float32", "fprop", 29, 5, 1, "simt_stages"),
             ("float32", "float32", "fprop", 31, 3, 1, "simt_ring8"), ("float32", "float32", "bprop", 5, 2, 0, "simt_ring8"),
             ("bfloat16", "float32", "fprop", 31, 4, 1, "tc_ring_swz"), ("float16", "float16", "bprop", 29, 5, 1, "tc_ring_pairs"),
-            ("bfloat16", "bfloat16", "fprop", 32, 3, 0, "tc_ring_pairs")]
+            ("bfloat16", "bfloat16", "fprop", 32, 3, 0, "tc_ring_pairs"),
+            ("float16", "float16", "fprop", 32, 5, 0, "tc_ring_kp"), ("bfloat16", "float32", "fprop", 19, 3, 1, "tc_ring_kp"),
+            ("float16", "float32", "bprop", 32, 4, 1, "tc_ring_kp"), ("bfloat16", "bfloat16", "bprop", 7, 6, 0, "tc_ring_kp"),
+            ("float16", "float32", "fprop", 29, 6, 1, "tc_ring_kp_late"), ("bfloat16", "bfloat16", "bprop", 32, 5, 0, "tc_ring_kp_late"),
+            ("float16", "float16", "fprop", 32, 5, 0, "tc_ring_kp_part"), ("bfloat16", "float32", "fprop", 19, 1, 1, "tc_ring_kp_part"),
+            ("float16", "float32", "bprop", 7, 4, 1, "tc_ring_kp_part"), ("bfloat16", "bfloat16", "bprop", 32, 9, 0, "tc_ring_kp_part")]
 
 
 @pytest.fixture(scope="module")
@@ -1057,8 +1064,11 @@ def small_emulator(tmp_path_factory):
     (d / "bsmm_small_emu.cu").write_text(text.replace("extern __shared__ __align__(16) unsigned char smem_raw[];", ""))
     specs = dict.fromkeys(G.xw_small_spec(dt, odt, 32 if n <= 32 else 64, int(op == "bprop"), *variant)
                           for dt, odt, op, n, _, _, *variant in _emulated_small_cases())
-    lines = [f"{m.group(1).upper()}({m.group(2)})," for m in (re.fullmatch(r"(xw_small(?:_ring)?)<(.*)>", s.name)
-                                                               for s in specs)]
+    specs.update(dict.fromkeys(G.small_reduce_spec(odt, bm, G.small_tile(dt, bm, (v or [None])[0])[0])
+                               for dt, odt, op, n, _, _, *v in _emulated_small_cases()
+                               for bm in [32 if n <= 32 else 64] if G._small_late(dt, bm, (v or [None])[0]) == 3))
+    lines = [f"{m.group(1).upper()}({m.group(2)}),"
+             for m in (re.fullmatch(r"(xw_small(?:_ring|_reduce)?)<(.*)>", s.name) for s in specs)]
     (d / "bsmm_small_kernels.inc").write_text("\n".join(lines) + "\n")
     exe = d / "bsmm_small_driver"
     build = subprocess.run([cxx, "-std=c++20", "-O1", "-pthread", "-DCSB_HOST_EMULATION", f"-I{d}", f"-I{here}",
@@ -1089,8 +1099,9 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
     op, _ = _emulated_op(monkeypatch, mask, b, 1, op_name)
     warps, bpw, _, _, _, c = G.small_tile(dt, bm, variant)
     snap = (ctas % 2) * warps * bpw  # odd CTA counts: cuts moved onto column boundaries where near
+    all_parts = G._small_late(dt, bm, variant) == 3  # every warp's partial, then xw_small_reduce
     items, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = G.small_work(op.layout, op_name, ctas,
-                                                                               warps * bpw, snap, c)
+                                                                               warps * bpw, snap, c, all_parts)
     f_in, f_out = (op.K, op.M) if op_name == "fprop" else (op.M, op.K)
     x = random_array(rng, _io(op, n, f_in), dt)
     w = random_array(rng, op.w_shape, dt, scale=0.2)
@@ -1100,13 +1111,16 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
         ref = ref + y.astype(np.float64)
     else:
         y = poison(np, ref.shape, odt)
-    ws = np.full((parts.shape[0], c, bm, b), np.nan, np.float32)
+    ws = np.full((stages.shape[0] * warps if all_parts else parts.shape[0], c, bm, b), np.nan, np.float32)
     counters = np.zeros(parts.shape[0], np.uint32)
     spec = G.xw_small_spec(dt, odt, bm, int(op_name == "bprop"), variant)
     small_emulator(spec, (ctas,), (warps * 32,),
                    (x, w, y, items, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts, ws, counters,
                     np.int64(n), np.int64(f_in), np.int64(f_out), np.int32(accumulate)),
                    G.xw_small_smem(dt, bm, variant))
+    if all_parts:
+        small_emulator(G.small_reduce_spec(odt, bm, warps), (parts.shape[0],), (256,),
+                       (ws, parts, y, np.int64(n), np.int64(f_out), np.int32(accumulate)))
     assert_close(y, ref, dt, f"{spec.name} n={n} ctas={ctas}")
     assert not counters.any(), "split counters not reset"
-    assert ctas > 1 or not (stages[:, 3] >= 0).any(), "one CTA splits no column"
+    assert all_parts or ctas > 1 or not (stages[:, 3] >= 0).any(), "one CTA splits no column"

@@ -14,6 +14,7 @@
 #include <mutex>
 
 struct int4 { int x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };  // SWZ = 3: 16-byte shared loads
 // float4: bsmm_ptx_emulated.h
 // __threadfence, atomicAdd: cuda_host_shim.h (through conv_driver.cpp)
 inline float __ldcg(const float* p) { return *p; }
@@ -99,6 +100,9 @@ static long long L(int k) { return args[k].i; }
 #define XW_SMALL_RING(T, TO, ...) {"xw_small_ring<" #T ", " #TO ", " #__VA_ARGS__ ">", [] { return [] { \
   xw_small_ring<T, TO, __VA_ARGS__>(P<T>(0), P<T>(1), P<TO>(2), P<int>(3), P<int>(4), P<int4>(5), P<int>(6), \
   P<int>(7), I(8), P<int2>(9), P<float>(10), P<unsigned>(11), L(12), L(13), L(14), I(15)); }; }}
+
+#define XW_SMALL_REDUCE(TO, ...) {"xw_small_reduce<" #TO ", " #__VA_ARGS__ ">", [] { return [] { \
+  xw_small_reduce<TO, __VA_ARGS__>(P<float>(0), P<int2>(1), P<TO>(2), L(3), L(4), I(5)); }; }}
 
 static const int bsmm_small_registered = [] {
   using Table = std::map<std::string, std::function<std::function<void()>()>>;

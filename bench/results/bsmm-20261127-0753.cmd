@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/bsmm.py
