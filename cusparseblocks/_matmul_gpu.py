@@ -294,12 +294,14 @@ XW_SMALL_VARIANTS = {"tc_eps4": ("tc", 32, (4, 1, 4, 1024, 512, 1)),
                      "tc_ring_kp_late": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      # and with no piece end inside the CTA: every warp's partial, summed by a second launch
                      "tc_ring_kp_part": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
+                     # fp32's ring with the same piece ends (LATE = 3, padded tiles)
+                     "simt_ring8_part": ("simt", 32, (8, 1, 2, 768, 256, 1, 1)),
                      # split pieces counted after the CTA's last block (LATE = 1; H100 2026-11-26 (third): no
                      # gain for fp16, 2-12 % slower for fp32 at d <= 0.2, so not the default)
                      "tc_ring_late": ("tc", 32, (8, 1, 4, 768, 256, 1, 1)),
                      "simt_late": ("simt", 32, (4, 1, 3, 320, 128, 1))}
 SMALL_LATE_SPLIT = ("tc_ring_late", "simt_late", "tc_ring_kp_late")  # variants built with LATE = 1
-SMALL_PARTS = ("tc_ring_kp_part",)  # variants built with LATE = 3 (xw_small_ring only)
+SMALL_PARTS = ("tc_ring_kp_part", "simt_ring8_part")  # variants built with LATE = 3 (xw_small_ring only)
 # xw_small_ring's fp16/bf16 tile layout (SWZ) by variant; the others: 0, padded 80-byte rows
 SMALL_SWIZZLE = {"tc_ring_swz": 1, "tc_ring_pairs": 2, "tc_ring_kp": 3, "tc_ring_kp_late": 3,
                  "tc_ring_kp_part": 3, "diag_tc_kp_noepi": 3}

@@ -1037,7 +1037,8 @@ def _emulated_small_cases():
             ("float16", "float32", "bprop", 32, 4, 1, "tc_ring_kp"), ("bfloat16", "bfloat16", "bprop", 7, 6, 0, "tc_ring_kp"),
             ("float16", "float32", "fprop", 29, 6, 1, "tc_ring_kp_late"), ("bfloat16", "bfloat16", "bprop", 32, 5, 0, "tc_ring_kp_late"),
             ("float16", "float16", "fprop", 32, 5, 0, "tc_ring_kp_part"), ("bfloat16", "float32", "fprop", 19, 1, 1, "tc_ring_kp_part"),
-            ("float16", "float32", "bprop", 7, 4, 1, "tc_ring_kp_part"), ("bfloat16", "bfloat16", "bprop", 32, 9, 0, "tc_ring_kp_part")]
+            ("float16", "float32", "bprop", 7, 4, 1, "tc_ring_kp_part"), ("bfloat16", "bfloat16", "bprop", 32, 9, 0, "tc_ring_kp_part"),
+            ("float32", "float32", "fprop", 32, 5, 1, "simt_ring8_part"), ("float32", "float32", "bprop", 13, 3, 0, "simt_ring8_part")]
 
 
 @pytest.fixture(scope="module")
