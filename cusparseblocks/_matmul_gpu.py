@@ -1344,7 +1344,8 @@ def matmul(op_obj, op, x, w, out, accumulate, out_dtype):
         entries, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts = _tables(op_obj, tables, dev)
         stream = cupy.cuda.get_current_stream()
         warps = block[0] // 32
-        n_ws = stages.shape[0] * warps if tables[7] else parts.shape[0]  # LATE = 3: a partial a piece a warp
+        # LATE = 3: a partial a piece a warp; a piece is a (column, CTA) overlap: at most columns + CTAs - 1
+        n_ws = (parts.shape[0] + grid[0]) * warps if tables[7] else parts.shape[0]
         ws, counters = _small_buffers(op_obj, dev, stream, n_ws, tables[4], tables[6])
         acc = np.int32(bool(accumulate))
         fn(grid, block, (x, w, y, entries, ent_ptr, stages, stage_ptr, zero_cols, n_zero, parts, ws, counters,

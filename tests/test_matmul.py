@@ -1001,6 +1001,7 @@ def test_small_tables_cover_every_block_once():
         _, st_a, sp_a, _, _, cols_a = G.small_tables(ptr, ctas, eps, eps, all_parts=True)
         last = st_a[(st_a[:, 1] & (1 << 17)) != 0]
         assert list(last[:, 3]) == list(range(len(last)))
+        assert len(last) <= mb + ctas - 1  # the bound matmul sizes the partials by
         for c in range(mb):
             got = last[last[:, 2] == c, 3]
             assert cols_a[c, 1] == len(got) and (not len(got) or cols_a[c, 0] == got[0])
@@ -1112,7 +1113,7 @@ def test_small_kernel_emulated(rng, monkeypatch, small_emulator, case):
         ref = ref + y.astype(np.float64)
     else:
         y = poison(np, ref.shape, odt)
-    ws = np.full((stages.shape[0] * warps if all_parts else parts.shape[0], c, bm, b), np.nan, np.float32)
+    ws = np.full(((parts.shape[0] + ctas) * warps if all_parts else parts.shape[0], c, bm, b), np.nan, np.float32)
     counters = np.zeros(parts.shape[0], np.uint32)
     spec = G.xw_small_spec(dt, odt, bm, int(op_name == "bprop"), variant)
     small_emulator(spec, (ctas,), (warps * 32,),
