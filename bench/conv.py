@@ -134,6 +134,10 @@ def main(argv=None):
     dflt = "halo:{}x{}".format(*conv_module._LAUNCH["halo"]["default"])
     fprop_variants = ["tap", *halo_tiles, f"{dflt}:full", f"{dflt}:v1", f"{dflt}:run1", f"{dflt}:run4"]
     fprop_variants += [f"{dflt}:roll", "halo:512x8:v1", "halo:512x8:run1"]
+    # the halo kernel on wgmma (sm_90a; the default there): every tile, and the default's runs of 1 and 4
+    gdflt = "gmma:{}x{}".format(*conv_module._LAUNCH["gmma"]["default"])
+    fprop_variants += [f"gmma:{p}x{w}" for p, w in conv_module._LAUNCH["gmma"]["tiles"]]
+    fprop_variants += [f"{gdflt}:run1", f"{gdflt}:run4"]
     table = Table(
         [
             "N",
@@ -243,7 +247,7 @@ def main(argv=None):
             ratio_graph=ratio_g,
             target=target,
             ok="yes" if ratio is not None and ratio <= target else "NO",
-            kernel=kernel[0] if kernel[1] is None else f"halo {kernel[1][0]}x{kernel[1][1]}x{kernel[1][2]}w",
+            kernel=kernel[0] if kernel[1] is None else f"{kernel[0]} {kernel[1][0]}x{kernel[1][1]}x{kernel[1][2]}w",
             rel_err=max([rel, *(v["rel_err"] for v in variants.values())]),
             bprop_ms=bp["median"],
             bprop_graph=bp_g["median"] if bp_g else None,

@@ -174,7 +174,7 @@ def _options(arch: str, defines: Sequence[tuple[str, str]]) -> list[str]:
 
 # Sources that use architecture-specific instructions (wgmma: sm_90a; thread-block clusters: sm_90) and the
 # one target they build for; the dispatch launches them only on devices of that architecture.
-ARCH_SPECIFIC = {"bsmm_gmma.cu": "sm_90a", "bsmm_gmma_rs.cu": "sm_90a", "bsmm_tma.cu": "sm_90a",
+ARCH_SPECIFIC = {"bsmm_gmma.cu": "sm_90a", "bsmm_gmma_rs.cu": "sm_90a", "bsmm_tma.cu": "sm_90a", "conv_gmma.cu": "sm_90a",
                  "ew_cols.cu": "sm_90", "cols_probe.cu": "sm_90"}
 
 

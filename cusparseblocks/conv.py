@@ -85,6 +85,17 @@ _LAUNCH = {
         "unroll_taps": True,
         "plain_epilogue": True,
     },
+    # the halo kernel on wgmma (kernels/conv_gmma.cu, sm_90a: devices of compute capability 9.0), the default
+    # there for the halo kernel's cases: (output positions, warps) tiles as "halo" (whole warpgroups), the
+    # same schedule options; shared memory: the halo ring, the weight ring unpadded + 1024 bytes of alignment
+    "gmma": {
+        "enabled": True,
+        "arch": "sm_90",
+        "block_sizes": (16, 32),
+        "tiles": ((128, 4), (256, 4), (256, 8), (512, 8)),
+        "default": (256, 4),
+        "default_permuted": (128, 4),
+    },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
 }
@@ -829,6 +840,11 @@ def _specs() -> Iterable[compiler.KernelSpec]:
                 for pixels, warps in _LAUNCH["halo"]["tiles"]:
                     for flip in (False, True):
                         yield _halo_spec(t, b, tw, pixels // tw, warps, flip)
+        for b in _LAUNCH["gmma"]["block_sizes"]:
+            for tw in _LAUNCH["halo"]["tile_widths"]:
+                for pixels, warps in _LAUNCH["gmma"]["tiles"]:
+                    for flip in (False, True):
+                        yield _gmma_spec(t, b, tw, pixels // tw, warps, flip)
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
     for b in FFMA_BLOCK_SIZES:
@@ -989,7 +1005,8 @@ def _fprop_plan(conv, geom, n: int, dtype, has_eb: bool):
 # indices into the geometry array (enum G_* in kernels/conv.cu)
 _G = {k: i for i, k in enumerate("N C K D H W OD OH OW FT FR FS SD SH SW PD PH PW DD DH DW CL".split())}
 
-# None (automatic), "tap", "halo" (automatic tile) or "halo:PIXELSxWARPS" (e.g. "halo:512x4"), with
+# None (automatic), "tap", "halo" (automatic tile), "halo:PIXELSxWARPS" (e.g. "halo:512x4"), or "gmma" /
+# "gmma:PIXELSxWARPS" (the halo kernel on wgmma, sm_90a; the automatic choice there; e.g. "gmma:256x8"), with
 # ":full" appended for a CTA per item instead of the persistent grid (the first kernel's schedule), ":v1"
 # for the persistent grid of single-item claims without the weight cache, deferred claim or paired store
 # (the second), ":runN" for runs of N tiles, ":roll" the automatic schedule without the unrolled 3 × 3
@@ -1007,18 +1024,40 @@ def _halo_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> 
     return compiler.KernelSpec("conv.cu", f"conv_fprop_halo<{ctype}, {b}, {tw}, {th}, {warps}, {f}>")
 
 
-def _halo_smem(g: dict, b: int, tw: int, th: int) -> int:
+def _gmma_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> compiler.KernelSpec:
+    """conv_fprop_halo on wgmma (kernels/conv_gmma.cu, sm_90a)."""
+    f = "true" if flip else "false"
+    return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_halo<{ctype}, {b}, {tw}, {th}, {warps}, {f}, true>")
+
+
+def _halo_smem(g: dict, b: int, tw: int, th: int, gm: bool = False) -> int:
+    """Shared bytes of conv_fprop_halo: the halo and weight rings (the wgmma kernel: weight slices unpadded
+    and 1024 bytes to align them) + the claim slot."""
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
-    return (
-        _LAUNCH["halo"]["stages"] * (hr * hc + g["FR"] * g["FS"] * b) * (b + 8) * 2 + 16
-    )  # + the claim slot
+    wrow = b if gm else b + 8
+    return _LAUNCH["halo"]["stages"] * (hr * hc * (b + 8) + g["FR"] * g["FS"] * b * wrow) * 2 + 16 + 1024 * gm
+
+
+def _gmma_device() -> bool:
+    """The current device runs the wgmma conv kernels (compute capability 9.0); False without CuPy."""
+    try:
+        import cupy
+    except ImportError:
+        return False
+    dev = cupy.cuda.runtime.getDevice()
+    if dev not in _ARCH:
+        _ARCH[dev] = compiler.device_arch(dev)
+    return _ARCH[dev] == _LAUNCH["gmma"]["arch"]
+
+
+_ARCH: dict[int, str] = {}
 
 
 def _parse_schedule(fv: str | None):
     """force_variant without its schedule suffix, and the schedule: "auto", "full", "v1", "roll" (auto
     without the unrolled 3 × 3 taps) or a run length."""
-    if fv is None or not fv.startswith("halo"):
+    if fv is None or not fv.startswith(("halo", "gmma")):
         return fv, "auto"
     head, _, tail = fv.partition(":")
     rest = tail.split(":") if tail else []
@@ -1034,8 +1073,9 @@ def _parse_schedule(fv: str | None):
 
 
 def _fprop_variant(geo_host, b: int, permuted: bool = False):
-    """("halo", (tile width, tile height, warps, shared bytes, schedule)) when the halo kernel applies,
-    else ("tap", None); the schedule is "full" (a CTA per item), "v1", "auto" or a run length."""
+    """("halo" or "gmma", (tile width, tile height, warps, shared bytes, schedule)) when the halo kernel
+    applies (on wgmma: a device of compute capability 9.0, unless force_variant names "halo"), else ("tap",
+    None); the schedule is "full" (a CTA per item), "v1", "auto" or a run length."""
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     cfg = _LAUNCH["halo"]
     fv, schedule = _parse_schedule(force_variant)
@@ -1043,24 +1083,34 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
         schedule = "full"
     if fv == "tap" or b not in cfg["block_sizes"] or (g["FR"] * g["FS"] == 1 and fv is None):
         return "tap", None
+    gcfg = _LAUNCH["gmma"]
+    if fv is not None and fv.startswith("gmma"):
+        if not _gmma_device():
+            raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
+        kind = "gmma"
+    elif fv is None and gcfg["enabled"] and b in gcfg["block_sizes"] and _gmma_device():
+        kind = "gmma"
+    else:
+        kind = "halo"
+    kcfg = gcfg if kind == "gmma" else cfg
     tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
-    if fv is not None and fv.startswith("halo:"):
+    if fv is not None and fv.startswith(("halo:", "gmma:")):
         try:
             pixels, warps = (int(v) for v in fv[5:].split("x"))
         except ValueError:
             pixels = warps = None
-        if (pixels, warps) not in cfg["tiles"]:
-            raise ValueError(f"force_variant: expected a halo tile in {cfg['tiles']}, got {force_variant!r}")
+        if (pixels, warps) not in kcfg["tiles"]:
+            raise ValueError(f"force_variant: expected a {kind} tile in {kcfg['tiles']}, got {force_variant!r}")
         shapes = [(pixels, warps)]
     else:
-        pixels, warps = cfg["default_permuted" if permuted else "default"]
+        pixels, warps = kcfg["default_permuted" if permuted else "default"]
         shapes = [(pixels, warps)] if pixels // tw <= g["OH"] else []
-        shapes.append(cfg["tiles"][0])
+        shapes.append(kcfg["tiles"][0])
     for pixels, warps in shapes:
         th = pixels // tw
-        smem = _halo_smem(g, b, tw, th)
+        smem = _halo_smem(g, b, tw, th, kind == "gmma")
         if smem <= cfg["max_smem"]:
-            return "halo", (tw, th, warps, smem, schedule)
+            return kind, (tw, th, warps, smem, schedule)
     return "tap", None
 
 
@@ -1122,11 +1172,11 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         spec = compiler.KernelSpec("conv.cu", f"conv_fprop_ffma<{b}>")
         return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip, None
     variant, halo = _fprop_variant(geo_host, b, permuted)
-    if variant == "halo":
+    if variant in ("halo", "gmma"):
         tw, th, warps, smem, schedule = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
         assert out_blocks * b == g["K"], "the halo kernel's grid has K/B output blocks"
-        spec = _halo_spec(_CTYPE[dt], b, tw, th, warps, flip)
+        spec = (_gmma_spec if variant == "gmma" else _halo_spec)(_CTYPE[dt], b, tw, th, warps, flip)
         items = tiles * out_blocks
         if items >= 2**31:
             raise ValueError(f"x: {items} output tiles × blocks exceed the halo kernel's 2^31 work items")

@@ -263,6 +263,19 @@ __device__ __forceinline__ void store_out2(T* yrow, int kv, float v0, float v1, 
 #define TC_THREADS 128
 #define TC_STAGES 3
 
+// conv_gmma.cu (sm_90a) includes this file with CONV_GMMA defined: conv_fprop_halo<..., GM = true> then
+// multiplies on wgmma (the host emulation: tests/cuda_emulation/gmma_emulated.h)
+#ifdef CONV_GMMA
+#define CONV_HAS_GMMA 1
+#ifdef CSB_HOST_EMULATION
+#include "gmma_emulated.h"
+#else
+#include "gmma.cuh"
+#endif
+#else
+#define CONV_HAS_GMMA 0
+#endif
+
 // conv_fprop_tc: one thread block computes a tile of 128 output positions (flattened n, od, oh, ow) ×
 // B output channels of virtual output block j = blockIdx.y; blockIdx.x walks the 128-position tiles.
 // The reduction runs over the (input block, tap) pairs of column j (CSC lists col_ptr/col_in/col_w):
@@ -565,9 +578,21 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // FLIP (stride-1 bprop without a transposed copy of w): the column tables are the layout's row tables,
 // the weight slice of depth FT-1-ft is stored with its taps reversed and untransposed ([c][k]), and
 // the B fragments come from ldmatrix without .trans; the math is dx = conv(dy, flip(w)ᵀ).
-template <typename T, int B, int TW, int TH = TC_BM / TW, int WARPS = 4, bool FLIP = false>
+// GM (sm_90a, conv_gmma.cu): the same items, stages, halo and epilogue, multiplied on wgmma. The WARPS / 4
+// warpgroups each own TH·TW / (WARPS / 4) consecutive rows, MT m64 groups of them; warp v of a warpgroup
+// holds rows 16v .. 16v + 15 of each group. A tap's A fragments come from the halo by ldmatrix exactly as
+// mma.sync's (a warp's m16 × k16 is its part of the register-A wgmma m64 × k16); B is the tap's weight slice
+// read by wgmma through a matrix descriptor, so the weight slots hold each slice [B][B] row by row in the
+// swizzled layout of B·2-byte rows (gmma::swizzle; N-major B for fprop, K-major for FLIP: one image, the
+// transpose bit decides), 1024-byte aligned at the start of shared memory. Per tap one wgmma group
+// (m64nBk16 per m64 group and 16 of k); the A fragments are double-buffered in registers over taps (group
+// t - 1 is waited for before tap t + 1 loads into its registers), and a stage's groups are all waited for
+// before the next stage's barrier (its weight slot may be refilled after it).
+template <typename T, int B, int TW, int TH = TC_BM / TW, int WARPS = 4, bool FLIP = false, bool GM = false>
 // 2 CTAs/SM up to 64 accumulators and 256 positions (a 512-position tile's ring takes ~144 KB: one CTA)
-__global__ void __launch_bounds__(WARPS * 32, (TH * TW <= 256 && (TH * TW / WARPS) * B / 32 <= 64) ? 2 : 1)
+// (GM: 2 CTAs of one warpgroup up to 256 positions; two warpgroups need more than 128 registers: one CTA)
+__global__ void __launch_bounds__(WARPS * 32, (GM ? WARPS == 4 && TH * TW <= 256
+                                                  : TH * TW <= 256 && (TH * TW / WARPS) * B / 32 <= 64) ? 2 : 1)
 conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
                 const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
                 const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
@@ -577,6 +602,9 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   // the unrolled taps and the short epilogue need registers: not with 8 warps × 2 CTAs (128 a thread)
   constexpr bool ROOMY = WARPS == 4 || TH * TW > 256, UNROLL_OK = MT <= 4 && ROOMY;
   static_assert(RPW % 16 == 0 && TW % 8 == 0, "16-row mma tiles; 8 lanes of an ldmatrix in one tile row");
+  static_assert(!GM || (CONV_HAS_GMMA && WARPS % 4 == 0 && (TH * TW) % (WARPS * 16) == 0 && B >= 16),
+                "wgmma: conv_gmma.cu, whole warpgroups, m64 groups of rows");
+  constexpr int ROW = B * 2;  // GM: bytes of a weight-slice row
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
   const int C = geo[G_C], K = geo[G_K];
@@ -587,8 +615,17 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   const int taps = FT * FR * FS;
   const int HR = (TH - 1) * SH + (FR - 1) * DH + 1, HC = (TW - 1) * SW + (FS - 1) * DW + 1;
   const int halo = HR * HC, wtaps = FR * FS;
-  T* sA = reinterpret_cast<T*>(smem_raw);             // [stages][halo][LDA]
-  T* sW = sA + HALO_STAGES * halo * LDA;              // [stages][FR·FS][B][LDA]
+  // GM: the weight slots first, 1024-byte aligned (the host adds 1024 bytes), [stages][FR·FS][B][B] swizzled
+  T* sA;
+  T* sW;
+  if (GM) {
+    unsigned char* wb = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+    sW = reinterpret_cast<T*>(wb);
+    sA = sW + HALO_STAGES * wtaps * B * B;
+  } else {
+    sA = reinterpret_cast<T*>(smem_raw);              // [stages][halo][LDA]
+    sW = sA + HALO_STAGES * halo * LDA;               // [stages][FR·FS][B][LDA]
+  }
 
   // Work items (tile, virtual output block j): a claim from the counter sched[0] is a run of R consecutive
   // tiles (n, od, tile row, tile column; the last run of a column may be shorter) of one j, runs j
@@ -607,7 +644,8 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   const int ntiles = geo[G_N] * OD * tiles_h * tiles_w;
   const int total = (ntiles + run - 1) / run * ncol;  // runs
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  int* s_claim = reinterpret_cast<int*>(sW + HALO_STAGES * wtaps * B * LDA);  // after the ring (host: + 16 B)
+  int* s_claim = reinterpret_cast<int*>(GM ? sA + HALO_STAGES * halo * LDA
+                                           : sW + HALO_STAGES * wtaps * B * LDA);  // after the rings (+ 16 B)
 
   struct Item {  // an item of a claimed run; unit == total: none left
     int unit, j, tile, tend, e0, niter;
@@ -711,6 +749,18 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     if (wcache && (ws == 0 ? wtag0 : wtag1) == wkey) return ws;
     if (ws == 0) wtag0 = wkey; else wtag1 = wkey;
     const T* wsrc = w + (wblk * taps + (i64)wdepth * wtaps) * (B * B);
+    if (GM) {  // slice `tap` at tap·B·ROW bytes of the slot, rows swizzled
+      const unsigned dstW = smem_u32(sW + ws * wtaps * B * B);
+      for (int v = tid; v < wtaps * B * VPR; v += THREADS) {
+        const int kr = v / VPR, cv = v - kr * VPR;
+        const int tap = kr / B, wr = kr - tap * B;
+        const int stap = FLIP ? wtaps - 1 - tap : tap;
+#if CONV_HAS_GMMA
+        cp_async16(dstW + tap * (B * ROW) + gmma::swizzle<ROW>(wr, cv), wsrc + ((i64)stap * B + wr) * B + cv * 8, 16);
+#endif
+      }
+      return ws;
+    }
     T* dstW = sW + ws * wtaps * B * LDA;
     for (int v = tid; v < wtaps * B * VPR; v += THREADS) {
       const int kr = v / VPR, cv = v - kr * VPR;  // kr = tap·B + weight row (input channel of w)
@@ -722,10 +772,12 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   };
 
   // this lane's A row in each m16 tile: output (th, tw) → halo position before the tap offset
+  // the first row of this warp's m16 tile mt (GM: warpgroup warp / 4, its m64 group mt, rows 16·(warp % 4)..)
+  auto rbase = [&](int mt) { return GM ? (warp >> 2) * RPW * 4 + mt * 64 + (warp & 3) * 16 : warp * RPW + mt * 16; };
   int hbase[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-    const int r = warp * RPW + mt * 16 + (lane & 15);
+    const int r = rbase(mt) + (lane & 15);
     hbase[mt] = (r / TW) * SH * HC + (r % TW) * SW;
   }
 
@@ -749,6 +801,9 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
 
   for (int stage = 0; cur.unit < total; ++stage) {
     cp_async_wait<0>();
+#if CONV_HAS_GMMA
+    if (GM) gmma::fence_proxy_async();  // the copies (generic proxy) before wgmma reads them (async proxy)
+#endif
     __syncthreads();
     const bool last = it + 1 >= cur.niter;  // the item's last (or only, empty) step
     Item nxt = cur;
@@ -768,7 +823,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
     if (it < cur.niter) {
       const int buf = stage % HALO_STAGES;
       const T* bA = sA + buf * halo * LDA;
-      const T* bWs = sW + ws_this * wtaps * B * LDA;
+      const T* bWs = sW + ws_this * wtaps * B * (GM ? B : LDA);
       auto tap = [&](int fr, int fs) {
         const int toff = fr * DH * HC + fs * DW;
         const T* bW = bWs + (fr * FS + fs) * B * LDA;
@@ -797,6 +852,46 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
           }
         }
       };
+#if CONV_HAS_GMMA
+      if constexpr (GM) {
+        const unsigned wslot = smem_u32(bWs);
+        // the item's first wgmma of each m64 group ignores the accumulators (no zeroing between items)
+        const int keep_first = it > 0;
+        // step u = (tap t, 16 of k kk): the A fragments of the MT m64 groups, then one wgmma group of MT
+        auto gstep = [&](int u, unsigned (&a)[MT][4]) {
+          const int t = u / (B / 16), kk = u - t * (B / 16);
+          const int fr = t / FS, fs = t - fr * FS, toff = fr * DH * HC + fs * DW;
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+            ldmatrix_x4(a[mt], smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
+          gmma::wgmma_fence();
+          // fprop: B rows are k (N-major), 16 rows a step; FLIP: rows are n (K-major), 32 bytes a step
+          const unsigned long long db =
+              gmma::desc<ROW>(wslot + t * (B * ROW)) + ((FLIP ? kk * 32 : kk * 16 * ROW) >> 4);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+            gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), a[mt], db,
+                                                    u ? 1 : keep_first);
+          gmma::wgmma_commit();
+          gmma::wgmma_wait<1>();
+        };
+        unsigned a0[MT][4], a1[MT][4];
+        const int steps = wtaps * (B / 16);
+        int u = 0;
+        for (; u + 1 < steps; u += 2) {
+          gstep(u, a0);
+          gstep(u + 1, a1);
+        }
+        if (u < steps) gstep(u, a0);
+        gmma::wgmma_wait<0>();
+#pragma unroll
+        for (int a = 0; a < MT; ++a)
+#pragma unroll
+          for (int b = 0; b < NT; ++b)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) gmma::fence_operand(acc[a][b][c]);
+      } else
+#endif
       // HALO_UNROLL, 3 × 3 filters: the taps unrolled, so ptxas can issue the next tap's ldmatrix during
       // this tap's mma (a tap at a time leaves the ldmatrix latency exposed); only where the registers
       // allow it (up to 4 m16 tiles a warp, and not 8 warps × 2 CTAs: 128 registers, it spills)
@@ -813,6 +908,9 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       // shfl gives the even lane c, c + 2 and the odd lane c + 1, c + 3, so one store writes c, c + 1 (and
       // the next c + 2, c + 3): a shuffle maps such a pair into one 32-byte sector, half the sectors a store
       const bool pair = out_perm != nullptr && (opts & HALO_PAIR) != 0;
+      // an item without stages writes zeros (GM: its accumulators still hold the previous item's sums)
+      const bool empty = GM && cur.niter == 0;
+      auto av = [&](int mt, int nt, int c) { return empty ? 0.f : acc[mt][nt][c]; };
       const Tile g = tile_of(cur.tile);
       if (ROOMY && (opts & HALO_PLAIN) && out_perm == nullptr && emap == nullptr) {
         // HALO_PLAIN, no permutation or edge bias: the tile's origin once, a row's offset from two
@@ -823,11 +921,11 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h, rq = r / TW, rr = r % TW;
+            const int r = rbase(mt) + (lane >> 2) + 8 * h, rq = r / TW, rr = r % TW;
             if (g.th0 + rq < OH && g.tw0 + rr < OW) {
               T* yrow = ybase + (i64)(rq * OW + rr) * K;
 #pragma unroll
-              for (int nt = 0; nt < NT; ++nt) store2<T>(yrow + nt * 8, acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+              for (int nt = 0; nt < NT; ++nt) store2<T>(yrow + nt * 8, av(mt, nt, 2 * h), av(mt, nt, 2 * h + 1));
             }
           }
       } else {
@@ -835,7 +933,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int r = warp * RPW + mt * 16 + (lane >> 2) + 8 * h;
+          const int r = rbase(mt) + (lane >> 2) + 8 * h;
           const int oh = g.th0 + r / TW, ow = g.tw0 + r % TW;
           const bool inside = oh < OH && ow < OW;
           const i64 p = ((i64)g.od * OH + oh) * OW + ow;
@@ -846,7 +944,7 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
             const int odd = lane & 1;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
-              const float v0 = acc[mt][nt][2 * h], v1 = acc[mt][nt][2 * h + 1];
+              const float v0 = av(mt, nt, 2 * h), v1 = av(mt, nt, 2 * h + 1);
               const float got = __shfl_xor_sync(0xffffffffu, odd ? v0 : v1, 1);
               const int kv = cur.j * B + nt * 8 + 2 * (lane & 3);
               if (inside) {
@@ -857,17 +955,19 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
           } else if (inside) {
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt)
-              store_out2<T>(yrow, cur.j * B + nt * 8 + 2 * (lane & 3), acc[mt][nt][2 * h],
-                            acc[mt][nt][2 * h + 1], out_perm, edge_bias, eb, K);
+              store_out2<T>(yrow, cur.j * B + nt * 8 + 2 * (lane & 3), av(mt, nt, 2 * h),
+                            av(mt, nt, 2 * h + 1), out_perm, edge_bias, eb, K);
           }
         }
       }
+      if (!GM) {  // (GM: the next item's first wgmma ignores them)
 #pragma unroll
-      for (int a = 0; a < MT; ++a)
+        for (int a = 0; a < MT; ++a)
 #pragma unroll
-        for (int b = 0; b < NT; ++b)
+          for (int b = 0; b < NT; ++b)
 #pragma unroll
-          for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+            for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+      }
     }
     cur = nxt;
     it = nit;

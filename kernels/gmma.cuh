@@ -119,6 +119,27 @@ GMMA_SHAPES(256,
             "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}",
             "%128, %129, 1, 1, 1, %130, %131", "{%128, %129, %130, %131}, %132, 1, 1, 1, %133")
 
+// GmmaRSz: GmmaRS whose D is first scaled by `keep` (0: D = A · B, the old accumulators ignored; 1: D += A · B),
+// so a kernel starting its next tile needs no zeroing of the accumulators by other instructions (ptxas
+// serializes every wgmma of a function where non-wgmma instructions define their accumulators in the loop)
+template <typename T, int N, int TB> struct GmmaRSz;
+#define GMMA_RSZ_BODY(TY, N, REGS, A, B, KEEP, T)                                                          \
+    template <int TB> struct GmmaRSz<TY, N, TB> {                                                          \
+        static __device__ __forceinline__ void run(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long b, \
+                                                   int keep) {                                             \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " KEEP ", 0;\n"                                  \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "  \
+                         REGS ", " A ", " B ", p, 1, 1, " T ";\n}\n"                                          \
+                         : GMMA_ACC##N                                                                     \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(keep), "n"(TB));        \
+        }                                                                                                  \
+    };
+#define GMMA_RSZ_SHAPES(N, REGS, A, B, KEEP, T) \
+    GMMA_RSZ_BODY(__half, N, REGS, A, B, KEEP, T) GMMA_RSZ_BODY(__nv_bfloat16, N, REGS, A, B, KEEP, T)
+GMMA_RSZ_SHAPES(16, "{%0, %1, %2, %3, %4, %5, %6, %7}", "{%8, %9, %10, %11}", "%12", "%13", "%14")
+GMMA_RSZ_SHAPES(32, "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}",
+                "{%16, %17, %18, %19}", "%20", "%21", "%22")
+
 // Descriptor of an N-major (MN-major) B tile of 16-byte rows without swizzle (interleave mode 0): the PTX
 // ISA's canonical MN-major layout ((T, 1, m), (8, k)) : ((1, T, SBO), (T, LBO)), T = 8 elements, i.e. core
 // matrices of 8 consecutive k-rows of 16 bytes (128 contiguous bytes), the next 8 k-rows LBO bytes further

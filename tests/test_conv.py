@@ -566,6 +566,13 @@ def test_gpu_large_ragged_tc(rng, dtype):
         "halo:256x4:run8",
         "halo:256x4:roll",
         "halo:512x8:run1",
+        "gmma",
+        "gmma:128x4",
+        "gmma:256x8",
+        "gmma:512x8",
+        "gmma:256x4:full",
+        "gmma:128x4:run3",
+        "gmma:256x4:v1",
     ],
 )
 def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
@@ -573,6 +580,8 @@ def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
     # output column and uneven column lengths
     import cusparseblocks.conv as conv_module
 
+    if variant.startswith("gmma") and not conv_module._gmma_device():
+        pytest.skip("the wgmma conv kernel needs a device of compute capability 9.0")
     monkeypatch.setattr(conv_module, "force_variant", variant)
     mask = _mask(rng, (5, 4), 0.5)
     mask[:, 1] = False
@@ -776,6 +785,9 @@ _HALO_DRIVER = r"""
 #define HALO_X(T, B, TW, TH, WP, F) {"conv_fprop_halo<" #T ", " #B ", " #TW ", " #TH ", " #WP ", " #F ">", \
   [] { return [] { conv_fprop_halo<T, B, TW, TH, WP, F>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), \
   P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10), I(11)); }; }}
+#define GMMA_X(T, B, TW, TH, WP, F) {"conv_fprop_halo<" #T ", " #B ", " #TW ", " #TH ", " #WP ", " #F ", true>", \
+  [] { return [] { conv_fprop_halo<T, B, TW, TH, WP, F, true>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), \
+  P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10), I(11)); }; }}
 static const int halo_registered = [] {
   using Table = std::map<std::string, std::function<std::function<void()>()>>;
   const_cast<Table&>(kernels).insert({ %s });
@@ -792,14 +804,21 @@ def _build_halo_driver(fake_cupy, directory):
 
     from cusparseblocks import compiler
 
-    names = [s.name for s in compiler.all_specializations()["conv"] if s.name.count(",") == 5]
+    specs = compiler.all_specializations()["conv"]
+    names = [s.name for s in specs if s.name.count(",") == 5]
     entries = ", ".join(
         "HALO_X({})".format(re.match(r"conv_fprop_halo<(.*)>", n).group(1)) for n in names if "halo" in n
+    )
+    # the wgmma specializations (conv_gmma.cu: the same source with CONV_GMMA, the driver built with it)
+    entries += "".join(
+        ", GMMA_X({})".format(re.match(r"conv_fprop_halo<(.*), true>", s.name).group(1))
+        for s in specs
+        if s.source == "conv_gmma.cu"
     )
     src = _HALO_DRIVER % entries
     here = fake_cupy.HERE
     inputs = [here / n for n in sorted(p.name for p in here.iterdir()) if n.endswith((".h", ".cpp"))]
-    inputs += [fake_cupy.KERNELS / "conv.cu", fake_cupy.KERNELS / "common.cuh"]
+    inputs += [fake_cupy.KERNELS / "conv.cu", fake_cupy.KERNELS / "common.cuh", fake_cupy.KERNELS / "gmma.cuh"]
     digest = hashlib.sha256(src.encode() + b"".join(p.read_bytes() for p in inputs)).hexdigest()[:16]
     exe = directory / f"conv_halo_driver-{digest}"
     if not exe.exists():
@@ -812,6 +831,7 @@ def _build_halo_driver(fake_cupy, directory):
                 "-O1",
                 "-pthread",
                 "-DCSB_HOST_EMULATION",
+                "-DCONV_GMMA",
                 f"-I{here}",
                 f"-I{fake_cupy.KERNELS}",
                 str(cpp),
@@ -959,6 +979,45 @@ def test_gpu_path_emulated_ragged_tiles(rng, emulated, spatial, tw):
 HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
+@pytest.mark.parametrize("tile", ["128x4", "256x4", "256x8", "512x8:run2"])
+@pytest.mark.parametrize("kind", ["bd_shuffle", "columns", "plain"])
+@pytest.mark.parametrize("b,dtype", [(16, "float16"), (32, "bfloat16")])
+def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype):
+    # conv_fprop_halo on wgmma (GM, kernels/conv_gmma.cu) with the emulated asynchrony of
+    # tests/cuda_emulation/gmma_emulated.h: every tile (one and two warpgroups, 1 to 4 m64 groups), runs of
+    # tiles, the weight-slice cache, items without stages after items with (zeros, not the last sums), the
+    # paired store of a shuffled output with edge bias; fprop and the FLIP bprop against float64
+    import cupy
+
+    import cusparseblocks.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "_gmma_device", lambda: True)
+    monkeypatch.setattr(conv_module, "force_variant", f"gmma:{tile}")
+    if kind == "bd_shuffle":
+        lay = ChannelBlockLayout.block_diagonal(3 * b, 3, shuffle=True, block_size=b)
+    else:
+        lay = ChannelBlockLayout.from_mask([[1, 0, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0]], b)
+    edge = kind != "plain"
+    conv = BlockSparseConv(
+        lay, (3, 3), padding=((2, 0), (1, 1)), input_spatial=(9, 11), edge_bias=edge, data_format="NHWC"
+    )
+    x = random_array(rng, (3, 9, 11, conv.C), dtype)
+    w = conv.init_normal(rng, dtype=np.float32).astype(x.dtype)
+    eb = random_array(rng, conv.edge_bias_shape, dtype) if edge else None
+    y = poison(cupy, (3, 9, 11, conv.K), dtype)
+    conv.fprop(cupy.asarray(x), cupy.asarray(w), None if eb is None else cupy.asarray(eb), out=y)
+    f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+    assert_close(y, conv.fprop(f64(x), f64(w), f64(eb)), dtype, "fprop")
+    dy = random_array(rng, y.shape, dtype)
+    dx = poison(cupy, x.shape, dtype)
+    conv.bprop(cupy.asarray(dy), cupy.asarray(w), out=dx)
+    assert_close(dx, conv.bprop(f64(dy), f64(w)), dtype, "bprop")
+    pixels, warps = (int(v) for v in tile.split(":")[0].split("x"))
+    ct = "__half" if dtype == "float16" else "__nv_bfloat16"
+    assert emulated[0] == f"conv_fprop_halo<{ct}, {b}, 8, {pixels // 8}, {warps}, false, true>", emulated
+    assert [c.tolist() for c in conv_module._SCHED.values()] == [[0, 0]]
+
+
 @pytest.mark.parametrize(
     "schedule", ["", ":run2", ":run3", ":v1", ":roll"], ids=["auto", "run2", "run3", "v1", "roll"]
 )
@@ -998,7 +1057,7 @@ def test_gpu_path_emulated_halo_schedules(rng, emulated, monkeypatch, schedule, 
     assert [c.tolist() for c in conv_module._SCHED.values()] == [[0, 0]]
 
 
-def test_halo_run_choice():
+def test_halo_run_choice(monkeypatch):
     # equal one-stage columns with a multiple of the CTAs' work: the longest run; uneven columns with
     # fewer items than a long run's tail allows: short runs; fewer items than CTAs: runs of 1
     import cusparseblocks.conv as conv_module
@@ -1015,8 +1074,24 @@ def test_halo_run_choice():
     lay = ChannelBlockLayout.block_diagonal(64, 2, shuffle=True, block_size=32)
     op = BlockSparseConv(lay, (3, 3), padding=1, data_format="NHWC")
     geo = conv_module._forward_geo(op, op.geometry((32, 32)), 4)
+    monkeypatch.setattr(conv_module, "_gmma_device", lambda: False)
     assert conv_module._fprop_variant(geo, 32)[1][:3] == (32, 8, 4)
     assert conv_module._fprop_variant(geo, 32, permuted=True)[1][:3] == (32, 4, 4)
+    assert conv_module._fprop_variant(geo, 32)[0] == "halo"
+    with pytest.raises(ValueError, match="compute capability 9.0"):
+        monkeypatch.setattr(conv_module, "force_variant", "gmma:256x4")
+        conv_module._fprop_variant(geo, 32)
+    # on sm_90 the same tiles on wgmma (and "halo" still names the mma.sync kernel)
+    monkeypatch.setattr(conv_module, "_gmma_device", lambda: True)
+    monkeypatch.setattr(conv_module, "force_variant", None)
+    assert conv_module._fprop_variant(geo, 32) == ("gmma", (32, 8, 4, conv_module._halo_smem(
+        {k: int(geo[i]) for k, i in conv_module._G.items()}, 32, 32, 8, True), "auto"))
+    kind, tile = conv_module._fprop_variant(geo, 32, permuted=True)
+    assert kind == "gmma" and tile[:3] == (32, 4, 4)
+    monkeypatch.setattr(conv_module, "force_variant", "halo:256x8")
+    assert conv_module._fprop_variant(geo, 32)[0] == "halo"
+    monkeypatch.setattr(conv_module, "force_variant", "gmma:512x8:run2")
+    assert conv_module._fprop_variant(geo, 32)[0] == "gmma" and conv_module._fprop_variant(geo, 32)[1][4] == 2
 
 
 @pytest.mark.parametrize("tile", HALO_TILES, ids=lambda t: f"{t[0]}x{t[1]}")

@@ -161,6 +161,7 @@ def install(monkeypatch, exe: Path):
     monkeypatch.setattr(conv, "backend_of", backend_of)
     monkeypatch.setattr(conv, "_GEO_CACHE", {})  # never mix emulated arrays into the real device cache
     monkeypatch.setattr(conv, "_SCHED", {})  # nor the halo kernel's work counters
+    monkeypatch.setattr(conv, "_gmma_device", lambda: False)  # a test names the wgmma kernel to run it
     log: list = []
     monkeypatch.setattr(conv, "_launch", make_launcher(exe, log))
     assert _array.is_cupy(mod.zeros(1))
