@@ -134,10 +134,11 @@ def main(argv=None):
     dflt = "halo:{}x{}".format(*conv_module._LAUNCH["halo"]["default"])
     fprop_variants = ["tap", *halo_tiles, f"{dflt}:full", f"{dflt}:v1", f"{dflt}:run1", f"{dflt}:run4"]
     fprop_variants += [f"{dflt}:roll", "halo:512x8:v1", "halo:512x8:run1"]
-    # the halo kernel on wgmma (sm_90a; the default there): every tile, and the default's runs of 1 and 4
+    # the halo kernel on wgmma (sm_90a; the default there): every tile, the default's runs of 1 and 4, and
+    # ":roll" (the first version of the step loop: no fragments loaded ahead, no table of tap offsets)
     gdflt = "gmma:{}x{}".format(*conv_module._LAUNCH["gmma"]["default"])
     fprop_variants += [f"gmma:{p}x{w}" for p, w in conv_module._LAUNCH["gmma"]["tiles"]]
-    fprop_variants += [f"{gdflt}:run1", f"{gdflt}:run4"]
+    fprop_variants += [f"{gdflt}:run1", f"{gdflt}:run4", "gmma:128x4:roll", "gmma:256x8:roll"]
     table = Table(
         [
             "N",

@@ -1,7 +1,7 @@
 """The block-diagonal conv fprop (bench/conv.py's shape) for Nsight Compute: one launch per schedule.
 
 256→256 channels, 8 groups (block 32), 3×3 pad 1, 32×32, batch 64, fp16 NHWC; argv: "shuffle" for the
-merged channel shuffle, then the force_variant values to profile (default: the previous schedule
+merged channel shuffle, or "d=0.5" for a random layout of that density (seed 0), then the force_variant values to profile (default: the previous schedule
 "halo:256x4:v1", then the automatic one). Each variant runs twice (compile + warm-up, then the profiled
 launch), so profile with --launch-skip 1 --launch-count 1 per variant, or use regex and count 2·variants:
 
@@ -72,8 +72,14 @@ from cusparseblocks.conv import BlockSparseConv, ChannelBlockLayout  # noqa: E40
 
 args = sys.argv[1:]
 shuffle = bool(args) and args[0] == "shuffle"
-variants = [None if v == "auto" else v for v in (args[1:] if shuffle else args)] or ["halo:256x4:v1", None]
-lay = ChannelBlockLayout.block_diagonal(256, 8, shuffle=shuffle, block_size=32)
+density = float(args[0][2:]) if args and args[0].startswith("d=") else None  # "d=0.5": a random layout instead
+variants = [None if v == "auto" else v for v in (args[1:] if shuffle or density else args)] or ["halo:256x4:v1", None]
+if density is not None:
+    mask = np.random.default_rng(0).random((8, 8)) < density
+    mask[0, ~mask.any(axis=0)] = True
+    lay = ChannelBlockLayout.from_mask(mask, 32)
+else:
+    lay = ChannelBlockLayout.block_diagonal(256, 8, shuffle=shuffle, block_size=32)
 op = BlockSparseConv(lay, (3, 3), padding=1, data_format="NHWC")
 x = cp.random.standard_normal((64, 32, 32, 256), dtype=cp.float32).astype(cp.float16)
 w = cp.asarray(op.init_normal(0, dtype=np.float32)).astype(cp.float16)

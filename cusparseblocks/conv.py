@@ -1031,12 +1031,12 @@ def _gmma_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> 
 
 
 def _halo_smem(g: dict, b: int, tw: int, th: int, gm: bool = False) -> int:
-    """Shared bytes of conv_fprop_halo: the halo and weight rings (the wgmma kernel: weight slices unpadded
-    and 1024 bytes to align them) + the claim slot."""
+    """Shared bytes of conv_fprop_halo: the halo and weight rings (the wgmma kernel: weight slices unpadded,
+    1024 bytes to align them and 256 for its table of tap offsets) + the claim slot."""
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
     wrow = b if gm else b + 8
-    return _LAUNCH["halo"]["stages"] * (hr * hc * (b + 8) + g["FR"] * g["FS"] * b * wrow) * 2 + 16 + 1024 * gm
+    return _LAUNCH["halo"]["stages"] * (hr * hc * (b + 8) + g["FR"] * g["FS"] * b * wrow) * 2 + 16 + 1280 * gm
 
 
 def _gmma_device() -> bool:
@@ -1087,8 +1087,10 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
     if fv is not None and fv.startswith("gmma"):
         if not _gmma_device():
             raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
+        if g["FR"] * g["FS"] > 64:
+            raise ValueError(f"force_variant: {force_variant!r} (wgmma) takes filters of up to 64 taps a depth")
         kind = "gmma"
-    elif fv is None and gcfg["enabled"] and b in gcfg["block_sizes"] and _gmma_device():
+    elif fv is None and gcfg["enabled"] and b in gcfg["block_sizes"] and g["FR"] * g["FS"] <= 64 and _gmma_device():
         kind = "gmma"
     else:
         kind = "halo"

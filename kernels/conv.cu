@@ -584,10 +584,12 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // mma.sync's (a warp's m16 × k16 is its part of the register-A wgmma m64 × k16); B is the tap's weight slice
 // read by wgmma through a matrix descriptor, so the weight slots hold each slice [B][B] row by row in the
 // swizzled layout of B·2-byte rows (gmma::swizzle; N-major B for fprop, K-major for FLIP: one image, the
-// transpose bit decides), 1024-byte aligned at the start of shared memory. Per tap one wgmma group
-// (m64nBk16 per m64 group and 16 of k); the A fragments are double-buffered in registers over taps (group
-// t - 1 is waited for before tap t + 1 loads into its registers), and a stage's groups are all waited for
-// before the next stage's barrier (its weight slot may be refilled after it).
+// transpose bit decides), 1024-byte aligned at the start of shared memory. Per step (tap, 16 of k) one
+// wgmma group (m64nBk16 per m64 group); with HALO_UNROLL the next step's A fragments are loaded (from a
+// table of tap offsets) while the current group runs, in three register buffers; without it each step loads
+// its own, in two. A stage's groups are all waited for before the next stage's barrier (its weight slot may
+// be refilled after it). The first wgmma of an item ignores the accumulators (scale-d 0): no other
+// instruction writes them inside the loop (ptxas would serialize every wgmma).
 template <typename T, int B, int TW, int TH = TC_BM / TW, int WARPS = 4, bool FLIP = false, bool GM = false>
 // 2 CTAs/SM up to 64 accumulators and 256 positions (a 512-position tile's ring takes ~144 KB: one CTA)
 // (GM: 2 CTAs of one warpgroup up to 256 positions; two warpgroups need more than 128 registers: one CTA)
@@ -646,6 +648,8 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   int* s_claim = reinterpret_cast<int*>(GM ? sA + HALO_STAGES * halo * LDA
                                            : sW + HALO_STAGES * wtaps * B * LDA);  // after the rings (+ 16 B)
+  // GM: the byte offset of each tap's window in the halo (up to 64 taps; the host adds 256 bytes)
+  int* s_toff = s_claim + 4;
 
   struct Item {  // an item of a claimed run; unit == total: none left
     int unit, j, tile, tend, e0, niter;
@@ -774,6 +778,9 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   // this lane's A row in each m16 tile: output (th, tw) → halo position before the tap offset
   // the first row of this warp's m16 tile mt (GM: warpgroup warp / 4, its m64 group mt, rows 16·(warp % 4)..)
   auto rbase = [&](int mt) { return GM ? (warp >> 2) * RPW * 4 + mt * 64 + (warp & 3) * 16 : warp * RPW + mt * 16; };
+  if (GM)
+    for (int t = tid; t < wtaps && t < 64; t += THREADS)
+      s_toff[t] = ((t / FS) * DH * HC + (t % FS) * DW) * LDA * (int)sizeof(T);
   int hbase[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -857,32 +864,70 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
         const unsigned wslot = smem_u32(bWs);
         // the item's first wgmma of each m64 group ignores the accumulators (no zeroing between items)
         const int keep_first = it > 0;
-        // step u = (tap t, 16 of k kk): the A fragments of the MT m64 groups, then one wgmma group of MT
-        auto gstep = [&](int u, unsigned (&a)[MT][4]) {
-          const int t = u / (B / 16), kk = u - t * (B / 16);
-          const int fr = t / FS, fs = t - fr * FS, toff = fr * DH * HC + fs * DW;
+        constexpr int KS = B / 16;
+        const int steps = wtaps * KS;
+        if (MT <= 2 && (opts & HALO_UNROLL)) {
+          // step u = (tap t = u / KS, 16 of k kk): the A fragments of the MT m64 groups at the tap's byte offset
+          // in the halo (s_toff) are loaded one step ahead into the third of three register buffers (the
+          // buffer of step u - 2, whose group was waited for in step u - 1), then group u - 1 is waited for:
+          // the ldmatrix latency overlaps the tensor work in flight. Up to 2 m64 groups a warpgroup (MT = 4:
+          // three buffers do not fit the registers; it runs the first version)
+          unsigned ab[MT];
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
-            ldmatrix_x4(a[mt], smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
-          gmma::wgmma_fence();
-          // fprop: B rows are k (N-major), 16 rows a step; FLIP: rows are n (K-major), 32 bytes a step
-          const unsigned long long db =
-              gmma::desc<ROW>(wslot + t * (B * ROW)) + ((FLIP ? kk * 32 : kk * 16 * ROW) >> 4);
+            ab[mt] = smem_u32(bA) + (unsigned)((hbase[mt] * LDA + (lane >> 4) * 8) * (int)sizeof(T));
+          const unsigned long long dslot = gmma::desc<ROW>(wslot);
+          auto lda = [&](int u, unsigned (&a)[MT][4]) {
+            const int t = u / KS;
+            const unsigned off = (unsigned)s_toff[t] + (unsigned)(u - t * KS) * 32u;
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-            gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), a[mt], db,
-                                                    u ? 1 : keep_first);
-          gmma::wgmma_commit();
-          gmma::wgmma_wait<1>();
-        };
-        unsigned a0[MT][4], a1[MT][4];
-        const int steps = wtaps * (B / 16);
-        int u = 0;
-        for (; u + 1 < steps; u += 2) {
-          gstep(u, a0);
-          gstep(u + 1, a1);
+            for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], ab[mt] + off);
+          };
+          auto step = [&](int u, unsigned (&cur)[MT][4], unsigned (&nxt)[MT][4]) {
+            const int t = u / KS, kk = u - t * KS;
+            gmma::wgmma_fence();
+            // fprop: B rows are k (N-major), 16 rows a step; FLIP: rows are n (K-major), 32 bytes a step
+            const unsigned long long db = dslot + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+              gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), cur[mt], db,
+                                                      u ? 1 : keep_first);
+            gmma::wgmma_commit();
+            if (u + 1 < steps) lda(u + 1, nxt);
+            gmma::wgmma_wait<1>();
+          };
+          unsigned a0[MT][4], a1[MT][4], a2[MT][4];
+          lda(0, a0);
+          for (int u = 0; u < steps; u += 3) {
+            step(u, a0, a1);
+            if (u + 1 < steps) step(u + 1, a1, a2);
+            if (u + 2 < steps) step(u + 2, a2, a0);
+          }
+        } else {  // the first version (":roll", MT = 4): each step loads its fragments, waits for the one before
+          auto gstep = [&](int u, unsigned (&a)[MT][4]) {
+            const int t = u / KS, kk = u - t * KS;
+            const int fr = t / FS, fs = t - fr * FS, toff = fr * DH * HC + fs * DW;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+              ldmatrix_x4(a[mt], smem_u32(bA + (hbase[mt] + toff) * LDA + kk * 16 + (lane >> 4) * 8));
+            gmma::wgmma_fence();
+            const unsigned long long db =
+                gmma::desc<ROW>(wslot + t * (B * ROW)) + ((FLIP ? kk * 32 : kk * 16 * ROW) >> 4);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+              gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), a[mt], db,
+                                                      u ? 1 : keep_first);
+            gmma::wgmma_commit();
+            gmma::wgmma_wait<1>();
+          };
+          unsigned a0[MT][4], a1[MT][4];
+          int u = 0;
+          for (; u + 1 < steps; u += 2) {
+            gstep(u, a0);
+            gstep(u + 1, a1);
+          }
+          if (u < steps) gstep(u, a0);
         }
-        if (u < steps) gstep(u, a0);
         gmma::wgmma_wait<0>();
 #pragma unroll
         for (int a = 0; a < MT; ++a)

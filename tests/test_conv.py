@@ -979,7 +979,7 @@ def test_gpu_path_emulated_ragged_tiles(rng, emulated, spatial, tw):
 HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
-@pytest.mark.parametrize("tile", ["128x4", "256x4", "256x8", "512x8:run2"])
+@pytest.mark.parametrize("tile", ["128x4", "128x4:roll", "256x4", "256x8", "512x8:run2"])
 @pytest.mark.parametrize("kind", ["bd_shuffle", "columns", "plain"])
 @pytest.mark.parametrize("b,dtype", [(16, "float16"), (32, "bfloat16")])
 def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype):
