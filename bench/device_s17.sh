@@ -6,6 +6,7 @@
 #                                    tests, SMALL_NOTEST the matmul ones, CONV_SAN the sanitizer tools, CONV_ARGS more bench arguments)
 #   bash bench/device_s17.sh ncu     Nsight Compute (--set full) on the random d = 0.5 fprop of bench/conv.py's shape,
 #                                    variants $NCU_V (default halo:256x4 gmma:256x4), the metrics table
+#   bash bench/device_s17.sh src     ncu SourceCounters of one launch per $SRC_V variant: per-SASS-instruction counts (CSV)
 #   bash bench/device_s17.sh tests   every GPU test and `python -m cusparseblocks check`
 # Everything lands in one archive under $OUT.
 . bench/device_env.sh
@@ -36,6 +37,17 @@ if [ "$1" == ncu ]; then  # Nsight Compute on the random d = 0.5 fprop: $NCU_V v
   ncu --import $L/ncu-conv.ncu-rep --page raw --csv > $L/ncu-conv-raw-$stamp.csv 2>&1
   ncu --import $L/ncu-conv.ncu-rep --page details > $L/ncu-conv-details-$stamp.txt 2>&1; rm -f $L/ncu-conv.ncu-rep
   python bench/profile_conv.py --table $L/ncu-conv-raw-$stamp.csv
+fi
+if [ "$1" == src ]; then  # per-instruction counts (SourceCounters) of one launch of $SRC_V at d = ${NCU_D:-0.5}
+  for v in ${SRC_V:-gmma:128x4}; do
+    n=$(echo $v | tr ':' '_')
+    timeout 200 ncu --kernel-name regex:conv_fprop_halo --launch-skip 1 --launch-count 1 --section SourceCounters \
+      --section WarpStateStats --import-source no -f -o $L/src-$n python bench/profile_conv.py d=${NCU_D:-0.5} $v \
+      > $L/src-$n-$stamp.log 2>&1; echo "ncu src $v rc=$? $(el)"
+    ncu -i $L/src-$n.ncu-rep --page source --csv --print-source sass > $L/src-$n-sass-$stamp.csv 2>&1
+    ncu -i $L/src-$n.ncu-rep --page source --csv --print-source cuda,sass > $L/src-$n-cudasass-$stamp.csv 2>&1
+    rm -f $L/src-$n.ncu-rep; wc -l $L/src-$n-*-$stamp.csv
+  done
 fi
 if [ "$1" == tests ]; then gpu_suite ${TEST_S:-520}; fi
 cd $OUT && tar czf s17-$1-$stamp.tgz r && rm -rf r

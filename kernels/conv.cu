@@ -896,12 +896,44 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
             if (u + 1 < steps) lda(u + 1, nxt);
             gmma::wgmma_wait<1>();
           };
-          unsigned a0[MT][4], a1[MT][4], a2[MT][4];
-          lda(0, a0);
-          for (int u = 0; u < steps; u += 3) {
-            step(u, a0, a1);
-            if (u + 1 < steps) step(u + 1, a1, a2);
-            if (u + 2 < steps) step(u + 2, a2, a0);
+          if (FR == 3 && FS == 3) {
+            // 3 × 3: the 9·KS steps unrolled, every offset a constant of two strides, the fragments two steps
+            // ahead in four buffers (step u + 2 loads into step u - 2's, waited for with wait_group 2), so
+            // two groups stay in flight while a step's fragments land
+            constexpr int NS = 9 * KS;
+            const unsigned rowb = DH * HC * LDA * (unsigned)sizeof(T), colb = DW * LDA * (unsigned)sizeof(T);
+            const unsigned dlo = (unsigned)dslot, dhi = (unsigned)(dslot >> 32);
+            unsigned a[4][MT][4];
+            auto ldu = [&](int u) {
+              const int t = u / KS;
+              const unsigned off = (t / 3) * rowb + (t % 3) * colb + (u % KS) * 32u;
+#pragma unroll
+              for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[u % 4][mt], ab[mt] + off);
+            };
+            ldu(0);
+            ldu(1);
+#pragma unroll
+            for (int u = 0; u < NS; ++u) {
+              const int t = u / KS, kk = u % KS;
+              gmma::wgmma_fence();
+              const unsigned long long db =
+                  (unsigned long long)dhi << 32 | (dlo + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4));
+#pragma unroll
+              for (int mt = 0; mt < MT; ++mt)
+                gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), a[u % 4][mt], db,
+                                                        u ? 1 : keep_first);
+              gmma::wgmma_commit();
+              gmma::wgmma_wait<2>();
+              if (u + 2 < NS) ldu(u + 2);
+            }
+          } else {
+            unsigned a0[MT][4], a1[MT][4], a2[MT][4];
+            lda(0, a0);
+            for (int u = 0; u < steps; u += 3) {
+              step(u, a0, a1);
+              if (u + 1 < steps) step(u + 1, a1, a2);
+              if (u + 2 < steps) step(u + 2, a2, a0);
+            }
           }
         } else {  // the first version (":roll", MT = 4): each step loads its fragments, waits for the one before
           auto gstep = [&](int u, unsigned (&a)[MT][4]) {

@@ -980,13 +980,14 @@ HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
 @pytest.mark.parametrize("tile", ["128x4", "128x4:roll", "256x4", "256x8", "512x8:run2"])
-@pytest.mark.parametrize("kind", ["bd_shuffle", "columns", "plain"])
+@pytest.mark.parametrize("kind", ["bd_shuffle", "columns", "plain", "filter2x5"])
 @pytest.mark.parametrize("b,dtype", [(16, "float16"), (32, "bfloat16")])
 def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype):
     # conv_fprop_halo on wgmma (GM, kernels/conv_gmma.cu) with the emulated asynchrony of
-    # tests/cuda_emulation/gmma_emulated.h: every tile (one and two warpgroups, 1 to 4 m64 groups), runs of
-    # tiles, the weight-slice cache, items without stages after items with (zeros, not the last sums), the
-    # paired store of a shuffled output with edge bias; fprop and the FLIP bprop against float64
+    # tests/cuda_emulation/gmma_emulated.h: every tile (one and two warpgroups, 1 to 4 m64 groups), the step
+    # loops (3 × 3 unrolled, the offset table of a 2 × 5 filter, ":roll"), runs of tiles, the weight-slice
+    # cache, items without stages after items with (zeros, not the last sums), the paired store of a shuffled
+    # output with edge bias; fprop and the FLIP bprop against float64
     import cupy
 
     import cusparseblocks.conv as conv_module
@@ -997,14 +998,15 @@ def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype
         lay = ChannelBlockLayout.block_diagonal(3 * b, 3, shuffle=True, block_size=b)
     else:
         lay = ChannelBlockLayout.from_mask([[1, 0, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0]], b)
-    edge = kind != "plain"
+    edge = kind not in ("plain", "filter2x5")
+    fshape = (2, 5) if kind == "filter2x5" else (3, 3)  # not 3 × 3: the step loop with the offset table
     conv = BlockSparseConv(
-        lay, (3, 3), padding=((2, 0), (1, 1)), input_spatial=(9, 11), edge_bias=edge, data_format="NHWC"
+        lay, fshape, padding=((2, 0), (1, 1)), input_spatial=(9, 11), edge_bias=edge, data_format="NHWC"
     )
     x = random_array(rng, (3, 9, 11, conv.C), dtype)
     w = conv.init_normal(rng, dtype=np.float32).astype(x.dtype)
     eb = random_array(rng, conv.edge_bias_shape, dtype) if edge else None
-    y = poison(cupy, (3, 9, 11, conv.K), dtype)
+    y = poison(cupy, conv.output_shape(x.shape), dtype)
     conv.fprop(cupy.asarray(x), cupy.asarray(w), None if eb is None else cupy.asarray(eb), out=y)
     f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
     assert_close(y, conv.fprop(f64(x), f64(w), f64(eb)), dtype, "fprop")
