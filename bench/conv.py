@@ -139,6 +139,8 @@ def main(argv=None):
     gdflt = "gmma:{}x{}".format(*conv_module._LAUNCH["gmma"]["default"])
     fprop_variants += [f"gmma:{p}x{w}" for p, w in conv_module._LAUNCH["gmma"]["tiles"]]
     fprop_variants += [f"{gdflt}:run1", f"{gdflt}:run4", "gmma:128x4:roll", "gmma:256x8:roll"]
+    # the warp-specialized wgmma kernel (conv_fprop_ws): both tiles, runs of 1 and 4
+    fprop_variants += [f"ws:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]] + ["ws:256:run1", "ws:256:run4"]
     table = Table(
         [
             "N",

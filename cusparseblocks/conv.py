@@ -85,16 +85,29 @@ _LAUNCH = {
         "unroll_taps": True,
         "plain_epilogue": True,
     },
-    # the halo kernel on wgmma (kernels/conv_gmma.cu, sm_90a: devices of compute capability 9.0), the default
-    # there for the halo kernel's cases: (output positions, warps) tiles as "halo" (whole warpgroups), the
-    # same schedule options; shared memory: the halo ring, the weight ring unpadded + 1024 bytes of alignment
+    # the halo kernel on wgmma (kernels/conv_gmma.cu, sm_90a: devices of compute capability 9.0): (output
+    # positions, warps) tiles as "halo" (whole warpgroups), the same schedule options; shared memory: the halo
+    # ring, the weight ring unpadded + 1024 bytes of alignment + the tap offsets. Not the default ("enabled"
+    # False): on the H100 it measured 1.16-1.4x slower than the mma.sync halo kernel at batch 64 (its step
+    # loop is latency-bound at 2 warps a scheduler behind the halo kernel's per-stage load and bookkeeping
+    # code; bench/NOTES.md, seventeenth session); force_variant "gmma..." runs it
     "gmma": {
-        "enabled": True,
+        "enabled": False,
         "arch": "sm_90",
         "block_sizes": (16, 32),
         "tiles": ((128, 4), (256, 4), (256, 8), (512, 8)),
-        "default": (256, 4),
+        "default": (128, 4),
         "default_permuted": (128, 4),
+    },
+    # the warp-specialized wgmma kernel (kernels/conv.cu conv_fprop_ws, sm_90a): 8 consumer warps (two
+    # warpgroups) + 4 producer warps, "stages" slots of halo + weight slices; tiles of 128 or 256 positions
+    "ws": {
+        "enabled": False,
+        "block_sizes": (16, 32),
+        "tiles": (128, 256),
+        "default": 256,
+        "stages": 4,
+        "max_smem": 225 * 1024,
     },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
@@ -845,6 +858,11 @@ def _specs() -> Iterable[compiler.KernelSpec]:
                 for pixels, warps in _LAUNCH["gmma"]["tiles"]:
                     for flip in (False, True):
                         yield _gmma_spec(t, b, tw, pixels // tw, warps, flip)
+        for b in _LAUNCH["ws"]["block_sizes"]:
+            for tw in _LAUNCH["halo"]["tile_widths"]:
+                for pixels in _LAUNCH["ws"]["tiles"]:
+                    for flip in (False, True):
+                        yield _ws_spec(t, b, tw, pixels // tw, flip)
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
     for b in FFMA_BLOCK_SIZES:
@@ -958,7 +976,7 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
         conv, key, lambda cp: _fprop_plan(conv, geom, n, x.dtype, has_eb)
     )
     # the halo kernel's work counters are per stream: not part of the cached plan (its opts are, in post)
-    sched = (_halo_sched(),) if "halo" in spec.name else ()
+    sched = (_halo_sched(),) if "halo" in spec.name or "_ws<" in spec.name else ()
     _launch(
         spec,
         grid,
@@ -1030,6 +1048,23 @@ def _gmma_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> 
     return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_halo<{ctype}, {b}, {tw}, {th}, {warps}, {f}, true>")
 
 
+def _ws_spec(ctype: str, b: int, tw: int, th: int, flip: bool) -> compiler.KernelSpec:
+    """conv_fprop_ws (kernels/conv_gmma.cu, sm_90a)."""
+    f = "true" if flip else "false"
+    return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_ws<{ctype}, {b}, {tw}, {th}, {f}>")
+
+
+def _ws_smem(g: dict, b: int, tw: int, th: int) -> int:
+    """Shared bytes of conv_fprop_ws: 1024 to align, the slots (weight slices, halo; each 1024-aligned), the
+    slots' items and two claim words."""
+    hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
+    hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
+    up = lambda v: -(-v // 1024) * 1024  # noqa: E731
+    slot = up(g["FR"] * g["FS"] * b * b * 2) + up(hr * hc * (b + 8) * 2)
+    n = _LAUNCH["ws"]["stages"]
+    return 1024 + n * slot + 16 * n + 8
+
+
 def _halo_smem(g: dict, b: int, tw: int, th: int, gm: bool = False) -> int:
     """Shared bytes of conv_fprop_halo: the halo and weight rings (the wgmma kernel: weight slices unpadded,
     1024 bytes to align them and 256 for its table of tap offsets) + the claim slot."""
@@ -1057,7 +1092,7 @@ _ARCH: dict[int, str] = {}
 def _parse_schedule(fv: str | None):
     """force_variant without its schedule suffix, and the schedule: "auto", "full", "v1", "roll" (auto
     without the unrolled 3 × 3 taps) or a run length."""
-    if fv is None or not fv.startswith(("halo", "gmma")):
+    if fv is None or not fv.startswith(("halo", "gmma", "ws")):
         return fv, "auto"
     head, _, tail = fv.partition(":")
     rest = tail.split(":") if tail else []
@@ -1083,7 +1118,29 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
         schedule = "full"
     if fv == "tap" or b not in cfg["block_sizes"] or (g["FR"] * g["FS"] == 1 and fv is None):
         return "tap", None
-    gcfg = _LAUNCH["gmma"]
+    gcfg, wcfg = _LAUNCH["gmma"], _LAUNCH["ws"]
+    tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
+    want_ws = fv is not None and fv.startswith("ws")
+    if want_ws and not _gmma_device():
+        raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
+    if want_ws or (fv is None and wcfg["enabled"] and b in wcfg["block_sizes"] and _gmma_device()):
+        if want_ws and fv.startswith("ws:"):
+            try:
+                pixels = int(fv[3:])
+            except ValueError:
+                pixels = None
+            if pixels not in wcfg["tiles"]:
+                raise ValueError(f"force_variant: expected a ws tile in {wcfg['tiles']}, got {force_variant!r}")
+            shapes = [pixels]
+        else:
+            shapes = [p for p in (wcfg["default"], wcfg["tiles"][0]) if p // tw <= g["OH"] or p == wcfg["tiles"][0]]
+        for pixels in shapes:
+            th = pixels // tw
+            smem = _ws_smem(g, b, tw, th)
+            if smem <= wcfg["max_smem"]:
+                return "ws", (tw, th, 12, smem, schedule)
+        if want_ws:
+            raise ValueError(f"force_variant: {force_variant!r}: the slots need more than {wcfg['max_smem']} bytes")
     if fv is not None and fv.startswith("gmma"):
         if not _gmma_device():
             raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
@@ -1174,18 +1231,22 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         spec = compiler.KernelSpec("conv.cu", f"conv_fprop_ffma<{b}>")
         return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip, None
     variant, halo = _fprop_variant(geo_host, b, permuted)
-    if variant in ("halo", "gmma"):
+    if variant in ("halo", "gmma", "ws"):
         tw, th, warps, smem, schedule = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
         assert out_blocks * b == g["K"], "the halo kernel's grid has K/B output blocks"
-        spec = (_gmma_spec if variant == "gmma" else _halo_spec)(_CTYPE[dt], b, tw, th, warps, flip)
+        if variant == "ws":
+            spec = _ws_spec(_CTYPE[dt], b, tw, th, flip)
+            schedule = "auto" if schedule in ("full", "v1") else schedule  # always persistent
+        else:
+            spec = (_gmma_spec if variant == "gmma" else _halo_spec)(_CTYPE[dt], b, tw, th, warps, flip)
         items = tiles * out_blocks
         if items >= 2**31:
             raise ValueError(f"x: {items} output tiles × blocks exceed the halo kernel's 2^31 work items")
         if schedule == "full":  # a CTA per item
             return spec, (items,), (32 * warps,), smem, False, _halo_opts(schedule, None, tiles, items)
         # the CTAs that fit at once, each claiming runs until none are left
-        ctas = _ops._sm_count() * _ops._resident_blocks(spec, 32 * warps, smem, 2)
+        ctas = _ops._sm_count() * _ops._resident_blocks(spec, 32 * warps, smem, 1 if variant == "ws" else 2)
         col_len = tuple((np.diff(np.asarray(col_ptr, dtype=np.int64)) * g["FT"]).tolist())
         opts = _halo_opts(schedule, col_len, tiles, ctas)
         runs = -(-tiles // (opts & 0xFFFF)) * out_blocks
@@ -1203,7 +1264,7 @@ def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt, ptr_
         geo_host, out_blocks, b, dt, flip_w is not None, ptr_host
     )
     tail = (*tables, perm if perm is not None else _null(), *eb_args, _upload_geo(geo_host))
-    if "halo" in spec.name:
+    if "halo" in spec.name or "_ws<" in spec.name:
         tail += (_halo_sched(), np.int32(opts))
     _launch(spec, grid, block, (x, flip_w() if needs_copy else w, y, *tail), smem)
 

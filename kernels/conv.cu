@@ -1061,6 +1061,266 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   }
 }
 
+#if CONV_HAS_GMMA
+#ifndef CSB_HOST_EMULATION
+// named barriers with a thread count: the warp-specialized kernel's slot hand-offs
+__device__ __forceinline__ void nbar_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+__device__ __forceinline__ void nbar_arrive(int id, int n) { asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+#define EMU_GMMA_PARTICIPANTS(n)
+#endif
+
+#define WS_STAGES 4
+// conv_fprop_ws (sm_90a): conv_fprop_halo's items, stages and wgmma steps (GM) with the warps specialized.
+// Warps 8-11 produce: they claim the runs, decode the items and copy each stage's input halo and weight slices
+// (cp.async) into one of WS_STAGES slots, then publish it (its item in s_info) on the slot's FULL named barrier;
+// they refill a slot after the consumers' arrival on its EMPTY barrier. Warps 0-7 consume: two warpgroups,
+// each TH·TW / 2 rows (MT m64 groups), run the stage's wgmma steps (3 × 3: unrolled, fragments two steps
+// ahead) and the epilogue of an item's last stage, and never execute a copy or a claim: the halo kernel's
+// per-stage load and bookkeeping code (most of its instructions) no longer delays the tensor work. A stage
+// with unit = total ends the consumers. Shared memory (host: 1024 + WS_STAGES · slot + 16 · WS_STAGES + 16 +
+// 256): slots of [FR·FS][B][B] swizzled weights (1024-aligned) + the halo [HR·HC][B + 8].
+template <typename T, int B, int TW, int TH, bool FLIP>
+__global__ void __launch_bounds__(384, 1)
+conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+              const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
+              const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
+              const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
+  constexpr int THREADS = 384, CONS = 256, PROD = 128, BM = TH * TW, MT = BM / 128, NT = B / 8, KS = B / 16;
+  constexpr int LDA = B + 8, VPR = B / 8, ROW = B * 2, NST = WS_STAGES;
+  constexpr int FULL0 = 1, EMPTY0 = 1 + NST, PBAR = 1 + 2 * NST;
+  static_assert(BM % 128 == 0 && MT >= 1 && MT <= 2 && TW % 8 == 0 && B >= 16, "two warpgroups, 1 or 2 m64 groups");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  EMU_GMMA_PARTICIPANTS(CONS);
+
+  const int C = geo[G_C], K = geo[G_K];
+  const int D = geo[G_D], H = geo[G_H], W = geo[G_W];
+  const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
+  const int FR = geo[G_FR], FS = geo[G_FS], FT = geo[G_FT];
+  const int SH = geo[G_SH], SW = geo[G_SW], DH = geo[G_DH], DW = geo[G_DW];
+  const int taps = FT * FR * FS;
+  const int HR = (TH - 1) * SH + (FR - 1) * DH + 1, HC = (TW - 1) * SW + (FS - 1) * DW + 1;
+  const int halo = HR * HC, wtaps = FR * FS;
+  const int wbytes = (wtaps * B * ROW + 1023) & ~1023, slot_bytes = wbytes + ((halo * LDA * (int)sizeof(T) + 1023) & ~1023);
+  unsigned char* base = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  int* s_info = reinterpret_cast<int*>(base + NST * slot_bytes);  // [NST][4]: unit, tile, it, niter
+  int* s_claim = s_info + 4 * NST;                                  // [2]
+  const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + TH - 1) / TH, ncol = K / B, run = opts & 0xffff;
+  const int ntiles = geo[G_N] * OD * tiles_h * tiles_w, total = (ntiles + run - 1) / run * ncol;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  struct Tile { int tw0, th0, od, n; };
+  auto tile_of = [&](int t) {
+    Tile g;
+    g.tw0 = (t % tiles_w) * TW; t /= tiles_w;
+    g.th0 = (t % tiles_h) * TH; t /= tiles_h;
+    g.od = t % OD;
+    g.n = t / OD;
+    return g;
+  };
+
+  if (tid >= CONS) {  // ---------------------------------------------------------------- producers
+    const int ptid = tid - CONS;
+    int nclaim = 0;
+    struct Item { int unit, j, tile, tend, e0, niter; };
+    auto claim = [&]() {
+      int* slot = s_claim + (nclaim++ & 1);  // two slots: a slot is rewritten two claims (and barriers) later
+      if (ptid == 0) {
+        const unsigned c = atomicAdd(sched, 1u);
+        *slot = c < (unsigned)total ? (int)c : total;
+      }
+      nbar_sync(PBAR, PROD);
+      Item r;
+      r.unit = *slot;
+      const int u = r.unit < total ? r.unit : 0;
+      r.j = u % ncol;
+      const int t0 = u / ncol * run;
+      r.tend = t0 + run < ntiles ? t0 + run : ntiles;
+      r.tile = t0;
+      r.e0 = col_ptr[r.j];
+      r.niter = (col_ptr[r.j + 1] - r.e0) * FT;
+      return r;
+    };
+    auto load_stage = [&](const Item& q, int it, int sl) {
+      const int eo = it / FT, ft = it - eo * FT;
+      const int cblk = col_in[q.e0 + eo];
+      const i64 wblk = col_w[q.e0 + eo];
+      const Tile g = tile_of(q.tile);
+      const int id = g.od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
+      const int ih0 = g.th0 * SH - geo[G_PH], iw0 = g.tw0 * SW - geo[G_PW];
+      const bool dok = (unsigned)id < (unsigned)D;
+      const unsigned ws = smem_u32(base + sl * slot_bytes), as = ws + wbytes;
+      for (int v = ptid; v < halo * VPR; v += PROD) {
+        const int row = v / VPR, vec = v - row * VPR;
+        const int hr = row / HC, hc = row - hr * HC;
+        const int ih = ih0 + hr, iw = iw0 + hc;
+        const bool ok = dok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+        const T* src = ok ? x + ((((i64)g.n * D + id) * H + ih) * (i64)W + iw) * C + cblk * B + vec * 8 : x;
+        cp_async16(as + (row * LDA + vec * 8) * (int)sizeof(T), src, ok ? 16 : 0);
+      }
+      const int wdepth = FLIP ? FT - 1 - ft : ft;
+      const T* wsrc = w + (wblk * taps + (i64)wdepth * wtaps) * (B * B);
+      for (int v = ptid; v < wtaps * B * VPR; v += PROD) {
+        const int kr = v / VPR, cv = v - kr * VPR;
+        const int tap = kr / B, wr = kr - tap * B;
+        const int stap = FLIP ? wtaps - 1 - tap : tap;
+        cp_async16(ws + tap * (B * ROW) + gmma::swizzle<ROW>(wr, cv), wsrc + ((i64)stap * B + wr) * B + cv * 8, 16);
+      }
+    };
+    Item cur = claim();
+    int it = 0, stage = 0;
+    for (;; ++stage) {
+      const int sl = stage % NST;
+      if (stage >= NST) nbar_sync(EMPTY0 + sl, THREADS);  // the consumers are done with stage - NST
+      const bool done = cur.unit >= total;
+      if (!done && it < cur.niter) load_stage(cur, it, sl);
+      cp_async_commit();
+      if (ptid == 0) {
+        s_info[4 * sl] = done ? total : cur.unit;
+        s_info[4 * sl + 1] = cur.tile;
+        s_info[4 * sl + 2] = it;
+        s_info[4 * sl + 3] = cur.niter;
+      }
+      if (stage > 0) {  // the previous stage's copies have landed: publish it
+        cp_async_wait<1>();
+        gmma::fence_proxy_async();
+        nbar_arrive(FULL0 + (stage - 1) % NST, THREADS);
+      }
+      if (done) break;
+      if (it + 1 < cur.niter) {
+        ++it;
+      } else {  // the run's next tile, or a new claim (an item without stages took one stage)
+        it = 0;
+        if (cur.tile + 1 < cur.tend) ++cur.tile;
+        else cur = claim();
+      }
+    }
+    cp_async_wait<0>();
+    gmma::fence_proxy_async();
+    nbar_arrive(FULL0 + stage % NST, THREADS);  // the final stage (unit = total)
+    // the consumers' arrivals that no refill waited for: stages stage - NST + 1 .. stage - 1
+    for (int s2 = stage - NST + 1 > 0 ? stage - NST + 1 : 0; s2 < stage; ++s2) nbar_sync(EMPTY0 + s2 % NST, THREADS);
+    if (ptid == 0) {  // the last CTA out resets the counters for the next launch
+      __threadfence();
+      if (atomicAdd(sched + 1, 1u) == gridDim.x - 1) {
+        sched[0] = 0;
+        sched[1] = 0;
+        __threadfence();
+      }
+    }
+    return;
+  }
+
+  // ---------------------------------------------------------------------------------------------- consumers
+  auto rbase = [&](int mt) { return (warp >> 2) * (BM / 2) + mt * 64 + (warp & 3) * 16; };
+  unsigned hoff[MT];  // this lane's A row in each m64 group: output (th, tw) → halo byte offset before the tap
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const int r = rbase(mt) + (lane & 15);
+    hoff[mt] = (unsigned)((((r / TW) * SH * HC + (r % TW) * SW) * LDA + (lane >> 4) * 8) * (int)sizeof(T));
+  }
+  const unsigned rowb = DH * HC * LDA * (unsigned)sizeof(T), colb = DW * LDA * (unsigned)sizeof(T);
+  const bool three = FR == 3 && FS == 3;
+  const i64 OS = (i64)OD * OH * OW;
+  float acc[MT][NT][4];
+  for (int stage = 0;; ++stage) {
+    const int sl = stage % NST;
+    nbar_sync(FULL0 + sl, THREADS);
+    const int unit = s_info[4 * sl], tile = s_info[4 * sl + 1], it = s_info[4 * sl + 2], niter = s_info[4 * sl + 3];
+    if (unit >= total) break;
+    if (it < niter) {
+      const unsigned ws = smem_u32(base + sl * slot_bytes), as = ws + wbytes;
+      const int keep_first = it > 0;
+      const unsigned long long dslot = gmma::desc<ROW>(ws);
+      const unsigned dlo = (unsigned)dslot, dhi = (unsigned)(dslot >> 32);
+      unsigned a[4][MT][4];
+      auto ldu = [&](int u) {
+        const int t = u / KS;
+        const int fr = three ? t / 3 : t / FS, fs = three ? t % 3 : t - (t / FS) * FS;
+        const unsigned off = as + fr * rowb + fs * colb + (u % KS) * 32u;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[u % 4][mt], hoff[mt] + off);
+      };
+      auto mma = [&](int u) {
+        const int t = u / KS, kk = u % KS;
+        gmma::wgmma_fence();
+        const unsigned long long db =
+            (unsigned long long)dhi << 32 | (dlo + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4));
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), a[u % 4][mt], db,
+                                                  u ? 1 : keep_first);
+        gmma::wgmma_commit();
+      };
+      if (three) {  // the 9·KS steps unrolled: fragments two steps ahead in four buffers, two groups in flight
+        constexpr int NS = 9 * KS;
+        ldu(0);
+        ldu(1);
+#pragma unroll
+        for (int u = 0; u < NS; ++u) {
+          mma(u);
+          gmma::wgmma_wait<2>();
+          if (u + 2 < NS) ldu(u + 2);
+        }
+      } else {  // any filter: the next step's fragments loaded after this step's group, three buffers
+        const int steps = wtaps * KS;
+        auto ldg = [&](int u, unsigned (&nx)[MT][4]) {
+          const int t = u / KS, fr = t / FS, fs = t - fr * FS;
+          const unsigned off = as + fr * rowb + fs * colb + (u % KS) * 32u;
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(nx[mt], hoff[mt] + off);
+        };
+        auto stp = [&](int u, unsigned (&cur)[MT][4], unsigned (&nx)[MT][4]) {
+          const int t = u / KS, kk = u % KS;
+          gmma::wgmma_fence();
+          const unsigned long long db =
+              (unsigned long long)dhi << 32 | (dlo + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4));
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+            gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), cur[mt], db,
+                                                    u ? 1 : keep_first);
+          gmma::wgmma_commit();
+          if (u + 1 < steps) ldg(u + 1, nx);
+          gmma::wgmma_wait<1>();
+        };
+        ldg(0, a[0]);
+        for (int u = 0; u < steps; u += 3) {
+          stp(u, a[0], a[1]);
+          if (u + 1 < steps) stp(u + 1, a[1], a[2]);
+          if (u + 2 < steps) stp(u + 2, a[2], a[0]);
+        }
+      }
+      gmma::wgmma_wait<0>();
+#pragma unroll
+      for (int a2 = 0; a2 < MT; ++a2)
+#pragma unroll
+        for (int b2 = 0; b2 < NT; ++b2)
+#pragma unroll
+          for (int c2 = 0; c2 < 4; ++c2) gmma::fence_operand(acc[a2][b2][c2]);
+    }
+    nbar_arrive(EMPTY0 + sl, THREADS);  // this thread's reads of the slot are complete
+    if (it + 1 < niter) continue;
+    // the item's epilogue (an item without stages writes zeros: its accumulators hold the previous item's)
+    const bool empty = niter == 0;
+    const int j = unit % ncol;
+    const Tile g = tile_of(tile);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = rbase(mt) + (lane >> 2) + 8 * h;
+        const int oh = g.th0 + r / TW, ow = g.tw0 + r % TW;
+        if (oh >= OH || ow >= OW) continue;
+        const i64 p = ((i64)g.od * OH + oh) * OW + ow;
+        const int eb = emap != nullptr ? emap[p] : -1;
+        T* yrow = y + (g.n * OS + p) * K;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          store_out2<T>(yrow, j * B + nt * 8 + 2 * (lane & 3), empty ? 0.f : acc[mt][nt][2 * h],
+                        empty ? 0.f : acc[mt][nt][2 * h + 1], out_perm, edge_bias, eb, K);
+      }
+  }
+}
+#endif  // CONV_HAS_GMMA
+
 #define FF_BM 64
 
 // conv_fprop_ffma: fp32 version of conv_fprop_tc with FFMA. One thread block computes 64 output

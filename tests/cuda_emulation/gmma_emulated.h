@@ -7,6 +7,33 @@
 // exchanges the A fragments through a block barrier.
 #pragma once
 #include <deque>
+#include <mutex>
+
+// named barriers (bar.sync / bar.arrive id, count): one std::barrier per id, made by its first user
+inline std::unique_ptr<std::barrier<>> emu_named[16];
+inline std::mutex emu_named_mu;
+inline std::barrier<>& emu_named_bar(int id, int n) {
+  std::lock_guard<std::mutex> lock(emu_named_mu);
+  if (!emu_named[id]) emu_named[id] = std::make_unique<std::barrier<>>(n);
+  return *emu_named[id];
+}
+inline void nbar_sync(int id, int n) { emu_named_bar(id, n).arrive_and_wait(); }
+inline void nbar_arrive(int id, int n) { (void)emu_named_bar(id, n).arrive(); }
+// the threads that issue wgmma (a warp-specialized kernel's consumers): the A exchange's barrier
+inline std::unique_ptr<std::barrier<>> emu_gmma_bar;
+inline unsigned emu_gmma_n = 0;
+#define EMU_GMMA_PARTICIPANTS(n)                                   \
+  {                                                                \
+    std::lock_guard<std::mutex> lock(emu_named_mu);                \
+    if (emu_gmma_n != (n)) {                                       \
+      emu_gmma_bar = std::make_unique<std::barrier<>>(n);          \
+      emu_gmma_n = (n);                                            \
+    }                                                              \
+  }
+inline void emu_gmma_sync() {
+  if (emu_gmma_n) emu_gmma_bar->arrive_and_wait();
+  else __syncthreads();
+}
 
 namespace gmma {
 
@@ -47,7 +74,7 @@ inline float emu_gmma_f(uint16_t bits, int bf16) {
 inline void emu_gmma_perform(const EmuGmma& op) {
   const unsigned tid = threadIdx.x;
   for (int i = 0; i < 4; ++i) emu_gmma_a[tid][i] = op.a[i];
-  __syncthreads();
+  emu_gmma_sync();
   const unsigned wg0 = tid / 128 * 128, v = tid % 128 / 32, lane = tid % 32;
   const unsigned start = (unsigned)(op.b & 0x3FFF) << 4, mode = (unsigned)(op.b >> 62);
   const unsigned ROW = mode == 1 ? 128 : mode == 2 ? 64 : 32, MASK = ROW / 16 - 1;
@@ -69,7 +96,7 @@ inline void emu_gmma_perform(const EmuGmma& op) {
         for (int k = 0; k < 16; ++k) s += aval(row, k) * bval(k, col);
         op.d[q * 4 + h * 2 + e] = s;
       }
-  __syncthreads();
+  emu_gmma_sync();
 }
 
 inline void wgmma_commit() {
