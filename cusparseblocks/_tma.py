@@ -1,4 +1,4 @@
-"""Tensor maps for the TMA kernels (kernels/bsmm_tma.cu).
+"""Tensor maps for the TMA kernels (kernels/bsmm_tma.cu, conv_fprop_wst in kernels/conv.cu).
 
 A tensor map (the driver's 128-byte ``CUtensorMap``) describes a 2-D row-major tensor in global memory and the
 box one copy moves into shared memory, with its swizzle. It is encoded on the host by the driver's
@@ -58,6 +58,39 @@ def tiled_2d(ptr: int, dtype: str, rows: int, cols: int, box_rows: int, box_cols
     if err != 0:
         raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUresult {err} for a [{rows}, {cols}] "
                            f"{dtype} tensor, box [{box_rows}, {box_cols}]")
+    m = np.frombuffer(ctypes.string_at(addr, 128), dtype=MAP_DTYPE)[0]
+    if len(_maps) >= _CACHE_SIZE:
+        _maps.pop(next(iter(_maps)))
+    _maps[key] = m
+    return m
+
+
+def tiled(ptr: int, dtype: str, shape: tuple, box: tuple) -> np.void:
+    """The map of a C-contiguous tensor of ``shape`` (outermost first, up to 5 dimensions; the innermost's bytes
+    a multiple of 16) of ``dtype`` at ``ptr``, box ``box`` (same order) with the swizzle of the box's innermost
+    bytes (32, 64 or 128); elements past the edges (negative coordinates included) read as zeros."""
+    key = (ptr, dtype, tuple(shape), tuple(box))
+    m = _maps.get(key)
+    if m is not None:
+        return m
+    rank = len(shape)
+    buf = (ctypes.c_uint8 * 192)()
+    addr = ctypes.addressof(buf)
+    addr += -addr % 64
+    dims = (ctypes.c_uint64 * rank)(*reversed([int(v) for v in shape]))
+    inner = [int(v) for v in reversed(shape)]
+    strides_b, acc = [], 2
+    for v in inner[:-1]:
+        acc *= v
+        strides_b.append(acc)
+    strides = (ctypes.c_uint64 * max(1, rank - 1))(*strides_b)
+    boxv = (ctypes.c_uint32 * rank)(*reversed([int(v) for v in box]))
+    elem = (ctypes.c_uint32 * rank)(*([1] * rank))
+    err = _driver()(addr, _DATA_TYPE[dtype], rank, ctypes.c_void_p(ptr), dims, strides, boxv, elem, 0,
+                    _SWIZZLE[int(box[-1]) * 2], _L2_PROMOTION_128B, 0)
+    if err != 0:
+        raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUresult {err} for a {tuple(shape)} {dtype} tensor, "
+                           f"box {tuple(box)}")
     m = np.frombuffer(ctypes.string_at(addr, 128), dtype=MAP_DTYPE)[0]
     if len(_maps) >= _CACHE_SIZE:
         _maps.pop(next(iter(_maps)))

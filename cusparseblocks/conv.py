@@ -108,6 +108,8 @@ _LAUNCH = {
         "default": 256,
         "stages": 4,
         "max_smem": 225 * 1024,
+        # "wst": the same kernel fed by TMA (conv_fprop_wst: one producer thread, the halo a box of a 5-D map)
+        "tma": True,
     },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
@@ -862,7 +864,8 @@ def _specs() -> Iterable[compiler.KernelSpec]:
             for tw in _LAUNCH["halo"]["tile_widths"]:
                 for pixels in _LAUNCH["ws"]["tiles"]:
                     for flip in (False, True):
-                        yield _ws_spec(t, b, tw, pixels // tw, flip)
+                        for tm in (False, True):
+                            yield _ws_spec(t, b, tw, pixels // tw, flip, tm)
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
     for b in FFMA_BLOCK_SIZES:
@@ -976,15 +979,25 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
         conv, key, lambda cp: _fprop_plan(conv, geom, n, x.dtype, has_eb)
     )
     # the halo kernel's work counters are per stream: not part of the cached plan (its opts are, in post)
-    sched = (_halo_sched(),) if "halo" in spec.name or "_ws<" in spec.name else ()
+    sched = (_halo_sched(),) if "halo" in spec.name or "_ws" in spec.name else ()
+    xin, win = _kernel_inputs(spec, x, w, lambda: _forward_geo(conv, geom, n))
     _launch(
         spec,
         grid,
         block,
-        (x, w, y, *pre, edge_bias if has_eb else _null(), *post[:2], *sched, *post[2:]),
+        (xin, win, y, *pre, edge_bias if has_eb else _null(), *post[:2], *sched, *post[2:]),
         smem,
     )
     return y
+
+
+def _kernel_inputs(spec, x, w, geo_fn):
+    """The kernel's first two arguments: x and w, or conv_fprop_wst's tensor maps of them (``geo_fn()``: the
+    launch's geometry array)."""
+    if "_wst<" not in spec.name:
+        return x, w
+    _, b, tw, th, _ = spec.name[spec.name.index("<") + 1 : -1].split(", ")
+    return _ws_maps(x, w, geo_fn(), int(b), int(tw), int(th))
 
 
 def _fprop_plan(conv, geom, n: int, dtype, has_eb: bool):
@@ -1048,10 +1061,24 @@ def _gmma_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> 
     return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_halo<{ctype}, {b}, {tw}, {th}, {warps}, {f}, true>")
 
 
-def _ws_spec(ctype: str, b: int, tw: int, th: int, flip: bool) -> compiler.KernelSpec:
-    """conv_fprop_ws (kernels/conv_gmma.cu, sm_90a)."""
+def _ws_spec(ctype: str, b: int, tw: int, th: int, flip: bool, tm: bool = False) -> compiler.KernelSpec:
+    """conv_fprop_ws, or conv_fprop_wst (``tm``: fed by TMA) (kernels/conv_gmma.cu, sm_90a)."""
     f = "true" if flip else "false"
-    return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_ws<{ctype}, {b}, {tw}, {th}, {f}>")
+    return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_ws{'t' if tm else ''}<{ctype}, {b}, {tw}, {th}, {f}>")
+
+
+def _ws_maps(x, w, geo_host, b: int, tw: int, th: int):
+    """conv_fprop_wst's tensor maps: x (the launch's activations) as [N, D, H, W, C] with a box of the halo (B
+    channels × HC × HR), w as [nnz·taps·B, B] with a box of one tap's B × B slice."""
+    from . import _tma
+
+    g = {k: int(geo_host[i]) for k, i in _G.items()}
+    hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
+    hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
+    dt = dtype_name(x.dtype)
+    tx = _tma.tiled(x.data.ptr, dt, (g["N"], g["D"], g["H"], g["W"], g["C"]), (1, 1, hr, hc, b))
+    tw_ = _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
+    return tx, tw_
 
 
 def _ws_smem(g: dict, b: int, tw: int, th: int) -> int:
@@ -1062,7 +1089,7 @@ def _ws_smem(g: dict, b: int, tw: int, th: int) -> int:
     up = lambda v: -(-v // 1024) * 1024  # noqa: E731
     slot = up(g["FR"] * g["FS"] * b * b * 2) + up(hr * hc * (b + 8) * 2)
     n = _LAUNCH["ws"]["stages"]
-    return 1024 + n * slot + 16 * n + 8
+    return 1024 + n * slot + 16 * n + 8 + 8 * n  # (+ the slots' mbarriers of conv_fprop_wst)
 
 
 def _halo_smem(g: dict, b: int, tw: int, th: int, gm: bool = False) -> int:
@@ -1120,13 +1147,13 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
         return "tap", None
     gcfg, wcfg = _LAUNCH["gmma"], _LAUNCH["ws"]
     tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
-    want_ws = fv is not None and fv.startswith("ws")
+    want_ws = fv is not None and fv.startswith(("ws", "wst"))
     if want_ws and not _gmma_device():
         raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
     if want_ws or (fv is None and wcfg["enabled"] and b in wcfg["block_sizes"] and _gmma_device()):
-        if want_ws and fv.startswith("ws:"):
+        if want_ws and ":" in fv:
             try:
-                pixels = int(fv[3:])
+                pixels = int(fv.split(":")[1])
             except ValueError:
                 pixels = None
             if pixels not in wcfg["tiles"]:
@@ -1138,7 +1165,8 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
             th = pixels // tw
             smem = _ws_smem(g, b, tw, th)
             if smem <= wcfg["max_smem"]:
-                return "ws", (tw, th, 12, smem, schedule)
+                tm = fv.startswith("wst") if want_ws else wcfg["tma"]
+                return "wst" if tm else "ws", (tw, th, 12, smem, schedule)
         if want_ws:
             raise ValueError(f"force_variant: {force_variant!r}: the slots need more than {wcfg['max_smem']} bytes")
     if fv is not None and fv.startswith("gmma"):
@@ -1231,12 +1259,12 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         spec = compiler.KernelSpec("conv.cu", f"conv_fprop_ffma<{b}>")
         return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip, None
     variant, halo = _fprop_variant(geo_host, b, permuted)
-    if variant in ("halo", "gmma", "ws"):
+    if variant in ("halo", "gmma", "ws", "wst"):
         tw, th, warps, smem, schedule = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
         assert out_blocks * b == g["K"], "the halo kernel's grid has K/B output blocks"
-        if variant == "ws":
-            spec = _ws_spec(_CTYPE[dt], b, tw, th, flip)
+        if variant in ("ws", "wst"):
+            spec = _ws_spec(_CTYPE[dt], b, tw, th, flip, variant == "wst")
             schedule = "auto" if schedule in ("full", "v1") else schedule  # always persistent
         else:
             spec = (_gmma_spec if variant == "gmma" else _halo_spec)(_CTYPE[dt], b, tw, th, warps, flip)
@@ -1246,7 +1274,7 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         if schedule == "full":  # a CTA per item
             return spec, (items,), (32 * warps,), smem, False, _halo_opts(schedule, None, tiles, items)
         # the CTAs that fit at once, each claiming runs until none are left
-        ctas = _ops._sm_count() * _ops._resident_blocks(spec, 32 * warps, smem, 1 if variant == "ws" else 2)
+        ctas = _ops._sm_count() * _ops._resident_blocks(spec, 32 * warps, smem, 1 if variant in ("ws", "wst") else 2)
         col_len = tuple((np.diff(np.asarray(col_ptr, dtype=np.int64)) * g["FT"]).tolist())
         opts = _halo_opts(schedule, col_len, tiles, ctas)
         runs = -(-tiles // (opts & 0xFFFF)) * out_blocks
@@ -1264,9 +1292,10 @@ def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt, ptr_
         geo_host, out_blocks, b, dt, flip_w is not None, ptr_host
     )
     tail = (*tables, perm if perm is not None else _null(), *eb_args, _upload_geo(geo_host))
-    if "halo" in spec.name or "_ws<" in spec.name:
+    if "halo" in spec.name or "_ws" in spec.name:
         tail += (_halo_sched(), np.int32(opts))
-    _launch(spec, grid, block, (x, flip_w() if needs_copy else w, y, *tail), smem)
+    xin, win = _kernel_inputs(spec, x, flip_w() if needs_copy else w, lambda: geo_host)
+    _launch(spec, grid, block, (xin, win, y, *tail), smem)
 
 
 _SCHED: dict = {}

@@ -271,6 +271,7 @@ __device__ __forceinline__ void store_out2(T* yrow, int kv, float v0, float v1, 
 #include "gmma_emulated.h"
 #else
 #include "gmma.cuh"
+#include "tma.cuh"
 #endif
 #else
 #define CONV_HAS_GMMA 0
@@ -1079,9 +1080,16 @@ __device__ __forceinline__ void nbar_arrive(int id, int n) { asm volatile("bar.a
 // per-stage load and bookkeeping code (most of its instructions) no longer delays the tensor work. A stage
 // with unit = total ends the consumers. Shared memory (host: 1024 + WS_STAGES · slot + 16 · WS_STAGES + 16 +
 // 256): slots of [FR·FS][B][B] swizzled weights (1024-aligned) + the halo [HR·HC][B + 8].
-template <typename T, int B, int TW, int TH, bool FLIP>
-__global__ void __launch_bounds__(384, 1)
-conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+// TM (conv_fprop_wst): one producer thread copies a stage with TMA instead: the halo as one box of the 5-D
+// map tx over x [N, D, H, W, C] (zeros outside the input), dense rows of B·2 bytes in their swizzled layout
+// (the consumers' ldmatrix addresses follow it), and each tap's weight slice as a box of the 2-D map tw over w
+// [nnz·taps·B, B]; the slot's FULL is then an mbarrier (the copies' bytes) instead of a named barrier.
+#ifdef CSB_HOST_EMULATION
+struct TensorMap { unsigned long long v[16]; };
+#endif
+template <typename T, int B, int TW, int TH, bool FLIP, bool TM>
+__device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* __restrict__ w, const TensorMap* tx,
+              const TensorMap* tw, T* __restrict__ y,
               const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
               const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
               const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
@@ -1104,6 +1112,17 @@ conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ 
   unsigned char* base = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
   int* s_info = reinterpret_cast<int*>(base + NST * slot_bytes);  // [NST][4]: unit, tile, it, niter
   int* s_claim = s_info + 4 * NST;                                  // [2]
+  // TM: the slots' FULL mbarriers (8-byte aligned after the claim words)
+  const unsigned full0 = smem_u32(s_claim + 2);
+#if !defined(CSB_HOST_EMULATION)
+  if (TM) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < NST; ++i) tma::bar_init(full0 + 8 * i, 1);
+      tma::bar_init_fence();
+    }
+    __syncthreads();
+  }
+#endif
   const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + TH - 1) / TH, ncol = K / B, run = opts & 0xffff;
   const int ntiles = geo[G_N] * OD * tiles_h * tiles_w, total = (ntiles + run - 1) / run * ncol;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -1167,6 +1186,60 @@ conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ 
     };
     Item cur = claim();
     int it = 0, stage = 0;
+#if !defined(CSB_HOST_EMULATION)
+    if (TM) {  // one thread issues the copies; the others keep the claims and the refill barriers with it
+      for (;; ++stage) {
+        const int sl = stage % NST;
+        if (stage >= NST) nbar_sync(EMPTY0 + sl, THREADS);
+        const bool done = cur.unit >= total;
+        if (ptid == 0) {
+          s_info[4 * sl] = done ? total : cur.unit;
+          s_info[4 * sl + 1] = cur.tile;
+          s_info[4 * sl + 2] = it;
+          s_info[4 * sl + 3] = cur.niter;
+          const bool copy = !done && it < cur.niter;
+          const unsigned bar = full0 + 8 * sl;
+          tma::arrive_expect(bar, copy ? (unsigned)((halo + wtaps * B) * B * (int)sizeof(T)) : 0u);
+          if (copy) {
+            const int eo = it / FT, ft = it - eo * FT;
+            const int cblk = col_in[cur.e0 + eo], wblk = col_w[cur.e0 + eo];
+            const Tile g = tile_of(cur.tile);
+            const int id = g.od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
+            const int ih0 = g.th0 * SH - geo[G_PH], iw0 = g.tw0 * SW - geo[G_PW];
+            const unsigned ws = smem_u32(base + sl * slot_bytes);
+            asm volatile(
+                "cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n"
+                ::"r"(ws + wbytes), "l"(reinterpret_cast<unsigned long long>(tx)), "r"(cblk * B), "r"(iw0), "r"(ih0),
+                "r"(id), "r"(g.n), "r"(bar)
+                : "memory");
+            const int wdepth = FLIP ? FT - 1 - ft : ft;
+            for (int tap = 0; tap < wtaps; ++tap) {
+              const int stap = FLIP ? wtaps - 1 - tap : tap;
+              tma::load_2d(ws + tap * (B * ROW), *tw, 0, ((wblk * FT + wdepth) * wtaps + stap) * B, bar);
+            }
+          }
+        }
+        if (done) break;
+        if (it + 1 < cur.niter) {
+          ++it;
+        } else {
+          it = 0;
+          if (cur.tile + 1 < cur.tend) ++cur.tile;
+          else cur = claim();
+        }
+      }
+      for (int s2 = stage - NST + 1 > 0 ? stage - NST + 1 : 0; s2 < stage; ++s2) nbar_sync(EMPTY0 + s2 % NST, THREADS);
+      if (ptid == 0) {
+        __threadfence();
+        if (atomicAdd(sched + 1, 1u) == gridDim.x - 1) {
+          sched[0] = 0;
+          sched[1] = 0;
+          __threadfence();
+        }
+      }
+      return;
+    }
+#endif
     for (;; ++stage) {
       const int sl = stage % NST;
       if (stage >= NST) nbar_sync(EMPTY0 + sl, THREADS);  // the consumers are done with stage - NST
@@ -1212,10 +1285,12 @@ conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ 
   // ---------------------------------------------------------------------------------------------- consumers
   auto rbase = [&](int mt) { return (warp >> 2) * (BM / 2) + mt * 64 + (warp & 3) * 16; };
   unsigned hoff[MT];  // this lane's A row in each m64 group: output (th, tw) → halo byte offset before the tap
+  int hrow[MT];       // (TM: the halo row itself)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     const int r = rbase(mt) + (lane & 15);
-    hoff[mt] = (unsigned)((((r / TW) * SH * HC + (r % TW) * SW) * LDA + (lane >> 4) * 8) * (int)sizeof(T));
+    hrow[mt] = (r / TW) * SH * HC + (r % TW) * SW;
+    hoff[mt] = (unsigned)((hrow[mt] * LDA + (lane >> 4) * 8) * (int)sizeof(T));
   }
   const unsigned rowb = DH * HC * LDA * (unsigned)sizeof(T), colb = DW * LDA * (unsigned)sizeof(T);
   const bool three = FR == 3 && FS == 3;
@@ -1223,7 +1298,11 @@ conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ 
   float acc[MT][NT][4];
   for (int stage = 0;; ++stage) {
     const int sl = stage % NST;
-    nbar_sync(FULL0 + sl, THREADS);
+#if !defined(CSB_HOST_EMULATION)
+    if (TM) tma::wait(full0 + 8 * sl, (stage / NST) & 1);
+    else
+#endif
+      nbar_sync(FULL0 + sl, THREADS);
     const int unit = s_info[4 * sl], tile = s_info[4 * sl + 1], it = s_info[4 * sl + 2], niter = s_info[4 * sl + 3];
     if (unit >= total) break;
     if (it < niter) {
@@ -1235,6 +1314,13 @@ conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ 
       auto ldu = [&](int u) {
         const int t = u / KS;
         const int fr = three ? t / 3 : t / FS, fs = three ? t % 3 : t - (t / FS) * FS;
+        if (TM) {  // dense swizzled rows of B·2 bytes: the row's chunk moves with its row
+          const int trow = fr * DH * HC + fs * DW;
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+            ldmatrix_x4(a[u % 4][mt], as + gmma::swizzle<ROW>(hrow[mt] + trow, (u % KS) * 2 + (lane >> 4)));
+          return;
+        }
         const unsigned off = as + fr * rowb + fs * colb + (u % KS) * 32u;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[u % 4][mt], hoff[mt] + off);
@@ -1264,6 +1350,13 @@ conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ 
         const int steps = wtaps * KS;
         auto ldg = [&](int u, unsigned (&nx)[MT][4]) {
           const int t = u / KS, fr = t / FS, fs = t - fr * FS;
+          if (TM) {
+            const int trow = fr * DH * HC + fs * DW;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+              ldmatrix_x4(nx[mt], as + gmma::swizzle<ROW>(hrow[mt] + trow, (u % KS) * 2 + (lane >> 4)));
+            return;
+          }
           const unsigned off = as + fr * rowb + fs * colb + (u % KS) * 32u;
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(nx[mt], hoff[mt] + off);
@@ -1319,6 +1412,26 @@ conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ 
       }
   }
 }
+template <typename T, int B, int TW, int TH, bool FLIP>
+__global__ void __launch_bounds__(384, 1)
+conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+              const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
+              const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
+              const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
+  conv_ws_body<T, B, TW, TH, FLIP, false>(x, w, nullptr, nullptr, y, col_ptr, col_in, col_w, out_perm, edge_bias, emap,
+                                          geo, sched, opts);
+}
+#ifndef CSB_HOST_EMULATION
+template <typename T, int B, int TW, int TH, bool FLIP>
+__global__ void __launch_bounds__(384, 1)
+conv_fprop_wst(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap tw, T* __restrict__ y,
+               const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
+               const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
+               const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
+  conv_ws_body<T, B, TW, TH, FLIP, true>(nullptr, nullptr, &tx, &tw, y, col_ptr, col_in, col_w, out_perm, edge_bias,
+                                         emap, geo, sched, opts);
+}
+#endif
 #endif  // CONV_HAS_GMMA
 
 #define FF_BM 64

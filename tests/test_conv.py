@@ -576,6 +576,9 @@ def test_gpu_large_ragged_tc(rng, dtype):
         "ws",
         "ws:128",
         "ws:256:run1",
+        "wst",
+        "wst:128",
+        "wst:256:run1",
     ],
 )
 def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
