@@ -32,7 +32,7 @@ if [ "$1" == conv ]; then
 fi
 if [ "$1" == ncu ]; then  # Nsight Compute on the random d = 0.5 fprop: $NCU_V variants (2 launches each)
   vs=${NCU_V:-halo:256x4 gmma:256x4}; n=$(( 2 * $(echo $vs | wc -w) ))
-  timeout 240 ncu --kernel-name regex:conv_fprop_halo --launch-count $n --set full -f -o $L/ncu-conv \
+  timeout 240 ncu --kernel-name regex:conv_fprop_ --launch-count $n --set full -f -o $L/ncu-conv \
     python bench/profile_conv.py d=${NCU_D:-0.5} $vs > $L/ncu-conv-$stamp.log 2>&1; echo "ncu rc=$? $(el)"
   ncu --import $L/ncu-conv.ncu-rep --page raw --csv > $L/ncu-conv-raw-$stamp.csv 2>&1
   ncu --import $L/ncu-conv.ncu-rep --page details > $L/ncu-conv-details-$stamp.txt 2>&1; rm -f $L/ncu-conv.ncu-rep
@@ -41,7 +41,7 @@ fi
 if [ "$1" == src ]; then  # per-instruction counts (SourceCounters) of one launch of $SRC_V at d = ${NCU_D:-0.5}
   for v in ${SRC_V:-gmma:128x4}; do
     n=$(echo $v | tr ':' '_')
-    timeout 200 ncu --kernel-name regex:conv_fprop_halo --launch-skip 1 --launch-count 1 --section SourceCounters \
+    timeout 200 ncu --kernel-name regex:conv_fprop_ --launch-skip 1 --launch-count 1 --section SourceCounters \
       --section WarpStateStats --import-source no -f -o $L/src-$n python bench/profile_conv.py d=${NCU_D:-0.5} $v \
       > $L/src-$n-$stamp.log 2>&1; echo "ncu src $v rc=$? $(el)"
     ncu -i $L/src-$n.ncu-rep --page source --csv --print-source sass > $L/src-$n-sass-$stamp.csv 2>&1

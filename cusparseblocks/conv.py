@@ -1068,15 +1068,15 @@ def _ws_spec(ctype: str, b: int, tw: int, th: int, flip: bool, tm: bool = False)
 
 
 def _ws_maps(x, w, geo_host, b: int, tw: int, th: int):
-    """conv_fprop_wst's tensor maps: x (the launch's activations) as [N, D, H, W, C] with a box of the halo (B
-    channels × HC × HR), w as [nnz·taps·B, B] with a box of one tap's B × B slice."""
+    """conv_fprop_wst's tensor maps: x (the launch's activations) as [N, D, H, W, C] with a box of the halo (B + 8
+    channels, unswizzled: the padded rows, × HC × HR), w as [nnz·taps·B, B] with a box of one tap's B × B slice."""
     from . import _tma
 
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
     dt = dtype_name(x.dtype)
-    tx = _tma.tiled(x.data.ptr, dt, (g["N"], g["D"], g["H"], g["W"], g["C"]), (1, 1, hr, hc, b))
+    tx = _tma.tiled(x.data.ptr, dt, (g["N"], g["D"], g["H"], g["W"], g["C"]), (1, 1, hr, hc, b + 8), swizzle=False)
     tw_ = _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
     return tx, tw_
 

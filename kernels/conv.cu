@@ -1081,9 +1081,10 @@ __device__ __forceinline__ void nbar_arrive(int id, int n) { asm volatile("bar.a
 // with unit = total ends the consumers. Shared memory (host: 1024 + WS_STAGES · slot + 16 · WS_STAGES + 16 +
 // 256): slots of [FR·FS][B][B] swizzled weights (1024-aligned) + the halo [HR·HC][B + 8].
 // TM (conv_fprop_wst): one producer thread copies a stage with TMA instead: the halo as one box of the 5-D
-// map tx over x [N, D, H, W, C] (zeros outside the input), dense rows of B·2 bytes in their swizzled layout
-// (the consumers' ldmatrix addresses follow it), and each tap's weight slice as a box of the 2-D map tw over w
-// [nnz·taps·B, B]; the slot's FULL is then an mbarrier (the copies' bytes) instead of a named barrier.
+// map tx over x [N, D, H, W, C] (zeros outside the input) B + 8 channels wide, so that it lands in the padded
+// rows the ldmatrix reads are free of bank conflicts in (the 8 extra channels, the next block's or zeros, are
+// never read), and each tap's weight slice as a box of the 2-D map tw over w [nnz·taps·B, B] (swizzled); the
+// slot's FULL is then an mbarrier (the copies' bytes) instead of a named barrier.
 #ifdef CSB_HOST_EMULATION
 struct TensorMap { unsigned long long v[16]; };
 #endif
@@ -1199,7 +1200,7 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
           s_info[4 * sl + 3] = cur.niter;
           const bool copy = !done && it < cur.niter;
           const unsigned bar = full0 + 8 * sl;
-          tma::arrive_expect(bar, copy ? (unsigned)((halo + wtaps * B) * B * (int)sizeof(T)) : 0u);
+          tma::arrive_expect(bar, copy ? (unsigned)((halo * LDA + wtaps * B * B) * (int)sizeof(T)) : 0u);
           if (copy) {
             const int eo = it / FT, ft = it - eo * FT;
             const int cblk = col_in[cur.e0 + eo], wblk = col_w[cur.e0 + eo];
@@ -1285,12 +1286,10 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
   // ---------------------------------------------------------------------------------------------- consumers
   auto rbase = [&](int mt) { return (warp >> 2) * (BM / 2) + mt * 64 + (warp & 3) * 16; };
   unsigned hoff[MT];  // this lane's A row in each m64 group: output (th, tw) → halo byte offset before the tap
-  int hrow[MT];       // (TM: the halo row itself)
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     const int r = rbase(mt) + (lane & 15);
-    hrow[mt] = (r / TW) * SH * HC + (r % TW) * SW;
-    hoff[mt] = (unsigned)((hrow[mt] * LDA + (lane >> 4) * 8) * (int)sizeof(T));
+    hoff[mt] = (unsigned)(((((r / TW) * SH * HC + (r % TW) * SW)) * LDA + (lane >> 4) * 8) * (int)sizeof(T));
   }
   const unsigned rowb = DH * HC * LDA * (unsigned)sizeof(T), colb = DW * LDA * (unsigned)sizeof(T);
   const bool three = FR == 3 && FS == 3;
@@ -1314,13 +1313,6 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
       auto ldu = [&](int u) {
         const int t = u / KS;
         const int fr = three ? t / 3 : t / FS, fs = three ? t % 3 : t - (t / FS) * FS;
-        if (TM) {  // dense swizzled rows of B·2 bytes: the row's chunk moves with its row
-          const int trow = fr * DH * HC + fs * DW;
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-            ldmatrix_x4(a[u % 4][mt], as + gmma::swizzle<ROW>(hrow[mt] + trow, (u % KS) * 2 + (lane >> 4)));
-          return;
-        }
         const unsigned off = as + fr * rowb + fs * colb + (u % KS) * 32u;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[u % 4][mt], hoff[mt] + off);
@@ -1350,13 +1342,6 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
         const int steps = wtaps * KS;
         auto ldg = [&](int u, unsigned (&nx)[MT][4]) {
           const int t = u / KS, fr = t / FS, fs = t - fr * FS;
-          if (TM) {
-            const int trow = fr * DH * HC + fs * DW;
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-              ldmatrix_x4(nx[mt], as + gmma::swizzle<ROW>(hrow[mt] + trow, (u % KS) * 2 + (lane >> 4)));
-            return;
-          }
           const unsigned off = as + fr * rowb + fs * colb + (u % KS) * 32u;
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(nx[mt], hoff[mt] + off);
