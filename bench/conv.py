@@ -142,7 +142,7 @@ def main(argv=None):
     # the warp-specialized wgmma kernel (conv_fprop_ws): both tiles, runs of 1 and 4
     fprop_variants += [f"ws:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]] + ["ws:256:run1", "ws:256:run4"]
     # the same fed by TMA (conv_fprop_wst)
-    fprop_variants += [f"wst:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]] + ["wst:256:run1", "wst:256:run4"]
+    fprop_variants += [f"wst:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]] + ["wst:256:run1", "wst:256:run4", "wst:512:run1"]
     table = Table(
         [
             "N",

@@ -104,9 +104,9 @@ _LAUNCH = {
     "ws": {
         "enabled": False,
         "block_sizes": (16, 32),
-        "tiles": (128, 256),
+        "tiles": (128, 256, 512),
         "default": 256,
-        "stages": 4,
+        "stages": 4,  # 3 for 512 positions
         "max_smem": 225 * 1024,
         # "wst": the same kernel fed by TMA (conv_fprop_wst: one producer thread, the halo a box of a 5-D map)
         "tma": True,
@@ -1088,7 +1088,7 @@ def _ws_smem(g: dict, b: int, tw: int, th: int) -> int:
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
     up = lambda v: -(-v // 1024) * 1024  # noqa: E731
     slot = up(g["FR"] * g["FS"] * b * b * 2) + up(hr * hc * (b + 8) * 2)
-    n = _LAUNCH["ws"]["stages"]
+    n = _LAUNCH["ws"]["stages"] - (tw * th > 256)
     return 1024 + n * slot + 16 * n + 8 + 8 * n  # (+ the slots' mbarriers of conv_fprop_wst)
 
 

@@ -1095,9 +1095,10 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
               const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
               const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
   constexpr int THREADS = 384, CONS = 256, PROD = 128, BM = TH * TW, MT = BM / 128, NT = B / 8, KS = B / 16;
-  constexpr int LDA = B + 8, VPR = B / 8, ROW = B * 2, NST = WS_STAGES;
+  // 512 positions (MT = 4): 3 slots (shared memory), and the producer warpgroup hands registers to the consumers
+  constexpr int LDA = B + 8, VPR = B / 8, ROW = B * 2, NST = MT > 2 ? WS_STAGES - 1 : WS_STAGES;
   constexpr int FULL0 = 1, EMPTY0 = 1 + NST, PBAR = 1 + 2 * NST;
-  static_assert(BM % 128 == 0 && MT >= 1 && MT <= 2 && TW % 8 == 0 && B >= 16, "two warpgroups, 1 or 2 m64 groups");
+  static_assert(BM % 128 == 0 && MT >= 1 && MT <= 4 && TW % 8 == 0 && B >= 16, "two warpgroups, 1 to 4 m64 groups");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   EMU_GMMA_PARTICIPANTS(CONS);
 
@@ -1138,6 +1139,9 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
   };
 
   if (tid >= CONS) {  // ---------------------------------------------------------------- producers
+#if !defined(CSB_HOST_EMULATION)
+    if (MT > 2) tma::setmaxnreg_dec<56>();
+#endif
     const int ptid = tid - CONS;
     int nclaim = 0;
     struct Item { int unit, j, tile, tend, e0, niter; };
@@ -1284,6 +1288,9 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
   }
 
   // ---------------------------------------------------------------------------------------------- consumers
+#if !defined(CSB_HOST_EMULATION)
+  if (MT > 2) tma::setmaxnreg_inc<224>();  // (65536 - 128 · 56) / 256
+#endif
   auto rbase = [&](int mt) { return (warp >> 2) * (BM / 2) + mt * 64 + (warp & 3) * 16; };
   unsigned hoff[MT];  // this lane's A row in each m64 group: output (th, tw) → halo byte offset before the tap
 #pragma unroll

@@ -579,6 +579,8 @@ def test_gpu_large_ragged_tc(rng, dtype):
         "wst",
         "wst:128",
         "wst:256:run1",
+        "wst:512",
+        "ws:512",
     ],
 )
 def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
@@ -991,7 +993,9 @@ def test_gpu_path_emulated_ragged_tiles(rng, emulated, spatial, tw):
 HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
-@pytest.mark.parametrize("tile", ["128x4", "128x4:roll", "256x4", "256x8", "512x8:run2", "ws:128", "ws:256:run3"])
+@pytest.mark.parametrize(
+    "tile", ["128x4", "128x4:roll", "256x4", "256x8", "512x8:run2", "ws:128", "ws:256:run3", "ws:512"]
+)
 @pytest.mark.parametrize("kind", ["bd_shuffle", "columns", "plain", "filter2x5"])
 @pytest.mark.parametrize("b,dtype", [(16, "float16"), (32, "bfloat16")])
 def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype):
@@ -1004,7 +1008,7 @@ def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype
 
     import cusparseblocks.conv as conv_module
 
-    if kind == "filter2x5" and tile.startswith("512"):
+    if kind == "filter2x5" and tile.startswith(("512", "ws:512")):
         pytest.skip("a 64-row halo of a 2 x 5 filter exceeds the shared-memory limit: the tap kernel runs")
     monkeypatch.setattr(conv_module, "_gmma_device", lambda: True)
     monkeypatch.setattr(conv_module, "force_variant", tile if tile.startswith("ws") else f"gmma:{tile}")
