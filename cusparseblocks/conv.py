@@ -866,6 +866,8 @@ def _specs() -> Iterable[compiler.KernelSpec]:
                     for flip in (False, True):
                         for tm in (False, True):
                             yield _ws_spec(t, b, tw, pixels // tw, flip, tm)
+                            if pixels == 256:  # four consumer warpgroups of one m64 group ("ws4" / "wst4")
+                                yield _ws_spec(t, b, tw, pixels // tw, flip, tm, 4)
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
     for b in FFMA_BLOCK_SIZES:
@@ -996,7 +998,7 @@ def _kernel_inputs(spec, x, w, geo_fn):
     launch's geometry array)."""
     if "_wst<" not in spec.name:
         return x, w
-    _, b, tw, th, _ = spec.name[spec.name.index("<") + 1 : -1].split(", ")
+    _, b, tw, th = spec.name[spec.name.index("<") + 1 : -1].split(", ")[:4]
     return _ws_maps(x, w, geo_fn(), int(b), int(tw), int(th))
 
 
@@ -1061,10 +1063,12 @@ def _gmma_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> 
     return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_halo<{ctype}, {b}, {tw}, {th}, {warps}, {f}, true>")
 
 
-def _ws_spec(ctype: str, b: int, tw: int, th: int, flip: bool, tm: bool = False) -> compiler.KernelSpec:
-    """conv_fprop_ws, or conv_fprop_wst (``tm``: fed by TMA) (kernels/conv_gmma.cu, sm_90a)."""
+def _ws_spec(ctype: str, b: int, tw: int, th: int, flip: bool, tm: bool = False, nwg: int = 2) -> compiler.KernelSpec:
+    """conv_fprop_ws, or conv_fprop_wst (``tm``: fed by TMA) with ``nwg`` consumer warpgroups (kernels/conv_gmma.cu,
+    sm_90a)."""
     f = "true" if flip else "false"
-    return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_ws{'t' if tm else ''}<{ctype}, {b}, {tw}, {th}, {f}>")
+    tail = f", {nwg}" if nwg != 2 else ""
+    return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_ws{'t' if tm else ''}<{ctype}, {b}, {tw}, {th}, {f}{tail}>")
 
 
 def _ws_maps(x, w, geo_host, b: int, tw: int, th: int):
@@ -1147,7 +1151,7 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
         return "tap", None
     gcfg, wcfg = _LAUNCH["gmma"], _LAUNCH["ws"]
     tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
-    want_ws = fv is not None and fv.startswith(("ws", "wst"))
+    want_ws = fv is not None and fv.startswith("ws")  # "ws", "wst", "ws4", "wst4"[:PIXELS][:schedule]
     if want_ws and not _gmma_device():
         raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
     if want_ws or (fv is None and wcfg["enabled"] and b in wcfg["block_sizes"] and _gmma_device()):
@@ -1166,7 +1170,8 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
             smem = _ws_smem(g, b, tw, th)
             if smem <= wcfg["max_smem"]:
                 tm = fv.startswith("wst") if want_ws else wcfg["tma"]
-                return "wst" if tm else "ws", (tw, th, 12, smem, schedule)
+                nwg = 4 if want_ws and fv.split(":")[0].endswith("4") and pixels == 256 else 2
+                return "wst" if tm else "ws", (tw, th, 4 * nwg + 4, smem, schedule)
         if want_ws:
             raise ValueError(f"force_variant: {force_variant!r}: the slots need more than {wcfg['max_smem']} bytes")
     if fv is not None and fv.startswith("gmma"):
@@ -1264,7 +1269,7 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
         assert out_blocks * b == g["K"], "the halo kernel's grid has K/B output blocks"
         if variant in ("ws", "wst"):
-            spec = _ws_spec(_CTYPE[dt], b, tw, th, flip, variant == "wst")
+            spec = _ws_spec(_CTYPE[dt], b, tw, th, flip, variant == "wst", (warps - 4) // 4)
             schedule = "auto" if schedule in ("full", "v1") else schedule  # always persistent
         else:
             spec = (_gmma_spec if variant == "gmma" else _halo_spec)(_CTYPE[dt], b, tw, th, warps, flip)

@@ -1088,17 +1088,20 @@ __device__ __forceinline__ void nbar_arrive(int id, int n) { asm volatile("bar.a
 #ifdef CSB_HOST_EMULATION
 struct TensorMap { unsigned long long v[16]; };
 #endif
-template <typename T, int B, int TW, int TH, bool FLIP, bool TM>
+template <typename T, int B, int TW, int TH, bool FLIP, bool TM, int NWG>
 __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* __restrict__ w, const TensorMap* tx,
               const TensorMap* tw, T* __restrict__ y,
               const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
               const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
               const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
-  constexpr int THREADS = 384, CONS = 256, PROD = 128, BM = TH * TW, MT = BM / 128, NT = B / 8, KS = B / 16;
+  // NWG consumer warpgroups (2 or 4), each TH·TW / NWG rows
+  constexpr int CONS = 128 * NWG, PROD = 128, THREADS = CONS + PROD, BM = TH * TW, MT = BM / (64 * NWG);
+  constexpr int NT = B / 8, KS = B / 16;
   // 512 positions (MT = 4): 3 slots (shared memory), and the producer warpgroup hands registers to the consumers
   constexpr int LDA = B + 8, VPR = B / 8, ROW = B * 2, NST = MT > 2 ? WS_STAGES - 1 : WS_STAGES;
   constexpr int FULL0 = 1, EMPTY0 = 1 + NST, PBAR = 1 + 2 * NST;
-  static_assert(BM % 128 == 0 && MT >= 1 && MT <= 4 && TW % 8 == 0 && B >= 16, "two warpgroups, 1 to 4 m64 groups");
+  static_assert((NWG == 2 || NWG == 4) && BM % (64 * NWG) == 0 && MT >= 1 && MT <= 4 && TW % 8 == 0 && B >= 16,
+                "2 or 4 consumer warpgroups, 1 to 4 m64 groups each");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   EMU_GMMA_PARTICIPANTS(CONS);
 
@@ -1140,7 +1143,7 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
 
   if (tid >= CONS) {  // ---------------------------------------------------------------- producers
 #if !defined(CSB_HOST_EMULATION)
-    if (MT > 2) tma::setmaxnreg_dec<56>();
+    if (MT > 2 && NWG == 2) tma::setmaxnreg_dec<56>();
 #endif
     const int ptid = tid - CONS;
     int nclaim = 0;
@@ -1289,9 +1292,9 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
 
   // ---------------------------------------------------------------------------------------------- consumers
 #if !defined(CSB_HOST_EMULATION)
-  if (MT > 2) tma::setmaxnreg_inc<224>();  // (65536 - 128 · 56) / 256
+  if (MT > 2 && NWG == 2) tma::setmaxnreg_inc<224>();  // (65536 - 128 · 56) / 256
 #endif
-  auto rbase = [&](int mt) { return (warp >> 2) * (BM / 2) + mt * 64 + (warp & 3) * 16; };
+  auto rbase = [&](int mt) { return (warp >> 2) * (BM / NWG) + mt * 64 + (warp & 3) * 16; };
   unsigned hoff[MT];  // this lane's A row in each m64 group: output (th, tw) → halo byte offset before the tap
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -1404,24 +1407,24 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
       }
   }
 }
-template <typename T, int B, int TW, int TH, bool FLIP>
-__global__ void __launch_bounds__(384, 1)
+template <typename T, int B, int TW, int TH, bool FLIP, int NWG = 2>
+__global__ void __launch_bounds__(128 * NWG + 128, 1)
 conv_fprop_ws(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
               const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
               const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
               const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
-  conv_ws_body<T, B, TW, TH, FLIP, false>(x, w, nullptr, nullptr, y, col_ptr, col_in, col_w, out_perm, edge_bias, emap,
-                                          geo, sched, opts);
+  conv_ws_body<T, B, TW, TH, FLIP, false, NWG>(x, w, nullptr, nullptr, y, col_ptr, col_in, col_w, out_perm, edge_bias,
+                                               emap, geo, sched, opts);
 }
 #ifndef CSB_HOST_EMULATION
-template <typename T, int B, int TW, int TH, bool FLIP>
-__global__ void __launch_bounds__(384, 1)
+template <typename T, int B, int TW, int TH, bool FLIP, int NWG = 2>
+__global__ void __launch_bounds__(128 * NWG + 128, 1)
 conv_fprop_wst(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap tw, T* __restrict__ y,
                const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
                const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
                const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
-  conv_ws_body<T, B, TW, TH, FLIP, true>(nullptr, nullptr, &tx, &tw, y, col_ptr, col_in, col_w, out_perm, edge_bias,
-                                         emap, geo, sched, opts);
+  conv_ws_body<T, B, TW, TH, FLIP, true, NWG>(nullptr, nullptr, &tx, &tw, y, col_ptr, col_in, col_w, out_perm,
+                                              edge_bias, emap, geo, sched, opts);
 }
 #endif
 #endif  // CONV_HAS_GMMA

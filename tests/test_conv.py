@@ -581,6 +581,8 @@ def test_gpu_large_ragged_tc(rng, dtype):
         "wst:256:run1",
         "wst:512",
         "ws:512",
+        "wst4",
+        "ws4:256",
     ],
 )
 def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
@@ -796,8 +798,8 @@ _HALO_DRIVER = r"""
 #define GMMA_X(T, B, TW, TH, WP, F) {"conv_fprop_halo<" #T ", " #B ", " #TW ", " #TH ", " #WP ", " #F ", true>", \
   [] { return [] { conv_fprop_halo<T, B, TW, TH, WP, F, true>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), \
   P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10), I(11)); }; }}
-#define WS_X(T, B, TW, TH, F) {"conv_fprop_ws<" #T ", " #B ", " #TW ", " #TH ", " #F ">", \
-  [] { return [] { conv_fprop_ws<T, B, TW, TH, F>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), \
+#define WS_X(NAME, T, B, TW, TH, F, NWG) {NAME, \
+  [] { return [] { conv_fprop_ws<T, B, TW, TH, F, NWG>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), \
   P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10), I(11)); }; }}
 static const int halo_registered = [] {
   using Table = std::map<std::string, std::function<std::function<void()>()>>;
@@ -827,7 +829,9 @@ def _build_halo_driver(fake_cupy, directory):
         if s.source == "conv_gmma.cu" and "_halo<" in s.name
     )
     entries += "".join(
-        ", WS_X({})".format(re.match(r"conv_fprop_ws<(.*)>", s.name).group(1)) for s in specs if "_ws<" in s.name
+        ', WS_X("{}", {})'.format(s.name, ", ".join((re.match(r"conv_fprop_ws<(.*)>", s.name).group(1).split(", ") + ["2"])[:6]))
+        for s in specs
+        if "_ws<" in s.name
     )
     src = _HALO_DRIVER % entries
     here = fake_cupy.HERE
@@ -994,7 +998,7 @@ HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
 @pytest.mark.parametrize(
-    "tile", ["128x4", "128x4:roll", "256x4", "256x8", "512x8:run2", "ws:128", "ws:256:run3", "ws:512"]
+    "tile", ["128x4", "128x4:roll", "256x4", "256x8", "512x8:run2", "ws:128", "ws:256:run3", "ws:512", "ws4:256"]
 )
 @pytest.mark.parametrize("kind", ["bd_shuffle", "columns", "plain", "filter2x5"])
 @pytest.mark.parametrize("b,dtype", [(16, "float16"), (32, "bfloat16")])
@@ -1035,7 +1039,8 @@ def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype
     ct = "__half" if dtype == "float16" else "__nv_bfloat16"
     if tile.startswith("ws"):
         pixels = int(tile.split(":")[1])
-        assert emulated[0] == f"conv_fprop_ws<{ct}, {b}, 8, {pixels // 8}, false>", emulated
+        four = ", 4" if tile.startswith("ws4") else ""
+        assert emulated[0] == f"conv_fprop_ws<{ct}, {b}, 8, {pixels // 8}, false{four}>", emulated
     else:
         pixels, warps = (int(v) for v in tile.split(":")[0].split("x"))
         assert emulated[0] == f"conv_fprop_halo<{ct}, {b}, 8, {pixels // 8}, {warps}, false, true>", emulated
