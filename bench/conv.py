@@ -142,7 +142,8 @@ def main(argv=None):
     # the warp-specialized wgmma kernel (conv_fprop_ws): both tiles, runs of 1 and 4
     fprop_variants += [f"ws:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]] + ["ws:256:run1", "ws:256:run4"]
     # the same fed by TMA (conv_fprop_wst)
-    fprop_variants += [f"wst:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]] + ["wst:256:run1", "wst:256:run4", "wst:512:run1"]
+    fprop_variants += [f"wst:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]]
+    fprop_variants += ["wst:256:run1", "wst:256:run4", "wst:512:run1"]
     fprop_variants += ["wst4:256", "wst4:256:run1", "ws4:256"]  # four consumer warpgroups of one m64 group
     table = Table(
         [
@@ -253,7 +254,7 @@ def main(argv=None):
             ratio_graph=ratio_g,
             target=target,
             ok="yes" if ratio is not None and ratio <= target else "NO",
-            kernel=kernel[0] if kernel[1] is None else f"{kernel[0]} {kernel[1][0]}x{kernel[1][1]}x{kernel[1][2]}w",
+            kernel=kernel[0] if kernel[1] is None else "{} {}x{}x{}w".format(kernel[0], *kernel[1][:3]),
             rel_err=max([rel, *(v["rel_err"] for v in variants.values())]),
             bprop_ms=bp["median"],
             bprop_graph=bp_g["median"] if bp_g else None,

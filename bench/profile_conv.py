@@ -1,8 +1,9 @@
 """The block-diagonal conv fprop (bench/conv.py's shape) for Nsight Compute: one launch per schedule.
 
 256→256 channels, 8 groups (block 32), 3×3 pad 1, 32×32, batch 64, fp16 NHWC; argv: "shuffle" for the
-merged channel shuffle, or "d=0.5" for a random layout of that density (seed 0), then the force_variant values to profile (default: the previous schedule
-"halo:256x4:v1", then the automatic one). Each variant runs twice (compile + warm-up, then the profiled
+merged channel shuffle, or "d=0.5" for a random layout of that density (seed 0), then the force_variant
+values to profile (default: the previous schedule "halo:256x4:v1", then the
+automatic one). Each variant runs twice (compile + warm-up, then the profiled
 launch), so profile with --launch-skip 1 --launch-count 1 per variant, or use regex and count 2·variants:
 
 Run: PYTHONPATH=. ncu --kernel-name regex:conv_fprop_halo --set full -o conv python bench/profile_conv.py
@@ -72,8 +73,9 @@ from cusparseblocks.conv import BlockSparseConv, ChannelBlockLayout  # noqa: E40
 
 args = sys.argv[1:]
 shuffle = bool(args) and args[0] == "shuffle"
-density = float(args[0][2:]) if args and args[0].startswith("d=") else None  # "d=0.5": a random layout instead
-variants = [None if v == "auto" else v for v in (args[1:] if shuffle or density else args)] or ["halo:256x4:v1", None]
+density = float(args[0][2:]) if args and args[0].startswith("d=") else None  # "d=0.5": a random layout
+rest = args[1:] if shuffle or density else args
+variants = [None if v == "auto" else v for v in rest] or ["halo:256x4:v1", None]
 if density is not None:
     mask = np.random.default_rng(0).random((8, 8)) < density
     mask[0, ~mask.any(axis=0)] = True

@@ -66,10 +66,10 @@ def tiled_2d(ptr: int, dtype: str, rows: int, cols: int, box_rows: int, box_cols
 
 
 def tiled(ptr: int, dtype: str, shape: tuple, box: tuple, swizzle: bool = True) -> np.void:
-    """The map of a C-contiguous tensor of ``shape`` (outermost first, up to 5 dimensions; the innermost's bytes
-    a multiple of 16) of ``dtype`` at ``ptr``, box ``box`` (same order) with the swizzle of the box's innermost
-    bytes (32, 64 or 128), or none (``swizzle`` False: the box lands row-major, any multiple of 16 bytes a row);
-    elements past the edges (negative coordinates included) read as zeros."""
+    """The map of a C-contiguous tensor of ``shape`` (outermost first, up to 5 dimensions; the innermost's
+    bytes a multiple of 16) of ``dtype`` at ``ptr``, box ``box`` (same order) with the swizzle of the box's
+    innermost bytes (32, 64 or 128), or none (``swizzle`` False: the box lands row-major, any multiple of 16
+    bytes a row); elements past the edges (negative coordinates included) read as zeros."""
     key = (ptr, dtype, tuple(shape), tuple(box), swizzle)
     m = _maps.get(key)
     if m is not None:
@@ -90,8 +90,10 @@ def tiled(ptr: int, dtype: str, shape: tuple, box: tuple, swizzle: bool = True) 
     err = _driver()(addr, _DATA_TYPE[dtype], rank, ctypes.c_void_p(ptr), dims, strides, boxv, elem, 0,
                     _SWIZZLE[int(box[-1]) * 2] if swizzle else 0, _L2_PROMOTION_128B, 0)
     if err != 0:
-        raise RuntimeError(f"cuTensorMapEncodeTiled failed with CUresult {err} for a {tuple(shape)} {dtype} tensor, "
-                           f"box {tuple(box)}")
+        raise RuntimeError(
+            f"cuTensorMapEncodeTiled failed with CUresult {err} for a {tuple(shape)} {dtype} tensor, "
+            f"box {tuple(box)}"
+        )
     m = np.frombuffer(ctypes.string_at(addr, 128), dtype=MAP_DTYPE)[0]
     if len(_maps) >= _CACHE_SIZE:
         _maps.pop(next(iter(_maps)))

@@ -101,8 +101,12 @@ _LAUNCH = {
     },
     # the warp-specialized wgmma kernel (kernels/conv.cu conv_fprop_ws, sm_90a): 8 consumer warps (two
     # warpgroups) + 4 producer warps, "stages" slots of halo + weight slices; tiles of 128 or 256 positions
+    # The default on sm_90 for fp16/bf16 b = 16/32 outputs without a permutation (a shuffled output keeps the
+    # halo kernel: its 128-position tile stores the scattered channels 1.5x faster): H100, batch 64,
+    # bench/conv.py 1.27 / 1.2 / 1.17x the halo kernel at d = 0.5 / 0.25 / 0.125 (bench/NOTES.md, seventeenth
+    # session).
     "ws": {
-        "enabled": False,
+        "enabled": True,
         "block_sizes": (16, 32),
         "tiles": (128, 256, 512),
         "default": 256,
@@ -110,6 +114,8 @@ _LAUNCH = {
         "max_smem": 225 * 1024,
         # "wst": the same kernel fed by TMA (conv_fprop_wst: one producer thread, the halo a box of a 5-D map)
         "tma": True,
+        # consumer warpgroups of the automatic choice at 256 positions (4: one m64 group each, "wst4")
+        "warpgroups": 4,
     },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
@@ -993,9 +999,18 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
     return y
 
 
-def _kernel_inputs(spec, x, w, geo_fn):
+def _kernel_inputs(spec, x, w, geo_fn, names=("x", "w")):
     """The kernel's first two arguments: x and w, or conv_fprop_wst's tensor maps of them (``geo_fn()``: the
-    launch's geometry array)."""
+    launch's geometry array). The tiled kernels copy 16 bytes at a time: an array that does not start on a
+    16-byte boundary (a view at an odd offset) raises a ValueError naming it."""
+    if spec.name.startswith(("conv_fprop_halo", "conv_fprop_ws", "conv_fprop_tc", "conv_fprop_ffma")):
+        for name, a in zip(names, (x, w)):
+            ptr = a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr  # (the tests' NumPy-backed CuPy)
+            if ptr % 16:
+                raise ValueError(
+                    f"{name}: the tiled conv kernels read 16-byte aligned memory; this array starts "
+                    f"{ptr % 16} bytes past a 16-byte boundary (pass a copy)"
+                )
     if "_wst<" not in spec.name:
         return x, w
     _, b, tw, th = spec.name[spec.name.index("<") + 1 : -1].split(", ")[:4]
@@ -1060,27 +1075,33 @@ def _halo_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> 
 def _gmma_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> compiler.KernelSpec:
     """conv_fprop_halo on wgmma (kernels/conv_gmma.cu, sm_90a)."""
     f = "true" if flip else "false"
-    return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_halo<{ctype}, {b}, {tw}, {th}, {warps}, {f}, true>")
+    name = f"conv_fprop_halo<{ctype}, {b}, {tw}, {th}, {warps}, {f}, true>"
+    return compiler.KernelSpec("conv_gmma.cu", name)
 
 
-def _ws_spec(ctype: str, b: int, tw: int, th: int, flip: bool, tm: bool = False, nwg: int = 2) -> compiler.KernelSpec:
-    """conv_fprop_ws, or conv_fprop_wst (``tm``: fed by TMA) with ``nwg`` consumer warpgroups (kernels/conv_gmma.cu,
-    sm_90a)."""
+def _ws_spec(
+    ctype: str, b: int, tw: int, th: int, flip: bool, tm: bool = False, nwg: int = 2
+) -> compiler.KernelSpec:
+    """conv_fprop_ws, or conv_fprop_wst (``tm``: fed by TMA) with ``nwg`` consumer warpgroups
+    (kernels/conv_gmma.cu, sm_90a)."""
     f = "true" if flip else "false"
     tail = f", {nwg}" if nwg != 2 else ""
-    return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_ws{'t' if tm else ''}<{ctype}, {b}, {tw}, {th}, {f}{tail}>")
+    name = f"conv_fprop_ws{'t' if tm else ''}<{ctype}, {b}, {tw}, {th}, {f}{tail}>"
+    return compiler.KernelSpec("conv_gmma.cu", name)
 
 
 def _ws_maps(x, w, geo_host, b: int, tw: int, th: int):
-    """conv_fprop_wst's tensor maps: x (the launch's activations) as [N, D, H, W, C] with a box of the halo (B + 8
-    channels, unswizzled: the padded rows, × HC × HR), w as [nnz·taps·B, B] with a box of one tap's B × B slice."""
+    """conv_fprop_wst's tensor maps: x (the launch's activations) as [N, D, H, W, C] with a box of the halo
+    (B + 8 channels, unswizzled: the padded rows, × HC × HR), w as [nnz·taps·B, B] with a box of one tap's
+    B × B slice."""
     from . import _tma
 
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
     dt = dtype_name(x.dtype)
-    tx = _tma.tiled(x.data.ptr, dt, (g["N"], g["D"], g["H"], g["W"], g["C"]), (1, 1, hr, hc, b + 8), swizzle=False)
+    shape = (g["N"], g["D"], g["H"], g["W"], g["C"])
+    tx = _tma.tiled(x.data.ptr, dt, shape, (1, 1, hr, hc, b + 8), swizzle=False)
     tw_ = _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
     return tx, tw_
 
@@ -1153,34 +1174,49 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
     tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
     want_ws = fv is not None and fv.startswith("ws")  # "ws", "wst", "ws4", "wst4"[:PIXELS][:schedule]
     if want_ws and not _gmma_device():
-        raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
-    if want_ws or (fv is None and wcfg["enabled"] and b in wcfg["block_sizes"] and _gmma_device()):
+        raise ValueError(
+            f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0"
+        )
+    auto_ws = fv is None and wcfg["enabled"] and not permuted and b in wcfg["block_sizes"] and _gmma_device()
+    if want_ws or auto_ws:
         if want_ws and ":" in fv:
             try:
                 pixels = int(fv.split(":")[1])
             except ValueError:
                 pixels = None
             if pixels not in wcfg["tiles"]:
-                raise ValueError(f"force_variant: expected a ws tile in {wcfg['tiles']}, got {force_variant!r}")
+                raise ValueError(
+                    f"force_variant: expected a ws tile in {wcfg['tiles']}, got {force_variant!r}"
+                )
             shapes = [pixels]
         else:
-            shapes = [p for p in (wcfg["default"], wcfg["tiles"][0]) if p // tw <= g["OH"] or p == wcfg["tiles"][0]]
+            first = wcfg["tiles"][0]
+            shapes = [p for p in (wcfg["default"], first) if p // tw <= g["OH"] or p == first]
         for pixels in shapes:
             th = pixels // tw
             smem = _ws_smem(g, b, tw, th)
             if smem <= wcfg["max_smem"]:
                 tm = fv.startswith("wst") if want_ws else wcfg["tma"]
-                nwg = 4 if want_ws and fv.split(":")[0].endswith("4") and pixels == 256 else 2
+                four = fv.split(":")[0].endswith("4") if want_ws else wcfg["warpgroups"] == 4
+                nwg = 4 if four and pixels == 256 else 2
                 return "wst" if tm else "ws", (tw, th, 4 * nwg + 4, smem, schedule)
         if want_ws:
-            raise ValueError(f"force_variant: {force_variant!r}: the slots need more than {wcfg['max_smem']} bytes")
+            raise ValueError(
+                f"force_variant: {force_variant!r}: the slots need more than {wcfg['max_smem']} bytes"
+            )
     if fv is not None and fv.startswith("gmma"):
         if not _gmma_device():
-            raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
+            raise ValueError(
+            f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0"
+        )
         if g["FR"] * g["FS"] > 64:
-            raise ValueError(f"force_variant: {force_variant!r} (wgmma) takes filters of up to 64 taps a depth")
+            raise ValueError(
+                f"force_variant: {force_variant!r} (wgmma) takes filters of up to 64 taps a depth"
+            )
         kind = "gmma"
-    elif fv is None and gcfg["enabled"] and b in gcfg["block_sizes"] and g["FR"] * g["FS"] <= 64 and _gmma_device():
+    elif fv is None and gcfg["enabled"] and b in gcfg["block_sizes"] and g["FR"] * g["FS"] <= 64 and (
+        _gmma_device()
+    ):
         kind = "gmma"
     else:
         kind = "halo"
@@ -1192,7 +1228,9 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
         except ValueError:
             pixels = warps = None
         if (pixels, warps) not in kcfg["tiles"]:
-            raise ValueError(f"force_variant: expected a {kind} tile in {kcfg['tiles']}, got {force_variant!r}")
+            raise ValueError(
+                f"force_variant: expected a {kind} tile in {kcfg['tiles']}, got {force_variant!r}"
+            )
         shapes = [(pixels, warps)]
     else:
         pixels, warps = kcfg["default_permuted" if permuted else "default"]
@@ -1279,7 +1317,8 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         if schedule == "full":  # a CTA per item
             return spec, (items,), (32 * warps,), smem, False, _halo_opts(schedule, None, tiles, items)
         # the CTAs that fit at once, each claiming runs until none are left
-        ctas = _ops._sm_count() * _ops._resident_blocks(spec, 32 * warps, smem, 1 if variant in ("ws", "wst") else 2)
+        per_sm = _ops._resident_blocks(spec, 32 * warps, smem, 1 if variant in ("ws", "wst") else 2)
+        ctas = _ops._sm_count() * per_sm
         col_len = tuple((np.diff(np.asarray(col_ptr, dtype=np.int64)) * g["FT"]).tolist())
         opts = _halo_opts(schedule, col_len, tiles, ctas)
         runs = -(-tiles // (opts & 0xFFFF)) * out_blocks
@@ -1299,7 +1338,7 @@ def _tc_launch(x, w, y, tables, perm, eb_args, geo_host, out_blocks, b, dt, ptr_
     tail = (*tables, perm if perm is not None else _null(), *eb_args, _upload_geo(geo_host))
     if "halo" in spec.name or "_ws" in spec.name:
         tail += (_halo_sched(), np.int32(opts))
-    xin, win = _kernel_inputs(spec, x, flip_w() if needs_copy else w, lambda: geo_host)
+    xin, win = _kernel_inputs(spec, x, flip_w() if needs_copy else w, lambda: geo_host, ("dy", "w"))
     _launch(spec, grid, block, (xin, win, y, *tail), smem)
 
 

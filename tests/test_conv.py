@@ -601,6 +601,24 @@ def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
 
 
 @pytest.mark.gpu
+def test_gpu_misaligned_raises(rng):
+    # the tiled kernels copy 16 bytes at a time: a weight view 2 bytes past a boundary is refused by name
+    import cupy
+
+    lay = ChannelBlockLayout.from_mask([[1, 1], [0, 1]], 32)
+    conv = BlockSparseConv(lay, (3, 3), padding=1, data_format="NHWC")
+    x = cupy.asarray(random_array(rng, (2, 8, 8, conv.C), "float16"))
+    w = cupy.asarray(conv.init_normal(rng, dtype=np.float32).astype(np.float16))
+    buf = cupy.zeros(w.size + 1, dtype=cupy.float16)
+    wv = buf[1:].reshape(w.shape)
+    wv[...] = w
+    with pytest.raises(ValueError, match="w: the tiled conv kernels"):
+        conv.fprop(x, wv)
+    assert_close(conv.fprop(x, w), conv.fprop(cupy.asnumpy(x).astype(np.float64), cupy.asnumpy(w).astype(np.float64)),
+                 "float16")
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("sms", [None, 1], ids=["device", "one-sm"])
 def test_gpu_halo_persistent(rng, monkeypatch, dtype, sms):
@@ -1110,10 +1128,24 @@ def test_halo_run_choice(monkeypatch):
     with pytest.raises(ValueError, match="compute capability 9.0"):
         monkeypatch.setattr(conv_module, "force_variant", "gmma:256x4")
         conv_module._fprop_variant(geo, 32)
-    # on sm_90 the wgmma kernel once enabled (not by default: slower on the H100), its own tiles; "halo"
-    # still names the mma.sync kernel
+    # on sm_90: the warp-specialized kernel fed by TMA, four consumer warpgroups (20 warps), for an output without
+    # permutation; a permuted one keeps the halo kernel's 128-position tile
     monkeypatch.setattr(conv_module, "_gmma_device", lambda: True)
     monkeypatch.setattr(conv_module, "force_variant", None)
+    g = {k: int(geo[i]) for k, i in conv_module._G.items()}
+    assert conv_module._fprop_variant(geo, 32) == ("wst", (32, 8, 20, conv_module._ws_smem(g, 32, 32, 8), "auto"))
+    assert conv_module._fprop_variant(geo, 32, permuted=True)[:2] == ("halo", (32, 4, 4, conv_module._halo_smem(
+        g, 32, 32, 4), "auto"))
+    monkeypatch.setattr(conv_module, "force_variant", "ws:512:run2")
+    assert conv_module._fprop_variant(geo, 32)[0] == "ws" and conv_module._fprop_variant(geo, 32)[1][2:] == (
+        12, conv_module._ws_smem(g, 32, 32, 16), 2)
+    monkeypatch.setattr(conv_module, "force_variant", "wst:96")
+    with pytest.raises(ValueError, match="ws tile"):
+        conv_module._fprop_variant(geo, 32)
+    # the wgmma halo kernel once enabled (not by default: slower on the H100); "halo" still names the
+    # mma.sync kernel
+    monkeypatch.setattr(conv_module, "force_variant", None)
+    monkeypatch.setitem(conv_module._LAUNCH["ws"], "enabled", False)
     assert conv_module._fprop_variant(geo, 32)[0] == "halo"
     monkeypatch.setitem(conv_module._LAUNCH["gmma"], "enabled", True)
     monkeypatch.setitem(conv_module._LAUNCH["gmma"], "default", (256, 4))
