@@ -16,6 +16,10 @@ convolution); CuPy arrays run ``kernels/conv.cu``:
   fprop kernels: ``conv_fprop_halo`` (b = 16/32: a 2-D output tile's input halo is loaded once per
   block and every tap reads it from shared memory) and ``conv_fprop_tc`` (one gathered tile per tap;
   b = 64, 1×1 filters, or when the halo does not fit); :data:`force_variant` overrides the choice.
+  On sm_90 (``kernels/conv_gmma.cu``, sm_90a), b = 16/32 and an output without permutation:
+  ``conv_fprop_wst``, the halo kernel's work on ``wgmma`` with specialized warps (a producer warpgroup
+  claims runs and copies each stage's halo and weight slices with TMA; four consumer warpgroups multiply,
+  A fragments by ldmatrix from the halo, B through matrix descriptors);
   bprop with stride 1 runs the same kernels on the transposed layout; the weight update runs
   ``conv_updat_tc`` (rows split over CTAs, partials summed in a fixed order: deterministic);
 - fp32 with uniform blocks of 8 to 64, NHWC: the same implicit GEMM with tiled FFMA (fprop, and bprop
