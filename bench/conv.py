@@ -143,7 +143,7 @@ def main(argv=None):
     fprop_variants += [f"ws:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]] + ["ws:256:run1", "ws:256:run4"]
     # the same fed by TMA (conv_fprop_wst)
     fprop_variants += [f"wst:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]]
-    fprop_variants += ["wst:256:run1", "wst:256:run4", "wst:512:run1"]
+    fprop_variants += ["wst:256:run1", "wst:256:run4"]
     fprop_variants += ["wst4:256", "wst4:256:run1", "ws4:256"]  # four consumer warpgroups of one m64 group
     table = Table(
         [

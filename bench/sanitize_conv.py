@@ -2,8 +2,8 @@
 
 Run: PYTHONPATH=. compute-sanitizer --tool racecheck python bench/sanitize_conv.py
 Covers conv_fprop_halo (mma.sync: the default tile) and, on an sm_90 device, the same kernel on wgmma
-(128x4: one step loop, 256x4: the other), conv_fprop_ws (cp.async producers), conv_fprop_wst (TMA, 512
-positions with the registers handed over, and the default: four consumer warpgroups), fprop and the FLIP
+(128x4: one step loop, 256x4: the other), conv_fprop_ws (cp.async producers), conv_fprop_wst (TMA, 128
+positions, and the default: four consumer warpgroups of 256), fprop and the FLIP
 bprop, fp16 and bf16, b = 16 and 32, on a
 ragged output (partial tiles), an empty output column, edge bias and a shuffled block-diagonal layout, with
 more items than co-resident CTAs. Checks every result against the float64 reference.
@@ -42,7 +42,7 @@ def main():
     rng = np.random.default_rng(0)
     variants = ["halo:256x4"]
     if conv_module._gmma_device():
-        variants += ["gmma:128x4", "gmma:256x4", "ws:256", "wst:512", None]  # None: the default (wst4:256)
+        variants += ["gmma:128x4", "gmma:256x4", "ws:256", "wst:128", None]  # None: the default (wst4:256)
     worst = 0.0
     for b in (16, 32):
         mask = rng.random((4, 3)) < 0.5

@@ -112,9 +112,9 @@ _LAUNCH = {
     "ws": {
         "enabled": True,
         "block_sizes": (16, 32),
-        "tiles": (128, 256, 512),
+        "tiles": (128, 256),
         "default": 256,
-        "stages": 4,  # 3 for 512 positions
+        "stages": 4,
         "max_smem": 225 * 1024,
         # "wst": the same kernel fed by TMA (conv_fprop_wst: one producer thread, the halo a box of a 5-D map)
         "tma": True,
@@ -865,19 +865,19 @@ def _specs() -> Iterable[compiler.KernelSpec]:
                 for pixels, warps in _LAUNCH["halo"]["tiles"]:
                     for flip in (False, True):
                         yield _halo_spec(t, b, tw, pixels // tw, warps, flip)
-        for b in _LAUNCH["gmma"]["block_sizes"]:
-            for tw in _LAUNCH["halo"]["tile_widths"]:
-                for pixels, warps in _LAUNCH["gmma"]["tiles"]:
-                    for flip in (False, True):
-                        yield _gmma_spec(t, b, tw, pixels // tw, warps, flip)
+        # the sm_90a kernels (one NVRTC program, ~5 s a specialization): the default conv_fprop_wst at the widest
+        # and narrowest tile (256 positions with 4 consumer warpgroups, 128 with 2, the automatic choices); the
+        # variants (wgmma halo kernel, cp.async producers) at one tile width, each step loop once. Any other
+        # specialization compiles when a call first needs it.
         for b in _LAUNCH["ws"]["block_sizes"]:
-            for tw in _LAUNCH["halo"]["tile_widths"]:
-                for pixels in _LAUNCH["ws"]["tiles"]:
-                    for flip in (False, True):
-                        for tm in (False, True):
-                            yield _ws_spec(t, b, tw, pixels // tw, flip, tm)
-                            if pixels == 256:  # four consumer warpgroups of one m64 group ("ws4" / "wst4")
-                                yield _ws_spec(t, b, tw, pixels // tw, flip, tm, 4)
+            for flip in (False, True):
+                for tw in (32, 8):
+                    yield _ws_spec(t, b, tw, 256 // tw, flip, True, 4)
+                    yield _ws_spec(t, b, tw, 128 // tw, flip, True)
+                yield _ws_spec(t, b, 8, 32, flip, False)
+                yield _ws_spec(t, b, 8, 16, flip, False)
+                yield _gmma_spec(t, b, 8, 16, 4, flip)  # 128x4: the steps loaded ahead
+                yield _gmma_spec(t, b, 8, 32, 4, flip)  # 256x4: the first step loop
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
     for b in FFMA_BLOCK_SIZES:
@@ -1117,17 +1117,17 @@ def _ws_smem(g: dict, b: int, tw: int, th: int) -> int:
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
     up = lambda v: -(-v // 1024) * 1024  # noqa: E731
     slot = up(g["FR"] * g["FS"] * b * b * 2) + up(hr * hc * (b + 8) * 2)
-    n = _LAUNCH["ws"]["stages"] - (tw * th > 256)
+    n = _LAUNCH["ws"]["stages"]
     return 1024 + n * slot + 16 * n + 8 + 8 * n  # (+ the slots' mbarriers of conv_fprop_wst)
 
 
 def _halo_smem(g: dict, b: int, tw: int, th: int, gm: bool = False) -> int:
-    """Shared bytes of conv_fprop_halo: the halo and weight rings (the wgmma kernel: weight slices unpadded,
-    1024 bytes to align them and 256 for its table of tap offsets) + the claim slot."""
+    """Shared bytes of conv_fprop_halo: the halo and weight rings (the wgmma kernel: weight slices unpadded and
+    1024 bytes to align them) + the claim slot."""
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
     wrow = b if gm else b + 8
-    return _LAUNCH["halo"]["stages"] * (hr * hc * (b + 8) + g["FR"] * g["FS"] * b * wrow) * 2 + 16 + 1280 * gm
+    return _LAUNCH["halo"]["stages"] * (hr * hc * (b + 8) + g["FR"] * g["FS"] * b * wrow) * 2 + 16 + 1024 * gm
 
 
 def _gmma_device() -> bool:
@@ -1213,14 +1213,8 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
             raise ValueError(
             f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0"
         )
-        if g["FR"] * g["FS"] > 64:
-            raise ValueError(
-                f"force_variant: {force_variant!r} (wgmma) takes filters of up to 64 taps a depth"
-            )
         kind = "gmma"
-    elif fv is None and gcfg["enabled"] and b in gcfg["block_sizes"] and g["FR"] * g["FS"] <= 64 and (
-        _gmma_device()
-    ):
+    elif fv is None and gcfg["enabled"] and b in gcfg["block_sizes"] and _gmma_device():
         kind = "gmma"
     else:
         kind = "halo"

@@ -557,6 +557,71 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 #define HALO_UNROLL (1 << 20)
 #define HALO_PLAIN (1 << 21)
 
+#if CONV_HAS_GMMA
+// One stage's wgmma steps (conv_fprop_halo GM and conv_fprop_ws): step u = (tap t = u / KS, 16 of k kk) loads the
+// A fragments of the MT m64 groups (lane rows abase[mt], the tap's window rows·rowb + columns·colb further, kk·32
+// bytes in) by ldmatrix and issues one wgmma group, m64nBk16 per group with B the tap's weight slice in the slot
+// at wslot (N-major for fprop, K-major for FLIP). The next step's fragments are loaded while the current group
+// runs: 3 × 3 filters unrolled, two steps ahead in four register buffers (wait_group 2); any other filter one
+// step ahead in three (wait_group 1). The first wgmma of an item (keep_first 0) ignores the accumulators.
+// Returns with groups still in flight: the caller waits (wait_group 0) before reading acc or reusing the slot.
+template <typename T, int B, int MT, bool FLIP>
+__device__ __forceinline__ void conv_gmma_stage(float (&acc)[MT][B / 8][4], const unsigned (&abase)[MT], unsigned rowb,
+                                                unsigned colb, int FR, int FS, unsigned wslot, int keep_first) {
+  constexpr int KS = B / 16, ROW = B * 2;
+  const unsigned long long dslot = gmma::desc<ROW>(wslot);
+  const unsigned dlo = (unsigned)dslot, dhi = (unsigned)(dslot >> 32);
+  auto ld = [&](int u, int fr, int fs, unsigned (&a)[MT][4]) {
+    const unsigned off = fr * rowb + fs * colb + (u % KS) * 32u;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], abase[mt] + off);
+  };
+  auto mma = [&](int u, const unsigned (&a)[MT][4]) {
+    const int t = u / KS, kk = u % KS;
+    gmma::wgmma_fence();
+    // fprop: B rows are k (N-major), 16 rows a step; FLIP: rows are n (K-major), 32 bytes a step (the address
+    // field is the descriptor's low bits, in 16 bytes: adding never carries out of it below 256 KiB)
+    const unsigned long long db =
+        (unsigned long long)dhi << 32 | (dlo + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4));
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+      gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), a[mt], db,
+                                              u ? 1 : keep_first);
+    gmma::wgmma_commit();
+  };
+  unsigned a[4][MT][4];  // (the other filters use three of them)
+  if (FR == 3 && FS == 3) {
+    constexpr int NS = 9 * KS;
+    ld(0, 0, 0, a[0]);
+    ld(1, (1 / KS) / 3, (1 / KS) % 3, a[1]);
+#pragma unroll
+    for (int u = 0; u < NS; ++u) {
+      mma(u, a[u % 4]);
+      gmma::wgmma_wait<2>();
+      if (u + 2 < NS) ld(u + 2, ((u + 2) / KS) / 3, ((u + 2) / KS) % 3, a[(u + 2) % 4]);
+    }
+    return;
+  }
+  const int steps = FR * FS * KS;
+  auto ldg = [&](int u, unsigned (&a)[MT][4]) {
+    const int t = u / KS, fr = t / FS;
+    ld(u, fr, t - fr * FS, a);
+  };
+  // step u: its group, then step u + 1's fragments (into the buffer of step u - 2, waited for in step u - 1)
+  auto stp = [&](int u, const unsigned (&cur)[MT][4], unsigned (&nxt)[MT][4]) {
+    mma(u, cur);
+    if (u + 1 < steps) ldg(u + 1, nxt);
+    gmma::wgmma_wait<1>();
+  };
+  ldg(0, a[0]);
+  for (int u = 0; u < steps; u += 3) {
+    stp(u, a[0], a[1]);
+    if (u + 1 < steps) stp(u + 1, a[1], a[2]);
+    if (u + 2 < steps) stp(u + 2, a[2], a[0]);
+  }
+}
+#endif
+
 // conv_fprop_halo: the output tile is a TH × TW rectangle of one image n and one output depth od;
 // the CTAs claim runs of items (R consecutive tiles (n, od, tile row, tile column) of one virtual output
 // block j; runs j fastest) from a counter (persistent when the grid is smaller than the runs). Each stage is
@@ -649,8 +714,6 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   int* s_claim = reinterpret_cast<int*>(GM ? sA + HALO_STAGES * halo * LDA
                                            : sW + HALO_STAGES * wtaps * B * LDA);  // after the rings (+ 16 B)
-  // GM: the byte offset of each tap's window in the halo (up to 64 taps; the host adds 256 bytes)
-  int* s_toff = s_claim + 4;
 
   struct Item {  // an item of a claimed run; unit == total: none left
     int unit, j, tile, tend, e0, niter;
@@ -779,9 +842,6 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
   // this lane's A row in each m16 tile: output (th, tw) → halo position before the tap offset
   // the first row of this warp's m16 tile mt (GM: warpgroup warp / 4, its m64 group mt, rows 16·(warp % 4)..)
   auto rbase = [&](int mt) { return GM ? (warp >> 2) * RPW * 4 + mt * 64 + (warp & 3) * 16 : warp * RPW + mt * 16; };
-  if (GM)
-    for (int t = tid; t < wtaps && t < 64; t += THREADS)
-      s_toff[t] = ((t / FS) * DH * HC + (t % FS) * DW) * LDA * (int)sizeof(T);
   int hbase[MT];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -868,74 +928,14 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
         constexpr int KS = B / 16;
         const int steps = wtaps * KS;
         if (MT <= 2 && (opts & HALO_UNROLL)) {
-          // step u = (tap t = u / KS, 16 of k kk): the A fragments of the MT m64 groups at the tap's byte offset
-          // in the halo (s_toff) are loaded one step ahead into the third of three register buffers (the
-          // buffer of step u - 2, whose group was waited for in step u - 1), then group u - 1 is waited for:
-          // the ldmatrix latency overlaps the tensor work in flight. Up to 2 m64 groups a warpgroup (MT = 4:
-          // three buffers do not fit the registers; it runs the first version)
+          // the steps with their fragments loaded ahead (conv_gmma_stage); MT = 4: three or four buffers do not
+          // fit the registers beside this kernel's state, it runs the first version
           unsigned ab[MT];
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
             ab[mt] = smem_u32(bA) + (unsigned)((hbase[mt] * LDA + (lane >> 4) * 8) * (int)sizeof(T));
-          const unsigned long long dslot = gmma::desc<ROW>(wslot);
-          auto lda = [&](int u, unsigned (&a)[MT][4]) {
-            const int t = u / KS;
-            const unsigned off = (unsigned)s_toff[t] + (unsigned)(u - t * KS) * 32u;
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[mt], ab[mt] + off);
-          };
-          auto step = [&](int u, unsigned (&cur)[MT][4], unsigned (&nxt)[MT][4]) {
-            const int t = u / KS, kk = u - t * KS;
-            gmma::wgmma_fence();
-            // fprop: B rows are k (N-major), 16 rows a step; FLIP: rows are n (K-major), 32 bytes a step
-            const unsigned long long db = dslot + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-              gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), cur[mt], db,
-                                                      u ? 1 : keep_first);
-            gmma::wgmma_commit();
-            if (u + 1 < steps) lda(u + 1, nxt);
-            gmma::wgmma_wait<1>();
-          };
-          if (FR == 3 && FS == 3) {
-            // 3 × 3: the 9·KS steps unrolled, every offset a constant of two strides, the fragments two steps
-            // ahead in four buffers (step u + 2 loads into step u - 2's, waited for with wait_group 2), so
-            // two groups stay in flight while a step's fragments land
-            constexpr int NS = 9 * KS;
-            const unsigned rowb = DH * HC * LDA * (unsigned)sizeof(T), colb = DW * LDA * (unsigned)sizeof(T);
-            const unsigned dlo = (unsigned)dslot, dhi = (unsigned)(dslot >> 32);
-            unsigned a[4][MT][4];
-            auto ldu = [&](int u) {
-              const int t = u / KS;
-              const unsigned off = (t / 3) * rowb + (t % 3) * colb + (u % KS) * 32u;
-#pragma unroll
-              for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[u % 4][mt], ab[mt] + off);
-            };
-            ldu(0);
-            ldu(1);
-#pragma unroll
-            for (int u = 0; u < NS; ++u) {
-              const int t = u / KS, kk = u % KS;
-              gmma::wgmma_fence();
-              const unsigned long long db =
-                  (unsigned long long)dhi << 32 | (dlo + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4));
-#pragma unroll
-              for (int mt = 0; mt < MT; ++mt)
-                gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), a[u % 4][mt], db,
-                                                        u ? 1 : keep_first);
-              gmma::wgmma_commit();
-              gmma::wgmma_wait<2>();
-              if (u + 2 < NS) ldu(u + 2);
-            }
-          } else {
-            unsigned a0[MT][4], a1[MT][4], a2[MT][4];
-            lda(0, a0);
-            for (int u = 0; u < steps; u += 3) {
-              step(u, a0, a1);
-              if (u + 1 < steps) step(u + 1, a1, a2);
-              if (u + 2 < steps) step(u + 2, a2, a0);
-            }
-          }
+          conv_gmma_stage<T, B, MT, FLIP>(acc, ab, DH * HC * LDA * (unsigned)sizeof(T), DW * LDA * (unsigned)sizeof(T),
+                                          FR, FS, wslot, keep_first);
         } else {  // the first version (":roll", MT = 4): each step loads its fragments, waits for the one before
           auto gstep = [&](int u, unsigned (&a)[MT][4]) {
             const int t = u / KS, kk = u - t * KS;
@@ -1097,11 +1097,12 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
   // NWG consumer warpgroups (2 or 4), each TH·TW / NWG rows
   constexpr int CONS = 128 * NWG, PROD = 128, THREADS = CONS + PROD, BM = TH * TW, MT = BM / (64 * NWG);
   constexpr int NT = B / 8, KS = B / 16;
-  // 512 positions (MT = 4): 3 slots (shared memory), and the producer warpgroup hands registers to the consumers
-  constexpr int LDA = B + 8, VPR = B / 8, ROW = B * 2, NST = MT > 2 ? WS_STAGES - 1 : WS_STAGES;
+  constexpr int LDA = B + 8, VPR = B / 8, ROW = B * 2, NST = WS_STAGES;
   constexpr int FULL0 = 1, EMPTY0 = 1 + NST, PBAR = 1 + 2 * NST;
-  static_assert((NWG == 2 || NWG == 4) && BM % (64 * NWG) == 0 && MT >= 1 && MT <= 4 && TW % 8 == 0 && B >= 16,
-                "2 or 4 consumer warpgroups, 1 to 4 m64 groups each");
+  // (512 positions, 4 m64 groups a warpgroup with the producers' registers handed over by setmaxnreg, measured no
+  // faster than 256 and spilled once the step loop was shared: not kept)
+  static_assert((NWG == 2 || NWG == 4) && BM % (64 * NWG) == 0 && MT >= 1 && MT <= 2 && TW % 8 == 0 && B >= 16,
+                "2 or 4 consumer warpgroups, 1 or 2 m64 groups each");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   EMU_GMMA_PARTICIPANTS(CONS);
 
@@ -1142,9 +1143,6 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
   };
 
   if (tid >= CONS) {  // ---------------------------------------------------------------- producers
-#if !defined(CSB_HOST_EMULATION)
-    if (MT > 2 && NWG == 2) tma::setmaxnreg_dec<56>();
-#endif
     const int ptid = tid - CONS;
     int nclaim = 0;
     struct Item { int unit, j, tile, tend, e0, niter; };
@@ -1291,9 +1289,6 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
   }
 
   // ---------------------------------------------------------------------------------------------- consumers
-#if !defined(CSB_HOST_EMULATION)
-  if (MT > 2 && NWG == 2) tma::setmaxnreg_inc<224>();  // (65536 - 128 · 56) / 256
-#endif
   auto rbase = [&](int mt) { return (warp >> 2) * (BM / NWG) + mt * 64 + (warp & 3) * 16; };
   unsigned hoff[MT];  // this lane's A row in each m64 group: output (th, tw) → halo byte offset before the tap
 #pragma unroll
@@ -1302,7 +1297,6 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
     hoff[mt] = (unsigned)(((((r / TW) * SH * HC + (r % TW) * SW)) * LDA + (lane >> 4) * 8) * (int)sizeof(T));
   }
   const unsigned rowb = DH * HC * LDA * (unsigned)sizeof(T), colb = DW * LDA * (unsigned)sizeof(T);
-  const bool three = FR == 3 && FS == 3;
   const i64 OS = (i64)OD * OH * OW;
   float acc[MT][NT][4];
   for (int stage = 0;; ++stage) {
@@ -1317,65 +1311,10 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
     if (it < niter) {
       const unsigned ws = smem_u32(base + sl * slot_bytes), as = ws + wbytes;
       const int keep_first = it > 0;
-      const unsigned long long dslot = gmma::desc<ROW>(ws);
-      const unsigned dlo = (unsigned)dslot, dhi = (unsigned)(dslot >> 32);
-      unsigned a[4][MT][4];
-      auto ldu = [&](int u) {
-        const int t = u / KS;
-        const int fr = three ? t / 3 : t / FS, fs = three ? t % 3 : t - (t / FS) * FS;
-        const unsigned off = as + fr * rowb + fs * colb + (u % KS) * 32u;
+      unsigned ab[MT];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(a[u % 4][mt], hoff[mt] + off);
-      };
-      auto mma = [&](int u) {
-        const int t = u / KS, kk = u % KS;
-        gmma::wgmma_fence();
-        const unsigned long long db =
-            (unsigned long long)dhi << 32 | (dlo + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4));
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-          gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), a[u % 4][mt], db,
-                                                  u ? 1 : keep_first);
-        gmma::wgmma_commit();
-      };
-      if (three) {  // the 9·KS steps unrolled: fragments two steps ahead in four buffers, two groups in flight
-        constexpr int NS = 9 * KS;
-        ldu(0);
-        ldu(1);
-#pragma unroll
-        for (int u = 0; u < NS; ++u) {
-          mma(u);
-          gmma::wgmma_wait<2>();
-          if (u + 2 < NS) ldu(u + 2);
-        }
-      } else {  // any filter: the next step's fragments loaded after this step's group, three buffers
-        const int steps = wtaps * KS;
-        auto ldg = [&](int u, unsigned (&nx)[MT][4]) {
-          const int t = u / KS, fr = t / FS, fs = t - fr * FS;
-          const unsigned off = as + fr * rowb + fs * colb + (u % KS) * 32u;
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(nx[mt], hoff[mt] + off);
-        };
-        auto stp = [&](int u, unsigned (&cur)[MT][4], unsigned (&nx)[MT][4]) {
-          const int t = u / KS, kk = u % KS;
-          gmma::wgmma_fence();
-          const unsigned long long db =
-              (unsigned long long)dhi << 32 | (dlo + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4));
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-            gmma::GmmaRSz<T, B, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[mt]), cur[mt], db,
-                                                    u ? 1 : keep_first);
-          gmma::wgmma_commit();
-          if (u + 1 < steps) ldg(u + 1, nx);
-          gmma::wgmma_wait<1>();
-        };
-        ldg(0, a[0]);
-        for (int u = 0; u < steps; u += 3) {
-          stp(u, a[0], a[1]);
-          if (u + 1 < steps) stp(u + 1, a[1], a[2]);
-          if (u + 2 < steps) stp(u + 2, a[2], a[0]);
-        }
-      }
+      for (int mt = 0; mt < MT; ++mt) ab[mt] = hoff[mt] + as;
+      conv_gmma_stage<T, B, MT, FLIP>(acc, ab, rowb, colb, FR, FS, ws, keep_first);
       gmma::wgmma_wait<0>();
 #pragma unroll
       for (int a2 = 0; a2 < MT; ++a2)

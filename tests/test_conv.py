@@ -579,8 +579,6 @@ def test_gpu_large_ragged_tc(rng, dtype):
         "wst",
         "wst:128",
         "wst:256:run1",
-        "wst:512",
-        "ws:512",
         "wst4",
         "ws4:256",
     ],
@@ -837,6 +835,25 @@ def _build_halo_driver(fake_cupy, directory):
 
     specs = compiler.all_specializations()["conv"]
     names = [s.name for s in specs if s.name.count(",") == 5]
+    # the wgmma kernels the emulated tests run (tile width 8: every tile of the variants), beside the registry's
+    import cusparseblocks.conv as conv_module
+
+    types = ("__half", "__nv_bfloat16")
+    gm = [
+        conv_module._gmma_spec(t, b, 8, p // 8, w, f)
+        for t in types
+        for b in (16, 32)
+        for p, w in conv_module._LAUNCH["gmma"]["tiles"]
+        for f in (False, True)
+    ]
+    ws = [
+        conv_module._ws_spec(t, b, 8, p // 8, f, False, n)
+        for t in types
+        for b in (16, 32)
+        for p, n in ((128, 2), (256, 2), (256, 4))
+        for f in (False, True)
+    ]
+    specs = list(dict.fromkeys([*specs, *gm, *ws]))
     entries = ", ".join(
         "HALO_X({})".format(re.match(r"conv_fprop_halo<(.*)>", n).group(1)) for n in names if "halo" in n
     )
@@ -846,11 +863,10 @@ def _build_halo_driver(fake_cupy, directory):
         for s in specs
         if s.source == "conv_gmma.cu" and "_halo<" in s.name
     )
-    entries += "".join(
-        ', WS_X("{}", {})'.format(s.name, ", ".join((re.match(r"conv_fprop_ws<(.*)>", s.name).group(1).split(", ") + ["2"])[:6]))
-        for s in specs
-        if "_ws<" in s.name
-    )
+    def ws_args(name):  # the template arguments, the consumer warpgroups (2 by default) last
+        return ", ".join((re.match(r"conv_fprop_ws<(.*)>", name).group(1).split(", ") + ["2"])[:6])
+
+    entries += "".join(f', WS_X("{s.name}", {ws_args(s.name)})' for s in specs if "_ws<" in s.name)
     src = _HALO_DRIVER % entries
     here = fake_cupy.HERE
     inputs = [here / n for n in sorted(p.name for p in here.iterdir()) if n.endswith((".h", ".cpp"))]
@@ -1016,7 +1032,7 @@ HALO_TILES = [(128, 4), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
 @pytest.mark.parametrize(
-    "tile", ["128x4", "128x4:roll", "256x4", "256x8", "512x8:run2", "ws:128", "ws:256:run3", "ws:512", "ws4:256"]
+    "tile", ["128x4", "128x4:roll", "256x4", "256x8", "512x8:run2", "ws:128", "ws:256:run3", "ws4:256"]
 )
 @pytest.mark.parametrize("kind", ["bd_shuffle", "columns", "plain", "filter2x5"])
 @pytest.mark.parametrize("b,dtype", [(16, "float16"), (32, "bfloat16")])
@@ -1030,7 +1046,7 @@ def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype
 
     import cusparseblocks.conv as conv_module
 
-    if kind == "filter2x5" and tile.startswith(("512", "ws:512")):
+    if kind == "filter2x5" and tile.startswith("512"):
         pytest.skip("a 64-row halo of a 2 x 5 filter exceeds the shared-memory limit: the tap kernel runs")
     monkeypatch.setattr(conv_module, "_gmma_device", lambda: True)
     monkeypatch.setattr(conv_module, "force_variant", tile if tile.startswith("ws") else f"gmma:{tile}")
@@ -1136,9 +1152,9 @@ def test_halo_run_choice(monkeypatch):
     assert conv_module._fprop_variant(geo, 32) == ("wst", (32, 8, 20, conv_module._ws_smem(g, 32, 32, 8), "auto"))
     assert conv_module._fprop_variant(geo, 32, permuted=True)[:2] == ("halo", (32, 4, 4, conv_module._halo_smem(
         g, 32, 32, 4), "auto"))
-    monkeypatch.setattr(conv_module, "force_variant", "ws:512:run2")
+    monkeypatch.setattr(conv_module, "force_variant", "ws:128:run2")
     assert conv_module._fprop_variant(geo, 32)[0] == "ws" and conv_module._fprop_variant(geo, 32)[1][2:] == (
-        12, conv_module._ws_smem(g, 32, 32, 16), 2)
+        12, conv_module._ws_smem(g, 32, 32, 4), 2)
     monkeypatch.setattr(conv_module, "force_variant", "wst:96")
     with pytest.raises(ValueError, match="ws tile"):
         conv_module._fprop_variant(geo, 32)
