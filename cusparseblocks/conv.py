@@ -865,9 +865,10 @@ def _specs() -> Iterable[compiler.KernelSpec]:
                 for pixels, warps in _LAUNCH["halo"]["tiles"]:
                     for flip in (False, True):
                         yield _halo_spec(t, b, tw, pixels // tw, warps, flip)
-        # the sm_90a kernels (one NVRTC program, ~5 s a specialization): the default conv_fprop_wst at the widest
-        # and narrowest tile (256 positions with 4 consumer warpgroups, 128 with 2, the automatic choices); the
-        # variants (wgmma halo kernel, cp.async producers) at one tile width, each step loop once. Any other
+        # the sm_90a kernels (one NVRTC program, ~5 s a specialization): the default conv_fprop_wst at the
+        # widest and narrowest tile (256 positions with 4 consumer warpgroups, 128 with 2: the automatic
+        # choices); the variants (wgmma halo kernel, cp.async producers) at one tile width, each step loop
+        # once. Any other
         # specialization compiles when a call first needs it.
         for b in _LAUNCH["ws"]["block_sizes"]:
             for flip in (False, True):
@@ -1122,8 +1123,8 @@ def _ws_smem(g: dict, b: int, tw: int, th: int) -> int:
 
 
 def _halo_smem(g: dict, b: int, tw: int, th: int, gm: bool = False) -> int:
-    """Shared bytes of conv_fprop_halo: the halo and weight rings (the wgmma kernel: weight slices unpadded and
-    1024 bytes to align them) + the claim slot."""
+    """Shared bytes of conv_fprop_halo: the halo and weight rings (the wgmma kernel: weight slices unpadded
+    and 1024 bytes to align them) + the claim slot."""
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
     wrow = b if gm else b + 8

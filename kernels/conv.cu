@@ -564,7 +564,8 @@ __global__ void conv_updat_reduce(const float* __restrict__ ws, OUT* __restrict_
 // at wslot (N-major for fprop, K-major for FLIP). The next step's fragments are loaded while the current group
 // runs: 3 × 3 filters unrolled, two steps ahead in four register buffers (wait_group 2); any other filter one
 // step ahead in three (wait_group 1). The first wgmma of an item (keep_first 0) ignores the accumulators.
-// Returns with groups still in flight: the caller waits (wait_group 0) before reading acc or reusing the slot.
+// Returns with every group complete (wait_group 0 here, not in the caller: the A registers live in this scope,
+// and a group still reading them after it ends could see them reused).
 template <typename T, int B, int MT, bool FLIP>
 __device__ __forceinline__ void conv_gmma_stage(float (&acc)[MT][B / 8][4], const unsigned (&abase)[MT], unsigned rowb,
                                                 unsigned colb, int FR, int FS, unsigned wslot, int keep_first) {
@@ -600,6 +601,7 @@ __device__ __forceinline__ void conv_gmma_stage(float (&acc)[MT][B / 8][4], cons
       gmma::wgmma_wait<2>();
       if (u + 2 < NS) ld(u + 2, ((u + 2) / KS) / 3, ((u + 2) / KS) % 3, a[(u + 2) % 4]);
     }
+    gmma::wgmma_wait<0>();
     return;
   }
   const int steps = FR * FS * KS;
@@ -619,6 +621,7 @@ __device__ __forceinline__ void conv_gmma_stage(float (&acc)[MT][B / 8][4], cons
     if (u + 1 < steps) stp(u + 1, a[1], a[2]);
     if (u + 2 < steps) stp(u + 2, a[2], a[0]);
   }
+  gmma::wgmma_wait<0>();
 }
 #endif
 
@@ -960,8 +963,8 @@ conv_fprop_halo(const T* __restrict__ x, const T* __restrict__ w, T* __restrict_
             gstep(u + 1, a1);
           }
           if (u < steps) gstep(u, a0);
+          gmma::wgmma_wait<0>();  // (inside the scope of a0, a1: the groups read them)
         }
-        gmma::wgmma_wait<0>();
 #pragma unroll
         for (int a = 0; a < MT; ++a)
 #pragma unroll
@@ -1314,8 +1317,7 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
       unsigned ab[MT];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) ab[mt] = hoff[mt] + as;
-      conv_gmma_stage<T, B, MT, FLIP>(acc, ab, rowb, colb, FR, FS, ws, keep_first);
-      gmma::wgmma_wait<0>();
+      conv_gmma_stage<T, B, MT, FLIP>(acc, ab, rowb, colb, FR, FS, ws, keep_first);  // (returns all waited for)
 #pragma unroll
       for (int a2 = 0; a2 < MT; ++a2)
 #pragma unroll
