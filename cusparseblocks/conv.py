@@ -868,8 +868,7 @@ def _specs() -> Iterable[compiler.KernelSpec]:
         # the sm_90a kernels (one NVRTC program, ~5 s a specialization): the default conv_fprop_wst at the
         # widest and narrowest tile (256 positions with 4 consumer warpgroups, 128 with 2: the automatic
         # choices); the variants (wgmma halo kernel, cp.async producers) at one tile width, each step loop
-        # once. Any other
-        # specialization compiles when a call first needs it.
+        # once. Any other specialization compiles when a call first needs it.
         for b in _LAUNCH["ws"]["block_sizes"]:
             for flip in (False, True):
                 for tw in (32, 8):
