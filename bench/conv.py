@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import sys
 
 import numpy as np
@@ -145,6 +146,9 @@ def main(argv=None):
     fprop_variants += [f"wst:{p}" for p in conv_module._LAUNCH["ws"]["tiles"]]
     fprop_variants += ["wst:256:run1", "wst:256:run4"]
     fprop_variants += ["wst4:256", "wst4:256:run1", "ws4:256"]  # four consumer warpgroups of one m64 group
+    fprop_variants += ["wss", "wss:128", "wss:256:run1"]  # A from shared memory too (conv_fprop_wss)
+    if os.environ.get("CONV_VARIANTS"):  # a quick run: comma-separated force_variant values
+        fprop_variants = os.environ["CONV_VARIANTS"].split(",")
     table = Table(
         [
             "N",

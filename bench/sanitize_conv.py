@@ -42,7 +42,8 @@ def main():
     rng = np.random.default_rng(0)
     variants = ["halo:256x4"]
     if conv_module._gmma_device():
-        variants += ["gmma:128x4", "gmma:256x4", "ws:256", "wst:128", None]  # None: the default (wst4:256)
+        variants += ["gmma:128x4", "gmma:256x4", "ws:256", "wst:128", "wss", "wss:128"]
+        variants += [None]  # the default (wst4:256)
     worst = 0.0
     for b in (16, 32):
         mask = rng.random((4, 3)) < 0.5

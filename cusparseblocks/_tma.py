@@ -65,12 +65,15 @@ def tiled_2d(ptr: int, dtype: str, rows: int, cols: int, box_rows: int, box_cols
     return m
 
 
-def tiled(ptr: int, dtype: str, shape: tuple, box: tuple, swizzle: bool = True) -> np.void:
+def tiled(ptr: int, dtype: str, shape: tuple, box: tuple, swizzle: bool = True,
+          strides: tuple | None = None) -> np.void:
     """The map of a C-contiguous tensor of ``shape`` (outermost first, up to 5 dimensions; the innermost's
     bytes a multiple of 16) of ``dtype`` at ``ptr``, box ``box`` (same order) with the swizzle of the box's
     innermost bytes (32, 64 or 128), or none (``swizzle`` False: the box lands row-major, any multiple of 16
-    bytes a row); elements past the edges (negative coordinates included) read as zeros."""
-    key = (ptr, dtype, tuple(shape), tuple(box), swizzle)
+    bytes a row); elements past the edges (negative coordinates included) read as zeros. ``strides``: the
+    byte strides of every dimension but the innermost (outermost first, multiples of 16) of a tensor that is
+    not C-contiguous in ``shape``'s order (a permuted view: the box lands in ``shape``'s order)."""
+    key = (ptr, dtype, tuple(shape), tuple(box), swizzle, strides)
     m = _maps.get(key)
     if m is not None:
         return m
@@ -84,6 +87,8 @@ def tiled(ptr: int, dtype: str, shape: tuple, box: tuple, swizzle: bool = True) 
     for v in inner[:-1]:
         acc *= v
         strides_b.append(acc)
+    if strides is not None:
+        strides_b = [int(v) for v in reversed(strides)]
     strides = (ctypes.c_uint64 * max(1, rank - 1))(*strides_b)
     boxv = (ctypes.c_uint32 * rank)(*reversed([int(v) for v in box]))
     elem = (ctypes.c_uint32 * rank)(*([1] * rank))

@@ -878,6 +878,7 @@ def _specs() -> Iterable[compiler.KernelSpec]:
                 yield _ws_spec(t, b, 8, 16, flip, False)
                 yield _gmma_spec(t, b, 8, 16, 4, flip)  # 128x4: the steps loaded ahead
                 yield _gmma_spec(t, b, 8, 32, 4, flip)  # 256x4: the first step loop
+                yield _ws_spec(t, b, 8, 32, flip, True, 4, ss=True)  # A from shared memory (wss)
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
     for b in FFMA_BLOCK_SIZES:
@@ -1015,6 +1016,9 @@ def _kernel_inputs(spec, x, w, geo_fn, names=("x", "w")):
                     f"{name}: the tiled conv kernels read 16-byte aligned memory; this array starts "
                     f"{ptr % 16} bytes past a 16-byte boundary (pass a copy)"
                 )
+    if "_wss<" in spec.name:
+        _, b, th = spec.name[spec.name.index("<") + 1 : -1].split(", ")[:3]
+        return _ws_maps(x, w, geo_fn(), int(b), 8, int(th), ss=True)
     if "_wst<" not in spec.name:
         return x, w
     _, b, tw, th = spec.name[spec.name.index("<") + 1 : -1].split(", ")[:4]
@@ -1084,39 +1088,54 @@ def _gmma_spec(ctype: str, b: int, tw: int, th: int, warps: int, flip: bool) -> 
 
 
 def _ws_spec(
-    ctype: str, b: int, tw: int, th: int, flip: bool, tm: bool = False, nwg: int = 2
+    ctype: str, b: int, tw: int, th: int, flip: bool, tm: bool = False, nwg: int = 2, ss: bool = False
 ) -> compiler.KernelSpec:
-    """conv_fprop_ws, or conv_fprop_wst (``tm``: fed by TMA) with ``nwg`` consumer warpgroups
-    (kernels/conv_gmma.cu, sm_90a)."""
+    """conv_fprop_ws, or conv_fprop_wst (``tm``: fed by TMA) with ``nwg`` consumer warpgroups, or
+    conv_fprop_wss (``ss``: A from shared memory too; 8 columns) (kernels/conv_gmma.cu, sm_90a)."""
     f = "true" if flip else "false"
+    if ss:
+        return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_wss<{ctype}, {b}, {th}, {f}, {nwg}>")
     tail = f", {nwg}" if nwg != 2 else ""
     name = f"conv_fprop_ws{'t' if tm else ''}<{ctype}, {b}, {tw}, {th}, {f}{tail}>"
     return compiler.KernelSpec("conv_gmma.cu", name)
 
 
-def _ws_maps(x, w, geo_host, b: int, tw: int, th: int):
+def _ws_maps(x, w, geo_host, b: int, tw: int, th: int, ss: bool = False):
     """conv_fprop_wst's tensor maps: x (the launch's activations) as [N, D, H, W, C] with a box of the halo
     (B + 8 channels, unswizzled: the padded rows, × HC × HR), w as [nnz·taps·B, B] with a box of one tap's
-    B × B slice."""
+    B × B slice. ``ss`` (conv_fprop_wss, 2-D): x as [N, C / 8, H, W, 8] (a permuted view: the halo lands
+    channel-chunk major, each position's 8 channels 16 bytes) with a box of B / 8 chunks × HR × HC."""
     from . import _tma
 
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
     dt = dtype_name(x.dtype)
+    if ss:
+        H, W, C = g["H"], g["W"], g["C"]
+        shape = (g["N"] * g["D"], C // 8, H, W, 8)
+        tx = _tma.tiled(
+            x.data.ptr,
+            dt,
+            shape,
+            (1, b // 8, hr, hc, 8),
+            swizzle=False,
+            strides=(H * W * C * 2, 16, W * C * 2, C * 2),
+        )
+        return tx, _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
     shape = (g["N"], g["D"], g["H"], g["W"], g["C"])
     tx = _tma.tiled(x.data.ptr, dt, shape, (1, 1, hr, hc, b + 8), swizzle=False)
     tw_ = _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
     return tx, tw_
 
 
-def _ws_smem(g: dict, b: int, tw: int, th: int) -> int:
+def _ws_smem(g: dict, b: int, tw: int, th: int, ss: bool = False) -> int:
     """Shared bytes of conv_fprop_ws: 1024 to align, the slots (weight slices, halo; each 1024-aligned), the
-    slots' items and two claim words."""
+    slots' items and two claim words (``ss``: the halo unpadded)."""
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
     up = lambda v: -(-v // 1024) * 1024  # noqa: E731
-    slot = up(g["FR"] * g["FS"] * b * b * 2) + up(hr * hc * (b + 8) * 2)
+    slot = up(g["FR"] * g["FS"] * b * b * 2) + up(hr * hc * (b if ss else b + 8) * 2)
     n = _LAUNCH["ws"]["stages"]
     return 1024 + n * slot + 16 * n + 8 + 8 * n  # (+ the slots' mbarriers of conv_fprop_wst)
 
@@ -1176,11 +1195,29 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
         return "tap", None
     gcfg, wcfg = _LAUNCH["gmma"], _LAUNCH["ws"]
     tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
+    if fv is not None and fv.startswith("wss"):  # "wss"[:PIXELS][:schedule]: A from shared memory
+        if not _gmma_device():
+            raise ValueError(
+                f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0"
+            )
+        if g["SW"] != 1 or g["D"] != 1 or g["OD"] != 1 or g["FT"] != 1:
+            raise ValueError(
+                f"force_variant: {force_variant!r} runs 2-D convolutions of unit column stride only"
+            )
+        pixels = int(fv.split(":")[1]) if ":" in fv else 256
+        if pixels not in (128, 256):
+            raise ValueError(
+                f"force_variant: expected a wss tile of 128 or 256 positions, got {force_variant!r}"
+            )
+        smem = _ws_smem(g, b, 8, pixels // 8, ss=True)
+        if smem > wcfg["max_smem"]:
+            raise ValueError(
+                f"force_variant: {force_variant!r}: the slots need more than {wcfg['max_smem']} bytes"
+            )
+        return "wss", (8, pixels // 8, 4 * (pixels // 64) + 4, smem, schedule)
     want_ws = fv is not None and fv.startswith("ws")  # "ws", "wst", "ws4", "wst4"[:PIXELS][:schedule]
     if want_ws and not _gmma_device():
-        raise ValueError(
-            f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0"
-        )
+        raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
     auto_ws = fv is None and wcfg["enabled"] and not permuted and b in wcfg["block_sizes"] and _gmma_device()
     if want_ws or auto_ws:
         if want_ws and ":" in fv:
@@ -1211,8 +1248,8 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
     if fv is not None and fv.startswith("gmma"):
         if not _gmma_device():
             raise ValueError(
-            f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0"
-        )
+                f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0"
+            )
         kind = "gmma"
     elif fv is None and gcfg["enabled"] and b in gcfg["block_sizes"] and _gmma_device():
         kind = "gmma"
@@ -1300,12 +1337,12 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         spec = compiler.KernelSpec("conv.cu", f"conv_fprop_ffma<{b}>")
         return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip, None
     variant, halo = _fprop_variant(geo_host, b, permuted)
-    if variant in ("halo", "gmma", "ws", "wst"):
+    if variant in ("halo", "gmma", "ws", "wst", "wss"):
         tw, th, warps, smem, schedule = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))
         assert out_blocks * b == g["K"], "the halo kernel's grid has K/B output blocks"
-        if variant in ("ws", "wst"):
-            spec = _ws_spec(_CTYPE[dt], b, tw, th, flip, variant == "wst", (warps - 4) // 4)
+        if variant in ("ws", "wst", "wss"):
+            spec = _ws_spec(_CTYPE[dt], b, tw, th, flip, variant != "ws", (warps - 4) // 4, variant == "wss")
             schedule = "auto" if schedule in ("full", "v1") else schedule  # always persistent
         else:
             spec = (_gmma_spec if variant == "gmma" else _halo_spec)(_CTYPE[dt], b, tw, th, warps, flip)
@@ -1315,7 +1352,7 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         if schedule == "full":  # a CTA per item
             return spec, (items,), (32 * warps,), smem, False, _halo_opts(schedule, None, tiles, items)
         # the CTAs that fit at once, each claiming runs until none are left
-        per_sm = _ops._resident_blocks(spec, 32 * warps, smem, 1 if variant in ("ws", "wst") else 2)
+        per_sm = _ops._resident_blocks(spec, 32 * warps, smem, 1 if variant in ("ws", "wst", "wss") else 2)
         ctas = _ops._sm_count() * per_sm
         col_len = tuple((np.diff(np.asarray(col_ptr, dtype=np.int64)) * g["FT"]).tolist())
         opts = _halo_opts(schedule, col_len, tiles, ctas)

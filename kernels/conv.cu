@@ -623,6 +623,42 @@ __device__ __forceinline__ void conv_gmma_stage(float (&acc)[MT][B / 8][4], cons
   }
   gmma::wgmma_wait<0>();
 }
+
+// One stage's wgmma steps with A from shared memory too (conv_fprop_wss): the halo is stored channel-chunk
+// major ([B / 8][halo rows · HC][8]: 16 bytes of 8 channels a position), so a tap's window of the consumer
+// warpgroup's 8 output rows × 8 columns is a canonical K-major operand without swizzle: core matrices of 8
+// consecutive positions × 16 bytes, the next 8 channels LBO = halo · 16 bytes further, the next output row
+// SBO = SH · HC · 16 bytes further (both in adesc_hi). Every step is one m64nBk16 wgmma reading A and B
+// through descriptors; a stage is one group (no ldmatrix, no register operand but the accumulators). abase:
+// the warpgroup's window at tap (0, 0); rowb / colb: a filter row / column further; kstep: 16 of k further.
+template <typename T, int B, bool FLIP>
+__device__ __forceinline__ void conv_ss_stage(float (&acc)[1][B / 8][4], unsigned abase, unsigned long long adesc_hi,
+                                              unsigned rowb, unsigned colb, unsigned kstep, int FR, int FS,
+                                              unsigned wslot, int keep_first) {
+  constexpr int KS = B / 16, ROW = B * 2;
+  const unsigned long long dslot = gmma::desc<ROW>(wslot);
+  const unsigned dlo = (unsigned)dslot, dhi = (unsigned)(dslot >> 32);
+  auto mma = [&](int t, int fr, int fs, int kk, int keep) {
+    const unsigned long long da = adesc_hi | (((abase + fr * rowb + fs * colb + kk * kstep) >> 4) & 0x3FFF);
+    const unsigned long long db =
+        (unsigned long long)dhi << 32 | (dlo + ((t * (B * ROW) + (FLIP ? kk * 32 : kk * 16 * ROW)) >> 4));
+    gmma::GmmaSSz<T, B, 0, FLIP ? 0 : 1>::run(reinterpret_cast<float(&)[B / 2]>(acc[0]), da, db, keep);
+  };
+  gmma::wgmma_fence();
+  if (FR == 3 && FS == 3) {
+#pragma unroll
+    for (int t = 0; t < 9; ++t)
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) mma(t, t / 3, t % 3, kk, t + kk ? 1 : keep_first);
+  } else {
+    for (int fr = 0; fr < FR; ++fr)
+      for (int fs = 0; fs < FS; ++fs)
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) mma(fr * FS + fs, fr, fs, kk, fr + fs + kk ? 1 : keep_first);
+  }
+  gmma::wgmma_commit();
+  gmma::wgmma_wait<0>();
+}
 #endif
 
 // conv_fprop_halo: the output tile is a TH × TW rectangle of one image n and one output depth od;
@@ -1091,7 +1127,7 @@ __device__ __forceinline__ void nbar_arrive(int id, int n) { asm volatile("bar.a
 #ifdef CSB_HOST_EMULATION
 struct TensorMap { unsigned long long v[16]; };
 #endif
-template <typename T, int B, int TW, int TH, bool FLIP, bool TM, int NWG>
+template <typename T, int B, int TW, int TH, bool FLIP, bool TM, int NWG, bool SS = false>
 __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* __restrict__ w, const TensorMap* tx,
               const TensorMap* tw, T* __restrict__ y,
               const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
@@ -1099,13 +1135,14 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
               const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
   // NWG consumer warpgroups (2 or 4), each TH·TW / NWG rows
   constexpr int CONS = 128 * NWG, PROD = 128, THREADS = CONS + PROD, BM = TH * TW, MT = BM / (64 * NWG);
-  constexpr int NT = B / 8, KS = B / 16;
-  constexpr int LDA = B + 8, VPR = B / 8, ROW = B * 2, NST = WS_STAGES;
+  constexpr int NT = B / 8;
+  constexpr int LDA = SS ? B : B + 8, VPR = B / 8, ROW = B * 2, NST = WS_STAGES;
   constexpr int FULL0 = 1, EMPTY0 = 1 + NST, PBAR = 1 + 2 * NST;
   // (512 positions, 4 m64 groups a warpgroup with the producers' registers handed over by setmaxnreg, measured no
   // faster than 256 and spilled once the step loop was shared: not kept)
   static_assert((NWG == 2 || NWG == 4) && BM % (64 * NWG) == 0 && MT >= 1 && MT <= 2 && TW % 8 == 0 && B >= 16,
                 "2 or 4 consumer warpgroups, 1 or 2 m64 groups each");
+  static_assert(!SS || (TM && TW == 8 && MT == 1), "SS: fed by TMA, 8 output columns, one m64 group a warpgroup");
   extern __shared__ __align__(16) unsigned char smem_raw[];
   EMU_GMMA_PARTICIPANTS(CONS);
 
@@ -1216,10 +1253,11 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
             const int id = g.od * geo[G_SD] - geo[G_PD] + ft * geo[G_DD];
             const int ih0 = g.th0 * SH - geo[G_PH], iw0 = g.tw0 * SW - geo[G_PW];
             const unsigned ws = smem_u32(base + sl * slot_bytes);
+            // SS: the map is [N, C / 8, H, W, 8] (channel chunks outside the rows; 2-D only, id = 0)
             asm volatile(
                 "cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n"
-                ::"r"(ws + wbytes), "l"(reinterpret_cast<unsigned long long>(tx)), "r"(cblk * B), "r"(iw0), "r"(ih0),
-                "r"(id), "r"(g.n), "r"(bar)
+                ::"r"(ws + wbytes), "l"(reinterpret_cast<unsigned long long>(tx)), "r"(SS ? 0 : cblk * B), "r"(iw0),
+                "r"(ih0), "r"(SS ? cblk * (B / 8) : id), "r"(g.n), "r"(bar)
                 : "memory");
             const int wdepth = FLIP ? FT - 1 - ft : ft;
             for (int tap = 0; tap < wtaps; ++tap) {
@@ -1300,6 +1338,12 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
     hoff[mt] = (unsigned)(((((r / TW) * SH * HC + (r % TW) * SW)) * LDA + (lane >> 4) * 8) * (int)sizeof(T));
   }
   const unsigned rowb = DH * HC * LDA * (unsigned)sizeof(T), colb = DW * LDA * (unsigned)sizeof(T);
+  // SS: the warpgroup's 8 output rows start SH · 8 · (warpgroup) halo rows down; 16-byte positions, chunk-major
+  // (LBO along k: the next 8 channels a halo further; SBO along the rows: the next output row. Swapped, every
+  // GPU test failed: the fields read as the PTX ISA's canonical K-major layout says)
+  const unsigned ss_off = (unsigned)((warp >> 2) * 8 * SH * HC * 16), ss_row = DH * HC * 16u, ss_col = DW * 16u;
+  const unsigned ss_k = 2u * halo * 16u;
+  const unsigned long long ss_hi = gmma::desc_kmajor(0, halo * 16u, SH * HC * 16u);
   const i64 OS = (i64)OD * OH * OW;
   float acc[MT][NT][4];
   for (int stage = 0;; ++stage) {
@@ -1317,7 +1361,11 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
       unsigned ab[MT];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) ab[mt] = hoff[mt] + as;
-      conv_gmma_stage<T, B, MT, FLIP>(acc, ab, rowb, colb, FR, FS, ws, keep_first);  // (returns all waited for)
+      if constexpr (SS)
+        conv_ss_stage<T, B, FLIP>(reinterpret_cast<float(&)[1][NT][4]>(acc), as + ss_off, ss_hi, ss_row, ss_col,
+                                  ss_k, FR, FS, ws, keep_first);
+      else
+        conv_gmma_stage<T, B, MT, FLIP>(acc, ab, rowb, colb, FR, FS, ws, keep_first);  // (returns all waited for)
 #pragma unroll
       for (int a2 = 0; a2 < MT; ++a2)
 #pragma unroll
@@ -1366,6 +1414,18 @@ conv_fprop_wst(const __grid_constant__ TensorMap tx, const __grid_constant__ Ten
                const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
   conv_ws_body<T, B, TW, TH, FLIP, true, NWG>(nullptr, nullptr, &tx, &tw, y, col_ptr, col_in, col_w, out_perm,
                                               edge_bias, emap, geo, sched, opts);
+}
+// conv_fprop_wss: conv_fprop_wst with A from shared memory (conv_ss_stage): 8 output columns × 8 rows a
+// consumer warpgroup, the halo a box of the map over x as [N, C / 8, H, W, 8] (host: _ws_maps), 2-D
+// convolutions with SW = 1
+template <typename T, int B, int TH, bool FLIP, int NWG = 4>
+__global__ void __launch_bounds__(128 * NWG + 128, 1)
+conv_fprop_wss(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap tw, T* __restrict__ y,
+               const int* __restrict__ col_ptr, const int* __restrict__ col_in, const int* __restrict__ col_w,
+               const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
+               const int* __restrict__ geo, unsigned* __restrict__ sched, int opts) {
+  conv_ws_body<T, B, 8, TH, FLIP, true, NWG, true>(nullptr, nullptr, &tx, &tw, y, col_ptr, col_in, col_w, out_perm,
+                                                   edge_bias, emap, geo, sched, opts);
 }
 #endif
 #endif  // CONV_HAS_GMMA

@@ -140,6 +140,34 @@ GMMA_RSZ_SHAPES(16, "{%0, %1, %2, %3, %4, %5, %6, %7}", "{%8, %9, %10, %11}", "%
 GMMA_RSZ_SHAPES(32, "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}",
                 "{%16, %17, %18, %19}", "%20", "%21", "%22")
 
+// GmmaSSz: Gmma (A and B from shared memory) with the same scale-d predicate as GmmaRSz; A K-major (TA = 0) or
+// M-major (1), B K-major (TB = 0) or N-major (1)
+template <typename T, int N, int TA, int TB> struct GmmaSSz;
+#define GMMA_SSZ_BODY(TY, N, REGS, A, B, KEEP, TRA, TRB)                                                   \
+    template <int TA, int TB> struct GmmaSSz<TY, N, TA, TB> {                                              \
+        static __device__ __forceinline__ void run(float (&d)[N / 2], unsigned long long a, unsigned long long b, \
+                                                   int keep) {                                             \
+            asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " KEEP ", 0;\n"                                  \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." GMMA_PTX_##TY "." GMMA_PTX_##TY " "  \
+                         REGS ", " A ", " B ", p, 1, 1, " TRA ", " TRB ";\n}\n"                              \
+                         : GMMA_ACC##N                                                                     \
+                         : "l"(a), "l"(b), "r"(keep), "n"(TA), "n"(TB));                                   \
+        }                                                                                                  \
+    };
+#define GMMA_SSZ_SHAPES(N, REGS, A, B, KEEP, TRA, TRB) \
+    GMMA_SSZ_BODY(__half, N, REGS, A, B, KEEP, TRA, TRB) GMMA_SSZ_BODY(__nv_bfloat16, N, REGS, A, B, KEEP, TRA, TRB)
+GMMA_SSZ_SHAPES(16, "{%0, %1, %2, %3, %4, %5, %6, %7}", "%8", "%9", "%10", "%11", "%12")
+GMMA_SSZ_SHAPES(32, "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}", "%16", "%17",
+                "%18", "%19", "%20")
+
+// Descriptor of a K-major operand without swizzle (mode 0): core matrices of 8 rows × 16 bytes (128 contiguous
+// bytes), the next 16 bytes of k LBO bytes further, the next 8 rows SBO bytes further (the PTX ISA's canonical
+// K-major layout ((8, m), (T, 2k)) : ((T, SBO), (1, LBO)))
+__device__ __forceinline__ unsigned long long desc_kmajor(unsigned addr, unsigned lbo, unsigned sbo) {
+    return (unsigned long long)((addr >> 4) & 0x3FFF) | ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16) |
+           ((unsigned long long)((sbo >> 4) & 0x3FFF) << 32);
+}
+
 // Descriptor of an N-major (MN-major) B tile of 16-byte rows without swizzle (interleave mode 0): the PTX
 // ISA's canonical MN-major layout ((T, 1, m), (8, k)) : ((1, T, SBO), (T, LBO)), T = 8 elements, i.e. core
 // matrices of 8 consecutive k-rows of 16 bytes (128 contiguous bytes), the next 8 k-rows LBO bytes further

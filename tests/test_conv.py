@@ -581,6 +581,9 @@ def test_gpu_large_ragged_tc(rng, dtype):
         "wst:256:run1",
         "wst4",
         "ws4:256",
+        "wss",
+        "wss:128",
+        "wss:256:run1",
     ],
 )
 def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
@@ -599,6 +602,68 @@ def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "case", ["b32-edge-bias", "b16", "strided-dilated", "1x1", "2x5-128", "one-block", "1d"]
+)
+def test_gpu_wss(rng, monkeypatch, dtype, case):
+    # conv_fprop_wss (A from shared memory: the halo channel-chunk major, a tap's window a K-major descriptor):
+    # row stride and dilation (the descriptor's row step), column dilation, other filters, edge bias, an
+    # empty output block, both tiles, fprop and the FLIP bprop
+    import cusparseblocks.conv as conv_module
+
+    if not conv_module._gmma_device():
+        pytest.skip("the wgmma conv kernel needs a device of compute capability 9.0")
+    b, shape, fshape, stride, padding, dilation, spatial, fmt, eb, variant = {
+        "b32-edge-bias": (32, (5, 4), (3, 3), 1, 1, 1, (19, 37), "NHWC", True, "wss"),
+        "b16": (16, (6, 5), (3, 3), 1, ((1, 2), (2, 0)), 1, (13, 21), "NHWC", False, "wss:128"),
+        "strided-dilated": (
+            32,
+            (4, 3),
+            (3, 2),
+            (2, 1),
+            ((1, 2), (0, 1)),
+            (2, 3),
+            (23, 20),
+            "NHWC",
+            True,
+            "wss:128",  # (the 256-position tile's rows at stride 2 do not fit four slots)
+        ),
+        "1x1": (16, (3, 4), (1, 1), 1, 0, 1, (9, 40), "NHWC", False, "wss"),
+        "2x5-128": (32, (3, 3), (2, 5), 1, ((1, 0), (2, 2)), 1, (17, 11), "NHWC", False, "wss:128"),
+        "one-block": (32, (1, 1), (3, 3), 1, 1, 1, (8, 16), "NHWC", True, "wss"),
+        "1d": (32, (3, 2), (3,), 1, 1, 1, (45,), "NWC", False, "wss"),
+    }[case]
+    monkeypatch.setattr(conv_module, "force_variant", variant)
+    mask = _mask(rng, shape, 0.5)
+    if shape[1] > 2:
+        mask[:, 1] = False
+        mask[:, -1] = True
+    lay = ChannelBlockLayout.from_mask(mask, b)
+    launched = []
+    real_launch = conv_module._launch
+    monkeypatch.setattr(
+        conv_module, "_launch", lambda spec, *a, **k: launched.append(spec.name) or real_launch(spec, *a, **k)
+    )
+    _gpu_case(
+        rng,
+        lay,
+        fshape,
+        stride,
+        padding,
+        dilation,
+        spatial,
+        dtype,
+        fmt,
+        edge_bias=eb,
+        n=3,
+        ops=("fprop", "bprop"),
+    )
+    unit = all(v == 1 for v in np.broadcast_to(stride, (len(fshape),)))
+    assert len([n for n in launched if n.startswith("conv_fprop_wss<")]) == (2 if unit else 1), launched
+
+
+@pytest.mark.gpu
 def test_gpu_misaligned_raises(rng):
     # the tiled kernels copy 16 bytes at a time: a weight view 2 bytes past a boundary is refused by name
     import cupy
@@ -612,8 +677,11 @@ def test_gpu_misaligned_raises(rng):
     wv[...] = w
     with pytest.raises(ValueError, match="w: the tiled conv kernels"):
         conv.fprop(x, wv)
-    assert_close(conv.fprop(x, w), conv.fprop(cupy.asnumpy(x).astype(np.float64), cupy.asnumpy(w).astype(np.float64)),
-                 "float16")
+    assert_close(
+        conv.fprop(x, w),
+        conv.fprop(cupy.asnumpy(x).astype(np.float64), cupy.asnumpy(w).astype(np.float64)),
+        "float16",
+    )
 
 
 @pytest.mark.gpu
@@ -863,6 +931,7 @@ def _build_halo_driver(fake_cupy, directory):
         for s in specs
         if s.source == "conv_gmma.cu" and "_halo<" in s.name
     )
+
     def ws_args(name):  # the template arguments, the consumer warpgroups (2 by default) last
         return ", ".join((re.match(r"conv_fprop_ws<(.*)>", name).group(1).split(", ") + ["2"])[:6])
 
@@ -870,7 +939,11 @@ def _build_halo_driver(fake_cupy, directory):
     src = _HALO_DRIVER % entries
     here = fake_cupy.HERE
     inputs = [here / n for n in sorted(p.name for p in here.iterdir()) if n.endswith((".h", ".cpp"))]
-    inputs += [fake_cupy.KERNELS / "conv.cu", fake_cupy.KERNELS / "common.cuh", fake_cupy.KERNELS / "gmma.cuh"]
+    inputs += [
+        fake_cupy.KERNELS / "conv.cu",
+        fake_cupy.KERNELS / "common.cuh",
+        fake_cupy.KERNELS / "gmma.cuh",
+    ]
     digest = hashlib.sha256(src.encode() + b"".join(p.read_bytes() for p in inputs)).hexdigest()[:16]
     exe = directory / f"conv_halo_driver-{digest}"
     if not exe.exists():
@@ -1149,12 +1222,20 @@ def test_halo_run_choice(monkeypatch):
     monkeypatch.setattr(conv_module, "_gmma_device", lambda: True)
     monkeypatch.setattr(conv_module, "force_variant", None)
     g = {k: int(geo[i]) for k, i in conv_module._G.items()}
-    assert conv_module._fprop_variant(geo, 32) == ("wst", (32, 8, 20, conv_module._ws_smem(g, 32, 32, 8), "auto"))
-    assert conv_module._fprop_variant(geo, 32, permuted=True)[:2] == ("halo", (32, 4, 4, conv_module._halo_smem(
-        g, 32, 32, 4), "auto"))
+    assert conv_module._fprop_variant(geo, 32) == (
+        "wst",
+        (32, 8, 20, conv_module._ws_smem(g, 32, 32, 8), "auto"),
+    )
+    assert conv_module._fprop_variant(geo, 32, permuted=True)[:2] == (
+        "halo",
+        (32, 4, 4, conv_module._halo_smem(g, 32, 32, 4), "auto"),
+    )
     monkeypatch.setattr(conv_module, "force_variant", "ws:128:run2")
     assert conv_module._fprop_variant(geo, 32)[0] == "ws" and conv_module._fprop_variant(geo, 32)[1][2:] == (
-        12, conv_module._ws_smem(g, 32, 32, 4), 2)
+        12,
+        conv_module._ws_smem(g, 32, 32, 4),
+        2,
+    )
     monkeypatch.setattr(conv_module, "force_variant", "wst:96")
     with pytest.raises(ValueError, match="ws tile"):
         conv_module._fprop_variant(geo, 32)
@@ -1165,8 +1246,16 @@ def test_halo_run_choice(monkeypatch):
     assert conv_module._fprop_variant(geo, 32)[0] == "halo"
     monkeypatch.setitem(conv_module._LAUNCH["gmma"], "enabled", True)
     monkeypatch.setitem(conv_module._LAUNCH["gmma"], "default", (256, 4))
-    assert conv_module._fprop_variant(geo, 32) == ("gmma", (32, 8, 4, conv_module._halo_smem(
-        {k: int(geo[i]) for k, i in conv_module._G.items()}, 32, 32, 8, True), "auto"))
+    assert conv_module._fprop_variant(geo, 32) == (
+        "gmma",
+        (
+            32,
+            8,
+            4,
+            conv_module._halo_smem({k: int(geo[i]) for k, i in conv_module._G.items()}, 32, 32, 8, True),
+            "auto",
+        ),
+    )
     kind, tile = conv_module._fprop_variant(geo, 32, permuted=True)
     assert kind == "gmma" and tile[:3] == (32, 4, 4)
     monkeypatch.setattr(conv_module, "force_variant", "halo:256x8")

@@ -50,6 +50,11 @@ inline unsigned long long desc(unsigned addr) {
   return (unsigned long long)((addr >> 4) & 0x3FFF) | (1ull << 16) | ((unsigned long long)((8 * ROW) >> 4) << 32) |
          (mode << 62);
 }
+// a K-major operand without swizzle: 8 rows × 16 bytes a core matrix, LBO along k, SBO along the rows
+inline unsigned long long desc_kmajor(unsigned addr, unsigned lbo, unsigned sbo) {
+  return (unsigned long long)((addr >> 4) & 0x3FFF) | ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16) |
+         ((unsigned long long)((sbo >> 4) & 0x3FFF) << 32);
+}
 inline void fence_proxy_async() {}
 inline void wgmma_fence() {}
 inline void fence_operand(float&) {}
@@ -59,6 +64,7 @@ struct EmuGmma {
   int n, tb, bf16, keep;
   const unsigned* a;
   unsigned long long b;
+  unsigned long long ad = 0;  // A through a K-major descriptor without swizzle (GmmaSSz) when a is null
 };
 inline thread_local std::vector<EmuGmma> emu_gmma_open;
 inline thread_local std::deque<std::vector<EmuGmma>> emu_gmma_groups;
@@ -73,7 +79,7 @@ inline float emu_gmma_f(uint16_t bits, int bf16) {
 // accumulators (rows 16v + lane/4 (+8), columns 8q + 2(lane % 4) (+1) of its warpgroup's 64 × N)
 inline void emu_gmma_perform(const EmuGmma& op) {
   const unsigned tid = threadIdx.x;
-  for (int i = 0; i < 4; ++i) emu_gmma_a[tid][i] = op.a[i];
+  for (int i = 0; i < 4; ++i) emu_gmma_a[tid][i] = op.a != nullptr ? op.a[i] : 0u;
   emu_gmma_sync();
   const unsigned wg0 = tid / 128 * 128, v = tid % 128 / 32, lane = tid % 32;
   const unsigned start = (unsigned)(op.b & 0x3FFF) << 4, mode = (unsigned)(op.b >> 62);
@@ -84,6 +90,11 @@ inline void emu_gmma_perform(const EmuGmma& op) {
     return emu_gmma_f(emu_u16(phys + (idx % 8) * 2), op.bf16);
   };
   auto aval = [&](int row, int k) {  // A[row][k] of the warpgroup: mma.sync's m16k16 fragment of warp row / 16
+    if (op.a == nullptr) {  // SS: core matrices of 8 rows × 16 bytes, LBO along k, SBO along the rows
+      const unsigned as = (unsigned)(op.ad & 0x3FFF) << 4, lbo = (unsigned)((op.ad >> 16) & 0x3FFF) << 4;
+      const unsigned sbo = (unsigned)((op.ad >> 32) & 0x3FFF) << 4;
+      return emu_gmma_f(emu_u16(as + (row / 8) * sbo + (row % 8) * 16 + (k / 8) * lbo + (k % 8) * 2), op.bf16);
+    }
     const int r16 = row % 16, g = r16 % 8, reg = r16 / 8 + 2 * (k / 8);
     const unsigned t = wg0 + (row / 16) * 32 + g * 4 + (k % 8) / 2;
     return emu_gmma_f((uint16_t)(emu_gmma_a[t][reg] >> (16 * (k % 2))), op.bf16);
@@ -115,6 +126,14 @@ template <typename T, int N, int TB>
 struct GmmaRSz {
   static void run(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long b, int keep) {
     emu_gmma_open.push_back({d, N, TB, std::is_same<T, __nv_bfloat16>::value ? 1 : 0, keep, a, b});
+  }
+};
+
+template <typename T, int N, int TA, int TB>
+struct GmmaSSz {
+  static_assert(TA == 0, "the emulated SS wgmma reads a K-major A");
+  static void run(float (&d)[N / 2], unsigned long long a, unsigned long long b, int keep) {
+    emu_gmma_open.push_back({d, N, TB, std::is_same<T, __nv_bfloat16>::value ? 1 : 0, keep, nullptr, b, a});
   }
 };
 
