@@ -6,9 +6,10 @@ t0=$(date +%s); el() { echo "$(($(date +%s)-t0)) s"; }
 stamp=$(date -u +%Y%m%d-%H%M)
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 
-# every GPU test (time limit $TEST_S, else $1 seconds) and `python -m cusparseblocks check`, logs under $L
+# every GPU test (time limit $TEST_S, else $1 seconds; $SUITE_ARGS more pytest arguments) and `python -m
+# cusparseblocks check`, logs under $L
 gpu_suite() {
-  timeout ${TEST_S:-$1} python -m pytest -m gpu -q -n 12 -p no:cacheprovider -rfE tests/ > $L/all-tests-$stamp.log 2>&1
+  timeout ${TEST_S:-$1} python -m pytest -m gpu -q -n 12 -p no:cacheprovider -rfE tests/ $SUITE_ARGS > $L/all-tests-$stamp.log 2>&1
   echo "all tests rc=$? $(el): $(tail -1 $L/all-tests-$stamp.log)"; grep -E '^(FAILED|ERROR)' $L/all-tests-$stamp.log | head -8
   grep -E "^SKIPPED" $L/all-tests-$stamp.log | head -6
   timeout 60 python -m cusparseblocks check > $L/check-$stamp.log 2>&1
