@@ -207,7 +207,8 @@ def main(argv=None):
         first, first_g = both(fprop)
         rel = check()
         geo = conv_module._forward_geo(op, op.geometry((H, W)), N)
-        kernel = conv_module._fprop_variant(geo, b, lay.out_perm is not None)
+        single = int(np.diff(lay.column_tables[0]).max()) <= 1
+        kernel = conv_module._fprop_variant(geo, b, lay.out_perm is not None, single)
         variants = {}
         for variant in fprop_variants:
             conv_module.force_variant = variant
@@ -347,7 +348,11 @@ def main(argv=None):
         "rows": rows,
     }
     path = save_json(
-        "conv", payload, command="PYTHONPATH=. python bench/conv.py " + " ".join(argv or sys.argv[1:])
+        "conv",
+        payload,
+        command=(f"CONV_VARIANTS={os.environ['CONV_VARIANTS']} " if os.environ.get("CONV_VARIANTS") else "")
+        + "PYTHONPATH=. python bench/conv.py "
+        + " ".join(argv or sys.argv[1:]),
     )
     print(f"saved {path}")
     print(vtable.render())

@@ -1182,10 +1182,13 @@ def _parse_schedule(fv: str | None):
     return ":".join([head, *rest]), sched
 
 
-def _fprop_variant(geo_host, b: int, permuted: bool = False):
+def _fprop_variant(geo_host, b: int, permuted: bool = False, single_stage: bool = False):
     """("halo" or "gmma", (tile width, tile height, warps, shared bytes, schedule)) when the halo kernel
     applies (on wgmma: a device of compute capability 9.0, unless force_variant names "halo"), else ("tap",
-    None); the schedule is "full" (a CTA per item), "v1", "auto" or a run length."""
+    None); the schedule is "full" (a CTA per item), "v1", "auto" or a run length. ``single_stage``: every
+    output block has at most one input block (block-diagonal layouts): the automatic choice is then the halo
+    kernel, whose weight-slice cache keeps a run's weights from item to item (H100, batch 64, 8 groups: 0.0455
+    ms against 0.047-0.052 for conv_fprop_wst in every run of 2026-11-27; bench/NOTES.md, eighteenth)."""
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     cfg = _LAUNCH["halo"]
     fv, schedule = _parse_schedule(force_variant)
@@ -1218,7 +1221,8 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False):
     want_ws = fv is not None and fv.startswith("ws")  # "ws", "wst", "ws4", "wst4"[:PIXELS][:schedule]
     if want_ws and not _gmma_device():
         raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
-    auto_ws = fv is None and wcfg["enabled"] and not permuted and b in wcfg["block_sizes"] and _gmma_device()
+    auto_ws = fv is None and wcfg["enabled"] and not (permuted or single_stage) and b in wcfg["block_sizes"]
+    auto_ws = auto_ws and _gmma_device()
     if want_ws or auto_ws:
         if want_ws and ":" in fv:
             try:
@@ -1336,7 +1340,8 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         smem = ff["stages"] * (ff["bm"] + b) * (b + 4) * 4
         spec = compiler.KernelSpec("conv.cu", f"conv_fprop_ffma<{b}>")
         return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip, None
-    variant, halo = _fprop_variant(geo_host, b, permuted)
+    single = col_ptr is not None and len(col_ptr) > 1 and int(np.diff(np.asarray(col_ptr)).max()) <= 1
+    variant, halo = _fprop_variant(geo_host, b, permuted, single)
     if variant in ("halo", "gmma", "ws", "wst", "wss"):
         tw, th, warps, smem, schedule = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))

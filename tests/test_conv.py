@@ -1230,6 +1230,17 @@ def test_halo_run_choice(monkeypatch):
         "halo",
         (32, 4, 4, conv_module._halo_smem(g, 32, 32, 4), "auto"),
     )
+    # a layout whose output blocks each have one input block (block-diagonal): the halo kernel, 256 positions
+    assert conv_module._fprop_variant(geo, 32, single_stage=True) == (
+        "halo",
+        (32, 8, 4, conv_module._halo_smem(g, 32, 32, 8), "auto"),
+    )
+    monkeypatch.setattr(conv_module._ops, "_resident_blocks", lambda *a: 1)
+    monkeypatch.setattr(conv_module._ops, "_sm_count", lambda: 132)
+    ptr = np.array([0, 1, 1], dtype=np.int32)  # at most one input block a column (one empty): single stage
+    assert "conv_fprop_halo<" in conv_module._tc_plan(geo, 2, 32, "float16", False, ptr)[0].name
+    ptr = np.array([0, 2, 3], dtype=np.int32)
+    assert "conv_fprop_wst<" in conv_module._tc_plan(geo, 2, 32, "float16", False, ptr)[0].name
     monkeypatch.setattr(conv_module, "force_variant", "ws:128:run2")
     assert conv_module._fprop_variant(geo, 32)[0] == "ws" and conv_module._fprop_variant(geo, 32)[1][2:] == (
         12,
