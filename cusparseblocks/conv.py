@@ -19,7 +19,9 @@ convolution); CuPy arrays run ``kernels/conv.cu``:
   On sm_90 (``kernels/conv_gmma.cu``, sm_90a), b = 16/32 and an output without permutation:
   ``conv_fprop_wst``, the halo kernel's work on ``wgmma`` with specialized warps (a producer warpgroup
   claims runs and copies each stage's halo and weight slices with TMA; four consumer warpgroups multiply,
-  A fragments by ldmatrix from the halo, B through matrix descriptors);
+  A fragments by ldmatrix from the halo, B through matrix descriptors); the forward at b = 32 without edge
+  bias (2-D, unit column stride): ``conv_fprop_wtp``, the transposed product D = Wᵀ·Xᵀ (A = the weight
+  slices of a pair of output blocks, B = 128 output positions of the halo, both through descriptors);
   bprop with stride 1 runs the same kernels on the transposed layout; the weight update runs
   ``conv_updat_tc`` (rows split over CTAs, partials summed in a fixed order: deterministic);
 - fp32 with uniform blocks of 8 to 64, NHWC: the same implicit GEMM with tiled FFMA (fprop, and bprop
@@ -120,6 +122,19 @@ _LAUNCH = {
         "tma": True,
         # consumer warpgroups of the automatic choice at 256 positions (4: one m64 group each, "wst4")
         "warpgroups": 4,
+    },
+    # conv_fprop_wtp (sm_90a, forced "wtp[:ROWS]"): D = Wᵀ · Xᵀ, a group of 64 / B output blocks × a tile of
+    # ROWS output rows × 16 columns, two consumer warpgroups of 8 columns; up to 4 slots (2 at least)
+    # The automatic choice on sm_90 for B = 32 (2-D, unit column stride, outputs neither permuted nor with
+    # edge bias, whose stores take the general path): 16 rows, 3 slots, the staged epilogue (H100, batch 64,
+    # 2026-11-27: 0.100 / 0.062 / 0.045 ms at d = 0.5 / 0.25 / 0.125 against wst4's 0.111 / 0.070 / 0.049)
+    "wtp": {
+        "block_sizes": (16, 32),
+        "rows": (16, 32),
+        "default_rows": 16,
+        "max_smem": 227 * 1024,
+        "auto": True,
+        "auto_block_sizes": (32,),
     },
     # update on tensor cores: 128-row tiles; the rows are split over CTAs until about target_ctas run
     "updat_tc": {"bk": 128, "threads": 128, "stages": 3, "target_ctas": 528, "reduce_threads": 256},
@@ -879,6 +894,8 @@ def _specs() -> Iterable[compiler.KernelSpec]:
                 yield _gmma_spec(t, b, 8, 16, 4, flip)  # 128x4: the steps loaded ahead
                 yield _gmma_spec(t, b, 8, 32, 4, flip)  # 256x4: the first step loop
                 yield _ws_spec(t, b, 8, 32, flip, True, 4, ss=True)  # A from shared memory (wss)
+        for rows in _LAUNCH["wtp"]["rows"]:
+            yield _wtp_spec(t, 32, rows)  # the transposed output-block pairs (wtp)
     for o in _CTYPE.values():
         yield S("conv.cu", f"conv_updat_reduce<{o}>")
     for b in FFMA_BLOCK_SIZES:
@@ -992,7 +1009,14 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
         conv, key, lambda cp: _fprop_plan(conv, geom, n, x.dtype, has_eb)
     )
     # the halo kernel's work counters are per stream: not part of the cached plan (its opts are, in post)
-    sched = (_halo_sched(),) if "halo" in spec.name or "_ws" in spec.name else ()
+    sched = (_halo_sched(),) if "halo" in spec.name or "_ws" in spec.name or "_wtp" in spec.name else ()
+    if "_wtp" in spec.name:
+        ptr = y.ctypes.data if isinstance(y, np.ndarray) else y.data.ptr  # (the tests' NumPy-backed CuPy)
+        if ptr % 16:
+            raise ValueError(
+                f"out: conv_fprop_wtp stores 16-byte vectors; this array starts {ptr % 16} bytes past a "
+                "16-byte boundary (pass an aligned array)"
+            )
     xin, win = _kernel_inputs(spec, x, w, lambda: _forward_geo(conv, geom, n))
     _launch(
         spec,
@@ -1008,7 +1032,7 @@ def _kernel_inputs(spec, x, w, geo_fn, names=("x", "w")):
     """The kernel's first two arguments: x and w, or conv_fprop_wst's tensor maps of them (``geo_fn()``: the
     launch's geometry array). The tiled kernels copy 16 bytes at a time: an array that does not start on a
     16-byte boundary (a view at an odd offset) raises a ValueError naming it."""
-    if spec.name.startswith(("conv_fprop_halo", "conv_fprop_ws", "conv_fprop_tc", "conv_fprop_ffma")):
+    if spec.name.startswith(("conv_fprop_halo", "conv_fprop_w", "conv_fprop_tc", "conv_fprop_ffma")):
         for name, a in zip(names, (x, w)):
             ptr = a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr  # (the tests' NumPy-backed CuPy)
             if ptr % 16:
@@ -1019,6 +1043,18 @@ def _kernel_inputs(spec, x, w, geo_fn, names=("x", "w")):
     if "_wss<" in spec.name:
         _, b, th = spec.name[spec.name.index("<") + 1 : -1].split(", ")[:3]
         return _ws_maps(x, w, geo_fn(), int(b), 8, int(th), ss=True)
+    if "_wtp<" in spec.name:  # two warpgroups of 8 columns side by side; the halo's positions swizzled rows
+        from . import _tma
+
+        b, rows = (int(v) for v in spec.name[spec.name.index("<") + 1 : -1].split(", ")[1:3])
+        geo = geo_fn()
+        g = {k: int(geo[i]) for k, i in _G.items()}
+        hr = (rows - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
+        hc = 16 + (g["FS"] - 1) * g["DW"]
+        dt = dtype_name(x.dtype)
+        shape = (g["N"], g["D"], g["H"], g["W"], g["C"])
+        tx = _tma.tiled(x.data.ptr, dt, shape, (1, 1, hr, hc, b))
+        return tx, _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
     if "_wst<" not in spec.name:
         return x, w
     _, b, tw, th = spec.name[spec.name.index("<") + 1 : -1].split(", ")[:4]
@@ -1047,8 +1083,15 @@ def _fprop_plan(conv, geom, n: int, dtype, has_eb: bool):
             False,
             lay.column_tables[0],
             lay.out_perm is not None,
+            groups=lambda G: _wtp_groups(lay, G),
+            edge_bias=has_eb,
         )
         post = post + ((np.int32(opts),) if opts is not None else ())
+        if "_wtp" in spec.name:
+            G = 64 // lay.uniform
+            gp, gi, gw, go = _dev(conv, ("wtp", G), lambda cp: tuple(map(cp.asarray, _wtp_groups(lay, G))))
+            pre = (gp, gi, gw, go, perm if perm is not None else _null())
+            return spec, grid, block, smem, pre, post + (np.int32(lay.nnz),)
         return spec, grid, block, smem, (ptr, cin, cw, perm if perm is not None else _null()), post
     conn = _conn_tables(conv)
     threads = _LAUNCH["direct"]["threads"]
@@ -1098,6 +1141,93 @@ def _ws_spec(
     tail = f", {nwg}" if nwg != 2 else ""
     name = f"conv_fprop_ws{'t' if tm else ''}<{ctype}, {b}, {tw}, {th}, {f}{tail}>"
     return compiler.KernelSpec("conv_gmma.cu", name)
+
+
+def _wtp_spec(ctype: str, b: int, rows: int, tm: bool = True) -> compiler.KernelSpec:
+    """conv_fprop_wtp (fed by TMA) or conv_fprop_wtpc (by cp.async): ``rows`` output rows × 16 columns a
+    tile."""
+    return compiler.KernelSpec("conv_gmma.cu", f"conv_fprop_wtp{'' if tm else 'c'}<{ctype}, {b}, {rows}>")
+
+
+def _wtp_smem(g: dict, b: int, rows: int, slots: int) -> int:
+    """Shared bytes of conv_fprop_wtp: 1024 to align, the slots (the group's weight slices, the halo
+    channel-chunk major; each 1024-aligned), the slots' items, two claim words and the slots' mbarriers."""
+    hr = (rows - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
+    hc = 16 + (g["FS"] - 1) * g["DW"]
+    up = lambda v: -(-v // 1024) * 1024  # noqa: E731
+    slot = up(g["FR"] * g["FS"] * 64 * b * 2) + up(hr * hc * b * 2)
+    return 1024 + slots * slot + 16 * slots + 8 + 8 * slots
+
+
+def _wtp_variant(g: dict, b: int, fv: str, schedule, fit_only: bool = False):
+    """("wtp" or "wtpc", (rows, slots, shared bytes, schedule, staged epilogue)) for force_variant
+    "wtp[c][:ROWS][:schedule]" (``fit_only``: (None, None) instead of the error when no slots fit)."""
+    cfg = _LAUNCH["wtp"]
+    if not _gmma_device():
+        raise ValueError(f"force_variant: {force_variant!r} (wgmma) needs a device of compute capability 9.0")
+    if g["SW"] != 1 or g["D"] != 1 or g["OD"] != 1 or g["FT"] != 1:
+        raise ValueError(f"force_variant: {force_variant!r} runs 2-D convolutions of unit column stride only")
+    if b not in cfg["block_sizes"]:
+        raise ValueError(f"force_variant: {force_variant!r} runs block sizes {cfg['block_sizes']}, not {b}")
+    head, _, rest = fv.partition(":")
+    try:
+        rows = int(rest) if rest else cfg["default_rows"]
+    except ValueError:
+        rows = None
+    if head not in ("wtp", "wtpc") or rows not in cfg["rows"]:
+        raise ValueError(
+            f"force_variant: expected 'wtp[c][:ROWS]' with ROWS in {cfg['rows']}, got {force_variant!r}"
+        )
+    # (slots, staged epilogue): the most slots, 3 at least with the staging buffer when it fits
+    stage = 2 * 8 * rows * (64 + 8) * 2 + 16
+    options = [(4, True), (3, True), (4, False), (3, False), (2, True), (2, False)]
+    for slots, staged in options:
+        smem = _wtp_smem(g, b, rows, slots) + (stage if staged else 0)
+        if smem <= cfg["max_smem"]:
+            return head, (rows, slots, smem, schedule, staged)
+    if fit_only:
+        return None, None
+    raise ValueError(f"force_variant: {force_variant!r}: two slots need more than {cfg['max_smem']} bytes")
+
+
+def _wtp_groups(lay, G: int):
+    """conv_fprop_wtp's tables for groups of G output blocks (int32): grp_ptr [ngrp + 1], grp_in (the union
+    of the members' input blocks, ascending), grp_w [entries, G] (the member's w block of that input block;
+    nnz: none) and grp_out [ngrp, G] (the members' virtual output blocks; -1: none). Members are merged in
+    log2(G) rounds of greedy pairing: the two groups sharing the most input blocks first (then the smaller
+    union), so that few of a group's products are wasted (a member without an input block of the union
+    multiplies zeros)."""
+    ptr, cin, cw = lay.column_tables
+    nout = len(ptr) - 1
+    groups = [[j] for j in range(nout)]
+    ins = [frozenset(cin[ptr[j] : ptr[j + 1]].tolist()) for j in range(nout)]
+    size = 1
+    while size < G:
+        n = len(groups)
+        pairs = ((a, c) for a in range(n) for c in range(a + 1, n))
+        cand = sorted((-len(ins[a] & ins[c]), len(ins[a] | ins[c]), a, c) for a, c in pairs)
+        used = [False] * n
+        merged, merged_in = [], []
+        for _, _, a, c in cand:
+            if not used[a] and not used[c]:
+                used[a] = used[c] = True
+                merged.append(groups[a] + groups[c])
+                merged_in.append(ins[a] | ins[c])
+        for a in range(n):  # the odd one out: alone (its partner's rows unused)
+            if not used[a]:
+                merged.append(groups[a] + [-1] * size)
+                merged_in.append(ins[a])
+        groups, ins, size = merged, merged_in, size * 2
+    lookup = {(int(cin[e]), j): int(cw[e]) for j in range(nout) for e in range(ptr[j], ptr[j + 1])}
+    gptr, gin, gw, gout = [0], [], [], []
+    for members, inputs in zip(groups, ins):
+        gout.append(members)
+        for c in sorted(inputs):
+            gin.append(c)
+            gw.append([lookup.get((c, j), lay.nnz) if j >= 0 else lay.nnz for j in members])
+        gptr.append(len(gin))
+    as32 = lambda a: np.asarray(a, dtype=np.int32)  # noqa: E731
+    return as32(gptr), as32(gin), as32(gw).reshape(-1, G), as32(gout).reshape(-1, G)
 
 
 def _ws_maps(x, w, geo_host, b: int, tw: int, th: int, ss: bool = False):
@@ -1167,7 +1297,7 @@ _ARCH: dict[int, str] = {}
 def _parse_schedule(fv: str | None):
     """force_variant without its schedule suffix, and the schedule: "auto", "full", "v1", "roll" (auto
     without the unrolled 3 × 3 taps) or a run length."""
-    if fv is None or not fv.startswith(("halo", "gmma", "ws")):
+    if fv is None or not fv.startswith(("halo", "gmma", "ws", "wtp")):
         return fv, "auto"
     head, _, tail = fv.partition(":")
     rest = tail.split(":") if tail else []
@@ -1182,7 +1312,9 @@ def _parse_schedule(fv: str | None):
     return ":".join([head, *rest]), sched
 
 
-def _fprop_variant(geo_host, b: int, permuted: bool = False, single_stage: bool = False):
+def _fprop_variant(
+    geo_host, b: int, permuted: bool = False, single_stage: bool = False, flip: bool = False, edge_bias=False
+):
     """("halo" or "gmma", (tile width, tile height, warps, shared bytes, schedule)) when the halo kernel
     applies (on wgmma: a device of compute capability 9.0, unless force_variant names "halo"), else ("tap",
     None); the schedule is "full" (a CTA per item), "v1", "auto" or a run length. ``single_stage``: every
@@ -1192,12 +1324,23 @@ def _fprop_variant(geo_host, b: int, permuted: bool = False, single_stage: bool 
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     cfg = _LAUNCH["halo"]
     fv, schedule = _parse_schedule(force_variant)
+    if fv is not None and fv.startswith("wtp"):  # "wtp[c]"[:ROWS][:schedule]: transposed output-block groups
+        if flip:  # (fprop only: the bprop takes the automatic choice)
+            fv, schedule = None, "auto"
+        else:
+            return _wtp_variant(g, b, fv, schedule)
     if schedule == "auto" and not cfg["persistent"]:
         schedule = "full"
     if fv == "tap" or b not in cfg["block_sizes"] or (g["FR"] * g["FS"] == 1 and fv is None):
         return "tap", None
-    gcfg, wcfg = _LAUNCH["gmma"], _LAUNCH["ws"]
+    gcfg, wcfg, tcfg = _LAUNCH["gmma"], _LAUNCH["ws"], _LAUNCH["wtp"]
     tw = next(t for t in cfg["tile_widths"] if g["OW"] >= t or t == cfg["tile_widths"][-1])
+    auto_wtp = fv is None and tcfg["auto"] and not (flip or permuted or single_stage or edge_bias)
+    auto_wtp = auto_wtp and b in tcfg["auto_block_sizes"] and g["SW"] == 1 and g["D"] == 1 and g["FT"] == 1
+    if auto_wtp and _gmma_device():  # conv_fprop_wtp, the staged epilogue and 3 slots at least, if they fit
+        kind, val = _wtp_variant(g, b, "wtp", schedule, fit_only=True)
+        if kind is not None and val[1] >= 3 and val[4]:
+            return kind, val
     if fv is not None and fv.startswith("wss"):  # "wss"[:PIXELS][:schedule]: A from shared memory
         if not _gmma_device():
             raise ValueError(
@@ -1327,11 +1470,22 @@ def _halo_opts(schedule, col_len, tiles: int, ctas: int) -> int:
     return run | flags
 
 
-def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np.ndarray, permuted=False):
+def _tc_plan(
+    geo_host,
+    out_blocks: int,
+    b: int,
+    dt: str,
+    flip: bool,
+    col_ptr: np.ndarray,
+    permuted=False,
+    groups=None,
+    edge_bias=False,
+):
     """(spec, grid, block, shared bytes, needs the flipped weight copy, the halo kernel's opts or None) of
     the implicit-GEMM kernel for fprop or (``flip``) stride-1 bprop: conv_fprop_ffma (fp32),
     conv_fprop_halo or conv_fprop_tc. ``col_ptr``: the column (bprop: row) pointers on the host (the
-    halo kernel's run length weighs the columns' lengths)."""
+    halo kernel's run length weighs the columns' lengths). ``groups(G)``: conv_fprop_wtp's group tables
+    (_wtp_groups) of G output blocks a group, when fprop may run it."""
     cfg = _LAUNCH["tc"]
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     m_total = g["N"] * g["OD"] * g["OH"] * g["OW"]
@@ -1341,7 +1495,20 @@ def _tc_plan(geo_host, out_blocks: int, b: int, dt: str, flip: bool, col_ptr: np
         spec = compiler.KernelSpec("conv.cu", f"conv_fprop_ffma<{b}>")
         return spec, (-(-m_total // ff["bm"]), out_blocks), (ff["threads"],), smem, flip, None
     single = col_ptr is not None and len(col_ptr) > 1 and int(np.diff(np.asarray(col_ptr)).max()) <= 1
-    variant, halo = _fprop_variant(geo_host, b, permuted, single)
+    variant, halo = _fprop_variant(geo_host, b, permuted, single, flip, edge_bias or groups is None)
+    if variant in ("wtp", "wtpc"):
+        rows, nst, smem, schedule, staged = halo
+        spec = _wtp_spec(_CTYPE[dt], b, rows, variant == "wtp")
+        tiles = g["N"] * g["OD"] * (-(-g["OH"] // rows)) * (-(-g["OW"] // 16))
+        grp_ptr = groups(64 // b)[0]
+        ngrp = len(grp_ptr) - 1
+        if tiles * ngrp >= 2**31:
+            raise ValueError(f"x: {tiles * ngrp} output tiles × groups exceed the kernel's 2^31 work items")
+        ctas = _ops._sm_count() * _ops._resident_blocks(spec, 384, smem, 1)
+        lens = tuple(np.diff(grp_ptr).tolist())
+        run = schedule if isinstance(schedule, int) else _halo_run(lens, tiles, ctas)
+        runs = -(-tiles // run) * ngrp
+        return spec, (min(runs, ctas),), (384,), smem, False, run | (nst << 24) | (staged << 23)
     if variant in ("halo", "gmma", "ws", "wst", "wss"):
         tw, th, warps, smem, schedule = halo
         tiles = g["N"] * g["OD"] * (-(-g["OH"] // th)) * (-(-g["OW"] // tw))

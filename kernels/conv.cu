@@ -1428,6 +1428,372 @@ conv_fprop_wss(const __grid_constant__ TensorMap tx, const __grid_constant__ Ten
                                                    edge_bias, emap, geo, sched, opts);
 }
 #endif
+
+// conv_fprop_wtp (sm_90a): the transposed form D = Wᵀ · Xᵀ of conv_fprop_wst, for the case where a narrow
+// (N = B) wgmma cannot reach the tensor cores' rate: an m64n32k16 reading 2 KB of A and 1 KB of B from shared
+// memory needs ~192 B/clk against ~128 (bench/NOTES.md, eighteenth session). Here M = 64 is a group of G = 64 / B
+// output blocks and N = 8 · NR output positions of a consumer warpgroup, so an m64n128k16 reads 2 KB + 4 KB for
+// 64 clocks (96 B/clk). An item is a tile of NR output rows × 16 columns (two warpgroups side by side, 8 columns
+// each) × one group p of output blocks (the host pairs blocks by the overlap of their input blocks: grp_out[p·G +
+// g], -1 = none); its stages are the union of the group's input blocks (grp_ptr, grp_in), each loading the halo
+// of that input block and every tap's weight slice of each member (grp_w[e·G + g]; a member without this input
+// block: index nnz, copied as zeros, so its rows of D add nothing).
+// Shared memory per slot: the weights [FR·FS][G][B][B·2 bytes] (each slice swizzled as gmma::swizzle<B·2>, the
+// group's slices adjacent: A is M-major, its G swizzle atoms LBO = B·B·2 bytes apart, 8 k-rows SBO = 8·B·2
+// further), then the halo [HR·HC][B·2 bytes], a position a row, swizzled the same way: B is K-major, the 8
+// positions of an output row 8 consecutive rows, the next output row SBO = SH·HC rows further, 16 of k 32 bytes
+// along the row. A window starts at any row: the hardware swizzles by the address bits, as TMA wrote them (the
+// descriptor's base offset set to (address >> 7) & 7 failed every GPU test; the channel-chunk-major halo of
+// conv_fprop_wss, whose TMA box has 16-byte rows, cost 18 % of the time). 2-D convolutions of unit column stride.
+// TM: one producer thread copies a stage by TMA (the halo one box of the map over x [N, D, H, W, C], B channels
+// wide, the slices boxes of the map over w [nnz·taps·B, B], the absent ones rows past its end), the slot's FULL an
+// mbarrier; else (conv_fprop_wtpc, and the host emulation) four producer warps copy it by cp.async (one stage in
+// flight: a validation path). A consumer releases a slot (EMPTY) when its next stage's group is issued and the
+// slot's group waited for. Epilogue as xw_tma's transposed tile: lanes l and l ^ 4 hold channels f, f ^ 1 of the
+// same positions and swap one value, so each thread has two consecutive channels of one position; staged
+// (without permutation or edge bias, when the host fits the buffer), they pass through shared memory and leave as
+// 16-byte vectors of whole sectors, else as 4-byte pairs (+ edge bias, through out_perm).
+// opts: bits 0-15 the run length (tiles of one group a claim), bit 23 the staged epilogue, bits 24-26 the slots
+// (2 to 4).
+struct __align__(16) V16 { unsigned v[4]; };  // 16 bytes copied as one vector
+template <typename T, int B, int NR, bool TM>
+__device__ __forceinline__ void conv_wtp_body(const T* __restrict__ x, const T* __restrict__ w, const TensorMap* tx,
+              const TensorMap* tw, T* __restrict__ y, const int* __restrict__ grp_ptr,
+              const int* __restrict__ grp_in, const int* __restrict__ grp_w, const int* __restrict__ grp_out,
+              const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
+              const int* __restrict__ geo, unsigned* __restrict__ sched, int opts, int nnz) {
+  constexpr int G = 64 / B, ROW = B * 2, KS = B / 16, NWG = 2, CONS = 128 * NWG, PROD = 128, THREADS = CONS + PROD;
+  constexpr int N = 8 * NR, TW = 8 * NWG, VPR = B / 8, SLICE = B * ROW;
+  constexpr int FULL0 = 1, EMPTY0 = 5, PBAR = 9;  // up to 4 slots
+  static_assert((B == 16 || B == 32 || B == 64) && (NR == 16 || NR == 32), "B 16, 32 or 64; 16 or 32 rows");
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  EMU_GMMA_PARTICIPANTS(CONS);
+
+  const int C = geo[G_C], K = geo[G_K];
+  const int H = geo[G_H], W = geo[G_W];
+  const int OD = geo[G_OD], OH = geo[G_OH], OW = geo[G_OW];
+  const int FR = geo[G_FR], FS = geo[G_FS];
+  const int SH = geo[G_SH], DH = geo[G_DH], DW = geo[G_DW];
+  const int HR = (NR - 1) * SH + (FR - 1) * DH + 1, HC = TW + (FS - 1) * DW;
+  const int halo = HR * HC, wtaps = FR * FS;
+  const int wbytes = (wtaps * G * SLICE + 1023) & ~1023, slot_bytes = wbytes + ((halo * B * 2 + 1023) & ~1023);
+  const int nst = (opts >> 24) & 7;
+  unsigned char* base = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+  int* s_info = reinterpret_cast<int*>(base + nst * slot_bytes);  // [nst][4]: unit, tile, it, niter
+  int* s_claim = s_info + 4 * nst;                                  // [2]
+  const unsigned full0 = smem_u32(s_claim + 2);                     // TM: the slots' FULL mbarriers
+#if !defined(CSB_HOST_EMULATION)
+  if (TM) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < nst; ++i) tma::bar_init(full0 + 8 * i, 1);
+      tma::bar_init_fence();
+    }
+    __syncthreads();
+  }
+#endif
+  const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + NR - 1) / NR, ngrp = K / B / G + (K / B % G != 0);
+  const int run = opts & 0xffff;
+  const int ntiles = geo[G_N] * OD * tiles_h * tiles_w, total = (ntiles + run - 1) / run * ngrp;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  struct Tile { int tw0, th0, od, n; };
+  auto tile_of = [&](int t) {
+    Tile g;
+    g.tw0 = (t % tiles_w) * TW; t /= tiles_w;
+    g.th0 = (t % tiles_h) * NR; t /= tiles_h;
+    g.od = t % OD;
+    g.n = t / OD;
+    return g;
+  };
+
+  if (tid >= CONS) {  // ---------------------------------------------------------------- producers
+#if !defined(CSB_HOST_EMULATION)
+    tma::setmaxnreg_dec<40>();  // (their registers to the consumers: 128 accumulators at N = 256)
+#endif
+    const int ptid = tid - CONS;
+    int nclaim = 0;
+    struct Item { int unit, p, tile, tend, e0, niter; };
+    auto claim = [&]() {
+      int* slot = s_claim + (nclaim++ & 1);  // two slots: a slot is rewritten two claims (and barriers) later
+      if (ptid == 0) {
+        const unsigned c = atomicAdd(sched, 1u);
+        *slot = c < (unsigned)total ? (int)c : total;
+      }
+      nbar_sync(PBAR, PROD);
+      Item r;
+      r.unit = *slot;
+      const int u = r.unit < total ? r.unit : 0;
+      r.p = u % ngrp;
+      const int t0 = u / ngrp * run;
+      r.tend = t0 + run < ntiles ? t0 + run : ntiles;
+      r.tile = t0;
+      r.e0 = grp_ptr[r.p];
+      r.niter = grp_ptr[r.p + 1] - r.e0;
+      return r;
+    };
+    auto load_stage = [&](const Item& q, int it, int sl) {  // (cp.async)
+      const int e = q.e0 + it, cblk = grp_in[e];
+      const Tile g = tile_of(q.tile);
+      const int ih0 = g.th0 * SH - geo[G_PH], iw0 = g.tw0 - geo[G_PW];
+      const unsigned ws = smem_u32(base + sl * slot_bytes), as = ws + wbytes;
+      for (int v = ptid; v < halo * VPR; v += PROD) {
+        const int pos = v / VPR, ch = v - pos * VPR;
+        const int hr = pos / HC, hc = pos - hr * HC;
+        const int ih = ih0 + hr, iw = iw0 + hc;
+        const bool ok = (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W;
+        const T* src = ok ? x + ((((i64)g.n * H + ih) * (i64)W + iw) * C + cblk * B + ch * 8) : x;
+        cp_async16(as + gmma::swizzle<ROW>(pos, ch), src, ok ? 16 : 0);
+      }
+      for (int v = ptid; v < wtaps * G * B * VPR; v += PROD) {
+        const int r = v / VPR, cv = v - r * VPR;
+        const int tap = r / (G * B), r2 = r - tap * (G * B), gg = r2 / B, wr = r2 - gg * B;
+        const int wblk = grp_w[e * G + gg];
+        const bool ok = wblk < nnz;
+        const T* src = ok ? w + (((i64)wblk * wtaps + tap) * B + wr) * B + cv * 8 : w;
+        cp_async16(ws + (tap * G + gg) * SLICE + gmma::swizzle<ROW>(wr, cv), src, ok ? 16 : 0);
+      }
+    };
+    Item cur = claim();
+    int it = 0, stage = 0;
+    for (;; ++stage) {
+      const int sl = stage % nst;
+      if (!TM && stage > 0) {  // the previous stage's copies have landed: publish it (before the refill wait: a
+        cp_async_wait<0>();    // consumer releases a slot once its next stage is published)
+        gmma::fence_proxy_async();
+        nbar_arrive(FULL0 + (stage - 1) % nst, THREADS);
+      }
+      if (stage >= nst) nbar_sync(EMPTY0 + sl, THREADS);  // the consumers are done with stage - nst
+      const bool done = cur.unit >= total;
+      const bool copy = !done && it < cur.niter;
+#if !defined(CSB_HOST_EMULATION)
+      if (TM) {  // one thread issues the copies; the others keep the claims and the refill barriers with it
+        if (ptid == 0) {
+          s_info[4 * sl] = done ? total : cur.unit;
+          s_info[4 * sl + 1] = cur.tile;
+          s_info[4 * sl + 2] = it;
+          s_info[4 * sl + 3] = cur.niter;
+          const unsigned bar = full0 + 8 * sl;
+          tma::arrive_expect(bar, copy ? (unsigned)((halo * B + wtaps * G * B * B) * (int)sizeof(T)) : 0u);
+          if (copy) {
+            const int e = cur.e0 + it, cblk = grp_in[e];
+            const Tile g = tile_of(cur.tile);
+            const int ih0 = g.th0 * SH - geo[G_PH], iw0 = g.tw0 - geo[G_PW];
+            const unsigned ws = smem_u32(base + sl * slot_bytes);
+            asm volatile(
+                "cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5, %6}], [%7];\n"
+                ::"r"(ws + wbytes), "l"(reinterpret_cast<unsigned long long>(tx)), "r"(cblk * B), "r"(iw0), "r"(ih0),
+                "r"(0), "r"(g.n), "r"(bar)
+                : "memory");
+            for (int gg = 0; gg < G; ++gg) {
+              const int wblk = grp_w[e * G + gg];  // (nnz: rows past the map's end, copied as zeros)
+              for (int tap = 0; tap < wtaps; ++tap)
+                tma::load_2d(ws + (tap * G + gg) * SLICE, *tw, 0, (wblk * wtaps + tap) * B, bar);
+            }
+          }
+        }
+      } else
+#endif
+      {
+        if (copy) load_stage(cur, it, sl);
+        cp_async_commit();
+        if (ptid == 0) {
+          s_info[4 * sl] = done ? total : cur.unit;
+          s_info[4 * sl + 1] = cur.tile;
+          s_info[4 * sl + 2] = it;
+          s_info[4 * sl + 3] = cur.niter;
+        }
+      }
+      if (done) break;
+      if (it + 1 < cur.niter) {
+        ++it;
+      } else {  // the run's next tile, or a new claim (an item without stages took one stage)
+        it = 0;
+        if (cur.tile + 1 < cur.tend) ++cur.tile;
+        else cur = claim();
+      }
+    }
+    if (!TM) {
+      cp_async_wait<0>();
+      gmma::fence_proxy_async();
+      nbar_arrive(FULL0 + stage % nst, THREADS);  // the final stage (unit = total)
+    }
+    // the consumers' arrivals that no refill waited for: stages stage - nst + 1 .. stage - 1
+    for (int s2 = stage - nst + 1 > 0 ? stage - nst + 1 : 0; s2 < stage; ++s2) nbar_sync(EMPTY0 + s2 % nst, THREADS);
+    if (ptid == 0) {  // the last CTA out resets the counters for the next launch
+      __threadfence();
+      if (atomicAdd(sched + 1, 1u) == gridDim.x - 1) {
+        sched[0] = 0;
+        sched[1] = 0;
+        __threadfence();
+      }
+    }
+    return;
+  }
+
+  // ---------------------------------------------------------------------------------------------- consumers
+#if !defined(CSB_HOST_EMULATION)
+  tma::setmaxnreg_inc<232>();
+#endif
+  // the values a wgmma's branches depend on, made provably warp-uniform (else ptxas serializes the wgmmas)
+  const int wg = warp >> 2, v = warp & 3, fr_n = __shfl_sync(0xffffffffu, FR, 0), fs_n = __shfl_sync(0xffffffffu, FS, 0);
+  const unsigned long long a_hi = gmma::desc_lbo<ROW, SLICE>(0) & ~0x3FFFull;
+  // B: the halo's positions are rows of B · 2 bytes, swizzled as the weights (a K-major operand: 8 positions of an
+  // output row consecutive rows, the next output row SBO = SH · HC rows further; 16 of k 32 bytes along the row)
+  const unsigned long long b_hi = (gmma::desc<ROW>(0) & ~(0x3FFFull << 32)) | ((unsigned long long)(SH * HC * ROW >> 4) << 32);
+  const unsigned rowb = DH * HC * ROW, colb = DW * ROW, kstep = 32u, b_off = wg * 8 * ROW;
+  const i64 OS = (i64)OD * OH * OW;
+  float acc[N / 2];
+  auto full_wait = [&](int stage) {
+#if !defined(CSB_HOST_EMULATION)
+    if (TM) tma::wait(full0 + 8 * (stage % nst), (stage / nst) & 1);
+    else
+#endif
+      nbar_sync(FULL0 + stage % nst, THREADS);
+  };
+  // the item's stores: channel pair (m, m + 1) of the group's 64 (m = 16v + 8h + lane/4 - odd: lanes l and l ^ 4
+  // hold channels f and f ^ 1 of the same positions), column 8·wg + 2(lane % 4) + odd, output row q, values val
+  auto store = [&](int p, const Tile& g, int h, int q, float v0, float v1, int jv) {
+    const int odd = (lane >> 2) & 1, m = 16 * v + 8 * h + (lane >> 2) - odd;
+    const int oh = g.th0 + q, ow = g.tw0 + 8 * wg + 2 * (lane & 3) + odd;
+    if (jv >= 0 && oh < OH && ow < OW) {
+      const i64 pos = ((i64)g.od * OH + oh) * OW + ow;
+      const int eb = emap != nullptr ? emap[pos] : -1;
+      store_out2<T>(y + (g.n * OS + pos) * K, jv * B + m % B, v0, v1, out_perm, edge_bias, eb, K);
+    }
+  };
+  const bool plain = out_perm == nullptr && emap == nullptr, staged = plain && (opts & (1 << 23));
+  // staged (bit 23 of opts; the host when it fits): a warpgroup's outputs pass through [N][G·B + 8] elements of shared
+  // memory after the mbarriers, so that the stores are 16-byte vectors of whole 32-byte sectors (the 4-byte pair
+  // stores of the direct path each touch half a sector: 17 % of the kernel's time at 256 positions, ncu and
+  // bench/NOTES.md)
+  constexpr int EROW = 64 + 8;
+  T* ebuf = reinterpret_cast<T*>(base + nst * slot_bytes + ((16 * nst + 8 + 8 * nst + 15) & ~15)) + wg * N * EROW;
+  // the group's output block of rows 16v + 8h .. + 7 (-1: none), warp-uniform
+  auto out_block = [&](int p, int h) { return __shfl_sync(0xffffffffu, grp_out[p * G + (16 * v + 8 * h) / B], 0); };
+  // items: a loop over an item's stages that always issues its wgmmas (a path into the epilogue without them, or
+  // a wait at the loop head, would make ptxas wait for every group at the top of the loop)
+  for (int stage = 0;;) {
+    full_wait(stage);
+    int sl = stage % nst;
+    const int unit = __shfl_sync(0xffffffffu, s_info[4 * sl], 0), tile = s_info[4 * sl + 1];
+    const int niter = __shfl_sync(0xffffffffu, s_info[4 * sl + 3], 0);
+    if (unit >= total) break;
+    const int p = unit % ngrp;
+    const Tile g = tile_of(tile);
+    if (niter == 0) {  // an item without stages (its item words only): zeros (+ edge bias)
+      nbar_arrive(EMPTY0 + sl, THREADS);
+      ++stage;
+      for (int h = 0; h < 2; ++h) {
+        const int jv = out_block(p, h);
+        for (int q = 0; q < NR; ++q) store(p, g, h, q, 0.f, 0.f, jv);
+      }
+      continue;
+    }
+    for (int it = 0; it < niter; ++it, ++stage) {
+      if (it > 0) {
+        full_wait(stage);
+        sl = stage % nst;
+      }
+      const unsigned ws = smem_u32(base + sl * slot_bytes), as = ws + wbytes + b_off;
+      auto mma = [&](int t, int fr, int fs, int kk, int keep) {
+        const unsigned long long da = a_hi | (((ws + t * (G * SLICE) + kk * 16 * ROW) >> 4) & 0x3FFF);
+        const unsigned ba = as + fr * rowb + fs * colb + kk * kstep;
+        const unsigned long long db = b_hi | ((ba >> 4) & 0x3FFF);
+        gmma::GmmaSSz<T, N, 1, 0>::run(acc, da, db, keep);
+      };
+      gmma::wgmma_fence();
+      if (fr_n == 3 && fs_n == 3) {
+#pragma unroll
+        for (int t = 0; t < 9; ++t)
+#pragma unroll
+          for (int kk = 0; kk < KS; ++kk) mma(t, t / 3, t % 3, kk, it + t + kk ? 1 : 0);
+      } else {
+        for (int fr = 0; fr < fr_n; ++fr)
+          for (int fs = 0; fs < fs_n; ++fs)
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) mma(fr * fs_n + fs, fr, fs, kk, it + fr + fs + kk ? 1 : 0);
+      }
+      gmma::wgmma_commit();
+      if (it > 0) {  // the previous stage's group is done with its slot
+        gmma::wgmma_wait<1>();
+        nbar_arrive(EMPTY0 + (stage - 1) % nst, THREADS);
+      }
+    }
+    gmma::wgmma_wait<0>();
+    nbar_arrive(EMPTY0 + (stage - 1) % nst, THREADS);
+#pragma unroll
+    for (int r = 0; r < N / 2; ++r) gmma::fence_operand(acc[r]);
+    // the item's epilogue: acc[4q + 2h + e] = D[channel 16v + lane/4 + 8h][position 8q + 2(lane % 4) + e] of the
+    // warpgroup (output row q, column 8·wg + 2(lane % 4) + e of the tile); every lane reads every accumulator
+    // (one read in a divergent path makes ptxas serialize every wgmma of the kernel)
+    // Without permutation or edge bias (plain) each store is one 4-byte pair at a row pointer stepped by a
+    // constant: the general store's per-value index work took as long as a stage (ncu, bench/NOTES.md)
+    const bool odd = (lane >> 2) & 1;
+    const int ow = g.tw0 + 8 * wg + 2 * (lane & 3) + odd, rows_left = OH - g.th0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int jv = out_block(p, h);
+      const bool col_ok = jv >= 0 && ow < OW;
+      const int m = 16 * v + 8 * h + (lane >> 2) - odd;
+      T* yq = y + ((g.n * OS + ((i64)g.od * OH + g.th0) * OW + ow) * K + jv * B + m % B);
+      const i64 row_step = (i64)OW * K;
+#pragma unroll
+      for (int q = 0; q < NR; ++q) {
+        const float a0 = acc[4 * q + 2 * h], a1 = acc[4 * q + 2 * h + 1];
+        const float other = __shfl_xor_sync(0xffffffffu, odd ? a0 : a1, 4);
+        const float v0 = odd ? other : a0, v1 = odd ? a1 : other;
+        if (staged) {
+          store2<T>(ebuf + (8 * q + 2 * (lane & 3) + odd) * EROW + m, v0, v1);
+        } else if (plain) {
+          if (col_ok && q < rows_left) store2<T>(yq + q * row_step, v0, v1);
+        } else {
+          store(p, g, h, q, v0, v1, jv);
+        }
+      }
+    }
+    if (staged) {  // the warpgroup's positions × 64 channels: 8 threads a position, 16 bytes each
+      nbar_sync(10 + wg, 128);
+      const int jv0 = __shfl_sync(0xffffffffu, grp_out[p * G], 0);
+      int jvs[G];
+#pragma unroll
+      for (int gg = 0; gg < G; ++gg) jvs[gg] = gg ? __shfl_sync(0xffffffffu, grp_out[p * G + gg], 0) : jv0;
+      const int t = tid & 127;
+#pragma unroll 4
+      for (int i = t; i < N * 8; i += 128) {
+        const int n = i >> 3, c8 = i & 7, gg = c8 * 8 / B;
+        const int oh = g.th0 + (n >> 3), ow2 = g.tw0 + 8 * wg + (n & 7);
+        int jv = jvs[0];
+#pragma unroll
+        for (int g2 = 1; g2 < G; ++g2) jv = gg == g2 ? jvs[g2] : jv;
+        if (jv >= 0 && oh < OH && ow2 < OW)
+          *reinterpret_cast<V16*>(y + ((g.n * OS + ((i64)g.od * OH + oh) * OW + ow2) * K + jv * B + c8 * 8 % B)) =
+              *reinterpret_cast<const V16*>(ebuf + n * EROW + c8 * 8);
+      }
+      nbar_sync(10 + wg, 128);  // (the buffer is rewritten by the next item's epilogue)
+    }
+  }
+}
+// conv_fprop_wtpc: conv_fprop_wtp fed by cp.async (the host emulation runs it)
+template <typename T, int B, int NR>
+__global__ void __launch_bounds__(384, 1)
+conv_fprop_wtpc(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y, const int* __restrict__ grp_ptr,
+                const int* __restrict__ grp_in, const int* __restrict__ grp_w, const int* __restrict__ grp_out,
+                const int* __restrict__ out_perm, const T* __restrict__ edge_bias, const int* __restrict__ emap,
+                const int* __restrict__ geo, unsigned* __restrict__ sched, int opts, int nnz) {
+  conv_wtp_body<T, B, NR, false>(x, w, nullptr, nullptr, y, grp_ptr, grp_in, grp_w, grp_out, out_perm, edge_bias, emap,
+                                 geo, sched, opts, nnz);
+}
+#ifndef CSB_HOST_EMULATION
+template <typename T, int B, int NR>
+__global__ void __launch_bounds__(384, 1)
+conv_fprop_wtp(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap tw, T* __restrict__ y,
+               const int* __restrict__ grp_ptr, const int* __restrict__ grp_in, const int* __restrict__ grp_w,
+               const int* __restrict__ grp_out, const int* __restrict__ out_perm, const T* __restrict__ edge_bias,
+               const int* __restrict__ emap, const int* __restrict__ geo, unsigned* __restrict__ sched, int opts,
+               int nnz) {
+  conv_wtp_body<T, B, NR, true>(nullptr, nullptr, &tx, &tw, y, grp_ptr, grp_in, grp_w, grp_out, out_perm, edge_bias,
+                                emap, geo, sched, opts, nnz);
+}
+#endif
 #endif  // CONV_HAS_GMMA
 
 #define FF_BM 64

@@ -584,6 +584,10 @@ def test_gpu_large_ragged_tc(rng, dtype):
         "wss",
         "wss:128",
         "wss:256:run1",
+        "wtp",
+        "wtp:16",
+        "wtp:32:run1",
+        "wtpc:16",
     ],
 )
 def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
@@ -591,7 +595,7 @@ def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
     # output column and uneven column lengths
     import cusparseblocks.conv as conv_module
 
-    if variant.startswith(("gmma", "ws")) and not conv_module._gmma_device():
+    if variant.startswith(("gmma", "ws", "wtp")) and not conv_module._gmma_device():
         pytest.skip("the wgmma conv kernel needs a device of compute capability 9.0")
     monkeypatch.setattr(conv_module, "force_variant", variant)
     mask = _mask(rng, (5, 4), 0.5)
@@ -664,6 +668,75 @@ def test_gpu_wss(rng, monkeypatch, dtype, case):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "case",
+    ["b32-edge-bias", "b32-16", "b16", "strided-dilated", "1x1", "2x5", "one-block", "1d", "odd", "shuffle"],
+)
+def test_gpu_wtp(rng, monkeypatch, dtype, case):
+    # conv_fprop_wtp (the transposed output-block groups fed by TMA: A = the group's weight slices through an
+    # M-major descriptor, B = the channel-chunk-major halo through a K-major one): row stride and dilation,
+    # column dilation, other filters, edge bias, an empty output block, an odd block alone in its group, a merged
+    # shuffle, groups of 4 blocks (b = 16), both tiles, ragged tiles; fprop (the bprop takes the default kernel)
+    import cusparseblocks.conv as conv_module
+
+    if not conv_module._gmma_device():
+        pytest.skip("the wgmma conv kernel needs a device of compute capability 9.0")
+    b, shape, fshape, stride, padding, dilation, spatial, fmt, eb, variant = {
+        "b32-edge-bias": (32, (5, 4), (3, 3), 1, 1, 1, (19, 37), "NHWC", True, "wtp:32"),
+        "b32-16": (32, (6, 6), (3, 3), 1, ((1, 2), (2, 0)), 1, (21, 35), "NHWC", False, "wtp:16"),
+        "b16": (16, (6, 5), (3, 3), 1, ((1, 2), (2, 0)), 1, (13, 21), "NHWC", False, "wtp:16"),
+        "strided-dilated": (
+            32,
+            (4, 3),
+            (3, 2),
+            (2, 1),
+            ((1, 2), (0, 1)),
+            (2, 3),
+            (23, 20),
+            "NHWC",
+            True,
+            "wtp:16",
+        ),
+        "1x1": (16, (3, 4), (1, 1), 1, 0, 1, (9, 40), "NHWC", False, "wtp:32"),
+        "2x5": (32, (3, 3), (2, 5), 1, ((1, 0), (2, 2)), 1, (17, 11), "NHWC", False, "wtp:16"),
+        "one-block": (32, (1, 1), (3, 3), 1, 1, 1, (8, 16), "NHWC", True, "wtp"),
+        "1d": (32, (3, 2), (3,), 1, 1, 1, (45,), "NWC", False, "wtp:16"),
+        "odd": (32, (4, 5), (3, 3), 1, 1, 1, (33, 32), "NHWC", False, "wtp:32"),
+        "shuffle": (32, None, (3, 3), 1, 1, 1, (16, 16), "NHWC", True, "wtp"),
+    }[case]
+    monkeypatch.setattr(conv_module, "force_variant", variant)
+    if shape is None:
+        lay = ChannelBlockLayout.block_diagonal(8 * b, 4, shuffle=True, block_size=b)
+    else:
+        mask = _mask(rng, shape, 0.5)
+        if shape[1] > 2:
+            mask[:, 1] = False
+            mask[:, -1] = True
+        lay = ChannelBlockLayout.from_mask(mask, b)
+    launched = []
+    real_launch = conv_module._launch
+    monkeypatch.setattr(
+        conv_module, "_launch", lambda spec, *a, **k: launched.append(spec.name) or real_launch(spec, *a, **k)
+    )
+    _gpu_case(
+        rng,
+        lay,
+        fshape,
+        stride,
+        padding,
+        dilation,
+        spatial,
+        dtype,
+        fmt,
+        edge_bias=eb,
+        n=3,
+        ops=("fprop", "bprop"),
+    )
+    assert len([n for n in launched if n.startswith("conv_fprop_wtp<")]) == 1, launched
+
+
+@pytest.mark.gpu
 def test_gpu_misaligned_raises(rng):
     # the tiled kernels copy 16 bytes at a time: a weight view 2 bytes past a boundary is refused by name
     import cupy
@@ -677,6 +750,12 @@ def test_gpu_misaligned_raises(rng):
     wv[...] = w
     with pytest.raises(ValueError, match="w: the tiled conv kernels"):
         conv.fprop(x, wv)
+    import cusparseblocks.conv as conv_module
+
+    if conv_module._gmma_device():  # the default there (conv_fprop_wtp) stores 16-byte vectors: out too
+        ybuf = cupy.empty(2 * 8 * 8 * conv.K + 4, dtype=cupy.float16)
+        with pytest.raises(ValueError, match="out: conv_fprop_wtp stores 16-byte vectors"):
+            conv.fprop(x, w, out=ybuf[4:].reshape(2, 8, 8, conv.K))
     assert_close(
         conv.fprop(x, w),
         conv.fprop(cupy.asnumpy(x).astype(np.float64), cupy.asnumpy(w).astype(np.float64)),
@@ -885,6 +964,9 @@ _HALO_DRIVER = r"""
 #define WS_X(NAME, T, B, TW, TH, F, NWG) {NAME, \
   [] { return [] { conv_fprop_ws<T, B, TW, TH, F, NWG>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), \
   P<int>(5), P<int>(6), P<T>(7), P<int>(8), P<int>(9), P<unsigned>(10), I(11)); }; }}
+#define WTPC_X(NAME, T, B, NR) {NAME, \
+  [] { return [] { conv_fprop_wtpc<T, B, NR>(P<T>(0), P<T>(1), P<T>(2), P<int>(3), P<int>(4), P<int>(5), \
+  P<int>(6), P<int>(7), P<T>(8), P<int>(9), P<int>(10), P<unsigned>(11), I(12), I(13)); }; }}
 static const int halo_registered = [] {
   using Table = std::map<std::string, std::function<std::function<void()>()>>;
   const_cast<Table&>(kernels).insert({ %s });
@@ -936,6 +1018,9 @@ def _build_halo_driver(fake_cupy, directory):
         return ", ".join((re.match(r"conv_fprop_ws<(.*)>", name).group(1).split(", ") + ["2"])[:6])
 
     entries += "".join(f', WS_X("{s.name}", {ws_args(s.name)})' for s in specs if "_ws<" in s.name)
+    # conv_fprop_wtp fed by cp.async (the TMA kernel does not run on the host)
+    wtpc = [conv_module._wtp_spec(t, b, r, False) for t in types for b in (16, 32) for r in (16, 32)]
+    entries += "".join(f', WTPC_X("{s.name}", {s.name[s.name.index("<") + 1 : -1]})' for s in wtpc)
     src = _HALO_DRIVER % entries
     here = fake_cupy.HERE
     inputs = [here / n for n in sorted(p.name for p in here.iterdir()) if n.endswith((".h", ".cpp"))]
@@ -1154,6 +1239,75 @@ def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype
     assert [c.tolist() for c in conv_module._SCHED.values()] == [[0, 0]]
 
 
+@pytest.mark.parametrize("kind", ["columns", "bd_shuffle", "odd", "filter2x5", "strided"])
+@pytest.mark.parametrize("b,rows,dtype", [(32, 16, "float16"), (32, 32, "bfloat16"), (16, 16, "bfloat16")])
+def test_gpu_path_emulated_wtp(rng, emulated, monkeypatch, kind, b, rows, dtype):
+    # conv_fprop_wtp's consumers (the transposed output-block groups: A = the group's weight slices through an
+    # M-major descriptor, B = the channel-chunk-major halo through a K-major one) with the cp.async producers
+    # (wtpc) and the emulated asynchrony: groups of 64 / B output blocks paired by their input blocks, an empty
+    # column (its item has no stage: zeros + edge bias), a member without some input block of its group (zeros
+    # copied), an odd output block alone in its group, edge bias and a merged shuffle (out_perm), a 2 × 5 filter
+    # (the step loop), row stride 2 and dilation, runs of tiles, ragged tiles; against float64
+    import cupy
+
+    import cusparseblocks.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "_gmma_device", lambda: True)
+    rows = 16 if kind == "strided" else rows  # (a 32-row halo of row stride and dilation 2 fits no two slots)
+    monkeypatch.setattr(conv_module, "force_variant", f"wtpc:{rows}" + (":run2" if kind == "columns" else ""))
+    if kind == "bd_shuffle":
+        lay = ChannelBlockLayout.block_diagonal(4 * b, 4, shuffle=True, block_size=b)
+    elif kind == "odd":
+        lay = ChannelBlockLayout.from_mask([[1, 0, 1], [0, 1, 1], [1, 1, 0]], b)
+    else:
+        lay = ChannelBlockLayout.from_mask([[1, 0, 1, 1, 0], [1, 0, 0, 1, 1], [0, 0, 1, 1, 0]], b)
+    edge = kind in ("columns", "bd_shuffle")
+    fshape = (2, 5) if kind == "filter2x5" else (3, 3)
+    kw = {"stride": (2, 1), "dilation": (2, 2)} if kind == "strided" else {}
+    spatial = (19, 21) if kind == "strided" else (9, 11)
+    conv = BlockSparseConv(
+        lay, fshape, padding=((2, 0), (1, 1)), input_spatial=spatial, edge_bias=edge, data_format="NHWC", **kw
+    )
+    x = random_array(rng, (2, *spatial, conv.C), dtype)
+    w = conv.init_normal(rng, dtype=np.float32).astype(x.dtype)
+    eb = random_array(rng, conv.edge_bias_shape, dtype) if edge else None
+    y = poison(cupy, conv.output_shape(x.shape), dtype)
+    conv.fprop(cupy.asarray(x), cupy.asarray(w), None if eb is None else cupy.asarray(eb), out=y)
+    f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+    assert_close(y, conv.fprop(f64(x), f64(w), f64(eb)), dtype, "fprop")
+    ct = "__half" if dtype == "float16" else "__nv_bfloat16"
+    assert emulated[0] == f"conv_fprop_wtpc<{ct}, {b}, {rows}>", emulated
+    assert [c.tolist() for c in conv_module._SCHED.values()] == [[0, 0]]
+    if kind == "strided" and b == 32:  # the 32-row tile's two slots do not fit: a clear error, not a launch
+        monkeypatch.setattr(conv_module, "force_variant", "wtpc:32")
+        with pytest.raises(ValueError, match="two slots need more than"):
+            conv.fprop(cupy.asarray(x), cupy.asarray(w))
+
+
+def test_wtp_groups():
+    # the greedy pairing: blocks sharing input blocks go together; the tables name every member's w block
+    import cusparseblocks.conv as conv_module
+
+    mask = [[1, 0, 1, 0, 1], [1, 0, 1, 0, 0], [0, 1, 0, 1, 0], [0, 1, 0, 0, 0]]
+    lay = ChannelBlockLayout.from_mask(mask, 32)
+    ptr, gin, gw, gout = conv_module._wtp_groups(lay, 2)
+    assert sorted(map(sorted, gout.tolist())) == [[-1, 4], [0, 2], [1, 3]]
+    cols = lay.column_tables
+    for p, members in enumerate(gout.tolist()):
+        want = set()
+        for j in members:
+            if j >= 0:
+                want |= set(cols[1][cols[0][j] : cols[0][j + 1]].tolist())
+        assert gin[ptr[p] : ptr[p + 1]].tolist() == sorted(want)
+        for e in range(ptr[p], ptr[p + 1]):
+            for g, j in enumerate(members):
+                blk = int(gw[e, g])
+                if j >= 0 and mask[gin[e]][j]:
+                    assert (int(lay.block_rows[blk]), int(lay.block_cols[blk])) == (gin[e], j)
+                else:
+                    assert blk == lay.nnz
+
+
 @pytest.mark.parametrize(
     "schedule", ["", ":run2", ":run3", ":v1", ":roll"], ids=["auto", "run2", "run3", "v1", "roll"]
 )
@@ -1217,15 +1371,23 @@ def test_halo_run_choice(monkeypatch):
     with pytest.raises(ValueError, match="compute capability 9.0"):
         monkeypatch.setattr(conv_module, "force_variant", "gmma:256x4")
         conv_module._fprop_variant(geo, 32)
-    # on sm_90: the warp-specialized kernel fed by TMA, four consumer warpgroups (20 warps), for an output without
-    # permutation; a permuted one keeps the halo kernel's 128-position tile
+    # on sm_90: the transposed output-block groups (conv_fprop_wtp: 16 rows, 3 slots, the staged epilogue) for
+    # B = 32 without permutation or edge bias; with edge bias the warp-specialized kernel fed by TMA, four
+    # consumer warpgroups (20 warps); a permuted output keeps the halo kernel's 128-position tile
     monkeypatch.setattr(conv_module, "_gmma_device", lambda: True)
     monkeypatch.setattr(conv_module, "force_variant", None)
     g = {k: int(geo[i]) for k, i in conv_module._G.items()}
+    stage = 2 * 8 * 16 * 72 * 2 + 16
     assert conv_module._fprop_variant(geo, 32) == (
+        "wtp",
+        (16, 3, conv_module._wtp_smem(g, 32, 16, 3) + stage, "auto", True),
+    )
+    assert conv_module._fprop_variant(geo, 32, edge_bias=True) == (
         "wst",
         (32, 8, 20, conv_module._ws_smem(g, 32, 32, 8), "auto"),
     )
+    assert conv_module._fprop_variant(geo, 32, flip=True)[0] == "wst"  # (the FLIP bprop)
+    assert conv_module._fprop_variant(geo, 16)[0] == "wst"  # (B = 16: groups of four blocks, not measured)
     assert conv_module._fprop_variant(geo, 32, permuted=True)[:2] == (
         "halo",
         (32, 4, 4, conv_module._halo_smem(g, 32, 32, 4), "auto"),
@@ -1241,6 +1403,13 @@ def test_halo_run_choice(monkeypatch):
     assert "conv_fprop_halo<" in conv_module._tc_plan(geo, 2, 32, "float16", False, ptr)[0].name
     ptr = np.array([0, 2, 3], dtype=np.int32)
     assert "conv_fprop_wst<" in conv_module._tc_plan(geo, 2, 32, "float16", False, ptr)[0].name
+    lay = ChannelBlockLayout.from_mask([[1, 1], [1, 0]], 32)
+    plan = conv_module._tc_plan(
+        geo, 2, 32, "float16", False, ptr, groups=lambda G: conv_module._wtp_groups(lay, G)
+    )
+    assert (
+        plan[0].name == "conv_fprop_wtp<__half, 32, 16>" and plan[2] == (384,) and plan[5] >> 23 == 2 * 3 + 1
+    )
     monkeypatch.setattr(conv_module, "force_variant", "ws:128:run2")
     assert conv_module._fprop_variant(geo, 32)[0] == "ws" and conv_module._fprop_variant(geo, 32)[1][2:] == (
         12,
@@ -1254,6 +1423,7 @@ def test_halo_run_choice(monkeypatch):
     # mma.sync kernel
     monkeypatch.setattr(conv_module, "force_variant", None)
     monkeypatch.setitem(conv_module._LAUNCH["ws"], "enabled", False)
+    monkeypatch.setitem(conv_module._LAUNCH["wtp"], "auto", False)
     assert conv_module._fprop_variant(geo, 32)[0] == "halo"
     monkeypatch.setitem(conv_module._LAUNCH["gmma"], "enabled", True)
     monkeypatch.setitem(conv_module._LAUNCH["gmma"], "default", (256, 4))

@@ -47,3 +47,12 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
   emu_warp_sync();
   return r;
 }
+inline int __shfl_sync(unsigned, int v, int src) {
+  const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
+  std::memcpy(&emu_scratch[w][l][0], &v, 4);
+  emu_warp_sync();
+  int r;
+  std::memcpy(&r, &emu_scratch[w][src & 31][0], 4);
+  emu_warp_sync();
+  return r;
+}

@@ -50,6 +50,10 @@ inline unsigned long long desc(unsigned addr) {
   return (unsigned long long)((addr >> 4) & 0x3FFF) | (1ull << 16) | ((unsigned long long)((8 * ROW) >> 4) << 32) |
          (mode << 62);
 }
+template <int ROW, int LBO_BYTES>
+inline unsigned long long desc_lbo(unsigned addr) {
+  return desc<ROW>(addr) & ~(0x3FFFull << 16) | ((unsigned long long)(LBO_BYTES >> 4) << 16);
+}
 // a K-major operand without swizzle: 8 rows × 16 bytes a core matrix, LBO along k, SBO along the rows
 inline unsigned long long desc_kmajor(unsigned addr, unsigned lbo, unsigned sbo) {
   return (unsigned long long)((addr >> 4) & 0x3FFF) | ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16) |
@@ -64,8 +68,27 @@ struct EmuGmma {
   int n, tb, bf16, keep;
   const unsigned* a;
   unsigned long long b;
-  unsigned long long ad = 0;  // A through a K-major descriptor without swizzle (GmmaSSz) when a is null
+  unsigned long long ad = 0;  // A through a descriptor (GmmaSSz) when a is null
+  int ta = 0;                 // that A: K-major (0) or M-major (1)
 };
+
+// The shared-memory byte address of element (mn, k) of an operand read through descriptor d (the PTX ISA's
+// canonical layouts): K-major (rows mn) or MN-major (rows k); without swizzle, core matrices of 8 rows × 16
+// bytes (K-major: LBO along k, SBO along the rows; MN-major: LBO along k, SBO along mn); swizzled (rows of ROW
+// bytes, 8-row atoms): K-major rows ROW bytes apart, the next 8 rows SBO further; MN-major atoms of ROW / 2
+// elements along mn LBO apart, the next 8 k-rows SBO further, and the address bits 4.. XOR bits 7..
+inline unsigned emu_desc_addr(unsigned long long d, int mn, int k, int mn_major) {
+  const unsigned start = (unsigned)(d & 0x3FFF) << 4, lbo = (unsigned)((d >> 16) & 0x3FFF) << 4;
+  const unsigned sbo = (unsigned)((d >> 32) & 0x3FFF) << 4, mode = (unsigned)(d >> 62);
+  if (mode == 0) {
+    if (!mn_major) return start + (mn / 8) * sbo + (mn % 8) * 16 + (k / 8) * lbo + (k % 8) * 2;
+    return start + (mn / 8) * sbo + (mn % 8) * 2 + (k / 8) * lbo + (k % 8) * 16;
+  }
+  const unsigned ROW = mode == 1 ? 128 : mode == 2 ? 64 : 32, MASK = ROW / 16 - 1, AW = ROW / 2;
+  const unsigned lin = mn_major ? start + (mn / AW) * lbo + (mn % AW) * 2 + (k / 8) * sbo + (k % 8) * ROW
+                                : start + (mn / 8) * sbo + (mn % 8) * ROW + k * 2;
+  return lin ^ (((lin >> 7) & MASK) << 4);
+}
 inline thread_local std::vector<EmuGmma> emu_gmma_open;
 inline thread_local std::deque<std::vector<EmuGmma>> emu_gmma_groups;
 inline uint32_t emu_gmma_a[1024][4];
@@ -82,19 +105,10 @@ inline void emu_gmma_perform(const EmuGmma& op) {
   for (int i = 0; i < 4; ++i) emu_gmma_a[tid][i] = op.a != nullptr ? op.a[i] : 0u;
   emu_gmma_sync();
   const unsigned wg0 = tid / 128 * 128, v = tid % 128 / 32, lane = tid % 32;
-  const unsigned start = (unsigned)(op.b & 0x3FFF) << 4, mode = (unsigned)(op.b >> 62);
-  const unsigned ROW = mode == 1 ? 128 : mode == 2 ? 64 : 32, MASK = ROW / 16 - 1;
-  auto bval = [&](int k, int n) {  // B[k][n]: N-major rows k (tb = 1) or K-major rows n (tb = 0)
-    const int row = op.tb ? k : n, idx = op.tb ? n : k;
-    const unsigned lin = start + row * ROW + (idx / 8) * 16, phys = lin ^ (((lin >> 7) & MASK) << 4);
-    return emu_gmma_f(emu_u16(phys + (idx % 8) * 2), op.bf16);
-  };
+  // B[k][n]: N-major (tb = 1) or K-major (tb = 0)
+  auto bval = [&](int k, int n) { return emu_gmma_f(emu_u16(emu_desc_addr(op.b, n, k, op.tb)), op.bf16); };
   auto aval = [&](int row, int k) {  // A[row][k] of the warpgroup: mma.sync's m16k16 fragment of warp row / 16
-    if (op.a == nullptr) {  // SS: core matrices of 8 rows × 16 bytes, LBO along k, SBO along the rows
-      const unsigned as = (unsigned)(op.ad & 0x3FFF) << 4, lbo = (unsigned)((op.ad >> 16) & 0x3FFF) << 4;
-      const unsigned sbo = (unsigned)((op.ad >> 32) & 0x3FFF) << 4;
-      return emu_gmma_f(emu_u16(as + (row / 8) * sbo + (row % 8) * 16 + (k / 8) * lbo + (k % 8) * 2), op.bf16);
-    }
+    if (op.a == nullptr) return emu_gmma_f(emu_u16(emu_desc_addr(op.ad, row, k, op.ta)), op.bf16);  // SS
     const int r16 = row % 16, g = r16 % 8, reg = r16 / 8 + 2 * (k / 8);
     const unsigned t = wg0 + (row / 16) * 32 + g * 4 + (k % 8) / 2;
     return emu_gmma_f((uint16_t)(emu_gmma_a[t][reg] >> (16 * (k % 2))), op.bf16);
@@ -131,9 +145,8 @@ struct GmmaRSz {
 
 template <typename T, int N, int TA, int TB>
 struct GmmaSSz {
-  static_assert(TA == 0, "the emulated SS wgmma reads a K-major A");
   static void run(float (&d)[N / 2], unsigned long long a, unsigned long long b, int keep) {
-    emu_gmma_open.push_back({d, N, TB, std::is_same<T, __nv_bfloat16>::value ? 1 : 0, keep, nullptr, b, a});
+    emu_gmma_open.push_back({d, N, TB, std::is_same<T, __nv_bfloat16>::value ? 1 : 0, keep, nullptr, b, a, TA});
   }
 };
 

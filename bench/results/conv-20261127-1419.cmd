@@ -1,0 +1,1 @@
+PYTHONPATH=. python bench/conv.py --batch 64
