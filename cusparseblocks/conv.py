@@ -1178,6 +1178,13 @@ def _wtp_variant(g: dict, b: int, fv: str, schedule, fit_only: bool = False):
         raise ValueError(
             f"force_variant: expected 'wtp[c][:ROWS]' with ROWS in {cfg['rows']}, got {force_variant!r}"
         )
+    hr = (rows - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
+    if max(hr, 16 + (g["FS"] - 1) * g["DW"]) > 256:  # (a TMA box spans at most 256 rows and columns)
+        if fit_only:
+            return None, None
+        raise ValueError(
+            f"force_variant: {force_variant!r}: the halo exceeds a TMA box (256 rows or columns)"
+        )
     # (slots, staged epilogue): the most slots, 3 at least with the staging buffer when it fits
     stage = 2 * 8 * rows * (64 + 8) * 2 + 16
     options = [(4, True), (3, True), (4, False), (3, False), (2, True), (2, False)]
@@ -1204,7 +1211,12 @@ def _wtp_groups(lay, G: int):
     size = 1
     while size < G:
         n = len(groups)
-        pairs = ((a, c) for a in range(n) for c in range(a + 1, n))
+        # (beyond 512 groups, neighbours in order: the full search would sort n² / 2 candidates)
+        pairs = (
+            ((a, c) for a in range(n) for c in range(a + 1, n))
+            if n <= 512
+            else ((a, a + 1) for a in range(0, n - 1, 2))
+        )
         cand = sorted((-len(ins[a] & ins[c]), len(ins[a] | ins[c]), a, c) for a, c in pairs)
         used = [False] * n
         merged, merged_in = [], []

@@ -1127,6 +1127,40 @@ __device__ __forceinline__ void nbar_arrive(int id, int n) { asm volatile("bar.a
 #ifdef CSB_HOST_EMULATION
 struct TensorMap { unsigned long long v[16]; };
 #endif
+// The warp-specialized kernels' work (conv_ws_body, conv_wtp_body): a unit is a run of `run` consecutive tiles of
+// one column j = unit % ncol (an output block, or a group of them), claimed by the producers from the launch's
+// counter sched[0] (unit = total: no work left). Two claim words alternate: a word is rewritten two claims (and
+// barriers) later. e0: the column's first entry of col_ptr; niter: its stages (entries × per).
+struct WsItem { int unit, j, tile, tend, e0, niter; };
+__device__ __forceinline__ WsItem ws_claim(int* s_claim, int& nclaim, unsigned* sched, int total, int ncol, int run,
+                                           int ntiles, const int* __restrict__ col_ptr, int per, int ptid, int pbar,
+                                           int nprod) {
+  int* slot = s_claim + (nclaim++ & 1);
+  if (ptid == 0) {
+    const unsigned c = atomicAdd(sched, 1u);
+    *slot = c < (unsigned)total ? (int)c : total;
+  }
+  nbar_sync(pbar, nprod);
+  WsItem r;
+  r.unit = *slot;
+  const int u = r.unit < total ? r.unit : 0;
+  r.j = u % ncol;
+  const int t0 = u / ncol * run;
+  r.tend = t0 + run < ntiles ? t0 + run : ntiles;
+  r.tile = t0;
+  r.e0 = col_ptr[r.j];
+  r.niter = (col_ptr[r.j + 1] - r.e0) * per;
+  return r;
+}
+// the last CTA out of a launch resets the work counters for the next one (producer thread 0)
+__device__ __forceinline__ void ws_reset_counters(unsigned* sched) {
+  __threadfence();
+  if (atomicAdd(sched + 1, 1u) == gridDim.x - 1) {
+    sched[0] = 0;
+    sched[1] = 0;
+    __threadfence();
+  }
+}
 template <typename T, int B, int TW, int TH, bool FLIP, bool TM, int NWG, bool SS = false>
 __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* __restrict__ w, const TensorMap* tx,
               const TensorMap* tw, T* __restrict__ y,
@@ -1185,24 +1219,9 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
   if (tid >= CONS) {  // ---------------------------------------------------------------- producers
     const int ptid = tid - CONS;
     int nclaim = 0;
-    struct Item { int unit, j, tile, tend, e0, niter; };
+    using Item = WsItem;
     auto claim = [&]() {
-      int* slot = s_claim + (nclaim++ & 1);  // two slots: a slot is rewritten two claims (and barriers) later
-      if (ptid == 0) {
-        const unsigned c = atomicAdd(sched, 1u);
-        *slot = c < (unsigned)total ? (int)c : total;
-      }
-      nbar_sync(PBAR, PROD);
-      Item r;
-      r.unit = *slot;
-      const int u = r.unit < total ? r.unit : 0;
-      r.j = u % ncol;
-      const int t0 = u / ncol * run;
-      r.tend = t0 + run < ntiles ? t0 + run : ntiles;
-      r.tile = t0;
-      r.e0 = col_ptr[r.j];
-      r.niter = (col_ptr[r.j + 1] - r.e0) * FT;
-      return r;
+      return ws_claim(s_claim, nclaim, sched, total, ncol, run, ntiles, col_ptr, FT, ptid, PBAR, PROD);
     };
     auto load_stage = [&](const Item& q, int it, int sl) {
       const int eo = it / FT, ft = it - eo * FT;
@@ -1276,14 +1295,7 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
         }
       }
       for (int s2 = stage - NST + 1 > 0 ? stage - NST + 1 : 0; s2 < stage; ++s2) nbar_sync(EMPTY0 + s2 % NST, THREADS);
-      if (ptid == 0) {
-        __threadfence();
-        if (atomicAdd(sched + 1, 1u) == gridDim.x - 1) {
-          sched[0] = 0;
-          sched[1] = 0;
-          __threadfence();
-        }
-      }
+      if (ptid == 0) ws_reset_counters(sched);
       return;
     }
 #endif
@@ -1318,14 +1330,7 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
     nbar_arrive(FULL0 + stage % NST, THREADS);  // the final stage (unit = total)
     // the consumers' arrivals that no refill waited for: stages stage - NST + 1 .. stage - 1
     for (int s2 = stage - NST + 1 > 0 ? stage - NST + 1 : 0; s2 < stage; ++s2) nbar_sync(EMPTY0 + s2 % NST, THREADS);
-    if (ptid == 0) {  // the last CTA out resets the counters for the next launch
-      __threadfence();
-      if (atomicAdd(sched + 1, 1u) == gridDim.x - 1) {
-        sched[0] = 0;
-        sched[1] = 0;
-        __threadfence();
-      }
-    }
+    if (ptid == 0) ws_reset_counters(sched);  // the last CTA out resets the counters for the next launch
     return;
   }
 
@@ -1511,24 +1516,9 @@ __device__ __forceinline__ void conv_wtp_body(const T* __restrict__ x, const T* 
 #endif
     const int ptid = tid - CONS;
     int nclaim = 0;
-    struct Item { int unit, p, tile, tend, e0, niter; };
+    using Item = WsItem;
     auto claim = [&]() {
-      int* slot = s_claim + (nclaim++ & 1);  // two slots: a slot is rewritten two claims (and barriers) later
-      if (ptid == 0) {
-        const unsigned c = atomicAdd(sched, 1u);
-        *slot = c < (unsigned)total ? (int)c : total;
-      }
-      nbar_sync(PBAR, PROD);
-      Item r;
-      r.unit = *slot;
-      const int u = r.unit < total ? r.unit : 0;
-      r.p = u % ngrp;
-      const int t0 = u / ngrp * run;
-      r.tend = t0 + run < ntiles ? t0 + run : ntiles;
-      r.tile = t0;
-      r.e0 = grp_ptr[r.p];
-      r.niter = grp_ptr[r.p + 1] - r.e0;
-      return r;
+      return ws_claim(s_claim, nclaim, sched, total, ngrp, run, ntiles, grp_ptr, 1, ptid, PBAR, PROD);
     };
     auto load_stage = [&](const Item& q, int it, int sl) {  // (cp.async)
       const int e = q.e0 + it, cblk = grp_in[e];
@@ -1618,14 +1608,7 @@ __device__ __forceinline__ void conv_wtp_body(const T* __restrict__ x, const T* 
     }
     // the consumers' arrivals that no refill waited for: stages stage - nst + 1 .. stage - 1
     for (int s2 = stage - nst + 1 > 0 ? stage - nst + 1 : 0; s2 < stage; ++s2) nbar_sync(EMPTY0 + s2 % nst, THREADS);
-    if (ptid == 0) {  // the last CTA out resets the counters for the next launch
-      __threadfence();
-      if (atomicAdd(sched + 1, 1u) == gridDim.x - 1) {
-        sched[0] = 0;
-        sched[1] = 0;
-        __threadfence();
-      }
-    }
+    if (ptid == 0) ws_reset_counters(sched);  // the last CTA out resets the counters for the next launch
     return;
   }
 

@@ -605,6 +605,20 @@ def test_gpu_fprop_variants(rng, monkeypatch, dtype, variant):
     _gpu_case(rng, lay, (3, 3), 1, ((1, 2), (2, 0)), 1, (19, 37), dtype, "NHWC", n=3, ops=("fprop", "bprop"))
 
 
+def _launches_of_case(monkeypatch, rng, lay, fshape, stride, padding, dilation, spatial, dtype, fmt, eb):
+    """_gpu_case's fprop and bprop (batch 3), returning the names of the kernels launched."""
+    import cusparseblocks.conv as conv_module
+
+    launched = []
+    real_launch = conv_module._launch
+    monkeypatch.setattr(
+        conv_module, "_launch", lambda spec, *a, **k: launched.append(spec.name) or real_launch(spec, *a, **k)
+    )
+    args = (rng, lay, fshape, stride, padding, dilation, spatial, dtype, fmt)
+    _gpu_case(*args, edge_bias=eb, n=3, ops=("fprop", "bprop"))
+    return launched
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize(
@@ -644,24 +658,8 @@ def test_gpu_wss(rng, monkeypatch, dtype, case):
         mask[:, 1] = False
         mask[:, -1] = True
     lay = ChannelBlockLayout.from_mask(mask, b)
-    launched = []
-    real_launch = conv_module._launch
-    monkeypatch.setattr(
-        conv_module, "_launch", lambda spec, *a, **k: launched.append(spec.name) or real_launch(spec, *a, **k)
-    )
-    _gpu_case(
-        rng,
-        lay,
-        fshape,
-        stride,
-        padding,
-        dilation,
-        spatial,
-        dtype,
-        fmt,
-        edge_bias=eb,
-        n=3,
-        ops=("fprop", "bprop"),
+    launched = _launches_of_case(
+        monkeypatch, rng, lay, fshape, stride, padding, dilation, spatial, dtype, fmt, eb
     )
     unit = all(v == 1 for v in np.broadcast_to(stride, (len(fshape),)))
     assert len([n for n in launched if n.startswith("conv_fprop_wss<")]) == (2 if unit else 1), launched
@@ -675,7 +673,7 @@ def test_gpu_wss(rng, monkeypatch, dtype, case):
 )
 def test_gpu_wtp(rng, monkeypatch, dtype, case):
     # conv_fprop_wtp (the transposed output-block groups fed by TMA: A = the group's weight slices through an
-    # M-major descriptor, B = the channel-chunk-major halo through a K-major one): row stride and dilation,
+    # M-major descriptor, B = the halo's swizzled position rows through a K-major one): row stride and dilation,
     # column dilation, other filters, edge bias, an empty output block, an odd block alone in its group, a merged
     # shuffle, groups of 4 blocks (b = 16), both tiles, ragged tiles; fprop (the bprop takes the default kernel)
     import cusparseblocks.conv as conv_module
@@ -714,24 +712,8 @@ def test_gpu_wtp(rng, monkeypatch, dtype, case):
             mask[:, 1] = False
             mask[:, -1] = True
         lay = ChannelBlockLayout.from_mask(mask, b)
-    launched = []
-    real_launch = conv_module._launch
-    monkeypatch.setattr(
-        conv_module, "_launch", lambda spec, *a, **k: launched.append(spec.name) or real_launch(spec, *a, **k)
-    )
-    _gpu_case(
-        rng,
-        lay,
-        fshape,
-        stride,
-        padding,
-        dilation,
-        spatial,
-        dtype,
-        fmt,
-        edge_bias=eb,
-        n=3,
-        ops=("fprop", "bprop"),
+    launched = _launches_of_case(
+        monkeypatch, rng, lay, fshape, stride, padding, dilation, spatial, dtype, fmt, eb
     )
     assert len([n for n in launched if n.startswith("conv_fprop_wtp<")]) == 1, launched
 
@@ -1243,7 +1225,7 @@ def test_gpu_path_emulated_gmma(rng, emulated, monkeypatch, tile, kind, b, dtype
 @pytest.mark.parametrize("b,rows,dtype", [(32, 16, "float16"), (32, 32, "bfloat16"), (16, 16, "bfloat16")])
 def test_gpu_path_emulated_wtp(rng, emulated, monkeypatch, kind, b, rows, dtype):
     # conv_fprop_wtp's consumers (the transposed output-block groups: A = the group's weight slices through an
-    # M-major descriptor, B = the channel-chunk-major halo through a K-major one) with the cp.async producers
+    # M-major descriptor, B = the halo's swizzled position rows through a K-major one) with the cp.async producers
     # (wtpc) and the emulated asynchrony: groups of 64 / B output blocks paired by their input blocks, an empty
     # column (its item has no stage: zeros + edge bias), a member without some input block of its group (zeros
     # copied), an odd output block alone in its group, edge bias and a merged shuffle (out_perm), a 2 × 5 filter
@@ -1284,6 +1266,30 @@ def test_gpu_path_emulated_wtp(rng, emulated, monkeypatch, kind, b, rows, dtype)
             conv.fprop(cupy.asarray(x), cupy.asarray(w))
 
 
+def test_wtp_variant_limits(monkeypatch):
+    # conv_fprop_wtp's applicability: a halo wider than a TMA box (256 columns) or slots beyond shared memory
+    # leave the automatic choice to the other kernels and make a forced "wtp" raise by name
+    import cusparseblocks.conv as conv_module
+
+    monkeypatch.setattr(conv_module, "_gmma_device", lambda: True)
+    lay = ChannelBlockLayout.from_mask([[1, 1], [1, 0]], 32)
+    op = BlockSparseConv(lay, (3, 3), padding=1, dilation=(1, 121), data_format="NHWC")
+    geo = conv_module._forward_geo(op, op.geometry((20, 300)), 2)
+    g = {k: int(geo[i]) for k, i in conv_module._G.items()}
+    assert conv_module._wtp_variant(g, 32, "wtp", "auto", fit_only=True) == (None, None)
+    assert conv_module._fprop_variant(geo, 32)[0] != "wtp"
+    monkeypatch.setattr(conv_module, "force_variant", "wtp")
+    with pytest.raises(ValueError, match="exceeds a TMA box"):
+        conv_module._fprop_variant(geo, 32)
+    op = BlockSparseConv(lay, (7, 7), padding=3, data_format="NHWC")  # 49 taps: two slots of 200 KB
+    geo = conv_module._forward_geo(op, op.geometry((20, 30)), 2)
+    with pytest.raises(ValueError, match="two slots need more than"):
+        conv_module._fprop_variant(geo, 32)
+    monkeypatch.setattr(conv_module, "force_variant", "wtp:24")
+    with pytest.raises(ValueError, match="ROWS in"):
+        conv_module._fprop_variant(geo, 32)
+
+
 def test_wtp_groups():
     # the greedy pairing: blocks sharing input blocks go together; the tables name every member's w block
     import cusparseblocks.conv as conv_module
@@ -1292,6 +1298,7 @@ def test_wtp_groups():
     lay = ChannelBlockLayout.from_mask(mask, 32)
     ptr, gin, gw, gout = conv_module._wtp_groups(lay, 2)
     assert sorted(map(sorted, gout.tolist())) == [[-1, 4], [0, 2], [1, 3]]
+    assert sorted(map(sorted, conv_module._wtp_groups(lay, 4)[3].tolist())) == [[-1, -1, 1, 3], [-1, 0, 2, 4]]
     cols = lay.column_tables
     for p, members in enumerate(gout.tolist()):
         want = set()
