@@ -1203,7 +1203,7 @@ def _wtp_groups(lay, G: int):
     nnz: none) and grp_out [ngrp, G] (the members' virtual output blocks; -1: none). Members are merged in
     log2(G) rounds of greedy pairing: the two groups sharing the most input blocks first (then the smaller
     union), so that few of a group's products are wasted (a member without an input block of the union
-    multiplies zeros)."""
+    multiplies zeros). The groups are ordered by their stage count, longest first."""
     ptr, cin, cw = lay.column_tables
     nout = len(ptr) - 1
     groups = [[j] for j in range(nout)]
@@ -1232,7 +1232,9 @@ def _wtp_groups(lay, G: int):
         groups, ins, size = merged, merged_in, size * 2
     lookup = {(int(cin[e]), j): int(cw[e]) for j in range(nout) for e in range(ptr[j], ptr[j + 1])}
     gptr, gin, gw, gout = [0], [], [], []
-    for members, inputs in zip(groups, ins):
+    # the longest groups first: a launch's units take the groups in order, so its last claims are the shortest
+    order = sorted(range(len(groups)), key=lambda i: -len(ins[i]))
+    for members, inputs in ((groups[i], ins[i]) for i in order):
         gout.append(members)
         for c in sorted(inputs):
             gin.append(c)

@@ -1298,6 +1298,7 @@ def test_wtp_groups():
     lay = ChannelBlockLayout.from_mask(mask, 32)
     ptr, gin, gw, gout = conv_module._wtp_groups(lay, 2)
     assert sorted(map(sorted, gout.tolist())) == [[-1, 4], [0, 2], [1, 3]]
+    assert (np.diff(np.diff(ptr)) <= 0).all()  # the longest groups first
     assert sorted(map(sorted, conv_module._wtp_groups(lay, 4)[3].tolist())) == [[-1, -1, 1, 3], [-1, 0, 2, 4]]
     cols = lay.column_tables
     for p, members in enumerate(gout.tolist()):
