@@ -1150,8 +1150,9 @@ def _wtp_spec(ctype: str, b: int, rows: int, tm: bool = True) -> compiler.Kernel
 
 
 def _wtp_smem(g: dict, b: int, rows: int, slots: int) -> int:
-    """Shared bytes of conv_fprop_wtp: 1024 to align, the slots (the group's weight slices, the halo
-    channel-chunk major; each 1024-aligned), the slots' items, two claim words and the slots' mbarriers."""
+    """Shared bytes of conv_fprop_wtp: 1024 to align, the slots (the group's weight slices, the halo a
+    position a row; each 1024-aligned), the slots' items, two claim words and the slots' mbarriers (without
+    the staged epilogue's buffer)."""
     hr = (rows - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = 16 + (g["FS"] - 1) * g["DW"]
     up = lambda v: -(-v // 1024) * 1024  # noqa: E731
@@ -1203,7 +1204,14 @@ def _wtp_groups(lay, G: int):
     nnz: none) and grp_out [ngrp, G] (the members' virtual output blocks; -1: none). Members are merged in
     log2(G) rounds of greedy pairing: the two groups sharing the most input blocks first (then the smaller
     union), so that few of a group's products are wasted (a member without an input block of the union
-    multiplies zeros). The groups are ordered by their stage count, longest first."""
+    multiplies zeros). The groups are ordered by their stage count, longest first. Cached on the layout."""
+    cache = lay.__dict__.setdefault("_wtp_groups", {})
+    if G not in cache:
+        cache[G] = _build_wtp_groups(lay, G)
+    return cache[G]
+
+
+def _build_wtp_groups(lay, G: int):
     ptr, cin, cw = lay.column_tables
     nout = len(ptr) - 1
     groups = [[j] for j in range(nout)]
@@ -1334,7 +1342,9 @@ def _fprop_variant(
     None); the schedule is "full" (a CTA per item), "v1", "auto" or a run length. ``single_stage``: every
     output block has at most one input block (block-diagonal layouts): the automatic choice is then the halo
     kernel, whose weight-slice cache keeps a run's weights from item to item (H100, batch 64, 8 groups: 0.0455
-    ms against 0.047-0.052 for conv_fprop_wst in every run of 2026-11-27; bench/NOTES.md, eighteenth)."""
+    ms against 0.047-0.052 for conv_fprop_wst in every run of 2026-11-27; bench/NOTES.md, eighteenth).
+    Otherwise on sm_90, b = 32, 2-D with unit column stride, neither ``permuted`` nor ``edge_bias`` nor
+    ``flip``: "wtp" (conv_fprop_wtp, _wtp_variant's (rows, slots, shared bytes, schedule, staged))."""
     g = {k: int(geo_host[i]) for k, i in _G.items()}
     cfg = _LAUNCH["halo"]
     fv, schedule = _parse_schedule(force_variant)
