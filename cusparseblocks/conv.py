@@ -1017,7 +1017,8 @@ def _gpu_fprop(conv, geom, x, w, edge_bias, out, shape):
                 f"out: conv_fprop_wtp stores 16-byte vectors; this array starts {ptr % 16} bytes past a "
                 "16-byte boundary (pass an aligned array)"
             )
-    xin, win = _kernel_inputs(spec, x, w, lambda: _forward_geo(conv, geom, n))
+    geo = _dev(conv, ("geo", geom, n), lambda cp: _forward_geo(conv, geom, n))  # (not rebuilt per launch)
+    xin, win = _kernel_inputs(spec, x, w, lambda: geo)
     _launch(
         spec,
         grid,
@@ -1042,19 +1043,10 @@ def _kernel_inputs(spec, x, w, geo_fn, names=("x", "w")):
                 )
     if "_wss<" in spec.name:
         _, b, th = spec.name[spec.name.index("<") + 1 : -1].split(", ")[:3]
-        return _ws_maps(x, w, geo_fn(), int(b), 8, int(th), ss=True)
+        return _ws_maps(x, w, geo_fn(), int(b), 8, int(th), "chunks")
     if "_wtp<" in spec.name:  # two warpgroups of 8 columns side by side; the halo's positions swizzled rows
-        from . import _tma
-
         b, rows = (int(v) for v in spec.name[spec.name.index("<") + 1 : -1].split(", ")[1:3])
-        geo = geo_fn()
-        g = {k: int(geo[i]) for k, i in _G.items()}
-        hr = (rows - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
-        hc = 16 + (g["FS"] - 1) * g["DW"]
-        dt = dtype_name(x.dtype)
-        shape = (g["N"], g["D"], g["H"], g["W"], g["C"])
-        tx = _tma.tiled(x.data.ptr, dt, shape, (1, 1, hr, hc, b))
-        return tx, _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
+        return _ws_maps(x, w, geo_fn(), b, 16, rows, "rows")
     if "_wst<" not in spec.name:
         return x, w
     _, b, tw, th = spec.name[spec.name.index("<") + 1 : -1].split(", ")[:4]
@@ -1252,33 +1244,39 @@ def _build_wtp_groups(lay, G: int):
     return as32(gptr), as32(gin), as32(gw).reshape(-1, G), as32(gout).reshape(-1, G)
 
 
-def _ws_maps(x, w, geo_host, b: int, tw: int, th: int, ss: bool = False):
-    """conv_fprop_wst's tensor maps: x (the launch's activations) as [N, D, H, W, C] with a box of the halo
-    (B + 8 channels, unswizzled: the padded rows, × HC × HR), w as [nnz·taps·B, B] with a box of one tap's
-    B × B slice. ``ss`` (conv_fprop_wss, 2-D): x as [N, C / 8, H, W, 8] (a permuted view: the halo lands
-    channel-chunk major, each position's 8 channels 16 bytes) with a box of B / 8 chunks × HR × HC."""
+def _ws_maps(x, w, geo_host, b: int, tw: int, th: int, mode: str = "padded"):
+    """The tensor maps of the TMA-fed conv kernels: w as [nnz·taps·B, B] with a box of one tap's B × B slice
+    (swizzled), and x (the launch's activations) with a box of the halo of a TH × TW tile, by ``mode``:
+    "padded" (conv_fprop_wst) [N, D, H, W, C], B + 8 channels unswizzled (the padded rows); "chunks"
+    (conv_fprop_wss, 2-D) [N, C / 8, H, W, 8], a permuted view whose halo lands channel-chunk major, B / 8
+    chunks; "rows" (conv_fprop_wtp) [N, D, H, W, C], B channels swizzled (a position a row)."""
     from . import _tma
 
-    g = {k: int(geo_host[i]) for k, i in _G.items()}
+    shape, box, swizzle, strides = _ws_map_geometry(geo_host.tobytes(), b, tw, th, mode)
+    dt = dtype_name(x.dtype)
+    tx = _tma.tiled(x.data.ptr, dt, shape, box, swizzle=swizzle, strides=strides)
+    return tx, _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
+
+
+@functools.lru_cache(maxsize=256)
+def _ws_map_geometry(geo_bytes: bytes, b: int, tw: int, th: int, mode: str):
+    """x's map for _ws_maps: (shape, box, swizzle, strides), once per geometry (not per launch)."""
+    geo = np.frombuffer(geo_bytes, dtype=np.int32)
+    g = {k: int(geo[i]) for k, i in _G.items()}
     hr = (th - 1) * g["SH"] + (g["FR"] - 1) * g["DH"] + 1
     hc = (tw - 1) * g["SW"] + (g["FS"] - 1) * g["DW"] + 1
-    dt = dtype_name(x.dtype)
-    if ss:
-        H, W, C = g["H"], g["W"], g["C"]
-        shape = (g["N"] * g["D"], C // 8, H, W, 8)
-        tx = _tma.tiled(
-            x.data.ptr,
-            dt,
-            shape,
+    H, W, C = g["H"], g["W"], g["C"]
+    if mode == "chunks":
+        return (
+            (g["N"] * g["D"], C // 8, H, W, 8),
             (1, b // 8, hr, hc, 8),
-            swizzle=False,
-            strides=(H * W * C * 2, 16, W * C * 2, C * 2),
+            False,
+            (H * W * C * 2, 16, W * C * 2, C * 2),
         )
-        return tx, _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
-    shape = (g["N"], g["D"], g["H"], g["W"], g["C"])
-    tx = _tma.tiled(x.data.ptr, dt, shape, (1, 1, hr, hc, b + 8), swizzle=False)
-    tw_ = _tma.tiled(w.data.ptr, dt, (w.size // b, b), (b, b))
-    return tx, tw_
+    shape = (g["N"], g["D"], H, W, C)
+    if mode == "rows":
+        return shape, (1, 1, hr, hc, b), True, None
+    return shape, (1, 1, hr, hc, b + 8), False, None
 
 
 def _ws_smem(g: dict, b: int, tw: int, th: int, ss: bool = False) -> int:

@@ -1152,6 +1152,17 @@ __device__ __forceinline__ WsItem ws_claim(int* s_claim, int& nclaim, unsigned* 
   r.niter = (col_ptr[r.j + 1] - r.e0) * per;
   return r;
 }
+// tile t of the launch's output (tiles_w × tiles_h per image and depth, TW × TH positions): its first column,
+// first row, depth and image
+struct WsTile { int tw0, th0, od, n; };
+__device__ __forceinline__ WsTile ws_tile(int t, int tiles_w, int tiles_h, int OD, int TW, int TH) {
+  WsTile g;
+  g.tw0 = (t % tiles_w) * TW; t /= tiles_w;
+  g.th0 = (t % tiles_h) * TH; t /= tiles_h;
+  g.od = t % OD;
+  g.n = t / OD;
+  return g;
+}
 // the last CTA out of a launch resets the work counters for the next one (producer thread 0)
 __device__ __forceinline__ void ws_reset_counters(unsigned* sched) {
   __threadfence();
@@ -1206,15 +1217,8 @@ __device__ __forceinline__ void conv_ws_body(const T* __restrict__ x, const T* _
   const int tiles_w = (OW + TW - 1) / TW, tiles_h = (OH + TH - 1) / TH, ncol = K / B, run = opts & 0xffff;
   const int ntiles = geo[G_N] * OD * tiles_h * tiles_w, total = (ntiles + run - 1) / run * ncol;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  struct Tile { int tw0, th0, od, n; };
-  auto tile_of = [&](int t) {
-    Tile g;
-    g.tw0 = (t % tiles_w) * TW; t /= tiles_w;
-    g.th0 = (t % tiles_h) * TH; t /= tiles_h;
-    g.od = t % OD;
-    g.n = t / OD;
-    return g;
-  };
+  using Tile = WsTile;
+  auto tile_of = [&](int t) { return ws_tile(t, tiles_w, tiles_h, OD, TW, TH); };
 
   if (tid >= CONS) {  // ---------------------------------------------------------------- producers
     const int ptid = tid - CONS;
@@ -1500,15 +1504,8 @@ __device__ __forceinline__ void conv_wtp_body(const T* __restrict__ x, const T* 
   const int run = opts & 0xffff;
   const int ntiles = geo[G_N] * OD * tiles_h * tiles_w, total = (ntiles + run - 1) / run * ngrp;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  struct Tile { int tw0, th0, od, n; };
-  auto tile_of = [&](int t) {
-    Tile g;
-    g.tw0 = (t % tiles_w) * TW; t /= tiles_w;
-    g.th0 = (t % tiles_h) * NR; t /= tiles_h;
-    g.od = t % OD;
-    g.n = t / OD;
-    return g;
-  };
+  using Tile = WsTile;
+  auto tile_of = [&](int t) { return ws_tile(t, tiles_w, tiles_h, OD, TW, NR); };
 
   if (tid >= CONS) {  // ---------------------------------------------------------------- producers
 #if !defined(CSB_HOST_EMULATION)
