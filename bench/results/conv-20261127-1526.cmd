@@ -1,0 +1,1 @@
+CONV_VARIANTS=wst4:256,wss PYTHONPATH=. python bench/conv.py --batch 64
